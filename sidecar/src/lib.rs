@@ -1,1 +1,12 @@
+//! mcp-authz sidecar: the OAuth resource server that sits in front of one MCP server.
+//!
+//! ```text
+//!  client --Bearer JWT--> [token: verify vs JWKS cache] --> [jsonrpc: classify body] --> [rules: scopes]
+//!                                                                                            |
+//!  client <--(filtered */list)-- [filter] <-- upstream MCP server <--(identity headers, no token)--'
+//! ```
+//!
+//! `config::SidecarConfig` is the rendered file the operator writes; everything else is derived from it.
 #![forbid(unsafe_code)]
+
+pub mod config;

@@ -1,0 +1,670 @@
+//! The rendered sidecar configuration: the contract between the operator (or local mode), which writes it,
+//! and the sidecar, which reads it and reloads it when the file changes.
+//!
+//! Field names are camelCase like the Kubernetes resources they are rendered from. Unknown fields are refused
+//! so that a typo in a hand-written file, or a newer operator talking to an older sidecar, fails loudly
+//! instead of silently dropping a security rule.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Signature algorithms a sidecar may accept. HMAC is absent on purpose: a resource server holding a shared
+/// secret could mint tokens, and a public key must never be usable as an HMAC secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256 (the authserver's default).
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    /// The matching `jsonwebtoken` algorithm.
+    pub fn to_jwt(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            Self::ES256 => A::ES256,
+            Self::ES384 => A::ES384,
+            Self::RS256 => A::RS256,
+            Self::RS384 => A::RS384,
+            Self::RS512 => A::RS512,
+            Self::PS256 => A::PS256,
+            Self::PS384 => A::PS384,
+            Self::PS512 => A::PS512,
+            Self::EdDSA => A::EdDSA,
+        }
+    }
+}
+
+/// Everything one sidecar needs. Rendered by the operator into the MCPService's sidecar ConfigMap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SidecarConfig {
+    /// Address the proxy listens on for MCP clients. Changing it needs a restart.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`). Changing it needs a restart.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Base URL of the MCP server in the same pod, `http://127.0.0.1:<port>`. The request path is appended
+    /// unchanged. Only plain http is supported: the upstream is on the loopback interface.
+    pub upstream: String,
+    /// The public URL clients use for this MCP service, character for character (RFC 9728 `resource`, and the
+    /// value every token's `aud` must contain).
+    pub resource: String,
+    /// The path of the MCP endpoint as it reaches the sidecar (`/mcp`). Only this path and the metadata paths
+    /// are served; everything else is 404 so that nothing bypasses the JSON-RPC checks.
+    #[serde(default = "defaults::mcp_path")]
+    pub mcp_path: String,
+    /// The authorization server's issuer identifier; every token's `iss` must equal it.
+    pub issuer: String,
+    /// Where the issuer publishes its signing keys (JWKS). http is accepted only for loopback and in-cluster
+    /// use; https is verified against `issuerCaFile` or the system roots.
+    pub jwks_uri: String,
+    /// PEM bundle of CA certificates trusted for an https `jwksUri` (and introspection) signed by a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ca_file: Option<PathBuf>,
+    /// Authorization servers listed in the protected-resource metadata. Empty means `[issuer]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_servers: Vec<String>,
+    /// Signature algorithms accepted in tokens (never `none`, never HMAC).
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<SigningAlgorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "defaults::leeway_seconds")]
+    pub leeway_seconds: u64,
+    /// Accepted JWT `typ` header values, compared case-insensitively (RFC 9068 says `at+jwt`).
+    #[serde(default = "defaults::token_types")]
+    pub token_types: Vec<String>,
+    /// The minimal scopes a client needs for basic use, published as `scopes_supported` and put in the
+    /// `scope` of a 401 challenge. Never include `offline_access`.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// Scope hierarchy: a broader scope (key) implies each narrower scope in its list. Transitive.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scope_implies: BTreeMap<String, Vec<String>>,
+    /// JSON-RPC methods any valid token may call, whatever its scopes (globs). The defaults are the session
+    /// plumbing and the list methods, whose answers are filtered to what the token may use.
+    #[serde(default = "defaults::open_methods")]
+    pub open_methods: Vec<String>,
+    /// Operation rules, tried in order; the first rule that matches an operation decides its scopes.
+    #[serde(default)]
+    pub rules: Vec<ScopeRule>,
+    /// What happens to an operation no rule and no `openMethods` entry matches.
+    #[serde(default)]
+    pub unmatched: UnmatchedPolicy,
+    /// Header names the verified identity is sent upstream in.
+    #[serde(default)]
+    pub identity_headers: IdentityHeaders,
+    /// Optional RFC 7662 introspection for operations that need a sensitive scope (revocation check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionConfig>,
+    /// How the signing keys are fetched and cached.
+    #[serde(default)]
+    pub jwks: JwksSettings,
+    /// Size and time limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One rule: an MCP operation pattern and the scopes it needs (all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScopeRule {
+    /// JSON-RPC method glob (`tools/call`, `resources/*`, `*`). `*` matches any run of characters, `?` one.
+    pub method: String,
+    /// Glob on the operation's name: the tool name for `tools/call`, the URI for `resources/read`, the prompt
+    /// name for `prompts/get`. Absent matches any name, and also methods that have no name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Scopes the operation needs, all of them. Empty means any valid token may do it.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The decision for operations nothing matched.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UnmatchedPolicy {
+    /// Refuse them (403 with a JSON-RPC error). The safe default.
+    #[default]
+    Deny,
+    /// Allow them to any valid token.
+    Allow,
+    /// Allow them to tokens holding all these scopes.
+    RequireScopes(Vec<String>),
+}
+
+/// Header names for the identity forwarded upstream. The sidecar removes any client-sent header of these
+/// names first, so a client cannot forge its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityHeaders {
+    /// The token's `sub`.
+    #[serde(default = "defaults::subject_header")]
+    pub subject: String,
+    /// The token's `client_id`.
+    #[serde(default = "defaults::client_id_header")]
+    pub client_id: String,
+    /// The token's scopes, space-separated, as granted (not expanded).
+    #[serde(default = "defaults::scopes_header")]
+    pub scopes: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            subject: defaults::subject_header(),
+            client_id: defaults::client_id_header(),
+            scopes: defaults::scopes_header(),
+        }
+    }
+}
+
+/// RFC 7662 token introspection, used only when an operation needs one of `sensitiveScopes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IntrospectionConfig {
+    /// The issuer's introspection endpoint.
+    pub endpoint: String,
+    /// A file holding the sidecar's client credentials as `client_id:client_secret` on one line (mounted
+    /// from a Secret), sent with HTTP Basic authentication.
+    pub client_credentials_file: PathBuf,
+    /// Scopes whose operations are checked against the issuer, so a revoked token stops working at once.
+    #[serde(default)]
+    pub sensitive_scopes: Vec<String>,
+    /// How long an introspection answer is reused, in seconds.
+    #[serde(default = "defaults::introspection_cache_seconds")]
+    pub cache_seconds: u64,
+    /// Time limit for one introspection call, in milliseconds; on timeout the request is refused (503).
+    #[serde(default = "defaults::introspection_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// JWKS fetching and caching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwksSettings {
+    /// Regular refresh period, in seconds.
+    #[serde(default = "defaults::jwks_refresh_seconds")]
+    pub refresh_seconds: u64,
+    /// Least time between two refreshes caused by unknown `kid`s, in seconds (rate limit).
+    #[serde(default = "defaults::jwks_min_refresh_seconds")]
+    pub min_refresh_seconds: u64,
+    /// Longest a request waits for a refresh caused by its unknown `kid`, in milliseconds.
+    #[serde(default = "defaults::jwks_request_wait_ms")]
+    pub request_wait_ms: u64,
+    /// Time limit of one JWKS fetch, in milliseconds.
+    #[serde(default = "defaults::jwks_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+    /// Largest JWKS document accepted, in bytes.
+    #[serde(default = "defaults::jwks_max_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        Self {
+            refresh_seconds: defaults::jwks_refresh_seconds(),
+            min_refresh_seconds: defaults::jwks_min_refresh_seconds(),
+            request_wait_ms: defaults::jwks_request_wait_ms(),
+            fetch_timeout_ms: defaults::jwks_fetch_timeout_ms(),
+            max_bytes: defaults::jwks_max_bytes(),
+        }
+    }
+}
+
+/// Limits that protect the sidecar and the upstream from hostile or broken clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest POST body, in bytes (413 above).
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest bearer token, in bytes (401 above).
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Time a client has to send its request headers, in milliseconds (slowloris guard).
+    #[serde(default = "defaults::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send its whole request body, in milliseconds.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Largest JSON `*/list` response that is filtered in memory, in bytes (502 above).
+    #[serde(default = "defaults::max_list_response_bytes")]
+    pub max_list_response_bytes: usize,
+    /// On SIGTERM, how long in-flight requests and streams may continue, in milliseconds.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: defaults::max_body_bytes(),
+            max_token_bytes: defaults::max_token_bytes(),
+            header_timeout_ms: defaults::header_timeout_ms(),
+            body_timeout_ms: defaults::body_timeout_ms(),
+            max_list_response_bytes: defaults::max_list_response_bytes(),
+            shutdown_grace_ms: defaults::shutdown_grace_ms(),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML/JSON for this schema.
+    #[error("cannot parse config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the field).
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// Low-cardinality reason for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::Parse { .. } => "parse",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// Reads a config file: JSON when it starts with `{`, YAML otherwise. The result is validated.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text (JSON or YAML).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: PathBuf::new(),
+            message,
+        };
+        let config: Self = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URLs, paths, the algorithm list.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let upstream = url::Url::parse(&self.upstream)
+            .map_err(|e| ConfigError::Invalid(format!("upstream: {e}")))?;
+        if upstream.scheme() != "http" || upstream.host().is_none() {
+            return invalid(format!(
+                "upstream must be an http:// URL with a host, got {}",
+                self.upstream
+            ));
+        }
+        if upstream.path() != "/" || upstream.query().is_some() {
+            return invalid("upstream must be a base URL without path or query".into());
+        }
+        let resource = url::Url::parse(&self.resource)
+            .map_err(|e| ConfigError::Invalid(format!("resource: {e}")))?;
+        if !matches!(resource.scheme(), "https" | "http") || resource.fragment().is_some() {
+            return invalid("resource must be an http(s) URL without fragment".into());
+        }
+        for (name, value) in [("issuer", &self.issuer), ("jwksUri", &self.jwks_uri)] {
+            let parsed =
+                url::Url::parse(value).map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return invalid(format!("{name} must be an http(s) URL"));
+            }
+        }
+        if !self.mcp_path.starts_with('/') || self.mcp_path.starts_with("/.well-known/") {
+            return invalid("mcpPath must start with / and not be under /.well-known/".into());
+        }
+        if self.algorithms.is_empty() {
+            return invalid("algorithms must not be empty".into());
+        }
+        if self.token_types.is_empty() {
+            return invalid("tokenTypes must not be empty".into());
+        }
+        if self.scopes_supported.iter().any(|s| s == "offline_access") {
+            return invalid("scopesSupported must not contain offline_access".into());
+        }
+        for scope in self.all_scopes() {
+            if scope.is_empty() || !scope.chars().all(is_scope_char) {
+                return invalid(format!(
+                    "scope {scope:?} has characters RFC 6749 does not allow"
+                ));
+            }
+        }
+        for header in [
+            &self.identity_headers.subject,
+            &self.identity_headers.client_id,
+            &self.identity_headers.scopes,
+        ] {
+            let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                ConfigError::Invalid(format!("identity header {header:?} is not a header name"))
+            })?;
+            if name == http::header::AUTHORIZATION || name == http::header::HOST {
+                return invalid(format!("identity header {header:?} is reserved"));
+            }
+        }
+        if let Some(intro) = &self.introspection {
+            let parsed = url::Url::parse(&intro.endpoint)
+                .map_err(|e| ConfigError::Invalid(format!("introspection.endpoint: {e}")))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return invalid("introspection.endpoint must be an http(s) URL".into());
+            }
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_token_bytes == 0 {
+            return invalid("limits must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The authorization servers to advertise.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        if self.authorization_servers.is_empty() {
+            vec![self.issuer.clone()]
+        } else {
+            self.authorization_servers.clone()
+        }
+    }
+
+    fn all_scopes(&self) -> impl Iterator<Item = &String> {
+        let unmatched: &[String] = match &self.unmatched {
+            UnmatchedPolicy::RequireScopes(s) => s,
+            _ => &[],
+        };
+        self.scopes_supported
+            .iter()
+            .chain(
+                self.scope_implies
+                    .iter()
+                    .flat_map(|(k, v)| std::iter::once(k).chain(v)),
+            )
+            .chain(self.rules.iter().flat_map(|r| &r.scopes))
+            .chain(unmatched)
+    }
+}
+
+/// RFC 6749 §3.3 scope-token characters.
+fn is_scope_char(c: char) -> bool {
+    c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c)
+}
+
+mod defaults {
+    use super::SigningAlgorithm;
+    use std::net::SocketAddr;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8443))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9091))
+    }
+    pub fn mcp_path() -> String {
+        "/mcp".into()
+    }
+    pub fn algorithms() -> Vec<SigningAlgorithm> {
+        vec![SigningAlgorithm::ES256]
+    }
+    pub fn leeway_seconds() -> u64 {
+        30
+    }
+    pub fn token_types() -> Vec<String> {
+        vec!["at+jwt".into(), "application/at+jwt".into()]
+    }
+    pub fn open_methods() -> Vec<String> {
+        [
+            "initialize",
+            "ping",
+            "notifications/*",
+            "tools/list",
+            "resources/list",
+            "resources/templates/list",
+            "prompts/list",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn subject_header() -> String {
+        "x-mcp-authz-subject".into()
+    }
+    pub fn client_id_header() -> String {
+        "x-mcp-authz-client-id".into()
+    }
+    pub fn scopes_header() -> String {
+        "x-mcp-authz-scopes".into()
+    }
+    pub fn introspection_cache_seconds() -> u64 {
+        30
+    }
+    pub fn introspection_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn jwks_refresh_seconds() -> u64 {
+        300
+    }
+    pub fn jwks_min_refresh_seconds() -> u64 {
+        10
+    }
+    pub fn jwks_request_wait_ms() -> u64 {
+        500
+    }
+    pub fn jwks_fetch_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn jwks_max_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_body_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn max_token_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_list_response_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        25_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL_YAML: &str = "
+upstream: http://127.0.0.1:8080
+resource: https://mcp.example.com/mcp
+issuer: https://auth.example.com
+jwksUri: https://auth.example.com/jwks
+";
+
+    #[test]
+    fn minimal_yaml_gets_safe_defaults() {
+        let c = SidecarConfig::parse(MINIMAL_YAML).unwrap();
+        assert_eq!(c.unmatched, UnmatchedPolicy::Deny);
+        assert_eq!(c.algorithms, vec![SigningAlgorithm::ES256]);
+        assert_eq!(c.mcp_path, "/mcp");
+        assert_eq!(
+            c.authorization_servers(),
+            vec!["https://auth.example.com".to_string()]
+        );
+        assert_eq!(c.identity_headers.subject, "x-mcp-authz-subject");
+    }
+
+    #[test]
+    fn full_yaml_round_trips_through_json() {
+        let text = format!(
+            "{MINIMAL_YAML}
+scopesSupported: [mcp:tools]
+scopeImplies:
+  mcp:admin: [mcp:tools, mcp:secrets]
+rules:
+  - method: tools/call
+    name: 'delete_*'
+    scopes: [mcp:admin]
+  - method: tools/call
+    scopes: [mcp:tools]
+unmatched:
+  requireScopes: [mcp:admin]
+introspection:
+  endpoint: https://auth.example.com/introspect
+  clientCredentialsFile: /var/run/secrets/introspection
+  sensitiveScopes: [mcp:secrets]
+limits:
+  maxBodyBytes: 1024
+"
+        );
+        let c = SidecarConfig::parse(&text).unwrap();
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].name.as_deref(), Some("delete_*"));
+        assert_eq!(
+            c.unmatched,
+            UnmatchedPolicy::RequireScopes(vec!["mcp:admin".into()])
+        );
+        assert_eq!(c.limits.max_body_bytes, 1024);
+        assert_eq!(c.limits.max_token_bytes, 8 * 1024);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(SidecarConfig::parse(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        let top =
+            SidecarConfig::parse(&format!("{MINIMAL_YAML}\nlisten_addr: 1.2.3.4:1\n")).unwrap_err();
+        assert!(top.to_string().contains("listen_addr"), "{top}");
+        let nested =
+            SidecarConfig::parse(&format!("{MINIMAL_YAML}\nlimits:\n  maxBody: 3\n")).unwrap_err();
+        assert!(nested.to_string().contains("maxBody"), "{nested}");
+        let rule = SidecarConfig::parse(&format!(
+            "{MINIMAL_YAML}\nrules:\n  - method: x\n    scope: [a]\n"
+        ))
+        .unwrap_err();
+        assert!(rule.to_string().contains("scope"), "{rule}");
+    }
+
+    #[test]
+    fn hmac_and_none_are_not_algorithms() {
+        for alg in ["HS256", "none"] {
+            let err = SidecarConfig::parse(&format!("{MINIMAL_YAML}\nalgorithms: [{alg}]\n"))
+                .unwrap_err();
+            assert!(matches!(err, ConfigError::Parse { .. }), "{alg}: {err}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused_with_the_field_name() {
+        let cases = [
+            (
+                "upstream: https://127.0.0.1:8080",
+                "upstream must be an http://",
+            ),
+            (
+                "upstream: http://127.0.0.1:8080/base",
+                "upstream must be a base URL",
+            ),
+            ("scopesSupported: [offline_access]", "offline_access"),
+            ("mcpPath: mcp", "mcpPath"),
+            ("mcpPath: /.well-known/x", "mcpPath"),
+            ("algorithms: []", "algorithms must not be empty"),
+            ("scopesSupported: ['a b']", "scope \"a b\""),
+            ("identityHeaders: {subject: authorization}", "reserved"),
+            (
+                "identityHeaders: {subject: 'bad header'}",
+                "not a header name",
+            ),
+        ];
+        for (line, expected) in cases {
+            let text = MINIMAL_YAML.replace("upstream: http://127.0.0.1:8080\n", "") + line + "\n";
+            let text = if line.starts_with("upstream") {
+                text
+            } else {
+                format!("upstream: http://127.0.0.1:8080\n{text}")
+            };
+            let err = SidecarConfig::parse(&text).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{line}: {err}");
+            assert!(err.to_string().contains(expected), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn load_reads_files_and_names_them_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("sidecar.yaml");
+        std::fs::write(&good, MINIMAL_YAML).unwrap();
+        assert_eq!(
+            SidecarConfig::load(&good).unwrap().issuer,
+            "https://auth.example.com"
+        );
+        let missing = dir.path().join("missing.yaml");
+        let err = SidecarConfig::load(&missing).unwrap_err();
+        assert_eq!(err.metric_label(), "read");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "upstream: [").unwrap();
+        let err = SidecarConfig::load(&bad).unwrap_err();
+        assert!(err.to_string().contains("bad.yaml"), "{err}");
+    }
+
+    #[test]
+    fn json_schema_is_generated() {
+        let schema = serde_json::to_value(schemars::schema_for!(SidecarConfig)).unwrap();
+        assert!(schema["properties"]["jwksUri"].is_object(), "{schema}");
+        assert_eq!(
+            schema["additionalProperties"],
+            serde_json::Value::Bool(false)
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! Parsing a fetched metadata document and the checks every document must pass, whatever the
+//! policy (draft-ietf-oauth-client-id-metadata-document §4, MCP authorization). Pure.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use url::{Host, Url};
+
+use super::config::AuthMethod;
+use super::error::{CimdError, DocumentRule, RedirectProblem};
+use super::url_check::{UrlAllowances, check_url};
+
+/// Longest `client_name` shown on a consent page.
+pub const MAX_CLIENT_NAME: usize = 200;
+
+/// JWK members that only a private or symmetric key has.
+const PRIVATE_JWK_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Redirect URI schemes that can never carry an authorization response safely.
+const FORBIDDEN_SCHEMES: &[&str] = &[
+    "javascript",
+    "data",
+    "vbscript",
+    "file",
+    "blob",
+    "about",
+    "ftp",
+    "ws",
+    "wss",
+    "filesystem",
+    "view-source",
+];
+
+/// How the client proves itself at the token endpoint, with its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKeys {
+    /// Keys embedded in the document (a JWK Set, public keys only).
+    Jwks(Value),
+    /// Keys published at a URL, fetched under the same rules as the document.
+    JwksUri(String),
+}
+
+/// What kind of place a redirect URI sends the code to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectKind {
+    /// `http(s)://127.0.0.1`, `[::1]` or `localhost`: a native app on the user's machine.
+    Loopback,
+    /// An https URL on a named host.
+    Https { host: String },
+    /// A private-use scheme of a native app (`com.example.app:/cb`).
+    PrivateUse,
+}
+
+/// One checked redirect URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectUri {
+    pub uri: String,
+    pub kind: RedirectKind,
+}
+
+/// A document that passed every policy-independent rule; this is what the cache keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedDocument {
+    pub client_id: String,
+    pub client_id_host: String,
+    pub client_name: String,
+    pub redirect_uris: Vec<RedirectUri>,
+    /// Methods the client is able to use, in its own order of preference.
+    pub auth_candidates: Vec<AuthMethod>,
+    /// Whether the document named one method (`token_endpoint_auth_method`) rather than choices.
+    pub auth_method_explicit: bool,
+    pub keys: Option<ClientKeys>,
+    pub grant_types: Vec<String>,
+    pub scope: Option<BTreeSet<String>>,
+    pub logo_uri: Option<String>,
+    pub client_uri: Option<String>,
+    pub tos_uri: Option<String>,
+    pub policy_uri: Option<String>,
+    /// Names of every top-level property present (for a policy's `requiredProperties`).
+    pub properties: BTreeSet<String>,
+    /// SHA-256 over the redirect URIs and keys: changes exactly when what was granted must go.
+    pub fingerprint: String,
+}
+
+/// Parse `body` as fetched from `url` and apply the policy-independent rules.
+/// `allow_http` is the development switch (a `jwks_uri` may then be http too).
+pub fn check_document(
+    url: &str,
+    body: &[u8],
+    allow_http: bool,
+) -> Result<CheckedDocument, CimdError> {
+    let object: UniqueKeyObject =
+        serde_json::from_slice(body).map_err(|e| CimdError::InvalidJson {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let doc = match object {
+        UniqueKeyObject::NotAnObject => return Err(doc_err(DocumentRule::NotAnObject)),
+        UniqueKeyObject::Duplicate(name) => {
+            return Err(doc_err(DocumentRule::DuplicateProperty(name)));
+        }
+        UniqueKeyObject::Object(map) => map,
+    };
+
+    let client_id = required_str(&doc, "client_id")?;
+    if client_id != url {
+        return Err(doc_err(DocumentRule::ClientIdMismatch {
+            found: client_id.to_owned(),
+        }));
+    }
+    let client_id_host = Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+
+    let client_name = required_str(&doc, "client_name")?.trim();
+    if client_name.is_empty() || client_name.chars().count() > MAX_CLIENT_NAME {
+        return Err(doc_err(DocumentRule::ClientNameLength(MAX_CLIENT_NAME)));
+    }
+
+    if doc.contains_key("client_secret") {
+        return Err(doc_err(DocumentRule::ClientSecret));
+    }
+
+    let redirect_uris = redirect_uris(&doc)?;
+    let keys = keys(&doc, allow_http)?;
+    let (auth_candidates, auth_method_explicit) = auth_candidates(&doc, keys.is_some())?;
+
+    let grant_types = optional_str_array(&doc, "grant_types")?
+        .unwrap_or_else(|| vec!["authorization_code".to_owned()]);
+    if let Some(response_types) = optional_str_array(&doc, "response_types")?
+        && (response_types.is_empty() || response_types.iter().any(|r| r != "code"))
+    {
+        return Err(doc_err(DocumentRule::ResponseTypes(response_types)));
+    }
+    let scope = optional_str(&doc, "scope")?
+        .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect());
+
+    let fingerprint = fingerprint(&redirect_uris, keys.as_ref());
+    Ok(CheckedDocument {
+        client_id: client_id.to_owned(),
+        client_id_host,
+        client_name: client_name.to_owned(),
+        redirect_uris,
+        auth_candidates,
+        auth_method_explicit,
+        keys,
+        grant_types,
+        scope,
+        logo_uri: display_uri(&doc, "logo_uri")?,
+        client_uri: display_uri(&doc, "client_uri")?,
+        tos_uri: display_uri(&doc, "tos_uri")?,
+        policy_uri: display_uri(&doc, "policy_uri")?,
+        properties: doc.keys().cloned().collect(),
+        fingerprint,
+    })
+}
+
+fn doc_err(rule: DocumentRule) -> CimdError {
+    CimdError::Document(rule)
+}
+
+fn required_str<'a>(
+    doc: &'a Map<String, Value>,
+    property: &'static str,
+) -> Result<&'a str, CimdError> {
+    match doc.get(property) {
+        None | Some(Value::Null) => Err(doc_err(DocumentRule::Missing(property))),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(doc_err(DocumentRule::WrongType {
+            property,
+            expected: "a string",
+        })),
+    }
+}
+
+fn optional_str<'a>(
+    doc: &'a Map<String, Value>,
+    property: &'static str,
+) -> Result<Option<&'a str>, CimdError> {
+    match doc.get(property) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(doc_err(DocumentRule::WrongType {
+            property,
+            expected: "a string",
+        })),
+    }
+}
+
+fn optional_str_array(
+    doc: &Map<String, Value>,
+    property: &'static str,
+) -> Result<Option<Vec<String>>, CimdError> {
+    let wrong = || {
+        doc_err(DocumentRule::WrongType {
+            property,
+            expected: "an array of strings",
+        })
+    };
+    match doc.get(property) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(wrong))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(wrong()),
+    }
+}
+
+fn redirect_uris(doc: &Map<String, Value>) -> Result<Vec<RedirectUri>, CimdError> {
+    let uris = optional_str_array(doc, "redirect_uris")?
+        .ok_or(doc_err(DocumentRule::Missing("redirect_uris")))?;
+    if uris.is_empty() {
+        return Err(doc_err(DocumentRule::NoRedirectUris));
+    }
+    uris.into_iter()
+        .map(|uri| match classify_redirect(&uri) {
+            Ok(kind) => Ok(RedirectUri { uri, kind }),
+            Err(problem) => Err(doc_err(DocumentRule::RedirectUri { uri, problem })),
+        })
+        .collect()
+}
+
+/// The fixed rules for one redirect URI (RFC 9700 §2.1, OAuth 2.1 §2.3.1, RFC 8252 §7).
+pub fn classify_redirect(uri: &str) -> Result<RedirectKind, RedirectProblem> {
+    if uri.contains('*') {
+        return Err(RedirectProblem::Wildcard);
+    }
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RedirectProblem::NotAUri);
+    }
+    let url = Url::parse(uri).map_err(|_| RedirectProblem::NotAUri)?;
+    if url.fragment().is_some() {
+        return Err(RedirectProblem::Fragment);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(RedirectProblem::Userinfo);
+    }
+    let scheme = url.scheme();
+    if FORBIDDEN_SCHEMES.contains(&scheme) {
+        return Err(RedirectProblem::ForbiddenScheme(scheme.to_owned()));
+    }
+    match scheme {
+        "http" | "https" => {
+            if is_loopback_host(url.host()) {
+                Ok(RedirectKind::Loopback)
+            } else if scheme == "http" {
+                Err(RedirectProblem::HttpNotLoopback)
+            } else {
+                Ok(RedirectKind::Https {
+                    host: url.host_str().unwrap_or_default().to_owned(),
+                })
+            }
+        }
+        // RFC 8252 §7.1: private-use schemes are reverse domain names.
+        s if s.contains('.') => Ok(RedirectKind::PrivateUse),
+        s => Err(RedirectProblem::ForbiddenScheme(s.to_owned())),
+    }
+}
+
+/// Loopback as RFC 8252 means it: the IP literals, and `localhost` that desktop clients use.
+pub fn is_loopback_host(host: Option<Host<&str>>) -> bool {
+    match host {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn keys(doc: &Map<String, Value>, allow_http: bool) -> Result<Option<ClientKeys>, CimdError> {
+    let jwks = doc.get("jwks").filter(|v| !v.is_null());
+    let jwks_uri = optional_str(doc, "jwks_uri")?;
+    match (jwks, jwks_uri) {
+        (Some(_), Some(_)) => Err(doc_err(DocumentRule::BothJwksAndJwksUri)),
+        (Some(jwks), None) => {
+            let keys = jwks
+                .get("keys")
+                .and_then(Value::as_array)
+                .filter(|k| !k.is_empty())
+                .ok_or(doc_err(DocumentRule::InvalidJwks))?;
+            for key in keys {
+                let key = key.as_object().ok_or(doc_err(DocumentRule::InvalidJwks))?;
+                if let Some(member) = private_member(key) {
+                    return Err(doc_err(DocumentRule::PrivateKeyInJwks(member.to_owned())));
+                }
+            }
+            Ok(Some(ClientKeys::Jwks(jwks.clone())))
+        }
+        (None, Some(uri)) => {
+            let allow = UrlAllowances {
+                query: true,
+                http: allow_http,
+            };
+            check_url(uri, "jwks_uri", allow)?;
+            Ok(Some(ClientKeys::JwksUri(uri.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The first member of a JWK that only a private or symmetric key carries.
+pub fn private_member(key: &Map<String, Value>) -> Option<&'static str> {
+    PRIVATE_JWK_MEMBERS
+        .iter()
+        .copied()
+        .find(|m| key.contains_key(*m))
+}
+
+fn parse_method(name: &str) -> Result<AuthMethod, DocumentRule> {
+    match name {
+        "none" => Ok(AuthMethod::None),
+        "private_key_jwt" => Ok(AuthMethod::PrivateKeyJwt),
+        "client_secret_basic" | "client_secret_post" | "client_secret_jwt" => {
+            Err(DocumentRule::SharedSecretAuthMethod(name.to_owned()))
+        }
+        other => Err(DocumentRule::UnsupportedAuthMethod(other.to_owned())),
+    }
+}
+
+/// The explicit `token_endpoint_auth_method`, or else the OIDC "choices" form
+/// `token_endpoint_auth_methods_supported` (which one widely used client publishes instead),
+/// or else `none`: RFC 7591's default (`client_secret_basic`) cannot apply to a document.
+fn auth_candidates(
+    doc: &Map<String, Value>,
+    has_keys: bool,
+) -> Result<(Vec<AuthMethod>, bool), CimdError> {
+    if let Some(method) = optional_str(doc, "token_endpoint_auth_method")? {
+        let method = parse_method(method).map_err(doc_err)?;
+        if method == AuthMethod::PrivateKeyJwt && !has_keys {
+            return Err(doc_err(DocumentRule::KeysMissing));
+        }
+        return Ok((vec![method], true));
+    }
+    if let Some(choices) = optional_str_array(doc, "token_endpoint_auth_methods_supported")? {
+        let usable: Vec<AuthMethod> = choices
+            .iter()
+            .filter_map(|c| parse_method(c).ok())
+            .collect();
+        if usable.is_empty() {
+            return Err(doc_err(DocumentRule::NoUsableAuthMethod(choices)));
+        }
+        let with_keys: Vec<AuthMethod> = usable
+            .iter()
+            .copied()
+            .filter(|m| *m != AuthMethod::PrivateKeyJwt || has_keys)
+            .collect();
+        if with_keys.is_empty() {
+            return Err(doc_err(DocumentRule::KeysMissing));
+        }
+        return Ok((with_keys, false));
+    }
+    Ok((vec![AuthMethod::None], false))
+}
+
+/// URIs shown to a person (logo, home page, terms): https only, never fetched by the server.
+fn display_uri(
+    doc: &Map<String, Value>,
+    property: &'static str,
+) -> Result<Option<String>, CimdError> {
+    let Some(uri) = optional_str(doc, property)? else {
+        return Ok(None);
+    };
+    let ok = Url::parse(uri).is_ok_and(|u| {
+        u.scheme() == "https" && u.username().is_empty() && u.password().is_none() && u.has_host()
+    });
+    if ok {
+        Ok(Some(uri.to_owned()))
+    } else {
+        Err(doc_err(DocumentRule::UnsafeUri {
+            property,
+            uri: uri.chars().take(200).collect(),
+        }))
+    }
+}
+
+fn fingerprint(redirects: &[RedirectUri], keys: Option<&ClientKeys>) -> String {
+    let mut uris: Vec<&str> = redirects.iter().map(|r| r.uri.as_str()).collect();
+    uris.sort_unstable();
+    uris.dedup();
+    let mut text = String::new();
+    for uri in uris {
+        text.push_str("redirect_uri ");
+        text.push_str(&serde_json::Value::String(uri.to_owned()).to_string());
+        text.push('\n');
+    }
+    match keys {
+        Some(ClientKeys::Jwks(jwks)) => {
+            text.push_str("jwks ");
+            canonical_json(jwks, &mut text);
+        }
+        Some(ClientKeys::JwksUri(uri)) => {
+            text.push_str("jwks_uri ");
+            text.push_str(&serde_json::Value::String(uri.clone()).to_string());
+        }
+        None => {}
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON with object keys sorted, so reordering a document does not look like a change.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A top-level JSON value that remembers a repeated property name: parsers disagree on which
+/// copy wins, so a document that repeats `client_id` or `redirect_uris` is refused outright.
+enum UniqueKeyObject {
+    Object(Map<String, Value>),
+    Duplicate(String),
+    NotAnObject,
+}
+
+impl<'de> Deserialize<'de> for UniqueKeyObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeyVisitor)
+    }
+}
+
+struct UniqueKeyVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeyVisitor {
+    type Value = UniqueKeyObject;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        let mut duplicate = None;
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            if map.contains_key(&key) && duplicate.is_none() {
+                duplicate = Some(key.clone());
+            }
+            map.insert(key, value);
+        }
+        Ok(match duplicate {
+            Some(name) => UniqueKeyObject::Duplicate(name),
+            None => UniqueKeyObject::Object(map),
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> Result<Self::Value, A::Error> {
+        while access.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(UniqueKeyObject::NotAnObject)
+    }
+}

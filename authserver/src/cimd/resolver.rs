@@ -1,0 +1,265 @@
+//! The entry point the endpoints call: check the client_id, admit it by policy, fetch (once, even
+//! under concurrency) and cache the document, then apply the request's policy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use serde_json::Value;
+use url::Url;
+
+use super::cache::DocumentCache;
+use super::client::ClientDocument;
+use super::config::CimdConfig;
+use super::dns::{HostResolver, SystemResolver};
+use super::document::{CheckedDocument, check_document};
+use super::error::{CimdError, DocumentRule};
+use super::fetch::Fetcher;
+use super::policy::{CompiledPolicy, admit};
+use super::url_check::{UrlAllowances, check_url};
+
+/// The name the baseline policy carries in errors and audit records.
+pub const BASELINE_POLICY: &str = "baseline";
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<CheckedDocument>, CimdError>>>;
+
+/// Resolves CIMD clients. Cheap to clone; clones share the cache.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CimdConfig,
+    baseline: CompiledPolicy,
+    policies: HashMap<String, CompiledPolicy>,
+    fetcher: Fetcher,
+    cache: DocumentCache,
+    in_flight: Mutex<HashMap<String, Flight>>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    fetches: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolverStats {
+    /// Documents actually fetched over the network (successful or not).
+    pub fetches: u64,
+    /// Resolves answered from the cache.
+    pub cache_hits: u64,
+    /// Documents in the cache now.
+    pub cached: usize,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// A resolver using the system's DNS.
+    pub fn new(config: CimdConfig) -> Result<Self, CimdError> {
+        Self::with_dns(config, Arc::new(SystemResolver))
+    }
+
+    /// A resolver with injected name resolution (tests, air-gapped directories).
+    pub fn with_dns(config: CimdConfig, dns: Arc<dyn HostResolver>) -> Result<Self, CimdError> {
+        let baseline = CompiledPolicy::compile(BASELINE_POLICY, &config.baseline)?;
+        let policies = config
+            .policies
+            .iter()
+            .map(|(name, p)| CompiledPolicy::compile(name, p).map(|c| (name.clone(), c)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let limits = &config.fetch;
+        if limits.cache_min_ttl_secs > limits.cache_max_ttl_secs {
+            return Err(CimdError::Config(
+                "fetch.cacheMinTtlSecs must not exceed fetch.cacheMaxTtlSecs".to_owned(),
+            ));
+        }
+        if limits.max_document_bytes == 0
+            || limits.total_timeout_ms == 0
+            || limits.connect_timeout_ms == 0
+        {
+            return Err(CimdError::Config(
+                "fetch limits (maxDocumentBytes, connectTimeoutMs, totalTimeoutMs) must be positive".to_owned(),
+            ));
+        }
+        let fetcher = Fetcher::new(&config, dns)?;
+        let cache = DocumentCache::new(limits.cache_capacity);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                baseline,
+                policies,
+                fetcher,
+                cache,
+                in_flight: Mutex::new(HashMap::new()),
+                stats: Counters::default(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &CimdConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> ResolverStats {
+        ResolverStats {
+            fetches: self.inner.stats.fetches.load(Ordering::Relaxed),
+            cache_hits: self.inner.stats.cache_hits.load(Ordering::Relaxed),
+            cached: self.inner.cache.len(),
+        }
+    }
+
+    /// Forget a cached document so the next resolve fetches it again.
+    pub fn forget(&self, client_id: &str) {
+        self.inner.cache.remove(client_id);
+    }
+
+    /// Resolve a URL `client_id` under the baseline and, when the request's resource names one,
+    /// the policy `policy_name`. Nothing is fetched for a client_id the policies refuse by shape,
+    /// pattern or deny list.
+    pub async fn resolve(
+        &self,
+        client_id: &str,
+        policy_name: Option<&str>,
+    ) -> Result<ClientDocument, CimdError> {
+        let inner = &self.inner;
+        if !inner.config.enabled {
+            return Err(CimdError::Disabled);
+        }
+        let mut policies = vec![&inner.baseline];
+        if let Some(name) = policy_name {
+            policies.push(
+                inner
+                    .policies
+                    .get(name)
+                    .ok_or_else(|| CimdError::UnknownPolicy(name.to_owned()))?,
+            );
+        }
+        let allow = UrlAllowances {
+            query: policies.iter().all(|p| p.policy.allow_query_in_client_id),
+            http: inner.config.allow_http_for_development,
+        };
+        let url = check_url(client_id, "client_id", allow)?;
+        for policy in &policies {
+            policy.admit_client_id(&url)?;
+        }
+        let doc = self.checked_document(url).await?;
+        admit(&doc, &policies)
+    }
+
+    /// The cached document, or one fetch shared by every concurrent caller for the same URL.
+    async fn checked_document(&self, url: Url) -> Result<Arc<CheckedDocument>, CimdError> {
+        let key = url.as_str().to_owned();
+        if let Some(doc) = self.inner.cache.get(&key, Instant::now()) {
+            self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(doc);
+        }
+        let flight = {
+            let mut in_flight = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // A flight may have finished (and filled the cache) between the miss and this lock.
+            if let Some(doc) = self.inner.cache.get(&key, Instant::now()) {
+                self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(doc);
+            }
+            in_flight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    async move { fetch_and_cache(&inner, url).await }
+                        .boxed()
+                        .shared()
+                })
+                .clone()
+        };
+        let result = flight.clone().await;
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if in_flight.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
+            in_flight.remove(&key);
+        }
+        result
+    }
+
+    /// Fetch a client's `jwks_uri` under the same address, TLS, size and time rules as documents.
+    /// Returns the JWK Set (an object with a non-empty `keys` array of public keys).
+    pub async fn fetch_jwks(&self, jwks_uri: &str) -> Result<Value, CimdError> {
+        let allow = UrlAllowances {
+            query: true,
+            http: self.inner.config.allow_http_for_development,
+        };
+        let url = check_url(jwks_uri, "jwks_uri", allow)?;
+        let fetched = self
+            .inner
+            .fetcher
+            .get(&url, self.inner.config.fetch.max_jwks_bytes)
+            .await?;
+        let jwks: Value =
+            serde_json::from_slice(&fetched.body).map_err(|e| CimdError::InvalidJson {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+        let keys = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .filter(|k| !k.is_empty())
+            .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
+        for key in keys {
+            let key = key
+                .as_object()
+                .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
+            if let Some(member) = super::document::private_member(key) {
+                return Err(CimdError::Document(DocumentRule::PrivateKeyInJwks(
+                    member.to_owned(),
+                )));
+            }
+        }
+        Ok(jwks)
+    }
+}
+
+async fn fetch_and_cache(inner: &Inner, url: Url) -> Result<Arc<CheckedDocument>, CimdError> {
+    inner.stats.fetches.fetch_add(1, Ordering::Relaxed);
+    let fetched = inner
+        .fetcher
+        .get(&url, inner.config.fetch.max_document_bytes)
+        .await;
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!(client_id = %url, reason = e.metric_label(), "client metadata fetch refused: {e}");
+            return Err(e);
+        }
+    };
+    let doc = Arc::new(check_document(
+        url.as_str(),
+        &fetched.body,
+        inner.config.allow_http_for_development,
+    )?);
+    inner.cache.insert(
+        url.as_str().to_owned(),
+        doc.clone(),
+        fetched.ttl,
+        Instant::now(),
+    );
+    Ok(doc)
+}

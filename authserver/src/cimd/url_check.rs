@@ -1,0 +1,238 @@
+//! The shape a client_id URL (or a URL inside a document) must have before anything is fetched.
+//! Pure: no lookup, no I/O.
+
+use url::{Host, Url};
+
+use super::error::{CimdError, UrlRule};
+
+/// Longer client_ids are refused before parsing: they only serve to bloat logs and caches.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// What the caller allows beyond the draft's strict form.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UrlAllowances {
+    pub query: bool,
+    pub http: bool,
+}
+
+/// Check `raw` and return it parsed. `which` names the URL in the error (`client_id`, `jwks_uri`).
+///
+/// The raw string is inspected as well as the parsed URL, because parsing quietly rewrites what
+/// the draft forbids (dot segments, case, default ports) and the document's `client_id` must equal
+/// the URL as written.
+pub fn check_url(raw: &str, which: &'static str, allow: UrlAllowances) -> Result<Url, CimdError> {
+    let refuse = |rule| CimdError::UrlRefused { which, rule };
+    if raw.len() > MAX_URL_LEN {
+        return Err(refuse(UrlRule::TooLong(MAX_URL_LEN)));
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(refuse(UrlRule::BadCharacters));
+    }
+    let url = Url::parse(raw).map_err(|_| refuse(UrlRule::NotAUrl))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow.http => {}
+        _ => return Err(refuse(UrlRule::NotHttps)),
+    }
+    if !url.username().is_empty() || url.password().is_some() || authority(raw).contains('@') {
+        return Err(refuse(UrlRule::Userinfo));
+    }
+    if url.fragment().is_some() {
+        return Err(refuse(UrlRule::Fragment));
+    }
+    if url.query().is_some() && !allow.query {
+        return Err(refuse(UrlRule::Query));
+    }
+    match url.host() {
+        None => return Err(refuse(UrlRule::NoHost)),
+        Some(Host::Domain("")) => return Err(refuse(UrlRule::NoHost)),
+        Some(_) => {}
+    }
+    if raw_path(raw).split('/').any(is_dot_segment) {
+        return Err(refuse(UrlRule::DotSegment));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        return Err(refuse(UrlRule::NoPath));
+    }
+    if url.as_str() != raw {
+        return Err(refuse(UrlRule::NotCanonical(url.as_str().to_owned())));
+    }
+    Ok(url)
+}
+
+/// The text between `scheme://` and the path, as written.
+fn authority(raw: &str) -> &str {
+    let rest = raw.split_once("://").map_or("", |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The path as written, before the parser resolves dot segments away.
+fn raw_path(raw: &str) -> &str {
+    let rest = raw.split_once("://").map_or(raw, |(_, r)| r);
+    let Some(start) = rest.find('/') else {
+        return "";
+    };
+    let path = &rest[start..];
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+/// True when `s` looks like a URL client_id rather than a registered or generated one: such
+/// client_ids go through CIMD, and our own generated ids never start this way.
+pub fn is_url_client_id(s: &str) -> bool {
+    let lower = s.get(..8).map(str::to_ascii_lowercase);
+    lower.as_deref() == Some("https://")
+        || s.get(..7).map(str::to_ascii_lowercase).as_deref() == Some("http://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRICT: UrlAllowances = UrlAllowances {
+        query: false,
+        http: false,
+    };
+
+    fn rule(raw: &str, allow: UrlAllowances) -> Option<UrlRule> {
+        match check_url(raw, "client_id", allow) {
+            Ok(_) => None,
+            Err(CimdError::UrlRefused {
+                which: "client_id",
+                rule,
+            }) => Some(rule),
+            Err(other) => panic!("unexpected error {other:?} for {raw}"),
+        }
+    }
+
+    #[test]
+    fn well_formed_client_ids_pass() {
+        for ok in [
+            "https://app.example.com/client.json",
+            "https://app.example.com/oauth/client-metadata",
+            "https://app.example.com:8443/c",
+            "https://127.0.0.1:9/c",
+            "https://[2001:db8::1]/c",
+            "https://app.example.com/a%20b",
+        ] {
+            assert_eq!(rule(ok, STRICT), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn each_rule_refuses_its_case() {
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        let table: Vec<(&str, UrlRule)> = vec![
+            (long.as_str(), UrlRule::TooLong(MAX_URL_LEN)),
+            ("https://example.com/a b", UrlRule::BadCharacters),
+            ("https://example.com/a\n", UrlRule::BadCharacters),
+            ("https://example.com/a\tb", UrlRule::BadCharacters),
+            ("client-123", UrlRule::NotAUrl),
+            ("https://", UrlRule::NotAUrl),
+            ("https://exa mple.com/x", UrlRule::BadCharacters),
+            ("http://example.com/c", UrlRule::NotHttps),
+            ("ftp://example.com/c", UrlRule::NotHttps),
+            ("javascript:alert(1)//example.com/c", UrlRule::NotHttps),
+            ("data:application/json,{}", UrlRule::NotHttps),
+            ("https://user@example.com/c", UrlRule::Userinfo),
+            ("https://user:pw@example.com/c", UrlRule::Userinfo),
+            ("https://@example.com/c", UrlRule::Userinfo),
+            ("https://example.com/c#frag", UrlRule::Fragment),
+            ("https://example.com/c#", UrlRule::Fragment),
+            ("https://example.com/c?x=1", UrlRule::Query),
+            ("https://example.com/c?", UrlRule::Query),
+            ("https://example.com/a/../c", UrlRule::DotSegment),
+            ("https://example.com/a/./c", UrlRule::DotSegment),
+            ("https://example.com/a/%2e%2E/c", UrlRule::DotSegment),
+            ("https://example.com/a/.%2e/c", UrlRule::DotSegment),
+            ("https://example.com/a/..", UrlRule::DotSegment),
+            ("https://example.com", UrlRule::NoPath),
+            ("https://example.com/", UrlRule::NoPath),
+            (
+                "https://EXAMPLE.com/c",
+                UrlRule::NotCanonical("https://example.com/c".into()),
+            ),
+            (
+                "HTTPS://example.com/c",
+                UrlRule::NotCanonical("https://example.com/c".into()),
+            ),
+            (
+                "https://example.com:443/c",
+                UrlRule::NotCanonical("https://example.com/c".into()),
+            ),
+            (
+                "https:example.com/c",
+                UrlRule::NotCanonical("https://example.com/c".into()),
+            ),
+            (
+                "https:\\\\example.com\\c",
+                UrlRule::NotCanonical("https://example.com/c".into()),
+            ),
+            (
+                "https://0x7f.1/c",
+                UrlRule::NotCanonical("https://127.0.0.1/c".into()),
+            ),
+            (
+                "https://bücher.example/c",
+                UrlRule::NotCanonical("https://xn--bcher-kva.example/c".into()),
+            ),
+            (
+                "https://example.com/<c>",
+                UrlRule::NotCanonical("https://example.com/%3Cc%3E".into()),
+            ),
+        ];
+        for (raw, want) in table {
+            assert_eq!(rule(raw, STRICT), Some(want.clone()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn allowances_open_only_what_they_name() {
+        assert_eq!(
+            rule(
+                "https://example.com/c?tenant=a",
+                UrlAllowances {
+                    query: true,
+                    http: false
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                "http://example.com/c",
+                UrlAllowances {
+                    query: false,
+                    http: true
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                "http://example.com/c?x",
+                UrlAllowances {
+                    query: false,
+                    http: true
+                }
+            ),
+            Some(UrlRule::Query)
+        );
+    }
+
+    #[test]
+    fn url_client_ids_are_recognised_case_insensitively() {
+        assert!(is_url_client_id("https://a/b"));
+        assert!(is_url_client_id("HTTPS://a/b"));
+        assert!(is_url_client_id("http://a/b"));
+        assert!(!is_url_client_id("client-123"));
+        assert!(!is_url_client_id("https:/a"));
+        assert!(!is_url_client_id("é"));
+    }
+}

@@ -1,0 +1,783 @@
+//! The rendered configuration of the authorization server: the contract with the operator and local mode.
+//!
+//! The operator renders [`AuthServerConfig`] from the `AuthorizationServer`, `MCPService`, `MCPScope` and
+//! `CIMDPolicy` resources into a ConfigMap; `mcp-authz local` renders the same type from a directory of YAML.
+//! The server reads it with [`AuthServerConfig::load`] (YAML or JSON) and reloads it when the file changes.
+//! Every struct refuses unknown fields, so a typo in a rendered file fails loudly instead of being ignored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Refusals while loading or checking a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// A low-cardinality reason for Prometheus.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Json { .. } | ConfigError::Yaml { .. } => "parse",
+            ConfigError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// The whole configuration of one authorization server deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthServerConfig {
+    /// The issuer identifier: an `https` URL (or `http` on a loopback host for local mode), without query or
+    /// fragment. It is published verbatim as `issuer` and as the `iss` of every token and authorization response.
+    pub issuer: String,
+    /// Address the OAuth endpoints listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin port: `/metrics`, `/healthz`, `/readyz` and the admin API.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Where codes, grants, refresh tokens, consents, revocations and audit events are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Signing keys of access tokens.
+    pub signing: SigningConfig,
+    /// Lifetimes of codes and tokens.
+    #[serde(default)]
+    pub tokens: TokenLifetimes,
+    /// The scope catalogue: every scope any resource may offer.
+    #[serde(default)]
+    pub scopes: Vec<ScopeDefinition>,
+    /// The protected MCP resources: a token is issued for exactly one of them.
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    /// How people log in.
+    pub login: LoginConfig,
+    /// Clients registered in advance (by the platform team).
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Dynamic Client Registration (RFC 7591). Off unless asked: deprecated by MCP 2026-07-28 in favour of CIMD.
+    #[serde(default)]
+    pub dynamic_client_registration: DynamicClientRegistration,
+    /// Admin API credentials.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+
+/// The store. Exactly one of `sqlite` and `postgres`; SQLite at the default path when the section is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageConfig {
+    /// Embedded SQLite (WAL mode): one replica, the file on a persistent volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteStorage>,
+    /// PostgreSQL: several replicas share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStorage>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sqlite: Some(SqliteStorage {
+                path: PathBuf::from("/var/lib/mcp-authz/authserver.db"),
+            }),
+            postgres: None,
+        }
+    }
+}
+
+/// An embedded SQLite database file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqliteStorage {
+    /// Path of the database file; created when missing.
+    pub path: PathBuf,
+}
+
+/// A PostgreSQL database. The URL is a secret, so it is read from a file (a mounted Secret) or an environment
+/// variable, never written in the config itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostgresStorage {
+    /// File holding the connection URL (`postgres://user:pass@host:port/db`), surrounding whitespace ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// Environment variable holding the connection URL, used when `urlFile` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// Most connections this replica opens.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+/// Signing keys. The directory holds one PEM (PKCS#8) per key and an index `keys.json`
+/// (see [`crate::keys::KeyIndex`]) giving each key's `kid`, algorithm, state (`next`, `active`, `retiring`) and
+/// validity. The server signs with the `active` key and publishes `next`, `active` and `retiring` in its JWKS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SigningConfig {
+    /// Directory of the key files (the operator mounts its keys Secret here).
+    pub keys_dir: PathBuf,
+    /// Signature algorithm of new keys. Only `ES256` for now.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// Let the server write and rotate its own keys in `keysDir` (local mode, or embedded storage without an
+    /// operator). When false the directory is read-only to the server and an empty one is an error.
+    #[serde(default)]
+    pub self_managed: bool,
+    /// With `selfManaged`: how long a key signs before the next one takes over.
+    #[serde(default = "default_rotation_period")]
+    pub rotation_period_secs: u64,
+}
+
+fn default_rotation_period() -> u64 {
+    30 * 24 * 3600
+}
+
+/// Algorithms the server signs access tokens with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256 (RFC 7518).
+    #[default]
+    ES256,
+}
+
+/// Lifetimes, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenLifetimes {
+    /// Access token lifetime (capped further by each scope's `maxLifetimeSecs`).
+    #[serde(default = "default_access_token_secs")]
+    pub access_token_secs: u64,
+    /// Refresh token lifetime; each use rotates the token but keeps the grant's original end.
+    #[serde(default = "default_refresh_token_secs")]
+    pub refresh_token_secs: u64,
+    /// Authorization code lifetime.
+    #[serde(default = "default_code_secs")]
+    pub authorization_code_secs: u64,
+    /// How long a login session (cookie) lasts before the person must log in again.
+    #[serde(default = "default_session_secs")]
+    pub session_secs: u64,
+}
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        TokenLifetimes {
+            access_token_secs: default_access_token_secs(),
+            refresh_token_secs: default_refresh_token_secs(),
+            authorization_code_secs: default_code_secs(),
+            session_secs: default_session_secs(),
+        }
+    }
+}
+
+fn default_access_token_secs() -> u64 {
+    300
+}
+fn default_refresh_token_secs() -> u64 {
+    30 * 24 * 3600
+}
+fn default_code_secs() -> u64 {
+    60
+}
+fn default_session_secs() -> u64 {
+    8 * 3600
+}
+
+/// One scope of the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScopeDefinition {
+    /// The scope value as it appears in requests and tokens (RFC 6749 `scope-token`).
+    pub value: String,
+    /// What a person reads on the consent screen.
+    pub description: String,
+    /// Consent is asked every time and tokens are kept short.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// Longest access token lifetime for a token carrying this scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_secs: Option<u64>,
+    /// Narrower scopes this one implies (`files:write` implies `files:read`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub implies: Vec<String>,
+}
+
+/// One protected MCP service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceConfig {
+    /// The public URL clients use (RFC 8707 `resource`, the token `aud`), compared character for character.
+    pub resource: String,
+    /// Name shown on the consent screen.
+    pub display_name: String,
+    /// Scopes of the catalogue this service offers.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Name of the CIMD policy that admits clients for this resource (the default policy when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cimd_policy: Option<String>,
+}
+
+/// Login: exactly one of `static` and `upstreamOidc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoginConfig {
+    /// A fixed list of users with Argon2id password hashes.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_users: Option<StaticLogin>,
+    /// An upstream OpenID Connect provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_oidc: Option<UpstreamOidc>,
+}
+
+/// Static users, inline and/or from a file (a mounted Secret holding a YAML or JSON list of [`StaticUser`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticLogin {
+    /// Users written in the config.
+    #[serde(default)]
+    pub users: Vec<StaticUser>,
+    /// File with more users (a YAML or JSON list), read at load and on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<PathBuf>,
+}
+
+/// One person who may log in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticUser {
+    /// Login name typed in the form.
+    pub username: String,
+    /// Argon2id PHC string (`$argon2id$v=19$...`), made by `mcp-authz-server hash-password`.
+    pub password_hash: String,
+    /// Token `sub`; the username when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// An upstream OpenID Connect provider people log in with (authorization code + PKCE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamOidc {
+    /// The provider's issuer; its discovery document is read from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Our client id at the provider.
+    pub client_id: String,
+    /// File holding our client secret (a mounted Secret); a public client when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes asked of the provider.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// ID token claim that becomes our `sub`.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Extra PEM CA bundle trusted when talking to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+/// How a client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// A public client (PKCE only).
+    #[default]
+    None,
+    /// RFC 7523 JWT assertion signed with the client's private key.
+    PrivateKeyJwt,
+}
+
+/// OAuth grant types a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+/// A pre-registered client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientConfig {
+    /// The client id; never starts with `https://` (those are CIMD clients).
+    pub client_id: String,
+    /// Name shown on the consent screen.
+    pub client_name: String,
+    /// Exact redirect URIs (https, or http on a loopback host whose port may vary).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Token endpoint authentication.
+    #[serde(default)]
+    pub token_endpoint_auth_method: ClientAuthMethod,
+    /// The client's public keys (a JWK Set) for `private_key_jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// Grant types allowed; `authorization_code` and `refresh_token` when empty.
+    #[serde(default)]
+    pub grant_types: Vec<GrantType>,
+    /// Scopes this client may be given with `client_credentials` (no person consents there).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// May call the introspection endpoint (a resource server, authenticated with `private_key_jwt`).
+    #[serde(default)]
+    pub introspection: bool,
+}
+
+/// Dynamic Client Registration switch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DynamicClientRegistration {
+    /// Serve `/register` and advertise `registration_endpoint`.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Admin API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    /// File holding the admin bearer credential (a mounted Secret). The admin API refuses every call when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthServerConfig {
+    /// Reads a YAML or JSON file (JSON when the name ends in `.json` or the text starts with `{`) and checks it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses without checking (the name decides the format, as in [`AuthServerConfig::load`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let json =
+            path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+        if json {
+            serde_json::from_str(text).map_err(|e| ConfigError::Json {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    }
+
+    /// Checks the rules that span fields; the first broken rule is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let issuer = Url::parse(&self.issuer).map_err(|e| {
+            ConfigError::Invalid(format!("issuer {:?} is not a URL: {e}", self.issuer))
+        })?;
+        if issuer.query().is_some() || issuer.fragment().is_some() {
+            return bad(format!(
+                "issuer {:?} must not have a query or fragment",
+                self.issuer
+            ));
+        }
+        if !is_https_or_loopback(&issuer) {
+            return bad(format!(
+                "issuer {:?} must be https (http only on a loopback host)",
+                self.issuer
+            ));
+        }
+        if self.issuer.ends_with('/') {
+            return bad(format!("issuer {:?} must not end with '/'", self.issuer));
+        }
+        match (&self.storage.sqlite, &self.storage.postgres) {
+            (Some(_), None) => {}
+            (None, Some(pg)) if pg.url_file.is_none() && pg.url_env.is_none() => {
+                return bad("storage.postgres needs urlFile or urlEnv".into());
+            }
+            (None, Some(_)) => {}
+            _ => return bad("storage needs exactly one of sqlite and postgres".into()),
+        }
+        if self.signing.rotation_period_secs < 60 {
+            return bad("signing.rotationPeriodSecs must be at least 60".into());
+        }
+        if self.tokens.access_token_secs == 0 || self.tokens.authorization_code_secs == 0 {
+            return bad("tokens lifetimes must be positive".into());
+        }
+        let mut scope_values = HashSet::new();
+        for scope in &self.scopes {
+            if !is_scope_token(&scope.value) {
+                return bad(format!(
+                    "scope {:?} is not a valid scope token",
+                    scope.value
+                ));
+            }
+            if !scope_values.insert(scope.value.as_str()) {
+                return bad(format!("scope {:?} is defined twice", scope.value));
+            }
+        }
+        for scope in &self.scopes {
+            if let Some(missing) = scope
+                .implies
+                .iter()
+                .find(|s| !scope_values.contains(s.as_str()))
+            {
+                return bad(format!(
+                    "scope {:?} implies unknown scope {missing:?}",
+                    scope.value
+                ));
+            }
+        }
+        let mut resources = HashSet::new();
+        for resource in &self.resources {
+            let url = Url::parse(&resource.resource).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "resource {:?} is not a URL: {e}",
+                    resource.resource
+                ))
+            })?;
+            if url.fragment().is_some() || !is_https_or_loopback(&url) {
+                return bad(format!(
+                    "resource {:?} must be https (http only on loopback) without fragment",
+                    resource.resource
+                ));
+            }
+            if !resources.insert(resource.resource.as_str()) {
+                return bad(format!("resource {:?} is defined twice", resource.resource));
+            }
+            if let Some(missing) = resource
+                .scopes
+                .iter()
+                .find(|s| !scope_values.contains(s.as_str()))
+            {
+                return bad(format!(
+                    "resource {:?} offers scope {missing:?} that is not in the catalogue",
+                    resource.resource
+                ));
+            }
+        }
+        match (&self.login.static_users, &self.login.upstream_oidc) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return bad("login needs exactly one of static and upstreamOidc".into()),
+        }
+        if let Some(users) = &self.login.static_users {
+            let mut names = HashSet::new();
+            for user in &users.users {
+                if !names.insert(user.username.as_str()) {
+                    return bad(format!("user {:?} is defined twice", user.username));
+                }
+                if !user.password_hash.starts_with("$argon2id$") {
+                    return bad(format!(
+                        "user {:?}: passwordHash must be an Argon2id PHC string",
+                        user.username
+                    ));
+                }
+            }
+        }
+        let mut client_ids = HashSet::new();
+        for client in &self.clients {
+            if client.client_id.is_empty() || client.client_id.starts_with("https://") {
+                return bad(format!(
+                    "client id {:?} must be non-empty and must not start with https:// (reserved for CIMD)",
+                    client.client_id
+                ));
+            }
+            if !client_ids.insert(client.client_id.as_str()) {
+                return bad(format!("client {:?} is defined twice", client.client_id));
+            }
+            for uri in &client.redirect_uris {
+                check_redirect_uri(uri).map_err(|m| {
+                    ConfigError::Invalid(format!("client {:?}: {m}", client.client_id))
+                })?;
+            }
+            if client.token_endpoint_auth_method == ClientAuthMethod::PrivateKeyJwt
+                && client.jwks.is_none()
+            {
+                return bad(format!(
+                    "client {:?}: private_key_jwt needs jwks",
+                    client.client_id
+                ));
+            }
+            if client.grant_types.contains(&GrantType::ClientCredentials)
+                && client.token_endpoint_auth_method == ClientAuthMethod::None
+            {
+                return bad(format!(
+                    "client {:?}: client_credentials needs a confidential client (private_key_jwt)",
+                    client.client_id
+                ));
+            }
+            if let Some(missing) = client
+                .scopes
+                .iter()
+                .find(|s| !scope_values.contains(s.as_str()))
+            {
+                return bad(format!(
+                    "client {:?}: unknown scope {missing:?}",
+                    client.client_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalogue keyed by scope value.
+    pub fn scope_catalogue(&self) -> BTreeMap<&str, &ScopeDefinition> {
+        self.scopes.iter().map(|s| (s.value.as_str(), s)).collect()
+    }
+
+    /// The registered resource with exactly this URL.
+    pub fn resource(&self, resource: &str) -> Option<&ResourceConfig> {
+        self.resources.iter().find(|r| r.resource == resource)
+    }
+}
+
+/// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )` (RFC 6749 §3.3).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// True for `https` URLs and for `http` URLs whose host is a loopback address or `localhost`.
+pub fn is_https_or_loopback(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => is_loopback_host(url),
+        _ => false,
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]`.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Rules of a registered redirect URI (OAuth 2.1 §2.3.1, RFC 8252): absolute, https or loopback http,
+/// no fragment, no userinfo, no wildcard.
+pub fn check_redirect_uri(uri: &str) -> Result<Url, String> {
+    let url = Url::parse(uri).map_err(|e| format!("redirect URI {uri:?} is not a URL: {e}"))?;
+    if url.fragment().is_some() {
+        return Err(format!("redirect URI {uri:?} must not have a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("redirect URI {uri:?} must not carry userinfo"));
+    }
+    if uri.contains('*') {
+        return Err(format!("redirect URI {uri:?} must not contain wildcards"));
+    }
+    if !is_https_or_loopback(&url) {
+        return Err(format!(
+            "redirect URI {uri:?} must be https, or http on a loopback host"
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+issuer: https://auth.example.com
+listen: 127.0.0.1:8443
+storage:
+  sqlite:
+    path: /tmp/a.db
+signing:
+  keysDir: /keys
+scopes:
+  - value: files:read
+    description: Read your files
+  - value: files:write
+    description: Change your files
+    sensitive: true
+    maxLifetimeSecs: 60
+    implies: [files:read]
+resources:
+  - resource: https://mcp.example.com/files
+    displayName: Files
+    scopes: [files:read, files:write]
+login:
+  static:
+    users:
+      - username: alice
+        passwordHash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+clients:
+  - clientId: cli
+    clientName: The CLI
+    redirectUris: ["http://127.0.0.1/callback"]
+"#;
+
+    fn parse(text: &str) -> Result<AuthServerConfig, ConfigError> {
+        let c = AuthServerConfig::parse(text, Path::new("c.yaml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn parses_yaml_with_defaults() {
+        let c = parse(YAML).unwrap();
+        assert_eq!(c.issuer, "https://auth.example.com");
+        assert_eq!(c.admin_listen, default_admin_listen());
+        assert_eq!(c.tokens.access_token_secs, 300);
+        assert_eq!(c.signing.algorithm, SigningAlgorithm::ES256);
+        assert_eq!(
+            c.clients[0].token_endpoint_auth_method,
+            ClientAuthMethod::None
+        );
+        assert!(!c.dynamic_client_registration.enabled);
+        assert_eq!(
+            c.scope_catalogue()["files:write"].implies,
+            vec!["files:read"]
+        );
+    }
+
+    #[test]
+    fn json_round_trip_is_identical() {
+        let c = parse(YAML).unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back = AuthServerConfig::parse(&json, Path::new("c.json")).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_at_every_level() {
+        for (from, to) in [
+            ("issuer:", "isuer: x\nissuer:"),
+            ("keysDir: /keys", "keysDir: /keys\n  keyDir: /x"),
+            (
+                "    path: /tmp/a.db",
+                "    path: /tmp/a.db\n    journal: wal",
+            ),
+            (
+                "    displayName: Files",
+                "    displayName: Files\n    owner: bob",
+            ),
+        ] {
+            let text = YAML.replacen(from, to, 1);
+            let err = AuthServerConfig::parse(&text, Path::new("c.yaml")).unwrap_err();
+            assert!(matches!(err, ConfigError::Yaml { .. }), "{from}: {err}");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_broken_rules_with_the_field_named() {
+        let cases = [
+            (
+                "https://auth.example.com",
+                "http://auth.example.com",
+                "must be https",
+            ),
+            (
+                "https://auth.example.com",
+                "https://auth.example.com/",
+                "must not end with '/'",
+            ),
+            (
+                "scopes: [files:read, files:write]",
+                "scopes: [files:admin]",
+                "not in the catalogue",
+            ),
+            (
+                "clientId: cli",
+                "clientId: https://cli.example",
+                "reserved for CIMD",
+            ),
+            (
+                "http://127.0.0.1/callback",
+                "http://evil.example/cb",
+                "loopback host",
+            ),
+            (
+                "http://127.0.0.1/callback",
+                "https://x.example/*",
+                "wildcards",
+            ),
+            (
+                "implies: [files:read]",
+                "implies: [files:list]",
+                "implies unknown scope",
+            ),
+            ("\"$argon2id$v=19", "\"$argon2i$v=19", "Argon2id"),
+        ];
+        for (from, to, expected) in cases {
+            let text = YAML.replacen(from, to, 1);
+            let err = parse(&text).unwrap_err();
+            assert!(err.to_string().contains(expected), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_two_storages_and_two_logins() {
+        let text = YAML.replacen(
+            "    path: /tmp/a.db",
+            "    path: /tmp/a.db\n  postgres:\n    urlEnv: PG",
+            1,
+        );
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one of sqlite and postgres")
+        );
+        let text = YAML.replacen("login:\n  static:", "login:\n  x: 1", 1);
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn loopback_and_scope_token_rules() {
+        assert!(is_loopback_host(&Url::parse("http://[::1]:9/x").unwrap()));
+        assert!(is_loopback_host(&Url::parse("http://127.3.0.1/x").unwrap()));
+        assert!(!is_loopback_host(&Url::parse("http://10.0.0.1/x").unwrap()));
+        assert!(is_scope_token("files:read"));
+        assert!(!is_scope_token("a b"));
+        assert!(!is_scope_token("a\"b"));
+        assert!(!is_scope_token(""));
+    }
+}

@@ -1,1 +1,19 @@
 #![forbid(unsafe_code)]
+//! The mcp-authz control plane.
+//!
+//! ```text
+//! AuthorizationServer --+-- MCPScope*  (catalogue)      render (pure) --> authserver ConfigMap, keys Secret,
+//!        ^  ref         +-- CIMDPolicy* (client rules)                   Deployment, Service, PVC, PDB
+//! MCPService* ----------+                                render (pure) --> sidecar ConfigMap, NetworkPolicy
+//!        '-- selects pods -> admission webhook injects the sidecar
+//! ```
+//!
+//! `api` holds the resource types (no I/O), `render` turns resources into Kubernetes objects (pure),
+//! `reconcile` applies them (server-side apply, lease holder only), `admission` patches pods.
+
+pub mod admission;
+pub mod api;
+pub mod cli;
+pub mod crdgen;
+pub mod keys;
+pub mod naming;

@@ -1,0 +1,263 @@
+//! `AuthorizationServer`: the one shared OAuth 2.1 authorization server of a cluster.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+
+/// The shared OAuth 2.1 authorization server: one Deployment that issues audience-bound access
+/// tokens for every MCPService that names it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mcp-authz.io",
+    version = "v1alpha1",
+    kind = "AuthorizationServer",
+    doc = "The shared OAuth 2.1 authorization server of mcp-authz.",
+    plural = "authorizationservers",
+    shortname = "authzserver",
+    shortname = "mas",
+    namespaced,
+    status = "AuthorizationServerStatus",
+    printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuer"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.storage.type != 'Embedded' || self.replicas == 1")
+    .message("embedded storage is a single SQLite file on one volume: it allows exactly one replica; use storage.type Postgres for more")
+    .field_path(".replicas"))]
+#[x_kube(validation = Rule::new("self.storage.type != 'Postgres' || has(self.storage.postgres)")
+    .message("storage.type Postgres needs storage.postgres.urlSecretRef")
+    .field_path(".storage.postgres"))]
+#[x_kube(validation = Rule::new("duration(self.signing.rotationPeriod) > duration(self.tokens.accessTokenLifetime)")
+    .message("signing.rotationPeriod must be longer than tokens.accessTokenLifetime, or keys would retire before their tokens expire")
+    .field_path(".signing.rotationPeriod"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationServerSpec {
+    /// The issuer identifier (RFC 8414): an https URL without query or fragment. It is the `iss`
+    /// of every token and must be the exact URL clients reach the server at.
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('?') && !self.contains('#')")
+        .message("issuer must be an https URL without query or fragment"))]
+    pub issuer: String,
+
+    /// Number of authorization server pods. More than one needs PostgreSQL storage.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: i32,
+
+    /// Container image of the authorization server; the operator's default image when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Where grants, refresh tokens and revocations are kept.
+    #[serde(default)]
+    pub storage: Storage,
+
+    /// Token signing keys: algorithm and rotation.
+    #[serde(default)]
+    pub signing: Signing,
+
+    /// Lifetimes of the tokens the server issues.
+    #[serde(default)]
+    pub tokens: TokenLifetimes,
+
+    /// How people sign in before they consent.
+    pub login: Login,
+
+    /// Name of the CIMDPolicy (in this namespace) applied to clients of services that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_cimd_policy: Option<String>,
+
+    /// CPU and memory for the authorization server container; small defaults when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Storage backend of the authorization server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// `Embedded` (SQLite on a PersistentVolumeClaim, one replica) or `Postgres` (shared, several replicas).
+    #[serde(rename = "type", default)]
+    pub kind: StorageKind,
+    /// Size of the PersistentVolumeClaim for embedded storage.
+    #[serde(default = "default_volume_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
+    pub size: String,
+    /// StorageClass of the PersistentVolumeClaim; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// PostgreSQL connection, required when type is Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStorage>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            kind: StorageKind::Embedded,
+            size: default_volume_size(),
+            storage_class_name: None,
+            postgres: None,
+        }
+    }
+}
+
+fn default_volume_size() -> String {
+    "1Gi".to_owned()
+}
+
+/// The storage backends.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum StorageKind {
+    /// SQLite on a PersistentVolumeClaim; exactly one replica.
+    #[default]
+    Embedded,
+    /// PostgreSQL, for several replicas.
+    Postgres,
+}
+
+/// PostgreSQL connection settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresStorage {
+    /// Secret key holding the connection URL (`postgres://user:password@host:5432/db`).
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Signing keys of access tokens. The operator generates them and keeps them in a Secret it owns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Signing {
+    /// JWS algorithm of access tokens.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// How long a key signs before the next one takes over (e.g. `720h`). The next key is published
+    /// one access-token lifetime before it starts signing; a retired key stays published until every
+    /// token it signed has expired.
+    #[serde(default = "default_rotation_period")]
+    #[schemars(
+        regex(pattern = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$"),
+        length(min = 2, max = 24)
+    )]
+    pub rotation_period: String,
+}
+
+impl Default for Signing {
+    fn default() -> Self {
+        Self {
+            algorithm: SigningAlgorithm::ES256,
+            rotation_period: default_rotation_period(),
+        }
+    }
+}
+
+fn default_rotation_period() -> String {
+    "720h".to_owned()
+}
+
+/// Supported JWS algorithms.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum SigningAlgorithm {
+    /// ECDSA with P-256 and SHA-256.
+    #[default]
+    ES256,
+}
+
+/// Token lifetimes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenLifetimes {
+    /// Lifetime of access tokens (e.g. `10m`); sensitive scopes may shorten it.
+    #[serde(default = "default_access_token_lifetime")]
+    #[schemars(
+        regex(pattern = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$"),
+        length(min = 2, max = 24)
+    )]
+    pub access_token_lifetime: String,
+    /// Lifetime of refresh tokens (e.g. `720h`); public clients' refresh tokens rotate on every use.
+    #[serde(default = "default_refresh_token_lifetime")]
+    #[schemars(
+        regex(pattern = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$"),
+        length(min = 2, max = 24)
+    )]
+    pub refresh_token_lifetime: String,
+}
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        Self {
+            access_token_lifetime: default_access_token_lifetime(),
+            refresh_token_lifetime: default_refresh_token_lifetime(),
+        }
+    }
+}
+
+fn default_access_token_lifetime() -> String {
+    "10m".to_owned()
+}
+
+fn default_refresh_token_lifetime() -> String {
+    "720h".to_owned()
+}
+
+/// Sign-in: static users from a Secret, or an upstream OpenID provider. Exactly one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.staticUsers) != has(self.oidc)")
+    .message("login needs exactly one of staticUsers or oidc"))]
+pub struct Login {
+    /// Secret key holding the static users file (one `name:argon2-hash` per line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_users: Option<SecretKeyRef>,
+    /// Upstream OpenID Connect provider people sign in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcLogin>,
+}
+
+/// An upstream OpenID Connect provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcLogin {
+    /// Issuer URL of the provider (https).
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("oidc.issuer must be an https URL"))]
+    #[schemars(length(min = 9, max = 2048))]
+    pub issuer: String,
+    /// Client id registered at the provider.
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: String,
+    /// Secret key holding the client secret registered at the provider.
+    pub client_secret_ref: SecretKeyRef,
+}
+
+/// Observed state of an AuthorizationServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationServerStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and friends, Kubernetes style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Key id currently signing tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_id: Option<String>,
+    /// Number of keys published in JWKS (signing, next and retiring).
+    #[serde(default)]
+    pub published_keys: i32,
+    /// Number of MCPServices whose resources are in the rendered config.
+    #[serde(default)]
+    pub services: i32,
+}

@@ -1,0 +1,382 @@
+//! Valid sample resources and a table of invalid ones with the refusal each must get. The same
+//! table is checked offline against the CRD schemas (kube's CEL evaluator) and, in the cluster
+//! tests, against the real API server.
+
+use serde_json::{Value, json};
+
+/// A sample `AuthorizationServer` every rule accepts.
+pub fn authorization_server() -> Value {
+    json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "AuthorizationServer",
+        "metadata": {"name": "auth"},
+        "spec": {
+            "issuer": "https://auth.example.com",
+            "login": {"staticUsers": {"name": "users", "key": "users.yaml"}}
+        }
+    })
+}
+
+/// A sample `MCPService` every rule accepts.
+pub fn mcp_service() -> Value {
+    json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
+        "metadata": {"name": "files"},
+        "spec": {
+            "selector": {"app": "files"},
+            "resourceUrl": "https://mcp.example.com/files",
+            "authorizationServerRef": {"name": "auth"},
+            "upstream": {"port": 8080},
+            "scopes": ["files:read", "files:write"],
+            "rules": [
+                {"methods": ["tools/call"], "names": ["read_*"], "scopes": ["files:read"]},
+                {"methods": ["tools/call"], "names": ["write_*"], "scopes": ["files:write"]}
+            ]
+        }
+    })
+}
+
+/// A sample `MCPScope` every rule accepts.
+pub fn mcp_scope() -> Value {
+    json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPScope",
+        "metadata": {"name": "files-read"},
+        "spec": {"value": "files:read", "description": "Read your files"}
+    })
+}
+
+/// A sample `CIMDPolicy` every rule accepts.
+pub fn cimd_policy() -> Value {
+    json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "CIMDPolicy",
+        "metadata": {"name": "default"},
+        "spec": {"allowedHosts": ["*.example.com", "claude.ai"], "allowedPrivateNetworks": ["10.0.0.0/8"]}
+    })
+}
+
+/// One invalid manifest and what the API server must answer.
+#[derive(Debug, Clone)]
+pub struct InvalidCase {
+    /// What the case breaks.
+    pub name: &'static str,
+    /// The manifest.
+    pub object: Value,
+    /// A part of the refusal message (CEL rule messages are quoted exactly).
+    pub message: &'static str,
+    /// The field the refusal names (as the API server prints it, without the leading `spec.`).
+    pub field: &'static str,
+}
+
+fn with(mut base: Value, pointer: &str, value: Value) -> Value {
+    if let Some(slot) = base.pointer_mut(pointer) {
+        *slot = value;
+    } else if let Some((parent, key)) = pointer.rsplit_once('/')
+        && let Some(Value::Object(map)) = base.pointer_mut(parent)
+    {
+        map.insert(key.to_owned(), value);
+    }
+    base
+}
+
+/// Manifests that break a cross-field (CEL) rule.
+pub fn cel_cases() -> Vec<InvalidCase> {
+    vec![
+        InvalidCase {
+            name: "embedded storage with two replicas",
+            object: with(authorization_server(), "/spec/replicas", json!(2)),
+            message: "embedded storage is a single SQLite file on one volume: it allows exactly one replica",
+            field: "replicas",
+        },
+        InvalidCase {
+            name: "postgres without its secret",
+            object: with(
+                authorization_server(),
+                "/spec/storage",
+                json!({"type": "Postgres"}),
+            ),
+            message: "storage.type Postgres needs storage.postgres.urlSecretRef",
+            field: "storage.postgres",
+        },
+        InvalidCase {
+            name: "rotation shorter than token lifetime",
+            object: with(
+                authorization_server(),
+                "/spec/signing",
+                json!({"rotationPeriod": "5m"}),
+            ),
+            message: "signing.rotationPeriod must be longer than tokens.accessTokenLifetime",
+            field: "signing.rotationPeriod",
+        },
+        InvalidCase {
+            name: "http issuer",
+            object: with(
+                authorization_server(),
+                "/spec/issuer",
+                json!("http://auth.example.com"),
+            ),
+            message: "issuer must be an https URL without query or fragment",
+            field: "issuer",
+        },
+        InvalidCase {
+            name: "issuer with fragment",
+            object: with(
+                authorization_server(),
+                "/spec/issuer",
+                json!("https://auth.example.com#x"),
+            ),
+            message: "issuer must be an https URL without query or fragment",
+            field: "issuer",
+        },
+        InvalidCase {
+            name: "two logins",
+            object: with(
+                authorization_server(),
+                "/spec/login/oidc",
+                json!({"issuer": "https://idp.example.com", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}}),
+            ),
+            message: "login needs exactly one of staticUsers or oidc",
+            field: "login",
+        },
+        InvalidCase {
+            name: "resource URL with fragment",
+            object: with(
+                mcp_service(),
+                "/spec/resourceUrl",
+                json!("https://mcp.example.com/files#top"),
+            ),
+            message: "resourceUrl must be an https URL without fragment",
+            field: "resourceUrl",
+        },
+        InvalidCase {
+            name: "http resource URL",
+            object: with(
+                mcp_service(),
+                "/spec/resourceUrl",
+                json!("http://mcp.example.com/files"),
+            ),
+            message: "resourceUrl must be an https URL without fragment",
+            field: "resourceUrl",
+        },
+        InvalidCase {
+            name: "rule needs a scope the service does not offer",
+            object: with(mcp_service(), "/spec/scopes", json!(["files:read"])),
+            message: "every scope a rule requires must be listed in scopes",
+            field: "rules",
+        },
+        InvalidCase {
+            name: "sidecar port equals upstream port",
+            object: with(mcp_service(), "/spec/sidecar", json!({"port": 8080})),
+            message: "sidecar.port, sidecar.adminPort and upstream.port must all differ",
+            field: "sidecar.port",
+        },
+        InvalidCase {
+            name: "upstream path without slash",
+            object: with(mcp_service(), "/spec/upstream/path", json!("mcp")),
+            message: "upstream.path must start with /",
+            field: "upstream.path",
+        },
+        InvalidCase {
+            name: "offline_access as a catalogue scope",
+            object: with(mcp_scope(), "/spec/value", json!("offline_access")),
+            message: "offline_access is reserved for refresh tokens",
+            field: "value",
+        },
+        InvalidCase {
+            name: "long-lived sensitive scope",
+            object: with(
+                with(mcp_scope(), "/spec/sensitive", json!(true)),
+                "/spec/maxTokenLifetime",
+                json!("2h"),
+            ),
+            message: "a sensitive scope's maxTokenLifetime may be at most 1h",
+            field: "maxTokenLifetime",
+        },
+        InvalidCase {
+            name: "loopback redirects for web-only clients",
+            object: with(cimd_policy(), "/spec/applicationTypes", json!(["web"])),
+            message: "loopback redirect URIs are only for native clients",
+            field: "redirectUris.allowLoopback",
+        },
+        InvalidCase {
+            name: "host with a scheme",
+            object: with(
+                cimd_policy(),
+                "/spec/allowedHosts",
+                json!(["https://example.com"]),
+            ),
+            message: "allowedHosts entries are host names",
+            field: "allowedHosts",
+        },
+        InvalidCase {
+            name: "wildcard in the middle of a host",
+            object: with(
+                cimd_policy(),
+                "/spec/allowedHosts",
+                json!(["a.*.example.com"]),
+            ),
+            message: "allowedHosts entries are host names",
+            field: "allowedHosts",
+        },
+        InvalidCase {
+            name: "private network that is not a CIDR",
+            object: with(
+                cimd_policy(),
+                "/spec/allowedPrivateNetworks",
+                json!(["10.0.0.0"]),
+            ),
+            message: "allowedPrivateNetworks entries must be CIDRs",
+            field: "allowedPrivateNetworks",
+        },
+        InvalidCase {
+            name: "cache minimum above maximum",
+            object: with(
+                cimd_policy(),
+                "/spec/fetch",
+                json!({"cacheMinSeconds": 100, "cacheMaxSeconds": 10}),
+            ),
+            message: "fetch.cacheMinSeconds must not exceed fetch.cacheMaxSeconds",
+            field: "fetch.cacheMinSeconds",
+        },
+    ]
+}
+
+/// Manifests that break a plain schema rule (type, enum, pattern, range, required).
+pub fn schema_cases() -> Vec<InvalidCase> {
+    vec![
+        InvalidCase {
+            name: "unknown storage type",
+            object: with(
+                authorization_server(),
+                "/spec/storage",
+                json!({"type": "Etcd"}),
+            ),
+            message: "Unsupported value: \"Etcd\"",
+            field: "storage.type",
+        },
+        InvalidCase {
+            name: "rotation period that is not a duration",
+            object: with(
+                authorization_server(),
+                "/spec/signing",
+                json!({"rotationPeriod": "30d"}),
+            ),
+            message: "should match",
+            field: "signing.rotationPeriod",
+        },
+        InvalidCase {
+            name: "zero replicas",
+            object: with(authorization_server(), "/spec/replicas", json!(0)),
+            message: "should be greater than or equal to 1",
+            field: "replicas",
+        },
+        InvalidCase {
+            name: "port out of range",
+            object: with(mcp_service(), "/spec/upstream/port", json!(70000)),
+            message: "should be less than or equal to 65535",
+            field: "upstream.port",
+        },
+        InvalidCase {
+            name: "empty selector",
+            object: with(mcp_service(), "/spec/selector", json!({})),
+            message: "should have at least 1 properties",
+            field: "selector",
+        },
+        InvalidCase {
+            name: "scope value with a space",
+            object: with(mcp_scope(), "/spec/value", json!("files read")),
+            message: "should match",
+            field: "value",
+        },
+        InvalidCase {
+            name: "missing login",
+            object: {
+                let mut o = authorization_server();
+                if let Some(spec) = o.pointer_mut("/spec").and_then(Value::as_object_mut) {
+                    spec.remove("login");
+                }
+                o
+            },
+            message: "Required value",
+            field: "login",
+        },
+        InvalidCase {
+            name: "shared-secret auth method",
+            object: with(
+                cimd_policy(),
+                "/spec/tokenEndpointAuthMethods",
+                json!(["client_secret_basic"]),
+            ),
+            message: "Unsupported value: \"client_secret_basic\"",
+            field: "tokenEndpointAuthMethods[0]",
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::all_crds;
+    use kube::core::cel::Validator;
+
+    fn schema_for(kind: &str) -> Value {
+        let crd = all_crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == kind)
+            .expect("kind exists");
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .expect("schema");
+        serde_json::to_value(schema).expect("schema json")
+    }
+
+    fn validate(object: &Value) -> Result<(), Vec<(String, String)>> {
+        let kind = object["kind"].as_str().expect("kind");
+        Validator::new()
+            .validate(&schema_for(kind), object, None)
+            .map_err(|errors| {
+                errors
+                    .into_vec()
+                    .into_iter()
+                    .map(|e| (e.field_path.clone(), e.message.clone()))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn samples_pass_every_rule() {
+        for sample in [
+            authorization_server(),
+            mcp_service(),
+            mcp_scope(),
+            cimd_policy(),
+        ] {
+            assert_eq!(validate(&sample), Ok(()), "{}", sample["kind"]);
+        }
+    }
+
+    #[test]
+    fn samples_deserialise_into_the_rust_types() {
+        use crate::api::*;
+        serde_json::from_value::<AuthorizationServer>(authorization_server())
+            .expect("AuthorizationServer");
+        serde_json::from_value::<MCPService>(mcp_service()).expect("MCPService");
+        serde_json::from_value::<MCPScope>(mcp_scope()).expect("MCPScope");
+        serde_json::from_value::<CIMDPolicy>(cimd_policy()).expect("CIMDPolicy");
+    }
+
+    #[test]
+    fn every_cel_rule_refuses_its_case_offline_with_the_field_named() {
+        for case in cel_cases() {
+            let errors = validate(&case.object).expect_err(case.name);
+            assert!(
+                errors
+                    .iter()
+                    .any(|(field, message)| message.contains(case.message)
+                        && field.ends_with(case.field)),
+                "{}: got {errors:?}",
+                case.name
+            );
+        }
+    }
+}

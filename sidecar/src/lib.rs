@@ -10,3 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod jsonrpc;
+pub mod keys;
+pub mod rules;
+pub mod token;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

@@ -1,0 +1,405 @@
+//! Classifies the JSON-RPC body of an MCP POST into the operations the rules decide on.
+//!
+//! Anything the sidecar cannot classify is refused rather than forwarded: an upstream parser that is more
+//! lenient than ours must never see a call we did not check.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::rules::Operation;
+
+/// One message of a POST body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A request (with `id`) or a notification (without).
+    Call {
+        /// The JSON-RPC id; `None` for notifications.
+        id: Option<Value>,
+        /// What the rules decide on.
+        op: Operation,
+    },
+    /// A client's answer to a server request (sampling, elicitation, roots): needs no scope.
+    Reply,
+}
+
+/// A classified body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// Whether the body was a JSON array (batch).
+    pub batch: bool,
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+}
+
+/// Which list a request asks for, so its answer can be filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// `tools/list`: entries named by `name`, checked as `tools/call`.
+    Tools,
+    /// `resources/list`: entries named by `uri`, checked as `resources/read`.
+    Resources,
+    /// `resources/templates/list`: entries named by `uriTemplate`, checked as `resources/read`.
+    ResourceTemplates,
+    /// `prompts/list`: entries named by `name`, checked as `prompts/get`.
+    Prompts,
+}
+
+impl ListKind {
+    /// The list a method asks for, if it is a list method.
+    pub fn of_method(method: &str) -> Option<Self> {
+        match method {
+            "tools/list" => Some(Self::Tools),
+            "resources/list" => Some(Self::Resources),
+            "resources/templates/list" => Some(Self::ResourceTemplates),
+            "prompts/list" => Some(Self::Prompts),
+            _ => None,
+        }
+    }
+}
+
+impl Classified {
+    /// The ids of list requests in this body, to filter their answers.
+    pub fn list_requests(&self) -> Vec<(Value, ListKind)> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Call { id: Some(id), op } => {
+                    ListKind::of_method(&op.method).map(|k| (id.clone(), k))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Why a body could not be classified. Each renders as the JSON-RPC error of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// Not JSON at all.
+    #[error("parse error: {0}")]
+    Parse(String),
+    /// JSON, but not a JSON-RPC 2.0 message or batch.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    /// A method whose target (tool name, URI) is missing or not a string.
+    #[error("invalid params: {method} needs a string params.{field}")]
+    InvalidParams {
+        /// The method.
+        method: String,
+        /// The missing field.
+        field: &'static str,
+    },
+}
+
+impl ClassifyError {
+    /// Low-cardinality reason for metrics and audit.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Parse(_) => "jsonrpc_parse_error",
+            Self::InvalidRequest(_) => "jsonrpc_invalid_request",
+            Self::InvalidParams { .. } => "jsonrpc_invalid_params",
+        }
+    }
+
+    /// The JSON-RPC error code.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Parse(_) => -32700,
+            Self::InvalidRequest(_) => -32600,
+            Self::InvalidParams { .. } => -32602,
+        }
+    }
+
+    /// The JSON-RPC error response body (id null: we could not trust any id).
+    pub fn body(&self) -> Bytes {
+        error_body(&Value::Null, self.code(), &self.to_string())
+    }
+}
+
+/// A JSON-RPC error response.
+pub fn error_object(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// A JSON-RPC error response, serialised.
+pub fn error_body(id: &Value, code: i64, message: &str) -> Bytes {
+    Bytes::from(error_object(id, code, message).to_string())
+}
+
+/// Classifies a POST body.
+pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ClassifyError::InvalidRequest("empty batch"));
+            }
+            let messages = items.iter().map(classify_one).collect::<Result<_, _>>()?;
+            Ok(Classified {
+                batch: true,
+                messages,
+            })
+        }
+        other => Ok(Classified {
+            batch: false,
+            messages: vec![classify_one(&other)?],
+        }),
+    }
+}
+
+fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
+    let obj = value
+        .as_object()
+        .ok_or(ClassifyError::InvalidRequest("message is not an object"))?;
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(ClassifyError::InvalidRequest("jsonrpc must be \"2.0\""));
+    }
+    let id = obj.get("id");
+    if let Some(id) = id
+        && !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null())
+    {
+        return Err(ClassifyError::InvalidRequest(
+            "id must be a string or an integer",
+        ));
+    }
+    match obj.get("method") {
+        Some(Value::String(method)) => {
+            if obj.contains_key("result") || obj.contains_key("error") {
+                return Err(ClassifyError::InvalidRequest(
+                    "a request cannot carry result or error",
+                ));
+            }
+            let params = obj.get("params");
+            if params.is_some_and(|p| !(p.is_object() || p.is_array())) {
+                return Err(ClassifyError::InvalidRequest(
+                    "params must be an object or an array",
+                ));
+            }
+            let target = |field: &'static str| -> Result<Operation, ClassifyError> {
+                match params.and_then(|p| p.get(field)) {
+                    Some(Value::String(name)) => Ok(Operation::named(method, name)),
+                    _ => Err(ClassifyError::InvalidParams {
+                        method: method.clone(),
+                        field,
+                    }),
+                }
+            };
+            let op = match method.as_str() {
+                "tools/call" | "prompts/get" => target("name")?,
+                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                    target("uri")?
+                }
+                _ => Operation::method(method),
+            };
+            Ok(Message::Call {
+                id: id.cloned(),
+                op,
+            })
+        }
+        Some(_) => Err(ClassifyError::InvalidRequest("method must be a string")),
+        None => {
+            let is_reply = id.is_some() && (obj.contains_key("result") ^ obj.contains_key("error"));
+            if is_reply {
+                Ok(Message::Reply)
+            } else {
+                Err(ClassifyError::InvalidRequest(
+                    "neither a request nor a response",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(body: &str) -> Vec<Message> {
+        classify(body.as_bytes()).unwrap().messages
+    }
+
+    #[test]
+    fn single_messages() {
+        assert_eq!(
+            ops(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{}}}"#
+            ),
+            vec![Message::Call {
+                id: Some(json!(1)),
+                op: Operation::named("tools/call", "add")
+            }]
+        );
+        assert_eq!(
+            ops(
+                r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#
+            ),
+            vec![Message::Call {
+                id: Some(json!("a")),
+                op: Operation::named("resources/read", "file:///x")
+            }]
+        );
+        assert_eq!(
+            ops(r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"greet"}}"#),
+            vec![Message::Call {
+                id: Some(json!(2)),
+                op: Operation::named("prompts/get", "greet")
+            }]
+        );
+        assert_eq!(
+            ops(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            vec![Message::Call {
+                id: None,
+                op: Operation::method("notifications/initialized")
+            }]
+        );
+        assert_eq!(
+            ops(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#),
+            vec![Message::Reply]
+        );
+        assert_eq!(
+            ops(r#"{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"x"}}"#),
+            vec![Message::Reply]
+        );
+    }
+
+    #[test]
+    fn batches_keep_order_and_list_ids() {
+        let c = classify(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},
+                 {"jsonrpc":"2.0","id":"p","method":"prompts/list","params":{"cursor":"x"}},
+                 {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}]"#,
+        )
+        .unwrap();
+        assert!(c.batch);
+        assert_eq!(c.messages.len(), 3);
+        assert_eq!(
+            c.list_requests(),
+            vec![(json!(1), ListKind::Tools), (json!("p"), ListKind::Prompts)]
+        );
+    }
+
+    #[test]
+    fn refusals_table() {
+        use ClassifyError as E;
+        let invalid_params = |m: &str, f| E::InvalidParams {
+            method: m.into(),
+            field: f,
+        };
+        let cases: Vec<(&str, ClassifyError)> = vec![
+            ("", E::Parse(String::new())),
+            ("{", E::Parse(String::new())),
+            ("[]", E::InvalidRequest("empty batch")),
+            ("3", E::InvalidRequest("message is not an object")),
+            ("[1]", E::InvalidRequest("message is not an object")),
+            (
+                r#"{"id":1,"method":"ping"}"#,
+                E::InvalidRequest("jsonrpc must be \"2.0\""),
+            ),
+            (
+                r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+                E::InvalidRequest("jsonrpc must be \"2.0\""),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+                E::InvalidRequest("method must be a string"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+                E::InvalidRequest("id must be a string or an integer"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+                E::InvalidRequest("id must be a string or an integer"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,
+                E::InvalidRequest("params must be an object or an array"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#,
+                E::InvalidRequest("a request cannot carry result or error"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1}"#,
+                E::InvalidRequest("neither a request nor a response"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","result":{}}"#,
+                E::InvalidRequest("neither a request nor a response"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+                E::InvalidRequest("neither a request nor a response"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+                invalid_params("tools/call", "name"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+                invalid_params("tools/call", "name"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["add"]}"#,
+                invalid_params("tools/call", "name"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":"x"}}"#,
+                invalid_params("resources/read", "uri"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{}}"#,
+                invalid_params("prompts/get", "name"),
+            ),
+            // One bad entry refuses the whole batch.
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call"}]"#,
+                invalid_params("tools/call", "name"),
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = classify(body.as_bytes()).unwrap_err();
+            match (&err, &expected) {
+                (E::Parse(_), E::Parse(_)) => {}
+                _ => assert_eq!(err, expected, "{body}"),
+            }
+            assert_eq!(err.code(), expected.code());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let body = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(matches!(
+            classify(body.as_bytes()),
+            Err(ClassifyError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_keys_cannot_smuggle_a_second_name() {
+        // serde_json keeps the last duplicate; whatever it keeps is what we check, and we forward the same bytes
+        // to an upstream that (for the Python SDK, pydantic/json) also keeps the last one.
+        let c = ops(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"danger"}}"#,
+        );
+        assert_eq!(
+            c,
+            vec![Message::Call {
+                id: Some(json!(1)),
+                op: Operation::named("tools/call", "danger")
+            }]
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_json_rpc() {
+        let body = ClassifyError::InvalidRequest("empty batch").body();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"invalid request: empty batch"}})
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! Which scopes an MCP operation needs, and whether a token's scopes cover them. Pure and table-tested.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{ScopeRule, SidecarConfig, UnmatchedPolicy};
+
+/// One JSON-RPC call as the rules see it: the method and, for the methods that have one, the name of the
+/// thing it touches (tool name, resource URI, prompt name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// JSON-RPC method.
+    pub method: String,
+    /// Tool name, resource URI or prompt name.
+    pub name: Option<String>,
+}
+
+impl Operation {
+    /// An operation without a name.
+    pub fn method(method: &str) -> Self {
+        Self {
+            method: method.into(),
+            name: None,
+        }
+    }
+    /// An operation on a named thing.
+    pub fn named(method: &str, name: &str) -> Self {
+        Self {
+            method: method.into(),
+            name: Some(name.into()),
+        }
+    }
+}
+
+/// The outcome of checking one operation against one token's scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The token may do it.
+    Allow,
+    /// The token lacks some scope; `required` lists all the scopes the operation needs (for the challenge).
+    MissingScopes {
+        /// Every scope the operation needs, not only the missing ones.
+        required: Vec<String>,
+    },
+    /// No token may do it (no rule allows it and the default is deny).
+    Forbidden,
+}
+
+/// The compiled rules of one config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<ScopeRule>,
+    open_methods: Vec<String>,
+    unmatched: UnmatchedPolicy,
+    /// For each scope, every scope it implies (transitively), itself included.
+    closure: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Policy {
+    /// Compiles the rules of a config.
+    pub fn from_config(config: &SidecarConfig) -> Self {
+        Self {
+            rules: config.rules.clone(),
+            open_methods: config.open_methods.clone(),
+            unmatched: config.unmatched.clone(),
+            closure: transitive_closure(&config.scope_implies),
+        }
+    }
+
+    /// The scopes an operation needs, or `None` when it is forbidden to everyone.
+    pub fn required_scopes(&self, op: &Operation) -> Option<&[String]> {
+        let name = op.name.as_deref();
+        if let Some(rule) = self.rules.iter().find(|r| {
+            glob_match(&r.method, &op.method)
+                && r.name
+                    .as_deref()
+                    .is_none_or(|pattern| name.is_some_and(|n| glob_match(pattern, n)))
+        }) {
+            return Some(&rule.scopes);
+        }
+        if self.open_methods.iter().any(|m| glob_match(m, &op.method)) {
+            return Some(&[]);
+        }
+        match &self.unmatched {
+            UnmatchedPolicy::Deny => None,
+            UnmatchedPolicy::Allow => Some(&[]),
+            UnmatchedPolicy::RequireScopes(scopes) => Some(scopes),
+        }
+    }
+
+    /// Expands granted scopes through the hierarchy.
+    pub fn effective_scopes<'a>(
+        &self,
+        granted: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for scope in granted {
+            match self.closure.get(scope) {
+                Some(implied) => out.extend(implied.iter().cloned()),
+                None => {
+                    out.insert(scope.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Decides one operation for a token whose scopes were expanded with `effective_scopes`.
+    pub fn decide(&self, op: &Operation, effective: &BTreeSet<String>) -> Decision {
+        match self.required_scopes(op) {
+            None => Decision::Forbidden,
+            Some(required) if required.iter().all(|s| effective.contains(s)) => Decision::Allow,
+            Some(required) => Decision::MissingScopes {
+                required: required.to_vec(),
+            },
+        }
+    }
+}
+
+fn transitive_closure(
+    implies: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut closure = BTreeMap::new();
+    for start in implies.keys() {
+        let mut seen = BTreeSet::from([start.clone()]);
+        let mut todo = vec![start.as_str()];
+        while let Some(scope) = todo.pop() {
+            for next in implies.get(scope).into_iter().flatten() {
+                // `seen` also stops cycles (a implies b implies a).
+                if seen.insert(next.clone()) {
+                    todo.push(next);
+                }
+            }
+        }
+        closure.insert(start.clone(), seen);
+    }
+    closure
+}
+
+/// Glob match where `*` is any run of characters (`/` included) and `?` exactly one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    // Position of the last `*` and the text position it was tried at: backtracking is linear per star.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml_tail: &str) -> Policy {
+        let text = format!(
+            "upstream: http://127.0.0.1:1\nresource: https://r.example/mcp\nissuer: https://i.example\n\
+             jwksUri: https://i.example/jwks\n{yaml_tail}"
+        );
+        Policy::from_config(&SidecarConfig::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn glob_table() {
+        let cases = [
+            ("*", "", true),
+            ("*", "anything/at all", true),
+            ("tools/call", "tools/call", true),
+            ("tools/call", "tools/calls", false),
+            ("tools/*", "tools/call", true),
+            ("tools/*", "tool/call", false),
+            ("delete_*", "delete_user", true),
+            ("delete_*", "undelete_user", false),
+            ("*_admin", "db_admin", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("file:///docs/*", "file:///docs/a/b.md", true),
+            ("file:///docs/*", "file:///etc/passwd", false),
+            ("*a*b*", "xxaxxbxx", true),
+            ("*a*b", "xxaxxbxxc", false),
+            ("", "", true),
+            ("", "x", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(glob_match(pattern, text), expected, "{pattern} vs {text}");
+        }
+    }
+
+    #[test]
+    fn glob_is_not_exponential() {
+        let text = "a".repeat(5_000);
+        assert!(!glob_match("*a*a*a*a*a*a*a*a*b", &text));
+    }
+
+    const RULES: &str = "
+scopeImplies:
+  mcp:admin: [mcp:write]
+  mcp:write: [mcp:read]
+rules:
+  - method: tools/call
+    name: 'delete_*'
+    scopes: [mcp:admin]
+  - method: tools/call
+    name: 'get_*'
+    scopes: [mcp:read]
+  - method: tools/call
+    name: transfer
+    scopes: [mcp:write, payments]
+  - method: resources/read
+    name: 'file:///public/*'
+    scopes: []
+  - method: 'resources/*'
+    scopes: [mcp:read]
+  - method: prompts/get
+    scopes: [mcp:read]
+";
+
+    #[test]
+    fn decisions_table() {
+        let p = policy(RULES);
+        let read = p.effective_scopes(["mcp:read"]);
+        let admin = p.effective_scopes(["mcp:admin"]);
+        let write_pay = p.effective_scopes(["mcp:write", "payments"]);
+        let none = p.effective_scopes([]);
+        let missing = |s: &[&str]| Decision::MissingScopes {
+            required: s.iter().map(|x| x.to_string()).collect(),
+        };
+        let cases = [
+            (
+                Operation::named("tools/call", "get_user"),
+                &read,
+                Decision::Allow,
+            ),
+            (
+                Operation::named("tools/call", "get_user"),
+                &admin,
+                Decision::Allow,
+            ),
+            (
+                Operation::named("tools/call", "get_user"),
+                &none,
+                missing(&["mcp:read"]),
+            ),
+            (
+                Operation::named("tools/call", "delete_user"),
+                &read,
+                missing(&["mcp:admin"]),
+            ),
+            (
+                Operation::named("tools/call", "delete_user"),
+                &admin,
+                Decision::Allow,
+            ),
+            // All the scopes the operation needs are named, not only the missing one.
+            (
+                Operation::named("tools/call", "transfer"),
+                &admin,
+                missing(&["mcp:write", "payments"]),
+            ),
+            (
+                Operation::named("tools/call", "transfer"),
+                &write_pay,
+                Decision::Allow,
+            ),
+            (
+                Operation::named("tools/call", "unknown_tool"),
+                &admin,
+                Decision::Forbidden,
+            ),
+            (
+                Operation::named("resources/read", "file:///public/a"),
+                &none,
+                Decision::Allow,
+            ),
+            (
+                Operation::named("resources/read", "file:///secret"),
+                &none,
+                missing(&["mcp:read"]),
+            ),
+            (
+                Operation::named("resources/subscribe", "file:///x"),
+                &read,
+                Decision::Allow,
+            ),
+            (Operation::named("prompts/get", "p"), &read, Decision::Allow),
+            (Operation::method("initialize"), &none, Decision::Allow),
+            (
+                Operation::method("notifications/initialized"),
+                &none,
+                Decision::Allow,
+            ),
+            (Operation::method("tools/list"), &none, Decision::Allow),
+            (
+                Operation::method("logging/setLevel"),
+                &admin,
+                Decision::Forbidden,
+            ),
+            (
+                Operation::method("completion/complete"),
+                &admin,
+                Decision::Forbidden,
+            ),
+        ];
+        for (op, scopes, expected) in cases {
+            assert_eq!(p.decide(&op, scopes), expected, "{op:?} with {scopes:?}");
+        }
+    }
+
+    #[test]
+    fn rule_with_name_never_matches_nameless_operation() {
+        let p = policy("rules:\n  - method: '*'\n    name: '*'\n    scopes: []\n");
+        assert_eq!(
+            p.decide(&Operation::method("logging/setLevel"), &BTreeSet::new()),
+            Decision::Forbidden
+        );
+        assert_eq!(
+            p.decide(&Operation::named("tools/call", "x"), &BTreeSet::new()),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn unmatched_policies() {
+        let op = Operation::method("logging/setLevel");
+        let allow = policy("unmatched: allow\n");
+        assert_eq!(allow.decide(&op, &BTreeSet::new()), Decision::Allow);
+        let scoped = policy("unmatched:\n  requireScopes: [mcp:admin]\n");
+        assert_eq!(
+            scoped.decide(&op, &BTreeSet::new()),
+            Decision::MissingScopes {
+                required: vec!["mcp:admin".into()]
+            }
+        );
+        assert_eq!(
+            scoped.decide(&op, &scoped.effective_scopes(["mcp:admin"])),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn hierarchy_is_transitive_and_survives_cycles() {
+        let p = policy("scopeImplies:\n  a: [b]\n  b: [c]\n  c: [a]\n");
+        let eff = p.effective_scopes(["b"]);
+        assert_eq!(
+            eff,
+            BTreeSet::from(["a".to_string(), "b".into(), "c".into()])
+        );
+        let narrow = policy(RULES).effective_scopes(["mcp:read"]);
+        assert_eq!(
+            narrow,
+            BTreeSet::from(["mcp:read".to_string()]),
+            "a narrow scope implies nothing broader"
+        );
+    }
+
+    #[test]
+    fn a_rule_can_close_an_open_method() {
+        let p = policy("rules:\n  - method: tools/list\n    scopes: [mcp:read]\n");
+        assert_eq!(
+            p.decide(&Operation::method("tools/list"), &BTreeSet::new()),
+            Decision::MissingScopes {
+                required: vec!["mcp:read".into()]
+            }
+        );
+    }
+}

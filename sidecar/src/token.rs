@@ -1,0 +1,580 @@
+//! Finding the bearer token in a request and verifying it: pure functions of (token, keys, settings, now).
+
+use std::collections::HashSet;
+
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::config::SidecarConfig;
+use crate::keys::KeySet;
+
+/// The verified identity behind a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub`.
+    pub subject: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// The granted scopes, as in the token.
+    pub scopes: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// `jti`, if present.
+    pub token_id: Option<String>,
+}
+
+/// Why a request's token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No bearer token at all.
+    #[error("no bearer token")]
+    Missing,
+    /// Malformed `Authorization` use (400 `invalid_request`).
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// The token is larger than the limit.
+    #[error("the token is too large")]
+    TooLarge,
+    /// Not a well-formed JWS.
+    #[error("the token is malformed")]
+    Malformed,
+    /// `alg` is not on the allow list.
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    /// `typ` is not an access-token type.
+    #[error("the token is not an access token (typ)")]
+    Type,
+    /// The header has `crit` extensions we do not understand.
+    #[error("the token has critical header extensions")]
+    Critical,
+    /// No key with this `kid`.
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    /// The keys could not be loaded, so an unknown key cannot be told from a new one (503, not 401).
+    #[error("the issuer's keys are unavailable")]
+    KeysUnavailable,
+    /// The signature does not verify.
+    #[error("the token's signature is invalid")]
+    Signature,
+    /// A claim is missing or has the wrong type.
+    #[error("the token lacks a valid {0} claim")]
+    Claim(&'static str),
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not our issuer.
+    #[error("the token was issued by another issuer")]
+    Issuer,
+    /// `aud` does not contain this resource.
+    #[error("the token is for another audience")]
+    Audience,
+    /// Introspection said the token is no longer active.
+    #[error("the token is no longer active")]
+    Inactive,
+}
+
+impl TokenError {
+    /// Low-cardinality reason for metrics and audit.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Missing => "token_missing",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::TooLarge => "token_too_large",
+            Self::Malformed => "token_malformed",
+            Self::Algorithm => "token_algorithm",
+            Self::Type => "token_type",
+            Self::Critical => "token_crit",
+            Self::UnknownKey => "token_unknown_key",
+            Self::KeysUnavailable => "jwks_unavailable",
+            Self::Signature => "token_signature",
+            Self::Claim(_) => "token_claim",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::Issuer => "token_issuer",
+            Self::Audience => "token_audience",
+            Self::Inactive => "token_inactive",
+        }
+    }
+}
+
+/// What a token must satisfy, derived once per config.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// The accepted algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Accepted `typ` values, lowercase.
+    pub token_types: Vec<String>,
+    /// The `iss` required.
+    pub issuer: String,
+    /// The value `aud` must contain.
+    pub audience: String,
+    /// Leeway for `exp` and `nbf`.
+    pub leeway: u64,
+    /// Largest token accepted.
+    pub max_token_bytes: usize,
+}
+
+impl TokenRules {
+    /// The token rules of a config.
+    pub fn from_config(config: &SidecarConfig) -> Self {
+        Self {
+            algorithms: config.algorithms.iter().map(|a| a.to_jwt()).collect(),
+            token_types: config
+                .token_types
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            issuer: config.issuer.clone(),
+            audience: config.resource.clone(),
+            leeway: config.leeway_seconds,
+            max_token_bytes: config.limits.max_token_bytes,
+        }
+    }
+}
+
+/// Finds the bearer token. Exactly one `Authorization` header with the `Bearer` scheme (any case, RFC 9110
+/// §11.1) and a b64token (RFC 6750 §2.1). Other schemes count as no token.
+pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, TokenError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(TokenError::Missing)?;
+    if values.next().is_some() {
+        return Err(TokenError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| TokenError::InvalidRequest("Authorization is not ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    let token = rest.trim_start_matches(' ').trim_end_matches(' ');
+    if token.is_empty() {
+        return Err(TokenError::InvalidRequest("empty bearer token"));
+    }
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let body = token.trim_end_matches('=');
+    let b64token = !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !b64token {
+        return Err(TokenError::InvalidRequest(
+            "the bearer token has characters RFC 6750 does not allow",
+        ));
+    }
+    Ok(token)
+}
+
+/// Whether the query string carries a token (`access_token`), which we refuse: URLs end up in logs.
+pub fn query_has_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            key.eq_ignore_ascii_case("access_token") || key.eq_ignore_ascii_case("access%5Ftoken")
+        })
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    client_id: Option<String>,
+    scope: Option<String>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    jti: Option<String>,
+}
+
+/// Verifies a token: signature with a key of `keys`, then `typ`, `iss`, `aud`, `exp`, `nbf`, `sub`,
+/// `client_id`. `now` is seconds since the epoch.
+pub fn verify(
+    token: &str,
+    keys: &KeySet,
+    rules: &TokenRules,
+    now: u64,
+) -> Result<Identity, TokenError> {
+    if token.len() > rules.max_token_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    if !rules.algorithms.contains(&header.alg) {
+        return Err(TokenError::Algorithm);
+    }
+    let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+    if !typ.is_some_and(|t| rules.token_types.contains(&t)) {
+        return Err(TokenError::Type);
+    }
+    if header.crit.is_some() {
+        return Err(TokenError::Critical);
+    }
+    let kid = header.kid.as_deref();
+    if kid.is_some_and(|k| !keys.has_kid(k)) {
+        return Err(TokenError::UnknownKey);
+    }
+
+    // jsonwebtoken checks the signature and that the key family fits `alg`; claims are checked below
+    // against our `now`, so its own clock-based checks are off.
+    let mut validation = Validation::new(header.alg);
+    validation.required_spec_claims = HashSet::new();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    let mut claims = None;
+    let mut last_error = TokenError::UnknownKey;
+    for key in keys.candidates(kid, header.alg) {
+        match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+            Ok(data) => {
+                claims = Some(data.claims);
+                break;
+            }
+            Err(e) => {
+                last_error = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature
+                    | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+                    | jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey
+                    | jsonwebtoken::errors::ErrorKind::InvalidRsaKey(_)
+                    | jsonwebtoken::errors::ErrorKind::InvalidEddsaKey => TokenError::Signature,
+                    jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::Claim("claims"),
+                    _ => TokenError::Malformed,
+                };
+                if last_error != TokenError::Signature {
+                    return Err(last_error);
+                }
+            }
+        }
+    }
+    let claims = claims.ok_or(last_error)?;
+    check_claims(claims, rules, now)
+}
+
+fn check_claims(claims: Claims, rules: &TokenRules, now: u64) -> Result<Identity, TokenError> {
+    if claims.iss.as_deref() != Some(rules.issuer.as_str()) {
+        return Err(if claims.iss.is_none() {
+            TokenError::Claim("iss")
+        } else {
+            TokenError::Issuer
+        });
+    }
+    let audience_ok = match &claims.aud {
+        None => return Err(TokenError::Claim("aud")),
+        Some(Audience::One(a)) => *a == rules.audience,
+        Some(Audience::Many(list)) => list.contains(&rules.audience),
+    };
+    if !audience_ok {
+        return Err(TokenError::Audience);
+    }
+    let exp = claims.exp.ok_or(TokenError::Claim("exp"))?;
+    if now >= exp.saturating_add(rules.leeway) {
+        return Err(TokenError::Expired);
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(rules.leeway))
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    let subject = claims
+        .sub
+        .filter(|s| !s.is_empty())
+        .ok_or(TokenError::Claim("sub"))?;
+    let client_id = claims
+        .client_id
+        .filter(|c| !c.is_empty())
+        .ok_or(TokenError::Claim("client_id"))?;
+    let scopes = claims
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Identity {
+        subject,
+        client_id,
+        scopes,
+        expires_at: exp,
+        token_id: claims.jti,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testing::{TestKey, claims_for, rules};
+    use http::HeaderValue;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_header_table() {
+        let cases: Vec<(Vec<&str>, Result<&str, TokenError>)> = vec![
+            (vec![], Err(TokenError::Missing)),
+            (vec!["Bearer abc.def.ghi"], Ok("abc.def.ghi")),
+            (vec!["bearer abc.def.ghi"], Ok("abc.def.ghi")),
+            (vec!["BEARER  abc.def.ghi "], Ok("abc.def.ghi")),
+            (vec!["Basic dXNlcjpwYXNz"], Err(TokenError::Missing)),
+            (
+                vec!["Bearer"],
+                Err(TokenError::InvalidRequest("empty bearer token")),
+            ),
+            (
+                vec!["Bearer    "],
+                Err(TokenError::InvalidRequest("empty bearer token")),
+            ),
+            (
+                vec!["Bearer a b"],
+                Err(TokenError::InvalidRequest(
+                    "the bearer token has characters RFC 6750 does not allow",
+                )),
+            ),
+            (
+                vec!["Bearer a,b"],
+                Err(TokenError::InvalidRequest(
+                    "the bearer token has characters RFC 6750 does not allow",
+                )),
+            ),
+            (
+                vec!["Bearer ==="],
+                Err(TokenError::InvalidRequest(
+                    "the bearer token has characters RFC 6750 does not allow",
+                )),
+            ),
+            (
+                vec!["Bearer a", "Bearer b"],
+                Err(TokenError::InvalidRequest(
+                    "more than one Authorization header",
+                )),
+            ),
+            (
+                vec!["Bearer a", "Basic b"],
+                Err(TokenError::InvalidRequest(
+                    "more than one Authorization header",
+                )),
+            ),
+        ];
+        for (values, expected) in cases {
+            assert_eq!(bearer_token(&headers(&values), 100), expected, "{values:?}");
+        }
+        let huge = format!("Bearer {}", "a".repeat(101));
+        assert_eq!(
+            bearer_token(&headers(&[&huge]), 100),
+            Err(TokenError::TooLarge)
+        );
+        let mut non_ascii = HeaderMap::new();
+        non_ascii.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert_eq!(
+            bearer_token(&non_ascii, 100),
+            Err(TokenError::InvalidRequest("Authorization is not ASCII"))
+        );
+    }
+
+    #[test]
+    fn query_tokens_are_spotted() {
+        assert!(query_has_token(Some("access_token=x")));
+        assert!(query_has_token(Some("a=1&ACCESS_TOKEN=x")));
+        assert!(query_has_token(Some("access_token")));
+        assert!(!query_has_token(Some("token=x&access_tokens=1")));
+        assert!(!query_has_token(None));
+    }
+
+    #[test]
+    fn verification_table() {
+        let key = TestKey::es256("k1");
+        let other = TestKey::es256("k1");
+        let keys = key.key_set();
+        let rules = rules();
+        let good = claims_for(NOW);
+        let with = |patch: serde_json::Value| {
+            let mut c = good.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            c
+        };
+        let ok = verify(&key.sign(&good), &keys, &rules, NOW).unwrap();
+        assert_eq!(ok.subject, "alice");
+        assert_eq!(ok.client_id, "https://client.example/cimd.json");
+        assert_eq!(
+            ok.scopes,
+            vec!["mcp:read".to_string(), "mcp:write".to_string()]
+        );
+
+        let cases: Vec<(String, TokenError)> = vec![
+            ("not a jwt".into(), TokenError::Malformed),
+            ("a.b.c".into(), TokenError::Malformed),
+            (other.sign(&good), TokenError::Signature),
+            (
+                key.sign_with_header(&good, json!({"alg":"ES256","typ":"JWT","kid":"k1"})),
+                TokenError::Type,
+            ),
+            (
+                key.sign_with_header(&good, json!({"alg":"ES256","kid":"k1"})),
+                TokenError::Type,
+            ),
+            (
+                key.sign_with_header(&good, json!({"alg":"ES256","typ":"at+jwt","kid":"k2"})),
+                TokenError::UnknownKey,
+            ),
+            (
+                key.sign_with_header(
+                    &good,
+                    json!({"alg":"ES256","typ":"at+jwt","kid":"k1","crit":["exp"]}),
+                ),
+                TokenError::Critical,
+            ),
+            (unsigned_none(&good), TokenError::Malformed),
+            (hmac_with_public_key(&good, &key), TokenError::Algorithm),
+            (
+                key.sign(&with(json!({"iss":"https://evil.example"}))),
+                TokenError::Issuer,
+            ),
+            (
+                key.sign(&with(json!({"iss":null}))),
+                TokenError::Claim("iss"),
+            ),
+            (
+                key.sign(&with(json!({"aud":"https://other.example/mcp"}))),
+                TokenError::Audience,
+            ),
+            (
+                key.sign(&with(json!({"aud":["https://other.example/mcp"]}))),
+                TokenError::Audience,
+            ),
+            (
+                key.sign(&with(json!({"aud":null}))),
+                TokenError::Claim("aud"),
+            ),
+            (
+                key.sign(&with(json!({"exp": NOW - 31}))),
+                TokenError::Expired,
+            ),
+            (
+                key.sign(&with(json!({"exp":null}))),
+                TokenError::Claim("exp"),
+            ),
+            (
+                key.sign(&with(json!({"exp":"tomorrow"}))),
+                TokenError::Claim("claims"),
+            ),
+            (
+                key.sign(&with(json!({"nbf": NOW + 31}))),
+                TokenError::NotYetValid,
+            ),
+            (
+                key.sign(&with(json!({"sub":null}))),
+                TokenError::Claim("sub"),
+            ),
+            (key.sign(&with(json!({"sub":""}))), TokenError::Claim("sub")),
+            (
+                key.sign(&with(json!({"client_id":null}))),
+                TokenError::Claim("client_id"),
+            ),
+            ("a".repeat(9000), TokenError::TooLarge),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(
+                verify(&token, &keys, &rules, NOW),
+                Err(expected.clone()),
+                "expected {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn leeway_and_audience_lists_are_honoured() {
+        let key = TestKey::es256("k1");
+        let mut claims = claims_for(NOW);
+        claims["exp"] = json!(NOW - 29);
+        claims["nbf"] = json!(NOW + 29);
+        claims["aud"] = json!(["https://other.example", "https://mcp.example.com/mcp"]);
+        claims["typ"] = json!("ignored");
+        let token = key.sign_with_header(
+            &claims,
+            json!({"alg":"ES256","typ":"application/AT+JWT","kid":"k1"}),
+        );
+        assert!(verify(&token, &key.key_set(), &rules(), NOW).is_ok());
+    }
+
+    #[test]
+    fn tokens_without_kid_try_every_key() {
+        let a = TestKey::es256("a");
+        let b = TestKey::es256("b");
+        let keys = KeySet::from_keys(vec![a.verify_key(), b.verify_key()]);
+        let token = b.sign_with_header(&claims_for(NOW), json!({"alg":"ES256","typ":"at+jwt"}));
+        assert_eq!(
+            verify(&token, &keys, &rules(), NOW).unwrap().subject,
+            "alice"
+        );
+        let stranger = TestKey::es256("c")
+            .sign_with_header(&claims_for(NOW), json!({"alg":"ES256","typ":"at+jwt"}));
+        assert_eq!(
+            verify(&stranger, &keys, &rules(), NOW),
+            Err(TokenError::Signature)
+        );
+    }
+
+    fn b64(v: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    }
+
+    fn unsigned_none(claims: &serde_json::Value) -> String {
+        format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"at+jwt","kid":"k1"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    /// The classic confusion attack: HS256 with the issuer's public key bytes as the secret.
+    fn hmac_with_public_key(claims: &serde_json::Value, key: &TestKey) -> String {
+        let header = jsonwebtoken::Header {
+            typ: Some("at+jwt".into()),
+            kid: Some("k1".into()),
+            ..jsonwebtoken::Header::new(Algorithm::HS256)
+        };
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(&key.public_point()),
+        )
+        .unwrap()
+    }
+}

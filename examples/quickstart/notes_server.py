@@ -1,0 +1,107 @@
+"""The quickstart's demo MCP server: a small notebook, built on the official MCP Python SDK.
+
+It knows nothing about OAuth. The mcp-authz sidecar in front of it checks every token and every tool call
+against the scopes of `manifests/notes-service.yaml` (`notes:read` for reading, the sensitive `notes:write`
+for changes), and forwards only the verified identity in headers, never the token.
+
+    python notes_server.py --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import threading
+
+from mcp.server.mcpserver import Context, MCPServer
+
+# Headers the sidecar sets from the verified token (its identityHeaders defaults).
+SUBJECT_HEADER = "x-mcp-authz-subject"
+CLIENT_ID_HEADER = "x-mcp-authz-client-id"
+SCOPES_HEADER = "x-mcp-authz-scopes"
+
+
+class Notebook:
+    """Notes kept in memory, per subject: what one person writes, only that person reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._notes: dict[str, dict[int, str]] = {}
+
+    def add(self, owner: str, text: str) -> int:
+        with self._lock:
+            note_id = next(self._ids)
+            self._notes.setdefault(owner, {})[note_id] = text
+            return note_id
+
+    def list(self, owner: str) -> dict[int, str]:
+        with self._lock:
+            return dict(self._notes.get(owner, {}))
+
+    def delete(self, owner: str, note_id: int) -> bool:
+        with self._lock:
+            return self._notes.get(owner, {}).pop(note_id, None) is not None
+
+
+def _owner(ctx: Context) -> str:
+    headers = ctx.headers or {}
+    return headers.get(SUBJECT_HEADER, "anonymous")
+
+
+def build_server() -> MCPServer:
+    notebook = Notebook()
+    server = MCPServer(name="quickstart-notes", instructions="A small notebook protected by mcp-authz.")
+    # Whether a bearer token ever reached this server: the sidecar must never forward one.
+    seen = {"authorization_headers": 0}
+
+    @server.tool(description="List your notes (needs notes:read).")
+    def list_notes(ctx: Context) -> dict[str, str]:
+        return {str(k): v for k, v in notebook.list(_owner(ctx)).items()}
+
+    @server.tool(description="Read one note by its id (needs notes:read).")
+    def read_note(note_id: int, ctx: Context) -> str:
+        note = notebook.list(_owner(ctx)).get(note_id)
+        if note is None:
+            raise ValueError(f"no note {note_id}")
+        return note
+
+    @server.tool(description="Add a note and return its id (needs the sensitive notes:write).")
+    def add_note(text: str, ctx: Context) -> int:
+        return notebook.add(_owner(ctx), text)
+
+    @server.tool(description="Delete a note by its id (needs the sensitive notes:write).")
+    def delete_note(note_id: int, ctx: Context) -> bool:
+        return notebook.delete(_owner(ctx), note_id)
+
+    @server.tool(description="Who the sidecar says is calling, and whether any bearer token reached this server.")
+    def whoami(ctx: Context) -> dict[str, object]:
+        headers = ctx.headers or {}
+        if "authorization" in {k.lower() for k in headers}:
+            seen["authorization_headers"] += 1
+        return {
+            "subject": headers.get(SUBJECT_HEADER),
+            "client_id": headers.get(CLIENT_ID_HEADER),
+            "scopes": headers.get(SCOPES_HEADER),
+            "authorization_headers_seen": seen["authorization_headers"],
+        }
+
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--path", default="/mcp")
+    args = parser.parse_args()
+    build_server().run(
+        "streamable-http",
+        host=args.host,
+        port=args.port,
+        streamable_http_path=args.path,
+    )
+
+
+if __name__ == "__main__":
+    main()

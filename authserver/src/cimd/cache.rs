@@ -161,3 +161,133 @@ impl DocumentCache {
             .remove(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+    const MAX: Duration = Duration::from_secs(3600);
+
+    fn ttl(pairs: &[(&str, &str)]) -> u64 {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        // Thu, 27 Nov 2025 10:00:00 GMT
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_237_600);
+        ttl_from_headers(&headers, now, MIN, MAX).as_secs()
+    }
+
+    #[test]
+    fn freshness_table() {
+        let table: &[(&[(&str, &str)], u64)] = &[
+            (&[], 60),
+            (&[("cache-control", "max-age=600")], 600),
+            (&[("cache-control", "public, max-age=600")], 600),
+            (&[("cache-control", "max-age=\"600\"")], 600),
+            (&[("cache-control", "max-age=5")], 60),
+            (&[("cache-control", "max-age=999999")], 3600),
+            (&[("cache-control", "max-age=600, s-maxage=900")], 900),
+            (&[("cache-control", "no-store, max-age=600")], 60),
+            (&[("cache-control", "no-cache")], 60),
+            (&[("cache-control", "private, max-age=600")], 60),
+            (&[("cache-control", "max-age=abc")], 60),
+            (&[("cache-control", "max-age=600"), ("age", "100")], 500),
+            (&[("cache-control", "max-age=600"), ("age", "10000")], 60),
+            (&[("cache-control", "max-age=18446744073709551616")], 60),
+            (&[("expires", "Thu, 27 Nov 2025 10:20:00 GMT")], 1200),
+            (
+                &[
+                    ("expires", "Thu, 27 Nov 2025 10:20:00 GMT"),
+                    ("date", "Thu, 27 Nov 2025 10:10:00 GMT"),
+                ],
+                600,
+            ),
+            (&[("expires", "Thu, 27 Nov 2025 09:00:00 GMT")], 60),
+            (&[("expires", "0")], 60),
+            (
+                &[
+                    ("expires", "Thu, 27 Nov 2025 10:20:00 GMT"),
+                    ("cache-control", "max-age=300"),
+                ],
+                300,
+            ),
+        ];
+        for (headers, want) in table {
+            assert_eq!(ttl(headers), *want, "{headers:?}");
+        }
+    }
+
+    fn doc(name: &str) -> Arc<CheckedDocument> {
+        let body = serde_json::json!({
+            "client_id": format!("https://c.example/{name}"),
+            "client_name": name,
+            "redirect_uris": ["https://c.example/cb"],
+        });
+        Arc::new(
+            crate::cimd::document::check_document(
+                &format!("https://c.example/{name}"),
+                body.to_string().as_bytes(),
+                false,
+                &crate::cimd::address::AddressPolicy::default(),
+            )
+            .expect("valid"),
+        )
+    }
+
+    #[test]
+    fn entries_expire() {
+        let cache = DocumentCache::new(10);
+        let t0 = Instant::now();
+        cache.insert("a".into(), doc("a"), Duration::from_secs(60), t0);
+        assert!(cache.get("a", t0 + Duration::from_secs(59)).is_some());
+        assert!(cache.get("a", t0 + Duration::from_secs(60)).is_none());
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn least_recently_used_leaves_first() {
+        let cache = DocumentCache::new(2);
+        let t0 = Instant::now();
+        let long = Duration::from_secs(600);
+        cache.insert("a".into(), doc("a"), long, t0);
+        cache.insert("b".into(), doc("b"), long, t0);
+        assert!(cache.get("a", t0).is_some());
+        cache.insert("c".into(), doc("c"), long, t0);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("b", t0).is_none(), "b was least recently used");
+        assert!(cache.get("a", t0).is_some());
+        assert!(cache.get("c", t0).is_some());
+    }
+
+    #[test]
+    fn expired_entries_make_room_before_live_ones_leave() {
+        let cache = DocumentCache::new(2);
+        let t0 = Instant::now();
+        cache.insert("short".into(), doc("short"), Duration::from_secs(1), t0);
+        cache.insert("long".into(), doc("long"), Duration::from_secs(600), t0);
+        assert!(cache.get("long", t0).is_some());
+        let later = t0 + Duration::from_secs(2);
+        cache.insert("new".into(), doc("new"), Duration::from_secs(600), later);
+        assert!(cache.get("long", later).is_some());
+        assert!(cache.get("new", later).is_some());
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let cache = DocumentCache::new(0);
+        cache.insert(
+            "a".into(),
+            doc("a"),
+            Duration::from_secs(600),
+            Instant::now(),
+        );
+        assert_eq!(cache.len(), 0);
+    }
+}

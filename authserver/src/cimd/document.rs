@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use url::{Host, Url};
 
+use super::address::AddressPolicy;
 use super::config::AuthMethod;
 use super::error::{CimdError, DocumentRule, RedirectProblem};
 use super::url_check::{UrlAllowances, check_url};
@@ -86,11 +87,13 @@ pub struct CheckedDocument {
 }
 
 /// Parse `body` as fetched from `url` and apply the policy-independent rules.
-/// `allow_http` is the development switch (a `jwks_uri` may then be http too).
+/// `allow_http` is the development switch (a `jwks_uri` may then be http too); `addresses` judges
+/// an IP-literal `jwks_uri` now rather than when it is first fetched.
 pub fn check_document(
     url: &str,
     body: &[u8],
     allow_http: bool,
+    addresses: &AddressPolicy,
 ) -> Result<CheckedDocument, CimdError> {
     let object: UniqueKeyObject =
         serde_json::from_slice(body).map_err(|e| CimdError::InvalidJson {
@@ -126,7 +129,7 @@ pub fn check_document(
     }
 
     let redirect_uris = redirect_uris(&doc)?;
-    let keys = keys(&doc, allow_http)?;
+    let keys = keys(&doc, allow_http, addresses)?;
     let (auth_candidates, auth_method_explicit) = auth_candidates(&doc, keys.is_some())?;
 
     let grant_types = optional_str_array(&doc, "grant_types")?
@@ -273,7 +276,11 @@ pub fn is_loopback_host(host: Option<Host<&str>>) -> bool {
     }
 }
 
-fn keys(doc: &Map<String, Value>, allow_http: bool) -> Result<Option<ClientKeys>, CimdError> {
+fn keys(
+    doc: &Map<String, Value>,
+    allow_http: bool,
+    addresses: &AddressPolicy,
+) -> Result<Option<ClientKeys>, CimdError> {
     let jwks = doc.get("jwks").filter(|v| !v.is_null());
     let jwks_uri = optional_str(doc, "jwks_uri")?;
     match (jwks, jwks_uri) {
@@ -297,7 +304,7 @@ fn keys(doc: &Map<String, Value>, allow_http: bool) -> Result<Option<ClientKeys>
                 query: true,
                 http: allow_http,
             };
-            check_url(uri, "jwks_uri", allow)?;
+            check_url(uri, "jwks_uri", allow, addresses)?;
             Ok(Some(ClientKeys::JwksUri(uri.to_owned())))
         }
         (None, None) => Ok(None),
@@ -499,5 +506,418 @@ impl<'de> Visitor<'de> for UniqueKeyVisitor {
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(UniqueKeyObject::NotAnObject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const URL: &str = "https://app.example.com/client.json";
+
+    fn base() -> Value {
+        json!({
+            "client_id": URL,
+            "client_name": "Example Agent",
+            "redirect_uris": ["https://app.example.com/callback", "http://127.0.0.1/cb"],
+            "token_endpoint_auth_method": "none",
+        })
+    }
+
+    fn check(doc: &Value) -> Result<CheckedDocument, CimdError> {
+        check_document(
+            URL,
+            doc.to_string().as_bytes(),
+            false,
+            &AddressPolicy::default(),
+        )
+    }
+
+    fn with(edit: impl FnOnce(&mut Map<String, Value>)) -> Value {
+        let mut doc = base();
+        edit(doc.as_object_mut().expect("object"));
+        doc
+    }
+
+    fn rule(doc: &Value) -> DocumentRule {
+        match check(doc) {
+            Err(CimdError::Document(rule)) => rule,
+            other => panic!("expected a document refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_public_client_passes() {
+        let doc = check(&base()).expect("valid");
+        assert_eq!(doc.client_id, URL);
+        assert_eq!(doc.client_id_host, "app.example.com");
+        assert_eq!(doc.auth_candidates, vec![AuthMethod::None]);
+        assert!(doc.auth_method_explicit);
+        assert_eq!(doc.grant_types, vec!["authorization_code"]);
+        assert_eq!(doc.redirect_uris[1].kind, RedirectKind::Loopback);
+        assert_eq!(doc.fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn each_document_rule_refuses_its_case() {
+        let rsa_public = json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"});
+        let table: Vec<(Value, DocumentRule)> = vec![
+            (json!([1, 2]), DocumentRule::NotAnObject),
+            (json!("text"), DocumentRule::NotAnObject),
+            (
+                with(|d| {
+                    d.insert("client_id".into(), json!(format!("{URL}/")));
+                }),
+                DocumentRule::ClientIdMismatch {
+                    found: format!("{URL}/"),
+                },
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "client_id".into(),
+                        json!("https://APP.example.com/client.json"),
+                    );
+                }),
+                DocumentRule::ClientIdMismatch {
+                    found: "https://APP.example.com/client.json".into(),
+                },
+            ),
+            (
+                with(|d| {
+                    d.remove("client_id");
+                }),
+                DocumentRule::Missing("client_id"),
+            ),
+            (
+                with(|d| {
+                    d.insert("client_id".into(), json!(7));
+                }),
+                DocumentRule::WrongType {
+                    property: "client_id",
+                    expected: "a string",
+                },
+            ),
+            (
+                with(|d| {
+                    d.remove("client_name");
+                }),
+                DocumentRule::Missing("client_name"),
+            ),
+            (
+                with(|d| {
+                    d.insert("client_name".into(), json!("   "));
+                }),
+                DocumentRule::ClientNameLength(MAX_CLIENT_NAME),
+            ),
+            (
+                with(|d| {
+                    d.insert("client_name".into(), json!("x".repeat(MAX_CLIENT_NAME + 1)));
+                }),
+                DocumentRule::ClientNameLength(MAX_CLIENT_NAME),
+            ),
+            (
+                with(|d| {
+                    d.insert("client_secret".into(), json!("s3cret"));
+                }),
+                DocumentRule::ClientSecret,
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "token_endpoint_auth_method".into(),
+                        json!("client_secret_post"),
+                    );
+                }),
+                DocumentRule::SharedSecretAuthMethod("client_secret_post".into()),
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "token_endpoint_auth_method".into(),
+                        json!("tls_client_auth"),
+                    );
+                }),
+                DocumentRule::UnsupportedAuthMethod("tls_client_auth".into()),
+            ),
+            (
+                with(|d| {
+                    d.remove("token_endpoint_auth_method");
+                    d.insert(
+                        "token_endpoint_auth_methods_supported".into(),
+                        json!(["client_secret_basic"]),
+                    );
+                }),
+                DocumentRule::NoUsableAuthMethod(vec!["client_secret_basic".into()]),
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "token_endpoint_auth_method".into(),
+                        json!("private_key_jwt"),
+                    );
+                }),
+                DocumentRule::KeysMissing,
+            ),
+            (
+                with(|d| {
+                    d.insert("jwks".into(), json!({"keys": [rsa_public.clone()]}));
+                    d.insert("jwks_uri".into(), json!("https://app.example.com/jwks"));
+                }),
+                DocumentRule::BothJwksAndJwksUri,
+            ),
+            (
+                with(|d| {
+                    d.insert("jwks".into(), json!({"keys": []}));
+                }),
+                DocumentRule::InvalidJwks,
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "jwks".into(),
+                        json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "d": "AQAB"}]}),
+                    );
+                }),
+                DocumentRule::PrivateKeyInJwks("d".into()),
+            ),
+            (
+                with(|d| {
+                    d.insert(
+                        "jwks".into(),
+                        json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
+                    );
+                }),
+                DocumentRule::PrivateKeyInJwks("k".into()),
+            ),
+            (
+                with(|d| {
+                    d.insert("redirect_uris".into(), json!([]));
+                }),
+                DocumentRule::NoRedirectUris,
+            ),
+            (
+                with(|d| {
+                    d.remove("redirect_uris");
+                }),
+                DocumentRule::Missing("redirect_uris"),
+            ),
+            (
+                with(|d| {
+                    d.insert("redirect_uris".into(), json!("https://app.example.com/cb"));
+                }),
+                DocumentRule::WrongType {
+                    property: "redirect_uris",
+                    expected: "an array of strings",
+                },
+            ),
+            (
+                with(|d| {
+                    d.insert("logo_uri".into(), json!("javascript:alert(1)"));
+                }),
+                DocumentRule::UnsafeUri {
+                    property: "logo_uri",
+                    uri: "javascript:alert(1)".into(),
+                },
+            ),
+            (
+                with(|d| {
+                    d.insert("client_uri".into(), json!("http://app.example.com/"));
+                }),
+                DocumentRule::UnsafeUri {
+                    property: "client_uri",
+                    uri: "http://app.example.com/".into(),
+                },
+            ),
+            (
+                with(|d| {
+                    d.insert("response_types".into(), json!(["code", "token"]));
+                }),
+                DocumentRule::ResponseTypes(vec!["code".into(), "token".into()]),
+            ),
+        ];
+        for (doc, want) in table {
+            assert_eq!(rule(&doc), want, "{doc}");
+        }
+    }
+
+    #[test]
+    fn redirect_uri_table() {
+        let table: &[(&str, Result<RedirectKind, RedirectProblem>)] = &[
+            (
+                "https://app.example.com/cb",
+                Ok(RedirectKind::Https {
+                    host: "app.example.com".into(),
+                }),
+            ),
+            ("http://127.0.0.1/cb", Ok(RedirectKind::Loopback)),
+            ("http://127.0.0.1:8765/cb", Ok(RedirectKind::Loopback)),
+            ("http://[::1]/cb", Ok(RedirectKind::Loopback)),
+            ("http://localhost:3000/cb", Ok(RedirectKind::Loopback)),
+            ("com.example.app:/oauth", Ok(RedirectKind::PrivateUse)),
+            ("https://*.example.com/cb", Err(RedirectProblem::Wildcard)),
+            ("https://app.example.com/*", Err(RedirectProblem::Wildcard)),
+            (
+                "https://app.example.com/cb#x",
+                Err(RedirectProblem::Fragment),
+            ),
+            (
+                "https://u:p@app.example.com/cb",
+                Err(RedirectProblem::Userinfo),
+            ),
+            (
+                "javascript:alert(document.cookie)",
+                Err(RedirectProblem::ForbiddenScheme("javascript".into())),
+            ),
+            (
+                "data:text/html,<script>1</script>",
+                Err(RedirectProblem::ForbiddenScheme("data".into())),
+            ),
+            (
+                "JavaScript:alert(1)",
+                Err(RedirectProblem::ForbiddenScheme("javascript".into())),
+            ),
+            (
+                "file:///etc/passwd",
+                Err(RedirectProblem::ForbiddenScheme("file".into())),
+            ),
+            (
+                "myapp:/cb",
+                Err(RedirectProblem::ForbiddenScheme("myapp".into())),
+            ),
+            (
+                "http://app.example.com/cb",
+                Err(RedirectProblem::HttpNotLoopback),
+            ),
+            (
+                "http://127.0.0.1.nip.io/cb",
+                Err(RedirectProblem::HttpNotLoopback),
+            ),
+            ("/relative/cb", Err(RedirectProblem::NotAUri)),
+            ("https://app.example.com/c b", Err(RedirectProblem::NotAUri)),
+        ];
+        for (uri, want) in table {
+            assert_eq!(&classify_redirect(uri), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn choices_form_is_tolerated_and_keeps_the_clients_order() {
+        let doc = with(|d| {
+            d.remove("token_endpoint_auth_method");
+            d.insert(
+                "token_endpoint_auth_methods_supported".into(),
+                json!(["client_secret_basic", "private_key_jwt", "none"]),
+            );
+        });
+        // No keys: private_key_jwt is not usable, none is.
+        assert_eq!(
+            check(&doc).expect("valid").auth_candidates,
+            vec![AuthMethod::None]
+        );
+        let doc = with(|d| {
+            d.remove("token_endpoint_auth_method");
+            d.insert(
+                "token_endpoint_auth_methods_supported".into(),
+                json!(["private_key_jwt", "none"]),
+            );
+            d.insert("jwks_uri".into(), json!("https://app.example.com/jwks"));
+        });
+        let checked = check(&doc).expect("valid");
+        assert_eq!(
+            checked.auth_candidates,
+            vec![AuthMethod::PrivateKeyJwt, AuthMethod::None]
+        );
+        assert!(!checked.auth_method_explicit);
+    }
+
+    #[test]
+    fn duplicate_properties_are_refused() {
+        let body = format!(
+            r#"{{"client_id":"{URL}","client_id":"https://evil.example/x","client_name":"a","redirect_uris":["https://a.example/cb"]}}"#
+        );
+        assert_eq!(
+            check_document(URL, body.as_bytes(), false, &AddressPolicy::default()),
+            Err(CimdError::Document(DocumentRule::DuplicateProperty(
+                "client_id".into()
+            )))
+        );
+    }
+
+    #[test]
+    fn jwks_uri_follows_the_url_rules() {
+        let doc = with(|d| {
+            d.insert("jwks_uri".into(), json!("https://10.0.0.8/jwks"));
+        });
+        assert!(
+            matches!(
+                check(&doc),
+                Err(CimdError::ForbiddenAddress {
+                    reason: "a private address",
+                    ..
+                })
+            ),
+            "{:?}",
+            check(&doc)
+        );
+        let doc = with(|d| {
+            d.insert("jwks_uri".into(), json!("http://app.example.com/jwks"));
+        });
+        assert_eq!(
+            check(&doc),
+            Err(CimdError::UrlRefused {
+                which: "jwks_uri",
+                rule: crate::cimd::UrlRule::NotHttps
+            })
+        );
+    }
+
+    #[test]
+    fn fingerprint_follows_redirects_and_keys_only() {
+        let fp = |doc: &Value| check(doc).expect("valid").fingerprint;
+        let original = fp(&base());
+        let renamed = with(|d| {
+            d.insert("client_name".into(), json!("Renamed"));
+        });
+        assert_eq!(fp(&renamed), original, "a new name grants nothing new");
+        let reordered = with(|d| {
+            d.insert(
+                "redirect_uris".into(),
+                json!(["http://127.0.0.1/cb", "https://app.example.com/callback"]),
+            );
+        });
+        assert_eq!(fp(&reordered), original, "order carries no meaning");
+        let new_redirect = with(|d| {
+            d.insert(
+                "redirect_uris".into(),
+                json!(["https://app.example.com/other"]),
+            );
+        });
+        assert_ne!(fp(&new_redirect), original);
+        let keyed = |kid: &str| {
+            with(|d| {
+                d.insert("jwks".into(), json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": kid}]}));
+            })
+        };
+        assert_ne!(fp(&keyed("a")), fp(&keyed("b")));
+        assert_ne!(fp(&keyed("a")), original);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            b"null",
+            b"{\"client_id\":null}",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]",
+        ] {
+            assert!(check_document(URL, body, false, &AddressPolicy::default()).is_err());
+        }
+        let deep = "[".repeat(100_000);
+        assert!(check_document(URL, deep.as_bytes(), false, &AddressPolicy::default()).is_err());
     }
 }

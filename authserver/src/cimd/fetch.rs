@@ -30,9 +30,11 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(config: &CimdConfig, dns: Arc<dyn HostResolver>) -> Result<Self, CimdError> {
-        let addresses =
-            AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
+    pub fn new(
+        config: &CimdConfig,
+        addresses: AddressPolicy,
+        dns: Arc<dyn HostResolver>,
+    ) -> Result<Self, CimdError> {
         let limits = &config.fetch;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -287,3 +287,432 @@ fn choose_auth_method(
         rule: PolicyRule::AuthMethodNotAllowed(first.as_str()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cimd::address::AddressPolicy;
+    use crate::cimd::document::check_document;
+
+    const URL: &str = "https://a1.agents.example.com/agents/one.json";
+
+    fn checked(
+        edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> CheckedDocument {
+        let mut doc = json!({
+            "client_id": URL,
+            "client_name": "Agent One",
+            "redirect_uris": ["https://a1.agents.example.com/cb", "http://127.0.0.1/cb"],
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials", "password"],
+        });
+        edit(doc.as_object_mut().expect("object"));
+        check_document(
+            URL,
+            doc.to_string().as_bytes(),
+            false,
+            &AddressPolicy::default(),
+        )
+        .expect("valid")
+    }
+
+    fn compiled(name: &str, edit: impl FnOnce(&mut Policy)) -> CompiledPolicy {
+        let mut p = Policy::default();
+        edit(&mut p);
+        CompiledPolicy::compile(name, &p).expect("policy compiles")
+    }
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn client_id_patterns() {
+        let table: &[(&str, &str, bool)] = &[
+            (
+                "https://*.agents.example.com/",
+                "https://a.agents.example.com/x",
+                true,
+            ),
+            (
+                "https://*.agents.example.com/",
+                "https://a.b.agents.example.com/x",
+                true,
+            ),
+            (
+                "https://*.agents.example.com/",
+                "https://agents.example.com/x",
+                false,
+            ),
+            (
+                "https://*.agents.example.com/",
+                "https://evilagents.example.com/x",
+                false,
+            ),
+            (
+                "https://*.agents.example.com/",
+                "https://a.agents.example.com.evil.io/x",
+                false,
+            ),
+            (
+                "https://*.agents.example.com/",
+                "https://a.agents.example.com:8443/x",
+                false,
+            ),
+            (
+                "https://app.example.com/agents",
+                "https://app.example.com/agents/x",
+                true,
+            ),
+            (
+                "https://app.example.com/agents/",
+                "https://app.example.com/agents/x",
+                true,
+            ),
+            (
+                "https://app.example.com/agents",
+                "https://app.example.com/agents",
+                true,
+            ),
+            (
+                "https://app.example.com/agents",
+                "https://app.example.com/agentsx",
+                false,
+            ),
+            (
+                "https://app.example.com/agents",
+                "https://app.example.com/other/agents",
+                false,
+            ),
+            (
+                "https://app.example.com/",
+                "https://www.app.example.com/x",
+                false,
+            ),
+            (
+                "https://app.example.com:8443/",
+                "https://app.example.com:8443/x",
+                true,
+            ),
+            ("https://127.0.0.1:8443/", "https://127.0.0.1:8443/x", true),
+        ];
+        for (pattern, candidate, want) in table {
+            let p = ClientIdPattern::parse(pattern).expect("pattern");
+            assert_eq!(
+                p.matches(&url(candidate)),
+                *want,
+                "{pattern} vs {candidate}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_config_errors() {
+        for (pattern, why) in [
+            ("https://*/", "may only use `*.` at the start of the host"),
+            ("not a url", "is not a URL"),
+            (
+                "https://a.*.example.com/",
+                "may only use `*.` at the start of the host",
+            ),
+            (
+                "https://*.com/",
+                "must name at least a registrable domain after `*.`",
+            ),
+            ("ftp://example.com/", "must start with https://"),
+            (
+                "https://example.com/?q",
+                "must not have a query, fragment or userinfo",
+            ),
+        ] {
+            let err = ClientIdPattern::parse(pattern).expect_err(pattern);
+            assert!(err.contains(why), "{pattern}: {err}");
+        }
+    }
+
+    #[test]
+    fn deny_list_and_patterns_decide_before_fetching() {
+        let partners = compiled("partners", |p| {
+            p.client_id_patterns = vec!["https://*.agents.example.com/agents".into()];
+            p.allow_client_ids = vec!["https://tools.example.org/client".into()];
+            p.deny_client_ids = vec!["https://bad.agents.example.com/agents/x".into()];
+        });
+        assert_eq!(partners.admit_client_id(&url(URL)), Ok(()));
+        assert_eq!(
+            partners.admit_client_id(&url("https://tools.example.org/client")),
+            Ok(())
+        );
+        assert_eq!(
+            partners.admit_client_id(&url("https://bad.agents.example.com/agents/x")),
+            Err(CimdError::Denied {
+                policy: "partners".into(),
+                rule: PolicyRule::DeniedClientId
+            })
+        );
+        assert_eq!(
+            partners.admit_client_id(&url("https://elsewhere.example.net/agents/x")),
+            Err(CimdError::Denied {
+                policy: "partners".into(),
+                rule: PolicyRule::NoPatternMatches(vec![
+                    "https://*.agents.example.com/agents".into()
+                ])
+            })
+        );
+    }
+
+    #[test]
+    fn a_permissive_baseline_admits_and_strips_grants() {
+        let baseline = compiled("baseline", |_| {});
+        let client = admit(&checked(|_| {}), &[&baseline]).expect("admitted");
+        assert_eq!(client.auth_method, AuthMethod::None);
+        // Public client: client_credentials stripped; password is gone from OAuth 2.1.
+        assert_eq!(
+            client.grant_types,
+            vec!["authorization_code", "refresh_token"]
+        );
+        assert!(!client.all_redirects_loopback());
+        assert!(!client.is_confidential());
+        assert_eq!(client.policies, vec!["baseline"]);
+    }
+
+    #[test]
+    fn each_policy_rule_refuses_its_case() {
+        let doc = checked(|_| {});
+        let denied = |policy: &str, rule| CimdError::Denied {
+            policy: policy.into(),
+            rule,
+        };
+        let table: Vec<(CompiledPolicy, CimdError)> = vec![
+            (
+                compiled("no-loopback", |p| p.redirect_uris.allow_loopback = false),
+                denied(
+                    "no-loopback",
+                    PolicyRule::RedirectUri {
+                        uri: "http://127.0.0.1/cb".into(),
+                        problem: RedirectProblem::LoopbackNotAllowed,
+                    },
+                ),
+            ),
+            (
+                compiled("keys-only", |p| {
+                    p.allowed_auth_methods = vec![AuthMethod::PrivateKeyJwt]
+                }),
+                denied("keys-only", PolicyRule::AuthMethodNotAllowed("none")),
+            ),
+            (
+                compiled("with-terms", |p| {
+                    p.required_properties = vec!["tos_uri".into()]
+                }),
+                denied(
+                    "with-terms",
+                    PolicyRule::MissingRequiredProperty("tos_uri".into()),
+                ),
+            ),
+            (
+                compiled("cc-only", |p| {
+                    p.allowed_grant_types = vec!["client_credentials".into()]
+                }),
+                denied(
+                    "cc-only",
+                    PolicyRule::NoGrantTypeLeft(vec![
+                        "authorization_code".into(),
+                        "refresh_token".into(),
+                        "client_credentials".into(),
+                        "password".into(),
+                    ]),
+                ),
+            ),
+        ];
+        let baseline = compiled("baseline", |_| {});
+        for (policy, want) in table {
+            assert_eq!(
+                admit(&doc, &[&baseline, &policy]),
+                Err(want.clone()),
+                "{}",
+                policy.name
+            );
+            // The same rule in the baseline refuses with the baseline's name.
+            let as_baseline =
+                CompiledPolicy::compile("baseline", &policy.policy).expect("compiles");
+            let CimdError::Denied { rule, .. } = want else {
+                unreachable!()
+            };
+            assert_eq!(
+                admit(&doc, &[&as_baseline]),
+                Err(denied("baseline", rule)),
+                "{} as baseline",
+                policy.name
+            );
+        }
+    }
+
+    #[test]
+    fn same_site_rule_allows_the_host_and_its_subdomains_and_loopback() {
+        let same_site = compiled("same-site", |p| p.redirect_uris.require_same_site = true);
+        let ok = checked(|d| {
+            d.insert(
+                "redirect_uris".into(),
+                json!([
+                    "https://a1.agents.example.com/cb",
+                    "https://x.a1.agents.example.com/cb",
+                    "http://localhost:9/cb"
+                ]),
+            );
+        });
+        assert!(admit(&ok, &[&same_site]).is_ok());
+        let elsewhere = checked(|d| {
+            d.insert(
+                "redirect_uris".into(),
+                json!(["https://agents.example.com/cb"]),
+            );
+        });
+        assert_eq!(
+            admit(&elsewhere, &[&same_site]),
+            Err(CimdError::Denied {
+                policy: "same-site".into(),
+                rule: PolicyRule::RedirectUri {
+                    uri: "https://agents.example.com/cb".into(),
+                    problem: RedirectProblem::NotSameSite("a1.agents.example.com".into()),
+                }
+            })
+        );
+        let private_use = checked(|d| {
+            d.insert("redirect_uris".into(), json!(["com.example.agent:/cb"]));
+        });
+        assert_eq!(
+            admit(&private_use, &[&compiled("baseline", |_| {})]),
+            Err(CimdError::Denied {
+                policy: "baseline".into(),
+                rule: PolicyRule::RedirectUri {
+                    uri: "com.example.agent:/cb".into(),
+                    problem: RedirectProblem::PrivateUseScheme,
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn confidential_clients_keep_confidential_grants_and_pick_by_policy() {
+        let doc = checked(|d| {
+            d.insert(
+                "token_endpoint_auth_methods_supported".into(),
+                json!(["none", "private_key_jwt"]),
+            );
+            d.insert(
+                "jwks_uri".into(),
+                json!("https://a1.agents.example.com/jwks"),
+            );
+        });
+        let baseline = compiled("baseline", |_| {});
+        let open = admit(&doc, &[&baseline]).expect("admitted");
+        assert_eq!(
+            open.auth_method,
+            AuthMethod::None,
+            "the client's first choice"
+        );
+        let strict = compiled("strict", |p| {
+            p.allowed_auth_methods = vec![AuthMethod::PrivateKeyJwt]
+        });
+        let client = admit(&doc, &[&baseline, &strict]).expect("admitted");
+        assert_eq!(client.auth_method, AuthMethod::PrivateKeyJwt);
+        assert!(client.is_confidential());
+        assert_eq!(
+            client.grant_types,
+            vec!["authorization_code", "refresh_token"]
+        );
+        let with_cc = compiled("cc", |p| {
+            p.allowed_auth_methods = vec![AuthMethod::PrivateKeyJwt];
+            p.allowed_grant_types = vec!["authorization_code".into(), "client_credentials".into()];
+        });
+        let client = admit(&doc, &[&with_cc]).expect("admitted");
+        assert_eq!(
+            client.grant_types,
+            vec!["authorization_code", "client_credentials"]
+        );
+    }
+
+    #[test]
+    fn scope_limits_from_policies_and_document() {
+        let doc = checked(|d| {
+            d.insert("scope".into(), json!("files:read files:write tools:call"));
+        });
+        let limited = compiled("limited", |p| {
+            p.allowed_scopes = Some(vec!["files:read".into(), "files:write".into()]);
+            p.max_scopes_per_request = Some(1);
+        });
+        let client = admit(&doc, &[&compiled("baseline", |_| {}), &limited]).expect("admitted");
+        assert_eq!(client.scope_limit.check(["files:read"]), Ok(()));
+        assert_eq!(
+            client.scope_limit.check(["tools:call"]),
+            Err(CimdError::Denied {
+                policy: "limited".into(),
+                rule: PolicyRule::ScopeNotAllowed("tools:call".into())
+            })
+        );
+        assert_eq!(
+            client.scope_limit.check(["files:read", "files:write"]),
+            Err(CimdError::Denied {
+                policy: "limited".into(),
+                rule: PolicyRule::TooManyScopes {
+                    requested: 2,
+                    max: 1
+                }
+            })
+        );
+        let open = admit(&doc, &[&compiled("baseline", |_| {})]).expect("admitted");
+        assert_eq!(
+            open.scope_limit.check(["admin"]),
+            Err(CimdError::Denied {
+                policy: "client document".into(),
+                rule: PolicyRule::ScopeNotAllowed("admin".into())
+            })
+        );
+        assert_eq!(
+            open.scope_limit
+                .check(["admin"])
+                .map_err(|e| e.oauth_error()),
+            Err("invalid_scope")
+        );
+    }
+
+    #[test]
+    fn redirect_uri_matching_is_exact_except_loopback_ports() {
+        let client = admit(&checked(|_| {}), &[&compiled("baseline", |_| {})]).expect("admitted");
+        assert_eq!(
+            client.check_redirect_uri("https://a1.agents.example.com/cb"),
+            Ok(())
+        );
+        assert_eq!(
+            client.check_redirect_uri("http://127.0.0.1:53121/cb"),
+            Ok(())
+        );
+        for bad in [
+            "https://a1.agents.example.com/cb/",
+            "https://a1.agents.example.com/CB",
+            "https://a1.agents.example.com:444/cb",
+            "https://a1.agents.example.com/cb?x=1",
+            "http://127.0.0.1:53121/other",
+            "http://localhost:53121/cb",
+            "https://127.0.0.1:53121/cb",
+            "https://evil.example/cb",
+        ] {
+            assert_eq!(
+                client.check_redirect_uri(bad),
+                Err(CimdError::RedirectUriNotRegistered(bad.into())),
+                "{bad}"
+            );
+        }
+        let loopback_only = admit(
+            &checked(|d| {
+                d.insert(
+                    "redirect_uris".into(),
+                    json!(["http://127.0.0.1/cb", "http://[::1]/cb"]),
+                );
+            }),
+            &[&compiled("baseline", |_| {})],
+        )
+        .expect("admitted");
+        assert!(loopback_only.all_redirects_loopback());
+    }
+}

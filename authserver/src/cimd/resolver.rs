@@ -11,6 +11,7 @@ use futures::future::{BoxFuture, Shared};
 use serde_json::Value;
 use url::Url;
 
+use super::address::AddressPolicy;
 use super::cache::DocumentCache;
 use super::client::ClientDocument;
 use super::config::CimdConfig;
@@ -37,6 +38,7 @@ struct Inner {
     baseline: CompiledPolicy,
     policies: HashMap<String, CompiledPolicy>,
     fetcher: Fetcher,
+    addresses: AddressPolicy,
     cache: DocumentCache,
     in_flight: Mutex<HashMap<String, Flight>>,
     stats: Counters,
@@ -95,7 +97,9 @@ impl Resolver {
                 "fetch limits (maxDocumentBytes, connectTimeoutMs, totalTimeoutMs) must be positive".to_owned(),
             ));
         }
-        let fetcher = Fetcher::new(&config, dns)?;
+        let addresses =
+            AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
+        let fetcher = Fetcher::new(&config, addresses.clone(), dns)?;
         let cache = DocumentCache::new(limits.cache_capacity);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -103,6 +107,7 @@ impl Resolver {
                 baseline,
                 policies,
                 fetcher,
+                addresses,
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
                 stats: Counters::default(),
@@ -152,7 +157,7 @@ impl Resolver {
             query: policies.iter().all(|p| p.policy.allow_query_in_client_id),
             http: inner.config.allow_http_for_development,
         };
-        let url = check_url(client_id, "client_id", allow)?;
+        let url = check_url(client_id, "client_id", allow, &inner.addresses)?;
         for policy in &policies {
             policy.admit_client_id(&url)?;
         }
@@ -207,7 +212,7 @@ impl Resolver {
             query: true,
             http: self.inner.config.allow_http_for_development,
         };
-        let url = check_url(jwks_uri, "jwks_uri", allow)?;
+        let url = check_url(jwks_uri, "jwks_uri", allow, &self.inner.addresses)?;
         let fetched = self
             .inner
             .fetcher
@@ -254,6 +259,7 @@ async fn fetch_and_cache(inner: &Inner, url: Url) -> Result<Arc<CheckedDocument>
         url.as_str(),
         &fetched.body,
         inner.config.allow_http_for_development,
+        &inner.addresses,
     )?);
     inner.cache.insert(
         url.as_str().to_owned(),

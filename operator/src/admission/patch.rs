@@ -282,6 +282,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 resource_url: "https://mcp.example.com/files".into(),
+                display_name: None,
                 authorization_server_ref: NamespacedRef {
                     name: "auth".into(),
                     namespace: None,

@@ -218,7 +218,8 @@ fn default_refresh_token_lifetime() -> String {
 #[x_kube(validation = Rule::new("has(self.staticUsers) != has(self.oidc)")
     .message("login needs exactly one of staticUsers or oidc"))]
 pub struct Login {
-    /// Secret key holding the static users file (one `name:argon2-hash` per line).
+    /// Secret key holding the static users: a YAML list of `{username, passwordHash, subject}` with
+    /// Argon2id hashes (`mcp-authz-server hash-password`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_users: Option<SecretKeyRef>,
     /// Upstream OpenID Connect provider people sign in with.

@@ -52,6 +52,12 @@ pub struct MCPScopeSpec {
         length(min = 2, max = 24)
     )]
     pub max_token_lifetime: Option<String>,
+
+    /// Narrower scope values this scope implies (`files:write` implies `files:read`); a token with
+    /// this scope passes checks that need any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub implies: Vec<String>,
 }
 
 /// Observed state of an MCPScope.

@@ -46,6 +46,11 @@ pub struct MCPServiceSpec {
         .message("resourceUrl must be an https URL without fragment"))]
     pub resource_url: String,
 
+    /// Name people see on the consent screen; the MCPService's name when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub display_name: Option<String>,
+
     /// The AuthorizationServer that issues tokens for this service.
     pub authorization_server_ref: NamespacedRef,
 

@@ -1,0 +1,754 @@
+//! AuthorizationServer (+ the scopes, services and policies that name it) -> the authserver's
+//! config ConfigMap, Deployment, Service, PVC and PodDisruptionBudget.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use mcp_authz_authserver::config::{AuthServerConfig, ResourceConfig, ScopeDefinition};
+
+use super::sidecar::AUTHSERVER_PORT;
+use super::{
+    Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, names_server,
+    object, owner_ref, seconds, visible_scopes,
+};
+use crate::admission::patch::hardened_security_context;
+use crate::api::authorization_server::StorageKind;
+use crate::api::{CIMDPolicy, MCPService};
+use crate::naming;
+
+/// Admin port (`/metrics`, `/healthz`, `/readyz`) of the authorization server.
+pub const ADMIN_PORT: u16 = 9090;
+/// Where the config ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/mcp-authz/config";
+/// Where the keys Secret is mounted.
+pub const KEYS_DIR: &str = "/etc/mcp-authz/keys";
+/// Where the embedded database lives (the PVC).
+pub const DATA_DIR: &str = "/var/lib/mcp-authz";
+/// Where the static users Secret is mounted.
+pub const USERS_DIR: &str = "/etc/mcp-authz/users";
+/// Where the upstream OIDC client secret is mounted.
+pub const OIDC_DIR: &str = "/etc/mcp-authz/oidc";
+/// Environment variable carrying the PostgreSQL URL (from the referenced Secret).
+pub const POSTGRES_URL_ENV: &str = "MCP_AUTHZ_POSTGRES_URL";
+/// File name of the CIMD section inside the config ConfigMap, until the authserver config embeds it.
+pub const CIMD_CONFIG_FILE: &str = "cimd.yaml";
+
+/// The services of the cluster that name `inputs.server`, sorted by namespace and name.
+pub fn services_of<'a>(inputs: &Inputs<'a>) -> Vec<&'a MCPService> {
+    let mut services: Vec<&MCPService> = inputs
+        .services
+        .iter()
+        .filter(|s| names_server(s, inputs.server))
+        .collect();
+    services.sort_by_key(|s| (s.namespace(), s.name_any()));
+    services
+}
+
+/// The server's default CIMDPolicy, if it names one and it exists in its namespace.
+pub fn default_policy<'a>(inputs: &Inputs<'a>) -> Option<&'a CIMDPolicy> {
+    let name = inputs.server.spec.default_cimd_policy.as_ref()?;
+    inputs
+        .policies
+        .iter()
+        .find(|p| &p.name_any() == name && p.namespace() == inputs.server.namespace())
+}
+
+/// The authserver config for `inputs`.
+pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, RenderError> {
+    let spec = &inputs.server.spec;
+    let server_ns = inputs.server.namespace().unwrap_or_default();
+    let login = match (&spec.login.static_users, &spec.login.oidc) {
+        (Some(users), _) => {
+            serde_json::json!({"static": {"usersFile": PathBuf::from(USERS_DIR).join(&users.key)}})
+        }
+        (None, Some(oidc)) => serde_json::json!({"upstreamOidc": {
+            "issuer": oidc.issuer,
+            "clientId": oidc.client_id,
+            "clientSecretFile": PathBuf::from(OIDC_DIR).join(&oidc.client_secret_ref.key),
+        }}),
+        (None, None) => {
+            return Err(RenderError::Invalid {
+                field: "spec.login".into(),
+                message: "needs staticUsers or oidc".into(),
+            });
+        }
+    };
+    let storage = match spec.storage.kind {
+        StorageKind::Embedded => {
+            serde_json::json!({"sqlite": {"path": PathBuf::from(DATA_DIR).join("authserver.db")}})
+        }
+        StorageKind::Postgres => serde_json::json!({"postgres": {"urlEnv": POSTGRES_URL_ENV}}),
+    };
+    let mut config: AuthServerConfig = serde_json::from_value(serde_json::json!({
+        "issuer": spec.issuer,
+        "listen": format!("0.0.0.0:{AUTHSERVER_PORT}"),
+        "adminListen": format!("0.0.0.0:{ADMIN_PORT}"),
+        "storage": storage,
+        "signing": {"keysDir": KEYS_DIR, "algorithm": "ES256", "selfManaged": false,
+                    "rotationPeriodSecs": seconds("spec.signing.rotationPeriod", &spec.signing.rotation_period)?},
+        "login": login,
+    }))
+    .map_err(|e| RenderError::Serialize { what: "authserver config".into(), message: e.to_string() })?;
+    config.tokens.access_token_secs = seconds(
+        "spec.tokens.accessTokenLifetime",
+        &spec.tokens.access_token_lifetime,
+    )?;
+    config.tokens.refresh_token_secs = seconds(
+        "spec.tokens.refreshTokenLifetime",
+        &spec.tokens.refresh_token_lifetime,
+    )?;
+
+    let services = services_of(inputs);
+    // The catalogue: every scope some service offers and can see, plus every scope of the
+    // server's namespace (so a scope exists before its first service).
+    let mut catalogue: BTreeMap<String, ScopeDefinition> = BTreeMap::new();
+    let mut add = |scope: &crate::api::MCPScope| -> Result<(), RenderError> {
+        let max = scope
+            .spec
+            .max_token_lifetime
+            .as_deref()
+            .map(|t| {
+                seconds(
+                    &format!("MCPScope {}: spec.maxTokenLifetime", scope.name_any()),
+                    t,
+                )
+            })
+            .transpose()?;
+        catalogue
+            .entry(scope.spec.value.clone())
+            .or_insert_with(|| ScopeDefinition {
+                value: scope.spec.value.clone(),
+                description: scope.spec.description.clone(),
+                sensitive: scope.spec.sensitive,
+                max_lifetime_secs: max,
+                implies: scope.spec.implies.clone(),
+            });
+        Ok(())
+    };
+    for scope in inputs
+        .scopes
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(server_ns.as_str()))
+    {
+        add(scope)?;
+    }
+    let mut resources = Vec::new();
+    for service in &services {
+        let visible = visible_scopes(service, &server_ns, inputs.scopes);
+        let offered: Vec<String> = service
+            .spec
+            .scopes
+            .iter()
+            .filter(|v| visible.contains_key(*v))
+            .cloned()
+            .collect();
+        for value in &offered {
+            if let Some(scope) = visible.get(value) {
+                add(scope)?;
+            }
+        }
+        let policy = match super::service_policy(service, inputs.policies) {
+            Some(Ok(p)) => Some(cimd::policy_key(p)),
+            // A missing policy must not silently widen admission to the default: the service is
+            // left out until its policy exists (its PolicyResolved condition says why).
+            Some(Err(_)) => continue,
+            None => None,
+        };
+        resources.push(ResourceConfig {
+            resource: service.spec.resource_url.clone(),
+            display_name: service
+                .spec
+                .display_name
+                .clone()
+                .unwrap_or_else(|| service.name_any()),
+            scopes: offered,
+            cimd_policy: policy,
+        });
+    }
+    // Implied scopes must exist; drop dangling implications rather than refuse the whole config.
+    let values: Vec<String> = catalogue.keys().cloned().collect();
+    for scope in catalogue.values_mut() {
+        scope.implies.retain(|v| values.contains(v));
+    }
+    // Two services claiming one resource URL: the first (by namespace/name) keeps it.
+    let mut seen = std::collections::HashSet::new();
+    resources.retain(|r| seen.insert(r.resource.clone()));
+    config.scopes = catalogue.into_values().collect();
+    config.resources = resources;
+    config.dynamic_client_registration.enabled =
+        default_policy(inputs).is_some_and(|p| p.spec.dynamic_client_registration);
+    Ok(config)
+}
+
+/// Every object of the authorization server. The keys Secret is not among them: it holds state the
+/// reconciler keeps (see [`crate::keys`]).
+pub fn render(
+    inputs: &Inputs<'_>,
+    settings: &RenderSettings,
+) -> Result<Vec<RenderedObject>, RenderError> {
+    let server = inputs.server;
+    let spec = &server.spec;
+    let name = naming::authserver(&server.name_any());
+    let namespace = server.namespace().unwrap_or_default();
+    let owner = owner_ref(server);
+    let meta = || ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace.clone()),
+        ..Default::default()
+    };
+    let labels = authserver_labels(&server.name_any());
+
+    let config = authserver_config(inputs)?;
+    let serialize = |what: &str, r: Result<String, serde_saphyr::ser::Error>| {
+        r.map_err(|e| RenderError::Serialize {
+            what: what.into(),
+            message: e.to_string(),
+        })
+    };
+    let config_yaml = serialize("authserver config", serde_saphyr::to_string(&config))?;
+    let mut named: Vec<&CIMDPolicy> = services_of(inputs)
+        .into_iter()
+        .filter_map(|s| super::service_policy(s, inputs.policies).and_then(Result::ok))
+        .collect();
+    named.sort_by_key(|p| cimd::policy_key(p));
+    named.dedup_by_key(|p| cimd::policy_key(p));
+    let cimd_yaml = serialize(
+        "CIMD config",
+        serde_saphyr::to_string(&cimd::config(default_policy(inputs), &named)),
+    )?;
+    let config_map = ConfigMap {
+        metadata: meta(),
+        data: Some(
+            [
+                (naming::AUTHSERVER_CONFIG_FILE.to_owned(), config_yaml),
+                (CIMD_CONFIG_FILE.to_owned(), cimd_yaml),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(naming::authserver_keys(&server.name_any())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![mount("config", CONFIG_DIR), mount("keys", KEYS_DIR)];
+    let mut env = Vec::new();
+    match spec.storage.kind {
+        StorageKind::Embedded => {
+            volumes.push(Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: name.clone(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+            let mut data = mount("data", DATA_DIR);
+            data.read_only = None;
+            mounts.push(data);
+        }
+        StorageKind::Postgres => {
+            if let Some(pg) = &spec.storage.postgres {
+                env.push(EnvVar {
+                    name: POSTGRES_URL_ENV.into(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: pg.url_secret_ref.name.clone(),
+                            key: pg.url_secret_ref.key.clone(),
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if let Some(users) = &spec.login.static_users {
+        volumes.push(secret_volume("users", &users.name));
+        mounts.push(mount("users", USERS_DIR));
+    }
+    if let Some(oidc) = &spec.login.oidc {
+        volumes.push(secret_volume("oidc", &oidc.client_secret_ref.name));
+        mounts.push(mount("oidc", OIDC_DIR));
+    }
+    if let Some(ca) = default_policy(inputs).and_then(|p| p.spec.trusted_ca_bundle.as_ref()) {
+        volumes.push(Volume {
+            name: "cimd-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("cimd-ca", cimd::CA_BUNDLE_DIR));
+    }
+
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "authserver".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.authserver_image.clone()),
+        ),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{}", naming::AUTHSERVER_CONFIG_FILE),
+        ]),
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: i32::from(AUTHSERVER_PORT),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: i32::from(ADMIN_PORT),
+                ..Default::default()
+            },
+        ]),
+        volume_mounts: Some(mounts),
+        security_context: Some(hardened_security_context()),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        startup_probe: Some(Probe {
+            failure_threshold: Some(60),
+            ..probe("/readyz", 1)
+        }),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        ..Default::default()
+    };
+    let embedded = spec.storage.kind == StorageKind::Embedded;
+    let deployment = Deployment {
+        metadata: meta(),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            // One SQLite file on a ReadWriteOnce volume: the old pod must be gone before the new one opens it.
+            strategy: embedded.then(|| DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        fs_group: Some(65532),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta(),
+        spec: Some(ServiceSpec {
+            selector: Some(labels.clone()),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: i32::from(AUTHSERVER_PORT),
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: i32::from(ADMIN_PORT),
+                    target_port: Some(IntOrString::String("admin".into())),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut objects = vec![
+        object(config_map, owner.clone())?,
+        object(deployment, owner.clone())?,
+        object(service, owner.clone())?,
+    ];
+    if embedded {
+        let pvc = PersistentVolumeClaim {
+            metadata: meta(),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: spec.storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(
+                        [("storage".to_owned(), Quantity(spec.storage.size.clone()))].into(),
+                    ),
+                    limits: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        objects.push(object(pvc, owner.clone())?);
+    }
+    if spec.replicas > 1 {
+        let pdb = PodDisruptionBudget {
+            metadata: meta(),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(labels),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        objects.push(object(pdb, owner)?);
+    }
+    Ok(objects)
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits of an authserver whose resource sets none.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_owned());
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), q("100m")),
+                ("memory".to_owned(), q("64Mi")),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_owned(), q("256Mi"))].into()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AuthorizationServer, MCPScope, cases};
+    use serde_json::{Value, json};
+
+    fn server(spec: Value) -> AuthorizationServer {
+        let mut v = cases::authorization_server();
+        v["metadata"] = json!({"name": "auth", "namespace": "mcp-authz", "uid": "u-1"});
+        for (k, val) in spec.as_object().cloned().unwrap_or_default() {
+            v["spec"][k] = val;
+        }
+        serde_json::from_value(v).expect("server")
+    }
+
+    fn service(
+        ns: &str,
+        name: &str,
+        url: &str,
+        scopes: &[&str],
+        policy: Option<&str>,
+    ) -> MCPService {
+        let mut v = cases::mcp_service();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        v["spec"]["resourceUrl"] = json!(url);
+        v["spec"]["scopes"] = json!(scopes);
+        v["spec"]["rules"] = json!([]);
+        v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        if let Some(p) = policy {
+            v["spec"]["cimdPolicyRef"] = json!(p);
+        }
+        serde_json::from_value(v).expect("service")
+    }
+
+    fn scope(ns: &str, value: &str, sensitive: bool) -> MCPScope {
+        let mut v = cases::mcp_scope();
+        v["metadata"] = json!({"name": value.replace(':', "-"), "namespace": ns});
+        v["spec"]["value"] = json!(value);
+        v["spec"]["sensitive"] = json!(sensitive);
+        if sensitive {
+            v["spec"]["maxTokenLifetime"] = json!("5m");
+        }
+        serde_json::from_value(v).expect("scope")
+    }
+
+    fn policy(ns: &str, name: &str) -> CIMDPolicy {
+        let mut v = cases::cimd_policy();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        serde_json::from_value(v).expect("policy")
+    }
+
+    fn kinds(objects: &[RenderedObject]) -> Vec<&str> {
+        objects.iter().map(|o| o.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn config_collects_scopes_resources_and_policies() {
+        let server = server(json!({"defaultCimdPolicy": "default"}));
+        let services = [
+            service(
+                "apps",
+                "files",
+                "https://mcp.example.com/files",
+                &["files:read", "files:write"],
+                Some("strict"),
+            ),
+            service(
+                "apps",
+                "notes",
+                "https://mcp.example.com/notes",
+                &["notes:read"],
+                None,
+            ),
+            service("apps", "other", "https://mcp.example.com/other", &[], None),
+        ];
+        let mut other = services[2].clone();
+        other.spec.authorization_server_ref.name = "someone-else".into();
+        let services = [services[0].clone(), services[1].clone(), other];
+        let scopes = [
+            scope("mcp-authz", "files:read", false),
+            scope("apps", "files:write", true),
+            scope("elsewhere", "notes:read", false),
+        ];
+        let policies = [policy("mcp-authz", "default"), policy("apps", "strict")];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &scopes,
+            policies: &policies,
+        };
+        let c = authserver_config(&inputs).expect("config");
+        assert_eq!(c.issuer, "https://auth.example.com");
+        assert_eq!(
+            c.scopes
+                .iter()
+                .map(|s| s.value.as_str())
+                .collect::<Vec<_>>(),
+            ["files:read", "files:write"]
+        );
+        assert_eq!(c.scopes[1].max_lifetime_secs, Some(300));
+        assert!(c.scopes[1].sensitive);
+        assert_eq!(
+            c.resources.len(),
+            2,
+            "the service of another server is not ours"
+        );
+        assert_eq!(c.resources[0].resource, "https://mcp.example.com/files");
+        assert_eq!(c.resources[0].cimd_policy.as_deref(), Some("apps/strict"));
+        assert_eq!(
+            c.resources[1].scopes,
+            Vec::<String>::new(),
+            "notes:read is not visible from apps"
+        );
+        assert_eq!(c.signing.keys_dir, PathBuf::from(KEYS_DIR));
+        assert!(!c.signing.self_managed);
+        assert_eq!(c.signing.rotation_period_secs, 720 * 3600);
+        assert_eq!(c.tokens.access_token_secs, 600);
+        assert_eq!(
+            c.login
+                .static_users
+                .as_ref()
+                .and_then(|s| s.users_file.clone()),
+            Some(PathBuf::from("/etc/mcp-authz/users/users.yaml"))
+        );
+        c.validate().expect("the authserver accepts what we render");
+    }
+
+    #[test]
+    fn a_service_whose_policy_is_missing_is_left_out() {
+        let server = server(json!({}));
+        let services = [service(
+            "apps",
+            "files",
+            "https://mcp.example.com/files",
+            &[],
+            Some("nope"),
+        )];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &[],
+            policies: &[],
+        };
+        assert!(
+            authserver_config(&inputs)
+                .expect("config")
+                .resources
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn embedded_storage_gets_a_volume_and_recreate() {
+        let server = server(json!({}));
+        let inputs = Inputs {
+            server: &server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+        };
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        assert_eq!(
+            kinds(&objects),
+            [
+                "ConfigMap",
+                "Deployment",
+                "Service",
+                "PersistentVolumeClaim"
+            ]
+        );
+        let deployment = &objects[1].body;
+        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+        assert_eq!(
+            objects[3].body["spec"]["resources"]["requests"]["storage"],
+            "1Gi"
+        );
+        assert_eq!(deployment["metadata"]["ownerReferences"][0]["name"], "auth");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["args"],
+            json!(["--config", "/etc/mcp-authz/config/authserver.yaml"])
+        );
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/etc/mcp-authz/config",
+                "/etc/mcp-authz/keys",
+                "/var/lib/mcp-authz",
+                "/etc/mcp-authz/users"
+            ]
+        );
+        let text = objects[0].body["data"]["authserver.yaml"]
+            .as_str()
+            .expect("yaml");
+        AuthServerConfig::parse(text, std::path::Path::new("a.yaml"))
+            .expect("parses")
+            .validate()
+            .expect("valid");
+    }
+
+    #[test]
+    fn postgres_with_replicas_gets_a_pdb_and_the_url_from_the_secret() {
+        let server = server(
+            json!({"replicas": 3, "storage": {"type": "Postgres", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"}}}}),
+        );
+        let inputs = Inputs {
+            server: &server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+        };
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        assert_eq!(
+            kinds(&objects),
+            ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+        );
+        let deployment = &objects[1].body;
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        assert!(
+            deployment["spec"]
+                .get("strategy")
+                .is_none_or(Value::is_null)
+        );
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        assert_eq!(env["name"], POSTGRES_URL_ENV);
+        assert_eq!(
+            env["valueFrom"]["secretKeyRef"],
+            json!({"name": "pg", "key": "url"})
+        );
+        assert_eq!(objects[3].body["spec"]["minAvailable"], 1);
+    }
+
+    #[test]
+    fn oidc_login_mounts_the_client_secret() {
+        let server = server(
+            json!({"login": {"oidc": {"issuer": "https://idp.example.com", "clientId": "mcp", "clientSecretRef": {"name": "idp", "key": "secret"}}}}),
+        );
+        let inputs = Inputs {
+            server: &server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+        };
+        let c = authserver_config(&inputs).expect("config");
+        let oidc = c.login.upstream_oidc.expect("oidc");
+        assert_eq!(
+            oidc.client_secret_file,
+            Some(PathBuf::from("/etc/mcp-authz/oidc/secret"))
+        );
+        assert!(c.login.static_users.is_none());
+    }
+}

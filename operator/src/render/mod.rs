@@ -1,0 +1,222 @@
+//! Rendering: resources in, Kubernetes objects out. Pure functions, shared by the reconcilers,
+//! `mcp-authz render` and local mode, so all three produce the same objects.
+
+pub mod authserver;
+pub mod cimd;
+pub mod manifests;
+pub mod sidecar;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::naming;
+
+/// What rendering needs besides the resources: images and the operator's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Image of the authorization server when the resource names none.
+    pub authserver_image: String,
+    /// Image of the sidecar when the MCPService names none.
+    pub sidecar_image: String,
+    /// Pull policy of the containers the operator creates; the cluster default when empty.
+    pub image_pull_policy: Option<String>,
+    /// Version of the operator (recorded on injected pods).
+    pub version: String,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        Self {
+            authserver_image: format!("ghcr.io/mcp-authz/mcp-authz-server:{version}"),
+            sidecar_image: format!("ghcr.io/mcp-authz/mcp-authz-sidecar:{version}"),
+            image_pull_policy: None,
+            version,
+        }
+    }
+}
+
+/// One Kubernetes object to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedObject {
+    /// `apiVersion`, e.g. `apps/v1`.
+    pub api_version: String,
+    /// `kind`, e.g. `Deployment`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The whole object as JSON (apiVersion, kind and metadata included).
+    pub body: Value,
+}
+
+/// Errors of rendering. Input problems are never errors: they are reported as conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A value that comes from the schema did not parse (a resource written without the CRD's validation).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as in the resource.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A config type did not serialise.
+    #[error("serialising {what}: {message}")]
+    Serialize {
+        /// What was serialised.
+        what: String,
+        /// The serialiser's message.
+        message: String,
+    },
+}
+
+impl RenderError {
+    /// Low-cardinality reason for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid_spec",
+            Self::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+/// Turns a typed Kubernetes object into a [`RenderedObject`].
+pub(crate) fn object<K>(
+    mut obj: K,
+    owner: Option<OwnerReference>,
+) -> Result<RenderedObject, RenderError>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    if let Some(owner) = owner {
+        obj.meta_mut().owner_references = Some(vec![owner]);
+    }
+    obj.labels_mut().insert(
+        naming::MANAGED_BY_LABEL.to_owned(),
+        naming::MANAGED_BY.to_owned(),
+    );
+    let mut body = serde_json::to_value(&obj).map_err(|e| RenderError::Serialize {
+        what: K::kind(&()).into_owned(),
+        message: e.to_string(),
+    })?;
+    if let Value::Object(map) = &mut body {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(K::api_version(&()).into_owned()),
+        );
+        map.insert("kind".into(), Value::String(K::kind(&()).into_owned()));
+    }
+    Ok(RenderedObject {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        body,
+    })
+}
+
+/// A controller owner reference to `owner`, or `None` when it has no uid yet (rendering files).
+pub(crate) fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    owner.controller_owner_ref(&())
+}
+
+/// Labels shared by an authorization server's Deployment, pods and Service.
+pub(crate) fn authserver_labels(server: &str) -> BTreeMap<String, String> {
+    [
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "mcp-authz-authserver".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), server.to_owned()),
+    ]
+    .into()
+}
+
+/// Everything one AuthorizationServer's rendering looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The server.
+    pub server: &'a AuthorizationServer,
+    /// Every MCPService of the cluster (those naming another server are skipped).
+    pub services: &'a [MCPService],
+    /// Every MCPScope of the cluster.
+    pub scopes: &'a [MCPScope],
+    /// Every CIMDPolicy of the cluster.
+    pub policies: &'a [CIMDPolicy],
+}
+
+/// Whether `service` names `server`.
+pub fn names_server(service: &MCPService, server: &AuthorizationServer) -> bool {
+    let reference = &service.spec.authorization_server_ref;
+    let service_ns = service.namespace().unwrap_or_default();
+    let ns = reference
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&service_ns);
+    reference.name == server.name_any() && ns == server.namespace().unwrap_or_default()
+}
+
+/// Scopes visible to a service: those in its namespace or in its server's, by value.
+pub fn visible_scopes<'a>(
+    service: &MCPService,
+    server_ns: &str,
+    scopes: &'a [MCPScope],
+) -> BTreeMap<String, &'a MCPScope> {
+    let service_ns = service.namespace().unwrap_or_default();
+    let mut out = BTreeMap::new();
+    // The service's own namespace wins over the server's when both define a value.
+    for ns in [server_ns, service_ns.as_str()] {
+        for scope in scopes
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns))
+        {
+            out.insert(scope.spec.value.clone(), scope);
+        }
+    }
+    out
+}
+
+/// The scope values a service offers that no visible MCPScope defines.
+pub fn missing_scopes(service: &MCPService, server_ns: &str, scopes: &[MCPScope]) -> Vec<String> {
+    let visible = visible_scopes(service, server_ns, scopes);
+    service
+        .spec
+        .scopes
+        .iter()
+        .filter(|s| !visible.contains_key(*s))
+        .cloned()
+        .collect()
+}
+
+/// The CIMDPolicy a service names, if it names one and it exists.
+pub fn service_policy<'a>(
+    service: &MCPService,
+    policies: &'a [CIMDPolicy],
+) -> Option<Result<&'a CIMDPolicy, String>> {
+    let name = service.spec.cimd_policy_ref.as_ref()?;
+    let ns = service.namespace();
+    Some(
+        policies
+            .iter()
+            .find(|p| &p.name_any() == name && p.namespace() == ns)
+            .ok_or_else(|| name.clone()),
+    )
+}
+
+/// Parses a schema duration, naming the field when it does not parse.
+pub(crate) fn seconds(field: &str, text: &str) -> Result<u64, RenderError> {
+    crate::api::parse_duration(text)
+        .map(|d| d.as_secs())
+        .ok_or_else(|| RenderError::Invalid {
+            field: field.to_owned(),
+            message: format!("{text:?} is not a duration like 10m or 720h"),
+        })
+}

@@ -1,0 +1,271 @@
+//! MCPService -> the sidecar config (in a ConfigMap its pods mount) and the NetworkPolicy that
+//! leaves only the sidecar port open.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use mcp_authz_sidecar::config::{ScopeRule, SidecarConfig, UnmatchedPolicy};
+
+use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
+use crate::api::mcp_service::DefaultDecision;
+use crate::api::{AuthorizationServer, MCPScope, MCPService};
+use crate::naming;
+
+/// Path of the JWKS on the authorization server's in-cluster Service.
+pub const JWKS_PATH: &str = "/jwks";
+/// Port of the authorization server's OAuth endpoints (its Service and container).
+pub const AUTHSERVER_PORT: u16 = 8080;
+
+/// The sidecar config of `service`, whose tokens `server` issues.
+pub fn sidecar_config(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    scopes: &[MCPScope],
+) -> Result<SidecarConfig, RenderError> {
+    let spec = &service.spec;
+    let server_ns = server.namespace().unwrap_or_default();
+    let visible = visible_scopes(service, &server_ns, scopes);
+    let offered: Vec<String> = spec
+        .scopes
+        .iter()
+        .filter(|s| visible.contains_key(*s))
+        .cloned()
+        .collect();
+    let scope_implies: BTreeMap<String, Vec<String>> = offered
+        .iter()
+        .filter_map(|v| {
+            visible
+                .get(v)
+                .filter(|s| !s.spec.implies.is_empty())
+                .map(|s| (v.clone(), s.spec.implies.clone()))
+        })
+        .collect();
+    let mut rules = Vec::new();
+    for rule in &spec.rules {
+        for method in &rule.methods {
+            if rule.names.is_empty() {
+                rules.push(ScopeRule {
+                    method: method.clone(),
+                    name: None,
+                    scopes: rule.scopes.clone(),
+                });
+            }
+            for name in &rule.names {
+                rules.push(ScopeRule {
+                    method: method.clone(),
+                    name: Some(name.clone()),
+                    scopes: rule.scopes.clone(),
+                });
+            }
+        }
+    }
+    let port = |p: i32| u16::try_from(p).unwrap_or(0);
+    let jwks_uri = format!(
+        "http://{}.{}.svc:{AUTHSERVER_PORT}{JWKS_PATH}",
+        naming::authserver(&server.name_any()),
+        server_ns
+    );
+    // Only the required fields are given: the sidecar's own serde defaults fill in limits, JWKS
+    // cadence and identity headers, so the two crates never disagree on them.
+    let mut config: SidecarConfig = serde_json::from_value(serde_json::json!({
+        "upstream": format!("http://127.0.0.1:{}", port(spec.upstream.port)),
+        "resource": spec.resource_url,
+        "issuer": server.spec.issuer,
+        "jwksUri": jwks_uri,
+    }))
+    .map_err(|e| RenderError::Serialize {
+        what: "sidecar config".into(),
+        message: e.to_string(),
+    })?;
+    config.listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.port)));
+    config.admin_listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.admin_port)));
+    config.mcp_path = spec.upstream.path.clone();
+    config.scopes_supported = offered;
+    config.scope_implies = scope_implies;
+    config.rules = rules;
+    config.unmatched = match spec.default_decision {
+        DefaultDecision::Deny => UnmatchedPolicy::Deny,
+        DefaultDecision::AllowAuthenticated => UnmatchedPolicy::Allow,
+    };
+    Ok(config)
+}
+
+/// The ConfigMap and NetworkPolicy of `service`.
+pub fn render(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    scopes: &[MCPScope],
+) -> Result<Vec<RenderedObject>, RenderError> {
+    let name = service.name_any();
+    let namespace = service.namespace().unwrap_or_default();
+    let config = sidecar_config(service, server, scopes)?;
+    let yaml = serde_saphyr::to_string(&config).map_err(|e| RenderError::Serialize {
+        what: "sidecar config".into(),
+        message: e.to_string(),
+    })?;
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(naming::sidecar_config_map(&name)),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        data: Some([(naming::SIDECAR_CONFIG_FILE.to_owned(), yaml)].into()),
+        ..Default::default()
+    };
+    let policy = NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(naming::network_policy(&name)),
+            namespace: Some(namespace),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(service.spec.selector.clone()),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            // Only the sidecar port: the MCP server's own port is never reachable from outside the pod.
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(service.spec.sidecar.port)),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+                from: None,
+            }]),
+            egress: None,
+        }),
+    };
+    let owner = owner_ref(service);
+    Ok(vec![
+        object(config_map, owner.clone())?,
+        object(policy, owner)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+    use serde_json::json;
+
+    fn server() -> AuthorizationServer {
+        let mut v = cases::authorization_server();
+        v["metadata"]["namespace"] = json!("mcp-authz");
+        serde_json::from_value(v).expect("server")
+    }
+
+    fn service() -> MCPService {
+        let mut v = cases::mcp_service();
+        v["metadata"]["namespace"] = json!("apps");
+        v["metadata"]["uid"] = json!("1234");
+        v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        serde_json::from_value(v).expect("service")
+    }
+
+    fn scope(ns: &str, value: &str, implies: &[&str]) -> MCPScope {
+        let mut v = cases::mcp_scope();
+        v["metadata"] = json!({"name": value.replace(':', "-"), "namespace": ns});
+        v["spec"]["value"] = json!(value);
+        v["spec"]["implies"] = json!(implies);
+        serde_json::from_value(v).expect("scope")
+    }
+
+    #[test]
+    fn config_carries_the_service_and_its_server() {
+        let scopes = [
+            scope("mcp-authz", "files:read", &[]),
+            scope("apps", "files:write", &["files:read"]),
+        ];
+        let c = sidecar_config(&service(), &server(), &scopes).expect("config");
+        assert_eq!(c.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(c.admin_listen, "0.0.0.0:9464".parse().expect("addr"));
+        assert_eq!(c.upstream, "http://127.0.0.1:8080");
+        assert_eq!(c.resource, "https://mcp.example.com/files");
+        assert_eq!(c.mcp_path, "/mcp");
+        assert_eq!(c.issuer, "https://auth.example.com");
+        assert_eq!(c.jwks_uri, "http://auth-authserver.mcp-authz.svc:8080/jwks");
+        assert_eq!(c.scopes_supported, ["files:read", "files:write"]);
+        assert_eq!(
+            c.scope_implies.get("files:write"),
+            Some(&vec!["files:read".to_owned()])
+        );
+        assert_eq!(c.unmatched, UnmatchedPolicy::Deny);
+        assert_eq!(
+            c.rules,
+            [
+                ScopeRule {
+                    method: "tools/call".into(),
+                    name: Some("read_*".into()),
+                    scopes: vec!["files:read".into()]
+                },
+                ScopeRule {
+                    method: "tools/call".into(),
+                    name: Some("write_*".into()),
+                    scopes: vec!["files:write".into()]
+                },
+            ]
+        );
+        c.validate().expect("the sidecar accepts what we render");
+    }
+
+    #[test]
+    fn missing_scopes_are_left_out_not_invented() {
+        let c = sidecar_config(
+            &service(),
+            &server(),
+            &[scope("elsewhere", "files:write", &[])],
+        )
+        .expect("config");
+        assert!(c.scopes_supported.is_empty());
+    }
+
+    #[test]
+    fn rendered_yaml_round_trips_through_the_sidecar_parser() {
+        let objects =
+            render(&service(), &server(), &[scope("apps", "files:read", &[])]).expect("render");
+        let cm = &objects[0];
+        assert_eq!(
+            (cm.kind.as_str(), cm.name.as_str(), cm.namespace.as_str()),
+            ("ConfigMap", "files-mcp-authz-sidecar", "apps")
+        );
+        let text = cm.body["data"]["sidecar.yaml"].as_str().expect("yaml");
+        let parsed = SidecarConfig::parse(text).expect("sidecar parses it");
+        assert_eq!(
+            parsed,
+            sidecar_config(&service(), &server(), &[scope("apps", "files:read", &[])])
+                .expect("config")
+        );
+        assert_eq!(
+            cm.body["metadata"]["ownerReferences"][0]["kind"],
+            "MCPService"
+        );
+        assert_eq!(
+            cm.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "mcp-authz-operator"
+        );
+    }
+
+    #[test]
+    fn network_policy_opens_only_the_sidecar_port() {
+        let objects = render(&service(), &server(), &[]).expect("render");
+        let np = &objects[1];
+        assert_eq!(np.kind, "NetworkPolicy");
+        assert_eq!(
+            np.body["spec"]["podSelector"]["matchLabels"],
+            json!({"app": "files"})
+        );
+        assert_eq!(
+            np.body["spec"]["ingress"],
+            json!([{"ports": [{"port": 8443, "protocol": "TCP"}]}])
+        );
+        assert_eq!(np.body["spec"]["policyTypes"], json!(["Ingress"]));
+    }
+}

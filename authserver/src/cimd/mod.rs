@@ -19,6 +19,8 @@ mod dns;
 mod document;
 mod error;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzz_entry;
 mod policy;
 mod resolver;
 mod url_check;

@@ -56,8 +56,11 @@ go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
 go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 go_build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
 # Caches made before kubectl was built here hold the npm package's older kubectl: replace it.
-if [ -x "$out/kubectl" ] && ! "$out/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $k8s_version"; then
-  rm -f "$out/kubectl"
+if [ -x "$out/kubectl" ]; then
+  kubectl_version="$("$out/kubectl" version --client 2>/dev/null || true)"
+  if ! grep -qx "Client Version: $k8s_version" <<<"$kubectl_version"; then
+    rm -f "$out/kubectl"
+  fi
 fi
 go_build kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 

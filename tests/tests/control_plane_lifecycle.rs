@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcp_authz_tests::control_plane::{ControlPlane, ControlPlaneOptions};
+use mcp_authz_tests::control_plane::{ControlPlane, ControlPlaneError, ControlPlaneOptions};
 
 /// Whether `pid` is a live process running `program` (a zombie or a reused pid does not count).
 fn runs(pid: u32, program: &str) -> bool {
@@ -91,4 +91,58 @@ fn killing_the_owner_leaves_no_process_or_directory_behind() {
         Duration::from_secs(30),
         || !dir.exists(),
     );
+}
+
+#[test]
+fn a_control_plane_that_is_not_ready_in_time_is_reported_and_cleaned_up() {
+    let options = ControlPlaneOptions {
+        controller_manager: false,
+        startup_timeout: Duration::ZERO,
+        ..ControlPlaneOptions::default()
+    };
+    let error = ControlPlane::start_with(options).unwrap_err();
+    assert_eq!(error.metric_label(), "not_ready");
+    let ControlPlaneError::NotReady { what, log, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(*what, "kube-apiserver /readyz");
+    assert!(
+        error
+            .to_string()
+            .starts_with("kube-apiserver /readyz was not ready after "),
+        "{error}"
+    );
+    // The failed start stopped its processes and removed its directory with the log in it.
+    let dir = log.parent().and_then(|logs| logs.parent()).unwrap();
+    wait_until(
+        "the failed start's directory to be removed",
+        Duration::from_secs(10),
+        || !dir.exists(),
+    );
+}
+
+#[test]
+fn a_refused_api_server_flag_is_reported_with_the_log() {
+    let options = ControlPlaneOptions {
+        controller_manager: false,
+        extra_apiserver_args: vec!["--no-such-flag=1".into()],
+        ..ControlPlaneOptions::default()
+    };
+    let error = ControlPlane::start_with(options).unwrap_err();
+    let ControlPlaneError::ProcessExited {
+        name,
+        status,
+        log_tail,
+        ..
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(*name, "kube-apiserver");
+    assert_eq!(status, "exit status: 1");
+    assert!(
+        log_tail.contains("unknown flag: --no-such-flag"),
+        "{log_tail}"
+    );
+    assert!(!error.is_port_conflict());
 }

@@ -74,6 +74,10 @@ const ADMISSION_PLUGINS: &str =
 /// The issuer (and default audience) of service-account tokens.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
+/// Set to `1` to keep each control plane's directory (logs, certificates, etcd data) after it stops, for
+/// reading kube-apiserver.log after a failed test; the path is printed on stderr.
+pub const KEEP_ENV: &str = "MCP_AUTHZ_KEEP_CONTROL_PLANE";
+
 /// The user name of the admin client certificate (group `system:masters`).
 pub const ADMIN_USER: &str = "mcp-authz-test-admin";
 
@@ -113,6 +117,7 @@ pub struct ControlPlane {
     watchdog: Option<Watchdog>,
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
+    keep_dir: bool,
     authority: TestAuthority,
     server_url: String,
     kubeconfig_path: PathBuf,
@@ -224,7 +229,7 @@ impl ControlPlane {
     }
 
     /// The throwaway directory: `logs/` (etcd.log, kube-apiserver.log, kube-controller-manager.log), `pki/`,
-    /// `etcd/`, kubeconfig files.
+    /// `etcd/`, kubeconfig files. Removed when the control plane stops, unless [`KEEP_ENV`] is `1`.
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
@@ -335,7 +340,14 @@ impl ControlPlane {
                 "cannot create the control plane directory",
             ))?;
         let dir_path = dir.path().to_path_buf();
-        let mut watchdog = Watchdog::spawn(&dir_path)?;
+        let keep_dir = std::env::var_os(KEEP_ENV).is_some_and(|value| value == "1");
+        if keep_dir {
+            eprintln!(
+                "{KEEP_ENV}=1: the control plane directory {} is kept",
+                dir_path.display()
+            );
+        }
+        let mut watchdog = Watchdog::spawn(&dir_path, keep_dir)?;
         let layout = Layout::create(&dir_path)?;
 
         let authority = TestAuthority::new("mcp-authz test cluster CA")?;
@@ -398,6 +410,7 @@ impl ControlPlane {
             watchdog: Some(watchdog),
             dir: Some(dir),
             dir_path,
+            keep_dir,
             authority,
             server_url,
             kubeconfig_path,
@@ -556,7 +569,11 @@ impl Drop for ControlPlane {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.disarm();
         }
-        drop(self.dir.take());
+        if let Some(dir) = self.dir.take() {
+            if self.keep_dir {
+                let _ = dir.keep();
+            }
+        }
     }
 }
 

@@ -30,7 +30,7 @@ while [ -n "$alive" ]; do
   for pid in $alive; do if kill -0 "$pid" 2>/dev/null; then still="$still $pid"; fi; done
   alive=$still
 done
-rm -rf -- "$1"
+if [ "$2" = remove ]; then rm -rf -- "$1"; fi
 "#;
 
 /// Proxy settings would send the API server's calls to loopback webhooks elsewhere.
@@ -50,13 +50,14 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts a watchdog that will remove `dir` when the test process ends.
-    pub fn spawn(dir: &Path) -> Result<Self, ControlPlaneError> {
+    /// Starts a watchdog that will remove `dir` (unless `keep_dir`) when the test process ends.
+    pub fn spawn(dir: &Path, keep_dir: bool) -> Result<Self, ControlPlaneError> {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("mcp-authz-control-plane-watchdog")
             .arg(dir)
+            .arg(if keep_dir { "keep" } else { "remove" })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -203,7 +204,7 @@ mod tests {
     fn closing_the_pipe_stops_the_watched_processes_and_removes_the_directory() {
         let dir = tempfile::tempdir().unwrap().keep();
         std::fs::write(dir.join("data"), "x").unwrap();
-        let mut watchdog = Watchdog::spawn(&dir).unwrap();
+        let mut watchdog = Watchdog::spawn(&dir, false).unwrap();
         let mut sleeper = Supervised::spawn(
             "sleep",
             Path::new("/bin/sleep"),
@@ -244,7 +245,7 @@ mod tests {
     #[test]
     fn a_disarmed_watchdog_leaves_everything_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let mut watchdog = Watchdog::spawn(dir.path()).unwrap();
+        let mut watchdog = Watchdog::spawn(dir.path(), false).unwrap();
         let mut sleeper = Supervised::spawn(
             "sleep",
             Path::new("/bin/sleep"),

@@ -9,10 +9,20 @@
 //! `config::SidecarConfig` is the rendered file the operator writes; everything else is derived from it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
+pub mod challenge;
 pub mod config;
+pub mod fetch;
+pub mod filter;
 pub mod jsonrpc;
+pub mod jwks;
 pub mod keys;
+pub mod metadata;
+pub mod metrics;
+pub mod proxy;
 pub mod rules;
+pub mod server;
 pub mod token;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -1,1 +1,58 @@
-fn main() {}
+//! `mcp-authz-sidecar --config FILE`: the token-checking proxy in front of one MCP server.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mcp_authz_sidecar::config::SidecarConfig;
+use mcp_authz_sidecar::server::Sidecar;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Token-checking reverse proxy (OAuth resource server) for one MCP server"
+)]
+struct Args {
+    /// The rendered sidecar config (YAML or JSON); reloaded when it changes.
+    #[arg(long, env = "MCP_AUTHZ_SIDECAR_CONFIG")]
+    config: PathBuf,
+    /// How often the config file is checked for changes, in seconds.
+    #[arg(long, env = "MCP_AUTHZ_SIDECAR_RELOAD_SECONDS", default_value_t = 5)]
+    reload_seconds: u64,
+    /// Log format: `json` (in cluster) or `text`.
+    #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        subscriber.json().init()
+    } else {
+        subscriber.init()
+    }
+
+    let config = SidecarConfig::load(&args.config)?;
+    let sidecar = Sidecar::start(config)
+        .await
+        .context("starting the sidecar")?;
+    sidecar.watch_file(
+        args.config.clone(),
+        Duration::from_secs(args.reload_seconds.max(1)),
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("signal received; draining");
+    sidecar.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! Filters `tools/list`, `resources/list`, `resources/templates/list` and `prompts/list` answers so a client
+//! only sees what its token may use. JSON answers are filtered whole (they are one bounded message); SSE
+//! streams are filtered event by event as they pass, never buffered beyond the event being read.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use serde_json::Value;
+
+use crate::jsonrpc::ListKind;
+use crate::metrics::StreamGuard;
+use crate::rules::{Decision, Operation, Policy};
+
+/// Boxed error of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which messages of an answer are list results.
+#[derive(Debug, Clone)]
+pub enum ListMatcher {
+    /// Answers to these request ids (the POST that carried the list requests).
+    ById(Vec<(Value, ListKind)>),
+    /// Any result shaped like a list result: for GET streams, where a resumed POST stream's answers may
+    /// arrive (`Last-Event-ID`) and their request ids are not known here.
+    ByShape,
+}
+
+/// Filters list results for one token.
+#[derive(Clone)]
+pub struct ListFilter {
+    policy: Arc<Policy>,
+    scopes: Arc<BTreeSet<String>>,
+    matcher: ListMatcher,
+}
+
+impl ListFilter {
+    /// A filter for a token's effective scopes.
+    pub fn new(policy: Arc<Policy>, scopes: Arc<BTreeSet<String>>, matcher: ListMatcher) -> Self {
+        Self {
+            policy,
+            scopes,
+            matcher,
+        }
+    }
+
+    fn kind_of(&self, message: &Value) -> Option<ListKind> {
+        let result = message.get("result")?;
+        match &self.matcher {
+            ListMatcher::ById(ids) => {
+                let id = message.get("id")?;
+                ids.iter()
+                    .find(|(want, _)| want == id)
+                    .map(|(_, kind)| *kind)
+            }
+            ListMatcher::ByShape => {
+                let is_list = |field: &str| result.get(field).is_some_and(Value::is_array);
+                if is_list("tools") {
+                    Some(ListKind::Tools)
+                } else if is_list("resources") {
+                    Some(ListKind::Resources)
+                } else if is_list("resourceTemplates") {
+                    Some(ListKind::ResourceTemplates)
+                } else if is_list("prompts") {
+                    Some(ListKind::Prompts)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Filters one JSON-RPC message in place; returns whether it changed.
+    pub fn filter_message(&self, message: &mut Value) -> bool {
+        let Some(kind) = self.kind_of(message) else {
+            return false;
+        };
+        let (field, key, method) = match kind {
+            ListKind::Tools => ("tools", "name", "tools/call"),
+            ListKind::Resources => ("resources", "uri", "resources/read"),
+            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate", "resources/read"),
+            ListKind::Prompts => ("prompts", "name", "prompts/get"),
+        };
+        let Some(Value::Array(entries)) = message.get_mut("result").and_then(|r| r.get_mut(field))
+        else {
+            return false;
+        };
+        let before = entries.len();
+        entries.retain(|entry| {
+            // An entry without a usable name cannot be checked, so it is hidden.
+            entry.get(key).and_then(Value::as_str).is_some_and(|name| {
+                self.policy
+                    .decide(&Operation::named(method, name), &self.scopes)
+                    == Decision::Allow
+            })
+        });
+        entries.len() != before
+    }
+
+    /// Filters a whole JSON body (one message or a batch). `None` when nothing changed.
+    pub fn filter_json(&self, body: &[u8]) -> Option<Bytes> {
+        let mut value: Value = serde_json::from_slice(body).ok()?;
+        let changed = match &mut value {
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |acc, m| self.filter_message(m) | acc),
+            other => self.filter_message(other),
+        };
+        changed.then(|| Bytes::from(value.to_string()))
+    }
+
+    /// Filters one complete SSE event (without its terminating blank line). `None` when unchanged.
+    pub fn filter_event(&self, event: &[u8]) -> Option<Bytes> {
+        let text = std::str::from_utf8(event).ok()?;
+        let lines: Vec<&str> = text
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .collect();
+        let mut data = String::new();
+        let mut first_data = None;
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("data:") {
+                if first_data.is_none() {
+                    first_data = Some(i);
+                } else {
+                    data.push('\n');
+                }
+                data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            }
+        }
+        let first_data = first_data?;
+        let mut message: Value = serde_json::from_str(&data).ok()?;
+        if !self.filter_message(&mut message) {
+            return None;
+        }
+        let mut out = String::with_capacity(event.len());
+        for (i, line) in lines.iter().enumerate() {
+            if i == first_data {
+                out.push_str("data: ");
+                out.push_str(&message.to_string());
+                out.push('\n');
+            } else if !line.starts_with("data:") {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        Some(Bytes::from(out))
+    }
+}
+
+/// Finds the end of the first complete SSE event: (event length, separator length).
+fn event_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A response body passed through to the client: counted while open, and, for SSE with list answers to
+/// filter, rewritten event by event.
+pub struct ProxyStream<B> {
+    inner: B,
+    sse: Option<SseState>,
+    _guard: Option<StreamGuard>,
+}
+
+struct SseState {
+    filter: ListFilter,
+    buf: BytesMut,
+    max_event: usize,
+}
+
+/// An SSE event grew past the limit while being filtered.
+#[derive(Debug, thiserror::Error)]
+#[error("an SSE event exceeded {0} bytes")]
+pub struct EventTooLarge(pub usize);
+
+impl<B> ProxyStream<B> {
+    /// Wraps a body; `filter` turns on SSE filtering, `guard` counts the stream.
+    pub fn new(inner: B, filter: Option<(ListFilter, usize)>, guard: Option<StreamGuard>) -> Self {
+        let sse = filter.map(|(filter, max_event)| SseState {
+            filter,
+            buf: BytesMut::new(),
+            max_event,
+        });
+        Self {
+            inner,
+            sse,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B> Body for ProxyStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(state) = this.sse.as_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        };
+        loop {
+            if let Some((len, sep)) = event_boundary(&state.buf) {
+                let event = state.buf.split_to(len + sep).freeze();
+                let out = match state.filter.filter_event(&event[..len]) {
+                    Some(rewritten) => {
+                        let mut joined = BytesMut::from(&rewritten[..]);
+                        joined.extend_from_slice(b"\n");
+                        joined.freeze()
+                    }
+                    None => event,
+                };
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if state.buf.len() + data.remaining() > state.max_event {
+                            return Poll::Ready(Some(Err(Box::new(EventTooLarge(
+                                state.max_event,
+                            )))));
+                        }
+                        state
+                            .buf
+                            .extend_from_slice(&data.copy_to_bytes(data.remaining()));
+                    }
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => {
+                    if state.buf.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    // An unterminated last event is not dispatched by SSE clients; pass it on unchanged.
+                    return Poll::Ready(Some(Ok(Frame::data(state.buf.split().freeze()))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sse.as_ref().is_none_or(|s| s.buf.is_empty()) && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.sse {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Collects a JSON body up to `max` bytes and filters it.
+pub async fn filter_json_body<B>(
+    body: B,
+    filter: &ListFilter,
+    max: usize,
+) -> Result<Bytes, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let collected = http_body_util::Limited::new(body, max)
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(filter.filter_json(&collected).unwrap_or(collected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SidecarConfig;
+    use http_body_util::{BodyExt, StreamBody};
+    use serde_json::json;
+
+    fn filter(matcher: ListMatcher) -> ListFilter {
+        let config = SidecarConfig::parse(
+            "upstream: http://127.0.0.1:1\nresource: https://r.example/mcp\nissuer: https://i.example\n\
+             jwksUri: https://i.example/jwks\nrules:\n\
+             - {method: tools/call, name: 'get_*', scopes: [read]}\n\
+             - {method: tools/call, name: 'delete_*', scopes: [admin]}\n\
+             - {method: resources/read, name: 'file:///public/*', scopes: []}\n\
+             - {method: prompts/get, name: hello, scopes: [read]}\n",
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::from_config(&config));
+        let scopes = Arc::new(policy.effective_scopes(["read"]));
+        ListFilter::new(policy, scopes, matcher)
+    }
+
+    fn tools_result(id: Value) -> Value {
+        json!({"jsonrpc":"2.0","id":id,"result":{"tools":[
+            {"name":"get_user","inputSchema":{}},{"name":"delete_user","inputSchema":{}},
+            {"name":"other","inputSchema":{}},{"inputSchema":{}}],"nextCursor":"c2"}})
+    }
+
+    #[test]
+    fn json_lists_keep_only_what_the_token_may_call() {
+        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let out = f
+            .filter_json(tools_result(json!(1)).to_string().as_bytes())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["result"]["tools"],
+            json!([{"name":"get_user","inputSchema":{}}])
+        );
+        assert_eq!(
+            v["result"]["nextCursor"],
+            json!("c2"),
+            "pagination survives"
+        );
+        assert!(
+            f.filter_json(tools_result(json!(2)).to_string().as_bytes())
+                .is_none(),
+            "other ids untouched"
+        );
+    }
+
+    #[test]
+    fn resources_templates_and_prompts() {
+        let f = filter(ListMatcher::ByShape);
+        let mut res = json!({"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"file:///public/a"},{"uri":"file:///secret"}]}});
+        assert!(f.filter_message(&mut res));
+        assert_eq!(
+            res["result"]["resources"],
+            json!([{"uri":"file:///public/a"}])
+        );
+        let mut tpl = json!({"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":[{"uriTemplate":"file:///public/{x}"},{"uriTemplate":"db://{t}"}]}});
+        assert!(f.filter_message(&mut tpl));
+        assert_eq!(
+            tpl["result"]["resourceTemplates"],
+            json!([{"uriTemplate":"file:///public/{x}"}])
+        );
+        let mut prompts =
+            json!({"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"hello"},{"name":"bye"}]}});
+        assert!(f.filter_message(&mut prompts));
+        assert_eq!(prompts["result"]["prompts"], json!([{"name":"hello"}]));
+        let mut call = json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}});
+        assert!(!f.filter_message(&mut call));
+    }
+
+    #[test]
+    fn batches_are_filtered_entry_by_entry() {
+        let f = filter(ListMatcher::ById(vec![(json!("t"), ListKind::Tools)]));
+        let body =
+            json!([tools_result(json!("t")), {"jsonrpc":"2.0","id":2,"result":{}}]).to_string();
+        let v: Value = serde_json::from_slice(&f.filter_json(body.as_bytes()).unwrap()).unwrap();
+        assert_eq!(v[0]["result"]["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(v[1], json!({"jsonrpc":"2.0","id":2,"result":{}}));
+    }
+
+    #[test]
+    fn sse_events_keep_their_fields() {
+        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let event = format!(
+            "event: message\r\nid: 42\r\ndata: {}",
+            tools_result(json!(1))
+        );
+        let out = String::from_utf8(f.filter_event(event.as_bytes()).unwrap().to_vec()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "event: message");
+        assert_eq!(lines[1], "id: 42");
+        let v: Value = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
+        assert!(f.filter_event(b"event: ping\ndata: not json").is_none());
+        assert!(f.filter_event(b": comment").is_none());
+    }
+
+    #[tokio::test]
+    async fn sse_stream_is_filtered_across_chunk_boundaries_without_waiting_for_the_end() {
+        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let first = "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n".to_string();
+        let second = format!("id: 2\ndata: {}\n\n", tools_result(json!(1)));
+        let whole = first.clone() + &second;
+        // Split in awkward places: mid-line, mid-separator.
+        let (a, rest) = whole.split_at(first.len() - 1);
+        let (b, c) = rest.split_at(30);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let stream = StreamBody::new(tokio_stream_from(rx));
+        let mut body = ProxyStream::new(stream, Some((f, 1 << 20)), None);
+        tx.send(Ok(Frame::data(Bytes::from(a.to_owned()))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from(b.to_owned()))))
+            .await
+            .unwrap();
+        // The first event comes out while the stream is still open.
+        let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(got, Bytes::from(first.clone()));
+        tx.send(Ok(Frame::data(Bytes::from(c.to_owned()))))
+            .await
+            .unwrap();
+        drop(tx);
+        let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8(got.to_vec()).unwrap();
+        assert!(
+            text.starts_with("id: 2\ndata: ") && text.ends_with("\n\n"),
+            "{text:?}"
+        );
+        assert!(!text.contains("delete_user"), "{text}");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_endless_event_is_cut_off() {
+        let f = filter(ListMatcher::ByShape);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let mut body =
+            ProxyStream::new(StreamBody::new(tokio_stream_from(rx)), Some((f, 100)), None);
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 60]))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 60]))))
+            .await
+            .unwrap();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "an SSE event exceeded 100 bytes");
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures::Stream<Item = T> + Unpin {
+        Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics, all named `mcp_authz_sidecar_*`, with low-cardinality labels only.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The sidecar's metrics, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by decision (`allow`, `deny`, `error`) and reason.
+    pub requests: IntCounterVec,
+    /// Time from forwarding a request to the upstream's response headers.
+    pub upstream_latency: HistogramVec,
+    /// JWKS fetches by result.
+    pub jwks_refreshes: IntCounterVec,
+    /// Seconds since the keys were fetched (set on scrape).
+    pub jwks_age: IntGauge,
+    /// Streaming responses currently open.
+    pub active_streams: IntGauge,
+    /// Config reloads by result.
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers the metrics in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_sidecar_requests_total",
+                "Requests by authorization decision and reason",
+            ),
+            &["decision", "reason"],
+        )
+        .expect("metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "mcp_authz_sidecar_upstream_duration_seconds",
+                "Upstream time to response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["outcome"],
+        )
+        .expect("metric");
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_sidecar_jwks_refreshes_total",
+                "JWKS fetches by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let jwks_age = IntGauge::new(
+            "mcp_authz_sidecar_jwks_age_seconds",
+            "Seconds since the signing keys were fetched (-1: never)",
+        )
+        .expect("metric");
+        let active_streams = IntGauge::new(
+            "mcp_authz_sidecar_active_streams",
+            "Streaming (SSE) responses open now",
+        )
+        .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_sidecar_config_reloads_total",
+                "Config reloads by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_latency.clone()),
+            Box::new(jwks_refreshes.clone()),
+            Box::new(jwks_age.clone()),
+            Box::new(active_streams.clone()),
+            Box::new(reloads.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        jwks_age.set(-1);
+        Self {
+            registry,
+            requests,
+            upstream_latency,
+            jwks_refreshes,
+            jwks_age,
+            active_streams,
+            reloads,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the active-streams gauge when a stream ends, however it ends.
+pub struct StreamGuard(IntGauge);
+
+impl StreamGuard {
+    /// Counts one more open stream.
+    pub fn open(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,628 @@
+//! The request path: metadata, token check, JSON-RPC rules, forwarding with identity headers, and the
+//! answer streamed back (list answers filtered).
+//!
+//! Batch policy: a batch with any refused entry is refused whole (403, one JSON-RPC error per request id).
+//! Forwarding only the allowed entries would make the proxy merge its own errors into the upstream's
+//! answer, in JSON and inside SSE streams, on the hot path; batches left MCP in 2025-06-18, so clients that
+//! still send them get an all-or-nothing answer that never half-executes a batch.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::audit::{self, AuditEvent};
+use crate::challenge::{ChallengeContext, Refusal};
+use crate::config::{ConfigError, SidecarConfig};
+use crate::filter::{BoxError, ListFilter, ListMatcher, ProxyStream, filter_json_body};
+use crate::jsonrpc::{self, Classified, Message};
+use crate::jwks::{JwksCache, Lookup};
+use crate::metadata::ResourceMetadata;
+use crate::metrics::{Metrics, StreamGuard};
+use crate::rules::{Decision, Policy};
+use crate::token::{self, Identity, TokenError, TokenRules};
+
+/// The body type of everything the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Everything derived from one config; swapped whole on reload.
+pub struct Runtime {
+    /// The config itself.
+    pub config: SidecarConfig,
+    /// Compiled rules.
+    pub policy: Arc<Policy>,
+    /// Token requirements.
+    pub token_rules: TokenRules,
+    /// The metadata document.
+    pub metadata: ResourceMetadata,
+    /// What challenges say.
+    pub challenge: ChallengeContext,
+    upstream: Uri,
+    identity_headers: [HeaderName; 3],
+}
+
+impl Runtime {
+    /// Derives the runtime from a validated config.
+    pub fn new(config: SidecarConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if config.introspection.is_some() {
+            // Refuse rather than run without the revocation check the operator asked for.
+            return Err(ConfigError::Invalid(
+                "introspection is not supported by this sidecar version".into(),
+            ));
+        }
+        let upstream: Uri = config
+            .upstream
+            .parse()
+            .map_err(|_| ConfigError::Invalid("upstream URL".into()))?;
+        let header = |name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::Invalid(format!("header {name}")))
+        };
+        let identity_headers = [
+            header(&config.identity_headers.subject)?,
+            header(&config.identity_headers.client_id)?,
+            header(&config.identity_headers.scopes)?,
+        ];
+        let metadata = ResourceMetadata::from_config(&config);
+        let challenge = ChallengeContext {
+            resource_metadata: metadata.url.clone(),
+            basic_scopes: config.scopes_supported.clone(),
+        };
+        Ok(Self {
+            policy: Arc::new(Policy::from_config(&config)),
+            token_rules: TokenRules::from_config(&config),
+            metadata,
+            challenge,
+            upstream,
+            identity_headers,
+            config,
+        })
+    }
+}
+
+/// The proxy service, shared by all connections.
+#[derive(Clone)]
+pub struct Proxy {
+    runtime: watch::Receiver<Arc<Runtime>>,
+    jwks: JwksCache,
+    client: Client<HttpConnector, ProxyBody>,
+    metrics: Metrics,
+}
+
+/// A finished decision about a request, for metrics.
+struct Outcome {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+impl Proxy {
+    /// A proxy reading its config from `runtime` (which reload updates) and keys from `jwks`.
+    pub fn new(runtime: watch::Receiver<Arc<Runtime>>, jwks: JwksCache, metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            runtime,
+            jwks,
+            client,
+            metrics,
+        }
+    }
+
+    /// Handles one request from a client at `peer`.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let runtime = self.runtime.borrow().clone();
+        let (response, outcome) = self.decide_and_forward(&runtime, request, peer).await;
+        self.metrics
+            .requests
+            .with_label_values(&[outcome.decision, outcome.reason])
+            .inc();
+        response
+    }
+
+    async fn decide_and_forward(
+        &self,
+        rt: &Runtime,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let path = request.uri().path();
+        if rt.metadata.serves(path) {
+            return (
+                metadata_response(rt, request.method()),
+                Outcome {
+                    decision: "public",
+                    reason: "metadata",
+                },
+            );
+        }
+        if path != rt.config.mcp_path {
+            let body = json!({"error": "not_found", "error_description": "this sidecar serves only its MCP endpoint"});
+            return (
+                json_response(StatusCode::NOT_FOUND, &body),
+                Outcome {
+                    decision: "deny",
+                    reason: "not_found",
+                },
+            );
+        }
+        let http_method = request.method().as_str().to_owned();
+        let refuse =
+            |refusal: Refusal, reason: &'static str, identity: Option<&Identity>, method: &str| {
+                audit::record(&AuditEvent {
+                    identity,
+                    method,
+                    target: None,
+                    decision: "deny",
+                    reason,
+                });
+                (
+                    refusal.into_response_boxed(&rt.challenge),
+                    Outcome {
+                        decision: "deny",
+                        reason,
+                    },
+                )
+            };
+        if token::query_has_token(request.uri().query()) {
+            let refusal =
+                Refusal::InvalidRequest("tokens are not accepted in the query string".into());
+            return refuse(refusal, "token_in_query", None, &http_method);
+        }
+        let identity = match self.authenticate(rt, request.headers()).await {
+            Ok(identity) => identity,
+            Err(error) => {
+                let reason = error.metric_label();
+                return refuse(token_refusal(&error), reason, None, &http_method);
+            }
+        };
+        let scopes = Arc::new(
+            rt.policy
+                .effective_scopes(identity.scopes.iter().map(String::as_str)),
+        );
+
+        let (parts, body) = request.into_parts();
+        let (upstream_body, matcher) = if parts.method == Method::POST {
+            let bytes = match read_body(rt, &parts.headers, body).await {
+                Ok(bytes) => bytes,
+                Err((status, reason)) => {
+                    audit::record(&AuditEvent {
+                        identity: Some(&identity),
+                        method: &http_method,
+                        target: None,
+                        decision: "deny",
+                        reason,
+                    });
+                    let body = json!({"error": reason});
+                    return (
+                        json_response(status, &body),
+                        Outcome {
+                            decision: "deny",
+                            reason,
+                        },
+                    );
+                }
+            };
+            let classified = match jsonrpc::classify(&bytes) {
+                Ok(c) => c,
+                Err(error) => {
+                    let reason = error.metric_label();
+                    audit::record(&AuditEvent {
+                        identity: Some(&identity),
+                        method: &http_method,
+                        target: None,
+                        decision: "deny",
+                        reason,
+                    });
+                    let response =
+                        bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
+                    return (
+                        response,
+                        Outcome {
+                            decision: "deny",
+                            reason,
+                        },
+                    );
+                }
+            };
+            if let Some((refusal, reason)) = authorize(rt, &classified, &scopes, &identity) {
+                return (
+                    refusal.into_response_boxed(&rt.challenge),
+                    Outcome {
+                        decision: "deny",
+                        reason,
+                    },
+                );
+            }
+            let lists = classified.list_requests();
+            let matcher = (!lists.is_empty()).then_some(ListMatcher::ById(lists));
+            (
+                Full::new(bytes).map_err(|never| match never {}).boxed(),
+                matcher,
+            )
+        } else {
+            let matcher = (parts.method == Method::GET).then_some(ListMatcher::ByShape);
+            (body.map_err(BoxError::from).boxed(), matcher)
+        };
+
+        let upstream_request =
+            match build_upstream_request(rt, parts, upstream_body, &identity, peer) {
+                Ok(r) => r,
+                Err(reason) => {
+                    let body = json!({"error": "bad_gateway", "error_description": reason});
+                    return (
+                        json_response(StatusCode::BAD_GATEWAY, &body),
+                        Outcome {
+                            decision: "error",
+                            reason: "bad_request_uri",
+                        },
+                    );
+                }
+            };
+        let started = Instant::now();
+        let response = match self.client.request(upstream_request).await {
+            Ok(r) => r,
+            Err(error) => {
+                self.metrics
+                    .upstream_latency
+                    .with_label_values(&["error"])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::warn!(%error, upstream = %rt.upstream, "upstream unreachable");
+                let body = json!({"error": "upstream_unavailable",
+                                  "error_description": "the MCP server behind this proxy is not reachable"});
+                return (
+                    json_response(StatusCode::BAD_GATEWAY, &body),
+                    Outcome {
+                        decision: "error",
+                        reason: "upstream_unavailable",
+                    },
+                );
+            }
+        };
+        self.metrics
+            .upstream_latency
+            .with_label_values(&["ok"])
+            .observe(started.elapsed().as_secs_f64());
+        let filter = matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, m));
+        let response = self.relay_response(rt, response, filter).await;
+        (
+            response,
+            Outcome {
+                decision: "allow",
+                reason: "ok",
+            },
+        )
+    }
+
+    async fn authenticate(
+        &self,
+        rt: &Runtime,
+        headers: &http::HeaderMap,
+    ) -> Result<Identity, TokenError> {
+        let token = token::bearer_token(headers, rt.token_rules.max_token_bytes)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let wait = Duration::from_millis(rt.config.jwks.request_wait_ms);
+        let keys = match self.jwks.lookup(header.kid.as_deref(), wait).await {
+            Lookup::Found(keys) | Lookup::Unknown(keys) => keys,
+            Lookup::Unavailable => return Err(TokenError::KeysUnavailable),
+        };
+        token::verify(token, &keys, &rt.token_rules, now_seconds())
+    }
+
+    async fn relay_response(
+        &self,
+        rt: &Runtime,
+        response: Response<Incoming>,
+        filter: Option<ListFilter>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let is_sse = content_type.starts_with("text/event-stream");
+        let is_json = content_type.starts_with("application/json");
+        let body: ProxyBody = match (filter, is_sse, is_json) {
+            (Some(filter), false, true) => {
+                match filter_json_body(body, &filter, rt.config.limits.max_list_response_bytes)
+                    .await
+                {
+                    Ok(bytes) => {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        Full::new(bytes).map_err(|never| match never {}).boxed()
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot filter the upstream's list answer");
+                        let body = json!({"error": "bad_gateway", "error_description": "the upstream's list answer could not be filtered"});
+                        return json_response(StatusCode::BAD_GATEWAY, &body);
+                    }
+                }
+            }
+            (filter, true, _) => {
+                if filter.is_some() {
+                    // Filtering changes the length; the stream is sent chunked.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+                let guard = StreamGuard::open(&self.metrics.active_streams);
+                let filter = filter.map(|f| (f, rt.config.limits.max_list_response_bytes));
+                ProxyStream::new(body, filter, Some(guard)).boxed()
+            }
+            _ => ProxyStream::new(body, None, None).boxed(),
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Decides every operation of a body; any refusal refuses the whole body (see module docs).
+fn authorize(
+    rt: &Runtime,
+    classified: &Classified,
+    scopes: &BTreeSet<String>,
+    identity: &Identity,
+) -> Option<(Refusal, &'static str)> {
+    let mut needed: Vec<String> = Vec::new();
+    let mut refused_ids = Vec::new();
+    let mut forbidden = false;
+    let mut insufficient = false;
+    for message in &classified.messages {
+        let Message::Call { id, op } = message else {
+            continue;
+        };
+        let decision = rt.policy.decide(op, scopes);
+        let (label, reason) = match &decision {
+            Decision::Allow => ("allow", "ok"),
+            Decision::MissingScopes { .. } => ("deny", "insufficient_scope"),
+            Decision::Forbidden => ("deny", "forbidden"),
+        };
+        if label == "deny" || op.method == "tools/call" {
+            let target = op.name.as_deref();
+            audit::record(&AuditEvent {
+                identity: Some(identity),
+                method: &op.method,
+                target,
+                decision: label,
+                reason,
+            });
+        }
+        match decision {
+            Decision::Allow => continue,
+            Decision::MissingScopes { required } => {
+                insufficient = true;
+                for scope in required {
+                    if !needed.contains(&scope) {
+                        needed.push(scope);
+                    }
+                }
+            }
+            Decision::Forbidden => forbidden = true,
+        }
+        refused_ids.extend(id.clone());
+    }
+    if forbidden {
+        // No scope would make this body acceptable, so a step-up challenge would only mislead the client.
+        Some((Refusal::Forbidden { ids: refused_ids }, "forbidden"))
+    } else if insufficient {
+        Some((
+            Refusal::InsufficientScope {
+                scopes: needed,
+                ids: refused_ids,
+            },
+            "insufficient_scope",
+        ))
+    } else {
+        None
+    }
+}
+
+fn token_refusal(error: &TokenError) -> Refusal {
+    match error {
+        TokenError::Missing => Refusal::Unauthorized {
+            error: None,
+            description: None,
+        },
+        TokenError::InvalidRequest(d) => Refusal::InvalidRequest((*d).to_owned()),
+        TokenError::KeysUnavailable => Refusal::KeysUnavailable,
+        other => Refusal::Unauthorized {
+            error: Some("invalid_token"),
+            description: Some(other.to_string()),
+        },
+    }
+}
+
+async fn read_body(
+    rt: &Runtime,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, (StatusCode, &'static str)> {
+    let max = rt.config.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    }
+    let timeout = Duration::from_millis(rt.config.limits.body_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err((StatusCode::REQUEST_TIMEOUT, "body_timeout")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"))
+        }
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body_read_error")),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn build_upstream_request(
+    rt: &Runtime,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    identity: &Identity,
+    peer: SocketAddr,
+) -> Result<Request<ProxyBody>, &'static str> {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut uri = rt.upstream.clone().into_parts();
+    uri.path_and_query = Some(path_and_query.parse().map_err(|_| "request path")?);
+    let uri = Uri::from_parts(uri).map_err(|_| "request path")?;
+
+    let headers = &mut parts.headers;
+    let original_host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(headers);
+    // No token passthrough: the upstream gets the verified identity, never the client's credentials.
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::HOST);
+    for name in &rt.identity_headers {
+        headers.remove(name);
+    }
+    let set = |headers: &mut http::HeaderMap, name: &HeaderName, value: &str| {
+        // Claims are strings from a verified token; a value that cannot be a header is dropped, not forwarded.
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), v);
+        }
+    };
+    set(headers, &rt.identity_headers[0], &identity.subject);
+    set(headers, &rt.identity_headers[1], &identity.client_id);
+    set(headers, &rt.identity_headers[2], &identity.scopes.join(" "));
+    if let Some(authority) = rt
+        .upstream
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        // The upstream sees its own loopback name, which DNS-rebinding guards in MCP SDKs accept.
+        headers.insert(header::HOST, authority);
+    }
+    if let Some(host) = original_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let proto = if rt.config.resource.starts_with("https:") {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn metadata_response(rt: &Runtime, method: &Method) -> Response<ProxyBody> {
+    let mut response = match *method {
+        Method::GET | Method::HEAD => bytes_response(
+            StatusCode::OK,
+            "application/json",
+            rt.metadata.document.clone(),
+        ),
+        Method::OPTIONS => bytes_response(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+        _ => {
+            let mut r = bytes_response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Bytes::new());
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+            r
+        }
+    };
+    // Browser-based MCP clients read the metadata cross-origin; it is public.
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    response
+}
+
+fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    bytes_response(status, "application/json", Bytes::from(body.to_string()))
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Refusal {
+    /// The refusal as a proxy response.
+    pub fn into_response_boxed(self, ctx: &ChallengeContext) -> Response<ProxyBody> {
+        let response: Response<Full<Bytes>> = self.into_response(ctx);
+        response.map(|b| b.map_err(|never| match never {}).boxed())
+    }
+}

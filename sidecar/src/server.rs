@@ -1,0 +1,268 @@
+//! Wiring: the proxy and admin listeners, config reload, graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::{ConfigError, SidecarConfig};
+use crate::fetch::Fetcher;
+use crate::jwks::{JwksCache, JwksSource};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Runtime};
+
+/// Largest request head (request line and headers) a client may send.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad CA bundle.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Low-cardinality reason.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Config(e) => e.metric_label(),
+            Self::Fetch(e) => e.metric_label(),
+            Self::Bind { .. } => "bind",
+        }
+    }
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    /// Where the proxy listens (useful with port 0).
+    pub proxy_addr: SocketAddr,
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    /// Metrics, for tests.
+    pub metrics: Metrics,
+    /// Replace the config at runtime (what file reload does).
+    pub config: ConfigHandle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Applies new configs to a running sidecar.
+#[derive(Clone)]
+pub struct ConfigHandle {
+    runtime: Arc<watch::Sender<Arc<Runtime>>>,
+    jwks_source: Arc<watch::Sender<JwksSource>>,
+    metrics: Metrics,
+}
+
+impl ConfigHandle {
+    /// Validates and applies a config. Listen addresses are fixed at start; the rest applies to the next
+    /// request, while open connections and streams carry on.
+    pub fn apply(&self, config: SidecarConfig) -> Result<(), StartError> {
+        let current = self.runtime.borrow().config.clone();
+        if config.listen != current.listen || config.admin_listen != current.admin_listen {
+            tracing::warn!("listen addresses changed; they apply after a restart");
+        }
+        let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())?;
+        let source = JwksSource {
+            uri: config.jwks_uri.clone(),
+            fetcher,
+            settings: config.jwks.clone(),
+        };
+        let jwks_changed = source.uri != current.jwks_uri
+            || config.issuer_ca_file != current.issuer_ca_file
+            || source.settings != current.jwks;
+        let runtime = Runtime::new(config)?;
+        self.runtime.send_replace(Arc::new(runtime));
+        if jwks_changed {
+            self.jwks_source.send_replace(source);
+        }
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        Ok(())
+    }
+}
+
+impl Sidecar {
+    /// Binds both listeners and starts serving.
+    pub async fn start(config: SidecarConfig) -> Result<Self, StartError> {
+        let metrics = Metrics::new();
+        let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())?;
+        let source = JwksSource {
+            uri: config.jwks_uri.clone(),
+            fetcher,
+            settings: config.jwks.clone(),
+        };
+        let runtime = Arc::new(Runtime::new(config.clone())?);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let proxy_listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+
+        let (jwks, jwks_source) = JwksCache::start(source, metrics.clone());
+        let (runtime_tx, runtime_rx) = watch::channel(runtime);
+        let proxy = Proxy::new(runtime_rx.clone(), jwks.clone(), metrics.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(serve_proxy(
+                proxy_listener,
+                proxy,
+                runtime_rx,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                jwks,
+                metrics.clone(),
+                shutdown_rx,
+            )),
+        ];
+        tracing::info!(%proxy_addr, %admin_addr, "sidecar listening");
+        let config = ConfigHandle {
+            runtime: Arc::new(runtime_tx),
+            jwks_source: Arc::new(jwks_source),
+            metrics: metrics.clone(),
+        };
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            metrics,
+            config,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Watches a config file and applies it when its content changes (ConfigMap updates swap a symlink,
+    /// so the content is compared, not the modification time). A bad file is logged and ignored.
+    pub fn watch_file(&self, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let handle = self.config.clone();
+        // Read before spawning: a change made right after this call must count as a change.
+        let mut last = std::fs::read(&path).ok();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let now = std::fs::read(&path).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                match SidecarConfig::load(&path)
+                    .map_err(StartError::from)
+                    .and_then(|c| handle.apply(c))
+                {
+                    Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+                    Err(error) => {
+                        handle
+                            .metrics
+                            .reloads
+                            .with_label_values(&[error.metric_label()])
+                            .inc();
+                        tracing::error!(%error, "config reload refused; keeping the previous config");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests and streams finish up to the configured grace period, then
+    /// returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Proxy,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let limits = runtime.borrow().config.limits.clone();
+        let proxy = proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD_BYTES as u32);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_millis(runtime.borrow().config.limits.shutdown_grace_ms);
+    tracing::info!(?grace, "shutting down: draining connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+}

@@ -1,0 +1,703 @@
+//! The sidecar over real sockets: a real JWKS server, a real upstream, real ES256 tokens.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use mcp_authz_sidecar::testing::{RESOURCE, TestKey, claims_for, now};
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const METADATA_URL: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+
+fn www_authenticate(headers: &http::HeaderMap) -> String {
+    headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metadata_is_served_at_root_and_path_inserted_forms() {
+    let h = Harness::start().await;
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let (status, headers, body) = h
+            .send(Request::get(h.url(path)).body(body(Bytes::new())).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            doc,
+            json!({"resource": RESOURCE, "authorization_servers": ["https://auth.example.com"],
+                   "scopes_supported": ["mcp:read"], "bearer_methods_supported": ["header"]})
+        );
+    }
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn missing_and_bad_tokens_get_401_challenges_and_never_reach_upstream() {
+    let h = Harness::start().await;
+    let (status, headers, _) = h.post(None, &call(1, "get_user")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!("Bearer resource_metadata=\"{METADATA_URL}\", scope=\"mcp:read\"")
+    );
+
+    let mut expired = claims_for(now() - 7200);
+    expired["scope"] = json!("mcp:read");
+    let mut wrong_audience = claims_for(now());
+    wrong_audience["aud"] = json!("https://other.example.com/mcp");
+    let stranger = TestKey::es256("k1");
+    let cases = [
+        (h.key.sign(&expired), "the token has expired"),
+        (
+            h.key.sign(&wrong_audience),
+            "the token is for another audience",
+        ),
+        (
+            stranger.sign(&claims_for(now())),
+            "the token's signature is invalid",
+        ),
+        ("garbage".to_owned(), "the token is malformed"),
+    ];
+    for (token, description) in cases {
+        let (status, headers, _) = h.post(Some(&token), &call(1, "get_user")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{description}");
+        assert_eq!(
+            www_authenticate(&headers),
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{description}\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:read\""
+            )
+        );
+    }
+    // GET and DELETE are checked too: a session id is never a credential.
+    for method in ["GET", "DELETE"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(h.url("/mcp"))
+            .header("mcp-session-id", "session-1");
+        let (status, _, _) = h.send(req.body(body(Bytes::new())).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method}");
+    }
+    assert!(h.upstream.seen().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn header_tricks_are_refused() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    // Two Authorization headers.
+    let req = post_request(&h.url("/mcp"), Some(&token), &call(1, "get_user"));
+    let (mut parts, b) = req.into_parts();
+    parts
+        .headers
+        .append("authorization", format!("Bearer {token}").parse().unwrap());
+    let (status, headers, _) = h.send(Request::from_parts(parts, b)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(www_authenticate(&headers).starts_with(
+        "Bearer error=\"invalid_request\", error_description=\"more than one Authorization header\""
+    ));
+    // A token in the query string.
+    let (status, headers, _) = h
+        .send(post_request(
+            &h.url(&format!("/mcp?access_token={token}")),
+            Some(&token),
+            &call(1, "get_user"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(www_authenticate(&headers).contains("tokens are not accepted in the query string"));
+    // A huge token.
+    let huge = "a".repeat(20_000);
+    let (status, headers, _) = h.post(Some(&huge), &call(1, "get_user")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(www_authenticate(&headers).contains("the token is too large"));
+    assert!(h.upstream.seen().is_empty());
+    // Lowercase scheme is the same scheme (RFC 9110 §11.1).
+    let mut req = post_request(&h.url("/mcp"), None, &call(1, "get_user"));
+    req.headers_mut()
+        .insert("authorization", format!("bearer {token}").parse().unwrap());
+    assert_eq!(h.send(req).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut req = post_request(&h.url("/mcp"), Some(&token), &call(7, "get_user"));
+    // A client trying to forge its identity.
+    req.headers_mut()
+        .insert("x-mcp-authz-subject", "root".parse().unwrap());
+    req.headers_mut()
+        .insert("mcp-session-id", "session-1".parse().unwrap());
+    let (status, headers, body) = h.send(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["mcp-session-id"], "session-1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"jsonrpc":"2.0","id":7,"result":{"echo":"tools/call"}})
+    );
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let up = &seen[0];
+    assert!(
+        up.headers.get("authorization").is_none(),
+        "no token passthrough"
+    );
+    assert_eq!(up.headers["x-mcp-authz-subject"], "alice");
+    assert_eq!(
+        up.headers["x-mcp-authz-client-id"],
+        "https://client.example/cimd.json"
+    );
+    assert_eq!(up.headers["x-mcp-authz-scopes"], "mcp:read");
+    assert_eq!(up.headers["mcp-session-id"], "session-1");
+    assert_eq!(up.headers["host"], h.upstream.addr.to_string());
+    assert_eq!(
+        up.body,
+        Bytes::from(call(7, "get_user")),
+        "the body is forwarded byte for byte"
+    );
+}
+
+#[tokio::test]
+async fn missing_scopes_get_403_naming_every_scope_the_operation_needs() {
+    let h = Harness::start().await;
+    let (status, headers, body) = h
+        .post(Some(&h.token("mcp:read")), &call(3, "delete_user"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:admin\", resource_metadata=\"{METADATA_URL}\""
+        )
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], json!(3));
+    assert_eq!(v["error"]["code"], json!(-32003));
+    // The hierarchy: admin implies read.
+    let (status, _, _) = h
+        .post(Some(&h.token("mcp:admin")), &call(4, "get_user"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Unmatched operations are denied by default, without a misleading challenge.
+    let (status, headers, body) = h
+        .post(Some(&h.token("mcp:admin")), &call(5, "not_in_any_rule"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("www-authenticate").is_none());
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        json!(-32003)
+    );
+    assert_eq!(h.upstream_posts(), 1, "only the allowed call went up");
+}
+
+#[tokio::test]
+async fn a_batch_with_one_forbidden_call_is_refused_whole() {
+    let h = Harness::start().await;
+    let batch = format!("[{},{}]", call(1, "get_user"), call(2, "delete_user"));
+    let (status, headers, body) = h.post(Some(&h.token("mcp:read")), &batch).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(www_authenticate(&headers).contains("scope=\"mcp:admin\""));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], json!(2), "the refused entry is named");
+    assert_eq!(h.upstream_posts(), 0);
+    let (status, _, body) = h.post(Some(&h.token("mcp:admin")), &batch).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_before_upstream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:admin");
+    let (status, _, body) = h.post(Some(&token), "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        json!(-32700)
+    );
+    let (status, _, body) = h
+        .post(
+            Some(&token),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        json!(-32602)
+    );
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    let (status, _, body) = h.post(Some(&token), &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body, r#"{"error":"body_too_large"}"#);
+    // Other paths are not proxied at all.
+    let (status, _, _) = h
+        .send(post_request(
+            &h.url("/admin"),
+            Some(&token),
+            &call(1, "get_user"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(h.upstream_posts(), 0);
+}
+
+#[tokio::test]
+async fn tool_lists_are_filtered_in_json_and_sse_answers() {
+    let h = Harness::start().await;
+    let list = r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
+    let names = |v: &Value| -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, _, body) = h.post(Some(&h.token("mcp:read")), list).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        names(&serde_json::from_str(&body).unwrap()),
+        vec!["get_user"]
+    );
+    let (_, _, body) = h.post(Some(&h.token("mcp:admin")), list).await;
+    assert_eq!(
+        names(&serde_json::from_str(&body).unwrap()),
+        vec!["get_user", "delete_user"]
+    );
+
+    let (status, headers, body) = h
+        .send(post_request(
+            &h.url("/mcp?sse=1"),
+            Some(&h.token("mcp:read")),
+            list,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert!(body.starts_with(": keep-alive comment\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\""), "{body}");
+    let last = body.split("\n\n").find(|e| e.contains("\"id\":9")).unwrap();
+    assert!(
+        last.starts_with("id: ev-0\nevent: message\ndata: "),
+        "{last}"
+    );
+    let data: Value =
+        serde_json::from_str(last.lines().nth(2).unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(names(&data), vec!["get_user"]);
+}
+
+#[tokio::test]
+async fn get_streams_flow_event_by_event_and_delete_is_forwarded() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let req = Request::get(h.url("/mcp"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "session-1")
+        .header("last-event-id", "ev-3")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let response = h.client.request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body();
+    // Wait until the upstream has the GET, then push events one at a time: each must arrive on its own.
+    for _ in 0..100 {
+        if h.upstream.events.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.sidecar.metrics.active_streams.get(), 1);
+    for i in 0..3 {
+        let event = format!(
+            "id: {i}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"n\":{i}}}}}\n\n"
+        );
+        h.upstream.events.send(event.clone()).unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(2), stream.frame())
+            .await
+            .expect("event not buffered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from(event));
+    }
+    // A resumed stream may carry a list answer; it is filtered by shape.
+    h.upstream
+        .events
+        .send(format!("data: {}\n\n", tools_list_result(&json!(5))))
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), stream.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("get_user") && !text.contains("delete_user"),
+        "{text}"
+    );
+    let seen = h.upstream.seen();
+    assert_eq!(seen[0].headers["last-event-id"], "ev-3");
+    assert_eq!(seen[0].headers["mcp-session-id"], "session-1");
+    drop(stream);
+    for _ in 0..100 {
+        if h.sidecar.metrics.active_streams.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.sidecar.metrics.active_streams.get(), 0);
+
+    let req = Request::delete(h.url("/mcp"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("mcp-session-id", "session-1")
+        .body(body(Bytes::new()))
+        .unwrap();
+    assert_eq!(h.send(req).await.0, StatusCode::OK);
+    assert_eq!(
+        h.upstream.seen().last().unwrap().method,
+        http::Method::DELETE
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_gives_502_with_a_clear_body() {
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start(config(&dead, &jwks.url()))
+        .await
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut claims = claims_for(now());
+    claims["scope"] = json!("mcp:read");
+    let url = format!("http://{}/mcp", sidecar.proxy_addr);
+    let mut status = StatusCode::OK;
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (s, _, b) = collect(
+            client
+                .request(post_request(
+                    &url,
+                    Some(&key.sign(&claims)),
+                    &call(1, "get_user"),
+                ))
+                .await
+                .unwrap(),
+        )
+        .await;
+        (status, text) = (s, b);
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"],
+        json!("upstream_unavailable")
+    );
+}
+
+#[tokio::test]
+async fn issuer_down_known_keys_pass_unknown_keys_fail_closed() {
+    let h = Harness::start().await;
+    h.jwks.set_down(true);
+    let (status, _, _) = h
+        .post(Some(&h.token("mcp:read")), &call(1, "get_user"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "a cached key keeps working");
+    let new_key = TestKey::es256("k2");
+    let mut claims = claims_for(now());
+    claims["scope"] = json!("mcp:read");
+    let (status, headers, _) = h
+        .post(Some(&new_key.sign(&claims)), &call(2, "get_user"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cannot tell: fail closed, but not with a 401"
+    );
+    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(h.upstream_posts(), 1);
+}
+
+#[tokio::test]
+async fn unknown_kids_cause_at_most_one_refresh_per_interval() {
+    let h = Harness::start().await;
+    let before = h.jwks.hits();
+    let stranger = TestKey::es256("nope");
+    let mut claims = claims_for(now());
+    claims["scope"] = json!("mcp:read");
+    for _ in 0..5 {
+        let (status, headers, _) = h
+            .post(Some(&stranger.sign(&claims)), &call(1, "get_user"))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(www_authenticate(&headers).contains("the token's signing key is unknown"));
+    }
+    assert_eq!(
+        h.jwks.hits() - before,
+        1,
+        "five unknown kids, one fetch (minRefreshSeconds: 2)"
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_while_a_client_streams_fails_no_request() {
+    let h = Harness::start().await;
+    let old_token = h.token("mcp:read");
+    let req = Request::get(h.url("/mcp"))
+        .header("authorization", format!("Bearer {old_token}"))
+        .body(body(Bytes::new()))
+        .unwrap();
+    let mut stream = h.client.request(req).await.unwrap().into_body();
+    for _ in 0..100 {
+        if h.upstream.events.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The issuer publishes the next key before signing with it, then retires the old one.
+    let next = TestKey::es256("k2");
+    h.jwks.set_keys(&[&h.key, &next]);
+    let mut claims = claims_for(now());
+    claims["scope"] = json!("mcp:read");
+    let new_token = next.sign(&claims);
+    for i in 0..20u64 {
+        let token = if i % 2 == 0 { &old_token } else { &new_token };
+        let (status, _, body) = h.post(Some(token), &call(i, "get_user")).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        h.upstream
+            .events
+            .send(format!("id: {i}\ndata: {{}}\n\n"))
+            .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(2), stream.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            frame.into_data().unwrap(),
+            Bytes::from(format!("id: {i}\ndata: {{}}\n\n"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_waits_for_keys_and_metrics_count_decisions() {
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    jwks.set_down(true);
+    let upstream = Upstream::start().await;
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start(config(&upstream.url(), &jwks.url()))
+        .await
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let admin = |path: &str| {
+        let req = Request::get(format!("http://{}{path}", sidecar.admin_addr))
+            .body(body(Bytes::new()))
+            .unwrap();
+        let fut = client.request(req);
+        async move { collect(fut.await.unwrap()).await }
+    };
+    assert_eq!(admin("/healthz").await.0, StatusCode::OK);
+    assert_eq!(admin("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let url = format!("http://{}/mcp", sidecar.proxy_addr);
+    let (status, _, _) = collect(
+        client
+            .request(post_request(
+                &url,
+                Some(&key.sign(&claims_for(now()))),
+                &call(1, "x"),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no keys yet: cannot judge any token"
+    );
+    jwks.set_down(false);
+    let mut ready = false;
+    for _ in 0..100 {
+        if admin("/readyz").await.0 == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready);
+    let (_, _, metrics) = admin("/metrics").await;
+    assert!(
+        metrics.contains(
+            "mcp_authz_sidecar_requests_total{decision=\"deny\",reason=\"jwks_unavailable\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_authz_sidecar_jwks_refreshes_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_authz_sidecar_jwks_age_seconds 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_authz_sidecar_active_streams 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_off() {
+    let h = Harness::start().await;
+    let mut socket = tokio::net::TcpStream::connect(h.sidecar.proxy_addr)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The sidecar closes the connection after headerTimeoutMs (400 ms) without the rest of the head.
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn config_changes_apply_to_the_next_request() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    assert_eq!(
+        h.post(Some(&token), &call(1, "delete_user")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config
+        .rules
+        .retain(|r| r.name.as_deref() != Some("delete_*"));
+    config.unmatched =
+        mcp_authz_sidecar::config::UnmatchedPolicy::RequireScopes(vec!["mcp:read".into()]);
+    h.sidecar.config.apply(config).unwrap();
+    assert_eq!(
+        h.post(Some(&token), &call(2, "delete_user")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_config_file_is_watched_and_bad_files_are_ignored() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.json");
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let watcher = h
+        .sidecar
+        .watch_file(path.clone(), Duration::from_millis(50));
+    let token = h.token("mcp:read");
+    std::fs::write(&path, "{ broken").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.post(Some(&token), &call(1, "get_user")).await.0,
+        StatusCode::OK,
+        "the old config still serves"
+    );
+    config.rules.clear();
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let mut refused = false;
+    for _ in 0..40 {
+        if h.post(Some(&token), &call(1, "get_user")).await.0 == StatusCode::FORBIDDEN {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+    assert!(refused, "the new rules never applied");
+    let (_, _, metrics) = h.admin("/metrics").await;
+    assert!(
+        metrics.contains("mcp_authz_sidecar_config_reloads_total{result=\"parse\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_authz_sidecar_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_streams_finish_within_the_grace_period() {
+    let h = Harness::start().await;
+    let req = Request::get(h.url("/mcp"))
+        .header("authorization", format!("Bearer {}", h.token("mcp:read")))
+        .body(body(Bytes::new()))
+        .unwrap();
+    let mut stream = h.client.request(req).await.unwrap().into_body();
+    for _ in 0..100 {
+        if h.upstream.events.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Harness {
+        sidecar,
+        upstream,
+        client,
+        key,
+        jwks: _jwks,
+    } = h;
+    let proxy_addr = sidecar.proxy_addr;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(sidecar.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New connections are refused...
+    assert!(tokio::net::TcpStream::connect(proxy_addr).await.is_err());
+    // ...while the open stream still flows.
+    upstream.events.send("data: {}\n\n".into()).unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(1), stream.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), Bytes::from("data: {}\n\n"));
+    shutdown.await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    drop((client, key));
+}

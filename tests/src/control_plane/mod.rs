@@ -569,10 +569,10 @@ impl Drop for ControlPlane {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.disarm();
         }
-        if let Some(dir) = self.dir.take() {
-            if self.keep_dir {
-                let _ = dir.keep();
-            }
+        if let Some(dir) = self.dir.take()
+            && self.keep_dir
+        {
+            let _ = dir.keep();
         }
     }
 }

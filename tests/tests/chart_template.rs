@@ -1,0 +1,380 @@
+//! `helm lint` and `helm template` of charts/mcp-authz under several value sets, asserting on the
+//! rendered objects (not golden files), and values.schema.json refusing bad values.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn helm() -> PathBuf {
+    PathBuf::from(std::env::var_os("MCP_AUTHZ_HELM").expect(
+        "MCP_AUTHZ_HELM is not set: source tests/setup/10-control-plane.sh (tests/run-all does) to install helm",
+    ))
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/mcp-authz")
+}
+
+/// Runs `helm template` with `--set`-style values; returns stdout on success, stderr on failure.
+fn template(sets: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "mcp-authz"])
+        .arg(chart())
+        .args(["--namespace", "mcp-authz"]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = cmd.output().expect("helm runs");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn objects(sets: &[&str]) -> Vec<Value> {
+    let text = template(sets).unwrap_or_else(|err| panic!("helm template {sets:?} failed: {err}"));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("helm output is YAML")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objs, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+#[test]
+fn chart_lints_clean() {
+    let out = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm lint failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn default_install_renders_a_hardened_operator() {
+    let objs = objects(&[]);
+    let deploy = one(&objs, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", c["name"]);
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
+        assert_eq!(sc["runAsNonRoot"], true, "{}", c["name"]);
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{}",
+            c["name"]
+        );
+        assert_eq!(
+            sc["seccompProfile"]["type"], "RuntimeDefault",
+            "{}",
+            c["name"]
+        );
+        assert!(
+            c["image"].as_str().expect("image").ends_with(":0.1.0"),
+            "tag defaults to appVersion: {}",
+            c["image"]
+        );
+    }
+    assert_eq!(
+        one(&objs, "ServiceAccount")["metadata"]["name"],
+        "mcp-authz-operator"
+    );
+    assert!(
+        find(&objs, "PodDisruptionBudget").is_empty(),
+        "one replica needs no PDB"
+    );
+}
+
+#[test]
+fn webhook_only_sees_pods_that_ask_and_never_kube_system() {
+    let objs = objects(&["webhook.excludedNamespaces={team-legacy}"]);
+    let mwc = one(&objs, "MutatingWebhookConfiguration");
+    let hook = &mwc["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(
+        hook["objectSelector"]["matchLabels"]["mcp-authz.io/inject"],
+        "enabled"
+    );
+    let expr = &hook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(expr["operator"], "NotIn");
+    let excluded: Vec<&str> = expr["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for ns in [
+        "kube-system",
+        "kube-node-lease",
+        "kube-public",
+        "team-legacy",
+    ] {
+        assert!(
+            excluded.contains(&ns),
+            "{ns} must be excluded: {excluded:?}"
+        );
+    }
+    assert!(
+        hook["clientConfig"].get("caBundle").is_none(),
+        "the operator owns caBundle"
+    );
+    assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
+    assert_eq!(
+        hook["rules"][0]["operations"],
+        serde_json::json!(["CREATE"])
+    );
+
+    let ignore = objects(&["webhook.failurePolicy=Ignore"]);
+    assert_eq!(
+        one(&ignore, "MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"],
+        "Ignore"
+    );
+}
+
+#[test]
+fn crds_are_the_generated_ones_and_survive_uninstall() {
+    let objs = objects(&[]);
+    let crds = find(&objs, "CustomResourceDefinition");
+    let dir = repo().join("crds");
+    let mut generated: Vec<Value> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            serde_saphyr::from_str::<Value>(&std::fs::read_to_string(&p).expect("read"))
+                .expect("CRD YAML")
+        })
+        .collect();
+    assert_eq!(
+        crds.len(),
+        generated.len(),
+        "the chart installs every generated CRD"
+    );
+    assert_eq!(crds.len(), 4);
+    for crd in &crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        let name = &crd["metadata"]["name"];
+        let idx = generated
+            .iter()
+            .position(|g| &g["metadata"]["name"] == name)
+            .expect("generated twin");
+        let twin = generated.remove(idx);
+        if let Some(path) = first_difference(&crd["spec"], &twin["spec"], String::new()) {
+            panic!("chart CRD {name} differs from crds/ at spec{path}");
+        }
+    }
+    assert!(
+        find(
+            &objects(&["crds.install=false"]),
+            "CustomResourceDefinition"
+        )
+        .is_empty()
+    );
+}
+
+fn default_authorization_server(objs: &[Value]) -> Option<Value> {
+    let defaults = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "mcp-authz-defaults")?;
+    let text = defaults["data"]["authorizationserver.yaml"]
+        .as_str()
+        .expect("the manifest is a string");
+    Some(serde_saphyr::from_str(text).expect("the manifest is YAML"))
+}
+
+#[test]
+fn default_authorization_server_travels_to_the_operator() {
+    let objs = objects(&["authorizationServer.spec.issuer=https://login.corp.example"]);
+    assert!(
+        find(&objs, "AuthorizationServer").is_empty(),
+        "a CR beside its CRD fails a first install"
+    );
+    let server = default_authorization_server(&objs).expect("defaults ConfigMap");
+    assert_eq!(server["kind"], "AuthorizationServer");
+    assert_eq!(server["metadata"]["name"], "default");
+    assert_eq!(server["metadata"]["namespace"], "mcp-authz");
+    assert_eq!(server["spec"]["issuer"], "https://login.corp.example");
+    assert_eq!(
+        server["spec"]["login"]["staticUsers"]["name"],
+        "mcp-authz-users"
+    );
+    let env = &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let named = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "MCP_AUTHZ_DEFAULTS_CONFIGMAP")
+        .expect("env");
+    assert_eq!(named["value"], "mcp-authz-defaults");
+
+    let none = objects(&["authorizationServer.create=false"]);
+    assert!(default_authorization_server(&none).is_none());
+}
+
+#[test]
+fn two_replicas_get_a_disruption_budget() {
+    let objs = objects(&["operator.replicas=2"]);
+    assert_eq!(one(&objs, "Deployment")["spec"]["replicas"], 2);
+    assert_eq!(one(&objs, "PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    assert!(
+        find(
+            &objects(&["operator.replicas=2", "podDisruptionBudget.enabled=false"]),
+            "PodDisruptionBudget"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn cert_manager_replaces_the_operator_ca() {
+    let objs = objects(&["webhook.certManager.enabled=true"]);
+    let cert = one(&objs, "Certificate");
+    assert_eq!(
+        cert["spec"]["dnsNames"][0],
+        "mcp-authz-webhook.mcp-authz.svc"
+    );
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "Issuer");
+    assert_eq!(
+        one(&objs, "Issuer")["spec"]["selfSigned"],
+        serde_json::json!({})
+    );
+    let mwc = one(&objs, "MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "mcp-authz/mcp-authz-webhook"
+    );
+    let mounts =
+        &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+    assert_eq!(mounts[0]["readOnly"], true);
+
+    let external = objects(&[
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=corp-ca",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    assert!(
+        find(&external, "Issuer").is_empty(),
+        "a named issuer needs no self-signed one"
+    );
+    assert_eq!(
+        one(&external, "Certificate")["spec"]["issuerRef"]["name"],
+        "corp-ca"
+    );
+    assert!(find(&objects(&[]), "Certificate").is_empty());
+}
+
+#[test]
+fn network_policy_admits_only_webhook_and_admin_ports() {
+    let objs = objects(&["networkPolicy.enabled=true"]);
+    let np = one(&objs, "NetworkPolicy");
+    let ports: Vec<i64> = np["spec"]["ingress"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(ports, vec![9443, 9090]);
+    assert!(find(&objects(&[]), "NetworkPolicy").is_empty());
+}
+
+/// The path of the first place two YAML trees differ. Numbers compare by value: Helm's `fromYaml` turns the
+/// generated `minimum: 1.0` into `1`, which the API server stores the same way.
+fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => (x.as_f64() != y.as_f64()).then_some(path),
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let here = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(v), Some(w)) => first_difference(v, w, here),
+                    _ => Some(here),
+                }
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, format!("{path}[{i}]"))),
+        _ => (a != b).then_some(path),
+    }
+}
+
+fn refused(sets: &[&str]) -> String {
+    match template(sets) {
+        Ok(_) => panic!("values {sets:?} were accepted"),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn schema_refuses_typos_and_bad_values() {
+    let typo = refused(&["operater.replicas=2"]);
+    assert!(
+        typo.contains("values don't meet the specifications of the schema"),
+        "{typo}"
+    );
+    assert!(
+        typo.contains("operater"),
+        "the message names the typo: {typo}"
+    );
+
+    let nested = refused(&["webhook.failurePolicyy=Fail"]);
+    assert!(nested.contains("failurePolicyy"), "{nested}");
+
+    let policy = refused(&["webhook.failurePolicy=Sometimes"]);
+    assert!(policy.contains("failurePolicy"), "{policy}");
+
+    let replicas = refused(&["operator.replicas=0"]);
+    assert!(replicas.contains("replicas"), "{replicas}");
+
+    let timeout = refused(&["webhook.timeoutSeconds=31"]);
+    assert!(timeout.contains("timeoutSeconds"), "{timeout}");
+
+    let pull = refused(&["image.pullPolicy=Sometimes"]);
+    assert!(pull.contains("pullPolicy"), "{pull}");
+}

@@ -161,6 +161,30 @@ async fn concurrent_resolves_share_one_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_callers_gave_up_still_fills_the_cache() {
+    let range = Range::start().await;
+    let client_id = range.url("/abandoned");
+    range.server.route(
+        "/abandoned",
+        Reply::Delayed(Duration::from_millis(300), document(&client_id).to_string()),
+    );
+    let resolver = range.resolver(range.config());
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        resolver.resolve(&client_id, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller timed out first");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(resolver.stats().cached, 1);
+    resolver
+        .resolve(&client_id, None)
+        .await
+        .expect("from the cache");
+    assert_eq!(range.server.hits("/abandoned"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_invalid_documents_are_never_cached() {
     let range = Range::start().await;
     let resolver = range.resolver(range.config());

@@ -172,6 +172,7 @@ impl Resolver {
             self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(doc);
         }
+        let key_for_flight = key.clone();
         let flight = {
             let mut in_flight = self
                 .inner
@@ -187,22 +188,33 @@ impl Resolver {
                 .entry(key.clone())
                 .or_insert_with(|| {
                     let inner = self.inner.clone();
-                    async move { fetch_and_cache(&inner, url).await }
-                        .boxed()
-                        .shared()
+                    let url_text = key.clone();
+                    // Spawned, so the fetch finishes (and fills the cache) even when every caller
+                    // gives up; the flight retires itself for the same reason. No newer flight for
+                    // this key can exist meanwhile: one is only created when none is registered.
+                    let task = tokio::spawn(async move {
+                        let result = fetch_and_cache(&inner, url).await;
+                        inner
+                            .in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key_for_flight);
+                        result
+                    });
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(CimdError::Connect {
+                                url: url_text,
+                                detail: format!("the fetch task failed: {e}"),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
-        let result = flight.clone().await;
-        let mut in_flight = self
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if in_flight.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
-            in_flight.remove(&key);
-        }
-        result
+        flight.await
     }
 
     /// Fetch a client's `jwks_uri` under the same address, TLS, size and time rules as documents.

@@ -461,6 +461,8 @@ mod defaults {
     pub fn open_methods() -> Vec<String> {
         [
             "initialize",
+            // The 2026-07-28 revision's stateless handshake.
+            "server/discover",
             "ping",
             "notifications/*",
             "tools/list",

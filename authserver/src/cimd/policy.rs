@@ -1,6 +1,6 @@
 //! Admission: a checked document against the baseline and the resource's policy. Pure.
 
-use url::{Host, Url};
+use url::Url;
 
 use super::client::{ClientDocument, ScopeLimit, ScopeRule, redirect_parts};
 use super::config::{AuthMethod, Policy};
@@ -76,13 +76,12 @@ impl ClientIdPattern {
     }
 
     fn matches(&self, url: &Url) -> bool {
-        let host = match url.host() {
-            Some(Host::Domain(d)) => d.to_owned(),
-            Some(other) => other.to_string(),
-            None => return false,
+        // host_str keeps IPv6 brackets on both sides, so literals compare like names.
+        let Some(host) = url.host_str() else {
+            return false;
         };
         let host_ok = match &self.host {
-            HostPattern::Exact(h) => *h == host,
+            HostPattern::Exact(h) => h == host,
             HostPattern::SubdomainOf(suffix) => host
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|label| label.len() > 1 && label.ends_with('.')),
@@ -396,6 +395,8 @@ mod tests {
                 true,
             ),
             ("https://127.0.0.1:8443/", "https://127.0.0.1:8443/x", true),
+            ("https://[2001:db8::1]/", "https://[2001:db8::1]/x", true),
+            ("https://[2001:db8::1]/", "https://[2001:db8::2]/x", false),
         ];
         for (pattern, candidate, want) in table {
             let p = ClientIdPattern::parse(pattern).expect("pattern");

@@ -6,7 +6,7 @@ mod control_plane_support;
 
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use mcp_authz_tests::control_plane::{self, ControlPlane, api_error, eventually};
@@ -175,6 +175,63 @@ async fn mutating_webhook_served_by_the_test_over_tls_mutates_pods() {
             "admission webhook \"{}\" denied the request: pods labelled deny=yes are refused by the test webhook",
             MutatingWebhookServer::WEBHOOK_NAME
         )
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_registered_by_service_reaches_the_test_through_an_external_name_service() {
+    // Charts register webhooks by Service; with no kube-proxy here, an ExternalName Service pointing at
+    // localhost lets the API server reach a webhook served by the test process under the Service's TLS name.
+    let cluster = ControlPlane::shared();
+    let client = cluster.client();
+    let namespace = cluster.new_namespace("service-webhook").await.unwrap();
+    let service_name = "test-webhook";
+    let webhook =
+        MutatingWebhookServer::start_with_names(&[&format!("{service_name}.{namespace}.svc")])
+            .await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": service_name },
+        "spec": {
+            "type": "ExternalName",
+            "externalName": "localhost",
+            "ports": [{ "name": "https", "port": webhook.port() }],
+        },
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    webhook
+        .register_through_service(
+            &client,
+            &format!("by-service-{namespace}"),
+            &namespace,
+            service_name,
+        )
+        .await;
+
+    let pods = Api::<Pod>::namespaced(client, &namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "through-service" },
+        "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] },
+    }))
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mutated = eventually("the webhook to be called through the Service", || async {
+        let probe = pods.create(&dry_run, &pod).await.unwrap();
+        let labels = probe.metadata.labels.unwrap_or_default();
+        labels.contains_key("mutated-by").then_some(labels)
+    })
+    .await;
+    assert_eq!(mutated["mutated-by"], "test-webhook");
+    assert!(
+        webhook
+            .reviewed_pods()
+            .contains(&"through-service".to_owned())
     );
 }
 

@@ -37,10 +37,18 @@ impl Drop for MutatingWebhookServer {
 impl MutatingWebhookServer {
     pub const WEBHOOK_NAME: &'static str = "label-pods.test.mcp-authz.io";
 
-    /// Serves HTTPS on a free loopback port with a certificate from a fresh CA.
+    /// Serves HTTPS on a free loopback port with a certificate from a fresh CA for 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_with_names(&[]).await
+    }
+
+    /// Like [`Self::start`], the certificate also naming `names` (e.g. `SERVICE.NAMESPACE.svc`, the name the API
+    /// server checks when it calls a webhook through a Service).
+    pub async fn start_with_names(names: &[&str]) -> Self {
         let authority = TestAuthority::new("test webhook CA").unwrap();
-        let serving = authority.issue_server(&["127.0.0.1"]).unwrap();
+        let serving = authority
+            .issue_server(&[&["127.0.0.1"], names].concat())
+            .unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -64,17 +72,46 @@ impl MutatingWebhookServer {
         }
     }
 
-    /// Registers a MutatingWebhookConfiguration `name` for Pod creation in `namespace` only.
+    /// The loopback port it serves on.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Registers a MutatingWebhookConfiguration `name` for Pod creation in `namespace` only, called by URL.
     pub async fn register(&self, client: &kube::Client, name: &str, namespace: &str) {
+        let url = json!({ "url": format!("https://{}/mutate", self.address) });
+        self.register_with(client, name, namespace, url).await;
+    }
+
+    /// Like [`Self::register`], called through Service `namespace/service` on this server's port, as an in-cluster
+    /// webhook is (the Service must lead to 127.0.0.1, e.g. type ExternalName `localhost`).
+    pub async fn register_through_service(
+        &self,
+        client: &kube::Client,
+        name: &str,
+        namespace: &str,
+        service: &str,
+    ) {
+        let reference = json!({
+            "service": { "namespace": namespace, "name": service, "port": self.port(), "path": "/mutate" },
+        });
+        self.register_with(client, name, namespace, reference).await;
+    }
+
+    async fn register_with(
+        &self,
+        client: &kube::Client,
+        name: &str,
+        namespace: &str,
+        mut client_config: Value,
+    ) {
+        client_config["caBundle"] = json!(STANDARD.encode(&self.ca_pem));
         let configuration = json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
             "metadata": { "name": name },
             "webhooks": [{
                 "name": Self::WEBHOOK_NAME,
-                "clientConfig": {
-                    "url": format!("https://{}/mutate", self.address),
-                    "caBundle": STANDARD.encode(&self.ca_pem),
-                },
+                "clientConfig": client_config,
                 "rules": [{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"] }],
                 "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
                 "sideEffects": "None",

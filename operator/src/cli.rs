@@ -1,4 +1,4 @@
-//! The command line: `mcp-authz operator | crds | render`.
+//! The command line: `mcp-authz operator | crds | render | local`.
 
 use std::io::Write;
 use std::path::PathBuf;

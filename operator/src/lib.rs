@@ -16,6 +16,5 @@ pub mod api;
 pub mod cli;
 pub mod crdgen;
 pub mod keys;
-pub mod local;
 pub mod naming;
 pub mod render;

@@ -197,26 +197,6 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "redirectUris.allowLoopback",
         },
         InvalidCase {
-            name: "host with a scheme",
-            object: with(
-                cimd_policy(),
-                "/spec/allowedHosts",
-                json!(["https://example.com"]),
-            ),
-            message: "allowedHosts entries are host names",
-            field: "allowedHosts",
-        },
-        InvalidCase {
-            name: "wildcard in the middle of a host",
-            object: with(
-                cimd_policy(),
-                "/spec/allowedHosts",
-                json!(["a.*.example.com"]),
-            ),
-            message: "allowedHosts entries are host names",
-            field: "allowedHosts",
-        },
-        InvalidCase {
             name: "private network that is not a CIDR",
             object: with(
                 cimd_policy(),
@@ -297,6 +277,26 @@ pub fn schema_cases() -> Vec<InvalidCase> {
             },
             message: "Required value",
             field: "login",
+        },
+        InvalidCase {
+            name: "host with a scheme",
+            object: with(
+                cimd_policy(),
+                "/spec/allowedHosts",
+                json!(["example.com", "https://example.com"]),
+            ),
+            message: "should match",
+            field: "allowedHosts[1]",
+        },
+        InvalidCase {
+            name: "wildcard in the middle of a host",
+            object: with(
+                cimd_policy(),
+                "/spec/allowedHosts",
+                json!(["a.*.example.com"]),
+            ),
+            message: "should match",
+            field: "allowedHosts[0]",
         },
         InvalidCase {
             name: "shared-secret auth method",

@@ -26,11 +26,17 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct CIMDPolicySpec {
     /// Hosts a client_id URL may have: exact (`app.example.com`) or one leading wildcard label
-    /// (`*.example.com`). Any https host when empty.
+    /// (`*.example.com`), lower case, no scheme, port or path. Any https host when empty.
     #[serde(default)]
-    #[schemars(length(max = 128))]
-    #[x_kube(validation = Rule::new("self.all(h, size(h) <= 253 && !h.contains('/') && !h.contains(':') && (!h.contains('*') || (h.startsWith('*.') && h.lastIndexOf('*') == 0)))")
-        .message("allowedHosts entries are host names, optionally starting with one '*.' label; no scheme, port or path"))]
+    #[schemars(
+        length(max = 128),
+        inner(
+            length(max = 253),
+            regex(
+                pattern = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+            )
+        )
+    )]
     pub allowed_hosts: Vec<String>,
 
     /// Whether a client_id URL may carry a query string (the draft advises against it).
@@ -68,7 +74,7 @@ pub struct CIMDPolicySpec {
     /// Private networks (CIDRs) documents may be fetched from. None by default: special-use
     /// addresses (RFC 6890) are refused.
     #[serde(default)]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("allowedPrivateNetworks entries must be CIDRs like 10.0.0.0/8"))]
     pub allowed_private_networks: Vec<String>,
 

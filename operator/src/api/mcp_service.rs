@@ -36,7 +36,7 @@ use super::NamespacedRef;
 #[serde(rename_all = "camelCase")]
 pub struct MCPServiceSpec {
     /// Labels of the pods that serve this MCP endpoint (matchLabels semantics).
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
     pub selector: BTreeMap<String, String>,
 
     /// The public URL clients use for this MCP endpoint, character for character (RFC 9728

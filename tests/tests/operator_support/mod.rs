@@ -1,0 +1,68 @@
+//! Helpers of the operator's cluster tests: installing the CRDs, creating resources from JSON.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use mcp_authz_operator::api::all_crds;
+use mcp_authz_tests::control_plane::eventually;
+
+/// Applies every mcp-authz CRD (idempotent) and waits until the API server serves them.
+pub async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in all_crds() {
+        let name = crd.metadata.name.clone().expect("CRDs are named");
+        crds.patch(
+            &name,
+            &PatchParams::apply("mcp-authz-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        eventually(&format!("CRD {name} established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let conditions = crd.status?.conditions?;
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    // Discovery lags a little behind Established.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The API resource of one of the four kinds.
+pub fn resource(kind: &str) -> ApiResource {
+    let plural = match kind {
+        "AuthorizationServer" => "authorizationservers",
+        "MCPService" => "mcpservices",
+        "MCPScope" => "mcpscopes",
+        "CIMDPolicy" => "cimdpolicies",
+        other => panic!("not an mcp-authz kind: {other}"),
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("mcp-authz.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+/// Creates `object` (one of the four kinds) in `namespace`; returns the API server's answer.
+pub async fn create(
+    client: &kube::Client,
+    namespace: &str,
+    object: &serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    let kind = object["kind"].as_str().expect("kind");
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(kind));
+    let object: DynamicObject = serde_json::from_value(object.clone()).expect("a valid object");
+    api.create(&PostParams::default(), &object).await
+}

@@ -16,5 +16,6 @@ pub mod api;
 pub mod cli;
 pub mod crdgen;
 pub mod keys;
+pub mod local;
 pub mod naming;
 pub mod render;

@@ -203,8 +203,20 @@ fn add_document(
     set: &mut ManifestSet,
     file: &Path,
     index: usize,
-    document: Value,
+    mut document: Value,
 ) -> Result<(), ManifestError> {
+    // Like `kubectl apply` without `-n`: objects that name no namespace land in the default one.
+    if let Some(meta) = document.get_mut("metadata").and_then(Value::as_object_mut)
+        && meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        meta.insert(
+            "namespace".into(),
+            Value::String(DEFAULT_NAMESPACE.to_owned()),
+        );
+    }
     let kind = document
         .get("kind")
         .and_then(Value::as_str)

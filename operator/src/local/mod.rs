@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! DIR/*.yaml --manifests (schema + CEL, errors name file/object/field)--> ManifestSet
-//!     --render (the operator's own, pure)--> AuthServerConfig, SidecarConfig per MCPService
-//!     --overrides (loopback ports, state dir, local files)--> config files in the state dir
-//!     --> authserver + one sidecar per MCPService, in this process; files re-rendered on change
+//!     --plan: the operator's own render functions, then loopback/state-dir overrides--> LocalPlan
+//!     --runtime: state files, authserver + one sidecar per MCPService in this process,
+//!       readiness over real sockets, summary table / ready file, re-render on change
 //! ```
 
 pub mod manifests;
+pub mod ports;

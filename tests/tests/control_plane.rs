@@ -6,6 +6,7 @@ mod control_plane_support;
 
 use std::process::Command;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
@@ -453,6 +454,44 @@ async fn garbage_collector_and_namespace_controller_run() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn deployments_get_replica_sets_and_pods() {
+    let cluster = ControlPlane::shared();
+    let client = cluster.client();
+    let namespace = cluster.new_namespace("deployment").await.unwrap();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "app", "image": "registry.invalid/web:1" }] },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(client, &namespace);
+    let listed = eventually("the Deployment's two Pods", || async {
+        let list = pods.list(&Default::default()).await.unwrap();
+        (list.items.len() == 2).then_some(list.items)
+    })
+    .await;
+    for pod in listed {
+        let owner = &pod.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "ReplicaSet");
+        assert!(owner.name.starts_with("web-"), "{}", owner.name);
+        assert_eq!(
+            pod.status.and_then(|status| status.phase).as_deref(),
+            Some("Pending")
+        );
+    }
 }
 
 #[tokio::test]

@@ -56,13 +56,16 @@ use binaries::Binaries;
 use kubeconfig::Credentials;
 use process::{Supervised, Watchdog, log_tail};
 
-/// The controllers started by default: enough for owner-reference garbage collection, namespace deletion,
-/// the `default` ServiceAccount of every namespace and the `kube-root-ca.crt` ConfigMap.
+/// The controllers started by default: owner-reference garbage collection, namespace deletion, the `default`
+/// ServiceAccount of every namespace, the `kube-root-ca.crt` ConfigMap, and Deployments → ReplicaSets → Pods
+/// (Pods are admitted, webhooks included, but stay Pending: there is no scheduler or kubelet).
 pub const DEFAULT_CONTROLLERS: &[&str] = &[
     "garbage-collector-controller",
     "namespace-controller",
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
+    "deployment-controller",
+    "replicaset-controller",
 ];
 
 /// Webhooks and CEL admission policies. They are in kube-apiserver's default set (with NamespaceLifecycle,
@@ -782,6 +785,8 @@ mod tests {
             "garbage-collector-controller",
             "namespace-controller",
             "serviceaccount-controller",
+            "deployment-controller",
+            "replicaset-controller",
         ] {
             assert!(
                 options.controllers.iter().any(|name| name == needed),

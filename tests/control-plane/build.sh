@@ -51,7 +51,11 @@ go_build() { # name package ldflags
   log "built $name in $((SECONDS - started)) s"
 }
 
-command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
+# A non-login shell may lack Go's usual directory on PATH.
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null || { echo "build.sh: go is not installed (looked on PATH and in /usr/local/go/bin)" >&2; exit 1; }
 go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
 go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 go_build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"

@@ -4,8 +4,6 @@
 
 mod control_plane_support;
 
-use std::process::Command;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -498,20 +496,12 @@ async fn deployments_get_replica_sets_and_pods() {
 async fn helm_installs_a_throwaway_chart_with_the_generated_kubeconfig() {
     let cluster = ControlPlane::shared();
     let namespace = cluster.new_namespace("helm").await.unwrap();
-    let helm = control_plane::helm().unwrap();
-    let kubectl = control_plane::kubectl().unwrap();
     let work = tempfile::tempdir().unwrap();
     let chart = write_throwaway_chart(work.path());
 
-    let helm_command = |kubeconfig: &std::path::Path| {
-        let mut command = Command::new(&helm);
-        command
-            .env("HELM_CACHE_HOME", work.path().join("cache"))
-            .env("HELM_CONFIG_HOME", work.path().join("config"))
-            .env("HELM_DATA_HOME", work.path().join("data"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--namespace", &namespace]);
+    let helm = |kubeconfig: &std::path::Path| {
+        let mut command = control_plane::helm_command(kubeconfig, work.path()).unwrap();
+        command.args(["--namespace", &namespace]);
         command
     };
 
@@ -520,7 +510,7 @@ async fn helm_installs_a_throwaway_chart_with_the_generated_kubeconfig() {
         .kubeconfig_for_service_account(&namespace, "nobody")
         .await
         .unwrap();
-    let output = helm_command(&nobody)
+    let output = helm(&nobody)
         .args(["install", "demo"])
         .arg(&chart)
         .output()
@@ -534,7 +524,7 @@ async fn helm_installs_a_throwaway_chart_with_the_generated_kubeconfig() {
         "{stderr}"
     );
 
-    let output = helm_command(cluster.kubeconfig_path())
+    let output = helm(cluster.kubeconfig_path())
         .args(["install", "demo"])
         .arg(&chart)
         .args(["--set", "greeting=hi", "--wait", "--timeout", "60s"])
@@ -557,7 +547,7 @@ async fn helm_installs_a_throwaway_chart_with_the_generated_kubeconfig() {
         "the API server reports its release to helm"
     );
 
-    let output = helm_command(cluster.kubeconfig_path())
+    let output = helm(cluster.kubeconfig_path())
         .args(["list", "--output", "json"])
         .output()
         .unwrap();
@@ -566,9 +556,8 @@ async fn helm_installs_a_throwaway_chart_with_the_generated_kubeconfig() {
     assert_eq!(releases[0]["name"], "demo");
     assert_eq!(releases[0]["status"], "deployed");
 
-    let output = Command::new(&kubectl)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
+    let output = control_plane::kubectl_command(cluster.kubeconfig_path())
+        .unwrap()
         .args([
             "--namespace",
             &namespace,

@@ -1,6 +1,7 @@
 //! Where the control plane programs are: the setup script exports their directory.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::ControlPlaneError;
 
@@ -46,6 +47,26 @@ pub fn helm() -> Result<PathBuf, ControlPlaneError> {
 /// The kubectl binary exported by the setup script.
 pub fn kubectl() -> Result<PathBuf, ControlPlaneError> {
     tool_from_env(KUBECTL_ENV)
+}
+
+/// `kubectl --kubeconfig KUBECONFIG`, ready for more arguments.
+pub fn kubectl_command(kubeconfig: &Path) -> Result<Command, ControlPlaneError> {
+    let mut command = Command::new(kubectl()?);
+    command.arg("--kubeconfig").arg(kubeconfig);
+    Ok(command)
+}
+
+/// `helm --kubeconfig KUBECONFIG`, ready for more arguments, with helm's cache, configuration and data under
+/// `helm_home` so that a test shares nothing with the user's helm set-up or with other tests.
+pub fn helm_command(kubeconfig: &Path, helm_home: &Path) -> Result<Command, ControlPlaneError> {
+    let mut command = Command::new(helm()?);
+    command
+        .env("HELM_CACHE_HOME", helm_home.join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.join("config"))
+        .env("HELM_DATA_HOME", helm_home.join("data"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig);
+    Ok(command)
 }
 
 fn tool_from_env(variable: &'static str) -> Result<PathBuf, ControlPlaneError> {

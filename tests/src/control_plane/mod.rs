@@ -47,7 +47,9 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-pub use binaries::{BIN_DIR_ENV, HELM_ENV, KUBECTL_ENV, helm, kubectl};
+pub use binaries::{
+    BIN_DIR_ENV, HELM_ENV, KUBECTL_ENV, helm, helm_command, kubectl, kubectl_command,
+};
 pub use error::ControlPlaneError;
 pub use pki::{IssuedCertificate, TestAuthority};
 pub use wait::{EVENTUALLY_TIMEOUT, api_error, eventually, eventually_within};

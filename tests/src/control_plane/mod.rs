@@ -83,6 +83,9 @@ pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster
 /// reading kube-apiserver.log after a failed test; the path is printed on stderr.
 pub const KEEP_ENV: &str = "MCP_AUTHZ_KEEP_CONTROL_PLANE";
 
+/// One start-up probe may not hang past this (a server that accepts but does not answer yet).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The user name of the admin client certificate (group `system:masters`).
 pub const ADMIN_USER: &str = "mcp-authz-test-admin";
 
@@ -504,11 +507,13 @@ impl ControlPlane {
                     what: "cannot build the /readyz request".into(),
                     source: std::io::Error::other(error),
                 })?;
-            let last_answer = match client.request_text(request).await {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
-                Ok(body) => body,
-                Err(error) => error.to_string(),
-            };
+            let last_answer =
+                match tokio::time::timeout(PROBE_TIMEOUT, client.request_text(request)).await {
+                    Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                    Ok(Ok(body)) => body,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {PROBE_TIMEOUT:?}"),
+                };
             if Instant::now() >= deadline {
                 return Err(not_ready(
                     "kube-apiserver /readyz",
@@ -529,11 +534,13 @@ impl ControlPlane {
         let accounts = Api::<ServiceAccount>::namespaced(self.client(), "default");
         loop {
             self.check_processes()?;
-            let last_answer = match accounts.get_opt("default").await {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => "no ServiceAccount default/default yet".to_owned(),
-                Err(error) => error.to_string(),
-            };
+            let last_answer =
+                match tokio::time::timeout(PROBE_TIMEOUT, accounts.get_opt("default")).await {
+                    Ok(Ok(Some(_))) => return Ok(()),
+                    Ok(Ok(None)) => "no ServiceAccount default/default yet".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {PROBE_TIMEOUT:?}"),
+                };
             if Instant::now() >= deadline {
                 let process = self.controller_manager.as_ref().unwrap_or(&self.apiserver);
                 return Err(not_ready(

@@ -78,6 +78,10 @@ pub struct AuthServerConfig {
     /// Admin API credentials.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Clients identified by a Client ID Metadata Document (URL `client_id`s): fetch limits and admission
+    /// policies. On by default; advertised in metadata only when enabled.
+    #[serde(default)]
+    pub cimd: crate::cimd::CimdConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -437,6 +441,9 @@ impl AuthServerConfig {
             }
             (None, Some(_)) => {}
             _ => return bad("storage needs exactly one of sqlite and postgres".into()),
+        }
+        if self.dynamic_client_registration.enabled {
+            return bad("dynamicClientRegistration.enabled: Dynamic Client Registration is not supported by this build".into());
         }
         if self.signing.rotation_period_secs < 60 {
             return bad("signing.rotationPeriodSecs must be at least 60".into());

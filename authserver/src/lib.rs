@@ -1,5 +1,34 @@
 //! The OAuth 2.1 authorization server of mcp-authz.
+//!
+//! ```text
+//!  config (YAML/JSON, reloaded) ─▶ Snapshot ─┐      keys dir (keys.json + PEMs) ─▶ KeySet (signs at+jwt)
+//!                                            ▼                                        │
+//!  /authorize ─▶ login form ─▶ consent form ─▶ code ─▶ /token ─▶ access token (aud = one MCP resource)
+//!      │ clients: registered │ CIMD (cimd::Resolver)      │ refresh token (rotated, reuse revokes the grant)
+//!      ▼                                                  ▼
+//!  Store (SQLite WAL | PostgreSQL): requests, codes, grants, refresh tokens (hashed), consents, revocations, audit
+//! ```
+//!
+//! [`server::start`] runs both ports; [`config::AuthServerConfig`] is the contract with the operator.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
+pub mod authorize;
 pub mod cimd;
+pub mod client_auth;
+pub mod clients;
 pub mod config;
+pub mod introspect;
+pub mod keys;
+pub mod metadata;
+pub mod metrics;
+pub mod oauth_error;
+pub mod pages;
+pub mod params;
+pub mod passwords;
+pub mod secrets;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod token;

@@ -1,3 +1,92 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `mcp-authz-server --config FILE`: the authorization server. `mcp-authz-server hash-password`: an Argon2id hash.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mcp_authz_authserver::config::AuthServerConfig;
+use mcp_authz_authserver::{passwords, server};
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-authz-server",
+    version,
+    about = "The OAuth 2.1 authorization server of mcp-authz"
+)]
+struct Args {
+    /// The rendered config (YAML or JSON); reloaded when it changes.
+    #[arg(long, env = "MCP_AUTHZ_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reads a password on stdin and prints its Argon2id PHC string for `login.static.users[].passwordHash`.
+    HashPassword,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::HashPassword) = args.command {
+        let mut password = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut password)
+            .context("reading the password from stdin")?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!password.is_empty(), "empty password");
+        println!(
+            "{}",
+            passwords::hash_password(password).map_err(anyhow::Error::msg)?
+        );
+        return Ok(());
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let path = args
+        .config
+        .context("--config FILE (or MCP_AUTHZ_SERVER_CONFIG) is required")?;
+    let config =
+        AuthServerConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let running = server::start(config, Some(path)).await?;
+    let stop = running.state.clone();
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = async { let _ = &stop; std::future::pending::<()>().await } => {}
+    }
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or_default(),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or_default();
 }

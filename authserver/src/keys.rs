@@ -1,0 +1,511 @@
+//! Signing keys: the on-disk format shared with the operator, loading, self-managed rotation, JWS signing.
+//!
+//! The keys directory (a mounted Secret, or a local directory) holds `keys.json` ([`KeyIndex`]) and one PKCS#8 PEM
+//! per key. Each key carries the instants it starts signing (`activatesAt`), stops signing (`retiresAt`) and leaves
+//! the JWKS (`expiresAt` = `retiresAt` + the longest token lifetime). At any instant the server signs with the
+//! latest-activated key that has not retired, and publishes every key that has not expired: the next key is in the
+//! JWKS before it signs, and a retired key stays until every token it signed has expired.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Name of the index file in the keys directory.
+pub const INDEX_FILE: &str = "keys.json";
+
+/// Key problems; each stops the server from signing, so they surface at start and on reload.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("keys index is invalid: {0}")]
+    Index(String),
+    #[error("key {kid} is not a usable ES256 PKCS#8 key: {message}")]
+    BadKey { kid: String, message: String },
+    #[error("no key is active now (index has {0} keys)")]
+    NoActiveKey(usize),
+    #[error("cannot write keys: {0}")]
+    Write(String),
+}
+
+impl KeyError {
+    /// A low-cardinality reason for Prometheus.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            KeyError::Read { .. } => "read",
+            KeyError::Index(_) => "index",
+            KeyError::BadKey { .. } => "bad_key",
+            KeyError::NoActiveKey(_) => "no_active_key",
+            KeyError::Write(_) => "write",
+        }
+    }
+}
+
+/// The state of a key at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyState {
+    Next,
+    Active,
+    Retiring,
+}
+
+/// One key of the index. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// JWS algorithm (`ES256`).
+    pub alg: String,
+    /// File in the directory holding the PKCS#8 PEM private key.
+    pub file: String,
+    /// State when the index was written (informative: the instants below decide).
+    pub state: KeyState,
+    pub created_at: u64,
+    pub activates_at: u64,
+    pub retires_at: u64,
+    pub expires_at: u64,
+}
+
+impl KeyRecord {
+    /// The key's state at `now`, or `None` once it has expired.
+    pub fn state_at(&self, now: u64) -> Option<KeyState> {
+        if now >= self.expires_at {
+            None
+        } else if now >= self.retires_at {
+            Some(KeyState::Retiring)
+        } else if now >= self.activates_at {
+            Some(KeyState::Active)
+        } else {
+            Some(KeyState::Next)
+        }
+    }
+}
+
+/// The index file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyIndex {
+    pub keys: Vec<KeyRecord>,
+}
+
+/// One loaded key.
+pub struct LoadedKey {
+    pub record: KeyRecord,
+    pair: EcdsaKeyPair,
+    /// The public JWK (with `kid`, `alg`, `use`).
+    pub jwk: Value,
+}
+
+/// The keys in force at one instant: who signs, who is published.
+pub struct KeySet {
+    signer: Arc<LoadedKey>,
+    published: Vec<Arc<LoadedKey>>,
+    by_kid: HashMap<String, Arc<LoadedKey>>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("signer", &self.signer.record.kid)
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// Reads the directory and picks the keys in force at `now`.
+    pub fn load(dir: &Path, now: u64) -> Result<Self, KeyError> {
+        let index = read_index(dir)?;
+        let mut published = Vec::new();
+        for record in index.keys.iter().filter(|k| k.state_at(now).is_some()) {
+            if record.alg != "ES256" {
+                return Err(KeyError::BadKey {
+                    kid: record.kid.clone(),
+                    message: format!("algorithm {}", record.alg),
+                });
+            }
+            if record.file.contains('/') || record.file.starts_with('.') {
+                return Err(KeyError::Index(format!(
+                    "file name {:?} must be a plain name",
+                    record.file
+                )));
+            }
+            let path = dir.join(&record.file);
+            let pem = std::fs::read_to_string(&path).map_err(|e| KeyError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            published.push(Arc::new(load_key(record.clone(), &pem)?));
+        }
+        let signer = published
+            .iter()
+            .filter(|k| k.record.state_at(now) == Some(KeyState::Active))
+            .max_by_key(|k| k.record.activates_at)
+            .cloned()
+            .ok_or(KeyError::NoActiveKey(index.keys.len()))?;
+        let by_kid = published
+            .iter()
+            .map(|k| (k.record.kid.clone(), k.clone()))
+            .collect();
+        Ok(KeySet {
+            signer,
+            published,
+            by_kid,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The JWK Set to publish: next, active and retiring keys.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": self.published.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+    }
+
+    /// The signing key's record.
+    pub fn signer(&self) -> &KeyRecord {
+        &self.signer.record
+    }
+
+    /// Signs `claims` as a compact JWS with header `typ`.
+    pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, KeyError> {
+        let header = json!({ "alg": "ES256", "typ": typ, "kid": self.signer.record.kid });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self
+            .signer
+            .pair
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| KeyError::BadKey {
+                kid: self.signer.record.kid.clone(),
+                message: "signing failed".into(),
+            })?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        ))
+    }
+
+    /// Verifies a compact JWS signed by one of the published keys and returns its header and claims.
+    /// Only the signature is checked here: the caller decides on `exp`, `iss` and the rest.
+    pub fn verify(&self, token: &str) -> Option<(Value, Value)> {
+        if token.len() > 16 * 1024 {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+        if header.get("alg")?.as_str()? != "ES256" {
+            return None;
+        }
+        let key = self.by_kid.get(header.get("kid")?.as_str()?)?;
+        let signature = URL_SAFE_NO_PAD.decode(s).ok()?;
+        let public =
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.pair.public_key().as_ref());
+        public
+            .verify(format!("{h}.{c}").as_bytes(), &signature)
+            .ok()?;
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+        Some((header, claims))
+    }
+}
+
+fn read_index(dir: &Path) -> Result<KeyIndex, KeyError> {
+    let path = dir.join(INDEX_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| KeyError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| KeyError::Index(e.to_string()))
+}
+
+fn load_key(record: KeyRecord, pem: &str) -> Result<LoadedKey, KeyError> {
+    let bad = |message: String| KeyError::BadKey {
+        kid: record.kid.clone(),
+        message,
+    };
+    let der = pem_body(pem, "PRIVATE KEY").ok_or_else(|| bad("no PRIVATE KEY PEM block".into()))?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+        .map_err(|e| bad(e.to_string()))?;
+    let point = pair.public_key().as_ref();
+    let (jwk, kid) = public_jwk(point).ok_or_else(|| bad("not a P-256 public point".into()))?;
+    if kid != record.kid {
+        return Err(bad(format!(
+            "kid does not match the key's thumbprint {kid}"
+        )));
+    }
+    let mut jwk = jwk;
+    jwk["kid"] = json!(kid);
+    jwk["alg"] = json!("ES256");
+    jwk["use"] = json!("sig");
+    Ok(LoadedKey { record, pair, jwk })
+}
+
+/// The public JWK (`kty`, `crv`, `x`, `y`) of an uncompressed P-256 point, and its RFC 7638 thumbprint.
+pub fn public_jwk(point: &[u8]) -> Option<(Value, String)> {
+    if point.len() != 65 || point[0] != 4 {
+        return None;
+    }
+    let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+    let y = URL_SAFE_NO_PAD.encode(&point[33..]);
+    // RFC 7638: the required members, lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
+    Some((json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y }), kid))
+}
+
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let b64: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    STANDARD.decode(b64).ok()
+}
+
+/// A fresh ES256 key as PKCS#8 PEM, with its thumbprint.
+pub fn generate_es256() -> Result<(String, String), KeyError> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|e| KeyError::Write(e.to_string()))?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+        .map_err(|e| KeyError::Write(e.to_string()))?;
+    let (_, kid) = public_jwk(pair.public_key().as_ref())
+        .ok_or_else(|| KeyError::Write("bad point".into()))?;
+    let b64 = STANDARD.encode(pkcs8.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok((pem, kid))
+}
+
+/// What self-managed rotation should do at `now` (a pure function of the index): the slot of a key to generate,
+/// if any. `lead` is the longest token lifetime: a successor is published that long before it signs.
+pub fn plan_self_managed(index: &KeyIndex, now: u64, period: u64, lead: u64) -> Option<(u64, u64)> {
+    let live: Vec<&KeyRecord> = index
+        .keys
+        .iter()
+        .filter(|k| k.state_at(now).is_some())
+        .collect();
+    let signer = live
+        .iter()
+        .filter(|k| k.state_at(now) == Some(KeyState::Active))
+        .max_by_key(|k| k.activates_at);
+    match signer {
+        None if live.iter().any(|k| k.state_at(now) == Some(KeyState::Next)) => None,
+        // Nothing signs and nothing is waiting: nothing was published that could need protecting, sign at once.
+        None => Some((now, now.saturating_add(period))),
+        Some(active) => {
+            let has_successor = live.iter().any(|k| k.activates_at > active.activates_at);
+            if has_successor || now.saturating_add(lead) < active.retires_at {
+                None
+            } else {
+                let activates = active.retires_at.max(now.saturating_add(lead));
+                Some((activates, activates.saturating_add(period)))
+            }
+        }
+    }
+}
+
+/// Self-managed mode: generates the keys the plan asks for, drops expired ones, and writes the index atomically.
+/// Returns whether anything changed. Several replicas must not share a self-managed directory.
+pub fn rotate_self_managed(dir: &Path, now: u64, period: u64, lead: u64) -> Result<bool, KeyError> {
+    std::fs::create_dir_all(dir).map_err(|e| KeyError::Write(e.to_string()))?;
+    let mut index = if dir.join(INDEX_FILE).exists() {
+        read_index(dir)?
+    } else {
+        KeyIndex::default()
+    };
+    let before = index.clone();
+    let mut changed = false;
+    while let Some((activates_at, retires_at)) = plan_self_managed(&index, now, period, lead) {
+        let (pem, kid) = generate_es256()?;
+        let file = format!("{kid}.pem");
+        write_file(&dir.join(&file), pem.as_bytes())?;
+        if let Some(signer) = index
+            .keys
+            .iter_mut()
+            .filter(|k| k.state_at(now) == Some(KeyState::Active))
+            .max_by_key(|k| k.activates_at)
+        {
+            // The signer hands over exactly when the successor starts; when the server was down past the planned
+            // switch this extends the signer, so the successor is never used before it was published long enough.
+            signer.retires_at = activates_at;
+            signer.expires_at = activates_at.saturating_add(lead);
+        }
+        index.keys.push(KeyRecord {
+            kid,
+            alg: "ES256".into(),
+            file,
+            state: if activates_at <= now {
+                KeyState::Active
+            } else {
+                KeyState::Next
+            },
+            created_at: now,
+            activates_at,
+            retires_at,
+            expires_at: retires_at.saturating_add(lead),
+        });
+        changed = true;
+    }
+    for expired in index.keys.iter().filter(|k| k.state_at(now).is_none()) {
+        let _ = std::fs::remove_file(dir.join(&expired.file));
+    }
+    index.keys.retain(|k| k.state_at(now).is_some());
+    for k in &mut index.keys {
+        if let Some(state) = k.state_at(now) {
+            k.state = state;
+        }
+    }
+    if changed || index != before {
+        let text =
+            serde_json::to_string_pretty(&index).map_err(|e| KeyError::Write(e.to_string()))?;
+        write_file(&dir.join(INDEX_FILE), text.as_bytes())?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| KeyError::Write(format!("{}: {e}", tmp.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| KeyError::Write(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn first_rotation_makes_a_signing_key_then_a_successor_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = 1_000_000;
+        assert!(rotate_self_managed(dir.path(), t0, 30 * DAY, 600).unwrap());
+        let set = KeySet::load(dir.path(), t0).unwrap();
+        assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 1);
+        let first = set.signer().kid.clone();
+        assert!(!rotate_self_managed(dir.path(), t0 + DAY, 30 * DAY, 600).unwrap());
+        // Within one token lifetime of retiring: the successor is published but does not sign yet.
+        let t1 = t0 + 30 * DAY - 500;
+        assert!(rotate_self_managed(dir.path(), t1, 30 * DAY, 600).unwrap());
+        let set = KeySet::load(dir.path(), t1).unwrap();
+        assert_eq!(set.signer().kid, first);
+        assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 2);
+        // After the switch, the old key is still published until its tokens have expired.
+        let t2 = t0 + 30 * DAY + 1 + 100;
+        rotate_self_managed(dir.path(), t2, 30 * DAY, 600).unwrap();
+        let set = KeySet::load(dir.path(), t2).unwrap();
+        assert_ne!(set.signer().kid, first);
+        assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 2);
+        let t3 = t0 + 30 * DAY + 100 + 600;
+        rotate_self_managed(dir.path(), t3, 30 * DAY, 600).unwrap();
+        let set = KeySet::load(dir.path(), t3).unwrap();
+        assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_late_start_publishes_before_signing() {
+        let index = KeyIndex {
+            keys: vec![KeyRecord {
+                kid: "a".into(),
+                alg: "ES256".into(),
+                file: "a.pem".into(),
+                state: KeyState::Active,
+                created_at: 0,
+                activates_at: 0,
+                retires_at: 1000,
+                expires_at: 1600,
+            }],
+        };
+        // Woke 100 s before the signer retires with a 600 s lead: the successor waits the whole lead.
+        assert_eq!(
+            plan_self_managed(&index, 900, 5000, 600),
+            Some((1500, 6500))
+        );
+        assert_eq!(plan_self_managed(&index, 100, 5000, 600), None);
+    }
+
+    #[test]
+    fn signs_and_verifies_and_refuses_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        rotate_self_managed(dir.path(), 10, DAY, 600).unwrap();
+        let set = KeySet::load(dir.path(), 10).unwrap();
+        let token = set.sign("at+jwt", &json!({"sub": "alice"})).unwrap();
+        let (header, claims) = set.verify(&token).unwrap();
+        assert_eq!(header["typ"], "at+jwt");
+        assert_eq!(claims["sub"], "alice");
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(r#"{"sub":"mallory"}"#);
+        parts[1] = &forged;
+        assert!(set.verify(&parts.join(".")).is_none());
+        assert!(set.verify("a.b").is_none());
+        assert!(set.verify("").is_none());
+    }
+
+    #[test]
+    fn refuses_a_kid_that_is_not_the_thumbprint_and_an_index_without_active_key() {
+        let dir = tempfile::tempdir().unwrap();
+        rotate_self_managed(dir.path(), 10, DAY, 600).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
+        let mut index: KeyIndex = serde_json::from_str(&text).unwrap();
+        let real = index.keys[0].kid.clone();
+        std::fs::copy(
+            dir.path().join(&index.keys[0].file),
+            dir.path().join("other.pem"),
+        )
+        .unwrap();
+        index.keys[0].kid = "other".into();
+        index.keys[0].file = "other.pem".into();
+        std::fs::write(
+            dir.path().join(INDEX_FILE),
+            serde_json::to_string(&index).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            KeySet::load(dir.path(), 10),
+            Err(KeyError::BadKey { .. })
+        ));
+        index.keys[0].kid = real;
+        index.keys[0].activates_at = 100;
+        std::fs::write(
+            dir.path().join(INDEX_FILE),
+            serde_json::to_string(&index).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            KeySet::load(dir.path(), 10),
+            Err(KeyError::NoActiveKey(1))
+        ));
+    }
+}

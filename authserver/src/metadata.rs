@@ -1,0 +1,65 @@
+//! RFC 8414 authorization server metadata (also served as OIDC discovery) and the JWKS.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::state::{AppState, Snapshot};
+
+/// The metadata document of `snapshot`.
+pub fn document(snapshot: &Snapshot) -> Value {
+    let c = &snapshot.config;
+    let issuer = &c.issuer;
+    let auth_methods = ["none", "private_key_jwt"];
+    let doc = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "introspection_endpoint": format!("{issuer}/introspect"),
+        "revocation_endpoint": format!("{issuer}/revoke"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": c.scopes.iter().map(|s| s.value.as_str()).collect::<Vec<_>>(),
+        "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": snapshot.cimd.is_some(),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    });
+    // `registration_endpoint` is absent: Dynamic Client Registration is off (config validation refuses turning it
+    // on until it is built).
+    doc
+}
+
+fn json_cached(body: Value, max_age: u32) -> Response {
+    let mut r = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+/// GET the metadata (both well-known names, with and without the issuer's path inserted).
+pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.outcome("metadata", "ok");
+    json_cached(document(&state.snapshot()), 300)
+}
+
+/// GET `/jwks`: next, active and retiring keys. Short cache: verifiers must see a new key before it signs.
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.outcome("jwks", "ok");
+    json_cached(state.keys().jwks(), 60)
+}

@@ -1,0 +1,102 @@
+//! Prometheus metrics, all named `mcp_authz_authserver_*`, with low-cardinality labels only.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The server's metrics and their registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by endpoint and outcome (`ok` or an OAuth error code / refusal reason).
+    pub requests: IntCounterVec,
+    /// Tokens issued by grant type.
+    pub tokens_issued: IntCounterVec,
+    /// Handling latency by endpoint.
+    pub latency: HistogramVec,
+    /// Age of the key that signs now.
+    pub signing_key_age: IntGauge,
+    /// Config reloads by outcome.
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_requests_total",
+                "Requests by endpoint and outcome",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect("static metric definition");
+        let tokens_issued = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_tokens_issued_total",
+                "Access tokens issued by grant type",
+            ),
+            &["grant_type"],
+        )
+        .expect("static metric definition");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "mcp_authz_authserver_request_duration_seconds",
+                "Request handling time by endpoint",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["endpoint"],
+        )
+        .expect("static metric definition");
+        let signing_key_age = IntGauge::new(
+            "mcp_authz_authserver_signing_key_age_seconds",
+            "Seconds since the key that signs now became active",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_config_reloads_total",
+                "Config and key reloads by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tokens_issued.clone()),
+            Box::new(latency.clone()),
+            Box::new(signing_key_age.clone()),
+            Box::new(reloads.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            tokens_issued,
+            latency,
+            signing_key_age,
+            reloads,
+        }
+    }
+
+    /// Counts one request outcome.
+    pub fn outcome(&self, endpoint: &str, outcome: &str) {
+        self.requests.with_label_values(&[endpoint, outcome]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,153 @@
+//! OAuth errors as values that render themselves: JSON at the token-style endpoints, a redirect with `error`,
+//! `state` and `iss` at `/authorize`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The `error` codes we answer with (RFC 6749 §4.1.2.1 and §5.2, RFC 8707, RFC 7009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    UnsupportedResponseType,
+    InvalidScope,
+    InvalidTarget,
+    AccessDenied,
+    ServerError,
+    TemporarilyUnavailable,
+    UnsupportedTokenType,
+    InvalidClientMetadata,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::UnauthorizedClient => "unauthorized_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::UnsupportedResponseType => "unsupported_response_type",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::ServerError => "server_error",
+            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            ErrorCode::UnsupportedTokenType => "unsupported_token_type",
+            ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
+        }
+    }
+
+    /// Parses a code produced elsewhere (the CIMD module reports its own).
+    pub fn from_code(code: &str) -> ErrorCode {
+        match code {
+            "invalid_client" => ErrorCode::InvalidClient,
+            "invalid_grant" => ErrorCode::InvalidGrant,
+            "unauthorized_client" => ErrorCode::UnauthorizedClient,
+            "invalid_scope" => ErrorCode::InvalidScope,
+            "invalid_target" => ErrorCode::InvalidTarget,
+            "access_denied" => ErrorCode::AccessDenied,
+            "temporarily_unavailable" => ErrorCode::TemporarilyUnavailable,
+            "server_error" => ErrorCode::ServerError,
+            "invalid_client_metadata" => ErrorCode::InvalidClientMetadata,
+            _ => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// An OAuth error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {description}", code.as_str())]
+pub struct OAuthError {
+    pub code: ErrorCode,
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        OAuthError {
+            code,
+            description: description.into(),
+        }
+    }
+    pub fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, d)
+    }
+    pub fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidClient, d)
+    }
+    pub fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidGrant, d)
+    }
+    pub fn unavailable() -> Self {
+        Self::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the server cannot reach its store; retry shortly",
+        )
+    }
+
+    /// The low-cardinality reason for Prometheus.
+    pub fn metric_label(&self) -> &'static str {
+        self.code.as_str()
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        OAuthError::unavailable()
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({ "error": self.code.as_str(), "error_description": self.description });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_become_invalid_request() {
+        for code in [
+            ErrorCode::InvalidClient,
+            ErrorCode::InvalidTarget,
+            ErrorCode::InvalidScope,
+            ErrorCode::AccessDenied,
+        ] {
+            assert_eq!(ErrorCode::from_code(code.as_str()), code);
+        }
+        assert_eq!(ErrorCode::from_code("bogus"), ErrorCode::InvalidRequest);
+        assert_eq!(
+            OAuthError::invalid_client("x").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            OAuthError::invalid_grant("x").status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

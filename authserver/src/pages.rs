@@ -1,0 +1,168 @@
+//! Server-rendered HTML: the login and consent forms (no JavaScript) and the error page for errors that must not
+//! redirect. Everything interpolated is escaped.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+/// HTML-escapes text for element content and quoted attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>body{{font-family:sans-serif;max-width:36em;margin:2em auto;padding:0 1em}}\
+         .warn{{background:#fff3cd;padding:.5em;border:1px solid #e0c060}} .err{{color:#a00}}</style></head>\
+         <body><h1>{}</h1>\n{body}\n</body></html>\n",
+        escape(title),
+        escape(title)
+    );
+    let mut response = (status, Html(html)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The forms must never be framed by another site (clickjacking of the consent button).
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// An error shown to the person instead of redirecting (unknown client, bad redirect URI, broken form).
+pub fn error_page(status: StatusCode, error: &str, description: &str) -> Response {
+    page(
+        status,
+        "Authorization error",
+        &format!(
+            "<p class=\"err\" id=\"error\" data-error=\"{}\">{}</p><p id=\"error_description\">{}</p>",
+            escape(error),
+            escape(error),
+            escape(description)
+        ),
+    )
+}
+
+/// The login form.
+pub fn login_page(
+    request_id: &str,
+    csrf: &str,
+    client_name: &str,
+    problem: Option<&str>,
+) -> Response {
+    let problem = problem
+        .map(|p| format!("<p class=\"err\" id=\"login_error\">{}</p>", escape(p)))
+        .unwrap_or_default();
+    let status = if problem.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    page(
+        status,
+        "Sign in",
+        &format!(
+            "<p>Sign in to continue to <strong>{}</strong>.</p>{problem}\
+             <form method=\"post\" action=\"login\">\
+             <input type=\"hidden\" name=\"request_id\" value=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <p><label>Username <input name=\"username\" autocomplete=\"username\" required></label></p>\
+             <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+             <p><button type=\"submit\">Sign in</button></p></form>",
+            escape(client_name),
+            escape(request_id),
+            escape(csrf)
+        ),
+    )
+}
+
+/// What the consent page shows.
+pub struct ConsentView<'a> {
+    pub request_id: &'a str,
+    pub csrf: &'a str,
+    pub client_name: &'a str,
+    pub client_id_host: &'a str,
+    pub redirect_host: &'a str,
+    pub all_loopback: bool,
+    pub resource_name: &'a str,
+    pub resource: &'a str,
+    /// `(value, description, sensitive)`.
+    pub scopes: Vec<(&'a str, &'a str, bool)>,
+    pub subject: &'a str,
+}
+
+/// The consent form.
+pub fn consent_page(v: &ConsentView<'_>) -> Response {
+    let warning = if v.all_loopback {
+        "<p class=\"warn\" id=\"loopback_warning\">This client only redirects to your own computer (a loopback \
+         address). Anyone can run a program that claims this name: continue only if you started it yourself.</p>"
+    } else {
+        ""
+    };
+    let scopes: String = v
+        .scopes
+        .iter()
+        .map(|(value, description, sensitive)| {
+            format!(
+                "<li><strong>{}</strong>{} <code>{}</code></li>",
+                escape(description),
+                if *sensitive { " (sensitive)" } else { "" },
+                escape(value)
+            )
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        "Allow access?",
+        &format!(
+            "<p>Signed in as <strong>{}</strong>.</p>\
+             <p><strong id=\"client_name\">{}</strong> (<span id=\"client_id_host\">{}</span>) wants to access \
+             <strong>{}</strong> (<code>{}</code>).</p>\
+             <p>After you decide, you will be sent to <strong id=\"redirect_host\">{}</strong>.</p>{warning}\
+             <p>It asks to:</p><ul id=\"scopes\">{scopes}</ul>\
+             <form method=\"post\" action=\"consent\">\
+             <input type=\"hidden\" name=\"request_id\" value=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\" name=\"decision\" value=\"approve\">Allow</button> \
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+            escape(v.subject),
+            escape(v.client_name),
+            escape(v.client_id_host),
+            escape(v.resource_name),
+            escape(v.resource),
+            escape(v.redirect_host),
+            escape(v.request_id),
+            escape(v.csrf)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! Wiring: the store, the keys, both listeners, and the maintenance loop (config reload, key reload and
+//! self-managed rotation, purging expired rows).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthServerConfig, ConfigError};
+use crate::keys::{self, KeyError, KeySet};
+use crate::oauth_error::OAuthError;
+use crate::state::{AppState, ReloadError, Snapshot};
+use crate::store::{SqlStore, Store, StoreError};
+use crate::{admin, authorize, introspect, metadata, token};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ServerError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ServerError::Config(e) => e.metric_label(),
+            ServerError::Keys(e) => e.metric_label(),
+            ServerError::Store(e) => e.metric_label(),
+            ServerError::Listen { .. } => "listen",
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Opens the configured store (and migrates it).
+pub async fn open_store(config: &AuthServerConfig) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(pg) = &config.storage.postgres {
+        let url = match (&pg.url_file, &pg.url_env) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot read {}: {e}", file.display()))
+                })?
+                .trim()
+                .to_owned(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                StoreError::Unavailable(format!("environment variable {var} is not set"))
+            })?,
+            (None, None) => {
+                return Err(StoreError::Unavailable(
+                    "postgres needs urlFile or urlEnv".into(),
+                ));
+            }
+        };
+        return Ok(Arc::new(
+            SqlStore::open_postgres(&url, pg.max_connections).await?,
+        ));
+    }
+    let path = config
+        .storage
+        .sqlite
+        .as_ref()
+        .map(|s| s.path.clone())
+        .unwrap_or_default();
+    Ok(Arc::new(SqlStore::open_sqlite(&path).await?))
+}
+
+/// The longest an access token can live: how long a key is published before it signs and after it retires.
+fn key_lead(config: &AuthServerConfig) -> u64 {
+    config.tokens.access_token_secs.max(60)
+}
+
+/// Loads the keys in force now, rotating them first in self-managed mode.
+pub fn load_keys(config: &AuthServerConfig) -> Result<KeySet, KeyError> {
+    let now = unix_now();
+    let signing = &config.signing;
+    if signing.self_managed {
+        keys::rotate_self_managed(
+            &signing.keys_dir,
+            now,
+            signing.rotation_period_secs,
+            key_lead(config),
+        )?;
+    }
+    KeySet::load(&signing.keys_dir, now)
+}
+
+/// The OAuth router (public port).
+pub fn oauth_router(state: Arc<AppState>) -> Router {
+    let snapshot = state.snapshot();
+    let issuer_path = url::Url::parse(&snapshot.config.issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let endpoints = Router::new()
+        .route("/authorize", get(authorize::authorize))
+        .route("/login", post(authorize::login))
+        .route("/consent", post(authorize::consent))
+        .route("/token", post(token::token))
+        .route("/introspect", post(introspect::introspect))
+        .route("/revoke", post(introspect::revoke))
+        .route("/jwks", get(metadata::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(metadata::metadata));
+    let mut router = if issuer_path.is_empty() {
+        endpoints
+    } else {
+        // RFC 8414 §3.1: the well-known name is inserted before the issuer's path; OIDC appends it.
+        Router::new()
+            .nest(&issuer_path, endpoints)
+            .route(
+                &format!("/.well-known/oauth-authorization-server{issuer_path}"),
+                get(metadata::metadata),
+            )
+            .route(
+                &format!("/.well-known/openid-configuration{issuer_path}"),
+                get(metadata::metadata),
+            )
+    };
+    router = router.fallback(not_found);
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The admin router (admin port).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/admin/grants", get(admin::list_grants))
+        .route("/admin/grants/revoke", post(admin::revoke_grants))
+        .route("/admin/audit", get(admin::recent_audit))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": "not_found" })),
+    )
+        .into_response()
+}
+
+/// Latency per endpoint (a fixed label set: the path's last segment when it is one of ours).
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let endpoint = [
+        "authorize",
+        "login",
+        "consent",
+        "token",
+        "introspect",
+        "revoke",
+        "jwks",
+    ]
+    .into_iter()
+    .find(|e| path.ends_with(&format!("/{e}")))
+    .unwrap_or(if path.contains("/.well-known/") {
+        "metadata"
+    } else {
+        "other"
+    });
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if endpoint != "token" {
+        // The token handler measures itself, so its figure excludes nothing here.
+        state
+            .metrics
+            .latency
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if response.status().is_server_error() && response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(endpoint, status = %response.status(), "server error");
+    }
+    response
+}
+
+/// A running server. Dropping it stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves when the server stops (a listener failed, or `stop` was called elsewhere).
+    pub async fn wait(mut self) {
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the server from a config (already validated) that came from `config_path`, if any.
+pub async fn start(
+    config: AuthServerConfig,
+    config_path: Option<PathBuf>,
+) -> Result<Running, ServerError> {
+    if config.login.upstream_oidc.is_some() {
+        return Err(ConfigError::Invalid(
+            "login.upstreamOidc is not supported by this build yet; use static users".into(),
+        )
+        .into());
+    }
+    let snapshot = Snapshot::build(config, None)?;
+    let keys = load_keys(&snapshot.config)?;
+    let store = open_store(&snapshot.config).await?;
+    let (listen, admin_listen) = (snapshot.config.listen, snapshot.config.admin_listen);
+    let state = Arc::new(AppState::new(snapshot, keys, store, config_path));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let admin_listener =
+        TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: admin_listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: admin_listen,
+            source,
+        })?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (listener, router) in [
+        (listener, oauth_router(state.clone())),
+        (admin_listener, admin_router(state.clone())),
+    ] {
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "listener failed");
+            }
+            stop.cancel();
+        }));
+    }
+    tasks.push(tokio::spawn(maintain(state.clone(), shutdown.clone())));
+    tracing::info!(%addr, %admin_addr, issuer = %state.snapshot().config.issuer, "authorization server started");
+    Ok(Running {
+        addr,
+        admin_addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Re-reads the config file; on any error the running config stays in force.
+pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
+    let config = AuthServerConfig::load(path)?;
+    let previous = state.snapshot();
+    if config.listen != previous.config.listen
+        || config.admin_listen != previous.config.admin_listen
+    {
+        tracing::warn!("listen addresses changed: they take effect at the next restart");
+    }
+    if config.storage != previous.config.storage {
+        tracing::warn!("storage changed: it takes effect at the next restart");
+    }
+    if config.login.upstream_oidc.is_some() {
+        return Err(ConfigError::Invalid(
+            "login.upstreamOidc is not supported by this build yet".into(),
+        )
+        .into());
+    }
+    let keys = load_keys(&config)?;
+    let snapshot = Snapshot::build(config, Some(&previous))?;
+    state.replace_keys(keys);
+    state.replace_snapshot(snapshot);
+    Ok(())
+}
+
+/// Every 2 s: reload the config when its file changed. Every 10 s: reload (and rotate) keys. Every 10 min: purge.
+async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut stamp = state.config_path.as_deref().and_then(file_stamp);
+    let mut tick: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        tick += 1;
+        if let Some(path) = state.config_path.clone() {
+            let now_stamp = file_stamp(&path);
+            if now_stamp.is_some() && now_stamp != stamp {
+                stamp = now_stamp;
+                match reload_config(&state, &path) {
+                    Ok(()) => {
+                        state.metrics.reloads.with_label_values(&["ok"]).inc();
+                        tracing::info!(path = %path.display(), "config reloaded");
+                    }
+                    Err(e) => {
+                        state
+                            .metrics
+                            .reloads
+                            .with_label_values(&[e.metric_label()])
+                            .inc();
+                        tracing::error!(error = %e, "config reload refused; the previous config stays in force");
+                    }
+                }
+            }
+        }
+        if tick.is_multiple_of(5) {
+            let config = state.snapshot().config.clone();
+            match tokio::task::spawn_blocking(move || load_keys(&config)).await {
+                Ok(Ok(keys)) => state.replace_keys(keys),
+                Ok(Err(e)) => {
+                    state
+                        .metrics
+                        .reloads
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                    tracing::error!(error = %e, "key reload failed; the previous keys stay in force");
+                }
+                Err(_) => {}
+            }
+        }
+        if tick % 300 == 1
+            && let Err(e) = state
+                .store
+                .purge_expired(crate::store::sql::now_secs())
+                .await
+        {
+            tracing::warn!(error = %e, "purge failed");
+        }
+    }
+}
+
+/// For handlers that need an OAuth error from a store error.
+pub fn store_error(e: StoreError) -> OAuthError {
+    e.into()
+}

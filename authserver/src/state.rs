@@ -1,0 +1,177 @@
+//! The server's shared state: the current config snapshot (swapped whole on reload, so a request in flight keeps
+//! the snapshot it started with), the keys in force, the store and the metrics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::cimd;
+use crate::config::{AuthServerConfig, ConfigError, StaticUser};
+use crate::keys::{KeyError, KeySet};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything derived from one config file.
+pub struct Snapshot {
+    pub config: AuthServerConfig,
+    /// Static users by username (inline and from `usersFile`).
+    pub users: HashMap<String, StaticUser>,
+    /// The admin bearer credential, when configured.
+    pub admin_token: Option<String>,
+    /// The CIMD resolver, when CIMD is enabled.
+    pub cimd: Option<cimd::Resolver>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("issuer", &self.config.issuer)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Builds the snapshot, reading the files the config points at. `previous` lends its CIMD resolver (and cache)
+    /// when the CIMD section did not change.
+    pub fn build(
+        config: AuthServerConfig,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
+        let mut users = HashMap::new();
+        if let Some(login) = &config.login.static_users {
+            let mut all = login.users.clone();
+            if let Some(file) = &login.users_file {
+                all.extend(read_users_file(file)?);
+            }
+            for user in all {
+                if !user.password_hash.starts_with("$argon2id$") {
+                    return Err(ConfigError::Invalid(format!(
+                        "user {:?}: passwordHash must be an Argon2id PHC string",
+                        user.username
+                    )));
+                }
+                users.insert(user.username.clone(), user);
+            }
+        }
+        let admin_token = match &config.admin.token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned();
+                if token.len() < 16 {
+                    return Err(ConfigError::Invalid(
+                        "admin token must be at least 16 characters".into(),
+                    ));
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        let cimd = if !config.cimd.enabled {
+            None
+        } else if let Some(prev) = previous
+            .filter(|p| p.config.cimd == config.cimd)
+            .and_then(|p| p.cimd.clone())
+        {
+            Some(prev)
+        } else {
+            Some(
+                cimd::Resolver::new(config.cimd.clone())
+                    .map_err(|e| ConfigError::Invalid(format!("cimd: {}", e.description())))?,
+            )
+        };
+        Ok(Snapshot {
+            config,
+            users,
+            admin_token,
+            cimd,
+        })
+    }
+}
+
+fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| ConfigError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    snapshot: RwLock<Arc<Snapshot>>,
+    keys: RwLock<Arc<KeySet>>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    /// The file the config came from (reloaded when it changes), if any.
+    pub config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    pub fn new(
+        snapshot: Snapshot,
+        keys: KeySet,
+        store: Arc<dyn Store>,
+        config_path: Option<PathBuf>,
+    ) -> Self {
+        AppState {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            keys: RwLock::new(Arc::new(keys)),
+            store,
+            metrics: Metrics::new(),
+            config_path,
+        }
+    }
+
+    /// The snapshot a request works with from start to end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace_snapshot(&self, snapshot: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+    }
+
+    pub fn replace_keys(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+}
+
+/// Reload failures keep the previous state in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl ReloadError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReloadError::Config(e) => e.metric_label(),
+            ReloadError::Keys(e) => e.metric_label(),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Schema migrations, shared by SQLite and PostgreSQL (the DDL uses only types and clauses both understand).
+//!
+//! Rolling-upgrade rule: migrations are additive only (new tables, new nullable columns, new indexes), so a replica
+//! running an older release keeps working against a newer schema. A replica never migrates down: it runs the
+//! migrations it knows that are missing and leaves newer ones alone. On PostgreSQL an advisory lock makes
+//! concurrent replicas take turns, and `schema_version` rows make each step run once.
+
+use sqlx::AnyConnection;
+use sqlx::{Connection, Row};
+
+use super::StoreError;
+
+/// Arbitrary constant naming our advisory lock (`pg_advisory_lock` takes a bigint).
+const PG_LOCK_KEY: i64 = 0x6d63_705f_617a_0001;
+
+/// `(version, statements)`, in order. Never edit a released step: add a new one.
+pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS auth_requests (
+            id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS grants (
+            id TEXT PRIMARY KEY, subject TEXT NOT NULL, client_id TEXT NOT NULL, resource TEXT NOT NULL,
+            scopes TEXT NOT NULL, grant_type TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+            revoked_at BIGINT, revoked_reason TEXT)",
+        "CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject)",
+        "CREATE INDEX IF NOT EXISTS grants_client ON grants (client_id)",
+        "CREATE INDEX IF NOT EXISTS grants_resource ON grants (resource)",
+        "CREATE TABLE IF NOT EXISTS codes (
+            code_hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, client_id TEXT NOT NULL, redirect_uri TEXT NOT NULL,
+            code_challenge TEXT NOT NULL, expires_at BIGINT NOT NULL, used BIGINT NOT NULL DEFAULT 0)",
+        "CREATE TABLE IF NOT EXISTS refresh_tokens (
+            token_hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, expires_at BIGINT NOT NULL,
+            used BIGINT NOT NULL DEFAULT 0)",
+        "CREATE INDEX IF NOT EXISTS refresh_tokens_grant ON refresh_tokens (grant_id)",
+        "CREATE TABLE IF NOT EXISTS access_tokens (
+            jti TEXT PRIMARY KEY, grant_id TEXT NOT NULL, expires_at BIGINT NOT NULL, revoked_at BIGINT)",
+        "CREATE INDEX IF NOT EXISTS access_tokens_grant ON access_tokens (grant_id)",
+        "CREATE TABLE IF NOT EXISTS consents (
+            subject TEXT NOT NULL, client_id TEXT NOT NULL, resource TEXT NOT NULL, scopes TEXT NOT NULL,
+            granted_at BIGINT NOT NULL, PRIMARY KEY (subject, client_id, resource, scopes))",
+        "CREATE TABLE IF NOT EXISTS assertion_ids (
+            client_id TEXT NOT NULL, jti TEXT NOT NULL, expires_at BIGINT NOT NULL, PRIMARY KEY (client_id, jti))",
+        "CREATE TABLE IF NOT EXISTS sessions (
+            id_hash TEXT PRIMARY KEY, subject TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS audit_events (
+            at BIGINT NOT NULL, event TEXT NOT NULL, subject TEXT, client_id TEXT, resource TEXT,
+            scopes TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at)",
+    ],
+)];
+
+/// The newest schema this build knows.
+pub fn known_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// Brings the schema up to [`known_version`]; returns the version found in the database afterwards (which may be
+/// newer than ours during a rolling upgrade).
+pub async fn migrate(conn: &mut AnyConnection) -> Result<i64, StoreError> {
+    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
+    if postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PG_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = migrate_locked(conn, postgres).await;
+    if postgres {
+        // Unlock even when migrating failed; the session ending would release it too.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_LOCK_KEY)
+            .execute(&mut *conn)
+            .await;
+    }
+    result
+}
+
+async fn migrate_locked(conn: &mut AnyConnection, postgres: bool) -> Result<i64, StoreError> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute(&mut *conn)
+        .await?;
+    let current = current_version(conn).await?;
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        // SQLite: take the write lock up front so two processes cannot interleave a step.
+        let mut tx = if postgres {
+            conn.begin().await?
+        } else {
+            conn.begin_with("BEGIN IMMEDIATE").await?
+        };
+        for statement in *statements {
+            sqlx::query(*statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Migration(format!("step {version}: {e}")))?;
+        }
+        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(version)
+            .bind(super::sql::now_secs())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    current_version(conn).await
+}
+
+async fn current_version(conn: &mut AnyConnection) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get::<i64, _>("v")?)
+}

@@ -1,0 +1,258 @@
+//! Storage behind one trait: authorization requests, codes, grants, refresh tokens (hashed), access token ids,
+//! consents, client assertion ids, login sessions, revocations and audit events.
+//!
+//! ```text
+//!  auth_request ──login/consent──▶ code ──/token──▶ grant ◀── refresh_token (rotates, hashed)
+//!                                   │ replay ──────▶ revoke grant        ▲ reuse ──▶ revoke grant
+//!                                   └──────────────▶ access_token (jti) ─┘ (introspection, revocation)
+//! ```
+//!
+//! One SQL implementation ([`sql::SqlStore`]) serves both SQLite (embedded, WAL) and PostgreSQL (several
+//! replicas); the dialects differ only in their migrations. Secrets (codes, refresh tokens, session ids) are
+//! stored as SHA-256 hashes, so a copy of the database does not let anyone redeem them.
+
+pub mod migrations;
+pub mod sql;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use sql::SqlStore;
+
+/// Store failures. The HTTP layer turns `Unavailable` into a 503 `temporarily_unavailable`, never a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store migration failed: {0}")]
+    Migration(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A low-cardinality reason for Prometheus.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Migration(_) => "store_migration",
+            StoreError::Corrupt(_) => "store_corrupt",
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub type Timestamp = i64;
+
+/// An authorization request between `/authorize` and the code: what the client asked, and who logged in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRequest {
+    pub id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub code_challenge: String,
+    /// The subject once someone logged in.
+    pub subject: Option<String>,
+    /// Binds the forms to the browser that started the request (cookie, hidden field and row must agree).
+    pub csrf: String,
+    /// The PKCE verifier and nonce of the upstream OIDC leg, when login is federated.
+    pub upstream_verifier: Option<String>,
+    pub expires_at: Timestamp,
+}
+
+/// An issued authorization code (stored by hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub code_hash: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub expires_at: Timestamp,
+}
+
+/// What redeeming a code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRedemption {
+    /// First use: the code is now spent.
+    Redeemed(CodeRecord),
+    /// Already used: the grant it started must be revoked.
+    Replayed {
+        grant_id: String,
+    },
+    Unknown,
+}
+
+/// A grant: one subject's consent for one client, resource and scope set. Tokens hang off it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub subject: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub grant_type: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_reason: Option<String>,
+}
+
+/// What rotating a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshRotation {
+    /// The old token is spent and the new one stored.
+    Rotated {
+        grant_id: String,
+    },
+    /// The old token was already spent: somebody replayed it, the grant must go.
+    Reused {
+        grant_id: String,
+    },
+    Unknown,
+}
+
+/// Which grants an admin call is about. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantFilter {
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub resource: Option<String>,
+    /// Include revoked and expired grants.
+    #[serde(default)]
+    pub include_inactive: bool,
+}
+
+/// One audit event: an authorization decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at: Timestamp,
+    pub event: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    pub outcome: String,
+    pub reason: String,
+}
+
+/// The storage contract of the server. Every method is one short transaction; all are safe to call from several
+/// replicas at once (single-use rules are enforced by conditional updates, not by reading first).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn put_auth_request(&self, request: &AuthRequest) -> Result<(), StoreError>;
+    async fn auth_request(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<AuthRequest>, StoreError>;
+    async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError>;
+
+    async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
+    /// Marks the code spent and returns it, or reports a replay, atomically.
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        now: Timestamp,
+    ) -> Result<CodeRedemption, StoreError>;
+
+    async fn put_grant(&self, grant: &Grant) -> Result<(), StoreError>;
+    async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        now: Timestamp,
+    ) -> Result<Vec<Grant>, StoreError>;
+    /// Revokes the grant with everything issued from it; returns whether it was active.
+    async fn revoke_grant(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    async fn put_refresh_token(
+        &self,
+        token_hash: &str,
+        grant_id: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Spends `old_hash` and stores `new_hash` for the same grant, atomically.
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+    ) -> Result<RefreshRotation, StoreError>;
+    /// The grant of a live (unspent, unexpired) refresh token.
+    async fn refresh_token_grant(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn put_access_token(
+        &self,
+        jti: &str,
+        grant_id: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The grant of an access token id, if recorded.
+    async fn access_token_grant(&self, jti: &str) -> Result<Option<String>, StoreError>;
+    async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError>;
+    async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+
+    async fn has_consent(
+        &self,
+        subject: &str,
+        client_id: &str,
+        resource: &str,
+        scopes: &str,
+    ) -> Result<bool, StoreError>;
+    async fn put_consent(
+        &self,
+        subject: &str,
+        client_id: &str,
+        resource: &str,
+        scopes: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Records a client assertion `jti`; false when it was seen before (a replay).
+    async fn use_assertion_id(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    async fn put_session(
+        &self,
+        id_hash: &str,
+        subject: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    async fn session_subject(
+        &self,
+        id_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn put_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Deletes rows past their expiry; returns how many went.
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+}

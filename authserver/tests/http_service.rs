@@ -1,0 +1,467 @@
+//! Confidential clients (private_key_jwt, RFC 7523), introspection, revocation, the admin port.
+
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use support::*;
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+async fn client_credentials(
+    s: &TestServer,
+    assertion: &str,
+    extra: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion),
+        ("resource", RESOURCE),
+    ];
+    form.extend_from_slice(extra);
+    let (status, body, _) = s.token(&form).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn client_credentials_with_private_key_jwt() {
+    let s = TestServer::start().await;
+    let a = assertion(&s, |_| {});
+    let (status, body) = client_credentials(&s, &a, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "files:read");
+    assert!(body.get("refresh_token").is_none());
+    let (_, claims) = verify_with_jwks(&s, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["sub"], SERVICE_CLIENT);
+    assert_eq!(claims["client_id"], SERVICE_CLIENT);
+    assert_eq!(claims["aud"], RESOURCE);
+    // The same assertion twice: its jti is spent.
+    let (status, body) = client_credentials(&s, &a, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .ends_with("was already used"),
+        "{body}"
+    );
+    // Scope outside what the client may have, and a resource we do not know.
+    let (_, body) =
+        client_credentials(&s, &assertion(&s, |_| {}), &[("scope", "files:write")]).await;
+    assert_eq!(body["error"], "invalid_scope");
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+    ];
+    let a = assertion(&s, |_| {});
+    form.push(("client_assertion", &a));
+    form.push(("resource", "https://elsewhere.example/"));
+    let (_, body, _) = s.token(&form).await;
+    assert_eq!(body["error"], "invalid_target");
+    // A public client may not use client_credentials.
+    let (_, body, _) = s
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", PUBLIC_CLIENT),
+            ("resource", RESOURCE),
+        ])
+        .await;
+    assert_eq!(body["error"], "unauthorized_client");
+}
+
+#[tokio::test]
+async fn client_assertions_are_refused_for_every_flaw() {
+    let s = TestServer::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let unsigned = |alg: &str| {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
+        let claims = URL_SAFE_NO_PAD.encode(
+            json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": s.url("/token"), "exp": now + 60, "jti": "x"}).to_string(),
+        );
+        format!("{header}.{claims}.")
+    };
+    let hmac = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": s.url("/token"), "exp": now + 60, "jti": "h"}),
+        &jsonwebtoken::EncodingKey::from_secret(b"shared secret"),
+    )
+    .unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            unsigned("none"),
+            "client_assertion is not a signed JWT with an accepted algorithm (ES256, RS256, PS256, EdDSA)",
+        ),
+        (
+            hmac,
+            "client_assertion algorithm HS256 is refused; use ES256, RS256, PS256 or EdDSA",
+        ),
+        (
+            "garbage".into(),
+            "client_assertion is not a signed JWT with an accepted algorithm (ES256, RS256, PS256, EdDSA)",
+        ),
+        (
+            assertion(&s, |c| {
+                c["aud"] = json!("https://someone-else.example/token")
+            }),
+            "client_assertion rejected: InvalidAudience",
+        ),
+        (
+            assertion(&s, |c| c["exp"] = json!(now - 3600)),
+            "client_assertion rejected: ExpiredSignature",
+        ),
+        (
+            assertion(&s, |c| c["exp"] = json!(now + 7200)),
+            "client_assertion exp is more than 3600 seconds away",
+        ),
+        (
+            assertion(&s, |c| c["sub"] = json!("someone")),
+            "client_assertion rejected: InvalidSubject",
+        ),
+        (
+            assertion(&s, |c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+            "client_assertion needs a jti (at most 256 characters)",
+        ),
+        (
+            assertion(&s, |c| {
+                c["iss"] = json!(PUBLIC_CLIENT);
+                c["sub"] = json!(PUBLIC_CLIENT);
+            }),
+            "this client is registered for token_endpoint_auth_method none",
+        ),
+    ];
+    for (jwt, description) in cases {
+        let (status, body) = client_credentials(&s, &jwt, &[]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{description}: {body}"
+        );
+        assert_eq!(body["error_description"], description);
+    }
+    // Signed with another key than the registered one.
+    let (other_pem, _) = mcp_authz_authserver::keys::generate_es256().unwrap();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": s.url("/token"), "exp": now + 60, "jti": "f"}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(other_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (status, body) = client_credentials(&s, &forged, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert_eq!(
+        body["error_description"],
+        "client_assertion rejected: InvalidSignature"
+    );
+}
+
+#[tokio::test]
+async fn introspection_needs_an_authenticated_caller() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    // No credentials: refused.
+    let r = s.post_form("/introspect", &[("token", access)]).await;
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(body["error_description"], "client_id is missing");
+    // A public client: refused.
+    let r = s
+        .post_form(
+            "/introspect",
+            &[("token", access), ("client_id", PUBLIC_CLIENT)],
+        )
+        .await;
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error_description"],
+        "this client may not introspect tokens"
+    );
+    // A wrong bearer: refused.
+    let r = s
+        .http
+        .post(s.url("/introspect"))
+        .bearer_auth("not-the-admin-token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A resource server with private_key_jwt (aud = the introspection endpoint).
+    let a = assertion(&s, |c| c["aud"] = json!(s.url("/introspect")));
+    let r = s
+        .post_form(
+            "/introspect",
+            &[
+                ("token", access),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &a),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["sub"], "alice");
+    assert_eq!(body["aud"], RESOURCE);
+    assert_eq!(body["scope"], "files:read");
+    assert_eq!(body["client_id"], PUBLIC_CLIENT);
+    let refresh = s
+        .introspect(tokens["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (refresh["active"].as_bool(), refresh["token_type"].as_str()),
+        (Some(true), Some("refresh_token"))
+    );
+    assert_eq!(s.introspect("garbage").await, json!({"active": false}));
+    // A token signed by someone else's key with our claims is not active.
+    let mut parts: Vec<String> = access.split('.').map(str::to_owned).collect();
+    parts[2] = URL_SAFE_NO_PAD.encode([0u8; 64]);
+    assert_eq!(
+        s.introspect(&parts.join(".")).await,
+        json!({"active": false})
+    );
+}
+
+#[tokio::test]
+async fn revocation_by_the_client_kills_the_grant() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let (access, refresh) = (
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+    // Another client may not revoke it.
+    let r = s
+        .post_form("/revoke", &[("token", refresh), ("client_id", WEB_CLIENT)])
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error_description"],
+        "the token was not issued to this client"
+    );
+    // Unknown tokens are fine (RFC 7009 §2.2).
+    let r = s
+        .post_form(
+            "/revoke",
+            &[("token", "unknown"), ("client_id", PUBLIC_CLIENT)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = s
+        .post_form(
+            "/revoke",
+            &[("token", refresh), ("client_id", PUBLIC_CLIENT)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.introspect(access).await["active"], false);
+    let (_, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(body["error"], "invalid_grant");
+    // Revoking only an access token leaves the refresh token working.
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let r = s
+        .post_form(
+            "/revoke",
+            &[
+                ("token", tokens["access_token"].as_str().unwrap()),
+                ("client_id", PUBLIC_CLIENT),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
+        false
+    );
+    let (status, _, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn admin_api_lists_and_revokes_and_refuses_strangers() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let grants_url = format!("{}/admin/grants?subject=alice", s.admin);
+    for auth in [None, Some("wrong-token")] {
+        let mut req = s.http.get(&grants_url);
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthenticated");
+    }
+    let r = s
+        .http
+        .post(format!("{}/admin/grants/revoke?client_id=cli", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let audit: serde_json::Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=50", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refusals = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "admin" && e["outcome"] == "refused")
+        .count();
+    assert_eq!(refusals, 3, "{audit}");
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "authorize"
+                && e["outcome"] == "granted"
+                && e["subject"] == "alice")
+    );
+
+    let list: serde_json::Value = s
+        .http
+        .get(&grants_url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grants = list["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["client_id"], PUBLIC_CLIENT);
+    assert_eq!(grants[0]["resource"], RESOURCE);
+    let r = s
+        .http
+        .post(format!("{}/admin/grants/revoke", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an unfiltered revoke is refused");
+    let r = s
+        .http
+        .get(format!("{}/admin/grants?bogus=1", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let revoked: serde_json::Value = s
+        .http
+        .post(format!(
+            "{}/admin/grants/revoke?resource={}",
+            s.admin, RESOURCE
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["revoked"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
+        false
+    );
+    let list: serde_json::Value = s
+        .http
+        .get(&grants_url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["grants"].as_array().unwrap().len(), 0);
+
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.http
+            .get(format!("{}/readyz", s.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "mcp_authz_authserver_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
+        "mcp_authz_authserver_requests_total{endpoint=\"admin\",outcome=\"unauthenticated\"} 3",
+        "mcp_authz_authserver_tokens_issued_total{grant_type=\"authorization_code\"} 1",
+        "mcp_authz_authserver_request_duration_seconds_bucket{endpoint=\"token\"",
+        "mcp_authz_authserver_signing_key_age_seconds",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn admin_api_is_closed_without_a_token_file() {
+    let s = TestServer::start_with(|c| c.admin.token_file = None).await;
+    let r = s
+        .http
+        .get(format!("{}/admin/grants", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "disabled");
+}

@@ -1,0 +1,347 @@
+//! The store contract, run on SQLite and on a real PostgreSQL server (tests/setup/20-postgres.sh), plus the
+//! rolling-upgrade rule and concurrent migration.
+
+use mcp_authz_authserver::store::*;
+
+/// A fresh, empty PostgreSQL database on the test server.
+pub async fn pg_database(name: &str) -> String {
+    let admin = std::env::var("MCP_AUTHZ_TEST_PG_URL").expect(
+        "MCP_AUTHZ_TEST_PG_URL is not set: source tests/setup/20-postgres.sh (tests/run-all does)",
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("the test PostgreSQL server answers");
+    let db = format!("t_{name}_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+fn grant(id: &str, subject: &str, client: &str, resource: &str, now: i64) -> Grant {
+    Grant {
+        id: id.into(),
+        subject: subject.into(),
+        client_id: client.into(),
+        resource: resource.into(),
+        scopes: vec!["a".into(), "b".into()],
+        grant_type: "authorization_code".into(),
+        created_at: now,
+        expires_at: now + 1000,
+        revoked_at: None,
+        revoked_reason: None,
+    }
+}
+
+async fn contract(store: &dyn Store) {
+    let now = 1_700_000_000;
+    store.ping().await.unwrap();
+    // Authorization requests expire.
+    let request = AuthRequest {
+        id: "r1".into(),
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        state: Some("s".into()),
+        resource: "https://r".into(),
+        scopes: vec!["a".into()],
+        code_challenge: "x".into(),
+        subject: None,
+        csrf: "t".into(),
+        upstream_verifier: None,
+        expires_at: now + 10,
+    };
+    store.put_auth_request(&request).await.unwrap();
+    assert_eq!(
+        store.auth_request("r1", now).await.unwrap(),
+        Some(request.clone())
+    );
+    assert_eq!(store.auth_request("r1", now + 10).await.unwrap(), None);
+    store.delete_auth_request("r1").await.unwrap();
+    assert_eq!(store.auth_request("r1", now).await.unwrap(), None);
+
+    // Codes are single use; the second use names the grant to revoke.
+    store
+        .put_grant(&grant("g1", "alice", "c", "https://r", now))
+        .await
+        .unwrap();
+    let code = CodeRecord {
+        code_hash: "h1".into(),
+        grant_id: "g1".into(),
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        code_challenge: "x".into(),
+        expires_at: now + 60,
+    };
+    store.put_code(&code).await.unwrap();
+    assert_eq!(
+        store.redeem_code("h1", now).await.unwrap(),
+        CodeRedemption::Redeemed(code.clone())
+    );
+    assert_eq!(
+        store.redeem_code("h1", now).await.unwrap(),
+        CodeRedemption::Replayed {
+            grant_id: "g1".into()
+        }
+    );
+    assert_eq!(
+        store.redeem_code("nope", now).await.unwrap(),
+        CodeRedemption::Unknown
+    );
+    let late = CodeRecord {
+        code_hash: "h2".into(),
+        expires_at: now - 1,
+        ..code.clone()
+    };
+    store.put_code(&late).await.unwrap();
+    assert_eq!(
+        store.redeem_code("h2", now).await.unwrap(),
+        CodeRedemption::Unknown
+    );
+
+    // Refresh tokens rotate once; reuse is recognised; revoking the grant kills everything.
+    store
+        .put_refresh_token("rt1", "g1", now + 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.refresh_token_grant("rt1", now).await.unwrap(),
+        Some("g1".into())
+    );
+    assert_eq!(
+        store.rotate_refresh_token("rt1", "rt2", now).await.unwrap(),
+        RefreshRotation::Rotated {
+            grant_id: "g1".into()
+        }
+    );
+    assert_eq!(
+        store.rotate_refresh_token("rt1", "rt3", now).await.unwrap(),
+        RefreshRotation::Reused {
+            grant_id: "g1".into()
+        }
+    );
+    assert_eq!(
+        store.rotate_refresh_token("zz", "rt3", now).await.unwrap(),
+        RefreshRotation::Unknown
+    );
+    assert_eq!(
+        store.refresh_token_grant("rt2", now).await.unwrap(),
+        Some("g1".into())
+    );
+    store.put_access_token("j1", "g1", now + 300).await.unwrap();
+    assert_eq!(
+        store.access_token_grant("j1").await.unwrap(),
+        Some("g1".into())
+    );
+    assert!(!store.access_token_revoked("j1").await.unwrap());
+    assert!(store.revoke_grant("g1", "test", now).await.unwrap());
+    assert!(!store.revoke_grant("g1", "again", now).await.unwrap());
+    assert!(store.access_token_revoked("j1").await.unwrap());
+    assert_eq!(store.refresh_token_grant("rt2", now).await.unwrap(), None);
+    let g = store.grant("g1").await.unwrap().unwrap();
+    assert_eq!(
+        (g.revoked_at, g.revoked_reason.as_deref(), g.scopes.len()),
+        (Some(now), Some("test"), 2)
+    );
+
+    // Listing filters; absent filters match all.
+    store
+        .put_grant(&grant("g2", "alice", "d", "https://r", now + 1))
+        .await
+        .unwrap();
+    store
+        .put_grant(&grant("g3", "bob", "c", "https://s", now + 2))
+        .await
+        .unwrap();
+    let ids = |v: Vec<Grant>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    let all = GrantFilter::default();
+    assert_eq!(
+        ids(store.list_grants(&all, now).await.unwrap()),
+        vec!["g2", "g3"]
+    );
+    let with_inactive = GrantFilter {
+        include_inactive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_grants(&with_inactive, now).await.unwrap()),
+        vec!["g1", "g2", "g3"]
+    );
+    let alice = GrantFilter {
+        subject: Some("alice".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_grants(&alice, now).await.unwrap()),
+        vec!["g2"]
+    );
+    let by_client = GrantFilter {
+        client_id: Some("c".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_grants(&by_client, now).await.unwrap()),
+        vec!["g3"]
+    );
+    let by_resource = GrantFilter {
+        resource: Some("https://s".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_grants(&by_resource, now).await.unwrap()),
+        vec!["g3"]
+    );
+    assert_eq!(
+        ids(store.list_grants(&all, now + 5000).await.unwrap()),
+        Vec::<String>::new()
+    );
+
+    // Consents, assertion ids, sessions, audit.
+    assert!(
+        !store
+            .has_consent("alice", "c", "https://r", "a b")
+            .await
+            .unwrap()
+    );
+    store
+        .put_consent("alice", "c", "https://r", "a b", now)
+        .await
+        .unwrap();
+    store
+        .put_consent("alice", "c", "https://r", "a b", now + 1)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .has_consent("alice", "c", "https://r", "a b")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .has_consent("alice", "c", "https://r", "a")
+            .await
+            .unwrap()
+    );
+    assert!(store.use_assertion_id("c", "j", now + 60).await.unwrap());
+    assert!(!store.use_assertion_id("c", "j", now + 60).await.unwrap());
+    assert!(store.use_assertion_id("d", "j", now + 60).await.unwrap());
+    store.put_session("s1", "alice", now + 100).await.unwrap();
+    assert_eq!(
+        store.session_subject("s1", now).await.unwrap(),
+        Some("alice".into())
+    );
+    assert_eq!(store.session_subject("s1", now + 100).await.unwrap(), None);
+    let event = AuditEvent {
+        at: now,
+        event: "authorize".into(),
+        subject: Some("alice".into()),
+        client_id: None,
+        resource: Some("https://r".into()),
+        scopes: vec!["a".into()],
+        outcome: "granted".into(),
+        reason: "test".into(),
+    };
+    store.put_audit(&event).await.unwrap();
+    assert_eq!(store.recent_audit(10).await.unwrap(), vec![event]);
+    assert!(store.purge_expired(now + 10_000).await.unwrap() >= 5);
+    assert_eq!(
+        store.redeem_code("h1", now).await.unwrap(),
+        CodeRedemption::Unknown
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open_sqlite(&dir.path().join("nested/dir/as.db"))
+        .await
+        .unwrap();
+    contract(&store).await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract() {
+    let url = pg_database("contract").await;
+    let store = SqlStore::open_postgres(&url, 4).await.unwrap();
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn concurrent_replicas_migrate_once() {
+    let url = pg_database("migrate").await;
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            SqlStore::open_postgres(&url, 2)
+                .await
+                .map(|s| s.schema_version())
+        })
+    });
+    for v in futures::future::join_all(opens).await {
+        assert_eq!(
+            v.unwrap().unwrap(),
+            mcp_authz_authserver::store::migrations::known_version()
+        );
+    }
+    let store = SqlStore::open_postgres(&url, 1).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        mcp_authz_authserver::store::migrations::known_version()
+    );
+}
+
+#[tokio::test]
+async fn an_older_replica_works_against_a_newer_schema() {
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = if backend == "postgres" {
+            pg_database("upgrade").await
+        } else {
+            String::new()
+        };
+        let open = || async {
+            if backend == "postgres" {
+                SqlStore::open_postgres(&url, 2).await.unwrap()
+            } else {
+                SqlStore::open_sqlite(&dir.path().join("as.db"))
+                    .await
+                    .unwrap()
+            }
+        };
+        let store = open().await;
+        // What a newer release's migration would do: additive only.
+        sqlx::query("ALTER TABLE grants ADD COLUMN device_name TEXT")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE IF NOT EXISTS future_things (id TEXT PRIMARY KEY)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES (99, 0)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        drop(store);
+        let old = open().await;
+        assert_eq!(old.schema_version(), 99, "{backend}");
+        contract(&old).await;
+    }
+}

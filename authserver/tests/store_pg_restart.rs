@@ -1,0 +1,83 @@
+//! An authorization flow on PostgreSQL survives a restart of the database server between the code and the token
+//! exchange. Alone in its binary: it restarts the shared test server, which would break concurrent tests.
+
+mod support;
+
+use support::*;
+
+/// A fresh, empty PostgreSQL database on the test server.
+async fn pg_database(name: &str) -> String {
+    let admin = std::env::var("MCP_AUTHZ_TEST_PG_URL").expect(
+        "MCP_AUTHZ_TEST_PG_URL is not set: source tests/setup/20-postgres.sh (tests/run-all does)",
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("the test PostgreSQL server answers");
+    let db = format!("t_{name}_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+#[tokio::test]
+async fn an_authorization_flow_survives_a_postgres_restart() {
+    let url = pg_database("restart").await;
+    let restart = std::env::var("MCP_AUTHZ_TEST_PG_RESTART")
+        .expect("MCP_AUTHZ_TEST_PG_RESTART is not set: source tests/setup/20-postgres.sh (tests/run-all does)");
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), &url).unwrap();
+    let path = url_file.path().to_path_buf();
+    let s = TestServer::start_with(|c| {
+        c.storage = mcp_authz_authserver::config::StorageConfig {
+            sqlite: None,
+            postgres: Some(mcp_authz_authserver::config::PostgresStorage {
+                url_file: Some(path),
+                url_env: None,
+                max_connections: 4,
+            }),
+        };
+    })
+    .await;
+    let mut browser = Browser::default();
+    let code = s
+        .code_for(&mut browser, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    let restart_cmd = restart.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&restart_cmd)
+            .status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "restarting PostgreSQL failed: {restart}");
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, refreshed, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["refresh_token"].as_str().unwrap()),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(status, 200, "{refreshed}");
+}

@@ -17,7 +17,7 @@ def test_the_sdk_client_walks_the_whole_flow(plane, cimd_host):
     transcript = Transcript()
     headings: list[str] = []
     before = len(cimd_host.fetches)
-    result = anyio.run(walk, url, cimd_host, transcript, headings.append)
+    result = anyio.run(walk, url, issuer, cimd_host, transcript, headings.append)
     said = str(transcript)
 
     first = transcript.lines[0]
@@ -37,6 +37,10 @@ def test_the_sdk_client_walks_the_whole_flow(plane, cimd_host):
     assert result.whoami["subject"] == "demo@quickstart.example", said
     assert result.whoami["client_id"] == cimd_host.url("/agents/quickstart-agent.json"), said
     assert result.whoami["authorization_headers_seen"] == 0, "the sidecar forwarded a bearer token upstream"
+    assert sorted(result.reader_tools) == ["list_notes", "read_note", "whoami"], said
+    assert result.step_up_challenge and 'error="insufficient_scope"' in result.step_up_challenge, said
+    assert 'scope="notes:write"' in result.step_up_challenge, said
+    assert set(result.step_up_result) == {"result"}, said
 
 
 def test_a_sensitive_call_is_refused_with_403_naming_its_scope_and_the_sdk_steps_up(plane, cimd_host):

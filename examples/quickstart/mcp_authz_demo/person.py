@@ -35,7 +35,7 @@ class _FormParser(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: (v or "") for k, v in attrs}
-        if tag in ("script", "style"):
+        if tag in ("script", "style", "title"):
             self._skip += 1
         elif tag == "form":
             self.forms.append(Form(action=a.get("action", ""), method=a.get("method", "get").lower()))
@@ -56,7 +56,7 @@ class _FormParser(HTMLParser):
                 form.fields[name] = a.get("value", "")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
+        if tag in ("script", "style", "title") and self._skip:
             self._skip -= 1
 
     def handle_data(self, data: str) -> None:

@@ -84,7 +84,25 @@ class Child:
             return ""
 
 
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port` (connections left in TIME_WAIT do not count, as for any server
+    that sets SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def notes_server(port: int, log: Path) -> Child:
+    """The demo MCP server on `port`; refuses to start (rather than talk to a stranger) when the port is taken."""
+    if not port_is_free(port):
+        raise RuntimeError(
+            f"port {port} (the MCPService's upstream.port) is already taken by another program: stop it, or change "
+            f"upstream.port in the manifest"
+        )
     return Child("notes server", [sys.executable, str(NOTES_SERVER), "--port", str(port)], log)
 
 

@@ -20,11 +20,12 @@ import anyio
 
 from .agent import Agent
 from .cimd_host import CimdHost, agent_document
+from .grants import DEMO_PASSWORD, DEMO_USER, grant, seeded_storage
 from .person import HeadlessPerson, PageSeen
 from .plane import MANIFESTS, LocalPlane, generated_ca_dir, notes_server, wait_for_port
 
-DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
 AGENT_PATH = "/agents/quickstart-agent.json"
+READER_PATH = "/agents/quickstart-reader.json"
 
 
 class Narrator:
@@ -54,6 +55,10 @@ class WalkResult:
     write_result: Any = None
     whoami: Any = None
     pages: list[PageSeen] = field(default_factory=list)
+    # The least-privilege agent: what it listed with notes:read, the 403 challenge it met, and its result.
+    reader_tools: list[str] = field(default_factory=list)
+    step_up_challenge: str | None = None
+    step_up_result: Any = None
 
 
 def make_agent(mcp_url: str, host: CimdHost, say, path: str = AGENT_PATH, decision: str = "approve",
@@ -67,7 +72,7 @@ def make_agent(mcp_url: str, host: CimdHost, say, path: str = AGENT_PATH, decisi
     person = HeadlessPerson(DEMO_USER, DEMO_PASSWORD, decision=decision)
     kwargs = {"storage": storage} if storage is not None else {}
     agent = Agent(mcp_url=mcp_url, client_id_url=client_id, redirect_uri=redirect_uri, person=person, say=say, **kwargs)
-    seen_fetches = {"count": 0}
+    seen_fetches = {"count": len(host.fetches_of(path)), "pages": 0}
     on_page = person.on_page
 
     def page_with_fetches(page: PageSeen) -> None:
@@ -77,6 +82,8 @@ def make_agent(mcp_url: str, host: CimdHost, say, path: str = AGENT_PATH, decisi
                 f"the authorization server fetched the client's metadata document: GET {host.url(fetch.path)} -> "
                 f"{fetch.status}; admitted by the CIMD policy (it shows the {page.kind} page)"
             )
+        if len(fetches) == seen_fetches["count"] and page.kind == "login":
+            say("the authorization server admitted the client from its cached copy of the metadata document")
         seen_fetches["count"] = len(fetches)
         on_page(page)
 
@@ -90,8 +97,9 @@ def _structured(result: Any) -> Any:
     ]
 
 
-async def walk(mcp_url: str, host: CimdHost, say, heading) -> WalkResult:
-    """The whole flow with one agent, as a person should see it."""
+async def walk(mcp_url: str, issuer: str, host: CimdHost, say, heading) -> WalkResult:
+    """The whole flow, as a person should see it: one agent from nothing to a sensitive call, then an agent
+    holding only the read-only scope that meets a 403 and steps up."""
     result = WalkResult()
     agent = make_agent(mcp_url, host, say)
     heading(f"An MCP client (the official Python SDK) connects to {mcp_url} with no token")
@@ -101,23 +109,35 @@ async def walk(mcp_url: str, host: CimdHost, say, heading) -> WalkResult:
         result.tools_listed = [t.name for t in tools.tools]
         say(f"tools/list -> {result.tools_listed}")
 
-        heading("A read-only tool call: allowed with notes:read")
+        heading("A read-only tool call")
         read = await session.call_tool("list_notes", {})
         result.read_result = _structured(read)
         say(f"tools/call list_notes -> allowed: {result.read_result}")
 
-        heading("A sensitive tool call: refused with 403 naming the scope it needs, then step-up")
-        write = await session.call_tool("add_note", {"text": "written after step-up"})
+        heading("A sensitive tool call")
+        write = await session.call_tool("add_note", {"text": "my first note"})
         result.write_result = _structured(write)
         say(f"tools/call add_note -> {'error' if write.is_error else 'allowed'}: {result.write_result}")
 
-        again = await session.call_tool("list_notes", {})
-        say(f"tools/call list_notes -> {_structured(again)}")
         who = await session.call_tool("whoami", {})
         result.whoami = _structured(who)
         say(f"tools/call whoami -> the server saw identity headers, never the token: {result.whoami}")
     for outcome in agent.outcomes:
         result.pages.extend(outcome.pages)
+
+    heading("Least privilege: an agent that was granted only notes:read earlier")
+    earlier = await grant(issuer, mcp_url, "notes:read", host, READER_PATH)
+    say(f"it holds a token with scope={earlier.token.get('scope')!r} (from an earlier consent)")
+    reader = make_agent(mcp_url, host, say, path=READER_PATH, storage=seeded_storage(earlier))
+    async with reader.session() as session:
+        result.reader_tools = [t.name for t in (await session.list_tools()).tools]
+        say(f"tools/list -> {result.reader_tools} (add_note and delete_note are hidden from this token)")
+        heading("It calls add_note: 403 insufficient_scope names notes:write; the SDK steps up, the person consents")
+        write = await session.call_tool("add_note", {"text": "written after step-up"})
+        result.step_up_result = _structured(write)
+        say(f"tools/call add_note -> {'error' if write.is_error else 'allowed after step-up'}: {result.step_up_result}")
+    refusals = [e for e in reader.exchanges if e.url == mcp_url and e.status == 403]
+    result.step_up_challenge = refusals[0].www_authenticate if refusals else None
     return result
 
 
@@ -153,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo MCP server (official SDK) on {service['upstream']}; its agent's metadata document on "
               f"{host.url(AGENT_PATH)}", flush=True)
 
-        result = anyio.run(walk, service["url"], host, say, heading)
-        ok = bool(result.read_result is not None and result.write_result and result.whoami)
+        result = anyio.run(walk, service["url"], ready["issuer"], host, say, heading)
+        ok = bool(result.read_result is not None and result.write_result and result.whoami and result.step_up_result)
         heading("Done" if ok else "The walk did not finish as expected")
         print(
             f"The plane stays up. Point your own MCP client at {service['url']}\n"

@@ -378,3 +378,27 @@ fn schema_refuses_typos_and_bad_values() {
     let pull = refused(&["image.pullPolicy=Sometimes"]);
     assert!(pull.contains("pullPolicy"), "{pull}");
 }
+
+#[test]
+fn operator_gets_exactly_the_tested_rules() {
+    let objs = objects(&[]);
+    let role = one(&objs, "ClusterRole");
+    let file =
+        std::fs::read_to_string(chart().join("files/operator-rbac.yaml")).expect("rules file");
+    let tested: Value = serde_saphyr::from_str(&file).expect("rules YAML");
+    assert!(
+        tested["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "the rules file lists rules"
+    );
+    assert_eq!(
+        role["rules"], tested["rules"],
+        "the chart grants exactly the rules the operator tests run under"
+    );
+    let binding = one(&objs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        one(&objs, "ServiceAccount")["metadata"]["name"]
+    );
+    assert_eq!(binding["subjects"][0]["namespace"], "mcp-authz");
+}

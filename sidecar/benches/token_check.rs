@@ -1,1 +1,47 @@
-fn main() {}
+//! The per-request CPU cost of the sidecar's decision: token verification (ES256 signature and claims),
+//! JSON-RPC classification and the scope rules.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mcp_authz_sidecar::config::SidecarConfig;
+use mcp_authz_sidecar::jsonrpc;
+use mcp_authz_sidecar::rules::{Operation, Policy};
+use mcp_authz_sidecar::testing::{TestKey, claims_for, now, rules};
+use mcp_authz_sidecar::token;
+
+fn token_check(c: &mut Criterion) {
+    let key = TestKey::es256("k1");
+    let keys = key.key_set();
+    let rules = rules();
+    let token = key.sign(&claims_for(now()));
+    let at = now();
+    c.bench_function("token_verify_es256", |b| {
+        b.iter(|| token::verify(black_box(&token), &keys, &rules, at).expect("valid"))
+    });
+
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_user","arguments":{"id":42}}}"#;
+    c.bench_function("jsonrpc_classify_tools_call", |b| {
+        b.iter(|| jsonrpc::classify(black_box(body)).expect("valid"))
+    });
+
+    let config = SidecarConfig::parse(
+        "upstream: http://127.0.0.1:1\nresource: https://r.example/mcp\nissuer: https://i.example\n\
+         jwksUri: https://i.example/jwks\nscopeImplies: {admin: [read, write]}\nrules:\n\
+         - {method: tools/call, name: 'delete_*', scopes: [admin]}\n\
+         - {method: tools/call, name: 'set_*', scopes: [write]}\n\
+         - {method: tools/call, name: 'get_*', scopes: [read]}\n",
+    )
+    .expect("config");
+    let policy = Policy::from_config(&config);
+    let op = Operation::named("tools/call", "get_user");
+    c.bench_function("rules_decide", |b| {
+        b.iter(|| {
+            let scopes = policy.effective_scopes(["admin"]);
+            policy.decide(black_box(&op), &scopes)
+        })
+    });
+}
+
+criterion_group!(benches, token_check);
+criterion_main!(benches);

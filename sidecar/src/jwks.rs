@@ -74,6 +74,11 @@ impl JwksCache {
         self.state.borrow().clone()
     }
 
+    /// The current key set, without waiting.
+    pub fn current_keys(&self) -> Option<Arc<KeySet>> {
+        self.state.borrow().keys.clone()
+    }
+
     /// Keys for a token with this `kid`, waiting at most `wait` for one refresh when the `kid` is unknown.
     pub async fn lookup(&self, kid: Option<&str>, wait: Duration) -> Lookup {
         let before = self.state.borrow().clone();

@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod token;
+pub mod verified;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -33,6 +33,10 @@ use crate::metadata::ResourceMetadata;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::rules::{Decision, Policy};
 use crate::token::{self, Identity, TokenError, TokenRules};
+use crate::verified::VerifiedTokens;
+
+/// How many verified tokens are remembered (about 1 KiB each).
+const VERIFIED_TOKENS: usize = 1024;
 
 /// The body type of everything the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -45,6 +49,8 @@ pub struct Runtime {
     pub policy: Arc<Policy>,
     /// Token requirements.
     pub token_rules: TokenRules,
+    /// Tokens already verified under this config.
+    pub verified: VerifiedTokens,
     /// The metadata document.
     pub metadata: ResourceMetadata,
     /// What challenges say.
@@ -84,6 +90,7 @@ impl Runtime {
         Ok(Self {
             policy: Arc::new(Policy::from_config(&config)),
             token_rules: TokenRules::from_config(&config),
+            verified: VerifiedTokens::new(VERIFIED_TOKENS),
             metadata,
             challenge,
             upstream,
@@ -320,13 +327,21 @@ impl Proxy {
         headers: &http::HeaderMap,
     ) -> Result<Identity, TokenError> {
         let token = token::bearer_token(headers, rt.token_rules.max_token_bytes)?;
+        let now = now_seconds();
+        if let Some(keys) = self.jwks.current_keys()
+            && let Some(identity) = rt.verified.get(token, &keys, now, rt.token_rules.leeway)
+        {
+            return Ok(identity);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let wait = Duration::from_millis(rt.config.jwks.request_wait_ms);
         let keys = match self.jwks.lookup(header.kid.as_deref(), wait).await {
             Lookup::Found(keys) | Lookup::Unknown(keys) => keys,
             Lookup::Unavailable => return Err(TokenError::KeysUnavailable),
         };
-        token::verify(token, &keys, &rt.token_rules, now_seconds())
+        let identity = token::verify(token, &keys, &rt.token_rules, now)?;
+        rt.verified.insert(token, identity.clone(), keys);
+        Ok(identity)
     }
 
     async fn relay_response(

@@ -1,0 +1,22 @@
+//! Any body: classification never panics, and whatever it accepts has the shape the rules rely on.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mcp_authz_sidecar::jsonrpc::{Message, classify};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(classified) = classify(data) {
+        assert!(!classified.messages.is_empty());
+        for message in &classified.messages {
+            if let Message::Call { op, .. } = message {
+                // The methods that name a target always carry it: a nameless call cannot slip past a name rule.
+                let named = matches!(
+                    op.method.as_str(),
+                    "tools/call" | "prompts/get" | "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+                );
+                assert_eq!(named, op.name.is_some(), "{op:?}");
+            }
+        }
+        let _ = classified.list_requests();
+    }
+});

@@ -19,3 +19,5 @@ pub mod keys;
 pub mod local;
 pub mod naming;
 pub mod render;
+pub mod certs;
+pub mod metrics;

@@ -66,3 +66,83 @@ pub async fn create(
     let object: DynamicObject = serde_json::from_value(object.clone()).expect("a valid object");
     api.create(&PostParams::default(), &object).await
 }
+
+/// The operator's PolicyRules, exactly as the chart ships them.
+pub fn operator_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    #[derive(serde::Deserialize)]
+    struct RulesFile {
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/mcp-authz/files/operator-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_saphyr::from_str::<RulesFile>(&text)
+        .unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+        .rules
+}
+
+/// Creates ServiceAccount `name` in `namespace`, bound to the chart's operator rules through a
+/// ClusterRole and ClusterRoleBinding of the same unique name, and returns a client acting as it.
+pub async fn operator_client(
+    cluster: &mcp_authz_tests::control_plane::ControlPlane,
+    namespace: &str,
+    name: &str,
+) -> kube::Client {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+    use kube::api::ObjectMeta;
+    let admin = cluster.client();
+    let meta = |n: &str, ns: Option<&str>| ObjectMeta {
+        name: Some(n.to_owned()),
+        namespace: ns.map(str::to_owned),
+        ..Default::default()
+    };
+    let unique = format!("{namespace}-{name}");
+    Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: meta(name, Some(namespace)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service account");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: meta(&unique, None),
+                rules: Some(operator_rules()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("cluster role");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRoleBinding {
+                metadata: meta(&unique, None),
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: unique.clone(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: name.into(),
+                    namespace: Some(namespace.into()),
+                    api_group: None,
+                }]),
+            },
+        )
+        .await
+        .expect("cluster role binding");
+    cluster
+        .client_for_service_account(namespace, name)
+        .await
+        .expect("service account client")
+}

@@ -9,9 +9,12 @@ use std::sync::{Arc, Mutex};
 use crate::keys::KeySet;
 use crate::token::Identity;
 
+/// A verified identity and the key set it was verified against.
+type Entry = (Identity, Arc<KeySet>);
+
 /// Verified tokens, bounded.
 pub struct VerifiedTokens {
-    entries: Mutex<HashMap<Box<str>, (Identity, Arc<KeySet>)>>,
+    entries: Mutex<HashMap<Box<str>, Entry>>,
     capacity: usize,
 }
 

@@ -402,3 +402,72 @@ fn operator_gets_exactly_the_tested_rules() {
     );
     assert_eq!(binding["subjects"][0]["namespace"], "mcp-authz");
 }
+
+#[test]
+fn monitoring_objects_are_opt_in() {
+    let off = objects(&[]);
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+        assert!(
+            find(&off, kind).is_empty(),
+            "{kind} needs the Prometheus Operator: off by default"
+        );
+    }
+    let on = objects(&[
+        "monitoring.serviceMonitor.enabled=true",
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.dashboard.enabled=true",
+        "monitoring.serviceMonitor.labels.release=kube-prometheus",
+    ]);
+    let monitors = find(&on, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2, "operator and authorization servers");
+    for m in &monitors {
+        assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus");
+        assert_eq!(m["spec"]["endpoints"][0]["port"], "admin");
+    }
+    let authservers = monitors
+        .iter()
+        .find(|m| m["spec"]["namespaceSelector"]["any"] == true)
+        .expect("authservers");
+    assert_eq!(
+        authservers["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "mcp-authz-authserver"
+    );
+    let pods = one(&on, "PodMonitor");
+    assert_eq!(
+        pods["spec"]["selector"]["matchLabels"]["mcp-authz.io/inject"],
+        "enabled"
+    );
+    assert_eq!(
+        pods["spec"]["podMetricsEndpoints"][0]["port"],
+        "mcp-authz-admin"
+    );
+
+    let rules = one(&on, "PrometheusRule");
+    let alerts: Vec<&str> = rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "McpAuthzAuthServerDown",
+            "McpAuthzTokenErrorRateHigh",
+            "McpAuthzSigningKeyTooOld",
+            "McpAuthzWebhookCertificateExpiring",
+            "McpAuthzSidecarJwksStale"
+        ]
+    );
+    let dashboard = on
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "mcp-authz-dashboard")
+        .expect("dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["mcp-authz.json"].as_str().expect("text"))
+            .expect("JSON");
+    assert_eq!(json["uid"], "mcp-authz");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
+}

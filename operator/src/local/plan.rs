@@ -1,0 +1,513 @@
+//! From manifests to the configs local mode runs: the operator's own render functions, then the
+//! few overrides that make a cluster config a laptop config (pure; no I/O).
+//!
+//! The overrides, and only these: every listener moves to a loopback port kept in the state
+//! directory; the issuer and each service's public URL become those loopback URLs (tokens carry
+//! them, so clients must reach exactly them); the database, the signing keys (self-managed), the
+//! users file and CA bundles move from their cluster mount points into the state directory; the
+//! sidecars fetch JWKS from the local issuer.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use mcp_authz_authserver::config::{AuthServerConfig, SqliteStorage, StorageConfig};
+use mcp_authz_sidecar::config::SidecarConfig;
+
+use super::manifests::{Loaded, ManifestSet, Origin};
+use super::ports::PortPlan;
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPService};
+use crate::render::{self, Inputs, authserver, cimd, sidecar};
+
+/// Files of the state directory.
+pub mod files {
+    /// The rendered authserver config.
+    pub const AUTHSERVER_CONFIG: &str = "authserver.yaml";
+    /// The SQLite database.
+    pub const DATABASE: &str = "authserver.db";
+    /// The signing keys (self-managed in local mode).
+    pub const KEYS_DIR: &str = "keys";
+    /// The static users, copied from their Secret.
+    pub const USERS: &str = "users.yaml";
+    /// The admin API credential, made on the first run.
+    pub const ADMIN_TOKEN: &str = "admin-token";
+    /// Rendered sidecar configs, one per service: `sidecar-<namespace>-<name>.yaml`.
+    pub const SIDECAR_PREFIX: &str = "sidecar-";
+    /// Trusted CA bundles of CIMD policies, copied from their ConfigMaps.
+    pub const CA_BUNDLE: &str = "cimd-ca.pem";
+}
+
+/// Why the manifests cannot make a local plane.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Local mode runs exactly one AuthorizationServer.
+    #[error("{0}")]
+    Servers(String),
+    /// A reference to something the directories do not hold, or a value rendering refused.
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        /// File and object.
+        origin: Origin,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl PlanError {
+    /// A low-cardinality reason for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Servers(_) => "servers",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// One file local mode writes before starting (or re-rendering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    /// Path inside the state directory.
+    pub path: PathBuf,
+    /// Content.
+    pub content: Vec<u8>,
+    /// Readable by the owner only (secrets).
+    pub private: bool,
+}
+
+/// One protected service of the local plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalService {
+    /// `namespace/name` of the MCPService.
+    pub key: String,
+    /// Its name.
+    pub name: String,
+    /// The URL clients use locally (the token audience).
+    pub url: String,
+    /// The MCP server it protects.
+    pub upstream: String,
+    /// The resource URL of the manifest (what it is in a cluster).
+    pub cluster_url: String,
+    /// The sidecar config.
+    pub config: SidecarConfig,
+    /// Where its config file goes.
+    pub config_file: PathBuf,
+}
+
+/// Everything local mode runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalPlan {
+    /// The local issuer.
+    pub issuer: String,
+    /// The issuer of the manifest (what it is in a cluster).
+    pub cluster_issuer: String,
+    /// The authserver config.
+    pub authserver: AuthServerConfig,
+    /// Where its config file goes.
+    pub authserver_file: PathBuf,
+    /// The admin API base URL.
+    pub admin_url: String,
+    /// Sidecars, by service key.
+    pub services: Vec<LocalService>,
+    /// Files copied out of Secrets and ConfigMaps.
+    pub files: Vec<StateFile>,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// The key of a namespaced object.
+pub fn key_of<K: ResourceExt>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Keys of every MCPService in the set (the ports they need).
+pub fn service_keys(set: &ManifestSet) -> Vec<String> {
+    set.services.iter().map(|s| key_of(&s.object)).collect()
+}
+
+/// Renders the plane of `set` with `ports`, its files under `state_dir`.
+pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<LocalPlan, PlanError> {
+    let server = single_server(set)?;
+    let invalid = |origin: &Origin, field: &str, message: String| PlanError::Invalid {
+        origin: origin.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    let services: Vec<MCPService> = set.services.iter().map(|s| s.object.clone()).collect();
+    let scopes: Vec<_> = set.scopes.iter().map(|s| s.object.clone()).collect();
+    let policies: Vec<CIMDPolicy> = set.policies.iter().map(|p| p.object.clone()).collect();
+    for service in &set.services {
+        if !render::names_server(&service.object, &server.object) {
+            let reference = &service.object.spec.authorization_server_ref;
+            return Err(invalid(
+                &service.origin,
+                "spec.authorizationServerRef",
+                format!(
+                    "names AuthorizationServer {}{}, but the manifests hold only {}",
+                    reference
+                        .namespace
+                        .as_deref()
+                        .map(|n| format!("{n}/"))
+                        .unwrap_or_default(),
+                    reference.name,
+                    key_of(&server.object)
+                ),
+            ));
+        }
+        let missing = render::missing_scopes(
+            &service.object,
+            &server.object.namespace().unwrap_or_default(),
+            &scopes,
+        );
+        if !missing.is_empty() {
+            return Err(invalid(
+                &service.origin,
+                "spec.scopes",
+                format!("no MCPScope defines {}", missing.join(", ")),
+            ));
+        }
+        if let Some(Err(name)) = render::service_policy(&service.object, &policies) {
+            return Err(invalid(
+                &service.origin,
+                "spec.cimdPolicyRef",
+                format!("no CIMDPolicy {name} in the manifests"),
+            ));
+        }
+    }
+    let inputs = Inputs {
+        server: &server.object,
+        services: &services,
+        scopes: &scopes,
+        policies: &policies,
+    };
+    let render_error = |e: render::RenderError| invalid(&server.origin, "", e.to_string());
+
+    let issuer = format!("http://127.0.0.1:{}", ports.authserver);
+    let mut config = authserver::authserver_config(&inputs).map_err(render_error)?;
+    config.cimd = cimd_config(&inputs);
+    let cluster_issuer = std::mem::replace(&mut config.issuer, issuer.clone());
+    config.listen = loopback(ports.authserver);
+    config.admin_listen = loopback(ports.authserver_admin);
+    config.storage = StorageConfig {
+        sqlite: Some(SqliteStorage {
+            path: state_dir.join(files::DATABASE),
+        }),
+        postgres: None,
+    };
+    config.signing.keys_dir = state_dir.join(files::KEYS_DIR);
+    config.signing.self_managed = true;
+    config.admin.token_file = Some(state_dir.join(files::ADMIN_TOKEN));
+
+    let mut state_files = Vec::new();
+    if let Some(users) = &server.object.spec.login.static_users {
+        let content = secret_value(set, &server.object, &users.name, &users.key)
+            .map_err(|m| invalid(&server.origin, "spec.login.staticUsers", m))?;
+        let path = state_dir.join(files::USERS);
+        if let Some(static_login) = config.login.static_users.as_mut() {
+            static_login.users_file = Some(path.clone());
+        }
+        state_files.push(StateFile {
+            path,
+            content,
+            private: true,
+        });
+    }
+    if let Some(policy) = authserver::default_policy(&inputs)
+        && let Some(bundle) = &policy.spec.trusted_ca_bundle
+    {
+        let origin = set
+            .policies
+            .iter()
+            .find(|p| key_of(&p.object) == key_of(policy))
+            .map(|p| p.origin.clone())
+            .unwrap_or_else(|| server.origin.clone());
+        let namespace = policy.namespace().unwrap_or_default();
+        let pem = set
+            .config_maps
+            .get(&(namespace.clone(), bundle.name.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "ConfigMap {namespace}/{} is not in the manifests",
+                    bundle.name
+                )
+            })
+            .and_then(|c| {
+                c.object.get(&bundle.key).cloned().ok_or_else(|| {
+                    format!(
+                        "ConfigMap {namespace}/{} has no key {}",
+                        bundle.name, bundle.key
+                    )
+                })
+            })
+            .map_err(|m| invalid(&origin, "spec.trustedCaBundle", m))?;
+        let path = state_dir.join(files::CA_BUNDLE);
+        config.cimd.extra_ca_bundle = Some(path.clone());
+        state_files.push(StateFile {
+            path,
+            content: pem.into_bytes(),
+            private: false,
+        });
+    }
+
+    let mut local_services = Vec::new();
+    let mut local_url_of: BTreeMap<String, String> = BTreeMap::new();
+    for service in &set.services {
+        let key = key_of(&service.object);
+        let Some(service_ports) = ports.services.get(&key) else {
+            return Err(invalid(
+                &service.origin,
+                "",
+                "no port was chosen for this service".into(),
+            ));
+        };
+        let mut sidecar_config = sidecar::sidecar_config(&service.object, &server.object, &scopes)
+            .map_err(|e| invalid(&service.origin, "", e.to_string()))?;
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            service_ports.port, sidecar_config.mcp_path
+        );
+        let cluster_url = std::mem::replace(&mut sidecar_config.resource, url.clone());
+        sidecar_config.listen = loopback(service_ports.port);
+        sidecar_config.admin_listen = loopback(service_ports.admin_port);
+        sidecar_config.issuer = issuer.clone();
+        sidecar_config.jwks_uri = format!("{issuer}{}", sidecar::JWKS_PATH);
+        sidecar_config.authorization_servers = vec![issuer.clone()];
+        local_url_of.insert(cluster_url.clone(), url.clone());
+        let file_name = format!("{}{}.yaml", files::SIDECAR_PREFIX, key.replace('/', "-"));
+        local_services.push(LocalService {
+            name: service.object.name_any(),
+            upstream: sidecar_config.upstream.clone(),
+            key,
+            url,
+            cluster_url,
+            config: sidecar_config,
+            config_file: state_dir.join(file_name),
+        });
+    }
+    for resource in &mut config.resources {
+        if let Some(url) = local_url_of.get(&resource.resource) {
+            resource.resource = url.clone();
+        }
+    }
+    Ok(LocalPlan {
+        admin_url: format!("http://127.0.0.1:{}", ports.authserver_admin),
+        issuer,
+        cluster_issuer,
+        authserver: config,
+        authserver_file: state_dir.join(files::AUTHSERVER_CONFIG),
+        services: local_services,
+        files: state_files,
+    })
+}
+
+/// The CIMD section exactly as the operator renders it into the authserver's ConfigMap.
+fn cimd_config(inputs: &Inputs<'_>) -> mcp_authz_authserver::cimd::CimdConfig {
+    let mut named: Vec<&CIMDPolicy> = authserver::services_of(inputs)
+        .into_iter()
+        .filter_map(|s| render::service_policy(s, inputs.policies).and_then(Result::ok))
+        .collect();
+    named.sort_by_key(|p| cimd::policy_key(p));
+    named.dedup_by_key(|p| cimd::policy_key(p));
+    cimd::config(authserver::default_policy(inputs), &named)
+}
+
+fn single_server(set: &ManifestSet) -> Result<&Loaded<AuthorizationServer>, PlanError> {
+    match set.authorization_servers.as_slice() {
+        [one] => Ok(one),
+        [] => Err(PlanError::Servers(
+            "no AuthorizationServer in the manifests: local mode needs exactly one".into(),
+        )),
+        many => Err(PlanError::Servers(format!(
+            "{} AuthorizationServers ({}): local mode runs exactly one",
+            many.len(),
+            many.iter()
+                .map(|s| s.origin.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+    }
+}
+
+fn secret_value(
+    set: &ManifestSet,
+    server: &AuthorizationServer,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
+    let namespace = server.namespace().unwrap_or_default();
+    let secret = set
+        .secrets
+        .get(&(namespace.clone(), name.to_owned()))
+        .ok_or_else(|| format!("Secret {namespace}/{name} is not in the manifests"))?;
+    secret
+        .object
+        .get(key)
+        .cloned()
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::manifests::add_file;
+    use crate::local::ports::SidecarPorts;
+
+    fn quickstart() -> ManifestSet {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
+        let mut set = crate::local::manifests::load_dirs(&[dir]).expect("quickstart manifests");
+        add_file(
+            &mut set,
+            Path::new("generated/ca.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: quickstart-ca}\ndata: {ca.pem: PEM-TEXT}\n",
+        )
+        .expect("ca");
+        set
+    }
+
+    fn ports() -> PortPlan {
+        PortPlan {
+            authserver: 7100,
+            authserver_admin: 7101,
+            services: [(
+                "default/notes".to_owned(),
+                SidecarPorts {
+                    port: 7110,
+                    admin_port: 7111,
+                },
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn the_quickstart_becomes_a_loopback_plane_with_state_in_one_directory() {
+        let state = Path::new("/state");
+        let plan = plan(&quickstart(), &ports(), state).expect("plan");
+        assert_eq!(plan.issuer, "http://127.0.0.1:7100");
+        assert_eq!(plan.cluster_issuer, "https://auth.quickstart.example");
+        let a = &plan.authserver;
+        assert_eq!(a.issuer, plan.issuer);
+        assert_eq!(a.listen, loopback(7100));
+        assert_eq!(a.admin_listen, loopback(7101));
+        assert_eq!(
+            a.storage.sqlite.as_ref().map(|s| s.path.clone()),
+            Some(state.join("authserver.db"))
+        );
+        assert!(a.signing.self_managed);
+        assert_eq!(a.signing.keys_dir, state.join("keys"));
+        assert_eq!(
+            a.login
+                .static_users
+                .as_ref()
+                .and_then(|s| s.users_file.clone()),
+            Some(state.join("users.yaml"))
+        );
+        assert_eq!(a.resources.len(), 1);
+        assert_eq!(a.resources[0].resource, "http://127.0.0.1:7110/mcp");
+        assert_eq!(a.resources[0].scopes, ["notes:read", "notes:write"]);
+        assert_eq!(a.cimd.extra_ca_bundle, Some(state.join("cimd-ca.pem")));
+        assert_eq!(a.cimd.allowed_private_cidrs, ["127.0.0.0/8"]);
+        let write = a
+            .scopes
+            .iter()
+            .find(|s| s.value == "notes:write")
+            .expect("scope");
+        assert!(write.sensitive);
+        assert_eq!(write.max_lifetime_secs, Some(300));
+
+        let [notes] = plan.services.as_slice() else {
+            panic!("one service")
+        };
+        assert_eq!(notes.url, "http://127.0.0.1:7110/mcp");
+        assert_eq!(notes.cluster_url, "https://mcp.quickstart.example/mcp");
+        assert_eq!(notes.upstream, "http://127.0.0.1:8000");
+        assert_eq!(notes.config.resource, notes.url);
+        assert_eq!(notes.config.issuer, plan.issuer);
+        assert_eq!(notes.config.jwks_uri, "http://127.0.0.1:7100/jwks");
+        assert_eq!(notes.config.listen, loopback(7110));
+        assert_eq!(notes.config.admin_listen, loopback(7111));
+        assert_eq!(notes.config_file, state.join("sidecar-default-notes.yaml"));
+
+        let users = plan
+            .files
+            .iter()
+            .find(|f| f.path == state.join("users.yaml"))
+            .expect("users file");
+        assert!(users.private);
+        assert!(String::from_utf8_lossy(&users.content).contains("username: demo"));
+        let ca = plan
+            .files
+            .iter()
+            .find(|f| f.path == state.join("cimd-ca.pem"))
+            .expect("ca file");
+        assert_eq!(ca.content, b"PEM-TEXT");
+    }
+
+    #[test]
+    fn a_plan_is_refused_with_the_file_object_and_field_at_fault() {
+        let mut no_users = quickstart();
+        no_users.secrets.clear();
+        let mut no_ca = quickstart();
+        no_ca.config_maps.clear();
+        let mut other_server = quickstart();
+        other_server.services[0]
+            .object
+            .spec
+            .authorization_server_ref
+            .name = "elsewhere".into();
+        let mut unknown_scope = quickstart();
+        unknown_scope.services[0]
+            .object
+            .spec
+            .scopes
+            .push("notes:admin".into());
+        let mut no_server = quickstart();
+        no_server.authorization_servers.clear();
+        let mut two_servers = quickstart();
+        two_servers
+            .authorization_servers
+            .push(two_servers.authorization_servers[0].clone());
+        let cases: Vec<(&str, ManifestSet, &str)> = vec![
+            (
+                "users secret missing",
+                no_users,
+                "authorization-server.yaml: AuthorizationServer/quickstart: spec.login.staticUsers: Secret default/quickstart-users is not in the manifests",
+            ),
+            (
+                "CA ConfigMap missing",
+                no_ca,
+                "cimd-policy.yaml: CIMDPolicy/quickstart-agents: spec.trustedCaBundle: ConfigMap default/quickstart-ca is not in the manifests",
+            ),
+            (
+                "service names another server",
+                other_server,
+                "notes-service.yaml: MCPService/notes: spec.authorizationServerRef: names AuthorizationServer elsewhere, but the manifests hold only default/quickstart",
+            ),
+            (
+                "scope without MCPScope",
+                unknown_scope,
+                "notes-service.yaml: MCPService/notes: spec.scopes: no MCPScope defines notes:admin",
+            ),
+            (
+                "no server",
+                no_server,
+                "no AuthorizationServer in the manifests: local mode needs exactly one",
+            ),
+            ("two servers", two_servers, "2 AuthorizationServers ("),
+        ];
+        for (name, set, want) in cases {
+            let err = plan(&set, &ports(), Path::new("/state"))
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains(want), "{name}: got {err:?}, want {want:?}");
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Running the plan: state files, the authorization server and one sidecar per MCPService in this
+//! process, a readiness check over real sockets, the summary, and re-rendering when a manifest
+//! changes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use mcp_authz_sidecar::server::Sidecar;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::manifests::{self, ManifestError, ManifestSet};
+use super::plan::{self, LocalPlan, PlanError, StateFile, files};
+use super::ports::{PortError, PortPlan};
+
+/// How long everything has to answer after start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the sidecars look at their config files.
+const SIDECAR_RELOAD_EVERY: Duration = Duration::from_millis(500);
+
+/// What `mcp-authz local` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// Manifest directories.
+    pub dirs: Vec<PathBuf>,
+    /// The state directory (database, keys, ports, rendered configs).
+    pub state_dir: PathBuf,
+    /// Where to write the JSON summary once everything answers.
+    pub ready_file: Option<PathBuf>,
+    /// How often the manifest directories are checked for changes.
+    pub watch_every: Duration,
+}
+
+/// Why local mode stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A manifest could not be read or is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifests do not make a plane.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The ports file.
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    /// A state file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The authorization server did not start.
+    #[error("the authorization server did not start: {0}")]
+    AuthServer(String),
+    /// A sidecar did not start.
+    #[error("the sidecar of {service} did not start: {message}")]
+    Sidecar {
+        /// The MCPService.
+        service: String,
+        /// Why.
+        message: String,
+    },
+    /// Something did not answer in time.
+    #[error("{what} did not answer at {url} within {seconds} s")]
+    NotReady {
+        /// What.
+        what: String,
+        /// Where it was asked.
+        url: String,
+        /// How long we waited.
+        seconds: u64,
+    },
+}
+
+impl LocalError {
+    /// A low-cardinality reason for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Manifest(e) => e.metric_label(),
+            Self::Plan(e) => e.metric_label(),
+            Self::Ports(e) => e.metric_label(),
+            Self::Io { .. } => "io",
+            Self::AuthServer(_) => "authserver",
+            Self::Sidecar { .. } => "sidecar",
+            Self::NotReady { .. } => "not_ready",
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads the manifests and renders the plan, choosing ports for new services.
+pub fn load_plan(options: &LocalOptions) -> Result<LocalPlan, LocalError> {
+    let set: ManifestSet = manifests::load_dirs(&options.dirs)?;
+    let ports = PortPlan::load_or_choose(&options.state_dir, &plan::service_keys(&set))?;
+    Ok(plan::plan(&set, &ports, &options.state_dir)?)
+}
+
+/// Writes `content` to `path` through a temporary file and a rename, so the servers' reload loops
+/// never read half a file.
+fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), LocalError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(io_error(&tmp))?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_error(path))
+}
+
+/// Writes every state file of `plan`; the admin credential only when it does not exist yet.
+pub fn write_state(plan: &LocalPlan) -> Result<(), LocalError> {
+    if let Some(token_file) = &plan.authserver.admin.token_file
+        && !token_file.exists()
+    {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| LocalError::Io {
+            path: token_file.clone(),
+            source: std::io::Error::other("no randomness for the admin token"),
+        })?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        write_atomic(token_file, token.as_bytes(), true)?;
+    }
+    std::fs::create_dir_all(&plan.authserver.signing.keys_dir)
+        .map_err(io_error(&plan.authserver.signing.keys_dir))?;
+    for StateFile {
+        path,
+        content,
+        private,
+    } in &plan.files
+    {
+        write_atomic(path, content, *private)?;
+    }
+    let to_json = |value: serde_json::Result<Vec<u8>>, path: &Path| {
+        value.map_err(|e| LocalError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    };
+    let authserver = to_json(
+        serde_json::to_vec_pretty(&plan.authserver),
+        &plan.authserver_file,
+    )?;
+    write_atomic(&plan.authserver_file, &authserver, false)?;
+    for service in &plan.services {
+        let config = to_json(
+            serde_json::to_vec_pretty(&service.config),
+            &service.config_file,
+        )?;
+        write_atomic(&service.config_file, &config, false)?;
+    }
+    Ok(())
+}
+
+/// The summary people read: issuer, each service's protected URL and its upstream.
+pub fn summary_table(plan: &LocalPlan, state_dir: &Path) -> String {
+    let mut out = format!(
+        "mcp-authz local: the plane is up (state in {})\n  issuer  {}   (in a cluster: {})\n  admin   {}   (bearer token in {})\n",
+        state_dir.display(),
+        plan.issuer,
+        plan.cluster_issuer,
+        plan.admin_url,
+        state_dir.join(files::ADMIN_TOKEN).display(),
+    );
+    let width = plan
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("SERVICE".len());
+    let url_width = plan
+        .services
+        .iter()
+        .map(|s| s.url.len())
+        .max()
+        .unwrap_or(0)
+        .max("PROTECTED URL".len());
+    out.push_str(&format!(
+        "  {:width$}  {:url_width$}  UPSTREAM\n",
+        "SERVICE", "PROTECTED URL"
+    ));
+    for s in &plan.services {
+        out.push_str(&format!(
+            "  {:width$}  {:url_width$}  {}\n",
+            s.name, s.url, s.upstream
+        ));
+    }
+    out
+}
+
+/// The ready file: the same facts as the table, as JSON.
+pub fn ready_json(plan: &LocalPlan, state_dir: &Path) -> serde_json::Value {
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &plan.services {
+        *names.entry(s.name.clone()).or_default() += 1;
+    }
+    let services: serde_json::Map<String, serde_json::Value> = plan
+        .services
+        .iter()
+        .map(|s| {
+            // Two services of one name in different namespaces are told apart by their key.
+            let name = if names[&s.name] > 1 {
+                s.key.clone()
+            } else {
+                s.name.clone()
+            };
+            (
+                name,
+                json!({"url": s.url, "upstream": s.upstream, "clusterUrl": s.cluster_url}),
+            )
+        })
+        .collect();
+    json!({
+        "issuer": plan.issuer,
+        "clusterIssuer": plan.cluster_issuer,
+        "admin": {"url": plan.admin_url, "tokenFile": state_dir.join(files::ADMIN_TOKEN)},
+        "stateDir": state_dir,
+        "services": services,
+    })
+}
+
+/// Status code of a plain HTTP/1.1 GET, or None when nothing answers.
+async fn http_status(url: &str) -> Option<u16> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    let addr: SocketAddr = format!("{host}:{}", parsed.port_or_known_default()?)
+        .parse()
+        .ok()?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        parsed.path()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+async fn wait_until_answers(what: &str, url: &str, want: u16) -> Result<(), LocalError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if http_status(url).await == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LocalError::NotReady {
+                what: what.to_owned(),
+                url: url.to_owned(),
+                seconds: READY_TIMEOUT.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The URLs that must answer before the plane is called ready.
+fn readiness_probes(plan: &LocalPlan) -> Vec<(String, String)> {
+    let mut probes = vec![(
+        "the authorization server".to_owned(),
+        format!("{}/.well-known/oauth-authorization-server", plan.issuer),
+    )];
+    for s in &plan.services {
+        let path = url::Url::parse(&s.url)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default();
+        probes.push((
+            format!("the sidecar of {}", s.key),
+            format!(
+                "http://{}/.well-known/oauth-protected-resource{path}",
+                s.config.listen
+            ),
+        ));
+    }
+    probes
+}
+
+/// A fingerprint of the manifest directories: names, sizes and modification times.
+fn fingerprint(dirs: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        for file in manifests::manifest_files(dir).unwrap_or_default() {
+            let meta = std::fs::metadata(&file).ok();
+            out.push((
+                file,
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs the plane until `shutdown` resolves.
+pub async fn run(
+    options: LocalOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LocalError> {
+    std::fs::create_dir_all(&options.state_dir).map_err(io_error(&options.state_dir))?;
+    let mut plan = load_plan(&options)?;
+    write_state(&plan)?;
+
+    let authserver = mcp_authz_authserver::server::start(
+        plan.authserver.clone(),
+        Some(plan.authserver_file.clone()),
+    )
+    .await
+    .map_err(|e| LocalError::AuthServer(e.to_string()))?;
+    let mut sidecars: BTreeMap<String, (Sidecar, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    for service in &plan.services {
+        let sidecar = start_sidecar(service).await?;
+        sidecars.insert(service.key.clone(), sidecar);
+    }
+    for (what, url) in readiness_probes(&plan) {
+        wait_until_answers(&what, &url, 200).await?;
+    }
+    announce(&plan, &options)?;
+
+    let mut seen = fingerprint(&options.dirs);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(options.watch_every) => {}
+        }
+        let now = fingerprint(&options.dirs);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load_plan(&options) {
+            Err(error) => eprintln!(
+                "mcp-authz local: manifests changed but were refused, the running config stays: {error}"
+            ),
+            Ok(next) => {
+                if let Err(error) = apply(&next, &mut sidecars).await {
+                    eprintln!(
+                        "mcp-authz local: manifests changed but could not be applied: {error}"
+                    );
+                    continue;
+                }
+                plan = next;
+                println!("mcp-authz local: manifests changed; configs re-rendered and reloaded");
+                announce(&plan, &options)?;
+            }
+        }
+    }
+    println!("mcp-authz local: stopping");
+    for (_, (sidecar, watcher)) in sidecars {
+        watcher.abort();
+        sidecar.shutdown().await;
+    }
+    authserver.stop().await;
+    Ok(())
+}
+
+async fn start_sidecar(
+    service: &plan::LocalService,
+) -> Result<(Sidecar, tokio::task::JoinHandle<()>), LocalError> {
+    let sidecar =
+        Sidecar::start(service.config.clone())
+            .await
+            .map_err(|e| LocalError::Sidecar {
+                service: service.key.clone(),
+                message: e.to_string(),
+            })?;
+    let watcher = sidecar.watch_file(service.config_file.clone(), SIDECAR_RELOAD_EVERY);
+    Ok((sidecar, watcher))
+}
+
+/// Writes the new plan's files (the servers reload them) and starts or stops sidecars of services
+/// that came or went.
+async fn apply(
+    next: &LocalPlan,
+    sidecars: &mut BTreeMap<String, (Sidecar, tokio::task::JoinHandle<()>)>,
+) -> Result<(), LocalError> {
+    write_state(next)?;
+    let wanted: Vec<&str> = next.services.iter().map(|s| s.key.as_str()).collect();
+    let gone: Vec<String> = sidecars
+        .keys()
+        .filter(|k| !wanted.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in gone {
+        if let Some((sidecar, watcher)) = sidecars.remove(&key) {
+            watcher.abort();
+            sidecar.shutdown().await;
+        }
+    }
+    for service in &next.services {
+        if !sidecars.contains_key(&service.key) {
+            let started = start_sidecar(service).await?;
+            sidecars.insert(service.key.clone(), started);
+        }
+    }
+    for (what, url) in readiness_probes(next) {
+        wait_until_answers(&what, &url, 200).await?;
+    }
+    Ok(())
+}
+
+fn announce(plan: &LocalPlan, options: &LocalOptions) -> Result<(), LocalError> {
+    print!("{}", summary_table(plan, &options.state_dir));
+    if let Some(path) = &options.ready_file {
+        let text =
+            serde_json::to_vec_pretty(&ready_json(plan, &options.state_dir)).map_err(|e| {
+                LocalError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+        write_atomic(path, &text, false)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::ports::SidecarPorts;
+
+    fn quickstart_plan(state: &Path) -> LocalPlan {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
+        let mut set = manifests::load_dirs(&[dir]).expect("manifests");
+        manifests::add_file(
+            &mut set,
+            Path::new("ca.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: quickstart-ca}\ndata: {ca.pem: PEM}\n",
+        )
+        .expect("ca");
+        let ports = PortPlan {
+            authserver: 7100,
+            authserver_admin: 7101,
+            services: [(
+                "default/notes".to_owned(),
+                SidecarPorts {
+                    port: 7110,
+                    admin_port: 7111,
+                },
+            )]
+            .into(),
+        };
+        plan::plan(&set, &ports, state).expect("plan")
+    }
+
+    #[test]
+    fn the_table_and_the_ready_file_say_the_same() {
+        let state = Path::new(".mcp-authz");
+        let plan = quickstart_plan(state);
+        let table = summary_table(&plan, state);
+        assert!(
+            table.contains(
+                "issuer  http://127.0.0.1:7100   (in a cluster: https://auth.quickstart.example)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("notes    http://127.0.0.1:7110/mcp  http://127.0.0.1:8000"),
+            "{table}"
+        );
+        let ready = ready_json(&plan, state);
+        assert_eq!(ready["issuer"], "http://127.0.0.1:7100");
+        assert_eq!(
+            ready["services"]["notes"]["url"],
+            "http://127.0.0.1:7110/mcp"
+        );
+        assert_eq!(
+            ready["services"]["notes"]["upstream"],
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(ready["admin"]["url"], "http://127.0.0.1:7101");
+    }
+
+    #[test]
+    fn state_files_are_written_once_and_secrets_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = quickstart_plan(dir.path());
+        write_state(&plan).expect("written");
+        let token_path = dir.path().join(files::ADMIN_TOKEN);
+        let token = std::fs::read_to_string(&token_path).expect("token");
+        assert_eq!(token.len(), 43, "32 random bytes, base64url");
+        let mode = std::fs::metadata(&token_path)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let users_mode = std::fs::metadata(dir.path().join(files::USERS))
+            .expect("users")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(users_mode, 0o600);
+        write_state(&plan).expect("rewritten");
+        assert_eq!(
+            std::fs::read_to_string(&token_path).expect("token"),
+            token,
+            "the admin token survives"
+        );
+        let config = mcp_authz_authserver::config::AuthServerConfig::load(&plan.authserver_file)
+            .expect("authserver config loads");
+        assert_eq!(config, plan.authserver);
+        let sidecar = mcp_authz_sidecar::config::SidecarConfig::load(&plan.services[0].config_file)
+            .expect("sidecar config loads");
+        assert_eq!(sidecar, plan.services[0].config);
+    }
+}

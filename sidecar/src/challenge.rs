@@ -36,6 +36,8 @@ pub enum Refusal {
     },
     /// 503: the keys cannot be loaded, so the token cannot be judged either way.
     KeysUnavailable,
+    /// 503: a sensitive operation needs the issuer's word on revocation, and the issuer did not answer.
+    IntrospectionUnavailable,
 }
 
 /// What a challenge needs from the config.
@@ -69,7 +71,9 @@ impl Refusal {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -100,7 +104,9 @@ impl Refusal {
                 parts.push(format!("scope={}", quoted(&scopes.join(" "))));
                 parts.push(metadata);
             }
-            Self::Forbidden { .. } | Self::KeysUnavailable => return None,
+            Self::Forbidden { .. } | Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+                return None;
+            }
         }
         Some(format!("Bearer {}", parts.join(", ")))
     }
@@ -142,6 +148,14 @@ impl Refusal {
                 ),
                 "application/json",
             ),
+            Self::IntrospectionUnavailable => (
+                Bytes::from(
+                    json!({"error": "temporarily_unavailable",
+                           "error_description": "the authorization server cannot confirm the token is still active"})
+                    .to_string(),
+                ),
+                "application/json",
+            ),
         }
     }
 
@@ -159,7 +173,7 @@ impl Refusal {
         {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if matches!(self, Self::KeysUnavailable) {
+        if matches!(self, Self::KeysUnavailable | Self::IntrospectionUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response

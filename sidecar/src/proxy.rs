@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use crate::audit::{self, AuditEvent};
 use crate::challenge::{ChallengeContext, Refusal};
 use crate::config::{ConfigError, SidecarConfig};
+use crate::fetch::Fetcher;
 use crate::filter::{BoxError, ListFilter, ListMatcher, ProxyStream, filter_json_body};
+use crate::introspect::Introspector;
 use crate::jsonrpc::{self, Classified, Message};
 use crate::jwks::{JwksCache, Lookup};
 use crate::metadata::ResourceMetadata;
@@ -51,6 +53,8 @@ pub struct Runtime {
     pub token_rules: TokenRules,
     /// Tokens already verified under this config.
     pub verified: VerifiedTokens,
+    /// Revocation checks for sensitive scopes, if configured.
+    pub introspector: Option<Introspector>,
     /// The metadata document.
     pub metadata: ResourceMetadata,
     /// What challenges say.
@@ -63,12 +67,14 @@ impl Runtime {
     /// Derives the runtime from a validated config.
     pub fn new(config: SidecarConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        if config.introspection.is_some() {
-            // Refuse rather than run without the revocation check the operator asked for.
-            return Err(ConfigError::Invalid(
-                "introspection is not supported by this sidecar version".into(),
-            ));
-        }
+        let introspector = match &config.introspection {
+            Some(settings) => {
+                let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())
+                    .map_err(|e| ConfigError::Invalid(format!("issuerCaFile: {e}")))?;
+                Some(Introspector::new(settings, fetcher)?)
+            }
+            None => None,
+        };
         let upstream: Uri = config
             .upstream
             .parse()
@@ -91,6 +97,7 @@ impl Runtime {
             policy: Arc::new(Policy::from_config(&config)),
             token_rules: TokenRules::from_config(&config),
             verified: VerifiedTokens::new(VERIFIED_TOKENS),
+            introspector,
             metadata,
             challenge,
             upstream,
@@ -255,6 +262,24 @@ impl Proxy {
             if let Some((refusal, reason)) = authorize(rt, &classified, &scopes, &identity) {
                 return (
                     refusal.into_response_boxed(&rt.challenge),
+                    Outcome {
+                        decision: "deny",
+                        reason,
+                    },
+                );
+            }
+            let token = parts_token(&parts.headers, rt);
+            if let Some((refusal, reason)) = check_revocation(rt, &classified, token).await {
+                audit::record(&AuditEvent {
+                    identity: Some(&identity),
+                    method: &http_method,
+                    target: None,
+                    decision: "deny",
+                    reason,
+                });
+                let response = refusal.into_response_boxed(&rt.challenge);
+                return (
+                    response,
                     Outcome {
                         decision: "deny",
                         reason,
@@ -448,6 +473,41 @@ fn authorize(
         ))
     } else {
         None
+    }
+}
+
+/// The bearer token of an already authenticated request.
+fn parts_token<'a>(headers: &'a http::HeaderMap, rt: &Runtime) -> &'a str {
+    token::bearer_token(headers, rt.token_rules.max_token_bytes).unwrap_or("")
+}
+
+/// Asks the issuer about the token when an operation of the body needs a sensitive scope.
+async fn check_revocation(
+    rt: &Runtime,
+    classified: &Classified,
+    token: &str,
+) -> Option<(Refusal, &'static str)> {
+    let introspector = rt.introspector.as_ref()?;
+    let sensitive = classified.messages.iter().any(|m| match m {
+        Message::Call { op, .. } => rt
+            .policy
+            .required_scopes(op)
+            .is_some_and(|s| introspector.is_sensitive(s)),
+        Message::Reply => false,
+    });
+    if !sensitive {
+        return None;
+    }
+    match introspector.is_active(token).await {
+        Ok(true) => None,
+        Ok(false) => Some((
+            token_refusal(&TokenError::Inactive),
+            TokenError::Inactive.metric_label(),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "introspection failed; refusing the sensitive operation");
+            Some((Refusal::IntrospectionUnavailable, error.metric_label()))
+        }
     }
 }
 

@@ -701,3 +701,140 @@ async fn shutdown_lets_in_flight_streams_finish_within_the_grace_period() {
     );
     drop((client, key));
 }
+
+/// A real RFC 7662 endpoint: answers `active` from a flag, checks the sidecar's Basic credentials.
+async fn introspection_server(
+    active: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
+    hits: std::sync::Arc<std::sync::Mutex<u32>>,
+) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (active, hits) = (active.clone(), hits.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                        let (active, hits) = (active.clone(), hits.clone());
+                        async move {
+                            *hits.lock().unwrap() += 1;
+                            // base64("sidecar:s3cret%2F") — the secret's `/` is form-encoded first (RFC 6749 §2.3.1).
+                            let auth_ok = r
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                == Some("Basic c2lkZWNhcjpzM2NyZXQlMkY=");
+                            let form = r.into_body().collect().await.unwrap().to_bytes();
+                            let form_ok = form.starts_with(b"token=")
+                                && form.ends_with(b"&token_type_hint=access_token");
+                            let flag = *active.lock().unwrap();
+                            let (status, body) = match (auth_ok && form_ok, flag) {
+                                (false, _) => (StatusCode::UNAUTHORIZED, "{}".to_owned()),
+                                (true, None) => {
+                                    (StatusCode::INTERNAL_SERVER_ERROR, "{}".to_owned())
+                                }
+                                (true, Some(a)) => {
+                                    (StatusCode::OK, json!({"active": a}).to_string())
+                                }
+                            };
+                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = status;
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn sensitive_scopes_are_checked_against_revocation() {
+    let h = Harness::start().await;
+    let active = std::sync::Arc::new(std::sync::Mutex::new(Some(true)));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let addr = introspection_server(active.clone(), hits.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(&credentials, "sidecar:s3cret/\n").unwrap();
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
+        endpoint: format!("http://{addr}/introspect"),
+        client_credentials_file: credentials,
+        sensitive_scopes: vec!["mcp:admin".into()],
+        cache_seconds: 60,
+        timeout_ms: 500,
+    });
+    h.sidecar.config.apply(config).unwrap();
+    let admin = h.token("mcp:admin");
+    // Not sensitive: no introspection.
+    assert_eq!(
+        h.post(Some(&admin), &call(1, "get_user")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(*hits.lock().unwrap(), 0);
+    // Sensitive: asked once, then cached.
+    assert_eq!(
+        h.post(Some(&admin), &call(2, "delete_user")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.post(Some(&admin), &call(3, "delete_user")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(*hits.lock().unwrap(), 1);
+    // A revoked token (a new one, so the cache has no answer for it).
+    *active.lock().unwrap() = Some(false);
+    let revoked = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:admin");
+        c["jti"] = json!("t-revoked");
+        c
+    });
+    let (status, headers, _) = h.post(Some(&revoked), &call(4, "delete_user")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        www_authenticate(&headers).contains("error_description=\"the token is no longer active\"")
+    );
+    // The issuer cannot answer: refused with 503, never let through.
+    *active.lock().unwrap() = None;
+    let other = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:admin");
+        c["jti"] = json!("t-other");
+        c
+    });
+    let (status, headers, _) = h.post(Some(&other), &call(5, "delete_user")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(
+        h.upstream_posts(),
+        3,
+        "only the active token's calls went up"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_introspection_credentials_refuse_the_config() {
+    let h = Harness::start().await;
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
+        endpoint: "http://127.0.0.1:1/introspect".into(),
+        client_credentials_file: "/nonexistent/credentials".into(),
+        sensitive_scopes: vec!["mcp:admin".into()],
+        cache_seconds: 60,
+        timeout_ms: 500,
+    });
+    let err = h.sidecar.config.apply(config).expect_err("refused");
+    assert!(
+        err.to_string().contains("/nonexistent/credentials"),
+        "{err}"
+    );
+}

@@ -1,0 +1,271 @@
+//! Load benchmark of the whole proxy: the release `mcp-authz-sidecar` binary in front of a minimal upstream,
+//! measured with `oha` at a fixed request rate against the upstream directly and through the sidecar, then
+//! the sidecar's resident memory with many open SSE streams.
+//!
+//! `cargo run --release -p mcp-authz-sidecar --features test-support --example loadbench -- \
+//!    <path to mcp-authz-sidecar> <path to oha> [seconds=15] [rate=1000] [streams=1000]`
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mcp_authz_sidecar::testing::{ISSUER, RESOURCE, TestKey, claims_for, jwks_document, now};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_user","arguments":{"id":42}}}"#;
+const ANSWER: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"user 42"}]}}"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serve(
+    handler: fn(Request<Incoming>, &str) -> Response<Body>,
+    data: String,
+) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let data = data.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |r| {
+                    let response = handler(r, &data);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn upstream(request: Request<Incoming>, _: &str) -> Response<Body> {
+    if request.method() == http::Method::GET {
+        // An SSE stream that stays open, sending a comment now and then like a real server's keep-alive.
+        let ticks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": ping\n\n"))),
+                (),
+            ))
+        });
+        let mut r = Response::new(StreamBody::new(ticks).boxed());
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().expect("static"));
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(ANSWER.as_bytes())).boxed());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    r
+}
+
+fn jwks(_: Request<Incoming>, document: &str) -> Response<Body> {
+    Response::new(Full::new(Bytes::from(document.to_owned())).boxed())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn oha(
+    oha: &str,
+    url: &str,
+    token: Option<&str>,
+    seconds: u64,
+    rate: u64,
+) -> anyhow::Result<Value> {
+    let mut command = Command::new(oha);
+    command.args([
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-z",
+        &format!("{seconds}s"),
+        "-q",
+        &rate.to_string(),
+    ]);
+    command.args([
+        "-c",
+        "32",
+        "-m",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+    ]);
+    command.arg("accept: application/json, text/event-stream");
+    if let Some(token) = token {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    command.args(["-d", CALL, url]);
+    let output = command.output().context("run oha")?;
+    if !output.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn micros(report: &Value, percentile: &str) -> f64 {
+    report["latencyPercentiles"][percentile]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+        * 1e6
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        bail!("usage: loadbench <mcp-authz-sidecar> <oha> [seconds] [rate] [streams]");
+    }
+    let seconds: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(15);
+    let rate: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let streams: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+
+    let key = TestKey::es256("k1");
+    let jwks_port = serve(jwks, jwks_document(&[&key])).await?;
+    let upstream_port = serve(upstream, String::new()).await?;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+    };
+    let (proxy_port, admin_port) = (free()?, free()?);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{proxy_port}\nadminListen: 127.0.0.1:{admin_port}\n\
+             upstream: http://127.0.0.1:{upstream_port}\nresource: {RESOURCE}\nissuer: {ISSUER}\n\
+             jwksUri: http://127.0.0.1:{jwks_port}/jwks\nscopesSupported: [mcp:read]\n\
+             rules:\n- {{method: tools/call, name: 'get_*', scopes: [mcp:read]}}\n"
+        ),
+    )?;
+    let child = Command::new(&args[1])
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start the sidecar")?;
+    let sidecar = Killed(child);
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut ready = false;
+    for _ in 0..100 {
+        let req = Request::get(format!("http://127.0.0.1:{admin_port}/readyz"))
+            .body(Full::new(Bytes::new()))?;
+        if client.request(req).await.is_ok_and(|r| r.status() == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        bail!("the sidecar never became ready");
+    }
+    let mut claims = claims_for(now());
+    claims["scope"] = json!("mcp:read");
+    let token = key.sign(&claims);
+    let pid = sidecar.0.id();
+    let idle_rss = rss_kib(pid)?;
+
+    let (oha_bin, direct_url, proxy_url) = (
+        args[2].clone(),
+        format!("http://127.0.0.1:{upstream_port}/mcp"),
+        format!("http://127.0.0.1:{proxy_port}/mcp"),
+    );
+    let t = token.clone();
+    let (direct, proxied) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Value, Value)> {
+            let direct = oha(&oha_bin, &direct_url, None, seconds, rate)?;
+            let proxied = oha(&oha_bin, &proxy_url, Some(&t), seconds, rate)?;
+            Ok((direct, proxied))
+        })
+        .await??;
+    let load_rss = rss_kib(pid)?;
+    let ok = |r: &Value| r["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    println!("| run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("direct to upstream", &direct),
+        ("through the sidecar", &proxied),
+    ] {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            ok(r),
+            micros(r, "p50"),
+            micros(r, "p90"),
+            micros(r, "p99"),
+            micros(r, "p99.9")
+        );
+    }
+    for p in ["p50", "p99"] {
+        let (d, s) = (micros(&direct, p), micros(&proxied, p));
+        println!("added latency {p}: {:.0} µs (ratio {:.2})", s - d, s / d);
+    }
+
+    // Open streams: each a GET SSE stream held open through the sidecar.
+    let mut open = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let req = Request::get(format!("http://127.0.0.1:{proxy_port}/mcp"))
+            .header("host", format!("127.0.0.1:{proxy_port}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))?;
+        let response = sender.send_request(req).await?;
+        if response.status() != 200 {
+            bail!("stream refused: {}", response.status());
+        }
+        open.push((sender, response));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streams_rss = rss_kib(pid)?;
+    println!(
+        "resident memory: idle {:.1} MiB, after the load runs {:.1} MiB, with {} open streams {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        load_rss as f64 / 1024.0,
+        open.len(),
+        streams_rss as f64 / 1024.0
+    );
+    Ok(())
+}

@@ -217,6 +217,11 @@ async fn hostile_inputs_are_refused_exactly_and_reach_nothing_forbidden() {
             UrlRule::NotCanonical(format!("https://client.test:{port}/u8")),
         ),
         refused_url(
+            "wildcard host",
+            format!("https://*.client.test:{port}/u13"),
+            UrlRule::BadHost,
+        ),
+        refused_url(
             "javascript: client_id",
             "javascript:fetch('https://client.test/')".into(),
             UrlRule::NotHttps,

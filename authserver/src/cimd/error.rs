@@ -103,6 +103,8 @@ pub enum UrlRule {
     Query,
     #[error("it must have a host name")]
     NoHost,
+    #[error("its host is not a valid DNS name")]
+    BadHost,
     #[error("it must have a path after the host")]
     NoPath,
     #[error("it must not contain `.` or `..` path segments")]

@@ -97,6 +97,8 @@ mod tests {
             b"\x00https://0x7f.1/x",
             b"\x00https://*.example.com/",
             b"\x00https://[::1]/x",
+            // Found by the fuzzer: a `*` inside a host name was accepted.
+            b"\x00https://examnt*exam1le/do://c",
             b"\x00",
             b"",
         ] {

@@ -54,6 +54,15 @@ pub fn check_url(
     match url.host() {
         None => return Err(refuse(UrlRule::NoHost)),
         Some(Host::Domain("")) => return Err(refuse(UrlRule::NoHost)),
+        // The URL standard lets `*`, `!`, `$`… into host names; DNS names never need them, and a
+        // `*` would read as a wildcard in policies and logs.
+        Some(Host::Domain(d))
+            if !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) =>
+        {
+            return Err(refuse(UrlRule::BadHost));
+        }
         Some(Host::Domain(_)) => {}
         Some(Host::Ipv4(ip)) => check_literal(addresses, &url, ip.into())?,
         Some(Host::Ipv6(ip)) => check_literal(addresses, &url, ip.into())?,
@@ -179,6 +188,9 @@ mod tests {
             ("https://example.com/a/.%2e/c", UrlRule::DotSegment),
             ("https://example.com/a/..", UrlRule::DotSegment),
             ("https://example.com", UrlRule::NoPath),
+            ("https://exa*mple.com/c", UrlRule::BadHost),
+            ("https://*.example.com/c", UrlRule::BadHost),
+            ("https://exa$mple.com/c", UrlRule::BadHost),
             ("https://example.com/", UrlRule::NoPath),
             (
                 "https://EXAMPLE.com/c",

@@ -21,6 +21,7 @@ use crate::passwords;
 use crate::secrets::{self, valid_pkce_string};
 use crate::state::{AppState, Snapshot};
 use crate::store::{AuthRequest, CodeRecord, Grant, sql::now_secs};
+use crate::upstream::{PendingLogin, UpstreamError};
 
 /// Cookie binding the forms to the browser that started the request.
 pub const CSRF_COOKIE: &str = "mcp_authz_csrf";
@@ -356,21 +357,38 @@ async fn continue_request(
         }
         None => None,
     };
-    if snapshot.config.login.upstream_oidc.is_some() {
-        return Err(OAuthError::new(
-            ErrorCode::ServerError,
-            "upstream OpenID Connect login is not available in this build",
-        ));
-    }
     match subject {
         Some(subject) => {
             request.subject = Some(subject.clone());
             state.store.put_auth_request(&request).await?;
             consent_or_code(state, snapshot, client, &request, &subject).await
         }
+        None if snapshot.upstream.is_some() => {
+            let upstream = snapshot
+                .upstream
+                .clone()
+                .ok_or_else(OAuthError::unavailable)?;
+            let pending = PendingLogin::new();
+            request.upstream_verifier = Some(pending.encode());
+            state.store.put_auth_request(&request).await?;
+            let callback = format!("{}/upstream/callback", snapshot.config.issuer);
+            let url = upstream
+                .authorization_url(&callback, &request.id, &pending)
+                .await
+                .map_err(upstream_error)?;
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            let location = HeaderValue::from_str(&url)
+                .map_err(|_| OAuthError::new(ErrorCode::ServerError, "bad upstream URL"))?;
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
         None => {
             state.store.put_auth_request(&request).await?;
             Ok(pages::login_page(
+                &snapshot.config.issuer,
                 &request.id,
                 &request.csrf,
                 &client.name,
@@ -412,6 +430,7 @@ async fn consent_or_code(
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
     let view = ConsentView {
+        base: &snapshot.config.issuer,
         request_id: &request.id,
         csrf: &request.csrf,
         client_name: &client.name,
@@ -550,6 +569,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             )
             .await;
             return Ok(pages::login_page(
+                &snapshot.config.issuer,
                 &request.id,
                 &request.csrf,
                 &client.name,
@@ -656,6 +676,105 @@ pub async fn consent(
     .await;
     result.unwrap_or_else(|e| {
         state.metrics.outcome("consent", e.metric_label());
+        error_page(&e)
+    })
+}
+
+fn upstream_error(e: UpstreamError) -> OAuthError {
+    tracing::warn!(error = %e, "upstream login failed");
+    let code = match e {
+        UpstreamError::Unreachable(_) | UpstreamError::BadResponse(_) => {
+            ErrorCode::TemporarilyUnavailable
+        }
+        UpstreamError::Refused(_) | UpstreamError::BadIdToken(_) => ErrorCode::AccessDenied,
+        UpstreamError::Config(_) => ErrorCode::ServerError,
+    };
+    OAuthError::new(code, e.to_string())
+}
+
+/// GET `/upstream/callback`: the provider sends the browser back here with its code (or an error).
+pub async fn upstream_callback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let snapshot = state.snapshot();
+    let result = async {
+        let params = Params::parse(uri.query().unwrap_or_default())?;
+        let id = params.require("state")?;
+        let mut request = state
+            .store
+            .auth_request(id, now_secs())
+            .await?
+            .ok_or_else(|| OAuthError::invalid_request("this sign-in has expired or was already completed; start again from the application"))?;
+        let cookie = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
+        if !secrets::constant_time_eq(&cookie, &request.csrf) {
+            return Err(OAuthError::invalid_request("the sign-in did not start in this browser"));
+        }
+        let pending = request
+            .upstream_verifier
+            .as_deref()
+            .and_then(PendingLogin::decode)
+            .ok_or_else(|| OAuthError::invalid_request("this sign-in did not go to the upstream provider"))?;
+        // The pending login is single use: a replayed callback finds nothing to finish.
+        request.upstream_verifier = None;
+        state.store.put_auth_request(&request).await?;
+        if let Some(error) = params.get("error") {
+            state.store.delete_auth_request(&request.id).await?;
+            audit::record(
+                state.store.as_ref(),
+                Decision {
+                    event: "login",
+                    client_id: Some(&request.client_id),
+                    resource: Some(&request.resource),
+                    outcome: "refused",
+                    reason: &format!("upstream provider: {}", shorten(error)),
+                    ..Default::default()
+                },
+            )
+            .await;
+            let e = OAuthError::new(ErrorCode::AccessDenied, format!("the upstream sign-in failed: {}", shorten(error)));
+            return Ok(error_redirect(&request.redirect_uri, &e, request.state.as_deref(), &snapshot.config.issuer));
+        }
+        let code = params.require("code")?;
+        let upstream = snapshot
+            .upstream
+            .clone()
+            .ok_or_else(|| OAuthError::invalid_request("upstream login is not configured"))?;
+        let callback = format!("{}/upstream/callback", snapshot.config.issuer);
+        let subject = match upstream.finish(code, &callback, &pending).await {
+            Ok(s) => s,
+            Err(e) => {
+                state.metrics.outcome("login", e.metric_label());
+                audit::record(
+                    state.store.as_ref(),
+                    Decision {
+                        event: "login",
+                        client_id: Some(&request.client_id),
+                        resource: Some(&request.resource),
+                        outcome: "refused",
+                        reason: &e.to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                return Err(upstream_error(e));
+            }
+        };
+        let client = clients::lookup(&snapshot, &request.client_id, Some(&request.resource)).await?;
+        let session = secrets::random_token();
+        let session_secs = snapshot.config.tokens.session_secs;
+        state.store.put_session(&secrets::hash(&session), &subject, now_secs() + session_secs as i64).await?;
+        request.subject = Some(subject.clone());
+        state.store.put_auth_request(&request).await?;
+        state.metrics.outcome("login", "ok");
+        let mut response = consent_or_code(&state, &snapshot, &client, &request, &subject).await?;
+        set_cookie(&mut response, SESSION_COOKIE, &session, secure_cookies(&snapshot), session_secs);
+        Ok::<_, OAuthError>(response)
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        state.metrics.outcome("login", e.metric_label());
         error_page(&e)
     })
 }

@@ -32,3 +32,4 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod upstream;

@@ -118,6 +118,7 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .route("/authorize", get(authorize::authorize))
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
+        .route("/upstream/callback", get(authorize::upstream_callback))
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
@@ -241,12 +242,6 @@ pub async fn start(
     config: AuthServerConfig,
     config_path: Option<PathBuf>,
 ) -> Result<Running, ServerError> {
-    if config.login.upstream_oidc.is_some() {
-        return Err(ConfigError::Invalid(
-            "login.upstreamOidc is not supported by this build yet; use static users".into(),
-        )
-        .into());
-    }
     let snapshot = Snapshot::build(config, None)?;
     let keys = load_keys(&snapshot.config)?;
     let store = open_store(&snapshot.config).await?;
@@ -321,12 +316,6 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     }
     if config.storage != previous.config.storage {
         tracing::warn!("storage changed: it takes effect at the next restart");
-    }
-    if config.login.upstream_oidc.is_some() {
-        return Err(ConfigError::Invalid(
-            "login.upstreamOidc is not supported by this build yet".into(),
-        )
-        .into());
     }
     let keys = load_keys(&config)?;
     let snapshot = Snapshot::build(config, Some(&previous))?;

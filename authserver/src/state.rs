@@ -10,6 +10,7 @@ use crate::config::{AuthServerConfig, ConfigError, StaticUser};
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::upstream::Upstream;
 
 /// Everything derived from one config file.
 pub struct Snapshot {
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub admin_token: Option<String>,
     /// The CIMD resolver, when CIMD is enabled.
     pub cimd: Option<cimd::Resolver>,
+    /// The upstream OpenID provider, when login is federated.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -84,11 +87,24 @@ impl Snapshot {
                     .map_err(|e| ConfigError::Invalid(format!("cimd: {}", e.description())))?,
             )
         };
+        let upstream = match &config.login.upstream_oidc {
+            None => None,
+            // Keep the previous client (and its discovery document) when the section did not change.
+            Some(u) => {
+                match previous.filter(|p| p.config.login.upstream_oidc.as_ref() == Some(u)) {
+                    Some(p) => p.upstream.clone(),
+                    None => Some(Arc::new(Upstream::new(u).map_err(|e| {
+                        ConfigError::Invalid(format!("login.upstreamOidc: {e}"))
+                    })?)),
+                }
+            }
+        };
         Ok(Snapshot {
             config,
             users,
             admin_token,
             cimd,
+            upstream,
         })
     }
 }

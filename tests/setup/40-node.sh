@@ -21,5 +21,15 @@ if [ ! -e "$_mcp_authz_tools_dir/.installed" ]; then
   touch "$_mcp_authz_tools_dir/.installed"
 fi
 export MCP_AUTHZ_NPM_TOOLS="$_mcp_authz_tools_dir/node_modules"
+# The authserver's upstream OpenID Provider for federated-login tests (npm oidc-provider, pinned).
+_mcp_authz_oidc_dir="$MCP_AUTHZ_CACHE/npm-oidc-provider-9.13.3"
+if [ ! -e "$_mcp_authz_oidc_dir/.installed" ]; then
+  mkdir -p "$_mcp_authz_oidc_dir"
+  PATH="$(dirname "$MCP_AUTHZ_NODE22"):$PATH" npm install --silent --no-audit --no-fund --prefix "$_mcp_authz_oidc_dir" \
+    "oidc-provider@9.13.3" || return 1
+  touch "$_mcp_authz_oidc_dir/.installed"
+fi
+export MCP_AUTHZ_OIDC_PROVIDER_MODULES="$_mcp_authz_oidc_dir/node_modules"
+unset _mcp_authz_oidc_dir
 echo "node: $MCP_AUTHZ_NODE22 ($("$MCP_AUTHZ_NODE22" --version)); npm tools: $MCP_AUTHZ_NPM_TOOLS"
 unset _mcp_authz_node_version _mcp_authz_conformance_version _mcp_authz_everything_version _mcp_authz_node_dir _mcp_authz_tools_dir

@@ -23,7 +23,7 @@ use crate::render::{self, Inputs, authserver, cimd, sidecar};
 /// Files of the state directory.
 pub mod files {
     /// The rendered authserver config.
-    pub const AUTHSERVER_CONFIG: &str = "authserver.yaml";
+    pub const AUTHSERVER_CONFIG: &str = "authserver.json";
     /// The SQLite database.
     pub const DATABASE: &str = "authserver.db";
     /// The signing keys (self-managed in local mode).
@@ -32,7 +32,7 @@ pub mod files {
     pub const USERS: &str = "users.yaml";
     /// The admin API credential, made on the first run.
     pub const ADMIN_TOKEN: &str = "admin-token";
-    /// Rendered sidecar configs, one per service: `sidecar-<namespace>-<name>.yaml`.
+    /// Rendered sidecar configs, one per service: `sidecar-<namespace>-<name>.json`.
     pub const SIDECAR_PREFIX: &str = "sidecar-";
     /// Trusted CA bundles of CIMD policies, copied from their ConfigMaps.
     pub const CA_BUNDLE: &str = "cimd-ca.pem";
@@ -281,7 +281,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         sidecar_config.jwks_uri = format!("{issuer}{}", sidecar::JWKS_PATH);
         sidecar_config.authorization_servers = vec![issuer.clone()];
         local_url_of.insert(cluster_url.clone(), url.clone());
-        let file_name = format!("{}{}.yaml", files::SIDECAR_PREFIX, key.replace('/', "-"));
+        let file_name = format!("{}{}.json", files::SIDECAR_PREFIX, key.replace('/', "-"));
         local_services.push(LocalService {
             name: service.object.name_any(),
             upstream: sidecar_config.upstream.clone(),
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(notes.config.jwks_uri, "http://127.0.0.1:7100/jwks");
         assert_eq!(notes.config.listen, loopback(7110));
         assert_eq!(notes.config.admin_listen, loopback(7111));
-        assert_eq!(notes.config_file, state.join("sidecar-default-notes.yaml"));
+        assert_eq!(notes.config_file, state.join("sidecar-default-notes.json"));
 
         let users = plan
             .files

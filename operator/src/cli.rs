@@ -21,6 +21,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the controllers and the sidecar-injecting webhook (in the cluster).
+    Operator(Box<crate::runtime::OperatorArgs>),
     /// Print the CustomResourceDefinitions (or write one file each into --out-dir).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
@@ -50,6 +52,10 @@ pub enum Command {
 /// Runs one subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Operator(args) => {
+            init_logging();
+            crate::runtime::run(*args).await
+        }
         Command::Crds { out_dir } => write_crds(out_dir),
         Command::Local(args) => Ok(crate::local::run(args).await?),
         Command::Render {
@@ -92,4 +98,15 @@ fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         None => std::io::stdout().write_all(crdgen::crds_yaml()?.as_bytes())?,
     }
     Ok(())
+}
+
+/// JSON logs (`MCP_AUTHZ_LOG_FORMAT=json`, the chart's setting) or text, filtered by `RUST_LOG`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("MCP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -21,3 +21,7 @@ pub mod naming;
 pub mod render;
 pub mod certs;
 pub mod metrics;
+pub mod status;
+pub mod lease;
+pub mod reconcile;
+pub mod runtime;

@@ -146,3 +146,74 @@ pub async fn operator_client(
         .await
         .expect("service account client")
 }
+
+/// Operator settings for a test: everything on loopback, short lease and certificate checks.
+pub fn operator_args(
+    namespace: &str,
+    identity: &str,
+    webhook_configuration: &str,
+) -> mcp_authz_operator::runtime::OperatorArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: mcp_authz_operator::runtime::OperatorArgs,
+    }
+    Wrapper::parse_from([
+        "test",
+        "--namespace",
+        namespace,
+        "--identity",
+        identity,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--webhook-listen",
+        "127.0.0.1:0",
+        "--webhook-configuration",
+        webhook_configuration,
+        "--webhook-extra-names",
+        "127.0.0.1",
+        "--lease-seconds",
+        "3",
+        "--cert-check-seconds",
+        "1",
+        "--webhook-cert-manager",
+        "false",
+        "--leader-election",
+        "true",
+    ])
+    .args
+}
+
+/// Reads one object of any kind as JSON, or `None` when it does not exist.
+pub async fn get_json(
+    client: &kube::Client,
+    namespace: &str,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+) -> Option<serde_json::Value> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|o| serde_json::to_value(o).expect("json"))
+}
+
+/// The status of condition `type_` of a resource, as `(status, reason, message)`.
+pub fn condition(object: &serde_json::Value, type_: &str) -> Option<(String, String, String)> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}

@@ -1,0 +1,246 @@
+//! AuthorizationServer -> authserver objects, the signing keys Secret, status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
+use crate::naming::{self, FIELD_MANAGER};
+use crate::render::{Inputs, authserver};
+use crate::status::{self, Observed};
+
+/// The longest lifetime of a token the server may sign: its access token lifetime (a scope's
+/// `maxTokenLifetime` only ever shortens it). A retired key stays published that long.
+pub fn max_token_lifetime(server: &AuthorizationServer) -> u64 {
+    crate::api::parse_duration(&server.spec.tokens.access_token_lifetime)
+        .map_or(600, |d| d.as_secs())
+}
+
+/// Reconciles one AuthorizationServer.
+pub async fn reconcile(
+    server: Arc<AuthorizationServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_REQUEUE));
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&server, &ctx).await;
+    let outcome = result
+        .as_ref()
+        .map_or_else(ReconcileError::metric_label, |_| "ok");
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["AuthorizationServer", outcome])
+        .inc();
+    ctx.metrics
+        .reconcile_seconds
+        .with_label_values(&["AuthorizationServer"])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(
+    server: &AuthorizationServer,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let namespace = server.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let client = &ctx.client;
+    let lp = ListParams::default();
+    let services = Api::<MCPService>::all(client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let scopes = Api::<MCPScope>::all(client.clone()).list(&lp).await?.items;
+    let policies = Api::<CIMDPolicy>::all(client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let inputs = Inputs {
+        server,
+        services: &services,
+        scopes: &scopes,
+        policies: &policies,
+    };
+
+    let objects = authserver::render(&inputs, &ctx.settings)?;
+    for object in &objects {
+        apply(client, object).await?;
+    }
+
+    // Signing keys: the Secret is the state of the rotation.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret_name = naming::authserver_keys(&server.name_any());
+    let existing = secrets.get_opt(&secret_name).await?;
+    let previous: BTreeMap<String, Vec<u8>> = existing
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let index = keys::read_secret(&previous)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let period = crate::render::seconds(
+        "spec.signing.rotationPeriod",
+        &server.spec.signing.rotation_period,
+    )?;
+    let policy = RotationPolicy {
+        period,
+        max_token_lifetime: max_token_lifetime(server),
+    };
+    let plan = keys::plan(&index.keys, now, policy);
+    let mut generated = Vec::new();
+    if let Some(slot) = plan.generate {
+        generated.push(keys::generate_es256(slot, now, policy)?);
+    }
+    let mut next_index = KeyIndex {
+        keys: plan.keep.clone(),
+    };
+    next_index
+        .keys
+        .extend(generated.iter().map(|g| g.record.clone()));
+    if next_index != index || previous.is_empty() {
+        let data = keys::write_secret(&next_index, &previous, &generated)?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret_name.clone()),
+                namespace: Some(namespace.clone()),
+                owner_references: server.controller_owner_ref(&()).map(|o| vec![o]),
+                labels: Some(
+                    [(
+                        naming::MANAGED_BY_LABEL.to_owned(),
+                        naming::MANAGED_BY.to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let mut body =
+            serde_json::to_value(&secret).map_err(|e| crate::render::RenderError::Serialize {
+                what: "keys Secret".into(),
+                message: e.to_string(),
+            })?;
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        for key in &generated {
+            ctx.event(
+                server,
+                false,
+                "SigningKeyGenerated",
+                format!(
+                    "generated signing key {} (signs from Unix time {})",
+                    key.record.kid, key.record.activates_at
+                ),
+            )
+            .await;
+        }
+    }
+
+    // Status.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get_opt(&naming::authserver(&server.name_any()))
+        .await?;
+    let available = deployment
+        .and_then(|d| d.status)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let config = authserver::authserver_config(&inputs)?;
+    let mut observed = vec![Observed::yes(
+        "ConfigRendered",
+        "Rendered",
+        format!(
+            "{} resources and {} scopes in the config",
+            config.resources.len(),
+            config.scopes.len()
+        ),
+    )];
+    observed.push(if available > 0 {
+        Observed::yes(
+            "Ready",
+            "Available",
+            format!("{available} replica(s) available"),
+        )
+    } else {
+        Observed::no(
+            "Ready",
+            "NotAvailable",
+            "no authorization server replica is available yet",
+        )
+    });
+    let signer = next_index
+        .keys
+        .iter()
+        .filter(|k| k.state_at(now) == Some(KeyState::Active))
+        .max_by_key(|k| k.activates_at);
+    let previous_conditions = server
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let conditions = status::merge(
+        &previous_conditions,
+        &observed,
+        server.meta().generation,
+        &status::now(),
+    );
+    for c in status::flipped(&previous_conditions, &conditions) {
+        ctx.event(server, c.status != "True", &c.reason, c.message.clone())
+            .await;
+    }
+    let status = json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "AuthorizationServer",
+        "status": {
+            "observedGeneration": server.meta().generation,
+            "conditions": conditions,
+            "signingKeyId": signer.map(|k| k.kid.clone()),
+            "publishedKeys": next_index.keys.len(),
+            "services": config.resources.len(),
+        }
+    });
+    Api::<AuthorizationServer>::namespaced(client.clone(), &namespace)
+        .patch_status(
+            &server.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
+    Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+
+    #[test]
+    fn keys_outlive_the_access_token_lifetime() {
+        let mut server = cases::authorization_server();
+        server["spec"]["tokens"] = json!({"accessTokenLifetime": "15m"});
+        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
+        assert_eq!(max_token_lifetime(&server), 900);
+    }
+}

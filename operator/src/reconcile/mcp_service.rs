@@ -1,0 +1,276 @@
+//! MCPService -> sidecar ConfigMap and NetworkPolicy, and status: `Ready`, `ScopesResolved`,
+//! `PolicyResolved`, `RawPortExposed`, injected pod count.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::naming::{self, FIELD_MANAGER};
+use crate::render::{missing_scopes, service_policy, sidecar};
+use crate::status::{self, Observed};
+
+/// Services of the namespace that still send traffic to the MCP server's own port (bypassing the
+/// sidecar): their selector picks the same pods and a port targets `upstream.port`.
+pub fn raw_port_services(service: &MCPService, services: &[Service]) -> Vec<String> {
+    let upstream = service.spec.upstream.port;
+    services
+        .iter()
+        .filter(|svc| {
+            let Some(spec) = &svc.spec else { return false };
+            let selector = spec.selector.clone().unwrap_or_default();
+            let same_pods = !selector.is_empty()
+                && selector
+                    .iter()
+                    .all(|(k, v)| service.spec.selector.get(k) == Some(v));
+            let raw = spec.ports.iter().flatten().any(|p| match &p.target_port {
+                Some(IntOrString::Int(port)) => *port == upstream,
+                Some(IntOrString::String(_)) => false,
+                None => p.port == upstream,
+            });
+            same_pods && raw
+        })
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Reconciles one MCPService.
+pub async fn reconcile(
+    service: Arc<MCPService>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_REQUEUE));
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&service, &ctx).await;
+    let outcome = result
+        .as_ref()
+        .map_or_else(ReconcileError::metric_label, |_| "ok");
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["MCPService", outcome])
+        .inc();
+    ctx.metrics
+        .reconcile_seconds
+        .with_label_values(&["MCPService"])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = service.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let client = &ctx.client;
+    let reference = &service.spec.authorization_server_ref;
+    let server_ns = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| namespace.clone());
+    let server = Api::<AuthorizationServer>::namespaced(client.clone(), &server_ns)
+        .get_opt(&reference.name)
+        .await?;
+    let lp = ListParams::default();
+    let scopes = Api::<MCPScope>::all(client.clone()).list(&lp).await?.items;
+    let policies = Api::<CIMDPolicy>::namespaced(client.clone(), &namespace)
+        .list(&lp)
+        .await?
+        .items;
+
+    let mut observed = Vec::new();
+    let missing = missing_scopes(service, &server_ns, &scopes);
+    observed.push(if missing.is_empty() {
+        Observed::yes(
+            "ScopesResolved",
+            "AllScopesFound",
+            "every scope is defined by an MCPScope",
+        )
+    } else {
+        Observed::no(
+            "ScopesResolved",
+            "MCPScopeNotFound",
+            format!(
+                "no MCPScope in namespace {namespace} or {server_ns} defines: {}",
+                missing.join(", ")
+            ),
+        )
+    });
+    let policy_ok = match service_policy(service, &policies) {
+        None => {
+            observed.push(Observed::yes(
+                "PolicyResolved",
+                "ServerDefault",
+                "clients are admitted by the AuthorizationServer's default CIMDPolicy",
+            ));
+            true
+        }
+        Some(Ok(p)) => {
+            observed.push(Observed::yes(
+                "PolicyResolved",
+                "PolicyFound",
+                format!("clients are admitted by CIMDPolicy {}", p.name_any()),
+            ));
+            true
+        }
+        Some(Err(name)) => {
+            observed.push(Observed::no(
+                "PolicyResolved",
+                "CIMDPolicyNotFound",
+                format!("CIMDPolicy {name} does not exist in namespace {namespace}; the service is left out of the authorization server until it does"),
+            ));
+            false
+        }
+    };
+    if let Some(server) = &server {
+        for object in sidecar::render(service, server, &scopes)? {
+            apply(client, &object).await?;
+        }
+    }
+
+    let services = Api::<Service>::namespaced(client.clone(), &namespace)
+        .list(&lp)
+        .await?
+        .items;
+    let raw = raw_port_services(service, &services);
+    observed.push(if raw.is_empty() {
+        Observed::no("RawPortExposed", "SidecarPortOnly", "no Service targets the MCP server's own port")
+    } else {
+        Observed::yes(
+            "RawPortExposed",
+            "ServiceTargetsRawPort",
+            format!(
+                "Service(s) {} target port {} of the MCP server directly; point them at the sidecar port {}",
+                raw.join(", "),
+                service.spec.upstream.port,
+                service.spec.sidecar.port
+            ),
+        )
+    });
+
+    let selector = service
+        .spec
+        .selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let injected = pods
+        .iter()
+        .filter(|p| {
+            p.annotations().get(naming::INJECTED_SERVICE_ANNOTATION) == Some(&service.name_any())
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+
+    observed.insert(
+        0,
+        match (&server, missing.is_empty() && policy_ok) {
+            (None, _) => Observed::no(
+                "Ready",
+                "AuthorizationServerNotFound",
+                format!(
+                    "AuthorizationServer {server_ns}/{} does not exist",
+                    reference.name
+                ),
+            ),
+            (Some(_), false) => Observed::no(
+                "Ready",
+                "ReferencesUnresolved",
+                "see ScopesResolved and PolicyResolved",
+            ),
+            (Some(_), true) => Observed::yes(
+                "Ready",
+                "Configured",
+                format!(
+                    "sidecar config {} is current",
+                    naming::sidecar_config_map(&service.name_any())
+                ),
+            ),
+        },
+    );
+    let previous = service
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let conditions = status::merge(
+        &previous,
+        &observed,
+        service.meta().generation,
+        &status::now(),
+    );
+    for c in status::flipped(&previous, &conditions) {
+        let warning = (c.type_ == "RawPortExposed") == (c.status == "True");
+        ctx.event(service, warning, &c.reason, c.message.clone())
+            .await;
+    }
+    let status = json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
+        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected}
+    });
+    Api::<MCPService>::namespaced(client.clone(), &namespace)
+        .patch_status(
+            &service.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    Ok(Action::requeue(std::time::Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+
+    fn k8s_service(name: &str, selector: serde_json::Value, ports: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"selector": selector, "ports": ports}}),
+        )
+        .expect("service")
+    }
+
+    #[test]
+    fn raw_port_detection() {
+        let mcp: MCPService = serde_json::from_value(cases::mcp_service()).expect("mcp");
+        let services = [
+            k8s_service(
+                "raw",
+                json!({"app": "files"}),
+                json!([{"port": 80, "targetPort": 8080}]),
+            ),
+            k8s_service(
+                "raw-implicit",
+                json!({"app": "files"}),
+                json!([{"port": 8080}]),
+            ),
+            k8s_service(
+                "good",
+                json!({"app": "files"}),
+                json!([{"port": 80, "targetPort": 8443}]),
+            ),
+            k8s_service(
+                "named",
+                json!({"app": "files"}),
+                json!([{"port": 80, "targetPort": "mcp-authz"}]),
+            ),
+            k8s_service(
+                "other-pods",
+                json!({"app": "notes"}),
+                json!([{"port": 80, "targetPort": 8080}]),
+            ),
+            k8s_service("no-selector", json!({}), json!([{"port": 8080}])),
+        ];
+        assert_eq!(raw_port_services(&mcp, &services), ["raw", "raw-implicit"]);
+    }
+}

@@ -1,0 +1,566 @@
+//! `mcp-authz operator`: wires the lease, the controllers, the webhook (and its certificate) and
+//! the admin server together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::admission::patch::{SidecarDefaults, supports_native_sidecars};
+use crate::admission::server::{SharedTls, Webhook};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::certs::{self, CertAction, WebhookTls};
+use crate::lease::{self, LeaseSettings};
+use crate::metrics::{self, Metrics};
+use crate::naming::FIELD_MANAGER;
+use crate::reconcile::{self, Context};
+use crate::render::RenderSettings;
+
+/// Settings of `mcp-authz operator` (flags, or the environment the Helm chart sets).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Namespace the operator runs in (its Lease and webhook Secret live here).
+    #[arg(long, env = "MCP_AUTHZ_NAMESPACE", default_value = "mcp-authz")]
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "mcp-authz-operator")]
+    pub identity: String,
+    /// Address of /metrics, /healthz, /readyz.
+    #[arg(long, env = "MCP_AUTHZ_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Address of the admission webhook (TLS).
+    #[arg(long, env = "MCP_AUTHZ_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    pub webhook_listen: SocketAddr,
+    /// Service the API server reaches the webhook through (names in the serving certificate).
+    #[arg(
+        long,
+        env = "MCP_AUTHZ_WEBHOOK_SERVICE",
+        default_value = "mcp-authz-webhook"
+    )]
+    pub webhook_service: String,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(
+        long,
+        env = "MCP_AUTHZ_WEBHOOK_CONFIGURATION",
+        default_value = "mcp-authz-webhook"
+    )]
+    pub webhook_configuration: String,
+    /// Extra names (DNS or IP) in the serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    pub webhook_extra_names: Vec<String>,
+    /// Take the serving certificate from cert-manager (files in --webhook-cert-dir) instead.
+    #[arg(long, env = "MCP_AUTHZ_WEBHOOK_CERT_MANAGER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_cert_manager: bool,
+    /// Directory of tls.crt and tls.key when cert-manager provides them.
+    #[arg(long, default_value = "/var/run/mcp-authz/webhook-tls")]
+    pub webhook_cert_dir: PathBuf,
+    /// Image of the authorization server.
+    #[arg(long, env = "MCP_AUTHZ_AUTHSERVER_IMAGE")]
+    pub authserver_image: Option<String>,
+    /// Image of the sidecar.
+    #[arg(long, env = "MCP_AUTHZ_SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
+    /// Pull policy of the containers the operator creates.
+    #[arg(long, env = "MCP_AUTHZ_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// Elect a leader through a Lease (off: this replica always writes).
+    #[arg(long, env = "MCP_AUTHZ_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "mcp-authz-operator")]
+    pub lease_name: String,
+    /// Seconds a leader's claim lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Seconds between checks of the webhook certificate and caBundle.
+    #[arg(long, default_value_t = 10)]
+    pub cert_check_seconds: u64,
+}
+
+impl OperatorArgs {
+    fn render_settings(&self) -> RenderSettings {
+        let mut settings = RenderSettings::default();
+        if let Some(image) = &self.authserver_image {
+            settings.authserver_image = image.clone();
+        }
+        if let Some(image) = &self.sidecar_image {
+            settings.sidecar_image = image.clone();
+        }
+        settings.image_pull_policy = self.image_pull_policy.clone();
+        settings
+    }
+
+    fn webhook_names(&self) -> Vec<String> {
+        let mut names = certs::service_names(&self.webhook_service, &self.namespace);
+        names.extend(self.webhook_extra_names.iter().cloned());
+        names
+    }
+
+    fn webhook_secret(&self) -> String {
+        format!("{}-tls", self.webhook_service)
+    }
+}
+
+/// A running operator's handles (for tests and shutdown).
+pub struct Running {
+    /// Metrics of this replica.
+    pub metrics: Metrics,
+    /// Whether this replica holds the lease.
+    pub leader: watch::Receiver<bool>,
+    /// Address the webhook listens on.
+    pub webhook_addr: SocketAddr,
+    /// Address of the admin server.
+    pub admin_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every task of this replica.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the operator with `client` and returns once its servers listen.
+pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (leader_tx, leader_rx) = watch::channel(!args.leader_election);
+    let mut tasks = Vec::new();
+
+    if args.leader_election {
+        let settings = LeaseSettings {
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: args.identity.clone(),
+            duration: Duration::from_secs(args.lease_seconds),
+            renew_every: Duration::from_secs((args.lease_seconds / 3).max(1)),
+        };
+        tasks.push(tokio::spawn(lease::run(
+            client.clone(),
+            settings,
+            leader_tx,
+        )));
+    }
+    {
+        let metrics = metrics.clone();
+        let mut leader = leader_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                metrics.leader.set(i64::from(*leader.borrow_and_update()));
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    let admin = metrics::bind(args.admin_listen).await?;
+    let admin_addr = admin.local_addr()?;
+    tasks.push(tokio::spawn(metrics::serve_admin(
+        admin,
+        metrics.clone(),
+        ready.clone(),
+    )));
+
+    // Webhook: TLS first (every replica serves it; the leader makes and rotates the certificate).
+    let tls = wait_for_tls(&args, &client, &leader_rx).await?;
+    metrics.certificate_expiry.set(tls.not_after);
+    let shared: SharedTls = Arc::new(RwLock::new(Arc::new(
+        certs::server_config(&tls).map_err(anyhow::Error::msg)?,
+    )));
+    let version = client.apiserver_version().await?;
+    let settings = args.render_settings();
+    let webhook = Arc::new(Webhook {
+        client: client.clone(),
+        defaults: SidecarDefaults {
+            image: settings.sidecar_image.clone(),
+            version: settings.version.clone(),
+            native_sidecars: supports_native_sidecars(&version.major, &version.minor),
+        },
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen).await?;
+    let webhook_addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(crate::admission::server::serve(
+        listener,
+        shared.clone(),
+        webhook,
+    )));
+    tasks.push(tokio::spawn(keep_tls(
+        args.clone(),
+        client.clone(),
+        leader_rx.clone(),
+        shared,
+        metrics.clone(),
+    )));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "mcp-authz-operator".into(),
+            instance: Some(args.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics: metrics.clone(),
+        leader: leader_rx.clone(),
+        recorder,
+    });
+    tasks.push(tokio::spawn(run_server_controller(
+        client.clone(),
+        ctx.clone(),
+    )));
+    tasks.push(tokio::spawn(run_service_controller(client.clone(), ctx)));
+    ready.store(true, Ordering::Relaxed);
+    Ok(Running {
+        metrics,
+        leader: leader_rx,
+        webhook_addr,
+        admin_addr,
+        tasks,
+    })
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let running = start(args, client).await?;
+    tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "operator started");
+    shutdown_signal().await;
+    running.stop();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
+    let servers: Api<AuthorizationServer> = Api::all(client.clone());
+    let controller = Controller::new(servers, watcher::Config::default());
+    let store = controller.store();
+    let all_servers = move || {
+        store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c) = (all_servers.clone(), all_servers.clone(), all_servers);
+    let owned = || {
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            crate::naming::MANAGED_BY_LABEL,
+            crate::naming::MANAGED_BY
+        ))
+    };
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned())
+        .owns(Api::<Secret>::all(client.clone()), owned())
+        .watches(
+            Api::<MCPService>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| a(),
+        )
+        .watches(
+            Api::<MCPScope>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| b(),
+        )
+        .watches(
+            Api::<CIMDPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| c(),
+        )
+        .run(
+            reconcile::authorization_server::reconcile,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
+    let services: Api<MCPService> = Api::all(client.clone());
+    let controller = Controller::new(services, watcher::Config::default());
+    let store = controller.store();
+    let in_namespace = move |ns: Option<String>| {
+        store
+            .state()
+            .iter()
+            .filter(|s| ns.is_none() || s.namespace() == ns)
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c, d, e) = (
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace,
+    );
+    let owned = || {
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            crate::naming::MANAGED_BY_LABEL,
+            crate::naming::MANAGED_BY
+        ))
+    };
+    let injected = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::api::INJECT_LABEL,
+        crate::api::INJECT_ENABLED
+    ));
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .watches(
+            Api::<MCPScope>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| a(None),
+        )
+        .watches(
+            Api::<CIMDPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |p| b(p.namespace()),
+        )
+        .watches(
+            Api::<AuthorizationServer>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| c(None),
+        )
+        .watches(Api::<Pod>::all(client.clone()), injected, move |p| {
+            d(p.namespace())
+        })
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |s| e(s.namespace()),
+        )
+        .run(
+            reconcile::mcp_service::reconcile,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// The webhook certificate to start with: from cert-manager's files, or the operator's Secret
+/// (made by the leader; followers wait for it).
+async fn wait_for_tls(
+    args: &OperatorArgs,
+    client: &kube::Client,
+    leader: &watch::Receiver<bool>,
+) -> anyhow::Result<WebhookTls> {
+    loop {
+        match current_tls(args, client, leader).await {
+            Ok(Some(tls)) => return Ok(tls),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "webhook certificate not available yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One round of certificate care. The leader creates, renews and writes the caBundle back if it
+/// was wiped; everyone returns the current material.
+async fn current_tls(
+    args: &OperatorArgs,
+    client: &kube::Client,
+    leader: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<WebhookTls>> {
+    if args.webhook_cert_manager {
+        let read = |f: &str| std::fs::read_to_string(args.webhook_cert_dir.join(f));
+        let (Ok(cert), Ok(key)) = (read("tls.crt"), read("tls.key")) else {
+            return Ok(None);
+        };
+        let ca = read("ca.crt").unwrap_or_default();
+        return Ok(Some(WebhookTls {
+            ca_cert: ca,
+            ca_key: String::new(),
+            cert,
+            key,
+            not_after: 0,
+        }));
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let name = args.webhook_secret();
+    let stored = secrets
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.data)
+        .map(|d| d.into_iter().map(|(k, v)| (k, v.0)).collect())
+        .and_then(|d| WebhookTls::from_secret(&d));
+    if !*leader.borrow() {
+        return Ok(stored);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let tls = match (certs::decide(stored.as_ref(), now.unix_timestamp()), stored) {
+        (CertAction::Keep, Some(tls)) => tls,
+        (CertAction::Renew, Some(base)) => {
+            write_tls(
+                &secrets,
+                &name,
+                certs::renew(&base, &args.webhook_names(), now)?,
+            )
+            .await?
+        }
+        _ => write_tls(&secrets, &name, certs::create(&args.webhook_names(), now)?).await?,
+    };
+    ensure_ca_bundle(client, &args.webhook_configuration, &tls.ca_cert).await?;
+    Ok(Some(tls))
+}
+
+async fn write_tls(
+    secrets: &Api<Secret>,
+    name: &str,
+    tls: WebhookTls,
+) -> anyhow::Result<WebhookTls> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                [(
+                    crate::naming::MANAGED_BY_LABEL.to_owned(),
+                    crate::naming::MANAGED_BY.to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            tls.to_secret()
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let mut body = serde_json::to_value(&secret)?;
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("Secret");
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    tracing::info!(
+        secret = name,
+        not_after = tls.not_after,
+        "webhook certificate written"
+    );
+    Ok(tls)
+}
+
+/// Writes the caBundle into every webhook of the configuration that lacks it or has another one.
+async fn ensure_ca_bundle(
+    client: &kube::Client,
+    configuration: &str,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let Some(current) = api.get_opt(configuration).await? else {
+        return Ok(());
+    };
+    let wanted = ByteString(ca_pem.as_bytes().to_vec());
+    let webhooks = current.webhooks.unwrap_or_default();
+    if webhooks
+        .iter()
+        .all(|w| w.client_config.ca_bundle.as_ref() == Some(&wanted))
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": configuration},
+        "webhooks": webhooks.iter().map(|w| json!({
+            "name": w.name,
+            "admissionReviewVersions": w.admission_review_versions,
+            "sideEffects": w.side_effects,
+            "clientConfig": {"caBundle": wanted},
+        })).collect::<Vec<_>>(),
+    });
+    api.patch(
+        configuration,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    tracing::info!(configuration, "webhook caBundle written");
+    Ok(())
+}
+
+async fn keep_tls(
+    args: OperatorArgs,
+    client: kube::Client,
+    leader: watch::Receiver<bool>,
+    shared: SharedTls,
+    metrics: Metrics,
+) {
+    let mut in_use: Option<String> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(args.cert_check_seconds.max(1))).await;
+        match current_tls(&args, &client, &leader).await {
+            Ok(Some(tls)) if in_use.as_deref() != Some(tls.cert.as_str()) => {
+                match certs::server_config(&tls) {
+                    Ok(config) => {
+                        if let Ok(mut slot) = shared.write() {
+                            *slot = Arc::new(config);
+                        }
+                        metrics.certificate_expiry.set(tls.not_after);
+                        in_use = Some(tls.cert);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "webhook certificate unusable"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "webhook certificate check failed"),
+        }
+    }
+}

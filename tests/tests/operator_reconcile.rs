@@ -1,0 +1,205 @@
+//! The operator against the real API server, under a ServiceAccount bound to exactly the chart's
+//! rules: resources converge into owned objects and status; broken things are healed or reported.
+
+mod operator_support;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use mcp_authz_operator::api::cases;
+use mcp_authz_tests::control_plane::{ControlPlane, eventually};
+use operator_support::{condition, get_json};
+use serde_json::json;
+
+#[tokio::test]
+async fn resources_converge_and_breakage_heals() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let ns = cluster.new_namespace("op").await.expect("namespace");
+    let operator = operator_support::operator_client(cluster, &ns, "mcp-authz-operator").await;
+
+    // The chart's webhook configuration, without a caBundle (the operator writes it).
+    let configuration = format!("mcp-authz-webhook-{ns}");
+    let webhook: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": configuration},
+        "webhooks": [{
+            "name": "inject.mcp-authz.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": {"url": "https://127.0.0.1:1/inject"},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "objectSelector": {"matchLabels": {"mcp-authz.io/inject": "enabled"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}
+        }]
+    }))
+    .expect("configuration");
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    webhooks
+        .create(&PostParams::default(), &webhook)
+        .await
+        .expect("webhook configuration");
+
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&ns, "op-a", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+
+    // The caBundle is written, and written again after something wipes it.
+    let has_bundle = || async {
+        let c = webhooks.get(&configuration).await.ok()?;
+        c.webhooks?
+            .first()?
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .filter(|b| !b.0.is_empty())
+            .map(|_| ())
+    };
+    eventually("caBundle written", has_bundle).await;
+    webhooks
+        .patch(
+            &configuration,
+            &PatchParams::default(),
+            &Patch::<()>::Json(
+                serde_json::from_value(json!([
+                    {"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}
+                ]))
+                .expect("patch"),
+            ),
+        )
+        .await
+        .expect("wipe caBundle");
+    eventually("caBundle rewritten after a wipe", has_bundle).await;
+
+    // An AuthorizationServer and a service that names a scope nobody defines yet.
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(ns);
+    operator_support::create(&admin, &ns, &server)
+        .await
+        .expect("AuthorizationServer");
+    let mut read = cases::mcp_scope();
+    read["metadata"]["namespace"] = json!(ns);
+    operator_support::create(&admin, &ns, &read)
+        .await
+        .expect("MCPScope files:read");
+    let mut service = cases::mcp_service();
+    service["metadata"]["namespace"] = json!(ns);
+    operator_support::create(&admin, &ns, &service)
+        .await
+        .expect("MCPService");
+
+    for (api_version, kind, name) in [
+        ("v1", "ConfigMap", "auth-authserver"),
+        ("apps/v1", "Deployment", "auth-authserver"),
+        ("v1", "Service", "auth-authserver"),
+        ("v1", "PersistentVolumeClaim", "auth-authserver"),
+        ("v1", "Secret", "auth-authserver-keys"),
+        ("v1", "ConfigMap", "files-mcp-authz-sidecar"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "files-mcp-authz"),
+    ] {
+        let object = eventually(&format!("{kind} {name}"), || {
+            get_json(&admin, &ns, api_version, kind, name)
+        })
+        .await;
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["controller"], json!(true), "{kind} {name} is owned");
+    }
+    let missing = eventually("ScopesResolved=False", || async {
+        let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
+        condition(&svc, "ScopesResolved").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(missing.1, "MCPScopeNotFound");
+    assert!(missing.2.contains("files:write"), "{}", missing.2);
+
+    // Defining the scope resolves it and re-renders the authserver config.
+    let mut write = cases::mcp_scope();
+    write["metadata"] = json!({"name": "files-write", "namespace": ns});
+    write["spec"]["value"] = json!("files:write");
+    operator_support::create(&admin, &ns, &write)
+        .await
+        .expect("MCPScope files:write");
+    eventually("ScopesResolved=True", || async {
+        let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
+        condition(&svc, "ScopesResolved").filter(|c| c.0 == "True")
+    })
+    .await;
+    eventually("authserver config lists files:write", || async {
+        let cm = get_json(&admin, &ns, "v1", "ConfigMap", "auth-authserver").await?;
+        cm["data"]["authserver.yaml"]
+            .as_str()?
+            .contains("value: files:write")
+            .then_some(())
+    })
+    .await;
+    let server_status = eventually("AuthorizationServer status", || async {
+        let s = get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "AuthorizationServer",
+            "auth",
+        )
+        .await?;
+        (s["status"]["signingKeyId"].is_string()
+            && condition(&s, "ConfigRendered").is_some_and(|c| c.0 == "True"))
+        .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&server_status, "Ready").map(|c| c.1),
+        Some("NotAvailable".to_owned()),
+        "no kubelet runs pods here"
+    );
+
+    // A Service that still targets the raw MCP port is reported.
+    let raw: Service = serde_json::from_value(json!({
+        "metadata": {"name": "files-raw"}, "spec": {"selector": {"app": "files"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &raw)
+        .await
+        .expect("raw service");
+    let exposed = eventually("RawPortExposed=True", || async {
+        let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
+        condition(&svc, "RawPortExposed").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert!(exposed.2.contains("files-raw"), "{}", exposed.2);
+
+    // A deleted keys Secret is recreated.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let before = secrets
+        .get("auth-authserver-keys")
+        .await
+        .expect("keys")
+        .metadata
+        .uid;
+    secrets
+        .delete("auth-authserver-keys", &DeleteParams::default())
+        .await
+        .expect("delete keys");
+    let after = eventually("keys Secret recreated", || async {
+        let s = secrets.get_opt("auth-authserver-keys").await.ok()??;
+        (s.metadata.uid != before).then_some(s)
+    })
+    .await;
+    let index: serde_json::Value =
+        serde_json::from_slice(&after.data.expect("data")["keys.json"].0).expect("keys.json");
+    assert_eq!(index["keys"].as_array().map(Vec::len), Some(1));
+    assert_eq!(index["keys"][0]["alg"], "ES256");
+
+    let metrics = running.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"mcp_authz_operator_reconciles_total{kind="AuthorizationServer",outcome="ok"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mcp_authz_operator_leader 1"), "{metrics}");
+    running.stop();
+}

@@ -80,3 +80,22 @@ def test_a_manifest_breaking_a_cel_rule_is_refused_like_the_api_server_would(bin
     )
     assert run.returncode != 0
     assert f"{manifests / 'server.yaml'}: AuthorizationServer/a: spec.replicas: embedded storage" in run.stderr, run.stderr
+
+
+def test_a_bad_edit_while_running_is_reported_and_the_running_config_stays(plane, cimd_host, manifests_dir):
+    url = plane.service("notes")["url"]
+    g = anyio.run(grant, plane.ready["issuer"], url, "notes:read", cimd_host, "/agents/bad-edit.json")
+    broken = manifests_dir / "zz-broken.yaml"
+    log = plane.child.log
+    offset = log.stat().st_size
+    try:
+        broken.write_text("apiVersion: mcp-authz.io/v1alpha1\nkind: MCPScope\nmetadata: {name: bad}\nspec: {value: offline_access, description: x}\n")
+        deadline = time.monotonic() + 15
+        said = ""
+        while "manifests changed but were refused" not in said and time.monotonic() < deadline:
+            time.sleep(0.2)
+            said = log.read_text(errors="replace")[offset:]
+        assert f"{broken}: MCPScope/bad: spec.value: offline_access is reserved for refresh tokens" in said, said
+        assert anyio.run(call_whoami, url, g.token["access_token"]) == 200, "the running config must stay in force"
+    finally:
+        broken.unlink(missing_ok=True)

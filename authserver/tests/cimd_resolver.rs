@@ -462,6 +462,62 @@ fn the_config_reads_camel_case_yaml_style_json_and_refuses_unknown_fields() {
     assert!(text.contains("allowedPrivateCidrs") && text.contains("private_key_jwt"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_with_the_development_switch() {
+    // A clear-text server on 127.0.0.1 that answers every request with the same document.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let client_id = format!("http://client.test:{port}/dev-agent");
+    let body = document(&client_id).to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        }
+    });
+    let config = CimdConfig {
+        allowed_private_cidrs: vec!["127.0.0.1/32".into()],
+        ..CimdConfig::default()
+    };
+    let strict = Resolver::with_dns(config.clone(), Arc::new(test_dns())).expect("valid");
+    assert_eq!(
+        strict.resolve(&client_id, None).await,
+        Err(CimdError::UrlRefused {
+            which: "client_id",
+            rule: mcp_authz_authserver::cimd::UrlRule::NotHttps
+        })
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    let development = Resolver::with_dns(
+        CimdConfig {
+            allow_http_for_development: true,
+            ..config
+        },
+        Arc::new(test_dns()),
+    )
+    .expect("valid");
+    let client = development
+        .resolve(&client_id, None)
+        .await
+        .expect("admitted in development");
+    assert_eq!(client.client_id, client_id);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    server.abort();
+}
+
 #[tokio::test]
 async fn policy_denial_is_not_a_fetch() {
     // With a pattern that excludes the host, nothing is looked up at all.

@@ -175,27 +175,29 @@ fn benches(c: &mut Criterion) {
         grant.expires_at,
     ))
     .unwrap();
-    // The routine rotates the token the next setup sends: shared through a cell.
-    let refresh = std::cell::RefCell::new(first);
+    // Each use needs the token the previous use returned, so the body is built right before each timed call
+    // (iter_batched would build a whole batch from one stale token).
+    let mut refresh = first;
     c.bench_function("token_refresh_rotation", |b| {
-        b.iter_batched(
-            || {
-                url::form_urlencoded::Serializer::new(String::new())
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let body = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", &refresh.borrow())
+                    .append_pair("refresh_token", &refresh)
                     .append_pair(
                         "client_assertion_type",
                         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                     )
                     .append_pair("client_assertion", &assertion(&f))
-                    .finish()
-            },
-            |body| {
+                    .finish();
+                let started = std::time::Instant::now();
                 let answer = rt.block_on(call(&f.state, form("/token", body, None)));
-                *refresh.borrow_mut() = answer["refresh_token"].as_str().unwrap().to_owned();
-            },
-            BatchSize::SmallInput,
-        )
+                total += started.elapsed();
+                refresh = answer["refresh_token"].as_str().unwrap().to_owned();
+            }
+            total
+        })
     });
 
     let token = rt.block_on(call(

@@ -20,7 +20,7 @@ use crate::params::Params;
 use crate::passwords;
 use crate::secrets::{self, valid_pkce_string};
 use crate::state::{AppState, Snapshot};
-use crate::store::{AuthRequest, CodeRecord, Grant, sql::now_secs};
+use crate::store::{AuthRequest, CodeRecord, Consent, Grant, sql::now_secs};
 use crate::upstream::{PendingLogin, UpstreamError};
 
 /// Cookie binding the forms to the browser that started the request.
@@ -415,7 +415,13 @@ async fn consent_or_code(
     if !sensitive
         && state
             .store
-            .has_consent(subject, &client.client_id, &request.resource, &scopes_key)
+            .has_consent(&Consent {
+                subject,
+                client_id: &client.client_id,
+                resource: &request.resource,
+                scopes: &scopes_key,
+                client_fingerprint: client.fingerprint(),
+            })
             .await?
     {
         return issue_code(state, snapshot, request, subject, "consent remembered").await;
@@ -621,6 +627,9 @@ pub async fn consent(
             .subject
             .clone()
             .ok_or_else(|| OAuthError::invalid_request("sign in before consenting"))?;
+        // Looked up again: the consent is for the document version the person sees now.
+        let client =
+            clients::lookup(&snapshot, &request.client_id, Some(&request.resource)).await?;
         match params.require("decision")? {
             "approve" => {
                 let catalogue = snapshot.config.scope_catalogue();
@@ -632,10 +641,13 @@ pub async fn consent(
                     state
                         .store
                         .put_consent(
-                            &subject,
-                            &request.client_id,
-                            &request.resource,
-                            &request.scopes.join(" "),
+                            &Consent {
+                                subject: &subject,
+                                client_id: &request.client_id,
+                                resource: &request.resource,
+                                scopes: &request.scopes.join(" "),
+                                client_fingerprint: client.fingerprint(),
+                            },
                             now_secs(),
                         )
                         .await?;

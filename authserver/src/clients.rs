@@ -85,6 +85,12 @@ impl ClientView {
         }
     }
 
+    /// The CIMD document's fingerprint (redirect URIs and keys), empty for registered clients: consents are
+    /// remembered per fingerprint, so a changed document asks again.
+    pub fn fingerprint(&self) -> &str {
+        self.cimd.as_ref().map_or("", |d| d.fingerprint.as_str())
+    }
+
     pub fn allows(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)
     }

@@ -778,6 +778,15 @@ clients:
     }
 
     #[test]
+    fn json_schema_documents_fields_and_closes_objects() {
+        let schema = serde_json::to_value(schemars::schema_for!(AuthServerConfig)).unwrap();
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(schema["required"].as_array().unwrap().contains(&"issuer".into()));
+        let issuer = &schema["properties"]["issuer"]["description"];
+        assert!(issuer.as_str().unwrap().starts_with("The issuer identifier"), "{issuer}");
+    }
+
+    #[test]
     fn loopback_and_scope_token_rules() {
         assert!(is_loopback_host(&Url::parse("http://[::1]:9/x").unwrap()));
         assert!(is_loopback_host(&Url::parse("http://127.3.0.1/x").unwrap()));

@@ -204,32 +204,35 @@ async fn contract(store: &dyn Store) {
     );
 
     // Consents, assertion ids, sessions, audit.
+    let consent = Consent {
+        subject: "alice",
+        client_id: "c",
+        resource: "https://r",
+        scopes: "a b",
+        client_fingerprint: "f1",
+    };
+    assert!(!store.has_consent(&consent).await.unwrap());
+    store.put_consent(&consent, now).await.unwrap();
+    store.put_consent(&consent, now + 1).await.unwrap();
+    assert!(store.has_consent(&consent).await.unwrap());
     assert!(
         !store
-            .has_consent("alice", "c", "https://r", "a b")
+            .has_consent(&Consent {
+                scopes: "a",
+                ..consent
+            })
             .await
             .unwrap()
     );
-    store
-        .put_consent("alice", "c", "https://r", "a b", now)
-        .await
-        .unwrap();
-    store
-        .put_consent("alice", "c", "https://r", "a b", now + 1)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .has_consent("alice", "c", "https://r", "a b")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .has_consent("alice", "c", "https://r", "a")
-            .await
-            .unwrap()
-    );
+    // A changed client document is not the one consented to; consenting again replaces the old version.
+    let changed = Consent {
+        client_fingerprint: "f2",
+        ..consent
+    };
+    assert!(!store.has_consent(&changed).await.unwrap());
+    store.put_consent(&changed, now + 2).await.unwrap();
+    assert!(store.has_consent(&changed).await.unwrap());
+    assert!(!store.has_consent(&consent).await.unwrap());
     assert!(store.use_assertion_id("c", "j", now + 60).await.unwrap());
     assert!(!store.use_assertion_id("c", "j", now + 60).await.unwrap());
     assert!(store.use_assertion_id("d", "j", now + 60).await.unwrap());

@@ -48,6 +48,12 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             scopes TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at)",
     ],
+),
+(
+    2,
+    // A consent is for one version of a CIMD client's document (its redirect URIs and keys): a changed document
+    // must be asked again. Registered clients keep ''.
+    &["ALTER TABLE consents ADD COLUMN client_fingerprint TEXT NOT NULL DEFAULT ''"],
 )];
 
 /// The newest schema this build knows.

@@ -132,6 +132,18 @@ pub struct GrantFilter {
     pub include_inactive: bool,
 }
 
+/// A remembered consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consent<'a> {
+    pub subject: &'a str,
+    pub client_id: &'a str,
+    pub resource: &'a str,
+    /// Sorted, space-separated.
+    pub scopes: &'a str,
+    /// The CIMD document fingerprint (redirect URIs and keys); empty for registered clients.
+    pub client_fingerprint: &'a str,
+}
+
 /// One audit event: an authorization decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -214,21 +226,9 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError>;
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
-    async fn has_consent(
-        &self,
-        subject: &str,
-        client_id: &str,
-        resource: &str,
-        scopes: &str,
-    ) -> Result<bool, StoreError>;
-    async fn put_consent(
-        &self,
-        subject: &str,
-        client_id: &str,
-        resource: &str,
-        scopes: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError>;
+    /// Whether `subject` consented to exactly this client (document version), resource and scope set.
+    async fn has_consent(&self, consent: &Consent<'_>) -> Result<bool, StoreError>;
+    async fn put_consent(&self, consent: &Consent<'_>, now: Timestamp) -> Result<(), StoreError>;
 
     /// Records a client assertion `jti`; false when it was seen before (a replay).
     async fn use_assertion_id(

@@ -9,8 +9,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::{
-    AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Grant, GrantFilter, RefreshRotation,
-    Store, StoreError, Timestamp, migrations,
+    AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
+    RefreshRotation, Store, StoreError, Timestamp, migrations,
 };
 
 /// Seconds since the Unix epoch, now.
@@ -420,42 +420,34 @@ impl Store for SqlStore {
         })
     }
 
-    async fn has_consent(
-        &self,
-        subject: &str,
-        client_id: &str,
-        resource: &str,
-        scopes: &str,
-    ) -> Result<bool, StoreError> {
+    async fn has_consent(&self, c: &Consent<'_>) -> Result<bool, StoreError> {
         let row = sqlx::query(
-            "SELECT 1 AS one FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3 AND scopes = $4",
+            "SELECT 1 AS one FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3 AND scopes = $4
+               AND client_fingerprint = $5",
         )
-        .bind(subject)
-        .bind(client_id)
-        .bind(resource)
-        .bind(scopes)
+        .bind(c.subject)
+        .bind(c.client_id)
+        .bind(c.resource)
+        .bind(c.scopes)
+        .bind(c.client_fingerprint)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
     }
 
-    async fn put_consent(
-        &self,
-        subject: &str,
-        client_id: &str,
-        resource: &str,
-        scopes: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+    async fn put_consent(&self, c: &Consent<'_>, now: Timestamp) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO consents (subject, client_id, resource, scopes, granted_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (subject, client_id, resource, scopes) DO UPDATE SET granted_at = excluded.granted_at",
+            "INSERT INTO consents (subject, client_id, resource, scopes, granted_at, client_fingerprint)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (subject, client_id, resource, scopes)
+             DO UPDATE SET granted_at = excluded.granted_at, client_fingerprint = excluded.client_fingerprint",
         )
-        .bind(subject)
-        .bind(client_id)
-        .bind(resource)
-        .bind(scopes)
+        .bind(c.subject)
+        .bind(c.client_id)
+        .bind(c.resource)
+        .bind(c.scopes)
         .bind(now)
+        .bind(c.client_fingerprint)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -185,6 +185,47 @@ async fn a_fetch_whose_callers_gave_up_still_fills_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_past_the_concurrency_limit_are_refused_not_queued() {
+    let range = Range::start().await;
+    let mut config = range.config();
+    config.fetch.max_concurrent_fetches = 1;
+    let resolver = range.resolver(config);
+    let slow = range.url("/slow");
+    range.server.route(
+        "/slow",
+        Reply::Delayed(Duration::from_millis(400), document(&slow).to_string()),
+    );
+    let other = range.url("/other");
+    range
+        .server
+        .route("/other", Reply::Json(document(&other).to_string()));
+    let first = tokio::spawn({
+        let resolver = resolver.clone();
+        let slow = slow.clone();
+        async move { resolver.resolve(&slow, None).await }
+    });
+    // Wait until the slow fetch holds the only slot.
+    for _ in 0..100 {
+        if range.server.hits("/slow") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let busy = resolver.resolve(&other, None).await.expect_err("busy");
+    assert_eq!(busy, CimdError::Busy);
+    assert_eq!(busy.oauth_error(), "temporarily_unavailable");
+    assert_eq!(range.server.hits("/other"), 0);
+    first
+        .await
+        .expect("joined")
+        .expect("the first fetch completes");
+    resolver
+        .resolve(&other, None)
+        .await
+        .expect("a slot is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_invalid_documents_are_never_cached() {
     let range = Range::start().await;
     let resolver = range.resolver(range.config());

@@ -64,6 +64,10 @@ pub struct FetchLimits {
     pub cache_max_ttl_secs: u64,
     /// The most documents kept; the least recently used one leaves first.
     pub cache_capacity: usize,
+    /// The most fetches in progress at once (documents and `jwks_uri`s together). Past it a new
+    /// client is refused with `temporarily_unavailable` instead of queueing: a flood of made-up
+    /// client_ids must not turn the server into a crawler.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for FetchLimits {
@@ -76,6 +80,7 @@ impl Default for FetchLimits {
             cache_min_ttl_secs: 60,
             cache_max_ttl_secs: 86400,
             cache_capacity: 1000,
+            max_concurrent_fetches: 64,
         }
     }
 }

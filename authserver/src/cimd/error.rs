@@ -18,6 +18,8 @@ pub enum CimdError {
     },
     #[error("the host {host} could not be resolved: {detail}")]
     Dns { host: String, detail: String },
+    #[error("too many client metadata fetches are in progress; try again shortly")]
+    Busy,
     #[error("could not fetch {url}: {detail}")]
     Connect { url: String, detail: String },
     #[error("fetching {url} took longer than {after_ms} ms")]
@@ -54,6 +56,7 @@ impl CimdError {
             } => "invalid_scope",
             CimdError::RedirectUriNotRegistered(_) => "invalid_request",
             CimdError::UnknownPolicy(_) | CimdError::Config(_) => "server_error",
+            CimdError::Busy => "temporarily_unavailable",
             _ => "invalid_client",
         }
     }
@@ -70,6 +73,7 @@ impl CimdError {
             CimdError::UrlRefused { .. } => "url_refused",
             CimdError::ForbiddenAddress { .. } => "forbidden_address",
             CimdError::Dns { .. } => "dns_failed",
+            CimdError::Busy => "busy",
             CimdError::Connect { .. } => "connect_failed",
             CimdError::Timeout { .. } => "timeout",
             CimdError::Redirect { .. } => "redirect",

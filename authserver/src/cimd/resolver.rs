@@ -41,6 +41,7 @@ struct Inner {
     addresses: AddressPolicy,
     cache: DocumentCache,
     in_flight: Mutex<HashMap<String, Flight>>,
+    fetch_slots: Arc<tokio::sync::Semaphore>,
     stats: Counters,
 }
 
@@ -92,15 +93,17 @@ impl Resolver {
         if limits.max_document_bytes == 0
             || limits.total_timeout_ms == 0
             || limits.connect_timeout_ms == 0
+            || limits.max_concurrent_fetches == 0
         {
             return Err(CimdError::Config(
-                "fetch limits (maxDocumentBytes, connectTimeoutMs, totalTimeoutMs) must be positive".to_owned(),
+                "fetch limits (maxDocumentBytes, connectTimeoutMs, totalTimeoutMs, maxConcurrentFetches) must be positive".to_owned(),
             ));
         }
         let addresses =
             AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
         let fetcher = Fetcher::new(&config, addresses.clone(), dns)?;
         let cache = DocumentCache::new(limits.cache_capacity);
+        let fetch_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_fetches));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -110,6 +113,7 @@ impl Resolver {
                 addresses,
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
+                fetch_slots,
                 stats: Counters::default(),
             }),
         })
@@ -225,6 +229,12 @@ impl Resolver {
             http: self.inner.config.allow_http_for_development,
         };
         let url = check_url(jwks_uri, "jwks_uri", allow, &self.inner.addresses)?;
+        let _slot = self
+            .inner
+            .fetch_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CimdError::Busy)?;
         let fetched = self
             .inner
             .fetcher
@@ -255,6 +265,11 @@ impl Resolver {
 }
 
 async fn fetch_and_cache(inner: &Inner, url: Url) -> Result<Arc<CheckedDocument>, CimdError> {
+    let _slot = inner
+        .fetch_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| CimdError::Busy)?;
     inner.stats.fetches.fetch_add(1, Ordering::Relaxed);
     let fetched = inner
         .fetcher

@@ -102,6 +102,14 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> LocalError + '_ {
     }
 }
 
+/// Creates the state directory, readable by its owner only: it holds the signing keys, the
+/// database of grants and the admin credential.
+pub fn prepare_state_dir(path: &Path) -> Result<(), LocalError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).map_err(io_error(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io_error(path))
+}
+
 /// Reads the manifests and renders the plan, choosing ports for new services.
 pub fn load_plan(options: &LocalOptions) -> Result<LocalPlan, LocalError> {
     let set: ManifestSet = manifests::load_dirs(&options.dirs)?;
@@ -318,7 +326,7 @@ pub async fn run(
     options: LocalOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LocalError> {
-    std::fs::create_dir_all(&options.state_dir).map_err(io_error(&options.state_dir))?;
+    prepare_state_dir(&options.state_dir)?;
     let mut plan = load_plan(&options)?;
     write_state(&plan)?;
 
@@ -491,6 +499,21 @@ mod tests {
             "http://127.0.0.1:8000"
         );
         assert_eq!(ready["admin"]["url"], "http://127.0.0.1:7101");
+    }
+
+    #[test]
+    fn the_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("a/b/.mcp-authz");
+        prepare_state_dir(&state).expect("created");
+        let mode = std::fs::metadata(&state)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        prepare_state_dir(&state).expect("idempotent");
     }
 
     #[test]

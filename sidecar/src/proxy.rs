@@ -180,6 +180,22 @@ impl Proxy {
                 },
             );
         }
+        match *request.method() {
+            Method::GET | Method::POST | Method::DELETE => {}
+            // CORS preflights carry no credentials by design and execute nothing: the upstream answers them.
+            Method::OPTIONS => return self.forward_preflight(rt, request, peer).await,
+            _ => {
+                let body = json!({"error": "method_not_allowed"});
+                let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &body);
+                let allow = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
+                response.headers_mut().insert(header::ALLOW, allow);
+                let outcome = Outcome {
+                    decision: "deny",
+                    reason: "method_not_allowed",
+                };
+                return (response, outcome);
+            }
+        }
         let http_method = request.method().as_str().to_owned();
         let refuse =
             |refusal: Refusal, reason: &'static str, identity: Option<&Identity>, method: &str| {
@@ -298,7 +314,7 @@ impl Proxy {
         };
 
         let upstream_request =
-            match build_upstream_request(rt, parts, upstream_body, &identity, peer) {
+            match build_upstream_request(rt, parts, upstream_body, Some(&identity), peer) {
                 Ok(r) => r,
                 Err(reason) => {
                     let body = json!({"error": "bad_gateway", "error_description": reason});
@@ -344,6 +360,41 @@ impl Proxy {
                 reason: "ok",
             },
         )
+    }
+
+    async fn forward_preflight(
+        &self,
+        rt: &Runtime,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let (parts, _body) = request.into_parts();
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let outcome = |reason| Outcome {
+            decision: "public",
+            reason,
+        };
+        let Ok(upstream_request) = build_upstream_request(rt, parts, empty, None, peer) else {
+            return (
+                json_response(StatusCode::BAD_REQUEST, &json!({"error": "bad_request"})),
+                outcome("preflight"),
+            );
+        };
+        match self.client.request(upstream_request).await {
+            Ok(response) => (
+                self.relay_response(rt, response, None).await,
+                outcome("preflight"),
+            ),
+            Err(_) => {
+                let body = json!({"error": "upstream_unavailable"});
+                (
+                    json_response(StatusCode::BAD_GATEWAY, &body),
+                    outcome("upstream_unavailable"),
+                )
+            }
+        }
     }
 
     async fn authenticate(
@@ -577,7 +628,7 @@ fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    identity: &Identity,
+    identity: Option<&Identity>,
     peer: SocketAddr,
 ) -> Result<Request<ProxyBody>, &'static str> {
     let path_and_query = parts
@@ -605,9 +656,11 @@ fn build_upstream_request(
             headers.insert(name.clone(), v);
         }
     };
-    set(headers, &rt.identity_headers[0], &identity.subject);
-    set(headers, &rt.identity_headers[1], &identity.client_id);
-    set(headers, &rt.identity_headers[2], &identity.scopes.join(" "));
+    if let Some(identity) = identity {
+        set(headers, &rt.identity_headers[0], &identity.subject);
+        set(headers, &rt.identity_headers[1], &identity.client_id);
+        set(headers, &rt.identity_headers[2], &identity.scopes.join(" "));
+    }
     if let Some(authority) = rt
         .upstream
         .authority()

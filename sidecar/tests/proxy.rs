@@ -838,3 +838,41 @@ async fn unreadable_introspection_credentials_refuse_the_config() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn only_mcp_methods_are_proxied_and_preflights_need_no_token() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:admin");
+    for method in ["PUT", "PATCH", "TRACE"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(h.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body(Bytes::from(call(1, "delete_user"))))
+            .unwrap();
+        let (status, headers, _) = h.send(req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(headers["allow"], "GET, POST, DELETE, OPTIONS");
+    }
+    assert!(
+        h.upstream.seen().is_empty(),
+        "a body on another method never reaches the upstream unchecked"
+    );
+    let req = Request::builder()
+        .method("OPTIONS")
+        .uri(h.url("/mcp"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("x-mcp-authz-subject", "forged")
+        .body(body(Bytes::new()))
+        .unwrap();
+    assert_eq!(h.send(req).await.0, StatusCode::OK);
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, http::Method::OPTIONS);
+    assert!(
+        seen[0].headers.get("x-mcp-authz-subject").is_none(),
+        "no identity on an unauthenticated preflight"
+    );
+    assert!(seen[0].body.is_empty());
+}

@@ -166,6 +166,7 @@ fn benches(c: &mut Criterion) {
         expires_at: now() + 86_400,
         revoked_at: None,
         revoked_reason: None,
+        client_fingerprint: String::new(),
     };
     rt.block_on(f.state.store.put_grant(&grant)).unwrap();
     let first = mcp_authz_authserver::secrets::random_token();

@@ -424,7 +424,15 @@ async fn consent_or_code(
             })
             .await?
     {
-        return issue_code(state, snapshot, request, subject, "consent remembered").await;
+        return issue_code(
+            state,
+            snapshot,
+            request,
+            subject,
+            client.fingerprint(),
+            "consent remembered",
+        )
+        .await;
     }
     let resource_name = snapshot
         .config
@@ -468,6 +476,7 @@ async fn issue_code(
     snapshot: &Snapshot,
     request: &AuthRequest,
     subject: &str,
+    fingerprint: &str,
     reason: &str,
 ) -> Result<Response, OAuthError> {
     let now = now_secs();
@@ -482,6 +491,7 @@ async fn issue_code(
         expires_at: now + snapshot.config.tokens.refresh_token_secs as i64,
         revoked_at: None,
         revoked_reason: None,
+        client_fingerprint: fingerprint.to_owned(),
     };
     state.store.put_grant(&grant).await?;
     let code = secrets::random_token();
@@ -653,7 +663,15 @@ pub async fn consent(
                         .await?;
                 }
                 state.metrics.outcome("consent", "approved");
-                issue_code(&state, &snapshot, &request, &subject, "consent given").await
+                issue_code(
+                    &state,
+                    &snapshot,
+                    &request,
+                    &subject,
+                    client.fingerprint(),
+                    "consent given",
+                )
+                .await
             }
             "deny" => {
                 state.store.delete_auth_request(&request.id).await?;

@@ -329,6 +329,16 @@ async fn refresh_token(
             "the refresh token was issued to another client",
         ));
     }
+    if grant.client_fingerprint != client.fingerprint() {
+        // CIMD: the document's redirect URIs or keys changed since the grant; what the old one got goes.
+        state
+            .store
+            .revoke_grant(&grant.id, "client metadata document changed", now)
+            .await?;
+        return Err(OAuthError::invalid_grant(
+            "the client's metadata document changed since this grant (redirect URIs or keys); sign in again",
+        ));
+    }
     check_grant_alive(&grant, now)?;
     check_resource(params, &grant)?;
     let scopes = match params.get("scope") {
@@ -457,6 +467,7 @@ async fn client_credentials(
         expires_at: now + snapshot.config.tokens.access_token_secs as i64,
         revoked_at: None,
         revoked_reason: None,
+        client_fingerprint: client.fingerprint().to_owned(),
     };
     state.store.put_grant(&grant).await?;
     let issued = issue_access_token(state, snapshot, &grant, &scopes).await?;

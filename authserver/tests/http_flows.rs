@@ -522,3 +522,37 @@ async fn grants_and_keys_survive_a_restart_and_config_changes_reload() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_after_the_client_document_changed_revokes_the_grant() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    // What a CIMD client's grant looks like after its document changed: the stored fingerprint differs from the
+    // client's current one (registered clients have none).
+    sqlx::any::install_default_drivers();
+    let db = format!("sqlite://{}", s.dir.path().join("as.db").display());
+    let pool = sqlx::AnyPool::connect(&db).await.unwrap();
+    sqlx::query("UPDATE grants SET client_fingerprint = 'old-document'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        body["error_description"],
+        "the client's metadata document changed since this grant (redirect URIs or keys); sign in again"
+    );
+    assert_eq!(
+        s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
+        false
+    );
+}

@@ -38,6 +38,7 @@ fn grant(id: &str, subject: &str, client: &str, resource: &str, now: i64) -> Gra
         expires_at: now + 1000,
         revoked_at: None,
         revoked_reason: None,
+        client_fingerprint: "f".into(),
     }
 }
 

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     // A consent is for one version of a CIMD client's document (its redirect URIs and keys): a changed document
     // must be asked again. Registered clients keep ''.
     &["ALTER TABLE consents ADD COLUMN client_fingerprint TEXT NOT NULL DEFAULT ''"],
+),
+(
+    3,
+    // The same for grants: a refresh by a client whose document changed revokes the grant.
+    &["ALTER TABLE grants ADD COLUMN client_fingerprint TEXT NOT NULL DEFAULT ''"],
 )];
 
 /// The newest schema this build knows.

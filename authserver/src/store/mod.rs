@@ -105,6 +105,9 @@ pub struct Grant {
     pub expires_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
     pub revoked_reason: Option<String>,
+    /// The CIMD document fingerprint the grant was given to (empty for registered clients).
+    #[serde(default)]
+    pub client_fingerprint: String,
 }
 
 /// What rotating a refresh token found.

@@ -121,10 +121,11 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
         revoked_reason: row.try_get("revoked_reason")?,
+        client_fingerprint: row.try_get("client_fingerprint")?,
     })
 }
 
-const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason";
+const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason, client_fingerprint";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -230,8 +231,9 @@ impl Store for SqlStore {
 
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO grants (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO grants
+               (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, client_fingerprint)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&g.id)
         .bind(&g.subject)
@@ -241,6 +243,7 @@ impl Store for SqlStore {
         .bind(&g.grant_type)
         .bind(g.created_at)
         .bind(g.expires_at)
+        .bind(&g.client_fingerprint)
         .execute(&self.pool)
         .await?;
         Ok(())

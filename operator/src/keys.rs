@@ -534,6 +534,42 @@ mod tests {
     }
 
     #[test]
+    fn the_authserver_loads_the_secret_we_write_and_signs_with_the_active_key() {
+        let now = 1_000_000;
+        let mut generated = Vec::new();
+        let plan0 = plan(&[], now, POLICY);
+        generated
+            .push(generate_es256(plan0.generate.expect("first key"), now, POLICY).expect("key"));
+        let later = now + 23 * HOUR;
+        let plan1 = plan(&[generated[0].record.clone()], later, POLICY);
+        generated
+            .push(generate_es256(plan1.generate.expect("successor"), later, POLICY).expect("key"));
+        let index = KeyIndex {
+            keys: generated.iter().map(|g| g.record.clone()).collect(),
+        };
+        let data = write_secret(&index, &BTreeMap::new(), &generated).expect("data");
+        let dir = tempfile::tempdir().expect("dir");
+        for (name, bytes) in &data {
+            std::fs::write(dir.path().join(name), bytes).expect("write");
+        }
+        let set = mcp_authz_authserver::keys::KeySet::load(dir.path(), later)
+            .expect("authserver loads our keys");
+        let jwks = set.jwks();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        assert_eq!(
+            kids.len(),
+            2,
+            "the successor is published before it signs: {jwks}"
+        );
+        assert!(kids.contains(&generated[1].record.kid.as_str()));
+    }
+
+    #[test]
     fn unreadable_or_incomplete_secrets_are_refused() {
         let mut data = BTreeMap::new();
         data.insert(INDEX_FILE.to_owned(), b"{not json".to_vec());

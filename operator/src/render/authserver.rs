@@ -43,8 +43,6 @@ pub const USERS_DIR: &str = "/etc/mcp-authz/users";
 pub const OIDC_DIR: &str = "/etc/mcp-authz/oidc";
 /// Environment variable carrying the PostgreSQL URL (from the referenced Secret).
 pub const POSTGRES_URL_ENV: &str = "MCP_AUTHZ_POSTGRES_URL";
-/// File name of the CIMD section inside the config ConfigMap, until the authserver config embeds it.
-pub const CIMD_CONFIG_FILE: &str = "cimd.yaml";
 
 /// The services of the cluster that name `inputs.server`, sorted by namespace and name.
 pub fn services_of<'a>(inputs: &Inputs<'a>) -> Vec<&'a MCPService> {
@@ -64,6 +62,17 @@ pub fn default_policy<'a>(inputs: &Inputs<'a>) -> Option<&'a CIMDPolicy> {
         .policies
         .iter()
         .find(|p| &p.name_any() == name && p.namespace() == inputs.server.namespace())
+}
+
+/// The CIMDPolicies the services of `inputs` name (existing ones), by key, once each.
+fn named_policies<'a>(inputs: &Inputs<'a>) -> Vec<&'a CIMDPolicy> {
+    let mut named: Vec<&CIMDPolicy> = services_of(inputs)
+        .into_iter()
+        .filter_map(|s| super::service_policy(s, inputs.policies).and_then(Result::ok))
+        .collect();
+    named.sort_by_key(|p| cimd::policy_key(p));
+    named.dedup_by_key(|p| cimd::policy_key(p));
+    named
 }
 
 /// The authserver config for `inputs`.
@@ -188,6 +197,7 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     resources.retain(|r| seen.insert(r.resource.clone()));
     config.scopes = catalogue.into_values().collect();
     config.resources = resources;
+    config.cimd = cimd::config(default_policy(inputs), &named_policies(inputs));
     config.dynamic_client_registration.enabled =
         default_policy(inputs).is_some_and(|p| p.spec.dynamic_client_registration);
     Ok(config)
@@ -219,25 +229,10 @@ pub fn render(
         })
     };
     let config_yaml = serialize("authserver config", serde_saphyr::to_string(&config))?;
-    let mut named: Vec<&CIMDPolicy> = services_of(inputs)
-        .into_iter()
-        .filter_map(|s| super::service_policy(s, inputs.policies).and_then(Result::ok))
-        .collect();
-    named.sort_by_key(|p| cimd::policy_key(p));
-    named.dedup_by_key(|p| cimd::policy_key(p));
-    let cimd_yaml = serialize(
-        "CIMD config",
-        serde_saphyr::to_string(&cimd::config(default_policy(inputs), &named)),
-    )?;
+
     let config_map = ConfigMap {
         metadata: meta(),
-        data: Some(
-            [
-                (naming::AUTHSERVER_CONFIG_FILE.to_owned(), config_yaml),
-                (CIMD_CONFIG_FILE.to_owned(), cimd_yaml),
-            ]
-            .into(),
-        ),
+        data: Some([(naming::AUTHSERVER_CONFIG_FILE.to_owned(), config_yaml)].into()),
         ..Default::default()
     };
 
@@ -617,6 +612,12 @@ mod tests {
                 .and_then(|s| s.users_file.clone()),
             Some(PathBuf::from("/etc/mcp-authz/users/users.yaml"))
         );
+        assert_eq!(c.cimd.policies.keys().collect::<Vec<_>>(), ["apps/strict"]);
+        assert_eq!(
+            c.cimd.baseline.client_id_patterns,
+            ["https://*.example.com", "https://claude.ai"]
+        );
+        assert_eq!(c.cimd.allowed_private_cidrs, ["10.0.0.0/8"]);
         c.validate().expect("the authserver accepts what we render");
     }
 

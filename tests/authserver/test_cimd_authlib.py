@@ -24,7 +24,8 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from authlib.jose import JsonWebKey, jwt
+from authlib.jose import JsonWebKey, RSAKey, jwt
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -312,3 +313,87 @@ def test_a_document_that_breaks_the_rules_is_refused_with_its_reason(setup):
     del docs.documents["/agents/secretive.json"]["client_secret"]
     assert requests.get(url, allow_redirects=False).status_code == 200
     assert docs.hits["/agents/secretive.json"] == 2
+
+
+def approve_in_browser(issuer, url):
+    """Logs alice in and approves, like a person without JavaScript; returns the redirect back to the client."""
+    browser = requests.Session()
+    page = browser.get(url, allow_redirects=False)
+    assert page.status_code == 200, page.text
+    page = browser.post(
+        f"{issuer}/login",
+        data={
+            "request_id": hidden(page.text, "request_id"),
+            "csrf": hidden(page.text, "csrf"),
+            "username": "alice",
+            "password": "wonderland",
+        },
+        allow_redirects=False,
+    )
+    if page.status_code == 303:  # consent remembered from an earlier approval of the same client
+        return page.headers["location"]
+    assert page.status_code == 200, page.text
+    done = browser.post(
+        f"{issuer}/consent",
+        data={"request_id": hidden(page.text, "request_id"), "csrf": hidden(page.text, "csrf"), "decision": "approve"},
+        allow_redirects=False,
+    )
+    assert done.status_code == 303, done.text
+    return done.headers["location"]
+
+
+def test_a_confidential_cimd_client_signs_its_token_requests_with_keys_from_its_jwks_uri(setup):
+    issuer, docs = setup["issuer"], setup["docs"]
+    meta = requests.get(f"{issuer}/.well-known/oauth-authorization-server").json()
+    key = RSAKey.generate_key(2048, is_private=True)
+    public = key.as_dict(is_private=False)
+    public.update({"kid": "agent-1", "alg": "RS256", "use": "sig"})
+    docs.documents["/agents/confidential-jwks.json"] = {"keys": [public]}
+    client_id = docs.url("/agents/confidential.json")
+    docs.documents["/agents/confidential.json"] = {
+        "client_id": client_id,
+        "client_name": "Confidential Agent",
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks_uri": docs.url("/agents/confidential-jwks.json"),
+    }
+    client = OAuth2Session(
+        client_id,
+        key.as_pem(is_private=True),
+        redirect_uri=REDIRECT,
+        scope="files:read",
+        code_challenge_method="S256",
+        token_endpoint_auth_method="private_key_jwt",
+    )
+    client.register_client_auth_method(PrivateKeyJWT(meta["token_endpoint"], headers={"kid": "agent-1"}))
+    verifier = generate_token(48)
+    url, _ = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, resource=FILES)
+    callback = approve_in_browser(issuer, url)
+    code = parse_qs(urlparse(callback).query)["code"][0]
+
+    # Without its assertion the confidential client is refused, even holding a valid code and verifier.
+    bare = requests.post(
+        meta["token_endpoint"],
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            "client_id": client_id,
+            "resource": FILES,
+        },
+    )
+    assert bare.status_code in (400, 401), bare.text
+    assert bare.json()["error"] == "invalid_client"
+
+    # A fresh code, redeemed with a private_key_jwt assertion signed by the key published at jwks_uri.
+    verifier = generate_token(48)
+    url, _ = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, resource=FILES)
+    callback = approve_in_browser(issuer, url)
+    token = client.fetch_token(
+        meta["token_endpoint"], authorization_response=callback, code_verifier=verifier, resource=FILES
+    )
+    claims = jwt.decode(token["access_token"], JsonWebKey.import_key_set(requests.get(f"{issuer}/jwks").json()))
+    claims.validate()
+    assert claims["client_id"] == client_id and claims["aud"] == FILES
+    assert docs.hits["/agents/confidential-jwks.json"] >= 1

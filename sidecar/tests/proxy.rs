@@ -450,6 +450,18 @@ async fn issuer_down_known_keys_pass_unknown_keys_fail_closed() {
 #[tokio::test]
 async fn unknown_kids_cause_at_most_one_refresh_per_interval() {
     let h = Harness::start().await;
+    // A long interval, so a slow machine cannot stretch the five requests over two intervals.
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.jwks.min_refresh_seconds = 60;
+    h.sidecar.config.apply(config).unwrap();
+    // The changed JWKS settings cause one fetch of their own; let it happen first.
+    let applied = h.jwks.hits();
+    for _ in 0..100 {
+        if h.jwks.hits() > applied {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = h.jwks.hits();
     let stranger = TestKey::es256("nope");
     let mut claims = claims_for(now());

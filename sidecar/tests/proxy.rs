@@ -888,3 +888,33 @@ async fn only_mcp_methods_are_proxied_and_preflights_need_no_token() {
     );
     assert!(seen[0].body.is_empty());
 }
+
+#[tokio::test]
+async fn a_reload_keeps_open_streams_flowing() {
+    let h = Harness::start().await;
+    let req = Request::get(h.url("/mcp"))
+        .header("authorization", format!("Bearer {}", h.token("mcp:read")))
+        .body(body(Bytes::new()))
+        .unwrap();
+    let mut stream = h.client.request(req).await.unwrap().into_body();
+    for _ in 0..100 {
+        if h.upstream.events.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.rules.clear();
+    config.scopes_supported = vec!["mcp:other".into()];
+    h.sidecar.config.apply(config).unwrap();
+    h.upstream.events.send("data: {}\n\n".into()).unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), stream.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), Bytes::from("data: {}\n\n"));
+    // New requests see the new config.
+    let (_, headers, _) = h.post(None, &call(1, "get_user")).await;
+    assert!(www_authenticate(&headers).ends_with("scope=\"mcp:other\""));
+}

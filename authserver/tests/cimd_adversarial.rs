@@ -7,7 +7,7 @@ mod cimd_support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use cimd_support::{HttpsServer, Range, Reply, TestCa, document};
+use cimd_support::{HttpsServer, Range, Reply, TEST_TOTAL_TIMEOUT_MS, TestCa, document};
 use mcp_authz_authserver::cimd::{
     AuthMethod, CimdError, DocumentRule, Policy, PolicyRule, RedirectProblem, UrlRule,
 };
@@ -509,7 +509,7 @@ async fn hostile_inputs_are_refused_exactly_and_reach_nothing_forbidden() {
             },
             Expect::Exact(CimdError::Timeout {
                 url: u("/f10"),
-                after_ms: 1500,
+                after_ms: TEST_TOTAL_TIMEOUT_MS,
             }),
         ),
         fetched(
@@ -518,7 +518,7 @@ async fn hostile_inputs_are_refused_exactly_and_reach_nothing_forbidden() {
             Reply::Hang,
             Expect::Exact(CimdError::Timeout {
                 url: u("/f11"),
-                after_ms: 1500,
+                after_ms: TEST_TOTAL_TIMEOUT_MS,
             }),
         ),
         fetched(

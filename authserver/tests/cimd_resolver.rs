@@ -175,7 +175,13 @@ async fn a_fetch_whose_callers_gave_up_still_fills_the_cache() {
     )
     .await;
     assert!(gave_up.is_err(), "the caller timed out first");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Polled rather than slept for a fixed time: the machine may be busy.
+    for _ in 0..500 {
+        if resolver.stats().cached == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(resolver.stats().cached, 1);
     resolver
         .resolve(&client_id, None)
@@ -189,11 +195,13 @@ async fn fetches_past_the_concurrency_limit_are_refused_not_queued() {
     let range = Range::start().await;
     let mut config = range.config();
     config.fetch.max_concurrent_fetches = 1;
+    config.fetch.total_timeout_ms = 10_000;
     let resolver = range.resolver(config);
     let slow = range.url("/slow");
+    // Long enough that the slot is surely still held when the second client arrives.
     range.server.route(
         "/slow",
-        Reply::Delayed(Duration::from_millis(400), document(&slow).to_string()),
+        Reply::Delayed(Duration::from_secs(2), document(&slow).to_string()),
     );
     let other = range.url("/other");
     range
@@ -205,7 +213,7 @@ async fn fetches_past_the_concurrency_limit_are_refused_not_queued() {
         async move { resolver.resolve(&slow, None).await }
     });
     // Wait until the slow fetch holds the only slot.
-    for _ in 0..100 {
+    for _ in 0..500 {
         if range.server.hits("/slow") == 1 {
             break;
         }

@@ -17,6 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+/// Long enough for a TLS fetch on a busy shared machine, short enough for the timeout cases.
+pub const TEST_TOTAL_TIMEOUT_MS: u64 = 2500;
+
 /// Host names the test certificate covers; the tests' resolver maps them to addresses.
 pub const CERT_NAMES: &[&str] = &[
     "client.test",
@@ -373,8 +376,8 @@ impl Range {
             extra_ca_bundle: Some(self.ca.bundle.clone()),
             ..CimdConfig::default()
         };
-        config.fetch.connect_timeout_ms = 1000;
-        config.fetch.total_timeout_ms = 1500;
+        config.fetch.connect_timeout_ms = 2000;
+        config.fetch.total_timeout_ms = TEST_TOTAL_TIMEOUT_MS;
         config
     }
 

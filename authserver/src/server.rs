@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::{AuthServerConfig, ConfigError};
 use crate::keys::{self, KeyError, KeySet};
@@ -237,6 +238,56 @@ impl Drop for Running {
     }
 }
 
+/// How long a client may take to send a request's headers: a connection that trickles them (slowloris) is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish when the server stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Accepts connections until `stop`, then lets open ones finish (bounded by [`DRAIN_TIMEOUT`]).
+async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+        let connection = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout were closed");
+    }
+}
+
 /// Starts the server from a config (already validated) that came from `config_path`, if any.
 pub async fn start(
     config: AuthServerConfig,
@@ -278,16 +329,7 @@ pub async fn start(
         (listener, oauth_router(state.clone())),
         (admin_listener, admin_router(state.clone())),
     ] {
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "listener failed");
-            }
-            stop.cancel();
-        }));
+        tasks.push(tokio::spawn(serve(listener, router, shutdown.clone())));
     }
     tasks.push(tokio::spawn(maintain(state.clone(), shutdown.clone())));
     tracing::info!(%addr, %admin_addr, issuer = %state.snapshot().config.issuer, "authorization server started");

@@ -397,3 +397,28 @@ async fn token_endpoint_refuses_malformed_bodies() {
     let r = s.http.get(s.url("/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_client_trickling_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let addr = s.running.as_ref().unwrap().addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Headers started, never finished (slowloris).
+    stream
+        .write_all(b"GET /jwks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let bound = mcp_authz_authserver::server::HEADER_READ_TIMEOUT * 3;
+    let read = tokio::time::timeout(bound, stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a half-sent request open for {bound:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}

@@ -309,8 +309,25 @@ impl Proxy {
                 matcher,
             )
         } else {
+            use hyper::body::Body as _;
+            if !body.is_end_stream() {
+                // A body on GET or DELETE would reach the upstream without the JSON-RPC checks.
+                let reason = "body_not_allowed";
+                let body =
+                    json!({"error": reason, "error_description": "GET and DELETE carry no body"});
+                return (
+                    json_response(StatusCode::BAD_REQUEST, &body),
+                    Outcome {
+                        decision: "deny",
+                        reason,
+                    },
+                );
+            }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::ByShape);
-            (body.map_err(BoxError::from).boxed(), matcher)
+            let empty = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed();
+            (empty, matcher)
         };
 
         let upstream_request =

@@ -918,3 +918,21 @@ async fn a_reload_keeps_open_streams_flowing() {
     let (_, headers, _) = h.post(None, &call(1, "get_user")).await;
     assert!(www_authenticate(&headers).ends_with("scope=\"mcp:other\""));
 }
+
+#[tokio::test]
+async fn get_and_delete_with_a_body_are_refused() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:admin");
+    for method in ["GET", "DELETE"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(h.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body(Bytes::from(call(1, "delete_user"))))
+            .unwrap();
+        let (status, _, text) = h.send(req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}");
+        assert!(text.contains("body_not_allowed"), "{text}");
+    }
+    assert!(h.upstream.seen().is_empty());
+}

@@ -6,7 +6,9 @@
 _pg_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # The port follows the checkout, so two clones on one machine (a CI clone beside a working tree) never collide.
 _pg_port="${MCP_AUTHZ_TEST_PG_PORT:-$((55000 + $(printf '%s' "$_pg_repo" | cksum | cut -d' ' -f1) % 4000))}"
-_pg_dir="$_pg_repo/tests/.work/postgres"
+# Outside the checkout: the server runs as the `postgres` user when we are root, and a clone under /root is not
+# reachable by it.
+_pg_dir="${MCP_AUTHZ_TEST_PG_DIR:-/var/tmp/mcp-authz-postgres-$_pg_port}"
 _pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
 if [ -z "$_pg_bin" ] || [ ! -x "$_pg_bin/pg_ctl" ]; then
   echo "installing PostgreSQL (Debian postgresql)"

@@ -87,6 +87,10 @@ pub struct OperatorArgs {
     /// Seconds a leader's claim lasts without renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
+    /// ConfigMap (in --namespace) whose `*.yaml` values are AuthorizationServers to apply: the Helm
+    /// chart's default server travels this way (a custom resource beside its CRD fails a first install).
+    #[arg(long, env = "MCP_AUTHZ_DEFAULTS_CONFIGMAP")]
+    pub defaults_configmap: Option<String>,
     /// Seconds between checks of the webhook certificate and caBundle.
     #[arg(long, default_value_t = 10)]
     pub cert_check_seconds: u64,
@@ -218,6 +222,14 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         metrics.clone(),
     )));
 
+    if let Some(name) = args.defaults_configmap.clone() {
+        tasks.push(tokio::spawn(apply_defaults(
+            client.clone(),
+            args.namespace.clone(),
+            name,
+            leader_rx.clone(),
+        )));
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -563,4 +575,72 @@ async fn keep_tls(
             Err(e) => tracing::warn!(error = %e, "webhook certificate check failed"),
         }
     }
+}
+
+/// Applies the AuthorizationServers of the defaults ConfigMap, as the operator's field manager,
+/// while this replica leads; again whenever the ConfigMap changes (checked every 10 s).
+async fn apply_defaults(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    leader: watch::Receiver<bool>,
+) {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let mut applied: Option<String> = None;
+    loop {
+        if *leader.borrow() {
+            match config_maps.get_opt(&name).await {
+                Ok(Some(cm)) => {
+                    let version = cm.metadata.resource_version.clone();
+                    if applied != version {
+                        let mut all_ok = true;
+                        for (key, text) in cm
+                            .data
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|(k, _)| k.ends_with(".yaml"))
+                        {
+                            if let Err(e) = apply_default(&client, &namespace, text).await {
+                                all_ok = false;
+                                tracing::warn!(configmap = %name, key = %key, error = %e, "default AuthorizationServer not applied");
+                            }
+                        }
+                        if all_ok {
+                            applied = version;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(configmap = %name, error = %e, "reading the defaults ConfigMap failed")
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+async fn apply_default(client: &kube::Client, namespace: &str, text: &str) -> anyhow::Result<()> {
+    let mut value: serde_json::Value = serde_saphyr::from_str(text)?;
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
+    if kind != "AuthorizationServer" || api_version != "mcp-authz.io/v1alpha1" {
+        anyhow::bail!(
+            "expected an mcp-authz.io/v1alpha1 AuthorizationServer, found {api_version} {kind}"
+        );
+    }
+    value["metadata"]["namespace"] = json!(namespace);
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let object = crate::render::RenderedObject {
+        api_version,
+        kind,
+        namespace: namespace.to_owned(),
+        name,
+        body: value,
+    };
+    crate::reconcile::apply(client, &object).await?;
+    Ok(())
 }

@@ -40,12 +40,21 @@ async fn resources_converge_and_breakage_heals() {
         .await
         .expect("webhook configuration");
 
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&ns, "op-a", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
+    // The chart's default AuthorizationServer, handed over in a ConfigMap.
+    let defaults: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "mcp-authz-defaults"},
+        "data": {"authorizationserver.yaml": "apiVersion: mcp-authz.io/v1alpha1\nkind: AuthorizationServer\nmetadata:\n  name: default\nspec:\n  issuer: https://default.example.com\n  login:\n    staticUsers: {name: users, key: users.yaml}\n"}
+    }))
+    .expect("defaults");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &defaults)
+        .await
+        .expect("defaults ConfigMap");
+    let mut args = operator_support::operator_args(&ns, "op-a", &configuration);
+    args.defaults_configmap = Some("mcp-authz-defaults".into());
+    let running = mcp_authz_operator::runtime::start(args, operator)
+        .await
+        .expect("operator starts");
 
     // The caBundle is written, and written again after something wipes it.
     let has_bundle = || async {
@@ -73,6 +82,25 @@ async fn resources_converge_and_breakage_heals() {
         .await
         .expect("wipe caBundle");
     eventually("caBundle rewritten after a wipe", has_bundle).await;
+
+    let default_server = eventually("the default AuthorizationServer applied", || {
+        get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "AuthorizationServer",
+            "default",
+        )
+    })
+    .await;
+    assert_eq!(
+        default_server["spec"]["issuer"],
+        "https://default.example.com"
+    );
+    assert_eq!(
+        default_server["spec"]["replicas"], 1,
+        "defaults applied by the API server"
+    );
 
     // An AuthorizationServer and a service that names a scope nobody defines yet.
     let mut server = cases::authorization_server();
@@ -192,6 +220,44 @@ async fn resources_converge_and_breakage_heals() {
         serde_json::from_slice(&after.data.expect("data")["keys.json"].0).expect("keys.json");
     assert_eq!(index["keys"].as_array().map(Vec::len), Some(1));
     assert_eq!(index["keys"][0]["alg"], "ES256");
+
+    // Deleting a resource removes what it owned (owner references, garbage collector).
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &DeleteParams::default())
+    .await
+    .expect("delete MCPService");
+    eventually("the sidecar ConfigMap is garbage collected", || async {
+        get_json(&admin, &ns, "v1", "ConfigMap", "files-mcp-authz-sidecar")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the NetworkPolicy is garbage collected", || async {
+        get_json(
+            &admin,
+            &ns,
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "files-mcp-authz",
+        )
+        .await
+        .is_none()
+        .then_some(())
+    })
+    .await;
+    eventually("the service leaves the authserver config", || async {
+        let cm = get_json(&admin, &ns, "v1", "ConfigMap", "auth-authserver").await?;
+        (!cm["data"]["authserver.yaml"]
+            .as_str()?
+            .contains("https://mcp.example.com/files"))
+        .then_some(())
+    })
+    .await;
 
     let metrics = running.metrics.render();
     assert!(

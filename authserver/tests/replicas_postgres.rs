@@ -1,0 +1,121 @@
+//! Two replicas behind one issuer share a real PostgreSQL store: a code issued by one is redeemed at the other,
+//! its replay at the first is refused (and revokes), and a refresh token rotated at one is spent at both.
+
+mod support;
+
+use mcp_authz_authserver::config::{PostgresStorage, StorageConfig};
+use mcp_authz_authserver::server;
+use support::*;
+
+async fn pg_database(name: &str) -> String {
+    let admin = std::env::var("MCP_AUTHZ_TEST_PG_URL").expect(
+        "MCP_AUTHZ_TEST_PG_URL is not set: source tests/setup/20-postgres.sh (tests/run-all does)",
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("the test PostgreSQL server answers");
+    let db = format!("t_{name}_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+#[tokio::test]
+async fn replicas_share_codes_grants_and_refresh_tokens() {
+    let url = pg_database("replicas").await;
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), &url).unwrap();
+    let path = url_file.path().to_path_buf();
+    let a = TestServer::start_with(|c| {
+        c.storage = StorageConfig {
+            sqlite: None,
+            postgres: Some(PostgresStorage {
+                url_file: Some(path),
+                url_env: None,
+                max_connections: 4,
+            }),
+        };
+    })
+    .await;
+    // Replica B: the same config (issuer, keys, store), another port.
+    let mut config = mcp_authz_authserver::config::AuthServerConfig::load(&a.config_path).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = server::start(config, None).await.unwrap();
+    let b_url = |path: &str| format!("http://{}{path}", b.addr);
+    let post_b = |path: &str, form: &[(&str, &str)]| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        a.http
+            .post(b_url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+
+    let code = a
+        .code_for(
+            &mut Browser::default(),
+            PUBLIC_CLIENT,
+            REDIRECT,
+            "files:read",
+        )
+        .await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+        ("client_id", PUBLIC_CLIENT),
+    ];
+    let r = post_b("/token", &form).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let tokens: serde_json::Value = r.json().await.unwrap();
+    // B's token verifies with A's JWKS: one key set.
+    let (_, claims) = verify_with_jwks(&a, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["sub"], "alice");
+    let (status, replay, _) = a.token(&form).await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        a.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
+        false
+    );
+
+    let fresh = a.tokens_for(&mut Browser::default(), "files:read").await;
+    let refresh = fresh["refresh_token"].as_str().unwrap();
+    let r = post_b(
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", PUBLIC_CLIENT),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, reuse, _) = a
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(
+        reuse["error_description"],
+        "the refresh token was already used; the whole grant has been revoked"
+    );
+    b.stop().await;
+}

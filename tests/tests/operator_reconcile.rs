@@ -221,6 +221,48 @@ async fn resources_converge_and_breakage_heals() {
     assert_eq!(index["keys"].as_array().map(Vec::len), Some(1));
     assert_eq!(index["keys"][0]["alg"], "ES256");
 
+    // Point the webhook at the running operator: the API server now trusts it through the caBundle
+    // the operator wrote, and an injected pod is counted in the service's status.
+    let url = format!("https://127.0.0.1:{}/inject", running.webhook_addr.port());
+    webhooks
+        .patch(
+            &configuration,
+            &PatchParams::default(),
+            &Patch::<()>::Json(
+                serde_json::from_value(json!([
+                    {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url},
+                    {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}
+                ]))
+                .expect("patch"),
+            ),
+        )
+        .await
+        .expect("point the webhook at the operator");
+    // The API server picks up a changed webhook configuration within a moment: until then the old
+    // URL fails and is ignored, so uninjected pods are deleted and the creation retried.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &ns);
+    let attempt = std::sync::atomic::AtomicU32::new(0);
+    eventually("a labelled pod injected through the operator's webhook", || async {
+        let name = format!("files-{}", attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "files", "mcp-authz.io/inject": "enabled"}},
+            "spec": {"containers": [{"name": "mcp", "image": "registry.example/files:1"}]}
+        }))
+        .expect("pod");
+        let created = pods.create(&PostParams::default(), &pod).await.expect("labelled pod admitted");
+        if created.metadata.annotations.unwrap_or_default().contains_key("mcp-authz.io/injected-version") {
+            return Some(());
+        }
+        pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
+        None
+    })
+    .await;
+    eventually("injectedPods = 1", || async {
+        let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
+        (svc["status"]["injectedPods"] == 1).then_some(())
+    })
+    .await;
+
     // Deleting a resource removes what it owned (owner references, garbage collector).
     Api::<kube::api::DynamicObject>::namespaced_with(
         admin.clone(),

@@ -184,7 +184,8 @@ pub async fn authorize(
         Err(e) => return refused_page(&state, &e, None).await,
     };
     let resource = params.get("resource");
-    let client = match clients::lookup(&snapshot, &client_id, resource).await {
+    let client = match clients::lookup(&snapshot, state.store.as_ref(), &client_id, resource).await
+    {
         Ok(c) => c,
         Err(e) => return refused_page(&state, &e, Some(&client_id)).await,
     };
@@ -558,8 +559,13 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
     let result = async {
         let params = Params::from_form(&headers, body).await?;
         let mut request = form_request(&state, &headers, &params).await?;
-        let client =
-            clients::lookup(&snapshot, &request.client_id, Some(&request.resource)).await?;
+        let client = clients::lookup(
+            &snapshot,
+            state.store.as_ref(),
+            &request.client_id,
+            Some(&request.resource),
+        )
+        .await?;
         let username = params.require("username")?.to_owned();
         let password = params.require("password")?.to_owned();
         let user = snapshot.users.get(&username).cloned();
@@ -638,8 +644,13 @@ pub async fn consent(
             .clone()
             .ok_or_else(|| OAuthError::invalid_request("sign in before consenting"))?;
         // Looked up again: the consent is for the document version the person sees now.
-        let client =
-            clients::lookup(&snapshot, &request.client_id, Some(&request.resource)).await?;
+        let client = clients::lookup(
+            &snapshot,
+            state.store.as_ref(),
+            &request.client_id,
+            Some(&request.resource),
+        )
+        .await?;
         match params.require("decision")? {
             "approve" => {
                 let catalogue = snapshot.config.scope_catalogue();
@@ -791,7 +802,7 @@ pub async fn upstream_callback(
                 return Err(upstream_error(e));
             }
         };
-        let client = clients::lookup(&snapshot, &request.client_id, Some(&request.resource)).await?;
+        let client = clients::lookup(&snapshot, state.store.as_ref(), &request.client_id, Some(&request.resource)).await?;
         let session = secrets::random_token();
         let session_secs = snapshot.config.tokens.session_secs;
         state.store.put_session(&secrets::hash(&session), &subject, now_secs() + session_secs as i64).await?;

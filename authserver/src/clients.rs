@@ -7,6 +7,10 @@ use crate::cimd::{self, ClientDocument, ClientKeys};
 use crate::config::{ClientAuthMethod, ClientConfig, GrantType, is_loopback_host};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::state::Snapshot;
+use crate::store::Store;
+
+/// Client ids this server generates at `/register` start with this (never `https://`).
+pub const DYNAMIC_CLIENT_PREFIX: &str = "dcr-";
 
 /// Where the client's public keys are.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +152,7 @@ pub fn cimd_error(e: cimd::CimdError) -> OAuthError {
 /// `resource` (when the resource names one).
 pub async fn lookup(
     snapshot: &Snapshot,
+    store: &dyn Store,
     client_id: &str,
     resource: Option<&str>,
 ) -> Result<ClientView, OAuthError> {
@@ -158,6 +163,14 @@ pub async fn lookup(
         .find(|c| c.client_id == client_id)
     {
         return Ok(ClientView::registered(c));
+    }
+    if client_id.starts_with(DYNAMIC_CLIENT_PREFIX)
+        && snapshot.config.dynamic_client_registration.enabled
+        && let Some(json) = store.dynamic_client(client_id).await?
+    {
+        let c: ClientConfig = serde_json::from_str(&json)
+            .map_err(|e| OAuthError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
+        return Ok(ClientView::registered(&c));
     }
     if client_id.starts_with("https://") || client_id.starts_with("http://") {
         let Some(resolver) = &snapshot.cimd else {

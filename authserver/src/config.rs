@@ -370,7 +370,8 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DynamicClientRegistration {
-    /// Serve `/register` and advertise `registration_endpoint`.
+    /// Serve `/register` (RFC 7591: public or `private_key_jwt` clients, ids starting `dcr-`) and advertise
+    /// `registration_endpoint`.
     #[serde(default)]
     pub enabled: bool,
 }
@@ -441,9 +442,6 @@ impl AuthServerConfig {
             }
             (None, Some(_)) => {}
             _ => return bad("storage needs exactly one of sqlite and postgres".into()),
-        }
-        if self.dynamic_client_registration.enabled {
-            return bad("dynamicClientRegistration.enabled: Dynamic Client Registration is not supported by this build".into());
         }
         if self.signing.rotation_period_secs < 60 {
             return bad("signing.rotationPeriodSecs must be at least 60".into());
@@ -781,9 +779,20 @@ clients:
     fn json_schema_documents_fields_and_closes_objects() {
         let schema = serde_json::to_value(schemars::schema_for!(AuthServerConfig)).unwrap();
         assert_eq!(schema["additionalProperties"], false);
-        assert!(schema["required"].as_array().unwrap().contains(&"issuer".into()));
+        assert!(
+            schema["required"]
+                .as_array()
+                .unwrap()
+                .contains(&"issuer".into())
+        );
         let issuer = &schema["properties"]["issuer"]["description"];
-        assert!(issuer.as_str().unwrap().starts_with("The issuer identifier"), "{issuer}");
+        assert!(
+            issuer
+                .as_str()
+                .unwrap()
+                .starts_with("The issuer identifier"),
+            "{issuer}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod oauth_error;
 pub mod pages;
+pub mod register;
 pub mod params;
 pub mod passwords;
 pub mod secrets;

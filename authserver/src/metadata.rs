@@ -14,7 +14,7 @@ pub fn document(snapshot: &Snapshot) -> Value {
     let c = &snapshot.config;
     let issuer = &c.issuer;
     let auth_methods = ["none", "private_key_jwt"];
-    let doc = json!({
+    let mut doc = json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -35,8 +35,9 @@ pub fn document(snapshot: &Snapshot) -> Value {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
     });
-    // `registration_endpoint` is absent: Dynamic Client Registration is off (config validation refuses turning it
-    // on until it is built).
+    if c.dynamic_client_registration.enabled {
+        doc["registration_endpoint"] = json!(format!("{issuer}/register"));
+    }
     doc
 }
 

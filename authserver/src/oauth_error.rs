@@ -21,6 +21,7 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     UnsupportedTokenType,
     InvalidClientMetadata,
+    InvalidRedirectUri,
 }
 
 impl ErrorCode {
@@ -39,6 +40,7 @@ impl ErrorCode {
             ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorCode::UnsupportedTokenType => "unsupported_token_type",
             ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
+            ErrorCode::InvalidRedirectUri => "invalid_redirect_uri",
         }
     }
 

@@ -22,7 +22,7 @@ use crate::keys::{self, KeyError, KeySet};
 use crate::oauth_error::OAuthError;
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
-use crate::{admin, authorize, introspect, metadata, token};
+use crate::{admin, authorize, introspect, metadata, register, token};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,7 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
+        .route("/register", post(register::register))
         .route("/jwks", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

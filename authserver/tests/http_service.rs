@@ -465,3 +465,127 @@ async fn admin_api_is_closed_without_a_token_file() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "disabled");
 }
+
+#[tokio::test]
+async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
+    let off = TestServer::start().await;
+    let r = off
+        .http
+        .post(off.url("/register"))
+        .json(&json!({"redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let s = TestServer::start_with(|c| c.dynamic_client_registration.enabled = true).await;
+    let m: serde_json::Value = s
+        .http
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["registration_endpoint"], s.url("/register"));
+    let r = s
+        .http
+        .post(s.url("/register"))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "grant_types": ["authorization_code", "refresh_token"], "logo_uri": "ignored"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let registered: serde_json::Value = r.json().await.unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+    assert!(client_id.starts_with("dcr-"), "{client_id}");
+    assert_eq!(registered["token_endpoint_auth_method"], "none");
+    assert!(registered.get("client_secret").is_none());
+    // The new client completes the code flow and refreshes.
+    let code = s
+        .code_for(&mut Browser::default(), &client_id, REDIRECT, "files:read")
+        .await;
+    let (status, tokens, _) = s
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let (status, _, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(status, 200);
+
+    let cases = vec![
+        (
+            json!({"redirect_uris": ["http://evil.example/cb"]}),
+            "invalid_redirect_uri",
+            "redirect URI \"http://evil.example/cb\" must be https, or http on a loopback host",
+        ),
+        (
+            json!({"redirect_uris": []}),
+            "invalid_redirect_uri",
+            "redirect_uris is required",
+        ),
+        (
+            json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_basic"}),
+            "invalid_client_metadata",
+            "token_endpoint_auth_method \"client_secret_basic\" is not supported; use none or private_key_jwt",
+        ),
+        (
+            json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"}),
+            "invalid_client_metadata",
+            "private_key_jwt needs jwks with at least one key",
+        ),
+        (
+            json!({"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]}),
+            "invalid_client_metadata",
+            "grant type \"client_credentials\" is not available",
+        ),
+        (
+            json!({"redirect_uris": "not-a-list"}),
+            "invalid_client_metadata",
+            "",
+        ),
+    ];
+    for (body, error, description) in cases {
+        let r = s
+            .http
+            .post(s.url("/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer["error"], error, "{body}");
+        assert!(
+            answer["error_description"]
+                .as_str()
+                .unwrap()
+                .starts_with(description),
+            "{answer}"
+        );
+    }
+    let r = s
+        .http
+        .post(s.url("/register"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error_description"],
+        "the body must be application/json"
+    );
+}

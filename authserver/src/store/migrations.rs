@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     3,
     // The same for grants: a refresh by a client whose document changed revokes the grant.
     &["ALTER TABLE grants ADD COLUMN client_fingerprint TEXT NOT NULL DEFAULT ''"],
+),
+(
+    4,
+    &["CREATE TABLE IF NOT EXISTS dynamic_clients (
+        client_id TEXT PRIMARY KEY, config TEXT NOT NULL, created_at BIGINT NOT NULL)"],
 )];
 
 /// The newest schema this build knows.

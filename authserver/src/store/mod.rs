@@ -256,6 +256,15 @@ pub trait Store: Send + Sync + 'static {
     async fn put_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
 
+    /// Stores a client registered at `/register` (its `ClientConfig` as JSON).
+    async fn put_dynamic_client(
+        &self,
+        client_id: &str,
+        config_json: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError>;
+
     /// Deletes rows past their expiry; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

@@ -545,6 +545,31 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn put_dynamic_client(
+        &self,
+        client_id: &str,
+        config_json: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dynamic_clients (client_id, config, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(client_id)
+        .bind(config_json)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT config FROM dynamic_clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("config")).transpose()?)
+    }
+
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.

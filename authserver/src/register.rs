@@ -1,0 +1,217 @@
+//! RFC 7591 Dynamic Client Registration, when the config turns it on (off by default; deprecated by MCP
+//! 2026-07-28 in favour of Client ID Metadata Documents). Registered clients get ids starting `dcr-` and are
+//! public (`none`) or `private_key_jwt` with inline `jwks`; shared secrets are never issued.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{self, Decision};
+use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
+use crate::config::{ClientAuthMethod, ClientConfig, GrantType, check_redirect_uri};
+use crate::oauth_error::{ErrorCode, OAuthError};
+use crate::secrets;
+use crate::state::AppState;
+use crate::store::sql::now_secs;
+
+/// Largest registration request.
+const MAX_BODY: usize = 16 * 1024;
+
+/// The metadata we read (RFC 7591 §2); members we do not understand are ignored, as §2 requires.
+#[derive(Debug, Deserialize)]
+struct Request {
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    client_name: Option<String>,
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    grant_types: Vec<String>,
+    jwks: Option<Value>,
+    jwks_uri: Option<String>,
+}
+
+fn metadata_error(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidClientMetadata, d)
+}
+
+/// Checks a registration request and turns it into a client.
+fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
+    let auth = match request.token_endpoint_auth_method.as_deref() {
+        None | Some("none") => ClientAuthMethod::None,
+        Some("private_key_jwt") => ClientAuthMethod::PrivateKeyJwt,
+        Some(other) => {
+            return Err(metadata_error(format!(
+                "token_endpoint_auth_method {:?} is not supported; use none or private_key_jwt",
+                shorten(other)
+            )));
+        }
+    };
+    if request.jwks_uri.is_some() {
+        return Err(metadata_error(
+            "jwks_uri is not supported for registered clients; send jwks",
+        ));
+    }
+    if auth == ClientAuthMethod::PrivateKeyJwt
+        && request
+            .jwks
+            .as_ref()
+            .and_then(|j| j.get("keys"))
+            .and_then(Value::as_array)
+            .is_none_or(|k| k.is_empty())
+    {
+        return Err(metadata_error(
+            "private_key_jwt needs jwks with at least one key",
+        ));
+    }
+    let mut grant_types = Vec::new();
+    for g in if request.grant_types.is_empty() {
+        vec!["authorization_code".to_owned()]
+    } else {
+        request.grant_types
+    } {
+        grant_types.push(match g.as_str() {
+            "authorization_code" => GrantType::AuthorizationCode,
+            "refresh_token" => GrantType::RefreshToken,
+            "client_credentials" if auth == ClientAuthMethod::PrivateKeyJwt => {
+                GrantType::ClientCredentials
+            }
+            other => {
+                return Err(metadata_error(format!(
+                    "grant type {:?} is not available",
+                    shorten(other)
+                )));
+            }
+        });
+    }
+    if grant_types.contains(&GrantType::AuthorizationCode) && request.redirect_uris.is_empty() {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            "redirect_uris is required",
+        ));
+    }
+    if request.redirect_uris.len() > 10 {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            "at most 10 redirect_uris",
+        ));
+    }
+    for uri in &request.redirect_uris {
+        check_redirect_uri(uri).map_err(|m| OAuthError::new(ErrorCode::InvalidRedirectUri, m))?;
+    }
+    let name = request
+        .client_name
+        .unwrap_or_else(|| "Unnamed client".into());
+    if name.chars().count() > 200 {
+        return Err(metadata_error("client_name is longer than 200 characters"));
+    }
+    Ok(ClientConfig {
+        client_id: format!("{DYNAMIC_CLIENT_PREFIX}{}", secrets::random_token()),
+        client_name: name,
+        redirect_uris: request.redirect_uris,
+        token_endpoint_auth_method: auth,
+        jwks: request.jwks,
+        grant_types,
+        scopes: Vec::new(),
+        introspection: false,
+    })
+}
+
+/// POST `/register`.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let snapshot = state.snapshot();
+    if !snapshot.config.dynamic_client_registration.enabled {
+        state.metrics.outcome("register", "disabled");
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "not_found" })),
+        )
+            .into_response();
+    }
+    let result = async {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        if !json {
+            return Err(metadata_error("the body must be application/json"));
+        }
+        let bytes = to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| metadata_error(format!("the body is larger than {MAX_BODY} bytes")))?;
+        let request: Request = serde_json::from_slice(&bytes)
+            .map_err(|e| metadata_error(format!("the body is not client metadata: {e}")))?;
+        let client = client_from(request)?;
+        let now = now_secs();
+        let stored = serde_json::to_string(&client).map_err(|e| metadata_error(e.to_string()))?;
+        state
+            .store
+            .put_dynamic_client(&client.client_id, &stored, now)
+            .await?;
+        audit::record(
+            state.store.as_ref(),
+            Decision {
+                event: "register",
+                client_id: Some(&client.client_id),
+                outcome: "registered",
+                reason: &client.client_name,
+                ..Default::default()
+            },
+        )
+        .await;
+        let auth = match client.token_endpoint_auth_method {
+            ClientAuthMethod::None => "none",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        };
+        let grants: Vec<&str> = client
+            .grant_types
+            .iter()
+            .map(|g| match g {
+                GrantType::AuthorizationCode => "authorization_code",
+                GrantType::RefreshToken => "refresh_token",
+                GrantType::ClientCredentials => "client_credentials",
+            })
+            .collect();
+        let mut body = json!({
+            "client_id": client.client_id,
+            "client_id_issued_at": now,
+            "client_name": client.client_name,
+            "redirect_uris": client.redirect_uris,
+            "grant_types": grants,
+            "response_types": ["code"],
+            "token_endpoint_auth_method": auth,
+        });
+        if let Some(jwks) = client.jwks {
+            body["jwks"] = jwks;
+        }
+        Ok::<_, OAuthError>(body)
+    }
+    .await;
+    match result {
+        Ok(body) => {
+            state.metrics.outcome("register", "ok");
+            let mut r = (StatusCode::CREATED, axum::Json(body)).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => {
+            state.metrics.outcome("register", e.metric_label());
+            e.into_response()
+        }
+    }
+}

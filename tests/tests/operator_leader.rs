@@ -86,6 +86,12 @@ async fn only_the_lease_holder_writes() {
             .contains("mcp_authz_operator_leader 0")
     );
 
+    let keys_before = eventually("keys Secret", || async {
+        let secret = get_json(&admin, &ns, "v1", "Secret", "auth-authserver-keys").await?;
+        secret["data"]["keys.json"].as_str().map(str::to_owned)
+    })
+    .await;
+
     // The leader goes away without releasing the Lease: the follower takes over once it expires
     // (3 s in these tests) and then writes.
     leader.stop();
@@ -124,5 +130,16 @@ async fn only_the_lease_holder_writes() {
             .then_some(())
     })
     .await;
-    assert!(ok_reconciles(&follower) > 0);
+    eventually("the new leader completed a reconcile", || async {
+        (ok_reconciles(&follower) > 0).then_some(())
+    })
+    .await;
+    // A new operator in the middle of a key's life neither loses the key nor makes another one.
+    let keys_after = get_json(&admin, &ns, "v1", "Secret", "auth-authserver-keys")
+        .await
+        .expect("keys Secret");
+    assert_eq!(
+        keys_after["data"]["keys.json"].as_str(),
+        Some(keys_before.as_str())
+    );
 }

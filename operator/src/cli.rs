@@ -102,7 +102,8 @@ fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// JSON logs (`MCP_AUTHZ_LOG_FORMAT=json`, the chart's setting) or text, filtered by `RUST_LOG`.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("MCP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -10,18 +10,20 @@
 //!
 //! `api` holds the resource types (no I/O), `render` turns resources into Kubernetes objects (pure),
 //! `reconcile` applies them (server-side apply, lease holder only), `admission` patches pods.
+//! `keys` and `certs` keep the signing keys and the webhook certificate; `lease` elects the writer;
+//! `runtime` wires it all for `mcp-authz operator`.
 
 pub mod admission;
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod crdgen;
 pub mod keys;
-pub mod local;
-pub mod naming;
-pub mod render;
-pub mod certs;
-pub mod metrics;
-pub mod status;
 pub mod lease;
+pub mod local;
+pub mod metrics;
+pub mod naming;
 pub mod reconcile;
+pub mod render;
 pub mod runtime;
+pub mod status;

@@ -140,6 +140,18 @@ pub fn parse_into(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        // The CRD's CEL rules, offline, so `render` refuses what the API server would refuse.
+        if let Some(schema) = schema_of(&kind)
+            && let Err(errors) = kube::core::cel::Validator::new().validate(&schema, &doc, None)
+        {
+            let name = doc
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let messages: Vec<String> = errors.into_vec().iter().map(ToString::to_string).collect();
+            return Err(parse_err(format!("{kind} {name}: {}", messages.join("; "))));
+        }
         let typed = |e: serde_json::Error| parse_err(format!("{kind}: {e}"));
         match kind.as_str() {
             "AuthorizationServer" => out
@@ -160,6 +172,20 @@ pub fn parse_into(
         }
     }
     Ok(())
+}
+
+fn schema_of(kind: &str) -> Option<Value> {
+    let crd = crate::api::all_crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)?;
+    let schema = crd
+        .spec
+        .versions
+        .first()?
+        .schema
+        .clone()?
+        .open_api_v3_schema?;
+    serde_json::to_value(schema).ok()
 }
 
 /// Every object the operator would create for `manifests`, servers first.
@@ -287,6 +313,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "y.yaml: document 1: unknown kind \"Gadget\" in mcp-authz.io/v1alpha1"
+        );
+        let mut replicas = crate::api::cases::authorization_server();
+        replicas["spec"]["replicas"] = serde_json::json!(2);
+        let text = serde_saphyr::to_string(&replicas).expect("yaml");
+        let err = parse_into(&mut m, Path::new("w.yaml"), &text, "d").expect_err("CEL");
+        assert!(
+            err.to_string()
+                .starts_with("w.yaml: document 1: AuthorizationServer auth: ")
+                && err
+                    .to_string()
+                    .contains("spec.replicas: embedded storage is a single SQLite file"),
+            "{err}"
         );
         let err = parse_into(&mut m, Path::new("z.yaml"), "a: [", "d").expect_err("yaml");
         assert!(err.to_string().starts_with("z.yaml: document 1: "), "{err}");

@@ -184,8 +184,7 @@ pub async fn authorize(
         Err(e) => return refused_page(&state, &e, None).await,
     };
     let resource = params.get("resource");
-    let client = match clients::lookup(&snapshot, state.store.as_ref(), &client_id, resource).await
-    {
+    let client = match clients::lookup(&snapshot, &state, &client_id, resource).await {
         Ok(c) => c,
         Err(e) => return refused_page(&state, &e, Some(&client_id)).await,
     };
@@ -561,7 +560,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let mut request = form_request(&state, &headers, &params).await?;
         let client = clients::lookup(
             &snapshot,
-            state.store.as_ref(),
+            &state,
             &request.client_id,
             Some(&request.resource),
         )
@@ -646,7 +645,7 @@ pub async fn consent(
         // Looked up again: the consent is for the document version the person sees now.
         let client = clients::lookup(
             &snapshot,
-            state.store.as_ref(),
+            &state,
             &request.client_id,
             Some(&request.resource),
         )
@@ -802,7 +801,7 @@ pub async fn upstream_callback(
                 return Err(upstream_error(e));
             }
         };
-        let client = clients::lookup(&snapshot, state.store.as_ref(), &request.client_id, Some(&request.resource)).await?;
+        let client = clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
         let session = secrets::random_token();
         let session_secs = snapshot.config.tokens.session_secs;
         state.store.put_session(&secrets::hash(&session), &subject, now_secs() + session_secs as i64).await?;

@@ -58,7 +58,7 @@ pub async fn authenticate(
     let client_id = params
         .get("client_id")
         .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
-    let client = clients::lookup(snapshot, state.store.as_ref(), client_id, resource).await?;
+    let client = clients::lookup(snapshot, state, client_id, resource).await?;
     if client.auth_method == ClientAuthMethod::PrivateKeyJwt {
         return Err(OAuthError::invalid_client(
             "this client must authenticate with private_key_jwt",
@@ -103,7 +103,7 @@ async fn assertion(
             "client_id does not match the client_assertion issuer",
         ));
     }
-    let client = clients::lookup(snapshot, state.store.as_ref(), &client_id, resource).await?;
+    let client = clients::lookup(snapshot, state, &client_id, resource).await?;
     if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
         return Err(OAuthError::invalid_client(
             "this client is registered for token_endpoint_auth_method none",

@@ -6,8 +6,7 @@ use url::Url;
 use crate::cimd::{self, ClientDocument, ClientKeys};
 use crate::config::{ClientAuthMethod, ClientConfig, GrantType, is_loopback_host};
 use crate::oauth_error::{ErrorCode, OAuthError};
-use crate::state::Snapshot;
-use crate::store::Store;
+use crate::state::{AppState, Snapshot};
 
 /// Client ids this server generates at `/register` start with this (never `https://`).
 pub const DYNAMIC_CLIENT_PREFIX: &str = "dcr-";
@@ -152,7 +151,7 @@ pub fn cimd_error(e: cimd::CimdError) -> OAuthError {
 /// `resource` (when the resource names one).
 pub async fn lookup(
     snapshot: &Snapshot,
-    store: &dyn Store,
+    state: &AppState,
     client_id: &str,
     resource: Option<&str>,
 ) -> Result<ClientView, OAuthError> {
@@ -166,7 +165,7 @@ pub async fn lookup(
     }
     if client_id.starts_with(DYNAMIC_CLIENT_PREFIX)
         && snapshot.config.dynamic_client_registration.enabled
-        && let Some(json) = store.dynamic_client(client_id).await?
+        && let Some(json) = state.store.dynamic_client(client_id).await?
     {
         let c: ClientConfig = serde_json::from_str(&json)
             .map_err(|e| OAuthError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
@@ -181,11 +180,17 @@ pub async fn lookup(
         let policy = resource
             .and_then(|r| snapshot.config.resource(r))
             .and_then(|r| r.cimd_policy.as_deref());
-        let doc = resolver
-            .resolve(client_id, policy)
-            .await
-            .map_err(cimd_error)?;
-        return Ok(ClientView::from_document(doc));
+        let resolved = resolver.resolve(client_id, policy).await;
+        let outcome = match &resolved {
+            Ok(_) => "admitted",
+            Err(e) => e.metric_label(),
+        };
+        state
+            .metrics
+            .cimd_resolutions
+            .with_label_values(&[outcome])
+            .inc();
+        return Ok(ClientView::from_document(resolved.map_err(cimd_error)?));
     }
     Err(OAuthError::invalid_client(format!(
         "unknown client_id {:?}",

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub signing_key_age: IntGauge,
     /// Config reloads by outcome.
     pub reloads: IntCounterVec,
+    /// Client ID Metadata Document resolutions by outcome (`admitted` or the refusal's reason).
+    pub cimd_resolutions: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,12 +65,21 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let cimd_resolutions = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_cimd_resolutions_total",
+                "Clients identified by a metadata document, by outcome (admitted or why refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens_issued.clone()),
             Box::new(latency.clone()),
             Box::new(signing_key_age.clone()),
             Box::new(reloads.clone()),
+            Box::new(cimd_resolutions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -79,6 +90,7 @@ impl Metrics {
             latency,
             signing_key_age,
             reloads,
+            cimd_resolutions,
         }
     }
 

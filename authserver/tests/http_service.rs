@@ -431,6 +431,18 @@ async fn admin_api_lists_and_revokes_and_refuses_strangers() {
             .status(),
         200
     );
+    // A client whose metadata document sits on a loopback address: refused before any fetch, and counted.
+    let refused = s
+        .http
+        .get(s.url(
+            "/authorize?response_type=code&client_id=https%3A%2F%2F127.0.0.1%2Fclient.json\
+             &redirect_uri=https%3A%2F%2F127.0.0.1%2Fcb&resource=https%3A%2F%2Fmcp.example.com%2Ffiles\
+             &code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
     let metrics = s
         .http
         .get(format!("{}/metrics", s.admin))
@@ -446,6 +458,7 @@ async fn admin_api_lists_and_revokes_and_refuses_strangers() {
         "mcp_authz_authserver_tokens_issued_total{grant_type=\"authorization_code\"} 1",
         "mcp_authz_authserver_request_duration_seconds_bucket{endpoint=\"token\"",
         "mcp_authz_authserver_signing_key_age_seconds",
+        "mcp_authz_authserver_cimd_resolutions_total{outcome=\"forbidden_address\"} 1",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }

@@ -39,7 +39,10 @@ fn start_provider(port: u16, redirect_uri: &str) -> Provider {
         .spawn()
         .expect("node starts");
     // Owned at once, so the process is killed on every path out of here.
-    let provider = Provider { child, issuer: format!("http://127.0.0.1:{port}") };
+    let provider = Provider {
+        child,
+        issuer: format!("http://127.0.0.1:{port}"),
+    };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return provider;

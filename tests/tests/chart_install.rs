@@ -7,7 +7,9 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use mcp_authz_tests::control_plane::{ControlPlane, helm};
+use mcp_authz_tests::control_plane::{ControlPlane, eventually, helm};
+
+mod operator_support;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,6 +118,59 @@ async fn install_upgrade_uninstall_keeps_crds_and_upgrades_them() {
         .get("mcp-authz-defaults")
         .await
         .expect("the default AuthorizationServer for the operator");
+
+    // The operator, as a local process holding only the chart's ServiceAccount credentials (so the chart's
+    // ClusterRole is what it runs under), applies the default AuthorizationServer and reconciles it.
+    let operator = cluster
+        .client_for_service_account(&namespace, "mcp-authz-operator")
+        .await
+        .expect("chart's SA");
+    let mut args =
+        operator_support::operator_args(&namespace, "chart-operator", "mcp-authz-webhook");
+    args.webhook_service = "mcp-authz-webhook".into();
+    args.defaults_configmap = Some("mcp-authz-defaults".into());
+    let running = mcp_authz_operator::runtime::start(args, operator)
+        .await
+        .expect("operator starts");
+    let server = eventually(
+        "the default AuthorizationServer applied by the operator",
+        || {
+            operator_support::get_json(
+                &client,
+                &namespace,
+                "mcp-authz.io/v1alpha1",
+                "AuthorizationServer",
+                "default",
+            )
+        },
+    )
+    .await;
+    assert_eq!(server["spec"]["issuer"], "https://auth.example.com");
+    eventually("the default authorization server's Deployment", || {
+        operator_support::get_json(
+            &client,
+            &namespace,
+            "apps/v1",
+            "Deployment",
+            "default-authserver",
+        )
+    })
+    .await;
+    eventually(
+        "the caBundle written into the chart's webhook configuration",
+        || async {
+            let hook = webhooks.get("mcp-authz-webhook").await.ok()?;
+            hook.webhooks?
+                .first()?
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .filter(|b| !b.0.is_empty())
+                .map(|_| ())
+        },
+    )
+    .await;
+    running.stop();
 
     // A new release of the chart changes a CRD: `helm upgrade` must apply it (Helm's crds/ folder would not).
     let crd_file = chart.join("files/crds/mcp-authz.io_mcpscopes.yaml");

@@ -28,9 +28,14 @@ def test_the_sdk_client_walks_the_whole_flow(plane, cimd_host):
     fetched = [f for f in cimd_host.fetches[before:] if f.path == "/agents/quickstart-agent.json"]
     assert fetched and all(f.status == 200 for f in fetched), cimd_host.fetches
     assert [p.kind for p in result.pages][:2] == ["login", "consent"], said
-    consent = next(p for p in result.pages if p.kind == "consent")
-    for text in ("Read your notes", "Create and delete your notes", "localhost", "127.0.0.1"):
-        assert text in consent.text, consent.text
+    consents = [p for p in result.pages if p.kind == "consent"]
+    # The first consent asks only for the basic scope (scopes_supported leaves sensitive ones out) ...
+    for text in ("Read your notes", "localhost", "127.0.0.1"):
+        assert text in consents[0].text, consents[0].text
+    assert "Create and delete your notes" not in consents[0].text, consents[0].text
+    # ... and the sensitive call steps up to a second consent that names the sensitive scope.
+    assert len(consents) == 2, said
+    assert "Create and delete your notes" in consents[1].text, consents[1].text
     assert any(line.startswith(f"token: POST {issuer}/token -> 200") for line in transcript.lines), said
     assert isinstance(result.read_result, dict), said
     assert set(result.write_result) == {"result"} and isinstance(result.write_result["result"], int), said

@@ -98,8 +98,9 @@ def _structured(result: Any) -> Any:
 
 
 async def walk(mcp_url: str, issuer: str, host: CimdHost, say, heading) -> WalkResult:
-    """The whole flow, as a person should see it: one agent from nothing to a sensitive call, then an agent
-    holding only the read-only scope that meets a 403 and steps up."""
+    """The whole flow, as a person should see it: one agent from nothing (consenting to the basic scope
+    only) to a sensitive call that steps up, then an agent holding only the read-only scope that meets a 403
+    and steps up."""
     result = WalkResult()
     agent = make_agent(mcp_url, host, say)
     heading(f"An MCP client (the official Python SDK) connects to {mcp_url} with no token")
@@ -114,7 +115,7 @@ async def walk(mcp_url: str, issuer: str, host: CimdHost, say, heading) -> WalkR
         result.read_result = _structured(read)
         say(f"tools/call list_notes -> allowed: {result.read_result}")
 
-        heading("A sensitive tool call")
+        heading("A sensitive tool call: 403 names notes:write, the SDK steps up, the person consents again")
         write = await session.call_tool("add_note", {"text": "my first note"})
         result.write_result = _structured(write)
         say(f"tools/call add_note -> {'error' if write.is_error else 'allowed'}: {result.write_result}")

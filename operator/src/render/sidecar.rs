@@ -87,7 +87,7 @@ pub fn sidecar_config(
     config.listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.port)));
     config.admin_listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.admin_port)));
     config.mcp_path = spec.upstream.path.clone();
-    config.scopes_supported = offered;
+    config.scopes_supported = basic_scopes(&offered, &visible);
     config.scope_implies = scope_implies;
     config.rules = rules;
     config.unmatched = match spec.default_decision {
@@ -95,6 +95,23 @@ pub fn sidecar_config(
         DefaultDecision::AllowAuthenticated => UnmatchedPolicy::Allow,
     };
     Ok(config)
+}
+
+/// What a client should ask for first (RFC 9728 `scopes_supported`, the 401 challenge's `scope`): the
+/// offered scopes that are not sensitive. Sensitive ones are reached by step-up, on the 403 that names
+/// them, so an agent does not ask a person for write access before it needs it. When every scope is
+/// sensitive there is no smaller set, and all of them are listed.
+fn basic_scopes(offered: &[String], visible: &BTreeMap<String, &MCPScope>) -> Vec<String> {
+    let basic: Vec<String> = offered
+        .iter()
+        .filter(|v| visible.get(*v).is_some_and(|s| !s.spec.sensitive))
+        .cloned()
+        .collect();
+    if basic.is_empty() {
+        offered.to_vec()
+    } else {
+        basic
+    }
 }
 
 /// The ConfigMap and NetworkPolicy of `service`.
@@ -214,6 +231,24 @@ mod tests {
             ]
         );
         c.validate().expect("the sidecar accepts what we render");
+    }
+
+    #[test]
+    fn sensitive_scopes_are_reached_by_step_up_not_asked_first() {
+        let mut write = scope("apps", "files:write", &["files:read"]);
+        write.spec.sensitive = true;
+        let both = [scope("mcp-authz", "files:read", &[]), write.clone()];
+        let c = sidecar_config(&service(), &server(), &both).expect("config");
+        assert_eq!(c.scopes_supported, ["files:read"]);
+
+        let mut read = scope("mcp-authz", "files:read", &[]);
+        read.spec.sensitive = true;
+        let c = sidecar_config(&service(), &server(), &[read, write]).expect("config");
+        assert_eq!(
+            c.scopes_supported,
+            ["files:read", "files:write"],
+            "no smaller set exists"
+        );
     }
 
     #[test]

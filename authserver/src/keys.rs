@@ -56,8 +56,11 @@ impl KeyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum KeyState {
+    /// Published in JWKS, not signing yet.
     Next,
+    /// Signing (and published).
     Active,
+    /// No longer signing; published until every token it signed has expired.
     Retiring,
 }
 
@@ -73,9 +76,13 @@ pub struct KeyRecord {
     pub file: String,
     /// State when the index was written (informative: the instants below decide).
     pub state: KeyState,
+    /// When the key was generated.
     pub created_at: u64,
+    /// First instant the key signs.
     pub activates_at: u64,
+    /// First instant the key no longer signs.
     pub retires_at: u64,
+    /// First instant the key is no longer published.
     pub expires_at: u64,
 }
 
@@ -94,10 +101,12 @@ impl KeyRecord {
     }
 }
 
-/// The index file.
+/// The index file: every published key. The operator writes it into the keys Secret; local mode and
+/// self-managed servers write it into their keys directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyIndex {
+    /// Keys, oldest first.
     pub keys: Vec<KeyRecord>,
 }
 

@@ -11,68 +11,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Name of the index file in the keys Secret (and the authserver's keys directory).
-pub const INDEX_FILE: &str = "keys.json";
-
-/// The state a key is in at some instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum KeyState {
-    /// Published in JWKS, not signing yet.
-    Next,
-    /// Signing (and published).
-    Active,
-    /// No longer signing; published until every token it signed has expired.
-    Retiring,
-}
-
-/// One signing key as recorded in the index. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KeyRecord {
-    /// Key id: the RFC 7638 JWK thumbprint of the public key.
-    pub kid: String,
-    /// JWS algorithm.
-    pub alg: String,
-    /// File (Secret key) holding the PKCS#8 PEM private key.
-    pub file: String,
-    /// State at the time the index was written (derivable from the instants below).
-    pub state: KeyState,
-    /// When the key was generated.
-    pub created_at: u64,
-    /// First instant the key signs.
-    pub activates_at: u64,
-    /// First instant the key no longer signs.
-    pub retires_at: u64,
-    /// First instant the key is no longer published.
-    pub expires_at: u64,
-}
-
-impl KeyRecord {
-    /// The key's state at `now`, or `None` once it has expired.
-    pub fn state_at(&self, now: u64) -> Option<KeyState> {
-        if now >= self.expires_at {
-            None
-        } else if now >= self.retires_at {
-            Some(KeyState::Retiring)
-        } else if now >= self.activates_at {
-            Some(KeyState::Active)
-        } else {
-            Some(KeyState::Next)
-        }
-    }
-}
-
-/// The index file: every published key.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KeyIndex {
-    /// Keys, oldest first.
-    pub keys: Vec<KeyRecord>,
-}
+// The on-disk format (index and records) is the authorization server's: it reads what we write.
+pub use mcp_authz_authserver::keys::{INDEX_FILE, KeyIndex, KeyRecord, KeyState};
 
 /// Rotation settings, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,28 +7,6 @@ use mcp_authz_authserver::config::{PostgresStorage, StorageConfig};
 use mcp_authz_authserver::server;
 use support::*;
 
-async fn pg_database(name: &str) -> String {
-    let admin = std::env::var("MCP_AUTHZ_TEST_PG_URL").expect(
-        "MCP_AUTHZ_TEST_PG_URL is not set: source tests/setup/20-postgres.sh (tests/run-all does)",
-    );
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&admin)
-        .await
-        .expect("the test PostgreSQL server answers");
-    let db = format!("t_{name}_{}", std::process::id());
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&format!("/{db}"));
-    url.to_string()
-}
-
 #[tokio::test]
 async fn replicas_share_codes_grants_and_refresh_tokens() {
     let url = pg_database("replicas").await;

@@ -1,30 +1,10 @@
 //! The store contract, run on SQLite and on a real PostgreSQL server (tests/setup/20-postgres.sh), plus the
 //! rolling-upgrade rule and concurrent migration.
 
-use mcp_authz_authserver::store::*;
+mod support;
 
-/// A fresh, empty PostgreSQL database on the test server.
-pub async fn pg_database(name: &str) -> String {
-    let admin = std::env::var("MCP_AUTHZ_TEST_PG_URL").expect(
-        "MCP_AUTHZ_TEST_PG_URL is not set: source tests/setup/20-postgres.sh (tests/run-all does)",
-    );
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&admin)
-        .await
-        .expect("the test PostgreSQL server answers");
-    let db = format!("t_{name}_{}", std::process::id());
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&format!("/{db}"));
-    url.to_string()
-}
+use mcp_authz_authserver::store::*;
+use support::pg_database;
 
 fn grant(id: &str, subject: &str, client: &str, resource: &str, now: i64) -> Grant {
     Grant {

@@ -567,6 +567,34 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         .await?;
         let username = params.require("username")?.to_owned();
         let password = params.require("password")?.to_owned();
+        let permit = match state.login_guard.admit(&username, now_secs() as u64) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                state.metrics.outcome("login", refusal.metric_label());
+                audit::record(
+                    state.store.as_ref(),
+                    Decision {
+                        event: "login",
+                        subject: Some(&username),
+                        client_id: Some(&request.client_id),
+                        resource: Some(&request.resource),
+                        outcome: "refused",
+                        reason: refusal.metric_label(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                let mut page = pages::login_page(
+                    &snapshot.config.issuer,
+                    &request.id,
+                    &request.csrf,
+                    &client.name,
+                    Some(&refusal.to_string()),
+                );
+                *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                return Ok(page);
+            }
+        };
         let user = snapshot.users.get(&username).cloned();
         let hash = user.as_ref().map_or(passwords::DECOY_HASH.to_owned(), |u| {
             u.password_hash.clone()
@@ -574,7 +602,9 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let ok = tokio::task::spawn_blocking(move || passwords::verify_password(&hash, &password))
             .await
             .unwrap_or(false);
+        drop(permit);
         let Some(user) = user.filter(|_| ok) else {
+            state.login_guard.failed(&username, now_secs() as u64);
             state.metrics.outcome("login", "wrong_credentials");
             audit::record(
                 state.store.as_ref(),
@@ -597,6 +627,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
                 Some("Wrong username or password."),
             ));
         };
+        state.login_guard.succeeded(&username);
         let subject = user.subject.clone().unwrap_or(user.username.clone());
         let session = secrets::random_token();
         let session_secs = snapshot.config.tokens.session_secs;

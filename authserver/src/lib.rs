@@ -21,6 +21,7 @@ pub mod clients;
 pub mod config;
 pub mod introspect;
 pub mod keys;
+pub mod login_guard;
 pub mod metadata;
 pub mod metrics;
 pub mod oauth_error;

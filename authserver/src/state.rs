@@ -133,6 +133,8 @@ pub struct AppState {
     keys: RwLock<Arc<KeySet>>,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
+    /// Bounds on password checks (concurrency, failures per username).
+    pub login_guard: crate::login_guard::LoginGuard,
     /// The file the config came from (reloaded when it changes), if any.
     pub config_path: Option<PathBuf>,
 }
@@ -149,6 +151,7 @@ impl AppState {
             keys: RwLock::new(Arc::new(keys)),
             store,
             metrics: Metrics::new(),
+            login_guard: crate::login_guard::LoginGuard::default(),
             config_path,
         }
     }

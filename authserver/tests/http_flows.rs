@@ -556,3 +556,44 @@ async fn a_refresh_after_the_client_document_changed_revokes_the_grant() {
         false
     );
 }
+
+#[tokio::test]
+async fn repeated_wrong_passwords_throttle_the_username_even_for_the_right_one() {
+    let s = TestServer::start().await;
+    let mut b = Browser::default();
+    let Step::Page(_, login) = b
+        .get(
+            &s,
+            &authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "x"),
+        )
+        .await
+    else {
+        panic!()
+    };
+    for _ in 0..mcp_authz_authserver::login_guard::MAX_FAILURES {
+        match b.login(&s, &login, "alice", "guess").await {
+            Step::Page(401, html) => assert!(html.contains("Wrong username or password.")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The budget is spent: even the right password is not checked until the window ends.
+    match b.login(&s, &login, "alice", "wonderland").await {
+        Step::Page(429, html) => assert!(
+            html.contains("too many failed sign-ins for this user; try again in 15 minutes"),
+            "{html}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let metrics = reqwest::get(format!("{}/metrics", s.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "mcp_authz_authserver_requests_total{endpoint=\"login\",outcome=\"login_throttled\"} 1"
+        ),
+        "{metrics}"
+    );
+}

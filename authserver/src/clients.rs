@@ -6,6 +6,7 @@ use url::Url;
 use crate::cimd::{self, ClientDocument, ClientKeys};
 use crate::config::{ClientAuthMethod, ClientConfig, GrantType, is_loopback_host};
 use crate::oauth_error::{ErrorCode, OAuthError};
+use crate::resource_servers;
 use crate::state::{AppState, Snapshot};
 
 /// Client ids this server generates at `/register` start with this (never `https://`).
@@ -32,6 +33,8 @@ pub struct ClientView {
     /// Scopes for `client_credentials` (registered clients only).
     pub client_credentials_scopes: Vec<String>,
     pub may_introspect: bool,
+    /// A resource server may introspect only tokens whose audience holds its resource.
+    pub introspection_audience: Option<String>,
     /// From a CIMD document: scope limits of its policies.
     pub cimd: Option<ClientDocument>,
 }
@@ -53,6 +56,7 @@ impl ClientView {
             grant_types,
             client_credentials_scopes: c.scopes.clone(),
             may_introspect: c.introspection,
+            introspection_audience: None,
             cimd: None,
         }
     }
@@ -84,6 +88,7 @@ impl ClientView {
             grant_types,
             client_credentials_scopes: Vec::new(),
             may_introspect: false,
+            introspection_audience: None,
             cimd: Some(d),
         }
     }
@@ -163,6 +168,9 @@ pub async fn lookup(
     {
         return Ok(ClientView::registered(c));
     }
+    if let Some(resource) = resource_servers::resource_of(client_id) {
+        return resource_server(snapshot, client_id, resource);
+    }
     if client_id.starts_with(DYNAMIC_CLIENT_PREFIX)
         && snapshot.config.dynamic_client_registration.enabled
         && let Some(json) = state.store.dynamic_client(client_id).await?
@@ -196,6 +204,37 @@ pub async fn lookup(
         "unknown client_id {:?}",
         shorten(client_id)
     )))
+}
+
+/// The resource server of a configured resource: private_key_jwt with the key derived for that resource, no grant
+/// of its own, introspection of its own resource's tokens only.
+fn resource_server(
+    snapshot: &Snapshot,
+    client_id: &str,
+    resource: &str,
+) -> Result<ClientView, OAuthError> {
+    let root = snapshot.resource_server_root.as_ref().ok_or_else(|| {
+        OAuthError::invalid_client("this server accepts no resource-server credentials")
+    })?;
+    if snapshot.config.resource(resource).is_none() {
+        return Err(OAuthError::invalid_client(format!(
+            "{:?} is not a resource of this server",
+            shorten(resource)
+        )));
+    }
+    Ok(ClientView {
+        client_id: client_id.to_owned(),
+        name: format!("resource server of {resource}"),
+        id_host: client_id.to_owned(),
+        redirect_uris: Vec::new(),
+        auth_method: ClientAuthMethod::PrivateKeyJwt,
+        keys: Some(ClientKeySource::Jwks(root.public_jwks(resource))),
+        grant_types: Vec::new(),
+        client_credentials_scopes: Vec::new(),
+        may_introspect: true,
+        introspection_audience: Some(resource.to_owned()),
+        cimd: None,
+    })
 }
 
 /// Keeps echoed input short in messages.

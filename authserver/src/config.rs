@@ -82,6 +82,19 @@ pub struct AuthServerConfig {
     /// policies. On by default; advertised in metadata only when enabled.
     #[serde(default)]
     pub cimd: crate::cimd::CimdConfig,
+    /// Resource servers (the sidecars) that may introspect tokens of their own resource, authenticated with keys
+    /// derived from one root (see [`crate::resource_servers`]). Absent: only the admin credential and registered
+    /// clients with `introspection: true` may introspect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_servers: Option<ResourceServers>,
+}
+
+/// Where the resource-server root is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceServers {
+    /// File holding the root (32 bytes in base64, a mounted Secret), from which each resource's key is derived.
+    pub root_file: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {

@@ -67,20 +67,44 @@ fn json_no_store(status: StatusCode, body: Value) -> Response {
     r
 }
 
-/// Introspection callers: the admin bearer credential, or a client registered with `introspection: true`.
+/// Who asked, and which tokens it may learn about.
+struct Caller {
+    name: String,
+    /// Only tokens whose `aud` holds this resource are described; every other token is `active: false`.
+    audience: Option<String>,
+}
+
+impl Caller {
+    fn may_see(&self, aud: Option<&Value>) -> bool {
+        let Some(resource) = &self.audience else {
+            return true;
+        };
+        match aud {
+            Some(Value::String(a)) => a == resource,
+            Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(resource)),
+            _ => false,
+        }
+    }
+}
+
+/// Introspection callers: the admin bearer credential, a client registered with `introspection: true`, or a
+/// resource server (for its own resource's tokens).
 async fn authorize_introspection(
     state: &AppState,
     snapshot: &Snapshot,
     headers: &HeaderMap,
     params: &Params,
-) -> Result<String, OAuthError> {
+) -> Result<Caller, OAuthError> {
     if let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
         return match &snapshot.admin_token {
-            Some(admin) if secrets::constant_time_eq(bearer.trim(), admin) => Ok("admin".into()),
+            Some(admin) if secrets::constant_time_eq(bearer.trim(), admin) => Ok(Caller {
+                name: "admin".into(),
+                audience: None,
+            }),
             _ => Err(OAuthError::invalid_client(
                 "the bearer credential is not valid for introspection",
             )),
@@ -102,7 +126,10 @@ async fn authorize_introspection(
             "this client may not introspect tokens",
         ));
     }
-    Ok(client.client_id)
+    Ok(Caller {
+        name: client.client_id,
+        audience: client.introspection_audience,
+    })
 }
 
 /// POST `/introspect`.
@@ -145,6 +172,13 @@ pub async fn introspect(
             },
             Found::Nothing => json!({ "active": false }),
         };
+        // RFC 7662 §4: a resource server learns nothing about tokens meant for another resource.
+        let body = if caller.may_see(body.get("aud")) {
+            body
+        } else {
+            json!({ "active": false })
+        };
+        let caller = caller.name;
         tracing::debug!(caller, active = %body["active"], "introspection");
         Ok::<_, OAuthError>(body)
     }

@@ -29,6 +29,7 @@ pub mod pages;
 pub mod params;
 pub mod passwords;
 pub mod register;
+pub mod resource_servers;
 pub mod secrets;
 pub mod server;
 pub mod state;

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub cimd: Option<cimd::Resolver>,
     /// The upstream OpenID provider, when login is federated.
     pub upstream: Option<Arc<Upstream>>,
+    /// The root of resource-server keys, when resource servers may introspect.
+    pub resource_server_root: Option<crate::resource_servers::Root>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -99,12 +101,17 @@ impl Snapshot {
                 }
             }
         };
+        let resource_server_root = match &config.resource_servers {
+            Some(rs) => Some(crate::resource_servers::Root::load(&rs.root_file)?),
+            None => None,
+        };
         Ok(Snapshot {
             config,
             users,
             admin_token,
             cimd,
             upstream,
+            resource_server_root,
         })
     }
 }

@@ -602,3 +602,166 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
         "the body must be application/json"
     );
 }
+
+/// A resource server's assertion for `resource`, signed with the key derived from `root`.
+fn resource_server_assertion(
+    s: &TestServer,
+    root: &mcp_authz_authserver::resource_servers::Root,
+    resource: &str,
+    jti: &str,
+) -> String {
+    let id = mcp_authz_authserver::resource_servers::client_id(resource);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &json!({"iss": id, "sub": id, "aud": s.base, "exp": now + 60, "jti": jti}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(root.private_key_pem(resource).as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn introspect_as(s: &TestServer, assertion: &str, token: &str) -> (u16, serde_json::Value) {
+    let r = s
+        .post_form(
+            "/introspect",
+            &[
+                ("token", token),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", assertion),
+            ],
+        )
+        .await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn resource_servers_introspect_only_their_own_resource() {
+    use mcp_authz_authserver::resource_servers::Root;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::generate().unwrap();
+    let root_file = dir.path().join("resource-server-root");
+    std::fs::write(&root_file, root.to_text()).unwrap();
+    let mut config = base_config(dir.path(), free_port());
+    config.resource_servers = Some(mcp_authz_authserver::config::ResourceServers { root_file });
+    let s = TestServer::start_in(dir, config).await;
+    let files = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let files = files["access_token"].as_str().unwrap();
+    let a = assertion(&s, |_| {});
+    let (_, mail, _) = s
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("resource", OTHER_RESOURCE),
+            ("scope", "mail:read"),
+        ])
+        .await;
+    let mail = mail["access_token"].as_str().expect("a mail token");
+
+    // Its own resource's token: described in full.
+    let (status, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "1"),
+        files,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["active"].as_bool(),
+            body["aud"].as_str(),
+            body["sub"].as_str()
+        ),
+        (Some(true), Some(RESOURCE), Some("alice"))
+    );
+    // Another resource's token, valid as it is: inactive for this caller, active for the mail service's.
+    let (_, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "2"),
+        mail,
+    )
+    .await;
+    assert_eq!(body, json!({"active": false}));
+    let (_, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, OTHER_RESOURCE, "3"),
+        mail,
+    )
+    .await;
+    assert_eq!(body["active"], true);
+
+    // A key derived from another root, or for another resource than the client id names: the signature fails.
+    let other_root = Root::generate().unwrap();
+    let (status, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &other_root, RESOURCE, "4"),
+        files,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert_eq!(
+        body["error_description"],
+        "client_assertion rejected: InvalidSignature"
+    );
+    // A resource this server does not protect.
+    let (status, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, "https://elsewhere.example/mcp", "5"),
+        files,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["error_description"],
+        "\"https://elsewhere.example/mcp\" is not a resource of this server"
+    );
+    // The same assertion twice: its jti is spent.
+    let (_, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "1"),
+        files,
+    )
+    .await;
+    assert_eq!(
+        body["error_description"],
+        "client_assertion jti \"1\" was already used"
+    );
+    // A resource server has no grant of its own.
+    let (status, body) = client_credentials(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "6"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn resource_server_credentials_need_a_root() {
+    let s = TestServer::start().await;
+    let root = mcp_authz_authserver::resource_servers::Root::generate().unwrap();
+    let (status, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "1"),
+        "x",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert_eq!(
+        body["error_description"],
+        "this server accepts no resource-server credentials"
+    );
+}

@@ -183,15 +183,18 @@ impl Default for IdentityHeaders {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IntrospectionConfig {
-    /// The issuer's introspection endpoint.
+    /// The issuer's introspection endpoint (in a cluster, the authorization server's Service).
     pub endpoint: String,
-    /// A file holding the sidecar's client credentials as `client_id:client_secret` on one line (mounted
-    /// from a Secret), sent with HTTP Basic authentication.
-    pub client_credentials_file: PathBuf,
+    /// The sidecar's client id at the issuer.
+    pub client_id: String,
+    /// The sidecar's private key (PKCS#8 PEM, Ed25519 or P-256; a mounted Secret). Each call is authenticated with
+    /// a fresh `private_key_jwt` assertion signed with it, whose `aud` is the `issuer`.
+    pub private_key_file: PathBuf,
     /// Scopes whose operations are checked against the issuer, so a revoked token stops working at once.
     #[serde(default)]
     pub sensitive_scopes: Vec<String>,
-    /// How long an introspection answer is reused, in seconds.
+    /// How long an `active` answer is reused, in seconds. 0 (the default) asks on every sensitive operation, so a
+    /// revocation takes effect at once; `inactive` answers are always kept for ten minutes.
     #[serde(default = "defaults::introspection_cache_seconds")]
     pub cache_seconds: u64,
     /// Time limit for one introspection call, in milliseconds; on timeout the request is refused (503).
@@ -273,7 +276,7 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -483,7 +486,7 @@ mod defaults {
         "x-mcp-authz-scopes".into()
     }
     pub fn introspection_cache_seconds() -> u64 {
-        30
+        0
     }
     pub fn introspection_timeout_ms() -> u64 {
         2_000
@@ -564,7 +567,8 @@ unmatched:
   requireScopes: [mcp:admin]
 introspection:
   endpoint: https://auth.example.com/introspect
-  clientCredentialsFile: /var/run/secrets/introspection
+  clientId: urn:mcp-authz:resource-server:https://mcp.example.com/mcp
+  privateKeyFile: /var/run/secrets/introspection/key.pem
   sensitiveScopes: [mcp:secrets]
 limits:
   maxBodyBytes: 1024

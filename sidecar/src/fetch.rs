@@ -116,22 +116,14 @@ impl Fetcher {
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<Bytes, FetchError> {
-        self.send(
-            url,
-            http::Method::GET,
-            None,
-            Bytes::new(),
-            timeout,
-            max_bytes,
-        )
-        .await
+        self.send(url, http::Method::GET, Bytes::new(), timeout, max_bytes)
+            .await
     }
 
-    /// POST a form with an `Authorization` header; only 200 is success.
+    /// POST a form (the credentials inside it); only 200 is success.
     pub async fn post_form(
         &self,
         url: &str,
-        authorization: &str,
         form: String,
         timeout: Duration,
         max_bytes: usize,
@@ -139,7 +131,6 @@ impl Fetcher {
         self.send(
             url,
             http::Method::POST,
-            Some(authorization),
             Bytes::from(form),
             timeout,
             max_bytes,
@@ -151,24 +142,19 @@ impl Fetcher {
         &self,
         url: &str,
         method: http::Method,
-        authorization: Option<&str>,
         body: Bytes,
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<Bytes, FetchError> {
-        tokio::time::timeout(
-            timeout,
-            self.send_inner(url, method, authorization, body, max_bytes),
-        )
-        .await
-        .map_err(|_| FetchError::Timeout)?
+        tokio::time::timeout(timeout, self.send_inner(url, method, body, max_bytes))
+            .await
+            .map_err(|_| FetchError::Timeout)?
     }
 
     async fn send_inner(
         &self,
         url: &str,
         method: http::Method,
-        authorization: Option<&str>,
         body: Bytes,
         max_bytes: usize,
     ) -> Result<Bytes, FetchError> {
@@ -188,14 +174,15 @@ impl Fetcher {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
+        let is_post = method == http::Method::POST;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, authority)
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::USER_AGENT, "mcp-authz-sidecar");
-        if let Some(auth) = authorization {
-            request = request.header(http::header::AUTHORIZATION, auth).header(
+        if is_post {
+            request = request.header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             );

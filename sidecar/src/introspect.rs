@@ -1,12 +1,17 @@
 //! RFC 7662 introspection for operations that need a sensitive scope: a signed token stays valid until it
-//! expires, so for these operations the issuer is asked whether it was revoked. Answers are cached for a
-//! short time; when the issuer cannot answer, the request is refused with 503 (never let through).
+//! expires, so for these operations the issuer is asked whether it was revoked. The sidecar authenticates with
+//! `private_key_jwt` (a fresh RFC 7523 assertion per call, signed with its mounted key), so nothing replayable
+//! crosses the wire. `active` answers are reused for `cacheSeconds` (none by default: a revocation applies to the
+//! very next sensitive operation), `inactive` ones for longer; when the issuer cannot answer, the request is
+//! refused with 503 (never let through).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, IntrospectionConfig};
@@ -43,12 +48,24 @@ struct Answer {
     active: bool,
 }
 
+/// The RFC 7523 assertion type.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Lifetime of one client assertion: it is sent at once, and its `jti` is spent on first use.
+const ASSERTION_SECS: u64 = 60;
+/// How long an `active: false` answer is kept: a revoked or expired token never becomes active again, and a
+/// client retrying a dead token should not cost the issuer a call each time.
+const INACTIVE_TTL: Duration = Duration::from_secs(600);
+
 /// The introspection client of one config.
 pub struct Introspector {
     endpoint: String,
-    authorization: String,
+    client_id: String,
+    /// The `aud` of assertions: the issuer identifier (RFC 7523 §3 lets the server accept it for every endpoint).
+    audience: String,
+    key: EncodingKey,
+    algorithm: Algorithm,
     sensitive: BTreeSet<String>,
-    ttl: Duration,
+    active_ttl: Duration,
     timeout: Duration,
     fetcher: Fetcher,
     cache: Mutex<HashMap<Box<str>, (bool, Instant)>>,
@@ -58,45 +75,52 @@ impl std::fmt::Debug for Introspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Introspector")
             .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
 }
 
 impl Introspector {
-    /// Reads the client credentials file (`client_id:client_secret`) and prepares the client.
-    pub fn new(config: &IntrospectionConfig, fetcher: Fetcher) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(&config.client_credentials_file).map_err(|source| {
-            ConfigError::Read {
-                path: config.client_credentials_file.clone(),
-                source,
-            }
+    /// Reads the private key (PKCS#8 PEM, Ed25519 or P-256) and prepares the client. `issuer` is the assertion
+    /// audience.
+    pub fn new(
+        config: &IntrospectionConfig,
+        issuer: &str,
+        fetcher: Fetcher,
+    ) -> Result<Self, ConfigError> {
+        let pem = std::fs::read(&config.private_key_file).map_err(|source| ConfigError::Read {
+            path: config.private_key_file.clone(),
+            source,
         })?;
-        let (id, secret) = text
-            .trim()
-            .split_once(':')
-            .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "introspection credentials must be one line client_id:client_secret".into(),
-                )
+        let (key, algorithm) = EncodingKey::from_ed_pem(&pem)
+            .map(|k| (k, Algorithm::EdDSA))
+            .or_else(|_| EncodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
+            .map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "introspection.privateKeyFile {}: not a PKCS#8 PEM Ed25519 or P-256 private key",
+                    config.private_key_file.display()
+                ))
             })?;
-        // RFC 6749 §2.3.1: each part is form-urlencoded before Basic encoding.
-        let encode =
-            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            encode(id),
-            encode(secret)
-        ));
-        Ok(Self {
+        let introspector = Self {
             endpoint: config.endpoint.clone(),
-            authorization: format!("Basic {basic}"),
+            client_id: config.client_id.clone(),
+            audience: issuer.to_owned(),
+            key,
+            algorithm,
             sensitive: config.sensitive_scopes.iter().cloned().collect(),
-            ttl: Duration::from_secs(config.cache_seconds),
+            active_ttl: Duration::from_secs(config.cache_seconds),
             timeout: Duration::from_millis(config.timeout_ms),
             fetcher,
             cache: Mutex::new(HashMap::new()),
-        })
+        };
+        // A key that cannot sign (a P-256 PEM that is not PKCS#8, say) is found now, not on a user's request.
+        introspector.assertion().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "introspection.privateKeyFile {}: {e}",
+                config.private_key_file.display()
+            ))
+        })?;
+        Ok(introspector)
     }
 
     /// Whether an operation needing these scopes must be introspected.
@@ -104,31 +128,61 @@ impl Introspector {
         required.into_iter().any(|s| self.sensitive.contains(s))
     }
 
+    /// A fresh RFC 7523 client assertion.
+    fn assertion(&self) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti)
+            .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+        let claims = serde_json::json!({
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + ASSERTION_SECS,
+            "jti": URL_SAFE_NO_PAD.encode(jti),
+        });
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
+    }
+
     /// Whether the issuer still considers the token active.
     pub async fn is_active(&self, token: &str) -> Result<bool, IntrospectionError> {
         if let Ok(cache) = self.cache.lock()
             && let Some((active, at)) = cache.get(token)
-            && at.elapsed() < self.ttl
+            && at.elapsed()
+                < if *active {
+                    self.active_ttl
+                } else {
+                    INACTIVE_TTL
+                }
         {
             return Ok(*active);
         }
+        let assertion = self.assertion().map_err(|e| {
+            IntrospectionError::Answer(format!("signing the client assertion: {e}"))
+        })?;
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token)
             .append_pair("token_type_hint", "access_token")
+            .append_pair("client_assertion_type", JWT_BEARER)
+            .append_pair("client_assertion", &assertion)
             .finish();
         let body = self
             .fetcher
-            .post_form(
-                &self.endpoint,
-                &self.authorization,
-                form,
-                self.timeout,
-                MAX_ANSWER_BYTES,
-            )
+            .post_form(&self.endpoint, form, self.timeout, MAX_ANSWER_BYTES)
             .await?;
         let answer: Answer =
             serde_json::from_slice(&body).map_err(|e| IntrospectionError::Answer(e.to_string()))?;
-        if let Ok(mut cache) = self.cache.lock() {
+        let keep = if answer.active {
+            self.active_ttl
+        } else {
+            INACTIVE_TTL
+        };
+        if !keep.is_zero()
+            && let Ok(mut cache) = self.cache.lock()
+        {
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }

@@ -71,7 +71,7 @@ impl Runtime {
             Some(settings) => {
                 let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())
                     .map_err(|e| ConfigError::Invalid(format!("issuerCaFile: {e}")))?;
-                Some(Introspector::new(settings, fetcher)?)
+                Some(Introspector::new(settings, &config.issuer, fetcher)?)
             }
             None => None,
         };

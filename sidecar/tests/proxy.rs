@@ -714,37 +714,74 @@ async fn shutdown_lets_in_flight_streams_finish_within_the_grace_period() {
     drop((client, key));
 }
 
-/// A real RFC 7662 endpoint: answers `active` from a flag, checks the sidecar's Basic credentials.
+const INTROSPECTION_CLIENT: &str = "urn:mcp-authz:resource-server:https://mcp.example.com/mcp";
+
+/// An Ed25519 key pair: the PKCS#8 PEM the sidecar signs with and the public `x` the issuer checks with.
+fn introspection_key() -> (String, String) {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine;
+    let pair = Ed25519KeyPair::generate().unwrap();
+    let der = pair.to_pkcs8().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+    (pem, x)
+}
+
+/// An RFC 7662 endpoint over a real socket: answers `active` from a flag, and first checks the sidecar's
+/// `private_key_jwt` assertion as an issuer would (signature, `iss`, `sub`, `aud`, a `jti` never seen before).
 async fn introspection_server(
+    public_x: String,
     active: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
     hits: std::sync::Arc<std::sync::Mutex<u32>>,
 ) -> std::net::SocketAddr {
     use http_body_util::Full;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let key = jsonwebtoken::DecodingKey::from_ed_components(&public_x).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (active, hits) = (active.clone(), hits.clone());
+            let (active, hits, key, seen) =
+                (active.clone(), hits.clone(), key.clone(), seen.clone());
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
-                        let (active, hits) = (active.clone(), hits.clone());
+                        let (active, hits, key, seen) =
+                            (active.clone(), hits.clone(), key.clone(), seen.clone());
                         async move {
                             *hits.lock().unwrap() += 1;
-                            // base64("sidecar:s3cret%2F") — the secret's `/` is form-encoded first (RFC 6749 §2.3.1).
-                            let auth_ok = r
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                == Some("Basic c2lkZWNhcjpzM2NyZXQlMkY=");
+                            let no_header = r.headers().get("authorization").is_none();
                             let form = r.into_body().collect().await.unwrap().to_bytes();
-                            let form_ok = form.starts_with(b"token=")
-                                && form.ends_with(b"&token_type_hint=access_token");
+                            let form: std::collections::HashMap<String, String> =
+                                url::form_urlencoded::parse(&form).into_owned().collect();
+                            let mut validation =
+                                jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+                            validation.set_audience(&["https://auth.example.com"]);
+                            validation.set_issuer(&[INTROSPECTION_CLIENT]);
+                            validation.sub = Some(INTROSPECTION_CLIENT.into());
+                            let assertion_ok = form
+                                .get("client_assertion_type")
+                                .map(String::as_str)
+                                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                                && form.get("client_assertion").is_some_and(|a| {
+                                    jsonwebtoken::decode::<Value>(a, &key, &validation).is_ok_and(
+                                        |d| {
+                                            d.claims["jti"].as_str().is_some_and(|j| {
+                                                seen.lock().unwrap().insert(j.to_owned())
+                                            })
+                                        },
+                                    )
+                                });
+                            let form_ok = form.contains_key("token")
+                                && form.get("token_type_hint").map(String::as_str)
+                                    == Some("access_token");
                             let flag = *active.lock().unwrap();
-                            let (status, body) = match (auth_ok && form_ok, flag) {
+                            let (status, body) = match (no_header && assertion_ok && form_ok, flag)
+                            {
                                 (false, _) => (StatusCode::UNAUTHORIZED, "{}".to_owned()),
                                 (true, None) => {
                                     (StatusCode::INTERNAL_SERVER_ERROR, "{}".to_owned())
@@ -767,88 +804,130 @@ async fn introspection_server(
     addr
 }
 
+fn admin_token(h: &Harness, jti: &str) -> String {
+    h.key.sign(&{
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:admin");
+        c["jti"] = json!(jti);
+        c
+    })
+}
+
 #[tokio::test]
 async fn sensitive_scopes_are_checked_against_revocation() {
     let h = Harness::start().await;
+    let (pem, x) = introspection_key();
     let active = std::sync::Arc::new(std::sync::Mutex::new(Some(true)));
     let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
-    let addr = introspection_server(active.clone(), hits.clone()).await;
+    let addr = introspection_server(x, active.clone(), hits.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let credentials = dir.path().join("credentials");
-    std::fs::write(&credentials, "sidecar:s3cret/\n").unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, pem).unwrap();
     let mut config = config(&h.upstream.url(), &h.jwks.url());
-    config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
-        endpoint: format!("http://{addr}/introspect"),
-        client_credentials_file: credentials,
-        sensitive_scopes: vec!["mcp:admin".into()],
-        cache_seconds: 60,
-        timeout_ms: 500,
-    });
-    h.sidecar.config.apply(config).unwrap();
-    let admin = h.token("mcp:admin");
+    let settings: mcp_authz_sidecar::config::IntrospectionConfig = serde_json::from_value(json!({
+        "endpoint": format!("http://{addr}/introspect"),
+        "clientId": INTROSPECTION_CLIENT,
+        "privateKeyFile": key_file,
+        "sensitiveScopes": ["mcp:admin"],
+    }))
+    .unwrap();
+    assert_eq!(
+        settings.cache_seconds, 0,
+        "no reuse of active answers by default"
+    );
+    config.introspection = Some(settings.clone());
+    h.sidecar.config.apply(config.clone()).unwrap();
+    let admin = admin_token(&h, "t-admin");
     // Not sensitive: no introspection.
     assert_eq!(
         h.post(Some(&admin), &call(1, "get_user")).await.0,
         StatusCode::OK
     );
     assert_eq!(*hits.lock().unwrap(), 0);
-    // Sensitive: asked once, then cached.
-    assert_eq!(
-        h.post(Some(&admin), &call(2, "delete_user")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        h.post(Some(&admin), &call(3, "delete_user")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(*hits.lock().unwrap(), 1);
-    // A revoked token (a new one, so the cache has no answer for it).
+    // Sensitive: asked every time, each with a fresh assertion (the issuer refuses a spent jti).
+    for id in [2, 3] {
+        assert_eq!(
+            h.post(Some(&admin), &call(id, "delete_user")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(*hits.lock().unwrap(), 2);
+    // Revoked: the very next sensitive call is refused; a dead token's answer is kept.
     *active.lock().unwrap() = Some(false);
-    let revoked = h.key.sign(&{
-        let mut c = claims_for(now());
-        c["scope"] = json!("mcp:admin");
-        c["jti"] = json!("t-revoked");
-        c
-    });
-    let (status, headers, _) = h.post(Some(&revoked), &call(4, "delete_user")).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        www_authenticate(&headers).contains("error_description=\"the token is no longer active\"")
-    );
+    for id in [4, 5] {
+        let (status, headers, _) = h.post(Some(&admin), &call(id, "delete_user")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            www_authenticate(&headers)
+                .contains("error_description=\"the token is no longer active\""),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(*hits.lock().unwrap(), 3);
     // The issuer cannot answer: refused with 503, never let through.
     *active.lock().unwrap() = None;
-    let other = h.key.sign(&{
-        let mut c = claims_for(now());
-        c["scope"] = json!("mcp:admin");
-        c["jti"] = json!("t-other");
-        c
-    });
-    let (status, headers, _) = h.post(Some(&other), &call(5, "delete_user")).await;
+    let (status, headers, _) = h
+        .post(Some(&admin_token(&h, "t-other")), &call(6, "delete_user"))
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "5");
+    // With a cache, an active answer is reused.
+    *active.lock().unwrap() = Some(true);
+    config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
+        cache_seconds: 60,
+        ..settings
+    });
+    h.sidecar.config.apply(config).unwrap();
+    let cached = admin_token(&h, "t-cached");
+    for id in [7, 8] {
+        assert_eq!(
+            h.post(Some(&cached), &call(id, "delete_user")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(*hits.lock().unwrap(), 5);
     assert_eq!(
         h.upstream_posts(),
-        3,
-        "only the active token's calls went up"
+        5,
+        "only the active tokens' calls went up"
     );
 }
 
 #[tokio::test]
-async fn unreadable_introspection_credentials_refuse_the_config() {
+async fn unusable_introspection_keys_refuse_the_config() {
     let h = Harness::start().await;
-    let mut config = config(&h.upstream.url(), &h.jwks.url());
-    config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
-        endpoint: "http://127.0.0.1:1/introspect".into(),
-        client_credentials_file: "/nonexistent/credentials".into(),
-        sensitive_scopes: vec!["mcp:admin".into()],
-        cache_seconds: 60,
-        timeout_ms: 500,
-    });
-    let err = h.sidecar.config.apply(config).expect_err("refused");
-    assert!(
-        err.to_string().contains("/nonexistent/credentials"),
-        "{err}"
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for (file, expected) in [
+        (
+            std::path::PathBuf::from("/nonexistent/key.pem"),
+            "cannot read /nonexistent/key.pem".to_owned(),
+        ),
+        (
+            not_a_key.clone(),
+            format!(
+                "introspection.privateKeyFile {}: not a PKCS#8 PEM Ed25519 or P-256 private key",
+                not_a_key.display()
+            ),
+        ),
+    ] {
+        let mut config = config(&h.upstream.url(), &h.jwks.url());
+        config.introspection = Some(mcp_authz_sidecar::config::IntrospectionConfig {
+            endpoint: "http://127.0.0.1:1/introspect".into(),
+            client_id: INTROSPECTION_CLIENT.into(),
+            private_key_file: file,
+            sensitive_scopes: vec!["mcp:admin".into()],
+            cache_seconds: 0,
+            timeout_ms: 500,
+        });
+        let err = h.sidecar.config.apply(config).expect_err("refused");
+        assert!(err.to_string().contains(&expected), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -257,6 +257,18 @@ pub struct Limits {
     /// On SIGTERM, how long in-flight requests and streams may continue, in milliseconds.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Most client connections open at once on the proxy port. At the cap the sidecar stops accepting: new
+    /// connections wait in the kernel's listen backlog (then in their own SYN retries) and are accepted as
+    /// open ones close; none is refused. Each open stream costs tens of KiB (sidecar/README.md, Benchmarks),
+    /// so the cap bounds memory under a connection flood. Read at start only.
+    #[serde(default = "Limits::default_max_connections")]
+    pub max_connections: std::num::NonZeroUsize,
+}
+
+impl Limits {
+    fn default_max_connections() -> std::num::NonZeroUsize {
+        std::num::NonZeroUsize::new(10_000).expect("not zero")
+    }
 }
 
 impl Default for Limits {
@@ -268,6 +280,7 @@ impl Default for Limits {
             body_timeout_ms: defaults::body_timeout_ms(),
             max_list_response_bytes: defaults::max_list_response_bytes(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
+            max_connections: Self::default_max_connections(),
         }
     }
 }

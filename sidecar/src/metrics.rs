@@ -1,7 +1,8 @@
 //! Prometheus metrics, all named `mcp_authz_sidecar_*`, with low-cardinality labels only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The sidecar's metrics, cheap to clone.
@@ -20,6 +21,10 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     /// Config reloads by result.
     pub reloads: IntCounterVec,
+    /// Client connections open now on the proxy port.
+    pub connections_open: IntGauge,
+    /// Times the proxy stopped accepting because `limits.maxConnections` were open.
+    pub connection_limit_reached: IntCounter,
 }
 
 impl Metrics {
@@ -71,6 +76,16 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let connections_open = IntGauge::new(
+            "mcp_authz_sidecar_connections_open",
+            "Client connections open now on the proxy port",
+        )
+        .expect("metric");
+        let connection_limit_reached = IntCounter::new(
+            "mcp_authz_sidecar_connection_limit_reached_total",
+            "Times the proxy stopped accepting because limits.maxConnections were open",
+        )
+        .expect("metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
@@ -78,6 +93,8 @@ impl Metrics {
             Box::new(jwks_age.clone()),
             Box::new(active_streams.clone()),
             Box::new(reloads.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connection_limit_reached.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -90,6 +107,8 @@ impl Metrics {
             jwks_age,
             active_streams,
             reloads,
+            connections_open,
+            connection_limit_reached,
         }
     }
 
@@ -108,11 +127,11 @@ impl Default for Metrics {
     }
 }
 
-/// Decrements the active-streams gauge when a stream ends, however it ends.
+/// Decrements a gauge of open things (streams, connections) when one ends, however it ends.
 pub struct StreamGuard(IntGauge);
 
 impl StreamGuard {
-    /// Counts one more open stream.
+    /// Counts one more open thing.
     pub fn open(gauge: &IntGauge) -> Self {
         gauge.inc();
         Self(gauge.clone())

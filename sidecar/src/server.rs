@@ -6,18 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::admin;
 use crate::config::{ConfigError, SidecarConfig};
 use crate::fetch::Fetcher;
 use crate::jwks::{JwksCache, JwksSource};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StreamGuard};
 use crate::proxy::{Proxy, Runtime};
 
 /// Largest request head (request line and headers) a client may send.
@@ -83,6 +83,9 @@ impl ConfigHandle {
         if config.listen != current.listen || config.admin_listen != current.admin_listen {
             tracing::warn!("listen addresses changed; they apply after a restart");
         }
+        if config.limits.max_connections != current.limits.max_connections {
+            tracing::warn!("limits.maxConnections changed; it applies after a restart");
+        }
         let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())?;
         let source = JwksSource {
             uri: config.jwks_uri.clone(),
@@ -142,6 +145,7 @@ impl Sidecar {
                 proxy_listener,
                 proxy,
                 runtime_rx,
+                metrics.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(admin::serve(
@@ -213,10 +217,29 @@ async fn serve_proxy(
     listener: TcpListener,
     proxy: Proxy,
     runtime: watch::Receiver<Arc<Runtime>>,
+    metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let max_connections = runtime.borrow().config.limits.max_connections.get();
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        // A slot is taken before accepting, so at the cap the listener is simply not read: new connections
+        // queue in the kernel's backlog instead of being accepted and dropped.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                tracing::warn!(
+                    max_connections,
+                    "connection cap reached; new connections wait in the backlog"
+                );
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -229,31 +252,28 @@ async fn serve_proxy(
             },
             _ = shutdown.changed() => break,
         };
+        let open = StreamGuard::open(&metrics.connections_open);
         let _ = stream.set_nodelay(true);
-        let limits = runtime.borrow().config.limits.clone();
+        let header_timeout =
+            Duration::from_millis(runtime.borrow().config.limits.header_timeout_ms);
         let proxy = proxy.clone();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // HTTP/1.1 only: MCP Streamable HTTP clients speak HTTP/1.1 to the pod port (TLS, and with it ALPN
+        // for h2, ends before the pod), and one protocol keeps the per-connection state small.
+        let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
-            .max_buf_size(MAX_HEAD_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEAD_BYTES as u32);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop((open, slot));
         });
     }
     drop(listener);

@@ -1015,3 +1015,94 @@ async fn get_and_delete_with_a_body_are_refused() {
     }
     assert!(h.upstream.seen().is_empty());
 }
+
+/// Opens one client connection of its own (no pool) to `addr`.
+async fn own_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Body>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, task)
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let mut config = config(&upstream.url(), &jwks.url());
+    config.limits.max_connections = std::num::NonZeroUsize::new(2).unwrap();
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start(config)
+        .await
+        .unwrap();
+    let h = Harness {
+        key,
+        jwks,
+        upstream,
+        sidecar,
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
+    };
+    h.wait_ready().await;
+    let token = h.token("mcp:read");
+    let url = h.url("/mcp");
+    let addr = h.sidecar.proxy_addr;
+    let metrics = &h.sidecar.metrics;
+
+    // Two GET streams hold both slots (an idle keep-alive connection would be closed after headerTimeoutMs).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut sender, task) = own_connection(addr).await;
+        let request = Request::get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "text/event-stream")
+            .body(body(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push((response, sender, task));
+    }
+    assert_eq!(metrics.connections_open.get(), 2);
+
+    // A third connection completes its TCP handshake in the kernel's backlog, but the sidecar does not
+    // accept it, so its request is not read. Absence can only be shown by waiting; the wait bounds nothing.
+    let (mut waiting, _task) = own_connection(addr).await;
+    let answer = tokio::spawn(async move {
+        let response = waiting
+            .send_request(post_request(&url, Some(&token), &call(3, "get_user")))
+            .await
+            .unwrap();
+        collect(response).await.0
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !answer.is_finished(),
+        "a connection over the cap was served"
+    );
+    assert_eq!(h.upstream.seen().len(), 2);
+    assert_eq!(metrics.connections_open.get(), 2);
+    assert!(metrics.connection_limit_reached.get() >= 1);
+    assert!(
+        h.admin("/metrics")
+            .await
+            .2
+            .contains("mcp_authz_sidecar_connections_open 2")
+    );
+
+    // Closing one stream's connection frees its slot: the waiting connection is accepted and answered.
+    let (stream, sender, task) = held.remove(0);
+    drop((stream, sender));
+    task.abort();
+    assert_eq!(answer.await.unwrap(), StatusCode::OK);
+    assert_eq!(h.upstream_posts(), 1);
+    assert_eq!(metrics.connections_open.get(), 2);
+}

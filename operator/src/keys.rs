@@ -213,7 +213,20 @@ pub fn read_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<KeyIndex, KeyErro
     Ok(index)
 }
 
-/// Builds a Secret's data from an index and the PEMs (old ones from `previous`, new ones given).
+/// The entry of the keys Secret holding the root of resource-server (sidecar) credentials: beside the signing
+/// keys, because the authorization server mounts that Secret and derives each sidecar's public key from it.
+pub const RESOURCE_SERVER_ROOT_FILE: &str = "resource-server-root";
+
+/// The resource-server root in a keys Secret's data, if it holds a valid one.
+pub fn resource_server_root(
+    data: &BTreeMap<String, Vec<u8>>,
+) -> Option<mcp_authz_authserver::resource_servers::Root> {
+    data.get(RESOURCE_SERVER_ROOT_FILE)
+        .and_then(|raw| mcp_authz_authserver::resource_servers::Root::parse(raw).ok())
+}
+
+/// Builds a Secret's data from an index and the PEMs (old ones from `previous`, new ones given). The
+/// resource-server root is carried over, or generated when `previous` has no valid one.
 pub fn write_secret(
     index: &KeyIndex,
     previous: &BTreeMap<String, Vec<u8>>,
@@ -232,6 +245,15 @@ pub fn write_secret(
     let index_json =
         serde_json::to_vec_pretty(index).map_err(|e| KeyError::Index(e.to_string()))?;
     data.insert(INDEX_FILE.to_owned(), index_json);
+    let root = match resource_server_root(previous) {
+        Some(root) => root,
+        None => mcp_authz_authserver::resource_servers::Root::generate()
+            .map_err(|e| KeyError::Generate(e.to_string()))?,
+    };
+    data.insert(
+        RESOURCE_SERVER_ROOT_FILE.to_owned(),
+        root.to_text().into_bytes(),
+    );
     Ok(data)
 }
 
@@ -471,6 +493,7 @@ mod tests {
         let data =
             write_secret(&index, &BTreeMap::new(), std::slice::from_ref(&key)).expect("data");
         assert_eq!(read_secret(&data).expect("index"), index);
+        assert!(resource_server_root(&data).is_some(), "a root is generated");
         let again = write_secret(&index, &data, &[]).expect("old material reused");
         assert_eq!(again, data);
     }

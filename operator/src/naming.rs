@@ -10,6 +10,12 @@ pub const SIDECAR_CONFIG_VOLUME: &str = "mcp-authz-sidecar-config";
 pub const SIDECAR_CONFIG_DIR: &str = "/etc/mcp-authz";
 /// File name of the sidecar config inside its ConfigMap.
 pub const SIDECAR_CONFIG_FILE: &str = "sidecar.yaml";
+/// Volume of the sidecar's credentials Secret in an injected pod.
+pub const SIDECAR_CREDENTIALS_VOLUME: &str = "mcp-authz-sidecar-credentials";
+/// Where the sidecar's credentials Secret is mounted.
+pub const SIDECAR_CREDENTIALS_DIR: &str = "/var/run/secrets/mcp-authz";
+/// The key file in the credentials Secret.
+pub const SIDECAR_KEY_FILE: &str = "introspection-key.pem";
 /// File name of the authserver config inside its ConfigMap.
 pub const AUTHSERVER_CONFIG_FILE: &str = "authserver.yaml";
 /// Annotation recording the sidecar version a pod was injected with.
@@ -24,6 +30,11 @@ pub const MANAGED_BY: &str = "mcp-authz-operator";
 /// ConfigMap holding the sidecar config of an MCPService.
 pub fn sidecar_config_map(service: &str) -> String {
     format!("{service}-mcp-authz-sidecar")
+}
+
+/// Secret holding an MCPService's resource-server key (what its sidecars introspect with).
+pub fn sidecar_credentials(service: &str) -> String {
+    format!("{service}-mcp-authz-sidecar-credentials")
 }
 
 /// NetworkPolicy of an MCPService.

@@ -368,6 +368,7 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .owns(Api::<Secret>::all(client.clone()), owned())
         .watches(
             Api::<MCPScope>::all(client.clone()),
             watcher::Config::default(),

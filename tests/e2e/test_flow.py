@@ -128,6 +128,42 @@ def test_revocation_through_the_admin_api_ends_the_grant(plane, cimd_host):
     assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant", refresh.text
 
 
+def test_revocation_stops_a_sensitive_call_at_once_and_the_rest_when_the_token_expires(plane, cimd_host):
+    """The sidecar asks the issuer about every sensitive operation (authenticated as the service's own resource
+    server), so a revoked grant's next sensitive call fails; other calls rest on the signed token until it expires."""
+    url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
+    g = anyio.run(grant, issuer, url, "notes:read notes:write", cimd_host, "/agents/revoked-live.json")
+    token = g.token["access_token"]
+    assert 0 < g.token["expires_in"] <= 300, "notes:write caps the token's lifetime at 5 minutes"
+    opened = anyio.run(mcp_post, url, token, INITIALIZE)
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    initialized = anyio.run(mcp_post, url, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+    assert initialized.status_code == 202, initialized.text
+
+    def call(number: int, name: str, arguments: dict[str, object]):
+        body = {"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+        return anyio.run(mcp_post, url, token, body, session)
+
+    before = call(2, "add_note", {"text": "written before the revocation"})
+    assert before.status_code == 200 and '"isError":false' in before.text.replace(" ", ""), before.text
+
+    import httpx2
+
+    admin = plane.ready["admin"]["url"]
+    headers = {"Authorization": f"Bearer {plane.admin_token()}"}
+    revoked = httpx2.post(f"{admin}/admin/grants/revoke", params={"client_id": g.client_id}, headers=headers)
+    assert revoked.status_code == 200 and revoked.json()["revoked"], revoked.text
+
+    after = call(3, "add_note", {"text": "must not be written"})
+    assert after.status_code == 401, f"a sensitive call after revocation: {after.status_code} {after.text}"
+    challenge = after.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge and "no longer active" in challenge, challenge
+    still = call(4, "list_notes", {})
+    assert still.status_code == 200, "a non-sensitive call rests on the signed token until it expires"
+    assert "written before the revocation" in still.text and "must not be written" not in still.text, still.text
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "expected"),
     [

@@ -163,6 +163,45 @@ async fn resources_converge_and_breakage_heals() {
             .then_some(())
     })
     .await;
+    // The sidecar's introspection key: derived from the root in the keys Secret, for this resource.
+    let derived_key = |keys: Secret| {
+        let root = mcp_authz_operator::keys::resource_server_root(
+            &keys
+                .data
+                .expect("data")
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+        )
+        .expect("the keys Secret holds a root");
+        root.private_key_pem("https://mcp.example.com/files")
+    };
+    let credentials = eventually("CredentialsIssued=True", || async {
+        let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
+        condition(&svc, "CredentialsIssued").filter(|c| c.0 == "True")?;
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get_opt("files-mcp-authz-sidecar-credentials")
+            .await
+            .ok()?
+    })
+    .await;
+    let pem = |s: &Secret| {
+        String::from_utf8(
+            s.data.as_ref().expect("data")["introspection-key.pem"]
+                .0
+                .clone(),
+        )
+        .expect("utf-8")
+    };
+    let keys = Api::<Secret>::namespaced(admin.clone(), &ns)
+        .get("auth-authserver-keys")
+        .await
+        .expect("keys");
+    assert_eq!(pem(&credentials), derived_key(keys));
+    assert_eq!(
+        credentials.metadata.owner_references.expect("owner")[0].kind,
+        "MCPService"
+    );
     let server_status = eventually("AuthorizationServer status", || async {
         let s = get_json(
             &admin,
@@ -217,9 +256,20 @@ async fn resources_converge_and_breakage_heals() {
     })
     .await;
     let index: serde_json::Value =
-        serde_json::from_slice(&after.data.expect("data")["keys.json"].0).expect("keys.json");
+        serde_json::from_slice(&after.data.as_ref().expect("data")["keys.json"].0)
+            .expect("keys.json");
     assert_eq!(index["keys"].as_array().map(Vec::len), Some(1));
     assert_eq!(index["keys"][0]["alg"], "ES256");
+    // A new root came with it, and the sidecar's key follows.
+    let expected = derived_key(after);
+    eventually("credentials re-derived from the new root", || async {
+        let s = secrets
+            .get_opt("files-mcp-authz-sidecar-credentials")
+            .await
+            .ok()??;
+        (pem(&s) == expected).then_some(())
+    })
+    .await;
 
     // Point the webhook at the running operator: the API server now trusts it through the caBundle
     // the operator wrote, and an injected pod is counted in the service's status.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Pod, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -159,12 +159,20 @@ pub fn sidecar_container(service: &MCPService, defaults: &SidecarDefaults) -> Co
                 ..Default::default()
             },
         ]),
-        volume_mounts: Some(vec![VolumeMount {
-            name: naming::SIDECAR_CONFIG_VOLUME.to_owned(),
-            mount_path: naming::SIDECAR_CONFIG_DIR.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: naming::SIDECAR_CONFIG_VOLUME.to_owned(),
+                mount_path: naming::SIDECAR_CONFIG_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: naming::SIDECAR_CREDENTIALS_VOLUME.to_owned(),
+                mount_path: naming::SIDECAR_CREDENTIALS_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         security_context: Some(hardened_security_context()),
         resources: Some(
             settings
@@ -232,7 +240,7 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
     } else {
         ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": container}));
     }
-    let volume = json!(Volume {
+    let config = json!(Volume {
         name: naming::SIDECAR_CONFIG_VOLUME.to_owned(),
         config_map: Some(ConfigMapVolumeSource {
             name: naming::sidecar_config_map(&service.name_any()),
@@ -240,10 +248,22 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
         }),
         ..Default::default()
     });
+    // Not optional: a pod waits for its introspection key rather than start a sidecar that cannot use it. The
+    // default file mode stays: the sidecar runs as a non-root user, and only its container mounts the volume.
+    let credentials = json!(Volume {
+        name: naming::SIDECAR_CREDENTIALS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(naming::sidecar_credentials(&service.name_any())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
-        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [config, credentials]}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+        for volume in [config, credentials] {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+        }
     }
     let annotations = [
         (
@@ -396,6 +416,27 @@ mod tests {
             volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
             Some("files-mcp-authz-sidecar")
         );
+        assert_eq!(
+            volumes[1]
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("files-mcp-authz-sidecar-credentials")
+        );
+        let mounts = init[0].volume_mounts.as_ref().expect("mounts");
+        assert_eq!(
+            mounts
+                .iter()
+                .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("mcp-authz-sidecar-config", "/etc/mcp-authz"),
+                (
+                    "mcp-authz-sidecar-credentials",
+                    "/var/run/secrets/mcp-authz"
+                )
+            ]
+        );
         let annotations = patched.metadata.annotations.expect("annotations");
         assert_eq!(
             annotations
@@ -434,7 +475,7 @@ mod tests {
         );
         assert_eq!(spec.containers[1].restart_policy, None);
         assert!(spec.init_containers.is_none());
-        assert_eq!(spec.volumes.expect("volumes").len(), 2);
+        assert_eq!(spec.volumes.expect("volumes").len(), 3);
         let annotations = patched.metadata.annotations.expect("annotations");
         assert_eq!(annotations.len(), 3, "existing annotations kept");
     }

@@ -4,8 +4,8 @@
 //! The overrides, and only these: every listener moves to a loopback port kept in the state
 //! directory; the issuer and each service's public URL become those loopback URLs (tokens carry
 //! them, so clients must reach exactly them); the database, the signing keys (self-managed), the
-//! users file and CA bundles move from their cluster mount points into the state directory; the
-//! sidecars fetch JWKS from the local issuer.
+//! users file, CA bundles and sidecar keys move from their cluster mount points into the state
+//! directory; the sidecars fetch JWKS from, and introspect at, the local issuer.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +32,10 @@ pub mod files {
     pub const USERS: &str = "users.yaml";
     /// The admin API credential, made on the first run.
     pub const ADMIN_TOKEN: &str = "admin-token";
+    /// The root of the sidecars' introspection keys, made on the first run.
+    pub const RESOURCE_SERVER_ROOT: &str = "resource-server-root";
+    /// Each sidecar's introspection key, derived from the root: `sidecar-<namespace>-<name>.key.pem`.
+    pub const SIDECAR_KEY_SUFFIX: &str = ".key.pem";
     /// Rendered sidecar configs, one per service: `sidecar-<namespace>-<name>.json`.
     pub const SIDECAR_PREFIX: &str = "sidecar-";
     /// Trusted CA bundles of CIMD policies, copied from their ConfigMaps.
@@ -94,6 +98,8 @@ pub struct LocalService {
     pub config: SidecarConfig,
     /// Where its config file goes.
     pub config_file: PathBuf,
+    /// Where its introspection key goes (derived from the root at start, as the operator does in a cluster).
+    pub key_file: PathBuf,
 }
 
 /// Everything local mode runs.
@@ -205,6 +211,9 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     config.signing.keys_dir = state_dir.join(files::KEYS_DIR);
     config.signing.self_managed = true;
     config.admin.token_file = Some(state_dir.join(files::ADMIN_TOKEN));
+    if let Some(resource_servers) = config.resource_servers.as_mut() {
+        resource_servers.root_file = state_dir.join(files::RESOURCE_SERVER_ROOT);
+    }
 
     let mut state_files = Vec::new();
     if let Some(users) = &server.object.spec.login.static_users {
@@ -280,8 +289,21 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         sidecar_config.issuer = issuer.clone();
         sidecar_config.jwks_uri = format!("{issuer}{}", sidecar::JWKS_PATH);
         sidecar_config.authorization_servers = vec![issuer.clone()];
+        let stem = format!("{}{}", files::SIDECAR_PREFIX, key.replace('/', "-"));
+        let key_file = state_dir.join(format!("{stem}{}", files::SIDECAR_KEY_SUFFIX));
+        if let Some(introspection) = sidecar_config.introspection.take() {
+            sidecar_config.introspection = Some(
+                sidecar::introspection(
+                    &format!("{issuer}{}", sidecar::INTROSPECTION_PATH),
+                    &url,
+                    key_file.clone(),
+                    introspection.sensitive_scopes,
+                )
+                .map_err(|e| invalid(&service.origin, "", e.to_string()))?,
+            );
+        }
         local_url_of.insert(cluster_url.clone(), url.clone());
-        let file_name = format!("{}{}.json", files::SIDECAR_PREFIX, key.replace('/', "-"));
+        let file_name = format!("{stem}.json");
         local_services.push(LocalService {
             name: service.object.name_any(),
             upstream: sidecar_config.upstream.clone(),
@@ -290,6 +312,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
             cluster_url,
             config: sidecar_config,
             config_file: state_dir.join(file_name),
+            key_file,
         });
     }
     for resource in &mut config.resources {
@@ -435,6 +458,20 @@ mod tests {
         assert_eq!(notes.config.listen, loopback(7110));
         assert_eq!(notes.config.admin_listen, loopback(7111));
         assert_eq!(notes.config_file, state.join("sidecar-default-notes.json"));
+        // The sensitive scope is checked at the local issuer, as the local URL's resource server.
+        assert_eq!(
+            a.resource_servers.as_ref().map(|r| r.root_file.clone()),
+            Some(state.join("resource-server-root"))
+        );
+        let introspection = notes.config.introspection.as_ref().expect("introspection");
+        assert_eq!(introspection.endpoint, "http://127.0.0.1:7100/introspect");
+        assert_eq!(
+            introspection.client_id,
+            "urn:mcp-authz:resource-server:http://127.0.0.1:7110/mcp"
+        );
+        assert_eq!(introspection.private_key_file, notes.key_file);
+        assert_eq!(notes.key_file, state.join("sidecar-default-notes.key.pem"));
+        assert_eq!(introspection.sensitive_scopes, ["notes:write"]);
 
         let users = plan
             .files

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use mcp_authz_authserver::resource_servers::Root;
 use mcp_authz_sidecar::server::Sidecar;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,7 +131,8 @@ fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), LocalE
     std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
-/// Writes every state file of `plan`; the admin credential only when it does not exist yet.
+/// Writes every state file of `plan`; the admin credential and the resource-server root only when they do not
+/// exist yet.
 pub fn write_state(plan: &LocalPlan) -> Result<(), LocalError> {
     if let Some(token_file) = &plan.authserver.admin.token_file
         && !token_file.exists()
@@ -142,6 +144,28 @@ pub fn write_state(plan: &LocalPlan) -> Result<(), LocalError> {
         })?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         write_atomic(token_file, token.as_bytes(), true)?;
+    }
+    if let Some(resource_servers) = &plan.authserver.resource_servers {
+        let root_file = &resource_servers.root_file;
+        let io = |e: mcp_authz_authserver::config::ConfigError| LocalError::Io {
+            path: root_file.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let root = if root_file.exists() {
+            Root::load(root_file).map_err(io)?
+        } else {
+            let root = Root::generate().map_err(io)?;
+            write_atomic(root_file, root.to_text().as_bytes(), true)?;
+            root
+        };
+        // What the operator puts in each service's credentials Secret.
+        for service in &plan.services {
+            write_atomic(
+                &service.key_file,
+                root.private_key_pem(&service.url).as_bytes(),
+                true,
+            )?;
+        }
     }
     std::fs::create_dir_all(&plan.authserver.signing.keys_dir)
         .map_err(io_error(&plan.authserver.signing.keys_dir))?;

@@ -111,7 +111,7 @@ async fn reconcile_inner(
     next_index
         .keys
         .extend(generated.iter().map(|g| g.record.clone()));
-    if next_index != index || previous.is_empty() {
+    if next_index != index || keys::resource_server_root(&previous).is_none() {
         let data = keys::write_secret(&next_index, &previous, &generated)?;
         let secret = Secret {
             metadata: ObjectMeta {

@@ -1,9 +1,9 @@
-//! MCPService -> sidecar ConfigMap and NetworkPolicy, and status: `Ready`, `ScopesResolved`,
-//! `PolicyResolved`, `RawPortExposed`, injected pod count.
+//! MCPService -> sidecar ConfigMap, NetworkPolicy and credentials Secret, and status: `Ready`,
+//! `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `RawPortExposed`, injected pod count.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::naming::{self, FIELD_MANAGER};
-use crate::render::{missing_scopes, service_policy, sidecar};
+use crate::render::{missing_scopes, resource_holder, service_policy, sidecar};
 use crate::status::{self, Observed};
 
 /// Services of the namespace that still send traffic to the MCP server's own port (bypassing the
@@ -127,10 +127,56 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             false
         }
     };
+    let mut credentials_issued = false;
     if let Some(server) = &server {
         for object in sidecar::render(service, server, &scopes)? {
             apply(client, &object).await?;
         }
+        let all = Api::<MCPService>::all(client.clone())
+            .list(&lp)
+            .await?
+            .items;
+        let keys = Api::<Secret>::namespaced(client.clone(), &server_ns)
+            .get_opt(&naming::authserver_keys(&server.name_any()))
+            .await?
+            .and_then(|s| s.data)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        observed.push(match (resource_holder(service, server, &all), crate::keys::resource_server_root(&keys)) {
+            (Some(holder), _) => Observed::no(
+                "CredentialsIssued",
+                "ResourceURLTaken",
+                format!(
+                    "MCPService {}/{} already protects {} with AuthorizationServer {server_ns}/{}; give this service its own resourceUrl",
+                    holder.namespace().unwrap_or_default(),
+                    holder.name_any(),
+                    service.spec.resource_url,
+                    reference.name
+                ),
+            ),
+            (None, None) => Observed::no(
+                "CredentialsIssued",
+                "WaitingForServerKeys",
+                format!(
+                    "AuthorizationServer {server_ns}/{} has not written its keys yet; the sidecar's introspection key follows",
+                    reference.name
+                ),
+            ),
+            (None, Some(root)) => {
+                apply(client, &sidecar::credentials_secret(service, &root)?).await?;
+                credentials_issued = true;
+                Observed::yes(
+                    "CredentialsIssued",
+                    "KeyIssued",
+                    format!(
+                        "Secret {} holds the sidecar's introspection key",
+                        naming::sidecar_credentials(&service.name_any())
+                    ),
+                )
+            }
+        });
     }
 
     let services = Api::<Service>::namespaced(client.clone(), &namespace)
@@ -188,6 +234,9 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
+            (Some(_), true) if !credentials_issued => {
+                Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
+            }
             (Some(_), true) => Observed::yes(
                 "Ready",
                 "Configured",
@@ -225,7 +274,13 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             &Patch::Apply(&status),
         )
         .await?;
-    Ok(Action::requeue(std::time::Duration::from_secs(300)))
+    // Waiting for the server's keys is short; come back soon rather than at the resync.
+    let wait = if server.is_some() && !credentials_issued {
+        10
+    } else {
+        300
+    };
+    Ok(Action::requeue(std::time::Duration::from_secs(wait)))
 }
 
 #[cfg(test)]

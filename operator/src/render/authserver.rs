@@ -17,7 +17,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use mcp_authz_authserver::config::{AuthServerConfig, ResourceConfig, ScopeDefinition};
+use mcp_authz_authserver::config::{
+    AuthServerConfig, ResourceConfig, ResourceServers, ScopeDefinition,
+};
 
 use super::sidecar::AUTHSERVER_PORT;
 use super::{
@@ -156,6 +158,9 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     }
     let mut resources = Vec::new();
     for service in &services {
+        if super::resource_holder(service, inputs.server, inputs.services).is_some() {
+            continue;
+        }
         let visible = visible_scopes(service, &server_ns, inputs.scopes);
         let offered: Vec<String> = service
             .spec
@@ -192,14 +197,14 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     for scope in catalogue.values_mut() {
         scope.implies.retain(|v| values.contains(v));
     }
-    // Two services claiming one resource URL: the first (by namespace/name) keeps it.
-    let mut seen = std::collections::HashSet::new();
-    resources.retain(|r| seen.insert(r.resource.clone()));
     config.scopes = catalogue.into_values().collect();
     config.resources = resources;
     config.cimd = cimd::config(default_policy(inputs), &named_policies(inputs));
     config.dynamic_client_registration.enabled =
         default_policy(inputs).is_some_and(|p| p.spec.dynamic_client_registration);
+    config.resource_servers = Some(ResourceServers {
+        root_file: PathBuf::from(KEYS_DIR).join(crate::keys::RESOURCE_SERVER_ROOT_FILE),
+    });
     Ok(config)
 }
 
@@ -602,6 +607,11 @@ mod tests {
             "notes:read is not visible from apps"
         );
         assert_eq!(c.signing.keys_dir, PathBuf::from(KEYS_DIR));
+        assert_eq!(
+            c.resource_servers.as_ref().map(|r| r.root_file.clone()),
+            Some(PathBuf::from("/etc/mcp-authz/keys/resource-server-root")),
+            "the root lives with the signing keys"
+        );
         assert!(!c.signing.self_managed);
         assert_eq!(c.signing.rotation_period_secs, 720 * 3600);
         assert_eq!(c.tokens.access_token_secs, 600);

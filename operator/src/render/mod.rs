@@ -211,6 +211,25 @@ pub fn service_policy<'a>(
     )
 }
 
+/// The other service holding `service`'s resource URL, if one does. Tokens and the resource-server key are bound
+/// to the URL, so it has one holder per server: of the services naming `server` with that URL, the first by
+/// namespace and name.
+pub fn resource_holder<'a>(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    services: &'a [MCPService],
+) -> Option<&'a MCPService> {
+    if !names_server(service, server) {
+        return None;
+    }
+    let key = |s: &MCPService| (s.namespace().unwrap_or_default(), s.name_any());
+    services
+        .iter()
+        .filter(|s| s.spec.resource_url == service.spec.resource_url && names_server(s, server))
+        .min_by_key(|s| key(s))
+        .filter(|holder| key(holder) != key(service))
+}
+
 /// Parses a schema duration, naming the field when it does not parse.
 pub(crate) fn seconds(field: &str, text: &str) -> Result<u64, RenderError> {
     crate::api::parse_duration(text)
@@ -219,4 +238,49 @@ pub(crate) fn seconds(field: &str, text: &str) -> Result<u64, RenderError> {
             field: field.to_owned(),
             message: format!("{text:?} is not a duration like 10m or 720h"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+    use serde_json::json;
+
+    fn service(ns: &str, name: &str, url: &str, server: &str) -> MCPService {
+        let mut v = cases::mcp_service();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        v["spec"]["resourceUrl"] = json!(url);
+        v["spec"]["authorizationServerRef"] = json!({"name": server, "namespace": "mcp-authz"});
+        serde_json::from_value(v).expect("service")
+    }
+
+    #[test]
+    fn one_resource_url_has_one_holder_per_server() {
+        let mut server = cases::authorization_server();
+        server["metadata"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
+        let url = "https://mcp.example.com/files";
+        let services = [
+            service("team-b", "files", url, "auth"),
+            service("team-a", "files", url, "auth"),
+            service("team-a", "notes", "https://mcp.example.com/notes", "auth"),
+            service("team-0", "files", url, "another-server"),
+        ];
+        let holder = |s: &MCPService| {
+            resource_holder(s, &server, &services)
+                .map(|h| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any()))
+        };
+        assert_eq!(holder(&services[0]).as_deref(), Some("team-a/files"));
+        assert_eq!(
+            holder(&services[1]),
+            None,
+            "the first by namespace and name holds it"
+        );
+        assert_eq!(holder(&services[2]), None);
+        assert_eq!(
+            holder(&services[3]),
+            None,
+            "another server's tokens are another matter"
+        );
+    }
 }

@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use mcp_authz_sidecar::config::{ScopeRule, SidecarConfig, UnmatchedPolicy};
+use mcp_authz_authserver::resource_servers;
+use mcp_authz_sidecar::config::{IntrospectionConfig, ScopeRule, SidecarConfig, UnmatchedPolicy};
 
 use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
 use crate::api::mcp_service::DefaultDecision;
@@ -20,6 +23,8 @@ use crate::naming;
 
 /// Path of the JWKS on the authorization server's in-cluster Service.
 pub const JWKS_PATH: &str = "/jwks";
+/// Path of the introspection endpoint on the authorization server's in-cluster Service.
+pub const INTROSPECTION_PATH: &str = "/introspect";
 /// Port of the authorization server's OAuth endpoints (its Service and container).
 pub const AUTHSERVER_PORT: u16 = 8080;
 
@@ -94,7 +99,69 @@ pub fn sidecar_config(
         DefaultDecision::Deny => UnmatchedPolicy::Deny,
         DefaultDecision::AllowAuthenticated => UnmatchedPolicy::Allow,
     };
+    let sensitive: Vec<String> = offered
+        .iter()
+        .filter(|v| visible.get(*v).is_some_and(|s| s.spec.sensitive))
+        .cloned()
+        .collect();
+    if !sensitive.is_empty() {
+        config.introspection = Some(introspection(
+            &format!(
+                "http://{}.{server_ns}.svc:{AUTHSERVER_PORT}{INTROSPECTION_PATH}",
+                naming::authserver(&server.name_any())
+            ),
+            &spec.resource_url,
+            PathBuf::from(naming::SIDECAR_CREDENTIALS_DIR).join(naming::SIDECAR_KEY_FILE),
+            sensitive,
+        )?);
+    }
     Ok(config)
+}
+
+/// The introspection settings of a sidecar: it authenticates as the resource server of `resource` with the key
+/// in `key_file`; the sidecar's own defaults fill in the cache and timeout.
+pub fn introspection(
+    endpoint: &str,
+    resource: &str,
+    key_file: PathBuf,
+    sensitive_scopes: Vec<String>,
+) -> Result<IntrospectionConfig, RenderError> {
+    serde_json::from_value(serde_json::json!({
+        "endpoint": endpoint,
+        "clientId": resource_servers::client_id(resource),
+        "privateKeyFile": key_file,
+        "sensitiveScopes": sensitive_scopes,
+    }))
+    .map_err(|e| RenderError::Serialize {
+        what: "sidecar introspection config".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The Secret holding `service`'s resource-server key, derived from its server's `root`. Kept apart from
+/// [`render`]: the root is state read from the cluster, not something a manifest holds.
+pub fn credentials_secret(
+    service: &MCPService,
+    root: &resource_servers::Root,
+) -> Result<RenderedObject, RenderError> {
+    let pem = root.private_key_pem(&service.spec.resource_url);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(naming::sidecar_credentials(&service.name_any())),
+            namespace: service.namespace(),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                naming::SIDECAR_KEY_FILE.to_owned(),
+                ByteString(pem.into_bytes()),
+            )]
+            .into(),
+        ),
+        type_: Some("Opaque".to_owned()),
+        ..Default::default()
+    };
+    object(secret, owner_ref(service))
 }
 
 /// What a client should ask for first (RFC 9728 `scopes_supported`, the 401 challenge's `scope`): the
@@ -216,6 +283,10 @@ mod tests {
         );
         assert_eq!(c.unmatched, UnmatchedPolicy::Deny);
         assert_eq!(
+            c.introspection, None,
+            "nothing sensitive, nothing to introspect"
+        );
+        assert_eq!(
             c.rules,
             [
                 ScopeRule {
@@ -240,6 +311,21 @@ mod tests {
         let both = [scope("mcp-authz", "files:read", &[]), write.clone()];
         let c = sidecar_config(&service(), &server(), &both).expect("config");
         assert_eq!(c.scopes_supported, ["files:read"]);
+        // ...and checked against revocation, as the service's own resource server.
+        let introspection = c.introspection.expect("sensitive scopes are introspected");
+        assert_eq!(
+            introspection.endpoint,
+            "http://auth-authserver.mcp-authz.svc:8080/introspect"
+        );
+        assert_eq!(
+            introspection.client_id,
+            "urn:mcp-authz:resource-server:https://mcp.example.com/files"
+        );
+        assert_eq!(
+            introspection.private_key_file,
+            PathBuf::from("/var/run/secrets/mcp-authz/introspection-key.pem")
+        );
+        assert_eq!(introspection.sensitive_scopes, ["files:write"]);
 
         let mut read = scope("mcp-authz", "files:read", &[]);
         read.spec.sensitive = true;
@@ -285,6 +371,36 @@ mod tests {
         assert_eq!(
             cm.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "mcp-authz-operator"
+        );
+    }
+
+    #[test]
+    fn credentials_hold_the_key_derived_for_the_resource() {
+        let root = resource_servers::Root::generate().expect("root");
+        let secret = credentials_secret(&service(), &root).expect("secret");
+        assert_eq!(
+            (
+                secret.kind.as_str(),
+                secret.name.as_str(),
+                secret.namespace.as_str()
+            ),
+            ("Secret", "files-mcp-authz-sidecar-credentials", "apps")
+        );
+        assert_eq!(
+            secret.body["metadata"]["ownerReferences"][0]["kind"],
+            "MCPService"
+        );
+        use base64::Engine;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(
+                secret.body["data"]["introspection-key.pem"]
+                    .as_str()
+                    .expect("key"),
+            )
+            .expect("base64");
+        assert_eq!(
+            String::from_utf8(pem).expect("utf-8"),
+            root.private_key_pem("https://mcp.example.com/files")
         );
     }
 

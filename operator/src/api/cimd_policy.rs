@@ -26,14 +26,15 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct CIMDPolicySpec {
     /// Hosts a client_id URL may have: exact (`app.example.com`) or one leading wildcard label
-    /// (`*.example.com`), lower case, no scheme, port or path. Any https host when empty.
+    /// (`*.example.com`), lower case, no scheme or path; with `:port` when the documents are served
+    /// on another port than 443 (the port must then match exactly). Any https host when empty.
     #[serde(default)]
     #[schemars(
         length(max = 128),
         inner(
             length(max = 253),
             regex(
-                pattern = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+                pattern = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*(:[1-9][0-9]{0,4})?$"
             )
         )
     )]

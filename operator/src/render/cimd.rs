@@ -124,6 +124,24 @@ mod tests {
     }
 
     #[test]
+    fn a_host_with_a_port_admits_documents_on_that_port_only() {
+        let p = policy(&sample(
+            json!({"allowedHosts": ["agents.example.com:8443"]}),
+        ));
+        assert_eq!(p.client_id_patterns, ["https://agents.example.com:8443"]);
+        let compiled =
+            mcp_authz_authserver::cimd::CompiledPolicy::compile("p", &p).expect("compiles");
+        let admit = |u: &str| {
+            compiled
+                .admit_client_id(&url::Url::parse(u).expect("url"))
+                .is_ok()
+        };
+        assert!(admit("https://agents.example.com:8443/a.json"));
+        assert!(!admit("https://agents.example.com/a.json"));
+        assert!(!admit("https://agents.example.com:9443/a.json"));
+    }
+
+    #[test]
     fn loopback_needs_native_even_without_the_schema() {
         let p = policy(&sample(
             json!({"applicationTypes": ["web"], "redirectUris": {"allowLoopback": true, "requireSameSite": false}}),

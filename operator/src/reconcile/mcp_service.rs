@@ -17,9 +17,21 @@ use crate::render::{missing_scopes, resource_holder, service_policy, sidecar};
 use crate::status::{self, Observed};
 
 /// Services of the namespace that still send traffic to the MCP server's own port (bypassing the
-/// sidecar): their selector picks the same pods and a port targets `upstream.port`.
-pub fn raw_port_services(service: &MCPService, services: &[Service]) -> Vec<String> {
+/// sidecar): their selector picks the same pods and a port targets `upstream.port`, by number or by
+/// a name that one of `pods` (the service's pods) gives that port.
+pub fn raw_port_services(service: &MCPService, services: &[Service], pods: &[Pod]) -> Vec<String> {
     let upstream = service.spec.upstream.port;
+    let names_upstream = |name: &str| {
+        pods.iter()
+            .filter_map(|p| p.spec.as_ref())
+            .flat_map(|spec| {
+                spec.containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.container_port == upstream && p.name.as_deref() == Some(name))
+    };
     services
         .iter()
         .filter(|svc| {
@@ -31,7 +43,7 @@ pub fn raw_port_services(service: &MCPService, services: &[Service]) -> Vec<Stri
                     .all(|(k, v)| service.spec.selector.get(k) == Some(v));
             let raw = spec.ports.iter().flatten().any(|p| match &p.target_port {
                 Some(IntOrString::Int(port)) => *port == upstream,
-                Some(IntOrString::String(_)) => false,
+                Some(IntOrString::String(name)) => names_upstream(name),
                 None => p.port == upstream,
             });
             same_pods && raw
@@ -179,11 +191,22 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         });
     }
 
+    let selector = service
+        .spec
+        .selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
     let services = Api::<Service>::namespaced(client.clone(), &namespace)
         .list(&lp)
         .await?
         .items;
-    let raw = raw_port_services(service, &services);
+    let raw = raw_port_services(service, &services, &pods);
     observed.push(if raw.is_empty() {
         Observed::no("RawPortExposed", "SidecarPortOnly", "no Service targets the MCP server's own port")
     } else {
@@ -199,17 +222,6 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         )
     });
 
-    let selector = service
-        .spec
-        .selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
     let injected = pods
         .iter()
         .filter(|p| {
@@ -320,12 +332,32 @@ mod tests {
                 json!([{"port": 80, "targetPort": "mcp-authz"}]),
             ),
             k8s_service(
+                "named-raw",
+                json!({"app": "files"}),
+                json!([{"port": 80, "targetPort": "http"}]),
+            ),
+            k8s_service(
                 "other-pods",
                 json!({"app": "notes"}),
                 json!([{"port": 80, "targetPort": 8080}]),
             ),
             k8s_service("no-selector", json!({}), json!([{"port": 8080}])),
         ];
-        assert_eq!(raw_port_services(&mcp, &services), ["raw", "raw-implicit"]);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "files-0", "labels": {"app": "files"}},
+            "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"name": "http", "containerPort": 8080}]}],
+                     "initContainers": [{"name": "mcp-authz-sidecar", "image": "s", "restartPolicy": "Always",
+                                          "ports": [{"name": "mcp-authz", "containerPort": 8443}]}]}
+        }))
+        .expect("pod");
+        assert_eq!(
+            raw_port_services(&mcp, &services, std::slice::from_ref(&pod)),
+            ["raw", "raw-implicit", "named-raw"]
+        );
+        assert_eq!(
+            raw_port_services(&mcp, &services, &[]),
+            ["raw", "raw-implicit"],
+            "a port name no pod defines reaches nothing"
+        );
     }
 }

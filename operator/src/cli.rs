@@ -32,7 +32,9 @@ pub enum Command {
     /// Run the whole plane on this machine from a directory of manifests: the authorization server
     /// and one sidecar per MCPService on loopback ports, state in a directory.
     Local(crate::local::LocalArgs),
-    /// Print every Kubernetes object the operator would create for the manifests in a directory.
+    /// Print every Kubernetes object the operator would create for the manifests in a directory,
+    /// except the Secrets that hold keys (the server's signing keys and resource-server root, each
+    /// service's introspection key): those are state the running operator makes and keeps.
     Render {
         /// Directory of YAML manifests (AuthorizationServer, MCPService, MCPScope, CIMDPolicy).
         #[arg(short = 'f', long = "filename")]

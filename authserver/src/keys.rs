@@ -301,14 +301,19 @@ pub fn generate_es256() -> Result<(String, String), KeyError> {
         .map_err(|e| KeyError::Write(e.to_string()))?;
     let (_, kid) = public_jwk(pair.public_key().as_ref())
         .ok_or_else(|| KeyError::Write("bad point".into()))?;
-    let b64 = STANDARD.encode(pkcs8.as_ref());
+    Ok((pkcs8_pem(pkcs8.as_ref()), kid))
+}
+
+/// A PKCS#8 DER private key as PEM (`PRIVATE KEY`, 64 characters a line).
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
         pem.push('\n');
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
-    Ok((pem, kid))
+    pem
 }
 
 /// What self-managed rotation should do at `now` (a pure function of the index): the slot of a key to generate,

@@ -102,14 +102,7 @@ impl Root {
             .key_pair(resource)
             .to_pkcs8()
             .expect("an Ed25519 key serialises to PKCS#8");
-        let body = STANDARD.encode(der.as_ref());
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for line in body.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
-        pem
+        crate::keys::pkcs8_pem(der.as_ref())
     }
 
     /// The public JWK Set of `resource`'s resource server (one EdDSA key).

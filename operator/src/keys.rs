@@ -9,10 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
-
 // The on-disk format (index and records) is the authorization server's: it reads what we write.
 pub use mcp_authz_authserver::keys::{INDEX_FILE, KeyIndex, KeyRecord, KeyState};
 
@@ -154,16 +150,15 @@ pub struct GeneratedKey {
     pub pem: String,
 }
 
-/// Generates an ES256 key for `slot`.
+/// Generates an ES256 key for `slot` (the key itself is the authorization server's kind: one generator,
+/// one thumbprint, so the `kid` the operator records is the one the server computes when it loads the key).
 pub fn generate_es256(
     slot: NewKeySlot,
     now: u64,
     policy: RotationPolicy,
 ) -> Result<GeneratedKey, KeyError> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+    let (pem, kid) = mcp_authz_authserver::keys::generate_es256()
         .map_err(|e| KeyError::Generate(e.to_string()))?;
-    let kid = es256_thumbprint(pair.public_key_raw())
-        .ok_or_else(|| KeyError::Generate("unexpected public key encoding".into()))?;
     let record = KeyRecord {
         file: format!("{kid}.pem"),
         kid,
@@ -178,22 +173,7 @@ pub fn generate_es256(
         retires_at: slot.retires_at,
         expires_at: slot.retires_at.saturating_add(policy.max_token_lifetime),
     };
-    Ok(GeneratedKey {
-        record,
-        pem: pair.serialize_pem(),
-    })
-}
-
-/// RFC 7638 thumbprint of a P-256 public key given as an uncompressed SEC1 point.
-pub fn es256_thumbprint(public_point: &[u8]) -> Option<String> {
-    if public_point.len() != 65 || public_point[0] != 4 {
-        return None;
-    }
-    let x = URL_SAFE_NO_PAD.encode(&public_point[1..33]);
-    let y = URL_SAFE_NO_PAD.encode(&public_point[33..65]);
-    // Members in lexicographic order, no whitespace, as RFC 7638 §3 requires.
-    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+    Ok(GeneratedKey { record, pem })
 }
 
 /// Reads the index and key files out of a Secret's data. Files the index does not name are ignored;
@@ -468,16 +448,6 @@ mod tests {
         assert_eq!(key.record.kid.len(), 43, "base64url of 32 bytes");
         assert_eq!(key.record.state, KeyState::Active);
         assert_eq!(key.record.expires_at, 20 + HOUR);
-    }
-
-    #[test]
-    fn thumbprint_matches_rfc7638_shape_and_refuses_bad_points() {
-        assert_eq!(es256_thumbprint(&[4; 64]), None);
-        assert_eq!(es256_thumbprint(&[2; 65]), None);
-        let a = es256_thumbprint(&[4; 65]).expect("65 bytes");
-        let mut other = [4u8; 65];
-        other[64] = 5;
-        assert_ne!(Some(a), es256_thumbprint(&other));
     }
 
     #[test]

@@ -316,92 +316,54 @@ pub fn pkcs8_pem(der: &[u8]) -> String {
     pem
 }
 
-/// What self-managed rotation should do at `now` (a pure function of the index): the slot of a key to generate,
-/// if any. `lead` is the longest token lifetime: a successor is published that long before it signs.
-pub fn plan_self_managed(index: &KeyIndex, now: u64, period: u64, lead: u64) -> Option<(u64, u64)> {
-    let live: Vec<&KeyRecord> = index
-        .keys
-        .iter()
-        .filter(|k| k.state_at(now).is_some())
-        .collect();
-    let signer = live
-        .iter()
-        .filter(|k| k.state_at(now) == Some(KeyState::Active))
-        .max_by_key(|k| k.activates_at);
-    match signer {
-        None if live.iter().any(|k| k.state_at(now) == Some(KeyState::Next)) => None,
-        // Nothing signs and nothing is waiting: nothing was published that could need protecting, sign at once.
-        None => Some((now, now.saturating_add(period))),
-        Some(active) => {
-            let has_successor = live.iter().any(|k| k.activates_at > active.activates_at);
-            if has_successor || now.saturating_add(lead) < active.retires_at {
-                None
-            } else {
-                let activates = active.retires_at.max(now.saturating_add(lead));
-                Some((activates, activates.saturating_add(period)))
-            }
-        }
-    }
-}
-
-/// Self-managed mode: generates the keys the plan asks for, drops expired ones, and writes the index atomically.
-/// Returns whether anything changed. Several replicas must not share a self-managed directory.
+/// Self-managed mode: applies the rotation plan ([`crate::rotation::plan`], the operator's own) to the directory:
+/// generates the key it asks for, drops expired ones, and writes the index atomically. Returns whether anything
+/// changed. Several replicas must not share a self-managed directory.
 pub fn rotate_self_managed(dir: &Path, now: u64, period: u64, lead: u64) -> Result<bool, KeyError> {
     std::fs::create_dir_all(dir).map_err(|e| KeyError::Write(e.to_string()))?;
-    let mut index = if dir.join(INDEX_FILE).exists() {
+    let index = if dir.join(INDEX_FILE).exists() {
         read_index(dir)?
     } else {
         KeyIndex::default()
     };
-    let before = index.clone();
-    let mut changed = false;
-    while let Some((activates_at, retires_at)) = plan_self_managed(&index, now, period, lead) {
+    let policy = crate::rotation::RotationPolicy {
+        period,
+        max_token_lifetime: lead,
+    };
+    let plan = crate::rotation::plan(&index.keys, now, policy);
+    let mut next = KeyIndex { keys: plan.keep };
+    if let Some(slot) = plan.generate {
         let (pem, kid) = generate_es256()?;
         let file = format!("{kid}.pem");
         write_file(&dir.join(&file), pem.as_bytes())?;
-        if let Some(signer) = index
-            .keys
-            .iter_mut()
-            .filter(|k| k.state_at(now) == Some(KeyState::Active))
-            .max_by_key(|k| k.activates_at)
-        {
-            // The signer hands over exactly when the successor starts; when the server was down past the planned
-            // switch this extends the signer, so the successor is never used before it was published long enough.
-            signer.retires_at = activates_at;
-            signer.expires_at = activates_at.saturating_add(lead);
-        }
-        index.keys.push(KeyRecord {
+        next.keys.push(KeyRecord {
             kid,
             alg: "ES256".into(),
             file,
-            state: if activates_at <= now {
+            state: if slot.activates_at <= now {
                 KeyState::Active
             } else {
                 KeyState::Next
             },
             created_at: now,
-            activates_at,
-            retires_at,
-            expires_at: retires_at.saturating_add(lead),
+            activates_at: slot.activates_at,
+            retires_at: slot.retires_at,
+            expires_at: slot.retires_at.saturating_add(lead),
         });
-        changed = true;
     }
-    for expired in index.keys.iter().filter(|k| k.state_at(now).is_none()) {
-        let _ = std::fs::remove_file(dir.join(&expired.file));
+    if next == index {
+        return Ok(false);
     }
-    index.keys.retain(|k| k.state_at(now).is_some());
-    for k in &mut index.keys {
-        if let Some(state) = k.state_at(now) {
-            k.state = state;
-        }
+    let text = serde_json::to_string_pretty(&next).map_err(|e| KeyError::Write(e.to_string()))?;
+    write_file(&dir.join(INDEX_FILE), text.as_bytes())?;
+    for gone in index
+        .keys
+        .iter()
+        .filter(|k| !next.keys.iter().any(|n| n.kid == k.kid))
+    {
+        let _ = std::fs::remove_file(dir.join(&gone.file));
     }
-    if changed || index != before {
-        let text =
-            serde_json::to_string_pretty(&index).map_err(|e| KeyError::Write(e.to_string()))?;
-        write_file(&dir.join(INDEX_FILE), text.as_bytes())?;
-        return Ok(true);
-    }
-    Ok(false)
+    Ok(true)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
@@ -446,28 +408,6 @@ mod tests {
         rotate_self_managed(dir.path(), t3, 30 * DAY, 600).unwrap();
         let set = KeySet::load(dir.path(), t3).unwrap();
         assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn a_late_start_publishes_before_signing() {
-        let index = KeyIndex {
-            keys: vec![KeyRecord {
-                kid: "a".into(),
-                alg: "ES256".into(),
-                file: "a.pem".into(),
-                state: KeyState::Active,
-                created_at: 0,
-                activates_at: 0,
-                retires_at: 1000,
-                expires_at: 1600,
-            }],
-        };
-        // Woke 100 s before the signer retires with a 600 s lead: the successor waits the whole lead.
-        assert_eq!(
-            plan_self_managed(&index, 900, 5000, 600),
-            Some((1500, 6500))
-        );
-        assert_eq!(plan_self_managed(&index, 100, 5000, 600), None);
     }
 
     #[test]

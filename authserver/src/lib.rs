@@ -30,6 +30,7 @@ pub mod params;
 pub mod passwords;
 pub mod register;
 pub mod resource_servers;
+pub mod rotation;
 pub mod secrets;
 pub mod server;
 pub mod state;

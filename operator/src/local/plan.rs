@@ -18,7 +18,7 @@ use mcp_authz_sidecar::config::SidecarConfig;
 use super::manifests::{Loaded, ManifestSet, Origin};
 use super::ports::PortPlan;
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPService};
-use crate::render::{self, Inputs, authserver, cimd, sidecar};
+use crate::render::{self, Inputs, authserver, sidecar};
 
 /// Files of the state directory.
 pub mod files {
@@ -198,7 +198,6 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
 
     let issuer = format!("http://127.0.0.1:{}", ports.authserver);
     let mut config = authserver::authserver_config(&inputs).map_err(render_error)?;
-    config.cimd = cimd_config(&inputs);
     let cluster_issuer = std::mem::replace(&mut config.issuer, issuer.clone());
     config.listen = loopback(ports.authserver);
     config.admin_listen = loopback(ports.authserver_admin);
@@ -329,17 +328,6 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         services: local_services,
         files: state_files,
     })
-}
-
-/// The CIMD section exactly as the operator renders it into the authserver's ConfigMap.
-fn cimd_config(inputs: &Inputs<'_>) -> mcp_authz_authserver::cimd::CimdConfig {
-    let mut named: Vec<&CIMDPolicy> = authserver::services_of(inputs)
-        .into_iter()
-        .filter_map(|s| render::service_policy(s, inputs.policies).and_then(Result::ok))
-        .collect();
-    named.sort_by_key(|p| cimd::policy_key(p));
-    named.dedup_by_key(|p| cimd::policy_key(p));
-    cimd::config(authserver::default_policy(inputs), &named)
 }
 
 fn single_server(set: &ManifestSet) -> Result<&Loaded<AuthorizationServer>, PlanError> {

@@ -73,7 +73,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(image) = sidecar_image {
                 settings.sidecar_image = image;
             }
-            let manifests = manifests::read_dir(&dir, &namespace)?;
+            let manifests = crate::manifests::load_dirs(std::slice::from_ref(&dir), &namespace)?;
+            for other in &manifests.skipped {
+                eprintln!("note: {other} is not a resource the operator reads; left out");
+            }
             for orphan in manifests::orphan_services(&manifests) {
                 eprintln!(
                     "warning: MCPService {orphan} names an AuthorizationServer that is not in {}",

@@ -21,6 +21,7 @@ pub mod crdgen;
 pub mod keys;
 pub mod lease;
 pub mod local;
+pub mod manifests;
 pub mod metrics;
 pub mod naming;
 pub mod reconcile;

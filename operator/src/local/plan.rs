@@ -15,9 +15,9 @@ use kube::ResourceExt;
 use mcp_authz_authserver::config::{AuthServerConfig, SqliteStorage, StorageConfig};
 use mcp_authz_sidecar::config::SidecarConfig;
 
-use super::manifests::{Loaded, ManifestSet, Origin};
 use super::ports::PortPlan;
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPService};
+use crate::manifests::{Loaded, ManifestSet, Origin};
 use crate::render::{self, Inputs, authserver, sidecar};
 
 /// Files of the state directory.
@@ -368,12 +368,13 @@ fn secret_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::manifests::add_file;
     use crate::local::ports::SidecarPorts;
+    use crate::manifests::add_file;
 
     fn quickstart() -> ManifestSet {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
-        let mut set = crate::local::manifests::load_dirs(&[dir]).expect("quickstart manifests");
+        let mut set = crate::manifests::load_dirs(&[dir], crate::manifests::DEFAULT_NAMESPACE)
+            .expect("quickstart manifests");
         add_file(
             &mut set,
             Path::new("generated/ca.yaml"),

@@ -15,9 +15,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::manifests::{self, ManifestError, ManifestSet};
 use super::plan::{self, LocalPlan, PlanError, StateFile, files};
 use super::ports::{PortError, PortPlan};
+use crate::manifests::{self, ManifestError, ManifestSet};
 
 /// How long everything has to answer after start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,9 +113,26 @@ pub fn prepare_state_dir(path: &Path) -> Result<(), LocalError> {
 
 /// Reads the manifests and renders the plan, choosing ports for new services.
 pub fn load_plan(options: &LocalOptions) -> Result<LocalPlan, LocalError> {
-    let set: ManifestSet = manifests::load_dirs(&options.dirs)?;
+    let set: ManifestSet = manifests::load_dirs(&options.dirs, manifests::DEFAULT_NAMESPACE)?;
+    refuse_other_kinds(&set)?;
     let ports = PortPlan::load_or_choose(&options.state_dir, &plan::service_keys(&set))?;
     Ok(plan::plan(&set, &ports, &options.state_dir)?)
+}
+
+/// Local mode runs only what it knows: an object of another kind in the directories is refused
+/// rather than quietly left out (someone may expect it to run).
+fn refuse_other_kinds(set: &ManifestSet) -> Result<(), ManifestError> {
+    match set.skipped.first() {
+        None => Ok(()),
+        Some(origin) => Err(ManifestError::Invalid {
+            origin: origin.clone(),
+            field: "kind".into(),
+            message: format!(
+                "{} is not read by local mode (AuthorizationServer, MCPService, MCPScope, CIMDPolicy, Secret, ConfigMap are)",
+                origin.object.split('/').next().unwrap_or_default()
+            ),
+        }),
+    }
 }
 
 /// Writes `content` to `path` through a temporary file and a rename, so the servers' reload loops
@@ -475,7 +492,8 @@ mod tests {
 
     fn quickstart_plan(state: &Path) -> LocalPlan {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
-        let mut set = manifests::load_dirs(&[dir]).expect("manifests");
+        let mut set =
+            manifests::load_dirs(&[dir], manifests::DEFAULT_NAMESPACE).expect("manifests");
         manifests::add_file(
             &mut set,
             Path::new("ca.yaml"),
@@ -495,6 +513,22 @@ mod tests {
             .into(),
         };
         plan::plan(&set, &ports, state).expect("plan")
+    }
+
+    #[test]
+    fn objects_of_other_kinds_are_refused_by_name() {
+        let mut set = ManifestSet::default();
+        manifests::add_file(
+            &mut set,
+            Path::new("dir/m.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+        )
+        .expect("read");
+        assert_eq!(
+            refuse_other_kinds(&set).expect_err("refused").to_string(),
+            "dir/m.yaml: Pod/p: kind: Pod is not read by local mode (AuthorizationServer, MCPService, MCPScope, CIMDPolicy, Secret, ConfigMap are)"
+        );
+        assert!(refuse_other_kinds(&ManifestSet::default()).is_ok());
     }
 
     #[test]

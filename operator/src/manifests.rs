@@ -1,9 +1,12 @@
-//! Reading a directory of manifests the way the API server would take them: every YAML document is
+//! Reading directories of manifests the way the API server would take them: every YAML document is
 //! checked against its CRD's schema and CEL rules (kube's offline evaluator) after serde defaults
-//! are applied, and every refusal names the file, the object and the field.
+//! are applied, and every refusal names the file, the object and the field. `mcp-authz render -f`
+//! and `mcp-authz local -f` both read through here.
 //!
 //! Besides the four mcp-authz kinds, plain `Secret`s and `ConfigMap`s are read, because the
 //! resources reference them (the static users file, a trusted CA bundle) exactly as in a cluster.
+//! Objects of other API groups are set aside in [`ManifestSet::skipped`]; each caller decides what
+//! they mean to it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +21,7 @@ use serde_json::Value;
 
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService, all_crds};
 
-/// The namespace of objects that name none (as `kubectl apply` would put them).
+/// The namespace of objects that name none (as `kubectl apply` without `-n` would put them).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Largest manifest file read; a directory of YAML has no business being bigger.
@@ -110,8 +113,10 @@ pub type ConfigMapData = BTreeMap<String, String>;
 pub type ByName<T> = BTreeMap<(String, String), Loaded<T>>;
 
 /// Everything read from the manifest directories.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ManifestSet {
+    /// Where objects that name no namespace go.
+    pub default_namespace: String,
     /// `AuthorizationServer`s.
     pub authorization_servers: Vec<Loaded<AuthorizationServer>>,
     /// `MCPService`s.
@@ -124,11 +129,51 @@ pub struct ManifestSet {
     pub secrets: ByName<SecretData>,
     /// ConfigMaps by (namespace, name): key -> text.
     pub config_maps: ByName<ConfigMapData>,
+    /// Objects of other kinds (a Deployment beside the resources), not read.
+    pub skipped: Vec<Origin>,
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` file of each directory (not recursing), in name order.
-pub fn load_dirs(dirs: &[PathBuf]) -> Result<ManifestSet, ManifestError> {
-    let mut set = ManifestSet::default();
+impl Default for ManifestSet {
+    fn default() -> Self {
+        Self::in_namespace(DEFAULT_NAMESPACE)
+    }
+}
+
+impl ManifestSet {
+    /// An empty set whose objects without a namespace go to `namespace`.
+    pub fn in_namespace(namespace: &str) -> Self {
+        Self {
+            default_namespace: namespace.to_owned(),
+            authorization_servers: Vec::new(),
+            services: Vec::new(),
+            scopes: Vec::new(),
+            policies: Vec::new(),
+            secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The MCPServices, without their origins.
+    pub fn service_objects(&self) -> Vec<MCPService> {
+        self.services.iter().map(|s| s.object.clone()).collect()
+    }
+
+    /// The MCPScopes, without their origins.
+    pub fn scope_objects(&self) -> Vec<MCPScope> {
+        self.scopes.iter().map(|s| s.object.clone()).collect()
+    }
+
+    /// The CIMDPolicies, without their origins.
+    pub fn policy_objects(&self) -> Vec<CIMDPolicy> {
+        self.policies.iter().map(|s| s.object.clone()).collect()
+    }
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file of each directory (not recursing), in name order;
+/// objects that name no namespace go to `default_namespace`.
+pub fn load_dirs(dirs: &[PathBuf], default_namespace: &str) -> Result<ManifestSet, ManifestError> {
+    let mut set = ManifestSet::in_namespace(default_namespace);
     for dir in dirs {
         for file in manifest_files(dir)? {
             let text = read_limited(&file)?;
@@ -205,7 +250,7 @@ fn add_document(
     index: usize,
     mut document: Value,
 ) -> Result<(), ManifestError> {
-    // Like `kubectl apply` without `-n`: objects that name no namespace land in the default one.
+    // Like `kubectl apply -n`: objects that name no namespace land in the default one.
     if let Some(meta) = document.get_mut("metadata").and_then(Value::as_object_mut)
         && meta
             .get("namespace")
@@ -214,7 +259,7 @@ fn add_document(
     {
         meta.insert(
             "namespace".into(),
-            Value::String(DEFAULT_NAMESPACE.to_owned()),
+            Value::String(set.default_namespace.clone()),
         );
     }
     let kind = document
@@ -294,14 +339,16 @@ fn add_document(
                 format!("{kind} must be apiVersion v1"),
             ));
         }
-        other => {
+        other if api_version.starts_with(&format!("{}/", crate::api::GROUP)) => {
             return Err(invalid(
                 "kind",
                 format!(
-                    "{other} is not read by local mode (AuthorizationServer, MCPService, MCPScope, CIMDPolicy, Secret, ConfigMap are)"
+                    "{other} is not a kind of {} (AuthorizationServer, MCPService, MCPScope, CIMDPolicy are)",
+                    crate::api::GROUP
                 ),
             ));
         }
+        _ => set.skipped.push(origin),
     }
     Ok(())
 }
@@ -361,11 +408,12 @@ fn validate_against_crd(kind: &str, object: &Value) -> Result<(), (String, Strin
         })
 }
 
+/// The namespace of a document whose namespace [`add_document`] has already filled in.
 fn namespace_of(document: &Value) -> String {
     document
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
-        .unwrap_or(DEFAULT_NAMESPACE)
+        .unwrap_or_default()
         .to_owned()
 }
 
@@ -483,9 +531,9 @@ spec: {{value: notes:read, description: Read}}
                 "dir/m.yaml: document 1: kind: missing",
             ),
             (
-                "unknown kind",
-                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n".to_owned(),
-                "dir/m.yaml: Pod/p: kind: Pod is not read by local mode",
+                "unknown kind of ours",
+                "apiVersion: mcp-authz.io/v1alpha1\nkind: Gadget\nmetadata: {name: g}\n".to_owned(),
+                "dir/m.yaml: Gadget/g: kind: Gadget is not a kind of mcp-authz.io (AuthorizationServer, MCPService, MCPScope, CIMDPolicy are)",
             ),
             (
                 "wrong version",
@@ -528,9 +576,37 @@ spec: {{value: notes:read, description: Read}}
     }
 
     #[test]
+    fn other_kinds_are_set_aside_and_namespaces_default_as_asked() {
+        let mut set = ManifestSet::in_namespace("team");
+        add_file(
+            &mut set,
+            Path::new("dir/m.yaml"),
+            &format!(
+                "{SERVER}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\n"
+            ),
+        )
+        .expect("valid");
+        assert_eq!(
+            set.authorization_servers[0]
+                .object
+                .metadata
+                .namespace
+                .as_deref(),
+            Some("team")
+        );
+        assert_eq!(
+            set.skipped
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["dir/m.yaml: Deployment/web"]
+        );
+    }
+
+    #[test]
     fn the_quickstart_manifests_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
-        let set = load_dirs(&[dir]).expect("the quickstart manifests load");
+        let set = load_dirs(&[dir], DEFAULT_NAMESPACE).expect("the quickstart manifests load");
         assert_eq!(set.authorization_servers.len(), 1);
         assert_eq!(set.services.len(), 1);
         assert_eq!(set.scopes.len(), 2);
@@ -560,7 +636,7 @@ spec: {{value: notes:read, description: Read}}
         let dir = tempfile::tempdir().expect("tempdir");
         let big = dir.path().join("big.yaml");
         std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).expect("write");
-        let err = load_dirs(&[dir.path().to_path_buf()]).expect_err("too large");
+        let err = load_dirs(&[dir.path().to_path_buf()], DEFAULT_NAMESPACE).expect_err("too large");
         assert!(
             err.to_string().contains("bytes, at most 1048576 are read"),
             "{err}"

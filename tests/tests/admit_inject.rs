@@ -34,7 +34,7 @@ async fn labelled_pods_are_injected_or_refused() {
     operator_support::install_crds(&admin).await;
     let namespace = cluster.new_namespace("admit").await.expect("namespace");
     let operator =
-        operator_support::operator_client(cluster, &namespace, "mcp-authz-operator").await;
+        operator_support::operator_client(cluster, &namespace, "mcp-authz-operator", "none").await;
 
     let version = admin.apiserver_version().await.expect("version");
     let metrics = Metrics::new();

@@ -390,9 +390,17 @@ fn operator_gets_exactly_the_tested_rules() {
         tested["rules"].as_array().is_some_and(|r| !r.is_empty()),
         "the rules file lists rules"
     );
+    let mut expected = tested["rules"].as_array().cloned().expect("rules");
+    expected.push(serde_json::json!({
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": [one(&objs, "MutatingWebhookConfiguration")["metadata"]["name"]],
+        "verbs": ["get", "patch"],
+    }));
     assert_eq!(
-        role["rules"], tested["rules"],
-        "the chart grants exactly the rules the operator tests run under"
+        role["rules"],
+        Value::Array(expected),
+        "the chart grants exactly the rules the operator tests run under, and patches only its own webhook configuration"
     );
     let binding = one(&objs, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);

@@ -24,8 +24,9 @@ async fn only_the_lease_holder_writes() {
     let admin = cluster.client();
     operator_support::install_crds(&admin).await;
     let ns = cluster.new_namespace("lead").await.expect("namespace");
-    let client = operator_support::operator_client(cluster, &ns, "mcp-authz-operator").await;
     let configuration = format!("absent-{ns}");
+    let client =
+        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
     let a = mcp_authz_operator::runtime::start(
         operator_support::operator_args(&ns, "op-a", &configuration),
         client.clone(),

@@ -17,10 +17,10 @@ async fn resources_converge_and_breakage_heals() {
     let admin = cluster.client();
     operator_support::install_crds(&admin).await;
     let ns = cluster.new_namespace("op").await.expect("namespace");
-    let operator = operator_support::operator_client(cluster, &ns, "mcp-authz-operator").await;
-
     // The chart's webhook configuration, without a caBundle (the operator writes it).
     let configuration = format!("mcp-authz-webhook-{ns}");
+    let operator =
+        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
     let webhook: MutatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": configuration},

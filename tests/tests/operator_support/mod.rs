@@ -67,7 +67,18 @@ pub async fn create(
     api.create(&PostParams::default(), &object).await
 }
 
-/// The operator's PolicyRules, exactly as the chart ships them.
+/// The rule the chart adds after the rules file: `get` and `patch` of one webhook configuration.
+pub fn webhook_configuration_rule(configuration: &str) -> k8s_openapi::api::rbac::v1::PolicyRule {
+    k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec!["admissionregistration.k8s.io".into()]),
+        resources: Some(vec!["mutatingwebhookconfigurations".into()]),
+        resource_names: Some(vec![configuration.into()]),
+        verbs: vec!["get".into(), "patch".into()],
+        ..Default::default()
+    }
+}
+
+/// The operator's PolicyRules, exactly as the chart ships them (the rules file).
 pub fn operator_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
     #[derive(serde::Deserialize)]
     struct RulesFile {
@@ -83,12 +94,14 @@ pub fn operator_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
         .rules
 }
 
-/// Creates ServiceAccount `name` in `namespace`, bound to the chart's operator rules through a
-/// ClusterRole and ClusterRoleBinding of the same unique name, and returns a client acting as it.
+/// Creates ServiceAccount `name` in `namespace`, bound to the chart's operator rules (with the
+/// name-bound rule for `configuration`) through a ClusterRole and ClusterRoleBinding of the same
+/// unique name, and returns a client acting as it.
 pub async fn operator_client(
     cluster: &mcp_authz_tests::control_plane::ControlPlane,
     namespace: &str,
     name: &str,
+    configuration: &str,
 ) -> kube::Client {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
@@ -115,7 +128,12 @@ pub async fn operator_client(
             &PostParams::default(),
             &ClusterRole {
                 metadata: meta(&unique, None),
-                rules: Some(operator_rules()),
+                rules: Some(
+                    operator_rules()
+                        .into_iter()
+                        .chain([webhook_configuration_rule(configuration)])
+                        .collect(),
+                ),
                 ..Default::default()
             },
         )

@@ -380,13 +380,30 @@ pub struct ClientConfig {
 }
 
 /// Dynamic Client Registration switch.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DynamicClientRegistration {
     /// Serve `/register` (RFC 7591: public or `private_key_jwt` clients, ids starting `dcr-`) and advertise
     /// `registration_endpoint`.
     #[serde(default)]
     pub enabled: bool,
+    /// Most registrations accepted in any hour (counted in the store, so across replicas); past it `/register`
+    /// answers 429. Unused registrations are never deleted, so this bounds how fast the store can be filled.
+    #[serde(default = "default_registrations_per_hour")]
+    pub max_per_hour: u32,
+}
+
+impl Default for DynamicClientRegistration {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_per_hour: default_registrations_per_hour(),
+        }
+    }
+}
+
+fn default_registrations_per_hour() -> u32 {
+    100
 }
 
 /// Admin API.

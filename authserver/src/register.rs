@@ -35,6 +35,29 @@ struct Request {
     jwks_uri: Option<String>,
 }
 
+/// The window of the registration budget.
+const REGISTRATION_WINDOW_SECS: i64 = 3600;
+/// What a client over the budget is told to wait before trying again.
+const REGISTRATION_RETRY_SECS: u64 = 60;
+
+/// 429 in OAuth's own form, with a hint at the way in that needs no registration.
+fn too_many_registrations(limit: u32) -> Response {
+    let body = json!({
+        "error": "temporarily_unavailable",
+        "error_description": format!(
+            "this server has registered its limit of {limit} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)"
+        ),
+    });
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let headers = r.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(REGISTRATION_RETRY_SECS),
+    );
+    r
+}
+
 fn metadata_error(d: impl Into<String>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidClientMetadata, d)
 }
@@ -135,6 +158,25 @@ pub async fn register(
             axum::Json(json!({ "error": "not_found" })),
         )
             .into_response();
+    }
+    // A flood of registrations would fill the store with clients nobody uses: past the hourly budget (counted in
+    // the store, so it holds across replicas) the server refuses before reading the body.
+    let limit = snapshot.config.dynamic_client_registration.max_per_hour;
+    match state
+        .store
+        .dynamic_clients_since(now_secs() - REGISTRATION_WINDOW_SECS)
+        .await
+    {
+        Ok(recent) if recent >= i64::from(limit) => {
+            state.metrics.outcome("register", "rate_limited");
+            return too_many_registrations(limit);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let e = OAuthError::from(e);
+            state.metrics.outcome("register", e.metric_label());
+            return e.into_response();
+        }
     }
     let result = async {
         let json = headers

@@ -765,3 +765,46 @@ async fn resource_server_credentials_need_a_root() {
         "this server accepts no resource-server credentials"
     );
 }
+
+#[tokio::test]
+async fn registrations_past_the_hourly_budget_are_refused_with_429() {
+    let s = TestServer::start_with(|c| {
+        c.dynamic_client_registration.enabled = true;
+        c.dynamic_client_registration.max_per_hour = 2;
+    })
+    .await;
+    let register = || async {
+        s.http
+            .post(s.url("/register"))
+            .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent"}))
+            .send()
+            .await
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(register().await.status(), 201);
+    }
+    let refused = register().await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    assert_eq!(refused.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "error": "temporarily_unavailable",
+            "error_description": "this server has registered its limit of 2 clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)"
+        })
+    );
+    // Counted in the store: a restarted server (or another replica) keeps the count.
+    let mut s = s;
+    s.restart().await;
+    let again = s
+        .http
+        .post(s.url("/register"))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 429);
+}

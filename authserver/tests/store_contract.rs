@@ -235,6 +235,16 @@ async fn contract(store: &dyn Store) {
     };
     store.put_audit(&event).await.unwrap();
     assert_eq!(store.recent_audit(10).await.unwrap(), vec![event]);
+    // Registered clients are kept and counted by registration time (the hourly budget).
+    store.put_dynamic_client("dcr-1", "{}", now - 4000).await.unwrap();
+    store.put_dynamic_client("dcr-2", "{\"a\":1}", now).await.unwrap();
+    assert_eq!(
+        store.dynamic_client("dcr-2").await.unwrap().as_deref(),
+        Some("{\"a\":1}")
+    );
+    assert_eq!(store.dynamic_client("dcr-3").await.unwrap(), None);
+    assert_eq!(store.dynamic_clients_since(now - 3600).await.unwrap(), 1);
+    assert_eq!(store.dynamic_clients_since(now - 5000).await.unwrap(), 2);
     assert!(store.purge_expired(now + 10_000).await.unwrap() >= 5);
     assert_eq!(
         store.redeem_code("h1", now).await.unwrap(),

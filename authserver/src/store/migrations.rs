@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     4,
     &["CREATE TABLE IF NOT EXISTS dynamic_clients (
         client_id TEXT PRIMARY KEY, config TEXT NOT NULL, created_at BIGINT NOT NULL)"],
+),
+(
+    5,
+    // The hourly registration budget counts recent rows.
+    &["CREATE INDEX IF NOT EXISTS dynamic_clients_created_at ON dynamic_clients (created_at)"],
 )];
 
 /// The newest schema this build knows.

@@ -264,6 +264,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<(), StoreError>;
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError>;
+    /// How many clients were registered at or after `since`.
+    async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError>;
 
     /// Deletes rows past their expiry; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;

@@ -570,6 +570,14 @@ impl Store for SqlStore {
         Ok(row.map(|r| r.try_get("config")).transpose()?)
     }
 
+    async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.

@@ -567,7 +567,11 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         .await?;
         let username = params.require("username")?.to_owned();
         let password = params.require("password")?.to_owned();
-        let permit = match state.login_guard.admit(&username, now_secs() as u64) {
+        let permit = match state
+            .login_guard
+            .admit(state.store.as_ref(), &username, now_secs())
+            .await?
+        {
             Ok(permit) => permit,
             Err(refusal) => {
                 state.metrics.outcome("login", refusal.metric_label());
@@ -604,7 +608,13 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             .unwrap_or(false);
         drop(permit);
         let Some(user) = user.filter(|_| ok) else {
-            state.login_guard.failed(&username, now_secs() as u64);
+            if let Err(e) = state
+                .login_guard
+                .failed(state.store.as_ref(), &username, now_secs())
+                .await
+            {
+                tracing::warn!(error = %e, "a failed sign-in could not be counted");
+            }
             state.metrics.outcome("login", "wrong_credentials");
             audit::record(
                 state.store.as_ref(),
@@ -627,7 +637,10 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
                 Some("Wrong username or password."),
             ));
         };
-        state.login_guard.succeeded(&username);
+        state
+            .login_guard
+            .succeeded(state.store.as_ref(), &username)
+            .await?;
         let subject = user.subject.clone().unwrap_or(user.username.clone());
         let session = secrets::random_token();
         let session_secs = snapshot.config.tokens.session_secs;

@@ -236,8 +236,14 @@ async fn contract(store: &dyn Store) {
     store.put_audit(&event).await.unwrap();
     assert_eq!(store.recent_audit(10).await.unwrap(), vec![event]);
     // Registered clients are kept and counted by registration time (the hourly budget).
-    store.put_dynamic_client("dcr-1", "{}", now - 4000).await.unwrap();
-    store.put_dynamic_client("dcr-2", "{\"a\":1}", now).await.unwrap();
+    store
+        .put_dynamic_client("dcr-1", "{}", now - 4000)
+        .await
+        .unwrap();
+    store
+        .put_dynamic_client("dcr-2", "{\"a\":1}", now)
+        .await
+        .unwrap();
     assert_eq!(
         store.dynamic_client("dcr-2").await.unwrap().as_deref(),
         Some("{\"a\":1}")
@@ -245,6 +251,27 @@ async fn contract(store: &dyn Store) {
     assert_eq!(store.dynamic_client("dcr-3").await.unwrap(), None);
     assert_eq!(store.dynamic_clients_since(now - 3600).await.unwrap(), 1);
     assert_eq!(store.dynamic_clients_since(now - 5000).await.unwrap(), 2);
+    // Failed sign-ins count within a window, start over after it, and clear on success.
+    assert_eq!(store.login_failures("u").await.unwrap(), None);
+    store.record_login_failure("u", now, 600).await.unwrap();
+    store
+        .record_login_failure("u", now + 10, 600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.login_failures("u").await.unwrap(),
+        Some((2, now + 600))
+    );
+    store
+        .record_login_failure("u", now + 600, 600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.login_failures("u").await.unwrap(),
+        Some((1, now + 1200))
+    );
+    store.clear_login_failures("u").await.unwrap();
+    assert_eq!(store.login_failures("u").await.unwrap(), None);
     assert!(store.purge_expired(now + 10_000).await.unwrap() >= 5);
     assert_eq!(
         store.redeem_code("h1", now).await.unwrap(),

@@ -69,6 +69,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     5,
     // The hourly registration budget counts recent rows.
     &["CREATE INDEX IF NOT EXISTS dynamic_clients_created_at ON dynamic_clients (created_at)"],
+),
+(
+    6,
+    // Failed sign-ins per username (hashed), so the budget holds across replicas.
+    &["CREATE TABLE IF NOT EXISTS login_failures (
+        username_hash TEXT PRIMARY KEY, window_started BIGINT NOT NULL, failures BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL)"],
 )];
 
 /// The newest schema this build knows.

@@ -267,6 +267,21 @@ pub trait Store: Send + Sync + 'static {
     /// How many clients were registered at or after `since`.
     async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError>;
 
+    /// The failed sign-ins of a username (by hash) in its current window: `(failures, window end)`.
+    async fn login_failures(
+        &self,
+        username_hash: &str,
+    ) -> Result<Option<(i64, Timestamp)>, StoreError>;
+    /// Counts one failed sign-in: in the current window, or in a new one of `window_secs` from `now`.
+    async fn record_login_failure(
+        &self,
+        username_hash: &str,
+        now: Timestamp,
+        window_secs: i64,
+    ) -> Result<(), StoreError>;
+    /// Forgets a username's failures (after a correct password).
+    async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError>;
+
     /// Deletes rows past their expiry; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

@@ -578,6 +578,51 @@ impl Store for SqlStore {
         Ok(row.try_get("n")?)
     }
 
+    async fn login_failures(
+        &self,
+        username_hash: &str,
+    ) -> Result<Option<(i64, Timestamp)>, StoreError> {
+        let row =
+            sqlx::query("SELECT failures, expires_at FROM login_failures WHERE username_hash = $1")
+                .bind(username_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("failures")?, r.try_get("expires_at")?)))
+            .transpose()?)
+    }
+
+    async fn record_login_failure(
+        &self,
+        username_hash: &str,
+        now: Timestamp,
+        window_secs: i64,
+    ) -> Result<(), StoreError> {
+        // One statement, so concurrent failures on several replicas all count.
+        sqlx::query(
+            "INSERT INTO login_failures (username_hash, window_started, failures, expires_at)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (username_hash) DO UPDATE SET
+               failures = CASE WHEN login_failures.expires_at > $2 THEN login_failures.failures + 1 ELSE 1 END,
+               window_started = CASE WHEN login_failures.expires_at > $2 THEN login_failures.window_started ELSE $2 END,
+               expires_at = CASE WHEN login_failures.expires_at > $2 THEN login_failures.expires_at ELSE $3 END",
+        )
+        .bind(username_hash)
+        .bind(now)
+        .bind(now + window_secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE username_hash = $1")
+            .bind(username_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.
@@ -588,6 +633,7 @@ impl Store for SqlStore {
             "access_tokens",
             "assertion_ids",
             "sessions",
+            "login_failures",
         ] {
             purged += sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE expires_at < $1"

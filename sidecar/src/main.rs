@@ -21,9 +21,11 @@ struct Args {
     /// How often the config file is checked for changes, in seconds.
     #[arg(long, env = "MCP_AUTHZ_SIDECAR_RELOAD_SECONDS", default_value_t = 5)]
     reload_seconds: u64,
-    /// Runtime threads; 1 runs everything on one thread. The default of 2 measured a better p99 than 1 on a
-    /// busy two-core machine (sidecar/README.md), where a single descheduled thread stalls every request.
-    #[arg(long, env = "MCP_AUTHZ_SIDECAR_WORKERS", default_value_t = 2)]
+    /// Runtime threads; 1 runs everything on one thread. One thread measured a lower median latency and less
+    /// CPU per request than two (sidecar/README.md, Benchmarks): with two, handing a request between the
+    /// client and upstream connections often wakes the other thread (4.0 context switches per request
+    /// against 2.4). More threads pay off only for loads one core cannot carry.
+    #[arg(long, env = "MCP_AUTHZ_SIDECAR_WORKERS", default_value_t = 1)]
     workers: usize,
     /// Log format: `json` (in cluster) or `text`.
     #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json")]

@@ -138,7 +138,12 @@ impl Sidecar {
 
         let (jwks, jwks_source) = JwksCache::start(source, metrics.clone());
         let (runtime_tx, runtime_rx) = watch::channel(runtime);
-        let proxy = Proxy::new(runtime_rx.clone(), jwks.clone(), metrics.clone());
+        // One shared handle: a request clones one Arc instead of every metric and client handle.
+        let proxy = Arc::new(Proxy::new(
+            runtime_rx.clone(),
+            jwks.clone(),
+            metrics.clone(),
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(serve_proxy(
@@ -215,7 +220,7 @@ impl Sidecar {
 
 async fn serve_proxy(
     listener: TcpListener,
-    proxy: Proxy,
+    proxy: Arc<Proxy>,
     runtime: watch::Receiver<Arc<Runtime>>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -259,7 +264,10 @@ async fn serve_proxy(
         let proxy = proxy.clone();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+            // hyper keeps a slot the size of this future for the whole life of the connection; boxed, the
+            // request's large state machine lives only while the request is being decided.
+            let handled = Box::pin(async move { proxy.handle(request, peer).await });
+            async move { Ok::<_, Infallible>(handled.await) }
         });
         // HTTP/1.1 only: MCP Streamable HTTP clients speak HTTP/1.1 to the pod port (TLS, and with it ALPN
         // for h2, ends before the pod), and one protocol keeps the per-connection state small.

@@ -1,9 +1,12 @@
 //! Load benchmark of the whole proxy: the release `mcp-authz-sidecar` binary in front of a minimal upstream,
-//! measured with `oha` at a fixed request rate against the upstream directly and through the sidecar, then
-//! the sidecar's resident memory with many open SSE streams.
+//! measured with `oha` at a fixed request rate against the upstream directly and through the sidecar (rounds of
+//! one run each, alternating), then the sidecar's resident memory with many open SSE streams.
 //!
 //! `cargo run --release -p mcp-authz-sidecar --features test-support --example loadbench -- \
-//!    <path to mcp-authz-sidecar> <path to oha> [seconds=15] [rate=1000] [streams=1000]`
+//!    <path to mcp-authz-sidecar> <path to oha> [seconds=15] [rate=1000] [streams=1000] [rounds=5]`
+//!
+//! The sidecar inherits the environment (`MCP_AUTHZ_SIDECAR_WORKERS=2` to compare thread counts);
+//! `LOADBENCH_HOLD_SECONDS=N` keeps the streams open N seconds more for a heap profile.
 
 use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
@@ -58,6 +61,37 @@ async fn serve(
                     .await;
             });
         }
+    });
+    Ok(port)
+}
+
+/// A byte relay in front of the upstream, on a thread of its own like the sidecar's: the cost of a second
+/// loopback hop alone (no HTTP parsing, no checks), the floor for any proxy on this machine.
+fn relay(upstream_port: u16) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        })
     });
     Ok(port)
 }
@@ -138,6 +172,33 @@ fn oha(
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
+/// One round: the same load straight to the upstream, through the byte relay, and through the sidecar.
+struct Round {
+    load: f64,
+    direct: Value,
+    relayed: Value,
+    proxied: Value,
+}
+
+fn load_average() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg")?;
+    Ok(text
+        .split_whitespace()
+        .next()
+        .context("load average")?
+        .parse()?)
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn micros(report: &Value, percentile: &str) -> f64 {
     report["latencyPercentiles"][percentile]
         .as_f64()
@@ -149,15 +210,17 @@ fn micros(report: &Value, percentile: &str) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        bail!("usage: loadbench <mcp-authz-sidecar> <oha> [seconds] [rate] [streams]");
+        bail!("usage: loadbench <mcp-authz-sidecar> <oha> [seconds] [rate] [streams] [rounds]");
     }
     let seconds: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(15);
     let rate: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let streams: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let rounds: usize = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(5);
 
     let key = TestKey::es256("k1");
     let jwks_port = serve(jwks, jwks_document(&[&key])).await?;
     let upstream_port = serve(upstream, String::new()).await?;
+    let relay_port = relay(upstream_port)?;
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -205,39 +268,73 @@ async fn main() -> anyhow::Result<()> {
     let pid = sidecar.0.id();
     let idle_rss = rss_kib(pid)?;
 
-    let (oha_bin, direct_url, proxy_url) = (
+    let (oha_bin, direct_url, relay_url, proxy_url) = (
         args[2].clone(),
         format!("http://127.0.0.1:{upstream_port}/mcp"),
+        format!("http://127.0.0.1:{relay_port}/mcp"),
         format!("http://127.0.0.1:{proxy_port}/mcp"),
     );
+    // Direct and proxied runs alternate, so a neighbour's load drifting over minutes hits both alike; the
+    // medians over the rounds are the figures.
     let t = token.clone();
-    let (direct, proxied) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Value, Value)> {
+    let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Round>> {
+        let mut runs = Vec::new();
+        for _ in 0..rounds {
             let direct = oha(&oha_bin, &direct_url, None, seconds, rate)?;
+            let relayed = oha(&oha_bin, &relay_url, None, seconds, rate)?;
+            let load = load_average()?;
             let proxied = oha(&oha_bin, &proxy_url, Some(&t), seconds, rate)?;
-            Ok((direct, proxied))
-        })
-        .await??;
+            runs.push(Round {
+                load,
+                direct,
+                relayed,
+                proxied,
+            });
+        }
+        Ok(runs)
+    })
+    .await??;
     let load_rss = rss_kib(pid)?;
     let ok = |r: &Value| r["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
-    println!("| run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs |");
-    println!("|---|---|---|---|---|---|");
-    for (name, r) in [
-        ("direct to upstream", &direct),
-        ("through the sidecar", &proxied),
-    ] {
-        println!(
-            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            ok(r),
-            micros(r, "p50"),
-            micros(r, "p90"),
-            micros(r, "p99"),
-            micros(r, "p99.9")
-        );
+    println!(
+        "| round | load avg (1 min) | run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, round) in runs.iter().enumerate() {
+        let load = round.load;
+        for (name, r) in [
+            ("direct", &round.direct),
+            ("byte relay", &round.relayed),
+            ("sidecar", &round.proxied),
+        ] {
+            println!(
+                "| {} | {load:.2} | {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                i + 1,
+                ok(r),
+                micros(r, "p50"),
+                micros(r, "p90"),
+                micros(r, "p99"),
+                micros(r, "p99.9")
+            );
+        }
     }
-    for p in ["p50", "p99"] {
-        let (d, s) = (micros(&direct, p), micros(&proxied, p));
-        println!("added latency {p}: {:.0} µs (ratio {:.2})", s - d, s / d);
+    for p in ["p50", "p90", "p99"] {
+        let of = |pick: fn(&Round) -> &Value| median(runs.iter().map(|r| micros(pick(r), p)));
+        let added = |pick: fn(&Round) -> &Value| {
+            median(
+                runs.iter()
+                    .map(|r| micros(pick(r), p) - micros(&r.direct, p)),
+            )
+        };
+        println!(
+            "median {p} over {rounds} rounds: direct {:.0} µs; byte relay {:.0} µs (added {:.0}); \
+             sidecar {:.0} µs (added {:.0})",
+            of(|r| &r.direct),
+            of(|r| &r.relayed),
+            added(|r| &r.relayed),
+            of(|r| &r.proxied),
+            added(|r| &r.proxied),
+        );
     }
 
     // Open streams: each a GET SSE stream held open through the sidecar.
@@ -267,5 +364,13 @@ async fn main() -> anyhow::Result<()> {
         open.len(),
         streams_rss as f64 / 1024.0
     );
+    if let Some(hold) = std::env::var("LOADBENCH_HOLD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        // Time to take a heap profile of the sidecar (valgrind's `vgdb detailed_snapshot`) with the streams open.
+        println!("holding the streams open for {hold} s (sidecar pid {pid})");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     Ok(())
 }

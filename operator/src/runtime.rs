@@ -248,7 +248,11 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         client.clone(),
         ctx.clone(),
     )));
-    tasks.push(tokio::spawn(run_service_controller(client.clone(), ctx)));
+    tasks.push(tokio::spawn(run_service_controller(
+        client.clone(),
+        ctx.clone(),
+    )));
+    tasks.push(tokio::spawn(run_usage_controllers(client.clone(), ctx)));
     ready.store(true, Ordering::Relaxed);
     Ok(Running {
         metrics,
@@ -332,6 +336,72 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
         )
         .for_each(|_| async {})
         .await;
+}
+
+/// MCPScope and CIMDPolicy status: re-checked when a service, scope or server changes.
+async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
+    let scopes = Controller::new(
+        Api::<MCPScope>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let scope_store = scopes.store();
+    let all_scopes = move || {
+        scope_store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (all_scopes.clone(), all_scopes);
+    let scopes = scopes
+        .watches(
+            Api::<MCPService>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| a(),
+        )
+        // A scope of a service's own namespace shadows one of its server's: both change.
+        .watches(
+            Api::<MCPScope>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| b(),
+        )
+        .run(
+            reconcile::usage::reconcile_scope,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let policies = Controller::new(
+        Api::<CIMDPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let policy_store = policies.store();
+    let all_policies = move || {
+        policy_store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let (c, d) = (all_policies.clone(), all_policies);
+    let policies = policies
+        .watches(
+            Api::<MCPService>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| c(),
+        )
+        .watches(
+            Api::<AuthorizationServer>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| d(),
+        )
+        .run(
+            reconcile::usage::reconcile_policy,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {});
+    futures::join!(scopes, policies);
 }
 
 async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {

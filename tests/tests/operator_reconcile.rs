@@ -163,6 +163,36 @@ async fn resources_converge_and_breakage_heals() {
             .then_some(())
     })
     .await;
+    // Each scope says who uses it.
+    let used = eventually("MCPScope files-write InUse=True", || async {
+        let scope = get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "MCPScope",
+            "files-write",
+        )
+        .await?;
+        condition(&scope, "InUse").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(used.2, format!("used by MCPService {ns}/files"));
+    // A policy nobody names says so.
+    let mut spare = cases::cimd_policy();
+    spare["metadata"] = json!({"name": "spare", "namespace": ns});
+    operator_support::create(&admin, &ns, &spare)
+        .await
+        .expect("CIMDPolicy spare");
+    let unused = eventually("CIMDPolicy spare InUse=False", || async {
+        let policy = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "CIMDPolicy", "spare").await?;
+        condition(&policy, "InUse").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (unused.1.as_str(), unused.2.as_str()),
+        ("Unused", "no resource uses it")
+    );
+
     // The sidecar's introspection key: derived from the root in the keys Secret, for this resource.
     let derived_key = |keys: Secret| {
         let root = mcp_authz_operator::keys::resource_server_root(

@@ -3,6 +3,7 @@
 
 pub mod authorization_server;
 pub mod mcp_service;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;

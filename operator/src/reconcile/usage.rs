@@ -1,0 +1,363 @@
+//! MCPScope and CIMDPolicy status: who uses the object (`InUse`), and for a CIMDPolicy whether what it
+//! asks for takes effect (`ServerWideSettingsApplied`, `CABundleFound`). Neither kind renders anything of its
+//! own, so without this an object nobody uses, or a setting that is ignored, would look just like one that works.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{Context, FOLLOWER_REQUEUE, ReconcileError};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::naming::FIELD_MANAGER;
+use crate::render::visible_scopes;
+use crate::status::{self, Observed};
+
+/// How often usage is re-checked without a change (ConfigMaps are not watched).
+const RESYNC: Duration = Duration::from_secs(300);
+
+fn key<K: ResourceExt>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The services that offer `scope`'s value and see this very object for it (a scope of the service's own
+/// namespace wins over one of its server's).
+pub fn scope_users(scope: &MCPScope, services: &[MCPService], scopes: &[MCPScope]) -> Vec<String> {
+    let mut users: Vec<String> = services
+        .iter()
+        .filter(|service| service.spec.scopes.contains(&scope.spec.value))
+        .filter(|service| {
+            let own = service.namespace().unwrap_or_default();
+            let server_ns = service
+                .spec
+                .authorization_server_ref
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(own);
+            visible_scopes(service, &server_ns, scopes)
+                .get(&scope.spec.value)
+                .is_some_and(|seen| key(*seen) == key(scope))
+        })
+        .map(|s| format!("MCPService {}", key(s)))
+        .collect();
+    users.sort();
+    users
+}
+
+/// The services that name `policy`, and the servers whose default it is.
+pub fn policy_users(
+    policy: &CIMDPolicy,
+    services: &[MCPService],
+    servers: &[AuthorizationServer],
+) -> (Vec<String>, Vec<String>) {
+    let name = policy.name_any();
+    let ns = policy.namespace();
+    let mut named: Vec<String> = services
+        .iter()
+        .filter(|s| s.spec.cimd_policy_ref.as_deref() == Some(name.as_str()) && s.namespace() == ns)
+        .map(|s| format!("MCPService {}", key(s)))
+        .collect();
+    named.sort();
+    let mut defaults: Vec<String> = servers
+        .iter()
+        .filter(|s| {
+            s.spec.default_cimd_policy.as_deref() == Some(name.as_str()) && s.namespace() == ns
+        })
+        .map(|s| format!("AuthorizationServer {}", key(s)))
+        .collect();
+    defaults.sort();
+    (named, defaults)
+}
+
+fn in_use(users: &[String]) -> Observed {
+    if users.is_empty() {
+        Observed::no("InUse", "Unused", "no resource uses it")
+    } else {
+        Observed::yes("InUse", "Used", format!("used by {}", users.join(", ")))
+    }
+}
+
+/// The conditions of a CIMDPolicy. `bundle_has_key` says whether its trusted CA bundle's ConfigMap exists
+/// and holds the key (`None` when it names no bundle).
+pub fn policy_conditions(
+    policy: &CIMDPolicy,
+    services: &[MCPService],
+    servers: &[AuthorizationServer],
+    bundle_has_key: Option<bool>,
+) -> Vec<Observed> {
+    let (named, defaults) = policy_users(policy, services, servers);
+    let all: Vec<String> = defaults.iter().chain(&named).cloned().collect();
+    let mut observed = vec![in_use(&all)];
+    // Fetch limits, private networks and the CA bundle shape the one fetcher every client shares, so only a
+    // server's default policy sets them; a policy used only by name would look as if they applied.
+    observed.push(if defaults.is_empty() && !named.is_empty() {
+        Observed::no(
+            "ServerWideSettingsApplied",
+            "OnlyAdmissionRulesApply",
+            "fetch, allowedPrivateNetworks and trustedCaBundle are server-wide: they come from the AuthorizationServer's defaultCimdPolicy; this policy's admission rules apply to its services",
+        )
+    } else {
+        Observed::yes(
+            "ServerWideSettingsApplied",
+            if defaults.is_empty() { "NotUsed" } else { "DefaultPolicy" },
+            if defaults.is_empty() {
+                "the policy is not in use".to_owned()
+            } else {
+                format!("the default policy of {}", defaults.join(", "))
+            },
+        )
+    });
+    if let (Some(bundle), Some(found)) = (&policy.spec.trusted_ca_bundle, bundle_has_key) {
+        observed.push(if found {
+            Observed::yes(
+                "CABundleFound",
+                "Found",
+                format!("ConfigMap {} holds {}", bundle.name, bundle.key),
+            )
+        } else {
+            Observed::no(
+                "CABundleFound",
+                "NotFound",
+                format!(
+                    "ConfigMap {} with key {} is not in namespace {}",
+                    bundle.name,
+                    bundle.key,
+                    policy.namespace().unwrap_or_default()
+                ),
+            )
+        });
+    }
+    observed
+}
+
+fn count(ctx: &Context, kind: &str, result: &Result<Action, ReconcileError>) {
+    let outcome = result
+        .as_ref()
+        .map_or_else(ReconcileError::metric_label, |_| "ok");
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[kind, outcome])
+        .inc();
+}
+
+/// Reconciles one MCPScope's status.
+pub async fn reconcile_scope(
+    scope: Arc<MCPScope>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_REQUEUE));
+    }
+    let result = scope_status(&scope, &ctx).await;
+    count(&ctx, "MCPScope", &result);
+    result
+}
+
+async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, ReconcileError> {
+    let lp = ListParams::default();
+    let services = Api::<MCPService>::all(ctx.client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let scopes = Api::<MCPScope>::all(ctx.client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let observed = [in_use(&scope_users(scope, &services, &scopes))];
+    let previous = scope
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    write_status(ctx, scope, &previous, &observed).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Reconciles one CIMDPolicy's status.
+pub async fn reconcile_policy(
+    policy: Arc<CIMDPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_REQUEUE));
+    }
+    let result = policy_status(&policy, &ctx).await;
+    count(&ctx, "CIMDPolicy", &result);
+    result
+}
+
+async fn policy_status(policy: &CIMDPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+    let lp = ListParams::default();
+    let services = Api::<MCPService>::all(ctx.client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let servers = Api::<AuthorizationServer>::all(ctx.client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let bundle_has_key = match &policy.spec.trusted_ca_bundle {
+        None => None,
+        Some(bundle) => Some(
+            Api::<ConfigMap>::namespaced(
+                ctx.client.clone(),
+                &policy.namespace().unwrap_or_default(),
+            )
+            .get_opt(&bundle.name)
+            .await?
+            .and_then(|c| c.data)
+            .is_some_and(|d| d.contains_key(&bundle.key)),
+        ),
+    };
+    let observed = policy_conditions(policy, &services, &servers, bundle_has_key);
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    write_status(ctx, policy, &previous, &observed).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn write_status<K>(
+    ctx: &Context,
+    object: &K,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    observed: &[Observed],
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let conditions = status::merge(previous, observed, object.meta().generation, &status::now());
+    if conditions.as_slice() == previous {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "status": {"observedGeneration": object.meta().generation, "conditions": conditions},
+    });
+    Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+
+    fn scope(ns: &str, name: &str, value: &str) -> MCPScope {
+        let mut v = cases::mcp_scope();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        v["spec"]["value"] = json!(value);
+        serde_json::from_value(v).expect("scope")
+    }
+
+    fn service(ns: &str, name: &str, scopes: &[&str], policy: Option<&str>) -> MCPService {
+        let mut v = cases::mcp_service();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        v["spec"]["scopes"] = json!(scopes);
+        v["spec"]["rules"] = json!([]);
+        v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        if let Some(p) = policy {
+            v["spec"]["cimdPolicyRef"] = json!(p);
+        }
+        serde_json::from_value(v).expect("service")
+    }
+
+    fn policy(ns: &str, name: &str, bundle: bool) -> CIMDPolicy {
+        let mut v = cases::cimd_policy();
+        v["metadata"] = json!({"name": name, "namespace": ns});
+        if bundle {
+            v["spec"]["trustedCaBundle"] = json!({"name": "ca", "key": "ca.pem"});
+        }
+        serde_json::from_value(v).expect("policy")
+    }
+
+    fn server(default_policy: &str) -> AuthorizationServer {
+        let mut v = cases::authorization_server();
+        v["metadata"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        v["spec"]["defaultCimdPolicy"] = json!(default_policy);
+        serde_json::from_value(v).expect("server")
+    }
+
+    #[test]
+    fn a_scope_is_used_by_the_services_that_see_it() {
+        let shared = scope("mcp-authz", "read", "files:read");
+        let own = scope("apps", "read", "files:read");
+        let scopes = [shared.clone(), own.clone()];
+        let services = [
+            service("apps", "files", &["files:read"], None),
+            service("other", "notes", &["files:read"], None),
+            service("other", "mail", &["mail:read"], None),
+        ];
+        assert_eq!(
+            scope_users(&shared, &services, &scopes),
+            ["MCPService other/notes"],
+            "apps defines its own files:read, which wins there"
+        );
+        assert_eq!(
+            scope_users(&own, &services, &scopes),
+            ["MCPService apps/files"]
+        );
+        assert!(scope_users(&scope("x", "y", "z:z"), &services, &scopes).is_empty());
+    }
+
+    #[test]
+    fn a_policy_used_only_by_name_says_its_server_wide_settings_do_not_apply() {
+        let strict = policy("apps", "strict", true);
+        let services = [service("apps", "files", &[], Some("strict"))];
+        let observed = policy_conditions(&strict, &services, &[server("default")], Some(false));
+        let view: Vec<(&str, bool, &str)> = observed
+            .iter()
+            .map(|o| (o.type_, o.status, o.reason))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("InUse", true, "Used"),
+                (
+                    "ServerWideSettingsApplied",
+                    false,
+                    "OnlyAdmissionRulesApply"
+                ),
+                ("CABundleFound", false, "NotFound"),
+            ]
+        );
+        assert_eq!(
+            observed[2].message,
+            "ConfigMap ca with key ca.pem is not in namespace apps"
+        );
+
+        let default = policy("mcp-authz", "default", false);
+        let observed = policy_conditions(&default, &services, &[server("default")], None);
+        assert_eq!(observed.len(), 2, "no bundle, no CABundleFound");
+        assert_eq!(
+            observed[0].message,
+            "used by AuthorizationServer mcp-authz/auth"
+        );
+        assert_eq!(observed[1].reason, "DefaultPolicy");
+
+        let unused = policy("apps", "spare", false);
+        let observed = policy_conditions(&unused, &services, &[server("default")], None);
+        assert_eq!((observed[0].status, observed[0].reason), (false, "Unused"));
+    }
+}

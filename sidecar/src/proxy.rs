@@ -668,10 +668,7 @@ fn build_upstream_request(
         headers.remove(name);
     }
     let set = |headers: &mut http::HeaderMap, name: &HeaderName, value: &str| {
-        // Claims are strings from a verified token; a value that cannot be a header is dropped, not forwarded.
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), v);
-        }
+        headers.insert(name.clone(), crate::identity::header_value(value));
     };
     if let Some(identity) = identity {
         set(headers, &rt.identity_headers[0], &identity.subject);

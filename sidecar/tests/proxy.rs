@@ -131,6 +131,28 @@ async fn header_tricks_are_refused() {
 }
 
 #[tokio::test]
+async fn identity_claims_outside_visible_ascii_arrive_percent_encoded() {
+    let h = Harness::start().await;
+    let token = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["sub"] = json!("josé\r\nx-mcp-authz-subject: root");
+        c["scope"] = json!("mcp:read");
+        c
+    });
+    let (status, _, body) = h.post(Some(&token), &call(1, "get_user")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    assert_eq!(
+        seen[0]
+            .headers
+            .get_all("x-mcp-authz-subject")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["jos%C3%A9%0D%0Ax-mcp-authz-subject:%20root"]
+    );
+}
+
+#[tokio::test]
 async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");

@@ -481,6 +481,9 @@ mod defaults {
             "server/discover",
             "ping",
             "notifications/*",
+            // The 2026-07-28 notification stream (it replaces the GET stream); the resources it subscribes to are
+            // each decided as `resources/subscribe` of their URI.
+            "subscriptions/listen",
             "tools/list",
             "resources/list",
             "resources/templates/list",

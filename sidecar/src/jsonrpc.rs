@@ -17,9 +17,23 @@ pub enum Message {
         id: Option<Value>,
         /// What the rules decide on.
         op: Operation,
+        /// Further operations the message performs, each decided as if called alone: the resources a
+        /// `subscriptions/listen` subscribes to, each as `resources/subscribe` of its URI.
+        also: Vec<Operation>,
     },
     /// A client's answer to a server request (sampling, elicitation, roots): needs no scope.
     Reply,
+}
+
+impl Message {
+    /// Every operation the rules must allow for this message (none for a reply).
+    pub fn operations(&self) -> impl Iterator<Item = &Operation> {
+        let (op, also) = match self {
+            Message::Call { op, also, .. } => (Some(op), also.as_slice()),
+            Message::Reply => (None, &[][..]),
+        };
+        op.into_iter().chain(also)
+    }
 }
 
 /// A classified body.
@@ -63,9 +77,9 @@ impl Classified {
         self.messages
             .iter()
             .filter_map(|m| match m {
-                Message::Call { id: Some(id), op } => {
-                    ListKind::of_method(&op.method).map(|k| (id.clone(), k))
-                }
+                Message::Call {
+                    id: Some(id), op, ..
+                } => ListKind::of_method(&op.method).map(|k| (id.clone(), k)),
                 _ => None,
             })
             .collect()
@@ -192,9 +206,23 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 }
                 _ => Operation::method(method),
             };
+            let also = match method.as_str() {
+                // MCP 2026-07-28: the listen stream replaces `resources/subscribe`, so each resource it
+                // subscribes to needs what subscribing to it alone would.
+                "subscriptions/listen" => subscribed_resources(params)
+                    .ok_or_else(|| ClassifyError::InvalidParams {
+                        method: method.clone(),
+                        field: "notifications.resourceSubscriptions[]",
+                    })?
+                    .into_iter()
+                    .map(|uri| Operation::named("resources/subscribe", uri))
+                    .collect(),
+                _ => Vec::new(),
+            };
             Ok(Message::Call {
                 id: id.cloned(),
                 op,
+                also,
             })
         }
         Some(_) => Err(ClassifyError::InvalidRequest("method must be a string")),
@@ -208,6 +236,19 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 ))
             }
         }
+    }
+}
+
+/// The URIs of `params.notifications.resourceSubscriptions` (none when absent), or `None` when it is there but
+/// not a list of strings.
+fn subscribed_resources(params: Option<&Value>) -> Option<Vec<&str>> {
+    match params
+        .and_then(|p| p.get("notifications"))
+        .and_then(|n| n.get("resourceSubscriptions"))
+    {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(uris)) => uris.iter().map(Value::as_str).collect(),
+        Some(_) => None,
     }
 }
 
@@ -227,7 +268,8 @@ mod tests {
             ),
             vec![Message::Call {
                 id: Some(json!(1)),
-                op: Operation::named("tools/call", "add")
+                op: Operation::named("tools/call", "add"),
+                also: vec![]
             }]
         );
         assert_eq!(
@@ -236,21 +278,24 @@ mod tests {
             ),
             vec![Message::Call {
                 id: Some(json!("a")),
-                op: Operation::named("resources/read", "file:///x")
+                op: Operation::named("resources/read", "file:///x"),
+                also: vec![]
             }]
         );
         assert_eq!(
             ops(r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"greet"}}"#),
             vec![Message::Call {
                 id: Some(json!(2)),
-                op: Operation::named("prompts/get", "greet")
+                op: Operation::named("prompts/get", "greet"),
+                also: vec![]
             }]
         );
         assert_eq!(
             ops(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
             vec![Message::Call {
                 id: None,
-                op: Operation::method("notifications/initialized")
+                op: Operation::method("notifications/initialized"),
+                also: vec![]
             }]
         );
         assert_eq!(
@@ -261,6 +306,39 @@ mod tests {
             ops(r#"{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"x"}}"#),
             vec![Message::Reply]
         );
+    }
+
+    #[test]
+    fn a_listen_stream_subscribes_to_each_resource_it_names() {
+        assert_eq!(
+            ops(
+                r#"{"jsonrpc":"2.0","id":3,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["file:///a","file:///b"]}}}"#
+            ),
+            vec![Message::Call {
+                id: Some(json!(3)),
+                op: Operation::method("subscriptions/listen"),
+                also: vec![
+                    Operation::named("resources/subscribe", "file:///a"),
+                    Operation::named("resources/subscribe", "file:///b"),
+                ]
+            }]
+        );
+        let plain = &ops(
+            r#"{"jsonrpc":"2.0","id":4,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}"#,
+        )[0];
+        assert_eq!(
+            plain.operations().collect::<Vec<_>>(),
+            [&Operation::method("subscriptions/listen")]
+        );
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":5,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":"file:///a"}}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["file:///a",7]}}}"#,
+        ] {
+            assert_eq!(
+                classify(bad.as_bytes()).unwrap_err().to_string(),
+                "invalid params: subscriptions/listen needs a string params.notifications.resourceSubscriptions[]"
+            );
+        }
     }
 
     #[test]
@@ -388,7 +466,8 @@ mod tests {
             c,
             vec![Message::Call {
                 id: Some(json!(1)),
-                op: Operation::named("tools/call", "danger")
+                op: Operation::named("tools/call", "danger"),
+                also: vec![]
             }]
         );
     }

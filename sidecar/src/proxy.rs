@@ -494,10 +494,14 @@ fn authorize(
     let mut refused_ids = Vec::new();
     let mut forbidden = false;
     let mut insufficient = false;
-    for message in &classified.messages {
-        let Message::Call { id, op } = message else {
-            continue;
+    let calls = classified.messages.iter().flat_map(|message| {
+        let id = match message {
+            Message::Call { id, .. } => id.as_ref(),
+            Message::Reply => None,
         };
+        message.operations().map(move |op| (id, op))
+    });
+    for (id, op) in calls {
         let decision = rt.policy.decide(op, scopes);
         let (label, reason) = match &decision {
             Decision::Allow => ("allow", "ok"),
@@ -526,7 +530,11 @@ fn authorize(
             }
             Decision::Forbidden => forbidden = true,
         }
-        refused_ids.extend(id.clone());
+        if let Some(id) = id
+            && !refused_ids.contains(id)
+        {
+            refused_ids.push(id.clone());
+        }
     }
     if forbidden {
         // No scope would make this body acceptable, so a step-up challenge would only mislead the client.
@@ -556,13 +564,15 @@ async fn check_revocation(
     token: &str,
 ) -> Option<(Refusal, &'static str)> {
     let introspector = rt.introspector.as_ref()?;
-    let sensitive = classified.messages.iter().any(|m| match m {
-        Message::Call { op, .. } => rt
-            .policy
-            .required_scopes(op)
-            .is_some_and(|s| introspector.is_sensitive(s)),
-        Message::Reply => false,
-    });
+    let sensitive = classified
+        .messages
+        .iter()
+        .flat_map(Message::operations)
+        .any(|op| {
+            rt.policy
+                .required_scopes(op)
+                .is_some_and(|s| introspector.is_sensitive(s))
+        });
     if !sensitive {
         return None;
     }

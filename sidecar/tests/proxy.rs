@@ -1128,3 +1128,53 @@ async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
     assert_eq!(h.upstream_posts(), 1);
     assert_eq!(metrics.connections_open.get(), 2);
 }
+
+#[tokio::test]
+async fn a_listen_stream_needs_what_subscribing_to_each_of_its_resources_needs() {
+    let h = Harness::start().await;
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    for (pattern, scope) in [
+        ("file:///public/*", "mcp:read"),
+        ("file:///secret/*", "mcp:admin"),
+    ] {
+        config.rules.push(mcp_authz_sidecar::config::ScopeRule {
+            method: "resources/subscribe".into(),
+            name: Some(pattern.into()),
+            scopes: vec![scope.into()],
+        });
+    }
+    h.sidecar.config.apply(config).unwrap();
+    let reader = h.token("mcp:read");
+    let listen = |id: u32, uris: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+               "params": {"notifications": {"toolsListChanged": true, "resourceSubscriptions": uris}}})
+        .to_string()
+    };
+    // Open to any valid token; each subscribed resource is decided on its own.
+    for (id, uris) in [(1, json!([])), (2, json!(["file:///public/a"]))] {
+        let (status, _, body) = h.post(Some(&reader), &listen(id, uris)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, headers, body) = h
+        .post(
+            Some(&reader),
+            &listen(3, json!(["file:///public/a", "file:///secret/x"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let challenge = www_authenticate(&headers);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"")
+            && challenge.contains("scope=\"mcp:admin\""),
+        "{challenge}"
+    );
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["id"], 3, "one error for the one message: {refusal}");
+    // A resource no rule names is refused to everyone.
+    let (status, headers, _) = h
+        .post(Some(&reader), &listen(4, json!(["file:///elsewhere"])))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(www_authenticate(&headers), "");
+    assert_eq!(h.upstream_posts(), 2, "only the allowed streams went up");
+}

@@ -8,7 +8,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(classified) = classify(data) {
         assert!(!classified.messages.is_empty());
         for message in &classified.messages {
-            if let Message::Call { op, .. } = message {
+            if let Message::Call { op, also, .. } = message {
+                // Whatever a listen stream subscribes to is decided like a subscribe call naming it.
+                assert!(also.iter().all(|o| o.method == "resources/subscribe" && o.name.is_some()));
                 // The methods that name a target always carry it: a nameless call cannot slip past a name rule.
                 let named = matches!(
                     op.method.as_str(),

@@ -177,15 +177,17 @@ impl Sidecar {
     }
 
     /// Watches a config file and applies it when its content changes (ConfigMap updates swap a symlink,
-    /// so the content is compared, not the modification time). A bad file is logged and ignored.
+    /// so the content is compared, not the modification time), or when the introspection key it names
+    /// changes: kubelet refreshes that Secret on its own schedule, often after the ConfigMap. A bad file is
+    /// logged and ignored.
     pub fn watch_file(&self, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
         let handle = self.config.clone();
         // Read before spawning: a change made right after this call must count as a change.
-        let mut last = std::fs::read(&path).ok();
+        let mut last = watched_files(&path);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let now = std::fs::read(&path).ok();
+                let now = watched_files(&path);
                 if now.is_none() || now == last {
                     continue;
                 }
@@ -216,6 +218,16 @@ impl Sidecar {
             let _ = task.await;
         }
     }
+}
+
+/// The bytes a reload is judged by: the config file's, and those of the introspection key it names.
+fn watched_files(path: &std::path::Path) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let config = std::fs::read(path).ok()?;
+    let key = SidecarConfig::load(path)
+        .ok()
+        .and_then(|c| c.introspection)
+        .and_then(|i| std::fs::read(i.private_key_file).ok());
+    Some((config, key))
 }
 
 async fn serve_proxy(

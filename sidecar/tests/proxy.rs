@@ -916,6 +916,53 @@ async fn sensitive_scopes_are_checked_against_revocation() {
 }
 
 #[tokio::test]
+async fn a_refreshed_introspection_key_applies_without_a_config_change() {
+    // kubelet refreshes the key's Secret on its own schedule, often after the ConfigMap that names it.
+    let h = Harness::start().await;
+    let (old_pem, _) = introspection_key();
+    let (new_pem, new_x) = introspection_key();
+    let active = std::sync::Arc::new(std::sync::Mutex::new(Some(true)));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let addr = introspection_server(new_x, active, hits).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, old_pem).unwrap();
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.introspection = Some(
+        serde_json::from_value(json!({
+            "endpoint": format!("http://{addr}/introspect"),
+            "clientId": INTROSPECTION_CLIENT,
+            "privateKeyFile": key_file,
+            "sensitiveScopes": ["mcp:admin"],
+        }))
+        .unwrap(),
+    );
+    let path = dir.path().join("sidecar.json");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    h.sidecar.config.apply(config).unwrap();
+    let watcher = h.sidecar.watch_file(path, Duration::from_millis(50));
+    let admin = admin_token(&h, "t-rotated");
+    // The issuer knows only the new key: the old one's assertions are refused, so the call is too.
+    assert_eq!(
+        h.post(Some(&admin), &call(1, "delete_user")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let staged = dir.path().join("key.pem.new");
+    std::fs::write(&staged, new_pem).unwrap();
+    std::fs::rename(&staged, &key_file).unwrap();
+    let mut allowed = false;
+    for id in 2..42 {
+        if h.post(Some(&admin), &call(id, "delete_user")).await.0 == StatusCode::OK {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+    assert!(allowed, "the new key was never picked up");
+}
+
+#[tokio::test]
 async fn unusable_introspection_keys_refuse_the_config() {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();

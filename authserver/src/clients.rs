@@ -169,7 +169,7 @@ pub async fn lookup(
         return Ok(ClientView::registered(c));
     }
     if let Some(resource) = resource_servers::resource_of(client_id) {
-        return resource_server(snapshot, client_id, resource);
+        return resource_server(snapshot, state, client_id, resource);
     }
     if client_id.starts_with(DYNAMIC_CLIENT_PREFIX)
         && snapshot.config.dynamic_client_registration.enabled
@@ -210,10 +210,11 @@ pub async fn lookup(
 /// of its own, introspection of its own resource's tokens only.
 fn resource_server(
     snapshot: &Snapshot,
+    state: &AppState,
     client_id: &str,
     resource: &str,
 ) -> Result<ClientView, OAuthError> {
-    let root = snapshot.resource_server_root.as_ref().ok_or_else(|| {
+    let root = state.resource_server_root().ok_or_else(|| {
         OAuthError::invalid_client("this server accepts no resource-server credentials")
     })?;
     if snapshot.config.resource(resource).is_none() {

@@ -364,6 +364,7 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     let snapshot = Snapshot::build(config, Some(&previous))?;
     state.replace_keys(keys);
     state.replace_snapshot(snapshot);
+    state.refresh_resource_server_root();
     Ok(())
 }
 
@@ -399,6 +400,7 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
         }
         if tick.is_multiple_of(5) {
             let config = state.snapshot().config.clone();
+            state.refresh_resource_server_root();
             match tokio::task::spawn_blocking(move || load_keys(&config)).await {
                 Ok(Ok(keys)) => state.replace_keys(keys),
                 Ok(Err(e)) => {

@@ -9,6 +9,7 @@ use crate::cimd;
 use crate::config::{AuthServerConfig, ConfigError, StaticUser};
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
+use crate::resource_servers::Root;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -23,8 +24,6 @@ pub struct Snapshot {
     pub cimd: Option<cimd::Resolver>,
     /// The upstream OpenID provider, when login is federated.
     pub upstream: Option<Arc<Upstream>>,
-    /// The root of resource-server keys, when resource servers may introspect.
-    pub resource_server_root: Option<crate::resource_servers::Root>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -101,17 +100,12 @@ impl Snapshot {
                 }
             }
         };
-        let resource_server_root = match &config.resource_servers {
-            Some(rs) => Some(crate::resource_servers::Root::load(&rs.root_file)?),
-            None => None,
-        };
         Ok(Snapshot {
             config,
             users,
             admin_token,
             cimd,
             upstream,
-            resource_server_root,
         })
     }
 }
@@ -138,6 +132,9 @@ fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {
 pub struct AppState {
     snapshot: RwLock<Arc<Snapshot>>,
     keys: RwLock<Arc<KeySet>>,
+    /// Re-read with the keys, not with the config: it lives in the keys Secret, which kubelet may refresh later
+    /// than the ConfigMap that names it.
+    resource_server_root: RwLock<Option<Root>>,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     /// Bounds on password checks (concurrency, failures per username).
@@ -153,9 +150,11 @@ impl AppState {
         store: Arc<dyn Store>,
         config_path: Option<PathBuf>,
     ) -> Self {
+        let root = read_resource_server_root(&snapshot.config);
         AppState {
             snapshot: RwLock::new(Arc::new(snapshot)),
             keys: RwLock::new(Arc::new(keys)),
+            resource_server_root: RwLock::new(root),
             store,
             metrics: Metrics::new(),
             login_guard: crate::login_guard::LoginGuard::default(),
@@ -181,6 +180,40 @@ impl AppState {
 
     pub fn replace_keys(&self, keys: KeySet) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// The root of resource-server keys, when resource servers may introspect and it could be read.
+    pub fn resource_server_root(&self) -> Option<Root> {
+        self.resource_server_root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the root again (the current config says where).
+    pub fn refresh_resource_server_root(&self) {
+        let root = read_resource_server_root(&self.snapshot().config);
+        let mut current = self
+            .resource_server_root
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if *current != root {
+            tracing::info!(present = root.is_some(), "resource-server root changed");
+            *current = root;
+        }
+    }
+}
+
+/// The configured root, or `None` (logged) when there is none or it cannot be read yet: resource servers are
+/// then refused, and everything else works.
+fn read_resource_server_root(config: &crate::config::AuthServerConfig) -> Option<Root> {
+    let file = &config.resource_servers.as_ref()?.root_file;
+    match Root::load(file) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            tracing::warn!(error = %e, "resource servers cannot introspect until the root can be read");
+            None
+        }
     }
 }
 

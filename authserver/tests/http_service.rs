@@ -747,6 +747,54 @@ async fn resource_servers_introspect_only_their_own_resource() {
 }
 
 #[tokio::test]
+async fn a_root_that_arrives_after_the_config_is_picked_up() {
+    // In a cluster the root comes in the keys Secret, which kubelet may refresh later than the ConfigMap.
+    use mcp_authz_authserver::resource_servers::Root;
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("resource-server-root");
+    let mut config = base_config(dir.path(), free_port());
+    config.resource_servers = Some(mcp_authz_authserver::config::ResourceServers {
+        root_file: root_file.clone(),
+    });
+    let s = TestServer::start_in(dir, config).await;
+    let root = Root::generate().unwrap();
+    let (status, body) = introspect_as(
+        &s,
+        &resource_server_assertion(&s, &root, RESOURCE, "1"),
+        "x",
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "the server starts, and refuses resource servers: {body}"
+    );
+    assert_eq!(
+        body["error_description"],
+        "this server accepts no resource-server credentials"
+    );
+    std::fs::write(&root_file, root.to_text()).unwrap();
+    let mut answered = None;
+    for attempt in 2..40 {
+        let (status, body) = introspect_as(
+            &s,
+            &resource_server_assertion(&s, &root, RESOURCE, &attempt.to_string()),
+            "x",
+        )
+        .await;
+        if status == 200 {
+            answered = Some(body);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        answered,
+        Some(json!({"active": false})),
+        "the root was never read"
+    );
+}
+
+#[tokio::test]
 async fn resource_server_credentials_need_a_root() {
     let s = TestServer::start().await;
     let root = mcp_authz_authserver::resource_servers::Root::generate().unwrap();

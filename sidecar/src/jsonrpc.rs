@@ -144,23 +144,40 @@ pub fn error_body(id: &Value, code: i64, message: &str) -> Bytes {
 pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
-    match value {
+    let classified = match value {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(ClassifyError::InvalidRequest("empty batch"));
             }
             let messages = items.iter().map(classify_one).collect::<Result<_, _>>()?;
-            Ok(Classified {
+            Classified {
                 batch: true,
                 messages,
-            })
+            }
         }
-        other => Ok(Classified {
+        other => Classified {
             batch: false,
             messages: vec![classify_one(&other)?],
-        }),
+        },
+    };
+    // Each operation is decided and may be audited on its own: a body within the size limit must not buy
+    // hundreds of thousands of decisions and log lines.
+    if classified
+        .messages
+        .iter()
+        .flat_map(Message::operations)
+        .count()
+        > MAX_OPERATIONS
+    {
+        return Err(ClassifyError::InvalidRequest(
+            "more than 256 operations in one body",
+        ));
     }
+    Ok(classified)
 }
+
+/// Most operations one body may carry (batch entries and the resources a listen stream subscribes to).
+pub const MAX_OPERATIONS: usize = 256;
 
 fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
     let obj = value
@@ -443,6 +460,25 @@ mod tests {
                 _ => assert_eq!(err, expected, "{body}"),
             }
             assert_eq!(err.code(), expected.code());
+        }
+    }
+
+    #[test]
+    fn a_body_carries_at_most_256_operations() {
+        let ping = r#"{"jsonrpc":"2.0","method":"ping"}"#;
+        let listen = |n: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{{"notifications":{{"resourceSubscriptions":[{}]}}}}}}"#,
+                vec![r#""file:///x""#; n].join(",")
+            )
+        };
+        assert_eq!(ops(&format!("[{}]", vec![ping; 256].join(","))).len(), 256);
+        assert_eq!(ops(&listen(255))[0].operations().count(), 256);
+        for body in [format!("[{}]", vec![ping; 257].join(",")), listen(256)] {
+            assert_eq!(
+                classify(body.as_bytes()).unwrap_err(),
+                ClassifyError::InvalidRequest("more than 256 operations in one body")
+            );
         }
     }
 

@@ -220,7 +220,9 @@ impl Sidecar {
     }
 }
 
-/// The bytes a reload is judged by: the config file's, and those of the introspection key it names.
+/// The bytes a reload is judged by: the config file's, and those of the introspection key the file names. The
+/// key path is taken from the file, not from the config in force: a config refused because its key was not there
+/// yet must be tried again when the key arrives.
 fn watched_files(path: &std::path::Path) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
     let config = std::fs::read(path).ok()?;
     let key = SidecarConfig::load(path)

@@ -963,6 +963,54 @@ async fn a_refreshed_introspection_key_applies_without_a_config_change() {
 }
 
 #[tokio::test]
+async fn a_config_refused_for_a_missing_key_applies_when_the_key_arrives() {
+    let h = Harness::start().await;
+    let (pem, x) = introspection_key();
+    let active = std::sync::Arc::new(std::sync::Mutex::new(Some(true)));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let addr = introspection_server(x, active, hits.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.introspection = Some(
+        serde_json::from_value(json!({
+            "endpoint": format!("http://{addr}/introspect"),
+            "clientId": INTROSPECTION_CLIENT,
+            "privateKeyFile": key_file,
+            "sensitiveScopes": ["mcp:admin"],
+        }))
+        .unwrap(),
+    );
+    let path = dir.path().join("sidecar.json");
+    let watcher = h
+        .sidecar
+        .watch_file(path.clone(), Duration::from_millis(50));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, metrics) = h.admin("/metrics").await;
+    assert!(
+        metrics.contains("mcp_authz_sidecar_config_reloads_total{result=\"read\"} 1"),
+        "the key is not there yet: {metrics}"
+    );
+    std::fs::write(&key_file, pem).unwrap();
+    let admin = admin_token(&h, "t-late-key");
+    let mut checked = false;
+    for id in 1..41 {
+        assert_eq!(
+            h.post(Some(&admin), &call(id, "delete_user")).await.0,
+            StatusCode::OK
+        );
+        if *hits.lock().unwrap() > 0 {
+            checked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+    assert!(checked, "the config naming the key never applied");
+}
+
+#[tokio::test]
 async fn unusable_introspection_keys_refuse_the_config() {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use serde_json::json;
 use tokio::sync::watch;
@@ -289,25 +289,36 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
-    let servers: Api<AuthorizationServer> = Api::all(client.clone());
-    let controller = Controller::new(servers, watcher::Config::default());
-    let store = controller.store();
-    let all_servers = move || {
+/// Requeues for a change that concerns many objects: every object of the controller's store in
+/// `namespace`, or all of them for `None`.
+fn objects_in<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    move |namespace| {
         store
             .state()
             .iter()
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
-    let (a, b, c) = (all_servers.clone(), all_servers.clone(), all_servers);
-    let owned = || {
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            crate::naming::MANAGED_BY_LABEL,
-            crate::naming::MANAGED_BY
-        ))
-    };
+            .filter(|o| namespace.is_none() || o.namespace() == namespace)
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+}
+
+/// Watches only what the operator made (the owned-object watches of every controller).
+fn owned() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::naming::MANAGED_BY_LABEL,
+        crate::naming::MANAGED_BY
+    ))
+}
+
+async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
+    let servers: Api<AuthorizationServer> = Api::all(client.clone());
+    let controller = Controller::new(servers, watcher::Config::default());
+    let all = objects_in(controller.store());
+    let (a, b, c) = (all.clone(), all.clone(), all);
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Deployment>::all(client.clone()), owned())
@@ -317,17 +328,17 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
         .watches(
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
-            move |_| a(),
+            move |_| a(None),
         )
         .watches(
             Api::<MCPScope>::all(client.clone()),
             watcher::Config::default(),
-            move |_| b(),
+            move |_| b(None),
         )
         .watches(
             Api::<CIMDPolicy>::all(client.clone()),
             watcher::Config::default(),
-            move |_| c(),
+            move |_| c(None),
         )
         .run(
             reconcile::authorization_server::reconcile,
@@ -344,26 +355,19 @@ async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
         Api::<MCPScope>::all(client.clone()),
         watcher::Config::default(),
     );
-    let scope_store = scopes.store();
-    let all_scopes = move || {
-        scope_store
-            .state()
-            .iter()
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let all_scopes = objects_in(scopes.store());
     let (a, b) = (all_scopes.clone(), all_scopes);
     let scopes = scopes
         .watches(
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
-            move |_| a(),
+            move |_| a(None),
         )
         // A scope of a service's own namespace shadows one of its server's: both change.
         .watches(
             Api::<MCPScope>::all(client.clone()),
             watcher::Config::default(),
-            move |_| b(),
+            move |_| b(None),
         )
         .run(
             reconcile::usage::reconcile_scope,
@@ -375,25 +379,18 @@ async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
         Api::<CIMDPolicy>::all(client.clone()),
         watcher::Config::default(),
     );
-    let policy_store = policies.store();
-    let all_policies = move || {
-        policy_store
-            .state()
-            .iter()
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let all_policies = objects_in(policies.store());
     let (c, d) = (all_policies.clone(), all_policies);
     let policies = policies
         .watches(
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
-            move |_| c(),
+            move |_| c(None),
         )
         .watches(
             Api::<AuthorizationServer>::all(client.clone()),
             watcher::Config::default(),
-            move |_| d(),
+            move |_| d(None),
         )
         .run(
             reconcile::usage::reconcile_policy,
@@ -407,15 +404,7 @@ async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
 async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let services: Api<MCPService> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default());
-    let store = controller.store();
-    let in_namespace = move |ns: Option<String>| {
-        store
-            .state()
-            .iter()
-            .filter(|s| ns.is_none() || s.namespace() == ns)
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let in_namespace = objects_in(controller.store());
     let (a, b, c, d, e) = (
         in_namespace.clone(),
         in_namespace.clone(),
@@ -423,13 +412,6 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
         in_namespace.clone(),
         in_namespace,
     );
-    let owned = || {
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            crate::naming::MANAGED_BY_LABEL,
-            crate::naming::MANAGED_BY
-        ))
-    };
     let injected = watcher::Config::default().labels(&format!(
         "{}={}",
         crate::api::INJECT_LABEL,

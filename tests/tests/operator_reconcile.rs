@@ -215,6 +215,50 @@ async fn resources_converge_and_breakage_heals() {
             .ok()?
     })
     .await;
+    // A second service claiming the same resource URL gets no key, and says which service holds it.
+    let mut twin = cases::mcp_service();
+    twin["metadata"] = json!({"name": "files-twin", "namespace": ns});
+    twin["spec"]["selector"] = json!({"app": "files-twin"});
+    operator_support::create(&admin, &ns, &twin)
+        .await
+        .expect("MCPService files-twin");
+    let taken = eventually("files-twin CredentialsIssued=False", || async {
+        let svc = get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "MCPService",
+            "files-twin",
+        )
+        .await?;
+        condition(&svc, "CredentialsIssued").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (taken.1.as_str(), taken.2),
+        (
+            "ResourceURLTaken",
+            format!(
+                "MCPService {ns}/files already protects https://mcp.example.com/files with AuthorizationServer {ns}/auth; give this service its own resourceUrl"
+            )
+        )
+    );
+    assert!(
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get_opt("files-twin-mcp-authz-sidecar-credentials")
+            .await
+            .expect("get")
+            .is_none(),
+        "no key for the second claimant"
+    );
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files-twin", &DeleteParams::default())
+    .await
+    .expect("delete MCPService files-twin");
     let pem = |s: &Secret| {
         String::from_utf8(
             s.data.as_ref().expect("data")["introspection-key.pem"]

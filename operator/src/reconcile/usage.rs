@@ -347,6 +347,12 @@ mod tests {
             "ConfigMap ca with key ca.pem is not in namespace apps"
         );
 
+        let found = policy_conditions(&strict, &services, &[server("default")], Some(true));
+        assert_eq!(
+            (found[2].type_, found[2].status, found[2].message.as_str()),
+            ("CABundleFound", true, "ConfigMap ca holds ca.pem")
+        );
+
         let default = policy("mcp-authz", "default", false);
         let observed = policy_conditions(&default, &services, &[server("default")], None);
         assert_eq!(observed.len(), 2, "no bundle, no CABundleFound");

@@ -552,6 +552,52 @@ async fn form_request(
     Ok(request)
 }
 
+/// A sign-in refused before a session exists: counted, audited, and the login page again.
+struct LoginRefused<'a> {
+    metric: &'static str,
+    audit_reason: &'a str,
+    message: &'a str,
+    /// Overrides the login page's own status (401 for a page with a message).
+    status: Option<StatusCode>,
+}
+
+impl LoginRefused<'_> {
+    async fn respond(
+        &self,
+        state: &AppState,
+        snapshot: &Snapshot,
+        request: &AuthRequest,
+        client: &ClientView,
+        username: &str,
+    ) -> Response {
+        state.metrics.outcome("login", self.metric);
+        audit::record(
+            state.store.as_ref(),
+            Decision {
+                event: "login",
+                subject: Some(username),
+                client_id: Some(&request.client_id),
+                resource: Some(&request.resource),
+                outcome: "refused",
+                reason: self.audit_reason,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut page = pages::login_page(
+            &snapshot.config.issuer,
+            &request.id,
+            &request.csrf,
+            &client.name,
+            Some(self.message),
+        );
+        if let Some(status) = self.status {
+            *page.status_mut() = status;
+        }
+        page
+    }
+}
+
 /// POST `/login`.
 pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let snapshot = state.snapshot();
@@ -574,29 +620,15 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         {
             Ok(permit) => permit,
             Err(refusal) => {
-                state.metrics.outcome("login", refusal.metric_label());
-                audit::record(
-                    state.store.as_ref(),
-                    Decision {
-                        event: "login",
-                        subject: Some(&username),
-                        client_id: Some(&request.client_id),
-                        resource: Some(&request.resource),
-                        outcome: "refused",
-                        reason: refusal.metric_label(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-                let mut page = pages::login_page(
-                    &snapshot.config.issuer,
-                    &request.id,
-                    &request.csrf,
-                    &client.name,
-                    Some(&refusal.to_string()),
-                );
-                *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                return Ok(page);
+                let refused = LoginRefused {
+                    metric: refusal.metric_label(),
+                    audit_reason: refusal.metric_label(),
+                    message: &refusal.to_string(),
+                    status: Some(StatusCode::TOO_MANY_REQUESTS),
+                };
+                return Ok(refused
+                    .respond(&state, &snapshot, &request, &client, &username)
+                    .await);
             }
         };
         let user = snapshot.users.get(&username).cloned();
@@ -615,27 +647,15 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             {
                 tracing::warn!(error = %e, "a failed sign-in could not be counted");
             }
-            state.metrics.outcome("login", "wrong_credentials");
-            audit::record(
-                state.store.as_ref(),
-                Decision {
-                    event: "login",
-                    subject: Some(&username),
-                    client_id: Some(&request.client_id),
-                    resource: Some(&request.resource),
-                    outcome: "refused",
-                    reason: "wrong username or password",
-                    ..Default::default()
-                },
-            )
-            .await;
-            return Ok(pages::login_page(
-                &snapshot.config.issuer,
-                &request.id,
-                &request.csrf,
-                &client.name,
-                Some("Wrong username or password."),
-            ));
+            let refused = LoginRefused {
+                metric: "wrong_credentials",
+                audit_reason: "wrong username or password",
+                message: "Wrong username or password.",
+                status: None,
+            };
+            return Ok(refused
+                .respond(&state, &snapshot, &request, &client, &username)
+                .await);
         };
         state
             .login_guard

@@ -732,6 +732,23 @@ async fn resource_servers_introspect_only_their_own_resource() {
         body["error_description"],
         "client_assertion jti \"1\" was already used"
     );
+    // Nor may it start an authorization: it has no redirect URI, so nothing is redirected anywhere.
+    let rs_id = mcp_authz_authserver::resource_servers::client_id(RESOURCE);
+    let r = s
+        .http
+        .get(s.url(&authorize_query(&rs_id, REDIRECT, "files:read", "x")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none(), "never redirected");
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains(&format!(
+            "redirect_uri &quot;{REDIRECT}&quot; is not registered for this client"
+        )),
+        "{page}"
+    );
     // A resource server has no grant of its own.
     let (status, body) = client_credentials(
         &s,

@@ -31,6 +31,9 @@ pub enum IntrospectionError {
     /// The answer is not RFC 7662 JSON.
     #[error("introspection answer is not valid: {0}")]
     Answer(String),
+    /// The client assertion could not be made.
+    #[error("signing the client assertion failed: {0}")]
+    Sign(String),
 }
 
 impl IntrospectionError {
@@ -39,6 +42,7 @@ impl IntrospectionError {
         match self {
             Self::Fetch(_) => "introspection_unavailable",
             Self::Answer(_) => "introspection_invalid",
+            Self::Sign(_) => "introspection_signing",
         }
     }
 }
@@ -129,13 +133,13 @@ impl Introspector {
     }
 
     /// A fresh RFC 7523 client assertion.
-    fn assertion(&self) -> Result<String, jsonwebtoken::errors::Error> {
+    fn assertion(&self) -> Result<String, IntrospectionError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti)
-            .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+            .map_err(|_| IntrospectionError::Sign("no randomness for the jti".into()))?;
         let claims = serde_json::json!({
             "iss": self.client_id,
             "sub": self.client_id,
@@ -145,6 +149,7 @@ impl Introspector {
             "jti": URL_SAFE_NO_PAD.encode(jti),
         });
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
+            .map_err(|e| IntrospectionError::Sign(e.to_string()))
     }
 
     /// Whether the issuer still considers the token active.
@@ -160,9 +165,7 @@ impl Introspector {
         {
             return Ok(*active);
         }
-        let assertion = self.assertion().map_err(|e| {
-            IntrospectionError::Answer(format!("signing the client assertion: {e}"))
-        })?;
+        let assertion = self.assertion()?;
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token)
             .append_pair("token_type_hint", "access_token")

@@ -15,6 +15,7 @@ pub mod challenge;
 pub mod config;
 pub mod fetch;
 pub mod filter;
+pub mod http1;
 pub mod identity;
 pub mod introspect;
 pub mod jsonrpc;

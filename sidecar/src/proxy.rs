@@ -16,10 +16,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -28,6 +24,8 @@ use crate::challenge::{ChallengeContext, Refusal};
 use crate::config::{ConfigError, SidecarConfig};
 use crate::fetch::Fetcher;
 use crate::filter::{BoxError, ListFilter, ListMatcher, ProxyStream, filter_json_body};
+use crate::http1::body::WireBody;
+use crate::http1::client::UpstreamClient;
 use crate::introspect::Introspector;
 use crate::jsonrpc::{self, Classified, Message};
 use crate::jwks::{JwksCache, Lookup};
@@ -60,6 +58,8 @@ pub struct Runtime {
     /// What challenges say.
     pub challenge: ChallengeContext,
     upstream: Uri,
+    /// `host:port` of the upstream.
+    upstream_authority: String,
     identity_headers: [HeaderName; 3],
 }
 
@@ -79,6 +79,10 @@ impl Runtime {
             .upstream
             .parse()
             .map_err(|_| ConfigError::Invalid("upstream URL".into()))?;
+        let upstream_authority = match (upstream.host(), upstream.port_u16()) {
+            (Some(host), port) => format!("{host}:{}", port.unwrap_or(80)),
+            (None, _) => return Err(ConfigError::Invalid("upstream URL".into())),
+        };
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::Invalid(format!("header {name}")))
@@ -101,6 +105,7 @@ impl Runtime {
             metadata,
             challenge,
             upstream,
+            upstream_authority,
             identity_headers,
             config,
         })
@@ -112,7 +117,7 @@ impl Runtime {
 pub struct Proxy {
     runtime: watch::Receiver<Arc<Runtime>>,
     jwks: JwksCache,
-    client: Client<HttpConnector, ProxyBody>,
+    client: UpstreamClient,
     metrics: Metrics,
 }
 
@@ -125,16 +130,10 @@ struct Outcome {
 impl Proxy {
     /// A proxy reading its config from `runtime` (which reload updates) and keys from `jwks`.
     pub fn new(runtime: watch::Receiver<Arc<Runtime>>, jwks: JwksCache, metrics: Metrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Self {
             runtime,
             jwks,
-            client,
+            client: UpstreamClient::new(),
             metrics,
         }
     }
@@ -142,7 +141,7 @@ impl Proxy {
     /// Handles one request from a client at `peer`.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<WireBody>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let runtime = self.runtime.borrow().clone();
@@ -157,7 +156,7 @@ impl Proxy {
     async fn decide_and_forward(
         &self,
         rt: &Runtime,
-        request: Request<Incoming>,
+        request: Request<WireBody>,
         peer: SocketAddr,
     ) -> (Response<ProxyBody>, Outcome) {
         let path = request.uri().path();
@@ -304,10 +303,7 @@ impl Proxy {
             }
             let lists = classified.list_requests();
             let matcher = (!lists.is_empty()).then_some(ListMatcher::ById(lists));
-            (
-                Full::new(bytes).map_err(|never| match never {}).boxed(),
-                matcher,
-            )
+            (bytes, matcher)
         } else {
             use hyper::body::Body as _;
             if !body.is_end_stream() {
@@ -324,10 +320,7 @@ impl Proxy {
                 );
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::ByShape);
-            let empty = Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed();
-            (empty, matcher)
+            (Bytes::new(), matcher)
         };
 
         let upstream_request =
@@ -345,7 +338,11 @@ impl Proxy {
                 }
             };
         let started = Instant::now();
-        let response = match self.client.request(upstream_request).await {
+        let response = match self
+            .client
+            .send(&rt.upstream_authority, upstream_request)
+            .await
+        {
             Ok(r) => r,
             Err(error) => {
                 self.metrics
@@ -382,13 +379,11 @@ impl Proxy {
     async fn forward_preflight(
         &self,
         rt: &Runtime,
-        request: Request<Incoming>,
+        request: Request<WireBody>,
         peer: SocketAddr,
     ) -> (Response<ProxyBody>, Outcome) {
         let (parts, _body) = request.into_parts();
-        let empty = Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed();
+        let empty = Bytes::new();
         let outcome = |reason| Outcome {
             decision: "public",
             reason,
@@ -399,7 +394,11 @@ impl Proxy {
                 outcome("preflight"),
             );
         };
-        match self.client.request(upstream_request).await {
+        match self
+            .client
+            .send(&rt.upstream_authority, upstream_request)
+            .await
+        {
             Ok(response) => (
                 self.relay_response(rt, response, None).await,
                 outcome("preflight"),
@@ -440,7 +439,7 @@ impl Proxy {
     async fn relay_response(
         &self,
         rt: &Runtime,
-        response: Response<Incoming>,
+        response: Response<WireBody>,
         filter: Option<ListFilter>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
@@ -607,7 +606,7 @@ fn token_refusal(error: &TokenError) -> Refusal {
 async fn read_body(
     rt: &Runtime,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: WireBody,
 ) -> Result<Bytes, (StatusCode, &'static str)> {
     let max = rt.config.limits.max_body_bytes;
     let declared = headers
@@ -654,10 +653,10 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
-    body: ProxyBody,
+    body: Bytes,
     identity: Option<&Identity>,
     peer: SocketAddr,
-) -> Result<Request<ProxyBody>, &'static str> {
+) -> Result<Request<Bytes>, &'static str> {
     let path_and_query = parts
         .uri
         .path_and_query()

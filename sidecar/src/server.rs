@@ -1,27 +1,20 @@
 //! Wiring: the proxy and admin listeners, config reload, graceful shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admin;
 use crate::config::{ConfigError, SidecarConfig};
 use crate::fetch::Fetcher;
+use crate::http1::{self, server::Settings};
 use crate::jwks::{JwksCache, JwksSource};
 use crate::metrics::{Metrics, StreamGuard};
 use crate::proxy::{Proxy, Runtime};
-
-/// Largest request head (request line and headers) a client may send.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +232,6 @@ async fn serve_proxy(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let max_connections = runtime.borrow().config.limits.max_connections.get();
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
@@ -273,35 +265,31 @@ async fn serve_proxy(
         };
         let open = StreamGuard::open(&metrics.connections_open);
         let _ = stream.set_nodelay(true);
-        let header_timeout =
-            Duration::from_millis(runtime.borrow().config.limits.header_timeout_ms);
+        let settings = Settings {
+            header_timeout: Duration::from_millis(runtime.borrow().config.limits.header_timeout_ms),
+        };
         let proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            // hyper keeps a slot the size of this future for the whole life of the connection; boxed, the
-            // request's large state machine lives only while the request is being decided.
-            let handled = Box::pin(async move { proxy.handle(request, peer).await });
-            async move { Ok::<_, Infallible>(handled.await) }
-        });
-        // HTTP/1.1 only: MCP Streamable HTTP clients speak HTTP/1.1 to the pod port (TLS, and with it ALPN
-        // for h2, ends before the pod), and one protocol keeps the per-connection state small.
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let requests = metrics.requests.clone();
+        let connection_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
+            let handle = |request| {
+                let proxy = proxy.clone();
+                // Boxed: the decision's large state machine lives only while a request is being decided,
+                // not for the whole life of a connection that then holds a quiet stream.
+                Box::pin(async move { proxy.handle(request, peer).await })
+            };
+            let refused =
+                |reason: &'static str| requests.with_label_values(&["deny", reason]).inc();
+            http1::server::serve(stream, settings, connection_shutdown, handle, refused).await;
             drop((open, slot));
         });
     }
     drop(listener);
     let grace = Duration::from_millis(runtime.borrow().config.limits.shutdown_grace_ms);
     tracing::info!(?grace, "shutting down: draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every connection holds a slot until it ends: having them all back means every connection is done.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
         .await
         .is_err()
     {

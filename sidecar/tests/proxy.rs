@@ -1180,6 +1180,7 @@ async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
     for _ in 0..2 {
         let (mut sender, task) = own_connection(addr).await;
         let request = Request::get(&url)
+            .header("host", addr.to_string())
             .header("authorization", format!("Bearer {token}"))
             .header("accept", "text/event-stream")
             .body(body(Bytes::new()))
@@ -1195,7 +1196,12 @@ async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
     let (mut waiting, _task) = own_connection(addr).await;
     let answer = tokio::spawn(async move {
         let response = waiting
-            .send_request(post_request(&url, Some(&token), &call(3, "get_user")))
+            .send_request({
+                let mut request = post_request(&url, Some(&token), &call(3, "get_user"));
+                let host = http::HeaderValue::from_str(&addr.to_string()).unwrap();
+                request.headers_mut().insert("host", host);
+                request
+            })
             .await
             .unwrap();
         collect(response).await.0

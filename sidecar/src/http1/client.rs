@@ -1,0 +1,274 @@
+//! The upstream side: HTTP/1.1 to the MCP server next door. Connections are kept for the next request
+//! while the server keeps them open; a response body is read straight into what the client is sent.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header};
+use tokio::net::TcpStream;
+
+use super::body::{Finish, WireBody};
+use super::head::{self, HeadError};
+use super::write::write_all;
+
+/// Idle connections kept for reuse, and for how long.
+const MAX_IDLE: usize = 64;
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Largest response head accepted from the upstream.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the upstream gave no usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        /// Where.
+        authority: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection failed while sending or waiting.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before a complete response head.
+    #[error("the connection closed before a response")]
+    Closed,
+    /// The response head was not acceptable HTTP/1.1.
+    #[error("bad response head: {0}")]
+    Head(#[from] HeadError),
+}
+
+struct Idle {
+    authority: Arc<str>,
+    stream: Arc<TcpStream>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used live connection to `authority`.
+    fn take(&self, authority: &str) -> Option<Arc<TcpStream>> {
+        let mut idle = self.lock();
+        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
+        while let Some(pos) = idle.iter().rposition(|i| &*i.authority == authority) {
+            let candidate = idle.swap_remove(pos).stream;
+            // Readable while idle means the server closed it (or sent junk): either way it is spent.
+            let mut probe = [0u8; 1];
+            if matches!(candidate.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+}
+
+/// Hands a connection back to the pool once its response has been read whole.
+pub struct Release {
+    pool: Arc<Pool>,
+    authority: Arc<str>,
+}
+
+impl Release {
+    /// Keeps `stream` for the next request to the same upstream.
+    pub fn reuse(self, stream: Arc<TcpStream>) {
+        let mut idle = self.pool.lock();
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            authority: self.authority,
+            stream,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Sends requests to the upstream.
+#[derive(Clone, Default)]
+pub struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+enum Attempt {
+    /// Nothing came back on a reused connection: the server had closed it, so the request was not handled.
+    Unanswered,
+    Failed(UpstreamError),
+}
+
+impl UpstreamClient {
+    /// A client with an empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends `request` to `authority` (`host:port`) and returns the response once its head has arrived.
+    ///
+    /// A request is sent again on a fresh connection only when a reused one closed without a byte of answer,
+    /// the race of a server closing an idle connection as the request is written. It had not been handled.
+    pub async fn send(
+        &self,
+        authority: &str,
+        request: Request<Bytes>,
+    ) -> Result<Response<WireBody>, UpstreamError> {
+        let head = encode_request(&request);
+        let body = request.body();
+        while let Some(stream) = self.pool.take(authority) {
+            match self.exchange(authority, stream, &head, body).await {
+                Ok(response) => return Ok(response),
+                Err(Attempt::Unanswered) => continue,
+                Err(Attempt::Failed(error)) => return Err(error),
+            }
+        }
+        let stream = connect(authority).await?;
+        match self
+            .exchange(authority, Arc::new(stream), &head, body)
+            .await
+        {
+            Ok(response) => Ok(response),
+            Err(Attempt::Unanswered) => Err(UpstreamError::Closed),
+            Err(Attempt::Failed(error)) => Err(error),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        authority: &str,
+        stream: Arc<TcpStream>,
+        head: &[u8],
+        body: &Bytes,
+    ) -> Result<Response<WireBody>, Attempt> {
+        if write_all(&stream, &mut [head, body]).await.is_err() {
+            return Err(Attempt::Unanswered);
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            stream
+                .readable()
+                .await
+                .map_err(|e| Attempt::Failed(e.into()))?;
+            buf.reserve(8 * 1024);
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) if buf.is_empty() => return Err(Attempt::Unanswered),
+                Ok(0) => return Err(Attempt::Failed(UpstreamError::Closed)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Attempt::Failed(e.into())),
+            }
+            // Interim responses (100, 103) carry nothing to pass on; the final one follows.
+            while let Some((len, head)) =
+                head::parse_response(&buf).map_err(|e| Attempt::Failed(e.into()))?
+            {
+                let _ = buf.split_to(len);
+                if !head.parts.status.is_informational() {
+                    return Ok(self.response(authority, stream, head, buf));
+                }
+                if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(Attempt::Failed(
+                        HeadError::Malformed("unrequested upgrade").into(),
+                    ));
+                }
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Attempt::Failed(HeadError::TooLarge.into()));
+            }
+        }
+    }
+
+    fn response(
+        &self,
+        authority: &str,
+        stream: Arc<TcpStream>,
+        head: head::ResponseHead,
+        rest: BytesMut,
+    ) -> Response<WireBody> {
+        let finish = if head.reusable {
+            Finish::Pool(Release {
+                pool: self.pool.clone(),
+                authority: authority.into(),
+            })
+        } else {
+            Finish::Close
+        };
+        let rest = if rest.is_empty() {
+            BytesMut::new()
+        } else {
+            rest
+        };
+        let body = WireBody::new(stream, head.framing, rest, finish);
+        Response::from_parts(head.parts, body)
+    }
+}
+
+async fn connect(authority: &str) -> Result<TcpStream, UpstreamError> {
+    let failed = |source| UpstreamError::Connect {
+        authority: authority.to_owned(),
+        source,
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| failed(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(failed)?;
+    stream.set_nodelay(true).map_err(failed)?;
+    Ok(stream)
+}
+
+/// The request line and fields; the body's length is ours to state, never the client's.
+fn encode_request(request: &Request<Bytes>) -> Vec<u8> {
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !request.body().is_empty() || request.method() == http::Method::POST {
+        out.extend_from_slice(format!("content-length: {}\r\n", request.body().len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_states_its_own_length_and_nothing_else_frames_it() {
+        let request = Request::post("http://u/mcp?x=1")
+            .header("host", "u")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .body(Bytes::from_static(b"{}"))
+            .unwrap();
+        let text = String::from_utf8(encode_request(&request)).unwrap();
+        assert_eq!(
+            text,
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: u\r\ncontent-length: 2\r\n\r\n"
+        );
+        let get = Request::get("http://u/mcp").body(Bytes::new()).unwrap();
+        assert_eq!(
+            String::from_utf8(encode_request(&get)).unwrap(),
+            "GET /mcp HTTP/1.1\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! The client side: one task per connection reads a request head, hands the request to the proxy, and
+//! writes the answer, then waits for the next request on the same connection.
+//!
+//! Nothing is buffered while a connection waits: not between requests, and not while a stream is open and
+//! quiet. That is what lets one sidecar hold thousands of open MCP streams in little memory.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http::header;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::body::{Finish, Handoff, Leftover, WireBody};
+use super::chunked::{CHUNK_END, LAST_CHUNK, chunk_header};
+use super::head::{self, HeadError, RequestHead};
+use super::write::write_all;
+use crate::proxy::ProxyBody;
+
+/// Largest request head (request line and fields); tokens of several KiB ride in it.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a kept-alive connection may sit between requests.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// An unread request body (a refused upload) is read past up to this much to keep the connection.
+const MAX_DRAIN: u64 = 1024 * 1024;
+/// After the last response on a connection, how long unread input is discarded before closing, so that
+/// the kernel does not reset the connection and take the response with it.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Per-connection settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Time allowed for a request head, from its first byte (or from accept, for the first request).
+    pub header_timeout: Duration,
+}
+
+/// What happened to a head the client sent.
+// Only ever returned, never stored, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Request(RequestHead),
+    /// The client closed, idled out, or the server is shutting down: close quietly.
+    Close,
+    /// Refused: answer with this error and close.
+    Refused(HeadError),
+    /// Part of a head, then silence past the time limit.
+    TimedOut,
+}
+
+/// Serves one client connection until either side ends it. `handle` decides each request; `refused`
+/// is told about heads refused before they reached it.
+pub async fn serve<H, F>(
+    stream: TcpStream,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+    handle: H,
+    refused: impl Fn(&'static str),
+) where
+    H: Fn(Request<WireBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let stream = Arc::new(stream);
+    let mut inbound = BytesMut::new();
+    let mut first = true;
+    loop {
+        let head = read_head(&stream, &mut inbound, &settings, first, &mut shutdown).await;
+        first = false;
+        let head = match head {
+            Head::Request(head) => head,
+            Head::Close => break,
+            Head::Refused(error) => {
+                refused(error.metric_label());
+                let body =
+                    format!("{{\"error\":\"bad_request\",\"error_description\":\"{error}\"}}");
+                let _ = write_plain(&stream, error.status(), &body).await;
+                break;
+            }
+            Head::TimedOut => {
+                refused("head_timeout");
+                let _ = write_plain(
+                    &stream,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "{\"error\":\"head_timeout\"}",
+                )
+                .await;
+                break;
+            }
+        };
+        let RequestHead {
+            parts,
+            framing,
+            close,
+            expect_continue,
+        } = head;
+        let version = parts.version;
+        let head_only = parts.method == http::Method::HEAD;
+        let handoff: Handoff = Arc::new(Mutex::new(None));
+        let body = if framing == head::Framing::Empty {
+            WireBody::new(stream.clone(), framing, BytesMut::new(), Finish::Close)
+        } else {
+            let first_bytes = std::mem::take(&mut inbound);
+            WireBody::new(
+                stream.clone(),
+                framing,
+                first_bytes,
+                Finish::Return(handoff.clone()),
+            )
+            .with_continue(expect_continue)
+        };
+        let response = handle(Request::from_parts(parts, body)).await;
+        let leftover = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut unread = None;
+        match leftover {
+            None => {}
+            Some(Leftover::Done(rest)) => inbound = rest,
+            Some(Leftover::Unread(body)) => unread = Some(body),
+        }
+        let keep =
+            !close && !*shutdown.borrow() && unread.as_ref().is_none_or(|b| !b.awaits_continue());
+        let keep =
+            match write_response(&stream, response, version, head_only, keep, &mut inbound).await {
+                Ok(keep) => keep,
+                Err(error) => {
+                    tracing::debug!(%error, "connection ended while answering");
+                    return;
+                }
+            };
+        if !keep {
+            break;
+        }
+        if let Some(body) = unread {
+            match drain(body, &handoff, settings.header_timeout).await {
+                Some(rest) => inbound = rest,
+                None => break,
+            }
+        }
+    }
+    // Boxed: its read buffer would otherwise sit in every connection's state for the connection's life.
+    Box::pin(linger(stream)).await;
+}
+
+/// Reads until `inbound` holds a whole head, within the time limits.
+async fn read_head(
+    stream: &TcpStream,
+    inbound: &mut BytesMut,
+    settings: &Settings,
+    first: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Head {
+    let mut deadline =
+        (first || !inbound.is_empty()).then(|| Instant::now() + settings.header_timeout);
+    let idle_until = Instant::now() + KEEP_ALIVE_IDLE;
+    loop {
+        if !inbound.is_empty() {
+            match head::parse_request(inbound) {
+                Ok(Some((len, head))) => {
+                    let _ = inbound.split_to(len);
+                    if inbound.is_empty() {
+                        *inbound = BytesMut::new();
+                    }
+                    return Head::Request(head);
+                }
+                Ok(None) if inbound.len() >= MAX_HEAD_BYTES => {
+                    return Head::Refused(HeadError::TooLarge);
+                }
+                Ok(None) => {}
+                Err(error) => return Head::Refused(error),
+            }
+        }
+        let waiting_for = deadline.unwrap_or(idle_until);
+        let ready = tokio::select! {
+            ready = stream.readable() => ready,
+            _ = tokio::time::sleep_until(waiting_for) => {
+                return if inbound.is_empty() { Head::Close } else { Head::TimedOut };
+            }
+            // Between requests a connection is closed at once on shutdown; a head in progress is finished.
+            _ = shutdown.changed(), if inbound.is_empty() => return Head::Close,
+        };
+        if ready.is_err() {
+            return Head::Close;
+        }
+        inbound.reserve(4096);
+        match stream.try_read_buf(inbound) {
+            Ok(0) => return Head::Close,
+            Ok(_) => {
+                deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if inbound.is_empty() {
+                    *inbound = BytesMut::new();
+                }
+            }
+            Err(_) => return Head::Close,
+        }
+    }
+}
+
+/// Writes the answer; returns whether the connection may carry another request.
+async fn write_response(
+    stream: &TcpStream,
+    response: Response<ProxyBody>,
+    version: Version,
+    head_only: bool,
+    mut keep: bool,
+    inbound: &mut BytesMut,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let no_body_allowed = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = hyper::body::Body::size_hint(&body).exact();
+    let chunked = !no_body_allowed && !head_only && length.is_none() && version == Version::HTTP_11;
+    if !no_body_allowed && length.is_none() && !chunked {
+        // HTTP/1.0 without a length: the end of the body is the end of the connection.
+        keep = false;
+    }
+
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        // Framing and connection fields are this hop's own.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        field(&mut out, name.as_str(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        field(
+            &mut out,
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+        );
+    }
+    if !no_body_allowed {
+        match length {
+            Some(n) => field(&mut out, "content-length", n.to_string().as_bytes()),
+            None if chunked => field(&mut out, "transfer-encoding", b"chunked"),
+            None => {}
+        }
+    }
+    if !keep {
+        field(&mut out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body_allowed || head_only {
+        write_all(stream, &mut [&out]).await?;
+        return Ok(keep);
+    }
+
+    // A body that is ready now (a whole JSON answer) leaves in the same write as the head; a stream's head
+    // leaves at once, so the client learns the stream is open before its first event.
+    let mut head = Some(out);
+    let mut first = body.frame().now_or_never();
+    if first.is_none() {
+        let out = head.take().unwrap_or_default();
+        write_all(stream, &mut [&out]).await?;
+    }
+    let mut sent: u64 = 0;
+    loop {
+        let frame = match first.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                error = client_gone(stream, inbound) => return Err(error),
+            },
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+            Some(Err(error)) => {
+                // Cut the connection rather than end the body cleanly: the client must see it was truncated.
+                return Err(std::io::Error::other(format!(
+                    "upstream body failed: {error}"
+                )));
+            }
+        };
+        sent += data.len() as u64;
+        if length.is_some_and(|n| sent > n) {
+            return Err(std::io::Error::other("body longer than its stated length"));
+        }
+        let head = head.take().unwrap_or_default();
+        if chunked {
+            let size = chunk_header(data.len());
+            write_all(stream, &mut [&head, &size, &data, CHUNK_END]).await?;
+        } else {
+            write_all(stream, &mut [&head, &data]).await?;
+        }
+    }
+    if length.is_some_and(|n| sent != n) {
+        return Err(std::io::Error::other("body shorter than its stated length"));
+    }
+    let head = head.take().unwrap_or_default();
+    let end: &[u8] = if chunked { LAST_CHUNK } else { b"" };
+    write_all(stream, &mut [&head, end]).await?;
+    Ok(keep)
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Resolves when the client has gone (closed or reset) while its answer is pending. Bytes it sends
+/// meanwhile (a pipelined request) are kept in `inbound`, up to one head's worth.
+async fn client_gone(stream: &TcpStream, inbound: &mut BytesMut) -> std::io::Error {
+    loop {
+        if inbound.len() >= MAX_HEAD_BYTES {
+            // Enough is waiting; stop reading and let TCP push back on the client.
+            return std::future::pending().await;
+        }
+        if let Err(error) = stream.readable().await {
+            return error;
+        }
+        inbound.reserve(1024);
+        match stream.try_read_buf(inbound) {
+            Ok(0) => return std::io::ErrorKind::UnexpectedEof.into(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if inbound.is_empty() {
+                    *inbound = BytesMut::new();
+                }
+            }
+            Err(error) => return error,
+        }
+    }
+}
+
+/// Reads past the rest of a request body the proxy did not need, so the connection can carry on.
+async fn drain(mut body: WireBody, handoff: &Handoff, limit: Duration) -> Option<BytesMut> {
+    let mut read: u64 = 0;
+    let drained = tokio::time::timeout(limit, async {
+        while let Some(frame) = body.frame().await {
+            read += frame.ok()?.data_ref().map_or(0, Bytes::len) as u64;
+            if read > MAX_DRAIN {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    drop(body);
+    let leftover = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (drained, leftover) {
+        (Ok(Some(())), Some(Leftover::Done(rest))) => Some(rest),
+        _ => None,
+    }
+}
+
+/// Answers a head that never reached the proxy.
+async fn write_plain(stream: &TcpStream, status: StatusCode, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    write_all(stream, &mut [head.as_bytes(), body.as_bytes()]).await
+}
+
+/// Closes the connection after its last response: the write side first, then whatever the client still
+/// sends is read and dropped for a moment, so unread input does not turn the close into a reset.
+async fn linger(stream: Arc<TcpStream>) {
+    let Ok(mut stream) = Arc::try_unwrap(stream) else {
+        return;
+    };
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut scratch = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut scratch).await {
+            total += n;
+            if n == 0 || total > 256 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}

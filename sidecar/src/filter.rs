@@ -218,6 +218,10 @@ where
         loop {
             if let Some((len, sep)) = event_boundary(&state.buf) {
                 let event = state.buf.split_to(len + sep).freeze();
+                if state.buf.is_empty() {
+                    // Between events a quiet stream keeps no buffer.
+                    state.buf = BytesMut::new();
+                }
                 let out = match state.filter.filter_event(&event[..len]) {
                     Some(rewritten) => {
                         let mut joined = BytesMut::from(&rewritten[..]);

@@ -41,8 +41,11 @@ enum Remaining {
 pub enum Finish {
     /// Nobody: the connection closes when the body is dropped.
     Close,
-    /// A slot the serving loop reads after the request, to carry on with the next one.
+    /// A slot the serving loop reads after the request, to carry on with the next one; a body dropped
+    /// before its end is handed over there too.
     Return(Handoff),
+    /// Like `Return`, for the rest of a body the serving loop reads past: dropped early, it is just dropped.
+    Drain(Handoff),
     /// The upstream pool, if the connection may carry another request.
     Pool(super::client::Release),
 }
@@ -103,7 +106,7 @@ impl WireBody {
         self.remaining = Remaining::Done;
         let buf = std::mem::take(&mut self.buf);
         match self.finish.take() {
-            Some(Finish::Return(slot)) => put(&slot, Leftover::Done(buf)),
+            Some(Finish::Return(slot) | Finish::Drain(slot)) => put(&slot, Leftover::Done(buf)),
             Some(Finish::Pool(release)) if buf.is_empty() => release.reuse(self.stream.clone()),
             _ => {}
         }
@@ -231,7 +234,7 @@ impl Drop for WireBody {
                 stream: self.stream.clone(),
                 buf: std::mem::take(&mut self.buf),
                 remaining: std::mem::replace(&mut self.remaining, Remaining::Done),
-                finish: Some(Finish::Return(slot.clone())),
+                finish: Some(Finish::Drain(slot.clone())),
                 continue_pending: self.continue_pending,
             };
             put(slot, Leftover::Unread(rest));

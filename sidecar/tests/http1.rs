@@ -1,0 +1,554 @@
+//! The proxy's own HTTP/1.1 over real sockets: hostile framing is refused before the upstream, bodies in
+//! every framing arrive whole, connections are kept (or closed) as they should be, and upstream answers in
+//! every framing reach the client.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mcp_authz_sidecar::server::Sidecar;
+use mcp_authz_sidecar::testing::TestKey;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct Wire {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Wire {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads exactly one response (Content-Length, chunked, or to the end of the connection).
+async fn read_response(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Wire {
+    let head_end = loop {
+        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        fill(socket, pending).await.expect("a response head");
+    };
+    let head = String::from_utf8(pending.drain(..head_end).collect()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let mut wire = Wire {
+        status,
+        head,
+        body: String::new(),
+    };
+    if let Some(length) = wire.header("content-length") {
+        let length: usize = length.parse().unwrap();
+        while pending.len() < length {
+            fill(socket, pending).await.expect("the whole body");
+        }
+        wire.body = String::from_utf8(pending.drain(..length).collect()).unwrap();
+    } else if wire.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                fill(socket, pending).await.expect("a chunk size");
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&pending[..line_end]).unwrap(), 16)
+                    .unwrap();
+            while pending.len() < line_end + 2 + size + 2 {
+                fill(socket, pending).await.expect("a chunk");
+            }
+            let chunk: Vec<u8> = pending.drain(..line_end + 2 + size + 2).collect();
+            if size == 0 {
+                break;
+            }
+            wire.body
+                .push_str(std::str::from_utf8(&chunk[line_end + 2..line_end + 2 + size]).unwrap());
+        }
+    } else if wire.status != 204 && wire.status != 100 {
+        while fill(socket, pending).await.is_some() {}
+        wire.body = String::from_utf8(std::mem::take(pending)).unwrap();
+    }
+    wire
+}
+
+/// Reads more into `pending`; `None` at the end of the connection.
+async fn fill(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+        .await
+        .expect("the sidecar answers within 5 s")
+        .ok()?;
+    (n > 0).then(|| pending.extend_from_slice(&buf[..n]))
+}
+
+/// Whether the sidecar closed the connection (EOF, or a reset).
+async fn closed(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn connect(h: &Harness) -> TcpStream {
+    TcpStream::connect(h.sidecar.proxy_addr).await.unwrap()
+}
+
+fn authorized_post(token: &str, body: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.example.com\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn heads_with_ambiguous_or_unsupported_framing_are_refused_before_the_upstream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let big = "a".repeat(70 * 1024);
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        (
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            "ambiguous message framing: both Content-Length and Transfer-Encoding",
+            "ambiguous_framing",
+        ),
+        (
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+            ),
+            400,
+            "ambiguous message framing: more than one Content-Length",
+            "ambiguous_framing",
+        ),
+        (
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            ),
+            501,
+            "only the chunked transfer coding is supported",
+            "transfer_coding",
+        ),
+        (
+            "GET /mcp HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n".to_owned(),
+            400,
+            "malformed request head: an HTTP/1.1 request needs exactly one Host",
+            "malformed_head",
+        ),
+        (
+            "GET /mcp HTTP/2.0\r\nHost: a\r\n\r\n".to_owned(),
+            505,
+            "only HTTP/1.0 and HTTP/1.1 are served here",
+            "http_version",
+        ),
+        (
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}"
+                .to_owned(),
+            417,
+            "only the 100-continue expectation is supported",
+            "expectation",
+        ),
+        (
+            format!("GET /mcp HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+            431,
+            "request head too large",
+            "head_too_large",
+        ),
+    ];
+    for (request, status, description, label) in cases {
+        let mut socket = connect(&h).await;
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut socket, &mut Vec::new()).await;
+        assert_eq!(response.status, status, "{request:.80}");
+        assert_eq!(
+            response.body,
+            format!("{{\"error\":\"bad_request\",\"error_description\":\"{description}\"}}"),
+        );
+        assert_eq!(response.header("connection"), Some("close"));
+        assert!(closed(&mut socket).await, "{request:.80}");
+        let metrics = h.admin("/metrics").await.2;
+        assert!(
+            metrics.contains(&format!(
+                "mcp_authz_sidecar_requests_total{{decision=\"deny\",reason=\"{label}\"}}"
+            )),
+            "{label}"
+        );
+    }
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_reaches_the_upstream_with_its_own_length() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let body = call(1, "get_user");
+    let (a, b) = body.split_at(10);
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let mut socket = connect(&h).await;
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = h.upstream.seen();
+    assert_eq!(seen[0].body, body.as_bytes());
+    assert_eq!(
+        seen[0].headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert!(seen[0].headers.get("transfer-encoding").is_none());
+    assert!(seen[0].headers.get("x-trailer").is_none());
+    assert!(response.header("date").is_some());
+}
+
+#[tokio::test]
+async fn a_bad_chunk_fails_the_body_and_nothing_reaches_the_upstream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    );
+    let mut socket = connect(&h).await;
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.body, "{\"error\":\"body_read_error\"}");
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let body = call(1, "get_user");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nExpect: 100-continue\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut socket = connect(&h).await;
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let interim = read_response(&mut socket, &mut pending).await;
+    assert_eq!(interim.head, "HTTP/1.1 100 Continue\r\n\r\n");
+    socket.write_all(body.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut pending).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(h.upstream.seen()[0].body, body.as_bytes());
+
+    // Refused before the body was asked for: the client never sends it, so the connection is closed.
+    let mut socket = connect(&h).await;
+    let head =
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(closed(&mut socket).await);
+}
+
+#[tokio::test]
+async fn a_refused_upload_is_read_past_and_the_connection_carries_on() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = connect(&h).await;
+    // No token: 401 before the body is read; the body is then read past, not taken for the next request.
+    let refused = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\n\r\n{}",
+        "G".repeat(40)
+    );
+    socket.write_all(refused.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let response = read_response(&mut socket, &mut pending).await;
+    assert_eq!(response.status, 401);
+    assert!(response.header("connection").is_none());
+    socket
+        .write_all(authorized_post(&token, &call(2, "get_user")).as_bytes())
+        .await
+        .unwrap();
+    let response = read_response(&mut socket, &mut pending).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(h.upstream_posts(), 1);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let both = format!(
+        "{}{}",
+        authorized_post(&token, &call(1, "get_user")),
+        authorized_post(&token, &call(2, "get_group"))
+    );
+    let mut socket = connect(&h).await;
+    socket.write_all(both.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let first = read_response(&mut socket, &mut pending).await;
+    let second = read_response(&mut socket, &mut pending).await;
+    assert!(first.body.contains("\"id\":1"), "{first:?}");
+    assert!(second.body.contains("\"id\":2"), "{second:?}");
+}
+
+#[tokio::test]
+async fn http_1_0_and_head_requests_get_their_own_framing() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = connect(&h).await;
+    let body = call(1, "get_user");
+    let request = format!(
+        "POST /mcp HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(closed(&mut socket).await);
+
+    let mut socket = connect(&h).await;
+    let head = "HEAD /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: a\r\n\r\n";
+    for _ in 0..2 {
+        // Twice on one connection: no body follows a HEAD answer, so the next bytes are the next answer.
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+            fill(&mut socket, &mut pending).await.unwrap();
+        }
+        let text = String::from_utf8(pending).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_closes_its_stream_and_the_upstream_connection() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = connect(&h).await;
+    let request = format!(
+        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        fill(&mut socket, &mut pending).await.unwrap();
+    }
+    let text = String::from_utf8(pending.clone()).unwrap();
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    let metrics = &h.sidecar.metrics;
+    assert_eq!(metrics.active_streams.get(), 1);
+    assert_eq!(h.upstream.events.receiver_count(), 1);
+    drop(socket);
+    for _ in 0..100 {
+        if metrics.active_streams.get() == 0 && h.upstream.events.receiver_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.active_streams.get(), 0);
+    assert_eq!(
+        h.upstream.events.receiver_count(),
+        0,
+        "the upstream stream outlived its client"
+    );
+}
+
+/// An upstream that answers each request it reads with the next scripted response, counting connections.
+struct Scripted {
+    url: String,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    /// `close_after` closes each connection after that many responses.
+    async fn start(responses: Vec<&'static str>, close_after: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut script = responses.into_iter();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut pending = Vec::new();
+                for _ in 0..close_after {
+                    if read_request(&mut socket, &mut pending).await.is_none() {
+                        break;
+                    }
+                    let Some(response) = script.next() else {
+                        return;
+                    };
+                    socket.write_all(response.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        Self {
+            url,
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request with a Content-Length body (what the sidecar sends upstream).
+async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<()> {
+    let head_end = loop {
+        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while pending.len() < head_end + length {
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+    pending.drain(..head_end + length);
+    Some(())
+}
+
+async fn sidecar_for(upstream: &Scripted) -> (Sidecar, TestKey, JwksServer) {
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let sidecar = Sidecar::start(config(&upstream.url, &jwks.url()))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let mut admin = TcpStream::connect(sidecar.admin_addr).await.unwrap();
+        admin
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if read_response(&mut admin, &mut Vec::new()).await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (sidecar, key, jwks)
+}
+
+fn token_of(key: &TestKey) -> String {
+    let mut claims = mcp_authz_sidecar::testing::claims_for(mcp_authz_sidecar::testing::now());
+    claims["scope"] = serde_json::json!("mcp:read");
+    key.sign(&claims)
+}
+
+async fn post_through(sidecar: &Sidecar, token: &str) -> Wire {
+    let mut socket = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    socket
+        .write_all(authorized_post(token, &call(1, "get_user")).as_bytes())
+        .await
+        .unwrap();
+    read_response(&mut socket, &mut Vec::new()).await
+}
+
+#[tokio::test]
+async fn upstream_answers_in_every_framing_reach_the_client() {
+    let upstream = Scripted::start(
+        vec![
+            // Interim answers are dropped; a chunked body with a trailer arrives as data only.
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\nX-T: 1\r\n\r\n",
+            // Delimited by the end of the connection.
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"b\":2}",
+        ],
+        1,
+    )
+    .await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let token = token_of(&key);
+    let first = post_through(&sidecar, &token).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "{\"a\":1}"),
+        "{first:?}"
+    );
+    assert!(first.header("x-t").is_none());
+    let second = post_through(&sidecar, &token).await;
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (200, "{\"b\":2}"),
+        "{second:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_ambiguous_framing_is_a_502() {
+    let upstream = Scripted::start(
+        vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}"],
+        1,
+    )
+    .await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let response = post_through(&sidecar, &token_of(&key)).await;
+    assert_eq!(response.status, 502);
+    assert!(
+        response.body.contains("upstream_unavailable"),
+        "{response:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_one_is_replaced_without_an_error() {
+    const OK: &str =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let upstream = Scripted::start(vec![OK, OK, OK], 2).await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let token = token_of(&key);
+    assert_eq!(post_through(&sidecar, &token).await.status, 200);
+    assert_eq!(post_through(&sidecar, &token).await.status, 200);
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        1,
+        "the second request reused the connection"
+    );
+    // The upstream has closed that connection after its second answer; the third request gets a new one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = post_through(&sidecar, &token).await;
+    assert_eq!(third.status, 200, "{third:?}");
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+}

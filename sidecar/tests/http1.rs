@@ -285,6 +285,23 @@ async fn a_refused_upload_is_read_past_and_the_connection_carries_on() {
     let response = read_response(&mut socket, &mut pending).await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(h.upstream_posts(), 1);
+
+    // The same when the body is only sent after the refusal arrived: it is read past, not taken for a head.
+    socket
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut socket, &mut pending).await;
+    assert_eq!(response.status, 401);
+    socket.write_all("G".repeat(40).as_bytes()).await.unwrap();
+    socket
+        .write_all(authorized_post(&token, &call(3, "get_user")).as_bytes())
+        .await
+        .unwrap();
+    let response = read_response(&mut socket, &mut pending).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.body.contains("\"id\":3"), "{response:?}");
+    assert_eq!(h.upstream_posts(), 2);
 }
 
 #[tokio::test]

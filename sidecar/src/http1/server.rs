@@ -117,21 +117,34 @@ pub async fn serve<H, F>(
         let response = handle(Request::from_parts(parts, body)).await;
         let leftover = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut unread = None;
+        let mut body_accounted = framing == head::Framing::Empty;
         match leftover {
             None => {}
-            Some(Leftover::Done(rest)) => inbound = rest,
-            Some(Leftover::Unread(body)) => unread = Some(body),
+            Some(Leftover::Done(rest)) => {
+                inbound = rest;
+                body_accounted = true;
+            }
+            Some(Leftover::Unread(body)) => {
+                body_accounted = !body.awaits_continue();
+                unread = Some(body);
+            }
         }
-        let keep =
-            !close && !*shutdown.borrow() && unread.as_ref().is_none_or(|b| !b.awaits_continue());
-        let keep =
-            match write_response(&stream, response, version, head_only, keep, &mut inbound).await {
-                Ok(keep) => keep,
-                Err(error) => {
-                    tracing::debug!(%error, "connection ended while answering");
-                    return;
-                }
-            };
+        let keep = !close && !*shutdown.borrow() && body_accounted;
+        // While a request body is unread, what the client sends is that body, not a next request.
+        let watch_client = unread.is_none();
+        let answer = Answer {
+            version,
+            head_only,
+            keep,
+            watch_client,
+        };
+        let keep = match write_response(&stream, response, answer, &mut inbound).await {
+            Ok(keep) => keep,
+            Err(error) => {
+                tracing::debug!(%error, "connection ended while answering");
+                return;
+            }
+        };
         if !keep {
             break;
         }
@@ -202,15 +215,31 @@ async fn read_head(
     }
 }
 
+/// How an answer is to be written.
+struct Answer {
+    /// The request's version.
+    version: Version,
+    /// The request was HEAD: the head only.
+    head_only: bool,
+    /// The connection may carry another request, as far as the request goes.
+    keep: bool,
+    /// Watch for the client leaving while the body is pending.
+    watch_client: bool,
+}
+
 /// Writes the answer; returns whether the connection may carry another request.
 async fn write_response(
     stream: &TcpStream,
     response: Response<ProxyBody>,
-    version: Version,
-    head_only: bool,
-    mut keep: bool,
+    answer: Answer,
     inbound: &mut BytesMut,
 ) -> std::io::Result<bool> {
+    let Answer {
+        version,
+        head_only,
+        mut keep,
+        watch_client,
+    } = answer;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let no_body_allowed = status.is_informational()
@@ -258,6 +287,8 @@ async fn write_response(
         field(&mut out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+    // A stream may stay open for hours; its fields are written and need not stay with it.
+    drop(parts);
     if no_body_allowed || head_only {
         write_all(stream, &mut [&out]).await?;
         return Ok(keep);
@@ -278,7 +309,7 @@ async fn write_response(
             None => tokio::select! {
                 biased;
                 frame = body.frame() => frame,
-                error = client_gone(stream, inbound) => return Err(error),
+                error = client_gone(stream, inbound), if watch_client => return Err(error),
             },
         };
         let data = match frame {

@@ -401,9 +401,27 @@ async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
     futures::join!(scopes, policies);
 }
 
+/// Requeues the other services naming the same resource URL as a changed (or deleted) one: when the URL's
+/// holder goes, the next in line gets its key now rather than at the next resync.
+fn sharing_resource_url(
+    store: Store<MCPService>,
+) -> impl Fn(MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
+    move |changed| {
+        let url = &changed.spec.resource_url;
+        store
+            .state()
+            .iter()
+            .filter(|s| &s.spec.resource_url == url)
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .filter(|r| r != &ObjectRef::from_obj(&changed))
+            .collect()
+    }
+}
+
 async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let services: Api<MCPService> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default());
+    let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
     let (a, b, c, d, e) = (
         in_namespace.clone(),
@@ -443,6 +461,11 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
             move |s| e(s.namespace()),
+        )
+        .watches(
+            Api::<MCPService>::all(client.clone()),
+            watcher::Config::default(),
+            same_url,
         )
         .run(
             reconcile::mcp_service::reconcile,

@@ -1175,7 +1175,7 @@ async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
     let addr = h.sidecar.proxy_addr;
     let metrics = &h.sidecar.metrics;
 
-    // Two GET streams hold both slots (an idle keep-alive connection would be closed after headerTimeoutMs).
+    // Two GET streams hold both slots (an idle keep-alive connection would be closed after 60 s).
     let mut held = Vec::new();
     for _ in 0..2 {
         let (mut sender, task) = own_connection(addr).await;

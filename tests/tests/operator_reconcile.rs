@@ -387,15 +387,57 @@ async fn resources_converge_and_breakage_heals() {
     })
     .await;
 
+    // A second claimant of the URL waits for its key...
+    let mut later = cases::mcp_service();
+    later["metadata"] = json!({"name": "files-later", "namespace": ns});
+    later["spec"]["selector"] = json!({"app": "files-later"});
+    operator_support::create(&admin, &ns, &later)
+        .await
+        .expect("MCPService files-later");
+    eventually("files-later ResourceURLTaken", || async {
+        let svc = get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "MCPService",
+            "files-later",
+        )
+        .await?;
+        condition(&svc, "CredentialsIssued").filter(|c| c.1 == "ResourceURLTaken")
+    })
+    .await;
+
     // Deleting a resource removes what it owned (owner references, garbage collector).
-    Api::<kube::api::DynamicObject>::namespaced_with(
+    let services = Api::<kube::api::DynamicObject>::namespaced_with(
         admin.clone(),
         &ns,
         &operator_support::resource("MCPService"),
-    )
-    .delete("files", &DeleteParams::default())
-    .await
-    .expect("delete MCPService");
+    );
+    services
+        .delete("files", &DeleteParams::default())
+        .await
+        .expect("delete MCPService");
+    // ...and gets it once the holder is gone, without waiting for a periodic resync (minutes away).
+    eventually("files-later CredentialsIssued=True", || async {
+        let svc = get_json(
+            &admin,
+            &ns,
+            "mcp-authz.io/v1alpha1",
+            "MCPService",
+            "files-later",
+        )
+        .await?;
+        condition(&svc, "CredentialsIssued").filter(|c| c.0 == "True")?;
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get_opt("files-later-mcp-authz-sidecar-credentials")
+            .await
+            .ok()?
+    })
+    .await;
+    services
+        .delete("files-later", &DeleteParams::default())
+        .await
+        .expect("delete MCPService files-later");
     eventually("the sidecar ConfigMap is garbage collected", || async {
         get_json(&admin, &ns, "v1", "ConfigMap", "files-mcp-authz-sidecar")
             .await

@@ -650,6 +650,16 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Fields a client could use to misstate where a request came from.
+const FORWARDING_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
 fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
@@ -673,7 +683,23 @@ fn build_upstream_request(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::HOST);
-    for name in &rt.identity_headers {
+    // The whole body is sent at once; the upstream has nothing to wait for.
+    headers.remove(header::EXPECT);
+    // Only this proxy says where a request came from.
+    for name in FORWARDING_HEADERS {
+        headers.remove(name);
+    }
+    // Identity fields, and look-alikes that CGI-style servers (`HTTP_X_MCP_AUTHZ_SUBJECT`) would read
+    // as the same field.
+    let look_alikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            rt.identity_headers.iter().any(|id| id.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in look_alikes.iter().chain(&rt.identity_headers) {
         headers.remove(name);
     }
     let set = |headers: &mut http::HeaderMap, name: &HeaderName, value: &str| {

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mcp_authz_sidecar::server::Sidecar;
@@ -468,10 +468,10 @@ async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(
     Some(())
 }
 
-async fn sidecar_for(upstream: &Scripted) -> (Sidecar, TestKey, JwksServer) {
+async fn sidecar_for(upstream_url: &str) -> (Sidecar, TestKey, JwksServer) {
     let key = TestKey::es256("k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let sidecar = Sidecar::start(config(&upstream.url, &jwks.url()))
+    let sidecar = Sidecar::start(config(upstream_url, &jwks.url()))
         .await
         .unwrap();
     for _ in 0..100 {
@@ -516,7 +516,7 @@ async fn upstream_answers_in_every_framing_reach_the_client() {
         1,
     )
     .await;
-    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
     let token = token_of(&key);
     let first = post_through(&sidecar, &token).await;
     assert_eq!(
@@ -540,7 +540,7 @@ async fn an_upstream_answer_with_ambiguous_framing_is_a_502() {
         1,
     )
     .await;
-    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
     let response = post_through(&sidecar, &token_of(&key)).await;
     assert_eq!(response.status, 502);
     assert!(
@@ -554,7 +554,7 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_replaced_without_an
     const OK: &str =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
     let upstream = Scripted::start(vec![OK, OK, OK], 2).await;
-    let (sidecar, key, _jwks) = sidecar_for(&upstream).await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
     let token = token_of(&key);
     assert_eq!(post_through(&sidecar, &token).await.status, 200);
     assert_eq!(post_through(&sidecar, &token).await.status, 200);
@@ -568,4 +568,228 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_replaced_without_an
     let third = post_through(&sidecar, &token).await;
     assert_eq!(third.status, 200, "{third:?}");
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+}
+
+/// A chunked body refused for its framing closes the connection: read on, the bytes after the error would
+/// be taken for a next request (the "funky chunks" desync: a front proxy that ends the chunk-size line at the
+/// bare LF reads one request, a 0x45-byte chunk swallowing the GET, where the sidecar would read two).
+#[tokio::test]
+async fn a_chunked_body_refused_for_its_framing_closes_the_connection() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let smuggled = "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: a\r\n\r\n";
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+         2;\nxx\r\n45\r\n0\r\n\r\n{smuggled}"
+    );
+    let mut socket = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let refused = read_response(&mut socket, &mut pending).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    // Closed (EOF or reset) is right; another answer means the bytes after the error were read as a request.
+    while pending.is_empty() && fill(&mut socket, &mut pending).await.is_some() {}
+    assert!(
+        pending.is_empty(),
+        "after a framing error the sidecar read on and answered the bytes after it: {refused:?} then {:?}",
+        String::from_utf8_lossy(&pending)
+    );
+    assert_eq!(refused.header("connection"), Some("close"));
+}
+
+/// An upstream that answers the first request of its first connection, reads the second and closes without an
+/// answer (it ran the call and then crashed, or hit its own timeout), and answers on later connections.
+async fn upstream_that_closes_after_handling()
+-> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    const OK: &str =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counted = handled.clone();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            let first_connection = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for n in 0.. {
+                    if read_request(&mut socket, &mut pending).await.is_none() {
+                        return;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if first_connection && n == 1 {
+                        return; // handled, then gone without a word
+                    }
+                    socket.write_all(OK.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (url, handled, task)
+}
+
+/// A POST written whole to a reused upstream connection that then closes without an answer is not sent again:
+/// the upstream may have run it (a tools/call). RFC 9110 §9.2.2: no automatic retry of non-idempotent requests.
+#[tokio::test]
+async fn a_post_the_upstream_may_have_run_is_not_sent_twice() {
+    let (url, handled, task) = upstream_that_closes_after_handling().await;
+    let (sidecar, key, _jwks) = sidecar_for(&url).await;
+    let token = token_of(&key);
+    assert_eq!(post_through(&sidecar, &token).await.status, 200);
+    let second = post_through(&sidecar, &token).await;
+    let runs = handled.load(Ordering::SeqCst);
+    task.abort();
+    assert_eq!(
+        runs,
+        2,
+        "the second POST reached the upstream {} times (client got {})",
+        runs - 1,
+        second.status
+    );
+}
+
+/// A client that leaves while the upstream works on its request frees its connection slot and the upstream
+/// connection at once, instead of when the upstream answers, if ever.
+#[tokio::test]
+async fn a_client_that_leaves_while_the_upstream_works_frees_its_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(AtomicBool::new(false));
+    let upstream_closed = Arc::new(AtomicBool::new(false));
+    let (r, c) = (received.clone(), upstream_closed.clone());
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut pending = Vec::new();
+        read_request(&mut socket, &mut pending).await.unwrap();
+        r.store(true, Ordering::SeqCst);
+        // Never answer; notice when the sidecar gives up on the connection.
+        let mut buf = [0u8; 64];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        c.store(true, Ordering::SeqCst);
+    });
+    let (sidecar, key, _jwks) = sidecar_for(&url).await;
+    let mut client = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    client
+        .write_all(authorized_post(&token_of(&key), &call(1, "get_user")).as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if received.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(received.load(Ordering::SeqCst));
+    assert_eq!(sidecar.metrics.connections_open.get(), 1);
+    drop(client);
+    for _ in 0..150 {
+        if upstream_closed.load(Ordering::SeqCst) && sidecar.metrics.connections_open.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (open, upstream_done) = (
+        sidecar.metrics.connections_open.get(),
+        upstream_closed.load(Ordering::SeqCst),
+    );
+    task.abort();
+    assert!(
+        open == 0 && upstream_done,
+        "3 s after the client left: {open} client connection(s) still open, upstream connection closed: {upstream_done}"
+    );
+}
+
+/// An HTTP/1.0 request needs no Host; the client's own X-Forwarded-Host must not pass for one.
+#[tokio::test]
+async fn an_http_1_0_client_cannot_choose_the_upstreams_x_forwarded_host() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let body = call(1, "get_user");
+    let request = format!(
+        "POST /mcp HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         X-Forwarded-Host: evil.example\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        h.upstream.seen()[0].headers.get("x-forwarded-host"),
+        None,
+        "the client's X-Forwarded-Host reached the upstream"
+    );
+}
+
+/// An identity header's look-alike with `_` for `-` is dropped: CGI/WSGI-style servers map both spellings to
+/// HTTP_X_MCP_AUTHZ_SUBJECT, so the client's value could stand in for the verified identity.
+#[tokio::test]
+async fn identity_header_look_alikes_do_not_reach_the_upstream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let body = call(1, "get_user");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         X_MCP_AUTHZ_SUBJECT: admin\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        h.upstream.seen()[0].headers.get("x_mcp_authz_subject"),
+        None,
+        "an identity look-alike reached the upstream"
+    );
+}
+
+/// While a stream is open the sidecar reads what the client sends, to notice it leaving; more than a request
+/// head's worth ends the connection rather than going unread (a quiet MCP stream may not write for hours, so
+/// a client gone behind unread input would hold its stream that long).
+#[tokio::test]
+async fn a_client_that_fills_the_pipeline_and_leaves_closes_its_stream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    let request = format!(
+        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        fill(&mut socket, &mut pending).await.unwrap();
+    }
+    let metrics = &h.sidecar.metrics;
+    assert_eq!(metrics.active_streams.get(), 1);
+    // A pipelined head that never ends, past the 64 KiB the sidecar keeps, then the client leaves.
+    let junk = format!(
+        "GET /mcp HTTP/1.1\r\nHost: a\r\nX-Pad: {}",
+        "p".repeat(80 * 1024)
+    );
+    socket.write_all(junk.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(socket);
+    for _ in 0..100 {
+        if metrics.active_streams.get() == 0 && h.upstream.events.receiver_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (
+            metrics.active_streams.get(),
+            h.upstream.events.receiver_count()
+        ),
+        (0, 0),
+        "2 s after the client left, its stream and the upstream's are still open"
+    );
 }

@@ -3,7 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll, ready};
+use tokio::sync::Notify;
 
 use bytes::BytesMut;
 use hyper::body::{Body, Frame, SizeHint};
@@ -35,6 +37,8 @@ enum Remaining {
     Chunked(ChunkedDecoder),
     UntilClose,
     Done,
+    /// The body could not be read: its end, and so where the next message starts, is unknown.
+    Failed,
 }
 
 /// Who gets the connection (and any bytes read past the body) once the body is complete.
@@ -51,7 +55,37 @@ pub enum Finish {
 }
 
 /// Where a request body leaves the connection for the serving loop.
-pub type Handoff = Arc<Mutex<Option<Leftover>>>;
+pub type Handoff = Arc<HandoffSlot>;
+
+/// What a request body left behind, and a signal for when it was read whole.
+#[derive(Default)]
+pub struct HandoffSlot {
+    leftover: Mutex<Option<Leftover>>,
+    read_whole: Notify,
+}
+
+impl HandoffSlot {
+    fn put(&self, leftover: Leftover) {
+        let done = matches!(leftover, Leftover::Done(_));
+        *self.leftover.lock().unwrap_or_else(|p| p.into_inner()) = Some(leftover);
+        if done {
+            self.read_whole.notify_one();
+        }
+    }
+
+    /// Takes what the body left, if it has ended (read whole, or dropped early).
+    pub fn take(&self) -> Option<Leftover> {
+        self.leftover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Resolves once the body has been read whole (never, if it is not).
+    pub async fn read_whole(&self) {
+        self.read_whole.notified().await;
+    }
+}
 
 /// What a request body left behind.
 pub enum Leftover {
@@ -59,10 +93,6 @@ pub enum Leftover {
     Done(BytesMut),
     /// Dropped before its end: the rest is still to be read (or the connection closed).
     Unread(WireBody),
-}
-
-fn put(slot: &Handoff, leftover: Leftover) {
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(leftover);
 }
 
 /// A body being read from `stream`.
@@ -106,16 +136,25 @@ impl WireBody {
         self.remaining = Remaining::Done;
         let buf = std::mem::take(&mut self.buf);
         match self.finish.take() {
-            Some(Finish::Return(slot) | Finish::Drain(slot)) => put(&slot, Leftover::Done(buf)),
+            Some(Finish::Return(slot) | Finish::Drain(slot)) => slot.put(Leftover::Done(buf)),
             Some(Finish::Pool(release)) if buf.is_empty() => release.reuse(self.stream.clone()),
             _ => {}
         }
     }
 
+    /// Marks the body unreadable. Nobody gets the connection back: nothing on it can be trusted to start a
+    /// message, so it closes with the body (RFC 9112 §6.3).
+    fn fail(&mut self, error: BodyError) -> BoxError {
+        self.remaining = Remaining::Failed;
+        self.finish = None;
+        self.buf = BytesMut::new();
+        error.into()
+    }
+
     /// Takes what the buffered input holds for the body, if anything.
     fn take_buffered(&mut self) -> Result<Option<bytes::Bytes>, BodyError> {
         let data = match &mut self.remaining {
-            Remaining::Done => return Ok(None),
+            Remaining::Done | Remaining::Failed => return Ok(None),
             _ if self.buf.is_empty() => return Ok(None),
             Remaining::Length(left) => {
                 let take = usize::try_from(*left)
@@ -177,15 +216,17 @@ impl Body for WireBody {
         loop {
             match this.take_buffered() {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(None) if matches!(this.remaining, Remaining::Done) => return Poll::Ready(None),
+                Ok(None) if matches!(this.remaining, Remaining::Done | Remaining::Failed) => {
+                    return Poll::Ready(None);
+                }
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
             }
             if let Err(e) = ready!(this.poll_continue(cx)) {
-                return Poll::Ready(Some(Err(BodyError::Io(e).into())));
+                return Poll::Ready(Some(Err(this.fail(e.into()))));
             }
             if let Err(e) = ready!(this.stream.poll_read_ready(cx)) {
-                return Poll::Ready(Some(Err(BodyError::Io(e).into())));
+                return Poll::Ready(Some(Err(this.fail(e.into()))));
             }
             let want = match this.remaining {
                 Remaining::Length(left) => {
@@ -200,7 +241,7 @@ impl Body for WireBody {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Ok(0) => return Poll::Ready(Some(Err(BodyError::Truncated.into()))),
+                Ok(0) => return Poll::Ready(Some(Err(this.fail(BodyError::Truncated)))),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if this.buf.is_empty() {
@@ -208,18 +249,18 @@ impl Body for WireBody {
                         this.buf = BytesMut::new();
                     }
                 }
-                Err(e) => return Poll::Ready(Some(Err(BodyError::Io(e).into()))),
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e.into())))),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.remaining, Remaining::Done)
+        matches!(self.remaining, Remaining::Done | Remaining::Failed)
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.remaining {
-            Remaining::Done => SizeHint::with_exact(0),
+            Remaining::Done | Remaining::Failed => SizeHint::with_exact(0),
             Remaining::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
@@ -237,7 +278,7 @@ impl Drop for WireBody {
                 finish: Some(Finish::Drain(slot.clone())),
                 continue_pending: self.continue_pending,
             };
-            put(slot, Leftover::Unread(rest));
+            slot.put(Leftover::Unread(rest));
         }
     }
 }

@@ -20,7 +20,11 @@ enum State {
         size: u64,
         digits: u8,
     },
-    /// Past the size: optional whitespace and extensions up to CR.
+    /// Past the size's digits: optional whitespace, then `;` or CR.
+    AfterSize {
+        size: u64,
+    },
+    /// Inside extensions, up to CR.
     Extension {
         size: u64,
     },
@@ -33,6 +37,8 @@ enum State {
     /// CR then LF after a chunk's data.
     DataCr,
     DataLf,
+    /// An error was found; the body cannot be read further.
+    Failed(&'static str),
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
     /// Inside a trailer line.
@@ -101,14 +107,20 @@ impl ChunkedDecoder {
                 };
                 return Ok(Decoded::Data(data));
             }
-            if self.state == State::Done {
-                return Ok(Decoded::Done);
+            match self.state {
+                State::Done => return Ok(Decoded::Done),
+                // Sticky: after an error the byte stream's framing is lost for good.
+                State::Failed(reason) => return Err(ChunkedError(reason)),
+                _ => {}
             }
             let Some(&byte) = input.first() else {
                 return Ok(Decoded::NeedMore);
             };
             input.advance(1);
-            self.step(byte)?;
+            if let Err(error) = self.step(byte) {
+                self.state = State::Failed(error.0);
+                return Err(error);
+            }
         }
     }
 
@@ -130,9 +142,18 @@ impl ChunkedDecoder {
                     None => return self.after_size(size, byte),
                 }
             }
-            State::Extension { size } => {
+            State::AfterSize { size } => {
                 self.count_line()?;
                 return self.after_size(size, byte);
+            }
+            State::Extension { size } => {
+                self.count_line()?;
+                match byte {
+                    b'\r' => State::SizeLf { size },
+                    b'\n' | 0 => return Err(ChunkedError("bare LF or NUL in a chunk-size line")),
+                    b'\t' | b' '..=b'~' | 0x80.. => State::Extension { size },
+                    _ => return Err(ChunkedError("chunk-size line outside the grammar")),
+                }
             }
             State::SizeLf { size } => {
                 if byte != b'\n' {
@@ -167,17 +188,20 @@ impl ChunkedDecoder {
                     _ => State::Trailer,
                 }
             }
-            State::Data(_) | State::Done => unreachable!("handled by decode"),
+            State::Data(_) | State::Done | State::Failed(_) => unreachable!("handled by decode"),
         };
         Ok(())
     }
 
-    /// Past the digits: whitespace and `;` extensions until CR.
+    /// Past the digits only whitespace, then `;` and extensions, or the line's end may follow
+    /// (RFC 9112 §7.1.1): `5 2`, `0x5` or `5,2` mean different sizes to different readers.
     fn after_size(&mut self, size: u64, byte: u8) -> Result<(), ChunkedError> {
         self.state = match byte {
             b'\r' => State::SizeLf { size },
+            b' ' | b'\t' => State::AfterSize { size },
+            b';' => State::Extension { size },
             b'\n' | 0 => return Err(ChunkedError("bare LF or NUL in a chunk-size line")),
-            _ => State::Extension { size },
+            _ => return Err(ChunkedError("chunk-size line outside the grammar")),
         };
         Ok(())
     }
@@ -228,7 +252,8 @@ mod tests {
 
     #[test]
     fn chunks_decode_whole_and_byte_by_byte() {
-        let input = b"5\r\nhello\r\n1;name=\"v\"\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nGET";
+        let input =
+            b"5\r\nhello\r\n1 ; name=\"v\"\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nGET";
         for piece in [1, 2, 7, input.len()] {
             let (data, rest) = decode_in_pieces(input, piece).unwrap();
             assert_eq!(data, b"hello 0123456789", "piece {piece}");
@@ -257,6 +282,20 @@ mod tests {
                 "{input:?}"
             );
         }
+        for line in [
+            "0x5\r\n",
+            "5 2\r\n",
+            "5,2\r\n",
+            "5\"\r\n",
+            "5garbage\r\n",
+            "5;a\x01\r\n",
+        ] {
+            assert_eq!(
+                decode_in_pieces(line.as_bytes(), 2).unwrap_err(),
+                ChunkedError("chunk-size line outside the grammar"),
+                "{line:?}"
+            );
+        }
         let long_ext = [b"1;".as_slice(), &[b'a'; MAX_LINE], b"\r\n"].concat();
         assert_eq!(
             decode_in_pieces(&long_ext, 512).unwrap_err(),
@@ -267,6 +306,18 @@ mod tests {
             decode_in_pieces(&long_trailer, 4096).unwrap_err(),
             ChunkedError("trailer section too large")
         );
+    }
+
+    #[test]
+    fn an_error_is_final() {
+        let mut decoder = ChunkedDecoder::new();
+        let mut buf = BytesMut::from(&b"2;\nxx\r\n0\r\n\r\n"[..]);
+        let first = decoder.decode(&mut buf).unwrap_err();
+        assert_eq!(first, ChunkedError("bare LF or NUL in a chunk-size line"));
+        // Whatever follows, the decoder does not pick the framing up again.
+        assert_eq!(decoder.decode(&mut buf).unwrap_err(), first);
+        let mut more = BytesMut::from(&b"0\r\n\r\n"[..]);
+        assert_eq!(decoder.decode(&mut more).unwrap_err(), first);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use super::write::write_all;
 
 /// Idle connections kept for reuse, and for how long.
 const MAX_IDLE: usize = 64;
-const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Under the 5 s after which common MCP server stacks (uvicorn, Node) close an idle connection, so a
+/// request is not written into a connection the server is closing at that moment.
+const IDLE_FOR: Duration = Duration::from_secs(4);
 /// Largest response head accepted from the upstream.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +104,10 @@ pub struct UpstreamClient {
 }
 
 enum Attempt {
-    /// Nothing came back on a reused connection: the server had closed it, so the request was not handled.
+    /// The request could not be written whole: the server cannot have acted on it.
+    Unwritten,
+    /// Written, then the connection ended without a byte of answer: most likely closed as idle, but the
+    /// server may have acted on it.
     Unanswered,
     Failed(UpstreamError),
 }
@@ -115,8 +120,9 @@ impl UpstreamClient {
 
     /// Sends `request` to `authority` (`host:port`) and returns the response once its head has arrived.
     ///
-    /// A request is sent again on a fresh connection only when a reused one closed without a byte of answer,
-    /// the race of a server closing an idle connection as the request is written. It had not been handled.
+    /// When a reused connection turns out closed, the request is sent again on another only if the server
+    /// cannot have acted on it (it was not written whole) or acting twice is harmless (an idempotent
+    /// method, RFC 9110 §9.2.2): a `tools/call` is never run twice by the proxy.
     pub async fn send(
         &self,
         authority: &str,
@@ -124,10 +130,13 @@ impl UpstreamClient {
     ) -> Result<Response<WireBody>, UpstreamError> {
         let head = encode_request(&request);
         let body = request.body();
+        let idempotent = request.method().is_idempotent();
         while let Some(stream) = self.pool.take(authority) {
             match self.exchange(authority, stream, &head, body).await {
                 Ok(response) => return Ok(response),
-                Err(Attempt::Unanswered) => continue,
+                Err(Attempt::Unwritten) => continue,
+                Err(Attempt::Unanswered) if idempotent => continue,
+                Err(Attempt::Unanswered) => return Err(UpstreamError::Closed),
                 Err(Attempt::Failed(error)) => return Err(error),
             }
         }
@@ -137,7 +146,7 @@ impl UpstreamClient {
             .await
         {
             Ok(response) => Ok(response),
-            Err(Attempt::Unanswered) => Err(UpstreamError::Closed),
+            Err(Attempt::Unwritten | Attempt::Unanswered) => Err(UpstreamError::Closed),
             Err(Attempt::Failed(error)) => Err(error),
         }
     }
@@ -150,7 +159,7 @@ impl UpstreamClient {
         body: &Bytes,
     ) -> Result<Response<WireBody>, Attempt> {
         if write_all(&stream, &mut [head, body]).await.is_err() {
-            return Err(Attempt::Unanswered);
+            return Err(Attempt::Unwritten);
         }
         let mut buf = BytesMut::new();
         loop {
@@ -164,6 +173,10 @@ impl UpstreamClient {
                 Ok(0) => return Err(Attempt::Failed(UpstreamError::Closed)),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                // A reset instead of a close: the same as a close without an answer.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && buf.is_empty() => {
+                    return Err(Attempt::Unanswered);
+                }
                 Err(e) => return Err(Attempt::Failed(e.into())),
             }
             // Interim responses (100, 103) carry nothing to pass on; the final one follows.

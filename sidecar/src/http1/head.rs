@@ -218,13 +218,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadErr
         other => other,
     };
     let close = version == Version::HTTP_10 || lists_token(&headers, &header::CONNECTION, "close");
-    let expect_continue = match headers.get(header::EXPECT) {
-        None => false,
-        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
-            version == Version::HTTP_11
-        }
-        Some(_) => return Err(HeadError::Expectation),
-    };
+    let mut expectations = headers.get_all(header::EXPECT).iter().peekable();
+    let expect_continue = expectations.peek().is_some() && version == Version::HTTP_11;
+    if !expectations.all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+        return Err(HeadError::Expectation);
+    }
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -398,6 +396,10 @@ mod tests {
             ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n",
+                HeadError::Expectation,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: 200-ok\r\n\r\n",
                 HeadError::Expectation,
             ),
         ];

@@ -5,7 +5,7 @@
 //! quiet. That is what lets one sidecar hold thousands of open MCP streams in little memory.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -26,6 +26,8 @@ use crate::proxy::ProxyBody;
 
 /// Largest request head (request line and fields); tokens of several KiB ride in it.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Heads up to this size are parsed after every read, so garbage is refused at once.
+const QUICK_PARSE_BYTES: usize = 4096;
 /// How long a kept-alive connection may sit between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// An unread request body (a refused upload) is read past up to this much to keep the connection.
@@ -101,7 +103,7 @@ pub async fn serve<H, F>(
         } = head;
         let version = parts.version;
         let head_only = parts.method == http::Method::HEAD;
-        let handoff: Handoff = Arc::new(Mutex::new(None));
+        let handoff = Handoff::default();
         let body = if framing == head::Framing::Empty {
             WireBody::new(stream.clone(), framing, BytesMut::new(), Finish::Close)
         } else {
@@ -114,8 +116,27 @@ pub async fn serve<H, F>(
             )
             .with_continue(expect_continue)
         };
-        let response = handle(Request::from_parts(parts, body)).await;
-        let leftover = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Once the request is read, a client that leaves ends the exchange (and the upstream's work on
+        // it) instead of holding its connection until the upstream answers.
+        let mut early = BytesMut::new();
+        let response = {
+            let handled = handle(Request::from_parts(parts, body));
+            let gone = async {
+                if framing != head::Framing::Empty {
+                    handoff.read_whole().await;
+                }
+                client_gone(&stream, &mut early).await
+            };
+            tokio::select! {
+                biased;
+                response = handled => response,
+                error = gone => {
+                    tracing::debug!(%error, "the client left before its answer");
+                    return;
+                }
+            }
+        };
+        let leftover = handoff.take();
         let mut unread = None;
         let mut body_accounted = framing == head::Framing::Empty;
         match leftover {
@@ -128,6 +149,9 @@ pub async fn serve<H, F>(
                 body_accounted = !body.awaits_continue();
                 unread = Some(body);
             }
+        }
+        if !early.is_empty() {
+            inbound.extend_from_slice(&early);
         }
         let keep = !close && !*shutdown.borrow() && body_accounted;
         // While a request body is unread, what the client sends is that body, not a next request.
@@ -170,8 +194,16 @@ async fn read_head(
     let mut deadline =
         (first || !inbound.is_empty()).then(|| Instant::now() + settings.header_timeout);
     let idle_until = Instant::now() + KEEP_ALIVE_IDLE;
+    let mut scanned: usize = 0;
     loop {
-        if !inbound.is_empty() {
+        // A large head is parsed again only when an empty line may have arrived, so a client trickling
+        // a head byte by byte costs linear time, not quadratic.
+        let may_end = inbound.len() <= QUICK_PARSE_BYTES || {
+            let fresh = &inbound[scanned.saturating_sub(2)..];
+            fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n")
+        };
+        scanned = inbound.len();
+        if !inbound.is_empty() && may_end {
             match head::parse_request(inbound) {
                 Ok(Some((len, head))) => {
                     let _ = inbound.split_to(len);
@@ -186,6 +218,8 @@ async fn read_head(
                 Ok(None) => {}
                 Err(error) => return Head::Refused(error),
             }
+        } else if inbound.len() >= MAX_HEAD_BYTES {
+            return Head::Refused(HeadError::TooLarge);
         }
         let waiting_for = deadline.unwrap_or(idle_until);
         let ready = tokio::select! {
@@ -358,8 +392,8 @@ fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 async fn client_gone(stream: &TcpStream, inbound: &mut BytesMut) -> std::io::Error {
     loop {
         if inbound.len() >= MAX_HEAD_BYTES {
-            // Enough is waiting; stop reading and let TCP push back on the client.
-            return std::future::pending().await;
+            // More than a request head while an answer is pending: not a client worth holding a stream for.
+            return std::io::Error::other("too much input while an answer is pending");
         }
         if let Err(error) = stream.readable().await {
             return error;
@@ -392,8 +426,7 @@ async fn drain(mut body: WireBody, handoff: &Handoff, limit: Duration) -> Option
     })
     .await;
     drop(body);
-    let leftover = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match (drained, leftover) {
+    match (drained, handoff.take()) {
         (Ok(Some(())), Some(Leftover::Done(rest))) => Some(rest),
         _ => None,
     }

@@ -395,14 +395,7 @@ async fn resources_converge_and_breakage_heals() {
         .await
         .expect("MCPService files-later");
     eventually("files-later ResourceURLTaken", || async {
-        let svc = get_json(
-            &admin,
-            &ns,
-            "mcp-authz.io/v1alpha1",
-            "MCPService",
-            "files-later",
-        )
-        .await?;
+        let svc = mcp_service(&admin, &ns, "files-later").await?;
         condition(&svc, "CredentialsIssued").filter(|c| c.1 == "ResourceURLTaken")
     })
     .await;
@@ -419,14 +412,7 @@ async fn resources_converge_and_breakage_heals() {
         .expect("delete MCPService");
     // ...and gets it once the holder is gone, without waiting for a periodic resync (minutes away).
     eventually("files-later CredentialsIssued=True", || async {
-        let svc = get_json(
-            &admin,
-            &ns,
-            "mcp-authz.io/v1alpha1",
-            "MCPService",
-            "files-later",
-        )
-        .await?;
+        let svc = mcp_service(&admin, &ns, "files-later").await?;
         condition(&svc, "CredentialsIssued").filter(|c| c.0 == "True")?;
         Api::<Secret>::namespaced(admin.clone(), &ns)
             .get_opt("files-later-mcp-authz-sidecar-credentials")
@@ -476,4 +462,8 @@ async fn resources_converge_and_breakage_heals() {
     );
     assert!(metrics.contains("mcp_authz_operator_leader 1"), "{metrics}");
     running.stop();
+}
+
+async fn mcp_service(admin: &kube::Client, ns: &str, name: &str) -> Option<serde_json::Value> {
+    get_json(admin, ns, "mcp-authz.io/v1alpha1", "MCPService", name).await
 }

@@ -1,6 +1,7 @@
 //! Any bytes as a chunked body: the decoder gives the same data, the same outcome and the same leftover
 //! whether the body arrives whole or in pieces (the first input byte picks the piece size), never yields
-//! more data than it was given, and stays done once done.
+//! more data than it was given, and stays done once done. An error is final too: further calls return the
+//! same error, whatever input follows.
 #![no_main]
 
 use bytes::BytesMut;
@@ -54,7 +55,22 @@ fn run(input: &[u8], piece: usize) -> (Vec<u8>, Outcome) {
                 buf.extend_from_slice(&rest[..n]);
                 rest = &rest[n..];
             }
-            Err(e) => return (data, Outcome::Failed(e)),
+            Err(e) => {
+                assert!(!decoder.is_done());
+                // Failed is final: the framing is lost, so neither what is left nor a valid body after it
+                // (nor no input at all) gets the decoder going again, and it consumes nothing more.
+                let mut after = buf.clone();
+                after.extend_from_slice(rest);
+                after.extend_from_slice(b"0\r\n\r\n");
+                for mut input in [after, BytesMut::new()] {
+                    let kept = input.clone();
+                    for _ in 0..2 {
+                        assert_eq!(decoder.decode(&mut input), Err(e.clone()));
+                        assert_eq!(input, kept);
+                    }
+                }
+                return (data, Outcome::Failed(e));
+            }
         }
     }
 }

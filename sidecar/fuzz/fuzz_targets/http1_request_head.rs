@@ -1,10 +1,11 @@
 //! Any bytes as a request head: parsing never panics, and an accepted head is framed one way only
 //! (no Content-Length beside Transfer-Encoding, one Host on HTTP/1.1), ends at its empty line, and does not
-//! depend on what follows it. An incomplete head stays incomplete (or refused) on every shorter prefix.
+//! depend on what follows it. Every Expect line of an accepted head is 100-continue. An incomplete head
+//! stays incomplete (or refused) on every shorter prefix.
 #![no_main]
 
 use http::Version;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use libfuzzer_sys::fuzz_target;
 use mcp_authz_sidecar::http1::head::{Framing, parse_request};
 
@@ -37,6 +38,17 @@ fuzz_target!(|data: &[u8]| {
             if head.parts.version == Version::HTTP_11 {
                 assert_eq!(fields.get_all(HOST).iter().count(), 1);
             }
+            let expects: Vec<_> = fields.get_all(EXPECT).iter().collect();
+            assert!(
+                expects
+                    .iter()
+                    .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+                "{expects:?}"
+            );
+            assert_eq!(
+                head.expect_continue,
+                !expects.is_empty() && head.parts.version == Version::HTTP_11
+            );
             // The bytes after the head (the body, a pipelined request) cannot change how it was read.
             let (again, alone) = parse_request(raw)
                 .expect("same head alone")

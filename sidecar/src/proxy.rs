@@ -444,11 +444,14 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Media types are case-insensitive (RFC 9110 §8.3.1): `Application/JSON` is still filtered.
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .unwrap_or("")
+            .trim_start()
+            .to_ascii_lowercase();
         let is_sse = content_type.starts_with("text/event-stream");
         let is_json = content_type.starts_with("application/json");
         let body: ProxyBody = match (filter, is_sse, is_json) {
@@ -685,21 +688,19 @@ fn build_upstream_request(
     headers.remove(header::HOST);
     // The whole body is sent at once; the upstream has nothing to wait for.
     headers.remove(header::EXPECT);
-    // Only this proxy says where a request came from.
-    for name in FORWARDING_HEADERS {
-        headers.remove(name);
-    }
-    // Identity fields, and look-alikes that CGI-style servers (`HTTP_X_MCP_AUTHZ_SUBJECT`) would read
-    // as the same field.
-    let look_alikes: Vec<HeaderName> = headers
+    // Only this proxy says who is calling and from where: the identity and forwarding fields are removed,
+    // and so are their look-alikes with `_` for `-`, which CGI-style servers read as the same field
+    // (`X_Forwarded_For` and `X-Forwarded-For` are both `HTTP_X_FORWARDED_FOR`).
+    let ours = |name: &str| {
+        FORWARDING_HEADERS.contains(&name)
+            || rt.identity_headers.iter().any(|id| id.as_str() == name)
+    };
+    let claimed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            let dashed = name.as_str().replace('_', "-");
-            rt.identity_headers.iter().any(|id| id.as_str() == dashed)
-        })
+        .filter(|name| ours(&name.as_str().replace('_', "-")))
         .cloned()
         .collect();
-    for name in look_alikes.iter().chain(&rt.identity_headers) {
+    for name in &claimed {
         headers.remove(name);
     }
     let set = |headers: &mut http::HeaderMap, name: &HeaderName, value: &str| {

@@ -234,7 +234,10 @@ async fn serve_proxy(
 ) {
     let max_connections = runtime.borrow().config.limits.max_connections.get();
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Kept so the connections still open when the grace period ends can be closed.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         // A slot is taken before accepting, so at the cap the listener is simply not read: new connections
         // queue in the kernel's backlog instead of being accepted and dropped.
         let slot = match slots.clone().try_acquire_owned() {
@@ -271,7 +274,7 @@ async fn serve_proxy(
         let proxy = proxy.clone();
         let requests = metrics.requests.clone();
         let connection_shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let handle = |request| {
                 let proxy = proxy.clone();
                 // Boxed: the decision's large state machine lives only while a request is being decided,
@@ -294,5 +297,6 @@ async fn serve_proxy(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+        connections.shutdown().await;
     }
 }

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::{Request, Response};
+use mcp_authz_sidecar::http1::body::WireBody;
+use mcp_authz_sidecar::http1::server::{Settings, serve};
+use mcp_authz_sidecar::proxy::ProxyBody;
 use mcp_authz_sidecar::server::Sidecar;
 use mcp_authz_sidecar::testing::TestKey;
 use support::*;
@@ -729,6 +733,17 @@ async fn client_chosen_forwarding_and_identity_fields_never_reach_the_upstream()
             "x-mcp-authz_client-id: admin",
             "x-mcp-authz_client-id",
         ),
+        (
+            "HTTP/1.1\r\nHost: a",
+            "X_Forwarded_For: 10.0.0.1",
+            "x_forwarded_for",
+        ),
+        ("HTTP/1.1\r\nHost: a", "X_Real_IP: 10.0.0.1", "x_real_ip"),
+        (
+            "HTTP/1.1\r\nHost: a",
+            "X_Forwarded_Host: admin.internal",
+            "x_forwarded_host",
+        ),
     ];
     for (i, (version, field, name)) in cases.into_iter().enumerate() {
         let request = format!(
@@ -785,5 +800,92 @@ async fn a_client_that_fills_the_pipeline_and_leaves_closes_its_stream() {
         ),
         (0, 0),
         "2 s after the client left, its stream and the upstream's are still open"
+    );
+}
+
+/// A refused upload whose declared length is past the 1 MiB the sidecar reads past says the connection
+/// closes: a client that reused it (or pipelined) would otherwise lose its next request to a silent close.
+#[tokio::test]
+async fn a_refused_upload_too_large_to_read_past_is_answered_with_connection_close() {
+    let h = Harness::start().await;
+    let mut socket = connect(&h).await;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(closed(&mut socket).await);
+}
+
+async fn panicking_handler(request: Request<WireBody>) -> Response<ProxyBody> {
+    let _held = request;
+    panic!("a bug somewhere in request handling");
+}
+
+/// A body dropped before its end waits in its handoff slot for the serving loop. If that loop never takes it
+/// (its task panicked, or was cancelled), the body and slot must not keep each other, and the client's
+/// socket, alive.
+#[tokio::test]
+async fn a_connection_whose_handler_panics_with_its_body_unread_is_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let settings = Settings {
+            header_timeout: Duration::from_secs(5),
+        };
+        serve(stream, settings, shutdown_rx, panicking_handler, |_| {}).await;
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(server.await.unwrap_err().is_panic());
+    assert!(
+        closed(&mut client).await,
+        "the connection task is gone but the client's socket is still open"
+    );
+}
+
+/// When the grace period of a shutdown is over, the connections still open (a stream) are closed, not left
+/// running in a process that embeds the sidecar.
+#[tokio::test]
+async fn after_shutdown_returns_no_client_connection_is_left_open() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = connect(&h).await;
+    let request = format!(
+        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        fill(&mut socket, &mut pending).await.unwrap();
+    }
+    let Harness {
+        sidecar, upstream, ..
+    } = h;
+    sidecar.shutdown().await; // 2 s grace in the test config
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "shutdown returned with the stream still open: {read:?}"
+    );
+    for _ in 0..50 {
+        if upstream.events.receiver_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        upstream.events.receiver_count(),
+        0,
+        "the upstream stream outlived the shutdown"
     );
 }

@@ -49,7 +49,9 @@ pub enum Finish {
     /// before its end is handed over there too.
     Return(Handoff),
     /// Like `Return`, for the rest of a body the serving loop reads past: dropped early, it is just dropped.
-    Drain(Handoff),
+    /// Weak, because this body waits in the very slot it points to: a strong reference would keep both, and
+    /// the client's socket, alive if the serving loop never took it (a panic, a cancelled task).
+    Drain(std::sync::Weak<HandoffSlot>),
     /// The upstream pool, if the connection may carry another request.
     Pool(super::client::Release),
 }
@@ -136,7 +138,12 @@ impl WireBody {
         self.remaining = Remaining::Done;
         let buf = std::mem::take(&mut self.buf);
         match self.finish.take() {
-            Some(Finish::Return(slot) | Finish::Drain(slot)) => slot.put(Leftover::Done(buf)),
+            Some(Finish::Return(slot)) => slot.put(Leftover::Done(buf)),
+            Some(Finish::Drain(slot)) => {
+                if let Some(slot) = slot.upgrade() {
+                    slot.put(Leftover::Done(buf));
+                }
+            }
             Some(Finish::Pool(release)) if buf.is_empty() => release.reuse(self.stream.clone()),
             _ => {}
         }
@@ -181,7 +188,23 @@ impl WireBody {
             // Drop this reference to the read's allocation: the data slices keep it only while in flight.
             self.buf = BytesMut::new();
         }
+        // A small piece is copied out, so a body collected piece by piece (a request's, a list answer) never
+        // holds a whole read's allocation per few bytes: at most four times what it holds.
+        let data = if data.len() < READ_CHUNK / 4 {
+            bytes::Bytes::copy_from_slice(&data)
+        } else {
+            data
+        };
         Ok(Some(data))
+    }
+
+    /// How many bytes of the body are still to come, when the framing says.
+    pub fn declared_remaining(&self) -> Option<u64> {
+        match self.remaining {
+            Remaining::Length(n) => Some(n.saturating_sub(self.buf.len() as u64)),
+            Remaining::Done => Some(0),
+            _ => None,
+        }
     }
 
     /// Whether the client still waits for `100 Continue`, so it may never send the body.
@@ -275,7 +298,7 @@ impl Drop for WireBody {
                 stream: self.stream.clone(),
                 buf: std::mem::take(&mut self.buf),
                 remaining: std::mem::replace(&mut self.remaining, Remaining::Done),
-                finish: Some(Finish::Drain(slot.clone())),
+                finish: Some(Finish::Drain(Arc::downgrade(slot))),
                 continue_pending: self.continue_pending,
             };
             slot.put(Leftover::Unread(rest));

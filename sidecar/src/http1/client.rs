@@ -20,6 +20,8 @@ const IDLE_FOR: Duration = Duration::from_secs(4);
 /// Largest response head accepted from the upstream.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interim (1xx) answers accepted before the final one; an upstream sending them forever is broken.
+const MAX_INTERIM: usize = 16;
 
 /// Why the upstream gave no usable response.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,7 @@ impl UpstreamClient {
             return Err(Attempt::Unwritten);
         }
         let mut buf = BytesMut::new();
+        let (mut answered, mut interim) = (false, 0);
         loop {
             stream
                 .readable()
@@ -169,12 +172,12 @@ impl UpstreamClient {
                 .map_err(|e| Attempt::Failed(e.into()))?;
             buf.reserve(8 * 1024);
             match stream.try_read_buf(&mut buf) {
-                Ok(0) if buf.is_empty() => return Err(Attempt::Unanswered),
+                Ok(0) if !answered => return Err(Attempt::Unanswered),
                 Ok(0) => return Err(Attempt::Failed(UpstreamError::Closed)),
-                Ok(_) => {}
+                Ok(_) => answered = true,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 // A reset instead of a close: the same as a close without an answer.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && buf.is_empty() => {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answered => {
                     return Err(Attempt::Unanswered);
                 }
                 Err(e) => return Err(Attempt::Failed(e.into())),
@@ -190,6 +193,12 @@ impl UpstreamClient {
                 if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Attempt::Failed(
                         HeadError::Malformed("unrequested upgrade").into(),
+                    ));
+                }
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(Attempt::Failed(
+                        HeadError::Malformed("interim answers without end").into(),
                     ));
                 }
             }

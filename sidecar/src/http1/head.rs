@@ -205,12 +205,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadErr
     if !acceptable {
         return Err(HeadError::Malformed("request target"));
     }
-    let headers = header_map(request.headers)?;
+    let mut headers = header_map(request.headers)?;
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
         return Err(HeadError::Malformed(
             "an HTTP/1.1 request needs exactly one Host",
         ));
+    }
+    // RFC 9112 §3.2.2: with an absolute-form target, its authority is the host, whatever Host says.
+    if let Some(authority) = uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| HeadError::Malformed("request target"))?;
+        headers.insert(header::HOST, host);
     }
     let framing = declared_framing(&headers, version)?.unwrap_or(Framing::Empty);
     let framing = match framing {
@@ -418,6 +424,7 @@ mod tests {
     #[test]
     fn absolute_form_targets_are_read_for_their_path() {
         let head = request("GET http://a.example/mcp?q=1 HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
+        assert_eq!(head.parts.headers["host"], "a.example");
         assert_eq!(
             (head.parts.uri.path(), head.parts.uri.query()),
             ("/mcp", Some("q=1"))

@@ -146,7 +146,9 @@ pub async fn serve<H, F>(
                 body_accounted = true;
             }
             Some(Leftover::Unread(body)) => {
-                body_accounted = !body.awaits_continue();
+                // Read past only what will be read past: otherwise the answer says the connection closes.
+                body_accounted = !body.awaits_continue()
+                    && body.declared_remaining().is_none_or(|n| n <= MAX_DRAIN);
                 unread = Some(body);
             }
         }

@@ -47,6 +47,11 @@ impl ListFilter {
         }
     }
 
+    /// Whether this filters the answers to list requests of a POST (rather than whatever a GET stream carries).
+    pub fn answers_requests(&self) -> bool {
+        matches!(self.matcher, ListMatcher::ById(_))
+    }
+
     fn kind_of(&self, message: &Value) -> Option<ListKind> {
         let result = message.get("result")?;
         match &self.matcher {
@@ -100,56 +105,83 @@ impl ListFilter {
         entries.len() != before
     }
 
-    /// Filters a whole JSON body (one message or a batch). `None` when nothing changed.
-    pub fn filter_json(&self, body: &[u8]) -> Option<Bytes> {
-        let mut value: Value = serde_json::from_slice(body).ok()?;
+    /// Filters a whole JSON body (one message or a batch). `None` when nothing changed. A body that is not
+    /// JSON is refused: passed on, it would show the client every entry if the client reads it after all.
+    pub fn filter_json(&self, body: &[u8]) -> Result<Option<Bytes>, Unfilterable> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let mut value: Value = serde_json::from_slice(body).map_err(|_| Unfilterable)?;
         let changed = match &mut value {
             Value::Array(items) => items
                 .iter_mut()
                 .fold(false, |acc, m| self.filter_message(m) | acc),
             other => self.filter_message(other),
         };
-        changed.then(|| Bytes::from(value.to_string()))
+        Ok(changed.then(|| Bytes::from(value.to_string())))
     }
 
     /// Filters one complete SSE event (without its terminating blank line). `None` when unchanged.
+    ///
+    /// Data that cannot be read as JSON (or UTF-8) is withheld, keeping the event's other fields (`id`
+    /// still moves the client's resume point): what the filter cannot read, it does not pass on.
     pub fn filter_event(&self, event: &[u8]) -> Option<Bytes> {
-        let text = std::str::from_utf8(event).ok()?;
-        let lines: Vec<&str> = text
-            .split('\n')
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        // SSE's field rules: `data` alone is a data line with an empty value.
+        let is_data = |line: &[u8]| line == b"data" || line.starts_with(b"data:");
+        let lines: Vec<&[u8]> = event
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
             .collect();
-        let mut data = String::new();
-        let mut first_data = None;
-        for (i, line) in lines.iter().enumerate() {
-            if let Some(rest) = line.strip_prefix("data:") {
-                if first_data.is_none() {
-                    first_data = Some(i);
-                } else {
-                    data.push('\n');
-                }
-                data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        let first_data = lines.iter().position(|l| is_data(l))?;
+        let mut data = Vec::new();
+        for (n, line) in lines.iter().filter(|l| is_data(l)).enumerate() {
+            if n > 0 {
+                data.push(b'\n');
             }
+            let value = line.get(5..).unwrap_or_default();
+            data.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
         }
-        let first_data = first_data?;
-        let mut message: Value = serde_json::from_str(&data).ok()?;
-        if !self.filter_message(&mut message) {
+        if data.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        let mut out = String::with_capacity(event.len());
+        let message = std::str::from_utf8(&data)
+            .ok()
+            .and_then(|d| serde_json::from_str::<Value>(d).ok());
+        let replacement = match message {
+            Some(mut message) => {
+                if !self.filter_message(&mut message) {
+                    return None;
+                }
+                Some(message.to_string())
+            }
+            None => {
+                tracing::warn!(
+                    "withheld an SSE event whose data is not JSON from a filtered stream"
+                );
+                None
+            }
+        };
+        let mut out = Vec::with_capacity(event.len());
         for (i, line) in lines.iter().enumerate() {
             if i == first_data {
-                out.push_str("data: ");
-                out.push_str(&message.to_string());
-                out.push('\n');
-            } else if !line.starts_with("data:") {
-                out.push_str(line);
-                out.push('\n');
+                if let Some(replacement) = &replacement {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(replacement.as_bytes());
+                    out.push(b'\n');
+                }
+            } else if !is_data(line) {
+                out.extend_from_slice(line);
+                out.push(b'\n');
             }
         }
         Some(Bytes::from(out))
     }
 }
+
+/// A JSON answer to list requests that is not JSON: it cannot be filtered, so it is not passed on.
+#[derive(Debug, thiserror::Error)]
+#[error("a list answer is not JSON and cannot be filtered")]
+pub struct Unfilterable;
 
 /// Finds the end of the first complete SSE event: (event length, separator length).
 fn event_boundary(buf: &[u8]) -> Option<(usize, usize)> {
@@ -285,7 +317,7 @@ where
         .collect()
         .await?
         .to_bytes();
-    Ok(filter.filter_json(&collected).unwrap_or(collected))
+    Ok(filter.filter_json(&collected)?.unwrap_or(collected))
 }
 
 #[cfg(test)]
@@ -321,6 +353,7 @@ mod tests {
         let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
         let out = f
             .filter_json(tools_result(json!(1)).to_string().as_bytes())
+            .unwrap()
             .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
@@ -334,6 +367,7 @@ mod tests {
         );
         assert!(
             f.filter_json(tools_result(json!(2)).to_string().as_bytes())
+                .unwrap()
                 .is_none(),
             "other ids untouched"
         );
@@ -367,7 +401,8 @@ mod tests {
         let f = filter(ListMatcher::ById(vec![(json!("t"), ListKind::Tools)]));
         let body =
             json!([tools_result(json!("t")), {"jsonrpc":"2.0","id":2,"result":{}}]).to_string();
-        let v: Value = serde_json::from_slice(&f.filter_json(body.as_bytes()).unwrap()).unwrap();
+        let filtered = f.filter_json(body.as_bytes()).unwrap().unwrap();
+        let v: Value = serde_json::from_slice(&filtered).unwrap();
         assert_eq!(v[0]["result"]["tools"].as_array().unwrap().len(), 1);
         assert_eq!(v[1], json!({"jsonrpc":"2.0","id":2,"result":{}}));
     }
@@ -385,8 +420,36 @@ mod tests {
         assert_eq!(lines[1], "id: 42");
         let v: Value = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
-        assert!(f.filter_event(b"event: ping\ndata: not json").is_none());
         assert!(f.filter_event(b": comment").is_none());
+        assert!(
+            f.filter_event(b"id: 7\ndata:").is_none(),
+            "a priming event passes"
+        );
+    }
+
+    #[test]
+    fn what_the_filter_cannot_read_it_does_not_pass_on() {
+        let f = filter(ListMatcher::ByShape);
+        // Not JSON, not UTF-8, or JSON split oddly: the data is withheld, the other fields kept.
+        let withheld =
+            |event: &[u8]| String::from_utf8(f.filter_event(event).unwrap().to_vec()).unwrap();
+        assert_eq!(
+            withheld(b"event: ping\nid: 3\ndata: not json"),
+            "event: ping\nid: 3\n"
+        );
+        assert_eq!(withheld(b"id: 4\ndata: {\"tools\": \"\xff\"}"), "id: 4\n");
+        // `data` without a colon is a data line too (an empty one): the filter reads what an SSE client reads.
+        let all = tools_result(json!(1)).to_string();
+        let cut = all.find(',').unwrap() + 1;
+        let split = format!("data: {}\ndata\ndata: {}", &all[..cut], &all[cut..]);
+        let out = withheld(split.as_bytes());
+        let data = out.strip_prefix("data: ").unwrap().trim_end();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
+        // A JSON body that is not JSON is refused; an empty one (an accepted notification) passes.
+        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        assert!(f.filter_json(b"{\"jsonrpc\": \"2.0\", oops").is_err());
+        assert!(f.filter_json(b"").unwrap().is_none());
     }
 
     #[tokio::test]

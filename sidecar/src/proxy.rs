@@ -453,7 +453,11 @@ impl Proxy {
             .trim_start()
             .to_ascii_lowercase();
         let is_sse = content_type.starts_with("text/event-stream");
-        let is_json = content_type.starts_with("application/json");
+        // A successful answer to list requests is read as JSON whatever it claims to be: passed on unread,
+        // a mislabelled list would reach a client that reads it anyway, unfiltered.
+        let is_json = content_type.starts_with("application/json")
+            || (parts.status.is_success()
+                && filter.as_ref().is_some_and(ListFilter::answers_requests));
         let body: ProxyBody = match (filter, is_sse, is_json) {
             (Some(filter), false, true) => {
                 match filter_json_body(body, &filter, rt.config.limits.max_list_response_bytes)

@@ -889,3 +889,63 @@ async fn after_shutdown_returns_no_client_connection_is_left_open() {
         "the upstream stream outlived the shutdown"
     );
 }
+
+/// A successful answer to a `tools/list` is filtered whatever media type it claims (in any case), and one the
+/// filter cannot read is never passed on: a JSON answer that is not JSON is a 502, an SSE event whose data is
+/// not JSON is withheld (its `id` kept).
+#[tokio::test]
+async fn list_answers_are_filtered_whatever_they_claim_and_withheld_when_unreadable() {
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"get_user","inputSchema":{}},{"name":"delete_user","inputSchema":{}}]}}"#;
+    let answer = |content_type: &str, body: &str| -> &'static str {
+        let text = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Box::leak(text.into_boxed_str())
+    };
+    let upstream = Scripted::start(
+        vec![
+            answer("Application/JSON; charset=utf-8", LIST),
+            answer("text/plain", LIST),
+            answer("application/json", &LIST[..LIST.len() - 2]),
+            answer(
+                "text/event-stream",
+                "id: 9\nevent: message\ndata: {not json\n\n",
+            ),
+        ],
+        4,
+    )
+    .await;
+    let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
+    let token = token_of(&key);
+    let mut socket = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    let mut pending = Vec::new();
+    let mut list = async || {
+        let request = authorized_post(&token, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        socket.write_all(request.as_bytes()).await.unwrap();
+        read_response(&mut socket, &mut pending).await
+    };
+    for claimed in ["Application/JSON", "text/plain"] {
+        let filtered = list().await;
+        assert_eq!(filtered.status, 200, "{claimed}");
+        assert!(
+            filtered.body.contains("get_user"),
+            "{claimed}: {filtered:?}"
+        );
+        assert!(
+            !filtered.body.contains("delete_user"),
+            "{claimed}: {filtered:?}"
+        );
+    }
+    let broken = list().await;
+    assert_eq!(broken.status, 502);
+    assert_eq!(
+        broken.body,
+        r#"{"error":"bad_gateway","error_description":"the upstream's list answer could not be filtered"}"#
+    );
+    let mut socket = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    let request = authorized_post(&token, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let stream = read_response(&mut socket, &mut Vec::new()).await;
+    assert_eq!(stream.body, "id: 9\nevent: message\n\n");
+}

@@ -1,15 +1,15 @@
 //! A message body read straight off a socket. It holds no buffer while it waits: each read allocates what
-//! it receives, and the data goes out as slices of that allocation, so an idle stream costs only its state.
+//! it receives, large pieces of data go out as slices of that allocation and small ones as copies, so an
+//! idle stream costs only its state.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-
 use std::task::{Context, Poll, ready};
-use tokio::sync::Notify;
 
 use bytes::BytesMut;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::Framing;

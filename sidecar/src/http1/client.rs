@@ -88,6 +88,8 @@ impl Release {
     /// Keeps `stream` for the next request to the same upstream.
     pub fn reuse(self, stream: Arc<TcpStream>) {
         let mut idle = self.pool.lock();
+        // Spent ones go here too, so a pool that stops being used does not keep sockets open for long.
+        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }

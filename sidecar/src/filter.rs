@@ -19,14 +19,14 @@ use crate::rules::{Decision, Operation, Policy};
 /// Boxed error of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Which messages of an answer are list results.
-#[derive(Debug, Clone)]
+/// What a filtered answer answers. Either way every list in every result is filtered; the difference is
+/// how strictly the answer must be readable (see `answers_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListMatcher {
-    /// Answers to these request ids (the POST that carried the list requests).
-    ById(Vec<(Value, ListKind)>),
-    /// Any result shaped like a list result: for GET streams, where a resumed POST stream's answers may
-    /// arrive (`Last-Event-ID`) and their request ids are not known here.
-    ByShape,
+    /// The answer to a POST that carried list requests.
+    Requests,
+    /// Whatever a GET stream carries, where a resumed POST stream's answers may arrive (`Last-Event-ID`).
+    Stream,
 }
 
 /// Filters list results for one token.
@@ -49,60 +49,42 @@ impl ListFilter {
 
     /// Whether this filters the answers to list requests of a POST (rather than whatever a GET stream carries).
     pub fn answers_requests(&self) -> bool {
-        matches!(self.matcher, ListMatcher::ById(_))
-    }
-
-    fn kind_of(&self, message: &Value) -> Option<ListKind> {
-        let result = message.get("result")?;
-        match &self.matcher {
-            ListMatcher::ById(ids) => {
-                let id = message.get("id")?;
-                ids.iter()
-                    .find(|(want, _)| want == id)
-                    .map(|(_, kind)| *kind)
-            }
-            ListMatcher::ByShape => {
-                let is_list = |field: &str| result.get(field).is_some_and(Value::is_array);
-                if is_list("tools") {
-                    Some(ListKind::Tools)
-                } else if is_list("resources") {
-                    Some(ListKind::Resources)
-                } else if is_list("resourceTemplates") {
-                    Some(ListKind::ResourceTemplates)
-                } else if is_list("prompts") {
-                    Some(ListKind::Prompts)
-                } else {
-                    None
-                }
-            }
-        }
+        self.matcher == ListMatcher::Requests
     }
 
     /// Filters one JSON-RPC message in place; returns whether it changed.
+    ///
+    /// Every list a result carries is filtered, whatever the message's id: matching answers to requests by
+    /// id would let an answer whose id a client reads differently (`1.0`, `"1"` for `1`) through unfiltered.
     pub fn filter_message(&self, message: &mut Value) -> bool {
-        let Some(kind) = self.kind_of(message) else {
+        let Some(result) = message.get_mut("result") else {
             return false;
         };
-        let (field, key, method) = match kind {
-            ListKind::Tools => ("tools", "name", "tools/call"),
-            ListKind::Resources => ("resources", "uri", "resources/read"),
-            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate", "resources/read"),
-            ListKind::Prompts => ("prompts", "name", "prompts/get"),
-        };
-        let Some(Value::Array(entries)) = message.get_mut("result").and_then(|r| r.get_mut(field))
-        else {
-            return false;
-        };
-        let before = entries.len();
-        entries.retain(|entry| {
-            // An entry without a usable name cannot be checked, so it is hidden.
-            entry.get(key).and_then(Value::as_str).is_some_and(|name| {
-                self.policy
-                    .decide(&Operation::named(method, name), &self.scopes)
-                    == Decision::Allow
-            })
-        });
-        entries.len() != before
+        let mut changed = false;
+        for kind in ListKind::ALL {
+            let (field, key, method) = match kind {
+                ListKind::Tools => ("tools", "name", "tools/call"),
+                ListKind::Resources => ("resources", "uri", "resources/read"),
+                ListKind::ResourceTemplates => {
+                    ("resourceTemplates", "uriTemplate", "resources/read")
+                }
+                ListKind::Prompts => ("prompts", "name", "prompts/get"),
+            };
+            let Some(Value::Array(entries)) = result.get_mut(field) else {
+                continue;
+            };
+            let before = entries.len();
+            entries.retain(|entry| {
+                // An entry without a usable name cannot be checked, so it is hidden.
+                entry.get(key).and_then(Value::as_str).is_some_and(|name| {
+                    self.policy
+                        .decide(&Operation::named(method, name), &self.scopes)
+                        == Decision::Allow
+                })
+            });
+            changed |= entries.len() != before;
+        }
+        changed
     }
 
     /// Filters a whole JSON body (one message or a batch). `None` when nothing changed. A body that is not
@@ -350,7 +332,7 @@ mod tests {
 
     #[test]
     fn json_lists_keep_only_what_the_token_may_call() {
-        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let f = filter(ListMatcher::Requests);
         let out = f
             .filter_json(tools_result(json!(1)).to_string().as_bytes())
             .unwrap()
@@ -365,17 +347,24 @@ mod tests {
             json!("c2"),
             "pagination survives"
         );
+        // Ids a client may read as the request's (`1.0`, `"1"`), or any other id: a list is a list.
+        for id in [json!(1.0), json!("1"), json!(2)] {
+            let out = f.filter_json(tools_result(id.clone()).to_string().as_bytes());
+            let v: Value = serde_json::from_slice(&out.unwrap().unwrap()).unwrap();
+            assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1, "{id}");
+        }
+        // A result that is no list is left alone.
+        let call = json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}});
         assert!(
-            f.filter_json(tools_result(json!(2)).to_string().as_bytes())
+            f.filter_json(call.to_string().as_bytes())
                 .unwrap()
-                .is_none(),
-            "other ids untouched"
+                .is_none()
         );
     }
 
     #[test]
     fn resources_templates_and_prompts() {
-        let f = filter(ListMatcher::ByShape);
+        let f = filter(ListMatcher::Stream);
         let mut res = json!({"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"file:///public/a"},{"uri":"file:///secret"}]}});
         assert!(f.filter_message(&mut res));
         assert_eq!(
@@ -398,7 +387,7 @@ mod tests {
 
     #[test]
     fn batches_are_filtered_entry_by_entry() {
-        let f = filter(ListMatcher::ById(vec![(json!("t"), ListKind::Tools)]));
+        let f = filter(ListMatcher::Requests);
         let body =
             json!([tools_result(json!("t")), {"jsonrpc":"2.0","id":2,"result":{}}]).to_string();
         let filtered = f.filter_json(body.as_bytes()).unwrap().unwrap();
@@ -409,7 +398,7 @@ mod tests {
 
     #[test]
     fn sse_events_keep_their_fields() {
-        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let f = filter(ListMatcher::Requests);
         let event = format!(
             "event: message\r\nid: 42\r\ndata: {}",
             tools_result(json!(1))
@@ -429,7 +418,7 @@ mod tests {
 
     #[test]
     fn what_the_filter_cannot_read_it_does_not_pass_on() {
-        let f = filter(ListMatcher::ByShape);
+        let f = filter(ListMatcher::Stream);
         // Not JSON, not UTF-8, or JSON split oddly: the data is withheld, the other fields kept.
         let withheld =
             |event: &[u8]| String::from_utf8(f.filter_event(event).unwrap().to_vec()).unwrap();
@@ -447,14 +436,14 @@ mod tests {
         let v: Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
         // A JSON body that is not JSON is refused; an empty one (an accepted notification) passes.
-        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let f = filter(ListMatcher::Requests);
         assert!(f.filter_json(b"{\"jsonrpc\": \"2.0\", oops").is_err());
         assert!(f.filter_json(b"").unwrap().is_none());
     }
 
     #[tokio::test]
     async fn sse_stream_is_filtered_across_chunk_boundaries_without_waiting_for_the_end() {
-        let f = filter(ListMatcher::ById(vec![(json!(1), ListKind::Tools)]));
+        let f = filter(ListMatcher::Requests);
         let first = "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n".to_string();
         let second = format!("id: 2\ndata: {}\n\n", tools_result(json!(1)));
         let whole = first.clone() + &second;
@@ -489,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_event_is_cut_off() {
-        let f = filter(ListMatcher::ByShape);
+        let f = filter(ListMatcher::Stream);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
         let mut body =
             ProxyStream::new(StreamBody::new(tokio_stream_from(rx)), Some((f, 100)), None);

@@ -59,6 +59,14 @@ pub enum ListKind {
 }
 
 impl ListKind {
+    /// Every kind of list.
+    pub const ALL: [Self; 4] = [
+        Self::Tools,
+        Self::Resources,
+        Self::ResourceTemplates,
+        Self::Prompts,
+    ];
+
     /// The list a method asks for, if it is a list method.
     pub fn of_method(method: &str) -> Option<Self> {
         match method {

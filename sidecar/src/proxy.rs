@@ -301,8 +301,8 @@ impl Proxy {
                     },
                 );
             }
-            let lists = classified.list_requests();
-            let matcher = (!lists.is_empty()).then_some(ListMatcher::ById(lists));
+            let lists = !classified.list_requests().is_empty();
+            let matcher = lists.then_some(ListMatcher::Requests);
             (bytes, matcher)
         } else {
             use hyper::body::Body as _;
@@ -319,7 +319,7 @@ impl Proxy {
                     },
                 );
             }
-            let matcher = (parts.method == Method::GET).then_some(ListMatcher::ByShape);
+            let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
             (Bytes::new(), matcher)
         };
 

@@ -150,8 +150,8 @@ pub fn error_body(id: &Value, code: i64, message: &str) -> Bytes {
 
 /// Classifies a POST body.
 pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
+    let value =
+        crate::strict_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
     let classified = match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -501,19 +501,15 @@ mod tests {
 
     #[test]
     fn duplicate_keys_cannot_smuggle_a_second_name() {
-        // serde_json keeps the last duplicate; whatever it keeps is what we check, and we forward the same bytes
-        // to an upstream that (for the Python SDK, pydantic/json) also keeps the last one.
-        let c = ops(
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"danger"}}"#,
-        );
+        // Parsers disagree on which of two same-named members counts; the sidecar refuses the body instead
+        // of deciding on one name while the upstream acts on the other.
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"danger"}}"#;
+        let error = classify(body.as_bytes()).unwrap_err();
         assert_eq!(
-            c,
-            vec![Message::Call {
-                id: Some(json!(1)),
-                op: Operation::named("tools/call", "danger"),
-                also: vec![]
-            }]
+            error,
+            ClassifyError::Parse("duplicate member \"name\" at line 1 column 76".into())
         );
+        assert_eq!(error.code(), -32700);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod strict_json;
 pub mod token;
 pub mod verified;
 

@@ -268,6 +268,19 @@ async fn bad_bodies_are_refused_before_upstream() {
         serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
         json!(-32602)
     );
+    // A name given twice means different calls to different parsers: refused, whichever one is allowed.
+    let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_user","name":"delete_user"}}"#;
+    let (status, _, body) = h.post(Some(&token), twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = &serde_json::from_str::<Value>(&body).unwrap()["error"];
+    assert_eq!(error["code"], json!(-32700));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate member \"name\""),
+        "{error}"
+    );
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
         "x".repeat(5000)

@@ -184,6 +184,7 @@ pub struct ProxyStream<B> {
     inner: B,
     sse: Option<SseState>,
     _guard: Option<StreamGuard>,
+    _held: Option<Box<dyn Send + Sync>>,
 }
 
 struct SseState {
@@ -209,7 +210,14 @@ impl<B> ProxyStream<B> {
             inner,
             sse,
             _guard: guard,
+            _held: None,
         }
+    }
+
+    /// Keeps `held` until the body is dropped (sent or abandoned).
+    pub fn holding(mut self, held: impl Send + Sync + 'static) -> Self {
+        self._held = Some(Box::new(held));
+        self
     }
 }
 

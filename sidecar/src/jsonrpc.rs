@@ -231,7 +231,7 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 }
                 _ => Operation::method(method),
             };
-            let also = match method.as_str() {
+            let mut also = match method.as_str() {
                 // MCP 2026-07-28: the listen stream replaces `resources/subscribe`, so each resource it
                 // subscribes to needs what subscribing to it alone would.
                 "subscriptions/listen" => subscribed_resources(params)
@@ -242,8 +242,29 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                     .into_iter()
                     .map(|uri| Operation::named("resources/subscribe", uri))
                     .collect(),
+                // Completing a prompt's arguments or a resource template's variables shows what getting
+                // that prompt or reading that resource would, so it needs the same.
+                "completion/complete" => {
+                    vec![
+                        completed(params).ok_or_else(|| ClassifyError::InvalidParams {
+                            method: method.clone(),
+                            field: "ref",
+                        })?,
+                    ]
+                }
                 _ => Vec::new(),
             };
+            // A resource URI is also decided in the form a URL-parsing upstream reads it (the TypeScript
+            // SDK looks resources up by `new URL(uri)`): `file:///public/../secret` is `file:///secret`.
+            let normal_forms: Vec<Operation> = std::iter::once(&op)
+                .chain(&also)
+                .filter(|o| URI_METHODS.contains(&o.method.as_str()))
+                .filter_map(|o| {
+                    let normal = normal_form(o.name.as_deref()?)?;
+                    Some(Operation::named(&o.method, &normal))
+                })
+                .collect();
+            also.extend(normal_forms);
             Ok(Message::Call {
                 id: id.cloned(),
                 op,
@@ -261,6 +282,37 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 ))
             }
         }
+    }
+}
+
+/// Methods whose operation names a resource URI.
+const URI_METHODS: [&str; 3] = [
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// The URI as the WHATWG URL parser reads it, when that differs from its text (dot segments, `%2e%2e`,
+/// backslashes, tabs, case of scheme and host). `None` when it is the same or no URL at all.
+fn normal_form(uri: &str) -> Option<String> {
+    let parsed = url::Url::parse(uri).ok()?;
+    (parsed.as_str() != uri).then(|| parsed.to_string())
+}
+
+/// What a `completion/complete` completes, as the operation that would use it: `prompts/get` of a
+/// `ref/prompt`'s name, `resources/read` of a `ref/resource`'s URI (template).
+fn completed(params: Option<&Value>) -> Option<Operation> {
+    let reference = params?.get("ref")?;
+    match reference.get("type")?.as_str()? {
+        "ref/prompt" => Some(Operation::named(
+            "prompts/get",
+            reference.get("name")?.as_str()?,
+        )),
+        "ref/resource" => Some(Operation::named(
+            "resources/read",
+            reference.get("uri")?.as_str()?,
+        )),
+        _ => None,
     }
 }
 
@@ -497,6 +549,73 @@ mod tests {
             classify(body.as_bytes()),
             Err(ClassifyError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_resource_uri_is_also_decided_as_url_parsers_read_it() {
+        let read = |uri: &str| {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":uri}});
+            let messages = classify(body.to_string().as_bytes()).unwrap().messages;
+            messages[0]
+                .operations()
+                .map(|o| o.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        for spelling in [
+            "file:///public/../secret.txt",
+            "file:///public/%2e%2e/secret.txt",
+            "file:///public/..\\secret.txt",
+            "file:///./secret.txt",
+            "file:///sec\tret.txt",
+            "FILE:///secret.txt",
+        ] {
+            assert_eq!(
+                read(spelling),
+                [spelling, "file:///secret.txt"],
+                "{spelling:?}"
+            );
+        }
+        assert_eq!(read("file:///secret.txt"), ["file:///secret.txt"]);
+        assert_eq!(read("not a url"), ["not a url"]);
+    }
+
+    #[test]
+    fn a_completion_needs_what_using_its_completion_would() {
+        let complete = |reference: Value| {
+            let body = json!({"jsonrpc":"2.0","id":1,"method":"completion/complete",
+                "params":{"ref":reference,"argument":{"name":"n","value":""}}});
+            classify(body.to_string().as_bytes())
+                .map(|c| c.messages[0].operations().cloned().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            complete(json!({"type":"ref/prompt","name":"admin_reset"})).unwrap(),
+            [
+                Operation::method("completion/complete"),
+                Operation::named("prompts/get", "admin_reset")
+            ]
+        );
+        assert_eq!(
+            complete(json!({"type":"ref/resource","uri":"file:///secret/{name}"})).unwrap(),
+            [
+                Operation::method("completion/complete"),
+                Operation::named("resources/read", "file:///secret/{name}"),
+                Operation::named("resources/read", "file:///secret/%7Bname%7D"),
+            ]
+        );
+        for reference in [
+            json!({"type":"ref/other","name":"x"}),
+            json!({"type":"ref/prompt"}),
+            json!("x"),
+        ] {
+            assert_eq!(
+                complete(reference).unwrap_err(),
+                ClassifyError::InvalidParams {
+                    method: "completion/complete".into(),
+                    field: "ref"
+                }
+            );
+        }
     }
 
     #[test]

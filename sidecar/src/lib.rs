@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod filter;
 pub mod http1;
 pub mod identity;
+pub mod in_flight;
 pub mod introspect;
 pub mod jsonrpc;
 pub mod jwks;

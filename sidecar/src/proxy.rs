@@ -26,6 +26,7 @@ use crate::fetch::Fetcher;
 use crate::filter::{BoxError, ListFilter, ListMatcher, ProxyStream, filter_json_body};
 use crate::http1::body::WireBody;
 use crate::http1::client::UpstreamClient;
+use crate::in_flight::InFlight;
 use crate::introspect::Introspector;
 use crate::jsonrpc::{self, Classified, Message};
 use crate::jwks::{JwksCache, Lookup};
@@ -119,6 +120,7 @@ pub struct Proxy {
     jwks: JwksCache,
     client: UpstreamClient,
     metrics: Metrics,
+    in_flight: InFlight,
 }
 
 /// A finished decision about a request, for metrics.
@@ -134,6 +136,7 @@ impl Proxy {
             runtime,
             jwks,
             client: UpstreamClient::new(),
+            in_flight: InFlight::default(),
             metrics,
         }
     }
@@ -231,7 +234,7 @@ impl Proxy {
         );
 
         let (parts, body) = request.into_parts();
-        let (upstream_body, matcher) = if parts.method == Method::POST {
+        let (upstream_body, matcher, claim) = if parts.method == Method::POST {
             let bytes = match read_body(rt, &parts.headers, body).await {
                 Ok(bytes) => bytes,
                 Err((status, reason)) => {
@@ -301,9 +304,38 @@ impl Proxy {
                     },
                 );
             }
+            let session = parts
+                .headers
+                .get("mcp-session-id")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let claim = match session.map(|s| self.in_flight.claim(&s, &classified)) {
+                Some(None) => {
+                    let reason = "request_id_in_use";
+                    audit::record(&AuditEvent {
+                        identity: Some(&identity),
+                        method: &http_method,
+                        target: None,
+                        decision: "deny",
+                        reason,
+                    });
+                    let message = "invalid request: a request with this id is still being answered in this session";
+                    let body = jsonrpc::error_body(&Value::Null, -32600, message);
+                    let response =
+                        bytes_response(StatusCode::BAD_REQUEST, "application/json", body);
+                    return (
+                        response,
+                        Outcome {
+                            decision: "deny",
+                            reason,
+                        },
+                    );
+                }
+                Some(claim) => claim,
+                None => None,
+            };
             let lists = !classified.list_requests().is_empty();
             let matcher = lists.then_some(ListMatcher::Requests);
-            (bytes, matcher)
+            (bytes, matcher, claim)
         } else {
             use hyper::body::Body as _;
             if !body.is_end_stream() {
@@ -320,7 +352,7 @@ impl Proxy {
                 );
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
-            (Bytes::new(), matcher)
+            (Bytes::new(), matcher, None)
         };
 
         let upstream_request =
@@ -366,7 +398,12 @@ impl Proxy {
             .with_label_values(&["ok"])
             .observe(started.elapsed().as_secs_f64());
         let filter = matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, m));
-        let response = self.relay_response(rt, response, filter).await;
+        let mut response = self.relay_response(rt, response, filter).await;
+        if let Some(claim) = claim {
+            // The ids stay claimed until the answer has been sent.
+            response =
+                response.map(|body| ProxyStream::new(body, None, None).holding(claim).boxed());
+        }
         (
             response,
             Outcome {

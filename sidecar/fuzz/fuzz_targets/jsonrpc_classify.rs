@@ -9,8 +9,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(!classified.messages.is_empty());
         for message in &classified.messages {
             if let Message::Call { op, also, .. } = message {
-                // Whatever a listen stream subscribes to is decided like a subscribe call naming it.
-                assert!(also.iter().all(|o| o.method == "resources/subscribe" && o.name.is_some()));
+                // What a call also needs is always a named operation: a listen stream's subscriptions, what a
+                // completion completes, a resource URI in the form URL parsers read it.
+                let named_also = ["resources/subscribe", "resources/unsubscribe", "resources/read", "prompts/get"];
+                assert!(also.iter().all(|o| named_also.contains(&o.method.as_str()) && o.name.is_some()), "{also:?}");
                 // The methods that name a target always carry it: a nameless call cannot slip past a name rule.
                 let named = matches!(
                     op.method.as_str(),

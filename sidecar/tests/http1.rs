@@ -107,6 +107,20 @@ async fn connect(h: &Harness) -> TcpStream {
     TcpStream::connect(h.sidecar.proxy_addr).await.unwrap()
 }
 
+/// Opens a GET stream over a raw socket; returns the socket and the answer's head.
+async fn open_stream(h: &Harness, token: &str) -> (TcpStream, String) {
+    let mut socket = connect(h).await;
+    let request = format!(
+        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        fill(&mut socket, &mut pending).await.unwrap();
+    }
+    (socket, String::from_utf8(pending).unwrap())
+}
+
 fn authorized_post(token: &str, body: &str) -> String {
     format!(
         "POST /mcp HTTP/1.1\r\nHost: mcp.example.com\r\nAuthorization: Bearer {token}\r\n\
@@ -353,17 +367,8 @@ async fn http_1_0_and_head_requests_get_their_own_framing() {
 async fn a_client_that_leaves_closes_its_stream_and_the_upstream_connection() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
-    let mut socket = connect(&h).await;
-    let request = format!(
-        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut pending = Vec::new();
-    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-        fill(&mut socket, &mut pending).await.unwrap();
-    }
-    let text = String::from_utf8(pending.clone()).unwrap();
-    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    let (mut socket, head) = open_stream(&h, &token).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let metrics = &h.sidecar.metrics;
     assert_eq!(metrics.active_streams.get(), 1);
     assert_eq!(h.upstream.events.receiver_count(), 1);
@@ -768,15 +773,7 @@ async fn client_chosen_forwarding_and_identity_fields_never_reach_the_upstream()
 async fn a_client_that_fills_the_pipeline_and_leaves_closes_its_stream() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
-    let mut socket = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
-    let request = format!(
-        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut pending = Vec::new();
-    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-        fill(&mut socket, &mut pending).await.unwrap();
-    }
+    let (mut socket, _) = open_stream(&h, &token).await;
     let metrics = &h.sidecar.metrics;
     assert_eq!(metrics.active_streams.get(), 1);
     // A pipelined head that never ends, past the 64 KiB the sidecar keeps, then the client leaves.
@@ -858,15 +855,7 @@ async fn a_connection_whose_handler_panics_with_its_body_unread_is_closed() {
 async fn after_shutdown_returns_no_client_connection_is_left_open() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
-    let mut socket = connect(&h).await;
-    let request = format!(
-        "GET /mcp HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut pending = Vec::new();
-    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-        fill(&mut socket, &mut pending).await.unwrap();
-    }
+    let (mut socket, _) = open_stream(&h, &token).await;
     let Harness {
         sidecar, upstream, ..
     } = h;

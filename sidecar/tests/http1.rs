@@ -367,7 +367,7 @@ async fn http_1_0_and_head_requests_get_their_own_framing() {
 async fn a_client_that_leaves_closes_its_stream_and_the_upstream_connection() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
-    let (mut socket, head) = open_stream(&h, &token).await;
+    let (socket, head) = open_stream(&h, &token).await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let metrics = &h.sidecar.metrics;
     assert_eq!(metrics.active_streams.get(), 1);

@@ -199,33 +199,34 @@ impl Proxy {
             }
         }
         let http_method = request.method().as_str().to_owned();
-        let refuse =
-            |refusal: Refusal, reason: &'static str, identity: Option<&Identity>, method: &str| {
+        // Every refusal after this point is audited with whatever identity is known by then.
+        let deny =
+            |response: Response<ProxyBody>, reason: &'static str, identity: Option<&Identity>| {
                 audit::record(&AuditEvent {
                     identity,
-                    method,
+                    method: &http_method,
                     target: None,
                     decision: "deny",
                     reason,
                 });
                 (
-                    refusal.into_response_boxed(&rt.challenge),
+                    response,
                     Outcome {
                         decision: "deny",
                         reason,
                     },
                 )
             };
+        let challenge = |refusal: Refusal| refusal.into_response_boxed(&rt.challenge);
         if token::query_has_token(request.uri().query()) {
             let refusal =
                 Refusal::InvalidRequest("tokens are not accepted in the query string".into());
-            return refuse(refusal, "token_in_query", None, &http_method);
+            return deny(challenge(refusal), "token_in_query", None);
         }
         let identity = match self.authenticate(rt, request.headers()).await {
             Ok(identity) => identity,
             Err(error) => {
-                let reason = error.metric_label();
-                return refuse(token_refusal(&error), reason, None, &http_method);
+                return deny(challenge(token_refusal(&error)), error.metric_label(), None);
             }
         };
         let scopes = Arc::new(
@@ -238,48 +239,22 @@ impl Proxy {
             let bytes = match read_body(rt, &parts.headers, body).await {
                 Ok(bytes) => bytes,
                 Err((status, reason)) => {
-                    audit::record(&AuditEvent {
-                        identity: Some(&identity),
-                        method: &http_method,
-                        target: None,
-                        decision: "deny",
-                        reason,
-                    });
-                    let body = json!({"error": reason});
-                    return (
-                        json_response(status, &body),
-                        Outcome {
-                            decision: "deny",
-                            reason,
-                        },
-                    );
+                    let response = json_response(status, &json!({"error": reason}));
+                    return deny(response, reason, Some(&identity));
                 }
             };
             let classified = match jsonrpc::classify(&bytes) {
                 Ok(c) => c,
                 Err(error) => {
-                    let reason = error.metric_label();
-                    audit::record(&AuditEvent {
-                        identity: Some(&identity),
-                        method: &http_method,
-                        target: None,
-                        decision: "deny",
-                        reason,
-                    });
                     let response =
                         bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
-                    return (
-                        response,
-                        Outcome {
-                            decision: "deny",
-                            reason,
-                        },
-                    );
+                    return deny(response, error.metric_label(), Some(&identity));
                 }
             };
+            // Audited by `authorize`, one line per refused operation.
             if let Some((refusal, reason)) = authorize(rt, &classified, &scopes, &identity) {
                 return (
-                    refusal.into_response_boxed(&rt.challenge),
+                    challenge(refusal),
                     Outcome {
                         decision: "deny",
                         reason,
@@ -288,21 +263,7 @@ impl Proxy {
             }
             let token = parts_token(&parts.headers, rt);
             if let Some((refusal, reason)) = check_revocation(rt, &classified, token).await {
-                audit::record(&AuditEvent {
-                    identity: Some(&identity),
-                    method: &http_method,
-                    target: None,
-                    decision: "deny",
-                    reason,
-                });
-                let response = refusal.into_response_boxed(&rt.challenge);
-                return (
-                    response,
-                    Outcome {
-                        decision: "deny",
-                        reason,
-                    },
-                );
+                return deny(challenge(refusal), reason, Some(&identity));
             }
             let session = parts
                 .headers
@@ -310,25 +271,11 @@ impl Proxy {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let claim = match session.map(|s| self.in_flight.claim(&s, &classified)) {
                 Some(None) => {
-                    let reason = "request_id_in_use";
-                    audit::record(&AuditEvent {
-                        identity: Some(&identity),
-                        method: &http_method,
-                        target: None,
-                        decision: "deny",
-                        reason,
-                    });
                     let message = "invalid request: a request with this id is still being answered in this session";
                     let body = jsonrpc::error_body(&Value::Null, -32600, message);
                     let response =
                         bytes_response(StatusCode::BAD_REQUEST, "application/json", body);
-                    return (
-                        response,
-                        Outcome {
-                            decision: "deny",
-                            reason,
-                        },
-                    );
+                    return deny(response, "request_id_in_use", Some(&identity));
                 }
                 Some(claim) => claim,
                 None => None,
@@ -343,12 +290,10 @@ impl Proxy {
                 let reason = "body_not_allowed";
                 let body =
                     json!({"error": reason, "error_description": "GET and DELETE carry no body"});
-                return (
+                return deny(
                     json_response(StatusCode::BAD_REQUEST, &body),
-                    Outcome {
-                        decision: "deny",
-                        reason,
-                    },
+                    reason,
+                    Some(&identity),
                 );
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);

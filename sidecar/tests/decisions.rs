@@ -32,21 +32,7 @@ fn config_with(upstream: &str, jwks: &str, rules: &str) -> SidecarConfig {
 
 /// A harness like `Harness::start` with the rules of one test.
 async fn harness_with(rules: &str) -> Harness {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = Sidecar::start(config_with(&upstream.url(), &jwks.url(), rules))
-        .await
-        .unwrap();
-    let h = Harness {
-        key,
-        jwks,
-        upstream,
-        sidecar,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-    };
-    h.wait_ready().await;
-    h
+    Harness::start_with(|upstream, jwks| config_with(upstream, jwks, rules)).await
 }
 
 fn read(id: u64, uri: &str) -> String {

@@ -1166,23 +1166,12 @@ async fn own_connection(
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_in_the_backlog_until_one_closes() {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let mut config = config(&upstream.url(), &jwks.url());
-    config.limits.max_connections = std::num::NonZeroUsize::new(2).unwrap();
-    let sidecar = mcp_authz_sidecar::server::Sidecar::start(config)
-        .await
-        .unwrap();
-    let h = Harness {
-        key,
-        jwks,
-        upstream,
-        sidecar,
-        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http(),
-    };
-    h.wait_ready().await;
+    let h = Harness::start_with(|upstream, jwks| {
+        let mut config = config(upstream, jwks);
+        config.limits.max_connections = std::num::NonZeroUsize::new(2).unwrap();
+        config
+    })
+    .await;
     let token = h.token("mcp:read");
     let url = h.url("/mcp");
     let addr = h.sidecar.proxy_addr;

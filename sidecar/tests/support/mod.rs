@@ -280,10 +280,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(config).await
+    }
+
+    /// A harness whose config the test makes from the upstream's and JWKS's URLs.
+    pub async fn start_with(make: impl FnOnce(&str, &str) -> SidecarConfig) -> Self {
         let key = TestKey::es256("k1");
         let jwks = JwksServer::start(&[&key]).await;
         let upstream = Upstream::start().await;
-        let sidecar = Sidecar::start(config(&upstream.url(), &jwks.url()))
+        let sidecar = Sidecar::start(make(&upstream.url(), &jwks.url()))
             .await
             .unwrap();
         let h = Self {

@@ -127,6 +127,8 @@ async fn assertion(
     validation.sub = Some(client_id.clone());
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.leeway = LEEWAY_SECS;
+    // RFC 7523 §3: an assertion is not accepted before its `nbf`.
+    validation.validate_nbf = true;
     let candidates: Vec<_> = match &header.kid {
         Some(kid) => jwks.find(kid).into_iter().collect(),
         None => jwks.keys.iter().collect(),
@@ -149,7 +151,17 @@ async fn assertion(
         OAuthError::invalid_client(format!("client_assertion rejected: {last_error}"))
     })?;
     let now = now_secs();
-    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    // A NumericDate may have a fraction (`time.time()`); it is rounded up, so the cap and the time the `jti`
+    // is remembered both cover the assertion's whole life. One the library accepts but no clock reaches
+    // (past year 33,000) is refused rather than read as 0, which would skip both.
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .filter(|e| e.is_finite() && *e < 1e12)
+        .map(|e| e.ceil() as i64)
+        .ok_or_else(|| {
+            OAuthError::invalid_client("client_assertion exp is not a usable NumericDate")
+        })?;
     if exp > now + MAX_ASSERTION_LIFETIME_SECS + LEEWAY_SECS as i64 {
         return Err(OAuthError::invalid_client(format!(
             "client_assertion exp is more than {MAX_ASSERTION_LIFETIME_SECS} seconds away"

@@ -75,14 +75,11 @@ pub async fn issue_access_token(
     })
 }
 
-/// The URLs a client assertion may name as its audience at the token-style endpoints.
+/// The URLs a client assertion may name as its audience at an endpoint: that endpoint's URL or the issuer.
+/// An assertion made for `/token` is not accepted at `/introspect` or `/revoke`.
 pub fn assertion_audiences(snapshot: &Snapshot, endpoint: &str) -> Vec<String> {
     let issuer = &snapshot.config.issuer;
-    vec![
-        format!("{issuer}/{endpoint}"),
-        issuer.clone(),
-        format!("{issuer}/token"),
-    ]
+    vec![format!("{issuer}/{endpoint}"), issuer.clone()]
 }
 
 fn no_store(mut response: Response) -> Response {

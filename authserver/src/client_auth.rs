@@ -187,6 +187,16 @@ async fn assertion(
     Ok(client)
 }
 
+/// The client a request's assertion (or `client_id`) claims to be, before anything is verified: for
+/// decisions that must not cost a lookup.
+pub fn claimed_client(params: &Params) -> Option<String> {
+    let from_assertion = params
+        .get("client_assertion")
+        .and_then(unverified_claims)
+        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_owned));
+    from_assertion.or_else(|| params.get("client_id").map(str::to_owned))
+}
+
 fn unverified_claims(jwt: &str) -> Option<Value> {
     let payload = jwt.split('.').nth(1)?;
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()

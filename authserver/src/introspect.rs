@@ -110,6 +110,15 @@ async fn authorize_introspection(
             )),
         };
     }
+    // Only registered clients and resource servers may introspect. A client named by a metadata document is
+    // refused before its document and keys would be fetched on an unauthenticated request's say-so.
+    if client_auth::claimed_client(params)
+        .is_some_and(|id| id.starts_with("https://") || id.starts_with("http://"))
+    {
+        return Err(OAuthError::invalid_client(
+            "this client may not introspect tokens",
+        ));
+    }
     let client = client_auth::authenticate(
         state,
         snapshot,

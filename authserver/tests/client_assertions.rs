@@ -133,3 +133,34 @@ async fn an_assertion_for_the_token_endpoint_is_refused_at_introspection() {
         "{body}"
     );
 }
+
+/// A client named by a metadata document may not introspect, and is refused before its document would be
+/// fetched: an unauthenticated request must not make the server reach out to a URL of its choosing.
+#[tokio::test]
+async fn a_document_client_is_refused_at_introspection_before_any_fetch() {
+    let s = TestServer::start().await;
+    let document = "https://agents.example.net/cimd.json";
+    let a = assertion(&s, |c| {
+        c["iss"] = json!(document);
+        c["sub"] = json!(document);
+        c["aud"] = json!(s.url("/introspect"));
+    });
+    let r = s
+        .post_form(
+            "/introspect",
+            &[
+                ("token", "anything"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &a),
+            ],
+        )
+        .await;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    // Any attempt to fetch the document would have failed with another error (no such host here).
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (401, Some("this client may not introspect tokens")),
+        "{body}"
+    );
+}

@@ -234,7 +234,7 @@ async fn contract(store: &dyn Store) {
         reason: "test".into(),
     };
     store.put_audit(&event).await.unwrap();
-    assert_eq!(store.recent_audit(10).await.unwrap(), vec![event]);
+    assert_eq!(store.recent_audit(10).await.unwrap(), vec![event.clone()]);
     // Registered clients are kept and counted by registration time (the hourly budget).
     store
         .put_dynamic_client("dcr-1", "{}", now - 4000)
@@ -273,6 +273,13 @@ async fn contract(store: &dyn Store) {
     store.clear_login_failures("u").await.unwrap();
     assert_eq!(store.login_failures("u").await.unwrap(), None);
     assert!(store.purge_expired(now + 10_000).await.unwrap() >= 5);
+    // Audit rows are kept for their retention period, not longer.
+    assert_eq!(store.recent_audit(10).await.unwrap(), vec![event.clone()]);
+    store
+        .purge_expired(now + mcp_authz_authserver::store::AUDIT_RETENTION_SECS + 1)
+        .await
+        .unwrap();
+    assert!(store.recent_audit(10).await.unwrap().is_empty());
     assert_eq!(
         store.redeem_code("h1", now).await.unwrap(),
         CodeRedemption::Unknown

@@ -160,6 +160,11 @@ pub struct AuditEvent {
     pub reason: String,
 }
 
+/// How long audit rows are kept. The structured log line (target `audit`) is the lasting record; the rows serve
+/// the admin API's recent events. Without a bound, every refusal of an unauthenticated request would grow the
+/// table for ever.
+pub const AUDIT_RETENTION_SECS: Timestamp = 30 * 86_400;
+
 /// The storage contract of the server. Every method is one short transaction; all are safe to call from several
 /// replicas at once (single-use rules are enforced by conditional updates, not by reading first).
 #[async_trait]
@@ -282,6 +287,7 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a username's failures (after a correct password).
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError>;
 
-    /// Deletes rows past their expiry; returns how many went.
+    /// Deletes rows past their expiry, and audit rows older than [`AUDIT_RETENTION_SECS`]; returns how many
+    /// went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

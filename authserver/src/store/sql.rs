@@ -643,6 +643,11 @@ impl Store for SqlStore {
             .await?
             .rows_affected();
         }
+        purged += sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(now - super::AUDIT_RETENTION_SECS)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(purged)
     }
 }

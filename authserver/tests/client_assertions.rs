@@ -6,25 +6,11 @@ mod support;
 use serde_json::json;
 use support::*;
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn client_credentials(s: &TestServer, assertion: &str) -> (u16, serde_json::Value) {
-    let (status, body, _) = s
-        .token(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", JWT_BEARER),
-            ("client_assertion", assertion),
-            ("resource", RESOURCE),
-        ])
-        .await;
-    (status, body)
 }
 
 /// A fractional `exp` is a NumericDate too: it is held to the one-hour cap like any other.
@@ -33,7 +19,7 @@ async fn a_fractional_exp_is_held_to_the_lifetime_cap() {
     let s = TestServer::start().await;
     let ten_years = (now() + 10 * 365 * 86_400) as f64 + 0.5;
     let a = assertion(&s, |c| c["exp"] = json!(ten_years));
-    let (status, body) = client_credentials(&s, &a).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(
         (status, body["error_description"].as_str()),
         (
@@ -51,7 +37,7 @@ async fn a_spent_jti_is_remembered_while_its_assertion_lives() {
     let s = TestServer::start().await;
     let exp = (now() + 300) as f64 + 0.25;
     let a = assertion(&s, |c| c["exp"] = json!(exp));
-    let (status, body) = client_credentials(&s, &a).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(status, 200, "{body}");
     // The server's own periodic purge, run now instead of waiting for its 10-minute tick.
     s.running
@@ -62,7 +48,7 @@ async fn a_spent_jti_is_remembered_while_its_assertion_lives() {
         .purge_expired(now() as i64)
         .await
         .unwrap();
-    let (status, body) = client_credentials(&s, &a).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(status, 401, "a spent assertion was replayed: {body}");
     assert!(
         body["error_description"].as_str().is_some_and(
@@ -77,7 +63,7 @@ async fn a_spent_jti_is_remembered_while_its_assertion_lives() {
 async fn an_exp_no_clock_reaches_is_refused() {
     let s = TestServer::start().await;
     let a = assertion(&s, |c| c["exp"] = json!(10_000_000_000_000_000_000u64));
-    let (status, body) = client_credentials(&s, &a).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(
         (status, body["error_description"].as_str()),
         (
@@ -93,7 +79,7 @@ async fn an_exp_no_clock_reaches_is_refused() {
 async fn assertion_not_yet_valid_is_refused() {
     let s = TestServer::start().await;
     let a = assertion(&s, |c| c["nbf"] = json!(now() + 1800));
-    let (status, body) = client_credentials(&s, &a).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(
         (
             status,
@@ -115,18 +101,7 @@ async fn assertion_not_yet_valid_is_refused() {
 async fn an_assertion_for_the_token_endpoint_is_refused_at_introspection() {
     let s = TestServer::start().await;
     let a = assertion(&s, |c| c["aud"] = json!(s.url("/token")));
-    let r = s
-        .post_form(
-            "/introspect",
-            &[
-                ("token", "anything"),
-                ("client_assertion_type", JWT_BEARER),
-                ("client_assertion", &a),
-            ],
-        )
-        .await;
-    let status = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = s.introspect_as(&a, "anything").await;
     assert_eq!(
         (status, body["error_description"].as_str()),
         (401, Some("client_assertion rejected: InvalidAudience")),
@@ -145,18 +120,7 @@ async fn a_document_client_is_refused_at_introspection_before_any_fetch() {
         c["sub"] = json!(document);
         c["aud"] = json!(s.url("/introspect"));
     });
-    let r = s
-        .post_form(
-            "/introspect",
-            &[
-                ("token", "anything"),
-                ("client_assertion_type", JWT_BEARER),
-                ("client_assertion", &a),
-            ],
-        )
-        .await;
-    let status = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = s.introspect_as(&a, "anything").await;
     // Any attempt to fetch the document would have failed with another error (no such host here).
     assert_eq!(
         (status, body["error_description"].as_str()),

@@ -7,29 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use support::*;
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-async fn client_credentials(
-    s: &TestServer,
-    assertion: &str,
-    extra: &[(&str, &str)],
-) -> (u16, serde_json::Value) {
-    let mut form = vec![
-        ("grant_type", "client_credentials"),
-        ("client_assertion_type", JWT_BEARER),
-        ("client_assertion", assertion),
-        ("resource", RESOURCE),
-    ];
-    form.extend_from_slice(extra);
-    let (status, body, _) = s.token(&form).await;
-    (status, body)
-}
-
 #[tokio::test]
 async fn client_credentials_with_private_key_jwt() {
     let s = TestServer::start().await;
     let a = assertion(&s, |_| {});
-    let (status, body) = client_credentials(&s, &a, &[]).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "files:read");
     assert!(body.get("refresh_token").is_none());
@@ -38,7 +20,7 @@ async fn client_credentials_with_private_key_jwt() {
     assert_eq!(claims["client_id"], SERVICE_CLIENT);
     assert_eq!(claims["aud"], RESOURCE);
     // The same assertion twice: its jti is spent.
-    let (status, body) = client_credentials(&s, &a, &[]).await;
+    let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("invalid_client"))
@@ -51,8 +33,9 @@ async fn client_credentials_with_private_key_jwt() {
         "{body}"
     );
     // Scope outside what the client may have, and a resource we do not know.
-    let (_, body) =
-        client_credentials(&s, &assertion(&s, |_| {}), &[("scope", "files:write")]).await;
+    let (_, body) = s
+        .client_credentials(&assertion(&s, |_| {}), &[("scope", "files:write")])
+        .await;
     assert_eq!(body["error"], "invalid_scope");
     let mut form = vec![
         ("grant_type", "client_credentials"),
@@ -140,7 +123,7 @@ async fn client_assertions_are_refused_for_every_flaw() {
         ),
     ];
     for (jwt, description) in cases {
-        let (status, body) = client_credentials(&s, &jwt, &[]).await;
+        let (status, body) = s.client_credentials(&jwt, &[]).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (401, Some("invalid_client")),
@@ -156,7 +139,7 @@ async fn client_assertions_are_refused_for_every_flaw() {
         &jsonwebtoken::EncodingKey::from_ec_pem(other_pem.as_bytes()).unwrap(),
     )
     .unwrap();
-    let (status, body) = client_credentials(&s, &forged, &[]).await;
+    let (status, body) = s.client_credentials(&forged, &[]).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("invalid_client"))
@@ -623,20 +606,6 @@ fn resource_server_assertion(
     .unwrap()
 }
 
-async fn introspect_as(s: &TestServer, assertion: &str, token: &str) -> (u16, serde_json::Value) {
-    let r = s
-        .post_form(
-            "/introspect",
-            &[
-                ("token", token),
-                ("client_assertion_type", JWT_BEARER),
-                ("client_assertion", assertion),
-            ],
-        )
-        .await;
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn resource_servers_introspect_only_their_own_resource() {
     use mcp_authz_authserver::resource_servers::Root;
@@ -662,12 +631,9 @@ async fn resource_servers_introspect_only_their_own_resource() {
     let mail = mail["access_token"].as_str().expect("a mail token");
 
     // Its own resource's token: described in full.
-    let (status, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "1"),
-        files,
-    )
-    .await;
+    let (status, body) = s
+        .introspect_as(&resource_server_assertion(&s, &root, RESOURCE, "1"), files)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (
@@ -678,29 +644,26 @@ async fn resource_servers_introspect_only_their_own_resource() {
         (Some(true), Some(RESOURCE), Some("alice"))
     );
     // Another resource's token, valid as it is: inactive for this caller, active for the mail service's.
-    let (_, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "2"),
-        mail,
-    )
-    .await;
+    let (_, body) = s
+        .introspect_as(&resource_server_assertion(&s, &root, RESOURCE, "2"), mail)
+        .await;
     assert_eq!(body, json!({"active": false}));
-    let (_, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, OTHER_RESOURCE, "3"),
-        mail,
-    )
-    .await;
+    let (_, body) = s
+        .introspect_as(
+            &resource_server_assertion(&s, &root, OTHER_RESOURCE, "3"),
+            mail,
+        )
+        .await;
     assert_eq!(body["active"], true);
 
     // A key derived from another root, or for another resource than the client id names: the signature fails.
     let other_root = Root::generate().unwrap();
-    let (status, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &other_root, RESOURCE, "4"),
-        files,
-    )
-    .await;
+    let (status, body) = s
+        .introspect_as(
+            &resource_server_assertion(&s, &other_root, RESOURCE, "4"),
+            files,
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("invalid_client"))
@@ -710,24 +673,21 @@ async fn resource_servers_introspect_only_their_own_resource() {
         "client_assertion rejected: InvalidSignature"
     );
     // A resource this server does not protect.
-    let (status, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, "https://elsewhere.example/mcp", "5"),
-        files,
-    )
-    .await;
+    let (status, body) = s
+        .introspect_as(
+            &resource_server_assertion(&s, &root, "https://elsewhere.example/mcp", "5"),
+            files,
+        )
+        .await;
     assert_eq!(status, 401);
     assert_eq!(
         body["error_description"],
         "\"https://elsewhere.example/mcp\" is not a resource of this server"
     );
     // The same assertion twice: its jti is spent.
-    let (_, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "1"),
-        files,
-    )
-    .await;
+    let (_, body) = s
+        .introspect_as(&resource_server_assertion(&s, &root, RESOURCE, "1"), files)
+        .await;
     assert_eq!(
         body["error_description"],
         "client_assertion jti \"1\" was already used"
@@ -750,12 +710,9 @@ async fn resource_servers_introspect_only_their_own_resource() {
         "{page}"
     );
     // A resource server has no grant of its own.
-    let (status, body) = client_credentials(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "6"),
-        &[],
-    )
-    .await;
+    let (status, body) = s
+        .client_credentials(&resource_server_assertion(&s, &root, RESOURCE, "6"), &[])
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("unauthorized_client")),
@@ -775,12 +732,9 @@ async fn a_root_that_arrives_after_the_config_is_picked_up() {
     });
     let s = TestServer::start_in(dir, config).await;
     let root = Root::generate().unwrap();
-    let (status, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "1"),
-        "x",
-    )
-    .await;
+    let (status, body) = s
+        .introspect_as(&resource_server_assertion(&s, &root, RESOURCE, "1"), "x")
+        .await;
     assert_eq!(
         status, 401,
         "the server starts, and refuses resource servers: {body}"
@@ -792,12 +746,12 @@ async fn a_root_that_arrives_after_the_config_is_picked_up() {
     std::fs::write(&root_file, root.to_text()).unwrap();
     let mut answered = None;
     for attempt in 2..40 {
-        let (status, body) = introspect_as(
-            &s,
-            &resource_server_assertion(&s, &root, RESOURCE, &attempt.to_string()),
-            "x",
-        )
-        .await;
+        let (status, body) = s
+            .introspect_as(
+                &resource_server_assertion(&s, &root, RESOURCE, &attempt.to_string()),
+                "x",
+            )
+            .await;
         if status == 200 {
             answered = Some(body);
             break;
@@ -815,12 +769,9 @@ async fn a_root_that_arrives_after_the_config_is_picked_up() {
 async fn resource_server_credentials_need_a_root() {
     let s = TestServer::start().await;
     let root = mcp_authz_authserver::resource_servers::Root::generate().unwrap();
-    let (status, body) = introspect_as(
-        &s,
-        &resource_server_assertion(&s, &root, RESOURCE, "1"),
-        "x",
-    )
-    .await;
+    let (status, body) = s
+        .introspect_as(&resource_server_assertion(&s, &root, RESOURCE, "1"), "x")
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("invalid_client"))

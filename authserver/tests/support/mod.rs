@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 pub const RESOURCE: &str = "https://mcp.example.com/files";
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 pub const OTHER_RESOURCE: &str = "https://mcp.example.com/mail";
 pub const PUBLIC_CLIENT: &str = "cli";
 pub const REDIRECT: &str = "http://127.0.0.1/callback";
@@ -223,6 +224,34 @@ impl TestServer {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         (status, r.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    /// A client_credentials grant for [`RESOURCE`] with a client assertion (and any `extra` fields).
+    pub async fn client_credentials(
+        &self,
+        assertion: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion),
+            ("resource", RESOURCE),
+        ];
+        form.extend_from_slice(extra);
+        let (status, body, _) = self.token(&form).await;
+        (status, body)
+    }
+
+    /// Introspects `token` as the client of `assertion`.
+    pub async fn introspect_as(&self, assertion: &str, token: &str) -> (u16, Value) {
+        let form = [
+            ("token", token),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion),
+        ];
+        let r = self.post_form("/introspect", &form).await;
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     pub async fn introspect(&self, token: &str) -> Value {

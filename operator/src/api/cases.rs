@@ -35,6 +35,27 @@ pub fn mcp_service() -> Value {
     })
 }
 
+/// A typed sample `MCPService` in `namespace` for AuthorizationServer `mcp-authz/auth`, with its own resource
+/// URL, scopes and CIMD policy and no rules: the fixture the operator's unit tests share.
+pub fn mcp_service_in(
+    namespace: &str,
+    name: &str,
+    resource_url: &str,
+    scopes: &[&str],
+    policy: Option<&str>,
+) -> super::MCPService {
+    let mut v = mcp_service();
+    v["metadata"] = json!({"name": name, "namespace": namespace});
+    v["spec"]["resourceUrl"] = json!(resource_url);
+    v["spec"]["scopes"] = json!(scopes);
+    v["spec"]["rules"] = json!([]);
+    v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
+    if let Some(p) = policy {
+        v["spec"]["cimdPolicyRef"] = json!(p);
+    }
+    serde_json::from_value(v).expect("the sample MCPService is valid")
+}
+
 /// A sample `MCPScope` every rule accepts.
 pub fn mcp_scope() -> Value {
     json!({

@@ -272,15 +272,7 @@ mod tests {
     }
 
     fn service(ns: &str, name: &str, scopes: &[&str], policy: Option<&str>) -> MCPService {
-        let mut v = cases::mcp_service();
-        v["metadata"] = json!({"name": name, "namespace": ns});
-        v["spec"]["scopes"] = json!(scopes);
-        v["spec"]["rules"] = json!([]);
-        v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
-        if let Some(p) = policy {
-            v["spec"]["cimdPolicyRef"] = json!(p);
-        }
-        serde_json::from_value(v).expect("service")
+        cases::mcp_service_in(ns, name, "https://mcp.example.com/files", scopes, policy)
     }
 
     fn policy(ns: &str, name: &str, bundle: bool) -> CIMDPolicy {

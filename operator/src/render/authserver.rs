@@ -508,25 +508,6 @@ mod tests {
         serde_json::from_value(v).expect("server")
     }
 
-    fn service(
-        ns: &str,
-        name: &str,
-        url: &str,
-        scopes: &[&str],
-        policy: Option<&str>,
-    ) -> MCPService {
-        let mut v = cases::mcp_service();
-        v["metadata"] = json!({"name": name, "namespace": ns});
-        v["spec"]["resourceUrl"] = json!(url);
-        v["spec"]["scopes"] = json!(scopes);
-        v["spec"]["rules"] = json!([]);
-        v["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": "mcp-authz"});
-        if let Some(p) = policy {
-            v["spec"]["cimdPolicyRef"] = json!(p);
-        }
-        serde_json::from_value(v).expect("service")
-    }
-
     fn scope(ns: &str, value: &str, sensitive: bool) -> MCPScope {
         let mut v = cases::mcp_scope();
         v["metadata"] = json!({"name": value.replace(':', "-"), "namespace": ns});
@@ -552,21 +533,21 @@ mod tests {
     fn config_collects_scopes_resources_and_policies() {
         let server = server(json!({"defaultCimdPolicy": "default"}));
         let services = [
-            service(
+            cases::mcp_service_in(
                 "apps",
                 "files",
                 "https://mcp.example.com/files",
                 &["files:read", "files:write"],
                 Some("strict"),
             ),
-            service(
+            cases::mcp_service_in(
                 "apps",
                 "notes",
                 "https://mcp.example.com/notes",
                 &["notes:read"],
                 None,
             ),
-            service("apps", "other", "https://mcp.example.com/other", &[], None),
+            cases::mcp_service_in("apps", "other", "https://mcp.example.com/other", &[], None),
         ];
         let mut other = services[2].clone();
         other.spec.authorization_server_ref.name = "someone-else".into();
@@ -634,7 +615,7 @@ mod tests {
     #[test]
     fn a_service_whose_policy_is_missing_is_left_out() {
         let server = server(json!({}));
-        let services = [service(
+        let services = [cases::mcp_service_in(
             "apps",
             "files",
             "https://mcp.example.com/files",

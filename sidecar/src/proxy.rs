@@ -326,14 +326,14 @@ impl Proxy {
                     .upstream_latency
                     .with_label_values(&["error"])
                     .observe(started.elapsed().as_secs_f64());
-                tracing::warn!(%error, upstream = %rt.upstream, "upstream unreachable");
-                let body = json!({"error": "upstream_unavailable",
-                                  "error_description": "the MCP server behind this proxy is not reachable"});
+                tracing::warn!(%error, upstream = %rt.upstream, "no usable answer from the upstream");
+                let (reason, description) = error.answer();
+                let body = json!({"error": reason, "error_description": description});
                 return (
                     json_response(StatusCode::BAD_GATEWAY, &body),
                     Outcome {
                         decision: "error",
-                        reason: "upstream_unavailable",
+                        reason,
                     },
                 );
             }
@@ -385,11 +385,12 @@ impl Proxy {
                 self.relay_response(rt, response, None).await,
                 outcome("preflight"),
             ),
-            Err(_) => {
-                let body = json!({"error": "upstream_unavailable"});
+            Err(error) => {
+                let (reason, description) = error.answer();
+                let body = json!({"error": reason, "error_description": description});
                 (
                     json_response(StatusCode::BAD_GATEWAY, &body),
-                    outcome("upstream_unavailable"),
+                    outcome(reason),
                 )
             }
         }

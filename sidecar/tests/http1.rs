@@ -527,20 +527,40 @@ async fn upstream_answers_in_every_framing_reach_the_client() {
     );
 }
 
+/// An upstream answer the proxy cannot pass on faithfully is a 502 that says so, never a guess: ambiguous
+/// framing, an upgrade nobody asked for, interim answers without end, a head past 64 KiB, or no answer at all.
 #[tokio::test]
-async fn an_upstream_answer_with_ambiguous_framing_is_a_502() {
-    let upstream = Scripted::start(
-        vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}"],
-        1,
-    )
-    .await;
-    let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
-    let response = post_through(&sidecar, &token_of(&key)).await;
-    assert_eq!(response.status, 502);
-    assert!(
-        response.body.contains("upstream_unavailable"),
-        "{response:?}"
+async fn upstream_answers_the_proxy_cannot_pass_on_are_502s_that_say_why() {
+    let bad_answer = r#"{"error":"upstream_bad_answer","error_description":"the MCP server's answer is not valid HTTP/1.1"}"#;
+    let no_answer = r#"{"error":"upstream_no_answer","error_description":"the MCP server closed the connection without an answer"}"#;
+    let interim = "HTTP/1.1 103 Early Hints\r\n\r\n".repeat(17);
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(70 * 1024)
     );
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}".into(),
+            bad_answer,
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".into(),
+            bad_answer,
+        ),
+        (interim, bad_answer),
+        (huge, bad_answer),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".into(), no_answer),
+    ];
+    for (answer, body) in cases {
+        let upstream = Scripted::start(vec![Box::leak(answer.clone().into_boxed_str())], 1).await;
+        let (sidecar, key, _jwks) = sidecar_for(&upstream.url).await;
+        let response = post_through(&sidecar, &token_of(&key)).await;
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (502, body),
+            "{answer:.60}"
+        );
+    }
 }
 
 #[tokio::test]

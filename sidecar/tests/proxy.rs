@@ -640,6 +640,12 @@ async fn slowloris_clients_are_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "connection still open after 5 s");
     assert!(started.elapsed() < Duration::from_secs(3));
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && answer.ends_with("\r\n\r\n{\"error\":\"head_timeout\"}"),
+        "{answer}"
+    );
     assert!(h.upstream.seen().is_empty());
 }
 

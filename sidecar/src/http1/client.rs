@@ -17,8 +17,6 @@ const MAX_IDLE: usize = 64;
 /// Under the 5 s after which common MCP server stacks (uvicorn, Node) close an idle connection, so a
 /// request is not written into a connection the server is closing at that moment.
 const IDLE_FOR: Duration = Duration::from_secs(4);
-/// Largest response head accepted from the upstream.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interim (1xx) answers accepted before the final one; an upstream sending them forever is broken.
 const MAX_INTERIM: usize = 16;
@@ -43,6 +41,27 @@ pub enum UpstreamError {
     /// The response head was not acceptable HTTP/1.1.
     #[error("bad response head: {0}")]
     Head(#[from] HeadError),
+}
+
+impl UpstreamError {
+    /// What the client is told, as (error and metric reason, description): an on-call engineer reading either
+    /// learns whether the MCP server was down, hung up, or answered in a way the proxy refuses to pass on.
+    pub fn answer(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Connect { .. } => (
+                "upstream_unavailable",
+                "the MCP server behind this proxy is not reachable",
+            ),
+            Self::Io(_) | Self::Closed => (
+                "upstream_no_answer",
+                "the MCP server closed the connection without an answer",
+            ),
+            Self::Head(_) => (
+                "upstream_bad_answer",
+                "the MCP server's answer is not valid HTTP/1.1",
+            ),
+        }
+    }
 }
 
 struct Idle {
@@ -203,9 +222,6 @@ impl UpstreamClient {
                         HeadError::Malformed("interim answers without end").into(),
                     ));
                 }
-            }
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(Attempt::Failed(HeadError::TooLarge.into()));
             }
         }
     }

@@ -7,6 +7,21 @@ use http::{Method, StatusCode, Uri, Version};
 /// Most header fields in one head; more is refused (431 on requests).
 pub const MAX_HEADERS: usize = 100;
 
+/// Largest head (start line and fields), either way; tokens of several KiB ride in request heads.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The length of a complete head, or `None` while it may still complete within [`MAX_HEAD_BYTES`].
+fn within_limit(
+    status: httparse::Status<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match status {
+        httparse::Status::Complete(len) if len <= MAX_HEAD_BYTES => Ok(Some(len)),
+        httparse::Status::Partial if buffered < MAX_HEAD_BYTES => Ok(None),
+        _ => Err(HeadError::TooLarge),
+    }
+}
+
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -183,9 +198,8 @@ fn version_of(minor: Option<u8>) -> Result<Version, HeadError> {
 pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
-    let len = match request.parse(buf).map_err(from_httparse)? {
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
+    let Some(len) = within_limit(request.parse(buf).map_err(from_httparse)?, buf.len())? else {
+        return Ok(None);
     };
     let version = version_of(request.version)?;
     let method = request
@@ -250,9 +264,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadErr
 pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, ResponseHead)>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf).map_err(from_httparse)? {
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
+    let Some(len) = within_limit(response.parse(buf).map_err(from_httparse)?, buf.len())? else {
+        return Ok(None);
     };
     let version = version_of(response.version)?;
     let status = response
@@ -418,6 +431,30 @@ mod tests {
         assert_eq!(
             HeadError::TooLarge.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_head_past_the_limit_is_refused_whole_or_in_part() {
+        let pad = "p".repeat(MAX_HEAD_BYTES);
+        let request = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {pad}\r\n\r\n");
+        assert_eq!(
+            parse_request(request.as_bytes()).unwrap_err(),
+            HeadError::TooLarge
+        );
+        assert_eq!(
+            parse_request(&request.as_bytes()[..MAX_HEAD_BYTES]).unwrap_err(),
+            HeadError::TooLarge
+        );
+        let response = format!("HTTP/1.1 200 OK\r\nX-Pad: {pad}\r\n\r\n");
+        assert_eq!(
+            parse_response(response.as_bytes()).unwrap_err(),
+            HeadError::TooLarge
+        );
+        assert!(
+            parse_request(&request.as_bytes()[..1000])
+                .unwrap()
+                .is_none()
         );
     }
 

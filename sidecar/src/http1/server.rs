@@ -20,12 +20,10 @@ use tokio::time::Instant;
 
 use super::body::{Finish, Handoff, Leftover, WireBody};
 use super::chunked::{CHUNK_END, LAST_CHUNK, chunk_header};
-use super::head::{self, HeadError, RequestHead};
+use super::head::{self, HeadError, MAX_HEAD_BYTES, RequestHead};
 use super::write::write_all;
 use crate::proxy::ProxyBody;
 
-/// Largest request head (request line and fields); tokens of several KiB ride in it.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Heads up to this size are parsed after every read, so garbage is refused at once.
 const QUICK_PARSE_BYTES: usize = 4096;
 /// How long a kept-alive connection may sit between requests.
@@ -213,9 +211,6 @@ async fn read_head(
                         *inbound = BytesMut::new();
                     }
                     return Head::Request(head);
-                }
-                Ok(None) if inbound.len() >= MAX_HEAD_BYTES => {
-                    return Head::Refused(HeadError::TooLarge);
                 }
                 Ok(None) => {}
                 Err(error) => return Head::Refused(error),

@@ -52,10 +52,12 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let yaml = format!(
         "issuer: {ISSUER}\nstorage:\n  sqlite:\n    path: {db}\nsigning:\n  keysDir: {keys}\n  selfManaged: true\n\
          scopes:\n  - value: files:read\n    description: Read\nresources:\n  - resource: {RESOURCE}\n    displayName: Files\n    \
-         scopes: [files:read]\nlogin:\n  static:\n    users: []\nadmin:\n  tokenFile: {admin}\n",
+         scopes: [files:read]\nlogin:\n  static:\n    users:\n      - username: alice\n        passwordHash: \"{alice}\"\nadmin:\n  tokenFile: {admin}\n",
         db = dir.path().join("as.db").display(),
         keys = dir.path().join("keys").display(),
         admin = dir.path().join("admin").display(),
+        // The refreshed grant's subject must still be a user, or the refresh revokes it.
+        alice = mcp_authz_authserver::passwords::hash_password("bench").unwrap(),
     );
     let mut config = AuthServerConfig::parse(&yaml, std::path::Path::new("b.yaml")).unwrap();
     config.clients.push(ClientConfig {
@@ -69,7 +71,13 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         introspection: false,
     });
     config.validate().unwrap();
-    keys::rotate_self_managed(&config.signing.keys_dir, now() as u64, 86_400, 300).unwrap();
+    mcp_authz_authserver::self_managed::rotate_self_managed(
+        &config.signing.keys_dir,
+        now() as u64,
+        86_400,
+        300,
+    )
+    .unwrap();
     let key_set = KeySet::load(&config.signing.keys_dir, now() as u64).unwrap();
     let store: Arc<dyn Store> = Arc::new(
         rt.block_on(SqlStore::open_sqlite(&dir.path().join("as.db")))
@@ -86,7 +94,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
 }
 
 fn now() -> i64 {
-    mcp_authz_authserver::store::sql::now_secs()
+    mcp_authz_authserver::clock::now_secs()
 }
 
 fn assertion(f: &Fixture) -> String {
@@ -167,6 +175,7 @@ fn benches(c: &mut Criterion) {
         revoked_at: None,
         revoked_reason: None,
         client_fingerprint: String::new(),
+        client_auth_method: "private_key_jwt".into(),
     };
     rt.block_on(f.state.store.put_grant(&grant)).unwrap();
     let first = mcp_authz_authserver::secrets::random_token();

@@ -9,10 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::audit::{self, Decision};
+use crate::audit::Decision;
+use crate::clock::now_secs;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{GrantFilter, sql::now_secs};
+use crate::store::GrantFilter;
 
 /// A refusal of the admin API, rendered as a JSON error.
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +81,14 @@ async fn require_admin(
     };
     if let Err(e) = &result {
         state.metrics.outcome("admin", e.metric_label());
-        audit::record(
-            state.store.as_ref(),
-            Decision {
+        state
+            .record_decision(Decision {
                 event: "admin",
                 outcome: "refused",
                 reason: &format!("{action}: {e}"),
                 ..Default::default()
-            },
-        )
-        .await;
+            })
+            .await;
     }
     result
 }
@@ -116,6 +115,9 @@ impl From<GrantQuery> for GrantFilter {
     }
 }
 
+/// The most grants one listing returns (oldest first); `truncated` says when more matched.
+pub const MAX_LISTED_GRANTS: i64 = 1000;
+
 /// GET `/admin/grants?subject=&client_id=&resource=&include_inactive=`.
 pub async fn list_grants(
     State(state): State<Arc<AppState>>,
@@ -124,9 +126,15 @@ pub async fn list_grants(
 ) -> Result<Response, AdminError> {
     require_admin(&state, &headers, "list grants").await?;
     let Query(query) = query.map_err(|e| AdminError::BadRequest(e.body_text()))?;
-    let grants = state.store.list_grants(&query.into(), now_secs()).await?;
+    // One more than a page tells whether there are more, so a long list never looks complete when it is not.
+    let mut grants = state
+        .store
+        .list_grants(&query.into(), now_secs(), MAX_LISTED_GRANTS + 1)
+        .await?;
+    let truncated = grants.len() as i64 > MAX_LISTED_GRANTS;
+    grants.truncate(MAX_LISTED_GRANTS as usize);
     state.metrics.outcome("admin", "ok");
-    Ok(axum::Json(json!({ "grants": grants })).into_response())
+    Ok(axum::Json(json!({ "grants": grants, "truncated": truncated })).into_response())
 }
 
 /// POST `/admin/grants/revoke?subject=&client_id=&resource=`: revokes every active grant matching (at least one
@@ -144,32 +152,29 @@ pub async fn revoke_grants(
         ));
     }
     let now = now_secs();
-    let mut filter: GrantFilter = query.into();
-    filter.include_inactive = false;
-    let grants = state.store.list_grants(&filter, now).await?;
-    let mut revoked = Vec::new();
-    for g in grants {
-        if state
-            .store
-            .revoke_grant(&g.id, "revoked by an administrator", now)
-            .await?
-        {
-            audit::record(
-                state.store.as_ref(),
-                Decision {
-                    event: "admin_revoke",
-                    subject: Some(&g.subject),
-                    client_id: Some(&g.client_id),
-                    resource: Some(&g.resource),
-                    scopes: &g.scopes,
-                    outcome: "revoked",
-                    reason: "revoked by an administrator",
-                },
-            )
-            .await;
-            revoked.push(g.id);
-        }
-    }
+    let filter: GrantFilter = query.into();
+    // One transaction however many grants match: during an incident nothing may be left behind by a page size.
+    let revoked = state
+        .store
+        .revoke_grants(&filter, "revoked by an administrator", now)
+        .await?;
+    let scope = format!(
+        "revoked by an administrator: {revoked} grants matching subject={} client_id={} resource={}",
+        filter.subject.as_deref().unwrap_or("*"),
+        filter.client_id.as_deref().unwrap_or("*"),
+        filter.resource.as_deref().unwrap_or("*"),
+    );
+    state
+        .record_decision(Decision {
+            event: "admin_revoke",
+            subject: filter.subject.as_deref(),
+            client_id: filter.client_id.as_deref(),
+            resource: filter.resource.as_deref(),
+            outcome: "revoked",
+            reason: &scope,
+            ..Default::default()
+        })
+        .await;
     state.metrics.outcome("admin", "ok");
     Ok(axum::Json(json!({ "revoked": revoked })).into_response())
 }
@@ -195,7 +200,7 @@ pub async fn recent_audit(
 
 /// GET `/metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let age = crate::store::sql::now_secs() - state.keys().signer().activates_at as i64;
+    let age = now_secs() - state.keys().signer().activates_at as i64;
     state.metrics.signing_key_age.set(age.max(0));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

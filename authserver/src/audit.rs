@@ -1,6 +1,13 @@
-//! Audit events: one per authorization decision, as a structured log line (target `audit`) and a store row.
+//! Audit events: one per authorization decision, as a structured log line (target `audit`, the lasting record)
+//! and a store row (for `/admin/audit`). Rows of refusals are budgeted: anyone can make the server refuse
+//! something, and without a bound an anonymous flood would fill the disk through this table. The log line is
+//! written for every decision whatever the budget.
 
-use crate::store::{AuditEvent, Store, sql::now_secs};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::clock::now_secs;
+use crate::store::{AuditEvent, Store};
 
 /// Who asked for what, and what we decided.
 #[derive(Debug, Default, Clone)]
@@ -14,9 +21,60 @@ pub struct Decision<'a> {
     pub reason: &'a str,
 }
 
-/// Writes the log line, then the row. A store failure is logged, never turned into a refusal of its own: the log
-/// line is already out.
-pub async fn record(store: &dyn Store, d: Decision<'_>) {
+/// Refusal rows a replica stores at most in a burst.
+pub const REFUSAL_ROWS_BURST: f64 = 20.0;
+/// Refusal rows a replica stores at most per minute, sustained: with the 30-day retention, at most about 430,000
+/// rows (roughly 130 MB) however hard it is flooded.
+pub const REFUSAL_ROWS_PER_MINUTE: f64 = 10.0;
+
+/// A token bucket over refusal rows.
+#[derive(Debug)]
+pub struct RowBudget {
+    bucket: Mutex<(f64, Instant)>,
+    burst: f64,
+    per_second: f64,
+}
+
+impl Default for RowBudget {
+    fn default() -> Self {
+        Self::new(REFUSAL_ROWS_BURST, REFUSAL_ROWS_PER_MINUTE / 60.0)
+    }
+}
+
+impl RowBudget {
+    pub fn new(burst: f64, per_second: f64) -> Self {
+        RowBudget {
+            bucket: Mutex::new((burst, Instant::now())),
+            burst,
+            per_second,
+        }
+    }
+
+    /// Takes one row from the budget at `now`; false when it is spent.
+    pub fn take(&self, now: Instant) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *bucket;
+        let refilled = (tokens
+            + now.saturating_duration_since(last).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        let (left, taken) = if refilled >= 1.0 {
+            (refilled - 1.0, true)
+        } else {
+            (refilled, false)
+        };
+        *bucket = (left, now.max(last));
+        taken
+    }
+}
+
+/// Whether a decision's row counts against the refusal budget.
+fn is_refusal(outcome: &str) -> bool {
+    outcome == "refused"
+}
+
+/// Writes the log line, then the row (a refusal's only while `budget` lasts; returns false when it was
+/// suppressed). A store failure is logged, never turned into a refusal of its own: the log line is already out.
+pub async fn record(store: &dyn Store, budget: &RowBudget, d: Decision<'_>) -> bool {
     tracing::info!(
         target: "audit",
         event = d.event,
@@ -28,6 +86,9 @@ pub async fn record(store: &dyn Store, d: Decision<'_>) {
         reason = d.reason,
         "authorization decision"
     );
+    if is_refusal(d.outcome) && !budget.take(Instant::now()) {
+        return false;
+    }
     let event = AuditEvent {
         at: now_secs(),
         event: d.event.to_owned(),
@@ -40,5 +101,40 @@ pub async fn record(store: &dyn Store, d: Decision<'_>) {
     };
     if let Err(e) = store.put_audit(&event).await {
         tracing::warn!(error = %e, "audit event not stored");
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_refusal_budget_refills_at_its_rate_up_to_its_burst() {
+        let budget = RowBudget::new(3.0, 0.5);
+        let t0 = Instant::now();
+        // (seconds after t0, taken?)
+        let steps = [
+            (0.0, true),
+            (0.0, true),
+            (0.0, true),
+            (0.0, false),
+            (1.0, false),
+            (2.0, true),
+            (2.0, false),
+            // A long pause refills only up to the burst.
+            (100.0, true),
+            (100.0, true),
+            (100.0, true),
+            (100.0, false),
+        ];
+        for (i, (at, want)) in steps.iter().enumerate() {
+            let now = t0 + Duration::from_secs_f64(*at);
+            assert_eq!(budget.take(now), *want, "step {i} at {at} s");
+        }
+        assert!(is_refusal("refused"));
+        assert!(!is_refusal("issued"));
     }
 }

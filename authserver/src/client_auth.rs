@@ -1,5 +1,10 @@
 //! Client authentication at the token, introspection and revocation endpoints: `none` (public clients, identified
 //! by `client_id`) or `private_key_jwt` (RFC 7523 assertions). Shared secrets, `alg: none` and HMAC are refused.
+//!
+//! Two steps, so callers can decide under which resource the client is looked up before anything is fetched:
+//! [`presented`] reads what the request claims (no I/O), [`authenticate`] checks it under a resource's policy.
+//! An assertion's claims are checked before the client's keys are looked up, so junk assertions never make the
+//! server fetch a `jwks_uri`.
 
 use axum::http::{HeaderMap, header};
 use base64::Engine;
@@ -9,11 +14,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::clients::{self, ClientKeySource, ClientView, cimd_error, shorten};
+use crate::clock::now_secs;
 use crate::config::ClientAuthMethod;
 use crate::oauth_error::OAuthError;
 use crate::params::Params;
 use crate::state::{AppState, Snapshot};
-use crate::store::sql::now_secs;
 
 /// The only assertion type (RFC 7523 §2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -28,16 +33,45 @@ pub const ACCEPTED_ALGS: &[Algorithm] = &[
 pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 const LEEWAY_SECS: u64 = 30;
 
-/// Authenticates the caller. `audiences` are the values an assertion's `aud` may hold (the endpoint URL, the
-/// issuer). `resource` picks the CIMD policy for URL client ids.
-pub async fn authenticate(
-    state: &AppState,
-    snapshot: &Snapshot,
-    headers: &HeaderMap,
-    params: &Params,
-    audiences: &[String],
-    resource: Option<&str>,
-) -> Result<ClientView, OAuthError> {
+/// The URLs a client assertion may name as its audience at an endpoint: that endpoint's URL or the issuer.
+/// An assertion made for `/token` is not accepted at `/introspect` or `/revoke`.
+pub fn assertion_audiences(snapshot: &Snapshot, endpoint: &str) -> Vec<String> {
+    let issuer = &snapshot.config.issuer;
+    vec![format!("{issuer}/{endpoint}"), issuer.clone()]
+}
+
+/// What a request says about its client, before anything is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented<'a> {
+    /// The client id: the assertion's `iss`, or `client_id`.
+    pub client_id: String,
+    /// The assertion, when the request carries one (`private_key_jwt`).
+    pub assertion: Option<Assertion<'a>>,
+}
+
+/// A client assertion with its header and claims decoded but not verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assertion<'a> {
+    pub jwt: &'a str,
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Value,
+}
+
+impl Presented<'_> {
+    /// The method the request authenticates with.
+    pub fn method(&self) -> ClientAuthMethod {
+        if self.assertion.is_some() {
+            ClientAuthMethod::PrivateKeyJwt
+        } else {
+            ClientAuthMethod::None
+        }
+    }
+}
+
+/// Reads the client a request presents. Refuses shared secrets, a malformed assertion, and a `client_id` that
+/// disagrees with the assertion's issuer.
+pub fn presented<'a>(headers: &HeaderMap, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
     if headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -52,28 +86,15 @@ pub async fn authenticate(
             "client secrets are not supported; use private_key_jwt",
         ));
     }
-    if params.get("client_assertion_type").is_some() || params.get("client_assertion").is_some() {
-        return assertion(state, snapshot, params, audiences, resource).await;
+    if params.get("client_assertion_type").is_none() && params.get("client_assertion").is_none() {
+        let client_id = params
+            .get("client_id")
+            .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
+        return Ok(Presented {
+            client_id: client_id.to_owned(),
+            assertion: None,
+        });
     }
-    let client_id = params
-        .get("client_id")
-        .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
-    let client = clients::lookup(snapshot, state, client_id, resource).await?;
-    if client.auth_method == ClientAuthMethod::PrivateKeyJwt {
-        return Err(OAuthError::invalid_client(
-            "this client must authenticate with private_key_jwt",
-        ));
-    }
-    Ok(client)
-}
-
-async fn assertion(
-    state: &AppState,
-    snapshot: &Snapshot,
-    params: &Params,
-    audiences: &[String],
-    resource: Option<&str>,
-) -> Result<ClientView, OAuthError> {
     if params.get("client_assertion_type") != Some(JWT_BEARER) {
         return Err(OAuthError::invalid_client(format!(
             "client_assertion_type must be {JWT_BEARER}"
@@ -91,9 +112,9 @@ async fn assertion(
             header.alg
         )));
     }
-    let unverified = unverified_claims(jwt)
+    let claims = unverified_claims(jwt)
         .ok_or_else(|| OAuthError::invalid_client("client_assertion payload is not JSON"))?;
-    let client_id = unverified
+    let client_id = claims
         .get("iss")
         .and_then(Value::as_str)
         .ok_or_else(|| OAuthError::invalid_client("client_assertion has no iss"))?
@@ -103,57 +124,45 @@ async fn assertion(
             "client_id does not match the client_assertion issuer",
         ));
     }
-    let client = clients::lookup(snapshot, state, &client_id, resource).await?;
-    if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
+    Ok(Presented {
+        client_id,
+        assertion: Some(Assertion {
+            jwt,
+            alg: header.alg,
+            kid: header.kid,
+            claims,
+        }),
+    })
+}
+
+/// The checks of an assertion's claims that need no key: subject, audience, a usable `exp` within the cap, a
+/// `jti`. Returns `(exp, jti)`. The signature check repeats the time and audience checks with the key.
+pub fn check_claims<'c>(
+    claims: &'c Value,
+    client_id: &str,
+    audiences: &[String],
+    now: i64,
+) -> Result<(i64, &'c str), OAuthError> {
+    if claims.get("sub").and_then(Value::as_str) != Some(client_id) {
         return Err(OAuthError::invalid_client(
-            "this client is registered for token_endpoint_auth_method none",
+            "client_assertion sub must be the client id",
         ));
     }
-    let jwks: JwkSet = match &client.keys {
-        Some(ClientKeySource::Jwks(v)) => serde_json::from_value(v.clone()),
-        Some(ClientKeySource::JwksUri(uri)) => {
-            let resolver = snapshot
-                .cimd
-                .as_ref()
-                .ok_or_else(|| OAuthError::invalid_client("jwks_uri cannot be fetched"))?;
-            serde_json::from_value(resolver.fetch_jwks(uri).await.map_err(cimd_error)?)
-        }
-        None => return Err(OAuthError::invalid_client("the client has no keys")),
-    }
-    .map_err(|e| OAuthError::invalid_client(format!("the client's JWK Set is invalid: {e}")))?;
-    let mut validation = Validation::new(header.alg);
-    validation.set_audience(audiences);
-    validation.set_issuer(&[&client_id]);
-    validation.sub = Some(client_id.clone());
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    validation.leeway = LEEWAY_SECS;
-    // RFC 7523 §3: an assertion is not accepted before its `nbf`.
-    validation.validate_nbf = true;
-    let candidates: Vec<_> = match &header.kid {
-        Some(kid) => jwks.find(kid).into_iter().collect(),
-        None => jwks.keys.iter().collect(),
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => audiences.contains(a),
+        Some(Value::Array(all)) => all
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
+        _ => false,
     };
-    let mut claims = None;
-    let mut last_error = String::from("no key of the client matches the assertion's kid");
-    for jwk in candidates {
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
-        match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
-            Ok(data) => {
-                claims = Some(data.claims);
-                break;
-            }
-            Err(e) => last_error = e.to_string(),
-        }
+    if !aud_ok {
+        return Err(OAuthError::invalid_client(
+            "client_assertion aud must be this endpoint's URL or the issuer",
+        ));
     }
-    let claims = claims.ok_or_else(|| {
-        OAuthError::invalid_client(format!("client_assertion rejected: {last_error}"))
-    })?;
-    let now = now_secs();
     // A NumericDate may have a fraction (`time.time()`); it is rounded up, so the cap and the time the `jti`
-    // is remembered both cover the assertion's whole life. One the library accepts but no clock reaches
-    // (past year 33,000) is refused rather than read as 0, which would skip both.
+    // is remembered both cover the assertion's whole life. One no clock reaches (past year 33,000) is refused
+    // rather than read as 0, which would skip both.
     let exp = claims
         .get("exp")
         .and_then(Value::as_f64)
@@ -162,6 +171,9 @@ async fn assertion(
         .ok_or_else(|| {
             OAuthError::invalid_client("client_assertion exp is not a usable NumericDate")
         })?;
+    if exp + (LEEWAY_SECS as i64) < now {
+        return Err(OAuthError::invalid_client("client_assertion has expired"));
+    }
     if exp > now + MAX_ASSERTION_LIFETIME_SECS + LEEWAY_SECS as i64 {
         return Err(OAuthError::invalid_client(format!(
             "client_assertion exp is more than {MAX_ASSERTION_LIFETIME_SECS} seconds away"
@@ -174,9 +186,83 @@ async fn assertion(
         .ok_or_else(|| {
             OAuthError::invalid_client("client_assertion needs a jti (at most 256 characters)")
         })?;
+    Ok((exp, jti))
+}
+
+/// Authenticates the presented client, looked up under the policy of `resource` (for URL client ids).
+/// `audiences` are the values an assertion's `aud` may hold.
+pub async fn authenticate(
+    state: &AppState,
+    snapshot: &Snapshot,
+    presented: &Presented<'_>,
+    audiences: &[String],
+    resource: Option<&str>,
+) -> Result<ClientView, OAuthError> {
+    let Some(assertion) = &presented.assertion else {
+        let client = clients::lookup(snapshot, state, &presented.client_id, resource).await?;
+        if client.auth_method == ClientAuthMethod::PrivateKeyJwt {
+            return Err(OAuthError::invalid_client(
+                "this client must authenticate with private_key_jwt",
+            ));
+        }
+        return Ok(client);
+    };
+    let client_id = &presented.client_id;
+    let now = now_secs();
+    let (exp, jti) = check_claims(&assertion.claims, client_id, audiences, now)?;
+    let client = clients::lookup(snapshot, state, client_id, resource).await?;
+    if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
+        return Err(OAuthError::invalid_client(
+            "this client is registered for token_endpoint_auth_method none",
+        ));
+    }
+    let jwks: JwkSet = match &client.keys {
+        Some(ClientKeySource::Jwks(v)) => serde_json::from_value(v.clone()),
+        Some(ClientKeySource::JwksUri(uri)) => {
+            let resolver = snapshot
+                .cimd
+                .as_ref()
+                .ok_or_else(|| OAuthError::invalid_client("jwks_uri cannot be fetched"))?;
+            let fetched = resolver.fetch_jwks(uri).await.map_err(cimd_error)?;
+            serde_json::from_value(fetched.as_ref().clone())
+        }
+        None => return Err(OAuthError::invalid_client("the client has no keys")),
+    }
+    .map_err(|e| OAuthError::invalid_client(format!("the client's JWK Set is invalid: {e}")))?;
+    let mut validation = Validation::new(assertion.alg);
+    validation.set_audience(audiences);
+    validation.set_issuer(&[client_id]);
+    validation.sub = Some(client_id.clone());
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    validation.leeway = LEEWAY_SECS;
+    // RFC 7523 §3: an assertion is not accepted before its `nbf`.
+    validation.validate_nbf = true;
+    let candidates: Vec<_> = match &assertion.kid {
+        Some(kid) => jwks.find(kid).into_iter().collect(),
+        None => jwks.keys.iter().collect(),
+    };
+    let mut verified = false;
+    let mut last_error = String::from("no key of the client matches the assertion's kid");
+    for jwk in candidates {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match jsonwebtoken::decode::<Value>(assertion.jwt, &key, &validation) {
+            Ok(_) => {
+                verified = true;
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    if !verified {
+        return Err(OAuthError::invalid_client(format!(
+            "client_assertion rejected: {last_error}"
+        )));
+    }
     if !state
         .store
-        .use_assertion_id(&client_id, jti, exp + LEEWAY_SECS as i64)
+        .use_assertion_id(client_id, jti, exp + LEEWAY_SECS as i64)
         .await?
     {
         return Err(OAuthError::invalid_client(format!(
@@ -187,17 +273,167 @@ async fn assertion(
     Ok(client)
 }
 
-/// The client a request's assertion (or `client_id`) claims to be, before anything is verified: for
-/// decisions that must not cost a lookup.
-pub fn claimed_client(params: &Params) -> Option<String> {
-    let from_assertion = params
-        .get("client_assertion")
-        .and_then(unverified_claims)
-        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_owned));
-    from_assertion.or_else(|| params.get("client_id").map(str::to_owned))
-}
-
 fn unverified_claims(jwt: &str) -> Option<Value> {
     let payload = jwt.split('.').nth(1)?;
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn claims_are_checked_before_any_key_is_looked_up() {
+        let audiences = vec![
+            "https://as.example/token".to_owned(),
+            "https://as.example".to_owned(),
+        ];
+        let good = json!({"iss": "c", "sub": "c", "aud": "https://as.example/token", "exp": 1100, "jti": "j"});
+        let with = |k: &str, v: Value| {
+            let mut c = good.clone();
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v;
+            }
+            c
+        };
+        type Case = (Value, Result<(i64, &'static str), &'static str>);
+        let cases: Vec<Case> = vec![
+            (good.clone(), Ok((1100, "j"))),
+            (
+                with("aud", json!(["x", "https://as.example"])),
+                Ok((1100, "j")),
+            ),
+            (with("exp", json!(1099.2)), Ok((1100, "j"))),
+            (
+                with("sub", json!("other")),
+                Err("client_assertion sub must be the client id"),
+            ),
+            (
+                with("sub", Value::Null),
+                Err("client_assertion sub must be the client id"),
+            ),
+            (
+                with("aud", json!("https://as.example/introspect")),
+                Err("client_assertion aud must be this endpoint's URL or the issuer"),
+            ),
+            (
+                with("aud", json!(7)),
+                Err("client_assertion aud must be this endpoint's URL or the issuer"),
+            ),
+            (
+                with("exp", json!("soon")),
+                Err("client_assertion exp is not a usable NumericDate"),
+            ),
+            (
+                with("exp", json!(1e13)),
+                Err("client_assertion exp is not a usable NumericDate"),
+            ),
+            (with("exp", json!(900)), Err("client_assertion has expired")),
+            (
+                with("exp", json!(1000 + 3600 + 31)),
+                Err("client_assertion exp is more than 3600 seconds away"),
+            ),
+            (
+                with("jti", Value::Null),
+                Err("client_assertion needs a jti (at most 256 characters)"),
+            ),
+            (
+                with("jti", json!("")),
+                Err("client_assertion needs a jti (at most 256 characters)"),
+            ),
+            (
+                with("jti", json!("j".repeat(257))),
+                Err("client_assertion needs a jti (at most 256 characters)"),
+            ),
+        ];
+        for (claims, want) in cases {
+            let got = check_claims(&claims, "c", &audiences, 1000).map_err(|e| e.description);
+            assert_eq!(got, want.map_err(str::to_owned), "{claims}");
+        }
+    }
+
+    #[test]
+    fn what_a_request_presents() {
+        let form = |pairs: &[(&str, &str)]| {
+            Params::parse(
+                &url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish(),
+            )
+            .unwrap()
+        };
+        let none = HeaderMap::new();
+        let p = form(&[("client_id", "cli")]);
+        let got = presented(&none, &p).unwrap();
+        assert_eq!(
+            (got.client_id.as_str(), got.method()),
+            ("cli", ClientAuthMethod::None)
+        );
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"iss":"svc"}"#);
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#);
+        let jwt = format!("{header}.{payload}.sig");
+        let p = form(&[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &jwt),
+        ]);
+        let got = presented(&none, &p).unwrap();
+        assert_eq!(
+            (got.client_id.as_str(), got.method()),
+            ("svc", ClientAuthMethod::PrivateKeyJwt)
+        );
+        let mut basic = HeaderMap::new();
+        basic.insert(header::AUTHORIZATION, "Basic eDp5".parse().unwrap());
+        let hs = format!(
+            "{}.{payload}.sig",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#)
+        );
+        let cases: Vec<(&HeaderMap, Params, &str)> = vec![
+            (&none, form(&[]), "client_id is missing"),
+            (
+                &basic,
+                form(&[("client_id", "cli")]),
+                "client_secret_basic is not supported; authenticate with private_key_jwt or as a public client",
+            ),
+            (
+                &none,
+                form(&[("client_id", "cli"), ("client_secret", "s")]),
+                "client secrets are not supported; use private_key_jwt",
+            ),
+            (
+                &none,
+                form(&[("client_assertion", &jwt)]),
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            (
+                &none,
+                form(&[("client_assertion_type", JWT_BEARER)]),
+                "client_assertion is missing",
+            ),
+            (
+                &none,
+                form(&[
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", &hs),
+                ]),
+                "client_assertion algorithm HS256 is refused; use ES256, RS256, PS256 or EdDSA",
+            ),
+            (
+                &none,
+                form(&[
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", &jwt),
+                    ("client_id", "other"),
+                ]),
+                "client_id does not match the client_assertion issuer",
+            ),
+        ];
+        for (headers, params, want) in cases {
+            let e = presented(headers, &params).unwrap_err();
+            assert_eq!(e.description, want, "{params:?}");
+        }
+    }
 }

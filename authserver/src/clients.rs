@@ -40,7 +40,7 @@ pub struct ClientView {
 }
 
 impl ClientView {
-    fn registered(c: &ClientConfig) -> Self {
+    pub fn registered(c: &ClientConfig) -> Self {
         let grant_types = if c.grant_types.is_empty() {
             vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
         } else {

@@ -342,6 +342,16 @@ pub enum ClientAuthMethod {
     PrivateKeyJwt,
 }
 
+impl ClientAuthMethod {
+    /// The OAuth registry name of the method.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::None => "none",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
 /// OAuth grant types a client may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -9,14 +9,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::audit::{self, Decision};
+use crate::audit::Decision;
 use crate::client_auth;
+use crate::client_auth::assertion_audiences;
+use crate::clock::now_secs;
 use crate::oauth_error::OAuthError;
 use crate::params::Params;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::sql::now_secs;
-use crate::token::assertion_audiences;
 
 /// What a presented token turned out to be.
 enum Found {
@@ -112,9 +112,8 @@ async fn authorize_introspection(
     }
     // Only registered clients and resource servers may introspect. A client named by a metadata document is
     // refused before its document and keys would be fetched on an unauthenticated request's say-so.
-    if client_auth::claimed_client(params)
-        .is_some_and(|id| id.starts_with("https://") || id.starts_with("http://"))
-    {
+    let presented = client_auth::presented(headers, params)?;
+    if presented.client_id.starts_with("https://") || presented.client_id.starts_with("http://") {
         return Err(OAuthError::invalid_client(
             "this client may not introspect tokens",
         ));
@@ -122,8 +121,7 @@ async fn authorize_introspection(
     let client = client_auth::authenticate(
         state,
         snapshot,
-        headers,
-        params,
+        &presented,
         &assertion_audiences(snapshot, "introspect"),
         None,
     )
@@ -153,9 +151,8 @@ pub async fn introspect(
         let caller = match authorize_introspection(&state, &snapshot, &headers, &params).await {
             Ok(c) => c,
             Err(e) => {
-                audit::record(
-                    state.store.as_ref(),
-                    Decision { event: "introspect", outcome: "refused", reason: &e.to_string(), ..Default::default() },
+                state
+            .record_decision(Decision { event: "introspect", outcome: "refused", reason: &e.to_string(), ..Default::default() },
                 )
                 .await;
                 return Err(e);
@@ -213,66 +210,68 @@ pub async fn revoke(
     let snapshot = state.snapshot();
     let result = async {
         let params = Params::from_form(&headers, body).await?;
+        let presented = client_auth::presented(&headers, &params)?;
+        let token = params.require("token")?;
+        let now = now_secs();
+        // The token's grant first: the client is authenticated under the policy of the grant's resource, as at
+        // the token endpoint, so a client that may authenticate two ways cannot revoke with the weaker one.
+        let found = find(&state, &snapshot, token).await?;
+        let grant = match &found {
+            Found::Access {
+                grant_id: Some(id), ..
+            }
+            | Found::Refresh { grant_id: id } => state.store.grant(id).await?,
+            Found::Access { grant_id: None, .. } | Found::Nothing => None,
+        };
         let client = client_auth::authenticate(
             &state,
             &snapshot,
-            &headers,
-            &params,
+            &presented,
             &assertion_audiences(&snapshot, "revoke"),
-            None,
+            grant.as_ref().map(|g| g.resource.as_str()),
         )
         .await?;
-        let token = params.require("token")?;
-        let now = now_secs();
-        let grant_id = match find(&state, &snapshot, token).await? {
-            Found::Access { claims, grant_id } => {
-                if claims.get("client_id").and_then(Value::as_str)
-                    != Some(client.client_id.as_str())
-                {
+        let issued_to_client =
+            |client_id: Option<&str>| client_id == Some(client.client_id.as_str());
+        match found {
+            Found::Access { claims, .. } => {
+                if !issued_to_client(claims.get("client_id").and_then(Value::as_str)) {
                     return Err(OAuthError::invalid_request(
                         "the token was not issued to this client",
                     ));
                 }
+                // Revoking an access token leaves the grant (RFC 7009 §2.1 lets us choose).
                 if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
                     state.store.revoke_access_token(jti, now).await?;
                 }
-                // Revoking an access token leaves the grant (RFC 7009 §2.1 lets us choose); a refresh token revokes all.
-                let _ = grant_id;
-                None
             }
-            Found::Refresh { grant_id } => Some(grant_id),
+            Found::Refresh { grant_id } => {
+                if !issued_to_client(grant.as_ref().map(|g| g.client_id.as_str())) {
+                    return Err(OAuthError::invalid_request(
+                        "the token was not issued to this client",
+                    ));
+                }
+                // A refresh token revokes the whole grant.
+                state
+                    .store
+                    .revoke_grant(&grant_id, "revoked by the client", now)
+                    .await?;
+                if let Some(g) = &grant {
+                    state
+                        .record_decision(Decision {
+                            event: "revoke",
+                            subject: Some(&g.subject),
+                            client_id: Some(&g.client_id),
+                            resource: Some(&g.resource),
+                            scopes: &g.scopes,
+                            outcome: "revoked",
+                            reason: "revoked by the client",
+                        })
+                        .await;
+                }
+            }
             // RFC 7009 §2.2: an invalid or unknown token is not an error.
-            Found::Nothing => None,
-        };
-        if let Some(grant_id) = grant_id {
-            let grant = state.store.grant(&grant_id).await?;
-            if grant
-                .as_ref()
-                .is_some_and(|g| g.client_id != client.client_id)
-            {
-                return Err(OAuthError::invalid_request(
-                    "the token was not issued to this client",
-                ));
-            }
-            state
-                .store
-                .revoke_grant(&grant_id, "revoked by the client", now)
-                .await?;
-            if let Some(g) = grant {
-                audit::record(
-                    state.store.as_ref(),
-                    Decision {
-                        event: "revoke",
-                        subject: Some(&g.subject),
-                        client_id: Some(&g.client_id),
-                        resource: Some(&g.resource),
-                        scopes: &g.scopes,
-                        outcome: "revoked",
-                        reason: "revoked by the client",
-                    },
-                )
-                .await;
-            }
+            Found::Nothing => {}
         }
         Ok::<_, OAuthError>(())
     }

@@ -236,7 +236,7 @@ impl KeySet {
     }
 }
 
-fn read_index(dir: &Path) -> Result<KeyIndex, KeyError> {
+pub(crate) fn read_index(dir: &Path) -> Result<KeyIndex, KeyError> {
     let path = dir.join(INDEX_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| KeyError::Read {
         path: path.display().to_string(),
@@ -316,70 +316,10 @@ pub fn pkcs8_pem(der: &[u8]) -> String {
     pem
 }
 
-/// Self-managed mode: applies the rotation plan ([`crate::rotation::plan`], the operator's own) to the directory:
-/// generates the key it asks for, drops expired ones, and writes the index atomically. Returns whether anything
-/// changed. Several replicas must not share a self-managed directory.
-pub fn rotate_self_managed(dir: &Path, now: u64, period: u64, lead: u64) -> Result<bool, KeyError> {
-    std::fs::create_dir_all(dir).map_err(|e| KeyError::Write(e.to_string()))?;
-    let index = if dir.join(INDEX_FILE).exists() {
-        read_index(dir)?
-    } else {
-        KeyIndex::default()
-    };
-    let policy = crate::rotation::RotationPolicy {
-        period,
-        max_token_lifetime: lead,
-    };
-    let plan = crate::rotation::plan(&index.keys, now, policy);
-    let mut next = KeyIndex { keys: plan.keep };
-    if let Some(slot) = plan.generate {
-        let (pem, kid) = generate_es256()?;
-        let file = format!("{kid}.pem");
-        write_file(&dir.join(&file), pem.as_bytes())?;
-        next.keys.push(KeyRecord {
-            kid,
-            alg: "ES256".into(),
-            file,
-            state: if slot.activates_at <= now {
-                KeyState::Active
-            } else {
-                KeyState::Next
-            },
-            created_at: now,
-            activates_at: slot.activates_at,
-            retires_at: slot.retires_at,
-            expires_at: slot.retires_at.saturating_add(lead),
-        });
-    }
-    if next == index {
-        return Ok(false);
-    }
-    let text = serde_json::to_string_pretty(&next).map_err(|e| KeyError::Write(e.to_string()))?;
-    write_file(&dir.join(INDEX_FILE), text.as_bytes())?;
-    for gone in index
-        .keys
-        .iter()
-        .filter(|k| !next.keys.iter().any(|n| n.kid == k.kid))
-    {
-        let _ = std::fs::remove_file(dir.join(&gone.file));
-    }
-    Ok(true)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| KeyError::Write(format!("{}: {e}", tmp.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| KeyError::Write(format!("{}: {e}", path.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::self_managed::rotate_self_managed;
 
     const DAY: u64 = 86_400;
 

@@ -1,17 +1,29 @@
 //! Limits on password sign-in. Each Argon2id check holds about 19 MiB and a core for tens of milliseconds, so the
-//! number running at once is bounded per replica (a flood of login posts cannot exhaust memory through the
-//! blocking pool); and each username gets a small budget of failures per window, so an online guesser gets a
-//! handful of tries rather than thousands. The budget is kept in the store (by username hash), so it holds across
-//! replicas and restarts; unknown usernames are counted like known ones, so the limit reveals nothing.
+//! number running at once is bounded per replica, and the slot stays taken until the check itself ends (a client
+//! that hangs up cannot free it early). Every attempt is counted before its password is checked, atomically in
+//! the store, so parallel guesses each see their own number and none slips past the budget; a correct password
+//! takes its attempt back.
+//!
+//! Two budgets per window, both kept in the store (by hash) so they hold across replicas and restarts:
+//! - a username from one client address: small, so one guesser gets a handful of tries;
+//! - a username from anywhere: larger, so a guesser spreading over many addresses is still stopped.
+//!
+//! A stranger can thus lock a person out only by exhausting the larger budget from several addresses, not with a
+//! handful of wrong passwords. Unknown usernames are counted like known ones, so the limit reveals nothing.
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::secrets;
 use crate::store::{Store, StoreError, Timestamp};
 
-/// Failures a username may have in one window before sign-in is refused without checking the password.
-pub const MAX_FAILURES: u32 = 5;
-/// Length of the failure window, in seconds.
+/// Attempts a username may make from one client address in one window.
+pub const MAX_ATTEMPTS_PER_ADDRESS: u32 = 5;
+/// Attempts a username may make from all addresses together in one window.
+pub const MAX_ATTEMPTS_PER_USERNAME: u32 = 20;
+/// Length of the window, in seconds.
 pub const WINDOW_SECS: u64 = 15 * 60;
 
 /// Why a sign-in was refused before its password was checked.
@@ -35,66 +47,116 @@ impl LoginRefusal {
     }
 }
 
+/// The budgets of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    pub per_address: u32,
+    pub per_username: u32,
+    pub window_secs: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            per_address: MAX_ATTEMPTS_PER_ADDRESS,
+            per_username: MAX_ATTEMPTS_PER_USERNAME,
+            window_secs: WINDOW_SECS,
+        }
+    }
+}
+
+/// A password check that may go ahead: its slot (move it into the blocking work that checks the password) and the
+/// counters it was charged to.
+pub struct Attempt {
+    pub slot: OwnedSemaphorePermit,
+    pub charged: Charged,
+}
+
+/// The counters an attempt was charged to.
+pub struct Charged {
+    address_key: String,
+    username_key: String,
+}
+
 /// The sign-in limits of one server.
 #[derive(Debug)]
 pub struct LoginGuard {
-    checks: Semaphore,
-    max_failures: u32,
-    window_secs: u64,
+    checks: Arc<Semaphore>,
+    budgets: Budgets,
 }
 
 impl Default for LoginGuard {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(2 * cores, MAX_FAILURES, WINDOW_SECS)
+        Self::new(2 * cores, Budgets::default())
     }
 }
 
 impl LoginGuard {
-    pub fn new(concurrent_checks: usize, max_failures: u32, window_secs: u64) -> Self {
+    pub fn new(concurrent_checks: usize, budgets: Budgets) -> Self {
         LoginGuard {
-            checks: Semaphore::new(concurrent_checks),
-            max_failures,
-            window_secs,
+            checks: Arc::new(Semaphore::new(concurrent_checks)),
+            budgets,
         }
     }
 
-    /// May `username` try a password now? On success the permit bounds the check that follows. The outer error is
-    /// the store's.
+    /// Takes a check slot and charges the attempt to both budgets, before any password is looked at. The outer
+    /// error is the store's.
     pub async fn admit(
         &self,
         store: &dyn Store,
         username: &str,
+        address: Option<IpAddr>,
         now: Timestamp,
-    ) -> Result<Result<SemaphorePermit<'_>, LoginRefusal>, StoreError> {
-        if let Some((failures, window_end)) = store.login_failures(&secrets::hash(username)).await?
-            && now < window_end
-            && failures >= i64::from(self.max_failures)
-        {
+    ) -> Result<Result<Attempt, LoginRefusal>, StoreError> {
+        let Ok(slot) = self.checks.clone().try_acquire_owned() else {
+            return Ok(Err(LoginRefusal::Busy));
+        };
+        let window = i64::try_from(self.budgets.window_secs).unwrap_or(i64::MAX);
+        let address_key = secrets::hash(&format!(
+            "{username}\n{}",
+            address.map(|a| a.to_string()).unwrap_or_default()
+        ));
+        let username_key = secrets::hash(username);
+        // The address's budget first: an attempt it refuses is not charged to the username, so one address
+        // cannot spend the budget every other address shares.
+        let over_address = store
+            .record_login_failure(&address_key, now, window)
+            .await?
+            > i64::from(self.budgets.per_address);
+        let over_username = !over_address
+            && store
+                .record_login_failure(&username_key, now, window)
+                .await?
+                > i64::from(self.budgets.per_username);
+        if over_address || over_username {
+            let key = if over_address {
+                &address_key
+            } else {
+                &username_key
+            };
+            let window_end = store
+                .login_failures(key)
+                .await?
+                .map_or(now + window, |(_, end)| end);
             let left = u64::try_from(window_end - now).unwrap_or(0);
             return Ok(Err(LoginRefusal::TooManyFailures {
-                retry_after_mins: left.div_ceil(60),
+                retry_after_mins: left.div_ceil(60).max(1),
             }));
         }
-        Ok(self.checks.try_acquire().map_err(|_| LoginRefusal::Busy))
+        Ok(Ok(Attempt {
+            slot,
+            charged: Charged {
+                address_key,
+                username_key,
+            },
+        }))
     }
 
-    /// Counts a wrong password (or an unknown username) against `username`.
-    pub async fn failed(
-        &self,
-        store: &dyn Store,
-        username: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let window = i64::try_from(self.window_secs).unwrap_or(i64::MAX);
-        store
-            .record_login_failure(&secrets::hash(username), now, window)
-            .await
-    }
-
-    /// A correct password clears the username's failures.
-    pub async fn succeeded(&self, store: &dyn Store, username: &str) -> Result<(), StoreError> {
-        store.clear_login_failures(&secrets::hash(username)).await
+    /// A correct password: this address starts afresh, and the attempt no longer counts against the username.
+    pub async fn succeeded(&self, store: &dyn Store, charged: &Charged) -> Result<(), StoreError> {
+        store.clear_login_failures(&charged.address_key).await?;
+        store.forget_login_failure(&charged.username_key).await
     }
 }
 
@@ -111,71 +173,133 @@ mod tests {
         (dir, store)
     }
 
+    const BUDGETS: Budgets = Budgets {
+        per_address: 3,
+        per_username: 5,
+        window_secs: 600,
+    };
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
     #[tokio::test]
-    async fn a_username_gets_its_budget_of_failures_per_window() {
+    async fn each_attempt_is_charged_before_its_check_and_a_success_takes_it_back() {
         let (_dir, store) = store().await;
-        let guard = LoginGuard::new(4, 3, 600);
-        let admit = |name: &'static str, now| {
+        let guard = LoginGuard::new(8, BUDGETS);
+        let try_from = |addr: &'static str, now| {
             let (guard, store) = (&guard, &store);
             async move {
                 guard
-                    .admit(store, name, now)
+                    .admit(store, "alice", ip(addr), now)
                     .await
                     .expect("store")
-                    .map(drop)
             }
         };
+        // Three attempts from one address pass (nothing was checked yet: each is charged as it starts).
         for _ in 0..3 {
-            assert!(admit("alice", 1000).await.is_ok());
-            guard.failed(&store, "alice", 1000).await.expect("store");
+            assert!(try_from("192.0.2.1", 1000).await.is_ok());
         }
         assert_eq!(
-            admit("alice", 1001).await.unwrap_err(),
-            LoginRefusal::TooManyFailures {
+            try_from("192.0.2.1", 1001).await.err(),
+            Some(LoginRefusal::TooManyFailures {
                 retry_after_mins: 10
-            }
+            })
         );
-        assert!(
-            admit("bob", 1001).await.is_ok(),
-            "other users are not affected"
-        );
+        // The refused attempt was not charged to the username (3 of 5), and another address has its own small
+        // budget, until the username's is spent too.
+        let ok = try_from("192.0.2.2", 1001).await.expect("second address");
+        guard.succeeded(&store, &ok.charged).await.expect("store");
+        // The success gave its attempt back: still 3 of 5.
+        assert!(try_from("192.0.2.3", 1002).await.is_ok());
+        assert!(try_from("192.0.2.4", 1003).await.is_ok());
         assert_eq!(
-            admit("alice", 1599).await.unwrap_err(),
-            LoginRefusal::TooManyFailures {
+            try_from("192.0.2.5", 1599).await.err(),
+            Some(LoginRefusal::TooManyFailures {
                 retry_after_mins: 1
-            }
+            })
         );
-        assert!(admit("alice", 1600).await.is_ok(), "a new window starts");
-        guard.failed(&store, "alice", 1600).await.expect("store");
         assert!(
-            admit("alice", 1601).await.is_ok(),
-            "the old failures no longer count"
+            try_from("192.0.2.1", 1600).await.is_ok(),
+            "a new window starts"
+        );
+        assert!(
+            guard
+                .admit(&store, "bob", ip("192.0.2.1"), 1001)
+                .await
+                .expect("store")
+                .is_ok(),
+            "other users are not affected"
         );
     }
 
     #[tokio::test]
-    async fn the_budget_is_shared_by_every_guard_on_one_store() {
-        // Two replicas: failures on either count against the same username.
+    async fn parallel_attempts_cannot_pass_the_budget_together() {
         let (_dir, store) = store().await;
-        let (a, b) = (LoginGuard::new(4, 2, 600), LoginGuard::new(4, 2, 600));
-        a.failed(&store, "alice", 10).await.expect("store");
-        b.failed(&store, "alice", 11).await.expect("store");
+        let guard = Arc::new(LoginGuard::new(64, BUDGETS));
+        let store: Arc<dyn Store> = Arc::new(store);
+        let attempts = (0..20).map(|_| {
+            let (guard, store) = (guard.clone(), store.clone());
+            tokio::spawn(async move {
+                guard
+                    .admit(store.as_ref(), "alice", ip("192.0.2.9"), 10)
+                    .await
+                    .expect("store")
+                    .map(drop)
+            })
+        });
+        let mut admitted = 0;
+        for a in attempts {
+            if a.await.expect("task").is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, BUDGETS.per_address);
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_shared_by_every_guard_on_one_store() {
+        // Two replicas: attempts on either count against the same username and address.
+        let (_dir, store) = store().await;
+        let (a, b) = (LoginGuard::new(4, BUDGETS), LoginGuard::new(4, BUDGETS));
+        for guard in [&a, &b, &a] {
+            assert!(
+                guard
+                    .admit(&store, "alice", ip("192.0.2.1"), 12)
+                    .await
+                    .expect("store")
+                    .is_ok()
+            );
+        }
         assert!(matches!(
-            a.admit(&store, "alice", 12).await.expect("store"),
+            b.admit(&store, "alice", ip("192.0.2.1"), 12)
+                .await
+                .expect("store"),
             Err(LoginRefusal::TooManyFailures { .. })
         ));
     }
 
     #[tokio::test]
-    async fn success_clears_failures() {
+    async fn a_slot_is_held_until_its_attempt_is_dropped() {
         let (_dir, store) = store().await;
-        let guard = LoginGuard::new(4, 2, 600);
-        guard.failed(&store, "alice", 10).await.expect("store");
-        guard.succeeded(&store, "alice").await.expect("store");
-        guard.failed(&store, "alice", 11).await.expect("store");
+        let guard = LoginGuard::new(1, BUDGETS);
+        let held = guard
+            .admit(&store, "alice", None, 0)
+            .await
+            .expect("store")
+            .expect("first check");
+        assert_eq!(
+            guard
+                .admit(&store, "bob", None, 0)
+                .await
+                .expect("store")
+                .err(),
+            Some(LoginRefusal::Busy)
+        );
+        drop(held);
         assert!(
             guard
-                .admit(&store, "alice", 12)
+                .admit(&store, "bob", None, 0)
                 .await
                 .expect("store")
                 .is_ok()
@@ -183,32 +307,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_checks_are_bounded() {
-        let (_dir, store) = store().await;
-        let guard = LoginGuard::new(1, 5, 600);
-        let held = guard
-            .admit(&store, "alice", 0)
-            .await
-            .expect("store")
-            .expect("first check");
-        assert_eq!(
-            guard
-                .admit(&store, "bob", 0)
-                .await
-                .expect("store")
-                .unwrap_err(),
-            LoginRefusal::Busy
-        );
-        drop(held);
-        assert!(guard.admit(&store, "bob", 0).await.expect("store").is_ok());
-    }
-
-    #[tokio::test]
     async fn spent_windows_are_purged() {
         let (_dir, store) = store().await;
-        let guard = LoginGuard::new(1, 5, 600);
-        guard.failed(&store, "user", 0).await.expect("store");
-        assert!(store.purge_expired(601).await.expect("purge") >= 1);
+        let guard = LoginGuard::new(1, BUDGETS);
+        drop(guard.admit(&store, "user", None, 0).await.expect("store"));
+        assert!(store.purge_expired(601).await.expect("purge") >= 2);
         assert_eq!(
             store
                 .login_failures(&secrets::hash("user"))

@@ -1,7 +1,8 @@
 //! Prometheus metrics, all named `mcp_authz_authserver_*`, with low-cardinality labels only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The server's metrics and their registry.
@@ -20,6 +21,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Client ID Metadata Document resolutions by outcome (`admitted` or the refusal's reason).
     pub cimd_resolutions: IntCounterVec,
+    /// Refusals whose audit row was not stored (their log line was written): the budget of refusal rows was spent.
+    pub audit_rows_suppressed: IntCounter,
 }
 
 impl Metrics {
@@ -73,6 +76,11 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let audit_rows_suppressed = IntCounter::new(
+            "mcp_authz_authserver_audit_rows_suppressed_total",
+            "Refusals logged but not stored as audit rows, because the budget of refusal rows was spent",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens_issued.clone()),
@@ -80,6 +88,7 @@ impl Metrics {
             Box::new(signing_key_age.clone()),
             Box::new(reloads.clone()),
             Box::new(cimd_resolutions.clone()),
+            Box::new(audit_rows_suppressed.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -91,6 +100,7 @@ impl Metrics {
             signing_key_age,
             reloads,
             cimd_resolutions,
+            audit_rows_suppressed,
         }
     }
 

@@ -112,8 +112,8 @@ pub struct ConsentView<'a> {
     pub all_loopback: bool,
     pub resource_name: &'a str,
     pub resource: &'a str,
-    /// `(value, description, sensitive)`.
-    pub scopes: Vec<(&'a str, &'a str, bool)>,
+    /// The requested scopes, then the sensitive scopes they imply.
+    pub scopes: Vec<crate::oauth::scopes::ConsentLine<'a>>,
     pub subject: &'a str,
 }
 
@@ -128,12 +128,17 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
     let scopes: String = v
         .scopes
         .iter()
-        .map(|(value, description, sensitive)| {
+        .map(|line| {
             format!(
-                "<li><strong>{}</strong>{} <code>{}</code></li>",
-                escape(description),
-                if *sensitive { " (sensitive)" } else { "" },
-                escape(value)
+                "<li><strong>{}</strong>{}{} <code>{}</code></li>",
+                escape(line.description),
+                if line.sensitive { " (sensitive)" } else { "" },
+                if line.implied {
+                    " (included in what is asked above)"
+                } else {
+                    ""
+                },
+                escape(line.value)
             )
         })
         .collect();

@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audit::{self, Decision};
+use crate::audit::Decision;
 use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
+use crate::clock::now_secs;
 use crate::config::{ClientAuthMethod, ClientConfig, GrantType, check_redirect_uri};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::sql::now_secs;
 
 /// Largest registration request.
 const MAX_BODY: usize = 16 * 1024;
@@ -90,6 +90,24 @@ fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
         return Err(metadata_error(
             "private_key_jwt needs jwks with at least one key",
         ));
+    }
+    // A private (`d`, `p`, ...) or symmetric (`k`) member would be stored and echoed back to anyone who reads
+    // the registration: only public keys are taken.
+    if let Some(keys) = request.jwks.as_ref() {
+        let keys = keys
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| metadata_error("jwks must be an object with a keys array"))?;
+        for key in keys {
+            let key = key
+                .as_object()
+                .ok_or_else(|| metadata_error("every key in jwks must be a JSON object"))?;
+            if let Some(member) = crate::cimd::private_member(key) {
+                return Err(metadata_error(format!(
+                    "jwks holds a private or symmetric key (member {member:?}); send public keys only"
+                )));
+            }
+        }
     }
     let mut grant_types = Vec::new();
     for g in if request.grant_types.is_empty() {
@@ -204,17 +222,15 @@ pub async fn register(
             .store
             .put_dynamic_client(&client.client_id, &stored, now)
             .await?;
-        audit::record(
-            state.store.as_ref(),
-            Decision {
+        state
+            .record_decision(Decision {
                 event: "register",
                 client_id: Some(&client.client_id),
                 outcome: "registered",
                 reason: &client.client_name,
                 ..Default::default()
-            },
-        )
-        .await;
+            })
+            .await;
         let auth = match client.token_endpoint_auth_method {
             ClientAuthMethod::None => "none",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",

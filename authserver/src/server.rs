@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::{AuthServerConfig, ConfigError};
-use crate::keys::{self, KeyError, KeySet};
+use crate::keys::{KeyError, KeySet};
 use crate::oauth_error::OAuthError;
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
-use crate::{admin, authorize, introspect, metadata, register, token};
+use crate::{admin, authorize, consent, introspect, login, metadata, register, token};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ pub fn load_keys(config: &AuthServerConfig) -> Result<KeySet, KeyError> {
     let now = unix_now();
     let signing = &config.signing;
     if signing.self_managed {
-        keys::rotate_self_managed(
+        crate::self_managed::rotate_self_managed(
             &signing.keys_dir,
             now,
             signing.rotation_period_secs,
@@ -117,9 +117,9 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .unwrap_or_default();
     let endpoints = Router::new()
         .route("/authorize", get(authorize::authorize))
-        .route("/login", post(authorize::login))
-        .route("/consent", post(authorize::consent))
-        .route("/upstream/callback", get(authorize::upstream_callback))
+        .route("/login", post(login::login))
+        .route("/consent", post(consent::consent))
+        .route("/upstream/callback", get(login::upstream_callback))
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
@@ -148,6 +148,7 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
     router = router.fallback(not_found);
     router
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(bounded))
         .with_state(state)
 }
 
@@ -207,6 +208,51 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     response
 }
 
+/// The longest a request may take from its first byte to its answer, body included: a client that trickles a body
+/// (the header read has its own bound) or a handler stuck on an upstream cannot hold a connection longer. Every
+/// bounded step inside (a CIMD fetch, a store call, a password check) finishes well within it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in [`REQUEST_TIMEOUT`].
+async fn bounded(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = OAuthError::invalid_request(format!(
+                "the request was not completed within {} seconds",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+            .into_response();
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+/// The address of the client's end of the connection (set by [`serve`] on every request); `None` when the router
+/// is driven without a socket (benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<PeerAddr>()
+            .copied()
+            .unwrap_or(PeerAddr(None)))
+    }
+}
+
 /// A running server. Dropping it stops it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -254,7 +300,7 @@ async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -270,7 +316,9 @@ async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
         let router = router.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(request.map(axum::body::Body::new))
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(PeerAddr(Some(peer.ip())));
+                router.clone().oneshot(request)
             });
         let connection = graceful.watch(
             builder
@@ -415,10 +463,7 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
             }
         }
         if tick % 300 == 1
-            && let Err(e) = state
-                .store
-                .purge_expired(crate::store::sql::now_secs())
-                .await
+            && let Err(e) = state.store.purge_expired(crate::clock::now_secs()).await
         {
             tracing::warn!(error = %e, "purge failed");
         }

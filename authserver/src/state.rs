@@ -110,6 +110,19 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Whether `subject` is one of the static users now; `None` when people sign in elsewhere (an upstream
+    /// provider), where this server cannot know.
+    pub fn subject_exists(&self, subject: &str) -> Option<bool> {
+        self.config.login.static_users.as_ref()?;
+        Some(
+            self.users
+                .values()
+                .any(|u| u.subject.as_deref().unwrap_or(&u.username) == subject),
+        )
+    }
+}
+
 fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -139,6 +152,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Bounds on password checks (concurrency, failures per username).
     pub login_guard: crate::login_guard::LoginGuard,
+    /// Bounds the audit rows refusals may write.
+    pub audit_budget: crate::audit::RowBudget,
     /// The file the config came from (reloaded when it changes), if any.
     pub config_path: Option<PathBuf>,
 }
@@ -158,6 +173,7 @@ impl AppState {
             store,
             metrics: Metrics::new(),
             login_guard: crate::login_guard::LoginGuard::default(),
+            audit_budget: crate::audit::RowBudget::default(),
             config_path,
         }
     }
@@ -180,6 +196,13 @@ impl AppState {
 
     pub fn replace_keys(&self, keys: KeySet) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// Audits a decision: its log line always, its row within the refusal budget (a suppressed row is counted).
+    pub async fn record_decision(&self, decision: crate::audit::Decision<'_>) {
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision).await {
+            self.metrics.audit_rows_suppressed.inc();
+        }
     }
 
     /// The root of resource-server keys, when resource servers may introspect and it could be read.

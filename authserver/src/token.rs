@@ -10,16 +10,17 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::audit::{self, Decision};
-use crate::authorize::requested_scopes;
-use crate::client_auth;
+use crate::audit::Decision;
+use crate::client_auth::{self, Presented};
 use crate::clients::{ClientView, shorten};
+use crate::clock::now_secs;
 use crate::config::GrantType;
+use crate::oauth::{authorize_request, grant_binding, scopes};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{CodeRedemption, Grant, RefreshRotation, sql::now_secs};
+use crate::store::{CodeRedemption, Grant, RefreshRotation};
 
 /// An access token and the response that carries it.
 pub struct Issued {
@@ -36,11 +37,13 @@ pub async fn issue_access_token(
 ) -> Result<Issued, OAuthError> {
     let now = now_secs();
     let catalogue = snapshot.config.scope_catalogue();
-    // The shortest limit wins: a sensitive scope keeps the whole token short.
-    let lifetime = scopes
-        .iter()
-        .filter_map(|s| catalogue.get(s.as_str()).and_then(|d| d.max_lifetime_secs))
-        .fold(snapshot.config.tokens.access_token_secs, u64::min) as i64;
+    // The shortest limit wins, through `implies` too: a sensitive scope keeps the whole token short.
+    let lifetime = i64::try_from(scopes::token_lifetime(
+        &catalogue,
+        scopes,
+        snapshot.config.tokens.access_token_secs,
+    ))
+    .unwrap_or(i64::MAX);
     let jti = secrets::random_token();
     let claims = json!({
         "iss": snapshot.config.issuer,
@@ -73,13 +76,6 @@ pub async fn issue_access_token(
         }),
         jti,
     })
-}
-
-/// The URLs a client assertion may name as its audience at an endpoint: that endpoint's URL or the issuer.
-/// An assertion made for `/token` is not accepted at `/introspect` or `/revoke`.
-pub fn assertion_audiences(snapshot: &Snapshot, endpoint: &str) -> Vec<String> {
-    let issuer = &snapshot.config.issuer;
-    vec![format!("{issuer}/{endpoint}"), issuer.clone()]
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -138,40 +134,30 @@ async fn handle(
             ));
         }
     };
-    let resource = params.get("resource");
-    let client = client_auth::authenticate(
-        state,
-        snapshot,
-        headers,
-        &params,
-        &assertion_audiences(snapshot, "token"),
-        resource,
-    )
-    .await?;
-    if !client.allows(grant) {
-        return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
-            format!("this client may not use grant_type {grant_type}"),
-        ));
-    }
+    let presented = client_auth::presented(headers, &params)?;
+    let mut resource = params.get("resource").map(str::to_owned);
     let result = match grant {
-        GrantType::AuthorizationCode => authorization_code(state, snapshot, &client, &params).await,
-        GrantType::RefreshToken => refresh_token(state, snapshot, &client, &params).await,
-        GrantType::ClientCredentials => client_credentials(state, snapshot, &client, &params).await,
+        GrantType::AuthorizationCode => {
+            authorization_code(state, snapshot, &presented, &params, &mut resource).await
+        }
+        GrantType::RefreshToken => {
+            refresh_token(state, snapshot, &presented, &params, &mut resource).await
+        }
+        GrantType::ClientCredentials => {
+            client_credentials(state, snapshot, &presented, &params).await
+        }
     };
     if let Err(e) = &result {
-        audit::record(
-            state.store.as_ref(),
-            Decision {
+        state
+            .record_decision(Decision {
                 event: "token",
-                client_id: Some(&client.client_id),
-                resource,
+                client_id: Some(&presented.client_id),
+                resource: resource.as_deref(),
                 outcome: "refused",
                 reason: &e.to_string(),
                 ..Default::default()
-            },
-        )
-        .await;
+            })
+            .await;
     }
     result.map(|body| (grant_type_label(grant), body))
 }
@@ -208,17 +194,101 @@ fn check_grant_alive(grant: &Grant, now: i64) -> Result<(), OAuthError> {
     Ok(())
 }
 
+/// The client of a request on an existing grant, authenticated under the grant's resource (never the request's:
+/// leaving `resource` out must not pick a laxer policy), allowed `grant_type` by that policy, and bound to the
+/// grant (same client, same method, same document). A broken binding that means the grant is compromised
+/// revokes it.
+async fn client_of_grant(
+    state: &AppState,
+    snapshot: &Snapshot,
+    presented: &Presented<'_>,
+    grant: &Grant,
+    grant_type: GrantType,
+    what: &str,
+) -> Result<ClientView, OAuthError> {
+    let client = client_auth::authenticate(
+        state,
+        snapshot,
+        presented,
+        &client_auth::assertion_audiences(snapshot, "token"),
+        Some(&grant.resource),
+    )
+    .await?;
+    if !client.allows(grant_type) {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            format!(
+                "this client may not use grant_type {}",
+                grant_type_label(grant_type)
+            ),
+        ));
+    }
+    let binding = grant_binding::binding(
+        grant,
+        &client.client_id,
+        client.auth_method.as_str(),
+        client.fingerprint(),
+    );
+    if let Some((refusal, revoke)) = binding.refusal(what) {
+        if revoke {
+            state
+                .store
+                .revoke_grant(&grant.id, &refusal.description, now_secs())
+                .await?;
+        }
+        return Err(refusal);
+    }
+    Ok(client)
+}
+
+/// A grant of a person who is no longer a static user goes: its tokens must not outlive the account.
+async fn check_subject_exists(
+    state: &AppState,
+    snapshot: &Snapshot,
+    grant: &Grant,
+    now: i64,
+) -> Result<(), OAuthError> {
+    if snapshot.subject_exists(&grant.subject) == Some(false) {
+        state
+            .store
+            .revoke_grant(&grant.id, "the user no longer exists", now)
+            .await?;
+        return Err(OAuthError::invalid_grant(
+            "the user of this grant no longer exists",
+        ));
+    }
+    Ok(())
+}
+
 async fn authorization_code(
     state: &AppState,
     snapshot: &Snapshot,
-    client: &ClientView,
+    presented: &Presented<'_>,
     params: &Params,
+    resource: &mut Option<String>,
 ) -> Result<Value, OAuthError> {
     let code = params.require("code")?;
     let redirect_uri = params.require("redirect_uri")?;
     let verifier = params.require("code_verifier")?;
     let now = now_secs();
-    let record = match state.store.redeem_code(&secrets::hash(code), now).await? {
+    let code_hash = secrets::hash(code);
+    // The grant first: its resource decides the policy the client is authenticated under.
+    let grant = match state.store.code_grant(&code_hash).await? {
+        Some(id) => state.store.grant(&id).await?,
+        None => None,
+    }
+    .ok_or_else(|| OAuthError::invalid_grant("the authorization code is unknown or expired"))?;
+    *resource = Some(grant.resource.clone());
+    let client = client_of_grant(
+        state,
+        snapshot,
+        presented,
+        &grant,
+        GrantType::AuthorizationCode,
+        "authorization code",
+    )
+    .await?;
+    let record = match state.store.redeem_code(&code_hash, now).await? {
         CodeRedemption::Redeemed(r) => r,
         CodeRedemption::Replayed { grant_id } => {
             // RFC 9700 §4.5: a second use means the code leaked; nothing issued from it may stay valid.
@@ -236,15 +306,6 @@ async fn authorization_code(
             ));
         }
     };
-    if record.client_id != client.client_id {
-        state
-            .store
-            .revoke_grant(&record.grant_id, "code presented by another client", now)
-            .await?;
-        return Err(OAuthError::invalid_grant(
-            "the authorization code was issued to another client",
-        ));
-    }
     if record.redirect_uri != redirect_uri {
         return Err(OAuthError::invalid_grant(
             "redirect_uri does not match the authorization request",
@@ -255,15 +316,12 @@ async fn authorization_code(
             "code_verifier does not match the code_challenge",
         ));
     }
-    let grant = state
-        .store
-        .grant(&record.grant_id)
-        .await?
-        .ok_or_else(|| OAuthError::invalid_grant("the grant of this code no longer exists"))?;
     check_grant_alive(&grant, now)?;
+    check_subject_exists(state, snapshot, &grant, now).await?;
     check_resource(params, &grant)?;
     let issued = issue_access_token(state, snapshot, &grant, &grant.scopes).await?;
     let mut body = issued.body;
+    // Whether the grant may be refreshed is the policy's word at the grant's resource.
     if client.allows(GrantType::RefreshToken) {
         let refresh = secrets::random_token();
         state
@@ -272,9 +330,8 @@ async fn authorization_code(
             .await?;
         body["refresh_token"] = json!(refresh);
     }
-    audit::record(
-        state.store.as_ref(),
-        Decision {
+    state
+        .record_decision(Decision {
             event: "token",
             subject: Some(&grant.subject),
             client_id: Some(&grant.client_id),
@@ -282,81 +339,42 @@ async fn authorization_code(
             scopes: &grant.scopes,
             outcome: "issued",
             reason: "authorization_code",
-        },
-    )
-    .await;
+        })
+        .await;
     Ok(body)
 }
 
 async fn refresh_token(
     state: &AppState,
     snapshot: &Snapshot,
-    client: &ClientView,
+    presented: &Presented<'_>,
     params: &Params,
+    resource: &mut Option<String>,
 ) -> Result<Value, OAuthError> {
     let old = params.require("refresh_token")?;
     let now = now_secs();
     let old_hash = secrets::hash(old);
-    // Look before spending: a token of another client must not burn the owner's token.
-    let Some(grant_id) = state.store.refresh_token_grant(&old_hash, now).await? else {
-        return match state
-            .store
-            .rotate_refresh_token(&old_hash, "-", now)
-            .await?
-        {
-            RefreshRotation::Reused { grant_id } => {
-                state
-                    .store
-                    .revoke_grant(&grant_id, "refresh token reused", now)
-                    .await?;
-                Err(OAuthError::invalid_grant(
-                    "the refresh token was already used; the whole grant has been revoked",
-                ))
-            }
-            _ => Err(OAuthError::invalid_grant(
-                "the refresh token is unknown or expired",
-            )),
-        };
-    };
-    let grant = state.store.grant(&grant_id).await?.ok_or_else(|| {
-        OAuthError::invalid_grant("the grant of this refresh token no longer exists")
-    })?;
-    if grant.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant(
-            "the refresh token was issued to another client",
-        ));
+    // The grant first, spent token or not: its resource decides the policy the client is authenticated under,
+    // and its state decides the answer (a revoked grant says so, rather than "already used").
+    let grant = match state.store.refresh_token_owner(&old_hash).await? {
+        Some(id) => state.store.grant(&id).await?,
+        None => None,
     }
-    if grant.client_fingerprint != client.fingerprint() {
-        // CIMD: the document's redirect URIs or keys changed since the grant; what the old one got goes.
-        state
-            .store
-            .revoke_grant(&grant.id, "client metadata document changed", now)
-            .await?;
-        return Err(OAuthError::invalid_grant(
-            "the client's metadata document changed since this grant (redirect URIs or keys); sign in again",
-        ));
-    }
+    .ok_or_else(|| OAuthError::invalid_grant("the refresh token is unknown or expired"))?;
+    *resource = Some(grant.resource.clone());
+    client_of_grant(
+        state,
+        snapshot,
+        presented,
+        &grant,
+        GrantType::RefreshToken,
+        "refresh token",
+    )
+    .await?;
     check_grant_alive(&grant, now)?;
+    check_subject_exists(state, snapshot, &grant, now).await?;
     check_resource(params, &grant)?;
-    let scopes = match params.get("scope") {
-        None => grant.scopes.clone(),
-        Some(text) => {
-            let mut asked: Vec<String> = text
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            asked.sort();
-            asked.dedup();
-            if let Some(extra) = asked.iter().find(|s| !grant.scopes.contains(s)) {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidScope,
-                    format!("scope {:?} was not granted", shorten(extra)),
-                ));
-            }
-            asked
-        }
-    };
+    let scopes = scopes::narrowed(&grant.scopes, params.get("scope"))?;
     let new = secrets::random_token();
     match state
         .store
@@ -365,7 +383,7 @@ async fn refresh_token(
     {
         RefreshRotation::Rotated { .. } => {}
         RefreshRotation::Reused { grant_id } => {
-            // Lost a race with another use of the same token: that is reuse too.
+            // A spent token again, or a race with another use of it: either way it leaked.
             state
                 .store
                 .revoke_grant(&grant_id, "refresh token reused", now)
@@ -383,9 +401,8 @@ async fn refresh_token(
     let issued = issue_access_token(state, snapshot, &grant, &scopes).await?;
     let mut body = issued.body;
     body["refresh_token"] = json!(new);
-    audit::record(
-        state.store.as_ref(),
-        Decision {
+    state
+        .record_decision(Decision {
             event: "token",
             subject: Some(&grant.subject),
             client_id: Some(&grant.client_id),
@@ -393,48 +410,48 @@ async fn refresh_token(
             scopes: &scopes,
             outcome: "issued",
             reason: "refresh_token",
-        },
-    )
-    .await;
+        })
+        .await;
     Ok(body)
 }
 
 async fn client_credentials(
     state: &AppState,
     snapshot: &Snapshot,
-    client: &ClientView,
+    presented: &Presented<'_>,
     params: &Params,
 ) -> Result<Value, OAuthError> {
-    let resource = params.get("resource").ok_or_else(|| {
-        OAuthError::new(
-            ErrorCode::InvalidTarget,
-            "the resource parameter is required (RFC 8707)",
-        )
-    })?;
-    if snapshot.config.resource(resource).is_none() {
+    // No grant exists yet: the resource asked for is the one whose policy the client must pass, and it must be
+    // one of ours before the client is looked up.
+    let target = authorize_request::resource(&snapshot.config, params)?;
+    let resource = target.resource.as_str();
+    let client = client_auth::authenticate(
+        state,
+        snapshot,
+        presented,
+        &client_auth::assertion_audiences(snapshot, "token"),
+        Some(resource),
+    )
+    .await?;
+    if !client.allows(GrantType::ClientCredentials) {
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
-            format!(
-                "resource {:?} is not a resource of this server",
-                shorten(resource)
-            ),
+            ErrorCode::UnauthorizedClient,
+            "this client may not use grant_type client_credentials",
         ));
     }
     let mut scopes = match params.get("scope") {
-        Some(_) => requested_scopes(snapshot, resource, params.get("scope"))?,
-        None => {
-            let offered = snapshot
-                .config
-                .resource(resource)
-                .map(|r| r.scopes.clone())
-                .unwrap_or_default();
-            client
-                .client_credentials_scopes
-                .iter()
-                .filter(|s| offered.contains(s))
-                .cloned()
-                .collect()
-        }
+        Some(_) => scopes::requested(
+            &snapshot.config.scope_catalogue(),
+            &target.scopes,
+            resource,
+            params.get("scope"),
+        )?,
+        None => client
+            .client_credentials_scopes
+            .iter()
+            .filter(|s| target.scopes.contains(s))
+            .cloned()
+            .collect(),
     };
     scopes.sort();
     if let Some(extra) = scopes
@@ -465,12 +482,12 @@ async fn client_credentials(
         revoked_at: None,
         revoked_reason: None,
         client_fingerprint: client.fingerprint().to_owned(),
+        client_auth_method: client.auth_method.as_str().to_owned(),
     };
     state.store.put_grant(&grant).await?;
     let issued = issue_access_token(state, snapshot, &grant, &scopes).await?;
-    audit::record(
-        state.store.as_ref(),
-        Decision {
+    state
+        .record_decision(Decision {
             event: "token",
             subject: Some(&grant.subject),
             client_id: Some(&grant.client_id),
@@ -478,8 +495,7 @@ async fn client_credentials(
             scopes: &scopes,
             outcome: "issued",
             reason: "client_credentials",
-        },
-    )
-    .await;
+        })
+        .await;
     Ok(issued.body)
 }

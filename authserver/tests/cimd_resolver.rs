@@ -395,8 +395,20 @@ async fn jwks_uri_is_fetched_under_the_same_rules() {
     let public = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", "kid": "k1"}]});
     range.server.route("/jwks", Reply::Json(public.to_string()));
     assert_eq!(
-        resolver.fetch_jwks(&range.url("/jwks")).await,
+        resolver
+            .fetch_jwks(&range.url("/jwks"))
+            .await
+            .map(|j| j.as_ref().clone()),
         Ok(public.clone())
+    );
+    // Kept for its freshness lifetime: a stream of assertions naming it costs one fetch, not one each.
+    for _ in 0..5 {
+        assert!(resolver.fetch_jwks(&range.url("/jwks")).await.is_ok());
+    }
+    assert_eq!(
+        range.server.hits("/jwks"),
+        1,
+        "the JWK Set was fetched again"
     );
 
     range.server.route(

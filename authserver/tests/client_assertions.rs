@@ -104,7 +104,10 @@ async fn an_assertion_for_the_token_endpoint_is_refused_at_introspection() {
     let (status, body) = s.introspect_as(&a, "anything").await;
     assert_eq!(
         (status, body["error_description"].as_str()),
-        (401, Some("client_assertion rejected: InvalidAudience")),
+        (
+            401,
+            Some("client_assertion aud must be this endpoint's URL or the issuer")
+        ),
         "{body}"
     );
 }

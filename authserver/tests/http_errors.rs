@@ -115,21 +115,6 @@ async fn authorize_errors_redirect_with_error_state_and_iss() {
             "code_challenge is not a base64url SHA-256 value (43 characters)",
         ),
         (
-            authorize_with(&[("resource", None)]),
-            "invalid_target",
-            "the resource parameter is required (RFC 8707)",
-        ),
-        (
-            authorize_with(&[("resource", Some("https://mcp.example.com/other"))]),
-            "invalid_target",
-            "resource \"https://mcp.example.com/other\" is not a resource of this server",
-        ),
-        (
-            authorize_with(&[("resource", Some("https://mcp.example.com/files/"))]),
-            "invalid_target",
-            "resource \"https://mcp.example.com/files/\" is not a resource of this server",
-        ),
-        (
             authorize_with(&[("scope", Some("mail:read"))]),
             "invalid_scope",
             "scope \"mail:read\" is not offered by resource https://mcp.example.com/files",
@@ -154,6 +139,32 @@ async fn authorize_errors_redirect_with_error_state_and_iss() {
         );
         assert_eq!(q["state"], "st");
         assert_eq!(q["iss"], s.base);
+    }
+    // Without a resource of ours no policy says which redirect URIs are trusted (RFC 9700 §4.11.2): a page.
+    let pages = [
+        (
+            authorize_with(&[("resource", None)]),
+            "the resource parameter is required (RFC 8707)",
+        ),
+        (
+            authorize_with(&[("resource", Some("https://mcp.example.com/other"))]),
+            "resource &quot;https://mcp.example.com/other&quot; is not a resource of this server",
+        ),
+        (
+            authorize_with(&[("resource", Some("https://mcp.example.com/files/"))]),
+            "resource &quot;https://mcp.example.com/files/&quot; is not a resource of this server",
+        ),
+    ];
+    for (path, description) in pages {
+        let r = s.http.get(s.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.headers().get("location").is_none(), "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("data-error=\"invalid_target\""), "{html}");
+        assert!(
+            html.contains(&format!("<p id=\"error_description\">{description}</p>")),
+            "{html}"
+        );
     }
     // A client that may not use the code grant.
     let path = authorize_query(SERVICE_CLIENT, WEB_REDIRECT, "files:read", "st");

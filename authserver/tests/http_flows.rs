@@ -549,7 +549,7 @@ async fn a_refresh_after_the_client_document_changed_revokes_the_grant() {
     );
     assert_eq!(
         body["error_description"],
-        "the client's metadata document changed since this grant (redirect URIs or keys); sign in again"
+        "the client's metadata document changed since this grant (redirect URIs, keys or authentication method); sign in again"
     );
     assert_eq!(
         s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
@@ -570,7 +570,7 @@ async fn repeated_wrong_passwords_throttle_the_username_even_for_the_right_one()
     else {
         panic!()
     };
-    for _ in 0..mcp_authz_authserver::login_guard::MAX_FAILURES {
+    for _ in 0..mcp_authz_authserver::login_guard::MAX_ATTEMPTS_PER_ADDRESS {
         match b.login(&s, &login, "alice", "guess").await {
             Step::Page(401, html) => assert!(html.contains("Wrong username or password.")),
             other => panic!("{other:?}"),

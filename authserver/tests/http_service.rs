@@ -94,11 +94,11 @@ async fn client_assertions_are_refused_for_every_flaw() {
             assertion(&s, |c| {
                 c["aud"] = json!("https://someone-else.example/token")
             }),
-            "client_assertion rejected: InvalidAudience",
+            "client_assertion aud must be this endpoint's URL or the issuer",
         ),
         (
             assertion(&s, |c| c["exp"] = json!(now - 3600)),
-            "client_assertion rejected: ExpiredSignature",
+            "client_assertion has expired",
         ),
         (
             assertion(&s, |c| c["exp"] = json!(now + 7200)),
@@ -106,7 +106,7 @@ async fn client_assertions_are_refused_for_every_flaw() {
         ),
         (
             assertion(&s, |c| c["sub"] = json!("someone")),
-            "client_assertion rejected: InvalidSubject",
+            "client_assertion sub must be the client id",
         ),
         (
             assertion(&s, |c| {
@@ -379,7 +379,7 @@ async fn admin_api_lists_and_revokes_and_refuses_strangers() {
         .json()
         .await
         .unwrap();
-    assert_eq!(revoked["revoked"].as_array().unwrap().len(), 1);
+    assert_eq!(revoked["revoked"], 1);
     assert_eq!(
         s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
         false

@@ -19,6 +19,7 @@ fn grant(id: &str, subject: &str, client: &str, resource: &str, now: i64) -> Gra
         revoked_at: None,
         revoked_reason: None,
         client_fingerprint: "f".into(),
+        client_auth_method: "none".into(),
     }
 }
 
@@ -45,8 +46,11 @@ async fn contract(store: &dyn Store) {
         Some(request.clone())
     );
     assert_eq!(store.auth_request("r1", now + 10).await.unwrap(), None);
+    assert_eq!(store.pending_auth_requests(now).await.unwrap(), 1);
+    assert_eq!(store.pending_auth_requests(now + 10).await.unwrap(), 0);
     store.delete_auth_request("r1").await.unwrap();
     assert_eq!(store.auth_request("r1", now).await.unwrap(), None);
+    assert_eq!(store.pending_auth_requests(now).await.unwrap(), 0);
 
     // Codes are single use; the second use names the grant to revoke.
     store
@@ -126,6 +130,20 @@ async fn contract(store: &dyn Store) {
     assert!(!store.revoke_grant("g1", "again", now).await.unwrap());
     assert!(store.access_token_revoked("j1").await.unwrap());
     assert_eq!(store.refresh_token_grant("rt2", now).await.unwrap(), None);
+    // A token recorded after its grant was revoked (a redemption that lost a race to a replay) is dead too.
+    store
+        .put_access_token("j-late", "g1", now + 300)
+        .await
+        .unwrap();
+    assert!(store.access_token_revoked("j-late").await.unwrap());
+    // Owners are found whatever the token's state, so a request is judged by its grant.
+    assert_eq!(
+        store.refresh_token_owner("rt1").await.unwrap(),
+        Some("g1".into())
+    );
+    assert_eq!(store.refresh_token_owner("nope").await.unwrap(), None);
+    assert_eq!(store.code_grant("h1").await.unwrap(), Some("g1".into()));
+    assert_eq!(store.code_grant("nope").await.unwrap(), None);
     let g = store.grant("g1").await.unwrap().unwrap();
     assert_eq!(
         (g.revoked_at, g.revoked_reason.as_deref(), g.scopes.len()),
@@ -144,7 +162,7 @@ async fn contract(store: &dyn Store) {
     let ids = |v: Vec<Grant>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
     let all = GrantFilter::default();
     assert_eq!(
-        ids(store.list_grants(&all, now).await.unwrap()),
+        ids(store.list_grants(&all, now, 100).await.unwrap()),
         vec!["g2", "g3"]
     );
     let with_inactive = GrantFilter {
@@ -152,7 +170,7 @@ async fn contract(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(
-        ids(store.list_grants(&with_inactive, now).await.unwrap()),
+        ids(store.list_grants(&with_inactive, now, 100).await.unwrap()),
         vec!["g1", "g2", "g3"]
     );
     let alice = GrantFilter {
@@ -160,7 +178,7 @@ async fn contract(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(
-        ids(store.list_grants(&alice, now).await.unwrap()),
+        ids(store.list_grants(&alice, now, 100).await.unwrap()),
         vec!["g2"]
     );
     let by_client = GrantFilter {
@@ -168,7 +186,7 @@ async fn contract(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(
-        ids(store.list_grants(&by_client, now).await.unwrap()),
+        ids(store.list_grants(&by_client, now, 100).await.unwrap()),
         vec!["g3"]
     );
     let by_resource = GrantFilter {
@@ -176,12 +194,16 @@ async fn contract(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(
-        ids(store.list_grants(&by_resource, now).await.unwrap()),
+        ids(store.list_grants(&by_resource, now, 100).await.unwrap()),
         vec!["g3"]
     );
     assert_eq!(
-        ids(store.list_grants(&all, now + 5000).await.unwrap()),
+        ids(store.list_grants(&all, now + 5000, 100).await.unwrap()),
         Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(store.list_grants(&with_inactive, now, 2).await.unwrap()),
+        vec!["g1", "g2"]
     );
 
     // Consents, assertion ids, sessions, audit.
@@ -253,19 +275,30 @@ async fn contract(store: &dyn Store) {
     assert_eq!(store.dynamic_clients_since(now - 5000).await.unwrap(), 2);
     // Failed sign-ins count within a window, start over after it, and clear on success.
     assert_eq!(store.login_failures("u").await.unwrap(), None);
-    store.record_login_failure("u", now, 600).await.unwrap();
-    store
-        .record_login_failure("u", now + 10, 600)
-        .await
-        .unwrap();
+    assert_eq!(store.record_login_failure("u", now, 600).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .record_login_failure("u", now + 10, 600)
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(
         store.login_failures("u").await.unwrap(),
         Some((2, now + 600))
     );
-    store
-        .record_login_failure("u", now + 600, 600)
-        .await
-        .unwrap();
+    store.forget_login_failure("u").await.unwrap();
+    assert_eq!(
+        store.login_failures("u").await.unwrap(),
+        Some((1, now + 600))
+    );
+    assert_eq!(
+        store
+            .record_login_failure("u", now + 600, 600)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         store.login_failures("u").await.unwrap(),
         Some((1, now + 1200))
@@ -286,6 +319,64 @@ async fn contract(store: &dyn Store) {
     );
 }
 
+/// An administrator's bulk revocation reaches every matching grant, however many (a page size once stopped it at
+/// 1,000), with their tokens, and nothing else.
+async fn bulk_revocation(store: &dyn Store) {
+    let now = 1_700_000_000;
+    for i in 0..1500 {
+        let id = format!("busy-{i:04}");
+        store
+            .put_grant(&grant(&id, &format!("user-{i}"), "busy", "https://r", now))
+            .await
+            .unwrap();
+        store
+            .put_refresh_token(&format!("rt-{id}"), &id, now + 1000)
+            .await
+            .unwrap();
+        store
+            .put_access_token(&format!("at-{id}"), &id, now + 300)
+            .await
+            .unwrap();
+    }
+    store
+        .put_grant(&grant("quiet", "user-0", "quiet", "https://r", now))
+        .await
+        .unwrap();
+    let busy = GrantFilter {
+        client_id: Some("busy".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.revoke_grants(&busy, "incident", now).await.unwrap(),
+        1500
+    );
+    assert_eq!(store.revoke_grants(&busy, "again", now).await.unwrap(), 0);
+    assert_eq!(store.list_grants(&busy, now, 10).await.unwrap(), vec![]);
+    for id in ["busy-0000", "busy-0999", "busy-1000", "busy-1499"] {
+        assert_eq!(
+            store
+                .refresh_token_grant(&format!("rt-{id}"), now)
+                .await
+                .unwrap(),
+            None,
+            "{id}"
+        );
+        assert!(
+            store
+                .access_token_revoked(&format!("at-{id}"))
+                .await
+                .unwrap(),
+            "{id}"
+        );
+        let g = store.grant(id).await.unwrap().unwrap();
+        assert_eq!(g.revoked_reason.as_deref(), Some("incident"));
+    }
+    assert_eq!(
+        store.grant("quiet").await.unwrap().unwrap().revoked_at,
+        None
+    );
+}
+
 #[tokio::test]
 async fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,6 +384,7 @@ async fn sqlite_store_keeps_the_contract() {
         .await
         .unwrap();
     contract(&store).await;
+    bulk_revocation(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -305,6 +397,7 @@ async fn postgres_store_keeps_the_contract() {
     let url = pg_database("contract").await;
     let store = SqlStore::open_postgres(&url, 4).await.unwrap();
     contract(&store).await;
+    bulk_revocation(&store).await;
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! How long a document is kept (RFC 9111 freshness within our bounds) and the bounded LRU that
-//! keeps it. Only checked documents enter; errors never do.
+//! keeps it: checked metadata documents, and the JWK Sets of `jwks_uri`s. Only checked values
+//! enter; errors never do.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,6 @@ use http::HeaderMap;
 use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES};
 use time::OffsetDateTime;
 use time::macros::format_description;
-
-use super::document::CheckedDocument;
 
 /// Freshness lifetime from `Cache-Control` (`s-maxage`, then `max-age`; `no-store`, `no-cache`
 /// and `private` mean none) or `Expires` minus `Date`, less `Age`, clamped to `[min, max]`.
@@ -79,32 +78,34 @@ fn parse_http_date(text: &str) -> Option<OffsetDateTime> {
 
 /// A small LRU with per-entry expiry. Eviction scans for the least recently used entry, which is
 /// cheap at the capacities configured here (thousands) and needs no extra dependency.
-pub(crate) struct DocumentCache {
+pub(crate) struct TtlCache<T> {
     capacity: usize,
-    inner: Mutex<Entries>,
+    inner: Mutex<Entries<T>>,
 }
 
-#[derive(Default)]
-struct Entries {
-    map: HashMap<String, Slot>,
+struct Entries<T> {
+    map: HashMap<String, Slot<T>>,
     clock: u64,
 }
 
-struct Slot {
-    doc: Arc<CheckedDocument>,
+struct Slot<T> {
+    doc: Arc<T>,
     expires: Instant,
     used: u64,
 }
 
-impl DocumentCache {
+impl<T> TtlCache<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            inner: Mutex::new(Entries::default()),
+            inner: Mutex::new(Entries {
+                map: HashMap::new(),
+                clock: 0,
+            }),
         }
     }
 
-    pub fn get(&self, key: &str, now: Instant) -> Option<Arc<CheckedDocument>> {
+    pub fn get(&self, key: &str, now: Instant) -> Option<Arc<T>> {
         let mut entries = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         entries.clock += 1;
         let clock = entries.clock;
@@ -121,7 +122,7 @@ impl DocumentCache {
         }
     }
 
-    pub fn insert(&self, key: String, doc: Arc<CheckedDocument>, ttl: Duration, now: Instant) {
+    pub fn insert(&self, key: String, doc: Arc<T>, ttl: Duration, now: Instant) {
         if self.capacity == 0 {
             return;
         }
@@ -167,6 +168,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use crate::cimd::document::CheckedDocument;
 
     const MIN: Duration = Duration::from_secs(60);
     const MAX: Duration = Duration::from_secs(3600);
@@ -243,7 +245,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let cache = DocumentCache::new(10);
+        let cache = TtlCache::new(10);
         let t0 = Instant::now();
         cache.insert("a".into(), doc("a"), Duration::from_secs(60), t0);
         assert!(cache.get("a", t0 + Duration::from_secs(59)).is_some());
@@ -253,7 +255,7 @@ mod tests {
 
     #[test]
     fn least_recently_used_leaves_first() {
-        let cache = DocumentCache::new(2);
+        let cache = TtlCache::new(2);
         let t0 = Instant::now();
         let long = Duration::from_secs(600);
         cache.insert("a".into(), doc("a"), long, t0);
@@ -268,7 +270,7 @@ mod tests {
 
     #[test]
     fn expired_entries_make_room_before_live_ones_leave() {
-        let cache = DocumentCache::new(2);
+        let cache = TtlCache::new(2);
         let t0 = Instant::now();
         cache.insert("short".into(), doc("short"), Duration::from_secs(1), t0);
         cache.insert("long".into(), doc("long"), Duration::from_secs(600), t0);
@@ -281,7 +283,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_keeps_nothing() {
-        let cache = DocumentCache::new(0);
+        let cache = TtlCache::new(0);
         cache.insert(
             "a".into(),
             doc("a"),

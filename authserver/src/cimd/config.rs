@@ -162,6 +162,8 @@ pub struct RedirectUriRules {
     /// Accept loopback redirects (`http://127.0.0.1`, `http://[::1]`, `http://localhost`, any port)
     /// used by native and desktop clients (RFC 8252).
     pub allow_loopback: bool,
+    /// Accept https redirects (web applications). A policy for native clients only turns it off.
+    pub allow_web: bool,
     /// Non-loopback redirects must be on the client_id's host or one of its subdomains.
     pub require_same_site: bool,
     /// Accept private-use schemes of native apps (reverse domain names like `com.example.app:/cb`).
@@ -172,6 +174,7 @@ impl Default for RedirectUriRules {
     fn default() -> Self {
         Self {
             allow_loopback: true,
+            allow_web: true,
             require_same_site: false,
             allow_private_use_schemes: false,
         }

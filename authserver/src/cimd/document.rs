@@ -142,7 +142,7 @@ pub fn check_document(
     let scope = optional_str(&doc, "scope")?
         .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect());
 
-    let fingerprint = fingerprint(&redirect_uris, keys.as_ref());
+    let fingerprint = fingerprint(&redirect_uris, keys.as_ref(), &auth_candidates);
     Ok(CheckedDocument {
         client_id: client_id.to_owned(),
         client_id_host,
@@ -386,7 +386,14 @@ fn display_uri(
     }
 }
 
-fn fingerprint(redirects: &[RedirectUri], keys: Option<&ClientKeys>) -> String {
+/// SHA-256 over what a grant to this document depends on: its redirect URIs, its keys and the token endpoint
+/// methods it offers (a document that drops `private_key_jwt` must not keep the grants made to a confidential
+/// client).
+fn fingerprint(
+    redirects: &[RedirectUri],
+    keys: Option<&ClientKeys>,
+    auth_candidates: &[AuthMethod],
+) -> String {
     let mut uris: Vec<&str> = redirects.iter().map(|r| r.uri.as_str()).collect();
     uris.sort_unstable();
     uris.dedup();
@@ -406,6 +413,10 @@ fn fingerprint(redirects: &[RedirectUri], keys: Option<&ClientKeys>) -> String {
             text.push_str(&serde_json::Value::String(uri.clone()).to_string());
         }
         None => {}
+    }
+    for method in auth_candidates {
+        text.push_str("\nauth_method ");
+        text.push_str(method.as_str());
     }
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -903,6 +914,18 @@ mod tests {
         };
         assert_ne!(fp(&keyed("a")), fp(&keyed("b")));
         assert_ne!(fp(&keyed("a")), original);
+        // The same keys, but the document stops offering private_key_jwt: a confidential client's grants go.
+        let offering = |methods: Value| {
+            let mut doc = keyed("a");
+            let d = doc.as_object_mut().expect("object");
+            d.remove("token_endpoint_auth_method");
+            d.insert("token_endpoint_auth_methods_supported".into(), methods);
+            doc
+        };
+        let both = fp(&offering(json!(["private_key_jwt", "none"])));
+        assert_ne!(both, fp(&offering(json!(["none"]))));
+        assert_ne!(both, fp(&offering(json!(["none", "private_key_jwt"]))));
+        assert_eq!(both, fp(&offering(json!(["private_key_jwt", "none"]))));
     }
 
     #[test]

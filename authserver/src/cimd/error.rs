@@ -185,6 +185,8 @@ pub enum RedirectProblem {
     HttpNotLoopback,
     #[error("loopback redirects are not allowed by this policy")]
     LoopbackNotAllowed,
+    #[error("https (web) redirects are not allowed by this policy")]
+    WebNotAllowed,
     #[error("it is not on the client_id's site {0:?}")]
     NotSameSite(String),
     #[error("private-use URI schemes are not allowed by this policy")]

@@ -32,6 +32,7 @@ pub use config::{AuthMethod, CimdConfig, FetchLimits, Policy, RedirectUriRules};
 pub use dns::{HostResolver, StaticResolver, SystemResolver};
 pub use document::{
     CheckedDocument, ClientKeys, RedirectKind, RedirectUri, check_document, classify_redirect,
+    private_member,
 };
 pub use error::{CimdError, DocumentRule, PolicyRule, RedirectProblem, UrlRule};
 pub use policy::{CompiledPolicy, admit};

@@ -150,6 +150,9 @@ impl CompiledPolicy {
                 RedirectKind::PrivateUse if !rules.allow_private_use_schemes => {
                     Some(RedirectProblem::PrivateUseScheme)
                 }
+                RedirectKind::Https { .. } if !rules.allow_web => {
+                    Some(RedirectProblem::WebNotAllowed)
+                }
                 RedirectKind::Https { host }
                     if rules.require_same_site && !same_site(host, &doc.client_id_host) =>
                 {
@@ -492,6 +495,16 @@ mod tests {
                     PolicyRule::RedirectUri {
                         uri: "http://127.0.0.1/cb".into(),
                         problem: RedirectProblem::LoopbackNotAllowed,
+                    },
+                ),
+            ),
+            (
+                compiled("native-only", |p| p.redirect_uris.allow_web = false),
+                denied(
+                    "native-only",
+                    PolicyRule::RedirectUri {
+                        uri: "https://a1.agents.example.com/cb".into(),
+                        problem: RedirectProblem::WebNotAllowed,
                     },
                 ),
             ),

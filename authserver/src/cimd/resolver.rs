@@ -12,7 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::address::AddressPolicy;
-use super::cache::DocumentCache;
+use super::cache::TtlCache;
 use super::client::ClientDocument;
 use super::config::CimdConfig;
 use super::dns::{HostResolver, SystemResolver};
@@ -39,7 +39,9 @@ struct Inner {
     policies: HashMap<String, CompiledPolicy>,
     fetcher: Fetcher,
     addresses: AddressPolicy,
-    cache: DocumentCache,
+    cache: TtlCache<CheckedDocument>,
+    /// JWK Sets fetched from `jwks_uri`s, kept for their RFC 9111 freshness like documents.
+    jwks_cache: TtlCache<Value>,
     in_flight: Mutex<HashMap<String, Flight>>,
     fetch_slots: Arc<tokio::sync::Semaphore>,
     stats: Counters,
@@ -102,7 +104,8 @@ impl Resolver {
         let addresses =
             AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
         let fetcher = Fetcher::new(&config, addresses.clone(), dns)?;
-        let cache = DocumentCache::new(limits.cache_capacity);
+        let cache = TtlCache::new(limits.cache_capacity);
+        let jwks_cache = TtlCache::new(limits.cache_capacity);
         let fetch_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_fetches));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -112,6 +115,7 @@ impl Resolver {
                 fetcher,
                 addresses,
                 cache,
+                jwks_cache,
                 in_flight: Mutex::new(HashMap::new()),
                 fetch_slots,
                 stats: Counters::default(),
@@ -221,14 +225,20 @@ impl Resolver {
         flight.await
     }
 
-    /// Fetch a client's `jwks_uri` under the same address, TLS, size and time rules as documents.
-    /// Returns the JWK Set (an object with a non-empty `keys` array of public keys).
-    pub async fn fetch_jwks(&self, jwks_uri: &str) -> Result<Value, CimdError> {
+    /// A client's `jwks_uri`, fetched under the same address, TLS, size and time rules as documents
+    /// and kept for its RFC 9111 freshness (within the cache bounds), so a stream of assertions
+    /// naming it costs one fetch per lifetime, not one each. Returns the JWK Set (an object with a
+    /// non-empty `keys` array of public keys). A key the client adds is seen when the entry expires.
+    pub async fn fetch_jwks(&self, jwks_uri: &str) -> Result<Arc<Value>, CimdError> {
         let allow = UrlAllowances {
             query: true,
             http: self.inner.config.allow_http_for_development,
         };
         let url = check_url(jwks_uri, "jwks_uri", allow, &self.inner.addresses)?;
+        if let Some(jwks) = self.inner.jwks_cache.get(url.as_str(), Instant::now()) {
+            self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(jwks);
+        }
         let _slot = self
             .inner
             .fetch_slots
@@ -260,6 +270,13 @@ impl Resolver {
                 )));
             }
         }
+        let jwks = Arc::new(jwks);
+        self.inner.jwks_cache.insert(
+            url.as_str().to_owned(),
+            jwks.clone(),
+            fetched.ttl,
+            Instant::now(),
+        );
         Ok(jwks)
     }
 }

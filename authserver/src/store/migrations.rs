@@ -76,6 +76,15 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     &["CREATE TABLE IF NOT EXISTS login_failures (
         username_hash TEXT PRIMARY KEY, window_started BIGINT NOT NULL, failures BIGINT NOT NULL,
         expires_at BIGINT NOT NULL)"],
+),
+(
+    7,
+    // A grant remembers how its client authenticated, so a later request cannot switch to a weaker method; and
+    // pending authorization requests are counted (bounded) on every /authorize.
+    &[
+        "ALTER TABLE grants ADD COLUMN client_auth_method TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS auth_requests_expires_at ON auth_requests (expires_at)",
+    ],
 )];
 
 /// The newest schema this build knows.
@@ -124,7 +133,7 @@ async fn migrate_locked(conn: &mut AnyConnection, postgres: bool) -> Result<i64,
         }
         sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(version)
-            .bind(super::sql::now_secs())
+            .bind(crate::clock::now_secs())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -108,6 +108,10 @@ pub struct Grant {
     /// The CIMD document fingerprint the grant was given to (empty for registered clients).
     #[serde(default)]
     pub client_fingerprint: String,
+    /// How the client authenticated when the grant was made (`none`, `private_key_jwt`): every later request on
+    /// the grant must authenticate the same way. Empty for grants made before the method was recorded.
+    #[serde(default)]
+    pub client_auth_method: String,
 }
 
 /// What rotating a refresh token found.
@@ -179,8 +183,13 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<AuthRequest>, StoreError>;
     async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError>;
+    /// How many authorization requests are pending (not yet expired).
+    async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError>;
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
+    /// The grant a code belongs to, spent or not, expired or not: read before anything is spent, so the client
+    /// is authenticated under the grant's own resource.
+    async fn code_grant(&self, code_hash: &str) -> Result<Option<String>, StoreError>;
     /// Marks the code spent and returns it, or reports a replay, atomically.
     async fn redeem_code(
         &self,
@@ -190,10 +199,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_grant(&self, grant: &Grant) -> Result<(), StoreError>;
     async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// At most `limit` grants matching `filter`, oldest first.
     async fn list_grants(
         &self,
         filter: &GrantFilter,
         now: Timestamp,
+        limit: i64,
     ) -> Result<Vec<Grant>, StoreError>;
     /// Revokes the grant with everything issued from it; returns whether it was active.
     async fn revoke_grant(
@@ -202,6 +213,14 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
+    /// Revokes every active grant matching `filter` (its `include_inactive` is ignored) with everything issued
+    /// from them, in one transaction however many there are; returns how many were revoked.
+    async fn revoke_grants(
+        &self,
+        filter: &GrantFilter,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     async fn put_refresh_token(
         &self,
@@ -216,6 +235,8 @@ pub trait Store: Send + Sync + 'static {
         new_hash: &str,
         now: Timestamp,
     ) -> Result<RefreshRotation, StoreError>;
+    /// The grant a refresh token belongs to, spent or not, expired or not (see [`Store::code_grant`]).
+    async fn refresh_token_owner(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
     /// The grant of a live (unspent, unexpired) refresh token.
     async fn refresh_token_grant(
         &self,
@@ -232,6 +253,8 @@ pub trait Store: Send + Sync + 'static {
     /// The grant of an access token id, if recorded.
     async fn access_token_grant(&self, jti: &str) -> Result<Option<String>, StoreError>;
     async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError>;
+    /// Whether the access token, or the grant it was issued from, is revoked. The grant counts too: a token
+    /// recorded after its grant was revoked (a concurrent redemption that lost to a replay) is dead as well.
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
     /// Whether `subject` consented to exactly this client (document version), resource and scope set.
@@ -277,15 +300,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         username_hash: &str,
     ) -> Result<Option<(i64, Timestamp)>, StoreError>;
-    /// Counts one failed sign-in: in the current window, or in a new one of `window_secs` from `now`.
+    /// Counts one failed sign-in: in the current window, or in a new one of `window_secs` from `now`. Returns the
+    /// count including this one, atomically, so parallel attempts each see a different number.
     async fn record_login_failure(
         &self,
         username_hash: &str,
         now: Timestamp,
         window_secs: i64,
-    ) -> Result<(), StoreError>;
-    /// Forgets a username's failures (after a correct password).
+    ) -> Result<i64, StoreError>;
+    /// Forgets a counter's failures (after a correct password).
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError>;
+    /// Takes one attempt back from a counter (a correct password, counted before it was checked).
+    async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError>;
 
     /// Deletes rows past their expiry, and audit rows older than [`AUDIT_RETENTION_SECS`]; returns how many
     /// went.

@@ -13,13 +13,6 @@ use super::{
     RefreshRotation, Store, StoreError, Timestamp, migrations,
 };
 
-/// Seconds since the Unix epoch, now.
-pub fn now_secs() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// A pool over SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct SqlStore {
@@ -122,10 +115,11 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         revoked_at: row.try_get("revoked_at")?,
         revoked_reason: row.try_get("revoked_reason")?,
         client_fingerprint: row.try_get("client_fingerprint")?,
+        client_auth_method: row.try_get("client_auth_method")?,
     })
 }
 
-const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason, client_fingerprint";
+const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason, client_fingerprint, client_auth_method";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -174,6 +168,14 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, expires_at, used)
@@ -188,6 +190,14 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn code_grant(&self, code_hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("grant_id")).transpose()?)
     }
 
     async fn redeem_code(
@@ -232,8 +242,9 @@ impl Store for SqlStore {
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO grants
-               (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, client_fingerprint)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+               (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, client_fingerprint,
+                client_auth_method)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&g.id)
         .bind(&g.subject)
@@ -244,6 +255,7 @@ impl Store for SqlStore {
         .bind(g.created_at)
         .bind(g.expires_at)
         .bind(&g.client_fingerprint)
+        .bind(&g.client_auth_method)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -259,19 +271,25 @@ impl Store for SqlStore {
         row.as_ref().map(grant_from_row).transpose()
     }
 
-    async fn list_grants(&self, f: &GrantFilter, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+    async fn list_grants(
+        &self,
+        f: &GrantFilter,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Grant>, StoreError> {
         // Absent filters bind NULL and match everything, so the statement text never depends on input.
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {GRANT_COLUMNS} FROM grants
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)
                AND ($4 = 1 OR (revoked_at IS NULL AND expires_at > $5))
-             ORDER BY created_at, id LIMIT 1000"
+             ORDER BY created_at, id LIMIT $6"
         )))
         .bind(f.subject.clone())
         .bind(f.client_id.clone())
         .bind(f.resource.clone())
         .bind(i64::from(f.include_inactive))
         .bind(now)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(grant_from_row).collect()
@@ -306,6 +324,50 @@ impl Store for SqlStore {
         .await?;
         tx.commit().await?;
         Ok(changed > 0)
+    }
+
+    async fn revoke_grants(
+        &self,
+        f: &GrantFilter,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        // The same filter in every statement; tokens first, while their grants still match `revoked_at IS NULL`.
+        const MATCHING: &str = "SELECT id FROM grants
+             WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)
+               AND revoked_at IS NULL AND expires_at > $4";
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE refresh_tokens SET used = 1 WHERE used = 0 AND grant_id IN ({MATCHING})"
+        )))
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE access_tokens SET revoked_at = $4 WHERE revoked_at IS NULL AND grant_id IN ({MATCHING})"
+        )))
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let revoked = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"
+        )))
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn put_refresh_token(
@@ -365,6 +427,14 @@ impl Store for SqlStore {
         Ok(RefreshRotation::Rotated { grant_id })
     }
 
+    async fn refresh_token_owner(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT grant_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("grant_id")).transpose()?)
+    }
+
     async fn refresh_token_grant(
         &self,
         token_hash: &str,
@@ -413,12 +483,18 @@ impl Store for SqlStore {
     }
 
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT revoked_at FROM access_tokens WHERE jti = $1")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
+             FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
-            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            Some(r) => {
+                r.try_get::<Option<i64>, _>("token_revoked")?.is_some()
+                    || r.try_get::<Option<i64>, _>("grant_revoked")?.is_some()
+            }
             None => false,
         })
     }
@@ -597,22 +673,23 @@ impl Store for SqlStore {
         username_hash: &str,
         now: Timestamp,
         window_secs: i64,
-    ) -> Result<(), StoreError> {
-        // One statement, so concurrent failures on several replicas all count.
-        sqlx::query(
+    ) -> Result<i64, StoreError> {
+        // One statement, so concurrent failures on several replicas all count, each seeing its own number.
+        let row = sqlx::query(
             "INSERT INTO login_failures (username_hash, window_started, failures, expires_at)
              VALUES ($1, $2, 1, $3)
              ON CONFLICT (username_hash) DO UPDATE SET
                failures = CASE WHEN login_failures.expires_at > $2 THEN login_failures.failures + 1 ELSE 1 END,
                window_started = CASE WHEN login_failures.expires_at > $2 THEN login_failures.window_started ELSE $2 END,
-               expires_at = CASE WHEN login_failures.expires_at > $2 THEN login_failures.expires_at ELSE $3 END",
+               expires_at = CASE WHEN login_failures.expires_at > $2 THEN login_failures.expires_at ELSE $3 END
+             RETURNING failures",
         )
         .bind(username_hash)
         .bind(now)
         .bind(now + window_secs)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(row.try_get("failures")?)
     }
 
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError> {
@@ -620,6 +697,16 @@ impl Store for SqlStore {
             .bind(username_hash)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE login_failures SET failures = failures - 1 WHERE username_hash = $1 AND failures > 0",
+        )
+        .bind(username_hash)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub fn policy_key(policy: &CIMDPolicy) -> String {
 pub fn policy(policy: &CIMDPolicy) -> Policy {
     let spec = &policy.spec;
     let native = spec.application_types.contains(&ApplicationType::Native);
+    let web = spec.application_types.contains(&ApplicationType::Web);
     Policy {
         client_id_patterns: spec
             .allowed_hosts
@@ -36,6 +37,8 @@ pub fn policy(policy: &CIMDPolicy) -> Policy {
             // The CRD's CEL rule already refuses loopback without native; this keeps a resource
             // written around the schema from widening anything.
             allow_loopback: spec.redirect_uris.allow_loopback && native,
+            // `web` is what admits https redirect URIs: a native-only policy refuses them.
+            allow_web: web,
             require_same_site: spec.redirect_uris.require_same_site,
             allow_private_use_schemes: false,
         },
@@ -148,6 +151,24 @@ mod tests {
         ));
         assert!(!p.redirect_uris.allow_loopback);
         assert!(!p.redirect_uris.require_same_site);
+        assert!(p.redirect_uris.allow_web);
+    }
+
+    #[test]
+    fn each_application_type_admits_its_own_redirects_only() {
+        // (applicationTypes, https redirects admitted, loopback redirects admitted)
+        for (types, web, loopback) in [
+            (json!(["web"]), true, false),
+            (json!(["native"]), false, true),
+            (json!(["web", "native"]), true, true),
+        ] {
+            let p = policy(&sample(json!({ "applicationTypes": types.clone() })));
+            assert_eq!(
+                (p.redirect_uris.allow_web, p.redirect_uris.allow_loopback),
+                (web, loopback),
+                "{types}"
+            );
+        }
     }
 
     #[test]

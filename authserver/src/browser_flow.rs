@@ -351,3 +351,52 @@ pub fn upstream_error(e: UpstreamError) -> OAuthError {
     };
     OAuthError::new(code, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::config::AuthServerConfig;
+
+    fn snapshot(issuer: &str) -> Snapshot {
+        let config = AuthServerConfig::parse(
+            &format!("issuer: {issuer}\nsigning: {{keysDir: /nonexistent}}\nlogin: {{static: {{users: []}}}}\n"),
+            std::path::Path::new("c.yaml"),
+        )
+        .expect("config");
+        Snapshot::build(config, None).expect("snapshot")
+    }
+
+    #[test]
+    fn cookies_are_host_bound_on_https_and_only_our_own_values_are_read() {
+        let https = snapshot("https://auth.example");
+        let http = snapshot("http://127.0.0.1:8080");
+        assert_eq!(cookie_name(&https, CSRF_COOKIE), "__Host-mcp_authz_csrf");
+        assert_eq!(cookie_name(&http, CSRF_COOKIE), "mcp_authz_csrf");
+        let mut response = StatusCode::OK.into_response();
+        set_cookie(&mut response, &https, SESSION_COOKIE, "v", 60);
+        assert_eq!(
+            response.headers()[header::SET_COOKIE],
+            "__Host-mcp_authz_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure"
+        );
+        let ours = secrets::random_token();
+        // (cookie header, what the https issuer reads as the CSRF binding)
+        let cases = [
+            (format!("__Host-mcp_authz_csrf={ours}"), Some(ours.clone())),
+            // Planted by a sibling domain: it cannot carry the prefix, so it is not read.
+            (format!("mcp_authz_csrf={ours}"), None),
+            // Not a value this server issues.
+            (format!("__Host-mcp_authz_csrf={}", "a".repeat(42)), None),
+            (format!("__Host-mcp_authz_csrf={}!", &ours[..42]), None),
+        ];
+        for (cookie, want) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::COOKIE,
+                HeaderValue::from_str(&cookie).expect("header"),
+            );
+            assert_eq!(csrf_cookie(&https, &headers), want, "{cookie}");
+        }
+    }
+}

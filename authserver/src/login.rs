@@ -263,3 +263,39 @@ async fn check_password(
     .await
     .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_check_slot_is_held_until_the_hash_is_done_even_when_the_request_goes() {
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = slots.clone().try_acquire_owned().expect("free slot");
+        // Start the check, then drop its future at once, as a client that hangs up would.
+        tokio::select! {
+            biased;
+            _ = check_password(None, "guess".into(), slot) => panic!("a hash finished at once"),
+            () = std::future::ready(()) => {}
+        }
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "the slot was freed while its hash still runs"
+        );
+        let mut freed = false;
+        for _ in 0..500 {
+            if slots.available_permits() == 1 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "the slot was never given back");
+    }
+}

@@ -82,6 +82,7 @@ pub struct Charged {
 #[derive(Debug)]
 pub struct LoginGuard {
     checks: Arc<Semaphore>,
+    slots: usize,
     budgets: Budgets,
 }
 
@@ -96,8 +97,14 @@ impl LoginGuard {
     pub fn new(concurrent_checks: usize, budgets: Budgets) -> Self {
         LoginGuard {
             checks: Arc::new(Semaphore::new(concurrent_checks)),
+            slots: concurrent_checks,
             budgets,
         }
+    }
+
+    /// Password checks running now (their slots are taken until each hash is done).
+    pub fn checks_running(&self) -> usize {
+        self.slots - self.checks.available_permits()
     }
 
     /// Takes a check slot and charges the attempt to both budgets, before any password is looked at. The outer

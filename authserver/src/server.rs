@@ -162,6 +162,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/grants/revoke", post(admin::revoke_grants))
         .route("/admin/audit", get(admin::recent_audit))
         .fallback(not_found)
+        .layer(middleware::from_fn(bounded))
         .with_state(state)
 }
 

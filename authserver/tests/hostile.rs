@@ -1,0 +1,839 @@
+//! The authorization server against a hostile client, over its real HTTP port: each case is one way a review
+//! found to get more than the policy allows (or to make the server work for nothing), and asserts the exact
+//! refusal. Clients that identify by a metadata document fetch it from a real HTTPS server with a test CA.
+
+mod cimd_support;
+mod support;
+
+use std::time::Duration;
+
+use cimd_support::{HttpsServer, Reply, TestCa};
+use mcp_authz_authserver::cimd::{AuthMethod, CimdConfig, Policy};
+use mcp_authz_authserver::config::{AuthServerConfig, ScopeDefinition, StaticUser};
+use mcp_authz_authserver::server;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTPS server serving client metadata documents at `https://127.0.0.1:PORT/...`, trusted through its CA.
+struct Documents {
+    ca: TestCa,
+    server: HttpsServer,
+}
+
+impl Documents {
+    async fn start() -> Self {
+        let ca = TestCa::new("hostile documents");
+        let server = HttpsServer::start(ca.tls_acceptor(&["127.0.0.1"])).await;
+        Documents { ca, server }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.server.port())
+    }
+
+    /// A CIMD config that may fetch from this server, with `policies` by name.
+    fn config(&self, policies: &[(&str, Policy)]) -> CimdConfig {
+        let mut config = CimdConfig {
+            allowed_private_cidrs: vec!["127.0.0.1/32".into()],
+            extra_ca_bundle: Some(self.ca.bundle.clone()),
+            ..CimdConfig::default()
+        };
+        config.fetch.total_timeout_ms = 5000;
+        for (name, policy) in policies {
+            config.policies.insert((*name).to_owned(), policy.clone());
+        }
+        config
+    }
+
+    /// Serves `document` at `path` and returns its client_id.
+    fn serve(&self, path: &str, mut document: Value) -> String {
+        let client_id = self.url(path);
+        document["client_id"] = json!(client_id);
+        self.server.route(path, Reply::Json(document.to_string()));
+        client_id
+    }
+}
+
+/// A document that may authenticate both ways: `none` first, so a policy allowing both makes it public.
+fn two_way_document() -> Value {
+    let (_, jwks) = service_key();
+    json!({
+        "client_name": "Two-way agent",
+        "redirect_uris": [REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "jwks": jwks,
+    })
+}
+
+fn keys_only() -> Policy {
+    Policy {
+        allowed_auth_methods: vec![AuthMethod::PrivateKeyJwt],
+        ..Policy::default()
+    }
+}
+
+/// A client assertion for `client_id`, signed with the tests' service key.
+fn assertion_for(s: &TestServer, client_id: &str) -> String {
+    assertion(s, |c| {
+        c["iss"] = json!(client_id);
+        c["sub"] = json!(client_id);
+    })
+}
+
+/// Code and token exchange for a document client that authenticates with an assertion.
+async fn confidential_tokens(s: &TestServer, client_id: &str) -> Value {
+    let code = s
+        .code_for(&mut Browser::default(), client_id, REDIRECT, "files:read")
+        .await;
+    let a = assertion_for(s, client_id);
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("resource", RESOURCE),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Rewrites the server's config file and reloads it, as the maintenance loop would.
+fn reload(s: &TestServer, edit: impl FnOnce(&mut AuthServerConfig)) {
+    let mut config = AuthServerConfig::load(&s.config_path).unwrap();
+    edit(&mut config);
+    std::fs::write(
+        &s.config_path,
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    server::reload_config(&s.running.as_ref().unwrap().state, &s.config_path).unwrap();
+}
+
+fn error_of(body: &Value) -> (&str, &str) {
+    (
+        body["error"].as_str().unwrap_or_default(),
+        body["error_description"].as_str().unwrap_or_default(),
+    )
+}
+
+/// A refresh token of a client that must authenticate under its resource's policy cannot be redeemed as a public
+/// client by leaving `resource` out (the baseline would have judged the client public).
+#[tokio::test]
+async fn omitting_resource_does_not_make_a_confidential_client_public() {
+    let docs = Documents::start().await;
+    let client_id = docs.serve("/two-way.json", two_way_document());
+    let config = docs.config(&[("keys-only", keys_only())]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.resources[0].cimd_policy = Some("keys-only".into());
+    })
+    .await;
+    let tokens = confidential_tokens(&s, &client_id).await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    for form in [
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id.as_str()),
+        ],
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id.as_str()),
+            ("resource", OTHER_RESOURCE),
+        ],
+    ] {
+        let (status, body, _) = s.token(&form).await;
+        assert_eq!(
+            (status, error_of(&body)),
+            (
+                401,
+                (
+                    "invalid_client",
+                    "this client must authenticate with private_key_jwt"
+                )
+            ),
+            "{form:?}"
+        );
+    }
+    // The owner, authenticating as its policy requires, still refreshes.
+    let a = assertion_for(&s, &client_id);
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A grant remembers how its client authenticated: when the policy is relaxed later, the client still cannot
+/// drop its assertion on that grant.
+#[tokio::test]
+async fn a_grant_keeps_the_method_it_was_made_with() {
+    let docs = Documents::start().await;
+    let client_id = docs.serve("/two-way.json", two_way_document());
+    let config = docs.config(&[("keys-only", keys_only())]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.resources[0].cimd_policy = Some("keys-only".into());
+    })
+    .await;
+    let tokens = confidential_tokens(&s, &client_id).await;
+    // The platform team drops the policy: the baseline now admits the document as a public client.
+    reload(&s, |c| c.resources[0].cimd_policy = None);
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            401,
+            (
+                "invalid_client",
+                "this grant was made for a client authenticating with private_key_jwt; this request used none"
+            )
+        )
+    );
+}
+
+/// `applicationTypes: [native]` admits loopback redirects only: a document with an https redirect is refused.
+#[tokio::test]
+async fn a_native_only_policy_refuses_web_redirects() {
+    let docs = Documents::start().await;
+    let client_id = docs.serve(
+        "/web.json",
+        json!({"client_name": "Web agent", "redirect_uris": ["https://app.example.com/cb"],
+               "token_endpoint_auth_method": "none"}),
+    );
+    let mut native = Policy::default();
+    native.redirect_uris.allow_web = false;
+    let config = docs.config(&[("native", native)]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.resources[0].cimd_policy = Some("native".into());
+    })
+    .await;
+    let r = s
+        .http
+        .get(s.url(&authorize_query(
+            &client_id,
+            "https://app.example.com/cb",
+            "files:read",
+            "st",
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("https (web) redirects are not allowed by this policy"),
+        "{html}"
+    );
+}
+
+/// An error is redirected only to a URI admitted under the request's resource: with an unknown resource nothing
+/// is trusted, and the server shows a page instead of sending the browser to the attacker's document's URI.
+#[tokio::test]
+async fn errors_are_not_redirected_to_untrusted_uris() {
+    let docs = Documents::start().await;
+    let phish = "https://phish.example/x";
+    let client_id = docs.serve(
+        "/phish.json",
+        json!({"client_name": "Phisher", "redirect_uris": [phish], "token_endpoint_auth_method": "none"}),
+    );
+    let config = docs.config(&[]);
+    let s = TestServer::start_with(|c| c.cimd = config).await;
+    for (resource, description) in [
+        (
+            Some("https://unknown.example/mcp"),
+            "resource &quot;https://unknown.example/mcp&quot; is not a resource of this server",
+        ),
+        (None, "the resource parameter is required (RFC 8707)"),
+    ] {
+        let mut pairs = vec![
+            ("response_type", "bogus"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", phish),
+            ("state", "st"),
+        ];
+        if let Some(r) = resource {
+            pairs.push(("resource", r));
+        }
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        let r = s
+            .http
+            .get(s.url(&format!("/authorize?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{resource:?}");
+        assert!(r.headers().get("location").is_none(), "{resource:?}");
+        assert!(r.text().await.unwrap().contains(description));
+    }
+    assert_eq!(
+        docs.server.hits("/phish.json"),
+        0,
+        "nothing is fetched before the resource is known"
+    );
+    // A state too long to keep is refused before anything is stored.
+    let long = "s".repeat(1025);
+    let r = s
+        .http
+        .get(s.url(&authorize_query(
+            PUBLIC_CLIENT,
+            REDIRECT,
+            "files:read",
+            &long,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("state is longer than 1024 bytes")
+    );
+}
+
+/// Two redemptions of one code at once: whichever wins, the replay revokes the grant, and nothing issued from it
+/// stays alive, even a token recorded after the revocation.
+async fn concurrent_redemptions_leave_nothing_alive(s: &TestServer) {
+    let mut browser = Browser::default();
+    let mut raced = 0;
+    for round in 0..12 {
+        let code = s
+            .code_for(&mut browser, PUBLIC_CLIENT, REDIRECT, "files:read")
+            .await;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", PUBLIC_CLIENT),
+        ];
+        let (a, b) = tokio::join!(s.token(&form), s.token(&form));
+        let mut issued = Vec::new();
+        for (status, body, _) in [a, b] {
+            match status {
+                200 => issued.push(body),
+                400 => assert_eq!(body["error"], "invalid_grant", "round {round}: {body}"),
+                other => panic!("round {round}: {other} {body}"),
+            }
+        }
+        assert!(
+            issued.len() <= 1,
+            "round {round}: a code was redeemed twice"
+        );
+        if let Some(body) = issued.first() {
+            raced += 1;
+            let access = body["access_token"].as_str().unwrap();
+            assert_eq!(
+                s.introspect(access).await["active"],
+                false,
+                "round {round}: the winner's token outlived the replay"
+            );
+            let (status, refused, _) = s
+                .token(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", body["refresh_token"].as_str().unwrap()),
+                    ("client_id", PUBLIC_CLIENT),
+                ])
+                .await;
+            assert_eq!(
+                (status, error_of(&refused)),
+                (400, ("invalid_grant", "this grant has been revoked")),
+                "round {round}"
+            );
+        }
+    }
+    assert!(raced > 0, "no round had a winner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_code_redemption_on_sqlite() {
+    let s = TestServer::start().await;
+    concurrent_redemptions_leave_nothing_alive(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_code_redemption_on_postgres() {
+    let url = pg_database("hostile_race").await;
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), &url).unwrap();
+    let path = url_file.path().to_path_buf();
+    let s = TestServer::start_with(|c| {
+        c.storage = mcp_authz_authserver::config::StorageConfig {
+            sqlite: None,
+            postgres: Some(mcp_authz_authserver::config::PostgresStorage {
+                url_file: Some(path),
+                url_env: None,
+                max_connections: 8,
+            }),
+        };
+    })
+    .await;
+    concurrent_redemptions_leave_nothing_alive(&s).await;
+}
+
+/// A scope that implies a sensitive one is sensitive in effect: the consent page names what it implies, the
+/// consent is not remembered, and the token is as short as the sensitive scope's.
+#[tokio::test]
+async fn an_implied_sensitive_scope_is_treated_as_sensitive() {
+    let s = TestServer::start_with(|c| {
+        c.scopes.push(ScopeDefinition {
+            value: "files:admin".into(),
+            description: "Administer your files".into(),
+            sensitive: false,
+            max_lifetime_secs: None,
+            implies: vec!["files:write".into(), "files:delete".into()],
+        });
+        c.resources[0].scopes.push("files:admin".into());
+    })
+    .await;
+    let mut browser = Browser::default();
+    for round in 0..2 {
+        let step = browser
+            .get(
+                &s,
+                &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:admin", "st"),
+            )
+            .await;
+        let step = match step {
+            Step::Page(_, html) if html.contains("name=\"password\"") => {
+                browser.login(&s, &html, "alice", "wonderland").await
+            }
+            other => other,
+        };
+        let Step::Page(200, consent) = step else {
+            panic!("round {round}: consent was not asked: {step:?}")
+        };
+        assert!(
+            consent.contains(
+                "<li><strong>Delete your files</strong> (sensitive) (included in what is asked above) <code>files:delete</code></li>"
+            ),
+            "round {round}: {consent}"
+        );
+        let Step::Redirect(location) = browser.consent(&s, &consent, "approve").await else {
+            panic!("round {round}: no redirect")
+        };
+        let code = query(&location)["code"].clone();
+        let (status, body, _) = s
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+                ("client_id", PUBLIC_CLIENT),
+            ])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["expires_in"], 60,
+            "files:delete caps the token's lifetime"
+        );
+    }
+}
+
+/// Parallel guesses from one address: each is charged before its password is checked, so together they get no
+/// more checks than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_get_no_more_than_the_budget() {
+    let s = TestServer::start().await;
+    let mut browser = Browser::default();
+    let Step::Page(_, login) = browser
+        .get(
+            &s,
+            &authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "x"),
+        )
+        .await
+    else {
+        panic!()
+    };
+    let guesses = (0..24).map(|i| {
+        let mut b = Browser {
+            cookies: browser.cookies.clone(),
+        };
+        let (s, login) = (&s, login.clone());
+        async move { b.login(s, &login, "alice", &format!("guess-{i}")).await }
+    });
+    let mut checked = 0;
+    for step in futures::future::join_all(guesses).await {
+        match step {
+            Step::Page(401, _) => checked += 1,
+            Step::Page(429, _) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        checked <= mcp_authz_authserver::login_guard::MAX_ATTEMPTS_PER_ADDRESS,
+        "{checked} passwords were checked"
+    );
+}
+
+/// A client that hangs up after sending its guess does not escape the count: the attempt is charged before the
+/// password is checked.
+#[tokio::test]
+async fn a_guess_that_hangs_up_is_still_counted() {
+    let s = TestServer::start().await;
+    let mut browser = Browser::default();
+    let Step::Page(_, login) = browser
+        .get(
+            &s,
+            &authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "x"),
+        )
+        .await
+    else {
+        panic!()
+    };
+    let (id, csrf) = (hidden(&login, "request_id"), hidden(&login, "csrf"));
+    let cookie = format!("mcp_authz_csrf={}", browser.cookies["mcp_authz_csrf"]);
+    let addr = s.running.as_ref().unwrap().addr;
+    let state = s.running.as_ref().unwrap().state.clone();
+    let key = mcp_authz_authserver::secrets::hash("alice\n127.0.0.1");
+    let charged = || async {
+        state
+            .store
+            .login_failures(&key)
+            .await
+            .unwrap()
+            .map_or(0, |(n, _)| n)
+    };
+    for i in 0..mcp_authz_authserver::login_guard::MAX_ATTEMPTS_PER_ADDRESS {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("request_id", id.as_str()),
+                ("csrf", csrf.as_str()),
+                ("username", "alice"),
+                ("password", &format!("guess-{i}")),
+            ])
+            .finish();
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "POST /login HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\n\
+                     content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // Hang up once the password check has started (the attempt is charged just before it), without
+        // waiting for the answer.
+        let mut started = false;
+        for _ in 0..200 {
+            if charged().await > i64::from(i) {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(started, "guess {i} never reached the password check");
+        drop(socket);
+        // Its check keeps its slot until the hash is done; the next guess waits for it rather than be turned
+        // away as busy.
+        for _ in 0..500 {
+            if state.login_guard.checks_running() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    match browser.login(&s, &login, "alice", "wonderland").await {
+        Step::Page(429, html) => assert!(
+            html.contains("too many failed sign-ins for this user; try again in 15 minutes"),
+            "{html}"
+        ),
+        other => panic!("the right password was checked although the budget was spent: {other:?}"),
+    }
+}
+
+/// A body that never finishes does not hold its connection past the request timeout.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_with_408() {
+    let s = TestServer::start().await;
+    let addr = s.running.as_ref().unwrap().addr;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "POST /token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+                 content-length: 100\r\n\r\ngrant_type="
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        server::REQUEST_TIMEOUT + Duration::from_secs(10),
+        socket.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was still open");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains(
+            r#"{"error":"invalid_request","error_description":"the request was not completed within 20 seconds"}"#
+        ),
+        "{text}"
+    );
+}
+
+/// Junk assertions naming a client with a `jwks_uri` do not make the server fetch it: claims are checked first,
+/// and a fetched JWK Set is kept for its freshness lifetime.
+#[tokio::test]
+async fn junk_assertions_do_not_make_the_server_fetch_keys() {
+    let docs = Documents::start().await;
+    let (_, jwks) = service_key();
+    docs.server.route(
+        "/jwks.json",
+        Reply::JsonWith(
+            vec![("cache-control", "max-age=300".into())],
+            jwks.to_string(),
+        ),
+    );
+    let client_id = docs.serve(
+        "/keyed.json",
+        json!({"client_name": "Keyed agent", "redirect_uris": [REDIRECT],
+               "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": docs.url("/jwks.json")}),
+    );
+    let config = docs.config(&[]);
+    let s = TestServer::start_with(|c| c.cimd = config).await;
+    let form = |a: &str| {
+        vec![
+            ("grant_type".to_owned(), "client_credentials".to_owned()),
+            ("client_assertion_type".to_owned(), JWT_BEARER.to_owned()),
+            ("client_assertion".to_owned(), a.to_owned()),
+            ("resource".to_owned(), RESOURCE.to_owned()),
+        ]
+    };
+    let post = |f: Vec<(String, String)>| {
+        let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        s.http
+            .post(s.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    for _ in 0..10 {
+        let junk = assertion(&s, |c| {
+            c["iss"] = json!(client_id);
+            c["sub"] = json!(client_id);
+            c["aud"] = json!("https://elsewhere.example/token");
+        });
+        let r: Value = post(form(&junk)).await.unwrap().json().await.unwrap();
+        assert_eq!(
+            error_of(&r),
+            (
+                "invalid_client",
+                "client_assertion aud must be this endpoint's URL or the issuer"
+            )
+        );
+    }
+    assert_eq!(
+        docs.server.hits("/jwks.json"),
+        0,
+        "a junk assertion fetched keys"
+    );
+    assert_eq!(
+        docs.server.hits("/keyed.json"),
+        0,
+        "a junk assertion fetched the document"
+    );
+    // Well-formed claims with a bad signature: the keys are fetched once, then served from the cache.
+    let (other_pem, _) = mcp_authz_authserver::keys::generate_es256().unwrap();
+    for i in 0..10 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_owned);
+        let forged = jsonwebtoken::encode(
+            &header,
+            &json!({"iss": client_id, "sub": client_id, "aud": s.url("/token"), "exp": now + 60,
+                    "jti": format!("forged-{i}")}),
+            &jsonwebtoken::EncodingKey::from_ec_pem(other_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let r: Value = post(form(&forged)).await.unwrap().json().await.unwrap();
+        assert_eq!(
+            error_of(&r),
+            (
+                "invalid_client",
+                "client_assertion rejected: InvalidSignature"
+            )
+        );
+    }
+    assert_eq!(docs.server.hits("/jwks.json"), 1);
+}
+
+/// A person removed from the static users keeps no access through a refresh token.
+#[tokio::test]
+async fn a_removed_user_cannot_refresh() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    reload(&s, |c| {
+        let static_users = c.login.static_users.as_mut().unwrap();
+        static_users.users = vec![StaticUser {
+            username: "bob".into(),
+            password_hash: alice_hash(),
+            subject: None,
+        }];
+    });
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            ("invalid_grant", "the user of this grant no longer exists")
+        )
+    );
+    assert_eq!(
+        s.introspect(tokens["access_token"].as_str().unwrap()).await["active"],
+        false
+    );
+}
+
+/// After an administrator revokes a grant, its refresh token is refused as revoked (not "already used", which
+/// would send an on-call engineer looking for a token thief).
+#[tokio::test]
+async fn a_refresh_after_an_admin_revocation_says_revoked() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let r: Value = s
+        .http
+        .post(format!("{}/admin/grants/revoke?subject=alice", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"revoked": 1}));
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (400, ("invalid_grant", "this grant has been revoked"))
+    );
+}
+
+/// Dynamic registration takes public keys only: a private or symmetric member is refused, never stored.
+#[tokio::test]
+async fn registration_refuses_private_keys() {
+    let s = TestServer::start_with(|c| c.dynamic_client_registration.enabled = true).await;
+    for (key, member) in [
+        (
+            json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"}),
+            "d",
+        ),
+        (json!({"kty": "oct", "k": "c2VjcmV0"}), "k"),
+    ] {
+        let r = s
+            .http
+            .post(s.url("/register"))
+            .json(&json!({"client_name": "x", "redirect_uris": [REDIRECT],
+                          "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [key]}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            error_of(&body),
+            (
+                "invalid_client_metadata",
+                format!(
+                    "jwks holds a private or symmetric key (member {member:?}); send public keys only"
+                )
+                .as_str()
+            )
+        );
+    }
+}
+
+/// An anonymous flood of refusals writes its log lines but only a budget of audit rows.
+#[tokio::test]
+async fn a_flood_of_refusals_stores_a_bounded_number_of_audit_rows() {
+    let s = TestServer::start().await;
+    for i in 0..60 {
+        let (status, _, _) = s
+            .token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &format!("nobody-{i}")),
+                ("resource", RESOURCE),
+            ])
+            .await;
+        assert_eq!(status, 401);
+    }
+    let audit: Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=1000", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refusals = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused")
+        .count();
+    assert!(
+        (20..=21).contains(&refusals),
+        "{refusals} refusal rows were stored"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", s.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let suppressed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp_authz_authserver_audit_rows_suppressed_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(suppressed as usize + refusals, 60);
+}

@@ -21,6 +21,14 @@ pub struct Decision<'a> {
     pub reason: &'a str,
 }
 
+/// What is known of who made a request when it is refused (filled in as a handler learns it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub resource: Option<String>,
+}
+
 /// Refusal rows a replica stores at most in a burst.
 pub const REFUSAL_ROWS_BURST: f64 = 20.0;
 /// Refusal rows a replica stores at most per minute, sustained: with the 30-day retention, at most about 430,000

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
-use crate::audit::Decision;
+use crate::audit::Who;
 use crate::browser_flow::{
     self, CSRF_COOKIE, MAX_PENDING_REQUESTS, REQUEST_TTL_SECS, continue_request, error_page,
     error_redirect,
@@ -60,17 +60,12 @@ pub async fn authorize(
     let checked = match authorize_request::check(&catalogue, resource, &client, &params) {
         Ok(c) => c,
         Err(e) => {
-            state.metrics.outcome("authorize", e.metric_label());
-            state
-                .record_decision(Decision {
-                    event: "authorize",
-                    client_id: Some(&client_id),
-                    resource: Some(&resource.resource),
-                    outcome: "refused",
-                    reason: &e.to_string(),
-                    ..Default::default()
-                })
-                .await;
+            let who = Who {
+                client_id: Some(client_id.clone()),
+                resource: Some(resource.resource.clone()),
+                ..Who::default()
+            };
+            state.refuse("authorize", &who, &e).await;
             return error_redirect(
                 &redirect_uri,
                 &e,
@@ -89,7 +84,10 @@ pub async fn authorize(
             );
             return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
         }
-        Err(e) => return error_page(&OAuthError::from(e)),
+        Err(e) => {
+            let e = OAuthError::from(e);
+            return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
+        }
     }
     let csrf = browser_flow::csrf_cookie(&snapshot, &headers).unwrap_or_else(secrets::random_token);
     let request = AuthRequest {
@@ -107,7 +105,9 @@ pub async fn authorize(
     };
     let mut response = match continue_request(&state, &snapshot, &client, request, &headers).await {
         Ok(r) => r,
-        Err(e) => error_page(&e),
+        Err(e) => {
+            return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
+        }
     };
     browser_flow::set_cookie(
         &mut response,
@@ -127,16 +127,11 @@ async fn refused_page(
     client_id: Option<&str>,
     resource: Option<&str>,
 ) -> Response {
-    state.metrics.outcome("authorize", e.metric_label());
-    state
-        .record_decision(Decision {
-            event: "authorize",
-            client_id,
-            resource,
-            outcome: "refused",
-            reason: &e.to_string(),
-            ..Default::default()
-        })
-        .await;
+    let who = Who {
+        client_id: client_id.map(str::to_owned),
+        resource: resource.map(str::to_owned),
+        ..Who::default()
+    };
+    state.refuse("authorize", &who, e).await;
     error_page(e)
 }

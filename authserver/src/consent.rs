@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Who};
 use crate::browser_flow::{error_page, error_redirect, form_request, issue_code};
 use crate::clients::{self, shorten};
 use crate::clock::now_secs;
@@ -25,9 +25,13 @@ pub async fn consent(
     body: Body,
 ) -> Response {
     let snapshot = state.snapshot();
+    let mut who = Who::default();
     let result = async {
         let params = Params::from_form(&headers, body).await?;
         let request = form_request(&state, &snapshot, &headers, &params).await?;
+        who.client_id = Some(request.client_id.clone());
+        who.resource = Some(request.resource.clone());
+        who.subject = request.subject.clone();
         let subject = request
             .subject
             .clone()
@@ -98,8 +102,11 @@ pub async fn consent(
         }
     }
     .await;
-    result.unwrap_or_else(|e| {
-        state.metrics.outcome("consent", e.metric_label());
-        error_page(&e)
-    })
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            state.refuse("consent", &who, &e).await;
+            error_page(&e)
+        }
+    }
 }

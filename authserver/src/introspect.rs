@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Who};
 use crate::client_auth;
 use crate::client_auth::assertion_audiences;
 use crate::clock::now_secs;
@@ -65,6 +65,13 @@ fn json_no_store(status: StatusCode, body: Value) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The client a request claims to be, for the audit of its refusal (nothing is verified).
+fn claimed_client(headers: &HeaderMap, params: &Params) -> Option<String> {
+    client_auth::presented(headers, params)
+        .ok()
+        .map(|p| p.client_id)
 }
 
 /// Who asked, and which tokens it may learn about.
@@ -146,18 +153,11 @@ pub async fn introspect(
     body: Body,
 ) -> Response {
     let snapshot = state.snapshot();
+    let mut who = Who::default();
     let result = async {
         let params = Params::from_form(&headers, body).await?;
-        let caller = match authorize_introspection(&state, &snapshot, &headers, &params).await {
-            Ok(c) => c,
-            Err(e) => {
-                state
-            .record_decision(Decision { event: "introspect", outcome: "refused", reason: &e.to_string(), ..Default::default() },
-                )
-                .await;
-                return Err(e);
-            }
-        };
+        who.client_id = claimed_client(&headers, &params);
+        let caller = authorize_introspection(&state, &snapshot, &headers, &params).await?;
         let token = params.require("token")?;
         let body = match find(&state, &snapshot, token).await? {
             Found::Access { claims, .. } => {
@@ -195,7 +195,7 @@ pub async fn introspect(
             json_no_store(StatusCode::OK, body)
         }
         Err(e) => {
-            state.metrics.outcome("introspect", e.metric_label());
+            state.refuse("introspect", &who, &e).await;
             e.into_response()
         }
     }
@@ -208,8 +208,10 @@ pub async fn revoke(
     body: Body,
 ) -> Response {
     let snapshot = state.snapshot();
+    let mut who = Who::default();
     let result = async {
         let params = Params::from_form(&headers, body).await?;
+        who.client_id = claimed_client(&headers, &params);
         let presented = client_auth::presented(&headers, &params)?;
         let token = params.require("token")?;
         let now = now_secs();
@@ -282,7 +284,7 @@ pub async fn revoke(
             json_no_store(StatusCode::OK, json!({}))
         }
         Err(e) => {
-            state.metrics.outcome("revoke", e.metric_label());
+            state.refuse("revoke", &who, &e).await;
             e.into_response()
         }
     }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Who};
 use crate::browser_flow::{
     self, SESSION_COOKIE, consent_or_code, error_page, error_redirect, form_request, upstream_error,
 };
@@ -76,9 +76,12 @@ pub async fn login(
     body: Body,
 ) -> Response {
     let snapshot = state.snapshot();
+    let mut who = Who::default();
     let result = async {
         let params = Params::from_form(&headers, body).await?;
         let mut request = form_request(&state, &snapshot, &headers, &params).await?;
+        who.client_id = Some(request.client_id.clone());
+        who.resource = Some(request.resource.clone());
         let client = clients::lookup(
             &snapshot,
             &state,
@@ -155,10 +158,13 @@ pub async fn login(
         Ok::<_, OAuthError>(response)
     }
     .await;
-    result.unwrap_or_else(|e| {
-        state.metrics.outcome("login", e.metric_label());
-        error_page(&e)
-    })
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            state.refuse("login", &who, &e).await;
+            error_page(&e)
+        }
+    }
 }
 
 /// GET `/upstream/callback`: the provider sends the browser back here with its code (or an error).
@@ -168,6 +174,7 @@ pub async fn upstream_callback(
     uri: Uri,
 ) -> Response {
     let snapshot = state.snapshot();
+    let mut who = Who::default();
     let result = async {
         let params = Params::parse(uri.query().unwrap_or_default())?;
         let id = params.require("state")?;
@@ -176,6 +183,8 @@ pub async fn upstream_callback(
             .auth_request(id, now_secs())
             .await?
             .ok_or_else(|| OAuthError::invalid_request("this sign-in has expired or was already completed; start again from the application"))?;
+        who.client_id = Some(request.client_id.clone());
+        who.resource = Some(request.resource.clone());
         let cookie = browser_flow::csrf_cookie(&snapshot, &headers).unwrap_or_default();
         if !secrets::constant_time_eq(&cookie, &request.csrf) {
             return Err(OAuthError::invalid_request("the sign-in did not start in this browser"));
@@ -212,21 +221,8 @@ pub async fn upstream_callback(
         let callback = format!("{}/upstream/callback", snapshot.config.issuer);
         let subject = match upstream.finish(code, &callback, &pending).await {
             Ok(s) => s,
-            Err(e) => {
-                state.metrics.outcome("login", e.metric_label());
-                state
-            .record_decision(Decision {
-                        event: "login",
-                        client_id: Some(&request.client_id),
-                        resource: Some(&request.resource),
-                        outcome: "refused",
-                        reason: &e.to_string(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-                return Err(upstream_error(e));
-            }
+            // Counted and audited once, as every refusal, where the handler answers.
+            Err(e) => return Err(upstream_error(e)),
         };
         let client = clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
         let session = secrets::random_token();
@@ -240,10 +236,13 @@ pub async fn upstream_callback(
         Ok::<_, OAuthError>(response)
     }
     .await;
-    result.unwrap_or_else(|e| {
-        state.metrics.outcome("login", e.metric_label());
-        error_page(&e)
-    })
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            state.refuse("login", &who, &e).await;
+            error_page(&e)
+        }
+    }
 }
 
 /// Checks a password in the blocking pool. The check slot moves into the blocking work, so it is released when

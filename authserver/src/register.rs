@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Who};
 use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
 use crate::clock::now_secs;
 use crate::config::{ClientAuthMethod, ClientConfig, GrantType, check_redirect_uri};
@@ -192,7 +192,7 @@ pub async fn register(
         Ok(_) => {}
         Err(e) => {
             let e = OAuthError::from(e);
-            state.metrics.outcome("register", e.metric_label());
+            state.refuse("register", &Who::default(), &e).await;
             return e.into_response();
         }
     }
@@ -268,7 +268,7 @@ pub async fn register(
             r
         }
         Err(e) => {
-            state.metrics.outcome("register", e.metric_label());
+            state.refuse("register", &Who::default(), &e).await;
             e.into_response()
         }
     }

@@ -198,6 +198,27 @@ impl AppState {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
+    /// The one way a handler refuses: the refusal is counted under its endpoint and metric label and audited
+    /// (`who` says what is known of the requester), once, whatever the endpoint renders it as.
+    pub async fn refuse(
+        &self,
+        endpoint: &'static str,
+        who: &crate::audit::Who,
+        error: &crate::oauth_error::OAuthError,
+    ) {
+        self.metrics.outcome(endpoint, error.metric_label());
+        self.record_decision(crate::audit::Decision {
+            event: endpoint,
+            subject: who.subject.as_deref(),
+            client_id: who.client_id.as_deref(),
+            resource: who.resource.as_deref(),
+            scopes: &[],
+            outcome: "refused",
+            reason: &error.to_string(),
+        })
+        .await;
+    }
+
     /// Audits a decision: its log line always, its row within the refusal budget (a suppressed row is counted).
     pub async fn record_decision(&self, decision: crate::audit::Decision<'_>) {
         if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision).await {

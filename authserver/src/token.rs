@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Who};
 use crate::client_auth::{self, Presented};
 use crate::clients::{ClientView, shorten};
 use crate::clock::now_secs;
@@ -92,7 +92,8 @@ fn no_store(mut response: Response) -> Response {
 pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let snapshot = state.snapshot();
-    let result = handle(&state, &snapshot, &headers, body).await;
+    let mut who = Who::default();
+    let result = handle(&state, &snapshot, &headers, body, &mut who).await;
     state
         .metrics
         .latency
@@ -109,7 +110,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             no_store(axum::Json(body).into_response())
         }
         Err(e) => {
-            state.metrics.outcome("token", e.metric_label());
+            state.refuse("token", &who, &e).await;
             e.into_response()
         }
     }
@@ -120,6 +121,7 @@ async fn handle(
     snapshot: &Snapshot,
     headers: &HeaderMap,
     body: Body,
+    who: &mut Who,
 ) -> Result<(&'static str, Value), OAuthError> {
     let params = Params::from_form(headers, body).await?;
     let grant_type = params.require("grant_type")?;
@@ -135,31 +137,18 @@ async fn handle(
         }
     };
     let presented = client_auth::presented(headers, &params)?;
-    let mut resource = params.get("resource").map(str::to_owned);
-    let result = match grant {
+    who.client_id = Some(presented.client_id.clone());
+    who.resource = params.get("resource").map(str::to_owned);
+    let body = match grant {
         GrantType::AuthorizationCode => {
-            authorization_code(state, snapshot, &presented, &params, &mut resource).await
+            authorization_code(state, snapshot, &presented, &params, who).await?
         }
-        GrantType::RefreshToken => {
-            refresh_token(state, snapshot, &presented, &params, &mut resource).await
-        }
+        GrantType::RefreshToken => refresh_token(state, snapshot, &presented, &params, who).await?,
         GrantType::ClientCredentials => {
-            client_credentials(state, snapshot, &presented, &params).await
+            client_credentials(state, snapshot, &presented, &params).await?
         }
     };
-    if let Err(e) = &result {
-        state
-            .record_decision(Decision {
-                event: "token",
-                client_id: Some(&presented.client_id),
-                resource: resource.as_deref(),
-                outcome: "refused",
-                reason: &e.to_string(),
-                ..Default::default()
-            })
-            .await;
-    }
-    result.map(|body| (grant_type_label(grant), body))
+    Ok((grant_type_label(grant), body))
 }
 
 fn grant_type_label(g: GrantType) -> &'static str {
@@ -265,7 +254,7 @@ async fn authorization_code(
     snapshot: &Snapshot,
     presented: &Presented<'_>,
     params: &Params,
-    resource: &mut Option<String>,
+    who: &mut Who,
 ) -> Result<Value, OAuthError> {
     let code = params.require("code")?;
     let redirect_uri = params.require("redirect_uri")?;
@@ -278,7 +267,8 @@ async fn authorization_code(
         None => None,
     }
     .ok_or_else(|| OAuthError::invalid_grant("the authorization code is unknown or expired"))?;
-    *resource = Some(grant.resource.clone());
+    who.resource = Some(grant.resource.clone());
+    who.subject = Some(grant.subject.clone());
     let client = client_of_grant(
         state,
         snapshot,
@@ -349,7 +339,7 @@ async fn refresh_token(
     snapshot: &Snapshot,
     presented: &Presented<'_>,
     params: &Params,
-    resource: &mut Option<String>,
+    who: &mut Who,
 ) -> Result<Value, OAuthError> {
     let old = params.require("refresh_token")?;
     let now = now_secs();
@@ -361,7 +351,8 @@ async fn refresh_token(
         None => None,
     }
     .ok_or_else(|| OAuthError::invalid_grant("the refresh token is unknown or expired"))?;
-    *resource = Some(grant.resource.clone());
+    who.resource = Some(grant.resource.clone());
+    who.subject = Some(grant.subject.clone());
     client_of_grant(
         state,
         snapshot,

@@ -837,3 +837,90 @@ async fn a_flood_of_refusals_stores_a_bounded_number_of_audit_rows() {
         .unwrap_or(0);
     assert_eq!(suppressed as usize + refusals, 60);
 }
+
+/// Rows made straight in the server's SQLite file, for the cases that need thousands of them.
+async fn sqlite(s: &TestServer) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let db = format!("sqlite://{}", s.dir.path().join("as.db").display());
+    sqlx::AnyPool::connect(&db).await.unwrap()
+}
+
+/// Too many sign-ins pending at once: new ones wait (a page), rather than an anonymous flood filling the disk.
+#[tokio::test]
+async fn pending_authorization_requests_are_bounded() {
+    let s = TestServer::start().await;
+    let pool = sqlite(&s).await;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+         INSERT INTO auth_requests (id, body, expires_at) SELECT 'flood-' || i, '{}', 4102444800 FROM n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = s
+        .http
+        .get(s.url(&authorize_query(
+            PUBLIC_CLIENT,
+            REDIRECT,
+            "files:read",
+            "st",
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("location").is_none());
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("too many sign-ins are in progress; try again in a few minutes")
+    );
+}
+
+/// An administrator revoking a widely used client's grants reaches all of them, and a listing never passes a
+/// page off as the whole.
+#[tokio::test]
+async fn bulk_revocation_reaches_every_grant_and_listings_say_when_they_are_cut() {
+    let s = TestServer::start().await;
+    let pool = sqlite(&s).await;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1005)
+         INSERT INTO grants (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at)
+         SELECT 'g-' || i, 'user-' || i, 'busy', 'https://mcp.example.com/files', 'files:read',
+                'authorization_code', 1700000000 + i, 4102444800 FROM n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let admin = |method: reqwest::Method, path: &str| {
+        s.http
+            .request(method, format!("{}{path}", s.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let list: Value = admin(reqwest::Method::GET, "/admin/grants?client_id=busy")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (list["grants"].as_array().unwrap().len(), &list["truncated"]),
+        (1000, &json!(true))
+    );
+    let revoked: Value = admin(reqwest::Method::POST, "/admin/grants/revoke?client_id=busy")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked, json!({"revoked": 1005}));
+    let list: Value = admin(reqwest::Method::GET, "/admin/grants?client_id=busy")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, json!({"grants": [], "truncated": false}));
+}

@@ -3,6 +3,7 @@
 //! something, and without a bound an anonymous flood would fill the disk through this table. The log line is
 //! written for every decision whatever the budget.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -27,6 +28,9 @@ pub struct Who {
     pub subject: Option<String>,
     pub client_id: Option<String>,
     pub resource: Option<String>,
+    /// The existing grant the request presented (a real code or refresh token). Its refusals (a replay, a
+    /// reuse, a changed document) are security events that only a grant's holder can cause: always stored.
+    pub grant: Option<String>,
 }
 
 /// Refusal rows a replica stores at most in a burst.
@@ -35,10 +39,11 @@ pub const REFUSAL_ROWS_BURST: f64 = 20.0;
 /// rows (roughly 130 MB) however hard it is flooded.
 pub const REFUSAL_ROWS_PER_MINUTE: f64 = 10.0;
 
-/// A token bucket over refusal rows.
+/// Token buckets over refusal rows, one per event (endpoint), so a flood at one endpoint does not crowd the
+/// refusals of another out of the table.
 #[derive(Debug)]
 pub struct RowBudget {
-    bucket: Mutex<(f64, Instant)>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
     burst: f64,
     per_second: f64,
 }
@@ -52,15 +57,17 @@ impl Default for RowBudget {
 impl RowBudget {
     pub fn new(burst: f64, per_second: f64) -> Self {
         RowBudget {
-            bucket: Mutex::new((burst, Instant::now())),
+            buckets: Mutex::new(HashMap::new()),
             burst,
             per_second,
         }
     }
 
-    /// Takes one row from the budget at `now`; false when it is spent.
-    pub fn take(&self, now: Instant) -> bool {
-        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes one row of `event`'s budget at `now`; false when it is spent. Events are the server's own names,
+    /// a handful, so the map stays small.
+    pub fn take(&self, event: &str, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(event.to_owned()).or_insert((self.burst, now));
         let (tokens, last) = *bucket;
         let refilled = (tokens
             + now.saturating_duration_since(last).as_secs_f64() * self.per_second)
@@ -76,13 +83,18 @@ impl RowBudget {
 }
 
 /// Whether a decision's row counts against the refusal budget.
-fn is_refusal(outcome: &str) -> bool {
+pub fn is_refusal(outcome: &str) -> bool {
     outcome == "refused"
 }
 
-/// Writes the log line, then the row (a refusal's only while `budget` lasts; returns false when it was
+/// Writes the log line, then the row (when `budgeted`, only while `budget` lasts; returns false when it was
 /// suppressed). A store failure is logged, never turned into a refusal of its own: the log line is already out.
-pub async fn record(store: &dyn Store, budget: &RowBudget, d: Decision<'_>) -> bool {
+pub async fn record(
+    store: &dyn Store,
+    budget: &RowBudget,
+    d: Decision<'_>,
+    budgeted: bool,
+) -> bool {
     tracing::info!(
         target: "audit",
         event = d.event,
@@ -94,7 +106,7 @@ pub async fn record(store: &dyn Store, budget: &RowBudget, d: Decision<'_>) -> b
         reason = d.reason,
         "authorization decision"
     );
-    if is_refusal(d.outcome) && !budget.take(Instant::now()) {
+    if budgeted && !budget.take(d.event, Instant::now()) {
         return false;
     }
     let event = AuditEvent {
@@ -123,6 +135,13 @@ mod tests {
     fn the_refusal_budget_refills_at_its_rate_up_to_its_burst() {
         let budget = RowBudget::new(3.0, 0.5);
         let t0 = Instant::now();
+        assert!(
+            budget.take("token", t0),
+            "a new event starts with a full bucket"
+        );
+        assert!(budget.take("token", t0));
+        assert!(budget.take("token", t0));
+        let budget = RowBudget::new(3.0, 0.5);
         // (seconds after t0, taken?)
         let steps = [
             (0.0, true),
@@ -140,8 +159,10 @@ mod tests {
         ];
         for (i, (at, want)) in steps.iter().enumerate() {
             let now = t0 + Duration::from_secs_f64(*at);
-            assert_eq!(budget.take(now), *want, "step {i} at {at} s");
+            assert_eq!(budget.take("token", now), *want, "step {i} at {at} s");
         }
+        // Another event has a budget of its own.
+        assert!(budget.take("authorize", t0 + Duration::from_secs(100)));
         assert!(is_refusal("refused"));
         assert!(!is_refusal("issued"));
     }

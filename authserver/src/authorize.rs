@@ -65,6 +65,9 @@ pub async fn authorize(
                 resource: Some(resource.resource.clone()),
                 ..Who::default()
             };
+            if !client.may_receive_error_redirects(&redirect_uri) {
+                return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
+            }
             state.refuse("authorize", &who, &e).await;
             return error_redirect(
                 &redirect_uri,

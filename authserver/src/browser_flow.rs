@@ -267,6 +267,14 @@ pub async fn issue_code(
     client: &ClientView,
     reason: &str,
 ) -> Result<Response, OAuthError> {
+    // The client was looked up again for this step: what it registers and may ask for now is what counts, not
+    // what it did when the request started (up to the request's lifetime ago).
+    if !client.redirect_uri_matches(&request.redirect_uri) {
+        return Err(OAuthError::invalid_request(
+            "the redirect_uri is no longer registered for this client; start again from the application",
+        ));
+    }
+    client.check_scope_limits(&request.scopes)?;
     let now = now_secs();
     let grant = Grant {
         id: secrets::random_token(),

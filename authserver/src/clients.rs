@@ -37,6 +37,10 @@ pub struct ClientView {
     pub introspection_audience: Option<String>,
     /// From a CIMD document: scope limits of its policies.
     pub cimd: Option<ClientDocument>,
+    /// Someone vouched for this client: the platform registered it, or a policy named its document. Clients
+    /// anyone can bring (a document no policy names, a dynamic registration) are not trusted with error
+    /// redirects before a person has seen them.
+    pub vouched: bool,
 }
 
 impl ClientView {
@@ -58,6 +62,7 @@ impl ClientView {
             may_introspect: c.introspection,
             introspection_audience: None,
             cimd: None,
+            vouched: true,
         }
     }
 
@@ -89,6 +94,7 @@ impl ClientView {
             client_credentials_scopes: Vec::new(),
             may_introspect: false,
             introspection_audience: None,
+            vouched: d.vouched,
             cimd: Some(d),
         }
     }
@@ -101,6 +107,14 @@ impl ClientView {
 
     pub fn allows(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)
+    }
+
+    /// Whether an error of an authorization request may be sent to `redirect_uri` (RFC 9700 §4.11.2): for a
+    /// client someone vouched for, or to a loopback address (it stays on the person's own machine). Otherwise the
+    /// error is shown as a page, or the server would redirect to any URI an anonymous document lists.
+    pub fn may_receive_error_redirects(&self, redirect_uri: &str) -> bool {
+        self.vouched
+            || Url::parse(redirect_uri).is_ok_and(|u| u.scheme() == "http" && is_loopback_host(&u))
     }
 
     /// Every redirect URI is loopback: anyone can run a client with this id on their own machine.
@@ -175,9 +189,23 @@ pub async fn lookup(
         && snapshot.config.dynamic_client_registration.enabled
         && let Some(json) = state.store.dynamic_client(client_id).await?
     {
+        // A team's policy judges documents; a registration carries none of what it checks (who publishes the
+        // client, which redirect kinds), so a resource with its own policy admits no registered-on-the-fly client.
+        if let Some(policy) = resource
+            .and_then(|r| snapshot.config.resource(r))
+            .and_then(|r| r.cimd_policy.as_deref())
+        {
+            return Err(OAuthError::invalid_client(format!(
+                "clients registered at /register are not admitted for this resource: its policy {:?} admits clients by metadata document only",
+                shorten(policy)
+            )));
+        }
         let c: ClientConfig = serde_json::from_str(&json)
             .map_err(|e| OAuthError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
-        return Ok(ClientView::registered(&c));
+        return Ok(ClientView {
+            vouched: false,
+            ..ClientView::registered(&c)
+        });
     }
     if client_id.starts_with("https://") || client_id.starts_with("http://") {
         let Some(resolver) = &snapshot.cimd else {
@@ -235,6 +263,7 @@ fn resource_server(
         may_introspect: true,
         introspection_audience: Some(resource.to_owned()),
         cimd: None,
+        vouched: true,
     })
 }
 

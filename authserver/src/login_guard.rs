@@ -47,6 +47,21 @@ impl LoginRefusal {
     }
 }
 
+/// The network an address stands for: the address itself for IPv4, its /64 for IPv6 (one host commonly holds a
+/// whole /64, so counting its addresses one by one would give it endless budgets).
+pub fn network_of(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// The budgets of one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
@@ -122,7 +137,7 @@ impl LoginGuard {
         let window = i64::try_from(self.budgets.window_secs).unwrap_or(i64::MAX);
         let address_key = secrets::hash(&format!(
             "{username}\n{}",
-            address.map(|a| a.to_string()).unwrap_or_default()
+            address.map(network_of).unwrap_or_default()
         ));
         let username_key = secrets::hash(username);
         // The address's budget first: an attempt it refuses is not charged to the username, so one address
@@ -188,6 +203,20 @@ mod tests {
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn addresses_are_counted_by_network() {
+        for (address, network) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+            ("2001:db8:1:2:bbbb:cccc:dddd:eeee", "2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+            ("::1", "0:0:0:0::/64"),
+        ] {
+            assert_eq!(network_of(address.parse().unwrap()), network, "{address}");
+        }
     }
 
     #[tokio::test]

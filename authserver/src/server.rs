@@ -162,7 +162,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/grants/revoke", post(admin::revoke_grants))
         .route("/admin/audit", get(admin::recent_audit))
         .fallback(not_found)
-        .layer(middleware::from_fn(bounded))
+        .layer(middleware::from_fn(bounded_admin))
         .with_state(state)
 }
 
@@ -214,14 +214,26 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 /// bounded step inside (a CIMD fetch, a store call, a password check) finishes well within it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in [`REQUEST_TIMEOUT`].
+/// The admin port's bound: a bulk revocation over a large store may take longer than an OAuth request, and must
+/// not be cut off (and rolled back) mid-way; the port is not public.
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 async fn bounded(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    within(REQUEST_TIMEOUT, request, next).await
+}
+
+async fn bounded_admin(request: Request, next: Next) -> Response {
+    within(ADMIN_REQUEST_TIMEOUT, request, next).await
+}
+
+/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in `limit`.
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             let mut response = OAuthError::invalid_request(format!(
                 "the request was not completed within {} seconds",
-                REQUEST_TIMEOUT.as_secs()
+                limit.as_secs()
             ))
             .into_response();
             *response.status_mut() = StatusCode::REQUEST_TIMEOUT;

@@ -207,7 +207,7 @@ impl AppState {
         error: &crate::oauth_error::OAuthError,
     ) {
         self.metrics.outcome(endpoint, error.metric_label());
-        self.record_decision(crate::audit::Decision {
+        let decision = crate::audit::Decision {
             event: endpoint,
             subject: who.subject.as_deref(),
             client_id: who.client_id.as_deref(),
@@ -215,13 +215,19 @@ impl AppState {
             scopes: &[],
             outcome: "refused",
             reason: &error.to_string(),
-        })
-        .await;
+        };
+        let budgeted = who.grant.is_none();
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, budgeted).await
+        {
+            self.metrics.audit_rows_suppressed.inc();
+        }
     }
 
     /// Audits a decision: its log line always, its row within the refusal budget (a suppressed row is counted).
     pub async fn record_decision(&self, decision: crate::audit::Decision<'_>) {
-        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision).await {
+        let budgeted = crate::audit::is_refusal(decision.outcome);
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, budgeted).await
+        {
             self.metrics.audit_rows_suppressed.inc();
         }
     }

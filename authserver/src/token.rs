@@ -195,6 +195,17 @@ async fn client_of_grant(
     grant_type: GrantType,
     what: &str,
 ) -> Result<ClientView, OAuthError> {
+    // A grant is only as good as what serves and governs its resource today: without the resource there is no
+    // policy to judge the client by (the baseline must not stand in), and the URL may be claimed by another team.
+    if snapshot.config.resource(&grant.resource).is_none() {
+        state
+            .store
+            .revoke_grant(&grant.id, "its resource is no longer served", now_secs())
+            .await?;
+        return Err(OAuthError::invalid_grant(
+            "the resource of this grant is no longer served by this server",
+        ));
+    }
     let client = client_auth::authenticate(
         state,
         snapshot,
@@ -228,6 +239,23 @@ async fn client_of_grant(
         return Err(refusal);
     }
     Ok(client)
+}
+
+/// The scopes a grant may still be used for: offered by its resource and within the client's policy limits today
+/// (a team that narrows its policy narrows the grants made under it).
+fn check_grant_scopes(
+    snapshot: &Snapshot,
+    client: &ClientView,
+    grant: &Grant,
+    scopes: &[String],
+) -> Result<(), OAuthError> {
+    let offered = snapshot
+        .config
+        .resource(&grant.resource)
+        .map(|r| r.scopes.as_slice())
+        .unwrap_or_default();
+    scopes::still_offered(offered, scopes)?;
+    client.check_scope_limits(scopes)
 }
 
 /// A grant of a person who is no longer a static user goes: its tokens must not outlive the account.
@@ -269,6 +297,8 @@ async fn authorization_code(
     .ok_or_else(|| OAuthError::invalid_grant("the authorization code is unknown or expired"))?;
     who.resource = Some(grant.resource.clone());
     who.subject = Some(grant.subject.clone());
+    // Only a live grant's refusals are exempt from the row budget: once revoked, a replayed token is just noise.
+    who.grant = grant.revoked_at.is_none().then(|| grant.id.clone());
     let client = client_of_grant(
         state,
         snapshot,
@@ -309,6 +339,7 @@ async fn authorization_code(
     check_grant_alive(&grant, now)?;
     check_subject_exists(state, snapshot, &grant, now).await?;
     check_resource(params, &grant)?;
+    check_grant_scopes(snapshot, &client, &grant, &grant.scopes)?;
     let issued = issue_access_token(state, snapshot, &grant, &grant.scopes).await?;
     let mut body = issued.body;
     // Whether the grant may be refreshed is the policy's word at the grant's resource.
@@ -353,7 +384,9 @@ async fn refresh_token(
     .ok_or_else(|| OAuthError::invalid_grant("the refresh token is unknown or expired"))?;
     who.resource = Some(grant.resource.clone());
     who.subject = Some(grant.subject.clone());
-    client_of_grant(
+    // Only a live grant's refusals are exempt from the row budget: once revoked, a replayed token is just noise.
+    who.grant = grant.revoked_at.is_none().then(|| grant.id.clone());
+    let client = client_of_grant(
         state,
         snapshot,
         presented,
@@ -366,6 +399,7 @@ async fn refresh_token(
     check_subject_exists(state, snapshot, &grant, now).await?;
     check_resource(params, &grant)?;
     let scopes = scopes::narrowed(&grant.scopes, params.get("scope"))?;
+    check_grant_scopes(snapshot, &client, &grant, &scopes)?;
     let new = secrets::random_token();
     match state
         .store

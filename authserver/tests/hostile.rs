@@ -924,3 +924,394 @@ async fn bulk_revocation_reaches_every_grant_and_listings_say_when_they_are_cut(
         .unwrap();
     assert_eq!(list, json!({"grants": [], "truncated": false}));
 }
+
+/// An anonymous document (no policy names it) is not trusted with error redirects even at a real resource: the
+/// error is a page. A document a policy names (its host is allowed) gets its errors back as usual, and so does a
+/// loopback redirect, which stays on the person's machine.
+#[tokio::test]
+async fn only_vouched_clients_get_error_redirects() {
+    let docs = Documents::start().await;
+    let phish = "https://phish.example/x";
+    let anonymous = docs.serve(
+        "/phish.json",
+        json!({"client_name": "Phisher", "redirect_uris": [phish], "token_endpoint_auth_method": "none"}),
+    );
+    let named = docs.serve(
+        "/agents/named.json",
+        json!({"client_name": "Named", "redirect_uris": ["https://app.example.com/cb"],
+               "token_endpoint_auth_method": "none"}),
+    );
+    let local = docs.serve(
+        "/local.json",
+        json!({"client_name": "Local", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}),
+    );
+    let named_pattern = docs.url("/agents");
+    let config = docs.config(&[]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.cimd.baseline.allow_client_ids = vec![];
+        c.cimd.policies.insert(
+            "partners".into(),
+            Policy {
+                client_id_patterns: vec![named_pattern.clone(), docs.url("/")],
+                ..Policy::default()
+            },
+        );
+        c.resources[1].cimd_policy = Some("partners".into());
+    })
+    .await;
+    let bogus = |client_id: &str, redirect: &str, resource: &str| {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("response_type", "bogus"),
+                ("client_id", client_id),
+                ("redirect_uri", redirect),
+                ("state", "st"),
+                ("resource", resource),
+            ])
+            .finish();
+        s.http.get(s.url(&format!("/authorize?{query}"))).send()
+    };
+    let r = bogus(&anonymous, phish, RESOURCE).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("response_type &quot;bogus&quot; is not supported; use code")
+    );
+    // Named by the mail resource's policy: its errors go back to it.
+    let r = bogus(&named, "https://app.example.com/cb", OTHER_RESOURCE)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("https://app.example.com/cb?error=unsupported_response_type")
+    );
+    let r = bogus(&local, REDIRECT, RESOURCE).await.unwrap();
+    assert_eq!(r.status(), 303);
+}
+
+/// An administrator's revocation also forgets the consent: the client must ask the person again.
+#[tokio::test]
+async fn an_admin_revocation_forgets_the_consent() {
+    let s = TestServer::start().await;
+    let mut browser = Browser::default();
+    s.tokens_for(&mut browser, "files:read").await;
+    let r: Value = s
+        .http
+        .post(format!(
+            "{}/admin/grants/revoke?client_id={PUBLIC_CLIENT}",
+            s.admin
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"revoked": 1}));
+    match browser
+        .get(
+            &s,
+            &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "xyz"),
+        )
+        .await
+    {
+        Step::Page(200, html) => assert!(html.contains("Allow access?"), "{html}"),
+        other => panic!("a code was issued without asking: {other:?}"),
+    }
+}
+
+/// A flood of anonymous refusals does not crowd a refusal about a live grant (a replayed code) out of the table.
+#[tokio::test]
+async fn a_grant_holders_refusal_is_always_audited() {
+    let s = TestServer::start().await;
+    for _ in 0..40 {
+        assert_eq!(
+            s.token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "junk"),
+                ("resource", RESOURCE)
+            ])
+            .await
+            .0,
+            401
+        );
+    }
+    let code = s
+        .code_for(
+            &mut Browser::default(),
+            PUBLIC_CLIENT,
+            REDIRECT,
+            "files:read",
+        )
+        .await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+        ("client_id", PUBLIC_CLIENT),
+    ];
+    assert_eq!(s.token(&form).await.0, 200);
+    assert_eq!(s.token(&form).await.0, 400);
+    let audit: Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=1000", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit["events"].as_array().unwrap().iter().any(|e| e["reason"]
+            == "invalid_grant: the authorization code was already used; every token issued from it has been revoked"),
+        "{audit}"
+    );
+}
+
+/// A grant is judged by what its resource offers and its policy allows today: a narrowed policy narrows the
+/// grants made under it, and a grant whose resource is gone is revoked rather than judged by the baseline.
+#[tokio::test]
+async fn grants_follow_their_resource_and_policy_as_they_are_now() {
+    let docs = Documents::start().await;
+    let client_id = docs.serve(
+        "/agent.json",
+        json!({"client_name": "Agent", "redirect_uris": [REDIRECT],
+               "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none"}),
+    );
+    let config = docs.config(&[("team", Policy::default())]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.resources[0].cimd_policy = Some("team".into());
+    })
+    .await;
+    let code = s
+        .code_for(
+            &mut Browser::default(),
+            &client_id,
+            REDIRECT,
+            "files:read files:write",
+        )
+        .await;
+    let (status, tokens, _) = s
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let refresh = |token: String| {
+        let (s, client_id) = (&s, client_id.clone());
+        async move {
+            s.token(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &token),
+                ("client_id", &client_id),
+            ])
+            .await
+        }
+    };
+    reload(&s, |c| {
+        c.cimd.policies.get_mut("team").unwrap().allowed_scopes = Some(vec!["files:read".into()]);
+    });
+    let (status, body, _) = refresh(tokens["refresh_token"].as_str().unwrap().into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("files:write"),
+        "{body}"
+    );
+    // Narrowed on request, the grant still serves what the policy allows.
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+            ("scope", "files:read"),
+        ])
+        .await;
+    assert_eq!(
+        (status, body["scope"].as_str()),
+        (200, Some("files:read")),
+        "{body}"
+    );
+    reload(&s, |c| c.resources.retain(|r| r.resource != RESOURCE));
+    let (status, gone, _) = refresh(body["refresh_token"].as_str().unwrap().into()).await;
+    assert_eq!(
+        (status, error_of(&gone)),
+        (
+            400,
+            (
+                "invalid_grant",
+                "the resource of this grant is no longer served by this server"
+            )
+        )
+    );
+}
+
+/// A `jwks_uri` that hangs is fetched once however many assertions name it, and remembered as failed for a
+/// while: it cannot hold the shared fetch slots every tenant's new clients need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_jwks_uri_holds_one_fetch_slot_at_most() {
+    let docs = Documents::start().await;
+    docs.server.route("/tarpit-jwks.json", Reply::Hang);
+    let attacker = docs.serve(
+        "/attacker.json",
+        json!({"client_name": "Attacker", "redirect_uris": [REDIRECT],
+               "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": docs.url("/tarpit-jwks.json")}),
+    );
+    let victim = docs.serve(
+        "/victim.json",
+        json!({"client_name": "Victim", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}),
+    );
+    let mut config = docs.config(&[]);
+    config.fetch.max_concurrent_fetches = 4;
+    config.fetch.total_timeout_ms = 2000;
+    let s = TestServer::start_with(|c| c.cimd = config).await;
+    let junk = |i: usize| {
+        let a = assertion(&s, |c| {
+            c["iss"] = json!(attacker);
+            c["sub"] = json!(attacker);
+            c["aud"] = json!(s.url("/revoke"));
+            c["jti"] = json!(format!("junk-{i}"));
+        });
+        let s = &s;
+        async move {
+            let r = s
+                .post_form(
+                    "/revoke",
+                    &[
+                        ("token", "no-such-token"),
+                        ("client_assertion_type", JWT_BEARER),
+                        ("client_assertion", &a),
+                    ],
+                )
+                .await;
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let flood = futures::future::join_all((0..8).map(junk));
+    let victim_try = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.http
+            .get(s.url(&authorize_query(&victim, REDIRECT, "files:read", "v")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (answers, victim_status) = tokio::join!(flood, victim_try);
+    assert_eq!(docs.server.hits("/tarpit-jwks.json"), 1);
+    assert_eq!(
+        victim_status, 200,
+        "the victim's document could not be fetched"
+    );
+    for (status, body) in &answers {
+        assert_eq!(
+            (*status, body["error"].as_str()),
+            (503, Some("temporarily_unavailable")),
+            "{body}"
+        );
+    }
+    // Remembered as failed: the next assertion does not reach out again.
+    let (status, _) = junk(99).await;
+    assert_eq!(status, 503);
+    assert_eq!(docs.server.hits("/tarpit-jwks.json"), 1);
+}
+
+/// A team's policy judges documents; a client registered on the fly at `/register` is not admitted where a
+/// policy governs.
+#[tokio::test]
+async fn registered_clients_are_not_admitted_where_a_team_policy_governs() {
+    let docs = Documents::start().await;
+    let config = docs.config(&[("strict", keys_only())]);
+    let s = TestServer::start_with(|c| {
+        c.cimd = config;
+        c.resources[0].cimd_policy = Some("strict".into());
+        c.dynamic_client_registration.enabled = true;
+    })
+    .await;
+    let registered: Value = s
+        .http
+        .post(s.url("/register"))
+        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "client_name": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let r = s
+        .http
+        .get(s.url(&authorize_query(client_id, REDIRECT, "files:read", "st")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains(
+        "clients registered at /register are not admitted for this resource: its policy &quot;strict&quot; admits clients by metadata document only"
+    ));
+}
+
+/// The refusals of a refresh at its edges: a grant past its end, and a `resource` that is not the grant's.
+#[tokio::test]
+async fn refresh_refusals_name_their_reason() {
+    let s = TestServer::start().await;
+    let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", PUBLIC_CLIENT),
+            ("resource", OTHER_RESOURCE),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_target",
+                "resource \"https://mcp.example.com/mail\" is not the resource this grant is for"
+            )
+        )
+    );
+    let pool = sqlite(&s).await;
+    sqlx::query("UPDATE grants SET expires_at = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (400, ("invalid_grant", "this grant has expired"))
+    );
+}

@@ -56,7 +56,14 @@ impl CimdError {
             } => "invalid_scope",
             CimdError::RedirectUriNotRegistered(_) => "invalid_request",
             CimdError::UnknownPolicy(_) | CimdError::Config(_) => "server_error",
-            CimdError::Busy => "temporarily_unavailable",
+            // A fetch that may work a moment later says so: `invalid_client` makes SDKs drop the person's tokens.
+            CimdError::Busy
+            | CimdError::Dns { .. }
+            | CimdError::Connect { .. }
+            | CimdError::Timeout { .. } => "temporarily_unavailable",
+            CimdError::HttpStatus { status, .. } if *status == 429 || *status >= 500 => {
+                "temporarily_unavailable"
+            }
             _ => "invalid_client",
         }
     }
@@ -215,4 +222,71 @@ pub enum PolicyRule {
     ScopeNotAllowed(String),
     #[error("{requested} scopes were requested; at most {max} are allowed")]
     TooManyScopes { requested: usize, max: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_that_may_pass_later_is_temporary() {
+        let url = || "https://agent.example/doc.json".to_owned();
+        let cases = [
+            (CimdError::Busy, "temporarily_unavailable"),
+            (
+                CimdError::Dns {
+                    host: "agent.example".into(),
+                    detail: "no answer".into(),
+                },
+                "temporarily_unavailable",
+            ),
+            (
+                CimdError::Connect {
+                    url: url(),
+                    detail: "refused".into(),
+                },
+                "temporarily_unavailable",
+            ),
+            (
+                CimdError::Timeout {
+                    url: url(),
+                    after_ms: 3000,
+                },
+                "temporarily_unavailable",
+            ),
+            (
+                CimdError::HttpStatus {
+                    url: url(),
+                    status: 503,
+                },
+                "temporarily_unavailable",
+            ),
+            (
+                CimdError::HttpStatus {
+                    url: url(),
+                    status: 429,
+                },
+                "temporarily_unavailable",
+            ),
+            (
+                CimdError::HttpStatus {
+                    url: url(),
+                    status: 404,
+                },
+                "invalid_client",
+            ),
+            (
+                CimdError::Redirect {
+                    url: url(),
+                    status: 302,
+                },
+                "invalid_client",
+            ),
+            (CimdError::Disabled, "invalid_client"),
+            (CimdError::UnknownPolicy("p".into()), "server_error"),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.oauth_error(), code, "{error}");
+        }
+    }
 }

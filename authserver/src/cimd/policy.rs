@@ -140,6 +140,16 @@ impl CompiledPolicy {
         }
     }
 
+    /// Whether this policy names the client: listed in `allowClientIds`, or matching one of its patterns. A policy
+    /// without patterns admits any client but vouches for none.
+    pub fn vouches_for(&self, url: &Url) -> bool {
+        self.policy
+            .allow_client_ids
+            .iter()
+            .any(|a| a == url.as_str())
+            || self.patterns.iter().any(|p| p.matches(url))
+    }
+
     fn check_redirects(&self, doc: &CheckedDocument) -> Result<(), CimdError> {
         let rules = &self.policy.redirect_uris;
         for redirect in &doc.redirect_uris {
@@ -258,6 +268,8 @@ pub fn admit(
         policy_uri: doc.policy_uri.clone(),
         fingerprint: doc.fingerprint.clone(),
         policies: policies.iter().map(|p| p.name.clone()).collect(),
+        vouched: Url::parse(&doc.client_id)
+            .is_ok_and(|url| policies.iter().any(|p| p.vouches_for(&url))),
         redirect_kinds,
     })
 }

@@ -26,6 +26,7 @@ use super::url_check::{UrlAllowances, check_url};
 pub const BASELINE_POLICY: &str = "baseline";
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<CheckedDocument>, CimdError>>>;
+type JwksFlight = Shared<BoxFuture<'static, Result<Arc<Value>, CimdError>>>;
 
 /// Resolves CIMD clients. Cheap to clone; clones share the cache.
 #[derive(Clone)]
@@ -42,7 +43,10 @@ struct Inner {
     cache: TtlCache<CheckedDocument>,
     /// JWK Sets fetched from `jwks_uri`s, kept for their RFC 9111 freshness like documents.
     jwks_cache: TtlCache<Value>,
+    /// `jwks_uri`s whose last fetch failed, for [`JWKS_FAILURE_TTL`].
+    jwks_failures: TtlCache<CimdError>,
     in_flight: Mutex<HashMap<String, Flight>>,
+    jwks_in_flight: Mutex<HashMap<String, JwksFlight>>,
     fetch_slots: Arc<tokio::sync::Semaphore>,
     stats: Counters,
 }
@@ -106,6 +110,7 @@ impl Resolver {
         let fetcher = Fetcher::new(&config, addresses.clone(), dns)?;
         let cache = TtlCache::new(limits.cache_capacity);
         let jwks_cache = TtlCache::new(limits.cache_capacity);
+        let jwks_failures = TtlCache::new(limits.cache_capacity);
         let fetch_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_fetches));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -116,7 +121,9 @@ impl Resolver {
                 addresses,
                 cache,
                 jwks_cache,
+                jwks_failures,
                 in_flight: Mutex::new(HashMap::new()),
+                jwks_in_flight: Mutex::new(HashMap::new()),
                 fetch_slots,
                 stats: Counters::default(),
             }),
@@ -235,50 +242,109 @@ impl Resolver {
             http: self.inner.config.allow_http_for_development,
         };
         let url = check_url(jwks_uri, "jwks_uri", allow, &self.inner.addresses)?;
-        if let Some(jwks) = self.inner.jwks_cache.get(url.as_str(), Instant::now()) {
+        let key = url.as_str().to_owned();
+        if let Some(jwks) = self.inner.jwks_cache.get(&key, Instant::now()) {
             self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(jwks);
         }
-        let _slot = self
-            .inner
-            .fetch_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| CimdError::Busy)?;
-        let fetched = self
-            .inner
-            .fetcher
-            .get(&url, self.inner.config.fetch.max_jwks_bytes)
-            .await?;
-        let jwks: Value =
-            serde_json::from_slice(&fetched.body).map_err(|e| CimdError::InvalidJson {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })?;
-        let keys = jwks
-            .get("keys")
-            .and_then(Value::as_array)
-            .filter(|k| !k.is_empty())
-            .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
-        for key in keys {
-            let key = key
-                .as_object()
-                .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
-            if let Some(member) = super::document::private_member(key) {
-                return Err(CimdError::Document(DocumentRule::PrivateKeyInJwks(
-                    member.to_owned(),
-                )));
-            }
+        // A `jwks_uri` that failed lately is not fetched again for a while: a tarpit named by a stream of
+        // assertions would otherwise hold a shared fetch slot per assertion.
+        if let Some(failure) = self.inner.jwks_failures.get(&key, Instant::now()) {
+            return Err(failure.as_ref().clone());
         }
-        let jwks = Arc::new(jwks);
-        self.inner.jwks_cache.insert(
-            url.as_str().to_owned(),
-            jwks.clone(),
-            fetched.ttl,
-            Instant::now(),
-        );
-        Ok(jwks)
+        let flight = {
+            let mut in_flight = self
+                .inner
+                .jwks_in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            in_flight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    let url_text = key.clone();
+                    // One fetch per URL however many wait for it; spawned so it finishes (and fills a cache)
+                    // even when every waiter gives up.
+                    let task = tokio::spawn(async move {
+                        let result = fetch_jwks_uncached(&inner, url).await;
+                        let now = Instant::now();
+                        match &result {
+                            Ok((jwks, ttl)) => {
+                                inner
+                                    .jwks_cache
+                                    .insert(key.clone(), jwks.clone(), *ttl, now)
+                            }
+                            // Our own saturation says nothing about the URL.
+                            Err(CimdError::Busy) => {}
+                            Err(e) => inner.jwks_failures.insert(
+                                key.clone(),
+                                Arc::new(e.clone()),
+                                JWKS_FAILURE_TTL,
+                                now,
+                            ),
+                        }
+                        inner
+                            .jwks_in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        result.map(|(jwks, _)| jwks)
+                    });
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(CimdError::Connect {
+                                url: url_text,
+                                detail: format!("the fetch task failed: {e}"),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        flight.await
     }
+}
+
+/// How long a failed `jwks_uri` fetch is remembered.
+const JWKS_FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Fetches and checks a JWK Set: a non-empty `keys` array of public keys. Returns it with its freshness lifetime.
+async fn fetch_jwks_uncached(
+    inner: &Inner,
+    url: Url,
+) -> Result<(Arc<Value>, std::time::Duration), CimdError> {
+    let _slot = inner
+        .fetch_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| CimdError::Busy)?;
+    let fetched = inner
+        .fetcher
+        .get(&url, inner.config.fetch.max_jwks_bytes)
+        .await?;
+    let jwks: Value =
+        serde_json::from_slice(&fetched.body).map_err(|e| CimdError::InvalidJson {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .filter(|k| !k.is_empty())
+        .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
+    for key in keys {
+        let key = key
+            .as_object()
+            .ok_or(CimdError::Document(DocumentRule::InvalidJwks))?;
+        if let Some(member) = super::document::private_member(key) {
+            return Err(CimdError::Document(DocumentRule::PrivateKeyInJwks(
+                member.to_owned(),
+            )));
+        }
+    }
+    Ok((Arc::new(jwks), fetched.ttl))
 }
 
 async fn fetch_and_cache(inner: &Inner, url: Url) -> Result<Arc<CheckedDocument>, CimdError> {

@@ -126,6 +126,21 @@ pub fn requested(
     Ok(scopes)
 }
 
+/// Whether the resource still offers every scope of a grant: a scope the platform team withdrew is not minted
+/// again from an old grant.
+pub fn still_offered(offered: &[String], scopes: &[String]) -> Result<(), OAuthError> {
+    match scopes.iter().find(|s| !offered.contains(s)) {
+        Some(gone) => Err(OAuthError::new(
+            ErrorCode::InvalidScope,
+            format!(
+                "scope {:?} is no longer offered by this resource; authorize again",
+                shorten(gone)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The scopes of a refresh: the grant's, or a subset of them when `scope` names one (RFC 6749 §6).
 pub fn narrowed(granted: &[String], scope: Option<&str>) -> Result<Vec<String>, OAuthError> {
     let Some(text) = scope else {
@@ -289,6 +304,21 @@ mod tests {
         assert_eq!(
             none.description,
             "no scope requested and the resource offers none by default"
+        );
+    }
+
+    #[test]
+    fn a_withdrawn_scope_is_not_minted_again() {
+        let offered = owned(&["a", "b"]);
+        assert!(still_offered(&offered, &owned(&["a"])).is_ok());
+        assert!(still_offered(&offered, &[]).is_ok());
+        let e = still_offered(&offered, &owned(&["a", "c"])).unwrap_err();
+        assert_eq!(
+            (e.code, e.description.as_str()),
+            (
+                ErrorCode::InvalidScope,
+                "scope \"c\" is no longer offered by this resource; authorize again"
+            )
         );
     }
 

@@ -206,7 +206,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError>;
-    /// Revokes the grant with everything issued from it; returns whether it was active.
+    /// Revokes the grant with everything issued from it, and forgets the consent it was given under (the client
+    /// must ask again); returns whether it was active.
     async fn revoke_grant(
         &self,
         id: &str,
@@ -214,7 +215,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool, StoreError>;
     /// Revokes every active grant matching `filter` (its `include_inactive` is ignored) with everything issued
-    /// from them, in one transaction however many there are; returns how many were revoked.
+    /// from them, and forgets the matching consents, in one transaction however many there are; returns how many
+    /// grants were revoked.
     async fn revoke_grants(
         &self,
         filter: &GrantFilter,

@@ -315,6 +315,15 @@ impl Store for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // A remembered consent would hand the same client a new grant without asking: it goes with the grant.
+        sqlx::query(
+            "DELETE FROM consents WHERE EXISTS (SELECT 1 FROM grants g WHERE g.id = $1
+               AND g.subject = consents.subject AND g.client_id = consents.client_id
+               AND g.resource = consents.resource)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE access_tokens SET revoked_at = $2 WHERE grant_id = $1 AND revoked_at IS NULL",
         )
@@ -353,6 +362,15 @@ impl Store for SqlStore {
         .bind(f.client_id.clone())
         .bind(f.resource.clone())
         .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM consents
+             WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)",
+        )
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(

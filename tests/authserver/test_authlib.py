@@ -214,5 +214,9 @@ def test_refusals_are_oauth_errors(server):
     url, _ = client.create_authorization_url(
         m["authorization_endpoint"], code_verifier=generate_token(48), resource="https://elsewhere.example/"
     )
-    q = parse_qs(urlparse(requests.get(url, allow_redirects=False).headers["location"]).query)
-    assert q["error"] == ["invalid_target"]
+    # An unknown resource names no policy that could vouch for the redirect URI (RFC 9700 §4.11.2): a page, not a
+    # redirect.
+    r = requests.get(url, allow_redirects=False)
+    assert r.status_code == 400 and "location" not in r.headers
+    assert 'data-error="invalid_target"' in r.text
+    assert "resource &quot;https://elsewhere.example/&quot; is not a resource of this server" in r.text

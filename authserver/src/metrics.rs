@@ -20,6 +20,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Client ID Metadata Document resolutions by outcome (`admitted` or the refusal's reason).
     pub cimd_resolutions: IntCounterVec,
+    /// Size of SQLite's write-ahead log (0 on PostgreSQL), refreshed every 2 s.
+    pub sqlite_wal_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -73,6 +75,11 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let sqlite_wal_bytes = IntGauge::new(
+            "mcp_authz_authserver_sqlite_wal_bytes",
+            "Size of the SQLite write-ahead log in bytes (0 on PostgreSQL); kept under 16 MiB by the checkpointer",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens_issued.clone()),
@@ -80,6 +87,7 @@ impl Metrics {
             Box::new(signing_key_age.clone()),
             Box::new(reloads.clone()),
             Box::new(cimd_resolutions.clone()),
+            Box::new(sqlite_wal_bytes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -91,6 +99,7 @@ impl Metrics {
             signing_key_age,
             reloads,
             cimd_resolutions,
+            sqlite_wal_bytes,
         }
     }
 

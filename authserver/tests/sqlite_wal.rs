@@ -76,6 +76,11 @@ async fn token_round(store: &dyn Store, task: usize, round: usize, now: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_wal_stays_bounded_under_concurrent_token_load() {
+    // The checkpointer's warnings, shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("as.db");
     let sql = SqlStore::open_sqlite(&db).await.unwrap();

@@ -3,7 +3,7 @@
 //! ```text
 //!  every pool acquire ── admit(): stat <db>-wal ──▶ ≥ CHECKPOINT_BYTES: wake the checkpointer
 //!                                              └─▶ ≥ MAX_BYTES: also wait for its next checkpoint
-//!  checkpointer (own connection, not pooled) ── woken, or every PERIOD ──▶ PRAGMA wal_checkpoint(TRUNCATE)
+//!  checkpointer (own connection, not pooled) ── woken, or every PERIOD ──▶ wal_checkpoint(PASSIVE), then (TRUNCATE)
 //! ```
 //!
 //! Why SQLite's own checkpoints do not suffice: they are PASSIVE, run by whichever connection commits past 1000
@@ -12,14 +12,20 @@
 //! connections run statement after statement, each its own short transaction, so under steady load another
 //! one is nearly always inside a transaction when a commit checkpoints: the copy stops short, the log never
 //! rewinds, and each commit appends to its end (1.8 GB after 20 s of token requests). No transaction here is
-//! long; they merely never all pause at once.
+//! long (a read lasts until its task has received the rows, which sqlx streams from the connection's thread
+//! through a channel); they merely never all pause at once.
 //!
 //! A TRUNCATE checkpoint does not need them to pause on their own: it takes the writer lock (new writers wait
 //! in their busy handler), waits for the transactions in flight to end, copies every frame back and truncates
 //! the file to zero. Readers that begin meanwhile see a log that no longer grows and do not delay it for more
-//! than one statement. The gate at acquire makes the bound independent of how promptly the checkpointer
-//! runs: past [`MAX_BYTES`] no new operation starts before a checkpoint has been tried, so the log exceeds it
-//! by at most the transactions already admitted, one per pooled connection.
+//! than one statement. A PASSIVE pass just before it copies most frames while writers go on, so the writer
+//! lock is held for little more than the fsyncs. SQLite's own checkpoints are moved past twice the hard limit
+//! ([`AUTOCHECKPOINT_PAGES`]): they ran inside the committing request, and one in progress makes ours fail at
+//! once (the checkpoint lock has no busy wait).
+//!
+//! The gate at acquire makes the bound independent of how promptly the checkpointer runs: past [`MAX_BYTES`]
+//! no new operation starts before a checkpoint has been tried, so the log exceeds it by at most the
+//! transactions already admitted, one per pooled connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,13 +42,21 @@ pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// Log size past which new store operations wait for a checkpoint. The log stays under it plus what the
 /// operations already admitted write (one transaction per pooled connection).
 pub const MAX_BYTES: u64 = 16 << 20;
+/// SQLite's own (passive) checkpoints, run by a committing connection, start only past twice the hard limit:
+/// a fallback should the checkpointer stop, not a second checkpointer competing with the first.
+pub const AUTOCHECKPOINT_PAGES: u64 = 2 * MAX_BYTES / 4096;
 /// How often the checkpointer looks without being woken: a log that stopped growing is truncated to zero.
 pub const PERIOD: Duration = Duration::from_secs(1);
-/// The longest an operation waits at the gate. Well under the pool's 5 s acquire timeout: a checkpoint that
-/// cannot finish (another process holding a read transaction open) slows requests, never fails them.
-const MAX_WAIT: Duration = Duration::from_secs(2);
-/// How long the checkpointer waits for the writer lock and for readers before giving up for this round.
-const CHECKPOINT_BUSY_MS: u32 = 1000;
+/// The longest an operation waits at the gate. Under the pool's 5 s acquire timeout: a checkpoint that cannot
+/// finish (another process holding a read transaction open) slows requests, never fails them.
+const MAX_WAIT: Duration = Duration::from_secs(3);
+/// How long a checkpoint waits for the writer lock and for readers below the hard limit. It holds the writer
+/// lock while it waits for readers, so writers wait too: better to give up soon and try again.
+const SOFT_BUSY_MS: u32 = 200;
+/// The same past the hard limit, where the gate already holds new operations back. A read transaction lasts as
+/// long as its task takes to receive the rows (sqlx streams them from the connection's thread through a
+/// channel of 50), which on a loaded machine can be a good part of a second.
+const GATED_BUSY_MS: u32 = 2500;
 
 /// State shared by the pool's gate and the checkpointer.
 pub struct WalKeeper {
@@ -130,10 +144,15 @@ async fn checkpointer(keeper: Arc<WalKeeper>, url: String, stop: CancellationTok
         }
         let attempt = match conn.take() {
             Some(open) => Ok(open),
-            None => open(&url).await,
+            None => AnyConnection::connect(&url).await,
+        };
+        let busy_ms = if bytes >= MAX_BYTES {
+            GATED_BUSY_MS
+        } else {
+            SOFT_BUSY_MS
         };
         let emptied = match attempt {
-            Ok(mut open) => match checkpoint(&mut open).await {
+            Ok(mut open) => match checkpoint(&mut open, busy_ms).await {
                 Ok(emptied) => {
                     conn = Some(open);
                     emptied
@@ -168,18 +187,18 @@ async fn checkpointer(keeper: Arc<WalKeeper>, url: String, stop: CancellationTok
     }
 }
 
-async fn open(url: &str) -> Result<AnyConnection, sqlx::Error> {
-    let mut conn = AnyConnection::connect(url).await?;
+/// One TRUNCATE checkpoint, waiting at most `busy_ms` for each lock; true when the log was emptied.
+async fn checkpoint(conn: &mut AnyConnection, busy_ms: u32) -> Result<bool, sqlx::Error> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}"
+        "PRAGMA busy_timeout = {busy_ms}"
     )))
-    .execute(&mut conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(conn)
-}
-
-/// One TRUNCATE checkpoint; true when the log was emptied.
-async fn checkpoint(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    // A passive pass first copies back what it can while writers go on; the truncating pass that follows holds
+    // them up only for the frames written meanwhile.
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(&mut *conn)
+        .await?;
     // One row: (busy, log frames, frames checkpointed); busy is 1 when readers or a writer held it back.
     let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .fetch_one(&mut *conn)

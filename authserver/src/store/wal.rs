@@ -29,7 +29,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection, Row};
@@ -61,7 +61,6 @@ const GATED_BUSY_MS: u32 = 2500;
 /// State shared by the pool's gate and the checkpointer.
 pub struct WalKeeper {
     wal: PathBuf,
-    bytes: AtomicU64,
     wake: Notify,
     /// Counts finished checkpoint attempts; the gate waits for the next one.
     attempts: watch::Sender<u64>,
@@ -78,7 +77,6 @@ impl WalKeeper {
         wal.push("-wal");
         Arc::new(WalKeeper {
             wal: PathBuf::from(wal),
-            bytes: AtomicU64::new(0),
             wake: Notify::new(),
             attempts: watch::Sender::new(0),
             healthy: AtomicBool::new(true),
@@ -87,9 +85,7 @@ impl WalKeeper {
 
     /// The log's size now (0 when there is none).
     pub fn observe(&self) -> u64 {
-        let bytes = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        self.bytes.store(bytes, Ordering::Relaxed);
-        bytes
+        std::fs::metadata(&self.wal).map_or(0, |m| m.len())
     }
 
     /// Called before a pooled connection is handed out (a stat, about a microsecond, when the log is small).

@@ -14,7 +14,7 @@ use mcp_authz_authserver::store::{AuditEvent, Grant, SqlStore, Store, wal};
 
 const TASKS: usize = 8;
 /// Each round writes four rows (assertion id, grant, access token, audit event) and reads two back.
-const ROUNDS_PER_TASK: usize = 1500;
+const ROUNDS_PER_TASK: usize = 2500;
 /// Past the hard limit only operations already admitted may write: one transaction per pooled connection, a
 /// few pages each in this workload. A megabyte is a wide margin for them.
 const IN_FLIGHT_SLACK: u64 = 1 << 20;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub cimd_resolutions: IntCounterVec,
     /// Refusals whose audit row was not stored (their log line was written): the budget of refusal rows was spent.
     pub audit_rows_suppressed: IntCounter,
+    /// Size of SQLite's write-ahead log (0 on PostgreSQL), refreshed every 2 s.
+    pub sqlite_wal_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -81,6 +83,11 @@ impl Metrics {
             "Refusals logged but not stored as audit rows, because the budget of refusal rows was spent",
         )
         .expect("static metric definition");
+        let sqlite_wal_bytes = IntGauge::new(
+            "mcp_authz_authserver_sqlite_wal_bytes",
+            "Size of the SQLite write-ahead log in bytes (0 on PostgreSQL); kept under 16 MiB by the checkpointer",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens_issued.clone()),
@@ -89,6 +96,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(cimd_resolutions.clone()),
             Box::new(audit_rows_suppressed.clone()),
+            Box::new(sqlite_wal_bytes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -101,6 +109,7 @@ impl Metrics {
             reloads,
             cimd_resolutions,
             audit_rows_suppressed,
+            sqlite_wal_bytes,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Wiring: the store, the keys, both listeners, and the maintenance loop (config reload, key reload and
-//! self-managed rotation, purging expired rows).
+//! self-managed rotation, purging expired rows, the SQLite log's gauge).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -429,7 +429,8 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     Ok(())
 }
 
-/// Every 2 s: reload the config when its file changed. Every 10 s: reload (and rotate) keys. Every 10 min: purge.
+/// Every 2 s: read the SQLite log's size for its gauge, reload the config when its file changed. Every 10 s:
+/// reload (and rotate) keys. Every 10 min: purge.
 async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut stamp = state.config_path.as_deref().and_then(file_stamp);
     let mut tick: u64 = 0;
@@ -439,6 +440,12 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         tick += 1;
+        if let Some(bytes) = state.store.wal_bytes() {
+            state
+                .metrics
+                .sqlite_wal_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         if let Some(path) = state.config_path.clone() {
             let now_stamp = file_stamp(&path);
             if now_stamp.is_some() && now_stamp != stamp {

@@ -5,11 +5,16 @@
 //! `cargo run --release -p mcp-authz-sidecar --features test-support --example loadbench -- \
 //!    <path to mcp-authz-sidecar> <path to oha> [seconds=15] [rate=1000] [streams=1000] [rounds=5]`
 //!
-//! The sidecar inherits the environment (`MCP_AUTHZ_SIDECAR_WORKERS=2` to compare thread counts);
-//! `LOADBENCH_HOLD_SECONDS=N` keeps the streams open N seconds more for a heap profile.
+//! The sidecar runs as in production: log level `info`, so every `tools/call` writes its audit line, to a stdout
+//! that is a pipe drained by a thread of the harness (a container runtime's part). `LOADBENCH_RUST_LOG=warn`
+//! turns audit lines off for a comparison. It inherits the environment (`MCP_AUTHZ_SIDECAR_WORKERS=2` to compare
+//! thread counts); `LOADBENCH_HOLD_SECONDS=N` keeps the streams open N seconds more for a heap profile.
 
 use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -178,6 +183,18 @@ struct Round {
     direct: Value,
     relayed: Value,
     proxied: Value,
+    cpu_us_per_request: f64,
+}
+
+/// User plus system CPU time of a process, in ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) are counted from its closing parenthesis.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
 }
 
 fn load_average() -> anyhow::Result<f64> {
@@ -238,14 +255,26 @@ async fn main() -> anyhow::Result<()> {
              rules:\n- {{method: tools/call, name: 'get_*', scopes: [mcp:read]}}\n"
         ),
     )?;
-    let child = Command::new(&args[1])
+    let log_level = std::env::var("LOADBENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut child = Command::new(&args[1])
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", &log_level)
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("start the sidecar")?;
+    let audit_lines = Arc::new(AtomicU64::new(0));
+    let stdout = child.stdout.take().context("stdout")?;
+    let counted = audit_lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if line.contains(r#""target":"audit""#) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
     let sidecar = Killed(child);
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -283,12 +312,19 @@ async fn main() -> anyhow::Result<()> {
             let direct = oha(&oha_bin, &direct_url, None, seconds, rate)?;
             let relayed = oha(&oha_bin, &relay_url, None, seconds, rate)?;
             let load = load_average()?;
+            let cpu_before = cpu_ticks(pid)?;
             let proxied = oha(&oha_bin, &proxy_url, Some(&t), seconds, rate)?;
+            let cpu = cpu_ticks(pid)? - cpu_before;
+            let answered = proxied["statusCodeDistribution"]["200"]
+                .as_u64()
+                .unwrap_or(0);
             runs.push(Round {
                 load,
                 direct,
                 relayed,
                 proxied,
+                // /proc counts CPU time in ticks of 10 ms (USER_HZ 100).
+                cpu_us_per_request: cpu as f64 * 10_000.0 / answered.max(1) as f64,
             });
         }
         Ok(runs)
@@ -297,9 +333,13 @@ async fn main() -> anyhow::Result<()> {
     let load_rss = rss_kib(pid)?;
     let ok = |r: &Value| r["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
     println!(
-        "| round | load avg (1 min) | run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs |"
+        "sidecar log level {log_level}: {} audit lines read from its stdout",
+        audit_lines.load(Ordering::Relaxed)
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| round | load avg (1 min) | run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs | sidecar CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, round) in runs.iter().enumerate() {
         let load = round.load;
         for (name, r) in [
@@ -307,8 +347,13 @@ async fn main() -> anyhow::Result<()> {
             ("byte relay", &round.relayed),
             ("sidecar", &round.proxied),
         ] {
+            let cpu = if name == "sidecar" {
+                format!("{:.1}", round.cpu_us_per_request)
+            } else {
+                String::new()
+            };
             println!(
-                "| {} | {load:.2} | {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {load:.2} | {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} |",
                 i + 1,
                 ok(r),
                 micros(r, "p50"),
@@ -318,6 +363,10 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "median sidecar CPU over {rounds} rounds: {:.1} µs per request",
+        median(runs.iter().map(|r| r.cpu_us_per_request))
+    );
     for p in ["p50", "p90", "p99"] {
         let of = |pick: fn(&Round) -> &Value| median(runs.iter().map(|r| micros(pick(r), p)));
         let added = |pick: fn(&Round) -> &Value| {

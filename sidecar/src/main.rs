@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcp_authz_sidecar::config::SidecarConfig;
+use mcp_authz_sidecar::log_pipe::{self, LogPipe};
 use mcp_authz_sidecar::server::Sidecar;
 
 #[derive(Parser)]
@@ -30,10 +31,39 @@ struct Args {
     /// Log format: `json` (in cluster) or `text`.
     #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Bytes of log lines (audit lines included) that may wait for a slow stdout; past that, lines are dropped
+    /// and counted (`mcp_authz_sidecar_audit_dropped_total`) instead of holding up requests.
+    #[arg(long, env = "MCP_AUTHZ_SIDECAR_LOG_BUFFER_BYTES", default_value_t = log_pipe::DEFAULT_CAPACITY_BYTES)]
+    log_buffer_bytes: usize,
 }
+
+/// How long queued log lines may take to reach stdout at exit.
+const LOG_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // stdout is written by a thread of its own: a slow reader of it must never stall the runtime (issue 15).
+    let logs = LogPipe::spawn(
+        std::io::stdout(),
+        args.log_buffer_bytes,
+        log_pipe::Dropped::process().clone(),
+    )?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(logs.clone());
+    if args.log_format == "json" {
+        subscriber.json().init()
+    } else {
+        subscriber.init()
+    }
+    let result = serve(args);
+    logs.close(LOG_FLUSH_GRACE);
+    result
+}
+
+fn serve(args: Args) -> anyhow::Result<()> {
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -48,15 +78,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_format == "json" {
-        subscriber.json().init()
-    } else {
-        subscriber.init()
-    }
-
     let config = SidecarConfig::load(&args.config)?;
     let sidecar = Sidecar::start(config)
         .await

@@ -95,6 +95,9 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(connections_open.clone()),
             Box::new(connection_limit_reached.clone()),
+            // The log output is the process's, shared by every sidecar started in it.
+            Box::new(crate::log_pipe::Dropped::process().audit.clone()),
+            Box::new(crate::log_pipe::Dropped::process().other.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }

@@ -463,9 +463,11 @@ fn monitoring_objects_are_opt_in() {
         [
             "McpAuthzAuthServerDown",
             "McpAuthzTokenErrorRateHigh",
+            "McpAuthzAuthServerSqliteWalLarge",
             "McpAuthzSigningKeyTooOld",
             "McpAuthzWebhookCertificateExpiring",
-            "McpAuthzSidecarJwksStale"
+            "McpAuthzSidecarJwksStale",
+            "McpAuthzSidecarAuditLinesDropped"
         ]
     );
     let dashboard = on

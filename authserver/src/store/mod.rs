@@ -13,6 +13,7 @@
 
 pub mod migrations;
 pub mod sql;
+pub mod wal;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -318,4 +319,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes rows past their expiry, and audit rows older than [`AUDIT_RETENTION_SECS`]; returns how many
     /// went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// The size of SQLite's write-ahead log in bytes (`None` for stores without one), for its gauge.
+    fn wal_bytes(&self) -> Option<u64> {
+        None
+    }
 }

@@ -1,16 +1,19 @@
 //! The SQL store: SQLite (file, WAL) or PostgreSQL through sqlx's `Any` driver, runtime queries only.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Every statement built with format! interpolates constants of this file only, never input.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
+use tokio_util::sync::DropGuard;
 
 use super::{
     AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
     RefreshRotation, Store, StoreError, Timestamp, migrations,
+    wal::{self, WalKeeper},
 };
 
 /// A pool over SQLite or PostgreSQL.
@@ -18,6 +21,8 @@ use super::{
 pub struct SqlStore {
     pool: AnyPool,
     schema_version: i64,
+    /// SQLite only: the log's keeper, and the checkpointer's life (it stops with the last clone).
+    wal: Option<(Arc<WalKeeper>, Arc<DropGuard>)>,
 }
 
 impl SqlStore {
@@ -29,22 +34,34 @@ impl SqlStore {
             })?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        Self::connect(&url, 4).await
+        let keeper = WalKeeper::new(path);
+        let mut store = Self::connect(&url, 4, Some(keeper.clone())).await?;
+        let checkpointer = keeper.start(url);
+        store.wal = Some((keeper, Arc::new(checkpointer)));
+        Ok(store)
     }
 
     /// Connects to PostgreSQL and migrates under an advisory lock.
     pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        Self::connect(url, max_connections).await
+        Self::connect(url, max_connections, None).await
     }
 
-    async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// `wal` is given for SQLite: every connection passes its gate before use (`store::wal`).
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        wal: Option<Arc<WalKeeper>>,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            .acquire_timeout(Duration::from_secs(5));
+        if let Some(keeper) = wal {
+            let first_use = keeper.clone();
+            options = options
+                .after_connect(move |conn, _| {
+                    let keeper = first_use.clone();
+                    Box::pin(async move {
                         // WAL lets readers run beside the writer; busy_timeout queues writers instead of failing.
                         sqlx::query("PRAGMA journal_mode = WAL")
                             .execute(&mut *conn)
@@ -55,10 +72,35 @@ impl SqlStore {
                         sqlx::query("PRAGMA synchronous = NORMAL")
                             .execute(&mut *conn)
                             .await?;
-                    }
-                    Ok(())
+                        // Whenever SQLite rewinds the log by itself, the file is cut back to this size.
+                        sqlx::query(AssertSqlSafe(format!(
+                            "PRAGMA journal_size_limit = {}",
+                            wal::CHECKPOINT_BYTES
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
+                        // SQLite's own checkpoints run in the committing request, and under load every commit
+                        // past the threshold tries one; the checkpointer does that work off the request path.
+                        // This threshold only matters should the checkpointer stop.
+                        sqlx::query(AssertSqlSafe(format!(
+                            "PRAGMA wal_autocheckpoint = {}",
+                            wal::AUTOCHECKPOINT_PAGES
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
+                        keeper.admit().await;
+                        Ok(())
+                    })
                 })
-            })
+                .before_acquire(move |_, _| {
+                    let keeper = keeper.clone();
+                    Box::pin(async move {
+                        keeper.admit().await;
+                        Ok(true)
+                    })
+                });
+        }
+        let pool = options
             .connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(redact(&e.to_string(), url)))?;
@@ -68,6 +110,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             schema_version,
+            wal: None,
         })
     }
 
@@ -754,6 +797,10 @@ impl Store for SqlStore {
             .await?
             .rows_affected();
         Ok(purged)
+    }
+
+    fn wal_bytes(&self) -> Option<u64> {
+        self.wal.as_ref().map(|(keeper, _)| keeper.observe())
     }
 }
 

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
@@ -318,7 +320,7 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
     let servers: Api<AuthorizationServer> = Api::all(client.clone());
     let controller = Controller::new(servers, watcher::Config::default());
     let all = objects_in(controller.store());
-    let (a, b, c) = (all.clone(), all.clone(), all);
+    let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Deployment>::all(client.clone()), owned())
@@ -339,6 +341,12 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
             Api::<CIMDPolicy>::all(client.clone()),
             watcher::Config::default(),
             move |_| c(None),
+        )
+        // Namespace labels decide which services a server admits (allowedNamespaces).
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| d(None),
         )
         .run(
             reconcile::authorization_server::reconcile,
@@ -423,7 +431,8 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let controller = Controller::new(services, watcher::Config::default());
     let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
-    let (a, b, c, d, e) = (
+    let (a, b, c, d, e, f) = (
+        in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
@@ -466,6 +475,12 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
             same_url,
+        )
+        // A namespace let in or shut out changes its services, and whoever shares a URL with them.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| f(None),
         )
         .run(
             reconcile::mcp_service::reconcile,

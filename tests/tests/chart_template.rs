@@ -241,6 +241,11 @@ fn default_authorization_server_travels_to_the_operator() {
         server["spec"]["login"]["staticUsers"]["name"],
         "mcp-authz-users"
     );
+    assert_eq!(
+        server["spec"]["allowedNamespaces"],
+        serde_json::json!({"from": "Selector", "selector": {"matchLabels": {"mcp-authz.io/tenant": "enabled"}}}),
+        "the shared server serves the namespaces a platform admin labels, not every namespace"
+    );
     let env = &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
     let named = env
         .as_array()

@@ -168,6 +168,18 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 ),
             ));
         }
+        let namespace = service.object.namespace().unwrap_or_default();
+        if !crate::tenancy::admits(&server.object, &namespace, &Default::default()) {
+            return Err(invalid(
+                &service.origin,
+                "metadata.namespace",
+                format!(
+                    "AuthorizationServer {} does not admit services from namespace {namespace} (allowedNamespaces {})",
+                    key_of(&server.object),
+                    server.object.spec.allowed_namespaces.describe()
+                ),
+            ));
+        }
         let missing = render::missing_scopes(
             &service.object,
             &server.object.namespace().unwrap_or_default(),
@@ -193,6 +205,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         services: &services,
         scopes: &scopes,
         policies: &policies,
+        namespaces: &crate::tenancy::NamespaceLabels::new(),
     };
     let render_error = |e: render::RenderError| invalid(&server.origin, "", e.to_string());
 

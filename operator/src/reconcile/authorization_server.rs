@@ -66,11 +66,13 @@ async fn reconcile_inner(
         .list(&lp)
         .await?
         .items;
+    let namespaces = super::namespace_labels(client).await?;
     let inputs = Inputs {
         server,
         services: &services,
         scopes: &scopes,
         policies: &policies,
+        namespaces: &namespaces,
     };
 
     let objects = authserver::render(&inputs, &ctx.settings)?;

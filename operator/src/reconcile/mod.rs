@@ -91,6 +91,26 @@ impl ReconcileError {
     }
 }
 
+/// Labels of every namespace (metadata only), for the servers' `allowedNamespaces`.
+pub async fn namespace_labels(
+    client: &kube::Client,
+) -> Result<crate::tenancy::NamespaceLabels, kube::Error> {
+    Ok(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .list_metadata(&kube::api::ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|n| {
+                (
+                    n.metadata.name.unwrap_or_default(),
+                    n.metadata.labels.unwrap_or_default(),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Applies one rendered object with server-side apply (forcing our field manager's ownership).
 pub async fn apply(client: &kube::Client, object: &RenderedObject) -> Result<(), kube::Error> {
     let (group, version) = match object.api_version.split_once('/') {

@@ -245,6 +245,7 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         metrics: metrics.clone(),
         leader: leader_rx.clone(),
         recorder,
+        failures: Default::default(),
     });
     tasks.push(tokio::spawn(run_server_controller(
         client.clone(),

@@ -22,6 +22,7 @@ use super::SecretKeyRef;
     shortname = "authzserver",
     shortname = "mas",
     namespaced,
+    category = "mcp-authz",
     status = "AuthorizationServerStatus",
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuer"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
@@ -334,6 +335,7 @@ pub struct AuthorizationServerStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` and friends, Kubernetes style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Key id currently signing tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]

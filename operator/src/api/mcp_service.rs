@@ -21,6 +21,7 @@ use super::NamespacedRef;
     singular = "mcpservice",
     shortname = "mcpsvc",
     namespaced,
+    category = "mcp-authz",
     status = "MCPServiceStatus",
     printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".spec.resourceUrl"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -183,6 +184,7 @@ pub struct MCPServiceStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `ScopesResolved`, `PolicyResolved`, `RawPortExposed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Running pods of this service that carry the sidecar.
     #[serde(default)]

@@ -47,6 +47,9 @@ pub async fn reconcile(
         .reconcile_seconds
         .with_label_values(&["AuthorizationServer"])
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(server.as_ref());
+    }
     result
 }
 
@@ -78,6 +81,9 @@ async fn reconcile_inner(
     let objects = authserver::render(&inputs, &ctx.settings)?;
     for object in &objects {
         apply(client, object).await?;
+    }
+    for (api_version, kind, name) in authserver::unwanted(&server.name_any(), &objects) {
+        super::delete_owned(client, server, &namespace, api_version, kind, &name).await?;
     }
 
     // Signing keys: the Secret is the state of the rotation.

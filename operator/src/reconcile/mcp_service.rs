@@ -107,6 +107,9 @@ pub async fn reconcile(
         .reconcile_seconds
         .with_label_values(&["MCPService"])
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(service.as_ref());
+    }
     result
 }
 

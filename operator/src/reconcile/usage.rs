@@ -186,6 +186,9 @@ pub async fn reconcile_scope(
     }
     let result = scope_status(&scope, &ctx).await;
     count(&ctx, "MCPScope", &result);
+    if result.is_ok() {
+        ctx.succeeded(scope.as_ref());
+    }
     result
 }
 
@@ -219,6 +222,9 @@ pub async fn reconcile_policy(
     }
     let result = policy_status(&policy, &ctx).await;
     count(&ctx, "CIMDPolicy", &result);
+    if result.is_ok() {
+        ctx.succeeded(policy.as_ref());
+    }
     result
 }
 

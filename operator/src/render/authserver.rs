@@ -466,6 +466,23 @@ pub fn render(
     Ok(objects)
 }
 
+/// Kinds [`render`] makes only for some specs, which must go when the spec stops asking for them (a
+/// PodDisruptionBudget left behind at one replica blocks every node drain). The PersistentVolumeClaim is not
+/// among them: it holds every grant, and leaving Embedded storage must not delete it.
+pub const OPTIONAL_KINDS: &[(&str, &str)] = &[("policy/v1", "PodDisruptionBudget")];
+
+/// The optional objects of the server that `rendered` no longer contains: `(apiVersion, kind, name)`.
+pub fn unwanted(
+    server_name: &str,
+    rendered: &[RenderedObject],
+) -> Vec<(&'static str, &'static str, String)> {
+    OPTIONAL_KINDS
+        .iter()
+        .filter(|(_, kind)| !rendered.iter().any(|o| o.kind == *kind))
+        .map(|(api_version, kind)| (*api_version, *kind, naming::authserver(server_name)))
+        .collect()
+}
+
 fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -737,6 +754,23 @@ mod tests {
             json!({"name": "pg", "key": "url"})
         );
         assert_eq!(objects[3].body["spec"]["minAvailable"], 1);
+        assert!(unwanted("auth", &objects).is_empty());
+        let mut one = server.clone();
+        one.spec.replicas = 1;
+        let inputs = Inputs {
+            server: &one,
+            ..inputs
+        };
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        assert_eq!(
+            unwanted("auth", &objects),
+            [(
+                "policy/v1",
+                "PodDisruptionBudget",
+                "auth-authserver".to_owned()
+            )],
+            "back at one replica, the budget goes"
+        );
     }
 
     #[test]

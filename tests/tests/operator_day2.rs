@@ -1,0 +1,172 @@
+//! Day-2 operations against the real API server with the operator under the chart's rules: what the spec no
+//! longer asks for is deleted, the sidecar's metrics stay reachable through its NetworkPolicy, conditions merge
+//! by type with other writers', and `kubectl get mcp-authz` lists every kind.
+
+mod operator_support;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use mcp_authz_operator::api::cases;
+use mcp_authz_tests::control_plane::{ControlPlane, eventually, kubectl_command};
+use operator_support::get_json;
+use serde_json::json;
+
+const V1: &str = "mcp-authz.io/v1alpha1";
+
+#[tokio::test]
+async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let ns = cluster.new_namespace("day2").await.expect("namespace");
+    let configuration = format!("mcp-authz-webhook-{ns}");
+    let operator =
+        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&ns, "op-day2", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+
+    // Two replicas get a disruption budget; back at one, it is deleted (it would block every drain).
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(ns);
+    server["spec"]["replicas"] = json!(2);
+    server["spec"]["storage"] =
+        json!({"type": "Postgres", "postgres": {"urlSecretRef": {"name": "pg", "key": "url"}}});
+    operator_support::create(&admin, &ns, &server)
+        .await
+        .expect("AuthorizationServer");
+    eventually("the PodDisruptionBudget", || {
+        get_json(
+            &admin,
+            &ns,
+            "policy/v1",
+            "PodDisruptionBudget",
+            "auth-authserver",
+        )
+    })
+    .await;
+    let servers = Api::<DynamicObject>::namespaced_with(
+        admin.clone(),
+        &ns,
+        &operator_support::resource("AuthorizationServer"),
+    );
+    servers
+        .patch(
+            "auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale to one");
+    eventually("the PodDisruptionBudget is deleted", || async {
+        get_json(
+            &admin,
+            &ns,
+            "policy/v1",
+            "PodDisruptionBudget",
+            "auth-authserver",
+        )
+        .await
+        .is_none()
+        .then_some(())
+    })
+    .await;
+    let deployment = get_json(&admin, &ns, "apps/v1", "Deployment", "auth-authserver")
+        .await
+        .expect("deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+
+    // The sidecar's admin port is open to scrapers, the MCP server's own port is not.
+    let mut service = cases::mcp_service();
+    service["metadata"]["namespace"] = json!(ns);
+    operator_support::create(&admin, &ns, &service)
+        .await
+        .expect("MCPService");
+    let policy = eventually("the NetworkPolicy", || {
+        get_json(
+            &admin,
+            &ns,
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "files-mcp-authz",
+        )
+    })
+    .await;
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"ports": [{"port": 8443, "protocol": "TCP"}, {"port": 9464, "protocol": "TCP"}]}])
+    );
+
+    // Conditions are a map keyed by type: another controller's condition survives the operator's writes.
+    let services = Api::<DynamicObject>::namespaced_with(
+        admin.clone(),
+        &ns,
+        &operator_support::resource("MCPService"),
+    );
+    eventually("the operator wrote Ready", || async {
+        let svc = get_json(&admin, &ns, V1, "MCPService", "files").await?;
+        operator_support::condition(&svc, "Ready")
+    })
+    .await;
+    services
+        .patch_status(
+            "files",
+            &PatchParams::apply("another-controller"),
+            &Patch::Apply(json!({
+                "apiVersion": V1, "kind": "MCPService",
+                "status": {"conditions": [{"type": "Audited", "status": "True", "reason": "Checked",
+                    "message": "seen by another controller", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            })),
+        )
+        .await
+        .expect("another writer's condition");
+    services
+        .patch(
+            "files",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"displayName": "Files"}})),
+        )
+        .await
+        .expect("change the spec");
+    let svc = eventually("the operator's status for generation 2", || async {
+        let svc = get_json(&admin, &ns, V1, "MCPService", "files").await?;
+        (svc["status"]["observedGeneration"] == 2).then_some(svc)
+    })
+    .await;
+    assert_eq!(
+        operator_support::condition(&svc, "Audited"),
+        Some((
+            "True".into(),
+            "Checked".into(),
+            "seen by another controller".into()
+        ))
+    );
+    assert!(operator_support::condition(&svc, "Ready").is_some());
+
+    // One category for every kind.
+    let out = kubectl_command(cluster.kubeconfig_path())
+        .expect("kubectl")
+        .args(["get", "mcp-authz", "-n", &ns, "-o", "name"])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "authorizationserver.mcp-authz.io/auth",
+            "mcpservice.mcp-authz.io/files"
+        ]
+    );
+    running.stop();
+}

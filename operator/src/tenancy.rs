@@ -1,7 +1,7 @@
 //! Who holds what when teams share one AuthorizationServer. Pure decisions, no I/O.
 //!
 //! ```text
-//! claim order   = (creationTimestamp, uid, namespace, name): the oldest claim wins and keeps winning
+//! claim order   = (creationTimestamp, holding now, uid, namespace, name): the oldest claim wins and keeps winning
 //! resource URL  -> the oldest admitted MCPService naming it (per server)  -> key, entry, Ready
 //! scope value   -> the oldest MCPScope defining it (cluster-wide)         -> consent text, sensitive, lifetime
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
@@ -21,17 +21,42 @@ use crate::api::{AuthorizationServer, MCPScope, MCPService};
 /// `kubernetes.io/metadata.name` (which the API server sets on each), as in local mode.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The order in which claims were made: creation time, then uid (unique, and fixed for the object's life, so a
-/// tie in the one-second resolution of creationTimestamp is settled the same way every time), then namespace
-/// and name (for manifests read from files, which have neither).
-pub fn claim_key<K: Resource>(object: &K) -> (Option<Time>, String, String, String) {
+/// The order in which claims were made: creation time; within its one-second resolution, the claim that holds
+/// now (`holding`, from the operator's own status, which tenants cannot write) so a working claim is not
+/// displaced by a twin of the same second; then uid (unique and fixed, so the rest is settled the same way
+/// every time), then namespace and name (for manifests read from files, which have neither).
+pub fn claim_key<K: Resource>(
+    object: &K,
+    holding: bool,
+) -> (Option<Time>, bool, String, String, String) {
     let meta = object.meta();
     (
         meta.creation_timestamp.clone(),
+        !holding,
         meta.uid.clone().unwrap_or_default(),
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// Whether the operator last reported condition `type_` as True on `conditions`.
+fn reported(conditions: Option<&[Condition]>, type_: &str) -> bool {
+    conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// A service's claim: it holds now when its key was issued.
+pub fn service_claim(service: &MCPService) -> (Option<Time>, bool, String, String, String) {
+    let conditions = service.status.as_ref().map(|s| s.conditions.as_slice());
+    claim_key(service, reported(conditions, "CredentialsIssued"))
+}
+
+/// A scope's claim: it holds now when it was accepted as its value's owner.
+pub fn scope_claim(scope: &MCPScope) -> (Option<Time>, bool, String, String, String) {
+    let conditions = scope.status.as_ref().map(|s| s.conditions.as_slice());
+    claim_key(scope, reported(conditions, "Accepted"))
 }
 
 /// `namespace/name` of an object.
@@ -77,7 +102,7 @@ pub fn resource_holder<'a>(
     services
         .iter()
         .filter(|s| s.spec.resource_url == service.spec.resource_url && attached(s, server, labels))
-        .min_by_key(|s| claim_key(*s))
+        .min_by_key(|s| service_claim(s))
         .filter(|holder| key_of(*holder) != key_of(service))
 }
 
@@ -89,7 +114,7 @@ pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
         owners
             .entry(scope.spec.value.as_str())
             .and_modify(|owner| {
-                if claim_key(scope) < claim_key(*owner) {
+                if scope_claim(scope) < scope_claim(owner) {
                     *owner = scope;
                 }
             })
@@ -177,6 +202,25 @@ mod tests {
             "a tie in the creation second goes to the smaller uid"
         );
         assert_eq!(holder(&same_second, &three), None);
+        let mut working = victim.clone();
+        working.status = Some(crate::api::MCPServiceStatus {
+            conditions: vec![Condition {
+                type_: "CredentialsIssued".into(),
+                status: "True".into(),
+                reason: "KeyIssued".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: at(100),
+            }],
+            ..Default::default()
+        });
+        let working_three = [newcomer.clone(), working.clone(), same_second.clone()];
+        assert_eq!(
+            holder(&same_second, &working_three).as_deref(),
+            Some("zzz/files"),
+            "within the same second, the claim that holds now keeps it"
+        );
+        assert_eq!(holder(&working, &working_three), None);
         assert_eq!(
             holder(&other_url, &[other_url.clone(), victim.clone()]),
             None

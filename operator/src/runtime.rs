@@ -317,6 +317,15 @@ fn owned() -> watcher::Config {
     ))
 }
 
+/// The AuthorizationServer a retained object belongs to, by its name `<server><suffix>`.
+fn retained_by<K: kube::Resource<DynamicType = ()>>(
+    object: &K,
+    suffix: &str,
+) -> Option<ObjectRef<AuthorizationServer>> {
+    let server = object.meta().name.as_deref()?.strip_suffix(suffix)?;
+    Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
+}
+
 async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
     let servers: Api<AuthorizationServer> = Api::all(client.clone());
     let controller = Controller::new(servers, watcher::Config::default());
@@ -326,8 +335,16 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned())
-        .owns(Api::<Secret>::all(client.clone()), owned())
+        // The PVC and the keys Secret carry no owner reference (they outlive the server): their
+        // names lead back to it, so a deleted one is made again at once.
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            owned(),
+            |pvc| retained_by(&pvc, "-authserver"),
+        )
+        .watches(Api::<Secret>::all(client.clone()), owned(), |secret| {
+            retained_by(&secret, "-authserver-keys")
+        })
         .watches(
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),

@@ -6,7 +6,11 @@ mod operator_support;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use mcp_authz_operator::api::cases;
-use mcp_authz_tests::control_plane::{ControlPlane, eventually, kubectl_command};
+use std::time::Duration;
+
+use mcp_authz_tests::control_plane::{
+    ControlPlane, eventually, eventually_within, kubectl_command,
+};
 use operator_support::get_json;
 use serde_json::json;
 
@@ -77,6 +81,74 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
         .await
         .expect("deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
+
+    // Deleting a server keeps its grants (PVC) and keys (Secret); re-created under its name, it takes them up.
+    let mut keep = cases::authorization_server();
+    keep["metadata"] = json!({"name": "keep", "namespace": ns});
+    operator_support::create(&admin, &ns, &keep)
+        .await
+        .expect("AuthorizationServer keep");
+    let uid = |o: &serde_json::Value| o["metadata"]["uid"].as_str().map(str::to_owned);
+    let signer = || async {
+        let s = get_json(&admin, &ns, V1, "AuthorizationServer", "keep").await?;
+        s["status"]["signingKeyId"].as_str().map(str::to_owned)
+    };
+    let kid = eventually("keep signs", signer).await;
+    let pvc = eventually("keep's PVC", || {
+        get_json(
+            &admin,
+            &ns,
+            "v1",
+            "PersistentVolumeClaim",
+            "keep-authserver",
+        )
+    })
+    .await;
+    let keys = get_json(&admin, &ns, "v1", "Secret", "keep-authserver-keys")
+        .await
+        .expect("keep's keys");
+    servers
+        .delete("keep", &Default::default())
+        .await
+        .expect("delete keep");
+    // The garbage collector is the sync point: only once it has removed the Deployment is the absence of
+    // its work on the PVC and the Secret meaningful. It takes tens of seconds on the test control plane.
+    eventually_within(
+        "keep's Deployment is garbage-collected",
+        Duration::from_secs(180),
+        || async {
+            get_json(&admin, &ns, "apps/v1", "Deployment", "keep-authserver")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let still = |kind: &'static str, name: &'static str| {
+        let admin = admin.clone();
+        let ns = ns.clone();
+        async move {
+            get_json(&admin, &ns, "v1", kind, name)
+                .await
+                .and_then(|o| uid(&o))
+        }
+    };
+    assert_eq!(
+        still("PersistentVolumeClaim", "keep-authserver").await,
+        uid(&pvc)
+    );
+    assert_eq!(still("Secret", "keep-authserver-keys").await, uid(&keys));
+    operator_support::create(&admin, &ns, &keep)
+        .await
+        .expect("AuthorizationServer keep again");
+    eventually("keep signs with its old key again", || async {
+        (signer().await? == kid).then_some(())
+    })
+    .await;
+    assert_eq!(
+        still("PersistentVolumeClaim", "keep-authserver").await,
+        uid(&pvc)
+    );
 
     // The sidecar's admin port is open to scrapers, the MCP server's own port is not.
     let mut service = cases::mcp_service();
@@ -165,6 +237,7 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
         names,
         [
             "authorizationserver.mcp-authz.io/auth",
+            "authorizationserver.mcp-authz.io/keep",
             "mcpservice.mcp-authz.io/files"
         ]
     );

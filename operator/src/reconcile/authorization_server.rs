@@ -125,7 +125,9 @@ async fn reconcile_inner(
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
                 namespace: Some(namespace.clone()),
-                owner_references: server.controller_owner_ref(&()).map(|o| vec![o]),
+                // Not owned, like the PVC: signing keys and the resource-server root outlive a deleted
+                // server, so re-creating it keeps tokens and sidecar keys valid.
+                owner_references: None,
                 labels: Some(
                     [(
                         naming::MANAGED_BY_LABEL.to_owned(),

@@ -446,7 +446,9 @@ pub fn render(
             }),
             ..Default::default()
         };
-        objects.push(object(pvc, owner.clone())?);
+        // Not owned, so deleting the server does not garbage-collect every grant with it: a server
+        // re-created under the same name takes the claim up again.
+        objects.push(object(pvc, None)?);
     }
     if spec.replicas > 1 {
         let pdb = PodDisruptionBudget {

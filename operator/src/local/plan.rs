@@ -508,6 +508,10 @@ mod tests {
             .spec
             .scopes
             .push("notes:admin".into());
+        let mut other_namespace = quickstart();
+        let service = &mut other_namespace.services[0].object;
+        service.metadata.namespace = Some("team-a".into());
+        service.spec.authorization_server_ref.namespace = Some("default".into());
         let mut no_server = quickstart();
         no_server.authorization_servers.clear();
         let mut two_servers = quickstart();
@@ -534,6 +538,11 @@ mod tests {
                 "scope without MCPScope",
                 unknown_scope,
                 "notes-service.yaml: MCPService/notes: spec.scopes: no MCPScope defines notes:admin",
+            ),
+            (
+                "service from a namespace the server does not admit",
+                other_namespace,
+                "notes-service.yaml: MCPService/notes: metadata.namespace: AuthorizationServer default/quickstart does not admit services from namespace team-a (allowedNamespaces from: Same)",
             ),
             (
                 "no server",

@@ -4,7 +4,8 @@
 
 mod operator_support;
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use mcp_authz_operator::api::cases;
 use std::time::Duration;
 
@@ -25,12 +26,25 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
     let configuration = format!("mcp-authz-webhook-{ns}");
     let operator =
         operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&ns, "op-day2", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
+    // The chart's default AuthorizationServer, handed over in a ConfigMap.
+    let defaults: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "mcp-authz-defaults"},
+        "data": {"authorizationserver.yaml": "apiVersion: mcp-authz.io/v1alpha1\nkind: AuthorizationServer\nmetadata:\n  name: dflt\nspec:\n  issuer: https://default.example.com\n  login:\n    staticUsers: {name: users, key: users.yaml}\n"}
+    }))
+    .expect("defaults");
+    let config_maps = Api::<ConfigMap>::namespaced(admin.clone(), &ns);
+    config_maps
+        .create(&PostParams::default(), &defaults)
+        .await
+        .expect("defaults ConfigMap");
+    let args = |identity: &str| {
+        let mut args = operator_support::operator_args(&ns, identity, &configuration);
+        args.defaults_configmap = Some("mcp-authz-defaults".into());
+        args
+    };
+    let running = mcp_authz_operator::runtime::start(args("op-day2"), operator.clone())
+        .await
+        .expect("operator starts");
 
     // Two replicas get a disruption budget; back at one, it is deleted (it would block every drain).
     let mut server = cases::authorization_server();
@@ -237,9 +251,77 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
         names,
         [
             "authorizationserver.mcp-authz.io/auth",
+            "authorizationserver.mcp-authz.io/dflt",
             "authorizationserver.mcp-authz.io/keep",
             "mcpservice.mcp-authz.io/files"
         ]
     );
+
+    // The platform admin edits the default server; a new leader must not force the chart's copy back.
+    eventually("the defaults are recorded as applied", || async {
+        let cm = config_maps.get("mcp-authz-defaults").await.ok()?;
+        cm.metadata
+            .annotations?
+            .contains_key("mcp-authz.io/applied-digest")
+            .then_some(())
+    })
+    .await;
+    servers
+        .patch(
+            "dflt",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"issuer": "https://edited.example.com"}})),
+        )
+        .await
+        .expect("edit the default server");
     running.stop();
+    let next = mcp_authz_operator::runtime::start(args("op-day2-next"), operator)
+        .await
+        .expect("the next operator starts");
+    let leads = next.leader.clone();
+    eventually("the next operator leads", || async {
+        (*leads.borrow()).then_some(())
+    })
+    .await;
+    // Its defaults loop looks every 10 s; give it two looks.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let dflt = get_json(&admin, &ns, V1, "AuthorizationServer", "dflt")
+        .await
+        .expect("dflt");
+    assert_eq!(dflt["spec"]["issuer"], "https://edited.example.com");
+
+    // A default the API server refuses is a Warning Event on the ConfigMap, naming the key and the reason.
+    config_maps
+        .patch(
+            "mcp-authz-defaults",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"broken.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\n"}})),
+        )
+        .await
+        .expect("a broken default");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &ns);
+    let note = eventually_within(
+        "the DefaultNotApplied event",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("DefaultNotApplied")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("mcp-authz-defaults")
+                })
+                .and_then(|e| e.note)
+        },
+    )
+    .await;
+    assert_eq!(
+        note,
+        "broken.yaml: expected an mcp-authz.io/v1alpha1 AuthorizationServer, found v1 Pod"
+    );
+    next.stop();
 }

@@ -311,12 +311,12 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
             .map(|s| (s.metadata.uid, s.data)),
         Some((victim_key.metadata.uid, victim_key.data))
     );
-    assert_eq!(
+    eventually("the victim's scope still owns its value", || async {
         conditions_of(&admin, &victim_ns, "MCPScope", "files-write", "Accepted")
             .await
-            .map(|c| (c.0, c.1)),
-        Some(("True".into(), "OwnsValue".into()))
-    );
+            .filter(|c| c.0 == "True" && c.1 == "OwnsValue")
+    })
+    .await;
 
     // Editing the URL would carry an old claim onto someone else's URL: the API server refuses it.
     let refused = Api::<kube::api::DynamicObject>::namespaced_with(
@@ -420,13 +420,14 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
             .then_some(())
     })
     .await;
-    let config = config_after(&admin, &platform, "marker:three").await;
-    assert_eq!(entries(&config), [(URL.to_owned(), "Files".to_owned())]);
-    assert_eq!(
+    // The key goes before the status is written (Events come in between): wait for the status.
+    eventually("the shut-out service says why", || async {
         conditions_of(&admin, &outside_ns, "MCPService", "files", "Ready")
             .await
-            .map(|c| (c.0, c.1)),
-        Some(("False".into(), "NamespaceNotAllowed".into()))
-    );
+            .filter(|c| c.0 == "False" && c.1 == "NamespaceNotAllowed")
+    })
+    .await;
+    let config = config_after(&admin, &platform, "marker:three").await;
+    assert_eq!(entries(&config), [(URL.to_owned(), "Files".to_owned())]);
     running.stop();
 }

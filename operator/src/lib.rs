@@ -10,6 +10,7 @@
 //!
 //! `api` holds the resource types (no I/O), `render` turns resources into Kubernetes objects (pure),
 //! `reconcile` applies them (server-side apply, lease holder only), `admission` patches pods.
+//! `tenancy` decides who holds a resource URL or a scope value and which namespaces a server admits.
 //! `keys` and `certs` keep the signing keys and the webhook certificate; `lease` elects the writer;
 //! `runtime` wires it all for `mcp-authz operator`.
 
@@ -28,3 +29,4 @@ pub mod reconcile;
 pub mod render;
 pub mod runtime;
 pub mod status;
+pub mod tenancy;

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
@@ -222,14 +224,6 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         metrics.clone(),
     )));
 
-    if let Some(name) = args.defaults_configmap.clone() {
-        tasks.push(tokio::spawn(apply_defaults(
-            client.clone(),
-            args.namespace.clone(),
-            name,
-            leader_rx.clone(),
-        )));
-    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -237,12 +231,22 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
             instance: Some(args.identity.clone()),
         },
     );
+    if let Some(name) = args.defaults_configmap.clone() {
+        tasks.push(tokio::spawn(apply_defaults(
+            client.clone(),
+            args.namespace.clone(),
+            name,
+            leader_rx.clone(),
+            recorder.clone(),
+        )));
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         metrics: metrics.clone(),
         leader: leader_rx.clone(),
         recorder,
+        failures: Default::default(),
     });
     tasks.push(tokio::spawn(run_server_controller(
         client.clone(),
@@ -314,17 +318,34 @@ fn owned() -> watcher::Config {
     ))
 }
 
+/// The AuthorizationServer a retained object belongs to, by its name `<server><suffix>`.
+fn retained_by<K: kube::Resource<DynamicType = ()>>(
+    object: &K,
+    suffix: &str,
+) -> Option<ObjectRef<AuthorizationServer>> {
+    let server = object.meta().name.as_deref()?.strip_suffix(suffix)?;
+    Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
+}
+
 async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
     let servers: Api<AuthorizationServer> = Api::all(client.clone());
     let controller = Controller::new(servers, watcher::Config::default());
     let all = objects_in(controller.store());
-    let (a, b, c) = (all.clone(), all.clone(), all);
+    let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned())
-        .owns(Api::<Secret>::all(client.clone()), owned())
+        // The PVC and the keys Secret carry no owner reference (they outlive the server): their
+        // names lead back to it, so a deleted one is made again at once.
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            owned(),
+            |pvc| retained_by(&pvc, "-authserver"),
+        )
+        .watches(Api::<Secret>::all(client.clone()), owned(), |secret| {
+            retained_by(&secret, "-authserver-keys")
+        })
         .watches(
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
@@ -339,6 +360,12 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
             Api::<CIMDPolicy>::all(client.clone()),
             watcher::Config::default(),
             move |_| c(None),
+        )
+        // Namespace labels decide which services a server admits (allowedNamespaces).
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| d(None),
         )
         .run(
             reconcile::authorization_server::reconcile,
@@ -423,7 +450,8 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let controller = Controller::new(services, watcher::Config::default());
     let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
-    let (a, b, c, d, e) = (
+    let (a, b, c, d, e, f) = (
+        in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
@@ -466,6 +494,12 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
             Api::<MCPService>::all(client.clone()),
             watcher::Config::default(),
             same_url,
+        )
+        // A namespace let in or shut out changes its services, and whoever shares a URL with them.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| f(None),
         )
         .run(
             reconcile::mcp_service::reconcile,
@@ -653,36 +687,87 @@ async fn keep_tls(
     }
 }
 
+/// Annotation on the defaults ConfigMap: the digest of the data last applied in full.
+pub const DEFAULTS_APPLIED_ANNOTATION: &str = "mcp-authz.io/applied-digest";
+
+/// A digest of the ConfigMap's `*.yaml` values (keys and texts, in key order).
+pub fn defaults_digest(data: &std::collections::BTreeMap<String, String>) -> String {
+    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (key, text) in data.iter().filter(|(k, _)| k.ends_with(".yaml")) {
+        for part in [key.as_bytes(), b"\0", text.as_bytes(), b"\0"] {
+            hasher.update(part);
+        }
+    }
+    hasher
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Applies the AuthorizationServers of the defaults ConfigMap, as the operator's field manager,
-/// while this replica leads; again whenever the ConfigMap changes (checked every 10 s).
+/// while this replica leads, once per content of the ConfigMap (checked every 10 s). What was
+/// applied is recorded on the ConfigMap itself, so a new leader or a restarted operator does not
+/// force the defaults again over a platform admin's later edits or deletion; a changed chart does.
+/// A default that cannot be applied is a Warning Event on the ConfigMap, not only a log line.
 async fn apply_defaults(
     client: kube::Client,
     namespace: String,
     name: String,
     leader: watch::Receiver<bool>,
+    recorder: Recorder,
 ) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let mut applied: Option<String> = None;
+    let mut reported: Option<String> = None;
     loop {
         if *leader.borrow() {
             match config_maps.get_opt(&name).await {
                 Ok(Some(cm)) => {
-                    let version = cm.metadata.resource_version.clone();
-                    if applied != version {
-                        let mut all_ok = true;
-                        for (key, text) in cm
-                            .data
-                            .unwrap_or_default()
-                            .iter()
-                            .filter(|(k, _)| k.ends_with(".yaml"))
-                        {
+                    let data = cm.data.clone().unwrap_or_default();
+                    let digest = defaults_digest(&data);
+                    if cm.annotations().get(DEFAULTS_APPLIED_ANNOTATION) != Some(&digest) {
+                        let mut failures = Vec::new();
+                        for (key, text) in data.iter().filter(|(k, _)| k.ends_with(".yaml")) {
                             if let Err(e) = apply_default(&client, &namespace, text).await {
-                                all_ok = false;
                                 tracing::warn!(configmap = %name, key = %key, error = %e, "default AuthorizationServer not applied");
+                                failures.push(format!("{key}: {e:#}"));
                             }
                         }
-                        if all_ok {
-                            applied = version;
+                        if failures.is_empty() {
+                            let mark = json!({
+                                "apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": name, "annotations": {DEFAULTS_APPLIED_ANNOTATION: digest}},
+                            });
+                            if let Err(e) = config_maps
+                                .patch(
+                                    &name,
+                                    &PatchParams::apply(FIELD_MANAGER),
+                                    &Patch::Apply(&mark),
+                                )
+                                .await
+                            {
+                                tracing::warn!(configmap = %name, error = %e, "recording the applied defaults failed");
+                            }
+                            reported = None;
+                        } else {
+                            let note = failures.join("; ");
+                            if reported.as_ref() != Some(&note) {
+                                let event = kube::runtime::events::Event {
+                                    type_: kube::runtime::events::EventType::Warning,
+                                    reason: "DefaultNotApplied".into(),
+                                    note: Some(note.clone()),
+                                    action: "ApplyDefaults".into(),
+                                    secondary: None,
+                                };
+                                if let Err(e) = recorder
+                                    .publish(&event, &kube::Resource::object_ref(&cm, &()))
+                                    .await
+                                {
+                                    tracing::debug!(error = %e, "publishing an event failed");
+                                }
+                                reported = Some(note);
+                            }
                         }
                     }
                 }
@@ -719,4 +804,31 @@ async fn apply_default(client: &kube::Client, namespace: &str, text: &str) -> an
     };
     crate::reconcile::apply(client, &object).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_digest_follows_the_yaml_values_only() {
+        let data = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let one = defaults_digest(&data(&[("a.yaml", "x")]));
+        assert_eq!(one.len(), 64);
+        assert_eq!(
+            one,
+            defaults_digest(&data(&[("a.yaml", "x"), ("notes.txt", "y")]))
+        );
+        assert_ne!(one, defaults_digest(&data(&[("a.yaml", "x2")])));
+        assert_ne!(
+            defaults_digest(&data(&[("a.yaml", "xb.yaml")])),
+            defaults_digest(&data(&[("a.yaml", "x"), ("b.yaml", "")])),
+            "keys and values are delimited"
+        );
+    }
 }

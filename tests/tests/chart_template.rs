@@ -241,6 +241,11 @@ fn default_authorization_server_travels_to_the_operator() {
         server["spec"]["login"]["staticUsers"]["name"],
         "mcp-authz-users"
     );
+    assert_eq!(
+        server["spec"]["allowedNamespaces"],
+        serde_json::json!({"from": "Selector", "selector": {"matchLabels": {"mcp-authz.io/tenant": "enabled"}}}),
+        "the shared server serves the namespaces a platform admin labels, not every namespace"
+    );
     let env = &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
     let named = env
         .as_array()
@@ -382,7 +387,11 @@ fn schema_refuses_typos_and_bad_values() {
 #[test]
 fn operator_gets_exactly_the_tested_rules() {
     let objs = objects(&[]);
-    let role = one(&objs, "ClusterRole");
+    let binding = one(&objs, "ClusterRoleBinding");
+    let role = find(&objs, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == binding["roleRef"]["name"])
+        .expect("the bound ClusterRole");
     let file =
         std::fs::read_to_string(chart().join("files/operator-rbac.yaml")).expect("rules file");
     let tested: Value = serde_saphyr::from_str(&file).expect("rules YAML");
@@ -402,13 +411,62 @@ fn operator_gets_exactly_the_tested_rules() {
         Value::Array(expected),
         "the chart grants exactly the rules the operator tests run under, and patches only its own webhook configuration"
     );
-    let binding = one(&objs, "ClusterRoleBinding");
-    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(
         binding["subjects"][0]["name"],
         one(&objs, "ServiceAccount")["metadata"]["name"]
     );
     assert_eq!(binding["subjects"][0]["namespace"], "mcp-authz");
+}
+
+#[test]
+fn tenants_get_aggregated_roles_without_authorization_servers() {
+    let objs = objects(&[]);
+    let aggregated: Vec<(String, Vec<String>, Value)> = find(&objs, "ClusterRole")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] != "mcp-authz-operator")
+        .map(|r| {
+            let labels = r["metadata"]["labels"].as_object().expect("labels");
+            let mut to: Vec<String> = labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("rbac.authorization.k8s.io/aggregate-to-"))
+                .map(str::to_owned)
+                .collect();
+            to.sort();
+            (
+                r["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                to,
+                r["rules"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        aggregated,
+        [
+            (
+                "mcp-authz-tenant-edit".to_owned(),
+                vec!["admin".to_owned(), "edit".to_owned()],
+                serde_json::json!([{"apiGroups": ["mcp-authz.io"],
+                    "resources": ["mcpservices", "mcpscopes", "cimdpolicies"],
+                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}])
+            ),
+            (
+                "mcp-authz-tenant-view".to_owned(),
+                vec!["admin".to_owned(), "edit".to_owned(), "view".to_owned()],
+                serde_json::json!([{"apiGroups": ["mcp-authz.io"],
+                    "resources": ["mcpservices", "mcpscopes", "cimdpolicies", "authorizationservers"],
+                    "verbs": ["get", "list", "watch"]}])
+            ),
+        ]
+    );
+    let without = objects(&["tenantRoles.create=false"]);
+    assert_eq!(
+        find(&without, "ClusterRole").len(),
+        1,
+        "only the operator's"
+    );
 }
 
 #[test]

@@ -123,8 +123,6 @@ async fn resources_converge_and_breakage_heals() {
         ("v1", "ConfigMap", "auth-authserver"),
         ("apps/v1", "Deployment", "auth-authserver"),
         ("v1", "Service", "auth-authserver"),
-        ("v1", "PersistentVolumeClaim", "auth-authserver"),
-        ("v1", "Secret", "auth-authserver-keys"),
         ("v1", "ConfigMap", "files-mcp-authz-sidecar"),
         ("networking.k8s.io/v1", "NetworkPolicy", "files-mcp-authz"),
     ] {
@@ -134,6 +132,20 @@ async fn resources_converge_and_breakage_heals() {
         .await;
         let owner = &object["metadata"]["ownerReferences"][0];
         assert_eq!(owner["controller"], json!(true), "{kind} {name} is owned");
+    }
+    // Grants and keys are kept apart from the server's lifetime (deleting it must not delete them).
+    for (api_version, kind, name) in [
+        ("v1", "PersistentVolumeClaim", "auth-authserver"),
+        ("v1", "Secret", "auth-authserver-keys"),
+    ] {
+        let object = eventually(&format!("{kind} {name}"), || {
+            get_json(&admin, &ns, api_version, kind, name)
+        })
+        .await;
+        assert!(
+            object["metadata"].get("ownerReferences").is_none(),
+            "{kind} {name} is not garbage-collected with the server"
+        );
     }
     let missing = eventually("ScopesResolved=False", || async {
         let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;

@@ -1,7 +1,10 @@
 //! `AuthorizationServer`: the one shared OAuth 2.1 authorization server of a cluster.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::core::{Selector, SelectorExt};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +22,7 @@ use super::SecretKeyRef;
     shortname = "authzserver",
     shortname = "mas",
     namespaced,
+    category = "mcp-authz",
     status = "AuthorizationServerStatus",
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuer"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
@@ -71,6 +75,12 @@ pub struct AuthorizationServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_cimd_policy: Option<String>,
 
+    /// Namespaces whose MCPServices this server issues tokens for (like Gateway API's
+    /// `allowedRoutes.namespaces`). A service from any other namespace gets no entry in the server
+    /// and no credentials, and says so in its status.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+
     /// CPU and memory for the authorization server container; small defaults when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -78,6 +88,80 @@ pub struct AuthorizationServerSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Which namespaces may attach MCPServices to an AuthorizationServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.from == 'Selector') == has(self.selector)")
+    .message("allowedNamespaces.selector is required with from: Selector, and only allowed with it")
+    .field_path(".selector"))]
+pub struct AllowedNamespaces {
+    /// `Same` (only this server's namespace), `All`, or `Selector` (namespaces whose labels match
+    /// `selector`).
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Labels of the allowed namespaces, with `from: Selector`. Every namespace carries
+    /// `kubernetes.io/metadata.name: <name>`, so a list of names is `matchExpressions` on that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Where the MCPServices of a server may come from.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum NamespacesFrom {
+    /// Only the server's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces whose labels match `selector`.
+    Selector,
+}
+
+/// The label the API server puts on every namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+impl AllowedNamespaces {
+    /// Whether a service in `namespace` (with `labels`, or only [`NAMESPACE_NAME_LABEL`] when they are
+    /// unknown, as in local mode) may use a server in `server_namespace`. A selector that does not parse
+    /// admits nobody: a typo must not open the server.
+    pub fn admits(
+        &self,
+        server_namespace: &str,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        match self.from {
+            NamespacesFrom::Same => namespace == server_namespace,
+            NamespacesFrom::All => true,
+            NamespacesFrom::Selector => {
+                let Some(selector) = self
+                    .selector
+                    .clone()
+                    .and_then(|s| Selector::try_from(s).ok())
+                else {
+                    return false;
+                };
+                let fallback: BTreeMap<String, String> =
+                    [(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())].into();
+                selector.matches(labels.unwrap_or(&fallback))
+            }
+        }
+    }
+
+    /// A short description for messages, e.g. `from: Same`.
+    pub fn describe(&self) -> String {
+        match (&self.from, &self.selector) {
+            (NamespacesFrom::Selector, Some(s)) => format!(
+                "from: Selector {}",
+                Selector::try_from(s.clone()).map_or_else(|e| e.to_string(), |s| s.to_string())
+            ),
+            (from, _) => format!("from: {from:?}"),
+        }
+    }
 }
 
 /// Storage backend of the authorization server.
@@ -251,6 +335,7 @@ pub struct AuthorizationServerStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` and friends, Kubernetes style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Key id currently signing tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]

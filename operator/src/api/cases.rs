@@ -128,6 +128,26 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "signing.rotationPeriod",
         },
         InvalidCase {
+            name: "allowedNamespaces from Selector without a selector",
+            object: with(
+                authorization_server(),
+                "/spec/allowedNamespaces",
+                json!({"from": "Selector"}),
+            ),
+            message: "allowedNamespaces.selector is required with from: Selector, and only allowed with it",
+            field: "allowedNamespaces.selector",
+        },
+        InvalidCase {
+            name: "allowedNamespaces selector with from: All",
+            object: with(
+                authorization_server(),
+                "/spec/allowedNamespaces",
+                json!({"from": "All", "selector": {"matchLabels": {"a": "b"}}}),
+            ),
+            message: "allowedNamespaces.selector is required with from: Selector, and only allowed with it",
+            field: "allowedNamespaces.selector",
+        },
+        InvalidCase {
             name: "http issuer",
             object: with(
                 authorization_server(),
@@ -374,6 +394,32 @@ mod tests {
         ] {
             assert_eq!(validate(&sample), Ok(()), "{}", sample["kind"]);
         }
+    }
+
+    #[test]
+    fn resource_url_cannot_change_but_the_rest_of_a_service_can() {
+        let old = mcp_service();
+        let moved = with(
+            old.clone(),
+            "/spec/resourceUrl",
+            json!("https://mcp.example.com/other"),
+        );
+        let errors = Validator::new()
+            .validate(&schema_for("MCPService"), &moved, Some(&old))
+            .expect_err("a moved URL is refused")
+            .into_vec();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].field_path.ends_with("resourceUrl"), "{errors:?}");
+        assert_eq!(
+            errors[0].message,
+            "resourceUrl is immutable: delete this MCPService and create a new one to move it"
+        );
+        let renamed = with(old.clone(), "/spec/displayName", json!("Files"));
+        assert!(
+            Validator::new()
+                .validate(&schema_for("MCPService"), &renamed, Some(&old))
+                .is_ok()
+        );
     }
 
     #[test]

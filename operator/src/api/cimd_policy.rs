@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
     singular = "cimdpolicy",
     shortname = "cimdpol",
     namespaced,
+    category = "mcp-authz",
     status = "CIMDPolicyStatus",
     printcolumn = r#"{"name":"DCR","type":"boolean","jsonPath":".spec.dynamicClientRegistration"}"#,
+    printcolumn = r#"{"name":"InUse","type":"string","jsonPath":".status.conditions[?(@.type==\"InUse\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!self.redirectUris.allowLoopback || 'native' in self.applicationTypes")
@@ -240,5 +242,6 @@ pub struct CIMDPolicyStatus {
     pub observed_generation: Option<i64>,
     /// Conditions, Kubernetes style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

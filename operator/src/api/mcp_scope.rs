@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
     singular = "mcpscope",
     shortname = "mcpscope",
     namespaced,
+    category = "mcp-authz",
     status = "MCPScopeStatus",
     printcolumn = r#"{"name":"Value","type":"string","jsonPath":".spec.value"}"#,
     printcolumn = r#"{"name":"Sensitive","type":"boolean","jsonPath":".spec.sensitive"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"InUse","type":"string","jsonPath":".status.conditions[?(@.type==\"InUse\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!self.sensitive || !has(self.maxTokenLifetime) || duration(self.maxTokenLifetime) <= duration('1h')")
@@ -69,5 +72,6 @@ pub struct MCPScopeStatus {
     pub observed_generation: Option<i64>,
     /// Conditions, Kubernetes style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

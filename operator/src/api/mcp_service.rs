@@ -21,6 +21,7 @@ use super::NamespacedRef;
     singular = "mcpservice",
     shortname = "mcpsvc",
     namespaced,
+    category = "mcp-authz",
     status = "MCPServiceStatus",
     printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".spec.resourceUrl"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -40,10 +41,14 @@ pub struct MCPServiceSpec {
     pub selector: BTreeMap<String, String>,
 
     /// The public URL clients use for this MCP endpoint, character for character (RFC 9728
-    /// `resource`, RFC 8707 token audience): https, no fragment.
+    /// `resource`, RFC 8707 token audience): https, no fragment. Immutable: the oldest service
+    /// claiming a URL holds it, so moving one means deleting it and creating a new one, which
+    /// queues behind any service already holding the new URL.
     #[schemars(length(min = 9, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('#')")
         .message("resourceUrl must be an https URL without fragment"))]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("resourceUrl is immutable: delete this MCPService and create a new one to move it"))]
     pub resource_url: String,
 
     /// Name people see on the consent screen; the MCPService's name when empty.
@@ -179,6 +184,7 @@ pub struct MCPServiceStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `ScopesResolved`, `PolicyResolved`, `RawPortExposed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Running pods of this service that carry the sidecar.
     #[serde(default)]

@@ -10,7 +10,8 @@ pub mod mcp_scope;
 pub mod mcp_service;
 
 pub use authorization_server::{
-    AuthorizationServer, AuthorizationServerSpec, AuthorizationServerStatus,
+    AllowedNamespaces, AuthorizationServer, AuthorizationServerSpec, AuthorizationServerStatus,
+    NamespacesFrom,
 };
 pub use cimd_policy::{CIMDPolicy, CIMDPolicySpec};
 pub use mcp_scope::{MCPScope, MCPScopeSpec};

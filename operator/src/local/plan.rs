@@ -168,6 +168,18 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 ),
             ));
         }
+        let namespace = service.object.namespace().unwrap_or_default();
+        if !crate::tenancy::admits(&server.object, &namespace, &Default::default()) {
+            return Err(invalid(
+                &service.origin,
+                "metadata.namespace",
+                format!(
+                    "AuthorizationServer {} does not admit services from namespace {namespace} (allowedNamespaces {})",
+                    key_of(&server.object),
+                    server.object.spec.allowed_namespaces.describe()
+                ),
+            ));
+        }
         let missing = render::missing_scopes(
             &service.object,
             &server.object.namespace().unwrap_or_default(),
@@ -193,6 +205,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         services: &services,
         scopes: &scopes,
         policies: &policies,
+        namespaces: &crate::tenancy::NamespaceLabels::new(),
     };
     let render_error = |e: render::RenderError| invalid(&server.origin, "", e.to_string());
 
@@ -495,6 +508,10 @@ mod tests {
             .spec
             .scopes
             .push("notes:admin".into());
+        let mut other_namespace = quickstart();
+        let service = &mut other_namespace.services[0].object;
+        service.metadata.namespace = Some("team-a".into());
+        service.spec.authorization_server_ref.namespace = Some("default".into());
         let mut no_server = quickstart();
         no_server.authorization_servers.clear();
         let mut two_servers = quickstart();
@@ -521,6 +538,11 @@ mod tests {
                 "scope without MCPScope",
                 unknown_scope,
                 "notes-service.yaml: MCPService/notes: spec.scopes: no MCPScope defines notes:admin",
+            ),
+            (
+                "service from a namespace the server does not admit",
+                other_namespace,
+                "notes-service.yaml: MCPService/notes: metadata.namespace: AuthorizationServer default/quickstart does not admit services from namespace team-a (allowedNamespaces from: Same)",
             ),
             (
                 "no server",

@@ -47,6 +47,9 @@ pub async fn reconcile(
         .reconcile_seconds
         .with_label_values(&["AuthorizationServer"])
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(server.as_ref());
+    }
     result
 }
 
@@ -66,16 +69,21 @@ async fn reconcile_inner(
         .list(&lp)
         .await?
         .items;
+    let namespaces = super::namespace_labels(client).await?;
     let inputs = Inputs {
         server,
         services: &services,
         scopes: &scopes,
         policies: &policies,
+        namespaces: &namespaces,
     };
 
     let objects = authserver::render(&inputs, &ctx.settings)?;
     for object in &objects {
         apply(client, object).await?;
+    }
+    for (api_version, kind, name) in authserver::unwanted(&server.name_any(), &objects) {
+        super::delete_owned(client, server, &namespace, api_version, kind, &name).await?;
     }
 
     // Signing keys: the Secret is the state of the rotation.
@@ -117,7 +125,9 @@ async fn reconcile_inner(
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
                 namespace: Some(namespace.clone()),
-                owner_references: server.controller_owner_ref(&()).map(|o| vec![o]),
+                // Not owned, like the PVC: signing keys and the resource-server root outlive a deleted
+                // server, so re-creating it keeps tokens and sidecar keys valid.
+                owner_references: None,
                 labels: Some(
                     [(
                         naming::MANAGED_BY_LABEL.to_owned(),

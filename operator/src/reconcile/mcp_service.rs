@@ -13,8 +13,9 @@ use serde_json::json;
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::naming::{self, FIELD_MANAGER};
-use crate::render::{missing_scopes, resource_holder, service_policy, sidecar};
+use crate::render::{missing_scopes, service_policy, sidecar};
 use crate::status::{self, Observed};
+use crate::tenancy;
 
 /// Services of the namespace that still send traffic to the MCP server's own port (bypassing the
 /// sidecar): their selector picks the same pods and a port targets `upstream.port`, by number or by
@@ -52,6 +53,39 @@ pub fn raw_port_services(service: &MCPService, services: &[Service], pods: &[Pod
         .collect()
 }
 
+/// How a service stands with the server it names.
+enum Attachment {
+    /// The server does not exist.
+    NoServer,
+    /// The server does not admit the service's namespace (`allowedNamespaces`, with its description).
+    NotAdmitted(String),
+    /// An older claim (`namespace/name`) holds the resource URL.
+    Taken(String),
+    /// The service is the server's for its resource URL.
+    Holds,
+}
+
+/// Deletes the service's credentials Secret if the operator made it for this very service.
+async fn revoke_credentials(
+    service: &MCPService,
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<(), ReconcileError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let name = naming::sidecar_credentials(&service.name_any());
+    let Some(secret) = secrets.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let ours = secret
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == service.meta().uid.as_ref());
+    if ours {
+        secrets.delete(&name, &Default::default()).await?;
+    }
+    Ok(())
+}
+
 /// Reconciles one MCPService.
 pub async fn reconcile(
     service: Arc<MCPService>,
@@ -73,6 +107,9 @@ pub async fn reconcile(
         .reconcile_seconds
         .with_label_values(&["MCPService"])
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(service.as_ref());
+    }
     result
 }
 
@@ -108,7 +145,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             "ScopesResolved",
             "MCPScopeNotFound",
             format!(
-                "no MCPScope in namespace {namespace} or {server_ns} defines: {}",
+                "no MCPScope of namespace {namespace} or {server_ns} owns: {}",
                 missing.join(", ")
             ),
         )
@@ -139,15 +176,30 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             false
         }
     };
+    let server_key = format!("{server_ns}/{}", reference.name);
+    let attachment = match &server {
+        None => Attachment::NoServer,
+        Some(server) => {
+            let labels = super::namespace_labels(client).await?;
+            if tenancy::admits(server, &namespace, &labels) {
+                let all = Api::<MCPService>::all(client.clone())
+                    .list(&lp)
+                    .await?
+                    .items;
+                match tenancy::resource_holder(service, server, &all, &labels) {
+                    Some(holder) => Attachment::Taken(tenancy::key_of(holder)),
+                    None => Attachment::Holds,
+                }
+            } else {
+                Attachment::NotAdmitted(server.spec.allowed_namespaces.describe())
+            }
+        }
+    };
     let mut credentials_issued = false;
-    if let Some(server) = &server {
+    if let (Some(server), Attachment::Holds) = (&server, &attachment) {
         for object in sidecar::render(service, server, &scopes)? {
             apply(client, &object).await?;
         }
-        let all = Api::<MCPService>::all(client.clone())
-            .list(&lp)
-            .await?
-            .items;
         let keys = Api::<Secret>::namespaced(client.clone(), &server_ns)
             .get_opt(&naming::authserver_keys(&server.name_any()))
             .await?
@@ -156,27 +208,15 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        observed.push(match (resource_holder(service, server, &all), crate::keys::resource_server_root(&keys)) {
-            (Some(holder), _) => Observed::no(
-                "CredentialsIssued",
-                "ResourceURLTaken",
-                format!(
-                    "MCPService {}/{} already protects {} with AuthorizationServer {server_ns}/{}; give this service its own resourceUrl",
-                    holder.namespace().unwrap_or_default(),
-                    holder.name_any(),
-                    service.spec.resource_url,
-                    reference.name
-                ),
-            ),
-            (None, None) => Observed::no(
+        observed.push(match crate::keys::resource_server_root(&keys) {
+            None => Observed::no(
                 "CredentialsIssued",
                 "WaitingForServerKeys",
                 format!(
-                    "AuthorizationServer {server_ns}/{} has not written its keys yet; the sidecar's introspection key follows",
-                    reference.name
+                    "AuthorizationServer {server_key} has not written its keys yet; the sidecar's introspection key follows"
                 ),
             ),
-            (None, Some(root)) => {
+            Some(root) => {
                 apply(client, &sidecar::credentials_secret(service, &root)?).await?;
                 credentials_issued = true;
                 Observed::yes(
@@ -189,6 +229,30 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                 )
             }
         });
+    }
+    let refusal = match &attachment {
+        Attachment::NoServer | Attachment::Holds => None,
+        Attachment::Taken(holder) => Some(Observed::no(
+            "CredentialsIssued",
+            "ResourceURLTaken",
+            format!(
+                "MCPService {holder} already protects {} with AuthorizationServer {server_key}; give this service its own resourceUrl",
+                service.spec.resource_url,
+            ),
+        )),
+        Attachment::NotAdmitted(allowed) => Some(Observed::no(
+            "CredentialsIssued",
+            "NamespaceNotAllowed",
+            format!(
+                "AuthorizationServer {server_key} does not admit services from namespace {namespace} (allowedNamespaces {allowed}); a platform admin decides which namespaces may use it"
+            ),
+        )),
+    };
+    if let Some(refusal) = refusal {
+        // A key issued before the refusal (the server narrowed its namespaces, or an older claim came
+        // back) must not outlive it.
+        revoke_credentials(service, client, &namespace).await?;
+        observed.push(refusal);
     }
 
     let selector = service
@@ -232,24 +296,27 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
 
     observed.insert(
         0,
-        match (&server, missing.is_empty() && policy_ok) {
-            (None, _) => Observed::no(
+        match (&attachment, missing.is_empty() && policy_ok) {
+            (Attachment::NoServer, _) => Observed::no(
                 "Ready",
                 "AuthorizationServerNotFound",
-                format!(
-                    "AuthorizationServer {server_ns}/{} does not exist",
-                    reference.name
-                ),
+                format!("AuthorizationServer {server_key} does not exist"),
             ),
-            (Some(_), false) => Observed::no(
+            (Attachment::NotAdmitted(_), _) => {
+                Observed::no("Ready", "NamespaceNotAllowed", "see CredentialsIssued")
+            }
+            (Attachment::Taken(_), _) => {
+                Observed::no("Ready", "ResourceURLTaken", "see CredentialsIssued")
+            }
+            (Attachment::Holds, false) => Observed::no(
                 "Ready",
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
-            (Some(_), true) if !credentials_issued => {
+            (Attachment::Holds, true) if !credentials_issued => {
                 Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
             }
-            (Some(_), true) => Observed::yes(
+            (Attachment::Holds, true) => Observed::yes(
                 "Ready",
                 "Configured",
                 format!(
@@ -287,7 +354,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         )
         .await?;
     // Waiting for the server's keys is short; come back soon rather than at the resync.
-    let wait = if server.is_some() && !credentials_issued {
+    let wait = if matches!(attachment, Attachment::Holds) && !credentials_issued {
         10
     } else {
         300

@@ -29,6 +29,8 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Consecutive failed reconciles per object (`Kind/namespace/name`), for [`backoff`].
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -91,6 +93,26 @@ impl ReconcileError {
     }
 }
 
+/// Labels of every namespace (metadata only), for the servers' `allowedNamespaces`.
+pub async fn namespace_labels(
+    client: &kube::Client,
+) -> Result<crate::tenancy::NamespaceLabels, kube::Error> {
+    Ok(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .list_metadata(&kube::api::ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|n| {
+                (
+                    n.metadata.name.unwrap_or_default(),
+                    n.metadata.labels.unwrap_or_default(),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Applies one rendered object with server-side apply (forcing our field manager's ownership).
 pub async fn apply(client: &kube::Client, object: &RenderedObject) -> Result<(), kube::Error> {
     let (group, version) = match object.api_version.split_once('/') {
@@ -109,14 +131,117 @@ pub async fn apply(client: &kube::Client, object: &RenderedObject) -> Result<(),
     Ok(())
 }
 
-/// Retry with a growing delay on errors (capped), so a broken object does not spin.
-pub fn error_policy<K>(_object: Arc<K>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(match error {
-        ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 => 1,
-        _ => 15,
-    }))
+/// Deletes object `kind/name` in `namespace` if it exists and `owner` controls it (never someone else's
+/// object of the same name).
+pub async fn delete_owned<K: kube::Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    owner: &K,
+    namespace: &str,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+) -> Result<(), kube::Error> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let owned = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == owner.meta().uid.as_ref() && o.controller == Some(true));
+    if owned {
+        api.delete(name, &Default::default()).await?;
+        tracing::info!(
+            kind,
+            name,
+            namespace,
+            "deleted what the spec no longer asks for"
+        );
+    }
+    Ok(())
+}
+
+/// Delay before the `failures`-th retry of one object: 1 s doubling up to 5 min, so a broken object
+/// neither spins nor waits long after a passing fault.
+pub fn backoff(failures: u32) -> Duration {
+    const CAP: u64 = 300;
+    Duration::from_secs(
+        1u64.checked_shl(failures.saturating_sub(1))
+            .unwrap_or(CAP)
+            .min(CAP),
+    )
+}
+
+/// The key an object's failures are counted under.
+fn failure_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Context {
+    /// Forgets an object's failures after a reconcile that succeeded.
+    pub fn succeeded<K: kube::Resource<DynamicType = ()>>(&self, object: &K) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&failure_key(object));
+        }
+    }
+}
+
+/// Retries a failed object after [`backoff`] of its consecutive failures; a write conflict (another
+/// writer got in between) is retried at once.
+pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let failures = ctx.failures.lock().map_or(1, |mut f| {
+        let n = f.entry(failure_key(object.as_ref())).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    });
+    let delay = match error {
+        ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 => Duration::from_secs(1),
+        _ => backoff(failures),
+    };
+    tracing::warn!(error = %error, failures, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 /// How long a follower waits before looking again.
 pub const FOLLOWER_REQUEUE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
+        let table = [
+            (0, 1),
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (5, 16),
+            (9, 256),
+            (10, 300),
+            (40, 300),
+            (64, 300),
+            (u32::MAX, 300),
+        ];
+        for (failures, seconds) in table {
+            assert_eq!(
+                backoff(failures),
+                Duration::from_secs(seconds),
+                "{failures}"
+            );
+        }
+    }
+}

@@ -29,8 +29,8 @@ fn key<K: ResourceExt>(object: &K) -> String {
     )
 }
 
-/// The services that offer `scope`'s value and see this very object for it (a scope of the service's own
-/// namespace wins over one of its server's).
+/// The services that offer `scope`'s value and see this very object for it (only the owner of a value is ever
+/// seen, and only from its own namespace and from services of a server in its namespace).
 pub fn scope_users(scope: &MCPScope, services: &[MCPService], scopes: &[MCPScope]) -> Vec<String> {
     let mut users: Vec<String> = services
         .iter()
@@ -77,6 +77,32 @@ pub fn policy_users(
         .collect();
     defaults.sort();
     (named, defaults)
+}
+
+/// The conditions of an MCPScope: whether it owns its value (`Accepted`: the oldest definition of a value is the
+/// only one that counts) and who uses it (`InUse`).
+pub fn scope_conditions(
+    scope: &MCPScope,
+    services: &[MCPService],
+    scopes: &[MCPScope],
+) -> Vec<Observed> {
+    let accepted = match crate::tenancy::scope_owner_other_than(scope, scopes) {
+        None => Observed::yes(
+            "Accepted",
+            "OwnsValue",
+            format!("the oldest MCPScope defining {}", scope.spec.value),
+        ),
+        Some(owner) => Observed::no(
+            "Accepted",
+            "ValueTaken",
+            format!(
+                "MCPScope {} defined {} first and owns its meaning; this definition is ignored: choose another value",
+                key(owner),
+                scope.spec.value
+            ),
+        ),
+    };
+    vec![accepted, in_use(&scope_users(scope, services, scopes))]
 }
 
 fn in_use(users: &[String]) -> Observed {
@@ -160,6 +186,9 @@ pub async fn reconcile_scope(
     }
     let result = scope_status(&scope, &ctx).await;
     count(&ctx, "MCPScope", &result);
+    if result.is_ok() {
+        ctx.succeeded(scope.as_ref());
+    }
     result
 }
 
@@ -173,7 +202,7 @@ async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, Reconci
         .list(&lp)
         .await?
         .items;
-    let observed = [in_use(&scope_users(scope, &services, &scopes))];
+    let observed = scope_conditions(scope, &services, &scopes);
     let previous = scope
         .status
         .as_ref()
@@ -193,6 +222,9 @@ pub async fn reconcile_policy(
     }
     let result = policy_status(&policy, &ctx).await;
     count(&ctx, "CIMDPolicy", &result);
+    if result.is_ok() {
+        ctx.succeeded(policy.as_ref());
+    }
     result
 }
 
@@ -294,23 +326,77 @@ mod tests {
     #[test]
     fn a_scope_is_used_by_the_services_that_see_it() {
         let shared = scope("mcp-authz", "read", "files:read");
-        let own = scope("apps", "read", "files:read");
+        let own = scope("apps", "write", "files:write");
         let scopes = [shared.clone(), own.clone()];
         let services = [
-            service("apps", "files", &["files:read"], None),
-            service("other", "notes", &["files:read"], None),
+            service("apps", "files", &["files:read", "files:write"], None),
+            service("other", "notes", &["files:read", "files:write"], None),
             service("other", "mail", &["mail:read"], None),
         ];
         assert_eq!(
             scope_users(&shared, &services, &scopes),
-            ["MCPService other/notes"],
-            "apps defines its own files:read, which wins there"
+            ["MCPService apps/files", "MCPService other/notes"],
+            "the server's namespace serves every tenant"
         );
         assert_eq!(
             scope_users(&own, &services, &scopes),
-            ["MCPService apps/files"]
+            ["MCPService apps/files"],
+            "a team's own scope is not another team's"
         );
         assert!(scope_users(&scope("x", "y", "z:z"), &services, &scopes).is_empty());
+    }
+
+    #[test]
+    fn a_younger_definition_of_a_value_is_not_accepted_and_used_by_nobody() {
+        let at = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).expect("time"),
+            ))
+        };
+        let mut owner = scope("zzz", "read", "files:read");
+        owner.metadata.creation_timestamp = at(100);
+        let mut squatter = scope("aaa", "read", "files:read");
+        squatter.metadata.creation_timestamp = at(200);
+        let scopes = [squatter.clone(), owner.clone()];
+        let services = [
+            service("aaa", "files", &["files:read"], None),
+            service("zzz", "files", &["files:read"], None),
+        ];
+        let view = |o: &[Observed]| {
+            o.iter()
+                .map(|o| (o.type_, o.status, o.reason, o.message.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            view(&scope_conditions(&squatter, &services, &scopes)),
+            [
+                (
+                    "Accepted",
+                    false,
+                    "ValueTaken",
+                    "MCPScope zzz/read defined files:read first and owns its meaning; this definition is ignored: choose another value".to_owned()
+                ),
+                ("InUse", false, "Unused", "no resource uses it".to_owned()),
+            ]
+        );
+        assert_eq!(
+            view(&scope_conditions(&owner, &services, &scopes)),
+            [
+                (
+                    "Accepted",
+                    true,
+                    "OwnsValue",
+                    "the oldest MCPScope defining files:read".to_owned()
+                ),
+                (
+                    "InUse",
+                    true,
+                    "Used",
+                    "used by MCPService zzz/files".to_owned()
+                ),
+            ],
+            "aaa's service cannot reach zzz's scope, and its own is ignored"
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use mcp_authz_authserver::config::{
 
 use super::sidecar::AUTHSERVER_PORT;
 use super::{
-    Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, names_server,
-    object, owner_ref, seconds, visible_scopes,
+    Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, object,
+    owner_ref, seconds, visible_scopes,
 };
 use crate::admission::patch::hardened_security_context;
 use crate::api::authorization_server::StorageKind;
@@ -46,12 +46,13 @@ pub const OIDC_DIR: &str = "/etc/mcp-authz/oidc";
 /// Environment variable carrying the PostgreSQL URL (from the referenced Secret).
 pub const POSTGRES_URL_ENV: &str = "MCP_AUTHZ_POSTGRES_URL";
 
-/// The services of the cluster that name `inputs.server`, sorted by namespace and name.
+/// The services of the cluster that name `inputs.server` from a namespace it admits, sorted by namespace and
+/// name.
 pub fn services_of<'a>(inputs: &Inputs<'a>) -> Vec<&'a MCPService> {
     let mut services: Vec<&MCPService> = inputs
         .services
         .iter()
-        .filter(|s| names_server(s, inputs.server))
+        .filter(|s| crate::tenancy::attached(s, inputs.server, inputs.namespaces))
         .collect();
     services.sort_by_key(|s| (s.namespace(), s.name_any()));
     services
@@ -123,8 +124,10 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     )?;
 
     let services = services_of(inputs);
-    // The catalogue: every scope some service offers and can see, plus every scope of the
-    // server's namespace (so a scope exists before its first service).
+    // The catalogue: every scope some service offers and can see, plus every scope the server's
+    // namespace owns (so a scope exists before its first service). Only owners enter it, so no
+    // team's definition of a value can replace another's.
+    let owners = crate::tenancy::scope_owners(inputs.scopes);
     let mut catalogue: BTreeMap<String, ScopeDefinition> = BTreeMap::new();
     let mut add = |scope: &crate::api::MCPScope| -> Result<(), RenderError> {
         let max = scope
@@ -149,16 +152,22 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             });
         Ok(())
     };
-    for scope in inputs
-        .scopes
-        .iter()
+    for scope in owners
+        .values()
         .filter(|s| s.namespace().as_deref() == Some(server_ns.as_str()))
     {
         add(scope)?;
     }
     let mut resources = Vec::new();
     for service in &services {
-        if super::resource_holder(service, inputs.server, inputs.services).is_some() {
+        if crate::tenancy::resource_holder(
+            service,
+            inputs.server,
+            inputs.services,
+            inputs.namespaces,
+        )
+        .is_some()
+        {
             continue;
         }
         let visible = visible_scopes(service, &server_ns, inputs.scopes);
@@ -437,7 +446,9 @@ pub fn render(
             }),
             ..Default::default()
         };
-        objects.push(object(pvc, owner.clone())?);
+        // Not owned, so deleting the server does not garbage-collect every grant with it: a server
+        // re-created under the same name takes the claim up again.
+        objects.push(object(pvc, None)?);
     }
     if spec.replicas > 1 {
         let pdb = PodDisruptionBudget {
@@ -455,6 +466,23 @@ pub fn render(
         objects.push(object(pdb, owner)?);
     }
     Ok(objects)
+}
+
+/// Kinds [`render`] makes only for some specs, which must go when the spec stops asking for them (a
+/// PodDisruptionBudget left behind at one replica blocks every node drain). The PersistentVolumeClaim is not
+/// among them: it holds every grant, and leaving Embedded storage must not delete it.
+pub const OPTIONAL_KINDS: &[(&str, &str)] = &[("policy/v1", "PodDisruptionBudget")];
+
+/// The optional objects of the server that `rendered` no longer contains: `(apiVersion, kind, name)`.
+pub fn unwanted(
+    server_name: &str,
+    rendered: &[RenderedObject],
+) -> Vec<(&'static str, &'static str, String)> {
+    OPTIONAL_KINDS
+        .iter()
+        .filter(|(_, kind)| !rendered.iter().any(|o| o.kind == *kind))
+        .map(|(api_version, kind)| (*api_version, *kind, naming::authserver(server_name)))
+        .collect()
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
@@ -497,6 +525,7 @@ pub fn default_resources() -> ResourceRequirements {
 mod tests {
     use super::*;
     use crate::api::{AuthorizationServer, MCPScope, cases};
+    use crate::tenancy::NamespaceLabels;
     use serde_json::{Value, json};
 
     fn server(spec: Value) -> AuthorizationServer {
@@ -531,7 +560,8 @@ mod tests {
 
     #[test]
     fn config_collects_scopes_resources_and_policies() {
-        let server = server(json!({"defaultCimdPolicy": "default"}));
+        let server =
+            server(json!({"defaultCimdPolicy": "default", "allowedNamespaces": {"from": "All"}}));
         let services = [
             cases::mcp_service_in(
                 "apps",
@@ -563,6 +593,7 @@ mod tests {
             services: &services,
             scopes: &scopes,
             policies: &policies,
+            namespaces: &NamespaceLabels::new(),
         };
         let c = authserver_config(&inputs).expect("config");
         assert_eq!(c.issuer, "https://auth.example.com");
@@ -614,7 +645,7 @@ mod tests {
 
     #[test]
     fn a_service_whose_policy_is_missing_is_left_out() {
-        let server = server(json!({}));
+        let server = server(json!({"allowedNamespaces": {"from": "All"}}));
         let services = [cases::mcp_service_in(
             "apps",
             "files",
@@ -627,6 +658,7 @@ mod tests {
             services: &services,
             scopes: &[],
             policies: &[],
+            namespaces: &NamespaceLabels::new(),
         };
         assert!(
             authserver_config(&inputs)
@@ -644,6 +676,7 @@ mod tests {
             services: &[],
             scopes: &[],
             policies: &[],
+            namespaces: &NamespaceLabels::new(),
         };
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         assert_eq!(
@@ -702,6 +735,7 @@ mod tests {
             services: &[],
             scopes: &[],
             policies: &[],
+            namespaces: &NamespaceLabels::new(),
         };
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         assert_eq!(
@@ -722,6 +756,82 @@ mod tests {
             json!({"name": "pg", "key": "url"})
         );
         assert_eq!(objects[3].body["spec"]["minAvailable"], 1);
+        assert!(unwanted("auth", &objects).is_empty());
+        let mut one = server.clone();
+        one.spec.replicas = 1;
+        let inputs = Inputs {
+            server: &one,
+            ..inputs
+        };
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        assert_eq!(
+            unwanted("auth", &objects),
+            [(
+                "policy/v1",
+                "PodDisruptionBudget",
+                "auth-authserver".to_owned()
+            )],
+            "back at one replica, the budget goes"
+        );
+    }
+
+    #[test]
+    fn only_admitted_namespaces_and_the_oldest_claims_enter_the_config() {
+        let at = |s: i64| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).expect("time"),
+            )
+        };
+        let url = "https://mcp.example.com/files";
+        let mut holder = cases::mcp_service_in("zzz", "files", url, &["files:read"], None);
+        holder.metadata.creation_timestamp = Some(at(100));
+        let mut newcomer = cases::mcp_service_in("aaa", "files", url, &["files:read"], None);
+        newcomer.metadata.creation_timestamp = Some(at(200));
+        newcomer.spec.display_name = Some("Impostor".into());
+        let outsider =
+            cases::mcp_service_in("outside", "mail", "https://mcp.example.com/mail", &[], None);
+        let services = [newcomer, holder, outsider];
+        let mut platform = scope("mcp-authz", "files:read", true);
+        platform.metadata.creation_timestamp = Some(at(10));
+        let mut squatter = scope("aaa", "files:read", false);
+        squatter.metadata.creation_timestamp = Some(at(20));
+        squatter.spec.description = "Nothing to worry about".into();
+        let scopes = [squatter, platform];
+        let tenants: NamespaceLabels = ["aaa", "zzz"]
+            .into_iter()
+            .map(|ns| {
+                (
+                    ns.to_owned(),
+                    [("mcp-authz.io/tenant".to_owned(), "enabled".to_owned())].into(),
+                )
+            })
+            .collect();
+        let server = server(json!({"allowedNamespaces": {"from": "Selector",
+            "selector": {"matchLabels": {"mcp-authz.io/tenant": "enabled"}}}}));
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &tenants,
+        };
+        let c = authserver_config(&inputs).expect("config");
+        let entries: Vec<(&str, &str)> = c
+            .resources
+            .iter()
+            .map(|r| (r.resource.as_str(), r.display_name.as_str()))
+            .collect();
+        assert_eq!(
+            entries,
+            [(url, "files")],
+            "the older claim keeps the URL; the outside namespace is not admitted"
+        );
+        assert_eq!(c.scopes.len(), 1);
+        assert_eq!(
+            (c.scopes[0].description.as_str(), c.scopes[0].sensitive),
+            ("Read your files", true),
+            "the younger definition of files:read changes nothing"
+        );
     }
 
     #[test]
@@ -734,6 +844,7 @@ mod tests {
             services: &[],
             scopes: &[],
             policies: &[],
+            namespaces: &NamespaceLabels::new(),
         };
         let c = authserver_config(&inputs).expect("config");
         let oidc = c.login.upstream_oidc.expect("oidc");

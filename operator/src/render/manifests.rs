@@ -3,9 +3,7 @@
 
 use kube::ResourceExt;
 
-use super::{
-    Inputs, RenderError, RenderSettings, RenderedObject, authserver, names_server, sidecar,
-};
+use super::{Inputs, RenderError, RenderSettings, RenderedObject, authserver, sidecar};
 use crate::manifests::ManifestSet;
 
 /// Every object the operator would create for `manifests`, servers first.
@@ -23,6 +21,7 @@ pub fn render_all(
             services: &services,
             scopes: &scopes,
             policies: &policies,
+            namespaces: &crate::tenancy::NamespaceLabels::new(),
         };
         objects.extend(authserver::render(&inputs, settings)?);
     }
@@ -30,7 +29,7 @@ pub fn render_all(
         if let Some(server) = manifests
             .authorization_servers
             .iter()
-            .find(|s| names_server(service, &s.object))
+            .find(|s| crate::tenancy::attached(service, &s.object, &Default::default()))
         {
             objects.extend(sidecar::render(service, &server.object, &scopes)?);
         }
@@ -52,7 +51,8 @@ pub fn to_yaml(objects: &[RenderedObject]) -> Result<String, RenderError> {
     Ok(out)
 }
 
-/// Names of the services in `manifests` that no server of the directory issues tokens for.
+/// Names of the services in `manifests` that no server of the directory issues tokens for (none names them,
+/// or the one they name does not admit their namespace).
 pub fn orphan_services(manifests: &ManifestSet) -> Vec<String> {
     manifests
         .services
@@ -62,7 +62,7 @@ pub fn orphan_services(manifests: &ManifestSet) -> Vec<String> {
             !manifests
                 .authorization_servers
                 .iter()
-                .any(|s| names_server(svc, &s.object))
+                .any(|s| crate::tenancy::attached(svc, &s.object, &Default::default()))
         })
         .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
         .collect()

@@ -150,6 +150,8 @@ pub struct Inputs<'a> {
     pub scopes: &'a [MCPScope],
     /// Every CIMDPolicy of the cluster.
     pub policies: &'a [CIMDPolicy],
+    /// Labels of the namespaces (for the server's `allowedNamespaces`).
+    pub namespaces: &'a crate::tenancy::NamespaceLabels,
 }
 
 /// Whether `service` names `server`.
@@ -164,35 +166,39 @@ pub fn names_server(service: &MCPService, server: &AuthorizationServer) -> bool 
     reference.name == server.name_any() && ns == server.namespace().unwrap_or_default()
 }
 
-/// Scopes visible to a service: those in its namespace or in its server's, by value.
+/// Scopes visible to a service, by value: each value's owner (the oldest MCPScope defining it, see
+/// [`crate::tenancy::scope_owners`]) when that owner is in the service's namespace or its server's. A value owned
+/// by another team's namespace is not visible: its meaning is that team's to change.
 pub fn visible_scopes<'a>(
     service: &MCPService,
     server_ns: &str,
     scopes: &'a [MCPScope],
 ) -> BTreeMap<String, &'a MCPScope> {
     let service_ns = service.namespace().unwrap_or_default();
-    let mut out = BTreeMap::new();
-    // The service's own namespace wins over the server's when both define a value.
-    for ns in [server_ns, service_ns.as_str()] {
-        for scope in scopes
-            .iter()
-            .filter(|s| s.namespace().as_deref() == Some(ns))
-        {
-            out.insert(scope.spec.value.clone(), scope);
-        }
-    }
-    out
+    crate::tenancy::scope_owners(scopes)
+        .into_iter()
+        .filter(|(_, owner)| {
+            let ns = owner.namespace().unwrap_or_default();
+            ns == server_ns || ns == service_ns
+        })
+        .map(|(value, owner)| (value.to_owned(), owner))
+        .collect()
 }
 
-/// The scope values a service offers that no visible MCPScope defines.
+/// The scope values a service offers that no visible MCPScope defines, each with the owner that keeps it out of
+/// reach when another team's namespace owns it (`value (MCPScope ns/name)`).
 pub fn missing_scopes(service: &MCPService, server_ns: &str, scopes: &[MCPScope]) -> Vec<String> {
     let visible = visible_scopes(service, server_ns, scopes);
+    let owners = crate::tenancy::scope_owners(scopes);
     service
         .spec
         .scopes
         .iter()
         .filter(|s| !visible.contains_key(*s))
-        .cloned()
+        .map(|s| match owners.get(s.as_str()) {
+            Some(owner) => format!("{s} (owned by MCPScope {})", crate::tenancy::key_of(*owner)),
+            None => s.clone(),
+        })
         .collect()
 }
 
@@ -211,25 +217,6 @@ pub fn service_policy<'a>(
     )
 }
 
-/// The other service holding `service`'s resource URL, if one does. Tokens and the resource-server key are bound
-/// to the URL, so it has one holder per server: of the services naming `server` with that URL, the first by
-/// namespace and name.
-pub fn resource_holder<'a>(
-    service: &MCPService,
-    server: &AuthorizationServer,
-    services: &'a [MCPService],
-) -> Option<&'a MCPService> {
-    if !names_server(service, server) {
-        return None;
-    }
-    let key = |s: &MCPService| (s.namespace().unwrap_or_default(), s.name_any());
-    services
-        .iter()
-        .filter(|s| s.spec.resource_url == service.spec.resource_url && names_server(s, server))
-        .min_by_key(|s| key(s))
-        .filter(|holder| key(holder) != key(service))
-}
-
 /// Parses a schema duration, naming the field when it does not parse.
 pub(crate) fn seconds(field: &str, text: &str) -> Result<u64, RenderError> {
     crate::api::parse_duration(text)
@@ -238,49 +225,4 @@ pub(crate) fn seconds(field: &str, text: &str) -> Result<u64, RenderError> {
             field: field.to_owned(),
             message: format!("{text:?} is not a duration like 10m or 720h"),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::cases;
-    use serde_json::json;
-
-    fn service(ns: &str, name: &str, url: &str, server: &str) -> MCPService {
-        let mut v = cases::mcp_service();
-        v["metadata"] = json!({"name": name, "namespace": ns});
-        v["spec"]["resourceUrl"] = json!(url);
-        v["spec"]["authorizationServerRef"] = json!({"name": server, "namespace": "mcp-authz"});
-        serde_json::from_value(v).expect("service")
-    }
-
-    #[test]
-    fn one_resource_url_has_one_holder_per_server() {
-        let mut server = cases::authorization_server();
-        server["metadata"] = json!({"name": "auth", "namespace": "mcp-authz"});
-        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
-        let url = "https://mcp.example.com/files";
-        let services = [
-            service("team-b", "files", url, "auth"),
-            service("team-a", "files", url, "auth"),
-            service("team-a", "notes", "https://mcp.example.com/notes", "auth"),
-            service("team-0", "files", url, "another-server"),
-        ];
-        let holder = |s: &MCPService| {
-            resource_holder(s, &server, &services)
-                .map(|h| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any()))
-        };
-        assert_eq!(holder(&services[0]).as_deref(), Some("team-a/files"));
-        assert_eq!(
-            holder(&services[1]),
-            None,
-            "the first by namespace and name holds it"
-        );
-        assert_eq!(holder(&services[2]), None);
-        assert_eq!(
-            holder(&services[3]),
-            None,
-            "another server's tokens are another matter"
-        );
-    }
 }

@@ -215,13 +215,20 @@ pub fn render(
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".to_owned()]),
-            // Only the sidecar port: the MCP server's own port is never reachable from outside the pod.
+            // The sidecar's two ports: MCP traffic, and its admin port so the chart's PodMonitor can
+            // scrape /metrics wherever policies are enforced (it serves no MCP and no secrets). The MCP
+            // server's own port is never reachable from outside the pod.
             ingress: Some(vec![NetworkPolicyIngressRule {
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(service.spec.sidecar.port)),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                }]),
+                ports: Some(
+                    [service.spec.sidecar.port, service.spec.sidecar.admin_port]
+                        .into_iter()
+                        .map(|port| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(port)),
+                            protocol: Some("TCP".to_owned()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
                 from: None,
             }]),
             egress: None,
@@ -405,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn network_policy_opens_only_the_sidecar_port() {
+    fn network_policy_opens_only_the_sidecar_ports() {
         let objects = render(&service(), &server(), &[]).expect("render");
         let np = &objects[1];
         assert_eq!(np.kind, "NetworkPolicy");
@@ -415,7 +422,8 @@ mod tests {
         );
         assert_eq!(
             np.body["spec"]["ingress"],
-            json!([{"ports": [{"port": 8443, "protocol": "TCP"}]}])
+            json!([{"ports": [{"port": 8443, "protocol": "TCP"}, {"port": 9464, "protocol": "TCP"}]}]),
+            "MCP through the sidecar, and its metrics; never the MCP server's own port"
         );
         assert_eq!(np.body["spec"]["policyTypes"], json!(["Ingress"]));
     }

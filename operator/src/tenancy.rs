@@ -1,0 +1,353 @@
+//! Who holds what when teams share one AuthorizationServer. Pure decisions, no I/O.
+//!
+//! ```text
+//! claim order   = (creationTimestamp, holding now, uid, namespace, name): the oldest claim wins and keeps winning
+//! resource URL  -> the oldest admitted MCPService naming it (per server)  -> key, entry, Ready
+//! scope value   -> the oldest MCPScope defining it (cluster-wide)         -> consent text, sensitive, lifetime
+//! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
+//! ```
+//!
+//! Age decides because it is the one order a newcomer cannot influence: names sort however their owner picks
+//! them, so "first by name" let a team displace a working service by choosing a namespace like `aaa`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{Resource, ResourceExt};
+
+use crate::api::{AuthorizationServer, MCPScope, MCPService};
+
+/// Labels of every namespace by name, as far as they are known. A namespace missing here is taken to carry only
+/// `kubernetes.io/metadata.name` (which the API server sets on each), as in local mode.
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The order in which claims were made: creation time; within its one-second resolution, the claim that holds
+/// now (`holding`, from the operator's own status, which tenants cannot write) so a working claim is not
+/// displaced by a twin of the same second; then uid (unique and fixed, so the rest is settled the same way
+/// every time), then namespace and name (for manifests read from files, which have neither).
+pub fn claim_key<K: Resource>(
+    object: &K,
+    holding: bool,
+) -> (Option<Time>, bool, String, String, String) {
+    let meta = object.meta();
+    (
+        meta.creation_timestamp.clone(),
+        !holding,
+        meta.uid.clone().unwrap_or_default(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether the operator last reported condition `type_` as True on `conditions`.
+fn reported(conditions: Option<&[Condition]>, type_: &str) -> bool {
+    conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// A service's claim: it holds now when its key was issued.
+pub fn service_claim(service: &MCPService) -> (Option<Time>, bool, String, String, String) {
+    let conditions = service.status.as_ref().map(|s| s.conditions.as_slice());
+    claim_key(service, reported(conditions, "CredentialsIssued"))
+}
+
+/// A scope's claim: it holds now when it was accepted as its value's owner.
+pub fn scope_claim(scope: &MCPScope) -> (Option<Time>, bool, String, String, String) {
+    let conditions = scope.status.as_ref().map(|s| s.conditions.as_slice());
+    claim_key(scope, reported(conditions, "Accepted"))
+}
+
+/// `namespace/name` of an object.
+pub fn key_of<K: ResourceExt>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Whether `server` admits services from `namespace` (its `allowedNamespaces`).
+pub fn admits(server: &AuthorizationServer, namespace: &str, labels: &NamespaceLabels) -> bool {
+    server.spec.allowed_namespaces.admits(
+        &server.namespace().unwrap_or_default(),
+        namespace,
+        labels.get(namespace),
+    )
+}
+
+/// Whether `service` names `server` and is admitted by it.
+pub fn attached(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    labels: &NamespaceLabels,
+) -> bool {
+    crate::render::names_server(service, server)
+        && admits(server, &service.namespace().unwrap_or_default(), labels)
+}
+
+/// The other service holding `service`'s resource URL at `server`, if one does. Tokens and the resource-server
+/// key are bound to the URL, so it has one holder per server: the oldest claim among the services attached to
+/// `server` with that URL. A service the server does not admit holds nothing.
+pub fn resource_holder<'a>(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    services: &'a [MCPService],
+    labels: &NamespaceLabels,
+) -> Option<&'a MCPService> {
+    if !attached(service, server, labels) {
+        return None;
+    }
+    services
+        .iter()
+        .filter(|s| s.spec.resource_url == service.spec.resource_url && attached(s, server, labels))
+        .min_by_key(|s| service_claim(s))
+        .filter(|holder| key_of(*holder) != key_of(service))
+}
+
+/// The owner of every scope value: the oldest MCPScope of the cluster defining it. Values are one namespace for
+/// the whole cluster (a token carries `files:read`, not a namespace), so a value can only mean one thing.
+pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
+    let mut owners: BTreeMap<&str, &MCPScope> = BTreeMap::new();
+    for scope in scopes {
+        owners
+            .entry(scope.spec.value.as_str())
+            .and_modify(|owner| {
+                if scope_claim(scope) < scope_claim(owner) {
+                    *owner = scope;
+                }
+            })
+            .or_insert(scope);
+    }
+    owners
+}
+
+/// The older MCPScope that owns `scope`'s value, when it is not `scope` itself.
+pub fn scope_owner_other_than<'a>(
+    scope: &MCPScope,
+    scopes: &'a [MCPScope],
+) -> Option<&'a MCPScope> {
+    scope_owners(scopes)
+        .get(scope.spec.value.as_str())
+        .copied()
+        .filter(|owner| key_of(*owner) != key_of(scope))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+    use serde_json::json;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("time"))
+    }
+
+    fn server(allowed: serde_json::Value) -> AuthorizationServer {
+        let mut v = cases::authorization_server();
+        v["metadata"] = json!({"name": "auth", "namespace": "mcp-authz"});
+        v["spec"]["allowedNamespaces"] = allowed;
+        serde_json::from_value(v).expect("server")
+    }
+
+    fn service(ns: &str, name: &str, url: &str, created: i64, uid: &str) -> MCPService {
+        let mut s = cases::mcp_service_in(ns, name, url, &[], None);
+        s.metadata.creation_timestamp = Some(at(created));
+        s.metadata.uid = Some(uid.to_owned());
+        s
+    }
+
+    fn scope(ns: &str, name: &str, value: &str, created: Option<i64>, uid: &str) -> MCPScope {
+        let mut v = cases::mcp_scope();
+        v["metadata"] = json!({"name": name, "namespace": ns, "uid": uid});
+        v["spec"]["value"] = json!(value);
+        let mut s: MCPScope = serde_json::from_value(v).expect("scope");
+        s.metadata.creation_timestamp = created.map(at);
+        s
+    }
+
+    fn labels(pairs: &[(&str, &[(&str, &str)])]) -> NamespaceLabels {
+        pairs
+            .iter()
+            .map(|(ns, l)| {
+                (
+                    (*ns).to_owned(),
+                    l.iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_oldest_claim_of_a_resource_url_holds_it_whatever_the_names() {
+        let all = server(json!({"from": "All"}));
+        let url = "https://mcp.example.com/files";
+        let victim = service("zzz", "files", url, 100, "u-9");
+        let newcomer = service("aaa", "files", url, 200, "u-1");
+        let same_second = service("bbb", "files", url, 100, "u-5");
+        let other_url = service("aaa", "notes", "https://mcp.example.com/notes", 50, "u-0");
+        let holder = |s: &MCPService, services: &[MCPService]| {
+            resource_holder(s, &all, services, &NamespaceLabels::new()).map(key_of)
+        };
+        let two = [newcomer.clone(), victim.clone()];
+        assert_eq!(holder(&newcomer, &two).as_deref(), Some("zzz/files"));
+        assert_eq!(holder(&victim, &two), None, "the older claim keeps it");
+        let three = [newcomer.clone(), victim.clone(), same_second.clone()];
+        assert_eq!(
+            holder(&victim, &three).as_deref(),
+            Some("bbb/files"),
+            "a tie in the creation second goes to the smaller uid"
+        );
+        assert_eq!(holder(&same_second, &three), None);
+        let mut working = victim.clone();
+        working.status = Some(crate::api::MCPServiceStatus {
+            conditions: vec![Condition {
+                type_: "CredentialsIssued".into(),
+                status: "True".into(),
+                reason: "KeyIssued".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: at(100),
+            }],
+            ..Default::default()
+        });
+        let working_three = [newcomer.clone(), working.clone(), same_second.clone()];
+        assert_eq!(
+            holder(&same_second, &working_three).as_deref(),
+            Some("zzz/files"),
+            "within the same second, the claim that holds now keeps it"
+        );
+        assert_eq!(holder(&working, &working_three), None);
+        assert_eq!(
+            holder(&other_url, &[other_url.clone(), victim.clone()]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_service_the_server_refuses_holds_nothing_and_gets_nothing() {
+        let url = "https://mcp.example.com/files";
+        let old_outsider = service("outside", "files", url, 1, "u-1");
+        let insider = service("mcp-authz", "files", url, 2, "u-2");
+        let same = server(json!({"from": "Same"}));
+        let services = [old_outsider.clone(), insider.clone()];
+        let none = NamespaceLabels::new();
+        assert_eq!(
+            resource_holder(&insider, &same, &services, &none).map(key_of),
+            None,
+            "the older claim is not admitted, so it does not count"
+        );
+        assert_eq!(
+            resource_holder(&old_outsider, &same, &services, &none).map(key_of),
+            None
+        );
+        assert!(!attached(&old_outsider, &same, &none));
+        let mut elsewhere = insider.clone();
+        elsewhere.spec.authorization_server_ref.name = "another".into();
+        assert_eq!(
+            resource_holder(&elsewhere, &same, &services, &none).map(key_of),
+            None,
+            "another server's tokens are another matter"
+        );
+    }
+
+    #[test]
+    fn allowed_namespaces_decide_by_from_and_selector() {
+        let tenants = labels(&[
+            (
+                "team-a",
+                &[
+                    ("kubernetes.io/metadata.name", "team-a"),
+                    ("mcp-authz.io/tenant", "enabled"),
+                ],
+            ),
+            ("team-b", &[("kubernetes.io/metadata.name", "team-b")]),
+        ]);
+        let by_label = json!({"from": "Selector", "selector": {"matchLabels": {"mcp-authz.io/tenant": "enabled"}}});
+        let by_name = json!({"from": "Selector", "selector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-b", "local"]}]}});
+        let broken = json!({"from": "Selector", "selector": {"matchExpressions": [
+            {"key": "x", "operator": "Near", "values": ["y"]}]}});
+        let table: &[(serde_json::Value, &str, bool)] = &[
+            (json!({}), "mcp-authz", true),
+            (json!({}), "team-a", false),
+            (json!({"from": "Same"}), "team-a", false),
+            (json!({"from": "All"}), "team-a", true),
+            (json!({"from": "All"}), "anything", true),
+            (by_label.clone(), "team-a", true),
+            (by_label.clone(), "team-b", false),
+            (by_label, "mcp-authz", false),
+            (by_name.clone(), "team-b", true),
+            (by_name.clone(), "team-a", false),
+            (by_name, "local", true),
+            (broken, "team-a", false),
+        ];
+        for (allowed, namespace, want) in table {
+            let allowed = if allowed == &json!({}) {
+                serde_json::Value::Null
+            } else {
+                allowed.clone()
+            };
+            let mut v = cases::authorization_server();
+            v["metadata"] = json!({"name": "auth", "namespace": "mcp-authz"});
+            if !allowed.is_null() {
+                v["spec"]["allowedNamespaces"] = allowed.clone();
+            }
+            let s: AuthorizationServer = serde_json::from_value(v).expect("server");
+            assert_eq!(
+                admits(&s, namespace, &tenants),
+                *want,
+                "{allowed} admitting {namespace}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_oldest_definition_of_a_scope_value_owns_it() {
+        let platform = scope("mcp-authz", "read", "files:read", Some(100), "u-5");
+        let squatter = scope("aaa", "read", "files:read", Some(200), "u-1");
+        let twin = scope("zzz", "read", "files:read", Some(100), "u-3");
+        let other = scope("aaa", "write", "files:write", Some(300), "u-7");
+        let scopes = [squatter.clone(), platform.clone(), other.clone()];
+        let owners = scope_owners(&scopes);
+        assert_eq!(
+            owners.get("files:read").map(|s| key_of(*s)).as_deref(),
+            Some("mcp-authz/read")
+        );
+        assert_eq!(
+            owners.get("files:write").map(|s| key_of(*s)).as_deref(),
+            Some("aaa/write")
+        );
+        assert_eq!(
+            scope_owner_other_than(&squatter, &scopes)
+                .map(key_of)
+                .as_deref(),
+            Some("mcp-authz/read"),
+            "a younger definition is ignored, whatever its namespace's name"
+        );
+        assert_eq!(scope_owner_other_than(&platform, &scopes).map(key_of), None);
+        let with_twin = [platform.clone(), twin.clone()];
+        assert_eq!(
+            scope_owner_other_than(&platform, &with_twin)
+                .map(key_of)
+                .as_deref(),
+            Some("zzz/read"),
+            "same second: the smaller uid"
+        );
+        let files = [
+            scope("b", "read", "files:read", None, ""),
+            scope("a", "read", "files:read", None, ""),
+        ];
+        assert_eq!(
+            scope_owners(&files)
+                .get("files:read")
+                .map(|s| key_of(*s))
+                .as_deref(),
+            Some("a/read"),
+            "manifests from files have no age: namespace and name decide"
+        );
+    }
+}

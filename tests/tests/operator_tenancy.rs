@@ -1,0 +1,433 @@
+//! Teams sharing one AuthorizationServer, against the real API server with the operator under the chart's
+//! rules: a newcomer cannot take a working service's resource URL or redefine its scopes, a namespace the
+//! server does not admit gets nothing, and a resource URL cannot be edited into someone else's.
+
+mod operator_support;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use mcp_authz_operator::api::cases;
+use mcp_authz_tests::control_plane::{ControlPlane, eventually};
+use operator_support::{condition, get_json};
+use serde_json::{Value, json};
+
+const V1: &str = "mcp-authz.io/v1alpha1";
+const TENANT_LABEL: &str = "mcp-authz.io/tenant";
+const URL: &str = "https://mcp.example.com/files";
+
+fn service(namespace: &str, platform: &str, url: &str, display: &str, scopes: &[&str]) -> Value {
+    let mut s = cases::mcp_service();
+    s["metadata"] = json!({"name": "files", "namespace": namespace});
+    s["spec"]["resourceUrl"] = json!(url);
+    s["spec"]["displayName"] = json!(display);
+    s["spec"]["scopes"] = json!(scopes);
+    s["spec"]["rules"] = json!([]);
+    s["spec"]["authorizationServerRef"] = json!({"name": "auth", "namespace": platform});
+    s
+}
+
+fn scope(namespace: &str, name: &str, value: &str, description: &str, sensitive: bool) -> Value {
+    json!({
+        "apiVersion": V1, "kind": "MCPScope",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"value": value, "description": description, "sensitive": sensitive}
+    })
+}
+
+async fn label_tenant(admin: &kube::Client, namespace: &str, value: Option<&str>) {
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {TENANT_LABEL: value}}})),
+        )
+        .await
+        .expect("label namespace");
+}
+
+async fn conditions_of(
+    admin: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let object = get_json(admin, namespace, V1, kind, name).await?;
+    condition(&object, type_)
+}
+
+async fn secret(admin: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(admin.clone(), namespace)
+        .get_opt(name)
+        .await
+        .expect("get secret")
+}
+
+/// The authorization server's rendered config once it has been rendered after everything created so far:
+/// `marker`, a new scope of the platform namespace, shows up only in a rendering that saw the newer objects.
+async fn config_after(admin: &kube::Client, platform: &str, marker: &str) -> Value {
+    operator_support::create(
+        admin,
+        platform,
+        &scope(platform, &marker.replace(':', "-"), marker, "marker", false),
+    )
+    .await
+    .expect("marker scope");
+    eventually(&format!("the authserver config lists {marker}"), || async {
+        let cm = get_json(admin, platform, "v1", "ConfigMap", "auth-authserver").await?;
+        let text = cm["data"]["authserver.yaml"].as_str()?;
+        let config: Value = serde_saphyr::from_str(text).expect("config YAML");
+        config["scopes"]
+            .as_array()?
+            .iter()
+            .any(|s| s["value"] == marker)
+            .then_some(config)
+    })
+    .await
+}
+
+fn entries(config: &Value) -> Vec<(String, String)> {
+    config["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or_default().to_owned(),
+                r["displayName"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_take_another_tenants_ground() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    // Names chosen so that the newcomer's namespace sorts first: age, not names, must decide.
+    let victim_ns = cluster.new_namespace("zzz").await.expect("namespace");
+    let newcomer_ns = cluster.new_namespace("aaa").await.expect("namespace");
+    let outside_ns = cluster.new_namespace("outside").await.expect("namespace");
+    label_tenant(&admin, &victim_ns, Some("enabled")).await;
+    label_tenant(&admin, &newcomer_ns, Some("enabled")).await;
+
+    let configuration = format!("mcp-authz-webhook-{platform}");
+    let operator =
+        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
+            .await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&platform, "op-tenancy", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(platform);
+    server["spec"]["allowedNamespaces"] =
+        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
+    operator_support::create(&admin, &platform, &server)
+        .await
+        .expect("AuthorizationServer");
+    operator_support::create(
+        &admin,
+        &platform,
+        &scope(
+            &platform,
+            "files-read",
+            "files:read",
+            "Read your files",
+            false,
+        ),
+    )
+    .await
+    .expect("platform scope");
+
+    // The team that was first: its scope, its service, working.
+    operator_support::create(
+        &admin,
+        &victim_ns,
+        &scope(
+            &victim_ns,
+            "files-write",
+            "files:write",
+            "Change and delete your files",
+            true,
+        ),
+    )
+    .await
+    .expect("victim scope");
+    operator_support::create(
+        &admin,
+        &victim_ns,
+        &service(
+            &victim_ns,
+            &platform,
+            URL,
+            "Files",
+            &["files:read", "files:write"],
+        ),
+    )
+    .await
+    .expect("victim service");
+    eventually("the victim is Ready", || async {
+        conditions_of(&admin, &victim_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    let victim_key = eventually("the victim's credentials", || {
+        secret(&admin, &victim_ns, "files-mcp-authz-sidecar-credentials")
+    })
+    .await;
+    // creationTimestamp has one-second resolution: make the newcomer visibly younger.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // The newcomer: same URL, same scope value with a softer meaning.
+    operator_support::create(
+        &admin,
+        &newcomer_ns,
+        &scope(
+            &newcomer_ns,
+            "files-write",
+            "files:write",
+            "Nothing to worry about",
+            false,
+        ),
+    )
+    .await
+    .expect("newcomer scope");
+    operator_support::create(
+        &admin,
+        &newcomer_ns,
+        &service(
+            &newcomer_ns,
+            &platform,
+            URL,
+            "Impostor",
+            &["files:read", "files:write"],
+        ),
+    )
+    .await
+    .expect("newcomer service");
+
+    let taken = eventually("the newcomer's CredentialsIssued=False", || async {
+        conditions_of(
+            &admin,
+            &newcomer_ns,
+            "MCPService",
+            "files",
+            "CredentialsIssued",
+        )
+        .await
+        .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (taken.1.as_str(), taken.2),
+        (
+            "ResourceURLTaken",
+            format!(
+                "MCPService {victim_ns}/files already protects {URL} with AuthorizationServer {platform}/auth; give this service its own resourceUrl"
+            )
+        )
+    );
+    assert_eq!(
+        conditions_of(&admin, &newcomer_ns, "MCPService", "files", "Ready").await,
+        Some((
+            "False".into(),
+            "ResourceURLTaken".into(),
+            "see CredentialsIssued".into()
+        ))
+    );
+    assert_eq!(
+        conditions_of(
+            &admin,
+            &newcomer_ns,
+            "MCPService",
+            "files",
+            "ScopesResolved"
+        )
+        .await,
+        Some((
+            "False".into(),
+            "MCPScopeNotFound".into(),
+            format!(
+                "no MCPScope of namespace {newcomer_ns} or {platform} owns: files:write (owned by MCPScope {victim_ns}/files-write)"
+            )
+        ))
+    );
+    let ignored = eventually("the newcomer's scope Accepted=False", || async {
+        conditions_of(&admin, &newcomer_ns, "MCPScope", "files-write", "Accepted")
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (ignored.1.as_str(), ignored.2),
+        (
+            "ValueTaken",
+            format!(
+                "MCPScope {victim_ns}/files-write defined files:write first and owns its meaning; this definition is ignored: choose another value"
+            )
+        )
+    );
+
+    let config = config_after(&admin, &platform, "marker:one").await;
+    assert_eq!(
+        entries(&config),
+        [(URL.to_owned(), "Files".to_owned())],
+        "the server's entry for the URL stays the victim's"
+    );
+    let write = config["scopes"]
+        .as_array()
+        .expect("scopes")
+        .iter()
+        .find(|s| s["value"] == "files:write")
+        .expect("files:write in the catalogue");
+    assert_eq!(
+        (&write["description"], &write["sensitive"]),
+        (&json!("Change and delete your files"), &json!(true)),
+        "the scope keeps its first owner's meaning"
+    );
+    assert!(
+        secret(&admin, &newcomer_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none(),
+        "no key for the newcomer"
+    );
+    assert_eq!(
+        conditions_of(&admin, &victim_ns, "MCPService", "files", "Ready")
+            .await
+            .map(|c| c.0),
+        Some("True".into()),
+        "the victim keeps working"
+    );
+    assert_eq!(
+        secret(&admin, &victim_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .map(|s| (s.metadata.uid, s.data)),
+        Some((victim_key.metadata.uid, victim_key.data))
+    );
+    eventually("the victim's scope still owns its value", || async {
+        conditions_of(&admin, &victim_ns, "MCPScope", "files-write", "Accepted")
+            .await
+            .filter(|c| c.0 == "True" && c.1 == "OwnsValue")
+    })
+    .await;
+
+    // Editing the URL would carry an old claim onto someone else's URL: the API server refuses it.
+    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &newcomer_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .patch(
+        "files",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"resourceUrl": "https://mcp.example.com/elsewhere"}})),
+    )
+    .await
+    .expect_err("resourceUrl is immutable");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(
+                status.message.contains("spec.resourceUrl")
+                    && status.message.contains(
+                        "resourceUrl is immutable: delete this MCPService and create a new one to move it"
+                    ),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+
+    // A namespace the server does not admit: a condition, no key, no entry.
+    let outside_url = "https://mcp.example.com/outside";
+    operator_support::create(
+        &admin,
+        &outside_ns,
+        &service(
+            &outside_ns,
+            &platform,
+            outside_url,
+            "Outside",
+            &["files:read"],
+        ),
+    )
+    .await
+    .expect("outside service");
+    let refused = eventually("the outsider's CredentialsIssued=False", || async {
+        conditions_of(
+            &admin,
+            &outside_ns,
+            "MCPService",
+            "files",
+            "CredentialsIssued",
+        )
+        .await
+        .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (refused.1.as_str(), refused.2),
+        (
+            "NamespaceNotAllowed",
+            format!(
+                "AuthorizationServer {platform}/auth does not admit services from namespace {outside_ns} (allowedNamespaces from: Selector {TENANT_LABEL}=enabled); a platform admin decides which namespaces may use it"
+            )
+        )
+    );
+    assert_eq!(
+        conditions_of(&admin, &outside_ns, "MCPService", "files", "Ready").await,
+        Some((
+            "False".into(),
+            "NamespaceNotAllowed".into(),
+            "see CredentialsIssued".into()
+        ))
+    );
+    let config = config_after(&admin, &platform, "marker:two").await;
+    assert_eq!(entries(&config), [(URL.to_owned(), "Files".to_owned())]);
+    assert!(
+        secret(&admin, &outside_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none(),
+        "no key for a namespace the server does not admit"
+    );
+
+    // The platform admin lets the namespace in: the service attaches without any change of its own...
+    label_tenant(&admin, &outside_ns, Some("enabled")).await;
+    eventually("the admitted service's credentials", || {
+        secret(&admin, &outside_ns, "files-mcp-authz-sidecar-credentials")
+    })
+    .await;
+    eventually("the admitted service is Ready", || async {
+        conditions_of(&admin, &outside_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    // ...and shuts it out again: the key it was given goes with the entry.
+    label_tenant(&admin, &outside_ns, None).await;
+    eventually("the shut-out service's key is deleted", || async {
+        secret(&admin, &outside_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The key goes before the status is written (Events come in between): wait for the status.
+    eventually("the shut-out service says why", || async {
+        conditions_of(&admin, &outside_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "NamespaceNotAllowed")
+    })
+    .await;
+    let config = config_after(&admin, &platform, "marker:three").await;
+    assert_eq!(entries(&config), [(URL.to_owned(), "Files".to_owned())]);
+    running.stop();
+}

@@ -515,18 +515,7 @@ impl AuthServerConfig {
         }
         let mut resources = HashSet::new();
         for resource in &self.resources {
-            let url = Url::parse(&resource.resource).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "resource {:?} is not a URL: {e}",
-                    resource.resource
-                ))
-            })?;
-            if url.fragment().is_some() || !is_https_or_loopback(&url) {
-                return bad(format!(
-                    "resource {:?} must be https (http only on loopback) without fragment",
-                    resource.resource
-                ));
-            }
+            check_resource_url(&resource.resource)?;
             if !resources.insert(resource.resource.as_str()) {
                 return bad(format!("resource {:?} is defined twice", resource.resource));
             }
@@ -614,6 +603,19 @@ impl AuthServerConfig {
     pub fn resource(&self, resource: &str) -> Option<&ResourceConfig> {
         self.resources.iter().find(|r| r.resource == resource)
     }
+}
+
+/// A resource URL this server accepts: https (http only on loopback), no fragment. The operator checks each
+/// team's URL with it before rendering, so one bad URL leaves out one service instead of the whole config.
+pub fn check_resource_url(resource: &str) -> Result<(), ConfigError> {
+    let url = Url::parse(resource)
+        .map_err(|e| ConfigError::Invalid(format!("resource {resource:?} is not a URL: {e}")))?;
+    if url.fragment().is_some() || !is_https_or_loopback(&url) {
+        return Err(ConfigError::Invalid(format!(
+            "resource {resource:?} must be https (http only on loopback) without fragment"
+        )));
+    }
+    Ok(())
 }
 
 /// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )` (RFC 6749 §3.3).

@@ -925,42 +925,36 @@ async fn bulk_revocation_reaches_every_grant_and_listings_say_when_they_are_cut(
     assert_eq!(list, json!({"grants": [], "truncated": false}));
 }
 
-/// An anonymous document (no policy names it) is not trusted with error redirects even at a real resource: the
-/// error is a page. A document a policy names (its host is allowed) gets its errors back as usual, and so does a
-/// loopback redirect, which stays on the person's machine.
+/// An anonymous document (the platform's policy does not name it) is not trusted with error redirects even at a
+/// real resource: the error is a page; a team's policy naming its host does not vouch on the shared issuer's
+/// behalf. A document the platform's policy names gets its errors back as usual, and so does a loopback redirect,
+/// which stays on the person's machine.
 #[tokio::test]
 async fn only_vouched_clients_get_error_redirects() {
     let docs = Documents::start().await;
-    let phish = "https://phish.example/x";
+    let web = "https://app.example.com/cb";
     let anonymous = docs.serve(
-        "/phish.json",
-        json!({"client_name": "Phisher", "redirect_uris": [phish], "token_endpoint_auth_method": "none"}),
-    );
-    let named = docs.serve(
-        "/agents/named.json",
-        json!({"client_name": "Named", "redirect_uris": ["https://app.example.com/cb"],
-               "token_endpoint_auth_method": "none"}),
+        "/agents/web.json",
+        json!({"client_name": "Web agent", "redirect_uris": [web], "token_endpoint_auth_method": "none"}),
     );
     let local = docs.serve(
         "/local.json",
         json!({"client_name": "Local", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}),
     );
-    let named_pattern = docs.url("/agents");
-    let config = docs.config(&[]);
-    let s = TestServer::start_with(|c| {
-        c.cimd = config;
-        c.cimd.baseline.allow_client_ids = vec![];
-        c.cimd.policies.insert(
-            "partners".into(),
-            Policy {
-                client_id_patterns: vec![named_pattern.clone(), docs.url("/")],
-                ..Policy::default()
-            },
-        );
-        c.resources[1].cimd_policy = Some("partners".into());
+    let team_names_it = Policy {
+        client_id_patterns: vec![docs.url("/agents")],
+        ..Policy::default()
+    };
+    let config = docs.config(&[("team", team_names_it)]);
+    let open = TestServer::start_with(|c| {
+        c.cimd = config.clone();
+        c.resources[1].cimd_policy = Some("team".into());
     })
     .await;
-    let bogus = |client_id: &str, redirect: &str, resource: &str| {
+    let mut vouching = config.clone();
+    vouching.baseline.client_id_patterns = vec![docs.url("/")];
+    let platform_names_it = TestServer::start_with(|c| c.cimd = vouching).await;
+    let bogus = |s: &TestServer, client_id: &str, redirect: &str, resource: &str| {
         let query = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs([
                 ("response_type", "bogus"),
@@ -972,17 +966,20 @@ async fn only_vouched_clients_get_error_redirects() {
             .finish();
         s.http.get(s.url(&format!("/authorize?{query}"))).send()
     };
-    let r = bogus(&anonymous, phish, RESOURCE).await.unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.headers().get("location").is_none());
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("response_type &quot;bogus&quot; is not supported; use code")
-    );
-    // Named by the mail resource's policy: its errors go back to it.
-    let r = bogus(&named, "https://app.example.com/cb", OTHER_RESOURCE)
+    for resource in [RESOURCE, OTHER_RESOURCE] {
+        let r = bogus(&open, &anonymous, web, resource).await.unwrap();
+        assert_eq!(r.status(), 400, "{resource}");
+        assert!(r.headers().get("location").is_none());
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("response_type &quot;bogus&quot; is not supported; use code")
+        );
+    }
+    let r = bogus(&open, &local, REDIRECT, RESOURCE).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let r = bogus(&platform_names_it, &anonymous, web, RESOURCE)
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
@@ -992,8 +989,6 @@ async fn only_vouched_clients_get_error_redirects() {
             .unwrap()
             .starts_with("https://app.example.com/cb?error=unsupported_response_type")
     );
-    let r = bogus(&local, REDIRECT, RESOURCE).await.unwrap();
-    assert_eq!(r.status(), 303);
 }
 
 /// An administrator's revocation also forgets the consent: the client must ask the person again.

@@ -1,14 +1,17 @@
 //! Who holds what when teams share one AuthorizationServer. Pure decisions, no I/O.
 //!
 //! ```text
-//! claim order   = (creationTimestamp, holding now, uid, namespace, name): the oldest claim wins and keeps winning
+//! claim order   = (holding now, creationTimestamp, uid, namespace, name): what works keeps working; else the oldest
 //! resource URL  -> the oldest admitted MCPService naming it (per server)  -> key, entry, Ready
 //! scope value   -> the oldest MCPScope defining it (cluster-wide)         -> consent text, sensitive, lifetime
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
 //! ```
 //!
-//! Age decides because it is the one order a newcomer cannot influence: names sort however their owner picks
-//! them, so "first by name" let a team displace a working service by choosing a namespace like `aaa`.
+//! A claim that holds keeps holding (until it is deleted, detached or its namespace is shut out): age alone let an
+//! old claim parked elsewhere (naming another server, or in a namespace not yet admitted) take a working URL the
+//! moment it attached. Among claims that do not hold, age decides, the one order a newcomer cannot influence:
+//! names sort however their owner picks them, so "first by name" let a team displace a working service by
+//! choosing a namespace like `aaa`.
 
 use std::collections::BTreeMap;
 
@@ -21,18 +24,18 @@ use crate::api::{AuthorizationServer, MCPScope, MCPService};
 /// `kubernetes.io/metadata.name` (which the API server sets on each), as in local mode.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The order in which claims were made: creation time; within its one-second resolution, the claim that holds
-/// now (`holding`, from the operator's own status, which tenants cannot write) so a working claim is not
-/// displaced by a twin of the same second; then uid (unique and fixed, so the rest is settled the same way
-/// every time), then namespace and name (for manifests read from files, which have neither).
+/// The order of claims: the claim that holds now first (`holding`, from the operator's own status, which tenants
+/// cannot write), so a working claim is never displaced by one that merely is older; then creation time; then
+/// uid (unique and fixed, so the rest is settled the same way every time), then namespace and name (for
+/// manifests read from files, which have neither).
 pub fn claim_key<K: Resource>(
     object: &K,
     holding: bool,
-) -> (Option<Time>, bool, String, String, String) {
+) -> (bool, Option<Time>, String, String, String) {
     let meta = object.meta();
     (
-        meta.creation_timestamp.clone(),
         !holding,
+        meta.creation_timestamp.clone(),
         meta.uid.clone().unwrap_or_default(),
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
@@ -48,13 +51,13 @@ fn reported(conditions: Option<&[Condition]>, type_: &str) -> bool {
 }
 
 /// A service's claim: it holds now when its key was issued.
-pub fn service_claim(service: &MCPService) -> (Option<Time>, bool, String, String, String) {
+pub fn service_claim(service: &MCPService) -> (bool, Option<Time>, String, String, String) {
     let conditions = service.status.as_ref().map(|s| s.conditions.as_slice());
     claim_key(service, reported(conditions, "CredentialsIssued"))
 }
 
 /// A scope's claim: it holds now when it was accepted as its value's owner.
-pub fn scope_claim(scope: &MCPScope) -> (Option<Time>, bool, String, String, String) {
+pub fn scope_claim(scope: &MCPScope) -> (bool, Option<Time>, String, String, String) {
     let conditions = scope.status.as_ref().map(|s| s.conditions.as_slice());
     claim_key(scope, reported(conditions, "Accepted"))
 }
@@ -221,6 +224,16 @@ mod tests {
             "within the same second, the claim that holds now keeps it"
         );
         assert_eq!(holder(&working, &working_three), None);
+        // An older claim that did not hold (parked at another server, or in a namespace admitted only now) does
+        // not take a working URL when it attaches.
+        let parked = service("aaa", "parked", url, 10, "u-0");
+        let attached_late = [parked.clone(), working.clone()];
+        assert_eq!(
+            holder(&parked, &attached_late).as_deref(),
+            Some("zzz/files"),
+            "a working holder keeps its URL against an older claim"
+        );
+        assert_eq!(holder(&working, &attached_late), None);
         assert_eq!(
             holder(&other_url, &[other_url.clone(), victim.clone()]),
             None

@@ -345,6 +345,32 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
         }
         other => panic!("expected a refusal, got {other}"),
     }
+    // So is switching servers: a claim parked at another server must not carry its age onto this one.
+    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &newcomer_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .patch(
+        "files",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"authorizationServerRef": {"name": "elsewhere"}}})),
+    )
+    .await
+    .expect_err("authorizationServerRef is immutable");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(
+                status.message.contains(
+                    "authorizationServerRef is immutable: delete this MCPService and create a new one to move it"
+                ),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
 
     // A namespace the server does not admit: a condition, no key, no entry.
     let outside_url = "https://mcp.example.com/outside";

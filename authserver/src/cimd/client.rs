@@ -33,8 +33,9 @@ pub struct ClientDocument {
     pub fingerprint: String,
     /// The policies this client was admitted under (baseline first), for the audit log.
     pub policies: Vec<String>,
-    /// Whether a policy named this client (an `allowClientIds` entry or a matching client_id pattern) rather
-    /// than admitting any well-formed document: only then is it trusted with redirects before a person saw it.
+    /// Whether the baseline (the platform's policy) named this client (an `allowClientIds` entry or a matching
+    /// client_id pattern) rather than admitting any well-formed document: only then is it trusted with redirects
+    /// before a person saw it. A team's policy does not vouch on the shared issuer's behalf.
     pub vouched: bool,
     pub(crate) redirect_kinds: Vec<RedirectKind>,
 }

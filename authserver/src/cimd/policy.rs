@@ -268,8 +268,10 @@ pub fn admit(
         policy_uri: doc.policy_uri.clone(),
         fingerprint: doc.fingerprint.clone(),
         policies: policies.iter().map(|p| p.name.clone()).collect(),
+        // Only the baseline (the platform's own policy) vouches: a team's policy naming hosts must not make the
+        // shared issuer redirect to whatever those hosts list.
         vouched: Url::parse(&doc.client_id)
-            .is_ok_and(|url| policies.iter().any(|p| p.vouches_for(&url))),
+            .is_ok_and(|url| policies.first().is_some_and(|b| b.vouches_for(&url))),
         redirect_kinds,
     })
 }

@@ -414,6 +414,25 @@ mod tests {
             errors[0].message,
             "resourceUrl is immutable: delete this MCPService and create a new one to move it"
         );
+        // Switching servers would let a claim parked at another server take a working URL: refused too.
+        let switched = with(
+            old.clone(),
+            "/spec/authorizationServerRef",
+            json!({"name": "other", "namespace": "mcp-authz"}),
+        );
+        let errors = Validator::new()
+            .validate(&schema_for("MCPService"), &switched, Some(&old))
+            .expect_err("a switched server is refused")
+            .into_vec();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].field_path.ends_with("authorizationServerRef"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[0].message,
+            "authorizationServerRef is immutable: delete this MCPService and create a new one to move it"
+        );
         let renamed = with(old.clone(), "/spec/displayName", json!("Files"));
         assert!(
             Validator::new()

@@ -57,6 +57,8 @@ pub struct MCPServiceSpec {
     pub display_name: Option<String>,
 
     /// The AuthorizationServer that issues tokens for this service.
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("authorizationServerRef is immutable: delete this MCPService and create a new one to move it"))]
     pub authorization_server_ref: NamespacedRef,
 
     /// Where the MCP server listens inside the pod.

@@ -158,8 +158,27 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     {
         add(scope)?;
     }
+    // One team's object must not stop the shared server from loading its config: a policy the server would
+    // refuse is left out (with the services naming it), and so is a resource URL it would refuse.
+    let named = named_policies(inputs);
+    let refused_policies: std::collections::BTreeSet<String> = named
+        .iter()
+        .filter(|p| {
+            mcp_authz_authserver::cimd::CompiledPolicy::compile(
+                &cimd::policy_key(p),
+                &cimd::policy(p),
+            )
+            .is_err()
+        })
+        .map(|p| cimd::policy_key(p))
+        .collect();
     let mut resources = Vec::new();
     for service in &services {
+        if let Err(e) = mcp_authz_authserver::config::check_resource_url(&service.spec.resource_url)
+        {
+            tracing::warn!(service = %crate::tenancy::key_of(*service), error = %e, "left out of the server's config");
+            continue;
+        }
         if crate::tenancy::resource_holder(
             service,
             inputs.server,
@@ -184,6 +203,7 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             }
         }
         let policy = match super::service_policy(service, inputs.policies) {
+            Some(Ok(p)) if refused_policies.contains(&cimd::policy_key(p)) => continue,
             Some(Ok(p)) => Some(cimd::policy_key(p)),
             // A missing policy must not silently widen admission to the default: the service is
             // left out until its policy exists (its PolicyResolved condition says why).
@@ -201,14 +221,32 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             cimd_policy: policy,
         });
     }
-    // Implied scopes must exist; drop dangling implications rather than refuse the whole config.
+    // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope
+    // implying a value it does not own would let the value's owner (any team that defines it first) set the
+    // lifetime, sensitivity and consent text of this team's tokens. Others are dropped, not refused.
+    let owner_namespace = |value: &str| owners.get(value).and_then(|s| s.namespace());
+    for scope in catalogue.values_mut() {
+        let own = owner_namespace(&scope.value);
+        let implies = std::mem::take(&mut scope.implies);
+        scope.implies = implies
+            .into_iter()
+            .filter(|v| {
+                let theirs = owner_namespace(v);
+                theirs.is_some() && (theirs == own || theirs.as_deref() == Some(server_ns.as_str()))
+            })
+            .collect();
+    }
     let values: Vec<String> = catalogue.keys().cloned().collect();
     for scope in catalogue.values_mut() {
         scope.implies.retain(|v| values.contains(v));
     }
     config.scopes = catalogue.into_values().collect();
     config.resources = resources;
-    config.cimd = cimd::config(default_policy(inputs), &named_policies(inputs));
+    let kept: Vec<_> = named
+        .into_iter()
+        .filter(|p| !refused_policies.contains(&cimd::policy_key(p)))
+        .collect();
+    config.cimd = cimd::config(default_policy(inputs), &kept);
     config.dynamic_client_registration.enabled =
         default_policy(inputs).is_some_and(|p| p.spec.dynamic_client_registration);
     config.resource_servers = Some(ResourceServers {
@@ -666,6 +704,83 @@ mod tests {
                 .resources
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn one_teams_bad_object_leaves_out_that_team_only() {
+        let server = server(json!({"allowedNamespaces": {"from": "All"}}));
+        let services = [
+            cases::mcp_service_in("good", "files", "https://mcp.example.com/files", &[], None),
+            // The CRD's prefix check lets this through; the server's URL parser does not.
+            cases::mcp_service_in("bad", "url", "https://mcp.tenant example/mcp", &[], None),
+            cases::mcp_service_in(
+                "bad",
+                "wild",
+                "https://mcp.example.com/wild",
+                &[],
+                Some("too-wide"),
+            ),
+        ];
+        let mut too_wide = policy("bad", "too-wide");
+        too_wide.spec.allowed_hosts = vec!["*.com".into()];
+        let policies = [too_wide];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &[],
+            policies: &policies,
+            namespaces: &NamespaceLabels::new(),
+        };
+        let c = authserver_config(&inputs).expect("config");
+        assert_eq!(
+            c.resources
+                .iter()
+                .map(|r| r.resource.as_str())
+                .collect::<Vec<_>>(),
+            ["https://mcp.example.com/files"]
+        );
+        assert!(c.cimd.policies.is_empty(), "{:?}", c.cimd.policies.keys());
+        c.validate()
+            .expect("the shared server still loads its config");
+        mcp_authz_authserver::cimd::Resolver::new(c.cimd.clone()).expect("and its CIMD policies");
+    }
+
+    #[test]
+    fn a_scope_implies_only_its_own_teams_values_or_the_platforms() {
+        let server = server(json!({"allowedNamespaces": {"from": "All"}}));
+        let services = [cases::mcp_service_in(
+            "zzz",
+            "b",
+            "https://mcp.example.com/b",
+            &["b:admin", "b:list", "b:read"],
+            None,
+        )];
+        let mut admin = scope("zzz", "b:admin", false);
+        admin.spec.implies = vec!["b:read".into(), "b:list".into(), "platform:read".into()];
+        // `b:read` is defined first by another team, which would set its lifetime and consent text.
+        let squatted = scope("aaa", "b:read", true);
+        let scopes = [
+            admin,
+            squatted,
+            scope("zzz", "b:list", false),
+            scope("mcp-authz", "platform:read", false),
+        ];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+        };
+        let c = authserver_config(&inputs).expect("config");
+        let admin = c
+            .scopes
+            .iter()
+            .find(|s| s.value == "b:admin")
+            .expect("b:admin");
+        assert_eq!(admin.implies, ["b:list", "platform:read"]);
+        assert!(c.scopes.iter().all(|s| s.value != "b:read"));
+        c.validate().expect("valid");
     }
 
     #[test]

@@ -245,19 +245,21 @@ fn resource_server(
     let root = state.resource_server_root().ok_or_else(|| {
         OAuthError::invalid_client("this server accepts no resource-server credentials")
     })?;
-    if snapshot.config.resource(resource).is_none() {
+    let Some(configured) = snapshot.config.resource(resource) else {
         return Err(OAuthError::invalid_client(format!(
             "{:?} is not a resource of this server",
             shorten(resource)
         )));
-    }
+    };
     Ok(ClientView {
         client_id: client_id.to_owned(),
         name: format!("resource server of {resource}"),
         id_host: client_id.to_owned(),
         redirect_uris: Vec::new(),
         auth_method: ClientAuthMethod::PrivateKeyJwt,
-        keys: Some(ClientKeySource::Jwks(root.public_jwks(resource))),
+        keys: Some(ClientKeySource::Jwks(
+            root.public_jwks_for(resource, &configured.holder),
+        )),
         grant_types: Vec::new(),
         client_credentials_scopes: Vec::new(),
         may_introspect: true,

@@ -263,6 +263,10 @@ pub struct ResourceConfig {
     /// Name of the CIMD policy that admits clients for this resource (the default policy when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cimd_policy: Option<String>,
+    /// Who holds this URL (the operator writes the MCPService's uid): part of its resource server's key, so a
+    /// key issued to an earlier holder is not accepted. Empty in local mode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder: String,
 }
 
 /// Login: exactly one of `static` and `upstreamOidc`.

@@ -86,30 +86,50 @@ impl Root {
         format!("{}\n", STANDARD.encode(self.0))
     }
 
-    fn key_pair(&self, resource: &str) -> Ed25519KeyPair {
+    /// The key of `resource`'s resource server while `holder` holds the URL. The holder (the operator's claim
+    /// id: the MCPService's uid) is part of the derivation, so when the URL passes to another claim, or its
+    /// holder is deleted and created again, every key issued before stops working: deleting a leaked Secret is
+    /// not the only remedy. An empty holder is the derivation from before holders existed (local mode).
+    fn key_pair(&self, resource: &str, holder: &str) -> Ed25519KeyPair {
         let mut seed = [0u8; 32];
+        let info: &[&[u8]] = if holder.is_empty() {
+            &[resource.as_bytes()]
+        } else {
+            &[resource.as_bytes(), b"\n", holder.as_bytes()]
+        };
         Salt::new(HKDF_SHA256, SALT)
             .extract(&self.0)
-            .expand(&[resource.as_bytes()], HKDF_SHA256)
+            .expand(info, HKDF_SHA256)
             .and_then(|okm| okm.fill(&mut seed))
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         Ed25519KeyPair::from_seed_unchecked(&seed).expect("every 32-byte seed is an Ed25519 key")
     }
 
-    /// The private key of `resource`'s resource server: PKCS#8 PEM, what the sidecar signs its assertions with.
-    pub fn private_key_pem(&self, resource: &str) -> String {
+    /// The private key of `resource`'s resource server held by `holder`: PKCS#8 PEM, what the sidecar signs its
+    /// assertions with.
+    pub fn private_key_pem_for(&self, resource: &str, holder: &str) -> String {
         let der = self
-            .key_pair(resource)
+            .key_pair(resource, holder)
             .to_pkcs8()
             .expect("an Ed25519 key serialises to PKCS#8");
         crate::keys::pkcs8_pem(der.as_ref())
     }
 
-    /// The public JWK Set of `resource`'s resource server (one EdDSA key).
-    pub fn public_jwks(&self, resource: &str) -> Value {
-        let public = self.key_pair(resource);
+    /// [`Root::private_key_pem_for`] without a holder.
+    pub fn private_key_pem(&self, resource: &str) -> String {
+        self.private_key_pem_for(resource, "")
+    }
+
+    /// The public JWK Set (one EdDSA key) of `resource`'s resource server held by `holder`.
+    pub fn public_jwks_for(&self, resource: &str, holder: &str) -> Value {
+        let public = self.key_pair(resource, holder);
         let x = URL_SAFE_NO_PAD.encode(public.public_key().as_ref());
         json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA", "use": "sig" }] })
+    }
+
+    /// [`Root::public_jwks_for`] without a holder.
+    pub fn public_jwks(&self, resource: &str) -> Value {
+        self.public_jwks_for(resource, "")
     }
 }
 
@@ -153,6 +173,17 @@ mod tests {
         assert_eq!(a, root(1).public_jwks("https://a.example/mcp"));
         assert_ne!(a, root(1).public_jwks("https://b.example/mcp"));
         assert_ne!(a, root(2).public_jwks("https://a.example/mcp"));
+        // Another holder of the same URL has another key; the old holder's stops working.
+        let held = root(1).public_jwks_for("https://a.example/mcp", "uid-1");
+        assert_ne!(held, a);
+        assert_ne!(
+            held,
+            root(1).public_jwks_for("https://a.example/mcp", "uid-2")
+        );
+        assert_eq!(
+            held,
+            root(1).public_jwks_for("https://a.example/mcp", "uid-1")
+        );
     }
 
     #[test]

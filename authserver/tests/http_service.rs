@@ -593,6 +593,17 @@ fn resource_server_assertion(
     resource: &str,
     jti: &str,
 ) -> String {
+    held_resource_server_assertion(s, root, resource, "", jti)
+}
+
+/// The same, with the key of the URL's `holder`.
+fn held_resource_server_assertion(
+    s: &TestServer,
+    root: &mcp_authz_authserver::resource_servers::Root,
+    resource: &str,
+    holder: &str,
+    jti: &str,
+) -> String {
     let id = mcp_authz_authserver::resource_servers::client_id(resource);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -601,7 +612,10 @@ fn resource_server_assertion(
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
         &json!({"iss": id, "sub": id, "aud": s.base, "exp": now + 60, "jti": jti}),
-        &jsonwebtoken::EncodingKey::from_ed_pem(root.private_key_pem(resource).as_bytes()).unwrap(),
+        &jsonwebtoken::EncodingKey::from_ed_pem(
+            root.private_key_pem_for(resource, holder).as_bytes(),
+        )
+        .unwrap(),
     )
     .unwrap()
 }
@@ -823,4 +837,45 @@ async fn registrations_past_the_hourly_budget_are_refused_with_429() {
         .await
         .unwrap();
     assert_eq!(again.status(), 429);
+}
+
+/// A resource server's key belongs to the claim holding the URL: when the URL passes to another holder (or its
+/// holder is created again), a key issued before is refused, whoever kept a copy of its Secret.
+#[tokio::test]
+async fn an_earlier_holders_key_is_refused() {
+    use mcp_authz_authserver::resource_servers::Root;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::generate().unwrap();
+    let root_file = dir.path().join("resource-server-root");
+    std::fs::write(&root_file, root.to_text()).unwrap();
+    let mut config = base_config(dir.path(), free_port());
+    config.resource_servers = Some(mcp_authz_authserver::config::ResourceServers { root_file });
+    config.resources[0].holder = "uid-now".into();
+    let s = TestServer::start_in(dir, config).await;
+    let files = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let files = files["access_token"].as_str().unwrap();
+    let (status, body) = s
+        .introspect_as(
+            &held_resource_server_assertion(&s, &root, RESOURCE, "uid-now", "1"),
+            files,
+        )
+        .await;
+    assert_eq!(
+        (status, body["active"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    for (holder, jti) in [("uid-before", "2"), ("", "3")] {
+        let (status, body) = s
+            .introspect_as(
+                &held_resource_server_assertion(&s, &root, RESOURCE, holder, jti),
+                files,
+            )
+            .await;
+        assert_eq!(
+            (status, body["error_description"].as_str()),
+            (401, Some("client_assertion rejected: InvalidSignature")),
+            "{holder:?}: {body}"
+        );
+    }
 }

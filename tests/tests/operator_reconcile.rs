@@ -205,8 +205,9 @@ async fn resources_converge_and_breakage_heals() {
         ("Unused", "no resource uses it")
     );
 
-    // The sidecar's introspection key: derived from the root in the keys Secret, for this resource.
-    let derived_key = |keys: Secret| {
+    // The sidecar's introspection key: derived from the root in the keys Secret, for this resource and the
+    // service holding it (its uid), so a key of an earlier holder is not accepted.
+    let derived_key = |keys: Secret, holder: String| {
         let root = mcp_authz_operator::keys::resource_server_root(
             &keys
                 .data
@@ -216,7 +217,7 @@ async fn resources_converge_and_breakage_heals() {
                 .collect(),
         )
         .expect("the keys Secret holds a root");
-        root.private_key_pem("https://mcp.example.com/files")
+        root.private_key_pem_for("https://mcp.example.com/files", &holder)
     };
     let credentials = eventually("CredentialsIssued=True", || async {
         let svc = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files").await?;
@@ -283,7 +284,11 @@ async fn resources_converge_and_breakage_heals() {
         .get("auth-authserver-keys")
         .await
         .expect("keys");
-    assert_eq!(pem(&credentials), derived_key(keys));
+    let files_uid = get_json(&admin, &ns, "mcp-authz.io/v1alpha1", "MCPService", "files")
+        .await
+        .and_then(|s| s["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("the service has a uid");
+    assert_eq!(pem(&credentials), derived_key(keys, files_uid.clone()));
     assert_eq!(
         credentials.metadata.owner_references.expect("owner")[0].kind,
         "MCPService"
@@ -347,7 +352,7 @@ async fn resources_converge_and_breakage_heals() {
     assert_eq!(index["keys"].as_array().map(Vec::len), Some(1));
     assert_eq!(index["keys"][0]["alg"], "ES256");
     // A new root came with it, and the sidecar's key follows.
-    let expected = derived_key(after);
+    let expected = derived_key(after, files_uid);
     eventually("credentials re-derived from the new root", || async {
         let s = secrets
             .get_opt("files-mcp-authz-sidecar-credentials")

@@ -158,6 +158,7 @@ mod tests {
             display_name: "Files".into(),
             scopes: vec!["files:read".into()],
             cimd_policy: None,
+            holder: String::new(),
         }];
         c
     }

@@ -219,6 +219,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
                 .unwrap_or_else(|| service.name_any()),
             scopes: offered,
             cimd_policy: policy,
+            // The holder's key, and no earlier holder's, is accepted for this URL.
+            holder: service.uid().unwrap_or_default(),
         });
     }
     // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope

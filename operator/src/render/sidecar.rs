@@ -144,7 +144,10 @@ pub fn credentials_secret(
     service: &MCPService,
     root: &resource_servers::Root,
 ) -> Result<RenderedObject, RenderError> {
-    let pem = root.private_key_pem(&service.spec.resource_url);
+    let pem = root.private_key_pem_for(
+        &service.spec.resource_url,
+        service.uid().as_deref().unwrap_or_default(),
+    );
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(naming::sidecar_credentials(&service.name_any())),
@@ -405,9 +408,13 @@ mod tests {
                     .expect("key"),
             )
             .expect("base64");
+        // Derived for the service that holds the URL (its uid), so an earlier holder's copy is refused.
         assert_eq!(
             String::from_utf8(pem).expect("utf-8"),
-            root.private_key_pem("https://mcp.example.com/files")
+            root.private_key_pem_for(
+                "https://mcp.example.com/files",
+                &service().uid().unwrap_or_default()
+            )
         );
     }
 

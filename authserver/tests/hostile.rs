@@ -191,11 +191,7 @@ async fn a_grant_keeps_the_method_it_was_made_with() {
     // The platform team drops the policy: the baseline now admits the document as a public client.
     reload(&s, |c| c.resources[0].cimd_policy = None);
     let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &client_id),
-        ])
+        .refresh(tokens["refresh_token"].as_str().unwrap(), &client_id, &[])
         .await;
     assert_eq!(
         (status, error_of(&body)),
@@ -352,11 +348,7 @@ async fn concurrent_redemptions_leave_nothing_alive(s: &TestServer) {
                 "round {round}: the winner's token outlived the replay"
             );
             let (status, refused, _) = s
-                .token(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", body["refresh_token"].as_str().unwrap()),
-                    ("client_id", PUBLIC_CLIENT),
-                ])
+                .refresh(body["refresh_token"].as_str().unwrap(), PUBLIC_CLIENT, &[])
                 .await;
             assert_eq!(
                 (status, error_of(&refused)),
@@ -376,21 +368,8 @@ async fn concurrent_code_redemption_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_code_redemption_on_postgres() {
-    let url = pg_database("hostile_race").await;
-    let url_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(url_file.path(), &url).unwrap();
-    let path = url_file.path().to_path_buf();
-    let s = TestServer::start_with(|c| {
-        c.storage = mcp_authz_authserver::config::StorageConfig {
-            sqlite: None,
-            postgres: Some(mcp_authz_authserver::config::PostgresStorage {
-                url_file: Some(path),
-                url_env: None,
-                max_connections: 8,
-            }),
-        };
-    })
-    .await;
+    let (_url_file, storage) = postgres_storage("hostile_race", 8).await;
+    let s = TestServer::start_with(|c| c.storage = storage).await;
     concurrent_redemptions_leave_nothing_alive(&s).await;
 }
 
@@ -436,15 +415,7 @@ async fn an_implied_sensitive_scope_is_treated_as_sensitive() {
             panic!("round {round}: no redirect")
         };
         let code = query(&location)["code"].clone();
-        let (status, body, _) = s
-            .token(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", VERIFIER),
-                ("client_id", PUBLIC_CLIENT),
-            ])
-            .await;
+        let (status, body, _) = s.exchange(&code, PUBLIC_CLIENT).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             body["expires_in"], 60,
@@ -707,11 +678,11 @@ async fn a_removed_user_cannot_refresh() {
         }];
     });
     let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", PUBLIC_CLIENT),
-        ])
+        .refresh(
+            tokens["refresh_token"].as_str().unwrap(),
+            PUBLIC_CLIENT,
+            &[],
+        )
         .await;
     assert_eq!(
         (status, error_of(&body)),
@@ -744,11 +715,11 @@ async fn a_refresh_after_an_admin_revocation_says_revoked() {
         .unwrap();
     assert_eq!(r, json!({"revoked": 1}));
     let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", PUBLIC_CLIENT),
-        ])
+        .refresh(
+            tokens["refresh_token"].as_str().unwrap(),
+            PUBLIC_CLIENT,
+            &[],
+        )
         .await;
     assert_eq!(
         (status, error_of(&body)),
@@ -1097,15 +1068,7 @@ async fn grants_follow_their_resource_and_policy_as_they_are_now() {
             "files:read files:write",
         )
         .await;
-    let (status, tokens, _) = s
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let (status, tokens, _) = s.exchange(&code, &client_id).await;
     assert_eq!(status, 200, "{tokens}");
     let refresh = |token: String| {
         let (s, client_id) = (&s, client_id.clone());
@@ -1136,12 +1099,11 @@ async fn grants_follow_their_resource_and_policy_as_they_are_now() {
     );
     // Narrowed on request, the grant still serves what the policy allows.
     let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &client_id),
-            ("scope", "files:read"),
-        ])
+        .refresh(
+            tokens["refresh_token"].as_str().unwrap(),
+            &client_id,
+            &[("scope", "files:read")],
+        )
         .await;
     assert_eq!(
         (status, body["scope"].as_str()),
@@ -1276,12 +1238,7 @@ async fn refresh_refusals_name_their_reason() {
     let tokens = s.tokens_for(&mut Browser::default(), "files:read").await;
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh),
-            ("client_id", PUBLIC_CLIENT),
-            ("resource", OTHER_RESOURCE),
-        ])
+        .refresh(refresh, PUBLIC_CLIENT, &[("resource", OTHER_RESOURCE)])
         .await;
     assert_eq!(
         (status, error_of(&body)),
@@ -1298,13 +1255,7 @@ async fn refresh_refusals_name_their_reason() {
         .execute(&pool)
         .await
         .unwrap();
-    let (status, body, _) = s
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh),
-            ("client_id", PUBLIC_CLIENT),
-        ])
-        .await;
+    let (status, body, _) = s.refresh(refresh, PUBLIC_CLIENT, &[]).await;
     assert_eq!(
         (status, error_of(&body)),
         (400, ("invalid_grant", "this grant has expired"))

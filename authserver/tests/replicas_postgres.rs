@@ -3,27 +3,13 @@
 
 mod support;
 
-use mcp_authz_authserver::config::{PostgresStorage, StorageConfig};
 use mcp_authz_authserver::server;
 use support::*;
 
 #[tokio::test]
 async fn replicas_share_codes_grants_and_refresh_tokens() {
-    let url = pg_database("replicas").await;
-    let url_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(url_file.path(), &url).unwrap();
-    let path = url_file.path().to_path_buf();
-    let a = TestServer::start_with(|c| {
-        c.storage = StorageConfig {
-            sqlite: None,
-            postgres: Some(PostgresStorage {
-                url_file: Some(path),
-                url_env: None,
-                max_connections: 4,
-            }),
-        };
-    })
-    .await;
+    let (_url_file, storage) = postgres_storage("replicas", 4).await;
+    let a = TestServer::start_with(|c| c.storage = storage).await;
     // Replica B: the same config (issuer, keys, store), another port.
     let mut config = mcp_authz_authserver::config::AuthServerConfig::load(&a.config_path).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();

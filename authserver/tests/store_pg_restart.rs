@@ -7,23 +7,10 @@ use support::*;
 
 #[tokio::test]
 async fn an_authorization_flow_survives_a_postgres_restart() {
-    let url = pg_database("restart").await;
+    let (_url_file, storage) = postgres_storage("restart", 4).await;
     let restart = std::env::var("MCP_AUTHZ_TEST_PG_RESTART")
         .expect("MCP_AUTHZ_TEST_PG_RESTART is not set: source tests/setup/20-postgres.sh (tests/run-all does)");
-    let url_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(url_file.path(), &url).unwrap();
-    let path = url_file.path().to_path_buf();
-    let s = TestServer::start_with(|c| {
-        c.storage = mcp_authz_authserver::config::StorageConfig {
-            sqlite: None,
-            postgres: Some(mcp_authz_authserver::config::PostgresStorage {
-                url_file: Some(path),
-                url_env: None,
-                max_connections: 4,
-            }),
-        };
-    })
-    .await;
+    let s = TestServer::start_with(|c| c.storage = storage).await;
     let mut browser = Browser::default();
     let code = s
         .code_for(&mut browser, PUBLIC_CLIENT, REDIRECT, "files:read")

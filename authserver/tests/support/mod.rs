@@ -226,6 +226,34 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null), headers)
     }
 
+    /// A refresh as a public client (`client_id` only), with any `extra` fields.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, Value, HeaderMap) {
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ];
+        form.extend_from_slice(extra);
+        self.token(&form).await
+    }
+
+    /// A code exchange as a public client with the tests' PKCE verifier and [`REDIRECT`].
+    pub async fn exchange(&self, code: &str, client_id: &str) -> (u16, Value, HeaderMap) {
+        self.token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", client_id),
+        ])
+        .await
+    }
+
     /// A client_credentials grant for [`RESOURCE`] with a client assertion (and any `extra` fields).
     pub async fn client_credentials(
         &self,
@@ -508,6 +536,25 @@ pub fn assertion(s: &TestServer, edit: impl FnOnce(&mut Value)) -> String {
         &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// Storage on a fresh PostgreSQL database `name`, its URL in a file (kept while the returned file lives).
+pub async fn postgres_storage(
+    name: &str,
+    max_connections: u32,
+) -> (tempfile::NamedTempFile, StorageConfig) {
+    let url = pg_database(name).await;
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), &url).unwrap();
+    let storage = StorageConfig {
+        sqlite: None,
+        postgres: Some(PostgresStorage {
+            url_file: Some(url_file.path().to_path_buf()),
+            url_env: None,
+            max_connections,
+        }),
+    };
+    (url_file, storage)
 }
 
 /// A fresh, empty PostgreSQL database on the test server (tests/setup/20-postgres.sh).

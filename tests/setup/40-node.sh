@@ -2,6 +2,8 @@
 # into the cache. Idempotent: skips what is already there at the pinned version.
 #   MCP_AUTHZ_NODE22        the Node 22 binary
 #   MCP_AUTHZ_NPM_TOOLS     node_modules holding the MCP conformance suite and the reference "everything" server
+# Sourced alone (not through run-all) it must still install into the cache, never into `/`.
+: "${MCP_AUTHZ_CACHE:=$HOME/.cache/mcp-authz}"
 _mcp_authz_node_version="22.23.3"
 _mcp_authz_conformance_version="0.1.16"
 _mcp_authz_everything_version="2026.8.31"

@@ -33,11 +33,12 @@ pub struct Who {
     pub grant: Option<String>,
 }
 
-/// Refusal rows a replica stores at most in a burst.
+/// Refusal rows a replica stores at most in a burst, per endpoint.
 pub const REFUSAL_ROWS_BURST: f64 = 20.0;
-/// Refusal rows a replica stores at most per minute, sustained: with the 30-day retention, at most about 430,000
-/// rows (roughly 130 MB) however hard it is flooded.
-pub const REFUSAL_ROWS_PER_MINUTE: f64 = 10.0;
+/// Refusal rows a replica stores at most per minute and endpoint, sustained. With the 30-day retention and the
+/// eight endpoints that refuse (authorize, login, consent, token, introspect, revoke, register, admin), at most
+/// about 350,000 rows however hard it is flooded (at a few hundred bytes a row, on the order of 100 MB).
+pub const REFUSAL_ROWS_PER_MINUTE: f64 = 1.0;
 
 /// Token buckets over refusal rows, one per event (endpoint), so a flood at one endpoint does not crowd the
 /// refusals of another out of the table.

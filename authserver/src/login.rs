@@ -199,19 +199,24 @@ pub async fn upstream_callback(
         state.store.put_auth_request(&request).await?;
         if let Some(error) = params.get("error") {
             state.store.delete_auth_request(&request.id).await?;
-            state
-            .record_decision(Decision {
-                    event: "login",
-                    client_id: Some(&request.client_id),
-                    resource: Some(&request.resource),
-                    outcome: "refused",
-                    reason: &format!("upstream provider: {}", shorten(error)),
-                    ..Default::default()
-                },
-            )
-            .await;
-            let e = OAuthError::new(ErrorCode::AccessDenied, format!("the upstream sign-in failed: {}", shorten(error)));
-            return Ok(error_redirect(&request.redirect_uri, &e, request.state.as_deref(), &snapshot.config.issuer));
+            let e = OAuthError::new(
+                ErrorCode::AccessDenied,
+                format!("the upstream sign-in failed: {}", shorten(error)),
+            );
+            // The person has not seen our consent page yet: the same rule as at /authorize decides whether
+            // the error may go to the client's redirect URI (a page otherwise, answered at the handler's exit).
+            let client =
+                clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
+            if !client.may_receive_error_redirects(&request.redirect_uri) {
+                return Err(e);
+            }
+            state.refuse("login", &who, &e).await;
+            return Ok(error_redirect(
+                &request.redirect_uri,
+                &e,
+                request.state.as_deref(),
+                &snapshot.config.issuer,
+            ));
         }
         let code = params.require("code")?;
         let upstream = snapshot

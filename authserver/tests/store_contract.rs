@@ -126,7 +126,17 @@ async fn contract(store: &dyn Store) {
         Some("g1".into())
     );
     assert!(!store.access_token_revoked("j1").await.unwrap());
+    // The consent the grant was given under goes with it: the client must ask again.
+    let given = Consent {
+        subject: "alice",
+        client_id: "c",
+        resource: "https://r",
+        scopes: "a b",
+        client_fingerprint: "f",
+    };
+    store.put_consent(&given, now).await.unwrap();
     assert!(store.revoke_grant("g1", "test", now).await.unwrap());
+    assert!(!store.has_consent(&given).await.unwrap());
     assert!(!store.revoke_grant("g1", "again", now).await.unwrap());
     assert!(store.access_token_revoked("j1").await.unwrap());
     assert_eq!(store.refresh_token_grant("rt2", now).await.unwrap(), None);

@@ -389,24 +389,18 @@ impl Store for SqlStore {
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)
                AND revoked_at IS NULL AND expires_at > $4";
         let mut tx = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE refresh_tokens SET used = 1 WHERE used = 0 AND grant_id IN ({MATCHING})"
-        )))
-        .bind(f.subject.clone())
-        .bind(f.client_id.clone())
-        .bind(f.resource.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE access_tokens SET revoked_at = $4 WHERE revoked_at IS NULL AND grant_id IN ({MATCHING})"
-        )))
-        .bind(f.subject.clone())
-        .bind(f.client_id.clone())
-        .bind(f.resource.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        for tokens in [
+            "UPDATE refresh_tokens SET used = 1 WHERE used = 0 AND grant_id IN",
+            "UPDATE access_tokens SET revoked_at = $4 WHERE revoked_at IS NULL AND grant_id IN",
+        ] {
+            sqlx::query(AssertSqlSafe(format!("{tokens} ({MATCHING})")))
+                .bind(f.subject.clone())
+                .bind(f.client_id.clone())
+                .bind(f.resource.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "DELETE FROM consents
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)",

@@ -43,6 +43,8 @@ pub struct Classified {
     pub batch: bool,
     /// The messages, in order.
     pub messages: Vec<Message>,
+    /// The parsed body, for the checks that read more of it than the rules do (routing headers).
+    pub document: Value,
 }
 
 /// Which list a request asks for, so its answer can be filtered.
@@ -80,6 +82,14 @@ impl ListKind {
 }
 
 impl Classified {
+    /// The id an error about the whole body answers: the request's own, when the body is one request.
+    pub fn reply_id(&self) -> Value {
+        match self.messages.as_slice() {
+            [Message::Call { id: Some(id), .. }] if !self.batch => id.clone(),
+            _ => Value::Null,
+        }
+    }
+
     /// The ids of list requests in this body, to filter their answers.
     pub fn list_requests(&self) -> Vec<(Value, ListKind)> {
         self.messages
@@ -152,21 +162,22 @@ pub fn error_body(id: &Value, code: i64, message: &str) -> Bytes {
 pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
     let value =
         crate::strict_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
-    let classified = match value {
+    let (batch, messages) = match &value {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(ClassifyError::InvalidRequest("empty batch"));
             }
-            let messages = items.iter().map(classify_one).collect::<Result<_, _>>()?;
-            Classified {
-                batch: true,
-                messages,
-            }
+            (
+                true,
+                items.iter().map(classify_one).collect::<Result<_, _>>()?,
+            )
         }
-        other => Classified {
-            batch: false,
-            messages: vec![classify_one(&other)?],
-        },
+        other => (false, vec![classify_one(other)?]),
+    };
+    let classified = Classified {
+        batch,
+        messages,
+        document: value,
     };
     // Each operation is decided and may be audited on its own: a body within the size limit must not buy
     // hundreds of thousands of decisions and log lines.

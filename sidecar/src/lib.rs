@@ -26,6 +26,7 @@ pub mod log_pipe;
 pub mod metadata;
 pub mod metrics;
 pub mod proxy;
+pub mod routing;
 pub mod rules;
 pub mod server;
 pub mod strict_json;

@@ -32,6 +32,7 @@ use crate::jsonrpc::{self, Classified, Message};
 use crate::jwks::{JwksCache, Lookup};
 use crate::metadata::ResourceMetadata;
 use crate::metrics::{Metrics, StreamGuard};
+use crate::routing;
 use crate::rules::{Decision, Policy};
 use crate::token::{self, Identity, TokenError, TokenRules};
 use crate::verified::VerifiedTokens;
@@ -248,6 +249,16 @@ impl Proxy {
                 Err(error) => {
                     let response =
                         bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
+                    return deny(response, error.metric_label(), Some(&identity));
+                }
+            };
+            // Checked before the rules: what is decided must be what every party downstream reads.
+            let _era = match routing::check(&parts.headers, &classified.document) {
+                Ok(era) => era,
+                Err(error) => {
+                    let body = error.body(&classified.reply_id());
+                    let response =
+                        bytes_response(StatusCode::BAD_REQUEST, "application/json", body);
                     return deny(response, error.metric_label(), Some(&identity));
                 }
             };

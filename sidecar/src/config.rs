@@ -251,7 +251,8 @@ pub struct Limits {
     /// Time a client has to send its whole request body, in milliseconds.
     #[serde(default = "defaults::body_timeout_ms")]
     pub body_timeout_ms: u64,
-    /// Largest JSON `*/list` response that is filtered in memory, in bytes (502 above).
+    /// Largest JSON `*/list` or `resources/read` response that is filtered (or marked private) in memory, in
+    /// bytes (502 above).
     #[serde(default = "defaults::max_list_response_bytes")]
     pub max_list_response_bytes: usize,
     /// On SIGTERM, how long in-flight requests and streams may continue, in milliseconds.

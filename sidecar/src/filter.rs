@@ -61,6 +61,7 @@ impl ListFilter {
             return false;
         };
         let mut changed = false;
+        let mut per_token = false;
         for kind in ListKind::ALL {
             let (field, key, method) = match kind {
                 ListKind::Tools => ("tools", "name", "tools/call"),
@@ -73,6 +74,7 @@ impl ListFilter {
             let Some(Value::Array(entries)) = result.get_mut(field) else {
                 continue;
             };
+            per_token = true;
             let before = entries.len();
             entries.retain(|entry| {
                 // An entry without a usable name cannot be checked, so it is hidden.
@@ -83,6 +85,11 @@ impl ListFilter {
                 })
             });
             changed |= entries.len() != before;
+        }
+        // A `resources/read` result reached this token because the rules allowed its URI to this token.
+        per_token |= matches!(result.get("contents"), Some(Value::Array(_)));
+        if per_token {
+            changed |= make_private(result);
         }
         changed
     }
@@ -158,6 +165,31 @@ impl ListFilter {
         }
         Some(Bytes::from(out))
     }
+}
+
+/// Marks a result as one authorization context's view (SEP-2549, "Cache Scope Field"): a list filtered for a
+/// token, or a resource read under its rules, must not be served from a shared cache to another token, whatever
+/// the server said. `ttlMs` stays the server's when it is one (the freshness of what was filtered is the
+/// server's); absent or unusable, it becomes the `0` clients assume for an absent one ("Time-to-Live"), so the
+/// pair is always complete. An interim `input_required` result carries no caching hints and is left alone.
+/// Returns whether anything changed.
+fn make_private(result: &mut Value) -> bool {
+    let Some(fields) = result.as_object_mut() else {
+        return false;
+    };
+    if fields.get("resultType").and_then(Value::as_str) == Some("input_required") {
+        return false;
+    }
+    let mut changed = false;
+    if fields.get("cacheScope").and_then(Value::as_str) != Some("private") {
+        fields.insert("cacheScope".into(), Value::from("private"));
+        changed = true;
+    }
+    if fields.get("ttlMs").and_then(Value::as_u64).is_none() {
+        fields.insert("ttlMs".into(), Value::from(0));
+        changed = true;
+    }
+    changed
 }
 
 /// A JSON answer to list requests that is not JSON: it cannot be filtered, so it is not passed on.
@@ -391,6 +423,73 @@ mod tests {
         assert_eq!(prompts["result"]["prompts"], json!([{"name":"hello"}]));
         let mut call = json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}});
         assert!(!f.filter_message(&mut call));
+    }
+
+    #[test]
+    fn what_the_filter_reads_for_a_token_is_private_to_it() {
+        let f = filter(ListMatcher::Requests);
+        let get_user = json!([{"name":"get_user"}]);
+        // (result from the server, result the client gets; `None`: passed on unchanged)
+        let cases: Vec<(Value, Option<Value>)> = vec![
+            (
+                json!({"tools":get_user,"ttlMs":60000,"cacheScope":"public","resultType":"complete"}),
+                Some(
+                    json!({"tools":get_user,"ttlMs":60000,"cacheScope":"private","resultType":"complete"}),
+                ),
+            ),
+            // A 2025 server gives no hints: the pair is added whole.
+            (
+                json!({"tools":get_user}),
+                Some(json!({"tools":get_user,"ttlMs":0,"cacheScope":"private"})),
+            ),
+            (
+                json!({"tools":get_user,"ttlMs":-5,"cacheScope":"private"}),
+                Some(json!({"tools":get_user,"ttlMs":0,"cacheScope":"private"})),
+            ),
+            (
+                json!({"tools":get_user,"ttlMs":1.5,"cacheScope":"private"}),
+                Some(json!({"tools":get_user,"ttlMs":0,"cacheScope":"private"})),
+            ),
+            (
+                json!({"tools":get_user,"ttlMs":1000,"cacheScope":"private"}),
+                None,
+            ),
+            // Filtered entries and the scope change together.
+            (
+                json!({"tools":[{"name":"get_user"},{"name":"delete_user"}],"ttlMs":5,"cacheScope":"public"}),
+                Some(json!({"tools":get_user,"ttlMs":5,"cacheScope":"private"})),
+            ),
+            (
+                json!({"prompts":[],"ttlMs":5,"cacheScope":"public"}),
+                Some(json!({"prompts":[],"ttlMs":5,"cacheScope":"private"})),
+            ),
+            (
+                json!({"resources":[],"cacheScope":"public","ttlMs":5}),
+                Some(json!({"resources":[],"ttlMs":5,"cacheScope":"private"})),
+            ),
+            (
+                json!({"resourceTemplates":[],"cacheScope":"public","ttlMs":5}),
+                Some(json!({"resourceTemplates":[],"ttlMs":5,"cacheScope":"private"})),
+            ),
+            (
+                json!({"contents":[{"uri":"file:///public/a","text":"x"}],"ttlMs":300000,"cacheScope":"public"}),
+                Some(
+                    json!({"contents":[{"uri":"file:///public/a","text":"x"}],"ttlMs":300000,"cacheScope":"private"}),
+                ),
+            ),
+            // An interim result carries no caching hints; other results are not cacheable.
+            (
+                json!({"resultType":"input_required","inputRequests":{},"tools":[]}),
+                None,
+            ),
+            (json!({"content":[],"cacheScope":"public"}), None),
+        ];
+        for (result, expected) in cases {
+            let message = json!({"jsonrpc":"2.0","id":1,"result":result});
+            let out = f.filter_json(message.to_string().as_bytes()).unwrap();
+            let got = out.map(|b| serde_json::from_slice::<Value>(&b).unwrap()["result"].clone());
+            assert_eq!(got, expected, "{result}");
+        }
     }
 
     #[test]

@@ -291,8 +291,13 @@ impl Proxy {
                 Some(claim) => claim,
                 None => None,
             };
-            let lists = !classified.list_requests().is_empty();
-            let matcher = lists.then_some(ListMatcher::Requests);
+            // Lists are filtered for the token, and a read resource was allowed to it: either answer is
+            // this token's view and is marked private on its way back (SEP-2549).
+            let per_token = !classified.list_requests().is_empty()
+                || classified.messages.iter().any(
+                    |m| matches!(m, Message::Call { op, .. } if op.method == "resources/read"),
+                );
+            let matcher = per_token.then_some(ListMatcher::Requests);
             (bytes, matcher, claim)
         } else {
             use hyper::body::Body as _;

@@ -263,3 +263,162 @@ async fn agreeing_headers_in_every_encoding_reach_the_upstream_unchanged() {
     assert_eq!(seen[0].headers["mcp-param-region"], "us-west1");
     assert_eq!(seen[1].headers["mcp-name"], "=?base64?Z2V0X3Vzw6ly?=");
 }
+
+/// An upstream speaking 2026-07-28 results: every cacheable result says `cacheScope: "public"`, as a server
+/// that does not know about the sidecar's filtering would. Answers after `delay`; SSE with `?sse=1`.
+struct ModernUpstream {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ModernUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn modern_result(message: &Value) -> Value {
+    let id = message["id"].clone();
+    let result = match message["method"].as_str().unwrap_or("") {
+        "tools/list" => json!({"tools":[
+            {"name":"get_user","inputSchema":{"type":"object"}},
+            {"name":"delete_user","inputSchema":{"type":"object"}}],
+            "ttlMs":60000,"cacheScope":"public","resultType":"complete"}),
+        "resources/read" => json!({"contents":[{"uri":message["params"]["uri"],"text":"hello"}],
+            "ttlMs":300000,"cacheScope":"public","resultType":"complete"}),
+        "server/discover" => json!({"supportedVersions":[V],"capabilities":{"tools":{}},
+            "serverInfo":{"name":"modern","version":"1"},"ttlMs":60000,"cacheScope":"public","resultType":"complete"}),
+        _ => json!({"content":[],"resultType":"complete"}),
+    };
+    json!({"jsonrpc":"2.0","id":id,"result":result})
+}
+
+async fn modern_upstream(delay: std::time::Duration) -> ModernUpstream {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let (addr, task) = serve(move |request: Request<hyper::body::Incoming>| {
+        let record = record.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let sse = request.uri().query().is_some_and(|q| q.contains("sse=1"));
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            record.lock().unwrap().push(message.clone());
+            tokio::time::sleep(delay).await;
+            let answer = modern_result(&message);
+            let (text, content_type) = if sse {
+                (
+                    format!("event: message\ndata: {answer}\n\n"),
+                    "text/event-stream",
+                )
+            } else {
+                (answer.to_string(), "application/json")
+            };
+            let mut r = http::Response::new(full(text));
+            r.headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+            r
+        }
+    })
+    .await;
+    ModernUpstream {
+        url: format!("http://{addr}"),
+        seen,
+        task,
+    }
+}
+
+/// A harness whose sidecar forwards to `upstream`, with the given rules.
+async fn harness_for(upstream: &str, rules: &str) -> Harness {
+    use mcp_authz_sidecar::testing::{ISSUER, RESOURCE};
+    let key = mcp_authz_sidecar::testing::TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let config = mcp_authz_sidecar::config::SidecarConfig::parse(&format!(
+        "listen: 127.0.0.1:0\nadminListen: 127.0.0.1:0\nupstream: {upstream}\nresource: {RESOURCE}\n\
+         issuer: {ISSUER}\njwksUri: {}\nscopesSupported: [mcp:read]\nscopeImplies: {{mcp:admin: [mcp:read]}}\n{rules}",
+        jwks.url()
+    ))
+    .unwrap();
+    let h = Harness {
+        sidecar: mcp_authz_sidecar::server::Sidecar::start(config)
+            .await
+            .unwrap(),
+        key,
+        jwks,
+        upstream: Upstream::start().await,
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
+    };
+    h.wait_ready().await;
+    h
+}
+
+fn sse_data(text: &str) -> Value {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line in {text:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn lists_and_reads_decided_for_a_token_come_back_private_whatever_the_server_said() {
+    let upstream = modern_upstream(std::time::Duration::ZERO).await;
+    let rules = "rules:\n  - {method: tools/call, name: 'get_*', scopes: [mcp:read]}\n  - {method: tools/call, name: 'delete_*', scopes: [mcp:admin]}\n  - {method: resources/read, name: 'file:///public/*', scopes: []}\n";
+    let h = harness_for(&upstream.url, rules).await;
+    let token = h.token("mcp:read");
+    for path in ["/mcp", "/mcp?sse=1"] {
+        let list = modern(1, "tools/list", json!({}));
+        let mut req = request(&h, &token, &standard("tools/list", None), &list);
+        *req.uri_mut() = h.url(path).parse().unwrap();
+        let (status, _, text) = h.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let answer = if path.contains("sse") {
+            sse_data(&text)
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        assert_eq!(
+            answer["result"],
+            json!({"tools":[{"name":"get_user","inputSchema":{"type":"object"}}],
+                "ttlMs":60000,"cacheScope":"private","resultType":"complete"}),
+            "{path}"
+        );
+        let read = modern(
+            2,
+            "resources/read",
+            json!({"uri":"file:///public/readme.txt"}),
+        );
+        let mut req = request(
+            &h,
+            &token,
+            &standard("resources/read", Some("file:///public/readme.txt")),
+            &read,
+        );
+        *req.uri_mut() = h.url(path).parse().unwrap();
+        let (status, _, text) = h.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let answer = if path.contains("sse") {
+            sse_data(&text)
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        assert_eq!(answer["result"]["cacheScope"], "private", "{path}");
+        assert_eq!(answer["result"]["ttlMs"], 300000, "{path}");
+    }
+    // What the sidecar neither filters nor decides per resource keeps the server's word.
+    let discover = modern(3, "server/discover", json!({}));
+    let (status, _, text) = h
+        .send(request(
+            &h,
+            &token,
+            &standard("server/discover", None),
+            &discover,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["result"]["cacheScope"], "public");
+    assert_eq!(upstream.seen.lock().unwrap().len(), 5);
+}

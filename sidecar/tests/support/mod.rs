@@ -23,12 +23,12 @@ use tokio::sync::broadcast;
 
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
 /// Serves a hyper service on 127.0.0.1:0 until the returned handle is dropped.
-async fn serve<F, Fut>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+pub async fn serve<F, Fut>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,

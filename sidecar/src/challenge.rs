@@ -22,7 +22,7 @@ pub enum Refusal {
     },
     /// 400 `invalid_request`: a malformed use of the Authorization header or a token in the query.
     InvalidRequest(String),
-    /// 403 `insufficient_scope`: `scopes` are all the scopes the refused operations need.
+    /// 403 `insufficient_scope`: `scopes` are all the scopes the request's operations need.
     InsufficientScope {
         /// All scopes the operations need.
         scopes: Vec<String>,

@@ -390,6 +390,14 @@ impl SidecarConfig {
         if self.scopes_supported.iter().any(|s| s == "offline_access") {
             return invalid("scopesSupported must not contain offline_access".into());
         }
+        // Refresh tokens are not a resource requirement: a rule needing one would put it in challenges
+        // (MCP 2026-07-28 authorization, "Refresh Tokens", SEP-2207).
+        if self.all_scopes().any(|s| s == "offline_access") {
+            return invalid(
+                "offline_access is not a resource scope: rules, unmatched and scopeImplies must not name it"
+                    .into(),
+            );
+        }
         for scope in self.all_scopes() {
             if scope.is_empty() || !scope.chars().all(is_scope_char) {
                 return invalid(format!(
@@ -640,6 +648,18 @@ limits:
                 "upstream must be a base URL",
             ),
             ("scopesSupported: [offline_access]", "offline_access"),
+            (
+                "rules: [{method: tools/call, scopes: [offline_access]}]",
+                "offline_access is not a resource scope",
+            ),
+            (
+                "unmatched: {requireScopes: [mcp:read, offline_access]}",
+                "offline_access is not a resource scope",
+            ),
+            (
+                "scopeImplies: {mcp:admin: [offline_access]}",
+                "offline_access is not a resource scope",
+            ),
             ("mcpPath: mcp", "mcpPath"),
             ("mcpPath: /.well-known/x", "mcpPath"),
             ("algorithms: []", "algorithms must not be empty"),

@@ -227,7 +227,20 @@ impl Proxy {
         let identity = match self.authenticate(rt, request.headers()).await {
             Ok(identity) => identity,
             Err(error) => {
-                return deny(challenge(token_refusal(&error)), error.metric_label(), None);
+                let refusal = token_refusal(&error);
+                let response = match refusal.status() {
+                    StatusCode::UNAUTHORIZED if request.method() == Method::POST => {
+                        let ctx = ChallengeContext {
+                            resource_metadata: rt.challenge.resource_metadata.clone(),
+                            basic_scopes: challenge_scopes(rt, request)
+                                .await
+                                .unwrap_or_else(|| rt.challenge.basic_scopes.clone()),
+                        };
+                        refusal.into_response_boxed(&ctx)
+                    }
+                    _ => challenge(refusal),
+                };
+                return deny(response, error.metric_label(), None);
             }
         };
         let scopes = Arc::new(
@@ -545,9 +558,14 @@ fn authorize(
         // No scope would make this body acceptable, so a step-up challenge would only mislead the client.
         Some((Refusal::Forbidden { ids: refused_ids }, "forbidden"))
     } else if insufficient {
+        // The challenge names every scope this request needs, the allowed operations' too: a token with
+        // exactly those must succeed on the retry (SEP-2350). The refused operations' own scopes stand in if
+        // that set is somehow empty.
+        let operations = classified.messages.iter().flat_map(Message::operations);
+        let scopes = rt.policy.scopes_for(operations).unwrap_or(needed);
         Some((
             Refusal::InsufficientScope {
-                scopes: needed,
+                scopes,
                 ids: refused_ids,
             },
             "insufficient_scope",
@@ -555,6 +573,41 @@ fn authorize(
     } else {
         None
     }
+}
+
+/// Largest body a 401 reads to name the scopes of its operations, and how long it waits for it.
+const CHALLENGE_BODY_BYTES: usize = 64 * 1024;
+const CHALLENGE_BODY_WAIT: Duration = Duration::from_millis(1000);
+
+/// The scopes a 401 to a POST names: those its operations need (SEP-2350: a client that asks for the
+/// basic scopes and then calls a tool needing more would be sent through a second authorization). `None`,
+/// and the basic scopes, when the body is not small, not prompt, not classifiable, needs nothing beyond
+/// basic use, or holds an operation no scope allows. The body would be read past anyway to keep the
+/// connection; only a small one is parsed for a client without a token.
+async fn challenge_scopes(rt: &Runtime, request: Request<WireBody>) -> Option<Vec<String>> {
+    // Reading would answer `100 Continue` and solicit the upload the refusal is meant to spare.
+    if request.headers().contains_key(header::EXPECT) {
+        return None;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<usize>()
+        .ok()?;
+    if declared > CHALLENGE_BODY_BYTES.min(rt.config.limits.max_body_bytes) {
+        return None;
+    }
+    let body = Limited::new(request.into_body(), CHALLENGE_BODY_BYTES).collect();
+    let bytes = tokio::time::timeout(CHALLENGE_BODY_WAIT, body)
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    let classified = jsonrpc::classify(&bytes).ok()?;
+    rt.policy
+        .scopes_for(classified.messages.iter().flat_map(Message::operations))
 }
 
 /// The bearer token of an already authenticated request.

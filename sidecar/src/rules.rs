@@ -104,6 +104,26 @@ impl Policy {
         out
     }
 
+    /// The scopes a challenge names for a request made of `ops` (MCP authorization, "Scope Selection
+    /// Strategy" and "Runtime Insufficient Scope Errors", SEP-2350): every scope any of its operations needs,
+    /// allowed ones included, so a token holding exactly these satisfies the whole request, in the order the
+    /// rules name them. Not the union of every scope the service knows: a client is told what this request
+    /// needs. `None` when an operation is forbidden to every token (no scope would help) or none needs any.
+    pub fn scopes_for<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a Operation>,
+    ) -> Option<Vec<String>> {
+        let mut scopes: Vec<String> = Vec::new();
+        for op in ops {
+            for scope in self.required_scopes(op)? {
+                if !scopes.contains(scope) {
+                    scopes.push(scope.clone());
+                }
+            }
+        }
+        (!scopes.is_empty()).then_some(scopes)
+    }
+
     /// Decides one operation for a token whose scopes were expanded with `effective_scopes`.
     pub fn decide(&self, op: &Operation, effective: &BTreeSet<String>) -> Decision {
         match self.required_scopes(op) {
@@ -171,6 +191,58 @@ mod tests {
              jwksUri: https://i.example/jwks\n{yaml_tail}"
         );
         Policy::from_config(&SidecarConfig::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn a_challenge_names_what_this_request_needs() {
+        let p = policy(
+            "scopesSupported: [basic]\nrules:\n\
+             - {method: tools/call, name: 'get_*', scopes: [read]}\n\
+             - {method: tools/call, name: 'delete_*', scopes: [admin, audit]}\n\
+             - {method: resources/subscribe, name: 'file:///a', scopes: [read]}\n\
+             - {method: resources/subscribe, name: 'file:///b', scopes: [admin]}\n\
+             - {method: tools/call, name: 'other_*', scopes: [other]}\n",
+        );
+        let call = |name: &str| Operation::named("tools/call", name);
+        let listen = [
+            Operation::method("subscriptions/listen"),
+            Operation::named("resources/subscribe", "file:///a"),
+            Operation::named("resources/subscribe", "file:///b"),
+        ];
+        type Case<'a> = (&'a str, Vec<Operation>, Option<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
+            ("one call", vec![call("get_user")], Some(vec!["read"])),
+            (
+                "every scope of the rule",
+                vec![call("delete_user")],
+                Some(vec!["admin", "audit"]),
+            ),
+            // Not `other`, which another tool of the service needs.
+            (
+                "a batch: its own operations only",
+                vec![call("get_user"), call("delete_user")],
+                Some(vec!["read", "admin", "audit"]),
+            ),
+            (
+                "a listen stream: the allowed sub-operation too",
+                listen.to_vec(),
+                Some(vec!["read", "admin"]),
+            ),
+            (
+                "open methods need no scope",
+                vec![Operation::method("tools/list")],
+                None,
+            ),
+            (
+                "forbidden to everyone",
+                vec![call("get_user"), Operation::method("tasks/get")],
+                None,
+            ),
+        ];
+        for (what, ops, expected) in cases {
+            let expected = expected.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(p.scopes_for(&ops), expected, "{what}");
+        }
     }
 
     #[test]

@@ -422,3 +422,98 @@ async fn lists_and_reads_decided_for_a_token_come_back_private_whatever_the_serv
     assert_eq!(answer["result"]["cacheScope"], "public");
     assert_eq!(upstream.seen.lock().unwrap().len(), 5);
 }
+
+fn www_authenticate(headers: &http::HeaderMap) -> String {
+    headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn challenges_name_the_scopes_of_this_request_and_never_offline_access() {
+    let upstream = modern_upstream(std::time::Duration::ZERO).await;
+    let rules = "rules:\n  - {method: tools/call, name: 'get_*', scopes: [mcp:read]}\n  - {method: tools/call, name: 'delete_*', scopes: [mcp:admin, mcp:audit]}\n  - {method: tools/call, name: 'report_*', scopes: [mcp:reports]}\n";
+    let h = harness_for(&upstream.url, rules).await;
+    let metadata = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+    let delete = modern(
+        1,
+        "tools/call",
+        json!({"name":"delete_user","arguments":{}}),
+    );
+    let delete_headers = standard("tools/call", Some("delete_user"));
+    // 401 without a token: the scopes this call needs, not scopesSupported, not every scope of the service.
+    let mut req = request(&h, "x", &delete_headers, &delete);
+    req.headers_mut().remove("authorization");
+    let (status, headers, _) = h.send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!("Bearer resource_metadata=\"{metadata}\", scope=\"mcp:admin mcp:audit\"")
+    );
+    // 401 for a bad token: the same.
+    let (status, headers, _) = h
+        .send(request(&h, "garbage", &delete_headers, &delete))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!(
+            "Bearer error=\"invalid_token\", error_description=\"the token is malformed\", resource_metadata=\"{metadata}\", scope=\"mcp:admin mcp:audit\""
+        )
+    );
+    // A request needing nothing beyond basic use: the basic scopes.
+    let list = modern(2, "tools/list", json!({}));
+    let mut req = request(&h, "x", &standard("tools/list", None), &list);
+    req.headers_mut().remove("authorization");
+    let (_, headers, _) = h.send(req).await;
+    assert_eq!(
+        www_authenticate(&headers),
+        format!("Bearer resource_metadata=\"{metadata}\", scope=\"mcp:read\"")
+    );
+    // 403: every scope the operation needs (the token has one of them), nothing another tool needs.
+    let (status, headers, body) = h
+        .send(request(
+            &h,
+            &h.token("mcp:read mcp:audit"),
+            &delete_headers,
+            &delete,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:admin mcp:audit\", resource_metadata=\"{metadata}\""
+        )
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"jsonrpc":"2.0","id":1,"error":{"code":-32003,
+            "message":"insufficient scope: this operation needs mcp:admin mcp:audit"}})
+    );
+    assert!(upstream.seen.lock().unwrap().is_empty());
+    // offline_access is in no challenge above and in no metadata: a config naming it anywhere is refused.
+    let (_, _, document) = h
+        .send(
+            Request::get(h.url("/.well-known/oauth-protected-resource/mcp"))
+                .body(body_of(""))
+                .unwrap(),
+        )
+        .await;
+    assert!(!document.contains("offline_access"), "{document}");
+    let mut config = support::config(&upstream.url, &h.jwks.url());
+    config.rules.push(mcp_authz_sidecar::config::ScopeRule {
+        method: "tools/call".into(),
+        name: Some("refresh_*".into()),
+        scopes: vec!["offline_access".into()],
+    });
+    assert_eq!(
+        h.sidecar.config.apply(config).unwrap_err().to_string(),
+        "invalid config: offline_access is not a resource scope: rules, unmatched and scopeImplies must not name it"
+    );
+}
+
+fn body_of(text: &'static str) -> Body {
+    full(text)
+}

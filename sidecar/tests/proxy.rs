@@ -231,7 +231,12 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     let batch = format!("[{},{}]", call(1, "get_user"), call(2, "delete_user"));
     let (status, headers, body) = h.post(Some(&h.token("mcp:read")), &batch).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(www_authenticate(&headers).contains("scope=\"mcp:admin\""));
+    // Every scope the batch needs, the allowed entry's too: a token with exactly these gets it through.
+    assert!(
+        www_authenticate(&headers).contains("scope=\"mcp:read mcp:admin\""),
+        "{}",
+        www_authenticate(&headers)
+    );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["id"], json!(2), "the refused entry is named");
     assert_eq!(h.upstream_posts(), 0);
@@ -1274,7 +1279,7 @@ async fn a_listen_stream_needs_what_subscribing_to_each_of_its_resources_needs()
     let challenge = www_authenticate(&headers);
     assert!(
         challenge.contains("error=\"insufficient_scope\"")
-            && challenge.contains("scope=\"mcp:admin\""),
+            && challenge.contains("scope=\"mcp:read mcp:admin\""),
         "{challenge}"
     );
     let refusal: Value = serde_json::from_str(&body).unwrap();

@@ -4,6 +4,9 @@
 //! keys by `str(id)`, so `1` and `"1"` are one id). A second request reusing an id that is still being
 //! answered would receive the first one's answer: a `tools/call` could be handed a `tools/list` result, on a
 //! POST the sidecar does not filter as a list. Such a request breaks JSON-RPC anyway; it is refused.
+//!
+//! Only handshake-era (2025) requests are tracked: MCP 2026-07-28 has no sessions, answers each request on
+//! its own POST, and the proxy removes a modern request's `Mcp-Session-Id` before forwarding it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -248,7 +248,7 @@ impl Proxy {
                 .effective_scopes(identity.scopes.iter().map(String::as_str)),
         );
 
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let (upstream_body, matcher, claim) = if parts.method == Method::POST {
             let bytes = match read_body(rt, &parts.headers, body).await {
                 Ok(bytes) => bytes,
@@ -266,7 +266,7 @@ impl Proxy {
                 }
             };
             // Checked before the rules: what is decided must be what every party downstream reads.
-            let _era = match routing::check(&parts.headers, &classified.document) {
+            let era = match routing::check(&parts.headers, &classified.document) {
                 Ok(era) => era,
                 Err(error) => {
                     let body = error.body(&classified.reply_id());
@@ -289,10 +289,20 @@ impl Proxy {
             if let Some((refusal, reason)) = check_revocation(rt, &classified, token).await {
                 return deny(challenge(refusal), reason, Some(&identity));
             }
-            let session = parts
-                .headers
-                .get("mcp-session-id")
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
+            // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
+            // answer, through a handshake-era session. Each such request is answered on its own POST, so
+            // its id cannot take over another request's answer and is not tracked.
+            let session = match era {
+                routing::Era::Modern => {
+                    parts.headers.remove("mcp-session-id");
+                    None
+                }
+                routing::Era::Legacy => parts
+                    .headers
+                    .get("mcp-session-id")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            };
             let claim = match session.map(|s| self.in_flight.claim(&s, &classified)) {
                 Some(None) => {
                     let message = "invalid request: a request with this id is still being answered in this session";

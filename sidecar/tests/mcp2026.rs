@@ -269,6 +269,8 @@ async fn agreeing_headers_in_every_encoding_reach_the_upstream_unchanged() {
 struct ModernUpstream {
     url: String,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    /// The `Mcp-Session-Id` of each request, in order.
+    sessions: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -296,11 +298,17 @@ fn modern_result(message: &Value) -> Value {
 
 async fn modern_upstream(delay: std::time::Duration) -> ModernUpstream {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = seen.clone();
+    let sessions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (record, record_session) = (seen.clone(), sessions.clone());
     let (addr, task) = serve(move |request: Request<hyper::body::Incoming>| {
-        let record = record.clone();
+        let (record, record_session) = (record.clone(), record_session.clone());
         async move {
             use http_body_util::BodyExt;
+            let session = request
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            record_session.lock().unwrap().push(session);
             let sse = request.uri().query().is_some_and(|q| q.contains("sse=1"));
             let body = request.into_body().collect().await.unwrap().to_bytes();
             let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -325,6 +333,7 @@ async fn modern_upstream(delay: std::time::Duration) -> ModernUpstream {
     ModernUpstream {
         url: format!("http://{addr}"),
         seen,
+        sessions,
         task,
     }
 }
@@ -516,4 +525,45 @@ async fn challenges_name_the_scopes_of_this_request_and_never_offline_access() {
 
 fn body_of(text: &'static str) -> Body {
     full(text)
+}
+
+#[tokio::test]
+async fn modern_requests_need_no_handshake_and_no_session_and_are_never_held_to_one() {
+    // Each answer takes 300 ms, so two requests overlap.
+    let upstream = modern_upstream(std::time::Duration::from_millis(300)).await;
+    let rules = "rules:\n  - {method: tools/call, name: 'get_*', scopes: [mcp:read]}\n  - {method: tools/call, name: 'delete_*', scopes: [mcp:admin]}\n";
+    let h = harness_for(&upstream.url, rules).await;
+    let token = h.token("mcp:read");
+    // No initialize, no Mcp-Session-Id: discovery and a list are answered (the list filtered for the token).
+    for (method, body) in [
+        ("server/discover", modern(1, "server/discover", json!({}))),
+        ("tools/list", modern(2, "tools/list", json!({}))),
+    ] {
+        let (status, headers, text) = h
+            .send(request(&h, &token, &standard(method, None), &body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{method}: {text}");
+        assert!(headers.get("mcp-session-id").is_none());
+        assert!(!text.contains("delete_user"), "{text}");
+    }
+    // Two requests reusing one id at once, even with a stray session id: each is a request of its own.
+    let call = |name: &str| {
+        let body = modern(7, "tools/call", json!({"name":name,"arguments":{}}));
+        let mut req = request(&h, &token, &standard("tools/call", Some(name)), &body);
+        req.headers_mut()
+            .insert("mcp-session-id", "session-1".parse().unwrap());
+        req
+    };
+    let (first, second) = tokio::join!(h.send(call("get_user")), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        h.send(call("get_report")).await
+    });
+    assert_eq!(first.0, StatusCode::OK, "{}", first.2);
+    assert_eq!(second.0, StatusCode::OK, "{}", second.2);
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    // The upstream never saw the session id of a modern request.
+    let sessions = upstream.sessions.lock().unwrap().clone();
+    assert_eq!(sessions, vec![None, None, None, None]);
+    // A handshake-era request in a session is still held to its ids (tests/decisions.rs).
 }

@@ -31,6 +31,7 @@ pub mod rules;
 pub mod server;
 pub mod strict_json;
 pub mod token;
+pub mod verdict;
 pub mod verified;
 
 #[cfg(any(test, feature = "test-support"))]

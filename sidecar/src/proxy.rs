@@ -6,7 +6,6 @@
 //! answer, in JSON and inside SSE streams, on the hot path; batches left MCP in 2025-06-18, so clients that
 //! still send them get an all-or-nothing answer that never half-executes a batch.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +27,14 @@ use crate::http1::body::WireBody;
 use crate::http1::client::UpstreamClient;
 use crate::in_flight::InFlight;
 use crate::introspect::Introspector;
-use crate::jsonrpc::{self, Classified, Message};
+use crate::jsonrpc::{self, Message};
 use crate::jwks::{JwksCache, Lookup};
 use crate::metadata::ResourceMetadata;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::routing;
-use crate::rules::{Decision, Policy};
+use crate::rules::Policy;
 use crate::token::{self, Identity, TokenError, TokenRules};
+use crate::verdict::{self, Answer, RequestFacts};
 use crate::verified::VerifiedTokens;
 
 /// How many verified tokens are remembered (about 1 KiB each).
@@ -66,6 +66,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// What the verdict reads from this config.
+    pub fn verdict_rules(&self) -> verdict::Rules<'_> {
+        verdict::Rules {
+            policy: &self.policy,
+            sensitive: self
+                .config
+                .introspection
+                .as_ref()
+                .map(|i| i.sensitive_scopes.as_slice()),
+        }
+    }
+
     /// Derives the runtime from a validated config.
     pub fn new(config: SidecarConfig) -> Result<Self, ConfigError> {
         config.validate()?;
@@ -224,8 +236,8 @@ impl Proxy {
                 Refusal::InvalidRequest("tokens are not accepted in the query string".into());
             return deny(challenge(refusal), "token_in_query", None);
         }
-        let identity = match self.authenticate(rt, request.headers()).await {
-            Ok(identity) => identity,
+        let (identity, token) = match self.authenticate(rt, request.headers()).await {
+            Ok(found) => found,
             Err(error) => {
                 let refusal = token_refusal(&error);
                 let response = match refusal.status() {
@@ -257,38 +269,62 @@ impl Proxy {
                     return deny(response, reason, Some(&identity));
                 }
             };
-            let classified = match jsonrpc::classify(&bytes) {
-                Ok(c) => c,
-                Err(error) => {
-                    let response =
-                        bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
-                    return deny(response, error.metric_label(), Some(&identity));
-                }
+            let classified = jsonrpc::classify(&bytes);
+            let rules = rt.verdict_rules();
+            let mut facts = RequestFacts {
+                headers: &parts.headers,
+                body: classified.as_ref(),
+                scopes: &scopes,
+                issuer: None,
             };
-            // Checked before the rules: what is decided must be what every party downstream reads.
-            let era = match routing::check(&parts.headers, &classified.document) {
-                Ok(era) => era,
-                Err(error) => {
-                    let body = error.body(&classified.reply_id());
-                    let response =
-                        bytes_response(StatusCode::BAD_REQUEST, "application/json", body);
-                    return deny(response, error.metric_label(), Some(&identity));
-                }
-            };
-            // Audited by `authorize`, one line per refused operation.
-            if let Some((refusal, reason)) = authorize(rt, &classified, &scopes, &identity) {
-                return (
-                    challenge(refusal),
-                    Outcome {
+            let mut verdict = verdict::verdict(&rules, &facts);
+            if verdict.outcome == verdict::Outcome::AskIssuer
+                && let Some(introspector) = &rt.introspector
+            {
+                facts.issuer = Some(match introspector.is_active(token.as_str()).await {
+                    Ok(active) => Ok(active),
+                    Err(error) => {
+                        tracing::warn!(%error, "introspection failed; refusing the sensitive operation");
+                        Err(error.metric_label())
+                    }
+                });
+                verdict = verdict::verdict(&rules, &facts);
+            }
+            // The verdict's audit lines, written once whatever it decided.
+            for line in &verdict.audit {
+                audit::record(&AuditEvent {
+                    identity: Some(&identity),
+                    method: line.method,
+                    target: line.target,
+                    decision: line.decision,
+                    reason: line.reason,
+                });
+            }
+            let (era, per_token) = match verdict.outcome {
+                verdict::Outcome::Forward { era, per_token } => (era, per_token),
+                verdict::Outcome::Refuse { answer, reason } => {
+                    let response = match answer {
+                        Answer::Challenge(refusal) => challenge(refusal),
+                        Answer::JsonRpc { status, body } => {
+                            bytes_response(status, "application/json", body)
+                        }
+                    };
+                    let outcome = Outcome {
                         decision: "deny",
                         reason,
-                    },
-                );
-            }
-            let token = parts_token(&parts.headers, rt);
-            if let Some((refusal, reason)) = check_revocation(rt, &classified, token).await {
-                return deny(challenge(refusal), reason, Some(&identity));
-            }
+                    };
+                    return (response, outcome);
+                }
+                // Asked again only when there is an issuer to ask; without one nothing is sensitive.
+                verdict::Outcome::AskIssuer => {
+                    let response = challenge(Refusal::IntrospectionUnavailable);
+                    let reason = "introspection_unavailable";
+                    return deny(response, reason, Some(&identity));
+                }
+            };
+            let Ok(classified) = classified else {
+                unreachable!("the verdict refuses a body it cannot classify");
+            };
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
             // answer, through a handshake-era session. Each such request is answered on its own POST, so
@@ -314,12 +350,6 @@ impl Proxy {
                 Some(claim) => claim,
                 None => None,
             };
-            // Lists are filtered for the token, and a read resource was allowed to it: either answer is
-            // this token's view and is marked private on its way back (SEP-2549).
-            let per_token = !classified.list_requests().is_empty()
-                || classified.messages.iter().any(
-                    |m| matches!(m, Message::Call { op, .. } if op.method == "resources/read"),
-                );
             let matcher = per_token.then_some(ListMatcher::Requests);
             (bytes, matcher, claim)
         } else {
@@ -435,17 +465,19 @@ impl Proxy {
         }
     }
 
+    /// Verifies the request's bearer token; returns who it is and the token itself, parsed once.
     async fn authenticate(
         &self,
         rt: &Runtime,
         headers: &http::HeaderMap,
-    ) -> Result<Identity, TokenError> {
+    ) -> Result<(Identity, Bearer), TokenError> {
         let token = token::bearer_token(headers, rt.token_rules.max_token_bytes)?;
+        let bearer = Bearer::of(headers, token);
         let now = now_seconds();
         if let Some(keys) = self.jwks.current_keys()
             && let Some(identity) = rt.verified.get(token, &keys, now, rt.token_rules.leeway)
         {
-            return Ok(identity);
+            return Ok((identity, bearer));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let wait = Duration::from_millis(rt.config.jwks.request_wait_ms);
@@ -455,7 +487,7 @@ impl Proxy {
         };
         let identity = token::verify(token, &keys, &rt.token_rules, now)?;
         rt.verified.insert(token, identity.clone(), keys);
-        Ok(identity)
+        Ok((identity, bearer))
     }
 
     async fn relay_response(
@@ -511,77 +543,29 @@ impl Proxy {
     }
 }
 
-/// Decides every operation of a body; any refusal refuses the whole body (see module docs).
-fn authorize(
-    rt: &Runtime,
-    classified: &Classified,
-    scopes: &BTreeSet<String>,
-    identity: &Identity,
-) -> Option<(Refusal, &'static str)> {
-    let mut needed: Vec<String> = Vec::new();
-    let mut refused_ids = Vec::new();
-    let mut forbidden = false;
-    let mut insufficient = false;
-    let calls = classified.messages.iter().flat_map(|message| {
-        let id = match message {
-            Message::Call { id, .. } => id.as_ref(),
-            Message::Reply => None,
-        };
-        message.operations().map(move |op| (id, op))
-    });
-    for (id, op) in calls {
-        let decision = rt.policy.decide(op, scopes);
-        let (label, reason) = match &decision {
-            Decision::Allow => ("allow", "ok"),
-            Decision::MissingScopes { .. } => ("deny", "insufficient_scope"),
-            Decision::Forbidden => ("deny", "forbidden"),
-        };
-        if label == "deny" || op.method == "tools/call" {
-            let target = op.name.as_deref();
-            audit::record(&AuditEvent {
-                identity: Some(identity),
-                method: &op.method,
-                target,
-                decision: label,
-                reason,
-            });
-        }
-        match decision {
-            Decision::Allow => continue,
-            Decision::MissingScopes { required } => {
-                insufficient = true;
-                for scope in required {
-                    if !needed.contains(&scope) {
-                        needed.push(scope);
-                    }
-                }
-            }
-            Decision::Forbidden => forbidden = true,
-        }
-        if let Some(id) = id
-            && !refused_ids.contains(id)
-        {
-            refused_ids.push(id.clone());
-        }
+/// A request's bearer token, kept past the move of its headers: the `Authorization` value (shared, not
+/// copied) and where the token starts in it.
+struct Bearer {
+    value: HeaderValue,
+    start: usize,
+}
+
+impl Bearer {
+    /// `token` is the slice `token::bearer_token` found in `headers`' one `Authorization` value.
+    fn of(headers: &http::HeaderMap, token: &str) -> Self {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+        let start = (token.as_ptr() as usize)
+            .checked_sub(value.as_bytes().as_ptr() as usize)
+            .filter(|start| start + token.len() <= value.len())
+            .unwrap_or(value.len());
+        Self { value, start }
     }
-    if forbidden {
-        // No scope would make this body acceptable, so a step-up challenge would only mislead the client.
-        Some((Refusal::Forbidden { ids: refused_ids }, "forbidden"))
-    } else if insufficient {
-        // The challenge names every scope this request needs, the allowed operations' too: a token with
-        // exactly those must succeed on the retry (SEP-2350). The refused operations' own scopes stand in if
-        // that set is somehow empty.
-        let operations = classified.messages.iter().flat_map(Message::operations);
-        let scopes = rt.policy.scopes_for(operations).unwrap_or(needed);
-        Some((
-            Refusal::InsufficientScope {
-                scopes,
-                ids: refused_ids,
-            },
-            "insufficient_scope",
-        ))
-    } else {
-        None
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.value.as_bytes()[self.start..]).unwrap_or("")
     }
 }
 
@@ -618,43 +602,6 @@ async fn challenge_scopes(rt: &Runtime, request: Request<WireBody>) -> Option<Ve
     let classified = jsonrpc::classify(&bytes).ok()?;
     rt.policy
         .scopes_for(classified.messages.iter().flat_map(Message::operations))
-}
-
-/// The bearer token of an already authenticated request.
-fn parts_token<'a>(headers: &'a http::HeaderMap, rt: &Runtime) -> &'a str {
-    token::bearer_token(headers, rt.token_rules.max_token_bytes).unwrap_or("")
-}
-
-/// Asks the issuer about the token when an operation of the body needs a sensitive scope.
-async fn check_revocation(
-    rt: &Runtime,
-    classified: &Classified,
-    token: &str,
-) -> Option<(Refusal, &'static str)> {
-    let introspector = rt.introspector.as_ref()?;
-    let sensitive = classified
-        .messages
-        .iter()
-        .flat_map(Message::operations)
-        .any(|op| {
-            rt.policy
-                .required_scopes(op)
-                .is_some_and(|s| introspector.is_sensitive(s))
-        });
-    if !sensitive {
-        return None;
-    }
-    match introspector.is_active(token).await {
-        Ok(true) => None,
-        Ok(false) => Some((
-            token_refusal(&TokenError::Inactive),
-            TokenError::Inactive.metric_label(),
-        )),
-        Err(error) => {
-            tracing::warn!(%error, "introspection failed; refusing the sensitive operation");
-            Some((Refusal::IntrospectionUnavailable, error.metric_label()))
-        }
-    }
 }
 
 fn token_refusal(error: &TokenError) -> Refusal {

@@ -1,0 +1,485 @@
+//! The decision about an authenticated MCP POST, as one pure function of what is known about it.
+//!
+//! ```text
+//!  RequestFacts { headers, body (classified or not), the token's effective scopes, the issuer's word }
+//!        |
+//!  verdict(&Rules, &facts) --> Verdict { outcome: Forward | AskIssuer | Refuse, audit: lines to write }
+//! ```
+//!
+//! The proxy gathers the facts (reads the body, asks the issuer when the verdict says so, which it does
+//! only for an operation needing a sensitive scope) and acts on the outcome; the audit lines and the
+//! metric's reason come from the verdict alone, written once. Order of the checks, first refusal wins:
+//! an unreadable body (-32700/-32600/-32602), routing headers that disagree with it (-32020, SEP-2243),
+//! the rules (an operation no token may perform beats one needing more scope, since no step-up would help),
+//! then revocation for sensitive operations.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::challenge::Refusal;
+use crate::jsonrpc::{Classified, ClassifyError, Message};
+use crate::routing::{self, Era};
+use crate::rules::{Decision, Policy};
+use crate::token::TokenError;
+
+/// What the verdict reads from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The compiled rules.
+    pub policy: &'a Policy,
+    /// Scopes whose operations need the issuer's word that the token is still active; `None` without
+    /// introspection.
+    pub sensitive: Option<&'a [String]>,
+}
+
+/// Everything known about one authenticated POST.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The request's header fields (for the routing headers).
+    pub headers: &'a HeaderMap,
+    /// The body as classified.
+    pub body: Result<&'a Classified, &'a ClassifyError>,
+    /// The token's scopes, expanded through the hierarchy.
+    pub scopes: &'a std::collections::BTreeSet<String>,
+    /// The issuer's answer about the token, once asked: active or not, or why it could not say (the
+    /// metric reason).
+    pub issuer: Option<Result<bool, &'static str>>,
+}
+
+/// One audit line the verdict asks for (the proxy adds who).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine<'a> {
+    /// The JSON-RPC method, or `POST` for a body refused as a whole.
+    pub method: &'a str,
+    /// The tool, resource or prompt.
+    pub target: Option<&'a str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The low-cardinality reason.
+    pub reason: &'static str,
+}
+
+/// A refusal, ready to render.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A challenge or OAuth-style refusal (`WWW-Authenticate` where it has one).
+    Challenge(Refusal),
+    /// A JSON-RPC error body with this status.
+    JsonRpc {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The JSON-RPC error response.
+        body: Bytes,
+    },
+}
+
+/// What to do with the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Send it on.
+    Forward {
+        /// Which protocol it speaks.
+        era: Era,
+        /// Whether its answer is this token's view (lists to filter, a resource read under its rules).
+        per_token: bool,
+    },
+    /// An operation needs a sensitive scope: ask the issuer about the token, then decide again.
+    AskIssuer,
+    /// Refuse it.
+    Refuse {
+        /// The answer.
+        answer: Answer,
+        /// The metric's reason.
+        reason: &'static str,
+    },
+}
+
+/// The decision and the audit lines that record it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict<'a> {
+    /// What to do.
+    pub outcome: Outcome,
+    /// Lines to write, in order, once the outcome is final (never for `AskIssuer`).
+    pub audit: Vec<AuditLine<'a>>,
+}
+
+impl Verdict<'_> {
+    fn refuse(answer: Answer, reason: &'static str) -> Self {
+        Self {
+            outcome: Outcome::Refuse { answer, reason },
+            audit: vec![AuditLine {
+                method: "POST",
+                target: None,
+                decision: "deny",
+                reason,
+            }],
+        }
+    }
+}
+
+/// Decides an authenticated POST.
+pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
+    let classified = match facts.body {
+        Ok(classified) => classified,
+        Err(error) => {
+            let answer = Answer::JsonRpc {
+                status: StatusCode::BAD_REQUEST,
+                body: error.body(),
+            };
+            return Verdict::refuse(answer, error.metric_label());
+        }
+    };
+    let era = match routing::check(facts.headers, &classified.document) {
+        Ok(era) => era,
+        Err(error) => {
+            let answer = Answer::JsonRpc {
+                status: StatusCode::BAD_REQUEST,
+                body: error.body(&classified.reply_id()),
+            };
+            return Verdict::refuse(answer, error.metric_label());
+        }
+    };
+
+    // Every operation is decided (and refused ones audited) even once one is refused: the audit trail
+    // names each operation the body tried.
+    let mut audit = Vec::new();
+    let mut needed: Vec<String> = Vec::new();
+    let mut refused_ids: Vec<Value> = Vec::new();
+    let (mut forbidden, mut insufficient, mut sensitive) = (false, false, false);
+    for message in &classified.messages {
+        let id = match message {
+            Message::Call { id, .. } => id.as_ref(),
+            Message::Reply => None,
+        };
+        for op in message.operations() {
+            let required = rules.policy.required_scopes(op);
+            sensitive |= rules
+                .sensitive
+                .zip(required)
+                .is_some_and(|(s, r)| r.iter().any(|scope| s.contains(scope)));
+            let decision = rules.policy.decide(op, facts.scopes);
+            let reason = match &decision {
+                Decision::Allow => "ok",
+                Decision::MissingScopes { .. } => "insufficient_scope",
+                Decision::Forbidden => "forbidden",
+            };
+            let allowed = decision == Decision::Allow;
+            if !allowed || op.method == "tools/call" {
+                audit.push(AuditLine {
+                    method: &op.method,
+                    target: op.name.as_deref(),
+                    decision: if allowed { "allow" } else { "deny" },
+                    reason,
+                });
+            }
+            match decision {
+                Decision::Allow => continue,
+                Decision::MissingScopes { required } => {
+                    insufficient = true;
+                    for scope in required {
+                        if !needed.contains(&scope) {
+                            needed.push(scope);
+                        }
+                    }
+                }
+                Decision::Forbidden => forbidden = true,
+            }
+            if let Some(id) = id
+                && !refused_ids.contains(id)
+            {
+                refused_ids.push(id.clone());
+            }
+        }
+    }
+    if forbidden {
+        // No scope would make this body acceptable, so a step-up challenge would only mislead the client.
+        let answer = Answer::Challenge(Refusal::Forbidden { ids: refused_ids });
+        let outcome = Outcome::Refuse {
+            answer,
+            reason: "forbidden",
+        };
+        return Verdict { outcome, audit };
+    }
+    if insufficient {
+        // Every scope this request needs, the allowed operations' too: a token with exactly those must
+        // succeed on the retry (SEP-2350). The refused operations' own scopes stand in if that is empty.
+        let operations = classified.messages.iter().flat_map(Message::operations);
+        let scopes = rules.policy.scopes_for(operations).unwrap_or(needed);
+        let answer = Answer::Challenge(Refusal::InsufficientScope {
+            scopes,
+            ids: refused_ids,
+        });
+        let outcome = Outcome::Refuse {
+            answer,
+            reason: "insufficient_scope",
+        };
+        return Verdict { outcome, audit };
+    }
+    if sensitive {
+        let refused = |answer, reason| {
+            let mut audit = audit.clone();
+            audit.push(AuditLine {
+                method: "POST",
+                target: None,
+                decision: "deny",
+                reason,
+            });
+            Verdict {
+                outcome: Outcome::Refuse { answer, reason },
+                audit,
+            }
+        };
+        match facts.issuer {
+            None => {
+                return Verdict {
+                    outcome: Outcome::AskIssuer,
+                    audit: Vec::new(),
+                };
+            }
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                let refusal = Refusal::Unauthorized {
+                    error: Some("invalid_token"),
+                    description: Some(TokenError::Inactive.to_string()),
+                };
+                return refused(
+                    Answer::Challenge(refusal),
+                    TokenError::Inactive.metric_label(),
+                );
+            }
+            Some(Err(reason)) => {
+                return refused(Answer::Challenge(Refusal::IntrospectionUnavailable), reason);
+            }
+        }
+    }
+    // Lists are filtered for the token, and a read resource was allowed to it: either answer is this
+    // token's view and is marked private on its way back (SEP-2549).
+    let per_token = !classified.list_requests().is_empty()
+        || classified
+            .messages
+            .iter()
+            .any(|m| matches!(m, Message::Call { op, .. } if op.method == "resources/read"));
+    Verdict {
+        outcome: Outcome::Forward { era, per_token },
+        audit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SidecarConfig;
+    use crate::jsonrpc::classify;
+    use serde_json::json;
+
+    const CONFIG: &str = "upstream: http://127.0.0.1:1\nresource: https://r.example/mcp\n\
+        issuer: https://i.example\njwksUri: https://i.example/jwks\nscopesSupported: [read]\n\
+        scopeImplies: {admin: [read]}\nrules:\n\
+        - {method: tools/call, name: 'get_*', scopes: [read]}\n\
+        - {method: tools/call, name: 'delete_*', scopes: [admin]}\n\
+        - {method: tools/call, name: 'wipe_*', scopes: [danger]}\n\
+        - {method: resources/read, name: 'file:///public/*', scopes: []}\n";
+
+    fn call(id: u64, name: &str) -> Value {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}})
+    }
+
+    fn modern(id: u64, name: &str) -> Value {
+        let mut v = call(id, name);
+        v["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities":{}});
+        v
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    /// What a case expects: the outcome in short, and the audit lines as `(method, target, decision, reason)`.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Short {
+        Forward(Era, bool),
+        AskIssuer,
+        Refuse(u16, &'static str, String),
+    }
+
+    fn short(outcome: &Outcome) -> Short {
+        match outcome {
+            Outcome::Forward { era, per_token } => Short::Forward(*era, *per_token),
+            Outcome::AskIssuer => Short::AskIssuer,
+            Outcome::Refuse { answer, reason } => match answer {
+                Answer::Challenge(refusal) => Short::Refuse(
+                    refusal.status().as_u16(),
+                    reason,
+                    refusal
+                        .www_authenticate(&crate::challenge::ChallengeContext {
+                            resource_metadata: "m".into(),
+                            basic_scopes: vec!["read".into()],
+                        })
+                        .unwrap_or_default(),
+                ),
+                Answer::JsonRpc { status, body } => Short::Refuse(
+                    status.as_u16(),
+                    reason,
+                    String::from_utf8(body.to_vec()).unwrap(),
+                ),
+            },
+        }
+    }
+
+    type Line = (
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+    );
+
+    struct Case {
+        what: &'static str,
+        body: String,
+        headers: Vec<(&'static str, &'static str)>,
+        scopes: &'static [&'static str],
+        sensitive: Option<&'static [&'static str]>,
+        issuer: Option<Result<bool, &'static str>>,
+        expect: Short,
+        audit: Vec<Line>,
+    }
+
+    fn case(
+        what: &'static str,
+        body: Value,
+        scopes: &'static [&'static str],
+        expect: Short,
+        audit: Vec<Line>,
+    ) -> Case {
+        Case {
+            what,
+            body: body.to_string(),
+            headers: vec![],
+            scopes,
+            sensitive: None,
+            issuer: None,
+            expect,
+            audit,
+        }
+    }
+
+    #[test]
+    fn verdict_table() {
+        let config = SidecarConfig::parse(CONFIG).unwrap();
+        let policy = Policy::from_config(&config);
+        let modern_headers = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_user"),
+        ];
+        let challenge = |scope: &str| {
+            format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"m\""
+            )
+        };
+        let legacy = Short::Forward(Era::Legacy, false);
+        let cases = vec![
+            case("an allowed call", call(1, "get_user"), &["read"], legacy.clone(),
+                vec![("tools/call", Some("get_user"), "allow", "ok")]),
+            case("the hierarchy: admin implies read", call(1, "get_user"), &["admin"], legacy.clone(),
+                vec![("tools/call", Some("get_user"), "allow", "ok")]),
+            case("insufficient scope", call(1, "delete_user"), &["read"],
+                Short::Refuse(403, "insufficient_scope", challenge("admin")),
+                vec![("tools/call", Some("delete_user"), "deny", "insufficient_scope")]),
+            case("forbidden: no rule", call(1, "unknown"), &["admin"],
+                Short::Refuse(403, "forbidden", String::new()),
+                vec![("tools/call", Some("unknown"), "deny", "forbidden")]),
+            case("a batch with one refused entry: refused whole, every scope it needs named",
+                json!([call(1, "get_user"), call(2, "delete_user")]), &["read"],
+                Short::Refuse(403, "insufficient_scope", challenge("read admin")),
+                vec![("tools/call", Some("get_user"), "allow", "ok"), ("tools/call", Some("delete_user"), "deny", "insufficient_scope")]),
+            case("forbidden beats insufficient scope, in either order",
+                json!([call(1, "delete_user"), call(2, "unknown")]), &["read"],
+                Short::Refuse(403, "forbidden", String::new()),
+                vec![("tools/call", Some("delete_user"), "deny", "insufficient_scope"), ("tools/call", Some("unknown"), "deny", "forbidden")]),
+            case("a list is this token's view", json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}), &[],
+                Short::Forward(Era::Legacy, true), vec![]),
+            case("a resource read is this token's view",
+                json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///public/a"}}), &[],
+                Short::Forward(Era::Legacy, true), vec![]),
+            case("a body that is not JSON-RPC", json!({"jsonrpc":"1.0","id":1,"method":"ping"}), &["admin"],
+                Short::Refuse(400, "jsonrpc_invalid_request",
+                    r#"{"error":{"code":-32600,"message":"invalid request: jsonrpc must be \"2.0\""},"id":null,"jsonrpc":"2.0"}"#.into()),
+                vec![("POST", None, "deny", "jsonrpc_invalid_request")]),
+            Case { headers: modern_headers.clone(),
+                ..case("a 2026-07-28 call with its headers", modern(1, "get_user"), &["read"],
+                    Short::Forward(Era::Modern, false), vec![("tools/call", Some("get_user"), "allow", "ok")]) },
+            Case { headers: vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "get_user")],
+                ..case("header mismatch is decided before the rules", modern(4, "delete_user"), &["read"],
+                    Short::Refuse(400, "header_mismatch",
+                        r#"{"error":{"code":-32020,"message":"Header mismatch: Mcp-Name header does not match the body's params.name"},"id":4,"jsonrpc":"2.0"}"#.into()),
+                    vec![("POST", None, "deny", "header_mismatch")]) },
+            Case { headers: vec![("mcp-protocol-version", "2025-11-25")],
+                ..case("a 2025 version header on a 2025 body", call(1, "get_user"), &["read"], legacy.clone(),
+                    vec![("tools/call", Some("get_user"), "allow", "ok")]) },
+            Case { headers: vec![("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "get_user")],
+                ..case("a 2025 version header on a 2026-07-28 body", modern(5, "get_user"), &["read"],
+                    Short::Refuse(400, "header_mismatch",
+                        r#"{"error":{"code":-32020,"message":"Header mismatch: MCP-Protocol-Version header does not match the body's _meta protocol version"},"id":5,"jsonrpc":"2.0"}"#.into()),
+                    vec![("POST", None, "deny", "header_mismatch")]) },
+            // Sensitive scopes: the issuer is asked, and only then is the verdict final.
+            Case { sensitive: Some(&["danger"]),
+                ..case("a sensitive operation asks the issuer first", call(1, "wipe_all"), &["danger"], Short::AskIssuer, vec![]) },
+            Case { sensitive: Some(&["danger"]), issuer: Some(Ok(true)),
+                ..case("an active token passes", call(1, "wipe_all"), &["danger"], legacy.clone(),
+                    vec![("tools/call", Some("wipe_all"), "allow", "ok")]) },
+            Case { sensitive: Some(&["danger"]), issuer: Some(Ok(false)),
+                ..case("an inactive token is 401", call(1, "wipe_all"), &["danger"],
+                    Short::Refuse(401, "token_inactive",
+                        "Bearer error=\"invalid_token\", error_description=\"the token is no longer active\", resource_metadata=\"m\", scope=\"read\"".into()),
+                    vec![("tools/call", Some("wipe_all"), "allow", "ok"), ("POST", None, "deny", "token_inactive")]) },
+            Case { sensitive: Some(&["danger"]), issuer: Some(Err("introspection_unavailable")),
+                ..case("an issuer that cannot say is 503", call(1, "wipe_all"), &["danger"],
+                    Short::Refuse(503, "introspection_unavailable", String::new()),
+                    vec![("tools/call", Some("wipe_all"), "allow", "ok"), ("POST", None, "deny", "introspection_unavailable")]) },
+            Case { sensitive: Some(&["danger"]),
+                ..case("a refusal needs no issuer", call(1, "wipe_all"), &["read"],
+                    Short::Refuse(403, "insufficient_scope", challenge("danger")),
+                    vec![("tools/call", Some("wipe_all"), "deny", "insufficient_scope")]) },
+            Case { sensitive: Some(&["danger"]),
+                ..case("nothing sensitive, nothing asked", call(1, "get_user"), &["read"], legacy.clone(),
+                    vec![("tools/call", Some("get_user"), "allow", "ok")]) },
+        ];
+        for c in cases {
+            let sensitive: Option<Vec<String>> = c
+                .sensitive
+                .map(|s| s.iter().map(|x| x.to_string()).collect());
+            let rules = Rules {
+                policy: &policy,
+                sensitive: sensitive.as_deref(),
+            };
+            let classified = classify(c.body.as_bytes());
+            let scopes = policy.effective_scopes(c.scopes.iter().copied());
+            let headers = headers(&c.headers);
+            let facts = RequestFacts {
+                headers: &headers,
+                body: classified.as_ref(),
+                scopes: &scopes,
+                issuer: c.issuer,
+            };
+            let v = verdict(&rules, &facts);
+            assert_eq!(short(&v.outcome), c.expect, "{}", c.what);
+            let lines: Vec<(&str, Option<&str>, &str, &str)> = v
+                .audit
+                .iter()
+                .map(|l| (l.method, l.target, l.decision, l.reason))
+                .collect();
+            assert_eq!(lines, c.audit, "{}", c.what);
+        }
+    }
+}

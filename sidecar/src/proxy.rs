@@ -322,8 +322,15 @@ impl Proxy {
                     return deny(response, reason, Some(&identity));
                 }
             };
-            let Ok(classified) = classified else {
-                unreachable!("the verdict refuses a body it cannot classify");
+            // The verdict refuses a body it cannot classify; should that ever change, the body is refused here
+            // rather than forwarded unchecked.
+            let classified = match classified {
+                Ok(classified) => classified,
+                Err(error) => {
+                    let response =
+                        bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
+                    return deny(response, error.metric_label(), Some(&identity));
+                }
             };
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its

@@ -105,14 +105,33 @@ async fn through_the_sidecar(server_mode: &str) {
     };
     for client_mode in ["legacy", "auto"] {
         let reader = run_client(&url, &token("mcp:read"), client_mode).await;
+        let expected_version = match client_mode {
+            "auto" => "2026-07-28",
+            _ => "2025-11-25",
+        };
+        assert_eq!(
+            reader["protocol_version"], expected_version,
+            "{client_mode}: the era the connection settled on through the sidecar: {reader}"
+        );
         assert_eq!(
             reader["tools"],
-            json!(["get_user", "whoami"]),
+            json!(["get_region", "get_user", "whoami"]),
             "{client_mode}: {reader}"
         );
         assert_eq!(
             reader["get_user"],
             json!(["user bob"]),
+            "{client_mode}: {reader}"
+        );
+        // On 2026-07-28 the client mirrors the annotated argument into `Mcp-Param-Region`; the sidecar checks
+        // it against the body and forwards it.
+        let mirrored = match client_mode {
+            "auto" => "eu-north1|header:eu-north1",
+            _ => "eu-north1|header:-",
+        };
+        assert_eq!(
+            reader["get_region"],
+            json!([mirrored]),
             "{client_mode}: {reader}"
         );
         assert_eq!(
@@ -133,7 +152,7 @@ async fn through_the_sidecar(server_mode: &str) {
         let admin = run_client(&url, &token("mcp:admin"), client_mode).await;
         assert_eq!(
             admin["tools"],
-            json!(["delete_user", "get_user", "whoami"]),
+            json!(["delete_user", "get_region", "get_user", "whoami"]),
             "{client_mode}: {admin}"
         );
         assert_eq!(

@@ -16,10 +16,15 @@ async def main(url: str, token: str, mode: str) -> dict:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=10)
     async with http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            # Which protocol the connection settled on: `auto` must reach 2026-07-28 through the sidecar, not
+            # fall back to the handshake because the sidecar refused its modern requests.
+            report["protocol_version"] = client.protocol_version
             tools = await client.list_tools()
             report["tools"] = sorted(t.name for t in tools.tools)
             result = await client.call_tool("get_user", {"name": "bob"})
             report["get_user"] = [c.text for c in result.content if getattr(c, "text", None)]
+            result = await client.call_tool("get_region", {"region": "eu-north1"})
+            report["get_region"] = [c.text for c in result.content if getattr(c, "text", None)]
             result = await client.call_tool("whoami", {})
             report["whoami"] = [c.text for c in result.content if getattr(c, "text", None)]
             try:

@@ -3,6 +3,9 @@
 Usage: python upstream_server.py PORT [json]
 """
 import sys
+from typing import Annotated
+
+from pydantic import Field
 
 from mcp.server.mcpserver import Context, MCPServer
 
@@ -13,6 +16,16 @@ server = MCPServer("sidecar-test-upstream")
 def get_user(name: str) -> str:
     """Reads a user."""
     return f"user {name}"
+
+
+@server.tool()
+def get_region(
+    ctx: Context, region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]
+) -> str:
+    """Reads a region; its argument is mirrored into the `Mcp-Param-Region` header on 2026-07-28 (SEP-2243)."""
+    request = ctx.request_context.request
+    headers = request.headers if request is not None else {}
+    return f"{region}|header:{headers.get('mcp-param-region', '-')}"
 
 
 @server.tool()

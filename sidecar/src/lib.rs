@@ -1,9 +1,10 @@
 //! mcp-authz sidecar: the OAuth resource server that sits in front of one MCP server.
 //!
 //! ```text
-//!  client --Bearer JWT--> [token: verify vs JWKS cache] --> [jsonrpc: classify body] --> [rules: scopes]
+//!  client --Bearer JWT--> [token: verify vs JWKS cache] --> [jsonrpc: classify body] --> [verdict: routing
+//!                                                                      headers, rules, issuer if sensitive]
 //!                                                                                            |
-//!  client <--(filtered */list)-- [filter] <-- upstream MCP server <--(identity headers, no token)--'
+//!  client <--(filtered */list, private)-- [filter] <-- upstream MCP server <--(identity headers, no token)--'
 //! ```
 //!
 //! `config::SidecarConfig` is the rendered file the operator writes; everything else is derived from it.

@@ -1,5 +1,7 @@
-//! The request path: metadata, token check, JSON-RPC rules, forwarding with identity headers, and the
-//! answer streamed back (list answers filtered).
+//! The request path: gathers the facts about a request (its route, its token, its body, the issuer's word
+//! when a sensitive operation needs it), acts on what `verdict` decides about them, forwards with identity
+//! headers, and streams the answer back (list answers filtered). The decisions themselves are pure and live
+//! in `verdict.rs`; the token's own checks in `token.rs`.
 //!
 //! Batch policy: a batch with any refused entry is refused whole (403, one JSON-RPC error per request id).
 //! Forwarding only the allowed entries would make the proxy merge its own errors into the upstream's
@@ -34,7 +36,7 @@ use crate::metrics::{Metrics, StreamGuard};
 use crate::routing;
 use crate::rules::Policy;
 use crate::token::{self, Identity, TokenError, TokenRules};
-use crate::verdict::{self, Answer, RequestFacts};
+use crate::verdict::{self, Answer, Misroute, RequestFacts, Route};
 use crate::verified::VerifiedTokens;
 
 /// How many verified tokens are remembered (about 1 KiB each).
@@ -175,41 +177,37 @@ impl Proxy {
         request: Request<WireBody>,
         peer: SocketAddr,
     ) -> (Response<ProxyBody>, Outcome) {
-        let path = request.uri().path();
-        if rt.metadata.serves(path) {
-            return (
-                metadata_response(rt, request.method()),
-                Outcome {
-                    decision: "public",
-                    reason: "metadata",
-                },
-            );
-        }
-        if path != rt.config.mcp_path {
-            let body = json!({"error": "not_found", "error_description": "this sidecar serves only its MCP endpoint"});
-            return (
-                json_response(StatusCode::NOT_FOUND, &body),
-                Outcome {
-                    decision: "deny",
-                    reason: "not_found",
-                },
-            );
-        }
-        match *request.method() {
-            Method::GET | Method::POST | Method::DELETE => {}
-            // CORS preflights carry no credentials by design and execute nothing: the upstream answers them.
-            Method::OPTIONS => return self.forward_preflight(rt, request, peer).await,
-            _ => {
+        let route = verdict::route(
+            &rt.metadata,
+            &rt.config.mcp_path,
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        );
+        let refused = |decision: &'static str, reason: &'static str| Outcome { decision, reason };
+        match route {
+            Route::Metadata => {
+                return (
+                    metadata_response(rt, request.method()),
+                    refused("public", "metadata"),
+                );
+            }
+            Route::Preflight => return self.forward_preflight(rt, request, peer).await,
+            Route::Refuse(Misroute::NotFound) => {
+                let body = json!({"error": "not_found", "error_description": "this sidecar serves only its MCP endpoint"});
+                return (
+                    json_response(StatusCode::NOT_FOUND, &body),
+                    refused("deny", "not_found"),
+                );
+            }
+            Route::Refuse(Misroute::MethodNotAllowed) => {
                 let body = json!({"error": "method_not_allowed"});
                 let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &body);
                 let allow = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
                 response.headers_mut().insert(header::ALLOW, allow);
-                let outcome = Outcome {
-                    decision: "deny",
-                    reason: "method_not_allowed",
-                };
-                return (response, outcome);
+                return (response, refused("deny", "method_not_allowed"));
             }
+            Route::Refuse(Misroute::TokenInQuery) | Route::Authenticate => {}
         }
         let http_method = request.method().as_str().to_owned();
         // Every refusal after this point is audited with whatever identity is known by then.
@@ -231,10 +229,10 @@ impl Proxy {
                 )
             };
         let challenge = |refusal: Refusal| refusal.into_response_boxed(&rt.challenge);
-        if token::query_has_token(request.uri().query()) {
+        if let Route::Refuse(misroute) = route {
             let refusal =
                 Refusal::InvalidRequest("tokens are not accepted in the query string".into());
-            return deny(challenge(refusal), "token_in_query", None);
+            return deny(challenge(refusal), misroute.metric_label(), None);
         }
         let (identity, token) = match self.authenticate(rt, request.headers()).await {
             Ok(found) => found,

@@ -118,6 +118,67 @@ impl Verdict<'_> {
     }
 }
 
+/// Where a request goes before any token is looked at: decided on its method, path and query alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The protected-resource metadata (public).
+    Metadata,
+    /// A CORS preflight: forwarded without credentials, since browsers send none and it executes nothing.
+    Preflight,
+    /// The MCP endpoint: authenticate, then decide.
+    Authenticate,
+    /// Refused.
+    Refuse(Misroute),
+}
+
+/// Why a request was refused before its token was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misroute {
+    /// 404: a path other than the MCP endpoint and the metadata.
+    NotFound,
+    /// 405: a method other than GET, POST, DELETE, OPTIONS (a body on PUT or PATCH would escape the
+    /// JSON-RPC checks).
+    MethodNotAllowed,
+    /// 400 `invalid_request`: tokens travel in the header only (RFC 6750 §2.3 is not offered).
+    TokenInQuery,
+}
+
+impl Misroute {
+    /// Low-cardinality reason for metrics and audit.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TokenInQuery => "token_in_query",
+        }
+    }
+}
+
+/// Routes a request by its method, path and query.
+pub fn route(
+    metadata: &crate::metadata::ResourceMetadata,
+    mcp_path: &str,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Route {
+    use http::Method;
+    if metadata.serves(path) {
+        return Route::Metadata;
+    }
+    if path != mcp_path {
+        return Route::Refuse(Misroute::NotFound);
+    }
+    match *method {
+        Method::OPTIONS => Route::Preflight,
+        Method::GET | Method::POST | Method::DELETE if crate::token::query_has_token(query) => {
+            Route::Refuse(Misroute::TokenInQuery)
+        }
+        Method::GET | Method::POST | Method::DELETE => Route::Authenticate,
+        _ => Route::Refuse(Misroute::MethodNotAllowed),
+    }
+}
+
 /// Decides an authenticated POST.
 pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
     let classified = match facts.body {
@@ -370,6 +431,81 @@ mod tests {
             issuer: None,
             expect,
             audit,
+        }
+    }
+
+    #[test]
+    fn route_table() {
+        use http::Method;
+        let config = SidecarConfig::parse(CONFIG).unwrap();
+        let metadata = crate::metadata::ResourceMetadata::from_config(&config);
+        let cases = [
+            (
+                Method::GET,
+                "/.well-known/oauth-protected-resource",
+                None,
+                Route::Metadata,
+            ),
+            (
+                Method::GET,
+                "/.well-known/oauth-protected-resource/mcp",
+                None,
+                Route::Metadata,
+            ),
+            (
+                Method::GET,
+                "/.well-known/oauth-protected-resource",
+                Some("access_token=x"),
+                Route::Metadata,
+            ),
+            (Method::POST, "/mcp", None, Route::Authenticate),
+            (Method::GET, "/mcp", None, Route::Authenticate),
+            (Method::DELETE, "/mcp", None, Route::Authenticate),
+            (Method::OPTIONS, "/mcp", None, Route::Preflight),
+            (
+                Method::POST,
+                "/mcp",
+                Some("access_token=x"),
+                Route::Refuse(Misroute::TokenInQuery),
+            ),
+            (
+                Method::POST,
+                "/mcp",
+                Some("a=1&access_token=x"),
+                Route::Refuse(Misroute::TokenInQuery),
+            ),
+            (Method::POST, "/mcp", Some("sse=1"), Route::Authenticate),
+            (
+                Method::PUT,
+                "/mcp",
+                None,
+                Route::Refuse(Misroute::MethodNotAllowed),
+            ),
+            (
+                Method::PATCH,
+                "/mcp",
+                Some("access_token=x"),
+                Route::Refuse(Misroute::MethodNotAllowed),
+            ),
+            (
+                Method::POST,
+                "/mcp/",
+                None,
+                Route::Refuse(Misroute::NotFound),
+            ),
+            (
+                Method::POST,
+                "/other",
+                None,
+                Route::Refuse(Misroute::NotFound),
+            ),
+        ];
+        for (method, path, query, expected) in cases {
+            assert_eq!(
+                route(&metadata, &config.mcp_path, &method, path, query),
+                expected,
+                "{method} {path} {query:?}"
+            );
         }
     }
 

@@ -9,6 +9,7 @@ use mcp_authz_sidecar::jsonrpc;
 use mcp_authz_sidecar::rules::{Operation, Policy};
 use mcp_authz_sidecar::testing::{TestKey, claims_for, now, rules};
 use mcp_authz_sidecar::token;
+use mcp_authz_sidecar::verdict;
 
 fn token_check(c: &mut Criterion) {
     let key = TestKey::es256("k1");
@@ -39,6 +40,42 @@ fn token_check(c: &mut Criterion) {
         b.iter(|| {
             let scopes = policy.effective_scopes(["admin"]);
             policy.decide(black_box(&op), &scopes)
+        })
+    });
+
+    // The whole decision about an authenticated 2026-07-28 POST: classification, the routing headers
+    // against the body (SEP-2243) and the rules, as the proxy runs them per request.
+    let modern = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_user","arguments":{"region":"us-west1"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("host", "mcp.example.com"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "get_user"),
+        ("mcp-param-region", "us-west1"),
+    ] {
+        headers.insert(name, value.parse().expect("header"));
+    }
+    let scopes = policy.effective_scopes(["read"]);
+    let verdict_rules = verdict::Rules {
+        policy: &policy,
+        sensitive: None,
+    };
+    c.bench_function("classify_and_verdict_modern_tools_call", |b| {
+        b.iter(|| {
+            let classified = jsonrpc::classify(black_box(modern));
+            let facts = verdict::RequestFacts {
+                headers: &headers,
+                body: classified.as_ref(),
+                scopes: &scopes,
+                issuer: None,
+            };
+            matches!(
+                verdict::verdict(&verdict_rules, &facts).outcome,
+                verdict::Outcome::Forward { .. }
+            )
         })
     });
 }

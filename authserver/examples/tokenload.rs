@@ -25,7 +25,10 @@ const RESOURCE: &str = "https://mcp.example.com/files";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let server = PathBuf::from(args.get(1).expect("usage: tokenload SERVER [seconds] [connections] [rounds]"));
+    let server = PathBuf::from(
+        args.get(1)
+            .expect("usage: tokenload SERVER [seconds] [connections] [rounds]"),
+    );
     let seconds: u64 = args.get(2).map_or(10, |s| s.parse().unwrap());
     let connections: usize = args.get(3).map_or(16, |s| s.parse().unwrap());
     let rounds: usize = args.get(4).map_or(3, |s| s.parse().unwrap());
@@ -146,7 +149,9 @@ impl Fixture {
 fn pem_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 fn start(server: &Path, core: &str, config: &Path) -> Child {
@@ -177,8 +182,16 @@ fn wait_ready(port: u16, log: &Path) {
 }
 
 /// Runs `connections` keep-alive connections, each posting the next unused body, until `length` has passed.
-fn drive(port: u16, bodies: Arc<Vec<Bytes>>, connections: usize, length: Duration) -> (usize, Duration) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn drive(
+    port: u16,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+    length: Duration,
+) -> (usize, Duration) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -187,16 +200,22 @@ fn drive(port: u16, bodies: Arc<Vec<Bytes>>, connections: usize, length: Duratio
         for _ in 0..connections {
             let (bodies, next) = (bodies.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
                 tokio::spawn(conn);
                 let mut done = 0usize;
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let body = bodies.get(i).expect("more assertions than the round used").clone();
+                    let body = bodies
+                        .get(i)
+                        .expect("more assertions than the round used")
+                        .clone();
                     let request = Request::post("/token")
                         .header("host", "127.0.0.1")
                         .header("content-type", "application/x-www-form-urlencoded")
@@ -236,7 +255,11 @@ fn pin_self(core: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn load_average() -> String {

@@ -411,7 +411,9 @@ async fn group_commit(store: &(dyn Store + Sync)) {
         writes.push(async move {
             let g = grant(&id, "bob", "group", "https://r", now);
             let put = store.put_grant(&g).await;
-            let token = store.put_access_token(&format!("at-{id}"), &id, now + 300).await;
+            let token = store
+                .put_access_token(&format!("at-{id}"), &id, now + 300)
+                .await;
             (id, put, token)
         });
     }

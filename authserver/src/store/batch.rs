@@ -10,11 +10,14 @@
 //! A batch that fails is written again row by row, so a row the database refuses fails only its own request.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use sqlx::any::AnyArguments;
-use sqlx::{AnyPool, Arguments, AssertSqlSafe, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::WalKeeper;
 use super::{AuditEvent, Grant, StoreError, Timestamp};
 
 /// Most rows in one transaction: the widest row has 10 columns, well inside both databases' limits on bound
@@ -46,11 +49,15 @@ pub enum NewRow {
 pub type Written = bool;
 
 /// How statements reach the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Dialect {
     /// The whole transaction goes to SQLite's worker thread as one multi-statement text: one hand-off per batch.
-    Sqlite,
-    /// PostgreSQL takes one statement per message: the same statements, one by one, in a transaction.
+    /// The writer keeps one connection of its own: a connection's page cache is emptied whenever another
+    /// connection commits, and this one is then the only writer on the token path. Each batch passes the log's
+    /// gate, as pooled operations do.
+    Sqlite(Arc<WalKeeper>),
+    /// PostgreSQL takes one statement per message: the same statements, one by one, in a transaction, on a
+    /// pooled connection (a held one could die with the server).
     Postgres,
 }
 
@@ -83,16 +90,67 @@ impl Batcher {
     }
 }
 
+/// The connection batches are written on.
+enum Writer {
+    Own(AnyConnection, Arc<WalKeeper>),
+    Pooled(AnyPool),
+}
+
+impl Writer {
+    /// Ready for the next batch: past the log's gate, or holding a pooled connection.
+    async fn connection(&mut self) -> Result<Conn<'_>, sqlx::Error> {
+        match self {
+            Writer::Own(conn, keeper) => {
+                keeper.admit().await;
+                Ok(Conn::Borrowed(conn))
+            }
+            Writer::Pooled(pool) => Ok(Conn::Pooled(pool.acquire().await?)),
+        }
+    }
+}
+
+enum Conn<'a> {
+    Borrowed(&'a mut AnyConnection),
+    Pooled(PoolConnection<Any>),
+}
+
+impl Conn<'_> {
+    fn get(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Borrowed(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
 async fn write_loop(pool: AnyPool, dialect: Dialect, mut rows: mpsc::Receiver<(NewRow, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut writer: Option<Writer> = None;
     while rows.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (new_rows, replies): (Vec<NewRow>, Vec<Reply>) = batch.drain(..).unzip();
-        let outcomes = match write_batch(&pool, dialect, &new_rows).await {
+        // Taken at the first batch (opening the store does not wait for it), or again if that failed.
+        if writer.is_none() {
+            writer = match &dialect {
+                Dialect::Sqlite(keeper) => match pool.acquire().await {
+                    Ok(conn) => Some(Writer::Own(conn.detach(), keeper.clone())),
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                        continue;
+                    }
+                },
+                Dialect::Postgres => Some(Writer::Pooled(pool.clone())),
+            };
+        }
+        let Some(w) = writer.as_mut() else { continue };
+        let sqlite = matches!(dialect, Dialect::Sqlite(_));
+        let outcomes = match write_batch(w, sqlite, &new_rows).await {
             Ok(outcomes) => outcomes,
             Err(_) if new_rows.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(new_rows.len());
                 for row in &new_rows {
-                    let one = write_batch(&pool, dialect, std::slice::from_ref(row)).await;
+                    let one = write_batch(w, sqlite, std::slice::from_ref(row)).await;
                     outcomes.push(one.and_then(|mut o| o.remove(0)));
                 }
                 outcomes
@@ -108,12 +166,13 @@ async fn write_loop(pool: AnyPool, dialect: Dialect, mut rows: mpsc::Receiver<(N
 
 /// Writes the rows in one transaction; one outcome per row, in order.
 async fn write_batch(
-    pool: &AnyPool,
-    dialect: Dialect,
+    writer: &mut Writer,
+    sqlite: bool,
     rows: &[NewRow],
 ) -> Result<Vec<Result<Written, String>>, String> {
     let plan = Plan::of(rows);
-    let claimed = run(pool, dialect, &plan.statements)
+    let mut conn = writer.connection().await.map_err(|e| e.to_string())?;
+    let claimed = run(conn.get(), sqlite, &plan.statements)
         .await
         .map_err(|e| e.to_string())?;
     Ok(plan.outcomes(rows, &claimed))
@@ -312,13 +371,12 @@ impl Statement {
 
 /// Runs the statements in one transaction; returns the assertion ids the claim statement inserted.
 async fn run(
-    pool: &AnyPool,
-    dialect: Dialect,
+    conn: &mut AnyConnection,
+    sqlite: bool,
     statements: &[Statement],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let rows = match dialect {
-        Dialect::Sqlite => {
+    let rows = match sqlite {
+        true => {
             // IMMEDIATE takes the write lock up front, where the busy timeout queues it behind other writers.
             let mut sql = String::from("BEGIN IMMEDIATE; ");
             let mut args = AnyArguments::default();
@@ -344,7 +402,7 @@ async fn run(
                 }
             }
         }
-        Dialect::Postgres => {
+        false => {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut rows = Vec::new();
             for s in statements {
@@ -419,10 +477,12 @@ mod tests {
         );
     }
 
+    /// (rows, claims the database reported inserted, expected outcomes)
+    type Case = (Vec<NewRow>, Vec<(&'static str, &'static str)>, Vec<bool>);
+
     #[test]
     fn outcomes_by_row() {
-        // (rows, claims the database reported inserted, expected outcomes)
-        let cases: Vec<(Vec<NewRow>, Vec<(&str, &str)>, Vec<bool>)> = vec![
+        let cases: Vec<Case> = vec![
             (vec![token("a")], vec![], vec![true]),
             (vec![claim("c", "j")], vec![("c", "j")], vec![true]),
             // Used before this batch: the database inserted nothing.

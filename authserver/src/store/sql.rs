@@ -11,9 +11,10 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio_util::sync::DropGuard;
 
 use super::{
-    AuditEvent,
-    batch::{Batcher, Dialect, NewRow}, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
-    RefreshRotation, Store, StoreError, Timestamp, migrations,
+    AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
+    RefreshRotation, Store, StoreError, Timestamp,
+    batch::{Batcher, Dialect, NewRow},
+    migrations,
     wal::{self, WalKeeper},
 };
 
@@ -60,10 +61,9 @@ impl SqlStore {
         wal: Option<Arc<WalKeeper>>,
     ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let dialect = if wal.is_some() {
-            Dialect::Sqlite
-        } else {
-            Dialect::Postgres
+        let dialect = match &wal {
+            Some(keeper) => Dialect::Sqlite(keeper.clone()),
+            None => Dialect::Postgres,
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))

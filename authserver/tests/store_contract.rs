@@ -387,6 +387,55 @@ async fn bulk_revocation(store: &dyn Store) {
     );
 }
 
+/// Rows written together by the group commit (`store::batch`): many requests at once, each answered only for its
+/// own row; one assertion presented by 32 requests at once is claimed by exactly one; a row the database refuses
+/// (a grant id already taken) fails only its own request.
+async fn group_commit(store: &(dyn Store + Sync)) {
+    let now = 1_700_000_000;
+    let claims = (0..32).map(|_| store.use_assertion_id("racer", "same-jti", now + 60));
+    let results = futures::future::join_all(claims).await;
+    let winners = results.iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(winners, 1, "{results:?}");
+
+    store
+        .put_grant(&grant("taken", "alice", "c", "https://r", now))
+        .await
+        .unwrap();
+    let mut writes = Vec::new();
+    for i in 0..40 {
+        let id = if i == 17 {
+            "taken".to_owned()
+        } else {
+            format!("group-{i}")
+        };
+        writes.push(async move {
+            let g = grant(&id, "bob", "group", "https://r", now);
+            let put = store.put_grant(&g).await;
+            let token = store
+                .put_access_token(&format!("at-{id}"), &id, now + 300)
+                .await;
+            (id, put, token)
+        });
+    }
+    for (id, put, token) in futures::future::join_all(writes).await {
+        if id == "taken" {
+            assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+        } else {
+            put.unwrap();
+            token.unwrap();
+            assert_eq!(store.grant(&id).await.unwrap().unwrap().subject, "bob");
+            assert_eq!(
+                store.access_token_grant(&format!("at-{id}")).await.unwrap(),
+                Some(id.clone())
+            );
+        }
+    }
+    assert_eq!(
+        store.grant("taken").await.unwrap().unwrap().subject,
+        "alice"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -395,6 +444,7 @@ async fn sqlite_store_keeps_the_contract() {
         .unwrap();
     contract(&store).await;
     bulk_revocation(&store).await;
+    group_commit(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -408,6 +458,7 @@ async fn postgres_store_keeps_the_contract() {
     let store = SqlStore::open_postgres(&url, 4).await.unwrap();
     contract(&store).await;
     bulk_revocation(&store).await;
+    group_commit(&store).await;
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! replicas); the dialects differ only in their migrations. Secrets (codes, refresh tokens, session ids) are
 //! stored as SHA-256 hashes, so a copy of the database does not let anyone redeem them.
 
+pub mod batch;
 pub mod migrations;
 pub mod sql;
 pub mod wal;

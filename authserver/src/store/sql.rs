@@ -12,14 +12,22 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
-    RefreshRotation, Store, StoreError, Timestamp, migrations,
+    RefreshRotation, Store, StoreError, Timestamp,
+    batch::{Batcher, Dialect, NewRow},
+    migrations,
     wal::{self, WalKeeper},
 };
+
+/// How much of the SQLite file is read through a memory mapping (address space, not memory: the kernel's page
+/// cache backs it).
+const MMAP_BYTES: u64 = 1 << 30;
 
 /// A pool over SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Grants, access-token ids, assertion ids and audit rows: committed in groups (`store::batch`).
+    batch: Batcher,
     schema_version: i64,
     /// SQLite only: the log's keeper, and the checkpointer's life (it stops with the last clone).
     wal: Option<(Arc<WalKeeper>, Arc<DropGuard>)>,
@@ -53,12 +61,19 @@ impl SqlStore {
         wal: Option<Arc<WalKeeper>>,
     ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let dialect = match &wal {
+            Some(keeper) => Dialect::Sqlite(keeper.clone()),
+            None => Dialect::Postgres,
+        };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5));
         if let Some(keeper) = wal {
             let first_use = keeper.clone();
+            // A connection to a local file cannot go stale, and the ping before each use would double the
+            // hand-offs to SQLite's worker threads on every request (PostgreSQL keeps it: its connections can die).
             options = options
+                .test_before_acquire(false)
                 .after_connect(move |conn, _| {
                     let keeper = first_use.clone();
                     Box::pin(async move {
@@ -70,6 +85,11 @@ impl SqlStore {
                             .execute(&mut *conn)
                             .await?;
                         sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        // Pages read through a mapping instead of a read call each: every commit by another
+                        // connection empties this connection's page cache, so reads are frequent.
+                        sqlx::query(AssertSqlSafe(format!("PRAGMA mmap_size = {MMAP_BYTES}")))
                             .execute(&mut *conn)
                             .await?;
                         // Whenever SQLite rewinds the log by itself, the file is cut back to this size.
@@ -108,6 +128,7 @@ impl SqlStore {
         let schema_version = migrations::migrate(&mut conn).await?;
         drop(conn);
         Ok(SqlStore {
+            batch: Batcher::start(pool.clone(), dialect),
             pool,
             schema_version,
             wal: None,
@@ -133,7 +154,7 @@ fn redact(message: &str, url: &str) -> String {
     }
 }
 
-fn join(scopes: &[String]) -> String {
+pub(super) fn join(scopes: &[String]) -> String {
     scopes.join(" ")
 }
 
@@ -283,24 +304,7 @@ impl Store for SqlStore {
     }
 
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO grants
-               (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, client_fingerprint,
-                client_auth_method)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&g.id)
-        .bind(&g.subject)
-        .bind(&g.client_id)
-        .bind(&g.resource)
-        .bind(join(&g.scopes))
-        .bind(&g.grant_type)
-        .bind(g.created_at)
-        .bind(g.expires_at)
-        .bind(&g.client_fingerprint)
-        .bind(&g.client_auth_method)
-        .execute(&self.pool)
-        .await?;
+        self.batch.write(NewRow::Grant(g.clone())).await?;
         Ok(())
     }
 
@@ -509,11 +513,12 @@ impl Store for SqlStore {
         grant_id: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO access_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)")
-            .bind(jti)
-            .bind(grant_id)
-            .bind(expires_at)
-            .execute(&self.pool)
+        self.batch
+            .write(NewRow::AccessToken {
+                jti: jti.to_owned(),
+                grant_id: grant_id.to_owned(),
+                expires_at,
+            })
             .await?;
         Ok(())
     }
@@ -593,16 +598,13 @@ impl Store for SqlStore {
         jti: &str,
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO assertion_ids (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(client_id)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        self.batch
+            .write(NewRow::AssertionId {
+                client_id: client_id.to_owned(),
+                jti: jti.to_owned(),
+                expires_at,
+            })
+            .await
     }
 
     async fn put_session(
@@ -635,20 +637,7 @@ impl Store for SqlStore {
     }
 
     async fn put_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events (at, event, subject, client_id, resource, scopes, outcome, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(e.at)
-        .bind(&e.event)
-        .bind(e.subject.clone())
-        .bind(e.client_id.clone())
-        .bind(e.resource.clone())
-        .bind(join(&e.scopes))
-        .bind(&e.outcome)
-        .bind(&e.reason)
-        .execute(&self.pool)
-        .await?;
+        self.batch.write(NewRow::Audit(e.clone())).await?;
         Ok(())
     }
 

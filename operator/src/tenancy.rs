@@ -3,7 +3,8 @@
 //! ```text
 //! claim order   = (holding now, creationTimestamp, uid, namespace, name): what works keeps working; else the oldest
 //! resource URL  -> the oldest admitted MCPService naming it (per server)  -> key, entry, Ready
-//! scope value   -> the oldest MCPScope defining it (cluster-wide)         -> consent text, sensitive, lifetime
+//! scope value   -> the oldest MCPScope defining it among the namespaces   -> consent text, sensitive, lifetime
+//!                  the server admits (its own included; per server)
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
 //! ```
 //!
@@ -109,7 +110,27 @@ pub fn resource_holder<'a>(
         .filter(|holder| key_of(*holder) != key_of(service))
 }
 
-/// The owner of every scope value: the oldest MCPScope of the cluster defining it. Values are one namespace for
+/// The MCPScopes that count at `server`: those of its own namespace and of the namespaces it admits. A
+/// namespace the server shuts out can attach nothing to it, so it must not own a value there either: else any
+/// namespace of the cluster could define `files:read` before the team that uses it and keep that team's
+/// definition out (squatting).
+pub fn scopes_at(
+    server: &AuthorizationServer,
+    scopes: &[MCPScope],
+    labels: &NamespaceLabels,
+) -> Vec<MCPScope> {
+    let own = server.namespace().unwrap_or_default();
+    scopes
+        .iter()
+        .filter(|s| {
+            let ns = s.namespace().unwrap_or_default();
+            ns == own || admits(server, &ns, labels)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The owner of every scope value among `scopes`: the oldest MCPScope defining it. Values are one namespace for
 /// the whole cluster (a token carries `files:read`, not a namespace), so a value can only mean one thing.
 pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
     let mut owners: BTreeMap<&str, &MCPScope> = BTreeMap::new();
@@ -126,15 +147,45 @@ pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
     owners
 }
 
-/// The older MCPScope that owns `scope`'s value, when it is not `scope` itself.
-pub fn scope_owner_other_than<'a>(
+/// Where an MCPScope stands among the servers its namespace may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeStanding {
+    /// It owns its value at every server that counts it.
+    Owns,
+    /// An older definition owns the value at a server that counts both (`namespace/name` of the owner).
+    Taken(String),
+    /// No server counts its namespace: it defines nothing anywhere.
+    NotAdmitted,
+}
+
+/// Whether `scope` owns its value at every server that counts it ([`scopes_at`]); the first server (by namespace
+/// and name) where an older definition owns it names that owner.
+pub fn scope_standing(
     scope: &MCPScope,
-    scopes: &'a [MCPScope],
-) -> Option<&'a MCPScope> {
-    scope_owners(scopes)
-        .get(scope.spec.value.as_str())
-        .copied()
-        .filter(|owner| key_of(*owner) != key_of(scope))
+    scopes: &[MCPScope],
+    servers: &[AuthorizationServer],
+    labels: &NamespaceLabels,
+) -> ScopeStanding {
+    let mut servers: Vec<&AuthorizationServer> = servers.iter().collect();
+    servers.sort_by_key(|s| key_of(*s));
+    let mut counted = false;
+    for server in servers {
+        let here = scopes_at(server, scopes, labels);
+        if !here.iter().any(|s| key_of(s) == key_of(scope)) {
+            continue;
+        }
+        counted = true;
+        if let Some(owner) = scope_owners(&here).get(scope.spec.value.as_str())
+            && key_of(*owner) != key_of(scope)
+        {
+            return ScopeStanding::Taken(key_of(*owner));
+        }
+    }
+    if counted {
+        ScopeStanding::Owns
+    } else {
+        ScopeStanding::NotAdmitted
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +369,17 @@ mod tests {
         }
     }
 
+    /// The older MCPScope owning `scope`'s value among `scopes`, when it is not `scope` itself.
+    fn scope_owner_other_than<'a>(
+        scope: &MCPScope,
+        scopes: &'a [MCPScope],
+    ) -> Option<&'a MCPScope> {
+        scope_owners(scopes)
+            .get(scope.spec.value.as_str())
+            .copied()
+            .filter(|owner| key_of(*owner) != key_of(scope))
+    }
+
     #[test]
     fn the_oldest_definition_of_a_scope_value_owns_it() {
         let platform = scope("mcp-authz", "read", "files:read", Some(100), "u-5");
@@ -362,5 +424,73 @@ mod tests {
             Some("a/read"),
             "manifests from files have no age: namespace and name decide"
         );
+    }
+
+    #[test]
+    fn a_namespace_the_server_shuts_out_owns_no_value_there() {
+        let srv =
+            server(json!({"from": "Selector", "selector": {"matchLabels": {"tenant": "yes"}}}));
+        let squatter = scope("outside", "read", "files:read", Some(100), "u-1");
+        let team = scope("team-a", "read", "files:read", Some(200), "u-2");
+        let platform = scope("mcp-authz", "admin", "files:admin", Some(300), "u-3");
+        let ns = labels(&[("team-a", &[("tenant", "yes")]), ("outside", &[])]);
+        let all = [squatter.clone(), team.clone(), platform.clone()];
+        let counted: Vec<String> = scopes_at(&srv, &all, &ns).iter().map(key_of).collect();
+        assert_eq!(
+            counted,
+            ["team-a/read", "mcp-authz/admin"],
+            "the server's own namespace counts even when its selector leaves it out"
+        );
+        let at_server = scopes_at(&srv, &all, &ns);
+        assert_eq!(
+            scope_owners(&at_server)
+                .get("files:read")
+                .map(|s| key_of(*s))
+                .as_deref(),
+            Some("team-a/read"),
+            "the older definition from a shut-out namespace does not take the value"
+        );
+        assert_eq!(
+            scope_owners(&all)
+                .get("files:read")
+                .map(|s| key_of(*s))
+                .as_deref(),
+            Some("outside/read"),
+            "cluster-wide, it would have"
+        );
+    }
+
+    #[test]
+    fn a_scope_stands_by_the_servers_that_count_it() {
+        let tenants = json!({"from": "Selector", "selector": {"matchLabels": {"tenant": "yes"}}});
+        let mut other = server(json!({"from": "Same"}));
+        other.metadata.namespace = Some("other-platform".into());
+        other.metadata.name = Some("b".into());
+        let srv = server(tenants);
+        let ns = labels(&[
+            ("team-a", &[("tenant", "yes")]),
+            ("team-b", &[("tenant", "yes")]),
+        ]);
+        let outside = scope("outside", "read", "files:read", Some(100), "u-1");
+        let a = scope("team-a", "read", "files:read", Some(200), "u-2");
+        let b = scope("team-b", "read", "files:read", Some(300), "u-3");
+        let at_other = scope("other-platform", "read", "files:read", Some(50), "u-4");
+        let all = [outside.clone(), a.clone(), b.clone(), at_other.clone()];
+        let servers = [srv.clone(), other.clone()];
+        let table: &[(&MCPScope, ScopeStanding)] = &[
+            (&outside, ScopeStanding::NotAdmitted),
+            (&a, ScopeStanding::Owns),
+            (&b, ScopeStanding::Taken("team-a/read".into())),
+            // Older than all, but only counted by its own server: the teams of the other one keep theirs.
+            (&at_other, ScopeStanding::Owns),
+        ];
+        for (scope, expected) in table {
+            assert_eq!(
+                &scope_standing(scope, &all, &servers, &ns),
+                expected,
+                "{}",
+                key_of(*scope)
+            );
+        }
     }
 }

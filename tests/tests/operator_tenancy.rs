@@ -457,3 +457,99 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     assert_eq!(entries(&config), [(URL.to_owned(), "Files".to_owned())]);
     running.stop();
 }
+
+/// A namespace the server shuts out defines a value before the team that uses it: the definition counts nowhere,
+/// the team's own definition owns the value at the server, and the team's service works.
+#[tokio::test]
+async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let team_ns = cluster.new_namespace("team").await.expect("namespace");
+    let squatter_ns = cluster.new_namespace("squat").await.expect("namespace");
+    label_tenant(&admin, &team_ns, Some("enabled")).await;
+
+    let configuration = format!("mcp-authz-webhook-{platform}");
+    let operator =
+        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
+            .await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&platform, "op-squat", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(platform);
+    server["spec"]["allowedNamespaces"] =
+        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
+    operator_support::create(&admin, &platform, &server)
+        .await
+        .expect("AuthorizationServer");
+
+    // First, and from a namespace the server does not admit.
+    operator_support::create(
+        &admin,
+        &squatter_ns,
+        &scope(&squatter_ns, "reports", "reports:read", "Squatted", true),
+    )
+    .await
+    .expect("squatter scope");
+    // The creation timestamps have one-second resolution: make the squatter's definition the older one.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    operator_support::create(
+        &admin,
+        &team_ns,
+        &scope(&team_ns, "reports", "reports:read", "Read your reports", false),
+    )
+    .await
+    .expect("team scope");
+    operator_support::create(
+        &admin,
+        &team_ns,
+        &service(&team_ns, &platform, URL, "Reports", &["reports:read"]),
+    )
+    .await
+    .expect("team service");
+
+    eventually("the team's service is Ready", || async {
+        conditions_of(&admin, &team_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    let squatter = eventually("the squatter's scope says why it counts nowhere", || async {
+        conditions_of(&admin, &squatter_ns, "MCPScope", "reports", "Accepted")
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        (squatter.1.as_str(), squatter.2),
+        (
+            "NamespaceNotAdmitted",
+            format!(
+                "no AuthorizationServer admits namespace {squatter_ns}, so this definition counts nowhere"
+            )
+        )
+    );
+    let team = eventually("the team's scope owns its value", || async {
+        conditions_of(&admin, &team_ns, "MCPScope", "reports", "Accepted")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(team.1, "OwnsValue");
+    let config = config_after(&admin, &platform, "marker:squat").await;
+    let reports: Vec<&Value> = config["scopes"]
+        .as_array()
+        .expect("scopes")
+        .iter()
+        .filter(|s| s["value"] == "reports:read")
+        .collect();
+    assert_eq!(reports.len(), 1, "{config}");
+    assert_eq!(reports[0]["description"], "Read your reports");
+    assert_ne!(reports[0]["sensitive"], true);
+    running.stop();
+}

@@ -70,6 +70,7 @@ async fn reconcile_inner(
         .await?
         .items;
     let namespaces = super::namespace_labels(client).await?;
+    let scopes = crate::tenancy::scopes_at(server, &scopes, &namespaces);
     let inputs = Inputs {
         server,
         services: &services,

@@ -126,7 +126,13 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .get_opt(&reference.name)
         .await?;
     let lp = ListParams::default();
+    let labels = super::namespace_labels(client).await?;
     let scopes = Api::<MCPScope>::all(client.clone()).list(&lp).await?.items;
+    // Only what counts at the server the service names (no server: nothing to render with them).
+    let scopes = match &server {
+        Some(server) => tenancy::scopes_at(server, &scopes, &labels),
+        None => scopes,
+    };
     let policies = Api::<CIMDPolicy>::namespaced(client.clone(), &namespace)
         .list(&lp)
         .await?
@@ -180,7 +186,6 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     let attachment = match &server {
         None => Attachment::NoServer,
         Some(server) => {
-            let labels = super::namespace_labels(client).await?;
             if tenancy::admits(server, &namespace, &labels) {
                 let all = Api::<MCPService>::all(client.clone())
                     .list(&lp)

@@ -79,26 +79,36 @@ pub fn policy_users(
     (named, defaults)
 }
 
-/// The conditions of an MCPScope: whether it owns its value (`Accepted`: the oldest definition of a value is the
-/// only one that counts) and who uses it (`InUse`).
+/// The conditions of an MCPScope: whether it owns its value (`Accepted`: at each server that counts its
+/// namespace, the oldest definition of a value is the only one that counts) and who uses it (`InUse`).
 pub fn scope_conditions(
     scope: &MCPScope,
     services: &[MCPService],
     scopes: &[MCPScope],
+    servers: &[AuthorizationServer],
+    labels: &crate::tenancy::NamespaceLabels,
 ) -> Vec<Observed> {
-    let accepted = match crate::tenancy::scope_owner_other_than(scope, scopes) {
-        None => Observed::yes(
+    use crate::tenancy::ScopeStanding;
+    let accepted = match crate::tenancy::scope_standing(scope, scopes, servers, labels) {
+        ScopeStanding::Owns => Observed::yes(
             "Accepted",
             "OwnsValue",
             format!("the oldest MCPScope defining {}", scope.spec.value),
         ),
-        Some(owner) => Observed::no(
+        ScopeStanding::Taken(owner) => Observed::no(
             "Accepted",
             "ValueTaken",
             format!(
-                "MCPScope {} defined {} first and owns its meaning; this definition is ignored: choose another value",
-                key(owner),
+                "MCPScope {owner} defined {} first and owns its meaning; this definition is ignored: choose another value",
                 scope.spec.value
+            ),
+        ),
+        ScopeStanding::NotAdmitted => Observed::no(
+            "Accepted",
+            "NamespaceNotAdmitted",
+            format!(
+                "no AuthorizationServer admits namespace {}, so this definition counts nowhere",
+                scope.namespace().unwrap_or_default()
             ),
         ),
     };
@@ -202,7 +212,12 @@ async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, Reconci
         .list(&lp)
         .await?
         .items;
-    let observed = scope_conditions(scope, &services, &scopes);
+    let servers = Api::<AuthorizationServer>::all(ctx.client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let labels = super::namespace_labels(&ctx.client).await?;
+    let observed = scope_conditions(scope, &services, &scopes, &servers, &labels);
     let previous = scope
         .status
         .as_ref()
@@ -367,8 +382,15 @@ mod tests {
                 .map(|o| (o.type_, o.status, o.reason, o.message.clone()))
                 .collect::<Vec<_>>()
         };
+        let servers = [{
+            let mut v = crate::api::cases::authorization_server();
+            v["metadata"] = serde_json::json!({"name": "auth", "namespace": "mcp-authz"});
+            v["spec"]["allowedNamespaces"] = serde_json::json!({"from": "All"});
+            serde_json::from_value::<AuthorizationServer>(v).expect("server")
+        }];
+        let labels = crate::tenancy::NamespaceLabels::new();
         assert_eq!(
-            view(&scope_conditions(&squatter, &services, &scopes)),
+            view(&scope_conditions(&squatter, &services, &scopes, &servers, &labels)),
             [
                 (
                     "Accepted",
@@ -380,7 +402,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            view(&scope_conditions(&owner, &services, &scopes)),
+            view(&scope_conditions(
+                &owner, &services, &scopes, &servers, &labels
+            )),
             [
                 (
                     "Accepted",

@@ -65,6 +65,69 @@ enum Attachment {
     Holds,
 }
 
+/// How a service's sidecars will reach its server.
+enum Trust {
+    /// TLS, trusting this CA bundle.
+    Tls(String),
+    /// TLS, but the server's Secret has no bundle yet.
+    Waiting,
+    /// Plain HTTP: the server declares a mesh.
+    Mesh,
+}
+
+impl Trust {
+    fn condition(&self, server: &AuthorizationServer) -> Observed {
+        let secret = format!(
+            "{}/{}",
+            server.namespace().unwrap_or_default(),
+            naming::authserver_tls(&server.name_any())
+        );
+        let base = sidecar::in_cluster_base(server);
+        match self {
+            Self::Tls(_) => Observed::yes(
+                "TransportSecured",
+                "TLS",
+                format!(
+                    "sidecars reach the authorization server at {base} and trust only the CA bundle of Secret {secret}"
+                ),
+            ),
+            Self::Waiting => Observed::no(
+                "TransportSecured",
+                "WaitingForServerCA",
+                format!(
+                    "Secret {secret} has no CA bundle (ca.crt) yet; the sidecar config follows it"
+                ),
+            ),
+            Self::Mesh => Observed::yes(
+                "TransportSecured",
+                "Mesh",
+                format!(
+                    "sidecars reach the authorization server at {base} in plain HTTP: its inClusterTransport declares a mesh that does mTLS"
+                ),
+            ),
+        }
+    }
+}
+
+/// The CA bundle of `server`'s TLS Secret (written by the operator or cert-manager), when it uses TLS.
+async fn issuer_trust(
+    client: &kube::Client,
+    server: &AuthorizationServer,
+    server_ns: &str,
+) -> Result<Trust, kube::Error> {
+    if !server.spec.in_cluster_transport.tls() {
+        return Ok(Trust::Mesh);
+    }
+    let bundle = Api::<Secret>::namespaced(client.clone(), server_ns)
+        .get_opt(&naming::authserver_tls(&server.name_any()))
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(crate::serving_tls::keys::BUNDLE).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"));
+    Ok(bundle.map_or(Trust::Waiting, Trust::Tls))
+}
+
 /// Deletes the service's credentials Secret if the operator made it for this very service.
 async fn revoke_credentials(
     service: &MCPService,
@@ -196,9 +259,22 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         }
     };
     let mut credentials_issued = false;
+    let mut transport_ready = true;
     if let (Some(server), Attachment::Holds) = (&server, &attachment) {
-        for object in sidecar::render(service, server, &scopes)? {
-            apply(client, &object).await?;
+        let trust = issuer_trust(client, server, &server_ns).await?;
+        observed.push(trust.condition(server));
+        // Without the CA bundle a TLS config would not start: the ConfigMap waits for it (an injected
+        // pod waits for its ConfigMap), so no sidecar ever falls back to cleartext.
+        let bundle = match &trust {
+            Trust::Tls(bundle) => Some(Some(bundle.as_str())),
+            Trust::Mesh => Some(None),
+            Trust::Waiting => None,
+        };
+        transport_ready = bundle.is_some();
+        if let Some(bundle) = bundle {
+            for object in sidecar::render(service, server, &scopes, bundle)? {
+                apply(client, &object).await?;
+            }
         }
         let keys = Api::<Secret>::namespaced(client.clone(), &server_ns)
             .get_opt(&naming::authserver_keys(&server.name_any()))
@@ -313,6 +389,9 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
+            (Attachment::Holds, true) if !transport_ready => {
+                Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
+            }
             (Attachment::Holds, true) if !credentials_issued => {
                 Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
             }

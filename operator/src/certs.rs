@@ -89,6 +89,24 @@ impl WebhookTls {
     }
 }
 
+/// The serving certificate cert-manager wrote into `dir` (its Secret, mounted: `tls.crt`, `tls.key`, and
+/// `ca.crt` when the issuer is a CA), or `None` until both halves are there. The expiry is read from the
+/// certificate itself: cert-manager renews it on its own schedule, and the expiry metric must follow (an
+/// unreadable certificate counts as expired, so the alert fires).
+pub fn from_cert_manager(dir: &std::path::Path) -> Option<WebhookTls> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let (Ok(cert), Ok(key)) = (read(TLS_CERT), read(TLS_KEY)) else {
+        return None;
+    };
+    Some(WebhookTls {
+        ca_cert: read(CA_CERT).unwrap_or_default(),
+        ca_key: String::new(),
+        not_after: not_after(&cert).unwrap_or(0),
+        cert,
+        key,
+    })
+}
+
 /// What to do with the stored material at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertAction {
@@ -406,6 +424,34 @@ mod tests {
         for junk in ["", "not pem", &tls.key] {
             assert_eq!(not_after(junk), None, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn cert_manager_files_carry_their_certificates_expiry() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(from_cert_manager(dir.path()), None, "nothing written yet");
+        let now = OffsetDateTime::now_utc();
+        let tls = create(&names(), now).expect("create");
+        std::fs::write(dir.path().join(TLS_CERT), &tls.cert).expect("write");
+        assert_eq!(from_cert_manager(dir.path()), None, "the key is missing");
+        std::fs::write(dir.path().join(TLS_KEY), &tls.key).expect("write");
+        let read = from_cert_manager(dir.path()).expect("both halves");
+        assert_eq!(
+            read.not_after, tls.not_after,
+            "not 0: the alert would fire forever"
+        );
+        assert_eq!(read.ca_cert, "", "a non-CA issuer writes no ca.crt");
+        std::fs::write(dir.path().join(CA_CERT), &tls.ca_cert).expect("write");
+        assert_eq!(
+            from_cert_manager(dir.path()).expect("read").ca_cert,
+            tls.ca_cert
+        );
+        std::fs::write(dir.path().join(TLS_CERT), "garbage").expect("write");
+        assert_eq!(
+            from_cert_manager(dir.path()).expect("read").not_after,
+            0,
+            "unreadable counts as expired"
+        );
     }
 
     #[test]

@@ -555,18 +555,7 @@ async fn current_tls(
     leader: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<WebhookTls>> {
     if args.webhook_cert_manager {
-        let read = |f: &str| std::fs::read_to_string(args.webhook_cert_dir.join(f));
-        let (Ok(cert), Ok(key)) = (read("tls.crt"), read("tls.key")) else {
-            return Ok(None);
-        };
-        let ca = read("ca.crt").unwrap_or_default();
-        return Ok(Some(WebhookTls {
-            ca_cert: ca,
-            ca_key: String::new(),
-            cert,
-            key,
-            not_after: 0,
-        }));
+        return Ok(certs::from_cert_manager(&args.webhook_cert_dir));
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let name = args.webhook_secret();

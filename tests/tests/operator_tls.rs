@@ -404,3 +404,58 @@ async fn served_certificate(port: u16) -> Option<Vec<u8>> {
     let (_, session) = tls.get_ref();
     Some(session.peer_certificates()?.first()?.to_vec())
 }
+
+/// With cert-manager providing the webhook certificate (its Secret mounted as files), the operator exports
+/// that certificate's expiry, not 0 (which fired the certificate alert forever), and follows a renewal.
+#[tokio::test]
+async fn a_cert_manager_webhook_certificate_exports_its_expiry() {
+    let cluster = ControlPlane::shared();
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let configuration = format!("mcp-authz-webhook-{platform}");
+    let operator =
+        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
+            .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |days: i64| {
+        let now = time::OffsetDateTime::now_utc();
+        let mut tls = mcp_authz_operator::certs::create(
+            &["127.0.0.1".to_owned()],
+            now - time::Duration::days(365 - days),
+        )
+        .expect("certificate");
+        // cert-manager's layout: the serving pair and the CA, no CA key.
+        for (file, pem) in [
+            ("tls.crt", &tls.cert),
+            ("tls.key", &tls.key),
+            ("ca.crt", &tls.ca_cert),
+        ] {
+            std::fs::write(dir.path().join(file), pem).expect("write");
+        }
+        tls.ca_key.clear();
+        tls.not_after
+    };
+    let first = write(40);
+    let mut args = operator_support::operator_args(&platform, "op-cm", &configuration);
+    args.webhook_cert_manager = true;
+    args.webhook_cert_dir = dir.path().to_owned();
+    let running = mcp_authz_operator::runtime::start(args, operator)
+        .await
+        .expect("operator starts");
+    let gauge = |metrics: &str| -> Option<i64> {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("mcp_authz_operator_webhook_certificate_expiry_timestamp_seconds ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(gauge(&running.metrics.render()), Some(first));
+    let renewed = write(90);
+    assert!(renewed > first);
+    eventually("the renewed certificate's expiry is exported", || {
+        let metrics = running.metrics.render();
+        async move { (gauge(&metrics) == Some(renewed)).then_some(()) }
+    })
+    .await;
+    running.stop();
+}

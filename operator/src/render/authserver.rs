@@ -955,7 +955,10 @@ mod tests {
             "Certificate",
             "auth-authserver".to_owned(),
         );
-        assert_eq!(unwanted("auth", &objects), std::slice::from_ref(&certificate));
+        assert_eq!(
+            unwanted("auth", &objects),
+            std::slice::from_ref(&certificate)
+        );
         let mut one = server.clone();
         one.spec.replicas = 1;
         let inputs = Inputs {

@@ -1,5 +1,6 @@
 //! MCPService -> sidecar ConfigMap, NetworkPolicy and credentials Secret, and status: `Ready`,
-//! `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `RawPortExposed`, injected pod count.
+//! `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `TransportSecured`, `RawPortExposed`,
+//! `SidecarsCurrent`, injected and outdated pod counts.
 
 use std::sync::Arc;
 
@@ -51,6 +52,67 @@ pub fn raw_port_services(service: &MCPService, services: &[Service], pods: &[Pod
         })
         .map(ResourceExt::name_any)
         .collect()
+}
+
+/// The live pods of `pods` the webhook injected for `service`.
+pub fn injected_pods<'a>(service: &MCPService, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            p.annotations().get(naming::INJECTED_SERVICE_ANNOTATION) == Some(&service.name_any())
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Names of the `injected` pods whose sidecar came from another operator version than `version` (their
+/// `injected-version` annotation): they run the sidecar image and settings of that version until restarted.
+pub fn outdated_pods(injected: &[&Pod], version: &str) -> Vec<String> {
+    let mut names: Vec<String> = injected
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .get(naming::INJECTED_VERSION_ANNOTATION)
+                .map(String::as_str)
+                != Some(version)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Most pod names a condition message lists.
+const NAMES_SHOWN: usize = 5;
+
+/// The `SidecarsCurrent` condition for `outdated` pods out of `injected`.
+pub fn sidecars_current(outdated: &[String], injected: usize, version: &str) -> Observed {
+    if outdated.is_empty() {
+        return Observed::yes(
+            "SidecarsCurrent",
+            "AllCurrent",
+            format!("{injected} injected pod(s), all with the sidecar of version {version}"),
+        );
+    }
+    let shown = outdated
+        .iter()
+        .take(NAMES_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = outdated.len().saturating_sub(NAMES_SHOWN);
+    Observed::no(
+        "SidecarsCurrent",
+        "OutdatedSidecars",
+        format!(
+            "{} of {injected} injected pod(s) run a sidecar injected by another version than {version}: {shown}{}; restart them (kubectl rollout restart) to take the current sidecar",
+            outdated.len(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
 }
 
 /// How a service stands with the server it names.
@@ -362,13 +424,14 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         )
     });
 
-    let injected = pods
-        .iter()
-        .filter(|p| {
-            p.annotations().get(naming::INJECTED_SERVICE_ANNOTATION) == Some(&service.name_any())
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
+    let injected = injected_pods(service, &pods);
+    let outdated = outdated_pods(&injected, &ctx.settings.version);
+    observed.push(sidecars_current(
+        &outdated,
+        injected.len(),
+        &ctx.settings.version,
+    ));
+    let (injected, outdated) = (injected.len(), outdated.len());
 
     observed.insert(
         0,
@@ -423,7 +486,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     }
     let status = json!({
         "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
-        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected}
+        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated}
     });
     Api::<MCPService>::namespaced(client.clone(), &namespace)
         .patch_status(
@@ -505,5 +568,91 @@ mod tests {
             ["raw", "raw-implicit"],
             "a port name no pod defines reaches nothing"
         );
+    }
+
+    #[test]
+    fn outdated_sidecars() {
+        let service: MCPService = serde_json::from_value({
+            let mut v = crate::api::cases::mcp_service();
+            v["metadata"] = json!({"name": "files", "namespace": "apps"});
+            v
+        })
+        .expect("service");
+        let pod =
+            |name: &str, service: Option<&str>, version: Option<&str>, deleting: bool| -> Pod {
+                let mut annotations = serde_json::Map::new();
+                if let Some(s) = service {
+                    annotations.insert(naming::INJECTED_SERVICE_ANNOTATION.into(), json!(s));
+                }
+                if let Some(v) = version {
+                    annotations.insert(naming::INJECTED_VERSION_ANNOTATION.into(), json!(v));
+                }
+                let mut meta = json!({"name": name, "annotations": annotations});
+                if deleting {
+                    meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                }
+                serde_json::from_value(json!({"metadata": meta})).expect("pod")
+            };
+        /// (name, pods, injected, outdated names, (status, message))
+        type Case = (
+            &'static str,
+            Vec<Pod>,
+            usize,
+            Vec<&'static str>,
+            (&'static str, &'static str),
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no pods",
+                vec![],
+                0,
+                vec![],
+                (
+                    "True",
+                    "0 injected pod(s), all with the sidecar of version 1.2.0",
+                ),
+            ),
+            (
+                "current and outdated, another service's and a deleted one left out",
+                vec![
+                    pod("b", Some("files"), Some("1.1.0"), false),
+                    pod("a", Some("files"), Some("1.2.0"), false),
+                    pod("c", Some("files"), None, false),
+                    pod("d", Some("other"), Some("1.0.0"), false),
+                    pod("e", Some("files"), Some("1.0.0"), true),
+                ],
+                3,
+                vec!["b", "c"],
+                (
+                    "False",
+                    "2 of 3 injected pod(s) run a sidecar injected by another version than 1.2.0: b, c; restart them (kubectl rollout restart) to take the current sidecar",
+                ),
+            ),
+            (
+                "long lists are cut",
+                (0..7)
+                    .map(|i| pod(&format!("p{i}"), Some("files"), Some("0.9.0"), false))
+                    .collect(),
+                7,
+                vec!["p0", "p1", "p2", "p3", "p4", "p5", "p6"],
+                (
+                    "False",
+                    "7 of 7 injected pod(s) run a sidecar injected by another version than 1.2.0: p0, p1, p2, p3, p4 and 2 more; restart them (kubectl rollout restart) to take the current sidecar",
+                ),
+            ),
+        ];
+        for (name, pods, injected, outdated, (status, message)) in cases {
+            let live = injected_pods(&service, &pods);
+            assert_eq!(live.len(), injected, "{name}");
+            let names = outdated_pods(&live, "1.2.0");
+            assert_eq!(names, outdated, "{name}");
+            let condition = sidecars_current(&names, live.len(), "1.2.0");
+            let got = if condition.status { "True" } else { "False" };
+            assert_eq!(
+                (got, condition.message.as_str()),
+                (status, message),
+                "{name}"
+            );
+        }
     }
 }

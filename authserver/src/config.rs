@@ -53,6 +53,11 @@ pub struct AuthServerConfig {
     /// Address of the admin port: `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// A second listener serving the same OAuth endpoints over TLS: in a cluster, the one sidecars use for
+    /// JWKS and introspection, so bearer tokens never cross the pod network in cleartext. Absent: plain
+    /// `listen` only (local mode on loopback, or a mesh that does mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListenConfig>,
     /// Where codes, grants, refresh tokens, consents, revocations and audit events are kept.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -87,6 +92,19 @@ pub struct AuthServerConfig {
     /// clients with `introspection: true` may introspect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_servers: Option<ResourceServers>,
+}
+
+/// The TLS listener. The certificate and key files are re-read when they change (a renewed certificate in a
+/// mounted Secret takes effect without a restart); a pair that does not load leaves the previous one in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsListenConfig {
+    /// Address of the TLS listener. Changing it needs a restart.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
 }
 
 /// Where the resource-server root is.

@@ -41,5 +41,6 @@ pub mod self_managed;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -38,6 +38,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS listener: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServerError {
@@ -47,6 +49,7 @@ impl ServerError {
             ServerError::Keys(e) => e.metric_label(),
             ServerError::Store(e) => e.metric_label(),
             ServerError::Listen { .. } => "listen",
+            ServerError::Tls(e) => e.metric_label(),
         }
     }
 }
@@ -270,6 +273,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where the TLS listener listens, when the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -302,9 +307,17 @@ impl Drop for Running {
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish when the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a TLS handshake may take: one that stalls must not hold a task.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `stop`, then lets open ones finish (bounded by [`DRAIN_TIMEOUT`]).
-async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+/// Accepts connections until `stop` (through TLS when `tls` is given), then lets open ones finish
+/// (bounded by [`DRAIN_TIMEOUT`]).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -333,14 +346,38 @@ async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
                 request.extensions_mut().insert(PeerAddr(Some(peer.ip())));
                 router.clone().oneshot(request)
             });
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        match &tls {
+            None => {
+                let connection = graceful.watch(
+                    builder
+                        .serve_connection_with_upgrades(
+                            hyper_util::rt::TokioIo::new(stream),
+                            service,
+                        )
+                        .into_owned(),
+                );
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                let watcher = graceful.watcher();
+                // The handshake runs in the connection's task, so a slow client does not hold up accepting.
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let connection = builder.serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(stream),
+                        service,
+                    );
+                    let _ = watcher.watch(connection.into_owned()).await;
+                });
+            }
+        }
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -387,17 +424,55 @@ pub async fn start(
         })?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+    let tls_config = state.snapshot().config.tls.clone();
+    let (mut tls_addr, mut tls_cert) = (None, None);
+    if let Some(tls) = tls_config {
+        let cert = Arc::new(crate::tls::ReloadingCert::load(&tls)?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()?));
+        let listener =
+            TcpListener::bind(tls.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: tls.listen,
+                    source,
+                })?;
+        tls_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|source| ServerError::Listen {
+                    addr: tls.listen,
+                    source,
+                })?,
+        );
+        tls_cert = Some(cert);
+        tasks.push(tokio::spawn(serve(
+            listener,
+            oauth_router(state.clone()),
+            Some(acceptor),
+            shutdown.clone(),
+        )));
+    }
     for (listener, router) in [
         (listener, oauth_router(state.clone())),
         (admin_listener, admin_router(state.clone())),
     ] {
-        tasks.push(tokio::spawn(serve(listener, router, shutdown.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            None,
+            shutdown.clone(),
+        )));
     }
-    tasks.push(tokio::spawn(maintain(state.clone(), shutdown.clone())));
-    tracing::info!(%addr, %admin_addr, issuer = %state.snapshot().config.issuer, "authorization server started");
+    tasks.push(tokio::spawn(maintain(
+        state.clone(),
+        tls_cert,
+        shutdown.clone(),
+    )));
+    tracing::info!(%addr, %admin_addr, ?tls_addr, issuer = %state.snapshot().config.issuer, "authorization server started");
     Ok(Running {
         addr,
         admin_addr,
+        tls_addr,
         state,
         shutdown,
         tasks,
@@ -415,6 +490,7 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     let previous = state.snapshot();
     if config.listen != previous.config.listen
         || config.admin_listen != previous.config.admin_listen
+        || config.tls.as_ref().map(|t| t.listen) != previous.config.tls.as_ref().map(|t| t.listen)
     {
         tracing::warn!("listen addresses changed: they take effect at the next restart");
     }
@@ -430,8 +506,12 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
 }
 
 /// Every 2 s: read the SQLite log's size for its gauge, reload the config when its file changed. Every 10 s:
-/// reload (and rotate) keys. Every 10 min: purge.
-async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
+/// reload (and rotate) keys and the TLS listener's certificate. Every 10 min: purge.
+async fn maintain(
+    state: Arc<AppState>,
+    tls: Option<Arc<crate::tls::ReloadingCert>>,
+    shutdown: CancellationToken,
+) {
     let mut stamp = state.config_path.as_deref().and_then(file_stamp);
     let mut tick: u64 = 0;
     loop {
@@ -463,6 +543,25 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
                             .inc();
                         tracing::error!(error = %e, "config reload refused; the previous config stays in force");
                     }
+                }
+            }
+        }
+        if tick.is_multiple_of(5)
+            && let Some(cert) = &tls
+        {
+            match cert.reload() {
+                Ok(false) => {}
+                Ok(true) => {
+                    state.metrics.reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!("TLS certificate reloaded");
+                }
+                Err(e) => {
+                    state
+                        .metrics
+                        .reloads
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                    tracing::error!(error = %e, "TLS certificate reload failed; the previous certificate stays in force");
                 }
             }
         }

@@ -35,7 +35,7 @@ pub const RENEW_BEFORE: Duration = Duration::days(30);
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// rcgen refused.
-    #[error("generating webhook certificate: {0}")]
+    #[error("generating certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }
 
@@ -89,6 +89,24 @@ impl WebhookTls {
     }
 }
 
+/// The serving certificate cert-manager wrote into `dir` (its Secret, mounted: `tls.crt`, `tls.key`, and
+/// `ca.crt` when the issuer is a CA), or `None` until both halves are there. The expiry is read from the
+/// certificate itself: cert-manager renews it on its own schedule, and the expiry metric must follow (an
+/// unreadable certificate counts as expired, so the alert fires).
+pub fn from_cert_manager(dir: &std::path::Path) -> Option<WebhookTls> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let (Ok(cert), Ok(key)) = (read(TLS_CERT), read(TLS_KEY)) else {
+        return None;
+    };
+    Some(WebhookTls {
+        ca_cert: read(CA_CERT).unwrap_or_default(),
+        ca_key: String::new(),
+        not_after: not_after(&cert).unwrap_or(0),
+        cert,
+        key,
+    })
+}
+
 /// What to do with the stored material at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertAction {
@@ -110,10 +128,13 @@ pub fn decide(stored: Option<&WebhookTls>, now: i64) -> CertAction {
     }
 }
 
-fn ca_params(now: OffsetDateTime) -> CertificateParams {
+/// Common name of the webhook's CA.
+const WEBHOOK_CA_NAME: &str = "mcp-authz webhook CA";
+
+fn ca_params(common_name: &str, now: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "mcp-authz webhook CA");
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -132,15 +153,26 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+/// A new self-signed CA named `common_name`, valid [`CA_LIFETIME`] from `now`: `(cert PEM, key PEM,
+/// not-after Unix second)`.
+pub fn new_ca(common_name: &str, now: OffsetDateTime) -> Result<(String, String, i64), CertError> {
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let params = ca_params(common_name, now);
+    let ca_cert = params.self_signed(&ca_key)?;
+    Ok((
+        ca_cert.pem(),
+        ca_key.serialize_pem(),
+        params.not_after.unix_timestamp(),
+    ))
+}
+
 /// Makes a new CA and a serving certificate for `names` (DNS names or IP literals).
 pub fn create(names: &[String], now: OffsetDateTime) -> Result<WebhookTls, CertError> {
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let ca_cert = ca_params(now).self_signed(&ca_key)?;
-    let ca_key_pem = ca_key.serialize_pem();
-    let (cert, key, not_after) = issue(&ca_key_pem, names, now)?;
+    let (ca_cert, ca_key, _) = new_ca(WEBHOOK_CA_NAME, now)?;
+    let (cert, key, not_after) = issue(&ca_key, WEBHOOK_CA_NAME, names, SERVING_LIFETIME, now)?;
     Ok(WebhookTls {
-        ca_cert: ca_cert.pem(),
-        ca_key: ca_key_pem,
+        ca_cert,
+        ca_key,
         cert,
         key,
         not_after,
@@ -153,7 +185,13 @@ pub fn renew(
     names: &[String],
     now: OffsetDateTime,
 ) -> Result<WebhookTls, CertError> {
-    let (cert, key, not_after) = issue(&stored.ca_key, names, now)?;
+    let (cert, key, not_after) = issue(
+        &stored.ca_key,
+        WEBHOOK_CA_NAME,
+        names,
+        SERVING_LIFETIME,
+        now,
+    )?;
     Ok(WebhookTls {
         cert,
         key,
@@ -162,14 +200,18 @@ pub fn renew(
     })
 }
 
-fn issue(
+/// Issues a serving certificate for `names`, valid `lifetime` from `now`, from the CA named `ca_name` whose
+/// key is `ca_key_pem`: `(cert PEM, key PEM, not-after Unix second)`.
+pub fn issue(
     ca_key_pem: &str,
+    ca_name: &str,
     names: &[String],
+    lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<(String, String, i64), CertError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     // The issuer is rebuilt from the same name and key, so certificates chain to the stored CA.
-    let issuer = Issuer::new(ca_params(now), ca_key);
+    let issuer = Issuer::new(ca_params(ca_name, now), ca_key);
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(
@@ -180,7 +222,7 @@ fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::minutes(5);
-    params.not_after = now + SERVING_LIFETIME;
+    params.not_after = now + lifetime;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((
@@ -188,6 +230,73 @@ fn issue(
         key.serialize_pem(),
         params.not_after.unix_timestamp(),
     ))
+}
+
+/// The not-after instant (Unix seconds) of the first certificate in `pem`, or `None` when there is none
+/// or it does not parse. Reads only the DER path to `tbsCertificate.validity.notAfter`; nothing is verified.
+pub fn not_after(pem: &str) -> Option<i64> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert, _) = der_element(der.as_ref())?;
+    let (_, tbs, _) = der_element(cert)?;
+    let mut rest = tbs;
+    // version ([0], optional), serialNumber, signature, issuer, then validity.
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xA0 {
+        rest = after;
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2;
+    }
+    let (_, validity, _) = der_element(rest)?;
+    let (_, _, after_not_before) = der_element(validity)?;
+    let (tag, value, _) = der_element(after_not_before)?;
+    der_time(tag, value)
+}
+
+/// One DER element at the start of `input`: `(tag, contents, the rest)`. Single-byte tags only, which is
+/// all a certificate's outer structure uses.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let len = bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (len, rest)
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18) in Unix seconds.
+fn der_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy: i32 = text.get(..2)?.parse().ok()?;
+            // RFC 5280 4.1.2.5.1: YY >= 50 is 19YY.
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        (0x18, 14) => (text.get(..4)?.parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<u8> { rest.get(i..i + 2)?.parse().ok() };
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(field(0)?).ok()?, field(2)?)
+            .ok()?;
+    let clock = time::Time::from_hms(field(4)?, field(6)?, field(8)?).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 /// A rustls server config for the serving certificate.
@@ -292,6 +401,74 @@ mod tests {
                 )),
             )
             .expect("renewed certificate chains to the old CA");
+    }
+
+    #[test]
+    fn not_after_is_read_from_the_certificate() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("ns");
+        let tls = create(&names(), now).expect("create");
+        assert_eq!(not_after(&tls.cert), Some(tls.not_after));
+        assert_eq!(
+            not_after(&tls.ca_cert),
+            Some((now + CA_LIFETIME).unix_timestamp())
+        );
+        // A bundle: the first certificate counts.
+        assert_eq!(
+            not_after(&format!("{}{}", tls.cert, tls.ca_cert)),
+            Some(tls.not_after)
+        );
+        // After 2049 rcgen writes GeneralizedTime.
+        let late = OffsetDateTime::from_unix_timestamp(2_600_000_000).expect("2052");
+        let (ca, _, ca_not_after) = new_ca("late", late).expect("ca");
+        assert_eq!(not_after(&ca), Some(ca_not_after));
+        for junk in ["", "not pem", &tls.key] {
+            assert_eq!(not_after(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn cert_manager_files_carry_their_certificates_expiry() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(from_cert_manager(dir.path()), None, "nothing written yet");
+        let now = OffsetDateTime::now_utc();
+        let tls = create(&names(), now).expect("create");
+        std::fs::write(dir.path().join(TLS_CERT), &tls.cert).expect("write");
+        assert_eq!(from_cert_manager(dir.path()), None, "the key is missing");
+        std::fs::write(dir.path().join(TLS_KEY), &tls.key).expect("write");
+        let read = from_cert_manager(dir.path()).expect("both halves");
+        assert_eq!(
+            read.not_after, tls.not_after,
+            "not 0: the alert would fire forever"
+        );
+        assert_eq!(read.ca_cert, "", "a non-CA issuer writes no ca.crt");
+        std::fs::write(dir.path().join(CA_CERT), &tls.ca_cert).expect("write");
+        assert_eq!(
+            from_cert_manager(dir.path()).expect("read").ca_cert,
+            tls.ca_cert
+        );
+        std::fs::write(dir.path().join(TLS_CERT), "garbage").expect("write");
+        assert_eq!(
+            from_cert_manager(dir.path()).expect("read").not_after,
+            0,
+            "unreadable counts as expired"
+        );
+    }
+
+    #[test]
+    fn der_times() {
+        let cases: &[(u8, &str, Option<i64>)] = &[
+            (0x17, "491231235959Z", Some(2_524_607_999)),
+            (0x17, "500101000000Z", Some(-631_152_000)),
+            (0x18, "20510101000000Z", Some(2_556_143_999 + 1)),
+            (0x17, "20510101000000Z", None),
+            (0x18, "491231235959Z", None),
+            (0x17, "491231235959", None),
+            (0x17, "491331235959Z", None),
+            (0x04, "491231235959Z", None),
+        ];
+        for (tag, text, want) in cases {
+            assert_eq!(der_time(*tag, text.as_bytes()), *want, "{tag:#x} {text}");
+        }
     }
 
     #[test]

@@ -28,5 +28,6 @@ pub mod naming;
 pub mod reconcile;
 pub mod render;
 pub mod runtime;
+pub mod serving_tls;
 pub mod status;
 pub mod tenancy;

@@ -51,3 +51,17 @@ pub fn authserver(server: &str) -> String {
 pub fn authserver_keys(server: &str) -> String {
     format!("{server}-authserver-keys")
 }
+
+/// Secret holding an AuthorizationServer's in-cluster CA (key included; never mounted anywhere).
+pub fn authserver_ca(server: &str) -> String {
+    format!("{server}-authserver-ca")
+}
+
+/// Secret holding an AuthorizationServer's in-cluster serving certificate and the CA bundle (`tls.crt`,
+/// `tls.key`, `ca.crt`: the layout cert-manager writes too).
+pub fn authserver_tls(server: &str) -> String {
+    format!("{server}-authserver-tls")
+}
+
+/// Key of the sidecar ConfigMap holding the CA bundle sidecars trust for the authorization server.
+pub const SIDECAR_ISSUER_CA_FILE: &str = "issuer-ca.crt";

@@ -65,6 +65,11 @@ pub struct OperatorArgs {
     /// Extra names (DNS or IP) in the serving certificate.
     #[arg(long, value_delimiter = ',')]
     pub webhook_extra_names: Vec<String>,
+    /// Extra names (DNS or IP) in the in-cluster serving certificates of AuthorizationServers with
+    /// `inClusterTransport: OperatorTLS`, besides their Service's names: for sidecars that reach a server
+    /// through another name (an alias Service, a port-forward to 127.0.0.1 when checking it by hand).
+    #[arg(long, value_delimiter = ',')]
+    pub authserver_tls_extra_names: Vec<String>,
     /// Take the serving certificate from cert-manager (files in --webhook-cert-dir) instead.
     #[arg(long, env = "MCP_AUTHZ_WEBHOOK_CERT_MANAGER", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_cert_manager: bool,
@@ -108,6 +113,7 @@ impl OperatorArgs {
             settings.sidecar_image = image.clone();
         }
         settings.image_pull_policy = self.image_pull_policy.clone();
+        settings.authserver_tls_extra_names = self.authserver_tls_extra_names.clone();
         settings
     }
 
@@ -343,8 +349,12 @@ async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
             owned(),
             |pvc| retained_by(&pvc, "-authserver"),
         )
+        // The same goes for the in-cluster CA and TLS Secrets (owned, but a deleted one must come back
+        // before the next periodic check).
         .watches(Api::<Secret>::all(client.clone()), owned(), |secret| {
-            retained_by(&secret, "-authserver-keys")
+            ["-authserver-keys", "-authserver-ca", "-authserver-tls"]
+                .into_iter()
+                .find_map(|suffix| retained_by(&secret, suffix))
         })
         .watches(
             Api::<MCPService>::all(client.clone()),
@@ -450,7 +460,8 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let controller = Controller::new(services, watcher::Config::default());
     let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
-    let (a, b, c, d, e, f) = (
+    let (a, b, c, d, e, f, g) = (
+        in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
@@ -467,6 +478,15 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
         .owns(Api::<Secret>::all(client.clone()), owned())
+        // A server's TLS Secret carries the CA bundle every sidecar ConfigMap copies: a new CA (or the
+        // first one) must reach them.
+        .watches(Api::<Secret>::all(client.clone()), owned(), move |secret| {
+            if secret.name_any().ends_with("-authserver-tls") {
+                g(None)
+            } else {
+                Vec::new()
+            }
+        })
         .watches(
             Api::<MCPScope>::all(client.clone()),
             watcher::Config::default(),
@@ -535,18 +555,7 @@ async fn current_tls(
     leader: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<WebhookTls>> {
     if args.webhook_cert_manager {
-        let read = |f: &str| std::fs::read_to_string(args.webhook_cert_dir.join(f));
-        let (Ok(cert), Ok(key)) = (read("tls.crt"), read("tls.key")) else {
-            return Ok(None);
-        };
-        let ca = read("ca.crt").unwrap_or_default();
-        return Ok(Some(WebhookTls {
-            ca_cert: ca,
-            ca_key: String::new(),
-            cert,
-            key,
-            not_after: 0,
-        }));
+        return Ok(certs::from_cert_manager(&args.webhook_cert_dir));
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let name = args.webhook_secret();

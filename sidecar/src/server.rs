@@ -85,7 +85,10 @@ impl ConfigHandle {
             fetcher,
             settings: config.jwks.clone(),
         };
+        // With a CA file the bundle may have changed under the same path (a rollover): the JWKS client is
+        // rebuilt, since it is the only way to know it trusts the current bundle.
         let jwks_changed = source.uri != current.jwks_uri
+            || config.issuer_ca_file.is_some()
             || config.issuer_ca_file != current.issuer_ca_file
             || source.settings != current.jwks;
         let runtime = Runtime::new(config)?;
@@ -213,16 +216,24 @@ impl Sidecar {
     }
 }
 
-/// The bytes a reload is judged by: the config file's, and those of the introspection key the file names. The
-/// key path is taken from the file, not from the config in force: a config refused because its key was not there
-/// yet must be tried again when the key arrives.
-fn watched_files(path: &std::path::Path) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+/// The bytes a reload is judged by: the config file's, those of the introspection key and those of the issuer CA
+/// bundle the file names. The paths are taken from the file, not from the config in force: a config refused
+/// because its key was not there yet must be tried again when the key arrives. A changed CA bundle (a CA
+/// rollover) reloads the config, which builds new clients trusting it.
+type Watched = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn watched_files(path: &std::path::Path) -> Option<Watched> {
     let config = std::fs::read(path).ok()?;
-    let key = SidecarConfig::load(path)
-        .ok()
-        .and_then(|c| c.introspection)
-        .and_then(|i| std::fs::read(i.private_key_file).ok());
-    Some((config, key))
+    let parsed = SidecarConfig::load(path).ok();
+    let key = parsed
+        .as_ref()
+        .and_then(|c| c.introspection.as_ref())
+        .and_then(|i| std::fs::read(&i.private_key_file).ok());
+    let ca = parsed
+        .as_ref()
+        .and_then(|c| c.issuer_ca_file.as_ref())
+        .and_then(|f| std::fs::read(f).ok());
+    Some((config, key, ca))
 }
 
 async fn serve_proxy(

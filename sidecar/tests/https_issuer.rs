@@ -136,3 +136,35 @@ async fn a_private_ca_is_trusted_only_when_configured() {
         .expect("refused");
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+/// A CA rollover reaches a running sidecar as new bytes under the same `issuerCaFile` path (the kubelet
+/// updates the mounted ConfigMap; the config itself does not change): the sidecar reloads and trusts the new
+/// bundle, and a bundle with both the old and the new CA is trusted during the overlap.
+#[tokio::test]
+async fn a_changed_ca_bundle_under_the_same_path_is_trusted_without_a_restart() {
+    let key = TestKey::es256("k1");
+    let (port, ca_pem) = https_jwks(jwks_document(&[&key])).await;
+    let (_, unrelated_ca) = https_jwks(jwks_document(&[&key])).await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("issuer-ca.crt");
+    std::fs::write(&ca_file, &unrelated_ca).unwrap();
+    let config = config(&upstream.url(), port, Some(&ca_file));
+    let path = dir.path().join("sidecar.json");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let sidecar = Sidecar::start(config).await.unwrap();
+    let watcher = sidecar.watch_file(path, Duration::from_millis(50));
+    assert!(
+        !ready(&sidecar, 10).await,
+        "the bundle does not hold the server's CA yet"
+    );
+    // Old and new CA side by side, as during an overlap; written the way the kubelet does, by a rename.
+    let staged = dir.path().join("issuer-ca.crt.new");
+    std::fs::write(&staged, format!("{unrelated_ca}{ca_pem}")).unwrap();
+    std::fs::rename(&staged, &ca_file).unwrap();
+    assert!(
+        ready(&sidecar, 100).await,
+        "the new bundle was never picked up"
+    );
+    watcher.abort();
+}

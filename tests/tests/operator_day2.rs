@@ -325,3 +325,90 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
     );
     next.stop();
 }
+
+/// Pods still running a sidecar injected by another operator version are counted in the MCPService's status and
+/// named in `SidecarsCurrent`, until they are replaced.
+#[tokio::test]
+async fn pods_with_an_outdated_sidecar_are_reported() {
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let ns = cluster.new_namespace("outdated").await.expect("namespace");
+    let configuration = format!("mcp-authz-webhook-{ns}");
+    let operator =
+        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&ns, "op-outdated", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(ns);
+    operator_support::create(&admin, &ns, &server)
+        .await
+        .expect("server");
+    let mut service = cases::mcp_service();
+    service["metadata"]["namespace"] = json!(ns);
+    service["spec"]["scopes"] = json!([]);
+    service["spec"]["rules"] = json!([]);
+    operator_support::create(&admin, &ns, &service)
+        .await
+        .expect("service");
+    let current = mcp_authz_operator::render::RenderSettings::default().version;
+    // As the webhook leaves them: the service and the operator version on each pod.
+    let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
+    for (name, version) in [("files-new", current.as_str()), ("files-old", "0.0.1")] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "labels": {"app": "files", "mcp-authz.io/inject": "enabled"},
+                "annotations": {"mcp-authz.io/service": "files", "mcp-authz.io/injected-version": version}
+            },
+            "spec": {"containers": [{"name": "app", "image": "example.com/app"}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("pod");
+    }
+    let status = |want_outdated: i64| {
+        let admin = admin.clone();
+        let ns = ns.clone();
+        async move {
+            let s = get_json(&admin, &ns, V1, "MCPService", "files").await?;
+            (s["status"]["outdatedPods"] == want_outdated).then_some(())?;
+            Some((
+                s["status"]["injectedPods"].as_i64()?,
+                operator_support::condition(&s, "SidecarsCurrent")?,
+            ))
+        }
+    };
+    let (injected, condition) = eventually("one outdated pod is reported", || status(1)).await;
+    assert_eq!(injected, 2);
+    assert_eq!(
+        condition,
+        (
+            "False".to_owned(),
+            "OutdatedSidecars".to_owned(),
+            format!(
+                "1 of 2 injected pod(s) run a sidecar injected by another version than {current}: files-old; restart them (kubectl rollout restart) to take the current sidecar"
+            )
+        )
+    );
+    pods.delete("files-old", &Default::default())
+        .await
+        .expect("delete");
+    let (injected, condition) = eventually("no outdated pod is left", || status(0)).await;
+    assert_eq!(injected, 1);
+    assert_eq!(
+        condition,
+        (
+            "True".to_owned(),
+            "AllCurrent".to_owned(),
+            format!("1 injected pod(s), all with the sidecar of version {current}")
+        )
+    );
+    running.stop();
+}

@@ -81,9 +81,81 @@ pub struct AuthorizationServerSpec {
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
 
+    /// How sidecars reach this server inside the cluster: they fetch its signing keys and post bearer
+    /// tokens to its introspection endpoint. TLS with a certificate the operator makes, unless set.
+    #[serde(default)]
+    pub in_cluster_transport: InClusterTransport,
+
     /// CPU and memory for the authorization server container; small defaults when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// How the in-cluster endpoints (the ones sidecars call) are protected.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.mode == 'CertManagerTLS') == has(self.certManagerIssuerRef)")
+    .message("inClusterTransport.certManagerIssuerRef is required with mode: CertManagerTLS, and only allowed with it")
+    .field_path(".certManagerIssuerRef"))]
+pub struct InClusterTransport {
+    /// `OperatorTLS`: the server also listens with TLS on port 8443, with a certificate the operator
+    /// issues from its own CA (kept in a Secret of this namespace, renewed before expiry); sidecars
+    /// trust that CA only. `CertManagerTLS`: the same, with the certificate from cert-manager
+    /// (`certManagerIssuerRef`, a CA-type issuer whose Secret carries `ca.crt`). `Mesh`: no TLS
+    /// listener; sidecars use plain HTTP on port 8080. Choose Mesh only when a service mesh encrypts
+    /// and authenticates all traffic between the sidecars and this server (mTLS).
+    #[serde(default)]
+    pub mode: TransportMode,
+    /// The cert-manager issuer of the serving certificate, with `mode: CertManagerTLS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager_issuer_ref: Option<IssuerRef>,
+}
+
+impl InClusterTransport {
+    /// Whether the server serves TLS to sidecars (and sidecars use it).
+    pub fn tls(&self) -> bool {
+        self.mode != TransportMode::Mesh
+    }
+}
+
+/// The in-cluster transport modes.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum TransportMode {
+    /// TLS with a certificate from the operator's own CA.
+    #[default]
+    #[serde(rename = "OperatorTLS")]
+    OperatorTls,
+    /// TLS with a certificate from cert-manager.
+    #[serde(rename = "CertManagerTLS")]
+    CertManagerTls,
+    /// Plain HTTP: a service mesh provides mTLS.
+    Mesh,
+}
+
+/// A cert-manager `Issuer` (in this namespace) or `ClusterIssuer`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+}
+
+/// Kinds of cert-manager issuers.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum IssuerKind {
+    /// A namespaced `Issuer` in the server's namespace.
+    #[default]
+    Issuer,
+    /// A cluster-wide `ClusterIssuer`.
+    ClusterIssuer,
 }
 
 fn default_replicas() -> i32 {

@@ -148,6 +148,26 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "allowedNamespaces.selector",
         },
         InvalidCase {
+            name: "cert-manager transport without an issuer",
+            object: with(
+                authorization_server(),
+                "/spec/inClusterTransport",
+                json!({"mode": "CertManagerTLS"}),
+            ),
+            message: "inClusterTransport.certManagerIssuerRef is required with mode: CertManagerTLS, and only allowed with it",
+            field: "inClusterTransport.certManagerIssuerRef",
+        },
+        InvalidCase {
+            name: "cert-manager issuer with the mesh transport",
+            object: with(
+                authorization_server(),
+                "/spec/inClusterTransport",
+                json!({"mode": "Mesh", "certManagerIssuerRef": {"name": "ca"}}),
+            ),
+            message: "inClusterTransport.certManagerIssuerRef is required with mode: CertManagerTLS, and only allowed with it",
+            field: "inClusterTransport.certManagerIssuerRef",
+        },
+        InvalidCase {
             name: "http issuer",
             object: with(
                 authorization_server(),

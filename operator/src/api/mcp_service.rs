@@ -26,6 +26,7 @@ use super::NamespacedRef;
     printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".spec.resourceUrl"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.injectedPods"}"#,
+    printcolumn = r#"{"name":"Outdated","type":"integer","priority":1,"jsonPath":".status.outdatedPods"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.rules.all(r, r.scopes.all(s, s in self.scopes))")
@@ -184,11 +185,16 @@ pub struct MCPServiceStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `ScopesResolved`, `PolicyResolved`, `RawPortExposed`.
+    /// `Ready`, `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `TransportSecured`, `RawPortExposed`,
+    /// `SidecarsCurrent`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Running pods of this service that carry the sidecar.
     #[serde(default)]
     pub injected_pods: i32,
+    /// Injected pods whose sidecar came from another operator version (`mcp-authz.io/injected-version`); they
+    /// keep that sidecar until restarted.
+    #[serde(default)]
+    pub outdated_pods: i32,
 }

@@ -214,6 +214,8 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     let cluster_issuer = std::mem::replace(&mut config.issuer, issuer.clone());
     config.listen = loopback(ports.authserver);
     config.admin_listen = loopback(ports.authserver_admin);
+    // Local mode is one machine's loopback interface: nothing crosses a network, so plain HTTP.
+    config.tls = None;
     config.storage = StorageConfig {
         sqlite: Some(SqliteStorage {
             path: state_dir.join(files::DATABASE),
@@ -300,6 +302,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         sidecar_config.admin_listen = loopback(service_ports.admin_port);
         sidecar_config.issuer = issuer.clone();
         sidecar_config.jwks_uri = format!("{issuer}{}", sidecar::JWKS_PATH);
+        sidecar_config.issuer_ca_file = None;
         sidecar_config.authorization_servers = vec![issuer.clone()];
         let stem = format!("{}{}", files::SIDECAR_PREFIX, key.replace('/', "-"));
         let key_file = state_dir.join(format!("{stem}{}", files::SIDECAR_KEY_SUFFIX));

@@ -13,10 +13,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use crate::api::authorization_server::TransportMode;
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
 use crate::naming::{self, FIELD_MANAGER};
 use crate::render::{Inputs, authserver};
+use crate::serving_tls::{ServingTls, Step};
 use crate::status::{self, Observed};
 
 /// The longest lifetime of a token the server may sign: its access token lifetime (a scope's
@@ -170,6 +172,10 @@ async fn reconcile_inner(
         }
     }
 
+    if server.spec.in_cluster_transport.mode == TransportMode::OperatorTls {
+        serving_tls(server, ctx, &namespace).await?;
+    }
+
     // Status.
     let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
         .get_opt(&naming::authserver(&server.name_any()))
@@ -240,6 +246,87 @@ async fn reconcile_inner(
         .await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+/// The Secret data of `name` in `namespace`, empty when there is none.
+async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, kube::Error> {
+    Ok(Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
+}
+
+/// `mode: OperatorTLS`: keeps the server's CA and serving certificate (see [`crate::serving_tls`]).
+async fn serving_tls(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(), ReconcileError> {
+    let client = &ctx.client;
+    let name = server.name_any();
+    let (ca_name, tls_name) = (naming::authserver_ca(&name), naming::authserver_tls(&name));
+    let state = ServingTls::read(
+        &secret_data(client, namespace, &ca_name).await?,
+        &secret_data(client, namespace, &tls_name).await?,
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let mut names = crate::serving_tls::service_names(&naming::authserver(&name), namespace);
+    names.extend(ctx.settings.authserver_tls_extra_names.iter().cloned());
+    let steps = crate::serving_tls::decide(&state, &names, now.unix_timestamp());
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let next = crate::serving_tls::apply(state, &steps, &names, now)?;
+    // The mounted Secret first: if the CA Secret's write fails, the next round sees a serving record that
+    // does not match and issues again, instead of trusting a record of a certificate nobody serves.
+    for (secret_name, data) in [(&tls_name, next.tls_secret()), (&ca_name, next.ca_secret())] {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret_name.clone()),
+                namespace: Some(namespace.to_owned()),
+                ..Default::default()
+            },
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        // Owned by the server: unlike its signing keys, nothing here is worth keeping once it is gone.
+        apply(
+            client,
+            &crate::render::object(secret, crate::render::owner_ref(server))?,
+        )
+        .await?;
+    }
+    for step in steps {
+        let (reason, note) = match step {
+            Step::StageCa => (
+                "InClusterCAStaged",
+                "published a new in-cluster CA to sidecars; it issues after the overlap".to_owned(),
+            ),
+            Step::PromoteCa => (
+                "InClusterCAPromoted",
+                "the new in-cluster CA now issues the serving certificate".to_owned(),
+            ),
+            Step::IssueServing => (
+                "ServingCertificateIssued",
+                format!(
+                    "issued the in-cluster serving certificate (Secret {tls_name}), valid until Unix time {}",
+                    next.serving.as_ref().map_or(0, |s| s.not_after)
+                ),
+            ),
+            Step::DropRetired => continue,
+        };
+        ctx.event(server, false, reason, note).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

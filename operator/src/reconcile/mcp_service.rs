@@ -1,5 +1,6 @@
 //! MCPService -> sidecar ConfigMap, NetworkPolicy and credentials Secret, and status: `Ready`,
-//! `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `RawPortExposed`, injected pod count.
+//! `ScopesResolved`, `PolicyResolved`, `CredentialsIssued`, `TransportSecured`, `RawPortExposed`,
+//! `SidecarsCurrent`, injected and outdated pod counts.
 
 use std::sync::Arc;
 
@@ -53,6 +54,67 @@ pub fn raw_port_services(service: &MCPService, services: &[Service], pods: &[Pod
         .collect()
 }
 
+/// The live pods of `pods` the webhook injected for `service`.
+pub fn injected_pods<'a>(service: &MCPService, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            p.annotations().get(naming::INJECTED_SERVICE_ANNOTATION) == Some(&service.name_any())
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Names of the `injected` pods whose sidecar came from another operator version than `version` (their
+/// `injected-version` annotation): they run the sidecar image and settings of that version until restarted.
+pub fn outdated_pods(injected: &[&Pod], version: &str) -> Vec<String> {
+    let mut names: Vec<String> = injected
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .get(naming::INJECTED_VERSION_ANNOTATION)
+                .map(String::as_str)
+                != Some(version)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Most pod names a condition message lists.
+const NAMES_SHOWN: usize = 5;
+
+/// The `SidecarsCurrent` condition for `outdated` pods out of `injected`.
+pub fn sidecars_current(outdated: &[String], injected: usize, version: &str) -> Observed {
+    if outdated.is_empty() {
+        return Observed::yes(
+            "SidecarsCurrent",
+            "AllCurrent",
+            format!("{injected} injected pod(s), all with the sidecar of version {version}"),
+        );
+    }
+    let shown = outdated
+        .iter()
+        .take(NAMES_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = outdated.len().saturating_sub(NAMES_SHOWN);
+    Observed::no(
+        "SidecarsCurrent",
+        "OutdatedSidecars",
+        format!(
+            "{} of {injected} injected pod(s) run a sidecar injected by another version than {version}: {shown}{}; restart them (kubectl rollout restart) to take the current sidecar",
+            outdated.len(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
+}
+
 /// How a service stands with the server it names.
 enum Attachment {
     /// The server does not exist.
@@ -63,6 +125,69 @@ enum Attachment {
     Taken(String),
     /// The service is the server's for its resource URL.
     Holds,
+}
+
+/// How a service's sidecars will reach its server.
+enum Trust {
+    /// TLS, trusting this CA bundle.
+    Tls(String),
+    /// TLS, but the server's Secret has no bundle yet.
+    Waiting,
+    /// Plain HTTP: the server declares a mesh.
+    Mesh,
+}
+
+impl Trust {
+    fn condition(&self, server: &AuthorizationServer) -> Observed {
+        let secret = format!(
+            "{}/{}",
+            server.namespace().unwrap_or_default(),
+            naming::authserver_tls(&server.name_any())
+        );
+        let base = sidecar::in_cluster_base(server);
+        match self {
+            Self::Tls(_) => Observed::yes(
+                "TransportSecured",
+                "TLS",
+                format!(
+                    "sidecars reach the authorization server at {base} and trust only the CA bundle of Secret {secret}"
+                ),
+            ),
+            Self::Waiting => Observed::no(
+                "TransportSecured",
+                "WaitingForServerCA",
+                format!(
+                    "Secret {secret} has no CA bundle (ca.crt) yet; the sidecar config follows it"
+                ),
+            ),
+            Self::Mesh => Observed::yes(
+                "TransportSecured",
+                "Mesh",
+                format!(
+                    "sidecars reach the authorization server at {base} in plain HTTP: its inClusterTransport declares a mesh that does mTLS"
+                ),
+            ),
+        }
+    }
+}
+
+/// The CA bundle of `server`'s TLS Secret (written by the operator or cert-manager), when it uses TLS.
+async fn issuer_trust(
+    client: &kube::Client,
+    server: &AuthorizationServer,
+    server_ns: &str,
+) -> Result<Trust, kube::Error> {
+    if !server.spec.in_cluster_transport.tls() {
+        return Ok(Trust::Mesh);
+    }
+    let bundle = Api::<Secret>::namespaced(client.clone(), server_ns)
+        .get_opt(&naming::authserver_tls(&server.name_any()))
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(crate::serving_tls::keys::BUNDLE).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"));
+    Ok(bundle.map_or(Trust::Waiting, Trust::Tls))
 }
 
 /// Deletes the service's credentials Secret if the operator made it for this very service.
@@ -201,9 +326,22 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         }
     };
     let mut credentials_issued = false;
+    let mut transport_ready = true;
     if let (Some(server), Attachment::Holds) = (&server, &attachment) {
-        for object in sidecar::render(service, server, &scopes)? {
-            apply(client, &object).await?;
+        let trust = issuer_trust(client, server, &server_ns).await?;
+        observed.push(trust.condition(server));
+        // Without the CA bundle a TLS config would not start: the ConfigMap waits for it (an injected
+        // pod waits for its ConfigMap), so no sidecar ever falls back to cleartext.
+        let bundle = match &trust {
+            Trust::Tls(bundle) => Some(Some(bundle.as_str())),
+            Trust::Mesh => Some(None),
+            Trust::Waiting => None,
+        };
+        transport_ready = bundle.is_some();
+        if let Some(bundle) = bundle {
+            for object in sidecar::render(service, server, &scopes, bundle)? {
+                apply(client, &object).await?;
+            }
         }
         let keys = Api::<Secret>::namespaced(client.clone(), &server_ns)
             .get_opt(&naming::authserver_keys(&server.name_any()))
@@ -291,13 +429,14 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         )
     });
 
-    let injected = pods
-        .iter()
-        .filter(|p| {
-            p.annotations().get(naming::INJECTED_SERVICE_ANNOTATION) == Some(&service.name_any())
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
+    let injected = injected_pods(service, &pods);
+    let outdated = outdated_pods(&injected, &ctx.settings.version);
+    observed.push(sidecars_current(
+        &outdated,
+        injected.len(),
+        &ctx.settings.version,
+    ));
+    let (injected, outdated) = (injected.len(), outdated.len());
 
     observed.insert(
         0,
@@ -318,6 +457,9 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
+            (Attachment::Holds, true) if !transport_ready => {
+                Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
+            }
             (Attachment::Holds, true) if !credentials_issued => {
                 Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
             }
@@ -349,7 +491,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     }
     let status = json!({
         "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
-        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected}
+        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated}
     });
     Api::<MCPService>::namespaced(client.clone(), &namespace)
         .patch_status(
@@ -431,5 +573,91 @@ mod tests {
             ["raw", "raw-implicit"],
             "a port name no pod defines reaches nothing"
         );
+    }
+
+    #[test]
+    fn outdated_sidecars() {
+        let service: MCPService = serde_json::from_value({
+            let mut v = crate::api::cases::mcp_service();
+            v["metadata"] = json!({"name": "files", "namespace": "apps"});
+            v
+        })
+        .expect("service");
+        let pod =
+            |name: &str, service: Option<&str>, version: Option<&str>, deleting: bool| -> Pod {
+                let mut annotations = serde_json::Map::new();
+                if let Some(s) = service {
+                    annotations.insert(naming::INJECTED_SERVICE_ANNOTATION.into(), json!(s));
+                }
+                if let Some(v) = version {
+                    annotations.insert(naming::INJECTED_VERSION_ANNOTATION.into(), json!(v));
+                }
+                let mut meta = json!({"name": name, "annotations": annotations});
+                if deleting {
+                    meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                }
+                serde_json::from_value(json!({"metadata": meta})).expect("pod")
+            };
+        /// (name, pods, injected, outdated names, (status, message))
+        type Case = (
+            &'static str,
+            Vec<Pod>,
+            usize,
+            Vec<&'static str>,
+            (&'static str, &'static str),
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no pods",
+                vec![],
+                0,
+                vec![],
+                (
+                    "True",
+                    "0 injected pod(s), all with the sidecar of version 1.2.0",
+                ),
+            ),
+            (
+                "current and outdated, another service's and a deleted one left out",
+                vec![
+                    pod("b", Some("files"), Some("1.1.0"), false),
+                    pod("a", Some("files"), Some("1.2.0"), false),
+                    pod("c", Some("files"), None, false),
+                    pod("d", Some("other"), Some("1.0.0"), false),
+                    pod("e", Some("files"), Some("1.0.0"), true),
+                ],
+                3,
+                vec!["b", "c"],
+                (
+                    "False",
+                    "2 of 3 injected pod(s) run a sidecar injected by another version than 1.2.0: b, c; restart them (kubectl rollout restart) to take the current sidecar",
+                ),
+            ),
+            (
+                "long lists are cut",
+                (0..7)
+                    .map(|i| pod(&format!("p{i}"), Some("files"), Some("0.9.0"), false))
+                    .collect(),
+                7,
+                vec!["p0", "p1", "p2", "p3", "p4", "p5", "p6"],
+                (
+                    "False",
+                    "7 of 7 injected pod(s) run a sidecar injected by another version than 1.2.0: p0, p1, p2, p3, p4 and 2 more; restart them (kubectl rollout restart) to take the current sidecar",
+                ),
+            ),
+        ];
+        for (name, pods, injected, outdated, (status, message)) in cases {
+            let live = injected_pods(&service, &pods);
+            assert_eq!(live.len(), injected, "{name}");
+            let names = outdated_pods(&live, "1.2.0");
+            assert_eq!(names, outdated, "{name}");
+            let condition = sidecars_current(&names, live.len(), "1.2.0");
+            let got = if condition.status { "True" } else { "False" };
+            assert_eq!(
+                (got, condition.message.as_str()),
+                (status, message),
+                "{name}"
+            );
+        }
     }
 }

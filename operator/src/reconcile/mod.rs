@@ -76,6 +76,9 @@ pub enum ReconcileError {
     /// Signing keys could not be made or read.
     #[error("signing keys: {0}")]
     Keys(#[from] crate::keys::KeyError),
+    /// The in-cluster TLS certificate could not be made.
+    #[error("in-cluster TLS: {0}")]
+    Cert(#[from] crate::certs::CertError),
     /// The object has no namespace (never for our namespaced kinds).
     #[error("object without namespace")]
     NoNamespace,
@@ -88,6 +91,7 @@ impl ReconcileError {
             Self::Kube(_) => "kube_api",
             Self::Render(e) => e.metric_label(),
             Self::Keys(e) => e.metric_label(),
+            Self::Cert(e) => e.metric_label(),
             Self::NoNamespace => "no_namespace",
         }
     }
@@ -144,8 +148,13 @@ pub async fn delete_owned<K: kube::Resource<DynamicType = ()>>(
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let Some(existing) = api.get_opt(name).await? else {
-        return Ok(());
+    let existing = match api.get_opt(name).await {
+        Ok(Some(existing)) => existing,
+        Ok(None) => return Ok(()),
+        // The kind is not served at all (cert-manager's Certificate where cert-manager is not installed): the
+        // API server answers a bare `404 page not found`, which kube does not count as not found.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
     };
     let owned = existing
         .metadata

@@ -21,13 +21,13 @@ use mcp_authz_authserver::config::{
     AuthServerConfig, ResourceConfig, ResourceServers, ScopeDefinition,
 };
 
-use super::sidecar::AUTHSERVER_PORT;
+use super::sidecar::{AUTHSERVER_PORT, AUTHSERVER_TLS_PORT};
 use super::{
     Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, object,
     owner_ref, seconds, visible_scopes,
 };
 use crate::admission::patch::hardened_security_context;
-use crate::api::authorization_server::StorageKind;
+use crate::api::authorization_server::{IssuerKind, StorageKind, TransportMode};
 use crate::api::{CIMDPolicy, MCPService};
 use crate::naming;
 
@@ -37,6 +37,8 @@ pub const ADMIN_PORT: u16 = 9090;
 pub const CONFIG_DIR: &str = "/etc/mcp-authz/config";
 /// Where the keys Secret is mounted.
 pub const KEYS_DIR: &str = "/etc/mcp-authz/keys";
+/// Where the TLS Secret (serving certificate and CA bundle) is mounted.
+pub const TLS_DIR: &str = "/etc/mcp-authz/tls";
 /// Where the embedded database lives (the PVC).
 pub const DATA_DIR: &str = "/var/lib/mcp-authz";
 /// Where the static users Secret is mounted.
@@ -114,6 +116,13 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
         "login": login,
     }))
     .map_err(|e| RenderError::Serialize { what: "authserver config".into(), message: e.to_string() })?;
+    if spec.in_cluster_transport.tls() {
+        config.tls = Some(mcp_authz_authserver::config::TlsListenConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], AUTHSERVER_TLS_PORT)),
+            cert_file: PathBuf::from(TLS_DIR).join(crate::serving_tls::keys::TLS_CERT),
+            key_file: PathBuf::from(TLS_DIR).join(crate::serving_tls::keys::TLS_KEY),
+        });
+    }
     config.tokens.access_token_secs = seconds(
         "spec.tokens.accessTokenLifetime",
         &spec.tokens.access_token_lifetime,
@@ -309,6 +318,15 @@ pub fn render(
         },
     ];
     let mut mounts = vec![mount("config", CONFIG_DIR), mount("keys", KEYS_DIR)];
+    let tls = spec.in_cluster_transport.tls();
+    if tls {
+        // The whole Secret, not subPaths: the kubelet then updates it in place and the server reloads it.
+        volumes.push(secret_volume(
+            "tls",
+            &naming::authserver_tls(&server.name_any()),
+        ));
+        mounts.push(mount("tls", TLS_DIR));
+    }
     let mut env = Vec::new();
     match spec.storage.kind {
         StorageKind::Embedded => {
@@ -385,18 +403,21 @@ pub fn render(
             format!("{CONFIG_DIR}/{}", naming::AUTHSERVER_CONFIG_FILE),
         ]),
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: i32::from(AUTHSERVER_PORT),
+        ports: Some(
+            [
+                ("http", AUTHSERVER_PORT),
+                ("https", AUTHSERVER_TLS_PORT),
+                ("admin", ADMIN_PORT),
+            ]
+            .into_iter()
+            .filter(|(name, _)| tls || *name != "https")
+            .map(|(name, port)| ContainerPort {
+                name: Some(name.into()),
+                container_port: i32::from(port),
                 ..Default::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: i32::from(ADMIN_PORT),
-                ..Default::default()
-            },
-        ]),
+            })
+            .collect(),
+        ),
         volume_mounts: Some(mounts),
         security_context: Some(hardened_security_context()),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
@@ -447,20 +468,24 @@ pub fn render(
         metadata: meta(),
         spec: Some(ServiceSpec {
             selector: Some(labels.clone()),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("http".into()),
-                    port: i32::from(AUTHSERVER_PORT),
-                    target_port: Some(IntOrString::String("http".into())),
+            ports: Some(
+                [
+                    ("http", AUTHSERVER_PORT),
+                    ("https", AUTHSERVER_TLS_PORT),
+                    ("admin", ADMIN_PORT),
+                ]
+                .into_iter()
+                .filter(|(name, _)| tls || *name != "https")
+                .map(|(name, port)| ServicePort {
+                    name: Some(name.into()),
+                    port: i32::from(port),
+                    target_port: Some(IntOrString::String(name.into())),
+                    // Lets meshes and Gateway API backends know the port speaks TLS.
+                    app_protocol: (name == "https").then(|| "https".into()),
                     ..Default::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: i32::from(ADMIN_PORT),
-                    target_port: Some(IntOrString::String("admin".into())),
-                    ..Default::default()
-                },
-            ]),
+                })
+                .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -490,6 +515,11 @@ pub fn render(
         // re-created under the same name takes the claim up again.
         objects.push(object(pvc, None)?);
     }
+    if spec.in_cluster_transport.mode == TransportMode::CertManagerTls
+        && let Some(issuer) = &spec.in_cluster_transport.cert_manager_issuer_ref
+    {
+        objects.push(certificate(server, issuer, owner.clone()));
+    }
     if spec.replicas > 1 {
         let pdb = PodDisruptionBudget {
             metadata: meta(),
@@ -511,7 +541,53 @@ pub fn render(
 /// Kinds [`render`] makes only for some specs, which must go when the spec stops asking for them (a
 /// PodDisruptionBudget left behind at one replica blocks every node drain). The PersistentVolumeClaim is not
 /// among them: it holds every grant, and leaving Embedded storage must not delete it.
-pub const OPTIONAL_KINDS: &[(&str, &str)] = &[("policy/v1", "PodDisruptionBudget")];
+pub const OPTIONAL_KINDS: &[(&str, &str)] = &[
+    ("policy/v1", "PodDisruptionBudget"),
+    ("cert-manager.io/v1", "Certificate"),
+];
+
+/// The cert-manager Certificate of a server with `mode: CertManagerTLS`: it writes the TLS Secret in the
+/// layout the operator's own CA uses (`tls.crt`, `tls.key`, `ca.crt`), labelled so the operator sees it.
+fn certificate(
+    server: &crate::api::AuthorizationServer,
+    issuer: &crate::api::authorization_server::IssuerRef,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> RenderedObject {
+    let name = naming::authserver(&server.name_any());
+    let namespace = server.namespace().unwrap_or_default();
+    let hours = |d: time::Duration| format!("{}h", d.whole_hours());
+    let mut metadata = serde_json::json!({
+        "name": name, "namespace": namespace,
+        "labels": {naming::MANAGED_BY_LABEL: naming::MANAGED_BY},
+    });
+    if let Some(owner) = owner {
+        metadata["ownerReferences"] = serde_json::json!([owner]);
+    }
+    RenderedObject {
+        api_version: "cert-manager.io/v1".into(),
+        kind: "Certificate".into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        body: serde_json::json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": metadata,
+            "spec": {
+                "secretName": naming::authserver_tls(&server.name_any()),
+                "secretTemplate": {"labels": {naming::MANAGED_BY_LABEL: naming::MANAGED_BY}},
+                "dnsNames": crate::serving_tls::service_names(&name, &namespace),
+                "duration": hours(crate::serving_tls::SERVING_LIFETIME),
+                "renewBefore": hours(crate::serving_tls::RENEW_BEFORE),
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "usages": ["server auth", "digital signature"],
+                "issuerRef": {
+                    "name": issuer.name,
+                    "kind": match issuer.kind { IssuerKind::Issuer => "Issuer", IssuerKind::ClusterIssuer => "ClusterIssuer" },
+                    "group": "cert-manager.io",
+                },
+            },
+        }),
+    }
+}
 
 /// The optional objects of the server that `rendered` no longer contains: `(apiVersion, kind, name)`.
 pub fn unwanted(
@@ -829,6 +905,7 @@ mod tests {
             [
                 "/etc/mcp-authz/config",
                 "/etc/mcp-authz/keys",
+                "/etc/mcp-authz/tls",
                 "/var/lib/mcp-authz",
                 "/etc/mcp-authz/users"
             ]
@@ -873,7 +950,15 @@ mod tests {
             json!({"name": "pg", "key": "url"})
         );
         assert_eq!(objects[3].body["spec"]["minAvailable"], 1);
-        assert!(unwanted("auth", &objects).is_empty());
+        let certificate = (
+            "cert-manager.io/v1",
+            "Certificate",
+            "auth-authserver".to_owned(),
+        );
+        assert_eq!(
+            unwanted("auth", &objects),
+            std::slice::from_ref(&certificate)
+        );
         let mut one = server.clone();
         one.spec.replicas = 1;
         let inputs = Inputs {
@@ -883,13 +968,113 @@ mod tests {
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         assert_eq!(
             unwanted("auth", &objects),
-            [(
-                "policy/v1",
-                "PodDisruptionBudget",
-                "auth-authserver".to_owned()
-            )],
+            [
+                (
+                    "policy/v1",
+                    "PodDisruptionBudget",
+                    "auth-authserver".to_owned()
+                ),
+                certificate
+            ],
             "back at one replica, the budget goes"
         );
+    }
+
+    /// The in-cluster listener per transport mode: the config's TLS section, the mounted Secret, the
+    /// `https` port of the container and the Service, and cert-manager's Certificate.
+    #[test]
+    fn transport_modes_shape_the_listener() {
+        let cases = [
+            (json!(null), true, false),
+            (json!({"mode": "OperatorTLS"}), true, false),
+            (
+                json!({"mode": "CertManagerTLS", "certManagerIssuerRef": {"name": "ca", "kind": "ClusterIssuer"}}),
+                true,
+                true,
+            ),
+            (json!({"mode": "Mesh"}), false, false),
+        ];
+        for (transport, tls, cert_manager) in cases {
+            let mut spec = json!({});
+            if !transport.is_null() {
+                spec["inClusterTransport"] = transport.clone();
+            }
+            let server = server(spec);
+            let inputs = Inputs {
+                server: &server,
+                services: &[],
+                scopes: &[],
+                policies: &[],
+                namespaces: &NamespaceLabels::new(),
+            };
+            let config = authserver_config(&inputs).expect("config");
+            assert_eq!(
+                config.tls,
+                tls.then(|| mcp_authz_authserver::config::TlsListenConfig {
+                    listen: "0.0.0.0:8443".parse().expect("addr"),
+                    cert_file: "/etc/mcp-authz/tls/tls.crt".into(),
+                    key_file: "/etc/mcp-authz/tls/tls.key".into(),
+                }),
+                "{transport}"
+            );
+            let objects = render(&inputs, &RenderSettings::default()).expect("render");
+            let pod = &objects[1].body["spec"]["template"]["spec"];
+            let port_names = |ports: &Value| -> Vec<String> {
+                ports
+                    .as_array()
+                    .expect("ports")
+                    .iter()
+                    .map(|p| p["name"].as_str().expect("name").to_owned())
+                    .collect()
+            };
+            let want: Vec<&str> = if tls {
+                vec!["http", "https", "admin"]
+            } else {
+                vec!["http", "admin"]
+            };
+            assert_eq!(
+                port_names(&pod["containers"][0]["ports"]),
+                want,
+                "{transport}"
+            );
+            assert_eq!(
+                port_names(&objects[2].body["spec"]["ports"]),
+                want,
+                "{transport}"
+            );
+            let tls_volume = pod["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == "tls")
+                .map(|v| v["secret"]["secretName"].clone());
+            assert_eq!(
+                tls_volume,
+                tls.then(|| json!("auth-authserver-tls")),
+                "{transport}"
+            );
+            let certificate = objects.iter().find(|o| o.kind == "Certificate");
+            assert_eq!(certificate.is_some(), cert_manager, "{transport}");
+            if let Some(c) = certificate {
+                assert_eq!(
+                    c.body["spec"]["issuerRef"],
+                    json!({"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+                );
+                assert_eq!(c.body["spec"]["secretName"], "auth-authserver-tls");
+                assert_eq!(
+                    c.body["spec"]["dnsNames"],
+                    json!([
+                        "auth-authserver",
+                        "auth-authserver.mcp-authz",
+                        "auth-authserver.mcp-authz.svc",
+                        "auth-authserver.mcp-authz.svc.cluster.local"
+                    ])
+                );
+                assert_eq!(c.body["spec"]["duration"], "2160h");
+                assert_eq!(c.body["spec"]["renewBefore"], "720h");
+                assert_eq!(c.body["metadata"]["ownerReferences"][0]["name"], "auth");
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub fn render_all(
             .iter()
             .find(|s| crate::tenancy::attached(service, &s.object, &Default::default()))
         {
-            objects.extend(sidecar::render(service, &server.object, &scopes)?);
+            // The CA bundle exists only in a cluster (the operator makes it); offline, a TLS server's sidecar
+            // ConfigMap comes without it and the operator fills it in.
+            objects.extend(sidecar::render(service, &server.object, &scopes, None)?);
         }
     }
     Ok(objects)

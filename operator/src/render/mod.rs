@@ -27,6 +27,8 @@ pub struct RenderSettings {
     pub image_pull_policy: Option<String>,
     /// Version of the operator (recorded on injected pods).
     pub version: String,
+    /// Names added to every operator-issued in-cluster serving certificate (`--authserver-tls-extra-names`).
+    pub authserver_tls_extra_names: Vec<String>,
 }
 
 impl Default for RenderSettings {
@@ -37,6 +39,7 @@ impl Default for RenderSettings {
             sidecar_image: format!("ghcr.io/mcp-authz/mcp-authz-sidecar:{version}"),
             image_pull_policy: None,
             version,
+            authserver_tls_extra_names: Vec::new(),
         }
     }
 }

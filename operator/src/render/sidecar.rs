@@ -27,6 +27,24 @@ pub const JWKS_PATH: &str = "/jwks";
 pub const INTROSPECTION_PATH: &str = "/introspect";
 /// Port of the authorization server's OAuth endpoints (its Service and container).
 pub const AUTHSERVER_PORT: u16 = 8080;
+/// Port of the same endpoints over TLS, the one sidecars use unless the server declares a mesh.
+pub const AUTHSERVER_TLS_PORT: u16 = 8443;
+
+/// The base URL sidecars reach `server` at inside the cluster: https on [`AUTHSERVER_TLS_PORT`], or plain
+/// http on [`AUTHSERVER_PORT`] when the server's `inClusterTransport` is `Mesh`. The host is the Service's
+/// `<name>.<namespace>.svc`, one of the serving certificate's names.
+pub fn in_cluster_base(server: &AuthorizationServer) -> String {
+    let host = format!(
+        "{}.{}.svc",
+        naming::authserver(&server.name_any()),
+        server.namespace().unwrap_or_default()
+    );
+    if server.spec.in_cluster_transport.tls() {
+        format!("https://{host}:{AUTHSERVER_TLS_PORT}")
+    } else {
+        format!("http://{host}:{AUTHSERVER_PORT}")
+    }
+}
 
 /// The sidecar config of `service`, whose tokens `server` issues.
 pub fn sidecar_config(
@@ -72,11 +90,8 @@ pub fn sidecar_config(
         }
     }
     let port = |p: i32| u16::try_from(p).unwrap_or(0);
-    let jwks_uri = format!(
-        "http://{}.{}.svc:{AUTHSERVER_PORT}{JWKS_PATH}",
-        naming::authserver(&server.name_any()),
-        server_ns
-    );
+    let base = in_cluster_base(server);
+    let jwks_uri = format!("{base}{JWKS_PATH}");
     // Only the required fields are given: the sidecar's own serde defaults fill in limits, JWKS
     // cadence and identity headers, so the two crates never disagree on them.
     let mut config: SidecarConfig = serde_json::from_value(serde_json::json!({
@@ -89,6 +104,11 @@ pub fn sidecar_config(
         what: "sidecar config".into(),
         message: e.to_string(),
     })?;
+    if server.spec.in_cluster_transport.tls() {
+        // The bundle rides in the same ConfigMap as the config, so the kubelet swaps both at once.
+        config.issuer_ca_file =
+            Some(PathBuf::from(naming::SIDECAR_CONFIG_DIR).join(naming::SIDECAR_ISSUER_CA_FILE));
+    }
     config.listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.port)));
     config.admin_listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.admin_port)));
     config.mcp_path = spec.upstream.path.clone();
@@ -106,10 +126,7 @@ pub fn sidecar_config(
         .collect();
     if !sensitive.is_empty() {
         config.introspection = Some(introspection(
-            &format!(
-                "http://{}.{server_ns}.svc:{AUTHSERVER_PORT}{INTROSPECTION_PATH}",
-                naming::authserver(&server.name_any())
-            ),
+            &format!("{base}{INTROSPECTION_PATH}"),
             &spec.resource_url,
             PathBuf::from(naming::SIDECAR_CREDENTIALS_DIR).join(naming::SIDECAR_KEY_FILE),
             sensitive,
@@ -184,11 +201,14 @@ fn basic_scopes(offered: &[String], visible: &BTreeMap<String, &MCPScope>) -> Ve
     }
 }
 
-/// The ConfigMap and NetworkPolicy of `service`.
+/// The ConfigMap and NetworkPolicy of `service`. `issuer_ca` is the CA bundle the server's serving
+/// certificate chains to (read from its TLS Secret); with a TLS transport the ConfigMap carries it beside the
+/// config. The CA certificates are public: copying them into tenant namespaces gives nothing away.
 pub fn render(
     service: &MCPService,
     server: &AuthorizationServer,
     scopes: &[MCPScope],
+    issuer_ca: Option<&str>,
 ) -> Result<Vec<RenderedObject>, RenderError> {
     let name = service.name_any();
     let namespace = service.namespace().unwrap_or_default();
@@ -197,13 +217,18 @@ pub fn render(
         what: "sidecar config".into(),
         message: e.to_string(),
     })?;
+    let mut data: BTreeMap<String, String> =
+        [(naming::SIDECAR_CONFIG_FILE.to_owned(), yaml)].into();
+    if let (Some(_), Some(bundle)) = (&config.issuer_ca_file, issuer_ca) {
+        data.insert(naming::SIDECAR_ISSUER_CA_FILE.to_owned(), bundle.to_owned());
+    }
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some(naming::sidecar_config_map(&name)),
             namespace: Some(namespace.clone()),
             ..Default::default()
         },
-        data: Some([(naming::SIDECAR_CONFIG_FILE.to_owned(), yaml)].into()),
+        data: Some(data),
         ..Default::default()
     };
     let policy = NetworkPolicy {
@@ -285,7 +310,14 @@ mod tests {
         assert_eq!(c.resource, "https://mcp.example.com/files");
         assert_eq!(c.mcp_path, "/mcp");
         assert_eq!(c.issuer, "https://auth.example.com");
-        assert_eq!(c.jwks_uri, "http://auth-authserver.mcp-authz.svc:8080/jwks");
+        assert_eq!(
+            c.jwks_uri,
+            "https://auth-authserver.mcp-authz.svc:8443/jwks"
+        );
+        assert_eq!(
+            c.issuer_ca_file,
+            Some(PathBuf::from("/etc/mcp-authz/issuer-ca.crt"))
+        );
         assert_eq!(c.scopes_supported, ["files:read", "files:write"]);
         assert_eq!(
             c.scope_implies.get("files:write"),
@@ -325,7 +357,7 @@ mod tests {
         let introspection = c.introspection.expect("sensitive scopes are introspected");
         assert_eq!(
             introspection.endpoint,
-            "http://auth-authserver.mcp-authz.svc:8080/introspect"
+            "https://auth-authserver.mcp-authz.svc:8443/introspect"
         );
         assert_eq!(
             introspection.client_id,
@@ -360,8 +392,13 @@ mod tests {
 
     #[test]
     fn rendered_yaml_round_trips_through_the_sidecar_parser() {
-        let objects =
-            render(&service(), &server(), &[scope("apps", "files:read", &[])]).expect("render");
+        let objects = render(
+            &service(),
+            &server(),
+            &[scope("apps", "files:read", &[])],
+            Some("CA"),
+        )
+        .expect("render");
         let cm = &objects[0];
         assert_eq!(
             (cm.kind.as_str(), cm.name.as_str(), cm.namespace.as_str()),
@@ -420,7 +457,7 @@ mod tests {
 
     #[test]
     fn network_policy_opens_only_the_sidecar_ports() {
-        let objects = render(&service(), &server(), &[]).expect("render");
+        let objects = render(&service(), &server(), &[], Some("CA")).expect("render");
         let np = &objects[1];
         assert_eq!(np.kind, "NetworkPolicy");
         assert_eq!(
@@ -433,5 +470,67 @@ mod tests {
             "MCP through the sidecar, and its metrics; never the MCP server's own port"
         );
         assert_eq!(np.body["spec"]["policyTypes"], json!(["Ingress"]));
+    }
+
+    /// What a sidecar dials and trusts, per transport mode of its server.
+    #[test]
+    fn transport_modes() {
+        let sensitive = {
+            let mut v = cases::mcp_scope();
+            v["metadata"] = json!({"name": "files-write", "namespace": "apps"});
+            v["spec"]["value"] = json!("files:write");
+            v["spec"]["sensitive"] = json!(true);
+            serde_json::from_value::<MCPScope>(v).expect("scope")
+        };
+        let cases = [
+            (
+                json!(null),
+                "https://auth-authserver.mcp-authz.svc:8443",
+                Some("/etc/mcp-authz/issuer-ca.crt"),
+            ),
+            (
+                json!({"mode": "OperatorTLS"}),
+                "https://auth-authserver.mcp-authz.svc:8443",
+                Some("/etc/mcp-authz/issuer-ca.crt"),
+            ),
+            (
+                json!({"mode": "CertManagerTLS", "certManagerIssuerRef": {"name": "ca"}}),
+                "https://auth-authserver.mcp-authz.svc:8443",
+                Some("/etc/mcp-authz/issuer-ca.crt"),
+            ),
+            (
+                json!({"mode": "Mesh"}),
+                "http://auth-authserver.mcp-authz.svc:8080",
+                None,
+            ),
+        ];
+        for (transport, base, ca_file) in cases {
+            let mut v = serde_json::to_value(server()).expect("json");
+            if !transport.is_null() {
+                v["spec"]["inClusterTransport"] = transport.clone();
+            }
+            let server: AuthorizationServer = serde_json::from_value(v).expect("server");
+            let c = sidecar_config(&service(), &server, std::slice::from_ref(&sensitive))
+                .expect("config");
+            assert_eq!(c.jwks_uri, format!("{base}/jwks"), "{transport}");
+            assert_eq!(
+                c.introspection.expect("introspected").endpoint,
+                format!("{base}/introspect"),
+                "{transport}"
+            );
+            assert_eq!(c.issuer_ca_file, ca_file.map(PathBuf::from), "{transport}");
+            let objects = render(
+                &service(),
+                &server,
+                std::slice::from_ref(&sensitive),
+                Some("BUNDLE"),
+            )
+            .expect("render");
+            assert_eq!(
+                objects[0].body["data"]["issuer-ca.crt"].as_str(),
+                ca_file.map(|_| "BUNDLE"),
+                "{transport}: the bundle rides with the config only when it is used"
+            );
+        }
     }
 }

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Runs one Kubernetes node on this machine beside a test control plane, until stdin closes or a signal comes,
+# then takes everything down again: kubelet, every container and shim, containerd, the mounts under its
+# directory, the CNI bridge and the cgroups it made.
+#
+#   run-node.sh --kubeconfig FILE [--name NODE] [--image OCI_TARBALL]... [--static-pod MANIFEST]...
+#
+# FILE must give the kubelet a client allowed to register a Node and read and write its pods (the test control
+# plane's admin kubeconfig does). Needs root, the binaries of tests/node/build.sh (MCP_AUTHZ_NODE_BIN) and a
+# pause image tarball (MCP_AUTHZ_NODE_PAUSE_IMAGE, made by tests/node/images.sh).
+#
+#   test / shell ──stdin──> run-node.sh ──> containerd (own socket, root, state; CRI; overlayfs snapshotter)
+#                                 │            └─> containerd-shim-runc-v2 ──> runc ──> pod containers
+#                                 └──────> kubelet (cgroupfs driver on cgroup v1, cgroup root /mcp-authz-node-*)
+#   pods: CNI bridge BRIDGE (10.244.0.1/24 on the host side), reachable from the host by pod IP.
+#
+# Prints one line `ready DIR` on stdout once the Node is registered; logs are in DIR/logs.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="${MCP_AUTHZ_NODE_BIN:?run tests/node/build.sh and export MCP_AUTHZ_NODE_BIN}"
+pause_image="${MCP_AUTHZ_NODE_PAUSE_IMAGE:?export MCP_AUTHZ_NODE_PAUSE_IMAGE (tests/node/images.sh makes it)}"
+kubectl="${MCP_AUTHZ_KUBECTL:?source tests/setup/10-control-plane.sh}"
+kubeconfig="" node_name="mcp-authz-node" images=() static_pods=()
+subnet="${MCP_AUTHZ_NODE_SUBNET:-10.244.0}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kubeconfig) kubeconfig="$2"; shift 2 ;;
+    --name) node_name="$2"; shift 2 ;;
+    --image) images+=("$2"); shift 2 ;;
+    --static-pod) static_pods+=("$2"); shift 2 ;;
+    *) echo "run-node.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$kubeconfig" ] || { echo "run-node.sh: --kubeconfig is required" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run-node.sh: needs root (containers, mounts, cgroups, network namespaces)" >&2; exit 1; }
+
+dir="$(mktemp -d /tmp/mcp-authz-node-XXXXXX)"
+id="${dir##*-}"
+bridge="mcpauthz${id:0:6}"
+bridge="${bridge:0:15}"
+cgroup_root="/mcp-authz-node-$id"
+mkdir -p "$dir"/{logs,manifests,kubelet,pod-logs,cni/net.d,cni/ipam,containerd/root,containerd/state,runc}
+PATH="$bin:$PATH"
+export PATH
+ctr() { "$bin/ctr" --address "$dir/containerd.sock" --namespace k8s.io "$@"; }
+
+containerd_pid="" kubelet_pid="" scheduler_pid=""
+cleanup() {
+  set +e
+  trap - EXIT INT TERM
+  [ -n "$scheduler_pid" ] && kill "$scheduler_pid" 2>/dev/null && wait "$scheduler_pid" 2>/dev/null
+  [ -n "$kubelet_pid" ] && kill "$kubelet_pid" 2>/dev/null && wait "$kubelet_pid" 2>/dev/null
+  if [ -n "$containerd_pid" ]; then
+    # Every container and sandbox, through containerd, so the shims and runc clean their own state.
+    for task in $(ctr tasks ls -q 2>/dev/null); do ctr tasks kill -s KILL "$task" >/dev/null 2>&1; done
+    sleep 1
+    for task in $(ctr tasks ls -q 2>/dev/null); do ctr tasks delete -f "$task" >/dev/null 2>&1; done
+    for container in $(ctr containers ls -q 2>/dev/null); do ctr containers delete "$container" >/dev/null 2>&1; done
+    kill "$containerd_pid" 2>/dev/null && wait "$containerd_pid" 2>/dev/null
+  fi
+  # Shims left behind (containerd gone first) still hold their containers: kill them and their children.
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $dir/containerd.sock" 2>/dev/null); do
+    pkill -KILL -P "$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null
+  done
+  # Mounts under the directory, deepest first (tmpfs of secrets, overlay root filesystems, netns, shm).
+  grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | while read -r mount; do umount -l "$mount" 2>/dev/null; done
+  ip link delete "$bridge" 2>/dev/null
+  # The pod cgroups, deepest first, in every v1 hierarchy.
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [ -d "$hierarchy$cgroup_root" ] && find "$hierarchy$cgroup_root" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
+  if [ -n "${MCP_AUTHZ_KEEP_NODE:-}" ]; then
+    echo "run-node.sh: kept $dir" >&2
+  else
+    rm -rf "$dir" 2>/dev/null || echo "run-node.sh: could not remove all of $dir" >&2
+  fi
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# The pod cgroups hang under a root of their own, made in every mounted v1 hierarchy (the kubelet insists that
+# the cgroup root exists).
+for hierarchy in /sys/fs/cgroup/*/; do
+  case "$hierarchy" in */unified/) continue ;; esac
+  mkdir -p "$hierarchy$cgroup_root"
+done
+# cpuset children start empty: inherit the CPUs and memory nodes.
+if [ -d /sys/fs/cgroup/cpuset ]; then
+  cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset$cgroup_root/cpuset.cpus"
+  cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset$cgroup_root/cpuset.mems"
+fi
+
+cat >"$dir/containerd.toml" <<EOF
+version = 3
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "registry.k8s.io/pause:mcp-authz-test"
+[plugins."io.containerd.cri.v1.runtime"]
+  # This machine withholds CAP_SYS_RESOURCE even from root, so runc cannot lower a process's oom_score_adj
+  # ("nsexec: failed to update /proc/self/oom_score_adj: Permission denied" for the sandbox's -998): keep every
+  # container at or above containerd's own score, as rootless setups do.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "$bin/runc"
+        Root = "$dir/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["$bin/cni"]
+    conf_dir = "$dir/cni/net.d"
+EOF
+
+cat >"$dir/cni/net.d/10-mcp-authz.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "mcp-authz-node",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$bridge",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$dir/cni/ipam",
+        "ranges": [[{ "subnet": "$subnet.0/24", "gateway": "$subnet.1" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    }
+  ]
+}
+EOF
+
+# The bridge exists before the first pod, with the gateway address: it is the node's InternalIP (the kubelet
+# refuses a --node-ip that no interface holds), reachable from pods and from the host. The CNI bridge plugin
+# takes an existing bridge as it is.
+ip link add "$bridge" type bridge
+ip addr add "$subnet.1/24" dev "$bridge"
+ip link set "$bridge" up
+
+"$bin/containerd" --config "$dir/containerd.toml" >"$dir/logs/containerd.log" 2>&1 &
+containerd_pid=$!
+for _ in $(seq 1 100); do
+  ctr version >/dev/null 2>&1 && break
+  kill -0 "$containerd_pid" 2>/dev/null || { echo "run-node.sh: containerd exited:" >&2; tail -n 20 "$dir/logs/containerd.log" >&2; exit 1; }
+  sleep 0.2
+done
+ctr version >/dev/null || { echo "run-node.sh: containerd did not answer" >&2; tail -n 20 "$dir/logs/containerd.log" >&2; exit 1; }
+
+for image in "$pause_image" "${images[@]}"; do
+  ctr images import --no-unpack=false --snapshotter overlayfs "$image" >&2 \
+    || { echo "run-node.sh: cannot import $image" >&2; exit 1; }
+done
+
+# The kubelet's client CA for its own HTTPS endpoint: not used by the tests (authorization is AlwaysAllow on
+# loopback), but the kubelet wants the field.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+kubelet_port="$(free_port)"
+cat >"$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# Kubernetes 1.35+ refuses cgroup v1 unless told; this machine has only v1 controllers.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $cgroup_root
+containerRuntimeEndpoint: unix://$dir/containerd.sock
+staticPodPath: $dir/manifests
+podLogsDir: $dir/pod-logs
+address: 127.0.0.1
+port: $kubelet_port
+readOnlyPort: 0
+healthzPort: 0
+authentication:
+  anonymous: { enabled: false }
+  webhook: { enabled: false }
+authorization:
+  mode: AlwaysAllow
+failSwapOn: false
+resolvConf: /etc/resolv.conf
+# The disk is shared with everything else on this machine and often more than 85 % full: the default eviction
+# thresholds would put DiskPressure on the node and image GC would delete the imported images.
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+  nodefs.inodesFree: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+registerNode: true
+EOF
+
+for manifest in "${static_pods[@]}"; do cp "$manifest" "$dir/manifests/"; done
+
+"$bin/kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$kubeconfig" --root-dir "$dir/kubelet" \
+  --cert-dir "$dir/kubelet/pki" --hostname-override "$node_name" --node-ip "$subnet.1" -v 2 \
+  >"$dir/logs/kubelet.log" 2>&1 &
+kubelet_pid=$!
+for _ in $(seq 1 150); do
+  if "$kubectl" --kubeconfig "$kubeconfig" get node "$node_name" >/dev/null 2>&1; then break; fi
+  kill -0 "$kubelet_pid" 2>/dev/null || { echo "run-node.sh: kubelet exited:" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; exit 1; }
+  sleep 0.2
+done
+"$kubectl" --kubeconfig "$kubeconfig" get node "$node_name" >/dev/null \
+  || { echo "run-node.sh: the Node did not register" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; exit 1; }
+# The scheduler, so that pods created through the API (Deployments included) land on this node.
+"$bin/kube-scheduler" --kubeconfig "$kubeconfig" --authentication-kubeconfig "$kubeconfig" \
+  --authorization-kubeconfig "$kubeconfig" --leader-elect=false --secure-port 0 -v 1 \
+  >"$dir/logs/kube-scheduler.log" 2>&1 &
+scheduler_pid=$!
+echo "ready $dir"
+# Until whoever started us closes stdin (a background job's stdin is /dev/null unless given explicitly); a
+# dying kubelet, scheduler or containerd ends the node too.
+cat <&0 >/dev/null &
+reader=$!
+while kill -0 "$reader" 2>/dev/null; do
+  kill -0 "$kubelet_pid" 2>/dev/null || { echo "run-node.sh: kubelet exited" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; kill "$reader"; exit 1; }
+  kill -0 "$containerd_pid" 2>/dev/null || { echo "run-node.sh: containerd exited" >&2; kill "$reader"; exit 1; }
+  kill -0 "$scheduler_pid" 2>/dev/null || { echo "run-node.sh: kube-scheduler exited" >&2; tail -n 30 "$dir/logs/kube-scheduler.log" >&2; kill "$reader"; exit 1; }
+  sleep 1
+done

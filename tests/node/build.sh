@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Puts a real Kubernetes node into a cache directory outside the repository, keyed by the pinned versions:
 #   $MCP_AUTHZ_CACHE/node/<kubernetes>-containerd<v>-runc<v>-cni<v>/
-#     kubelet, kube-scheduler          from k8s.io/kubernetes, pinned in ../control-plane/go.mod (the API
+#     kubelet, kube-scheduler, kube-proxy  from k8s.io/kubernetes, pinned in ../control-plane/go.mod (the API
 #                                      server's version, stamped the same way)
 #     containerd, containerd-shim-runc-v2, ctr   github.com/containerd/containerd/v2
 #     runc                             github.com/opencontainers/runc (cgo, with seccomp: needs libseccomp-dev)
@@ -84,6 +84,7 @@ go_install() {
 
 k8s_build kubelet k8s.io/kubernetes/cmd/kubelet
 k8s_build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+k8s_build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 
 # runc needs cgo (its nsenter is C) and, for the seccomp profiles containerd hands it, libseccomp's headers.
 if [ ! -x "$out/runc" ] && ! pkg-config --exists libseccomp 2>/dev/null; then
@@ -118,7 +119,15 @@ if [ ! -x "$out/pause" ] || [ "$here/pause.c" -nt "$out/pause" ]; then
   mv "$out/.pause.partial" "$out/pause"
 fi
 
-for binary in pause kubelet kube-scheduler runc containerd containerd-shim-runc-v2 ctr "${cni_plugins[@]/#/cni/}"; do
+# kube-proxy's nftables mode drives the kernel through the `nft` command.
+if ! command -v nft >/dev/null; then
+  log "installing nftables (Debian) for kube-proxy"
+  { apt-get install -y -q nftables >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q nftables >/dev/null; }; } \
+    || { echo "node/build.sh: cannot install nftables" >&2; exit 1; }
+fi
+
+for binary in pause kubelet kube-scheduler kube-proxy runc containerd containerd-shim-runc-v2 ctr "${cni_plugins[@]/#/cni/}"; do
   [ -x "$out/$binary" ] || { echo "node/build.sh: $out/$binary is missing after the build" >&2; exit 1; }
 done
 echo "$out"

@@ -45,10 +45,15 @@ PATH="$bin:$PATH"
 export PATH
 ctr() { "$bin/ctr" --address "$dir/containerd.sock" --namespace k8s.io "$@"; }
 
-containerd_pid="" kubelet_pid="" scheduler_pid=""
+containerd_pid="" kubelet_pid="" scheduler_pid="" proxy_pid=""
 cleanup() {
   set +e
   trap - EXIT INT TERM
+  if [ -n "$proxy_pid" ]; then
+    kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+    # kube-proxy leaves its tables behind on SIGTERM; one node runs on a machine at a time, so they are ours.
+    "$bin/kube-proxy" --cleanup --proxy-mode nftables >/dev/null 2>&1
+  fi
   [ -n "$scheduler_pid" ] && kill "$scheduler_pid" 2>/dev/null && wait "$scheduler_pid" 2>/dev/null
   [ -n "$kubelet_pid" ] && kill "$kubelet_pid" 2>/dev/null && wait "$kubelet_pid" 2>/dev/null
   if [ -n "$containerd_pid" ]; then
@@ -187,7 +192,7 @@ cgroupRoot: $cgroup_root
 containerRuntimeEndpoint: unix://$dir/containerd.sock
 staticPodPath: $dir/manifests
 podLogsDir: $dir/pod-logs
-address: 127.0.0.1
+address: $subnet.1
 port: $kubelet_port
 readOnlyPort: 0
 healthzPort: 0
@@ -223,6 +228,22 @@ for _ in $(seq 1 150); do
 done
 "$kubectl" --kubeconfig "$kubeconfig" get node "$node_name" >/dev/null \
   || { echo "run-node.sh: the Node did not register" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; exit 1; }
+# The kubelet registers its Node with the not-ready:NoSchedule taint; on a cluster the node-lifecycle
+# controller lifts it once the Node is Ready. The test control plane does not run that controller: lift it here.
+"$kubectl" --kubeconfig "$kubeconfig" wait --for=condition=Ready "node/$node_name" --timeout=60s >/dev/null \
+  || { echo "run-node.sh: the Node did not become Ready" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; exit 1; }
+"$kubectl" --kubeconfig "$kubeconfig" taint node "$node_name" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+
+# Service ClusterIPs (and the API server's own `kubernetes` Service, for pods) through kube-proxy's nftables
+# mode: its own `ip kube-proxy` and `ip6 kube-proxy` tables, matching only ClusterIP destinations and the
+# NodePorts of the bridge address, so the host's loopback traffic is untouched. --masquerade-all makes a pod
+# that reaches itself or a neighbour through a ClusterIP get the answer back through the host.
+"$bin/kube-proxy" --kubeconfig "$kubeconfig" --hostname-override "$node_name" --proxy-mode nftables \
+  --cluster-cidr "$subnet.0/24" --nodeport-addresses "$subnet.1/32" --masquerade-all \
+  --healthz-bind-address "" --metrics-bind-address "" \
+  --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0 -v 1 \
+  >"$dir/logs/kube-proxy.log" 2>&1 &
+proxy_pid=$!
 # The scheduler, so that pods created through the API (Deployments included) land on this node.
 "$bin/kube-scheduler" --kubeconfig "$kubeconfig" --authentication-kubeconfig "$kubeconfig" \
   --authorization-kubeconfig "$kubeconfig" --leader-elect=false --secure-port 0 -v 1 \
@@ -236,6 +257,7 @@ reader=$!
 while kill -0 "$reader" 2>/dev/null; do
   kill -0 "$kubelet_pid" 2>/dev/null || { echo "run-node.sh: kubelet exited" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; kill "$reader"; exit 1; }
   kill -0 "$containerd_pid" 2>/dev/null || { echo "run-node.sh: containerd exited" >&2; kill "$reader"; exit 1; }
+  kill -0 "$proxy_pid" 2>/dev/null || { echo "run-node.sh: kube-proxy exited" >&2; tail -n 30 "$dir/logs/kube-proxy.log" >&2; kill "$reader"; exit 1; }
   kill -0 "$scheduler_pid" 2>/dev/null || { echo "run-node.sh: kube-scheduler exited" >&2; tail -n 30 "$dir/logs/kube-scheduler.log" >&2; kill "$reader"; exit 1; }
   sleep 1
 done

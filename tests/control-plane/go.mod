@@ -1,6 +1,7 @@
 // Pins the real Kubernetes control plane that the cluster tests run against.
 // Nothing here is our code: build.sh compiles kube-apiserver, kube-controller-manager
-// and etcd from these modules into a cache outside the repository.
+// and etcd from these modules into a cache outside the repository, and ../node/build.sh
+// compiles kubelet, kube-scheduler and kube-proxy from the same k8s.io/kubernetes.
 module mcp-authz.io/tests/control-plane
 
 go 1.26.0

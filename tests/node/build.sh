@@ -6,6 +6,7 @@
 #     containerd, containerd-shim-runc-v2, ctr   github.com/containerd/containerd/v2
 #     runc                             github.com/opencontainers/runc (cgo, with seccomp: needs libseccomp-dev)
 #     cni/{bridge,host-local,loopback}    github.com/containernetworking/plugins
+#     coredns                          github.com/coredns/coredns (cluster DNS, on the node's bridge address)
 #     pause                            pause.c here, static (the pod sandbox; no image can be pulled)
 # Everything is compiled with the machine's `go` from the Go module proxy. containerd, runc and the CNI plugins
 # are built with `go install module/cmd@version`: upstream's own go.mod and go.sum, checked against the checksum
@@ -21,11 +22,12 @@ cache="${MCP_AUTHZ_CACHE:-$HOME/.cache/mcp-authz}"
 containerd_version="v2.4.2"
 runc_version="v1.5.3"
 cni_version="v1.10.0"
+coredns_version="v1.15.0"
 cni_plugins=(bridge host-local loopback)
 
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$control_plane/go.mod")"
 [ -n "$k8s_version" ] || { echo "node/build.sh: cannot read the k8s.io/kubernetes version from $control_plane/go.mod" >&2; exit 1; }
-out="$cache/node/${k8s_version}-containerd${containerd_version#v}-runc${runc_version#v}-cni${cni_version#v}"
+out="$cache/node/${k8s_version}-containerd${containerd_version#v}-runc${runc_version#v}-cni${cni_version#v}-coredns${coredns_version#v}"
 mkdir -p "$out/cni"
 
 exec 9>"$out/.lock"
@@ -104,6 +106,9 @@ go_install . 0 no_btrfs,urfave_cli_no_docs "$containerd_ldflags" \
   "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$containerd_version" \
   "github.com/containerd/containerd/v2/cmd/ctr@$containerd_version"
 
+# Cluster DNS (Service names such as the authorization server's JWKS URL), run on the node's bridge address.
+go_install . 0 "" "-s -w" "github.com/coredns/coredns@$coredns_version"
+
 cni_packages=()
 for plugin in "${cni_plugins[@]}"; do
   case "$plugin" in
@@ -127,7 +132,7 @@ if ! command -v nft >/dev/null; then
     || { echo "node/build.sh: cannot install nftables" >&2; exit 1; }
 fi
 
-for binary in pause kubelet kube-scheduler kube-proxy runc containerd containerd-shim-runc-v2 ctr "${cni_plugins[@]/#/cni/}"; do
+for binary in pause kubelet kube-scheduler kube-proxy coredns runc containerd containerd-shim-runc-v2 ctr "${cni_plugins[@]/#/cni/}"; do
   [ -x "$out/$binary" ] || { echo "node/build.sh: $out/$binary is missing after the build" >&2; exit 1; }
 done
 echo "$out"

@@ -7,6 +7,10 @@
 #                    directory), with the production Dockerfiles' contract: /usr/local/bin/<binary> as the
 #                    entrypoint, user 65532, nothing else but glibc, /etc/passwd and the CA bundle.
 #
+#   mcp-everything.tar  mcp-authz.test/mcp-everything:test   the reference "everything" MCP server (npm
+#                    @modelcontextprotocol/server-everything, Streamable HTTP on $PORT, 8000 by default) on the
+#                    Node 22 of tests/setup/40-node.sh, when MCP_AUTHZ_NODE22 and MCP_AUTHZ_NPM_TOOLS are set
+#
 #   images.sh OUT_DIR BINARY_DIR [TAG]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,4 +26,10 @@ for program in mcp-authz mcp-authz-server mcp-authz-sidecar; do
   python3 "$here/oci-image.py" --name "ghcr.io/mcp-authz/$program:$tag" --output "$out/$program.tar" \
     --file "$binaries/$program:/usr/local/bin/$program" --entrypoint "/usr/local/bin/$program"
 done
+if [ -n "${MCP_AUTHZ_NODE22:-}" ] && [ -n "${MCP_AUTHZ_NPM_TOOLS:-}" ]; then
+  python3 "$here/oci-image.py" --name mcp-authz.test/mcp-everything:test --output "$out/mcp-everything.tar" \
+    --file "$MCP_AUTHZ_NODE22:/usr/local/bin/node" --tree "$MCP_AUTHZ_NPM_TOOLS:/app/node_modules" --env PORT=8000 \
+    --entrypoint /usr/local/bin/node \
+    --entrypoint /app/node_modules/@modelcontextprotocol/server-everything/dist/index.js --entrypoint streamableHttp
+fi
 echo "$out"

@@ -12,6 +12,9 @@
 #   test / shell ──stdin──> run-node.sh ──> containerd (own socket, root, state; CRI; overlayfs snapshotter)
 #                                 │            └─> containerd-shim-runc-v2 ──> runc ──> pod containers
 #                                 └──────> kubelet (cgroupfs driver on cgroup v1, cgroup root /mcp-authz-node-*)
+#                                 ├──────> kube-proxy (nftables mode: Service ClusterIPs from pods and the host)
+#                                 ├──────> coredns on 10.244.0.1:53 (cluster DNS for the pods)
+#                                 └──────> kube-scheduler
 #   pods: CNI bridge BRIDGE (10.244.0.1/24 on the host side), reachable from the host by pod IP.
 #
 # Prints one line `ready DIR` on stdout once the Node is registered; logs are in DIR/logs.
@@ -35,6 +38,10 @@ done
 [ -n "$kubeconfig" ] || { echo "run-node.sh: --kubeconfig is required" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run-node.sh: needs root (containers, mounts, cgroups, network namespaces)" >&2; exit 1; }
 
+# One node on a machine at a time: they would share the pod subnet and kube-proxy's nftables tables.
+exec 8>/tmp/mcp-authz-node.lock
+flock 8
+
 dir="$(mktemp -d /tmp/mcp-authz-node-XXXXXX)"
 id="${dir##*-}"
 bridge="mcpauthz${id:0:6}"
@@ -45,14 +52,16 @@ PATH="$bin:$PATH"
 export PATH
 ctr() { "$bin/ctr" --address "$dir/containerd.sock" --namespace k8s.io "$@"; }
 
-containerd_pid="" kubelet_pid="" scheduler_pid="" proxy_pid=""
+containerd_pid="" kubelet_pid="" scheduler_pid="" proxy_pid="" dns_pid=""
 cleanup() {
   set +e
   trap - EXIT INT TERM
+  [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null && wait "$dns_pid" 2>/dev/null
   if [ -n "$proxy_pid" ]; then
     kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
     # kube-proxy leaves its tables behind on SIGTERM; one node runs on a machine at a time, so they are ours.
-    "$bin/kube-proxy" --cleanup --proxy-mode nftables >/dev/null 2>&1
+    nft delete table ip kube-proxy 2>/dev/null
+    nft delete table ip6 kube-proxy 2>/dev/null
   fi
   [ -n "$scheduler_pid" ] && kill "$scheduler_pid" 2>/dev/null && wait "$scheduler_pid" 2>/dev/null
   [ -n "$kubelet_pid" ] && kill "$kubelet_pid" 2>/dev/null && wait "$kubelet_pid" 2>/dev/null
@@ -164,6 +173,24 @@ ip link add "$bridge" type bridge
 ip addr add "$subnet.1/24" dev "$bridge"
 ip link set "$bridge" up
 
+# Cluster DNS: CoreDNS on the bridge address (port 53 there only), answering Service and Pod names from the
+# API server and forwarding the rest to the host's resolvers. Pods get it as their nameserver (clusterDNS).
+cat >"$dir/Corefile" <<EOF
+.:53 {
+    bind $subnet.1
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $kubeconfig
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    forward . /etc/resolv.conf
+    cache 5
+}
+EOF
+"$bin/coredns" -conf "$dir/Corefile" >"$dir/logs/coredns.log" 2>&1 &
+dns_pid=$!
+
 "$bin/containerd" --config "$dir/containerd.toml" >"$dir/logs/containerd.log" 2>&1 &
 containerd_pid=$!
 for _ in $(seq 1 100); do
@@ -203,6 +230,8 @@ authorization:
   mode: AlwaysAllow
 failSwapOn: false
 resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+clusterDNS: [$subnet.1]
 # The disk is shared with everything else on this machine and often more than 85 % full: the default eviction
 # thresholds would put DiskPressure on the node and image GC would delete the imported images.
 evictionHard:
@@ -257,6 +286,7 @@ reader=$!
 while kill -0 "$reader" 2>/dev/null; do
   kill -0 "$kubelet_pid" 2>/dev/null || { echo "run-node.sh: kubelet exited" >&2; tail -n 30 "$dir/logs/kubelet.log" >&2; kill "$reader"; exit 1; }
   kill -0 "$containerd_pid" 2>/dev/null || { echo "run-node.sh: containerd exited" >&2; kill "$reader"; exit 1; }
+  kill -0 "$dns_pid" 2>/dev/null || { echo "run-node.sh: coredns exited" >&2; tail -n 30 "$dir/logs/coredns.log" >&2; kill "$reader"; exit 1; }
   kill -0 "$proxy_pid" 2>/dev/null || { echo "run-node.sh: kube-proxy exited" >&2; tail -n 30 "$dir/logs/kube-proxy.log" >&2; kill "$reader"; exit 1; }
   kill -0 "$scheduler_pid" 2>/dev/null || { echo "run-node.sh: kube-scheduler exited" >&2; tail -n 30 "$dir/logs/kube-scheduler.log" >&2; kill "$reader"; exit 1; }
   sleep 1

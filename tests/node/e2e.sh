@@ -18,6 +18,16 @@ helm_bin="$MCP_AUTHZ_CONTROL_PLANE_BIN/helm"
 export MCP_AUTHZ_KUBECTL="$kubectl_bin"
 
 step() { echo "node-e2e: $*" >&2; }
+# eventually SECONDS COMMAND...: runs COMMAND until it succeeds, at most SECONDS seconds (then once more, loudly).
+eventually() {
+  local deadline=$((SECONDS + $1))
+  shift
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    "$@" >/dev/null 2>&1 && return
+    sleep 1
+  done
+  "$@"
+}
 started=$SECONDS
 
 MCP_AUTHZ_NODE_BIN="$(bash tests/node/build.sh)"
@@ -180,14 +190,24 @@ MCP_URL="http://$pod_ip:$sidecar_port/mcp" python3 tests/node/mcp_probe.py
 step "the authorization server's pod deleted: a new one starts on the same volume"
 authserver_selector="$(kubectl -n "$namespace" get deployment quickstart-authserver -o jsonpath='{.spec.selector.matchLabels}' \
   | python3 -c 'import json, sys; print(",".join(f"{k}={v}" for k, v in json.load(sys.stdin).items()))')"
-jwks_before="$(curl -fsS -m 10 "http://$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080/jwks")"
+# Through the Service's ClusterIP: kube-proxy follows the EndpointSlice a moment after a pod turns Ready.
+jwks() {
+  local url
+  url="http://$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080/jwks"
+  for _ in $(seq 1 60); do
+    curl -fsS -m 5 "$url" 2>/dev/null && return
+    sleep 0.5
+  done
+  curl -fsS -m 5 "$url"
+}
+jwks_before="$(jwks)"
 volume="$(kubectl get pv -o jsonpath='{range .items[?(@.spec.claimRef.name=="quickstart-authserver")]}{.spec.hostPath.path}{end}')"
 [ -n "$(ls -A "$volume")" ] || { echo "node-e2e: the authorization server wrote nothing on its volume $volume" >&2; exit 1; }
 stat -c '%u' "$volume"/* | grep -qvx 65532 && { echo "node-e2e: files on the volume not owned by 65532: $(ls -ln "$volume")" >&2; exit 1; }
 kubectl -n "$namespace" delete pod -l "$authserver_selector" --wait=true >/dev/null
-kubectl -n "$namespace" wait --for=condition=Available deployment/quickstart-authserver --timeout=120s >/dev/null
-kubectl -n "$namespace" wait --for=condition=Ready pod -l "$authserver_selector" --timeout=120s >/dev/null
-jwks_after="$(curl -fsS -m 10 "http://$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080/jwks")"
+# A replacement pod may not exist yet when the old one is gone: wait until one is there and Ready.
+eventually 120 kubectl -n "$namespace" wait --for=condition=Ready pod -l "$authserver_selector" --timeout=5s >/dev/null
+jwks_after="$(jwks)"
 [ "$jwks_before" = "$jwks_after" ] || { echo "node-e2e: the JWKS changed across the pod's re-creation" >&2; exit 1; }
 
 step "the operator down: the injected sidecar keeps serving"

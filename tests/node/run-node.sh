@@ -42,6 +42,15 @@ done
 exec 8>/tmp/mcp-authz-node.lock
 flock 8
 
+# A few things land outside DIR whatever the configuration: network namespaces in /run/netns (containerd's
+# CRI), the shims' sockets in /run/containerd/s, CNI result caches in /var/lib/cni (libcni's cache), the
+# kubelet's device-plugin socket in /var/lib/kubelet. Pods killed with the node never get their CRI StopPodSandbox, so cleanup removes what
+# appeared there during the run (one node at a time: it is all ours).
+listing() { find /run/netns /run/containerd /var/lib/cni /var/lib/kubelet -mindepth 1 -maxdepth 2 2>/dev/null | sort || true; }
+before="$(listing)"
+made_dirs=()
+for path in /run/netns /run/containerd /var/lib/cni /var/lib/kubelet; do [ -e "$path" ] || made_dirs+=("$path"); done
+
 dir="$(mktemp -d /tmp/mcp-authz-node-XXXXXX)"
 id="${dir##*-}"
 bridge="mcpauthz${id:0:6}"
@@ -80,6 +89,13 @@ cleanup() {
   # Mounts under the directory, deepest first (tmpfs of secrets, overlay root filesystems, netns, shm).
   grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | while read -r mount; do umount -l "$mount" 2>/dev/null; done
   ip link delete "$bridge" 2>/dev/null
+  comm -13 <(printf '%s\n' "$before") <(listing) | sort -r | while read -r path; do
+    case "$path" in
+      /run/netns/*) ip netns delete "${path#/run/netns/}" 2>/dev/null || { umount "$path"; rm -f "$path"; } ;;
+      *) rm -rf "$path" ;;
+    esac
+  done 2>/dev/null
+  for path in "${made_dirs[@]}"; do rm -rf "$path"; done
   # The pod cgroups, deepest first, in every v1 hierarchy.
   for hierarchy in /sys/fs/cgroup/*/; do
     [ -d "$hierarchy$cgroup_root" ] && find "$hierarchy$cgroup_root" -depth -type d -exec rmdir {} \; 2>/dev/null
@@ -201,8 +217,8 @@ done
 ctr version >/dev/null || { echo "run-node.sh: containerd did not answer" >&2; tail -n 20 "$dir/logs/containerd.log" >&2; exit 1; }
 
 for image in "$pause_image" "${images[@]}"; do
-  ctr images import --no-unpack=false --snapshotter overlayfs "$image" >&2 \
-    || { echo "run-node.sh: cannot import $image" >&2; exit 1; }
+  imported="$(ctr images import --snapshotter overlayfs "$image" 2>&1)" \
+    || { echo "run-node.sh: cannot import $image: $imported" >&2; exit 1; }
 done
 
 # The kubelet's client CA for its own HTTPS endpoint: not used by the tests (authorization is AlwaysAllow on

@@ -34,7 +34,14 @@ MCP_AUTHZ_NODE_BIN="$(bash tests/node/build.sh)"
 export MCP_AUTHZ_NODE_BIN
 cargo build --locked -q -p mcp-authz-operator -p mcp-authz-authserver -p mcp-authz-sidecar -p mcp-authz-tests --bins
 
+# A run killed outright (SIGKILL) cannot remove its directory (the binaries and images, some 300 MB): the next
+# run removes those whose process is gone. The node and the control plane stop by themselves when the pipes
+# this script holds close.
+for stale in /tmp/mcp-authz-node-e2e-*/; do
+  [ -f "$stale/pid" ] && ! kill -0 "$(cat "$stale/pid")" 2>/dev/null && rm -rf "$stale"
+done
 work="$(mktemp -d /tmp/mcp-authz-node-e2e-XXXXXX)"
+echo $$ >"$work/pid"
 # Private copies: other builds sharing the target directory must not swap a binary under the test.
 mkdir -p "$work/bin"
 for program in mcp-authz mcp-authz-server mcp-authz-sidecar mcp-authz-control-plane; do
@@ -209,6 +216,22 @@ kubectl -n "$namespace" delete pod -l "$authserver_selector" --wait=true >/dev/n
 eventually 120 kubectl -n "$namespace" wait --for=condition=Ready pod -l "$authserver_selector" --timeout=5s >/dev/null
 jwks_after="$(jwks)"
 [ "$jwks_before" = "$jwks_after" ] || { echo "node-e2e: the JWKS changed across the pod's re-creation" >&2; exit 1; }
+
+step "helm upgrade: the operator rolls, the MCP pod keeps serving"
+operator_pod_before="$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[*].metadata.name}')"
+HELM_CONFIG_HOME="$work/helm" HELM_CACHE_HOME="$work/helm" HELM_DATA_HOME="$work/helm" \
+  "$helm_bin" --kubeconfig "$kubeconfig" upgrade mcp-authz charts/mcp-authz -n "$namespace" --reuse-values \
+  --set operator.logLevel=debug --wait --timeout 180s >/dev/null
+kubectl -n "$namespace" rollout status deployment/mcp-authz-operator --timeout=120s >/dev/null
+operator_pod_after="$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=operator --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}')"
+[ -n "$operator_pod_after" ] && [ "$operator_pod_after" != "$operator_pod_before" ] \
+  || { echo "node-e2e: helm upgrade did not replace the operator pod ($operator_pod_before -> $operator_pod_after)" >&2; exit 1; }
+kubectl -n "$namespace" get deployment mcp-authz-operator -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="RUST_LOG")].value}' | grep -qx debug \
+  || { echo "node-e2e: helm upgrade did not reach the operator's Deployment" >&2; exit 1; }
+for resource in authorizationserver/default authorizationserver/quickstart mcpservice/notes; do
+  eventually 60 kubectl -n "$namespace" wait --for=condition=Ready "$resource" --timeout=5s >/dev/null
+done
+MCP_URL="http://$pod_ip:$sidecar_port/mcp" python3 tests/node/mcp_probe.py
 
 step "the operator down: the injected sidecar keeps serving"
 kubectl -n "$namespace" scale deployment mcp-authz-operator --replicas=0 >/dev/null

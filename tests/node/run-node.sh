@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one Kubernetes node on this machine beside a test control plane, until stdin closes or a signal comes,
-# then takes everything down again: kubelet, every container and shim, containerd, the mounts under its
-# directory, the CNI bridge and the cgroups it made.
+# then takes everything down again: every process it started, every container and shim, the mounts under its
+# directory and the network namespaces, the CNI bridge, kube-proxy's nftables tables and the cgroups it made.
 #
 #   run-node.sh --kubeconfig FILE [--name NODE] [--image OCI_TARBALL]... [--static-pod MANIFEST]...
 #
@@ -11,16 +11,16 @@
 #
 #   test / shell ──stdin──> run-node.sh ──> containerd (own socket, root, state; CRI; overlayfs snapshotter)
 #                                 │            └─> containerd-shim-runc-v2 ──> runc ──> pod containers
-#                                 └──────> kubelet (cgroupfs driver on cgroup v1, cgroup root /mcp-authz-node-*)
+#                                 ├──────> kubelet (cgroupfs driver on cgroup v1, cgroup root /mcp-authz-node-*)
 #                                 ├──────> kube-proxy (nftables mode: Service ClusterIPs from pods and the host)
 #                                 ├──────> coredns on 10.244.0.1:53 (cluster DNS for the pods)
 #                                 └──────> kube-scheduler
 #   pods: CNI bridge BRIDGE (10.244.0.1/24 on the host side), reachable from the host by pod IP.
 #
-# Prints one line `ready DIR` on stdout once the Node is registered; logs are in DIR/logs.
+# Prints one line `ready DIR` on stdout once the Node is Ready; logs are in DIR/logs, container logs in
+# DIR/pod-logs. MCP_AUTHZ_KEEP_NODE=1 keeps DIR.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${MCP_AUTHZ_NODE_BIN:?run tests/node/build.sh and export MCP_AUTHZ_NODE_BIN}"
 pause_image="${MCP_AUTHZ_NODE_PAUSE_IMAGE:?export MCP_AUTHZ_NODE_PAUSE_IMAGE (tests/node/images.sh makes it)}"
 kubectl="${MCP_AUTHZ_KUBECTL:?source tests/setup/10-control-plane.sh}"
@@ -44,8 +44,8 @@ flock 8
 
 # A few things land outside DIR whatever the configuration: network namespaces in /run/netns (containerd's
 # CRI), the shims' sockets in /run/containerd/s, CNI result caches in /var/lib/cni (libcni's cache), the
-# kubelet's device-plugin socket in /var/lib/kubelet. Pods killed with the node never get their CRI StopPodSandbox, so cleanup removes what
-# appeared there during the run (one node at a time: it is all ours).
+# kubelet's device-plugin socket in /var/lib/kubelet. Pods killed with the node never get their CRI
+# StopPodSandbox, so cleanup removes what appeared there during the run (one node at a time: it is all ours).
 listing() { find /run/netns /run/containerd /var/lib/cni /var/lib/kubelet -mindepth 1 -maxdepth 2 2>/dev/null | sort || true; }
 before="$(listing)"
 made_dirs=()

@@ -12,6 +12,7 @@ repo="$PWD"
 : "${MCP_AUTHZ_CONTROL_PLANE_BIN:?source tests/setup/10-control-plane.sh (tests/run-all does)}"
 : "${MCP_AUTHZ_NODE22:?source tests/setup/40-node.sh (tests/run-all does)}"
 : "${MCP_AUTHZ_NPM_TOOLS:?source tests/setup/40-node.sh (tests/run-all does)}"
+: "${MCP_AUTHZ_PYTHON:?source tests/setup/30-python.sh (tests/run-all does)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mcp-authz/target}"
 kubectl_bin="$MCP_AUTHZ_CONTROL_PLANE_BIN/kubectl"
 helm_bin="$MCP_AUTHZ_CONTROL_PLANE_BIN/helm"
@@ -153,9 +154,16 @@ HELM_CONFIG_HOME="$work/helm" HELM_CACHE_HOME="$work/helm" HELM_DATA_HOME="$work
   --set image.tag=test --set image.pullPolicy=Never --wait --timeout 180s >/dev/null
 
 step "the quickstart's manifests and a labelled MCP pod"
-# The quickstart's CIMD policy trusts a CA from this ConfigMap (examples/quickstart/run makes a throwaway one).
-kubectl -n "$namespace" create configmap quickstart-ca --from-file=ca.pem="$(json dir)/pki/ca.crt" >/dev/null
-kubectl -n "$namespace" apply -f examples/quickstart/manifests/ >/dev/null
+# The agent's metadata document is served from the host on the bridge address, over HTTPS with a throwaway CA
+# that the quickstart's CIMD policy trusts through this ConfigMap (as examples/quickstart/run does on loopback);
+# the policy also lets the server fetch from the pod network (the quickstart allows only 127.0.0.0/8).
+"$MCP_AUTHZ_PYTHON" tests/node/oauth_probe.py certificate "$work/cimd-tls" "$gateway"
+kubectl -n "$namespace" create configmap quickstart-ca --from-file=ca.pem="$work/cimd-tls/ca.pem" >/dev/null
+mkdir -p "$work/manifests"
+cp examples/quickstart/manifests/*.yaml "$work/manifests/"
+sed -i "s|^    - 127.0.0.0/8\$|    - 127.0.0.0/8\n    - ${gateway%.*}.0/24|" "$work/manifests/cimd-policy.yaml"
+grep -q "${gateway%.*}.0/24" "$work/manifests/cimd-policy.yaml" || { echo "node-e2e: cannot widen the CIMD policy" >&2; exit 1; }
+kubectl -n "$namespace" apply -f "$work/manifests/" >/dev/null
 kubectl -n "$namespace" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Pod
@@ -194,7 +202,17 @@ pod_ip="$(kubectl -n "$namespace" get pod notes -o jsonpath='{.status.podIP}')"
 sidecar_port="$(kubectl -n "$namespace" get pod notes -o jsonpath='{.spec.initContainers[?(@.name=="mcp-authz-sidecar")].ports[?(@.name=="mcp-authz")].containerPort}')"
 MCP_URL="http://$pod_ip:$sidecar_port/mcp" python3 tests/node/mcp_probe.py
 
-step "the authorization server's pod deleted: a new one starts on the same volume"
+step "a real grant: the document fetched from the pod, login, consent, code, the token through the sidecar"
+authserver_url="http://$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080"
+# The document's URL is the client's id: one port for the whole run, on the bridge address.
+cimd_port="$(python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$gateway")"
+oauth() {
+  CERT_DIR="$work/cimd-tls" CIMD_ADDRESS="$gateway" CIMD_PORT="$cimd_port" AS_URL="$authserver_url" MCP_URL="http://$pod_ip:$sidecar_port/mcp" \
+    REFRESH_TOKEN_FILE="$work/grant.json" "$MCP_AUTHZ_PYTHON" tests/node/oauth_probe.py "$@"
+}
+oauth
+
+step "the authorization server's pod deleted: a new one starts on the same volume, and the grant is still there"
 authserver_selector="$(kubectl -n "$namespace" get deployment quickstart-authserver -o jsonpath='{.spec.selector.matchLabels}' \
   | python3 -c 'import json, sys; print(",".join(f"{k}={v}" for k, v in json.load(sys.stdin).items()))')"
 # Through the Service's ClusterIP: kube-proxy follows the EndpointSlice a moment after a pod turns Ready.
@@ -216,6 +234,7 @@ kubectl -n "$namespace" delete pod -l "$authserver_selector" --wait=true >/dev/n
 eventually 120 kubectl -n "$namespace" wait --for=condition=Ready pod -l "$authserver_selector" --timeout=5s >/dev/null
 jwks_after="$(jwks)"
 [ "$jwks_before" = "$jwks_after" ] || { echo "node-e2e: the JWKS changed across the pod's re-creation" >&2; exit 1; }
+oauth refresh
 
 step "helm upgrade: the operator rolls, the MCP pod keeps serving"
 operator_pod_before="$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[*].metadata.name}')"

@@ -56,6 +56,13 @@ control_plane_pid="" node_pid=""
 finish() {
   local status=$?
   set +e
+  if [ "$status" != 0 ] && [ -n "${kubeconfig:-}" ] && [ -n "${node_dir:-}" ]; then
+    # What the cluster looked like, before the node goes.
+    "$kubectl_bin" --kubeconfig "$kubeconfig" get pods,pvc,pv -A -o wide >&2
+    "$kubectl_bin" --kubeconfig "$kubeconfig" get events -A --field-selector type=Warning >&2
+    for log in "$node_dir"/pod-logs/*/*/*.log; do echo "== $log" >&2; tail -n 8 "$log" >&2; done
+    tail -n 20 "$node_dir/logs/kubelet.log" >&2
+  fi
   # Closing their stdin stops them; each takes down what it started.
   exec 4>&- 3>&-
   [ -n "$node_pid" ] && wait "$node_pid"
@@ -186,12 +193,13 @@ injected="$(kubectl -n "$namespace" get pod notes -o jsonpath='{.spec.initContai
 [[ " $injected " == *" mcp-authz-sidecar "* ]] || { echo "node-e2e: the webhook did not inject the sidecar (init containers: $injected)" >&2; exit 1; }
 
 step "waiting for every pod to be Running and Ready"
+# The operator makes the chart's AuthorizationServer (from its defaults ConfigMap) and both servers' Deployments
+# a moment after it starts: wait for them to exist, then for everything to be up.
+for resource in authorizationserver/default deployment/default-authserver deployment/quickstart-authserver; do
+  eventually 120 kubectl -n "$namespace" get "$resource" >/dev/null
+done
 kubectl -n "$namespace" wait --for=condition=Available deployment --all --timeout=180s >/dev/null
-kubectl -n "$namespace" wait --for=condition=Ready pod --all --timeout=180s >/dev/null || {
-  kubectl -n "$namespace" get pods -o wide >&2
-  for log in "$node_dir"/pod-logs/*/*/*.log; do echo "== $log" >&2; tail -n 5 "$log" >&2; done
-  exit 1
-}
+kubectl -n "$namespace" wait --for=condition=Ready pod --all --timeout=180s >/dev/null
 kubectl -n "$namespace" get pods -o wide >&2
 for resource in authorizationserver/default authorizationserver/quickstart mcpservice/notes; do
   kubectl -n "$namespace" wait --for=condition=Ready "$resource" --timeout=60s >/dev/null
@@ -210,7 +218,9 @@ oauth() {
   CERT_DIR="$work/cimd-tls" CIMD_ADDRESS="$gateway" CIMD_PORT="$cimd_port" AS_URL="$authserver_url" MCP_URL="http://$pod_ip:$sidecar_port/mcp" \
     REFRESH_TOKEN_FILE="$work/grant.json" "$MCP_AUTHZ_PYTHON" tests/node/oauth_probe.py "$@"
 }
-oauth
+# The server learns the MCPService's resource when its re-rendered configuration reaches the pod's volume (the
+# kubelet's next sync): until then it answers invalid_target.
+eventually 120 oauth
 
 step "the authorization server's pod deleted: a new one starts on the same volume, and the grant is still there"
 authserver_selector="$(kubectl -n "$namespace" get deployment quickstart-authserver -o jsonpath='{.spec.selector.matchLabels}' \

@@ -28,10 +28,12 @@ class Fetch:
 
 @dataclass
 class CimdHost:
-    """An HTTPS server on 127.0.0.1 serving JSON documents by path."""
+    """An HTTPS server (on 127.0.0.1 unless told) serving JSON documents by path."""
 
     certificate: ServerCertificate
     hostname: str = "localhost"
+    # The address it listens on: loopback, or (for an authorization server in a pod) the node's bridge address.
+    bind: str = "127.0.0.1"
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetches: list[Fetch] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -73,7 +75,7 @@ class CimdHost:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's name)
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = ThreadingHTTPServer((self.bind, port), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.certificate.cert_pem, self.certificate.key_pem)
         server.socket = context.wrap_socket(server.socket, server_side=True)

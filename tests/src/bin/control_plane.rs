@@ -2,7 +2,10 @@
 //! For poking at the control plane by hand (`KUBECONFIG=<kubeconfig> kubectl get ns`), and for the test that
 //! proves nothing outlives a killed test process. Needs the variables of tests/setup/10-control-plane.sh.
 //!
-//! Usage: mcp-authz-control-plane [--no-controller-manager]
+//! Usage: mcp-authz-control-plane [--no-controller-manager] [--controller=NAME]... [--apiserver-arg=FLAG]...
+//! `--controller` adds a kube-controller-manager controller to the default set; `--apiserver-arg` adds a
+//! kube-apiserver flag (later flags win), e.g. `--apiserver-arg=--bind-address=0.0.0.0` so that pods on a test
+//! node (tests/node/run-node.sh) reach the API server.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -15,9 +18,18 @@ fn main() -> anyhow::Result<()> {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--no-controller-manager" => options.controller_manager = false,
-            other => anyhow::bail!(
-                "unknown argument {other:?}; usage: mcp-authz-control-plane [--no-controller-manager]"
-            ),
+            other => {
+                if let Some(flag) = other.strip_prefix("--apiserver-arg=") {
+                    options.extra_apiserver_args.push(flag.to_owned());
+                } else if let Some(controller) = other.strip_prefix("--controller=") {
+                    options.controllers.push(controller.to_owned());
+                } else {
+                    anyhow::bail!(
+                        "unknown argument {other:?}; usage: mcp-authz-control-plane \
+                         [--no-controller-manager] [--controller=NAME]... [--apiserver-arg=FLAG]..."
+                    );
+                }
+            }
         }
     }
     let control_plane = ControlPlane::start_with(options).context("starting the control plane")?;

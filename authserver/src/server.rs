@@ -463,8 +463,12 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    // Taken now, not when the task first runs: a change written in between would otherwise pass for the
+    // version already loaded and wait for the next change.
+    let stamp = state.config_path.as_deref().and_then(file_stamp);
     tasks.push(tokio::spawn(maintain(
         state.clone(),
+        stamp,
         tls_cert,
         shutdown.clone(),
     )));
@@ -509,10 +513,13 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
 /// reload (and rotate) keys and the TLS listener's certificate. Every 10 min: purge.
 async fn maintain(
     state: Arc<AppState>,
+    mut stamp: Option<(SystemTime, u64)>,
     tls: Option<Arc<crate::tls::ReloadingCert>>,
     shutdown: CancellationToken,
 ) {
-    let mut stamp = state.config_path.as_deref().and_then(file_stamp);
+    // A refused reload is tried again every 10 s with the file unchanged: what it refused for may be a file it
+    // names (users, keys, a CA bundle) that a kubelet updates a little later than the config's own volume.
+    let mut refused = false;
     let mut tick: u64 = 0;
     loop {
         tokio::select! {
@@ -528,9 +535,14 @@ async fn maintain(
         }
         if let Some(path) = state.config_path.clone() {
             let now_stamp = file_stamp(&path);
-            if now_stamp.is_some() && now_stamp != stamp {
-                stamp = now_stamp;
-                match reload_config(&state, &path) {
+            let changed = now_stamp.is_some() && now_stamp != stamp;
+            if changed || (refused && tick.is_multiple_of(5)) {
+                if changed {
+                    stamp = now_stamp;
+                }
+                let outcome = reload_config(&state, &path);
+                refused = outcome.is_err();
+                match outcome {
                     Ok(()) => {
                         state.metrics.reloads.with_label_values(&["ok"]).inc();
                         tracing::info!(path = %path.display(), "config reloaded");

@@ -597,3 +597,59 @@ async fn repeated_wrong_passwords_throttle_the_username_even_for_the_right_one()
         "{metrics}"
     );
 }
+
+/// A config naming a file that is not there yet (a kubelet updates each mounted volume on its own schedule) is
+/// refused, then taken without any further change to the config once the file appears.
+#[tokio::test]
+async fn a_refused_reload_is_tried_again_until_what_it_names_appears() {
+    let s = TestServer::start().await;
+    let users = s.config_path.with_file_name("late-users.yaml");
+    let mut config = mcp_authz_authserver::config::AuthServerConfig::load(&s.config_path).unwrap();
+    config.login.static_users.as_mut().expect("static login").users_file = Some(users.clone());
+    config
+        .scopes
+        .push(mcp_authz_authserver::config::ScopeDefinition {
+            value: "files:late".into(),
+            description: "Late".into(),
+            sensitive: false,
+            max_lifetime_secs: None,
+            implies: vec![],
+        });
+    std::fs::write(&s.config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let scopes = || async {
+        let m: serde_json::Value = s
+            .http
+            .get(s.url("/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        m["scopes_supported"].as_array().unwrap().clone()
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !scopes().await.contains(&"files:late".into()),
+        "taken before the users file exists"
+    );
+    std::fs::write(&users, "[]").unwrap();
+    let mut seen = false;
+    for _ in 0..75 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if scopes().await.contains(&"files:late".into()) {
+            seen = true;
+            break;
+        }
+    }
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(seen, "the refused reload was never tried again: {metrics}");
+}

@@ -605,7 +605,12 @@ async fn a_refused_reload_is_tried_again_until_what_it_names_appears() {
     let s = TestServer::start().await;
     let users = s.config_path.with_file_name("late-users.yaml");
     let mut config = mcp_authz_authserver::config::AuthServerConfig::load(&s.config_path).unwrap();
-    config.login.static_users.as_mut().expect("static login").users_file = Some(users.clone());
+    config
+        .login
+        .static_users
+        .as_mut()
+        .expect("static login")
+        .users_file = Some(users.clone());
     config
         .scopes
         .push(mcp_authz_authserver::config::ScopeDefinition {

@@ -97,6 +97,13 @@ enum Writer {
 }
 
 impl Writer {
+    async fn open(pool: &AnyPool, dialect: &Dialect) -> Result<Writer, sqlx::Error> {
+        Ok(match dialect {
+            Dialect::Sqlite(keeper) => Writer::Own(pool.acquire().await?.detach(), keeper.clone()),
+            Dialect::Postgres => Writer::Pooled(pool.clone()),
+        })
+    }
+
     /// Ready for the next batch: past the log's gate, or holding a pooled connection.
     async fn connection(&mut self) -> Result<Conn<'_>, sqlx::Error> {
         match self {
@@ -128,35 +135,7 @@ async fn write_loop(pool: AnyPool, dialect: Dialect, mut rows: mpsc::Receiver<(N
     let mut writer: Option<Writer> = None;
     while rows.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (new_rows, replies): (Vec<NewRow>, Vec<Reply>) = batch.drain(..).unzip();
-        // Taken at the first batch (opening the store does not wait for it), or again if that failed.
-        if writer.is_none() {
-            writer = match &dialect {
-                Dialect::Sqlite(keeper) => match pool.acquire().await {
-                    Ok(conn) => Some(Writer::Own(conn.detach(), keeper.clone())),
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                        continue;
-                    }
-                },
-                Dialect::Postgres => Some(Writer::Pooled(pool.clone())),
-            };
-        }
-        let Some(w) = writer.as_mut() else { continue };
-        let sqlite = matches!(dialect, Dialect::Sqlite(_));
-        let outcomes = match write_batch(w, sqlite, &new_rows).await {
-            Ok(outcomes) => outcomes,
-            Err(_) if new_rows.len() > 1 => {
-                let mut outcomes = Vec::with_capacity(new_rows.len());
-                for row in &new_rows {
-                    let one = write_batch(w, sqlite, std::slice::from_ref(row)).await;
-                    outcomes.push(one.and_then(|mut o| o.remove(0)));
-                }
-                outcomes
-            }
-            Err(e) => vec![Err(e)],
-        };
+        let outcomes = write_rows(&pool, &dialect, &mut writer, &new_rows).await;
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The request may have gone (client hung up): its row is written all the same.
             let _ = reply.send(outcome);
@@ -164,8 +143,54 @@ async fn write_loop(pool: AnyPool, dialect: Dialect, mut rows: mpsc::Receiver<(N
     }
 }
 
+/// One outcome per row: all in one transaction, or, when that fails, each row in its own.
+async fn write_rows(
+    pool: &AnyPool,
+    dialect: &Dialect,
+    writer: &mut Option<Writer>,
+    rows: &[NewRow],
+) -> Vec<Result<Written, String>> {
+    match write_batch(pool, dialect, writer, rows).await {
+        Ok(outcomes) => outcomes,
+        Err(_) if rows.len() > 1 => {
+            let mut outcomes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let one = write_batch(pool, dialect, writer, std::slice::from_ref(row)).await;
+                outcomes.push(one.and_then(|mut o| o.remove(0)));
+            }
+            outcomes
+        }
+        Err(e) => vec![Err(e)],
+    }
+}
+
 /// Writes the rows in one transaction; one outcome per row, in order.
 async fn write_batch(
+    pool: &AnyPool,
+    dialect: &Dialect,
+    writer: &mut Option<Writer>,
+    rows: &[NewRow],
+) -> Result<Vec<Result<Written, String>>, String> {
+    // Taken at the first write (opening the store does not wait for it), and after any failure: a transaction
+    // that failed half-way and whose rollback failed too would otherwise stay open on the connection, and every
+    // later batch would fail to begin. Dropping the connection closes it, which rolls back what it held.
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(
+            Writer::open(pool, dialect)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let sqlite = matches!(dialect, Dialect::Sqlite(_));
+    let result = write_on(w, sqlite, rows).await;
+    if result.is_err() {
+        *writer = None;
+    }
+    result
+}
+
+async fn write_on(
     writer: &mut Writer,
     sqlite: bool,
     rows: &[NewRow],

@@ -460,8 +460,8 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
     let controller = Controller::new(services, watcher::Config::default());
     let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
-    let (a, b, c, d, e, f, g) = (
-        in_namespace.clone(),
+    let g = controller.store();
+    let (a, b, c, d, e, f) = (
         in_namespace.clone(),
         in_namespace.clone(),
         in_namespace.clone(),
@@ -478,14 +478,18 @@ async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
         .owns(Api::<Secret>::all(client.clone()), owned())
-        // A server's TLS Secret carries the CA bundle every sidecar ConfigMap copies: a new CA (or the
-        // first one) must reach them.
+        // A server's TLS Secret carries the CA bundle its services' sidecar ConfigMaps copy: a new CA (or
+        // the first one) must reach them.
         .watches(Api::<Secret>::all(client.clone()), owned(), move |secret| {
-            if secret.name_any().ends_with("-authserver-tls") {
-                g(None)
-            } else {
-                Vec::new()
-            }
+            let services = g.state();
+            reconcile::mcp_service::bundle_readers(
+                &secret.name_any(),
+                &secret.namespace().unwrap_or_default(),
+                services.iter().map(|s| s.as_ref()),
+            )
+            .into_iter()
+            .map(ObjectRef::from_obj)
+            .collect::<Vec<_>>()
         })
         .watches(
             Api::<MCPScope>::all(client.clone()),

@@ -54,6 +54,24 @@ pub fn raw_port_services(service: &MCPService, services: &[Service], pods: &[Pod
         .collect()
 }
 
+/// The services to reconcile when Secret `namespace/name` changes: when it is a server's TLS Secret
+/// (`<server>-authserver-tls`), the services naming that server, whose sidecar ConfigMaps copy its CA bundle;
+/// none otherwise. Only those: a tenant may make a Secret of that name, with the operator's label, in its own
+/// namespace, and each write must not re-render every service of the cluster.
+pub fn bundle_readers<'a>(
+    name: &str,
+    namespace: &str,
+    services: impl IntoIterator<Item = &'a MCPService>,
+) -> Vec<&'a MCPService> {
+    let Some(server) = name.strip_suffix(&naming::authserver_tls("")) else {
+        return Vec::new();
+    };
+    services
+        .into_iter()
+        .filter(|s| crate::render::names_server_at(s, server, namespace))
+        .collect()
+}
+
 /// The live pods of `pods` the webhook injected for `service`.
 pub fn injected_pods<'a>(service: &MCPService, pods: &'a [Pod]) -> Vec<&'a Pod> {
     pods.iter()
@@ -658,6 +676,77 @@ mod tests {
                 (status, message),
                 "{name}"
             );
+        }
+    }
+
+    /// Which services a changed Secret re-renders: a server's TLS Secret reaches the services naming that
+    /// server; a Secret a tenant names like one in its own namespace reaches at most its own services naming a
+    /// server of that name there (before, every MCPService of the cluster, at each write).
+    #[test]
+    fn a_tls_secret_requeues_only_the_services_of_its_server() {
+        let svc = |ns: &str, name: &str, server: serde_json::Value| -> MCPService {
+            let mut s =
+                crate::api::cases::mcp_service_in(ns, name, "https://mcp.example.com/x", &[], None);
+            s.spec.authorization_server_ref = serde_json::from_value(server).expect("ref");
+            s
+        };
+        let services = [
+            svc(
+                "team-a",
+                "files",
+                json!({"name": "auth", "namespace": "mcp-authz"}),
+            ),
+            svc(
+                "team-b",
+                "notes",
+                json!({"name": "auth", "namespace": "mcp-authz"}),
+            ),
+            svc(
+                "team-c",
+                "mail",
+                json!({"name": "other", "namespace": "mcp-authz"}),
+            ),
+            svc("team-a", "local", json!({"name": "x"})),
+        ];
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            (
+                "the server's TLS Secret",
+                "auth-authserver-tls",
+                "mcp-authz",
+                &["team-a/files", "team-b/notes"],
+            ),
+            (
+                "another server's",
+                "other-authserver-tls",
+                "mcp-authz",
+                &["team-c/mail"],
+            ),
+            (
+                "a tenant's look-alike",
+                "auth-authserver-tls",
+                "team-a",
+                &[],
+            ),
+            (
+                "a tenant's look-alike for a server named in its namespace",
+                "x-authserver-tls",
+                "team-a",
+                &["team-a/local"],
+            ),
+            ("the keys Secret", "auth-authserver-keys", "mcp-authz", &[]),
+            (
+                "a name that only ends alike",
+                "auth-authserver-tls-old",
+                "mcp-authz",
+                &[],
+            ),
+        ];
+        for (case, name, namespace, want) in cases {
+            let got: Vec<String> = bundle_readers(name, namespace, &services)
+                .into_iter()
+                .map(crate::tenancy::key_of)
+                .collect();
+            assert_eq!(got, *want, "{case}");
         }
     }
 }

@@ -159,6 +159,15 @@ pub struct Inputs<'a> {
 
 /// Whether `service` names `server`.
 pub fn names_server(service: &MCPService, server: &AuthorizationServer) -> bool {
+    names_server_at(
+        service,
+        &server.name_any(),
+        &server.namespace().unwrap_or_default(),
+    )
+}
+
+/// Whether `service` names the AuthorizationServer `name` of `namespace` (which need not exist).
+pub fn names_server_at(service: &MCPService, name: &str, namespace: &str) -> bool {
     let reference = &service.spec.authorization_server_ref;
     let service_ns = service.namespace().unwrap_or_default();
     let ns = reference
@@ -166,7 +175,7 @@ pub fn names_server(service: &MCPService, server: &AuthorizationServer) -> bool 
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(&service_ns);
-    reference.name == server.name_any() && ns == server.namespace().unwrap_or_default()
+    reference.name == name && ns == namespace
 }
 
 /// Scopes visible to a service, by value: each value's owner (the oldest MCPScope defining it, see

@@ -436,6 +436,70 @@ async fn group_commit(store: &(dyn Store + Sync)) {
     );
 }
 
+/// A group the database refuses for a reason none of its rows caused (another connection holds SQLite's write
+/// lock past the busy timeout of 5 s) fails all its rows at once. Written again one by one, each row waited out
+/// the busy timeout in turn: eight requests answered after 45 s instead of 5 s, and every token request queued
+/// behind them waited too. Once the lock is gone the next write succeeds (no transaction was left open).
+#[tokio::test]
+async fn a_locked_database_fails_a_group_at_once_not_row_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open_sqlite(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let event = |reason: &str| AuditEvent {
+        at: 1_700_000_000,
+        event: "token".into(),
+        subject: None,
+        client_id: Some("c".into()),
+        resource: None,
+        scopes: vec![],
+        outcome: "denied".into(),
+        reason: reason.into(),
+    };
+    // The writer takes its own connection at its first group.
+    store.put_audit(&event("first")).await.unwrap();
+    let mut holder = store.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // One task on this runtime: all eight are queued before the writer runs, so they form one group.
+    let reasons: Vec<String> = (0..8).map(|i| format!("locked-{i}")).collect();
+    let writes = reasons.iter().map(|r| {
+        let e = event(r);
+        let store = &store;
+        async move { store.put_audit(&e).await }
+    });
+    let results = futures::future::join_all(writes).await;
+    let elapsed = started.elapsed();
+    sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    for r in &results {
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(m)) if m.contains("database is locked")),
+            "{r:?}"
+        );
+    }
+    assert!(
+        elapsed < std::time::Duration::from_secs(15),
+        "the group was answered after {elapsed:?}"
+    );
+    store.put_audit(&event("after")).await.unwrap();
+    let reasons: Vec<String> = store
+        .recent_audit(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect();
+    assert!(reasons.contains(&"after".to_owned()), "{reasons:?}");
+    assert!(
+        !reasons.iter().any(|r| r.starts_with("locked-")),
+        "{reasons:?}"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -526,4 +590,35 @@ async fn an_older_replica_works_against_a_newer_schema() {
         assert_eq!(old.schema_version(), 99, "{backend}");
         contract(&old).await;
     }
+}
+
+/// A text PostgreSQL refuses (a NUL byte, which a client can put in a `client_id` that is audited; SQLSTATE 22021,
+/// all digits, not to be read as a SQLite result code) fails its own row only: the group it was in is written
+/// again row by row, and an assertion presented twice in that group is still claimed exactly once.
+#[tokio::test]
+async fn postgres_a_refused_text_fails_only_its_row() {
+    let url = pg_database("nul_row").await;
+    let store = SqlStore::open_postgres(&url, 4).await.unwrap();
+    let bad = AuditEvent {
+        at: 1_700_000_000,
+        event: "token".into(),
+        subject: None,
+        client_id: Some("evil\0".into()),
+        resource: None,
+        scopes: vec![],
+        outcome: "denied".into(),
+        reason: "invalid_client".into(),
+    };
+    let store = &store;
+    let (audit, first, second) = tokio::join!(
+        store.put_audit(&bad),
+        store.use_assertion_id("c", "nul-group", 1_700_000_060),
+        store.use_assertion_id("c", "nul-group", 1_700_000_060),
+    );
+    assert!(
+        matches!(audit, Err(StoreError::Unavailable(_))),
+        "{audit:?}"
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert!(first ^ second, "claimed {first} and {second}");
 }

@@ -501,7 +501,13 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
     operator_support::create(
         &admin,
         &team_ns,
-        &scope(&team_ns, "reports", "reports:read", "Read your reports", false),
+        &scope(
+            &team_ns,
+            "reports",
+            "reports:read",
+            "Read your reports",
+            false,
+        ),
     )
     .await
     .expect("team scope");
@@ -519,11 +525,14 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
             .filter(|c| c.0 == "True")
     })
     .await;
-    let squatter = eventually("the squatter's scope says why it counts nowhere", || async {
-        conditions_of(&admin, &squatter_ns, "MCPScope", "reports", "Accepted")
-            .await
-            .filter(|c| c.0 == "False")
-    })
+    let squatter = eventually(
+        "the squatter's scope says why it counts nowhere",
+        || async {
+            conditions_of(&admin, &squatter_ns, "MCPScope", "reports", "Accepted")
+                .await
+                .filter(|c| c.0 == "False")
+        },
+    )
     .await;
     assert_eq!(
         (squatter.1.as_str(), squatter.2),

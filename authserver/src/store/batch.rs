@@ -143,24 +143,42 @@ async fn write_loop(pool: AnyPool, dialect: Dialect, mut rows: mpsc::Receiver<(N
     }
 }
 
-/// One outcome per row: all in one transaction, or, when that fails, each row in its own.
+/// One outcome per row: all in one transaction, or, when that fails for what may be one row's fault, each row
+/// in its own.
 async fn write_rows(
     pool: &AnyPool,
     dialect: &Dialect,
     writer: &mut Option<Writer>,
     rows: &[NewRow],
 ) -> Vec<Result<Written, String>> {
+    let sqlite = matches!(dialect, Dialect::Sqlite(_));
     match write_batch(pool, dialect, writer, rows).await {
         Ok(outcomes) => outcomes,
-        Err(_) if rows.len() > 1 => {
+        Err(e) if rows.len() > 1 && rows_may_differ(sqlite, &e) => {
             let mut outcomes = Vec::with_capacity(rows.len());
+            let mut shared: Option<String> = None;
             for row in rows {
-                let one = write_batch(pool, dialect, writer, std::slice::from_ref(row)).await;
-                outcomes.push(one.and_then(|mut o| o.remove(0)));
+                // Once the database fails for a reason no row caused, the rows left would each wait for the
+                // same failure in turn.
+                if let Some(e) = &shared {
+                    outcomes.push(Err(e.clone()));
+                    continue;
+                }
+                let one = match write_batch(pool, dialect, writer, std::slice::from_ref(row)).await
+                {
+                    Ok(mut o) => o.remove(0),
+                    Err(e) => {
+                        if !rows_may_differ(sqlite, &e) {
+                            shared = Some(e.to_string());
+                        }
+                        Err(e.to_string())
+                    }
+                };
+                outcomes.push(one);
             }
             outcomes
         }
-        Err(e) => vec![Err(e)],
+        Err(e) => vec![Err(e.to_string()); rows.len()],
     }
 }
 
@@ -170,17 +188,14 @@ async fn write_batch(
     dialect: &Dialect,
     writer: &mut Option<Writer>,
     rows: &[NewRow],
-) -> Result<Vec<Result<Written, String>>, String> {
+) -> Result<Vec<Result<Written, String>>, sqlx::Error> {
     // Taken at the first write (opening the store does not wait for it), and after any failure: a transaction
-    // that failed half-way and whose rollback failed too would otherwise stay open on the connection, and every
-    // later batch would fail to begin. Dropping the connection closes it, which rolls back what it held.
+    // that failed half-way and whose rollback failed too would otherwise stay open on the connection, and a
+    // connection whose driver thread died would fail every later batch. Dropping it closes it, which rolls
+    // back what it held.
     let w = match writer {
         Some(w) => w,
-        None => writer.insert(
-            Writer::open(pool, dialect)
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
+        None => writer.insert(Writer::open(pool, dialect).await?),
     };
     let sqlite = matches!(dialect, Dialect::Sqlite(_));
     let result = write_on(w, sqlite, rows).await;
@@ -194,13 +209,35 @@ async fn write_on(
     writer: &mut Writer,
     sqlite: bool,
     rows: &[NewRow],
-) -> Result<Vec<Result<Written, String>>, String> {
+) -> Result<Vec<Result<Written, String>>, sqlx::Error> {
     let plan = Plan::of(rows);
-    let mut conn = writer.connection().await.map_err(|e| e.to_string())?;
-    let claimed = run(conn.get(), sqlite, &plan.statements)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = writer.connection().await?;
+    let claimed = run(conn.get(), sqlite, &plan.statements).await?;
     Ok(plan.outcomes(rows, &claimed))
+}
+
+/// Whether a failed batch may have failed for one of its rows (a key taken, a value the database refuses, a
+/// deadlock with another writer), so that writing the rows one by one can save the others. A database that is
+/// locked past the busy timeout, full, failing its I/O or out of reach fails every row alike: written one by
+/// one, each row would wait out the same failure in turn, and every request queued behind them with it.
+fn rows_may_differ(sqlite: bool, error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        // The pool timed out or closed, the connection broke: nothing about a row.
+        return false;
+    };
+    let Some(code) = e.code() else {
+        return true;
+    };
+    if sqlite {
+        // The extended result code; its low byte is the primary one: BUSY, LOCKED, NOMEM, READONLY, IOERR,
+        // CORRUPT, FULL, CANTOPEN, NOTADB.
+        let primary = code.parse::<i32>().map_or(0, |c| c & 0xff);
+        !matches!(primary, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 26)
+    } else {
+        // SQLSTATE (often all digits: 22021 is a refused byte in a text, 23505 a key taken): connection
+        // exception, insufficient resources (disk full), operator intervention (shutdown), system error.
+        !matches!(code.get(..2), Some("08" | "53" | "57" | "58"))
+    }
 }
 
 /// The statements of one batch and which assertion ids they try to claim.
@@ -228,6 +265,7 @@ impl Plan {
         );
         let mut seen = HashSet::new();
         let mut repeated = HashSet::new();
+        let mut claim_rows = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             match row {
                 NewRow::Grant(g) => grants.row(vec![
@@ -258,11 +296,7 @@ impl Plan {
                 } => {
                     // A multi-row insert that meets its own duplicate would report it inserted once for both.
                     if seen.insert((client_id.as_str(), jti.as_str())) {
-                        claims.row(vec![
-                            Value::Text(client_id.clone()),
-                            Value::Text(jti.clone()),
-                            Value::Int(*expires_at),
-                        ]);
+                        claim_rows.push((client_id.as_str(), jti.as_str(), *expires_at));
                     } else {
                         repeated.insert(i);
                     }
@@ -278,6 +312,16 @@ impl Plan {
                     Value::Text(e.reason.clone()),
                 ]),
             }
+        }
+        // In key order: two replicas claiming the same ids in opposite orders would each hold one and wait for
+        // the other (PostgreSQL's deadlock detector ends one after a second, holding up all of its group).
+        claim_rows.sort_unstable();
+        for (client_id, jti, expires_at) in claim_rows {
+            claims.row(vec![
+                Value::Text(client_id.to_owned()),
+                Value::Text(jti.to_owned()),
+                Value::Int(expires_at),
+            ]);
         }
         // Grants before the tokens that name them, should a reader look inside the transaction's order.
         let statements = [grants, tokens, claims, audit]
@@ -538,6 +582,34 @@ mod tests {
                 .collect();
             assert_eq!(got, expected, "{rows:?}");
         }
+    }
+
+    /// Claims go in key order whatever order their requests came in, so two writers claiming the same ids lock
+    /// them in one order (one waits for the other) instead of deadlocking.
+    #[test]
+    fn claims_are_written_in_key_order() {
+        let plan = Plan::of(&[
+            claim("d", "a"),
+            claim("c", "z"),
+            token("t"),
+            claim("c", "b"),
+        ]);
+        let claims = &plan.statements[1];
+        assert!(claims.head.starts_with("INSERT INTO assertion_ids"));
+        let keys: Vec<(Value, Value)> = claims
+            .rows
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(
+            keys,
+            vec![
+                (text("c"), text("b")),
+                (text("c"), text("z")),
+                (text("d"), text("a"))
+            ]
+        );
     }
 
     #[test]

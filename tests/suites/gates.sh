@@ -30,10 +30,10 @@ gate "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 
 advisory_db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
 if [ -d "$advisory_db" ] && [ -n "$(ls -A "$advisory_db" 2>/dev/null)" ]; then
-  gate "cargo deny (all checks)" cargo deny --workspace check --disable-fetch
+  gate "cargo deny (all checks)" cargo deny --workspace --locked --offline check
 else
   echo "-- gate: cargo deny advisories skipped: no advisory database in $advisory_db (it cannot be fetched offline)"
-  gate "cargo deny (licenses, bans, sources)" cargo deny --workspace check --disable-fetch licenses bans sources
+  gate "cargo deny (licenses, bans, sources)" cargo deny --workspace --locked --offline check licenses bans sources
 fi
 
 # Fuzzing: a nightly build with sanitizers in its own target directory.

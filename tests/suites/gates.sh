@@ -38,9 +38,12 @@ fi
 
 # Fuzzing: a nightly build with sanitizers in its own target directory.
 fuzz() { # crate-dir target
-  local log
+  local log seeds=()
   log="$(mktemp)"
-  if (cd "$1/fuzz" && CARGO_TARGET_DIR="$MCP_AUTHZ_CACHE/target-fuzz" cargo +nightly fuzz run "$2" -O -- \
+  # A target's committed seeds (fuzz/seeds/<target>) start it past the shallow inputs; new finds go to the
+  # git-ignored fuzz/corpus/<target>.
+  if [ -d "$1/fuzz/seeds/$2" ]; then seeds=("corpus/$2" "seeds/$2"); mkdir -p "$1/fuzz/corpus/$2"; fi
+  if (cd "$1/fuzz" && CARGO_TARGET_DIR="$MCP_AUTHZ_CACHE/target-fuzz" cargo +nightly fuzz run "$2" "${seeds[@]}" -O -- \
     -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
     grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done)" "$log" || true
     rm -f "$log"

@@ -251,6 +251,12 @@ pub struct Limits {
     /// Time a client has to send its whole request body, in milliseconds.
     #[serde(default = "defaults::body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// Time the upstream has to begin its answer (the head of its final response) once a request was sent,
+    /// in milliseconds; past it the client gets 504 `upstream_timeout` and the upstream connection is closed.
+    /// A JSON answer's head comes only with its result, so this bounds the slowest tool call that answers
+    /// in JSON; a stream's head comes at once, and the stream itself has no time limit.
+    #[serde(default = "defaults::upstream_head_timeout_ms")]
+    pub upstream_head_timeout_ms: u64,
     /// Largest JSON `*/list` or `resources/read` response that is filtered (or marked private) in memory, in
     /// bytes (502 above).
     #[serde(default = "defaults::max_list_response_bytes")]
@@ -279,6 +285,7 @@ impl Default for Limits {
             max_token_bytes: defaults::max_token_bytes(),
             header_timeout_ms: defaults::header_timeout_ms(),
             body_timeout_ms: defaults::body_timeout_ms(),
+            upstream_head_timeout_ms: defaults::upstream_head_timeout_ms(),
             max_list_response_bytes: defaults::max_list_response_bytes(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             max_connections: Self::default_max_connections(),
@@ -542,6 +549,9 @@ mod defaults {
     }
     pub fn body_timeout_ms() -> u64 {
         30_000
+    }
+    pub fn upstream_head_timeout_ms() -> u64 {
+        300_000
     }
     pub fn max_list_response_bytes() -> usize {
         8 * 1024 * 1024

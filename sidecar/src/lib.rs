@@ -16,7 +16,8 @@ pub mod challenge;
 pub mod config;
 pub mod fetch;
 pub mod filter;
-pub mod http1;
+/// The HTTP/1.1 layer, its own crate (`sidecar/http1`): re-exported so tests and fuzzers reach it here too.
+pub use mcp_authz_http1 as http1;
 pub mod identity;
 pub mod in_flight;
 pub mod introspect;

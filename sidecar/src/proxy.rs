@@ -391,7 +391,11 @@ impl Proxy {
         let started = Instant::now();
         let response = match self
             .client
-            .send(&rt.upstream_authority, upstream_request)
+            .send(
+                &rt.upstream_authority,
+                upstream_request,
+                Duration::from_millis(rt.config.limits.upstream_head_timeout_ms),
+            )
             .await
         {
             Ok(r) => r,
@@ -404,7 +408,7 @@ impl Proxy {
                 let (reason, description) = error.answer();
                 let body = json!({"error": reason, "error_description": description});
                 return (
-                    json_response(StatusCode::BAD_GATEWAY, &body),
+                    json_response(error.status(), &body),
                     Outcome {
                         decision: "error",
                         reason,
@@ -452,7 +456,11 @@ impl Proxy {
         };
         match self
             .client
-            .send(&rt.upstream_authority, upstream_request)
+            .send(
+                &rt.upstream_authority,
+                upstream_request,
+                Duration::from_millis(rt.config.limits.upstream_head_timeout_ms),
+            )
             .await
         {
             Ok(response) => (
@@ -462,10 +470,7 @@ impl Proxy {
             Err(error) => {
                 let (reason, description) = error.answer();
                 let body = json!({"error": reason, "error_description": description});
-                (
-                    json_response(StatusCode::BAD_GATEWAY, &body),
-                    outcome(reason),
-                )
+                (json_response(error.status(), &body), outcome(reason))
             }
         }
     }

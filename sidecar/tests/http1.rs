@@ -563,6 +563,73 @@ async fn upstream_answers_the_proxy_cannot_pass_on_are_502s_that_say_why() {
     }
 }
 
+/// An upstream that takes the request and never begins its answer (here after an interim 100, which does
+/// not count as beginning) gets `limits.upstreamHeadTimeoutMs`: the client then has a 504 that says so, the
+/// POST was sent once, and the upstream connection is closed rather than kept for a late answer.
+#[tokio::test]
+async fn an_upstream_that_does_not_begin_its_answer_in_time_is_a_504_and_its_connection_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let upstream_closed = Arc::new(AtomicBool::new(false));
+    let (r, c) = (requests.clone(), upstream_closed.clone());
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut pending = Vec::new();
+        read_request(&mut socket, &mut pending).await.unwrap();
+        r.fetch_add(1, Ordering::SeqCst);
+        socket
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        c.store(true, Ordering::SeqCst);
+        // A second connection would be the POST sent again.
+        if listener.accept().await.is_ok() {
+            r.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut settings = config(&url, &jwks.url());
+    settings.limits.upstream_head_timeout_ms = 300;
+    let sidecar = Sidecar::start(settings).await.unwrap();
+    let started = std::time::Instant::now();
+    let response = post_through(&sidecar, &token_of(&key)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (
+            504,
+            r#"{"error":"upstream_timeout","error_description":"the MCP server did not begin its answer in time"}"#
+        ),
+        "{response:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    for _ in 0..100 {
+        if upstream_closed.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (closed, sent) = (
+        upstream_closed.load(Ordering::SeqCst),
+        requests.load(Ordering::SeqCst),
+    );
+    task.abort();
+    assert!(closed, "the upstream connection was kept");
+    assert_eq!(sent, 1);
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused_and_a_closed_one_is_replaced_without_an_error() {
     const OK: &str =

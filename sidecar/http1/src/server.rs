@@ -18,11 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::body::{Finish, Handoff, Leftover, WireBody};
-use super::chunked::{CHUNK_END, LAST_CHUNK, chunk_header};
-use super::head::{self, HeadError, MAX_HEAD_BYTES, RequestHead};
-use super::write::write_all;
-use crate::proxy::ProxyBody;
+use crate::body::{Finish, Handoff, Leftover, WireBody};
+use crate::chunked::{CHUNK_END, LAST_CHUNK, chunk_header};
+use crate::head::{self, HeadError, MAX_HEAD_BYTES, RequestHead};
+use crate::write::write_all;
 
 /// Heads up to this size are parsed after every read, so garbage is refused at once.
 const QUICK_PARSE_BYTES: usize = 4096;
@@ -56,7 +55,7 @@ enum Head {
 
 /// Serves one client connection until either side ends it. `handle` decides each request; `refused`
 /// is told about heads refused before they reached it.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, B>(
     stream: TcpStream,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
@@ -64,7 +63,9 @@ pub async fn serve<H, F>(
     refused: impl Fn(&'static str),
 ) where
     H: Fn(Request<WireBody>) -> F,
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future<Output = Response<B>>,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let stream = Arc::new(stream);
     let mut inbound = BytesMut::new();
@@ -259,12 +260,16 @@ struct Answer {
 }
 
 /// Writes the answer; returns whether the connection may carry another request.
-async fn write_response(
+async fn write_response<B>(
     stream: &TcpStream,
-    response: Response<ProxyBody>,
+    response: Response<B>,
     answer: Answer,
     inbound: &mut BytesMut,
-) -> std::io::Result<bool> {
+) -> std::io::Result<bool>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let Answer {
         version,
         head_only,
@@ -276,7 +281,7 @@ async fn write_response(
     let no_body_allowed = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = hyper::body::Body::size_hint(&body).exact();
+    let length = http_body::Body::size_hint(&body).exact();
     let chunked = !no_body_allowed && !head_only && length.is_none() && version == Version::HTTP_11;
     if !no_body_allowed && length.is_none() && !chunked {
         // HTTP/1.0 without a length: the end of the body is the end of the connection.

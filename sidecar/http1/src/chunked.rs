@@ -43,13 +43,20 @@ enum State {
     Failed(&'static str),
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer line.
+    /// Inside a trailer line's field name.
+    TrailerName,
+    /// Inside a trailer line's value, past its `:`.
     Trailer,
     /// CR seen at the start of a trailer line: the end.
     EndLf,
     /// CR seen inside a trailer line.
     TrailerLf,
     Done,
+}
+
+/// A token character (RFC 9110 §5.6.2), as in a field name.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// What one decoding step found.
@@ -175,15 +182,22 @@ impl ChunkedDecoder {
             }
             State::EndLf => State::Done,
             State::TrailerLf => State::TrailerStart,
-            State::TrailerStart | State::Trailer => {
+            State::TrailerStart | State::TrailerName | State::Trailer => {
                 self.trailers += 1;
                 if self.trailers > MAX_TRAILERS {
                     return Err(ChunkedError("trailer section too large"));
                 }
-                match byte {
-                    b'\r' => State::TrailerLf,
-                    b'\n' | 0 => return Err(ChunkedError("bare LF or NUL in a trailer")),
-                    _ => State::Trailer,
+                // A trailer is a field line (RFC 9112 §7.1.2, §5): a token, `:`, then a value. A line that is
+                // not one is refused, as hyper refuses it: what a reader makes of a nameless line is a guess.
+                match (self.state, byte) {
+                    (_, b'\n' | 0) => return Err(ChunkedError("bare LF or NUL in a trailer")),
+                    (State::Trailer, b'\r') => State::TrailerLf,
+                    (State::Trailer, b'\t' | b' '..=b'~' | 0x80..) => State::Trailer,
+                    (State::TrailerStart | State::TrailerName, b) if is_tchar(b) => {
+                        State::TrailerName
+                    }
+                    (State::TrailerName, b':') => State::Trailer,
+                    _ => return Err(ChunkedError("trailer line outside the field grammar")),
                 }
             }
             State::Data(_) | State::Done | State::Failed(_) => unreachable!("handled by decode"),
@@ -308,6 +322,34 @@ mod tests {
             decode_in_pieces(&long_trailer, 4096).unwrap_err(),
             ChunkedError("trailer section too large")
         );
+    }
+
+    /// Found by the differential fuzzer (`http1_differential`): after `0\r\n`, nameless lines such as `hello`
+    /// were read past as trailers, where hyper refuses the request. A trailer line is a field line or refused.
+    #[test]
+    fn trailer_lines_outside_the_field_grammar_are_refused() {
+        let refused = ChunkedError("trailer line outside the field grammar");
+        for input in [
+            &b"0;x=1\r\nhello\r\n\r\n"[..],
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX T: v\r\n\r\n",
+            b"0\r\nX-T : v\r\n\r\n",
+            b"0\r\n X-T: v\r\n\r\n",
+            b"0\r\nX-T: a\x01b\r\n\r\n",
+        ] {
+            for piece in [1, input.len()] {
+                assert_eq!(
+                    decode_in_pieces(input, piece).unwrap_err(),
+                    refused,
+                    "{:?} in pieces of {piece}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        let valid = b"0\r\nX-T: a b\t\xffc\r\nY:\r\n\r\nGET";
+        let (data, rest) = decode_in_pieces(valid, valid.len()).unwrap();
+        assert_eq!((data.as_slice(), rest.as_slice()), (&b""[..], &b"GET"[..]));
+        assert!(decode_in_pieces(valid, 1).is_ok());
     }
 
     #[test]

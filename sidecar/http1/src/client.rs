@@ -1,22 +1,18 @@
 //! The upstream side: HTTP/1.1 to the MCP server next door. Connections are kept for the next request
 //! while the server keeps them open; a response body is read straight into what the client is sent.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, header};
 use tokio::net::TcpStream;
 
-use super::body::{Finish, WireBody};
-use super::head::{self, HeadError};
-use super::write::write_all;
+use crate::body::{Finish, WireBody};
+use crate::head::{self, HeadError};
+use crate::pool::Pool;
+use crate::write::write_all;
 
-/// Idle connections kept for reuse, and for how long.
-const MAX_IDLE: usize = 64;
-/// Under the 5 s after which common MCP server stacks (uvicorn, Node) close an idle connection, so a
-/// request is not written into a connection the server is closing at that moment.
-const IDLE_FOR: Duration = Duration::from_secs(4);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interim (1xx) answers accepted before the final one; an upstream sending them forever is broken.
 const MAX_INTERIM: usize = 16;
@@ -41,6 +37,9 @@ pub enum UpstreamError {
     /// The response head was not acceptable HTTP/1.1.
     #[error("bad response head: {0}")]
     Head(#[from] HeadError),
+    /// No complete final response head within the time allowed after the request was sent.
+    #[error("no response head within {0:?}")]
+    HeadTimeout(Duration),
 }
 
 impl UpstreamError {
@@ -60,63 +59,19 @@ impl UpstreamError {
                 "upstream_bad_answer",
                 "the MCP server's answer is not valid HTTP/1.1",
             ),
+            Self::HeadTimeout(_) => (
+                "upstream_timeout",
+                "the MCP server did not begin its answer in time",
+            ),
         }
     }
-}
 
-struct Idle {
-    authority: Arc<str>,
-    stream: Arc<TcpStream>,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<Vec<Idle>>,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The most recently used live connection to `authority`.
-    fn take(&self, authority: &str) -> Option<Arc<TcpStream>> {
-        let mut idle = self.lock();
-        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
-        while let Some(pos) = idle.iter().rposition(|i| &*i.authority == authority) {
-            let candidate = idle.swap_remove(pos).stream;
-            // Readable while idle means the server closed it (or sent junk): either way it is spent.
-            let mut probe = [0u8; 1];
-            if matches!(candidate.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
-                return Some(candidate);
-            }
+    /// The status the client gets: 504 when the upstream was too slow, 502 for every other failure.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::HeadTimeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
         }
-        None
-    }
-}
-
-/// Hands a connection back to the pool once its response has been read whole.
-pub struct Release {
-    pool: Arc<Pool>,
-    authority: Arc<str>,
-}
-
-impl Release {
-    /// Keeps `stream` for the next request to the same upstream.
-    pub fn reuse(self, stream: Arc<TcpStream>) {
-        let mut idle = self.pool.lock();
-        // Spent ones go here too, so a pool that stops being used does not keep sockets open for long.
-        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
-        if idle.len() >= MAX_IDLE {
-            idle.remove(0);
-        }
-        idle.push(Idle {
-            authority: self.authority,
-            stream,
-            since: Instant::now(),
-        });
     }
 }
 
@@ -141,7 +96,8 @@ impl UpstreamClient {
         Self::default()
     }
 
-    /// Sends `request` to `authority` (`host:port`) and returns the response once its head has arrived.
+    /// Sends `request` to `authority` (`host:port`) and returns the response once its head has arrived,
+    /// which must be within `head_timeout` of the request being written (interim answers do not extend it).
     ///
     /// When a reused connection turns out closed, the request is sent again on another only if the server
     /// cannot have acted on it (it was not written whole) or acting twice is harmless (an idempotent
@@ -150,12 +106,16 @@ impl UpstreamClient {
         &self,
         authority: &str,
         request: Request<Bytes>,
+        head_timeout: Duration,
     ) -> Result<Response<WireBody>, UpstreamError> {
         let head = encode_request(&request);
         let body = request.body();
         let idempotent = request.method().is_idempotent();
         while let Some(stream) = self.pool.take(authority) {
-            match self.exchange(authority, stream, &head, body).await {
+            match self
+                .exchange(authority, stream, &head, body, head_timeout)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(Attempt::Unwritten) => continue,
                 Err(Attempt::Unanswered) if idempotent => continue,
@@ -165,7 +125,7 @@ impl UpstreamClient {
         }
         let stream = connect(authority).await?;
         match self
-            .exchange(authority, Arc::new(stream), &head, body)
+            .exchange(authority, Arc::new(stream), &head, body, head_timeout)
             .await
         {
             Ok(response) => Ok(response),
@@ -180,10 +140,25 @@ impl UpstreamClient {
         stream: Arc<TcpStream>,
         head: &[u8],
         body: &Bytes,
+        head_timeout: Duration,
     ) -> Result<Response<WireBody>, Attempt> {
         if write_all(&stream, &mut [head, body]).await.is_err() {
             return Err(Attempt::Unwritten);
         }
+        // Never sent again: the server has the request and may be acting on it. Dropping the connection
+        // closes it, so a late answer goes nowhere.
+        tokio::time::timeout(head_timeout, self.read_head(authority, stream))
+            .await
+            .unwrap_or(Err(Attempt::Failed(UpstreamError::HeadTimeout(
+                head_timeout,
+            ))))
+    }
+
+    async fn read_head(
+        &self,
+        authority: &str,
+        stream: Arc<TcpStream>,
+    ) -> Result<Response<WireBody>, Attempt> {
         let mut buf = BytesMut::new();
         let (mut answered, mut interim) = (false, 0);
         loop {
@@ -234,10 +209,7 @@ impl UpstreamClient {
         rest: BytesMut,
     ) -> Response<WireBody> {
         let finish = if head.reusable {
-            Finish::Pool(Release {
-                pool: self.pool.clone(),
-                authority: authority.into(),
-            })
+            Finish::Pool(self.pool.release(authority))
         } else {
             Finish::Close
         };

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
-use hyper::body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::chunked::{ChunkedDecoder, Decoded};
-use super::head::Framing;
-use crate::filter::BoxError;
+use crate::BoxError;
+use crate::chunked::{ChunkedDecoder, Decoded};
+use crate::head::Framing;
 
 /// How much one read asks the kernel for.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -26,7 +26,7 @@ pub enum BodyError {
     Truncated,
     /// Bad chunked framing.
     #[error(transparent)]
-    Chunked(#[from] super::chunked::ChunkedError),
+    Chunked(#[from] crate::chunked::ChunkedError),
     /// The socket failed.
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
@@ -53,7 +53,7 @@ pub enum Finish {
     /// the client's socket, alive if the serving loop never took it (a panic, a cancelled task).
     Drain(std::sync::Weak<HandoffSlot>),
     /// The upstream pool, if the connection may carry another request.
-    Pool(super::client::Release),
+    Pool(crate::pool::Release),
 }
 
 /// Where a request body leaves the connection for the serving loop.

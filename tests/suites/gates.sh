@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The workspace gates: formatting, clippy with warnings as errors, cargo-deny (licenses, advisories, bans,
+# sources; deny.toml), and every fuzz target of the sidecar and the authorization server for a bounded time
+# (MCP_AUTHZ_FUZZ_SECONDS each, 20 by default). Needs tests/setup/60-rust-gates.sh (tests/run-all sources it).
+#
+# Offline: cargo-deny's advisories check needs its advisory database (a git clone of RustSec's repository);
+# CI's machines reach no git host, so when no copy is there the advisories check
+# is skipped and says so (a copy placed in $CARGO_HOME/advisory-dbs is used, never updated). Licenses, bans and sources need only Cargo.lock and the registry's crate metadata.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export MCP_AUTHZ_CACHE="${MCP_AUTHZ_CACHE:-$HOME/.cache/mcp-authz}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MCP_AUTHZ_CACHE/target}"
+fuzz_seconds="${MCP_AUTHZ_FUZZ_SECONDS:-20}"
+passed=0 failed=0
+gate() { # name command...
+  local name="$1" start=$SECONDS
+  shift
+  echo "-- gate: $name"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "-- gate: $name passed ($((SECONDS - start)) s)"
+  else
+    failed=$((failed + 1))
+    echo "-- gate: $name FAILED ($((SECONDS - start)) s)"
+  fi
+}
+
+gate "cargo fmt --check" cargo fmt --all --check
+gate "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+advisory_db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+if [ -d "$advisory_db" ] && [ -n "$(ls -A "$advisory_db" 2>/dev/null)" ]; then
+  gate "cargo deny (all checks)" cargo deny --workspace --locked --offline check
+else
+  echo "-- gate: cargo deny advisories skipped: no advisory database in $advisory_db (it cannot be fetched offline)"
+  gate "cargo deny (licenses, bans, sources)" cargo deny --workspace --locked --offline check licenses bans sources
+fi
+
+# Fuzzing: a nightly build with sanitizers in its own target directory.
+fuzz() { # crate-dir target
+  local log seeds=()
+  log="$(mktemp)"
+  # A target's committed seeds (fuzz/seeds/<target>) start it past the shallow inputs; new finds go to the
+  # git-ignored fuzz/corpus/<target>.
+  if [ -d "$1/fuzz/seeds/$2" ]; then seeds=("corpus/$2" "seeds/$2"); mkdir -p "$1/fuzz/corpus/$2"; fi
+  if (cd "$1/fuzz" && CARGO_TARGET_DIR="$MCP_AUTHZ_CACHE/target-fuzz" cargo +nightly fuzz run "$2" "${seeds[@]}" -O -- \
+    -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
+    grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done)" "$log" || true
+    rm -f "$log"
+  else
+    tail -60 "$log"
+    rm -f "$log"
+    return 1
+  fi
+}
+for dir in sidecar authserver; do
+  for target in $(cd "$dir/fuzz" && cargo +nightly fuzz list); do
+    gate "fuzz $dir/$target (${fuzz_seconds} s)" fuzz "$dir" "$target"
+  done
+done
+
+echo "gates: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

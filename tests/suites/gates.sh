@@ -31,10 +31,15 @@ gate "cargo fmt --check" cargo fmt --all --check
 gate "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
 advisory_db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
-if [ -d "$advisory_db" ] && [ -n "$(ls -A "$advisory_db" 2>/dev/null)" ]; then
+# A usable copy is a clone with a commit: an attempt to fetch that failed leaves an empty one behind.
+usable_db=no
+for d in "$advisory_db"/*/; do
+  if [ -d "$d" ] && git -C "$d" rev-parse --verify -q HEAD >/dev/null 2>&1; then usable_db=yes; fi
+done
+if [ "$usable_db" = yes ]; then
   gate "cargo deny (all checks)" cargo deny --workspace --locked --offline check
 else
-  echo "-- gate: cargo deny advisories skipped: no advisory database in $advisory_db (it cannot be fetched offline)"
+  echo "-- gate: cargo deny advisories skipped: no usable advisory database in $advisory_db (it cannot be fetched offline)"
   gate "cargo deny (licenses, bans, sources)" cargo deny --workspace --locked --offline check licenses bans sources
 fi
 

@@ -100,6 +100,34 @@ fn entries(config: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The operator, running under the chart's rules for the `platform` namespace, and an AuthorizationServer `auth`
+/// there that admits namespaces labelled as tenants.
+async fn operator_and_server(
+    cluster: &ControlPlane,
+    admin: &kube::Client,
+    platform: &str,
+    identity: &str,
+) -> mcp_authz_operator::runtime::Running {
+    let configuration = format!("mcp-authz-webhook-{platform}");
+    let operator =
+        operator_support::operator_client(cluster, platform, "mcp-authz-operator", &configuration)
+            .await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(platform, identity, &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts");
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(platform);
+    server["spec"]["allowedNamespaces"] =
+        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
+    operator_support::create(admin, platform, &server)
+        .await
+        .expect("AuthorizationServer");
+    running
+}
+
 #[tokio::test]
 async fn a_tenant_cannot_take_another_tenants_ground() {
     let cluster = ControlPlane::shared();
@@ -112,25 +140,7 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     let outside_ns = cluster.new_namespace("outside").await.expect("namespace");
     label_tenant(&admin, &victim_ns, Some("enabled")).await;
     label_tenant(&admin, &newcomer_ns, Some("enabled")).await;
-
-    let configuration = format!("mcp-authz-webhook-{platform}");
-    let operator =
-        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
-            .await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&platform, "op-tenancy", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
-
-    let mut server = cases::authorization_server();
-    server["metadata"]["namespace"] = json!(platform);
-    server["spec"]["allowedNamespaces"] =
-        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
-    operator_support::create(&admin, &platform, &server)
-        .await
-        .expect("AuthorizationServer");
+    let running = operator_and_server(cluster, &admin, &platform, "op-tenancy").await;
     operator_support::create(
         &admin,
         &platform,
@@ -469,24 +479,7 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
     let team_ns = cluster.new_namespace("team").await.expect("namespace");
     let squatter_ns = cluster.new_namespace("squat").await.expect("namespace");
     label_tenant(&admin, &team_ns, Some("enabled")).await;
-
-    let configuration = format!("mcp-authz-webhook-{platform}");
-    let operator =
-        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
-            .await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&platform, "op-squat", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
-    let mut server = cases::authorization_server();
-    server["metadata"]["namespace"] = json!(platform);
-    server["spec"]["allowedNamespaces"] =
-        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
-    operator_support::create(&admin, &platform, &server)
-        .await
-        .expect("AuthorizationServer");
+    let running = operator_and_server(cluster, &admin, &platform, "op-squat").await;
 
     // First, and from a namespace the server does not admit.
     operator_support::create(

@@ -35,15 +35,7 @@ async fn metadata_advertises_exactly_what_is_served() {
         assert!(m.get("registration_endpoint").is_none());
     }
     let s = TestServer::start_with(|c| c.cimd.enabled = false).await;
-    let m: serde_json::Value = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: serde_json::Value = s.metadata().await;
     assert_eq!(m["client_id_metadata_document_supported"], false);
 }
 
@@ -470,15 +462,7 @@ async fn grants_and_keys_survive_a_restart_and_config_changes_reload() {
     let mut seen = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let m: serde_json::Value = s
-            .http
-            .get(s.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: serde_json::Value = s.metadata().await;
         if m["scopes_supported"]
             .as_array()
             .unwrap()
@@ -491,28 +475,12 @@ async fn grants_and_keys_survive_a_restart_and_config_changes_reload() {
     assert!(seen, "the reloaded scope never appeared");
     std::fs::write(&s.config_path, "{ \"issuer\": 1 }").unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let m: serde_json::Value = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: serde_json::Value = s.metadata().await;
     assert_eq!(
         m["issuer"], s.base,
         "a broken file leaves the running config in force"
     );
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("mcp_authz_authserver_config_reloads_total{outcome=\"ok\"} 1"),
         "{metrics}"
@@ -622,15 +590,7 @@ async fn a_refused_reload_is_tried_again_until_what_it_names_appears() {
         });
     std::fs::write(&s.config_path, serde_json::to_string(&config).unwrap()).unwrap();
     let scopes = || async {
-        let m: serde_json::Value = s
-            .http
-            .get(s.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: serde_json::Value = s.metadata().await;
         m["scopes_supported"].as_array().unwrap().clone()
     };
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
@@ -647,14 +607,6 @@ async fn a_refused_reload_is_tried_again_until_what_it_names_appears() {
             break;
         }
     }
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(seen, "the refused reload was never tried again: {metrics}");
 }

@@ -201,6 +201,30 @@ impl TestServer {
         self.admin = format!("http://{}", self.running.as_ref().unwrap().admin_addr);
     }
 
+    /// The authorization server metadata document (RFC 8414).
+    pub async fn metadata(&self) -> Value {
+        self.http
+            .get(self.url("/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The admin port's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,4 +1,4 @@
-//! The command line: `mcp-authz operator | crds | render | local`.
+//! The command line: `mcp-authz operator | crds | render | local | explain | test`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +49,72 @@ pub enum Command {
         #[arg(long, env = "MCP_AUTHZ_SIDECAR_IMAGE")]
         sidecar_image: Option<String>,
     },
+    /// Explain what the sidecar would decide about one request and one token, from the manifests in a
+    /// directory (with the sidecar's own decision code; nothing is contacted).
+    Explain(Box<ExplainArgs>),
+    /// Run a table of expected decisions (requests and client documents) against the manifests in a directory.
+    /// Exit status 0 when every case passes, 1 when one fails, 2 when the manifests or cases cannot be read.
+    Test {
+        /// Directory of YAML manifests.
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+        /// Namespace of manifests that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Print every case's explanation, not only the failing ones'.
+        #[arg(short, long)]
+        verbose: bool,
+        /// The case file (YAML).
+        cases: PathBuf,
+    },
+}
+
+/// Arguments of `mcp-authz explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Directory of YAML manifests.
+    #[arg(short = 'f', long = "filename")]
+    pub dir: PathBuf,
+    /// Namespace of manifests that name none.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// The MCPService (`name` or `namespace/name`).
+    #[arg(long)]
+    pub service: String,
+    /// The token's scopes, separated by spaces.
+    #[arg(long, default_value = "")]
+    pub scopes: String,
+    /// A real token: its scopes, subject and client are read from its claims, which are held to the service's
+    /// issuer, audience and expiry. Its signature is NOT checked.
+    #[arg(long, conflicts_with = "scopes")]
+    pub token: Option<String>,
+    /// The token's client_id (forwarded upstream).
+    #[arg(long)]
+    pub client: Option<String>,
+    /// The token's subject (forwarded upstream).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Assume introspection answers that the token was revoked.
+    #[arg(long)]
+    pub revoked: bool,
+    /// The JSON-RPC method, instead of a request file.
+    #[arg(long, conflicts_with = "request")]
+    pub method: Option<String>,
+    /// The tool, prompt or resource URI the method names.
+    #[arg(long, requires = "method")]
+    pub name: Option<String>,
+    /// Send the call with the per-request envelope of this revision (`2026-07-28`).
+    #[arg(long, requires = "method")]
+    pub protocol_version: Option<String>,
+    /// A header field sent with the request file, `Name: value` (repeatable).
+    #[arg(long = "header", requires = "request")]
+    pub headers: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// A file holding the JSON-RPC body of the request.
+    #[arg(required_unless_present = "method")]
+    pub request: Option<PathBuf>,
 }
 
 /// Runs one subcommand.
@@ -60,6 +126,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crds { out_dir } => write_crds(out_dir),
         Command::Local(args) => Ok(crate::local::run(args).await?),
+        Command::Explain(args) => explain(*args),
+        Command::Test {
+            dir,
+            namespace,
+            verbose,
+            cases,
+        } => test(&dir, &namespace, verbose, &cases),
         Command::Render {
             dir,
             namespace,
@@ -88,6 +161,109 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    use crate::policy::explain::{Probe, Token, explain};
+    let set = crate::manifests::load_dirs(std::slice::from_ref(&args.dir), &args.namespace)?;
+    let view = crate::policy::world::service_view(&set, &args.service)?;
+    let probe = match (&args.method, &args.request) {
+        (Some(method), _) => Probe::call(
+            method,
+            args.name.as_deref(),
+            args.protocol_version.as_deref(),
+        ),
+        (None, Some(path)) => {
+            let body = read_limited(path, 1024 * 1024)?;
+            let mut headers = http::HeaderMap::new();
+            for line in &args.headers {
+                let (name, value) = line
+                    .split_once(':')
+                    .with_context(|| format!("--header {line:?} is not `Name: value`"))?;
+                headers.append(
+                    http::HeaderName::from_bytes(name.trim().as_bytes())
+                        .with_context(|| format!("--header {line:?}: bad name"))?,
+                    http::HeaderValue::from_str(value.trim())
+                        .with_context(|| format!("--header {line:?}: bad value"))?,
+                );
+            }
+            Probe::from_body(body.into(), headers)
+        }
+        (None, None) => anyhow::bail!("give a request file or --method"),
+    };
+    let mut token = Token {
+        scopes: args.scopes.split_whitespace().map(String::from).collect(),
+        client_id: args.client.clone(),
+        subject: args.subject.clone(),
+        active: !args.revoked,
+        refused: None,
+    };
+    if let Some(jwt) = &args.token {
+        eprintln!("note: the token's claims were checked, its signature was not");
+        token = token.with_claims_of(&view, jwt, crate::policy::cases::now());
+    }
+    let explanation = explain(&view, &token, &probe);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{explanation}");
+    }
+    Ok(())
+}
+
+fn test(
+    dir: &std::path::Path,
+    namespace: &str,
+    verbose: bool,
+    cases: &std::path::Path,
+) -> anyhow::Result<()> {
+    let run = || -> anyhow::Result<Vec<crate::policy::cases::CaseResult>> {
+        let set = crate::manifests::load_dirs(&[dir.to_path_buf()], namespace)?;
+        let file = crate::policy::cases::read(cases)?;
+        Ok(crate::policy::cases::run(
+            &set,
+            &file,
+            &cases.display().to_string(),
+        )?)
+    };
+    let results = match run() {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    let mut out = String::new();
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
+    for result in &results {
+        match &result.failure {
+            None => out.push_str(&format!("ok    {}\n", result.name)),
+            Some(why) => out.push_str(&format!("FAIL  {}: {why}\n", result.name)),
+        }
+        if result.failure.is_some() || verbose {
+            for line in result.detail.lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
+    }
+    out.push_str(&format!("{} cases, {failed} failed\n", results.len()));
+    std::io::stdout().write_all(out.as_bytes())?;
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn read_limited(path: &std::path::Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= limit,
+        "{}: {size} bytes; at most {limit}",
+        path.display()
+    );
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

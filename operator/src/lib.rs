@@ -12,7 +12,8 @@
 //! `reconcile` applies them (server-side apply, lease holder only), `admission` patches pods.
 //! `tenancy` decides who holds a resource URL or a scope value and which namespaces a server admits.
 //! `keys` and `certs` keep the signing keys and the webhook certificate; `lease` elects the writer;
-//! `runtime` wires it all for `mcp-authz operator`.
+//! `runtime` wires it all for `mcp-authz operator`; `policy` explains and tests decisions offline
+//! (`mcp-authz explain`, `mcp-authz test`).
 
 pub mod admission;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod local;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
+pub mod policy;
 pub mod reconcile;
 pub mod render;
 pub mod runtime;

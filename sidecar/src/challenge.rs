@@ -49,6 +49,16 @@ pub struct ChallengeContext {
     pub basic_scopes: Vec<String>,
 }
 
+impl ChallengeContext {
+    /// The context of a config: its metadata URL and its basic scopes.
+    pub fn from_config(config: &crate::config::SidecarConfig) -> Self {
+        Self {
+            resource_metadata: crate::metadata::ResourceMetadata::from_config(config).url,
+            basic_scopes: config.scopes_supported.clone(),
+        }
+    }
+}
+
 fn quoted(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');

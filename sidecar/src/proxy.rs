@@ -109,10 +109,7 @@ impl Runtime {
             header(&config.identity_headers.scopes)?,
         ];
         let metadata = ResourceMetadata::from_config(&config);
-        let challenge = ChallengeContext {
-            resource_metadata: metadata.url.clone(),
-            basic_scopes: config.scopes_supported.clone(),
-        };
+        let challenge = ChallengeContext::from_config(&config);
         Ok(Self {
             policy: Arc::new(Policy::from_config(&config)),
             token_rules: TokenRules::from_config(&config),

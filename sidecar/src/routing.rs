@@ -200,6 +200,43 @@ pub fn check(headers: &HeaderMap, document: &Value) -> Result<Era, RoutingError>
     Ok(if modern { Era::Modern } else { Era::Legacy })
 }
 
+/// The routing headers a conforming 2026-07-28 client sends with `document` (a single request carrying the
+/// envelope): the protocol version, the method and, where the method names something, the name, Base64-encoded
+/// when it is not plain visible ASCII. Empty for a handshake-era body or a batch, which need none.
+/// `Mcp-Param-*` headers need the tool's schema and are not derived.
+pub fn conforming_headers(document: &Value) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let Some(version) = envelope_version(document).and_then(Value::as_str) else {
+        return headers;
+    };
+    let text = |value: &str| {
+        let plain = value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+            && !value.starts_with("=?base64?")
+            && value.trim() == value;
+        let encoded = if plain {
+            value.to_owned()
+        } else {
+            let payload = base64::engine::general_purpose::STANDARD.encode(value);
+            format!("=?base64?{payload}?=")
+        };
+        http::HeaderValue::from_str(&encoded).ok()
+    };
+    let method = document.get("method").and_then(Value::as_str);
+    let name = method
+        .and_then(named_param)
+        .and_then(|field| document.get("params")?.get(field)?.as_str());
+    for (header, value) in [
+        (PROTOCOL_VERSION, Some(version)),
+        (METHOD, method),
+        (NAME, name),
+    ] {
+        if let Some(value) = value.and_then(text) {
+            headers.insert(http::HeaderName::from_static(header), value);
+        }
+    }
+    headers
+}
+
 /// The routing headers, refusing a repeated one (first-copy and last-copy readers would disagree) and any
 /// value outside visible ASCII, space and tab (RFC 9110 field values; other text travels Base64-encoded).
 fn mirrored(headers: &HeaderMap) -> Result<Mirrored<'_>, RoutingError> {
@@ -345,6 +382,73 @@ mod tests {
 
     fn mismatch(message: &'static str) -> Result<Era, RoutingError> {
         Err(RoutingError::Mismatch(message))
+    }
+
+    #[test]
+    fn conforming_headers_pass_the_check() {
+        type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                "a tool call",
+                call("get_weather", json!({})),
+                vec![
+                    ("mcp-protocol-version", V),
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "get_weather"),
+                ],
+            ),
+            (
+                "a name outside ASCII travels Base64",
+                call("météo", json!({})),
+                vec![
+                    ("mcp-protocol-version", V),
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "=?base64?bcOpdMOpbw==?="),
+                ],
+            ),
+            (
+                "a name that looks encoded is encoded",
+                call("=?base64?x?=", json!({})),
+                vec![
+                    ("mcp-protocol-version", V),
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "=?base64?PT9iYXNlNjQ/eD89?="),
+                ],
+            ),
+            (
+                "a resource read names its uri",
+                modern("resources/read", json!({"uri":"file:///a b"})),
+                vec![
+                    ("mcp-protocol-version", V),
+                    ("mcp-method", "resources/read"),
+                    ("mcp-name", "file:///a b"),
+                ],
+            ),
+            (
+                "a list names nothing",
+                modern("tools/list", json!({})),
+                vec![("mcp-protocol-version", V), ("mcp-method", "tools/list")],
+            ),
+            (
+                "a 2025 body needs none",
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}),
+                vec![],
+            ),
+        ];
+        for (what, body, expected) in cases {
+            let got = conforming_headers(&body);
+            let got: Vec<(&str, &str)> = got
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                .collect();
+            assert_eq!(got, expected, "{what}");
+            let era = if expected.is_empty() {
+                Era::Legacy
+            } else {
+                Era::Modern
+            };
+            assert_eq!(check(&conforming_headers(&body), &body), Ok(era), "{what}");
+        }
     }
 
     #[test]

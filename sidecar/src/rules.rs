@@ -45,6 +45,35 @@ pub enum Decision {
     Forbidden,
 }
 
+/// What decides one operation (`mcp-authz explain` names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement<'a> {
+    /// The first rule of the config matching the operation, by its position.
+    Rule {
+        /// Position in the config's `rules`.
+        index: usize,
+        /// The rule.
+        rule: &'a ScopeRule,
+    },
+    /// A method open to any valid token (`openMethods`, the protocol's own housekeeping).
+    OpenMethod(&'a str),
+    /// No rule matched: the config's default.
+    Unmatched(&'a UnmatchedPolicy),
+}
+
+impl<'a> Requirement<'a> {
+    /// The scopes it needs, all of them, or `None` when no token may perform the operation.
+    pub fn scopes(self) -> Option<&'a [String]> {
+        match self {
+            Self::Rule { rule, .. } => Some(&rule.scopes),
+            Self::OpenMethod(_) => Some(&[]),
+            Self::Unmatched(UnmatchedPolicy::Deny) => None,
+            Self::Unmatched(UnmatchedPolicy::Allow) => Some(&[]),
+            Self::Unmatched(UnmatchedPolicy::RequireScopes(scopes)) => Some(scopes),
+        }
+    }
+}
+
 /// The compiled rules of one config.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -66,25 +95,26 @@ impl Policy {
         }
     }
 
-    /// The scopes an operation needs, or `None` when it is forbidden to everyone.
-    pub fn required_scopes(&self, op: &Operation) -> Option<&[String]> {
+    /// What decides an operation: the first rule matching it, else an open method, else the default.
+    pub fn requirement(&self, op: &Operation) -> Requirement<'_> {
         let name = op.name.as_deref();
-        if let Some(rule) = self.rules.iter().find(|r| {
+        if let Some((index, rule)) = self.rules.iter().enumerate().find(|(_, r)| {
             glob_match(&r.method, &op.method)
                 && r.name
                     .as_deref()
                     .is_none_or(|pattern| name.is_some_and(|n| glob_match(pattern, n)))
         }) {
-            return Some(&rule.scopes);
+            return Requirement::Rule { index, rule };
         }
-        if self.open_methods.iter().any(|m| glob_match(m, &op.method)) {
-            return Some(&[]);
+        if let Some(pattern) = self.open_methods.iter().find(|m| glob_match(m, &op.method)) {
+            return Requirement::OpenMethod(pattern);
         }
-        match &self.unmatched {
-            UnmatchedPolicy::Deny => None,
-            UnmatchedPolicy::Allow => Some(&[]),
-            UnmatchedPolicy::RequireScopes(scopes) => Some(scopes),
-        }
+        Requirement::Unmatched(&self.unmatched)
+    }
+
+    /// The scopes an operation needs, or `None` when it is forbidden to everyone.
+    pub fn required_scopes(&self, op: &Operation) -> Option<&[String]> {
+        self.requirement(op).scopes()
     }
 
     /// Expands granted scopes through the hierarchy.
@@ -191,6 +221,83 @@ mod tests {
              jwksUri: https://i.example/jwks\n{yaml_tail}"
         );
         Policy::from_config(&SidecarConfig::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn the_requirement_names_what_decided() {
+        let p = policy(
+            "rules:\n- {method: tools/call, name: 'get_*', scopes: [read]}\n\
+             - {method: 'tools/*', scopes: [admin]}\nunmatched: {requireScopes: [root]}\n",
+        );
+        let deny = policy("rules: []\n");
+        let root = UnmatchedPolicy::RequireScopes(vec!["root".into()]);
+        type Case<'a> = (
+            &'a str,
+            &'a Policy,
+            Operation,
+            Option<usize>,
+            Option<Vec<&'a str>>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "first rule",
+                &p,
+                Operation::named("tools/call", "get_x"),
+                Some(0),
+                Some(vec!["read"]),
+            ),
+            (
+                "second rule, any name",
+                &p,
+                Operation::named("tools/call", "rm"),
+                Some(1),
+                Some(vec!["admin"]),
+            ),
+            (
+                "no name matches a named rule",
+                &p,
+                Operation::method("tools/list"),
+                Some(1),
+                Some(vec!["admin"]),
+            ),
+            (
+                "the default",
+                &p,
+                Operation::method("custom/op"),
+                None,
+                Some(vec!["root"]),
+            ),
+            (
+                "deny by default",
+                &deny,
+                Operation::method("custom/op"),
+                None,
+                None,
+            ),
+        ];
+        for (what, policy, op, index, scopes) in cases {
+            let requirement = policy.requirement(&op);
+            let got_index = match requirement {
+                Requirement::Rule { index, .. } => Some(index),
+                _ => None,
+            };
+            assert_eq!(got_index, index, "{what}");
+            let scopes: Option<Vec<String>> =
+                scopes.map(|s| s.iter().map(|x| x.to_string()).collect());
+            assert_eq!(
+                requirement.scopes().map(<[String]>::to_vec),
+                scopes,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            p.requirement(&Operation::method("custom/op")),
+            Requirement::Unmatched(&root)
+        );
+        assert_eq!(
+            p.requirement(&Operation::method("ping")),
+            Requirement::OpenMethod("ping")
+        );
     }
 
     #[test]

@@ -264,6 +264,27 @@ pub fn verify(
     check_claims(claims, rules, now)
 }
 
+/// The claims of `token` checked exactly as [`verify`] checks them, with no key and no signature check: for
+/// `mcp-authz explain --token`, which tells what a token would be allowed, never for letting a request in.
+pub fn claims_without_signature(
+    token: &str,
+    rules: &TokenRules,
+    now: u64,
+) -> Result<Identity, TokenError> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
+    let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| TokenError::Claim("claims"))?;
+    check_claims(claims, rules, now)
+}
+
 fn check_claims(claims: Claims, rules: &TokenRules, now: u64) -> Result<Identity, TokenError> {
     if claims.iss.as_deref() != Some(rules.issuer.as_str()) {
         return Err(if claims.iss.is_none() {
@@ -323,6 +344,53 @@ pub(crate) mod tests {
     use serde_json::json;
 
     const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn claims_without_signature_hold_the_same_claims_to_the_same_rules() {
+        let key = TestKey::es256("k1");
+        let stranger = TestKey::es256("k2");
+        let mut other_audience = claims_for(NOW);
+        other_audience["aud"] = json!("https://other.example/mcp");
+        let cases: Vec<(&str, String, Result<(), TokenError>)> = vec![
+            ("our key", key.sign(&claims_for(NOW)), Ok(())),
+            (
+                "a stranger's key: not looked at",
+                stranger.sign(&claims_for(NOW)),
+                Ok(()),
+            ),
+            (
+                "expired",
+                key.sign(&claims_for(NOW - 7200)),
+                Err(TokenError::Expired),
+            ),
+            (
+                "another audience",
+                key.sign(&other_audience),
+                Err(TokenError::Audience),
+            ),
+            ("two parts", "a.b".to_owned(), Err(TokenError::Malformed)),
+            (
+                "payload not base64url",
+                "a.b+c.d".to_owned(),
+                Err(TokenError::Malformed),
+            ),
+            (
+                "payload not claims",
+                "a.WzFd.d".to_owned(),
+                Err(TokenError::Claim("claims")),
+            ),
+        ];
+        for (what, token, expected) in cases {
+            let got = claims_without_signature(&token, &rules(), NOW).map(|_| ());
+            assert_eq!(got, expected, "{what}");
+        }
+        let identity =
+            claims_without_signature(&key.sign(&claims_for(NOW)), &rules(), NOW).unwrap();
+        assert_eq!(
+            identity,
+            verify(&key.sign(&claims_for(NOW)), &key.key_set(), &rules(), NOW).unwrap()
+        );
+    }
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -36,5 +36,5 @@ pub use document::{
 };
 pub use error::{CimdError, DocumentRule, PolicyRule, RedirectProblem, UrlRule};
 pub use policy::{CompiledPolicy, admit};
-pub use resolver::{BASELINE_POLICY, Resolver, ResolverStats};
+pub use resolver::{Admission, BASELINE_POLICY, Resolver, ResolverStats};
 pub use url_check::{MAX_URL_LEN, UrlAllowances, check_url, is_url_client_id};

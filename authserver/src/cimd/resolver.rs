@@ -25,6 +25,81 @@ use super::url_check::{UrlAllowances, check_url};
 /// The name the baseline policy carries in errors and audit records.
 pub const BASELINE_POLICY: &str = "baseline";
 
+/// The admission decisions that need no network: the client_id's shape and the policies' rules on it, then the
+/// policies' rules on a document. The resolver runs them around its fetch; `mcp-authz test` runs them on a
+/// document given inline, so a policy test and the running server decide alike.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    enabled: bool,
+    allow_http: bool,
+    baseline: CompiledPolicy,
+    policies: HashMap<String, CompiledPolicy>,
+    addresses: AddressPolicy,
+}
+
+impl Admission {
+    /// Compiles the baseline and every named policy of `config`.
+    pub fn new(config: &CimdConfig) -> Result<Self, CimdError> {
+        let baseline = CompiledPolicy::compile(BASELINE_POLICY, &config.baseline)?;
+        let policies = config
+            .policies
+            .iter()
+            .map(|(name, p)| CompiledPolicy::compile(name, p).map(|c| (name.clone(), c)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let addresses =
+            AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
+        Ok(Self {
+            enabled: config.enabled,
+            allow_http: config.allow_http_for_development,
+            baseline,
+            policies,
+            addresses,
+        })
+    }
+
+    /// What is decided before anything is fetched: the URL's shape, then each policy's deny list and patterns.
+    /// Answers the URL and the policies (baseline first) the document must then pass.
+    pub fn gate(
+        &self,
+        client_id: &str,
+        policy_name: Option<&str>,
+    ) -> Result<(Url, Vec<&CompiledPolicy>), CimdError> {
+        if !self.enabled {
+            return Err(CimdError::Disabled);
+        }
+        let mut policies = vec![&self.baseline];
+        if let Some(name) = policy_name {
+            policies.push(
+                self.policies
+                    .get(name)
+                    .ok_or_else(|| CimdError::UnknownPolicy(name.to_owned()))?,
+            );
+        }
+        let allow = UrlAllowances {
+            query: policies.iter().all(|p| p.policy.allow_query_in_client_id),
+            http: self.allow_http,
+        };
+        let url = check_url(client_id, "client_id", allow, &self.addresses)?;
+        for policy in &policies {
+            policy.admit_client_id(&url)?;
+        }
+        Ok((url, policies))
+    }
+
+    /// The whole decision on a document already in hand (`body`, as it would have been fetched from
+    /// `client_id`): [`Admission::gate`], the policy-independent document rules, then the policies.
+    pub fn admit_document(
+        &self,
+        client_id: &str,
+        policy_name: Option<&str>,
+        body: &[u8],
+    ) -> Result<ClientDocument, CimdError> {
+        let (url, policies) = self.gate(client_id, policy_name)?;
+        let doc = check_document(url.as_str(), body, self.allow_http, &self.addresses)?;
+        admit(&doc, &policies)
+    }
+}
+
 type Flight = Shared<BoxFuture<'static, Result<Arc<CheckedDocument>, CimdError>>>;
 type JwksFlight = Shared<BoxFuture<'static, Result<Arc<Value>, CimdError>>>;
 
@@ -36,8 +111,7 @@ pub struct Resolver {
 
 struct Inner {
     config: CimdConfig,
-    baseline: CompiledPolicy,
-    policies: HashMap<String, CompiledPolicy>,
+    admission: Admission,
     fetcher: Fetcher,
     addresses: AddressPolicy,
     cache: TtlCache<CheckedDocument>,
@@ -84,12 +158,7 @@ impl Resolver {
 
     /// A resolver with injected name resolution (tests, air-gapped directories).
     pub fn with_dns(config: CimdConfig, dns: Arc<dyn HostResolver>) -> Result<Self, CimdError> {
-        let baseline = CompiledPolicy::compile(BASELINE_POLICY, &config.baseline)?;
-        let policies = config
-            .policies
-            .iter()
-            .map(|(name, p)| CompiledPolicy::compile(name, p).map(|c| (name.clone(), c)))
-            .collect::<Result<HashMap<_, _>, _>>()?;
+        let admission = Admission::new(&config)?;
         let limits = &config.fetch;
         if limits.cache_min_ttl_secs > limits.cache_max_ttl_secs {
             return Err(CimdError::Config(
@@ -105,8 +174,7 @@ impl Resolver {
                 "fetch limits (maxDocumentBytes, connectTimeoutMs, totalTimeoutMs, maxConcurrentFetches) must be positive".to_owned(),
             ));
         }
-        let addresses =
-            AddressPolicy::new(&config.allowed_private_cidrs).map_err(CimdError::Config)?;
+        let addresses = admission.addresses.clone();
         let fetcher = Fetcher::new(&config, addresses.clone(), dns)?;
         let cache = TtlCache::new(limits.cache_capacity);
         let jwks_cache = TtlCache::new(limits.cache_capacity);
@@ -115,8 +183,7 @@ impl Resolver {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                baseline,
-                policies,
+                admission,
                 fetcher,
                 addresses,
                 cache,
@@ -155,27 +222,7 @@ impl Resolver {
         client_id: &str,
         policy_name: Option<&str>,
     ) -> Result<ClientDocument, CimdError> {
-        let inner = &self.inner;
-        if !inner.config.enabled {
-            return Err(CimdError::Disabled);
-        }
-        let mut policies = vec![&inner.baseline];
-        if let Some(name) = policy_name {
-            policies.push(
-                inner
-                    .policies
-                    .get(name)
-                    .ok_or_else(|| CimdError::UnknownPolicy(name.to_owned()))?,
-            );
-        }
-        let allow = UrlAllowances {
-            query: policies.iter().all(|p| p.policy.allow_query_in_client_id),
-            http: inner.config.allow_http_for_development,
-        };
-        let url = check_url(client_id, "client_id", allow, &inner.addresses)?;
-        for policy in &policies {
-            policy.admit_client_id(&url)?;
-        }
+        let (url, policies) = self.inner.admission.gate(client_id, policy_name)?;
         let doc = self.checked_document(url).await?;
         admit(&doc, &policies)
     }

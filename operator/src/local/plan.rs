@@ -151,54 +151,7 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     let scopes: Vec<_> = set.scopes.iter().map(|s| s.object.clone()).collect();
     let policies: Vec<CIMDPolicy> = set.policies.iter().map(|p| p.object.clone()).collect();
     for service in &set.services {
-        if !render::names_server(&service.object, &server.object) {
-            let reference = &service.object.spec.authorization_server_ref;
-            return Err(invalid(
-                &service.origin,
-                "spec.authorizationServerRef",
-                format!(
-                    "names AuthorizationServer {}{}, but the manifests hold only {}",
-                    reference
-                        .namespace
-                        .as_deref()
-                        .map(|n| format!("{n}/"))
-                        .unwrap_or_default(),
-                    reference.name,
-                    key_of(&server.object)
-                ),
-            ));
-        }
-        let namespace = service.object.namespace().unwrap_or_default();
-        if !crate::tenancy::admits(&server.object, &namespace, &Default::default()) {
-            return Err(invalid(
-                &service.origin,
-                "metadata.namespace",
-                format!(
-                    "AuthorizationServer {} does not admit services from namespace {namespace} (allowedNamespaces {})",
-                    key_of(&server.object),
-                    server.object.spec.allowed_namespaces.describe()
-                ),
-            ));
-        }
-        let missing = render::missing_scopes(
-            &service.object,
-            &server.object.namespace().unwrap_or_default(),
-            &scopes,
-        );
-        if !missing.is_empty() {
-            return Err(invalid(
-                &service.origin,
-                "spec.scopes",
-                format!("no MCPScope defines {}", missing.join(", ")),
-            ));
-        }
-        if let Some(Err(name)) = render::service_policy(&service.object, &policies) {
-            return Err(invalid(
-                &service.origin,
-                "spec.cimdPolicyRef",
-                format!("no CIMDPolicy {name} in the manifests"),
-            ));
-        }
+        check_service(set, server, service)?;
     }
     let inputs = Inputs {
         server: &server.object,
@@ -344,6 +297,72 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         services: local_services,
         files: state_files,
     })
+}
+
+/// The references of `service` that rendering it at `server` needs, each refusal naming the service's file and
+/// field: it names that server, the server admits its namespace, the MCPScopes it offers are defined where it may
+/// use them, and the CIMDPolicy it names exists. `mcp-authz explain` and `test` check a service the same way.
+pub fn check_service(
+    set: &ManifestSet,
+    server: &Loaded<AuthorizationServer>,
+    service: &Loaded<MCPService>,
+) -> Result<(), PlanError> {
+    let invalid = |origin: &Origin, field: &str, message: String| PlanError::Invalid {
+        origin: origin.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    let scopes = set.scope_objects();
+    let policies = set.policy_objects();
+    if !render::names_server(&service.object, &server.object) {
+        let reference = &service.object.spec.authorization_server_ref;
+        return Err(invalid(
+            &service.origin,
+            "spec.authorizationServerRef",
+            format!(
+                "names AuthorizationServer {}{}, but the manifests hold only {}",
+                reference
+                    .namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                reference.name,
+                key_of(&server.object)
+            ),
+        ));
+    }
+    let namespace = service.object.namespace().unwrap_or_default();
+    if !crate::tenancy::admits(&server.object, &namespace, &Default::default()) {
+        return Err(invalid(
+            &service.origin,
+            "metadata.namespace",
+            format!(
+                "AuthorizationServer {} does not admit services from namespace {namespace} (allowedNamespaces {})",
+                key_of(&server.object),
+                server.object.spec.allowed_namespaces.describe()
+            ),
+        ));
+    }
+    let missing = render::missing_scopes(
+        &service.object,
+        &server.object.namespace().unwrap_or_default(),
+        &scopes,
+    );
+    if !missing.is_empty() {
+        return Err(invalid(
+            &service.origin,
+            "spec.scopes",
+            format!("no MCPScope defines {}", missing.join(", ")),
+        ));
+    }
+    if let Some(Err(name)) = render::service_policy(&service.object, &policies) {
+        return Err(invalid(
+            &service.origin,
+            "spec.cimdPolicyRef",
+            format!("no CIMDPolicy {name} in the manifests"),
+        ));
+    }
+    Ok(())
 }
 
 fn single_server(set: &ManifestSet) -> Result<&Loaded<AuthorizationServer>, PlanError> {

@@ -17,7 +17,7 @@ use mcp_authz_authserver::resource_servers;
 use mcp_authz_sidecar::config::{IntrospectionConfig, ScopeRule, SidecarConfig, UnmatchedPolicy};
 
 use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
-use crate::api::mcp_service::DefaultDecision;
+use crate::api::mcp_service::{AccessRule, DefaultDecision};
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
 use crate::naming;
 
@@ -70,25 +70,10 @@ pub fn sidecar_config(
                 .map(|s| (v.clone(), s.spec.implies.clone()))
         })
         .collect();
-    let mut rules = Vec::new();
-    for rule in &spec.rules {
-        for method in &rule.methods {
-            if rule.names.is_empty() {
-                rules.push(ScopeRule {
-                    method: method.clone(),
-                    name: None,
-                    scopes: rule.scopes.clone(),
-                });
-            }
-            for name in &rule.names {
-                rules.push(ScopeRule {
-                    method: method.clone(),
-                    name: Some(name.clone()),
-                    scopes: rule.scopes.clone(),
-                });
-            }
-        }
-    }
+    let rules = sidecar_rules(&spec.rules)
+        .into_iter()
+        .map(|(_, rule)| rule)
+        .collect();
     let port = |p: i32| u16::try_from(p).unwrap_or(0);
     let base = in_cluster_base(server);
     let jwks_uri = format!("{base}{JWKS_PATH}");
@@ -133,6 +118,35 @@ pub fn sidecar_config(
         )?);
     }
     Ok(config)
+}
+
+/// The sidecar's rules for an MCPService's `rules`, in order, each with the position of the `spec.rules` entry it
+/// came from: one sidecar rule per method and name, since a sidecar rule matches one method glob and one name glob.
+pub fn sidecar_rules(rules: &[AccessRule]) -> Vec<(usize, ScopeRule)> {
+    let mut out = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        for method in &rule.methods {
+            let names = rule.names.iter().map(|n| Some(n.clone()));
+            let names: Vec<Option<String>> = if rule.names.is_empty() {
+                vec![None]
+            } else {
+                names.collect()
+            };
+            for name in names {
+                let scopes = rule.scopes.clone();
+                let method = method.clone();
+                out.push((
+                    index,
+                    ScopeRule {
+                        method,
+                        name,
+                        scopes,
+                    },
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The introspection settings of a sidecar: it authenticates as the resource server of `resource` with the key

@@ -53,3 +53,65 @@ pub(crate) fn maybe_readable(stream: &TcpStream) -> bool {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     stream.poll_read_ready(&mut cx).is_ready()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    async fn wait_readable(stream: &TcpStream) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.readable())
+            .await
+            .expect("readable in time")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_drained_socket_is_known_empty_until_more_arrives_or_it_closes() {
+        let (near, mut far) = pair().await;
+        far.write_all(b"hello").await.unwrap();
+        wait_readable(&near).await;
+        let mut buf = BytesMut::new();
+        assert_eq!(read_buf(&near, &mut buf, 4096).unwrap(), 5);
+        assert_eq!(&buf[..], b"hello");
+        assert!(
+            buf.capacity() < 64,
+            "sized to what arrived: {}",
+            buf.capacity()
+        );
+        // The short read drained the socket: no read is needed to know there is nothing more.
+        assert!(!maybe_readable(&near));
+        far.write_all(b" world").await.unwrap();
+        wait_readable(&near).await;
+        assert!(maybe_readable(&near));
+        assert_eq!(read_buf(&near, &mut buf, 4096).unwrap(), 6);
+        assert_eq!(&buf[..], b"hello world");
+        assert!(!maybe_readable(&near));
+        // A close raises readiness too, and reads as 0.
+        drop(far);
+        wait_readable(&near).await;
+        assert!(maybe_readable(&near));
+        assert_eq!(read_buf(&near, &mut buf, 4096).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fills_its_room_leaves_the_socket_marked_readable() {
+        let (near, mut far) = pair().await;
+        far.write_all(b"0123456789").await.unwrap();
+        wait_readable(&near).await;
+        let mut buf = BytesMut::new();
+        // Four bytes asked for, ten waiting: the socket may hold more, so it stays marked.
+        assert_eq!(read_buf(&near, &mut buf, 4).unwrap(), 4);
+        assert!(maybe_readable(&near));
+        assert_eq!(read_buf(&near, &mut buf, 4096).unwrap(), 6);
+        assert_eq!(&buf[..], b"0123456789");
+        assert!(!maybe_readable(&near));
+    }
+}

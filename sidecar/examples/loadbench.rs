@@ -54,6 +54,23 @@ impl Drop for Killed {
     }
 }
 
+/// nginx's master, stopped with SIGTERM: it then stops its workers and waits for them. SIGKILL would leave
+/// the workers running, orphaned.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 async fn serve(
     handler: fn(Request<Incoming>, &str) -> Response<Body>,
     data: String,
@@ -274,7 +291,7 @@ fn start_nginx(
     nginx: &str,
     dir: &std::path::Path,
     upstream_port: u16,
-) -> anyhow::Result<(Killed, u16)> {
+) -> anyhow::Result<(Nginx, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -304,7 +321,7 @@ fn start_nginx(
         .stderr(Stdio::inherit())
         .spawn()
         .context("start nginx")?;
-    let child = Killed(child);
+    let child = Nginx(child);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok((child, port));
@@ -315,7 +332,7 @@ fn start_nginx(
 }
 
 /// The pid nginx runs as: taskset execs it, so the child's pid is nginx's master.
-fn nginx_pids(child: &Killed) -> Vec<u32> {
+fn nginx_pids(child: &Nginx) -> Vec<u32> {
     with_children(child.0.id())
 }
 

@@ -1,9 +1,20 @@
 //! Load benchmark of the whole proxy: the release `mcp-authz-sidecar` binary in front of a minimal upstream,
-//! measured with `oha` at a fixed request rate against the upstream directly and through the sidecar (rounds of
-//! one run each, alternating), then the sidecar's resident memory with many open SSE streams.
+//! measured with `oha` at a fixed request rate against the upstream directly, through a byte relay, through
+//! nginx as a plain reverse proxy (no auth) and through the sidecar (rounds of one run each, alternating), then
+//! each proxy's maximum throughput and CPU per request, then its resident memory with many open SSE streams.
 //!
 //! `cargo run --release -p mcp-authz-sidecar --features test-support --example loadbench -- \
 //!    <path to mcp-authz-sidecar> <path to oha> [seconds=15] [rate=1000] [streams=1000] [rounds=5]`
+//!
+//! `tests/bench/sidecar-vs-nginx.sh` runs it as issue 15 asks: each proxy pinned to one core, the load (and this
+//! harness with the upstream) on the other. Settings from the environment:
+//! - `LOADBENCH_NGINX=/usr/sbin/nginx`: nginx runs too (one worker, upstream keep-alive, `proxy_buffering off`
+//!   as SSE needs, its access log written to a file as it ships; `LOADBENCH_NGINX_ACCESS_LOG=off` turns it off);
+//! - `LOADBENCH_PROXY_CPUS=1`: each proxy is started under `taskset -c` with this CPU list;
+//! - `LOADBENCH_WRK=/usr/bin/wrk` and `LOADBENCH_MAX_SECONDS=10`: each round also drives each proxy as fast as
+//!   `wrk` can (64 connections) and reads its CPU time from `/proc`;
+//! - `LOADBENCH_PERF_SECONDS=N`: instead of the rounds, one unlimited run through the sidecar (or the proxy
+//!   named by `LOADBENCH_PERF_PROXY`), N seconds long, its pid printed first (for `perf record -p`).
 //!
 //! The sidecar runs as in production: log level `info`, so every `tools/call` writes its audit line, to a stdout
 //! that is a pipe drained by a thread of the harness (a container runtime's part). `LOADBENCH_RUST_LOG=warn`
@@ -39,6 +50,23 @@ struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx's master, stopped with SIGTERM: it then stops its workers and waits for them. SIGKILL would leave
+/// the workers running, orphaned.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
@@ -177,24 +205,32 @@ fn oha(
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// One round: the same load straight to the upstream, through the byte relay, and through the sidecar.
-struct Round {
-    load: f64,
-    direct: Value,
-    relayed: Value,
-    proxied: Value,
-    cpu_us_per_request: f64,
+/// User plus system CPU time of processes, in ticks.
+fn cpu_ticks(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) are counted from its closing parenthesis.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).context("utime")?.parse()?;
+        let stime: u64 = fields.get(12).context("stime")?.parse()?;
+        total += utime + stime;
+    }
+    Ok(total)
 }
 
-/// User plus system CPU time of a process, in ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) are counted from its closing parenthesis.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
+/// A process and its children (nginx's master and workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    pids
 }
 
 fn load_average() -> anyhow::Result<f64> {
@@ -223,6 +259,157 @@ fn micros(report: &Value, percentile: &str) -> f64 {
         * 1e6
 }
 
+fn ok(report: &Value) -> u64 {
+    report["statusCodeDistribution"]["200"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A proxy under test: where it listens and which processes' CPU time and memory are its own.
+#[derive(Clone)]
+struct Proxied {
+    name: &'static str,
+    port: u16,
+    pids: Vec<u32>,
+}
+
+/// `taskset -c <cpus> program` when the proxies are pinned, else `program`.
+fn pinned(program: &str) -> Command {
+    match std::env::var("LOADBENCH_PROXY_CPUS") {
+        Ok(cpus) if !cpus.is_empty() => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", &cpus, program]);
+            command
+        }
+        _ => Command::new(program),
+    }
+}
+
+/// nginx as a plain reverse proxy in front of the same upstream: one worker (one core, like the sidecar),
+/// upstream connections kept alive, responses not buffered (what SSE needs), the access log on as shipped.
+fn start_nginx(
+    nginx: &str,
+    dir: &std::path::Path,
+    upstream_port: u16,
+) -> anyhow::Result<(Nginx, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let d = dir.display();
+    let access_log = match std::env::var("LOADBENCH_NGINX_ACCESS_LOG").as_deref() {
+        Ok("off") => "off".to_owned(),
+        _ => format!("{d}/access.log"),
+    };
+    let config = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         worker_rlimit_nofile 16384;\nevents {{ worker_connections 8192; }}\n\
+         http {{\n  access_log {access_log};\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream mcp {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://mcp;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+               proxy_read_timeout 1h;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    let child = pinned(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start nginx")?;
+    let child = Nginx(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((child, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nginx never listened; see {d}/error.log")
+}
+
+/// The pid nginx runs as: taskset execs it, so the child's pid is nginx's master.
+fn nginx_pids(child: &Nginx) -> Vec<u32> {
+    with_children(child.0.id())
+}
+
+/// `wrk` as fast as it goes for `seconds`: (requests answered 2xx, all requests).
+fn wrk(wrk: &str, script: &std::path::Path, url: &str, seconds: u64) -> anyhow::Result<(u64, u64)> {
+    let output = Command::new(wrk)
+        .args(["-t", "1", "-c", "64", "-d", &format!("{seconds}s"), "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| format!("wrk printed no result: {text}"))?;
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
+        .collect();
+    let (requests, bad) = (numbers[0], numbers[1]);
+    Ok((requests - bad, requests))
+}
+
+/// One proxy's run at full speed.
+struct MaxRun {
+    requests_per_second: f64,
+    cpu_us_per_request: f64,
+    /// Share of one core the proxy used: near 1 means the proxy, not the load, set the pace.
+    core_share: f64,
+}
+
+fn max_run(
+    wrk_bin: &str,
+    script: &std::path::Path,
+    proxy: &Proxied,
+    seconds: u64,
+) -> anyhow::Result<MaxRun> {
+    let before = cpu_ticks(&proxy.pids)?;
+    let (answered, all) = wrk(
+        wrk_bin,
+        script,
+        &format!("http://127.0.0.1:{}/mcp", proxy.port),
+        seconds,
+    )?;
+    let ticks = cpu_ticks(&proxy.pids)? - before;
+    if answered != all {
+        bail!(
+            "{}: {} of {all} requests not answered 2xx",
+            proxy.name,
+            all - answered
+        );
+    }
+    Ok(MaxRun {
+        requests_per_second: answered as f64 / seconds as f64,
+        // /proc counts CPU time in ticks of 10 ms (USER_HZ 100).
+        cpu_us_per_request: ticks as f64 * 10_000.0 / answered.max(1) as f64,
+        core_share: ticks as f64 / (seconds as f64 * 100.0),
+    })
+}
+
+/// One run at the fixed rate through one path.
+struct RateRun {
+    path: &'static str,
+    report: Value,
+    /// The proxy's CPU per answered request, for proxies.
+    cpu_us_per_request: Option<f64>,
+}
+
+/// One round: the same load straight to the upstream, through the byte relay, and through each proxy, the
+/// proxies' order alternating between rounds; then each proxy at full speed.
+struct Round {
+    load: f64,
+    runs: Vec<RateRun>,
+    max: Vec<(&'static str, MaxRun)>,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -233,6 +420,11 @@ async fn main() -> anyhow::Result<()> {
     let rate: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let streams: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let rounds: usize = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let max_seconds: u64 = env("LOADBENCH_MAX_SECONDS")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10);
 
     let key = TestKey::es256("k1");
     let jwks_port = serve(jwks, jwks_document(&[&key])).await?;
@@ -256,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let log_level = std::env::var("LOADBENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
-    let mut child = Command::new(&args[1])
+    let mut child = pinned(&args[1])
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", &log_level)
@@ -297,104 +489,309 @@ async fn main() -> anyhow::Result<()> {
     let pid = sidecar.0.id();
     let idle_rss = rss_kib(pid)?;
 
-    let (oha_bin, direct_url, relay_url, proxy_url) = (
+    let mut proxies = vec![Proxied {
+        name: "sidecar",
+        port: proxy_port,
+        pids: vec![pid],
+    }];
+    let nginx_dir = tempfile::tempdir()?;
+    let nginx = match env("LOADBENCH_NGINX") {
+        Some(bin) => {
+            let (child, port) = start_nginx(&bin, nginx_dir.path(), upstream_port)?;
+            let pids = nginx_pids(&child);
+            println!("nginx: {}, pids {pids:?}", nginx_version(&bin));
+            proxies.push(Proxied {
+                name: "nginx",
+                port,
+                pids,
+            });
+            Some(child)
+        }
+        None => None,
+    };
+    let wrk_script = dir.path().join("call.lua");
+    std::fs::write(
+        &wrk_script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{CALL}'\n\
+             wrk.headers[\"content-type\"] = \"application/json\"\n\
+             wrk.headers[\"accept\"] = \"application/json, text/event-stream\"\n\
+             wrk.headers[\"authorization\"] = \"Bearer {token}\"\n\
+             done = function(summary, latency, requests)\n\
+               io.write(string.format(\"RESULT requests=%d bad=%d\\n\", summary.requests,\n\
+                 summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n\
+             end\n"
+        ),
+    )?;
+    let wrk_bin = env("LOADBENCH_WRK");
+    if let Some(perf_seconds) = env("LOADBENCH_PERF_SECONDS")
+        .map(|s| s.parse::<u64>())
+        .transpose()?
+    {
+        let wrk_bin = wrk_bin
+            .clone()
+            .context("LOADBENCH_PERF_SECONDS needs LOADBENCH_WRK")?;
+        let name = env("LOADBENCH_PERF_PROXY").unwrap_or_else(|| "sidecar".into());
+        let target = proxies
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no proxy {name} (LOADBENCH_PERF_PROXY)"))?
+            .clone();
+        println!(
+            "{name} pid {}: running {perf_seconds} s at full speed",
+            target.pids.last().copied().unwrap_or_default()
+        );
+        // Off the runtime's thread: the upstream is served on it.
+        let script = wrk_script.clone();
+        let run =
+            tokio::task::spawn_blocking(move || max_run(&wrk_bin, &script, &target, perf_seconds))
+                .await??;
+        println!(
+            "{name} at full speed: {:.0} requests/s, {:.1} µs CPU per request, {:.2} of a core",
+            run.requests_per_second, run.cpu_us_per_request, run.core_share
+        );
+        return Ok(());
+    }
+
+    let (oha_bin, direct_url, relay_url) = (
         args[2].clone(),
         format!("http://127.0.0.1:{upstream_port}/mcp"),
         format!("http://127.0.0.1:{relay_port}/mcp"),
-        format!("http://127.0.0.1:{proxy_port}/mcp"),
     );
-    // Direct and proxied runs alternate, so a neighbour's load drifting over minutes hits both alike; the
-    // medians over the rounds are the figures.
+    // All paths alternate within a round, and the proxies swap places between rounds, so a neighbour's load
+    // drifting over minutes hits each alike; the medians over the rounds are the figures.
     let t = token.clone();
+    let measured = proxies.clone();
+    let with_wrk = wrk_bin.is_some();
     let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Round>> {
-        let mut runs = Vec::new();
-        for _ in 0..rounds {
-            let direct = oha(&oha_bin, &direct_url, None, seconds, rate)?;
-            let relayed = oha(&oha_bin, &relay_url, None, seconds, rate)?;
+        let mut all = Vec::new();
+        for round in 0..rounds {
             let load = load_average()?;
-            let cpu_before = cpu_ticks(pid)?;
-            let proxied = oha(&oha_bin, &proxy_url, Some(&t), seconds, rate)?;
-            let cpu = cpu_ticks(pid)? - cpu_before;
-            let answered = proxied["statusCodeDistribution"]["200"]
-                .as_u64()
-                .unwrap_or(0);
-            runs.push(Round {
-                load,
-                direct,
-                relayed,
-                proxied,
-                // /proc counts CPU time in ticks of 10 ms (USER_HZ 100).
-                cpu_us_per_request: cpu as f64 * 10_000.0 / answered.max(1) as f64,
-            });
+            let mut order = measured.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut runs = vec![
+                RateRun {
+                    path: "direct",
+                    report: oha(&oha_bin, &direct_url, Some(&t), seconds, rate)?,
+                    cpu_us_per_request: None,
+                },
+                RateRun {
+                    path: "byte relay",
+                    report: oha(&oha_bin, &relay_url, Some(&t), seconds, rate)?,
+                    cpu_us_per_request: None,
+                },
+            ];
+            for proxy in &order {
+                let before = cpu_ticks(&proxy.pids)?;
+                let url = format!("http://127.0.0.1:{}/mcp", proxy.port);
+                let report = oha(&oha_bin, &url, Some(&t), seconds, rate)?;
+                let ticks = cpu_ticks(&proxy.pids)? - before;
+                runs.push(RateRun {
+                    path: proxy.name,
+                    cpu_us_per_request: Some(ticks as f64 * 10_000.0 / ok(&report).max(1) as f64),
+                    report,
+                });
+            }
+            let mut max = Vec::new();
+            if let Some(wrk_bin) = &wrk_bin {
+                for proxy in &order {
+                    max.push((
+                        proxy.name,
+                        max_run(wrk_bin, &wrk_script, proxy, max_seconds)?,
+                    ));
+                }
+            }
+            all.push(Round { load, runs, max });
         }
-        Ok(runs)
+        Ok(all)
     })
     .await??;
     let load_rss = rss_kib(pid)?;
-    let ok = |r: &Value| r["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
     println!(
         "sidecar log level {log_level}: {} audit lines read from its stdout",
         audit_lines.load(Ordering::Relaxed)
     );
+    println!("\nat {rate} requests/s for {seconds} s, 32 connections (oha):");
     println!(
-        "| round | load avg (1 min) | run | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs | sidecar CPU µs/request |"
+        "| round | load avg (1 min) | path | requests 200 | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/request |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (i, round) in runs.iter().enumerate() {
-        let load = round.load;
-        for (name, r) in [
-            ("direct", &round.direct),
-            ("byte relay", &round.relayed),
-            ("sidecar", &round.proxied),
-        ] {
-            let cpu = if name == "sidecar" {
-                format!("{:.1}", round.cpu_us_per_request)
-            } else {
-                String::new()
-            };
+        for run in &round.runs {
+            let r = &run.report;
             println!(
-                "| {} | {load:.2} | {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} |",
+                "| {} | {:.2} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
                 i + 1,
+                round.load,
+                run.path,
                 ok(r),
                 micros(r, "p50"),
                 micros(r, "p90"),
                 micros(r, "p99"),
-                micros(r, "p99.9")
+                micros(r, "p99.9"),
+                run.cpu_us_per_request
+                    .map_or(String::new(), |c| format!("{c:.1}"))
             );
         }
     }
+    let path_runs = |path: &str| -> Vec<(&RateRun, &Value)> {
+        runs.iter()
+            .filter_map(|round| {
+                let direct = &round.runs.iter().find(|r| r.path == "direct")?.report;
+                Some((round.runs.iter().find(|r| r.path == path)?, direct))
+            })
+            .collect()
+    };
+    println!("\nmedians over {rounds} rounds (added = path − direct in the same round):");
     println!(
-        "median sidecar CPU over {rounds} rounds: {:.1} µs per request",
-        median(runs.iter().map(|r| r.cpu_us_per_request))
+        "| path | p50 µs | p90 µs | p99 µs | added p50 | added p90 | added p99 | CPU µs/request at {rate}/s |"
     );
-    for p in ["p50", "p90", "p99"] {
-        let of = |pick: fn(&Round) -> &Value| median(runs.iter().map(|r| micros(pick(r), p)));
-        let added = |pick: fn(&Round) -> &Value| {
-            median(
-                runs.iter()
-                    .map(|r| micros(pick(r), p) - micros(&r.direct, p)),
-            )
-        };
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut paths = vec!["direct", "byte relay"];
+    paths.extend(proxies.iter().map(|p| p.name));
+    for path in paths {
+        let rs = path_runs(path);
+        let of = |p: &str| median(rs.iter().map(|(r, _)| micros(&r.report, p)));
+        let added = |p: &str| median(rs.iter().map(|(r, d)| micros(&r.report, p) - micros(d, p)));
+        let cpu = median(rs.iter().filter_map(|(r, _)| r.cpu_us_per_request));
         println!(
-            "median {p} over {rounds} rounds: direct {:.0} µs; byte relay {:.0} µs (added {:.0}); \
-             sidecar {:.0} µs (added {:.0})",
-            of(|r| &r.direct),
-            of(|r| &r.relayed),
-            added(|r| &r.relayed),
-            of(|r| &r.proxied),
-            added(|r| &r.proxied),
+            "| {path} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            of("p50"),
+            of("p90"),
+            of("p99"),
+            added("p50"),
+            added("p90"),
+            added("p99"),
+            if cpu.is_nan() {
+                String::new()
+            } else {
+                format!("{cpu:.1}")
+            }
         );
     }
+    if with_wrk {
+        println!("\nat full speed for {max_seconds} s, 64 connections (wrk, one thread):");
+        println!(
+            "| round | load avg (1 min) | proxy | requests/s | CPU µs/request | share of its core |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (i, round) in runs.iter().enumerate() {
+            for (name, run) in &round.max {
+                println!(
+                    "| {} | {:.2} | {name} | {:.0} | {:.1} | {:.2} |",
+                    i + 1,
+                    round.load,
+                    run.requests_per_second,
+                    run.cpu_us_per_request,
+                    run.core_share
+                );
+            }
+        }
+        let max_of = |name: &str, pick: fn(&MaxRun) -> f64| {
+            median(runs.iter().flat_map(|r| {
+                r.max
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, m)| pick(m))
+            }))
+        };
+        for proxy in &proxies {
+            println!(
+                "median {}: {:.0} requests/s, {:.1} µs CPU per request",
+                proxy.name,
+                max_of(proxy.name, |m| m.requests_per_second),
+                max_of(proxy.name, |m| m.cpu_us_per_request)
+            );
+        }
+        if proxies.len() > 1 {
+            // Ratios per round, then their median: both proxies of a round met the same neighbours.
+            let ratio = |pick: fn(&MaxRun) -> f64| {
+                median(runs.iter().filter_map(|r| {
+                    let s = r.max.iter().find(|(n, _)| *n == "sidecar")?;
+                    let n = r.max.iter().find(|(n, _)| *n == "nginx")?;
+                    Some(pick(&s.1) / pick(&n.1))
+                }))
+            };
+            println!(
+                "median ratio sidecar/nginx: throughput {:.2}, CPU per request {:.2}",
+                ratio(|m| m.requests_per_second),
+                ratio(|m| m.cpu_us_per_request)
+            );
+        }
+    }
 
-    // Open streams: each a GET SSE stream held open through the sidecar.
-    let mut open = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port)).await?;
+    // Open streams: each a GET SSE stream held open through each proxy in turn.
+    for proxy in &proxies {
+        let rss_of =
+            |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+        let before = rss_of(&proxy.pids)?;
+        let open = open_streams(proxy.port, &token, streams).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let with_streams = rss_of(&proxy.pids)?;
+        if proxy.name == "sidecar" {
+            println!(
+                "sidecar resident memory: idle {:.1} MiB, after the load runs {:.1} MiB, with {} open streams {:.1} MiB",
+                idle_rss as f64 / 1024.0,
+                load_rss as f64 / 1024.0,
+                open.len(),
+                with_streams as f64 / 1024.0
+            );
+        } else {
+            let each: Vec<String> = proxy
+                .pids
+                .iter()
+                .map(|p| rss_kib(*p).map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)))
+                .collect();
+            println!(
+                "{} resident memory (all its processes): before {:.1} MiB, with {} open streams {:.1} MiB (each: {} MiB)",
+                proxy.name,
+                before as f64 / 1024.0,
+                open.len(),
+                with_streams as f64 / 1024.0,
+                each.join(" + ")
+            );
+        }
+        if proxy.name == "sidecar"
+            && let Some(hold) = std::env::var("LOADBENCH_HOLD_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        {
+            // Time to take a heap profile of the sidecar (valgrind's `vgdb detailed_snapshot`) with the streams open.
+            println!("holding the streams open for {hold} s (sidecar pid {pid})");
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
+        drop(open);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(nginx);
+    Ok(())
+}
+
+fn nginx_version(bin: &str) -> String {
+    Command::new(bin)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default()
+}
+
+type OpenStream = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    Response<Incoming>,
+);
+
+/// Opens `count` GET SSE streams through the proxy at `port`, each on its own connection.
+async fn open_streams(port: u16, token: &str, count: usize) -> anyhow::Result<Vec<OpenStream>> {
+    let mut open = Vec::with_capacity(count);
+    for _ in 0..count {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let req = Request::get(format!("http://127.0.0.1:{proxy_port}/mcp"))
-            .header("host", format!("127.0.0.1:{proxy_port}"))
+        let req = Request::get(format!("http://127.0.0.1:{port}/mcp"))
+            .header("host", format!("127.0.0.1:{port}"))
             .header("authorization", format!("Bearer {token}"))
             .header("accept", "text/event-stream")
             .body(Full::new(Bytes::new()))?;
@@ -404,22 +801,5 @@ async fn main() -> anyhow::Result<()> {
         }
         open.push((sender, response));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let streams_rss = rss_kib(pid)?;
-    println!(
-        "resident memory: idle {:.1} MiB, after the load runs {:.1} MiB, with {} open streams {:.1} MiB",
-        idle_rss as f64 / 1024.0,
-        load_rss as f64 / 1024.0,
-        open.len(),
-        streams_rss as f64 / 1024.0
-    );
-    if let Some(hold) = std::env::var("LOADBENCH_HOLD_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        // Time to take a heap profile of the sidecar (valgrind's `vgdb detailed_snapshot`) with the streams open.
-        println!("holding the streams open for {hold} s (sidecar pid {pid})");
-        tokio::time::sleep(Duration::from_secs(hold)).await;
-    }
-    Ok(())
+    Ok(open)
 }

@@ -26,19 +26,47 @@ pub fn record(event: &AuditEvent<'_>) {
         Some(id) => (
             id.subject.as_str(),
             id.client_id.as_str(),
-            id.scopes.join(" "),
+            SpaceSeparated(&id.scopes),
         ),
-        None => ("", "", String::new()),
+        None => ("", "", SpaceSeparated(&[])),
     };
     tracing::info!(
         target: TARGET,
         subject,
         client_id,
-        scopes,
+        scopes = %scopes,
         method = event.method,
         tool = event.target.unwrap_or(""),
         decision = event.decision,
         reason = event.reason,
         "authorization decision"
     );
+}
+
+/// Scopes as the token's `scope` claim writes them, formatted straight into the line (no joined copy).
+struct SpaceSeparated<'a>(&'a [String]);
+
+impl std::fmt::Display for SpaceSeparated<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(scope)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpaceSeparated;
+
+    #[test]
+    fn scopes_are_written_as_the_scope_claim_writes_them() {
+        let scopes = ["mcp:read".to_owned(), "mcp:admin".to_owned()];
+        assert_eq!(SpaceSeparated(&scopes).to_string(), "mcp:read mcp:admin");
+        assert_eq!(SpaceSeparated(&scopes[..1]).to_string(), "mcp:read");
+        assert_eq!(SpaceSeparated(&[]).to_string(), "");
+    }
 }

@@ -1,13 +1,16 @@
-//! A small, bounded HTTP(S) client for the issuer's endpoints (JWKS, introspection): one request per
-//! connection, a size limit on the answer, a time limit on the whole exchange, no redirects.
+//! A small, bounded HTTP(S) client for the issuer's endpoints (JWKS, introspection): a size limit on the
+//! answer, a time limit on the whole exchange, no redirects. JWKS fetches (every few minutes) take a connection
+//! each; the introspection client keeps a few connections for reuse (`Fetcher::pooled`), since over TLS a
+//! handshake per sensitive operation cost about three times the exchange itself (issue 15).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -58,6 +61,53 @@ impl FetchError {
 #[derive(Clone)]
 pub struct Fetcher {
     tls: Arc<rustls::ClientConfig>,
+    pool: Option<Arc<Pool>>,
+}
+
+/// Idle connections kept by a pooled fetcher: enough for the introspections a busy sidecar has in flight at
+/// once to find one, few enough that an idle sidecar holds little.
+const POOL_MAX_IDLE: usize = 8;
+/// How long an idle connection is kept. A server that closes it sooner is noticed (the connection task reads
+/// the close) and the connection skipped; one that closes it just as a request is written costs one retry.
+const POOL_IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// Idle HTTP/1.1 connections by `scheme://host:port`, most recently used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    key: Arc<str>,
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used connection to `key` that is still open.
+    fn take(&self, key: &str) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.lock();
+        idle.retain(|i| i.since.elapsed() < POOL_IDLE_FOR && !i.sender.is_closed());
+        let pos = idle.iter().rposition(|i| &*i.key == key)?;
+        Some(idle.swap_remove(pos).sender)
+    }
+
+    fn put(&self, key: Arc<str>, sender: SendRequest<Full<Bytes>>) {
+        let mut idle = self.lock();
+        idle.retain(|i| i.since.elapsed() < POOL_IDLE_FOR && !i.sender.is_closed());
+        if idle.len() >= POOL_MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            key,
+            sender,
+            since: Instant::now(),
+        });
+    }
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -106,7 +156,16 @@ impl Fetcher {
             .map_err(|e| FetchError::Roots(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Self { tls: Arc::new(tls) })
+        Ok(Self {
+            tls: Arc::new(tls),
+            pool: None,
+        })
+    }
+
+    /// The same client, keeping up to 8 connections for reuse (each for at most 30 s idle).
+    pub fn pooled(mut self) -> Self {
+        self.pool = Some(Arc::default());
+        self
     }
 
     /// GET a URL; only 200 is success.
@@ -120,22 +179,34 @@ impl Fetcher {
             .await
     }
 
-    /// POST a form (the credentials inside it); only 200 is success.
-    pub async fn post_form(
+    /// POST a form (the credentials inside it); only 200 is success. `form` is called for each attempt: a
+    /// request written into a kept connection that the server closed at that moment is sent once more, on a
+    /// new connection, with a new form (so one-time credentials inside it, an assertion's `jti`, are fresh).
+    pub async fn post_form<E: From<FetchError>>(
         &self,
         url: &str,
-        form: String,
+        form: impl Fn() -> Result<String, E>,
         timeout: Duration,
         max_bytes: usize,
-    ) -> Result<Bytes, FetchError> {
-        self.send(
-            url,
-            http::Method::POST,
-            Bytes::from(form),
-            timeout,
-            max_bytes,
-        )
-        .await
+    ) -> Result<Bytes, E> {
+        let attempts = async {
+            let target = Target::parse(url)?;
+            let mut reuse = true;
+            loop {
+                let body = Bytes::from(form()?);
+                match self
+                    .send_once(&target, http::Method::POST, body, max_bytes, reuse)
+                    .await
+                {
+                    Err(Sent::Stale) => reuse = false,
+                    Err(Sent::Failed(error)) => return Err(E::from(error)),
+                    Ok(bytes) => return Ok(bytes),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, attempts)
+            .await
+            .map_err(|_| E::from(FetchError::Timeout))?
     }
 
     async fn send(
@@ -146,39 +217,36 @@ impl Fetcher {
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<Bytes, FetchError> {
-        tokio::time::timeout(timeout, self.send_inner(url, method, body, max_bytes))
+        let attempt = async {
+            let target = Target::parse(url)?;
+            match self
+                .send_once(&target, method, body, max_bytes, false)
+                .await
+            {
+                Ok(bytes) => Ok(bytes),
+                Err(Sent::Failed(error)) => Err(error),
+                Err(Sent::Stale) => Err(FetchError::Io("connection closed".into())),
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| FetchError::Timeout)?
     }
 
-    async fn send_inner(
+    /// One exchange, on a kept connection if `reuse` and there is one, else on a new one.
+    async fn send_once(
         &self,
-        url: &str,
+        target: &Target,
         method: http::Method,
         body: Bytes,
         max_bytes: usize,
-    ) -> Result<Bytes, FetchError> {
-        let parsed = url::Url::parse(url).map_err(|_| FetchError::Url(url.into()))?;
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| FetchError::Url(url.into()))?
-            .to_owned();
-        let port = parsed
-            .port_or_known_default()
-            .ok_or_else(|| FetchError::Url(url.into()))?;
-        let path = match parsed.query() {
-            Some(q) => format!("{}?{q}", parsed.path()),
-            None => parsed.path().to_owned(),
-        };
-        let authority = match parsed.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
+        reuse: bool,
+    ) -> Result<Bytes, Sent> {
         let is_post = method == http::Method::POST;
         let mut request = Request::builder()
             .method(method)
-            .uri(path)
-            .header(http::header::HOST, authority)
+            .uri(target.path.as_str())
+            .header(http::header::HOST, target.authority.as_str())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::USER_AGENT, "mcp-authz-sidecar");
         if is_post {
@@ -189,58 +257,132 @@ impl Fetcher {
         }
         let request = request
             .body(Full::new(body))
+            .map_err(|e| Sent::Failed(FetchError::Io(e.to_string())))?;
+        let kept = match (&self.pool, reuse) {
+            (Some(pool), true) => pool.take(&target.key),
+            _ => None,
+        };
+        let reused = kept.is_some();
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => self.connect(target).await.map_err(Sent::Failed)?,
+        };
+        // A kept connection that cannot take a request, or fails before its answer's head, was closed by the
+        // server while idle: the request is sent again on a new connection. An issuer's introspection has no
+        // effect to repeat; the new attempt carries a new assertion.
+        let stale = |error: hyper::Error| {
+            if reused {
+                Sent::Stale
+            } else {
+                Sent::Failed(FetchError::Io(error.to_string()))
+            }
+        };
+        sender.ready().await.map_err(stale)?;
+        let response = sender.send_request(request).await.map_err(stale)?;
+        if response.status() != StatusCode::OK {
+            return Err(Sent::Failed(FetchError::Status(response.status())));
+        }
+        let limited = Limited::new(response.into_body(), max_bytes);
+        let bytes = limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+            Sent::Failed(if e.is::<http_body_util::LengthLimitError>() {
+                FetchError::TooLarge(max_bytes)
+            } else {
+                FetchError::Io(e.to_string())
+            })
+        })?;
+        // Read whole: the connection may carry the next request (hyper closes it if the server said so).
+        if let Some(pool) = &self.pool {
+            pool.put(target.key.clone(), sender);
+        }
+        Ok(bytes)
+    }
+
+    /// A new HTTP/1.1 connection, over TLS for https.
+    async fn connect(&self, target: &Target) -> Result<SendRequest<Full<Bytes>>, FetchError> {
+        let tcp = TcpStream::connect((target.dial_host.as_str(), target.port))
+            .await
             .map_err(|e| FetchError::Io(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        if target.tls {
+            let name = ServerName::try_from(target.dial_host.clone())
+                .map_err(|_| FetchError::Url(target.url.clone()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| FetchError::Io(format!("TLS: {e}")))?;
+            handshake(TokioIo::new(tls)).await
+        } else {
+            handshake(TokioIo::new(tcp)).await
+        }
+    }
+}
+
+/// How one attempt ended without an answer.
+enum Sent {
+    /// A kept connection turned out closed: worth another attempt on a new one.
+    Stale,
+    Failed(FetchError),
+}
+
+/// Where a URL's requests go.
+struct Target {
+    url: String,
+    /// `scheme://host:port`: which kept connections may serve it.
+    key: Arc<str>,
+    tls: bool,
+    dial_host: String,
+    port: u16,
+    /// The `Host` field.
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, FetchError> {
+        let bad = || FetchError::Url(url.into());
+        let parsed = url::Url::parse(url).map_err(|_| bad())?;
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(bad()),
+        };
+        let host = parsed.host_str().ok_or_else(bad)?.to_owned();
+        let port = parsed.port_or_known_default().ok_or_else(bad)?;
+        let path = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_owned(),
+        };
+        let authority = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
         let dial_host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let tcp = TcpStream::connect((dial_host.as_str(), port))
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let response = match parsed.scheme() {
-            "http" => exchange(TokioIo::new(tcp), request).await?,
-            "https" => {
-                let name =
-                    ServerName::try_from(dial_host).map_err(|_| FetchError::Url(url.into()))?;
-                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| FetchError::Io(format!("TLS: {e}")))?;
-                exchange(TokioIo::new(tls), request).await?
-            }
-            _ => return Err(FetchError::Url(url.into())),
-        };
-        if response.status() != StatusCode::OK {
-            return Err(FetchError::Status(response.status()));
-        }
-        let limited = Limited::new(response.into_body(), max_bytes);
-        limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                FetchError::TooLarge(max_bytes)
-            } else {
-                FetchError::Io(e.to_string())
-            }
+        Ok(Self {
+            url: url.to_owned(),
+            key: format!("{}://{host}:{port}", parsed.scheme()).into(),
+            tls,
+            dial_host,
+            port,
+            authority,
+            path,
         })
     }
 }
 
-async fn exchange<IO>(
-    io: IO,
-    request: Request<Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, FetchError>
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, FetchError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| FetchError::Io(e.to_string()))?;
-    // The connection task ends with the exchange; the caller's timeout bounds it.
+    // The connection task ends when its sender is dropped (or the server closes): with the exchange, or when
+    // the pool lets the connection go.
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| FetchError::Io(e.to_string()))
+    Ok(sender)
 }

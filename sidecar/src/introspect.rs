@@ -86,7 +86,7 @@ impl std::fmt::Debug for Introspector {
 
 impl Introspector {
     /// Reads the private key (PKCS#8 PEM, Ed25519 or P-256) and prepares the client. `issuer` is the assertion
-    /// audience.
+    /// audience. The sidecar gives it a pooled `fetcher` (`Fetcher::pooled`).
     pub fn new(
         config: &IntrospectionConfig,
         issuer: &str,
@@ -165,13 +165,16 @@ impl Introspector {
         {
             return Ok(*active);
         }
-        let assertion = self.assertion()?;
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", token)
-            .append_pair("token_type_hint", "access_token")
-            .append_pair("client_assertion_type", JWT_BEARER)
-            .append_pair("client_assertion", &assertion)
-            .finish();
+        // A fresh assertion for every attempt: the issuer spends its `jti` on first sight.
+        let form = || -> Result<String, IntrospectionError> {
+            let assertion = self.assertion()?;
+            Ok(url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("token", token)
+                .append_pair("token_type_hint", "access_token")
+                .append_pair("client_assertion_type", JWT_BEARER)
+                .append_pair("client_assertion", &assertion)
+                .finish())
+        };
         let body = self
             .fetcher
             .post_form(&self.endpoint, form, self.timeout, MAX_ANSWER_BYTES)

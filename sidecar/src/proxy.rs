@@ -87,7 +87,13 @@ impl Runtime {
             Some(settings) => {
                 let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())
                     .map_err(|e| ConfigError::Invalid(format!("issuerCaFile: {e}")))?;
-                Some(Introspector::new(settings, &config.issuer, fetcher)?)
+                // Connections are kept: over TLS a handshake per sensitive operation cost about three
+                // times the exchange itself (issue 15).
+                Some(Introspector::new(
+                    settings,
+                    &config.issuer,
+                    fetcher.pooled(),
+                )?)
             }
             None => None,
         };
@@ -133,6 +139,10 @@ pub struct Proxy {
     client: UpstreamClient,
     metrics: Metrics,
     in_flight: InFlight,
+    /// The children of the hottest labels, looked up once: `with_label_values` hashes the labels and takes
+    /// a lock on every call.
+    allowed: prometheus::IntCounter,
+    upstream_ok: prometheus::Histogram,
 }
 
 /// A finished decision about a request, for metrics.
@@ -149,6 +159,8 @@ impl Proxy {
             jwks,
             client: UpstreamClient::new(),
             in_flight: InFlight::default(),
+            allowed: metrics.requests.with_label_values(&["allow", "ok"]),
+            upstream_ok: metrics.upstream_latency.with_label_values(&["ok"]),
             metrics,
         }
     }
@@ -161,10 +173,14 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let runtime = self.runtime.borrow().clone();
         let (response, outcome) = self.decide_and_forward(&runtime, request, peer).await;
-        self.metrics
-            .requests
-            .with_label_values(&[outcome.decision, outcome.reason])
-            .inc();
+        match (outcome.decision, outcome.reason) {
+            ("allow", "ok") => self.allowed.inc(),
+            (decision, reason) => self
+                .metrics
+                .requests
+                .with_label_values(&[decision, reason])
+                .inc(),
+        }
         response
     }
 
@@ -413,10 +429,7 @@ impl Proxy {
                 );
             }
         };
-        self.metrics
-            .upstream_latency
-            .with_label_values(&["ok"])
-            .observe(started.elapsed().as_secs_f64());
+        self.upstream_ok.observe(started.elapsed().as_secs_f64());
         let filter = matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, m));
         let mut response = self.relay_response(rt, response, filter).await;
         if let Some(claim) = claim {
@@ -683,6 +696,16 @@ const FORWARDING_HEADERS: [&str; 6] = [
     "x-real-ip",
 ];
 
+/// Whether field `name` (lowercase, as `http` keeps names) reads as `ours` (lowercase, with `-`) to a CGI-style
+/// server, which reads `_` and `-` alike. Compared in place: this runs for every field of every request.
+fn same_field_for_cgi(name: &str, ours: &str) -> bool {
+    name.len() == ours.len()
+        && name
+            .bytes()
+            .zip(ours.bytes())
+            .all(|(n, o)| n == o || (n == b'_' && o == b'-'))
+}
+
 fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
@@ -712,12 +735,17 @@ fn build_upstream_request(
     // and so are their look-alikes with `_` for `-`, which CGI-style servers read as the same field
     // (`X_Forwarded_For` and `X-Forwarded-For` are both `HTTP_X_FORWARDED_FOR`).
     let ours = |name: &str| {
-        FORWARDING_HEADERS.contains(&name)
-            || rt.identity_headers.iter().any(|id| id.as_str() == name)
+        FORWARDING_HEADERS
+            .iter()
+            .any(|f| same_field_for_cgi(name, f))
+            || rt
+                .identity_headers
+                .iter()
+                .any(|id| same_field_for_cgi(name, id.as_str()))
     };
     let claimed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| ours(&name.as_str().replace('_', "-")))
+        .filter(|name| ours(name.as_str()))
         .cloned()
         .collect();
     for name in &claimed {
@@ -822,5 +850,29 @@ impl Refusal {
     pub fn into_response_boxed(self, ctx: &ChallengeContext) -> Response<ProxyBody> {
         let response: Response<Full<Bytes>> = self.into_response(ctx);
         response.map(|b| b.map_err(|never| match never {}).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_field_for_cgi;
+
+    #[test]
+    fn fields_that_cgi_servers_read_alike_are_one_field() {
+        for (name, ours, same) in [
+            ("x-forwarded-for", "x-forwarded-for", true),
+            ("x_forwarded_for", "x-forwarded-for", true),
+            ("x-forwarded_for", "x-forwarded-for", true),
+            ("x-mcp-authz-subject", "x-mcp-authz-subject", true),
+            ("x_mcp_authz_subject", "x-mcp-authz-subject", true),
+            // Only `_` stands for `-`, never the other way round, and lengths must agree.
+            ("x-forwarded-fo", "x-forwarded-for", false),
+            ("x-forwarded-forr", "x-forwarded-for", false),
+            ("x.forwarded.for", "x-forwarded-for", false),
+            ("forwarded", "x-real-ip", false),
+            ("", "forwarded", false),
+        ] {
+            assert_eq!(same_field_for_cgi(name, ours), same, "{name} vs {ours}");
+        }
     }
 }

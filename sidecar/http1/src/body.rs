@@ -257,8 +257,7 @@ impl Body for WireBody {
                 }
                 _ => READ_CHUNK,
             };
-            this.buf.reserve(want);
-            match this.stream.try_read_buf(&mut this.buf) {
+            match crate::read::read_buf(&this.stream, &mut this.buf, want) {
                 Ok(0) if matches!(this.remaining, Remaining::UntilClose) => {
                     this.finish = Some(Finish::Close);
                     this.finish();

@@ -166,8 +166,7 @@ impl UpstreamClient {
                 .readable()
                 .await
                 .map_err(|e| Attempt::Failed(e.into()))?;
-            buf.reserve(8 * 1024);
-            match stream.try_read_buf(&mut buf) {
+            match crate::read::read_buf(&stream, &mut buf, 8 * 1024) {
                 Ok(0) if !answered => return Err(Attempt::Unanswered),
                 Ok(0) => return Err(Attempt::Failed(UpstreamError::Closed)),
                 Ok(_) => answered = true,

@@ -24,6 +24,7 @@ pub mod chunked;
 pub mod client;
 pub mod head;
 mod pool;
+mod read;
 pub mod server;
 mod write;
 

@@ -19,7 +19,7 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle upstream connections, most recently used last.
+/// Idle upstream connections, most recently used last (so oldest first).
 #[derive(Default)]
 pub(crate) struct Pool {
     idle: Mutex<Vec<Idle>>,
@@ -41,10 +41,16 @@ impl Pool {
     /// The most recently used live connection to `authority`.
     pub(crate) fn take(&self, authority: &str) -> Option<Arc<TcpStream>> {
         let mut idle = self.lock();
-        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
+        expire(&mut idle);
         while let Some(pos) = idle.iter().rposition(|i| &*i.authority == authority) {
-            let candidate = idle.swap_remove(pos).stream;
-            // Readable while idle means the server closed it (or sent junk): either way it is spent.
+            // `remove`, not `swap_remove`: the list stays oldest first, which `expire` relies on.
+            let candidate = idle.remove(pos).stream;
+            // Nothing arrived since its answer was read whole: still open as far as can be known (a close
+            // raises readiness). Otherwise it is probed: readable while idle means the server closed it (or
+            // sent junk), and either way it is spent.
+            if !crate::read::maybe_readable(&candidate) {
+                return Some(candidate);
+            }
             let mut probe = [0u8; 1];
             if matches!(candidate.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             {
@@ -52,6 +58,18 @@ impl Pool {
             }
         }
         None
+    }
+}
+
+/// Drops connections idle too long. One clock reading for all (the list holds up to 64, oldest first), and
+/// none past the first when the oldest is still fresh.
+fn expire(idle: &mut Vec<Idle>) {
+    let Some(oldest) = idle.first() else {
+        return;
+    };
+    let now = Instant::now();
+    if now.duration_since(oldest.since) >= IDLE_FOR {
+        idle.retain(|i| now.duration_since(i.since) < IDLE_FOR);
     }
 }
 
@@ -66,7 +84,7 @@ impl Release {
     pub fn reuse(self, stream: Arc<TcpStream>) {
         let mut idle = self.pool.lock();
         // Spent ones go here too, so a pool that stops being used does not keep sockets open for long.
-        idle.retain(|i| i.since.elapsed() < IDLE_FOR);
+        expire(&mut idle);
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }

@@ -231,8 +231,7 @@ async fn read_head(
         if ready.is_err() {
             return Head::Close;
         }
-        inbound.reserve(4096);
-        match stream.try_read_buf(inbound) {
+        match crate::read::read_buf(stream, inbound, 4096) {
             Ok(0) => return Head::Close,
             Ok(_) => {
                 deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
@@ -306,11 +305,7 @@ where
         field(&mut out, name.as_str(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        field(
-            &mut out,
-            "date",
-            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
-        );
+        with_date(|date| field(&mut out, "date", date));
     }
     if !no_body_allowed {
         match length {
@@ -382,6 +377,25 @@ where
     Ok(keep)
 }
 
+/// Calls `f` with the current `Date` field value. It changes once a second, so it is formatted once a second
+/// (per thread), not for every answer.
+fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *text = httpdate::fmt_http_date(now);
+            *at = second;
+        }
+        f(text.as_bytes())
+    })
+}
+
 fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -400,8 +414,7 @@ async fn client_gone(stream: &TcpStream, inbound: &mut BytesMut) -> std::io::Err
         if let Err(error) = stream.readable().await {
             return error;
         }
-        inbound.reserve(1024);
-        match stream.try_read_buf(inbound) {
+        match crate::read::read_buf(stream, inbound, 1024) {
             Ok(0) => return std::io::ErrorKind::UnexpectedEof.into(),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -1,36 +1,30 @@
 //! `mcp-authz operator`: wires the lease, the controllers, the webhook (and its certificate) and
 //! the admin server together.
 
+mod controllers;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::admission::patch::{SidecarDefaults, supports_native_sidecars};
 use crate::admission::server::{SharedTls, Webhook};
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::certs::{self, CertAction, WebhookTls};
 use crate::lease::{self, LeaseSettings};
 use crate::metrics::{self, Metrics};
 use crate::naming::FIELD_MANAGER;
-use crate::reconcile::{self, Context};
+use crate::reconcile::{Context, WatchScope};
 use crate::render::RenderSettings;
 
 /// Settings of `mcp-authz operator` (flags, or the environment the Helm chart sets).
@@ -98,6 +92,18 @@ pub struct OperatorArgs {
     /// chart's default server travels this way (a custom resource beside its CRD fails a first install).
     #[arg(long, env = "MCP_AUTHZ_DEFAULTS_CONFIGMAP")]
     pub defaults_configmap: Option<String>,
+    /// Labels (`key=value,...`) of the namespaces whose pods may scrape the sidecars' admin port (`/metrics`)
+    /// through each MCPService's NetworkPolicy. Unset: the port is closed to everyone.
+    #[arg(long, env = "MCP_AUTHZ_METRICS_SCRAPER_NAMESPACE_LABELS", value_parser = crate::render::parse_labels)]
+    pub metrics_scraper_namespace_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Labels (`key=value,...`) of the scraping pods within those namespaces; any pod there when unset.
+    #[arg(long, env = "MCP_AUTHZ_METRICS_SCRAPER_POD_LABELS", value_parser = crate::render::parse_labels)]
+    pub metrics_scraper_pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Namespace-scoped install: the namespaces to serve (besides --namespace, always served). The operator
+    /// then watches, lists and writes only there, and needs Roles there instead of ClusterRoles (only
+    /// Namespaces, for their labels, and its webhook configuration stay cluster-scoped). Empty: the cluster.
+    #[arg(long, env = "MCP_AUTHZ_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
     /// Seconds between checks of the webhook certificate and caBundle.
     #[arg(long, default_value_t = 10)]
     pub cert_check_seconds: u64,
@@ -114,6 +120,10 @@ impl OperatorArgs {
         }
         settings.image_pull_policy = self.image_pull_policy.clone();
         settings.authserver_tls_extra_names = self.authserver_tls_extra_names.clone();
+        settings.metrics_scrapers = crate::render::Scrapers::from_labels(
+            self.metrics_scraper_namespace_labels.as_ref(),
+            self.metrics_scraper_pod_labels.as_ref(),
+        );
         settings
     }
 
@@ -247,6 +257,7 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         )));
     }
     let ctx = Arc::new(Context {
+        scope: WatchScope::new(&args.watch_namespaces, &args.namespace),
         client: client.clone(),
         settings,
         metrics: metrics.clone(),
@@ -254,15 +265,8 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         recorder,
         failures: Default::default(),
     });
-    tasks.push(tokio::spawn(run_server_controller(
-        client.clone(),
-        ctx.clone(),
-    )));
-    tasks.push(tokio::spawn(run_service_controller(
-        client.clone(),
-        ctx.clone(),
-    )));
-    tasks.push(tokio::spawn(run_usage_controllers(client.clone(), ctx)));
+    let stores = controllers::Stores::start(&client, &ctx.scope, &mut tasks);
+    tasks.push(tokio::spawn(controllers::run(client.clone(), ctx, stores)));
     ready.store(true, Ordering::Relaxed);
     Ok(Running {
         metrics,
@@ -297,241 +301,6 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Requeues for a change that concerns many objects: every object of the controller's store in
-/// `namespace`, or all of them for `None`.
-fn objects_in<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    move |namespace| {
-        store
-            .state()
-            .iter()
-            .filter(|o| namespace.is_none() || o.namespace() == namespace)
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect()
-    }
-}
-
-/// Watches only what the operator made (the owned-object watches of every controller).
-fn owned() -> watcher::Config {
-    watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::naming::MANAGED_BY_LABEL,
-        crate::naming::MANAGED_BY
-    ))
-}
-
-/// The AuthorizationServer a retained object belongs to, by its name `<server><suffix>`.
-fn retained_by<K: kube::Resource<DynamicType = ()>>(
-    object: &K,
-    suffix: &str,
-) -> Option<ObjectRef<AuthorizationServer>> {
-    let server = object.meta().name.as_deref()?.strip_suffix(suffix)?;
-    Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
-}
-
-async fn run_server_controller(client: kube::Client, ctx: Arc<Context>) {
-    let servers: Api<AuthorizationServer> = Api::all(client.clone());
-    let controller = Controller::new(servers, watcher::Config::default());
-    let all = objects_in(controller.store());
-    let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
-    controller
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        // The PVC and the keys Secret carry no owner reference (they outlive the server): their
-        // names lead back to it, so a deleted one is made again at once.
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            owned(),
-            |pvc| retained_by(&pvc, "-authserver"),
-        )
-        // The same goes for the in-cluster CA and TLS Secrets (owned, but a deleted one must come back
-        // before the next periodic check).
-        .watches(Api::<Secret>::all(client.clone()), owned(), |secret| {
-            ["-authserver-keys", "-authserver-ca", "-authserver-tls"]
-                .into_iter()
-                .find_map(|suffix| retained_by(&secret, suffix))
-        })
-        .watches(
-            Api::<MCPService>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| a(None),
-        )
-        .watches(
-            Api::<MCPScope>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| b(None),
-        )
-        .watches(
-            Api::<CIMDPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| c(None),
-        )
-        // Namespace labels decide which services a server admits (allowedNamespaces).
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| d(None),
-        )
-        .run(
-            reconcile::authorization_server::reconcile,
-            reconcile::error_policy,
-            ctx,
-        )
-        .for_each(|_| async {})
-        .await;
-}
-
-/// MCPScope and CIMDPolicy status: re-checked when a service, scope or server changes.
-async fn run_usage_controllers(client: kube::Client, ctx: Arc<Context>) {
-    let scopes = Controller::new(
-        Api::<MCPScope>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let all_scopes = objects_in(scopes.store());
-    let (a, b) = (all_scopes.clone(), all_scopes);
-    let scopes = scopes
-        .watches(
-            Api::<MCPService>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| a(None),
-        )
-        // A scope of a service's own namespace shadows one of its server's: both change.
-        .watches(
-            Api::<MCPScope>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| b(None),
-        )
-        .run(
-            reconcile::usage::reconcile_scope,
-            reconcile::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let policies = Controller::new(
-        Api::<CIMDPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let all_policies = objects_in(policies.store());
-    let (c, d) = (all_policies.clone(), all_policies);
-    let policies = policies
-        .watches(
-            Api::<MCPService>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| c(None),
-        )
-        .watches(
-            Api::<AuthorizationServer>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| d(None),
-        )
-        .run(
-            reconcile::usage::reconcile_policy,
-            reconcile::error_policy,
-            ctx,
-        )
-        .for_each(|_| async {});
-    futures::join!(scopes, policies);
-}
-
-/// Requeues the other services naming the same resource URL as a changed (or deleted) one: when the URL's
-/// holder goes, the next in line gets its key now rather than at the next resync.
-fn sharing_resource_url(
-    store: Store<MCPService>,
-) -> impl Fn(MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
-    move |changed| {
-        let url = &changed.spec.resource_url;
-        store
-            .state()
-            .iter()
-            .filter(|s| &s.spec.resource_url == url)
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .filter(|r| r != &ObjectRef::from_obj(&changed))
-            .collect()
-    }
-}
-
-async fn run_service_controller(client: kube::Client, ctx: Arc<Context>) {
-    let services: Api<MCPService> = Api::all(client.clone());
-    let controller = Controller::new(services, watcher::Config::default());
-    let same_url = sharing_resource_url(controller.store());
-    let in_namespace = objects_in(controller.store());
-    let g = controller.store();
-    let (a, b, c, d, e, f) = (
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace,
-    );
-    let injected = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::api::INJECT_LABEL,
-        crate::api::INJECT_ENABLED
-    ));
-    controller
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
-        .owns(Api::<Secret>::all(client.clone()), owned())
-        // A server's TLS Secret carries the CA bundle its services' sidecar ConfigMaps copy: a new CA (or
-        // the first one) must reach them.
-        .watches(Api::<Secret>::all(client.clone()), owned(), move |secret| {
-            let services = g.state();
-            reconcile::mcp_service::bundle_readers(
-                &secret.name_any(),
-                &secret.namespace().unwrap_or_default(),
-                services.iter().map(|s| s.as_ref()),
-            )
-            .into_iter()
-            .map(ObjectRef::from_obj)
-            .collect::<Vec<_>>()
-        })
-        .watches(
-            Api::<MCPScope>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| a(None),
-        )
-        .watches(
-            Api::<CIMDPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            move |p| b(p.namespace()),
-        )
-        .watches(
-            Api::<AuthorizationServer>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| c(None),
-        )
-        .watches(Api::<Pod>::all(client.clone()), injected, move |p| {
-            d(p.namespace())
-        })
-        .watches(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            move |s| e(s.namespace()),
-        )
-        .watches(
-            Api::<MCPService>::all(client.clone()),
-            watcher::Config::default(),
-            same_url,
-        )
-        // A namespace let in or shut out changes its services, and whoever shares a URL with them.
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| f(None),
-        )
-        .run(
-            reconcile::mcp_service::reconcile,
-            reconcile::error_policy,
-            ctx,
-        )
-        .for_each(|_| async {})
-        .await;
 }
 
 /// The webhook certificate to start with: from cert-manager's files, or the operator's Secret

@@ -5,6 +5,9 @@
 //! resource URL  -> the oldest admitted MCPService naming it (per server)  -> key, entry, Ready
 //! scope value   -> the oldest MCPScope defining it among the namespaces   -> consent text, sensitive, lifetime
 //!                  the server admits (its own included; per server)
+//! "holding"     -> a service: CredentialsIssued=True (one server per service)
+//!                  a scope: the server is in its status.ownsAt (a scope counts at several servers, and holding
+//!                  at one must not count at another)
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
 //! ```
 //!
@@ -57,10 +60,20 @@ pub fn service_claim(service: &MCPService) -> (bool, Option<Time>, String, Strin
     claim_key(service, reported(conditions, "CredentialsIssued"))
 }
 
-/// A scope's claim: it holds now when it was accepted as its value's owner.
-pub fn scope_claim(scope: &MCPScope) -> (bool, Option<Time>, String, String, String) {
-    let conditions = scope.status.as_ref().map(|s| s.conditions.as_slice());
-    claim_key(scope, reported(conditions, "Accepted"))
+/// A scope's claim at `server` (`namespace/name`): it holds there when the operator last found it owning its
+/// value at that server (`status.ownsAt`). Holding at one server says nothing about another: a definition
+/// accepted at a server that admits its namespace, once another server admits that namespace too, must not
+/// take the value from the team already working there just by being older.
+///
+/// A status written before `ownsAt` existed (an upgrade) falls back to `Accepted=True`, at every server, until
+/// the operator writes it again (its first status pass after the upgrade).
+pub fn scope_claim(scope: &MCPScope, server: &str) -> (bool, Option<Time>, String, String, String) {
+    let status = scope.status.as_ref();
+    let holding = match status.and_then(|s| s.owns_at.as_ref()) {
+        Some(servers) => servers.iter().any(|s| s == server),
+        None => reported(status.map(|s| s.conditions.as_slice()), "Accepted"),
+    };
+    claim_key(scope, holding)
 }
 
 /// `namespace/name` of an object.
@@ -130,15 +143,16 @@ pub fn scopes_at(
         .collect()
 }
 
-/// The owner of every scope value among `scopes`: the oldest MCPScope defining it. Values are one namespace for
-/// the whole cluster (a token carries `files:read`, not a namespace), so a value can only mean one thing.
-pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
+/// The owner of every scope value among `scopes` at `server` (`namespace/name`; `scopes` are those that count
+/// there, [`scopes_at`]): the oldest MCPScope defining it, after the one holding it there. Values are one
+/// namespace per server (a token carries `files:read`, not a namespace), so a value can only mean one thing.
+pub fn scope_owners<'a>(scopes: &'a [MCPScope], server: &str) -> BTreeMap<&'a str, &'a MCPScope> {
     let mut owners: BTreeMap<&str, &MCPScope> = BTreeMap::new();
     for scope in scopes {
         owners
             .entry(scope.spec.value.as_str())
             .and_modify(|owner| {
-                if scope_claim(scope) < scope_claim(owner) {
+                if scope_claim(scope, server) < scope_claim(owner, server) {
                     *owner = scope;
                 }
             })
@@ -147,19 +161,25 @@ pub fn scope_owners(scopes: &[MCPScope]) -> BTreeMap<&str, &MCPScope> {
     owners
 }
 
-/// Where an MCPScope stands among the servers its namespace may use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScopeStanding {
-    /// It owns its value at every server that counts it.
-    Owns,
-    /// An older definition owns the value at a server that counts both (`namespace/name` of the owner).
-    Taken(String),
-    /// No server counts its namespace: it defines nothing anywhere.
-    NotAdmitted,
+/// Where an MCPScope stands at each server that counts it ([`scopes_at`]). Both lists empty: no server counts
+/// its namespace, it defines nothing anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeStanding {
+    /// The servers (`namespace/name`, sorted) where it owns its value: what the operator records as
+    /// `status.ownsAt`.
+    pub owns_at: Vec<String>,
+    /// The servers where an older definition owns the value, each with that owner (`namespace/name`).
+    pub taken_at: Vec<(String, String)>,
 }
 
-/// Whether `scope` owns its value at every server that counts it ([`scopes_at`]); the first server (by namespace
-/// and name) where an older definition owns it names that owner.
+impl ScopeStanding {
+    /// Whether no server counts the scope.
+    pub fn not_admitted(&self) -> bool {
+        self.owns_at.is_empty() && self.taken_at.is_empty()
+    }
+}
+
+/// Where `scope` owns its value and where another definition does, server by server.
 pub fn scope_standing(
     scope: &MCPScope,
     scopes: &[MCPScope],
@@ -168,24 +188,21 @@ pub fn scope_standing(
 ) -> ScopeStanding {
     let mut servers: Vec<&AuthorizationServer> = servers.iter().collect();
     servers.sort_by_key(|s| key_of(*s));
-    let mut counted = false;
+    let mut standing = ScopeStanding::default();
     for server in servers {
         let here = scopes_at(server, scopes, labels);
         if !here.iter().any(|s| key_of(s) == key_of(scope)) {
             continue;
         }
-        counted = true;
-        if let Some(owner) = scope_owners(&here).get(scope.spec.value.as_str())
-            && key_of(*owner) != key_of(scope)
-        {
-            return ScopeStanding::Taken(key_of(*owner));
+        let server_key = key_of(server);
+        match scope_owners(&here, &server_key).get(scope.spec.value.as_str()) {
+            Some(owner) if key_of(*owner) != key_of(scope) => {
+                standing.taken_at.push((server_key, key_of(*owner)));
+            }
+            _ => standing.owns_at.push(server_key),
         }
     }
-    if counted {
-        ScopeStanding::Owns
-    } else {
-        ScopeStanding::NotAdmitted
-    }
+    standing
 }
 
 #[cfg(test)]
@@ -374,7 +391,7 @@ mod tests {
         scope: &MCPScope,
         scopes: &'a [MCPScope],
     ) -> Option<&'a MCPScope> {
-        scope_owners(scopes)
+        scope_owners(scopes, "mcp-authz/auth")
             .get(scope.spec.value.as_str())
             .copied()
             .filter(|owner| key_of(*owner) != key_of(scope))
@@ -387,7 +404,7 @@ mod tests {
         let twin = scope("zzz", "read", "files:read", Some(100), "u-3");
         let other = scope("aaa", "write", "files:write", Some(300), "u-7");
         let scopes = [squatter.clone(), platform.clone(), other.clone()];
-        let owners = scope_owners(&scopes);
+        let owners = scope_owners(&scopes, "mcp-authz/auth");
         assert_eq!(
             owners.get("files:read").map(|s| key_of(*s)).as_deref(),
             Some("mcp-authz/read")
@@ -417,7 +434,7 @@ mod tests {
             scope("a", "read", "files:read", None, ""),
         ];
         assert_eq!(
-            scope_owners(&files)
+            scope_owners(&files, "mcp-authz/auth")
                 .get("files:read")
                 .map(|s| key_of(*s))
                 .as_deref(),
@@ -443,7 +460,7 @@ mod tests {
         );
         let at_server = scopes_at(&srv, &all, &ns);
         assert_eq!(
-            scope_owners(&at_server)
+            scope_owners(&at_server, "mcp-authz/auth")
                 .get("files:read")
                 .map(|s| key_of(*s))
                 .as_deref(),
@@ -451,7 +468,7 @@ mod tests {
             "the older definition from a shut-out namespace does not take the value"
         );
         assert_eq!(
-            scope_owners(&all)
+            scope_owners(&all, "mcp-authz/auth")
                 .get("files:read")
                 .map(|s| key_of(*s))
                 .as_deref(),
@@ -477,12 +494,19 @@ mod tests {
         let at_other = scope("other-platform", "read", "files:read", Some(50), "u-4");
         let all = [outside.clone(), a.clone(), b.clone(), at_other.clone()];
         let servers = [srv.clone(), other.clone()];
+        let standing = |owns: &[&str], taken: &[(&str, &str)]| ScopeStanding {
+            owns_at: owns.iter().map(|s| (*s).to_owned()).collect(),
+            taken_at: taken
+                .iter()
+                .map(|(s, o)| ((*s).to_owned(), (*o).to_owned()))
+                .collect(),
+        };
         let table: &[(&MCPScope, ScopeStanding)] = &[
-            (&outside, ScopeStanding::NotAdmitted),
-            (&a, ScopeStanding::Owns),
-            (&b, ScopeStanding::Taken("team-a/read".into())),
+            (&outside, standing(&[], &[])),
+            (&a, standing(&["mcp-authz/auth"], &[])),
+            (&b, standing(&[], &[("mcp-authz/auth", "team-a/read")])),
             // Older than all, but only counted by its own server: the teams of the other one keep theirs.
-            (&at_other, ScopeStanding::Owns),
+            (&at_other, standing(&["other-platform/b"], &[])),
         ];
         for (scope, expected) in table {
             assert_eq!(
@@ -491,6 +515,97 @@ mod tests {
                 "{}",
                 key_of(*scope)
             );
+        }
+    }
+
+    /// `scope` as the operator last wrote it: owning its value at `owns_at` (`None`: a status from before
+    /// `ownsAt`, with only `Accepted`).
+    fn with_status(mut scope: MCPScope, owns_at: Option<&[&str]>, accepted: bool) -> MCPScope {
+        scope.status = Some(crate::api::mcp_scope::MCPScopeStatus {
+            observed_generation: None,
+            conditions: vec![Condition {
+                type_: "Accepted".into(),
+                status: if accepted { "True" } else { "False" }.into(),
+                reason: "OwnsValue".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: at(1),
+            }],
+            owns_at: owns_at.map(|o| o.iter().map(|s| (*s).to_owned()).collect()),
+        });
+        scope
+    }
+
+    /// F1: holding is per server. A definition accepted at S2 (the only server admitting its namespace), once S1
+    /// admits that namespace too, must not take the value at S1 from the younger team already holding it there.
+    #[test]
+    fn a_scope_holding_at_one_server_does_not_hold_at_another() {
+        let s1 = "platform-1/auth";
+        let s2 = "platform-2/auth";
+        let early = |owns: Option<&[&str]>, accepted| {
+            with_status(
+                scope("early", "read", "files:read", Some(100), "u-1"),
+                owns,
+                accepted,
+            )
+        };
+        let team = |owns: Option<&[&str]>, accepted| {
+            with_status(
+                scope("team", "read", "files:read", Some(200), "u-2"),
+                owns,
+                accepted,
+            )
+        };
+        let fresh_early = scope("early", "read", "files:read", Some(100), "u-1");
+        let fresh_team = scope("team", "read", "files:read", Some(200), "u-2");
+        // (early's status, team's status, server deciding, expected owner)
+        let table: Vec<(MCPScope, MCPScope, &str, &str)> = vec![
+            // The defect: early holds at S2 only, team holds at S1; at S1 the team keeps it.
+            (
+                early(Some(&[s2]), true),
+                team(Some(&[s1]), true),
+                s1,
+                "team/read",
+            ),
+            (
+                early(Some(&[s2]), true),
+                team(Some(&[s1]), true),
+                s2,
+                "early/read",
+            ),
+            // Nobody holds (new objects): the oldest.
+            (fresh_early.clone(), fresh_team.clone(), s1, "early/read"),
+            // Holding nowhere written down: age.
+            (
+                early(Some(&[]), false),
+                team(Some(&[]), false),
+                s1,
+                "early/read",
+            ),
+            // Held at both by early: early.
+            (
+                early(Some(&[s1, s2]), true),
+                team(Some(&[]), false),
+                s1,
+                "early/read",
+            ),
+            // A status from before ownsAt: Accepted=True counts as holding everywhere, until rewritten.
+            (early(None, false), team(None, true), s1, "team/read"),
+            (early(None, true), team(None, true), s1, "early/read"),
+            // ownsAt written wins over a stale Accepted.
+            (
+                early(Some(&[]), true),
+                team(Some(&[s1]), true),
+                s1,
+                "team/read",
+            ),
+        ];
+        for (i, (early, team, server, want)) in table.into_iter().enumerate() {
+            let scopes = [early, team];
+            let owner = scope_owners(&scopes, server)
+                .get("files:read")
+                .map(|s| key_of(*s));
+            assert_eq!(owner.as_deref(), Some(want), "case {i} at {server}");
         }
     }
 }

@@ -539,3 +539,158 @@ fn monitoring_objects_are_opt_in() {
     assert_eq!(json["uid"], "mcp-authz");
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
 }
+
+/// The value of environment variable `name` of the operator container, if set.
+fn operator_env(objs: &[Value], name: &str) -> Option<String> {
+    one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().expect("a plain value").to_owned())
+}
+
+/// The ingress rules of the NetworkPolicy the operator renders for a sample MCPService, with the scrapers the
+/// chart's values give it (through the operator's environment, parsed as the operator parses it).
+fn sidecar_ingress(sets: &[&str]) -> Value {
+    use mcp_authz_operator::render::{Scrapers, parse_labels, sidecar};
+    let objs = objects(sets);
+    let labels = |name: &str| operator_env(&objs, name).map(|v| parse_labels(&v).expect("labels"));
+    let scrapers = Scrapers::from_labels(
+        labels("MCP_AUTHZ_METRICS_SCRAPER_NAMESPACE_LABELS").as_ref(),
+        labels("MCP_AUTHZ_METRICS_SCRAPER_POD_LABELS").as_ref(),
+    );
+    let service = mcp_authz_operator::api::cases::mcp_service_in(
+        "apps",
+        "files",
+        "https://mcp.example.com/files",
+        &[],
+        None,
+    );
+    let mut server = mcp_authz_operator::api::cases::authorization_server();
+    server["metadata"]["namespace"] = serde_json::json!("mcp-authz");
+    let server = serde_json::from_value(server).expect("server");
+    let rendered =
+        sidecar::render(&service, &server, &[], Some("CA"), scrapers.as_ref()).expect("render");
+    let policy = rendered
+        .iter()
+        .find(|o| o.kind == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    policy.body["spec"]["ingress"].clone()
+}
+
+#[test]
+fn the_sidecar_admin_port_is_open_only_to_the_configured_scrapers() {
+    use serde_json::json;
+    let mcp = json!({"ports": [{"port": 8443, "protocol": "TCP"}]});
+    let admin = |namespace: Value, pods: Value| {
+        json!({"ports": [{"port": 9464, "protocol": "TCP"}],
+               "from": [{"namespaceSelector": {"matchLabels": namespace}, "podSelector": pods}]})
+    };
+    let objs = objects(&[]);
+    assert_eq!(
+        operator_env(&objs, "MCP_AUTHZ_METRICS_SCRAPER_NAMESPACE_LABELS").as_deref(),
+        Some("kubernetes.io/metadata.name=monitoring")
+    );
+    assert_eq!(
+        sidecar_ingress(&[]),
+        json!([
+            mcp,
+            admin(
+                json!({"kubernetes.io/metadata.name": "monitoring"}),
+                json!({"matchLabels": {"app.kubernetes.io/name": "prometheus"}})
+            )
+        ]),
+        "by default: Prometheus pods of the monitoring namespace"
+    );
+    assert_eq!(
+        sidecar_ingress(&[
+            "monitoring.scrapers.namespaceLabels.team=observability",
+            "monitoring.scrapers.namespaceLabels.kubernetes\\.io/metadata\\.name=null",
+            "monitoring.scrapers.podLabels=null",
+        ]),
+        json!([mcp, admin(json!({"team": "observability"}), json!({}))]),
+        "any pod of the labelled namespaces"
+    );
+    assert_eq!(
+        sidecar_ingress(&["monitoring.scrapers.namespaceLabels=null"]),
+        json!([mcp]),
+        "no namespaces: the admin port is closed"
+    );
+    assert!(
+        refused(&["monitoring.scrapers.namespaceLabels.team=1"]).contains("team"),
+        "label values are strings"
+    );
+}
+
+#[test]
+fn a_namespace_scoped_install_binds_roles_in_the_served_namespaces_only() {
+    use serde_json::json;
+    let objs = objects(&["operator.watchNamespaces={team-a,team-b}"]);
+    assert_eq!(
+        operator_env(&objs, "MCP_AUTHZ_WATCH_NAMESPACES").as_deref(),
+        Some("team-a,team-b")
+    );
+    let file_rules = serde_saphyr::from_str::<Value>(
+        &std::fs::read_to_string(chart().join("files/operator-rbac.yaml")).expect("rules file"),
+    )
+    .expect("rules YAML")["rules"]
+        .clone();
+    let roles = find(&objs, "Role");
+    let mut served: Vec<&str> = roles
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().expect("namespace"))
+        .collect();
+    served.sort_unstable();
+    assert_eq!(served, ["mcp-authz", "team-a", "team-b"]);
+    for role in &roles {
+        assert_eq!(role["rules"], file_rules, "the one rules file");
+    }
+    let mut bound: Vec<&str> = find(&objs, "RoleBinding")
+        .iter()
+        .map(|b| b["metadata"]["namespace"].as_str().expect("namespace"))
+        .collect();
+    bound.sort_unstable();
+    assert_eq!(bound, served);
+    let cluster = operator_cluster_role(&objs);
+    assert_eq!(
+        cluster["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": ["mcp-authz-webhook"], "verbs": ["get", "patch"]}
+        ]),
+        "nothing namespaced, no Secrets, cluster-wide"
+    );
+    let webhook = one(&objs, "MutatingWebhookConfiguration");
+    assert_eq!(
+        webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0],
+        json!({"key": "kubernetes.io/metadata.name", "operator": "In",
+               "values": ["team-a", "team-b", "mcp-authz"]})
+    );
+
+    // The default install: one ClusterRole with the file's rules, no Roles, no namespace list.
+    let objs = objects(&[]);
+    assert!(find(&objs, "Role").is_empty());
+    assert_eq!(operator_env(&objs, "MCP_AUTHZ_WATCH_NAMESPACES"), None);
+    let rules = operator_cluster_role(&objs)["rules"]
+        .as_array()
+        .expect("rules")
+        .clone();
+    assert_eq!(
+        json!(rules[..rules.len() - 1]),
+        file_rules,
+        "the file, then the webhook rule"
+    );
+    assert!(
+        refused(&["operator.watchNamespaces={Team_A}"]).contains("watchNamespaces"),
+        "namespace names only"
+    );
+}
+
+fn operator_cluster_role(objs: &[Value]) -> &Value {
+    find(objs, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "mcp-authz-operator")
+        .expect("the operator's ClusterRole")
+}

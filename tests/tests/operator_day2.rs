@@ -40,6 +40,11 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
     let args = |identity: &str| {
         let mut args = operator_support::operator_args(&ns, identity, &configuration);
         args.defaults_configmap = Some("mcp-authz-defaults".into());
+        // As the chart's defaults set them (monitoring.scrapers).
+        args.metrics_scraper_namespace_labels =
+            Some([("kubernetes.io/metadata.name".into(), "monitoring".into())].into());
+        args.metrics_scraper_pod_labels =
+            Some([("app.kubernetes.io/name".into(), "prometheus".into())].into());
         args
     };
     let running = mcp_authz_operator::runtime::start(args("op-day2"), operator.clone())
@@ -164,7 +169,7 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
         uid(&pvc)
     );
 
-    // The sidecar's admin port is open to scrapers, the MCP server's own port is not.
+    // The sidecar's MCP port is open, its admin port only to the scrapers, the MCP server's own port not at all.
     let mut service = cases::mcp_service();
     service["metadata"]["namespace"] = json!(ns);
     operator_support::create(&admin, &ns, &service)
@@ -182,7 +187,13 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
     .await;
     assert_eq!(
         policy["spec"]["ingress"],
-        json!([{"ports": [{"port": 8443, "protocol": "TCP"}, {"port": 9464, "protocol": "TCP"}]}])
+        json!([
+            {"ports": [{"port": 8443, "protocol": "TCP"}]},
+            {"ports": [{"port": 9464, "protocol": "TCP"}],
+             "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}
+        ]),
+        "as stored by the API server"
     );
 
     // Conditions are a map keyed by type: another controller's condition survives the operator's writes.

@@ -7,7 +7,7 @@ mod operator_support;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use mcp_authz_operator::api::cases;
-use mcp_authz_tests::control_plane::{ControlPlane, eventually};
+use mcp_authz_tests::control_plane::{ControlPlane, eventually, eventually_within};
 use operator_support::{condition, get_json};
 use serde_json::{Value, json};
 
@@ -101,7 +101,7 @@ fn entries(config: &Value) -> Vec<(String, String)> {
 }
 
 /// The operator, running under the chart's rules for the `platform` namespace, and an AuthorizationServer `auth`
-/// there that admits namespaces labelled as tenants.
+/// there that admits the namespaces labelled as its tenants (`TENANT_LABEL: <platform>`).
 async fn operator_and_server(
     cluster: &ControlPlane,
     admin: &kube::Client,
@@ -120,8 +120,10 @@ async fn operator_and_server(
     .expect("operator starts");
     let mut server = cases::authorization_server();
     server["metadata"]["namespace"] = json!(platform);
+    // Each test admits its own tenants (the tests share one API server, and a server admitting another test's
+    // namespaces would count its scopes too).
     server["spec"]["allowedNamespaces"] =
-        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: "enabled"}}});
+        json!({"from": "Selector", "selector": {"matchLabels": {TENANT_LABEL: platform}}});
     operator_support::create(admin, platform, &server)
         .await
         .expect("AuthorizationServer");
@@ -138,8 +140,8 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     let victim_ns = cluster.new_namespace("zzz").await.expect("namespace");
     let newcomer_ns = cluster.new_namespace("aaa").await.expect("namespace");
     let outside_ns = cluster.new_namespace("outside").await.expect("namespace");
-    label_tenant(&admin, &victim_ns, Some("enabled")).await;
-    label_tenant(&admin, &newcomer_ns, Some("enabled")).await;
+    label_tenant(&admin, &victim_ns, Some(&platform)).await;
+    label_tenant(&admin, &newcomer_ns, Some(&platform)).await;
     let running = operator_and_server(cluster, &admin, &platform, "op-tenancy").await;
     operator_support::create(
         &admin,
@@ -280,7 +282,7 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
         (
             "ValueTaken",
             format!(
-                "MCPScope {victim_ns}/files-write defined files:write first and owns its meaning; this definition is ignored: choose another value"
+                "MCPScope {victim_ns}/files-write defined files:write first and owns its meaning at AuthorizationServer {platform}/auth; this definition is ignored: choose another value"
             )
         )
     );
@@ -414,7 +416,7 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
         (
             "NamespaceNotAllowed",
             format!(
-                "AuthorizationServer {platform}/auth does not admit services from namespace {outside_ns} (allowedNamespaces from: Selector {TENANT_LABEL}=enabled); a platform admin decides which namespaces may use it"
+                "AuthorizationServer {platform}/auth does not admit services from namespace {outside_ns} (allowedNamespaces from: Selector {TENANT_LABEL}={platform}); a platform admin decides which namespaces may use it"
             )
         )
     );
@@ -436,7 +438,7 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     );
 
     // The platform admin lets the namespace in: the service attaches without any change of its own...
-    label_tenant(&admin, &outside_ns, Some("enabled")).await;
+    label_tenant(&admin, &outside_ns, Some(&platform)).await;
     eventually("the admitted service's credentials", || {
         secret(&admin, &outside_ns, "files-mcp-authz-sidecar-credentials")
     })
@@ -478,7 +480,7 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
     let platform = cluster.new_namespace("platform").await.expect("namespace");
     let team_ns = cluster.new_namespace("team").await.expect("namespace");
     let squatter_ns = cluster.new_namespace("squat").await.expect("namespace");
-    label_tenant(&admin, &team_ns, Some("enabled")).await;
+    label_tenant(&admin, &team_ns, Some(&platform)).await;
     let running = operator_and_server(cluster, &admin, &platform, "op-squat").await;
 
     // First, and from a namespace the server does not admit.
@@ -553,5 +555,302 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
     assert_eq!(reports.len(), 1, "{config}");
     assert_eq!(reports[0]["description"], "Read your reports");
     assert_ne!(reports[0]["sensitive"], true);
+
+    // The platform admits the squatter's namespace later: its scope's status follows within seconds (it was
+    // re-checked only every 5 minutes), and the team, holding the value, keeps it against the older definition.
+    label_tenant(&admin, &squatter_ns, Some(&platform)).await;
+    let squatter = eventually_within(
+        "the admitted squatter's scope says the value is taken",
+        SOON,
+        || async {
+            conditions_of(&admin, &squatter_ns, "MCPScope", "reports", "Accepted")
+                .await
+                .filter(|c| c.1 == "ValueTaken")
+        },
+    )
+    .await;
+    assert_eq!(
+        (squatter.0.as_str(), squatter.2),
+        (
+            "False",
+            format!(
+                "MCPScope {team_ns}/reports defined reports:read first and owns its meaning at AuthorizationServer {platform}/auth; this definition is ignored: choose another value"
+            )
+        )
+    );
+    assert_eq!(
+        conditions_of(&admin, &team_ns, "MCPScope", "reports", "Accepted").await,
+        Some((
+            "True".into(),
+            "OwnsValue".into(),
+            format!("defines reports:read at AuthorizationServer {platform}/auth")
+        ))
+    );
+    assert_eq!(
+        owns_at(&admin, &team_ns, "reports").await,
+        [format!("{platform}/auth")]
+    );
+    assert!(owns_at(&admin, &squatter_ns, "reports").await.is_empty());
+    running.stop();
+}
+
+/// How long a status may take to follow a change it depends on: well under the 5-minute resync, so only a
+/// watch gets there in time.
+const SOON: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `status.ownsAt` of MCPScope `namespace/name`.
+async fn owns_at(admin: &kube::Client, namespace: &str, name: &str) -> Vec<String> {
+    let scope = get_json(admin, namespace, V1, "MCPScope", name)
+        .await
+        .expect("the MCPScope exists");
+    serde_json::from_value(scope["status"]["ownsAt"].clone()).unwrap_or_default()
+}
+
+/// An AuthorizationServer `auth` in `platform` admitting the namespaces named `admitted`.
+fn server_admitting(platform: &str, admitted: &[&str]) -> Value {
+    let mut server = cases::authorization_server();
+    server["metadata"]["namespace"] = json!(platform);
+    server["spec"]["allowedNamespaces"] = json!({"from": "Selector", "selector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": admitted}]}});
+    server
+}
+
+/// F1: holding a scope value is per server. A namespace admitted only by server `p2` defines `files:read` early;
+/// a team at server `p1` defines it later and works. When `p1` admits the early namespace too, the early
+/// definition (holding at `p2`, older) must not take `files:read` at `p1` from the team; each status says
+/// where it holds and where it is taken.
+#[tokio::test]
+async fn a_scope_holding_at_one_server_does_not_take_the_value_at_another() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let p1 = cluster.new_namespace("p1").await.expect("namespace");
+    let p2 = cluster.new_namespace("p2").await.expect("namespace");
+    let early_ns = cluster.new_namespace("early").await.expect("namespace");
+    let team_ns = cluster.new_namespace("team").await.expect("namespace");
+    let running = operator_and_server(cluster, &admin, &p1, "op-per-server").await;
+    // p1's server (made by the helper) admits namespaces labelled for it: the team only, for now.
+    label_tenant(&admin, &team_ns, Some(&p1)).await;
+    operator_support::create(&admin, &p2, &server_admitting(&p2, &[&early_ns]))
+        .await
+        .expect("p2's server");
+
+    operator_support::create(
+        &admin,
+        &early_ns,
+        &scope(&early_ns, "read", "files:read", "Early meaning", true),
+    )
+    .await
+    .expect("early scope");
+    eventually("the early scope holds at p2", || async {
+        (owns_at(&admin, &early_ns, "read").await == [format!("{p2}/auth")]).then_some(())
+    })
+    .await;
+    // creationTimestamp has one-second resolution: make the team's definition visibly younger.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    operator_support::create(
+        &admin,
+        &team_ns,
+        &scope(
+            &team_ns,
+            "read",
+            "files:read",
+            "Read the team's files",
+            false,
+        ),
+    )
+    .await
+    .expect("team scope");
+    operator_support::create(
+        &admin,
+        &team_ns,
+        &service(&team_ns, &p1, URL, "Files", &["files:read"]),
+    )
+    .await
+    .expect("team service");
+    eventually("the team's service is Ready", || async {
+        conditions_of(&admin, &team_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    eventually("the team's scope holds at p1", || async {
+        (owns_at(&admin, &team_ns, "read").await == [format!("{p1}/auth")]).then_some(())
+    })
+    .await;
+
+    // The platform admits the early namespace at p1 as well.
+    label_tenant(&admin, &early_ns, Some(&p1)).await;
+    let early = eventually_within("the early scope says where it is taken", SOON, || async {
+        conditions_of(&admin, &early_ns, "MCPScope", "read", "Accepted")
+            .await
+            .filter(|c| c.1 == "TakenAtSomeServers")
+    })
+    .await;
+    assert_eq!(
+        (early.0.as_str(), early.2),
+        (
+            "True",
+            format!(
+                "defines files:read at AuthorizationServer {p2}/auth; MCPScope {team_ns}/read defined files:read first and owns its meaning at AuthorizationServer {p1}/auth, where this definition is ignored"
+            )
+        )
+    );
+    assert_eq!(
+        owns_at(&admin, &early_ns, "read").await,
+        [format!("{p2}/auth")]
+    );
+    assert_eq!(
+        conditions_of(&admin, &team_ns, "MCPScope", "read", "Accepted").await,
+        Some((
+            "True".into(),
+            "OwnsValue".into(),
+            format!("defines files:read at AuthorizationServer {p1}/auth")
+        ))
+    );
+    assert_eq!(
+        owns_at(&admin, &team_ns, "read").await,
+        [format!("{p1}/auth")]
+    );
+    let config = config_after(&admin, &p1, "marker:per-server").await;
+    let read: Vec<&Value> = config["scopes"]
+        .as_array()
+        .expect("scopes")
+        .iter()
+        .filter(|s| s["value"] == "files:read")
+        .collect();
+    assert_eq!(read.len(), 1, "{config}");
+    assert_eq!(
+        read[0]["description"], "Read the team's files",
+        "p1 keeps the team's meaning"
+    );
+    assert_ne!(read[0]["sensitive"], true, "{config}");
+    assert_eq!(
+        conditions_of(&admin, &team_ns, "MCPService", "files", "ScopesResolved")
+            .await
+            .map(|c| (c.0, c.1)),
+        Some(("True".into(), "AllScopesFound".into())),
+        "the team's service still sees its scope"
+    );
+    running.stop();
+}
+
+/// A later claim of a held resource URL waits; when the holder is deleted it takes the URL within seconds, and
+/// the holder created again (a new object, so the younger claim) waits in turn: the oldest live claim wins.
+#[tokio::test]
+async fn a_waiting_claim_takes_the_url_when_the_holder_goes_and_keeps_it() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let first_ns = cluster.new_namespace("first").await.expect("namespace");
+    let second_ns = cluster.new_namespace("second").await.expect("namespace");
+    label_tenant(&admin, &first_ns, Some(&platform)).await;
+    label_tenant(&admin, &second_ns, Some(&platform)).await;
+    let running = operator_and_server(cluster, &admin, &platform, "op-waiting").await;
+    let url = "https://mcp.example.com/shared";
+    let ready = |ns: String| {
+        let admin = admin.clone();
+        async move {
+            conditions_of(&admin, &ns, "MCPService", "files", "Ready")
+                .await
+                .filter(|c| c.0 == "True")
+        }
+    };
+    let credentials = |ns: String| {
+        let admin = admin.clone();
+        async move { conditions_of(&admin, &ns, "MCPService", "files", "CredentialsIssued").await }
+    };
+    let waiting_behind = |holder: &str| {
+        (
+            "False".to_owned(),
+            "ResourceURLTaken".to_owned(),
+            format!(
+                "MCPService {holder}/files already protects {url} with AuthorizationServer {platform}/auth; give this service its own resourceUrl"
+            ),
+        )
+    };
+
+    let first = service(&first_ns, &platform, url, "First", &[]);
+    operator_support::create(&admin, &first_ns, &first)
+        .await
+        .expect("first service");
+    eventually("the first service is Ready", || ready(first_ns.clone())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    operator_support::create(
+        &admin,
+        &second_ns,
+        &service(&second_ns, &platform, url, "Second", &[]),
+    )
+    .await
+    .expect("second service");
+    let waiting = eventually("the second service waits", || async {
+        credentials(second_ns.clone())
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(waiting, waiting_behind(&first_ns));
+
+    // The holder goes: the waiting claim takes the URL, its key and the server's entry.
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &first_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &Default::default())
+    .await
+    .expect("delete the holder");
+    eventually_within("the waiting service takes the URL", SOON, || {
+        ready(second_ns.clone())
+    })
+    .await;
+    assert_eq!(
+        credentials(second_ns.clone()).await.map(|c| (c.0, c.1)),
+        Some(("True".into(), "KeyIssued".into()))
+    );
+    eventually("the second service's key", || {
+        secret(&admin, &second_ns, "files-mcp-authz-sidecar-credentials")
+    })
+    .await;
+    let config = config_after(&admin, &platform, "marker:waiting-one").await;
+    assert_eq!(entries(&config), [(url.to_owned(), "Second".to_owned())]);
+
+    // The old holder comes back, as a new object: it is now the younger claim and waits.
+    eventually("the old holder is gone", || async {
+        get_json(&admin, &first_ns, V1, "MCPService", "files")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    operator_support::create(&admin, &first_ns, &first)
+        .await
+        .expect("the first service again");
+    let waiting = eventually("the re-created service waits", || async {
+        credentials(first_ns.clone())
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(waiting, waiting_behind(&second_ns));
+    let config = config_after(&admin, &platform, "marker:waiting-two").await;
+    assert_eq!(entries(&config), [(url.to_owned(), "Second".to_owned())]);
+    // The old holder's Secret named the deleted object (its key was bound to that object's uid): the garbage
+    // collector takes it, and the re-created service gets none.
+    eventually("no key in the re-created service's namespace", || async {
+        secret(&admin, &first_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        conditions_of(&admin, &second_ns, "MCPService", "files", "Ready")
+            .await
+            .map(|c| c.0),
+        Some("True".into()),
+        "the second service keeps working"
+    );
     running.stop();
 }

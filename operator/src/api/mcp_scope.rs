@@ -74,4 +74,10 @@ pub struct MCPScopeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The AuthorizationServers (`namespace/name`) at which this definition owns its value, as the operator
+    /// last found. A definition keeps a value it owns at a server against older ones arriving there later
+    /// (a namespace admitted later): owning it at one server says nothing about another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub owns_at: Option<Vec<String>>,
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -61,16 +61,9 @@ async fn reconcile_inner(
 ) -> Result<Action, ReconcileError> {
     let namespace = server.namespace().ok_or(ReconcileError::NoNamespace)?;
     let client = &ctx.client;
-    let lp = ListParams::default();
-    let services = Api::<MCPService>::all(client.clone())
-        .list(&lp)
-        .await?
-        .items;
-    let scopes = Api::<MCPScope>::all(client.clone()).list(&lp).await?.items;
-    let policies = Api::<CIMDPolicy>::all(client.clone())
-        .list(&lp)
-        .await?
-        .items;
+    let services = ctx.scope.list::<MCPService>(client).await?;
+    let scopes = ctx.scope.list::<MCPScope>(client).await?;
+    let policies = ctx.scope.list::<CIMDPolicy>(client).await?;
     let namespaces = super::namespace_labels(client).await?;
     let scopes = crate::tenancy::scopes_at(server, &scopes, &namespaces);
     let inputs = Inputs {

@@ -265,12 +265,17 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| namespace.clone());
-    let server = Api::<AuthorizationServer>::namespaced(client.clone(), &server_ns)
-        .get_opt(&reference.name)
-        .await?;
+    // A server outside the namespaces this operator serves is none of its business (and unreadable to it).
+    let server = if ctx.scope.includes(&server_ns) {
+        Api::<AuthorizationServer>::namespaced(client.clone(), &server_ns)
+            .get_opt(&reference.name)
+            .await?
+    } else {
+        None
+    };
     let lp = ListParams::default();
     let labels = super::namespace_labels(client).await?;
-    let scopes = Api::<MCPScope>::all(client.clone()).list(&lp).await?.items;
+    let scopes = ctx.scope.list::<MCPScope>(client).await?;
     // Only what counts at the server the service names (no server: nothing to render with them).
     let scopes = match &server {
         Some(server) => tenancy::scopes_at(server, &scopes, &labels),
@@ -330,10 +335,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         None => Attachment::NoServer,
         Some(server) => {
             if tenancy::admits(server, &namespace, &labels) {
-                let all = Api::<MCPService>::all(client.clone())
-                    .list(&lp)
-                    .await?
-                    .items;
+                let all = ctx.scope.list::<MCPService>(client).await?;
                 match tenancy::resource_holder(service, server, &all, &labels) {
                     Some(holder) => Attachment::Taken(tenancy::key_of(holder)),
                     None => Attachment::Holds,
@@ -357,7 +359,13 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         };
         transport_ready = bundle.is_some();
         if let Some(bundle) = bundle {
-            for object in sidecar::render(service, server, &scopes, bundle)? {
+            for object in sidecar::render(
+                service,
+                server,
+                &scopes,
+                bundle,
+                ctx.settings.metrics_scrapers.as_ref(),
+            )? {
                 apply(client, &object).await?;
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod authorization_server;
 pub mod mcp_service;
+pub mod triggers;
 pub mod usage;
 
 use std::sync::Arc;
@@ -17,8 +18,75 @@ use crate::metrics::Metrics;
 use crate::naming::FIELD_MANAGER;
 use crate::render::{RenderError, RenderSettings, RenderedObject};
 
+/// The namespaces the operator serves: the whole cluster, or a list (the namespace-scoped install, where its
+/// RBAC is Roles in those namespaces only). Every watch and every list goes through this.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every namespace (ClusterRoles).
+    #[default]
+    All,
+    /// Only these (Roles in each).
+    Namespaces(std::collections::BTreeSet<String>),
+}
+
+impl WatchScope {
+    /// The scope of `--watch-namespaces`: all when the list is empty, else the list and the operator's own
+    /// namespace (its Lease, its webhook Secret and the chart's default AuthorizationServer live there).
+    pub fn new(namespaces: &[String], own: &str) -> Self {
+        let listed: std::collections::BTreeSet<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if listed.is_empty() {
+            Self::All
+        } else {
+            Self::Namespaces(listed.into_iter().chain([own.to_owned()]).collect())
+        }
+    }
+
+    /// Whether objects of `namespace` are served.
+    pub fn includes(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespaces(list) => list.contains(namespace),
+        }
+    }
+
+    /// One API handle per served namespace (one for the whole cluster with [`WatchScope::All`]).
+    pub fn apis<K>(&self, client: &kube::Client) -> Vec<Api<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Self::All => vec![Api::all(client.clone())],
+            Self::Namespaces(list) => list
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        }
+    }
+
+    /// Every object of kind `K` in the served namespaces (one list call per namespace).
+    pub async fn list<K>(&self, client: &kube::Client) -> Result<Vec<K>, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let mut items = Vec::new();
+        for api in self.apis::<K>(client) {
+            items.extend(api.list(&kube::api::ListParams::default()).await?.items);
+        }
+        Ok(items)
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
+    /// The namespaces served.
+    pub scope: WatchScope,
     /// Client (the operator's ServiceAccount).
     pub client: kube::Client,
     /// Images and version.
@@ -230,6 +298,31 @@ pub const FOLLOWER_REQUEUE: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watch_scope_is_the_listed_namespaces_and_the_operators_own() {
+        assert_eq!(WatchScope::new(&[], "mcp-authz"), WatchScope::All);
+        assert_eq!(
+            WatchScope::new(&[" ".into(), String::new()], "mcp-authz"),
+            WatchScope::All
+        );
+        let scope = WatchScope::new(&["a".into(), "b ".into()], "mcp-authz");
+        assert_eq!(
+            scope,
+            WatchScope::Namespaces(["a", "b", "mcp-authz"].map(String::from).into())
+        );
+        let table = [
+            ("a", true),
+            ("b", true),
+            ("mcp-authz", true),
+            ("c", false),
+            ("", false),
+        ];
+        for (ns, want) in table {
+            assert_eq!(scope.includes(ns), want, "{ns}");
+            assert!(WatchScope::All.includes(ns));
+        }
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -29,9 +29,15 @@ fn key<K: ResourceExt>(object: &K) -> String {
     )
 }
 
-/// The services that offer `scope`'s value and see this very object for it (only the owner of a value is ever
-/// seen, and only from its own namespace and from services of a server in its namespace).
-pub fn scope_users(scope: &MCPScope, services: &[MCPService], scopes: &[MCPScope]) -> Vec<String> {
+/// The services that offer `scope`'s value and see this very object for it: only the owner of a value at the
+/// service's server is ever seen, and only from the service's own namespace or its server's.
+pub fn scope_users(
+    scope: &MCPScope,
+    services: &[MCPService],
+    scopes: &[MCPScope],
+    servers: &[AuthorizationServer],
+    labels: &crate::tenancy::NamespaceLabels,
+) -> Vec<String> {
     let mut users: Vec<String> = services
         .iter()
         .filter(|service| service.spec.scopes.contains(&scope.spec.value))
@@ -44,7 +50,15 @@ pub fn scope_users(scope: &MCPScope, services: &[MCPService], scopes: &[MCPScope
                 .clone()
                 .filter(|n| !n.is_empty())
                 .unwrap_or(own);
-            visible_scopes(service, &server_ns, scopes)
+            // What counts at its server; a service naming no existing server sees nothing.
+            let Some(server) = servers
+                .iter()
+                .find(|s| crate::render::names_server(service, s))
+            else {
+                return false;
+            };
+            let here = crate::tenancy::scopes_at(server, scopes, labels);
+            visible_scopes(service, &server_ns, &here)
                 .get(&scope.spec.value)
                 .is_some_and(|seen| key(*seen) == key(scope))
         })
@@ -79,40 +93,72 @@ pub fn policy_users(
     (named, defaults)
 }
 
-/// The conditions of an MCPScope: whether it owns its value (`Accepted`: at each server that counts its
-/// namespace, the oldest definition of a value is the only one that counts) and who uses it (`InUse`).
+/// The status of an MCPScope: where it owns its value (`ownsAt`, the servers, sorted), `Accepted` (at each
+/// server that counts its namespace the oldest definition of a value, or the one holding it there, is the only
+/// one that counts) and who uses it (`InUse`).
+///
+/// `Accepted` names the servers, since a tenant reading `kubectl describe` needs to know where its definition
+/// is in force and, where it is not, whose is: True `OwnsValue` where it owns its value at every server that
+/// counts it, True `TakenAtSomeServers` where it owns it at some and another definition owns it at others (its
+/// services at those servers do not see it), False `ValueTaken` where it owns it nowhere, False
+/// `NamespaceNotAdmitted` where no server counts it.
 pub fn scope_conditions(
     scope: &MCPScope,
     services: &[MCPService],
     scopes: &[MCPScope],
     servers: &[AuthorizationServer],
     labels: &crate::tenancy::NamespaceLabels,
-) -> Vec<Observed> {
-    use crate::tenancy::ScopeStanding;
-    let accepted = match crate::tenancy::scope_standing(scope, scopes, servers, labels) {
-        ScopeStanding::Owns => Observed::yes(
-            "Accepted",
-            "OwnsValue",
-            format!("the oldest MCPScope defining {}", scope.spec.value),
-        ),
-        ScopeStanding::Taken(owner) => Observed::no(
-            "Accepted",
-            "ValueTaken",
-            format!(
-                "MCPScope {owner} defined {} first and owns its meaning; this definition is ignored: choose another value",
-                scope.spec.value
-            ),
-        ),
-        ScopeStanding::NotAdmitted => Observed::no(
+) -> (Vec<String>, Vec<Observed>) {
+    let standing = crate::tenancy::scope_standing(scope, scopes, servers, labels);
+    let value = &scope.spec.value;
+    let servers_text = |servers: &[String]| {
+        servers
+            .iter()
+            .map(|s| format!("AuthorizationServer {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let taken_text = standing
+        .taken_at
+        .iter()
+        .map(|(server, owner)| {
+            format!("MCPScope {owner} defined {value} first and owns its meaning at AuthorizationServer {server}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let accepted = if standing.not_admitted() {
+        Observed::no(
             "Accepted",
             "NamespaceNotAdmitted",
             format!(
                 "no AuthorizationServer admits namespace {}, so this definition counts nowhere",
                 scope.namespace().unwrap_or_default()
             ),
-        ),
+        )
+    } else if standing.owns_at.is_empty() {
+        Observed::no(
+            "Accepted",
+            "ValueTaken",
+            format!("{taken_text}; this definition is ignored: choose another value"),
+        )
+    } else if standing.taken_at.is_empty() {
+        Observed::yes(
+            "Accepted",
+            "OwnsValue",
+            format!("defines {value} at {}", servers_text(&standing.owns_at)),
+        )
+    } else {
+        Observed::yes(
+            "Accepted",
+            "TakenAtSomeServers",
+            format!(
+                "defines {value} at {}; {taken_text}, where this definition is ignored",
+                servers_text(&standing.owns_at)
+            ),
+        )
     };
-    vec![accepted, in_use(&scope_users(scope, services, scopes))]
+    let users = scope_users(scope, services, scopes, servers, labels);
+    (standing.owns_at, vec![accepted, in_use(&users)])
 }
 
 fn in_use(users: &[String]) -> Observed {
@@ -203,27 +249,19 @@ pub async fn reconcile_scope(
 }
 
 async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, ReconcileError> {
-    let lp = ListParams::default();
-    let services = Api::<MCPService>::all(ctx.client.clone())
-        .list(&lp)
-        .await?
-        .items;
-    let scopes = Api::<MCPScope>::all(ctx.client.clone())
-        .list(&lp)
-        .await?
-        .items;
-    let servers = Api::<AuthorizationServer>::all(ctx.client.clone())
-        .list(&lp)
-        .await?
-        .items;
+    let services = ctx.scope.list::<MCPService>(&ctx.client).await?;
+    let scopes = ctx.scope.list::<MCPScope>(&ctx.client).await?;
+    let servers = ctx.scope.list::<AuthorizationServer>(&ctx.client).await?;
     let labels = super::namespace_labels(&ctx.client).await?;
-    let observed = scope_conditions(scope, &services, &scopes, &servers, &labels);
-    let previous = scope
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    write_status(ctx, scope, &previous, &observed).await?;
+    let (owns_at, observed) = scope_conditions(scope, &services, &scopes, &servers, &labels);
+    let status = scope.status.as_ref();
+    let previous = status.map(|s| s.conditions.clone()).unwrap_or_default();
+    let moved = status.and_then(|s| s.owns_at.as_ref()) != Some(&owns_at);
+    let extra = Extra {
+        fields: json!({"ownsAt": owns_at}),
+        changed: moved,
+    };
+    write_status(ctx, scope, &previous, &observed, Some(extra)).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -244,15 +282,8 @@ pub async fn reconcile_policy(
 }
 
 async fn policy_status(policy: &CIMDPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
-    let lp = ListParams::default();
-    let services = Api::<MCPService>::all(ctx.client.clone())
-        .list(&lp)
-        .await?
-        .items;
-    let servers = Api::<AuthorizationServer>::all(ctx.client.clone())
-        .list(&lp)
-        .await?
-        .items;
+    let services = ctx.scope.list::<MCPService>(&ctx.client).await?;
+    let servers = ctx.scope.list::<AuthorizationServer>(&ctx.client).await?;
     let bundle_has_key = match &policy.spec.trusted_ca_bundle {
         None => None,
         Some(bundle) => Some(
@@ -272,8 +303,15 @@ async fn policy_status(policy: &CIMDPolicy, ctx: &Context) -> Result<Action, Rec
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    write_status(ctx, policy, &previous, &observed).await?;
+    write_status(ctx, policy, &previous, &observed, None).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Status fields besides the conditions, sent with every write (server-side apply drops a field its manager
+/// stops sending); `changed` says whether they differ from the object's.
+struct Extra {
+    fields: serde_json::Value,
+    changed: bool,
 }
 
 async fn write_status<K>(
@@ -281,6 +319,7 @@ async fn write_status<K>(
     object: &K,
     previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     observed: &[Observed],
+    extra: Option<Extra>,
 ) -> Result<(), ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -289,12 +328,24 @@ where
         + std::fmt::Debug,
 {
     let conditions = status::merge(previous, observed, object.meta().generation, &status::now());
-    if conditions.as_slice() == previous {
+    if conditions.as_slice() == previous && !extra.as_ref().is_some_and(|e| e.changed) {
         return Ok(());
+    }
+    let mut status =
+        json!({"observedGeneration": object.meta().generation, "conditions": conditions});
+    if let (
+        Some(Extra {
+            fields: serde_json::Value::Object(fields),
+            ..
+        }),
+        Some(status),
+    ) = (extra, status.as_object_mut())
+    {
+        status.extend(fields);
     }
     let body = json!({
         "apiVersion": K::api_version(&()), "kind": K::kind(&()),
-        "status": {"observedGeneration": object.meta().generation, "conditions": conditions},
+        "status": status,
     });
     Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
         .patch_status(
@@ -348,17 +399,30 @@ mod tests {
             service("other", "notes", &["files:read", "files:write"], None),
             service("other", "mail", &["mail:read"], None),
         ];
+        let mut all = server("default");
+        all.spec.allowed_namespaces =
+            serde_json::from_value(json!({"from": "All"})).expect("allowed");
+        let servers = [all];
+        let labels = crate::tenancy::NamespaceLabels::new();
+        let users = |scope: &MCPScope, servers: &[AuthorizationServer]| {
+            scope_users(scope, &services, &scopes, servers, &labels)
+        };
         assert_eq!(
-            scope_users(&shared, &services, &scopes),
+            users(&shared, &servers),
             ["MCPService apps/files", "MCPService other/notes"],
             "the server's namespace serves every tenant"
         );
         assert_eq!(
-            scope_users(&own, &services, &scopes),
+            users(&own, &servers),
             ["MCPService apps/files"],
             "a team's own scope is not another team's"
         );
-        assert!(scope_users(&scope("x", "y", "z:z"), &services, &scopes).is_empty());
+        assert!(users(&scope("x", "y", "z:z"), &servers).is_empty());
+        assert!(
+            users(&own, &[server("default")]).is_empty(),
+            "a server that does not admit apps does not count its scope"
+        );
+        assert!(users(&shared, &[]).is_empty(), "no server, no use");
     }
 
     #[test]
@@ -390,27 +454,25 @@ mod tests {
         }];
         let labels = crate::tenancy::NamespaceLabels::new();
         assert_eq!(
-            view(&scope_conditions(&squatter, &services, &scopes, &servers, &labels)),
+            view(&scope_conditions(&squatter, &services, &scopes, &servers, &labels).1),
             [
                 (
                     "Accepted",
                     false,
                     "ValueTaken",
-                    "MCPScope zzz/read defined files:read first and owns its meaning; this definition is ignored: choose another value".to_owned()
+                    "MCPScope zzz/read defined files:read first and owns its meaning at AuthorizationServer mcp-authz/auth; this definition is ignored: choose another value".to_owned()
                 ),
                 ("InUse", false, "Unused", "no resource uses it".to_owned()),
             ]
         );
         assert_eq!(
-            view(&scope_conditions(
-                &owner, &services, &scopes, &servers, &labels
-            )),
+            view(&scope_conditions(&owner, &services, &scopes, &servers, &labels).1),
             [
                 (
                     "Accepted",
                     true,
                     "OwnsValue",
-                    "the oldest MCPScope defining files:read".to_owned()
+                    "defines files:read at AuthorizationServer mcp-authz/auth".to_owned()
                 ),
                 (
                     "InUse",
@@ -420,6 +482,80 @@ mod tests {
                 ),
             ],
             "aaa's service cannot reach zzz's scope, and its own is ignored"
+        );
+    }
+
+    /// F2: a definition owned at one server and taken at another says both, naming the servers and the owner,
+    /// and `ownsAt` lists where it holds.
+    #[test]
+    fn a_scope_says_at_which_servers_it_holds_and_where_it_is_taken() {
+        let at = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).expect("time"),
+            ))
+        };
+        let named = |ns: &str, allowed: serde_json::Value| {
+            let mut v = cases::authorization_server();
+            v["metadata"] = json!({"name": "auth", "namespace": ns});
+            v["spec"]["allowedNamespaces"] = allowed;
+            serde_json::from_value::<AuthorizationServer>(v).expect("server")
+        };
+        let by_name = |names: &[&str]| {
+            json!({"from": "Selector", "selector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": names}]}})
+        };
+        // p1 admits the team and the early namespace; p2 admits early only; p3 admits the team only.
+        let servers = [
+            named("p1", by_name(&["team", "early"])),
+            named("p2", by_name(&["early"])),
+            named("p3", by_name(&["team"])),
+        ];
+        let labels = crate::tenancy::NamespaceLabels::new();
+        let mut early = scope("early", "read", "files:read");
+        early.metadata.creation_timestamp = at(100);
+        let mut team = scope("team", "read", "files:read");
+        team.metadata.creation_timestamp = at(200);
+        let lone = scope("nowhere", "read", "files:read");
+        let scopes = [early.clone(), team.clone(), lone.clone()];
+        let view = |scope: &MCPScope| {
+            let (owns_at, observed) = scope_conditions(scope, &[], &scopes, &servers, &labels);
+            let a = &observed[0];
+            (owns_at, a.status, a.reason, a.message.clone())
+        };
+        assert_eq!(
+            view(&team),
+            (
+                vec!["p3/auth".to_owned()],
+                true,
+                "TakenAtSomeServers",
+                "defines files:read at AuthorizationServer p3/auth; MCPScope early/read defined files:read first and owns its meaning at AuthorizationServer p1/auth, where this definition is ignored".to_owned()
+            )
+        );
+        assert_eq!(
+            view(&early),
+            (
+                vec!["p1/auth".to_owned(), "p2/auth".to_owned()],
+                true,
+                "OwnsValue",
+                "defines files:read at AuthorizationServer p1/auth, AuthorizationServer p2/auth"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            view(&lone),
+            (
+                vec![],
+                false,
+                "NamespaceNotAdmitted",
+                "no AuthorizationServer admits namespace nowhere, so this definition counts nowhere"
+                    .to_owned()
+            )
+        );
+        let only_p1 = [servers[0].clone()];
+        let (owns_at, observed) = scope_conditions(&team, &[], &scopes, &only_p1, &labels);
+        assert_eq!(
+            (owns_at, observed[0].status, observed[0].reason),
+            (vec![], false, "ValueTaken")
         );
     }
 

@@ -136,7 +136,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     // The catalogue: every scope some service offers and can see, plus every scope the server's
     // namespace owns (so a scope exists before its first service). Only owners enter it, so no
     // team's definition of a value can replace another's.
-    let owners = crate::tenancy::scope_owners(inputs.scopes);
+    let server_key = crate::tenancy::key_of(inputs.server);
+    let owners = crate::tenancy::scope_owners(inputs.scopes, &server_key);
     let mut catalogue: BTreeMap<String, ScopeDefinition> = BTreeMap::new();
     let mut add = |scope: &crate::api::MCPScope| -> Result<(), RenderError> {
         let max = scope

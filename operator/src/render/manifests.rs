@@ -33,7 +33,13 @@ pub fn render_all(
         {
             // The CA bundle exists only in a cluster (the operator makes it); offline, a TLS server's sidecar
             // ConfigMap comes without it and the operator fills it in.
-            objects.extend(sidecar::render(service, &server.object, &scopes, None)?);
+            objects.extend(sidecar::render(
+                service,
+                &server.object,
+                &scopes,
+                None,
+                settings.metrics_scrapers.as_ref(),
+            )?);
         }
     }
     Ok(objects)

@@ -29,6 +29,52 @@ pub struct RenderSettings {
     pub version: String,
     /// Names added to every operator-issued in-cluster serving certificate (`--authserver-tls-extra-names`).
     pub authserver_tls_extra_names: Vec<String>,
+    /// Who may reach the sidecars' admin port (`/metrics`) through each MCPService's NetworkPolicy; nobody
+    /// when `None`.
+    pub metrics_scrapers: Option<Scrapers>,
+}
+
+/// The pods allowed to scrape the sidecars' admin port: those matching `pods` (all, when empty) in the
+/// namespaces matching `namespaces` (never empty: "any namespace" would open the port to every tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scrapers {
+    /// Labels the scraper's namespace carries (`kubernetes.io/metadata.name: monitoring`).
+    pub namespaces: BTreeMap<String, String>,
+    /// Labels the scraper's pods carry (`app.kubernetes.io/name: prometheus`).
+    pub pods: BTreeMap<String, String>,
+}
+
+impl Scrapers {
+    /// Scrapers from `key=value,...` label lists; `None` when no namespace labels are given (the port stays
+    /// closed).
+    pub fn from_labels(
+        namespaces: Option<&BTreeMap<String, String>>,
+        pods: Option<&BTreeMap<String, String>>,
+    ) -> Option<Self> {
+        let namespaces = namespaces.filter(|n| !n.is_empty())?.clone();
+        Some(Self {
+            namespaces,
+            pods: pods.cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// Parses `key=value,key2=value2` (a label selector of equalities only) into labels.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() {
+                return Err(format!("{pair:?} has an empty key"));
+            }
+            Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 impl Default for RenderSettings {
@@ -40,6 +86,7 @@ impl Default for RenderSettings {
             image_pull_policy: None,
             version,
             authserver_tls_extra_names: Vec::new(),
+            metrics_scrapers: None,
         }
     }
 }
@@ -149,7 +196,7 @@ pub struct Inputs<'a> {
     pub server: &'a AuthorizationServer,
     /// Every MCPService of the cluster (those naming another server are skipped).
     pub services: &'a [MCPService],
-    /// Every MCPScope of the cluster.
+    /// The MCPScopes that count at the server ([`crate::tenancy::scopes_at`]).
     pub scopes: &'a [MCPScope],
     /// Every CIMDPolicy of the cluster.
     pub policies: &'a [CIMDPolicy],
@@ -178,6 +225,11 @@ pub fn names_server_at(service: &MCPService, name: &str, namespace: &str) -> boo
     reference.name == name && ns == namespace
 }
 
+/// `namespace/name` of the server `service` names, whose namespace is `server_ns`.
+fn server_key(service: &MCPService, server_ns: &str) -> String {
+    format!("{server_ns}/{}", service.spec.authorization_server_ref.name)
+}
+
 /// Scopes visible to a service, by value: each value's owner (the oldest MCPScope defining it, see
 /// [`crate::tenancy::scope_owners`]) when that owner is in the service's namespace or its server's. A value owned
 /// by another team's namespace is not visible: its meaning is that team's to change.
@@ -187,7 +239,7 @@ pub fn visible_scopes<'a>(
     scopes: &'a [MCPScope],
 ) -> BTreeMap<String, &'a MCPScope> {
     let service_ns = service.namespace().unwrap_or_default();
-    crate::tenancy::scope_owners(scopes)
+    crate::tenancy::scope_owners(scopes, &server_key(service, server_ns))
         .into_iter()
         .filter(|(_, owner)| {
             let ns = owner.namespace().unwrap_or_default();
@@ -201,7 +253,7 @@ pub fn visible_scopes<'a>(
 /// reach when another team's namespace owns it (`value (MCPScope ns/name)`).
 pub fn missing_scopes(service: &MCPService, server_ns: &str, scopes: &[MCPScope]) -> Vec<String> {
     let visible = visible_scopes(service, server_ns, scopes);
-    let owners = crate::tenancy::scope_owners(scopes);
+    let owners = crate::tenancy::scope_owners(scopes, &server_key(service, server_ns));
     service
         .spec
         .scopes

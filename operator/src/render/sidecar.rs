@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -215,14 +216,24 @@ fn basic_scopes(offered: &[String], visible: &BTreeMap<String, &MCPScope>) -> Ve
     }
 }
 
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }
+}
+
 /// The ConfigMap and NetworkPolicy of `service`. `issuer_ca` is the CA bundle the server's serving
 /// certificate chains to (read from its TLS Secret); with a TLS transport the ConfigMap carries it beside the
 /// config. The CA certificates are public: copying them into tenant namespaces gives nothing away.
+/// `scrapers` may reach the sidecar's admin port; nobody else.
 pub fn render(
     service: &MCPService,
     server: &AuthorizationServer,
     scopes: &[MCPScope],
     issuer_ca: Option<&str>,
+    scrapers: Option<&super::Scrapers>,
 ) -> Result<Vec<RenderedObject>, RenderError> {
     let name = service.name_any();
     let namespace = service.namespace().unwrap_or_default();
@@ -257,22 +268,35 @@ pub fn render(
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".to_owned()]),
-            // The sidecar's two ports: MCP traffic, and its admin port so the chart's PodMonitor can
-            // scrape /metrics wherever policies are enforced (it serves no MCP and no secrets). The MCP
-            // server's own port is never reachable from outside the pod.
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                ports: Some(
-                    [service.spec.sidecar.port, service.spec.sidecar.admin_port]
-                        .into_iter()
-                        .map(|port| NetworkPolicyPort {
-                            port: Some(IntOrString::Int(port)),
-                            protocol: Some("TCP".to_owned()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                from: None,
-            }]),
+            // MCP traffic through the sidecar, from anywhere (that is the service). The sidecar's admin port
+            // (/metrics, /healthz) only from the configured scrapers: it serves no MCP and no secrets, but
+            // nothing in other tenants' namespaces needs it. The MCP server's own port is never reachable
+            // from outside the pod.
+            ingress: Some(
+                [
+                    Some(NetworkPolicyIngressRule {
+                        ports: Some(vec![tcp(service.spec.sidecar.port)]),
+                        from: None,
+                    }),
+                    scrapers.map(|scrapers| NetworkPolicyIngressRule {
+                        ports: Some(vec![tcp(service.spec.sidecar.admin_port)]),
+                        from: Some(vec![NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector {
+                                match_labels: Some(scrapers.namespaces.clone()),
+                                ..Default::default()
+                            }),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(scrapers.pods.clone()).filter(|p| !p.is_empty()),
+                                ..Default::default()
+                            }),
+                            ip_block: None,
+                        }]),
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             egress: None,
         }),
     };
@@ -411,6 +435,7 @@ mod tests {
             &server(),
             &[scope("apps", "files:read", &[])],
             Some("CA"),
+            None,
         )
         .expect("render");
         let cm = &objects[0];
@@ -470,20 +495,100 @@ mod tests {
     }
 
     #[test]
-    fn network_policy_opens_only_the_sidecar_ports() {
-        let objects = render(&service(), &server(), &[], Some("CA")).expect("render");
-        let np = &objects[1];
-        assert_eq!(np.kind, "NetworkPolicy");
+    fn network_policy_opens_the_sidecar_port_and_the_admin_port_only_to_scrapers() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let monitoring = crate::render::Scrapers {
+            namespaces: labels(&[("kubernetes.io/metadata.name", "monitoring")]),
+            pods: labels(&[("app.kubernetes.io/name", "prometheus")]),
+        };
+        let any_pod = crate::render::Scrapers {
+            namespaces: labels(&[("team", "observability")]),
+            pods: BTreeMap::new(),
+        };
+        let mcp = json!({"ports": [{"port": 8443, "protocol": "TCP"}]});
+        let table = [
+            (
+                None,
+                json!([mcp]),
+                "no scrapers: the admin port stays closed",
+            ),
+            (
+                Some(&monitoring),
+                json!([mcp, {
+                    "ports": [{"port": 9464, "protocol": "TCP"}],
+                    "from": [{
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+                    }]
+                }]),
+                "metrics only from Prometheus in the monitoring namespace",
+            ),
+            (
+                Some(&any_pod),
+                json!([mcp, {
+                    "ports": [{"port": 9464, "protocol": "TCP"}],
+                    "from": [{
+                        "namespaceSelector": {"matchLabels": {"team": "observability"}},
+                        "podSelector": {}
+                    }]
+                }]),
+                "any pod of the scrapers' namespaces",
+            ),
+        ];
+        for (scrapers, ingress, why) in table {
+            let objects = render(&service(), &server(), &[], Some("CA"), scrapers).expect("render");
+            let np = &objects[1];
+            assert_eq!(np.kind, "NetworkPolicy");
+            assert_eq!(
+                np.body["spec"]["podSelector"]["matchLabels"],
+                json!({"app": "files"})
+            );
+            assert_eq!(np.body["spec"]["ingress"], ingress, "{why}");
+            assert_eq!(np.body["spec"]["policyTypes"], json!(["Ingress"]));
+        }
+    }
+
+    #[test]
+    fn scraper_labels_parse_as_equalities() {
+        let parsed = crate::render::parse_labels(
+            "kubernetes.io/metadata.name=monitoring, app.kubernetes.io/name=prometheus",
+        )
+        .expect("labels");
         assert_eq!(
-            np.body["spec"]["podSelector"]["matchLabels"],
-            json!({"app": "files"})
+            parsed.into_iter().collect::<Vec<_>>(),
+            [
+                ("app.kubernetes.io/name".to_owned(), "prometheus".to_owned()),
+                (
+                    "kubernetes.io/metadata.name".to_owned(),
+                    "monitoring".to_owned()
+                ),
+            ]
         );
         assert_eq!(
-            np.body["spec"]["ingress"],
-            json!([{"ports": [{"port": 8443, "protocol": "TCP"}, {"port": 9464, "protocol": "TCP"}]}]),
-            "MCP through the sidecar, and its metrics; never the MCP server's own port"
+            crate::render::parse_labels("").expect("empty"),
+            BTreeMap::new()
         );
-        assert_eq!(np.body["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            crate::render::parse_labels("app in (a,b)"),
+            Err("\"app in (a\" is not key=value".to_owned())
+        );
+        assert_eq!(
+            crate::render::parse_labels("=x"),
+            Err("\"=x\" has an empty key".to_owned())
+        );
+        assert_eq!(
+            crate::render::Scrapers::from_labels(
+                None,
+                Some(&BTreeMap::from([("a".into(), "b".into())]))
+            ),
+            None,
+            "pods without namespaces: closed, never every namespace"
+        );
     }
 
     /// What a sidecar dials and trusts, per transport mode of its server.
@@ -538,6 +643,7 @@ mod tests {
                 &server,
                 std::slice::from_ref(&sensitive),
                 Some("BUNDLE"),
+                None,
             )
             .expect("render");
             assert_eq!(

@@ -235,3 +235,107 @@ pub fn condition(object: &serde_json::Value, type_: &str) -> Option<(String, Str
             )
         })
 }
+
+/// Creates ServiceAccount `name` in `namespace` for a namespace-scoped install serving `served` (and
+/// `namespace`), bound as the chart binds it: the chart's operator rules in a Role of each served namespace, and
+/// a ClusterRole with only reading Namespaces and the name-bound rule for `configuration`. Returns a client
+/// acting as it.
+pub async fn namespaced_operator_client(
+    cluster: &mcp_authz_tests::control_plane::ControlPlane,
+    namespace: &str,
+    name: &str,
+    configuration: &str,
+    served: &[&str],
+) -> kube::Client {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+    };
+    use kube::api::ObjectMeta;
+    let admin = cluster.client();
+    let meta = |n: &str, ns: Option<&str>| ObjectMeta {
+        name: Some(n.to_owned()),
+        namespace: ns.map(str::to_owned),
+        ..Default::default()
+    };
+    let unique = format!("{namespace}-{name}");
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(namespace.into()),
+        api_group: None,
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: meta(name, Some(namespace)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service account");
+    let namespaces = PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["namespaces".into()]),
+        verbs: vec!["get".into(), "list".into(), "watch".into()],
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: meta(&unique, None),
+                rules: Some(vec![namespaces, webhook_configuration_rule(configuration)]),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("cluster role");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRoleBinding {
+                metadata: meta(&unique, None),
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: unique.clone(),
+                },
+                subjects: Some(vec![subject.clone()]),
+            },
+        )
+        .await
+        .expect("cluster role binding");
+    for ns in served.iter().copied().chain([namespace]) {
+        Api::<Role>::namespaced(admin.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &Role {
+                    metadata: meta(name, Some(ns)),
+                    rules: Some(operator_rules()),
+                },
+            )
+            .await
+            .expect("role");
+        Api::<RoleBinding>::namespaced(admin.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &RoleBinding {
+                    metadata: meta(name, Some(ns)),
+                    role_ref: RoleRef {
+                        api_group: "rbac.authorization.k8s.io".into(),
+                        kind: "Role".into(),
+                        name: name.into(),
+                    },
+                    subjects: Some(vec![subject.clone()]),
+                },
+            )
+            .await
+            .expect("role binding");
+    }
+    cluster
+        .client_for_service_account(namespace, name)
+        .await
+        .expect("service account client")
+}

@@ -1,0 +1,503 @@
+//! The controllers and their watches. Each watch maps a changed object to the objects it concerns (the pure
+//! mappers are in [`crate::reconcile::triggers`]).
+//!
+//! Every namespaced watch goes through the [`WatchScope`]: one watch for the whole cluster, or one per served
+//! namespace in the namespace-scoped install (where the operator may read nothing else). There, each served
+//! namespace gets its own controller of each kind (a controller has one primary watch), fed by the watches of
+//! every served namespace: n namespaces cost about 10·n² watch streams, which is why that mode is for a handful.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::reconcile::{self, Context, WatchScope, triggers};
+
+/// Caches of the kinds the watch mappers look at besides their controller's own (a mapper runs on every
+/// event, so it must not call the API server).
+#[derive(Clone)]
+pub(super) struct Stores {
+    servers: Vec<Store<AuthorizationServer>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+impl Stores {
+    pub(super) fn start(
+        client: &kube::Client,
+        scope: &WatchScope,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        let mut servers = Vec::new();
+        for api in scope.apis::<AuthorizationServer>(client) {
+            let (store, writer) = reflector::store();
+            let stream = reflector(writer, watcher(api, watcher::Config::default()));
+            tasks.push(tokio::spawn(
+                stream.default_backoff().for_each(|_| async {}),
+            ));
+            servers.push(store);
+        }
+        let (namespaces, writer) = reflector::store();
+        let stream = reflector(
+            writer,
+            // Labels only: metadata-only requests.
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tasks.push(tokio::spawn(
+            stream.default_backoff().for_each(|_| async {}),
+        ));
+        Self {
+            servers,
+            namespaces,
+        }
+    }
+
+    fn servers(&self) -> Vec<Arc<AuthorizationServer>> {
+        self.servers.iter().flat_map(|s| s.state()).collect()
+    }
+
+    fn labels(&self) -> crate::tenancy::NamespaceLabels {
+        self.namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
+    }
+}
+
+/// Requeues for a change that concerns many objects: every object of the controller's store in
+/// `namespace`, or all of them for `None`.
+fn objects_in<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    move |namespace| {
+        store
+            .state()
+            .iter()
+            .filter(|o| namespace.is_none() || o.namespace() == namespace)
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+}
+
+/// Watches only what the operator made (the owned-object watches of every controller).
+fn owned() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::naming::MANAGED_BY_LABEL,
+        crate::naming::MANAGED_BY
+    ))
+}
+
+/// The AuthorizationServer a retained object belongs to, by its name `<server><suffix>`.
+fn retained_by<K: Resource<DynamicType = ()>>(
+    object: &K,
+    suffix: &str,
+) -> Option<ObjectRef<AuthorizationServer>> {
+    let server = object.meta().name.as_deref()?.strip_suffix(suffix)?;
+    Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
+}
+
+/// Namespaced kinds the controllers watch.
+trait Watched:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Watched for T where
+    T: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// `.owns` and `.watches` over every served namespace.
+trait ScopedWatches<K: Watched> {
+    fn owns_in<C: Watched>(self, scope: &WatchScope, client: &kube::Client) -> Self;
+    fn watches_in<C, I>(
+        self,
+        scope: &WatchScope,
+        client: &kube::Client,
+        config: watcher::Config,
+        mapper: impl Fn(C) -> I + Clone + Send + Sync + 'static,
+    ) -> Self
+    where
+        C: Watched,
+        I: IntoIterator<Item = ObjectRef<K>> + Send + 'static,
+        I::IntoIter: Send;
+}
+
+impl<K: Watched> ScopedWatches<K> for Controller<K> {
+    fn owns_in<C: Watched>(self, scope: &WatchScope, client: &kube::Client) -> Self {
+        scope
+            .apis::<C>(client)
+            .into_iter()
+            .fold(self, |c, api| c.owns(api, owned()))
+    }
+
+    fn watches_in<C, I>(
+        self,
+        scope: &WatchScope,
+        client: &kube::Client,
+        config: watcher::Config,
+        mapper: impl Fn(C) -> I + Clone + Send + Sync + 'static,
+    ) -> Self
+    where
+        C: Watched,
+        I: IntoIterator<Item = ObjectRef<K>> + Send + 'static,
+        I::IntoIter: Send,
+    {
+        scope.apis::<C>(client).into_iter().fold(self, |c, api| {
+            c.watches(api, config.clone(), mapper.clone())
+        })
+    }
+}
+
+/// Runs the controllers of every kind until the tasks are aborted.
+pub(super) async fn run(client: kube::Client, ctx: Arc<Context>, stores: Stores) {
+    let scope = ctx.scope.clone();
+    let mut all = Vec::new();
+    for api in scope.apis::<AuthorizationServer>(&client) {
+        all.push(tokio::spawn(server_controller(
+            api,
+            client.clone(),
+            ctx.clone(),
+        )));
+    }
+    for api in scope.apis::<MCPService>(&client) {
+        all.push(tokio::spawn(service_controller(
+            api,
+            client.clone(),
+            ctx.clone(),
+            stores.clone(),
+        )));
+    }
+    for api in scope.apis::<MCPScope>(&client) {
+        all.push(tokio::spawn(scope_controller(
+            api,
+            client.clone(),
+            ctx.clone(),
+        )));
+    }
+    for api in scope.apis::<CIMDPolicy>(&client) {
+        all.push(tokio::spawn(policy_controller(
+            api,
+            client.clone(),
+            ctx.clone(),
+        )));
+    }
+    // Aborting the task running this aborts none of these by itself: keep them tied to it.
+    struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortAll {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let all = AbortAll(all);
+    futures::future::pending::<()>().await;
+    drop(all);
+}
+
+async fn server_controller(
+    servers: Api<AuthorizationServer>,
+    client: kube::Client,
+    ctx: Arc<Context>,
+) {
+    let scope = ctx.scope.clone();
+    let controller = Controller::new(servers, watcher::Config::default());
+    let all = objects_in(controller.store());
+    let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
+    controller
+        .owns_in::<ConfigMap>(&scope, &client)
+        .owns_in::<Deployment>(&scope, &client)
+        .owns_in::<Service>(&scope, &client)
+        // The PVC and the keys Secret carry no owner reference (they outlive the server): their
+        // names lead back to it, so a deleted one is made again at once.
+        .watches_in(&scope, &client, owned(), |pvc: PersistentVolumeClaim| {
+            retained_by(&pvc, "-authserver")
+        })
+        // The same goes for the in-cluster CA and TLS Secrets (owned, but a deleted one must come back
+        // before the next periodic check).
+        .watches_in(&scope, &client, owned(), |secret: Secret| {
+            ["-authserver-keys", "-authserver-ca", "-authserver-tls"]
+                .into_iter()
+                .find_map(|suffix| retained_by(&secret, suffix))
+        })
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: MCPService| a(None),
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: MCPScope| b(None),
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: CIMDPolicy| c(None),
+        )
+        // Namespace labels decide which services a server admits (allowedNamespaces).
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| d(None),
+        )
+        .run(
+            reconcile::authorization_server::reconcile,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// MCPScope status: re-checked when a service, scope, server or namespace changes, for the scopes that
+/// change can concern ([`triggers`]).
+async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<Context>) {
+    let scope = ctx.scope.clone();
+    let controller = Controller::new(scopes, watcher::Config::default());
+    let (by_service, by_scope, by_namespace) =
+        (controller.store(), controller.store(), controller.store());
+    let all_scopes = objects_in(controller.store());
+    let offered = Arc::new(triggers::Previous::<Vec<String>>::default());
+    let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
+    controller
+        // InUse: the scopes defining a value the service offers (or offered before this edit).
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |service: MCPService| {
+                let before = offered.swap(service.uid().as_deref(), service.spec.scopes.clone());
+                let values = triggers::values_then_and_now(&service.spec.scopes, before);
+                let scopes = by_service.state();
+                triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
+                    .into_iter()
+                    .map(ObjectRef::from_obj)
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Ownership: the definitions of the same value (before and after an edit of it).
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |changed: MCPScope| {
+                let now = vec![changed.spec.value.clone()];
+                let before = defined.swap(changed.uid().as_deref(), now.clone());
+                let values = triggers::values_then_and_now(&now, before);
+                let scopes = by_scope.state();
+                triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
+                    .into_iter()
+                    .map(ObjectRef::from_obj)
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Which namespaces a server counts (allowedNamespaces, or the server itself coming or going): all of
+        // them, servers change seldom.
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: AuthorizationServer| all_scopes(None),
+        )
+        // A namespace let in or shut out by its labels: the definitions sharing a value with its own.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |namespace| {
+                let scopes = by_namespace.state();
+                let scopes: Vec<&MCPScope> = scopes.iter().map(|s| s.as_ref()).collect();
+                triggers::scopes_sharing_values_with(&namespace.name_any(), &scopes)
+                    .into_iter()
+                    .map(ObjectRef::from_obj)
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(
+            reconcile::usage::reconcile_scope,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// CIMDPolicy status: re-checked when a service or server changes.
+async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx: Arc<Context>) {
+    let scope = ctx.scope.clone();
+    let controller = Controller::new(policies, watcher::Config::default());
+    let all_policies = objects_in(controller.store());
+    let (c, d) = (all_policies.clone(), all_policies);
+    controller
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: MCPService| c(None),
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: AuthorizationServer| d(None),
+        )
+        .run(
+            reconcile::usage::reconcile_policy,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Requeues the other services naming the same resource URL as a changed (or deleted) one: when the URL's
+/// holder goes, the next in line gets its key now rather than at the next resync.
+fn sharing_resource_url(
+    store: Store<MCPService>,
+) -> impl Fn(MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
+    move |changed| {
+        let url = &changed.spec.resource_url;
+        store
+            .state()
+            .iter()
+            .filter(|s| &s.spec.resource_url == url)
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .filter(|r| r != &ObjectRef::from_obj(&changed))
+            .collect()
+    }
+}
+
+async fn service_controller(
+    services: Api<MCPService>,
+    client: kube::Client,
+    ctx: Arc<Context>,
+    stores: Stores,
+) {
+    let scope = ctx.scope.clone();
+    let controller = Controller::new(services, watcher::Config::default());
+    let same_url = sharing_resource_url(controller.store());
+    let in_namespace = objects_in(controller.store());
+    let g = controller.store();
+    let readers = controller.store();
+    let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
+    let (b, c, d, e, f) = (
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace,
+    );
+    let injected = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::api::INJECT_LABEL,
+        crate::api::INJECT_ENABLED
+    ));
+    controller
+        .owns_in::<ConfigMap>(&scope, &client)
+        .owns_in::<NetworkPolicy>(&scope, &client)
+        .owns_in::<Secret>(&scope, &client)
+        // A server's TLS Secret carries the CA bundle its services' sidecar ConfigMaps copy: a new CA (or
+        // the first one) must reach them.
+        .watches_in(&scope, &client, owned(), move |secret: Secret| {
+            let services = g.state();
+            reconcile::mcp_service::bundle_readers(
+                &secret.name_any(),
+                &secret.namespace().unwrap_or_default(),
+                services.iter().map(|s| s.as_ref()),
+            )
+            .into_iter()
+            .map(ObjectRef::from_obj)
+            .collect::<Vec<_>>()
+        })
+        // Only the services that can see a definition of the scope's value (now or before the edit) at their
+        // server: every edit re-rendered every service of the cluster.
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |changed: MCPScope| {
+                let now = vec![changed.spec.value.clone()];
+                let before = defined.swap(changed.uid().as_deref(), now.clone());
+                let values = triggers::values_then_and_now(&now, before);
+                let services = readers.state();
+                let servers = stores.servers();
+                let servers: Vec<&AuthorizationServer> =
+                    servers.iter().map(|s| s.as_ref()).collect();
+                triggers::services_using_scope(
+                    &values,
+                    &changed.namespace().unwrap_or_default(),
+                    services.iter().map(|s| s.as_ref()),
+                    &servers,
+                    &stores.labels(),
+                )
+                .into_iter()
+                .map(ObjectRef::from_obj)
+                .collect::<Vec<_>>()
+            },
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |p: CIMDPolicy| b(p.namespace()),
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |_: AuthorizationServer| c(None),
+        )
+        .watches_in(&scope, &client, injected, move |p: Pod| d(p.namespace()))
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |s: Service| e(s.namespace()),
+        )
+        .watches_in(&scope, &client, watcher::Config::default(), same_url)
+        // A namespace let in or shut out changes its services, and whoever shares a URL with them.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| f(None),
+        )
+        .run(
+            reconcile::mcp_service::reconcile,
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}

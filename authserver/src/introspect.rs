@@ -44,11 +44,21 @@ async fn find(state: &AppState, snapshot: &Snapshot, token: &str) -> Result<Foun
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        if live && !state.store.access_token_revoked(&jti).await? {
-            let grant_id = state.store.access_token_grant(&jti).await?;
-            return Ok(Found::Access { claims, grant_id });
+        if !live {
+            return Ok(Found::Nothing);
         }
-        return Ok(Found::Nothing);
+        // One read: the token's grant, and whether it or its grant is revoked.
+        return Ok(match state.store.access_token_state(&jti).await? {
+            Some((_, true)) => Found::Nothing,
+            Some((grant_id, false)) => Found::Access {
+                claims,
+                grant_id: Some(grant_id),
+            },
+            None => Found::Access {
+                claims,
+                grant_id: None,
+            },
+        });
     }
     match state
         .store

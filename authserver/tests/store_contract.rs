@@ -126,6 +126,11 @@ async fn contract(store: &dyn Store) {
         Some("g1".into())
     );
     assert!(!store.access_token_revoked("j1").await.unwrap());
+    assert_eq!(
+        store.access_token_state("j1").await.unwrap(),
+        Some(("g1".into(), false))
+    );
+    assert_eq!(store.access_token_state("nowhere").await.unwrap(), None);
     // The consent the grant was given under goes with it: the client must ask again.
     let given = Consent {
         subject: "alice",
@@ -146,6 +151,14 @@ async fn contract(store: &dyn Store) {
         .await
         .unwrap();
     assert!(store.access_token_revoked("j-late").await.unwrap());
+    assert_eq!(
+        store.access_token_state("j-late").await.unwrap(),
+        Some(("g1".into(), true))
+    );
+    assert_eq!(
+        store.access_token_state("j1").await.unwrap(),
+        Some(("g1".into(), true))
+    );
     // Owners are found whatever the token's state, so a request is judged by its grant.
     assert_eq!(
         store.refresh_token_owner("rt1").await.unwrap(),
@@ -436,6 +449,98 @@ async fn group_commit(store: &(dyn Store + Sync)) {
     );
 }
 
+/// An issue (assertion id, grant, token, audit row) is written whole or not at all: 24 issues presenting one
+/// assertion at once give one grant, one token and one audit row; an assertion spent before (by
+/// `use_assertion_id`) gets nothing written; an issue the database refuses (a grant id taken) fails alone and
+/// leaves its assertion unspent, while the issues beside it are written.
+async fn issues_are_written_whole(store: &(dyn Store + Sync)) {
+    let now = 1_700_000_000;
+    let issue = |i: usize, jti: &str, grant_id: &str| Issue {
+        claim: Some(AssertionClaim {
+            client_id: "issuer-client".into(),
+            jti: jti.into(),
+            expires_at: now + 60,
+        }),
+        grant: Some(grant(
+            grant_id,
+            "issuer-client",
+            "issuer-client",
+            "https://r",
+            now,
+        )),
+        access_token: Some(AccessTokenRecord {
+            jti: format!("tok-{grant_id}"),
+            grant_id: grant_id.into(),
+            expires_at: now + 300,
+        }),
+        audit: Some(AuditEvent {
+            at: now,
+            event: "token".into(),
+            subject: None,
+            client_id: Some("issuer-client".into()),
+            resource: None,
+            scopes: vec![],
+            outcome: "issued".into(),
+            reason: format!("issue-{i}"),
+        }),
+    };
+    let racing = (0..24).map(|i| store.record_issue(issue(i, "one-jti", &format!("race-{i}"))));
+    let results = futures::future::join_all(racing).await;
+    let won: Vec<usize> = (0..24).filter(|i| *results[*i].as_ref().unwrap()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    for i in 0..24 {
+        let g = store.grant(&format!("race-{i}")).await.unwrap();
+        let t = store
+            .access_token_grant(&format!("tok-race-{i}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (g.is_some(), t.is_some()),
+            (i == won[0], i == won[0]),
+            "issue {i}"
+        );
+    }
+    let audited = store.recent_audit(1000).await.unwrap();
+    let rows = audited
+        .iter()
+        .filter(|e| e.reason.starts_with("issue-"))
+        .count();
+    assert_eq!(rows, 1);
+
+    assert!(
+        store
+            .use_assertion_id("issuer-client", "spent-before", now + 60)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_issue(issue(100, "spent-before", "after-spent"))
+            .await
+            .unwrap()
+    );
+    assert!(store.grant("after-spent").await.unwrap().is_none());
+
+    store
+        .put_grant(&grant("taken-by-issue", "x", "c", "https://r", now))
+        .await
+        .unwrap();
+    let (bad, good) = tokio::join!(
+        store.record_issue(issue(200, "bad-jti", "taken-by-issue")),
+        store.record_issue(issue(201, "good-jti", "beside-bad")),
+    );
+    assert!(matches!(bad, Err(StoreError::Unavailable(_))), "{bad:?}");
+    assert!(good.unwrap());
+    assert!(store.grant("beside-bad").await.unwrap().is_some());
+    // Nothing of the refused issue stayed: its assertion can still be presented.
+    assert!(
+        store
+            .use_assertion_id("issuer-client", "bad-jti", now + 60)
+            .await
+            .unwrap()
+    );
+}
+
 /// A group the database refuses for a reason none of its rows caused (another connection holds SQLite's write
 /// lock past the busy timeout of 5 s) fails all its rows at once. Written again one by one, each row waited out
 /// the busy timeout in turn: eight requests answered after 45 s instead of 5 s, and every token request queued
@@ -509,6 +614,7 @@ async fn sqlite_store_keeps_the_contract() {
     contract(&store).await;
     bulk_revocation(&store).await;
     group_commit(&store).await;
+    issues_are_written_whole(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -523,6 +629,7 @@ async fn postgres_store_keeps_the_contract() {
     contract(&store).await;
     bulk_revocation(&store).await;
     group_commit(&store).await;
+    issues_are_written_whole(&store).await;
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod migrations;
 pub mod sql;
+pub mod sqlite_writer;
 pub mod wal;
 
 use async_trait::async_trait;
@@ -166,6 +167,33 @@ pub struct AuditEvent {
     pub reason: String,
 }
 
+/// A client assertion's id, to be recorded as used: an assertion is good once (RFC 7523 §3), until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionClaim {
+    pub client_id: String,
+    pub jti: String,
+    pub expires_at: Timestamp,
+}
+
+/// An access token's record: its id, its grant and its end (introspection and revocation look it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRecord {
+    pub jti: String,
+    pub grant_id: String,
+    pub expires_at: Timestamp,
+}
+
+/// What a request writes together, in one transaction: the assertion it authenticated with, then the rows of
+/// what it was given. When the assertion's id was used before, none of the rows are written: a replay leaves
+/// nothing behind, and a token is never answered whose record could be missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Issue {
+    pub claim: Option<AssertionClaim>,
+    pub grant: Option<Grant>,
+    pub access_token: Option<AccessTokenRecord>,
+    pub audit: Option<AuditEvent>,
+}
+
 /// How long audit rows are kept. The structured log line (target `audit`) is the lasting record; the rows serve
 /// the admin API's recent events. Without a bound, every refusal of an unauthenticated request would grow the
 /// table for ever.
@@ -257,6 +285,9 @@ pub trait Store: Send + Sync + 'static {
     /// The grant of an access token id, if recorded.
     async fn access_token_grant(&self, jti: &str) -> Result<Option<String>, StoreError>;
     async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError>;
+    /// An access token id's grant and whether the token is dead (it or its grant revoked, as
+    /// [`Store::access_token_revoked`] says), in one read; `None` when the id is not recorded.
+    async fn access_token_state(&self, jti: &str) -> Result<Option<(String, bool)>, StoreError>;
     /// Whether the access token, or the grant it was issued from, is revoked. The grant counts too: a token
     /// recorded after its grant was revoked (a concurrent redemption that lost to a replay) is dead as well.
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
@@ -264,6 +295,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `subject` consented to exactly this client (document version), resource and scope set.
     async fn has_consent(&self, consent: &Consent<'_>) -> Result<bool, StoreError>;
     async fn put_consent(&self, consent: &Consent<'_>, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Writes an [`Issue`] in one transaction, its assertion id first. Returns false, having written nothing,
+    /// when the assertion id was used before (a replay); true once every row is durably recorded.
+    async fn record_issue(&self, issue: Issue) -> Result<bool, StoreError>;
 
     /// Records a client assertion `jti`; false when it was seen before (a replay).
     async fn use_assertion_id(

@@ -1,6 +1,6 @@
 //! The SQL store: SQLite (file, WAL) or PostgreSQL through sqlx's `Any` driver, runtime queries only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +11,10 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio_util::sync::DropGuard;
 
 use super::{
-    AuditEvent, AuthRequest, CodeRecord, CodeRedemption, Consent, Grant, GrantFilter,
-    RefreshRotation, Store, StoreError, Timestamp,
-    batch::{Batcher, Dialect, NewRow},
-    migrations,
+    AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
+    Consent, Grant, GrantFilter, Issue, RefreshRotation, Store, StoreError, Timestamp,
+    batch::Batcher,
+    migrations, sqlite_writer,
     wal::{self, WalKeeper},
 };
 
@@ -26,7 +26,8 @@ const MMAP_BYTES: u64 = 1 << 30;
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// Grants, access-token ids, assertion ids and audit rows: committed in groups (`store::batch`).
+    /// Grants, access-token ids, assertion ids and audit rows: committed in groups (`store::batch`), on SQLite
+    /// by a thread of its own (`store::sqlite_writer`).
     batch: Batcher,
     schema_version: i64,
     /// SQLite only: the log's keeper, and the checkpointer's life (it stops with the last clone).
@@ -43,7 +44,7 @@ impl SqlStore {
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let keeper = WalKeeper::new(path);
-        let mut store = Self::connect(&url, 4, Some(keeper.clone())).await?;
+        let mut store = Self::connect(&url, 4, Some((path.to_owned(), keeper.clone()))).await?;
         let checkpointer = keeper.start(url);
         store.wal = Some((keeper, Arc::new(checkpointer)));
         Ok(store)
@@ -54,17 +55,15 @@ impl SqlStore {
         Self::connect(url, max_connections, None).await
     }
 
-    /// `wal` is given for SQLite: every connection passes its gate before use (`store::wal`).
+    /// `sqlite` is given for SQLite (the file and its log's keeper): every connection passes the log's gate
+    /// before use (`store::wal`).
     async fn connect(
         url: &str,
         max_connections: u32,
-        wal: Option<Arc<WalKeeper>>,
+        sqlite: Option<(PathBuf, Arc<WalKeeper>)>,
     ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let dialect = match &wal {
-            Some(keeper) => Dialect::Sqlite(keeper.clone()),
-            None => Dialect::Postgres,
-        };
+        let wal = sqlite.as_ref().map(|(_, keeper)| keeper.clone());
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5));
@@ -84,7 +83,9 @@ impl SqlStore {
                         sqlx::query("PRAGMA busy_timeout = 5000")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
+                        // Every commit is on disk before it returns: a spent code, a rotated refresh token or a
+                        // revocation forgotten after a power loss would let a replay or a revoked token pass.
+                        sqlx::query("PRAGMA synchronous = FULL")
                             .execute(&mut *conn)
                             .await?;
                         // Pages read through a mapping instead of a read call each: every commit by another
@@ -127,8 +128,12 @@ impl SqlStore {
         let mut conn = pool.acquire().await?;
         let schema_version = migrations::migrate(&mut conn).await?;
         drop(conn);
+        let batch = match sqlite {
+            Some((path, keeper)) => sqlite_writer::start(&path, keeper)?,
+            None => Batcher::postgres(pool.clone()),
+        };
         Ok(SqlStore {
-            batch: Batcher::start(pool.clone(), dialect),
+            batch,
             pool,
             schema_version,
             wal: None,
@@ -304,7 +309,12 @@ impl Store for SqlStore {
     }
 
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        self.batch.write(NewRow::Grant(g.clone())).await?;
+        self.batch
+            .write(Issue {
+                grant: Some(g.clone()),
+                ..Issue::default()
+            })
+            .await?;
         Ok(())
     }
 
@@ -514,10 +524,13 @@ impl Store for SqlStore {
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
         self.batch
-            .write(NewRow::AccessToken {
-                jti: jti.to_owned(),
-                grant_id: grant_id.to_owned(),
-                expires_at,
+            .write(Issue {
+                access_token: Some(AccessTokenRecord {
+                    jti: jti.to_owned(),
+                    grant_id: grant_id.to_owned(),
+                    expires_at,
+                }),
+                ..Issue::default()
             })
             .await?;
         Ok(())
@@ -557,6 +570,22 @@ impl Store for SqlStore {
             }
             None => false,
         })
+    }
+
+    async fn access_token_state(&self, jti: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.grant_id AS grant_id, a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
+             FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let dead = r.try_get::<Option<i64>, _>("token_revoked")?.is_some()
+                || r.try_get::<Option<i64>, _>("grant_revoked")?.is_some();
+            Ok((r.try_get("grant_id")?, dead))
+        })
+        .transpose()
     }
 
     async fn has_consent(&self, c: &Consent<'_>) -> Result<bool, StoreError> {
@@ -599,12 +628,19 @@ impl Store for SqlStore {
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
         self.batch
-            .write(NewRow::AssertionId {
-                client_id: client_id.to_owned(),
-                jti: jti.to_owned(),
-                expires_at,
+            .write(Issue {
+                claim: Some(AssertionClaim {
+                    client_id: client_id.to_owned(),
+                    jti: jti.to_owned(),
+                    expires_at,
+                }),
+                ..Issue::default()
             })
             .await
+    }
+
+    async fn record_issue(&self, issue: Issue) -> Result<bool, StoreError> {
+        self.batch.write(issue).await
     }
 
     async fn put_session(
@@ -637,7 +673,12 @@ impl Store for SqlStore {
     }
 
     async fn put_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        self.batch.write(NewRow::Audit(e.clone())).await?;
+        self.batch
+            .write(Issue {
+                audit: Some(e.clone()),
+                ..Issue::default()
+            })
+            .await?;
         Ok(())
     }
 

@@ -28,8 +28,8 @@
 //! transactions already admitted, one per pooled connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection, Row};
@@ -64,6 +64,8 @@ pub struct WalKeeper {
     wake: Notify,
     /// Counts finished checkpoint attempts; the gate waits for the next one.
     attempts: watch::Sender<u64>,
+    /// The same count for the SQLite writer's thread, which waits outside the runtime.
+    attempts_blocking: (Mutex<u64>, Condvar),
     /// False once an attempt made past the hard limit failed, until one succeeds: meanwhile the gate lets
     /// operations through instead of making each wait for an attempt likely to fail again, and the gauge and
     /// its alert show the log growing.
@@ -79,6 +81,7 @@ impl WalKeeper {
             wal: PathBuf::from(wal),
             wake: Notify::new(),
             attempts: watch::Sender::new(0),
+            attempts_blocking: (Mutex::new(0), Condvar::new()),
             healthy: AtomicBool::new(true),
         })
     }
@@ -104,6 +107,32 @@ impl WalKeeper {
         let _ = tokio::time::timeout(MAX_WAIT, attempts.changed()).await;
     }
 
+    /// [`WalKeeper::admit`] for a thread outside the runtime (the SQLite writer, before each batch).
+    pub fn admit_blocking(&self) {
+        let bytes = self.observe();
+        if bytes < CHECKPOINT_BYTES {
+            return;
+        }
+        if bytes < MAX_BYTES || !self.healthy.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+            return;
+        }
+        let (count, changed) = &self.attempts_blocking;
+        // Read before waking the checkpointer, so an attempt that ends in between is not missed.
+        let seen = count.lock().unwrap_or_else(|p| p.into_inner());
+        let before = *seen;
+        self.wake.notify_one();
+        let _ = changed.wait_timeout_while(seen, MAX_WAIT, |n| *n == before);
+    }
+
+    /// Counts a finished attempt, for both kinds of waiters.
+    fn attempted(&self) {
+        self.attempts.send_modify(|n| *n += 1);
+        let (count, changed) = &self.attempts_blocking;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        changed.notify_all();
+    }
+
     /// Starts the checkpointer on the current runtime; it stops when the returned guard is dropped.
     pub fn start(self: &Arc<Self>, url: String) -> DropGuard {
         let stop = CancellationToken::new();
@@ -119,6 +148,8 @@ struct Ended(Arc<WalKeeper>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.healthy.store(false, Ordering::Relaxed);
+        // A thread waiting for an attempt stops waiting.
+        self.0.attempted();
     }
 }
 
@@ -176,7 +207,7 @@ async fn checkpointer(keeper: Arc<WalKeeper>, url: String, stop: CancellationTok
             );
         }
         last_seen = keeper.observe();
-        keeper.attempts.send_modify(|n| *n += 1);
+        keeper.attempted();
     }
     if let Some(conn) = conn {
         let _ = conn.close().await;

@@ -96,6 +96,18 @@ pub async fn record(
     d: Decision<'_>,
     budgeted: bool,
 ) -> bool {
+    log(&d);
+    if budgeted && !budget.take(d.event, Instant::now()) {
+        return false;
+    }
+    if let Err(e) = store.put_audit(&row(&d)).await {
+        tracing::warn!(error = %e, "audit event not stored");
+    }
+    true
+}
+
+/// A decision's log line (target `audit`), the lasting record.
+pub fn log(d: &Decision<'_>) {
     tracing::info!(
         target: "audit",
         event = d.event,
@@ -107,10 +119,11 @@ pub async fn record(
         reason = d.reason,
         "authorization decision"
     );
-    if budgeted && !budget.take(d.event, Instant::now()) {
-        return false;
-    }
-    let event = AuditEvent {
+}
+
+/// A decision's store row, for a caller that writes it together with other rows (`store::Issue`).
+pub fn row(d: &Decision<'_>) -> AuditEvent {
+    AuditEvent {
         at: now_secs(),
         event: d.event.to_owned(),
         subject: d.subject.map(str::to_owned),
@@ -119,11 +132,7 @@ pub async fn record(
         scopes: d.scopes.to_vec(),
         outcome: d.outcome.to_owned(),
         reason: d.reason.to_owned(),
-    };
-    if let Err(e) = store.put_audit(&event).await {
-        tracing::warn!(error = %e, "audit event not stored");
     }
-    true
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::config::ClientAuthMethod;
 use crate::oauth_error::OAuthError;
 use crate::params::Params;
 use crate::state::{AppState, Snapshot};
+use crate::store::AssertionClaim;
 
 /// The only assertion type (RFC 7523 §2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -189,8 +190,8 @@ pub fn check_claims<'c>(
     Ok((exp, jti))
 }
 
-/// Authenticates the presented client, looked up under the policy of `resource` (for URL client ids).
-/// `audiences` are the values an assertion's `aud` may hold.
+/// Authenticates the presented client, looked up under the policy of `resource` (for URL client ids), and
+/// spends its assertion's `jti`. `audiences` are the values an assertion's `aud` may hold.
 pub async fn authenticate(
     state: &AppState,
     snapshot: &Snapshot,
@@ -198,6 +199,43 @@ pub async fn authenticate(
     audiences: &[String],
     resource: Option<&str>,
 ) -> Result<ClientView, OAuthError> {
+    let (client, claim) = verify(state, snapshot, presented, audiences, resource).await?;
+    if let Some(claim) = claim {
+        spend(state, claim).await?;
+    }
+    Ok(client)
+}
+
+/// Records an assertion's id as used, now; a replay is refused.
+pub async fn spend(state: &AppState, claim: AssertionClaim) -> Result<(), OAuthError> {
+    if !state
+        .store
+        .use_assertion_id(&claim.client_id, &claim.jti, claim.expires_at)
+        .await?
+    {
+        return Err(replayed(&claim.jti));
+    }
+    Ok(())
+}
+
+/// The refusal of an assertion whose `jti` was used before.
+pub fn replayed(jti: &str) -> OAuthError {
+    OAuthError::invalid_client(format!(
+        "client_assertion jti {:?} was already used",
+        shorten(jti)
+    ))
+}
+
+/// [`authenticate`] but for spending the assertion: its id is returned, for the caller to record together with
+/// what it writes anyway ([`crate::store::Issue`]), or to [`spend`] if the request is refused after all. Until
+/// then the assertion is not spent: the caller must do one or the other on every path.
+pub async fn verify(
+    state: &AppState,
+    snapshot: &Snapshot,
+    presented: &Presented<'_>,
+    audiences: &[String],
+    resource: Option<&str>,
+) -> Result<(ClientView, Option<AssertionClaim>), OAuthError> {
     let Some(assertion) = &presented.assertion else {
         let client = clients::lookup(snapshot, state, &presented.client_id, resource).await?;
         if client.auth_method == ClientAuthMethod::PrivateKeyJwt {
@@ -205,7 +243,7 @@ pub async fn authenticate(
                 "this client must authenticate with private_key_jwt",
             ));
         }
-        return Ok(client);
+        return Ok((client, None));
     };
     let client_id = &presented.client_id;
     let now = now_secs();
@@ -260,17 +298,12 @@ pub async fn authenticate(
             "client_assertion rejected: {last_error}"
         )));
     }
-    if !state
-        .store
-        .use_assertion_id(client_id, jti, exp + LEEWAY_SECS as i64)
-        .await?
-    {
-        return Err(OAuthError::invalid_client(format!(
-            "client_assertion jti {:?} was already used",
-            shorten(jti)
-        )));
-    }
-    Ok(client)
+    let claim = AssertionClaim {
+        client_id: client_id.clone(),
+        jti: jti.to_owned(),
+        expires_at: exp + LEEWAY_SECS as i64,
+    };
+    Ok((client, Some(claim)))
 }
 
 fn unverified_claims(jwt: &str) -> Option<Value> {

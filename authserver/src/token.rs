@@ -10,17 +10,17 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::audit::{Decision, Who};
+use crate::audit::{self, Decision, Who};
 use crate::client_auth::{self, Presented};
 use crate::clients::{ClientView, shorten};
 use crate::clock::now_secs;
-use crate::config::GrantType;
+use crate::config::{GrantType, ResourceConfig};
 use crate::oauth::{authorize_request, grant_binding, scopes};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{CodeRedemption, Grant, RefreshRotation};
+use crate::store::{AccessTokenRecord, CodeRedemption, Grant, Issue, RefreshRotation};
 
 /// An access token and the response that carries it.
 pub struct Issued {
@@ -35,6 +35,21 @@ pub async fn issue_access_token(
     grant: &Grant,
     scopes: &[String],
 ) -> Result<Issued, OAuthError> {
+    let (issued, record) = sign_access_token(state, snapshot, grant, scopes)?;
+    state
+        .store
+        .put_access_token(&record.jti, &record.grant_id, record.expires_at)
+        .await?;
+    Ok(issued)
+}
+
+/// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
+fn sign_access_token(
+    state: &AppState,
+    snapshot: &Snapshot,
+    grant: &Grant,
+    scopes: &[String],
+) -> Result<(Issued, AccessTokenRecord), OAuthError> {
     let now = now_secs();
     let catalogue = snapshot.config.scope_catalogue();
     // The shortest limit wins, through `implies` too: a sensitive scope keeps the whole token short.
@@ -63,11 +78,12 @@ pub async fn issue_access_token(
             "the server cannot sign tokens right now",
         )
     })?;
-    state
-        .store
-        .put_access_token(&jti, &grant.id, now + lifetime)
-        .await?;
-    Ok(Issued {
+    let record = AccessTokenRecord {
+        jti: jti.clone(),
+        grant_id: grant.id.clone(),
+        expires_at: now + lifetime,
+    };
+    let issued = Issued {
         body: json!({
             "access_token": token,
             "token_type": "Bearer",
@@ -75,7 +91,8 @@ pub async fn issue_access_token(
             "scope": scopes.join(" "),
         }),
         jti,
-    })
+    };
+    Ok((issued, record))
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -440,6 +457,9 @@ async fn refresh_token(
     Ok(body)
 }
 
+/// `client_credentials`: the grant, its token, the assertion's id and the audit row are written in one
+/// transaction (`store::Issue`), the assertion's claim first: a replay writes nothing and gets no token. A
+/// request refused after its assertion was verified spends the assertion all the same.
 async fn client_credentials(
     state: &AppState,
     snapshot: &Snapshot,
@@ -450,7 +470,7 @@ async fn client_credentials(
     // one of ours before the client is looked up.
     let target = authorize_request::resource(&snapshot.config, params)?;
     let resource = target.resource.as_str();
-    let client = client_auth::authenticate(
+    let (client, claim) = client_auth::verify(
         state,
         snapshot,
         presented,
@@ -458,12 +478,72 @@ async fn client_credentials(
         Some(resource),
     )
     .await?;
+    let signed = client_credentials_scopes(snapshot, &client, &target, params).and_then(|scopes| {
+        let now = now_secs();
+        let grant = Grant {
+            id: secrets::random_token(),
+            subject: client.client_id.clone(),
+            client_id: client.client_id.clone(),
+            resource: resource.to_owned(),
+            scopes: scopes.clone(),
+            grant_type: "client_credentials".into(),
+            created_at: now,
+            expires_at: now + snapshot.config.tokens.access_token_secs as i64,
+            revoked_at: None,
+            revoked_reason: None,
+            client_fingerprint: client.fingerprint().to_owned(),
+            client_auth_method: client.auth_method.as_str().to_owned(),
+        };
+        let (issued, record) = sign_access_token(state, snapshot, &grant, &scopes)?;
+        Ok((grant, scopes, issued, record))
+    });
+    let (grant, scopes, issued, record) = match signed {
+        Ok(signed) => signed,
+        Err(refusal) => {
+            if let Some(claim) = claim {
+                client_auth::spend(state, claim).await?;
+            }
+            return Err(refusal);
+        }
+    };
+    let decision = Decision {
+        event: "token",
+        subject: Some(&grant.subject),
+        client_id: Some(&grant.client_id),
+        resource: Some(resource),
+        scopes: &scopes,
+        outcome: "issued",
+        reason: "client_credentials",
+    };
+    let jti = claim.as_ref().map(|c| c.jti.clone());
+    let issue = Issue {
+        claim,
+        audit: Some(audit::row(&decision)),
+        grant: Some(grant.clone()),
+        access_token: Some(record),
+    };
+    if !state.store.record_issue(issue).await? {
+        return Err(client_auth::replayed(jti.as_deref().unwrap_or_default()));
+    }
+    audit::log(&decision);
+    Ok(issued.body)
+}
+
+/// The scopes a `client_credentials` request gets: those it asks for, or all its client may have at the
+/// resource, each allowed to the client; at least one.
+fn client_credentials_scopes(
+    snapshot: &Snapshot,
+    client: &ClientView,
+    target: &ResourceConfig,
+    params: &Params,
+) -> Result<Vec<String>, OAuthError> {
     if !client.allows(GrantType::ClientCredentials) {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
             "this client may not use grant_type client_credentials",
         ));
     }
+    let resource = target.resource.as_str();
     let mut scopes = match params.get("scope") {
         Some(_) => scopes::requested(
             &snapshot.config.scope_catalogue(),
@@ -494,33 +574,5 @@ async fn client_credentials(
             "this client has no scope at this resource",
         ));
     }
-    let now = now_secs();
-    let grant = Grant {
-        id: secrets::random_token(),
-        subject: client.client_id.clone(),
-        client_id: client.client_id.clone(),
-        resource: resource.to_owned(),
-        scopes: scopes.clone(),
-        grant_type: "client_credentials".into(),
-        created_at: now,
-        expires_at: now + snapshot.config.tokens.access_token_secs as i64,
-        revoked_at: None,
-        revoked_reason: None,
-        client_fingerprint: client.fingerprint().to_owned(),
-        client_auth_method: client.auth_method.as_str().to_owned(),
-    };
-    state.store.put_grant(&grant).await?;
-    let issued = issue_access_token(state, snapshot, &grant, &scopes).await?;
-    state
-        .record_decision(Decision {
-            event: "token",
-            subject: Some(&grant.subject),
-            client_id: Some(&grant.client_id),
-            resource: Some(resource),
-            scopes: &scopes,
-            outcome: "issued",
-            reason: "client_credentials",
-        })
-        .await;
-    Ok(issued.body)
+    Ok(scopes)
 }

@@ -15,13 +15,11 @@ use mcp_authz_authserver::store::{SqlStore, Store};
 use serde_json::{Value, json};
 use support::*;
 
-fn count(store: &SqlStore, sql: &'static str) -> impl std::future::Future<Output = i64> + '_ {
-    async move {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-    }
+async fn count(store: &SqlStore, sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }
 
 fn claims_of(jwt: &str) -> Value {
@@ -156,7 +154,16 @@ async fn every_answered_token_survives_a_kill_in_the_middle_of_the_load() {
                     ("client_assertion", a.as_str()),
                     ("resource", RESOURCE),
                 ];
-                let Ok(r) = http.post(format!("{base}/token")).form(&form).send().await else {
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish();
+                let sent = http
+                    .post(format!("{base}/token"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await;
+                let Ok(r) = sent else {
                     break;
                 };
                 if r.status() != 200 {

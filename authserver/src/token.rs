@@ -478,7 +478,7 @@ async fn client_credentials(
         Some(resource),
     )
     .await?;
-    let signed = client_credentials_scopes(snapshot, &client, &target, params).and_then(|scopes| {
+    let signed = client_credentials_scopes(snapshot, &client, target, params).and_then(|scopes| {
         let now = now_secs();
         let grant = Grant {
             id: secrets::random_token(),

@@ -30,6 +30,10 @@ gate() { # name command...
 gate "cargo fmt --check" cargo fmt --all --check
 gate "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# cargo deny reads every crate of the lock file, those of other targets too (rusqlite's wasm-only crates), which
+# a build for this machine never downloads: fetch them all first, since deny itself runs offline.
+gate "cargo fetch (every target's crates, for cargo deny)" cargo fetch --locked
+
 advisory_db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
 # A usable copy is a clone with a commit: an attempt to fetch that failed leaves an empty one behind.
 usable_db=no

@@ -6,8 +6,10 @@ on the MCP pod through the sidecar the webhook injected: `initialize` and `tools
 grants is refused with 403. Uses the quickstart's own helpers (examples/quickstart/mcp_authz_demo) and the
 official MCP SDK's types; run with the venv of tests/setup/30-python.sh.
 
-    oauth_probe.py certificate DIR ADDRESS   a test CA and a server certificate for ADDRESS in DIR (ca.pem, server.pem,
-                                             server-key.pem), made before the quickstart's CIMDPolicy is applied
+    oauth_probe.py certificate DIR ADDRESS [NAME]...
+                                             a test CA and a server certificate for ADDRESS (and the NAMEs) in DIR
+                                             (ca.pem, server.pem, server-key.pem), made before the quickstart's
+                                             CIMDPolicy is applied
     oauth_probe.py                           the probe; AS_URL (http://CLUSTER_IP:8080), MCP_URL (the sidecar's
                                              http://POD_IP:PORT/mcp), CIMD_ADDRESS and CIMD_PORT (where the
                                              agent's document is served: the bridge address), CERT_DIR,
@@ -188,7 +190,7 @@ async def refresh():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["certificate"]:
-        make_server_certificate(Path(sys.argv[2]), [sys.argv[3]])
+        make_server_certificate(Path(sys.argv[2]), sys.argv[3:])
     elif sys.argv[1:2] == ["refresh"]:
         asyncio.run(refresh())
     else:

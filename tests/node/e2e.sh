@@ -264,7 +264,7 @@ step "the official MCP SDK client's own discovery from the host: a tool call, a 
 as_backend="$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080"
 CERT_DIR="$work/cimd-tls" FRONT_ADDRESS="$gateway" MCP_BACKEND="$pod_ip:$sidecar_port" AS_BACKEND="$as_backend" \
   CIMD_PORT="$cimd_port" KUBECONFIG="$kubeconfig" NAMESPACE="$namespace" SSL_CERT_FILE="$work/cimd-tls/ca.pem" \
-  unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" \
+  timeout 300 unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" \
   "$MCP_AUTHZ_PYTHON" tests/node/sdk_probe.py
 
 step "helm upgrade: the operator rolls, the MCP pod keeps serving"

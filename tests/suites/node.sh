@@ -11,4 +11,5 @@ if [ "${MCP_AUTHZ_SKIP_NODE:-0}" = 1 ]; then
   exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "node suite: needs root (set MCP_AUTHZ_SKIP_NODE=1 to skip it)" >&2; exit 1; }
-exec bash tests/node/e2e.sh
+# A bound, so a hang cannot hold CI: the run takes 2 to 4 min once built. TERM lets e2e.sh take everything down.
+exec timeout --kill-after=60 1500 bash tests/node/e2e.sh

@@ -463,9 +463,10 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
-    // Taken now, not when the task first runs: a change written in between would otherwise pass for the
-    // version already loaded and wait for the next change.
-    let stamp = state.config_path.as_deref().and_then(file_stamp);
+    let stamp = state
+        .config_path
+        .as_deref()
+        .and_then(|path| loaded_stamp(&state, path));
     tasks.push(tokio::spawn(maintain(
         state.clone(),
         stamp,
@@ -481,6 +482,18 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// The stamp of the config file if it still holds the config in force, `None` (reloaded at the first check)
+/// if it does not. The caller read the file before `start`, and the file may have changed since: a kubelet
+/// swaps a ConfigMap volume's `..data` link whenever the object changes, and a server starting during a
+/// re-render read the old version. A stamp taken now would pass the new version for the one loaded, and
+/// the server would keep the old config until the next change. So the stamp is taken first, then the file
+/// is read and compared.
+fn loaded_stamp(state: &AppState, path: &Path) -> Option<(SystemTime, u64)> {
+    let stamp = file_stamp(path)?;
+    let on_disk = AuthServerConfig::load(path).ok()?;
+    (on_disk == state.snapshot().config).then_some(stamp)
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {

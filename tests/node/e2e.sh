@@ -102,6 +102,12 @@ bash tests/node/run-node.sh --kubeconfig "$kubeconfig" --image "$work/images/mcp
   <"$work/node.in" >"$work/node.out" 2>"$work/node.err" &
 node_pid=$!
 exec 4>"$work/node.in"
+# Another run's node (another engineer's run-all, on a shared machine) is waited for without a bound of ours: the
+# suite's own timeout bounds it. From the lock on, the node has 3 minutes.
+until grep -qx 'locked' "$work/node.out" 2>/dev/null; do
+  kill -0 "$node_pid" 2>/dev/null || { echo "node-e2e: the node did not start" >&2; exit 1; }
+  sleep 1
+done
 for _ in $(seq 1 900); do
   grep -q '^ready ' "$work/node.out" 2>/dev/null && break
   kill -0 "$node_pid" 2>/dev/null || { echo "node-e2e: the node did not start" >&2; exit 1; }
@@ -164,12 +170,22 @@ step "the quickstart's manifests and a labelled MCP pod"
 # The agent's metadata document is served from the host on the bridge address, over HTTPS with a throwaway CA
 # that the quickstart's CIMD policy trusts through this ConfigMap (as examples/quickstart/run does on loopback);
 # the policy also lets the server fetch from the pod network (the quickstart allows only 127.0.0.0/8).
-"$MCP_AUTHZ_PYTHON" tests/node/oauth_probe.py certificate "$work/cimd-tls" "$gateway"
+# The same certificate serves the SDK client's TLS front (tests/node/sdk_probe.py) for the quickstart's two names.
+"$MCP_AUTHZ_PYTHON" tests/node/oauth_probe.py certificate "$work/cimd-tls" "$gateway" mcp.quickstart.example auth.quickstart.example
 kubectl -n "$namespace" create configmap quickstart-ca --from-file=ca.pem="$work/cimd-tls/ca.pem" >/dev/null
 mkdir -p "$work/manifests"
 cp examples/quickstart/manifests/*.yaml "$work/manifests/"
 sed -i "s|^    - 127.0.0.0/8\$|    - 127.0.0.0/8\n    - ${gateway%.*}.0/24|" "$work/manifests/cimd-policy.yaml"
 grep -q "${gateway%.*}.0/24" "$work/manifests/cimd-policy.yaml" || { echo "node-e2e: cannot widen the CIMD policy" >&2; exit 1; }
+# The test MCP server is the reference "everything" server, not the quickstart's notes server: the rules name its
+# tools (get-sum and the long-running operation with notes:read, echo with notes:write; the rest no rule grants).
+sed -i 's|names: \["list_notes", "read_note", "whoami"\]|names: ["get-sum", "trigger-long-running-operation"]|; s|names: \["add_note", "delete_note"\]|names: ["echo"]|' \
+  "$work/manifests/notes-service.yaml"
+grep -q '"echo"' "$work/manifests/notes-service.yaml" || { echo "node-e2e: cannot rewrite the service's rules" >&2; exit 1; }
+# Tokens live 20 s: the key rotation's lead (a successor is published one token lifetime before it signs) fits in
+# the run, and the SDK client refreshes its token within it.
+sed -i 's|accessTokenLifetime: 10m|accessTokenLifetime: 20s|' "$work/manifests/authorization-server.yaml"
+grep -q 'accessTokenLifetime: 20s' "$work/manifests/authorization-server.yaml" || { echo "node-e2e: cannot shorten the token lifetime" >&2; exit 1; }
 kubectl -n "$namespace" apply -f "$work/manifests/" >/dev/null
 kubectl -n "$namespace" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
@@ -245,6 +261,17 @@ eventually 120 kubectl -n "$namespace" wait --for=condition=Ready pod -l "$auths
 jwks_after="$(jwks)"
 [ "$jwks_before" = "$jwks_after" ] || { echo "node-e2e: the JWKS changed across the pod's re-creation" >&2; exit 1; }
 oauth refresh
+
+step "the official MCP SDK client's own discovery from the host: a tool call, a step-up, a refusal, a key rotation while it streams"
+# Its resolver sends the public names to a TLS front on the bridge address (a hosts file bind-mounted in a mount
+# namespace of its own: the machine's /etc/hosts is untouched); it trusts the test CA as a client trusts an
+# Ingress's.
+"$MCP_AUTHZ_PYTHON" tests/node/sdk_probe.py hosts "$work/hosts" "$gateway"
+as_backend="$(kubectl -n "$namespace" get service quickstart-authserver -o jsonpath='{.spec.clusterIP}'):8080"
+CERT_DIR="$work/cimd-tls" FRONT_ADDRESS="$gateway" MCP_BACKEND="$pod_ip:$sidecar_port" AS_BACKEND="$as_backend" \
+  CIMD_PORT="$cimd_port" KUBECONFIG="$kubeconfig" NAMESPACE="$namespace" SSL_CERT_FILE="$work/cimd-tls/ca.pem" \
+  timeout 300 unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" \
+  "$MCP_AUTHZ_PYTHON" tests/node/sdk_probe.py
 
 step "helm upgrade: the operator rolls, the MCP pod keeps serving"
 operator_pod_before="$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[*].metadata.name}')"

@@ -2,12 +2,14 @@
 """A real grant through the cluster, from the host: the agent's Client ID Metadata Document is served over HTTPS
 on the node's bridge address (so the authorization server, in its pod, fetches it), the demo person logs in and
 consents on the authorization server reached through its ClusterIP, the code is exchanged, and the token is used
-on the MCP pod through the sidecar the webhook injected: `initialize` and `tools/list` pass, a tool no rule
-grants is refused with 403. Uses the quickstart's own helpers (examples/quickstart/mcp_authz_demo) and the
-official MCP SDK's types; run with the venv of tests/setup/30-python.sh.
+on the MCP pod through the sidecar the webhook injected: `initialize` and `tools/list` pass, a tool the token
+does not cover (`echo` needs `notes:write`) is refused with 403. Uses the quickstart's own helpers
+(examples/quickstart/mcp_authz_demo) and the official MCP SDK's types; run with the venv of tests/setup/30-python.sh.
 
-    oauth_probe.py certificate DIR ADDRESS   a test CA and a server certificate for ADDRESS in DIR (ca.pem, server.pem,
-                                             server-key.pem), made before the quickstart's CIMDPolicy is applied
+    oauth_probe.py certificate DIR ADDRESS [NAME]...
+                                             a test CA and a server certificate for ADDRESS (and the NAMEs) in DIR
+                                             (ca.pem, server.pem, server-key.pem), made before the quickstart's
+                                             CIMDPolicy is applied
     oauth_probe.py                           the probe; AS_URL (http://CLUSTER_IP:8080), MCP_URL (the sidecar's
                                              http://POD_IP:PORT/mcp), CIMD_ADDRESS and CIMD_PORT (where the
                                              agent's document is served: the bridge address), CERT_DIR,
@@ -140,7 +142,7 @@ async def main():
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}
     refused = await post(mcp, token, call, session)
     if refused.status_code != 403:
-        fail(f"a tool no rule grants got {refused.status_code}, expected 403: {refused.text[:300]}")
+        fail(f"a tool the grant does not cover (echo needs notes:write) got {refused.status_code}, expected 403: {refused.text[:300]}")
     print(
         f"oauth_probe: document fetched, code exchanged (scope {issued.get('scope')!r}); initialize and tools/list "
         f"passed the sidecar; tools/call echo refused: {refused.headers.get('www-authenticate') or refused.text[:120]}",
@@ -188,7 +190,7 @@ async def refresh():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["certificate"]:
-        make_server_certificate(Path(sys.argv[2]), [sys.argv[3]])
+        make_server_certificate(Path(sys.argv[2]), sys.argv[3:])
     elif sys.argv[1:2] == ["refresh"]:
         asyncio.run(refresh())
     else:

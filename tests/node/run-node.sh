@@ -17,8 +17,8 @@
 #                                 └──────> kube-scheduler
 #   pods: CNI bridge BRIDGE (10.244.0.1/24 on the host side), reachable from the host by pod IP.
 #
-# Prints one line `ready DIR` on stdout once the Node is Ready; logs are in DIR/logs, container logs in
-# DIR/pod-logs. MCP_AUTHZ_KEEP_NODE=1 keeps DIR.
+# Prints `locked` on stdout once it holds the machine's node lock (one node at a time), then `ready DIR` once the
+# Node is Ready; logs are in DIR/logs, container logs in DIR/pod-logs. MCP_AUTHZ_KEEP_NODE=1 keeps DIR.
 set -euo pipefail
 
 bin="${MCP_AUTHZ_NODE_BIN:?run tests/node/build.sh and export MCP_AUTHZ_NODE_BIN}"
@@ -38,9 +38,14 @@ done
 [ -n "$kubeconfig" ] || { echo "run-node.sh: --kubeconfig is required" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run-node.sh: needs root (containers, mounts, cgroups, network namespaces)" >&2; exit 1; }
 
-# One node on a machine at a time: they would share the pod subnet and kube-proxy's nftables tables.
+# One node on a machine at a time: they would share the pod subnet and kube-proxy's nftables tables. Another
+# run's node is waited for; `locked` on stdout says this one may start (a caller bounds the start from then).
 exec 8>/tmp/mcp-authz-node.lock
-flock 8
+if ! flock -n 8; then
+  echo "run-node.sh: another node runs on this machine (/tmp/mcp-authz-node.lock); waiting for it to stop" >&2
+  flock 8
+fi
+echo locked
 
 # A few things land outside DIR whatever the configuration: network namespaces in /run/netns (containerd's
 # CRI), the shims' sockets in /run/containerd/s, CNI result caches in /var/lib/cni (libcni's cache), the

@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `mcp_authz_authserver_*`, with low-cardinality labels only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The server's metrics and their registry.
@@ -30,6 +30,18 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        // Which build runs where, so a dashboard can show a rollout half done.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "mcp_authz_authserver_build_info",
+                "Always 1; the version label names the running build",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let requests = IntCounterVec::new(
             Opts::new(
                 "mcp_authz_authserver_requests_total",
@@ -97,6 +109,7 @@ impl Metrics {
             Box::new(cimd_resolutions.clone()),
             Box::new(audit_rows_suppressed.clone()),
             Box::new(sqlite_wal_bytes.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
         }

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -37,6 +38,18 @@ impl Metrics {
     /// Creates and registers the metrics.
     pub fn new() -> Self {
         let registry = Registry::new();
+        // Which build runs where, so a dashboard can show a rollout half done.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "mcp_authz_operator_build_info",
+                "Always 1; the version label names the running build",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "mcp_authz_operator_reconciles_total",
@@ -80,6 +93,7 @@ impl Metrics {
             Box::new(admissions.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(leader.clone()),
+            Box::new(build_info),
         ] {
             registry
                 .register(collector)

@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `mcp_authz_sidecar_*`, with low-cardinality labels only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The sidecar's metrics, cheap to clone.
@@ -31,6 +31,18 @@ impl Metrics {
     /// Registers the metrics in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
+        // Which build runs where, so a dashboard can show a rollout half done.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "mcp_authz_sidecar_build_info",
+                "Always 1; the version label names the running build",
+            ),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let requests = IntCounterVec::new(
             Opts::new(
                 "mcp_authz_sidecar_requests_total",
@@ -95,6 +107,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(connections_open.clone()),
             Box::new(connection_limit_reached.clone()),
+            Box::new(build_info),
             // The log output is the process's, shared by every sidecar started in it.
             Box::new(crate::log_pipe::Dropped::process().audit.clone()),
             Box::new(crate::log_pipe::Dropped::process().other.clone()),

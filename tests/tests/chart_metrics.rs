@@ -178,3 +178,125 @@ fn alert_and_dashboard_queries_parse_and_use_only_exposed_metrics() {
         "queried but exposed by no program: {missing:?}\nexposed: {exposed:?}"
     );
 }
+
+fn promtool() -> PathBuf {
+    PathBuf::from(std::env::var_os("MCP_AUTHZ_PROMTOOL").expect(
+        "MCP_AUTHZ_PROMTOOL is not set: source tests/setup/15-promtool.sh (tests/run-all does) to build promtool",
+    ))
+}
+
+/// The chart's alert groups as a plain Prometheus rules file. Annotations are left out: promtool would
+/// compare their rendered text too, and these cases are about when an alert fires, not its wording.
+fn rules_file() -> Value {
+    let rule = rendered_monitoring()
+        .into_iter()
+        .find(|obj| obj["kind"] == "PrometheusRule")
+        .expect("the chart renders a PrometheusRule");
+    let mut groups = rule["spec"]["groups"].clone();
+    for group in groups.as_array_mut().expect("groups") {
+        for rule in group["rules"].as_array_mut().expect("rules") {
+            rule.as_object_mut().expect("rule").remove("annotations");
+        }
+    }
+    serde_json::json!({ "groups": groups })
+}
+
+/// One promtool case: input series (in promtool's `a+bxN` notation, one sample a minute), the alert looked
+/// at, when, and the label sets expected to fire then (empty: must not fire).
+fn case(series: &[(&str, &str)], alert: &str, at: &str, firing: &[Value]) -> Value {
+    serde_json::json!({
+        "interval": "1m",
+        "input_series": series
+            .iter()
+            .map(|(s, v)| serde_json::json!({ "series": s, "values": v }))
+            .collect::<Vec<_>>(),
+        "alert_rule_test": [{
+            "eval_time": at,
+            "alertname": alert,
+            "exp_alerts": firing
+                .iter()
+                .map(|labels| serde_json::json!({ "exp_labels": labels }))
+                .collect::<Vec<_>>(),
+        }],
+    })
+}
+
+#[test]
+fn alerts_fire_when_they_should_and_only_then() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, rules_file().to_string()).expect("write rules");
+    let pod = |extra: Value| {
+        let mut labels =
+            serde_json::json!({ "namespace": "team-a", "pod": "notes-0", "severity": "warning" });
+        labels
+            .as_object_mut()
+            .expect("labels")
+            .extend(extra.as_object().expect("extra").clone());
+        labels
+    };
+    let jwks = r#"mcp_authz_sidecar_jwks_age_seconds{namespace="team-a", pod="notes-0"}"#;
+    let dropped = r#"mcp_authz_sidecar_audit_dropped_total{namespace="team-a", pod="notes-0"}"#;
+    let up = r#"up{mcp_authz_component="authserver", pod="auth-0"}"#;
+    let stale = "McpAuthzSidecarJwksStale";
+    let cases = [
+        // A sidecar that never got keys refuses every token: the worst staleness, not none.
+        case(
+            &[(jwks, "-1x15")],
+            stale,
+            "10m",
+            &[pod(serde_json::json!({}))],
+        ),
+        // -1 only while starting, then fresh keys: quiet.
+        case(&[(jwks, "-1 -1 0+60x13")], stale, "10m", &[]),
+        case(&[(jwks, "30x15")], stale, "10m", &[]),
+        case(
+            &[(jwks, "1000+60x15")],
+            stale,
+            "10m",
+            &[pod(serde_json::json!({}))],
+        ),
+        case(
+            &[(dropped, "0 0 5+5x10")],
+            "McpAuthzSidecarAuditLinesDropped",
+            "8m",
+            &[pod(serde_json::json!({}))],
+        ),
+        case(
+            &[(dropped, "3x15")],
+            "McpAuthzSidecarAuditLinesDropped",
+            "12m",
+            &[],
+        ),
+        // No authorization server scraped at all: `absent` keeps the component label.
+        case(
+            &[(r#"up{job="other"}"#, "1x15")],
+            "McpAuthzAuthServerDown",
+            "10m",
+            &[serde_json::json!({ "mcp_authz_component": "authserver", "severity": "critical" })],
+        ),
+        case(&[(up, "1x15")], "McpAuthzAuthServerDown", "10m", &[]),
+    ];
+    let tests = dir.path().join("tests.json");
+    std::fs::write(
+        &tests,
+        serde_json::json!({
+            "rule_files": [rules],
+            "evaluation_interval": "1m",
+            "tests": cases,
+        })
+        .to_string(),
+    )
+    .expect("write tests");
+    let out = Command::new(promtool())
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool found alerts that do not fire as they should:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

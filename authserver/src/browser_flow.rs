@@ -277,7 +277,7 @@ pub async fn issue_code(
     client.check_scope_limits(&request.scopes)?;
     let now = now_secs();
     let grant = Grant {
-        id: secrets::random_token(),
+        id: secrets::record_id(),
         subject: subject.to_owned(),
         client_id: request.client_id.clone(),
         resource: request.resource.clone(),

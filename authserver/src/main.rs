@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use mcp_authz_authserver::config::AuthServerConfig;
 use mcp_authz_authserver::{passwords, server};
 
+// See the workspace manifest for why; the library leaves the allocator to whoever links it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mcp-authz-server",

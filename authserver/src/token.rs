@@ -59,7 +59,7 @@ fn sign_access_token(
         snapshot.config.tokens.access_token_secs,
     ))
     .unwrap_or(i64::MAX);
-    let jti = secrets::random_token();
+    let jti = secrets::record_id();
     let claims = json!({
         "iss": snapshot.config.issuer,
         "sub": grant.subject,
@@ -481,7 +481,7 @@ async fn client_credentials(
     let signed = client_credentials_scopes(snapshot, &client, target, params).and_then(|scopes| {
         let now = now_secs();
         let grant = Grant {
-            id: secrets::random_token(),
+            id: secrets::record_id(),
             subject: client.client_id.clone(),
             client_id: client.client_id.clone(),
             resource: resource.to_owned(),

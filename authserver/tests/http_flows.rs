@@ -113,7 +113,10 @@ async fn code_flow_issues_an_audience_bound_rfc9068_token() {
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         300
     );
-    assert!(claims["jti"].as_str().unwrap().len() >= 43);
+    // Twelve hex digits of the time, then 128 random bits (secrets::record_id).
+    let jti = claims["jti"].as_str().unwrap();
+    assert_eq!(jti.len(), 34, "{jti}");
+    assert!(jti[..12].bytes().all(|b| b.is_ascii_hexdigit()), "{jti}");
 }
 
 #[tokio::test]

@@ -125,14 +125,21 @@ pub fn log(d: &Decision<'_>) {
 pub fn row(d: &Decision<'_>) -> AuditEvent {
     AuditEvent {
         at: now_secs(),
-        event: d.event.to_owned(),
-        subject: d.subject.map(str::to_owned),
-        client_id: d.client_id.map(str::to_owned),
-        resource: d.resource.map(str::to_owned),
-        scopes: d.scopes.to_vec(),
-        outcome: d.outcome.to_owned(),
-        reason: d.reason.to_owned(),
+        event: storable(d.event),
+        subject: d.subject.map(storable),
+        client_id: d.client_id.map(storable),
+        resource: d.resource.map(storable),
+        scopes: d.scopes.iter().map(|s| storable(s)).collect(),
+        outcome: storable(d.outcome),
+        reason: storable(d.reason),
     }
+}
+
+/// PostgreSQL's text refuses U+0000, so a refused request whose client_id carried one (`%00` in a form)
+/// failed to insert, and its audit row was lost: a way to try things without leaving a row. The
+/// character is stored as U+FFFD instead, on every store, so the row says something was there.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 #[cfg(test)]
@@ -140,6 +147,32 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn rows_carry_no_nul_characters() {
+        let scopes = ["files:read\0x".to_owned()];
+        let d = Decision {
+            event: "token",
+            subject: Some("al\0ice"),
+            client_id: Some("https://evil.example/\0client"),
+            resource: None,
+            scopes: &scopes,
+            outcome: "refused",
+            reason: "invalid_client",
+        };
+        let row = row(&d);
+        assert_eq!(row.subject.as_deref(), Some("al\u{fffd}ice"));
+        assert_eq!(
+            row.client_id.as_deref(),
+            Some("https://evil.example/\u{fffd}client")
+        );
+        assert_eq!(row.scopes, vec!["files:read\u{fffd}x".to_owned()]);
+        assert_eq!(row.resource, None);
+        assert_eq!(
+            (row.outcome.as_str(), row.reason.as_str()),
+            ("refused", "invalid_client")
+        );
+    }
 
     #[test]
     fn the_refusal_budget_refills_at_its_rate_up_to_its_burst() {

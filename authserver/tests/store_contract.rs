@@ -729,3 +729,35 @@ async fn postgres_a_refused_text_fails_only_its_row() {
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(first ^ second, "claimed {first} and {second}");
 }
+
+/// A refusal whose client_id carried U+0000 (`client_id=a%00b` in a form) is still recorded on PostgreSQL,
+/// whose text type refuses that character: before `audit::row` replaced it, the insert failed and the
+/// attempt left no row.
+#[tokio::test]
+async fn a_refusal_with_a_nul_in_its_client_id_is_still_audited() {
+    use mcp_authz_authserver::audit::{Decision, row};
+    let scopes = vec!["files:read".to_owned()];
+    let decision = Decision {
+        event: "token",
+        subject: None,
+        client_id: Some("https://evil.example/a\0b"),
+        resource: None,
+        scopes: &scopes,
+        outcome: "refused",
+        reason: "invalid_client",
+    };
+    let url = pg_database("nul").await;
+    let postgres = SqlStore::open_postgres(&url, 2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqlStore::open_sqlite(&dir.path().join("as.db"))
+        .await
+        .unwrap();
+    for store in [&postgres as &dyn Store, &sqlite] {
+        store.put_audit(&row(&decision)).await.unwrap();
+        let stored = store.recent_audit(1).await.unwrap();
+        assert_eq!(
+            stored[0].client_id.as_deref(),
+            Some("https://evil.example/a\u{fffd}b")
+        );
+    }
+}

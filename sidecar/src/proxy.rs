@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, StreamGuard};
 use crate::routing;
 use crate::rules::Policy;
 use crate::token::{self, Identity, TokenError, TokenRules};
-use crate::verdict::{self, Answer, Misroute, RequestFacts, Route};
+use crate::verdict::{self, Answer, RequestFacts, Route};
 use crate::verified::VerifiedTokens;
 
 /// How many verified tokens are remembered (about 1 KiB each).
@@ -197,73 +197,31 @@ impl Proxy {
             request.uri().path(),
             request.uri().query(),
         );
-        let refused = |decision: &'static str, reason: &'static str| Outcome { decision, reason };
         match route {
             Route::Metadata => {
-                return (
-                    metadata_response(rt, request.method()),
-                    refused("public", "metadata"),
-                );
+                let outcome = Outcome {
+                    decision: "public",
+                    reason: "metadata",
+                };
+                return (metadata_response(rt, request.method()), outcome);
             }
             Route::Preflight => return self.forward_preflight(rt, request, peer).await,
-            Route::Refuse(Misroute::NotFound) => {
-                let body = json!({"error": "not_found", "error_description": "this sidecar serves only its MCP endpoint"});
-                return (
-                    json_response(StatusCode::NOT_FOUND, &body),
-                    refused("deny", "not_found"),
-                );
-            }
-            Route::Refuse(Misroute::MethodNotAllowed) => {
-                let body = json!({"error": "method_not_allowed"});
-                let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &body);
-                let allow = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
-                response.headers_mut().insert(header::ALLOW, allow);
-                return (response, refused("deny", "method_not_allowed"));
-            }
-            Route::Refuse(Misroute::TokenInQuery) | Route::Authenticate => {}
+            Route::Authenticate | Route::Refuse(_) => {}
         }
         let http_method = request.method().as_str().to_owned();
-        // Every refusal after this point is audited with whatever identity is known by then.
-        let deny =
-            |response: Response<ProxyBody>, reason: &'static str, identity: Option<&Identity>| {
-                audit::record(&AuditEvent {
-                    identity,
-                    method: &http_method,
-                    target: None,
-                    decision: "deny",
-                    reason,
-                });
-                (
-                    response,
-                    Outcome {
-                        decision: "deny",
-                        reason,
-                    },
-                )
-            };
-        let challenge = |refusal: Refusal| refusal.into_response_boxed(&rt.challenge);
-        if let Route::Refuse(misroute) = route {
-            let refusal =
-                Refusal::InvalidRequest("tokens are not accepted in the query string".into());
-            return deny(challenge(refusal), misroute.metric_label(), None);
+        if let Some(refused) = verdict::misrouted(route, &http_method) {
+            return refuse(rt, refused, None);
         }
         let (identity, token) = match self.authenticate(rt, request.headers()).await {
             Ok(found) => found,
             Err(error) => {
-                let refusal = token_refusal(&error);
-                let response = match refusal.status() {
-                    StatusCode::UNAUTHORIZED if request.method() == Method::POST => {
-                        let ctx = ChallengeContext {
-                            resource_metadata: rt.challenge.resource_metadata.clone(),
-                            basic_scopes: challenge_scopes(rt, request)
-                                .await
-                                .unwrap_or_else(|| rt.challenge.basic_scopes.clone()),
-                        };
-                        refusal.into_response_boxed(&ctx)
-                    }
-                    _ => challenge(refusal),
+                let scopes = if verdict::challenge_names_operation(&error, request.method()) {
+                    challenge_scopes(rt, request).await
+                } else {
+                    None
                 };
-                return deny(response, error.metric_label(), None);
+                let refused = verdict::unauthenticated(&http_method, &error, scopes);
+                return refuse(rt, refused, None);
             }
         };
         let scopes = Arc::new(
@@ -273,11 +231,13 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         let (upstream_body, matcher, claim) = if parts.method == Method::POST {
+            // Framing, not policy: a body that cannot be read whole within the limits never reaches the
+            // verdict, and the answer is about the transfer (413, 408, 400), not about the request.
             let bytes = match read_body(rt, &parts.headers, body).await {
                 Ok(bytes) => bytes,
                 Err((status, reason)) => {
-                    let response = json_response(status, &json!({"error": reason}));
-                    return deny(response, reason, Some(&identity));
+                    let refused = verdict::unreadable_body(status, reason);
+                    return refuse(rt, refused, Some(&identity));
                 }
             };
             let classified = jsonrpc::classify(&bytes);
@@ -288,60 +248,27 @@ impl Proxy {
                 scopes: &scopes,
                 issuer: None,
             };
-            let mut verdict = verdict::verdict(&rules, &facts);
-            if verdict.outcome == verdict::Outcome::AskIssuer
-                && let Some(introspector) = &rt.introspector
-            {
-                facts.issuer = Some(match introspector.is_active(token.as_str()).await {
-                    Ok(active) => Ok(active),
-                    Err(error) => {
-                        tracing::warn!(%error, "introspection failed; refusing the sensitive operation");
-                        Err(error.metric_label())
-                    }
-                });
-                verdict = verdict::verdict(&rules, &facts);
-            }
-            // The verdict's audit lines, written once whatever it decided.
-            for line in &verdict.audit {
-                audit::record(&AuditEvent {
-                    identity: Some(&identity),
-                    method: line.method,
-                    target: line.target,
-                    decision: line.decision,
-                    reason: line.reason,
-                });
-            }
-            let (era, per_token) = match verdict.outcome {
-                verdict::Outcome::Forward { era, per_token } => (era, per_token),
-                verdict::Outcome::Refuse { answer, reason } => {
-                    let response = match answer {
-                        Answer::Challenge(refusal) => challenge(refusal),
-                        Answer::JsonRpc { status, body } => {
-                            bytes_response(status, "application/json", body)
+            let mut decided = verdict::verdict(&rules, &facts);
+            if decided.outcome == verdict::Outcome::AskIssuer {
+                facts.issuer = Some(match &rt.introspector {
+                    Some(introspector) => match introspector.is_active(token.as_str()).await {
+                        Ok(active) => Ok(active),
+                        Err(error) => {
+                            tracing::warn!(%error, "introspection failed; refusing the sensitive operation");
+                            Err(error.metric_label())
                         }
-                    };
-                    let outcome = Outcome {
-                        decision: "deny",
-                        reason,
-                    };
-                    return (response, outcome);
+                    },
+                    // Sensitive scopes come with an issuer to ask; a config without one cannot say.
+                    None => Err("introspection_unavailable"),
+                });
+                decided = verdict::verdict(&rules, &facts);
+            }
+            let (era, per_token) = match decided.settle() {
+                Ok(forward) => {
+                    write_audit(&forward.audit, Some(&identity));
+                    (forward.era, forward.per_token)
                 }
-                // Asked again only when there is an issuer to ask; without one nothing is sensitive.
-                verdict::Outcome::AskIssuer => {
-                    let response = challenge(Refusal::IntrospectionUnavailable);
-                    let reason = "introspection_unavailable";
-                    return deny(response, reason, Some(&identity));
-                }
-            };
-            // The verdict refuses a body it cannot classify; should that ever change, the body is refused here
-            // rather than forwarded unchecked.
-            let classified = match classified {
-                Ok(classified) => classified,
-                Err(error) => {
-                    let response =
-                        bytes_response(StatusCode::BAD_REQUEST, "application/json", error.body());
-                    return deny(response, error.metric_label(), Some(&identity));
-                }
+                Err(refused) => return refuse(rt, refused, Some(&identity)),
             };
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
@@ -357,36 +284,27 @@ impl Proxy {
                     .get("mcp-session-id")
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             };
-            let claim = match session.map(|s| self.in_flight.claim(&s, &classified)) {
-                Some(None) => {
-                    let message = "invalid request: a request with this id is still being answered in this session";
-                    let body = jsonrpc::error_body(&Value::Null, -32600, message);
-                    let response =
-                        bytes_response(StatusCode::BAD_REQUEST, "application/json", body);
-                    return deny(response, "request_id_in_use", Some(&identity));
+            // The verdict forwards only a body it classified.
+            let claim = match (session, classified.as_ref().ok()) {
+                (Some(session), Some(classified)) => {
+                    let claim = self.in_flight.claim(&session, classified);
+                    if let Some(refused) = verdict::id_claim(claim.is_some()) {
+                        return refuse(rt, refused, Some(&identity));
+                    }
+                    claim
                 }
-                Some(claim) => claim,
-                None => None,
+                _ => None,
             };
             let matcher = per_token.then_some(ListMatcher::Requests);
             (bytes, matcher, claim)
         } else {
             use hyper::body::Body as _;
-            if !body.is_end_stream() {
-                // A body on GET or DELETE would reach the upstream without the JSON-RPC checks.
-                let reason = "body_not_allowed";
-                let body =
-                    json!({"error": reason, "error_description": "GET and DELETE carry no body"});
-                return deny(
-                    json_response(StatusCode::BAD_REQUEST, &body),
-                    reason,
-                    Some(&identity),
-                );
+            if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
+                return refuse(rt, refused, Some(&identity));
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
             (Bytes::new(), matcher, None)
         };
-
         let upstream_request =
             match build_upstream_request(rt, parts, upstream_body, Some(&identity), peer) {
                 Ok(r) => r,
@@ -624,18 +542,66 @@ async fn challenge_scopes(rt: &Runtime, request: Request<WireBody>) -> Option<Ve
         .scopes_for(classified.messages.iter().flat_map(Message::operations))
 }
 
-fn token_refusal(error: &TokenError) -> Refusal {
-    match error {
-        TokenError::Missing => Refusal::Unauthorized {
-            error: None,
+/// Acts on a refusal the verdict decided: its audit lines, written once, and its answer.
+fn refuse(
+    rt: &Runtime,
+    refused: verdict::Refused<'_>,
+    identity: Option<&Identity>,
+) -> (Response<ProxyBody>, Outcome) {
+    write_audit(&refused.audit, identity);
+    let outcome = Outcome {
+        decision: "deny",
+        reason: refused.reason,
+    };
+    (render(rt, refused.answer), outcome)
+}
+
+fn write_audit(lines: &[verdict::AuditLine<'_>], identity: Option<&Identity>) {
+    for line in lines {
+        audit::record(&AuditEvent {
+            identity,
+            method: line.method,
+            target: line.target,
+            decision: line.decision,
+            reason: line.reason,
+        });
+    }
+}
+
+/// The response that carries a refusal.
+fn render(rt: &Runtime, answer: Answer) -> Response<ProxyBody> {
+    match answer {
+        Answer::Challenge(refusal) => refusal.into_response_boxed(&rt.challenge),
+        Answer::ChallengeNaming { refusal, scopes } => {
+            let ctx = ChallengeContext {
+                resource_metadata: rt.challenge.resource_metadata.clone(),
+                basic_scopes: scopes,
+            };
+            refusal.into_response_boxed(&ctx)
+        }
+        Answer::JsonRpc { status, body } => bytes_response(status, "application/json", body),
+        Answer::Plain {
+            status,
+            error,
+            description: Some(description),
+        } => json_response(
+            status,
+            &json!({"error": error, "error_description": description}),
+        ),
+        Answer::Plain {
+            status,
+            error,
             description: None,
-        },
-        TokenError::InvalidRequest(d) => Refusal::InvalidRequest((*d).to_owned()),
-        TokenError::KeysUnavailable => Refusal::KeysUnavailable,
-        other => Refusal::Unauthorized {
-            error: Some("invalid_token"),
-            description: Some(other.to_string()),
-        },
+        } => json_response(status, &json!({ "error": error })),
+        Answer::MethodNotAllowed => {
+            let mut response = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed"}),
+            );
+            let allow = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
+            response.headers_mut().insert(header::ALLOW, allow);
+            response
+        }
     }
 }
 

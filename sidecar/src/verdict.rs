@@ -65,6 +65,25 @@ pub struct AuditLine<'a> {
 pub enum Answer {
     /// A challenge or OAuth-style refusal (`WWW-Authenticate` where it has one).
     Challenge(Refusal),
+    /// A 401 whose challenge names the scopes of the operation the request tried (SEP-2350), instead of
+    /// the service's basic scopes.
+    ChallengeNaming {
+        /// The refusal.
+        refusal: Refusal,
+        /// The scopes the challenge names.
+        scopes: Vec<String>,
+    },
+    /// A plain JSON error object (`{"error": ...}`) with this status: refusals outside OAuth and JSON-RPC.
+    Plain {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` code.
+        error: &'static str,
+        /// The `error_description`, if any.
+        description: Option<&'static str>,
+    },
+    /// 405, with the methods the MCP endpoint takes in `Allow`.
+    MethodNotAllowed,
     /// A JSON-RPC error body with this status.
     JsonRpc {
         /// The HTTP status.
@@ -104,18 +123,200 @@ pub struct Verdict<'a> {
     pub audit: Vec<AuditLine<'a>>,
 }
 
-impl Verdict<'_> {
+impl<'a> Verdict<'a> {
     fn refuse(answer: Answer, reason: &'static str) -> Self {
+        let refused = Refused::request("POST", answer, reason);
         Self {
-            outcome: Outcome::Refuse { answer, reason },
+            outcome: Outcome::Refuse {
+                answer: refused.answer,
+                reason,
+            },
+            audit: refused.audit,
+        }
+    }
+
+    /// What the proxy does once the issuer's word is in: forward, or refuse. `AskIssuer` cannot come back
+    /// once `RequestFacts::issuer` is set; should it, the request is refused as if the issuer could not
+    /// answer, never forwarded.
+    pub fn settle(self) -> Result<Forward<'a>, Refused<'a>> {
+        match self.outcome {
+            Outcome::Forward { era, per_token } => Ok(Forward {
+                era,
+                per_token,
+                audit: self.audit,
+            }),
+            Outcome::Refuse { answer, reason } => Err(Refused {
+                answer,
+                reason,
+                audit: self.audit,
+            }),
+            Outcome::AskIssuer => Err(Refused::request(
+                "POST",
+                Answer::Challenge(Refusal::IntrospectionUnavailable),
+                "introspection_unavailable",
+            )),
+        }
+    }
+}
+
+/// A request to send on, with the audit lines of its allowed operations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward<'a> {
+    /// Which protocol it speaks.
+    pub era: Era,
+    /// Whether its answer is this token's view.
+    pub per_token: bool,
+    /// Lines to write.
+    pub audit: Vec<AuditLine<'a>>,
+}
+
+/// A request to refuse: the answer, the metric's reason and the audit lines, written once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused<'a> {
+    /// The answer.
+    pub answer: Answer,
+    /// The metric's reason.
+    pub reason: &'static str,
+    /// Lines to write.
+    pub audit: Vec<AuditLine<'a>>,
+}
+
+impl<'a> Refused<'a> {
+    /// A refusal of the request as a whole, audited under its HTTP method.
+    fn request(method: &'a str, answer: Answer, reason: &'static str) -> Self {
+        Self {
+            answer,
+            reason,
             audit: vec![AuditLine {
-                method: "POST",
+                method,
                 target: None,
                 decision: "deny",
                 reason,
             }],
         }
     }
+
+    /// A refusal nobody needs to read in the audit trail (a wrong path or method: no token was looked at,
+    /// nothing was attempted); counted in the metrics all the same.
+    fn unaudited(answer: Answer, reason: &'static str) -> Self {
+        Self {
+            answer,
+            reason,
+            audit: Vec::new(),
+        }
+    }
+}
+
+/// The refusal of a request routed away before its token was looked at (`None` for one that goes on).
+pub fn misrouted<'a>(route: Route, method: &'a str) -> Option<Refused<'a>> {
+    let Route::Refuse(misroute) = route else {
+        return None;
+    };
+    let reason = misroute.metric_label();
+    Some(match misroute {
+        Misroute::NotFound => Refused::unaudited(
+            Answer::Plain {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found",
+                description: Some("this sidecar serves only its MCP endpoint"),
+            },
+            reason,
+        ),
+        Misroute::MethodNotAllowed => Refused::unaudited(Answer::MethodNotAllowed, reason),
+        // A token in a URL ends up in logs and caches: refused, and audited as an attempt.
+        Misroute::TokenInQuery => Refused::request(
+            method,
+            Answer::Challenge(Refusal::InvalidRequest(
+                "tokens are not accepted in the query string".into(),
+            )),
+            reason,
+        ),
+    })
+}
+
+/// Whether the refusal of this token would be a 401 challenge on a POST, which names the scopes of the
+/// operation the body tried, so the proxy reads a small body to find them out (SEP-2350).
+pub fn challenge_names_operation(error: &TokenError, method: &http::Method) -> bool {
+    method == http::Method::POST && token_refusal(error).status() == StatusCode::UNAUTHORIZED
+}
+
+/// The refusal of a request whose token is missing or not acceptable. `operation_scopes` are the scopes
+/// of what the body tried, when [`challenge_names_operation`] asked for them and the body told.
+pub fn unauthenticated<'a>(
+    method: &'a str,
+    error: &TokenError,
+    operation_scopes: Option<Vec<String>>,
+) -> Refused<'a> {
+    let refusal = token_refusal(error);
+    let answer = match operation_scopes {
+        Some(scopes) if refusal.status() == StatusCode::UNAUTHORIZED => {
+            Answer::ChallengeNaming { refusal, scopes }
+        }
+        _ => Answer::Challenge(refusal),
+    };
+    Refused::request(method, answer, error.metric_label())
+}
+
+fn token_refusal(error: &TokenError) -> Refusal {
+    match error {
+        TokenError::Missing => Refusal::Unauthorized {
+            error: None,
+            description: None,
+        },
+        TokenError::InvalidRequest(d) => Refusal::InvalidRequest((*d).to_owned()),
+        TokenError::KeysUnavailable => Refusal::KeysUnavailable,
+        other => Refusal::Unauthorized {
+            error: Some("invalid_token"),
+            description: Some(other.to_string()),
+        },
+    }
+}
+
+/// Decides an authenticated GET or DELETE: neither may carry a body, which would reach the upstream
+/// without the JSON-RPC checks. `None`: forward it.
+pub fn read_only<'a>(method: &'a str, has_body: bool) -> Option<Refused<'a>> {
+    has_body.then(|| {
+        Refused::request(
+            method,
+            Answer::Plain {
+                status: StatusCode::BAD_REQUEST,
+                error: "body_not_allowed",
+                description: Some("GET and DELETE carry no body"),
+            },
+            "body_not_allowed",
+        )
+    })
+}
+
+/// The refusal of a 2025 request whose id is still being answered in its session (`None`: the ids were
+/// free and are now held). Two answers under one id would let either request take the other's answer.
+pub fn id_claim<'a>(claimed: bool) -> Option<Refused<'a>> {
+    (!claimed).then(|| {
+        let message =
+            "invalid request: a request with this id is still being answered in this session";
+        Refused::request(
+            "POST",
+            Answer::JsonRpc {
+                status: StatusCode::BAD_REQUEST,
+                body: crate::jsonrpc::error_body(&Value::Null, -32600, message),
+            },
+            "request_id_in_use",
+        )
+    })
+}
+
+/// The refusal of a POST whose body could not be read whole within the limits (too large, too slow, cut
+/// off): the answer is about the transfer, with its status, never a decision about what the body asks.
+pub fn unreadable_body<'a>(status: StatusCode, reason: &'static str) -> Refused<'a> {
+    Refused::request(
+        "POST",
+        Answer::Plain {
+            status,
+            error: reason,
+            description: None,
+        },
+        reason,
+    )
 }
 
 /// Where a request goes before any token is looked at: decided on its method, path and query alone.
@@ -393,8 +594,219 @@ mod tests {
                     reason,
                     String::from_utf8(body.to_vec()).unwrap(),
                 ),
+                other => Short::Refuse(answer_status(other), reason, answer_text(other)),
             },
         }
+    }
+
+    fn answer_status(answer: &Answer) -> u16 {
+        match answer {
+            Answer::Challenge(refusal) | Answer::ChallengeNaming { refusal, .. } => {
+                refusal.status().as_u16()
+            }
+            Answer::JsonRpc { status, .. } | Answer::Plain { status, .. } => status.as_u16(),
+            Answer::MethodNotAllowed => 405,
+        }
+    }
+
+    /// The challenge, the JSON-RPC body or the plain error, as text.
+    fn answer_text(answer: &Answer) -> String {
+        let ctx = |scopes: &[String]| crate::challenge::ChallengeContext {
+            resource_metadata: "m".into(),
+            basic_scopes: scopes.to_vec(),
+        };
+        match answer {
+            Answer::Challenge(refusal) => refusal
+                .www_authenticate(&ctx(&["read".into()]))
+                .unwrap_or_default(),
+            Answer::ChallengeNaming { refusal, scopes } => {
+                refusal.www_authenticate(&ctx(scopes)).unwrap_or_default()
+            }
+            Answer::JsonRpc { body, .. } => String::from_utf8(body.to_vec()).unwrap(),
+            Answer::Plain {
+                error, description, ..
+            } => format!("{error}: {}", description.unwrap_or("-")),
+            Answer::MethodNotAllowed => "method_not_allowed".into(),
+        }
+    }
+
+    /// Refusals decided outside the body's own checks: the route, the token, a body where none may be, an
+    /// unreadable body, a request id in use, and an issuer asked again.
+    #[test]
+    fn refusals_around_the_body_table() {
+        use http::Method;
+        type Row = (
+            &'static str,
+            Option<Refused<'static>>,
+            Option<(u16, &'static str, &'static str, Vec<Line>)>,
+        );
+        let deny =
+            |method: &'static str, reason: &'static str| vec![(method, None, "deny", reason)];
+        let rows: Vec<Row> = vec![
+            (
+                "authenticate goes on",
+                misrouted(Route::Authenticate, "POST"),
+                None,
+            ),
+            ("metadata goes on", misrouted(Route::Metadata, "GET"), None),
+            (
+                "a wrong path is a 404, not audited",
+                misrouted(Route::Refuse(Misroute::NotFound), "POST"),
+                Some((
+                    404,
+                    "not_found",
+                    "not_found: this sidecar serves only its MCP endpoint",
+                    vec![],
+                )),
+            ),
+            (
+                "PUT is a 405, not audited",
+                misrouted(Route::Refuse(Misroute::MethodNotAllowed), "PUT"),
+                Some((405, "method_not_allowed", "method_not_allowed", vec![])),
+            ),
+            (
+                "a token in the query is refused and audited under the method",
+                misrouted(Route::Refuse(Misroute::TokenInQuery), "GET"),
+                Some((
+                    400,
+                    "token_in_query",
+                    "Bearer error=\"invalid_request\", error_description=\"tokens are not accepted in the query string\", resource_metadata=\"m\"",
+                    deny("GET", "token_in_query"),
+                )),
+            ),
+            (
+                "no token: a bare challenge with the basic scopes",
+                Some(unauthenticated("POST", &TokenError::Missing, None)),
+                Some((
+                    401,
+                    "token_missing",
+                    "Bearer resource_metadata=\"m\", scope=\"read\"",
+                    deny("POST", "token_missing"),
+                )),
+            ),
+            (
+                "no token on a POST whose operation needs admin: the challenge names admin",
+                Some(unauthenticated(
+                    "POST",
+                    &TokenError::Missing,
+                    Some(vec!["admin".into()]),
+                )),
+                Some((
+                    401,
+                    "token_missing",
+                    "Bearer resource_metadata=\"m\", scope=\"admin\"",
+                    deny("POST", "token_missing"),
+                )),
+            ),
+            (
+                "an expired token",
+                Some(unauthenticated("GET", &TokenError::Expired, None)),
+                Some((
+                    401,
+                    "token_expired",
+                    "Bearer error=\"invalid_token\", error_description=\"the token has expired\", resource_metadata=\"m\", scope=\"read\"",
+                    deny("GET", "token_expired"),
+                )),
+            ),
+            (
+                "keys unavailable is a 503, and operation scopes do not turn it into a challenge",
+                Some(unauthenticated(
+                    "POST",
+                    &TokenError::KeysUnavailable,
+                    Some(vec!["admin".into()]),
+                )),
+                Some((
+                    503,
+                    "jwks_unavailable",
+                    "",
+                    deny("POST", "jwks_unavailable"),
+                )),
+            ),
+            ("GET without a body goes on", read_only("GET", false), None),
+            (
+                "DELETE with a body",
+                read_only("DELETE", true),
+                Some((
+                    400,
+                    "body_not_allowed",
+                    "body_not_allowed: GET and DELETE carry no body",
+                    deny("DELETE", "body_not_allowed"),
+                )),
+            ),
+            (
+                "a body over the limit",
+                Some(unreadable_body(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                )),
+                Some((
+                    413,
+                    "body_too_large",
+                    "body_too_large: -",
+                    deny("POST", "body_too_large"),
+                )),
+            ),
+            ("free ids go on", id_claim(true), None),
+            (
+                "an id still being answered in the session",
+                id_claim(false),
+                Some((
+                    400,
+                    "request_id_in_use",
+                    r#"{"error":{"code":-32600,"message":"invalid request: a request with this id is still being answered in this session"},"id":null,"jsonrpc":"2.0"}"#,
+                    deny("POST", "request_id_in_use"),
+                )),
+            ),
+            (
+                "asking the issuer again is never a forward",
+                Verdict {
+                    outcome: Outcome::AskIssuer,
+                    audit: vec![],
+                }
+                .settle()
+                .err(),
+                Some((
+                    503,
+                    "introspection_unavailable",
+                    "",
+                    deny("POST", "introspection_unavailable"),
+                )),
+            ),
+        ];
+        for (what, got, expected) in rows {
+            let got = got.map(|r| {
+                let text = answer_text(&r.answer);
+                let audit: Vec<Line> = r
+                    .audit
+                    .iter()
+                    .map(|l| (l.method, l.target, l.decision, l.reason))
+                    .collect();
+                (answer_status(&r.answer), r.reason, text, audit)
+            });
+            let expected = expected
+                .map(|(status, reason, text, audit)| (status, reason, text.to_owned(), audit));
+            assert_eq!(got, expected, "{what}");
+        }
+        assert!(challenge_names_operation(
+            &TokenError::Missing,
+            &Method::POST
+        ));
+        assert!(challenge_names_operation(
+            &TokenError::Expired,
+            &Method::POST
+        ));
+        assert!(!challenge_names_operation(
+            &TokenError::Missing,
+            &Method::GET
+        ));
+        assert!(!challenge_names_operation(
+            &TokenError::KeysUnavailable,
+            &Method::POST
+        ));
+        assert!(!challenge_names_operation(
+            &TokenError::InvalidRequest("two headers"),
+            &Method::POST
+        ));
     }
 
     type Line = (

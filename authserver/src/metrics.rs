@@ -53,9 +53,9 @@ impl Metrics {
         let tokens_issued = IntCounterVec::new(
             Opts::new(
                 "mcp_authz_authserver_tokens_issued_total",
-                "Access tokens issued by grant type",
+                "Access tokens issued by grant type and resource (a configured resource URL, else other)",
             ),
-            &["grant_type"],
+            &["grant_type", "resource"],
         )
         .expect("static metric definition");
         let latency = HistogramVec::new(

@@ -119,10 +119,16 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
     match result {
         Ok((grant_type, body)) => {
             state.metrics.outcome("token", "ok");
+            // One series per configured resource at most: a name the config does not hold cannot be a label.
+            let resource = who
+                .resource
+                .as_deref()
+                .filter(|r| snapshot.config.resource(r).is_some())
+                .unwrap_or("other");
             state
                 .metrics
                 .tokens_issued
-                .with_label_values(&[grant_type])
+                .with_label_values(&[grant_type, resource])
                 .inc();
             no_store(axum::Json(body).into_response())
         }
@@ -162,7 +168,7 @@ async fn handle(
         }
         GrantType::RefreshToken => refresh_token(state, snapshot, &presented, &params, who).await?,
         GrantType::ClientCredentials => {
-            client_credentials(state, snapshot, &presented, &params).await?
+            client_credentials(state, snapshot, &presented, &params, who).await?
         }
     };
     Ok((grant_type_label(grant), body))
@@ -465,11 +471,13 @@ async fn client_credentials(
     snapshot: &Snapshot,
     presented: &Presented<'_>,
     params: &Params,
+    who: &mut Who,
 ) -> Result<Value, OAuthError> {
     // No grant exists yet: the resource asked for is the one whose policy the client must pass, and it must be
     // one of ours before the client is looked up.
     let target = authorize_request::resource(&snapshot.config, params)?;
     let resource = target.resource.as_str();
+    who.resource = Some(resource.to_owned());
     let (client, claim) = client_auth::verify(
         state,
         snapshot,

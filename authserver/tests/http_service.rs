@@ -438,7 +438,7 @@ async fn admin_api_lists_and_revokes_and_refuses_strangers() {
     for needle in [
         "mcp_authz_authserver_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
         "mcp_authz_authserver_requests_total{endpoint=\"admin\",outcome=\"unauthenticated\"} 3",
-        "mcp_authz_authserver_tokens_issued_total{grant_type=\"authorization_code\"} 1",
+        "mcp_authz_authserver_tokens_issued_total{grant_type=\"authorization_code\",resource=\"https://mcp.example.com/files\"} 1",
         "mcp_authz_authserver_request_duration_seconds_bucket{endpoint=\"token\"",
         "mcp_authz_authserver_signing_key_age_seconds",
         "mcp_authz_authserver_cimd_resolutions_total{outcome=\"forbidden_address\"} 1",

@@ -109,7 +109,7 @@ fn exposed_names() -> BTreeSet<String> {
     authserver.outcome("token", "ok");
     authserver
         .tokens_issued
-        .with_label_values(&["authorization_code"])
+        .with_label_values(&["authorization_code", "https://mcp.example.com/files"])
         .inc();
     authserver
         .latency

@@ -123,6 +123,10 @@ pub struct SidecarConfig {
     /// Size and time limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Token buckets on authorized requests (none by default): a request over one gets 429 with
+    /// `Retry-After`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// One rule: an MCP operation pattern and the scopes it needs (all of them).
@@ -434,6 +438,19 @@ impl SidecarConfig {
         if self.limits.max_body_bytes == 0 || self.limits.max_token_bytes == 0 {
             return invalid("limits must be positive".into());
         }
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            if !(limit.requests_per_second.is_finite()
+                && limit.requests_per_second >= 0.001
+                && limit.requests_per_second <= 1e6)
+            {
+                return invalid(format!(
+                    "rateLimits[{i}].requestsPerSecond must be 0.001 to 1000000"
+                ));
+            }
+            if limit.burst == 0 || limit.burst > 1_000_000 {
+                return invalid(format!("rateLimits[{i}].burst must be 1 to 1000000"));
+            }
+        }
         Ok(())
     }
 
@@ -461,6 +478,40 @@ impl SidecarConfig {
             .chain(self.rules.iter().flat_map(|r| &r.scopes))
             .chain(unmatched)
     }
+}
+
+/// A token bucket on authorized requests: each operation it counts (every one, or those of `method` and
+/// `name`, globs as in `rules`) takes a token from the bucket of its key; an empty bucket refuses with 429.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    /// What one bucket is for.
+    pub per: RateKey,
+    /// JSON-RPC methods counted (a glob); every method when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Tool names, resource URIs or prompt names counted (a glob); every one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The rate a bucket refills at, per second (above 0, at most 1000000).
+    #[schemars(range(min = 0.001, max = 1_000_000.0))]
+    pub requests_per_second: f64,
+    /// The most a bucket holds: requests allowed at once after a quiet spell (1 to 1000000).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: u32,
+}
+
+/// What one bucket of a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RateKey {
+    /// The token's `client_id`: one agent, whoever it acts for.
+    Client,
+    /// The token's `sub`: one person (or one client acting for itself), whatever client they use.
+    User,
+    /// The tool name, resource URI or prompt name (the method for an operation without one), over every
+    /// caller: protects what is behind a tool.
+    Tool,
 }
 
 /// RFC 6749 §3.3 scope-token characters.

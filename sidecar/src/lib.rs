@@ -28,6 +28,7 @@ pub mod log_pipe;
 pub mod metadata;
 pub mod metrics;
 pub mod proxy;
+pub mod rate_limit;
 pub mod routing;
 pub mod rules;
 pub mod server;

@@ -33,6 +33,7 @@ use crate::jsonrpc::{self, Message};
 use crate::jwks::{JwksCache, Lookup};
 use crate::metadata::ResourceMetadata;
 use crate::metrics::{Metrics, StreamGuard};
+use crate::rate_limit::Limiter;
 use crate::routing;
 use crate::rules::Policy;
 use crate::token::{self, Identity, TokenError, TokenRules};
@@ -61,6 +62,8 @@ pub struct Runtime {
     pub metadata: ResourceMetadata,
     /// What challenges say.
     pub challenge: ChallengeContext,
+    /// The rate limits' buckets, if any limit is declared (they start full on every reload).
+    pub limiter: Option<Limiter>,
     upstream: Uri,
     /// `host:port` of the upstream.
     upstream_authority: String,
@@ -117,6 +120,7 @@ impl Runtime {
         let metadata = ResourceMetadata::from_config(&config);
         let challenge = ChallengeContext::from_config(&config);
         Ok(Self {
+            limiter: Limiter::new(&config.rate_limits),
             policy: Arc::new(Policy::from_config(&config)),
             token_rules: TokenRules::from_config(&config),
             verified: VerifiedTokens::new(VERIFIED_TOKENS),
@@ -263,13 +267,20 @@ impl Proxy {
                 });
                 decided = verdict::verdict(&rules, &facts);
             }
-            let (era, per_token) = match decided.settle() {
-                Ok(forward) => {
-                    write_audit(&forward.audit, Some(&identity));
-                    (forward.era, forward.per_token)
-                }
+            let forward = match decided.settle() {
+                Ok(forward) => forward,
                 Err(refused) => return refuse(rt, refused, Some(&identity)),
             };
+            // Rate limits count only what was allowed, so refused attempts cannot spend a client's budget.
+            if let (Some(limiter), Ok(classified)) = (&rt.limiter, classified.as_ref()) {
+                let operations = classified.messages.iter().flat_map(Message::operations);
+                let taken = limiter.take(&identity, operations, Instant::now());
+                if let Some(refused) = verdict::rate_limit(taken, &classified.reply_id()) {
+                    return refuse(rt, refused, Some(&identity));
+                }
+            }
+            write_audit(&forward.audit, Some(&identity));
+            let (era, per_token) = (forward.era, forward.per_token);
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
             // answer, through a handshake-era session. Each such request is answered on its own POST, so
@@ -593,6 +604,17 @@ fn render(rt: &Runtime, answer: Answer) -> Response<ProxyBody> {
             error,
             description: None,
         } => json_response(status, &json!({ "error": error })),
+        Answer::RateLimited {
+            retry_after_secs,
+            body,
+        } => {
+            let mut response =
+                bytes_response(StatusCode::TOO_MANY_REQUESTS, "application/json", body);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
         Answer::MethodNotAllowed => {
             let mut response = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,

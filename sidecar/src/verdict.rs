@@ -84,6 +84,13 @@ pub enum Answer {
     },
     /// 405, with the methods the MCP endpoint takes in `Allow`.
     MethodNotAllowed,
+    /// 429, with `Retry-After` and a JSON-RPC error body.
+    RateLimited {
+        /// Whole seconds until a retry can pass (at least 1).
+        retry_after_secs: u64,
+        /// The JSON-RPC error response.
+        body: Bytes,
+    },
     /// A JSON-RPC error body with this status.
     JsonRpc {
         /// The HTTP status.
@@ -303,6 +310,31 @@ pub fn id_claim<'a>(claimed: bool) -> Option<Refused<'a>> {
             "request_id_in_use",
         )
     })
+}
+
+/// The JSON-RPC error code of a rate-limited request: MCP defines none, so one of the implementation-defined
+/// server errors; the HTTP status (429) and `Retry-After` are what clients act on.
+pub const RATE_LIMITED_CODE: i64 = -32029;
+
+/// The refusal of an authorized request that a rate limit holds back (`None`: it passed and took its
+/// tokens). `wait` is how long until the emptiest bucket involved holds enough.
+pub fn rate_limit<'a>(
+    taken: Result<(), std::time::Duration>,
+    reply_id: &Value,
+) -> Option<Refused<'a>> {
+    let wait = taken.err()?;
+    // Rounded up, so a client that waits what it is told finds the tokens there.
+    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let retry_after_secs = retry_after_secs.max(1);
+    let message = format!("rate limit exceeded: retry after {retry_after_secs} s");
+    Some(Refused::request(
+        "POST",
+        Answer::RateLimited {
+            retry_after_secs,
+            body: crate::jsonrpc::error_body(reply_id, RATE_LIMITED_CODE, &message),
+        },
+        "rate_limited",
+    ))
 }
 
 /// The refusal of a POST whose body could not be read whole within the limits (too large, too slow, cut
@@ -606,6 +638,7 @@ mod tests {
             }
             Answer::JsonRpc { status, .. } | Answer::Plain { status, .. } => status.as_u16(),
             Answer::MethodNotAllowed => 405,
+            Answer::RateLimited { .. } => 429,
         }
     }
 
@@ -627,6 +660,13 @@ mod tests {
                 error, description, ..
             } => format!("{error}: {}", description.unwrap_or("-")),
             Answer::MethodNotAllowed => "method_not_allowed".into(),
+            Answer::RateLimited {
+                retry_after_secs,
+                body,
+            } => format!(
+                "retry after {retry_after_secs}: {}",
+                String::from_utf8(body.to_vec()).unwrap()
+            ),
         }
     }
 
@@ -755,6 +795,31 @@ mod tests {
                     "request_id_in_use",
                     r#"{"error":{"code":-32600,"message":"invalid request: a request with this id is still being answered in this session"},"id":null,"jsonrpc":"2.0"}"#,
                     deny("POST", "request_id_in_use"),
+                )),
+            ),
+            (
+                "within the limits goes on",
+                rate_limit(Ok(()), &json!(7)),
+                None,
+            ),
+            (
+                "over a limit: 429, the wait rounded up to whole seconds",
+                rate_limit(Err(std::time::Duration::from_millis(1200)), &json!(7)),
+                Some((
+                    429,
+                    "rate_limited",
+                    r#"retry after 2: {"error":{"code":-32029,"message":"rate limit exceeded: retry after 2 s"},"id":7,"jsonrpc":"2.0"}"#,
+                    deny("POST", "rate_limited"),
+                )),
+            ),
+            (
+                "a wait under a second still says 1",
+                rate_limit(Err(std::time::Duration::from_millis(10)), &Value::Null),
+                Some((
+                    429,
+                    "rate_limited",
+                    r#"retry after 1: {"error":{"code":-32029,"message":"rate limit exceeded: retry after 1 s"},"id":null,"jsonrpc":"2.0"}"#,
+                    deny("POST", "rate_limited"),
                 )),
             ),
             (

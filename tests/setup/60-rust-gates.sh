@@ -14,9 +14,8 @@ _mcp_authz_install() { # crate version binary
       cargo install "$1" --version "$2" --locked --quiet --root "$_mcp_authz_tools" || return 1
   fi
 }
-# Fuzzing in the gates is opt-in (MCP_AUTHZ_FUZZ_SECONDS > 0): its sanitizer builds alone take longer than the
-# rest of a fresh run, so cargo-fuzz and the nightly toolchain are needed only then.
-if [ "${MCP_AUTHZ_FUZZ_SECONDS:-0}" -gt 0 ]; then
+# Fuzzing runs in the gates unless MCP_AUTHZ_FUZZ_SECONDS=0; only then are cargo-fuzz and nightly not needed.
+if [ "${MCP_AUTHZ_FUZZ_SECONDS:-20}" -gt 0 ]; then
   _mcp_authz_install cargo-fuzz 0.13.2 cargo-fuzz || return 1
 fi
 _mcp_authz_install cargo-deny 0.20.2 cargo-deny || return 1
@@ -24,7 +23,7 @@ for _mcp_authz_component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$_mcp_authz_component" \
     || rustup component add "$_mcp_authz_component" || return 1
 done
-if [ "${MCP_AUTHZ_FUZZ_SECONDS:-0}" -gt 0 ]; then
+if [ "${MCP_AUTHZ_FUZZ_SECONDS:-20}" -gt 0 ]; then
   if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "no nightly toolchain: cargo-fuzz needs one (rustup toolchain install nightly)" >&2
     return 1

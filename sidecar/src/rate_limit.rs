@@ -1,0 +1,317 @@
+//! Token buckets on authorized requests, one bucket per client, per user or per tool (issue 20), declared on
+//! the MCPService as `rateLimits`. The arithmetic is pure (the caller passes the time); the buckets live
+//! with the config and start full again when it is reloaded.
+//!
+//! A request takes one token per operation a limit counts, from every bucket it falls in, or takes none: a
+//! request refused by one limit spends nothing of the others. A bucket that has refilled holds nothing a
+//! fresh one would not, so the map of keys is pruned of those when it reaches its bound; keys beyond the
+//! bound even then share one overflow bucket per limit, so memory stays bounded whatever the keys.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::{RateKey, RateLimit};
+use crate::rules::{Operation, glob_match};
+use crate::token::Identity;
+
+/// Keys kept per limit before refilled buckets are pruned and the overflow bucket takes the rest.
+pub const MAX_KEYS_PER_LIMIT: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(limit: &RateLimit, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(limit.burst),
+            at: now,
+        }
+    }
+
+    /// The tokens it holds at `now`.
+    fn level(&self, limit: &RateLimit, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * limit.requests_per_second).min(f64::from(limit.burst))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_key: HashMap<String, Bucket>,
+    overflow: Option<Bucket>,
+}
+
+/// The buckets of one config's limits.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: Vec<RateLimit>,
+    buckets: Mutex<Vec<Buckets>>,
+    max_keys: usize,
+}
+
+impl Limiter {
+    /// `None` when no limit is declared, so an unlimited service pays nothing.
+    pub fn new(limits: &[RateLimit]) -> Option<Self> {
+        Self::with_max_keys(limits, MAX_KEYS_PER_LIMIT)
+    }
+
+    fn with_max_keys(limits: &[RateLimit], max_keys: usize) -> Option<Self> {
+        (!limits.is_empty()).then(|| Self {
+            limits: limits.to_vec(),
+            buckets: Mutex::new(limits.iter().map(|_| Buckets::default()).collect()),
+            max_keys,
+        })
+    }
+
+    /// Takes a token for each of `operations` that a limit counts, from the bucket of its key, or takes
+    /// none and says how long until the emptiest bucket involved would hold enough.
+    pub fn take<'a>(
+        &self,
+        who: &Identity,
+        operations: impl Iterator<Item = &'a Operation>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let mut needs: Vec<(usize, &str, u32)> = Vec::new();
+        for op in operations {
+            for (index, limit) in self.limits.iter().enumerate() {
+                if !counts(limit, op) {
+                    continue;
+                }
+                let key = match limit.per {
+                    RateKey::Client => who.client_id.as_str(),
+                    RateKey::User => who.subject.as_str(),
+                    RateKey::Tool => op.name.as_deref().unwrap_or(op.method.as_str()),
+                };
+                match needs.iter_mut().find(|(i, k, _)| *i == index && *k == key) {
+                    Some((_, _, count)) => *count += 1,
+                    None => needs.push((index, key, 1)),
+                }
+            }
+        }
+        if needs.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        // Where each need is counted: its key's bucket (a new one if there is room), or the overflow.
+        let mut slots = Vec::with_capacity(needs.len());
+        let mut wait = Duration::ZERO;
+        for (index, key, count) in &needs {
+            let limit = &self.limits[*index];
+            let buckets = &mut state[*index];
+            let own =
+                buckets.by_key.contains_key(*key) || self.room_for_one_more(buckets, limit, now);
+            let bucket = if own {
+                buckets.by_key.get(*key)
+            } else {
+                buckets.overflow.as_ref()
+            };
+            let level = bucket.map_or(f64::from(limit.burst), |b| b.level(limit, now));
+            let short = f64::from(*count) - level;
+            if short > 0.0 {
+                wait = wait.max(Duration::from_secs_f64(short / limit.requests_per_second));
+            }
+            slots.push(own);
+        }
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        for ((index, key, count), own) in needs.into_iter().zip(slots) {
+            let limit = &self.limits[index];
+            let buckets = &mut state[index];
+            let fresh = Bucket::full(limit, now);
+            let bucket = if own {
+                buckets.by_key.entry(key.to_owned()).or_insert(fresh)
+            } else {
+                buckets.overflow.get_or_insert(fresh)
+            };
+            bucket.tokens = bucket.level(limit, now) - f64::from(count);
+            bucket.at = now;
+        }
+        Ok(())
+    }
+
+    /// Whether a new key gets a bucket of its own, after pruning the buckets that have refilled.
+    fn room_for_one_more(&self, buckets: &mut Buckets, limit: &RateLimit, now: Instant) -> bool {
+        if buckets.by_key.len() >= self.max_keys {
+            let burst = f64::from(limit.burst);
+            buckets.by_key.retain(|_, b| b.level(limit, now) < burst);
+        }
+        buckets.by_key.len() < self.max_keys
+    }
+}
+
+/// Whether `limit` counts `op`: its method (a glob) and, when given, its name (a glob).
+fn counts(limit: &RateLimit, op: &Operation) -> bool {
+    limit
+        .method
+        .as_deref()
+        .is_none_or(|m| glob_match(m, &op.method))
+        && limit
+            .name
+            .as_deref()
+            .is_none_or(|n| op.name.as_deref().is_some_and(|name| glob_match(n, name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(
+        per: RateKey,
+        method: Option<&str>,
+        name: Option<&str>,
+        rate: f64,
+        burst: u32,
+    ) -> RateLimit {
+        RateLimit {
+            per,
+            method: method.map(str::to_owned),
+            name: name.map(str::to_owned),
+            requests_per_second: rate,
+            burst,
+        }
+    }
+
+    fn who(client: &str, subject: &str) -> Identity {
+        Identity {
+            subject: subject.into(),
+            client_id: client.into(),
+            scopes: vec![],
+            expires_at: 0,
+            token_id: None,
+        }
+    }
+
+    fn call(name: &str) -> Operation {
+        Operation::named("tools/call", name)
+    }
+
+    #[test]
+    fn no_limits_no_limiter() {
+        assert!(Limiter::new(&[]).is_none());
+    }
+
+    /// Each step: (ms after start, client, subject, tools called, expected: Ok or the wait in ms).
+    #[test]
+    fn buckets_table() {
+        type Step = (
+            u64,
+            &'static str,
+            &'static str,
+            &'static [&'static str],
+            Result<(), u64>,
+        );
+        let cases: Vec<(&str, Vec<RateLimit>, Vec<Step>)> = vec![
+            (
+                "per client: a burst of 2, then one every 500 ms; another client has its own bucket",
+                vec![limit(RateKey::Client, None, None, 2.0, 2)],
+                vec![
+                    (0, "a", "u", &["x"], Ok(())),
+                    (0, "a", "u", &["x"], Ok(())),
+                    (0, "a", "u", &["x"], Err(500)),
+                    (0, "b", "u", &["x"], Ok(())),
+                    (250, "a", "u", &["x"], Err(250)),
+                    (500, "a", "u", &["x"], Ok(())),
+                    (500, "a", "u", &["x"], Err(500)),
+                ],
+            ),
+            (
+                "per user, across clients",
+                vec![limit(RateKey::User, None, None, 1.0, 1)],
+                vec![
+                    (0, "a", "alice", &["x"], Ok(())),
+                    (0, "b", "alice", &["x"], Err(1000)),
+                    (0, "b", "bob", &["x"], Ok(())),
+                ],
+            ),
+            (
+                "per tool, only delete_*: other tools and other methods are not counted",
+                vec![limit(
+                    RateKey::Tool,
+                    Some("tools/call"),
+                    Some("delete_*"),
+                    1.0,
+                    1,
+                )],
+                vec![
+                    (0, "a", "u", &["delete_file"], Ok(())),
+                    (0, "b", "v", &["delete_file"], Err(1000)),
+                    (0, "b", "v", &["delete_dir"], Ok(())),
+                    (
+                        0,
+                        "b",
+                        "v",
+                        &["read_file", "read_file", "read_file"],
+                        Ok(()),
+                    ),
+                ],
+            ),
+            (
+                "a batch takes one per operation, and all or nothing",
+                vec![
+                    limit(RateKey::Client, None, None, 1.0, 3),
+                    limit(RateKey::Tool, None, Some("slow"), 1.0, 1),
+                ],
+                vec![
+                    (0, "a", "u", &["x", "x"], Ok(())),
+                    // two more would need 2 of the client's 1 left: refused, and the slow bucket keeps its token
+                    (0, "a", "u", &["slow", "x"], Err(1000)),
+                    (0, "a", "u", &["slow"], Ok(())),
+                    (0, "a", "u", &["slow"], Err(1000)),
+                ],
+            ),
+            (
+                "a batch larger than the burst never fits, and says how long a full bucket would take",
+                vec![limit(RateKey::Client, None, None, 10.0, 2)],
+                vec![(0, "a", "u", &["x", "x", "x"], Err(100))],
+            ),
+            (
+                "a bucket never holds more than its burst, however long idle",
+                vec![limit(RateKey::Client, None, None, 100.0, 1)],
+                vec![
+                    (0, "a", "u", &["x"], Ok(())),
+                    (60_000, "a", "u", &["x"], Ok(())),
+                    (60_000, "a", "u", &["x"], Err(10)),
+                ],
+            ),
+        ];
+        for (what, limits, steps) in cases {
+            let limiter = Limiter::new(&limits).unwrap();
+            let start = Instant::now();
+            for (i, (ms, client, subject, tools, expected)) in steps.into_iter().enumerate() {
+                let ops: Vec<Operation> = tools.iter().map(|t| call(t)).collect();
+                let got = limiter
+                    .take(
+                        &who(client, subject),
+                        ops.iter(),
+                        start + Duration::from_millis(ms),
+                    )
+                    .map_err(|wait| wait.as_millis() as u64);
+                assert_eq!(got, expected, "{what}, step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_beyond_the_bound_share_one_overflow_bucket_and_refilled_ones_are_pruned() {
+        let limits = [limit(RateKey::Client, None, None, 1.0, 1)];
+        let limiter = Limiter::with_max_keys(&limits, 2).unwrap();
+        let t0 = Instant::now();
+        let take =
+            |client: &str, at: Instant| limiter.take(&who(client, "u"), [call("x")].iter(), at);
+        assert_eq!(take("a", t0), Ok(()));
+        assert_eq!(take("b", t0), Ok(()));
+        // The map is full of empty buckets: c and d share the overflow bucket.
+        assert_eq!(take("c", t0), Ok(()));
+        assert_eq!(take("d", t0), Err(Duration::from_secs(1)));
+        // A second later a and b have refilled: pruned, so e gets a bucket of its own.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(take("e", t1), Ok(()));
+        assert_eq!(take("e", t1), Err(Duration::from_secs(1)));
+        assert!(limiter.buckets.lock().unwrap()[0].by_key.len() <= 2);
+    }
+}

@@ -493,7 +493,7 @@ pub struct RateLimit {
     /// Tool names, resource URIs or prompt names counted (a glob); every one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The rate a bucket refills at, per second (above 0, at most 1000000).
+    /// The rate a bucket refills at, per second (0.001 to 1000000).
     #[schemars(range(min = 0.001, max = 1_000_000.0))]
     pub requests_per_second: f64,
     /// The most a bucket holds: requests allowed at once after a quiet spell (1 to 1000000).

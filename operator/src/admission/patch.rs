@@ -315,6 +315,7 @@ mod tests {
                 rules: vec![],
                 default_decision: Default::default(),
                 cimd_policy_ref: None,
+                rate_limits: vec![],
                 sidecar: SidecarSettings::default(),
             },
         );

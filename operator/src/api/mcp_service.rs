@@ -86,6 +86,13 @@ pub struct MCPServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cimd_policy_ref: Option<String>,
 
+    /// Token buckets on authorized requests, checked by the sidecar (none by default). Each counts the
+    /// operations of `method` and `name` (globs; every one when absent) per `client`, `user` or `tool`; a
+    /// request over one gets 429 with Retry-After. Buckets are per sidecar, so per pod: with n replicas a
+    /// client may reach n times the rate through the Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<mcp_authz_sidecar::config::RateLimit>,
+
     /// The injected sidecar.
     #[serde(default)]
     pub sidecar: SidecarSettings,

@@ -341,11 +341,43 @@ fn report(answer: Answer, reason: &str, context: &ChallengeContext) -> DecisionR
             let body = serde_json::from_slice(response.body()).ok();
             (response.status().as_u16(), challenge, scopes, body)
         }
+        Answer::ChallengeNaming { refusal, scopes } => {
+            let context = ChallengeContext {
+                resource_metadata: context.resource_metadata.clone(),
+                basic_scopes: scopes.clone(),
+            };
+            let challenge = refusal.www_authenticate(&context);
+            let response: http::Response<Bytes> = refusal.into_response(&context);
+            let body = serde_json::from_slice(response.body()).ok();
+            (response.status().as_u16(), challenge, scopes, body)
+        }
         Answer::JsonRpc { status, body } => (
             status.as_u16(),
             None,
             Vec::new(),
             serde_json::from_slice(&body).ok(),
+        ),
+        Answer::RateLimited { body, .. } => {
+            (429, None, Vec::new(), serde_json::from_slice(&body).ok())
+        }
+        Answer::Plain {
+            status,
+            error,
+            description,
+        } => (
+            status.as_u16(),
+            None,
+            Vec::new(),
+            Some(match description {
+                Some(d) => serde_json::json!({"error": error, "error_description": d}),
+                None => serde_json::json!({ "error": error }),
+            }),
+        ),
+        Answer::MethodNotAllowed => (
+            405,
+            None,
+            Vec::new(),
+            Some(serde_json::json!({"error": "method_not_allowed"})),
         ),
     };
     DecisionReport {

@@ -101,6 +101,7 @@ pub fn sidecar_config(
     config.scopes_supported = basic_scopes(&offered, &visible);
     config.scope_implies = scope_implies;
     config.rules = rules;
+    config.rate_limits = spec.rate_limits.clone();
     config.unmatched = match spec.default_decision {
         DefaultDecision::Deny => UnmatchedPolicy::Deny,
         DefaultDecision::AllowAuthenticated => UnmatchedPolicy::Allow,
@@ -457,6 +458,32 @@ mod tests {
         assert_eq!(
             cm.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "mcp-authz-operator"
+        );
+    }
+
+    #[test]
+    fn rate_limits_reach_the_sidecar_as_declared() {
+        let mut svc = service();
+        svc.spec.rate_limits = serde_json::from_value(serde_json::json!([
+            {"per": "client", "method": "tools/call", "requestsPerSecond": 5.0, "burst": 10},
+            {"per": "tool", "method": "tools/call", "name": "delete_*", "requestsPerSecond": 0.5, "burst": 1},
+        ]))
+        .expect("limits");
+        let c =
+            sidecar_config(&svc, &server(), &[scope("apps", "files:read", &[])]).expect("config");
+        assert_eq!(c.rate_limits, svc.spec.rate_limits);
+        let text = serde_saphyr::to_string(&c).expect("yaml");
+        assert_eq!(
+            SidecarConfig::parse(&text).expect("parses").rate_limits,
+            svc.spec.rate_limits
+        );
+        // None declared: none rendered, and the key is left out.
+        let plain = sidecar_config(&service(), &server(), &[]).expect("config");
+        assert!(plain.rate_limits.is_empty());
+        assert!(
+            !serde_saphyr::to_string(&plain)
+                .expect("yaml")
+                .contains("rateLimits")
         );
     }
 

@@ -112,7 +112,7 @@ async fn client_assertions_are_refused_for_every_flaw() {
             assertion(&s, |c| {
                 c.as_object_mut().unwrap().remove("jti");
             }),
-            "client_assertion needs a jti (at most 256 characters)",
+            "client_assertion needs a jti of 1 to 256 characters, none of them a control character",
         ),
         (
             assertion(&s, |c| {

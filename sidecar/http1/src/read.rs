@@ -33,17 +33,28 @@ thread_local! {
 pub(crate) fn read_buf(stream: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     SCRATCH.with_borrow_mut(|scratch| {
         let room = want.clamp(1, scratch.len());
-        let n = stream.try_read(&mut scratch[..room])?;
-        buf.extend_from_slice(&scratch[..n]);
-        if n > 0 && n < room {
-            // The closure makes no system call: returning `WouldBlock` from it is how tokio is told the
-            // socket is drained. Readiness that arrived after it was observed is kept (tokio compares event
-            // ticks).
-            let _ = stream.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
+        let mut got = None;
+        // The read runs inside `try_io` so that the readiness event is taken before it, as
+        // `PollEvented::poll_read` does: returning `WouldBlock` after a short read clears only that event,
+        // and data or a close that arrived during the read raised a newer one, which is kept. Taken after
+        // the read, the newer event would be cleared too, and the socket left marked empty with input in it.
+        let outcome = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read(&mut scratch[..room])?;
+            got = Some(n);
+            if n > 0 && n < room {
+                // No system call here: `WouldBlock` is how tokio is told the socket is drained.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match got {
+            Some(n) => {
+                buf.extend_from_slice(&scratch[..n]);
+                Ok(n)
+            }
+            None => outcome.map(|()| 0),
         }
-        Ok(n)
     })
 }
 

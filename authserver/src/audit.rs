@@ -29,7 +29,9 @@ pub struct Who {
     pub client_id: Option<String>,
     pub resource: Option<String>,
     /// The existing grant the request presented (a real code or refresh token). Its refusals (a replay, a
-    /// reuse, a changed document) are security events that only a grant's holder can cause: always stored.
+    /// reuse, a changed document) are security events that only a grant's holder can cause: their rows have a
+    /// budget of their own, so a flood of anonymous refusals cannot crowd them out; it is a budget all the
+    /// same, since a holder can repeat a refusal that changes nothing (a wrong resource) as often as it likes.
     pub grant: Option<String>,
 }
 
@@ -88,16 +90,19 @@ pub fn is_refusal(outcome: &str) -> bool {
     outcome == "refused"
 }
 
-/// Writes the log line, then the row (when `budgeted`, only while `budget` lasts; returns false when it was
-/// suppressed). A store failure is logged, never turned into a refusal of its own: the log line is already out.
+/// Writes the log line, then the row (when `budget_key` is given, only while that bucket of `budget` lasts;
+/// returns false when it was suppressed). A store failure is logged, never turned into a refusal of its own:
+/// the log line is already out.
 pub async fn record(
     store: &dyn Store,
     budget: &RowBudget,
     d: Decision<'_>,
-    budgeted: bool,
+    budget_key: Option<&str>,
 ) -> bool {
     log(&d);
-    if budgeted && !budget.take(d.event, Instant::now()) {
+    if let Some(key) = budget_key
+        && !budget.take(key, Instant::now())
+    {
         return false;
     }
     if let Err(e) = store.put_audit(&row(&d)).await {

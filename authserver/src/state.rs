@@ -216,8 +216,15 @@ impl AppState {
             outcome: "refused",
             reason: &error.to_string(),
         };
-        let budgeted = who.grant.is_none();
-        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, budgeted).await
+        let grant_key;
+        let key = match &who.grant {
+            Some(_) => {
+                grant_key = format!("{endpoint} (presented grant)");
+                grant_key.as_str()
+            }
+            None => endpoint,
+        };
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, Some(key)).await
         {
             self.metrics.audit_rows_suppressed.inc();
         }
@@ -225,9 +232,8 @@ impl AppState {
 
     /// Audits a decision: its log line always, its row within the refusal budget (a suppressed row is counted).
     pub async fn record_decision(&self, decision: crate::audit::Decision<'_>) {
-        let budgeted = crate::audit::is_refusal(decision.outcome);
-        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, budgeted).await
-        {
+        let key = crate::audit::is_refusal(decision.outcome).then_some(decision.event);
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, key).await {
             self.metrics.audit_rows_suppressed.inc();
         }
     }

@@ -809,6 +809,48 @@ async fn a_flood_of_refusals_stores_a_bounded_number_of_audit_rows() {
     assert_eq!(suppressed as usize + refusals, 60);
 }
 
+/// The holder of a live grant repeating a refusal that changes nothing (a refresh for another resource) gets
+/// a budget of rows like anyone: a grant's refusals used to be stored without one, so a holder could fill the
+/// table at will.
+#[tokio::test]
+async fn a_grant_holder_repeating_a_refusal_stores_a_bounded_number_of_rows() {
+    let s = TestServer::start().await;
+    let mut browser = Browser::default();
+    let tokens = s.tokens_for(&mut browser, "files:read").await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    for _ in 0..60 {
+        let (status, body, _) = s
+            .token(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", PUBLIC_CLIENT),
+                ("resource", "https://elsewhere.example/mcp"),
+            ])
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let audit: Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=1000", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refusals = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused")
+        .count();
+    assert!(
+        (20..=21).contains(&refusals),
+        "{refusals} refusal rows were stored"
+    );
+}
+
 /// Rows made straight in the server's SQLite file, for the cases that need thousands of them.
 async fn sqlite(s: &TestServer) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();

@@ -279,17 +279,13 @@ impl Proxy {
                     return refuse(rt, refused, Some(&identity));
                 }
             }
-            write_audit(&forward.audit, Some(&identity));
             let (era, per_token) = (forward.era, forward.per_token);
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
             // answer, through a handshake-era session. Each such request is answered on its own POST, so
             // its id cannot take over another request's answer and is not tracked.
             let session = match era {
-                routing::Era::Modern => {
-                    parts.headers.remove("mcp-session-id");
-                    None
-                }
+                routing::Era::Modern => None,
                 routing::Era::Legacy => parts
                     .headers
                     .get("mcp-session-id")
@@ -306,6 +302,12 @@ impl Proxy {
                 }
                 _ => None,
             };
+            // Written only now that the request goes on: an "allow" line is a call that reached the server.
+            write_audit(&forward.audit, Some(&identity));
+            drop(forward);
+            if era == routing::Era::Modern {
+                parts.headers.remove("mcp-session-id");
+            }
             let matcher = per_token.then_some(ListMatcher::Requests);
             (bytes, matcher, claim)
         } else {

@@ -760,4 +760,23 @@ async fn a_refusal_with_a_nul_in_its_client_id_is_still_audited() {
             Some("https://evil.example/a\u{fffd}b")
         );
     }
+
+/// Review F6: a replay is verified while its assertion is still acceptable (exp + leeway >= now) and claimed
+/// later, by the writer. A purge that ran in between (it deletes `expires_at < now` with no margin, and its own
+/// DELETEs hold the write lock the writer waits for) must not have forgotten the first use: today it has, and
+/// the replay's claim wins, so one assertion gets two tokens.
+#[tokio::test]
+async fn sqlite_a_purge_between_a_replays_check_and_its_claim_does_not_let_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open_sqlite(&dir.path().join("as.db"))
+        .await
+        .unwrap();
+    let expires_at = 1_700_000_060;
+    assert!(store.use_assertion_id("c", "late", expires_at).await.unwrap());
+    // The replay was verified at `expires_at` (accepted: exp + leeway == now); the purge starts a second later.
+    store.purge_expired(expires_at + 1).await.unwrap();
+    assert!(
+        !store.use_assertion_id("c", "late", expires_at).await.unwrap(),
+        "the replay's claim was accepted after the purge"
+    );
 }

@@ -69,10 +69,16 @@ pub fn service_claim(service: &MCPService) -> (bool, Option<Time>, String, Strin
 /// the operator writes it again (its first status pass after the upgrade).
 pub fn scope_claim(scope: &MCPScope, server: &str) -> (bool, Option<Time>, String, String, String) {
     let status = scope.status.as_ref();
-    let holding = match status.and_then(|s| s.owns_at.as_ref()) {
-        Some(servers) => servers.iter().any(|s| s == server),
-        None => reported(status.map(|s| s.conditions.as_slice()), "Accepted"),
-    };
+    // What the status says was owned is the value it was written for: a definition whose value changed since
+    // (an edit made before `value` was immutable) arrives at its new value as a newcomer, never holding.
+    let same_value = status
+        .and_then(|s| s.owned_value.as_deref())
+        .is_none_or(|owned| owned == scope.spec.value);
+    let holding = same_value
+        && match status.and_then(|s| s.owns_at.as_ref()) {
+            Some(servers) => servers.iter().any(|s| s == server),
+            None => reported(status.map(|s| s.conditions.as_slice()), "Accepted"),
+        };
     claim_key(scope, holding)
 }
 
@@ -532,8 +538,32 @@ mod tests {
                 last_transition_time: at(1),
             }],
             owns_at: owns_at.map(|o| o.iter().map(|s| (*s).to_owned()).collect()),
+            owned_value: owns_at.map(|_| scope.spec.value.clone()),
         });
         scope
+    }
+
+    /// Review F3: `ownsAt` says where a definition held the value it had then. A tenant who changes an old
+    /// MCPScope's value to another team's must not arrive holding it (and win on age): the team keeps its value.
+    #[test]
+    fn a_scope_whose_value_changed_does_not_hold_the_new_value() {
+        let server = "platform/auth";
+        let mut squatter = with_status(
+            scope("team-a", "old", "a:read", Some(100), "u-1"),
+            Some(&[server]),
+            true,
+        );
+        squatter.spec.value = "files:read".into();
+        let holder = with_status(
+            scope("team-b", "read", "files:read", Some(200), "u-2"),
+            Some(&[server]),
+            true,
+        );
+        let scopes = [squatter, holder];
+        let owner = scope_owners(&scopes, server)
+            .get("files:read")
+            .map(|s| key_of(*s));
+        assert_eq!(owner.as_deref(), Some("team-b/read"));
     }
 
     /// F1: holding is per server. A definition accepted at S2 (the only server admitting its namespace), once S1

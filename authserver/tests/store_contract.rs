@@ -760,11 +760,12 @@ async fn a_refusal_with_a_nul_in_its_client_id_is_still_audited() {
             Some("https://evil.example/a\u{fffd}b")
         );
     }
+}
 
 /// Review F6: a replay is verified while its assertion is still acceptable (exp + leeway >= now) and claimed
 /// later, by the writer. A purge that ran in between (it deletes `expires_at < now` with no margin, and its own
-/// DELETEs hold the write lock the writer waits for) must not have forgotten the first use: today it has, and
-/// the replay's claim wins, so one assertion gets two tokens.
+/// DELETEs hold the write lock the writer waits for) must not have forgotten the first use: it had, and the
+/// replay's claim won, so one assertion got two tokens. Assertion ids are now kept 120 s past their expiry.
 #[tokio::test]
 async fn sqlite_a_purge_between_a_replays_check_and_its_claim_does_not_let_it_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -772,11 +773,19 @@ async fn sqlite_a_purge_between_a_replays_check_and_its_claim_does_not_let_it_in
         .await
         .unwrap();
     let expires_at = 1_700_000_060;
-    assert!(store.use_assertion_id("c", "late", expires_at).await.unwrap());
+    assert!(
+        store
+            .use_assertion_id("c", "late", expires_at)
+            .await
+            .unwrap()
+    );
     // The replay was verified at `expires_at` (accepted: exp + leeway == now); the purge starts a second later.
     store.purge_expired(expires_at + 1).await.unwrap();
     assert!(
-        !store.use_assertion_id("c", "late", expires_at).await.unwrap(),
+        !store
+            .use_assertion_id("c", "late", expires_at)
+            .await
+            .unwrap(),
         "the replay's claim was accepted after the purge"
     );
 }

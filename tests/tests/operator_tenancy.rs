@@ -383,6 +383,32 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
         }
         other => panic!("expected a refusal, got {other}"),
     }
+    // And a scope's value: an old definition edited to another team's value would arrive holding it.
+    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &victim_ns,
+        &operator_support::resource("MCPScope"),
+    )
+    .patch(
+        "files-write",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"value": "files:admin"}})),
+    )
+    .await
+    .expect_err("value is immutable");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(
+                status
+                    .message
+                    .contains("value is immutable: create another MCPScope for another value"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
 
     // A namespace the server does not admit: a condition, no key, no entry.
     let outside_url = "https://mcp.example.com/outside";

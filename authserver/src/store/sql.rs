@@ -21,6 +21,9 @@ use super::{
 /// How much of the SQLite file is read through a memory mapping (address space, not memory: the kernel's page
 /// cache backs it).
 const MMAP_BYTES: u64 = 1 << 30;
+/// How long past its expiry an assertion id is kept (see `purge_expired`): well above a request's 20 s limit
+/// plus a few seconds of clock skew between replicas.
+const ASSERTION_ID_PURGE_MARGIN_SECS: i64 = 120;
 
 /// A pool over SQLite or PostgreSQL.
 #[derive(Clone)]
@@ -798,19 +801,22 @@ impl Store for SqlStore {
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.
-        for table in [
-            "auth_requests",
-            "codes",
-            "refresh_tokens",
-            "access_tokens",
-            "assertion_ids",
-            "sessions",
-            "login_failures",
+        // An assertion id is kept a while past its expiry: a replay verified in the assertion's last second is
+        // claimed later, by the writer, and the first use's row must still be there to refuse it (however long
+        // the purge itself, a request's 20 s limit or the clock skew between replicas delayed the claim).
+        for (table, margin) in [
+            ("auth_requests", 0),
+            ("codes", 0),
+            ("refresh_tokens", 0),
+            ("access_tokens", 0),
+            ("assertion_ids", ASSERTION_ID_PURGE_MARGIN_SECS),
+            ("sessions", 0),
+            ("login_failures", 0),
         ] {
             purged += sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE expires_at < $1"
             )))
-            .bind(now)
+            .bind(now - margin)
             .execute(&self.pool)
             .await?
             .rows_affected();

@@ -36,6 +36,8 @@ pub struct MCPScopeSpec {
         regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$")
     )]
     #[x_kube(validation = Rule::new("self != 'offline_access'").message("offline_access is reserved for refresh tokens"))]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("value is immutable: create another MCPScope for another value"))]
     pub value: String,
 
     /// What a person reads on the consent screen when a client asks for this scope.
@@ -80,4 +82,8 @@ pub struct MCPScopeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub owns_at: Option<Vec<String>>,
+    /// The value `ownsAt` is about. Ownership is of a value, not of an object: were `spec.value` ever
+    /// different from this, the definition owns nothing until the operator has judged the new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_value: Option<String>,
 }

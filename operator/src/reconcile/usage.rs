@@ -256,9 +256,10 @@ async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, Reconci
     let (owns_at, observed) = scope_conditions(scope, &services, &scopes, &servers, &labels);
     let status = scope.status.as_ref();
     let previous = status.map(|s| s.conditions.clone()).unwrap_or_default();
-    let moved = status.and_then(|s| s.owns_at.as_ref()) != Some(&owns_at);
+    let moved = status.and_then(|s| s.owns_at.as_ref()) != Some(&owns_at)
+        || status.and_then(|s| s.owned_value.as_deref()) != Some(scope.spec.value.as_str());
     let extra = Extra {
-        fields: json!({"ownsAt": owns_at}),
+        fields: json!({"ownsAt": owns_at, "ownedValue": scope.spec.value}),
         changed: moved,
     };
     write_status(ctx, scope, &previous, &observed, Some(extra)).await?;

@@ -263,7 +263,20 @@ fn read_limited(path: &std::path::Path, limit: u64) -> anyhow::Result<Vec<u8>> {
         "{}: {size} bytes; at most {limit}",
         path.display()
     );
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    // The size above is what the file said when asked; a device (`/dev/zero`), a pipe or a file still growing
+    // says less than it gives, so the read itself stops one byte past the limit.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+        })
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= limit,
+        "{}: more than {limit} bytes",
+        path.display()
+    );
+    Ok(bytes)
 }
 
 fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -290,5 +303,26 @@ fn init_logging() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_limited;
+
+    #[test]
+    fn a_file_that_gives_more_than_it_said_is_cut_at_the_limit() {
+        let err = read_limited(std::path::Path::new("/dev/zero"), 1024).unwrap_err();
+        assert_eq!(err.to_string(), "/dev/zero: more than 1024 bytes");
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"12345").unwrap();
+        assert_eq!(read_limited(&small, 5).unwrap(), b"12345");
+        assert!(
+            read_limited(&small, 4)
+                .unwrap_err()
+                .to_string()
+                .ends_with("5 bytes; at most 4")
+        );
     }
 }

@@ -225,7 +225,23 @@ fn read_limited(file: &Path) -> Result<String, ManifestError> {
             message: format!("{size} bytes, at most {MAX_FILE_BYTES} are read"),
         });
     }
-    std::fs::read_to_string(file).map_err(read_error)
+    // A file growing after the size was read (or a pipe in its place) gives more: the read stops past the limit.
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| {
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(f, MAX_FILE_BYTES + 1),
+                &mut text,
+            )
+        })
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ManifestError::TooLarge {
+            path: file.to_path_buf(),
+            message: format!("more than {MAX_FILE_BYTES} bytes, at most {MAX_FILE_BYTES} are read"),
+        });
+    }
+    Ok(text)
 }
 
 /// Adds the documents of one file's text to `set`.

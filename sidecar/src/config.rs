@@ -424,6 +424,13 @@ impl SidecarConfig {
             let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 ConfigError::Invalid(format!("identity header {header:?} is not a header name"))
             })?;
+            // CGI and WSGI servers read `_` and `-` alike; the proxy strips a client's look-alikes of a name
+            // spelled with `-`, so a name with `_` would let a client's `x-user` through as the same field.
+            if header.contains('_') {
+                return invalid(format!(
+                    "identity header {header:?} must use '-', not '_' (servers read both as one field)"
+                ));
+            }
             if name == http::header::AUTHORIZATION || name == http::header::HOST {
                 return invalid(format!("identity header {header:?} is reserved"));
             }
@@ -729,6 +736,10 @@ limits:
             (
                 "identityHeaders: {subject: 'bad header'}",
                 "not a header name",
+            ),
+            (
+                "identityHeaders: {subject: x_user}",
+                "identity header \"x_user\" must use '-', not '_' (servers read both as one field)",
             ),
         ];
         for (line, expected) in cases {

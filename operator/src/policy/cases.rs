@@ -178,7 +178,24 @@ pub fn read(path: &Path) -> Result<CaseFile, CaseError> {
             message: format!("{size} bytes; a case file may hold at most {MAX_CASE_FILE_BYTES}"),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    // A device, a pipe or a growing file gives more than its size said: the read stops past the limit.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(file, MAX_CASE_FILE_BYTES + 1),
+                &mut text,
+            )
+        })
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CASE_FILE_BYTES {
+        return Err(CaseError::Parse {
+            path: shown,
+            message: format!(
+                "more than {MAX_CASE_FILE_BYTES} bytes; a case file may hold at most that"
+            ),
+        });
+    }
     parse(&text, &shown)
 }
 
@@ -354,5 +371,21 @@ fn client_result(view: &ServiceView, case: &Case, client: &ClientCase) -> CaseRe
         name: case.name.clone(),
         failure,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_case_file_that_gives_more_than_it_said_is_refused_at_the_limit() {
+        let err = read(Path::new("/dev/zero")).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "/dev/zero: more than {MAX_CASE_FILE_BYTES} bytes; a case file may hold at most that"
+            )
+        );
     }
 }

@@ -789,3 +789,21 @@ async fn sqlite_a_purge_between_a_replays_check_and_its_claim_does_not_let_it_in
         "the replay's claim was accepted after the purge"
     );
 }
+
+/// A store whose writer stopped (a panic in its thread) answers every write with 503 while reads work: the
+/// ping behind /readyz must say so, or the pod is never restarted.
+#[tokio::test]
+async fn a_stopped_writer_fails_the_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqlStore::open_sqlite(&dir.path().join("as.db"))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    store.stop_writer_for_tests();
+    match store.ping().await {
+        Err(StoreError::Unavailable(message)) => {
+            assert_eq!(message, "the store's writer has stopped")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -44,6 +44,13 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// Whether the writer still drains the queue. A writer that stopped (a panic in its thread or task)
+    /// would answer every later write with 503 while reads still worked: readiness says so, so that the
+    /// pod is taken out of service and restarted.
+    pub fn writer_alive(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// A queue and its receiving end, for a writer to drain.
     pub(super) fn channel() -> (Batcher, mpsc::Receiver<Job>) {
         let (queue, jobs) = mpsc::channel(QUEUE);

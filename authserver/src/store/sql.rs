@@ -143,6 +143,14 @@ impl SqlStore {
         })
     }
 
+    /// A store whose writer has stopped, as after a panic in it (tests of readiness).
+    #[doc(hidden)]
+    pub fn stop_writer_for_tests(&mut self) {
+        let (batch, jobs) = Batcher::channel();
+        drop(jobs);
+        self.batch = batch;
+    }
+
     /// The schema version found after migrating (newer than ours during a rolling upgrade).
     pub fn schema_version(&self) -> i64 {
         self.schema_version
@@ -196,6 +204,11 @@ const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_typ
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        if !self.batch.writer_alive() {
+            return Err(StoreError::Unavailable(
+                "the store's writer has stopped".into(),
+            ));
+        }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }

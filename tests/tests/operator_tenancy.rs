@@ -894,9 +894,14 @@ async fn a_restarted_operator_keeps_the_oldest_claim() {
     .await
     .expect("newcomer");
     let configuration = format!("mcp-authz-webhook-{platform}");
-    let operator =
-        operator_support::operator_client(cluster, &platform, "mcp-authz-operator", &configuration)
-            .await;
+    // A fresh client (its own ServiceAccount under the same rules): nothing carries over but the cluster.
+    let operator = operator_support::operator_client(
+        cluster,
+        &platform,
+        "mcp-authz-operator-again",
+        &configuration,
+    )
+    .await;
     let running = mcp_authz_operator::runtime::start(
         operator_support::operator_args(&platform, "op-restart-2", &configuration),
         operator,

@@ -45,7 +45,7 @@ async fn labelled_pods_are_injected_or_refused() {
     let mut watches = Vec::new();
     let services = Cached::watch(
         &operator,
-        &WatchScope::new(&[namespace.clone()], &namespace),
+        &WatchScope::new(std::slice::from_ref(&namespace), &namespace),
         &mut watches,
     );
     services.wait_until_ready().await;

@@ -24,6 +24,7 @@ use crate::certs::{self, CertAction, WebhookTls};
 use crate::lease::{self, LeaseSettings};
 use crate::metrics::{self, Metrics};
 use crate::naming::FIELD_MANAGER;
+use crate::reconcile::stores::Stores;
 use crate::reconcile::{Context, WatchScope};
 use crate::render::RenderSettings;
 
@@ -208,6 +209,11 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         ready.clone(),
     )));
 
+    // The shared caches, filled before anything reads them: the webhook and the controllers decide from them.
+    let scope = WatchScope::new(&args.watch_namespaces, &args.namespace);
+    let stores = Stores::start(&client, &scope, &mut tasks);
+    stores.wait_until_ready().await;
+
     // Webhook: TLS first (every replica serves it; the leader makes and rotates the certificate).
     let tls = wait_for_tls(&args, &client, &leader_rx).await?;
     metrics.certificate_expiry.set(tls.not_after);
@@ -218,6 +224,7 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
     let settings = args.render_settings();
     let webhook = Arc::new(Webhook {
         client: client.clone(),
+        services: Some(stores.services.clone()),
         defaults: SidecarDefaults {
             image: settings.sidecar_image.clone(),
             version: settings.version.clone(),
@@ -257,7 +264,8 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         )));
     }
     let ctx = Arc::new(Context {
-        scope: WatchScope::new(&args.watch_namespaces, &args.namespace),
+        scope,
+        stores: stores.clone(),
         client: client.clone(),
         settings,
         metrics: metrics.clone(),
@@ -265,7 +273,6 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         recorder,
         failures: Default::default(),
     });
-    let stores = controllers::Stores::start(&client, &ctx.scope, &mut tasks);
     tasks.push(tokio::spawn(controllers::run(client.clone(), ctx, stores)));
     ready.store(true, Ordering::Relaxed);
     Ok(Running {

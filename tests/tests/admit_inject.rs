@@ -14,6 +14,8 @@ use mcp_authz_operator::admission::server::{Webhook, serve};
 use mcp_authz_operator::api::cases;
 use mcp_authz_operator::certs;
 use mcp_authz_operator::metrics::Metrics;
+use mcp_authz_operator::reconcile::WatchScope;
+use mcp_authz_operator::reconcile::stores::Cached;
 use mcp_authz_tests::control_plane::{ControlPlane, api_error};
 use serde_json::json;
 use std::ops::Not;
@@ -38,8 +40,18 @@ async fn labelled_pods_are_injected_or_refused() {
 
     let version = admin.apiserver_version().await.expect("version");
     let metrics = Metrics::new();
+    // The operator's shared cache of MCPServices, as the running operator gives it (the webhook confirms
+    // a refusal with a list, so a service created just before its pods still injects them).
+    let mut watches = Vec::new();
+    let services = Cached::watch(
+        &operator,
+        &WatchScope::new(std::slice::from_ref(&namespace), &namespace),
+        &mut watches,
+    );
+    services.wait_until_ready().await;
     let webhook = Arc::new(Webhook {
         client: operator,
+        services: Some(services),
         defaults: SidecarDefaults {
             image: "ghcr.io/mcp-authz/mcp-authz-sidecar:test".into(),
             version: "test".into(),

@@ -13,16 +13,37 @@ use mcp_authz_operator::api::cases;
 use mcp_authz_tests::control_plane::{ControlPlane, eventually_within};
 use serde_json::json;
 
-/// The sum of `apiserver_request_total` over every label set.
-async fn requests_so_far(admin: &kube::Client) -> f64 {
+/// `apiserver_request_total` summed by verb and resource.
+async fn requests_by_kind(admin: &kube::Client) -> std::collections::BTreeMap<String, f64> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
     let text = admin.request_text(request).await.expect("/metrics");
-    text.lines()
+    let label = |line: &str, name: &str| -> String {
+        line.split_once(&format!("{name}=\""))
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_default()
+    };
+    let mut by_kind = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    {
+        if let Some(n) = line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) {
+            let key = format!(
+                "{} {}{}",
+                label(line, "verb"),
+                label(line, "resource"),
+                match label(line, "subresource") {
+                    s if s.is_empty() => s,
+                    s => format!("/{s}"),
+                }
+            );
+            *by_kind.entry(key).or_insert(0.0) += n;
+        }
+    }
+    by_kind
 }
 
 #[tokio::test]
@@ -73,7 +94,7 @@ async fn a_thousand_services_across_a_hundred_namespaces() {
         }
     }
     let total = namespaces * per_namespace;
-    let before = requests_so_far(&admin).await;
+    let before = requests_by_kind(&admin).await;
     let started = Instant::now();
     let running = mcp_authz_operator::runtime::start(
         operator_support::operator_args(&platform, "op-scale", &configuration),
@@ -106,7 +127,17 @@ async fn a_thousand_services_across_a_hundred_namespaces() {
     .await;
     let elapsed = started.elapsed();
     // This test's own requests: one list per poll and the metrics reads.
-    let made = requests_so_far(&admin).await - before - f64::from(polls) - 2.0;
+    let after = requests_by_kind(&admin).await;
+    let mut spent: Vec<(f64, &String)> = after
+        .iter()
+        .map(|(k, n)| (n - before.get(k).copied().unwrap_or(0.0), k))
+        .filter(|(n, _)| *n > 0.0)
+        .collect();
+    spent.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (n, kind) in spent.iter().take(15) {
+        println!("{n:>8.0} {kind}");
+    }
+    let made = spent.iter().map(|(n, _)| n).sum::<f64>() - f64::from(polls) - 2.0;
     println!(
         "{total} MCPServices in {namespaces} namespaces: all Ready after {:.1} s; about {made:.0} API requests",
         elapsed.as_secs_f64()

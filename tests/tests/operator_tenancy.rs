@@ -880,3 +880,96 @@ async fn a_waiting_claim_takes_the_url_when_the_holder_goes_and_keeps_it() {
     );
     running.stop();
 }
+
+/// A restarted operator decides from caches filled before its first reconcile: read from an empty cache, a
+/// newcomer claiming a held URL would look like its only claimant and get the holder's key.
+#[tokio::test]
+async fn a_restarted_operator_keeps_the_oldest_claim() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let holder_ns = cluster.new_namespace("holder").await.expect("namespace");
+    let newcomer_ns = cluster.new_namespace("newcomer").await.expect("namespace");
+    label_tenant(&admin, &holder_ns, Some(&platform)).await;
+    label_tenant(&admin, &newcomer_ns, Some(&platform)).await;
+    let url = "https://mcp.example.com/restart";
+    let running = operator_and_server(cluster, &admin, &platform, "op-restart-1").await;
+    operator_support::create(
+        &admin,
+        &holder_ns,
+        &service(&holder_ns, &platform, url, "Holder", &[]),
+    )
+    .await
+    .expect("holder");
+    eventually("the holder is Ready", || async {
+        conditions_of(&admin, &holder_ns, "MCPService", "files", "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    running.stop();
+
+    // While no operator runs, a newcomer claims the same URL; then the operator comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    operator_support::create(
+        &admin,
+        &newcomer_ns,
+        &service(&newcomer_ns, &platform, url, "Newcomer", &[]),
+    )
+    .await
+    .expect("newcomer");
+    let configuration = format!("mcp-authz-webhook-{platform}");
+    // A fresh client (its own ServiceAccount under the same rules): nothing carries over but the cluster.
+    let operator = operator_support::operator_client(
+        cluster,
+        &platform,
+        "mcp-authz-operator-again",
+        &configuration,
+    )
+    .await;
+    let running = mcp_authz_operator::runtime::start(
+        operator_support::operator_args(&platform, "op-restart-2", &configuration),
+        operator,
+    )
+    .await
+    .expect("operator starts again");
+    let refused = eventually("the newcomer is told the URL is taken", || async {
+        conditions_of(
+            &admin,
+            &newcomer_ns,
+            "MCPService",
+            "files",
+            "CredentialsIssued",
+        )
+        .await
+        .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        refused,
+        (
+            "False".to_owned(),
+            "ResourceURLTaken".to_owned(),
+            format!(
+                "MCPService {holder_ns}/files already protects {url} with AuthorizationServer {platform}/auth; give this service its own resourceUrl"
+            ),
+        )
+    );
+    assert!(
+        secret(&admin, &newcomer_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none(),
+        "the newcomer never got a key"
+    );
+    let config = config_after(&admin, &platform, "marker:restart").await;
+    assert_eq!(entries(&config), [(url.to_owned(), "Holder".to_owned())]);
+    assert_eq!(
+        conditions_of(&admin, &holder_ns, "MCPService", "files", "Ready")
+            .await
+            .map(|c| c.0),
+        Some("True".into()),
+        "the holder keeps working"
+    );
+    running.stop();
+}

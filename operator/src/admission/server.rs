@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::ListParams;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use super::patch::{Injection, SidecarDefaults, decide};
 use crate::api::MCPService;
 use crate::metrics::Metrics;
+use crate::reconcile::stores::Cached;
 
 /// Path the webhook configuration points at.
 pub const INJECT_PATH: &str = "/inject";
@@ -34,8 +35,10 @@ pub type SharedTls = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
 /// What the webhook needs to decide.
 pub struct Webhook {
-    /// Client used to list MCPServices.
+    /// Client used to list MCPServices when the cache has none that fits (see [`Webhook::decide`]).
     pub client: kube::Client,
+    /// The operator's shared cache of MCPServices (`None`: list on every request).
+    pub services: Option<Cached<MCPService>>,
     /// Sidecar image, version, native sidecars.
     pub defaults: SidecarDefaults,
     /// Metrics.
@@ -88,6 +91,18 @@ impl Webhook {
             return ("unchanged", allow());
         };
         let namespace = request.namespace.clone().unwrap_or_default();
+        // The cache first: one list per pod CREATE made every rollout cost the API server a list per pod.
+        // A cache lags the API server by a watch event, so a refusal (no service selects the pod, or two do)
+        // is confirmed by a list: a service created just before its pods must not have them refused.
+        let cached = self.services.as_ref().map(|cache| {
+            cache.cloned_where(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        });
+        if let Some(services) = &cached {
+            match decide(pod, &namespace, services, &self.defaults) {
+                Injection::Refuse(_) => {}
+                decided => return self.answer(&uid, decided),
+            }
+        }
         let services = match Api::<MCPService>::namespaced(self.client.clone(), &namespace)
             .list(&ListParams::default())
             .await
@@ -105,9 +120,16 @@ impl Webhook {
                 );
             }
         };
-        match decide(pod, &namespace, &services, &self.defaults) {
-            Injection::Unchanged => ("unchanged", allow()),
-            Injection::Refuse(message) => ("refused", refuse(403, message)),
+        self.answer(&uid, decide(pod, &namespace, &services, &self.defaults))
+    }
+
+    fn answer(&self, uid: &str, decided: Injection) -> (&'static str, Value) {
+        match decided {
+            Injection::Unchanged => ("unchanged", json!({"uid": uid, "allowed": true})),
+            Injection::Refuse(message) => (
+                "refused",
+                json!({"uid": uid, "allowed": false, "status": {"code": 403, "message": message, "reason": "Forbidden"}}),
+            ),
             Injection::Patch(ops) => {
                 let patch = STANDARD.encode(serde_json::to_vec(&ops).unwrap_or_default());
                 (

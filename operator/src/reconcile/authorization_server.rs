@@ -13,8 +13,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use crate::api::AuthorizationServer;
 use crate::api::authorization_server::TransportMode;
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
 use crate::naming::{self, FIELD_MANAGER};
 use crate::render::{Inputs, authserver};
@@ -61,10 +61,11 @@ async fn reconcile_inner(
 ) -> Result<Action, ReconcileError> {
     let namespace = server.namespace().ok_or(ReconcileError::NoNamespace)?;
     let client = &ctx.client;
-    let services = ctx.scope.list::<MCPService>(client).await?;
-    let scopes = ctx.scope.list::<MCPScope>(client).await?;
-    let policies = ctx.scope.list::<CIMDPolicy>(client).await?;
-    let namespaces = super::namespace_labels(client).await?;
+    ctx.stores.synced()?;
+    let services = ctx.stores.services.cloned();
+    let scopes = ctx.stores.scopes.cloned();
+    let policies = ctx.stores.policies.cloned();
+    let namespaces = ctx.stores.labels();
     let scopes = crate::tenancy::scopes_at(server, &scopes, &namespaces);
     let inputs = Inputs {
         server,

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::api::{AuthorizationServer, MCPService};
 use crate::naming::{self, FIELD_MANAGER};
 use crate::render::{missing_scopes, service_policy, sidecar};
 use crate::status::{self, Observed};
@@ -266,25 +266,25 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| namespace.clone());
     // A server outside the namespaces this operator serves is none of its business (and unreadable to it).
+    ctx.stores.synced()?;
     let server = if ctx.scope.includes(&server_ns) {
-        Api::<AuthorizationServer>::namespaced(client.clone(), &server_ns)
-            .get_opt(&reference.name)
-            .await?
+        ctx.stores.servers.get(&server_ns, &reference.name)
     } else {
         None
     };
+    let server = server.as_deref();
     let lp = ListParams::default();
-    let labels = super::namespace_labels(client).await?;
-    let scopes = ctx.scope.list::<MCPScope>(client).await?;
+    let labels = ctx.stores.labels();
+    let scopes = ctx.stores.scopes.cloned();
     // Only what counts at the server the service names (no server: nothing to render with them).
     let scopes = match &server {
         Some(server) => tenancy::scopes_at(server, &scopes, &labels),
         None => scopes,
     };
-    let policies = Api::<CIMDPolicy>::namespaced(client.clone(), &namespace)
-        .list(&lp)
-        .await?
-        .items;
+    let policies = ctx
+        .stores
+        .policies
+        .cloned_where(|p| p.namespace().as_deref() == Some(namespace.as_str()));
 
     let mut observed = Vec::new();
     let missing = missing_scopes(service, &server_ns, &scopes);
@@ -335,7 +335,12 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         None => Attachment::NoServer,
         Some(server) => {
             if tenancy::admits(server, &namespace, &labels) {
-                let all = ctx.scope.list::<MCPService>(client).await?;
+                // Only the claimants of the same URL can hold it.
+                let url = &service.spec.resource_url;
+                let all = ctx
+                    .stores
+                    .services
+                    .cloned_where(|s| &s.spec.resource_url == url);
                 match tenancy::resource_holder(service, server, &all, &labels) {
                     Some(holder) => Attachment::Taken(tenancy::key_of(holder)),
                     None => Attachment::Holds,
@@ -515,17 +520,27 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         ctx.event(service, warning, &c.reason, c.message.clone())
             .await;
     }
-    let status = json!({
-        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
-        "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated}
+    // A status that would not change is not sent: each service is reconciled again whenever its server,
+    // namespace or URL sharers change, and an unchanged write is still a request.
+    let unchanged = service.status.as_ref().is_some_and(|s| {
+        s.conditions == conditions
+            && s.observed_generation == service.meta().generation
+            && usize::try_from(s.injected_pods).ok() == Some(injected)
+            && usize::try_from(s.outdated_pods).ok() == Some(outdated)
     });
-    Api::<MCPService>::namespaced(client.clone(), &namespace)
-        .patch_status(
-            &service.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status),
-        )
-        .await?;
+    if !unchanged {
+        let status = json!({
+            "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
+            "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated}
+        });
+        Api::<MCPService>::namespaced(client.clone(), &namespace)
+            .patch_status(
+                &service.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&status),
+            )
+            .await?;
+    }
     // Waiting for the server's keys is short; come back soon rather than at the resync.
     let wait = if matches!(attachment, Attachment::Holds) && !credentials_issued {
         10

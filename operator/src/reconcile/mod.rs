@@ -3,6 +3,7 @@
 
 pub mod authorization_server;
 pub mod mcp_service;
+pub mod stores;
 pub mod triggers;
 pub mod usage;
 
@@ -66,27 +67,14 @@ impl WatchScope {
                 .collect(),
         }
     }
-
-    /// Every object of kind `K` in the served namespaces (one list call per namespace).
-    pub async fn list<K>(&self, client: &kube::Client) -> Result<Vec<K>, kube::Error>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let mut items = Vec::new();
-        for api in self.apis::<K>(client) {
-            items.extend(api.list(&kube::api::ListParams::default()).await?.items);
-        }
-        Ok(items)
-    }
 }
 
 /// Shared by every reconcile.
 pub struct Context {
     /// The namespaces served.
     pub scope: WatchScope,
+    /// The shared caches every reconcile reads its inputs from.
+    pub stores: stores::Stores,
     /// Client (the operator's ServiceAccount).
     pub client: kube::Client,
     /// Images and version.
@@ -150,6 +138,9 @@ pub enum ReconcileError {
     /// The object has no namespace (never for our namespaced kinds).
     #[error("object without namespace")]
     NoNamespace,
+    /// A shared cache has not finished its first list: deciding on it could misjudge who holds what.
+    #[error("the operator's caches are still filling")]
+    NotSynced,
 }
 
 impl ReconcileError {
@@ -161,28 +152,9 @@ impl ReconcileError {
             Self::Keys(e) => e.metric_label(),
             Self::Cert(e) => e.metric_label(),
             Self::NoNamespace => "no_namespace",
+            Self::NotSynced => "not_synced",
         }
     }
-}
-
-/// Labels of every namespace (metadata only), for the servers' `allowedNamespaces`.
-pub async fn namespace_labels(
-    client: &kube::Client,
-) -> Result<crate::tenancy::NamespaceLabels, kube::Error> {
-    Ok(
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .list_metadata(&kube::api::ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|n| {
-                (
-                    n.metadata.name.unwrap_or_default(),
-                    n.metadata.labels.unwrap_or_default(),
-                )
-            })
-            .collect(),
-    )
 }
 
 /// Applies one rendered object with server-side apply (forcing our field manager's ownership).

@@ -249,10 +249,15 @@ pub async fn reconcile_scope(
 }
 
 async fn scope_status(scope: &MCPScope, ctx: &Context) -> Result<Action, ReconcileError> {
-    let services = ctx.scope.list::<MCPService>(&ctx.client).await?;
-    let scopes = ctx.scope.list::<MCPScope>(&ctx.client).await?;
-    let servers = ctx.scope.list::<AuthorizationServer>(&ctx.client).await?;
-    let labels = super::namespace_labels(&ctx.client).await?;
+    ctx.stores.synced()?;
+    // Only the services offering its value can use it.
+    let services = ctx
+        .stores
+        .services
+        .cloned_where(|s| s.spec.scopes.contains(&scope.spec.value));
+    let scopes = ctx.stores.scopes.cloned();
+    let servers = ctx.stores.servers.cloned();
+    let labels = ctx.stores.labels();
     let (owns_at, observed) = scope_conditions(scope, &services, &scopes, &servers, &labels);
     let status = scope.status.as_ref();
     let previous = status.map(|s| s.conditions.clone()).unwrap_or_default();
@@ -283,8 +288,13 @@ pub async fn reconcile_policy(
 }
 
 async fn policy_status(policy: &CIMDPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
-    let services = ctx.scope.list::<MCPService>(&ctx.client).await?;
-    let servers = ctx.scope.list::<AuthorizationServer>(&ctx.client).await?;
+    ctx.stores.synced()?;
+    // Only the services that can name it (the rest cannot change its status).
+    let (name, ns) = (policy.name_any(), policy.namespace());
+    let services = ctx.stores.services.cloned_where(|s| {
+        s.spec.cimd_policy_ref.as_deref() == Some(name.as_str()) && s.namespace() == ns
+    });
+    let servers = ctx.stores.servers.cloned();
     let bundle_has_key = match &policy.spec.trusted_ca_bundle {
         None => None,
         Some(bundle) => Some(

@@ -15,68 +15,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::reconcile::stores::Stores;
 use crate::reconcile::{self, Context, WatchScope, triggers};
-
-/// Caches of the kinds the watch mappers look at besides their controller's own (a mapper runs on every
-/// event, so it must not call the API server).
-#[derive(Clone)]
-pub(super) struct Stores {
-    servers: Vec<Store<AuthorizationServer>>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
-}
-
-impl Stores {
-    pub(super) fn start(
-        client: &kube::Client,
-        scope: &WatchScope,
-        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    ) -> Self {
-        let mut servers = Vec::new();
-        for api in scope.apis::<AuthorizationServer>(client) {
-            let (store, writer) = reflector::store();
-            let stream = reflector(writer, watcher(api, watcher::Config::default()));
-            tasks.push(tokio::spawn(
-                stream.default_backoff().for_each(|_| async {}),
-            ));
-            servers.push(store);
-        }
-        let (namespaces, writer) = reflector::store();
-        let stream = reflector(
-            writer,
-            // Labels only: metadata-only requests.
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        );
-        tasks.push(tokio::spawn(
-            stream.default_backoff().for_each(|_| async {}),
-        ));
-        Self {
-            servers,
-            namespaces,
-        }
-    }
-
-    fn servers(&self) -> Vec<Arc<AuthorizationServer>> {
-        self.servers.iter().flat_map(|s| s.state()).collect()
-    }
-
-    fn labels(&self) -> crate::tenancy::NamespaceLabels {
-        self.namespaces
-            .state()
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect()
-    }
-}
 
 /// Requeues for a change that concerns many objects: every object of the controller's store in
 /// `namespace`, or all of them for `None`.
@@ -452,7 +398,7 @@ async fn service_controller(
                 let before = defined.swap(changed.uid().as_deref(), now.clone());
                 let values = triggers::values_then_and_now(&now, before);
                 let services = readers.state();
-                let servers = stores.servers();
+                let servers = stores.servers.all();
                 let servers: Vec<&AuthorizationServer> =
                     servers.iter().map(|s| s.as_ref()).collect();
                 triggers::services_using_scope(

@@ -505,14 +505,11 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     let config = AuthServerConfig::load(path)?;
     let previous = state.snapshot();
-    if config.listen != previous.config.listen
-        || config.admin_listen != previous.config.admin_listen
-        || config.tls.as_ref().map(|t| t.listen) != previous.config.tls.as_ref().map(|t| t.listen)
-    {
-        tracing::warn!("listen addresses changed: they take effect at the next restart");
-    }
-    if config.storage != previous.config.storage {
-        tracing::warn!("storage changed: it takes effect at the next restart");
+    for field in restart_only_changes(&previous.config, &config) {
+        tracing::warn!(
+            field,
+            "config field changed: it takes effect at the next restart"
+        );
     }
     let keys = load_keys(&config)?;
     let snapshot = Snapshot::build(config, Some(&previous))?;
@@ -520,6 +517,41 @@ pub fn reload_config(state: &AppState, path: &Path) -> Result<(), ReloadError> {
     state.replace_snapshot(snapshot);
     state.refresh_resource_server_root();
     Ok(())
+}
+
+/// The fields (as spelled in the config file) that differ between `old` and `new` and are read only at start:
+/// the listeners are bound once, the store is opened once, and the TLS listener re-reads the certificate and key
+/// files under the paths it was started with (a renewed pair under the same paths is picked up; new paths are
+/// not, and without this the change would be dropped silently).
+fn restart_only_changes(old: &AuthServerConfig, new: &AuthServerConfig) -> Vec<&'static str> {
+    let (old_tls, new_tls) = (old.tls.as_ref(), new.tls.as_ref());
+    [
+        ("listen", old.listen != new.listen),
+        ("adminListen", old.admin_listen != new.admin_listen),
+        ("tls", old_tls.is_some() != new_tls.is_some()),
+        (
+            "tls.listen",
+            old_tls
+                .zip(new_tls)
+                .is_some_and(|(o, n)| o.listen != n.listen),
+        ),
+        (
+            "tls.certFile",
+            old_tls
+                .zip(new_tls)
+                .is_some_and(|(o, n)| o.cert_file != n.cert_file),
+        ),
+        (
+            "tls.keyFile",
+            old_tls
+                .zip(new_tls)
+                .is_some_and(|(o, n)| o.key_file != n.key_file),
+        ),
+        ("storage", old.storage != new.storage),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
 }
 
 /// Every 2 s: read the SQLite log's size for its gauge, reload the config when its file changed. Every 10 s:
@@ -617,4 +649,54 @@ async fn maintain(
 /// For handlers that need an OAuth error from a store error.
 pub fn store_error(e: StoreError) -> OAuthError {
     e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AuthServerConfig {
+        let text = format!(
+            "issuer: https://auth.example\nsigning: {{keysDir: /nonexistent}}\nlogin: {{static: {{users: []}}}}\n{extra}"
+        );
+        AuthServerConfig::parse(&text, Path::new("c.yaml")).expect("config")
+    }
+
+    #[test]
+    fn a_reload_names_each_field_that_needs_a_restart() {
+        let tls = |listen: &str, cert: &str, key: &str| {
+            format!("tls: {{listen: \"{listen}\", certFile: {cert}, keyFile: {key}}}\n")
+        };
+        let base = tls("0.0.0.0:8443", "/tls/tls.crt", "/tls/tls.key");
+        // (old extra, new extra, fields warned about)
+        let cases: Vec<(String, String, Vec<&str>)> = vec![
+            (base.clone(), base.clone(), vec![]),
+            (
+                base.clone(),
+                tls("0.0.0.0:8443", "/other/tls.crt", "/tls/tls.key"),
+                vec!["tls.certFile"],
+            ),
+            (
+                base.clone(),
+                tls("0.0.0.0:8443", "/tls/tls.crt", "/other/tls.key"),
+                vec!["tls.keyFile"],
+            ),
+            (
+                base.clone(),
+                tls("0.0.0.0:9443", "/new/tls.crt", "/new/tls.key"),
+                vec!["tls.listen", "tls.certFile", "tls.keyFile"],
+            ),
+            (String::new(), base.clone(), vec!["tls"]),
+            (base.clone(), String::new(), vec!["tls"]),
+            (
+                String::new(),
+                "listen: \"127.0.0.1:9999\"\n".to_owned(),
+                vec!["listen"],
+            ),
+        ];
+        for (old, new, want) in cases {
+            let got = restart_only_changes(&config(&old), &config(&new));
+            assert_eq!(got, want, "from {old:?} to {new:?}");
+        }
+    }
 }

@@ -761,6 +761,26 @@ async fn registration_refuses_private_keys() {
     }
 }
 
+/// How many refusal rows the audit table holds.
+async fn refusal_rows(s: &TestServer) -> usize {
+    let audit: Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=1000", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused")
+        .count()
+}
+
 /// An anonymous flood of refusals writes its log lines but only a budget of audit rows.
 #[tokio::test]
 async fn a_flood_of_refusals_stores_a_bounded_number_of_audit_rows() {
@@ -775,22 +795,7 @@ async fn a_flood_of_refusals_stores_a_bounded_number_of_audit_rows() {
             .await;
         assert_eq!(status, 401);
     }
-    let audit: Value = s
-        .http
-        .get(format!("{}/admin/audit?limit=1000", s.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refusals = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["outcome"] == "refused")
-        .count();
+    let refusals = refusal_rows(&s).await;
     assert!(
         (20..=21).contains(&refusals),
         "{refusals} refusal rows were stored"
@@ -829,22 +834,7 @@ async fn a_grant_holder_repeating_a_refusal_stores_a_bounded_number_of_rows() {
             .await;
         assert_eq!(status, 400, "{body}");
     }
-    let audit: Value = s
-        .http
-        .get(format!("{}/admin/audit?limit=1000", s.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refusals = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["outcome"] == "refused")
-        .count();
+    let refusals = refusal_rows(&s).await;
     assert!(
         (20..=21).contains(&refusals),
         "{refusals} refusal rows were stored"

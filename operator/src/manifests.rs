@@ -225,23 +225,22 @@ fn read_limited(file: &Path) -> Result<String, ManifestError> {
             message: format!("{size} bytes, at most {MAX_FILE_BYTES} are read"),
         });
     }
-    // A file growing after the size was read (or a pipe in its place) gives more: the read stops past the limit.
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| {
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(f, MAX_FILE_BYTES + 1),
-                &mut text,
-            )
-        })
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(ManifestError::TooLarge {
+    read_text_capped(file, MAX_FILE_BYTES)
+        .map_err(read_error)?
+        .ok_or_else(|| ManifestError::TooLarge {
             path: file.to_path_buf(),
             message: format!("more than {MAX_FILE_BYTES} bytes, at most {MAX_FILE_BYTES} are read"),
-        });
-    }
-    Ok(text)
+        })
+}
+
+/// A text file's contents, or `None` when it gives more than `limit` bytes. The size a file reports is not
+/// enough: a device (`/dev/zero`), a pipe or a file still growing gives more than it said, so the read itself
+/// stops one byte past the limit.
+pub fn read_text_capped(file: &Path, limit: u64) -> std::io::Result<Option<String>> {
+    let mut text = String::new();
+    let f = std::fs::File::open(file)?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, limit + 1), &mut text)?;
+    Ok((text.len() as u64 <= limit).then_some(text))
 }
 
 /// Adds the documents of one file's text to `set`.

@@ -102,6 +102,30 @@ fn entries(config: &Value) -> Vec<(String, String)> {
 
 /// The operator, running under the chart's rules for the `platform` namespace, and an AuthorizationServer `auth`
 /// there that admits the namespaces labelled as its tenants (`TENANT_LABEL: <platform>`).
+/// Patches an object and expects the API server's 422 whose message names `message`.
+async fn refused_with_422(
+    admin: &kube::Client,
+    (namespace, kind, name): (&str, &str, &str),
+    patch: Value,
+    message: &str,
+) {
+    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        namespace,
+        &operator_support::resource(kind),
+    )
+    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+    .await
+    .expect_err(message);
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains(message), "{}", status.message);
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
 async fn operator_and_server(
     cluster: &ControlPlane,
     admin: &kube::Client,
@@ -331,84 +355,29 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     .await;
 
     // Editing the URL would carry an old claim onto someone else's URL: the API server refuses it.
-    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &newcomer_ns,
-        &operator_support::resource("MCPService"),
+    refused_with_422(
+        &admin,
+        (&newcomer_ns, "MCPService", "files"),
+        json!({"spec": {"resourceUrl": "https://mcp.example.com/elsewhere"}}),
+        "resourceUrl is immutable: delete this MCPService and create a new one to move it",
     )
-    .patch(
-        "files",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"resourceUrl": "https://mcp.example.com/elsewhere"}})),
-    )
-    .await
-    .expect_err("resourceUrl is immutable");
-    match refused {
-        kube::Error::Api(status) => {
-            assert_eq!(status.code, 422, "{status:?}");
-            assert!(
-                status.message.contains("spec.resourceUrl")
-                    && status.message.contains(
-                        "resourceUrl is immutable: delete this MCPService and create a new one to move it"
-                    ),
-                "{}",
-                status.message
-            );
-        }
-        other => panic!("expected a refusal, got {other}"),
-    }
+    .await;
     // So is switching servers: a claim parked at another server must not carry its age onto this one.
-    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &newcomer_ns,
-        &operator_support::resource("MCPService"),
+    refused_with_422(
+        &admin,
+        (&newcomer_ns, "MCPService", "files"),
+        json!({"spec": {"authorizationServerRef": {"name": "elsewhere"}}}),
+        "authorizationServerRef is immutable: delete this MCPService and create a new one to move it",
     )
-    .patch(
-        "files",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"authorizationServerRef": {"name": "elsewhere"}}})),
-    )
-    .await
-    .expect_err("authorizationServerRef is immutable");
-    match refused {
-        kube::Error::Api(status) => {
-            assert_eq!(status.code, 422, "{status:?}");
-            assert!(
-                status.message.contains(
-                    "authorizationServerRef is immutable: delete this MCPService and create a new one to move it"
-                ),
-                "{}",
-                status.message
-            );
-        }
-        other => panic!("expected a refusal, got {other}"),
-    }
+    .await;
     // And a scope's value: an old definition edited to another team's value would arrive holding it.
-    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &victim_ns,
-        &operator_support::resource("MCPScope"),
+    refused_with_422(
+        &admin,
+        (&victim_ns, "MCPScope", "files-write"),
+        json!({"spec": {"value": "files:admin"}}),
+        "value is immutable: create another MCPScope for another value",
     )
-    .patch(
-        "files-write",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"value": "files:admin"}})),
-    )
-    .await
-    .expect_err("value is immutable");
-    match refused {
-        kube::Error::Api(status) => {
-            assert_eq!(status.code, 422, "{status:?}");
-            assert!(
-                status
-                    .message
-                    .contains("value is immutable: create another MCPScope for another value"),
-                "{}",
-                status.message
-            );
-        }
-        other => panic!("expected a refusal, got {other}"),
-    }
+    .await;
 
     // A namespace the server does not admit: a condition, no key, no entry.
     let outside_url = "https://mcp.example.com/outside";

@@ -178,24 +178,16 @@ pub fn read(path: &Path) -> Result<CaseFile, CaseError> {
             message: format!("{size} bytes; a case file may hold at most {MAX_CASE_FILE_BYTES}"),
         });
     }
-    // A device, a pipe or a growing file gives more than its size said: the read stops past the limit.
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| {
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(file, MAX_CASE_FILE_BYTES + 1),
-                &mut text,
-            )
-        })
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_CASE_FILE_BYTES {
+    let Some(text) =
+        crate::manifests::read_text_capped(path, MAX_CASE_FILE_BYTES).map_err(read_error)?
+    else {
         return Err(CaseError::Parse {
             path: shown,
             message: format!(
                 "more than {MAX_CASE_FILE_BYTES} bytes; a case file may hold at most that"
             ),
         });
-    }
+    };
     parse(&text, &shown)
 }
 

@@ -215,7 +215,18 @@ for resource in authorizationserver/default deployment/default-authserver deploy
   eventually 120 kubectl -n "$namespace" get "$resource" >/dev/null
 done
 kubectl -n "$namespace" wait --for=condition=Available deployment --all --timeout=180s >/dev/null
-kubectl -n "$namespace" wait --for=condition=Ready pod --all --timeout=180s >/dev/null
+# Pods are listed again each round: a Deployment that rolls while we wait (the operator renders a server's
+# config again once every object it names is in its caches) replaces a pod, and `kubectl wait pod --all` would
+# wait for the replaced one until its timeout.
+all_pods_ready() {
+  local pods
+  pods="$(kubectl -n "$namespace" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')" || return 1
+  [ -n "$pods" ] && ! grep -qv ' True$' <<<"$pods"
+}
+eventually 180 all_pods_ready || {
+  echo "pods not all Ready after 180 s" >&2
+  false
+}
 kubectl -n "$namespace" get pods -o wide >&2
 for resource in authorizationserver/default authorizationserver/quickstart mcpservice/notes; do
   kubectl -n "$namespace" wait --for=condition=Ready "$resource" --timeout=60s >/dev/null

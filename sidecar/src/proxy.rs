@@ -593,19 +593,9 @@ fn render(rt: &Runtime, answer: Answer) -> Response<ProxyBody> {
             refusal.into_response_boxed(&ctx)
         }
         Answer::JsonRpc { status, body } => bytes_response(status, "application/json", body),
-        Answer::Plain {
-            status,
-            error,
-            description: Some(description),
-        } => json_response(
-            status,
-            &json!({"error": error, "error_description": description}),
-        ),
-        Answer::Plain {
-            status,
-            error,
-            description: None,
-        } => json_response(status, &json!({ "error": error })),
+        Answer::Plain { status, .. } => {
+            json_response(status, &answer.plain_body().unwrap_or_default())
+        }
         Answer::RateLimited {
             retry_after_secs,
             body,
@@ -618,10 +608,8 @@ fn render(rt: &Runtime, answer: Answer) -> Response<ProxyBody> {
             response
         }
         Answer::MethodNotAllowed => {
-            let mut response = json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method_not_allowed"}),
-            );
+            let body = answer.plain_body().unwrap_or_default();
+            let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &body);
             let allow = HeaderValue::from_static("GET, POST, DELETE, OPTIONS");
             response.headers_mut().insert(header::ALLOW, allow);
             response

@@ -100,6 +100,27 @@ pub enum Answer {
     },
 }
 
+impl Answer {
+    /// The JSON object of a plain refusal (`Plain`, `MethodNotAllowed`); `None` for the others, whose bodies
+    /// are a challenge's or a JSON-RPC error. One place, so the proxy and `mcp-authz explain` never differ.
+    pub fn plain_body(&self) -> Option<Value> {
+        match self {
+            Answer::Plain {
+                error,
+                description: Some(description),
+                ..
+            } => Some(serde_json::json!({"error": error, "error_description": description})),
+            Answer::Plain {
+                error,
+                description: None,
+                ..
+            } => Some(serde_json::json!({ "error": error })),
+            Answer::MethodNotAllowed => Some(serde_json::json!({"error": "method_not_allowed"})),
+            _ => None,
+        }
+    }
+}
+
 /// What to do with the request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

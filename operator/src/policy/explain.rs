@@ -330,6 +330,7 @@ fn operation_reports(
 }
 
 fn report(answer: Answer, reason: &str, context: &ChallengeContext) -> DecisionReport {
+    let plain = answer.plain_body();
     let (status, challenge, challenge_scopes, body) = match answer {
         Answer::Challenge(refusal) => {
             let scopes = match &refusal {
@@ -360,25 +361,8 @@ fn report(answer: Answer, reason: &str, context: &ChallengeContext) -> DecisionR
         Answer::RateLimited { body, .. } => {
             (429, None, Vec::new(), serde_json::from_slice(&body).ok())
         }
-        Answer::Plain {
-            status,
-            error,
-            description,
-        } => (
-            status.as_u16(),
-            None,
-            Vec::new(),
-            Some(match description {
-                Some(d) => serde_json::json!({"error": error, "error_description": d}),
-                None => serde_json::json!({ "error": error }),
-            }),
-        ),
-        Answer::MethodNotAllowed => (
-            405,
-            None,
-            Vec::new(),
-            Some(serde_json::json!({"error": "method_not_allowed"})),
-        ),
+        Answer::Plain { status, .. } => (status.as_u16(), None, Vec::new(), plain),
+        Answer::MethodNotAllowed => (405, None, Vec::new(), plain),
     };
     DecisionReport {
         decision: reason.to_owned(),

@@ -9,6 +9,7 @@
 //!                  a scope: the server is in its status.ownsAt (a scope counts at several servers, and holding
 //!                  at one must not count at another)
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
+//! URL           -> AuthorizationServer.spec.resourceUrls (longest prefix) -> may it claim that URL at all
 //! ```
 //!
 //! A claim that holds keeps holding (until it is deleted, detached or its namespace is shut out): age alone let an
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
+use crate::api::resource_urls::{self, UrlStanding};
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
 
 /// Labels of every namespace by name, as far as they are known. A namespace missing here is taken to carry only
@@ -100,7 +102,7 @@ pub fn admits(server: &AuthorizationServer, namespace: &str, labels: &NamespaceL
     )
 }
 
-/// Whether `service` names `server` and is admitted by it.
+/// Whether `service` names `server` and is admitted by it, both its namespace and its URL.
 pub fn attached(
     service: &MCPService,
     server: &AuthorizationServer,
@@ -108,6 +110,23 @@ pub fn attached(
 ) -> bool {
     crate::render::names_server(service, server)
         && admits(server, &service.namespace().unwrap_or_default(), labels)
+        && url_standing(service, server, labels).allows()
+}
+
+/// What `server`'s `resourceUrls` say of `service`'s claim on its URL.
+pub fn url_standing(
+    service: &MCPService,
+    server: &AuthorizationServer,
+    labels: &NamespaceLabels,
+) -> UrlStanding {
+    let namespace = service.namespace().unwrap_or_default();
+    resource_urls::standing(
+        &server.spec.resource_urls,
+        &service.spec.resource_url,
+        &server.namespace().unwrap_or_default(),
+        &namespace,
+        labels.get(&namespace),
+    )
 }
 
 /// The other service holding `service`'s resource URL at `server`, if one does. Tokens and the resource-server
@@ -311,6 +330,43 @@ mod tests {
         assert_eq!(
             holder(&other_url, &[other_url.clone(), victim.clone()]),
             None
+        );
+    }
+
+    #[test]
+    fn a_parked_squatter_never_inherits_a_url_the_server_grants_to_another_namespace() {
+        let url = "https://mcp.example.com/files";
+        let mut granting = server(json!({"from": "All"}));
+        granting.spec.resource_urls = serde_json::from_value(json!([
+            {"prefix": "https://mcp.example.com/files", "namespaces": {"from": "Selector",
+                "selector": {"matchLabels": {"team": "files"}}}}
+        ]))
+        .expect("grants");
+        let labels = labels(&[("files", &[("team", "files")]), ("aaa", &[])]);
+        // The squatter filed first and waits; the owner's service was deleted and is created again.
+        let squatter = service("aaa", "files", url, 10, "u-0");
+        let recreated = service("files", "files", url, 500, "u-9");
+        let alone = [squatter.clone()];
+        let both = [squatter.clone(), recreated.clone()];
+        assert!(!attached(&squatter, &granting, &labels));
+        assert_eq!(
+            url_standing(&squatter, &granting, &labels),
+            UrlStanding::GrantedElsewhere(url.into())
+        );
+        assert_eq!(
+            resource_holder(&squatter, &granting, &alone, &labels).map(key_of),
+            None,
+            "not attached, so it holds nothing even alone"
+        );
+        assert_eq!(
+            resource_holder(&recreated, &granting, &both, &labels).map(key_of),
+            None
+        );
+        // Without grants the same two claims go by age: the squatter would hold the URL.
+        let open = server(json!({"from": "All"}));
+        assert_eq!(
+            resource_holder(&recreated, &open, &both, &labels).map(key_of),
+            Some("aaa/files".to_owned())
         );
     }
 

@@ -160,9 +160,13 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
     operator_support::create(&admin, &ns, &keep)
         .await
         .expect("AuthorizationServer keep again");
-    eventually("keep signs with its old key again", || async {
-        (signer().await? == kid).then_some(())
-    })
+    // As long as the garbage collection above: under load, the first reconcile of the new object can wait
+    // behind the retries of the deleted one's.
+    eventually_within(
+        "keep signs with its old key again",
+        Duration::from_secs(180),
+        || async { (signer().await? == kid).then_some(()) },
+    )
     .await;
     assert_eq!(
         still("PersistentVolumeClaim", "keep-authserver").await,

@@ -1,6 +1,7 @@
 //! Teams sharing one AuthorizationServer, against the real API server with the operator under the chart's
 //! rules: a newcomer cannot take a working service's resource URL or redefine its scopes, a namespace the
-//! server does not admit gets nothing, and a resource URL cannot be edited into someone else's.
+//! server does not admit gets nothing, a resource URL cannot be edited into someone else's, and one the server
+//! grants to a namespace (`resourceUrls`) is that namespace's whoever claimed it first.
 
 mod operator_support;
 
@@ -847,6 +848,53 @@ async fn a_waiting_claim_takes_the_url_when_the_holder_goes_and_keeps_it() {
         Some("True".into()),
         "the second service keeps working"
     );
+
+    // Age cannot tell a squatter from the owner; the platform admin can. Once the server grants the URL to the
+    // first namespace, the claim from the second loses it, holding or not, and its key goes with it.
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &platform,
+        &operator_support::resource("AuthorizationServer"),
+    )
+    .patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"resourceUrls": [{
+            "prefix": url,
+            "namespaces": {"from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": first_ns}}}
+        }]}})),
+    )
+    .await
+    .expect("grant the URL to the first namespace");
+    eventually_within("the granted service takes the URL", SOON, || {
+        ready(first_ns.clone())
+    })
+    .await;
+    let refused = eventually("the second service loses the URL", || async {
+        credentials(second_ns.clone())
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        refused,
+        (
+            "False".to_owned(),
+            "ResourceURLNotGranted".to_owned(),
+            format!(
+                "AuthorizationServer {platform}/auth does not let namespace {second_ns} protect {url}: its resourceUrls grant {url} to other namespaces; a platform admin decides which namespaces may use which URLs"
+            ),
+        )
+    );
+    eventually("no key left in the second namespace", || async {
+        secret(&admin, &second_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let config = config_after(&admin, &platform, "marker:waiting-three").await;
+    assert_eq!(entries(&config), [(url.to_owned(), "First".to_owned())]);
     running.stop();
 }
 

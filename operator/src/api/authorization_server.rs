@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::SecretKeyRef;
+use super::resource_urls::ResourceUrlGrant;
 
 /// The shared OAuth 2.1 authorization server: one Deployment that issues audience-bound access
 /// tokens for every MCPService that names it.
@@ -80,6 +81,15 @@ pub struct AuthorizationServerSpec {
     /// and no credentials, and says so in its status.
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
+
+    /// Which namespaces may protect which resource URLs: each entry grants the URLs at and below its
+    /// `prefix` to the namespaces it selects, and the longest covering prefix decides. Empty (the
+    /// default): a service from any allowed namespace may claim any URL, and the oldest claim holds
+    /// it. List them whenever several teams share this server: then no team can claim another's URL,
+    /// nor park a claim on it to inherit it the moment its holder is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub resource_urls: Vec<ResourceUrlGrant>,
 
     /// How sidecars reach this server inside the cluster: they fetch its signing keys and post bearer
     /// tokens to its introspection endpoint. TLS with a certificate the operator makes, unless set.

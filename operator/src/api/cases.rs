@@ -148,6 +148,36 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "allowedNamespaces.selector",
         },
         InvalidCase {
+            name: "resourceUrls prefix with a query",
+            object: with(
+                authorization_server(),
+                "/spec/resourceUrls",
+                json!([{"prefix": "https://mcp.example.com/files?team=a", "namespaces": {"from": "All"}}]),
+            ),
+            message: "resourceUrls[].prefix must be an https URL without query or fragment",
+            field: "resourceUrls[0].prefix",
+        },
+        InvalidCase {
+            name: "resourceUrls prefix over plain http",
+            object: with(
+                authorization_server(),
+                "/spec/resourceUrls",
+                json!([{"prefix": "http://mcp.example.com/", "namespaces": {"from": "Same"}}]),
+            ),
+            message: "resourceUrls[].prefix must be an https URL without query or fragment",
+            field: "resourceUrls[0].prefix",
+        },
+        InvalidCase {
+            name: "resourceUrls selector with from: Same",
+            object: with(
+                authorization_server(),
+                "/spec/resourceUrls",
+                json!([{"prefix": "https://mcp.example.com/", "namespaces": {"from": "Same", "selector": {"matchLabels": {"a": "b"}}}}]),
+            ),
+            message: "allowedNamespaces.selector is required with from: Selector, and only allowed with it",
+            field: "resourceUrls[0].namespaces.selector",
+        },
+        InvalidCase {
             name: "cert-manager transport without an issuer",
             object: with(
                 authorization_server(),

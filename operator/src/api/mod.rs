@@ -8,6 +8,7 @@ pub mod cases;
 pub mod cimd_policy;
 pub mod mcp_scope;
 pub mod mcp_service;
+pub mod resource_urls;
 
 pub use authorization_server::{
     AllowedNamespaces, AuthorizationServer, AuthorizationServerSpec, AuthorizationServerStatus,

@@ -34,10 +34,13 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     if !ctx.is_leader() {
+        tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), "not the leader: looking again later");
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
     let started = std::time::Instant::now();
+    tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), uid = ?server.uid(), "reconcile starts");
     let result = reconcile_inner(&server, &ctx).await;
+    tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconcile ends");
     let outcome = result
         .as_ref()
         .map_or_else(ReconcileError::metric_label, |_| "ok");
@@ -222,22 +225,13 @@ async fn reconcile_inner(
             .await;
     }
     let status = json!({
-        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "AuthorizationServer",
-        "status": {
-            "observedGeneration": server.meta().generation,
-            "conditions": conditions,
-            "signingKeyId": signer.map(|k| k.kid.clone()),
-            "publishedKeys": next_index.keys.len(),
-            "services": config.resources.len(),
-        }
+        "observedGeneration": server.meta().generation,
+        "conditions": conditions,
+        "signingKeyId": signer.map(|k| k.kid.clone()),
+        "publishedKeys": next_index.keys.len(),
+        "services": config.resources.len(),
     });
-    Api::<AuthorizationServer>::namespaced(client.clone(), &namespace)
-        .patch_status(
-            &server.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status),
-        )
-        .await?;
+    super::write_status(client, server, status).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
 }

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use crate::api::resource_urls::UrlStanding;
 use crate::api::{AuthorizationServer, MCPService};
-use crate::naming::{self, FIELD_MANAGER};
+use crate::naming;
 use crate::render::{missing_scopes, service_policy, sidecar};
 use crate::status::{self, Observed};
 use crate::tenancy;
@@ -139,6 +140,8 @@ enum Attachment {
     NoServer,
     /// The server does not admit the service's namespace (`allowedNamespaces`, with its description).
     NotAdmitted(String),
+    /// The server's `resourceUrls` do not grant the service's URL to its namespace (why, in words).
+    UrlNotGranted(String),
     /// An older claim (`namespace/name`) holds the resource URL.
     Taken(String),
     /// The service is the server's for its resource URL.
@@ -334,7 +337,17 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     let attachment = match &server {
         None => Attachment::NoServer,
         Some(server) => {
-            if tenancy::admits(server, &namespace, &labels) {
+            let url = tenancy::url_standing(service, server, &labels);
+            if !tenancy::admits(server, &namespace, &labels) {
+                Attachment::NotAdmitted(server.spec.allowed_namespaces.describe())
+            } else if !url.allows() {
+                Attachment::UrlNotGranted(match url {
+                    UrlStanding::GrantedElsewhere(prefix) => {
+                        format!("its resourceUrls grant {prefix} to other namespaces")
+                    }
+                    _ => "none of its resourceUrls covers this URL".to_owned(),
+                })
+            } else {
                 // Only the claimants of the same URL can hold it.
                 let url = &service.spec.resource_url;
                 let all = ctx
@@ -345,8 +358,6 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                     Some(holder) => Attachment::Taken(tenancy::key_of(holder)),
                     None => Attachment::Holds,
                 }
-            } else {
-                Attachment::NotAdmitted(server.spec.allowed_namespaces.describe())
             }
         }
     };
@@ -421,6 +432,14 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
                 "AuthorizationServer {server_key} does not admit services from namespace {namespace} (allowedNamespaces {allowed}); a platform admin decides which namespaces may use it"
             ),
         )),
+        Attachment::UrlNotGranted(why) => Some(Observed::no(
+            "CredentialsIssued",
+            "ResourceURLNotGranted",
+            format!(
+                "AuthorizationServer {server_key} does not let namespace {namespace} protect {}: {why}; a platform admin decides which namespaces may use which URLs",
+                service.spec.resource_url,
+            ),
+        )),
     };
     if let Some(refusal) = refusal {
         // A key issued before the refusal (the server narrowed its namespaces, or an older claim came
@@ -480,6 +499,9 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             (Attachment::NotAdmitted(_), _) => {
                 Observed::no("Ready", "NamespaceNotAllowed", "see CredentialsIssued")
             }
+            (Attachment::UrlNotGranted(_), _) => {
+                Observed::no("Ready", "ResourceURLNotGranted", "see CredentialsIssued")
+            }
             (Attachment::Taken(_), _) => {
                 Observed::no("Ready", "ResourceURLTaken", "see CredentialsIssued")
             }
@@ -529,17 +551,8 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             && usize::try_from(s.outdated_pods).ok() == Some(outdated)
     });
     if !unchanged {
-        let status = json!({
-            "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPService",
-            "status": {"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated}
-        });
-        Api::<MCPService>::namespaced(client.clone(), &namespace)
-            .patch_status(
-                &service.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&status),
-            )
-            .await?;
+        let status = json!({"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated});
+        super::write_status(client, service, status).await?;
     }
     // Waiting for the server's keys is short; come back soon rather than at the resync.
     let wait = if matches!(attachment, Attachment::Holds) && !credentials_issued {

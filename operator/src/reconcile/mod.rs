@@ -175,6 +175,39 @@ pub async fn apply(client: &kube::Client, object: &RenderedObject) -> Result<(),
     Ok(())
 }
 
+/// Writes `status` (the fields under `.status`) to `object`'s status subresource, as the operator's field
+/// manager. The object's uid goes in the patch, where the API server takes it as a precondition: a reconcile
+/// of an object deleted meanwhile fails with a conflict instead of writing its conditions onto a new object
+/// of the same name.
+pub async fn write_status<K>(
+    client: &kube::Client,
+    object: &K,
+    status: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"uid": object.meta().uid},
+        "status": status,
+    });
+    Api::<K>::namespaced(
+        client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    )
+    .patch_status(
+        object.meta().name.as_deref().unwrap_or_default(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Deletes object `kind/name` in `namespace` if it exists and `owner` controls it (never someone else's
 /// object of the same name).
 pub async fn delete_owned<K: kube::Resource<DynamicType = ()>>(
@@ -203,7 +236,11 @@ pub async fn delete_owned<K: kube::Resource<DynamicType = ()>>(
         .flatten()
         .any(|o| Some(&o.uid) == owner.meta().uid.as_ref() && o.controller == Some(true));
     if owned {
-        api.delete(name, &Default::default()).await?;
+        match api.delete(name, &Default::default()).await {
+            // The garbage collector (or another hand) got there between the read and the delete.
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            other => other?,
+        };
         tracing::info!(
             kind,
             name,
@@ -225,14 +262,31 @@ pub fn backoff(failures: u32) -> Duration {
     )
 }
 
-/// The key an object's failures are counted under.
+/// The key an object's failures are counted under: its uid too, so an object created again under the name of
+/// a deleted one that kept failing starts afresh instead of inheriting its backoff.
 fn failure_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
-        "{}/{}/{}",
+        "{}/{}/{}/{}",
         K::kind(&()),
         object.meta().namespace.as_deref().unwrap_or_default(),
-        object.meta().name.as_deref().unwrap_or_default()
+        object.meta().name.as_deref().unwrap_or_default(),
+        object.meta().uid.as_deref().unwrap_or_default()
     )
+}
+
+/// The most objects whose failures are counted at once. An object deleted while failing is never counted
+/// as succeeding, so its entry would stay: past this many, the count starts over (every failing object
+/// then retries after one second once more) rather than grow with every name a tenant churns through.
+const MAX_COUNTED_FAILURES: usize = 4096;
+
+/// Counts one more failure of `key` in `failures` and returns how many in a row it has had.
+fn count_failure(failures: &mut std::collections::HashMap<String, u32>, key: String) -> u32 {
+    if failures.len() >= MAX_COUNTED_FAILURES && !failures.contains_key(&key) {
+        failures.clear();
+    }
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    *n
 }
 
 impl Context {
@@ -252,9 +306,7 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let failures = ctx.failures.lock().map_or(1, |mut f| {
-        let n = f.entry(failure_key(object.as_ref())).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        count_failure(&mut f, failure_key(object.as_ref()))
     });
     let delay = match error {
         ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 => Duration::from_secs(1),
@@ -294,6 +346,19 @@ mod tests {
             assert_eq!(scope.includes(ns), want, "{ns}");
             assert!(WatchScope::All.includes(ns));
         }
+    }
+
+    #[test]
+    fn failures_are_counted_per_object_and_the_count_stays_bounded() {
+        let mut failures = std::collections::HashMap::new();
+        assert_eq!(count_failure(&mut failures, "a".into()), 1);
+        assert_eq!(count_failure(&mut failures, "a".into()), 2);
+        for i in 0..3 * MAX_COUNTED_FAILURES {
+            count_failure(&mut failures, format!("churn-{i}"));
+            assert!(failures.len() <= MAX_COUNTED_FAILURES);
+        }
+        let n = count_failure(&mut failures, "churn-0".into());
+        assert_eq!(n, 1, "counted afresh after the table started over");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
-use crate::naming::FIELD_MANAGER;
 use crate::render::visible_scopes;
 use crate::status::{self, Observed};
 
@@ -354,17 +353,7 @@ where
     {
         status.extend(fields);
     }
-    let body = json!({
-        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
-        "status": status,
-    });
-    Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
-        .patch_status(
-            &object.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+    super::write_status(&ctx.client, object, status).await?;
     Ok(())
 }
 

@@ -58,6 +58,14 @@ fn retained_by<K: Resource<DynamicType = ()>>(
     Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
 }
 
+/// The uids of `objects`.
+fn uids<K: Resource>(objects: &[Arc<K>]) -> Vec<String> {
+    objects
+        .iter()
+        .filter_map(|o| o.meta().uid.clone())
+        .collect()
+}
+
 /// Namespaced kinds the controllers watch.
 trait Watched:
     Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -238,6 +246,7 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
     let all_scopes = objects_in(controller.store());
     let offered = Arc::new(triggers::Previous::<Vec<String>>::default());
     let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
+    let live_services = ctx.stores.services.clone();
     controller
         // InUse: the scopes defining a value the service offers (or offered before this edit).
         .watches_in(
@@ -245,7 +254,11 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
             &client,
             watcher::Config::default(),
             move |service: MCPService| {
-                let before = offered.swap(service.uid().as_deref(), service.spec.scopes.clone());
+                let before = offered.swap(
+                    service.uid().as_deref(),
+                    service.spec.scopes.clone(),
+                    || uids(&live_services.all()),
+                );
                 let values = triggers::values_then_and_now(&service.spec.scopes, before);
                 let scopes = by_service.state();
                 triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
@@ -261,7 +274,9 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
             watcher::Config::default(),
             move |changed: MCPScope| {
                 let now = vec![changed.spec.value.clone()];
-                let before = defined.swap(changed.uid().as_deref(), now.clone());
+                let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
+                    uids(&by_scope.state())
+                });
                 let values = triggers::values_then_and_now(&now, before);
                 let scopes = by_scope.state();
                 triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
@@ -395,7 +410,9 @@ async fn service_controller(
             watcher::Config::default(),
             move |changed: MCPScope| {
                 let now = vec![changed.spec.value.clone()];
-                let before = defined.swap(changed.uid().as_deref(), now.clone());
+                let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
+                    uids(&stores.scopes.all())
+                });
                 let values = triggers::values_then_and_now(&now, before);
                 let services = readers.state();
                 let servers = stores.servers.all();

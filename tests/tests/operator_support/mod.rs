@@ -172,6 +172,13 @@ pub fn operator_args(
     webhook_configuration: &str,
 ) -> mcp_authz_operator::runtime::OperatorArgs {
     use clap::Parser;
+    // The operator's log lines land in the output of the test that runs it: shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "mcp_authz_operator=debug,kube_runtime=info",
+        ))
+        .try_init();
     #[derive(clap::Parser)]
     struct Wrapper {
         #[command(flatten)]

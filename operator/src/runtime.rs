@@ -272,6 +272,7 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
         leader: leader_rx.clone(),
         recorder,
         failures: Default::default(),
+        written: Default::default(),
     });
     tasks.push(tokio::spawn(controllers::run(client.clone(), ctx, stores)));
     ready.store(true, Ordering::Relaxed);

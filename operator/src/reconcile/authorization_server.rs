@@ -209,11 +209,14 @@ async fn reconcile_inner(
         .iter()
         .filter(|k| k.state_at(now) == Some(KeyState::Active))
         .max_by_key(|k| k.activates_at);
-    let previous_conditions = server
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let previous_conditions = ctx.conditions_now(
+        server,
+        server
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    );
     let conditions = status::merge(
         &previous_conditions,
         &observed,
@@ -231,7 +234,7 @@ async fn reconcile_inner(
         "publishedKeys": next_index.keys.len(),
         "services": config.resources.len(),
     });
-    super::write_status(client, server, status).await?;
+    ctx.write_status(server, status).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
 }

@@ -526,11 +526,14 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
             ),
         },
     );
-    let previous = service
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let previous = ctx.conditions_now(
+        service,
+        service
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    );
     let conditions = status::merge(
         &previous,
         &observed,
@@ -552,7 +555,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     });
     if !unchanged {
         let status = json!({"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated});
-        super::write_status(client, service, status).await?;
+        ctx.write_status(service, status).await?;
     }
     // Waiting for the server's keys is short; come back soon rather than at the resync.
     let wait = if matches!(attachment, Attachment::Holds) && !credentials_issued {

@@ -6,6 +6,7 @@ pub mod mcp_service;
 pub mod stores;
 pub mod triggers;
 pub mod usage;
+pub mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failed reconciles per object (`Kind/namespace/name`), for [`backoff`].
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// What the last status writes were, for reconciles that read a cache behind them.
+    pub written: written::Written,
 }
 
 impl Context {
@@ -175,37 +178,54 @@ pub async fn apply(client: &kube::Client, object: &RenderedObject) -> Result<(),
     Ok(())
 }
 
-/// Writes `status` (the fields under `.status`) to `object`'s status subresource, as the operator's field
-/// manager. The object's uid goes in the patch, where the API server takes it as a precondition: a reconcile
-/// of an object deleted meanwhile fails with a conflict instead of writing its conditions onto a new object
-/// of the same name.
-pub async fn write_status<K>(
-    client: &kube::Client,
-    object: &K,
-    status: serde_json::Value,
-) -> Result<(), kube::Error>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
-        "metadata": {"uid": object.meta().uid},
-        "status": status,
-    });
-    Api::<K>::namespaced(
-        client.clone(),
-        object.meta().namespace.as_deref().unwrap_or_default(),
-    )
-    .patch_status(
-        object.meta().name.as_deref().unwrap_or_default(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+impl Context {
+    /// The conditions `object` has now, given its own (`own`): this operator's last write when the copy at
+    /// hand predates it ([`written`]).
+    pub fn conditions_now<K: kube::Resource>(
+        &self,
+        object: &K,
+        own: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        self.written.conditions_now(object, own)
+    }
+
+    /// Writes `status` (the fields under `.status`) to `object`'s status subresource, as the operator's
+    /// field manager, unless this operator wrote exactly that last and nobody wrote since. The object's uid
+    /// goes in the patch, where the API server takes it as a precondition: a reconcile of an object deleted
+    /// meanwhile fails with a conflict instead of writing its conditions onto a new object of the same name.
+    pub async fn write_status<K>(
+        &self,
+        object: &K,
+        status: serde_json::Value,
+    ) -> Result<(), kube::Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        if self.written.unchanged(object, &status) {
+            return Ok(());
+        }
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+            "metadata": {"uid": object.meta().uid},
+            "status": status,
+        });
+        let made = Api::<K>::namespaced(
+            self.client.clone(),
+            object.meta().namespace.as_deref().unwrap_or_default(),
+        )
+        .patch_status(
+            object.meta().name.as_deref().unwrap_or_default(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        self.written
+            .record(object, made.meta().resource_version.clone(), status);
+        Ok(())
+    }
 }
 
 /// Deletes object `kind/name` in `namespace` if it exists and `owner` controls it (never someone else's

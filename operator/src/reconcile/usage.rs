@@ -337,8 +337,14 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let conditions = status::merge(previous, observed, object.meta().generation, &status::now());
-    if conditions.as_slice() == previous && !extra.as_ref().is_some_and(|e| e.changed) {
+    let previous = ctx.conditions_now(object, previous.to_vec());
+    let conditions = status::merge(
+        &previous,
+        observed,
+        object.meta().generation,
+        &status::now(),
+    );
+    if conditions == previous && !extra.as_ref().is_some_and(|e| e.changed) {
         return Ok(());
     }
     let mut status =
@@ -353,7 +359,7 @@ where
     {
         status.extend(fields);
     }
-    super::write_status(&ctx.client, object, status).await?;
+    ctx.write_status(object, status).await?;
     Ok(())
 }
 

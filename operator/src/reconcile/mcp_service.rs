@@ -11,11 +11,10 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::service_observe::{self, Attachment, Facts, Trust};
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
-use crate::api::resource_urls::UrlStanding;
 use crate::api::{AuthorizationServer, MCPService};
 use crate::naming;
-use crate::render::{missing_scopes, service_policy, sidecar};
 use crate::status::{self, Observed};
 use crate::tenancy;
 
@@ -134,64 +133,6 @@ pub fn sidecars_current(outdated: &[String], injected: usize, version: &str) -> 
     )
 }
 
-/// How a service stands with the server it names.
-enum Attachment {
-    /// The server does not exist.
-    NoServer,
-    /// The server does not admit the service's namespace (`allowedNamespaces`, with its description).
-    NotAdmitted(String),
-    /// The server's `resourceUrls` do not grant the service's URL to its namespace (why, in words).
-    UrlNotGranted(String),
-    /// An older claim (`namespace/name`) holds the resource URL.
-    Taken(String),
-    /// The service is the server's for its resource URL.
-    Holds,
-}
-
-/// How a service's sidecars will reach its server.
-enum Trust {
-    /// TLS, trusting this CA bundle.
-    Tls(String),
-    /// TLS, but the server's Secret has no bundle yet.
-    Waiting,
-    /// Plain HTTP: the server declares a mesh.
-    Mesh,
-}
-
-impl Trust {
-    fn condition(&self, server: &AuthorizationServer) -> Observed {
-        let secret = format!(
-            "{}/{}",
-            server.namespace().unwrap_or_default(),
-            naming::authserver_tls(&server.name_any())
-        );
-        let base = sidecar::in_cluster_base(server);
-        match self {
-            Self::Tls(_) => Observed::yes(
-                "TransportSecured",
-                "TLS",
-                format!(
-                    "sidecars reach the authorization server at {base} and trust only the CA bundle of Secret {secret}"
-                ),
-            ),
-            Self::Waiting => Observed::no(
-                "TransportSecured",
-                "WaitingForServerCA",
-                format!(
-                    "Secret {secret} has no CA bundle (ca.crt) yet; the sidecar config follows it"
-                ),
-            ),
-            Self::Mesh => Observed::yes(
-                "TransportSecured",
-                "Mesh",
-                format!(
-                    "sidecars reach the authorization server at {base} in plain HTTP: its inClusterTransport declares a mesh that does mTLS"
-                ),
-            ),
-        }
-    }
-}
-
 /// The CA bundle of `server`'s TLS Secret (written by the operator or cert-manager), when it uses TLS.
 async fn issuer_trust(
     client: &kube::Client,
@@ -268,15 +209,14 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| namespace.clone());
-    // A server outside the namespaces this operator serves is none of its business (and unreadable to it).
     ctx.stores.synced()?;
+    // A server outside the namespaces this operator serves is none of its business (and unreadable to it).
     let server = if ctx.scope.includes(&server_ns) {
         ctx.stores.servers.get(&server_ns, &reference.name)
     } else {
         None
     };
     let server = server.as_deref();
-    let lp = ListParams::default();
     let labels = ctx.stores.labels();
     let scopes = ctx.stores.scopes.cloned();
     // Only what counts at the server the service names (no server: nothing to render with them).
@@ -288,166 +228,27 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .stores
         .policies
         .cloned_where(|p| p.namespace().as_deref() == Some(namespace.as_str()));
-
-    let mut observed = Vec::new();
-    let missing = missing_scopes(service, &server_ns, &scopes);
-    observed.push(if missing.is_empty() {
-        Observed::yes(
-            "ScopesResolved",
-            "AllScopesFound",
-            "every scope is defined by an MCPScope",
-        )
-    } else {
-        Observed::no(
-            "ScopesResolved",
-            "MCPScopeNotFound",
-            format!(
-                "no MCPScope of namespace {namespace} or {server_ns} owns: {}",
-                missing.join(", ")
-            ),
-        )
-    });
-    let policy_ok = match service_policy(service, &policies) {
-        None => {
-            observed.push(Observed::yes(
-                "PolicyResolved",
-                "ServerDefault",
-                "clients are admitted by the AuthorizationServer's default CIMDPolicy",
-            ));
-            true
-        }
-        Some(Ok(p)) => {
-            observed.push(Observed::yes(
-                "PolicyResolved",
-                "PolicyFound",
-                format!("clients are admitted by CIMDPolicy {}", p.name_any()),
-            ));
-            true
-        }
-        Some(Err(name)) => {
-            observed.push(Observed::no(
-                "PolicyResolved",
-                "CIMDPolicyNotFound",
-                format!("CIMDPolicy {name} does not exist in namespace {namespace}; the service is left out of the authorization server until it does"),
-            ));
-            false
-        }
-    };
-    let server_key = format!("{server_ns}/{}", reference.name);
-    let attachment = match &server {
-        None => Attachment::NoServer,
-        Some(server) => {
-            let url = tenancy::url_standing(service, server, &labels);
-            if !tenancy::admits(server, &namespace, &labels) {
-                Attachment::NotAdmitted(server.spec.allowed_namespaces.describe())
-            } else if !url.allows() {
-                Attachment::UrlNotGranted(match url {
-                    UrlStanding::GrantedElsewhere(prefix) => {
-                        format!("its resourceUrls grant {prefix} to other namespaces")
-                    }
-                    _ => "none of its resourceUrls covers this URL".to_owned(),
-                })
-            } else {
-                // Only the claimants of the same URL can hold it.
-                let url = &service.spec.resource_url;
-                let all = ctx
-                    .stores
-                    .services
-                    .cloned_where(|s| &s.spec.resource_url == url);
-                match tenancy::resource_holder(service, server, &all, &labels) {
-                    Some(holder) => Attachment::Taken(tenancy::key_of(holder)),
-                    None => Attachment::Holds,
-                }
-            }
-        }
-    };
-    let mut credentials_issued = false;
-    let mut transport_ready = true;
-    if let (Some(server), Attachment::Holds) = (&server, &attachment) {
-        let trust = issuer_trust(client, server, &server_ns).await?;
-        observed.push(trust.condition(server));
-        // Without the CA bundle a TLS config would not start: the ConfigMap waits for it (an injected
-        // pod waits for its ConfigMap), so no sidecar ever falls back to cleartext.
-        let bundle = match &trust {
-            Trust::Tls(bundle) => Some(Some(bundle.as_str())),
-            Trust::Mesh => Some(None),
-            Trust::Waiting => None,
-        };
-        transport_ready = bundle.is_some();
-        if let Some(bundle) = bundle {
-            for object in sidecar::render(
-                service,
-                server,
-                &scopes,
-                bundle,
-                ctx.settings.metrics_scrapers.as_ref(),
-            )? {
-                apply(client, &object).await?;
-            }
-        }
-        let keys = Api::<Secret>::namespaced(client.clone(), &server_ns)
-            .get_opt(&naming::authserver_keys(&server.name_any()))
-            .await?
-            .and_then(|s| s.data)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        observed.push(match crate::keys::resource_server_root(&keys) {
-            None => Observed::no(
-                "CredentialsIssued",
-                "WaitingForServerKeys",
-                format!(
-                    "AuthorizationServer {server_key} has not written its keys yet; the sidecar's introspection key follows"
-                ),
-            ),
-            Some(root) => {
-                apply(client, &sidecar::credentials_secret(service, &root)?).await?;
-                credentials_issued = true;
-                Observed::yes(
-                    "CredentialsIssued",
-                    "KeyIssued",
-                    format!(
-                        "Secret {} holds the sidecar's introspection key",
-                        naming::sidecar_credentials(&service.name_any())
-                    ),
+    // Only the claimants of the same URL can hold it.
+    let url = &service.spec.resource_url;
+    let claimants = ctx
+        .stores
+        .services
+        .cloned_where(|s| &s.spec.resource_url == url);
+    let attachment = service_observe::attachment(service, server, &claimants, &labels);
+    let (trust, keys_root) = match (server, &attachment) {
+        (Some(server), Attachment::Holds) => (
+            Some(issuer_trust(client, server, &server_ns).await?),
+            crate::keys::resource_server_root(
+                &secret_data(
+                    client,
+                    &server_ns,
+                    &naming::authserver_keys(&server.name_any()),
                 )
-            }
-        });
-    }
-    let refusal = match &attachment {
-        Attachment::NoServer | Attachment::Holds => None,
-        Attachment::Taken(holder) => Some(Observed::no(
-            "CredentialsIssued",
-            "ResourceURLTaken",
-            format!(
-                "MCPService {holder} already protects {} with AuthorizationServer {server_key}; give this service its own resourceUrl",
-                service.spec.resource_url,
+                .await?,
             ),
-        )),
-        Attachment::NotAdmitted(allowed) => Some(Observed::no(
-            "CredentialsIssued",
-            "NamespaceNotAllowed",
-            format!(
-                "AuthorizationServer {server_key} does not admit services from namespace {namespace} (allowedNamespaces {allowed}); a platform admin decides which namespaces may use it"
-            ),
-        )),
-        Attachment::UrlNotGranted(why) => Some(Observed::no(
-            "CredentialsIssued",
-            "ResourceURLNotGranted",
-            format!(
-                "AuthorizationServer {server_key} does not let namespace {namespace} protect {}: {why}; a platform admin decides which namespaces may use which URLs",
-                service.spec.resource_url,
-            ),
-        )),
+        ),
+        _ => (None, None),
     };
-    if let Some(refusal) = refusal {
-        // A key issued before the refusal (the server narrowed its namespaces, or an older claim came
-        // back) must not outlive it.
-        revoke_credentials(service, client, &namespace).await?;
-        observed.push(refusal);
-    }
-
     let selector = service
         .spec
         .selector
@@ -460,72 +261,30 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         .await?
         .items;
     let services = Api::<Service>::namespaced(client.clone(), &namespace)
-        .list(&lp)
+        .list(&ListParams::default())
         .await?
         .items;
-    let raw = raw_port_services(service, &services, &pods);
-    observed.push(if raw.is_empty() {
-        Observed::no("RawPortExposed", "SidecarPortOnly", "no Service targets the MCP server's own port")
-    } else {
-        Observed::yes(
-            "RawPortExposed",
-            "ServiceTargetsRawPort",
-            format!(
-                "Service(s) {} target port {} of the MCP server directly; point them at the sidecar port {}",
-                raw.join(", "),
-                service.spec.upstream.port,
-                service.spec.sidecar.port
-            ),
-        )
-    });
+    let facts = Facts {
+        server_key: format!("{server_ns}/{}", reference.name),
+        server,
+        attachment,
+        scopes: &scopes,
+        policies: &policies,
+        trust,
+        keys_root,
+        pods: &pods,
+        services: &services,
+        scrapers: ctx.settings.metrics_scrapers.as_ref(),
+        version: &ctx.settings.version,
+    };
+    let observation = service_observe::observe(service, &facts)?;
 
-    let injected = injected_pods(service, &pods);
-    let outdated = outdated_pods(&injected, &ctx.settings.version);
-    observed.push(sidecars_current(
-        &outdated,
-        injected.len(),
-        &ctx.settings.version,
-    ));
-    let (injected, outdated) = (injected.len(), outdated.len());
-
-    observed.insert(
-        0,
-        match (&attachment, missing.is_empty() && policy_ok) {
-            (Attachment::NoServer, _) => Observed::no(
-                "Ready",
-                "AuthorizationServerNotFound",
-                format!("AuthorizationServer {server_key} does not exist"),
-            ),
-            (Attachment::NotAdmitted(_), _) => {
-                Observed::no("Ready", "NamespaceNotAllowed", "see CredentialsIssued")
-            }
-            (Attachment::UrlNotGranted(_), _) => {
-                Observed::no("Ready", "ResourceURLNotGranted", "see CredentialsIssued")
-            }
-            (Attachment::Taken(_), _) => {
-                Observed::no("Ready", "ResourceURLTaken", "see CredentialsIssued")
-            }
-            (Attachment::Holds, false) => Observed::no(
-                "Ready",
-                "ReferencesUnresolved",
-                "see ScopesResolved and PolicyResolved",
-            ),
-            (Attachment::Holds, true) if !transport_ready => {
-                Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
-            }
-            (Attachment::Holds, true) if !credentials_issued => {
-                Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
-            }
-            (Attachment::Holds, true) => Observed::yes(
-                "Ready",
-                "Configured",
-                format!(
-                    "sidecar config {} is current",
-                    naming::sidecar_config_map(&service.name_any())
-                ),
-            ),
-        },
-    );
+    for object in &observation.apply {
+        apply(client, object).await?;
+    }
+    if observation.revoke {
+        revoke_credentials(service, client, &namespace).await?;
+    }
     let previous = ctx.conditions_now(
         service,
         service
@@ -536,7 +295,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     );
     let conditions = status::merge(
         &previous,
-        &observed,
+        &observation.observed,
         service.meta().generation,
         &status::now(),
     );
@@ -545,6 +304,7 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         ctx.event(service, warning, &c.reason, c.message.clone())
             .await;
     }
+    let (injected, outdated) = (observation.injected, observation.outdated);
     // A status that would not change is not sent: each service is reconciled again whenever its server,
     // namespace or URL sharers change, and an unchanged write is still a request.
     let unchanged = service.status.as_ref().is_some_and(|s| {
@@ -557,13 +317,23 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         let status = json!({"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated});
         ctx.write_status(service, status).await?;
     }
-    // Waiting for the server's keys is short; come back soon rather than at the resync.
-    let wait = if matches!(attachment, Attachment::Holds) && !credentials_issued {
-        10
-    } else {
-        300
-    };
-    Ok(Action::requeue(std::time::Duration::from_secs(wait)))
+    Ok(Action::requeue(observation.requeue))
+}
+
+/// The data of Secret `namespace/name`, empty when there is none.
+async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, kube::Error> {
+    Ok(Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod authorization_server;
 pub mod mcp_service;
+pub mod service_observe;
 pub mod stores;
 pub mod triggers;
 pub mod usage;

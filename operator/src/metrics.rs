@@ -32,6 +32,14 @@ pub struct Metrics {
     pub certificate_expiry: IntGauge,
     /// 1 while this replica holds the lease.
     pub leader: IntGauge,
+    /// Reconciles running now, by kind: a kind whose reconciles pile up here waits on the API server.
+    pub reconciles_in_flight: IntGaugeVec,
+    /// Changes each shared cache took in from its watch, by kind.
+    pub watch_events: IntCounterVec,
+    /// Failed watch requests by kind (each retried with a growing delay; meanwhile the cache ages).
+    pub watch_errors: IntCounterVec,
+    /// Objects in each shared cache, by kind.
+    pub cached_objects: IntGaugeVec,
 }
 
 impl Metrics {
@@ -87,8 +95,44 @@ impl Metrics {
             "1 while this replica holds the lease and writes",
         )
         .unwrap_or_else(|e| unreachable_metric(e));
+        let reconciles_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "mcp_authz_operator_reconciles_in_flight",
+                "Reconciles running now, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let watch_events = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_operator_watch_events_total",
+                "Changes the shared caches took in from their watches, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_operator_watch_errors_total",
+                "Failed watch requests of the shared caches, by kind (each is retried with backoff)",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let cached_objects = IntGaugeVec::new(
+            Opts::new(
+                "mcp_authz_operator_cached_objects",
+                "Objects in the shared caches, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles_in_flight.clone()),
+            Box::new(watch_events.clone()),
+            Box::new(watch_errors.clone()),
+            Box::new(cached_objects.clone()),
             Box::new(reconcile_seconds.clone()),
             Box::new(admissions.clone()),
             Box::new(certificate_expiry.clone()),
@@ -106,7 +150,18 @@ impl Metrics {
             admissions,
             certificate_expiry,
             leader,
+            reconciles_in_flight,
+            watch_events,
+            watch_errors,
+            cached_objects,
         }
+    }
+
+    /// Counts one reconcile of `kind` as running until the returned guard is dropped.
+    pub fn reconcile_running(&self, kind: &'static str) -> InFlight {
+        let gauge = self.reconciles_in_flight.with_label_values(&[kind]);
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// The text exposition of every metric.
@@ -115,6 +170,16 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A reconcile counted in [`Metrics::reconciles_in_flight`] while it lives (also when its future is
+/// dropped half way).
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

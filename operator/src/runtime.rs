@@ -211,7 +211,7 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
 
     // The shared caches, filled before anything reads them: the webhook and the controllers decide from them.
     let scope = WatchScope::new(&args.watch_namespaces, &args.namespace);
-    let stores = Stores::start(&client, &scope, &mut tasks);
+    let stores = Stores::start(&client, &scope, &metrics, &mut tasks);
     stores.wait_until_ready().await;
 
     // Webhook: TLS first (every replica serves it; the leader makes and rotates the certificate).

@@ -46,6 +46,7 @@ async fn labelled_pods_are_injected_or_refused() {
     let services = Cached::watch(
         &operator,
         &WatchScope::new(std::slice::from_ref(&namespace), &namespace),
+        &mcp_authz_operator::metrics::Metrics::new(),
         &mut watches,
     );
     services.wait_until_ready().await;

@@ -140,6 +140,19 @@ fn exposed_names() -> BTreeSet<String> {
         .with_label_values(&["MCPService"])
         .observe(0.01);
     operator.admissions.with_label_values(&["injected"]).inc();
+    operator
+        .watch_errors
+        .with_label_values(&["MCPService"])
+        .inc();
+    operator
+        .watch_events
+        .with_label_values(&["MCPService"])
+        .inc();
+    operator
+        .cached_objects
+        .with_label_values(&["MCPService"])
+        .set(1);
+    drop(operator.reconcile_running("MCPService"));
 
     let text = [authserver.render(), sidecar.render(), operator.render()].join("\n");
     text.lines()
@@ -239,6 +252,10 @@ fn alerts_fire_when_they_should_and_only_then() {
     let dropped = r#"mcp_authz_sidecar_audit_dropped_total{namespace="team-a", pod="notes-0"}"#;
     let up = r#"up{mcp_authz_component="authserver", pod="auth-0"}"#;
     let stale = "McpAuthzSidecarJwksStale";
+    let watch = r#"mcp_authz_operator_watch_errors_total{namespace="mcp-authz", pod="operator-0", kind="MCPService"}"#;
+    let operator_pod = serde_json::json!({
+        "namespace": "mcp-authz", "pod": "operator-0", "kind": "MCPService", "severity": "warning"
+    });
     let cases = [
         // A sidecar that never got keys refuses every token: the worst staleness, not none.
         case(
@@ -276,6 +293,19 @@ fn alerts_fire_when_they_should_and_only_then() {
             &[serde_json::json!({ "mcp_authz_component": "authserver", "severity": "critical" })],
         ),
         case(&[(up, "1x15")], "McpAuthzAuthServerDown", "10m", &[]),
+        // A watch failing again and again fires; one failure the backoff recovers from does not.
+        case(
+            &[(watch, "0+1x30")],
+            "McpAuthzOperatorWatchFailing",
+            "25m",
+            &[operator_pod.clone()],
+        ),
+        case(
+            &[(watch, "0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1")],
+            "McpAuthzOperatorWatchFailing",
+            "25m",
+            &[],
+        ),
     ];
     let tests = dir.path().join("tests.json");
     std::fs::write(

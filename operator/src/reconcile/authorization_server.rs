@@ -37,6 +37,7 @@ pub async fn reconcile(
         tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), "not the leader: looking again later");
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
+    let _running = ctx.metrics.reconcile_running("AuthorizationServer");
     let started = std::time::Instant::now();
     tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), uid = ?server.uid(), "reconcile starts");
     let result = reconcile_inner(&server, &ctx).await;

@@ -181,6 +181,7 @@ pub async fn reconcile(
     if !ctx.is_leader() {
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
+    let _running = ctx.metrics.reconcile_running("MCPService");
     let started = std::time::Instant::now();
     let result = reconcile_inner(&service, &ctx).await;
     let outcome = result

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ReconcileError, WatchScope};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::metrics::Metrics;
 use crate::tenancy::NamespaceLabels;
 
 /// The caches of one kind: one per served namespace, or one for the cluster.
@@ -34,6 +35,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
     /// Caches read from `stores` (their writers are fed elsewhere).
     pub fn new(stores: Vec<Store<K>>) -> Self {
         Self { stores }
+    }
+
+    /// How many objects are cached.
+    pub fn count(&self) -> usize {
+        self.stores.iter().map(|s| s.state().len()).sum()
     }
 
     /// Every cached object.
@@ -101,19 +107,48 @@ where
     pub fn watch(
         client: &kube::Client,
         scope: &WatchScope,
+        metrics: &Metrics,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         let mut stores = Vec::new();
         for api in scope.apis::<K>(client) {
             let (store, writer) = reflector::store();
             let stream = reflector(writer, watcher(api, watcher::Config::default()));
-            tasks.push(tokio::spawn(
-                stream.default_backoff().for_each(|_| async {}),
-            ));
+            tasks.push(tokio::spawn(counted(
+                stream.default_backoff(),
+                metrics,
+                &K::kind(&()),
+            )));
             stores.push(store);
         }
         Self::new(stores)
     }
+}
+
+/// Drives a cache's watch `stream` to its end, counting what it takes in and its failures as `kind`.
+fn counted<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    metrics: &Metrics,
+    kind: &str,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    K: Send + 'static,
+{
+    let events = metrics.watch_events.with_label_values(&[kind]);
+    let errors = metrics.watch_errors.with_label_values(&[kind]);
+    let kind = kind.to_owned();
+    stream.for_each(move |event| {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+            | Ok(watcher::Event::InitApply(_)) => events.inc(),
+            Ok(_) => {}
+            Err(e) => {
+                errors.inc();
+                tracing::warn!(kind, error = %e, "a cache's watch failed; retrying");
+            }
+        }
+        async {}
+    })
 }
 
 /// The shared caches.
@@ -136,6 +171,7 @@ impl Stores {
     pub fn start(
         client: &kube::Client,
         scope: &WatchScope,
+        metrics: &Metrics,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         let (namespaces, writer) = reflector::store();
@@ -147,15 +183,41 @@ impl Stores {
                 watcher::Config::default(),
             ),
         );
-        tasks.push(tokio::spawn(
-            stream.default_backoff().for_each(|_| async {}),
-        ));
-        Self {
-            services: Cached::watch(client, scope, tasks),
-            scopes: Cached::watch(client, scope, tasks),
-            policies: Cached::watch(client, scope, tasks),
-            servers: Cached::watch(client, scope, tasks),
+        let metrics = metrics.clone();
+        tasks.push(tokio::spawn(counted(
+            stream.default_backoff(),
+            &metrics,
+            "Namespace",
+        )));
+        let stores = Self {
+            services: Cached::watch(client, scope, &metrics, tasks),
+            scopes: Cached::watch(client, scope, &metrics, tasks),
+            policies: Cached::watch(client, scope, &metrics, tasks),
+            servers: Cached::watch(client, scope, &metrics, tasks),
             namespaces: Cached::new(vec![namespaces]),
+        };
+        tasks.push(tokio::spawn(stores.clone().count_objects(metrics)));
+        stores
+    }
+
+    /// Keeps `mcp_authz_operator_cached_objects` current (a count every 15 s; reading every cache on each
+    /// change would cost more than the watch itself).
+    async fn count_objects(self, metrics: Metrics) {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(15));
+        loop {
+            every.tick().await;
+            for (kind, n) in [
+                ("MCPService", self.services.count()),
+                ("MCPScope", self.scopes.count()),
+                ("CIMDPolicy", self.policies.count()),
+                ("AuthorizationServer", self.servers.count()),
+                ("Namespace", self.namespaces.count()),
+            ] {
+                metrics
+                    .cached_objects
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 

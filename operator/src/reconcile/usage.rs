@@ -239,6 +239,7 @@ pub async fn reconcile_scope(
     if !ctx.is_leader() {
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
+    let _running = ctx.metrics.reconcile_running("MCPScope");
     let result = scope_status(&scope, &ctx).await;
     count(&ctx, "MCPScope", &result);
     if result.is_ok() {
@@ -278,6 +279,7 @@ pub async fn reconcile_policy(
     if !ctx.is_leader() {
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
+    let _running = ctx.metrics.reconcile_running("CIMDPolicy");
     let result = policy_status(&policy, &ctx).await;
     count(&ctx, "CIMDPolicy", &result);
     if result.is_ok() {

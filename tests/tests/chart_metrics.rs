@@ -298,7 +298,7 @@ fn alerts_fire_when_they_should_and_only_then() {
             &[(watch, "0+1x30")],
             "McpAuthzOperatorWatchFailing",
             "25m",
-            &[operator_pod.clone()],
+            std::slice::from_ref(&operator_pod),
         ),
         case(
             &[(watch, "0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1")],

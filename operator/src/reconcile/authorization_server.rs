@@ -1,6 +1,5 @@
 //! AuthorizationServer -> authserver objects, the signing keys Secret, status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply, secret_data};
 use crate::api::AuthorizationServer;
 use crate::api::authorization_server::TransportMode;
 use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
@@ -90,13 +89,7 @@ async fn reconcile_inner(
     // Signing keys: the Secret is the state of the rotation.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret_name = naming::authserver_keys(&server.name_any());
-    let existing = secrets.get_opt(&secret_name).await?;
-    let previous: BTreeMap<String, Vec<u8>> = existing
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let previous = secret_data(client, &namespace, &secret_name).await?;
     let index = keys::read_secret(&previous)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -238,22 +231,6 @@ async fn reconcile_inner(
     ctx.write_status(server, status).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
-}
-
-/// The Secret data of `name` in `namespace`, empty when there is none.
-async fn secret_data(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<BTreeMap<String, Vec<u8>>, kube::Error> {
-    Ok(Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
 }
 
 /// `mode: OperatorTLS`: keeps the server's CA and serving certificate (see [`crate::serving_tls`]).

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::service_observe::{self, Attachment, Facts, Trust};
-use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply};
+use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply, secret_data};
 use crate::api::{AuthorizationServer, MCPService};
 use crate::naming;
 use crate::status::{self, Observed};
@@ -319,22 +319,6 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         ctx.write_status(service, status).await?;
     }
     Ok(Action::requeue(observation.requeue))
-}
-
-/// The data of Secret `namespace/name`, empty when there is none.
-async fn secret_data(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<std::collections::BTreeMap<String, Vec<u8>>, kube::Error> {
-    Ok(Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
 }
 
 #[cfg(test)]

@@ -229,6 +229,24 @@ impl Context {
     }
 }
 
+/// The Secret data of `name` in `namespace`, empty when there is none.
+pub async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, kube::Error> {
+    Ok(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|s| s.data)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    )
+}
+
 /// Deletes object `kind/name` in `namespace` if it exists and `owner` controls it (never someone else's
 /// object of the same name).
 pub async fn delete_owned<K: kube::Resource<DynamicType = ()>>(

@@ -57,6 +57,25 @@ async fn conditions_of(
     condition(&object, type_)
 }
 
+/// Waits until condition `type_` of the `kind` `namespace/name` has status `status`, and returns it as
+/// (status, reason, message).
+async fn condition_becomes(
+    admin: &kube::Client,
+    (namespace, kind, name): (&str, &str, &str),
+    type_: &str,
+    status: &str,
+) -> (String, String, String) {
+    eventually(
+        &format!("{kind} {namespace}/{name} {type_}={status}"),
+        || async {
+            conditions_of(admin, namespace, kind, name, type_)
+                .await
+                .filter(|c| c.0 == status)
+        },
+    )
+    .await
+}
+
 async fn secret(admin: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(admin.clone(), namespace)
         .get_opt(name)
@@ -209,12 +228,7 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     )
     .await
     .expect("victim service");
-    eventually("the victim is Ready", || async {
-        conditions_of(&admin, &victim_ns, "MCPService", "files", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    condition_becomes(&admin, (&victim_ns, "MCPService", "files"), "Ready", "True").await;
     let victim_key = eventually("the victim's credentials", || {
         secret(&admin, &victim_ns, "files-mcp-authz-sidecar-credentials")
     })
@@ -250,17 +264,12 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     .await
     .expect("newcomer service");
 
-    let taken = eventually("the newcomer's CredentialsIssued=False", || async {
-        conditions_of(
-            &admin,
-            &newcomer_ns,
-            "MCPService",
-            "files",
-            "CredentialsIssued",
-        )
-        .await
-        .filter(|c| c.0 == "False")
-    })
+    let taken = condition_becomes(
+        &admin,
+        (&newcomer_ns, "MCPService", "files"),
+        "CredentialsIssued",
+        "False",
+    )
     .await;
     assert_eq!(
         (taken.1.as_str(), taken.2),
@@ -296,11 +305,12 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
             )
         ))
     );
-    let ignored = eventually("the newcomer's scope Accepted=False", || async {
-        conditions_of(&admin, &newcomer_ns, "MCPScope", "files-write", "Accepted")
-            .await
-            .filter(|c| c.0 == "False")
-    })
+    let ignored = condition_becomes(
+        &admin,
+        (&newcomer_ns, "MCPScope", "files-write"),
+        "Accepted",
+        "False",
+    )
     .await;
     assert_eq!(
         (ignored.1.as_str(), ignored.2),
@@ -395,17 +405,12 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
     )
     .await
     .expect("outside service");
-    let refused = eventually("the outsider's CredentialsIssued=False", || async {
-        conditions_of(
-            &admin,
-            &outside_ns,
-            "MCPService",
-            "files",
-            "CredentialsIssued",
-        )
-        .await
-        .filter(|c| c.0 == "False")
-    })
+    let refused = condition_becomes(
+        &admin,
+        (&outside_ns, "MCPService", "files"),
+        "CredentialsIssued",
+        "False",
+    )
     .await;
     assert_eq!(
         (refused.1.as_str(), refused.2),
@@ -439,11 +444,12 @@ async fn a_tenant_cannot_take_another_tenants_ground() {
         secret(&admin, &outside_ns, "files-mcp-authz-sidecar-credentials")
     })
     .await;
-    eventually("the admitted service is Ready", || async {
-        conditions_of(&admin, &outside_ns, "MCPService", "files", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
+    condition_becomes(
+        &admin,
+        (&outside_ns, "MCPService", "files"),
+        "Ready",
+        "True",
+    )
     .await;
     // ...and shuts it out again: the key it was given goes with the entry.
     label_tenant(&admin, &outside_ns, None).await;
@@ -510,12 +516,7 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
     .await
     .expect("team service");
 
-    eventually("the team's service is Ready", || async {
-        conditions_of(&admin, &team_ns, "MCPService", "files", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    condition_becomes(&admin, (&team_ns, "MCPService", "files"), "Ready", "True").await;
     let squatter = eventually(
         "the squatter's scope says why it counts nowhere",
         || async {
@@ -534,11 +535,12 @@ async fn a_namespace_the_server_shuts_out_cannot_squat_a_scope_value() {
             )
         )
     );
-    let team = eventually("the team's scope owns its value", || async {
-        conditions_of(&admin, &team_ns, "MCPScope", "reports", "Accepted")
-            .await
-            .filter(|c| c.0 == "True")
-    })
+    let team = condition_becomes(
+        &admin,
+        (&team_ns, "MCPScope", "reports"),
+        "Accepted",
+        "True",
+    )
     .await;
     assert_eq!(team.1, "OwnsValue");
     let config = config_after(&admin, &platform, "marker:squat").await;
@@ -664,12 +666,7 @@ async fn a_scope_holding_at_one_server_does_not_take_the_value_at_another() {
     )
     .await
     .expect("team service");
-    eventually("the team's service is Ready", || async {
-        conditions_of(&admin, &team_ns, "MCPService", "files", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    condition_becomes(&admin, (&team_ns, "MCPService", "files"), "Ready", "True").await;
     eventually("the team's scope holds at p1", || async {
         (owns_at(&admin, &team_ns, "read").await == [format!("{p1}/auth")]).then_some(())
     })
@@ -919,12 +916,7 @@ async fn a_restarted_operator_keeps_the_oldest_claim() {
     )
     .await
     .expect("holder");
-    eventually("the holder is Ready", || async {
-        conditions_of(&admin, &holder_ns, "MCPService", "files", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    condition_becomes(&admin, (&holder_ns, "MCPService", "files"), "Ready", "True").await;
     running.stop();
 
     // While no operator runs, a newcomer claims the same URL; then the operator comes back.
@@ -951,17 +943,12 @@ async fn a_restarted_operator_keeps_the_oldest_claim() {
     )
     .await
     .expect("operator starts again");
-    let refused = eventually("the newcomer is told the URL is taken", || async {
-        conditions_of(
-            &admin,
-            &newcomer_ns,
-            "MCPService",
-            "files",
-            "CredentialsIssued",
-        )
-        .await
-        .filter(|c| c.0 == "False")
-    })
+    let refused = condition_becomes(
+        &admin,
+        (&newcomer_ns, "MCPService", "files"),
+        "CredentialsIssued",
+        "False",
+    )
     .await;
     assert_eq!(
         refused,

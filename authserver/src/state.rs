@@ -9,6 +9,7 @@ use crate::cimd;
 use crate::config::{AuthServerConfig, ConfigError, StaticUser};
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
+use crate::rate_limits::RateLimiter;
 use crate::resource_servers::Root;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -24,6 +25,10 @@ pub struct Snapshot {
     pub cimd: Option<cimd::Resolver>,
     /// The upstream OpenID provider, when login is federated.
     pub upstream: Option<Arc<Upstream>>,
+    /// The rate limits' buckets, when limits are on (kept across reloads that leave the limits unchanged).
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// `trustedProxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -100,12 +105,21 @@ impl Snapshot {
                 }
             }
         };
+        // Buckets start full only when the limits change: a reload for another reason must not hand every
+        // client a fresh burst.
+        let limiter = match previous.filter(|p| p.config.rate_limits == config.rate_limits) {
+            Some(p) => p.limiter.clone(),
+            None => RateLimiter::new(&config.rate_limits).map(Arc::new),
+        };
+        let trusted_proxies = config.trusted_proxy_networks()?;
         Ok(Snapshot {
             config,
             users,
             admin_token,
             cimd,
             upstream,
+            limiter,
+            trusted_proxies,
         })
     }
 }

@@ -200,9 +200,9 @@ fn default_authorize_per_client() -> RateBucket {
 fn default_authorize_per_address() -> RateBucket {
     bucket(10.0, 100)
 }
-// An MCP client registers once per installation.
+// An MCP client registers once per installation: ten at once, then one every 50 s.
 fn default_register_per_address() -> RateBucket {
-    bucket(1.0 / 60.0, 10)
+    bucket(0.02, 10)
 }
 
 /// The TLS listener. The certificate and key files are re-read when they change (a renewed certificate in a

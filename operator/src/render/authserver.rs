@@ -264,6 +264,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     config.resource_servers = Some(ResourceServers {
         root_file: PathBuf::from(KEYS_DIR).join(crate::keys::RESOURCE_SERVER_ROOT_FILE),
     });
+    config.rate_limits = inputs.server.spec.rate_limits.clone().unwrap_or_default();
+    config.trusted_proxies = inputs.server.spec.trusted_proxies.clone();
     Ok(config)
 }
 
@@ -1156,5 +1158,45 @@ mod tests {
             Some(PathBuf::from("/etc/mcp-authz/oidc/secret"))
         );
         assert!(c.login.static_users.is_none());
+    }
+
+    #[test]
+    fn rate_limits_and_trusted_proxies_reach_the_server_as_declared() {
+        let render = |spec: Value| {
+            let server = server(spec);
+            let inputs = Inputs {
+                server: &server,
+                services: &[],
+                scopes: &[],
+                policies: &[],
+                namespaces: &NamespaceLabels::new(),
+            };
+            let c = authserver_config(&inputs).expect("config");
+            c.validate().expect("the authserver accepts what we render");
+            c
+        };
+        let plain = render(json!({}));
+        assert_eq!(
+            plain.rate_limits,
+            mcp_authz_authserver::config::RateLimits::default()
+        );
+        assert!(plain.rate_limits.enabled, "on unless turned off");
+        assert!(plain.trusted_proxies.is_empty());
+        let declared = render(json!({
+            "rateLimits": {"tokenPerAddress": {"requestsPerSecond": 5, "burst": 10}},
+            "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+        }));
+        assert_eq!(
+            declared.rate_limits.token_per_address.requests_per_second,
+            5.0
+        );
+        assert_eq!(declared.rate_limits.token_per_address.burst, 10);
+        assert_eq!(
+            declared.rate_limits.token_per_client, plain.rate_limits.token_per_client,
+            "what is not declared keeps its default"
+        );
+        assert_eq!(declared.trusted_proxies, ["10.0.0.0/8", "fd00::/8"]);
+        let off = render(json!({"rateLimits": {"enabled": false}}));
+        assert!(!off.rate_limits.enabled);
     }
 }

@@ -48,11 +48,14 @@ async fn token_from(
                 .starts_with("application/json")
         );
     }
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let retry = retry_after(&r);
     (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+fn retry_after(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 const BAD_REFRESH: &[(&str, &str)] = &[
@@ -182,10 +185,7 @@ async fn get_from(s: &TestServer, from: &str, path: &str) -> (u16, Option<String
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let retry = retry_after(&r);
     let redirected = r.headers().get("location").is_some();
     (status, retry, redirected, r.text().await.unwrap())
 }
@@ -280,10 +280,7 @@ async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Valu
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let retry = retry_after(&r);
     (status, retry, r.json().await.unwrap())
 }
 

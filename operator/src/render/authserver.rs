@@ -673,6 +673,18 @@ mod tests {
         serde_json::from_value(v).expect("policy")
     }
 
+    /// The config of a server with no services, scopes or policies.
+    fn alone(server: &AuthorizationServer) -> AuthServerConfig {
+        let inputs = Inputs {
+            server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+        };
+        authserver_config(&inputs).expect("config")
+    }
+
     fn kinds(objects: &[RenderedObject]) -> Vec<&str> {
         objects.iter().map(|o| o.kind.as_str()).collect()
     }
@@ -1144,14 +1156,7 @@ mod tests {
         let server = server(
             json!({"login": {"oidc": {"issuer": "https://idp.example.com", "clientId": "mcp", "clientSecretRef": {"name": "idp", "key": "secret"}}}}),
         );
-        let inputs = Inputs {
-            server: &server,
-            services: &[],
-            scopes: &[],
-            policies: &[],
-            namespaces: &NamespaceLabels::new(),
-        };
-        let c = authserver_config(&inputs).expect("config");
+        let c = alone(&server);
         let oidc = c.login.upstream_oidc.expect("oidc");
         assert_eq!(
             oidc.client_secret_file,
@@ -1163,15 +1168,7 @@ mod tests {
     #[test]
     fn rate_limits_and_trusted_proxies_reach_the_server_as_declared() {
         let render = |spec: Value| {
-            let server = server(spec);
-            let inputs = Inputs {
-                server: &server,
-                services: &[],
-                scopes: &[],
-                policies: &[],
-                namespaces: &NamespaceLabels::new(),
-            };
-            let c = authserver_config(&inputs).expect("config");
+            let c = alone(&server(spec));
             c.validate().expect("the authserver accepts what we render");
             c
         };

@@ -216,11 +216,11 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 /// The rate limits keyed by address, before the handler reads a byte of the body (the client limits need the
 /// client id, and are the handlers' own: see [`crate::rate_limits`]).
 async fn limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(endpoint) = crate::rate_limits::Endpoint::of_path(request.uri().path()) else {
+        return next.run(request).await;
+    };
     let snapshot = state.snapshot();
-    let (Some(limiter), Some(endpoint)) = (
-        snapshot.limiter.as_deref(),
-        crate::rate_limits::Endpoint::of_path(request.uri().path()),
-    ) else {
+    let Some(limiter) = snapshot.limiter.as_deref() else {
         return next.run(request).await;
     };
     let peer = request.extensions().get::<PeerAddr>().and_then(|p| p.0);

@@ -304,3 +304,43 @@ impl ReloadError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AuthServerConfig {
+        AuthServerConfig::parse(
+            &format!("issuer: https://auth.example\nsigning: {{keysDir: /nonexistent}}\nlogin: {{static: {{users: []}}}}\n{extra}"),
+            Path::new("c.yaml"),
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_unless_the_limits_change() {
+        let first = Snapshot::build(config(""), None).expect("snapshot");
+        let same = |s: &Snapshot, t: &Snapshot| match (&s.limiter, &t.limiter) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        // (the new config's extra lines, whether the buckets are kept)
+        for (extra, kept) in [
+            ("tokens: {accessTokenSecs: 60}", true),
+            ("trustedProxies: [10.0.0.0/8]", true),
+            (
+                "rateLimits: {tokenPerClient: {requestsPerSecond: 1, burst: 1}}",
+                false,
+            ),
+        ] {
+            let next = Snapshot::build(config(extra), Some(&first)).expect("snapshot");
+            assert_eq!(same(&first, &next), kept, "{extra}");
+        }
+        let off = Snapshot::build(config("rateLimits: {enabled: false}"), Some(&first))
+            .expect("snapshot");
+        assert!(off.limiter.is_none());
+        let proxies = Snapshot::build(config("trustedProxies: [10.0.0.0/8, \"fd00::/8\"]"), None)
+            .expect("snapshot");
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+    }
+}

@@ -1,6 +1,7 @@
 //! What issuing and checking tokens costs, through the real router (no sockets) over SQLite in a temp dir:
 //! signing alone, `/token` with client_credentials (client assertion verified, jti and grant stored, token signed
-//! and recorded), `/token` with a refresh token (rotation), and `/introspect` of an access token.
+//! and recorded), `/token` with a refresh token (rotation), `/introspect` of an access token, and what the rate
+//! limits add to a token request.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -8,8 +9,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use mcp_authz_authserver::config::{AuthServerConfig, ClientAuthMethod, ClientConfig, GrantType};
+use mcp_authz_authserver::config::{
+    AuthServerConfig, ClientAuthMethod, ClientConfig, GrantType, RateBucket, RateLimits,
+};
 use mcp_authz_authserver::keys::{self, KeySet};
+use mcp_authz_authserver::rate_limits::{Endpoint, RateLimiter};
 use mcp_authz_authserver::server::oauth_router;
 use mcp_authz_authserver::state::{AppState, Snapshot};
 use mcp_authz_authserver::store::{Grant, SqlStore, Store};
@@ -229,5 +233,39 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(name = token_endpoint; config = Criterion::default().sample_size(50); targets = benches);
+/// A token request's rate-limit work (its address's bucket, its client's check, the spend after it issued),
+/// in tables already holding 10,000 keys each; rates far above any a config may set (the benchmark calls faster
+/// than a million times a second), so nothing is refused.
+fn rate_limits(c: &mut Criterion) {
+    let huge = RateBucket {
+        requests_per_second: 1e12,
+        burst: u32::MAX,
+    };
+    let limits = RateLimits {
+        token_per_client: huge,
+        token_per_address: huge,
+        ..RateLimits::default()
+    };
+    let limiter = RateLimiter::new(&limits).unwrap();
+    let now = std::time::Instant::now();
+    for i in 0..10_000u32 {
+        let address = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        limiter
+            .check_address(Endpoint::Token, address, now)
+            .unwrap();
+        limiter.spend_client(Endpoint::Token, &format!("client-{i}"), now);
+    }
+    let address: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let client = "https://agent.example.com/oauth/client-metadata.json";
+    c.bench_function("rate_limits_token_request", |b| {
+        b.iter(|| {
+            let now = std::time::Instant::now();
+            black_box(limiter.check_address(Endpoint::Token, black_box(address), now)).unwrap();
+            black_box(limiter.check_client(Endpoint::Token, black_box(client), now)).unwrap();
+            limiter.spend_client(Endpoint::Token, client, now);
+        })
+    });
+}
+
+criterion_group!(name = token_endpoint; config = Criterion::default().sample_size(50); targets = benches, rate_limits);
 criterion_main!(token_endpoint);

@@ -3,6 +3,7 @@
 //! browser flow ([`crate::browser_flow`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -18,6 +19,7 @@ use crate::clock::now_secs;
 use crate::oauth::authorize_request;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
+use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::AuthRequest;
@@ -37,6 +39,12 @@ pub async fn authorize(
         Ok(c) => c.to_owned(),
         Err(e) => return refused_page(&state, &e, None, None).await,
     };
+    if let Some(limiter) = &snapshot.limiter
+        && let Err(refusal) = limiter.check_client(Endpoint::Authorize, &client_id, Instant::now())
+    {
+        let e = refusal.counted(&state.metrics);
+        return refused_page(&state, &e, Some(&client_id), None).await;
+    }
     // Until the resource is known, no policy says which documents and redirect URIs are trusted.
     let resource = match authorize_request::resource(&snapshot.config, &params) {
         Ok(r) => r,
@@ -112,6 +120,9 @@ pub async fn authorize(
             return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
         }
     };
+    if let Some(limiter) = &snapshot.limiter {
+        limiter.spend_client(Endpoint::Authorize, &client_id, Instant::now());
+    }
     browser_flow::set_cookie(
         &mut response,
         &snapshot,

@@ -99,12 +99,19 @@ pub fn error_redirect(
 }
 
 pub fn error_page(e: &OAuthError) -> Response {
-    let status = if e.code == ErrorCode::TemporarilyUnavailable {
+    let status = if e.retry_after_secs.is_some() {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if e.code == ErrorCode::TemporarilyUnavailable {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::BAD_REQUEST
     };
-    pages::error_page(status, e.code.as_str(), &e.description)
+    let mut page = pages::error_page(status, e.code.as_str(), &e.description);
+    if let Some(secs) = e.retry_after_secs {
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    page
 }
 
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

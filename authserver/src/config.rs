@@ -92,6 +92,117 @@ pub struct AuthServerConfig {
     /// clients with `introspection: true` may introspect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_servers: Option<ResourceServers>,
+    /// Token buckets per client and per source address on `/token`, the browser flow and `/register`. On by
+    /// default with generous rates; each replica keeps its own buckets.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    /// Networks (CIDRs) of the proxies in front of the server, such as an ingress controller's pods. A request
+    /// from one of them is taken to come from the address its `X-Forwarded-For` names (the nearest one not in
+    /// these networks); from anywhere else the header is ignored. Empty: the connection's own address, always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// The rate limits of the authorization server (see the README, "Rate limits"). Each is a token bucket: it
+/// holds up to `burst` requests and refills at `requestsPerSecond`. The defaults are far above what a person
+/// or a well-behaved agent does and far below what one core serves (about 5,000 tokens/s), so they only bite
+/// on floods and loops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimits {
+    /// False turns every limit below off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Tokens issued to one client (`/token`). A request naming a client whose bucket is empty is refused,
+    /// but only requests that obtain a token spend from it, so nobody can spend a client's budget by naming it.
+    #[serde(default = "default_token_per_client")]
+    pub token_per_client: RateBucket,
+    /// `/token` requests from one source address (an IPv6 address counts as its /64), refused or not.
+    #[serde(default = "default_token_per_address")]
+    pub token_per_address: RateBucket,
+    /// Sign-ins started for one client: `/authorize` requests that pass its checks and wait for a person.
+    /// As at `/token`, a client's bucket is checked first and spent only by requests that pass.
+    #[serde(default = "default_authorize_per_client")]
+    pub authorize_per_client: RateBucket,
+    /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent` and
+    /// `/upstream/callback` together.
+    #[serde(default = "default_authorize_per_address")]
+    pub authorize_per_address: RateBucket,
+    /// `/register` requests from one source address (besides `dynamicClientRegistration.maxPerHour`, which
+    /// counts registrations over every replica).
+    #[serde(default = "default_register_per_address")]
+    pub register_per_address: RateBucket,
+}
+
+/// One token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateBucket {
+    /// The rate the bucket refills at, per second (0.001 to 1000000).
+    #[schemars(range(min = 0.001, max = 1_000_000.0))]
+    pub requests_per_second: f64,
+    /// The most it holds: requests allowed at once after a quiet spell (1 to 1000000).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            enabled: true,
+            token_per_client: default_token_per_client(),
+            token_per_address: default_token_per_address(),
+            authorize_per_client: default_authorize_per_client(),
+            authorize_per_address: default_authorize_per_address(),
+            register_per_address: default_register_per_address(),
+        }
+    }
+}
+
+impl RateLimits {
+    /// Each bucket with the name it has in the config file.
+    pub fn buckets(&self) -> [(&'static str, RateBucket); 5] {
+        [
+            ("tokenPerClient", self.token_per_client),
+            ("tokenPerAddress", self.token_per_address),
+            ("authorizePerClient", self.authorize_per_client),
+            ("authorizePerAddress", self.authorize_per_address),
+            ("registerPerAddress", self.register_per_address),
+        ]
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn bucket(requests_per_second: f64, burst: u32) -> RateBucket {
+    RateBucket {
+        requests_per_second,
+        burst,
+    }
+}
+
+// A client_credentials agent asks once per token lifetime; a public client shared by 10,000 people who
+// refresh every 10 minutes asks about 17 times a second.
+fn default_token_per_client() -> RateBucket {
+    bucket(100.0, 500)
+}
+// About 2 % of a core per address; an office behind one NAT address shares it.
+fn default_token_per_address() -> RateBucket {
+    bucket(100.0, 500)
+}
+// Each started sign-in holds a pending request row until it completes or expires.
+fn default_authorize_per_client() -> RateBucket {
+    bucket(20.0, 200)
+}
+// A person's sign-in is three or four requests.
+fn default_authorize_per_address() -> RateBucket {
+    bucket(10.0, 100)
+}
+// An MCP client registers once per installation: ten at once, then one every 50 s.
+fn default_register_per_address() -> RateBucket {
+    bucket(0.02, 10)
 }
 
 /// The TLS listener. The certificate and key files are re-read when they change (a renewed certificate in a
@@ -613,7 +724,34 @@ impl AuthServerConfig {
                 ));
             }
         }
+        for (name, b) in self.rate_limits.buckets() {
+            if !(b.requests_per_second.is_finite()
+                && (0.001..=1e6).contains(&b.requests_per_second))
+            {
+                return bad(format!(
+                    "rateLimits.{name}.requestsPerSecond must be 0.001 to 1000000"
+                ));
+            }
+            if !(1..=1_000_000).contains(&b.burst) {
+                return bad(format!("rateLimits.{name}.burst must be 1 to 1000000"));
+            }
+        }
+        self.trusted_proxy_networks()?;
         Ok(())
+    }
+
+    /// `trustedProxies`, parsed.
+    pub fn trusted_proxy_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|n| {
+                n.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "trustedProxies: {n:?} is not a CIDR like 10.0.0.0/8"
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// The catalogue keyed by scope value.
@@ -740,6 +878,9 @@ clients:
             ClientAuthMethod::None
         );
         assert!(!c.dynamic_client_registration.enabled);
+        assert_eq!(c.rate_limits, RateLimits::default());
+        assert!(c.rate_limits.enabled);
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(
             c.scope_catalogue()["files:write"].implies,
             vec!["files:read"]
@@ -814,6 +955,21 @@ clients:
                 "implies unknown scope",
             ),
             ("\"$argon2id$v=19", "\"$argon2i$v=19", "Argon2id"),
+            (
+                "clients:",
+                "rateLimits: {tokenPerClient: {requestsPerSecond: 0, burst: 5}}\nclients:",
+                "rateLimits.tokenPerClient.requestsPerSecond must be 0.001 to 1000000",
+            ),
+            (
+                "clients:",
+                "rateLimits: {registerPerAddress: {requestsPerSecond: 1, burst: 0}}\nclients:",
+                "rateLimits.registerPerAddress.burst must be 1 to 1000000",
+            ),
+            (
+                "clients:",
+                "trustedProxies: [10.0.0.0/8, ingress]\nclients:",
+                "trustedProxies: \"ingress\" is not a CIDR",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = YAML.replacen(from, to, 1);

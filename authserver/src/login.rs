@@ -19,7 +19,7 @@ use crate::pages;
 use crate::params::Params;
 use crate::passwords;
 use crate::secrets;
-use crate::server::PeerAddr;
+use crate::server::ClientAddr;
 use crate::state::{AppState, Snapshot};
 use crate::store::AuthRequest;
 use crate::upstream::PendingLogin;
@@ -71,7 +71,7 @@ impl LoginRefused<'_> {
 /// POST `/login`.
 pub async fn login(
     State(state): State<Arc<AppState>>,
-    PeerAddr(address): PeerAddr,
+    ClientAddr(address): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

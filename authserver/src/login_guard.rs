@@ -50,15 +50,12 @@ impl LoginRefusal {
 /// The network an address stands for: the address itself for IPv4, its /64 for IPv6 (one host commonly holds a
 /// whole /64, so counting its addresses one by one would give it endless budgets).
 pub fn network_of(address: IpAddr) -> String {
-    match address {
+    match crate::client_address::network(address) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub audit_rows_suppressed: IntCounter,
     /// Size of SQLite's write-ahead log (0 on PostgreSQL), refreshed every 2 s.
     pub sqlite_wal_bytes: IntGauge,
+    /// Requests refused by a rate limit, by endpoint and by what the bucket is keyed on (`client`, `address`).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,8 +102,17 @@ impl Metrics {
             "Size of the SQLite write-ahead log in bytes (0 on PostgreSQL); kept under 16 MiB by the checkpointer",
         )
         .expect("static metric definition");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_rate_limited_total",
+                "Requests refused by a rate limit, by endpoint and by what the bucket is keyed on (client or address)",
+            ),
+            &["endpoint", "key"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(latency.clone()),
             Box::new(signing_key_age.clone()),
@@ -123,6 +134,7 @@ impl Metrics {
             cimd_resolutions,
             audit_rows_suppressed,
             sqlite_wal_bytes,
+            rate_limited,
         }
     }
 

@@ -67,6 +67,8 @@ impl ErrorCode {
 pub struct OAuthError {
     pub code: ErrorCode,
     pub description: String,
+    /// Set on a refusal by a rate limit: answered 429 with this `Retry-After` (seconds).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl OAuthError {
@@ -74,6 +76,17 @@ impl OAuthError {
         OAuthError {
             code,
             description: description.into(),
+            retry_after_secs: None,
+        }
+    }
+    /// A request over a rate limit: 429 with `Retry-After`. The code is `temporarily_unavailable`: RFC 6749
+    /// defines no code for it, and this is the registered one that says "the same request later may work"
+    /// (the MCP SDKs parse it into their own error type; `invalid_request` would read as a request to fix, and
+    /// `slow_down` belongs to the device flow).
+    pub fn rate_limited(d: impl Into<String>, retry_after_secs: u64) -> Self {
+        OAuthError {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(ErrorCode::TemporarilyUnavailable, d)
         }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
@@ -94,10 +107,16 @@ impl OAuthError {
 
     /// The low-cardinality reason for Prometheus.
     pub fn metric_label(&self) -> &'static str {
+        if self.retry_after_secs.is_some() {
+            return "rate_limited";
+        }
         self.code.as_str()
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
+        if self.retry_after_secs.is_some() {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
         match self.code {
             ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,6 +142,9 @@ impl IntoResponse for OAuthError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -151,5 +173,14 @@ mod tests {
             OAuthError::invalid_grant("x").status(),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn a_rate_limited_refusal_is_429_with_retry_after_in_oauth_form() {
+        let r = OAuthError::rate_limited("slow down, please", 7).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 }

@@ -42,20 +42,13 @@ const REGISTRATION_RETRY_SECS: u64 = 60;
 
 /// 429 in OAuth's own form, with a hint at the way in that needs no registration.
 fn too_many_registrations(limit: u32) -> Response {
-    let body = json!({
-        "error": "temporarily_unavailable",
-        "error_description": format!(
+    OAuthError::rate_limited(
+        format!(
             "this server has registered its limit of {limit} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)"
         ),
-    });
-    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-    let headers = r.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(REGISTRATION_RETRY_SECS),
-    );
-    r
+        REGISTRATION_RETRY_SECS,
+    )
+    .into_response()
 }
 
 fn metadata_error(d: impl Into<String>) -> OAuthError {

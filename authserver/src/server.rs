@@ -150,6 +150,7 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
     };
     router = router.fallback(not_found);
     router
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(bounded))
         .with_state(state)
@@ -212,6 +213,31 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     response
 }
 
+/// The rate limits keyed by address, before the handler reads a byte of the body (the client limits need the
+/// client id, and are the handlers' own: see [`crate::rate_limits`]).
+async fn limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(endpoint) = crate::rate_limits::Endpoint::of_path(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let snapshot = state.snapshot();
+    let Some(limiter) = snapshot.limiter.as_deref() else {
+        return next.run(request).await;
+    };
+    let peer = request.extensions().get::<PeerAddr>().and_then(|p| p.0);
+    let address =
+        crate::client_address::client_address(peer, request.headers(), &snapshot.trusted_proxies);
+    if let Some(address) = address
+        && let Err(refusal) = limiter.check_address(endpoint, address, Instant::now())
+    {
+        let error = refusal.counted(&state.metrics);
+        state
+            .refuse(endpoint.label(), &crate::audit::Who::default(), &error)
+            .await;
+        return refusal.respond(error);
+    }
+    next.run(request).await
+}
+
 /// The longest a request may take from its first byte to its answer, body included: a client that trickles a body
 /// (the header read has its own bound) or a handler stuck on an upstream cannot hold a connection longer. Every
 /// bounded step inside (a CIMD fetch, a store call, a password check) finishes well within it.
@@ -266,6 +292,28 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
             .get::<PeerAddr>()
             .copied()
             .unwrap_or(PeerAddr(None)))
+    }
+}
+
+/// The address the client is at: the connection's peer, or the address a trusted proxy names (see
+/// [`crate::client_address`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerAddr>().and_then(|p| p.0);
+        let trusted = &state.snapshot().trusted_proxies;
+        Ok(ClientAddr(crate::client_address::client_address(
+            peer,
+            &parts.headers,
+            trusted,
+        )))
     }
 }
 

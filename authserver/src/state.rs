@@ -9,6 +9,7 @@ use crate::cimd;
 use crate::config::{AuthServerConfig, ConfigError, StaticUser};
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
+use crate::rate_limits::RateLimiter;
 use crate::resource_servers::Root;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -24,6 +25,10 @@ pub struct Snapshot {
     pub cimd: Option<cimd::Resolver>,
     /// The upstream OpenID provider, when login is federated.
     pub upstream: Option<Arc<Upstream>>,
+    /// The rate limits' buckets, when limits are on (kept across reloads that leave the limits unchanged).
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// `trustedProxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -100,12 +105,21 @@ impl Snapshot {
                 }
             }
         };
+        // Buckets start full only when the limits change: a reload for another reason must not hand every
+        // client a fresh burst.
+        let limiter = match previous.filter(|p| p.config.rate_limits == config.rate_limits) {
+            Some(p) => p.limiter.clone(),
+            None => RateLimiter::new(&config.rate_limits).map(Arc::new),
+        };
+        let trusted_proxies = config.trusted_proxy_networks()?;
         Ok(Snapshot {
             config,
             users,
             admin_token,
             cimd,
             upstream,
+            limiter,
+            trusted_proxies,
         })
     }
 }
@@ -288,5 +302,45 @@ impl ReloadError {
             ReloadError::Config(e) => e.metric_label(),
             ReloadError::Keys(e) => e.metric_label(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AuthServerConfig {
+        AuthServerConfig::parse(
+            &format!("issuer: https://auth.example\nsigning: {{keysDir: /nonexistent}}\nlogin: {{static: {{users: []}}}}\n{extra}"),
+            Path::new("c.yaml"),
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_unless_the_limits_change() {
+        let first = Snapshot::build(config(""), None).expect("snapshot");
+        let same = |s: &Snapshot, t: &Snapshot| match (&s.limiter, &t.limiter) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        // (the new config's extra lines, whether the buckets are kept)
+        for (extra, kept) in [
+            ("tokens: {accessTokenSecs: 60}", true),
+            ("trustedProxies: [10.0.0.0/8]", true),
+            (
+                "rateLimits: {tokenPerClient: {requestsPerSecond: 1, burst: 1}}",
+                false,
+            ),
+        ] {
+            let next = Snapshot::build(config(extra), Some(&first)).expect("snapshot");
+            assert_eq!(same(&first, &next), kept, "{extra}");
+        }
+        let off = Snapshot::build(config("rateLimits: {enabled: false}"), Some(&first))
+            .expect("snapshot");
+        assert!(off.limiter.is_none());
+        let proxies = Snapshot::build(config("trustedProxies: [10.0.0.0/8, \"fd00::/8\"]"), None)
+            .expect("snapshot");
+        assert_eq!(proxies.trusted_proxies.len(), 2);
     }
 }

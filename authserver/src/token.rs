@@ -18,6 +18,7 @@ use crate::config::{GrantType, ResourceConfig};
 use crate::oauth::{authorize_request, grant_binding, scopes};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
+use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
 use crate::store::{AccessTokenRecord, CodeRedemption, Grant, Issue, RefreshRotation};
@@ -119,6 +120,9 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
     match result {
         Ok((grant_type, body)) => {
             state.metrics.outcome("token", "ok");
+            if let (Some(limiter), Some(client_id)) = (&snapshot.limiter, &who.client_id) {
+                limiter.spend_client(Endpoint::Token, client_id, Instant::now());
+            }
             // One series per configured resource at most: a name the config does not hold cannot be a label.
             let resource = who
                 .resource
@@ -161,6 +165,11 @@ async fn handle(
     };
     let presented = client_auth::presented(headers, &params)?;
     who.client_id = Some(presented.client_id.clone());
+    if let Some(limiter) = &snapshot.limiter {
+        limiter
+            .check_client(Endpoint::Token, &presented.client_id, Instant::now())
+            .map_err(|refusal| refusal.counted(&state.metrics))?;
+    }
     who.resource = params.get("resource").map(str::to_owned);
     let body = match grant {
         GrantType::AuthorizationCode => {

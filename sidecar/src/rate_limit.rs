@@ -5,56 +5,27 @@
 //! A request takes one token per operation a limit counts, from every bucket it falls in, or takes none: a
 //! request refused by one limit spends nothing of the others.
 //!
-//! Memory is bounded by a number of keys per limit. At the bound, buckets that have refilled are dropped (they
-//! hold nothing a fresh one would not), then, if that freed too little, the eighth of the buckets holding the
-//! most tokens: forgetting a nearly full bucket gives its key back the least. A client that floods a limit
-//! with keys of its choosing (tool names) therefore evicts its own fresh buckets first and cannot reset a
-//! bucket it has drained, which holds the fewest tokens of all; and since each eviction frees an eighth of the
-//! table, the next keys are inserted without another pass.
+//! Memory is bounded by a number of keys per limit; the buckets and their eviction are
+//! [`mcp_authz_ratelimit::Table`]'s, shared with the authorization server: a client that floods a limit with
+//! keys of its choosing (tool names) evicts its own fresh buckets first and cannot reset a bucket it drained.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use mcp_authz_ratelimit::{Rate, Table};
 
 use crate::config::{RateKey, RateLimit};
 use crate::rules::{Operation, glob_match};
 use crate::token::Identity;
 
-/// Keys kept per limit; at this bound buckets are evicted (see the module's comment).
+/// Keys kept per limit; at this bound buckets are evicted (see [`mcp_authz_ratelimit`]).
 pub const MAX_KEYS_PER_LIMIT: usize = 10_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(limit: &RateLimit, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(limit.burst),
-            at: now,
-        }
-    }
-
-    /// The tokens it holds at `now`.
-    fn level(&self, limit: &RateLimit, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        (self.tokens + elapsed * limit.requests_per_second).min(f64::from(limit.burst))
-    }
-}
-
-#[derive(Debug, Default)]
-struct Buckets {
-    by_key: HashMap<String, Bucket>,
-}
 
 /// The buckets of one config's limits.
 #[derive(Debug)]
 pub struct Limiter {
     limits: Vec<RateLimit>,
-    buckets: Mutex<Vec<Buckets>>,
-    max_keys: usize,
+    tables: Mutex<Vec<Table<String>>>,
 }
 
 impl Limiter {
@@ -66,8 +37,18 @@ impl Limiter {
     fn with_max_keys(limits: &[RateLimit], max_keys: usize) -> Option<Self> {
         (!limits.is_empty()).then(|| Self {
             limits: limits.to_vec(),
-            buckets: Mutex::new(limits.iter().map(|_| Buckets::default()).collect()),
-            max_keys,
+            tables: Mutex::new(
+                limits
+                    .iter()
+                    .map(|l| {
+                        let rate = Rate {
+                            per_second: l.requests_per_second,
+                            burst: l.burst,
+                        };
+                        Table::new(rate, max_keys)
+                    })
+                    .collect(),
+            ),
         })
     }
 
@@ -99,64 +80,19 @@ impl Limiter {
         if needs.is_empty() {
             return Ok(());
         }
-        let mut state = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wait = Duration::ZERO;
-        for (index, key, count) in &needs {
-            let limit = &self.limits[*index];
-            let level = state[*index]
-                .by_key
-                .get(*key)
-                .map_or(f64::from(limit.burst), |b| b.level(limit, now));
-            let short = f64::from(*count) - level;
-            if short > 0.0 {
-                wait = wait.max(Duration::from_secs_f64(short / limit.requests_per_second));
-            }
-        }
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = needs
+            .iter()
+            .map(|(index, key, count)| tables[*index].shortfall(*key, *count, now))
+            .max()
+            .unwrap_or_default();
         if wait > Duration::ZERO {
             return Err(wait);
         }
         for (index, key, count) in needs {
-            let limit = &self.limits[index];
-            let buckets = &mut state[index];
-            if !buckets.by_key.contains_key(key) && buckets.by_key.len() >= self.max_keys {
-                evict(&mut buckets.by_key, limit, now);
-            }
-            let bucket = buckets
-                .by_key
-                .entry(key.to_owned())
-                .or_insert(Bucket::full(limit, now));
-            bucket.tokens = bucket.level(limit, now) - f64::from(count);
-            bucket.at = now;
+            tables[index].spend(key, count, now);
         }
         Ok(())
-    }
-}
-
-/// Makes room in a full table: drops the buckets that have refilled, then, if fewer than an eighth went,
-/// exactly an eighth: those holding the most tokens, the most recently used first among equals (a flood of new
-/// keys is newer than the buckets it would push out).
-fn evict(by_key: &mut HashMap<String, Bucket>, limit: &RateLimit, now: Instant) {
-    let burst = f64::from(limit.burst);
-    let before = by_key.len();
-    by_key.retain(|_, b| b.level(limit, now) < burst);
-    let target = (before / 8).max(1);
-    let freed = before - by_key.len();
-    if freed >= target || by_key.is_empty() {
-        return;
-    }
-    let mut ranked: Vec<(f64, Instant, &String)> = by_key
-        .iter()
-        .map(|(k, b)| (b.level(limit, now), b.at, k))
-        .collect();
-    let take = (target - freed).min(ranked.len());
-    // Most tokens first, then the most recently used.
-    ranked.select_nth_unstable_by(take - 1, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-    let gone: Vec<String> = ranked[..take]
-        .iter()
-        .map(|(_, _, k)| (*k).clone())
-        .collect();
-    for key in gone {
-        by_key.remove(&key);
     }
 }
 
@@ -313,48 +249,20 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_forgets_the_fullest_buckets_never_a_drained_one() {
+    fn a_flood_of_tool_names_is_bounded_and_cannot_reset_a_drained_tool() {
         let limits = [limit(RateKey::Tool, None, None, 0.001, 2)];
         let limiter = Limiter::with_max_keys(&limits, 8).unwrap();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let take =
             |tool: &str, when: Instant| limiter.take(&who("a", "u"), [call(tool)].iter(), when);
-        // A victim's tool drained first (0 tokens left).
         assert_eq!(take("delete_x", at(0)), Ok(()));
         assert_eq!(take("delete_x", at(0)), Ok(()));
         assert!(take("delete_x", at(0)).is_err());
-        // A flood of new names, each left with one token, fills the table and keeps coming.
         for i in 0..100u64 {
             assert_eq!(take(&format!("bogus_{i}"), at(1 + i)), Ok(()), "bogus_{i}");
-            assert!(limiter.buckets.lock().unwrap()[0].by_key.len() <= 8);
+            assert!(limiter.tables.lock().unwrap()[0].len() <= 8);
         }
-        // The drained bucket was never forgotten, so the flood did not refill it.
         assert!(take("delete_x", at(200)).is_err());
-        assert!(
-            limiter.buckets.lock().unwrap()[0]
-                .by_key
-                .contains_key("delete_x")
-        );
-        // And a name first used after the flood gets a bucket of its own, not one the flood drained.
-        assert_eq!(take("real_tool", at(300)), Ok(()));
-        assert_eq!(take("real_tool", at(300)), Ok(()));
-    }
-
-    #[test]
-    fn refilled_buckets_are_dropped_first() {
-        let limits = [limit(RateKey::Client, None, None, 1.0, 1)];
-        let limiter = Limiter::with_max_keys(&limits, 2).unwrap();
-        let t0 = Instant::now();
-        let take =
-            |client: &str, at: Instant| limiter.take(&who(client, "u"), [call("x")].iter(), at);
-        assert_eq!(take("a", t0), Ok(()));
-        assert_eq!(take("b", t0), Ok(()));
-        // A second later a and b have refilled: both dropped, c gets its own bucket, and a starts afresh.
-        let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(take("c", t1), Ok(()));
-        assert_eq!(take("c", t1), Err(Duration::from_secs(1)));
-        assert_eq!(take("a", t1), Ok(()));
-        assert!(limiter.buckets.lock().unwrap()[0].by_key.len() <= 2);
     }
 }

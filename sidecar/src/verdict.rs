@@ -344,9 +344,7 @@ pub fn rate_limit<'a>(
     reply_id: &Value,
 ) -> Option<Refused<'a>> {
     let wait = taken.err()?;
-    // Rounded up, so a client that waits what it is told finds the tokens there.
-    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let retry_after_secs = retry_after_secs.max(1);
+    let retry_after_secs = mcp_authz_ratelimit::retry_after_secs(wait);
     let message = format!("rate limit exceeded: retry after {retry_after_secs} s");
     Some(Refused::request(
         "POST",

@@ -67,6 +67,8 @@ jwk="$(cat "$work/client/client.jwk.json")"
 resource="https://mcp.example.com/files"
 
 # --- mcp-authz ---------------------------------------------------------------------------------------------
+# The rate limits are checked on every request but set above the load of one client from one address, so the
+# figures include what they cost.
 mcp_config() { # dir port storage-json [selfManaged] [keys dir name] [issuer port]
   mkdir -p "$1"
   printf 'load-admin-token-0123456789' >"$1/admin"
@@ -78,7 +80,9 @@ mcp_config() { # dir port storage-json [selfManaged] [keys dir name] [issuer por
  "clients": [{"clientId": "svc", "clientName": "Service", "tokenEndpointAuthMethod": "private_key_jwt",
               "jwks": {"keys": [$jwk]}, "grantTypes": ["client_credentials"], "scopes": ["files:read"],
               "introspection": true}],
- "login": {"static": {"users": []}}, "admin": {"tokenFile": "$1/admin"}}
+ "login": {"static": {"users": []}}, "admin": {"tokenFile": "$1/admin"},
+ "rateLimits": {"tokenPerClient": {"requestsPerSecond": 1000000, "burst": 1000000},
+                "tokenPerAddress": {"requestsPerSecond": 1000000, "burst": 1000000}}}
 EOF
 }
 mcp_start() { # dir port -> pid in $started

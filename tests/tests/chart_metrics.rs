@@ -120,6 +120,10 @@ fn exposed_names() -> BTreeSet<String> {
         .cimd_resolutions
         .with_label_values(&["admitted"])
         .inc();
+    authserver
+        .rate_limited
+        .with_label_values(&["token", "address"])
+        .inc();
 
     let sidecar = mcp_authz_sidecar::metrics::Metrics::new();
     sidecar.requests.with_label_values(&["allow", "ok"]).inc();

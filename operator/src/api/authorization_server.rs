@@ -99,6 +99,22 @@ pub struct AuthorizationServerSpec {
     /// CPU and memory for the authorization server container; small defaults when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Rate limits: token buckets per client and per source address on `/token`, the browser
+    /// sign-in flow and `/register`, answered with 429 and `Retry-After`. Each replica keeps its
+    /// own buckets, so with n replicas a client may reach up to n times a rate. On with generous
+    /// defaults when absent; `enabled: false` turns them off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<mcp_authz_authserver::config::RateLimits>,
+
+    /// Networks (CIDRs) of the proxies in front of the server, such as the ingress controller's
+    /// pods: a request from one of them is counted against the address its `X-Forwarded-For`
+    /// names (rate limits, sign-in budgets). Empty: the connection's address, and the header is
+    /// never read. Behind an ingress, set it, or every client shares the ingress's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("trustedProxies entries must be CIDRs like 10.0.0.0/8"))]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// How the in-cluster endpoints (the ones sidecars call) are protected.

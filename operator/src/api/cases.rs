@@ -298,6 +298,16 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "allowedPrivateNetworks",
         },
         InvalidCase {
+            name: "trusted proxy that is not a CIDR",
+            object: with(
+                authorization_server(),
+                "/spec/trustedProxies",
+                json!(["10.0.0.0/8", "ingress-nginx"]),
+            ),
+            message: "trustedProxies entries must be CIDRs",
+            field: "trustedProxies",
+        },
+        InvalidCase {
             name: "cache minimum above maximum",
             object: with(
                 cimd_policy(),
@@ -332,6 +342,16 @@ pub fn schema_cases() -> Vec<InvalidCase> {
             ),
             message: "should match",
             field: "signing.rotationPeriod",
+        },
+        InvalidCase {
+            name: "a rate limit bucket that holds nothing",
+            object: with(
+                authorization_server(),
+                "/spec/rateLimits",
+                json!({"tokenPerClient": {"requestsPerSecond": 10, "burst": 0}}),
+            ),
+            message: "should be greater than or equal to 1",
+            field: "rateLimits.tokenPerClient.burst",
         },
         InvalidCase {
             name: "zero replicas",

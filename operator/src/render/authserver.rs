@@ -264,6 +264,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     config.resource_servers = Some(ResourceServers {
         root_file: PathBuf::from(KEYS_DIR).join(crate::keys::RESOURCE_SERVER_ROOT_FILE),
     });
+    config.rate_limits = inputs.server.spec.rate_limits.clone().unwrap_or_default();
+    config.trusted_proxies = inputs.server.spec.trusted_proxies.clone();
     Ok(config)
 }
 
@@ -669,6 +671,18 @@ mod tests {
         let mut v = cases::cimd_policy();
         v["metadata"] = json!({"name": name, "namespace": ns});
         serde_json::from_value(v).expect("policy")
+    }
+
+    /// The config of a server with no services, scopes or policies.
+    fn alone(server: &AuthorizationServer) -> AuthServerConfig {
+        let inputs = Inputs {
+            server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+        };
+        authserver_config(&inputs).expect("config")
     }
 
     fn kinds(objects: &[RenderedObject]) -> Vec<&str> {
@@ -1142,19 +1156,44 @@ mod tests {
         let server = server(
             json!({"login": {"oidc": {"issuer": "https://idp.example.com", "clientId": "mcp", "clientSecretRef": {"name": "idp", "key": "secret"}}}}),
         );
-        let inputs = Inputs {
-            server: &server,
-            services: &[],
-            scopes: &[],
-            policies: &[],
-            namespaces: &NamespaceLabels::new(),
-        };
-        let c = authserver_config(&inputs).expect("config");
+        let c = alone(&server);
         let oidc = c.login.upstream_oidc.expect("oidc");
         assert_eq!(
             oidc.client_secret_file,
             Some(PathBuf::from("/etc/mcp-authz/oidc/secret"))
         );
         assert!(c.login.static_users.is_none());
+    }
+
+    #[test]
+    fn rate_limits_and_trusted_proxies_reach_the_server_as_declared() {
+        let render = |spec: Value| {
+            let c = alone(&server(spec));
+            c.validate().expect("the authserver accepts what we render");
+            c
+        };
+        let plain = render(json!({}));
+        assert_eq!(
+            plain.rate_limits,
+            mcp_authz_authserver::config::RateLimits::default()
+        );
+        assert!(plain.rate_limits.enabled, "on unless turned off");
+        assert!(plain.trusted_proxies.is_empty());
+        let declared = render(json!({
+            "rateLimits": {"tokenPerAddress": {"requestsPerSecond": 5, "burst": 10}},
+            "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+        }));
+        assert_eq!(
+            declared.rate_limits.token_per_address.requests_per_second,
+            5.0
+        );
+        assert_eq!(declared.rate_limits.token_per_address.burst, 10);
+        assert_eq!(
+            declared.rate_limits.token_per_client, plain.rate_limits.token_per_client,
+            "what is not declared keeps its default"
+        );
+        assert_eq!(declared.trusted_proxies, ["10.0.0.0/8", "fd00::/8"]);
+        let off = render(json!({"rateLimits": {"enabled": false}}));
+        assert!(!off.rate_limits.enabled);
     }
 }

@@ -1,0 +1,317 @@
+//! The rate limits over real sockets: each refusal's exact status, headers and body, at `/token`, in the
+//! browser flow and at `/register`, and that another client or address goes on unaffected. The tests send
+//! from loopback and speak for other addresses through `X-Forwarded-For`, with loopback as the trusted proxy.
+
+mod support;
+
+use mcp_authz_authserver::config::{AuthServerConfig, RateBucket};
+use serde_json::{Value, json};
+use support::*;
+
+/// A bucket of `burst` that takes 100 s to refill one token: what a test spends stays spent.
+fn slow(burst: u32) -> RateBucket {
+    RateBucket {
+        requests_per_second: 0.01,
+        burst,
+    }
+}
+
+fn behind_loopback_proxy(c: &mut AuthServerConfig) {
+    c.trusted_proxies = vec!["127.0.0.0/8".into()];
+}
+
+/// POST `/token` from `from` (an `X-Forwarded-For` value), its status, `Retry-After` and JSON.
+async fn token_from(
+    s: &TestServer,
+    from: &str,
+    form: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let r = s
+        .http
+        .post(s.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-for", from)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status == 429 {
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+    }
+    let retry = retry_after(&r);
+    (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+fn retry_after(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+const BAD_REFRESH: &[(&str, &str)] = &[
+    ("grant_type", "refresh_token"),
+    ("refresh_token", "not-a-refresh-token"),
+    ("client_id", PUBLIC_CLIENT),
+];
+
+fn refused(description: &str) -> Value {
+    json!({ "error": "temporarily_unavailable", "error_description": description })
+}
+
+#[tokio::test]
+async fn token_per_address_refuses_in_oauth_form_and_spares_other_addresses() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.token_per_address = slow(2);
+    })
+    .await;
+    // Refused requests count too: the address bucket is about load, not outcomes.
+    for _ in 0..2 {
+        let (status, _, body) = token_from(&s, "192.0.2.1", BAD_REFRESH).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+    }
+    let (status, retry, body) = token_from(&s, "192.0.2.1", BAD_REFRESH).await;
+    assert_eq!(status, 429);
+    assert_eq!(retry.as_deref(), Some("100"));
+    assert_eq!(
+        body,
+        refused("too many token requests from this address; retry after 100 s")
+    );
+    // Another address, and the same one behind another hop of the trusted proxy, are their own.
+    let (status, _, _) = token_from(&s, "192.0.2.2", BAD_REFRESH).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = token_from(&s, "192.0.2.1, 127.0.0.9", BAD_REFRESH).await;
+    assert_eq!(status, 429, "the nearest untrusted hop is the client");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(
+            "mcp_authz_authserver_rate_limited_total{endpoint=\"token\",key=\"address\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "mcp_authz_authserver_requests_total{endpoint=\"token\",outcome=\"rate_limited\"} 2"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    let s = TestServer::start_with(|c| c.rate_limits.token_per_address = slow(2)).await;
+    for from in ["192.0.2.1", "192.0.2.2"] {
+        assert_eq!(token_from(&s, from, BAD_REFRESH).await.0, 400);
+    }
+    // A third made-up address is still the same loopback connection.
+    let (status, retry, body) = token_from(&s, "192.0.2.3", BAD_REFRESH).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("100")));
+    assert_eq!(
+        body,
+        refused("too many token requests from this address; retry after 100 s")
+    );
+}
+
+#[tokio::test]
+async fn token_per_client_counts_issued_tokens_so_naming_a_client_spends_nothing() {
+    let s = TestServer::start_with(|c| c.rate_limits.token_per_client = slow(2)).await;
+    let credentials = |assertion: String| {
+        vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_assertion_type", JWT_BEARER.to_owned()),
+            ("client_assertion", assertion),
+            ("resource", RESOURCE.to_owned()),
+        ]
+    };
+    let send = |form: Vec<(&'static str, String)>| {
+        let s = &s;
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            token_from(s, "192.0.2.1", &form).await
+        }
+    };
+    // Anyone can name the service client; without its key they are refused and spend nothing of its budget.
+    for _ in 0..5 {
+        let forged = assertion(&s, |c| c["aud"] = json!("https://elsewhere.example/token"));
+        let (status, _, body) = send(credentials(forged)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client"))
+        );
+    }
+    for _ in 0..2 {
+        let (status, _, body) = send(credentials(assertion(&s, |_| {}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, retry, body) = send(credentials(assertion(&s, |_| {}))).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("100")));
+    assert_eq!(
+        body,
+        refused("too many token requests for this client; retry after 100 s")
+    );
+    // Another client from the same address is not held back.
+    let (status, _, body) = token_from(&s, "192.0.2.1", BAD_REFRESH).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        s.metrics().await.contains(
+            "mcp_authz_authserver_rate_limited_total{endpoint=\"token\",key=\"client\"} 1"
+        )
+    );
+}
+
+/// GET `path` from `from`: status, `Retry-After`, whether it redirected, and the page.
+async fn get_from(s: &TestServer, from: &str, path: &str) -> (u16, Option<String>, bool, String) {
+    let r = s
+        .http
+        .get(s.url(path))
+        .header("x-forwarded-for", from)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry = retry_after(&r);
+    let redirected = r.headers().get("location").is_some();
+    (status, retry, redirected, r.text().await.unwrap())
+}
+
+fn assert_refusal_page(page: &(u16, Option<String>, bool, String), description: &str) {
+    let (status, retry, redirected, html) = page;
+    assert_eq!(*status, 429, "{html}");
+    assert_eq!(retry.as_deref(), Some("100"));
+    assert!(
+        !redirected,
+        "a refusal before the redirect URI is checked never redirects"
+    );
+    assert!(
+        html.contains("data-error=\"temporarily_unavailable\""),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("<p id=\"error_description\">{description}</p>")),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn the_browser_flow_per_address_answers_a_page_and_spares_other_addresses() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.authorize_per_address = slow(2);
+    })
+    .await;
+    let authorize = authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "st");
+    for _ in 0..2 {
+        let (status, _, _, html) = get_from(&s, "192.0.2.1", &authorize).await;
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("name=\"password\""));
+    }
+    let page = get_from(&s, "192.0.2.1", &authorize).await;
+    assert_refusal_page(
+        &page,
+        "too many sign-in requests from this address; retry after 100 s",
+    );
+    // The sign-in form's endpoints share the bucket: a flood cannot move to /login.
+    let r = s
+        .http
+        .post(s.url("/login"))
+        .header("x-forwarded-for", "192.0.2.1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("request_id=x&csrf=y&username=alice&password=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "100");
+    // Another address signs in as usual.
+    let (status, _, _, html) = get_from(&s, "198.51.100.7", &authorize).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        s.metrics().await.contains(
+            "mcp_authz_authserver_rate_limited_total{endpoint=\"login\",key=\"address\"} 1"
+        )
+    );
+}
+
+#[tokio::test]
+async fn authorize_per_client_counts_started_sign_ins_and_spares_other_clients() {
+    let s = TestServer::start_with(|c| c.rate_limits.authorize_per_client = slow(1)).await;
+    // Requests refused by the client's own checks start nothing and spend nothing.
+    let bad = authorize_query(WEB_CLIENT, "https://evil.example/cb", "files:read", "st");
+    for _ in 0..3 {
+        assert_eq!(get_from(&s, "-", &bad).await.0, 400);
+    }
+    let good = authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "st");
+    assert_eq!(get_from(&s, "-", &good).await.0, 200);
+    let page = get_from(&s, "-", &good).await;
+    assert_refusal_page(
+        &page,
+        "too many sign-in requests for this client; retry after 100 s",
+    );
+    let other = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    assert_eq!(get_from(&s, "-", &other).await.0, 200);
+    assert!(s.metrics().await.contains(
+        "mcp_authz_authserver_rate_limited_total{endpoint=\"authorize\",key=\"client\"} 1"
+    ));
+}
+
+async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Value) {
+    let r = s
+        .http
+        .post(s.url("/register"))
+        .header("x-forwarded-for", from)
+        .json(&json!({ "redirect_uris": [REDIRECT], "client_name": "Agent" }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry = retry_after(&r);
+    (status, retry, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn register_per_address_refuses_in_oauth_form_and_spares_other_addresses() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.dynamic_client_registration.enabled = true;
+        c.rate_limits.register_per_address = slow(1);
+    })
+    .await;
+    assert_eq!(register_from(&s, "2001:db8:1:2::1").await.0, 201);
+    // Another address in the same IPv6 /64 is the same host.
+    let (status, retry, body) = register_from(&s, "2001:db8:1:2::2").await;
+    assert_eq!((status, retry.as_deref()), (429, Some("100")));
+    assert_eq!(
+        body,
+        refused("too many registrations from this address; retry after 100 s")
+    );
+    assert_eq!(register_from(&s, "2001:db8:1:3::1").await.0, 201);
+}
+
+#[tokio::test]
+async fn limits_turned_off_refuse_nothing() {
+    let s = TestServer::start_with(|c| {
+        c.rate_limits.enabled = false;
+        c.rate_limits.token_per_address = slow(1);
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(token_from(&s, "-", BAD_REFRESH).await.0, 400);
+    }
+    assert!(!s.metrics().await.contains("rate_limited_total{"));
+}

@@ -534,6 +534,9 @@ pub struct DynamicClientRegistration {
     /// answers 429. Unused registrations are never deleted, so this bounds how fast the store can be filled.
     #[serde(default = "default_registrations_per_hour")]
     pub max_per_hour: u32,
+    /// Which redirect URIs a registration may ask for.
+    #[serde(default)]
+    pub redirect_uris: RegistrationRedirects,
 }
 
 impl Default for DynamicClientRegistration {
@@ -541,8 +544,22 @@ impl Default for DynamicClientRegistration {
         Self {
             enabled: false,
             max_per_hour: default_registrations_per_hour(),
+            redirect_uris: RegistrationRedirects::default(),
         }
     }
+}
+
+/// The redirect URIs Dynamic Client Registration accepts. Anyone may register, so a registered client proves
+/// nothing about who runs it; a loopback redirect at least keeps the code on the machine of the person who
+/// signs in, where an https redirect could send it to any site the registrant names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RegistrationRedirects {
+    /// Only loopback http URIs (`http://127.0.0.1:PORT/...`, `[::1]`, `localhost`): native clients, as the
+    /// desktop, CLI and IDE clients that still need registration are.
+    #[default]
+    LoopbackOnly,
+    /// Loopback URIs for native clients and https URIs for web clients.
+    LoopbackOrHttps,
 }
 
 fn default_registrations_per_hour() -> u32 {

@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use crate::audit::{Decision, Who};
 use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
 use crate::clock::now_secs;
-use crate::config::{ClientAuthMethod, ClientConfig, GrantType, check_redirect_uri};
+use crate::config::{
+    ClientAuthMethod, ClientConfig, GrantType, RegistrationRedirects, check_redirect_uri,
+    is_loopback_host,
+};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::secrets;
 use crate::state::AppState;
@@ -33,6 +36,7 @@ struct Request {
     grant_types: Vec<String>,
     jwks: Option<Value>,
     jwks_uri: Option<String>,
+    application_type: Option<String>,
 }
 
 /// The window of the registration budget.
@@ -55,8 +59,72 @@ fn metadata_error(d: impl Into<String>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidClientMetadata, d)
 }
 
-/// Checks a registration request and turns it into a client.
-fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
+/// OpenID Connect's client kinds (Dynamic Client Registration §2), which SEP-837 has MCP clients declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplicationType {
+    /// Runs on the person's machine: loopback redirect URIs only.
+    Native,
+    /// A web site: https redirect URIs on a host other than localhost only.
+    Web,
+}
+
+impl ApplicationType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Web => "web",
+        }
+    }
+}
+
+/// Reads `application_type`. SEP-837 has every MCP client send it; a server that took its absence as OIDC's
+/// default (`web`) would refuse the loopback redirects native clients use with an error about redirects, so
+/// its absence is refused by name instead.
+fn application_type(value: Option<&str>) -> Result<ApplicationType, OAuthError> {
+    match value {
+        Some("native") => Ok(ApplicationType::Native),
+        Some("web") => Ok(ApplicationType::Web),
+        None => Err(metadata_error(
+            "application_type is required (SEP-837): native for a client on the person's machine with loopback redirect URIs, web for a web site with https redirect URIs",
+        )),
+        Some(other) => Err(metadata_error(format!(
+            "application_type {:?} is not native or web",
+            shorten(other)
+        ))),
+    }
+}
+
+/// Checks one redirect URI against the client's kind and the server's policy.
+fn check_registered_redirect(
+    uri: &str,
+    kind: ApplicationType,
+    allowed: RegistrationRedirects,
+) -> Result<(), OAuthError> {
+    let refuse = |m: String| OAuthError::new(ErrorCode::InvalidRedirectUri, m);
+    let url = check_redirect_uri(uri).map_err(refuse)?;
+    let loopback = url.scheme() == "http" && is_loopback_host(&url);
+    match kind {
+        ApplicationType::Native if !loopback => Err(refuse(format!(
+            "redirect URI {uri:?} is not a loopback http URI, which is what a native client registers (RFC 8252)"
+        ))),
+        ApplicationType::Web if allowed == RegistrationRedirects::LoopbackOnly => Err(refuse(
+            "this server registers native clients with loopback redirect URIs only; a web client is identified by a Client ID Metadata Document (an https client_id) instead".to_owned(),
+        )),
+        ApplicationType::Web if url.scheme() != "https" || is_loopback_host(&url) => {
+            Err(refuse(format!(
+                "redirect URI {uri:?} is not an https URI on a host other than localhost, which is what a web client registers"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a registration request and turns it into a client (and its declared kind, echoed back).
+fn client_from(
+    request: Request,
+    allowed: RegistrationRedirects,
+) -> Result<(ClientConfig, ApplicationType), OAuthError> {
+    let kind = application_type(request.application_type.as_deref())?;
     let auth = match request.token_endpoint_auth_method.as_deref() {
         None | Some("none") => ClientAuthMethod::None,
         Some("private_key_jwt") => ClientAuthMethod::PrivateKeyJwt,
@@ -135,7 +203,7 @@ fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
         ));
     }
     for uri in &request.redirect_uris {
-        check_redirect_uri(uri).map_err(|m| OAuthError::new(ErrorCode::InvalidRedirectUri, m))?;
+        check_registered_redirect(uri, kind, allowed)?;
     }
     let name = request
         .client_name
@@ -143,7 +211,7 @@ fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
     if name.chars().count() > 200 {
         return Err(metadata_error("client_name is longer than 200 characters"));
     }
-    Ok(ClientConfig {
+    let client = ClientConfig {
         client_id: format!("{DYNAMIC_CLIENT_PREFIX}{}", secrets::random_token()),
         client_name: name,
         redirect_uris: request.redirect_uris,
@@ -152,7 +220,8 @@ fn client_from(request: Request) -> Result<ClientConfig, OAuthError> {
         grant_types,
         scopes: Vec::new(),
         introspection: false,
-    })
+    };
+    Ok((client, kind))
 }
 
 /// POST `/register`.
@@ -208,7 +277,10 @@ pub async fn register(
             .map_err(|_| metadata_error(format!("the body is larger than {MAX_BODY} bytes")))?;
         let request: Request = serde_json::from_slice(&bytes)
             .map_err(|e| metadata_error(format!("the body is not client metadata: {e}")))?;
-        let client = client_from(request)?;
+        let (client, kind) = client_from(
+            request,
+            snapshot.config.dynamic_client_registration.redirect_uris,
+        )?;
         let now = now_secs();
         let stored = serde_json::to_string(&client).map_err(|e| metadata_error(e.to_string()))?;
         state
@@ -245,6 +317,7 @@ pub async fn register(
             "grant_types": grants,
             "response_types": ["code"],
             "token_endpoint_auth_method": auth,
+            "application_type": kind.name(),
         });
         if let Some(jwks) = client.jwks {
             body["jwks"] = jwks;

@@ -741,7 +741,7 @@ async fn registration_refuses_private_keys() {
         let r = s
             .http
             .post(s.url("/register"))
-            .json(&json!({"client_name": "x", "redirect_uris": [REDIRECT],
+            .json(&json!({"client_name": "x", "redirect_uris": [REDIRECT], "application_type": "native",
                           "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [key]}}))
             .send()
             .await
@@ -1243,7 +1243,7 @@ async fn registered_clients_are_not_admitted_where_a_team_policy_governs() {
     let registered: Value = s
         .http
         .post(s.url("/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "client_name": "x"}))
+        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "client_name": "x", "application_type": "native"}))
         .send()
         .await
         .unwrap()

@@ -474,7 +474,12 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    let s = TestServer::start_with(|c| c.dynamic_client_registration.enabled = true).await;
+    // This test registers more clients from one address than the default per-address budget lets through.
+    let s = TestServer::start_with(|c| {
+        c.dynamic_client_registration.enabled = true;
+        c.rate_limits.enabled = false;
+    })
+    .await;
     let m: serde_json::Value = s
         .http
         .get(s.url("/.well-known/oauth-authorization-server"))
@@ -488,7 +493,7 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
     let r = s
         .http
         .post(s.url("/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "grant_types": ["authorization_code", "refresh_token"], "logo_uri": "ignored"}))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "application_type": "native", "grant_types": ["authorization_code", "refresh_token"], "logo_uri": "ignored"}))
         .send()
         .await
         .unwrap();
@@ -498,6 +503,7 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
     assert!(client_id.starts_with("dcr-"), "{client_id}");
     assert_eq!(registered["token_endpoint_auth_method"], "none");
     assert!(registered.get("client_secret").is_none());
+    assert_eq!(registered["application_type"], "native");
     // The new client completes the code flow and refreshes.
     let code = s
         .code_for(&mut Browser::default(), &client_id, REDIRECT, "files:read")
@@ -523,34 +529,54 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
 
     let cases = vec![
         (
-            json!({"redirect_uris": ["http://evil.example/cb"]}),
+            json!({"application_type": "native", "redirect_uris": ["http://evil.example/cb"]}),
             "invalid_redirect_uri",
             "redirect URI \"http://evil.example/cb\" must be https, or http on a loopback host",
         ),
         (
-            json!({"redirect_uris": []}),
+            json!({"application_type": "native", "redirect_uris": []}),
             "invalid_redirect_uri",
             "redirect_uris is required",
         ),
         (
-            json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_basic"}),
+            json!({"application_type": "native", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_basic"}),
             "invalid_client_metadata",
             "token_endpoint_auth_method \"client_secret_basic\" is not supported; use none or private_key_jwt",
         ),
         (
-            json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"}),
+            json!({"application_type": "native", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"}),
             "invalid_client_metadata",
             "private_key_jwt needs jwks with at least one key",
         ),
         (
-            json!({"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]}),
+            json!({"application_type": "native", "redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]}),
             "invalid_client_metadata",
             "grant type \"client_credentials\" is not available",
         ),
         (
-            json!({"redirect_uris": "not-a-list"}),
+            json!({"application_type": "native", "redirect_uris": "not-a-list"}),
             "invalid_client_metadata",
             "",
+        ),
+        (
+            json!({"redirect_uris": [REDIRECT]}),
+            "invalid_client_metadata",
+            "application_type is required (SEP-837): native for a client on the person's machine with loopback redirect URIs, web for a web site with https redirect URIs",
+        ),
+        (
+            json!({"application_type": "desktop", "redirect_uris": [REDIRECT]}),
+            "invalid_client_metadata",
+            "application_type \"desktop\" is not native or web",
+        ),
+        (
+            json!({"application_type": "native", "redirect_uris": ["https://app.example.com/cb"]}),
+            "invalid_redirect_uri",
+            "redirect URI \"https://app.example.com/cb\" is not a loopback http URI, which is what a native client registers (RFC 8252)",
+        ),
+        (
+            json!({"application_type": "web", "redirect_uris": ["https://app.example.com/cb"]}),
+            "invalid_redirect_uri",
+            "this server registers native clients with loopback redirect URIs only; a web client is identified by a Client ID Metadata Document (an https client_id) instead",
         ),
     ];
     for (body, error, description) in cases {
@@ -796,6 +822,69 @@ async fn resource_server_credentials_need_a_root() {
     );
 }
 
+/// With `redirectUris: LoopbackOrHttps` a web client may register an https redirect, and still only that: each
+/// kind keeps to its own redirects.
+#[tokio::test]
+async fn web_clients_register_https_redirects_only_where_the_policy_allows_them() {
+    let s = TestServer::start_with(|c| {
+        c.dynamic_client_registration.enabled = true;
+        c.dynamic_client_registration.redirect_uris =
+            mcp_authz_authserver::config::RegistrationRedirects::LoopbackOrHttps;
+    })
+    .await;
+    let register = |body: serde_json::Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .http
+                .post(s.url("/register"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, web) = register(
+        json!({"application_type": "web", "redirect_uris": ["https://app.example.com/cb"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{web}");
+    assert_eq!(web["application_type"], "web");
+    assert_eq!(web["redirect_uris"], json!(["https://app.example.com/cb"]));
+    let (status, native) =
+        register(json!({"application_type": "native", "redirect_uris": [REDIRECT]})).await;
+    assert_eq!(
+        (status, &native["application_type"]),
+        (201, &json!("native"))
+    );
+    for (body, description) in [
+        (
+            json!({"application_type": "web", "redirect_uris": [REDIRECT]}),
+            "redirect URI \"http://127.0.0.1/callback\" is not an https URI on a host other than localhost, which is what a web client registers",
+        ),
+        (
+            json!({"application_type": "web", "redirect_uris": ["https://localhost/cb"]}),
+            "redirect URI \"https://localhost/cb\" is not an https URI on a host other than localhost, which is what a web client registers",
+        ),
+        (
+            json!({"application_type": "native", "redirect_uris": ["https://app.example.com/cb"]}),
+            "redirect URI \"https://app.example.com/cb\" is not a loopback http URI, which is what a native client registers (RFC 8252)",
+        ),
+    ] {
+        let (status, answer) = register(body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            answer,
+            json!({"error": "invalid_redirect_uri", "error_description": description}),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn registrations_past_the_hourly_budget_are_refused_with_429() {
     let s = TestServer::start_with(|c| {
@@ -806,7 +895,7 @@ async fn registrations_past_the_hourly_budget_are_refused_with_429() {
     let register = || async {
         s.http
             .post(s.url("/register"))
-            .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent"}))
+            .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "application_type": "native"}))
             .send()
             .await
             .unwrap()
@@ -832,7 +921,7 @@ async fn registrations_past_the_hourly_budget_are_refused_with_429() {
     let again = s
         .http
         .post(s.url("/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent"}))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "application_type": "native"}))
         .send()
         .await
         .unwrap();

@@ -275,7 +275,7 @@ async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Valu
         .http
         .post(s.url("/register"))
         .header("x-forwarded-for", from)
-        .json(&json!({ "redirect_uris": [REDIRECT], "client_name": "Agent" }))
+        .json(&json!({ "redirect_uris": [REDIRECT], "client_name": "Agent", "application_type": "native" }))
         .send()
         .await
         .unwrap();

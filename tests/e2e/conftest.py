@@ -81,6 +81,10 @@ def manifests_dir(work_dir: Path, upstream_port: int) -> Path:
     service = target / "notes-service.yaml"
     service.write_text(service.read_text().replace("port: 8000", f"port: {upstream_port}"))
     (target / "archive-service.yaml").write_text(SECOND_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
+    # Registration on, for the clients that have no metadata document (test_registration.py); spec is the
+    # manifest's last key, so its fields can be appended.
+    server = target / "authorization-server.yaml"
+    server.write_text(server.read_text().rstrip("\n") + "\n  dynamicClientRegistration:\n    enabled: true\n")
     return target
 
 

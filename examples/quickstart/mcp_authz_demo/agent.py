@@ -87,10 +87,11 @@ class ConsentRefused(Exception):
 
 @dataclass
 class Agent:
-    """One MCP client identity (its CIMD URL) talking to one protected MCP service."""
+    """One MCP client identity (its CIMD URL, or none: the SDK then registers at /register) talking to one
+    protected MCP service."""
 
     mcp_url: str
-    client_id_url: str
+    client_id_url: str | None
     redirect_uri: str
     person: HeadlessPerson
     storage: MemoryStorage = field(default_factory=MemoryStorage)

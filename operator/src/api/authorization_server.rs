@@ -107,6 +107,14 @@ pub struct AuthorizationServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<mcp_authz_authserver::config::RateLimits>,
 
+    /// Dynamic Client Registration (RFC 7591) for clients that cannot identify themselves with a
+    /// Client ID Metadata Document: off unless `enabled` (MCP 2026-07-28 deprecates it in favour of
+    /// CIMD). Registrations must name their `application_type` (SEP-837); `redirectUris` says which
+    /// redirect URIs they may ask for (`LoopbackOnly` by default: native clients on the person's
+    /// machine), and `maxPerHour` bounds how fast anyone can fill the store with clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_client_registration: Option<mcp_authz_authserver::config::DynamicClientRegistration>,
+
     /// Networks (CIDRs) of the proxies in front of the server, such as the ingress controller's
     /// pods: a request from one of them is counted against the address its `X-Forwarded-For`
     /// names (rate limits, sign-in budgets). Empty: the connection's address, and the header is

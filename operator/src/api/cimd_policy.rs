@@ -85,8 +85,8 @@ pub struct CIMDPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca_bundle: Option<ConfigMapKeyRef>,
 
-    /// Whether Dynamic Client Registration (RFC 7591) is open as a fallback. Deprecated by MCP
-    /// 2026-07-28; off unless asked.
+    /// Deprecated: use the AuthorizationServer's `dynamicClientRegistration`. True on the server's
+    /// default policy still opens Dynamic Client Registration, under the server's rules for it.
     #[serde(default)]
     pub dynamic_client_registration: bool,
 }

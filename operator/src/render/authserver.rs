@@ -259,7 +259,15 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
         .filter(|p| !refused_policies.contains(&cimd::policy_key(p)))
         .collect();
     config.cimd = cimd::config(default_policy(inputs), &kept);
-    config.dynamic_client_registration.enabled =
+    config.dynamic_client_registration = inputs
+        .server
+        .spec
+        .dynamic_client_registration
+        .clone()
+        .unwrap_or_default();
+    // The default CIMDPolicy's switch came first and still opens registration (deprecated: it is the server's
+    // business, not a policy's).
+    config.dynamic_client_registration.enabled |=
         default_policy(inputs).is_some_and(|p| p.spec.dynamic_client_registration);
     config.resource_servers = Some(ResourceServers {
         root_file: PathBuf::from(KEYS_DIR).join(crate::keys::RESOURCE_SERVER_ROOT_FILE),
@@ -1163,6 +1171,42 @@ mod tests {
             Some(PathBuf::from("/etc/mcp-authz/oidc/secret"))
         );
         assert!(c.login.static_users.is_none());
+    }
+
+    #[test]
+    fn registration_is_off_unless_declared_and_the_policy_switch_still_opens_it() {
+        use mcp_authz_authserver::config::RegistrationRedirects;
+        let plain = alone(&server(json!({})));
+        assert!(!plain.dynamic_client_registration.enabled);
+        let declared = alone(&server(json!({
+            "dynamicClientRegistration": {"enabled": true, "maxPerHour": 7, "redirectUris": "LoopbackOrHttps"}
+        })));
+        declared.validate().expect("the authserver accepts what we render");
+        assert!(declared.dynamic_client_registration.enabled);
+        assert_eq!(declared.dynamic_client_registration.max_per_hour, 7);
+        assert_eq!(
+            declared.dynamic_client_registration.redirect_uris,
+            RegistrationRedirects::LoopbackOrHttps
+        );
+        // The deprecated switch on the server's default CIMDPolicy opens it with the server's rules.
+        let with_policy = server(json!({"defaultCimdPolicy": "platform"}));
+        let mut policy = cases::cimd_policy();
+        policy["metadata"] = json!({"name": "platform", "namespace": "mcp-authz"});
+        policy["spec"]["dynamicClientRegistration"] = json!(true);
+        let policies: Vec<CIMDPolicy> = vec![serde_json::from_value(policy).expect("policy")];
+        let inputs = Inputs {
+            server: &with_policy,
+            services: &[],
+            scopes: &[],
+            policies: &policies,
+            namespaces: &NamespaceLabels::new(),
+        };
+        let opened = authserver_config(&inputs).expect("config");
+        assert!(opened.dynamic_client_registration.enabled);
+        assert_eq!(
+            opened.dynamic_client_registration.redirect_uris,
+            RegistrationRedirects::LoopbackOnly
+        );
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub struct AuthorizationServerSpec {
     /// redirect URIs they may ask for (`LoopbackOnly` by default: native clients on the person's
     /// machine), and `maxPerHour` bounds how fast anyone can fill the store with clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic_client_registration: Option<mcp_authz_authserver::config::DynamicClientRegistration>,
+    pub dynamic_client_registration:
+        Option<mcp_authz_authserver::config::DynamicClientRegistration>,
 
     /// Networks (CIDRs) of the proxies in front of the server, such as the ingress controller's
     /// pods: a request from one of them is counted against the address its `X-Forwarded-For`

@@ -1181,7 +1181,9 @@ mod tests {
         let declared = alone(&server(json!({
             "dynamicClientRegistration": {"enabled": true, "maxPerHour": 7, "redirectUris": "LoopbackOrHttps"}
         })));
-        declared.validate().expect("the authserver accepts what we render");
+        declared
+            .validate()
+            .expect("the authserver accepts what we render");
         assert!(declared.dynamic_client_registration.enabled);
         assert_eq!(declared.dynamic_client_registration.max_per_hour, 7);
         assert_eq!(

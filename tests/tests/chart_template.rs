@@ -525,7 +525,8 @@ fn monitoring_objects_are_opt_in() {
             "McpAuthzSigningKeyTooOld",
             "McpAuthzWebhookCertificateExpiring",
             "McpAuthzSidecarJwksStale",
-            "McpAuthzSidecarAuditLinesDropped"
+            "McpAuthzSidecarAuditLinesDropped",
+            "McpAuthzOperatorWatchFailing"
         ]
     );
     let dashboard = on

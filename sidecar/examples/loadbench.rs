@@ -14,7 +14,13 @@
 //! - `LOADBENCH_WRK=/usr/bin/wrk` and `LOADBENCH_MAX_SECONDS=10`: each round also drives each proxy as fast as
 //!   `wrk` can (64 connections) and reads its CPU time from `/proc`;
 //! - `LOADBENCH_PERF_SECONDS=N`: instead of the rounds, one unlimited run through the sidecar (or the proxy
-//!   named by `LOADBENCH_PERF_PROXY`), N seconds long, its pid printed first (for `perf record -p`).
+//!   named by `LOADBENCH_PERF_PROXY`), N seconds long, its pid printed first (for `perf record -p`);
+//! - `LOADBENCH_PERF_REQUESTS=N`: instead of the rounds, 1,000 requests through that proxy to warm it, then
+//!   the shell command `LOADBENCH_PERF_HOOK` run with `start <pid>`, exactly N requests (oha, 32 connections,
+//!   unlimited rate), the hook again with `stop <pid>`: a fixed amount of work between the two calls, for
+//!   counts that do not depend on the machine's load (`callgrind_control -z` / `-d`, `strace -c -p`);
+//! - `LOADBENCH_PROXY_WRAP="valgrind --tool=callgrind"`: each proxy starts under this command (after
+//!   `taskset`); proxies are stopped with SIGTERM, so such a tool writes its report.
 //!
 //! The sidecar runs as in production: log level `info`, so every `tools/call` writes its audit line, to a stdout
 //! that is a pipe drained by a thread of the harness (a container runtime's part). `LOADBENCH_RUST_LOG=warn`
@@ -49,6 +55,16 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // SIGTERM first, so that a tool the proxy runs under (LOADBENCH_PROXY_WRAP) writes its report.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -167,23 +183,24 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-fn oha(
-    oha: &str,
-    url: &str,
-    token: Option<&str>,
-    seconds: u64,
-    rate: u64,
-) -> anyhow::Result<Value> {
+/// How much load one oha run sends.
+#[derive(Clone, Copy)]
+enum Amount {
+    /// `rate` requests per second for `seconds`.
+    Rate { seconds: u64, rate: u64 },
+    /// Exactly this many requests, as fast as they are answered.
+    Count(u64),
+}
+
+fn oha(oha: &str, url: &str, token: Option<&str>, amount: Amount) -> anyhow::Result<Value> {
     let mut command = Command::new(oha);
-    command.args([
-        "--no-tui",
-        "--output-format",
-        "json",
-        "-z",
-        &format!("{seconds}s"),
-        "-q",
-        &rate.to_string(),
-    ]);
+    command.args(["--no-tui", "--output-format", "json"]);
+    match amount {
+        Amount::Rate { seconds, rate } => {
+            command.args(["-z", &format!("{seconds}s"), "-q", &rate.to_string()])
+        }
+        Amount::Count(n) => command.args(["-n", &n.to_string()]),
+    };
     command.args([
         "-c",
         "32",
@@ -273,16 +290,21 @@ struct Proxied {
     pids: Vec<u32>,
 }
 
-/// `taskset -c <cpus> program` when the proxies are pinned, else `program`.
+/// `taskset -c <cpus> [wrap...] program` when the proxies are pinned, else `[wrap...] program`.
 fn pinned(program: &str) -> Command {
-    match std::env::var("LOADBENCH_PROXY_CPUS") {
-        Ok(cpus) if !cpus.is_empty() => {
-            let mut command = Command::new("taskset");
-            command.args(["-c", &cpus, program]);
-            command
-        }
-        _ => Command::new(program),
+    let mut line: Vec<String> = Vec::new();
+    if let Ok(cpus) = std::env::var("LOADBENCH_PROXY_CPUS")
+        && !cpus.is_empty()
+    {
+        line.extend(["taskset".into(), "-c".into(), cpus]);
     }
+    if let Ok(wrap) = std::env::var("LOADBENCH_PROXY_WRAP") {
+        line.extend(wrap.split_whitespace().map(str::to_owned));
+    }
+    line.push(program.into());
+    let mut command = Command::new(&line[0]);
+    command.args(&line[1..]);
+    command
 }
 
 /// nginx as a plain reverse proxy in front of the same upstream: one worker (one core, like the sidecar),
@@ -523,6 +545,49 @@ async fn main() -> anyhow::Result<()> {
              end\n"
         ),
     )?;
+    if let Some(count) = env("LOADBENCH_PERF_REQUESTS")
+        .map(|s| s.parse::<u64>())
+        .transpose()?
+    {
+        let name = env("LOADBENCH_PERF_PROXY").unwrap_or_else(|| "sidecar".into());
+        let target = proxies
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no proxy {name} (LOADBENCH_PERF_PROXY)"))?;
+        // nginx's work is done by its worker, the last of its processes.
+        let target_pid = target.pids.last().copied().unwrap_or_default();
+        let url = format!("http://127.0.0.1:{}/mcp", target.port);
+        let (oha_bin, hook, t) = (args[2].clone(), env("LOADBENCH_PERF_HOOK"), token.clone());
+        println!("{name} pid {target_pid}: {count} requests after 1,000 to warm it");
+        // Off the runtime's thread: the upstream is served on it.
+        let report = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+            let hook_run = |step: &str| -> anyhow::Result<()> {
+                if let Some(hook) = &hook {
+                    // The step and the pid follow the command as its arguments.
+                    let line = format!("{hook} \"$@\"");
+                    let status = Command::new("sh")
+                        .args(["-c", &line, "hook", step, &target_pid.to_string()])
+                        .status()?;
+                    if !status.success() {
+                        bail!("LOADBENCH_PERF_HOOK {step} failed: {status}");
+                    }
+                }
+                Ok(())
+            };
+            let warm = oha(&oha_bin, &url, Some(&t), Amount::Count(1000))?;
+            if ok(&warm) != 1000 {
+                bail!("warm-up: {} of 1000 answered 200", ok(&warm));
+            }
+            hook_run("start")?;
+            let report = oha(&oha_bin, &url, Some(&t), Amount::Count(count))?;
+            hook_run("stop")?;
+            Ok(report)
+        })
+        .await??;
+        println!("{name}: {} of {count} requests answered 200", ok(&report));
+        drop(nginx);
+        return Ok(());
+    }
     let wrk_bin = env("LOADBENCH_WRK");
     if let Some(perf_seconds) = env("LOADBENCH_PERF_SECONDS")
         .map(|s| s.parse::<u64>())
@@ -563,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
     let t = token.clone();
     let measured = proxies.clone();
     let with_wrk = wrk_bin.is_some();
+    let amount = Amount::Rate { seconds, rate };
     let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Round>> {
         let mut all = Vec::new();
         for round in 0..rounds {
@@ -574,19 +640,19 @@ async fn main() -> anyhow::Result<()> {
             let mut runs = vec![
                 RateRun {
                     path: "direct",
-                    report: oha(&oha_bin, &direct_url, Some(&t), seconds, rate)?,
+                    report: oha(&oha_bin, &direct_url, Some(&t), amount)?,
                     cpu_us_per_request: None,
                 },
                 RateRun {
                     path: "byte relay",
-                    report: oha(&oha_bin, &relay_url, Some(&t), seconds, rate)?,
+                    report: oha(&oha_bin, &relay_url, Some(&t), amount)?,
                     cpu_us_per_request: None,
                 },
             ];
             for proxy in &order {
                 let before = cpu_ticks(&proxy.pids)?;
                 let url = format!("http://127.0.0.1:{}/mcp", proxy.port);
-                let report = oha(&oha_bin, &url, Some(&t), seconds, rate)?;
+                let report = oha(&oha_bin, &url, Some(&t), amount)?;
                 let ticks = cpu_ticks(&proxy.pids)? - before;
                 runs.push(RateRun {
                     path: proxy.name,

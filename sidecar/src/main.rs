@@ -54,7 +54,10 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(logs.clone());
     if args.log_format == "json" {
-        subscriber.json().init()
+        subscriber
+            .json()
+            .event_format(mcp_authz_sidecar::log_format::json())
+            .init()
     } else {
         subscriber.init()
     }

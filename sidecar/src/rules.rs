@@ -188,16 +188,26 @@ fn transitive_closure(
 
 /// Glob match where `*` is any run of characters (`/` included) and `?` exactly one character.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    // This runs for every rule an operation is tried against: ASCII names and patterns (nearly all) are
+    // matched in place, others as characters, since `?` stands for one character, not one byte.
+    if pattern.is_ascii() && text.is_ascii() {
+        glob_match_units(pattern.as_bytes(), text.as_bytes(), b'*', b'?')
+    } else {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        glob_match_units(&p, &t, '*', '?')
+    }
+}
+
+fn glob_match_units<T: Copy + PartialEq>(p: &[T], t: &[T], any: T, one: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     // Position of the last `*` and the text position it was tried at: backtracking is linear per star.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -208,7 +218,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == any)
 }
 
 #[cfg(test)]
@@ -372,6 +382,14 @@ mod tests {
             ("*a*b", "xxaxxbxxc", false),
             ("", "", true),
             ("", "x", false),
+            // `?` is one character, also where a character is several bytes, on either side.
+            ("get_?", "get_é", true),
+            ("get_??", "get_é", false),
+            ("caf?", "café", true),
+            ("café_*", "café_x", true),
+            ("café_?", "cafe_x", false),
+            ("*é", "aé", true),
+            ("?", "🦀", true),
         ];
         for (pattern, text, expected) in cases {
             assert_eq!(glob_match(pattern, text), expected, "{pattern} vs {text}");

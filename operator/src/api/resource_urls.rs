@@ -46,6 +46,18 @@ impl UrlStanding {
     pub fn allows(&self) -> bool {
         matches!(self, Self::Open | Self::Granted)
     }
+
+    /// Why the claim may not hold its URL, in words (`None` when it may): the cluster's condition and the
+    /// local plan's refusal say the same.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Self::Open | Self::Granted => None,
+            Self::NotCovered => Some("none of its resourceUrls covers this URL".to_owned()),
+            Self::GrantedElsewhere(prefix) => Some(format!(
+                "its resourceUrls grant {prefix} to other namespaces"
+            )),
+        }
+    }
 }
 
 /// Where a claim on `resource_url` from `namespace` stands under `grants` of a server in
@@ -65,16 +77,25 @@ pub fn standing(
     let Ok(url) = Url::parse(resource_url) else {
         return UrlStanding::NotCovered;
     };
-    let best = grants
+    let covering: Vec<(usize, &ResourceUrlGrant)> = grants
         .iter()
         .filter_map(|g| covered_path_len(&g.prefix, &url).map(|len| (len, g)))
-        .max_by_key(|(len, _)| *len);
-    match best {
-        None => UrlStanding::NotCovered,
-        Some((_, grant)) if grant.namespaces.admits(server_namespace, namespace, labels) => {
-            UrlStanding::Granted
-        }
+        .collect();
+    let Some(longest) = covering.iter().map(|(len, _)| *len).max() else {
+        return UrlStanding::NotCovered;
+    };
+    // Several grants may spell the same prefix (`/files` and `/files/`, or one entry per selector): together
+    // they decide, so which of them comes last in the list changes nothing.
+    let mut deciding = covering.iter().filter(|(len, _)| *len == longest);
+    if deciding
+        .clone()
+        .any(|(_, g)| g.namespaces.admits(server_namespace, namespace, labels))
+    {
+        return UrlStanding::Granted;
+    }
+    match deciding.next() {
         Some((_, grant)) => UrlStanding::GrantedElsewhere(grant.prefix.clone()),
+        None => UrlStanding::NotCovered,
     }
 }
 
@@ -232,6 +253,39 @@ mod tests {
                 UrlStanding::NotCovered,
                 "{prefix}"
             );
+        }
+    }
+
+    #[test]
+    fn grants_of_one_prefix_decide_together_whatever_their_order() {
+        let files = grant("https://mcp.example.com/files", names(&["files"]));
+        let platform = grant("https://mcp.example.com/files/", json!({"from": "Same"}));
+        for grants in [
+            [files.clone(), platform.clone()],
+            [platform.clone(), files.clone()],
+        ] {
+            let table: &[(&str, UrlStanding)] = &[
+                ("files", UrlStanding::Granted),
+                ("mcp-authz", UrlStanding::Granted),
+                (
+                    "other",
+                    UrlStanding::GrantedElsewhere(grants[0].prefix.clone()),
+                ),
+            ];
+            for (namespace, want) in table {
+                assert_eq!(
+                    &standing(
+                        &grants,
+                        "https://mcp.example.com/files/v2",
+                        "mcp-authz",
+                        namespace,
+                        None
+                    ),
+                    want,
+                    "{namespace} with {:?} first",
+                    grants[0].prefix
+                );
+            }
         }
     }
 

@@ -343,6 +343,21 @@ pub fn check_service(
             ),
         ));
     }
+    // The cluster leaves such a service out of the server (ResourceURLNotGranted): a local run that kept it
+    // would pass what the cluster refuses.
+    if let Some(why) =
+        crate::tenancy::url_standing(&service.object, &server.object, &Default::default()).refusal()
+    {
+        return Err(invalid(
+            &service.origin,
+            "spec.resourceUrl",
+            format!(
+                "AuthorizationServer {} does not let namespace {namespace} protect {}: {why}",
+                key_of(&server.object),
+                service.object.spec.resource_url
+            ),
+        ));
+    }
     let missing = render::missing_scopes(
         &service.object,
         &server.object.namespace().unwrap_or_default(),
@@ -534,6 +549,19 @@ mod tests {
         let service = &mut other_namespace.services[0].object;
         service.metadata.namespace = Some("team-a".into());
         service.spec.authorization_server_ref.namespace = Some("default".into());
+        let grant = |prefix: &str, namespaces: serde_json::Value| {
+            let mut set = quickstart();
+            set.authorization_servers[0].object.spec.resource_urls = serde_json::from_value(
+                serde_json::json!([{"prefix": prefix, "namespaces": namespaces}]),
+            )
+            .expect("grants");
+            set
+        };
+        let not_covered = grant("https://other.example/", serde_json::json!({"from": "All"}));
+        let granted_elsewhere = grant(
+            "https://mcp.quickstart.example/",
+            serde_json::json!({"from": "Selector", "selector": {"matchLabels": {"team": "platform"}}}),
+        );
         let mut no_server = quickstart();
         no_server.authorization_servers.clear();
         let mut two_servers = quickstart();
@@ -565,6 +593,16 @@ mod tests {
                 "service from a namespace the server does not admit",
                 other_namespace,
                 "notes-service.yaml: MCPService/notes: metadata.namespace: AuthorizationServer default/quickstart does not admit services from namespace team-a (allowedNamespaces from: Same)",
+            ),
+            (
+                "service URL no grant covers",
+                not_covered,
+                "notes-service.yaml: MCPService/notes: spec.resourceUrl: AuthorizationServer default/quickstart does not let namespace default protect https://mcp.quickstart.example/mcp: none of its resourceUrls covers this URL",
+            ),
+            (
+                "service URL granted to another namespace",
+                granted_elsewhere,
+                "notes-service.yaml: MCPService/notes: spec.resourceUrl: AuthorizationServer default/quickstart does not let namespace default protect https://mcp.quickstart.example/mcp: its resourceUrls grant https://mcp.quickstart.example/ to other namespaces",
             ),
             (
                 "no server",

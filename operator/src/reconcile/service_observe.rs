@@ -9,7 +9,6 @@ use kube::ResourceExt;
 use mcp_authz_authserver::resource_servers::Root;
 
 use super::mcp_service::{injected_pods, outdated_pods, raw_port_services, sidecars_current};
-use crate::api::resource_urls::UrlStanding;
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::naming;
 use crate::render::{
@@ -48,18 +47,8 @@ pub fn attachment(
     if !tenancy::admits(server, &namespace, labels) {
         return Attachment::NotAdmitted(server.spec.allowed_namespaces.describe());
     }
-    match tenancy::url_standing(service, server, labels) {
-        UrlStanding::GrantedElsewhere(prefix) => {
-            return Attachment::UrlNotGranted(format!(
-                "its resourceUrls grant {prefix} to other namespaces"
-            ));
-        }
-        UrlStanding::NotCovered => {
-            return Attachment::UrlNotGranted(
-                "none of its resourceUrls covers this URL".to_owned(),
-            );
-        }
-        UrlStanding::Open | UrlStanding::Granted => {}
+    if let Some(why) = tenancy::url_standing(service, server, labels).refusal() {
+        return Attachment::UrlNotGranted(why);
     }
     match tenancy::resource_holder(service, server, claimants, labels) {
         Some(holder) => Attachment::Taken(tenancy::key_of(holder)),

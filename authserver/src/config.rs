@@ -792,6 +792,13 @@ pub fn check_resource_url(resource: &str) -> Result<(), ConfigError> {
             "resource {resource:?} must be https (http only on loopback) without fragment"
         )));
     }
+    // `https://files.example.com@team-b.example/x` is team-b's host but reads like another team's on a consent
+    // screen.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "resource {resource:?} must not carry userinfo"
+        )));
+    }
     Ok(())
 }
 
@@ -972,6 +979,11 @@ clients:
                 "implies unknown scope",
             ),
             ("\"$argon2id$v=19", "\"$argon2i$v=19", "Argon2id"),
+            (
+                "- resource: https://mcp.example.com/files",
+                "- resource: https://files.example.com@mcp.example.com/files",
+                "resource \"https://files.example.com@mcp.example.com/files\" must not carry userinfo",
+            ),
             (
                 "clients:",
                 "rateLimits: {tokenPerClient: {requestsPerSecond: 0, burst: 5}}\nclients:",

@@ -56,10 +56,28 @@ fn reported(conditions: Option<&[Condition]>, type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// A service's claim: it holds now when its key was issued.
+/// A service's claim: it holds now when its key was issued, to this very object for this URL. The status
+/// says so by `issuedFor`; without it (a status written before it existed), by `CredentialsIssued` alone,
+/// until the operator writes the status again.
 pub fn service_claim(service: &MCPService) -> (bool, Option<Time>, String, String, String) {
-    let conditions = service.status.as_ref().map(|s| s.conditions.as_slice());
-    claim_key(service, reported(conditions, "CredentialsIssued"))
+    let status = service.status.as_ref();
+    let conditions = status.map(|s| s.conditions.as_slice());
+    let for_this_object = status
+        .and_then(|s| s.issued_for.as_deref())
+        .is_none_or(|issued| issued == issued_for(service));
+    claim_key(
+        service,
+        for_this_object && reported(conditions, "CredentialsIssued"),
+    )
+}
+
+/// What `status.issuedFor` records for `service`: its uid and its resource URL.
+pub fn issued_for(service: &MCPService) -> String {
+    format!(
+        "{} {}",
+        service.uid().unwrap_or_default(),
+        service.spec.resource_url
+    )
 }
 
 /// A scope's claim at `server` (`namespace/name`): it holds there when the operator last found it owning its
@@ -330,6 +348,58 @@ mod tests {
         assert_eq!(
             holder(&other_url, &[other_url.clone(), victim.clone()]),
             None
+        );
+    }
+
+    #[test]
+    fn holding_counts_only_for_the_object_and_url_the_key_was_issued_for() {
+        let url = "https://mcp.example.com/files";
+        let issued = |service: &MCPService, issued_for: Option<String>| {
+            let mut s = service.clone();
+            s.status = Some(crate::api::MCPServiceStatus {
+                conditions: vec![Condition {
+                    type_: "CredentialsIssued".into(),
+                    status: "True".into(),
+                    reason: "KeyIssued".into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: at(100),
+                }],
+                issued_for,
+                ..Default::default()
+            });
+            s
+        };
+        let recreated = service("team", "files", url, 500, "u-new");
+        // (status.issuedFor, holding)
+        let table = [
+            (Some(issued_for(&recreated)), true),
+            // A write of a reconcile of the deleted object of the same name, landed on the new one.
+            (Some(format!("u-old {url}")), false),
+            (
+                Some("u-new https://mcp.example.com/other".to_owned()),
+                false,
+            ),
+            // Written before issuedFor existed: the condition alone, until the next status write.
+            (None, true),
+        ];
+        for (issued_for, holding) in table {
+            let s = issued(&recreated, issued_for.clone());
+            assert_eq!(service_claim(&s).0, !holding, "{issued_for:?}");
+        }
+        // So an owner's new claim, older than the impostor's, keeps the URL against a stray write.
+        let all = server(json!({"from": "All"}));
+        let owner = service("owner", "files", url, 300, "u-owner");
+        let impostor = issued(&recreated, Some(format!("u-old {url}")));
+        assert_eq!(
+            resource_holder(
+                &impostor,
+                &all,
+                &[owner.clone(), impostor.clone()],
+                &NamespaceLabels::new()
+            )
+            .map(key_of),
+            Some("owner/files".to_owned())
         );
     }
 

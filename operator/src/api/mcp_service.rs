@@ -204,4 +204,9 @@ pub struct MCPServiceStatus {
     /// keep that sidecar until restarted.
     #[serde(default)]
     pub outdated_pods: i32,
+    /// The object and URL the key of `CredentialsIssued=True` was issued for (`uid resourceUrl`). A claim
+    /// holds only when this names the object itself: a write of a reconcile of a deleted service that lands
+    /// on a new one of the same name carries the old uid, and gives the newcomer no standing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_for: Option<String>,
 }

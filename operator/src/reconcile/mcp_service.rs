@@ -308,14 +308,21 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
     let (injected, outdated) = (observation.injected, observation.outdated);
     // A status that would not change is not sent: each service is reconciled again whenever its server,
     // namespace or URL sharers change, and an unchanged write is still a request.
+    let issued = conditions
+        .iter()
+        .any(|c| c.type_ == "CredentialsIssued" && c.status == "True");
     let unchanged = service.status.as_ref().is_some_and(|s| {
-        s.conditions == conditions
+        s.issued_for.as_deref() == issued.then(|| tenancy::issued_for(service)).as_deref()
+            && s.conditions == conditions
             && s.observed_generation == service.meta().generation
             && usize::try_from(s.injected_pods).ok() == Some(injected)
             && usize::try_from(s.outdated_pods).ok() == Some(outdated)
     });
     if !unchanged {
-        let status = json!({"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated});
+        let mut status = json!({"observedGeneration": service.meta().generation, "conditions": conditions, "injectedPods": injected, "outdatedPods": outdated});
+        if issued {
+            status["issuedFor"] = json!(tenancy::issued_for(service));
+        }
         ctx.write_status(service, status).await?;
     }
     Ok(Action::requeue(observation.requeue))

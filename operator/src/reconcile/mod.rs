@@ -191,9 +191,10 @@ impl Context {
     }
 
     /// Writes `status` (the fields under `.status`) to `object`'s status subresource, as the operator's
-    /// field manager, unless this operator wrote exactly that last and nobody wrote since. The object's uid
-    /// goes in the patch, where the API server takes it as a precondition: a reconcile of an object deleted
-    /// meanwhile fails with a conflict instead of writing its conditions onto a new object of the same name.
+    /// field manager, unless this operator wrote exactly that last and nobody wrote since. The write goes by
+    /// name: a reconcile of an object deleted meanwhile can land its conditions on a new object of the same
+    /// name (the API server ignores a uid in a server-side apply of a custom resource's status), and the new
+    /// object's own reconcile, which that write triggers, writes them again.
     pub async fn write_status<K>(
         &self,
         object: &K,
@@ -210,7 +211,6 @@ impl Context {
         }
         let body = serde_json::json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()),
-            "metadata": {"uid": object.meta().uid},
             "status": status,
         });
         let made = Api::<K>::namespaced(
@@ -314,14 +314,18 @@ fn failure_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
 }
 
 /// The most objects whose failures are counted at once. An object deleted while failing is never counted
-/// as succeeding, so its entry would stay: past this many, the count starts over (every failing object
-/// then retries after one second once more) rather than grow with every name a tenant churns through.
+/// as succeeding, so its entry would stay: past this many, one entry is forgotten for each new one (that
+/// object retries after one second once more) rather than grow with every name a tenant churns through.
+/// Forgetting one, not all, keeps a tenant's churn from resetting every failing object's backoff at once.
 const MAX_COUNTED_FAILURES: usize = 4096;
 
 /// Counts one more failure of `key` in `failures` and returns how many in a row it has had.
 fn count_failure(failures: &mut std::collections::HashMap<String, u32>, key: String) -> u32 {
-    if failures.len() >= MAX_COUNTED_FAILURES && !failures.contains_key(&key) {
-        failures.clear();
+    if failures.len() >= MAX_COUNTED_FAILURES
+        && !failures.contains_key(&key)
+        && let Some(any) = failures.keys().next().cloned()
+    {
+        failures.remove(&any);
     }
     let n = failures.entry(key).or_insert(0);
     *n = n.saturating_add(1);
@@ -396,8 +400,13 @@ mod tests {
             count_failure(&mut failures, format!("churn-{i}"));
             assert!(failures.len() <= MAX_COUNTED_FAILURES);
         }
-        let n = count_failure(&mut failures, "churn-0".into());
-        assert_eq!(n, 1, "counted afresh after the table started over");
+        assert_eq!(failures.len(), MAX_COUNTED_FAILURES);
+        let last = format!("churn-{}", 3 * MAX_COUNTED_FAILURES - 1);
+        assert_eq!(
+            count_failure(&mut failures, last),
+            2,
+            "one entry forgotten per new one: the newest are still counted"
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 
-/// The most objects remembered at once; past it the memory starts over (the cost is one repeated Event or
-/// write per object, as before this memory existed).
+/// The most objects remembered at once; past it one entry is forgotten for each new one (the cost is one
+/// repeated Event or write for that object, as before this memory existed).
 const MAX_REMEMBERED: usize = 8192;
 
 /// The last status written per object uid.
@@ -64,8 +64,11 @@ impl Written {
             return;
         };
         if let Ok(mut by_uid) = self.by_uid.lock() {
-            if by_uid.len() >= MAX_REMEMBERED && !by_uid.contains_key(&uid) {
-                by_uid.clear();
+            if by_uid.len() >= MAX_REMEMBERED
+                && !by_uid.contains_key(&uid)
+                && let Some(any) = by_uid.keys().next().cloned()
+            {
+                by_uid.remove(&any);
             }
             by_uid.insert(uid, Entry { over, made, status });
         }

@@ -1127,6 +1127,51 @@ clients:
                 "trustedProxies: [10.0.0.0/8, ingress]\nclients:",
                 "trustedProxies: \"ingress\" is not a CIDR",
             ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    tokenEndpointAuthMethod: client_secret_post",
+                "client \"cli\": clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
+            ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    clientSecretFile: /s",
+                "client \"cli\": clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
+            ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    grantTypes: [jwt_bearer]",
+                "client \"cli\": urn:ietf:params:oauth:grant-type:jwt-bearer needs a confidential client (private_key_jwt or a client secret)",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: http://idp.example, jwksUri: https://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders: issuer \"http://idp.example\" must be https (http only on a loopback host) and not this server",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://auth.example.com, jwksUri: https://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders: issuer \"https://auth.example.com\" must be https (http only on a loopback host) and not this server",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, clients: [cli]}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": needs exactly one of jwksUri and jwks",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwksUri: http://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": jwksUri \"http://idp.example/k\" must be an https URL",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: []}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": clients must list at least one client id",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: [a]}\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: [a]}\nclients:",
+                "trustedIdentityProviders: issuer \"https://idp.example\" is listed twice",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = YAML.replacen(from, to, 1);

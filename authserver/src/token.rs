@@ -1,5 +1,6 @@
 //! `/token`: authorization code (single use; a replay revokes the grant), refresh token (rotated on every use;
-//! reuse revokes the grant) and client credentials (confidential clients). Access tokens are RFC 9068 JWTs.
+//! reuse revokes the grant), client credentials (confidential clients) and ID-JAG redemption
+//! ([`crate::identity_assertion`]). Access tokens are RFC 9068 JWTs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,7 @@ pub async fn issue_access_token(
 }
 
 /// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
-fn sign_access_token(
+pub(crate) fn sign_access_token(
     state: &AppState,
     snapshot: &Snapshot,
     grant: &Grant,
@@ -138,7 +139,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         }
         Err(e) => {
             state.refuse("token", &who, &e).await;
-            e.into_response()
+            client_auth::refusal_response(&headers, e)
         }
     }
 }
@@ -179,7 +180,7 @@ async fn handle(
             client_credentials(state, snapshot, &presented, &params, who).await?
         }
         GrantType::JwtBearer => {
-            return Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "not yet"));
+            crate::identity_assertion::redeem(state, snapshot, &presented, &params, who).await?
         }
     };
     Ok((grant_type_label(grant), body))

@@ -122,23 +122,7 @@ impl Snapshot {
             None => RateLimiter::new(&config.rate_limits).map(Arc::new),
         };
         let trusted_proxies = config.trusted_proxy_networks()?;
-        let mut client_secrets = HashMap::new();
-        for client in &config.clients {
-            if let Some(path) = &client.client_secret_file {
-                let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let secret = secret.trim();
-                if secret.chars().count() < MIN_CLIENT_SECRET_CHARS {
-                    return Err(ConfigError::Invalid(format!(
-                        "client {:?}: the secret in clientSecretFile must be at least {MIN_CLIENT_SECRET_CHARS} characters",
-                        client.client_id
-                    )));
-                }
-                client_secrets.insert(client.client_id.clone(), crate::secrets::hash(secret));
-            }
-        }
+        let client_secrets = read_client_secrets(&config)?;
         let mut identity_providers = HashMap::new();
         for idp in &config.trusted_identity_providers {
             let kept = previous
@@ -178,6 +162,31 @@ impl Snapshot {
                 .any(|u| u.subject.as_deref().unwrap_or(&u.username) == subject),
         )
     }
+}
+
+/// The SHA-256 (hex) of each registered client's secret, read from its `clientSecretFile` now. Called at every
+/// config load and every 10 s, so a rotated Secret (the kubelet rewrites the file) takes effect without a restart.
+pub fn read_client_secrets(
+    config: &AuthServerConfig,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut client_secrets = HashMap::new();
+    for client in &config.clients {
+        if let Some(path) = &client.client_secret_file {
+            let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let secret = secret.trim();
+            if secret.chars().count() < MIN_CLIENT_SECRET_CHARS {
+                return Err(ConfigError::Invalid(format!(
+                    "client {:?}: the secret in clientSecretFile must be at least {MIN_CLIENT_SECRET_CHARS} characters",
+                    client.client_id
+                )));
+            }
+            client_secrets.insert(client.client_id.clone(), crate::secrets::hash(secret));
+        }
+    }
+    Ok(client_secrets)
 }
 
 fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {

@@ -580,3 +580,57 @@ async fn without_trusted_providers_the_grant_does_not_exist() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_rotated_client_secret_takes_effect_without_a_restart() {
+    let p = plane().await;
+    let s = &p.s;
+    let rotated = "the-rotated-secret-of-the-enterprise-agent-42";
+    std::fs::write(s.dir.path().join("agent-secret"), rotated).unwrap();
+    let mut answer = (0, Value::Null);
+    // Secrets are read again every 10 s; wait for the old one to stop working.
+    for _ in 0..60 {
+        let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
+        let (status, body, _) = s.token(&redeem_form(&jag, &[])).await;
+        answer = (status, body);
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        (answer.0, error_of(&answer.1)),
+        (
+            401,
+            ("invalid_client", "the client secret is not this client's")
+        )
+    );
+    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", GRANT),
+            ("assertion", &jag),
+            ("client_id", AGENT),
+            ("client_secret", rotated),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A secret file cut too short is refused, and the secret in force stays.
+    std::fs::write(s.dir.path().join("agent-secret"), "short").unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
+    let (status, _, _) = s
+        .token(&[
+            ("grant_type", GRANT),
+            ("assertion", &jag),
+            ("client_id", AGENT),
+            ("client_secret", rotated),
+        ])
+        .await;
+    assert_eq!(status, 200);
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("mcp_authz_authserver_config_reloads_total{outcome=\"invalid\"}"),
+        "{metrics}"
+    );
+}

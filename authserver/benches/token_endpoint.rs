@@ -65,6 +65,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     );
     let mut config = AuthServerConfig::parse(&yaml, std::path::Path::new("b.yaml")).unwrap();
     config.clients.push(ClientConfig {
+        client_secret_file: None,
         client_id: "svc".into(),
         client_name: "Service".into(),
         redirect_uris: vec![],

@@ -1,5 +1,7 @@
 //! Client authentication at the token, introspection and revocation endpoints: `none` (public clients, identified
-//! by `client_id`) or `private_key_jwt` (RFC 7523 assertions). Shared secrets, `alg: none` and HMAC are refused.
+//! by `client_id`), `private_key_jwt` (RFC 7523 assertions), or a shared secret (`client_secret_basic`,
+//! `client_secret_post`) for a client the platform registered with one. `alg: none` and HMAC assertions are
+//! refused, and so is a secret for any client registered without one (CIMD and DCR clients never have one).
 //!
 //! Two steps, so callers can decide under which resource the client is looked up before anything is fetched:
 //! [`presented`] reads what the request claims (no I/O), [`authenticate`] checks it under a resource's policy.
@@ -16,8 +18,9 @@ use serde_json::Value;
 use crate::clients::{self, ClientKeySource, ClientView, cimd_error, shorten};
 use crate::clock::now_secs;
 use crate::config::ClientAuthMethod;
-use crate::oauth_error::OAuthError;
+use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
+use crate::secrets;
 use crate::state::{AppState, Snapshot};
 use crate::store::AssertionClaim;
 
@@ -48,6 +51,22 @@ pub struct Presented<'a> {
     pub client_id: String,
     /// The assertion, when the request carries one (`private_key_jwt`).
     pub assertion: Option<Assertion<'a>>,
+    /// The shared secret, when the request carries one, and where it came.
+    pub secret: Option<PresentedSecret>,
+}
+
+/// A client secret as presented; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresentedSecret {
+    pub value: String,
+    /// `client_secret_basic` or `client_secret_post`.
+    pub method: ClientAuthMethod,
+}
+
+impl std::fmt::Debug for PresentedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PresentedSecret({}, ...)", self.method.as_str())
+    }
 }
 
 /// A client assertion with its header and claims decoded but not verified.
@@ -62,38 +81,115 @@ pub struct Assertion<'a> {
 impl Presented<'_> {
     /// The method the request authenticates with.
     pub fn method(&self) -> ClientAuthMethod {
-        if self.assertion.is_some() {
-            ClientAuthMethod::PrivateKeyJwt
-        } else {
-            ClientAuthMethod::None
+        match (&self.assertion, &self.secret) {
+            (Some(_), _) => ClientAuthMethod::PrivateKeyJwt,
+            (None, Some(secret)) => secret.method,
+            (None, None) => ClientAuthMethod::None,
         }
     }
 }
 
-/// Reads the client a request presents. Refuses shared secrets, a malformed assertion, and a `client_id` that
-/// disagrees with the assertion's issuer.
-pub fn presented<'a>(headers: &HeaderMap, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
-    if headers
+/// The client id and secret of an HTTP Basic `Authorization` header (RFC 6749 §2.3.1: each form-encoded, then
+/// joined by a colon); `None` without a Basic header.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        OAuthError::invalid_client(
+            "the Authorization header is not Basic base64(client_id:client_secret)",
+        )
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    // Other schemes are not client authentication (introspection reads the admin's Bearer itself).
+    let Some(encoded) = value
+        .get(..6)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("basic "))
+        .map(|_| value[6..].trim())
+    else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let form_decode = |part: &str| {
+        percent_encoding::percent_decode_str(&part.replace('+', " "))
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| malformed())
+    };
+    let (id, secret) = (form_decode(id)?, form_decode(secret)?);
+    if id.is_empty() || secret.is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some((id, secret)))
+}
+
+/// The refusal of a request as a response: RFC 6749 §5.2 wants a 401 to a client that authenticated with an
+/// `Authorization` header to challenge in that header's scheme.
+pub fn refusal_response(headers: &HeaderMap, refusal: OAuthError) -> axum::response::Response {
+    let mut response = axum::response::IntoResponse::into_response(refusal);
+    let basic = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() >= 6 && v[..6].eq_ignore_ascii_case("basic "))
+        .and_then(|v| v.as_bytes().get(..6))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"basic "));
+    if basic && response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"token endpoint\""),
+        );
+    }
+    response
+}
+
+/// Reads the client a request presents. Refuses more than one way of authenticating (RFC 6749 §2.3), a
+/// malformed assertion or Basic header, and a `client_id` that disagrees with the assertion's issuer or the
+/// Basic header.
+pub fn presented<'a>(headers: &HeaderMap, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
+    let basic = basic_credentials(headers)?;
+    let posted_secret = params.get("client_secret");
+    let has_assertion =
+        params.get("client_assertion_type").is_some() || params.get("client_assertion").is_some();
+    if [basic.is_some(), posted_secret.is_some(), has_assertion]
+        .into_iter()
+        .filter(|present| *present)
+        .count()
+        > 1
     {
-        return Err(OAuthError::invalid_client(
-            "client_secret_basic is not supported; authenticate with private_key_jwt or as a public client",
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRequest,
+            "a request may authenticate its client one way only: a Basic header, client_secret or client_assertion",
         ));
     }
-    if params.get("client_secret").is_some() {
-        return Err(OAuthError::invalid_client(
-            "client secrets are not supported; use private_key_jwt",
-        ));
+    if let Some((client_id, value)) = basic {
+        if params.get("client_id").is_some_and(|c| c != client_id) {
+            return Err(OAuthError::invalid_client(
+                "client_id does not match the Authorization header",
+            ));
+        }
+        return Ok(Presented {
+            client_id,
+            assertion: None,
+            secret: Some(PresentedSecret {
+                value,
+                method: ClientAuthMethod::ClientSecretBasic,
+            }),
+        });
     }
-    if params.get("client_assertion_type").is_none() && params.get("client_assertion").is_none() {
+    if !has_assertion {
         let client_id = params
             .get("client_id")
             .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
         return Ok(Presented {
             client_id: client_id.to_owned(),
             assertion: None,
+            secret: posted_secret.map(|value| PresentedSecret {
+                value: value.to_owned(),
+                method: ClientAuthMethod::ClientSecretPost,
+            }),
         });
     }
     if params.get("client_assertion_type") != Some(JWT_BEARER) {
@@ -133,6 +229,7 @@ pub fn presented<'a>(headers: &HeaderMap, params: &'a Params) -> Result<Presente
             kid: header.kid,
             claims,
         }),
+        secret: None,
     })
 }
 
@@ -242,10 +339,19 @@ pub async fn verify(
 ) -> Result<(ClientView, Option<AssertionClaim>), OAuthError> {
     let Some(assertion) = &presented.assertion else {
         let client = clients::lookup(snapshot, state, &presented.client_id, resource).await?;
-        if client.auth_method == ClientAuthMethod::PrivateKeyJwt {
-            return Err(OAuthError::invalid_client(
-                "this client must authenticate with private_key_jwt",
-            ));
+        check_method(client.auth_method, presented.method())?;
+        if let Some(secret) = &presented.secret {
+            let matches = snapshot
+                .client_secrets
+                .get(&client.client_id)
+                .is_some_and(|expected| {
+                    secrets::constant_time_eq(&secrets::hash(&secret.value), expected)
+                });
+            if !matches {
+                return Err(OAuthError::invalid_client(
+                    "the client secret is not this client's",
+                ));
+            }
         }
         return Ok((client, None));
     };
@@ -253,11 +359,7 @@ pub async fn verify(
     let now = now_secs();
     let (exp, jti) = check_claims(&assertion.claims, client_id, audiences, now)?;
     let client = clients::lookup(snapshot, state, client_id, resource).await?;
-    if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
-        return Err(OAuthError::invalid_client(
-            "this client is registered for token_endpoint_auth_method none",
-        ));
-    }
+    check_method(client.auth_method, ClientAuthMethod::PrivateKeyJwt)?;
     let jwks: JwkSet = match &client.keys {
         Some(ClientKeySource::Jwks(v)) => serde_json::from_value(v.clone()),
         Some(ClientKeySource::JwksUri(uri)) => {
@@ -310,7 +412,23 @@ pub async fn verify(
     Ok((client, Some(claim)))
 }
 
-fn unverified_claims(jwt: &str) -> Option<Value> {
+/// A client authenticates exactly the way it is registered to: a secret client cannot fall back to `none`, and a
+/// public client cannot bring a secret.
+fn check_method(
+    registered: ClientAuthMethod,
+    presented: ClientAuthMethod,
+) -> Result<(), OAuthError> {
+    if registered == presented {
+        return Ok(());
+    }
+    Err(OAuthError::invalid_client(format!(
+        "this client is registered for token_endpoint_auth_method {}, not {}",
+        registered.as_str(),
+        presented.as_str()
+    )))
+}
+
+pub(crate) fn unverified_claims(jwt: &str) -> Option<Value> {
     let payload = jwt.split('.').nth(1)?;
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
@@ -423,36 +541,101 @@ mod tests {
             (got.client_id.as_str(), got.method()),
             ("svc", ClientAuthMethod::PrivateKeyJwt)
         );
-        let mut basic = HeaderMap::new();
-        basic.insert(header::AUTHORIZATION, "Basic eDp5".parse().unwrap());
+        let basic_of = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        // RFC 6749 §2.3.1: both halves form-encoded before base64; "a%3Ab+c" is "a:b c".
+        let basic = basic_of(&format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode("a%3Ab+c:s%C3%A9cret")
+        ));
+        let empty = form(&[]);
+        let got = presented(&basic, &empty).unwrap();
+        assert_eq!(
+            (
+                got.client_id.as_str(),
+                got.method(),
+                got.secret.map(|s| s.value)
+            ),
+            (
+                "a:b c",
+                ClientAuthMethod::ClientSecretBasic,
+                Some("sécret".to_owned())
+            )
+        );
+        let p = form(&[("client_id", "cli"), ("client_secret", "s")]);
+        let got = presented(&none, &p).unwrap();
+        assert_eq!(got.method(), ClientAuthMethod::ClientSecretPost);
+        assert_eq!(
+            format!("{:?}", got.secret.unwrap()),
+            "PresentedSecret(client_secret_post, ...)"
+        );
+        let bearer = basic_of("Bearer admin");
+        assert_eq!(
+            presented(&bearer, &form(&[("client_id", "cli")]))
+                .unwrap()
+                .method(),
+            ClientAuthMethod::None
+        );
+        let malformed = "the Authorization header is not Basic base64(client_id:client_secret)";
+        let one_way = "a request may authenticate its client one way only: a Basic header, client_secret or client_assertion";
         let hs = format!(
             "{}.{payload}.sig",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#)
         );
-        let cases: Vec<(&HeaderMap, Params, &str)> = vec![
-            (&none, form(&[]), "client_id is missing"),
+        let cases: Vec<(HeaderMap, Params, &str)> = vec![
+            (none.clone(), form(&[]), "client_id is missing"),
             (
-                &basic,
-                form(&[("client_id", "cli")]),
-                "client_secret_basic is not supported; authenticate with private_key_jwt or as a public client",
+                basic.clone(),
+                form(&[("client_id", "other")]),
+                "client_id does not match the Authorization header",
+            ),
+            (basic.clone(), form(&[("client_secret", "s")]), one_way),
+            (basic.clone(), form(&[("client_assertion", &jwt)]), one_way),
+            (
+                none.clone(),
+                form(&[
+                    ("client_secret", "s"),
+                    ("client_assertion_type", JWT_BEARER),
+                ]),
+                one_way,
+            ),
+            (basic_of("Basic !!!"), form(&[]), malformed),
+            (
+                basic_of(&format!("Basic {}", URL_SAFE_NO_PAD.encode("no-colon"))),
+                form(&[]),
+                malformed,
             ),
             (
-                &none,
-                form(&[("client_id", "cli"), ("client_secret", "s")]),
-                "client secrets are not supported; use private_key_jwt",
+                basic_of(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(":s")
+                )),
+                form(&[]),
+                malformed,
             ),
             (
-                &none,
+                basic_of(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("id:%FF")
+                )),
+                form(&[]),
+                malformed,
+            ),
+            (
+                none.clone(),
                 form(&[("client_assertion", &jwt)]),
                 "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
             ),
             (
-                &none,
+                none.clone(),
                 form(&[("client_assertion_type", JWT_BEARER)]),
                 "client_assertion is missing",
             ),
             (
-                &none,
+                none.clone(),
                 form(&[
                     ("client_assertion_type", JWT_BEARER),
                     ("client_assertion", &hs),
@@ -460,7 +643,7 @@ mod tests {
                 "client_assertion algorithm HS256 is refused; use ES256, RS256, PS256 or EdDSA",
             ),
             (
-                &none,
+                none.clone(),
                 form(&[
                     ("client_assertion_type", JWT_BEARER),
                     ("client_assertion", &jwt),
@@ -470,7 +653,7 @@ mod tests {
             ),
         ];
         for (headers, params, want) in cases {
-            let e = presented(headers, &params).unwrap_err();
+            let e = presented(&headers, &params).unwrap_err();
             assert_eq!(e.description, want, "{params:?}");
         }
     }

@@ -70,12 +70,7 @@ impl ClientView {
         let grant_types = d
             .grant_types
             .iter()
-            .filter_map(|g| match g.as_str() {
-                "authorization_code" => Some(GrantType::AuthorizationCode),
-                "refresh_token" => Some(GrantType::RefreshToken),
-                "client_credentials" => Some(GrantType::ClientCredentials),
-                _ => None,
-            })
+            .filter_map(|g| GrantType::from_wire(g))
             .collect();
         ClientView {
             client_id: d.client_id.clone(),
@@ -289,6 +284,7 @@ mod tests {
             redirect_uris: uris.iter().map(|s| s.to_string()).collect(),
             token_endpoint_auth_method: ClientAuthMethod::None,
             jwks: None,
+            client_secret_file: None,
             grant_types: vec![],
             scopes: vec![],
             introspection: false,

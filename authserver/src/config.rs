@@ -101,6 +101,33 @@ pub struct AuthServerConfig {
     /// these networks); from anywhere else the header is ignored. Empty: the connection's own address, always.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Enterprise identity providers whose Identity Assertion JWT Authorization Grants (ID-JAGs) `/token`
+    /// redeems (MCP enterprise-managed authorization). Empty: the `jwt-bearer` grant is not offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
+}
+
+/// An enterprise identity provider (IdP) trusted to say which person may use which client at which resource.
+/// Its ID-JAGs are redeemed without a browser or a consent screen: the IdP's own policy stands in for consent,
+/// so list here only the providers the organisation runs and the clients each may speak for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrustedIdentityProvider {
+    /// The provider's issuer, compared character for character with an ID-JAG's `iss`.
+    pub issuer: String,
+    /// Where the provider publishes its signing keys (https; http only on a loopback host). Exactly one of
+    /// `jwksUri` and `jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// The provider's public keys inline (a JWK Set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// Extra PEM CA bundle trusted when fetching `jwksUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The client ids this provider may issue ID-JAGs to (registered ids or CIMD URLs); an ID-JAG for any other
+    /// client is refused. At least one.
+    pub clients: Vec<String>,
 }
 
 /// The rate limits of the authorization server (see the README, "Rate limits"). Each is a token bucket: it
@@ -473,6 +500,11 @@ pub enum ClientAuthMethod {
     None,
     /// RFC 7523 JWT assertion signed with the client's private key.
     PrivateKeyJwt,
+    /// A shared secret in an HTTP Basic `Authorization` header (RFC 6749 §2.3.1). Registered clients only: the
+    /// official SDKs' enterprise (ID-JAG) clients authenticate this way.
+    ClientSecretBasic,
+    /// A shared secret in the form body (`client_secret`). Registered clients only.
+    ClientSecretPost,
 }
 
 impl ClientAuthMethod {
@@ -481,7 +513,22 @@ impl ClientAuthMethod {
         match self {
             ClientAuthMethod::None => "none",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
         }
+    }
+
+    /// Whether the method proves who the client is (anything but a public client).
+    pub fn is_confidential(self) -> bool {
+        self != ClientAuthMethod::None
+    }
+
+    /// Whether the method is a shared secret.
+    pub fn is_secret(self) -> bool {
+        matches!(
+            self,
+            ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost
+        )
     }
 }
 
@@ -492,6 +539,36 @@ pub enum GrantType {
     AuthorizationCode,
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523 `urn:ietf:params:oauth:grant-type:jwt-bearer` with an Identity Assertion JWT Authorization Grant
+    /// (ID-JAG) from a trusted identity provider: the MCP enterprise-managed authorization extension.
+    JwtBearer,
+}
+
+/// The grant type URN of an ID-JAG redemption (RFC 7523 §2.1).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+impl GrantType {
+    /// The grant's name on the wire (`grant_type`, metadata, client documents).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::JwtBearer => JWT_BEARER_GRANT,
+        }
+    }
+
+    /// The grant a wire name means.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        [
+            GrantType::AuthorizationCode,
+            GrantType::RefreshToken,
+            GrantType::ClientCredentials,
+            GrantType::JwtBearer,
+        ]
+        .into_iter()
+        .find(|g| g.as_str() == name)
+    }
 }
 
 /// A pre-registered client.
@@ -511,6 +588,10 @@ pub struct ClientConfig {
     /// The client's public keys (a JWK Set) for `private_key_jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// File holding the client's secret (a mounted Secret) for `client_secret_basic` and `client_secret_post`:
+    /// at least 32 characters, read when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
     /// Grant types allowed; `authorization_code` and `refresh_token` when empty.
     #[serde(default)]
     pub grant_types: Vec<GrantType>,
@@ -722,13 +803,21 @@ impl AuthServerConfig {
                     client.client_id
                 ));
             }
-            if client.grant_types.contains(&GrantType::ClientCredentials)
-                && client.token_endpoint_auth_method == ClientAuthMethod::None
-            {
+            let method = client.token_endpoint_auth_method;
+            if method.is_secret() != client.client_secret_file.is_some() {
                 return bad(format!(
-                    "client {:?}: client_credentials needs a confidential client (private_key_jwt)",
+                    "client {:?}: clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
                     client.client_id
                 ));
+            }
+            for grant in [GrantType::ClientCredentials, GrantType::JwtBearer] {
+                if client.grant_types.contains(&grant) && !method.is_confidential() {
+                    return bad(format!(
+                        "client {:?}: {} needs a confidential client (private_key_jwt or a client secret)",
+                        client.client_id,
+                        grant.as_str()
+                    ));
+                }
             }
             if let Some(missing) = client
                 .scopes
@@ -754,6 +843,45 @@ impl AuthServerConfig {
             }
         }
         self.trusted_proxy_networks()?;
+        let mut idp_issuers = HashSet::new();
+        for idp in &self.trusted_identity_providers {
+            let name = &idp.issuer;
+            let url = Url::parse(name).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "trustedIdentityProviders: issuer {name:?} is not a URL: {e}"
+                ))
+            })?;
+            if !is_https_or_loopback(&url) || name == &self.issuer {
+                return bad(format!(
+                    "trustedIdentityProviders: issuer {name:?} must be https (http only on a loopback host) and not this server"
+                ));
+            }
+            if !idp_issuers.insert(name.as_str()) {
+                return bad(format!(
+                    "trustedIdentityProviders: issuer {name:?} is listed twice"
+                ));
+            }
+            match (&idp.jwks_uri, &idp.jwks) {
+                (Some(uri), None) => {
+                    if !Url::parse(uri).is_ok_and(|u| is_https_or_loopback(&u)) {
+                        return bad(format!(
+                            "trustedIdentityProviders {name:?}: jwksUri {uri:?} must be an https URL (http only on a loopback host)"
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return bad(format!(
+                        "trustedIdentityProviders {name:?}: needs exactly one of jwksUri and jwks"
+                    ));
+                }
+            }
+            if idp.clients.is_empty() || idp.clients.iter().any(String::is_empty) {
+                return bad(format!(
+                    "trustedIdentityProviders {name:?}: clients must list at least one client id"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -998,6 +1126,51 @@ clients:
                 "clients:",
                 "trustedProxies: [10.0.0.0/8, ingress]\nclients:",
                 "trustedProxies: \"ingress\" is not a CIDR",
+            ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    tokenEndpointAuthMethod: client_secret_post",
+                "client \"cli\": clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
+            ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    clientSecretFile: /s",
+                "client \"cli\": clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
+            ),
+            (
+                "    clientName: The CLI",
+                "    clientName: The CLI\n    grantTypes: [jwt_bearer]",
+                "client \"cli\": urn:ietf:params:oauth:grant-type:jwt-bearer needs a confidential client (private_key_jwt or a client secret)",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: http://idp.example, jwksUri: https://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders: issuer \"http://idp.example\" must be https (http only on a loopback host) and not this server",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://auth.example.com, jwksUri: https://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders: issuer \"https://auth.example.com\" must be https (http only on a loopback host) and not this server",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, clients: [cli]}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": needs exactly one of jwksUri and jwks",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwksUri: http://idp.example/k, clients: [cli]}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": jwksUri \"http://idp.example/k\" must be an https URL",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: []}\nclients:",
+                "trustedIdentityProviders \"https://idp.example\": clients must list at least one client id",
+            ),
+            (
+                "clients:",
+                "trustedIdentityProviders:\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: [a]}\n  - {issuer: https://idp.example, jwks: {keys: []}, clients: [a]}\nclients:",
+                "trustedIdentityProviders: issuer \"https://idp.example\" is listed twice",
             ),
         ];
         for (from, to, expected) in cases {

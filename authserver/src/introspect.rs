@@ -206,7 +206,7 @@ pub async fn introspect(
         }
         Err(e) => {
             state.refuse("introspect", &who, &e).await;
-            e.into_response()
+            client_auth::refusal_response(&headers, e)
         }
     }
 }
@@ -295,7 +295,7 @@ pub async fn revoke(
         }
         Err(e) => {
             state.refuse("revoke", &who, &e).await;
-            e.into_response()
+            client_auth::refusal_response(&headers, e)
         }
     }
 }

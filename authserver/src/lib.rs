@@ -23,6 +23,8 @@ pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod identity_assertion;
+pub mod identity_providers;
 pub mod introspect;
 pub mod keys;
 pub mod login;

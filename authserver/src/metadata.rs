@@ -13,7 +13,20 @@ use crate::state::{AppState, Snapshot};
 pub fn document(snapshot: &Snapshot) -> Value {
     let c = &snapshot.config;
     let issuer = &c.issuer;
-    let auth_methods = ["none", "private_key_jwt"];
+    // Shared secrets only for clients the platform registered with one: advertising them otherwise would invite
+    // clients to try a method nobody can use here.
+    let mut auth_methods = vec!["none", "private_key_jwt"];
+    if c.clients
+        .iter()
+        .any(|k| k.token_endpoint_auth_method.is_secret())
+    {
+        auth_methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
+    let mut grant_types = vec!["authorization_code", "refresh_token", "client_credentials"];
+    let id_jag = !c.trusted_identity_providers.is_empty();
+    if id_jag {
+        grant_types.push(crate::config::JWT_BEARER_GRANT);
+    }
     let mut doc = json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
@@ -23,7 +36,7 @@ pub fn document(snapshot: &Snapshot) -> Value {
         "revocation_endpoint": format!("{issuer}/revoke"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": grant_types,
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
@@ -35,6 +48,11 @@ pub fn document(snapshot: &Snapshot) -> Value {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
     });
+    if id_jag {
+        // The MCP enterprise-managed authorization extension's advertisement of ID-JAG redemption.
+        doc["authorization_grant_profiles_supported"] =
+            json!(["urn:ietf:params:oauth:grant-profile:id-jag"]);
+    }
     if c.dynamic_client_registration.enabled {
         doc["registration_endpoint"] = json!(format!("{issuer}/register"));
     }

@@ -217,6 +217,7 @@ fn client_from(
         redirect_uris: request.redirect_uris,
         token_endpoint_auth_method: auth,
         jwks: request.jwks,
+        client_secret_file: None,
         grant_types,
         scopes: Vec::new(),
         introspection: false,
@@ -296,19 +297,8 @@ pub async fn register(
                 ..Default::default()
             })
             .await;
-        let auth = match client.token_endpoint_auth_method {
-            ClientAuthMethod::None => "none",
-            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
-        };
-        let grants: Vec<&str> = client
-            .grant_types
-            .iter()
-            .map(|g| match g {
-                GrantType::AuthorizationCode => "authorization_code",
-                GrantType::RefreshToken => "refresh_token",
-                GrantType::ClientCredentials => "client_credentials",
-            })
-            .collect();
+        let auth = client.token_endpoint_auth_method.as_str();
+        let grants: Vec<&str> = client.grant_types.iter().map(|g| g.as_str()).collect();
         let mut body = json!({
             "client_id": client.client_id,
             "client_id_issued_at": now,

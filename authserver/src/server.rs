@@ -671,6 +671,7 @@ async fn maintain(
             }
         }
         if tick.is_multiple_of(5) {
+            reload_client_secrets(&state);
             let config = state.snapshot().config.clone();
             state.refresh_resource_server_root();
             match tokio::task::spawn_blocking(move || load_keys(&config)).await {
@@ -690,6 +691,43 @@ async fn maintain(
             && let Err(e) = state.store.purge_expired(crate::clock::now_secs()).await
         {
             tracing::warn!(error = %e, "purge failed");
+        }
+    }
+}
+
+/// Swaps in client secrets whose files changed under an unchanged config (a rotated Secret); a file that no longer
+/// loads leaves the secrets in force, as a refused config reload does.
+fn reload_client_secrets(state: &AppState) {
+    let snapshot = state.snapshot();
+    if snapshot
+        .config
+        .clients
+        .iter()
+        .all(|c| c.client_secret_file.is_none())
+    {
+        return;
+    }
+    let outcome = crate::state::read_client_secrets(&snapshot.config).and_then(|secrets| {
+        if secrets == snapshot.client_secrets {
+            return Ok(false);
+        }
+        let rebuilt = Snapshot::build(snapshot.config.clone(), Some(&snapshot))?;
+        state.replace_snapshot(rebuilt);
+        Ok(true)
+    });
+    match outcome {
+        Ok(false) => {}
+        Ok(true) => {
+            state.metrics.reloads.with_label_values(&["ok"]).inc();
+            tracing::info!("client secrets reloaded");
+        }
+        Err(e) => {
+            state
+                .metrics
+                .reloads
+                .with_label_values(&[e.metric_label()])
+                .inc();
+            tracing::error!(error = %e, "client secret reload failed; the secrets in force stay");
         }
     }
 }

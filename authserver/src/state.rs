@@ -7,12 +7,17 @@ use std::sync::{Arc, RwLock};
 
 use crate::cimd;
 use crate::config::{AuthServerConfig, ConfigError, StaticUser};
+use crate::identity_providers::IdentityProvider;
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
 use crate::rate_limits::RateLimiter;
 use crate::resource_servers::Root;
 use crate::store::Store;
 use crate::upstream::Upstream;
+
+/// The shortest client secret accepted: 32 characters of a generated secret are far beyond guessing, and the
+/// token endpoint's rate limits stand in front of every try.
+pub const MIN_CLIENT_SECRET_CHARS: usize = 32;
 
 /// Everything derived from one config file.
 pub struct Snapshot {
@@ -29,6 +34,11 @@ pub struct Snapshot {
     pub limiter: Option<Arc<RateLimiter>>,
     /// `trustedProxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The SHA-256 (hex) of each registered client's secret, by client id, read from `clientSecretFile`.
+    pub client_secrets: HashMap<String, String>,
+    /// The trusted enterprise identity providers, by issuer (kept across reloads that leave one unchanged, with
+    /// its fetched keys).
+    pub identity_providers: HashMap<String, Arc<IdentityProvider>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -112,6 +122,21 @@ impl Snapshot {
             None => RateLimiter::new(&config.rate_limits).map(Arc::new),
         };
         let trusted_proxies = config.trusted_proxy_networks()?;
+        let client_secrets = read_client_secrets(&config)?;
+        let mut identity_providers = HashMap::new();
+        for idp in &config.trusted_identity_providers {
+            let kept = previous
+                .and_then(|p| p.identity_providers.get(&idp.issuer))
+                .filter(|p| &p.config == idp)
+                .cloned();
+            let provider = match kept {
+                Some(p) => p,
+                None => Arc::new(IdentityProvider::new(idp).map_err(|e| {
+                    ConfigError::Invalid(format!("trustedIdentityProviders {:?}: {e}", idp.issuer))
+                })?),
+            };
+            identity_providers.insert(idp.issuer.clone(), provider);
+        }
         Ok(Snapshot {
             config,
             users,
@@ -120,6 +145,8 @@ impl Snapshot {
             upstream,
             limiter,
             trusted_proxies,
+            client_secrets,
+            identity_providers,
         })
     }
 }
@@ -135,6 +162,31 @@ impl Snapshot {
                 .any(|u| u.subject.as_deref().unwrap_or(&u.username) == subject),
         )
     }
+}
+
+/// The SHA-256 (hex) of each registered client's secret, read from its `clientSecretFile` now. Called at every
+/// config load and every 10 s, so a rotated Secret (the kubelet rewrites the file) takes effect without a restart.
+pub fn read_client_secrets(
+    config: &AuthServerConfig,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut client_secrets = HashMap::new();
+    for client in &config.clients {
+        if let Some(path) = &client.client_secret_file {
+            let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let secret = secret.trim();
+            if secret.chars().count() < MIN_CLIENT_SECRET_CHARS {
+                return Err(ConfigError::Invalid(format!(
+                    "client {:?}: the secret in clientSecretFile must be at least {MIN_CLIENT_SECRET_CHARS} characters",
+                    client.client_id
+                )));
+            }
+            client_secrets.insert(client.client_id.clone(), crate::secrets::hash(secret));
+        }
+    }
+    Ok(client_secrets)
 }
 
 fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {

@@ -1,5 +1,6 @@
 //! `/token`: authorization code (single use; a replay revokes the grant), refresh token (rotated on every use;
-//! reuse revokes the grant) and client credentials (confidential clients). Access tokens are RFC 9068 JWTs.
+//! reuse revokes the grant), client credentials (confidential clients) and ID-JAG redemption
+//! ([`crate::identity_assertion`]). Access tokens are RFC 9068 JWTs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,7 @@ pub async fn issue_access_token(
 }
 
 /// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
-fn sign_access_token(
+pub(crate) fn sign_access_token(
     state: &AppState,
     snapshot: &Snapshot,
     grant: &Grant,
@@ -138,7 +139,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         }
         Err(e) => {
             state.refuse("token", &who, &e).await;
-            e.into_response()
+            client_auth::refusal_response(&headers, e)
         }
     }
 }
@@ -152,17 +153,16 @@ async fn handle(
 ) -> Result<(&'static str, Value), OAuthError> {
     let params = Params::from_form(headers, body).await?;
     let grant_type = params.require("grant_type")?;
-    let grant = match grant_type {
-        "authorization_code" => GrantType::AuthorizationCode,
-        "refresh_token" => GrantType::RefreshToken,
-        "client_credentials" => GrantType::ClientCredentials,
-        other => {
-            return Err(OAuthError::new(
+    let grant = GrantType::from_wire(grant_type)
+        .filter(|g| {
+            *g != GrantType::JwtBearer || !snapshot.config.trusted_identity_providers.is_empty()
+        })
+        .ok_or_else(|| {
+            OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
-                format!("grant_type {:?} is not supported", shorten(other)),
-            ));
-        }
-    };
+                format!("grant_type {:?} is not supported", shorten(grant_type)),
+            )
+        })?;
     let presented = client_auth::presented(headers, &params)?;
     who.client_id = Some(presented.client_id.clone());
     if let Some(limiter) = &snapshot.limiter {
@@ -179,15 +179,18 @@ async fn handle(
         GrantType::ClientCredentials => {
             client_credentials(state, snapshot, &presented, &params, who).await?
         }
+        GrantType::JwtBearer => {
+            crate::identity_assertion::redeem(state, snapshot, &presented, &params, who).await?
+        }
     };
     Ok((grant_type_label(grant), body))
 }
 
+/// The grant's metric label: short names, `jwt_bearer` for the URN.
 fn grant_type_label(g: GrantType) -> &'static str {
     match g {
-        GrantType::AuthorizationCode => "authorization_code",
-        GrantType::RefreshToken => "refresh_token",
-        GrantType::ClientCredentials => "client_credentials",
+        GrantType::JwtBearer => "jwt_bearer",
+        other => other.as_str(),
     }
 }
 
@@ -249,10 +252,7 @@ async fn client_of_grant(
     if !client.allows(grant_type) {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
-            format!(
-                "this client may not use grant_type {}",
-                grant_type_label(grant_type)
-            ),
+            format!("this client may not use grant_type {}", grant_type.as_str()),
         ));
     }
     let binding = grant_binding::binding(

@@ -156,7 +156,7 @@ async fn omitting_resource_does_not_make_a_confidential_client_public() {
                 401,
                 (
                     "invalid_client",
-                    "this client must authenticate with private_key_jwt"
+                    "this client is registered for token_endpoint_auth_method private_key_jwt, not none"
                 )
             ),
             "{form:?}"

@@ -231,7 +231,7 @@ async fn token_errors_are_oauth_json_with_exact_codes() {
             with("client_id", Some(SERVICE_CLIENT)),
             401,
             "invalid_client",
-            "this client must authenticate with private_key_jwt",
+            "this client is registered for token_endpoint_auth_method private_key_jwt, not none",
         ),
         (
             with("code", None),
@@ -255,7 +255,7 @@ async fn token_errors_are_oauth_json_with_exact_codes() {
             with("client_secret", Some("s3cret")),
             401,
             "invalid_client",
-            "client secrets are not supported; use private_key_jwt",
+            "this client is registered for token_endpoint_auth_method none, not client_secret_post",
         ),
         (
             with(
@@ -397,14 +397,25 @@ async fn token_endpoint_refuses_malformed_bodies() {
         .post(s.url("/token"))
         .basic_auth("cli", Some("x"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
+        .body(format!("grant_type=client_credentials&resource={RESOURCE}"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"token endpoint\""
+    );
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(
+        (&body["error"], &body["error_description"]),
+        (
+            &serde_json::json!("invalid_client"),
+            &serde_json::json!(
+                "this client is registered for token_endpoint_auth_method none, not client_secret_basic"
+            )
+        )
+    );
     let r = s.http.get(s.url("/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

@@ -119,7 +119,7 @@ async fn client_assertions_are_refused_for_every_flaw() {
                 c["iss"] = json!(PUBLIC_CLIENT);
                 c["sub"] = json!(PUBLIC_CLIENT);
             }),
-            "this client is registered for token_endpoint_auth_method none",
+            "this client is registered for token_endpoint_auth_method none, not private_key_jwt",
         ),
     ];
     for (jwt, description) in cases {

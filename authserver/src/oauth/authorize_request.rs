@@ -165,6 +165,7 @@ mod tests {
 
     fn client() -> ClientView {
         ClientView::registered(&ClientConfig {
+            client_secret_file: None,
             client_id: "cli".into(),
             client_name: "CLI".into(),
             redirect_uris: vec!["http://127.0.0.1/cb".into()],

@@ -129,6 +129,7 @@ admin:
     let mut config = AuthServerConfig::parse(&yaml, std::path::Path::new("c.yaml")).unwrap();
     let (_, jwks) = service_key();
     config.clients.push(ClientConfig {
+        client_secret_file: None,
         client_id: SERVICE_CLIENT.into(),
         client_name: "Service".into(),
         redirect_uris: vec![],

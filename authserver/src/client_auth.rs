@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
 use crate::clients::{self, ClientKeySource, ClientView, cimd_error, shorten};
@@ -381,29 +381,14 @@ pub async fn verify(
     validation.leeway = LEEWAY_SECS;
     // RFC 7523 §3: an assertion is not accepted before its `nbf`.
     validation.validate_nbf = true;
-    let candidates: Vec<_> = match &assertion.kid {
-        Some(kid) => jwks.find(kid).into_iter().collect(),
-        None => jwks.keys.iter().collect(),
-    };
-    let mut verified = false;
-    let mut last_error = String::from("no key of the client matches the assertion's kid");
-    for jwk in candidates {
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
-        match jsonwebtoken::decode::<Value>(assertion.jwt, &key, &validation) {
-            Ok(_) => {
-                verified = true;
-                break;
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-    }
-    if !verified {
-        return Err(OAuthError::invalid_client(format!(
-            "client_assertion rejected: {last_error}"
-        )));
-    }
+    crate::jwt_verify::verify(
+        assertion.jwt,
+        &jwks,
+        assertion.kid.as_deref(),
+        &validation,
+        "no key of the client matches the assertion's kid",
+    )
+    .map_err(|e| OAuthError::invalid_client(format!("client_assertion rejected: {e}")))?;
     let claim = AssertionClaim {
         client_id: client_id.clone(),
         jti: jti.to_owned(),

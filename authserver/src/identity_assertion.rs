@@ -9,19 +9,19 @@
 //! scope the assertion does not. No refresh token is issued: the provider decides how long access lasts by
 //! deciding whether to issue the next assertion.
 
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::Validation;
 use serde_json::Value;
 
-use crate::audit::{self, Decision, Who};
+use crate::audit::Who;
 use crate::client_auth::{self, ACCEPTED_ALGS, Presented, unverified_claims};
 use crate::clients::shorten;
 use crate::clock::now_secs;
 use crate::config::{GrantType, JWT_BEARER_GRANT};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
-use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{AssertionClaim, Grant, Issue};
+use crate::store::AssertionClaim;
+use crate::token::{Direct, issue_direct};
 
 /// The JWT `typ` of an ID-JAG; compared without case, with or without the `application/` prefix (RFC 8725 §3.11).
 const TYP: &str = "oauth-id-jag+jwt";
@@ -210,12 +210,6 @@ pub async fn redeem(
         unverified_claims(jwt).ok_or_else(|| refused("the assertion's payload is not JSON"))?;
     let iss =
         text_claim(&claims, "iss", 2048).ok_or_else(|| refused("the assertion needs an iss"))?;
-    let provider = snapshot.identity_providers.get(iss).ok_or_else(|| {
-        refused(format!(
-            "the assertion's issuer {:?} is not a trusted identity provider",
-            shorten(iss)
-        ))
-    })?;
     let now = now_secs();
     let jag = check_claims(header.typ.as_deref(), &claims, &snapshot.config.issuer, now)?;
     who.subject = Some(jag.subject.clone());
@@ -223,13 +217,6 @@ pub async fn redeem(
     if jag.client_id != presented.client_id {
         return Err(refused(format!(
             "the assertion was issued to client {:?}, not to the client presenting it",
-            shorten(&jag.client_id)
-        )));
-    }
-    if !provider.config.clients.contains(&jag.client_id) {
-        return Err(refused(format!(
-            "identity provider {:?} may not speak for client {:?}",
-            shorten(iss),
             shorten(&jag.client_id)
         )));
     }
@@ -275,6 +262,21 @@ pub async fn redeem(
             format!("this client may not use grant_type {JWT_BEARER_GRANT}"),
         ));
     }
+    // Which providers this server trusts, and for which clients, is told only to an authenticated client: an
+    // anonymous request learns no more than whether its assertion is well formed.
+    let provider = snapshot.identity_providers.get(iss).ok_or_else(|| {
+        refused(format!(
+            "the assertion's issuer {:?} is not a trusted identity provider",
+            shorten(iss)
+        ))
+    })?;
+    if !provider.config.clients.contains(&jag.client_id) {
+        return Err(refused(format!(
+            "identity provider {:?} may not speak for client {:?}",
+            shorten(iss),
+            shorten(&jag.client_id)
+        )));
+    }
     let keys = provider.keys(header.kid.as_deref()).await.map_err(|e| {
         OAuthError::new(
             ErrorCode::TemporarilyUnavailable,
@@ -287,68 +289,35 @@ pub async fn redeem(
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     validation.leeway = LEEWAY_SECS as u64;
     validation.validate_nbf = true;
-    let candidates: Vec<_> = match &header.kid {
-        Some(kid) => keys.find(kid).into_iter().collect(),
-        None => keys.keys.iter().collect(),
-    };
-    let mut last_error =
-        String::from("no key of the identity provider matches the assertion's kid");
-    let verified = candidates.into_iter().any(|jwk| {
-        DecodingKey::from_jwk(jwk).is_ok_and(|key| {
-            jsonwebtoken::decode::<Value>(jwt, &key, &validation)
-                .map_err(|e| last_error = e.to_string())
-                .is_ok()
-        })
-    });
-    if !verified {
-        return Err(refused(format!(
-            "the assertion's signature does not verify: {last_error}"
-        )));
-    }
+    crate::jwt_verify::verify(
+        jwt,
+        &keys,
+        header.kid.as_deref(),
+        &validation,
+        "no key of the identity provider matches the assertion's kid",
+    )
+    .map_err(|e| refused(format!("the assertion's signature does not verify: {e}")))?;
     let scopes = granted_scopes(jag.scope.as_deref(), params.get("scope"), &target.scopes)?;
     client.check_scope_limits(&scopes)?;
-    let grant = Grant {
-        id: secrets::record_id(),
-        subject: jag.subject.clone(),
-        client_id: client.client_id.clone(),
-        resource: jag.resource.clone(),
-        scopes: scopes.clone(),
-        grant_type: JWT_BEARER_GRANT.into(),
-        created_at: now,
-        expires_at: now + snapshot.config.tokens.access_token_secs as i64,
-        revoked_at: None,
-        revoked_reason: None,
-        client_fingerprint: client.fingerprint().to_owned(),
-        client_auth_method: client.auth_method.as_str().to_owned(),
-    };
-    let (issued, record) = crate::token::sign_access_token(state, snapshot, &grant, &scopes)?;
-    let decision = Decision {
-        event: "token",
-        subject: Some(&grant.subject),
-        client_id: Some(&grant.client_id),
-        resource: Some(&grant.resource),
-        scopes: &scopes,
-        outcome: "issued",
-        reason: "jwt_bearer",
-    };
-    let issue = Issue {
+    let made = Direct {
+        client: &client,
+        subject: &jag.subject,
+        resource: &jag.resource,
+        grant_type: GrantType::JwtBearer,
         claim: Some(AssertionClaim {
             client_id: replay_key(iss),
             jti: jag.jti.clone(),
             expires_at: jag.exp + LEEWAY_SECS,
         }),
-        audit: Some(audit::row(&decision)),
-        grant: Some(grant.clone()),
-        access_token: Some(record),
     };
-    if !state.store.record_issue(issue).await? {
-        return Err(refused(format!(
-            "the assertion {:?} was already redeemed",
-            shorten(&jag.jti)
-        )));
-    }
-    audit::log(&decision);
-    Ok(issued.body)
+    issue_direct(state, snapshot, made, scopes)
+        .await?
+        .ok_or_else(|| {
+            refused(format!(
+                "the assertion {:?} was already redeemed",
+                shorten(&jag.jti)
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -84,25 +84,11 @@ impl IdentityProvider {
             (Some(jwks), _) => Source::Inline(Arc::new(
                 serde_json::from_value(jwks.clone()).map_err(|e| format!("jwks: {e}"))?,
             )),
-            (None, Some(uri)) => {
-                let mut builder = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(10))
-                    .user_agent(concat!("mcp-authz-authserver/", env!("CARGO_PKG_VERSION")));
-                if let Some(path) = &config.ca_file {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| format!("caFile {}: {e}", path.display()))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                        .map_err(|e| format!("caFile {}: {e}", path.display()))?;
-                    builder = builder.tls_certs_merge(certs);
-                }
-                Source::Fetched {
-                    http: builder.build().map_err(|e| e.to_string())?,
-                    uri: uri.clone(),
-                    cache: tokio::sync::Mutex::new(Cache::default()),
-                }
-            }
+            (None, Some(uri)) => Source::Fetched {
+                http: crate::upstream::platform_http_client(config.ca_file.as_deref())?,
+                uri: uri.clone(),
+                cache: tokio::sync::Mutex::new(Cache::default()),
+            },
             (None, None) => return Err("needs jwksUri or jwks".into()),
         };
         Ok(IdentityProvider {

@@ -26,6 +26,7 @@ pub mod consent;
 pub mod identity_assertion;
 pub mod identity_providers;
 pub mod introspect;
+pub mod jwt_verify;
 pub mod keys;
 pub mod login;
 pub mod login_guard;

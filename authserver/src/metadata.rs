@@ -22,6 +22,13 @@ pub fn document(snapshot: &Snapshot) -> Value {
     {
         auth_methods.extend(["client_secret_basic", "client_secret_post"]);
     }
+    let mut introspection_methods = vec!["private_key_jwt"];
+    if c.clients
+        .iter()
+        .any(|k| k.introspection && k.token_endpoint_auth_method.is_secret())
+    {
+        introspection_methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
     let mut grant_types = vec!["authorization_code", "refresh_token", "client_credentials"];
     let id_jag = !c.trusted_identity_providers.is_empty();
     if id_jag {
@@ -40,7 +47,7 @@ pub fn document(snapshot: &Snapshot) -> Value {
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
-        "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "introspection_endpoint_auth_methods_supported": introspection_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": c.scopes.iter().map(|s| s.value.as_str()).collect::<Vec<_>>(),
         "authorization_response_iss_parameter_supported": true,

@@ -22,7 +22,9 @@ use crate::params::Params;
 use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{AccessTokenRecord, CodeRedemption, Grant, Issue, RefreshRotation};
+use crate::store::{
+    AccessTokenRecord, AssertionClaim, CodeRedemption, Grant, Issue, RefreshRotation,
+};
 
 /// An access token and the response that carries it.
 pub struct Issued {
@@ -46,7 +48,7 @@ pub async fn issue_access_token(
 }
 
 /// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
-pub(crate) fn sign_access_token(
+fn sign_access_token(
     state: &AppState,
     snapshot: &Snapshot,
     grant: &Grant,
@@ -472,9 +474,8 @@ async fn refresh_token(
     Ok(body)
 }
 
-/// `client_credentials`: the grant, its token, the assertion's id and the audit row are written in one
-/// transaction (`store::Issue`), the assertion's claim first: a replay writes nothing and gets no token. A
-/// request refused after its assertion was verified spends the assertion all the same.
+/// `client_credentials` ([`issue_direct`]). A request refused after its assertion was verified spends the
+/// assertion all the same.
 async fn client_credentials(
     state: &AppState,
     snapshot: &Snapshot,
@@ -495,27 +496,8 @@ async fn client_credentials(
         Some(resource),
     )
     .await?;
-    let signed = client_credentials_scopes(snapshot, &client, target, params).and_then(|scopes| {
-        let now = now_secs();
-        let grant = Grant {
-            id: secrets::record_id(),
-            subject: client.client_id.clone(),
-            client_id: client.client_id.clone(),
-            resource: resource.to_owned(),
-            scopes: scopes.clone(),
-            grant_type: "client_credentials".into(),
-            created_at: now,
-            expires_at: now + snapshot.config.tokens.access_token_secs as i64,
-            revoked_at: None,
-            revoked_reason: None,
-            client_fingerprint: client.fingerprint().to_owned(),
-            client_auth_method: client.auth_method.as_str().to_owned(),
-        };
-        let (issued, record) = sign_access_token(state, snapshot, &grant, &scopes)?;
-        Ok((grant, scopes, issued, record))
-    });
-    let (grant, scopes, issued, record) = match signed {
-        Ok(signed) => signed,
+    let scopes = match client_credentials_scopes(snapshot, &client, target, params) {
+        Ok(scopes) => scopes,
         Err(refusal) => {
             if let Some(claim) = claim {
                 client_auth::spend(state, claim).await?;
@@ -523,27 +505,74 @@ async fn client_credentials(
             return Err(refusal);
         }
     };
+    let jti = claim.as_ref().map(|c| c.jti.clone());
+    let made = Direct {
+        client: &client,
+        subject: &client.client_id,
+        resource,
+        grant_type: GrantType::ClientCredentials,
+        claim,
+    };
+    issue_direct(state, snapshot, made, scopes)
+        .await?
+        .ok_or_else(|| client_auth::replayed(jti.as_deref().unwrap_or_default()))
+}
+
+/// A grant made and used at one request, with no code or consent before it (`client_credentials`, an ID-JAG).
+pub(crate) struct Direct<'a> {
+    pub client: &'a ClientView,
+    pub subject: &'a str,
+    pub resource: &'a str,
+    pub grant_type: GrantType,
+    /// The assertion id the request spends, written first in the same transaction.
+    pub claim: Option<AssertionClaim>,
+}
+
+/// Makes the grant of `made` and its token, and writes both with the spent assertion id and the audit row in one
+/// transaction (`store::Issue`), the claim first: `None` when the claim was spent before (a replay writes nothing
+/// and gets no token). The grant lives as long as its token: there is no refresh.
+pub(crate) async fn issue_direct(
+    state: &AppState,
+    snapshot: &Snapshot,
+    made: Direct<'_>,
+    scopes: Vec<String>,
+) -> Result<Option<Value>, OAuthError> {
+    let now = now_secs();
+    let grant = Grant {
+        id: secrets::record_id(),
+        subject: made.subject.to_owned(),
+        client_id: made.client.client_id.clone(),
+        resource: made.resource.to_owned(),
+        scopes: scopes.clone(),
+        grant_type: made.grant_type.as_str().to_owned(),
+        created_at: now,
+        expires_at: now + snapshot.config.tokens.access_token_secs as i64,
+        revoked_at: None,
+        revoked_reason: None,
+        client_fingerprint: made.client.fingerprint().to_owned(),
+        client_auth_method: made.client.auth_method.as_str().to_owned(),
+    };
+    let (issued, record) = sign_access_token(state, snapshot, &grant, &scopes)?;
     let decision = Decision {
         event: "token",
         subject: Some(&grant.subject),
         client_id: Some(&grant.client_id),
-        resource: Some(resource),
+        resource: Some(&grant.resource),
         scopes: &scopes,
         outcome: "issued",
-        reason: "client_credentials",
+        reason: grant_type_label(made.grant_type),
     };
-    let jti = claim.as_ref().map(|c| c.jti.clone());
     let issue = Issue {
-        claim,
+        claim: made.claim,
         audit: Some(audit::row(&decision)),
         grant: Some(grant.clone()),
         access_token: Some(record),
     };
     if !state.store.record_issue(issue).await? {
-        return Err(client_auth::replayed(jti.as_deref().unwrap_or_default()));
+        return Ok(None);
     }
     audit::log(&decision);
-    Ok(issued.body)
+    Ok(Some(issued.body))
 }
 
 /// The scopes a `client_credentials` request gets: those it asks for, or all its client may have at the

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -126,21 +126,8 @@ impl Upstream {
             ),
             None => None,
         };
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("mcp-authz-authserver/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| UpstreamError::Config(format!("caFile {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| UpstreamError::Config(format!("caFile {}: {e}", path.display())))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| UpstreamError::Config(e.to_string()))?;
+        let http =
+            platform_http_client(config.ca_file.as_deref()).map_err(UpstreamError::Config)?;
         Ok(Upstream {
             config: config.clone(),
             secret,
@@ -281,27 +268,36 @@ impl Upstream {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.client_id]);
         validation.leeway = 30;
-        let candidates: Vec<_> = match &header.kid {
-            Some(kid) => jwks.find(kid).into_iter().collect(),
-            None => jwks.keys.iter().collect(),
-        };
-        let mut last = "no key of the provider matches the ID token's kid".to_owned();
-        for jwk in candidates {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            match jsonwebtoken::decode::<Value>(token, &key, &validation) {
-                Ok(data) => {
-                    if data.claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
-                        return Err(UpstreamError::BadIdToken("nonce does not match".into()));
-                    }
-                    return Ok(data.claims);
-                }
-                Err(e) => last = e.to_string(),
-            }
+        let claims = crate::jwt_verify::verify(
+            token,
+            &jwks,
+            header.kid.as_deref(),
+            &validation,
+            "no key of the provider matches the ID token's kid",
+        )
+        .map_err(UpstreamError::BadIdToken)?;
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(UpstreamError::BadIdToken("nonce does not match".into()));
         }
-        Err(UpstreamError::BadIdToken(last))
+        Ok(claims)
     }
+}
+
+/// The HTTP client for a server the platform configured (an upstream provider, a trusted identity provider): no
+/// redirects followed, 5 s to connect, 10 s in all, and `ca_file`'s certificates trusted besides the system's.
+pub fn platform_http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("mcp-authz-authserver/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("caFile {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("caFile {}: {e}", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {

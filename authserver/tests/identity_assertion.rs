@@ -220,6 +220,11 @@ async fn an_id_jag_buys_one_token_for_its_resource_and_person() {
         meta["authorization_grant_profiles_supported"],
         json!(["urn:ietf:params:oauth:grant-profile:id-jag"])
     );
+    // No client with a secret may introspect here, so introspection does not offer secrets.
+    assert_eq!(
+        meta["introspection_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
     let methods = meta["token_endpoint_auth_methods_supported"]
         .as_array()
         .unwrap();
@@ -522,6 +527,26 @@ async fn assertions_and_clients_the_server_refuses() {
             "{form:?}"
         );
     }
+    // Without the client's secret, nothing about the providers: an untrusted issuer is not named as such.
+    let probe = p.other.sign(
+        "oauth-id-jag+jwt",
+        &claims(s, AGENT, |c| c["iss"] = json!("https://evil.example")),
+    );
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", GRANT),
+            ("assertion", &probe),
+            ("client_id", AGENT),
+            ("client_secret", "not-the-secret-of-this-client-at-all-0000"),
+        ])
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            401,
+            ("invalid_client", "the client secret is not this client's")
+        )
+    );
     // The assertion refused with a wrong secret was never spent: the right client still redeems it.
     assert_eq!(s.token(&redeem_form(&agent_jag, &[])).await.0, 200);
 
@@ -605,32 +630,30 @@ async fn a_rotated_client_secret_takes_effect_without_a_restart() {
             ("invalid_client", "the client secret is not this client's")
         )
     );
-    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
-    let (status, body, _) = s
-        .token(&[
+    let with_rotated = || async {
+        let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
+        s.token(&[
             ("grant_type", GRANT),
             ("assertion", &jag),
             ("client_id", AGENT),
             ("client_secret", rotated),
         ])
-        .await;
+        .await
+    };
+    let (status, body, _) = with_rotated().await;
     assert_eq!(status, 200, "{body}");
     // A secret file cut too short is refused, and the secret in force stays.
     std::fs::write(s.dir.path().join("agent-secret"), "short").unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
-    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, AGENT, |_| {}));
-    let (status, _, _) = s
-        .token(&[
-            ("grant_type", GRANT),
-            ("assertion", &jag),
-            ("client_id", AGENT),
-            ("client_secret", rotated),
-        ])
-        .await;
+    // Wait for the refused reload to be counted, then the rotated secret must still work.
+    let refused = "mcp_authz_authserver_config_reloads_total{outcome=\"invalid\"}";
+    for _ in 0..60 {
+        if s.metrics().await.contains(refused) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (status, _, _) = with_rotated().await;
     assert_eq!(status, 200);
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains("mcp_authz_authserver_config_reloads_total{outcome=\"invalid\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains(refused), "{metrics}");
 }

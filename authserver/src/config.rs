@@ -781,54 +781,10 @@ impl AuthServerConfig {
         }
         let mut client_ids = HashSet::new();
         for client in &self.clients {
-            if client.client_id.is_empty() || client.client_id.starts_with("https://") {
-                return bad(format!(
-                    "client id {:?} must be non-empty and must not start with https:// (reserved for CIMD)",
-                    client.client_id
-                ));
-            }
             if !client_ids.insert(client.client_id.as_str()) {
                 return bad(format!("client {:?} is defined twice", client.client_id));
             }
-            for uri in &client.redirect_uris {
-                check_redirect_uri(uri).map_err(|m| {
-                    ConfigError::Invalid(format!("client {:?}: {m}", client.client_id))
-                })?;
-            }
-            if client.token_endpoint_auth_method == ClientAuthMethod::PrivateKeyJwt
-                && client.jwks.is_none()
-            {
-                return bad(format!(
-                    "client {:?}: private_key_jwt needs jwks",
-                    client.client_id
-                ));
-            }
-            let method = client.token_endpoint_auth_method;
-            if method.is_secret() != client.client_secret_file.is_some() {
-                return bad(format!(
-                    "client {:?}: clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
-                    client.client_id
-                ));
-            }
-            for grant in [GrantType::ClientCredentials, GrantType::JwtBearer] {
-                if client.grant_types.contains(&grant) && !method.is_confidential() {
-                    return bad(format!(
-                        "client {:?}: {} needs a confidential client (private_key_jwt or a client secret)",
-                        client.client_id,
-                        grant.as_str()
-                    ));
-                }
-            }
-            if let Some(missing) = client
-                .scopes
-                .iter()
-                .find(|s| !scope_values.contains(s.as_str()))
-            {
-                return bad(format!(
-                    "client {:?}: unknown scope {missing:?}",
-                    client.client_id
-                ));
-            }
+            check_client(client, |s| scope_values.contains(s)).map_err(ConfigError::Invalid)?;
         }
         for (name, b) in self.rate_limits.buckets() {
             if !(b.requests_per_second.is_finite()
@@ -954,6 +910,54 @@ pub fn is_loopback_host(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// The rules one registered client must meet on its own (the operator checks each MCPClient with them, so one
+/// bad declaration stays out of the server's config instead of stopping it): `known_scope` says which scope
+/// values the catalogue holds. The message names the client.
+pub fn check_client(
+    client: &ClientConfig,
+    known_scope: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    if client.client_id.is_empty() || client.client_id.starts_with("https://") {
+        return Err(format!(
+            "client id {:?} must be non-empty and must not start with https:// (reserved for CIMD)",
+            client.client_id
+        ));
+    }
+    for uri in &client.redirect_uris {
+        check_redirect_uri(uri).map_err(|m| format!("client {:?}: {m}", client.client_id))?;
+    }
+    if client.token_endpoint_auth_method == ClientAuthMethod::PrivateKeyJwt && client.jwks.is_none()
+    {
+        return Err(format!(
+            "client {:?}: private_key_jwt needs jwks",
+            client.client_id
+        ));
+    }
+    let method = client.token_endpoint_auth_method;
+    if method.is_secret() != client.client_secret_file.is_some() {
+        return Err(format!(
+            "client {:?}: clientSecretFile goes with client_secret_basic or client_secret_post, and only with them",
+            client.client_id
+        ));
+    }
+    for grant in [GrantType::ClientCredentials, GrantType::JwtBearer] {
+        if client.grant_types.contains(&grant) && !method.is_confidential() {
+            return Err(format!(
+                "client {:?}: {} needs a confidential client (private_key_jwt or a client secret)",
+                client.client_id,
+                grant.as_str()
+            ));
+        }
+    }
+    if let Some(missing) = client.scopes.iter().find(|s| !known_scope(s.as_str())) {
+        return Err(format!(
+            "client {:?}: unknown scope {missing:?}",
+            client.client_id
+        ));
+    }
+    Ok(())
 }
 
 /// Rules of a registered redirect URI (OAuth 2.1 §2.3.1, RFC 8252): absolute, https or loopback http,

@@ -3,7 +3,7 @@
 //! are applied, and every refusal names the file, the object and the field. `mcp-authz render -f`
 //! and `mcp-authz local -f` both read through here.
 //!
-//! Besides the four mcp-authz kinds, plain `Secret`s and `ConfigMap`s are read, because the
+//! Besides the five mcp-authz kinds, plain `Secret`s and `ConfigMap`s are read, because the
 //! resources reference them (the static users file, a trusted CA bundle) exactly as in a cluster.
 //! Objects of other API groups are set aside in [`ManifestSet::skipped`]; each caller decides what
 //! they mean to it.
@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService, all_crds};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService, all_crds};
 
 /// The namespace of objects that name none (as `kubectl apply` without `-n` would put them).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -125,6 +125,8 @@ pub struct ManifestSet {
     pub scopes: Vec<Loaded<MCPScope>>,
     /// `CIMDPolicy`s.
     pub policies: Vec<Loaded<CIMDPolicy>>,
+    /// `MCPClient`s.
+    pub clients: Vec<Loaded<MCPClient>>,
     /// Secrets by (namespace, name): key -> decoded bytes.
     pub secrets: ByName<SecretData>,
     /// ConfigMaps by (namespace, name): key -> text.
@@ -148,6 +150,7 @@ impl ManifestSet {
             services: Vec::new(),
             scopes: Vec::new(),
             policies: Vec::new(),
+            clients: Vec::new(),
             secrets: BTreeMap::new(),
             config_maps: BTreeMap::new(),
             skipped: Vec::new(),
@@ -167,6 +170,26 @@ impl ManifestSet {
     /// The CIMDPolicies, without their origins.
     pub fn policy_objects(&self) -> Vec<CIMDPolicy> {
         self.policies.iter().map(|s| s.object.clone()).collect()
+    }
+
+    /// The MCPClients, without their origins.
+    pub fn client_objects(&self) -> Vec<MCPClient> {
+        self.clients.iter().map(|s| s.object.clone()).collect()
+    }
+
+    /// What the set's Secrets say about the client secrets MCPClients name.
+    pub fn client_secret_lengths(&self) -> crate::render::clients::SecretLengths {
+        self.secrets
+            .iter()
+            .map(|((namespace, name), secret)| {
+                let keys = secret
+                    .object
+                    .iter()
+                    .map(|(key, value)| (key.clone(), crate::render::clients::secret_chars(value)))
+                    .collect();
+                ((namespace.clone(), name.clone()), keys)
+            })
+            .collect()
     }
 }
 
@@ -326,6 +349,7 @@ fn add_document(
         "MCPService" => set.services.push(typed(&origin, api_version, document)?),
         "MCPScope" => set.scopes.push(typed(&origin, api_version, document)?),
         "CIMDPolicy" => set.policies.push(typed(&origin, api_version, document)?),
+        "MCPClient" => set.clients.push(typed(&origin, api_version, document)?),
         "Secret" if api_version == "v1" => {
             let data =
                 secret_data(&document).map_err(|(field, message)| invalid(&field, message))?;
@@ -358,7 +382,7 @@ fn add_document(
             return Err(invalid(
                 "kind",
                 format!(
-                    "{other} is not a kind of {} (AuthorizationServer, MCPService, MCPScope, CIMDPolicy are)",
+                    "{other} is not a kind of {} (AuthorizationServer, MCPService, MCPScope, CIMDPolicy, MCPClient are)",
                     crate::api::GROUP
                 ),
             ));
@@ -548,7 +572,7 @@ spec: {{value: notes:read, description: Read}}
             (
                 "unknown kind of ours",
                 "apiVersion: mcp-authz.io/v1alpha1\nkind: Gadget\nmetadata: {name: g}\n".to_owned(),
-                "dir/m.yaml: Gadget/g: kind: Gadget is not a kind of mcp-authz.io (AuthorizationServer, MCPService, MCPScope, CIMDPolicy are)",
+                "dir/m.yaml: Gadget/g: kind: Gadget is not a kind of mcp-authz.io (AuthorizationServer, MCPService, MCPScope, CIMDPolicy, MCPClient are)",
             ),
             (
                 "wrong version",

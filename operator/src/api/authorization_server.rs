@@ -39,6 +39,12 @@ use super::resource_urls::ResourceUrlGrant;
 #[x_kube(validation = Rule::new("duration(self.signing.rotationPeriod) > duration(self.tokens.accessTokenLifetime)")
     .message("signing.rotationPeriod must be longer than tokens.accessTokenLifetime, or keys would retire before their tokens expire")
     .field_path(".signing.rotationPeriod"))]
+#[x_kube(validation = Rule::new("!has(self.trustedIdentityProviders) || self.trustedIdentityProviders.all(p, p.issuer != self.issuer)")
+    .message("a trusted identity provider cannot be this server itself")
+    .field_path(".trustedIdentityProviders"))]
+#[x_kube(validation = Rule::new("!has(self.trustedIdentityProviders) || self.trustedIdentityProviders.all(a, self.trustedIdentityProviders.exists_one(b, b.issuer == a.issuer))")
+    .message("each trusted identity provider issuer may be listed once")
+    .field_path(".trustedIdentityProviders"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationServerSpec {
     /// The issuer identifier (RFC 8414): an https URL without query or fragment. It is the `iss`
@@ -124,6 +130,39 @@ pub struct AuthorizationServerSpec {
     #[schemars(length(max = 32), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("trustedProxies entries must be CIDRs like 10.0.0.0/8"))]
     pub trusted_proxies: Vec<String>,
+
+    /// Enterprise identity providers whose Identity Assertion JWT Authorization Grants (ID-JAGs)
+    /// the server redeems for the clients each lists (MCP enterprise-managed authorization): the
+    /// provider's policy stands in for the person's consent, so list only providers the
+    /// organisation runs. Empty: the `jwt-bearer` grant is not offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
+}
+
+/// An identity provider trusted to say which person may use which client at which service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.jwksUri) != has(self.jwks)")
+    .message("a trusted identity provider needs exactly one of jwksUri and jwks")
+    .field_path(".jwksUri"))]
+pub struct TrustedIdentityProvider {
+    /// The provider's issuer, compared character for character with an ID-JAG's `iss`.
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("issuer must be an https URL"))]
+    pub issuer: String,
+    /// Where the provider publishes its signing keys (https, a publicly trusted certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("jwksUri must be an https URL"))]
+    pub jwks_uri: Option<String>,
+    /// The provider's public keys inline (a JWK Set, `{"keys": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::mcp_client::jwk_set_schema")]
+    pub jwks: Option<serde_json::Value>,
+    /// Client ids (MCPClient `clientId`s or CIMD URLs) the provider may issue ID-JAGs to.
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 2048)))]
+    pub clients: Vec<String>,
 }
 
 /// How the in-cluster endpoints (the ones sidecars call) are protected.

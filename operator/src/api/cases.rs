@@ -74,6 +74,23 @@ pub fn cimd_policy() -> Value {
     })
 }
 
+/// A sample `MCPClient` every rule accepts: a CI job with a client secret and client credentials.
+pub fn mcp_client() -> Value {
+    json!({
+        "apiVersion": "mcp-authz.io/v1alpha1", "kind": "MCPClient",
+        "metadata": {"name": "ci-job"},
+        "spec": {
+            "authorizationServer": "auth",
+            "clientId": "ci-job",
+            "clientName": "CI job",
+            "tokenEndpointAuthMethod": "client_secret_basic",
+            "clientSecretRef": {"name": "ci-job", "key": "secret"},
+            "grantTypes": ["client_credentials"],
+            "scopes": ["files:read"]
+        }
+    })
+}
+
 /// One invalid manifest and what the API server must answer.
 #[derive(Debug, Clone)]
 pub struct InvalidCase {
@@ -94,6 +111,14 @@ fn with(mut base: Value, pointer: &str, value: Value) -> Value {
         && let Some(Value::Object(map)) = base.pointer_mut(parent)
     {
         map.insert(key.to_owned(), value);
+    }
+    base
+}
+
+/// `base` without the spec field `field`.
+fn without(mut base: Value, field: &str) -> Value {
+    if let Some(spec) = base["spec"].as_object_mut() {
+        spec.remove(field);
     }
     base
 }
@@ -308,6 +333,99 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "trustedProxies",
         },
         InvalidCase {
+            name: "trusted identity provider with both jwksUri and jwks",
+            object: with(
+                authorization_server(),
+                "/spec/trustedIdentityProviders",
+                json!([{"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks",
+                        "jwks": {"keys": []}, "clients": ["agent"]}]),
+            ),
+            message: "a trusted identity provider needs exactly one of jwksUri and jwks",
+            field: "trustedIdentityProviders[0].jwksUri",
+        },
+        InvalidCase {
+            name: "the server trusting itself as an identity provider",
+            object: with(
+                authorization_server(),
+                "/spec/trustedIdentityProviders",
+                json!([{"issuer": "https://auth.example.com", "jwks": {"keys": []}, "clients": ["agent"]}]),
+            ),
+            message: "a trusted identity provider cannot be this server itself",
+            field: "trustedIdentityProviders",
+        },
+        InvalidCase {
+            name: "one identity provider listed twice",
+            object: with(
+                authorization_server(),
+                "/spec/trustedIdentityProviders",
+                json!([{"issuer": "https://idp.example.com", "jwks": {"keys": []}, "clients": ["a"]},
+                       {"issuer": "https://idp.example.com", "jwks": {"keys": []}, "clients": ["b"]}]),
+            ),
+            message: "each trusted identity provider issuer may be listed once",
+            field: "trustedIdentityProviders",
+        },
+        InvalidCase {
+            name: "a declared client with jwks but a client secret",
+            object: with(mcp_client(), "/spec/jwks", json!({"keys": []})),
+            message: "jwks is required with tokenEndpointAuthMethod private_key_jwt, and only allowed with it",
+            field: "jwks",
+        },
+        InvalidCase {
+            name: "a declared client with private_key_jwt and no keys",
+            object: without(
+                with(
+                    mcp_client(),
+                    "/spec/tokenEndpointAuthMethod",
+                    json!("private_key_jwt"),
+                ),
+                "clientSecretRef",
+            ),
+            message: "jwks is required with tokenEndpointAuthMethod private_key_jwt, and only allowed with it",
+            field: "jwks",
+        },
+        InvalidCase {
+            name: "a declared client with a secret method and no secret",
+            object: without(
+                with(
+                    mcp_client(),
+                    "/spec/tokenEndpointAuthMethod",
+                    json!("client_secret_post"),
+                ),
+                "clientSecretRef",
+            ),
+            message: "clientSecretRef is required with tokenEndpointAuthMethod client_secret_basic or client_secret_post",
+            field: "clientSecretRef",
+        },
+        InvalidCase {
+            name: "a public declared client asking for client_credentials",
+            object: without(
+                with(mcp_client(), "/spec/tokenEndpointAuthMethod", json!("none")),
+                "clientSecretRef",
+            ),
+            message: "client_credentials and jwt_bearer need a client that authenticates",
+            field: "grantTypes",
+        },
+        InvalidCase {
+            name: "a declared browser client without a redirect URI",
+            object: with(
+                mcp_client(),
+                "/spec/grantTypes",
+                json!(["authorization_code"]),
+            ),
+            message: "authorization_code needs at least one redirect URI",
+            field: "redirectUris",
+        },
+        InvalidCase {
+            name: "a declared client id that is an https URL",
+            object: with(
+                mcp_client(),
+                "/spec/clientId",
+                json!("https://agent.example.com/client.json"),
+            ),
+            message: "clientId must not be an https URL",
+            field: "clientId",
+        },
+        InvalidCase {
             name: "cache minimum above maximum",
             object: with(
                 cimd_policy(),
@@ -461,6 +579,7 @@ mod tests {
             mcp_service(),
             mcp_scope(),
             cimd_policy(),
+            mcp_client(),
         ] {
             assert_eq!(validate(&sample), Ok(()), "{}", sample["kind"]);
         }
@@ -519,6 +638,7 @@ mod tests {
         serde_json::from_value::<MCPService>(mcp_service()).expect("MCPService");
         serde_json::from_value::<MCPScope>(mcp_scope()).expect("MCPScope");
         serde_json::from_value::<CIMDPolicy>(cimd_policy()).expect("CIMDPolicy");
+        serde_json::from_value::<MCPClient>(mcp_client()).expect("MCPClient");
     }
 
     #[test]

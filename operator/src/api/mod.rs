@@ -1,4 +1,4 @@
-//! The four custom resources of `mcp-authz.io/v1alpha1`, as Rust types that do no I/O.
+//! The five custom resources of `mcp-authz.io/v1alpha1`, as Rust types that do no I/O.
 //!
 //! The CRD YAML in `crds/` is generated from these types (`mcp-authz crds`); field docs become
 //! `kubectl explain` text, `#[x_kube(validation)]` rules become `x-kubernetes-validations`.
@@ -6,6 +6,7 @@
 pub mod authorization_server;
 pub mod cases;
 pub mod cimd_policy;
+pub mod mcp_client;
 pub mod mcp_scope;
 pub mod mcp_service;
 pub mod resource_urls;
@@ -15,6 +16,7 @@ pub use authorization_server::{
     NamespacesFrom,
 };
 pub use cimd_policy::{CIMDPolicy, CIMDPolicySpec};
+pub use mcp_client::{MCPClient, MCPClientSpec, MCPClientStatus};
 pub use mcp_scope::{MCPScope, MCPScopeSpec};
 pub use mcp_service::{MCPService, MCPServiceSpec, MCPServiceStatus};
 
@@ -40,6 +42,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         MCPService::crd(),
         MCPScope::crd(),
         CIMDPolicy::crd(),
+        MCPClient::crd(),
     ]
 }
 

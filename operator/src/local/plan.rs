@@ -40,6 +40,8 @@ pub mod files {
     pub const SIDECAR_PREFIX: &str = "sidecar-";
     /// Trusted CA bundles of CIMD policies, copied from their ConfigMaps.
     pub const CA_BUNDLE: &str = "cimd-ca.pem";
+    /// Declared clients' secrets, copied from their Secrets: `client-secret-<Secret>-<key>`.
+    pub const CLIENT_SECRET_PREFIX: &str = "client-secret-";
 }
 
 /// Why the manifests cannot make a local plane.
@@ -150,6 +152,8 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     let services: Vec<MCPService> = set.services.iter().map(|s| s.object.clone()).collect();
     let scopes: Vec<_> = set.scopes.iter().map(|s| s.object.clone()).collect();
     let policies: Vec<CIMDPolicy> = set.policies.iter().map(|p| p.object.clone()).collect();
+    let clients = set.client_objects();
+    let client_secrets = set.client_secret_lengths();
     for service in &set.services {
         check_service(set, server, service)?;
     }
@@ -159,6 +163,8 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
         scopes: &scopes,
         policies: &policies,
         namespaces: &crate::tenancy::NamespaceLabels::new(),
+        clients: &clients,
+        client_secrets: Some(&client_secrets),
     };
     let render_error = |e: render::RenderError| invalid(&server.origin, "", e.to_string());
 
@@ -195,6 +201,57 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
             content,
             private: true,
         });
+    }
+    // A declaration the cluster would leave out stops a local run, with its file and field, as a service's does.
+    for loaded in &set.clients {
+        let client = &loaded.object;
+        if !crate::render::clients::names_server(client, &server.object) {
+            return Err(invalid(
+                &loaded.origin,
+                "spec.authorizationServer",
+                format!(
+                    "an MCPClient must be in its AuthorizationServer's namespace and name it; the manifests hold only {}",
+                    key_of(&server.object)
+                ),
+            ));
+        }
+    }
+    for declared in crate::render::clients::declared(&inputs, &config) {
+        let origin = set
+            .clients
+            .iter()
+            .find(|c| key_of(&c.object) == key_of(declared.client))
+            .map_or_else(|| server.origin.clone(), |c| c.origin.clone());
+        if let crate::render::clients::Standing::Refused { reason, message } = declared.standing {
+            return Err(invalid(&origin, "spec", format!("{reason}: {message}")));
+        }
+        if let Some(reference) = &declared.client.spec.client_secret_ref {
+            let namespace = declared.client.namespace().unwrap_or_default();
+            let content = set
+                .secrets
+                .get(&(namespace, reference.name.clone()))
+                .and_then(|s| s.object.get(&reference.key))
+                .cloned()
+                .unwrap_or_default();
+            let path = state_dir.join(format!(
+                "{}{}-{}",
+                files::CLIENT_SECRET_PREFIX,
+                reference.name,
+                reference.key
+            ));
+            if let Some(entry) = config
+                .clients
+                .iter_mut()
+                .find(|c| c.client_id == declared.client.spec.client_id)
+            {
+                entry.client_secret_file = Some(path.clone());
+            }
+            state_files.push(StateFile {
+                path,
+                content,
+                private: true,
+            });
+        }
     }
     if let Some(policy) = authserver::default_policy(&inputs)
         && let Some(bundle) = &policy.spec.trusted_ca_bundle
@@ -610,6 +667,80 @@ mod tests {
                 "no AuthorizationServer in the manifests: local mode needs exactly one",
             ),
             ("two servers", two_servers, "2 AuthorizationServers ("),
+        ];
+        for (name, set, want) in cases {
+            let err = plan(&set, &ports(), Path::new("/state"))
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains(want), "{name}: got {err:?}, want {want:?}");
+        }
+    }
+
+    const CLIENT: &str = "apiVersion: mcp-authz.io/v1alpha1\nkind: MCPClient\nmetadata: {name: ci-job}\nspec:\n  authorizationServer: quickstart\n  clientId: ci-job\n  clientName: CI job\n  tokenEndpointAuthMethod: client_secret_post\n  clientSecretRef: {name: ci-job, key: secret}\n  grantTypes: [client_credentials]\n  scopes: [notes:read]\n";
+
+    fn with_client(client: &str, secret: Option<&str>) -> ManifestSet {
+        let mut set = quickstart();
+        add_file(&mut set, Path::new("clients/ci-job.yaml"), client).expect("client");
+        if let Some(value) = secret {
+            let text = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: ci-job}}\nstringData: {{secret: {value}}}\n"
+            );
+            add_file(&mut set, Path::new("clients/secret.yaml"), &text).expect("secret");
+        }
+        set
+    }
+
+    #[test]
+    fn a_declared_client_reads_its_secret_from_a_private_copy_in_the_state_directory() {
+        let state = Path::new("/state");
+        let set = with_client(CLIENT, Some("0123456789abcdef0123456789abcdef"));
+        let plan = plan(&set, &ports(), state).expect("plan");
+        let [client] = plan.authserver.clients.as_slice() else {
+            panic!("one client: {:?}", plan.authserver.clients)
+        };
+        assert_eq!(client.client_id, "ci-job");
+        assert_eq!(client.scopes, ["notes:read"]);
+        let path = state.join("client-secret-ci-job-secret");
+        assert_eq!(client.client_secret_file.as_deref(), Some(path.as_path()));
+        let file = plan
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .expect("secret file");
+        assert!(file.private);
+        assert_eq!(file.content, b"0123456789abcdef0123456789abcdef");
+        // The config the server loads accepts it.
+        plan.authserver.validate().expect("a valid server config");
+    }
+
+    #[test]
+    fn a_declared_client_the_cluster_would_leave_out_stops_a_local_run() {
+        let elsewhere = CLIENT.replace(
+            "authorizationServer: quickstart",
+            "authorizationServer: other",
+        );
+        let unknown_scope = CLIENT.replace("scopes: [notes:read]", "scopes: [notes:admin]");
+        let cases: Vec<(&str, ManifestSet, &str)> = vec![
+            (
+                "no Secret",
+                with_client(CLIENT, None),
+                "ci-job.yaml: MCPClient/ci-job: spec: SecretNotFound: Secret default/ci-job does not exist",
+            ),
+            (
+                "a short secret",
+                with_client(CLIENT, Some("short")),
+                "ci-job.yaml: MCPClient/ci-job: spec: SecretTooShort: the secret in key secret of Secret default/ci-job has 5 characters; at least 32 are needed",
+            ),
+            (
+                "a scope nobody offers",
+                with_client(&unknown_scope, Some("0123456789abcdef0123456789abcdef")),
+                "ci-job.yaml: MCPClient/ci-job: spec: Invalid: client \"ci-job\": unknown scope \"notes:admin\"",
+            ),
+            (
+                "another server",
+                with_client(&elsewhere, Some("0123456789abcdef0123456789abcdef")),
+                "ci-job.yaml: MCPClient/ci-job: spec.authorizationServer: an MCPClient must be in its AuthorizationServer's namespace and name it; the manifests hold only default/quickstart",
+            ),
         ];
         for (name, set, want) in cases {
             let err = plan(&set, &ports(), Path::new("/state"))

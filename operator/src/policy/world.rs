@@ -106,6 +106,8 @@ pub fn service_view(set: &ManifestSet, name: &str) -> Result<ServiceView, WorldE
         scopes: &scopes,
         policies: &policies,
         namespaces: &namespaces,
+        clients: &[],
+        client_secrets: None,
     };
     let config = authserver::authserver_config(&inputs)
         .map_err(|e| invalid(&server.origin, "spec", e.to_string()))?;

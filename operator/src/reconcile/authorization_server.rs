@@ -16,7 +16,7 @@ use crate::api::AuthorizationServer;
 use crate::api::authorization_server::TransportMode;
 use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
 use crate::naming::{self, FIELD_MANAGER};
-use crate::render::{Inputs, authserver};
+use crate::render::{Inputs, authserver, clients};
 use crate::serving_tls::{ServingTls, Step};
 use crate::status::{self, Observed};
 
@@ -70,12 +70,19 @@ async fn reconcile_inner(
     let policies = ctx.stores.policies.cloned();
     let namespaces = ctx.stores.labels();
     let scopes = crate::tenancy::scopes_at(server, &scopes, &namespaces);
+    let clients = ctx
+        .stores
+        .clients
+        .cloned_where(|c| clients::names_server(c, server));
+    let client_secrets = client_secret_lengths(client, &namespace, &clients).await?;
     let inputs = Inputs {
         server,
         services: &services,
         scopes: &scopes,
         policies: &policies,
         namespaces: &namespaces,
+        clients: &clients,
+        client_secrets: Some(&client_secrets),
     };
 
     let objects = authserver::render(&inputs, &ctx.settings)?;
@@ -229,6 +236,7 @@ async fn reconcile_inner(
         "services": config.resources.len(),
     });
     ctx.write_status(server, status).await?;
+    write_client_statuses(ctx, &inputs, &config).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
 }
@@ -310,4 +318,83 @@ mod tests {
         let server: AuthorizationServer = serde_json::from_value(server).expect("server");
         assert_eq!(max_token_lifetime(&server), 900);
     }
+}
+
+/// What the Secrets the clients of this server name hold, read now (values never leave this function: only
+/// their lengths do). A Secret that does not exist is absent from the answer.
+async fn client_secret_lengths(
+    client: &kube::Client,
+    namespace: &str,
+    clients: &[crate::api::MCPClient],
+) -> Result<clients::SecretLengths, ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut names: Vec<&str> = clients
+        .iter()
+        .filter_map(|c| c.spec.client_secret_ref.as_ref())
+        .map(|r| r.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut lengths = clients::SecretLengths::new();
+    for name in names {
+        if let Some(secret) = secrets.get_opt(name).await? {
+            let keys = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, value)| (key, clients::secret_chars(&value.0)))
+                .collect();
+            lengths.insert((namespace.to_owned(), name.to_owned()), keys);
+        }
+    }
+    Ok(lengths)
+}
+
+/// The `Ready` condition of every MCPClient of this server: in the config, or why not.
+async fn write_client_statuses(
+    ctx: &Context,
+    inputs: &Inputs<'_>,
+    config: &mcp_authz_authserver::config::AuthServerConfig,
+) -> Result<(), ReconcileError> {
+    let server_key = crate::tenancy::key_of(inputs.server);
+    for declared in clients::declared(inputs, config) {
+        let observed = match declared.standing {
+            clients::Standing::Registered(_) => Observed::yes(
+                "Ready",
+                "Registered",
+                format!(
+                    "client id {:?} is registered at AuthorizationServer {server_key}",
+                    declared.client.spec.client_id
+                ),
+            ),
+            clients::Standing::Refused { reason, message } => {
+                Observed::no("Ready", reason, message)
+            }
+        };
+        let client = declared.client;
+        let previous = ctx.conditions_now(
+            client,
+            client
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default(),
+        );
+        let conditions = status::merge(
+            &previous,
+            &[observed],
+            client.meta().generation,
+            &status::now(),
+        );
+        for c in status::flipped(&previous, &conditions) {
+            ctx.event(client, c.status != "True", &c.reason, c.message.clone())
+                .await;
+        }
+        let status = json!({
+            "observedGeneration": client.meta().generation,
+            "conditions": conditions,
+        });
+        ctx.write_status(client, status).await?;
+    }
+    Ok(())
 }

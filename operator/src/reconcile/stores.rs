@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{ReconcileError, WatchScope};
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService};
 use crate::metrics::Metrics;
 use crate::tenancy::NamespaceLabels;
 
@@ -162,6 +162,8 @@ pub struct Stores {
     pub policies: Cached<CIMDPolicy>,
     /// AuthorizationServers of the served namespaces.
     pub servers: Cached<AuthorizationServer>,
+    /// MCPClients of the served namespaces.
+    pub clients: Cached<MCPClient>,
     /// Every Namespace's metadata (labels decide `allowedNamespaces`), cluster-wide in either install.
     pub namespaces: Cached<PartialObjectMeta<Namespace>>,
 }
@@ -194,6 +196,7 @@ impl Stores {
             scopes: Cached::watch(client, scope, &metrics, tasks),
             policies: Cached::watch(client, scope, &metrics, tasks),
             servers: Cached::watch(client, scope, &metrics, tasks),
+            clients: Cached::watch(client, scope, &metrics, tasks),
             namespaces: Cached::new(vec![namespaces]),
         };
         tasks.push(tokio::spawn(stores.clone().count_objects(metrics)));
@@ -211,6 +214,7 @@ impl Stores {
                 ("MCPScope", self.scopes.count()),
                 ("CIMDPolicy", self.policies.count()),
                 ("AuthorizationServer", self.servers.count()),
+                ("MCPClient", self.clients.count()),
                 ("Namespace", self.namespaces.count()),
             ] {
                 metrics
@@ -227,6 +231,7 @@ impl Stores {
         self.scopes.wait_until_ready().await;
         self.policies.wait_until_ready().await;
         self.servers.wait_until_ready().await;
+        self.clients.wait_until_ready().await;
         self.namespaces.wait_until_ready().await;
     }
 
@@ -237,6 +242,7 @@ impl Stores {
             && self.scopes.is_ready()
             && self.policies.is_ready()
             && self.servers.is_ready()
+            && self.clients.is_ready()
             && self.namespaces.is_ready();
         if ready {
             Ok(())
@@ -286,6 +292,7 @@ mod tests {
             Writer<CIMDPolicy>,
             Writer<AuthorizationServer>,
             Writer<PartialObjectMeta<Namespace>>,
+            Writer<MCPClient>,
         ),
     }
 
@@ -295,6 +302,7 @@ mod tests {
         let (policies, pw) = reflector::store();
         let (servers, aw) = reflector::store();
         let (namespaces, nw) = reflector::store();
+        let (clients, lw) = reflector::store();
         Fed {
             stores: Stores {
                 services: Cached::new(vec![services]),
@@ -302,9 +310,10 @@ mod tests {
                 policies: Cached::new(vec![policies]),
                 servers: Cached::new(vec![servers]),
                 namespaces: Cached::new(vec![namespaces]),
+                clients: Cached::new(vec![clients]),
             },
             services: sw,
-            others: (cw, pw, aw, nw),
+            others: (cw, pw, aw, nw, lw),
         }
     }
 
@@ -331,6 +340,7 @@ mod tests {
         list(&mut fed.others.1, vec![]);
         list(&mut fed.others.2, vec![]);
         list(&mut fed.others.3, vec![namespace("team-a", &[])]);
+        list(&mut fed.others.4, vec![]);
         assert!(matches!(
             fed.stores.synced(),
             Err(ReconcileError::NotSynced)

@@ -18,12 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use mcp_authz_authserver::config::{
-    AuthServerConfig, ResourceConfig, ResourceServers, ScopeDefinition,
+    AuthServerConfig, ResourceConfig, ResourceServers, ScopeDefinition, TrustedIdentityProvider,
 };
 
 use super::sidecar::{AUTHSERVER_PORT, AUTHSERVER_TLS_PORT};
 use super::{
-    Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, object,
+    Inputs, RenderError, RenderSettings, RenderedObject, authserver_labels, cimd, clients, object,
     owner_ref, seconds, visible_scopes,
 };
 use crate::admission::patch::hardened_security_context;
@@ -274,6 +274,18 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     });
     config.rate_limits = inputs.server.spec.rate_limits.clone().unwrap_or_default();
     config.trusted_proxies = inputs.server.spec.trusted_proxies.clone();
+    config.trusted_identity_providers = spec
+        .trusted_identity_providers
+        .iter()
+        .map(|p| TrustedIdentityProvider {
+            issuer: p.issuer.clone(),
+            jwks_uri: p.jwks_uri.clone(),
+            jwks: p.jwks.clone(),
+            ca_file: None,
+            clients: p.clients.clone(),
+        })
+        .collect();
+    config.clients = clients::registered(&clients::declared(inputs, &config));
     Ok(config)
 }
 
@@ -377,6 +389,18 @@ pub fn render(
     if let Some(oidc) = &spec.login.oidc {
         volumes.push(secret_volume("oidc", &oidc.client_secret_ref.name));
         mounts.push(mount("oidc", OIDC_DIR));
+    }
+    // One whole-Secret volume per Secret the registered clients read, so a rotated secret reaches the server.
+    for (index, secret) in clients::secret_names(&clients::declared(inputs, &config))
+        .iter()
+        .enumerate()
+    {
+        let volume = format!("client-secret-{index}");
+        volumes.push(secret_volume(&volume, secret));
+        mounts.push(mount(
+            &volume,
+            &clients::secret_dir(secret).to_string_lossy(),
+        ));
     }
     if let Some(ca) = default_policy(inputs).and_then(|p| p.spec.trusted_ca_bundle.as_ref()) {
         volumes.push(Volume {
@@ -689,6 +713,8 @@ mod tests {
             scopes: &[],
             policies: &[],
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         authserver_config(&inputs).expect("config")
     }
@@ -733,6 +759,8 @@ mod tests {
             scopes: &scopes,
             policies: &policies,
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let c = authserver_config(&inputs).expect("config");
         assert_eq!(c.issuer, "https://auth.example.com");
@@ -798,6 +826,8 @@ mod tests {
             scopes: &[],
             policies: &[],
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         assert!(
             authserver_config(&inputs)
@@ -831,6 +861,8 @@ mod tests {
             scopes: &[],
             policies: &policies,
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let c = authserver_config(&inputs).expect("config");
         assert_eq!(
@@ -872,6 +904,8 @@ mod tests {
             scopes: &scopes,
             policies: &[],
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let c = authserver_config(&inputs).expect("config");
         let admin = c
@@ -885,6 +919,114 @@ mod tests {
     }
 
     #[test]
+    fn declared_clients_and_identity_providers_reach_the_config_and_client_secrets_are_mounted() {
+        let server = server(json!({"trustedIdentityProviders": [
+            {"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks", "clients": ["ci-job"]}
+        ]}));
+        let scopes = [scope("mcp-authz", "files:read", false)];
+        let client = |name: &str, id: &str, secret: &str| -> crate::api::MCPClient {
+            let mut v = cases::mcp_client();
+            v["metadata"] = json!({"name": name, "namespace": "mcp-authz"});
+            v["spec"]["clientId"] = json!(id);
+            v["spec"]["clientSecretRef"]["name"] = json!(secret);
+            serde_json::from_value(v).expect("client")
+        };
+        // Two clients share one Secret, a third has its own, and a fourth names a Secret that does not exist.
+        let clients = [
+            client("a", "agent-a", "shared"),
+            client("b", "agent-b", "shared"),
+            client("c", "agent-c", "own"),
+            client("d", "agent-d", "missing"),
+        ];
+        let long = Some(40);
+        let secrets: clients::SecretLengths = [
+            (
+                ("mcp-authz".to_owned(), "shared".to_owned()),
+                [("secret".to_owned(), long)].into(),
+            ),
+            (
+                ("mcp-authz".to_owned(), "own".to_owned()),
+                [("secret".to_owned(), long)].into(),
+            ),
+        ]
+        .into();
+        let inputs = Inputs {
+            server: &server,
+            services: &[],
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+            clients: &clients,
+            client_secrets: Some(&secrets),
+        };
+        let config = authserver_config(&inputs).expect("config");
+        let ids: Vec<&str> = config
+            .clients
+            .iter()
+            .map(|c| c.client_id.as_str())
+            .collect();
+        assert_eq!(ids, ["agent-a", "agent-b", "agent-c"]);
+        assert_eq!(
+            config.clients[2].client_secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/mcp-authz/clients/own/secret"))
+        );
+        assert_eq!(config.trusted_identity_providers.len(), 1);
+        assert_eq!(
+            config.trusted_identity_providers[0].jwks_uri.as_deref(),
+            Some("https://idp.example.com/jwks")
+        );
+        config
+            .validate()
+            .expect("the server accepts the rendered config");
+
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        let pod = &objects[1].body["spec"]["template"]["spec"];
+        let secret_volumes: Vec<(&str, &str)> = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter(|v| {
+                v["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("client-secret-"))
+            })
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap_or(""),
+                    v["secret"]["secretName"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            secret_volumes,
+            [("client-secret-0", "own"), ("client-secret-1", "shared")]
+        );
+        let mounts: Vec<(&str, &str)> = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .filter(|m| {
+                m["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("client-secret-"))
+            })
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or(""),
+                    m["mountPath"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("client-secret-0", "/etc/mcp-authz/clients/own"),
+                ("client-secret-1", "/etc/mcp-authz/clients/shared")
+            ]
+        );
+    }
+
+    #[test]
     fn embedded_storage_gets_a_volume_and_recreate() {
         let server = server(json!({}));
         let inputs = Inputs {
@@ -893,6 +1035,8 @@ mod tests {
             scopes: &[],
             policies: &[],
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         assert_eq!(
@@ -953,6 +1097,8 @@ mod tests {
             scopes: &[],
             policies: &[],
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         assert_eq!(
@@ -1029,6 +1175,8 @@ mod tests {
                 scopes: &[],
                 policies: &[],
                 namespaces: &NamespaceLabels::new(),
+                clients: &[],
+                client_secrets: None,
             };
             let config = authserver_config(&inputs).expect("config");
             assert_eq!(
@@ -1139,6 +1287,8 @@ mod tests {
             scopes: &scopes,
             policies: &[],
             namespaces: &tenants,
+            clients: &[],
+            client_secrets: None,
         };
         let c = authserver_config(&inputs).expect("config");
         let entries: Vec<(&str, &str)> = c
@@ -1202,6 +1352,8 @@ mod tests {
             scopes: &[],
             policies: &policies,
             namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
         };
         let opened = authserver_config(&inputs).expect("config");
         assert!(opened.dynamic_client_registration.enabled);

@@ -14,6 +14,7 @@ pub fn render_all(
     let services = manifests.service_objects();
     let scopes = manifests.scope_objects();
     let policies = manifests.policy_objects();
+    let clients = manifests.client_objects();
     let mut objects = Vec::new();
     for server in &manifests.authorization_servers {
         let inputs = Inputs {
@@ -22,6 +23,9 @@ pub fn render_all(
             scopes: &scopes,
             policies: &policies,
             namespaces: &crate::tenancy::NamespaceLabels::new(),
+            clients: &clients,
+            // Offline, the Secrets are the cluster's: each client is rendered as if its Secret were there.
+            client_secrets: None,
         };
         objects.extend(authserver::render(&inputs, settings)?);
     }

@@ -3,6 +3,7 @@
 
 pub mod authserver;
 pub mod cimd;
+pub mod clients;
 pub mod manifests;
 pub mod sidecar;
 
@@ -202,6 +203,11 @@ pub struct Inputs<'a> {
     pub policies: &'a [CIMDPolicy],
     /// Labels of the namespaces (for the server's `allowedNamespaces`).
     pub namespaces: &'a crate::tenancy::NamespaceLabels,
+    /// Every MCPClient of the cluster (those naming another server are skipped).
+    pub clients: &'a [crate::api::MCPClient],
+    /// What the server's namespace's Secrets hold for the clients' secrets; `None` when unknown (`render`
+    /// from files without the Secrets): each is then taken to be there.
+    pub client_secrets: Option<&'a clients::SecretLengths>,
 }
 
 /// Whether `service` names `server`.

@@ -20,7 +20,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService};
 use crate::reconcile::stores::Stores;
 use crate::reconcile::{self, Context, WatchScope, triggers};
 
@@ -184,6 +184,7 @@ async fn server_controller(
     ctx: Arc<Context>,
 ) {
     let scope = ctx.scope.clone();
+    let declared = ctx.stores.clients.clone();
     let controller = Controller::new(servers, watcher::Config::default());
     let all = objects_in(controller.store());
     let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
@@ -221,6 +222,23 @@ async fn server_controller(
             watcher::Config::default(),
             move |_: CIMDPolicy| c(None),
         )
+        // A declared client is rendered by the server it names, in its namespace, and so is a change to a
+        // Secret a client names (it decides whether the client is in the config).
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            |c: MCPClient| {
+                c.namespace()
+                    .map(|ns| ObjectRef::new(&c.spec.authorization_server).within(&ns))
+            },
+        )
+        .watches_in(
+            &scope,
+            &client,
+            watcher::Config::default(),
+            move |secret: Secret| servers_reading(&declared, &secret),
+        )
         // Namespace labels decide which services a server admits (allowedNamespaces).
         .watches(
             Api::<Namespace>::all(client.clone()),
@@ -234,6 +252,30 @@ async fn server_controller(
         )
         .for_each(|_| async {})
         .await;
+}
+
+/// The servers whose declared clients read `secret`.
+fn servers_reading(
+    clients: &crate::reconcile::stores::Cached<MCPClient>,
+    secret: &Secret,
+) -> Vec<ObjectRef<AuthorizationServer>> {
+    let (Some(namespace), name) = (secret.namespace(), secret.name_any()) else {
+        return Vec::new();
+    };
+    let mut servers: Vec<ObjectRef<AuthorizationServer>> = clients
+        .all()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| {
+            c.spec
+                .client_secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        })
+        .map(|c| ObjectRef::new(&c.spec.authorization_server).within(&namespace))
+        .collect();
+    servers.dedup();
+    servers
 }
 
 /// MCPScope status: re-checked when a service, scope, server or namespace changes, for the scopes that

@@ -82,6 +82,7 @@ async fn install_upgrade_uninstall_keeps_crds_and_upgrades_them() {
         "mcpservices",
         "mcpscopes",
         "cimdpolicies",
+        "mcpclients",
     ] {
         let crd = crds
             .get(&format!("{name}.mcp-authz.io"))
@@ -237,6 +238,7 @@ async fn install_upgrade_uninstall_keeps_crds_and_upgrades_them() {
         "mcpservices",
         "mcpscopes",
         "cimdpolicies",
+        "mcpclients",
     ] {
         assert!(
             crds.get_opt(&format!("{name}.mcp-authz.io"))

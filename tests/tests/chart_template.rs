@@ -456,7 +456,7 @@ fn tenants_get_aggregated_roles_without_authorization_servers() {
                 "mcp-authz-tenant-view".to_owned(),
                 vec!["admin".to_owned(), "edit".to_owned(), "view".to_owned()],
                 serde_json::json!([{"apiGroups": ["mcp-authz.io"],
-                    "resources": ["mcpservices", "mcpscopes", "cimdpolicies", "authorizationservers"],
+                    "resources": ["mcpservices", "mcpscopes", "cimdpolicies", "authorizationservers", "mcpclients"],
                     "verbs": ["get", "list", "watch"]}])
             ),
         ]

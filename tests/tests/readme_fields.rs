@@ -10,11 +10,12 @@ use serde_json::{Map, Value};
 const BEGIN: &str = "<!-- fields:begin (generated from crds/ by tests/tests/readme_fields.rs; MCP_AUTHZ_WRITE_README=1 rewrites it) -->";
 const END: &str = "<!-- fields:end -->";
 /// In the order a reader meets them.
-const CRDS: [&str; 4] = [
+const CRDS: [&str; 5] = [
     "authorizationservers",
     "mcpservices",
     "mcpscopes",
     "cimdpolicies",
+    "mcpclients",
 ];
 /// How deep nested fields are listed; below that, `kubectl explain` has the rest.
 const DEPTH: usize = 2;

@@ -19,6 +19,7 @@ async fn samples_are_accepted_and_defaults_applied() {
         cases::mcp_service(),
         cases::mcp_scope(),
         cases::cimd_policy(),
+        cases::mcp_client(),
     ] {
         let created = operator_support::create(&client, &namespace, &sample)
             .await

@@ -29,12 +29,28 @@ use crate::tenancy::NamespaceLabels;
 #[derive(Clone)]
 pub struct Cached<K: Resource<DynamicType = ()> + Clone + 'static> {
     stores: Vec<Store<K>>,
+    /// Counts the changes applied to the caches (see [`Cached::changes`]).
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
     /// Caches read from `stores` (their writers are fed elsewhere).
     pub fn new(stores: Vec<Store<K>>) -> Self {
-        Self { stores }
+        Self {
+            stores,
+            changed: Arc::new(tokio::sync::watch::channel(0u64).0),
+        }
+    }
+
+    /// One item after each change the caches have taken in (several at once coalesce into one). A
+    /// controller triggered by these reads the change from the cache, where a trigger from a watch of its
+    /// own could arrive before the cache has it (or while the cache re-lists after a failed watch) and
+    /// reconcile without it.
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.changed.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
     }
 
     /// How many objects are cached.
@@ -111,9 +127,17 @@ where
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         let mut stores = Vec::new();
+        let changed = Arc::new(tokio::sync::watch::channel(0u64).0);
         for api in scope.apis::<K>(client) {
             let (store, writer) = reflector::store();
-            let stream = reflector(writer, watcher(api, watcher::Config::default()));
+            let notify = changed.clone();
+            // The reflector has applied an event to the store by the time it yields it.
+            let stream =
+                reflector(writer, watcher(api, watcher::Config::default())).inspect(move |event| {
+                    if event.is_ok() {
+                        notify.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                });
             tasks.push(tokio::spawn(counted(
                 stream.default_backoff(),
                 metrics,
@@ -121,7 +145,7 @@ where
             )));
             stores.push(store);
         }
-        Self::new(stores)
+        Self { stores, changed }
     }
 }
 

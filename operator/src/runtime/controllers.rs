@@ -222,17 +222,9 @@ async fn server_controller(
             watcher::Config::default(),
             move |_: CIMDPolicy| c(None),
         )
-        // A declared client is rendered by the server it names, in its namespace, and so is a change to a
-        // Secret a client names (it decides whether the client is in the config).
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            |c: MCPClient| {
-                c.namespace()
-                    .map(|ns| ObjectRef::new(&c.spec.authorization_server).within(&ns))
-            },
-        )
+        // Declared clients are rendered from the cache, so its own changes trigger (they are few: every server
+        // looks); so does a change to a Secret a client names (it decides whether the client is in the config).
+        .reconcile_all_on(declared.changes())
         .watches_in(
             &scope,
             &client,

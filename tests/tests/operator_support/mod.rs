@@ -40,13 +40,14 @@ pub async fn install_crds(client: &kube::Client) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// The API resource of one of the four kinds.
+/// The API resource of one of the five kinds.
 pub fn resource(kind: &str) -> ApiResource {
     let plural = match kind {
         "AuthorizationServer" => "authorizationservers",
         "MCPService" => "mcpservices",
         "MCPScope" => "mcpscopes",
         "CIMDPolicy" => "cimdpolicies",
+        "MCPClient" => "mcpclients",
         other => panic!("not an mcp-authz kind: {other}"),
     };
     ApiResource::from_gvk_with_plural(

@@ -1,5 +1,6 @@
 """Fixtures of the end-to-end tests: the real `mcp-authz local` binary on a copy of the quickstart manifests
-(plus a second service, so tokens can be tried across services), the demo MCP server on the official SDK, the
+(plus a second service, so tokens can be tried across services, and a declared enterprise client with the identity
+provider it trusts), the demo MCP server on the official SDK, the
 agent's metadata document on an HTTPS host with a test CA, and helpers that drive the official SDK client.
 
 Needs (exported by tests/setup/*.sh and tests/suites/e2e.sh):
@@ -14,7 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import base64
+import json
+import uuid
+
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "quickstart"))
@@ -40,6 +47,75 @@ spec:
       names: ["list_notes", "read_note", "whoami"]
       scopes: ["notes:read"]
 """
+
+
+ENTERPRISE_IDP = "https://idp.corp.example"
+ENTERPRISE_AGENT = "enterprise-agent"
+ENTERPRISE_SECRET = "enterprise-agent-secret-0123456789abcdef"
+
+ENTERPRISE_AGENT_MANIFESTS = f"""
+apiVersion: v1
+kind: Secret
+metadata:
+  name: enterprise-agent
+type: Opaque
+stringData:
+  secret: {ENTERPRISE_SECRET}
+---
+apiVersion: mcp-authz.io/v1alpha1
+kind: MCPClient
+metadata:
+  name: enterprise-agent
+spec:
+  authorizationServer: quickstart
+  clientId: {ENTERPRISE_AGENT}
+  clientName: Enterprise agent
+  tokenEndpointAuthMethod: client_secret_post
+  clientSecretRef: {{name: enterprise-agent, key: secret}}
+  grantTypes: [jwt_bearer]
+"""
+
+
+def _b64url(n: int) -> str:
+    return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
+class EnterpriseIdp:
+    """The company's identity provider, as far as this plane sees it: an ES256 key the AuthorizationServer trusts
+    and ID-JAGs signed with it (PyJWT). `stranger_id_jag` signs as a provider nobody trusts."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.stranger = ec.generate_private_key(ec.SECP256R1())
+        self.kid = "corp-idp-1"
+
+    def jwks(self) -> dict:
+        numbers = self.key.public_key().public_numbers()
+        return {
+            "keys": [
+                {"kty": "EC", "crv": "P-256", "x": _b64url(numbers.x), "y": _b64url(numbers.y), "kid": self.kid, "alg": "ES256", "use": "sig"}
+            ]
+        }
+
+    def id_jag(self, *, audience: str, resource: str, scope: str, iat: int | None = None, exp: int | None = None,
+               issuer: str = ENTERPRISE_IDP, key=None) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": issuer,
+            "sub": "employee-42",
+            "aud": audience,
+            "resource": resource,
+            "client_id": ENTERPRISE_AGENT,
+            "scope": scope,
+            "jti": str(uuid.uuid4()),
+            "iat": now if iat is None else iat,
+            "exp": now + 300 if exp is None else exp,
+        }
+        headers = {"typ": "oauth-id-jag+jwt", "kid": self.kid}
+        return jwt.encode(claims, key or self.key, algorithm="ES256", headers=headers)
+
+    def stranger_id_jag(self, **kwargs) -> str:
+        return self.id_jag(issuer="https://stranger.example", key=self.stranger, **kwargs)
 
 
 def required_env(name: str, setup: str) -> str:
@@ -74,7 +150,12 @@ def upstream_port(work_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def manifests_dir(work_dir: Path, upstream_port: int) -> Path:
+def enterprise_idp() -> EnterpriseIdp:
+    return EnterpriseIdp()
+
+
+@pytest.fixture(scope="session")
+def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp) -> Path:
     """The quickstart manifests with the demo server's port, plus a second service `archive`."""
     target = work_dir / "manifests"
     shutil.copytree(MANIFESTS, target)
@@ -84,7 +165,14 @@ def manifests_dir(work_dir: Path, upstream_port: int) -> Path:
     # Registration on, for the clients that have no metadata document (test_registration.py); spec is the
     # manifest's last key, so its fields can be appended.
     server = target / "authorization-server.yaml"
-    server.write_text(server.read_text().rstrip("\n") + "\n  dynamicClientRegistration:\n    enabled: true\n")
+    # And the company's identity provider, trusted to speak for the declared enterprise agent (test_enterprise.py).
+    trusted = json.dumps([{"issuer": ENTERPRISE_IDP, "jwks": enterprise_idp.jwks(), "clients": [ENTERPRISE_AGENT]}])
+    server.write_text(
+        server.read_text().rstrip("\n")
+        + "\n  dynamicClientRegistration:\n    enabled: true\n"
+        + f"  trustedIdentityProviders: {trusted}\n"
+    )
+    (target / "enterprise-agent.yaml").write_text(ENTERPRISE_AGENT_MANIFESTS)
     return target
 
 

@@ -190,7 +190,7 @@ fn crds_are_the_generated_ones_and_survive_uninstall() {
         generated.len(),
         "the chart installs every generated CRD"
     );
-    assert_eq!(crds.len(), 4);
+    assert_eq!(crds.len(), 5);
     for crd in &crds {
         assert_eq!(
             crd["metadata"]["annotations"]["helm.sh/resource-policy"],

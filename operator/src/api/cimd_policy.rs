@@ -62,7 +62,7 @@ pub struct CIMDPolicySpec {
 
     /// Grant types admitted.
     #[serde(default = "default_grant_types")]
-    #[schemars(length(min = 1, max = 2))]
+    #[schemars(length(min = 1, max = 3))]
     pub grant_types: Vec<GrantType>,
 
     /// The most scopes one client may ask for; unlimited when empty.
@@ -162,6 +162,10 @@ pub enum GrantType {
     /// Refresh tokens.
     #[serde(rename = "refresh_token")]
     RefreshToken,
+    /// Redeeming an ID-JAG (RFC 7523 jwt-bearer) from an identity provider the server trusts for this
+    /// client (`spec.trustedIdentityProviders` of the AuthorizationServer); `private_key_jwt` clients only.
+    #[serde(rename = "jwt_bearer")]
+    JwtBearer,
 }
 
 /// Limits of fetching a Client ID Metadata Document.

@@ -56,6 +56,7 @@ pub fn policy(policy: &CIMDPolicy) -> Policy {
             .map(|g| match g {
                 GrantType::AuthorizationCode => "authorization_code".to_owned(),
                 GrantType::RefreshToken => "refresh_token".to_owned(),
+                GrantType::JwtBearer => mcp_authz_authserver::config::JWT_BEARER_GRANT.to_owned(),
             })
             .collect(),
         max_scopes_per_request: spec.max_scopes.and_then(|n| u32::try_from(n).ok()),
@@ -124,6 +125,20 @@ mod tests {
         assert_eq!(p.allowed_auth_methods, [AuthMethod::None]);
         assert_eq!(p.allowed_grant_types, ["authorization_code"]);
         assert_eq!(p.max_scopes_per_request, Some(3));
+    }
+
+    #[test]
+    fn enterprise_agents_may_be_admitted_to_redeem_id_jags() {
+        let p = policy(&sample(
+            json!({"tokenEndpointAuthMethods": ["private_key_jwt"], "grantTypes": ["authorization_code", "jwt_bearer"]}),
+        ));
+        assert_eq!(
+            p.allowed_grant_types,
+            [
+                "authorization_code",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            ]
+        );
     }
 
     #[test]

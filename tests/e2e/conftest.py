@@ -76,6 +76,74 @@ spec:
 """
 
 
+MACHINE_CLIENT = "nightly-report"
+MACHINE_SECRET_CLIENT = "ci-job"
+MACHINE_SECRET = "ci-job-secret-0123456789abcdef-0123456789"
+
+
+class MachineKey:
+    """The key a headless agent signs its client assertions with; the MCPClient declares its public half."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.kid = "nightly-report-1"
+
+    def jwks(self) -> dict:
+        numbers = self.key.public_key().public_numbers()
+        return {
+            "keys": [
+                {"kty": "EC", "crv": "P-256", "x": _b64url(numbers.x), "y": _b64url(numbers.y), "kid": self.kid, "alg": "ES256", "use": "sig"}
+            ]
+        }
+
+    def pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+
+
+def machine_client_manifests(key: MachineKey) -> str:
+    """Two headless agents declared by the platform team: one proving itself with a key (the recommended way),
+    one with a client secret; both get notes:read and nothing else without a person."""
+    return f"""
+apiVersion: mcp-authz.io/v1alpha1
+kind: MCPClient
+metadata:
+  name: nightly-report
+spec:
+  authorizationServer: quickstart
+  clientId: {MACHINE_CLIENT}
+  clientName: Nightly report
+  tokenEndpointAuthMethod: private_key_jwt
+  jwks: {json.dumps(key.jwks())}
+  grantTypes: [client_credentials]
+  scopes: [notes:read]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: ci-job
+type: Opaque
+stringData:
+  secret: {MACHINE_SECRET}
+---
+apiVersion: mcp-authz.io/v1alpha1
+kind: MCPClient
+metadata:
+  name: ci-job
+spec:
+  authorizationServer: quickstart
+  clientId: {MACHINE_SECRET_CLIENT}
+  clientName: CI job
+  tokenEndpointAuthMethod: client_secret_basic
+  clientSecretRef: {{name: ci-job, key: secret}}
+  grantTypes: [client_credentials]
+  scopes: [notes:read]
+"""
+
+
 def _b64url(n: int) -> str:
     return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
 
@@ -155,7 +223,12 @@ def enterprise_idp() -> EnterpriseIdp:
 
 
 @pytest.fixture(scope="session")
-def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp) -> Path:
+def machine_key() -> MachineKey:
+    return MachineKey()
+
+
+@pytest.fixture(scope="session")
+def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp, machine_key: MachineKey) -> Path:
     """The quickstart manifests with the demo server's port, plus a second service `archive`."""
     target = work_dir / "manifests"
     shutil.copytree(MANIFESTS, target)
@@ -173,6 +246,7 @@ def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: Enterprise
         + f"  trustedIdentityProviders: {trusted}\n"
     )
     (target / "enterprise-agent.yaml").write_text(ENTERPRISE_AGENT_MANIFESTS)
+    (target / "machine-clients.yaml").write_text(machine_client_manifests(machine_key))
     return target
 
 

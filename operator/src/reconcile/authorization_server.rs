@@ -306,20 +306,6 @@ async fn serving_tls(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::cases;
-
-    #[test]
-    fn keys_outlive_the_access_token_lifetime() {
-        let mut server = cases::authorization_server();
-        server["spec"]["tokens"] = json!({"accessTokenLifetime": "15m"});
-        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
-        assert_eq!(max_token_lifetime(&server), 900);
-    }
-}
-
 /// What the Secrets the clients of this server name hold, read now (values never leave this function: only
 /// their lengths do). A Secret that does not exist is absent from the answer.
 async fn client_secret_lengths(
@@ -397,4 +383,18 @@ async fn write_client_statuses(
         ctx.write_status(client, status).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cases;
+
+    #[test]
+    fn keys_outlive_the_access_token_lifetime() {
+        let mut server = cases::authorization_server();
+        server["spec"]["tokens"] = json!({"accessTokenLifetime": "15m"});
+        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
+        assert_eq!(max_token_lifetime(&server), 900);
+    }
 }

@@ -308,16 +308,18 @@ mod tests {
         meta
     }
 
+    type OtherWriters = (
+        Writer<MCPScope>,
+        Writer<CIMDPolicy>,
+        Writer<AuthorizationServer>,
+        Writer<PartialObjectMeta<Namespace>>,
+        Writer<MCPClient>,
+    );
+
     struct Fed {
         stores: Stores,
         services: Writer<MCPService>,
-        others: (
-            Writer<MCPScope>,
-            Writer<CIMDPolicy>,
-            Writer<AuthorizationServer>,
-            Writer<PartialObjectMeta<Namespace>>,
-            Writer<MCPClient>,
-        ),
+        others: OtherWriters,
     }
 
     fn unsynced() -> Fed {

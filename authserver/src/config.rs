@@ -912,6 +912,14 @@ pub fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// Client id prefixes of the kinds of client the server names itself: resource servers (sidecars), clients
+/// registered at `/register`, and `http://` metadata documents (refused, but never to be shadowed).
+const RESERVED_CLIENT_ID_PREFIXES: [&str; 3] = [
+    crate::resource_servers::CLIENT_ID_PREFIX,
+    crate::clients::DYNAMIC_CLIENT_PREFIX,
+    "http://",
+];
+
 /// The rules one registered client must meet on its own (the operator checks each MCPClient with them, so one
 /// bad declaration stays out of the server's config instead of stopping it): `known_scope` says which scope
 /// values the catalogue holds. The message names the client.
@@ -922,6 +930,17 @@ pub fn check_client(
     if client.client_id.is_empty() || client.client_id.starts_with("https://") {
         return Err(format!(
             "client id {:?} must be non-empty and must not start with https:// (reserved for CIMD)",
+            client.client_id
+        ));
+    }
+    // Registered ids are looked up first: one of these would stand in for a sidecar, a registration or a
+    // metadata document that has the same id.
+    if let Some(prefix) = RESERVED_CLIENT_ID_PREFIXES
+        .iter()
+        .find(|p| client.client_id.starts_with(**p))
+    {
+        return Err(format!(
+            "client id {:?} must not start with {prefix} (reserved for the server's own kinds of client)",
             client.client_id
         ));
     }
@@ -1094,6 +1113,21 @@ clients:
                 "clientId: cli",
                 "clientId: https://cli.example",
                 "reserved for CIMD",
+            ),
+            (
+                "clientId: cli",
+                "clientId: urn:mcp-authz:resource-server:https://mcp.example.com/mcp",
+                "client id \"urn:mcp-authz:resource-server:https://mcp.example.com/mcp\" must not start with urn:mcp-authz:resource-server: (reserved for the server's own kinds of client)",
+            ),
+            (
+                "clientId: cli",
+                "clientId: dcr-0123",
+                "client id \"dcr-0123\" must not start with dcr- (reserved for the server's own kinds of client)",
+            ),
+            (
+                "clientId: cli",
+                "clientId: http://cli.example",
+                "client id \"http://cli.example\" must not start with http:// (reserved for the server's own kinds of client)",
             ),
             (
                 "http://127.0.0.1/callback",

@@ -346,6 +346,15 @@ mod tests {
                 "client \"ci-job\": unknown scope \"admin:all\"",
             ),
             (
+                "a sidecar's client id",
+                client("a", 0, |s| {
+                    s.client_id = "urn:mcp-authz:resource-server:https://mcp.example.com/mcp".into()
+                }),
+                good.clone(),
+                "Invalid",
+                "client id \"urn:mcp-authz:resource-server:https://mcp.example.com/mcp\" must not start with urn:mcp-authz:resource-server: (reserved for the server's own kinds of client)",
+            ),
+            (
                 "a wildcard redirect URI",
                 client("a", 0, |s| {
                     s.grant_types = vec![GrantType::AuthorizationCode];

@@ -141,10 +141,7 @@ async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
         .await
         .expect("MCPClient twin");
     let taken = ready(&admin, &ns, "ci-job-twin", "ClientIdTaken").await;
-    assert_eq!(
-        taken.2,
-        "client id \"ci-job\" is already declared by the older MCPClient ci-job"
-    );
+    assert_eq!(taken.2, "client id \"ci-job\" is held by MCPClient ci-job");
     Api::<kube::api::DynamicObject>::namespaced_with(
         admin.clone(),
         &ns,
@@ -154,6 +151,20 @@ async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
     .await
     .expect("delete holder");
     ready(&admin, &ns, "ci-job-twin", "Registered").await;
+    // A client naming a server this namespace does not have says so.
+    let mut astray = client(&ns, "astray");
+    astray["spec"]["authorizationServer"] = json!("no-such-server");
+    astray["spec"]["clientId"] = json!("astray");
+    operator_support::create(&admin, &ns, &astray)
+        .await
+        .expect("MCPClient astray");
+    let astray = ready(&admin, &ns, "astray", "ServerNotFound").await;
+    assert_eq!(
+        astray.2,
+        format!(
+            "no AuthorizationServer no-such-server in namespace {ns}: an MCPClient is declared where its server lives"
+        )
+    );
     eventually("the config names the twin", || async {
         config(&admin, &ns)
             .await

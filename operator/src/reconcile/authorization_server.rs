@@ -336,7 +336,8 @@ async fn client_secret_lengths(
     Ok(lengths)
 }
 
-/// The `Ready` condition of every MCPClient of this server: in the config, or why not.
+/// The `Ready` condition of every MCPClient of this server: in the config, or why not; and of the MCPClients of
+/// this namespace that name a server the namespace does not have (no reconcile of theirs would ever write one).
 async fn write_client_statuses(
     ctx: &Context,
     inputs: &Inputs<'_>,
@@ -357,31 +358,59 @@ async fn write_client_statuses(
                 Observed::no("Ready", reason, message)
             }
         };
-        let client = declared.client;
-        let previous = ctx.conditions_now(
-            client,
-            client
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default(),
-        );
-        let conditions = status::merge(
-            &previous,
-            &[observed],
-            client.meta().generation,
-            &status::now(),
-        );
-        for c in status::flipped(&previous, &conditions) {
-            ctx.event(client, c.status != "True", &c.reason, c.message.clone())
-                .await;
-        }
-        let status = json!({
-            "observedGeneration": client.meta().generation,
-            "conditions": conditions,
-        });
-        ctx.write_status(client, status).await?;
+        write_client_ready(ctx, declared.client, observed).await?;
     }
+    let namespace = inputs.server.namespace().unwrap_or_default();
+    let orphans = ctx.stores.clients.cloned_where(|c| {
+        c.namespace().as_deref() == Some(namespace.as_str())
+            && ctx
+                .stores
+                .servers
+                .get(&namespace, &c.spec.authorization_server)
+                .is_none()
+    });
+    for orphan in &orphans {
+        let observed = Observed::no(
+            "Ready",
+            "ServerNotFound",
+            format!(
+                "no AuthorizationServer {} in namespace {namespace}: an MCPClient is declared where its server lives",
+                orphan.spec.authorization_server
+            ),
+        );
+        write_client_ready(ctx, orphan, observed).await?;
+    }
+    Ok(())
+}
+
+async fn write_client_ready(
+    ctx: &Context,
+    client: &crate::api::MCPClient,
+    observed: Observed,
+) -> Result<(), ReconcileError> {
+    let previous = ctx.conditions_now(
+        client,
+        client
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    );
+    let conditions = status::merge(
+        &previous,
+        &[observed],
+        client.meta().generation,
+        &status::now(),
+    );
+    for c in status::flipped(&previous, &conditions) {
+        ctx.event(client, c.status != "True", &c.reason, c.message.clone())
+            .await;
+    }
+    let status = json!({
+        "observedGeneration": client.meta().generation,
+        "conditions": conditions,
+    });
+    ctx.write_status(client, status).await?;
     Ok(())
 }
 

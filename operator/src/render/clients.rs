@@ -67,8 +67,10 @@ pub fn declared<'a>(inputs: &Inputs<'a>, config: &AuthServerConfig) -> Vec<Decla
         .iter()
         .filter(|c| names_server(c, inputs.server))
         .collect();
-    // Oldest claim first, settled as every claim of the operator is.
-    mine.sort_by_cached_key(|c| crate::tenancy::claim_key(*c, false));
+    // The claim that holds now first (its Ready condition, which only the operator writes, says so: an older
+    // declaration made in the same second must not take a working client id), then the oldest, settled as every
+    // claim of the operator is.
+    mine.sort_by_cached_key(|c| crate::tenancy::claim_key(*c, holds(c)));
     let known = |value: &str| config.scopes.iter().any(|s| s.value == value);
     let mut holders: BTreeMap<&str, &MCPClient> = BTreeMap::new();
     mine.into_iter()
@@ -77,7 +79,7 @@ pub fn declared<'a>(inputs: &Inputs<'a>, config: &AuthServerConfig) -> Vec<Decla
                 Some(holder) => Standing::Refused {
                     reason: "ClientIdTaken",
                     message: format!(
-                        "client id {:?} is already declared by the older MCPClient {}",
+                        "client id {:?} is held by MCPClient {}",
                         client.spec.client_id,
                         holder.name_any()
                     ),
@@ -90,6 +92,15 @@ pub fn declared<'a>(inputs: &Inputs<'a>, config: &AuthServerConfig) -> Vec<Decla
             Declared { client, standing }
         })
         .collect()
+}
+
+/// Whether the operator last reported `client` as registered.
+fn holds(client: &MCPClient) -> bool {
+    client.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// The entries of `declared` that are in the config.
@@ -387,7 +398,49 @@ mod tests {
             reason(&got[1]),
             (
                 "ClientIdTaken",
-                "client id \"ci-job\" is already declared by the older MCPClient older".into()
+                "client id \"ci-job\" is held by MCPClient older".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_registered_client_keeps_its_id_against_a_declaration_of_the_same_second() {
+        let good = secrets(SECRET.as_bytes());
+        // Creation times have whole seconds: two declarations of one second are ordered by uid, which must not
+        // move the id away from the one in use.
+        let mut holder = client("holder", 0, |_| {});
+        holder.metadata.uid = Some("b".into());
+        holder.status = Some(crate::api::MCPClientStatus {
+            observed_generation: None,
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Registered".into(),
+                message: String::new(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }],
+        });
+        let mut twin = client("twin", 0, |_| {});
+        twin.metadata.uid = Some("a".into());
+        let got = standings_of(&[twin.clone(), holder.clone()], Some(&good));
+        assert_eq!(reason(&got[0]), ("Registered", String::new()), "the holder");
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            reason(&got[1]),
+            (
+                "ClientIdTaken",
+                "client id \"ci-job\" is held by MCPClient holder".into()
+            )
+        );
+        // Without the status, the uid decides, the same way every time.
+        holder.status = None;
+        let got = standings_of(&[holder, twin], Some(&good));
+        assert_eq!(
+            reason(&got[1]),
+            (
+                "ClientIdTaken",
+                "client id \"ci-job\" is held by MCPClient twin".into()
             )
         );
     }

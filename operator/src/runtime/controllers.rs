@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::Api;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -225,12 +225,7 @@ async fn server_controller(
         // Declared clients are rendered from the cache, so its own changes trigger (they are few: every server
         // looks); so does a change to a Secret a client names (it decides whether the client is in the config).
         .reconcile_all_on(declared.changes())
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |secret: Secret| servers_reading(&declared, &secret),
-        )
+        .reconcile_all_on(client_secret_changes(&scope, &client, declared))
         // Namespace labels decide which services a server admits (allowedNamespaces).
         .watches(
             Api::<Namespace>::all(client.clone()),
@@ -246,28 +241,41 @@ async fn server_controller(
         .await;
 }
 
-/// The servers whose declared clients read `secret`.
-fn servers_reading(
+/// One item for each change to a Secret a declared client names. Secrets are watched by their metadata only:
+/// their values are read by the reconcile that needs them, and never kept.
+fn client_secret_changes(
+    scope: &WatchScope,
+    client: &kube::Client,
+    clients: crate::reconcile::stores::Cached<MCPClient>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let watches = scope
+        .apis::<PartialObjectMeta<Secret>>(client)
+        .into_iter()
+        .map(|api| {
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .touched_objects()
+                .boxed()
+        });
+    futures::stream::select_all(watches).filter_map(move |touched| {
+        let named = touched.is_ok_and(|secret| names_secret(&clients, &secret));
+        std::future::ready(named.then_some(()))
+    })
+}
+
+/// Whether a declared client in the Secret's namespace names it.
+fn names_secret<K: Resource>(
     clients: &crate::reconcile::stores::Cached<MCPClient>,
-    secret: &Secret,
-) -> Vec<ObjectRef<AuthorizationServer>> {
-    let (Some(namespace), name) = (secret.namespace(), secret.name_any()) else {
-        return Vec::new();
-    };
-    let mut servers: Vec<ObjectRef<AuthorizationServer>> = clients
-        .all()
-        .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|c| {
-            c.spec
+    secret: &K,
+) -> bool {
+    let meta = secret.meta();
+    clients.all().iter().any(|c| {
+        c.metadata.namespace == meta.namespace
+            && c.spec
                 .client_secret_ref
                 .as_ref()
-                .is_some_and(|r| r.name == name)
-        })
-        .map(|c| ObjectRef::new(&c.spec.authorization_server).within(&namespace))
-        .collect();
-    servers.dedup();
-    servers
+                .is_some_and(|r| Some(&r.name) == meta.name.as_ref())
+    })
 }
 
 /// MCPScope status: re-checked when a service, scope, server or namespace changes, for the scopes that

@@ -416,6 +416,12 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "redirectUris",
         },
         InvalidCase {
+            name: "a client secret key that climbs out of its directory",
+            object: with(mcp_client(), "/spec/clientSecretRef/key", json!("..")),
+            message: "key must not be . or ..",
+            field: "clientSecretRef.key",
+        },
+        InvalidCase {
             name: "a declared client id that is an https URL",
             object: with(
                 mcp_client(),
@@ -450,6 +456,16 @@ pub fn schema_cases() -> Vec<InvalidCase> {
             ),
             message: "Unsupported value: \"Etcd\"",
             field: "storage.type",
+        },
+        InvalidCase {
+            name: "a Secret key with a path in it",
+            object: with(
+                mcp_client(),
+                "/spec/clientSecretRef/key",
+                json!("../keys/signing.pem"),
+            ),
+            message: "should match",
+            field: "clientSecretRef.key",
         },
         InvalidCase {
             name: "rotation period that is not a duration",

@@ -89,10 +89,15 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    /// Key inside the Secret's data.
-    #[schemars(length(min = 1, max = 253))]
+    /// Key inside the Secret's data (what Kubernetes allows there: letters, digits, `-`, `_`, `.`). Both
+    /// become parts of file paths where the Secret is mounted.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("key must not be . or .."))]
     pub key: String,
 }
 

@@ -40,7 +40,7 @@ pub mod files {
     pub const SIDECAR_PREFIX: &str = "sidecar-";
     /// Trusted CA bundles of CIMD policies, copied from their ConfigMaps.
     pub const CA_BUNDLE: &str = "cimd-ca.pem";
-    /// Declared clients' secrets, copied from their Secrets: `client-secret-<Secret>-<key>`.
+    /// Declared clients' secrets, copied from their Secrets: `client-secret-<n>`, in the order of the declarations.
     pub const CLIENT_SECRET_PREFIX: &str = "client-secret-";
 }
 
@@ -216,7 +216,10 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
             ));
         }
     }
-    for declared in crate::render::clients::declared(&inputs, &config) {
+    for (index, declared) in crate::render::clients::declared(&inputs, &config)
+        .into_iter()
+        .enumerate()
+    {
         let origin = set
             .clients
             .iter()
@@ -233,12 +236,9 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 .and_then(|s| s.object.get(&reference.key))
                 .cloned()
                 .unwrap_or_default();
-            let path = state_dir.join(format!(
-                "{}{}-{}",
-                files::CLIENT_SECRET_PREFIX,
-                reference.name,
-                reference.key
-            ));
+            // Numbered, not named after the Secret: names in hand-written manifests are not checked as a
+            // cluster checks them, and must not lead a path out of the state directory.
+            let path = state_dir.join(format!("{}{index}", files::CLIENT_SECRET_PREFIX));
             if let Some(entry) = config
                 .clients
                 .iter_mut()
@@ -700,7 +700,7 @@ mod tests {
         };
         assert_eq!(client.client_id, "ci-job");
         assert_eq!(client.scopes, ["notes:read"]);
-        let path = state.join("client-secret-ci-job-secret");
+        let path = state.join("client-secret-0");
         assert_eq!(client.client_secret_file.as_deref(), Some(path.as_path()));
         let file = plan
             .files

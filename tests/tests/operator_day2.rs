@@ -39,6 +39,9 @@ async fn the_operator_prunes_opens_metrics_and_shares_conditions() {
         .expect("defaults ConfigMap");
     let args = |identity: &str| {
         let mut args = operator_support::operator_args(&ns, identity, &configuration);
+        // The other test of this file runs its own operator at the same time: each serves only its namespace, or
+        // the one would rewrite the other's objects with its own settings (a Deployment scaled back to two).
+        args.watch_namespaces = vec![ns.clone()];
         args.defaults_configmap = Some("mcp-authz-defaults".into());
         // As the chart's defaults set them (monitoring.scrapers).
         args.metrics_scraper_namespace_labels =
@@ -353,12 +356,11 @@ async fn pods_with_an_outdated_sidecar_are_reported() {
     let configuration = format!("mcp-authz-webhook-{ns}");
     let operator =
         operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&ns, "op-outdated", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
+    let mut args = operator_support::operator_args(&ns, "op-outdated", &configuration);
+    args.watch_namespaces = vec![ns.clone()];
+    let running = mcp_authz_operator::runtime::start(args, operator)
+        .await
+        .expect("operator starts");
     let mut server = cases::authorization_server();
     server["metadata"]["namespace"] = json!(ns);
     operator_support::create(&admin, &ns, &server)

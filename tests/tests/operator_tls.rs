@@ -71,6 +71,9 @@ async fn sidecars_reach_the_server_over_tls_with_the_ca_the_operator_made() {
     let mut args = operator_support::operator_args(&platform, "op-tls", &configuration);
     // The test dials the server on loopback; the certificate must name that address too.
     args.authserver_tls_extra_names = vec!["127.0.0.1".into()];
+    // The other test of this file runs an operator too: each serves only its own namespaces, or the other one
+    // would render this server's certificate with its own settings.
+    args.watch_namespaces = vec![platform.clone(), team.clone()];
     let running = mcp_authz_operator::runtime::start(args, operator)
         .await
         .expect("operator starts");
@@ -466,6 +469,7 @@ async fn a_cert_manager_webhook_certificate_exports_its_expiry() {
     let first = write(40);
     let mut args = operator_support::operator_args(&platform, "op-cm", &configuration);
     args.webhook_cert_manager = true;
+    args.watch_namespaces = vec![platform.clone()];
     args.webhook_cert_dir = dir.path().to_owned();
     let running = mcp_authz_operator::runtime::start(args, operator)
         .await

@@ -172,7 +172,10 @@ pub async fn introspect(
         let body = match find(&state, &snapshot, token).await? {
             Found::Access { claims, .. } => {
                 let mut body = json!({ "active": true, "token_type": "Bearer" });
-                for claim in ["iss", "sub", "aud", "client_id", "scope", "jti", "iat", "nbf", "exp"] {
+                for claim in [
+                    "iss", "sub", "aud", "client_id", "scope", "jti", "iat", "nbf", "exp",
+                    crate::token::CALLER_CLAIM,
+                ] {
                     if let Some(v) = claims.get(claim) {
                         body[claim] = v.clone();
                     }

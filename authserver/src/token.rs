@@ -47,6 +47,24 @@ pub async fn issue_access_token(
     Ok(issued)
 }
 
+/// The private claim (RFC 7519 §4.3) saying who stands behind an access token: `person` or `machine`. Resource
+/// servers (the sidecar's `callers` rules) tell people from clients acting alone by it, since `sub` cannot: a
+/// machine's `sub` is its client id, which may look like any user name.
+pub const CALLER_CLAIM: &str = "mcp_authz_caller";
+
+/// Who stands behind a token of a grant made by `grant_type`: a client's own grant has no person behind it;
+/// every other grant starts from a person's login, consent or an identity provider's assertion about them.
+fn caller(grant_type: &str) -> &'static str {
+    match GrantType::from_wire(grant_type) {
+        Some(GrantType::ClientCredentials) => "machine",
+        Some(GrantType::AuthorizationCode | GrantType::RefreshToken | GrantType::JwtBearer) => {
+            "person"
+        }
+        // Every grant is stored with one of ours; a row that says otherwise is claimed by neither kind.
+        None => "unknown",
+    }
+}
+
 /// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
 fn sign_access_token(
     state: &AppState,
@@ -70,6 +88,7 @@ fn sign_access_token(
         "aud": grant.resource,
         "client_id": grant.client_id,
         "scope": scopes.join(" "),
+        CALLER_CLAIM: caller(&grant.grant_type),
         "jti": jti,
         "iat": now,
         "nbf": now,
@@ -621,4 +640,23 @@ fn client_credentials_scopes(
         ));
     }
     Ok(scopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clients_own_grant_is_a_machines() {
+        for (grant_type, expected) in [
+            ("client_credentials", "machine"),
+            ("authorization_code", "person"),
+            ("refresh_token", "person"),
+            (crate::config::JWT_BEARER_GRANT, "person"),
+            ("password", "unknown"),
+            ("", "unknown"),
+        ] {
+            assert_eq!(caller(grant_type), expected, "{grant_type}");
+        }
+    }
 }

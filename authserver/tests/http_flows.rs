@@ -109,6 +109,7 @@ async fn code_flow_issues_an_audience_bound_rfc9068_token() {
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["client_id"], PUBLIC_CLIENT);
     assert_eq!(claims["scope"], "files:read files:write");
+    assert_eq!(claims["mcp_authz_caller"], "person");
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         300

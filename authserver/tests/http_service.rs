@@ -19,6 +19,13 @@ async fn client_credentials_with_private_key_jwt() {
     assert_eq!(claims["sub"], SERVICE_CLIENT);
     assert_eq!(claims["client_id"], SERVICE_CLIENT);
     assert_eq!(claims["aud"], RESOURCE);
+    // No person behind it: the sidecar's `callers` rules read this, not `sub`.
+    assert_eq!(claims["mcp_authz_caller"], "machine");
+    let introspected = s.introspect(body["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        introspected["mcp_authz_caller"], "machine",
+        "{introspected}"
+    );
     // The same assertion twice: its jti is spent.
     let (status, body) = s.client_credentials(&a, &[]).await;
     assert_eq!(
@@ -203,6 +210,7 @@ async fn introspection_needs_an_authenticated_caller() {
     assert_eq!(body["aud"], RESOURCE);
     assert_eq!(body["scope"], "files:read");
     assert_eq!(body["client_id"], PUBLIC_CLIENT);
+    assert_eq!(body["mcp_authz_caller"], "person");
     let refresh = s
         .introspect(tokens["refresh_token"].as_str().unwrap())
         .await;

@@ -249,13 +249,15 @@ async fn an_id_jag_buys_one_token_for_its_resource_and_person() {
             at["sub"].as_str(),
             at["aud"].as_str(),
             at["client_id"].as_str(),
-            at["scope"].as_str()
+            at["scope"].as_str(),
+            at["mcp_authz_caller"].as_str()
         ),
         (
             Some("employee-42"),
             Some(RESOURCE),
             Some(AGENT),
-            Some("files:read")
+            Some("files:read"),
+            Some("person")
         )
     );
     let introspected = s.introspect(body["access_token"].as_str().unwrap()).await;

@@ -19,6 +19,7 @@ from mcp.server.mcpserver import Context, MCPServer
 SUBJECT_HEADER = "x-mcp-authz-subject"
 CLIENT_ID_HEADER = "x-mcp-authz-client-id"
 SCOPES_HEADER = "x-mcp-authz-scopes"
+CALLER_HEADER = "x-mcp-authz-caller"
 
 
 class Notebook:
@@ -83,6 +84,8 @@ def build_server() -> MCPServer:
             "subject": headers.get(SUBJECT_HEADER),
             "client_id": headers.get(CLIENT_ID_HEADER),
             "scopes": headers.get(SCOPES_HEADER),
+            # `person`, or `machine` for a client acting for itself (client_credentials).
+            "caller": headers.get(CALLER_HEADER),
             "authorization_headers_seen": seen["authorization_headers"],
         }
 

@@ -94,6 +94,9 @@ pub struct ExplainArgs {
     /// The token's subject (forwarded upstream).
     #[arg(long)]
     pub subject: Option<String>,
+    /// Who stands behind the token: `person`, or `machine` for a client acting for itself (client_credentials).
+    #[arg(long, default_value = "person", value_parser = ["person", "machine", "unknown"])]
+    pub caller: String,
     /// Assume introspection answers that the token was revoked.
     #[arg(long)]
     pub revoked: bool,
@@ -195,6 +198,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         scopes: args.scopes.split_whitespace().map(String::from).collect(),
         client_id: args.client.clone(),
         subject: args.subject.clone(),
+        caller: mcp_authz_sidecar::caller::Caller::from_claim(Some(&args.caller)),
         active: !args.revoked,
         refused: None,
     };

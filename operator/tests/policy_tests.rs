@@ -86,6 +86,82 @@ fn a_failing_case_names_itself_and_explains_and_exits_1() {
     assert!(out.ends_with("1 cases, 1 failed\n"), "{out}");
 }
 
+/// A rule's `callers`, decided offline as the sidecar decides it: the quickstart with deleting notes kept for
+/// people, checked for a person and for a machine client holding the same scopes.
+#[test]
+fn callers_are_decided_offline_for_people_and_machines() {
+    let (manifests, _) = quickstart();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("manifests");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&manifests).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    let service = copy.join("notes-service.yaml");
+    let text = std::fs::read_to_string(&service).unwrap();
+    let edited = text.replace(
+        "      names: [\"add_note\", \"delete_note\"]\n      scopes: [\"notes:write\"]\n",
+        "      names: [\"add_note\", \"delete_note\"]\n      scopes: [\"notes:write\"]\n      callers: People\n",
+    );
+    assert_ne!(edited, text, "the quickstart's write rule moved");
+    std::fs::write(&service, edited).unwrap();
+    let file = dir.path().join("cases.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n\
+         - name: a person deletes\n  service: notes\n  scopes: [notes:read, notes:write]\n  \
+           call: {method: tools/call, name: delete_note}\n  expect: allow\n\
+         - name: a machine may not, whatever its scopes\n  service: notes\n  caller: machine\n  \
+           scopes: [notes:read, notes:write]\n  call: {method: tools/call, name: delete_note}\n  \
+           expect: caller_not_admitted\n  error: for people only\n\
+         - name: a machine reads\n  service: notes\n  caller: machine\n  scopes: [notes:read]\n  \
+           call: {method: tools/call, name: read_note}\n  expect: allow\n",
+    )
+    .unwrap();
+    let (code, out, err) =
+        mcp_authz(&["test", "-f", copy.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("3 cases, 0 failed\n"), "{out}");
+    let (code, out, err) = mcp_authz(&[
+        "explain",
+        "-f",
+        copy.to_str().unwrap(),
+        "--service",
+        "notes",
+        "--scopes",
+        "notes:read notes:write",
+        "--caller",
+        "machine",
+        "--method",
+        "tools/call",
+        "--name",
+        "delete_note",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("callers People"), "{out}");
+    assert!(
+        out.contains("forbidden: this operation is for people only, not for clients acting alone"),
+        "{out}"
+    );
+    let (code, _, err) = mcp_authz(&[
+        "explain",
+        "-f",
+        copy.to_str().unwrap(),
+        "--service",
+        "notes",
+        "--caller",
+        "robot",
+        "--method",
+        "tools/list",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("invalid value 'robot' for '--caller <CALLER>'"),
+        "{err}"
+    );
+}
+
 #[test]
 fn case_files_that_cannot_run_exit_2_with_the_reason() {
     let (manifests, _) = quickstart();
@@ -272,7 +348,7 @@ async fn every_request_case_gets_the_same_answer_from_a_running_sidecar() {
         let token = key.sign(&json!({
             "iss": config.issuer, "aud": config.resource, "sub": "alice",
             "client_id": "https://agent.example/cimd.json", "scope": case.scopes.join(" "),
-            "iat": now, "exp": now + 600, "jti": format!("t-{compared}"),
+            "mcp_authz_caller": case.caller.as_str(), "iat": now, "exp": now + 600, "jti": format!("t-{compared}"),
         }));
         let client = post_over_socket(sidecar.proxy_addr, &config.mcp_path, &token, &probe).await;
         let (status, www_authenticate, body) = client;
@@ -323,6 +399,7 @@ fn token_of(case: &Case) -> Token {
         scopes: case.scopes.clone(),
         client_id: Some("https://agent.example/cimd.json".into()),
         subject: Some("alice".into()),
+        caller: case.caller,
         active: case.active,
         refused: None,
     }

@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use mcp_authz_sidecar::caller::Caller;
 use mcp_authz_sidecar::config::SidecarConfig;
 use mcp_authz_sidecar::jsonrpc;
 use mcp_authz_sidecar::rules::{Operation, Policy};
@@ -39,7 +40,7 @@ fn token_check(c: &mut Criterion) {
     c.bench_function("rules_decide", |b| {
         b.iter(|| {
             let scopes = policy.effective_scopes(["admin"]);
-            policy.decide(black_box(&op), &scopes)
+            policy.decide(black_box(&op), &scopes, Caller::Person)
         })
     });
 
@@ -70,6 +71,7 @@ fn token_check(c: &mut Criterion) {
                 headers: &headers,
                 body: classified.as_ref(),
                 scopes: &scopes,
+                caller: Caller::Person,
                 issuer: None,
             };
             matches!(

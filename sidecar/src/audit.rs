@@ -22,19 +22,21 @@ pub struct AuditEvent<'a> {
 
 /// Writes the event.
 pub fn record(event: &AuditEvent<'_>) {
-    let (subject, client_id, scopes) = match event.identity {
+    let (subject, client_id, scopes, caller) = match event.identity {
         Some(id) => (
             id.subject.as_str(),
             id.client_id.as_str(),
             SpaceSeparated(&id.scopes),
+            id.caller.as_str(),
         ),
-        None => ("", "", SpaceSeparated(&[])),
+        None => ("", "", SpaceSeparated(&[]), ""),
     };
     tracing::info!(
         target: TARGET,
         subject,
         client_id,
         scopes = %scopes,
+        caller,
         method = event.method,
         tool = event.target.unwrap_or(""),
         decision = event.decision,

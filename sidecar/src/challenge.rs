@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use crate::caller::Callers;
 use crate::jsonrpc;
 
 /// The JSON-RPC error code used for operations the token may not perform (implementation-defined range).
@@ -31,6 +32,13 @@ pub enum Refusal {
     },
     /// 403 without a challenge: no scope would allow these operations.
     Forbidden {
+        /// JSON-RPC ids of the refused requests.
+        ids: Vec<Value>,
+    },
+    /// 403 without a challenge: a rule admits only these callers, and the token's is not one of them.
+    CallerNotAdmitted {
+        /// Who the rule admits.
+        callers: Callers,
         /// JSON-RPC ids of the refused requests.
         ids: Vec<Value>,
     },
@@ -80,7 +88,9 @@ impl Refusal {
         match self {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. }
+            | Self::Forbidden { .. }
+            | Self::CallerNotAdmitted { .. } => StatusCode::FORBIDDEN,
             Self::KeysUnavailable | Self::IntrospectionUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,7 +124,10 @@ impl Refusal {
                 parts.push(format!("scope={}", quoted(&scopes.join(" "))));
                 parts.push(metadata);
             }
-            Self::Forbidden { .. } | Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+            Self::Forbidden { .. }
+            | Self::CallerNotAdmitted { .. }
+            | Self::KeysUnavailable
+            | Self::IntrospectionUnavailable => {
                 return None;
             }
         }
@@ -150,6 +163,7 @@ impl Refusal {
                 rpc_errors(ids, &format!("insufficient scope: this operation needs {}", scopes.join(" ")))
             }
             Self::Forbidden { ids } => rpc_errors(ids, "forbidden: no scope grants this operation"),
+            Self::CallerNotAdmitted { callers, ids } => rpc_errors(ids, callers.refusal_message()),
             Self::KeysUnavailable => (
                 Bytes::from(
                     json!({"error": "temporarily_unavailable",
@@ -246,6 +260,15 @@ mod tests {
                 StatusCode::FORBIDDEN,
                 None,
             ),
+            // No challenge: no token the client could get would change who it is.
+            (
+                Refusal::CallerNotAdmitted {
+                    callers: Callers::Machines,
+                    ids: vec![json!(1)],
+                },
+                StatusCode::FORBIDDEN,
+                None,
+            ),
             (
                 Refusal::KeysUnavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -283,6 +306,31 @@ mod tests {
         let v: Value = serde_json::from_slice(many.body()).unwrap();
         assert_eq!(v[1]["id"], json!("x"));
         assert_eq!(v.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_caller_refusal_says_who_the_operation_is_for() {
+        for (callers, message) in [
+            (
+                Callers::Machines,
+                "forbidden: this operation is for machine clients only",
+            ),
+            (
+                Callers::People,
+                "forbidden: this operation is for people only, not for clients acting alone",
+            ),
+        ] {
+            let response: Response<Bytes> = Refusal::CallerNotAdmitted {
+                callers,
+                ids: vec![json!(3)],
+            }
+            .into_response(&ctx());
+            let v: Value = serde_json::from_slice(response.body()).unwrap();
+            assert_eq!(
+                v,
+                json!({"jsonrpc": "2.0", "id": 3, "error": {"code": FORBIDDEN_CODE, "message": message}})
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::caller::Callers;
+
 /// Signature algorithms a sidecar may accept. HMAC is absent on purpose: a resource server holding a shared
 /// secret could mint tokens, and a public key must never be usable as an HMAC secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -142,6 +144,11 @@ pub struct ScopeRule {
     /// Scopes the operation needs, all of them. Empty means any valid token may do it.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Who may perform it besides holding the scopes: `anyone` (the default), `people` (a person stands behind
+    /// the token) or `machines` (a client acting for itself, `client_credentials`). Not a matcher: a rule whose
+    /// callers refuse the token refuses the operation, it does not pass it on to a later rule.
+    #[serde(default, skip_serializing_if = "Callers::is_anyone")]
+    pub callers: Callers,
 }
 
 /// The decision for operations nothing matched.
@@ -171,6 +178,17 @@ pub struct IdentityHeaders {
     /// The token's scopes, space-separated, as granted (not expanded).
     #[serde(default = "defaults::scopes_header")]
     pub scopes: String,
+    /// Who stands behind the token: `person`, `machine` (a client acting for itself) or `unknown` (a token
+    /// that does not say).
+    #[serde(default = "defaults::caller_header")]
+    pub caller: String,
+}
+
+impl IdentityHeaders {
+    /// Every name, in the order of [`crate::verified::Verified::header_values`].
+    pub fn names(&self) -> [&str; 4] {
+        [&self.subject, &self.client_id, &self.scopes, &self.caller]
+    }
 }
 
 impl Default for IdentityHeaders {
@@ -179,6 +197,7 @@ impl Default for IdentityHeaders {
             subject: defaults::subject_header(),
             client_id: defaults::client_id_header(),
             scopes: defaults::scopes_header(),
+            caller: defaults::caller_header(),
         }
     }
 }
@@ -416,11 +435,7 @@ impl SidecarConfig {
                 ));
             }
         }
-        for header in [
-            &self.identity_headers.subject,
-            &self.identity_headers.client_id,
-            &self.identity_headers.scopes,
-        ] {
+        for header in self.identity_headers.names() {
             let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 ConfigError::Invalid(format!("identity header {header:?} is not a header name"))
             })?;
@@ -574,6 +589,9 @@ mod defaults {
     }
     pub fn scopes_header() -> String {
         "x-mcp-authz-scopes".into()
+    }
+    pub fn caller_header() -> String {
+        "x-mcp-authz-caller".into()
     }
     pub fn introspection_cache_seconds() -> u64 {
         0

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
+use crate::caller::Caller;
 use crate::jsonrpc::ListKind;
 use crate::metrics::StreamGuard;
 use crate::rules::{Decision, Operation, Policy};
@@ -34,15 +35,22 @@ pub enum ListMatcher {
 pub struct ListFilter {
     policy: Arc<Policy>,
     scopes: Arc<BTreeSet<String>>,
+    caller: Caller,
     matcher: ListMatcher,
 }
 
 impl ListFilter {
-    /// A filter for a token's effective scopes.
-    pub fn new(policy: Arc<Policy>, scopes: Arc<BTreeSet<String>>, matcher: ListMatcher) -> Self {
+    /// A filter for a token's effective scopes and caller: an entry shows when this token may use it.
+    pub fn new(
+        policy: Arc<Policy>,
+        scopes: Arc<BTreeSet<String>>,
+        caller: Caller,
+        matcher: ListMatcher,
+    ) -> Self {
         Self {
             policy,
             scopes,
+            caller,
             matcher,
         }
     }
@@ -80,7 +88,7 @@ impl ListFilter {
                 // An entry without a usable name cannot be checked, so it is hidden.
                 entry.get(key).and_then(Value::as_str).is_some_and(|name| {
                     self.policy
-                        .decide(&Operation::named(method, name), &self.scopes)
+                        .decide(&Operation::named(method, name), &self.scopes, self.caller)
                         == Decision::Allow
                 })
             });
@@ -350,18 +358,48 @@ mod tests {
     use serde_json::json;
 
     fn filter(matcher: ListMatcher) -> ListFilter {
+        filter_for(Caller::Person, matcher)
+    }
+
+    fn filter_for(caller: Caller, matcher: ListMatcher) -> ListFilter {
         let config = SidecarConfig::parse(
             "upstream: http://127.0.0.1:1\nresource: https://r.example/mcp\nissuer: https://i.example\n\
              jwksUri: https://i.example/jwks\nrules:\n\
              - {method: tools/call, name: 'get_*', scopes: [read]}\n\
              - {method: tools/call, name: 'delete_*', scopes: [admin]}\n\
              - {method: resources/read, name: 'file:///public/*', scopes: []}\n\
-             - {method: prompts/get, name: hello, scopes: [read]}\n",
+             - {method: prompts/get, name: hello, scopes: [read]}\n\
+             - {method: tools/call, name: deploy, scopes: [read], callers: machines}\n\
+             - {method: tools/call, name: 'my_*', scopes: [read], callers: people}\n",
         )
         .unwrap();
         let policy = Arc::new(Policy::from_config(&config));
         let scopes = Arc::new(policy.effective_scopes(["read"]));
-        ListFilter::new(policy, scopes, matcher)
+        ListFilter::new(policy, scopes, caller, matcher)
+    }
+
+    #[test]
+    fn a_list_shows_each_caller_the_tools_its_kind_may_call() {
+        let list = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"get_user"},{"name":"deploy"},{"name":"my_mail"}]}});
+        for (caller, shown) in [
+            (
+                Caller::Person,
+                json!([{"name":"get_user"},{"name":"my_mail"}]),
+            ),
+            (
+                Caller::Machine,
+                json!([{"name":"get_user"},{"name":"deploy"}]),
+            ),
+            (Caller::Unknown, json!([{"name":"get_user"}])),
+        ] {
+            let out = filter_for(caller, ListMatcher::Requests)
+                .filter_json(list.to_string().as_bytes())
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["result"]["tools"], shown, "{caller:?}");
+        }
     }
 
     fn tools_result(id: Value) -> Value {

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod caller;
 pub mod challenge;
 pub mod config;
 pub mod fetch;

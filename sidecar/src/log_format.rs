@@ -361,6 +361,7 @@ mod tests {
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             expires_at: 0,
             token_id: None,
+            caller: crate::caller::Caller::Person,
         }
     }
 

@@ -67,7 +67,7 @@ pub struct Runtime {
     upstream: Uri,
     /// `host:port` of the upstream.
     upstream_authority: String,
-    identity_headers: [HeaderName; 3],
+    identity_headers: [HeaderName; 4],
 }
 
 impl Runtime {
@@ -112,10 +112,12 @@ impl Runtime {
             HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::Invalid(format!("header {name}")))
         };
+        let [subject, client_id, scopes, caller] = config.identity_headers.names();
         let identity_headers = [
-            header(&config.identity_headers.subject)?,
-            header(&config.identity_headers.client_id)?,
-            header(&config.identity_headers.scopes)?,
+            header(subject)?,
+            header(client_id)?,
+            header(scopes)?,
+            header(caller)?,
         ];
         let metadata = ResourceMetadata::from_config(&config);
         let challenge = ChallengeContext::from_config(&config);
@@ -251,6 +253,7 @@ impl Proxy {
                 headers: &parts.headers,
                 body: classified.as_ref(),
                 scopes: &scopes,
+                caller: identity.caller,
                 issuer: None,
             };
             let mut decided = verdict::verdict(&rules, &facts);
@@ -369,7 +372,8 @@ impl Proxy {
             }
         };
         self.upstream_ok.observe(started.elapsed().as_secs_f64());
-        let filter = matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, m));
+        let filter =
+            matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, identity.caller, m));
         let mut response = self.relay_response(rt, response, filter).await;
         if let Some(claim) = claim {
             // The ids stay claimed until the answer has been sent.
@@ -710,7 +714,7 @@ fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
     body: Bytes,
-    identity_values: Option<&[HeaderValue; 3]>,
+    identity_values: Option<&[HeaderValue; 4]>,
     peer: SocketAddr,
 ) -> Result<Request<Bytes>, &'static str> {
     let path_and_query = parts

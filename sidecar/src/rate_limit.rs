@@ -135,6 +135,7 @@ mod tests {
             scopes: vec![],
             expires_at: 0,
             token_id: None,
+            caller: crate::caller::Caller::Person,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::caller::{Caller, Callers};
 use crate::config::{ScopeRule, SidecarConfig, UnmatchedPolicy};
 
 /// One JSON-RPC call as the rules see it: the method and, for the methods that have one, the name of the
@@ -43,6 +44,8 @@ pub enum Decision {
     },
     /// No token may do it (no rule allows it and the default is deny).
     Forbidden,
+    /// The rule deciding it admits only these callers, and the token's is not one of them: no scope would help.
+    CallerNotAdmitted(Callers),
 }
 
 /// What decides one operation (`mcp-authz explain` names it).
@@ -70,6 +73,14 @@ impl<'a> Requirement<'a> {
             Self::Unmatched(UnmatchedPolicy::Deny) => None,
             Self::Unmatched(UnmatchedPolicy::Allow) => Some(&[]),
             Self::Unmatched(UnmatchedPolicy::RequireScopes(scopes)) => Some(scopes),
+        }
+    }
+
+    /// Who may perform the operation: a rule's `callers`, anyone otherwise.
+    pub fn callers(self) -> Callers {
+        match self {
+            Self::Rule { rule, .. } => rule.callers,
+            Self::OpenMethod(_) | Self::Unmatched(_) => Callers::Anyone,
         }
     }
 }
@@ -154,10 +165,14 @@ impl Policy {
         (!scopes.is_empty()).then_some(scopes)
     }
 
-    /// Decides one operation for a token whose scopes were expanded with `effective_scopes`.
-    pub fn decide(&self, op: &Operation, effective: &BTreeSet<String>) -> Decision {
-        match self.required_scopes(op) {
+    /// Decides one operation for a token of `caller` whose scopes were expanded with `effective_scopes`. Who
+    /// called is checked before the scopes: a step-up challenge would not help a caller the rule refuses.
+    pub fn decide(&self, op: &Operation, effective: &BTreeSet<String>, caller: Caller) -> Decision {
+        let requirement = self.requirement(op);
+        let callers = requirement.callers();
+        match requirement.scopes() {
             None => Decision::Forbidden,
+            Some(_) if !callers.admits(caller) => Decision::CallerNotAdmitted(callers),
             Some(required) if required.iter().all(|s| effective.contains(s)) => Decision::Allow,
             Some(required) => Decision::MissingScopes {
                 required: required.to_vec(),
@@ -512,19 +527,117 @@ rules:
             ),
         ];
         for (op, scopes, expected) in cases {
-            assert_eq!(p.decide(&op, scopes), expected, "{op:?} with {scopes:?}");
+            assert_eq!(
+                p.decide(&op, scopes, Caller::Person),
+                expected,
+                "{op:?} with {scopes:?}"
+            );
         }
+    }
+
+    #[test]
+    fn callers_restrict_a_rule_and_never_pass_the_operation_to_a_later_one() {
+        let p = policy(
+            "rules:\n\
+             - {method: tools/call, name: deploy, scopes: [ci], callers: machines}\n\
+             - {method: tools/call, name: 'read_*', scopes: [read], callers: people}\n\
+             - {method: tools/call, name: '*', scopes: []}\n",
+        );
+        let ci = p.effective_scopes(["ci"]);
+        let read = p.effective_scopes(["read"]);
+        let none = p.effective_scopes([]);
+        let deploy = Operation::named("tools/call", "deploy");
+        let read_mail = Operation::named("tools/call", "read_mail");
+        let other = Operation::named("tools/call", "other");
+        use Caller::*;
+        let cases = [
+            (&deploy, &ci, Machine, Decision::Allow),
+            // The catch-all after it would allow anyone: the restriction is not a matcher.
+            (
+                &deploy,
+                &ci,
+                Person,
+                Decision::CallerNotAdmitted(Callers::Machines),
+            ),
+            (
+                &deploy,
+                &ci,
+                Unknown,
+                Decision::CallerNotAdmitted(Callers::Machines),
+            ),
+            // Who called is checked before the scopes: no step-up would help a person here.
+            (
+                &deploy,
+                &none,
+                Person,
+                Decision::CallerNotAdmitted(Callers::Machines),
+            ),
+            (
+                &deploy,
+                &none,
+                Machine,
+                Decision::MissingScopes {
+                    required: vec!["ci".into()],
+                },
+            ),
+            (&read_mail, &read, Person, Decision::Allow),
+            (
+                &read_mail,
+                &read,
+                Machine,
+                Decision::CallerNotAdmitted(Callers::People),
+            ),
+            (
+                &read_mail,
+                &read,
+                Unknown,
+                Decision::CallerNotAdmitted(Callers::People),
+            ),
+            (&other, &none, Person, Decision::Allow),
+            (&other, &none, Machine, Decision::Allow),
+            (&other, &none, Unknown, Decision::Allow),
+            // Open methods and the default are for anyone.
+            (
+                &Operation::method("tools/list"),
+                &none,
+                Machine,
+                Decision::Allow,
+            ),
+            (
+                &Operation::method("custom/op"),
+                &ci,
+                Machine,
+                Decision::Forbidden,
+            ),
+        ];
+        for (op, scopes, caller, expected) in cases {
+            assert_eq!(
+                p.decide(op, scopes, caller),
+                expected,
+                "{op:?} {scopes:?} {caller:?}"
+            );
+        }
+        // A challenge (no token yet, so no caller) names the rule's scopes as for anyone.
+        assert_eq!(p.scopes_for([&deploy]), Some(vec!["ci".to_owned()]));
     }
 
     #[test]
     fn rule_with_name_never_matches_nameless_operation() {
         let p = policy("rules:\n  - method: '*'\n    name: '*'\n    scopes: []\n");
         assert_eq!(
-            p.decide(&Operation::method("logging/setLevel"), &BTreeSet::new()),
+            p.decide(
+                &Operation::method("logging/setLevel"),
+                &BTreeSet::new(),
+                Caller::Person
+            ),
             Decision::Forbidden
         );
         assert_eq!(
-            p.decide(&Operation::named("tools/call", "x"), &BTreeSet::new()),
+            p.decide(
+                &Operation::named("tools/call", "x"),
+                &BTreeSet::new(),
+                Caller::Person
+            ),
             Decision::Allow
         );
     }
@@ -533,16 +646,19 @@ rules:
     fn unmatched_policies() {
         let op = Operation::method("logging/setLevel");
         let allow = policy("unmatched: allow\n");
-        assert_eq!(allow.decide(&op, &BTreeSet::new()), Decision::Allow);
+        assert_eq!(
+            allow.decide(&op, &BTreeSet::new(), Caller::Person),
+            Decision::Allow
+        );
         let scoped = policy("unmatched:\n  requireScopes: [mcp:admin]\n");
         assert_eq!(
-            scoped.decide(&op, &BTreeSet::new()),
+            scoped.decide(&op, &BTreeSet::new(), Caller::Person),
             Decision::MissingScopes {
                 required: vec!["mcp:admin".into()]
             }
         );
         assert_eq!(
-            scoped.decide(&op, &scoped.effective_scopes(["mcp:admin"])),
+            scoped.decide(&op, &scoped.effective_scopes(["mcp:admin"]), Caller::Person),
             Decision::Allow
         );
     }
@@ -567,7 +683,11 @@ rules:
     fn a_rule_can_close_an_open_method() {
         let p = policy("rules:\n  - method: tools/list\n    scopes: [mcp:read]\n");
         assert_eq!(
-            p.decide(&Operation::method("tools/list"), &BTreeSet::new()),
+            p.decide(
+                &Operation::method("tools/list"),
+                &BTreeSet::new(),
+                Caller::Person
+            ),
             Decision::MissingScopes {
                 required: vec!["mcp:read".into()]
             }

@@ -94,6 +94,7 @@ pub fn claims_for(now: u64) -> Value {
     json!({
         "iss": ISSUER, "aud": RESOURCE, "sub": "alice", "client_id": "https://client.example/cimd.json",
         "scope": "mcp:read mcp:write", "iat": now, "exp": now + 3600, "jti": "t-1",
+        "mcp_authz_caller": "person",
     })
 }
 

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+use crate::caller::Caller;
 use crate::config::SidecarConfig;
 use crate::keys::KeySet;
 
@@ -22,6 +23,8 @@ pub struct Identity {
     pub expires_at: u64,
     /// `jti`, if present.
     pub token_id: Option<String>,
+    /// Who stands behind the token, as its issuer marked it.
+    pub caller: Caller,
 }
 
 /// Why a request's token was refused.
@@ -244,6 +247,8 @@ struct Claims {
     exp: Option<u64>,
     nbf: Option<u64>,
     jti: Option<String>,
+    /// [`crate::caller::CALLER_CLAIM`].
+    mcp_authz_caller: Option<String>,
 }
 
 /// Verifies a token: signature with a key of `keys`, then `typ`, `iss`, `aud`, `exp`, `nbf`, `sub`,
@@ -377,6 +382,7 @@ fn check_claims(claims: Claims, rules: &TokenRules, now: u64) -> Result<Identity
         scopes,
         expires_at: exp,
         token_id: claims.jti,
+        caller: Caller::from_claim(claims.mcp_authz_caller.as_deref()),
     })
 }
 

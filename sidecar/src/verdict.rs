@@ -10,13 +10,14 @@
 //! only for an operation needing a sensitive scope) and acts on the outcome; the audit lines and the
 //! metric's reason come from the verdict alone, written once. Order of the checks, first refusal wins:
 //! an unreadable body (-32700/-32600/-32602), routing headers that disagree with it (-32020, SEP-2243),
-//! the rules (an operation no token may perform beats one needing more scope, since no step-up would help),
-//! then revocation for sensitive operations.
+//! the rules (an operation no token may perform beats one whose rule refuses this kind of caller, which beats one
+//! needing more scope, since no step-up would help the first two), then revocation for sensitive operations.
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
+use crate::caller::{Caller, Callers};
 use crate::challenge::Refusal;
 use crate::jsonrpc::{Classified, ClassifyError, Message};
 use crate::routing::{self, Era};
@@ -42,6 +43,8 @@ pub struct RequestFacts<'a> {
     pub body: Result<&'a Classified, &'a ClassifyError>,
     /// The token's scopes, expanded through the hierarchy.
     pub scopes: &'a std::collections::BTreeSet<String>,
+    /// Who stands behind the token.
+    pub caller: Caller,
     /// The issuer's answer about the token, once asked: active or not, or why it could not say (the
     /// metric reason).
     pub issuer: Option<Result<bool, &'static str>>,
@@ -431,6 +434,9 @@ pub fn route(
     }
 }
 
+/// The audit and metric reason of an operation refused because its rule does not admit the token's caller.
+pub const CALLER_NOT_ADMITTED: &str = "caller_not_admitted";
+
 /// Decides an authenticated POST.
 pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
     let classified = match facts.body {
@@ -460,6 +466,7 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
     let mut needed: Vec<String> = Vec::new();
     let mut refused_ids: Vec<Value> = Vec::new();
     let (mut forbidden, mut insufficient, mut sensitive) = (false, false, false);
+    let mut not_admitted: Option<Callers> = None;
     for message in &classified.messages {
         let id = match message {
             Message::Call { id, .. } => id.as_ref(),
@@ -471,11 +478,12 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
                 .sensitive
                 .zip(required)
                 .is_some_and(|(s, r)| r.iter().any(|scope| s.contains(scope)));
-            let decision = rules.policy.decide(op, facts.scopes);
+            let decision = rules.policy.decide(op, facts.scopes, facts.caller);
             let reason = match &decision {
                 Decision::Allow => "ok",
                 Decision::MissingScopes { .. } => "insufficient_scope",
                 Decision::Forbidden => "forbidden",
+                Decision::CallerNotAdmitted(_) => CALLER_NOT_ADMITTED,
             };
             let allowed = decision == Decision::Allow;
             if !allowed || op.method == "tools/call" {
@@ -497,6 +505,9 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
                     }
                 }
                 Decision::Forbidden => forbidden = true,
+                Decision::CallerNotAdmitted(callers) => {
+                    not_admitted.get_or_insert(callers);
+                }
             }
             if let Some(id) = id
                 && !refused_ids.contains(id)
@@ -511,6 +522,17 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
         let outcome = Outcome::Refuse {
             answer,
             reason: "forbidden",
+        };
+        return Verdict { outcome, audit };
+    }
+    if let Some(callers) = not_admitted {
+        let answer = Answer::Challenge(Refusal::CallerNotAdmitted {
+            callers,
+            ids: refused_ids,
+        });
+        let outcome = Outcome::Refuse {
+            answer,
+            reason: CALLER_NOT_ADMITTED,
         };
         return Verdict { outcome, audit };
     }
@@ -597,6 +619,7 @@ mod tests {
         - {method: tools/call, name: 'get_*', scopes: [read]}\n\
         - {method: tools/call, name: 'delete_*', scopes: [admin]}\n\
         - {method: tools/call, name: 'wipe_*', scopes: [danger]}\n\
+        - {method: tools/call, name: 'deploy', scopes: [read], callers: machines}\n\
         - {method: resources/read, name: 'file:///public/*', scopes: []}\n";
 
     fn call(id: u64, name: &str) -> Value {
@@ -912,6 +935,7 @@ mod tests {
         scopes: &'static [&'static str],
         sensitive: Option<&'static [&'static str]>,
         issuer: Option<Result<bool, &'static str>>,
+        caller: Caller,
         expect: Short,
         audit: Vec<Line>,
     }
@@ -930,6 +954,7 @@ mod tests {
             scopes,
             sensitive: None,
             issuer: None,
+            caller: Caller::Person,
             expect,
             audit,
         }
@@ -1044,6 +1069,25 @@ mod tests {
                 json!([call(1, "delete_user"), call(2, "unknown")]), &["read"],
                 Short::Refuse(403, "forbidden", String::new()),
                 vec![("tools/call", Some("delete_user"), "deny", "insufficient_scope"), ("tools/call", Some("unknown"), "deny", "forbidden")]),
+            // Who called, before the scopes: a person holding no scope gets no step-up challenge for a machines' tool.
+            case("a machines' tool refuses a person", call(1, "deploy"), &[],
+                Short::Refuse(403, "caller_not_admitted", String::new()),
+                vec![("tools/call", Some("deploy"), "deny", "caller_not_admitted")]),
+            Case { caller: Caller::Machine,
+                ..case("a machines' tool takes a machine with the scope", call(1, "deploy"), &["read"], legacy.clone(),
+                    vec![("tools/call", Some("deploy"), "allow", "ok")]) },
+            Case { caller: Caller::Unknown,
+                ..case("a token that does not say who it is for is no machine", call(1, "deploy"), &["read"],
+                    Short::Refuse(403, "caller_not_admitted", String::new()),
+                    vec![("tools/call", Some("deploy"), "deny", "caller_not_admitted")]) },
+            case("a refused caller beats insufficient scope in a batch",
+                json!([call(1, "delete_user"), call(2, "deploy")]), &["read"],
+                Short::Refuse(403, "caller_not_admitted", String::new()),
+                vec![("tools/call", Some("delete_user"), "deny", "insufficient_scope"), ("tools/call", Some("deploy"), "deny", "caller_not_admitted")]),
+            case("forbidden beats a refused caller",
+                json!([call(1, "deploy"), call(2, "unknown")]), &["read"],
+                Short::Refuse(403, "forbidden", String::new()),
+                vec![("tools/call", Some("deploy"), "deny", "caller_not_admitted"), ("tools/call", Some("unknown"), "deny", "forbidden")]),
             case("a list is this token's view", json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}), &[],
                 Short::Forward(Era::Legacy, true), vec![]),
             case("a resource read is this token's view",
@@ -1107,6 +1151,7 @@ mod tests {
                 headers: &headers,
                 body: classified.as_ref(),
                 scopes: &scopes,
+                caller: c.caller,
                 issuer: c.issuer,
             };
             let v = verdict(&rules, &facts);

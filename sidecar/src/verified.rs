@@ -24,8 +24,8 @@ pub struct Verified {
     pub identity: Arc<Identity>,
     /// The granted scopes expanded through the config's hierarchy.
     pub scopes: Arc<BTreeSet<String>>,
-    /// The identity header values sent upstream: subject, client id, scopes (space-separated).
-    pub header_values: Arc<[HeaderValue; 3]>,
+    /// The identity header values sent upstream: subject, client id, scopes (space-separated), caller.
+    pub header_values: Arc<[HeaderValue; 4]>,
 }
 
 impl Verified {
@@ -35,6 +35,7 @@ impl Verified {
             crate::identity::header_value(&identity.subject),
             crate::identity::header_value(&identity.client_id),
             crate::identity::header_value(&identity.scopes.join(" ")),
+            HeaderValue::from_static(identity.caller.as_str()),
         ];
         Self {
             identity: Arc::new(identity),
@@ -108,6 +109,7 @@ mod tests {
             scopes: vec![],
             expires_at: exp,
             token_id: None,
+            caller: crate::caller::Caller::Person,
         };
         Verified::new(identity, BTreeSet::new())
     }
@@ -120,6 +122,7 @@ mod tests {
             scopes: vec!["mcp:read".into(), "mcp:write".into()],
             expires_at: 1,
             token_id: None,
+            caller: crate::caller::Caller::Person,
         };
         let scopes: BTreeSet<String> = ["mcp:read".into(), "mcp:write".into(), "x".into()].into();
         let verified = Verified::new(identity.clone(), scopes.clone());
@@ -127,7 +130,7 @@ mod tests {
         assert_eq!(*verified.scopes, scopes);
         assert_eq!(
             *verified.header_values,
-            ["jos%C3%A9", "c%201", "mcp:read%20mcp:write"]
+            ["jos%C3%A9", "c%201", "mcp:read%20mcp:write", "person"]
         );
     }
 

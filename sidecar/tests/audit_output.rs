@@ -209,6 +209,22 @@ async fn every_decision_writes_exactly_one_audit_line() {
         })
         .collect();
     assert_eq!(got, expected);
+    // Who stood behind each token, as its issuer marked it; nobody when there was no token.
+    let callers: Vec<&str> = seen
+        .iter()
+        .map(|e| e["fields"]["caller"].as_str().unwrap_or("absent"))
+        .collect();
+    let expected_callers: Vec<&str> = expected
+        .iter()
+        .map(|(_, _, reason)| {
+            if reason == "token_missing" {
+                ""
+            } else {
+                "person"
+            }
+        })
+        .collect();
+    assert_eq!(callers, expected_callers);
     assert_eq!(
         counter(
             &client,

@@ -516,6 +516,7 @@ async fn challenges_name_the_scopes_of_this_request_and_never_offline_access() {
         method: "tools/call".into(),
         name: Some("refresh_*".into()),
         scopes: vec!["offline_access".into()],
+        callers: Default::default(),
     });
     assert_eq!(
         h.sidecar.config.apply(config).unwrap_err().to_string(),

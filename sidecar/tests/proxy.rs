@@ -161,6 +161,10 @@ async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
     req.headers_mut()
         .insert("x-mcp-authz-subject", "root".parse().unwrap());
     req.headers_mut()
+        .insert("x-mcp-authz-caller", "machine".parse().unwrap());
+    req.headers_mut()
+        .insert("x_mcp_authz_caller", "machine".parse().unwrap());
+    req.headers_mut()
         .insert("mcp-session-id", "session-1".parse().unwrap());
     let (status, headers, body) = h.send(req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -182,6 +186,14 @@ async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
         "https://client.example/cimd.json"
     );
     assert_eq!(up.headers["x-mcp-authz-scopes"], "mcp:read");
+    assert_eq!(
+        up.headers
+            .get_all("x-mcp-authz-caller")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["person"]
+    );
+    assert!(up.headers.get("x_mcp_authz_caller").is_none());
     assert_eq!(up.headers["mcp-session-id"], "session-1");
     assert_eq!(up.headers["host"], h.upstream.addr.to_string());
     assert_eq!(
@@ -1255,6 +1267,7 @@ async fn a_listen_stream_needs_what_subscribing_to_each_of_its_resources_needs()
             method: "resources/subscribe".into(),
             name: Some(pattern.into()),
             scopes: vec![scope.into()],
+            callers: Default::default(),
         });
     }
     h.sidecar.config.apply(config).unwrap();
@@ -1291,4 +1304,64 @@ async fn a_listen_stream_needs_what_subscribing_to_each_of_its_resources_needs()
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(www_authenticate(&headers), "");
     assert_eq!(h.upstream_posts(), 2, "only the allowed streams went up");
+}
+
+/// `callers` on a rule: a tool for machines refuses a person's token whatever its scopes, with no step-up
+/// challenge; a machine's token (`mcp_authz_caller: machine`) passes and the upstream is told who called; a token
+/// that does not say is neither; and each caller's tools/list shows what its kind may call.
+#[tokio::test]
+async fn a_rule_for_machines_admits_only_tokens_a_client_got_for_itself() {
+    let h = Harness::start().await;
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.rules.insert(
+        0,
+        mcp_authz_sidecar::config::ScopeRule {
+            method: "tools/call".into(),
+            name: Some("get_report".into()),
+            scopes: vec!["mcp:read".into()],
+            callers: mcp_authz_sidecar::caller::Callers::Machines,
+        },
+    );
+    h.sidecar.config.apply(config).unwrap();
+    let token_of = |caller: Option<&str>| {
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:read");
+        match caller {
+            Some(caller) => c["mcp_authz_caller"] = json!(caller),
+            None => {
+                c.as_object_mut().unwrap().remove("mcp_authz_caller");
+            }
+        }
+        h.key.sign(&c)
+    };
+    let (status, headers, body) = h
+        .post(Some(&token_of(Some("person"))), &call(1, "get_report"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(www_authenticate(&headers), "", "no scope would help");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32003,
+               "message": "forbidden: this operation is for machine clients only"}})
+    );
+    for caller in [None, Some("Machine"), Some("robot")] {
+        let (status, _, body) = h
+            .post(Some(&token_of(caller)), &call(2, "get_report"))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{caller:?}: {body}");
+    }
+    assert_eq!(h.upstream_posts(), 0);
+    let (status, _, body) = h
+        .post(Some(&token_of(Some("machine"))), &call(3, "get_report"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    assert_eq!(seen[0].headers["x-mcp-authz-caller"], "machine");
+    // The rest of the rules still hold for machines: the scope is still needed.
+    let mut c = claims_for(now());
+    c["scope"] = json!("");
+    c["mcp_authz_caller"] = json!("machine");
+    let (status, headers, _) = h.post(Some(&h.key.sign(&c)), &call(4, "get_report")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(www_authenticate(&headers).contains("error=\"insufficient_scope\""));
 }

@@ -48,6 +48,32 @@ spec:
       scopes: ["notes:read"]
 """
 
+# A third service on the same demo server whose rules tell people from machine clients (`callers`): whoami is for
+# machines only, read_note for people only, whatever the scopes (test_machine_clients.py).
+CALLERS_SERVICE = """
+apiVersion: mcp-authz.io/v1alpha1
+kind: MCPService
+metadata:
+  name: reports
+spec:
+  selector: {app: reports}
+  resourceUrl: https://mcp.quickstart.example/reports
+  authorizationServerRef: {name: quickstart}
+  upstream: {port: UPSTREAM_PORT, path: /mcp}
+  scopes: [notes:read]
+  rules:
+    - methods: ["tools/call"]
+      names: ["whoami"]
+      scopes: ["notes:read"]
+      callers: Machines
+    - methods: ["tools/call"]
+      names: ["read_note"]
+      scopes: ["notes:read"]
+      callers: People
+    - methods: ["tools/call"]
+      names: ["*"]
+      scopes: ["notes:read"]
+"""
 
 ENTERPRISE_IDP = "https://idp.corp.example"
 ENTERPRISE_AGENT = "enterprise-agent"
@@ -229,12 +255,13 @@ def machine_key() -> MachineKey:
 
 @pytest.fixture(scope="session")
 def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp, machine_key: MachineKey) -> Path:
-    """The quickstart manifests with the demo server's port, plus a second service `archive`."""
+    """The quickstart manifests with the demo server's port, plus a second service `archive` and a third, `reports`."""
     target = work_dir / "manifests"
     shutil.copytree(MANIFESTS, target)
     service = target / "notes-service.yaml"
     service.write_text(service.read_text().replace("port: 8000", f"port: {upstream_port}"))
     (target / "archive-service.yaml").write_text(SECOND_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
+    (target / "reports-service.yaml").write_text(CALLERS_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
     # Registration on, for the clients that have no metadata document (test_registration.py); spec is the
     # manifest's last key, so its fields can be appended.
     server = target / "authorization-server.yaml"

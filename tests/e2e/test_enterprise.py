@@ -81,6 +81,7 @@ def test_an_enterprise_agent_redeems_its_identity_providers_assertion_and_calls_
     assert who["subject"] == "employee-42", who
     assert who["client_id"] == ENTERPRISE_AGENT, who
     assert who["scopes"] == "notes:read", who
+    assert who["caller"] == "person", who
     assert who["authorization_headers_seen"] == 0, "the sidecar forwarded a bearer token upstream"
 
 

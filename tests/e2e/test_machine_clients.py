@@ -16,8 +16,9 @@ from mcp.client.auth.extensions.client_credentials import (
 )
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import MACHINE_CLIENT, MACHINE_SECRET, MACHINE_SECRET_CLIENT
-from test_enterprise import MemoryStorage
+from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET, MACHINE_CLIENT, MACHINE_SECRET, MACHINE_SECRET_CLIENT
+from flows import mcp_post
+from test_enterprise import JWT_BEARER, MemoryStorage
 
 
 def call_whoami(url: str, issuer: str, provider) -> tuple[dict, list[httpx2.Response]]:
@@ -58,6 +59,8 @@ def test_a_machine_client_with_a_key_gets_a_token_without_a_person_and_calls_a_t
     assert who["subject"] == MACHINE_CLIENT, who
     assert who["client_id"] == MACHINE_CLIENT, who
     assert who["scopes"] == "notes:read", who
+    # The sidecar tells the MCP server no person is behind this call.
+    assert who["caller"] == "machine", who
     assert who["authorization_headers_seen"] == 0, "the sidecar forwarded a bearer token upstream"
 
 
@@ -104,3 +107,57 @@ def test_what_a_machine_client_may_not_have_is_refused(plane):
             assert got[:2] == (status, error), (form, got)
         else:
             assert got == (status, error, description), (form, got)
+
+
+def test_rules_tell_people_from_machine_clients(plane, enterprise_idp):
+    """The `reports` service keeps whoami for machines and read_note for people, whatever the scopes: each kind
+    of caller is refused the other's tool with 403 and no step-up challenge, and gets its own through the SDK."""
+    url, issuer = plane.service("reports")["url"], plane.ready["issuer"]
+
+    def call(token: str, tool: str) -> httpx2.Response:
+        body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}}
+        return anyio.run(mcp_post, url, token, body)
+
+    def refused_with(response: httpx2.Response, message: str) -> None:
+        assert response.status_code == 403, response.text
+        assert "www-authenticate" not in response.headers, response.headers
+        assert response.json() == {"jsonrpc": "2.0", "id": 7, "error": {"code": -32003, "message": message}}
+
+    machine = httpx2.post(
+        f"{issuer}/token",
+        data={"grant_type": "client_credentials", "resource": url, "scope": "notes:read"},
+        auth=(MACHINE_SECRET_CLIENT, MACHINE_SECRET),
+        timeout=10.0,
+    )
+    assert machine.status_code == 200, machine.text
+    refused_with(
+        call(machine.json()["access_token"], "read_note"),
+        "forbidden: this operation is for people only, not for clients acting alone",
+    )
+
+    person = httpx2.post(
+        f"{issuer}/token",
+        data={
+            "grant_type": JWT_BEARER,
+            "assertion": enterprise_idp.id_jag(audience=issuer, resource=url, scope="notes:read"),
+            "client_id": ENTERPRISE_AGENT,
+            "client_secret": ENTERPRISE_SECRET,
+        },
+        timeout=10.0,
+    )
+    assert person.status_code == 200, person.text
+    assert person.json()["scope"] == "notes:read", person.text
+    refused_with(call(person.json()["access_token"], "whoami"), "forbidden: this operation is for machine clients only")
+
+    # The machine's own tool, through the official SDK, and the kind the MCP server is told.
+    provider = ClientCredentialsOAuthProvider(
+        server_url=url,
+        storage=MemoryStorage(),
+        client_id=MACHINE_SECRET_CLIENT,
+        client_secret=MACHINE_SECRET,
+        scope="notes:read",
+        issuer=issuer,
+    )
+    who, token_requests = call_whoami(url, issuer, provider)
+    assert [r.status_code for r in token_requests] == [200], [r.text for r in token_requests]
+    assert (who["subject"], who["caller"]) == (MACHINE_SECRET_CLIENT, "machine"), who

@@ -132,6 +132,31 @@ pub struct AccessRule {
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub scopes: Vec<String>,
+    /// Who may make a matching request besides holding the scopes: `Anyone`, `People` (a person signed in
+    /// and the client acts for them) or `Machines` (a client acting for itself with client_credentials,
+    /// such as a declared MCPClient). A request this refuses is refused (403), never passed to a later rule.
+    #[serde(default, skip_serializing_if = "RuleCallers::is_anyone")]
+    pub callers: RuleCallers,
+}
+
+/// Who an access rule admits.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum RuleCallers {
+    /// People and machine clients alike: only the scopes decide.
+    #[default]
+    Anyone,
+    /// Only tokens a person stands behind.
+    People,
+    /// Only tokens a client got for itself (client_credentials).
+    Machines,
+}
+
+impl RuleCallers {
+    fn is_anyone(&self) -> bool {
+        *self == Self::Anyone
+    }
 }
 
 /// What happens to a request no rule matches.

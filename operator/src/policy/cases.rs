@@ -58,6 +58,9 @@ pub struct Case {
     pub subject: Option<String>,
     /// The token's `client_id`.
     pub client_id: Option<String>,
+    /// Who stands behind the token: `person` (the default) or `machine`, a client acting for itself.
+    #[serde(default = "person")]
+    pub caller: mcp_authz_sidecar::caller::Caller,
     /// What introspection answers when the operation needs a sensitive scope (default: still active).
     #[serde(default = "yes")]
     pub active: bool,
@@ -81,6 +84,10 @@ pub struct Case {
 
 fn yes() -> bool {
     true
+}
+
+fn person() -> mcp_authz_sidecar::caller::Caller {
+    mcp_authz_sidecar::caller::Caller::Person
 }
 
 /// A call of one method on one name.
@@ -245,6 +252,7 @@ fn token(view: &ServiceView, case: &Case) -> Token {
         scopes: case.scopes.clone(),
         client_id: case.client_id.clone(),
         subject: case.subject.clone(),
+        caller: case.caller,
         active: case.active,
         refused: None,
     };

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use http::HeaderMap;
+use mcp_authz_sidecar::caller::Caller;
 use mcp_authz_sidecar::challenge::{ChallengeContext, Refusal};
 use mcp_authz_sidecar::config::UnmatchedPolicy;
 use mcp_authz_sidecar::jsonrpc::{self, Message};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::world::ServiceView;
 
 /// What is known about the token, as the sidecar would read it after checking its signature.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Token {
     /// The scopes it carries.
     pub scopes: Vec<String>,
@@ -26,6 +27,8 @@ pub struct Token {
     pub client_id: Option<String>,
     /// `sub`, forwarded upstream.
     pub subject: Option<String>,
+    /// Who stands behind it (`mcp_authz_caller`): a person, or a client acting for itself.
+    pub caller: Caller,
     /// What introspection would answer when the operation needs a sensitive scope (`true`: still active).
     pub active: bool,
     /// A refusal of the token itself (wrong audience, expired), from `--token`'s claims.
@@ -43,6 +46,7 @@ impl Token {
                 self.scopes = identity.scopes;
                 self.subject = Some(identity.subject);
                 self.client_id = Some(identity.client_id);
+                self.caller = identity.caller;
             }
             Err(error) => {
                 self.scopes.clear();
@@ -117,6 +121,8 @@ pub struct Explanation {
     pub resource: String,
     /// The scopes the token carries.
     pub granted: Vec<String>,
+    /// Who stands behind the token: `person`, `machine` or `unknown`.
+    pub caller: &'static str,
     /// Those and every scope they imply (`implies` of the MCPScopes), which the rules are checked against.
     pub effective: Vec<String>,
     /// Which protocol the request speaks (`2025` or `2026-07-28`), when its body could be read.
@@ -197,7 +203,7 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
     });
     let operations = classified
         .as_ref()
-        .map(|c| operation_reports(view, &policy, &effective, &c.messages))
+        .map(|c| operation_reports(view, &policy, &effective, token.caller, &c.messages))
         .unwrap_or_default();
 
     let sensitive = config
@@ -212,6 +218,7 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
         headers: &probe.headers,
         body: classified.as_ref(),
         scopes: &effective,
+        caller: token.caller,
         issuer: None,
     };
     let mut introspection = None;
@@ -256,6 +263,7 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
                 token.client_id.as_deref(),
             ),
             (&config.identity_headers.scopes, Some(scopes.as_str())),
+            (&config.identity_headers.caller, Some(token.caller.as_str())),
         ]
         .into_iter()
         .filter_map(|(header, value)| Some((header.clone(), value?.to_owned())))
@@ -267,6 +275,7 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
         service: view.key.clone(),
         resource: view.resource.clone(),
         granted: token.scopes.clone(),
+        caller: token.caller.as_str(),
         effective: effective.into_iter().collect(),
         protocol,
         derived_headers: probe.derived_headers,
@@ -274,7 +283,7 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
         introspection,
         decision,
         identity,
-        tools: tool_views(config.rules.as_slice(), &policy, &token.scopes),
+        tools: tool_views(config.rules.as_slice(), &policy, token),
     }
 }
 
@@ -282,6 +291,7 @@ fn operation_reports(
     view: &ServiceView,
     policy: &Policy,
     effective: &BTreeSet<String>,
+    caller: Caller,
     messages: &[Message],
 ) -> Vec<OperationReport> {
     messages
@@ -291,10 +301,13 @@ fn operation_reports(
             let requirement = policy.requirement(op);
             let decided_by = match requirement {
                 Requirement::Rule { index, rule } => {
-                    let name = rule
+                    let mut name = rule
                         .name
                         .as_deref()
                         .map_or(String::new(), |n| format!(" name {n}"));
+                    if !rule.callers.is_anyone() {
+                        name.push_str(&format!(" callers {:?}", rule.callers));
+                    }
                     match view.rule_origins.get(index) {
                         Some(origin) => format!(
                             "spec.rules[{origin}] of MCPService {} (method {}{name})",
@@ -313,10 +326,11 @@ fn operation_reports(
                     "no rule matches; defaultDecision AllowAuthenticated".to_owned()
                 }
             };
-            let outcome = match policy.decide(op, effective) {
+            let outcome = match policy.decide(op, effective, caller) {
                 Decision::Allow => "allow",
                 Decision::MissingScopes { .. } => "insufficient_scope",
                 Decision::Forbidden => "forbidden",
+                Decision::CallerNotAdmitted(_) => verdict::CALLER_NOT_ADMITTED,
             };
             OperationReport {
                 method: op.method.clone(),
@@ -376,9 +390,9 @@ fn report(answer: Answer, reason: &str, context: &ChallengeContext) -> DecisionR
 fn tool_views(
     rules: &[mcp_authz_sidecar::config::ScopeRule],
     policy: &Policy,
-    granted: &[String],
+    token: &Token,
 ) -> Vec<ToolView> {
-    let effective = policy.effective_scopes(granted.iter().map(String::as_str));
+    let effective = policy.effective_scopes(token.scopes.iter().map(String::as_str));
     rules
         .iter()
         .filter(|r| mcp_authz_sidecar::rules::glob_match(&r.method, "tools/call"))
@@ -387,10 +401,16 @@ fn tool_views(
             let tools = rule.name.clone().unwrap_or_else(|| "*".to_owned());
             let visible = match &rule.name {
                 Some(name) if !name.contains(['*', '?']) => {
-                    policy.decide(&Operation::named("tools/call", name), &effective)
-                        == Decision::Allow
+                    policy.decide(
+                        &Operation::named("tools/call", name),
+                        &effective,
+                        token.caller,
+                    ) == Decision::Allow
                 }
-                _ => rule.scopes.iter().all(|s| effective.contains(s)),
+                _ => {
+                    rule.callers.admits(token.caller)
+                        && rule.scopes.iter().all(|s| effective.contains(s))
+                }
             };
             ToolView {
                 tools,
@@ -404,7 +424,12 @@ fn tool_views(
 impl std::fmt::Display for Explanation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "service   {} ({})", self.service, self.resource)?;
-        writeln!(f, "token     scopes: {}", words(&self.granted))?;
+        writeln!(
+            f,
+            "token     scopes: {}; caller: {}",
+            words(&self.granted),
+            self.caller
+        )?;
         let implied: Vec<String> = self
             .effective
             .iter()

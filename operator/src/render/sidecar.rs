@@ -15,10 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use mcp_authz_authserver::resource_servers;
+use mcp_authz_sidecar::caller::Callers;
 use mcp_authz_sidecar::config::{IntrospectionConfig, ScopeRule, SidecarConfig, UnmatchedPolicy};
 
 use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
-use crate::api::mcp_service::{AccessRule, DefaultDecision};
+use crate::api::mcp_service::{AccessRule, DefaultDecision, RuleCallers};
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
 use crate::naming;
 
@@ -137,12 +138,18 @@ pub fn sidecar_rules(rules: &[AccessRule]) -> Vec<(usize, ScopeRule)> {
             for name in names {
                 let scopes = rule.scopes.clone();
                 let method = method.clone();
+                let callers = match rule.callers {
+                    RuleCallers::Anyone => Callers::Anyone,
+                    RuleCallers::People => Callers::People,
+                    RuleCallers::Machines => Callers::Machines,
+                };
                 out.push((
                     index,
                     ScopeRule {
                         method,
                         name,
                         scopes,
+                        callers,
                     },
                 ));
             }
@@ -337,6 +344,44 @@ mod tests {
     }
 
     #[test]
+    fn callers_reach_every_sidecar_rule_of_their_access_rule_and_stay_out_of_configs_without_them()
+    {
+        let mut v = cases::mcp_service();
+        v["spec"]["rules"] = json!([
+            {"methods": ["tools/call"], "names": ["deploy", "rollback"], "scopes": [], "callers": "Machines"},
+            {"methods": ["tools/call", "prompts/get"], "names": ["mine"], "scopes": [], "callers": "People"},
+            {"methods": ["tools/call"], "names": ["any"], "scopes": []},
+        ]);
+        let service: MCPService = serde_json::from_value(v).expect("service");
+        let rules = sidecar_rules(&service.spec.rules);
+        let callers: Vec<(usize, Option<&str>, Callers)> = rules
+            .iter()
+            .map(|(i, r)| (*i, r.name.as_deref(), r.callers))
+            .collect();
+        assert_eq!(
+            callers,
+            [
+                (0, Some("deploy"), Callers::Machines),
+                (0, Some("rollback"), Callers::Machines),
+                (1, Some("mine"), Callers::People),
+                (1, Some("mine"), Callers::People),
+                (2, Some("any"), Callers::Anyone),
+            ]
+        );
+        // A rule for anyone renders as before, so a config without callers reads the same to an older sidecar.
+        let rendered: Vec<serde_json::Value> = rules
+            .iter()
+            .map(|(_, r)| serde_json::to_value(r).expect("json"))
+            .collect();
+        assert_eq!(rendered[0]["callers"], "machines");
+        assert_eq!(rendered[2]["callers"], "people");
+        assert_eq!(
+            rendered[4],
+            json!({"method": "tools/call", "name": "any", "scopes": []})
+        );
+    }
+
+    #[test]
     fn config_carries_the_service_and_its_server() {
         let scopes = [
             scope("mcp-authz", "files:read", &[]),
@@ -373,12 +418,14 @@ mod tests {
                 ScopeRule {
                     method: "tools/call".into(),
                     name: Some("read_*".into()),
-                    scopes: vec!["files:read".into()]
+                    scopes: vec!["files:read".into()],
+                    callers: Callers::Anyone,
                 },
                 ScopeRule {
                     method: "tools/call".into(),
                     name: Some("write_*".into()),
-                    scopes: vec!["files:write".into()]
+                    scopes: vec!["files:write".into()],
+                    callers: Callers::Anyone,
                 },
             ]
         );

@@ -448,6 +448,12 @@ pub fn cel_cases() -> Vec<InvalidCase> {
 pub fn schema_cases() -> Vec<InvalidCase> {
     vec![
         InvalidCase {
+            name: "a rule's callers that are neither people nor machines",
+            object: with(mcp_service(), "/spec/rules/0/callers", json!("Robots")),
+            message: "Unsupported value: \"Robots\"",
+            field: "rules[0].callers",
+        },
+        InvalidCase {
             name: "unknown storage type",
             object: with(
                 authorization_server(),

@@ -85,6 +85,7 @@ fn claims(s: &TestServer, client: &str, edit: impl FnOnce(&mut Value)) -> Value 
 
 struct Plane {
     s: TestServer,
+    cimd_agent: String,
     idp: Idp,
     other: Idp,
     stranger: Idp,
@@ -101,11 +102,25 @@ async fn plane() -> Plane {
     let (stranger_pem, _) = key_pair("idp-key-2");
     let jwks_uri = format!("https://127.0.0.1:{}/keys", jwks_server.port());
     let bundle = ca.bundle.clone();
+    // An agent known only by its metadata document, authenticating with its key (private_key_jwt).
+    let cimd_agent = format!("https://127.0.0.1:{}/agent.json", jwks_server.port());
+    let (_, agent_jwks) = service_key();
+    jwks_server.route(
+        "/agent.json",
+        Reply::Json(
+            json!({"client_id": cimd_agent, "client_name": "Document agent", "redirect_uris": [REDIRECT],
+                   "grant_types": [GRANT], "token_endpoint_auth_method": "private_key_jwt", "jwks": agent_jwks})
+            .to_string(),
+        ),
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("agent-secret"), format!("{SECRET}\n")).unwrap();
     std::fs::write(dir.path().join("basic-secret"), BASIC_SECRET).unwrap();
     let port = free_port();
     let mut config = base_config(dir.path(), port);
+    config.cimd.allowed_private_cidrs = vec!["127.0.0.1/32".into()];
+    config.cimd.extra_ca_bundle = Some(bundle.clone());
+    config.cimd.baseline.allowed_grant_types.push(GRANT.into());
     for (id, method, file) in [
         (AGENT, ClientAuthMethod::ClientSecretPost, "agent-secret"),
         (
@@ -137,6 +152,7 @@ async fn plane() -> Plane {
                 BASIC_AGENT.into(),
                 SERVICE_CLIENT.into(),
                 PUBLIC_CLIENT.into(),
+                cimd_agent.clone(),
             ],
         },
         TrustedIdentityProvider {
@@ -151,6 +167,7 @@ async fn plane() -> Plane {
     let s = TestServer::start_in(dir, config).await;
     Plane {
         s,
+        cimd_agent,
         idp: Idp {
             pem,
             kid: "idp-key-1".into(),
@@ -658,4 +675,73 @@ async fn a_rotated_client_secret_takes_effect_without_a_restart() {
     assert_eq!(status, 200);
     let metrics = s.metrics().await;
     assert!(metrics.contains(refused), "{metrics}");
+}
+
+/// A client known only by its metadata document redeems an ID-JAG with its own key (private_key_jwt): the
+/// provider may speak for it by its URL, the token names the person and the document client, and a document
+/// client whose assertion is not its own, or that may not use the grant, is refused.
+#[tokio::test]
+async fn a_document_client_with_its_key_redeems_an_id_jag() {
+    let p = plane().await;
+    let s = &p.s;
+    let agent = p.cimd_agent.as_str();
+    let own_assertion = || {
+        assertion(s, |c| {
+            c["iss"] = json!(agent);
+            c["sub"] = json!(agent);
+        })
+    };
+    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, agent, |_| {}));
+    let a = own_assertion();
+    let form = vec![
+        ("grant_type", GRANT),
+        ("assertion", jag.as_str()),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", a.as_str()),
+    ];
+    let (status, body, _) = s.token(&form).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, at) = verify_with_jwks(s, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (
+            at["sub"].as_str(),
+            at["client_id"].as_str(),
+            at["aud"].as_str(),
+            at["mcp_authz_caller"].as_str()
+        ),
+        (
+            Some("employee-42"),
+            Some(agent),
+            Some(RESOURCE),
+            Some("person")
+        )
+    );
+    // The same ID-JAG again, with a fresh client assertion: spent.
+    let again = own_assertion();
+    let mut replay = form.clone();
+    replay[3] = ("client_assertion", again.as_str());
+    let (status, body, _) = s.token(&replay).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_of(&body).1.starts_with("the assertion \"")
+            && error_of(&body).1.ends_with("was already redeemed"),
+        "{body}"
+    );
+    // An ID-JAG issued to the document client, presented by a registered client: not its assertion.
+    let jag = p.idp.sign("oauth-id-jag+jwt", &claims(s, agent, |_| {}));
+    let (status, body, _) = s.token(&redeem_form(&jag, &[])).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_grant",
+                format!(
+                    "the assertion was issued to client {agent:?}, not to the client presenting it"
+                )
+                .as_str()
+            )
+        ),
+        "{body}"
+    );
 }

@@ -360,6 +360,9 @@ pub struct TokenLifetimes {
     /// How long a login session (cookie) lasts before the person must log in again.
     #[serde(default = "default_session_secs")]
     pub session_secs: u64,
+    /// The longest life of a token obtained by token exchange for a downstream (never past the subject token's).
+    #[serde(default = "default_exchanged_token_secs")]
+    pub exchanged_token_secs: u64,
 }
 
 impl Default for TokenLifetimes {
@@ -369,6 +372,7 @@ impl Default for TokenLifetimes {
             refresh_token_secs: default_refresh_token_secs(),
             authorization_code_secs: default_code_secs(),
             session_secs: default_session_secs(),
+            exchanged_token_secs: default_exchanged_token_secs(),
         }
     }
 }
@@ -384,6 +388,9 @@ fn default_code_secs() -> u64 {
 }
 fn default_session_secs() -> u64 {
     8 * 3600
+}
+fn default_exchanged_token_secs() -> u64 {
+    300
 }
 
 /// One scope of the catalogue.
@@ -423,6 +430,21 @@ pub struct ResourceConfig {
     /// key issued to an earlier holder is not accepted. Empty in local mode.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub holder: String,
+    /// Downstreams this service's resource server may obtain tokens for, as the person whose token it holds
+    /// (RFC 8693 token exchange).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_exchange: Vec<ExchangeTarget>,
+}
+
+/// One downstream a service may call as the person: the token's audience and the scopes that may be passed on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExchangeTarget {
+    /// The downstream's identifier, the exchanged token's `aud` (an https URL; another service's resource URL
+    /// for a chain of MCP services).
+    pub audience: String,
+    /// Scopes of this service that may be passed on: an exchanged token gets those the person's token holds.
+    pub scopes: Vec<String>,
 }
 
 /// Login: exactly one of `static` and `upstreamOidc`.
@@ -569,6 +591,45 @@ impl GrantType {
         .into_iter()
         .find(|g| g.as_str() == name)
     }
+}
+
+/// The token-exchange declarations of one resource: each downstream an https URL other than the resource
+/// itself, declared once, passing on only scopes the resource offers (an exchanged token only ever holds scopes
+/// the person's token for this resource holds, so any other could never be granted).
+pub fn check_exchange_targets(resource: &ResourceConfig) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for target in &resource.token_exchange {
+        let name = &resource.resource;
+        let audience = &target.audience;
+        let well_formed = url::Url::parse(audience)
+            .is_ok_and(|u| u.scheme() == "https" && u.host().is_some() && u.fragment().is_none());
+        if !well_formed {
+            return Err(format!(
+                "resource {name:?}: tokenExchange audience {audience:?} must be an https URL without fragment"
+            ));
+        }
+        if audience == name {
+            return Err(format!(
+                "resource {name:?}: tokenExchange may not name the resource itself"
+            ));
+        }
+        if !seen.insert(audience.as_str()) {
+            return Err(format!(
+                "resource {name:?}: tokenExchange names {audience:?} twice"
+            ));
+        }
+        if target.scopes.is_empty() {
+            return Err(format!(
+                "resource {name:?}: tokenExchange to {audience:?} passes on no scope"
+            ));
+        }
+        if let Some(scope) = target.scopes.iter().find(|s| !resource.scopes.contains(s)) {
+            return Err(format!(
+                "resource {name:?}: tokenExchange to {audience:?} passes on scope {scope:?}, which the resource does not offer"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A pre-registered client.
@@ -760,6 +821,10 @@ impl AuthServerConfig {
                     resource.resource
                 ));
             }
+            check_exchange_targets(resource).map_err(ConfigError::Invalid)?;
+        }
+        if self.tokens.exchanged_token_secs == 0 {
+            return bad("tokens.exchangedTokenSecs must be positive".into());
         }
         match (&self.login.static_users, &self.login.upstream_oidc) {
             (Some(_), None) | (None, Some(_)) => {}
@@ -1264,5 +1329,79 @@ clients:
         assert!(!is_scope_token("a b"));
         assert!(!is_scope_token("a\"b"));
         assert!(!is_scope_token(""));
+    }
+
+    #[test]
+    fn token_exchange_declarations() {
+        let files = |targets: Vec<(&str, Vec<&str>)>| ResourceConfig {
+            resource: "https://mcp.example.com/files".into(),
+            display_name: "Files".into(),
+            scopes: vec!["files:read".into(), "files:write".into()],
+            cimd_policy: None,
+            holder: String::new(),
+            token_exchange: targets
+                .into_iter()
+                .map(|(audience, scopes)| ExchangeTarget {
+                    audience: audience.into(),
+                    scopes: scopes.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+        };
+        let r = "resource \"https://mcp.example.com/files\": tokenExchange";
+        type Targets<'a> = Vec<(&'a str, Vec<&'a str>)>;
+        let cases: Vec<(Targets, Option<String>)> = vec![
+            (vec![], None),
+            (
+                vec![("https://api.example.com/v1", vec!["files:read"])],
+                None,
+            ),
+            (
+                vec![("http://api.example.com", vec!["files:read"])],
+                Some(format!(
+                    "{r} audience \"http://api.example.com\" must be an https URL without fragment"
+                )),
+            ),
+            (
+                vec![("https://api.example.com/#x", vec!["files:read"])],
+                Some(format!(
+                    "{r} audience \"https://api.example.com/#x\" must be an https URL without fragment"
+                )),
+            ),
+            (
+                vec![("api", vec!["files:read"])],
+                Some(format!(
+                    "{r} audience \"api\" must be an https URL without fragment"
+                )),
+            ),
+            (
+                vec![("https://mcp.example.com/files", vec!["files:read"])],
+                Some(format!("{r} may not name the resource itself")),
+            ),
+            (
+                vec![
+                    ("https://a.example", vec!["files:read"]),
+                    ("https://a.example", vec!["files:write"]),
+                ],
+                Some(format!("{r} names \"https://a.example\" twice")),
+            ),
+            (
+                vec![("https://a.example", vec![])],
+                Some(format!("{r} to \"https://a.example\" passes on no scope")),
+            ),
+            (
+                vec![("https://a.example", vec!["mail:read"])],
+                Some(format!(
+                    "{r} to \"https://a.example\" passes on scope \"mail:read\", which the resource does not offer"
+                )),
+            ),
+        ];
+        for (targets, expected) in cases {
+            let what = format!("{targets:?}");
+            assert_eq!(
+                check_exchange_targets(&files(targets)).err(),
+                expected,
+                "{what}"
+            );
+        }
     }
 }

@@ -48,4 +48,5 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod token_exchange;
 pub mod upstream;

@@ -34,6 +34,9 @@ pub fn document(snapshot: &Snapshot) -> Value {
     if id_jag {
         grant_types.push(crate::config::JWT_BEARER_GRANT);
     }
+    if c.resources.iter().any(|r| !r.token_exchange.is_empty()) {
+        grant_types.push(crate::token_exchange::TOKEN_EXCHANGE_GRANT);
+    }
     let mut doc = json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),

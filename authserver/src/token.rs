@@ -25,6 +25,7 @@ use crate::state::{AppState, Snapshot};
 use crate::store::{
     AccessTokenRecord, AssertionClaim, CodeRedemption, Grant, Issue, RefreshRotation,
 };
+use crate::token_exchange::TOKEN_EXCHANGE_GRANT;
 
 /// An access token and the response that carries it.
 pub struct Issued {
@@ -174,10 +175,19 @@ async fn handle(
 ) -> Result<(&'static str, Value), OAuthError> {
     let params = Params::from_form(headers, body).await?;
     let grant_type = params.require("grant_type")?;
+    // Not a grant a client may hold: only the resource servers of this server's services exchange tokens.
+    let exchange = grant_type == TOKEN_EXCHANGE_GRANT
+        && snapshot
+            .config
+            .resources
+            .iter()
+            .any(|r| !r.token_exchange.is_empty());
     let grant = GrantType::from_wire(grant_type)
         .filter(|g| {
             *g != GrantType::JwtBearer || !snapshot.config.trusted_identity_providers.is_empty()
         })
+        .map(Some)
+        .or(exchange.then_some(None))
         .ok_or_else(|| {
             OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
@@ -192,6 +202,11 @@ async fn handle(
             .map_err(|refusal| refusal.counted(&state.metrics))?;
     }
     who.resource = params.get("resource").map(str::to_owned);
+    let Some(grant) = grant else {
+        let body =
+            crate::token_exchange::exchange(state, snapshot, &presented, &params, who).await?;
+        return Ok(("token_exchange", body));
+    };
     let body = match grant {
         GrantType::AuthorizationCode => {
             authorization_code(state, snapshot, &presented, &params, who).await?

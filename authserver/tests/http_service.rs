@@ -620,40 +620,6 @@ async fn dynamic_client_registration_is_off_by_default_and_works_when_on() {
     );
 }
 
-/// A resource server's assertion for `resource`, signed with the key derived from `root`.
-fn resource_server_assertion(
-    s: &TestServer,
-    root: &mcp_authz_authserver::resource_servers::Root,
-    resource: &str,
-    jti: &str,
-) -> String {
-    held_resource_server_assertion(s, root, resource, "", jti)
-}
-
-/// The same, with the key of the URL's `holder`.
-fn held_resource_server_assertion(
-    s: &TestServer,
-    root: &mcp_authz_authserver::resource_servers::Root,
-    resource: &str,
-    holder: &str,
-    jti: &str,
-) -> String {
-    let id = mcp_authz_authserver::resource_servers::client_id(resource);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-        &json!({"iss": id, "sub": id, "aud": s.base, "exp": now + 60, "jti": jti}),
-        &jsonwebtoken::EncodingKey::from_ed_pem(
-            root.private_key_pem_for(resource, holder).as_bytes(),
-        )
-        .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn resource_servers_introspect_only_their_own_resource() {
     use mcp_authz_authserver::resource_servers::Root;

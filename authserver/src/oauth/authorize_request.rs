@@ -159,6 +159,7 @@ mod tests {
             scopes: vec!["files:read".into()],
             cimd_policy: None,
             holder: String::new(),
+            token_exchange: Vec::new(),
         }];
         c
     }

@@ -604,3 +604,37 @@ pub async fn pg_database(name: &str) -> String {
     url.set_path(&format!("/{db}"));
     url.to_string()
 }
+
+/// A resource server's assertion for `resource`, signed with the key derived from `root`.
+pub fn resource_server_assertion(
+    s: &TestServer,
+    root: &mcp_authz_authserver::resource_servers::Root,
+    resource: &str,
+    jti: &str,
+) -> String {
+    held_resource_server_assertion(s, root, resource, "", jti)
+}
+
+/// The same, with the key of the URL's `holder`.
+pub fn held_resource_server_assertion(
+    s: &TestServer,
+    root: &mcp_authz_authserver::resource_servers::Root,
+    resource: &str,
+    holder: &str,
+    jti: &str,
+) -> String {
+    let id = mcp_authz_authserver::resource_servers::client_id(resource);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &serde_json::json!({"iss": id, "sub": id, "aud": s.base, "exp": now + 60, "jti": jti}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(
+            root.private_key_pem_for(resource, holder).as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}

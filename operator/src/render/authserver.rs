@@ -231,6 +231,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             cimd_policy: policy,
             // The holder's key, and no earlier holder's, is accepted for this URL.
             holder: service.uid().unwrap_or_default(),
+            // Token exchange is declared in the server's own config only, not yet through a resource.
+            token_exchange: Vec::new(),
         });
     }
     // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope

@@ -119,6 +119,10 @@ pub struct SidecarConfig {
     /// Optional RFC 7662 introspection for operations that need a sensitive scope (revocation check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionConfig>,
+    /// Tokens for downstream APIs the MCP server calls as the person (RFC 8693 token exchange at the issuer),
+    /// each handed to the upstream in its own header with every forwarded POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_tokens: Option<DownstreamTokens>,
     /// How the signing keys are fetched and cached.
     #[serde(default)]
     pub jwks: JwksSettings,
@@ -162,6 +166,57 @@ pub enum UnmatchedPolicy {
     Allow,
     /// Allow them to tokens holding all these scopes.
     RequireScopes(Vec<String>),
+}
+
+/// The most downstreams one service may call.
+pub const MAX_DOWNSTREAMS: usize = 8;
+
+/// Downstream targets: distinct audiences, each with a header name of its own that no client may send in its
+/// place and that names nothing the proxy or HTTP gives a meaning.
+fn check_downstream_tokens(
+    downstream: &DownstreamTokens,
+    identity: &IdentityHeaders,
+) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    if downstream.targets.is_empty() || downstream.targets.len() > MAX_DOWNSTREAMS {
+        return invalid(format!(
+            "downstreamTokens.targets must list 1 to {MAX_DOWNSTREAMS} downstreams"
+        ));
+    }
+    let mut audiences = std::collections::HashSet::new();
+    let mut headers = std::collections::HashSet::new();
+    for target in &downstream.targets {
+        if target.audience.is_empty() || !audiences.insert(target.audience.as_str()) {
+            return invalid(format!(
+                "downstreamTokens: audience {:?} is empty or named twice",
+                target.audience
+            ));
+        }
+        let header = target.header.as_str();
+        let reserved = identity.names().contains(&header)
+            || [
+                "authorization",
+                "proxy-authorization",
+                "host",
+                "cookie",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+            ]
+            .contains(&header)
+            || header.starts_with("x-forwarded-")
+            || header.starts_with("mcp-");
+        let well_formed = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !well_formed || reserved || !headers.insert(header) {
+            return invalid(format!(
+                "downstreamTokens: header {header:?} must be a lowercase name of letters, digits and '-', used once, and not one the sidecar or HTTP gives a meaning"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Header names for the identity forwarded upstream. The sidecar removes any client-sent header of these
@@ -223,6 +278,34 @@ pub struct IntrospectionConfig {
     /// Time limit for one introspection call, in milliseconds; on timeout the request is refused (503).
     #[serde(default = "defaults::introspection_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// Token exchange for downstream calls: the sidecar trades the request's token, as its service's resource
+/// server, for a token to each target and sends that upstream, so the MCP server never holds the person's token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DownstreamTokens {
+    /// The issuer's token endpoint (in a cluster, the authorization server's Service).
+    pub token_endpoint: String,
+    /// The sidecar's client id at the issuer (its service's resource server).
+    pub client_id: String,
+    /// The sidecar's private key (PKCS#8 PEM, Ed25519 or P-256), as for introspection.
+    pub private_key_file: PathBuf,
+    /// Time limit for one exchange, in milliseconds; on timeout the request is refused (503).
+    #[serde(default = "defaults::introspection_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The downstreams (at most 8).
+    pub targets: Vec<DownstreamTarget>,
+}
+
+/// One downstream: the token's audience and the header the upstream reads it from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DownstreamTarget {
+    /// The downstream's identifier (`resource` of the exchange, the token's `aud`).
+    pub audience: String,
+    /// The request header the token is sent upstream in (a client's own field of that name is removed).
+    pub header: String,
 }
 
 /// JWKS fetching and caching.
@@ -434,6 +517,9 @@ impl SidecarConfig {
                     "scope {scope:?} has characters RFC 6749 does not allow"
                 ));
             }
+        }
+        if let Some(downstream) = &self.downstream_tokens {
+            check_downstream_tokens(downstream, &self.identity_headers)?;
         }
         for header in self.identity_headers.names() {
             let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
@@ -759,7 +845,36 @@ limits:
                 "identityHeaders: {subject: x_user}",
                 "identity header \"x_user\" must use '-', not '_' (servers read both as one field)",
             ),
+            (
+                "downstreamTokens: {tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: []}",
+                "downstreamTokens.targets must list 1 to 8 downstreams",
+            ),
+            (
+                "downstreamTokens: {tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: [{audience: 'https://d', header: x-d}, {audience: 'https://d', header: x-e}]}",
+                "downstreamTokens: audience \"https://d\" is empty or named twice",
+            ),
         ];
+        for header in [
+            "x_d",
+            "X-D",
+            "authorization",
+            "x-mcp-authz-subject",
+            "x-forwarded-for",
+            "mcp-session-id",
+            "cookie",
+            "''",
+        ] {
+            let line = format!(
+                "downstreamTokens: {{tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: [{{audience: 'https://d', header: {header}}}]}}"
+            );
+            let text = format!("{MINIMAL_YAML}{line}\n");
+            let err = SidecarConfig::parse(&text).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("must be a lowercase name of letters, digits and '-', used once, and not one the sidecar or HTTP gives a meaning"),
+                "{header}: {err}"
+            );
+        }
         for (line, expected) in cases {
             let text = MINIMAL_YAML.replace("upstream: http://127.0.0.1:8080\n", "") + line + "\n";
             let text = if line.starts_with("upstream") {

@@ -35,6 +35,10 @@ pub enum FetchError {
     /// The answer was not 200.
     #[error("HTTP status {0}")]
     Status(StatusCode),
+    /// A 400 or 401 whose JSON body names an OAuth error code (RFC 6749 §5.2): only the code is kept, never
+    /// the rest of the body.
+    #[error("refused with {1} (HTTP status {0})")]
+    Refused(StatusCode, String),
     /// The answer was larger than allowed.
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
@@ -51,6 +55,7 @@ impl FetchError {
             Self::Io(_) => "io",
             Self::Timeout => "timeout",
             Self::Status(_) => "status",
+            Self::Refused(..) => "refused",
             Self::TooLarge(_) => "too_large",
             Self::Roots(_) => "roots",
         }
@@ -279,8 +284,21 @@ impl Fetcher {
         };
         sender.ready().await.map_err(stale)?;
         let response = sender.send_request(request).await.map_err(stale)?;
-        if response.status() != StatusCode::OK {
-            return Err(Sent::Failed(FetchError::Status(response.status())));
+        let status = response.status();
+        if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
+            let limited = Limited::new(response.into_body(), MAX_ERROR_BYTES);
+            let code = limited
+                .collect()
+                .await
+                .ok()
+                .and_then(|c| oauth_error_code(&c.to_bytes()));
+            return Err(Sent::Failed(match code {
+                Some(code) => FetchError::Refused(status, code),
+                None => FetchError::Status(status),
+            }));
+        }
+        if status != StatusCode::OK {
+            return Err(Sent::Failed(FetchError::Status(status)));
         }
         let limited = Limited::new(response.into_body(), max_bytes);
         let bytes = limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
@@ -315,6 +333,20 @@ impl Fetcher {
             handshake(TokioIo::new(tcp)).await
         }
     }
+}
+
+/// Largest error body read for its OAuth error code.
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// The `error` member of an OAuth error body when it is a well-formed error code (RFC 6749 §5.2: `%x20-21 /
+/// %x23-5B / %x5D-7E`; here lowercase letters and `_`, as every registered code is), else nothing.
+fn oauth_error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value.get("error")?.as_str()?;
+    (!code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    .then(|| code.to_owned())
 }
 
 /// How one attempt ended without an answer.
@@ -385,4 +417,34 @@ where
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oauth_error_code;
+
+    #[test]
+    fn only_a_well_formed_error_code_is_kept() {
+        for (body, code) in [
+            (
+                &br#"{"error":"invalid_grant","error_description":"revoked"}"#[..],
+                Some("invalid_grant"),
+            ),
+            (br#"{"error":"invalid_scope"}"#, Some("invalid_scope")),
+            (br#"{"error":"Invalid Grant"}"#, None),
+            (br#"{"error":""}"#, None),
+            (br#"{"error":7}"#, None),
+            (br#"{"error_description":"x"}"#, None),
+            (b"<html>bad gateway</html>", None),
+        ] {
+            assert_eq!(
+                oauth_error_code(body).as_deref(),
+                code,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = format!(r#"{{"error":"{}"}}"#, "a".repeat(65));
+        assert_eq!(oauth_error_code(long.as_bytes()), None);
+    }
 }

@@ -7,13 +7,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
+use crate::client_key::{ClientKey, JWT_BEARER};
 use crate::config::{ConfigError, IntrospectionConfig};
 use crate::fetch::Fetcher;
 
@@ -52,10 +50,6 @@ struct Answer {
     active: bool,
 }
 
-/// The RFC 7523 assertion type.
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// Lifetime of one client assertion: it is sent at once, and its `jti` is spent on first use.
-const ASSERTION_SECS: u64 = 60;
 /// How long an `active: false` answer is kept: a revoked or expired token never becomes active again, and a
 /// client retrying a dead token should not cost the issuer a call each time.
 const INACTIVE_TTL: Duration = Duration::from_secs(600);
@@ -63,11 +57,7 @@ const INACTIVE_TTL: Duration = Duration::from_secs(600);
 /// The introspection client of one config.
 pub struct Introspector {
     endpoint: String,
-    client_id: String,
-    /// The `aud` of assertions: the issuer identifier (RFC 7523 §3 lets the server accept it for every endpoint).
-    audience: String,
-    key: EncodingKey,
-    algorithm: Algorithm,
+    key: ClientKey,
     sensitive: BTreeSet<String>,
     active_ttl: Duration,
     timeout: Duration,
@@ -79,7 +69,7 @@ impl std::fmt::Debug for Introspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Introspector")
             .field("endpoint", &self.endpoint)
-            .field("client_id", &self.client_id)
+            .field("client_id", &self.key.client_id())
             .finish_non_exhaustive()
     }
 }
@@ -92,64 +82,25 @@ impl Introspector {
         issuer: &str,
         fetcher: Fetcher,
     ) -> Result<Self, ConfigError> {
-        let pem = std::fs::read(&config.private_key_file).map_err(|source| ConfigError::Read {
-            path: config.private_key_file.clone(),
-            source,
-        })?;
-        let (key, algorithm) = EncodingKey::from_ed_pem(&pem)
-            .map(|k| (k, Algorithm::EdDSA))
-            .or_else(|_| EncodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
-            .map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "introspection.privateKeyFile {}: not a PKCS#8 PEM Ed25519 or P-256 private key",
-                    config.private_key_file.display()
-                ))
-            })?;
-        let introspector = Self {
+        Ok(Self {
             endpoint: config.endpoint.clone(),
-            client_id: config.client_id.clone(),
-            audience: issuer.to_owned(),
-            key,
-            algorithm,
+            key: ClientKey::load(
+                &config.private_key_file,
+                "introspection.privateKeyFile",
+                &config.client_id,
+                issuer,
+            )?,
             sensitive: config.sensitive_scopes.iter().cloned().collect(),
             active_ttl: Duration::from_secs(config.cache_seconds),
             timeout: Duration::from_millis(config.timeout_ms),
             fetcher,
             cache: Mutex::new(HashMap::new()),
-        };
-        // A key that cannot sign (a P-256 PEM that is not PKCS#8, say) is found now, not on a user's request.
-        introspector.assertion().map_err(|e| {
-            ConfigError::Invalid(format!(
-                "introspection.privateKeyFile {}: {e}",
-                config.private_key_file.display()
-            ))
-        })?;
-        Ok(introspector)
+        })
     }
 
     /// Whether an operation needing these scopes must be introspected.
     pub fn is_sensitive<'a>(&self, required: impl IntoIterator<Item = &'a String>) -> bool {
         required.into_iter().any(|s| self.sensitive.contains(s))
-    }
-
-    /// A fresh RFC 7523 client assertion.
-    fn assertion(&self) -> Result<String, IntrospectionError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti)
-            .map_err(|_| IntrospectionError::Sign("no randomness for the jti".into()))?;
-        let claims = serde_json::json!({
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": self.audience,
-            "iat": now,
-            "exp": now + ASSERTION_SECS,
-            "jti": URL_SAFE_NO_PAD.encode(jti),
-        });
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
-            .map_err(|e| IntrospectionError::Sign(e.to_string()))
     }
 
     /// Whether the issuer still considers the token active.
@@ -167,7 +118,7 @@ impl Introspector {
         }
         // A fresh assertion for every attempt: the issuer spends its `jti` on first sight.
         let form = || -> Result<String, IntrospectionError> {
-            let assertion = self.assertion()?;
+            let assertion = self.key.assertion().map_err(IntrospectionError::Sign)?;
             Ok(url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("token", token)
                 .append_pair("token_type_hint", "access_token")

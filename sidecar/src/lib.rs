@@ -14,7 +14,9 @@ pub mod admin;
 pub mod audit;
 pub mod caller;
 pub mod challenge;
+pub mod client_key;
 pub mod config;
+pub mod exchange;
 pub mod fetch;
 pub mod filter;
 /// The HTTP/1.1 layer, its own crate (`sidecar/http1`): re-exported so tests and fuzzers reach it here too.

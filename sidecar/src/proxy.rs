@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::audit::{self, AuditEvent};
 use crate::challenge::{ChallengeContext, Refusal};
 use crate::config::{ConfigError, SidecarConfig};
+use crate::exchange::Exchanger;
 use crate::fetch::Fetcher;
 use crate::filter::{BoxError, ListFilter, ListMatcher, ProxyStream, filter_json_body};
 use crate::http1::body::WireBody;
@@ -58,6 +59,8 @@ pub struct Runtime {
     pub verified: VerifiedTokens,
     /// Revocation checks for sensitive scopes, if configured.
     pub introspector: Option<Introspector>,
+    /// Tokens for downstreams, if configured.
+    pub exchanger: Option<Exchanger>,
     /// The metadata document.
     pub metadata: ResourceMetadata,
     /// What challenges say.
@@ -100,6 +103,14 @@ impl Runtime {
             }
             None => None,
         };
+        let exchanger = match &config.downstream_tokens {
+            Some(settings) => {
+                let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())
+                    .map_err(|e| ConfigError::Invalid(format!("issuerCaFile: {e}")))?;
+                Some(Exchanger::new(settings, &config.issuer, fetcher.pooled())?)
+            }
+            None => None,
+        };
         let upstream: Uri = config
             .upstream
             .parse()
@@ -127,6 +138,7 @@ impl Runtime {
             token_rules: TokenRules::from_config(&config),
             verified: VerifiedTokens::new(VERIFIED_TOKENS),
             introspector,
+            exchanger,
             metadata,
             challenge,
             upstream,
@@ -237,7 +249,7 @@ impl Proxy {
         let (identity, scopes) = (&*verified.identity, verified.scopes.clone());
 
         let (mut parts, body) = request.into_parts();
-        let (upstream_body, matcher, claim) = if parts.method == Method::POST {
+        let (upstream_body, matcher, claim, downstream) = if parts.method == Method::POST {
             // Framing, not policy: a body that cannot be read whole within the limits never reaches the
             // verdict, and the answer is about the transfer (413, 408, 400), not about the request.
             let bytes = match read_body(rt, &parts.headers, body).await {
@@ -285,6 +297,16 @@ impl Proxy {
                     return refuse(rt, refused, Some(identity));
                 }
             }
+            // The MCP server's own tokens for its downstreams, obtained now that the request goes on.
+            let downstream = match &rt.exchanger {
+                Some(exchanger) => match Box::pin(exchanger.obtain(token.as_str())).await {
+                    Ok(headers) => headers,
+                    Err(failure) => {
+                        return refuse(rt, verdict::downstream_refusal(&failure), Some(identity));
+                    }
+                },
+                None => Vec::new(),
+            };
             let (era, per_token) = (forward.era, forward.per_token);
             // 2026-07-28 has no sessions ("Removal of protocol-level sessions"): a modern request's
             // `Mcp-Session-Id` is ignored, and removed so that no dual-era upstream can route it, or its
@@ -315,20 +337,20 @@ impl Proxy {
                 parts.headers.remove("mcp-session-id");
             }
             let matcher = per_token.then_some(ListMatcher::Requests);
-            (bytes, matcher, claim)
+            (bytes, matcher, claim, downstream)
         } else {
             use hyper::body::Body as _;
             if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
                 return refuse(rt, refused, Some(identity));
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
-            (Bytes::new(), matcher, None)
+            (Bytes::new(), matcher, None, Vec::new())
         };
         let upstream_request = match build_upstream_request(
             rt,
             parts,
             upstream_body,
-            Some(&verified.header_values),
+            Some((&verified.header_values, &downstream)),
             peer,
         ) {
             Ok(r) => r,
@@ -710,11 +732,14 @@ fn same_field_for_cgi(name: &str, ours: &str) -> bool {
             .all(|(n, o)| n == o || (n == b'_' && o == b'-'))
 }
 
+/// What the upstream is told about the caller: the identity header values, and the tokens for its downstreams.
+type ForwardedIdentity<'a> = (&'a [HeaderValue; 4], &'a [(HeaderName, HeaderValue)]);
+
 fn build_upstream_request(
     rt: &Runtime,
     mut parts: http::request::Parts,
     body: Bytes,
-    identity_values: Option<&[HeaderValue; 4]>,
+    identity_values: Option<ForwardedIdentity<'_>>,
     peer: SocketAddr,
 ) -> Result<Request<Bytes>, &'static str> {
     let path_and_query = parts
@@ -745,6 +770,7 @@ fn build_upstream_request(
             || rt
                 .identity_headers
                 .iter()
+                .chain(rt.exchanger.iter().flat_map(Exchanger::headers))
                 .any(|id| same_field_for_cgi(name, id.as_str()))
     };
     let claimed: Vec<HeaderName> = headers
@@ -755,8 +781,11 @@ fn build_upstream_request(
     for name in &claimed {
         headers.remove(name);
     }
-    if let Some(values) = identity_values {
+    if let Some((values, downstream)) = identity_values {
         for (name, value) in rt.identity_headers.iter().zip(values.iter()) {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in downstream {
             headers.insert(name.clone(), value.clone());
         }
     }

@@ -336,6 +336,32 @@ pub fn id_claim<'a>(claimed: bool) -> Option<Refused<'a>> {
     })
 }
 
+/// The refusal of a request whose downstream token could not be had: an inactive token is refused as one (401,
+/// the issuer has just said so), anything else with 503, since the MCP server would call its downstream without.
+pub fn downstream_refusal<'a>(failure: &crate::exchange::Failure) -> Refused<'a> {
+    match failure {
+        crate::exchange::Failure::Inactive => Refused::request(
+            "POST",
+            Answer::Challenge(Refusal::Unauthorized {
+                error: Some("invalid_token"),
+                description: Some("the token is no longer active".into()),
+            }),
+            "token_inactive",
+        ),
+        crate::exchange::Failure::Unavailable(reason) => Refused::request(
+            "POST",
+            Answer::Plain {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: Some(
+                    "the authorization server cannot issue the token this service needs for its downstream right now",
+                ),
+            },
+            reason,
+        ),
+    }
+}
+
 /// The JSON-RPC error code of a rate-limited request: MCP defines none, so one of the implementation-defined
 /// server errors; the HTTP status (429) and `Retry-After` are what clients act on.
 pub const RATE_LIMITED_CODE: i64 = -32029;

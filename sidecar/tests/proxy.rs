@@ -1365,3 +1365,164 @@ async fn a_rule_for_machines_admits_only_tokens_a_client_got_for_itself() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(www_authenticate(&headers).contains("error=\"insufficient_scope\""));
 }
+
+/// A token endpoint for token exchange over a real socket: checks the sidecar's assertion (signature, `iss`, `aud`,
+/// a fresh `jti`) and the exchange's form, waits `delay` (so concurrent requests overlap), counts calls, and answers
+/// what `mode` says: a token naming the subject token and the downstream, or an OAuth error, or a 500.
+async fn exchange_server(
+    public_x: String,
+    mode: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    hits: std::sync::Arc<std::sync::Mutex<u32>>,
+) -> std::net::SocketAddr {
+    let key = jsonwebtoken::DecodingKey::from_ed_components(&public_x).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let (addr, _task) = support::serve(move |r: Request<hyper::body::Incoming>| {
+        let (mode, hits, key, seen) = (mode.clone(), hits.clone(), key.clone(), seen.clone());
+        async move {
+            *hits.lock().unwrap() += 1;
+            let form = r.into_body().collect().await.unwrap().to_bytes();
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&form).into_owned().collect();
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+            validation.set_audience(&["https://auth.example.com"]);
+            validation.set_issuer(&[INTROSPECTION_CLIENT]);
+            let authenticated = form.get("client_assertion").is_some_and(|a| {
+                jsonwebtoken::decode::<Value>(a, &key, &validation).is_ok_and(|d| {
+                    d.claims["jti"]
+                        .as_str()
+                        .is_some_and(|j| seen.lock().unwrap().insert(j.to_owned()))
+                })
+            });
+            let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+            let well_formed = get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange"
+                && get("subject_token_type") == "urn:ietf:params:oauth:token-type:access_token"
+                && !get("subject_token").is_empty();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mode = *mode.lock().unwrap();
+            let (status, body) = match (authenticated && well_formed, mode) {
+                (false, _) => (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"})),
+                (true, "token") => (
+                    StatusCode::OK,
+                    json!({"access_token": format!("for.{}.{}", get("resource").len(), get("subject_token").len()),
+                           "token_type": "Bearer", "expires_in": 300,
+                           "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+                ),
+                (true, "500") => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+                (true, code) => (StatusCode::BAD_REQUEST, json!({"error": code, "error_description": "no"})),
+            };
+            let mut response = http::Response::new(support::full(body.to_string()));
+            *response.status_mut() = status;
+            response
+        }
+    })
+    .await;
+    addr
+}
+
+/// Tokens for downstreams: obtained once per request token and downstream however many requests overlap, sent
+/// upstream in the configured header (a client's own field of that name, or its `_` look-alike, never arrives),
+/// and the issuer's refusals decide the request: `invalid_grant` 401, `invalid_scope` forwarded
+/// without the header, an issuer in trouble 503.
+#[tokio::test]
+async fn the_upstream_gets_a_token_for_its_downstream_and_never_the_clients() {
+    let h = Harness::start().await;
+    let (pem, x) = introspection_key();
+    let mode = std::sync::Arc::new(std::sync::Mutex::new("token"));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let addr = exchange_server(x, mode.clone(), hits.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, pem).unwrap();
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.downstream_tokens = Some(
+        serde_json::from_value(json!({
+            "tokenEndpoint": format!("http://{addr}/token"),
+            "clientId": INTROSPECTION_CLIENT,
+            "privateKeyFile": key_file,
+            "targets": [{"audience": "https://inventory.example.com/api", "header": "x-inventory-token"}],
+        }))
+        .unwrap(),
+    );
+    h.sidecar.config.apply(config).unwrap();
+    let token = h.token("mcp:read");
+    let expected = format!(
+        "for.{}.{}",
+        "https://inventory.example.com/api".len(),
+        token.len()
+    );
+
+    // Sixteen calls at once: one exchange.
+    let calls = (0..16).map(|i| {
+        let mut req = post_request(&h.url("/mcp"), Some(&token), &call(i, "get_user"));
+        req.headers_mut()
+            .insert("x-inventory-token", "forged".parse().unwrap());
+        req.headers_mut()
+            .insert("x_inventory_token", "forged".parse().unwrap());
+        h.send(req)
+    });
+    for (status, _, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        *hits.lock().unwrap(),
+        1,
+        "one exchange for sixteen overlapping requests"
+    );
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 16);
+    for up in &seen {
+        assert_eq!(
+            up.headers
+                .get_all("x-inventory-token")
+                .iter()
+                .collect::<Vec<_>>(),
+            [expected.as_str()]
+        );
+        assert!(up.headers.get("x_inventory_token").is_none());
+        assert!(up.headers.get("authorization").is_none());
+    }
+    // Reused while it lives.
+    let (status, _, _) = h.post(Some(&token), &call(20, "get_user")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(*hits.lock().unwrap(), 1);
+
+    // The issuer's refusals, each for a fresh request token (the cache is per token).
+    let fresh = |jti: &str| {
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:read");
+        c["jti"] = json!(jti);
+        h.key.sign(&c)
+    };
+    *mode.lock().unwrap() = "invalid_grant";
+    let (status, headers, _) = h.post(Some(&fresh("g")), &call(21, "get_user")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        www_authenticate(&headers).starts_with(
+            "Bearer error=\"invalid_token\", error_description=\"the token is no longer active\""
+        ),
+        "{headers:?}"
+    );
+    *mode.lock().unwrap() = "500";
+    let (status, _, body) = h.post(Some(&fresh("u")), &call(22, "get_user")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"error": "temporarily_unavailable",
+               "error_description": "the authorization server cannot issue the token this service needs for its downstream right now"})
+    );
+    let before = h.upstream_posts();
+    *mode.lock().unwrap() = "invalid_scope";
+    let (status, _, body) = h.post(Some(&fresh("s")), &call(23, "get_user")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    assert_eq!(h.upstream_posts(), before + 1);
+    assert!(
+        seen.last()
+            .unwrap()
+            .headers
+            .get("x-inventory-token")
+            .is_none()
+    );
+    // A refused request never reaches the upstream: the two refusals above did not.
+    assert_eq!(h.upstream_posts(), 18);
+}

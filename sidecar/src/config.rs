@@ -171,6 +171,35 @@ pub enum UnmatchedPolicy {
 /// The most downstreams one service may call.
 pub const MAX_DOWNSTREAMS: usize = 8;
 
+/// Whether `header` may carry a downstream token: a lowercase name of letters, digits and `-`, and none the
+/// sidecar sets itself (`identity`, forwarding fields) or HTTP and MCP give a meaning.
+pub fn downstream_header_allowed(header: &str, identity: &IdentityHeaders) -> bool {
+    let reserved = identity.names().contains(&header)
+        || [
+            "authorization",
+            "proxy-authorization",
+            "host",
+            "cookie",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "te",
+            "upgrade",
+            "expect",
+            "forwarded",
+            "x-real-ip",
+        ]
+        .contains(&header)
+        || header.starts_with("x-forwarded-")
+        || header.starts_with("mcp-");
+    let well_formed = !header.is_empty()
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    well_formed && !reserved
+}
+
 /// Downstream targets: distinct audiences, each with a header name of its own that no client may send in its
 /// place and that names nothing the proxy or HTTP gives a meaning.
 fn check_downstream_tokens(
@@ -193,24 +222,7 @@ fn check_downstream_tokens(
             ));
         }
         let header = target.header.as_str();
-        let reserved = identity.names().contains(&header)
-            || [
-                "authorization",
-                "proxy-authorization",
-                "host",
-                "cookie",
-                "content-length",
-                "transfer-encoding",
-                "connection",
-            ]
-            .contains(&header)
-            || header.starts_with("x-forwarded-")
-            || header.starts_with("mcp-");
-        let well_formed = !header.is_empty()
-            && header
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !well_formed || reserved || !headers.insert(header) {
+        if !downstream_header_allowed(header, identity) || !headers.insert(header) {
             return invalid(format!(
                 "downstreamTokens: header {header:?} must be a lowercase name of letters, digits and '-', used once, and not one the sidecar or HTTP gives a meaning"
             ));

@@ -138,6 +138,34 @@ pub struct AuthorizationServerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
+
+    /// Downstreams an MCPService's server may call as the person whose token reached it (RFC 8693
+    /// token exchange): its sidecar trades the person's token for one to `audience`, holding the
+    /// listed scopes the person's token holds, and hands it to the MCP server in `header`; the
+    /// person's token itself never reaches the server. A platform decision, so it lives here and not
+    /// on the MCPService: an edge lets one team's code act as its users elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub token_exchange: Vec<TokenExchangeEdge>,
+}
+
+/// One service that may call one downstream as the person.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchangeEdge {
+    /// The MCPService whose sidecar obtains the tokens (namespace: this server's when empty).
+    pub from: super::NamespacedRef,
+    /// The downstream, the tokens' `aud`: an internal API's identifier, or another MCPService's
+    /// `resourceUrl` for a chain of MCP services (each hop is named in the token's `act`).
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('#')").message("audience must be an https URL without fragment"))]
+    pub audience: String,
+    /// Scopes of the service that may be passed on; a token gets those the person's token holds.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// The request header the MCP server reads the token from (lowercase letters, digits, `-`).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub header: String,
 }
 
 /// An identity provider trusted to say which person may use which client at which service.

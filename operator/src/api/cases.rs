@@ -253,6 +253,16 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "login",
         },
         InvalidCase {
+            name: "a token-exchange audience over http",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "audience": "http://inventory.example.com", "scopes": ["files:read"], "header": "x-inventory"}]),
+            ),
+            message: "audience must be an https URL without fragment",
+            field: "tokenExchange[0].audience",
+        },
+        InvalidCase {
             name: "resource URL with fragment",
             object: with(
                 mcp_service(),
@@ -452,6 +462,16 @@ pub fn schema_cases() -> Vec<InvalidCase> {
             object: with(mcp_service(), "/spec/rules/0/callers", json!("Robots")),
             message: "Unsupported value: \"Robots\"",
             field: "rules[0].callers",
+        },
+        InvalidCase {
+            name: "a token-exchange header that is not a lowercase name",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "X-Inventory"}]),
+            ),
+            message: "should match",
+            field: "tokenExchange[0].header",
         },
         InvalidCase {
             name: "unknown storage type",

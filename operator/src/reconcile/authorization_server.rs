@@ -192,6 +192,25 @@ async fn reconcile_inner(
             config.scopes.len()
         ),
     )];
+    let left_out = authserver::exchange_left_out(&inputs)?;
+    let edges = server.spec.token_exchange.len();
+    observed.push(if left_out.is_empty() {
+        Observed::yes(
+            "TokenExchangeResolved",
+            "Resolved",
+            format!("{edges} token-exchange edge(s) in force"),
+        )
+    } else {
+        Observed::no(
+            "TokenExchangeResolved",
+            "EdgesLeftOut",
+            format!(
+                "{} of {edges} token-exchange edge(s) left out: {}",
+                left_out.len(),
+                left_out.join("; ")
+            ),
+        )
+    });
     observed.push(if available > 0 {
         Observed::yes(
             "Ready",

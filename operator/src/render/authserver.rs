@@ -82,6 +82,17 @@ fn named_policies<'a>(inputs: &Inputs<'a>) -> Vec<&'a CIMDPolicy> {
 
 /// The authserver config for `inputs`.
 pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, RenderError> {
+    config_and_exchange_report(inputs).map(|(config, _)| config)
+}
+
+/// Why each `spec.tokenExchange` edge not in force is left out, by index (`tokenExchange[i]: why`).
+pub fn exchange_left_out(inputs: &Inputs<'_>) -> Result<Vec<String>, RenderError> {
+    config_and_exchange_report(inputs).map(|(_, report)| report)
+}
+
+fn config_and_exchange_report(
+    inputs: &Inputs<'_>,
+) -> Result<(AuthServerConfig, Vec<String>), RenderError> {
     let spec = &inputs.server.spec;
     let server_ns = inputs.server.namespace().unwrap_or_default();
     let login = match (&spec.login.static_users, &spec.login.oidc) {
@@ -133,6 +144,8 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
     )?;
 
     let services = services_of(inputs);
+    let mut exchange_report = std::collections::BTreeMap::new();
+    let mut edges_seen = std::collections::BTreeSet::new();
     // The catalogue: every scope some service offers and can see, plus every scope the server's
     // namespace owns (so a scope exists before its first service). Only owners enter it, so no
     // team's definition of a value can replace another's.
@@ -220,6 +233,19 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             Some(Err(_)) => continue,
             None => None,
         };
+        let mut token_exchange = Vec::new();
+        for (index, edge) in super::exchange::resolve(inputs.server, service, &offered) {
+            match edge {
+                Ok(edge) => token_exchange.push(mcp_authz_authserver::config::ExchangeTarget {
+                    audience: edge.audience,
+                    scopes: edge.scopes,
+                }),
+                Err(why) => {
+                    exchange_report.insert(index, why);
+                }
+            }
+            edges_seen.insert(index);
+        }
         resources.push(ResourceConfig {
             resource: service.spec.resource_url.clone(),
             display_name: service
@@ -231,8 +257,7 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
             cimd_policy: policy,
             // The holder's key, and no earlier holder's, is accepted for this URL.
             holder: service.uid().unwrap_or_default(),
-            // Token exchange is declared in the server's own config only, not yet through a resource.
-            token_exchange: Vec::new(),
+            token_exchange,
         });
     }
     // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope
@@ -288,7 +313,23 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
         })
         .collect();
     config.clients = clients::registered(&clients::declared(inputs, &config));
-    Ok(config)
+    for (index, edge) in spec.token_exchange.iter().enumerate() {
+        if !edges_seen.contains(&index) {
+            let namespace = edge.from.namespace.as_deref().unwrap_or(&server_ns);
+            exchange_report.insert(
+                index,
+                format!(
+                    "MCPService {namespace}/{} is not in this server's config",
+                    edge.from.name
+                ),
+            );
+        }
+    }
+    let report = exchange_report
+        .into_iter()
+        .map(|(index, why)| format!("tokenExchange[{index}]: {why}"))
+        .collect();
+    Ok((config, report))
 }
 
 /// Every object of the authorization server. The keys Secret is not among them: it holds state the
@@ -723,6 +764,85 @@ mod tests {
 
     fn kinds(objects: &[RenderedObject]) -> Vec<&str> {
         objects.iter().map(|o| o.kind.as_str()).collect()
+    }
+
+    /// A token-exchange edge reaches the server's config and the service's sidecar config alike, and each program
+    /// accepts what it gets; an edge the service cannot use reaches neither.
+    #[test]
+    fn a_token_exchange_edge_reaches_both_configs_or_neither() {
+        let server = server(
+            json!({"allowedNamespaces": {"from": "All"}, "tokenExchange": [
+                {"from": {"name": "files", "namespace": "apps"}, "audience": "https://inventory.example.com/api",
+                 "scopes": ["files:read", "files:write", "mail:read"], "header": "x-inventory-token"},
+                {"from": {"name": "files", "namespace": "apps"}, "audience": "https://payroll.example.com/api",
+                 "scopes": ["mail:read"], "header": "x-payroll-token"},
+                {"from": {"name": "gone"}, "audience": "https://payroll.example.com/api",
+                 "scopes": ["files:read"], "header": "x-payroll-token"},
+            ]}),
+        );
+        let services = [cases::mcp_service_in(
+            "apps",
+            "files",
+            "https://mcp.example.com/files",
+            &["files:read", "files:write"],
+            None,
+        )];
+        let scopes = [
+            scope("mcp-authz", "files:read", false),
+            scope("apps", "files:write", false),
+        ];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
+        };
+        let config = authserver_config(&inputs).expect("config");
+        assert_eq!(
+            config.resources[0].token_exchange,
+            [mcp_authz_authserver::config::ExchangeTarget {
+                audience: "https://inventory.example.com/api".into(),
+                scopes: vec!["files:read".into(), "files:write".into()],
+            }]
+        );
+        config
+            .validate()
+            .expect("the server accepts the rendered config");
+        assert_eq!(
+            exchange_left_out(&inputs).expect("report"),
+            [
+                "tokenExchange[1]: the service offers none of the scopes \"mail:read\"",
+                "tokenExchange[2]: MCPService mcp-authz/gone is not in this server's config",
+            ]
+        );
+        let sidecar = crate::render::sidecar::sidecar_config(&services[0], &server, &scopes)
+            .expect("sidecar");
+        let tokens = sidecar
+            .downstream_tokens
+            .clone()
+            .expect("downstream tokens");
+        assert_eq!(
+            tokens.token_endpoint,
+            "https://auth-authserver.mcp-authz.svc:8443/token"
+        );
+        assert_eq!(
+            tokens.client_id,
+            "urn:mcp-authz:resource-server:https://mcp.example.com/files"
+        );
+        assert_eq!(
+            tokens
+                .targets
+                .iter()
+                .map(|t| (t.audience.as_str(), t.header.as_str()))
+                .collect::<Vec<_>>(),
+            [("https://inventory.example.com/api", "x-inventory-token")]
+        );
+        sidecar
+            .validate()
+            .expect("the sidecar accepts the rendered config");
     }
 
     #[test]

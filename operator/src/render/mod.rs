@@ -4,6 +4,7 @@
 pub mod authserver;
 pub mod cimd;
 pub mod clients;
+pub mod exchange;
 pub mod manifests;
 pub mod sidecar;
 

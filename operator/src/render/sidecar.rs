@@ -16,7 +16,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use mcp_authz_authserver::resource_servers;
 use mcp_authz_sidecar::caller::Callers;
-use mcp_authz_sidecar::config::{IntrospectionConfig, ScopeRule, SidecarConfig, UnmatchedPolicy};
+use mcp_authz_sidecar::config::{
+    DownstreamTarget, DownstreamTokens, IntrospectionConfig, ScopeRule, SidecarConfig,
+    UnmatchedPolicy,
+};
 
 use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
 use crate::api::mcp_service::{AccessRule, DefaultDecision, RuleCallers};
@@ -27,6 +30,8 @@ use crate::naming;
 pub const JWKS_PATH: &str = "/jwks";
 /// Path of the introspection endpoint on the authorization server's in-cluster Service.
 pub const INTROSPECTION_PATH: &str = "/introspect";
+/// Path of the token endpoint (token exchange for downstreams).
+pub const TOKEN_PATH: &str = "/token";
 /// Port of the authorization server's OAuth endpoints (its Service and container).
 pub const AUTHSERVER_PORT: u16 = 8080;
 /// Port of the same endpoints over TLS, the one sidecars use unless the server declares a mesh.
@@ -112,6 +117,28 @@ pub fn sidecar_config(
         .filter(|v| visible.get(*v).is_some_and(|s| s.spec.sensitive))
         .cloned()
         .collect();
+    let edges = super::exchange::kept(server, service, &offered);
+    if !edges.is_empty() {
+        let targets: Vec<DownstreamTarget> = edges
+            .into_iter()
+            .map(|e| DownstreamTarget {
+                audience: e.audience,
+                header: e.header,
+            })
+            .collect();
+        // The sidecar's own default fills in the time limit.
+        let tokens: DownstreamTokens = serde_json::from_value(serde_json::json!({
+            "tokenEndpoint": format!("{base}{TOKEN_PATH}"),
+            "clientId": resource_servers::client_id(&spec.resource_url),
+            "privateKeyFile": PathBuf::from(naming::SIDECAR_CREDENTIALS_DIR).join(naming::SIDECAR_KEY_FILE),
+            "targets": targets,
+        }))
+        .map_err(|e| RenderError::Serialize {
+            what: "sidecar downstream tokens".into(),
+            message: e.to_string(),
+        })?;
+        config.downstream_tokens = Some(tokens);
+    }
     if !sensitive.is_empty() {
         config.introspection = Some(introspection(
             &format!("{base}{INTROSPECTION_PATH}"),

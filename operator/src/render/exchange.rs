@@ -132,7 +132,8 @@ mod tests {
             edge("https://mail.example.com", json!(["files:read"]), "authorization"),
         ]));
         let resolved = resolve(&s, &svc, &["files:read".to_owned()]);
-        let got: Vec<(usize, Result<(String, Vec<String>, String), String>)> = resolved
+        type Resolved = (usize, Result<(String, Vec<String>, String), String>);
+        let got: Vec<Resolved> = resolved
             .into_iter()
             .map(|(i, e)| (i, e.map(|e| (e.audience, e.scopes, e.header))))
             .collect();

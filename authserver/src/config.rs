@@ -602,10 +602,10 @@ pub fn check_exchange_targets(resource: &ResourceConfig) -> Result<(), String> {
         let name = &resource.resource;
         let audience = &target.audience;
         let well_formed = url::Url::parse(audience)
-            .is_ok_and(|u| u.scheme() == "https" && u.host().is_some() && u.fragment().is_none());
+            .is_ok_and(|u| u.host().is_some() && u.fragment().is_none() && is_https_or_loopback(&u));
         if !well_formed {
             return Err(format!(
-                "resource {name:?}: tokenExchange audience {audience:?} must be an https URL without fragment"
+                "resource {name:?}: tokenExchange audience {audience:?} must be an https URL (http only on loopback) without fragment"
             ));
         }
         if audience == name {
@@ -1356,21 +1356,25 @@ clients:
                 None,
             ),
             (
+                vec![("http://127.0.0.1:8000/mcp", vec!["files:read"])],
+                None,
+            ),
+            (
                 vec![("http://api.example.com", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"http://api.example.com\" must be an https URL without fragment"
+                    "{r} audience \"http://api.example.com\" must be an https URL (http only on loopback) without fragment"
                 )),
             ),
             (
                 vec![("https://api.example.com/#x", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"https://api.example.com/#x\" must be an https URL without fragment"
+                    "{r} audience \"https://api.example.com/#x\" must be an https URL (http only on loopback) without fragment"
                 )),
             ),
             (
                 vec![("api", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"api\" must be an https URL without fragment"
+                    "{r} audience \"api\" must be an https URL (http only on loopback) without fragment"
                 )),
             ),
             (

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import threading
+import urllib.error
+import urllib.request
 
 from mcp.server.mcpserver import Context, MCPServer
 
@@ -20,6 +23,8 @@ SUBJECT_HEADER = "x-mcp-authz-subject"
 CLIENT_ID_HEADER = "x-mcp-authz-client-id"
 SCOPES_HEADER = "x-mcp-authz-scopes"
 CALLER_HEADER = "x-mcp-authz-caller"
+# Where the sidecar hands this server its token for the inventory API (AuthorizationServer spec.tokenExchange).
+INVENTORY_TOKEN_HEADER = "x-inventory-token"
 
 
 class Notebook:
@@ -50,7 +55,7 @@ def _owner(ctx: Context) -> str:
     return headers.get(SUBJECT_HEADER, "anonymous")
 
 
-def build_server() -> MCPServer:
+def build_server(inventory_url: str | None = None) -> MCPServer:
     notebook = Notebook()
     server = MCPServer(name="quickstart-notes", instructions="A small notebook protected by mcp-authz.")
     # Whether a bearer token ever reached this server: the sidecar must never forward one.
@@ -89,6 +94,22 @@ def build_server() -> MCPServer:
             "authorization_headers_seen": seen["authorization_headers"],
         }
 
+    @server.tool(
+        description="Ask the inventory API, as the person calling, what it knows of them (needs the platform's "
+        "tokenExchange edge to the inventory API)."
+    )
+    def inventory_lookup(ctx: Context) -> dict[str, object]:
+        # The sidecar obtained this token for this one downstream; the person's own token never reaches this server.
+        token = (ctx.headers or {}).get(INVENTORY_TOKEN_HEADER)
+        if not inventory_url or not token:
+            raise ValueError("no inventory API is configured for this server, or no token for it came with the call")
+        request = urllib.request.Request(f"{inventory_url}/me", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return json.load(answer)
+        except urllib.error.HTTPError as refused:
+            raise ValueError(f"the inventory API refused the call: HTTP {refused.code} {refused.read()[:200]!r}")
+
     return server
 
 
@@ -97,8 +118,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--path", default="/mcp")
+    parser.add_argument("--inventory-url", help="base URL of the inventory API that inventory_lookup calls")
     args = parser.parse_args()
-    build_server().run(
+    build_server(args.inventory_url).run(
         "streamable-http",
         host=args.host,
         port=args.port,

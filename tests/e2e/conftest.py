@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "examples" / "quickstart"))
 from mcp_authz_demo.cimd_host import CimdHost  # noqa: E402
 from mcp_authz_demo.plane import MANIFESTS, LocalPlane, free_port, generated_ca_dir, notes_server, wait_for_port  # noqa: E402
 
+from inventory_api import AUDIENCE as INVENTORY_AUDIENCE, InventoryApi  # noqa: E402
+
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 SECOND_SERVICE = """
@@ -101,6 +103,8 @@ spec:
   grantTypes: [jwt_bearer]
 """
 
+
+INVENTORY_EDGE = {"from": {"name": "notes"}, "audience": INVENTORY_AUDIENCE, "scopes": ["notes:read"], "header": "x-inventory-token"}
 
 MACHINE_CLIENT = "nightly-report"
 MACHINE_SECRET_CLIENT = "ci-job"
@@ -235,9 +239,16 @@ def work_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def upstream_port(work_dir: Path):
+def inventory() -> InventoryApi:
+    api = InventoryApi()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_port(work_dir: Path, inventory: InventoryApi):
     port = free_port()
-    child = notes_server(port, work_dir / "notes-server.log").start()
+    child = notes_server(port, work_dir / "notes-server.log", inventory_url=inventory.url).start()
     wait_for_port(port, 30, child.process)
     yield port
     child.stop()
@@ -259,7 +270,10 @@ def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: Enterprise
     target = work_dir / "manifests"
     shutil.copytree(MANIFESTS, target)
     service = target / "notes-service.yaml"
-    service.write_text(service.read_text().replace("port: 8000", f"port: {upstream_port}"))
+    # The demo server's inventory_lookup tool, opened to readers (it calls the inventory API as the person).
+    inventory_rule = '    - methods: ["tools/call"]\n      names: ["inventory_lookup"]\n      scopes: ["notes:read"]\n'
+    text = service.read_text().replace("port: 8000", f"port: {upstream_port}")
+    service.write_text(text.replace("  defaultDecision: Deny", inventory_rule + "  defaultDecision: Deny"))
     (target / "archive-service.yaml").write_text(SECOND_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
     (target / "reports-service.yaml").write_text(CALLERS_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
     # Registration on, for the clients that have no metadata document (test_registration.py); spec is the
@@ -271,6 +285,8 @@ def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: Enterprise
         server.read_text().rstrip("\n")
         + "\n  dynamicClientRegistration:\n    enabled: true\n"
         + f"  trustedIdentityProviders: {trusted}\n"
+        # The notes service may call the inventory API as the person (test_downstream.py).
+        + f"  tokenExchange: {json.dumps([INVENTORY_EDGE])}\n"
     )
     (target / "enterprise-agent.yaml").write_text(ENTERPRISE_AGENT_MANIFESTS)
     (target / "machine-clients.yaml").write_text(machine_client_manifests(machine_key))

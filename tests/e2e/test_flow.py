@@ -42,7 +42,7 @@ def test_the_sdk_client_walks_the_whole_flow(plane, cimd_host):
     assert result.whoami["subject"] == "demo@quickstart.example", said
     assert result.whoami["client_id"] == cimd_host.url("/agents/quickstart-agent.json"), said
     assert result.whoami["authorization_headers_seen"] == 0, "the sidecar forwarded a bearer token upstream"
-    assert sorted(result.reader_tools) == ["list_notes", "read_note", "whoami"], said
+    assert sorted(result.reader_tools) == ["inventory_lookup", "list_notes", "read_note", "whoami"], said
     assert result.step_up_challenge and 'error="insufficient_scope"' in result.step_up_challenge, said
     assert 'scope="notes:write"' in result.step_up_challenge, said
     assert set(result.step_up_result) == {"result"}, said
@@ -64,7 +64,9 @@ def test_a_sensitive_call_is_refused_with_403_naming_its_scope_and_the_sdk_steps
 
     names, written = anyio.run(use)
     said = str(transcript)
-    assert sorted(names) == ["list_notes", "read_note", "whoami"], "tools/list must hide what notes:read cannot call"
+    assert sorted(names) == ["inventory_lookup", "list_notes", "read_note", "whoami"], (
+        "tools/list must hide what notes:read cannot call"
+    )
     refusals = [e for e in agent.exchanges if e.url == url and e.status == 403]
     assert refusals, said
     assert 'error="insufficient_scope"' in refusals[0].www_authenticate, refusals[0].www_authenticate
@@ -87,7 +89,7 @@ def test_tools_list_shows_only_what_the_token_may_call(plane, cimd_host):
         async with agent.session() as session:
             return sorted(t.name for t in (await session.list_tools()).tools)
 
-    assert anyio.run(names) == ["add_note", "delete_note", "list_notes", "read_note", "whoami"]
+    assert anyio.run(names) == ["add_note", "delete_note", "inventory_lookup", "list_notes", "read_note", "whoami"]
 
 
 def test_refresh_tokens_rotate_and_a_used_one_is_refused(plane, cimd_host):

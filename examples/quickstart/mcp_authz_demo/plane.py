@@ -96,14 +96,18 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def notes_server(port: int, log: Path) -> Child:
-    """The demo MCP server on `port`; refuses to start (rather than talk to a stranger) when the port is taken."""
+def notes_server(port: int, log: Path, inventory_url: str | None = None) -> Child:
+    """The demo MCP server on `port`; refuses to start (rather than talk to a stranger) when the port is taken.
+    `inventory_url`: the downstream API its `inventory_lookup` tool calls as the person."""
     if not port_is_free(port):
         raise RuntimeError(
             f"port {port} (the MCPService's upstream.port) is already taken by another program: stop it, or change "
             f"upstream.port in the manifest"
         )
-    return Child("notes server", [sys.executable, str(NOTES_SERVER), "--port", str(port)], log)
+    command = [sys.executable, str(NOTES_SERVER), "--port", str(port)]
+    if inventory_url:
+        command += ["--inventory-url", inventory_url]
+    return Child("notes server", command, log)
 
 
 @dataclass

@@ -327,6 +327,11 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 .map_err(|e| invalid(&service.origin, "", e.to_string()))?,
             );
         }
+        if let Some(tokens) = sidecar_config.downstream_tokens.as_mut() {
+            tokens.token_endpoint = format!("{issuer}{}", sidecar::TOKEN_PATH);
+            tokens.client_id = mcp_authz_authserver::resource_servers::client_id(&url);
+            tokens.private_key_file = key_file.clone();
+        }
         local_url_of.insert(cluster_url.clone(), url.clone());
         let file_name = format!("{stem}.json");
         local_services.push(LocalService {
@@ -340,9 +345,22 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
             key_file,
         });
     }
+    // Every name of a service, its own and the audiences other services call it by, becomes its local URL.
+    let local = |name: &mut String| {
+        if let Some(url) = local_url_of.get(name.as_str()) {
+            *name = url.clone();
+        }
+    };
     for resource in &mut config.resources {
-        if let Some(url) = local_url_of.get(&resource.resource) {
-            resource.resource = url.clone();
+        local(&mut resource.resource);
+        resource
+            .token_exchange
+            .iter_mut()
+            .for_each(|t| local(&mut t.audience));
+    }
+    for service in &mut local_services {
+        if let Some(tokens) = service.config.downstream_tokens.as_mut() {
+            tokens.targets.iter_mut().for_each(|t| local(&mut t.audience));
         }
     }
     Ok(LocalPlan {

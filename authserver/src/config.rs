@@ -601,8 +601,9 @@ pub fn check_exchange_targets(resource: &ResourceConfig) -> Result<(), String> {
     for target in &resource.token_exchange {
         let name = &resource.resource;
         let audience = &target.audience;
-        let well_formed = url::Url::parse(audience)
-            .is_ok_and(|u| u.host().is_some() && u.fragment().is_none() && is_https_or_loopback(&u));
+        let well_formed = url::Url::parse(audience).is_ok_and(|u| {
+            u.host().is_some() && u.fragment().is_none() && is_https_or_loopback(&u)
+        });
         if !well_formed {
             return Err(format!(
                 "resource {name:?}: tokenExchange audience {audience:?} must be an https URL (http only on loopback) without fragment"

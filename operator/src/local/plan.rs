@@ -360,7 +360,10 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     }
     for service in &mut local_services {
         if let Some(tokens) = service.config.downstream_tokens.as_mut() {
-            tokens.targets.iter_mut().for_each(|t| local(&mut t.audience));
+            tokens
+                .targets
+                .iter_mut()
+                .for_each(|t| local(&mut t.audience));
         }
     }
     Ok(LocalPlan {
@@ -522,6 +525,108 @@ mod tests {
             )]
             .into(),
         }
+    }
+
+    /// Token-exchange edges run on loopback: a downstream that is another service of the plane is called by its
+    /// local URL, in the server's config and the caller's sidecar config alike, with the local credentials.
+    #[test]
+    fn token_exchange_edges_use_the_local_urls() {
+        let dir = tempfile::tempdir().expect("dir");
+        let quickstart =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
+        for entry in std::fs::read_dir(&quickstart).expect("quickstart") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+        let server = dir.path().join("authorization-server.yaml");
+        let text = std::fs::read_to_string(&server).expect("server");
+        std::fs::write(
+            &server,
+            text.trim_end().to_owned()
+                + "\n  tokenExchange:\n    - {from: {name: notes}, audience: 'https://mcp.quickstart.example/reports', scopes: [notes:read], header: x-reports-token}\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', scopes: [notes:read], header: x-inventory-token}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("reports.yaml"),
+            "apiVersion: mcp-authz.io/v1alpha1\nkind: MCPService\nmetadata: {name: reports}\nspec:\n  selector: {app: reports}\n  \
+             resourceUrl: https://mcp.quickstart.example/reports\n  authorizationServerRef: {name: quickstart}\n  \
+             upstream: {port: 8001}\n  scopes: [notes:read]\n",
+        )
+        .expect("reports");
+        let mut set = crate::manifests::load_dirs(
+            &[dir.path().to_owned()],
+            crate::manifests::DEFAULT_NAMESPACE,
+        )
+        .expect("manifests");
+        add_file(
+            &mut set,
+            Path::new("generated/ca.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: quickstart-ca}\ndata: {ca.pem: PEM-TEXT}\n",
+        )
+        .expect("ca");
+        let mut ports = ports();
+        ports.services.insert(
+            "default/reports".to_owned(),
+            SidecarPorts {
+                port: 7120,
+                admin_port: 7121,
+            },
+        );
+        let state = Path::new("/state");
+        let plan = plan(&set, &ports, state).expect("plan");
+        let notes = plan
+            .authserver
+            .resources
+            .iter()
+            .find(|r| r.resource == "http://127.0.0.1:7110/mcp")
+            .expect("notes");
+        let audiences: Vec<&str> = notes
+            .token_exchange
+            .iter()
+            .map(|t| t.audience.as_str())
+            .collect();
+        assert_eq!(
+            audiences,
+            [
+                "http://127.0.0.1:7120/mcp",
+                "https://inventory.example.com/api"
+            ]
+        );
+        plan.authserver
+            .validate()
+            .expect("the server accepts its local config");
+        let sidecar = plan
+            .services
+            .iter()
+            .find(|s| s.url == "http://127.0.0.1:7110/mcp")
+            .expect("notes sidecar");
+        let tokens = sidecar
+            .config
+            .downstream_tokens
+            .as_ref()
+            .expect("downstream tokens");
+        assert_eq!(tokens.token_endpoint, "http://127.0.0.1:7100/token");
+        assert_eq!(
+            tokens.client_id,
+            "urn:mcp-authz:resource-server:http://127.0.0.1:7110/mcp"
+        );
+        assert_eq!(tokens.private_key_file, sidecar.key_file);
+        let targets: Vec<(&str, &str)> = tokens
+            .targets
+            .iter()
+            .map(|t| (t.audience.as_str(), t.header.as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("http://127.0.0.1:7120/mcp", "x-reports-token"),
+                ("https://inventory.example.com/api", "x-inventory-token")
+            ]
+        );
+        sidecar
+            .config
+            .validate()
+            .expect("the sidecar accepts its local config");
     }
 
     #[test]

@@ -260,6 +260,10 @@ pub async fn consent_or_code(
         resource_name,
         resource: &request.resource,
         scopes: scopes::consent_lines(&catalogue, &request.scopes),
+        downstreams: pages::downstreams_of(
+            snapshot.config.resource(&request.resource),
+            &request.scopes,
+        ),
         subject,
     };
     Ok(pages::consent_page(&view))

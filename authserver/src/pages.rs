@@ -114,7 +114,31 @@ pub struct ConsentView<'a> {
     pub resource: &'a str,
     /// The requested scopes, then the sensitive scopes they imply.
     pub scopes: Vec<crate::oauth::scopes::ConsentLine<'a>>,
+    /// The downstreams the service may call as the person with what is asked (token exchange), each with the
+    /// scopes it would pass on.
+    pub downstreams: Vec<(&'a str, Vec<&'a str>)>,
     pub subject: &'a str,
+}
+
+/// The downstreams of `resource` that a grant of `requested` scopes reaches, with the scopes each would get.
+pub fn downstreams_of<'a>(
+    resource: Option<&'a crate::config::ResourceConfig>,
+    requested: &'a [String],
+) -> Vec<(&'a str, Vec<&'a str>)> {
+    resource
+        .map(|r| r.token_exchange.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| {
+            let passed: Vec<&str> = t
+                .scopes
+                .iter()
+                .filter(|s| requested.contains(s))
+                .map(String::as_str)
+                .collect();
+            (!passed.is_empty()).then_some((t.audience.as_str(), passed))
+        })
+        .collect()
 }
 
 /// The consent form.
@@ -142,6 +166,28 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
             )
         })
         .collect();
+    // The service itself may act for the person elsewhere (the platform's token-exchange edges): said before
+    // the person decides, not only in the platform's manifests.
+    let downstreams = if v.downstreams.is_empty() {
+        String::new()
+    } else {
+        let items: String = v
+            .downstreams
+            .iter()
+            .map(|(audience, scopes)| {
+                format!(
+                    "<li><code>{}</code> with <code>{}</code></li>",
+                    escape(audience),
+                    escape(&scopes.join(" "))
+                )
+            })
+            .collect();
+        format!(
+            "<p>With this access, <strong>{}</strong> may also call these services as you:</p>\
+             <ul id=\"downstreams\">{items}</ul>",
+            escape(v.resource_name)
+        )
+    };
     page(
         StatusCode::OK,
         "Allow access?",
@@ -150,7 +196,7 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
              <p><strong id=\"client_name\">{}</strong> (<span id=\"client_id_host\">{}</span>) wants to access \
              <strong>{}</strong> (<code>{}</code>).</p>\
              <p>After you decide, you will be sent to <strong id=\"redirect_host\">{}</strong>.</p>{warning}\
-             <p>It asks to:</p><ul id=\"scopes\">{scopes}</ul>\
+             <p>It asks to:</p><ul id=\"scopes\">{scopes}</ul>{downstreams}\
              <form method=\"post\" action=\"{}/consent\">\
              <input type=\"hidden\" name=\"request_id\" value=\"{}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -191,5 +237,64 @@ mod tests {
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn the_consent_page_names_the_downstreams_the_grant_reaches() {
+        use crate::config::{ExchangeTarget, ResourceConfig};
+        let resource = ResourceConfig {
+            resource: "https://mcp.example.com/files".into(),
+            display_name: "Files <b>".into(),
+            scopes: vec!["files:read".into(), "files:write".into()],
+            cimd_policy: None,
+            holder: String::new(),
+            token_exchange: vec![
+                ExchangeTarget {
+                    audience: "https://inventory.example.com/api?x=<1>".into(),
+                    scopes: vec!["files:read".into(), "files:write".into()],
+                },
+                ExchangeTarget {
+                    audience: "https://payroll.example.com/api".into(),
+                    scopes: vec!["files:write".into()],
+                },
+            ],
+        };
+        let requested = vec!["files:read".to_owned()];
+        let downstreams = downstreams_of(Some(&resource), &requested);
+        assert_eq!(
+            downstreams,
+            [("https://inventory.example.com/api?x=<1>", vec!["files:read"])],
+            "a downstream only a scope not asked reaches is not named"
+        );
+        let view = ConsentView {
+            base: "https://as.example",
+            request_id: "r",
+            csrf: "c",
+            client_name: "Agent",
+            client_id_host: "agent.example",
+            redirect_host: "agent.example",
+            all_loopback: false,
+            resource_name: &resource.display_name,
+            resource: &resource.resource,
+            scopes: Vec::new(),
+            downstreams,
+            subject: "alice",
+        };
+        let r = consent_page(&view);
+        let body = futures_body(r);
+        assert!(
+            body.contains(
+                "<p>With this access, <strong>Files &lt;b&gt;</strong> may also call these services as you:</p>\
+                 <ul id=\"downstreams\"><li><code>https://inventory.example.com/api?x=&lt;1&gt;</code> with \
+                 <code>files:read</code></li></ul>"
+            ),
+            "{body}"
+        );
+        assert_eq!(downstreams_of(None, &requested), Vec::<(&str, Vec<&str>)>::new());
+    }
+
+    fn futures_body(r: Response) -> String {
+        let bytes = futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 }

@@ -107,6 +107,9 @@ def test_login_and_consent_pages_in_a_real_browser(plane, cimd_host, browser, ar
     assert urlparse(redirect_uri).hostname in text, f"the redirect host must be shown: {text}"
     for description in ("Read your notes", "Create and delete your notes"):
         assert description in text, f"scope description {description!r} missing: {text}"
+    # The notes service may call the inventory API as the person (the platform's tokenExchange edge): said here.
+    downstreams = browser.find_element(By.ID, "downstreams").text
+    assert downstreams == "https://inventory.quickstart.example/api with notes:read", downstreams
     for name in ("login.png", "consent.png"):
         assert (artifacts / name).stat().st_size > 5000, f"{name} looks empty"
 

@@ -263,7 +263,10 @@ mod tests {
         let downstreams = downstreams_of(Some(&resource), &requested);
         assert_eq!(
             downstreams,
-            [("https://inventory.example.com/api?x=<1>", vec!["files:read"])],
+            [(
+                "https://inventory.example.com/api?x=<1>",
+                vec!["files:read"]
+            )],
             "a downstream only a scope not asked reaches is not named"
         );
         let view = ConsentView {
@@ -290,11 +293,15 @@ mod tests {
             ),
             "{body}"
         );
-        assert_eq!(downstreams_of(None, &requested), Vec::<(&str, Vec<&str>)>::new());
+        assert_eq!(
+            downstreams_of(None, &requested),
+            Vec::<(&str, Vec<&str>)>::new()
+        );
     }
 
     fn futures_body(r: Response) -> String {
-        let bytes = futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
+        let bytes =
+            futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 }

@@ -106,6 +106,14 @@ fn callers_are_decided_offline_for_people_and_machines() {
     );
     assert_ne!(edited, text, "the quickstart's write rule moved");
     std::fs::write(&service, edited).unwrap();
+    // And the platform lets the notes service call an inventory API as the person.
+    let server = copy.join("authorization-server.yaml");
+    let mut text = std::fs::read_to_string(&server).unwrap();
+    text.push_str(
+        "  tokenExchange:\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', \
+         scopes: [notes:read], header: x-inventory-token}\n",
+    );
+    std::fs::write(&server, text).unwrap();
     let file = dir.path().join("cases.yaml");
     std::fs::write(
         &file,
@@ -142,6 +150,26 @@ fn callers_are_decided_offline_for_people_and_machines() {
     assert!(out.contains("callers People"), "{out}");
     assert!(
         out.contains("forbidden: this operation is for people only, not for clients acting alone"),
+        "{out}"
+    );
+    let (code, out, err) = mcp_authz(&[
+        "explain",
+        "-f",
+        copy.to_str().unwrap(),
+        "--service",
+        "notes",
+        "--scopes",
+        "notes:read",
+        "--method",
+        "tools/call",
+        "--name",
+        "read_note",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "upstream  x-inventory-token: <a token for https://inventory.example.com/api, obtained by token exchange>\n"
+        ),
         "{out}"
     );
     let (code, _, err) = mcp_authz(&[

@@ -267,6 +267,18 @@ pub fn explain(view: &ServiceView, token: &Token, probe: &Probe) -> Explanation 
         ]
         .into_iter()
         .filter_map(|(header, value)| Some((header.clone(), value?.to_owned())))
+        .chain(
+            config
+                .downstream_tokens
+                .iter()
+                .flat_map(|d| d.targets.iter())
+                .map(|t| {
+                    (
+                        t.header.clone(),
+                        format!("<a token for {}, obtained by token exchange>", t.audience),
+                    )
+                }),
+        )
         .collect()
     } else {
         Vec::new()

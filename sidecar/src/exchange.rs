@@ -25,8 +25,9 @@ const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Largest answer read.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
-/// Most tokens kept (the cache is cleared whole when full: a refill costs one exchange each).
-const MAX_CACHED: usize = 4096;
+/// Most tokens kept (the cache is cleared whole when full: a refill costs one exchange each). A request token
+/// and the token it buys are about 1.5 KiB together, so the cache stays under 2 MiB.
+const MAX_CACHED: usize = 1024;
 /// A token is not handed on within this much of its expiry: the MCP server needs time to use it.
 const EXPIRY_MARGIN_SECS: u64 = 30;
 /// How long "nothing to pass on" is remembered for a request token.
@@ -173,6 +174,11 @@ impl Exchanger {
             let Ok(mut flights) = self.flights.lock() else {
                 return Err(Failure::Unavailable("exchange_unavailable"));
             };
+            // A flight whose requests all went away before it landed is left behind; one nobody waits for any
+            // more is dropped here, so hung-up requests cannot grow the map.
+            if flights.len() >= MAX_CACHED {
+                flights.retain(|_, flight| Arc::strong_count(flight) > 1);
+            }
             flights.entry(key.clone()).or_default().clone()
         };
         let result = flight

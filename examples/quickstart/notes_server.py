@@ -51,8 +51,10 @@ class Notebook:
 
 
 def _owner(ctx: Context) -> str:
+    # A machine client's subject is its client id, which may read like a person's name: the kind of caller is part
+    # of whose notes these are.
     headers = ctx.headers or {}
-    return headers.get(SUBJECT_HEADER, "anonymous")
+    return f"{headers.get(CALLER_HEADER, 'unknown')}:{headers.get(SUBJECT_HEADER, 'anonymous')}"
 
 
 def build_server(inventory_url: str | None = None) -> MCPServer:

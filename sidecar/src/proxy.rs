@@ -593,8 +593,10 @@ async fn challenge_scopes(rt: &Runtime, request: Request<WireBody>) -> Option<Ve
         .ok()?
         .to_bytes();
     let classified = jsonrpc::classify(&bytes).ok()?;
-    rt.policy
-        .scopes_for(classified.messages.iter().flat_map(Message::operations))
+    rt.policy.scopes_for(
+        classified.messages.iter().flat_map(Message::operations),
+        None,
+    )
 }
 
 /// Acts on a refusal the verdict decided: its audit lines, written once, and its answer.

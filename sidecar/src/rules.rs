@@ -150,13 +150,24 @@ impl Policy {
     /// allowed ones included, so a token holding exactly these satisfies the whole request, in the order the
     /// rules name them. Not the union of every scope the service knows: a client is told what this request
     /// needs. `None` when an operation is forbidden to every token (no scope would help) or none needs any.
+    /// `caller` is who holds the token refused, `None` for a request without one.
     pub fn scopes_for<'a>(
         &self,
         ops: impl IntoIterator<Item = &'a Operation>,
+        caller: Option<Caller>,
     ) -> Option<Vec<String>> {
         let mut scopes: Vec<String> = Vec::new();
         for op in ops {
-            for scope in self.required_scopes(op)? {
+            let requirement = self.requirement(op);
+            // Only a machine is told a machines-only rule's scopes: a challenge without a token sends a person to
+            // consent, who would grant powers they can never use here (and learn their names by asking).
+            if requirement.callers() == Callers::Machines
+                && caller != Some(Caller::Machine)
+                && requirement.scopes().is_some()
+            {
+                continue;
+            }
+            for scope in requirement.scopes()? {
                 if !scopes.contains(scope) {
                     scopes.push(scope.clone());
                 }
@@ -373,7 +384,7 @@ mod tests {
         ];
         for (what, ops, expected) in cases {
             let expected = expected.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
-            assert_eq!(p.scopes_for(&ops), expected, "{what}");
+            assert_eq!(p.scopes_for(&ops, None), expected, "{what}");
         }
     }
 
@@ -617,8 +628,17 @@ rules:
                 "{op:?} {scopes:?} {caller:?}"
             );
         }
-        // A challenge (no token yet, so no caller) names the rule's scopes as for anyone.
-        assert_eq!(p.scopes_for([&deploy]), Some(vec!["ci".to_owned()]));
+        // A challenge never asks a person to consent to a machines-only rule's scopes; a people rule's it names.
+        assert_eq!(p.scopes_for([&deploy], None), None);
+        assert_eq!(
+            p.scopes_for([&deploy, &read_mail], None),
+            Some(vec!["read".to_owned()])
+        );
+        // A machine missing the scope is told it, with the rest of its request's.
+        assert_eq!(
+            p.scopes_for([&deploy, &other], Some(Machine)),
+            Some(vec!["ci".to_owned()])
+        );
     }
 
     #[test]

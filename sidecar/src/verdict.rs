@@ -566,7 +566,10 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
         // Every scope this request needs, the allowed operations' too: a token with exactly those must
         // succeed on the retry (SEP-2350). The refused operations' own scopes stand in if that is empty.
         let operations = classified.messages.iter().flat_map(Message::operations);
-        let scopes = rules.policy.scopes_for(operations).unwrap_or(needed);
+        let scopes = rules
+            .policy
+            .scopes_for(operations, Some(facts.caller))
+            .unwrap_or(needed);
         let answer = Answer::Challenge(Refusal::InsufficientScope {
             scopes,
             ids: refused_ids,

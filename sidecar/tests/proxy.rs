@@ -1318,14 +1318,14 @@ async fn a_rule_for_machines_admits_only_tokens_a_client_got_for_itself() {
         mcp_authz_sidecar::config::ScopeRule {
             method: "tools/call".into(),
             name: Some("get_report".into()),
-            scopes: vec!["mcp:read".into()],
+            scopes: vec!["mcp:admin".into()],
             callers: mcp_authz_sidecar::caller::Callers::Machines,
         },
     );
     h.sidecar.config.apply(config).unwrap();
     let token_of = |caller: Option<&str>| {
         let mut c = claims_for(now());
-        c["scope"] = json!("mcp:read");
+        c["scope"] = json!("mcp:admin");
         match caller {
             Some(caller) => c["mcp_authz_caller"] = json!(caller),
             None => {
@@ -1363,7 +1363,18 @@ async fn a_rule_for_machines_admits_only_tokens_a_client_got_for_itself() {
     c["mcp_authz_caller"] = json!("machine");
     let (status, headers, _) = h.post(Some(&h.key.sign(&c)), &call(4, "get_report")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(www_authenticate(&headers).contains("error=\"insufficient_scope\""));
+    assert!(
+        www_authenticate(&headers).contains("error=\"insufficient_scope\", scope=\"mcp:admin\""),
+        "a machine is told the scope it lacks: {headers:?}"
+    );
+    // No token: the challenge sends a person to consent, so it does not ask for the machines' scope.
+    let (status, headers, _) = h.post(None, &call(5, "get_report")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let challenge = www_authenticate(&headers);
+    assert!(
+        !challenge.contains("mcp:admin") && challenge.contains("scope=\"mcp:read\""),
+        "{challenge}"
+    );
 }
 
 /// A token endpoint for token exchange over a real socket: checks the sidecar's assertion (signature, `iss`, `aud`,

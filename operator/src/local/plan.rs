@@ -852,7 +852,7 @@ mod tests {
             (
                 "a short secret",
                 with_client(CLIENT, Some("short")),
-                "ci-job.yaml: MCPClient/ci-job: spec: SecretTooShort: the secret in key secret of Secret default/ci-job has 5 characters; at least 32 are needed",
+                "ci-job.yaml: MCPClient/ci-job: spec: SecretTooShort: the secret in key secret of Secret default/ci-job is shorter than 32 characters",
             ),
             (
                 "a scope nobody offers",

@@ -176,11 +176,12 @@ fn standing(
                     ),
                 );
             }
+            // The length itself is not said: tenants read this status, and the Secret is the platform's.
             Some(Some(Some(n))) if *n < min => {
                 return refused(
                     "SecretTooShort",
                     format!(
-                        "the secret in key {} of Secret {namespace}/{} has {n} characters; at least {min} are needed",
+                        "the secret in key {} of Secret {namespace}/{} is shorter than {min} characters",
                         reference.key, reference.name
                     ),
                 );
@@ -340,7 +341,7 @@ mod tests {
                 client("a", 0, |_| {}),
                 secrets(b"  short secret\n"),
                 "SecretTooShort",
-                "the secret in key secret of Secret mcp-authz/ci-job has 12 characters; at least 32 are needed",
+                "the secret in key secret of Secret mcp-authz/ci-job is shorter than 32 characters",
             ),
             (
                 "a binary secret",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeResourceRequirements,
@@ -433,13 +433,32 @@ pub fn render(
         volumes.push(secret_volume("oidc", &oidc.client_secret_ref.name));
         mounts.push(mount("oidc", OIDC_DIR));
     }
-    // One whole-Secret volume per Secret the registered clients read, so a rotated secret reaches the server.
-    for (index, secret) in clients::secret_names(&clients::declared(inputs, &config))
+    // One volume per Secret the registered clients read, holding only the keys they read (the Secret is the
+    // platform's and may hold other things), kept up to date so a rotated secret reaches the server. Optional: a
+    // key removed before the operator has taken the client out must not keep the server's pod from starting.
+    for (index, (secret, keys)) in clients::secret_names(&clients::declared(inputs, &config))
         .iter()
         .enumerate()
     {
         let volume = format!("client-secret-{index}");
-        volumes.push(secret_volume(&volume, secret));
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(
+                    keys.iter()
+                        .map(|key| KeyToPath {
+                            key: key.clone(),
+                            path: key.clone(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
         mounts.push(mount(
             &volume,
             &clients::secret_dir(secret).to_string_lossy(),
@@ -1103,7 +1122,7 @@ mod tests {
 
         let objects = render(&inputs, &RenderSettings::default()).expect("render");
         let pod = &objects[1].body["spec"]["template"]["spec"];
-        let secret_volumes: Vec<(&str, &str)> = pod["volumes"]
+        let secret_volumes: Vec<(&str, &serde_json::Value)> = pod["volumes"]
             .as_array()
             .expect("volumes")
             .iter()
@@ -1112,16 +1131,21 @@ mod tests {
                     .as_str()
                     .is_some_and(|n| n.starts_with("client-secret-"))
             })
-            .map(|v| {
-                (
-                    v["name"].as_str().unwrap_or(""),
-                    v["secret"]["secretName"].as_str().unwrap_or(""),
-                )
-            })
+            .map(|v| (v["name"].as_str().unwrap_or(""), &v["secret"]))
             .collect();
+        // Only the keys the clients read, never the whole Secret.
         assert_eq!(
             secret_volumes,
-            [("client-secret-0", "own"), ("client-secret-1", "shared")]
+            [
+                (
+                    "client-secret-0",
+                    &json!({"secretName": "own", "items": [{"key": "secret", "path": "secret"}], "optional": true})
+                ),
+                (
+                    "client-secret-1",
+                    &json!({"secretName": "shared", "items": [{"key": "secret", "path": "secret"}], "optional": true})
+                )
+            ]
         );
         let mounts: Vec<(&str, &str)> = pod["containers"][0]["volumeMounts"]
             .as_array()

@@ -5,7 +5,7 @@
 //! A declaration that the server would refuse is left out rather than written: one bad MCPClient
 //! must not stop the shared server from loading its config. Its `Ready` condition says why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use kube::ResourceExt;
@@ -14,8 +14,8 @@ use mcp_authz_authserver::config::{AuthServerConfig, ClientConfig};
 use super::Inputs;
 use crate::api::{AuthorizationServer, MCPClient};
 
-/// Where the server finds each client's secret: `<dir>/<Secret name>/<key>`, one whole-Secret volume per
-/// Secret, so the kubelet updates a rotated secret in place.
+/// Where the server finds each client's secret: `<dir>/<Secret name>/<key>`, one Secret volume (of the keys
+/// read, not subPaths) per Secret, so the kubelet updates a rotated secret in place.
 pub const CLIENT_SECRETS_DIR: &str = "/etc/mcp-authz/clients";
 
 /// What the operator knows of the Secrets of the server's namespace, without their values: (namespace,
@@ -114,16 +114,20 @@ pub fn registered(declared: &[Declared<'_>]) -> Vec<ClientConfig> {
         .collect()
 }
 
-/// The Secrets the registered clients of `declared` read their secrets from, by name, once each.
-pub fn secret_names(declared: &[Declared<'_>]) -> Vec<String> {
-    let mut names: Vec<String> = declared
+/// The Secrets the registered clients of `declared` read their secrets from, by name, once each, with the keys
+/// they read.
+pub fn secret_names(declared: &[Declared<'_>]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for reference in declared
         .iter()
         .filter(|d| matches!(d.standing, Standing::Registered(_)))
         .filter_map(|d| d.client.spec.client_secret_ref.as_ref())
-        .map(|r| r.name.clone())
-        .collect();
-    names.sort();
-    names.dedup();
+    {
+        names
+            .entry(reference.name.clone())
+            .or_default()
+            .insert(reference.key.clone());
+    }
     names
 }
 

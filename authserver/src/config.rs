@@ -601,12 +601,17 @@ pub fn check_exchange_targets(resource: &ResourceConfig) -> Result<(), String> {
     for target in &resource.token_exchange {
         let name = &resource.resource;
         let audience = &target.audience;
+        // Userinfo too: `https://files.example.com@evil.example` is evil.example's, whatever it reads like.
         let well_formed = url::Url::parse(audience).is_ok_and(|u| {
-            u.host().is_some() && u.fragment().is_none() && is_https_or_loopback(&u)
+            u.host().is_some()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && is_https_or_loopback(&u)
         });
         if !well_formed {
             return Err(format!(
-                "resource {name:?}: tokenExchange audience {audience:?} must be an https URL (http only on loopback) without fragment"
+                "resource {name:?}: tokenExchange audience {audience:?} must be an https URL (http only on loopback) without fragment or userinfo"
             ));
         }
         if audience == name {
@@ -1363,19 +1368,28 @@ clients:
             (
                 vec![("http://api.example.com", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"http://api.example.com\" must be an https URL (http only on loopback) without fragment"
+                    "{r} audience \"http://api.example.com\" must be an https URL (http only on loopback) without fragment or userinfo"
                 )),
             ),
             (
                 vec![("https://api.example.com/#x", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"https://api.example.com/#x\" must be an https URL (http only on loopback) without fragment"
+                    "{r} audience \"https://api.example.com/#x\" must be an https URL (http only on loopback) without fragment or userinfo"
+                )),
+            ),
+            (
+                vec![(
+                    "https://files.example.com@evil.example/",
+                    vec!["files:read"],
+                )],
+                Some(format!(
+                    "{r} audience \"https://files.example.com@evil.example/\" must be an https URL (http only on loopback) without fragment or userinfo"
                 )),
             ),
             (
                 vec![("api", vec!["files:read"])],
                 Some(format!(
-                    "{r} audience \"api\" must be an https URL (http only on loopback) without fragment"
+                    "{r} audience \"api\" must be an https URL (http only on loopback) without fragment or userinfo"
                 )),
             ),
             (

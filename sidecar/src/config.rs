@@ -174,7 +174,11 @@ pub const MAX_DOWNSTREAMS: usize = 8;
 /// Whether `header` may carry a downstream token: a lowercase name of letters, digits and `-`, and none the
 /// sidecar sets itself (`identity`, forwarding fields) or HTTP and MCP give a meaning.
 pub fn downstream_header_allowed(header: &str, identity: &IdentityHeaders) -> bool {
-    let reserved = identity.names().contains(&header)
+    // Header names are case-insensitive: `X-Subject` as an identity header is `x-subject` on the wire.
+    let reserved = identity
+        .names()
+        .iter()
+        .any(|name| name.eq_ignore_ascii_case(header))
         || [
             "authorization",
             "proxy-authorization",
@@ -189,6 +193,9 @@ pub fn downstream_header_allowed(header: &str, identity: &IdentityHeaders) -> bo
             "expect",
             "forwarded",
             "x-real-ip",
+            "keep-alive",
+            "proxy-connection",
+            "trailer",
         ]
         .contains(&header)
         || header.starts_with("x-forwarded-")
@@ -866,9 +873,22 @@ limits:
                 "downstreamTokens: audience \"https://d\" is empty or named twice",
             ),
         ];
+        // An identity header spelled in capitals is the same field as a downstream header in lowercase.
+        let text = format!(
+            "{MINIMAL_YAML}identityHeaders: {{subject: X-Inventory-Token}}\n\
+             downstreamTokens: {{tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, \
+             targets: [{{audience: 'https://d', header: x-inventory-token}}]}}\n"
+        );
+        assert!(
+            SidecarConfig::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("header \"x-inventory-token\" must be a lowercase name")
+        );
         for header in [
             "x_d",
             "X-D",
+            "keep-alive",
             "authorization",
             "x-mcp-authz-subject",
             "x-forwarded-for",

@@ -32,6 +32,21 @@ const MAX_CACHED: usize = 1024;
 const EXPIRY_MARGIN_SECS: u64 = 30;
 /// How long "nothing to pass on" is remembered for a request token.
 const NOTHING_TTL: Duration = Duration::from_secs(60);
+/// How long "this token is no longer good" is remembered: it never becomes good again, and a client repeating a
+/// revoked token must not cost the issuer an exchange per request.
+const INACTIVE_TTL: Duration = Duration::from_secs(600);
+/// How long an issuer in trouble is left alone for one token: a client repeating its request must not keep
+/// the issuer's budget for this pod empty.
+const UNAVAILABLE_TTL: Duration = Duration::from_secs(1);
+
+/// How long an outcome is reused for the same request token and downstream (zero: not at all).
+fn reuse_for(outcome: &Result<Obtained, Failure>) -> Duration {
+    match outcome {
+        Ok(obtained) => obtained.reuse_for,
+        Err(Failure::Inactive) => INACTIVE_TTL,
+        Err(Failure::Unavailable(_)) => UNAVAILABLE_TTL,
+    }
+}
 
 /// Why no token could be had for a downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +108,7 @@ pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> 
 
 type Key = (Box<str>, usize);
 type Flight = Arc<tokio::sync::OnceCell<Result<Obtained, Failure>>>;
+type Outcome = Result<Option<HeaderValue>, Failure>;
 
 /// The exchange client of one config.
 pub struct Exchanger {
@@ -101,7 +117,7 @@ pub struct Exchanger {
     timeout: Duration,
     fetcher: Fetcher,
     targets: Vec<(String, HeaderName)>,
-    cache: Mutex<HashMap<Key, (Option<HeaderValue>, Instant)>>,
+    cache: Mutex<HashMap<Key, (Outcome, Instant)>>,
     flights: Mutex<HashMap<Key, Flight>>,
 }
 
@@ -165,10 +181,10 @@ impl Exchanger {
     async fn one(&self, token: &str, index: usize) -> Result<Option<HeaderValue>, Failure> {
         let key: Key = (token.into(), index);
         if let Ok(cache) = self.cache.lock()
-            && let Some((value, until)) = cache.get(&key)
+            && let Some((outcome, until)) = cache.get(&key)
             && Instant::now() < *until
         {
-            return Ok(value.clone());
+            return outcome.clone();
         }
         let flight = {
             let Ok(mut flights) = self.flights.lock() else {
@@ -189,17 +205,15 @@ impl Exchanger {
             && flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight))
         {
             flights.remove(&key);
-            if let Ok(obtained) = &result
-                && !obtained.reuse_for.is_zero()
+            let keep = reuse_for(&result);
+            if !keep.is_zero()
                 && let Ok(mut cache) = self.cache.lock()
             {
                 if cache.len() >= MAX_CACHED {
                     cache.clear();
                 }
-                cache.insert(
-                    key,
-                    (obtained.token.clone(), Instant::now() + obtained.reuse_for),
-                );
+                let outcome = result.clone().map(|o| o.token);
+                cache.insert(key, (outcome, Instant::now() + keep));
             }
         }
         result.map(|o| o.token)

@@ -1505,7 +1505,18 @@ async fn the_upstream_gets_a_token_for_its_downstream_and_never_the_clients() {
         h.key.sign(&c)
     };
     *mode.lock().unwrap() = "invalid_grant";
-    let (status, headers, _) = h.post(Some(&fresh("g")), &call(21, "get_user")).await;
+    let before_revoked = *hits.lock().unwrap();
+    let revoked = fresh("g");
+    for id in [30, 31, 32] {
+        let (status, _, _) = h.post(Some(&revoked), &call(id, "get_user")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        *hits.lock().unwrap(),
+        before_revoked + 1,
+        "a revoked token repeated costs the issuer one exchange"
+    );
+    let (status, headers, _) = h.post(Some(&revoked), &call(21, "get_user")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
         www_authenticate(&headers).starts_with(

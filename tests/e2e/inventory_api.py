@@ -17,6 +17,8 @@ AUDIENCE = "https://inventory.quickstart.example/api"
 class InventoryApi:
     def __init__(self) -> None:
         self.issuer: str | None = None
+        # The only service trusted to act for people here; a token without that actor is refused.
+        self.actor: str | None = None
         self.seen: list[dict] = []
         self.refused: list[str] = []
         api = self
@@ -59,6 +61,8 @@ class InventoryApi:
             return None, f"{type(error).__name__}: {error}"
         if "notes:read" not in claims.get("scope", "").split():
             return None, "notes:read is missing"
+        if self.actor is None or (claims.get("act") or {}).get("sub") != self.actor:
+            return None, "the token does not name a trusted service as its actor"
         return claims, ""
 
     def stop(self) -> None:

@@ -32,15 +32,16 @@ def call_tools(url: str, provider, *names: str):
 
 def test_the_mcp_server_calls_its_downstream_as_the_person_without_the_persons_token(plane, enterprise_idp, inventory):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
-    inventory.issuer = issuer
+    inventory.issuer, inventory.actor = issuer, url
     before = len(inventory.seen)
 
     async def fetch_id_jag(audience: str, resource: str) -> str:
         return enterprise_idp.id_jag(audience=audience, resource=resource, scope="notes:read")
 
+    storage = MemoryStorage()
     provider = IdentityAssertionOAuthProvider(
         server_url=url,
-        storage=MemoryStorage(),
+        storage=storage,
         client_id=ENTERPRISE_AGENT,
         client_secret=ENTERPRISE_SECRET,
         issuer=issuer,
@@ -61,11 +62,16 @@ def test_the_mcp_server_calls_its_downstream_as_the_person_without_the_persons_t
     assert len(inventory.seen) == before + 2
     # Nothing but the exchanged token reached the MCP server.
     assert who.structured_content["authorization_headers_seen"] == 0, who
+    # The person's own token for the notes service, shown to the downstream directly: wrong audience, no actor.
+    assert inventory.verify(f"Bearer {storage.tokens.access_token}") == (
+        None,
+        "InvalidAudienceError: Audience doesn't match",
+    )
 
 
 def test_a_machine_clients_downstream_token_says_it_is_a_machine(plane, inventory):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
-    inventory.issuer = issuer
+    inventory.issuer, inventory.actor = issuer, url
     provider = ClientCredentialsOAuthProvider(
         server_url=url,
         storage=MemoryStorage(),
@@ -82,7 +88,7 @@ def test_a_machine_clients_downstream_token_says_it_is_a_machine(plane, inventor
 
 def test_a_revoked_grant_gets_no_downstream_token(plane, enterprise_idp, inventory):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
-    inventory.issuer = issuer
+    inventory.issuer, inventory.actor = issuer, url
     token = httpx2.post(
         f"{issuer}/token",
         data={

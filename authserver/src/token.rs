@@ -66,6 +66,17 @@ fn caller(grant_type: &str) -> &'static str {
     }
 }
 
+/// Signs `claims` as an RFC 9068 access token (`typ: at+jwt`) with the current key.
+pub(crate) fn sign_at_jwt(state: &AppState, claims: &Value) -> Result<String, OAuthError> {
+    state.keys().sign("at+jwt", claims).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign");
+        OAuthError::new(
+            ErrorCode::ServerError,
+            "the server cannot sign tokens right now",
+        )
+    })
+}
+
 /// Signs an RFC 9068 access token for `grant`; the record returned must be stored before the token is answered.
 fn sign_access_token(
     state: &AppState,
@@ -95,13 +106,7 @@ fn sign_access_token(
         "nbf": now,
         "exp": now + lifetime,
     });
-    let token = state.keys().sign("at+jwt", &claims).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign");
-        OAuthError::new(
-            ErrorCode::ServerError,
-            "the server cannot sign tokens right now",
-        )
-    })?;
+    let token = sign_at_jwt(state, &claims)?;
     let record = AccessTokenRecord {
         jti: jti.clone(),
         grant_id: grant.id.clone(),

@@ -336,13 +336,7 @@ pub async fn exchange(
     claims["iat"] = json!(now);
     claims["nbf"] = json!(now);
     claims["exp"] = json!(now + planned.lifetime);
-    let token = state.keys().sign("at+jwt", &claims).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign");
-        OAuthError::new(
-            ErrorCode::ServerError,
-            "the server cannot sign tokens right now",
-        )
-    })?;
+    let token = crate::token::sign_at_jwt(state, &claims)?;
     let subject = claims.get("sub").and_then(Value::as_str);
     let client_id = claims.get("client_id").and_then(Value::as_str);
     let decision = Decision {

@@ -115,13 +115,6 @@ fn reload(s: &TestServer, edit: impl FnOnce(&mut AuthServerConfig)) {
     server::reload_config(&s.running.as_ref().unwrap().state, &s.config_path).unwrap();
 }
 
-fn error_of(body: &Value) -> (&str, &str) {
-    (
-        body["error"].as_str().unwrap_or_default(),
-        body["error_description"].as_str().unwrap_or_default(),
-    )
-}
-
 /// A refresh token of a client that must authenticate under its resource's policy cannot be redeemed as a public
 /// client by leaving `resource` out (the baseline would have judged the client public).
 #[tokio::test]

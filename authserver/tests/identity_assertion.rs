@@ -214,13 +214,6 @@ async fn with_authorization(
         .unwrap()
 }
 
-fn error_of(body: &Value) -> (&str, &str) {
-    (
-        body["error"].as_str().unwrap_or_default(),
-        body["error_description"].as_str().unwrap_or_default(),
-    )
-}
-
 #[tokio::test]
 async fn an_id_jag_buys_one_token_for_its_resource_and_person() {
     let p = plane().await;

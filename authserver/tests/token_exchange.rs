@@ -4,7 +4,6 @@
 
 mod support;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mcp_authz_authserver::config::{ExchangeTarget, ResourceServers};
 use mcp_authz_authserver::resource_servers::Root;
 use serde_json::{Value, json};
@@ -22,6 +21,12 @@ struct Plane {
 /// Files may obtain tokens for the inventory API (files:read) and for the mail service (files:read); mail, which
 /// also offers files:read, may pass it on to the inventory API.
 async fn plane() -> Plane {
+    plane_with(|_| {}).await
+}
+
+async fn plane_with(
+    edit: impl FnOnce(&mut mcp_authz_authserver::config::AuthServerConfig),
+) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let root = Root::generate().unwrap();
     let root_file = dir.path().join("resource-server-root");
@@ -38,6 +43,7 @@ async fn plane() -> Plane {
     ];
     config.resources[1].scopes.push("files:read".into());
     config.resources[1].token_exchange = vec![target(INVENTORY, &["files:read"])];
+    edit(&mut config);
     config.validate().unwrap();
     Plane {
         s: TestServer::start_in(dir, config).await,
@@ -63,31 +69,9 @@ fn exchange_form<'a>(
 
 /// The claims of a token this server signed for `audience`, checked with its published keys.
 async fn verified(s: &TestServer, token: &str, audience: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = s
-        .http
-        .get(s.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
+    let (header, claims) = verify_for_audiences(s, token, &[audience]).await;
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
-    let mut validation = Validation::new(Algorithm::ES256);
-    validation.set_audience(&[audience]);
-    validation.set_issuer(&[&s.base]);
-    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
-        .unwrap()
-        .claims
-}
-
-fn error_of(body: &Value) -> (&str, &str) {
-    (
-        body["error"].as_str().unwrap_or_default(),
-        body["error_description"].as_str().unwrap_or_default(),
-    )
+    claims
 }
 
 #[tokio::test]
@@ -395,5 +379,23 @@ async fn a_server_declaring_no_downstream_does_not_speak_token_exchange() {
                 "grant_type \"urn:ietf:params:oauth:grant-type:token-exchange\" is not supported"
             )
         )
+    );
+}
+
+/// A subject token past its `exp` is refused at the server, whatever the sidecar thought of it a moment before.
+#[tokio::test]
+async fn an_expired_subject_token_is_not_exchanged() {
+    let p = plane_with(|c| c.tokens.access_token_secs = 1).await;
+    let s = &p.s;
+    let person = s.tokens_for(&mut Browser::default(), "files:read").await;
+    let person = person["access_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let a = resource_server_assertion(s, &p.root, RESOURCE, "e-1");
+    let (status, body, _) = s
+        .token(&exchange_form(&a, &person, &[("resource", INVENTORY)]))
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (400, ("invalid_grant", "the subject token has expired"))
     );
 }

@@ -131,12 +131,12 @@ fn callers_are_decided_offline_for_people_and_machines() {
         mcp_authz(&["test", "-f", copy.to_str().unwrap(), file.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.ends_with("3 cases, 0 failed\n"), "{out}");
-    let (code, out, err) = mcp_authz(&[
-        "explain",
-        "-f",
-        copy.to_str().unwrap(),
-        "--service",
-        "notes",
+    // `mcp-authz explain` of the notes service of these manifests.
+    let explain = |args: &[&str]| {
+        let dir = copy.to_str().unwrap();
+        mcp_authz(&[&["explain", "-f", dir, "--service", "notes"], args].concat())
+    };
+    let (code, out, err) = explain(&[
         "--scopes",
         "notes:read notes:write",
         "--caller",
@@ -152,12 +152,7 @@ fn callers_are_decided_offline_for_people_and_machines() {
         out.contains("forbidden: this operation is for people only, not for clients acting alone"),
         "{out}"
     );
-    let (code, out, err) = mcp_authz(&[
-        "explain",
-        "-f",
-        copy.to_str().unwrap(),
-        "--service",
-        "notes",
+    let (code, out, err) = explain(&[
         "--scopes",
         "notes:read",
         "--method",
@@ -172,17 +167,7 @@ fn callers_are_decided_offline_for_people_and_machines() {
         ),
         "{out}"
     );
-    let (code, _, err) = mcp_authz(&[
-        "explain",
-        "-f",
-        copy.to_str().unwrap(),
-        "--service",
-        "notes",
-        "--caller",
-        "robot",
-        "--method",
-        "tools/list",
-    ]);
+    let (code, _, err) = explain(&["--caller", "robot", "--method", "tools/list"]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("invalid value 'robot' for '--caller <CALLER>'"),

@@ -91,3 +91,40 @@ impl ClientKey {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_no_usable_key_is_refused_naming_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = ClientKey::load(&junk, "downstreamTokens.privateKeyFile", "c", "https://i")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid config: downstreamTokens.privateKeyFile {}: not a PKCS#8 PEM Ed25519 or P-256 private key",
+                junk.display()
+            )
+        );
+        let missing = dir.path().join("missing.pem");
+        let err = ClientKey::load(
+            &missing,
+            "downstreamTokens.privateKeyFile",
+            "c",
+            "https://i",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if *path == missing),
+            "{err}"
+        );
+    }
+}

@@ -25,8 +25,8 @@ const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Largest answer read.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
-/// Most tokens kept (the cache is cleared whole when full: a refill costs one exchange each). A request token
-/// and the token it buys are about 1.5 KiB together, so the cache stays under 2 MiB.
+/// Most tokens kept (the cache is cleared whole when full: a refill costs one exchange each). Estimated, not
+/// measured: a request token and the token it buys are about 1.5 KiB together, so a full cache is about 2 MiB.
 const MAX_CACHED: usize = 1024;
 /// A token is not handed on within this much of its expiry: the MCP server needs time to use it.
 const EXPIRY_MARGIN_SECS: u64 = 30;

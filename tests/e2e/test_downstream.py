@@ -16,7 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET, MACHINE_SECRET, MACHINE_SECRET_CLIENT
 from flows import mcp_post
 from inventory_api import AUDIENCE
-from test_enterprise import JWT_BEARER, MemoryStorage
+from test_enterprise import MemoryStorage, redeem_for_person
 
 
 def call_tools(url: str, provider, *names: str):
@@ -89,16 +89,7 @@ def test_a_machine_clients_downstream_token_says_it_is_a_machine(plane, inventor
 def test_a_revoked_grant_gets_no_downstream_token(plane, enterprise_idp, inventory):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
     inventory.issuer, inventory.actor = issuer, url
-    token = httpx2.post(
-        f"{issuer}/token",
-        data={
-            "grant_type": JWT_BEARER,
-            "assertion": enterprise_idp.id_jag(audience=issuer, resource=url, scope="notes:read"),
-            "client_id": ENTERPRISE_AGENT,
-            "client_secret": ENTERPRISE_SECRET,
-        },
-        timeout=10.0,
-    )
+    token = redeem_for_person(issuer, url, enterprise_idp)
     assert token.status_code == 200, token.text
     admin = plane.ready["admin"]["url"]
     revoked = httpx2.post(

@@ -22,6 +22,20 @@ from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
+def redeem_for_person(issuer: str, url: str, enterprise_idp, scope: str = "notes:read") -> httpx2.Response:
+    """The enterprise agent redeems a fresh ID-JAG for employee-42 at `url`, as a plain form post."""
+    return httpx2.post(
+        f"{issuer}/token",
+        data={
+            "grant_type": JWT_BEARER,
+            "assertion": enterprise_idp.id_jag(audience=issuer, resource=url, scope=scope),
+            "client_id": ENTERPRISE_AGENT,
+            "client_secret": ENTERPRISE_SECRET,
+        },
+        timeout=10.0,
+    )
+
+
 class MemoryStorage:
     def __init__(self) -> None:
         self.tokens: OAuthToken | None = None

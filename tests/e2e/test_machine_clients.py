@@ -16,9 +16,9 @@ from mcp.client.auth.extensions.client_credentials import (
 )
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET, MACHINE_CLIENT, MACHINE_SECRET, MACHINE_SECRET_CLIENT
+from conftest import MACHINE_CLIENT, MACHINE_SECRET, MACHINE_SECRET_CLIENT
 from flows import mcp_post
-from test_enterprise import JWT_BEARER, MemoryStorage
+from test_enterprise import MemoryStorage, redeem_for_person
 
 
 def call_whoami(url: str, issuer: str, provider) -> tuple[dict, list[httpx2.Response]]:
@@ -135,16 +135,7 @@ def test_rules_tell_people_from_machine_clients(plane, enterprise_idp):
         "forbidden: this operation is for people only, not for clients acting alone",
     )
 
-    person = httpx2.post(
-        f"{issuer}/token",
-        data={
-            "grant_type": JWT_BEARER,
-            "assertion": enterprise_idp.id_jag(audience=issuer, resource=url, scope="notes:read"),
-            "client_id": ENTERPRISE_AGENT,
-            "client_secret": ENTERPRISE_SECRET,
-        },
-        timeout=10.0,
-    )
+    person = redeem_for_person(issuer, url, enterprise_idp)
     assert person.status_code == 200, person.text
     assert person.json()["scope"] == "notes:read", person.text
     refused_with(call(person.json()["access_token"], "whoami"), "forbidden: this operation is for machine clients only")

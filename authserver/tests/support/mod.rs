@@ -520,6 +520,15 @@ impl Browser {
 
 /// The claims of a JWT, after checking its signature against the server's published JWKS.
 pub async fn verify_with_jwks(s: &TestServer, token: &str) -> (jsonwebtoken::Header, Value) {
+    verify_for_audiences(s, token, &[RESOURCE, OTHER_RESOURCE]).await
+}
+
+/// The same, for a token whose `aud` must be one of `audiences`.
+pub async fn verify_for_audiences(
+    s: &TestServer,
+    token: &str,
+    audiences: &[&str],
+) -> (jsonwebtoken::Header, Value) {
     let jwks: jsonwebtoken::jwk::JwkSet = s
         .http
         .get(s.url("/jwks"))
@@ -535,7 +544,7 @@ pub async fn verify_with_jwks(s: &TestServer, token: &str) -> (jsonwebtoken::Hea
         .expect("signing key is published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&[RESOURCE, OTHER_RESOURCE]);
+    validation.set_audience(audiences);
     validation.set_issuer(&[&s.base]);
     let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
     (data.header, data.claims)
@@ -637,4 +646,12 @@ pub fn held_resource_server_assertion(
         .unwrap(),
     )
     .unwrap()
+}
+
+/// An OAuth error body's `error` and `error_description`.
+pub fn error_of(body: &Value) -> (&str, &str) {
+    (
+        body["error"].as_str().unwrap_or_default(),
+        body["error_description"].as_str().unwrap_or_default(),
+    )
 }

@@ -2,6 +2,7 @@
 //! the admin server together.
 
 mod controllers;
+mod watch_errors;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
 use mcp_authz_operator::api::cases;
 use mcp_authz_tests::control_plane::{ControlPlane, eventually};
-use operator_support::{condition, get_json};
+use operator_support::get_json;
 use serde_json::{Value, json};
 
 const V1: &str = "mcp-authz.io/v1alpha1";
@@ -90,11 +90,7 @@ async fn a_namespace_scoped_operator_serves_only_its_namespaces() {
     operator_support::create(&admin, &c, &service(&c, &platform, ignored_url))
         .await
         .expect("service in c");
-    eventually("the service in a is Ready", || async {
-        let object = get_json(&admin, &a, V1, "MCPService", "files").await?;
-        condition(&object, "Ready").filter(|c| c.0 == "True")
-    })
-    .await;
+    operator_support::wait_for_condition(&admin, &a, "MCPService", "files", "Ready", "True").await;
     eventually("the server's config lists the service in a", || async {
         let cm = get_json(&admin, &platform, "v1", "ConfigMap", "auth-authserver").await?;
         let text = cm["data"]["authserver.yaml"].as_str()?;

@@ -183,7 +183,11 @@ pub async fn reconcile(
     }
     let _running = ctx.metrics.reconcile_running("MCPService");
     let started = std::time::Instant::now();
+    let key = crate::tenancy::key_of(service.as_ref());
+    tracing::debug!(service = %key, "reconcile starts");
     let result = reconcile_inner(&service, &ctx).await;
+    tracing::debug!(service = %key, ready = ?result.as_ref().ok().map(|(_, ready)| ready), elapsed = ?started.elapsed(), "reconcile ends");
+    let result = result.map(|(action, _)| action);
     let outcome = result
         .as_ref()
         .map_or_else(ReconcileError::metric_label, |_| "ok");
@@ -201,7 +205,11 @@ pub async fn reconcile(
     result
 }
 
-async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, ReconcileError> {
+/// The next action, and the Ready condition's status and reason (for the log).
+async fn reconcile_inner(
+    service: &MCPService,
+    ctx: &Context,
+) -> Result<(Action, Option<(String, String)>), ReconcileError> {
     let namespace = service.namespace().ok_or(ReconcileError::NoNamespace)?;
     let client = &ctx.client;
     let reference = &service.spec.authorization_server_ref;
@@ -325,7 +333,11 @@ async fn reconcile_inner(service: &MCPService, ctx: &Context) -> Result<Action, 
         }
         ctx.write_status(service, status).await?;
     }
-    Ok(Action::requeue(observation.requeue))
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    Ok((Action::requeue(observation.requeue), ready))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::watch_errors::{WatchBackoff, log_failures};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService};
 use crate::reconcile::stores::Stores;
 use crate::reconcile::{self, Context, WatchScope, triggers};
@@ -185,7 +186,8 @@ async fn server_controller(
 ) {
     let scope = ctx.scope.clone();
     let declared = ctx.stores.clients.clone();
-    let controller = Controller::new(servers, watcher::Config::default());
+    let controller = Controller::new(servers, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default());
     let all = objects_in(controller.store());
     let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
     controller
@@ -237,7 +239,7 @@ async fn server_controller(
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(|outcome| log_failures(outcome, "AuthorizationServer"))
         .await;
 }
 
@@ -282,7 +284,8 @@ fn names_secret<K: Resource>(
 /// change can concern ([`triggers`]).
 async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<Context>) {
     let scope = ctx.scope.clone();
-    let controller = Controller::new(scopes, watcher::Config::default());
+    let controller = Controller::new(scopes, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default());
     let (by_service, by_scope, by_namespace) =
         (controller.store(), controller.store(), controller.store());
     let all_scopes = objects_in(controller.store());
@@ -353,14 +356,15 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(|outcome| log_failures(outcome, "MCPScope"))
         .await;
 }
 
 /// CIMDPolicy status: re-checked when a service or server changes.
 async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx: Arc<Context>) {
     let scope = ctx.scope.clone();
-    let controller = Controller::new(policies, watcher::Config::default());
+    let controller = Controller::new(policies, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default());
     let all_policies = objects_in(controller.store());
     let (c, d) = (all_policies.clone(), all_policies);
     controller
@@ -381,7 +385,7 @@ async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx:
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(|outcome| log_failures(outcome, "CIMDPolicy"))
         .await;
 }
 
@@ -409,7 +413,8 @@ async fn service_controller(
     stores: Stores,
 ) {
     let scope = ctx.scope.clone();
-    let controller = Controller::new(services, watcher::Config::default());
+    let controller = Controller::new(services, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default());
     let same_url = sharing_resource_url(controller.store());
     let in_namespace = objects_in(controller.store());
     let g = controller.store();
@@ -503,6 +508,6 @@ async fn service_controller(
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(|outcome| log_failures(outcome, "MCPService"))
         .await;
 }

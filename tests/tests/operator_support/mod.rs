@@ -160,10 +160,77 @@ pub async fn operator_client(
         )
         .await
         .expect("cluster role binding");
+    // Cluster-wide: the empty namespace.
+    until_in_force(&admin, namespace, name, &[""]).await;
     cluster
         .client_for_service_account(namespace, name)
         .await
         .expect("service account client")
+}
+
+/// Waits until the bindings of ServiceAccount `namespace/name` are in force in each of `namespaces` (`""` for the
+/// whole cluster). The API server's authorizer learns of new bindings from its own watch, a moment later: an
+/// operator started before then meets 403s on every watch (it recovers, but the test would measure the recovery).
+async fn until_in_force(admin: &kube::Client, namespace: &str, name: &str, namespaces: &[&str]) {
+    let user = format!("system:serviceaccount:{namespace}:{name}");
+    for ns in namespaces {
+        eventually("the operator's bindings are in force", || {
+            may_watch_services(admin, &user, ns)
+        })
+        .await;
+    }
+}
+
+/// `Some` when the API server lets `user` watch MCPServices in `namespace`.
+async fn may_watch_services(admin: &kube::Client, user: &str, namespace: &str) -> Option<()> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_owned()),
+                verb: Some("watch".to_owned()),
+                group: Some("mcp-authz.io".to_owned()),
+                resource: Some("mcpservices".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()?;
+    answer.status?.allowed.then_some(())
+}
+
+/// Waits until condition `type_` of the resource has `status`; on timeout, panics with the conditions last seen
+/// (a reason says more than a timeout).
+pub async fn wait_for_condition(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) {
+    let deadline = std::time::Instant::now() + mcp_authz_tests::control_plane::EVENTUALLY_TIMEOUT;
+    loop {
+        let object = get_json(client, namespace, "mcp-authz.io/v1alpha1", kind, name).await;
+        let seen = object.as_ref().and_then(|o| condition(o, type_));
+        if seen.as_ref().is_some_and(|c| c.0 == status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {kind} {namespace}/{name} to be {type_}={status}; status last seen: {}",
+            object.map_or_else(|| "no object".to_owned(), |o| o["status"].to_string())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Operator settings for a test: everything on loopback, short lease and certificate checks.
@@ -342,6 +409,8 @@ pub async fn namespaced_operator_client(
             .await
             .expect("role binding");
     }
+    let namespaces: Vec<&str> = served.iter().copied().chain([namespace]).collect();
+    until_in_force(&admin, namespace, name, &namespaces).await;
     cluster
         .client_for_service_account(namespace, name)
         .await

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use mcp_authz_audit::{Record, TraceIds};
+
 use crate::clock::now_secs;
 use crate::store::{AuditEvent, Store};
 
@@ -111,19 +113,38 @@ pub async fn record(
     true
 }
 
-/// A decision's log line (target `audit`), the lasting record.
+tokio::task_local! {
+    /// The trace context of the request being handled (its `traceparent` header), for its audit records.
+    pub static TRACE: Option<TraceIds>;
+}
+
+/// A decision's audit record, the lasting record (the schema is [`mcp_authz_audit`]'s).
 pub fn log(d: &Decision<'_>) {
-    tracing::info!(
-        target: "audit",
-        event = d.event,
-        subject = d.subject.unwrap_or(""),
-        client_id = d.client_id.unwrap_or(""),
-        resource = d.resource.unwrap_or(""),
-        scopes = %d.scopes.join(" "),
-        outcome = d.outcome,
-        reason = d.reason,
-        "authorization decision"
-    );
+    let trace = TRACE.try_with(|t| *t).ok().flatten();
+    let scopes = d.scopes.join(" ");
+    let record = Record {
+        source: "authserver",
+        event: d.event,
+        outcome: if is_allowed(d.outcome) {
+            "allow"
+        } else {
+            "deny"
+        },
+        reason: d.reason,
+        action: d.outcome,
+        subject: d.subject.unwrap_or(""),
+        client_id: d.client_id.unwrap_or(""),
+        service: d.resource.unwrap_or(""),
+        scopes: &scopes,
+        ..Default::default()
+    }
+    .traced(trace.as_ref());
+    mcp_authz_audit::emit(&record);
+}
+
+/// Whether the server's word for what it did grants something: everything but a refusal or a denial.
+fn is_allowed(outcome: &str) -> bool {
+    !matches!(outcome, "refused" | "denied")
 }
 
 /// A decision's store row, for a caller that writes it together with other rows (`store::Issue`).

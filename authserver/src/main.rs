@@ -25,6 +25,10 @@ struct Args {
     /// Log format.
     #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+    /// Where audit records go: `stdout` (the stream of its own: logs are on stderr), `stderr` or `off` (the
+    /// store's rows remain).
+    #[arg(long, env = "MCP_AUTHZ_AUDIT_OUTPUT", default_value = "stdout")]
+    audit_output: mcp_authz_audit::Destination,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,15 +56,22 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // stdout is the audit stream alone, written by a thread of its own so that a slow reader stalls no
+    // request; the logs go to stderr.
+    let audit = mcp_authz_audit::start(
+        args.audit_output,
+        mcp_authz_audit::pipe::DEFAULT_CAPACITY_BYTES,
+        mcp_authz_audit::pipe::Dropped::process("authserver").clone(),
+    )?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        logs.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        logs.init();
     }
     let path = args
         .config
@@ -74,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
     running.stop().await;
+    if let Some(audit) = audit {
+        audit.close(std::time::Duration::from_secs(2));
+    }
     Ok(())
 }
 

@@ -121,6 +121,12 @@ impl Metrics {
             Box::new(audit_rows_suppressed.clone()),
             Box::new(sqlite_wal_bytes.clone()),
             Box::new(build_info),
+            // The audit output is the process's, shared by every server started in it.
+            Box::new(
+                mcp_authz_audit::pipe::Dropped::process("authserver")
+                    .audit
+                    .clone(),
+            ),
         ] {
             registry.register(c).expect("metric names are unique");
         }

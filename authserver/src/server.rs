@@ -198,7 +198,14 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         "other"
     });
     let started = Instant::now();
-    let response = next.run(request).await;
+    let trace = mcp_authz_audit::TraceIds::of_header(
+        request
+            .headers()
+            .get_all("traceparent")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let response = crate::audit::TRACE.scope(trace, next.run(request)).await;
     if endpoint != "token" {
         // The token handler measures itself, so its figure excludes nothing here.
         state

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -105,30 +105,9 @@ async fn a_refused_request_still_spends_its_assertion() {
 /// synced at each commit, for a machine that loses power, is the writer's `synchronous = FULL`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_token_survives_a_kill_in_the_middle_of_the_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = base_config(dir.path(), port);
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-authz-server"))
-        .arg("--config")
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (dir, mut child, base) = start_binary(Stdio::null()).await;
     let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http.get(format!("{base}/jwks")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (pem, jwks) = service_key();
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_owned);
+    let (key, header) = service_signer();
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     for _ in 0..8 {

@@ -22,9 +22,9 @@
 //! - `LOADBENCH_PROXY_WRAP="valgrind --tool=callgrind"`: each proxy starts under this command (after
 //!   `taskset`); proxies are stopped with SIGTERM, so such a tool writes its report.
 //!
-//! The sidecar runs as in production: log level `info`, so every `tools/call` writes its audit line, to a stdout
-//! that is a pipe drained by a thread of the harness (a container runtime's part). `LOADBENCH_RUST_LOG=warn`
-//! turns audit lines off for a comparison. It inherits the environment (`MCP_AUTHZ_SIDECAR_WORKERS=2` to compare
+//! The sidecar runs as in production: every `tools/call` writes its audit record to stdout, a pipe drained by a
+//! thread of the harness (a container runtime's part), and its logs (level `info`, `LOADBENCH_RUST_LOG`) go to
+//! stderr. `MCP_AUTHZ_AUDIT_OUTPUT=off` turns audit records off for a comparison. It inherits the environment (`MCP_AUTHZ_SIDECAR_WORKERS=2` to compare
 //! thread counts); `LOADBENCH_HOLD_SECONDS=N` keeps the streams open N seconds more for a heap profile.
 
 use std::convert::Infallible;
@@ -484,7 +484,7 @@ async fn main() -> anyhow::Result<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if line.contains(r#""target":"audit""#) {
+            if line.starts_with(r#"{"schema":"mcp-authz.audit/"#) {
                 counted.fetch_add(1, Ordering::Relaxed);
             }
         }

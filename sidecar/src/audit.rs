@@ -1,15 +1,17 @@
-//! Audit events: one line per refusal and per tool call, on the `audit` tracing target.
+//! The sidecar's audit records (the schema is [`mcp_authz_audit`]'s): one per refused operation and per tool
+//! call let through, on the audit stream.
+
+use mcp_authz_audit::{Record, TraceIds};
 
 use crate::token::Identity;
-
-/// The tracing target of audit lines; the log output counts their drops apart from other lines'.
-pub const TARGET: &str = "audit";
 
 /// One authorization decision.
 #[derive(Debug)]
 pub struct AuditEvent<'a> {
     /// Who, if the token was verified.
     pub identity: Option<&'a Identity>,
+    /// The service: its resource URL.
+    pub service: &'a str,
     /// The JSON-RPC method, or the HTTP method for requests without a body.
     pub method: &'a str,
     /// The tool, resource or prompt.
@@ -18,6 +20,8 @@ pub struct AuditEvent<'a> {
     pub decision: &'static str,
     /// The low-cardinality reason.
     pub reason: &'static str,
+    /// The message's trace context, else the request's.
+    pub trace: Option<&'a TraceIds>,
 }
 
 /// Writes the event.
@@ -26,49 +30,25 @@ pub fn record(event: &AuditEvent<'_>) {
         Some(id) => (
             id.subject.as_str(),
             id.client_id.as_str(),
-            SpaceSeparated(&id.scopes),
+            id.scopes.join(" "),
             id.caller.as_str(),
         ),
-        None => ("", "", SpaceSeparated(&[]), ""),
+        None => ("", "", String::new(), ""),
     };
-    tracing::info!(
-        target: TARGET,
+    let record = Record {
+        source: "sidecar",
+        event: "mcp",
+        outcome: event.decision,
+        reason: event.reason,
         subject,
         client_id,
-        scopes = %scopes,
         caller,
-        method = event.method,
-        tool = event.target.unwrap_or(""),
-        decision = event.decision,
-        reason = event.reason,
-        "authorization decision"
-    );
-}
-
-/// Scopes as the token's `scope` claim writes them, formatted straight into the line (no joined copy).
-struct SpaceSeparated<'a>(&'a [String]);
-
-impl std::fmt::Display for SpaceSeparated<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, scope) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            f.write_str(scope)?;
-        }
-        Ok(())
+        service: event.service,
+        method: event.method,
+        tool: event.target.unwrap_or(""),
+        scopes: &scopes,
+        ..Default::default()
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SpaceSeparated;
-
-    #[test]
-    fn scopes_are_written_as_the_scope_claim_writes_them() {
-        let scopes = ["mcp:read".to_owned(), "mcp:admin".to_owned()];
-        assert_eq!(SpaceSeparated(&scopes).to_string(), "mcp:read mcp:admin");
-        assert_eq!(SpaceSeparated(&scopes[..1]).to_string(), "mcp:read");
-        assert_eq!(SpaceSeparated(&[]).to_string(), "");
-    }
+    .traced(event.trace);
+    mcp_authz_audit::emit(&record);
 }

@@ -4,6 +4,7 @@
 //! lenient than ours must never see a call we did not check.
 
 use bytes::Bytes;
+use mcp_authz_audit::TraceIds;
 use serde_json::{Value, json};
 
 use crate::rules::Operation;
@@ -88,6 +89,17 @@ impl Classified {
             [Message::Call { id: Some(id), .. }] if !self.batch => id.clone(),
             _ => Value::Null,
         }
+    }
+
+    /// The trace context message `index` carries in `params._meta.traceparent` (SEP-414), if valid.
+    pub fn trace_of(&self, index: usize) -> Option<TraceIds> {
+        let message = if self.batch {
+            self.document.get(index)?
+        } else {
+            &self.document
+        };
+        let value = message.get("params")?.get("_meta")?.get("traceparent")?;
+        TraceIds::parse(value.as_str()?)
     }
 
     /// The ids of list requests in this body, to filter their answers.
@@ -649,6 +661,35 @@ mod tests {
         assert_eq!(
             v,
             json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"invalid request: empty batch"}})
+        );
+    }
+
+    #[test]
+    fn each_message_of_a_batch_has_its_own_trace_context() {
+        let traced = |id: u64, meta: Value| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"t","_meta":meta}});
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let batch = json!([
+            traced(1, json!({})),
+            traced(2, json!({"traceparent": valid})),
+            traced(3, json!({"traceparent": "00-zz"})),
+            traced(4, json!({"traceparent": 7})),
+            {"jsonrpc":"2.0","id":5,"method":"tools/list"},
+        ]);
+        let classified = classify(batch.to_string().as_bytes()).unwrap();
+        let traces: Vec<Option<String>> = (0..5)
+            .map(|i| classified.trace_of(i).map(|t| t.trace_id().to_owned()))
+            .collect();
+        let expected = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+        assert_eq!(traces, [None, expected.clone(), None, None, None]);
+        let single = classify(
+            traced(1, json!({"traceparent": valid}))
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            single.trace_of(0).map(|t| t.trace_id().to_owned()),
+            expected
         );
     }
 }

@@ -27,8 +27,6 @@ pub mod introspect;
 pub mod jsonrpc;
 pub mod jwks;
 pub mod keys;
-pub mod log_format;
-pub mod log_pipe;
 pub mod metadata;
 pub mod metrics;
 pub mod proxy;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mcp_authz_audit::pipe::{self as log_pipe, LogPipe};
 use mcp_authz_sidecar::config::SidecarConfig;
-use mcp_authz_sidecar::log_pipe::{self, LogPipe};
 use mcp_authz_sidecar::server::Sidecar;
 
 #[derive(Parser)]
@@ -31,8 +31,12 @@ struct Args {
     /// Log format: `json` (in cluster) or `text`.
     #[arg(long, env = "MCP_AUTHZ_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Bytes of log lines (audit lines included) that may wait for a slow stdout; past that, lines are dropped
-    /// and counted (`mcp_authz_sidecar_audit_dropped_total`) instead of holding up requests.
+    /// Where audit records go: `stdout` (the stream of its own: logs are on stderr), `stderr` or `off`.
+    #[arg(long, env = "MCP_AUTHZ_AUDIT_OUTPUT", default_value = "stdout")]
+    audit_output: mcp_authz_audit::Destination,
+    /// Bytes of audit records, and as many of log lines, that may wait for a slow reader; past that, they are
+    /// dropped and counted (`mcp_authz_sidecar_audit_dropped_total`, `..._log_dropped_total`) instead of
+    /// holding up requests.
     #[arg(long, env = "MCP_AUTHZ_SIDECAR_LOG_BUFFER_BYTES", default_value_t = log_pipe::DEFAULT_CAPACITY_BYTES)]
     log_buffer_bytes: usize,
 }
@@ -42,26 +46,24 @@ const LOG_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // stdout is written by a thread of its own: a slow reader of it must never stall the runtime (issue 15).
-    let logs = LogPipe::spawn(
-        std::io::stdout(),
-        args.log_buffer_bytes,
-        log_pipe::Dropped::process().clone(),
-    )?;
+    // Each stream is written by a thread of its own: a slow reader of it must never stall the runtime (issue 15).
+    let dropped = log_pipe::Dropped::process("sidecar");
+    let audit = mcp_authz_audit::start(args.audit_output, args.log_buffer_bytes, dropped.clone())?;
+    let logs = LogPipe::spawn(std::io::stderr(), args.log_buffer_bytes, dropped.clone())?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(logs.clone());
     if args.log_format == "json" {
-        subscriber
-            .json()
-            .event_format(mcp_authz_sidecar::log_format::json())
-            .init()
+        subscriber.json().init()
     } else {
         subscriber.init()
     }
     let result = serve(args);
+    if let Some(audit) = audit {
+        audit.close(LOG_FLUSH_GRACE);
+    }
     logs.close(LOG_FLUSH_GRACE);
     result
 }

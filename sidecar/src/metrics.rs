@@ -108,9 +108,17 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connection_limit_reached.clone()),
             Box::new(build_info),
-            // The log output is the process's, shared by every sidecar started in it.
-            Box::new(crate::log_pipe::Dropped::process().audit.clone()),
-            Box::new(crate::log_pipe::Dropped::process().other.clone()),
+            // The outputs are the process's, shared by every sidecar started in it.
+            Box::new(
+                mcp_authz_audit::pipe::Dropped::process("sidecar")
+                    .audit
+                    .clone(),
+            ),
+            Box::new(
+                mcp_authz_audit::pipe::Dropped::process("sidecar")
+                    .other
+                    .clone(),
+            ),
         ] {
             registry.register(collector).expect("unique metric names");
         }

@@ -40,6 +40,7 @@ use crate::rules::Policy;
 use crate::token::{self, Identity, TokenError, TokenRules};
 use crate::verdict::{self, Answer, RequestFacts, Route};
 use crate::verified::{Verified, VerifiedTokens};
+use mcp_authz_audit::TraceIds;
 
 /// How many verified tokens are remembered (about 1 KiB each).
 const VERIFIED_TOKENS: usize = 1024;
@@ -231,8 +232,15 @@ impl Proxy {
             Route::Authenticate | Route::Refuse(_) => {}
         }
         let http_method = request.method().as_str().to_owned();
+        let trace = TraceIds::of_header(
+            request
+                .headers()
+                .get_all("traceparent")
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         if let Some(refused) = verdict::misrouted(route, &http_method) {
-            return refuse(rt, refused, None);
+            return refuse(rt, refused, None, trace.as_ref());
         }
         let (verified, token) = match self.authenticate(rt, request.headers()).await {
             Ok(found) => found,
@@ -243,7 +251,7 @@ impl Proxy {
                     None
                 };
                 let refused = verdict::unauthenticated(&http_method, &error, scopes);
-                return refuse(rt, refused, None);
+                return refuse(rt, refused, None, trace.as_ref());
             }
         };
         let (identity, scopes) = (&*verified.identity, verified.scopes.clone());
@@ -256,7 +264,7 @@ impl Proxy {
                 Ok(bytes) => bytes,
                 Err((status, reason)) => {
                     let refused = verdict::unreadable_body(status, reason);
-                    return refuse(rt, refused, Some(identity));
+                    return refuse(rt, refused, Some(identity), trace.as_ref());
                 }
             };
             let classified = jsonrpc::classify(&bytes);
@@ -287,14 +295,14 @@ impl Proxy {
             }
             let forward = match decided.settle() {
                 Ok(forward) => forward,
-                Err(refused) => return refuse(rt, refused, Some(identity)),
+                Err(refused) => return refuse(rt, refused, Some(identity), trace.as_ref()),
             };
             // Rate limits count only what was allowed, so refused attempts cannot spend a client's budget.
             if let (Some(limiter), Ok(classified)) = (&rt.limiter, classified.as_ref()) {
                 let operations = classified.messages.iter().flat_map(Message::operations);
                 let taken = limiter.take(identity, operations, Instant::now());
                 if let Some(refused) = verdict::rate_limit(taken, &classified.reply_id()) {
-                    return refuse(rt, refused, Some(identity));
+                    return refuse(rt, refused, Some(identity), trace.as_ref());
                 }
             }
             // The MCP server's own tokens for its downstreams, obtained now that the request goes on.
@@ -302,7 +310,12 @@ impl Proxy {
                 Some(exchanger) => match Box::pin(exchanger.obtain(token.as_str())).await {
                     Ok(headers) => headers,
                     Err(failure) => {
-                        return refuse(rt, verdict::downstream_refusal(&failure), Some(identity));
+                        return refuse(
+                            rt,
+                            verdict::downstream_refusal(&failure),
+                            Some(identity),
+                            trace.as_ref(),
+                        );
                     }
                 },
                 None => Vec::new(),
@@ -324,14 +337,14 @@ impl Proxy {
                 (Some(session), Some(classified)) => {
                     let claim = self.in_flight.claim(&session, classified);
                     if let Some(refused) = verdict::id_claim(claim.is_some()) {
-                        return refuse(rt, refused, Some(identity));
+                        return refuse(rt, refused, Some(identity), trace.as_ref());
                     }
                     claim
                 }
                 _ => None,
             };
             // Written only now that the request goes on: an "allow" line is a call that reached the server.
-            write_audit(&forward.audit, Some(identity));
+            write_audit(rt, &forward.audit, Some(identity), trace.as_ref());
             drop(forward);
             if era == routing::Era::Modern {
                 parts.headers.remove("mcp-session-id");
@@ -341,7 +354,7 @@ impl Proxy {
         } else {
             use hyper::body::Body as _;
             if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
-                return refuse(rt, refused, Some(identity));
+                return refuse(rt, refused, Some(identity), trace.as_ref());
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
             (Bytes::new(), matcher, None, Vec::new())
@@ -599,13 +612,14 @@ async fn challenge_scopes(rt: &Runtime, request: Request<WireBody>) -> Option<Ve
     )
 }
 
-/// Acts on a refusal the verdict decided: its audit lines, written once, and its answer.
+/// Acts on a refusal the verdict decided: its audit records, written once, and its answer.
 fn refuse(
     rt: &Runtime,
     refused: verdict::Refused<'_>,
     identity: Option<&Identity>,
+    trace: Option<&TraceIds>,
 ) -> (Response<ProxyBody>, Outcome) {
-    write_audit(&refused.audit, identity);
+    write_audit(rt, &refused.audit, identity, trace);
     let outcome = Outcome {
         decision: "deny",
         reason: refused.reason,
@@ -613,14 +627,22 @@ fn refuse(
     (render(rt, refused.answer), outcome)
 }
 
-fn write_audit(lines: &[verdict::AuditLine<'_>], identity: Option<&Identity>) {
+/// Writes the audit records of a decision; each message's own trace context before the request's.
+fn write_audit(
+    rt: &Runtime,
+    lines: &[verdict::AuditLine<'_>],
+    identity: Option<&Identity>,
+    trace: Option<&TraceIds>,
+) {
     for line in lines {
         audit::record(&AuditEvent {
             identity,
+            service: &rt.config.resource,
             method: line.method,
             target: line.target,
             decision: line.decision,
             reason: line.reason,
+            trace: line.trace.as_ref().or(trace),
         });
     }
 }

@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use mcp_authz_audit::TraceIds;
 use serde_json::Value;
 
 use crate::caller::{Caller, Callers};
@@ -61,6 +62,8 @@ pub struct AuditLine<'a> {
     pub decision: &'static str,
     /// The low-cardinality reason.
     pub reason: &'static str,
+    /// The trace context of the message (`params._meta.traceparent`), if it carries a valid one.
+    pub trace: Option<TraceIds>,
 }
 
 /// A refusal, ready to render.
@@ -223,6 +226,7 @@ impl<'a> Refused<'a> {
                 target: None,
                 decision: "deny",
                 reason,
+                trace: None,
             }],
         }
     }
@@ -493,7 +497,8 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
     let mut refused_ids: Vec<Value> = Vec::new();
     let (mut forbidden, mut insufficient, mut sensitive) = (false, false, false);
     let mut not_admitted: Option<Callers> = None;
-    for message in &classified.messages {
+    for (index, message) in classified.messages.iter().enumerate() {
+        let trace = classified.trace_of(index);
         let id = match message {
             Message::Call { id, .. } => id.as_ref(),
             Message::Reply => None,
@@ -518,6 +523,7 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
                     target: op.name.as_deref(),
                     decision: if allowed { "allow" } else { "deny" },
                     reason,
+                    trace,
                 });
             }
             match decision {
@@ -593,6 +599,7 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
                 target: None,
                 decision: "deny",
                 reason,
+                trace: None,
             });
             Verdict {
                 outcome: Outcome::Refuse { answer, reason },

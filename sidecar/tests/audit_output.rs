@@ -1,6 +1,7 @@
-//! The audit lines of the real `mcp-authz-sidecar` binary on its real stdout (issue 15): one line per decision
-//! when stdout is read, and requests still answered when nobody reads it (a container runtime's log reader
-//! that fell behind), the lost lines counted.
+//! The audit stream of the real `mcp-authz-sidecar` binary on its real stdout (issues 15 and 20): stdout holds
+//! audit records alone (logs are on stderr), exactly one per decision, in the documented schema with the
+//! request's trace ids; requests are still answered when nobody reads it (a container runtime's log reader that
+//! fell behind), the lost records counted.
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -30,7 +31,8 @@ impl Drop for Sidecar {
     }
 }
 
-/// Starts the binary with its stdout on a pipe, reads up to its "listening" line and hands the pipe back.
+/// Starts the binary with its stdout (the audit stream) on a pipe, reads its stderr (the logs) up to its
+/// "listening" line, and hands the stdout pipe back. The rest of stderr is drained, each line checked to be JSON.
 fn start(
     upstream: &Upstream,
     jwks: &JwksServer,
@@ -48,7 +50,7 @@ fn start(
         .env("MCP_AUTHZ_LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Owned by the guard at once, so that a failed start below still kills it.
@@ -58,12 +60,13 @@ fn start(
         admin: String::new(),
         _dir: dir,
     };
-    let mut stdout = BufReader::new(sidecar.child.stdout.take().unwrap());
+    let stdout = BufReader::new(sidecar.child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(sidecar.child.stderr.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
         assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
+            stderr.read_line(&mut line).unwrap() > 0,
             "the sidecar exited before listening"
         );
         let event: Value = serde_json::from_str(&line).unwrap();
@@ -71,9 +74,35 @@ fn start(
             let addr = |name: &str| event["fields"][name].as_str().unwrap().to_owned();
             sidecar.proxy = format!("http://{}", addr("proxy_addr"));
             sidecar.admin = format!("http://{}", addr("admin_addr"));
-            return (sidecar, stdout);
+            break;
         }
     }
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { return };
+            assert!(
+                serde_json::from_str::<Value>(&line).is_ok(),
+                "a log line that is not JSON: {line}"
+            );
+        }
+    });
+    (sidecar, stdout)
+}
+
+/// Reads the audit stream on a thread; every line must be a whole record of the schema.
+fn records(stdout: BufReader<ChildStdout>) -> mpsc::Receiver<Value> {
+    let (lines, records) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { return };
+            let record: Value = serde_json::from_str(&line).expect("every line is whole JSON");
+            assert_eq!(record["schema"], "mcp-authz.audit/v1", "{line}");
+            if lines.send(record).is_err() {
+                return;
+            }
+        }
+    });
+    records
 }
 
 fn token(key: &TestKey, scope: &str) -> String {
@@ -114,32 +143,56 @@ async fn counter(
         .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{text}"))
 }
 
+/// A sidecar binary started against a fresh key, JWKS and upstream, ready; with a client, a token holding
+/// `mcp:read` and the MCP URL.
+struct Running {
+    sidecar: Sidecar,
+    stdout: Option<BufReader<ChildStdout>>,
+    upstream: Upstream,
+    _jwks: JwksServer,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    read: String,
+    url: String,
+}
+
+impl Running {
+    async fn start(extra: &[&str]) -> Self {
+        let key = TestKey::es256("k1");
+        let jwks = JwksServer::start(&[&key]).await;
+        let upstream = Upstream::start().await;
+        let (sidecar, stdout) = start(&upstream, &jwks, extra);
+        let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+        wait_ready(&client, &sidecar.admin).await;
+        let url = format!("{}/mcp", sidecar.proxy);
+        Running {
+            sidecar,
+            stdout: Some(stdout),
+            upstream,
+            _jwks: jwks,
+            client,
+            read: token(&key, "mcp:read"),
+            url,
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_decision_writes_exactly_one_audit_line() {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let (sidecar, stdout) = start(&upstream, &jwks, &[]);
-    let (lines, audit) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in stdout.lines() {
-            let Ok(line) = line else { return };
-            let event: Value = serde_json::from_str(&line).expect("every line is whole JSON");
-            if event["target"] == "audit" && lines.send(event).is_err() {
-                return;
-            }
-        }
-    });
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    wait_ready(&client, &sidecar.admin).await;
-    let read = token(&key, "mcp:read");
-    let url = format!("{}/mcp", sidecar.proxy);
+    let mut running = Running::start(&[]).await;
+    let audit = records(running.stdout.take().unwrap());
+    let Running {
+        sidecar,
+        client,
+        read,
+        url,
+        ..
+    } = &running;
     for i in 0..200 {
         let (status, _, _) = collect(
             client
                 .request(post_request(
-                    &url,
-                    Some(&read),
+                    url,
+                    Some(read),
                     &call(i, &format!("get_{i}")),
                 ))
                 .await
@@ -151,8 +204,8 @@ async fn every_decision_writes_exactly_one_audit_line() {
             let (status, _, _) = collect(
                 client
                     .request(post_request(
-                        &url,
-                        Some(&read),
+                        url,
+                        Some(read),
                         &call(i, &format!("delete_{i}")),
                     ))
                     .await
@@ -162,7 +215,7 @@ async fn every_decision_writes_exactly_one_audit_line() {
             assert_eq!(status, StatusCode::FORBIDDEN);
             let (status, _, _) = collect(
                 client
-                    .request(post_request(&url, None, &call(i, "get_anything")))
+                    .request(post_request(url, None, &call(i, "get_anything")))
                     .await
                     .unwrap(),
             )
@@ -173,7 +226,7 @@ async fn every_decision_writes_exactly_one_audit_line() {
     // The lines come in order: once the sentinel's has arrived, every earlier decision's line has too.
     let (status, _, _) = collect(
         client
-            .request(post_request(&url, Some(&read), &call(9999, "get_sentinel")))
+            .request(post_request(url, Some(read), &call(9999, "get_sentinel")))
             .await
             .unwrap(),
     )
@@ -184,7 +237,7 @@ async fn every_decision_writes_exactly_one_audit_line() {
         let event = audit
             .recv_timeout(Duration::from_secs(30))
             .expect("the sentinel's audit line never came");
-        if event["fields"]["tool"] == "get_sentinel" {
+        if event["tool"] == "get_sentinel" {
             break;
         }
         seen.push(event);
@@ -204,15 +257,15 @@ async fn every_decision_writes_exactly_one_audit_line() {
     let got: Vec<(String, String, String)> = seen
         .iter()
         .map(|e| {
-            let field = |n: &str| e["fields"][n].as_str().unwrap_or_default().to_owned();
-            (field("tool"), field("decision"), field("reason"))
+            let field = |n: &str| e[n].as_str().unwrap_or_default().to_owned();
+            (field("tool"), field("outcome"), field("reason"))
         })
         .collect();
     assert_eq!(got, expected);
     // Who stood behind each token, as its issuer marked it; nobody when there was no token.
     let callers: Vec<&str> = seen
         .iter()
-        .map(|e| e["fields"]["caller"].as_str().unwrap_or("absent"))
+        .map(|e| e["caller"].as_str().unwrap_or("absent"))
         .collect();
     let expected_callers: Vec<&str> = expected
         .iter()
@@ -227,7 +280,7 @@ async fn every_decision_writes_exactly_one_audit_line() {
     assert_eq!(callers, expected_callers);
     assert_eq!(
         counter(
-            &client,
+            client,
             &sidecar.admin,
             "mcp_authz_sidecar_audit_dropped_total"
         )
@@ -277,5 +330,96 @@ async fn a_stdout_nobody_reads_holds_up_no_request_and_the_dropped_lines_are_cou
     assert!(
         (REQUESTS / 2..=REQUESTS).contains(&dropped),
         "{dropped} of {REQUESTS} audit lines counted as dropped"
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_the_trace() {
+    const HEADER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const META_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let mut running = Running::start(&[]).await;
+    let audit = records(running.stdout.take().unwrap());
+    let Running {
+        upstream,
+        client,
+        read,
+        url,
+        ..
+    } = &running;
+    let traced = |body: &str, header: Option<&str>| {
+        let mut request = post_request(url, Some(read), body);
+        if let Some(value) = header {
+            request
+                .headers_mut()
+                .insert("traceparent", value.parse().unwrap());
+        }
+        request
+    };
+    // Allowed, traced by its header only.
+    let header = format!("00-{HEADER_TRACE}-00f067aa0ba902b7-01");
+    let allowed = traced(&call(1, "get_report"), Some(&header));
+    assert_eq!(
+        collect(client.request(allowed).await.unwrap()).await.0,
+        StatusCode::OK
+    );
+    // Refused, traced by its message's _meta, which wins over the header; an invalid value is ignored.
+    let mut body: Value = serde_json::from_str(&call(2, "delete_report")).unwrap();
+    body["params"]["_meta"] =
+        json!({"traceparent": format!("00-{META_TRACE}-b7ad6b7169203331-01")});
+    let refused = traced(&body.to_string(), Some(&header));
+    assert_eq!(
+        collect(client.request(refused).await.unwrap()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let untraced = traced(&call(3, "get_plain"), Some("00-not-a-trace"));
+    assert_eq!(
+        collect(client.request(untraced).await.unwrap()).await.0,
+        StatusCode::OK
+    );
+    let next = || {
+        audit
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an audit record")
+    };
+    let (first, second, third) = (next(), next(), next());
+    let common = |record: &Value, outcome: &str, reason: &str, tool: &str| {
+        let mut expected = json!({
+            "schema": "mcp-authz.audit/v1", "source": "sidecar", "event": "mcp", "outcome": outcome,
+            "reason": reason, "action": "", "subject": "alice", "client_id": "https://client.example/cimd.json",
+            "caller": "person", "service": mcp_authz_sidecar::testing::RESOURCE, "method": "tools/call",
+            "tool": tool, "scopes": "mcp:read", "trace_id": "", "parent_id": "",
+        });
+        expected["time"] = record["time"].clone();
+        expected
+    };
+    let mut expected = common(&first, "allow", "ok", "get_report");
+    expected["trace_id"] = json!(HEADER_TRACE);
+    expected["parent_id"] = json!("00f067aa0ba902b7");
+    assert_eq!(first, expected);
+    let mut expected = common(&second, "deny", "insufficient_scope", "delete_report");
+    expected["trace_id"] = json!(META_TRACE);
+    expected["parent_id"] = json!("b7ad6b7169203331");
+    assert_eq!(second, expected);
+    assert_eq!(third, common(&third, "allow", "ok", "get_plain"));
+    let time = first["time"].as_str().unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    // Exactly one record each: nothing more arrives.
+    assert!(audit.recv_timeout(Duration::from_millis(300)).is_err());
+    // The header goes on to the MCP server untouched, valid or not (the body is forwarded as it came).
+    let seen = upstream.seen();
+    let header_seen: Vec<_> = seen
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        header_seen,
+        [Some(header.clone()), Some("00-not-a-trace".into())]
     );
 }

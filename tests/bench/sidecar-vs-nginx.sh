@@ -8,8 +8,8 @@
 #   - maximum throughput and CPU per request (wrk, one thread, 64 connections, unlimited rate),
 #   - added p50/p90/p99 latency at a fixed 1,000 requests/s (oha, 32 connections; added = proxy - direct, same round),
 #   - resident memory with 1,000 open SSE streams.
-# The sidecar runs in its production configuration: log level info (an audit line per tools/call) to a stdout
-# that is a pipe read by the harness, as a container runtime reads it. nginx writes its access log to a file,
+# The sidecar runs in its production configuration: an audit record per tools/call on a stdout that is a pipe
+# read by the harness, as a container runtime reads it. nginx writes its access log to a file,
 # as it ships (NGINX_ACCESS_LOG=off to turn it off).
 #
 #   tests/bench/sidecar-vs-nginx.sh [seconds=10] [rate=1000] [streams=1000] [rounds=5]

@@ -284,6 +284,9 @@ CERT_DIR="$work/cimd-tls" FRONT_ADDRESS="$gateway" MCP_BACKEND="$pod_ip:$sidecar
   timeout 300 unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" \
   "$MCP_AUTHZ_PYTHON" tests/node/sdk_probe.py
 
+step "the audit stream: records alone on the containers' stdout, logs on stderr"
+python3 tests/node/audit_probe.py "$node_dir/pod-logs" "$namespace"
+
 step "helm upgrade: the operator rolls, the MCP pod keeps serving"
 operator_pod_before="$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[*].metadata.name}')"
 HELM_CONFIG_HOME="$work/helm" HELM_CACHE_HOME="$work/helm" HELM_DATA_HOME="$work/helm" \

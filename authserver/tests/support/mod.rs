@@ -655,3 +655,40 @@ pub fn error_of(body: &Value) -> (&str, &str) {
         body["error_description"].as_str().unwrap_or_default(),
     )
 }
+
+/// The `mcp-authz-server` binary on `base_config`, its stdout where the caller says, its stderr discarded; waits
+/// until it answers. Returns its state directory, the child (killing it is the caller's) and its base URL.
+pub async fn start_binary(
+    stdout: std::process::Stdio,
+) -> (tempfile::TempDir, std::process::Child, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = base_config(dir.path(), port);
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-authz-server"))
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{base}/jwks")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (dir, child, base)
+}
+
+/// The key and header `SERVICE_CLIENT` signs its assertions with.
+pub fn service_signer() -> (jsonwebtoken::EncodingKey, jsonwebtoken::Header) {
+    let (pem, jwks) = service_key();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_owned);
+    (key, header)
+}

@@ -34,6 +34,10 @@ pub struct LocalArgs {
     /// How often the manifest directories are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub watch_ms: u64,
+    /// Where the audit records of the server and the sidecars go: `off` (stdout carries the summary), `stderr`
+    /// (beside the logs) or `stdout`.
+    #[arg(long, env = "MCP_AUTHZ_AUDIT_OUTPUT", default_value = "off")]
+    pub audit_output: mcp_authz_audit::Destination,
 }
 
 impl From<LocalArgs> for LocalOptions {
@@ -57,6 +61,13 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    let audit = mcp_authz_audit::start(
+        args.audit_output,
+        mcp_authz_audit::pipe::DEFAULT_CAPACITY_BYTES,
+        // Counted where most records come from: every sidecar's /metrics shows the drops.
+        mcp_authz_audit::pipe::Dropped::process("sidecar").clone(),
+    )
+    .map_err(LocalError::Audit)?;
     let stop = async {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -71,5 +82,9 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             () = terminate => {}
         }
     };
-    runtime::run(args.into(), stop).await
+    let result = runtime::run(args.into(), stop).await;
+    if let Some(audit) = audit {
+        audit.close(Duration::from_secs(2));
+    }
+    result
 }

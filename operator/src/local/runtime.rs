@@ -61,6 +61,9 @@ pub enum LocalError {
     /// The authorization server did not start.
     #[error("the authorization server did not start: {0}")]
     AuthServer(String),
+    /// The audit output's writer thread did not start.
+    #[error("the audit output did not start: {0}")]
+    Audit(std::io::Error),
     /// A sidecar did not start.
     #[error("the sidecar of {service} did not start: {message}")]
     Sidecar {
@@ -90,6 +93,7 @@ impl LocalError {
             Self::Ports(e) => e.metric_label(),
             Self::Io { .. } => "io",
             Self::AuthServer(_) => "authserver",
+            Self::Audit(_) => "audit",
             Self::Sidecar { .. } => "sidecar",
             Self::NotReady { .. } => "not_ready",
         }

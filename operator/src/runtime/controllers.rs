@@ -184,6 +184,11 @@ async fn server_controller(
     client: kube::Client,
     ctx: Arc<Context>,
 ) {
+    // Labelled apart from the shared caches' watches of the same kind.
+    let errors = ctx
+        .metrics
+        .watch_errors
+        .with_label_values(&["AuthorizationServer/controller"]);
     let scope = ctx.scope.clone();
     let declared = ctx.stores.clients.clone();
     let controller = Controller::new(servers, watcher::Config::default())
@@ -239,7 +244,7 @@ async fn server_controller(
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|outcome| log_failures(outcome, "AuthorizationServer"))
+        .for_each(move |outcome| log_failures(outcome, "AuthorizationServer", &errors))
         .await;
 }
 
@@ -283,6 +288,11 @@ fn names_secret<K: Resource>(
 /// MCPScope status: re-checked when a service, scope, server or namespace changes, for the scopes that
 /// change can concern ([`triggers`]).
 async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<Context>) {
+    // Labelled apart from the shared caches' watches of the same kind.
+    let errors = ctx
+        .metrics
+        .watch_errors
+        .with_label_values(&["MCPScope/controller"]);
     let scope = ctx.scope.clone();
     let controller = Controller::new(scopes, watcher::Config::default())
         .trigger_backoff(WatchBackoff::default());
@@ -356,12 +366,17 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|outcome| log_failures(outcome, "MCPScope"))
+        .for_each(move |outcome| log_failures(outcome, "MCPScope", &errors))
         .await;
 }
 
 /// CIMDPolicy status: re-checked when a service or server changes.
 async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx: Arc<Context>) {
+    // Labelled apart from the shared caches' watches of the same kind.
+    let errors = ctx
+        .metrics
+        .watch_errors
+        .with_label_values(&["CIMDPolicy/controller"]);
     let scope = ctx.scope.clone();
     let controller = Controller::new(policies, watcher::Config::default())
         .trigger_backoff(WatchBackoff::default());
@@ -385,7 +400,7 @@ async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx:
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|outcome| log_failures(outcome, "CIMDPolicy"))
+        .for_each(move |outcome| log_failures(outcome, "CIMDPolicy", &errors))
         .await;
 }
 
@@ -412,6 +427,11 @@ async fn service_controller(
     ctx: Arc<Context>,
     stores: Stores,
 ) {
+    // Labelled apart from the shared caches' watches of the same kind.
+    let errors = ctx
+        .metrics
+        .watch_errors
+        .with_label_values(&["MCPService/controller"]);
     let scope = ctx.scope.clone();
     let controller = Controller::new(services, watcher::Config::default())
         .trigger_backoff(WatchBackoff::default());
@@ -508,6 +528,6 @@ async fn service_controller(
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|outcome| log_failures(outcome, "MCPService"))
+        .for_each(move |outcome| log_failures(outcome, "MCPService", &errors))
         .await;
 }

@@ -41,9 +41,14 @@ impl Backoff for WatchBackoff {
     }
 }
 
-/// Logs what a controller's run yields that nothing else reports: failed watches (a Role missing a verb shows
-/// here and nowhere else). Failed reconciles are already logged by the error policy.
-pub async fn log_failures<T, R, Q>(outcome: Result<T, controller::Error<R, Q>>, kind: &'static str)
+/// Logs and counts (`mcp_authz_operator_watch_errors_total{kind}`) what a controller's run yields that nothing
+/// else reports: failed watches (a Role missing a verb shows here and nowhere else). Failed reconciles are
+/// already logged by the error policy.
+pub fn log_failures<T, R, Q>(
+    outcome: Result<T, controller::Error<R, Q>>,
+    kind: &'static str,
+    errors: &prometheus::IntCounter,
+) -> std::future::Ready<()>
 where
     R: std::error::Error,
     Q: std::error::Error,
@@ -52,8 +57,12 @@ where
         Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
         // A trigger for an object deleted meanwhile: expected, nothing to do.
         Err(error @ controller::Error::ObjectNotFound(_)) => tracing::debug!(kind, %error),
-        Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
+        Err(error) => {
+            errors.inc();
+            tracing::warn!(kind, %error, "watch failed; retrying");
+        }
     }
+    std::future::ready(())
 }
 
 #[cfg(test)]

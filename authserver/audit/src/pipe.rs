@@ -1,23 +1,23 @@
-//! Log output off the request path (issue 15): every log line, the audit lines among them, is handed to one
-//! writer thread through a queue bounded in bytes.
+//! Output off the request path (issue 15): audit records, and the sidecar's log lines, are handed to one
+//! writer thread per stream through a queue bounded in bytes.
 //!
 //! ```text
-//!  request path ── tracing event ── fmt layer ── LogPipe::write: append to the queue (a mutex held for a
-//!                                                memcpy), or drop the line and count it when it would not fit
+//!  request path ── audit record / tracing event ── LogPipe::send: append to the queue (a mutex held for a
+//!                                                  memcpy), or drop the line and count it when it would not fit
 //!  writer thread ── woken by a batch's first line, lets it gather 10 ms, takes the whole queue ── one write(2)
-//!                   to stdout ── waits on stdout, alone
+//!                   to the stream (stdout, stderr) ── waits on it, alone
 //! ```
 //!
 //! In a pod stdout is a pipe drained by the container runtime. Written from the runtime's only thread, a slow
 //! reader stalled every request of the pod (and cost +490 µs at p99 even when the reader kept up). Here a
 //! stalled stdout costs requests nothing: the queue fills, and further lines are dropped and counted
-//! (`mcp_authz_sidecar_audit_dropped_total` for audit lines, `mcp_authz_sidecar_log_dropped_total` for the
-//! rest) until the reader catches up. Dropping is the choice of a proxy that must keep answering; a reviewer
-//! who needs every line alerts on the counter (the chart's `McpAuthzSidecarAuditLinesDropped`), and the
-//! authorization server keeps its own record of every token it issued.
+//! (`mcp_authz_<program>_audit_dropped_total` for audit records, `mcp_authz_<program>_log_dropped_total` for
+//! the rest) until the reader catches up. Dropping is the choice of a proxy that must keep answering; a
+//! reviewer who needs every line alerts on the counter (the chart's `McpAuthzSidecarAuditLinesDropped`), and
+//! the authorization server keeps its own record of every token it issued in its store.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -40,33 +40,36 @@ pub struct Dropped {
 }
 
 impl Dropped {
-    /// Fresh counters, for a pipe of its own (tests).
-    pub fn new() -> Self {
+    /// Fresh counters named for `program` (`sidecar`, `authserver`), for a pipe of its own (tests).
+    pub fn new(program: &str) -> Self {
+        let counter = |kind: &str, help: &str| {
+            IntCounter::new(format!("mcp_authz_{program}_{kind}_dropped_total"), help)
+                .expect("metric")
+        };
         Dropped {
-            audit: IntCounter::new(
-                "mcp_authz_sidecar_audit_dropped_total",
-                "Audit lines dropped because the log output could not keep up (stdout stalled)",
-            )
-            .expect("metric"),
-            other: IntCounter::new(
-                "mcp_authz_sidecar_log_dropped_total",
-                "Log lines other than audit lines dropped because the log output could not keep up",
-            )
-            .expect("metric"),
+            audit: counter(
+                "audit",
+                "Audit records dropped because their output could not keep up (stdout stalled)",
+            ),
+            other: counter(
+                "log",
+                "Log lines dropped because the log output could not keep up",
+            ),
         }
     }
 
-    /// The process's counters: stdout is one per process, and so is the pipe in front of it. Every
-    /// `Metrics` registers these.
-    pub fn process() -> &'static Dropped {
-        static PROCESS: LazyLock<Dropped> = LazyLock::new(Dropped::new);
-        &PROCESS
-    }
-}
-
-impl Default for Dropped {
-    fn default() -> Self {
-        Self::new()
+    /// The process's counters for `program`: each stream is one per process, and so is the pipe in front of
+    /// it. The program's metrics register these (an in-process plane has a program of each kind).
+    pub fn process(program: &str) -> &'static Dropped {
+        static PROCESS: Mutex<Vec<(String, &'static Dropped)>> = Mutex::new(Vec::new());
+        let mut known = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, dropped)) = known.iter().find(|(p, _)| p == program) {
+            return dropped;
+        }
+        // A handful per process, made once each: leaking them gives the `'static` every registry holds.
+        let dropped: &'static Dropped = Box::leak(Box::new(Dropped::new(program)));
+        known.push((program.to_owned(), dropped));
+        dropped
     }
 }
 
@@ -202,13 +205,6 @@ impl<'a> MakeWriter<'a> for LogPipe {
             audit: false,
         }
     }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
-        LineWriter {
-            pipe: self,
-            audit: meta.target() == crate::audit::TARGET,
-        }
-    }
 }
 
 /// The writer thread: takes everything queued, writes it at once, and again, until the pipe is closed and
@@ -288,7 +284,7 @@ mod tests {
             opened: false,
             out: out.clone(),
         };
-        let pipe = LogPipe::spawn(sink, capacity, Dropped::new()).unwrap();
+        let pipe = LogPipe::spawn(sink, capacity, Dropped::new("test")).unwrap();
         (pipe, open, out)
     }
 
@@ -353,7 +349,7 @@ mod tests {
                 Ok(())
             }
         }
-        let pipe = LogPipe::spawn(Closed, 1 << 10, Dropped::new()).unwrap();
+        let pipe = LogPipe::spawn(Closed, 1 << 10, Dropped::new("test")).unwrap();
         pipe.send(b"a\n", true);
         assert!(pipe.close(Duration::from_secs(10)));
         assert_eq!(pipe.shared.dropped.audit.get(), 1);

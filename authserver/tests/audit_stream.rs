@@ -1,0 +1,111 @@
+//! The audit stream of the real `mcp-authz-server` binary on its real stdout (issue 20): stdout holds audit
+//! records alone (logs are on stderr), exactly one per decision, in the schema the sidecar writes, with the
+//! request's trace ids.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// The server binary, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let (_dir, mut child, base) = start_binary(Stdio::piped()).await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _server = Server(child);
+    let (lines, records) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { return };
+            let record: Value = serde_json::from_str(&line).expect("every line is whole JSON");
+            assert_eq!(record["schema"], "mcp-authz.audit/v1", "{line}");
+            if lines.send(record).is_err() {
+                return;
+            }
+        }
+    });
+    let http = reqwest::Client::new();
+    let (key, header) = service_signer();
+    let token = |scope: Option<&'static str>, traced: bool| {
+        let now = mcp_authz_authserver::clock::now_secs();
+        let claims = json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": format!("{base}/token"),
+            "exp": now + 300, "jti": mcp_authz_authserver::secrets::random_token()});
+        let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_assertion_type", JWT_BEARER.to_owned()),
+            ("client_assertion", assertion),
+            ("resource", RESOURCE.to_owned()),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut request = http
+            .post(format!("{base}/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if traced {
+            request = request.header("traceparent", format!("00-{TRACE}-{PARENT}-01"));
+        }
+        request.send()
+    };
+    let issued = token(None, true).await.unwrap();
+    assert_eq!(issued.status(), 200);
+    let refused = token(Some("files:write"), false).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let next = || {
+        records
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an audit record")
+    };
+    let (first, second) = (next(), next());
+    let expected = |record: &Value, fields: Value| {
+        let mut all = json!({
+            "schema": "mcp-authz.audit/v1", "source": "authserver", "event": "token", "caller": "",
+            "client_id": SERVICE_CLIENT, "service": RESOURCE, "method": "", "tool": "",
+            "trace_id": "", "parent_id": "",
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        all["time"] = record["time"].clone();
+        all
+    };
+    assert_eq!(
+        first,
+        expected(
+            &first,
+            json!({"outcome": "allow", "action": "issued", "reason": "client_credentials",
+                "subject": SERVICE_CLIENT, "scopes": "files:read", "trace_id": TRACE, "parent_id": PARENT})
+        )
+    );
+    assert_eq!(
+        second,
+        expected(
+            &second,
+            json!({"outcome": "deny", "action": "refused", "subject": "", "scopes": "",
+                "reason": "invalid_scope: scope \"files:write\" is not allowed for this client"})
+        )
+    );
+    // Exactly one record each: nothing more arrives.
+    assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
+}

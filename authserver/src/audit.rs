@@ -18,6 +18,8 @@ pub struct Decision<'a> {
     pub event: &'a str,
     pub subject: Option<&'a str>,
     pub client_id: Option<&'a str>,
+    /// `person` or `machine`, for an issued token (its `mcp_authz_caller`).
+    pub caller: Option<&'a str>,
     pub resource: Option<&'a str>,
     pub scopes: &'a [String],
     pub outcome: &'a str,
@@ -134,6 +136,7 @@ pub fn log(d: &Decision<'_>) {
         action: d.outcome,
         subject: d.subject.unwrap_or(""),
         client_id: d.client_id.unwrap_or(""),
+        caller: d.caller.unwrap_or(""),
         service: d.resource.unwrap_or(""),
         scopes: &scopes,
         ..Default::default()
@@ -179,6 +182,7 @@ mod tests {
         let scopes = ["files:read\0x".to_owned()];
         let d = Decision {
             event: "token",
+            caller: None,
             subject: Some("al\0ice"),
             client_id: Some("https://evil.example/\0client"),
             resource: None,

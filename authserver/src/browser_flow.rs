@@ -318,6 +318,7 @@ pub async fn issue_code(
     state
         .record_decision(Decision {
             event: "authorize",
+            caller: None,
             subject: Some(subject),
             client_id: Some(&request.client_id),
             resource: Some(&request.resource),

@@ -79,6 +79,7 @@ pub async fn consent(
                 state
                     .record_decision(Decision {
                         event: "authorize",
+                        caller: None,
                         subject: Some(&subject),
                         client_id: Some(&request.client_id),
                         resource: Some(&request.resource),

@@ -275,6 +275,7 @@ pub async fn revoke(
                     state
                         .record_decision(Decision {
                             event: "revoke",
+                            caller: None,
                             subject: Some(&g.subject),
                             client_id: Some(&g.client_id),
                             resource: Some(&g.resource),

@@ -275,6 +275,7 @@ impl AppState {
         self.metrics.outcome(endpoint, error.metric_label());
         let decision = crate::audit::Decision {
             event: endpoint,
+            caller: None,
             subject: who.subject.as_deref(),
             client_id: who.client_id.as_deref(),
             resource: who.resource.as_deref(),

@@ -427,6 +427,7 @@ async fn authorization_code(
     state
         .record_decision(Decision {
             event: "token",
+            caller: Some(caller(&grant.grant_type)),
             subject: Some(&grant.subject),
             client_id: Some(&grant.client_id),
             resource: Some(&grant.resource),
@@ -502,6 +503,7 @@ async fn refresh_token(
     state
         .record_decision(Decision {
             event: "token",
+            caller: Some(caller(&grant.grant_type)),
             subject: Some(&grant.subject),
             client_id: Some(&grant.client_id),
             resource: Some(&grant.resource),
@@ -594,6 +596,7 @@ pub(crate) async fn issue_direct(
     let (issued, record) = sign_access_token(state, snapshot, &grant, &scopes)?;
     let decision = Decision {
         event: "token",
+        caller: Some(caller(&grant.grant_type)),
         subject: Some(&grant.subject),
         client_id: Some(&grant.client_id),
         resource: Some(&grant.resource),

@@ -341,6 +341,9 @@ pub async fn exchange(
     let client_id = claims.get("client_id").and_then(Value::as_str);
     let decision = Decision {
         event: "token",
+        caller: claims
+            .get(crate::token::CALLER_CLAIM)
+            .and_then(Value::as_str),
         subject,
         client_id,
         resource: Some(asked.target),

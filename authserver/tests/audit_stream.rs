@@ -94,7 +94,7 @@ async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
         first,
         expected(
             &first,
-            json!({"outcome": "allow", "action": "issued", "reason": "client_credentials",
+            json!({"outcome": "allow", "action": "issued", "reason": "client_credentials", "caller": "machine",
                 "subject": SERVICE_CLIENT, "scopes": "files:read", "trace_id": TRACE, "parent_id": PARENT})
         )
     );

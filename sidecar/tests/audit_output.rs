@@ -190,11 +190,7 @@ async fn every_decision_writes_exactly_one_audit_line() {
     for i in 0..200 {
         let (status, _, _) = collect(
             client
-                .request(post_request(
-                    url,
-                    Some(read),
-                    &call(i, &format!("get_{i}")),
-                ))
+                .request(post_request(url, Some(read), &call(i, &format!("get_{i}"))))
                 .await
                 .unwrap(),
         )

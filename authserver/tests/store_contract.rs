@@ -741,6 +741,7 @@ async fn a_refusal_with_a_nul_in_its_client_id_is_still_audited() {
         event: "token",
         subject: None,
         client_id: Some("https://evil.example/a\0b"),
+        caller: None,
         resource: None,
         scopes: &scopes,
         outcome: "refused",

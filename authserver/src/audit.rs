@@ -145,9 +145,10 @@ pub fn log(d: &Decision<'_>) {
     mcp_authz_audit::emit(&record);
 }
 
-/// Whether the server's word for what it did grants something: everything but a refusal or a denial.
+/// Whether the server's word for what it did grants something. Only the words that do: a word added later is
+/// a `deny` until it is listed here.
 fn is_allowed(outcome: &str) -> bool {
-    !matches!(outcome, "refused" | "denied")
+    matches!(outcome, "issued" | "granted" | "registered" | "revoked")
 }
 
 /// A decision's store row, for a caller that writes it together with other rows (`store::Issue`).
@@ -238,5 +239,21 @@ mod tests {
         assert!(budget.take("authorize", t0 + Duration::from_secs(100)));
         assert!(is_refusal("refused"));
         assert!(!is_refusal("issued"));
+    }
+
+    #[test]
+    fn only_the_words_that_grant_are_allowed() {
+        for (word, allowed) in [
+            ("issued", true),
+            ("granted", true),
+            ("registered", true),
+            ("revoked", true),
+            ("refused", false),
+            ("denied", false),
+            ("failed", false),
+            ("", false),
+        ] {
+            assert_eq!(is_allowed(word), allowed, "{word}");
+        }
     }
 }

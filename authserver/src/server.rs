@@ -152,8 +152,21 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
     router
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn(bounded))
         .with_state(state)
+}
+
+/// Runs the request with its `traceparent` header's ids at hand for its audit records.
+async fn traced(request: Request, next: Next) -> Response {
+    let trace = mcp_authz_audit::TraceIds::of_header(
+        request
+            .headers()
+            .get_all("traceparent")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    crate::audit::TRACE.scope(trace, next.run(request)).await
 }
 
 /// The admin router (admin port).
@@ -166,6 +179,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/grants/revoke", post(admin::revoke_grants))
         .route("/admin/audit", get(admin::recent_audit))
         .fallback(not_found)
+        .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn(bounded_admin))
         .with_state(state)
 }
@@ -198,14 +212,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         "other"
     });
     let started = Instant::now();
-    let trace = mcp_authz_audit::TraceIds::of_header(
-        request
-            .headers()
-            .get_all("traceparent")
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
-    let response = crate::audit::TRACE.scope(trace, next.run(request)).await;
+    let response = next.run(request).await;
     if endpoint != "token" {
         // The token handler measures itself, so its figure excludes nothing here.
         state

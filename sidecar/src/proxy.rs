@@ -627,14 +627,30 @@ fn refuse(
     (render(rt, refused.answer), outcome)
 }
 
-/// Writes the audit records of a decision; each message's own trace context before the request's.
+/// The most audit records one request writes. A batch may hold 256 operations, each refused with its own record:
+/// uncapped, one request of a client with any token could fill the audit queue and crowd out others' records.
+pub const MAX_AUDIT_RECORDS_PER_REQUEST: usize = 16;
+
+/// The reason of the record that stands for a request's operations past [`MAX_AUDIT_RECORDS_PER_REQUEST`].
+pub const MORE_OPERATIONS: &str = "more_operations";
+
+/// Writes the audit records of a decision, at most [`MAX_AUDIT_RECORDS_PER_REQUEST`]: past that, the last one
+/// stands for the rest (`more_operations`, a `deny` if any of them was). The request's `traceparent` header
+/// comes first (the trace an ingress or mesh shares with its own logs), a message's `_meta` one when there is
+/// none; both come from the client and are not checked.
 fn write_audit(
     rt: &Runtime,
     lines: &[verdict::AuditLine<'_>],
     identity: Option<&Identity>,
     trace: Option<&TraceIds>,
 ) {
-    for line in lines {
+    let shown = if lines.len() > MAX_AUDIT_RECORDS_PER_REQUEST {
+        MAX_AUDIT_RECORDS_PER_REQUEST - 1
+    } else {
+        lines.len()
+    };
+    let (written, rest) = lines.split_at(shown);
+    for line in written {
         audit::record(&AuditEvent {
             identity,
             service: &rt.config.resource,
@@ -642,7 +658,19 @@ fn write_audit(
             target: line.target,
             decision: line.decision,
             reason: line.reason,
-            trace: line.trace.as_ref().or(trace),
+            trace: trace.or(line.trace.as_ref()),
+        });
+    }
+    if let Some(first) = rest.first() {
+        let refused = rest.iter().any(|l| l.decision != "allow");
+        audit::record(&AuditEvent {
+            identity,
+            service: &rt.config.resource,
+            method: "POST",
+            target: None,
+            decision: if refused { "deny" } else { "allow" },
+            reason: MORE_OPERATIONS,
+            trace: trace.or(first.trace.as_ref()),
         });
     }
 }

@@ -66,6 +66,9 @@ pub struct AuditLine<'a> {
     pub trace: Option<TraceIds>,
 }
 
+/// The audit reason of an operation the rules allowed in a body refused for another of its operations.
+pub const BATCH_REFUSED: &str = "batch_refused";
+
 /// A refusal, ready to render.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -546,6 +549,13 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
             {
                 refused_ids.push(id.clone());
             }
+        }
+    }
+    if forbidden || not_admitted.is_some() || insufficient {
+        // Refused whole: nothing reaches the server, so no operation of the body may read as allowed.
+        for line in audit.iter_mut().filter(|l| l.decision == "allow") {
+            line.decision = "deny";
+            line.reason = BATCH_REFUSED;
         }
     }
     if forbidden {
@@ -1100,7 +1110,11 @@ mod tests {
             case("a batch with one refused entry: refused whole, every scope it needs named",
                 json!([call(1, "get_user"), call(2, "delete_user")]), &["read"],
                 Short::Refuse(403, "insufficient_scope", challenge("read admin")),
-                vec![("tools/call", Some("get_user"), "allow", "ok"), ("tools/call", Some("delete_user"), "deny", "insufficient_scope")]),
+                vec![("tools/call", Some("get_user"), "deny", "batch_refused"), ("tools/call", Some("delete_user"), "deny", "insufficient_scope")]),
+            case("a batch with a forbidden entry: the allowed one did not reach the server either",
+                json!([call(1, "get_user"), call(2, "unknown")]), &["read"],
+                Short::Refuse(403, "forbidden", String::new()),
+                vec![("tools/call", Some("get_user"), "deny", "batch_refused"), ("tools/call", Some("unknown"), "deny", "forbidden")]),
             case("forbidden beats insufficient scope, in either order",
                 json!([call(1, "delete_user"), call(2, "unknown")]), &["read"],
                 Short::Refuse(403, "forbidden", String::new()),

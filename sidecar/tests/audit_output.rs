@@ -358,11 +358,14 @@ async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_t
         collect(client.request(allowed).await.unwrap()).await.0,
         StatusCode::OK
     );
-    // Refused, traced by its message's _meta, which wins over the header; an invalid value is ignored.
-    let mut body: Value = serde_json::from_str(&call(2, "delete_report")).unwrap();
-    body["params"]["_meta"] =
-        json!({"traceparent": format!("00-{META_TRACE}-b7ad6b7169203331-01")});
-    let refused = traced(&body.to_string(), Some(&header));
+    // Refused, traced by its message's _meta alone; an invalid value is ignored.
+    let with_meta = |id: u64, tool: &str| {
+        let mut body: Value = serde_json::from_str(&call(id, tool)).unwrap();
+        body["params"]["_meta"] =
+            json!({"traceparent": format!("00-{META_TRACE}-b7ad6b7169203331-01")});
+        body.to_string()
+    };
+    let refused = traced(&with_meta(2, "delete_report"), None);
     assert_eq!(
         collect(client.request(refused).await.unwrap()).await.0,
         StatusCode::FORBIDDEN
@@ -372,12 +375,18 @@ async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_t
         collect(client.request(untraced).await.unwrap()).await.0,
         StatusCode::OK
     );
+    // Both: the header's trace is the one an ingress or a mesh shares, so it wins.
+    let both = traced(&with_meta(4, "get_both"), Some(&header));
+    assert_eq!(
+        collect(client.request(both).await.unwrap()).await.0,
+        StatusCode::OK
+    );
     let next = || {
         audit
             .recv_timeout(Duration::from_secs(30))
             .expect("an audit record")
     };
-    let (first, second, third) = (next(), next(), next());
+    let (first, second, third, fourth) = (next(), next(), next(), next());
     let common = |record: &Value, outcome: &str, reason: &str, tool: &str| {
         let mut expected = json!({
             "schema": "mcp-authz.audit/v1", "source": "sidecar", "event": "mcp", "outcome": outcome,
@@ -397,6 +406,10 @@ async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_t
     expected["parent_id"] = json!("b7ad6b7169203331");
     assert_eq!(second, expected);
     assert_eq!(third, common(&third, "allow", "ok", "get_plain"));
+    let mut expected = common(&fourth, "allow", "ok", "get_both");
+    expected["trace_id"] = json!(HEADER_TRACE);
+    expected["parent_id"] = json!("00f067aa0ba902b7");
+    assert_eq!(fourth, expected);
     let time = first["time"].as_str().unwrap();
     assert!(
         time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
@@ -416,6 +429,68 @@ async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_t
         .collect();
     assert_eq!(
         header_seen,
-        [Some(header.clone()), Some("00-not-a-trace".into())]
+        [
+            Some(header.clone()),
+            Some("00-not-a-trace".into()),
+            Some(header.clone())
+        ]
     );
+}
+
+#[tokio::test]
+async fn a_large_refused_batch_writes_sixteen_records_the_last_standing_for_the_rest() {
+    let mut running = Running::start(&[]).await;
+    let audit = records(running.stdout.take().unwrap());
+    let Running {
+        client, read, url, ..
+    } = &running;
+    // 40 allowed calls and one no rule allows: refused whole, so none of the 41 reached the server.
+    let mut batch: Vec<Value> = (0..40)
+        .map(|i| serde_json::from_str(&call(i, &format!("get_{i}"))).unwrap())
+        .collect();
+    batch.push(serde_json::from_str(&call(40, "unknown")).unwrap());
+    let body = Value::Array(batch).to_string();
+    let answer = client
+        .request(post_request(url, Some(read), &body))
+        .await
+        .unwrap();
+    assert_eq!(collect(answer).await.0, StatusCode::FORBIDDEN);
+    let sentinel = client
+        .request(post_request(url, Some(read), &call(99, "get_sentinel")))
+        .await
+        .unwrap();
+    assert_eq!(collect(sentinel).await.0, StatusCode::OK);
+    let mut got = Vec::new();
+    loop {
+        let record = audit
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the sentinel's record never came");
+        if record["tool"] == "get_sentinel" {
+            break;
+        }
+        let field = |n: &str| record[n].as_str().unwrap_or_default().to_owned();
+        got.push((
+            field("method"),
+            field("tool"),
+            field("outcome"),
+            field("reason"),
+        ));
+    }
+    let mut expected: Vec<(String, String, String, String)> = (0..15)
+        .map(|i| {
+            (
+                "tools/call".into(),
+                format!("get_{i}"),
+                "deny".into(),
+                "batch_refused".into(),
+            )
+        })
+        .collect();
+    expected.push((
+        "POST".into(),
+        String::new(),
+        "deny".into(),
+        "more_operations".into(),
+    ));
+    assert_eq!(got, expected);
 }

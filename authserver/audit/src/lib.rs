@@ -37,13 +37,14 @@ pub struct Record<'a> {
     #[serde(serialize_with = "bounded")]
     pub source: &'a str,
     /// What was decided on: `mcp` (an MCP operation at a sidecar) or the server's endpoint (`token`,
-    /// `authorize`, `login`, `consent`, `register`, `revoke`, `admin`, `admin_revoke`).
+    /// `authorize`, `login`, `consent`, `introspect`, `register`, `revoke`, `admin`, `admin_revoke`).
     #[serde(serialize_with = "bounded")]
     pub event: &'a str,
     /// `allow` or `deny`.
     #[serde(serialize_with = "bounded")]
     pub outcome: &'a str,
-    /// Why, in a word from a fixed set per program (the sidecar's are its metrics' `reason` labels).
+    /// Why: at the sidecar a word from a fixed set (its metrics' `reason` labels, `batch_refused`,
+    /// `more_operations`); at the server the grant type, the OAuth error with its description, or a sentence.
     #[serde(serialize_with = "bounded")]
     pub reason: &'a str,
     /// What the server did when it allowed (`issued`, `granted`, `registered`, `revoked`) or how it refused
@@ -71,7 +72,7 @@ pub struct Record<'a> {
     /// The scopes the token held (sidecar) or that were granted or asked for (server), space-separated.
     #[serde(serialize_with = "bounded")]
     pub scopes: &'a str,
-    /// The W3C trace id of the request (its message's `_meta.traceparent` first, then its header).
+    /// The W3C trace id of the request (its `traceparent` header, else its message's `_meta.traceparent`).
     #[serde(serialize_with = "bounded")]
     pub trace_id: &'a str,
     /// The caller's span id from the same `traceparent`.
@@ -110,20 +111,30 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The most bytes of a field a record carries. Tool names, scopes, client ids and subjects come from
-/// requests (a tool name may be as long as a body): a longer value is cut at a character boundary and ends
-/// with `…`, so no one can make a record large enough to crowd others out of the queue.
+/// The most bytes of a field a record carries, counted as written (escapes included: a control character is six
+/// bytes there). Tool names, scopes, client ids and subjects come from requests (a tool name may be as long as a
+/// body): a longer value is cut at a character boundary and ends with `…`. With the sidecar's cap on records
+/// per request, a request's records stay a small fraction of the queue however it is made.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
+/// Bytes `c` takes in a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
 fn bounded<S: serde::Serializer>(value: &&str, serializer: S) -> Result<S::Ok, S::Error> {
-    if value.len() <= MAX_FIELD_BYTES {
-        return serializer.serialize_str(value);
+    let mut written = 0;
+    for (at, c) in value.char_indices() {
+        written += escaped_len(c);
+        if written > MAX_FIELD_BYTES {
+            return serializer.serialize_str(&format!("{}…", &value[..at]));
+        }
     }
-    let mut end = MAX_FIELD_BYTES;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    serializer.serialize_str(&format!("{}…", &value[..end]))
+    serializer.serialize_str(value)
 }
 
 /// RFC 3339 in UTC with milliseconds, as log pipelines parse it without a format of their own.
@@ -251,6 +262,31 @@ mod tests {
         let tool = value["tool"].as_str().unwrap();
         assert_eq!(tool, format!("{}…", "é".repeat(MAX_FIELD_BYTES / 2)));
         assert_eq!(value["subject"], exact.as_str());
+    }
+
+    #[test]
+    fn a_field_is_bounded_as_written_escapes_included() {
+        let controls = "\u{1}".repeat(MAX_FIELD_BYTES);
+        let quotes = "\"".repeat(MAX_FIELD_BYTES);
+        let record = Record {
+            tool: &controls,
+            method: &quotes,
+            ..Default::default()
+        };
+        let mut line = Vec::new();
+        record.write_line(&mut line, time::OffsetDateTime::UNIX_EPOCH);
+        let text = String::from_utf8(line.clone()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        // 170 escapes of six bytes fit in 1 KiB, 512 of two.
+        assert_eq!(
+            value["tool"],
+            format!("{}…", "\u{1}".repeat(MAX_FIELD_BYTES / 6))
+        );
+        assert_eq!(
+            value["method"],
+            format!("{}…", "\"".repeat(MAX_FIELD_BYTES / 2))
+        );
+        assert!(text.len() < 3 * MAX_FIELD_BYTES, "{}", text.len());
     }
 
     #[test]

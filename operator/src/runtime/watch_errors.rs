@@ -2,7 +2,7 @@
 //! and pauses the whole stream after any error (kube's default: 0.8 s doubling to 30 s). Under an error storm (the
 //! operator's Role not yet in force at install, an API server restart), dozens of watches fail together and the
 //! pause reaches 30 s, so a controller can sit idle for half a minute after the cause is gone: a short ceiling
-//! keeps it responsive, and one relist per watch every few seconds costs the API server little.
+//! keeps it responsive (5 s here), and one relist per watch every few seconds costs the API server little.
 //! The errors themselves are logged: kube hands them to the controller's output stream, which drops them.
 
 use std::time::Duration;
@@ -10,14 +10,16 @@ use std::time::Duration;
 use kube::runtime::controller;
 use kube::runtime::utils::Backoff;
 
-/// Doubling pauses from `FIRST` to `CEILING`, back to `FIRST` once a watch delivers again.
+/// Doubling pauses from `FIRST` to `CEILING`, back to `FIRST` once any watch of the controller delivers.
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
     next: Duration,
 }
 
-const FIRST: Duration = Duration::from_millis(250);
-const CEILING: Duration = Duration::from_secs(4);
+// kube resets the pause whenever any watch of the controller delivers, so a watch that keeps failing beside busy
+// ones is retried at `FIRST`: one relist a second, as kube's own default (0.8 s) would do.
+const FIRST: Duration = Duration::from_secs(1);
+const CEILING: Duration = Duration::from_secs(5);
 
 impl Default for WatchBackoff {
     fn default() -> Self {
@@ -73,8 +75,8 @@ mod tests {
     fn pauses_double_to_the_ceiling_and_start_over_after_a_reset() {
         let mut b = WatchBackoff::default();
         let ms: Vec<u128> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
-        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(ms, [1000, 2000, 4000, 5000, 5000, 5000, 5000]);
         b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(250)));
+        assert_eq!(b.next(), Some(Duration::from_secs(1)));
     }
 }

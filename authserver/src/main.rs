@@ -56,18 +56,18 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // stdout is the audit stream alone, written by a thread of its own so that a slow reader stalls no
-    // request; the logs go to stderr.
-    let audit = mcp_authz_audit::start(
+    // stdout is the audit stream alone and stderr the logs, each written by a thread of its own so that a slow
+    // reader stalls no request.
+    let outputs = mcp_authz_audit::Outputs::start(
         args.audit_output,
         mcp_authz_audit::pipe::DEFAULT_CAPACITY_BYTES,
-        mcp_authz_audit::pipe::Dropped::process("authserver").clone(),
+        mcp_authz_audit::pipe::Dropped::process("authserver"),
     )?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(outputs.logs.clone());
     if args.log_format == "json" {
         logs.json().init();
     } else {
@@ -85,9 +85,7 @@ async fn main() -> anyhow::Result<()> {
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
     running.stop().await;
-    if let Some(audit) = audit {
-        audit.close(std::time::Duration::from_secs(2));
-    }
+    outputs.close(std::time::Duration::from_secs(2));
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mcp_authz_audit::pipe::{self as log_pipe, LogPipe};
+use mcp_authz_audit::pipe as log_pipe;
 use mcp_authz_sidecar::config::SidecarConfig;
 use mcp_authz_sidecar::server::Sidecar;
 
@@ -47,24 +47,23 @@ const LOG_FLUSH_GRACE: Duration = Duration::from_secs(2);
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Each stream is written by a thread of its own: a slow reader of it must never stall the runtime (issue 15).
-    let dropped = log_pipe::Dropped::process("sidecar");
-    let audit = mcp_authz_audit::start(args.audit_output, args.log_buffer_bytes, dropped.clone())?;
-    let logs = LogPipe::spawn(std::io::stderr(), args.log_buffer_bytes, dropped.clone())?;
+    let outputs = mcp_authz_audit::Outputs::start(
+        args.audit_output,
+        args.log_buffer_bytes,
+        log_pipe::Dropped::process("sidecar"),
+    )?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(logs.clone());
+        .with_writer(outputs.logs.clone());
     if args.log_format == "json" {
         subscriber.json().init()
     } else {
         subscriber.init()
     }
     let result = serve(args);
-    if let Some(audit) = audit {
-        audit.close(LOG_FLUSH_GRACE);
-    }
-    logs.close(LOG_FLUSH_GRACE);
+    outputs.close(LOG_FLUSH_GRACE);
     result
 }
 

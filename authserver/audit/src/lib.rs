@@ -173,20 +173,48 @@ impl std::str::FromStr for Destination {
     }
 }
 
-/// Starts the audit output at `destination`, queueing at most `capacity` bytes, and makes it the output of
-/// [`emit`]. Returns the pipe, to be closed (flushed) at exit; `None` for [`Destination::Off`].
-pub fn start(
-    destination: Destination,
-    capacity: usize,
-    dropped: pipe::Dropped,
-) -> std::io::Result<Option<pipe::LogPipe>> {
-    let pipe = match destination {
-        Destination::Stdout => pipe::LogPipe::spawn(std::io::stdout(), capacity, dropped)?,
-        Destination::Stderr => pipe::LogPipe::spawn(std::io::stderr(), capacity, dropped)?,
-        Destination::Off => return Ok(None),
-    };
-    install(pipe.clone());
-    Ok(Some(pipe))
+/// A program's two output streams, each written by a thread of its own.
+pub struct Outputs {
+    /// The logs, on stderr: a `MakeWriter` for `tracing_subscriber::fmt`.
+    pub logs: pipe::LogPipe,
+    /// The audit stream, when it has a pipe of its own (on stdout).
+    audit: Option<pipe::LogPipe>,
+}
+
+impl Outputs {
+    /// Starts the log pipe on stderr and the audit output at `destination`, each queueing at most `capacity`
+    /// bytes, and makes the latter the output of [`emit`]. Audit records sent to stderr share the log pipe: two
+    /// writers of one pipe could interleave inside a line.
+    pub fn start(
+        destination: Destination,
+        capacity: usize,
+        dropped: &pipe::Dropped,
+    ) -> std::io::Result<Self> {
+        let logs = pipe::LogPipe::spawn(std::io::stderr(), capacity, dropped.clone())?;
+        let audit = match destination {
+            Destination::Stdout => Some(pipe::LogPipe::spawn(
+                std::io::stdout(),
+                capacity,
+                dropped.clone(),
+            )?),
+            Destination::Stderr | Destination::Off => None,
+        };
+        match (&audit, destination) {
+            (Some(audit), _) => install(audit.clone()),
+            (None, Destination::Stderr) => install(logs.clone()),
+            (None, _) => false,
+        };
+        Ok(Outputs { logs, audit })
+    }
+
+    /// Gives each stream up to `grace` to write what it queued, for exit: a stalled reader must not keep a
+    /// terminated process alive.
+    pub fn close(&self, grace: std::time::Duration) {
+        if let Some(audit) = &self.audit {
+            audit.close(grace);
+        }
+        self.logs.close(grace);
+    }
 }
 
 /// Where records go: set once by the program's `main`; a library user that sets nothing writes none.

@@ -54,20 +54,20 @@ impl From<LocalArgs> for LocalOptions {
 /// Runs local mode until Ctrl-C or SIGTERM. The servers' logs go to stderr (`RUST_LOG`, warnings
 /// by default) so that stdout carries only the summary people read.
 pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
+    let outputs = mcp_authz_audit::Outputs::start(
+        args.audit_output,
+        mcp_authz_audit::pipe::DEFAULT_CAPACITY_BYTES,
+        // Counted where most records come from: every sidecar's /metrics shows the drops.
+        mcp_authz_audit::pipe::Dropped::process("sidecar"),
+    )
+    .map_err(LocalError::Audit)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Another subscriber may already be installed (tests, an embedding program): keep it.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(outputs.logs.clone())
         .try_init();
-    let audit = mcp_authz_audit::start(
-        args.audit_output,
-        mcp_authz_audit::pipe::DEFAULT_CAPACITY_BYTES,
-        // Counted where most records come from: every sidecar's /metrics shows the drops.
-        mcp_authz_audit::pipe::Dropped::process("sidecar").clone(),
-    )
-    .map_err(LocalError::Audit)?;
     let stop = async {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -83,8 +83,6 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         }
     };
     let result = runtime::run(args.into(), stop).await;
-    if let Some(audit) = audit {
-        audit.close(Duration::from_secs(2));
-    }
+    outputs.close(Duration::from_secs(2));
     result
 }

@@ -61,8 +61,8 @@ pub enum LocalError {
     /// The authorization server did not start.
     #[error("the authorization server did not start: {0}")]
     AuthServer(String),
-    /// The audit output's writer thread did not start.
-    #[error("the audit output did not start: {0}")]
+    /// The writer threads of the logs and the audit records did not start.
+    #[error("the log and audit outputs did not start: {0}")]
     Audit(std::io::Error),
     /// A sidecar did not start.
     #[error("the sidecar of {service} did not start: {message}")]

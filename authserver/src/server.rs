@@ -152,8 +152,9 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
     router
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn(bounded))
+        // Outermost, so that a timed-out request's audit record has its trace too.
+        .layer(middleware::from_fn(traced))
         .with_state(state)
 }
 
@@ -179,8 +180,8 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/grants/revoke", post(admin::revoke_grants))
         .route("/admin/audit", get(admin::recent_audit))
         .fallback(not_found)
-        .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn(bounded_admin))
+        .layer(middleware::from_fn(traced))
         .with_state(state)
 }
 
@@ -192,25 +193,32 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// Latency per endpoint (a fixed label set: the path's last segment when it is one of ours).
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let endpoint = [
+/// The endpoint a path names, from a fixed set (the path's last segment when it is one of ours): the latency
+/// metric's label and the audit event of a request that timed out.
+fn endpoint_of(path: &str) -> &'static str {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    [
         "authorize",
         "login",
         "consent",
         "token",
         "introspect",
         "revoke",
+        "register",
         "jwks",
     ]
     .into_iter()
-    .find(|e| path.ends_with(&format!("/{e}")))
+    .find(|e| *e == last)
     .unwrap_or(if path.contains("/.well-known/") {
         "metadata"
     } else {
         "other"
-    });
+    })
+}
+
+/// Latency per endpoint.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = endpoint_of(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;
     if endpoint != "token" {
@@ -262,18 +270,26 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 async fn bounded(request: Request, next: Next) -> Response {
-    within(REQUEST_TIMEOUT, request, next).await
+    let endpoint = endpoint_of(request.uri().path());
+    within(REQUEST_TIMEOUT, endpoint, request, next).await
 }
 
 async fn bounded_admin(request: Request, next: Next) -> Response {
-    within(ADMIN_REQUEST_TIMEOUT, request, next).await
+    within(ADMIN_REQUEST_TIMEOUT, "admin", request, next).await
 }
 
-/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in `limit`.
-async fn within(limit: Duration, request: Request, next: Next) -> Response {
+/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in `limit`; the
+/// request was refused, so the audit stream says so (a store row is not written: anyone can time out).
+async fn within(limit: Duration, endpoint: &str, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
+            crate::audit::log(&crate::audit::Decision {
+                event: endpoint,
+                outcome: "refused",
+                reason: "request_timeout",
+                ..Default::default()
+            });
             let mut response = OAuthError::invalid_request(format!(
                 "the request was not completed within {} seconds",
                 limit.as_secs()
@@ -754,6 +770,22 @@ pub fn store_error(e: StoreError) -> OAuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_names_its_endpoint_from_a_fixed_set() {
+        for (path, endpoint) in [
+            ("/token", "token"),
+            ("/tenant/a/token", "token"),
+            ("/register", "register"),
+            ("/token/", "other"),
+            ("/tokens", "other"),
+            ("/.well-known/oauth-authorization-server", "metadata"),
+            ("/", "other"),
+            ("", "other"),
+        ] {
+            assert_eq!(endpoint_of(path), endpoint, "{path}");
+        }
+    }
 
     fn config(extra: &str) -> AuthServerConfig {
         let text = format!(

@@ -22,13 +22,8 @@ impl Drop for Server {
     }
 }
 
-#[tokio::test]
-async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
-    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const PARENT: &str = "00f067aa0ba902b7";
-    let (_dir, mut child, base) = start_binary(Stdio::piped()).await;
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let _server = Server(child);
+/// Reads the audit stream on a thread; every line must be a whole record of the schema.
+fn read_records(stdout: BufReader<std::process::ChildStdout>) -> mpsc::Receiver<Value> {
     let (lines, records) = mpsc::channel::<Value>();
     std::thread::spawn(move || {
         for line in stdout.lines() {
@@ -40,6 +35,17 @@ async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
             }
         }
     });
+    records
+}
+
+#[tokio::test]
+async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let (_dir, mut child, base) = start_binary(Stdio::piped()).await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _server = Server(child);
+    let records = read_records(stdout);
     let http = reqwest::Client::new();
     let (key, header) = service_signer();
     let token = |scope: Option<&'static str>, traced: bool| {
@@ -107,5 +113,48 @@ async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
         )
     );
     // Exactly one record each: nothing more arrives.
+    assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+/// A request that never finishes (its body trickles, then stops) is refused with 408 after the request timeout:
+/// no decision was made, but the refusal has its record, with the request's trace.
+#[tokio::test]
+async fn a_timed_out_token_request_writes_one_refusal_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let (_dir, mut child, base) = start_binary(Stdio::piped()).await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _server = Server(child);
+    let records = read_records(stdout);
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /token HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         content-length: 100\r\ntraceparent: 00-{TRACE}-b7ad6b7169203331-01\r\n\r\ngrant_type="
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        mcp_authz_authserver::server::REQUEST_TIMEOUT + Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer after the request timeout");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let record = records
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the timeout's record");
+    for (field, value) in [
+        ("source", "authserver"),
+        ("event", "token"),
+        ("outcome", "deny"),
+        ("action", "refused"),
+        ("reason", "request_timeout"),
+        ("client_id", ""),
+        ("trace_id", TRACE),
+    ] {
+        assert_eq!(record[field], value, "{field} in {record}");
+    }
     assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
 }

@@ -85,7 +85,6 @@ async fn main() -> anyhow::Result<()> {
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
     running.stop().await;
-    outputs.close(std::time::Duration::from_secs(2));
     Ok(())
 }
 

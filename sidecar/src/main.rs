@@ -41,9 +41,6 @@ struct Args {
     log_buffer_bytes: usize,
 }
 
-/// How long queued log lines may take to reach stdout at exit.
-const LOG_FLUSH_GRACE: Duration = Duration::from_secs(2);
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Each stream is written by a thread of its own: a slow reader of it must never stall the runtime (issue 15).
@@ -62,9 +59,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init()
     }
-    let result = serve(args);
-    outputs.close(LOG_FLUSH_GRACE);
-    result
+    // Dropping `outputs` on the way out writes what they queued.
+    serve(args)
 }
 
 fn serve(args: Args) -> anyhow::Result<()> {

@@ -634,22 +634,32 @@ pub const MAX_AUDIT_RECORDS_PER_REQUEST: usize = 16;
 /// The reason of the record that stands for a request's operations past [`MAX_AUDIT_RECORDS_PER_REQUEST`].
 pub const MORE_OPERATIONS: &str = "more_operations";
 
-/// Writes the audit records of a decision, at most [`MAX_AUDIT_RECORDS_PER_REQUEST`]: past that, the last one
-/// stands for the rest (`more_operations`, a `deny` if any of them was). The request's `traceparent` header
-/// comes first (the trace an ingress or mesh shares with its own logs), a message's `_meta` one when there is
-/// none; both come from the client and are not checked.
+/// Writes the audit records of a decision, at most [`MAX_AUDIT_RECORDS_PER_REQUEST`]: the operations refused for
+/// their own sake first, then those refused with them (`batch_refused`), then those let through, so a cap cuts the
+/// least telling; past it, the last record stands for the rest (`more_operations`, a `deny` if any of them was,
+/// its `tool` the distinct names they carry, bounded like every field). The request's `traceparent` header comes
+/// first (the trace an ingress or mesh shares with its own logs), a message's `_meta` one when there is none;
+/// both come from the client and are not checked.
 fn write_audit(
     rt: &Runtime,
     lines: &[verdict::AuditLine<'_>],
     identity: Option<&Identity>,
     trace: Option<&TraceIds>,
 ) {
-    let shown = if lines.len() > MAX_AUDIT_RECORDS_PER_REQUEST {
+    let rank = |l: &verdict::AuditLine<'_>| match (l.decision, l.reason) {
+        ("allow", _) => 2,
+        (_, verdict::BATCH_REFUSED) => 1,
+        _ => 0,
+    };
+    let mut ordered: Vec<&verdict::AuditLine<'_>> = lines.iter().collect();
+    // Stable: within a rank, the body's order.
+    ordered.sort_by_key(|l| rank(l));
+    let shown = if ordered.len() > MAX_AUDIT_RECORDS_PER_REQUEST {
         MAX_AUDIT_RECORDS_PER_REQUEST - 1
     } else {
-        lines.len()
+        ordered.len()
     };
-    let (written, rest) = lines.split_at(shown);
+    let (written, rest) = ordered.split_at(shown);
     for line in written {
         audit::record(&AuditEvent {
             identity,
@@ -663,11 +673,18 @@ fn write_audit(
     }
     if let Some(first) = rest.first() {
         let refused = rest.iter().any(|l| l.decision != "allow");
+        let mut names: Vec<&str> = Vec::new();
+        for name in rest.iter().filter_map(|l| l.target) {
+            if !names.contains(&name) && names.len() < MAX_AUDIT_RECORDS_PER_REQUEST * 4 {
+                names.push(name);
+            }
+        }
+        let names = names.join(" ");
         audit::record(&AuditEvent {
             identity,
             service: &rt.config.resource,
             method: "POST",
-            target: None,
+            target: Some(&names),
             decision: if refused { "deny" } else { "allow" },
             reason: MORE_OPERATIONS,
             trace: trace.or(first.trace.as_ref()),

@@ -598,19 +598,25 @@ pub fn verdict<'a>(rules: &Rules<'_>, facts: &RequestFacts<'a>) -> Verdict<'a> {
     }
     if sensitive {
         let refused = |answer, reason| {
-            // Nothing was forwarded: an "allow" line here would read as a call that reached the server.
+            // Nothing was forwarded: each tool call is refused for the token's sake, and a body without one
+            // (a sensitive `resources/read`) still leaves one line.
             let mut audit: Vec<AuditLine<'a>> = audit
                 .iter()
-                .filter(|l| l.decision != "allow")
-                .cloned()
+                .map(|l| AuditLine {
+                    decision: "deny",
+                    reason,
+                    ..l.clone()
+                })
                 .collect();
-            audit.push(AuditLine {
-                method: "POST",
-                target: None,
-                decision: "deny",
-                reason,
-                trace: None,
-            });
+            if audit.is_empty() {
+                audit.push(AuditLine {
+                    method: "POST",
+                    target: None,
+                    decision: "deny",
+                    reason,
+                    trace: classified.trace_of(0),
+                });
+            }
             Verdict {
                 outcome: Outcome::Refuse { answer, reason },
                 audit,
@@ -1173,11 +1179,11 @@ mod tests {
                 ..case("an inactive token is 401", call(1, "wipe_all"), &["danger"],
                     Short::Refuse(401, "token_inactive",
                         "Bearer error=\"invalid_token\", error_description=\"the token is no longer active\", resource_metadata=\"m\", scope=\"read\"".into()),
-                    vec![("POST", None, "deny", "token_inactive")]) },
+                    vec![("tools/call", Some("wipe_all"), "deny", "token_inactive")]) },
             Case { sensitive: Some(&["danger"]), issuer: Some(Err("introspection_unavailable")),
                 ..case("an issuer that cannot say is 503", call(1, "wipe_all"), &["danger"],
                     Short::Refuse(503, "introspection_unavailable", String::new()),
-                    vec![("POST", None, "deny", "introspection_unavailable")]) },
+                    vec![("tools/call", Some("wipe_all"), "deny", "introspection_unavailable")]) },
             Case { sensitive: Some(&["danger"]),
                 ..case("a refusal needs no issuer", call(1, "wipe_all"), &["read"],
                     Short::Refuse(403, "insufficient_scope", challenge("danger")),

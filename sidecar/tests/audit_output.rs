@@ -438,25 +438,27 @@ async fn an_allowed_and_a_refused_call_each_write_one_record_with_who_what_and_t
 }
 
 #[tokio::test]
-async fn a_large_refused_batch_writes_sixteen_records_the_last_standing_for_the_rest() {
+async fn a_large_batch_writes_sixteen_records_the_refusal_first_the_last_naming_the_rest() {
     let mut running = Running::start(&[]).await;
     let audit = records(running.stdout.take().unwrap());
     let Running {
         client, read, url, ..
     } = &running;
-    // 40 allowed calls and one no rule allows: refused whole, so none of the 41 reached the server.
-    let mut batch: Vec<Value> = (0..40)
-        .map(|i| serde_json::from_str(&call(i, &format!("get_{i}"))).unwrap())
-        .collect();
-    batch.push(serde_json::from_str(&call(40, "unknown")).unwrap());
-    let body = Value::Array(batch).to_string();
-    let answer = client
-        .request(post_request(url, Some(read), &body))
-        .await
-        .unwrap();
+    let calls = |range: std::ops::Range<u64>| -> Vec<Value> {
+        range
+            .map(|i| serde_json::from_str(&call(i, &format!("get_{i}"))).unwrap())
+            .collect()
+    };
+    let send = |body: Value| client.request(post_request(url, Some(read), &body.to_string()));
+    // 40 allowed calls and, last, one no rule allows: refused whole, so none of the 41 reached the server.
+    let mut refused = calls(0..40);
+    refused.push(serde_json::from_str(&call(40, "unknown")).unwrap());
+    let answer = send(Value::Array(refused)).await.unwrap();
     assert_eq!(collect(answer).await.0, StatusCode::FORBIDDEN);
-    let sentinel = client
-        .request(post_request(url, Some(read), &call(99, "get_sentinel")))
+    // 20 allowed calls, forwarded.
+    let answer = send(Value::Array(calls(100..120))).await.unwrap();
+    assert_eq!(collect(answer).await.0, StatusCode::OK);
+    let sentinel = send(serde_json::from_str(&call(999, "get_sentinel")).unwrap())
         .await
         .unwrap();
     assert_eq!(collect(sentinel).await.0, StatusCode::OK);
@@ -476,21 +478,27 @@ async fn a_large_refused_batch_writes_sixteen_records_the_last_standing_for_the_
             field("reason"),
         ));
     }
-    let mut expected: Vec<(String, String, String, String)> = (0..15)
-        .map(|i| {
-            (
-                "tools/call".into(),
-                format!("get_{i}"),
-                "deny".into(),
-                "batch_refused".into(),
-            )
-        })
-        .collect();
-    expected.push((
-        "POST".into(),
-        String::new(),
-        "deny".into(),
-        "more_operations".into(),
-    ));
+    let row = |method: &str, tool: String, outcome: &str, reason: &str| {
+        (
+            method.to_owned(),
+            tool,
+            outcome.to_owned(),
+            reason.to_owned(),
+        )
+    };
+    let names = |range: std::ops::Range<u64>| {
+        range
+            .map(|i| format!("get_{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // The refusal's own reason first, then 14 of the calls refused with it, then one record for the other 26.
+    let mut expected = vec![row("tools/call", "unknown".into(), "deny", "forbidden")];
+    expected
+        .extend((0..14).map(|i| row("tools/call", format!("get_{i}"), "deny", "batch_refused")));
+    expected.push(row("POST", names(14..40), "deny", "more_operations"));
+    // The forwarded batch: 15 records, then one allow naming the 5 others.
+    expected.extend((100..115).map(|i| row("tools/call", format!("get_{i}"), "allow", "ok")));
+    expected.push(row("POST", names(115..120), "allow", "more_operations"));
     assert_eq!(got, expected);
 }

@@ -112,7 +112,7 @@ impl<'a> Record<'a> {
 }
 
 /// The most bytes of a field a record carries, counted as written (escapes included: a control character is six
-/// bytes there). Tool names, scopes, client ids and subjects come from requests (a tool name may be as long as a
+/// bytes there), plus the `…` that ends a cut value. Tool names, scopes, client ids and subjects come from requests (a tool name may be as long as a
 /// body): a longer value is cut at a character boundary and ends with `…`. With the sidecar's cap on records
 /// per request, a request's records stay a small fraction of the queue however it is made.
 pub const MAX_FIELD_BYTES: usize = 1024;
@@ -208,12 +208,22 @@ impl Outputs {
     }
 
     /// Gives each stream up to `grace` to write what it queued, for exit: a stalled reader must not keep a
-    /// terminated process alive.
+    /// terminated process alive. Dropping the outputs does this with [`EXIT_GRACE`], so an early return or a
+    /// panic in `main` loses no line either.
     pub fn close(&self, grace: std::time::Duration) {
         if let Some(audit) = &self.audit {
             audit.close(grace);
         }
         self.logs.close(grace);
+    }
+}
+
+/// How long each stream may take to write what it queued when the outputs are dropped.
+pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        self.close(EXIT_GRACE);
     }
 }
 

@@ -82,7 +82,6 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             () = terminate => {}
         }
     };
-    let result = runtime::run(args.into(), stop).await;
-    outputs.close(Duration::from_secs(2));
-    result
+    // Dropping `outputs` on the way out writes what they queued.
+    runtime::run(args.into(), stop).await
 }

@@ -254,6 +254,8 @@ fn alerts_fire_when_they_should_and_only_then() {
     };
     let jwks = r#"mcp_authz_sidecar_jwks_age_seconds{namespace="team-a", pod="notes-0"}"#;
     let dropped = r#"mcp_authz_sidecar_audit_dropped_total{namespace="team-a", pod="notes-0"}"#;
+    let server_dropped =
+        r#"mcp_authz_authserver_audit_dropped_total{namespace="mcp-authz", pod="auth-0"}"#;
     let up = r#"up{mcp_authz_component="authserver", pod="auth-0"}"#;
     let stale = "McpAuthzSidecarJwksStale";
     let watch = r#"mcp_authz_operator_watch_errors_total{namespace="mcp-authz", pod="operator-0", kind="MCPService"}"#;
@@ -286,6 +288,20 @@ fn alerts_fire_when_they_should_and_only_then() {
         case(
             &[(dropped, "3x15")],
             "McpAuthzSidecarAuditLinesDropped",
+            "12m",
+            &[],
+        ),
+        case(
+            &[(server_dropped, "0 0 2+2x10")],
+            "McpAuthzAuthServerAuditRecordsDropped",
+            "8m",
+            &[
+                serde_json::json!({ "namespace": "mcp-authz", "pod": "auth-0", "severity": "warning" }),
+            ],
+        ),
+        case(
+            &[(server_dropped, "7x15")],
+            "McpAuthzAuthServerAuditRecordsDropped",
             "12m",
             &[],
         ),

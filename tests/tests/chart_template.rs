@@ -526,6 +526,7 @@ fn monitoring_objects_are_opt_in() {
             "McpAuthzWebhookCertificateExpiring",
             "McpAuthzSidecarJwksStale",
             "McpAuthzSidecarAuditLinesDropped",
+            "McpAuthzAuthServerAuditRecordsDropped",
             "McpAuthzOperatorWatchFailing"
         ]
     );

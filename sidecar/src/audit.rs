@@ -10,6 +10,8 @@ use crate::token::Identity;
 pub struct AuditEvent<'a> {
     /// Who, if the token was verified.
     pub identity: Option<&'a Identity>,
+    /// The token's scopes, space-separated (joined once per request, not per record).
+    pub scopes: &'a str,
     /// The service: its resource URL.
     pub service: &'a str,
     /// The JSON-RPC method, or the HTTP method for requests without a body.
@@ -26,14 +28,13 @@ pub struct AuditEvent<'a> {
 
 /// Writes the event.
 pub fn record(event: &AuditEvent<'_>) {
-    let (subject, client_id, scopes, caller) = match event.identity {
+    let (subject, client_id, caller) = match event.identity {
         Some(id) => (
             id.subject.as_str(),
             id.client_id.as_str(),
-            id.scopes.join(" "),
             id.caller.as_str(),
         ),
-        None => ("", "", String::new(), ""),
+        None => ("", "", ""),
     };
     let record = Record {
         source: "sidecar",
@@ -46,7 +47,7 @@ pub fn record(event: &AuditEvent<'_>) {
         service: event.service,
         method: event.method,
         tool: event.target.unwrap_or(""),
-        scopes: &scopes,
+        scopes: event.scopes,
         ..Default::default()
     }
     .traced(event.trace);

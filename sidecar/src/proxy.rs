@@ -634,35 +634,26 @@ pub const MAX_AUDIT_RECORDS_PER_REQUEST: usize = 16;
 /// The reason of the record that stands for a request's operations past [`MAX_AUDIT_RECORDS_PER_REQUEST`].
 pub const MORE_OPERATIONS: &str = "more_operations";
 
-/// Writes the audit records of a decision, at most [`MAX_AUDIT_RECORDS_PER_REQUEST`]: the operations refused for
-/// their own sake first, then those refused with them (`batch_refused`), then those let through, so a cap cuts the
-/// least telling; past it, the last record stands for the rest (`more_operations`, a `deny` if any of them was,
-/// its `tool` the distinct names they carry, bounded like every field). The request's `traceparent` header comes
-/// first (the trace an ingress or mesh shares with its own logs), a message's `_meta` one when there is none;
-/// both come from the client and are not checked.
+/// Writes the audit records of a decision, at most [`MAX_AUDIT_RECORDS_PER_REQUEST`], in the body's order. Past
+/// the cap the operations refused for their own sake come first, then those refused with them
+/// (`batch_refused`), then those let through, so the cap cuts the least telling; the last record stands for the
+/// rest (`more_operations`, a `deny` if any of them was, its `tool` the distinct names they carry, bounded like
+/// every field). The request's `traceparent` header comes first (the trace an ingress or mesh shares with its
+/// own logs), a message's `_meta` one when there is none; both come from the client and are not checked.
 fn write_audit(
     rt: &Runtime,
     lines: &[verdict::AuditLine<'_>],
     identity: Option<&Identity>,
     trace: Option<&TraceIds>,
 ) {
-    let rank = |l: &verdict::AuditLine<'_>| match (l.decision, l.reason) {
-        ("allow", _) => 2,
-        (_, verdict::BATCH_REFUSED) => 1,
-        _ => 0,
-    };
-    let mut ordered: Vec<&verdict::AuditLine<'_>> = lines.iter().collect();
-    // Stable: within a rank, the body's order.
-    ordered.sort_by_key(|l| rank(l));
-    let shown = if ordered.len() > MAX_AUDIT_RECORDS_PER_REQUEST {
-        MAX_AUDIT_RECORDS_PER_REQUEST - 1
-    } else {
-        ordered.len()
-    };
-    let (written, rest) = ordered.split_at(shown);
-    for line in written {
+    if lines.is_empty() {
+        return;
+    }
+    let scopes = identity.map(|i| i.scopes.join(" ")).unwrap_or_default();
+    let record = |line: &verdict::AuditLine<'_>| {
         audit::record(&AuditEvent {
             identity,
+            scopes: &scopes,
             service: &rt.config.resource,
             method: line.method,
             target: line.target,
@@ -670,26 +661,39 @@ fn write_audit(
             reason: line.reason,
             trace: trace.or(line.trace.as_ref()),
         });
+    };
+    if lines.len() <= MAX_AUDIT_RECORDS_PER_REQUEST {
+        lines.iter().for_each(record);
+        return;
     }
-    if let Some(first) = rest.first() {
-        let refused = rest.iter().any(|l| l.decision != "allow");
-        let mut names: Vec<&str> = Vec::new();
-        for name in rest.iter().filter_map(|l| l.target) {
-            if !names.contains(&name) && names.len() < MAX_AUDIT_RECORDS_PER_REQUEST * 4 {
-                names.push(name);
-            }
+    let rank = |l: &&verdict::AuditLine<'_>| match (l.decision, l.reason) {
+        ("allow", _) => 2,
+        (_, verdict::BATCH_REFUSED) => 1,
+        _ => 0,
+    };
+    let mut ordered: Vec<&verdict::AuditLine<'_>> = lines.iter().collect();
+    // Stable: within a rank, the body's order.
+    ordered.sort_by_key(rank);
+    let (written, rest) = ordered.split_at(MAX_AUDIT_RECORDS_PER_REQUEST - 1);
+    written.iter().copied().for_each(record);
+    let mut names: Vec<&str> = Vec::new();
+    for name in rest.iter().filter_map(|l| l.target) {
+        if !names.contains(&name) && names.len() < MAX_AUDIT_RECORDS_PER_REQUEST * 4 {
+            names.push(name);
         }
-        let names = names.join(" ");
-        audit::record(&AuditEvent {
-            identity,
-            service: &rt.config.resource,
-            method: "POST",
-            target: Some(&names),
-            decision: if refused { "deny" } else { "allow" },
-            reason: MORE_OPERATIONS,
-            trace: trace.or(first.trace.as_ref()),
-        });
     }
+    let names = names.join(" ");
+    record(&verdict::AuditLine {
+        method: "POST",
+        target: Some(&names),
+        decision: if rest.iter().any(|l| l.decision != "allow") {
+            "deny"
+        } else {
+            "allow"
+        },
+        reason: MORE_OPERATIONS,
+        trace: rest[0].trace,
+    });
 }
 
 /// The response that carries a refusal.

@@ -9,14 +9,14 @@ from __future__ import annotations
 import anyio
 import httpx2
 from mcp import ClientSession
-from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.auth.extensions.identity_assertion import IdentityAssertionOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET, MACHINE_SECRET, MACHINE_SECRET_CLIENT
+from conftest import ENTERPRISE_AGENT, ENTERPRISE_SECRET, MACHINE_SECRET_CLIENT
 from flows import mcp_post
 from inventory_api import AUDIENCE
 from test_enterprise import MemoryStorage, redeem_for_person
+from test_machine_clients import secret_machine
 
 
 def call_tools(url: str, provider, *names: str):
@@ -72,14 +72,7 @@ def test_the_mcp_server_calls_its_downstream_as_the_person_without_the_persons_t
 def test_a_machine_clients_downstream_token_says_it_is_a_machine(plane, inventory):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
     inventory.issuer, inventory.actor = issuer, url
-    provider = ClientCredentialsOAuthProvider(
-        server_url=url,
-        storage=MemoryStorage(),
-        client_id=MACHINE_SECRET_CLIENT,
-        client_secret=MACHINE_SECRET,
-        scope="notes:read",
-        issuer=issuer,
-    )
+    provider = secret_machine(url, issuer)
     (result,) = call_tools(url, provider, "inventory_lookup")
     assert not result.is_error, result
     seen = result.structured_content

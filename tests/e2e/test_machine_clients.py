@@ -21,6 +21,18 @@ from flows import mcp_post
 from test_enterprise import MemoryStorage, redeem_for_person
 
 
+def secret_machine(url: str, issuer: str) -> ClientCredentialsOAuthProvider:
+    """The SDK's client_credentials provider for the declared machine client with a secret, asking notes:read."""
+    return ClientCredentialsOAuthProvider(
+        server_url=url,
+        storage=MemoryStorage(),
+        client_id=MACHINE_SECRET_CLIENT,
+        client_secret=MACHINE_SECRET,
+        scope="notes:read",
+        issuer=issuer,
+    )
+
+
 def call_whoami(url: str, issuer: str, provider) -> tuple[dict, list[httpx2.Response]]:
     token_requests: list[httpx2.Response] = []
 
@@ -66,14 +78,7 @@ def test_a_machine_client_with_a_key_gets_a_token_without_a_person_and_calls_a_t
 
 def test_a_machine_client_with_a_secret_gets_a_token_and_calls_a_tool(plane):
     url, issuer = plane.service("notes")["url"], plane.ready["issuer"]
-    provider = ClientCredentialsOAuthProvider(
-        server_url=url,
-        storage=MemoryStorage(),
-        client_id=MACHINE_SECRET_CLIENT,
-        client_secret=MACHINE_SECRET,
-        scope="notes:read",
-        issuer=issuer,
-    )
+    provider = secret_machine(url, issuer)
     who, token_requests = call_whoami(url, issuer, provider)
     assert [r.status_code for r in token_requests] == [200], [r.text for r in token_requests]
     assert who["subject"] == MACHINE_SECRET_CLIENT, who
@@ -141,14 +146,7 @@ def test_rules_tell_people_from_machine_clients(plane, enterprise_idp):
     refused_with(call(person.json()["access_token"], "whoami"), "forbidden: this operation is for machine clients only")
 
     # The machine's own tool, through the official SDK, and the kind the MCP server is told.
-    provider = ClientCredentialsOAuthProvider(
-        server_url=url,
-        storage=MemoryStorage(),
-        client_id=MACHINE_SECRET_CLIENT,
-        client_secret=MACHINE_SECRET,
-        scope="notes:read",
-        issuer=issuer,
-    )
+    provider = secret_machine(url, issuer)
     who, token_requests = call_whoami(url, issuer, provider)
     assert [r.status_code for r in token_requests] == [200], [r.text for r in token_requests]
     assert (who["subject"], who["caller"]) == (MACHINE_SECRET_CLIENT, "machine"), who

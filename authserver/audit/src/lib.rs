@@ -328,6 +328,22 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_is_one_of_three_words() {
+        use std::str::FromStr;
+        assert_eq!(Destination::from_str("stdout"), Ok(Destination::Stdout));
+        assert_eq!(Destination::from_str("stderr"), Ok(Destination::Stderr));
+        assert_eq!(Destination::from_str("off"), Ok(Destination::Off));
+        for wrong in ["STDOUT", "file", "", "/var/log/audit"] {
+            assert_eq!(
+                Destination::from_str(wrong),
+                Err(format!(
+                    "audit output must be stdout, stderr or off, not {wrong:?}"
+                ))
+            );
+        }
+    }
+
+    #[test]
     fn an_untraced_record_has_empty_ids() {
         let record = Record::default().traced(None);
         assert_eq!((record.trace_id, record.parent_id), ("", ""));

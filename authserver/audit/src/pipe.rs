@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// The default bound of the queue: about 3,000 audit lines, three seconds of a stalled log reader at 1,000
-/// requests/s.
+/// The default bound of a queue: about 2,300 audit records of 450 bytes (a typical `tools/call` record), two
+/// seconds of a stalled reader at 1,000 requests/s.
 pub const DEFAULT_CAPACITY_BYTES: usize = 1 << 20;
 
 /// How long the writer lets lines gather after the first of a batch arrives: how late a line may reach stdout.

@@ -70,6 +70,44 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector::ObjectRef;
+
+    #[test]
+    fn only_failed_watches_are_counted() {
+        type Outcome = Result<(), controller::Error<std::io::Error, std::io::Error>>;
+        let errors = prometheus::IntCounter::new("errors", "test").unwrap();
+        let object = || {
+            Box::new(
+                ObjectRef::<crate::api::MCPService>::new("x")
+                    .within("ns")
+                    .erase(),
+            )
+        };
+        let cases: Vec<(Outcome, u64)> = vec![
+            (Ok(()), 0),
+            // Logged by the error policy already.
+            (
+                Err(controller::Error::ReconcilerFailed(
+                    std::io::Error::other("reconcile"),
+                    object(),
+                )),
+                0,
+            ),
+            // Deleted meanwhile: expected.
+            (Err(controller::Error::ObjectNotFound(object())), 0),
+            (
+                Err(controller::Error::QueueError(std::io::Error::other(
+                    "403 forbidden",
+                ))),
+                1,
+            ),
+        ];
+        for (outcome, counted) in cases {
+            let before = errors.get();
+            drop(log_failures(outcome, "MCPService", &errors));
+            assert_eq!(errors.get() - before, counted);
+        }
+    }
 
     #[test]
     fn pauses_double_to_the_ceiling_and_start_over_after_a_reset() {

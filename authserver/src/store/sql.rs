@@ -204,6 +204,7 @@ const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_typ
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        let _span = crate::spans::store("ping");
         if !self.batch.writer_alive() {
             return Err(StoreError::Unavailable(
                 "the store's writer has stopped".into(),
@@ -214,6 +215,7 @@ impl Store for SqlStore {
     }
 
     async fn put_auth_request(&self, request: &AuthRequest) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_auth_request");
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
@@ -233,6 +235,7 @@ impl Store for SqlStore {
         id: &str,
         now: Timestamp,
     ) -> Result<Option<AuthRequest>, StoreError> {
+        let _span = crate::spans::store("auth_request");
         let row = sqlx::query("SELECT body FROM auth_requests WHERE id = $1 AND expires_at > $2")
             .bind(id)
             .bind(now)
@@ -246,6 +249,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("delete_auth_request");
         sqlx::query("DELETE FROM auth_requests WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -254,6 +258,7 @@ impl Store for SqlStore {
     }
 
     async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("pending_auth_requests");
         let row = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
             .bind(now)
             .fetch_one(&self.pool)
@@ -262,6 +267,7 @@ impl Store for SqlStore {
     }
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_code");
         sqlx::query(
             "INSERT INTO codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, expires_at, used)
              VALUES ($1, $2, $3, $4, $5, $6, 0)",
@@ -278,6 +284,7 @@ impl Store for SqlStore {
     }
 
     async fn code_grant(&self, code_hash: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("code_grant");
         let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
             .bind(code_hash)
             .fetch_optional(&self.pool)
@@ -290,6 +297,7 @@ impl Store for SqlStore {
         code_hash: &str,
         now: Timestamp,
     ) -> Result<CodeRedemption, StoreError> {
+        let _span = crate::spans::store("redeem_code");
         // The conditional update is the single-use guarantee: two replicas racing get one row between them.
         let spent = sqlx::query(
             "UPDATE codes SET used = 1 WHERE code_hash = $1 AND used = 0
@@ -325,6 +333,7 @@ impl Store for SqlStore {
     }
 
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_grant");
         self.batch
             .write(Issue {
                 grant: Some(g.clone()),
@@ -335,6 +344,7 @@ impl Store for SqlStore {
     }
 
     async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let _span = crate::spans::store("grant");
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
         )))
@@ -350,6 +360,7 @@ impl Store for SqlStore {
         now: Timestamp,
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError> {
+        let _span = crate::spans::store("list_grants");
         // Absent filters bind NULL and match everything, so the statement text never depends on input.
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {GRANT_COLUMNS} FROM grants
@@ -374,6 +385,7 @@ impl Store for SqlStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("revoke_grant");
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE grants SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
@@ -414,6 +426,7 @@ impl Store for SqlStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
+        let _span = crate::spans::store("revoke_grants");
         // The same filter in every statement; tokens first, while their grants still match `revoked_at IS NULL`.
         const MATCHING: &str = "SELECT id FROM grants
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)
@@ -461,6 +474,7 @@ impl Store for SqlStore {
         grant_id: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_refresh_token");
         sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, expires_at, used) VALUES ($1, $2, $3, 0)")
             .bind(token_hash)
             .bind(grant_id)
@@ -476,6 +490,7 @@ impl Store for SqlStore {
         new_hash: &str,
         now: Timestamp,
     ) -> Result<RefreshRotation, StoreError> {
+        let _span = crate::spans::store("rotate_refresh_token");
         let mut tx = self.pool.begin().await?;
         let spent = sqlx::query(
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0 AND expires_at > $2
@@ -513,6 +528,7 @@ impl Store for SqlStore {
     }
 
     async fn refresh_token_owner(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("refresh_token_owner");
         let row = sqlx::query("SELECT grant_id FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
@@ -525,6 +541,7 @@ impl Store for SqlStore {
         token_hash: &str,
         now: Timestamp,
     ) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("refresh_token_grant");
         let row = sqlx::query("SELECT grant_id FROM refresh_tokens WHERE token_hash = $1 AND used = 0 AND expires_at > $2")
             .bind(token_hash)
             .bind(now)
@@ -539,6 +556,7 @@ impl Store for SqlStore {
         grant_id: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_access_token");
         self.batch
             .write(Issue {
                 access_token: Some(AccessTokenRecord {
@@ -553,6 +571,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_grant(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("access_token_grant");
         let row = sqlx::query("SELECT grant_id FROM access_tokens WHERE jti = $1")
             .bind(jti)
             .fetch_optional(&self.pool)
@@ -561,6 +580,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("revoke_access_token");
         sqlx::query(
             "UPDATE access_tokens SET revoked_at = $2 WHERE jti = $1 AND revoked_at IS NULL",
         )
@@ -572,6 +592,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("access_token_revoked");
         let row = sqlx::query(
             "SELECT a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
              FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
@@ -589,6 +610,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_state(&self, jti: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let _span = crate::spans::store("access_token_state");
         let row = sqlx::query(
             "SELECT a.grant_id AS grant_id, a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
              FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
@@ -605,6 +627,7 @@ impl Store for SqlStore {
     }
 
     async fn has_consent(&self, c: &Consent<'_>) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("has_consent");
         let row = sqlx::query(
             "SELECT 1 AS one FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3 AND scopes = $4
                AND client_fingerprint = $5",
@@ -620,6 +643,7 @@ impl Store for SqlStore {
     }
 
     async fn put_consent(&self, c: &Consent<'_>, now: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_consent");
         sqlx::query(
             "INSERT INTO consents (subject, client_id, resource, scopes, granted_at, client_fingerprint)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -643,6 +667,7 @@ impl Store for SqlStore {
         jti: &str,
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("use_assertion_id");
         self.batch
             .write(Issue {
                 claim: Some(AssertionClaim {
@@ -656,6 +681,7 @@ impl Store for SqlStore {
     }
 
     async fn record_issue(&self, issue: Issue) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("record_issue");
         self.batch.write(issue).await
     }
 
@@ -665,6 +691,7 @@ impl Store for SqlStore {
         subject: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_session");
         sqlx::query("INSERT INTO sessions (id_hash, subject, expires_at) VALUES ($1, $2, $3)")
             .bind(id_hash)
             .bind(subject)
@@ -679,6 +706,7 @@ impl Store for SqlStore {
         id_hash: &str,
         now: Timestamp,
     ) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("session_subject");
         let row =
             sqlx::query("SELECT subject FROM sessions WHERE id_hash = $1 AND expires_at > $2")
                 .bind(id_hash)
@@ -689,6 +717,7 @@ impl Store for SqlStore {
     }
 
     async fn put_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_audit");
         self.batch
             .write(Issue {
                 audit: Some(e.clone()),
@@ -699,6 +728,7 @@ impl Store for SqlStore {
     }
 
     async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let _span = crate::spans::store("recent_audit");
         let rows = sqlx::query(
             "SELECT at, event, subject, client_id, resource, scopes, outcome, reason FROM audit_events
              ORDER BY at DESC LIMIT $1",
@@ -728,6 +758,7 @@ impl Store for SqlStore {
         config_json: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_dynamic_client");
         sqlx::query(
             "INSERT INTO dynamic_clients (client_id, config, created_at) VALUES ($1, $2, $3)",
         )
@@ -740,6 +771,7 @@ impl Store for SqlStore {
     }
 
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("dynamic_client");
         let row = sqlx::query("SELECT config FROM dynamic_clients WHERE client_id = $1")
             .bind(client_id)
             .fetch_optional(&self.pool)
@@ -748,6 +780,7 @@ impl Store for SqlStore {
     }
 
     async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("dynamic_clients_since");
         let row = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
             .bind(since)
             .fetch_one(&self.pool)
@@ -759,6 +792,7 @@ impl Store for SqlStore {
         &self,
         username_hash: &str,
     ) -> Result<Option<(i64, Timestamp)>, StoreError> {
+        let _span = crate::spans::store("login_failures");
         let row =
             sqlx::query("SELECT failures, expires_at FROM login_failures WHERE username_hash = $1")
                 .bind(username_hash)
@@ -775,6 +809,7 @@ impl Store for SqlStore {
         now: Timestamp,
         window_secs: i64,
     ) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("record_login_failure");
         // One statement, so concurrent failures on several replicas all count, each seeing its own number.
         let row = sqlx::query(
             "INSERT INTO login_failures (username_hash, window_started, failures, expires_at)
@@ -794,6 +829,7 @@ impl Store for SqlStore {
     }
 
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("clear_login_failures");
         sqlx::query("DELETE FROM login_failures WHERE username_hash = $1")
             .bind(username_hash)
             .execute(&self.pool)
@@ -802,6 +838,7 @@ impl Store for SqlStore {
     }
 
     async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("forget_login_failure");
         sqlx::query(
             "UPDATE login_failures SET failures = failures - 1 WHERE username_hash = $1 AND failures > 0",
         )
@@ -812,6 +849,7 @@ impl Store for SqlStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let _span = crate::spans::store("purge_expired");
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.
         // An assertion id is kept a while past its expiry: a replay verified in the assertion's last second is

@@ -499,7 +499,13 @@ pub fn render(
             "--config".into(),
             format!("{CONFIG_DIR}/{}", naming::AUTHSERVER_CONFIG_FILE),
         ]),
-        env: (!env.is_empty()).then_some(env),
+        env: {
+            env.extend(super::tracing_env::env_vars(
+                &settings.tracing,
+                "mcp-authz-server",
+            ));
+            (!env.is_empty()).then_some(env)
+        },
         ports: Some(
             [
                 ("http", AUTHSERVER_PORT),

@@ -172,3 +172,76 @@ fn export_loop<E: SpanExporter>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// A collector that takes a batch and never answers.
+    #[derive(Debug)]
+    struct Stalled;
+
+    impl SpanExporter for Stalled {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+
+    /// A collector that refuses every batch.
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl SpanExporter for Refusing {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            Err(OTelSdkError::InternalFailure("refused".into()))
+        }
+    }
+
+    fn provider<E: SpanExporter + 'static>(exporter: E) -> (SdkTracerProvider, IntCounterVec) {
+        let dropped = crate::dropped_counter("test");
+        let queue = ExportQueue::start(
+            exporter,
+            &Resource::builder_empty().build(),
+            dropped.clone(),
+        )
+        .expect("export thread");
+        (
+            SdkTracerProvider::builder()
+                .with_span_processor(queue)
+                .build(),
+            dropped,
+        )
+    }
+
+    #[test]
+    fn a_stalled_collector_costs_spans_never_a_wait() {
+        let (provider, dropped) = provider(Stalled);
+        let tracer = provider.tracer("test");
+        // One batch is taken by the stalled export, the queue holds the next 2,048, the rest are dropped.
+        let made = BATCH_SPANS + QUEUE_SPANS + 1000;
+        for _ in 0..made {
+            tracer.start("request").end();
+        }
+        let full = dropped.with_label_values(&["queue_full"]).get() as usize;
+        assert!(
+            (1000..=made - QUEUE_SPANS).contains(&full),
+            "{full} of {made} dropped"
+        );
+        assert_eq!(dropped.with_label_values(&["export_failed"]).get(), 0);
+    }
+
+    #[test]
+    fn a_refused_batch_is_counted_span_by_span() {
+        let (provider, dropped) = provider(Refusing);
+        let tracer = provider.tracer("test");
+        for _ in 0..7 {
+            tracer.start("request").end();
+        }
+        provider.force_flush().expect("flushed");
+        assert_eq!(dropped.with_label_values(&["export_failed"]).get(), 7);
+        assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 0);
+        provider.shutdown().expect("shut down");
+    }
+}

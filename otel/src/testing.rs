@@ -86,12 +86,15 @@ impl Jaeger {
             (free_port(), free_port(), free_port(), free_port());
         let path = dir.path().join("jaeger.yaml");
         std::fs::write(&path, config(otlp, query_http, query_grpc, health)).unwrap();
+        // Its log (warnings only) goes to a file, shown if it does not come up.
+        let log_path = dir.path().join("jaeger.log");
+        let log = std::fs::File::create(&log_path).expect("a log file");
         let child = Command::new(binary)
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("MCP_AUTHZ_JAEGER runs");
         let jaeger = Self {
@@ -118,7 +121,8 @@ impl Jaeger {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("Jaeger did not come up within 60 s");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("Jaeger did not come up within 60 s; its log:\n{log}");
     }
 
     /// The trace `trace_id` (32 hex digits) once `complete` says it is (Jaeger shows spans as they arrive,

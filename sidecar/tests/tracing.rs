@@ -373,3 +373,58 @@ async fn without_an_endpoint_the_clients_trace_context_reaches_the_upstream_unto
         "the drop counter is exported even with tracing off"
     );
 }
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
+    // A port nobody listens on: every export is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+    })
+    .unwrap()
+    .expect("tracing on");
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
+        support::config(&upstream.url(), &jwks.url()),
+        Some(&settings),
+    )
+    .await
+    .unwrap();
+    let client = support::client();
+    let proxy = format!("http://{}", sidecar.proxy_addr);
+    let read = token(&key, "mcp:read");
+    for id in 0..3 {
+        let status = send(&client, &proxy, &read, &call(id, "get_user"), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Four spans per allowed call, each batch refused: all twelve counted once the export thread has tried.
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr);
+    let mut failed = 0;
+    for _ in 0..100 {
+        let request = http::Request::get(&metrics)
+            .body(support::full(""))
+            .unwrap();
+        let (_, _, text) = support::collect(client.request(request).await.unwrap()).await;
+        failed = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "mcp_authz_sidecar_trace_spans_dropped_total{reason=\"export_failed\"}",
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if failed >= 12 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, 12);
+    sidecar.shutdown().await;
+}

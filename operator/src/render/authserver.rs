@@ -234,7 +234,9 @@ fn config_and_exchange_report(
             None => None,
         };
         let mut token_exchange = Vec::new();
-        for (index, edge) in super::exchange::resolve(inputs.server, service, &offered) {
+        for (index, edge) in
+            super::exchange::resolve(inputs.server, service, &offered, inputs.peers())
+        {
             match edge {
                 Ok(edge) => token_exchange.push(mcp_authz_authserver::config::ExchangeTarget {
                     audience: edge.audience,
@@ -837,8 +839,9 @@ mod tests {
                 "tokenExchange[2]: MCPService mcp-authz/gone is not in this server's config",
             ]
         );
-        let sidecar = crate::render::sidecar::sidecar_config(&services[0], &server, &scopes)
-            .expect("sidecar");
+        let sidecar =
+            crate::render::sidecar::sidecar_config(&services[0], &server, &scopes, inputs.peers())
+                .expect("sidecar");
         let tokens = sidecar
             .downstream_tokens
             .clone()

@@ -311,7 +311,12 @@ pub fn emit(record: &Record<'_>) {
     LINE.with_borrow_mut(|line| {
         line.clear();
         record.write_line(line, time::OffsetDateTime::now_utc());
-        pipe.send(line, true);
+        let kind = if record.outcome == "allow" {
+            pipe::Line::Action
+        } else {
+            pipe::Line::Refusal
+        };
+        pipe.send(line, kind);
     });
 }
 

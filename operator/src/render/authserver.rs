@@ -258,6 +258,7 @@ fn config_and_exchange_report(
             // The holder's key, and no earlier holder's, is accepted for this URL.
             holder: service.uid().unwrap_or_default(),
             token_exchange,
+            providers: Vec::new(),
         });
     }
     // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope

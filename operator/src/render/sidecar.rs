@@ -124,6 +124,7 @@ pub fn sidecar_config(
             .map(|e| DownstreamTarget {
                 audience: e.audience,
                 header: e.header,
+                connect_url: None,
             })
             .collect();
         // The sidecar's own default fills in the time limit.

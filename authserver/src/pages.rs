@@ -50,6 +50,25 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
+/// The question before a provider is disconnected: a form bound to the browser by `csrf`.
+pub fn disconnect_page(base: &str, provider: &str, name: &str, csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Disconnect?",
+        &format!(
+            "<p>Services will no longer use your <strong>{}</strong> account; a tool that needs it will ask you to \
+             connect it again.</p>\
+             <form method=\"post\" action=\"{}/connect/{}/disconnect\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Disconnect</button></form>",
+            escape(name),
+            escape(base),
+            escape(provider),
+            escape(csrf)
+        ),
+    )
+}
+
 /// A page that only tells the person something (a provider connected).
 pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
     page(

@@ -128,6 +128,10 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
             "/connect/{provider}/callback",
             get(providers::connect::callback),
         )
+        .route(
+            "/connect/{provider}/disconnect",
+            get(providers::connect::disconnect_form).post(providers::connect::disconnect),
+        )
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))

@@ -352,7 +352,8 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
 }
 
 #[tokio::test]
-async fn a_connect_link_then_refreshes_with_rotation_until_the_provider_revokes_it() {
+async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocation_at_the_provider()
+{
     let port = free_port();
     // Access tokens of 30 s: never fresh enough to hand out, so every exchange refreshes.
     let p = plane(At::Discovery(port), Some((port, "30", "true"))).await;
@@ -369,15 +370,7 @@ async fn a_connect_link_then_refreshes_with_rotation_until_the_provider_revokes_
         sign_in(&p, &mut b, "alice").await,
         Page::ToClient(_)
     ));
-    let link = url::Url::parse(&s.url("/connect/acme")).unwrap();
-    let Page::Html(at, login) = b.go(b.http.get(link.clone()), link).await else {
-        panic!("no provider login page")
-    };
-    assert!(at.starts_with(&provider.issuer), "{at}");
-    let Page::Html(at, done) = at_provider(&mut b, &at, &login, "alice").await else {
-        panic!("no page after connecting")
-    };
-    assert!(at.starts_with(&s.base), "{at}");
+    let done = connect_via_link(&p, &mut b, "alice").await;
     assert!(done.contains("Your Acme account is connected."), "{done}");
     let first_refresh = refresh_of(&p).await;
 
@@ -395,7 +388,44 @@ async fn a_connect_link_then_refreshes_with_rotation_until_the_provider_revokes_
     assert_ne!(body["access_token"].as_str(), Some(one.as_str()));
     assert_ne!(refresh_of(&p).await, second_refresh);
 
-    // The person revokes the grant at the provider (RFC 7009 with our client's credentials).
+    // alice disconnects: the stored tokens go, and the provider no longer takes the refresh token.
+    let refresh = refresh_of(&p).await;
+    let form = url::Url::parse(&s.url("/connect/acme/disconnect")).unwrap();
+    let Page::Html(at, question) = b.go(b.http.get(form.clone()), form).await else {
+        panic!("no disconnect page")
+    };
+    let Page::Html(_, done) = b.submit(&at, &question, &[]).await else {
+        panic!("no page after disconnecting")
+    };
+    assert!(
+        done.contains("Your Acme account is no longer connected."),
+        "{done}"
+    );
+    assert_eq!(p.stored_rows().await, 0);
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", provider.issuer))
+        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", &refresh)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "revoked at the provider too");
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-d").await;
+    assert_eq!(
+        (status, error_of(&body).0),
+        (400, "interaction_required"),
+        "{body}"
+    );
+
+    // Connected again, then the person revokes the grant at the provider itself (RFC 7009 with our client's
+    // credentials, as the provider's own account page would).
+    connect_via_link(&p, &mut b, "alice").await;
     let r = reqwest::Client::new()
         .post(format!("{}/token/revocation", provider.issuer))
         .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
@@ -430,6 +460,29 @@ async fn a_connect_link_then_refreshes_with_rotation_until_the_provider_revokes_
         0,
         "the revoked connection is deleted"
     );
+}
+
+/// Opens the connect link in `b` (signed in here) and goes through the provider's pages as `user`, whichever it
+/// shows (none when it remembers the person and their consent); our page at the end.
+async fn connect_via_link(p: &Plane, b: &mut Browser, user: &str) -> String {
+    let link = url::Url::parse(&p.s.url("/connect/acme")).unwrap();
+    let mut page = b.go(b.http.get(link.clone()), link).await;
+    for _ in 0..4 {
+        match page {
+            Page::Html(at, html) if at.starts_with(&p.s.base) => return html,
+            Page::Html(at, html) => {
+                let login = [("login", user), ("password", "any")];
+                let fields: &[(&str, &str)] = if html.contains("name=\"login\"") {
+                    &login
+                } else {
+                    &[]
+                };
+                page = b.submit(&at, &html, fields).await;
+            }
+            Page::ToClient(to) => panic!("sent to the client: {to}"),
+        }
+    }
+    panic!("the provider's pages did not end")
 }
 
 /// alice's refresh token at Acme as stored, opened with the server's key file.
@@ -784,6 +837,32 @@ async fn the_connect_pages_refuse_in_their_own_form() {
             "connecting Acme: the provider answered with something that is not a usable token response: not a JSON object",
         ),
     ];
+    // A disconnect form from another page, or without this browser's binding.
+    let (status, html) = page(
+        alice
+            .post(
+                s,
+                "/connect/acme/disconnect",
+                &[("csrf", "forged-by-another-page")],
+            )
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        shows(
+            &html,
+            "invalid_request",
+            "the form&#39;s CSRF token does not match this browser"
+        ),
+        "{html}"
+    );
+    assert!(
+        p.store()
+            .connection("alice", "acme")
+            .await
+            .unwrap()
+            .is_some()
+    );
     for (path, with_cookie, status, error, description) in cases {
         let state = begin_connect(s, &mut alice, &base).await;
         let mut b = support::Browser::default();

@@ -1,5 +1,7 @@
 //! The browser side of connecting a provider: `GET /connect/{id}` (from an MCP client's URL elicitation, or
-//! chained from the consent page) and `GET /connect/{id}/callback` (the provider sends the browser back).
+//! chained from the consent page), `GET /connect/{id}/callback` (the provider sends the browser back), and
+//! `GET`/`POST /connect/{id}/disconnect` (the person takes it back: the stored tokens are deleted, and the refresh
+//! token revoked at the provider when it has a revocation endpoint).
 //!
 //! The person is whoever the browser's session says: the connection is stored for that subject and no other, so
 //! a connect link opened by someone else connects their own account to themselves. The flow is bound to the
@@ -168,21 +170,9 @@ pub async fn start(
     let snapshot = state.snapshot();
     let mut who = who_for(&provider);
     let result = async {
-        if snapshot.config.provider(&provider).is_none() {
-            state.metrics.outcome("connect", "unknown_provider");
-            return Ok(pages::error_page(
-                StatusCode::NOT_FOUND,
-                "invalid_request",
-                "this server has no such provider",
-            ));
-        }
-        let Some(subject) = session_subject(&state, &snapshot, &headers).await? else {
-            state.metrics.outcome("connect", "login_required");
-            return Ok(pages::error_page(
-                StatusCode::UNAUTHORIZED,
-                "login_required",
-                "sign in to this server through your application first (your sign-in has ended), then open the link again",
-            ));
+        let subject = match person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            Ok(subject) => subject,
+            Err(page) => return Ok(page),
         };
         who.subject = Some(subject.clone());
         begin(&state, &snapshot, &subject, &provider, None).await
@@ -326,6 +316,129 @@ pub async fn callback(
             "consent given",
         )
         .await
+    }
+    .await;
+    answer(&state, &who, result).await
+}
+
+/// The person signed in to this browser, and the provider named in the path; a refusal page otherwise.
+async fn person_and_provider(
+    state: &AppState,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    provider: &str,
+) -> Result<Result<String, Response>, OAuthError> {
+    if snapshot.config.provider(provider).is_none() {
+        state.metrics.outcome("connect", "unknown_provider");
+        return Ok(Err(pages::error_page(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "this server has no such provider",
+        )));
+    }
+    match session_subject(state, snapshot, headers).await? {
+        Some(subject) => Ok(Ok(subject)),
+        None => {
+            state.metrics.outcome("connect", "login_required");
+            Ok(Err(pages::error_page(
+                StatusCode::UNAUTHORIZED,
+                "login_required",
+                "sign in to this server through your application first (your sign-in has ended), then open the link again",
+            )))
+        }
+    }
+}
+
+/// GET `/connect/{provider}/disconnect`: the question, with a form bound to this browser.
+pub async fn disconnect_form(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let snapshot = state.snapshot();
+    let who = who_for(&provider);
+    let result = async {
+        if let Err(page) = person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            return Ok(page);
+        }
+        let name = snapshot
+            .config
+            .provider(&provider)
+            .map_or("", |p| p.display_name.as_str());
+        let csrf = secrets::random_token();
+        let mut page = pages::disconnect_page(&snapshot.config.issuer, &provider, name, &csrf);
+        browser_flow::set_cookie(
+            &mut page,
+            &snapshot,
+            CONNECT_COOKIE,
+            &csrf,
+            CONNECT_TTL_SECS as u64,
+        );
+        Ok(page)
+    }
+    .await;
+    answer(&state, &who, result).await
+}
+
+/// POST `/connect/{provider}/disconnect`.
+pub async fn disconnect(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let snapshot = state.snapshot();
+    let mut who = who_for(&provider);
+    let result = async {
+        let params = Params::from_form(&headers, body).await?;
+        let subject = match person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            Ok(subject) => subject,
+            Err(page) => return Ok(page),
+        };
+        who.subject = Some(subject.clone());
+        let cookie = browser_flow::cookie(
+            &headers,
+            &browser_flow::cookie_name(&snapshot, CONNECT_COOKIE),
+        )
+        .unwrap_or_default();
+        let csrf = params.require("csrf")?;
+        if cookie.is_empty() || !secrets::constant_time_eq(csrf, &cookie) {
+            return Err(OAuthError::invalid_request(
+                "the form's CSRF token does not match this browser",
+            ));
+        }
+        let removed = state.store.delete_connection(&subject, &provider).await?;
+        let client = snapshot.providers.get(&provider).cloned();
+        // Revoked at the provider too, best effort: the stored copy is gone either way, and the person can
+        // revoke there themselves.
+        if let (Some(connection), Some(client), Some(sealer)) =
+            (&removed, client.as_ref(), snapshot.sealer.as_ref())
+            && let Some(refresh) = &connection.refresh_sealed
+            && let Ok(refresh) = sealer.open(&connection.key_id, refresh, &subject, &provider)
+            && let Err(e) = client.revoke(&refresh).await
+        {
+            tracing::warn!(error = %e, provider, "revoking a disconnected provider token failed");
+        }
+        state
+            .record_decision(Decision {
+                event: "connect",
+                subject: Some(&subject),
+                resource: Some(&provider),
+                outcome: "revoked",
+                reason: if removed.is_some() {
+                    "provider disconnected"
+                } else {
+                    "provider was not connected"
+                },
+                ..Default::default()
+            })
+            .await;
+        let name = client.map_or_else(String::new, |c| c.config.display_name.clone());
+        Ok(pages::message_page(
+            StatusCode::OK,
+            "Disconnected",
+            &format!("Your {name} account is no longer connected."),
+        ))
     }
     .await;
     answer(&state, &who, result).await

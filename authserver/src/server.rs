@@ -22,7 +22,7 @@ use crate::keys::{KeyError, KeySet};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
-use crate::{admin, authorize, consent, introspect, login, metadata, register, token};
+use crate::{admin, authorize, consent, introspect, login, metadata, providers, register, token};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,15 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .route("/login", post(login::login))
         .route("/consent", post(consent::consent))
         .route("/upstream/callback", get(login::upstream_callback))
+        .route("/connect/{provider}", get(providers::connect::start))
+        .route(
+            "/connect/{provider}/callback",
+            get(providers::connect::callback),
+        )
+        .route(
+            "/connect/{provider}/disconnect",
+            get(providers::connect::disconnect_form).post(providers::connect::disconnect),
+        )
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
@@ -743,8 +752,8 @@ async fn maintain(
     }
 }
 
-/// Swaps in client secrets whose files changed under an unchanged config (a rotated Secret); a file that no longer
-/// loads leaves the secrets in force, as a refused config reload does.
+/// Swaps in client secrets and provider-token keys whose files changed under an unchanged config (a rotated
+/// Secret); a file that no longer loads leaves what is in force, as a refused config reload does.
 fn reload_client_secrets(state: &AppState) {
     let snapshot = state.snapshot();
     if snapshot
@@ -752,11 +761,13 @@ fn reload_client_secrets(state: &AppState) {
         .clients
         .iter()
         .all(|c| c.client_secret_file.is_none())
+        && snapshot.config.provider_token_keys_file.is_none()
     {
         return;
     }
     let outcome = crate::state::read_client_secrets(&snapshot.config).and_then(|secrets| {
-        if secrets == snapshot.client_secrets {
+        let sealer = crate::state::read_sealer(&snapshot.config)?;
+        if secrets == snapshot.client_secrets && sealer == snapshot.sealer {
             return Ok(false);
         }
         let rebuilt = Snapshot::build(snapshot.config.clone(), Some(&snapshot))?;
@@ -767,7 +778,7 @@ fn reload_client_secrets(state: &AppState) {
         Ok(false) => {}
         Ok(true) => {
             state.metrics.reloads.with_label_values(&["ok"]).inc();
-            tracing::info!("client secrets reloaded");
+            tracing::info!("client secrets or provider-token keys reloaded");
         }
         Err(e) => {
             state
@@ -775,7 +786,7 @@ fn reload_client_secrets(state: &AppState) {
                 .reloads
                 .with_label_values(&[e.metric_label()])
                 .inc();
-            tracing::error!(error = %e, "client secret reload failed; the secrets in force stay");
+            tracing::error!(error = %e, "secret reload failed; the secrets in force stay");
         }
     }
 }

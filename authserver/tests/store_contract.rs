@@ -344,6 +344,129 @@ async fn contract(store: &dyn Store) {
 
 /// An administrator's bulk revocation reaches every matching grant, however many (a page size once stopped it at
 /// 1,000), with their tokens, and nothing else.
+fn connection(subject: &str, provider: &str, access: &str) -> ProviderConnection {
+    ProviderConnection {
+        subject: subject.into(),
+        provider: provider.into(),
+        key_id: "k1".into(),
+        refresh_sealed: Some(format!("sealed-refresh-{subject}")),
+        access_sealed: access.into(),
+        access_expires_at: 2_000,
+        scopes: "api:read".into(),
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+/// Provider connections: one per person and provider, replaced only from the version a refresh started from,
+/// deleted with a grant that used them (single and bulk revocation) and by a disconnect; connect flows single use.
+async fn provider_connections(store: &dyn Store) {
+    let now = 1_700_000_000;
+    let pending = ConnectRequest {
+        id: "state-1".into(),
+        subject: "alice".into(),
+        provider: "acme".into(),
+        verifier: "v".into(),
+        csrf: "c".into(),
+        auth_request: Some("r1".into()),
+        expires_at: now + 600,
+    };
+    store.put_connect_request(&pending).await.unwrap();
+    assert_eq!(
+        store.take_connect_request("state-1", now).await.unwrap(),
+        Some(pending.clone())
+    );
+    assert_eq!(
+        store.take_connect_request("state-1", now).await.unwrap(),
+        None
+    );
+    let late = ConnectRequest {
+        id: "state-2".into(),
+        ..pending.clone()
+    };
+    store.put_connect_request(&late).await.unwrap();
+    assert_eq!(
+        store
+            .take_connect_request("state-2", now + 600)
+            .await
+            .unwrap(),
+        None,
+        "an expired flow is not finished"
+    );
+
+    let alice = connection("alice", "acme", "a-1");
+    store.put_connection(&alice).await.unwrap();
+    store
+        .put_connection(&connection("dave", "acme", "d-1"))
+        .await
+        .unwrap();
+    store
+        .put_connection(&connection("alice", "other", "o-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.connection("carol", "acme").await.unwrap(), None);
+    // A refresh replaces the row only from the version it read; a second one that read the same loses.
+    let next = ProviderConnection {
+        access_sealed: "a-2".into(),
+        refresh_sealed: Some("rotated".into()),
+        updated_at: 1_500,
+        ..alice.clone()
+    };
+    assert!(store.replace_connection(&next, "a-1").await.unwrap());
+    assert!(!store.replace_connection(&next, "a-1").await.unwrap());
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(next.clone())
+    );
+    // Connecting again replaces the whole row.
+    store.put_connection(&alice).await.unwrap();
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(alice.clone())
+    );
+
+    // Revoking a grant that used a connection deletes it, and only it.
+    store
+        .put_grant(&grant("pg1", "alice", "c", "https://r", now))
+        .await
+        .unwrap();
+    store
+        .put_grant(&grant("pg2", "dave", "c", "https://r", now))
+        .await
+        .unwrap();
+    store.link_connection("alice", "acme", "pg1").await.unwrap();
+    store.link_connection("alice", "acme", "pg1").await.unwrap();
+    store.link_connection("dave", "acme", "pg2").await.unwrap();
+    assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
+    assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
+    assert!(store.connection("alice", "other").await.unwrap().is_some());
+    assert!(store.connection("dave", "acme").await.unwrap().is_some());
+    // A new connection starts with no grant tied to it: the revoked grant's link went with the old one.
+    store.put_connection(&alice).await.unwrap();
+    store.revoke_grant("pg1", "again", now).await.unwrap();
+    assert!(store.connection("alice", "acme").await.unwrap().is_some());
+    // Bulk revocation by subject.
+    let daves = GrantFilter {
+        subject: Some("dave".into()),
+        ..GrantFilter::default()
+    };
+    assert_eq!(store.revoke_grants(&daves, "bulk", now).await.unwrap(), 1);
+    assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
+    // A disconnect returns what was stored.
+    assert_eq!(
+        store.delete_connection("alice", "acme").await.unwrap(),
+        Some(alice)
+    );
+    assert_eq!(
+        store.delete_connection("alice", "acme").await.unwrap(),
+        None
+    );
+}
+
 async fn bulk_revocation(store: &dyn Store) {
     let now = 1_700_000_000;
     for i in 0..1500 {
@@ -615,6 +738,7 @@ async fn sqlite_store_keeps_the_contract() {
     bulk_revocation(&store).await;
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
+    provider_connections(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -630,6 +754,7 @@ async fn postgres_store_keeps_the_contract() {
     bulk_revocation(&store).await;
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
+    provider_connections(&store).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@
 //! What the issuer says decides the request ([`classify`]): a token issued is sent on; `invalid_scope` (the
 //! person's token holds nothing this downstream may get) sends the request on without that header; `invalid_grant`
 //! (revoked, expired) refuses it as an inactive token; anything else refuses it with 503, never forwarding a request
-//! whose downstream call would fail for want of a token.
+//! whose downstream call would fail for want of a token. A third-party provider's target (audience
+//! `urn:mcp-authz:provider:<id>`, with a connect link) answered `interaction_required` (the person has not
+//! connected the provider) leaves its header out and hands the link to the proxy, which asks the person to
+//! connect where the request needs the provider ([`crate::verdict::connect_required`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,7 +47,9 @@ fn reuse_for(outcome: &Result<Obtained, Failure>) -> Duration {
     match outcome {
         Ok(obtained) => obtained.reuse_for,
         Err(Failure::Inactive) => INACTIVE_TTL,
-        Err(Failure::Unavailable(_)) => UNAVAILABLE_TTL,
+        // A person about to connect retries within seconds: the refusal is kept no longer than an issuer's
+        // trouble is.
+        Err(Failure::Unavailable(_) | Failure::ConnectRequired) => UNAVAILABLE_TTL,
     }
 }
 
@@ -55,6 +60,8 @@ pub enum Failure {
     Inactive,
     /// The issuer could not be asked or answered something else; the low-cardinality reason.
     Unavailable(&'static str),
+    /// The person has not connected the third-party provider of this target (`interaction_required`).
+    ConnectRequired,
 }
 
 /// What one exchange gave: the token to send (none when the person's token holds nothing to pass on) and how
@@ -77,6 +84,9 @@ pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> 
         }
         Err(FetchError::Refused(_, code)) if code == "invalid_grant" => {
             return Err(Failure::Inactive);
+        }
+        Err(FetchError::Refused(_, code)) if code == "interaction_required" => {
+            return Err(Failure::ConnectRequired);
         }
         Err(FetchError::Timeout) => return Err(Failure::Unavailable("exchange_timeout")),
         Err(_) => return Err(Failure::Unavailable("exchange_unavailable")),
@@ -106,6 +116,23 @@ pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> 
     })
 }
 
+/// A fresh id for an MCP URL elicitation (128 random bits, base64url).
+pub fn elicitation_id() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    // Only fails without any system randomness; the id then still differs per request enough to be told apart.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The headers for one request, and the connect links of the providers the person has not connected (their
+/// headers are left out).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Obtainment {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect: Vec<String>,
+}
+
 type Key = (Box<str>, usize);
 type Flight = Arc<tokio::sync::OnceCell<Result<Obtained, Failure>>>;
 type Outcome = Result<Option<HeaderValue>, Failure>;
@@ -117,6 +144,8 @@ pub struct Exchanger {
     timeout: Duration,
     fetcher: Fetcher,
     targets: Vec<(String, HeaderName)>,
+    /// Per target, the provider's connect link (third-party provider targets only).
+    connect_urls: Vec<Option<String>>,
     cache: Mutex<HashMap<Key, (Outcome, Instant)>>,
     flights: Mutex<HashMap<Key, Flight>>,
 }
@@ -157,6 +186,11 @@ impl Exchanger {
             timeout: Duration::from_millis(config.timeout_ms),
             fetcher,
             targets,
+            connect_urls: config
+                .targets
+                .iter()
+                .map(|t| t.connect_url.clone())
+                .collect(),
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
         })
@@ -168,11 +202,18 @@ impl Exchanger {
     }
 
     /// The headers to send upstream with a request made with `token`.
-    pub async fn obtain(&self, token: &str) -> Result<Vec<(HeaderName, HeaderValue)>, Failure> {
-        let mut out = Vec::with_capacity(self.targets.len());
+    pub async fn obtain(&self, token: &str) -> Result<Obtainment, Failure> {
+        let mut out = Obtainment::default();
         for (index, (_, header)) in self.targets.iter().enumerate() {
-            if let Some(value) = self.one(token, index).await? {
-                out.push((header.clone(), value));
+            match (self.one(token, index).await, &self.connect_urls[index]) {
+                (Ok(Some(value)), _) => out.headers.push((header.clone(), value)),
+                (Ok(None), _) => {}
+                (Err(Failure::ConnectRequired), Some(url)) => out.connect.push(url.clone()),
+                // Only a provider's target can be connected: anywhere else the answer makes no sense.
+                (Err(Failure::ConnectRequired), None) => {
+                    return Err(Failure::Unavailable("exchange_unavailable"));
+                }
+                (Err(failure), _) => return Err(failure),
             }
         }
         Ok(out)
@@ -276,6 +317,10 @@ mod tests {
                 }),
             ),
             (refused("invalid_grant"), Err(Failure::Inactive)),
+            (
+                refused("interaction_required"),
+                Err(Failure::ConnectRequired),
+            ),
             (
                 refused("invalid_target"),
                 Err(Failure::Unavailable("exchange_unavailable")),

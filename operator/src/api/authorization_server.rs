@@ -147,6 +147,72 @@ pub struct AuthorizationServerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub token_exchange: Vec<TokenExchangeEdge>,
+
+    /// Third-party OAuth providers whose APIs MCP servers call with the person's own account there: a
+    /// person connects the provider once (on the consent screen, or from the link an MCP client shows
+    /// when a tool first needs it), the server keeps the provider's refresh token sealed, and the
+    /// sidecars of the listed `services` hand the MCP server a fresh provider access token for the
+    /// person of each tool call in `header`. A platform decision, like `tokenExchange`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.id == p.id))").message("providers ids must be unique"))]
+    pub providers: Vec<ThirdPartyProvider>,
+}
+
+/// A third-party OAuth provider people connect their own account of. The server is a confidential
+/// client there; register `{issuer}/connect/{id}/callback` as its redirect URI.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.issuer) ? !has(self.authorizationEndpoint) && !has(self.tokenEndpoint) && !has(self.revocationEndpoint) : has(self.authorizationEndpoint) && has(self.tokenEndpoint)")
+    .message("a provider needs either issuer (discovery) or authorizationEndpoint and tokenEndpoint")
+    .field_path(".issuer"))]
+pub struct ThirdPartyProvider {
+    /// The provider's name in this server (lowercase letters, digits, `-`): its connect link is
+    /// `{issuer}/connect/{id}`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub id: String,
+    /// Name people read on the consent screen and the connect pages.
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+    /// The provider's issuer, when it publishes OpenID Connect discovery; else give
+    /// `authorizationEndpoint` and `tokenEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("issuer must be an https URL"))]
+    pub issuer: Option<String>,
+    /// The provider's authorization endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("authorizationEndpoint must be an https URL"))]
+    pub authorization_endpoint: Option<String>,
+    /// The provider's token endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("tokenEndpoint must be an https URL"))]
+    pub token_endpoint: Option<String>,
+    /// The provider's RFC 7009 revocation endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("revocationEndpoint must be an https URL"))]
+    pub revocation_endpoint: Option<String>,
+    /// The server's client id at the provider.
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: String,
+    /// The Secret (in this server's namespace) and key holding the server's client secret at the
+    /// provider; a rotated secret takes effect without a restart.
+    pub client_secret_ref: super::SecretKeyRef,
+    /// Scopes asked of the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// The MCPServices whose sidecars receive the person's token for this provider (namespace: this
+    /// server's when empty).
+    #[schemars(length(min = 1, max = 64))]
+    pub services: Vec<super::NamespacedRef>,
+    /// The request header the MCP server reads the provider's token from (lowercase letters,
+    /// digits, `-`).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub header: String,
 }
 
 /// One service that may call one downstream as the person. The downstream is named one of two ways,

@@ -120,7 +120,10 @@ async fn reconcile_inner(
     next_index
         .keys
         .extend(generated.iter().map(|g| g.record.clone()));
-    if next_index != index || keys::resource_server_root(&previous).is_none() {
+    if next_index != index
+        || keys::resource_server_root(&previous).is_none()
+        || !previous.contains_key(keys::PROVIDER_TOKEN_KEYS_FILE)
+    {
         let data = keys::write_secret(&next_index, &previous, &generated)?;
         let secret = Secret {
             metadata: ObjectMeta {

@@ -157,6 +157,54 @@ pub fn kept(
         .collect()
 }
 
+/// A third-party provider whose person's tokens a service receives (`spec.providers[].services`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEdge {
+    /// The provider's id in the server.
+    pub id: String,
+    /// Where the MCP server reads the token.
+    pub header: String,
+    /// Where a person connects the provider.
+    pub connect_url: String,
+}
+
+/// The providers of `server` that list `service`, after its kept token-exchange edges: one whose header an edge
+/// (or an earlier provider) uses, or the sidecar reserves, or past the sidecar's bound of downstreams, is left
+/// out. The server's config and the sidecar's both come from here.
+pub fn providers_of(
+    server: &AuthorizationServer,
+    service: &MCPService,
+    edges: &[Edge],
+) -> Vec<ProviderEdge> {
+    let server_ns = server.namespace().unwrap_or_default();
+    let service_ns = service.namespace().unwrap_or_default();
+    let identity = IdentityHeaders::default();
+    let mut out: Vec<ProviderEdge> = Vec::new();
+    for provider in &server.spec.providers {
+        let listed = provider.services.iter().any(|s| {
+            s.name == service.name_any()
+                && s.namespace.as_deref().unwrap_or(&server_ns) == service_ns
+        });
+        let taken = edges.iter().any(|e| e.header == provider.header)
+            || out
+                .iter()
+                .any(|p| p.header == provider.header || p.id == provider.id);
+        if !listed
+            || taken
+            || !downstream_header_allowed(&provider.header, &identity)
+            || edges.len() + out.len() >= MAX_DOWNSTREAMS
+        {
+            continue;
+        }
+        out.push(ProviderEdge {
+            id: provider.id.clone(),
+            header: provider.header.clone(),
+            connect_url: format!("{}/connect/{}", server.spec.issuer, provider.id),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +349,52 @@ mod tests {
             .map(|(_, e)| e.is_ok())
             .collect();
         assert_eq!(alone, [false; 4]);
+    }
+
+    #[test]
+    fn providers_a_service_receives() {
+        let svc = service();
+        let name = svc.name_any();
+        let provider = |id: &str, services: serde_json::Value, header: &str| {
+            json!({"id": id, "displayName": id, "issuer": format!("https://{id}.example"), "clientId": "c",
+                   "clientSecretRef": {"name": "s", "key": "k"}, "services": services, "header": header})
+        };
+        let mine = json!([{"name": name, "namespace": "team"}]);
+        let mut v = cases::authorization_server();
+        v["metadata"]["namespace"] = json!("mcp-authz");
+        v["spec"]["issuer"] = json!("https://auth.example.com");
+        v["spec"]["providers"] = json!([
+            provider("acme", mine.clone(), "x-acme"),
+            // Another service's, and one in the server's namespace by default: not this service's.
+            provider(
+                "other",
+                json!([{"name": "other", "namespace": "team"}]),
+                "x-other"
+            ),
+            provider("here", json!([{"name": name}]), "x-here"),
+            // A header an exchange edge or an earlier provider uses, or one the sidecar reserves.
+            provider("clash", mine.clone(), "x-inventory"),
+            provider("again", mine.clone(), "x-acme"),
+            provider("reserved", mine.clone(), "x-mcp-authz-subject"),
+            provider("mail", mine, "x-mail"),
+        ]);
+        let s: AuthorizationServer = serde_json::from_value(v).expect("server");
+        let edges = [Edge {
+            audience: "https://inventory.example.com".into(),
+            scopes: vec!["files:read".into()],
+            header: "x-inventory".into(),
+        }];
+        let got: Vec<(String, String, String)> = providers_of(&s, &svc, &edges)
+            .into_iter()
+            .map(|p| (p.id, p.header, p.connect_url))
+            .collect();
+        let want = |id: &str, header: &str| {
+            (
+                id.to_owned(),
+                header.to_owned(),
+                format!("https://auth.example.com/connect/{id}"),
+            )
+        };
+        assert_eq!(got, [want("acme", "x-acme"), want("mail", "x-mail")]);
     }
 }

@@ -120,13 +120,24 @@ pub fn sidecar_config(
         .cloned()
         .collect();
     let edges = super::exchange::kept(server, service, &offered, peers);
-    if !edges.is_empty() {
+    let providers = super::exchange::providers_of(server, service, &edges);
+    if !edges.is_empty() || !providers.is_empty() {
         let targets: Vec<DownstreamTarget> = edges
             .into_iter()
             .map(|e| DownstreamTarget {
                 audience: e.audience,
                 header: e.header,
+                connect_url: None,
             })
+            .chain(providers.into_iter().map(|p| DownstreamTarget {
+                audience: format!(
+                    "{}{}",
+                    mcp_authz_authserver::config::PROVIDER_AUDIENCE_PREFIX,
+                    p.id
+                ),
+                header: p.header,
+                connect_url: Some(p.connect_url),
+            }))
             .collect();
         // The sidecar's own default fills in the time limit.
         let tokens: DownstreamTokens = serde_json::from_value(serde_json::json!({

@@ -164,16 +164,40 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(bounded))
         // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
-        .layer(middleware::from_fn(finished))
+        .layer(middleware::from_fn_with_state(state.clone(), finished))
         .with_state(state)
 }
+
+/// Requests in progress at once. Each runs on its own task to its end, and a client that hangs up no longer ends
+/// its request's work, so this is what bounds the work nobody waits for; past it a request is refused at once
+/// (429 `temporarily_unavailable` with `Retry-After`). A busy server has a few dozen in progress (about 5,000 tokens/s at a few
+/// milliseconds each), and each step of a request is bounded within the request limit.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Runs the request on a task of its own, to its end: a client that hangs up drops only the wait for the answer.
 /// Cancelled with it, a handler could stop between its store write and its audit record (a token issued and
 /// recorded in the store, with no record on the audit stream), or between two writes. The time limit inside
-/// bounds what runs on without a client.
-async fn finished(request: Request, next: Next) -> Response {
-    match tokio::spawn(next.run(request)).await {
+/// bounds each such task, [`MAX_IN_FLIGHT`] how many there are, and a stopping server waits for them.
+async fn finished(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        // Counted with the rate limits' refusals, keyed on what ran out.
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&["all", "in_progress"])
+            .inc();
+        return OAuthError::rate_limited(
+            "the server has too many requests in progress; retry shortly",
+            1,
+        )
+        .into_response();
+    };
+    let handler = tokio::spawn(async move {
+        let response = next.run(request).await;
+        drop(permit);
+        response
+    });
+    match handler.await {
         Ok(response) => response,
         Err(error) => {
             // A panic is a bug; the client gets an OAuth error, and the log says where.
@@ -208,7 +232,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_admin))
         .layer(middleware::from_fn(traced))
-        .layer(middleware::from_fn(finished))
+        .layer(middleware::from_fn_with_state(state.clone(), finished))
         .with_state(state)
 }
 
@@ -422,9 +446,13 @@ async fn serve(
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
+    in_flight: Arc<tokio::sync::Semaphore>,
 ) {
+    // HTTP/1.1 only, as the TLS listener's ALPN says: the automatic builder would also take HTTP/2 without
+    // negotiation (h2c), whose stream resets cost a client nothing per cancelled request.
     let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .http1_only();
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -455,10 +483,7 @@ async fn serve(
             None => {
                 let connection = graceful.watch(
                     builder
-                        .serve_connection_with_upgrades(
-                            hyper_util::rt::TokioIo::new(stream),
-                            service,
-                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .into_owned(),
                 );
                 tokio::spawn(async move {
@@ -475,10 +500,8 @@ async fn serve(
                     else {
                         return;
                     };
-                    let connection = builder.serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(stream),
-                        service,
-                    );
+                    let connection =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     let _ = watcher.watch(connection.into_owned()).await;
                 });
             }
@@ -489,6 +512,15 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout were closed");
+    }
+    // Requests whose clients hung up run on without a connection: they finish too (within their own limit)
+    // before the process may exit and close the audit stream behind them.
+    let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+    if tokio::time::timeout(REQUEST_TIMEOUT, in_flight.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in progress when the server stopped were cut off");
     }
 }
 
@@ -555,6 +587,7 @@ pub async fn start(
             oauth_router(state.clone()),
             Some(acceptor),
             shutdown.clone(),
+            state.in_flight.clone(),
         )));
     }
     for (listener, router) in [
@@ -566,6 +599,7 @@ pub async fn start(
             router,
             None,
             shutdown.clone(),
+            state.in_flight.clone(),
         )));
     }
     let stamp = state

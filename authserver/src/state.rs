@@ -281,6 +281,8 @@ pub struct AppState {
     pub config_path: Option<PathBuf>,
     /// One provider-token refresh at a time per connection.
     pub provider_flights: crate::providers::Flights,
+    /// Requests in progress (each runs on its own task to its end): see [`crate::server::MAX_IN_FLIGHT`].
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -301,6 +303,7 @@ impl AppState {
             audit_budget: crate::audit::RowBudget::default(),
             config_path,
             provider_flights: crate::providers::Flights::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
         }
     }
 

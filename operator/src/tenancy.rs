@@ -132,14 +132,22 @@ pub fn attached(
         && url_standing(service, server, labels).allows()
 }
 
-/// What `server` says of `service`'s claim on its URL: refused when a token-exchange edge names it as an API's
-/// audience, else as its `resourceUrls` say.
+/// What `server` says of `service`'s claim on its URL: refused when the server takes no such resource URL or a
+/// token-exchange edge names it as an API's audience, else as its `resourceUrls` say.
 pub fn url_standing(
     service: &MCPService,
     server: &AuthorizationServer,
     labels: &NamespaceLabels,
 ) -> UrlStanding {
     let url = &service.spec.resource_url;
+    // A URL the server would refuse in its config (userinfo, a port out of range, http off loopback) must
+    // not be held: held, it would be another service's token-exchange audience, and refused there too.
+    if let Err(e) = mcp_authz_authserver::config::check_resource_url(url) {
+        return UrlStanding::Unusable(match e {
+            mcp_authz_authserver::config::ConfigError::Invalid(why) => why,
+            other => other.to_string(),
+        });
+    }
     let reserved = server.spec.token_exchange.iter().position(|edge| {
         edge.audience
             .as_deref()
@@ -481,6 +489,40 @@ mod tests {
                 )
             );
         }
+        // A URL the server would refuse in its config holds nothing, so no edge's `to` can carry it there.
+        for url in [
+            "https://x@mcp.example.com/search",
+            "https://mcp.example.com:99999/search",
+            "http://mcp.example.com/search",
+        ] {
+            let unusable = service("search", "search", url, 1, "u-3");
+            assert!(
+                matches!(
+                    url_standing(&unusable, &exchanging, &none),
+                    UrlStanding::Unusable(_)
+                ),
+                "{url}"
+            );
+            assert!(!attached(&unusable, &exchanging, &none), "{url}");
+        }
+        assert_eq!(
+            url_standing(
+                &service(
+                    "search",
+                    "search",
+                    "https://x@mcp.example.com/search",
+                    1,
+                    "u-3"
+                ),
+                &exchanging,
+                &none
+            )
+            .refusal()
+            .as_deref(),
+            Some(
+                "the server takes no such resource URL (resource \"https://x@mcp.example.com/search\" must not carry userinfo)"
+            )
+        );
         // A service named by `to`, and a URL below the API's, are services like any other.
         for url in [
             "https://mcp.example.com/search",

@@ -4,7 +4,8 @@
 //! downstream until shortly before it expires; concurrent requests needing the same one wait for one exchange.
 //!
 //! What the issuer says decides the request ([`classify`]): a token issued is sent on; `invalid_scope` (the
-//! person's token holds nothing this downstream may get) sends the request on without that header; `invalid_grant`
+//! person's token holds nothing this downstream may get) and `invalid_target` (the issuer's config does not have
+//! this downstream, as while a new config rolls out) send the request on without that header; `invalid_grant`
 //! (revoked, expired) refuses it as an inactive token; anything else refuses it with 503, never forwarding a request
 //! whose downstream call would fail for want of a token. A third-party provider's target (audience
 //! `urn:mcp-authz:provider:<id>`, with a connect link) answered `interaction_required` (the person has not
@@ -76,7 +77,12 @@ pub struct Obtained {
 pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> {
     let body = match answer {
         Ok(body) => body,
-        Err(FetchError::Refused(_, code)) if code == "invalid_scope" => {
+        // `invalid_target`: the issuer does not know this downstream (yet, or any more): its config and this
+        // sidecar's reach their pods at different moments. Refusing would fail every request of the service
+        // for one downstream; without the header only the calls that need it fail.
+        Err(FetchError::Refused(_, code))
+            if code == "invalid_scope" || code == "invalid_target" =>
+        {
             return Ok(Obtained {
                 token: None,
                 reuse_for: NOTHING_TTL,
@@ -316,14 +322,17 @@ mod tests {
                     reuse_for: NOTHING_TTL,
                 }),
             ),
+            (
+                refused("invalid_target"),
+                Ok(Obtained {
+                    token: None,
+                    reuse_for: NOTHING_TTL,
+                }),
+            ),
             (refused("invalid_grant"), Err(Failure::Inactive)),
             (
                 refused("interaction_required"),
                 Err(Failure::ConnectRequired),
-            ),
-            (
-                refused("invalid_target"),
-                Err(Failure::Unavailable("exchange_unavailable")),
             ),
             (
                 refused("invalid_client"),

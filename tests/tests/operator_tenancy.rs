@@ -1089,6 +1089,37 @@ async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
         .filter_map(|t| t["audience"].as_str())
         .collect();
     assert_eq!(audiences, [api, reports_url]);
+    assert!(
+        secret(&admin, &squat_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none(),
+        "no key for the squatter"
+    );
+    // The platform sees the claim: a squatter, or a chain written before `to` existed.
+    let claimed = condition_becomes(
+        &admin,
+        (&platform, "AuthorizationServer", "auth"),
+        "TokenExchangeResolved",
+        "False",
+    )
+    .await;
+    assert_eq!(
+        (claimed.1.as_str(), claimed.2),
+        (
+            "AudienceClaimed",
+            format!(
+                "tokenExchange[0]: its audience is the resourceUrl of MCPService {squat_ns}/files; such a service is refused while the edge names its URL as an API's (a chain to it names it with to)"
+            )
+        )
+    );
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &squat_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &Default::default())
+    .await
+    .expect("delete the squatter");
     assert_eq!(
         condition_becomes(
             &admin,
@@ -1099,12 +1130,6 @@ async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
         .await
         .2,
         "2 token-exchange edge(s) in force"
-    );
-    assert!(
-        secret(&admin, &squat_ns, "files-mcp-authz-sidecar-credentials")
-            .await
-            .is_none(),
-        "no key for the squatter"
     );
 
     // The called service goes: the edge to it is left out of the server and of the caller's sidecar.

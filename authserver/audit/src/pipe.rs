@@ -12,9 +12,10 @@
 //! reader stalled every request of the pod (and cost +490 µs at p99 even when the reader kept up). Here a
 //! stalled stdout costs requests nothing: the queue fills, and further lines are dropped and counted
 //! (`mcp_authz_<program>_audit_dropped_total` for audit records, `mcp_authz_<program>_log_dropped_total` for
-//! the rest) until the reader catches up. The last quarter of the queue is kept for records of what was done
-//! (a call forwarded, a token issued): refusals and log lines cost a client nothing to cause, and a flood of
-//! them must not crowd out the record of an action taken under it. Dropping is the choice of a proxy that must keep answering; a
+//! the rest) until the reader catches up. Records of what was done (a call forwarded, a token issued) and the
+//! rest (refusals, log lines) may each fill three quarters of the queue, so each keeps at least a quarter: a
+//! flood of refusals, which cost a client nothing to cause, cannot crowd out the record of an action taken under
+//! it, and a flood of allowed calls cannot hide the refusals of a probe made meanwhile. Dropping is the choice of a proxy that must keep answering; a
 //! reviewer who needs every line alerts on the counter (the chart's `McpAuthzSidecarAuditLinesDropped`), and
 //! the authorization server keeps its own record of every token it issued in its store.
 
@@ -90,14 +91,11 @@ impl Line {
     fn is_audit(self) -> bool {
         self != Line::Log
     }
+}
 
-    /// The bytes of a queue of `capacity` such a line may fill.
-    fn room(self, capacity: usize) -> usize {
-        match self {
-            Line::Action => capacity,
-            Line::Log | Line::Refusal => capacity - capacity / 4,
-        }
-    }
+/// The most bytes of a queue of `capacity` either class of lines may hold (actions; refusals and logs).
+fn class_room(capacity: usize) -> usize {
+    capacity - capacity / 4
 }
 
 #[derive(Default)]
@@ -106,6 +104,8 @@ struct Queue {
     bytes: Vec<u8>,
     audit_lines: u64,
     other_lines: u64,
+    /// Bytes of action records queued; the rest of `bytes` is refusals and log lines.
+    action_bytes: usize,
     /// The writer holds a batch it has not finished writing.
     writing: bool,
     closed: bool,
@@ -160,7 +160,15 @@ impl LogPipe {
         let shared = &*self.shared;
         let audit = kind.is_audit();
         let mut queue = shared.lock();
-        if queue.closed || queue.bytes.len() + line.len() > kind.room(shared.capacity) {
+        let class_bytes = if kind == Line::Action {
+            queue.action_bytes
+        } else {
+            queue.bytes.len() - queue.action_bytes
+        };
+        if queue.closed
+            || queue.bytes.len() + line.len() > shared.capacity
+            || class_bytes + line.len() > class_room(shared.capacity)
+        {
             drop(queue);
             if audit {
                 shared.dropped.audit.inc();
@@ -172,6 +180,9 @@ impl LogPipe {
         // The writer sleeps only on an empty queue, so only the first line of a batch needs to wake it.
         let was_empty = queue.bytes.is_empty();
         queue.bytes.extend_from_slice(line);
+        if kind == Line::Action {
+            queue.action_bytes += line.len();
+        }
         if audit {
             queue.audit_lines += 1;
         } else {
@@ -257,6 +268,7 @@ fn write_lines(shared: &Shared, mut sink: impl Write) {
                 queue = shared.lock();
             }
             std::mem::swap(&mut queue.bytes, &mut batch);
+            queue.action_bytes = 0;
             queue.writing = true;
             (
                 std::mem::take(&mut queue.audit_lines),
@@ -325,15 +337,17 @@ mod tests {
         for _ in 0..1000 {
             pipe.send(&[&line[..], b"\n"].concat(), Line::Action);
         }
-        pipe.send(b"other\n", Line::Log);
-        // 10 lines of 10 bytes fit; the 990 others and the non-audit line were dropped, each counted once.
-        assert_eq!(pipe.shared.dropped.audit.get(), 990);
-        assert_eq!(pipe.shared.dropped.other.get(), 1);
+        for _ in 0..1000 {
+            pipe.send(b"a log line\n", Line::Log);
+        }
+        // 100 bytes in all, at most 75 a class: 7 action lines of 10 bytes and 2 log lines of 11 fit (the
+        // third log line passes the whole capacity); the others were dropped, each counted once.
+        assert_eq!(pipe.shared.dropped.audit.get(), 993);
+        assert_eq!(pipe.shared.dropped.other.get(), 998);
         open.send(()).unwrap();
         assert!(pipe.close(Duration::from_secs(10)));
         let out = out.lock().unwrap();
-        assert_eq!(out.len(), 6 + 100);
-        assert!(out.ends_with(b"aaaaaaaaa\n"));
+        assert_eq!(out.len(), 6 + 70 + 22);
     }
 
     #[test]
@@ -359,36 +373,38 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_refusals_and_logs_leaves_the_last_quarter_to_actions() {
-        let (pipe, open, out) = gated(100);
-        pipe.send(b"first\n", Line::Action);
-        let started = Instant::now();
-        while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
-            std::thread::yield_now();
+    fn a_flood_of_either_class_leaves_a_quarter_of_the_queue_to_the_other() {
+        for (flood, other) in [(Line::Refusal, Line::Action), (Line::Action, Line::Refusal)] {
+            let (pipe, open, out) = gated(100);
+            pipe.send(b"first\n", Line::Action);
+            let started = Instant::now();
+            while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
+                std::thread::yield_now();
+            }
+            for _ in 0..1000 {
+                pipe.send(b"flooding.\n", flood);
+                if flood == Line::Refusal {
+                    pipe.send(b"a warning\n", Line::Log);
+                }
+            }
+            let dropped = || pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get();
+            // 75 bytes for the flooding class: 7 lines of 10, the rest dropped and counted.
+            let sent = if flood == Line::Refusal { 2000 } else { 1000 };
+            assert_eq!(dropped(), sent - 7, "{flood:?}");
+            // The other class still has the queue's last bytes: three lines, and a fourth passes the capacity.
+            for _ in 0..4 {
+                pipe.send(b"the other\n", other);
+            }
+            assert_eq!(dropped(), sent - 7 + 1, "{flood:?}");
+            open.send(()).unwrap();
+            assert!(pipe.close(Duration::from_secs(10)));
+            let out = out.lock().unwrap();
+            assert_eq!(out.len(), 6 + 70 + 30, "{flood:?}");
+            assert!(
+                out.ends_with(b"the other\nthe other\nthe other\n"),
+                "{flood:?}"
+            );
         }
-        for _ in 0..1000 {
-            pipe.send(b"a refusal\n", Line::Refusal);
-            pipe.send(b"a warning\n", Line::Log);
-        }
-        // 75 bytes for refusals and logs together: 7 lines of 10, the rest dropped and counted.
-        let kept = 7;
-        assert_eq!(
-            pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get(),
-            2000 - kept
-        );
-        // The reserve holds three actions more; a fourth would pass the whole capacity.
-        for _ in 0..4 {
-            pipe.send(b"forwarded\n", Line::Action);
-        }
-        assert_eq!(
-            pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get(),
-            2000 - kept + 1
-        );
-        open.send(()).unwrap();
-        assert!(pipe.close(Duration::from_secs(10)));
-        let out = out.lock().unwrap();
-        assert_eq!(out.len() as u64, 6 + 10 * kept + 30);
-        assert!(out.ends_with(b"forwarded\nforwarded\nforwarded\n"));
     }
 
     #[test]

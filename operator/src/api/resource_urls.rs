@@ -41,6 +41,8 @@ pub enum UrlStanding {
     GrantedElsewhere(String),
     /// The server's `tokenExchange[index]` names the URL as an API that is no MCPService.
     Reserved(usize),
+    /// The server does not take the URL as a resource at all (why).
+    Unusable(String),
 }
 
 impl UrlStanding {
@@ -61,6 +63,7 @@ impl UrlStanding {
             Self::Reserved(index) => Some(format!(
                 "its tokenExchange[{index}] names this URL as the audience of an API that is no MCPService"
             )),
+            Self::Unusable(why) => Some(format!("the server takes no such resource URL ({why})")),
         }
     }
 }

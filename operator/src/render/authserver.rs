@@ -92,6 +92,29 @@ pub fn exchange_left_out(inputs: &Inputs<'_>) -> Result<Vec<String>, RenderError
     config_and_exchange_report(inputs).map(|(_, report)| report)
 }
 
+/// The `audience` edges whose URL an MCPService naming this server claims (`tokenExchange[i]: …`): that service is
+/// refused, which is right for a squatter and wrong for a chain written before `to` existed; the platform must
+/// see which.
+pub fn audiences_claimed(inputs: &Inputs<'_>) -> Vec<String> {
+    let mut claimed = Vec::new();
+    for (index, edge) in inputs.server.spec.token_exchange.iter().enumerate() {
+        let Some(audience) = &edge.audience else {
+            continue;
+        };
+        for service in inputs.services {
+            if super::names_server(service, inputs.server)
+                && crate::api::resource_urls::same_resource(audience, &service.spec.resource_url)
+            {
+                claimed.push(format!(
+                    "tokenExchange[{index}]: its audience is the resourceUrl of MCPService {}",
+                    crate::tenancy::key_of(service)
+                ));
+            }
+        }
+    }
+    claimed
+}
+
 fn config_and_exchange_report(
     inputs: &Inputs<'_>,
 ) -> Result<(AuthServerConfig, Vec<String>), RenderError> {
@@ -363,6 +386,12 @@ fn config_and_exchange_report(
         .into_iter()
         .map(|(index, why)| format!("tokenExchange[{index}]: {why}"))
         .collect();
+    // Each team's input is checked where it is read, so one team's mistake leaves out that team's part; this is
+    // the last line: a config the server would refuse is never written, and the one in force stays.
+    config.validate().map_err(|e| RenderError::Invalid {
+        field: "spec".into(),
+        message: format!("the rendered server config would be refused: {e}"),
+    })?;
     Ok((config, report))
 }
 

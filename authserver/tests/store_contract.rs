@@ -422,7 +422,59 @@ async fn provider_connections(store: &dyn Store) {
         store.connection("alice", "acme").await.unwrap(),
         Some(next.clone())
     );
-    // Connecting again replaces the whole row.
+    // One refresh at a time: a claim stands until it runs out or the row is replaced, and only on the version
+    // the refresh started from.
+    let (a2, a3) = ("a-2", "a-3");
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", "a-1", now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", a2, now + 14, now + 29)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 15, now + 30)
+            .await
+            .unwrap()
+    );
+    store.release_refresh("alice", "acme").await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 16, now + 31)
+            .await
+            .unwrap()
+    );
+    let refreshed = ProviderConnection {
+        access_sealed: a3.into(),
+        ..next.clone()
+    };
+    assert!(store.replace_connection(&refreshed, a2).await.unwrap());
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a3, now + 17, now + 32)
+            .await
+            .unwrap()
+    );
+    // Connecting again replaces the whole row, and ends any claim.
+    store.put_connection(&alice).await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", "a-1", now + 18, now + 33)
+            .await
+            .unwrap()
+    );
     store.put_connection(&alice).await.unwrap();
     assert_eq!(
         store.connection("alice", "acme").await.unwrap(),

@@ -103,6 +103,12 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE IF NOT EXISTS connect_requests (
             id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at BIGINT NOT NULL)",
     ],
+),
+(
+    9,
+    // One refresh of a connection at a time over every replica: a provider that rotates refresh tokens may take
+    // the same one presented twice for theft and revoke the grant.
+    &["ALTER TABLE provider_connections ADD COLUMN refreshing_until BIGINT"],
 )];
 
 /// The newest schema this build knows.

@@ -411,6 +411,18 @@ pub trait Store: Send + Sync + 'static {
         next: &ProviderConnection,
         previous_access_sealed: &str,
     ) -> Result<bool, StoreError>;
+    /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
+    /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Gives a claim up (the refresh failed and left the row as it was).
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError>;
     /// Deletes the connection and returns what it held.
     async fn delete_connection(
         &self,

@@ -902,7 +902,7 @@ impl Store for SqlStore {
              ON CONFLICT (subject, provider) DO UPDATE SET key_id = excluded.key_id,
                refresh_sealed = excluded.refresh_sealed, access_sealed = excluded.access_sealed,
                access_expires_at = excluded.access_expires_at, scopes = excluded.scopes,
-               created_at = excluded.created_at, updated_at = excluded.updated_at"
+               created_at = excluded.created_at, updated_at = excluded.updated_at, refreshing_until = NULL"
         )))
         .bind(&c.subject)
         .bind(&c.provider)
@@ -940,7 +940,7 @@ impl Store for SqlStore {
     ) -> Result<bool, StoreError> {
         let changed = sqlx::query(
             "UPDATE provider_connections SET key_id = $3, refresh_sealed = $4, access_sealed = $5,
-               access_expires_at = $6, scopes = $7, updated_at = $8
+               access_expires_at = $6, scopes = $7, updated_at = $8, refreshing_until = NULL
              WHERE subject = $1 AND provider = $2 AND access_sealed = $9",
         )
         .bind(&c.subject)
@@ -956,6 +956,41 @@ impl Store for SqlStore {
         .await?
         .rows_affected();
         Ok(changed > 0)
+    }
+
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = $5
+             WHERE subject = $1 AND provider = $2 AND access_sealed = $3
+               AND (refreshing_until IS NULL OR refreshing_until <= $4)",
+        )
+        .bind(subject)
+        .bind(provider)
+        .bind(access_sealed)
+        .bind(now)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed > 0)
+    }
+
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = NULL WHERE subject = $1 AND provider = $2",
+        )
+        .bind(subject)
+        .bind(provider)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn delete_connection(

@@ -336,8 +336,14 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
     );
     assert!(audit.contains("provider_token"), "{audit}");
 
-    // Revoking alice's grant deletes her connection (bob has none).
+    // Revoking alice's grant deletes her connection (bob has none), and the server tells Acme within seconds.
     assert_eq!(p.stored_rows().await, 1);
+    let refresh = refresh_of(&p).await;
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        200,
+        "Acme takes it before"
+    );
     let r = s
         .http
         .post(format!("{}/admin/grants/revoke?subject=alice", s.admin))
@@ -347,6 +353,18 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(p.stored_rows().await, 0);
+    let mut refused_at_acme = false;
+    for _ in 0..40 {
+        if provider_refresh(provider, &refresh).await == 400 {
+            refused_at_acme = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        refused_at_acme,
+        "Acme still takes the refresh token of a revoked grant after 20 s"
+    );
     let (status, body) = p.provider_token(RESOURCE, &person, "p-6").await;
     assert_eq!(
         (status, error_of(&body)),
@@ -411,20 +429,11 @@ async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocati
         "{done}"
     );
     assert_eq!(p.stored_rows().await, 0);
-    let r = reqwest::Client::new()
-        .post(format!("{}/token", provider.issuer))
-        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "refresh_token")
-                .append_pair("refresh_token", &refresh)
-                .finish(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "revoked at the provider too");
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        400,
+        "revoked at the provider too"
+    );
     let (status, body) = p.provider_token(RESOURCE, &person, "r-d").await;
     assert_eq!(
         (status, error_of(&body).0),
@@ -492,6 +501,25 @@ async fn connect_via_link(p: &Plane, b: &mut Browser, user: &str) -> String {
         }
     }
     panic!("the provider's pages did not end")
+}
+
+/// The status Acme answers a refresh with `refresh` (as our client).
+async fn provider_refresh(provider: &NodeProvider, refresh: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/token", provider.issuer))
+        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", refresh)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// alice's refresh token at Acme as stored, opened with the server's key file.

@@ -12,8 +12,8 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
-    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, RefreshRotation, Store,
-    StoreError, Timestamp,
+    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, QueuedRevocation,
+    RefreshRotation, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
     wal::{self, WalKeeper},
@@ -435,7 +435,20 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // The person's provider accounts this grant used: the stored refresh tokens go with it.
+        // The person's provider accounts this grant used: the stored refresh tokens go with it, queued to be
+        // revoked at their providers.
+        sqlx::query(
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $2 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
@@ -481,17 +494,25 @@ impl Store for SqlStore {
         .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(AssertSqlSafe(format!(
+        for statement in [
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $4 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
-               WHERE l.grant_id IN ({MATCHING}) AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)"
-        )))
-        .bind(f.subject.clone())
-        .bind(f.client_id.clone())
-        .bind(f.resource.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)",
+        ] {
+            sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
+                .bind(f.subject.clone())
+                .bind(f.client_id.clone())
+                .bind(f.resource.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         forget_unconnected_links(&mut tx).await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(
             "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"
@@ -956,6 +977,35 @@ impl Store for SqlStore {
         .await?
         .rows_affected();
         Ok(changed > 0)
+    }
+
+    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at FROM provider_revocations
+             ORDER BY queued_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedRevocation {
+                    subject: r.try_get("subject")?,
+                    provider: r.try_get("provider")?,
+                    key_id: r.try_get("key_id")?,
+                    refresh_sealed: r.try_get("refresh_sealed")?,
+                    queued_at: r.try_get("queued_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM provider_revocations WHERE refresh_sealed = $1")
+            .bind(refresh_sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn claim_refresh(

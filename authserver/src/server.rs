@@ -19,7 +19,7 @@ use tower::ServiceExt;
 
 use crate::config::{AuthServerConfig, ConfigError};
 use crate::keys::{KeyError, KeySet};
-use crate::oauth_error::OAuthError;
+use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
 use crate::{admin, authorize, consent, introspect, login, metadata, providers, register, token};
@@ -162,9 +162,26 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(bounded))
-        // Outermost, so that a timed-out request's audit record has its trace too.
+        // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
+        .layer(middleware::from_fn(finished))
         .with_state(state)
+}
+
+/// Runs the request on a task of its own, to its end: a client that hangs up drops only the wait for the answer.
+/// Cancelled with it, a handler could stop between its store write and its audit record (a token issued and
+/// recorded in the store, with no record on the audit stream), or between two writes. The time limit inside
+/// bounds what runs on without a client.
+async fn finished(request: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(error) => {
+            // A panic is a bug; the client gets an OAuth error, and the log says where.
+            tracing::error!(%error, "a request's handler failed");
+            OAuthError::new(ErrorCode::ServerError, "the request could not be handled")
+                .into_response()
+        }
+    }
 }
 
 /// Runs the request with its `traceparent` header's ids at hand for its audit records.
@@ -191,6 +208,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_admin))
         .layer(middleware::from_fn(traced))
+        .layer(middleware::from_fn(finished))
         .with_state(state)
 }
 

@@ -12,7 +12,9 @@
 //! reader stalled every request of the pod (and cost +490 µs at p99 even when the reader kept up). Here a
 //! stalled stdout costs requests nothing: the queue fills, and further lines are dropped and counted
 //! (`mcp_authz_<program>_audit_dropped_total` for audit records, `mcp_authz_<program>_log_dropped_total` for
-//! the rest) until the reader catches up. Dropping is the choice of a proxy that must keep answering; a
+//! the rest) until the reader catches up. The last quarter of the queue is kept for records of what was done
+//! (a call forwarded, a token issued): refusals and log lines cost a client nothing to cause, and a flood of
+//! them must not crowd out the record of an action taken under it. Dropping is the choice of a proxy that must keep answering; a
 //! reviewer who needs every line alerts on the counter (the chart's `McpAuthzSidecarAuditLinesDropped`), and
 //! the authorization server keeps its own record of every token it issued in its store.
 
@@ -73,6 +75,31 @@ impl Dropped {
     }
 }
 
+/// What a line is, which decides how much of the queue it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A log line.
+    Log,
+    /// The audit record of a refusal: as many as anyone can send requests.
+    Refusal,
+    /// The audit record of something done: bounded by credentials and rate limits.
+    Action,
+}
+
+impl Line {
+    fn is_audit(self) -> bool {
+        self != Line::Log
+    }
+
+    /// The bytes of a queue of `capacity` such a line may fill.
+    fn room(self, capacity: usize) -> usize {
+        match self {
+            Line::Action => capacity,
+            Line::Log | Line::Refusal => capacity - capacity / 4,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     /// Whole lines, one after another.
@@ -129,10 +156,11 @@ impl LogPipe {
     }
 
     /// Queues one line, or drops and counts it. Never waits for the sink.
-    pub fn send(&self, line: &[u8], audit: bool) {
+    pub fn send(&self, line: &[u8], kind: Line) {
         let shared = &*self.shared;
+        let audit = kind.is_audit();
         let mut queue = shared.lock();
-        if queue.closed || queue.bytes.len() + line.len() > shared.capacity {
+        if queue.closed || queue.bytes.len() + line.len() > kind.room(shared.capacity) {
             drop(queue);
             if audit {
                 shared.dropped.audit.inc();
@@ -182,12 +210,11 @@ impl LogPipe {
 /// takes all it is given, so a line is queued whole or dropped whole, never torn.
 pub struct LineWriter<'a> {
     pipe: &'a LogPipe,
-    audit: bool,
 }
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        self.pipe.send(line, self.audit);
+        self.pipe.send(line, Line::Log);
         Ok(line.len())
     }
 
@@ -200,10 +227,7 @@ impl<'a> MakeWriter<'a> for LogPipe {
     type Writer = LineWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter {
-            pipe: self,
-            audit: false,
-        }
+        LineWriter { pipe: self }
     }
 }
 
@@ -292,16 +316,16 @@ mod tests {
     fn a_stalled_sink_never_blocks_a_sender_and_what_does_not_fit_is_counted() {
         let (pipe, open, out) = gated(100);
         // The first line is taken by the writer, which then stalls on it; 100 bytes more fit in the queue.
-        pipe.send(b"first\n", true);
+        pipe.send(b"first\n", Line::Action);
         let started = Instant::now();
         while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
             std::thread::yield_now();
         }
         let line = [b'a'; 9];
         for _ in 0..1000 {
-            pipe.send(&[&line[..], b"\n"].concat(), true);
+            pipe.send(&[&line[..], b"\n"].concat(), Line::Action);
         }
-        pipe.send(b"other\n", false);
+        pipe.send(b"other\n", Line::Log);
         // 10 lines of 10 bytes fit; the 990 others and the non-audit line were dropped, each counted once.
         assert_eq!(pipe.shared.dropped.audit.get(), 990);
         assert_eq!(pipe.shared.dropped.other.get(), 1);
@@ -320,21 +344,57 @@ mod tests {
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
         for i in 0..5000 {
-            pipe.send(format!("line {i}\n").as_bytes(), i % 2 == 0);
+            pipe.send(
+                format!("line {i}\n").as_bytes(),
+                [Line::Action, Line::Refusal, Line::Log][i % 3],
+            );
         }
         assert!(pipe.close(Duration::from_secs(10)));
         assert_eq!(*out.lock().unwrap(), expected);
         assert_eq!(pipe.shared.dropped.audit.get(), 0);
         assert_eq!(pipe.shared.dropped.other.get(), 0);
         // Closed: later lines are refused and counted, not queued for a writer that is gone.
-        pipe.send(b"late\n", true);
+        pipe.send(b"late\n", Line::Refusal);
         assert_eq!(pipe.shared.dropped.audit.get(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_refusals_and_logs_leaves_the_last_quarter_to_actions() {
+        let (pipe, open, out) = gated(100);
+        pipe.send(b"first\n", Line::Action);
+        let started = Instant::now();
+        while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
+            std::thread::yield_now();
+        }
+        for _ in 0..1000 {
+            pipe.send(b"a refusal\n", Line::Refusal);
+            pipe.send(b"a warning\n", Line::Log);
+        }
+        // 75 bytes for refusals and logs together: 7 lines of 10, the rest dropped and counted.
+        let kept = 7;
+        assert_eq!(
+            pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get(),
+            2000 - kept
+        );
+        // The reserve holds three actions more; a fourth would pass the whole capacity.
+        for _ in 0..4 {
+            pipe.send(b"forwarded\n", Line::Action);
+        }
+        assert_eq!(
+            pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get(),
+            2000 - kept + 1
+        );
+        open.send(()).unwrap();
+        assert!(pipe.close(Duration::from_secs(10)));
+        let out = out.lock().unwrap();
+        assert_eq!(out.len() as u64, 6 + 10 * kept + 30);
+        assert!(out.ends_with(b"forwarded\nforwarded\nforwarded\n"));
     }
 
     #[test]
     fn close_gives_up_on_a_sink_that_never_drains() {
         let (pipe, _open, _out) = gated(1 << 10);
-        pipe.send(b"stuck\n", true);
+        pipe.send(b"stuck\n", Line::Action);
         assert!(!pipe.close(Duration::from_millis(50)));
     }
 
@@ -350,7 +410,7 @@ mod tests {
             }
         }
         let pipe = LogPipe::spawn(Closed, 1 << 10, Dropped::new("test")).unwrap();
-        pipe.send(b"a\n", true);
+        pipe.send(b"a\n", Line::Refusal);
         assert!(pipe.close(Duration::from_secs(10)));
         assert_eq!(pipe.shared.dropped.audit.get(), 1);
     }

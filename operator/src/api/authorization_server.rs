@@ -140,10 +140,10 @@ pub struct AuthorizationServerSpec {
     pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
 
     /// Downstreams an MCPService's server may call as the person whose token reached it (RFC 8693
-    /// token exchange): its sidecar trades the person's token for one to `audience`, holding the
-    /// listed scopes the person's token holds, and hands it to the MCP server in `header`; the
-    /// person's token itself never reaches the server. A platform decision, so it lives here and not
-    /// on the MCPService: an edge lets one team's code act as its users elsewhere.
+    /// token exchange): its sidecar trades the person's token for one to the downstream (`to` or
+    /// `audience`), holding the listed scopes the person's token holds, and hands it to the MCP server
+    /// in `header`; the person's token itself never reaches the server. A platform decision, so it
+    /// lives here and not on the MCPService: an edge lets one team's code act as its users elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub token_exchange: Vec<TokenExchangeEdge>,
@@ -215,17 +215,29 @@ pub struct ThirdPartyProvider {
     pub header: String,
 }
 
-/// One service that may call one downstream as the person.
+/// One service that may call one downstream as the person. The downstream is named one of two ways,
+/// because they differ in who may hold the URL: an MCPService (`to`), whose URL its team holds, or
+/// an API that is no MCPService (`audience`), whose URL no MCPService may then hold at this server.
+/// Were any team free to claim an API's URL as its service's `resourceUrl`, the people consenting
+/// to that service would hand it tokens the API accepts as its own.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.to) != has(self.audience)")
+    .message("a token-exchange edge names exactly one of to and audience"))]
 pub struct TokenExchangeEdge {
     /// The MCPService whose sidecar obtains the tokens (namespace: this server's when empty).
     pub from: super::NamespacedRef,
-    /// The downstream, the tokens' `aud`: an internal API's identifier, or another MCPService's
-    /// `resourceUrl` for a chain of MCP services (each hop is named in the token's `act`).
+    /// Another MCPService, for a chain of MCP services (namespace: this server's when empty): the
+    /// tokens' `aud` is its `resourceUrl` while it holds that URL at this server, and each hop is
+    /// named in the token's `act`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<super::NamespacedRef>,
+    /// An API that is not an MCPService, the tokens' `aud`. No MCPService may hold this URL at this
+    /// server: one naming it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('#')").message("audience must be an https URL without fragment"))]
-    pub audience: String,
+    pub audience: Option<String>,
     /// Scopes of the service that may be passed on; a token gets those the person's token holds.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
     pub scopes: Vec<String>,

@@ -263,6 +263,26 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "tokenExchange[0].audience",
         },
         InvalidCase {
+            name: "a token-exchange edge naming both a service and an audience",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "to": {"name": "reports"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "x-inventory"}]),
+            ),
+            message: "a token-exchange edge names exactly one of to and audience",
+            field: "tokenExchange[0]",
+        },
+        InvalidCase {
+            name: "a token-exchange edge naming no downstream",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "scopes": ["files:read"], "header": "x-inventory"}]),
+            ),
+            message: "a token-exchange edge names exactly one of to and audience",
+            field: "tokenExchange[0]",
+        },
+        InvalidCase {
             name: "a provider with both discovery and endpoints",
             object: with(
                 authorization_server(),

@@ -328,8 +328,9 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 "no port was chosen for this service".into(),
             ));
         };
-        let mut sidecar_config = sidecar::sidecar_config(&service.object, &server.object, &scopes)
-            .map_err(|e| invalid(&service.origin, "", e.to_string()))?;
+        let mut sidecar_config =
+            sidecar::sidecar_config(&service.object, &server.object, &scopes, inputs.peers())
+                .map_err(|e| invalid(&service.origin, "", e.to_string()))?;
         let url = format!(
             "http://127.0.0.1:{}{}",
             service_ports.port, sidecar_config.mcp_path
@@ -575,7 +576,7 @@ mod tests {
         std::fs::write(
             &server,
             text.trim_end().to_owned()
-                + "\n  tokenExchange:\n    - {from: {name: notes}, audience: 'https://mcp.quickstart.example/reports', scopes: [notes:read], header: x-reports-token}\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', scopes: [notes:read], header: x-inventory-token}\n",
+                + "\n  tokenExchange:\n    - {from: {name: notes}, to: {name: reports}, scopes: [notes:read], header: x-reports-token}\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', scopes: [notes:read], header: x-inventory-token}\n",
         )
         .expect("write");
         std::fs::write(

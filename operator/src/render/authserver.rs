@@ -237,7 +237,9 @@ fn config_and_exchange_report(
         };
         let mut token_exchange = Vec::new();
         let mut kept_edges = Vec::new();
-        for (index, edge) in super::exchange::resolve(inputs.server, service, &offered) {
+        for (index, edge) in
+            super::exchange::resolve(inputs.server, service, &offered, inputs.peers())
+        {
             match edge {
                 Ok(edge) => {
                     kept_edges.push(edge.clone());
@@ -895,8 +897,9 @@ mod tests {
                 "tokenExchange[2]: MCPService mcp-authz/gone is not in this server's config",
             ]
         );
-        let sidecar = crate::render::sidecar::sidecar_config(&services[0], &server, &scopes)
-            .expect("sidecar");
+        let sidecar =
+            crate::render::sidecar::sidecar_config(&services[0], &server, &scopes, inputs.peers())
+                .expect("sidecar");
         let tokens = sidecar
             .downstream_tokens
             .clone()
@@ -1013,8 +1016,9 @@ mod tests {
                 .any(|m| m["name"] == "provider-acme"
                     && m["mountPath"] == "/etc/mcp-authz/providers/acme")
         );
-        let files = crate::render::sidecar::sidecar_config(&services[0], &server, &scopes)
-            .expect("sidecar");
+        let files =
+            crate::render::sidecar::sidecar_config(&services[0], &server, &scopes, inputs.peers())
+                .expect("sidecar");
         let targets = files.downstream_tokens.clone().expect("tokens").targets;
         assert_eq!(
             targets
@@ -1034,8 +1038,9 @@ mod tests {
         files
             .validate()
             .expect("the sidecar accepts the rendered config");
-        let mail = crate::render::sidecar::sidecar_config(&services[1], &server, &scopes)
-            .expect("sidecar");
+        let mail =
+            crate::render::sidecar::sidecar_config(&services[1], &server, &scopes, inputs.peers())
+                .expect("sidecar");
         assert!(mail.downstream_tokens.is_none());
     }
 

@@ -747,6 +747,28 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
         Ok(refresh_token)
     );
 
+    // A machine client's token has no person's account behind it: nothing to pass on (the sidecar forwards its
+    // calls without the header).
+    let (status, machine) = p.s.client_credentials(&assertion(&p.s, |_| {}), &[]).await;
+    assert_eq!(status, 200, "{machine}");
+    let (status, body) = p
+        .provider_token(
+            RESOURCE,
+            machine["access_token"].as_str().unwrap(),
+            "machine",
+        )
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_scope",
+                "provider tokens are for people: no person stands behind the subject token"
+            )
+        )
+    );
+
     // Nothing listens where the provider should be.
     seed(&down).await;
     let person = down

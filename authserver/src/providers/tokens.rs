@@ -62,8 +62,10 @@ pub fn plan(
         .and_then(Value::as_str)
         != Some("person")
     {
+        // `invalid_scope` is what a token with nothing to pass on gets: the sidecar then forwards the call
+        // without the provider's header, so a machine client keeps using the service's other tools.
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            ErrorCode::InvalidScope,
             "provider tokens are for people: no person stands behind the subject token",
         ));
     }
@@ -443,7 +445,7 @@ mod tests {
                     subject(|c| c["mcp_authz_caller"] = json!("machine")),
                 ),
                 (
-                    "invalid_target",
+                    "invalid_scope",
                     "provider tokens are for people: no person stands behind the subject token",
                 ),
             ),

@@ -286,8 +286,8 @@ pub struct RateLimits {
     /// As at `/token`, a client's bucket is checked first and spent only by requests that pass.
     #[serde(default = "default_authorize_per_client")]
     pub authorize_per_client: RateBucket,
-    /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent` and
-    /// `/upstream/callback` together.
+    /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent`,
+    /// `/upstream/callback` and the provider pages (`/connect/...`) together.
     #[serde(default = "default_authorize_per_address")]
     pub authorize_per_address: RateBucket,
     /// `/register` requests from one source address (besides `dynamicClientRegistration.maxPerHour`, which

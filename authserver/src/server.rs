@@ -705,6 +705,7 @@ async fn maintain(
     // names (users, keys, a CA bundle) that a kubelet updates a little later than the config's own volume.
     let mut refused = false;
     let mut tick: u64 = 0;
+    let mut revoking: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -760,6 +761,13 @@ async fn maintain(
                     tracing::error!(error = %e, "TLS certificate reload failed; the previous certificate stays in force");
                 }
             }
+        }
+        // In a task of its own, one at a time: a provider that hangs must not hold up reloads and rotation.
+        if tick.is_multiple_of(5) && revoking.as_ref().is_none_or(JoinHandle::is_finished) {
+            let state = state.clone();
+            revoking = Some(tokio::spawn(async move {
+                crate::providers::revoke_queued(&state).await;
+            }));
         }
         if tick.is_multiple_of(5) {
             reload_client_secrets(&state);

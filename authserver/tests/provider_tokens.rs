@@ -86,6 +86,14 @@ enum At {
 
 /// The files service receives Acme tokens; bob is a second person. `at` says where Acme is.
 async fn plane(at: At, node: Option<(u16, &str, &str)>) -> Plane {
+    plane_with(at, node, |_| {}).await
+}
+
+async fn plane_with(
+    at: At,
+    node: Option<(u16, &str, &str)>,
+    edit: impl FnOnce(&mut mcp_authz_authserver::config::AuthServerConfig),
+) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let root = Root::generate().unwrap();
     let root_file = dir.path().join("resource-server-root");
@@ -124,6 +132,7 @@ async fn plane(at: At, node: Option<(u16, &str, &str)>) -> Plane {
             subject: None,
         });
     }
+    edit(&mut config);
     config.validate().unwrap();
     let callback = format!("{}/connect/acme/callback", config.issuer);
     let provider = node.map(|(port, ttl, rotate)| {
@@ -327,8 +336,14 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
     );
     assert!(audit.contains("provider_token"), "{audit}");
 
-    // Revoking alice's grant deletes her connection (bob has none).
+    // Revoking alice's grant deletes her connection (bob has none), and the server tells Acme within seconds.
     assert_eq!(p.stored_rows().await, 1);
+    let refresh = refresh_of(&p).await;
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        200,
+        "Acme takes it before"
+    );
     let r = s
         .http
         .post(format!("{}/admin/grants/revoke?subject=alice", s.admin))
@@ -338,6 +353,18 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(p.stored_rows().await, 0);
+    let mut refused_at_acme = false;
+    for _ in 0..40 {
+        if provider_refresh(provider, &refresh).await == 400 {
+            refused_at_acme = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        refused_at_acme,
+        "Acme still takes the refresh token of a revoked grant after 20 s"
+    );
     let (status, body) = p.provider_token(RESOURCE, &person, "p-6").await;
     assert_eq!(
         (status, error_of(&body)),
@@ -402,20 +429,11 @@ async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocati
         "{done}"
     );
     assert_eq!(p.stored_rows().await, 0);
-    let r = reqwest::Client::new()
-        .post(format!("{}/token", provider.issuer))
-        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "refresh_token")
-                .append_pair("refresh_token", &refresh)
-                .finish(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "revoked at the provider too");
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        400,
+        "revoked at the provider too"
+    );
     let (status, body) = p.provider_token(RESOURCE, &person, "r-d").await;
     assert_eq!(
         (status, error_of(&body).0),
@@ -485,6 +503,25 @@ async fn connect_via_link(p: &Plane, b: &mut Browser, user: &str) -> String {
     panic!("the provider's pages did not end")
 }
 
+/// The status Acme answers a refresh with `refresh` (as our client).
+async fn provider_refresh(provider: &NodeProvider, refresh: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/token", provider.issuer))
+        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", refresh)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// alice's refresh token at Acme as stored, opened with the server's key file.
 async fn refresh_of(p: &Plane) -> String {
     let (key_id, refresh): (String, String) =
@@ -497,12 +534,23 @@ async fn refresh_of(p: &Plane) -> String {
 
 /// A provider's token endpoint that answers whatever the test sets.
 async fn fake_token_endpoint(answer: Arc<Mutex<(u16, String)>>) -> String {
+    counted_token_endpoint(answer, Arc::default(), std::time::Duration::ZERO).await
+}
+
+/// The same, counting its calls and taking `delay` over each.
+async fn counted_token_endpoint(
+    answer: Arc<Mutex<(u16, String)>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    delay: std::time::Duration,
+) -> String {
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/token",
         post(move || {
-            let answer = answer.clone();
+            let (answer, calls) = (answer.clone(), calls.clone());
             async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
                 let (status, body) = answer.lock().unwrap().clone();
                 (
                     axum::http::StatusCode::from_u16(status).unwrap(),
@@ -699,6 +747,28 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
         Ok(refresh_token)
     );
 
+    // A machine client's token has no person's account behind it: nothing to pass on (the sidecar forwards its
+    // calls without the header).
+    let (status, machine) = p.s.client_credentials(&assertion(&p.s, |_| {}), &[]).await;
+    assert_eq!(status, 200, "{machine}");
+    let (status, body) = p
+        .provider_token(
+            RESOURCE,
+            machine["access_token"].as_str().unwrap(),
+            "machine",
+        )
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_scope",
+                "provider tokens are for people: no person stands behind the subject token"
+            )
+        )
+    );
+
     // Nothing listens where the provider should be.
     seed(&down).await;
     let person = down
@@ -880,4 +950,85 @@ async fn the_connect_pages_refuse_in_their_own_form() {
         );
         assert_eq!(got, 400);
     }
+}
+
+/// Two replicas on one PostgreSQL store asked at once for the same person's expired token: the provider is asked
+/// once (a provider that rotates refresh tokens may revoke the grant when one is presented twice), and both
+/// answer with the token it gave.
+#[tokio::test]
+async fn two_replicas_refresh_one_connection_once() {
+    let answer = Arc::new(Mutex::new((
+        200,
+        r#"{"access_token":"from-one-refresh","token_type":"Bearer","expires_in":600,"refresh_token":"rotated"}"#
+            .to_owned(),
+    )));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base =
+        counted_token_endpoint(answer, calls.clone(), std::time::Duration::from_millis(500)).await;
+    let (_url_file, storage) = postgres_storage("provider_replicas", 4).await;
+    let p = plane_with(At::Endpoints(base), None, |c| c.storage = storage).await;
+    let sealer = p.sealer();
+    let (key_id, refresh_sealed) = sealer.seal("alice", "acme", "stored-refresh");
+    p.store()
+        .put_connection(&ProviderConnection {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id,
+            refresh_sealed: Some(refresh_sealed),
+            access_sealed: sealer.seal("alice", "acme", "expired").1,
+            access_expires_at: 0,
+            scopes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+    let person =
+        p.s.tokens_for(&mut support::Browser::default(), "files:read")
+            .await;
+    let person = person["access_token"].as_str().unwrap().to_owned();
+    let mut config =
+        mcp_authz_authserver::config::AuthServerConfig::load(&p.s.config_path).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = mcp_authz_authserver::server::start(config, None)
+        .await
+        .unwrap();
+    let at_b = format!("http://{}/token", b.addr);
+    let ask = |url: String, jti: &'static str| {
+        let assertion = resource_server_assertion(&p.s, &p.root, RESOURCE, jti);
+        let person = person.clone();
+        let http = p.s.http.clone();
+        async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", GRANT)
+                .append_pair("client_assertion_type", JWT_BEARER)
+                .append_pair("client_assertion", &assertion)
+                .append_pair("subject_token", &person)
+                .append_pair("subject_token_type", ACCESS_TOKEN)
+                .append_pair("resource", ACME)
+                .finish();
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (one, two) = tokio::join!(ask(p.s.url("/token"), "rep-a"), ask(at_b, "rep-b"));
+    for (status, body) in [&one, &two] {
+        assert_eq!(
+            (*status, body["access_token"].as_str()),
+            (200, Some("from-one-refresh")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one refresh for both replicas"
+    );
+    b.stop().await;
 }

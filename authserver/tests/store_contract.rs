@@ -422,7 +422,59 @@ async fn provider_connections(store: &dyn Store) {
         store.connection("alice", "acme").await.unwrap(),
         Some(next.clone())
     );
-    // Connecting again replaces the whole row.
+    // One refresh at a time: a claim stands until it runs out or the row is replaced, and only on the version
+    // the refresh started from.
+    let (a2, a3) = ("a-2", "a-3");
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", "a-1", now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", a2, now + 14, now + 29)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 15, now + 30)
+            .await
+            .unwrap()
+    );
+    store.release_refresh("alice", "acme").await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 16, now + 31)
+            .await
+            .unwrap()
+    );
+    let refreshed = ProviderConnection {
+        access_sealed: a3.into(),
+        ..next.clone()
+    };
+    assert!(store.replace_connection(&refreshed, a2).await.unwrap());
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a3, now + 17, now + 32)
+            .await
+            .unwrap()
+    );
+    // Connecting again replaces the whole row, and ends any claim.
+    store.put_connection(&alice).await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", "a-1", now + 18, now + 33)
+            .await
+            .unwrap()
+    );
     store.put_connection(&alice).await.unwrap();
     assert_eq!(
         store.connection("alice", "acme").await.unwrap(),
@@ -441,8 +493,37 @@ async fn provider_connections(store: &dyn Store) {
     store.link_connection("alice", "acme", "pg1").await.unwrap();
     store.link_connection("alice", "acme", "pg1").await.unwrap();
     store.link_connection("dave", "acme", "pg2").await.unwrap();
+    store
+        .put_connection(&ProviderConnection {
+            refresh_sealed: None,
+            ..connection("alice", "norefresh", "n-1")
+        })
+        .await
+        .unwrap();
+    store
+        .link_connection("alice", "norefresh", "pg1")
+        .await
+        .unwrap();
     assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
     assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
+    // Its refresh token is queued for revocation at the provider (a connection without one is not).
+    let queued = store.queued_revocations(10).await.unwrap();
+    assert_eq!(
+        queued,
+        [QueuedRevocation {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id: "k1".into(),
+            refresh_sealed: "sealed-refresh-alice".into(),
+            queued_at: now,
+        }]
+    );
+    store
+        .forget_revocation("sealed-refresh-alice")
+        .await
+        .unwrap();
+    assert_eq!(store.queued_revocations(10).await.unwrap(), []);
+    assert_eq!(store.connection("alice", "norefresh").await.unwrap(), None);
     assert!(store.connection("alice", "other").await.unwrap().is_some());
     assert!(store.connection("dave", "acme").await.unwrap().is_some());
     // A new connection starts with no grant tied to it: the revoked grant's link went with the old one.
@@ -456,6 +537,18 @@ async fn provider_connections(store: &dyn Store) {
     };
     assert_eq!(store.revoke_grants(&daves, "bulk", now).await.unwrap(), 1);
     assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
+    let queued = store.queued_revocations(10).await.unwrap();
+    assert_eq!(
+        queued
+            .iter()
+            .map(|q| q.refresh_sealed.as_str())
+            .collect::<Vec<_>>(),
+        ["sealed-refresh-dave"]
+    );
+    store
+        .forget_revocation("sealed-refresh-dave")
+        .await
+        .unwrap();
     // A disconnect returns what was stored.
     assert_eq!(
         store.delete_connection("alice", "acme").await.unwrap(),

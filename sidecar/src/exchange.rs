@@ -48,9 +48,10 @@ fn reuse_for(outcome: &Result<Obtained, Failure>) -> Duration {
     match outcome {
         Ok(obtained) => obtained.reuse_for,
         Err(Failure::Inactive) => INACTIVE_TTL,
-        // A person about to connect retries within seconds: the refusal is kept no longer than an issuer's
-        // trouble is.
-        Err(Failure::Unavailable(_) | Failure::ConnectRequired) => UNAVAILABLE_TTL,
+        Err(Failure::Unavailable(_)) => UNAVAILABLE_TTL,
+        // Not kept at all: the person connects in a browser and the client retries at once (found by the e2e
+        // test, whose retry came within a second); each refused call costs the issuer one exchange.
+        Err(Failure::ConnectRequired) => Duration::ZERO,
     }
 }
 

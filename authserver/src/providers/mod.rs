@@ -11,7 +11,8 @@
 //!      (one refresh per connection at a time) ──▶ the provider's access token, never past its expiry
 //! ```
 //!
-//! A connection is deleted when the person's grant that used it is revoked, when the provider refuses its
+//! A connection is deleted when the person's grant that used it is revoked (its refresh token is then queued and
+//! revoked at the provider by [`revoke_queued`]), when the person disconnects, when the provider refuses its
 //! refresh token (`invalid_grant`: revoked there), or when its sealed tokens no longer open.
 
 pub mod client;
@@ -21,6 +22,46 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::state::AppState;
+
+/// A queued revocation the provider keeps failing is dropped after this long: the stored copy is long gone.
+const GIVE_UP_SECS: i64 = 86_400;
+
+/// Tells the providers of connections deleted with a revoked grant (RFC 7009, where they have a revocation
+/// endpoint), oldest first, a hundred at a time; run by the server's maintenance loop on every replica (a
+/// revocation told twice is told twice, harmlessly).
+pub async fn revoke_queued(state: &AppState) {
+    let snapshot = state.snapshot();
+    let queued = match state.store.queued_revocations(100).await {
+        Ok(queued) => queued,
+        Err(e) => {
+            tracing::warn!(error = %e, "queued provider revocations cannot be read");
+            return;
+        }
+    };
+    let now = crate::clock::now_secs();
+    for q in queued {
+        let opened = snapshot
+            .sealer
+            .as_ref()
+            .map(|sealer| sealer.open(&q.key_id, &q.refresh_sealed, &q.subject, &q.provider));
+        // A provider no longer configured, or a token that can no longer be opened: nothing left to tell.
+        let done = match (snapshot.providers.get(&q.provider), opened) {
+            (Some(client), Some(Ok(token))) => match client.revoke(&token).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, provider = %q.provider, "revoking a provider token failed; tried again later");
+                    now - q.queued_at > GIVE_UP_SECS
+                }
+            },
+            _ => true,
+        };
+        if done && let Err(e) = state.store.forget_revocation(&q.refresh_sealed).await {
+            tracing::warn!(error = %e, "a done provider revocation could not be forgotten");
+        }
+    }
+}
 
 /// A connection: (subject, provider).
 type Connection = (String, String);

@@ -22,6 +22,11 @@ use crate::token_exchange::{Subject, check_subject_for};
 /// A stored access token is handed out only while it has this long left: the sidecar keeps it until 30 s
 /// before its end, and the MCP server needs time to use it.
 pub const FRESH_FOR_SECS: i64 = 60;
+/// How long a replica's claim on a refresh stands: past the provider call's own limit (10 s), so a claim outlives
+/// the call it covers, and a replica that died holding one holds up the connection no longer than this.
+pub const REFRESH_CLAIM_SECS: i64 = 15;
+/// How long a request waits for another replica's refresh of the same connection, well within a request's 20 s.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
 
 /// Who the provider token is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +62,10 @@ pub fn plan(
         .and_then(Value::as_str)
         != Some("person")
     {
+        // `invalid_scope` is what a token with nothing to pass on gets: the sidecar then forwards the call
+        // without the provider's header, so a machine client keeps using the service's other tools.
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            ErrorCode::InvalidScope,
             "provider tokens are for people: no person stands behind the subject token",
         ));
     }
@@ -254,6 +261,19 @@ async fn refreshed(
         Ok(refresh) => refresh,
         Err(e) => return Err(unusable(state, snapshot, connection, &e).await),
     };
+    if !state
+        .store
+        .claim_refresh(
+            subject,
+            provider,
+            &connection.access_sealed,
+            now,
+            now + REFRESH_CLAIM_SECS,
+        )
+        .await?
+    {
+        return refreshed_elsewhere(state, snapshot, sealer, name, connection).await;
+    }
     let tokens = match client.refresh(&refresh).await {
         Ok(tokens) => tokens,
         Err(ProviderError::Revoked) => {
@@ -276,6 +296,7 @@ async fn refreshed(
         Err(e) => {
             tracing::warn!(error = %e, provider, "refreshing a provider token failed");
             state.metrics.outcome("token", e.metric_label());
+            state.store.release_refresh(subject, provider).await?;
             return Err(unavailable(name, &e));
         }
     };
@@ -316,6 +337,41 @@ async fn refreshed(
             &ProviderError::Garbage("the refreshed token has already expired"),
         )),
     }
+}
+
+/// Another replica (or request) is refreshing this connection: waits for the row to change, and answers with
+/// what it stored.
+async fn refreshed_elsewhere(
+    state: &AppState,
+    snapshot: &Snapshot,
+    sealer: &Sealer,
+    name: &str,
+    connection: &ProviderConnection,
+) -> Result<Value, OAuthError> {
+    let (subject, provider) = (connection.subject.as_str(), connection.provider.as_str());
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Some(current) = state.store.connection(subject, provider).await? else {
+            return Err(connect_first(snapshot, provider, "not connected"));
+        };
+        if current.access_sealed != connection.access_sealed {
+            return match fresh_answer(sealer, &current, now_secs(), 0) {
+                Some(Ok(answer)) => Ok(answer),
+                Some(Err(e)) => Err(unusable(state, snapshot, &current, &e).await),
+                None => Err(unavailable(
+                    name,
+                    &ProviderError::Garbage("a concurrent refresh gave no live token"),
+                )),
+            };
+        }
+    }
+    Err(OAuthError::new(
+        ErrorCode::TemporarilyUnavailable,
+        format!(
+            "no token from the provider: {name} is still being asked by another request; retry later"
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -389,7 +445,7 @@ mod tests {
                     subject(|c| c["mcp_authz_caller"] = json!("machine")),
                 ),
                 (
-                    "invalid_target",
+                    "invalid_scope",
                     "provider tokens are for people: no person stands behind the subject token",
                 ),
             ),

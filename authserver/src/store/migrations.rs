@@ -103,6 +103,19 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE IF NOT EXISTS connect_requests (
             id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at BIGINT NOT NULL)",
     ],
+),
+(
+    9,
+    // One refresh of a connection at a time over every replica: a provider that rotates refresh tokens may take
+    // the same one presented twice for theft and revoke the grant.
+    &["ALTER TABLE provider_connections ADD COLUMN refreshing_until BIGINT"],
+),
+(
+    10,
+    // Refresh tokens of connections deleted with a revoked grant, still sealed, until the provider has been told.
+    &["CREATE TABLE IF NOT EXISTS provider_revocations (
+        refresh_sealed TEXT PRIMARY KEY, subject TEXT NOT NULL, provider TEXT NOT NULL, key_id TEXT NOT NULL,
+        queued_at BIGINT NOT NULL)"],
 )];
 
 /// The newest schema this build knows.

@@ -214,6 +214,17 @@ pub struct ProviderConnection {
     pub updated_at: Timestamp,
 }
 
+/// A provider refresh token to revoke at its provider: its connection went with a revoked grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRevocation {
+    pub subject: String,
+    pub provider: String,
+    pub key_id: String,
+    /// Still sealed for its person and provider; also the row's key.
+    pub refresh_sealed: String,
+    pub queued_at: Timestamp,
+}
+
 /// A connect flow between the redirect to the provider and its callback: who is connecting, the PKCE verifier,
 /// the browser binding, and the authorization request to continue when it started on the consent page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +285,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError>;
     /// Revokes the grant with everything issued from it, forgets the consent it was given under (the client
-    /// must ask again) and deletes the provider connections it used; returns whether it was active.
+    /// must ask again) and deletes the provider connections it used (queuing their refresh tokens for revocation
+    /// at the provider); returns whether it was active.
     async fn revoke_grant(
         &self,
         id: &str,
@@ -411,6 +423,22 @@ pub trait Store: Send + Sync + 'static {
         next: &ProviderConnection,
         previous_access_sealed: &str,
     ) -> Result<bool, StoreError>;
+    /// The oldest refresh tokens waiting to be revoked at their providers, at most `limit`.
+    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
+    /// Forgets a queued revocation (done, or given up).
+    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError>;
+    /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
+    /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Gives a claim up (the refresh failed and left the row as it was).
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError>;
     /// Deletes the connection and returns what it held.
     async fn delete_connection(
         &self,

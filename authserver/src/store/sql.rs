@@ -12,8 +12,8 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
-    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, RefreshRotation, Store,
-    StoreError, Timestamp,
+    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, QueuedRevocation,
+    RefreshRotation, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
     wal::{self, WalKeeper},
@@ -435,7 +435,20 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // The person's provider accounts this grant used: the stored refresh tokens go with it.
+        // The person's provider accounts this grant used: the stored refresh tokens go with it, queued to be
+        // revoked at their providers.
+        sqlx::query(
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $2 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
@@ -481,17 +494,25 @@ impl Store for SqlStore {
         .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(AssertSqlSafe(format!(
+        for statement in [
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $4 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
-               WHERE l.grant_id IN ({MATCHING}) AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)"
-        )))
-        .bind(f.subject.clone())
-        .bind(f.client_id.clone())
-        .bind(f.resource.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)",
+        ] {
+            sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
+                .bind(f.subject.clone())
+                .bind(f.client_id.clone())
+                .bind(f.resource.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         forget_unconnected_links(&mut tx).await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(
             "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"
@@ -902,7 +923,7 @@ impl Store for SqlStore {
              ON CONFLICT (subject, provider) DO UPDATE SET key_id = excluded.key_id,
                refresh_sealed = excluded.refresh_sealed, access_sealed = excluded.access_sealed,
                access_expires_at = excluded.access_expires_at, scopes = excluded.scopes,
-               created_at = excluded.created_at, updated_at = excluded.updated_at"
+               created_at = excluded.created_at, updated_at = excluded.updated_at, refreshing_until = NULL"
         )))
         .bind(&c.subject)
         .bind(&c.provider)
@@ -940,7 +961,7 @@ impl Store for SqlStore {
     ) -> Result<bool, StoreError> {
         let changed = sqlx::query(
             "UPDATE provider_connections SET key_id = $3, refresh_sealed = $4, access_sealed = $5,
-               access_expires_at = $6, scopes = $7, updated_at = $8
+               access_expires_at = $6, scopes = $7, updated_at = $8, refreshing_until = NULL
              WHERE subject = $1 AND provider = $2 AND access_sealed = $9",
         )
         .bind(&c.subject)
@@ -956,6 +977,70 @@ impl Store for SqlStore {
         .await?
         .rows_affected();
         Ok(changed > 0)
+    }
+
+    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at FROM provider_revocations
+             ORDER BY queued_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedRevocation {
+                    subject: r.try_get("subject")?,
+                    provider: r.try_get("provider")?,
+                    key_id: r.try_get("key_id")?,
+                    refresh_sealed: r.try_get("refresh_sealed")?,
+                    queued_at: r.try_get("queued_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM provider_revocations WHERE refresh_sealed = $1")
+            .bind(refresh_sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = $5
+             WHERE subject = $1 AND provider = $2 AND access_sealed = $3
+               AND (refreshing_until IS NULL OR refreshing_until <= $4)",
+        )
+        .bind(subject)
+        .bind(provider)
+        .bind(access_sealed)
+        .bind(now)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed > 0)
+    }
+
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = NULL WHERE subject = $1 AND provider = $2",
+        )
+        .bind(subject)
+        .bind(provider)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn delete_connection(

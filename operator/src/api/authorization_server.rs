@@ -178,22 +178,22 @@ pub struct ThirdPartyProvider {
     /// `authorizationEndpoint` and `tokenEndpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("issuer must be an https URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("issuer must be an https URL (http only on a loopback host)"))]
     pub issuer: Option<String>,
     /// The provider's authorization endpoint (without discovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("authorizationEndpoint must be an https URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("authorizationEndpoint must be an https URL (http only on a loopback host)"))]
     pub authorization_endpoint: Option<String>,
     /// The provider's token endpoint (without discovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("tokenEndpoint must be an https URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("tokenEndpoint must be an https URL (http only on a loopback host)"))]
     pub token_endpoint: Option<String>,
     /// The provider's RFC 7009 revocation endpoint (without discovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("revocationEndpoint must be an https URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("revocationEndpoint must be an https URL (http only on a loopback host)"))]
     pub revocation_endpoint: Option<String>,
     /// The server's client id at the provider.
     #[schemars(length(min = 1, max = 256))]

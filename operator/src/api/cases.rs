@@ -309,7 +309,7 @@ pub fn cel_cases() -> Vec<InvalidCase> {
                 "/spec/providers",
                 json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "issuer": "http://login.acme.example"}]),
             ),
-            message: "issuer must be an https URL",
+            message: "issuer must be an https URL (http only on a loopback host)",
             field: "providers[0].issuer",
         },
         InvalidCase {

@@ -249,6 +249,8 @@ pub async fn consent_or_code(
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
+    let missing =
+        crate::providers::connect::missing(state, snapshot, &request.resource, subject).await?;
     let view = ConsentView {
         base: &snapshot.config.issuer,
         request_id: &request.id,
@@ -264,6 +266,7 @@ pub async fn consent_or_code(
             snapshot.config.resource(&request.resource),
             &request.scopes,
         ),
+        providers: missing.iter().map(|p| p.display_name.as_str()).collect(),
         subject,
     };
     Ok(pages::consent_page(&view))

@@ -105,6 +105,141 @@ pub struct AuthServerConfig {
     /// redeems (MCP enterprise-managed authorization). Empty: the `jwt-bearer` grant is not offered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
+    /// Third-party OAuth providers (an issue tracker, a mail service) whose APIs MCP servers call with the
+    /// person's own account: the person connects the provider once, the server keeps the provider's refresh
+    /// token sealed, and the sidecar of each resource listing the provider in `providers` obtains a fresh
+    /// provider access token for the person of each request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderConfig>,
+    /// File of the keys that seal provider tokens at rest (see [`crate::providers::seal`]), kept with the signing
+    /// keys. Needed when `providers` is not empty; written with a fresh key when missing and `signing.selfManaged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_token_keys_file: Option<PathBuf>,
+}
+
+/// A third-party OAuth provider people connect their own account of. The server is a confidential client there
+/// (authorization code with PKCE, the secret in HTTP Basic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProviderConfig {
+    /// The provider's name in this server: lowercase letters, digits and '-' (the connect URL
+    /// `{issuer}/connect/{id}`, the audience `urn:mcp-authz:provider:{id}` sidecars ask tokens for).
+    pub id: String,
+    /// Name people read on the consent screen and the connect pages.
+    pub display_name: String,
+    /// The provider's issuer, when it publishes OpenID Connect discovery
+    /// (`{issuer}/.well-known/openid-configuration`); its endpoints are read from there. Otherwise give
+    /// `authorizationEndpoint` and `tokenEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The provider's authorization endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// The provider's token endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// The provider's RFC 7009 revocation endpoint (without discovery): a disconnect revokes the refresh token
+    /// there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// Our client id at the provider. Register `{issuer}/connect/{id}/callback` as its redirect URI.
+    pub client_id: String,
+    /// File holding our client secret at the provider (a mounted Secret), read at each use, so a rotated Secret
+    /// takes effect without a restart.
+    pub client_secret_file: PathBuf,
+    /// Scopes asked of the provider.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra PEM CA bundle trusted when talking to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How a provider is named as the audience of a token exchange: an absolute URI (RFC 8707 `resource`) that no
+/// downstream (an https URL) can be.
+pub const PROVIDER_AUDIENCE_PREFIX: &str = "urn:mcp-authz:provider:";
+
+impl ProviderConfig {
+    /// The audience a sidecar names to obtain this provider's token.
+    pub fn audience(&self) -> String {
+        format!("{PROVIDER_AUDIENCE_PREFIX}{}", self.id)
+    }
+}
+
+/// Whether `id` may name a provider (it appears in URL paths and audiences unescaped).
+pub fn is_provider_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+/// The providers' declarations: each id valid and used once, exactly one of discovery and explicit endpoints,
+/// every URL https (http only on loopback).
+pub fn check_providers(config: &AuthServerConfig) -> Result<(), String> {
+    let mut ids = HashSet::new();
+    for p in &config.providers {
+        let id = &p.id;
+        if !is_provider_id(id) {
+            return Err(format!(
+                "providers: id {id:?} must be 1 to 63 lowercase letters, digits and '-'"
+            ));
+        }
+        if !ids.insert(id.as_str()) {
+            return Err(format!("providers: id {id:?} is used twice"));
+        }
+        let endpoints = [
+            &p.authorization_endpoint,
+            &p.token_endpoint,
+            &p.revocation_endpoint,
+        ];
+        let discovered = p.issuer.is_some() && endpoints.iter().all(|e| e.is_none());
+        let explicit =
+            p.issuer.is_none() && p.authorization_endpoint.is_some() && p.token_endpoint.is_some();
+        if !discovered && !explicit {
+            return Err(format!(
+                "providers {id:?}: needs either issuer (discovery) or authorizationEndpoint and tokenEndpoint, not both"
+            ));
+        }
+        for (field, url) in [
+            ("issuer", &p.issuer),
+            ("authorizationEndpoint", &p.authorization_endpoint),
+            ("tokenEndpoint", &p.token_endpoint),
+            ("revocationEndpoint", &p.revocation_endpoint),
+        ] {
+            if let Some(url) = url
+                && !Url::parse(url).is_ok_and(|u| {
+                    is_https_or_loopback(&u) && u.fragment().is_none() && u.username().is_empty()
+                })
+            {
+                return Err(format!(
+                    "providers {id:?}: {field} {url:?} must be an https URL (http only on a loopback host) without fragment or userinfo"
+                ));
+            }
+        }
+        if p.client_id.is_empty() {
+            return Err(format!("providers {id:?}: clientId is empty"));
+        }
+    }
+    if !config.providers.is_empty() && config.provider_token_keys_file.is_none() {
+        return Err(
+            "providers need providerTokenKeysFile (the keys that seal provider tokens)".into(),
+        );
+    }
+    for resource in &config.resources {
+        if let Some(missing) = resource
+            .providers
+            .iter()
+            .find(|p| !ids.contains(p.as_str()))
+        {
+            return Err(format!(
+                "resource {:?} receives tokens of provider {missing:?}, which is not in providers",
+                resource.resource
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An enterprise identity provider (IdP) trusted to say which person may use which client at which resource.
@@ -151,8 +286,8 @@ pub struct RateLimits {
     /// As at `/token`, a client's bucket is checked first and spent only by requests that pass.
     #[serde(default = "default_authorize_per_client")]
     pub authorize_per_client: RateBucket,
-    /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent` and
-    /// `/upstream/callback` together.
+    /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent`,
+    /// `/upstream/callback` and the provider pages (`/connect/...`) together.
     #[serde(default = "default_authorize_per_address")]
     pub authorize_per_address: RateBucket,
     /// `/register` requests from one source address (besides `dynamicClientRegistration.maxPerHour`, which
@@ -434,6 +569,17 @@ pub struct ResourceConfig {
     /// (RFC 8693 token exchange).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_exchange: Vec<ExchangeTarget>,
+    /// Providers (ids of `providers`) whose access tokens this service's resource server may obtain for the
+    /// person of a request: the MCP server calls those providers' APIs with the person's own account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+}
+
+impl ResourceConfig {
+    /// Whether this resource's server obtains tokens by exchange: for downstreams, or for providers.
+    pub fn exchanges(&self) -> bool {
+        !self.token_exchange.is_empty() || !self.providers.is_empty()
+    }
 }
 
 /// One downstream a service may call as the person: the token's audience and the scopes that may be passed on.
@@ -870,6 +1016,7 @@ impl AuthServerConfig {
             }
         }
         self.trusted_proxy_networks()?;
+        check_providers(self).map_err(ConfigError::Invalid)?;
         let mut idp_issuers = HashSet::new();
         for idp in &self.trusted_identity_providers {
             let name = &idp.issuer;
@@ -934,6 +1081,11 @@ impl AuthServerConfig {
     /// The registered resource with exactly this URL.
     pub fn resource(&self, resource: &str) -> Option<&ResourceConfig> {
         self.resources.iter().find(|r| r.resource == resource)
+    }
+
+    /// The provider of this id.
+    pub fn provider(&self, id: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.id == id)
     }
 }
 
@@ -1352,6 +1504,7 @@ clients:
                     scopes: scopes.into_iter().map(String::from).collect(),
                 })
                 .collect(),
+            providers: Vec::new(),
         };
         let r = "resource \"https://mcp.example.com/files\": tokenExchange";
         type Targets<'a> = Vec<(&'a str, Vec<&'a str>)>;

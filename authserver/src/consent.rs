@@ -15,6 +15,7 @@ use crate::clock::now_secs;
 use crate::oauth::scopes;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
+use crate::providers;
 use crate::state::AppState;
 use crate::store::Consent;
 
@@ -63,6 +64,21 @@ pub async fn consent(
                         .await?;
                 }
                 state.metrics.outcome("consent", "approved");
+                // The service works with the person's own account at a provider not connected yet: connect it
+                // now, and the code follows from the provider's callback.
+                let missing =
+                    providers::connect::missing(&state, &snapshot, &request.resource, &subject)
+                        .await?;
+                if let Some(first) = missing.first() {
+                    return providers::connect::begin(
+                        &state,
+                        &snapshot,
+                        &subject,
+                        &first.id,
+                        Some(request.id.clone()),
+                    )
+                    .await;
+                }
                 issue_code(
                     &state,
                     &snapshot,

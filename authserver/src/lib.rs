@@ -37,6 +37,7 @@ pub mod oauth_error;
 pub mod pages;
 pub mod params;
 pub mod passwords;
+pub mod providers;
 pub mod rate_limits;
 pub mod register;
 pub mod resource_servers;

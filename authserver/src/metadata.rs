@@ -34,7 +34,10 @@ pub fn document(snapshot: &Snapshot) -> Value {
     if id_jag {
         grant_types.push(crate::config::JWT_BEARER_GRANT);
     }
-    if c.resources.iter().any(|r| !r.token_exchange.is_empty()) {
+    if c.resources
+        .iter()
+        .any(crate::config::ResourceConfig::exchanges)
+    {
         grant_types.push(crate::token_exchange::TOKEN_EXCHANGE_GRANT);
     }
     let mut doc = json!({

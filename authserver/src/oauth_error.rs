@@ -22,6 +22,8 @@ pub enum ErrorCode {
     UnsupportedTokenType,
     InvalidClientMetadata,
     InvalidRedirectUri,
+    /// The person must do something in a browser first (OpenID Connect Core §3.1.2.6): connect a provider.
+    InteractionRequired,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedTokenType => "unsupported_token_type",
             ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
             ErrorCode::InvalidRedirectUri => "invalid_redirect_uri",
+            ErrorCode::InteractionRequired => "interaction_required",
         }
     }
 

@@ -50,6 +50,34 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
+/// The question before a provider is disconnected: a form bound to the browser by `csrf`.
+pub fn disconnect_page(base: &str, provider: &str, name: &str, csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Disconnect?",
+        &format!(
+            "<p>Services will no longer use your <strong>{}</strong> account; a tool that needs it will ask you to \
+             connect it again.</p>\
+             <form method=\"post\" action=\"{}/connect/{}/disconnect\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Disconnect</button></form>",
+            escape(name),
+            escape(base),
+            escape(provider),
+            escape(csrf)
+        ),
+    )
+}
+
+/// A page that only tells the person something (a provider connected).
+pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!("<p id=\"message\">{}</p>", escape(message)),
+    )
+}
+
 /// An error shown to the person instead of redirecting (unknown client, bad redirect URI, broken form).
 pub fn error_page(status: StatusCode, error: &str, description: &str) -> Response {
     page(
@@ -117,6 +145,9 @@ pub struct ConsentView<'a> {
     /// The downstreams the service may call as the person with what is asked (token exchange), each with the
     /// scopes it would pass on.
     pub downstreams: Vec<(&'a str, Vec<&'a str>)>,
+    /// The display names of the providers this service uses the person's own account of and that the person
+    /// has not connected yet: approving goes on to connect the first of them.
+    pub providers: Vec<&'a str>,
     pub subject: &'a str,
 }
 
@@ -188,6 +219,22 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
             escape(v.resource_name)
         )
     };
+    let providers = match v.providers.first() {
+        None => String::new(),
+        Some(first) => {
+            let items: String = v
+                .providers
+                .iter()
+                .map(|p| format!("<li>{}</li>", escape(p)))
+                .collect();
+            format!(
+                "<p><strong>{}</strong> works with your own account at:</p><ul id=\"providers\">{items}</ul>\
+                 <p>If you allow, you will connect your <strong>{}</strong> account next.</p>",
+                escape(v.resource_name),
+                escape(first)
+            )
+        }
+    };
     page(
         StatusCode::OK,
         "Allow access?",
@@ -196,7 +243,7 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
              <p><strong id=\"client_name\">{}</strong> (<span id=\"client_id_host\">{}</span>) wants to access \
              <strong>{}</strong> (<code>{}</code>).</p>\
              <p>After you decide, you will be sent to <strong id=\"redirect_host\">{}</strong>.</p>{warning}\
-             <p>It asks to:</p><ul id=\"scopes\">{scopes}</ul>{downstreams}\
+             <p>It asks to:</p><ul id=\"scopes\">{scopes}</ul>{downstreams}{providers}\
              <form method=\"post\" action=\"{}/consent\">\
              <input type=\"hidden\" name=\"request_id\" value=\"{}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -258,6 +305,7 @@ mod tests {
                     scopes: vec!["files:write".into()],
                 },
             ],
+            providers: Vec::new(),
         };
         let requested = vec!["files:read".to_owned()];
         let downstreams = downstreams_of(Some(&resource), &requested);
@@ -281,6 +329,7 @@ mod tests {
             resource: &resource.resource,
             scopes: Vec::new(),
             downstreams,
+            providers: vec!["Git <Hub>"],
             subject: "alice",
         };
         let r = consent_page(&view);
@@ -290,6 +339,13 @@ mod tests {
                 "<p>With this access, <strong>Files &lt;b&gt;</strong> may also call these services as you:</p>\
                  <ul id=\"downstreams\"><li><code>https://inventory.example.com/api?x=&lt;1&gt;</code> with \
                  <code>files:read</code></li></ul>"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "<ul id=\"providers\"><li>Git &lt;Hub&gt;</li></ul><p>If you allow, you will connect your \
+                 <strong>Git &lt;Hub&gt;</strong> account next.</p>"
             ),
             "{body}"
         );

@@ -42,6 +42,8 @@ pub enum Endpoint {
     Consent,
     UpstreamCallback,
     Register,
+    /// The provider pages: `/connect/{id}`, its callback and its disconnect form.
+    Connect,
 }
 
 impl Endpoint {
@@ -58,6 +60,8 @@ impl Endpoint {
         .into_iter()
         .find(|(suffix, _)| path.ends_with(suffix))
         .map(|(_, e)| e)
+        // Each provider has paths of its own; they share the browser flow's buckets.
+        .or_else(|| path.contains("/connect/").then_some(Endpoint::Connect))
     }
 
     /// The metric label (and audit event).
@@ -69,6 +73,7 @@ impl Endpoint {
             Endpoint::Consent => "consent",
             Endpoint::UpstreamCallback => "upstream_callback",
             Endpoint::Register => "register",
+            Endpoint::Connect => "connect",
         }
     }
 
@@ -270,6 +275,10 @@ mod tests {
             ("/consent", Some(Endpoint::Consent)),
             ("/upstream/callback", Some(Endpoint::UpstreamCallback)),
             ("/register", Some(Endpoint::Register)),
+            ("/connect/acme", Some(Endpoint::Connect)),
+            ("/tenant/a/connect/acme/callback", Some(Endpoint::Connect)),
+            ("/connect/acme/disconnect", Some(Endpoint::Connect)),
+            ("/connect", None),
             ("/introspect", None),
             ("/jwks", None),
             ("/.well-known/oauth-authorization-server", None),

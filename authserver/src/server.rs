@@ -19,10 +19,10 @@ use tower::ServiceExt;
 
 use crate::config::{AuthServerConfig, ConfigError};
 use crate::keys::{KeyError, KeySet};
-use crate::oauth_error::OAuthError;
+use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
-use crate::{admin, authorize, consent, introspect, login, metadata, register, token};
+use crate::{admin, authorize, consent, introspect, login, metadata, providers, register, token};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,15 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .route("/login", post(login::login))
         .route("/consent", post(consent::consent))
         .route("/upstream/callback", get(login::upstream_callback))
+        .route("/connect/{provider}", get(providers::connect::start))
+        .route(
+            "/connect/{provider}/callback",
+            get(providers::connect::callback),
+        )
+        .route(
+            "/connect/{provider}/disconnect",
+            get(providers::connect::disconnect_form).post(providers::connect::disconnect),
+        )
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
@@ -153,9 +162,50 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(bounded))
-        // Outermost, so that a timed-out request's audit record has its trace too.
+        // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
+        .layer(middleware::from_fn_with_state(state.clone(), finished))
         .with_state(state)
+}
+
+/// Requests in progress at once. Each runs on its own task to its end, and a client that hangs up no longer ends
+/// its request's work, so this is what bounds the work nobody waits for; past it a request is refused at once
+/// (429 `temporarily_unavailable` with `Retry-After`). A busy server has a few dozen in progress (about 5,000 tokens/s at a few
+/// milliseconds each), and each step of a request is bounded within the request limit.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Runs the request on a task of its own, to its end: a client that hangs up drops only the wait for the answer.
+/// Cancelled with it, a handler could stop between its store write and its audit record (a token issued and
+/// recorded in the store, with no record on the audit stream), or between two writes. The time limit inside
+/// bounds each such task, [`MAX_IN_FLIGHT`] how many there are, and a stopping server waits for them.
+async fn finished(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        // Counted with the rate limits' refusals, keyed on what ran out.
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&["all", "in_progress"])
+            .inc();
+        return OAuthError::rate_limited(
+            "the server has too many requests in progress; retry shortly",
+            1,
+        )
+        .into_response();
+    };
+    let handler = tokio::spawn(async move {
+        let response = next.run(request).await;
+        drop(permit);
+        response
+    });
+    match handler.await {
+        Ok(response) => response,
+        Err(error) => {
+            // A panic is a bug; the client gets an OAuth error, and the log says where.
+            tracing::error!(%error, "a request's handler failed");
+            OAuthError::new(ErrorCode::ServerError, "the request could not be handled")
+                .into_response()
+        }
+    }
 }
 
 /// Runs the request with its `traceparent` header's ids at hand for its audit records and, when tracing is on,
@@ -191,6 +241,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_admin))
         .layer(middleware::from_fn(traced))
+        .layer(middleware::from_fn_with_state(state.clone(), finished))
         .with_state(state)
 }
 
@@ -404,9 +455,13 @@ async fn serve(
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
+    in_flight: Arc<tokio::sync::Semaphore>,
 ) {
+    // HTTP/1.1 only, as the TLS listener's ALPN says: the automatic builder would also take HTTP/2 without
+    // negotiation (h2c), whose stream resets cost a client nothing per cancelled request.
     let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .http1_only();
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -437,10 +492,7 @@ async fn serve(
             None => {
                 let connection = graceful.watch(
                     builder
-                        .serve_connection_with_upgrades(
-                            hyper_util::rt::TokioIo::new(stream),
-                            service,
-                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .into_owned(),
                 );
                 tokio::spawn(async move {
@@ -457,10 +509,8 @@ async fn serve(
                     else {
                         return;
                     };
-                    let connection = builder.serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(stream),
-                        service,
-                    );
+                    let connection =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     let _ = watcher.watch(connection.into_owned()).await;
                 });
             }
@@ -471,6 +521,15 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout were closed");
+    }
+    // Requests whose clients hung up run on without a connection: they finish too (within their own limit)
+    // before the process may exit and close the audit stream behind them.
+    let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+    if tokio::time::timeout(REQUEST_TIMEOUT, in_flight.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in progress when the server stopped were cut off");
     }
 }
 
@@ -537,6 +596,7 @@ pub async fn start(
             oauth_router(state.clone()),
             Some(acceptor),
             shutdown.clone(),
+            state.in_flight.clone(),
         )));
     }
     for (listener, router) in [
@@ -548,6 +608,7 @@ pub async fn start(
             router,
             None,
             shutdown.clone(),
+            state.in_flight.clone(),
         )));
     }
     let stamp = state
@@ -653,6 +714,7 @@ async fn maintain(
     // names (users, keys, a CA bundle) that a kubelet updates a little later than the config's own volume.
     let mut refused = false;
     let mut tick: u64 = 0;
+    let mut revoking: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -709,6 +771,13 @@ async fn maintain(
                 }
             }
         }
+        // In a task of its own, one at a time: a provider that hangs must not hold up reloads and rotation.
+        if tick.is_multiple_of(5) && revoking.as_ref().is_none_or(JoinHandle::is_finished) {
+            let state = state.clone();
+            revoking = Some(tokio::spawn(async move {
+                crate::providers::revoke_queued(&state).await;
+            }));
+        }
         if tick.is_multiple_of(5) {
             reload_client_secrets(&state);
             let config = state.snapshot().config.clone();
@@ -734,8 +803,8 @@ async fn maintain(
     }
 }
 
-/// Swaps in client secrets whose files changed under an unchanged config (a rotated Secret); a file that no longer
-/// loads leaves the secrets in force, as a refused config reload does.
+/// Swaps in client secrets and provider-token keys whose files changed under an unchanged config (a rotated
+/// Secret); a file that no longer loads leaves what is in force, as a refused config reload does.
 fn reload_client_secrets(state: &AppState) {
     let snapshot = state.snapshot();
     if snapshot
@@ -743,11 +812,13 @@ fn reload_client_secrets(state: &AppState) {
         .clients
         .iter()
         .all(|c| c.client_secret_file.is_none())
+        && snapshot.config.provider_token_keys_file.is_none()
     {
         return;
     }
     let outcome = crate::state::read_client_secrets(&snapshot.config).and_then(|secrets| {
-        if secrets == snapshot.client_secrets {
+        let sealer = crate::state::read_sealer(&snapshot.config)?;
+        if secrets == snapshot.client_secrets && sealer == snapshot.sealer {
             return Ok(false);
         }
         let rebuilt = Snapshot::build(snapshot.config.clone(), Some(&snapshot))?;
@@ -758,7 +829,7 @@ fn reload_client_secrets(state: &AppState) {
         Ok(false) => {}
         Ok(true) => {
             state.metrics.reloads.with_label_values(&["ok"]).inc();
-            tracing::info!("client secrets reloaded");
+            tracing::info!("client secrets or provider-token keys reloaded");
         }
         Err(e) => {
             state
@@ -766,7 +837,7 @@ fn reload_client_secrets(state: &AppState) {
                 .reloads
                 .with_label_values(&[e.metric_label()])
                 .inc();
-            tracing::error!(error = %e, "client secret reload failed; the secrets in force stay");
+            tracing::error!(error = %e, "secret reload failed; the secrets in force stay");
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::config::{AuthServerConfig, ConfigError, StaticUser};
 use crate::identity_providers::IdentityProvider;
 use crate::keys::{KeyError, KeySet};
 use crate::metrics::Metrics;
+use crate::providers::client::ProviderClient;
+use crate::providers::seal::Sealer;
 use crate::rate_limits::RateLimiter;
 use crate::resource_servers::Root;
 use crate::store::Store;
@@ -39,6 +41,11 @@ pub struct Snapshot {
     /// The trusted enterprise identity providers, by issuer (kept across reloads that leave one unchanged, with
     /// its fetched keys).
     pub identity_providers: HashMap<String, Arc<IdentityProvider>>,
+    /// The third-party providers people connect, by id (kept across reloads that leave one unchanged, with its
+    /// discovered endpoints).
+    pub providers: HashMap<String, Arc<ProviderClient>>,
+    /// The keys that seal provider tokens, when providers are configured.
+    pub sealer: Option<Sealer>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -137,6 +144,22 @@ impl Snapshot {
             };
             identity_providers.insert(idp.issuer.clone(), provider);
         }
+        let mut providers = HashMap::new();
+        for p in &config.providers {
+            let kept = previous
+                .and_then(|prev| prev.providers.get(&p.id))
+                .filter(|prev| &prev.config == p)
+                .cloned();
+            let client = match kept {
+                Some(c) => c,
+                None => Arc::new(
+                    ProviderClient::new(p)
+                        .map_err(|e| ConfigError::Invalid(format!("providers {:?}: {e}", p.id)))?,
+                ),
+            };
+            providers.insert(p.id.clone(), client);
+        }
+        let sealer = read_sealer(&config)?;
         Ok(Snapshot {
             config,
             users,
@@ -147,6 +170,8 @@ impl Snapshot {
             trusted_proxies,
             client_secrets,
             identity_providers,
+            providers,
+            sealer,
         })
     }
 }
@@ -189,6 +214,38 @@ pub fn read_client_secrets(
     Ok(client_secrets)
 }
 
+/// The provider-token keys, read now (at every config load and every 10 s, so a rotated key file takes effect
+/// without a restart). A self-managed server writes a fresh file when there is none.
+pub fn read_sealer(config: &AuthServerConfig) -> Result<Option<Sealer>, ConfigError> {
+    let Some(path) = &config.provider_token_keys_file else {
+        return Ok(None);
+    };
+    if config.signing.self_managed && !path.exists() {
+        write_new_key_file(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Sealer::load(path)
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+/// A key file only this user may read.
+fn write_new_key_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(Sealer::generate("k1").as_bytes())
+}
+
 fn read_users_file(path: &Path) -> Result<Vec<StaticUser>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -222,6 +279,10 @@ pub struct AppState {
     pub audit_budget: crate::audit::RowBudget,
     /// The file the config came from (reloaded when it changes), if any.
     pub config_path: Option<PathBuf>,
+    /// One provider-token refresh at a time per connection.
+    pub provider_flights: crate::providers::Flights,
+    /// Requests in progress (each runs on its own task to its end): see [`crate::server::MAX_IN_FLIGHT`].
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -241,6 +302,8 @@ impl AppState {
             login_guard: crate::login_guard::LoginGuard::default(),
             audit_budget: crate::audit::RowBudget::default(),
             config_path,
+            provider_flights: crate::providers::Flights::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
         }
     }
 

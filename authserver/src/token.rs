@@ -186,7 +186,7 @@ async fn handle(
             .config
             .resources
             .iter()
-            .any(|r| !r.token_exchange.is_empty());
+            .any(crate::config::ResourceConfig::exchanges);
     let grant = GrantType::from_wire(grant_type)
         .filter(|g| {
             *g != GrantType::JwtBearer || !snapshot.config.trusted_identity_providers.is_empty()

@@ -10,6 +10,9 @@
 //! ```
 //!
 //! The exchanged token is recorded under the subject token's grant: revoking the person's grant revokes it too.
+//! The audience `urn:mcp-authz:provider:<id>` asks instead for the person's own access token at a third-party
+//! provider declared for the service ([`crate::providers`]): one exchange, one client key, one cache in the
+//! sidecar for both kinds.
 //! The decisions are pure ([`plan`]) and table-tested; [`exchange`] gathers the facts and writes the token.
 
 use serde_json::{Value, json};
@@ -18,9 +21,10 @@ use crate::audit::{self, Decision, Who};
 use crate::client_auth::{self, Presented};
 use crate::clients::shorten;
 use crate::clock::now_secs;
-use crate::config::ExchangeTarget;
+use crate::config::{ExchangeTarget, PROVIDER_AUDIENCE_PREFIX};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
+use crate::providers;
 use crate::resource_servers;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
@@ -119,24 +123,15 @@ pub struct Planned {
     pub lifetime: i64,
 }
 
-/// Decides an exchange: `caller` is the resource the authenticated resource server protects, `targets` what the
-/// platform declared for it, `subject` the verified subject token. Every refusal in the RFC's own errors.
-pub fn plan(
-    caller: &str,
-    targets: &[ExchangeTarget],
-    asked: &Asked<'_>,
-    subject: &Subject,
-    now: i64,
-    max_lifetime: i64,
-) -> Result<Planned, OAuthError> {
-    let claims = &subject.claims;
-    let audience_ok = match claims.get("aud") {
+/// The refusals every exchange makes of its subject token: it must have been issued for the caller's own
+/// service (a resource server may trade only what was given to its service: another service's token, even one
+/// it saw, is not its to use), and its grant must still stand.
+pub fn check_subject_for(caller: &str, subject: &Subject) -> Result<(), OAuthError> {
+    let audience_ok = match subject.claims.get("aud") {
         Some(Value::String(a)) => a == caller,
         Some(Value::Array(all)) => all.len() == 1 && all[0].as_str() == Some(caller),
         _ => false,
     };
-    // A resource server may trade only what was given to its own service: another service's token, even one it
-    // saw, is not its to use.
     if !audience_ok {
         return Err(invalid_grant(
             "the subject token was not issued for this resource server's service",
@@ -147,6 +142,21 @@ pub fn plan(
             "the subject token is revoked or unknown to this server",
         ));
     }
+    Ok(())
+}
+
+/// Decides an exchange: `caller` is the resource the authenticated resource server protects, `targets` what the
+/// platform declared for it, `subject` the verified subject token. Every refusal in the RFC's own errors.
+pub fn plan(
+    caller: &str,
+    targets: &[ExchangeTarget],
+    asked: &Asked<'_>,
+    subject: &Subject,
+    now: i64,
+    max_lifetime: i64,
+) -> Result<Planned, OAuthError> {
+    check_subject_for(caller, subject)?;
+    let claims = &subject.claims;
     let target = targets
         .iter()
         .find(|t| t.audience == asked.target)
@@ -235,6 +245,14 @@ pub fn plan(
     })
 }
 
+/// What an exchange will give once its caller and subject token are judged.
+enum Decided {
+    /// A token of this server for a declared downstream, recorded under the subject token's grant.
+    Downstream(Planned, String),
+    /// The person's access token at a third-party provider.
+    Provider(providers::tokens::Planned),
+}
+
 /// The subject token's claims when it is one of our live access tokens, and its grant when it is still good.
 async fn subject(
     state: &AppState,
@@ -303,24 +321,38 @@ pub async fn exchange(
                     "only the resource server of one of this server's services may exchange tokens",
                 )
             })?;
-        let targets = snapshot
-            .config
-            .resource(caller)
-            .map(|r| r.token_exchange.as_slice())
-            .unwrap_or_default();
+        let resource = snapshot.config.resource(caller);
         let subject = subject(state, snapshot, asked.subject_token).await?;
         who.subject = subject
             .claims
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        if let Some(provider) = asked.target.strip_prefix(PROVIDER_AUDIENCE_PREFIX) {
+            let declared = resource.map(|r| r.providers.as_slice()).unwrap_or_default();
+            let planned = providers::tokens::plan(caller, declared, provider, &subject)?;
+            return Ok(Decided::Provider(planned));
+        }
+        let targets = resource
+            .map(|r| r.token_exchange.as_slice())
+            .unwrap_or_default();
         let max = i64::try_from(snapshot.config.tokens.exchanged_token_secs).unwrap_or(i64::MAX);
         let planned = plan(caller, targets, &asked, &subject, now_secs(), max)?;
-        Ok::<_, OAuthError>((planned, subject.grant_id.unwrap_or_default()))
+        Ok::<_, OAuthError>(Decided::Downstream(
+            planned,
+            subject.grant_id.unwrap_or_default(),
+        ))
     }
     .await;
     let (planned, grant_id) = match decided {
-        Ok(decided) => decided,
+        Ok(Decided::Downstream(planned, grant_id)) => (planned, grant_id),
+        Ok(Decided::Provider(planned)) => {
+            // Spent before the provider is asked: a replayed assertion gets nothing from it.
+            if let Some(claim) = claim {
+                client_auth::spend(state, claim).await?;
+            }
+            return providers::tokens::serve(state, snapshot, &planned).await;
+        }
         Err(refusal) => {
             if let Some(claim) = claim {
                 client_auth::spend(state, claim).await?;

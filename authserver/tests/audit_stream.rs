@@ -158,3 +158,66 @@ async fn a_timed_out_token_request_writes_one_refusal_record() {
     }
     assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
 }
+
+/// A client that hangs up while its token is being written does not take the record with it: the token was
+/// issued (its row is in the store), so the audit stream must say so. The store is held locked so the handler is
+/// still waiting for its write when the client goes.
+#[tokio::test]
+async fn a_token_issued_after_its_client_hung_up_still_writes_its_record() {
+    use sqlx::Connection;
+    use tokio::io::AsyncWriteExt;
+    let (dir, mut child, base) = start_binary(Stdio::piped()).await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _server = Server(child);
+    let records = read_records(stdout);
+    let db = dir.path().join("as.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let (key, header) = service_signer();
+    let now = mcp_authz_authserver::clock::now_secs();
+    let claims = json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": format!("{base}/token"),
+        "exp": now + 300, "jti": mcp_authz_authserver::secrets::random_token()});
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            (
+                "client_assertion",
+                &jsonwebtoken::encode(&header, &claims, &key).unwrap(),
+            ),
+            ("resource", RESOURCE),
+        ])
+        .finish();
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST /token HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The handler is now waiting for the locked store; the client hangs up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    let record = records
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the issued token's record");
+    assert_eq!(
+        (&record["outcome"], &record["action"], &record["client_id"]),
+        (&json!("allow"), &json!("issued"), &json!(SERVICE_CLIENT))
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tokens")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "the token was issued");
+}

@@ -1286,3 +1286,74 @@ async fn refresh_refusals_name_their_reason() {
         (400, ("invalid_grant", "this grant has expired"))
     );
 }
+
+/// Requests run on to their end when their clients hang up, so their number is bounded: past it, a request is
+/// refused at once with 429 and `Retry-After`, and counted; once a slot is free, requests are served again.
+#[tokio::test]
+async fn requests_past_the_bound_in_progress_are_refused_at_once() {
+    let s = TestServer::start().await;
+    let state = s.running.as_ref().unwrap().state.clone();
+    let all = u32::try_from(server::MAX_IN_FLIGHT).unwrap();
+    let busy = state
+        .in_flight
+        .clone()
+        .acquire_many_owned(all)
+        .await
+        .unwrap();
+    let refused = s.http.get(format!("{}/jwks", s.base)).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.json::<Value>().await.unwrap(),
+        json!({"error": "temporarily_unavailable",
+               "error_description": "the server has too many requests in progress; retry shortly"})
+    );
+    let metrics = s.http.get(format!("{}/metrics", s.admin)).send().await;
+    // The admin port shares the bound: it is refused alike while every slot is taken.
+    assert_eq!(metrics.unwrap().status(), 429);
+    drop(busy);
+    assert_eq!(
+        s.http
+            .get(format!("{}/jwks", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"mcp_authz_authserver_rate_limited_total{endpoint="all",key="in_progress"} 2"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// The plain port speaks HTTP/1.1 only: an HTTP/2 connection preface (h2c, which would let a client cancel
+/// requests by resetting streams on one connection) gets no HTTP/2 answer.
+#[tokio::test]
+async fn the_oauth_port_does_not_speak_http2_without_negotiation() {
+    let s = TestServer::start().await;
+    let address = s.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The preface, then an empty SETTINGS frame.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "an HTTP/2 answer: {answer:?}"
+    );
+}

@@ -344,6 +344,222 @@ async fn contract(store: &dyn Store) {
 
 /// An administrator's bulk revocation reaches every matching grant, however many (a page size once stopped it at
 /// 1,000), with their tokens, and nothing else.
+fn connection(subject: &str, provider: &str, access: &str) -> ProviderConnection {
+    ProviderConnection {
+        subject: subject.into(),
+        provider: provider.into(),
+        key_id: "k1".into(),
+        refresh_sealed: Some(format!("sealed-refresh-{subject}")),
+        access_sealed: access.into(),
+        access_expires_at: 2_000,
+        scopes: "api:read".into(),
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+/// Provider connections: one per person and provider, replaced only from the version a refresh started from,
+/// deleted with a grant that used them (single and bulk revocation) and by a disconnect; connect flows single use.
+async fn provider_connections(store: &dyn Store) {
+    let now = 1_700_000_000;
+    let pending = ConnectRequest {
+        id: "state-1".into(),
+        subject: "alice".into(),
+        provider: "acme".into(),
+        verifier: "v".into(),
+        csrf: "c".into(),
+        auth_request: Some("r1".into()),
+        expires_at: now + 600,
+    };
+    store.put_connect_request(&pending).await.unwrap();
+    assert_eq!(
+        store.take_connect_request("state-1", now).await.unwrap(),
+        Some(pending.clone())
+    );
+    assert_eq!(
+        store.take_connect_request("state-1", now).await.unwrap(),
+        None
+    );
+    let late = ConnectRequest {
+        id: "state-2".into(),
+        ..pending.clone()
+    };
+    store.put_connect_request(&late).await.unwrap();
+    assert_eq!(
+        store
+            .take_connect_request("state-2", now + 600)
+            .await
+            .unwrap(),
+        None,
+        "an expired flow is not finished"
+    );
+
+    let alice = connection("alice", "acme", "a-1");
+    store.put_connection(&alice).await.unwrap();
+    store
+        .put_connection(&connection("dave", "acme", "d-1"))
+        .await
+        .unwrap();
+    store
+        .put_connection(&connection("alice", "other", "o-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.connection("carol", "acme").await.unwrap(), None);
+    // A refresh replaces the row only from the version it read; a second one that read the same loses.
+    let next = ProviderConnection {
+        access_sealed: "a-2".into(),
+        refresh_sealed: Some("rotated".into()),
+        updated_at: 1_500,
+        ..alice.clone()
+    };
+    assert!(store.replace_connection(&next, "a-1").await.unwrap());
+    assert!(!store.replace_connection(&next, "a-1").await.unwrap());
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(next.clone())
+    );
+    // One refresh at a time: a claim stands until it runs out or the row is replaced, and only on the version
+    // the refresh started from.
+    let (a2, a3) = ("a-2", "a-3");
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", "a-1", now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now, now + 15)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_refresh("alice", "acme", a2, now + 14, now + 29)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 15, now + 30)
+            .await
+            .unwrap()
+    );
+    store.release_refresh("alice", "acme").await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a2, now + 16, now + 31)
+            .await
+            .unwrap()
+    );
+    let refreshed = ProviderConnection {
+        access_sealed: a3.into(),
+        ..next.clone()
+    };
+    assert!(store.replace_connection(&refreshed, a2).await.unwrap());
+    assert!(
+        store
+            .claim_refresh("alice", "acme", a3, now + 17, now + 32)
+            .await
+            .unwrap()
+    );
+    // Connecting again replaces the whole row, and ends any claim.
+    store.put_connection(&alice).await.unwrap();
+    assert!(
+        store
+            .claim_refresh("alice", "acme", "a-1", now + 18, now + 33)
+            .await
+            .unwrap()
+    );
+    store.put_connection(&alice).await.unwrap();
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(alice.clone())
+    );
+
+    // Revoking a grant that used a connection deletes it, and only it.
+    store
+        .put_grant(&grant("pg1", "alice", "c", "https://r", now))
+        .await
+        .unwrap();
+    store
+        .put_grant(&grant("pg2", "dave", "c", "https://r", now))
+        .await
+        .unwrap();
+    store.link_connection("alice", "acme", "pg1").await.unwrap();
+    store.link_connection("alice", "acme", "pg1").await.unwrap();
+    store.link_connection("dave", "acme", "pg2").await.unwrap();
+    store
+        .put_connection(&ProviderConnection {
+            refresh_sealed: None,
+            ..connection("alice", "norefresh", "n-1")
+        })
+        .await
+        .unwrap();
+    store
+        .link_connection("alice", "norefresh", "pg1")
+        .await
+        .unwrap();
+    assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
+    assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
+    // Its refresh token is queued for revocation at the provider (a connection without one is not).
+    let queued = store.queued_revocations(10).await.unwrap();
+    assert_eq!(
+        queued,
+        [QueuedRevocation {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id: "k1".into(),
+            refresh_sealed: "sealed-refresh-alice".into(),
+            queued_at: now,
+        }]
+    );
+    store
+        .forget_revocation("sealed-refresh-alice")
+        .await
+        .unwrap();
+    assert_eq!(store.queued_revocations(10).await.unwrap(), []);
+    assert_eq!(store.connection("alice", "norefresh").await.unwrap(), None);
+    assert!(store.connection("alice", "other").await.unwrap().is_some());
+    assert!(store.connection("dave", "acme").await.unwrap().is_some());
+    // A new connection starts with no grant tied to it: the revoked grant's link went with the old one.
+    store.put_connection(&alice).await.unwrap();
+    store.revoke_grant("pg1", "again", now).await.unwrap();
+    assert!(store.connection("alice", "acme").await.unwrap().is_some());
+    // Bulk revocation by subject.
+    let daves = GrantFilter {
+        subject: Some("dave".into()),
+        ..GrantFilter::default()
+    };
+    assert_eq!(store.revoke_grants(&daves, "bulk", now).await.unwrap(), 1);
+    assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
+    let queued = store.queued_revocations(10).await.unwrap();
+    assert_eq!(
+        queued
+            .iter()
+            .map(|q| q.refresh_sealed.as_str())
+            .collect::<Vec<_>>(),
+        ["sealed-refresh-dave"]
+    );
+    store
+        .forget_revocation("sealed-refresh-dave")
+        .await
+        .unwrap();
+    // A disconnect returns what was stored.
+    assert_eq!(
+        store.delete_connection("alice", "acme").await.unwrap(),
+        Some(alice)
+    );
+    assert_eq!(
+        store.delete_connection("alice", "acme").await.unwrap(),
+        None
+    );
+}
+
 async fn bulk_revocation(store: &dyn Store) {
     let now = 1_700_000_000;
     for i in 0..1500 {
@@ -615,6 +831,7 @@ async fn sqlite_store_keeps_the_contract() {
     bulk_revocation(&store).await;
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
+    provider_connections(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -630,6 +847,7 @@ async fn postgres_store_keeps_the_contract() {
     bulk_revocation(&store).await;
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
+    provider_connections(&store).await;
 }
 
 #[tokio::test]

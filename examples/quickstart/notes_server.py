@@ -25,6 +25,8 @@ SCOPES_HEADER = "x-mcp-authz-scopes"
 CALLER_HEADER = "x-mcp-authz-caller"
 # Where the sidecar hands this server its token for the inventory API (AuthorizationServer spec.tokenExchange).
 INVENTORY_TOKEN_HEADER = "x-inventory-token"
+# Where the sidecar hands this server the person's own token at a third-party provider (spec.providers).
+ACME_TOKEN_HEADER = "x-acme-token"
 
 
 class Notebook:
@@ -57,7 +59,7 @@ def _owner(ctx: Context) -> str:
     return f"{headers.get(CALLER_HEADER, 'unknown')}:{headers.get(SUBJECT_HEADER, 'anonymous')}"
 
 
-def build_server(inventory_url: str | None = None) -> MCPServer:
+def build_server(inventory_url: str | None = None, acme_url: str | None = None) -> MCPServer:
     notebook = Notebook()
     server = MCPServer(name="quickstart-notes", instructions="A small notebook protected by mcp-authz.")
     # Whether a bearer token ever reached this server: the sidecar must never forward one.
@@ -112,6 +114,21 @@ def build_server(inventory_url: str | None = None) -> MCPServer:
         except urllib.error.HTTPError as refused:
             raise ValueError(f"the inventory API refused the call: HTTP {refused.code} {refused.read()[:200]!r}")
 
+    @server.tool(
+        description="Ask the Acme provider what it says of the person's own account there (needs the person to "
+        "have connected Acme; the platform's spec.providers hands this server their token)."
+    )
+    def acme_profile(ctx: Context) -> dict[str, object]:
+        token = (ctx.headers or {}).get(ACME_TOKEN_HEADER)
+        if not acme_url or not token:
+            raise ValueError("no Acme provider is configured for this server, or no token for it came with the call")
+        request = urllib.request.Request(f"{acme_url}/me", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return json.load(answer)
+        except urllib.error.HTTPError as refused:
+            raise ValueError(f"Acme refused the call: HTTP {refused.code}")
+
     return server
 
 
@@ -121,8 +138,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--path", default="/mcp")
     parser.add_argument("--inventory-url", help="base URL of the inventory API that inventory_lookup calls")
+    parser.add_argument("--acme-url", help="issuer of the Acme provider whose userinfo acme_profile reads")
     args = parser.parse_args()
-    build_server(args.inventory_url).run(
+    build_server(args.inventory_url, args.acme_url).run(
         "streamable-http",
         host=args.host,
         port=args.port,

@@ -88,6 +88,18 @@ pub fn read_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<KeyIndex, KeyErro
 /// keys, because the authorization server mounts that Secret and derives each sidecar's public key from it.
 pub const RESOURCE_SERVER_ROOT_FILE: &str = "resource-server-root";
 
+/// The entry of the keys Secret holding the keys that seal provider tokens at rest (see
+/// `mcp_authz_authserver::providers::seal`): kept with the signing keys, never rotated by the operator.
+pub const PROVIDER_TOKEN_KEYS_FILE: &str = "provider-token-keys";
+
+/// Whether a keys Secret's data holds usable provider-token keys.
+pub fn has_provider_token_keys(data: &BTreeMap<String, Vec<u8>>) -> bool {
+    data.get(PROVIDER_TOKEN_KEYS_FILE).is_some_and(|raw| {
+        std::str::from_utf8(raw)
+            .is_ok_and(|t| mcp_authz_authserver::providers::seal::Sealer::parse(t).is_ok())
+    })
+}
+
 /// The resource-server root in a keys Secret's data, if it holds a valid one.
 pub fn resource_server_root(
     data: &BTreeMap<String, Vec<u8>>,
@@ -125,6 +137,14 @@ pub fn write_secret(
         RESOURCE_SERVER_ROOT_FILE.to_owned(),
         root.to_text().into_bytes(),
     );
+    // Carried over as written (an admin may have put a new key first to rotate; one that does not load is the
+    // admin's to fix, and the server says so), generated only when missing: replacing it would make every stored
+    // connection unreadable.
+    let sealing = match previous.get(PROVIDER_TOKEN_KEYS_FILE) {
+        Some(raw) => raw.clone(),
+        None => mcp_authz_authserver::providers::seal::Sealer::generate("k1").into_bytes(),
+    };
+    data.insert(PROVIDER_TOKEN_KEYS_FILE.to_owned(), sealing);
     Ok(data)
 }
 
@@ -165,8 +185,26 @@ mod tests {
             write_secret(&index, &BTreeMap::new(), std::slice::from_ref(&key)).expect("data");
         assert_eq!(read_secret(&data).expect("index"), index);
         assert!(resource_server_root(&data).is_some(), "a root is generated");
+        assert!(
+            has_provider_token_keys(&data),
+            "provider-token keys are generated"
+        );
         let again = write_secret(&index, &data, &[]).expect("old material reused");
         assert_eq!(again, data);
+        // An admin's rotated key file (a new key first) is kept as written, even one that does not load.
+        let mut rotated = data.clone();
+        let text = format!(
+            "{}{}",
+            mcp_authz_authserver::providers::seal::Sealer::generate("k2"),
+            String::from_utf8(data[PROVIDER_TOKEN_KEYS_FILE].clone()).expect("text")
+        );
+        rotated.insert(PROVIDER_TOKEN_KEYS_FILE.into(), text.clone().into_bytes());
+        let kept = write_secret(&index, &rotated, &[]).expect("data");
+        assert_eq!(kept[PROVIDER_TOKEN_KEYS_FILE], text.into_bytes());
+        rotated.insert(PROVIDER_TOKEN_KEYS_FILE.into(), b"garbage".to_vec());
+        assert!(!has_provider_token_keys(&rotated));
+        let kept = write_secret(&index, &rotated, &[]).expect("data");
+        assert_eq!(kept[PROVIDER_TOKEN_KEYS_FILE], b"garbage");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!                  at one must not count at another)
 //! namespace     -> AuthorizationServer.spec.allowedNamespaces             -> may a service attach at all
 //! URL           -> AuthorizationServer.spec.resourceUrls (longest prefix) -> may it claim that URL at all
+//!                  AuthorizationServer.spec.tokenExchange[].audience       -> no: an API's URL, held by none
 //! ```
 //!
 //! A claim that holds keeps holding (until it is deleted, detached or its namespace is shut out): age alone let an
@@ -131,12 +132,30 @@ pub fn attached(
         && url_standing(service, server, labels).allows()
 }
 
-/// What `server`'s `resourceUrls` say of `service`'s claim on its URL.
+/// What `server` says of `service`'s claim on its URL: refused when the server takes no such resource URL or a
+/// token-exchange edge names it as an API's audience, else as its `resourceUrls` say.
 pub fn url_standing(
     service: &MCPService,
     server: &AuthorizationServer,
     labels: &NamespaceLabels,
 ) -> UrlStanding {
+    let url = &service.spec.resource_url;
+    // A URL the server would refuse in its config (userinfo, a port out of range, http off loopback) must
+    // not be held: held, it would be another service's token-exchange audience, and refused there too.
+    if let Err(e) = mcp_authz_authserver::config::check_resource_url(url) {
+        return UrlStanding::Unusable(match e {
+            mcp_authz_authserver::config::ConfigError::Invalid(why) => why,
+            other => other.to_string(),
+        });
+    }
+    let reserved = server.spec.token_exchange.iter().position(|edge| {
+        edge.audience
+            .as_deref()
+            .is_some_and(|audience| resource_urls::same_resource(audience, url))
+    });
+    if let Some(index) = reserved {
+        return UrlStanding::Reserved(index);
+    }
     let namespace = service.namespace().unwrap_or_default();
     resource_urls::standing(
         &server.spec.resource_urls,
@@ -438,6 +457,84 @@ mod tests {
             resource_holder(&recreated, &open, &both, &labels).map(key_of),
             Some("aaa/files".to_owned())
         );
+    }
+
+    #[test]
+    fn no_service_holds_the_url_of_an_api_that_tokens_are_exchanged_for() {
+        let mut exchanging = server(json!({"from": "All"}));
+        exchanging.spec.token_exchange = serde_json::from_value(json!([
+            {"from": {"name": "files", "namespace": "files"}, "to": {"name": "search", "namespace": "search"},
+             "scopes": ["files:read"], "header": "x-search"},
+            {"from": {"name": "files", "namespace": "files"}, "audience": "https://inventory.example.com",
+             "scopes": ["files:read"], "header": "x-inventory"},
+        ]))
+        .expect("edges");
+        let none = NamespaceLabels::new();
+        // However the squatter spells the API's URL, and however old its claim.
+        for url in [
+            "https://inventory.example.com",
+            "https://INVENTORY.example.com:443/",
+        ] {
+            let squatter = service("aaa", "inventory", url, 1, "u-1");
+            assert_eq!(
+                url_standing(&squatter, &exchanging, &none),
+                UrlStanding::Reserved(1),
+                "{url}"
+            );
+            assert!(!attached(&squatter, &exchanging, &none), "{url}");
+            assert_eq!(
+                UrlStanding::Reserved(1).refusal().as_deref(),
+                Some(
+                    "its tokenExchange[1] names this URL as the audience of an API that is no MCPService"
+                )
+            );
+        }
+        // A URL the server would refuse in its config holds nothing, so no edge's `to` can carry it there.
+        for url in [
+            "https://x@mcp.example.com/search",
+            "https://mcp.example.com:99999/search",
+            "http://mcp.example.com/search",
+        ] {
+            let unusable = service("search", "search", url, 1, "u-3");
+            assert!(
+                matches!(
+                    url_standing(&unusable, &exchanging, &none),
+                    UrlStanding::Unusable(_)
+                ),
+                "{url}"
+            );
+            assert!(!attached(&unusable, &exchanging, &none), "{url}");
+        }
+        assert_eq!(
+            url_standing(
+                &service(
+                    "search",
+                    "search",
+                    "https://x@mcp.example.com/search",
+                    1,
+                    "u-3"
+                ),
+                &exchanging,
+                &none
+            )
+            .refusal()
+            .as_deref(),
+            Some(
+                "the server takes no such resource URL (resource \"https://x@mcp.example.com/search\" must not carry userinfo)"
+            )
+        );
+        // A service named by `to`, and a URL below the API's, are services like any other.
+        for url in [
+            "https://mcp.example.com/search",
+            "https://inventory.example.com/mcp",
+        ] {
+            let service = service("search", "search", url, 1, "u-2");
+            assert_eq!(
+                url_standing(&service, &exchanging, &none),
+                UrlStanding::Open,
+                "{url}"
+            );
+        }
     }
 
     #[test]

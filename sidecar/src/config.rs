@@ -228,6 +228,18 @@ fn check_downstream_tokens(
                 target.audience
             ));
         }
+        if let Some(url) = &target.connect_url
+            && !url::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "https" | "http")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+            })
+        {
+            return invalid(format!(
+                "downstreamTokens: connectUrl {url:?} of {:?} must be an http(s) URL without userinfo",
+                target.audience
+            ));
+        }
         let header = target.header.as_str();
         if !downstream_header_allowed(header, identity) || !headers.insert(header) {
             return invalid(format!(
@@ -325,6 +337,11 @@ pub struct DownstreamTarget {
     pub audience: String,
     /// The request header the token is sent upstream in (a client's own field of that name is removed).
     pub header: String,
+    /// For a third-party provider's token (audience `urn:mcp-authz:provider:<id>`): where the person connects
+    /// their account (`{issuer}/connect/<id>`). A tool call, prompt or resource read of a person who has not
+    /// connected is answered with an MCP URL elicitation of this link; other requests go on without the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_url: Option<String>,
 }
 
 /// JWKS fetching and caching.
@@ -871,6 +888,14 @@ limits:
             (
                 "downstreamTokens: {tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: [{audience: 'https://d', header: x-d}, {audience: 'https://d', header: x-e}]}",
                 "downstreamTokens: audience \"https://d\" is empty or named twice",
+            ),
+            (
+                "downstreamTokens: {tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: [{audience: 'urn:mcp-authz:provider:acme', header: x-acme, connectUrl: 'javascript:alert(1)'}]}",
+                "downstreamTokens: connectUrl \"javascript:alert(1)\" of \"urn:mcp-authz:provider:acme\" must be an http(s) URL without userinfo",
+            ),
+            (
+                "downstreamTokens: {tokenEndpoint: 'https://a/token', clientId: c, privateKeyFile: /k, targets: [{audience: 'urn:mcp-authz:provider:acme', header: x-acme, connectUrl: 'https://me@auth.example.com/connect/acme'}]}",
+                "downstreamTokens: connectUrl \"https://me@auth.example.com/connect/acme\" of \"urn:mcp-authz:provider:acme\" must be an http(s) URL without userinfo",
             ),
         ];
         // An identity header spelled in capitals is the same field as a downstream header in lowercase.

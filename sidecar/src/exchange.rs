@@ -4,9 +4,13 @@
 //! downstream until shortly before it expires; concurrent requests needing the same one wait for one exchange.
 //!
 //! What the issuer says decides the request ([`classify`]): a token issued is sent on; `invalid_scope` (the
-//! person's token holds nothing this downstream may get) sends the request on without that header; `invalid_grant`
+//! person's token holds nothing this downstream may get) and `invalid_target` (the issuer's config does not have
+//! this downstream, as while a new config rolls out) send the request on without that header; `invalid_grant`
 //! (revoked, expired) refuses it as an inactive token; anything else refuses it with 503, never forwarding a request
-//! whose downstream call would fail for want of a token.
+//! whose downstream call would fail for want of a token. A third-party provider's target (audience
+//! `urn:mcp-authz:provider:<id>`, with a connect link) answered `interaction_required` (the person has not
+//! connected the provider) leaves its header out and hands the link to the proxy, which asks the person to
+//! connect where the request needs the provider ([`crate::verdict::connect_required`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +49,9 @@ fn reuse_for(outcome: &Result<Obtained, Failure>) -> Duration {
         Ok(obtained) => obtained.reuse_for,
         Err(Failure::Inactive) => INACTIVE_TTL,
         Err(Failure::Unavailable(_)) => UNAVAILABLE_TTL,
+        // Not kept at all: the person connects in a browser and the client retries at once (found by the e2e
+        // test, whose retry came within a second); each refused call costs the issuer one exchange.
+        Err(Failure::ConnectRequired) => Duration::ZERO,
     }
 }
 
@@ -55,6 +62,8 @@ pub enum Failure {
     Inactive,
     /// The issuer could not be asked or answered something else; the low-cardinality reason.
     Unavailable(&'static str),
+    /// The person has not connected the third-party provider of this target (`interaction_required`).
+    ConnectRequired,
 }
 
 /// What one exchange gave: the token to send (none when the person's token holds nothing to pass on) and how
@@ -69,7 +78,12 @@ pub struct Obtained {
 pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> {
     let body = match answer {
         Ok(body) => body,
-        Err(FetchError::Refused(_, code)) if code == "invalid_scope" => {
+        // `invalid_target`: the issuer does not know this downstream (yet, or any more): its config and this
+        // sidecar's reach their pods at different moments. Refusing would fail every request of the service
+        // for one downstream; without the header only the calls that need it fail.
+        Err(FetchError::Refused(_, code))
+            if code == "invalid_scope" || code == "invalid_target" =>
+        {
             return Ok(Obtained {
                 token: None,
                 reuse_for: NOTHING_TTL,
@@ -77,6 +91,9 @@ pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> 
         }
         Err(FetchError::Refused(_, code)) if code == "invalid_grant" => {
             return Err(Failure::Inactive);
+        }
+        Err(FetchError::Refused(_, code)) if code == "interaction_required" => {
+            return Err(Failure::ConnectRequired);
         }
         Err(FetchError::Timeout) => return Err(Failure::Unavailable("exchange_timeout")),
         Err(_) => return Err(Failure::Unavailable("exchange_unavailable")),
@@ -106,6 +123,23 @@ pub fn classify(answer: Result<Bytes, FetchError>) -> Result<Obtained, Failure> 
     })
 }
 
+/// A fresh id for an MCP URL elicitation (128 random bits, base64url).
+pub fn elicitation_id() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    // Only fails without any system randomness; the id then still differs per request enough to be told apart.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The headers for one request, and the connect links of the providers the person has not connected (their
+/// headers are left out).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Obtainment {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect: Vec<String>,
+}
+
 type Key = (Box<str>, usize);
 type Flight = Arc<tokio::sync::OnceCell<Result<Obtained, Failure>>>;
 type Outcome = Result<Option<HeaderValue>, Failure>;
@@ -117,6 +151,8 @@ pub struct Exchanger {
     timeout: Duration,
     fetcher: Fetcher,
     targets: Vec<(String, HeaderName)>,
+    /// Per target, the provider's connect link (third-party provider targets only).
+    connect_urls: Vec<Option<String>>,
     cache: Mutex<HashMap<Key, (Outcome, Instant)>>,
     flights: Mutex<HashMap<Key, Flight>>,
 }
@@ -157,6 +193,11 @@ impl Exchanger {
             timeout: Duration::from_millis(config.timeout_ms),
             fetcher,
             targets,
+            connect_urls: config
+                .targets
+                .iter()
+                .map(|t| t.connect_url.clone())
+                .collect(),
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
         })
@@ -168,11 +209,18 @@ impl Exchanger {
     }
 
     /// The headers to send upstream with a request made with `token`.
-    pub async fn obtain(&self, token: &str) -> Result<Vec<(HeaderName, HeaderValue)>, Failure> {
-        let mut out = Vec::with_capacity(self.targets.len());
+    pub async fn obtain(&self, token: &str) -> Result<Obtainment, Failure> {
+        let mut out = Obtainment::default();
         for (index, (_, header)) in self.targets.iter().enumerate() {
-            if let Some(value) = self.one(token, index).await? {
-                out.push((header.clone(), value));
+            match (self.one(token, index).await, &self.connect_urls[index]) {
+                (Ok(Some(value)), _) => out.headers.push((header.clone(), value)),
+                (Ok(None), _) => {}
+                (Err(Failure::ConnectRequired), Some(url)) => out.connect.push(url.clone()),
+                // Only a provider's target can be connected: anywhere else the answer makes no sense.
+                (Err(Failure::ConnectRequired), None) => {
+                    return Err(Failure::Unavailable("exchange_unavailable"));
+                }
+                (Err(failure), _) => return Err(failure),
             }
         }
         Ok(out)
@@ -275,10 +323,17 @@ mod tests {
                     reuse_for: NOTHING_TTL,
                 }),
             ),
-            (refused("invalid_grant"), Err(Failure::Inactive)),
             (
                 refused("invalid_target"),
-                Err(Failure::Unavailable("exchange_unavailable")),
+                Ok(Obtained {
+                    token: None,
+                    reuse_for: NOTHING_TTL,
+                }),
+            ),
+            (refused("invalid_grant"), Err(Failure::Inactive)),
+            (
+                refused("interaction_required"),
+                Err(Failure::ConnectRequired),
             ),
             (
                 refused("invalid_client"),

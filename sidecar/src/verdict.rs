@@ -355,6 +355,17 @@ pub fn downstream_refusal<'a>(failure: &crate::exchange::Failure) -> Refused<'a>
             }),
             "token_inactive",
         ),
+        crate::exchange::Failure::ConnectRequired => Refused::request(
+            "POST",
+            Answer::Plain {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: Some(
+                    "the authorization server asks the person to connect an account this service cannot name",
+                ),
+            },
+            "exchange_unavailable",
+        ),
         crate::exchange::Failure::Unavailable(reason) => Refused::request(
             "POST",
             Answer::Plain {
@@ -367,6 +378,97 @@ pub fn downstream_refusal<'a>(failure: &crate::exchange::Failure) -> Refused<'a>
             reason,
         ),
     }
+}
+
+/// JSON-RPC error code of MCP 2025-11-25's `URLElicitationRequiredError`.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+/// The methods whose work may call a provider as the person, and whose answer may be an MRTR
+/// `InputRequiredResult` in MCP 2026-07-28 (tools, prompts, resource reads); other requests go on without the
+/// provider's token.
+pub fn may_need_provider(method: &str) -> bool {
+    matches!(method, "tools/call" | "prompts/get" | "resources/read")
+}
+
+/// Whether the single request in `document` declares the client's URL-mode elicitation capability in its
+/// `_meta` (MCP 2026-07-28 carries capabilities on every request).
+fn declares_url_elicitation(document: &Value) -> bool {
+    document
+        .pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities/elicitation/url")
+        .is_some_and(Value::is_object)
+}
+
+/// The answer to a request that needs a provider the person has not connected: open `urls` in a browser, then
+/// retry. A 2026-07-28 request of a client that declares URL elicitation gets an MRTR `input_required` result
+/// (the retry is the same request; the sidecar checks the connection again, so no `requestState` is needed);
+/// everyone else gets 2025-11-25's `URLElicitationRequiredError` (-32042), which any client can show. HTTP 200:
+/// it is an MCP answer, not a refusal of the transport.
+pub fn connect_required<'a>(
+    id: &Value,
+    document: &Value,
+    modern: bool,
+    urls: &[String],
+    elicitation_id: &str,
+) -> Refused<'a> {
+    let message = |url: &str| {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!(
+            "This needs your account at another service, which you have not connected yet: open the link (on {host}) to connect it, then try again."
+        )
+    };
+    let body = if modern && declares_url_elicitation(document) {
+        let requests: serde_json::Map<String, Value> = urls
+            .iter()
+            .enumerate()
+            .map(|(n, url)| {
+                (
+                    format!("connect-{n}"),
+                    serde_json::json!({
+                        "method": "elicitation/create",
+                        "params": {"mode": "url", "url": url, "message": message(url)},
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {"resultType": "input_required", "inputRequests": requests},
+        })
+    } else {
+        let elicitations: Vec<Value> = urls
+            .iter()
+            .enumerate()
+            .map(|(n, url)| {
+                serde_json::json!({
+                    "mode": "url",
+                    "elicitationId": format!("{elicitation_id}-{n}"),
+                    "url": url,
+                    "message": message(url),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": URL_ELICITATION_REQUIRED,
+                "message": "This request needs an account the person has not connected yet.",
+                "data": {"elicitations": elicitations},
+            },
+        })
+    };
+    Refused::request(
+        "POST",
+        Answer::JsonRpc {
+            status: StatusCode::OK,
+            body: Bytes::from(body.to_string()),
+        },
+        "provider_not_connected",
+    )
 }
 
 /// The JSON-RPC error code of a rate-limited request: MCP defines none, so one of the implementation-defined
@@ -1218,6 +1320,68 @@ mod tests {
                 .map(|l| (l.method, l.target, l.decision, l.reason))
                 .collect();
             assert_eq!(lines, c.audit, "{}", c.what);
+        }
+    }
+
+    #[test]
+    fn a_person_who_must_connect_a_provider_is_answered_in_their_protocols_form() {
+        let url = "https://auth.example.com/connect/acme".to_owned();
+        let with_url = |url_capability: Value| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "_meta": {
+                "io.modelcontextprotocol/clientCapabilities": {"elicitation": url_capability}}}})
+        };
+        let body = |r: Refused<'_>| match r.answer {
+            Answer::JsonRpc { status, body } => {
+                assert_eq!(status, StatusCode::OK);
+                serde_json::from_slice::<Value>(&body).expect("json")
+            }
+            other => panic!("not a JSON-RPC answer: {other:?}"),
+        };
+        // (document, modern, whether the answer is an input_required result rather than the -32042 error)
+        let cases = [
+            (with_url(json!({"url": {}})), true, true),
+            (with_url(json!({"url": {}})), false, false),
+            (with_url(json!({"form": {}})), true, false),
+            (with_url(json!({"url": true})), true, false),
+            (
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}),
+                true,
+                false,
+            ),
+        ];
+        for (document, modern, mrtr) in cases {
+            let r = connect_required(
+                &json!(1),
+                &document,
+                modern,
+                std::slice::from_ref(&url),
+                "e1",
+            );
+            assert_eq!(r.reason, "provider_not_connected");
+            let got = body(r);
+            if mrtr {
+                assert_eq!(got["result"]["resultType"], "input_required", "{got}");
+                assert_eq!(
+                    got["result"]["inputRequests"]["connect-0"]["params"]["url"],
+                    json!(url)
+                );
+            } else {
+                assert_eq!(got["error"]["code"], URL_ELICITATION_REQUIRED, "{got}");
+                assert_eq!(
+                    got["error"]["data"]["elicitations"][0]["elicitationId"], "e1-0",
+                    "{got}"
+                );
+            }
+        }
+        for (method, needs) in [
+            ("tools/call", true),
+            ("prompts/get", true),
+            ("resources/read", true),
+            ("tools/list", false),
+            ("initialize", false),
+            ("resources/subscribe", false),
+        ] {
+            assert_eq!(may_need_provider(method), needs, "{method}");
         }
     }
 }

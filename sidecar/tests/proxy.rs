@@ -1548,3 +1548,144 @@ async fn the_upstream_gets_a_token_for_its_downstream_and_never_the_clients() {
     // A refused request never reaches the upstream: the two refusals above did not.
     assert_eq!(h.upstream_posts(), 18);
 }
+
+/// A third-party provider's token (issue 18 part 2): injected like a downstream's; a person who has not connected
+/// the provider is asked to, in the MCP way of their request (2025-11-25's -32042 URL elicitation error, or
+/// 2026-07-28's `input_required` result for a client that declares URL elicitation), for tool calls, prompts and
+/// resource reads only; everything else goes on without the header. Neither answer reaches the upstream.
+#[tokio::test]
+async fn a_person_without_the_providers_account_connected_is_asked_to_connect_it() {
+    const CONNECT: &str = "https://auth.example.com/connect/acme";
+    let h = Harness::start().await;
+    let (pem, x) = introspection_key();
+    let mode = std::sync::Arc::new(std::sync::Mutex::new("token"));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let addr = exchange_server(x, mode.clone(), hits.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, pem).unwrap();
+    let mut config = config(&h.upstream.url(), &h.jwks.url());
+    config.downstream_tokens = Some(
+        serde_json::from_value(json!({
+            "tokenEndpoint": format!("http://{addr}/token"),
+            "clientId": INTROSPECTION_CLIENT,
+            "privateKeyFile": key_file,
+            "targets": [{"audience": "urn:mcp-authz:provider:acme", "header": "x-acme-token",
+                         "connectUrl": CONNECT}],
+        }))
+        .unwrap(),
+    );
+    h.sidecar.config.apply(config).unwrap();
+    let fresh = |jti: &str| {
+        let mut c = claims_for(now());
+        c["scope"] = json!("mcp:read");
+        c["jti"] = json!(jti);
+        h.key.sign(&c)
+    };
+
+    // Connected: the provider's token goes upstream, a client's own copy never does.
+    let token = fresh("connected");
+    let mut req = post_request(&h.url("/mcp"), Some(&token), &call(1, "get_user"));
+    req.headers_mut()
+        .insert("x-acme-token", "forged".parse().unwrap());
+    let (status, _, body) = h.send(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    let acme: Vec<_> = seen
+        .last()
+        .unwrap()
+        .headers
+        .get_all("x-acme-token")
+        .iter()
+        .collect();
+    assert_eq!(
+        acme,
+        [format!(
+            "for.{}.{}",
+            "urn:mcp-authz:provider:acme".len(),
+            token.len()
+        )
+        .as_str()]
+    );
+
+    // Not connected, 2025-11-25: the URL elicitation error, on the request's own id.
+    *mode.lock().unwrap() = "interaction_required";
+    let before = h.upstream_posts();
+    let token = fresh("not-connected");
+    let (status, _, body) = h.post(Some(&token), &call(2, "get_user")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut answer: Value = serde_json::from_str(&body).unwrap();
+    let elicitation = answer["error"]["data"]["elicitations"][0].take();
+    assert!(
+        elicitation["elicitationId"]
+            .as_str()
+            .is_some_and(|id| id.len() > 20),
+        "{elicitation}"
+    );
+    assert_eq!(
+        (
+            &elicitation["mode"],
+            &elicitation["url"],
+            &elicitation["message"]
+        ),
+        (
+            &json!("url"),
+            &json!(CONNECT),
+            &json!(
+                "This needs your account at another service, which you have not connected yet: open the link (on auth.example.com) to connect it, then try again."
+            )
+        )
+    );
+    assert_eq!(
+        answer,
+        json!({"jsonrpc": "2.0", "id": 2, "error": {"code": -32042,
+               "message": "This request needs an account the person has not connected yet.",
+               "data": {"elicitations": [null]}}})
+    );
+    // A listing needs no provider: it goes on, without the header.
+    let list = json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}).to_string();
+    let (status, _, body) = h.post(Some(&token), &list).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        h.upstream_posts(),
+        before + 1,
+        "only the listing reached the upstream"
+    );
+    assert!(
+        h.upstream
+            .seen()
+            .last()
+            .unwrap()
+            .headers
+            .get("x-acme-token")
+            .is_none()
+    );
+
+    // 2026-07-28 with URL elicitation declared: an MRTR input_required result naming the link.
+    let modern = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get_user","arguments":{},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}}}}})
+    .to_string();
+    let mut req = post_request(&h.url("/mcp"), Some(&token), &modern);
+    for (name, value) in [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "get_user"),
+    ] {
+        req.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (status, _, body) = h.send(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"resultType": "input_required", "inputRequests": {
+            "connect-0": {"method": "elicitation/create", "params": {"mode": "url", "url": CONNECT,
+                "message": "This needs your account at another service, which you have not connected yet: open the link (on auth.example.com) to connect it, then try again."}}}}})
+    );
+    assert_eq!(
+        h.upstream_posts(),
+        before + 1,
+        "neither answer reached the upstream"
+    );
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,38 @@ spec:
       names: ["*"]
       scopes: ["notes:read"]
 """
+
+# A fourth service on the demo server whose person's own account at the Acme provider (a real npm oidc-provider,
+# tests/authserver/oidc-third-party.mjs) its sidecar hands on (test_provider.py). A service of its own, so that
+# connecting Acme on the consent page touches no other test's sign-in.
+TRACKER_SERVICE = """
+apiVersion: mcp-authz.io/v1alpha1
+kind: MCPService
+metadata:
+  name: tracker
+spec:
+  selector: {app: tracker}
+  resourceUrl: https://mcp.quickstart.example/tracker
+  authorizationServerRef: {name: quickstart}
+  upstream: {port: UPSTREAM_PORT, path: /mcp}
+  scopes: [notes:read]
+  rules:
+    - methods: ["tools/call"]
+      names: ["acme_profile", "whoami"]
+      scopes: ["notes:read"]
+"""
+
+ACME_CLIENT = "mcp-authz-connect"
+ACME_SECRET = "third-party-secret-0123456789abcdef"
+
+
+def acme_provider(port: int) -> dict:
+    return {
+        "id": "acme", "displayName": "Acme", "issuer": f"http://127.0.0.1:{port}", "clientId": ACME_CLIENT,
+        "clientSecretRef": {"name": "acme-oauth", "key": "secret"}, "scopes": ["openid", "api:read"],
+        "services": [{"name": "tracker"}], "header": "x-acme-token",
+    }
+
 
 ENTERPRISE_IDP = "https://idp.corp.example"
 ENTERPRISE_AGENT = "enterprise-agent"
@@ -246,9 +279,36 @@ def inventory() -> InventoryApi:
 
 
 @pytest.fixture(scope="session")
-def upstream_port(work_dir: Path, inventory: InventoryApi):
+def acme_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def acme(plane, acme_port: int, work_dir: Path):
+    """The Acme provider, started once the plane's local issuer (and so its connect callback) is known."""
+    node = required_env("MCP_AUTHZ_NODE22", "tests/setup/40-node.sh")
+    required_env("MCP_AUTHZ_OIDC_PROVIDER_MODULES", "tests/setup/40-node.sh")
+    callback = f"{plane.ready['issuer']}/connect/acme/callback"
+    script = REPO / "tests" / "authserver" / "oidc-third-party.mjs"
+    log = open(work_dir / "acme.log", "wb")
+    # Acme's access tokens live 30 s: too short for the sidecar to keep one, so every call asks the server anew and a
+    # disconnect shows at the very next call (a longer-lived one is reused by the sidecar until 30 s before its end).
+    child = subprocess.Popen([node, str(script), str(acme_port), callback, "30", "true"], stdout=log, stderr=log)
+    try:
+        wait_for_port(acme_port, 30, child)
+        yield f"http://127.0.0.1:{acme_port}"
+    finally:
+        child.terminate()
+        child.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def upstream_port(work_dir: Path, inventory: InventoryApi, acme_port: int):
     port = free_port()
-    child = notes_server(port, work_dir / "notes-server.log", inventory_url=inventory.url).start()
+    child = notes_server(
+        port, work_dir / "notes-server.log", inventory_url=inventory.url, acme_url=f"http://127.0.0.1:{acme_port}"
+    ).start()
     wait_for_port(port, 30, child.process)
     yield port
     child.stop()
@@ -265,7 +325,9 @@ def machine_key() -> MachineKey:
 
 
 @pytest.fixture(scope="session")
-def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp, machine_key: MachineKey) -> Path:
+def manifests_dir(
+    work_dir: Path, upstream_port: int, enterprise_idp: EnterpriseIdp, machine_key: MachineKey, acme_port: int
+) -> Path:
     """The quickstart manifests with the demo server's port, plus a second service `archive` and a third, `reports`."""
     target = work_dir / "manifests"
     shutil.copytree(MANIFESTS, target)
@@ -276,6 +338,10 @@ def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: Enterprise
     service.write_text(text.replace("  defaultDecision: Deny", inventory_rule + "  defaultDecision: Deny"))
     (target / "archive-service.yaml").write_text(SECOND_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
     (target / "reports-service.yaml").write_text(CALLERS_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
+    (target / "tracker-service.yaml").write_text(TRACKER_SERVICE.replace("UPSTREAM_PORT", str(upstream_port)))
+    (target / "acme-secret.yaml").write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: acme-oauth}}\nstringData: {{secret: {ACME_SECRET}}}\n"
+    )
     # Registration on, for the clients that have no metadata document (test_registration.py); spec is the
     # manifest's last key, so its fields can be appended.
     server = target / "authorization-server.yaml"
@@ -287,6 +353,8 @@ def manifests_dir(work_dir: Path, upstream_port: int, enterprise_idp: Enterprise
         + f"  trustedIdentityProviders: {trusted}\n"
         # The notes service may call the inventory API as the person (test_downstream.py).
         + f"  tokenExchange: {json.dumps([INVENTORY_EDGE])}\n"
+        # The tracker service receives the person's own Acme token (test_provider.py).
+        + f"  providers: {json.dumps([acme_provider(acme_port)])}\n"
     )
     (target / "enterprise-agent.yaml").write_text(ENTERPRISE_AGENT_MANIFESTS)
     (target / "machine-clients.yaml").write_text(machine_client_manifests(machine_key))

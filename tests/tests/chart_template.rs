@@ -572,8 +572,15 @@ fn sidecar_ingress(sets: &[&str]) -> Value {
     let mut server = mcp_authz_operator::api::cases::authorization_server();
     server["metadata"]["namespace"] = serde_json::json!("mcp-authz");
     let server = serde_json::from_value(server).expect("server");
-    let rendered =
-        sidecar::render(&service, &server, &[], Some("CA"), scrapers.as_ref()).expect("render");
+    let rendered = sidecar::render(
+        &service,
+        &server,
+        &[],
+        mcp_authz_operator::render::exchange::Peers::NONE,
+        Some("CA"),
+        scrapers.as_ref(),
+    )
+    .expect("render");
     let policy = rendered
         .iter()
         .find(|o| o.kind == "NetworkPolicy")

@@ -977,3 +977,201 @@ async fn a_restarted_operator_keeps_the_oldest_claim() {
     );
     running.stop();
 }
+
+/// A token-exchange edge to an API (`audience`) reserves the API's URL at the server: a tenant claiming it, however
+/// spelled, would be issued ordinary tokens for it by the people consenting to its service, and the API would take
+/// them for its own. An edge to another service (`to`) follows that service while it holds its URL.
+#[tokio::test]
+async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let notes_ns = cluster.new_namespace("notes").await.expect("namespace");
+    let reports_ns = cluster.new_namespace("reports").await.expect("namespace");
+    let squat_ns = cluster.new_namespace("squat").await.expect("namespace");
+    for ns in [&notes_ns, &reports_ns, &squat_ns] {
+        label_tenant(&admin, ns, Some(&platform)).await;
+    }
+    let running = operator_and_server(cluster, &admin, &platform, "op-exchange").await;
+    operator_support::create(
+        &admin,
+        &platform,
+        &scope(&platform, "files-read", "files:read", "Read files", false),
+    )
+    .await
+    .expect("scope");
+    let api = "https://inventory.example.com/api";
+    let (notes_url, reports_url) = (
+        "https://mcp.example.com/notes",
+        "https://mcp.example.com/reports",
+    );
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &platform,
+        &operator_support::resource("AuthorizationServer"),
+    )
+    .patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"tokenExchange": [
+            {"from": {"name": "files", "namespace": notes_ns}, "audience": api,
+             "scopes": ["files:read"], "header": "x-inventory"},
+            {"from": {"name": "files", "namespace": notes_ns}, "to": {"name": "files", "namespace": reports_ns},
+             "scopes": ["files:read"], "header": "x-reports"},
+        ]}})),
+    )
+    .await
+    .expect("declare the edges");
+    for (ns, url) in [(&notes_ns, notes_url), (&reports_ns, reports_url)] {
+        operator_support::create(
+            &admin,
+            ns,
+            &service(ns, &platform, url, ns, &["files:read"]),
+        )
+        .await
+        .expect("service");
+    }
+    let squatted = "https://INVENTORY.example.com:443/api/";
+    operator_support::create(
+        &admin,
+        &squat_ns,
+        &service(&squat_ns, &platform, squatted, "Inventory", &["files:read"]),
+    )
+    .await
+    .expect("the squatter's service");
+
+    let refused = condition_becomes(
+        &admin,
+        (&squat_ns, "MCPService", "files"),
+        "CredentialsIssued",
+        "False",
+    )
+    .await;
+    assert_eq!(
+        refused,
+        (
+            "False".to_owned(),
+            "ResourceURLNotGranted".to_owned(),
+            format!(
+                "AuthorizationServer {platform}/auth does not let namespace {squat_ns} protect {squatted}: its tokenExchange[0] names this URL as the audience of an API that is no MCPService; a platform admin decides which namespaces may use which URLs"
+            ),
+        )
+    );
+    assert_eq!(
+        condition_becomes(&admin, (&squat_ns, "MCPService", "files"), "Ready", "False")
+            .await
+            .1,
+        "ResourceURLNotGranted"
+    );
+    for ns in [&notes_ns, &reports_ns] {
+        condition_becomes(&admin, (ns, "MCPService", "files"), "Ready", "True").await;
+    }
+    let config = config_after(&admin, &platform, "marker:exchange").await;
+    let mut resources = entries(&config);
+    resources.sort();
+    assert_eq!(
+        resources,
+        [
+            (notes_url.to_owned(), notes_ns.clone()),
+            (reports_url.to_owned(), reports_ns.clone()),
+        ],
+        "the squatter is not in the server's config"
+    );
+    let audiences: Vec<&str> = config["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["resource"] == notes_url)
+        .and_then(|r| r["tokenExchange"].as_array())
+        .expect("the notes service's edges")
+        .iter()
+        .filter_map(|t| t["audience"].as_str())
+        .collect();
+    assert_eq!(audiences, [api, reports_url]);
+    assert!(
+        secret(&admin, &squat_ns, "files-mcp-authz-sidecar-credentials")
+            .await
+            .is_none(),
+        "no key for the squatter"
+    );
+    // The platform sees the claim: a squatter, or a chain written before `to` existed.
+    let claimed = condition_becomes(
+        &admin,
+        (&platform, "AuthorizationServer", "auth"),
+        "TokenExchangeResolved",
+        "False",
+    )
+    .await;
+    assert_eq!(
+        (claimed.1.as_str(), claimed.2),
+        (
+            "AudienceClaimed",
+            format!(
+                "tokenExchange[0]: its audience is the resourceUrl of MCPService {squat_ns}/files; such a service is refused while the edge names its URL as an API's (a chain to it names it with to)"
+            )
+        )
+    );
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &squat_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &Default::default())
+    .await
+    .expect("delete the squatter");
+    assert_eq!(
+        condition_becomes(
+            &admin,
+            (&platform, "AuthorizationServer", "auth"),
+            "TokenExchangeResolved",
+            "True"
+        )
+        .await
+        .2,
+        "2 token-exchange edge(s) in force"
+    );
+
+    // The called service goes: the edge to it is left out of the server and of the caller's sidecar.
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &reports_ns,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &Default::default())
+    .await
+    .expect("delete the called service");
+    let left_out = condition_becomes(
+        &admin,
+        (&platform, "AuthorizationServer", "auth"),
+        "TokenExchangeResolved",
+        "False",
+    )
+    .await;
+    assert_eq!(
+        left_out.2,
+        format!(
+            "1 of 2 token-exchange edge(s) left out: tokenExchange[1]: MCPService {reports_ns}/files does not exist"
+        )
+    );
+    eventually_within("the caller's sidecar drops the edge", SOON, || async {
+        let cm = get_json(
+            &admin,
+            &notes_ns,
+            "v1",
+            "ConfigMap",
+            "files-mcp-authz-sidecar",
+        )
+        .await?;
+        let text = cm["data"]["sidecar.yaml"].as_str()?;
+        let config: Value = serde_saphyr::from_str(text).expect("sidecar YAML");
+        let targets: Vec<String> = config["downstreamTokens"]["targets"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["audience"].as_str().map(str::to_owned))
+            .collect();
+        (targets == [api]).then_some(())
+    })
+    .await;
+    running.stop();
+}

@@ -12,7 +12,10 @@
 //! reader stalled every request of the pod (and cost +490 µs at p99 even when the reader kept up). Here a
 //! stalled stdout costs requests nothing: the queue fills, and further lines are dropped and counted
 //! (`mcp_authz_<program>_audit_dropped_total` for audit records, `mcp_authz_<program>_log_dropped_total` for
-//! the rest) until the reader catches up. Dropping is the choice of a proxy that must keep answering; a
+//! the rest) until the reader catches up. Records of what was done (a call forwarded, a token issued) and the
+//! rest (refusals, log lines) may each fill three quarters of the queue, so each keeps at least a quarter: a
+//! flood of refusals, which cost a client nothing to cause, cannot crowd out the record of an action taken under
+//! it, and a flood of allowed calls cannot hide the refusals of a probe made meanwhile. Dropping is the choice of a proxy that must keep answering; a
 //! reviewer who needs every line alerts on the counter (the chart's `McpAuthzSidecarAuditLinesDropped`), and
 //! the authorization server keeps its own record of every token it issued in its store.
 
@@ -73,12 +76,36 @@ impl Dropped {
     }
 }
 
+/// What a line is, which decides how much of the queue it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A log line.
+    Log,
+    /// The audit record of a refusal: as many as anyone can send requests.
+    Refusal,
+    /// The audit record of something done: bounded by credentials and rate limits.
+    Action,
+}
+
+impl Line {
+    fn is_audit(self) -> bool {
+        self != Line::Log
+    }
+}
+
+/// The most bytes of a queue of `capacity` either class of lines may hold (actions; refusals and logs).
+fn class_room(capacity: usize) -> usize {
+    capacity - capacity / 4
+}
+
 #[derive(Default)]
 struct Queue {
     /// Whole lines, one after another.
     bytes: Vec<u8>,
     audit_lines: u64,
     other_lines: u64,
+    /// Bytes of action records queued; the rest of `bytes` is refusals and log lines.
+    action_bytes: usize,
     /// The writer holds a batch it has not finished writing.
     writing: bool,
     closed: bool,
@@ -129,10 +156,19 @@ impl LogPipe {
     }
 
     /// Queues one line, or drops and counts it. Never waits for the sink.
-    pub fn send(&self, line: &[u8], audit: bool) {
+    pub fn send(&self, line: &[u8], kind: Line) {
         let shared = &*self.shared;
+        let audit = kind.is_audit();
         let mut queue = shared.lock();
-        if queue.closed || queue.bytes.len() + line.len() > shared.capacity {
+        let class_bytes = if kind == Line::Action {
+            queue.action_bytes
+        } else {
+            queue.bytes.len() - queue.action_bytes
+        };
+        if queue.closed
+            || queue.bytes.len() + line.len() > shared.capacity
+            || class_bytes + line.len() > class_room(shared.capacity)
+        {
             drop(queue);
             if audit {
                 shared.dropped.audit.inc();
@@ -144,6 +180,9 @@ impl LogPipe {
         // The writer sleeps only on an empty queue, so only the first line of a batch needs to wake it.
         let was_empty = queue.bytes.is_empty();
         queue.bytes.extend_from_slice(line);
+        if kind == Line::Action {
+            queue.action_bytes += line.len();
+        }
         if audit {
             queue.audit_lines += 1;
         } else {
@@ -182,12 +221,11 @@ impl LogPipe {
 /// takes all it is given, so a line is queued whole or dropped whole, never torn.
 pub struct LineWriter<'a> {
     pipe: &'a LogPipe,
-    audit: bool,
 }
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        self.pipe.send(line, self.audit);
+        self.pipe.send(line, Line::Log);
         Ok(line.len())
     }
 
@@ -200,10 +238,7 @@ impl<'a> MakeWriter<'a> for LogPipe {
     type Writer = LineWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter {
-            pipe: self,
-            audit: false,
-        }
+        LineWriter { pipe: self }
     }
 }
 
@@ -233,6 +268,7 @@ fn write_lines(shared: &Shared, mut sink: impl Write) {
                 queue = shared.lock();
             }
             std::mem::swap(&mut queue.bytes, &mut batch);
+            queue.action_bytes = 0;
             queue.writing = true;
             (
                 std::mem::take(&mut queue.audit_lines),
@@ -292,24 +328,26 @@ mod tests {
     fn a_stalled_sink_never_blocks_a_sender_and_what_does_not_fit_is_counted() {
         let (pipe, open, out) = gated(100);
         // The first line is taken by the writer, which then stalls on it; 100 bytes more fit in the queue.
-        pipe.send(b"first\n", true);
+        pipe.send(b"first\n", Line::Action);
         let started = Instant::now();
         while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
             std::thread::yield_now();
         }
         let line = [b'a'; 9];
         for _ in 0..1000 {
-            pipe.send(&[&line[..], b"\n"].concat(), true);
+            pipe.send(&[&line[..], b"\n"].concat(), Line::Action);
         }
-        pipe.send(b"other\n", false);
-        // 10 lines of 10 bytes fit; the 990 others and the non-audit line were dropped, each counted once.
-        assert_eq!(pipe.shared.dropped.audit.get(), 990);
-        assert_eq!(pipe.shared.dropped.other.get(), 1);
+        for _ in 0..1000 {
+            pipe.send(b"a log line\n", Line::Log);
+        }
+        // 100 bytes in all, at most 75 a class: 7 action lines of 10 bytes and 2 log lines of 11 fit (the
+        // third log line passes the whole capacity); the others were dropped, each counted once.
+        assert_eq!(pipe.shared.dropped.audit.get(), 993);
+        assert_eq!(pipe.shared.dropped.other.get(), 998);
         open.send(()).unwrap();
         assert!(pipe.close(Duration::from_secs(10)));
         let out = out.lock().unwrap();
-        assert_eq!(out.len(), 6 + 100);
-        assert!(out.ends_with(b"aaaaaaaaa\n"));
+        assert_eq!(out.len(), 6 + 70 + 22);
     }
 
     #[test]
@@ -320,21 +358,59 @@ mod tests {
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
         for i in 0..5000 {
-            pipe.send(format!("line {i}\n").as_bytes(), i % 2 == 0);
+            pipe.send(
+                format!("line {i}\n").as_bytes(),
+                [Line::Action, Line::Refusal, Line::Log][i % 3],
+            );
         }
         assert!(pipe.close(Duration::from_secs(10)));
         assert_eq!(*out.lock().unwrap(), expected);
         assert_eq!(pipe.shared.dropped.audit.get(), 0);
         assert_eq!(pipe.shared.dropped.other.get(), 0);
         // Closed: later lines are refused and counted, not queued for a writer that is gone.
-        pipe.send(b"late\n", true);
+        pipe.send(b"late\n", Line::Refusal);
         assert_eq!(pipe.shared.dropped.audit.get(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_either_class_leaves_a_quarter_of_the_queue_to_the_other() {
+        for (flood, other) in [(Line::Refusal, Line::Action), (Line::Action, Line::Refusal)] {
+            let (pipe, open, out) = gated(100);
+            pipe.send(b"first\n", Line::Action);
+            let started = Instant::now();
+            while !pipe.shared.lock().writing && started.elapsed() < Duration::from_secs(10) {
+                std::thread::yield_now();
+            }
+            for _ in 0..1000 {
+                pipe.send(b"flooding.\n", flood);
+                if flood == Line::Refusal {
+                    pipe.send(b"a warning\n", Line::Log);
+                }
+            }
+            let dropped = || pipe.shared.dropped.audit.get() + pipe.shared.dropped.other.get();
+            // 75 bytes for the flooding class: 7 lines of 10, the rest dropped and counted.
+            let sent = if flood == Line::Refusal { 2000 } else { 1000 };
+            assert_eq!(dropped(), sent - 7, "{flood:?}");
+            // The other class still has the queue's last bytes: three lines, and a fourth passes the capacity.
+            for _ in 0..4 {
+                pipe.send(b"the other\n", other);
+            }
+            assert_eq!(dropped(), sent - 7 + 1, "{flood:?}");
+            open.send(()).unwrap();
+            assert!(pipe.close(Duration::from_secs(10)));
+            let out = out.lock().unwrap();
+            assert_eq!(out.len(), 6 + 70 + 30, "{flood:?}");
+            assert!(
+                out.ends_with(b"the other\nthe other\nthe other\n"),
+                "{flood:?}"
+            );
+        }
     }
 
     #[test]
     fn close_gives_up_on_a_sink_that_never_drains() {
         let (pipe, _open, _out) = gated(1 << 10);
-        pipe.send(b"stuck\n", true);
+        pipe.send(b"stuck\n", Line::Action);
         assert!(!pipe.close(Duration::from_millis(50)));
     }
 
@@ -350,7 +426,7 @@ mod tests {
             }
         }
         let pipe = LogPipe::spawn(Closed, 1 << 10, Dropped::new("test")).unwrap();
-        pipe.send(b"a\n", true);
+        pipe.send(b"a\n", Line::Refusal);
         assert!(pipe.close(Duration::from_secs(10)));
         assert_eq!(pipe.shared.dropped.audit.get(), 1);
     }

@@ -160,6 +160,7 @@ mod tests {
             cimd_policy: None,
             holder: String::new(),
             token_exchange: Vec::new(),
+            providers: Vec::new(),
         }];
         c
     }

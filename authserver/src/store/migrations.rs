@@ -85,6 +85,37 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "ALTER TABLE grants ADD COLUMN client_auth_method TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX IF NOT EXISTS auth_requests_expires_at ON auth_requests (expires_at)",
     ],
+),
+(
+    8,
+    // Connections to third-party providers (tokens sealed, never in the clear), the grants that use each (their
+    // revocation deletes it), and connect flows waiting for the provider's callback.
+    &[
+        "CREATE TABLE IF NOT EXISTS provider_connections (
+            subject TEXT NOT NULL, provider TEXT NOT NULL, key_id TEXT NOT NULL, refresh_sealed TEXT,
+            access_sealed TEXT NOT NULL, access_expires_at BIGINT NOT NULL, scopes TEXT NOT NULL,
+            created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (subject, provider))",
+        "CREATE TABLE IF NOT EXISTS provider_connection_grants (
+            grant_id TEXT NOT NULL, subject TEXT NOT NULL, provider TEXT NOT NULL,
+            PRIMARY KEY (grant_id, subject, provider))",
+        "CREATE INDEX IF NOT EXISTS provider_connection_grants_connection
+            ON provider_connection_grants (subject, provider)",
+        "CREATE TABLE IF NOT EXISTS connect_requests (
+            id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+    ],
+),
+(
+    9,
+    // One refresh of a connection at a time over every replica: a provider that rotates refresh tokens may take
+    // the same one presented twice for theft and revoke the grant.
+    &["ALTER TABLE provider_connections ADD COLUMN refreshing_until BIGINT"],
+),
+(
+    10,
+    // Refresh tokens of connections deleted with a revoked grant, still sealed, until the provider has been told.
+    &["CREATE TABLE IF NOT EXISTS provider_revocations (
+        refresh_sealed TEXT PRIMARY KEY, subject TEXT NOT NULL, provider TEXT NOT NULL, key_id TEXT NOT NULL,
+        queued_at BIGINT NOT NULL)"],
 )];
 
 /// The newest schema this build knows.

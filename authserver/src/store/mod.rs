@@ -194,6 +194,54 @@ pub struct Issue {
     pub audit: Option<AuditEvent>,
 }
 
+/// A person's connection to a third-party provider (see [`crate::providers`]): the provider's tokens, sealed for
+/// this subject and provider under the key `key_id`, never stored in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderConnection {
+    pub subject: String,
+    pub provider: String,
+    /// The key both sealed tokens are sealed under.
+    pub key_id: String,
+    /// The provider's refresh token, when it gave one.
+    pub refresh_sealed: Option<String>,
+    /// The provider's latest access token. A new seal (fresh nonce) on every write, so it also tells one version
+    /// of the row from the next: a refresh replaces the row only if it still holds what the refresh started from.
+    pub access_sealed: String,
+    pub access_expires_at: Timestamp,
+    /// The scopes the provider granted, as it said them (empty when it did not).
+    pub scopes: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A provider refresh token to revoke at its provider: its connection went with a revoked grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRevocation {
+    pub subject: String,
+    pub provider: String,
+    pub key_id: String,
+    /// Still sealed for its person and provider; also the row's key.
+    pub refresh_sealed: String,
+    pub queued_at: Timestamp,
+}
+
+/// A connect flow between the redirect to the provider and its callback: who is connecting, the PKCE verifier,
+/// the browser binding, and the authorization request to continue when it started on the consent page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Also the `state` sent to the provider.
+    pub id: String,
+    pub subject: String,
+    pub provider: String,
+    pub verifier: String,
+    /// Must equal the browser's connect cookie at the callback.
+    pub csrf: String,
+    /// The authorization request whose consent was given, to be answered with a code after connecting.
+    #[serde(default)]
+    pub auth_request: Option<String>,
+    pub expires_at: Timestamp,
+}
+
 /// How long audit rows are kept. The structured log line (target `audit`) is the lasting record; the rows serve
 /// the admin API's recent events. Without a bound, every refusal of an unauthenticated request would grow the
 /// table for ever.
@@ -236,8 +284,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError>;
-    /// Revokes the grant with everything issued from it, and forgets the consent it was given under (the client
-    /// must ask again); returns whether it was active.
+    /// Revokes the grant with everything issued from it, forgets the consent it was given under (the client
+    /// must ask again) and deletes the provider connections it used (queuing their refresh tokens for revocation
+    /// at the provider); returns whether it was active.
     async fn revoke_grant(
         &self,
         id: &str,
@@ -351,6 +400,59 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError>;
     /// Takes one attempt back from a counter (a correct password, counted before it was checked).
     async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError>;
+
+    async fn put_connect_request(&self, request: &ConnectRequest) -> Result<(), StoreError>;
+    /// Removes and returns a pending connect flow that has not expired: a callback is answered once.
+    async fn take_connect_request(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ConnectRequest>, StoreError>;
+
+    /// Stores a new connection, replacing any earlier one of the same person and provider.
+    async fn put_connection(&self, connection: &ProviderConnection) -> Result<(), StoreError>;
+    async fn connection(
+        &self,
+        subject: &str,
+        provider: &str,
+    ) -> Result<Option<ProviderConnection>, StoreError>;
+    /// Replaces the connection with `next` only if it still holds `previous_access_sealed` (nobody refreshed it
+    /// meanwhile, on this replica or another); whether it did.
+    async fn replace_connection(
+        &self,
+        next: &ProviderConnection,
+        previous_access_sealed: &str,
+    ) -> Result<bool, StoreError>;
+    /// The oldest refresh tokens waiting to be revoked at their providers, at most `limit`.
+    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
+    /// Forgets a queued revocation (done, or given up).
+    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError>;
+    /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
+    /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Gives a claim up (the refresh failed and left the row as it was).
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError>;
+    /// Deletes the connection and returns what it held.
+    async fn delete_connection(
+        &self,
+        subject: &str,
+        provider: &str,
+    ) -> Result<Option<ProviderConnection>, StoreError>;
+    /// Records that `grant_id` uses the connection: revoking that grant deletes the connection
+    /// ([`Store::revoke_grant`], [`Store::revoke_grants`]).
+    async fn link_connection(
+        &self,
+        subject: &str,
+        provider: &str,
+        grant_id: &str,
+    ) -> Result<(), StoreError>;
 
     /// Deletes rows past their expiry, and audit rows older than [`AUDIT_RETENTION_SECS`]; returns how many
     /// went.

@@ -12,7 +12,8 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
-    Consent, Grant, GrantFilter, Issue, RefreshRotation, Store, StoreError, Timestamp,
+    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, QueuedRevocation,
+    RefreshRotation, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
     wal::{self, WalKeeper},
@@ -162,6 +163,20 @@ impl SqlStore {
     }
 }
 
+/// Drops the links of connections that were just deleted: a person who connects again starts with no grant
+/// tied to the new connection.
+async fn forget_unconnected_links(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM provider_connection_grants WHERE NOT EXISTS (SELECT 1 FROM provider_connections c
+           WHERE c.subject = provider_connection_grants.subject AND c.provider = provider_connection_grants.provider)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Keeps a password in a connection URL out of error messages and logs.
 fn redact(message: &str, url: &str) -> String {
     match url::Url::parse(url) {
@@ -196,6 +211,22 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         revoked_reason: row.try_get("revoked_reason")?,
         client_fingerprint: row.try_get("client_fingerprint")?,
         client_auth_method: row.try_get("client_auth_method")?,
+    })
+}
+
+const CONNECTION_COLUMNS: &str = "subject, provider, key_id, refresh_sealed, access_sealed, access_expires_at, scopes, created_at, updated_at";
+
+fn connection_from_row(row: &AnyRow) -> Result<ProviderConnection, StoreError> {
+    Ok(ProviderConnection {
+        subject: row.try_get("subject")?,
+        provider: row.try_get("provider")?,
+        key_id: row.try_get("key_id")?,
+        refresh_sealed: row.try_get("refresh_sealed")?,
+        access_sealed: row.try_get("access_sealed")?,
+        access_expires_at: row.try_get("access_expires_at")?,
+        scopes: row.try_get("scopes")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
     })
 }
 
@@ -416,6 +447,29 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // The person's provider accounts this grant used: the stored refresh tokens go with it, queued to be
+        // revoked at their providers.
+        sqlx::query(
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $2 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        forget_unconnected_links(&mut tx).await?;
         tx.commit().await?;
         Ok(changed > 0)
     }
@@ -453,6 +507,26 @@ impl Store for SqlStore {
         .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
+        for statement in [
+            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
+             SELECT refresh_sealed, subject, provider, key_id, $4 FROM provider_connections
+             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+             ON CONFLICT DO NOTHING",
+            "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)",
+        ] {
+            sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
+                .bind(f.subject.clone())
+                .bind(f.client_id.clone())
+                .bind(f.resource.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        forget_unconnected_links(&mut tx).await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(
             "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"
         )))
@@ -848,6 +922,215 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn put_connect_request(&self, request: &ConnectRequest) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_connect_request");
+        let body =
+            serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("INSERT INTO connect_requests (id, body, expires_at) VALUES ($1, $2, $3)")
+            .bind(&request.id)
+            .bind(body)
+            .bind(request.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_connect_request(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ConnectRequest>, StoreError> {
+        let _span = crate::spans::store("take_connect_request");
+        let row =
+            sqlx::query("DELETE FROM connect_requests WHERE id = $1 RETURNING body, expires_at")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.try_get::<i64, _>("expires_at")? <= now {
+            return Ok(None);
+        }
+        let body: String = row.try_get("body")?;
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn put_connection(&self, c: &ProviderConnection) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_connection");
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO provider_connections ({CONNECTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (subject, provider) DO UPDATE SET key_id = excluded.key_id,
+               refresh_sealed = excluded.refresh_sealed, access_sealed = excluded.access_sealed,
+               access_expires_at = excluded.access_expires_at, scopes = excluded.scopes,
+               created_at = excluded.created_at, updated_at = excluded.updated_at, refreshing_until = NULL"
+        )))
+        .bind(&c.subject)
+        .bind(&c.provider)
+        .bind(&c.key_id)
+        .bind(c.refresh_sealed.clone())
+        .bind(&c.access_sealed)
+        .bind(c.access_expires_at)
+        .bind(&c.scopes)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn connection(
+        &self,
+        subject: &str,
+        provider: &str,
+    ) -> Result<Option<ProviderConnection>, StoreError> {
+        let _span = crate::spans::store("connection");
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CONNECTION_COLUMNS} FROM provider_connections WHERE subject = $1 AND provider = $2"
+        )))
+        .bind(subject)
+        .bind(provider)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn replace_connection(
+        &self,
+        c: &ProviderConnection,
+        previous_access_sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("replace_connection");
+        let changed = sqlx::query(
+            "UPDATE provider_connections SET key_id = $3, refresh_sealed = $4, access_sealed = $5,
+               access_expires_at = $6, scopes = $7, updated_at = $8, refreshing_until = NULL
+             WHERE subject = $1 AND provider = $2 AND access_sealed = $9",
+        )
+        .bind(&c.subject)
+        .bind(&c.provider)
+        .bind(&c.key_id)
+        .bind(c.refresh_sealed.clone())
+        .bind(&c.access_sealed)
+        .bind(c.access_expires_at)
+        .bind(&c.scopes)
+        .bind(c.updated_at)
+        .bind(previous_access_sealed)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+        let _span = crate::spans::store("queued_revocations");
+        let rows = sqlx::query(
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at FROM provider_revocations
+             ORDER BY queued_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedRevocation {
+                    subject: r.try_get("subject")?,
+                    provider: r.try_get("provider")?,
+                    key_id: r.try_get("key_id")?,
+                    refresh_sealed: r.try_get("refresh_sealed")?,
+                    queued_at: r.try_get("queued_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("forget_revocation");
+        sqlx::query("DELETE FROM provider_revocations WHERE refresh_sealed = $1")
+            .bind(refresh_sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_refresh(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("claim_refresh");
+        let claimed = sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = $5
+             WHERE subject = $1 AND provider = $2 AND access_sealed = $3
+               AND (refreshing_until IS NULL OR refreshing_until <= $4)",
+        )
+        .bind(subject)
+        .bind(provider)
+        .bind(access_sealed)
+        .bind(now)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed > 0)
+    }
+
+    async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("release_refresh");
+        sqlx::query(
+            "UPDATE provider_connections SET refreshing_until = NULL WHERE subject = $1 AND provider = $2",
+        )
+        .bind(subject)
+        .bind(provider)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_connection(
+        &self,
+        subject: &str,
+        provider: &str,
+    ) -> Result<Option<ProviderConnection>, StoreError> {
+        let _span = crate::spans::store("delete_connection");
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM provider_connections WHERE subject = $1 AND provider = $2 RETURNING {CONNECTION_COLUMNS}"
+        )))
+        .bind(subject)
+        .bind(provider)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2")
+            .bind(subject)
+            .bind(provider)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn link_connection(
+        &self,
+        subject: &str,
+        provider: &str,
+        grant_id: &str,
+    ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("link_connection");
+        sqlx::query(
+            "INSERT INTO provider_connection_grants (grant_id, subject, provider) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(grant_id)
+        .bind(subject)
+        .bind(provider)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let _span = crate::spans::store("purge_expired");
         let mut purged = 0;
@@ -863,6 +1146,7 @@ impl Store for SqlStore {
             ("assertion_ids", ASSERTION_ID_PURGE_MARGIN_SECS),
             ("sessions", 0),
             ("login_failures", 0),
+            ("connect_requests", 0),
         ] {
             purged += sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE expires_at < $1"

@@ -2,6 +2,8 @@
 //! browser and an OAuth client would.
 #![allow(dead_code)]
 
+pub mod federation;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -136,11 +136,18 @@ class HeadlessPerson:
             pages.append(page)
             if callable(self.on_page):
                 self.on_page(page)
-            if form is None or kind == "other":
+            # A third-party provider's own pages on the way (connecting it from our consent page): its sign-in and
+            # its consent, a form of its own host that asks nothing of ours.
+            third_party = form is not None and urlparse(urljoin(url, form.action or url)).netloc != urlparse(authorization_url).netloc
+            if form is None or (kind == "other" and not third_party):
                 raise AuthorizationFailed(f"the authorization server answered {response.status_code}: {text[:400]}", pages)
             data = dict(form.fields)
             if kind == "login":
                 data["username"], data["password"] = self.username, self.password
+                if third_party:
+                    data["login"] = self.username
+                data.update(form.submits[:1])
+            elif kind == "other":
                 data.update(form.submits[:1])
             else:
                 if self.decision not in _decision_values(form):

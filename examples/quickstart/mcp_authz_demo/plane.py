@@ -96,9 +96,10 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def notes_server(port: int, log: Path, inventory_url: str | None = None) -> Child:
+def notes_server(port: int, log: Path, inventory_url: str | None = None, acme_url: str | None = None) -> Child:
     """The demo MCP server on `port`; refuses to start (rather than talk to a stranger) when the port is taken.
-    `inventory_url`: the downstream API its `inventory_lookup` tool calls as the person."""
+    `inventory_url`: the downstream API its `inventory_lookup` tool calls as the person; `acme_url`: the provider
+    whose userinfo its `acme_profile` tool reads with the person's own token there."""
     if not port_is_free(port):
         raise RuntimeError(
             f"port {port} (the MCPService's upstream.port) is already taken by another program: stop it, or change "
@@ -107,6 +108,8 @@ def notes_server(port: int, log: Path, inventory_url: str | None = None) -> Chil
     command = [sys.executable, str(NOTES_SERVER), "--port", str(port)]
     if inventory_url:
         command += ["--inventory-url", inventory_url]
+    if acme_url:
+        command += ["--acme-url", acme_url]
     return Child("notes server", command, log)
 
 

@@ -140,26 +140,104 @@ pub struct AuthorizationServerSpec {
     pub trusted_identity_providers: Vec<TrustedIdentityProvider>,
 
     /// Downstreams an MCPService's server may call as the person whose token reached it (RFC 8693
-    /// token exchange): its sidecar trades the person's token for one to `audience`, holding the
-    /// listed scopes the person's token holds, and hands it to the MCP server in `header`; the
-    /// person's token itself never reaches the server. A platform decision, so it lives here and not
-    /// on the MCPService: an edge lets one team's code act as its users elsewhere.
+    /// token exchange): its sidecar trades the person's token for one to the downstream (`to` or
+    /// `audience`), holding the listed scopes the person's token holds, and hands it to the MCP server
+    /// in `header`; the person's token itself never reaches the server. A platform decision, so it
+    /// lives here and not on the MCPService: an edge lets one team's code act as its users elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub token_exchange: Vec<TokenExchangeEdge>,
+
+    /// Third-party OAuth providers whose APIs MCP servers call with the person's own account there: a
+    /// person connects the provider once (on the consent screen, or from the link an MCP client shows
+    /// when a tool first needs it), the server keeps the provider's refresh token sealed, and the
+    /// sidecars of the listed `services` hand the MCP server a fresh provider access token for the
+    /// person of each tool call in `header`. A platform decision, like `tokenExchange`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.id == p.id))").message("providers ids must be unique"))]
+    pub providers: Vec<ThirdPartyProvider>,
 }
 
-/// One service that may call one downstream as the person.
+/// A third-party OAuth provider people connect their own account of. The server is a confidential
+/// client there; register `{issuer}/connect/{id}/callback` as its redirect URI.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.issuer) ? !has(self.authorizationEndpoint) && !has(self.tokenEndpoint) && !has(self.revocationEndpoint) : has(self.authorizationEndpoint) && has(self.tokenEndpoint)")
+    .message("a provider needs either issuer (discovery) or authorizationEndpoint and tokenEndpoint")
+    .field_path(".issuer"))]
+pub struct ThirdPartyProvider {
+    /// The provider's name in this server (lowercase letters, digits, `-`): its connect link is
+    /// `{issuer}/connect/{id}`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub id: String,
+    /// Name people read on the consent screen and the connect pages.
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+    /// The provider's issuer, when it publishes OpenID Connect discovery; else give
+    /// `authorizationEndpoint` and `tokenEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("issuer must be an https URL (http only on a loopback host)"))]
+    pub issuer: Option<String>,
+    /// The provider's authorization endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("authorizationEndpoint must be an https URL (http only on a loopback host)"))]
+    pub authorization_endpoint: Option<String>,
+    /// The provider's token endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("tokenEndpoint must be an https URL (http only on a loopback host)"))]
+    pub token_endpoint: Option<String>,
+    /// The provider's RFC 7009 revocation endpoint (without discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1:') || self.startsWith('http://localhost:')").message("revocationEndpoint must be an https URL (http only on a loopback host)"))]
+    pub revocation_endpoint: Option<String>,
+    /// The server's client id at the provider.
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: String,
+    /// The Secret (in this server's namespace) and key holding the server's client secret at the
+    /// provider; a rotated secret takes effect without a restart.
+    pub client_secret_ref: super::SecretKeyRef,
+    /// Scopes asked of the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// The MCPServices whose sidecars receive the person's token for this provider (namespace: this
+    /// server's when empty).
+    #[schemars(length(min = 1, max = 64))]
+    pub services: Vec<super::NamespacedRef>,
+    /// The request header the MCP server reads the provider's token from (lowercase letters,
+    /// digits, `-`).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub header: String,
+}
+
+/// One service that may call one downstream as the person. The downstream is named one of two ways,
+/// because they differ in who may hold the URL: an MCPService (`to`), whose URL its team holds, or
+/// an API that is no MCPService (`audience`), whose URL no MCPService may then hold at this server.
+/// Were any team free to claim an API's URL as its service's `resourceUrl`, the people consenting
+/// to that service would hand it tokens the API accepts as its own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.to) != has(self.audience)")
+    .message("a token-exchange edge names exactly one of to and audience"))]
 pub struct TokenExchangeEdge {
     /// The MCPService whose sidecar obtains the tokens (namespace: this server's when empty).
     pub from: super::NamespacedRef,
-    /// The downstream, the tokens' `aud`: an internal API's identifier, or another MCPService's
-    /// `resourceUrl` for a chain of MCP services (each hop is named in the token's `act`).
+    /// Another MCPService, for a chain of MCP services (namespace: this server's when empty): the
+    /// tokens' `aud` is its `resourceUrl` while it holds that URL at this server, and each hop is
+    /// named in the token's `act`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<super::NamespacedRef>,
+    /// An API that is not an MCPService, the tokens' `aud`. No MCPService may hold this URL at this
+    /// server: one naming it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('#')").message("audience must be an https URL without fragment"))]
-    pub audience: String,
+    pub audience: Option<String>,
     /// Scopes of the service that may be passed on; a token gets those the person's token holds.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
     pub scopes: Vec<String>,

@@ -263,6 +263,66 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "tokenExchange[0].audience",
         },
         InvalidCase {
+            name: "a token-exchange edge naming both a service and an audience",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "to": {"name": "reports"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "x-inventory"}]),
+            ),
+            message: "a token-exchange edge names exactly one of to and audience",
+            field: "tokenExchange[0]",
+        },
+        InvalidCase {
+            name: "a token-exchange edge naming no downstream",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "scopes": ["files:read"], "header": "x-inventory"}]),
+            ),
+            message: "a token-exchange edge names exactly one of to and audience",
+            field: "tokenExchange[0]",
+        },
+        InvalidCase {
+            name: "a provider with both discovery and endpoints",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "issuer": "https://login.acme.example", "tokenEndpoint": "https://login.acme.example/token"}]),
+            ),
+            message: "a provider needs either issuer (discovery) or authorizationEndpoint and tokenEndpoint",
+            field: "providers[0].issuer",
+        },
+        InvalidCase {
+            name: "a provider with neither discovery nor a token endpoint",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "authorizationEndpoint": "https://login.acme.example/authorize"}]),
+            ),
+            message: "a provider needs either issuer (discovery) or authorizationEndpoint and tokenEndpoint",
+            field: "providers[0].issuer",
+        },
+        InvalidCase {
+            name: "a provider's issuer over http",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "issuer": "http://login.acme.example"}]),
+            ),
+            message: "issuer must be an https URL (http only on a loopback host)",
+            field: "providers[0].issuer",
+        },
+        InvalidCase {
+            name: "one provider id used twice",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "issuer": "https://login.acme.example"}, {"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "x-acme", "issuer": "https://other.acme.example"}]),
+            ),
+            message: "providers ids must be unique",
+            field: "providers",
+        },
+        InvalidCase {
             name: "resource URL with fragment",
             object: with(
                 mcp_service(),

@@ -39,6 +39,10 @@ pub enum UrlStanding {
     NotCovered,
     /// The longest prefix covering the URL (named here) admits other namespaces only.
     GrantedElsewhere(String),
+    /// The server's `tokenExchange[index]` names the URL as an API that is no MCPService.
+    Reserved(usize),
+    /// The server does not take the URL as a resource at all (why).
+    Unusable(String),
 }
 
 impl UrlStanding {
@@ -56,6 +60,10 @@ impl UrlStanding {
             Self::GrantedElsewhere(prefix) => Some(format!(
                 "its resourceUrls grant {prefix} to other namespaces"
             )),
+            Self::Reserved(index) => Some(format!(
+                "its tokenExchange[{index}] names this URL as the audience of an API that is no MCPService"
+            )),
+            Self::Unusable(why) => Some(format!("the server takes no such resource URL ({why})")),
         }
     }
 }
@@ -99,6 +107,21 @@ pub fn standing(
     }
 }
 
+/// Whether `a` and `b` name one resource once parsed: host case, default ports, dot segments and a trailing `/`
+/// are settled before comparing, since a downstream may settle them too. Either unparsable: equal as written.
+pub fn same_resource(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+                && a.path().trim_end_matches('/') == b.path().trim_end_matches('/')
+                && a.query() == b.query()
+        }
+        _ => a == b,
+    }
+}
+
 /// The length of `prefix`'s path when it covers `url`, compared as parsed URLs (host case, default ports,
 /// dot segments and their percent-encoded forms are settled by the parser before anything is compared).
 fn covered_path_len(prefix: &str, url: &Url) -> Option<usize> {
@@ -134,6 +157,50 @@ mod tests {
         json!({"from": "Selector", "selector": {"matchExpressions": [
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list}
         ]}})
+    }
+
+    #[test]
+    fn one_resource_however_it_is_spelled() {
+        let cases = [
+            ("https://api.example.com", "https://api.example.com/", true),
+            (
+                "https://API.example.com:443/v1/",
+                "https://api.example.com/v1",
+                true,
+            ),
+            (
+                "https://api.example.com/a/../v1",
+                "https://api.example.com/v1",
+                true,
+            ),
+            (
+                "https://api.example.com/v1",
+                "https://api.example.com/v2",
+                false,
+            ),
+            (
+                "https://api.example.com/v1",
+                "https://api.example.com/v1/x",
+                false,
+            ),
+            (
+                "https://api.example.com:8443",
+                "https://api.example.com",
+                false,
+            ),
+            (
+                "https://api.example.com?x=1",
+                "https://api.example.com",
+                false,
+            ),
+            ("https://api.example.com", "http://api.example.com", false),
+            ("not a url", "not a url", true),
+            ("not a url", "https://api.example.com", false),
+        ];
+        for (a, b, same) in cases {
+            assert_eq!(same_resource(a, b), same, "{a} vs {b}");
+            assert_eq!(same_resource(b, a), same, "{b} vs {a}");
+        }
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub mod files {
     pub const CA_BUNDLE: &str = "cimd-ca.pem";
     /// Declared clients' secrets, copied from their Secrets: `client-secret-<n>`, in the order of the declarations.
     pub const CLIENT_SECRET_PREFIX: &str = "client-secret-";
+    /// Each provider's client secret, numbered.
+    pub const PROVIDER_SECRET_PREFIX: &str = "provider-secret-";
+    /// The keys that seal provider tokens (written by the server itself when missing: it is self-managed).
+    pub const PROVIDER_TOKEN_KEYS: &str = "keys/provider-token-keys";
 }
 
 /// Why the manifests cannot make a local plane.
@@ -253,6 +257,29 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
             });
         }
     }
+    if !config.providers.is_empty() {
+        config.provider_token_keys_file = Some(state_dir.join(files::PROVIDER_TOKEN_KEYS));
+    }
+    for (index, provider) in server.object.spec.providers.iter().enumerate() {
+        let reference = &provider.client_secret_ref;
+        let content =
+            secret_value(set, &server.object, &reference.name, &reference.key).map_err(|m| {
+                invalid(
+                    &server.origin,
+                    &format!("spec.providers[{index}].clientSecretRef"),
+                    m,
+                )
+            })?;
+        let path = state_dir.join(format!("{}{index}", files::PROVIDER_SECRET_PREFIX));
+        if let Some(entry) = config.providers.iter_mut().find(|p| p.id == provider.id) {
+            entry.client_secret_file = path.clone();
+        }
+        state_files.push(StateFile {
+            path,
+            content,
+            private: true,
+        });
+    }
     if let Some(policy) = authserver::default_policy(&inputs)
         && let Some(bundle) = &policy.spec.trusted_ca_bundle
     {
@@ -301,8 +328,9 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
                 "no port was chosen for this service".into(),
             ));
         };
-        let mut sidecar_config = sidecar::sidecar_config(&service.object, &server.object, &scopes)
-            .map_err(|e| invalid(&service.origin, "", e.to_string()))?;
+        let mut sidecar_config =
+            sidecar::sidecar_config(&service.object, &server.object, &scopes, inputs.peers())
+                .map_err(|e| invalid(&service.origin, "", e.to_string()))?;
         let url = format!(
             "http://127.0.0.1:{}{}",
             service_ports.port, sidecar_config.mcp_path
@@ -360,10 +388,15 @@ pub fn plan(set: &ManifestSet, ports: &PortPlan, state_dir: &Path) -> Result<Loc
     }
     for service in &mut local_services {
         if let Some(tokens) = service.config.downstream_tokens.as_mut() {
-            tokens
-                .targets
-                .iter_mut()
-                .for_each(|t| local(&mut t.audience));
+            for target in &mut tokens.targets {
+                local(&mut target.audience);
+                // The connect link is the server's: on this machine, its local URL.
+                if let Some(url) = target.connect_url.as_mut()
+                    && let Some(path) = url.strip_prefix(cluster_issuer.as_str())
+                {
+                    *url = format!("{issuer}{path}");
+                }
+            }
         }
     }
     Ok(LocalPlan {
@@ -543,7 +576,7 @@ mod tests {
         std::fs::write(
             &server,
             text.trim_end().to_owned()
-                + "\n  tokenExchange:\n    - {from: {name: notes}, audience: 'https://mcp.quickstart.example/reports', scopes: [notes:read], header: x-reports-token}\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', scopes: [notes:read], header: x-inventory-token}\n",
+                + "\n  tokenExchange:\n    - {from: {name: notes}, to: {name: reports}, scopes: [notes:read], header: x-reports-token}\n    - {from: {name: notes}, audience: 'https://inventory.example.com/api', scopes: [notes:read], header: x-inventory-token}\n",
         )
         .expect("write");
         std::fs::write(
@@ -627,6 +660,83 @@ mod tests {
             .config
             .validate()
             .expect("the sidecar accepts its local config");
+    }
+
+    /// A provider runs locally: its secret copied from its Secret manifest into the state directory, the sealing
+    /// keys there (the server writes them), and the connect link the notes sidecar hands out on this machine.
+    #[test]
+    fn a_provider_runs_locally_with_its_secret_and_a_local_connect_link() {
+        let dir = tempfile::tempdir().expect("dir");
+        let quickstart =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/manifests");
+        for entry in std::fs::read_dir(&quickstart).expect("quickstart") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+        let server = dir.path().join("authorization-server.yaml");
+        let text = std::fs::read_to_string(&server).expect("server");
+        std::fs::write(
+            &server,
+            text.trim_end().to_owned()
+                + "\n  providers:\n    - {id: acme, displayName: Acme, issuer: 'https://login.acme.example', clientId: mcp, \
+                   clientSecretRef: {name: acme-oauth, key: secret}, services: [{name: notes}], header: x-acme-token}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("acme-secret.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: acme-oauth}\nstringData: {secret: acme-client-secret-0123456789}\n",
+        )
+        .expect("secret");
+        let mut set = crate::manifests::load_dirs(
+            &[dir.path().to_owned()],
+            crate::manifests::DEFAULT_NAMESPACE,
+        )
+        .expect("manifests");
+        add_file(
+            &mut set,
+            Path::new("generated/ca.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: quickstart-ca}\ndata: {ca.pem: PEM-TEXT}\n",
+        )
+        .expect("ca");
+        let state = Path::new("/state");
+        let plan = plan(&set, &ports(), state).expect("plan");
+        let provider = &plan.authserver.providers[0];
+        assert_eq!(provider.client_secret_file, state.join("provider-secret-0"));
+        assert_eq!(
+            plan.authserver.provider_token_keys_file.as_deref(),
+            Some(state.join("keys/provider-token-keys").as_path())
+        );
+        assert!(
+            plan.files
+                .iter()
+                .any(|f| f.path == provider.client_secret_file
+                    && f.private
+                    && f.content == b"acme-client-secret-0123456789")
+        );
+        plan.authserver
+            .validate()
+            .expect("the server accepts its local config");
+        let notes = plan
+            .services
+            .iter()
+            .find(|s| s.url == "http://127.0.0.1:7110/mcp")
+            .expect("notes sidecar");
+        let targets: Vec<(&str, Option<&str>)> = notes
+            .config
+            .downstream_tokens
+            .as_ref()
+            .expect("downstream tokens")
+            .targets
+            .iter()
+            .map(|t| (t.audience.as_str(), t.connect_url.as_deref()))
+            .collect();
+        assert_eq!(
+            targets,
+            [(
+                "urn:mcp-authz:provider:acme",
+                Some("http://127.0.0.1:7100/connect/acme")
+            )]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use mcp_authz_sidecar::config::SidecarConfig;
 use crate::api::MCPService;
 use crate::local::plan::{self, PlanError};
 use crate::manifests::{Loaded, ManifestSet, Origin};
+use crate::render::exchange::Peers;
 use crate::render::{self, Inputs, authserver, sidecar};
 use crate::tenancy::NamespaceLabels;
 
@@ -89,17 +90,21 @@ pub fn service_view(set: &ManifestSet, name: &str) -> Result<ServiceView, WorldE
         })?;
     plan::check_service(set, server, service)?;
     let scopes = set.scope_objects();
+    let services = set.service_objects();
+    let namespaces = NamespaceLabels::new();
+    let peers = Peers {
+        services: &services,
+        labels: &namespaces,
+    };
     let rendering = |e: render::RenderError| invalid(&service.origin, "spec", e.to_string());
-    let sidecar =
-        sidecar::sidecar_config(&service.object, &server.object, &scopes).map_err(rendering)?;
+    let sidecar = sidecar::sidecar_config(&service.object, &server.object, &scopes, peers)
+        .map_err(rendering)?;
     let rule_origins = sidecar::sidecar_rules(&service.object.spec.rules)
         .into_iter()
         .map(|(index, _)| index)
         .collect();
 
-    let services = set.service_objects();
     let policies = set.policy_objects();
-    let namespaces = NamespaceLabels::new();
     let inputs = Inputs {
         server: &server.object,
         services: &services,

@@ -122,7 +122,10 @@ async fn reconcile_inner(
     next_index
         .keys
         .extend(generated.iter().map(|g| g.record.clone()));
-    if next_index != index || keys::resource_server_root(&previous).is_none() {
+    if next_index != index
+        || keys::resource_server_root(&previous).is_none()
+        || !previous.contains_key(keys::PROVIDER_TOKEN_KEYS_FILE)
+    {
         let data = keys::write_secret(&next_index, &previous, &generated)?;
         let secret = Secret {
             metadata: ObjectMeta {
@@ -195,8 +198,23 @@ async fn reconcile_inner(
         ),
     )];
     let left_out = authserver::exchange_left_out(&inputs)?;
+    let claimed = authserver::audiences_claimed(&inputs);
     let edges = server.spec.token_exchange.len();
-    observed.push(if left_out.is_empty() {
+    observed.push(if !claimed.is_empty() {
+        Observed::no(
+            "TokenExchangeResolved",
+            "AudienceClaimed",
+            format!(
+                "{}; such a service is refused while the edge names its URL as an API's (a chain to it names it with to){}",
+                claimed.join("; "),
+                if left_out.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left out: {}", left_out.join("; "))
+                }
+            ),
+        )
+    } else if left_out.is_empty() {
         Observed::yes(
             "TokenExchangeResolved",
             "Resolved",

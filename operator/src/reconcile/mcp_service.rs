@@ -15,6 +15,7 @@ use super::service_observe::{self, Attachment, Facts, Trust};
 use super::{Context, FOLLOWER_REQUEUE, ReconcileError, apply, secret_data};
 use crate::api::{AuthorizationServer, MCPService};
 use crate::naming;
+use crate::render::exchange::Peers;
 use crate::status::{self, Observed};
 use crate::tenancy;
 
@@ -246,6 +247,32 @@ async fn reconcile_inner(
         .services
         .cloned_where(|s| &s.spec.resource_url == url);
     let attachment = service_observe::attachment(service, server, &claimants, &labels);
+    // The services this one's edges call by name (`to`), with their rivals for their URLs: enough to tell
+    // whether each holds its URL, without a copy of every service per reconcile.
+    let called_urls: Vec<String> = server
+        .map(|server| {
+            let name = service.name_any();
+            server
+                .spec
+                .token_exchange
+                .iter()
+                .filter(|e| {
+                    e.from.name == name
+                        && e.from.namespace.as_deref().unwrap_or(&server_ns) == namespace
+                })
+                .filter_map(|e| e.to.as_ref())
+                .filter_map(|to| {
+                    let to_ns = to.namespace.as_deref().unwrap_or(&server_ns);
+                    ctx.stores.services.get(to_ns, &to.name)
+                })
+                .map(|called| called.spec.resource_url.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let called = ctx
+        .stores
+        .services
+        .cloned_where(|s| called_urls.contains(&s.spec.resource_url));
     let (trust, keys_root) = match (server, &attachment) {
         (Some(server), Attachment::Holds) => (
             Some(issuer_trust(client, server, &server_ns).await?),
@@ -285,6 +312,10 @@ async fn reconcile_inner(
         keys_root,
         pods: &pods,
         services: &services,
+        peers: Peers {
+            services: &called,
+            labels: &labels,
+        },
         scrapers: ctx.settings.metrics_scrapers.as_ref(),
         version: &ctx.settings.version,
     };

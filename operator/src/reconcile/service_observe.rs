@@ -11,6 +11,7 @@ use mcp_authz_authserver::resource_servers::Root;
 use super::mcp_service::{injected_pods, outdated_pods, raw_port_services, sidecars_current};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::naming;
+use crate::render::exchange::Peers;
 use crate::render::{
     RenderError, RenderedObject, Scrapers, missing_scopes, service_policy, sidecar,
 };
@@ -122,6 +123,8 @@ pub struct Facts<'a> {
     pub pods: &'a [Pod],
     /// The Services of the service's namespace.
     pub services: &'a [Service],
+    /// The services this one's token-exchange edges may name with `to`, and their rivals for their URLs.
+    pub peers: Peers<'a>,
     /// Who may scrape the sidecar's admin port.
     pub scrapers: Option<&'a Scrapers>,
     /// The operator's version (what current sidecars were injected by).
@@ -222,6 +225,7 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
                 service,
                 server,
                 facts.scopes,
+                facts.peers,
                 bundle,
                 facts.scrapers,
             )?);
@@ -570,6 +574,7 @@ mod tests {
                 keys_root: keys.then(|| root.clone()),
                 pods: &[],
                 services: &[],
+                peers: Peers::NONE,
                 scrapers: None,
                 version: "1.0.0",
             };
@@ -601,6 +606,7 @@ mod tests {
             Attachment::UrlNotGranted("none of its resourceUrls covers this URL".into())
         );
         let facts = Facts {
+            peers: Peers::NONE,
             server_key: "mcp-authz/auth".into(),
             server: Some(&narrow),
             attachment: attachment(&team, Some(&narrow), &[], &labels),

@@ -7,6 +7,7 @@
 //! MCPScope edit (value v)               -> MCPScopes defining v (their ownership at each server may move)
 //! MCPService edit (scopes S)            -> MCPScopes defining a value of S (InUse)
 //! Namespace labels of n                 -> MCPScopes defining a value some MCPScope of n defines
+//! MCPService edit (n/name)              -> MCPServices whose token-exchange edges call n/name (`to`)
 //! ```
 //!
 //! A watch event carries only the object as it is now: an edit that changes a scope's value (or a service's
@@ -138,6 +139,36 @@ pub fn scopes_sharing_values_with<'a>(
         .map(|s| s.spec.value.clone())
         .collect();
     scopes_defining(&values, scopes.iter().copied())
+}
+
+/// The MCPServices whose token-exchange edges call `changed` by name (`to`): whether it holds its URL decides
+/// whether their edges to it are in force, and a sidecar must not keep asking for tokens its server stopped
+/// issuing.
+pub fn callers_of<'a>(
+    changed: &MCPService,
+    servers: &[&AuthorizationServer],
+    services: impl IntoIterator<Item = &'a MCPService>,
+) -> Vec<&'a MCPService> {
+    let (name, namespace) = (changed.name_any(), changed.namespace().unwrap_or_default());
+    let mut callers: BTreeSet<(String, String)> = BTreeSet::new();
+    for server in servers {
+        let server_ns = server.namespace().unwrap_or_default();
+        let of = |r: &crate::api::NamespacedRef| {
+            (
+                r.namespace.clone().unwrap_or_else(|| server_ns.clone()),
+                r.name.clone(),
+            )
+        };
+        for edge in &server.spec.token_exchange {
+            if edge.to.as_ref().map(of) == Some((namespace.clone(), name.clone())) {
+                callers.insert(of(&edge.from));
+            }
+        }
+    }
+    services
+        .into_iter()
+        .filter(|s| callers.contains(&(s.namespace().unwrap_or_default(), s.name_any())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -297,5 +328,42 @@ mod tests {
             previous.swap(Some("churn-99999"), 0, Vec::new),
             Some(99_999)
         );
+    }
+
+    #[test]
+    fn a_service_concerns_the_services_calling_it_by_name() {
+        let svc = |ns: &str, name: &str| {
+            crate::api::cases::mcp_service_in(
+                ns,
+                name,
+                &format!("https://mcp.example.com/{name}"),
+                &[],
+                None,
+            )
+        };
+        let mut server: AuthorizationServer =
+            serde_json::from_value(crate::api::cases::authorization_server()).expect("server");
+        server.metadata.namespace = Some("mcp-authz".into());
+        server.spec.token_exchange = serde_json::from_value(serde_json::json!([
+            {"from": {"name": "notes", "namespace": "a"}, "to": {"name": "reports", "namespace": "b"}, "scopes": ["s"], "header": "x-r"},
+            {"from": {"name": "mail", "namespace": "a"}, "audience": "https://mcp.example.com/reports", "scopes": ["s"], "header": "x-r"},
+            {"from": {"name": "platform"}, "to": {"name": "reports", "namespace": "b"}, "scopes": ["s"], "header": "x-r"},
+            {"from": {"name": "other", "namespace": "a"}, "to": {"name": "reports"}, "scopes": ["s"], "header": "x-r"},
+        ]))
+        .expect("edges");
+        let services = [
+            svc("a", "notes"),
+            svc("a", "mail"),
+            svc("mcp-authz", "platform"),
+            svc("a", "other"),
+            svc("b", "reports"),
+        ];
+        let callers: Vec<String> = callers_of(&svc("b", "reports"), &[&server], &services)
+            .into_iter()
+            .map(tenancy::key_of)
+            .collect();
+        // Not `mail` (an audience is no service) nor `other` (its `to` is mcp-authz/reports).
+        assert_eq!(callers, ["a/notes", "mcp-authz/platform"]);
+        assert!(callers_of(&svc("a", "notes"), &[&server], &services).is_empty());
     }
 }

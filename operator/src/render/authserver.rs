@@ -45,6 +45,8 @@ pub const DATA_DIR: &str = "/var/lib/mcp-authz";
 pub const USERS_DIR: &str = "/etc/mcp-authz/users";
 /// Where the upstream OIDC client secret is mounted.
 pub const OIDC_DIR: &str = "/etc/mcp-authz/oidc";
+/// Where each provider's client secret is mounted: `{PROVIDERS_DIR}/{id}/{key}`.
+pub const PROVIDERS_DIR: &str = "/etc/mcp-authz/providers";
 /// Environment variable carrying the PostgreSQL URL (from the referenced Secret).
 pub const POSTGRES_URL_ENV: &str = "MCP_AUTHZ_POSTGRES_URL";
 
@@ -88,6 +90,29 @@ pub fn authserver_config(inputs: &Inputs<'_>) -> Result<AuthServerConfig, Render
 /// Why each `spec.tokenExchange` edge not in force is left out, by index (`tokenExchange[i]: why`).
 pub fn exchange_left_out(inputs: &Inputs<'_>) -> Result<Vec<String>, RenderError> {
     config_and_exchange_report(inputs).map(|(_, report)| report)
+}
+
+/// The `audience` edges whose URL an MCPService naming this server claims (`tokenExchange[i]: …`): that service is
+/// refused, which is right for a squatter and wrong for a chain written before `to` existed; the platform must
+/// see which.
+pub fn audiences_claimed(inputs: &Inputs<'_>) -> Vec<String> {
+    let mut claimed = Vec::new();
+    for (index, edge) in inputs.server.spec.token_exchange.iter().enumerate() {
+        let Some(audience) = &edge.audience else {
+            continue;
+        };
+        for service in inputs.services {
+            if super::names_server(service, inputs.server)
+                && crate::api::resource_urls::same_resource(audience, &service.spec.resource_url)
+            {
+                claimed.push(format!(
+                    "tokenExchange[{index}]: its audience is the resourceUrl of MCPService {}",
+                    crate::tenancy::key_of(service)
+                ));
+            }
+        }
+    }
+    claimed
 }
 
 fn config_and_exchange_report(
@@ -234,12 +259,18 @@ fn config_and_exchange_report(
             None => None,
         };
         let mut token_exchange = Vec::new();
-        for (index, edge) in super::exchange::resolve(inputs.server, service, &offered) {
+        let mut kept_edges = Vec::new();
+        for (index, edge) in
+            super::exchange::resolve(inputs.server, service, &offered, inputs.peers())
+        {
             match edge {
-                Ok(edge) => token_exchange.push(mcp_authz_authserver::config::ExchangeTarget {
-                    audience: edge.audience,
-                    scopes: edge.scopes,
-                }),
+                Ok(edge) => {
+                    kept_edges.push(edge.clone());
+                    token_exchange.push(mcp_authz_authserver::config::ExchangeTarget {
+                        audience: edge.audience,
+                        scopes: edge.scopes,
+                    });
+                }
                 Err(why) => {
                     exchange_report.insert(index, why);
                 }
@@ -258,6 +289,10 @@ fn config_and_exchange_report(
             // The holder's key, and no earlier holder's, is accepted for this URL.
             holder: service.uid().unwrap_or_default(),
             token_exchange,
+            providers: super::exchange::providers_of(inputs.server, service, &kept_edges)
+                .into_iter()
+                .map(|p| p.id)
+                .collect(),
         });
     }
     // Implied scopes must exist, and belong to the implying scope's team or the platform: a team's scope
@@ -312,6 +347,28 @@ fn config_and_exchange_report(
             clients: p.clients.clone(),
         })
         .collect();
+    config.providers = spec
+        .providers
+        .iter()
+        .map(|p| mcp_authz_authserver::config::ProviderConfig {
+            id: p.id.clone(),
+            display_name: p.display_name.clone(),
+            issuer: p.issuer.clone(),
+            authorization_endpoint: p.authorization_endpoint.clone(),
+            token_endpoint: p.token_endpoint.clone(),
+            revocation_endpoint: p.revocation_endpoint.clone(),
+            client_id: p.client_id.clone(),
+            client_secret_file: PathBuf::from(PROVIDERS_DIR)
+                .join(&p.id)
+                .join(&p.client_secret_ref.key),
+            scopes: p.scopes.clone(),
+            ca_file: None,
+        })
+        .collect();
+    if !config.providers.is_empty() {
+        config.provider_token_keys_file =
+            Some(PathBuf::from(KEYS_DIR).join(crate::keys::PROVIDER_TOKEN_KEYS_FILE));
+    }
     config.clients = clients::registered(&clients::declared(inputs, &config));
     for (index, edge) in spec.token_exchange.iter().enumerate() {
         if !edges_seen.contains(&index) {
@@ -329,6 +386,12 @@ fn config_and_exchange_report(
         .into_iter()
         .map(|(index, why)| format!("tokenExchange[{index}]: {why}"))
         .collect();
+    // Each team's input is checked where it is read, so one team's mistake leaves out that team's part; this is
+    // the last line: a config the server would refuse is never written, and the one in force stays.
+    config.validate().map_err(|e| RenderError::Invalid {
+        field: "spec".into(),
+        message: format!("the rendered server config would be refused: {e}"),
+    })?;
     Ok((config, report))
 }
 
@@ -432,6 +495,32 @@ pub fn render(
     if let Some(oidc) = &spec.login.oidc {
         volumes.push(secret_volume("oidc", &oidc.client_secret_ref.name));
         mounts.push(mount("oidc", OIDC_DIR));
+    }
+    // Only the key the server reads (the Secret is the platform's and may hold other things); optional, so a
+    // missing Secret fails that provider's connections, not the server's start.
+    for provider in &spec.providers {
+        let volume = format!("provider-{}", provider.id);
+        let key = &provider.client_secret_ref.key;
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(provider.client_secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: key.clone(),
+                    path: key.clone(),
+                    mode: None,
+                }]),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(
+            &volume,
+            &PathBuf::from(PROVIDERS_DIR)
+                .join(&provider.id)
+                .to_string_lossy(),
+        ));
     }
     // One volume per Secret the registered clients read, holding only the keys they read (the Secret is the
     // platform's and may hold other things), kept up to date so a rotated secret reaches the server. Optional: a
@@ -843,8 +932,9 @@ mod tests {
                 "tokenExchange[2]: MCPService mcp-authz/gone is not in this server's config",
             ]
         );
-        let sidecar = crate::render::sidecar::sidecar_config(&services[0], &server, &scopes)
-            .expect("sidecar");
+        let sidecar =
+            crate::render::sidecar::sidecar_config(&services[0], &server, &scopes, inputs.peers())
+                .expect("sidecar");
         let tokens = sidecar
             .downstream_tokens
             .clone()
@@ -868,6 +958,125 @@ mod tests {
         sidecar
             .validate()
             .expect("the sidecar accepts the rendered config");
+    }
+
+    /// A provider reaches the server's config (with its secret mounted and the sealing keys named) and the
+    /// listed service's sidecar config (its audience, header and connect link) alike, and each program accepts
+    /// what it gets; a service it does not list gets nothing of it.
+    #[test]
+    fn a_provider_reaches_both_configs_of_the_services_it_lists() {
+        let server = server(json!({"allowedNamespaces": {"from": "All"}, "providers": [
+            {"id": "acme", "displayName": "Acme", "issuer": "https://login.acme.example", "clientId": "mcp",
+             "clientSecretRef": {"name": "acme-oauth", "key": "secret"}, "scopes": ["openid", "issues:read"],
+             "services": [{"name": "files", "namespace": "apps"}], "header": "x-acme-token"},
+        ]}));
+        let services = [
+            cases::mcp_service_in(
+                "apps",
+                "files",
+                "https://mcp.example.com/files",
+                &["files:read"],
+                None,
+            ),
+            cases::mcp_service_in(
+                "apps",
+                "mail",
+                "https://mcp.example.com/mail",
+                &["files:read"],
+                None,
+            ),
+        ];
+        let scopes = [scope("mcp-authz", "files:read", false)];
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
+        };
+        let config = authserver_config(&inputs).expect("config");
+        let provider = &config.providers[0];
+        assert_eq!(
+            (
+                provider.id.as_str(),
+                provider.issuer.as_deref(),
+                provider.client_secret_file.as_path()
+            ),
+            (
+                "acme",
+                Some("https://login.acme.example"),
+                std::path::Path::new("/etc/mcp-authz/providers/acme/secret")
+            )
+        );
+        assert_eq!(
+            config.provider_token_keys_file.as_deref(),
+            Some(std::path::Path::new(
+                "/etc/mcp-authz/keys/provider-token-keys"
+            ))
+        );
+        let receives: Vec<(&str, &[String])> = config
+            .resources
+            .iter()
+            .map(|r| (r.resource.as_str(), r.providers.as_slice()))
+            .collect();
+        assert_eq!(
+            receives,
+            [
+                ("https://mcp.example.com/files", &["acme".to_owned()][..]),
+                ("https://mcp.example.com/mail", &[][..])
+            ]
+        );
+        config
+            .validate()
+            .expect("the server accepts the rendered config");
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        let pod = &objects[1].body["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "provider-acme")
+            .expect("the provider's secret is mounted");
+        assert_eq!(
+            volume["secret"],
+            json!({"secretName": "acme-oauth", "items": [{"key": "secret", "path": "secret"}], "optional": true})
+        );
+        assert!(
+            pod["containers"][0]["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["name"] == "provider-acme"
+                    && m["mountPath"] == "/etc/mcp-authz/providers/acme")
+        );
+        let files =
+            crate::render::sidecar::sidecar_config(&services[0], &server, &scopes, inputs.peers())
+                .expect("sidecar");
+        let targets = files.downstream_tokens.clone().expect("tokens").targets;
+        assert_eq!(
+            targets
+                .iter()
+                .map(|t| (
+                    t.audience.as_str(),
+                    t.header.as_str(),
+                    t.connect_url.as_deref()
+                ))
+                .collect::<Vec<_>>(),
+            [(
+                "urn:mcp-authz:provider:acme",
+                "x-acme-token",
+                Some(format!("{}/connect/acme", server.spec.issuer).as_str())
+            )]
+        );
+        files
+            .validate()
+            .expect("the sidecar accepts the rendered config");
+        let mail =
+            crate::render::sidecar::sidecar_config(&services[1], &server, &scopes, inputs.peers())
+                .expect("sidecar");
+        assert!(mail.downstream_tokens.is_none());
     }
 
     #[test]

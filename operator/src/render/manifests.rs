@@ -37,10 +37,15 @@ pub fn render_all(
         {
             // The CA bundle exists only in a cluster (the operator makes it); offline, a TLS server's sidecar
             // ConfigMap comes without it and the operator fills it in.
+            let peers = super::exchange::Peers {
+                services: &services,
+                labels: &crate::tenancy::NamespaceLabels::new(),
+            };
             objects.extend(sidecar::render(
                 service,
                 &server.object,
                 &scopes,
+                peers,
                 None,
                 settings.metrics_scrapers.as_ref(),
             )?);

@@ -216,6 +216,16 @@ pub struct Inputs<'a> {
     pub client_secrets: Option<&'a clients::SecretLengths>,
 }
 
+impl<'a> Inputs<'a> {
+    /// The services and namespace labels an edge's `to` is resolved against.
+    pub fn peers(&self) -> exchange::Peers<'a> {
+        exchange::Peers {
+            services: self.services,
+            labels: self.namespaces,
+        }
+    }
+}
+
 /// Whether `service` names `server`.
 pub fn names_server(service: &MCPService, server: &AuthorizationServer) -> bool {
     names_server_at(

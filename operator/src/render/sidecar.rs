@@ -21,6 +21,7 @@ use mcp_authz_sidecar::config::{
     UnmatchedPolicy,
 };
 
+use super::exchange::Peers;
 use super::{RenderError, RenderedObject, object, owner_ref, visible_scopes};
 use crate::api::mcp_service::{AccessRule, DefaultDecision, RuleCallers};
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
@@ -58,6 +59,7 @@ pub fn sidecar_config(
     service: &MCPService,
     server: &AuthorizationServer,
     scopes: &[MCPScope],
+    peers: Peers<'_>,
 ) -> Result<SidecarConfig, RenderError> {
     let spec = &service.spec;
     let server_ns = server.namespace().unwrap_or_default();
@@ -117,14 +119,25 @@ pub fn sidecar_config(
         .filter(|v| visible.get(*v).is_some_and(|s| s.spec.sensitive))
         .cloned()
         .collect();
-    let edges = super::exchange::kept(server, service, &offered);
-    if !edges.is_empty() {
+    let edges = super::exchange::kept(server, service, &offered, peers);
+    let providers = super::exchange::providers_of(server, service, &edges);
+    if !edges.is_empty() || !providers.is_empty() {
         let targets: Vec<DownstreamTarget> = edges
             .into_iter()
             .map(|e| DownstreamTarget {
                 audience: e.audience,
                 header: e.header,
+                connect_url: None,
             })
+            .chain(providers.into_iter().map(|p| DownstreamTarget {
+                audience: format!(
+                    "{}{}",
+                    mcp_authz_authserver::config::PROVIDER_AUDIENCE_PREFIX,
+                    p.id
+                ),
+                header: p.header,
+                connect_url: Some(p.connect_url),
+            }))
             .collect();
         // The sidecar's own default fills in the time limit.
         let tokens: DownstreamTokens = serde_json::from_value(serde_json::json!({
@@ -267,12 +280,13 @@ pub fn render(
     service: &MCPService,
     server: &AuthorizationServer,
     scopes: &[MCPScope],
+    peers: Peers<'_>,
     issuer_ca: Option<&str>,
     scrapers: Option<&super::Scrapers>,
 ) -> Result<Vec<RenderedObject>, RenderError> {
     let name = service.name_any();
     let namespace = service.namespace().unwrap_or_default();
-    let config = sidecar_config(service, server, scopes)?;
+    let config = sidecar_config(service, server, scopes, peers)?;
     let yaml = serde_saphyr::to_string(&config).map_err(|e| RenderError::Serialize {
         what: "sidecar config".into(),
         message: e.to_string(),
@@ -414,7 +428,7 @@ mod tests {
             scope("mcp-authz", "files:read", &[]),
             scope("apps", "files:write", &["files:read"]),
         ];
-        let c = sidecar_config(&service(), &server(), &scopes).expect("config");
+        let c = sidecar_config(&service(), &server(), &scopes, Peers::NONE).expect("config");
         assert_eq!(c.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(c.admin_listen, "0.0.0.0:9464".parse().expect("addr"));
         assert_eq!(c.upstream, "http://127.0.0.1:8080");
@@ -464,7 +478,7 @@ mod tests {
         let mut write = scope("apps", "files:write", &["files:read"]);
         write.spec.sensitive = true;
         let both = [scope("mcp-authz", "files:read", &[]), write.clone()];
-        let c = sidecar_config(&service(), &server(), &both).expect("config");
+        let c = sidecar_config(&service(), &server(), &both, Peers::NONE).expect("config");
         assert_eq!(c.scopes_supported, ["files:read"]);
         // ...and checked against revocation, as the service's own resource server.
         let introspection = c.introspection.expect("sensitive scopes are introspected");
@@ -484,7 +498,7 @@ mod tests {
 
         let mut read = scope("mcp-authz", "files:read", &[]);
         read.spec.sensitive = true;
-        let c = sidecar_config(&service(), &server(), &[read, write]).expect("config");
+        let c = sidecar_config(&service(), &server(), &[read, write], Peers::NONE).expect("config");
         assert_eq!(
             c.scopes_supported,
             ["files:read", "files:write"],
@@ -498,6 +512,7 @@ mod tests {
             &service(),
             &server(),
             &[scope("elsewhere", "files:write", &[])],
+            Peers::NONE,
         )
         .expect("config");
         assert!(c.scopes_supported.is_empty());
@@ -509,6 +524,7 @@ mod tests {
             &service(),
             &server(),
             &[scope("apps", "files:read", &[])],
+            Peers::NONE,
             Some("CA"),
             None,
         )
@@ -522,8 +538,13 @@ mod tests {
         let parsed = SidecarConfig::parse(text).expect("sidecar parses it");
         assert_eq!(
             parsed,
-            sidecar_config(&service(), &server(), &[scope("apps", "files:read", &[])])
-                .expect("config")
+            sidecar_config(
+                &service(),
+                &server(),
+                &[scope("apps", "files:read", &[])],
+                Peers::NONE
+            )
+            .expect("config")
         );
         assert_eq!(
             cm.body["metadata"]["ownerReferences"][0]["kind"],
@@ -543,8 +564,13 @@ mod tests {
             {"per": "tool", "method": "tools/call", "name": "delete_*", "requestsPerSecond": 0.5, "burst": 1},
         ]))
         .expect("limits");
-        let c =
-            sidecar_config(&svc, &server(), &[scope("apps", "files:read", &[])]).expect("config");
+        let c = sidecar_config(
+            &svc,
+            &server(),
+            &[scope("apps", "files:read", &[])],
+            Peers::NONE,
+        )
+        .expect("config");
         assert_eq!(c.rate_limits, svc.spec.rate_limits);
         let text = serde_saphyr::to_string(&c).expect("yaml");
         assert_eq!(
@@ -552,7 +578,7 @@ mod tests {
             svc.spec.rate_limits
         );
         // None declared: none rendered, and the key is left out.
-        let plain = sidecar_config(&service(), &server(), &[]).expect("config");
+        let plain = sidecar_config(&service(), &server(), &[], Peers::NONE).expect("config");
         assert!(plain.rate_limits.is_empty());
         assert!(
             !serde_saphyr::to_string(&plain)
@@ -642,7 +668,15 @@ mod tests {
             ),
         ];
         for (scrapers, ingress, why) in table {
-            let objects = render(&service(), &server(), &[], Some("CA"), scrapers).expect("render");
+            let objects = render(
+                &service(),
+                &server(),
+                &[],
+                Peers::NONE,
+                Some("CA"),
+                scrapers,
+            )
+            .expect("render");
             let np = &objects[1];
             assert_eq!(np.kind, "NetworkPolicy");
             assert_eq!(
@@ -730,8 +764,13 @@ mod tests {
                 v["spec"]["inClusterTransport"] = transport.clone();
             }
             let server: AuthorizationServer = serde_json::from_value(v).expect("server");
-            let c = sidecar_config(&service(), &server, std::slice::from_ref(&sensitive))
-                .expect("config");
+            let c = sidecar_config(
+                &service(),
+                &server,
+                std::slice::from_ref(&sensitive),
+                Peers::NONE,
+            )
+            .expect("config");
             assert_eq!(c.jwks_uri, format!("{base}/jwks"), "{transport}");
             assert_eq!(
                 c.introspection.expect("introspected").endpoint,
@@ -743,6 +782,7 @@ mod tests {
                 &service(),
                 &server,
                 std::slice::from_ref(&sensitive),
+                Peers::NONE,
                 Some("BUNDLE"),
                 None,
             )

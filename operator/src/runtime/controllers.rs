@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::watch_errors::{WatchBackoff, log_failures};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService};
-use crate::reconcile::stores::Stores;
+use crate::reconcile::stores::{Cached, Stores};
 use crate::reconcile::{self, Context, WatchScope, triggers};
 
 /// Requeues for a change that concerns many objects: every object of the controller's store in
@@ -405,17 +405,23 @@ async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx:
 }
 
 /// Requeues the other services naming the same resource URL as a changed (or deleted) one: when the URL's
-/// holder goes, the next in line gets its key now rather than at the next resync.
+/// holder goes, the next in line gets its key now rather than at the next resync. And the services whose
+/// token-exchange edges call it by name: their sidecars' edges to it follow whether it holds its URL.
 fn sharing_resource_url(
     store: Store<MCPService>,
+    servers: Cached<AuthorizationServer>,
 ) -> impl Fn(MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
     move |changed| {
         let url = &changed.spec.resource_url;
-        store
-            .state()
+        let services = store.state();
+        let servers = servers.all();
+        let servers: Vec<&AuthorizationServer> = servers.iter().map(|s| s.as_ref()).collect();
+        let callers = triggers::callers_of(&changed, &servers, services.iter().map(|s| s.as_ref()));
+        services
             .iter()
             .filter(|s| &s.spec.resource_url == url)
             .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .chain(callers.into_iter().map(ObjectRef::from_obj))
             .filter(|r| r != &ObjectRef::from_obj(&changed))
             .collect()
     }
@@ -435,7 +441,7 @@ async fn service_controller(
     let scope = ctx.scope.clone();
     let controller = Controller::new(services, watcher::Config::default())
         .trigger_backoff(WatchBackoff::default());
-    let same_url = sharing_resource_url(controller.store());
+    let same_url = sharing_resource_url(controller.store(), stores.servers.clone());
     let in_namespace = objects_in(controller.store());
     let g = controller.store();
     let readers = controller.store();

@@ -119,13 +119,28 @@ fn from_httparse(error: httparse::Error) -> HeadError {
     }
 }
 
-fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
+/// The fields of the head `buf[..len]`. Their values are slices of one copy of the head: one allocation for
+/// the whole head instead of one per value (about ten per proxied request, each past the allocator's fast path).
+fn header_map(
+    buf: &[u8],
+    len: usize,
+    fields: &[httparse::Header<'_>],
+) -> Result<HeaderMap, HeadError> {
+    let head = bytes::Bytes::copy_from_slice(&buf[..len]);
     let mut headers = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| HeadError::Malformed("header value"))?;
+        // httparse hands out slices of `buf`: where each value starts in it is where it starts in `head` (a
+        // value from anywhere else, which httparse never gives, is copied as before).
+        let start = (field.value.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        let end = start.wrapping_add(field.value.len());
+        let value = if start <= end && end <= len {
+            HeaderValue::from_maybe_shared(head.slice(start..end))
+        } else {
+            HeaderValue::from_bytes(field.value)
+        }
+        .map_err(|_| HeadError::Malformed("header value"))?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -219,7 +234,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadErr
     if !acceptable {
         return Err(HeadError::Malformed("request target"));
     }
-    let mut headers = header_map(request.headers)?;
+    let mut headers = header_map(buf, len, request.headers)?;
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
         return Err(HeadError::Malformed(
@@ -272,7 +287,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, ResponseHead)>, HeadE
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Malformed("status"))?;
-    let headers = header_map(response.headers)?;
+    let headers = header_map(buf, len, response.headers)?;
     // RFC 9112 §6.3: these never have a body, whatever the fields say.
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT

@@ -1,0 +1,479 @@
+//! This server as a confidential OAuth client of one third-party provider: where to send the person (code flow
+//! with PKCE S256), and the provider's token endpoint for the code, for refreshes and for revocation.
+//!
+//! Every answer the provider gives is read by [`read_token_answer`], a pure function: a token, a revocation of
+//! the connection (`invalid_grant`), or a refusal or garbage named without repeating a byte of the body (it may
+//! hold tokens).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::clients::shorten;
+use crate::config::ProviderConfig;
+
+/// Largest answer read from a provider.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// A provider access token is believed to live this long when the provider does not say (RFC 6749 makes
+/// `expires_in` only recommended); the sidecar never keeps it longer.
+pub const UNSTATED_LIFETIME_SECS: u64 = 3600;
+
+/// Why the provider gave no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the provider is misconfigured: {0}")]
+    Config(String),
+    #[error("the provider could not be reached")]
+    Unreachable,
+    #[error("the provider answered with something that is not a usable token response: {0}")]
+    Garbage(&'static str),
+    /// `invalid_grant` at the token endpoint: the refresh token (or code) is no longer good there.
+    #[error("the provider no longer accepts the grant")]
+    Revoked,
+    #[error("the provider refused with {0}")]
+    Refused(String),
+}
+
+impl ProviderError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProviderError::Config(_) => "provider_config",
+            ProviderError::Unreachable => "provider_unreachable",
+            ProviderError::Garbage(_) => "provider_garbage",
+            ProviderError::Revoked => "provider_revoked",
+            ProviderError::Refused(_) => "provider_refused",
+        }
+    }
+}
+
+/// What the provider's token endpoint gave. Its `Debug` never shows the tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderTokens {
+    pub access_token: String,
+    /// Always `Bearer` (the only kind a header can carry for an MCP server).
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: Option<String>,
+    /// The scopes granted, when the provider says.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderTokens")
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token is visible ASCII, and short enough to be a header value.
+fn token_text(token: &str) -> bool {
+    (1..=8192).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Reads one answer of the provider's token endpoint (`status`, body).
+pub fn read_token_answer(status: u16, body: &[u8]) -> Result<ProviderTokens, ProviderError> {
+    if !(200..300).contains(&status) {
+        #[derive(Deserialize)]
+        struct Refusal {
+            error: String,
+        }
+        return match serde_json::from_slice::<Refusal>(body) {
+            Ok(r) if r.error == "invalid_grant" => Err(ProviderError::Revoked),
+            Ok(r) if (400..500).contains(&status) && !r.error.is_empty() => {
+                Err(ProviderError::Refused(shorten(&r.error)))
+            }
+            _ => Err(ProviderError::Refused(format!("HTTP status {status}"))),
+        };
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        access_token: Option<String>,
+        token_type: Option<String>,
+        expires_in: Option<serde_json::Value>,
+        refresh_token: Option<String>,
+        scope: Option<String>,
+    }
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|_| ProviderError::Garbage("not a JSON object"))?;
+    let access_token = answer
+        .access_token
+        .filter(|t| token_text(t))
+        .ok_or(ProviderError::Garbage("no usable access_token"))?;
+    if !answer
+        .token_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(ProviderError::Garbage("token_type is not Bearer"));
+    }
+    // Some providers send the number as a string.
+    let expires_in = match answer.expires_in {
+        None | Some(serde_json::Value::Null) => UNSTATED_LIFETIME_SECS,
+        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or(ProviderError::Garbage(
+            "expires_in is not a whole number of seconds",
+        ))?,
+        Some(serde_json::Value::String(s)) => s
+            .parse()
+            .map_err(|_| ProviderError::Garbage("expires_in is not a whole number of seconds"))?,
+        Some(_) => {
+            return Err(ProviderError::Garbage(
+                "expires_in is not a whole number of seconds",
+            ));
+        }
+    };
+    if let Some(refresh) = &answer.refresh_token
+        && !token_text(refresh)
+    {
+        return Err(ProviderError::Garbage("refresh_token is not a token"));
+    }
+    Ok(ProviderTokens {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in,
+        refresh_token: answer.refresh_token,
+        scope: answer.scope.map(|s| shorten(&s)),
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Endpoints {
+    issuer: Option<String>,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: Option<String>,
+}
+
+/// One provider as configured, with its discovery document once it was read.
+pub struct ProviderClient {
+    pub config: ProviderConfig,
+    http: reqwest::Client,
+    endpoints: OnceCell<Endpoints>,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient")
+            .field("id", &self.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderClient {
+    pub fn new(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let http = crate::upstream::platform_http_client(config.ca_file.as_deref())
+            .map_err(ProviderError::Config)?;
+        let endpoints = OnceCell::new();
+        if let (Some(authorization_endpoint), Some(token_endpoint)) =
+            (&config.authorization_endpoint, &config.token_endpoint)
+        {
+            let _ = endpoints.set(Endpoints {
+                issuer: None,
+                authorization_endpoint: authorization_endpoint.clone(),
+                token_endpoint: token_endpoint.clone(),
+                revocation_endpoint: config.revocation_endpoint.clone(),
+            });
+        }
+        Ok(ProviderClient {
+            config: config.clone(),
+            http,
+            endpoints,
+        })
+    }
+
+    /// The provider's endpoints: configured, or discovered (a failed discovery is tried again next time).
+    async fn endpoints(&self) -> Result<&Endpoints, ProviderError> {
+        self.endpoints
+            .get_or_try_init(|| async {
+                let issuer =
+                    self.config.issuer.as_deref().ok_or_else(|| {
+                        ProviderError::Config("no issuer and no endpoints".into())
+                    })?;
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let response = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|_| ProviderError::Unreachable)?;
+                if !response.status().is_success() {
+                    return Err(ProviderError::Garbage("discovery did not answer 200"));
+                }
+                let body = read_bounded(response).await?;
+                let found: Endpoints = serde_json::from_slice(&body)
+                    .map_err(|_| ProviderError::Garbage("discovery document is not usable"))?;
+                // RFC 8414 §3.3: a document naming another issuer is not this provider's.
+                if found.issuer.as_deref() != Some(issuer) {
+                    return Err(ProviderError::Garbage(
+                        "discovery document names another issuer",
+                    ));
+                }
+                for url in [
+                    Some(&found.authorization_endpoint),
+                    Some(&found.token_endpoint),
+                    found.revocation_endpoint.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !Url::parse(url).is_ok_and(|u| crate::config::is_https_or_loopback(&u)) {
+                        return Err(ProviderError::Garbage(
+                            "discovery document names an endpoint that is not https",
+                        ));
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    /// The issuer the provider's authorization responses must name in `iss` (RFC 9207), when known.
+    pub async fn issuer(&self) -> Option<String> {
+        self.endpoints().await.ok()?.issuer.clone()
+    }
+
+    /// Where to send the browser: the authorization endpoint with our client id, PKCE and `state`.
+    pub async fn authorization_url(
+        &self,
+        callback: &str,
+        state: &str,
+        verifier: &str,
+    ) -> Result<String, ProviderError> {
+        let endpoints = self.endpoints().await?;
+        let mut url = Url::parse(&endpoints.authorization_endpoint)
+            .map_err(|_| ProviderError::Garbage("authorization_endpoint is not a URL"))?;
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("redirect_uri", callback)
+                .append_pair("state", state)
+                .append_pair(
+                    "code_challenge",
+                    &URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())),
+                )
+                .append_pair("code_challenge_method", "S256");
+            if !self.config.scopes.is_empty() {
+                query.append_pair("scope", &self.config.scopes.join(" "));
+            }
+        }
+        Ok(url.into())
+    }
+
+    /// Redeems the provider's code.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        callback: &str,
+        verifier: &str,
+    ) -> Result<ProviderTokens, ProviderError> {
+        self.token_request(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", callback),
+            ("code_verifier", verifier),
+        ])
+        .await
+    }
+
+    /// A fresh access token for a stored refresh token.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<ProviderTokens, ProviderError> {
+        self.token_request(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .await
+    }
+
+    /// Revokes a refresh token at the provider (RFC 7009) when it has a revocation endpoint; whether it did.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<bool, ProviderError> {
+        let Some(endpoint) = self.endpoints().await?.revocation_endpoint.clone() else {
+            return Ok(false);
+        };
+        let response = self
+            .post_form(
+                &endpoint,
+                &[
+                    ("token", refresh_token),
+                    ("token_type_hint", "refresh_token"),
+                ],
+            )
+            .await?;
+        Ok(response.status().is_success())
+    }
+
+    async fn token_request(&self, form: &[(&str, &str)]) -> Result<ProviderTokens, ProviderError> {
+        let endpoint = self.endpoints().await?.token_endpoint.clone();
+        let response = self.post_form(&endpoint, form).await?;
+        let status = response.status().as_u16();
+        let body = read_bounded(response).await?;
+        read_token_answer(status, &body)
+    }
+
+    async fn post_form(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> Result<reqwest::Response, ProviderError> {
+        let secret = std::fs::read_to_string(&self.config.client_secret_file).map_err(|e| {
+            ProviderError::Config(format!(
+                "clientSecretFile {}: {e}",
+                self.config.client_secret_file.display()
+            ))
+        })?;
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.http
+            .post(endpoint)
+            .basic_auth(
+                form_encode(&self.config.client_id),
+                Some(form_encode(secret.trim())),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| ProviderError::Unreachable)
+    }
+}
+
+/// RFC 6749 §2.3.1: the client id and secret are form-encoded before they go into HTTP Basic.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| ProviderError::Unreachable)?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(ProviderError::Garbage("the answer is too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_providers_token_endpoint_answers_decides() {
+        let token = |access: &str, refresh: Option<&str>, expires_in: u64| ProviderTokens {
+            access_token: access.into(),
+            token_type: "Bearer".into(),
+            expires_in,
+            refresh_token: refresh.map(str::to_owned),
+            scope: None,
+        };
+        let garbage = |why| Err(ProviderError::Garbage(why));
+        // (status, body, outcome)
+        let cases: Vec<(u16, &str, Result<ProviderTokens, ProviderError>)> = vec![
+            (
+                200,
+                r#"{"access_token":"at","token_type":"Bearer","expires_in":600,"refresh_token":"rt"}"#,
+                Ok(token("at", Some("rt"), 600)),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"bearer","expires_in":"60"}"#,
+                Ok(token("at", None, 60)),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"Bearer"}"#,
+                Ok(token("at", None, UNSTATED_LIFETIME_SECS)),
+            ),
+            (200, "<html>oops</html>", garbage("not a JSON object")),
+            (200, "[]", garbage("not a JSON object")),
+            (
+                200,
+                r#"{"token_type":"Bearer","expires_in":60}"#,
+                garbage("no usable access_token"),
+            ),
+            (
+                200,
+                r#"{"access_token":"a b","token_type":"Bearer"}"#,
+                garbage("no usable access_token"),
+            ),
+            (
+                200,
+                r#"{"access_token":"at\r\nx: y","token_type":"Bearer"}"#,
+                garbage("no usable access_token"),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"DPoP","expires_in":60}"#,
+                garbage("token_type is not Bearer"),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","expires_in":60}"#,
+                garbage("token_type is not Bearer"),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"Bearer","expires_in":-5}"#,
+                garbage("expires_in is not a whole number of seconds"),
+            ),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"Bearer","refresh_token":""}"#,
+                garbage("refresh_token is not a token"),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+                Err(ProviderError::Revoked),
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client"}"#,
+                Err(ProviderError::Refused("invalid_client".into())),
+            ),
+            (
+                503,
+                r#"{"error":"temporarily_unavailable"}"#,
+                Err(ProviderError::Refused("HTTP status 503".into())),
+            ),
+            (
+                500,
+                "Internal Server Error",
+                Err(ProviderError::Refused("HTTP status 500".into())),
+            ),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                read_token_answer(status, body.as_bytes()),
+                want,
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_tokens_never_show_in_debug_output() {
+        let t = read_token_answer(
+            200,
+            br#"{"access_token":"secret-at","token_type":"Bearer","refresh_token":"secret-rt"}"#,
+        )
+        .expect("token");
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

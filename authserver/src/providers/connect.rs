@@ -1,0 +1,445 @@
+//! The browser side of connecting a provider: `GET /connect/{id}` (from an MCP client's URL elicitation, or
+//! chained from the consent page), `GET /connect/{id}/callback` (the provider sends the browser back), and
+//! `GET`/`POST /connect/{id}/disconnect` (the person takes it back: the stored tokens are deleted, and the refresh
+//! token revoked at the provider when it has a revocation endpoint).
+//!
+//! The person is whoever the browser's session says: the connection is stored for that subject and no other, so
+//! a connect link opened by someone else connects their own account to themselves. The flow is bound to the
+//! browser by a cookie of its own (the callback must come back to the browser that started it), the `state` is
+//! single use, each provider has a callback path of its own (a code cannot be replayed at another provider's
+//! callback: RFC 9700 §4.4 mix-up), and an `iss` in the callback must name the provider (RFC 9207).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::audit::{Decision, Who};
+use crate::browser_flow::{self, SESSION_COOKIE, error_page, issue_code};
+use crate::clients::{self, shorten};
+use crate::clock::now_secs;
+use crate::config::ProviderConfig;
+use crate::oauth_error::{ErrorCode, OAuthError};
+use crate::pages;
+use crate::params::Params;
+use crate::providers::client::ProviderError;
+use crate::providers::tokens::sealed_connection;
+use crate::secrets;
+use crate::state::{AppState, Snapshot};
+use crate::store::ConnectRequest;
+
+/// Cookie binding a connect flow to the browser that started it.
+pub const CONNECT_COOKIE: &str = "mcp_authz_connect";
+/// How long the person has at the provider.
+pub const CONNECT_TTL_SECS: i64 = 600;
+
+/// Where the provider sends the browser back: one path per provider.
+pub fn callback_url(snapshot: &Snapshot, provider: &str) -> String {
+    format!("{}/connect/{provider}/callback", snapshot.config.issuer)
+}
+
+/// The providers `resource` uses that `subject` has not connected, in the declaration's order.
+pub async fn missing<'a>(
+    state: &AppState,
+    snapshot: &'a Snapshot,
+    resource: &str,
+    subject: &str,
+) -> Result<Vec<&'a ProviderConfig>, OAuthError> {
+    let mut missing = Vec::new();
+    let declared = snapshot
+        .config
+        .resource(resource)
+        .map(|r| r.providers.as_slice())
+        .unwrap_or_default();
+    for id in declared {
+        if let Some(p) = snapshot.config.provider(id)
+            && state.store.connection(subject, id).await?.is_none()
+        {
+            missing.push(p);
+        }
+    }
+    Ok(missing)
+}
+
+/// Stores the pending flow and sends the browser to the provider.
+pub async fn begin(
+    state: &AppState,
+    snapshot: &Snapshot,
+    subject: &str,
+    provider: &str,
+    auth_request: Option<String>,
+) -> Result<Response, OAuthError> {
+    let client = snapshot
+        .providers
+        .get(provider)
+        .ok_or_else(|| OAuthError::invalid_request("no such provider"))?;
+    let pending = ConnectRequest {
+        id: secrets::random_token(),
+        subject: subject.to_owned(),
+        provider: provider.to_owned(),
+        verifier: secrets::random_token(),
+        csrf: secrets::random_token(),
+        auth_request,
+        expires_at: now_secs() + CONNECT_TTL_SECS,
+    };
+    let url = client
+        .authorization_url(
+            &callback_url(snapshot, provider),
+            &pending.id,
+            &pending.verifier,
+        )
+        .await
+        .map_err(|e| provider_failure(&client.config, &e))?;
+    state.store.put_connect_request(&pending).await?;
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let location = HeaderValue::from_str(&url).map_err(|_| {
+        OAuthError::new(
+            ErrorCode::ServerError,
+            "the provider's URL is not a header value",
+        )
+    })?;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    browser_flow::set_cookie(
+        &mut response,
+        snapshot,
+        CONNECT_COOKIE,
+        &pending.csrf,
+        CONNECT_TTL_SECS as u64,
+    );
+    Ok(response)
+}
+
+/// What a provider failure tells the person.
+fn provider_failure(provider: &ProviderConfig, e: &ProviderError) -> OAuthError {
+    tracing::warn!(error = %e, provider = %provider.id, "connecting a provider failed");
+    let code = match e {
+        ProviderError::Unreachable | ProviderError::Garbage(_) => ErrorCode::TemporarilyUnavailable,
+        ProviderError::Config(_) => ErrorCode::ServerError,
+        ProviderError::Revoked | ProviderError::Refused(_) => ErrorCode::AccessDenied,
+    };
+    OAuthError::new(code, format!("connecting {}: {e}", provider.display_name))
+}
+
+/// The subject of the browser's session, if it has a live one.
+async fn session_subject(
+    state: &AppState,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+) -> Result<Option<String>, OAuthError> {
+    match browser_flow::cookie(
+        headers,
+        &browser_flow::cookie_name(snapshot, SESSION_COOKIE),
+    ) {
+        Some(session) => Ok(state
+            .store
+            .session_subject(&secrets::hash(&session), now_secs())
+            .await?),
+        None => Ok(None),
+    }
+}
+
+/// What is known of a connect page's requester at first: the provider named in the path.
+fn who_for(provider: &str) -> Who {
+    Who {
+        resource: Some(shorten(provider)),
+        ..Who::default()
+    }
+}
+
+/// A connect page's answer: a refusal is counted and audited once, and shown as a page (never a redirect).
+async fn answer(state: &AppState, who: &Who, result: Result<Response, OAuthError>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            state.refuse("connect", who, &e).await;
+            error_page(&e)
+        }
+    }
+}
+
+/// GET `/connect/{provider}`.
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let snapshot = state.snapshot();
+    let mut who = who_for(&provider);
+    let result = async {
+        let subject = match person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            Ok(subject) => subject,
+            Err(page) => return Ok(page),
+        };
+        who.subject = Some(subject.clone());
+        begin(&state, &snapshot, &subject, &provider, None).await
+    }
+    .await;
+    answer(&state, &who, result).await
+}
+
+/// GET `/connect/{provider}/callback`.
+pub async fn callback(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let snapshot = state.snapshot();
+    let mut who = who_for(&provider);
+    let result = async {
+        let params = Params::parse(uri.query().unwrap_or_default())?;
+        let pending = state
+            .store
+            .take_connect_request(params.require("state")?, now_secs())
+            .await?
+            .ok_or_else(|| {
+                OAuthError::invalid_request(
+                    "this connection has expired or was already completed; start again",
+                )
+            })?;
+        who.subject = Some(pending.subject.clone());
+        let cookie = browser_flow::cookie(
+            &headers,
+            &browser_flow::cookie_name(&snapshot, CONNECT_COOKIE),
+        )
+        .unwrap_or_default();
+        if !secrets::constant_time_eq(&cookie, &pending.csrf) {
+            return Err(OAuthError::invalid_request(
+                "the connection did not start in this browser",
+            ));
+        }
+        if pending.provider != provider {
+            return Err(OAuthError::invalid_request(
+                "this callback belongs to another provider's connection",
+            ));
+        }
+        let client = snapshot
+            .providers
+            .get(&provider)
+            .cloned()
+            .ok_or_else(|| OAuthError::invalid_request("this server has no such provider"))?;
+        let outcome = async {
+            if let Some(error) = params.get("error") {
+                return Err(OAuthError::new(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "{} answered {}",
+                        client.config.display_name,
+                        shorten(error)
+                    ),
+                ));
+            }
+            if let (Some(iss), Some(issuer)) = (params.get("iss"), client.issuer().await)
+                && iss != issuer
+            {
+                return Err(OAuthError::invalid_request(
+                    "the callback's iss is not this provider's issuer",
+                ));
+            }
+            let tokens = client
+                .redeem(
+                    params.require("code")?,
+                    &callback_url(&snapshot, &provider),
+                    &pending.verifier,
+                )
+                .await
+                .map_err(|e| provider_failure(&client.config, &e))?;
+            let sealer = snapshot.sealer.as_ref().ok_or_else(|| {
+                OAuthError::new(ErrorCode::ServerError, "the provider-token keys are not loaded")
+            })?;
+            let now = now_secs();
+            let connection =
+                sealed_connection(sealer, &pending.subject, &provider, &tokens, None, now, now);
+            state.store.put_connection(&connection).await?;
+            state
+                .record_decision(Decision {
+                    event: "connect",
+                    subject: Some(&pending.subject),
+                    resource: Some(&provider),
+                    outcome: "granted",
+                    reason: "provider connected",
+                    ..Default::default()
+                })
+                .await;
+            Ok(())
+        }
+        .await;
+        let Some(request_id) = pending.auth_request else {
+            outcome?;
+            return Ok(pages::message_page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "Your {} account is connected. You can close this page and return to your application.",
+                    client.config.display_name
+                ),
+            ));
+        };
+        // Connecting is not a condition of the consent given: a refused or failed connection is recorded, the
+        // client gets its code, and a tool that needs the provider asks the person again.
+        let connected = match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                state.refuse("connect", &who, &e).await;
+                false
+            }
+        };
+        let request = state
+            .store
+            .auth_request(&request_id, now_secs())
+            .await?
+            .filter(|r| r.subject.as_deref() == Some(pending.subject.as_str()))
+            .ok_or_else(|| {
+                OAuthError::invalid_request(
+                    "this sign-in has expired or was already completed; start again from the application",
+                )
+            })?;
+        if connected
+            && let Some(next) = missing(&state, &snapshot, &request.resource, &pending.subject)
+                .await?
+                .first()
+        {
+            return begin(&state, &snapshot, &pending.subject, &next.id, Some(request_id)).await;
+        }
+        let client =
+            clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
+        issue_code(
+            &state,
+            &snapshot,
+            &request,
+            &pending.subject,
+            &client,
+            "consent given",
+        )
+        .await
+    }
+    .await;
+    answer(&state, &who, result).await
+}
+
+/// The person signed in to this browser, and the provider named in the path; a refusal page otherwise.
+async fn person_and_provider(
+    state: &AppState,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    provider: &str,
+) -> Result<Result<String, Response>, OAuthError> {
+    if snapshot.config.provider(provider).is_none() {
+        state.metrics.outcome("connect", "unknown_provider");
+        return Ok(Err(pages::error_page(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "this server has no such provider",
+        )));
+    }
+    match session_subject(state, snapshot, headers).await? {
+        Some(subject) => Ok(Ok(subject)),
+        None => {
+            state.metrics.outcome("connect", "login_required");
+            Ok(Err(pages::error_page(
+                StatusCode::UNAUTHORIZED,
+                "login_required",
+                "sign in to this server through your application first (your sign-in has ended), then open the link again",
+            )))
+        }
+    }
+}
+
+/// GET `/connect/{provider}/disconnect`: the question, with a form bound to this browser.
+pub async fn disconnect_form(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let snapshot = state.snapshot();
+    let who = who_for(&provider);
+    let result = async {
+        if let Err(page) = person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            return Ok(page);
+        }
+        let name = snapshot
+            .config
+            .provider(&provider)
+            .map_or("", |p| p.display_name.as_str());
+        let csrf = secrets::random_token();
+        let mut page = pages::disconnect_page(&snapshot.config.issuer, &provider, name, &csrf);
+        browser_flow::set_cookie(
+            &mut page,
+            &snapshot,
+            CONNECT_COOKIE,
+            &csrf,
+            CONNECT_TTL_SECS as u64,
+        );
+        Ok(page)
+    }
+    .await;
+    answer(&state, &who, result).await
+}
+
+/// POST `/connect/{provider}/disconnect`.
+pub async fn disconnect(
+    State(state): State<Arc<AppState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let snapshot = state.snapshot();
+    let mut who = who_for(&provider);
+    let result = async {
+        let params = Params::from_form(&headers, body).await?;
+        let subject = match person_and_provider(&state, &snapshot, &headers, &provider).await? {
+            Ok(subject) => subject,
+            Err(page) => return Ok(page),
+        };
+        who.subject = Some(subject.clone());
+        let cookie = browser_flow::cookie(
+            &headers,
+            &browser_flow::cookie_name(&snapshot, CONNECT_COOKIE),
+        )
+        .unwrap_or_default();
+        let csrf = params.require("csrf")?;
+        if cookie.is_empty() || !secrets::constant_time_eq(csrf, &cookie) {
+            return Err(OAuthError::invalid_request(
+                "the form's CSRF token does not match this browser",
+            ));
+        }
+        let removed = state.store.delete_connection(&subject, &provider).await?;
+        let client = snapshot.providers.get(&provider).cloned();
+        // Revoked at the provider too, best effort: the stored copy is gone either way, and the person can
+        // revoke there themselves.
+        if let (Some(connection), Some(client), Some(sealer)) =
+            (&removed, client.as_ref(), snapshot.sealer.as_ref())
+            && let Some(refresh) = &connection.refresh_sealed
+            && let Ok(refresh) = sealer.open(&connection.key_id, refresh, &subject, &provider)
+            && let Err(e) = client.revoke(&refresh).await
+        {
+            tracing::warn!(error = %e, provider, "revoking a disconnected provider token failed");
+        }
+        state
+            .record_decision(Decision {
+                event: "connect",
+                subject: Some(&subject),
+                resource: Some(&provider),
+                outcome: "revoked",
+                reason: if removed.is_some() {
+                    "provider disconnected"
+                } else {
+                    "provider was not connected"
+                },
+                ..Default::default()
+            })
+            .await;
+        let name = client.map_or_else(String::new, |c| c.config.display_name.clone());
+        Ok(pages::message_page(
+            StatusCode::OK,
+            "Disconnected",
+            &format!("Your {name} account is no longer connected."),
+        ))
+    }
+    .await;
+    answer(&state, &who, result).await
+}

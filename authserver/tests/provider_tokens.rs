@@ -1,0 +1,1034 @@
+//! Third-party APIs with the person's own account (issue 18 part 2) at a real server: a real OAuth provider (npm
+//! `oidc-provider`, tests/authserver/oidc-third-party.mjs) with real login and consent pages, connected on our
+//! consent page or from a connect link; the files service's resource server (with the key derived for it, as its
+//! sidecar holds it) obtains the person's provider access token by token exchange. Refresh, rotation, revocation
+//! at the provider, a provider that is down or answers garbage: each answered in OAuth's form, and no other person
+//! or service ever gets the token.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use mcp_authz_authserver::config::{ProviderConfig, ResourceServers, StaticUser};
+use mcp_authz_authserver::providers::seal::Sealer;
+use mcp_authz_authserver::resource_servers::Root;
+use mcp_authz_authserver::store::{ProviderConnection, Store};
+use serde_json::Value;
+use support::federation::{Browser, NodeProvider, Page, start_node_provider};
+use support::*;
+
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const ACME: &str = "urn:mcp-authz:provider:acme";
+const PROVIDER_CLIENT: &str = "mcp-authz-connect";
+const PROVIDER_SECRET: &str = "third-party-secret-0123456789abcdef";
+
+struct Plane {
+    s: TestServer,
+    root: Root,
+    keys_file: PathBuf,
+    provider: Option<NodeProvider>,
+}
+
+impl Plane {
+    fn store(&self) -> Arc<dyn Store> {
+        self.s.running.as_ref().unwrap().state.store.clone()
+    }
+
+    fn sealer(&self) -> Sealer {
+        Sealer::load(&self.keys_file).unwrap()
+    }
+
+    /// Token exchange as the resource server of `service` for `person`'s token to `audience`.
+    async fn provider_token(&self, service: &str, person: &str, jti: &str) -> (u16, Value) {
+        let assertion = resource_server_assertion(&self.s, &self.root, service, jti);
+        let (status, body, headers) = self
+            .s
+            .token(&[
+                ("grant_type", GRANT),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+                ("subject_token", person),
+                ("subject_token_type", ACCESS_TOKEN),
+                ("resource", ACME),
+            ])
+            .await;
+        assert_eq!(headers["cache-control"], "no-store");
+        (status, body)
+    }
+
+    async fn stored_rows(&self) -> i64 {
+        let pool = sqlx_pool(&self.s).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM provider_connections")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// A second handle on the test server's SQLite file, to read rows as they are at rest.
+async fn sqlx_pool(s: &TestServer) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&format!(
+        "sqlite://{}",
+        s.dir.path().join("as.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+/// Where the provider is: a real one on `port` (by discovery), or explicit endpoints of a fake.
+enum At {
+    Discovery(u16),
+    Endpoints(String),
+}
+
+/// The files service receives Acme tokens; bob is a second person. `at` says where Acme is.
+async fn plane(at: At, node: Option<(u16, &str, &str)>) -> Plane {
+    plane_with(at, node, |_| {}).await
+}
+
+async fn plane_with(
+    at: At,
+    node: Option<(u16, &str, &str)>,
+    edit: impl FnOnce(&mut mcp_authz_authserver::config::AuthServerConfig),
+) -> Plane {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::generate().unwrap();
+    let root_file = dir.path().join("resource-server-root");
+    std::fs::write(&root_file, root.to_text()).unwrap();
+    let secret_file = dir.path().join("acme-secret");
+    std::fs::write(&secret_file, format!("{PROVIDER_SECRET}\n")).unwrap();
+    let keys_file = dir.path().join("keys/provider-token-keys");
+    let mut config = base_config(dir.path(), free_port());
+    config.resource_servers = Some(ResourceServers { root_file });
+    let (issuer, authorization_endpoint, token_endpoint) = match &at {
+        At::Discovery(port) => (Some(format!("http://127.0.0.1:{port}")), None, None),
+        At::Endpoints(base) => (
+            None,
+            Some(format!("{base}/auth")),
+            Some(format!("{base}/token")),
+        ),
+    };
+    config.providers = vec![ProviderConfig {
+        id: "acme".into(),
+        display_name: "Acme".into(),
+        issuer,
+        authorization_endpoint,
+        token_endpoint,
+        revocation_endpoint: None,
+        client_id: PROVIDER_CLIENT.into(),
+        client_secret_file: secret_file,
+        scopes: vec!["openid".into(), "api:read".into()],
+        ca_file: None,
+    }];
+    config.provider_token_keys_file = Some(keys_file.clone());
+    config.resources[0].providers = vec!["acme".into()];
+    if let Some(users) = config.login.static_users.as_mut() {
+        users.users.push(StaticUser {
+            username: "bob".into(),
+            password_hash: alice_hash(),
+            subject: None,
+        });
+    }
+    edit(&mut config);
+    config.validate().unwrap();
+    let callback = format!("{}/connect/acme/callback", config.issuer);
+    let provider = node.map(|(port, ttl, rotate)| {
+        start_node_provider("oidc-third-party.mjs", port, &[&callback, ttl, rotate])
+    });
+    Plane {
+        s: TestServer::start_in(dir, config).await,
+        root,
+        keys_file,
+        provider,
+    }
+}
+
+/// Our sign-in as `user`, up to our consent page (its URL and HTML).
+async fn to_consent(p: &Plane, b: &mut Browser, user: &str) -> (String, String) {
+    let Page::Html(at, consent) = sign_in(p, b, user).await else {
+        panic!("no consent page")
+    };
+    (at, consent)
+}
+
+/// Our sign-in as `user`: what follows the login form.
+async fn sign_in(p: &Plane, b: &mut Browser, user: &str) -> Page {
+    let start = url::Url::parse(&p.s.url(&authorize_query(
+        PUBLIC_CLIENT,
+        REDIRECT,
+        "files:read",
+        "st",
+    )))
+    .unwrap();
+    let Page::Html(at, login) = b.go(b.http.get(start.clone()), start).await else {
+        panic!("no login page")
+    };
+    b.submit(
+        &at,
+        &login,
+        &[("username", user), ("password", "wonderland")],
+    )
+    .await
+}
+
+/// The provider's own login and consent pages, as `user`; where the browser lands after them.
+async fn at_provider(b: &mut Browser, at: &str, login: &str, user: &str) -> Page {
+    let Page::Html(at, consent) = b
+        .submit(at, login, &[("login", user), ("password", "any")])
+        .await
+    else {
+        panic!("no provider consent page")
+    };
+    b.submit(&at, &consent, &[]).await
+}
+
+/// The access token for the code in a callback to the client.
+async fn redeem(s: &TestServer, callback: &str) -> String {
+    let q = query(callback);
+    let (status, body, _) = s
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &q["code"]),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", PUBLIC_CLIENT),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// What the provider's userinfo endpoint says of a token.
+async fn userinfo(provider: &NodeProvider, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/me", provider.issuer))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// bob signs in and consents, then walks away from the provider's login page: the provider answers
+/// access_denied, and the client still gets its code (connecting is not a condition of consent).
+async fn token_without_connecting(p: &Plane, user: &str) -> String {
+    let mut b = Browser::new();
+    let (at, consent) = to_consent(p, &mut b, user).await;
+    let Page::Html(at, _) = b.submit(&at, &consent, &[("decision", "approve")]).await else {
+        panic!("no provider page")
+    };
+    let at = url::Url::parse(&at).unwrap();
+    let abort = at.join(&format!("{}/abort", at.path())).unwrap();
+    let Page::ToClient(callback) = b.go(b.http.get(abort.clone()), abort).await else {
+        panic!("no code for the client after the provider was left")
+    };
+    redeem(&p.s, &callback).await
+}
+
+#[tokio::test]
+async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their_provider_token() {
+    let port = free_port();
+    let p = plane(At::Discovery(port), Some((port, "600", "false"))).await;
+    let provider = p.provider.as_ref().unwrap();
+    let s = &p.s;
+
+    let mut b = Browser::new();
+    let (at, consent) = to_consent(&p, &mut b, "alice").await;
+    assert!(
+        consent.contains(
+            "<ul id=\"providers\"><li>Acme</li></ul><p>If you allow, you will connect your <strong>Acme</strong> \
+             account next.</p>"
+        ),
+        "{consent}"
+    );
+    let Page::Html(at, login) = b.submit(&at, &consent, &[("decision", "approve")]).await else {
+        panic!("no provider login page")
+    };
+    assert!(at.starts_with(&provider.issuer), "{at}");
+    let Page::ToClient(callback) = at_provider(&mut b, &at, &login, "alice").await else {
+        panic!("no code for the client after connecting")
+    };
+    assert_eq!(query(&callback)["state"], "st");
+    let person = redeem(s, &callback).await;
+
+    let (status, body) = p.provider_token(RESOURCE, &person, "p-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["issued_token_type"].as_str(),
+            body["token_type"].as_str()
+        ),
+        (Some(ACCESS_TOKEN), Some("Bearer"))
+    );
+    let expires_in = body["expires_in"].as_i64().unwrap();
+    assert!((540..=600).contains(&expires_in), "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(userinfo(provider, &token).await["sub"], "alice");
+    // Still fresh: the stored token is handed out again, the provider is not asked.
+    let (_, again) = p.provider_token(RESOURCE, &person, "p-2").await;
+    assert_eq!(again["access_token"].as_str(), Some(token.as_str()));
+
+    // At rest the row holds neither token, and opens only for alice at Acme.
+    let pool = sqlx_pool(s).await;
+    let (subject, key_id, access, refresh): (String, String, String, String) = sqlx::query_as(
+        "SELECT subject, key_id, access_sealed, refresh_sealed FROM provider_connections",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(subject, "alice");
+    assert!(!access.contains(&token) && !refresh.contains(&token));
+    let sealer = p.sealer();
+    assert_eq!(
+        sealer.open(&key_id, &access, "alice", "acme").as_deref(),
+        Ok(token.as_str())
+    );
+    assert!(sealer.open(&key_id, &access, "bob", "acme").is_err());
+    assert!(sealer.open(&key_id, &refresh, "alice", "other").is_err());
+
+    // Another person's token gets nothing of alice's; another service's resource server gets nothing at all.
+    let bobs = token_without_connecting(&p, "bob").await;
+    let (status, body) = p.provider_token(RESOURCE, &bobs, "p-3").await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "interaction_required",
+                format!(
+                    "not connected: the person must connect Acme at {}/connect/acme",
+                    s.base
+                )
+                .as_str()
+            )
+        )
+    );
+    let (status, body) = p.provider_token(OTHER_RESOURCE, &person, "p-4").await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_grant",
+                "the subject token was not issued for this resource server's service"
+            )
+        )
+    );
+    // No refusal says anything of the token.
+    let audit = s
+        .http
+        .get(format!("{}/admin/audit?limit=100", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !audit.contains(&token),
+        "the audit rows hold a provider token"
+    );
+    assert!(audit.contains("provider_token"), "{audit}");
+
+    // Revoking alice's grant deletes her connection (bob has none), and the server tells Acme within seconds.
+    assert_eq!(p.stored_rows().await, 1);
+    let refresh = refresh_of(&p).await;
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        200,
+        "Acme takes it before"
+    );
+    let r = s
+        .http
+        .post(format!("{}/admin/grants/revoke?subject=alice", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(p.stored_rows().await, 0);
+    let mut refused_at_acme = false;
+    for _ in 0..40 {
+        if provider_refresh(provider, &refresh).await == 400 {
+            refused_at_acme = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        refused_at_acme,
+        "Acme still takes the refresh token of a revoked grant after 20 s"
+    );
+    let (status, body) = p.provider_token(RESOURCE, &person, "p-6").await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_grant",
+                "the subject token is revoked or unknown to this server"
+            )
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocation_at_the_provider()
+{
+    let port = free_port();
+    // Access tokens of 30 s: never fresh enough to hand out, so every exchange refreshes.
+    let p = plane(At::Discovery(port), Some((port, "30", "true"))).await;
+    let provider = p.provider.as_ref().unwrap();
+    let s = &p.s;
+    let person = token_without_connecting(&p, "alice").await;
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-0").await;
+    assert_eq!(error_of(&body).0, "interaction_required", "{status} {body}");
+
+    // The link an MCP client shows (URL elicitation), opened in a browser signed in as alice.
+    let mut b = Browser::new();
+    // Signed in (the session is all the link needs; the consent given before is remembered).
+    assert!(matches!(
+        sign_in(&p, &mut b, "alice").await,
+        Page::ToClient(_)
+    ));
+    let done = connect_via_link(&p, &mut b, "alice").await;
+    assert!(done.contains("Your Acme account is connected."), "{done}");
+    let first_refresh = refresh_of(&p).await;
+
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-1").await;
+    assert_eq!(status, 200, "{body}");
+    let one = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(userinfo(provider, &one).await["sub"], "alice");
+    let second_refresh = refresh_of(&p).await;
+    assert_ne!(
+        first_refresh, second_refresh,
+        "the rotated refresh token is stored"
+    );
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["access_token"].as_str(), Some(one.as_str()));
+    assert_ne!(refresh_of(&p).await, second_refresh);
+
+    // alice disconnects: the stored tokens go, and the provider no longer takes the refresh token.
+    let refresh = refresh_of(&p).await;
+    let form = url::Url::parse(&s.url("/connect/acme/disconnect")).unwrap();
+    let Page::Html(at, question) = b.go(b.http.get(form.clone()), form).await else {
+        panic!("no disconnect page")
+    };
+    let Page::Html(_, done) = b.submit(&at, &question, &[]).await else {
+        panic!("no page after disconnecting")
+    };
+    assert!(
+        done.contains("Your Acme account is no longer connected."),
+        "{done}"
+    );
+    assert_eq!(p.stored_rows().await, 0);
+    assert_eq!(
+        provider_refresh(provider, &refresh).await,
+        400,
+        "revoked at the provider too"
+    );
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-d").await;
+    assert_eq!(
+        (status, error_of(&body).0),
+        (400, "interaction_required"),
+        "{body}"
+    );
+
+    // Connected again, then the person revokes the grant at the provider itself (RFC 7009 with our client's
+    // credentials, as the provider's own account page would).
+    connect_via_link(&p, &mut b, "alice").await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/token/revocation", provider.issuer))
+        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("token", &refresh_of(&p).await)
+                .append_pair("token_type_hint", "refresh_token")
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = p.provider_token(RESOURCE, &person, "r-3").await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "interaction_required",
+                format!(
+                    "the provider no longer accepts the stored connection (revoked there): the person must connect Acme at {}/connect/acme",
+                    s.base
+                )
+                .as_str()
+            )
+        )
+    );
+    assert_eq!(
+        p.stored_rows().await,
+        0,
+        "the revoked connection is deleted"
+    );
+}
+
+/// Opens the connect link in `b` (signed in here) and goes through the provider's pages as `user`, whichever it
+/// shows (none when it remembers the person and their consent); our page at the end.
+async fn connect_via_link(p: &Plane, b: &mut Browser, user: &str) -> String {
+    let link = url::Url::parse(&p.s.url("/connect/acme")).unwrap();
+    let mut page = b.go(b.http.get(link.clone()), link).await;
+    for _ in 0..4 {
+        match page {
+            Page::Html(at, html) if at.starts_with(&p.s.base) => return html,
+            Page::Html(at, html) => {
+                let login = [("login", user), ("password", "any")];
+                let fields: &[(&str, &str)] = if html.contains("name=\"login\"") {
+                    &login
+                } else {
+                    &[]
+                };
+                page = b.submit(&at, &html, fields).await;
+            }
+            Page::ToClient(to) => panic!("sent to the client: {to}"),
+        }
+    }
+    panic!("the provider's pages did not end")
+}
+
+/// The status Acme answers a refresh with `refresh` (as our client).
+async fn provider_refresh(provider: &NodeProvider, refresh: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/token", provider.issuer))
+        .basic_auth(PROVIDER_CLIENT, Some(PROVIDER_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", refresh)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// alice's refresh token at Acme as stored, opened with the server's key file.
+async fn refresh_of(p: &Plane) -> String {
+    let (key_id, refresh): (String, String) =
+        sqlx::query_as("SELECT key_id, refresh_sealed FROM provider_connections")
+            .fetch_one(&sqlx_pool(&p.s).await)
+            .await
+            .unwrap();
+    p.sealer().open(&key_id, &refresh, "alice", "acme").unwrap()
+}
+
+/// A provider's token endpoint that answers whatever the test sets.
+async fn fake_token_endpoint(answer: Arc<Mutex<(u16, String)>>) -> String {
+    counted_token_endpoint(answer, Arc::default(), std::time::Duration::ZERO).await
+}
+
+/// The same, counting its calls and taking `delay` over each.
+async fn counted_token_endpoint(
+    answer: Arc<Mutex<(u16, String)>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    delay: std::time::Duration,
+) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/token",
+        post(move || {
+            let (answer, calls) = (answer.clone(), calls.clone());
+            async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let (status, body) = answer.lock().unwrap().clone();
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
+    let answer = Arc::new(Mutex::new((200, String::new())));
+    let base = fake_token_endpoint(answer.clone()).await;
+    let p = plane(At::Endpoints(base), None).await;
+    let down = plane(
+        At::Endpoints(format!("http://127.0.0.1:{}", free_port())),
+        None,
+    )
+    .await;
+    let refresh_token = "stored-refresh-token-0123456789";
+    // alice connected earlier; her access token has expired, so the next request refreshes.
+    let seed = |p: &Plane| {
+        let sealer = p.sealer();
+        let (key_id, refresh_sealed) = sealer.seal("alice", "acme", refresh_token);
+        let connection = ProviderConnection {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id,
+            refresh_sealed: Some(refresh_sealed),
+            access_sealed: sealer.seal("alice", "acme", "expired-access").1,
+            access_expires_at: 0,
+            scopes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let store = p.store();
+        async move { store.put_connection(&connection).await.unwrap() }
+    };
+    let unavailable = |what: &str| {
+        (
+            503,
+            (
+                "temporarily_unavailable".to_owned(),
+                format!("no token from the provider: Acme {what}; retry later"),
+            ),
+        )
+    };
+    // Connected before signing in, so the consent page has nothing to connect.
+    seed(&p).await;
+    let person =
+        p.s.tokens_for(&mut support::Browser::default(), "files:read")
+            .await;
+    let person = person["access_token"].as_str().unwrap().to_owned();
+    // (what the provider answers, what the resource server is told)
+    let cases = [
+        (
+            (200, "<html>busy</html>"),
+            unavailable("answered with an unusable token response (not a JSON object)"),
+        ),
+        (
+            (
+                200,
+                r#"{"access_token":"at","token_type":"MAC","expires_in":60}"#,
+            ),
+            unavailable("answered with an unusable token response (token_type is not Bearer)"),
+        ),
+        (
+            (200, r#"{"token_type":"Bearer","expires_in":600}"#),
+            unavailable("answered with an unusable token response (no usable access_token)"),
+        ),
+        (
+            (500, "Internal Server Error"),
+            unavailable("refused the refresh (HTTP status 500)"),
+        ),
+        (
+            (401, r#"{"error":"invalid_client"}"#),
+            unavailable("refused the refresh (invalid_client)"),
+        ),
+    ];
+    for (n, ((status, body), want)) in cases.into_iter().enumerate() {
+        *answer.lock().unwrap() = (status, body.to_owned());
+        seed(&p).await;
+        let (got_status, got) = p.provider_token(RESOURCE, &person, &format!("g-{n}")).await;
+        let (code, description) = error_of(&got);
+        assert_eq!(
+            (got_status, (code.to_owned(), description.to_owned())),
+            want,
+            "{body}"
+        );
+        assert!(!description.contains(refresh_token), "{description}");
+        assert_eq!(
+            p.stored_rows().await,
+            1,
+            "a provider in trouble keeps the connection"
+        );
+    }
+
+    // Rows that can no longer serve: deleted, and the person asked to connect again.
+    let connect_again = |why: &str| {
+        (
+            400,
+            (
+                "interaction_required".to_owned(),
+                format!(
+                    "{why}: the person must connect Acme at {}/connect/acme",
+                    p.s.base
+                ),
+            ),
+        )
+    };
+    let sealer = p.sealer();
+    let unreadable = ProviderConnection {
+        subject: "alice".into(),
+        provider: "acme".into(),
+        key_id: "a-key-no-longer-in-the-file".into(),
+        refresh_sealed: Some(sealer.seal("alice", "acme", refresh_token).1),
+        access_sealed: sealer.seal("alice", "acme", "expired-access").1,
+        access_expires_at: 0,
+        scopes: String::new(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    let (key_id, access_sealed) = sealer.seal("alice", "acme", "expired-access");
+    let no_refresh = ProviderConnection {
+        key_id,
+        access_sealed,
+        refresh_sealed: None,
+        ..unreadable.clone()
+    };
+    for (n, (row, want)) in [
+        (
+            unreadable,
+            connect_again("the stored connection can no longer be read"),
+        ),
+        (
+            no_refresh,
+            connect_again("the provider's access token expired and it gave no refresh token"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        p.store().put_connection(&row).await.unwrap();
+        let (status, body) = p.provider_token(RESOURCE, &person, &format!("u-{n}")).await;
+        let (code, description) = error_of(&body);
+        assert_eq!((status, (code.to_owned(), description.to_owned())), want);
+        assert_eq!(p.stored_rows().await, 0);
+    }
+
+    // Revoked at the provider: the connection is deleted and the person asked to connect again.
+    *answer.lock().unwrap() = (400, r#"{"error":"invalid_grant"}"#.to_owned());
+    seed(&p).await;
+    let (status, body) = p.provider_token(RESOURCE, &person, "g-revoked").await;
+    let (code, description) = error_of(&body);
+    assert_eq!(
+        (status, (code.to_owned(), description.to_owned())),
+        connect_again("the provider no longer accepts the stored connection (revoked there)")
+    );
+    assert_eq!(p.stored_rows().await, 0);
+
+    // A good answer after all that: the token, and the refresh token kept (the provider did not rotate it).
+    *answer.lock().unwrap() = (
+        200,
+        r#"{"access_token":"fresh-access","token_type":"Bearer","expires_in":900}"#.to_owned(),
+    );
+    seed(&p).await;
+    let (status, body) = p.provider_token(RESOURCE, &person, "g-ok").await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("fresh-access")),
+        "{body}"
+    );
+    let stored = p
+        .store()
+        .connection("alice", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.sealer()
+            .open(
+                &stored.key_id,
+                stored.refresh_sealed.as_deref().unwrap(),
+                "alice",
+                "acme"
+            )
+            .as_deref(),
+        Ok(refresh_token)
+    );
+
+    // A machine client's token has no person's account behind it: nothing to pass on (the sidecar forwards its
+    // calls without the header).
+    let (status, machine) = p.s.client_credentials(&assertion(&p.s, |_| {}), &[]).await;
+    assert_eq!(status, 200, "{machine}");
+    let (status, body) = p
+        .provider_token(
+            RESOURCE,
+            machine["access_token"].as_str().unwrap(),
+            "machine",
+        )
+        .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "invalid_scope",
+                "provider tokens are for people: no person stands behind the subject token"
+            )
+        )
+    );
+
+    // Nothing listens where the provider should be.
+    seed(&down).await;
+    let person = down
+        .s
+        .tokens_for(&mut support::Browser::default(), "files:read")
+        .await;
+    let (status, body) = down
+        .provider_token(RESOURCE, person["access_token"].as_str().unwrap(), "d-1")
+        .await;
+    let (code, description) = error_of(&body);
+    assert_eq!(
+        (status, (code.to_owned(), description.to_owned())),
+        unavailable("could not be reached")
+    );
+}
+
+/// Starts connecting Acme in `b`'s browser; the `state` sent to the provider.
+async fn begin_connect(s: &TestServer, b: &mut support::Browser, provider: &str) -> String {
+    match b.get(s, "/connect/acme").await {
+        support::Step::Redirect(to) => {
+            assert!(to.starts_with(&format!("{provider}/auth?")), "{to}");
+            let q = query(&to);
+            assert_eq!(
+                (
+                    q["response_type"].as_str(),
+                    q["code_challenge_method"].as_str(),
+                    q["client_id"].as_str()
+                ),
+                ("code", "S256", PROVIDER_CLIENT)
+            );
+            assert_eq!(
+                q["redirect_uri"],
+                format!("{}/connect/acme/callback", s.base)
+            );
+            q["state"].clone()
+        }
+        other => panic!("no redirect to the provider: {other:?}"),
+    }
+}
+
+/// Every refusal of the connect pages, as a page with the exact error (never a redirect anywhere).
+#[tokio::test]
+async fn the_connect_pages_refuse_in_their_own_form() {
+    let answer = Arc::new(Mutex::new((200, "<html>busy</html>".to_owned())));
+    let base = fake_token_endpoint(answer.clone()).await;
+    let p = plane(At::Endpoints(base.clone()), None).await;
+    let s = &p.s;
+    let page = |step: support::Step| match step {
+        support::Step::Page(status, html) => (status, html),
+        support::Step::Redirect(to) => panic!("redirected to {to}"),
+    };
+    let shows = |html: &str, error: &str, description: &str| {
+        html.contains(&format!("data-error=\"{error}\""))
+            && html.contains(&format!("<p id=\"error_description\">{description}</p>"))
+    };
+    let mut stranger = support::Browser::default();
+    let (status, html) = page(stranger.get(s, "/connect/acme").await);
+    assert_eq!(status, 401);
+    assert!(
+        shows(
+            &html,
+            "login_required",
+            "sign in to this server through your application first (your sign-in has ended), then open the link again"
+        ),
+        "{html}"
+    );
+    let (status, html) = page(stranger.get(s, "/connect/nobody").await);
+    assert_eq!(status, 404);
+    assert!(
+        shows(&html, "invalid_request", "this server has no such provider"),
+        "{html}"
+    );
+    let (status, html) = page(
+        stranger
+            .get(s, "/connect/acme/callback?state=nope&code=c")
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        shows(
+            &html,
+            "invalid_request",
+            "this connection has expired or was already completed; start again"
+        ),
+        "{html}"
+    );
+
+    // alice, signed in (connected beforehand so that her consent does not go to the fake provider).
+    let sealer = p.sealer();
+    let (key_id, access_sealed) = sealer.seal("alice", "acme", "a");
+    let store = p.store();
+    store
+        .put_connection(&ProviderConnection {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id,
+            refresh_sealed: None,
+            access_sealed,
+            access_expires_at: i64::MAX,
+            scopes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+    let mut alice = support::Browser::default();
+    s.tokens_for(&mut alice, "files:read").await;
+    // (path after the state, whether the browser's connect cookie goes along, status, error, description)
+    let cases = [
+        (
+            "/connect/acme/callback?code=c&state=",
+            false,
+            400,
+            "invalid_request",
+            "the connection did not start in this browser",
+        ),
+        (
+            "/connect/other/callback?code=c&state=",
+            true,
+            400,
+            "invalid_request",
+            "this callback belongs to another provider&#39;s connection",
+        ),
+        (
+            "/connect/acme/callback?error=access_denied&state=",
+            true,
+            400,
+            "access_denied",
+            "Acme answered access_denied",
+        ),
+        (
+            "/connect/acme/callback?code=c&state=",
+            true,
+            503,
+            "temporarily_unavailable",
+            "connecting Acme: the provider answered with something that is not a usable token response: not a JSON object",
+        ),
+    ];
+    // A disconnect form from another page, or without this browser's binding.
+    let (status, html) = page(
+        alice
+            .post(
+                s,
+                "/connect/acme/disconnect",
+                &[("csrf", "forged-by-another-page")],
+            )
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        shows(
+            &html,
+            "invalid_request",
+            "the form&#39;s CSRF token does not match this browser"
+        ),
+        "{html}"
+    );
+    assert!(
+        p.store()
+            .connection("alice", "acme")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for (path, with_cookie, status, error, description) in cases {
+        let state = begin_connect(s, &mut alice, &base).await;
+        let mut b = support::Browser::default();
+        if with_cookie {
+            b.cookies = alice.cookies.clone();
+        }
+        let (got, html) = page(b.get(s, &format!("{path}{state}")).await);
+        assert_eq!(got, status, "{path}: {html}");
+        assert!(shows(&html, error, description), "{path}: {html}");
+        // Whatever happened, that state is spent.
+        let (got, _) = page(
+            alice
+                .get(s, &format!("/connect/acme/callback?code=c&state={state}"))
+                .await,
+        );
+        assert_eq!(got, 400);
+    }
+}
+
+/// Two replicas on one PostgreSQL store asked at once for the same person's expired token: the provider is asked
+/// once (a provider that rotates refresh tokens may revoke the grant when one is presented twice), and both
+/// answer with the token it gave.
+#[tokio::test]
+async fn two_replicas_refresh_one_connection_once() {
+    let answer = Arc::new(Mutex::new((
+        200,
+        r#"{"access_token":"from-one-refresh","token_type":"Bearer","expires_in":600,"refresh_token":"rotated"}"#
+            .to_owned(),
+    )));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base =
+        counted_token_endpoint(answer, calls.clone(), std::time::Duration::from_millis(500)).await;
+    let (_url_file, storage) = postgres_storage("provider_replicas", 4).await;
+    let p = plane_with(At::Endpoints(base), None, |c| c.storage = storage).await;
+    let sealer = p.sealer();
+    let (key_id, refresh_sealed) = sealer.seal("alice", "acme", "stored-refresh");
+    p.store()
+        .put_connection(&ProviderConnection {
+            subject: "alice".into(),
+            provider: "acme".into(),
+            key_id,
+            refresh_sealed: Some(refresh_sealed),
+            access_sealed: sealer.seal("alice", "acme", "expired").1,
+            access_expires_at: 0,
+            scopes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+    let person =
+        p.s.tokens_for(&mut support::Browser::default(), "files:read")
+            .await;
+    let person = person["access_token"].as_str().unwrap().to_owned();
+    let mut config =
+        mcp_authz_authserver::config::AuthServerConfig::load(&p.s.config_path).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = mcp_authz_authserver::server::start(config, None)
+        .await
+        .unwrap();
+    let at_b = format!("http://{}/token", b.addr);
+    let ask = |url: String, jti: &'static str| {
+        let assertion = resource_server_assertion(&p.s, &p.root, RESOURCE, jti);
+        let person = person.clone();
+        let http = p.s.http.clone();
+        async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", GRANT)
+                .append_pair("client_assertion_type", JWT_BEARER)
+                .append_pair("client_assertion", &assertion)
+                .append_pair("subject_token", &person)
+                .append_pair("subject_token_type", ACCESS_TOKEN)
+                .append_pair("resource", ACME)
+                .finish();
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (one, two) = tokio::join!(ask(p.s.url("/token"), "rep-a"), ask(at_b, "rep-b"));
+    for (status, body) in [&one, &two] {
+        assert_eq!(
+            (*status, body["access_token"].as_str()),
+            (200, Some("from-one-refresh")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one refresh for both replicas"
+    );
+    b.stop().await;
+}

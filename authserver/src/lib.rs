@@ -45,6 +45,7 @@ pub mod rotation;
 pub mod secrets;
 pub mod self_managed;
 pub mod server;
+pub mod spans;
 pub mod state;
 pub mod store;
 pub mod tls;

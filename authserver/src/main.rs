@@ -73,6 +73,17 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    // Spans go to the OTLP endpoint the standard `OTEL_*` variables name; none named, none made.
+    let tracing = match mcp_authz_otel::Settings::from_process_env("mcp-authz-server")? {
+        Some(settings) => {
+            let tracing =
+                mcp_authz_otel::start(&settings, mcp_authz_authserver::spans::dropped().clone())?;
+            mcp_authz_authserver::spans::install(tracing.tracer.clone());
+            tracing::info!(endpoint = %settings.endpoint, sampler = ?settings.sampler, "tracing over OTLP");
+            Some(tracing)
+        }
+        None => None,
+    };
     let path = args
         .config
         .context("--config FILE (or MCP_AUTHZ_SERVER_CONFIG) is required")?;
@@ -85,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
     running.stop().await;
+    if let Some(tracing) = tracing {
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     Ok(())
 }
 

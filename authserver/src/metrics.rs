@@ -121,7 +121,8 @@ impl Metrics {
             Box::new(audit_rows_suppressed.clone()),
             Box::new(sqlite_wal_bytes.clone()),
             Box::new(build_info),
-            // The audit output is the process's, shared by every server started in it.
+            // The span exporter and the audit output are the process's, shared by every server started in it.
+            Box::new(crate::spans::dropped().clone()),
             Box::new(
                 mcp_authz_audit::pipe::Dropped::process("authserver")
                     .audit

@@ -208,16 +208,25 @@ async fn finished(State(state): State<Arc<AppState>>, request: Request, next: Ne
     }
 }
 
-/// Runs the request with its `traceparent` header's ids at hand for its audit records.
+/// Runs the request with its `traceparent` header's ids at hand for its audit records and, when tracing is on,
+/// inside its server span (which continues that trace).
 async fn traced(request: Request, next: Next) -> Response {
+    use mcp_authz_otel::opentelemetry::context::FutureExt as _;
+    let headers = request.headers();
     let trace = mcp_authz_audit::TraceIds::of_header(
-        request
-            .headers()
-            .get_all("traceparent")
-            .iter()
-            .map(|v| v.as_bytes()),
+        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
     );
-    crate::audit::TRACE.scope(trace, next.run(request)).await
+    let tracestate = headers.get("tracestate").and_then(|v| v.to_str().ok());
+    let endpoint = endpoint_of(request.uri().path());
+    match crate::spans::request(request.method(), endpoint, trace.as_ref(), tracestate) {
+        None => crate::audit::TRACE.scope(trace, next.run(request)).await,
+        Some(cx) => {
+            let run = next.run(request).with_context(cx.clone());
+            let response = crate::audit::TRACE.scope(trace, run).await;
+            crate::spans::finish(&cx, response.status());
+            response
+        }
+    }
 }
 
 /// The admin router (admin port).

@@ -125,7 +125,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Operator(args) => {
             init_logging();
-            crate::runtime::run(*args).await
+            let tracing = start_tracing()?;
+            let result = crate::runtime::run(*args).await;
+            if let Some(tracing) = tracing {
+                let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            }
+            result
         }
         Command::Crds { out_dir } => write_crds(out_dir),
         Command::Local(args) => Ok(crate::local::run(args).await?),
@@ -296,6 +301,17 @@ fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         None => std::io::stdout().write_all(crdgen::crds_yaml()?.as_bytes())?,
     }
     Ok(())
+}
+
+/// A span per reconcile to the OTLP endpoint the standard `OTEL_*` variables name; none named, none made.
+fn start_tracing() -> anyhow::Result<Option<mcp_authz_otel::Tracing>> {
+    let Some(settings) = mcp_authz_otel::Settings::from_process_env("mcp-authz-operator")? else {
+        return Ok(None);
+    };
+    let tracing = mcp_authz_otel::start(&settings, crate::spans::dropped().clone())?;
+    crate::spans::install(tracing.tracer.clone());
+    tracing::info!(endpoint = %settings.endpoint, sampler = ?settings.sampler, "tracing over OTLP");
+    Ok(Some(tracing))
 }
 
 /// JSON logs (`MCP_AUTHZ_LOG_FORMAT=json`, the chart's setting) or text, filtered by `RUST_LOG`.

@@ -31,5 +31,6 @@ pub mod reconcile;
 pub mod render;
 pub mod runtime;
 pub mod serving_tls;
+pub mod spans;
 pub mod status;
 pub mod tenancy;

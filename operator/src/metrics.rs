@@ -130,6 +130,8 @@ impl Metrics {
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles_in_flight.clone()),
+            // The span exporter's losses: one counter per process, like the exporter.
+            Box::new(crate::spans::dropped().clone()),
             Box::new(watch_events.clone()),
             Box::new(watch_errors.clone()),
             Box::new(cached_objects.clone()),

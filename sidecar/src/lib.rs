@@ -34,6 +34,7 @@ pub mod rate_limit;
 pub mod routing;
 pub mod rules;
 pub mod server;
+pub mod spans;
 pub mod strict_json;
 pub mod token;
 pub mod verdict;

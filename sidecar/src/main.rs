@@ -79,7 +79,11 @@ fn serve(args: Args) -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = SidecarConfig::load(&args.config)?;
-    let sidecar = Sidecar::start(config)
+    let tracing = mcp_authz_otel::Settings::from_process_env("mcp-authz-sidecar")?;
+    if let Some(settings) = &tracing {
+        tracing::info!(endpoint = %settings.endpoint, sampler = ?settings.sampler, "tracing over OTLP");
+    }
+    let sidecar = Sidecar::start_traced(config, tracing.as_ref())
         .await
         .context("starting the sidecar")?;
     sidecar.watch_file(

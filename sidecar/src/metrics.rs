@@ -25,6 +25,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Times the proxy stopped accepting because `limits.maxConnections` were open.
     pub connection_limit_reached: IntCounter,
+    /// Finished spans not exported, by reason (zero while tracing is off).
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -98,8 +100,10 @@ impl Metrics {
             "Times the proxy stopped accepting because limits.maxConnections were open",
         )
         .expect("metric");
+        let trace_spans_dropped = mcp_authz_otel::dropped_counter("mcp_authz_sidecar");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(trace_spans_dropped.clone()),
             Box::new(upstream_latency.clone()),
             Box::new(jwks_refreshes.clone()),
             Box::new(jwks_age.clone()),
@@ -133,6 +137,7 @@ impl Metrics {
             reloads,
             connections_open,
             connection_limit_reached,
+            trace_spans_dropped,
         }
     }
 

@@ -37,10 +37,12 @@ use crate::metrics::{Metrics, StreamGuard};
 use crate::rate_limit::Limiter;
 use crate::routing;
 use crate::rules::Policy;
+use crate::spans::{self, RequestSpans};
 use crate::token::{self, Identity, TokenError, TokenRules};
 use crate::verdict::{self, Answer, RequestFacts, Route};
 use crate::verified::{Verified, VerifiedTokens};
 use mcp_authz_audit::TraceIds;
+use mcp_authz_otel::opentelemetry_sdk::trace::SdkTracer;
 
 /// How many verified tokens are remembered (about 1 KiB each).
 const VERIFIED_TOKENS: usize = 1024;
@@ -162,6 +164,8 @@ pub struct Proxy {
     /// a lock on every call.
     allowed: prometheus::IntCounter,
     upstream_ok: prometheus::Histogram,
+    /// Only when an OTLP endpoint is configured: without it, a request makes no span at all.
+    tracer: Option<SdkTracer>,
 }
 
 /// A finished decision about a request, for metrics.
@@ -172,8 +176,14 @@ struct Outcome {
 
 impl Proxy {
     /// A proxy reading its config from `runtime` (which reload updates) and keys from `jwks`.
-    pub fn new(runtime: watch::Receiver<Arc<Runtime>>, jwks: JwksCache, metrics: Metrics) -> Self {
+    pub fn new(
+        runtime: watch::Receiver<Arc<Runtime>>,
+        jwks: JwksCache,
+        metrics: Metrics,
+        tracer: Option<SdkTracer>,
+    ) -> Self {
         Self {
+            tracer,
             runtime,
             jwks,
             client: UpstreamClient::new(),
@@ -191,7 +201,24 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let runtime = self.runtime.borrow().clone();
-        let (response, outcome) = self.decide_and_forward(&runtime, request, peer).await;
+        // Boxed, so that without tracing the request's future (boxed for every request) grows by a pointer only.
+        let mut spans = self.tracer.as_ref().map(|tracer| {
+            let header = trace_header(request.headers());
+            let (method, path) = (request.method(), request.uri().path());
+            Box::new(RequestSpans::start(
+                tracer,
+                method,
+                path,
+                request.headers(),
+                header,
+            ))
+        });
+        let (response, outcome) = self
+            .decide_and_forward(&runtime, request, peer, &mut spans)
+            .await;
+        if let Some(spans) = spans {
+            (*spans).finish(response.status().as_u16(), outcome.decision, outcome.reason);
+        }
         match (outcome.decision, outcome.reason) {
             ("allow", "ok") => self.allowed.inc(),
             (decision, reason) => self
@@ -212,6 +239,7 @@ impl Proxy {
         rt: &Runtime,
         request: Request<WireBody>,
         peer: SocketAddr,
+        spans: &mut Option<Box<RequestSpans<'_>>>,
     ) -> (Response<ProxyBody>, Outcome) {
         let route = verdict::route(
             &rt.metadata,
@@ -232,17 +260,19 @@ impl Proxy {
             Route::Authenticate | Route::Refuse(_) => {}
         }
         let http_method = request.method().as_str().to_owned();
-        let trace = TraceIds::of_header(
-            request
-                .headers()
-                .get_all("traceparent")
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
+        let trace = trace_header(request.headers());
         if let Some(refused) = verdict::misrouted(route, &http_method) {
-            return refuse(rt, refused, None, trace.as_ref());
+            return refuse(rt, refused, None, trace.as_ref(), spans);
         }
-        let (verified, token) = match self.authenticate(rt, request.headers()).await {
+        let checking = spans.as_ref().map(|_| std::time::SystemTime::now());
+        let authenticated = self.authenticate(rt, request.headers()).await;
+        if let (Some(spans), Some(start)) = (spans.as_mut(), checking) {
+            let outcome = authenticated
+                .as_ref()
+                .map_or_else(|e| e.metric_label(), |_| "ok");
+            spans.step("token_check", start, outcome);
+        }
+        let (verified, token) = match authenticated {
             Ok(found) => found,
             Err(error) => {
                 let scopes = if verdict::challenge_names_operation(&error, request.method()) {
@@ -251,7 +281,7 @@ impl Proxy {
                     None
                 };
                 let refused = verdict::unauthenticated(&http_method, &error, scopes);
-                return refuse(rt, refused, None, trace.as_ref());
+                return refuse(rt, refused, None, trace.as_ref(), spans);
             }
         };
         let (identity, scopes) = (&*verified.identity, verified.scopes.clone());
@@ -264,7 +294,7 @@ impl Proxy {
                 Ok(bytes) => bytes,
                 Err((status, reason)) => {
                     let refused = verdict::unreadable_body(status, reason);
-                    return refuse(rt, refused, Some(identity), trace.as_ref());
+                    return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
                 }
             };
             let classified = jsonrpc::classify(&bytes);
@@ -278,7 +308,8 @@ impl Proxy {
             };
             let mut decided = verdict::verdict(&rules, &facts);
             if decided.outcome == verdict::Outcome::AskIssuer {
-                facts.issuer = Some(match &rt.introspector {
+                let asking = spans.as_ref().map(|_| std::time::SystemTime::now());
+                let answer = match &rt.introspector {
                     Some(introspector) => {
                         match Box::pin(introspector.is_active(token.as_str())).await {
                             Ok(active) => Ok(active),
@@ -290,19 +321,28 @@ impl Proxy {
                     }
                     // Sensitive scopes come with an issuer to ask; a config without one cannot say.
                     None => Err("introspection_unavailable"),
-                });
+                };
+                if let (Some(spans), Some(start)) = (spans.as_mut(), asking) {
+                    let outcome = match answer {
+                        Ok(true) => "ok",
+                        Ok(false) => "inactive",
+                        Err(reason) => reason,
+                    };
+                    spans.step("introspection", start, outcome);
+                }
+                facts.issuer = Some(answer);
                 decided = verdict::verdict(&rules, &facts);
             }
             let forward = match decided.settle() {
                 Ok(forward) => forward,
-                Err(refused) => return refuse(rt, refused, Some(identity), trace.as_ref()),
+                Err(refused) => return refuse(rt, refused, Some(identity), trace.as_ref(), spans),
             };
             // Rate limits count only what was allowed, so refused attempts cannot spend a client's budget.
             if let (Some(limiter), Ok(classified)) = (&rt.limiter, classified.as_ref()) {
                 let operations = classified.messages.iter().flat_map(Message::operations);
                 let taken = limiter.take(identity, operations, Instant::now());
                 if let Some(refused) = verdict::rate_limit(taken, &classified.reply_id()) {
-                    return refuse(rt, refused, Some(identity), trace.as_ref());
+                    return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
                 }
             }
             // The MCP server's own tokens for its downstreams, obtained now that the request goes on.
@@ -326,7 +366,7 @@ impl Proxy {
                                 &obtained.connect,
                                 &crate::exchange::elicitation_id(),
                             );
-                            return refuse(rt, refused, Some(identity), trace.as_ref());
+                            return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
                         }
                         obtained.headers
                     }
@@ -336,6 +376,7 @@ impl Proxy {
                             verdict::downstream_refusal(&failure),
                             Some(identity),
                             trace.as_ref(),
+                            spans,
                         );
                     }
                 },
@@ -358,7 +399,7 @@ impl Proxy {
                 (Some(session), Some(classified)) => {
                     let claim = self.in_flight.claim(&session, classified);
                     if let Some(refused) = verdict::id_claim(claim.is_some()) {
-                        return refuse(rt, refused, Some(identity), trace.as_ref());
+                        return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
                     }
                     claim
                 }
@@ -366,6 +407,9 @@ impl Proxy {
             };
             // Written only now that the request goes on: an "allow" line is a call that reached the server.
             write_audit(rt, &forward.audit, Some(identity), trace.as_ref());
+            if let Some(spans) = spans.as_mut() {
+                spans.decided(&forward.audit, "allow", "ok");
+            }
             drop(forward);
             if era == routing::Era::Modern {
                 parts.headers.remove("mcp-session-id");
@@ -375,12 +419,12 @@ impl Proxy {
         } else {
             use hyper::body::Body as _;
             if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
-                return refuse(rt, refused, Some(identity), trace.as_ref());
+                return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
             }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
             (Bytes::new(), matcher, None, Vec::new())
         };
-        let upstream_request = match build_upstream_request(
+        let mut upstream_request = match build_upstream_request(
             rt,
             parts,
             upstream_body,
@@ -399,16 +443,29 @@ impl Proxy {
                 );
             }
         };
+        // Traced, the upstream continues the trace under the sidecar's own span; otherwise the client's
+        // `traceparent` goes on as it came.
+        let upstream_span = spans.as_mut().map(|spans| {
+            let (span, traceparent) = spans.upstream(&rt.upstream_authority);
+            if let Ok(value) = HeaderValue::from_str(&traceparent) {
+                upstream_request.headers_mut().insert("traceparent", value);
+            }
+            span
+        });
         let started = Instant::now();
-        let response = match self
+        let sent = self
             .client
             .send(
                 &rt.upstream_authority,
                 upstream_request,
                 Duration::from_millis(rt.config.limits.upstream_head_timeout_ms),
             )
-            .await
-        {
+            .await;
+        if let Some(span) = upstream_span {
+            let answer = sent.as_ref().map(|r| r.status().as_u16());
+            spans::upstream_done(span, answer.map_err(|e| e.answer().0));
+        }
+        let response = match sent {
             Ok(r) => r,
             Err(error) => {
                 self.metrics
@@ -639,13 +696,22 @@ fn refuse(
     refused: verdict::Refused<'_>,
     identity: Option<&Identity>,
     trace: Option<&TraceIds>,
+    spans: &mut Option<Box<RequestSpans<'_>>>,
 ) -> (Response<ProxyBody>, Outcome) {
     write_audit(rt, &refused.audit, identity, trace);
+    if let Some(spans) = spans.as_mut() {
+        spans.decided(&refused.audit, "deny", refused.reason);
+    }
     let outcome = Outcome {
         decision: "deny",
         reason: refused.reason,
     };
     (render(rt, refused.answer), outcome)
+}
+
+/// The ids of a request's `traceparent` header, if it has exactly one valid value.
+fn trace_header(headers: &http::HeaderMap) -> Option<TraceIds> {
+    TraceIds::of_header(headers.get_all("traceparent").iter().map(|v| v.as_bytes()))
 }
 
 /// The most audit records one request writes. A batch may hold 256 operations, each refused with its own record:

@@ -25,6 +25,9 @@ pub enum StartError {
     /// Bad CA bundle.
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// Tracing could not start.
+    #[error("tracing: {0}")]
+    Tracing(#[from] mcp_authz_otel::StartError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -42,6 +45,7 @@ impl StartError {
             Self::Config(e) => e.metric_label(),
             Self::Fetch(e) => e.metric_label(),
             Self::Bind { .. } => "bind",
+            Self::Tracing(_) => "tracing",
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct Sidecar {
     pub config: ConfigHandle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    tracing: Option<mcp_authz_otel::Tracing>,
 }
 
 /// Applies new configs to a running sidecar.
@@ -102,9 +107,21 @@ impl ConfigHandle {
 }
 
 impl Sidecar {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, without tracing.
     pub async fn start(config: SidecarConfig) -> Result<Self, StartError> {
+        Self::start_traced(config, None).await
+    }
+
+    /// Binds both listeners and starts serving; with `tracing` settings, every request is traced and its spans
+    /// exported over OTLP.
+    pub async fn start_traced(
+        config: SidecarConfig,
+        tracing: Option<&mcp_authz_otel::Settings>,
+    ) -> Result<Self, StartError> {
         let metrics = Metrics::new();
+        let tracing = tracing
+            .map(|settings| mcp_authz_otel::start(settings, metrics.trace_spans_dropped.clone()))
+            .transpose()?;
         let fetcher = Fetcher::new(config.issuer_ca_file.as_deref())?;
         let source = JwksSource {
             uri: config.jwks_uri.clone(),
@@ -139,6 +156,7 @@ impl Sidecar {
             runtime_rx.clone(),
             jwks.clone(),
             metrics.clone(),
+            tracing.as_ref().map(|t| t.tracer.clone()),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
@@ -169,6 +187,7 @@ impl Sidecar {
             config,
             shutdown,
             tasks,
+            tracing,
         })
     }
 
@@ -212,6 +231,10 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(tracing) = self.tracing {
+            // Sends the spans still queued; waits on the export thread, not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
     }
 }

@@ -57,6 +57,7 @@ async fn labelled_pods_are_injected_or_refused() {
             image: "ghcr.io/mcp-authz/mcp-authz-sidecar:test".into(),
             version: "test".into(),
             native_sidecars: supports_native_sidecars(&version.major, &version.minor),
+            tracing: Vec::new(),
         },
         metrics: metrics.clone(),
     });

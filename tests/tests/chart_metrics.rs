@@ -57,6 +57,12 @@ fn queries() -> Vec<String> {
                 serde_json::from_str(obj["data"]["mcp-authz.json"].as_str().expect("text"))
                     .expect("JSON");
             for panel in dashboard["panels"].as_array().expect("panels") {
+                // Trace panels query the Traces data source (Jaeger searches), not Prometheus.
+                if panel["datasource"]["type"] == "jaeger" {
+                    assert_eq!(panel["datasource"]["uid"], "${traces}", "{panel}");
+                    continue;
+                }
+                assert_eq!(panel["datasource"]["type"], "prometheus", "{panel}");
                 for target in panel["targets"].as_array().expect("targets") {
                     queries.push(
                         target["expr"]

@@ -703,3 +703,49 @@ fn operator_cluster_role(objs: &[Value]) -> &Value {
         .find(|r| r["metadata"]["name"] == "mcp-authz-operator")
         .expect("the operator's ClusterRole")
 }
+
+#[test]
+fn the_tracing_values_become_the_operators_otel_environment_and_reach_what_it_renders() {
+    let off = objects(&[]);
+    for name in mcp_authz_operator::render::tracing_env::PASSED_ON {
+        assert_eq!(operator_env(&off, name), None, "{name} without an endpoint");
+    }
+    let objs = objects(&[
+        "tracing.otlpEndpoint=http://otel.monitoring.svc.cluster.local:4318",
+        "tracing.ratio=0.25",
+        "tracing.resourceAttributes.deployment\\.environment=prod",
+    ]);
+    for (name, value) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel.monitoring.svc.cluster.local:4318",
+        ),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+    ] {
+        assert_eq!(operator_env(&objs, name).as_deref(), Some(value), "{name}");
+    }
+    // What the operator reads from that environment is what it hands on, each program named on its own.
+    let handed =
+        mcp_authz_operator::render::tracing_env::from_env(|name| operator_env(&objs, name));
+    let sidecar = mcp_authz_operator::render::tracing_env::env_vars(&handed, "mcp-authz-sidecar");
+    assert_eq!(sidecar.len(), 5, "{sidecar:?}");
+    assert!(
+        sidecar
+            .iter()
+            .any(|e| e.name == "OTEL_SERVICE_NAME"
+                && e.value.as_deref() == Some("mcp-authz-sidecar"))
+    );
+    // The schema refuses what no program could honour.
+    for bad in [
+        "tracing.sampler=jaeger_remote",
+        "tracing.ratio=2",
+        "tracing.otlpEndpoint=collector:4318",
+    ] {
+        assert!(
+            template(&["tracing.otlpEndpoint=http://c:4318", bad]).is_err(),
+            "{bad}"
+        );
+    }
+}

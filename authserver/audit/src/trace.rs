@@ -8,6 +8,8 @@
 pub struct TraceIds {
     trace_id: [u8; 32],
     parent_id: [u8; 16],
+    /// The trace flags' byte; of its bits only `sampled` (the lowest) is defined.
+    flags: u8,
 }
 
 impl TraceIds {
@@ -43,9 +45,11 @@ impl TraceIds {
         {
             return None;
         }
+        let flags = u8::from_str_radix(std::str::from_utf8(flags).ok()?, 16).ok()?;
         let mut ids = TraceIds {
             trace_id: [0; 32],
             parent_id: [0; 16],
+            flags,
         };
         ids.trace_id.copy_from_slice(trace_id);
         ids.parent_id.copy_from_slice(parent_id);
@@ -71,6 +75,11 @@ impl TraceIds {
     pub fn parent_id(&self) -> &str {
         std::str::from_utf8(&self.parent_id).unwrap_or_default()
     }
+
+    /// Whether the caller may have recorded its span (the `sampled` flag), which a parent-based sampler follows.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -91,6 +100,16 @@ mod tests {
         let ok = format!("00-{TRACE}-{PARENT}-01");
         let ids = TraceIds::parse(&ok).expect("valid");
         assert_eq!((ids.trace_id(), ids.parent_id()), (TRACE, PARENT));
+        for (flags, sampled) in [
+            ("01", true),
+            ("00", false),
+            ("03", true),
+            ("02", false),
+            ("ff", true),
+        ] {
+            let ids = TraceIds::parse(&format!("00-{TRACE}-{PARENT}-{flags}")).expect("valid");
+            assert_eq!(ids.sampled(), sampled, "{flags}");
+        }
         let cases: &[(String, bool)] = &[
             (ok.clone(), true),
             (format!("00-{TRACE}-{PARENT}-00"), true),

@@ -76,6 +76,15 @@ impl Fetcher {
 
     /// GET `url` (already shape-checked) reading at most `max_bytes` of body.
     pub async fn get(&self, url: &Url, max_bytes: usize) -> Result<Fetched, CimdError> {
+        let mut span = crate::spans::cimd_fetch(url.host_str().unwrap_or_default());
+        let fetched = self.get_bounded(url, max_bytes).await;
+        if let Err(error) = &fetched {
+            span.failed(error.metric_label());
+        }
+        fetched
+    }
+
+    async fn get_bounded(&self, url: &Url, max_bytes: usize) -> Result<Fetched, CimdError> {
         // IP literals never reach the resolver, so they are checked here.
         let literal = match url.host() {
             Some(Host::Ipv4(ip)) => Some(ip.into()),

@@ -235,6 +235,7 @@ const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_typ
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        let _span = crate::spans::store("ping");
         if !self.batch.writer_alive() {
             return Err(StoreError::Unavailable(
                 "the store's writer has stopped".into(),
@@ -245,6 +246,7 @@ impl Store for SqlStore {
     }
 
     async fn put_auth_request(&self, request: &AuthRequest) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_auth_request");
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
@@ -264,6 +266,7 @@ impl Store for SqlStore {
         id: &str,
         now: Timestamp,
     ) -> Result<Option<AuthRequest>, StoreError> {
+        let _span = crate::spans::store("auth_request");
         let row = sqlx::query("SELECT body FROM auth_requests WHERE id = $1 AND expires_at > $2")
             .bind(id)
             .bind(now)
@@ -277,6 +280,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("delete_auth_request");
         sqlx::query("DELETE FROM auth_requests WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -285,6 +289,7 @@ impl Store for SqlStore {
     }
 
     async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("pending_auth_requests");
         let row = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
             .bind(now)
             .fetch_one(&self.pool)
@@ -293,6 +298,7 @@ impl Store for SqlStore {
     }
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_code");
         sqlx::query(
             "INSERT INTO codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, expires_at, used)
              VALUES ($1, $2, $3, $4, $5, $6, 0)",
@@ -309,6 +315,7 @@ impl Store for SqlStore {
     }
 
     async fn code_grant(&self, code_hash: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("code_grant");
         let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
             .bind(code_hash)
             .fetch_optional(&self.pool)
@@ -321,6 +328,7 @@ impl Store for SqlStore {
         code_hash: &str,
         now: Timestamp,
     ) -> Result<CodeRedemption, StoreError> {
+        let _span = crate::spans::store("redeem_code");
         // The conditional update is the single-use guarantee: two replicas racing get one row between them.
         let spent = sqlx::query(
             "UPDATE codes SET used = 1 WHERE code_hash = $1 AND used = 0
@@ -356,6 +364,7 @@ impl Store for SqlStore {
     }
 
     async fn put_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_grant");
         self.batch
             .write(Issue {
                 grant: Some(g.clone()),
@@ -366,6 +375,7 @@ impl Store for SqlStore {
     }
 
     async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let _span = crate::spans::store("grant");
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
         )))
@@ -381,6 +391,7 @@ impl Store for SqlStore {
         now: Timestamp,
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError> {
+        let _span = crate::spans::store("list_grants");
         // Absent filters bind NULL and match everything, so the statement text never depends on input.
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {GRANT_COLUMNS} FROM grants
@@ -405,6 +416,7 @@ impl Store for SqlStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("revoke_grant");
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE grants SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
@@ -468,6 +480,7 @@ impl Store for SqlStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
+        let _span = crate::spans::store("revoke_grants");
         // The same filter in every statement; tokens first, while their grants still match `revoked_at IS NULL`.
         const MATCHING: &str = "SELECT id FROM grants
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR resource = $3)
@@ -535,6 +548,7 @@ impl Store for SqlStore {
         grant_id: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_refresh_token");
         sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, expires_at, used) VALUES ($1, $2, $3, 0)")
             .bind(token_hash)
             .bind(grant_id)
@@ -550,6 +564,7 @@ impl Store for SqlStore {
         new_hash: &str,
         now: Timestamp,
     ) -> Result<RefreshRotation, StoreError> {
+        let _span = crate::spans::store("rotate_refresh_token");
         let mut tx = self.pool.begin().await?;
         let spent = sqlx::query(
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0 AND expires_at > $2
@@ -587,6 +602,7 @@ impl Store for SqlStore {
     }
 
     async fn refresh_token_owner(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("refresh_token_owner");
         let row = sqlx::query("SELECT grant_id FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
@@ -599,6 +615,7 @@ impl Store for SqlStore {
         token_hash: &str,
         now: Timestamp,
     ) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("refresh_token_grant");
         let row = sqlx::query("SELECT grant_id FROM refresh_tokens WHERE token_hash = $1 AND used = 0 AND expires_at > $2")
             .bind(token_hash)
             .bind(now)
@@ -613,6 +630,7 @@ impl Store for SqlStore {
         grant_id: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_access_token");
         self.batch
             .write(Issue {
                 access_token: Some(AccessTokenRecord {
@@ -627,6 +645,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_grant(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("access_token_grant");
         let row = sqlx::query("SELECT grant_id FROM access_tokens WHERE jti = $1")
             .bind(jti)
             .fetch_optional(&self.pool)
@@ -635,6 +654,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_access_token(&self, jti: &str, now: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("revoke_access_token");
         sqlx::query(
             "UPDATE access_tokens SET revoked_at = $2 WHERE jti = $1 AND revoked_at IS NULL",
         )
@@ -646,6 +666,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("access_token_revoked");
         let row = sqlx::query(
             "SELECT a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
              FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
@@ -663,6 +684,7 @@ impl Store for SqlStore {
     }
 
     async fn access_token_state(&self, jti: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let _span = crate::spans::store("access_token_state");
         let row = sqlx::query(
             "SELECT a.grant_id AS grant_id, a.revoked_at AS token_revoked, g.revoked_at AS grant_revoked
              FROM access_tokens a LEFT JOIN grants g ON g.id = a.grant_id WHERE a.jti = $1",
@@ -679,6 +701,7 @@ impl Store for SqlStore {
     }
 
     async fn has_consent(&self, c: &Consent<'_>) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("has_consent");
         let row = sqlx::query(
             "SELECT 1 AS one FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3 AND scopes = $4
                AND client_fingerprint = $5",
@@ -694,6 +717,7 @@ impl Store for SqlStore {
     }
 
     async fn put_consent(&self, c: &Consent<'_>, now: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_consent");
         sqlx::query(
             "INSERT INTO consents (subject, client_id, resource, scopes, granted_at, client_fingerprint)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -717,6 +741,7 @@ impl Store for SqlStore {
         jti: &str,
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("use_assertion_id");
         self.batch
             .write(Issue {
                 claim: Some(AssertionClaim {
@@ -730,6 +755,7 @@ impl Store for SqlStore {
     }
 
     async fn record_issue(&self, issue: Issue) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("record_issue");
         self.batch.write(issue).await
     }
 
@@ -739,6 +765,7 @@ impl Store for SqlStore {
         subject: &str,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_session");
         sqlx::query("INSERT INTO sessions (id_hash, subject, expires_at) VALUES ($1, $2, $3)")
             .bind(id_hash)
             .bind(subject)
@@ -753,6 +780,7 @@ impl Store for SqlStore {
         id_hash: &str,
         now: Timestamp,
     ) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("session_subject");
         let row =
             sqlx::query("SELECT subject FROM sessions WHERE id_hash = $1 AND expires_at > $2")
                 .bind(id_hash)
@@ -763,6 +791,7 @@ impl Store for SqlStore {
     }
 
     async fn put_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_audit");
         self.batch
             .write(Issue {
                 audit: Some(e.clone()),
@@ -773,6 +802,7 @@ impl Store for SqlStore {
     }
 
     async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let _span = crate::spans::store("recent_audit");
         let rows = sqlx::query(
             "SELECT at, event, subject, client_id, resource, scopes, outcome, reason FROM audit_events
              ORDER BY at DESC LIMIT $1",
@@ -802,6 +832,7 @@ impl Store for SqlStore {
         config_json: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_dynamic_client");
         sqlx::query(
             "INSERT INTO dynamic_clients (client_id, config, created_at) VALUES ($1, $2, $3)",
         )
@@ -814,6 +845,7 @@ impl Store for SqlStore {
     }
 
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("dynamic_client");
         let row = sqlx::query("SELECT config FROM dynamic_clients WHERE client_id = $1")
             .bind(client_id)
             .fetch_optional(&self.pool)
@@ -822,6 +854,7 @@ impl Store for SqlStore {
     }
 
     async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("dynamic_clients_since");
         let row = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
             .bind(since)
             .fetch_one(&self.pool)
@@ -833,6 +866,7 @@ impl Store for SqlStore {
         &self,
         username_hash: &str,
     ) -> Result<Option<(i64, Timestamp)>, StoreError> {
+        let _span = crate::spans::store("login_failures");
         let row =
             sqlx::query("SELECT failures, expires_at FROM login_failures WHERE username_hash = $1")
                 .bind(username_hash)
@@ -849,6 +883,7 @@ impl Store for SqlStore {
         now: Timestamp,
         window_secs: i64,
     ) -> Result<i64, StoreError> {
+        let _span = crate::spans::store("record_login_failure");
         // One statement, so concurrent failures on several replicas all count, each seeing its own number.
         let row = sqlx::query(
             "INSERT INTO login_failures (username_hash, window_started, failures, expires_at)
@@ -868,6 +903,7 @@ impl Store for SqlStore {
     }
 
     async fn clear_login_failures(&self, username_hash: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("clear_login_failures");
         sqlx::query("DELETE FROM login_failures WHERE username_hash = $1")
             .bind(username_hash)
             .execute(&self.pool)
@@ -876,6 +912,7 @@ impl Store for SqlStore {
     }
 
     async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("forget_login_failure");
         sqlx::query(
             "UPDATE login_failures SET failures = failures - 1 WHERE username_hash = $1 AND failures > 0",
         )
@@ -886,6 +923,7 @@ impl Store for SqlStore {
     }
 
     async fn put_connect_request(&self, request: &ConnectRequest) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_connect_request");
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("INSERT INTO connect_requests (id, body, expires_at) VALUES ($1, $2, $3)")
@@ -902,6 +940,7 @@ impl Store for SqlStore {
         id: &str,
         now: Timestamp,
     ) -> Result<Option<ConnectRequest>, StoreError> {
+        let _span = crate::spans::store("take_connect_request");
         let row =
             sqlx::query("DELETE FROM connect_requests WHERE id = $1 RETURNING body, expires_at")
                 .bind(id)
@@ -918,6 +957,7 @@ impl Store for SqlStore {
     }
 
     async fn put_connection(&self, c: &ProviderConnection) -> Result<(), StoreError> {
+        let _span = crate::spans::store("put_connection");
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO provider_connections ({CONNECTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (subject, provider) DO UPDATE SET key_id = excluded.key_id,
@@ -944,6 +984,7 @@ impl Store for SqlStore {
         subject: &str,
         provider: &str,
     ) -> Result<Option<ProviderConnection>, StoreError> {
+        let _span = crate::spans::store("connection");
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {CONNECTION_COLUMNS} FROM provider_connections WHERE subject = $1 AND provider = $2"
         )))
@@ -959,6 +1000,7 @@ impl Store for SqlStore {
         c: &ProviderConnection,
         previous_access_sealed: &str,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("replace_connection");
         let changed = sqlx::query(
             "UPDATE provider_connections SET key_id = $3, refresh_sealed = $4, access_sealed = $5,
                access_expires_at = $6, scopes = $7, updated_at = $8, refreshing_until = NULL
@@ -980,6 +1022,7 @@ impl Store for SqlStore {
     }
 
     async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+        let _span = crate::spans::store("queued_revocations");
         let rows = sqlx::query(
             "SELECT refresh_sealed, subject, provider, key_id, queued_at FROM provider_revocations
              ORDER BY queued_at LIMIT $1",
@@ -1001,6 +1044,7 @@ impl Store for SqlStore {
     }
 
     async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("forget_revocation");
         sqlx::query("DELETE FROM provider_revocations WHERE refresh_sealed = $1")
             .bind(refresh_sealed)
             .execute(&self.pool)
@@ -1016,6 +1060,7 @@ impl Store for SqlStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<bool, StoreError> {
+        let _span = crate::spans::store("claim_refresh");
         let claimed = sqlx::query(
             "UPDATE provider_connections SET refreshing_until = $5
              WHERE subject = $1 AND provider = $2 AND access_sealed = $3
@@ -1033,6 +1078,7 @@ impl Store for SqlStore {
     }
 
     async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError> {
+        let _span = crate::spans::store("release_refresh");
         sqlx::query(
             "UPDATE provider_connections SET refreshing_until = NULL WHERE subject = $1 AND provider = $2",
         )
@@ -1048,6 +1094,7 @@ impl Store for SqlStore {
         subject: &str,
         provider: &str,
     ) -> Result<Option<ProviderConnection>, StoreError> {
+        let _span = crate::spans::store("delete_connection");
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM provider_connections WHERE subject = $1 AND provider = $2 RETURNING {CONNECTION_COLUMNS}"
@@ -1071,6 +1118,7 @@ impl Store for SqlStore {
         provider: &str,
         grant_id: &str,
     ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("link_connection");
         sqlx::query(
             "INSERT INTO provider_connection_grants (grant_id, subject, provider) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -1084,6 +1132,7 @@ impl Store for SqlStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let _span = crate::spans::store("purge_expired");
         let mut purged = 0;
         // Spent codes are kept until they expire so a replay is still recognised (and revokes) until then.
         // An assertion id is kept a while past its expiry: a replay verified in the assertion's last second is

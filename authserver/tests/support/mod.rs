@@ -663,6 +663,14 @@ pub fn error_of(body: &Value) -> (&str, &str) {
 pub async fn start_binary(
     stdout: std::process::Stdio,
 ) -> (tempfile::TempDir, std::process::Child, String) {
+    start_binary_with_env(stdout, &[]).await
+}
+
+/// `start_binary` with these environment variables set.
+pub async fn start_binary_with_env(
+    stdout: std::process::Stdio,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, std::process::Child, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = base_config(dir.path(), port);
@@ -671,6 +679,7 @@ pub async fn start_binary(
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-authz-server"))
         .arg("--config")
         .arg(&config_path)
+        .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(std::process::Stdio::null())
         .spawn()

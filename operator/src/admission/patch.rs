@@ -25,6 +25,8 @@ pub struct SidecarDefaults {
     /// Whether the API server runs native sidecars (init containers with `restartPolicy: Always`,
     /// Kubernetes 1.29 and newer).
     pub native_sidecars: bool,
+    /// The `OTEL_*` variables the sidecar gets (`render::tracing_env`); empty when tracing is off.
+    pub tracing: Vec<(String, String)>,
 }
 
 /// The webhook's answer for one pod.
@@ -185,6 +187,11 @@ pub fn sidecar_container(service: &MCPService, defaults: &SidecarDefaults) -> Co
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         restart_policy: defaults.native_sidecars.then(|| "Always".to_owned()),
+        env: Some(crate::render::tracing_env::env_vars(
+            &defaults.tracing,
+            "mcp-authz-sidecar",
+        ))
+        .filter(|env| !env.is_empty()),
         ..Default::default()
     }
 }
@@ -349,7 +356,35 @@ mod tests {
             image: "ghcr.io/mcp-authz/sidecar:0.1.0".into(),
             version: "0.1.0".into(),
             native_sidecars: native,
+            tracing: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_sidecar_gets_the_tracing_env_only_when_tracing_is_on() {
+        let service = service("files", &[("app", "files")]);
+        let off = sidecar_container(&service, &defaults(true));
+        assert_eq!(off.env, None);
+        let mut on = defaults(true);
+        on.tracing = vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://otel.monitoring.svc:4318".into(),
+        )];
+        let env = sidecar_container(&service, &on).env.expect("env");
+        let pairs: Vec<(&str, Option<&str>)> = env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    Some("http://otel.monitoring.svc:4318")
+                ),
+                ("OTEL_SERVICE_NAME", Some("mcp-authz-sidecar")),
+            ]
+        );
     }
 
     fn apply(pod: &Pod, ops: &[Value]) -> Pod {

@@ -72,6 +72,9 @@ pub enum LocalError {
         /// Why.
         message: String,
     },
+    /// An `OTEL_*` variable cannot be honoured, or the span export did not start.
+    #[error("tracing: {0}")]
+    Tracing(String),
     /// Something did not answer in time.
     #[error("{what} did not answer at {url} within {seconds} s")]
     NotReady {
@@ -96,6 +99,7 @@ impl LocalError {
             Self::Audit(_) => "audit",
             Self::Sidecar { .. } => "sidecar",
             Self::NotReady { .. } => "not_ready",
+            Self::Tracing(_) => "tracing",
         }
     }
 }
@@ -375,6 +379,20 @@ pub async fn run(
     let mut plan = load_plan(&options)?;
     write_state(&plan)?;
 
+    // The same `OTEL_*` variables as in a cluster: the authorization server's spans and each sidecar's go to that
+    // endpoint, under their own service names (unless OTEL_SERVICE_NAME names them all).
+    let tracing = match mcp_authz_otel::Settings::from_process_env("mcp-authz-server")
+        .map_err(|e| LocalError::Tracing(e.to_string()))?
+    {
+        Some(settings) => {
+            let dropped = mcp_authz_authserver::spans::dropped().clone();
+            let tracing = mcp_authz_otel::start(&settings, dropped)
+                .map_err(|e| LocalError::Tracing(e.to_string()))?;
+            mcp_authz_authserver::spans::install(tracing.tracer.clone());
+            Some(tracing)
+        }
+        None => None,
+    };
     let authserver = mcp_authz_authserver::server::start(
         plan.authserver.clone(),
         Some(plan.authserver_file.clone()),
@@ -426,19 +444,23 @@ pub async fn run(
         sidecar.shutdown().await;
     }
     authserver.stop().await;
+    if let Some(tracing) = tracing {
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     Ok(())
 }
 
 async fn start_sidecar(
     service: &plan::LocalService,
 ) -> Result<(Sidecar, tokio::task::JoinHandle<()>), LocalError> {
-    let sidecar =
-        Sidecar::start(service.config.clone())
-            .await
-            .map_err(|e| LocalError::Sidecar {
-                service: service.key.clone(),
-                message: e.to_string(),
-            })?;
+    let tracing = mcp_authz_otel::Settings::from_process_env("mcp-authz-sidecar")
+        .map_err(|e| LocalError::Tracing(e.to_string()))?;
+    let sidecar = Sidecar::start_traced(service.config.clone(), tracing.as_ref())
+        .await
+        .map_err(|e| LocalError::Sidecar {
+            service: service.key.clone(),
+            message: e.to_string(),
+        })?;
     let watcher = sidecar.watch_file(service.config_file.clone(), SIDECAR_RELOAD_EVERY);
     Ok((sidecar, watcher))
 }

@@ -37,10 +37,12 @@ pub async fn reconcile(
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
     let _running = ctx.metrics.reconcile_running("AuthorizationServer");
+    let span = crate::spans::reconcile("AuthorizationServer", server.as_ref());
     let started = std::time::Instant::now();
     tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), uid = ?server.uid(), "reconcile starts");
     let result = reconcile_inner(&server, &ctx).await;
     tracing::debug!(server = %crate::tenancy::key_of(server.as_ref()), ok = result.is_ok(), elapsed = ?started.elapsed(), "reconcile ends");
+    span.finish(&result);
     let outcome = result
         .as_ref()
         .map_or_else(ReconcileError::metric_label, |_| "ok");

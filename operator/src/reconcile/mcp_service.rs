@@ -183,12 +183,14 @@ pub async fn reconcile(
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
     let _running = ctx.metrics.reconcile_running("MCPService");
+    let span = crate::spans::reconcile("MCPService", service.as_ref());
     let started = std::time::Instant::now();
     let key = crate::tenancy::key_of(service.as_ref());
     tracing::debug!(service = %key, "reconcile starts");
     let result = reconcile_inner(&service, &ctx).await;
     tracing::debug!(service = %key, ready = ?result.as_ref().ok().map(|(_, ready)| ready), elapsed = ?started.elapsed(), "reconcile ends");
     let result = result.map(|(action, _)| action);
+    span.finish(&result);
     let outcome = result
         .as_ref()
         .map_or_else(ReconcileError::metric_label, |_| "ok");

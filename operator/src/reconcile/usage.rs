@@ -240,7 +240,9 @@ pub async fn reconcile_scope(
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
     let _running = ctx.metrics.reconcile_running("MCPScope");
+    let span = crate::spans::reconcile("MCPScope", scope.as_ref());
     let result = scope_status(&scope, &ctx).await;
+    span.finish(&result);
     count(&ctx, "MCPScope", &result);
     if result.is_ok() {
         ctx.succeeded(scope.as_ref());
@@ -280,7 +282,9 @@ pub async fn reconcile_policy(
         return Ok(Action::requeue(FOLLOWER_REQUEUE));
     }
     let _running = ctx.metrics.reconcile_running("CIMDPolicy");
+    let span = crate::spans::reconcile("CIMDPolicy", policy.as_ref());
     let result = policy_status(&policy, &ctx).await;
+    span.finish(&result);
     count(&ctx, "CIMDPolicy", &result);
     if result.is_ok() {
         ctx.succeeded(policy.as_ref());

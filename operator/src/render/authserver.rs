@@ -588,7 +588,13 @@ pub fn render(
             "--config".into(),
             format!("{CONFIG_DIR}/{}", naming::AUTHSERVER_CONFIG_FILE),
         ]),
-        env: (!env.is_empty()).then_some(env),
+        env: {
+            env.extend(super::tracing_env::env_vars(
+                &settings.tracing,
+                "mcp-authz-server",
+            ));
+            (!env.is_empty()).then_some(env)
+        },
         ports: Some(
             [
                 ("http", AUTHSERVER_PORT),
@@ -1501,6 +1507,69 @@ mod tests {
                 certificate
             ],
             "back at one replica, the budget goes"
+        );
+    }
+
+    /// The operator's tracing settings reach the server's container, named as the server; none without them.
+    #[test]
+    fn the_server_gets_the_tracing_env_only_when_tracing_is_on() {
+        let server = server(json!({}));
+        let inputs = Inputs {
+            server: &server,
+            services: &[],
+            scopes: &[],
+            policies: &[],
+            namespaces: &NamespaceLabels::new(),
+            clients: &[],
+            client_secrets: None,
+        };
+        let otel_env = |settings: &RenderSettings| -> Vec<(String, String)> {
+            let objects = render(&inputs, settings).expect("render");
+            let deployment = objects
+                .iter()
+                .find(|o| o.kind == "Deployment")
+                .expect("deployment");
+            deployment.body["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .map(|env| {
+                    env.iter()
+                        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("OTEL_")))
+                        .map(|e| {
+                            (
+                                e["name"].as_str().unwrap_or_default().to_owned(),
+                                e["value"].as_str().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(otel_env(&RenderSettings::default()), vec![]);
+        let traced = RenderSettings {
+            tracing: vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    "http://otel.monitoring.svc:4318".into(),
+                ),
+                ("OTEL_TRACES_SAMPLER_ARG".into(), "0.01".into()),
+            ],
+            ..RenderSettings::default()
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            otel_env(&traced),
+            pairs(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "http://otel.monitoring.svc:4318"
+                ),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ("OTEL_SERVICE_NAME", "mcp-authz-server"),
+            ])
         );
     }
 

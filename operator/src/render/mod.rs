@@ -7,6 +7,7 @@ pub mod clients;
 pub mod exchange;
 pub mod manifests;
 pub mod sidecar;
+pub mod tracing_env;
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,9 @@ pub struct RenderSettings {
     /// Who may reach the sidecars' admin port (`/metrics`) through each MCPService's NetworkPolicy; nobody
     /// when `None`.
     pub metrics_scrapers: Option<Scrapers>,
+    /// The `OTEL_*` variables handed on to the authorization server and the sidecars (`tracing_env`); empty
+    /// when tracing is off.
+    pub tracing: Vec<(String, String)>,
 }
 
 /// The pods allowed to scrape the sidecars' admin port: those matching `pods` (all, when empty) in the
@@ -89,6 +93,7 @@ impl Default for RenderSettings {
             version,
             authserver_tls_extra_names: Vec::new(),
             metrics_scrapers: None,
+            tracing: Vec::new(),
         }
     }
 }

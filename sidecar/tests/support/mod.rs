@@ -380,3 +380,10 @@ pub fn call(id: u64, tool: &str) -> String {
 pub fn body(full: Bytes) -> Body {
     Full::new(full).boxed()
 }
+
+/// The plain HTTP/1.1 client the tests send with.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}

@@ -1,0 +1,430 @@
+//! Tracing through the real `mcp-authz-sidecar` binary into a real Jaeger (issue 20): a client's trace goes on
+//! through the sidecar to the upstream, from the `traceparent` header or from the message's `_meta`, with the
+//! sidecar's spans (token check, decision, upstream call) parented on the client's span and the upstream's
+//! `traceparent` naming the sidecar's upstream span; refusals are traced too; no span holds the token. Without
+//! an OTLP endpoint the client's trace context reaches the upstream untouched.
+//!
+//! The Jaeger tests need `MCP_AUTHZ_JAEGER` (tests/setup/17-jaeger.sh, which `tests/run-all` sources).
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use mcp_authz_otel::testing::{Jaeger, Trace, parent_of, tag};
+use mcp_authz_sidecar::testing::{TestKey, claims_for, now};
+use serde_json::{Value, json};
+use support::{Harness, JwksServer, Upstream, call, post_request};
+
+/// The sidecar binary, killed on drop.
+struct SidecarProcess {
+    child: Child,
+    proxy: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary sending its spans to `jaeger`, sampling as the client decided.
+fn start_traced(upstream: &Upstream, jwks: &JwksServer, jaeger: &Jaeger) -> SidecarProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.json");
+    let config = support::config(&upstream.url(), &jwks.url());
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mcp-authz-sidecar"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--audit-output", "off"])
+        .env("RUST_LOG", "info")
+        .env("MCP_AUTHZ_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sidecar = SidecarProcess {
+        child,
+        proxy: String::new(),
+        _dir: dir,
+    };
+    let mut stderr = BufReader::new(sidecar.child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the sidecar exited before listening"
+        );
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["fields"]["message"] == "sidecar listening" {
+            let addr = event["fields"]["proxy_addr"].as_str().unwrap();
+            sidecar.proxy = format!("http://{addr}");
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    sidecar
+}
+
+/// Fresh ids for a client span: a trace id and a span id in lowercase hex.
+fn client_span() -> (String, String) {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seed = nanos ^ (u128::from(std::process::id()) << 64);
+    let trace = format!("{:032x}", seed | 1 << 127);
+    let span = format!("{:016x}", (seed as u64).rotate_left(17) | 1);
+    (trace, span)
+}
+
+fn token(key: &TestKey, scope: &str) -> String {
+    let mut claims = claims_for(now());
+    claims["scope"] = json!(scope);
+    key.sign(&claims)
+}
+
+async fn send(
+    client: &support::HttpClient,
+    proxy: &str,
+    token: &str,
+    body: &str,
+    traceparent: Option<&str>,
+) -> StatusCode {
+    let mut request = post_request(&format!("{proxy}/mcp"), Some(token), body);
+    if let Some(value) = traceparent {
+        request
+            .headers_mut()
+            .insert("traceparent", value.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("tracestate", "client=abc".parse().unwrap());
+    }
+    let (status, _, _) = support::collect(client.request(request).await.unwrap()).await;
+    status
+}
+
+/// The `traceparent` the upstream received with the request whose body contains `marker`.
+fn received_traceparent(upstream: &Upstream, marker: &str) -> String {
+    let seen = upstream.seen();
+    let request = seen
+        .iter()
+        .find(|s| String::from_utf8_lossy(&s.body).contains(marker))
+        .expect("the upstream got the request");
+    request.headers["traceparent"].to_str().unwrap().to_owned()
+}
+
+/// The sidecar's spans of one request all hang off its server span, which hangs off the client's span.
+fn assert_sidecar_spans(trace: &Trace, client_span: &str) -> Value {
+    let server = trace.one("POST").clone();
+    assert_eq!(trace.service_of(&server), "mcp-authz-sidecar");
+    assert_eq!(parent_of(&server), Some(client_span), "{server}");
+    assert_eq!(tag(&server, "span.kind"), Some(&json!("server")));
+    assert_eq!(tag(&server, "http.response.status_code"), Some(&json!(200)));
+    assert_eq!(tag(&server, "url.path"), Some(&json!("/mcp")));
+    let server_id = server["spanID"].as_str().unwrap();
+    for child in ["token_check", "decision", "upstream"] {
+        let span = trace.one(child);
+        assert_eq!(parent_of(span), Some(server_id), "{child}: {span}");
+    }
+    assert_eq!(
+        tag(trace.one("token_check"), "mcp_authz.outcome"),
+        Some(&json!("ok"))
+    );
+    let decision = trace.one("decision");
+    assert_eq!(tag(decision, "mcp.method.name"), Some(&json!("tools/call")));
+    assert_eq!(tag(decision, "gen_ai.tool.name"), Some(&json!("get_user")));
+    assert_eq!(tag(decision, "mcp_authz.decision"), Some(&json!("allow")));
+    assert_eq!(
+        tag(trace.one("upstream"), "span.kind"),
+        Some(&json!("client"))
+    );
+    assert_eq!(
+        tag(trace.one("upstream"), "http.response.status_code"),
+        Some(&json!(200))
+    );
+    trace.one("upstream").clone()
+}
+
+fn has(operations: &'static [&'static str]) -> impl Fn(&Trace) -> bool {
+    move |trace| operations.iter().all(|op| !trace.named(op).is_empty())
+}
+
+#[tokio::test]
+async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
+    let Some(jaeger) = Jaeger::start().await else {
+        eprintln!("skipped: MCP_AUTHZ_JAEGER is not set (tests/setup/17-jaeger.sh)");
+        return;
+    };
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = start_traced(&upstream, &jwks, &jaeger);
+    let client = support::client();
+    let read = token(&key, "mcp:read");
+
+    // 1. The header: the sidecar's spans continue the client's, the upstream continues the sidecar's.
+    let (trace_id, parent) = client_span();
+    let traceparent = format!("00-{trace_id}-{parent}-01");
+    let body = json!({"jsonrpc":"2.0","id":"header-1","method":"tools/call","params":{"name":"get_user","arguments":{}}});
+    let status = send(
+        &client,
+        &sidecar.proxy,
+        &read,
+        &body.to_string(),
+        Some(&traceparent),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let received = received_traceparent(&upstream, "header-1");
+    let trace = jaeger
+        .trace(
+            &trace_id,
+            has(&["POST", "token_check", "decision", "upstream"]),
+        )
+        .await;
+    let upstream_span = assert_sidecar_spans(&trace, &parent);
+    let expected = format!(
+        "00-{trace_id}-{}-01",
+        upstream_span["spanID"].as_str().unwrap()
+    );
+    assert_eq!(
+        received, expected,
+        "the upstream's parent is the sidecar's upstream span"
+    );
+    // The client's `tracestate` goes on with it.
+    let seen = upstream.seen();
+    let forwarded = seen
+        .iter()
+        .find(|s| String::from_utf8_lossy(&s.body).contains("header-1"))
+        .unwrap();
+    assert_eq!(forwarded.headers["tracestate"], "client=abc");
+    let process = &trace.0["processes"][trace.one("POST")["processID"].as_str().unwrap()];
+    assert!(
+        process["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "deployment.environment" && t["value"] == "test"),
+        "OTEL_RESOURCE_ATTRIBUTES reach the resource: {process}"
+    );
+    assert!(!trace.all_text().contains(&read), "a span holds the token");
+
+    // 2. `_meta.traceparent` alone (SEP-414) continues its trace the same way.
+    let (meta_trace, meta_parent) = client_span();
+    let meta = format!("00-{meta_trace}-{meta_parent}-01");
+    let body = json!({"jsonrpc":"2.0","id":"meta-1","method":"tools/call",
+        "params":{"name":"get_user","arguments":{},"_meta":{"traceparent": meta}}});
+    let status = send(&client, &sidecar.proxy, &read, &body.to_string(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let received = received_traceparent(&upstream, "meta-1");
+    let trace = jaeger
+        .trace(
+            &meta_trace,
+            has(&["POST", "token_check", "decision", "upstream"]),
+        )
+        .await;
+    let upstream_span = assert_sidecar_spans(&trace, &meta_parent);
+    let expected = format!(
+        "00-{meta_trace}-{}-01",
+        upstream_span["spanID"].as_str().unwrap()
+    );
+    assert_eq!(received, expected);
+
+    // 3. A refusal is traced with its decision and reason, and nothing goes upstream.
+    let (denied_trace, denied_parent) = client_span();
+    let status = send(
+        &client,
+        &sidecar.proxy,
+        &read,
+        &call(7, "delete_user"),
+        Some(&format!("00-{denied_trace}-{denied_parent}-01")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let trace = jaeger
+        .trace(&denied_trace, has(&["POST", "decision"]))
+        .await;
+    let decision = trace.one("decision");
+    assert_eq!(tag(decision, "mcp_authz.decision"), Some(&json!("deny")));
+    assert_eq!(
+        tag(decision, "mcp_authz.reason"),
+        Some(&json!("insufficient_scope"))
+    );
+    assert_eq!(
+        tag(decision, "gen_ai.tool.name"),
+        Some(&json!("delete_user"))
+    );
+    assert_eq!(
+        tag(trace.one("POST"), "http.response.status_code"),
+        Some(&json!(403))
+    );
+    assert!(trace.named("upstream").is_empty());
+    assert!(!trace.all_text().contains(&read), "a span holds the token");
+
+    // 4. A bad token is refused at the token check; the span says why and never holds it.
+    let (bad_trace, bad_parent) = client_span();
+    let forged = format!("{}x", token(&key, "mcp:read"));
+    let status = send(
+        &client,
+        &sidecar.proxy,
+        &forged,
+        &call(8, "get_user"),
+        Some(&format!("00-{bad_trace}-{bad_parent}-01")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let trace = jaeger
+        .trace(&bad_trace, has(&["POST", "token_check", "decision"]))
+        .await;
+    let check = trace.one("token_check");
+    assert_ne!(
+        tag(check, "mcp_authz.outcome"),
+        Some(&json!("ok")),
+        "{check}"
+    );
+    assert_eq!(
+        tag(trace.one("POST"), "http.response.status_code"),
+        Some(&json!(401))
+    );
+    let text = trace.all_text();
+    let signature = forged.rsplit('.').next().unwrap();
+    assert!(
+        !text.contains(&forged) && !text.contains(signature),
+        "a span holds the token"
+    );
+    drop(sidecar);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_sample_gets_its_decision_passed_on() {
+    let Some(jaeger) = Jaeger::start().await else {
+        eprintln!("skipped: MCP_AUTHZ_JAEGER is not set (tests/setup/17-jaeger.sh)");
+        return;
+    };
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = start_traced(&upstream, &jwks, &jaeger);
+    let client = support::client();
+    let (trace_id, parent) = client_span();
+    let body = json!({"jsonrpc":"2.0","id":"unsampled","method":"tools/call","params":{"name":"get_user","arguments":{}}});
+    let traceparent = format!("00-{trace_id}-{parent}-00");
+    let status = send(
+        &client,
+        &sidecar.proxy,
+        &token(&key, "mcp:read"),
+        &body.to_string(),
+        Some(&traceparent),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let received = received_traceparent(&upstream, "unsampled");
+    // Same trace, a span of the sidecar's as parent, and still not sampled.
+    assert!(
+        received.starts_with(&format!("00-{trace_id}-")),
+        "{received}"
+    );
+    assert!(received.ends_with("-00"), "{received}");
+    assert_ne!(received, traceparent);
+}
+
+#[tokio::test]
+async fn without_an_endpoint_the_clients_trace_context_reaches_the_upstream_untouched() {
+    let h = Harness::start().await;
+    let (trace_id, parent) = client_span();
+    for traceparent in [
+        format!("00-{trace_id}-{parent}-01"),
+        // Not even a value the sidecar cannot read is changed: it is the upstream's to ignore.
+        "not-a-traceparent".to_owned(),
+    ] {
+        let mut request = post_request(
+            &h.url("/mcp"),
+            Some(&h.token("mcp:read")),
+            &call(1, "get_user"),
+        );
+        request
+            .headers_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("tracestate", "client=abc".parse().unwrap());
+        let (status, _, _) = h.send(request).await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = h.upstream.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last.headers["traceparent"], traceparent.as_str());
+        assert_eq!(last.headers["tracestate"], "client=abc");
+    }
+    assert!(
+        h.admin("/metrics")
+            .await
+            .2
+            .contains("mcp_authz_sidecar_trace_spans_dropped_total"),
+        "the drop counter is exported even with tracing off"
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
+    // A port nobody listens on: every export is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+    })
+    .unwrap()
+    .expect("tracing on");
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
+        support::config(&upstream.url(), &jwks.url()),
+        Some(&settings),
+    )
+    .await
+    .unwrap();
+    let client = support::client();
+    let proxy = format!("http://{}", sidecar.proxy_addr);
+    let read = token(&key, "mcp:read");
+    for id in 0..3 {
+        let status = send(&client, &proxy, &read, &call(id, "get_user"), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Four spans per allowed call, each batch refused: all twelve counted once the export thread has tried.
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr);
+    let mut failed = 0;
+    for _ in 0..100 {
+        let request = http::Request::get(&metrics)
+            .body(support::full(""))
+            .unwrap();
+        let (_, _, text) = support::collect(client.request(request).await.unwrap()).await;
+        failed = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "mcp_authz_sidecar_trace_spans_dropped_total{reason=\"export_failed\"}",
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if failed >= 12 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, 12);
+    sidecar.shutdown().await;
+}

@@ -77,10 +77,13 @@ exporters:
 }
 
 impl Jaeger {
-    /// Starts Jaeger, or `None` when `MCP_AUTHZ_JAEGER` is unset (`tests/run-all` always sets it, through
-    /// `tests/setup/17-jaeger.sh`). Panics when it is set and Jaeger does not come up.
-    pub async fn start() -> Option<Self> {
-        let binary = std::env::var_os("MCP_AUTHZ_JAEGER")?;
+    /// Starts Jaeger. Panics when `MCP_AUTHZ_JAEGER` is unset (`tests/run-all` sets it, through
+    /// `tests/setup/17-jaeger.sh`: a test that needs a real part fails without it rather than passing unrun) or
+    /// when Jaeger does not come up.
+    pub async fn start() -> Self {
+        let binary = std::env::var_os("MCP_AUTHZ_JAEGER").expect(
+            "MCP_AUTHZ_JAEGER is not set: source tests/setup/17-jaeger.sh (tests/run-all does)",
+        );
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (otlp, query_http, query_grpc, health) =
             (free_port(), free_port(), free_port(), free_port());
@@ -117,7 +120,7 @@ impl Jaeger {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ready && query {
-                return Some(jaeger);
+                return jaeger;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

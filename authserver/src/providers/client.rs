@@ -85,7 +85,17 @@ pub fn read_token_answer(status: u16, body: &[u8]) -> Result<ProviderTokens, Pro
         }
         return match serde_json::from_slice::<Refusal>(body) {
             Ok(r) if r.error == "invalid_grant" => Err(ProviderError::Revoked),
-            Ok(r) if (400..500).contains(&status) && !r.error.is_empty() => {
+            // Only an error code of OAuth's own alphabet (RFC 6749 §5.2: `%x20-21 / %x23-5B / %x5D-7E`, here
+            // without the space) is repeated: the provider's text goes to logs, audit records and pages, and
+            // anything else (a newline, a token echoed back) must not.
+            Ok(r)
+                if (400..500).contains(&status)
+                    && !r.error.is_empty()
+                    && r.error.len() <= 64
+                    && r.error.bytes().all(|b| {
+                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                    }) =>
+            {
                 Err(ProviderError::Refused(shorten(&r.error)))
             }
             _ => Err(ProviderError::Refused(format!("HTTP status {status}"))),
@@ -455,6 +465,17 @@ mod tests {
                 500,
                 "Internal Server Error",
                 Err(ProviderError::Refused("HTTP status 500".into())),
+            ),
+            // A provider's text outside OAuth's error alphabet is not repeated anywhere.
+            (
+                400,
+                r#"{"error":"bad\nfake log line"}"#,
+                Err(ProviderError::Refused("HTTP status 400".into())),
+            ),
+            (
+                400,
+                r#"{"error":"token gho_16C7e42F292c6912E7710c838347Ae178B4a"}"#,
+                Err(ProviderError::Refused("HTTP status 400".into())),
             ),
         ];
         for (status, body, want) in cases {

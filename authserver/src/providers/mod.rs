@@ -46,8 +46,12 @@ pub async fn revoke_queued(state: &AppState) {
             .sealer
             .as_ref()
             .map(|sealer| sealer.open(&q.key_id, &q.refresh_sealed, &q.subject, &q.provider));
-        // A provider no longer configured, or a token that can no longer be opened: nothing left to tell.
+        // A provider no longer configured, or a token that can no longer be opened: nothing left to tell. A key
+        // this replica has not read yet is not that: the revocation waits (until the day's give-up).
         let done = match (snapshot.providers.get(&q.provider), opened) {
+            (Some(_), Some(Err(crate::providers::seal::SealError::UnknownKey(_)))) => {
+                now - q.queued_at > GIVE_UP_SECS
+            }
             (Some(client), Some(Ok(token))) => match client.revoke(&token).await {
                 Ok(_) => true,
                 Err(e) => {

@@ -47,6 +47,14 @@ pub fn plan(
     subject: &Subject,
 ) -> Result<Planned, OAuthError> {
     check_subject_for(caller, subject)?;
+    // A token already exchanged (it names an actor) is the person's token at a service called on their behalf:
+    // the person consented to the first service's providers, not to this one's.
+    if subject.claims.get("act").is_some() {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidScope,
+            "provider tokens go to the service the person's own token is for, not to one called on their behalf",
+        ));
+    }
     if !declared.iter().any(|d| d == provider) {
         return Err(OAuthError::new(
             ErrorCode::InvalidTarget,
@@ -215,14 +223,23 @@ pub async fn serve(
     Ok(answer)
 }
 
-/// A connection whose sealed tokens do not open (its key left the key file, or the row was altered) can never
-/// be used again: it is deleted and the person asked to connect anew.
+/// A connection whose sealed tokens do not open under a key this server has (the row was altered, or sealed for
+/// another person or provider) can never be used again: it is deleted and the person asked to connect anew. A key
+/// id this server does not know is not that: while a new key file reaches the replicas one by one, another replica
+/// may already seal under a key this one has not read yet; the connection stays, and the answer is to retry.
 async fn unusable(
     state: &AppState,
     snapshot: &Snapshot,
     connection: &ProviderConnection,
     error: &crate::providers::seal::SealError,
 ) -> OAuthError {
+    if let crate::providers::seal::SealError::UnknownKey(_) = error {
+        tracing::warn!(%error, provider = %connection.provider, "a stored provider connection is sealed under a key this server has not read (yet)");
+        return OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the provider connection is sealed under a key this server does not have yet; retry later",
+        );
+    }
     tracing::error!(%error, provider = %connection.provider, "a stored provider connection does not open; deleting it");
     if let Err(e) = state
         .store
@@ -452,6 +469,17 @@ mod tests {
             (
                 refused("github", subject(|c| c["sub"] = json!(""))),
                 ("invalid_grant", "the subject token names no subject"),
+            ),
+            // Exchanged at a service the person's token went to first: that one's consent does not reach here.
+            (
+                refused(
+                    "github",
+                    subject(|c| c["act"] = json!({"sub": "https://mcp.example.com/notes"})),
+                ),
+                (
+                    "invalid_scope",
+                    "provider tokens go to the service the person's own token is for, not to one called on their behalf",
+                ),
             ),
         ];
         for (got, (code, description)) in cases {

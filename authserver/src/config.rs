@@ -166,9 +166,21 @@ impl ProviderConfig {
     }
 }
 
-/// Whether `id` may name a provider (it appears in URL paths and audiences unescaped).
+/// Whether `id` may name a provider (it appears in URL paths and audiences unescaped; the last segment of an
+/// endpoint's path would put `/connect/<id>` in that endpoint's rate-limit bucket).
 pub fn is_provider_id(id: &str) -> bool {
-    (1..=63).contains(&id.len())
+    ![
+        "authorize",
+        "login",
+        "consent",
+        "token",
+        "introspect",
+        "revoke",
+        "register",
+        "jwks",
+    ]
+    .contains(&id)
+        && (1..=63).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

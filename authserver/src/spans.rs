@@ -42,10 +42,17 @@ pub fn request(
     let tracer = TRACER.get()?;
     let parent = context::remote_parent(parent, parent.and(tracestate));
     let span = tracer
-        .span_builder(format!("{method} {endpoint}"))
+        // A method is any token the client sends: a name of HTTP's own or `_OTHER`, never the client's bytes.
+        .span_builder(format!(
+            "{} {endpoint}",
+            mcp_authz_otel::untrusted::method_name(method.as_str())
+        ))
         .with_kind(SpanKind::Server)
         .with_attributes([
-            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new(
+                "http.request.method",
+                mcp_authz_otel::untrusted::method_name(method.as_str()),
+            ),
             KeyValue::new("http.route", endpoint),
         ])
         .start_with_context(tracer, &parent);

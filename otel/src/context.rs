@@ -26,6 +26,7 @@ pub fn remote_parent(ids: Option<&TraceIds>, tracestate: Option<&str>) -> Contex
         TraceFlags::default()
     };
     let state = tracestate
+        .and_then(crate::untrusted::bounded_tracestate)
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
     Context::new().with_remote_span_context(SpanContext::new(trace_id, span_id, flags, true, state))

@@ -136,6 +136,16 @@ impl Settings {
 
 fn checked_url<'v>(variable: &'static str, value: &'v str) -> Result<&'v str, EnvError> {
     match url::Url::parse(value) {
+        // Credentials in the URL would be copied with it into every sidecar's pod spec (which each team reads)
+        // and into start-up logs: they belong in OTEL_EXPORTER_OTLP_HEADERS, which is never passed on.
+        Ok(url)
+            if !url.username().is_empty() || url.password().is_some() || url.query().is_some() =>
+        {
+            Err(EnvError {
+                variable,
+                problem: "carries credentials or a query (put them in OTEL_EXPORTER_OTLP_HEADERS)",
+            })
+        }
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(value),
         _ => Err(EnvError {
             variable,
@@ -326,6 +336,19 @@ mod tests {
                 vec![(ENDPOINT, "file:///tmp/spans")],
                 ENDPOINT,
                 "not an http or https URL",
+            ),
+            (
+                vec![(ENDPOINT, "https://user:key@collector:4318")],
+                ENDPOINT,
+                "carries credentials or a query (put them in OTEL_EXPORTER_OTLP_HEADERS)",
+            ),
+            (
+                vec![(
+                    TRACES_ENDPOINT,
+                    "https://collector:4318/v1/traces?api_key=k",
+                )],
+                TRACES_ENDPOINT,
+                "carries credentials or a query (put them in OTEL_EXPORTER_OTLP_HEADERS)",
             ),
             (
                 vec![ON, (PROTOCOL, "grpc")],

@@ -141,13 +141,15 @@ impl<'t> RequestSpans<'t> {
     fn begin(&mut self, parent: Option<TraceIds>) -> &Context {
         if self.server.is_none() {
             let parent = context::remote_parent(parent.as_ref(), self.tracestate.as_deref());
+            // A method is any token the client sends: a name of HTTP's own or `_OTHER`, never the client's bytes.
+            let method = mcp_authz_otel::untrusted::method_name(self.method.as_str());
             let span = self
                 .tracer
-                .span_builder(self.method.as_str().to_owned())
+                .span_builder(method)
                 .with_kind(SpanKind::Server)
                 .with_start_time(self.start)
                 .with_attributes([
-                    KeyValue::new("http.request.method", self.method.as_str().to_owned()),
+                    KeyValue::new("http.request.method", method),
                     KeyValue::new("url.path", self.path.clone()),
                 ])
                 .start_with_context(self.tracer, &parent);
@@ -180,7 +182,9 @@ impl<'t> RequestSpans<'t> {
         ];
         if let Some(line) = first {
             attributes.push(KeyValue::new("mcp.method.name", bounded(line.method)));
-            if let Some(target) = line.target {
+            // A tool's name only: a resource's URI (its target for reads and subscriptions) can hold a token
+            // or a person's name, and a trace backend is read more widely than the audit stream.
+            if let Some(target) = line.target.filter(|_| line.method == "tools/call") {
                 attributes.push(KeyValue::new("gen_ai.tool.name", bounded(target)));
             }
         }

@@ -9,7 +9,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use crate::clients::shorten;
@@ -35,6 +38,9 @@ pub enum ProviderError {
     Revoked,
     #[error("the provider refused with {0}")]
     Refused(String),
+    /// As many calls to the provider as one server makes at once are in progress (see [`MAX_CALLS`]).
+    #[error("too many calls to the provider are in progress")]
+    Busy,
 }
 
 impl ProviderError {
@@ -45,6 +51,7 @@ impl ProviderError {
             ProviderError::Garbage(_) => "provider_garbage",
             ProviderError::Revoked => "provider_revoked",
             ProviderError::Refused(_) => "provider_refused",
+            ProviderError::Busy => "provider_busy",
         }
     }
 }
@@ -164,7 +171,20 @@ pub struct ProviderClient {
     pub config: ProviderConfig,
     http: reqwest::Client,
     endpoints: OnceCell<Endpoints>,
+    /// Calls in progress to this provider, at most [`MAX_CALLS`].
+    calls: Arc<Semaphore>,
+    /// Until when the provider is taken to be down, after a call that could not reach it.
+    down_until: Mutex<Option<Instant>>,
 }
+
+/// Calls one server makes to one provider at once. A provider that stops answering holds each call up to the
+/// client's timeout (10 s), and each holds one of the server's requests in progress: without this bound, a
+/// provider's outage (or a person reloading a connect page) would take every slot of every tenant.
+pub const MAX_CALLS: usize = 16;
+
+/// After a call that could not reach the provider, how long further calls fail at once instead of each waiting
+/// out the timeout.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for ProviderClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +213,30 @@ impl ProviderClient {
             config: config.clone(),
             http,
             endpoints,
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
+            down_until: Mutex::new(None),
         })
+    }
+
+    /// A slot for one call to the provider: none while it is taken to be down, or while [`MAX_CALLS`] are in
+    /// progress. Either answer comes at once.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, ProviderError> {
+        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_some_and(|until| Instant::now() < until) {
+            return Err(ProviderError::Unreachable);
+        }
+        drop(down);
+        self.calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProviderError::Busy)
+    }
+
+    /// Notes that a call could not reach the provider.
+    fn unreachable(&self) -> ProviderError {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + DOWN_FOR);
+        ProviderError::Unreachable
     }
 
     /// The provider's endpoints: configured, or discovered (a failed discovery is tried again next time).
@@ -208,12 +251,13 @@ impl ProviderClient {
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
+                let _slot = self.slot()?;
                 let response = self
                     .http
                     .get(url)
                     .send()
                     .await
-                    .map_err(|_| ProviderError::Unreachable)?;
+                    .map_err(|_| self.unreachable())?;
                 if !response.status().is_success() {
                     return Err(ProviderError::Garbage("discovery did not answer 200"));
                 }
@@ -309,6 +353,7 @@ impl ProviderClient {
         let Some(endpoint) = self.endpoints().await?.revocation_endpoint.clone() else {
             return Ok(false);
         };
+        let _slot = self.slot()?;
         let response = self
             .post_form(
                 &endpoint,
@@ -323,6 +368,7 @@ impl ProviderClient {
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<ProviderTokens, ProviderError> {
         let endpoint = self.endpoints().await?.token_endpoint.clone();
+        let _slot = self.slot()?;
         let response = self.post_form(&endpoint, form).await?;
         let status = response.status().as_u16();
         let body = read_bounded(response).await?;
@@ -354,7 +400,7 @@ impl ProviderClient {
             .body(body)
             .send()
             .await
-            .map_err(|_| ProviderError::Unreachable)
+            .map_err(|_| self.unreachable())
     }
 }
 
@@ -496,5 +542,40 @@ mod tests {
         .expect("token");
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn calls_to_a_provider_are_bounded_and_one_that_is_down_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        // Nothing listens on port 1: the call fails to connect at once.
+        let config = ProviderConfig {
+            id: "acme".into(),
+            display_name: "Acme".into(),
+            issuer: None,
+            authorization_endpoint: Some("http://127.0.0.1:1/authorize".into()),
+            token_endpoint: Some("http://127.0.0.1:1/token".into()),
+            revocation_endpoint: None,
+            client_id: "c".into(),
+            client_secret_file: secret,
+            scopes: vec![],
+            ca_file: None,
+        };
+        let client = ProviderClient::new(&config).unwrap();
+        let taken: Vec<_> = (0..MAX_CALLS).map(|_| client.slot().unwrap()).collect();
+        assert_eq!(client.refresh("r").await, Err(ProviderError::Busy));
+        drop(taken);
+        assert_eq!(client.refresh("r").await, Err(ProviderError::Unreachable));
+        // Taken to be down now: the next call does not try, and no slot is needed for that answer.
+        let started = Instant::now();
+        let taken: Vec<_> = (0..MAX_CALLS)
+            .map(|_| client.calls.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert_eq!(client.refresh("r").await, Err(ProviderError::Unreachable));
+        assert!(started.elapsed() < DOWN_FOR);
+        drop(taken);
+        *client.down_until.lock().unwrap() = Some(Instant::now());
+        assert_eq!(client.refresh("r").await, Err(ProviderError::Unreachable));
     }
 }

@@ -117,7 +117,9 @@ pub async fn begin(
 fn provider_failure(provider: &ProviderConfig, e: &ProviderError) -> OAuthError {
     tracing::warn!(error = %e, provider = %provider.id, "connecting a provider failed");
     let code = match e {
-        ProviderError::Unreachable | ProviderError::Garbage(_) => ErrorCode::TemporarilyUnavailable,
+        ProviderError::Unreachable | ProviderError::Garbage(_) | ProviderError::Busy => {
+            ErrorCode::TemporarilyUnavailable
+        }
         ProviderError::Config(_) => ErrorCode::ServerError,
         ProviderError::Revoked | ProviderError::Refused(_) => ErrorCode::AccessDenied,
     };

@@ -118,6 +118,7 @@ fn unavailable(name: &str, error: &ProviderError) -> OAuthError {
         ProviderError::Refused(code) => format!("{name} refused the refresh ({code})"),
         ProviderError::Config(_) => format!("{name} is misconfigured at this server"),
         ProviderError::Revoked => format!("{name} no longer accepts the connection"),
+        ProviderError::Busy => format!("too many calls to {name} are in progress"),
     };
     OAuthError::new(
         ErrorCode::TemporarilyUnavailable,

@@ -549,6 +549,35 @@ async fn provider_connections(store: &dyn Store) {
         .forget_revocation("sealed-refresh-dave")
         .await
         .unwrap();
+    // A person's every connection goes when everything of that person is revoked, even one no grant used
+    // (connected on a consent page, then never called); narrower revocations leave unused ones alone.
+    store
+        .put_connection(&connection("erin", "acme", "e-1"))
+        .await
+        .unwrap();
+    let erins_at_one_client = GrantFilter {
+        subject: Some("erin".into()),
+        client_id: Some("some-client".into()),
+        ..GrantFilter::default()
+    };
+    store
+        .revoke_grants(&erins_at_one_client, "narrow", now)
+        .await
+        .unwrap();
+    assert!(store.connection("erin", "acme").await.unwrap().is_some());
+    let erins = GrantFilter {
+        subject: Some("erin".into()),
+        ..GrantFilter::default()
+    };
+    assert_eq!(store.revoke_grants(&erins, "left", now).await.unwrap(), 0);
+    assert_eq!(store.connection("erin", "acme").await.unwrap(), None);
+    let queued = store.queued_revocations(10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].subject, "erin");
+    store
+        .forget_revocation(&queued[0].refresh_sealed.clone())
+        .await
+        .unwrap();
     // A disconnect returns what was stored.
     assert_eq!(
         store.delete_connection("alice", "acme").await.unwrap(),

@@ -507,16 +507,20 @@ impl Store for SqlStore {
         .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
+        // A connection goes with the grants that used it; revoking everything of one person (a subject alone) takes
+        // all of that person's connections, used or not: a subject given to someone new later must find none.
         for statement in [
             "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
              SELECT refresh_sealed, subject, provider, key_id, $4 FROM provider_connections
-             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
+             WHERE refresh_sealed IS NOT NULL AND (EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
                  AND l.provider = provider_connections.provider)
+               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1))
              ON CONFLICT DO NOTHING",
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)",
+                 AND l.provider = provider_connections.provider)
+               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)",
         ] {
             sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
                 .bind(f.subject.clone())

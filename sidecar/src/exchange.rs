@@ -209,9 +209,14 @@ impl Exchanger {
     }
 
     /// The headers to send upstream with a request made with `token`.
-    pub async fn obtain(&self, token: &str) -> Result<Obtainment, Failure> {
+    pub async fn obtain(&self, token: &str, provider_wanted: bool) -> Result<Obtainment, Failure> {
         let mut out = Obtainment::default();
         for (index, (_, header)) in self.targets.iter().enumerate() {
+            // A provider's token only for a request that may use it: a list or a ping neither needs the person's
+            // account elsewhere nor should wait for (or fail with) a provider, nor cost the issuer an exchange.
+            if self.connect_urls[index].is_some() && !provider_wanted {
+                continue;
+            }
             match (self.one(token, index).await, &self.connect_urls[index]) {
                 (Ok(Some(value)), _) => out.headers.push((header.clone(), value)),
                 (Ok(None), _) => {}

@@ -346,40 +346,44 @@ impl Proxy {
                 }
             }
             // The MCP server's own tokens for its downstreams, obtained now that the request goes on.
+            let provider_wanted = classified.as_ref().is_ok_and(|classified| {
+                classified
+                    .messages
+                    .iter()
+                    .flat_map(Message::operations)
+                    .any(|op| verdict::may_need_provider(&op.method))
+            });
             let downstream = match &rt.exchanger {
-                Some(exchanger) => match Box::pin(exchanger.obtain(token.as_str())).await {
-                    Ok(obtained) => {
-                        // A provider the person has not connected: a call that may use it asks them to connect
-                        // first; anything else goes on without that provider's header.
-                        if !obtained.connect.is_empty()
-                            && let Ok(classified) = classified.as_ref()
-                            && classified
-                                .messages
-                                .iter()
-                                .flat_map(Message::operations)
-                                .any(|op| verdict::may_need_provider(&op.method))
-                        {
-                            let refused = verdict::connect_required(
-                                &classified.reply_id(),
-                                &classified.document,
-                                forward.era == routing::Era::Modern,
-                                &obtained.connect,
-                                &crate::exchange::elicitation_id(),
-                            );
-                            return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
+                Some(exchanger) => {
+                    match Box::pin(exchanger.obtain(token.as_str(), provider_wanted)).await {
+                        Ok(obtained) => {
+                            // A provider the person has not connected: a call that may use it asks them to connect
+                            // first (only such calls ask for a provider's token at all).
+                            if !obtained.connect.is_empty()
+                                && let Ok(classified) = classified.as_ref()
+                            {
+                                let refused = verdict::connect_required(
+                                    &classified.reply_id(),
+                                    &classified.document,
+                                    forward.era == routing::Era::Modern,
+                                    &obtained.connect,
+                                    &crate::exchange::elicitation_id(),
+                                );
+                                return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
+                            }
+                            obtained.headers
                         }
-                        obtained.headers
+                        Err(failure) => {
+                            return refuse(
+                                rt,
+                                verdict::downstream_refusal(&failure),
+                                Some(identity),
+                                trace.as_ref(),
+                                spans,
+                            );
+                        }
                     }
-                    Err(failure) => {
-                        return refuse(
-                            rt,
-                            verdict::downstream_refusal(&failure),
-                            Some(identity),
-                            trace.as_ref(),
-                            spans,
-                        );
-                    }
-                },
+                }
                 None => Vec::new(),
             };
             let (era, per_token) = (forward.era, forward.per_token);

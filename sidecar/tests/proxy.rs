@@ -1688,4 +1688,18 @@ async fn a_person_without_the_providers_account_connected_is_asked_to_connect_it
         before + 1,
         "neither answer reached the upstream"
     );
+
+    // The issuer cannot serve provider tokens (the provider is down): a call that may use the provider is
+    // refused 503, a listing never asks for the provider's token and goes on.
+    *mode.lock().unwrap() = "500";
+    let token = fresh("provider-down");
+    let asked = *hits.lock().unwrap();
+    let list = json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}).to_string();
+    let (status, _, body) = h.post(Some(&token), &list).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(*hits.lock().unwrap(), asked, "no exchange for a listing");
+    assert_eq!(h.upstream_posts(), before + 2);
+    let (status, _, _) = h.post(Some(&token), &call(6, "get_user")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.upstream_posts(), before + 2);
 }

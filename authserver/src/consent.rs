@@ -69,15 +69,25 @@ pub async fn consent(
                 let missing =
                     providers::connect::missing(&state, &snapshot, &request.resource, &subject)
                         .await?;
+                // Connecting is no condition of the consent given: a provider that cannot be reached now leaves
+                // it for later (the tool that needs it asks), and the person signs in all the same.
                 if let Some(first) = missing.first() {
-                    return providers::connect::begin(
+                    match providers::connect::begin(
                         &state,
                         &snapshot,
                         &subject,
                         &first.id,
                         Some(request.id.clone()),
                     )
-                    .await;
+                    .await
+                    {
+                        Ok(redirect) => return Ok(redirect),
+                        Err(e) => tracing::warn!(
+                            provider = %first.id,
+                            error = %e.description,
+                            "connecting a provider after consent could not start; signing in without it"
+                        ),
+                    }
                 }
                 issue_code(
                     &state,

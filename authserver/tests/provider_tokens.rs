@@ -1055,3 +1055,17 @@ async fn two_replicas_refresh_one_connection_once() {
     );
     b.stop().await;
 }
+
+/// Connecting is no condition of the consent given: with the provider unreachable (nothing listens where its
+/// discovery document should be), approving still signs the person in, and the provider is left for later.
+#[tokio::test]
+async fn a_provider_that_cannot_be_reached_does_not_stop_a_sign_in() {
+    let p = plane(At::Discovery(free_port()), None).await;
+    let mut b = Browser::new();
+    let (at, consent) = to_consent(&p, &mut b, "alice").await;
+    let Page::ToClient(callback) = b.submit(&at, &consent, &[("decision", "approve")]).await else {
+        panic!("no code for the client with the provider unreachable")
+    };
+    let person = redeem(&p.s, &callback).await;
+    assert!(!person.is_empty());
+}

@@ -76,6 +76,18 @@ async fn condition_becomes(
     .await
 }
 
+/// Deletes the MCPService `files` of `namespace` (`why` names it in a failure).
+async fn delete_service(admin: &kube::Client, namespace: &str, why: &str) {
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        namespace,
+        &operator_support::resource("MCPService"),
+    )
+    .delete("files", &Default::default())
+    .await
+    .expect(why);
+}
+
 async fn secret(admin: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(admin.clone(), namespace)
         .get_opt(name)
@@ -786,14 +798,7 @@ async fn a_waiting_claim_takes_the_url_when_the_holder_goes_and_keeps_it() {
     assert_eq!(waiting, waiting_behind(&first_ns));
 
     // The holder goes: the waiting claim takes the URL, its key and the server's entry.
-    Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &first_ns,
-        &operator_support::resource("MCPService"),
-    )
-    .delete("files", &Default::default())
-    .await
-    .expect("delete the holder");
+    delete_service(&admin, &first_ns, "delete the holder").await;
     eventually_within("the waiting service takes the URL", SOON, || {
         ready(second_ns.clone())
     })
@@ -1112,14 +1117,7 @@ async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
             )
         )
     );
-    Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &squat_ns,
-        &operator_support::resource("MCPService"),
-    )
-    .delete("files", &Default::default())
-    .await
-    .expect("delete the squatter");
+    delete_service(&admin, &squat_ns, "delete the squatter").await;
     assert_eq!(
         condition_becomes(
             &admin,
@@ -1133,14 +1131,7 @@ async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
     );
 
     // The called service goes: the edge to it is left out of the server and of the caller's sidecar.
-    Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
-        &reports_ns,
-        &operator_support::resource("MCPService"),
-    )
-    .delete("files", &Default::default())
-    .await
-    .expect("delete the called service");
+    delete_service(&admin, &reports_ns, "delete the called service").await;
     let left_out = condition_becomes(
         &admin,
         (&platform, "AuthorizationServer", "auth"),

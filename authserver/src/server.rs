@@ -164,7 +164,10 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(bounded))
         // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
-        .layer(middleware::from_fn_with_state(state.clone(), finished))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), state.in_flight.clone()),
+            finished,
+        ))
         .with_state(state)
 }
 
@@ -178,8 +181,12 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// Cancelled with it, a handler could stop between its store write and its audit record (a token issued and
 /// recorded in the store, with no record on the audit stream), or between two writes. The time limit inside
 /// bounds each such task, [`MAX_IN_FLIGHT`] how many there are, and a stopping server waits for them.
-async fn finished(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+async fn finished(
+    State((state, in_flight)): State<(Arc<AppState>, Arc<tokio::sync::Semaphore>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = in_flight.try_acquire_owned() else {
         // Counted with the rate limits' refusals, keyed on what ran out.
         state
             .metrics
@@ -241,7 +248,10 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_admin))
         .layer(middleware::from_fn(traced))
-        .layer(middleware::from_fn_with_state(state.clone(), finished))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), state.admin_in_flight.clone()),
+            finished,
+        ))
         .with_state(state)
 }
 
@@ -599,16 +609,24 @@ pub async fn start(
             state.in_flight.clone(),
         )));
     }
-    for (listener, router) in [
-        (listener, oauth_router(state.clone())),
-        (admin_listener, admin_router(state.clone())),
+    for (listener, router, in_flight) in [
+        (
+            listener,
+            oauth_router(state.clone()),
+            state.in_flight.clone(),
+        ),
+        (
+            admin_listener,
+            admin_router(state.clone()),
+            state.admin_in_flight.clone(),
+        ),
     ] {
         tasks.push(tokio::spawn(serve(
             listener,
             router,
             None,
             shutdown.clone(),
-            state.in_flight.clone(),
+            in_flight,
         )));
     }
     let stamp = state

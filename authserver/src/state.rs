@@ -283,6 +283,8 @@ pub struct AppState {
     pub provider_flights: crate::providers::Flights,
     /// Requests in progress (each runs on its own task to its end): see [`crate::server::MAX_IN_FLIGHT`].
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The same for the admin port, apart: a flood of OAuth requests must not fail the kubelet's probes.
+    pub admin_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -304,6 +306,7 @@ impl AppState {
             config_path,
             provider_flights: crate::providers::Flights::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
+            admin_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
         }
     }
 

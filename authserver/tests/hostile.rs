@@ -1308,9 +1308,11 @@ async fn requests_past_the_bound_in_progress_are_refused_at_once() {
         json!({"error": "temporarily_unavailable",
                "error_description": "the server has too many requests in progress; retry shortly"})
     );
-    let metrics = s.http.get(format!("{}/metrics", s.admin)).send().await;
-    // The admin port shares the bound: it is refused alike while every slot is taken.
-    assert_eq!(metrics.unwrap().status(), 429);
+    // The admin port has a bound of its own: a flood of OAuth requests does not fail the kubelet's probes.
+    for path in ["/healthz", "/metrics"] {
+        let admin = s.http.get(format!("{}{path}", s.admin)).send().await;
+        assert_eq!(admin.unwrap().status(), 200, "{path}");
+    }
     drop(busy);
     assert_eq!(
         s.http
@@ -1332,7 +1334,7 @@ async fn requests_past_the_bound_in_progress_are_refused_at_once() {
         .unwrap();
     assert!(
         metrics.contains(
-            r#"mcp_authz_authserver_rate_limited_total{endpoint="all",key="in_progress"} 2"#
+            r#"mcp_authz_authserver_rate_limited_total{endpoint="all",key="in_progress"} 1"#
         ),
         "{metrics}"
     );

@@ -95,6 +95,10 @@ pub fn exchange_left_out(inputs: &Inputs<'_>) -> Result<Vec<String>, RenderError
 /// The `audience` edges whose URL an MCPService naming this server claims (`tokenExchange[i]: …`): that service is
 /// refused, which is right for a squatter and wrong for a chain written before `to` existed; the platform must
 /// see which.
+/// At most this many are named: each claim is a tenant's object, and a status message must not grow with
+/// however many a tenant makes.
+pub const MAX_CLAIMS_NAMED: usize = 8;
+
 pub fn audiences_claimed(inputs: &Inputs<'_>) -> Vec<String> {
     let mut claimed = Vec::new();
     for (index, edge) in inputs.server.spec.token_exchange.iter().enumerate() {
@@ -111,6 +115,11 @@ pub fn audiences_claimed(inputs: &Inputs<'_>) -> Vec<String> {
                 ));
             }
         }
+    }
+    if claimed.len() > MAX_CLAIMS_NAMED {
+        let more = claimed.len() - MAX_CLAIMS_NAMED;
+        claimed.truncate(MAX_CLAIMS_NAMED);
+        claimed.push(format!("and {more} more such claim(s)"));
     }
     claimed
 }
@@ -1817,5 +1826,42 @@ mod tests {
         assert_eq!(declared.trusted_proxies, ["10.0.0.0/8", "fd00::/8"]);
         let off = render(json!({"rateLimits": {"enabled": false}}));
         assert!(!off.rate_limits.enabled);
+    }
+
+    #[test]
+    fn claims_on_an_api_audience_are_named_up_to_a_bound() {
+        let mut server = cases::authorization_server();
+        server["metadata"]["namespace"] = json!("mcp-authz");
+        server["spec"]["tokenExchange"] = json!([{"from": {"name": "files"}, "audience": "https://inventory.example.com",
+            "scopes": ["files:read"], "header": "x-inventory"}]);
+        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
+        let services: Vec<MCPService> = (0..20)
+            .map(|i| {
+                cases::mcp_service_in(
+                    &format!("t{i:02}"),
+                    "squat",
+                    "https://INVENTORY.example.com/",
+                    &[],
+                    None,
+                )
+            })
+            .collect();
+        let namespaces = crate::tenancy::NamespaceLabels::new();
+        let inputs = Inputs {
+            server: &server,
+            services: &services,
+            scopes: &[],
+            policies: &[],
+            namespaces: &namespaces,
+            clients: &[],
+            client_secrets: None,
+        };
+        let claimed = audiences_claimed(&inputs);
+        assert_eq!(claimed.len(), MAX_CLAIMS_NAMED + 1);
+        assert_eq!(
+            claimed[0],
+            "tokenExchange[0]: its audience is the resourceUrl of MCPService t00/squat"
+        );
+        assert_eq!(claimed[MAX_CLAIMS_NAMED], "and 12 more such claim(s)");
     }
 }

@@ -346,15 +346,15 @@ impl Proxy {
                 }
             }
             // The MCP server's own tokens for its downstreams, obtained now that the request goes on.
-            let provider_wanted = classified.as_ref().is_ok_and(|classified| {
-                classified
-                    .messages
-                    .iter()
-                    .flat_map(Message::operations)
-                    .any(|op| verdict::may_need_provider(&op.method))
-            });
             let downstream = match &rt.exchanger {
                 Some(exchanger) => {
+                    let provider_wanted = classified.as_ref().is_ok_and(|classified| {
+                        classified
+                            .messages
+                            .iter()
+                            .flat_map(Message::operations)
+                            .any(|op| verdict::may_need_provider(&op.method))
+                    });
                     match Box::pin(exchanger.obtain(token.as_str(), provider_wanted)).await {
                         Ok(obtained) => {
                             // A provider the person has not connected: a call that may use it asks them to connect
@@ -551,14 +551,16 @@ impl Proxy {
         rt: &Runtime,
         headers: &http::HeaderMap,
     ) -> Result<(Verified, Bearer), TokenError> {
-        let token = token::bearer_token(headers, rt.token_rules.max_token_bytes)?;
-        let bearer = Bearer::of(headers, token);
+        let value = token::authorization(headers)?;
         let now = now_seconds();
         if let Some(keys) = self.jwks.current_keys()
-            && let Some(verified) = rt.verified.get(token, &keys, now, rt.token_rules.leeway)
+            && let Some(unread) = token::bearer_bytes(value.as_bytes())
+            && let Some(verified) = rt.verified.get(unread, &keys, now, rt.token_rules.leeway)
         {
-            return Ok((verified, bearer));
+            return Ok((verified, Bearer::at(value, unread)));
         }
+        let token = token::bearer_token_of(value, rt.token_rules.max_token_bytes)?;
+        let bearer = Bearer::at(value, token.as_bytes());
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let wait = Duration::from_millis(rt.config.jwks.request_wait_ms);
         let keys = match Box::pin(self.jwks.lookup(header.kid.as_deref(), wait)).await {
@@ -570,7 +572,7 @@ impl Proxy {
             .policy
             .effective_scopes(identity.scopes.iter().map(String::as_str));
         let verified = Verified::new(identity, scopes);
-        rt.verified.insert(token, verified.clone(), keys);
+        rt.verified.insert(token.as_bytes(), verified.clone(), keys);
         Ok((verified, bearer))
     }
 
@@ -639,12 +641,9 @@ struct Bearer {
 }
 
 impl Bearer {
-    /// `token` is the slice `token::bearer_token` found in `headers`' one `Authorization` value.
-    fn of(headers: &http::HeaderMap, token: &str) -> Self {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .cloned()
-            .unwrap_or_else(|| HeaderValue::from_static(""));
+    /// `token` is the slice of `value` that holds the token.
+    fn at(value: &HeaderValue, token: &[u8]) -> Self {
+        let value = value.clone();
         let start = (token.as_ptr() as usize)
             .checked_sub(value.as_bytes().as_ptr() as usize)
             .filter(|start| start + token.len() <= value.len())

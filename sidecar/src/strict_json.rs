@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// Parses `body`, refusing any object with a repeated member name.
@@ -70,11 +71,19 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(name) = map.next_key::<String>()? {
-            if object.contains_key(&name) {
-                return Err(de::Error::custom(format!("duplicate member {name:?}")));
+            // One search of the object per member: the entry found empty is the one filled.
+            match object.entry(name) {
+                Entry::Occupied(taken) => {
+                    return Err(de::Error::custom(format!(
+                        "duplicate member {:?}",
+                        taken.key()
+                    )));
+                }
+                Entry::Vacant(free) => {
+                    let Strict(value) = map.next_value()?;
+                    free.insert(value);
+                }
             }
-            let Strict(value) = map.next_value()?;
-            object.insert(name, value);
         }
         Ok(Value::Object(object))
     }

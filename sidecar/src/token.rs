@@ -142,6 +142,11 @@ impl TokenRules {
 /// Finds the bearer token. Exactly one `Authorization` header with the `Bearer` scheme (any case, RFC 9110
 /// §11.1) and a b64token (RFC 6750 §2.1). Other schemes count as no token.
 pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, TokenError> {
+    bearer_token_of(authorization(headers)?, max_bytes)
+}
+
+/// The request's one `Authorization` value.
+pub fn authorization(headers: &HeaderMap) -> Result<&HeaderValue, TokenError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let value = values.next().ok_or(TokenError::Missing)?;
     if values.next().is_some() {
@@ -149,10 +154,30 @@ pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, Token
             "more than one Authorization header",
         ));
     }
+    Ok(value)
+}
+
+/// `bearer_token`'s reading of the one `Authorization` value.
+pub fn bearer_token_of(value: &HeaderValue, max_bytes: usize) -> Result<&str, TokenError> {
     match well_formed_bearer(value.as_bytes(), max_bytes) {
         Some(token) => Ok(token),
         None => bearer_token_stepwise(value, max_bytes),
     }
+}
+
+/// The bytes a `Bearer` value carries as its token, their characters not read: wherever `bearer_token_of`
+/// accepts a value, these are the bytes of its token. A token verified earlier is found by them without
+/// reading its several hundred characters again (it was well-formed then, and the same bytes still are).
+pub fn bearer_bytes(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    // Spaces only, as `bearer_token` trims: a tab or another blank is part of the token, and refused.
+    let start = rest.iter().position(|&b| b != b' ')?;
+    let end = rest.iter().rposition(|&b| b != b' ')? + 1;
+    Some(&rest[start..end])
 }
 
 /// `bearer_token`'s reading of one `Authorization` value, step by step, each refusal with its own error.
@@ -188,15 +213,7 @@ fn bearer_token_stepwise(value: &HeaderValue, max_bytes: usize) -> Result<&str, 
 /// `bearer_token` then reads step by step for its exact refusal. Every request carries a token of several
 /// hundred bytes: the step-by-step reading walks it twice, once for ASCII and once for the b64token grammar.
 fn well_formed_bearer(value: &[u8], max_bytes: usize) -> Option<&str> {
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    // Spaces only, as `bearer_token` trims: a tab or another blank is part of the token, and refused.
-    let start = rest.iter().position(|&b| b != b' ')?;
-    let end = rest.iter().rposition(|&b| b != b' ')? + 1;
-    let token = &rest[start..end];
+    let token = bearer_bytes(value)?;
     let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
     let (body, padding) = token.split_at(body_len);
     let well_formed = !body.is_empty()
@@ -548,6 +565,11 @@ pub(crate) mod tests {
                     match one_pass {
                         Some(token) => assert_eq!(stepwise, Ok(token), "{text:?}"),
                         None => assert!(stepwise.is_err(), "{text:?}: {stepwise:?}"),
+                    }
+                    // The verified-token cache is searched by these bytes before any reading.
+                    if let Ok(token) = stepwise {
+                        let unread = bearer_bytes(value.as_bytes());
+                        assert_eq!(unread, Some(token.as_bytes()), "{text:?}");
                     }
                     accepted += usize::from(one_pass.is_some());
                 }

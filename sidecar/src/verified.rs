@@ -50,7 +50,7 @@ type Entry = (Verified, Arc<KeySet>);
 
 /// Verified tokens, bounded.
 pub struct VerifiedTokens {
-    entries: Mutex<HashMap<Box<str>, Entry>>,
+    entries: Mutex<HashMap<Box<[u8]>, Entry>>,
     capacity: usize,
 }
 
@@ -64,7 +64,7 @@ impl VerifiedTokens {
     }
 
     /// A token verified earlier against `keys` and not expired at `now`.
-    pub fn get(&self, token: &str, keys: &Arc<KeySet>, now: u64, leeway: u64) -> Option<Verified> {
+    pub fn get(&self, token: &[u8], keys: &Arc<KeySet>, now: u64, leeway: u64) -> Option<Verified> {
         let entries = self.entries.lock().ok()?;
         let (verified, verified_with) = entries.get(token)?;
         (Arc::ptr_eq(verified_with, keys)
@@ -73,7 +73,7 @@ impl VerifiedTokens {
     }
 
     /// Remembers a verified token.
-    pub fn insert(&self, token: &str, verified: Verified, keys: Arc<KeySet>) {
+    pub fn insert(&self, token: &[u8], verified: Verified, keys: Arc<KeySet>) {
         if self.capacity == 0 {
             return;
         }
@@ -139,28 +139,28 @@ mod tests {
         let cache = VerifiedTokens::new(2);
         let keys = Arc::new(TestKey::es256("a").key_set());
         let rotated = Arc::new(TestKey::es256("a").key_set());
-        cache.insert("t1", identity(100), keys.clone());
-        assert_eq!(cache.get("t1", &keys, 99, 0), Some(identity(100)));
-        assert_eq!(cache.get("t1", &keys, 100, 0), None, "expired");
+        cache.insert(b"t1", identity(100), keys.clone());
+        assert_eq!(cache.get(b"t1", &keys, 99, 0), Some(identity(100)));
+        assert_eq!(cache.get(b"t1", &keys, 100, 0), None, "expired");
         assert_eq!(
-            cache.get("t1", &keys, 129, 30),
+            cache.get(b"t1", &keys, 129, 30),
             Some(identity(100)),
             "leeway"
         );
-        assert_eq!(cache.get("t1", &rotated, 50, 0), None, "another key set");
-        assert_eq!(cache.get("t2", &keys, 50, 0), None);
+        assert_eq!(cache.get(b"t1", &rotated, 50, 0), None, "another key set");
+        assert_eq!(cache.get(b"t2", &keys, 50, 0), None);
     }
 
     #[test]
     fn the_cache_is_bounded() {
         let cache = VerifiedTokens::new(2);
         let keys = Arc::new(TestKey::es256("a").key_set());
-        for t in ["a", "b", "c"] {
+        for t in [b"a", b"b", b"c"] {
             cache.insert(t, identity(100), keys.clone());
         }
         assert_eq!(cache.len(), 1);
         let off = VerifiedTokens::new(0);
-        off.insert("a", identity(100), keys.clone());
+        off.insert(b"a", identity(100), keys.clone());
         assert!(off.is_empty());
     }
 }

@@ -119,15 +119,23 @@ fn from_httparse(error: httparse::Error) -> HeadError {
     }
 }
 
+/// Fields a request's map has room for beyond its own: the sidecar adds up to eight (`Host`, three
+/// `X-Forwarded-*`, four identity fields).
+const REQUEST_ROOM: usize = 8;
+
 /// The fields of the head `buf[..len]`. Their values are slices of one copy of the head: one allocation for
 /// the whole head instead of one per value (about ten per proxied request, each past the allocator's fast path).
+///
+/// `room` is how many fields the map has space for beyond these: a proxy adds its forwarding fields to a
+/// request's, and a map that grows is copied whole into a new allocation.
 fn header_map(
     buf: &[u8],
     len: usize,
     fields: &[httparse::Header<'_>],
+    room: usize,
 ) -> Result<HeaderMap, HeadError> {
     let head = bytes::Bytes::copy_from_slice(&buf[..len]);
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = HeaderMap::with_capacity(fields.len() + room);
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| HeadError::Malformed("header name"))?;
@@ -234,7 +242,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadErr
     if !acceptable {
         return Err(HeadError::Malformed("request target"));
     }
-    let mut headers = header_map(buf, len, request.headers)?;
+    let mut headers = header_map(buf, len, request.headers, REQUEST_ROOM)?;
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
         return Err(HeadError::Malformed(
@@ -287,7 +295,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, ResponseHead)>, HeadE
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Malformed("status"))?;
-    let headers = header_map(buf, len, response.headers)?;
+    let headers = header_map(buf, len, response.headers, 0)?;
     // RFC 9112 §6.3: these never have a body, whatever the fields say.
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT

@@ -473,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
     let mut child = pinned(&args[1])
         .arg("--config")
         .arg(&config)
+        .envs(image_env()?)
         .env("RUST_LOG", &log_level)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -868,4 +869,18 @@ async fn open_streams(port: u16, token: &str, count: usize) -> anyhow::Result<Ve
         open.push((sender, response));
     }
     Ok(open)
+}
+
+/// The environment the sidecar's image sets (`ENV NAME=VALUE` lines of its Dockerfile): the sidecar is measured
+/// as it runs in a pod.
+fn image_env() -> anyhow::Result<Vec<(String, String)>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .filter_map(|line| line.strip_prefix("ENV "))
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+            None => Err(anyhow::anyhow!("{path}: ENV {pair} is not NAME=VALUE")),
+        })
+        .collect()
 }

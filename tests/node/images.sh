@@ -21,10 +21,14 @@ bin="${MCP_AUTHZ_NODE_BIN:?run tests/node/build.sh and export MCP_AUTHZ_NODE_BIN
 mkdir -p "$out"
 python3 "$here/oci-image.py" --name registry.k8s.io/pause:mcp-authz-test --output "$out/pause.tar" \
   --file "$bin/pause:/pause" --entrypoint /pause --user 65535:65535
-for program in mcp-authz mcp-authz-server mcp-authz-sidecar; do
+# Each image gets the environment its Dockerfile sets (`ENV NAME=VALUE` lines).
+for pair in mcp-authz:operator mcp-authz-server:authserver mcp-authz-sidecar:sidecar; do
+  program="${pair%%:*}" dockerfile="$here/../../${pair#*:}/Dockerfile"
   [ -x "$binaries/$program" ] || { echo "images.sh: $binaries/$program is missing (cargo build it first)" >&2; exit 1; }
+  env_args=()
+  while read -r setting; do env_args+=(--env "$setting"); done < <(sed -n 's/^ENV //p' "$dockerfile")
   python3 "$here/oci-image.py" --name "ghcr.io/mcp-authz/$program:$tag" --output "$out/$program.tar" \
-    --file "$binaries/$program:/usr/local/bin/$program" --entrypoint "/usr/local/bin/$program"
+    --file "$binaries/$program:/usr/local/bin/$program" --entrypoint "/usr/local/bin/$program" "${env_args[@]}"
 done
 if [ -n "${MCP_AUTHZ_NODE22:-}" ] && [ -n "${MCP_AUTHZ_NPM_TOOLS:-}" ]; then
   python3 "$here/oci-image.py" --name mcp-authz.test/mcp-everything:test --output "$out/mcp-everything.tar" \

@@ -167,14 +167,15 @@ pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool 
 /// The body framing the fields declare (RFC 9112 §6.3), refusing every ambiguous combination.
 fn declared_framing(headers: &HeaderMap, version: Version) -> Result<Option<Framing>, HeadError> {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let mut all_lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let lengths = (all_lengths.next(), all_lengths.next());
     if codings.peek().is_some() {
         if version == Version::HTTP_10 {
             return Err(HeadError::Framing(
                 "Transfer-Encoding in an HTTP/1.0 message",
             ));
         }
-        if !lengths.is_empty() {
+        if lengths.0.is_some() {
             return Err(HeadError::Framing(
                 "both Content-Length and Transfer-Encoding",
             ));
@@ -190,9 +191,9 @@ fn declared_framing(headers: &HeaderMap, version: Version) -> Result<Option<Fram
             Err(HeadError::TransferCoding)
         };
     }
-    match lengths.as_slice() {
-        [] => Ok(None),
-        [one] => {
+    match lengths {
+        (None, _) => Ok(None),
+        (Some(one), None) => {
             let digits = one.as_bytes();
             // Digits only: no sign, no list, no spaces, and small enough that overflow is impossible.
             if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
@@ -204,7 +205,7 @@ fn declared_framing(headers: &HeaderMap, version: Version) -> Result<Option<Fram
                 .ok_or(HeadError::Framing("unreadable Content-Length"))?;
             Ok(Some(Framing::Length(length)))
         }
-        _ => Err(HeadError::Framing("more than one Content-Length")),
+        (Some(_), Some(_)) => Err(HeadError::Framing("more than one Content-Length")),
     }
 }
 

@@ -634,10 +634,10 @@ impl Proxy {
 }
 
 /// A request's bearer token, kept past the move of its headers: the `Authorization` value (shared, not
-/// copied) and where the token starts in it.
+/// copied) and where the token lies in it (not the spaces that may follow it).
 struct Bearer {
     value: HeaderValue,
-    start: usize,
+    token: std::ops::Range<usize>,
 }
 
 impl Bearer {
@@ -646,13 +646,16 @@ impl Bearer {
         let value = value.clone();
         let start = (token.as_ptr() as usize)
             .checked_sub(value.as_bytes().as_ptr() as usize)
-            .filter(|start| start + token.len() <= value.len())
-            .unwrap_or(value.len());
-        Self { value, start }
+            .filter(|start| start + token.len() <= value.len());
+        let token = match start {
+            Some(start) => start..start + token.len(),
+            None => 0..0,
+        };
+        Self { value, token }
     }
 
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.value.as_bytes()[self.start..]).unwrap_or("")
+        std::str::from_utf8(&self.value.as_bytes()[self.token.clone()]).unwrap_or("")
     }
 }
 
@@ -1065,8 +1068,33 @@ impl Refusal {
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, same_field_for_cgi, strip_hop_by_hop};
+    use super::{Bearer, forwarded_for, same_field_for_cgi, strip_hop_by_hop};
+    use crate::token;
     use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_token_passed_on_is_the_token_alone() {
+        // What introspection and token exchange send the issuer: spaces after the token are no part of it.
+        for text in [
+            "Bearer abc.def",
+            "bearer   abc.def",
+            "Bearer abc.def  ",
+            "BEARER  abc.def ",
+        ] {
+            let value = HeaderValue::from_static(text);
+            let token = token::bearer_token_of(&value, 100).unwrap();
+            assert_eq!(
+                Bearer::at(&value, token.as_bytes()).as_str(),
+                "abc.def",
+                "{text:?}"
+            );
+            let unread = token::bearer_bytes(value.as_bytes()).unwrap();
+            assert_eq!(Bearer::at(&value, unread).as_str(), "abc.def", "{text:?}");
+        }
+        // A slice from elsewhere is no token of this value.
+        let value = HeaderValue::from_static("Bearer abc");
+        assert_eq!(Bearer::at(&value, b"abc").as_str(), "");
+    }
 
     #[test]
     fn the_forwarded_for_value_is_the_address_of_each_request() {

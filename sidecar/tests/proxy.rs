@@ -837,7 +837,9 @@ async fn introspection_server(
                             let form_ok = form.contains_key("token")
                                 && form.get("token_type_hint").map(String::as_str)
                                     == Some("access_token");
-                            let flag = *active.lock().unwrap();
+                            // A token it never issued (a JWT has no spaces) is inactive to an issuer.
+                            let known = form.get("token").is_some_and(|t| !t.contains(' '));
+                            let flag = active.lock().unwrap().map(|a| a && known);
                             let (status, body) = match (no_header && assertion_ok && form_ok, flag)
                             {
                                 (false, _) => (StatusCode::UNAUTHORIZED, "{}".to_owned()),
@@ -910,6 +912,14 @@ async fn sensitive_scopes_are_checked_against_revocation() {
         );
     }
     assert_eq!(*hits.lock().unwrap(), 2);
+    // Spaces after the token are no part of it: the issuer is asked about the token alone (the HTTP layer
+    // trims them off the field already; `proxy::tests` holds the token's own slice to it).
+    let spaced = format!("{admin}  ");
+    assert_eq!(
+        h.post(Some(&spaced), &call(3, "delete_user")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(*hits.lock().unwrap(), 3);
     // Revoked: the very next sensitive call is refused; a dead token's answer is kept.
     *active.lock().unwrap() = Some(false);
     for id in [4, 5] {
@@ -921,7 +931,7 @@ async fn sensitive_scopes_are_checked_against_revocation() {
             "{headers:?}"
         );
     }
-    assert_eq!(*hits.lock().unwrap(), 3);
+    assert_eq!(*hits.lock().unwrap(), 4);
     // The issuer cannot answer: refused with 503, never let through.
     *active.lock().unwrap() = None;
     let (status, headers, _) = h
@@ -943,10 +953,10 @@ async fn sensitive_scopes_are_checked_against_revocation() {
             StatusCode::OK
         );
     }
-    assert_eq!(*hits.lock().unwrap(), 5);
+    assert_eq!(*hits.lock().unwrap(), 6);
     assert_eq!(
         h.upstream_posts(),
-        5,
+        6,
         "only the active tokens' calls went up"
     );
 }

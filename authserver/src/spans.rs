@@ -183,6 +183,7 @@ store_names!(
     "clear_login_failures",
     "forget_login_failure",
     "put_connect_request",
+    "connect_request",
     "take_connect_request",
     "put_connection",
     "connection",

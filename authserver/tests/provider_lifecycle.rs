@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mcp_authz_authserver::config::{
     ClientAuthMethod, ClientConfig, GrantType, ProviderConfig, TrustedIdentityProvider,
 };
+use mcp_authz_authserver::providers::client::MAX_CALLS;
 use serde_json::{Value, json};
 use support::providers::*;
 use support::*;
@@ -569,14 +570,15 @@ async fn a_queued_revocation_under_a_key_not_read_yet_waits_then_is_given_up() {
 #[tokio::test]
 async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
     let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let fake =
-        FakeProvider::start_with(answer, Arc::default(), std::time::Duration::from_secs(3)).await;
+        FakeProvider::start_with(answer, calls.clone(), std::time::Duration::from_secs(3)).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let mut alice = Browser::default();
     p.seed("alice", "expired", Some("stored-refresh"), 1).await;
     let person = p.person(&mut alice).await;
     let mut tabs = Vec::new();
-    for _ in 0..mcp_authz_authserver::providers::client::MAX_CALLS {
+    for _ in 0..MAX_CALLS {
         let mut tab = Browser {
             cookies: alice.cookies.clone(),
         };
@@ -588,8 +590,14 @@ async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
         let s = &p.s;
         async move { page(tab.get(s, &path).await).0 }
     }));
+    // Asked once every callback holds its call (the provider has seen them all), well within their 3 s.
     let exchange = async {
-        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        for _ in 0..500 {
+            if calls.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CALLS {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         p.provider_token(RESOURCE, &person, "busy").await
     };
     let (statuses, (status, body)) = tokio::join!(callbacks, exchange);

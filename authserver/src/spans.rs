@@ -188,6 +188,7 @@ store_names!(
     "put_connection",
     "connection",
     "replace_connection",
+    "queue_revocations",
     "queued_revocations",
     "forget_revocation",
     "claim_refresh",

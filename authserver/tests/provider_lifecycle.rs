@@ -613,3 +613,54 @@ async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
     );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
+
+/// A refresh that loses to a disconnect (the row is gone when it comes back with the provider's answer): the
+/// tokens the provider just gave are nobody's, and are revoked there.
+#[tokio::test]
+async fn a_refresh_that_loses_to_a_disconnect_revokes_what_the_provider_gave_it() {
+    let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
+    let fake = FakeProvider::start_with(
+        answer,
+        Arc::default(),
+        std::time::Duration::from_millis(1_500),
+    )
+    .await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let mut alice = Browser::default();
+    p.seed("alice", "expired", Some("stored-refresh"), 1).await;
+    let person = p.person(&mut alice).await;
+    let exchange = p.provider_token(RESOURCE, &person, "lost");
+    let gone = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        disconnect(&p, &mut alice).await
+    };
+    let ((status, body), (disconnected, _)) = tokio::join!(exchange, gone);
+    assert_eq!(disconnected, 200);
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            (
+                "interaction_required",
+                format!(
+                    "not connected: the person must connect Acme at {}/connect/acme",
+                    p.s.base
+                )
+                .as_str()
+            )
+        )
+    );
+    p.revoke_queued().await;
+    let revoked = fake.revoked();
+    assert_eq!(revoked[0], told("stored-refresh", "refresh_token"));
+    let mut later = revoked[1..].to_vec();
+    later.sort();
+    assert_eq!(
+        later,
+        [
+            told("new-access", "access_token"),
+            told("new-refresh", "refresh_token")
+        ]
+    );
+    assert_eq!(p.queued_revocations().await, 0);
+}

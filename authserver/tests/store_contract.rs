@@ -608,6 +608,14 @@ async fn provider_connections(store: &dyn Store) {
         live.queued(now),
         drain_after(store, store.delete_connection("alice", "acme", now)).await
     );
+    // Tokens queued on their own (a refresh that lost its row); one queued twice is queued once.
+    let lost = live.queued(now);
+    store.queue_revocations(&lost).await.unwrap();
+    store.queue_revocations(&lost[..1]).await.unwrap();
+    let mut queued = store.queued_revocations(10).await.unwrap();
+    queued.sort_by_key(|q| q.token_type_hint != "refresh_token");
+    assert_eq!(queued, lost);
+    drain(store).await;
 }
 
 /// Takes every queued revocation out of the queue: (sealed, hint, queued at), sorted.

@@ -367,7 +367,10 @@ async fn refreshed(
         .replace_connection(&next, &connection.access_sealed)
         .await?
     {
-        // Another replica refreshed (or the person disconnected) meanwhile: the stored row is the truth.
+        // Another replica refreshed (or the person disconnected, or connected again) meanwhile: the stored row is
+        // the truth, and the tokens the provider just gave are nobody's; they are revoked there (one the stored
+        // row holds too, as a provider that does not rotate gives, is spared by the queue).
+        state.store.queue_revocations(&next.queued(now)).await?;
         let current = state
             .store
             .connection(subject, provider)

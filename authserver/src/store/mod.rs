@@ -457,6 +457,8 @@ pub trait Store: Send + Sync + 'static {
         next: &ProviderConnection,
         previous_access_sealed: &str,
     ) -> Result<bool, StoreError>;
+    /// Queues tokens for revocation at their providers (one already queued stays as it is).
+    async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError>;
     /// The oldest tokens waiting to be revoked at their providers, at most `limit`.
     async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
     /// Forgets a queued revocation (done, or given up).

@@ -1079,6 +1079,28 @@ impl Store for SqlStore {
         Ok(changed > 0)
     }
 
+    async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError> {
+        let _span = crate::spans::store("queue_revocations");
+        let mut tx = self.pool.begin().await?;
+        for q in queued {
+            sqlx::query(
+                "INSERT INTO provider_revocations
+                   (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&q.sealed)
+            .bind(&q.subject)
+            .bind(&q.provider)
+            .bind(&q.key_id)
+            .bind(q.queued_at)
+            .bind(&q.token_type_hint)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
         let _span = crate::spans::store("queued_revocations");
         let rows = sqlx::query(

@@ -202,6 +202,10 @@ pub async fn recent_audit(
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let age = now_secs() - state.keys().signer().activates_at as i64;
     state.metrics.signing_key_age.set(age.max(0));
+    state
+        .metrics
+        .provider_keys_unusable
+        .set(i64::from(state.snapshot().sealer_problem.is_some()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

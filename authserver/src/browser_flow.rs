@@ -249,8 +249,8 @@ pub async fn consent_or_code(
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
-    let missing =
-        crate::providers::connect::missing(state, snapshot, &request.resource, subject).await?;
+    let used =
+        crate::providers::connect::used_by(state, snapshot, &request.resource, subject).await?;
     let view = ConsentView {
         base: &snapshot.config.issuer,
         request_id: &request.id,
@@ -266,7 +266,10 @@ pub async fn consent_or_code(
             snapshot.config.resource(&request.resource),
             &request.scopes,
         ),
-        providers: missing.iter().map(|p| p.display_name.as_str()).collect(),
+        providers: used
+            .iter()
+            .map(|(p, connected)| (p.display_name.as_str(), *connected))
+            .collect(),
         subject,
     };
     Ok(pages::consent_page(&view))

@@ -75,6 +75,7 @@ pub async fn consent(
                     match providers::connect::begin(
                         &state,
                         &snapshot,
+                        &headers,
                         &subject,
                         &first.id,
                         Some(request.id.clone()),

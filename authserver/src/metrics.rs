@@ -27,6 +27,8 @@ pub struct Metrics {
     pub sqlite_wal_bytes: IntGauge,
     /// Requests refused by a rate limit, by endpoint and by what the bucket is keyed on (`client`, `address`).
     pub rate_limited: IntCounterVec,
+    /// 1 while the provider-token key file cannot be used (provider features unavailable), else 0.
+    pub provider_keys_unusable: IntGauge,
 }
 
 impl Metrics {
@@ -110,8 +112,15 @@ impl Metrics {
             &["endpoint", "key"],
         )
         .expect("static metric definition");
+        let provider_keys_unusable = IntGauge::new(
+            "mcp_authz_authserver_provider_token_keys_unusable",
+            "1 while the provider-token key file cannot be used: provider connections and provider tokens answer \
+             temporarily_unavailable",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(provider_keys_unusable.clone()),
             Box::new(rate_limited.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(latency.clone()),
@@ -142,6 +151,7 @@ impl Metrics {
             audit_rows_suppressed,
             sqlite_wal_bytes,
             rate_limited,
+            provider_keys_unusable,
         }
     }
 

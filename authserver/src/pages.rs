@@ -145,9 +145,9 @@ pub struct ConsentView<'a> {
     /// The downstreams the service may call as the person with what is asked (token exchange), each with the
     /// scopes it would pass on.
     pub downstreams: Vec<(&'a str, Vec<&'a str>)>,
-    /// The display names of the providers this service uses the person's own account of and that the person
-    /// has not connected yet: approving goes on to connect the first of them.
-    pub providers: Vec<&'a str>,
+    /// The display names of every provider this service uses the person's own account of, in the declaration's
+    /// order, each with whether the person has connected it: approving goes on to connect those not connected.
+    pub providers: Vec<(&'a str, bool)>,
     pub subject: &'a str,
 }
 
@@ -219,21 +219,47 @@ pub fn consent_page(v: &ConsentView<'_>) -> Response {
             escape(v.resource_name)
         )
     };
-    let providers = match v.providers.first() {
-        None => String::new(),
-        Some(first) => {
-            let items: String = v
-                .providers
-                .iter()
-                .map(|p| format!("<li>{}</li>", escape(p)))
-                .collect();
-            format!(
-                "<p><strong>{}</strong> works with your own account at:</p><ul id=\"providers\">{items}</ul>\
-                 <p>If you allow, you will connect your <strong>{}</strong> account next.</p>",
-                escape(v.resource_name),
-                escape(first)
-            )
-        }
+    // Every provider the service receives the person's access at is named, connected or not: what the service
+    // gets is said before the person decides, not only what is left to connect.
+    let providers = if v.providers.is_empty() {
+        String::new()
+    } else {
+        let items: String = v
+            .providers
+            .iter()
+            .map(|(name, connected)| {
+                format!(
+                    "<li>{} ({})</li>",
+                    escape(name),
+                    if *connected {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                )
+            })
+            .collect();
+        let missing: Vec<String> = v
+            .providers
+            .iter()
+            .filter(|(_, connected)| !connected)
+            .map(|(name, _)| format!("<strong>{}</strong>", escape(name)))
+            .collect();
+        let next = match missing.len() {
+            0 => "<p>Your accounts there are connected.</p>".to_owned(),
+            1 => format!(
+                "<p>If you allow, you will connect your {} account next.</p>",
+                missing[0]
+            ),
+            _ => format!(
+                "<p>If you allow, you will connect your {} accounts next.</p>",
+                missing.join(", ")
+            ),
+        };
+        format!(
+            "<p><strong>{}</strong> receives access to your own account at:</p><ul id=\"providers\">{items}</ul>{next}",
+            escape(v.resource_name)
+        )
     };
     page(
         StatusCode::OK,
@@ -329,7 +355,7 @@ mod tests {
             resource: &resource.resource,
             scopes: Vec::new(),
             downstreams,
-            providers: vec!["Git <Hub>"],
+            providers: vec![("Git <Hub>", false)],
             subject: "alice",
         };
         let r = consent_page(&view);
@@ -344,8 +370,8 @@ mod tests {
         );
         assert!(
             body.contains(
-                "<ul id=\"providers\"><li>Git &lt;Hub&gt;</li></ul><p>If you allow, you will connect your \
-                 <strong>Git &lt;Hub&gt;</strong> account next.</p>"
+                "<ul id=\"providers\"><li>Git &lt;Hub&gt; (not connected)</li></ul><p>If you allow, you will \
+                 connect your <strong>Git &lt;Hub&gt;</strong> account next.</p>"
             ),
             "{body}"
         );
@@ -353,6 +379,58 @@ mod tests {
             downstreams_of(None, &requested),
             Vec::<(&str, Vec<&str>)>::new()
         );
+    }
+
+    /// Every provider is named, connected or not; what approving goes on to connect is said.
+    #[test]
+    fn the_consent_page_names_every_provider_with_whether_it_is_connected() {
+        // (providers with whether connected, the providers part of the page)
+        let cases: [(Vec<(&str, bool)>, &str); 4] = [
+            (vec![], ""),
+            (
+                vec![("Acme", true)],
+                "<ul id=\"providers\"><li>Acme (connected)</li></ul><p>Your accounts there are connected.</p>",
+            ),
+            (
+                vec![("Acme", true), ("Globex", false)],
+                "<ul id=\"providers\"><li>Acme (connected)</li><li>Globex (not connected)</li></ul><p>If you \
+                 allow, you will connect your <strong>Globex</strong> account next.</p>",
+            ),
+            (
+                vec![("Acme", false), ("Globex", true), ("In<itech", false)],
+                "<ul id=\"providers\"><li>Acme (not connected)</li><li>Globex (connected)</li><li>In&lt;itech (not \
+                 connected)</li></ul><p>If you allow, you will connect your <strong>Acme</strong>, \
+                 <strong>In&lt;itech</strong> accounts next.</p>",
+            ),
+        ];
+        for (providers, want) in cases {
+            let view = ConsentView {
+                base: "https://as.example",
+                request_id: "r",
+                csrf: "c",
+                client_name: "Agent",
+                client_id_host: "agent.example",
+                redirect_host: "agent.example",
+                all_loopback: false,
+                resource_name: "Files",
+                resource: "https://mcp.example.com/files",
+                scopes: Vec::new(),
+                downstreams: Vec::new(),
+                providers: providers.clone(),
+                subject: "alice",
+            };
+            let body = futures_body(consent_page(&view));
+            if want.is_empty() {
+                assert!(!body.contains("id=\"providers\""), "{body}");
+            } else {
+                assert!(
+                    body.contains(&format!(
+                        "<p><strong>Files</strong> receives access to your own account at:</p>{want}"
+                    )),
+                    "{providers:?}: {body}"
+                );
+            }
+        }
     }
 
     fn futures_body(r: Response) -> String {

@@ -44,8 +44,11 @@ pub struct Snapshot {
     /// The third-party providers people connect, by id (kept across reloads that leave one unchanged, with its
     /// discovered endpoints).
     pub providers: HashMap<String, Arc<ProviderClient>>,
-    /// The keys that seal provider tokens, when providers are configured.
+    /// The keys that seal provider tokens, when providers are configured and the key file is usable.
     pub sealer: Option<Sealer>,
+    /// Why the configured key file cannot be used, when it cannot: the provider features answer
+    /// `temporarily_unavailable` and the rest of the server serves on.
+    pub sealer_problem: Option<String>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -159,7 +162,7 @@ impl Snapshot {
             };
             providers.insert(p.id.clone(), client);
         }
-        let sealer = read_sealer(&config)?;
+        let (sealer, sealer_problem) = sealer_or_problem(&config, previous);
         Ok(Snapshot {
             config,
             users,
@@ -172,6 +175,7 @@ impl Snapshot {
             identity_providers,
             providers,
             sealer,
+            sealer_problem,
         })
     }
 }
@@ -229,6 +233,32 @@ pub fn read_sealer(config: &AuthServerConfig) -> Result<Option<Sealer>, ConfigEr
     Sealer::load(path)
         .map(Some)
         .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+/// The provider-token keys, or why they cannot be used. A key file that does not read stops only the provider
+/// features, not the server: sign-in, tokens and every service without a provider keep working while the file is
+/// fixed (it is read again every 10 s). A reload keeps the keys in force rather than lose them to a bad file.
+fn sealer_or_problem(
+    config: &AuthServerConfig,
+    previous: Option<&Snapshot>,
+) -> (Option<Sealer>, Option<String>) {
+    match read_sealer(config) {
+        Ok(sealer) => (sealer, None),
+        Err(e) => match previous.and_then(|p| p.sealer.clone()) {
+            Some(kept) => {
+                tracing::error!(error = %e, "the provider-token key file cannot be used; the keys in force stay");
+                (Some(kept), None)
+            }
+            None => {
+                tracing::error!(
+                    error = %e,
+                    "the provider-token key file cannot be used; provider connections and provider tokens are \
+                     unavailable until it is fixed"
+                );
+                (None, Some(e.to_string()))
+            }
+        },
+    }
 }
 
 /// A key file only this user may read.

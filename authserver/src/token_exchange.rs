@@ -330,7 +330,17 @@ pub async fn exchange(
             .map(str::to_owned);
         if let Some(provider) = asked.target.strip_prefix(PROVIDER_AUDIENCE_PREFIX) {
             let declared = resource.map(|r| r.providers.as_slice()).unwrap_or_default();
-            let planned = providers::tokens::plan(caller, declared, provider, &subject)?;
+            let grant_type = match &subject.grant_id {
+                Some(id) => state.store.grant(id).await?.map(|g| g.grant_type),
+                None => None,
+            };
+            let planned = providers::tokens::plan(
+                caller,
+                declared,
+                provider,
+                &subject,
+                grant_type.as_deref(),
+            )?;
             return Ok(Decided::Provider(planned));
         }
         let targets = resource

@@ -7,144 +7,14 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use mcp_authz_authserver::config::{ProviderConfig, ResourceServers, StaticUser};
-use mcp_authz_authserver::providers::seal::Sealer;
-use mcp_authz_authserver::resource_servers::Root;
-use mcp_authz_authserver::store::{ProviderConnection, Store};
+use mcp_authz_authserver::providers::seal::Field;
+use mcp_authz_authserver::store::ProviderConnection;
 use serde_json::Value;
-use support::federation::{Browser, NodeProvider, Page, start_node_provider};
+use support::federation::{Browser, NodeProvider, Page};
+use support::providers::*;
 use support::*;
-
-const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-const ACME: &str = "urn:mcp-authz:provider:acme";
-const PROVIDER_CLIENT: &str = "mcp-authz-connect";
-const PROVIDER_SECRET: &str = "third-party-secret-0123456789abcdef";
-
-struct Plane {
-    s: TestServer,
-    root: Root,
-    keys_file: PathBuf,
-    provider: Option<NodeProvider>,
-}
-
-impl Plane {
-    fn store(&self) -> Arc<dyn Store> {
-        self.s.running.as_ref().unwrap().state.store.clone()
-    }
-
-    fn sealer(&self) -> Sealer {
-        Sealer::load(&self.keys_file).unwrap()
-    }
-
-    /// Token exchange as the resource server of `service` for `person`'s token to `audience`.
-    async fn provider_token(&self, service: &str, person: &str, jti: &str) -> (u16, Value) {
-        let assertion = resource_server_assertion(&self.s, &self.root, service, jti);
-        let (status, body, headers) = self
-            .s
-            .token(&[
-                ("grant_type", GRANT),
-                ("client_assertion_type", JWT_BEARER),
-                ("client_assertion", &assertion),
-                ("subject_token", person),
-                ("subject_token_type", ACCESS_TOKEN),
-                ("resource", ACME),
-            ])
-            .await;
-        assert_eq!(headers["cache-control"], "no-store");
-        (status, body)
-    }
-
-    async fn stored_rows(&self) -> i64 {
-        let pool = sqlx_pool(&self.s).await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM provider_connections")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    }
-}
-
-/// A second handle on the test server's SQLite file, to read rows as they are at rest.
-async fn sqlx_pool(s: &TestServer) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::AnyPool::connect(&format!(
-        "sqlite://{}",
-        s.dir.path().join("as.db").display()
-    ))
-    .await
-    .unwrap()
-}
-
-/// Where the provider is: a real one on `port` (by discovery), or explicit endpoints of a fake.
-enum At {
-    Discovery(u16),
-    Endpoints(String),
-}
-
-/// The files service receives Acme tokens; bob is a second person. `at` says where Acme is.
-async fn plane(at: At, node: Option<(u16, &str, &str)>) -> Plane {
-    plane_with(at, node, |_| {}).await
-}
-
-async fn plane_with(
-    at: At,
-    node: Option<(u16, &str, &str)>,
-    edit: impl FnOnce(&mut mcp_authz_authserver::config::AuthServerConfig),
-) -> Plane {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::generate().unwrap();
-    let root_file = dir.path().join("resource-server-root");
-    std::fs::write(&root_file, root.to_text()).unwrap();
-    let secret_file = dir.path().join("acme-secret");
-    std::fs::write(&secret_file, format!("{PROVIDER_SECRET}\n")).unwrap();
-    let keys_file = dir.path().join("keys/provider-token-keys");
-    let mut config = base_config(dir.path(), free_port());
-    config.resource_servers = Some(ResourceServers { root_file });
-    let (issuer, authorization_endpoint, token_endpoint) = match &at {
-        At::Discovery(port) => (Some(format!("http://127.0.0.1:{port}")), None, None),
-        At::Endpoints(base) => (
-            None,
-            Some(format!("{base}/auth")),
-            Some(format!("{base}/token")),
-        ),
-    };
-    config.providers = vec![ProviderConfig {
-        id: "acme".into(),
-        display_name: "Acme".into(),
-        issuer,
-        authorization_endpoint,
-        token_endpoint,
-        revocation_endpoint: None,
-        client_id: PROVIDER_CLIENT.into(),
-        client_secret_file: secret_file,
-        scopes: vec!["openid".into(), "api:read".into()],
-        ca_file: None,
-    }];
-    config.provider_token_keys_file = Some(keys_file.clone());
-    config.resources[0].providers = vec!["acme".into()];
-    if let Some(users) = config.login.static_users.as_mut() {
-        users.users.push(StaticUser {
-            username: "bob".into(),
-            password_hash: alice_hash(),
-            subject: None,
-        });
-    }
-    edit(&mut config);
-    config.validate().unwrap();
-    let callback = format!("{}/connect/acme/callback", config.issuer);
-    let provider = node.map(|(port, ttl, rotate)| {
-        start_node_provider("oidc-third-party.mjs", port, &[&callback, ttl, rotate])
-    });
-    Plane {
-        s: TestServer::start_in(dir, config).await,
-        root,
-        keys_file,
-        provider,
-    }
-}
 
 /// Our sign-in as `user`, up to our consent page (its URL and HTML).
 async fn to_consent(p: &Plane, b: &mut Browser, user: &str) -> (String, String) {
@@ -241,8 +111,8 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
     let (at, consent) = to_consent(&p, &mut b, "alice").await;
     assert!(
         consent.contains(
-            "<ul id=\"providers\"><li>Acme</li></ul><p>If you allow, you will connect your <strong>Acme</strong> \
-             account next.</p>"
+            "<ul id=\"providers\"><li>Acme (not connected)</li></ul><p>If you allow, you will connect your \
+             <strong>Acme</strong> account next.</p>"
         ),
         "{consent}"
     );
@@ -285,11 +155,21 @@ async fn a_person_connects_on_the_consent_page_and_only_their_service_gets_their
     assert!(!access.contains(&token) && !refresh.contains(&token));
     let sealer = p.sealer();
     assert_eq!(
-        sealer.open(&key_id, &access, "alice", "acme").as_deref(),
+        sealer
+            .open(&key_id, &access, "alice", "acme", Field::Access)
+            .as_deref(),
         Ok(token.as_str())
     );
-    assert!(sealer.open(&key_id, &access, "bob", "acme").is_err());
-    assert!(sealer.open(&key_id, &refresh, "alice", "other").is_err());
+    assert!(
+        sealer
+            .open(&key_id, &access, "bob", "acme", Field::Access)
+            .is_err()
+    );
+    assert!(
+        sealer
+            .open(&key_id, &refresh, "alice", "other", Field::Refresh)
+            .is_err()
+    );
 
     // Another person's token gets nothing of alice's; another service's resource server gets nothing at all.
     let bobs = token_without_connecting(&p, "bob").await;
@@ -413,6 +293,7 @@ async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocati
     let (status, body) = p.provider_token(RESOURCE, &person, "r-2").await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["access_token"].as_str(), Some(one.as_str()));
+    let held = body["access_token"].as_str().unwrap().to_owned();
     assert_ne!(refresh_of(&p).await, second_refresh);
 
     // alice disconnects: the stored tokens go, and the provider no longer takes the refresh token.
@@ -434,6 +315,9 @@ async fn a_connect_link_then_refreshes_with_rotation_a_disconnect_and_a_revocati
         400,
         "revoked at the provider too"
     );
+    // The access token the MCP server was handed no longer works there either.
+    assert_eq!(userinfo(provider, &held).await["error"], "invalid_token");
+    assert_eq!(p.queued_revocations().await, 0, "nothing left to tell");
     let (status, body) = p.provider_token(RESOURCE, &person, "r-d").await;
     assert_eq!(
         (status, error_of(&body).0),
@@ -529,41 +413,9 @@ async fn refresh_of(p: &Plane) -> String {
             .fetch_one(&sqlx_pool(&p.s).await)
             .await
             .unwrap();
-    p.sealer().open(&key_id, &refresh, "alice", "acme").unwrap()
-}
-
-/// A provider's token endpoint that answers whatever the test sets.
-async fn fake_token_endpoint(answer: Arc<Mutex<(u16, String)>>) -> String {
-    counted_token_endpoint(answer, Arc::default(), std::time::Duration::ZERO).await
-}
-
-/// The same, counting its calls and taking `delay` over each.
-async fn counted_token_endpoint(
-    answer: Arc<Mutex<(u16, String)>>,
-    calls: Arc<std::sync::atomic::AtomicUsize>,
-    delay: std::time::Duration,
-) -> String {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/token",
-        post(move || {
-            let (answer, calls) = (answer.clone(), calls.clone());
-            async move {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
-                let (status, body) = answer.lock().unwrap().clone();
-                (
-                    axum::http::StatusCode::from_u16(status).unwrap(),
-                    [("content-type", "application/json")],
-                    body,
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    p.sealer()
+        .open(&key_id, &refresh, "alice", "acme", Field::Refresh)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -580,13 +432,15 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
     // alice connected earlier; her access token has expired, so the next request refreshes.
     let seed = |p: &Plane| {
         let sealer = p.sealer();
-        let (key_id, refresh_sealed) = sealer.seal("alice", "acme", refresh_token);
+        let (key_id, refresh_sealed) = sealer.seal("alice", "acme", Field::Refresh, refresh_token);
         let connection = ProviderConnection {
             subject: "alice".into(),
             provider: "acme".into(),
             key_id,
             refresh_sealed: Some(refresh_sealed),
-            access_sealed: sealer.seal("alice", "acme", "expired-access").1,
+            access_sealed: sealer
+                .seal("alice", "acme", Field::Access, "expired-access")
+                .1,
             access_expires_at: 0,
             scopes: String::new(),
             created_at: 0,
@@ -671,15 +525,21 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
     let unreadable = ProviderConnection {
         subject: "alice".into(),
         provider: "acme".into(),
-        key_id: "a-key-no-longer-in-the-file".into(),
-        refresh_sealed: Some(sealer.seal("alice", "acme", refresh_token).1),
-        access_sealed: sealer.seal("alice", "acme", "expired-access").1,
+        key_id: "v2:a-key-no-longer-in-the-file".into(),
+        refresh_sealed: Some(
+            sealer
+                .seal("alice", "acme", Field::Refresh, refresh_token)
+                .1,
+        ),
+        access_sealed: sealer
+            .seal("alice", "acme", Field::Access, "expired-access")
+            .1,
         access_expires_at: 0,
         scopes: String::new(),
         created_at: 0,
         updated_at: 0,
     };
-    let (key_id, access_sealed) = sealer.seal("alice", "acme", "expired-access");
+    let (key_id, access_sealed) = sealer.seal("alice", "acme", Field::Access, "expired-access");
     let no_refresh = ProviderConnection {
         key_id: key_id.clone(),
         access_sealed,
@@ -689,8 +549,14 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
     // Sealed under a key this server has, for another person: altered, it never opens again.
     let altered = ProviderConnection {
         key_id: key_id.clone(),
-        access_sealed: sealer.seal("mallory", "acme", "expired-access").1,
-        refresh_sealed: Some(sealer.seal("mallory", "acme", refresh_token).1),
+        access_sealed: sealer
+            .seal("mallory", "acme", Field::Access, "expired-access")
+            .1,
+        refresh_sealed: Some(
+            sealer
+                .seal("mallory", "acme", Field::Refresh, refresh_token)
+                .1,
+        ),
         ..unreadable.clone()
     };
     // (row, answer, rows left): a key id this server has not read (yet: a new key file reaching the replicas one
@@ -764,7 +630,8 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
                 &stored.key_id,
                 stored.refresh_sealed.as_deref().unwrap(),
                 "alice",
-                "acme"
+                "acme",
+                Field::Refresh
             )
             .as_deref(),
         Ok(refresh_token)
@@ -808,30 +675,6 @@ async fn a_provider_that_is_down_or_answers_garbage_is_refused_in_oauth_form() {
     );
 }
 
-/// Starts connecting Acme in `b`'s browser; the `state` sent to the provider.
-async fn begin_connect(s: &TestServer, b: &mut support::Browser, provider: &str) -> String {
-    match b.get(s, "/connect/acme").await {
-        support::Step::Redirect(to) => {
-            assert!(to.starts_with(&format!("{provider}/auth?")), "{to}");
-            let q = query(&to);
-            assert_eq!(
-                (
-                    q["response_type"].as_str(),
-                    q["code_challenge_method"].as_str(),
-                    q["client_id"].as_str()
-                ),
-                ("code", "S256", PROVIDER_CLIENT)
-            );
-            assert_eq!(
-                q["redirect_uri"],
-                format!("{}/connect/acme/callback", s.base)
-            );
-            q["state"].clone()
-        }
-        other => panic!("no redirect to the provider: {other:?}"),
-    }
-}
-
 /// Every refusal of the connect pages, as a page with the exact error (never a redirect anywhere).
 #[tokio::test]
 async fn the_connect_pages_refuse_in_their_own_form() {
@@ -839,14 +682,6 @@ async fn the_connect_pages_refuse_in_their_own_form() {
     let base = fake_token_endpoint(answer.clone()).await;
     let p = plane(At::Endpoints(base.clone()), None).await;
     let s = &p.s;
-    let page = |step: support::Step| match step {
-        support::Step::Page(status, html) => (status, html),
-        support::Step::Redirect(to) => panic!("redirected to {to}"),
-    };
-    let shows = |html: &str, error: &str, description: &str| {
-        html.contains(&format!("data-error=\"{error}\""))
-            && html.contains(&format!("<p id=\"error_description\">{description}</p>"))
-    };
     let mut stranger = support::Browser::default();
     let (status, html) = page(stranger.get(s, "/connect/acme").await);
     assert_eq!(status, 401);
@@ -881,7 +716,7 @@ async fn the_connect_pages_refuse_in_their_own_form() {
 
     // alice, signed in (connected beforehand so that her consent does not go to the fake provider).
     let sealer = p.sealer();
-    let (key_id, access_sealed) = sealer.seal("alice", "acme", "a");
+    let (key_id, access_sealed) = sealer.seal("alice", "acme", Field::Access, "a");
     let store = p.store();
     store
         .put_connection(&ProviderConnection {
@@ -907,6 +742,13 @@ async fn the_connect_pages_refuse_in_their_own_form() {
             400,
             "invalid_request",
             "the connection did not start in this browser",
+        ),
+        (
+            "/connect/acme/callback?code=c&state=forged-",
+            true,
+            400,
+            "invalid_request",
+            "this connection has expired or was already completed; start again",
         ),
         (
             "/connect/other/callback?code=c&state=",
@@ -965,13 +807,15 @@ async fn the_connect_pages_refuse_in_their_own_form() {
         let (got, html) = page(b.get(s, &format!("{path}{state}")).await);
         assert_eq!(got, status, "{path}: {html}");
         assert!(shows(&html, error, description), "{path}: {html}");
-        // Whatever happened, that state is spent.
-        let (got, _) = page(
+        // A callback from another browser, or with a state never given, leaves the person's flow pending (the
+        // provider is asked, and answers garbage); any other spends it.
+        let (got, html) = page(
             alice
                 .get(s, &format!("/connect/acme/callback?code=c&state={state}"))
                 .await,
         );
-        assert_eq!(got, 400);
+        let pending = !with_cookie || path.ends_with("forged-");
+        assert_eq!(got, if pending { 503 } else { 400 }, "{path}: {html}");
     }
 }
 
@@ -991,14 +835,14 @@ async fn two_replicas_refresh_one_connection_once() {
     let (_url_file, storage) = postgres_storage("provider_replicas", 4).await;
     let p = plane_with(At::Endpoints(base), None, |c| c.storage = storage).await;
     let sealer = p.sealer();
-    let (key_id, refresh_sealed) = sealer.seal("alice", "acme", "stored-refresh");
+    let (key_id, refresh_sealed) = sealer.seal("alice", "acme", Field::Refresh, "stored-refresh");
     p.store()
         .put_connection(&ProviderConnection {
             subject: "alice".into(),
             provider: "acme".into(),
             key_id,
             refresh_sealed: Some(refresh_sealed),
-            access_sealed: sealer.seal("alice", "acme", "expired").1,
+            access_sealed: sealer.seal("alice", "acme", Field::Access, "expired").1,
             access_expires_at: 0,
             scopes: String::new(),
             created_at: 0,

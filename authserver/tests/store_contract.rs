@@ -467,8 +467,16 @@ async fn provider_connections(store: &dyn Store) {
             .await
             .unwrap()
     );
-    // Connecting again replaces the whole row, and ends any claim.
+    // Connecting again replaces the whole row, ends any claim, and queues the replaced row's refresh token and
+    // its access token, live when the new row was written.
     store.put_connection(&alice).await.unwrap();
+    assert_eq!(
+        drain(store).await,
+        [
+            ("a-3".into(), "access_token".into(), 1_000),
+            ("rotated".into(), "refresh_token".into(), 1_000)
+        ]
+    );
     assert!(
         store
             .claim_refresh("alice", "acme", "a-1", now + 18, now + 33)
@@ -480,6 +488,7 @@ async fn provider_connections(store: &dyn Store) {
         store.connection("alice", "acme").await.unwrap(),
         Some(alice.clone())
     );
+    drain(store).await;
 
     // Revoking a grant that used a connection deletes it, and only it.
     store
@@ -514,7 +523,8 @@ async fn provider_connections(store: &dyn Store) {
             subject: "alice".into(),
             provider: "acme".into(),
             key_id: "k1".into(),
-            refresh_sealed: "sealed-refresh-alice".into(),
+            sealed: "sealed-refresh-alice".into(),
+            token_type_hint: "refresh_token".into(),
             queued_at: now,
         }]
     );
@@ -539,10 +549,7 @@ async fn provider_connections(store: &dyn Store) {
     assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
     let queued = store.queued_revocations(10).await.unwrap();
     assert_eq!(
-        queued
-            .iter()
-            .map(|q| q.refresh_sealed.as_str())
-            .collect::<Vec<_>>(),
+        queued.iter().map(|q| q.sealed.as_str()).collect::<Vec<_>>(),
         ["sealed-refresh-dave"]
     );
     store
@@ -575,18 +582,71 @@ async fn provider_connections(store: &dyn Store) {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].subject, "erin");
     store
-        .forget_revocation(&queued[0].refresh_sealed.clone())
+        .forget_revocation(&queued[0].sealed.clone())
         .await
         .unwrap();
-    // A disconnect returns what was stored.
+    // A disconnect returns what was stored, and queues its tokens: the refresh token, and the access token only
+    // while it lives.
     assert_eq!(
-        store.delete_connection("alice", "acme").await.unwrap(),
+        store.delete_connection("alice", "acme", now).await.unwrap(),
         Some(alice)
     );
     assert_eq!(
-        store.delete_connection("alice", "acme").await.unwrap(),
+        drain(store).await,
+        [("sealed-refresh-alice".into(), "refresh_token".into(), now)]
+    );
+    assert_eq!(
+        store.delete_connection("alice", "acme", now).await.unwrap(),
         None
     );
+    let live = ProviderConnection {
+        access_expires_at: now + 1,
+        ..connection("alice", "acme", "live-access")
+    };
+    store.put_connection(&live).await.unwrap();
+    assert_eq!(
+        live.queued(now),
+        drain_after(store, store.delete_connection("alice", "acme", now)).await
+    );
+    // Tokens queued on their own (a refresh that lost its row); one queued twice is queued once.
+    let lost = live.queued(now);
+    store.queue_revocations(&lost).await.unwrap();
+    store.queue_revocations(&lost[..1]).await.unwrap();
+    let mut queued = store.queued_revocations(10).await.unwrap();
+    queued.sort_by_key(|q| q.token_type_hint != "refresh_token");
+    assert_eq!(queued, lost);
+    drain(store).await;
+}
+
+/// Takes every queued revocation out of the queue: (sealed, hint, queued at), sorted.
+async fn drain(store: &dyn Store) -> Vec<(String, String, i64)> {
+    let mut all: Vec<_> = store
+        .queued_revocations(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.sealed, q.token_type_hint, q.queued_at))
+        .collect();
+    for (sealed, _, _) in &all {
+        store.forget_revocation(sealed).await.unwrap();
+    }
+    all.sort();
+    all
+}
+
+/// What `deleted` queued, as [`ProviderConnection::queued`] would say it, in its order.
+async fn drain_after(
+    store: &dyn Store,
+    deleted: impl std::future::Future<Output = Result<Option<ProviderConnection>, StoreError>>,
+) -> Vec<QueuedRevocation> {
+    deleted.await.unwrap().expect("a connection was deleted");
+    let queued = store.queued_revocations(100).await.unwrap();
+    for q in &queued {
+        store.forget_revocation(&q.sealed).await.unwrap();
+    }
+    let mut queued = queued;
+    queued.sort_by_key(|q| q.token_type_hint != "refresh_token");
+    queued
 }
 
 async fn bulk_revocation(store: &dyn Store) {

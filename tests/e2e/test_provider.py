@@ -72,7 +72,8 @@ def test_a_person_connects_acme_on_consent_then_again_from_the_url_elicitation(p
     assert who.structured_content["authorization_headers_seen"] == 0, "the sidecar forwarded a bearer token upstream"
     pages = agent.outcomes[0].pages
     assert [p.kind for p in pages][:2] == ["login", "consent"], said
-    assert "works with your own account at" in pages[1].text and "Acme" in pages[1].text, pages[1].text
+    # Every provider the service receives the person's access at is named, with whether it is connected yet.
+    assert "receives access to your own account at: Acme (not connected)" in pages[1].text, pages[1].text
     # Then Acme's own sign-in, on its own host.
     assert any(p.url.startswith(acme) for p in pages[2:]), [p.url for p in pages]
     assert "Your Acme account is no longer connected." in disconnected, disconnected

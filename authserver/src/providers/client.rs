@@ -264,7 +264,10 @@ impl ProviderClient {
                 let body = read_bounded(response).await?;
                 let found: Endpoints = serde_json::from_slice(&body)
                     .map_err(|_| ProviderError::Garbage("discovery document is not usable"))?;
-                // RFC 8414 §3.3: a document naming another issuer is not this provider's.
+                // RFC 8414 §3.3: a document naming another issuer is not this provider's. Its endpoints are not
+                // pinned to the issuer's host: real providers serve them elsewhere (Google's issuer is
+                // accounts.google.com, its token endpoint oauth2.googleapis.com); the document is trusted because
+                // it came from the configured issuer over TLS and names it.
                 if found.issuer.as_deref() != Some(issuer) {
                     return Err(ProviderError::Garbage(
                         "discovery document names another issuer",
@@ -348,22 +351,22 @@ impl ProviderClient {
         .await
     }
 
-    /// Revokes a refresh token at the provider (RFC 7009) when it has a revocation endpoint; whether it did.
-    pub async fn revoke(&self, refresh_token: &str) -> Result<bool, ProviderError> {
+    /// Revokes a token at the provider (RFC 7009), `hint` its `token_type_hint`. `Ok(false)`: the provider has no
+    /// revocation endpoint, or refused the request itself (400: an unsupported token type, say), which asking
+    /// again would not change; any other answer but 2xx is an error, and the revocation is tried again.
+    pub async fn revoke(&self, token: &str, hint: &str) -> Result<bool, ProviderError> {
         let Some(endpoint) = self.endpoints().await?.revocation_endpoint.clone() else {
             return Ok(false);
         };
         let _slot = self.slot()?;
         let response = self
-            .post_form(
-                &endpoint,
-                &[
-                    ("token", refresh_token),
-                    ("token_type_hint", "refresh_token"),
-                ],
-            )
+            .post_form(&endpoint, &[("token", token), ("token_type_hint", hint)])
             .await?;
-        Ok(response.status().is_success())
+        match response.status().as_u16() {
+            200..=299 => Ok(true),
+            400 => Ok(false),
+            status => Err(ProviderError::Refused(format!("HTTP status {status}"))),
+        }
     }
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<ProviderTokens, ProviderError> {

@@ -1,12 +1,13 @@
 //! The browser side of connecting a provider: `GET /connect/{id}` (from an MCP client's URL elicitation, or
 //! chained from the consent page), `GET /connect/{id}/callback` (the provider sends the browser back), and
-//! `GET`/`POST /connect/{id}/disconnect` (the person takes it back: the stored tokens are deleted, and the refresh
-//! token revoked at the provider when it has a revocation endpoint).
+//! `GET`/`POST /connect/{id}/disconnect` (the person takes it back: the stored tokens are deleted, and both the
+//! refresh and the access token revoked at the provider when it has a revocation endpoint, retried until it
+//! answers).
 //!
 //! The person is whoever the browser's session says: the connection is stored for that subject and no other, so
 //! a connect link opened by someone else connects their own account to themselves. The flow is bound to the
-//! browser by a cookie of its own (the callback must come back to the browser that started it), the `state` is
-//! single use, each provider has a callback path of its own (a code cannot be replayed at another provider's
+//! browser by a cookie of its provider (the callback must come back to the browser that started it), the `state`
+//! is single use and spent only by that browser, each provider has a callback path of its own (a code cannot be replayed at another provider's
 //! callback: RFC 9700 §4.4 mix-up), and an `iss` in the callback must name the provider (RFC 9207).
 
 use std::sync::Arc;
@@ -29,14 +30,67 @@ use crate::secrets;
 use crate::state::{AppState, Snapshot};
 use crate::store::ConnectRequest;
 
-/// Cookie binding a connect flow to the browser that started it.
+/// Cookie binding connect flows to the browser that started them: one per provider (`<this>_<provider id>`),
+/// so connecting one provider does not undo a pending connect of another.
 pub const CONNECT_COOKIE: &str = "mcp_authz_connect";
+/// Cookie binding a disconnect form to the browser that asked for it, one per provider as well: a form must not
+/// undo a pending connect.
+pub const DISCONNECT_COOKIE: &str = "mcp_authz_disconnect";
+/// How many pending connects of one provider a browser keeps bound (two tabs, a retry): the newest. With one
+/// cookie per configured provider, a browser never holds more than providers × this many bindings.
+pub const BOUND_PER_PROVIDER: usize = 3;
 /// How long the person has at the provider.
 pub const CONNECT_TTL_SECS: i64 = 600;
+
+/// The name of `provider`'s cookie of kind `base` (provider ids are lowercase letters, digits and '-').
+fn provider_cookie(base: &str, provider: &str) -> String {
+    format!("{base}_{provider}")
+}
+
+/// The connect bindings `headers` hold for `provider`, newest first: only values this server could have set.
+fn bindings(snapshot: &Snapshot, headers: &HeaderMap, provider: &str) -> Vec<String> {
+    let name = browser_flow::cookie_name(snapshot, &provider_cookie(CONNECT_COOKIE, provider));
+    browser_flow::cookie(headers, &name)
+        .unwrap_or_default()
+        .split('.')
+        .filter(|b| b.len() == 43 && secrets::valid_pkce_string(b))
+        .take(BOUND_PER_PROVIDER)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether the browser's cookie holds `csrf` among its bindings for `provider`.
+fn bound(snapshot: &Snapshot, headers: &HeaderMap, provider: &str, csrf: &str) -> bool {
+    bindings(snapshot, headers, provider)
+        .iter()
+        .fold(false, |found, b| secrets::constant_time_eq(b, csrf) | found)
+}
 
 /// Where the provider sends the browser back: one path per provider.
 pub fn callback_url(snapshot: &Snapshot, provider: &str) -> String {
     format!("{}/connect/{provider}/callback", snapshot.config.issuer)
+}
+
+/// Every provider `resource` uses, in the declaration's order, with whether `subject` has connected it.
+pub async fn used_by<'a>(
+    state: &AppState,
+    snapshot: &'a Snapshot,
+    resource: &str,
+    subject: &str,
+) -> Result<Vec<(&'a ProviderConfig, bool)>, OAuthError> {
+    let mut used = Vec::new();
+    let declared = snapshot
+        .config
+        .resource(resource)
+        .map(|r| r.providers.as_slice())
+        .unwrap_or_default();
+    for id in declared {
+        if let Some(p) = snapshot.config.provider(id) {
+            let connected = state.store.connection(subject, id).await?.is_some();
+            used.push((p, connected));
+        }
+    }
+    Ok(used)
 }
 
 /// The providers `resource` uses that `subject` has not connected, in the declaration's order.
@@ -46,26 +100,26 @@ pub async fn missing<'a>(
     resource: &str,
     subject: &str,
 ) -> Result<Vec<&'a ProviderConfig>, OAuthError> {
-    let mut missing = Vec::new();
-    let declared = snapshot
-        .config
-        .resource(resource)
-        .map(|r| r.providers.as_slice())
-        .unwrap_or_default();
-    for id in declared {
-        if let Some(p) = snapshot.config.provider(id)
-            && state.store.connection(subject, id).await?.is_none()
-        {
-            missing.push(p);
-        }
-    }
-    Ok(missing)
+    Ok(used_by(state, snapshot, resource, subject)
+        .await?
+        .into_iter()
+        .filter_map(|(p, connected)| (!connected).then_some(p))
+        .collect())
+}
+
+/// The refusal of a provider feature while the provider-token keys cannot be used.
+pub fn keys_unusable() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::TemporarilyUnavailable,
+        "provider connections are unavailable: the provider-token keys of this server cannot be used; retry later",
+    )
 }
 
 /// Stores the pending flow and sends the browser to the provider.
 pub async fn begin(
     state: &AppState,
     snapshot: &Snapshot,
+    headers: &HeaderMap,
     subject: &str,
     provider: &str,
     auth_request: Option<String>,
@@ -74,6 +128,9 @@ pub async fn begin(
         .providers
         .get(provider)
         .ok_or_else(|| OAuthError::invalid_request("no such provider"))?;
+    if snapshot.sealer.is_none() {
+        return Err(keys_unusable());
+    }
     let pending = ConnectRequest {
         id: secrets::random_token(),
         subject: subject.to_owned(),
@@ -103,11 +160,15 @@ pub async fn begin(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The new binding first, and the newest others after it: a flow in another tab stays bound.
+    let mut kept = vec![pending.csrf.clone()];
+    kept.extend(bindings(snapshot, headers, provider));
+    kept.truncate(BOUND_PER_PROVIDER);
     browser_flow::set_cookie(
         &mut response,
         snapshot,
-        CONNECT_COOKIE,
-        &pending.csrf,
+        &provider_cookie(CONNECT_COOKIE, provider),
+        &kept.join("."),
         CONNECT_TTL_SECS as u64,
     );
     Ok(response)
@@ -177,7 +238,7 @@ pub async fn start(
             Err(page) => return Ok(page),
         };
         who.subject = Some(subject.clone());
-        begin(&state, &snapshot, &subject, &provider, None).await
+        begin(&state, &snapshot, &headers, &subject, &provider, None).await
     }
     .await;
     answer(&state, &who, result).await
@@ -194,26 +255,31 @@ pub async fn callback(
     let mut who = who_for(&provider);
     let result = async {
         let params = Params::parse(uri.query().unwrap_or_default())?;
+        let id = params.require("state")?;
+        let gone = || {
+            OAuthError::invalid_request(
+                "this connection has expired or was already completed; start again",
+            )
+        };
+        // Read, checked against this browser's binding, and only then spent: a `state` is no secret (it travels
+        // in URLs, and so into referrers and logs), and whoever learns one must not be able to end the person's
+        // pending connect with it.
         let pending = state
             .store
-            .take_connect_request(params.require("state")?, now_secs())
+            .connect_request(id, now_secs())
             .await?
-            .ok_or_else(|| {
-                OAuthError::invalid_request(
-                    "this connection has expired or was already completed; start again",
-                )
-            })?;
+            .ok_or_else(gone)?;
         who.subject = Some(pending.subject.clone());
-        let cookie = browser_flow::cookie(
-            &headers,
-            &browser_flow::cookie_name(&snapshot, CONNECT_COOKIE),
-        )
-        .unwrap_or_default();
-        if !secrets::constant_time_eq(&cookie, &pending.csrf) {
+        if !bound(&snapshot, &headers, &pending.provider, &pending.csrf) {
             return Err(OAuthError::invalid_request(
                 "the connection did not start in this browser",
             ));
         }
+        let pending = state
+            .store
+            .take_connect_request(id, now_secs())
+            .await?
+            .ok_or_else(gone)?;
         if pending.provider != provider {
             return Err(OAuthError::invalid_request(
                 "this callback belongs to another provider's connection",
@@ -250,9 +316,7 @@ pub async fn callback(
                 )
                 .await
                 .map_err(|e| provider_failure(&client.config, &e))?;
-            let sealer = snapshot.sealer.as_ref().ok_or_else(|| {
-                OAuthError::new(ErrorCode::ServerError, "the provider-token keys are not loaded")
-            })?;
+            let sealer = snapshot.sealer.as_ref().ok_or_else(keys_unusable)?;
             let now = now_secs();
             let connection =
                 sealed_connection(sealer, &pending.subject, &provider, &tokens, None, now, now);
@@ -305,7 +369,15 @@ pub async fn callback(
                 .await?
                 .first()
         {
-            return begin(&state, &snapshot, &pending.subject, &next.id, Some(request_id)).await;
+            return begin(
+                &state,
+                &snapshot,
+                &headers,
+                &pending.subject,
+                &next.id,
+                Some(request_id),
+            )
+            .await;
         }
         let client =
             clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
@@ -372,7 +444,7 @@ pub async fn disconnect_form(
         browser_flow::set_cookie(
             &mut page,
             &snapshot,
-            CONNECT_COOKIE,
+            &provider_cookie(DISCONNECT_COOKIE, &provider),
             &csrf,
             CONNECT_TTL_SECS as u64,
         );
@@ -400,7 +472,7 @@ pub async fn disconnect(
         who.subject = Some(subject.clone());
         let cookie = browser_flow::cookie(
             &headers,
-            &browser_flow::cookie_name(&snapshot, CONNECT_COOKIE),
+            &browser_flow::cookie_name(&snapshot, &provider_cookie(DISCONNECT_COOKIE, &provider)),
         )
         .unwrap_or_default();
         let csrf = params.require("csrf")?;
@@ -409,18 +481,17 @@ pub async fn disconnect(
                 "the form's CSRF token does not match this browser",
             ));
         }
-        let removed = state.store.delete_connection(&subject, &provider).await?;
-        let client = snapshot.providers.get(&provider).cloned();
-        // Revoked at the provider too, best effort: the stored copy is gone either way, and the person can
-        // revoke there themselves.
-        if let (Some(connection), Some(client), Some(sealer)) =
-            (&removed, client.as_ref(), snapshot.sealer.as_ref())
-            && let Some(refresh) = &connection.refresh_sealed
-            && let Ok(refresh) = sealer.open(&connection.key_id, refresh, &subject, &provider)
-            && let Err(e) = client.revoke(&refresh).await
-        {
-            tracing::warn!(error = %e, provider, "revoking a disconnected provider token failed");
+        // The tokens are queued for revocation in the transaction that deletes them, then told to the provider
+        // now; what the provider does not take now is tried again by the maintenance loop.
+        let now = now_secs();
+        let removed = state
+            .store
+            .delete_connection(&subject, &provider, now)
+            .await?;
+        if let Some(connection) = &removed {
+            crate::providers::revoke(&state, &connection.queued(now)).await;
         }
+        let client = snapshot.providers.get(&provider).cloned();
         state
             .record_decision(Decision {
                 event: "connect",

@@ -11,9 +11,11 @@
 //!      (one refresh per connection at a time) ──▶ the provider's access token, never past its expiry
 //! ```
 //!
-//! A connection is deleted when the person's grant that used it is revoked (its refresh token is then queued and
-//! revoked at the provider by [`revoke_queued`]), when the person disconnects, when the provider refuses its
-//! refresh token (`invalid_grant`: revoked there), or when its sealed tokens no longer open.
+//! A connection is deleted when the person's grant that used it is revoked, when the person disconnects, when the
+//! provider refuses its refresh token (`invalid_grant`: revoked there), or when its sealed tokens no longer open
+//! (or are of the retired format v1); it is replaced when the person connects again. Each time, in the same
+//! transaction, its refresh token and its live access token are queued and then revoked at the provider by
+//! [`revoke_queued`], retried until the provider answers.
 
 pub mod client;
 pub mod connect;
@@ -23,16 +25,17 @@ pub mod tokens;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::state::AppState;
+use crate::providers::seal::{Field, SealError, Sealer};
+use crate::state::{AppState, Snapshot};
+use crate::store::QueuedRevocation;
 
 /// A queued revocation the provider keeps failing is dropped after this long: the stored copy is long gone.
 const GIVE_UP_SECS: i64 = 86_400;
 
-/// Tells the providers of connections deleted with a revoked grant (RFC 7009, where they have a revocation
-/// endpoint), oldest first, a hundred at a time; run by the server's maintenance loop on every replica (a
-/// revocation told twice is told twice, harmlessly).
+/// Tells the providers of deleted or replaced connections to revoke their tokens (RFC 7009, where they have a
+/// revocation endpoint), oldest first, a hundred at a time; run by the server's maintenance loop on every replica
+/// (a revocation told twice is told twice, harmlessly).
 pub async fn revoke_queued(state: &AppState) {
-    let snapshot = state.snapshot();
     let queued = match state.store.queued_revocations(100).await {
         Ok(queued) => queued,
         Err(e) => {
@@ -40,31 +43,82 @@ pub async fn revoke_queued(state: &AppState) {
             return;
         }
     };
+    revoke(state, &queued).await;
+}
+
+/// Tells the providers of `queued` now (a disconnect does not wait for the loop); what fails stays queued.
+pub async fn revoke(state: &AppState, queued: &[QueuedRevocation]) {
+    let snapshot = state.snapshot();
     let now = crate::clock::now_secs();
     for q in queued {
-        let opened = snapshot
-            .sealer
-            .as_ref()
-            .map(|sealer| sealer.open(&q.key_id, &q.refresh_sealed, &q.subject, &q.provider));
-        // A provider no longer configured, or a token that can no longer be opened: nothing left to tell. A key
-        // this replica has not read yet is not that: the revocation waits (until the day's give-up).
-        let done = match (snapshot.providers.get(&q.provider), opened) {
-            (Some(_), Some(Err(crate::providers::seal::SealError::UnknownKey(_)))) => {
-                now - q.queued_at > GIVE_UP_SECS
-            }
-            (Some(client), Some(Ok(token))) => match client.revoke(&token).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, provider = %q.provider, "revoking a provider token failed; tried again later");
-                    now - q.queued_at > GIVE_UP_SECS
-                }
-            },
-            _ => true,
-        };
-        if done && let Err(e) = state.store.forget_revocation(&q.refresh_sealed).await {
+        if revoke_one(state, &snapshot, q, now).await
+            && let Err(e) = state.store.forget_revocation(&q.sealed).await
+        {
             tracing::warn!(error = %e, "a done provider revocation could not be forgotten");
         }
     }
+}
+
+/// Whether `q` is done with: told, given up, or nothing left to tell.
+async fn revoke_one(state: &AppState, snapshot: &Snapshot, q: &QueuedRevocation, now: i64) -> bool {
+    let given_up = now - q.queued_at > GIVE_UP_SECS;
+    // A provider no longer configured: nothing left to tell.
+    let Some(client) = snapshot.providers.get(&q.provider) else {
+        return true;
+    };
+    // Keys not loaded (a key file that does not read): the revocation waits for them, as for a key not read yet.
+    let Some(sealer) = snapshot.sealer.as_ref() else {
+        return given_up;
+    };
+    let field = Field::from_hint(&q.token_type_hint).unwrap_or(Field::Refresh);
+    let token =
+        match sealer.open_for_revocation(&q.key_id, &q.sealed, &q.subject, &q.provider, field) {
+            Ok(token) => token,
+            // A key this replica has not read yet: the revocation waits (until the day's give-up).
+            Err(SealError::UnknownKey(_)) => return given_up,
+            // Altered, or sealed for someone else: it can no longer be opened, so nothing can be told.
+            Err(_) => return true,
+        };
+    match still_held(state, sealer, q, &token).await {
+        Ok(true) => return true,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "a provider connection cannot be read before revoking; tried again later");
+            return given_up;
+        }
+    }
+    match client.revoke(&token, field.hint()).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, provider = %q.provider, "revoking a provider token failed; tried again later");
+            given_up
+        }
+    }
+}
+
+/// Whether the person's current connection holds the same token (a provider may answer connecting again with the
+/// refresh token it gave before): revoking it would end the connection just made.
+async fn still_held(
+    state: &AppState,
+    sealer: &Sealer,
+    q: &QueuedRevocation,
+    token: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(current) = state.store.connection(&q.subject, &q.provider).await? else {
+        return Ok(false);
+    };
+    let held = [
+        Some((current.access_sealed.as_str(), Field::Access)),
+        current
+            .refresh_sealed
+            .as_deref()
+            .map(|r| (r, Field::Refresh)),
+    ];
+    Ok(held.into_iter().flatten().any(|(sealed, field)| {
+        sealer
+            .open_for_revocation(&current.key_id, sealed, &q.subject, &q.provider, field)
+            .is_ok_and(|t| crate::secrets::constant_time_eq(&t, token))
+    }))
 }
 
 /// A connection: (subject, provider).

@@ -14,7 +14,7 @@ use crate::clock::now_secs;
 use crate::config::PROVIDER_AUDIENCE_PREFIX;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::providers::client::{ProviderError, ProviderTokens};
-use crate::providers::seal::Sealer;
+use crate::providers::seal::{Field, SealError, Sealer};
 use crate::state::{AppState, Snapshot};
 use crate::store::ProviderConnection;
 use crate::token_exchange::{Subject, check_subject_for};
@@ -39,12 +39,13 @@ pub struct Planned {
 }
 
 /// Decides whether the resource server of `caller`, whose service is declared to receive `declared` providers,
-/// may have the `provider` token of the person behind `subject`.
+/// may have the `provider` token of the person behind `subject`, whose grant was made by `grant_type`.
 pub fn plan(
     caller: &str,
     declared: &[String],
     provider: &str,
     subject: &Subject,
+    grant_type: Option<&str>,
 ) -> Result<Planned, OAuthError> {
     check_subject_for(caller, subject)?;
     // A token already exchanged (it names an actor) is the person's token at a service called on their behalf:
@@ -75,6 +76,15 @@ pub fn plan(
         return Err(OAuthError::new(
             ErrorCode::InvalidScope,
             "provider tokens are for people: no person stands behind the subject token",
+        ));
+    }
+    // Connections are made by people signed in at this server, and keyed by the subject their sign-in gave. The
+    // `sub` of an identity provider's assertion (ID-JAG) is that provider's name for someone, in no namespace of
+    // ours: "alice" there is not the "alice" who signed in here, and must not get her connections.
+    if grant_type != Some(crate::config::GrantType::AuthorizationCode.as_str()) {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidScope,
+            "provider tokens are for people signed in at this server: the subject token's grant did not start with a sign-in here",
         ));
     }
     let person = claims
@@ -137,13 +147,14 @@ pub fn sealed_connection(
     created_at: i64,
     now: i64,
 ) -> ProviderConnection {
-    let (key_id, access_sealed) = sealer.seal(subject, provider, &tokens.access_token);
+    let (key_id, access_sealed) =
+        sealer.seal(subject, provider, Field::Access, &tokens.access_token);
     let refresh = tokens.refresh_token.as_deref().or(kept_refresh);
     ProviderConnection {
         subject: subject.to_owned(),
         provider: provider.to_owned(),
         key_id,
-        refresh_sealed: refresh.map(|r| sealer.seal(subject, provider, r).1),
+        refresh_sealed: refresh.map(|r| sealer.seal(subject, provider, Field::Refresh, r).1),
         access_sealed,
         access_expires_at: now.saturating_add(i64::try_from(tokens.expires_in).unwrap_or(i64::MAX)),
         scopes: tokens.scope.clone().unwrap_or_default(),
@@ -160,7 +171,7 @@ fn fresh_answer(
     connection: &ProviderConnection,
     now: i64,
     margin: i64,
-) -> Option<Result<Value, crate::providers::seal::SealError>> {
+) -> Option<Result<Value, SealError>> {
     let left = connection.access_expires_at - now;
     (left > margin).then(|| {
         let token = sealer.open(
@@ -168,6 +179,7 @@ fn fresh_answer(
             &connection.access_sealed,
             &connection.subject,
             &connection.provider,
+            Field::Access,
         )?;
         Ok(json!({
             "access_token": token,
@@ -185,11 +197,13 @@ pub async fn serve(
     planned: &Planned,
 ) -> Result<Value, OAuthError> {
     let (subject, provider) = (planned.subject.as_str(), planned.provider.as_str());
-    let (Some(client), Some(sealer)) = (snapshot.providers.get(provider), snapshot.sealer.as_ref())
-    else {
+    let Some(sealer) = snapshot.sealer.as_ref() else {
+        return Err(crate::providers::connect::keys_unusable());
+    };
+    let Some(client) = snapshot.providers.get(provider) else {
         return Err(OAuthError::new(
             ErrorCode::TemporarilyUnavailable,
-            "provider tokens cannot be served: the provider or its sealing keys are not loaded",
+            "provider tokens cannot be served: the provider is not loaded",
         ));
     };
     let _alone = state.provider_flights.enter(subject, provider).await;
@@ -225,35 +239,43 @@ pub async fn serve(
 }
 
 /// A connection whose sealed tokens do not open under a key this server has (the row was altered, or sealed for
-/// another person or provider) can never be used again: it is deleted and the person asked to connect anew. A key
-/// id this server does not know is not that: while a new key file reaches the replicas one by one, another replica
-/// may already seal under a key this one has not read yet; the connection stays, and the answer is to retry.
+/// another person, provider or field) can never be used again: it is deleted and the person asked to connect
+/// anew. A key id this server does not know is not that: while a new key file reaches the replicas one by one,
+/// another replica may already seal under a key this one has not read yet; the connection stays, and the answer
+/// is to retry.
+///
+/// A row of format v1 is treated as not connected: deleted (its tokens queued for revocation) and the person
+/// asked to connect again. Nothing in a v1 row tells its access token from its refresh token, so neither is
+/// handed out nor re-sealed as v2 (re-sealing would make a swap done before the upgrade look genuine); v1 was
+/// written only from 2026-12-03, so few people are asked to connect again, once.
 async fn unusable(
     state: &AppState,
     snapshot: &Snapshot,
     connection: &ProviderConnection,
-    error: &crate::providers::seal::SealError,
+    error: &SealError,
 ) -> OAuthError {
-    if let crate::providers::seal::SealError::UnknownKey(_) = error {
+    if let SealError::UnknownKey(_) = error {
         tracing::warn!(%error, provider = %connection.provider, "a stored provider connection is sealed under a key this server has not read (yet)");
         return OAuthError::new(
             ErrorCode::TemporarilyUnavailable,
             "the provider connection is sealed under a key this server does not have yet; retry later",
         );
     }
-    tracing::error!(%error, provider = %connection.provider, "a stored provider connection does not open; deleting it");
+    let why = if let SealError::Legacy = error {
+        tracing::info!(provider = %connection.provider, "a stored provider connection is of format v1; deleting it");
+        "the stored connection was written in a format this server no longer uses"
+    } else {
+        tracing::error!(%error, provider = %connection.provider, "a stored provider connection does not open; deleting it");
+        "the stored connection can no longer be read"
+    };
     if let Err(e) = state
         .store
-        .delete_connection(&connection.subject, &connection.provider)
+        .delete_connection(&connection.subject, &connection.provider, now_secs())
         .await
     {
         return e.into();
     }
-    connect_first(
-        snapshot,
-        &connection.provider,
-        "the stored connection can no longer be read",
-    )
+    connect_first(snapshot, &connection.provider, why)
 }
 
 /// Refreshes the connection at the provider and stores what it gave.
@@ -268,14 +290,23 @@ async fn refreshed(
     let (subject, provider) = (connection.subject.as_str(), connection.provider.as_str());
     let name = client.config.display_name.as_str();
     let Some(refresh_sealed) = &connection.refresh_sealed else {
-        state.store.delete_connection(subject, provider).await?;
+        state
+            .store
+            .delete_connection(subject, provider, now)
+            .await?;
         return Err(connect_first(
             snapshot,
             provider,
             "the provider's access token expired and it gave no refresh token",
         ));
     };
-    let refresh = match sealer.open(&connection.key_id, refresh_sealed, subject, provider) {
+    let refresh = match sealer.open(
+        &connection.key_id,
+        refresh_sealed,
+        subject,
+        provider,
+        Field::Refresh,
+    ) {
         Ok(refresh) => refresh,
         Err(e) => return Err(unusable(state, snapshot, connection, &e).await),
     };
@@ -296,7 +327,11 @@ async fn refreshed(
         Ok(tokens) => tokens,
         Err(ProviderError::Revoked) => {
             state.metrics.outcome("token", "provider_revoked");
-            state.store.delete_connection(subject, provider).await?;
+            // The refresh token is dead there; the access token the MCP server may hold is queued with it.
+            state
+                .store
+                .delete_connection(subject, provider, now)
+                .await?;
             audit::log(&Decision {
                 event: "token",
                 subject: Some(subject),
@@ -332,7 +367,10 @@ async fn refreshed(
         .replace_connection(&next, &connection.access_sealed)
         .await?
     {
-        // Another replica refreshed (or the person disconnected) meanwhile: the stored row is the truth.
+        // Another replica refreshed (or the person disconnected, or connected again) meanwhile: the stored row is
+        // the truth, and the tokens the provider just gave are nobody's; they are revoked there (one the stored
+        // row holds too, as a provider that does not rotate gives, is spared by the queue).
+        state.store.queue_revocations(&next.queued(now)).await?;
         let current = state
             .store
             .connection(subject, provider)
@@ -412,7 +450,8 @@ mod tests {
     #[test]
     fn who_may_have_a_persons_provider_token() {
         let declared = vec!["github".to_owned()];
-        let planned = plan(S, &declared, "github", &subject(|_| {})).expect("planned");
+        let signed_in = Some("authorization_code");
+        let planned = plan(S, &declared, "github", &subject(|_| {}), signed_in).expect("planned");
         assert_eq!(
             planned,
             Planned {
@@ -422,10 +461,15 @@ mod tests {
                 client_id: Some("cli".into()),
             }
         );
-        let refused = |provider: &str, subject: Subject| {
-            let e = plan(S, &declared, provider, &subject).expect_err("refused");
+        let refused_for = |provider: &str, subject: Subject, grant_type: Option<&str>| {
+            let e = plan(S, &declared, provider, &subject, grant_type).expect_err("refused");
             (e.code.as_str(), e.description)
         };
+        let refused = |provider: &str, subject: Subject| refused_for(provider, subject, signed_in);
+        let not_signed_in_here = (
+            "invalid_scope",
+            "provider tokens are for people signed in at this server: the subject token's grant did not start with a sign-in here",
+        );
         let cases = [
             (
                 refused("gitlab", subject(|_| {})),
@@ -482,6 +526,24 @@ mod tests {
                     "provider tokens go to the service the person's own token is for, not to one called on their behalf",
                 ),
             ),
+            // An identity provider's "alice" (ID-JAG) is not the alice who signed in here; a grant not found is
+            // no sign-in either.
+            (
+                refused_for(
+                    "github",
+                    subject(|_| {}),
+                    Some("urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ),
+                not_signed_in_here,
+            ),
+            (
+                refused_for("github", subject(|_| {}), Some("client_credentials")),
+                not_signed_in_here,
+            ),
+            (
+                refused_for("github", subject(|_| {}), None),
+                not_signed_in_here,
+            ),
         ];
         for (got, (code, description)) in cases {
             assert_eq!((got.0, got.1.as_str()), (code, description));
@@ -503,7 +565,8 @@ mod tests {
                 &c.key_id,
                 c.refresh_sealed.as_deref().unwrap_or_default(),
                 "alice",
-                "github"
+                "github",
+                Field::Refresh
             ),
             Ok("rt-1".to_owned())
         );
@@ -552,7 +615,8 @@ mod tests {
                 &c.key_id,
                 c.refresh_sealed.as_deref().unwrap_or_default(),
                 "alice",
-                "github"
+                "github",
+                Field::Refresh
             ),
             Ok("rt-1".to_owned())
         );

@@ -116,6 +116,12 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     &["CREATE TABLE IF NOT EXISTS provider_revocations (
         refresh_sealed TEXT PRIMARY KEY, subject TEXT NOT NULL, provider TEXT NOT NULL, key_id TEXT NOT NULL,
         queued_at BIGINT NOT NULL)"],
+),
+(
+    11,
+    // Access tokens are queued too (an MCP server may still hold one), so each row says which token it is: the
+    // RFC 7009 hint, and the field its v2 seal names. The key column keeps its old name: it holds either.
+    &["ALTER TABLE provider_revocations ADD COLUMN token_type_hint TEXT NOT NULL DEFAULT 'refresh_token'"],
 )];
 
 /// The newest schema this build knows.

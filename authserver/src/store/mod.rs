@@ -214,15 +214,42 @@ pub struct ProviderConnection {
     pub updated_at: Timestamp,
 }
 
-/// A provider refresh token to revoke at its provider: its connection went with a revoked grant.
+/// A provider token to revoke at its provider (RFC 7009): its connection was deleted (a revoked grant, a
+/// disconnect, a row that can no longer serve) or replaced by connecting again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRevocation {
     pub subject: String,
     pub provider: String,
     pub key_id: String,
-    /// Still sealed for its person and provider; also the row's key.
-    pub refresh_sealed: String,
+    /// Still sealed for its person, provider and field; also the row's key.
+    pub sealed: String,
+    /// `refresh_token` or `access_token`: the RFC 7009 hint, and the field the value is sealed as.
+    pub token_type_hint: String,
     pub queued_at: Timestamp,
+}
+
+impl ProviderConnection {
+    /// What deleting or replacing this connection at `now` queues (as the store's statements do): the refresh
+    /// token, and the access token while it lives.
+    pub fn queued(&self, now: Timestamp) -> Vec<QueuedRevocation> {
+        let queued = |sealed: &str, hint: &str| QueuedRevocation {
+            subject: self.subject.clone(),
+            provider: self.provider.clone(),
+            key_id: self.key_id.clone(),
+            sealed: sealed.to_owned(),
+            token_type_hint: hint.to_owned(),
+            queued_at: now,
+        };
+        let mut all: Vec<_> = self
+            .refresh_sealed
+            .iter()
+            .map(|r| queued(r, "refresh_token"))
+            .collect();
+        if self.access_expires_at > now {
+            all.push(queued(&self.access_sealed, "access_token"));
+        }
+        all
+    }
 }
 
 /// A connect flow between the redirect to the provider and its callback: who is connecting, the PKCE verifier,
@@ -285,8 +312,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Grant>, StoreError>;
     /// Revokes the grant with everything issued from it, forgets the consent it was given under (the client
-    /// must ask again) and deletes the provider connections it used (queuing their refresh tokens for revocation
-    /// at the provider); returns whether it was active.
+    /// must ask again) and deletes the provider connections it used (queuing their tokens for revocation at the
+    /// provider); returns whether it was active.
     async fn revoke_grant(
         &self,
         id: &str,
@@ -402,6 +429,12 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_login_failure(&self, username_hash: &str) -> Result<(), StoreError>;
 
     async fn put_connect_request(&self, request: &ConnectRequest) -> Result<(), StoreError>;
+    /// A pending connect flow that has not expired, left in place (its callback checks the browser first).
+    async fn connect_request(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ConnectRequest>, StoreError>;
     /// Removes and returns a pending connect flow that has not expired: a callback is answered once.
     async fn take_connect_request(
         &self,
@@ -409,7 +442,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<ConnectRequest>, StoreError>;
 
-    /// Stores a new connection, replacing any earlier one of the same person and provider.
+    /// Stores a new connection, replacing any earlier one of the same person and provider: the earlier one's tokens
+    /// are queued for revocation and its grant links dropped, in the same transaction.
     async fn put_connection(&self, connection: &ProviderConnection) -> Result<(), StoreError>;
     async fn connection(
         &self,
@@ -423,10 +457,12 @@ pub trait Store: Send + Sync + 'static {
         next: &ProviderConnection,
         previous_access_sealed: &str,
     ) -> Result<bool, StoreError>;
-    /// The oldest refresh tokens waiting to be revoked at their providers, at most `limit`.
+    /// Queues tokens for revocation at their providers (one already queued stays as it is).
+    async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError>;
+    /// The oldest tokens waiting to be revoked at their providers, at most `limit`.
     async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
     /// Forgets a queued revocation (done, or given up).
-    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError>;
+    async fn forget_revocation(&self, sealed: &str) -> Result<(), StoreError>;
     /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
     /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
     async fn claim_refresh(
@@ -439,11 +475,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Gives a claim up (the refresh failed and left the row as it was).
     async fn release_refresh(&self, subject: &str, provider: &str) -> Result<(), StoreError>;
-    /// Deletes the connection and returns what it held.
+    /// Deletes the connection, queues its tokens for revocation at the provider (as
+    /// [`ProviderConnection::queued`] at `now` says) in the same transaction, and returns what it held.
     async fn delete_connection(
         &self,
         subject: &str,
         provider: &str,
+        now: Timestamp,
     ) -> Result<Option<ProviderConnection>, StoreError>;
     /// Records that `grant_id` uses the connection: revoking that grant deletes the connection
     /// ([`Store::revoke_grant`], [`Store::revoke_grants`]).

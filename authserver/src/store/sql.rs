@@ -177,6 +177,27 @@ async fn forget_unconnected_links(
     Ok(())
 }
 
+/// The statements that queue, for revocation at their providers (RFC 7009), the tokens of the connections
+/// matching `condition`: the refresh token, and the access token while it lives (the MCP server it went to may
+/// still hold it). `now` names the bind of the time. Run before the connections are deleted or replaced, in the
+/// same transaction, so no token is forgotten between the two.
+fn queue_tokens(condition: &str, now: &str) -> [String; 2] {
+    let insert = "INSERT INTO provider_revocations
+        (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)";
+    [
+        format!(
+            "{insert} SELECT refresh_sealed, subject, provider, key_id, {now}, 'refresh_token'
+             FROM provider_connections WHERE refresh_sealed IS NOT NULL AND ({condition})
+             ON CONFLICT DO NOTHING"
+        ),
+        format!(
+            "{insert} SELECT access_sealed, subject, provider, key_id, {now}, 'access_token'
+             FROM provider_connections WHERE access_expires_at > {now} AND ({condition})
+             ON CONFLICT DO NOTHING"
+        ),
+    ]
+}
+
 /// Keeps a password in a connection URL out of error messages and logs.
 fn redact(message: &str, url: &str) -> String {
     match url::Url::parse(url) {
@@ -447,20 +468,19 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // The person's provider accounts this grant used: the stored refresh tokens go with it, queued to be
-        // revoked at their providers.
-        sqlx::query(
-            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
-             SELECT refresh_sealed, subject, provider, key_id, $2 FROM provider_connections
-             WHERE refresh_sealed IS NOT NULL AND EXISTS (SELECT 1 FROM provider_connection_grants l
-               WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // The person's provider accounts this grant used: the stored tokens go with it, queued to be revoked at
+        // their providers.
+        for statement in queue_tokens(
+            "EXISTS (SELECT 1 FROM provider_connection_grants l WHERE l.grant_id = $1
+               AND l.subject = provider_connections.subject AND l.provider = provider_connections.provider)",
+            "$2",
+        ) {
+            sqlx::query(AssertSqlSafe(statement))
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
@@ -509,18 +529,15 @@ impl Store for SqlStore {
         .await?;
         // A connection goes with the grants that used it; revoking everything of one person (a subject alone) takes
         // all of that person's connections, used or not: a subject given to someone new later must find none.
+        const CONNECTIONS: &str = "EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
+                 AND l.provider = provider_connections.provider)
+               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)";
+        let [refresh, access] = queue_tokens(CONNECTIONS, "$4");
         for statement in [
-            "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at)
-             SELECT refresh_sealed, subject, provider, key_id, $4 FROM provider_connections
-             WHERE refresh_sealed IS NOT NULL AND (EXISTS (SELECT 1 FROM provider_connection_grants l
-               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)
-               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1))
-             ON CONFLICT DO NOTHING",
-            "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
-               WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)
-               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)",
+            refresh,
+            access,
+            format!("DELETE FROM provider_connections WHERE {CONNECTIONS}"),
         ] {
             sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
                 .bind(f.subject.clone())
@@ -939,6 +956,25 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn connect_request(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ConnectRequest>, StoreError> {
+        let _span = crate::spans::store("connect_request");
+        let row =
+            sqlx::query("SELECT body FROM connect_requests WHERE id = $1 AND expires_at > $2")
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let body: String = row.try_get("body")?;
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
     async fn take_connect_request(
         &self,
         id: &str,
@@ -962,6 +998,23 @@ impl Store for SqlStore {
 
     async fn put_connection(&self, c: &ProviderConnection) -> Result<(), StoreError> {
         let _span = crate::spans::store("put_connection");
+        let mut tx = self.pool.begin().await?;
+        // Connecting again: the provider still honours the tokens of the connection replaced, which nobody here
+        // would use or revoke any more.
+        for statement in queue_tokens("subject = $1 AND provider = $2", "$3") {
+            sqlx::query(AssertSqlSafe(statement))
+                .bind(&c.subject)
+                .bind(&c.provider)
+                .bind(c.updated_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // A new connection starts with no grant tied to it, as after a disconnect.
+        sqlx::query("DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2")
+            .bind(&c.subject)
+            .bind(&c.provider)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO provider_connections ({CONNECTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (subject, provider) DO UPDATE SET key_id = excluded.key_id,
@@ -978,8 +1031,9 @@ impl Store for SqlStore {
         .bind(&c.scopes)
         .bind(c.created_at)
         .bind(c.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1025,11 +1079,33 @@ impl Store for SqlStore {
         Ok(changed > 0)
     }
 
+    async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError> {
+        let _span = crate::spans::store("queue_revocations");
+        let mut tx = self.pool.begin().await?;
+        for q in queued {
+            sqlx::query(
+                "INSERT INTO provider_revocations
+                   (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&q.sealed)
+            .bind(&q.subject)
+            .bind(&q.provider)
+            .bind(&q.key_id)
+            .bind(q.queued_at)
+            .bind(&q.token_type_hint)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
         let _span = crate::spans::store("queued_revocations");
         let rows = sqlx::query(
-            "SELECT refresh_sealed, subject, provider, key_id, queued_at FROM provider_revocations
-             ORDER BY queued_at LIMIT $1",
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at, token_type_hint
+             FROM provider_revocations ORDER BY queued_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -1040,17 +1116,18 @@ impl Store for SqlStore {
                     subject: r.try_get("subject")?,
                     provider: r.try_get("provider")?,
                     key_id: r.try_get("key_id")?,
-                    refresh_sealed: r.try_get("refresh_sealed")?,
+                    sealed: r.try_get("refresh_sealed")?,
+                    token_type_hint: r.try_get("token_type_hint")?,
                     queued_at: r.try_get("queued_at")?,
                 })
             })
             .collect()
     }
 
-    async fn forget_revocation(&self, refresh_sealed: &str) -> Result<(), StoreError> {
+    async fn forget_revocation(&self, sealed: &str) -> Result<(), StoreError> {
         let _span = crate::spans::store("forget_revocation");
         sqlx::query("DELETE FROM provider_revocations WHERE refresh_sealed = $1")
-            .bind(refresh_sealed)
+            .bind(sealed)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -1097,9 +1174,18 @@ impl Store for SqlStore {
         &self,
         subject: &str,
         provider: &str,
+        now: Timestamp,
     ) -> Result<Option<ProviderConnection>, StoreError> {
         let _span = crate::spans::store("delete_connection");
         let mut tx = self.pool.begin().await?;
+        for statement in queue_tokens("subject = $1 AND provider = $2", "$3") {
+            sqlx::query(AssertSqlSafe(statement))
+                .bind(subject)
+                .bind(provider)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         let row = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM provider_connections WHERE subject = $1 AND provider = $2 RETURNING {CONNECTION_COLUMNS}"
         )))

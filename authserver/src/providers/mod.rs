@@ -13,9 +13,10 @@
 //!
 //! A connection is deleted when the person's grant that used it is revoked, when the person disconnects, when the
 //! provider refuses its refresh token (`invalid_grant`: revoked there), or when its sealed tokens no longer open
-//! (or are of the retired format v1); it is replaced when the person connects again. Each time, in the same
-//! transaction, its refresh token and its live access token are queued and then revoked at the provider by
-//! [`revoke_queued`], retried until the provider answers.
+//! (or are of the retired format v1). Each time, in the same transaction, its refresh token and its live access
+//! token are queued and then revoked at the provider by [`revoke_queued`], retried until the provider answers. A
+//! connection replaced by connecting again is not revoked: the new one usually continues the same grant at the
+//! provider, and revoking any token of a grant revokes all of it at many providers.
 
 pub mod client;
 pub mod connect;
@@ -32,7 +33,7 @@ use crate::store::QueuedRevocation;
 /// A queued revocation the provider keeps failing is dropped after this long: the stored copy is long gone.
 const GIVE_UP_SECS: i64 = 86_400;
 
-/// Tells the providers of deleted or replaced connections to revoke their tokens (RFC 7009, where they have a
+/// Tells the providers of deleted connections to revoke their tokens (RFC 7009, where they have a
 /// revocation endpoint), oldest first, a hundred at a time; run by the server's maintenance loop on every replica
 /// (a revocation told twice is told twice, harmlessly).
 pub async fn revoke_queued(state: &AppState) {

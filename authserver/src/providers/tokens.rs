@@ -367,15 +367,14 @@ async fn refreshed(
         .replace_connection(&next, &connection.access_sealed)
         .await?
     {
-        // Another replica refreshed (or the person disconnected, or connected again) meanwhile: the stored row is
-        // the truth, and the tokens the provider just gave are nobody's; they are revoked there (one the stored
-        // row holds too, as a provider that does not rotate gives, is spared by the queue).
-        state.store.queue_revocations(&next.queued(now)).await?;
-        let current = state
-            .store
-            .connection(subject, provider)
-            .await?
-            .ok_or_else(|| connect_first(snapshot, provider, "not connected"))?;
+        // Another replica refreshed, or the person disconnected or connected again, meanwhile: the stored row is
+        // the truth. Disconnected, the tokens the provider just gave are nobody's and are revoked there. Still
+        // connected, they are left to expire: they belong to the grant the stored row continues, and revoking one
+        // revokes the grant's every token at many providers (RFC 7009 §2.1), the stored row's too.
+        let Some(current) = state.store.connection(subject, provider).await? else {
+            state.store.queue_revocations(&next.queued(now)).await?;
+            return Err(connect_first(snapshot, provider, "not connected"));
+        };
         return match fresh_answer(sealer, &current, now, 0) {
             Some(Ok(answer)) => Ok(answer),
             Some(Err(e)) => Err(unusable(state, snapshot, &current, &e).await),

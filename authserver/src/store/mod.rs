@@ -215,7 +215,7 @@ pub struct ProviderConnection {
 }
 
 /// A provider token to revoke at its provider (RFC 7009): its connection was deleted (a revoked grant, a
-/// disconnect, a row that can no longer serve) or replaced by connecting again.
+/// disconnect, a row that can no longer serve).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRevocation {
     pub subject: String,

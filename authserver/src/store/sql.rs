@@ -999,16 +999,10 @@ impl Store for SqlStore {
     async fn put_connection(&self, c: &ProviderConnection) -> Result<(), StoreError> {
         let _span = crate::spans::store("put_connection");
         let mut tx = self.pool.begin().await?;
-        // Connecting again: the provider still honours the tokens of the connection replaced, which nobody here
-        // would use or revoke any more.
-        for statement in queue_tokens("subject = $1 AND provider = $2", "$3") {
-            sqlx::query(AssertSqlSafe(statement))
-                .bind(&c.subject)
-                .bind(&c.provider)
-                .bind(c.updated_at)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Connecting again leaves the replaced connection's tokens to the provider, unrevoked: connecting again to
+        // the same account usually continues the same grant there, and a provider revokes a grant's every token
+        // when one is revoked (RFC 7009 §2.1; Google does, for any token), so revoking the old tokens would end
+        // the connection just made. Their stored copies are overwritten here.
         // A new connection starts with no grant tied to it, as after a disconnect.
         sqlx::query("DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2")
             .bind(&c.subject)

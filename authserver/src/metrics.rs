@@ -115,7 +115,7 @@ impl Metrics {
         let provider_keys_unusable = IntGauge::new(
             "mcp_authz_authserver_provider_token_keys_unusable",
             "1 while the provider-token key file cannot be used: provider connections and provider tokens answer \
-             temporarily_unavailable",
+             temporarily_unavailable, or, when keys were read before, are served with those until a restart",
         )
         .expect("static metric definition");
         for c in [

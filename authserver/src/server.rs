@@ -822,7 +822,9 @@ async fn maintain(
 }
 
 /// Swaps in client secrets and provider-token keys whose files changed under an unchanged config (a rotated
-/// Secret); a file that no longer loads leaves what is in force, as a refused config reload does.
+/// Secret). Client secrets that no longer load leave what is in force, as a refused config reload does; a key file
+/// that no longer loads is the provider features' own matter (`state::sealer_or_problem`) and never holds back a
+/// client's rotated secret.
 fn reload_client_secrets(state: &AppState) {
     let snapshot = state.snapshot();
     if snapshot
@@ -834,18 +836,25 @@ fn reload_client_secrets(state: &AppState) {
     {
         return;
     }
-    let outcome = crate::state::read_client_secrets(&snapshot.config).and_then(|secrets| {
-        let sealer = crate::state::read_sealer(&snapshot.config)?;
-        if secrets == snapshot.client_secrets && sealer == snapshot.sealer {
-            return Ok(false);
+    let secrets = match crate::state::read_client_secrets(&snapshot.config) {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            state
+                .metrics
+                .reloads
+                .with_label_values(&[e.metric_label()])
+                .inc();
+            tracing::error!(error = %e, "secret reload failed; the secrets in force stay");
+            return;
         }
-        let rebuilt = Snapshot::build(snapshot.config.clone(), Some(&snapshot))?;
-        state.replace_snapshot(rebuilt);
-        Ok(true)
-    });
-    match outcome {
-        Ok(false) => {}
-        Ok(true) => {
+    };
+    let keys = crate::state::read_sealer(&snapshot.config);
+    if !files_moved(&snapshot, &secrets, keys.as_ref().ok()) {
+        return;
+    }
+    match Snapshot::build(snapshot.config.clone(), Some(&snapshot)) {
+        Ok(rebuilt) => {
+            state.replace_snapshot(rebuilt);
             state.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::info!("client secrets or provider-token keys reloaded");
         }
@@ -858,6 +867,20 @@ fn reload_client_secrets(state: &AppState) {
             tracing::error!(error = %e, "secret reload failed; the secrets in force stay");
         }
     }
+}
+
+/// Whether what the secret files hold now differs from what `current` was built with: other client secrets, other
+/// keys, or a key file that started or stopped reading (`keys` is `None` when it does not read).
+fn files_moved(
+    current: &Snapshot,
+    secrets: &std::collections::HashMap<String, String>,
+    keys: Option<&Option<crate::providers::seal::Sealer>>,
+) -> bool {
+    let keys_moved = match keys {
+        Some(keys) => *keys != current.sealer || current.sealer_problem.is_some(),
+        None => current.sealer_problem.is_none(),
+    };
+    *secrets != current.client_secrets || keys_moved
 }
 
 /// For handlers that need an OAuth error from a store error.
@@ -890,6 +913,48 @@ mod tests {
             "issuer: https://auth.example\nsigning: {{keysDir: /nonexistent}}\nlogin: {{static: {{users: []}}}}\n{extra}"
         );
         AuthServerConfig::parse(&text, Path::new("c.yaml")).expect("config")
+    }
+
+    #[test]
+    fn a_rotated_secret_or_key_file_moves_the_snapshot_whatever_else_reads() {
+        use crate::providers::seal::Sealer;
+        use base64::Engine;
+        use std::collections::HashMap;
+        let keys = |byte: u8| {
+            let line = format!(
+                "k1 {}\n",
+                base64::engine::general_purpose::STANDARD.encode([byte; 32])
+            );
+            Some(Sealer::parse(&line).expect("keys"))
+        };
+        let mut snapshot = Snapshot::build(config(""), None).expect("snapshot");
+        snapshot.client_secrets = HashMap::from([("c".to_owned(), "h1".to_owned())]);
+        snapshot.sealer = keys(1);
+        let same = snapshot.client_secrets.clone();
+        let rotated = HashMap::from([("c".to_owned(), "h2".to_owned())]);
+        let (old_keys, new_keys) = (keys(1), keys(2));
+        // (secrets now, key file now (None: does not read), a problem already known, moved)
+        let cases = [
+            (&same, Some(&old_keys), false, false),
+            (&rotated, Some(&old_keys), false, true),
+            // A broken key file never holds back a rotated secret, and is itself news once.
+            (&rotated, None, false, true),
+            (&rotated, None, true, true),
+            (&same, None, false, true),
+            (&same, None, true, false),
+            (&same, Some(&new_keys), false, true),
+            // The file reads again: the problem ends.
+            (&same, Some(&old_keys), true, true),
+        ];
+        for (secrets, read, known_problem, moved) in cases {
+            snapshot.sealer_problem = known_problem.then(|| "broken".to_owned());
+            assert_eq!(
+                files_moved(&snapshot, secrets, read),
+                moved,
+                "{secrets:?} {} {known_problem}",
+                read.is_some()
+            );
+        }
     }
 
     #[test]

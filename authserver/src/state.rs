@@ -46,8 +46,8 @@ pub struct Snapshot {
     pub providers: HashMap<String, Arc<ProviderClient>>,
     /// The keys that seal provider tokens, when providers are configured and the key file is usable.
     pub sealer: Option<Sealer>,
-    /// Why the configured key file cannot be used, when it cannot: the provider features answer
-    /// `temporarily_unavailable` and the rest of the server serves on.
+    /// Why the configured key file cannot be used, when it cannot: without keys read before, the provider
+    /// features answer `temporarily_unavailable` and the rest of the server serves on; with them, they serve on.
     pub sealer_problem: Option<String>,
 }
 
@@ -245,9 +245,11 @@ fn sealer_or_problem(
     match read_sealer(config) {
         Ok(sealer) => (sealer, None),
         Err(e) => match previous.and_then(|p| p.sealer.clone()) {
+            // The keys in force still serve, and the problem is kept for the gauge: the next restart would find
+            // no keys at all.
             Some(kept) => {
                 tracing::error!(error = %e, "the provider-token key file cannot be used; the keys in force stay");
-                (Some(kept), None)
+                (Some(kept), Some(e.to_string()))
             }
             None => {
                 tracing::error!(
@@ -464,6 +466,41 @@ mod tests {
             Path::new("c.yaml"),
         )
         .expect("config")
+    }
+
+    #[test]
+    fn a_key_file_that_breaks_keeps_the_keys_in_force_and_says_so() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("provider-token-keys");
+        let good = format!(
+            "k1 {}\n",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        );
+        std::fs::write(&path, &good).expect("write");
+        let mut config = config("");
+        config.provider_token_keys_file = Some(path.clone());
+        let first = Snapshot::build(config.clone(), None).expect("snapshot");
+        assert!(first.sealer.is_some() && first.sealer_problem.is_none());
+        std::fs::write(&path, "garbage\n").expect("write");
+        let (kept, problem) = sealer_or_problem(&config, Some(&first));
+        assert_eq!(kept, first.sealer, "the keys in force stay");
+        assert_eq!(
+            problem.as_deref(),
+            Some(
+                format!(
+                    "invalid config: provider token key file {}: line 1: expected `<key id> <key in base64>`",
+                    path.display()
+                )
+                .as_str()
+            ),
+            "and the gauge says the file is broken"
+        );
+        let (none, problem) = sealer_or_problem(&config, None);
+        assert!(
+            none.is_none() && problem.is_some(),
+            "no keys before: none now"
+        );
     }
 
     #[test]

@@ -472,14 +472,30 @@ async fn the_consent_page_names_every_provider_and_which_are_connected() {
 /// answer `temporarily_unavailable`, and the metric says so.
 #[tokio::test]
 async fn a_key_file_that_does_not_read_stops_only_the_provider_features() {
+    const CHECKER: &str = "revocation-checker";
+    const ROTATED: &str = "the-checkers-second-secret-0123456789abcdef";
     let fake = FakeProvider::start(NEW_TOKENS).await;
     let keys = Arc::new(std::sync::Mutex::new(None));
     let keys_seen = keys.clone();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("checker-secret");
+    std::fs::write(&secret_file, "the-checkers-first-secret-0123456789abcdef").unwrap();
     let p = plane_with(At::Endpoints(fake.base.clone()), None, |c| {
         let path = c.provider_token_keys_file.clone().unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "garbage\n").unwrap();
         *keys_seen.lock().unwrap() = Some(path);
+        c.clients.push(ClientConfig {
+            client_id: CHECKER.into(),
+            client_name: "Revocation checker".into(),
+            redirect_uris: vec![],
+            token_endpoint_auth_method: ClientAuthMethod::ClientSecretPost,
+            jwks: None,
+            client_secret_file: Some(secret_file.clone()),
+            grant_types: vec![GrantType::ClientCredentials],
+            scopes: vec![],
+            introspection: false,
+        });
     })
     .await;
     let path = keys.lock().unwrap().clone().unwrap();
@@ -518,6 +534,39 @@ async fn a_key_file_that_does_not_read_stops_only_the_provider_features() {
     assert!(
         metrics.contains("mcp_authz_authserver_provider_token_keys_unusable 1"),
         "{metrics}"
+    );
+    // A client's rotated secret takes effect at the next reading of the files (every 10 s) all the same.
+    std::fs::write(&secret_file, ROTATED).unwrap();
+    let with_rotated = || async {
+        let (status, body, _) =
+            p.s.token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", CHECKER),
+                ("client_secret", ROTATED),
+                ("resource", RESOURCE),
+            ])
+            .await;
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let refused = (401, "invalid_client".to_owned());
+    let started = std::time::Instant::now();
+    let mut answer = with_rotated().await;
+    assert_eq!(
+        answer, refused,
+        "the rotated secret before the files are read again"
+    );
+    while answer == refused && started.elapsed() < std::time::Duration::from_secs(25) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        answer = with_rotated().await;
+    }
+    // Authenticated: refused now only for scope (the checker holds none).
+    assert_eq!(
+        answer,
+        (400, "invalid_scope".to_owned()),
+        "the rotated secret was never taken"
     );
 }
 

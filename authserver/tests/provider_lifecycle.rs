@@ -165,6 +165,26 @@ async fn a_state_without_its_browser_leaves_the_persons_connect_pending() {
         ),
         "{html}"
     );
+    // The stranger's attempt is recorded, but not as the person's: whoever learns a state cannot write records
+    // in someone's name.
+    let audit: Value =
+        p.s.http
+            .get(format!("{}/admin/audit?limit=50", p.s.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let refused: Vec<&Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["outcome"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit}");
+    assert_ne!(refused[0]["subject"], "alice", "{audit}");
     let (status, done) = page(alice.get(&p.s, &callback).await);
     assert_eq!(status, 200, "{done}");
     assert!(done.contains("Your Acme account is connected."), "{done}");
@@ -445,6 +465,23 @@ async fn the_consent_page_names_every_provider_and_which_are_connected() {
     })
     .await;
     p.seed("alice", "a", Some("r"), FAR).await;
+    // A row of the retired format v1 is no connection: its first use deletes it and asks to connect again.
+    let sealer = p.sealer();
+    let (key_id, access_sealed) = sealer.seal_v1_for_tests("alice", "globex", "v1-access");
+    p.store()
+        .put_connection(&mcp_authz_authserver::store::ProviderConnection {
+            subject: "alice".into(),
+            provider: "globex".into(),
+            key_id,
+            refresh_sealed: None,
+            access_sealed,
+            access_expires_at: FAR,
+            scopes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
     let mut alice = Browser::default();
     let Step::Page(_, form) = alice
         .get(
@@ -734,4 +771,97 @@ async fn a_refresh_that_loses_to_a_newer_row_serves_it_and_revokes_nothing() {
     assert_eq!(p.queued_revocations().await, 0);
     p.revoke_queued().await;
     assert_eq!(fake.revoked(), Vec::<(String, String)>::new());
+}
+
+/// A provider that takes a disconnect's revocation and never answers holds neither the page nor the record: the
+/// person is told at once that the account is no longer connected, the audit holds the decision, and the tokens
+/// stay queued for the maintenance loop.
+#[tokio::test]
+async fn a_provider_that_never_answers_a_revocation_holds_up_no_disconnect() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let p = plane(At::Endpoints(base), None).await;
+    p.seed("alice", "held-access", Some("held-refresh"), FAR)
+        .await;
+    let mut alice = Browser::default();
+    p.person(&mut alice).await;
+    let asked = std::time::Instant::now();
+    let (status, done) = disconnect(&p, &mut alice).await;
+    // The page waits for the provider 3 s at most (the provider client's own limit is 10 s a call): a bound on
+    // behaviour, far from both, not a speed target.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(8),
+        "the disconnect waited {:?} for the provider",
+        asked.elapsed()
+    );
+    assert_eq!(status, 200, "{done}");
+    assert!(
+        done.contains("Your Acme account is no longer connected."),
+        "{done}"
+    );
+    assert_eq!(p.queued_revocations().await, 2);
+    let audit =
+        p.s.http
+            .get(format!("{}/admin/audit?limit=20", p.s.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(audit.contains("provider disconnected"), "{audit}");
+    held.abort();
+}
+
+/// A browser shared between people: the person who started connecting again has signed out and another signed in.
+/// The callback is refused and nothing is stored: neither person's connection changes.
+#[tokio::test]
+async fn a_connect_finished_by_another_person_signed_in_since_is_refused() {
+    let fake = FakeProvider::start(NEW_TOKENS).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let seeded = p.seed("alice", "a", Some("r"), FAR).await;
+    let mut shared = Browser::default();
+    p.person(&mut shared).await;
+    let state = begin_connect(&p.s, &mut shared, &fake.base).await;
+    shared.cookies.retain(|name, _| !name.contains("session"));
+    let Step::Page(_, form) = shared
+        .get(
+            &p.s,
+            &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "bobs"),
+        )
+        .await
+    else {
+        panic!("no login page")
+    };
+    shared.login(&p.s, &form, "bob", "wonderland").await;
+    let (status, html) = page(
+        shared
+            .get(
+                &p.s,
+                &format!("/connect/acme/callback?code=c&state={state}"),
+            )
+            .await,
+    );
+    assert_eq!(status, 400, "{html}");
+    assert!(
+        shows(
+            &html,
+            "invalid_request",
+            "the person signed in to this browser is not the one who started connecting; start again"
+        ),
+        "{html}"
+    );
+    let store = p.store();
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(seeded)
+    );
+    assert!(store.connection("bob", "acme").await.unwrap().is_none());
 }

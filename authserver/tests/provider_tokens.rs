@@ -807,14 +807,15 @@ async fn the_connect_pages_refuse_in_their_own_form() {
         let (got, html) = page(b.get(s, &format!("{path}{state}")).await);
         assert_eq!(got, status, "{path}: {html}");
         assert!(shows(&html, error, description), "{path}: {html}");
-        // A callback from another browser, or with a state never given, leaves the person's flow pending (the
-        // provider is asked, and answers garbage); any other spends it.
+        // A callback from another browser, with a state never given, or at another provider's path leaves the
+        // person's flow pending (the provider is asked, and answers garbage); any other spends it.
         let (got, html) = page(
             alice
                 .get(s, &format!("/connect/acme/callback?code=c&state={state}"))
                 .await,
         );
-        let pending = !with_cookie || path.ends_with("forged-");
+        let pending =
+            !with_cookie || path.ends_with("forged-") || path.starts_with("/connect/other/");
         assert_eq!(got, if pending { 503 } else { 400 }, "{path}: {html}");
     }
 }

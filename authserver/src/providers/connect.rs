@@ -41,6 +41,8 @@ pub const DISCONNECT_COOKIE: &str = "mcp_authz_disconnect";
 pub const BOUND_PER_PROVIDER: usize = 3;
 /// How long the person has at the provider.
 pub const CONNECT_TTL_SECS: i64 = 600;
+/// How long a disconnect waits for the provider to take its revocation before answering (the queue holds it).
+const TELL_AT_ONCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The name of `provider`'s cookie of kind `base` (provider ids are lowercase letters, digits and '-').
 fn provider_cookie(base: &str, provider: &str) -> String {
@@ -86,7 +88,12 @@ pub async fn used_by<'a>(
         .unwrap_or_default();
     for id in declared {
         if let Some(p) = snapshot.config.provider(id) {
-            let connected = state.store.connection(subject, id).await?.is_some();
+            // A v1 row is no connection: the first exchange deletes it and asks the person to connect again.
+            let connected = state
+                .store
+                .connection(subject, id)
+                .await?
+                .is_some_and(|c| crate::providers::seal::is_current(&c.key_id));
             used.push((p, connected));
         }
     }
@@ -264,20 +271,11 @@ pub async fn callback(
         // Read, checked against this browser's binding, and only then spent: a `state` is no secret (it travels
         // in URLs, and so into referrers and logs), and whoever learns one must not be able to end the person's
         // pending connect with it.
+        // Nothing is spent, nor anyone named in the audit record, until the browser, its person and the path all
+        // match: a stranger's browser, another person signed in since, or another provider's callback path.
         let pending = state
             .store
             .connect_request(id, now_secs())
-            .await?
-            .ok_or_else(gone)?;
-        who.subject = Some(pending.subject.clone());
-        if !bound(&snapshot, &headers, &pending.provider, &pending.csrf) {
-            return Err(OAuthError::invalid_request(
-                "the connection did not start in this browser",
-            ));
-        }
-        let pending = state
-            .store
-            .take_connect_request(id, now_secs())
             .await?
             .ok_or_else(gone)?;
         if pending.provider != provider {
@@ -285,6 +283,26 @@ pub async fn callback(
                 "this callback belongs to another provider's connection",
             ));
         }
+        if !bound(&snapshot, &headers, &provider, &pending.csrf) {
+            return Err(OAuthError::invalid_request(
+                "the connection did not start in this browser",
+            ));
+        }
+        // A browser shared between people: whoever started connecting must still be the one signed in, or their
+        // provider account would be stored as someone else's connection.
+        if session_subject(&state, &snapshot, &headers).await?.as_deref()
+            != Some(pending.subject.as_str())
+        {
+            return Err(OAuthError::invalid_request(
+                "the person signed in to this browser is not the one who started connecting; start again",
+            ));
+        }
+        who.subject = Some(pending.subject.clone());
+        let pending = state
+            .store
+            .take_connect_request(id, now_secs())
+            .await?
+            .ok_or_else(gone)?;
         let client = snapshot
             .providers
             .get(&provider)
@@ -308,6 +326,8 @@ pub async fn callback(
                     "the callback's iss is not this provider's issuer",
                 ));
             }
+            // Before the code is redeemed: tokens the provider gave and nothing could store would be nobody's.
+            let sealer = snapshot.sealer.as_ref().ok_or_else(keys_unusable)?;
             let tokens = client
                 .redeem(
                     params.require("code")?,
@@ -316,7 +336,6 @@ pub async fn callback(
                 )
                 .await
                 .map_err(|e| provider_failure(&client.config, &e))?;
-            let sealer = snapshot.sealer.as_ref().ok_or_else(keys_unusable)?;
             let now = now_secs();
             let connection =
                 sealed_connection(sealer, &pending.subject, &provider, &tokens, None, now, now);
@@ -481,17 +500,14 @@ pub async fn disconnect(
                 "the form's CSRF token does not match this browser",
             ));
         }
-        // The tokens are queued for revocation in the transaction that deletes them, then told to the provider
-        // now; what the provider does not take now is tried again by the maintenance loop.
+        // The tokens are queued for revocation in the transaction that deletes them, and the decision recorded at
+        // once; then the provider is told, for a few seconds at most: what it does not take by then is tried
+        // again by the maintenance loop, and a slow provider neither holds the page nor loses the record.
         let now = now_secs();
         let removed = state
             .store
             .delete_connection(&subject, &provider, now)
             .await?;
-        if let Some(connection) = &removed {
-            crate::providers::revoke(&state, &connection.queued(now)).await;
-        }
-        let client = snapshot.providers.get(&provider).cloned();
         state
             .record_decision(Decision {
                 event: "connect",
@@ -506,6 +522,14 @@ pub async fn disconnect(
                 ..Default::default()
             })
             .await;
+        if let Some(connection) = &removed {
+            let queued = connection.queued(now);
+            let telling = crate::providers::revoke(&state, &queued);
+            if tokio::time::timeout(TELL_AT_ONCE, telling).await.is_err() {
+                tracing::warn!(provider = %provider, "the provider did not take a disconnect's revocation at once; it stays queued");
+            }
+        }
+        let client = snapshot.providers.get(&provider).cloned();
         let name = client.map_or_else(String::new, |c| c.config.display_name.clone());
         Ok(pages::message_page(
             StatusCode::OK,

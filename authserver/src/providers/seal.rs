@@ -64,6 +64,11 @@ impl Field {
 /// The stored key reference of format v2; a key id never holds `:`.
 const V2: &str = "v2:";
 
+/// Whether a row's stored key reference is of the format handed out (v2): a v1 row counts as not connected.
+pub fn is_current(key_ref: &str) -> bool {
+    key_ref.starts_with(V2)
+}
+
 /// The keys of one key file.
 #[derive(Clone)]
 pub struct Sealer {

@@ -602,21 +602,18 @@ async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
 /// tokens the provider just gave are nobody's, and are revoked there.
 #[tokio::test]
 async fn a_refresh_that_loses_to_a_disconnect_revokes_what_the_provider_gave_it() {
-    let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
-    let fake = FakeProvider::start_with(
-        answer,
-        Arc::default(),
-        std::time::Duration::from_millis(1_500),
-    )
-    .await;
+    let fake = FakeProvider::start(NEW_TOKENS).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let mut alice = Browser::default();
     p.seed("alice", "expired", Some("stored-refresh"), 1).await;
     let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
     let exchange = p.provider_token(RESOURCE, &person, "lost");
     let gone = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        disconnect(&p, &mut alice).await
+        fake.token_called.notified().await;
+        let done = disconnect(&p, &mut alice).await;
+        drop(held);
+        done
     };
     let ((status, body), (disconnected, _)) = tokio::join!(exchange, gone);
     assert_eq!(disconnected, 200);
@@ -654,27 +651,21 @@ async fn a_refresh_that_loses_to_a_disconnect_revokes_what_the_provider_gave_it(
 /// the stored row continues at many providers.
 #[tokio::test]
 async fn a_refresh_that_loses_to_a_newer_row_serves_it_and_revokes_nothing() {
-    let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
-    let fake = FakeProvider::start_with(
-        answer,
-        Arc::default(),
-        std::time::Duration::from_millis(1_500),
-    )
-    .await;
+    let fake = FakeProvider::start(NEW_TOKENS).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let mut alice = Browser::default();
     p.seed("alice", "expired", Some("stored-refresh"), 1).await;
     let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
     let exchange = p.provider_token(RESOURCE, &person, "lost");
     let newer = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let live_until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 600;
-        p.seed("alice", "newer-access", Some("newer-refresh"), live_until)
-            .await
+        fake.token_called.notified().await;
+        let live_until = mcp_authz_authserver::clock::now_secs() + 600;
+        let seeded = p
+            .seed("alice", "newer-access", Some("newer-refresh"), live_until)
+            .await;
+        drop(held);
+        seeded
     };
     let ((status, body), _) = tokio::join!(exchange, newer);
     assert_eq!(

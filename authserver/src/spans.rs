@@ -194,6 +194,7 @@ store_names!(
     "claim_refresh",
     "release_refresh",
     "delete_connection",
+    "delete_connection_holding",
     "link_connection",
     "purge_expired",
 );

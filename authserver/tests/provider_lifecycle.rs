@@ -677,3 +677,35 @@ async fn a_refresh_that_loses_to_a_newer_row_serves_it_and_revokes_nothing() {
     p.revoke_queued().await;
     assert_eq!(fake.revoked(), Vec::<(String, String)>::new());
 }
+
+/// The provider answers a refresh `invalid_grant` while the person connects again: the new connection is not
+/// deleted (nor its tokens revoked); it is served.
+#[tokio::test]
+async fn an_invalid_grant_answered_during_a_reconnect_leaves_the_new_connection() {
+    let answer = Arc::new(std::sync::Mutex::new((
+        400,
+        r#"{"error":"invalid_grant"}"#.to_owned(),
+    )));
+    let fake = FakeProvider::start_with(answer, Arc::default(), std::time::Duration::ZERO).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let mut alice = Browser::default();
+    p.seed("alice", "expired", Some("stored-refresh"), 1).await;
+    let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
+    let exchange = p.provider_token(RESOURCE, &person, "revoked-meanwhile");
+    let newer = async {
+        fake.token_called.notified().await;
+        let live_until = mcp_authz_authserver::clock::now_secs() + 600;
+        p.seed("alice", "newer-access", Some("newer-refresh"), live_until)
+            .await;
+        drop(held);
+    };
+    let ((status, body), ()) = tokio::join!(exchange, newer);
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("newer-access")),
+        "{body}"
+    );
+    assert_eq!(p.stored_rows().await, 1);
+    assert_eq!(p.queued_revocations().await, 0);
+}

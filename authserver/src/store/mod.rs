@@ -229,8 +229,8 @@ pub struct QueuedRevocation {
 }
 
 impl ProviderConnection {
-    /// What deleting or replacing this connection at `now` queues (as the store's statements do): the refresh
-    /// token, and the access token while it lives.
+    /// What deleting this connection at `now` queues (the store queues this from the row its DELETE returned):
+    /// the refresh token, and the access token while it lives.
     pub fn queued(&self, now: Timestamp) -> Vec<QueuedRevocation> {
         let queued = |sealed: &str, hint: &str| QueuedRevocation {
             subject: self.subject.clone(),
@@ -442,8 +442,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<ConnectRequest>, StoreError>;
 
-    /// Stores a new connection, replacing any earlier one of the same person and provider: the earlier one's tokens
-    /// are queued for revocation and its grant links dropped, in the same transaction.
+    /// Stores a new connection, replacing any earlier one of the same person and provider and dropping its grant
+    /// links, in the same transaction. The earlier one's tokens are not queued for revocation: the new connection
+    /// usually continues the same grant at the provider, which revoking them would end.
     async fn put_connection(&self, connection: &ProviderConnection) -> Result<(), StoreError>;
     async fn connection(
         &self,
@@ -481,6 +482,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         subject: &str,
         provider: &str,
+        now: Timestamp,
+    ) -> Result<Option<ProviderConnection>, StoreError>;
+    /// The same, only if the connection still holds `access_sealed` (nobody replaced it since it was read, as in
+    /// [`Store::replace_connection`]): a decision made on an old row must not delete a new connection.
+    async fn delete_connection_holding(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
         now: Timestamp,
     ) -> Result<Option<ProviderConnection>, StoreError>;
     /// Records that `grant_id` uses the connection: revoking that grant deletes the connection

@@ -510,7 +510,7 @@ async fn provider_connections(store: &dyn Store) {
     assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
     assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
     // Its refresh token is queued for revocation at the provider (a connection without one is not).
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(
         queued,
         [QueuedRevocation {
@@ -520,13 +520,14 @@ async fn provider_connections(store: &dyn Store) {
             sealed: "sealed-refresh-alice".into(),
             token_type_hint: "refresh_token".into(),
             queued_at: now,
+            attempts: 0,
         }]
     );
     store
         .forget_revocation("sealed-refresh-alice")
         .await
         .unwrap();
-    assert_eq!(store.queued_revocations(10).await.unwrap(), []);
+    assert_eq!(store.queued_revocations(i64::MAX, 10).await.unwrap(), []);
     assert_eq!(store.connection("alice", "norefresh").await.unwrap(), None);
     assert!(store.connection("alice", "other").await.unwrap().is_some());
     assert!(store.connection("dave", "acme").await.unwrap().is_some());
@@ -541,7 +542,7 @@ async fn provider_connections(store: &dyn Store) {
     };
     assert_eq!(store.revoke_grants(&daves, "bulk", now).await.unwrap(), 1);
     assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(
         queued.iter().map(|q| q.sealed.as_str()).collect::<Vec<_>>(),
         ["sealed-refresh-dave"]
@@ -572,7 +573,7 @@ async fn provider_connections(store: &dyn Store) {
     };
     assert_eq!(store.revoke_grants(&erins, "left", now).await.unwrap(), 0);
     assert_eq!(store.connection("erin", "acme").await.unwrap(), None);
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].subject, "erin");
     store
@@ -606,16 +607,53 @@ async fn provider_connections(store: &dyn Store) {
     let lost = live.queued(now);
     store.queue_revocations(&lost).await.unwrap();
     store.queue_revocations(&lost[..1]).await.unwrap();
-    let mut queued = store.queued_revocations(10).await.unwrap();
+    let mut queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     queued.sort_by_key(|q| q.token_type_hint != "refresh_token");
     assert_eq!(queued, lost);
+    // Each row backs off on its own: only rows due are read; a failure counts an attempt, a postponement none, and
+    // neither brings a row forward.
+    let due = |at: i64| async move {
+        let mut due: Vec<_> = store
+            .queued_revocations(at, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.token_type_hint, q.attempts))
+            .collect();
+        due.sort();
+        due
+    };
+    let (refresh, access) = (&lost[0].sealed, &lost[1].sealed);
+    store.revocation_failed(refresh, now + 10).await.unwrap();
+    assert_eq!(due(now).await, [("access_token".into(), 0)]);
+    assert_eq!(
+        due(now + 10).await,
+        [("access_token".into(), 0), ("refresh_token".into(), 1)]
+    );
+    store.postpone_revocation(access, now + 5).await.unwrap();
+    store
+        .postpone_provider_revocations("other", now + 100)
+        .await
+        .unwrap();
+    assert_eq!(due(now + 4).await, []);
+    assert_eq!(due(now + 5).await, [("access_token".into(), 0)]);
+    store
+        .postpone_provider_revocations("acme", now + 60)
+        .await
+        .unwrap();
+    store.postpone_revocation(refresh, now + 30).await.unwrap();
+    assert_eq!(due(now + 59).await, []);
+    assert_eq!(
+        due(now + 60).await,
+        [("access_token".into(), 0), ("refresh_token".into(), 1)]
+    );
     drain(store).await;
 }
 
 /// Takes every queued revocation out of the queue: (sealed, hint, queued at), sorted.
 async fn drain(store: &dyn Store) -> Vec<(String, String, i64)> {
     let mut all: Vec<_> = store
-        .queued_revocations(100)
+        .queued_revocations(i64::MAX, 100)
         .await
         .unwrap()
         .into_iter()
@@ -634,7 +672,7 @@ async fn drain_after(
     deleted: impl std::future::Future<Output = Result<Option<ProviderConnection>, StoreError>>,
 ) -> Vec<QueuedRevocation> {
     deleted.await.unwrap().expect("a connection was deleted");
-    let queued = store.queued_revocations(100).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 100).await.unwrap();
     for q in &queued {
         store.forget_revocation(&q.sealed).await.unwrap();
     }
@@ -1230,7 +1268,7 @@ async fn postgres_a_refresh_committing_during_a_delete_has_its_tokens_queued() {
     let deleted = deleting.await.unwrap().unwrap().expect("deleted");
     assert_eq!(deleted.access_sealed, "new-access");
     let mut queued: Vec<_> = store
-        .queued_revocations(10)
+        .queued_revocations(i64::MAX, 10)
         .await
         .unwrap()
         .into_iter()

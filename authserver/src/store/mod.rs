@@ -226,6 +226,8 @@ pub struct QueuedRevocation {
     /// `refresh_token` or `access_token`: the RFC 7009 hint, and the field the value is sealed as.
     pub token_type_hint: String,
     pub queued_at: Timestamp,
+    /// Attempts the provider failed so far (not those a replica could not make: a key or a provider it lacks).
+    pub attempts: i64,
 }
 
 impl ProviderConnection {
@@ -239,6 +241,7 @@ impl ProviderConnection {
             sealed: sealed.to_owned(),
             token_type_hint: hint.to_owned(),
             queued_at: now,
+            attempts: 0,
         };
         let mut all: Vec<_> = self
             .refresh_sealed
@@ -460,10 +463,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Queues tokens for revocation at their providers (one already queued stays as it is).
     async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError>;
-    /// The oldest tokens waiting to be revoked at their providers, at most `limit`.
-    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
+    /// Tokens due to be revoked at their providers at `now` (queued, or their backoff over), the longest due
+    /// first, at most `limit`.
+    async fn queued_revocations(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<QueuedRevocation>, StoreError>;
     /// Forgets a queued revocation (done, or given up).
     async fn forget_revocation(&self, sealed: &str) -> Result<(), StoreError>;
+    /// Counts a failed attempt at the provider, and tries again from `next_attempt_at`.
+    async fn revocation_failed(
+        &self,
+        sealed: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Tries a revocation again from `until` at the earliest, counting no attempt (this replica could not make one).
+    async fn postpone_revocation(&self, sealed: &str, until: Timestamp) -> Result<(), StoreError>;
+    /// The same for every revocation at `provider` due before `until`.
+    async fn postpone_provider_revocations(
+        &self,
+        provider: &str,
+        until: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
     /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
     async fn claim_refresh(

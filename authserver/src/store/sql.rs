@@ -233,7 +233,7 @@ async fn queue_deleted(
     Ok(connections)
 }
 
-/// Inserts queued revocations; one already queued stays as it is.
+/// Inserts queued revocations, due at once; one already queued stays as it is.
 async fn insert_queued(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     queued: &[QueuedRevocation],
@@ -241,8 +241,8 @@ async fn insert_queued(
     for q in queued {
         sqlx::query(
             "INSERT INTO provider_revocations
-               (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+               (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $5) ON CONFLICT DO NOTHING",
         )
         .bind(&q.sealed)
         .bind(&q.subject)
@@ -1129,12 +1129,18 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+    async fn queued_revocations(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<QueuedRevocation>, StoreError> {
         let _span = crate::spans::store("queued_revocations");
         let rows = sqlx::query(
-            "SELECT refresh_sealed, subject, provider, key_id, queued_at, token_type_hint
-             FROM provider_revocations ORDER BY queued_at LIMIT $1",
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at, token_type_hint, attempts
+             FROM provider_revocations WHERE next_attempt_at <= $1
+             ORDER BY next_attempt_at, queued_at LIMIT $2",
         )
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -1147,6 +1153,7 @@ impl Store for SqlStore {
                     sealed: r.try_get("refresh_sealed")?,
                     token_type_hint: r.try_get("token_type_hint")?,
                     queued_at: r.try_get("queued_at")?,
+                    attempts: r.try_get("attempts")?,
                 })
             })
             .collect()
@@ -1158,6 +1165,52 @@ impl Store for SqlStore {
             .bind(sealed)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn revocation_failed(
+        &self,
+        sealed: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("revocation_failed");
+        sqlx::query(
+            "UPDATE provider_revocations SET attempts = attempts + 1, next_attempt_at = $2
+             WHERE refresh_sealed = $1",
+        )
+        .bind(sealed)
+        .bind(next_attempt_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn postpone_revocation(&self, sealed: &str, until: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("postpone_revocation");
+        sqlx::query(
+            "UPDATE provider_revocations SET next_attempt_at = $2
+             WHERE refresh_sealed = $1 AND next_attempt_at < $2",
+        )
+        .bind(sealed)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn postpone_provider_revocations(
+        &self,
+        provider: &str,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("postpone_provider_revocations");
+        sqlx::query(
+            "UPDATE provider_revocations SET next_attempt_at = $2 WHERE provider = $1 AND next_attempt_at < $2",
+        )
+        .bind(provider)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

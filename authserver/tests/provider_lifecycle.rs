@@ -735,6 +735,8 @@ async fn a_failing_provider_does_not_hold_up_another_and_waits_out_its_backoff()
     })
     .await;
     *fake.revoke_status.lock().unwrap() = 503;
+    // Before the rows exist: the maintenance loop's own pass may take them first, and backs off from its time.
+    let started = mcp_authz_authserver::clock::now_secs();
     for i in 0..120 {
         queue(
             &p,
@@ -747,7 +749,6 @@ async fn a_failing_provider_does_not_hold_up_another_and_waits_out_its_backoff()
         .await;
     }
     queue(&p, "bob", "globex", "globex-1", "refresh_token", 0).await;
-    let started = mcp_authz_authserver::clock::now_secs();
     p.revoke_queued().await;
     assert_eq!(other.revoked(), [told("globex-1", "refresh_token")]);
     assert_eq!(fake.revoked(), [told("acme-000", "refresh_token")]);

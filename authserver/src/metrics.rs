@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// 1 while the provider-token key file cannot be used (provider features unavailable), else 0.
     pub provider_keys_unusable: IntGauge,
+    /// Provider tokens taken off the revocation queue without the provider confirming their revocation, by reason.
+    pub provider_revocations_abandoned: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,9 +120,20 @@ impl Metrics {
              temporarily_unavailable, or, when keys were read before, are served with those until a restart",
         )
         .expect("static metric definition");
+        let provider_revocations_abandoned = IntCounterVec::new(
+            Opts::new(
+                "mcp_authz_authserver_provider_revocations_abandoned_total",
+                "Provider tokens of ended connections no longer queued for revocation although the provider never \
+                 confirmed it, by reason (given_up after the provider failed for about a day; the provider's \
+                 unsupported_token_type or invalid_request; no_revocation_endpoint; unopenable)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(provider_keys_unusable.clone()),
+            Box::new(provider_revocations_abandoned.clone()),
             Box::new(rate_limited.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(latency.clone()),
@@ -152,6 +165,7 @@ impl Metrics {
             sqlite_wal_bytes,
             rate_limited,
             provider_keys_unusable,
+            provider_revocations_abandoned,
         }
     }
 

@@ -191,9 +191,13 @@ store_names!(
     "queue_revocations",
     "queued_revocations",
     "forget_revocation",
+    "revocation_failed",
+    "postpone_revocation",
+    "postpone_provider_revocations",
     "claim_refresh",
     "release_refresh",
     "delete_connection",
+    "delete_connection_holding",
     "link_connection",
     "purge_expired",
 );

@@ -39,8 +39,9 @@ async fn disconnect(p: &Plane, b: &mut Browser) -> (u16, String) {
 }
 
 /// A disconnect revokes the access token the MCP server may hold as well as the refresh token; both are queued in
-/// the transaction that deletes them, told to the provider at once, and what the provider does not take (here a
-/// 503) is told again by the queue until it does.
+/// the transaction that deletes them and told to the provider at once. What the provider does not take (here a
+/// 503) is told again by the queue after its backoff; after the provider's first failure, its other tokens wait
+/// for the next pass instead of each waiting on it in turn.
 #[tokio::test]
 async fn a_disconnect_revokes_both_tokens_and_retries_until_the_provider_takes_them() {
     let fake = FakeProvider::start(NEW_TOKENS).await;
@@ -54,11 +55,11 @@ async fn a_disconnect_revokes_both_tokens_and_retries_until_the_provider_takes_t
         done.contains("Your Acme account is no longer connected."),
         "{done}"
     );
-    let both = [
-        told("stored-refresh", "refresh_token"),
-        told("live-access", "access_token"),
-    ];
-    assert_eq!(fake.revoked(), both, "told at once, both");
+    assert_eq!(
+        fake.revoked(),
+        [told("stored-refresh", "refresh_token")],
+        "told at once, until the provider fails"
+    );
     assert_eq!(p.stored_rows().await, 0);
     assert_eq!(
         p.queued_revocations().await,
@@ -66,11 +67,18 @@ async fn a_disconnect_revokes_both_tokens_and_retries_until_the_provider_takes_t
         "kept while the provider fails"
     );
     p.revoke_queued().await;
-    assert_eq!(p.queued_revocations().await, 2);
+    assert_eq!(fake.revoked().len(), 1, "not before the backoff");
     *fake.revoke_status.lock().unwrap() = 200;
+    p.all_due().await;
     p.revoke_queued().await;
     assert_eq!(p.queued_revocations().await, 0);
-    assert_eq!(fake.revoked()[4..], both);
+    assert_eq!(
+        fake.revoked()[1..],
+        [
+            told("stored-refresh", "refresh_token"),
+            told("live-access", "access_token")
+        ]
+    );
 }
 
 /// An administrator's revocation of the person's grants deletes the connection: its live access token is queued
@@ -311,6 +319,19 @@ async fn swapped_sealed_tokens_are_never_handed_out_and_v1_rows_connect_again() 
         "{body}"
     );
     assert_eq!(p.stored_rows().await, 0);
+    // Each value was queued under the other column's hint, and opens only as what it was sealed for: it is
+    // revoked as that.
+    p.revoke_queued().await;
+    let mut revoked = fake.revoked();
+    revoked.sort();
+    assert_eq!(
+        revoked,
+        [
+            told("live-access", "access_token"),
+            told("refresh-secret", "refresh_token")
+        ]
+    );
+    assert_eq!(p.queued_revocations().await, 0);
 
     let sealer = p.sealer();
     let (key_id, access_sealed) = sealer.seal_v1_for_tests("alice", "acme", "v1-access");
@@ -608,9 +629,9 @@ async fn a_key_file_that_does_not_read_stops_only_the_provider_features() {
 }
 
 /// A queued revocation sealed under a key this replica has not read yet waits (another replica may seal under a
-/// new key first), and is given up after a day.
+/// new key first), however old: the provider was never asked, so nothing gives it up.
 #[tokio::test]
-async fn a_queued_revocation_under_a_key_not_read_yet_waits_then_is_given_up() {
+async fn a_queued_revocation_under_a_key_not_read_yet_waits() {
     let fake = FakeProvider::start(NEW_TOKENS).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let pool = sqlx_pool(&p.s).await;
@@ -619,19 +640,17 @@ async fn a_queued_revocation_under_a_key_not_read_yet_waits_then_is_given_up() {
         "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
          VALUES ('sealed-under-k9', 'alice', 'acme', 'v2:k9', $1, 'refresh_token')",
     )
-    .bind(now)
+    .bind(now - 2 * 86_400)
     .execute(&pool)
     .await
     .unwrap();
     p.revoke_queued().await;
     assert_eq!(p.queued_revocations().await, 1, "waits for the key");
-    sqlx::query("UPDATE provider_revocations SET queued_at = $1")
-        .bind(now - 86_401)
-        .execute(&pool)
-        .await
-        .unwrap();
+    p.all_due().await;
     p.revoke_queued().await;
-    assert_eq!(p.queued_revocations().await, 0, "given up after a day");
+    let rows = p.queue_rows().await;
+    assert_eq!(rows.len(), 1, "still waits");
+    assert_eq!(rows[0].2, 0, "no attempt at the provider counted");
     assert_eq!(fake.revoked(), []);
 }
 
@@ -688,21 +707,18 @@ async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
 /// tokens the provider just gave are nobody's, and are revoked there.
 #[tokio::test]
 async fn a_refresh_that_loses_to_a_disconnect_revokes_what_the_provider_gave_it() {
-    let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
-    let fake = FakeProvider::start_with(
-        answer,
-        Arc::default(),
-        std::time::Duration::from_millis(1_500),
-    )
-    .await;
+    let fake = FakeProvider::start(NEW_TOKENS).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let mut alice = Browser::default();
     p.seed("alice", "expired", Some("stored-refresh"), 1).await;
     let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
     let exchange = p.provider_token(RESOURCE, &person, "lost");
     let gone = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        disconnect(&p, &mut alice).await
+        fake.token_called.notified().await;
+        let done = disconnect(&p, &mut alice).await;
+        drop(held);
+        done
     };
     let ((status, body), (disconnected, _)) = tokio::join!(exchange, gone);
     assert_eq!(disconnected, 200);
@@ -740,27 +756,21 @@ async fn a_refresh_that_loses_to_a_disconnect_revokes_what_the_provider_gave_it(
 /// the stored row continues at many providers.
 #[tokio::test]
 async fn a_refresh_that_loses_to_a_newer_row_serves_it_and_revokes_nothing() {
-    let answer = Arc::new(std::sync::Mutex::new((200, NEW_TOKENS.to_owned())));
-    let fake = FakeProvider::start_with(
-        answer,
-        Arc::default(),
-        std::time::Duration::from_millis(1_500),
-    )
-    .await;
+    let fake = FakeProvider::start(NEW_TOKENS).await;
     let p = plane(At::Endpoints(fake.base.clone()), None).await;
     let mut alice = Browser::default();
     p.seed("alice", "expired", Some("stored-refresh"), 1).await;
     let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
     let exchange = p.provider_token(RESOURCE, &person, "lost");
     let newer = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let live_until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 600;
-        p.seed("alice", "newer-access", Some("newer-refresh"), live_until)
-            .await
+        fake.token_called.notified().await;
+        let live_until = mcp_authz_authserver::clock::now_secs() + 600;
+        let seeded = p
+            .seed("alice", "newer-access", Some("newer-refresh"), live_until)
+            .await;
+        drop(held);
+        seeded
     };
     let ((status, body), _) = tokio::join!(exchange, newer);
     assert_eq!(
@@ -864,4 +874,208 @@ async fn a_connect_finished_by_another_person_signed_in_since_is_refused() {
         Some(seeded)
     );
     assert!(store.connection("bob", "acme").await.unwrap().is_none());
+}
+
+/// Queues `token` of `subject` at `provider` for revocation as `hint`, `age` seconds ago, sealed as the server
+/// seals it.
+async fn queue(p: &Plane, subject: &str, provider: &str, token: &str, hint: &str, age: i64) {
+    let field = mcp_authz_authserver::providers::seal::Field::from_hint(hint).unwrap();
+    let (key_id, sealed) = p.sealer().seal(subject, provider, field, token);
+    let now = mcp_authz_authserver::clock::now_secs();
+    sqlx::query(
+        "INSERT INTO provider_revocations (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(sealed)
+    .bind(subject)
+    .bind(provider)
+    .bind(key_id)
+    .bind(now - age)
+    .bind(hint)
+    .execute(&sqlx_pool(&p.s).await)
+    .await
+    .unwrap();
+}
+
+/// Acme fails (503) with a long queue of its own ahead of one revocation at Globex: Globex's is told in the same
+/// pass, Acme is asked once per pass (its other rows wait for the next), and the failed rows are not told again
+/// before their backoff; once due and answered, every row is told, past the hundred one read takes.
+#[tokio::test]
+async fn a_failing_provider_does_not_hold_up_another_and_waits_out_its_backoff() {
+    let fake = FakeProvider::start(NEW_TOKENS).await;
+    let other = FakeProvider::start(NEW_TOKENS).await;
+    let other_base = other.base.clone();
+    let p = plane_with(At::Endpoints(fake.base.clone()), None, move |c| {
+        let mut globex: ProviderConfig = c.providers[0].clone();
+        globex.id = "globex".into();
+        globex.display_name = "Globex".into();
+        globex.revocation_endpoint = Some(format!("{other_base}/revoke"));
+        c.providers.push(globex);
+    })
+    .await;
+    *fake.revoke_status.lock().unwrap() = 503;
+    // Before the rows exist: the maintenance loop's own pass may take them first, and backs off from its time.
+    let started = mcp_authz_authserver::clock::now_secs();
+    for i in 0..120 {
+        queue(
+            &p,
+            "alice",
+            "acme",
+            &format!("acme-{i:03}"),
+            "refresh_token",
+            1_000 - i,
+        )
+        .await;
+    }
+    queue(&p, "bob", "globex", "globex-1", "refresh_token", 0).await;
+    p.revoke_queued().await;
+    assert_eq!(other.revoked(), [told("globex-1", "refresh_token")]);
+    assert_eq!(fake.revoked(), [told("acme-000", "refresh_token")]);
+    let rows = p.queue_rows().await;
+    assert_eq!(rows.len(), 120);
+    assert_eq!(
+        rows.iter()
+            .filter(|(_, _, attempts, _)| *attempts == 1)
+            .count(),
+        1,
+        "only the row told counts a failed attempt"
+    );
+    assert!(
+        rows.iter()
+            .all(|(_, provider, _, next)| provider == "acme" && *next >= started + 10),
+        "{rows:?}"
+    );
+    p.revoke_queued().await;
+    assert_eq!(fake.revoked().len(), 1, "not told again before the backoff");
+    *fake.revoke_status.lock().unwrap() = 200;
+    p.all_due().await;
+    p.revoke_queued().await;
+    assert_eq!(fake.revoked().len(), 121);
+    assert_eq!(p.queued_revocations().await, 0);
+}
+
+/// This replica cannot try (a provider it has no config for, during a rollout that adds or renames one; a key it
+/// has not read): the revocation waits however old it is. What is given up is what the provider itself kept
+/// failing, after thirty tries (about a day of backoff): logged and counted.
+#[tokio::test]
+async fn only_the_providers_own_failures_give_a_revocation_up() {
+    let fake = FakeProvider::start(NEW_TOKENS).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let pool = sqlx_pool(&p.s).await;
+    let two_days = 2 * 86_400;
+    queue(
+        &p,
+        "alice",
+        "globex",
+        "unknown-provider",
+        "refresh_token",
+        two_days,
+    )
+    .await;
+    p.revoke_queued().await;
+    assert_eq!(p.queued_revocations().await, 1, "waits for its provider");
+    sqlx::query("DELETE FROM provider_revocations")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    *fake.revoke_status.lock().unwrap() = 503;
+    queue(&p, "alice", "acme", "failing", "refresh_token", two_days).await;
+    sqlx::query("UPDATE provider_revocations SET attempts = 28")
+        .execute(&pool)
+        .await
+        .unwrap();
+    p.revoke_queued().await;
+    assert_eq!(p.queued_revocations().await, 1, "29 failures: tried again");
+    p.all_due().await;
+    p.revoke_queued().await;
+    assert_eq!(
+        p.queued_revocations().await,
+        0,
+        "given up at the 30th failure"
+    );
+    assert_eq!(
+        fake.revoked(),
+        [
+            told("failing", "refresh_token"),
+            told("failing", "refresh_token")
+        ]
+    );
+    let metrics = p.s.metrics().await;
+    assert!(
+        metrics.contains(
+            "mcp_authz_authserver_provider_revocations_abandoned_total{reason=\"given_up\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// RFC 6749 §5.2 lets a revocation endpoint answer `invalid_client` with a 400 (our client secret wrong, or being
+/// rotated): the token is still valid there, so the revocation stays queued and is told again after its backoff.
+/// A 400 `unsupported_token_type` (RFC 7009 §2.2.1) ends it, counted.
+#[tokio::test]
+async fn a_revocation_refused_as_invalid_client_is_retried() {
+    let fake = FakeProvider::start(NEW_TOKENS).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    *fake.revoke_status.lock().unwrap() = 400;
+    *fake.revoke_body.lock().unwrap() = r#"{"error":"invalid_client"}"#.into();
+    queue(&p, "alice", "acme", "stored-refresh", "refresh_token", 0).await;
+    p.revoke_queued().await;
+    assert_eq!(fake.revoked(), [told("stored-refresh", "refresh_token")]);
+    assert_eq!(
+        p.queued_revocations().await,
+        1,
+        "kept: the provider did not take it"
+    );
+    *fake.revoke_status.lock().unwrap() = 200;
+    *fake.revoke_body.lock().unwrap() = String::new();
+    p.all_due().await;
+    p.revoke_queued().await;
+    assert_eq!(fake.revoked().len(), 2);
+    assert_eq!(p.queued_revocations().await, 0);
+
+    *fake.revoke_status.lock().unwrap() = 400;
+    *fake.revoke_body.lock().unwrap() = r#"{"error":"unsupported_token_type"}"#.into();
+    queue(&p, "alice", "acme", "odd-access", "access_token", 0).await;
+    p.revoke_queued().await;
+    assert_eq!(p.queued_revocations().await, 0);
+    let metrics = p.s.metrics().await;
+    assert!(
+        metrics.contains(
+            "mcp_authz_authserver_provider_revocations_abandoned_total{reason=\"unsupported_token_type\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The provider answers a refresh `invalid_grant` while the person connects again: the new connection is not
+/// deleted (nor its tokens revoked); it is served.
+#[tokio::test]
+async fn an_invalid_grant_answered_during_a_reconnect_leaves_the_new_connection() {
+    let answer = Arc::new(std::sync::Mutex::new((
+        400,
+        r#"{"error":"invalid_grant"}"#.to_owned(),
+    )));
+    let fake = FakeProvider::start_with(answer, Arc::default(), std::time::Duration::ZERO).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let mut alice = Browser::default();
+    p.seed("alice", "expired", Some("stored-refresh"), 1).await;
+    let person = p.person(&mut alice).await;
+    let held = fake.token_gate.clone().lock_owned().await;
+    let exchange = p.provider_token(RESOURCE, &person, "revoked-meanwhile");
+    let newer = async {
+        fake.token_called.notified().await;
+        let live_until = mcp_authz_authserver::clock::now_secs() + 600;
+        p.seed("alice", "newer-access", Some("newer-refresh"), live_until)
+            .await;
+        drop(held);
+    };
+    let ((status, body), ()) = tokio::join!(exchange, newer);
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("newer-access")),
+        "{body}"
+    );
+    assert_eq!(p.stored_rows().await, 1);
+    assert_eq!(p.queued_revocations().await, 0);
 }

@@ -510,7 +510,7 @@ async fn provider_connections(store: &dyn Store) {
     assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
     assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
     // Its refresh token is queued for revocation at the provider (a connection without one is not).
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(
         queued,
         [QueuedRevocation {
@@ -520,13 +520,14 @@ async fn provider_connections(store: &dyn Store) {
             sealed: "sealed-refresh-alice".into(),
             token_type_hint: "refresh_token".into(),
             queued_at: now,
+            attempts: 0,
         }]
     );
     store
         .forget_revocation("sealed-refresh-alice")
         .await
         .unwrap();
-    assert_eq!(store.queued_revocations(10).await.unwrap(), []);
+    assert_eq!(store.queued_revocations(i64::MAX, 10).await.unwrap(), []);
     assert_eq!(store.connection("alice", "norefresh").await.unwrap(), None);
     assert!(store.connection("alice", "other").await.unwrap().is_some());
     assert!(store.connection("dave", "acme").await.unwrap().is_some());
@@ -541,7 +542,7 @@ async fn provider_connections(store: &dyn Store) {
     };
     assert_eq!(store.revoke_grants(&daves, "bulk", now).await.unwrap(), 1);
     assert_eq!(store.connection("dave", "acme").await.unwrap(), None);
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(
         queued.iter().map(|q| q.sealed.as_str()).collect::<Vec<_>>(),
         ["sealed-refresh-dave"]
@@ -572,7 +573,7 @@ async fn provider_connections(store: &dyn Store) {
     };
     assert_eq!(store.revoke_grants(&erins, "left", now).await.unwrap(), 0);
     assert_eq!(store.connection("erin", "acme").await.unwrap(), None);
-    let queued = store.queued_revocations(10).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].subject, "erin");
     store
@@ -606,16 +607,53 @@ async fn provider_connections(store: &dyn Store) {
     let lost = live.queued(now);
     store.queue_revocations(&lost).await.unwrap();
     store.queue_revocations(&lost[..1]).await.unwrap();
-    let mut queued = store.queued_revocations(10).await.unwrap();
+    let mut queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
     queued.sort_by_key(|q| q.token_type_hint != "refresh_token");
     assert_eq!(queued, lost);
+    // Each row backs off on its own: only rows due are read; a failure counts an attempt, a postponement none, and
+    // neither brings a row forward.
+    let due = |at: i64| async move {
+        let mut due: Vec<_> = store
+            .queued_revocations(at, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.token_type_hint, q.attempts))
+            .collect();
+        due.sort();
+        due
+    };
+    let (refresh, access) = (&lost[0].sealed, &lost[1].sealed);
+    store.revocation_failed(refresh, now + 10).await.unwrap();
+    assert_eq!(due(now).await, [("access_token".into(), 0)]);
+    assert_eq!(
+        due(now + 10).await,
+        [("access_token".into(), 0), ("refresh_token".into(), 1)]
+    );
+    store.postpone_revocation(access, now + 5).await.unwrap();
+    store
+        .postpone_provider_revocations("other", now + 100)
+        .await
+        .unwrap();
+    assert_eq!(due(now + 4).await, []);
+    assert_eq!(due(now + 5).await, [("access_token".into(), 0)]);
+    store
+        .postpone_provider_revocations("acme", now + 60)
+        .await
+        .unwrap();
+    store.postpone_revocation(refresh, now + 30).await.unwrap();
+    assert_eq!(due(now + 59).await, []);
+    assert_eq!(
+        due(now + 60).await,
+        [("access_token".into(), 0), ("refresh_token".into(), 1)]
+    );
     drain(store).await;
 }
 
 /// Takes every queued revocation out of the queue: (sealed, hint, queued at), sorted.
 async fn drain(store: &dyn Store) -> Vec<(String, String, i64)> {
     let mut all: Vec<_> = store
-        .queued_revocations(100)
+        .queued_revocations(i64::MAX, 100)
         .await
         .unwrap()
         .into_iter()
@@ -634,7 +672,7 @@ async fn drain_after(
     deleted: impl std::future::Future<Output = Result<Option<ProviderConnection>, StoreError>>,
 ) -> Vec<QueuedRevocation> {
     deleted.await.unwrap().expect("a connection was deleted");
-    let queued = store.queued_revocations(100).await.unwrap();
+    let queued = store.queued_revocations(i64::MAX, 100).await.unwrap();
     for q in &queued {
         store.forget_revocation(&q.sealed).await.unwrap();
     }
@@ -1108,4 +1146,134 @@ async fn a_stopped_writer_fails_the_ping() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Before this release, a grant made from an identity provider's assertion (ID-JAG) could be linked to the local
+/// person of the same `sub`: revoking it would delete that person's connection. Migrating drops such links, and
+/// keeps those of sign-ins here.
+#[tokio::test]
+async fn migrating_drops_connection_links_of_grants_not_signed_in_here() {
+    use mcp_authz_authserver::store::migrations::MIGRATIONS;
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("as.db");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v <= 10) {
+        for statement in *statements {
+            sqlx::query(*statement).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, 0)")
+            .bind(version)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let now = 1_700_000_000;
+    // Rows as release 10 left them: alice signed in here (code-grant), and an identity provider asserted an
+    // "alice" of its own (jag-grant); both grants were linked to her connection.
+    for (id, grant_type) in [
+        ("code-grant", "authorization_code"),
+        ("jag-grant", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+    ] {
+        sqlx::query(
+            "INSERT INTO grants (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at)
+             VALUES ($1, 'alice', 'c', 'https://r', 'a', $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(grant_type)
+        .bind(now)
+        .bind(now + 1000)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO provider_connection_grants (grant_id, subject, provider) VALUES ($1, 'alice', 'acme')",
+        )
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO provider_connections (subject, provider, key_id, refresh_sealed, access_sealed,
+           access_expires_at, scopes, created_at, updated_at)
+         VALUES ('alice', 'acme', 'k1', 'sealed-refresh', 'sealed-access', 0, '', 0, 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let store = SqlStore::open_sqlite(&path).await.unwrap();
+    let links: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM provider_connection_grants")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(links, ["code-grant"]);
+    assert!(store.revoke_grant("jag-grant", "test", now).await.unwrap());
+    assert!(store.connection("alice", "acme").await.unwrap().is_some());
+    assert!(store.revoke_grant("code-grant", "test", now).await.unwrap());
+    assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
+}
+
+/// Another replica's refresh commits while a disconnect deletes the same connection (PostgreSQL, READ COMMITTED):
+/// the tokens queued for revocation are those of the row deleted, the refreshed ones, not the ones read before the
+/// refresh (which would leave the refreshed tokens valid at the provider and nobody's).
+#[tokio::test]
+async fn postgres_a_refresh_committing_during_a_delete_has_its_tokens_queued() {
+    use sqlx::Connection;
+    let url = pg_database("delete_race").await;
+    let store = SqlStore::open_postgres(&url, 4).await.unwrap();
+    let now = 1_000;
+    let before = connection("alice", "acme", "old-access");
+    store.put_connection(&before).await.unwrap();
+    // The refresh, as `replace_connection` writes it, holding its row lock until the delete waits on it.
+    let mut refresh = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut tx = refresh.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE provider_connections SET access_sealed = 'new-access', refresh_sealed = 'new-refresh'
+         WHERE subject = 'alice' AND provider = 'acme'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let deleting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.delete_connection("alice", "acme", now).await })
+    };
+    let mut waiting = false;
+    for _ in 0..500 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if blocked > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the delete never waited on the refresh's row lock");
+    tx.commit().await.unwrap();
+    let deleted = deleting.await.unwrap().unwrap().expect("deleted");
+    assert_eq!(deleted.access_sealed, "new-access");
+    let mut queued: Vec<_> = store
+        .queued_revocations(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.sealed)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["new-access", "new-refresh"]);
 }

@@ -158,6 +158,45 @@ pub fn read_token_answer(status: u16, body: &[u8]) -> Result<ProviderTokens, Pro
     })
 }
 
+/// What ends a revocation at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeAnswer {
+    /// The provider took it (2xx: revoked, or already invalid).
+    Revoked,
+    /// The provider has no revocation endpoint: nothing can be told.
+    NoEndpoint,
+    /// The provider refused the request itself, as asking again would not change: `unsupported_token_type`
+    /// (RFC 7009 §2.2.1) or `invalid_request`.
+    Refused(&'static str),
+}
+
+/// Reads one answer of the provider's revocation endpoint (`status`, body). Only a 2xx, or a 400 naming the
+/// request itself as the fault, ends the revocation: RFC 6749 §5.2 lets a provider answer `invalid_client` with a
+/// 400 too (our client secret wrong, or being rotated), and then the token is still valid there.
+pub fn read_revocation_answer(status: u16, body: &[u8]) -> Result<RevokeAnswer, ProviderError> {
+    if (200..300).contains(&status) {
+        return Ok(RevokeAnswer::Revoked);
+    }
+    #[derive(Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    if status == 400 {
+        match serde_json::from_slice::<Refusal>(body).map(|r| r.error) {
+            Ok(e) if e == "unsupported_token_type" => {
+                return Ok(RevokeAnswer::Refused("unsupported_token_type"));
+            }
+            Ok(e) if e == "invalid_request" => return Ok(RevokeAnswer::Refused("invalid_request")),
+            _ => {}
+        }
+    }
+    Err(match read_token_answer(status, body) {
+        Err(ProviderError::Revoked) => ProviderError::Refused("invalid_grant".into()),
+        Err(e) => e,
+        Ok(_) => ProviderError::Refused(format!("HTTP status {status}")),
+    })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct Endpoints {
     issuer: Option<String>,
@@ -351,22 +390,19 @@ impl ProviderClient {
         .await
     }
 
-    /// Revokes a token at the provider (RFC 7009), `hint` its `token_type_hint`. `Ok(false)`: the provider has no
-    /// revocation endpoint, or refused the request itself (400: an unsupported token type, say), which asking
-    /// again would not change; any other answer but 2xx is an error, and the revocation is tried again.
-    pub async fn revoke(&self, token: &str, hint: &str) -> Result<bool, ProviderError> {
+    /// Revokes a token at the provider (RFC 7009), `hint` its `token_type_hint`: what ended the revocation, or
+    /// why it is to be tried again.
+    pub async fn revoke(&self, token: &str, hint: &str) -> Result<RevokeAnswer, ProviderError> {
         let Some(endpoint) = self.endpoints().await?.revocation_endpoint.clone() else {
-            return Ok(false);
+            return Ok(RevokeAnswer::NoEndpoint);
         };
         let _slot = self.slot()?;
         let response = self
             .post_form(&endpoint, &[("token", token), ("token_type_hint", hint)])
             .await?;
-        match response.status().as_u16() {
-            200..=299 => Ok(true),
-            400 => Ok(false),
-            status => Err(ProviderError::Refused(format!("HTTP status {status}"))),
-        }
+        let status = response.status().as_u16();
+        let body = read_bounded(response).await?;
+        read_revocation_answer(status, &body)
     }
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<ProviderTokens, ProviderError> {
@@ -530,6 +566,58 @@ mod tests {
         for (status, body, want) in cases {
             assert_eq!(
                 read_token_answer(status, body.as_bytes()),
+                want,
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_providers_revocation_endpoint_answers_decides() {
+        let again = |why: &str| Err(ProviderError::Refused(why.into()));
+        // (status, body, outcome)
+        let cases: Vec<(u16, &str, Result<RevokeAnswer, ProviderError>)> = vec![
+            (200, "", Ok(RevokeAnswer::Revoked)),
+            (204, "", Ok(RevokeAnswer::Revoked)),
+            (
+                400,
+                r#"{"error":"unsupported_token_type"}"#,
+                Ok(RevokeAnswer::Refused("unsupported_token_type")),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"x"}"#,
+                Ok(RevokeAnswer::Refused("invalid_request")),
+            ),
+            // Our client, not the request, refused: the token is still valid there.
+            (
+                400,
+                r#"{"error":"invalid_client"}"#,
+                again("invalid_client"),
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client"}"#,
+                again("invalid_client"),
+            ),
+            (400, r#"{"error":"invalid_grant"}"#, again("invalid_grant")),
+            (400, "", again("HTTP status 400")),
+            (400, "<html>Bad Request</html>", again("HTTP status 400")),
+            (
+                403,
+                r#"{"error":"unsupported_token_type"}"#,
+                again("unsupported_token_type"),
+            ),
+            (
+                503,
+                r#"{"error":"unsupported_token_type"}"#,
+                again("HTTP status 503"),
+            ),
+            (500, "", again("HTTP status 500")),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                read_revocation_answer(status, body.as_bytes()),
                 want,
                 "{status} {body}"
             );

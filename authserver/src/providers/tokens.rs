@@ -268,14 +268,24 @@ async fn unusable(
         tracing::error!(%error, provider = %connection.provider, "a stored provider connection does not open; deleting it");
         "the stored connection can no longer be read"
     };
-    if let Err(e) = state
+    // Only the row that was read: a connection made since (the person connecting again) is not this one.
+    match state
         .store
-        .delete_connection(&connection.subject, &connection.provider, now_secs())
+        .delete_connection_holding(
+            &connection.subject,
+            &connection.provider,
+            &connection.access_sealed,
+            now_secs(),
+        )
         .await
     {
-        return e.into();
+        Ok(Some(_)) => connect_first(snapshot, &connection.provider, why),
+        Ok(None) => OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the provider connection changed while it was read; retry",
+        ),
+        Err(e) => e.into(),
     }
-    connect_first(snapshot, &connection.provider, why)
 }
 
 /// Refreshes the connection at the provider and stores what it gave.
@@ -290,15 +300,14 @@ async fn refreshed(
     let (subject, provider) = (connection.subject.as_str(), connection.provider.as_str());
     let name = client.config.display_name.as_str();
     let Some(refresh_sealed) = &connection.refresh_sealed else {
-        state
-            .store
-            .delete_connection(subject, provider, now)
-            .await?;
-        return Err(connect_first(
-            snapshot,
-            provider,
-            "the provider's access token expired and it gave no refresh token",
-        ));
+        if deleted(state, connection, now).await? {
+            return Err(connect_first(
+                snapshot,
+                provider,
+                "the provider's access token expired and it gave no refresh token",
+            ));
+        }
+        return current(state, snapshot, sealer, client, connection, now).await;
     };
     let refresh = match sealer.open(
         &connection.key_id,
@@ -326,12 +335,12 @@ async fn refreshed(
     let tokens = match client.refresh(&refresh).await {
         Ok(tokens) => tokens,
         Err(ProviderError::Revoked) => {
+            // The refresh token is dead there; the access token the MCP server may hold is queued with it. A
+            // connection made while the provider answered (the person connecting again) is another one, and stays.
+            if !deleted(state, connection, now).await? {
+                return current(state, snapshot, sealer, client, connection, now).await;
+            }
             state.metrics.outcome("token", "provider_revoked");
-            // The refresh token is dead there; the access token the MCP server may hold is queued with it.
-            state
-                .store
-                .delete_connection(subject, provider, now)
-                .await?;
             audit::log(&Decision {
                 event: "token",
                 subject: Some(subject),
@@ -390,6 +399,49 @@ async fn refreshed(
         None => Err(unavailable(
             name,
             &ProviderError::Garbage("the refreshed token has already expired"),
+        )),
+    }
+}
+
+/// Deletes `connection` (its tokens queued for revocation) if the store still holds it as it was read; whether
+/// it did. The decision to delete was made on that row, sometimes after waiting on the provider: a row written
+/// since, by a reconnect or another replica's refresh, is not what was decided on.
+async fn deleted(
+    state: &AppState,
+    connection: &ProviderConnection,
+    now: i64,
+) -> Result<bool, OAuthError> {
+    Ok(state
+        .store
+        .delete_connection_holding(
+            &connection.subject,
+            &connection.provider,
+            &connection.access_sealed,
+            now,
+        )
+        .await?
+        .is_some())
+}
+
+/// The answer from the row the store holds now, once the row this request started from was replaced.
+async fn current(
+    state: &AppState,
+    snapshot: &Snapshot,
+    sealer: &Sealer,
+    client: &crate::providers::client::ProviderClient,
+    connection: &ProviderConnection,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let (subject, provider) = (connection.subject.as_str(), connection.provider.as_str());
+    let Some(current) = state.store.connection(subject, provider).await? else {
+        return Err(connect_first(snapshot, provider, "not connected"));
+    };
+    match fresh_answer(sealer, &current, now, 0) {
+        Some(Ok(answer)) => Ok(answer),
+        Some(Err(e)) => Err(unusable(state, snapshot, &current, &e).await),
+        None => Err(unavailable(
+            &client.config.display_name,
+            &ProviderError::Garbage("a concurrent refresh gave no live token"),
         )),
     }
 }

@@ -121,7 +121,18 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     11,
     // Access tokens are queued too (an MCP server may still hold one), so each row says which token it is: the
     // RFC 7009 hint, and the field its v2 seal names. The key column keeps its old name: it holds either.
-    &["ALTER TABLE provider_revocations ADD COLUMN token_type_hint TEXT NOT NULL DEFAULT 'refresh_token'"],
+    // Each row backs off on its own (`attempts` failed at the provider, tried again from `next_attempt_at`), so
+    // one provider failing holds up no other's revocations.
+    // Grants made from an identity provider's assertion (ID-JAG) were linked to the local person of the same
+    // `sub` before they were refused provider tokens: revoking one would delete that person's connection.
+    &[
+        "ALTER TABLE provider_revocations ADD COLUMN token_type_hint TEXT NOT NULL DEFAULT 'refresh_token'",
+        "ALTER TABLE provider_revocations ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE provider_revocations ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS provider_revocations_due ON provider_revocations (next_attempt_at)",
+        "DELETE FROM provider_connection_grants WHERE NOT EXISTS (SELECT 1 FROM grants g
+           WHERE g.id = provider_connection_grants.grant_id AND g.grant_type = 'authorization_code')",
+    ],
 )];
 
 /// The newest schema this build knows.

@@ -226,11 +226,13 @@ pub struct QueuedRevocation {
     /// `refresh_token` or `access_token`: the RFC 7009 hint, and the field the value is sealed as.
     pub token_type_hint: String,
     pub queued_at: Timestamp,
+    /// Attempts the provider failed so far (not those a replica could not make: a key or a provider it lacks).
+    pub attempts: i64,
 }
 
 impl ProviderConnection {
-    /// What deleting or replacing this connection at `now` queues (as the store's statements do): the refresh
-    /// token, and the access token while it lives.
+    /// What deleting this connection at `now` queues (the store queues this from the row its DELETE returned):
+    /// the refresh token, and the access token while it lives.
     pub fn queued(&self, now: Timestamp) -> Vec<QueuedRevocation> {
         let queued = |sealed: &str, hint: &str| QueuedRevocation {
             subject: self.subject.clone(),
@@ -239,6 +241,7 @@ impl ProviderConnection {
             sealed: sealed.to_owned(),
             token_type_hint: hint.to_owned(),
             queued_at: now,
+            attempts: 0,
         };
         let mut all: Vec<_> = self
             .refresh_sealed
@@ -442,8 +445,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<ConnectRequest>, StoreError>;
 
-    /// Stores a new connection, replacing any earlier one of the same person and provider: the earlier one's tokens
-    /// are queued for revocation and its grant links dropped, in the same transaction.
+    /// Stores a new connection, replacing any earlier one of the same person and provider and dropping its grant
+    /// links, in the same transaction. The earlier one's tokens are not queued for revocation: the new connection
+    /// usually continues the same grant at the provider, which revoking them would end.
     async fn put_connection(&self, connection: &ProviderConnection) -> Result<(), StoreError>;
     async fn connection(
         &self,
@@ -459,10 +463,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Queues tokens for revocation at their providers (one already queued stays as it is).
     async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError>;
-    /// The oldest tokens waiting to be revoked at their providers, at most `limit`.
-    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError>;
+    /// Tokens due to be revoked at their providers at `now` (queued, or their backoff over), the longest due
+    /// first, at most `limit`.
+    async fn queued_revocations(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<QueuedRevocation>, StoreError>;
     /// Forgets a queued revocation (done, or given up).
     async fn forget_revocation(&self, sealed: &str) -> Result<(), StoreError>;
+    /// Counts a failed attempt at the provider, and tries again from `next_attempt_at`.
+    async fn revocation_failed(
+        &self,
+        sealed: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Tries a revocation again from `until` at the earliest, counting no attempt (this replica could not make one).
+    async fn postpone_revocation(&self, sealed: &str, until: Timestamp) -> Result<(), StoreError>;
+    /// The same for every revocation at `provider` due before `until`.
+    async fn postpone_provider_revocations(
+        &self,
+        provider: &str,
+        until: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Claims the refresh of the connection until `until`, if it still holds `access_sealed` and no claim that
     /// has not run out stands: one refresh at a time over every replica. Replacing or storing the row ends it.
     async fn claim_refresh(
@@ -481,6 +504,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         subject: &str,
         provider: &str,
+        now: Timestamp,
+    ) -> Result<Option<ProviderConnection>, StoreError>;
+    /// The same, only if the connection still holds `access_sealed` (nobody replaced it since it was read, as in
+    /// [`Store::replace_connection`]): a decision made on an old row must not delete a new connection.
+    async fn delete_connection_holding(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
         now: Timestamp,
     ) -> Result<Option<ProviderConnection>, StoreError>;
     /// Records that `grant_id` uses the connection: revoking that grant deletes the connection

@@ -161,6 +161,40 @@ impl SqlStore {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// Deletes the connection (only while it holds `access_sealed`, when given), its tokens queued for revocation
+    /// and its grant links dropped, in one transaction.
+    async fn delete_one_connection(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Option<ProviderConnection>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM provider_connections WHERE subject = $1 AND provider = $2
+               AND ($3 IS NULL OR access_sealed = $3)
+             RETURNING {CONNECTION_COLUMNS}"
+        )))
+        .bind(subject)
+        .bind(provider)
+        .bind(access_sealed)
+        .fetch_all(&mut *tx)
+        .await?;
+        let connection = queue_deleted(&mut tx, &deleted, now).await?.pop();
+        if connection.is_some() {
+            sqlx::query(
+                "DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2",
+            )
+            .bind(subject)
+            .bind(provider)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(connection)
+    }
 }
 
 /// Drops the links of connections that were just deleted: a person who connects again starts with no grant
@@ -177,25 +211,49 @@ async fn forget_unconnected_links(
     Ok(())
 }
 
-/// The statements that queue, for revocation at their providers (RFC 7009), the tokens of the connections
-/// matching `condition`: the refresh token, and the access token while it lives (the MCP server it went to may
-/// still hold it). `now` names the bind of the time. Run before the connections are deleted or replaced, in the
-/// same transaction, so no token is forgotten between the two.
-fn queue_tokens(condition: &str, now: &str) -> [String; 2] {
-    let insert = "INSERT INTO provider_revocations
-        (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)";
-    [
-        format!(
-            "{insert} SELECT refresh_sealed, subject, provider, key_id, {now}, 'refresh_token'
-             FROM provider_connections WHERE refresh_sealed IS NOT NULL AND ({condition})
-             ON CONFLICT DO NOTHING"
-        ),
-        format!(
-            "{insert} SELECT access_sealed, subject, provider, key_id, {now}, 'access_token'
-             FROM provider_connections WHERE access_expires_at > {now} AND ({condition})
-             ON CONFLICT DO NOTHING"
-        ),
-    ]
+/// Queues, for revocation at their providers (RFC 7009), the tokens of connections a `DELETE … RETURNING
+/// {CONNECTION_COLUMNS}` just deleted in `tx`: the refresh token, and the access token while it lives (the MCP
+/// server it went to may still hold it).
+///
+/// From the rows the DELETE returned, never from a SELECT (or INSERT … SELECT) before it: under PostgreSQL's READ
+/// COMMITTED, another replica's refresh ([`Store::replace_connection`]) committing between the two would have the
+/// DELETE remove tokens the queue never saw, valid at the provider and nobody's. The DELETE locks each row,
+/// waits for such a refresh to commit, and returns the version it removed. (SQLite has one writer at a time.)
+async fn queue_deleted(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    deleted: &[AnyRow],
+    now: Timestamp,
+) -> Result<Vec<ProviderConnection>, StoreError> {
+    let connections = deleted
+        .iter()
+        .map(connection_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let queued: Vec<_> = connections.iter().flat_map(|c| c.queued(now)).collect();
+    insert_queued(tx, &queued).await?;
+    Ok(connections)
+}
+
+/// Inserts queued revocations, due at once; one already queued stays as it is.
+async fn insert_queued(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    queued: &[QueuedRevocation],
+) -> Result<(), StoreError> {
+    for q in queued {
+        sqlx::query(
+            "INSERT INTO provider_revocations
+               (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&q.sealed)
+        .bind(&q.subject)
+        .bind(&q.provider)
+        .bind(&q.key_id)
+        .bind(q.queued_at)
+        .bind(&q.token_type_hint)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Keeps a password in a connection URL out of error messages and logs.
@@ -470,25 +528,16 @@ impl Store for SqlStore {
         .await?;
         // The person's provider accounts this grant used: the stored tokens go with it, queued to be revoked at
         // their providers.
-        for statement in queue_tokens(
-            "EXISTS (SELECT 1 FROM provider_connection_grants l WHERE l.grant_id = $1
-               AND l.subject = provider_connections.subject AND l.provider = provider_connections.provider)",
-            "$2",
-        ) {
-            sqlx::query(AssertSqlSafe(statement))
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
+        let deleted = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
-                 AND l.provider = provider_connections.provider)",
-        )
+                 AND l.provider = provider_connections.provider)
+             RETURNING {CONNECTION_COLUMNS}"
+        )))
         .bind(id)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        queue_deleted(&mut tx, &deleted, now).await?;
         forget_unconnected_links(&mut tx).await?;
         tx.commit().await?;
         Ok(changed > 0)
@@ -533,20 +582,19 @@ impl Store for SqlStore {
                WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
                  AND l.provider = provider_connections.provider)
                OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)";
-        let [refresh, access] = queue_tokens(CONNECTIONS, "$4");
-        for statement in [
-            refresh,
-            access,
-            format!("DELETE FROM provider_connections WHERE {CONNECTIONS}"),
-        ] {
-            sqlx::query(AssertSqlSafe(statement.replace("MATCHING", MATCHING)))
-                .bind(f.subject.clone())
-                .bind(f.client_id.clone())
-                .bind(f.resource.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let deleted = sqlx::query(AssertSqlSafe(
+            format!(
+                "DELETE FROM provider_connections WHERE {CONNECTIONS} RETURNING {CONNECTION_COLUMNS}"
+            )
+            .replace("MATCHING", MATCHING),
+        ))
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        queue_deleted(&mut tx, &deleted, now).await?;
         forget_unconnected_links(&mut tx).await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(
             "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"
@@ -1076,31 +1124,23 @@ impl Store for SqlStore {
     async fn queue_revocations(&self, queued: &[QueuedRevocation]) -> Result<(), StoreError> {
         let _span = crate::spans::store("queue_revocations");
         let mut tx = self.pool.begin().await?;
-        for q in queued {
-            sqlx::query(
-                "INSERT INTO provider_revocations
-                   (refresh_sealed, subject, provider, key_id, queued_at, token_type_hint)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(&q.sealed)
-            .bind(&q.subject)
-            .bind(&q.provider)
-            .bind(&q.key_id)
-            .bind(q.queued_at)
-            .bind(&q.token_type_hint)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_queued(&mut tx, queued).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn queued_revocations(&self, limit: i64) -> Result<Vec<QueuedRevocation>, StoreError> {
+    async fn queued_revocations(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<QueuedRevocation>, StoreError> {
         let _span = crate::spans::store("queued_revocations");
         let rows = sqlx::query(
-            "SELECT refresh_sealed, subject, provider, key_id, queued_at, token_type_hint
-             FROM provider_revocations ORDER BY queued_at LIMIT $1",
+            "SELECT refresh_sealed, subject, provider, key_id, queued_at, token_type_hint, attempts
+             FROM provider_revocations WHERE next_attempt_at <= $1
+             ORDER BY next_attempt_at, queued_at LIMIT $2",
         )
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -1113,6 +1153,7 @@ impl Store for SqlStore {
                     sealed: r.try_get("refresh_sealed")?,
                     token_type_hint: r.try_get("token_type_hint")?,
                     queued_at: r.try_get("queued_at")?,
+                    attempts: r.try_get("attempts")?,
                 })
             })
             .collect()
@@ -1124,6 +1165,52 @@ impl Store for SqlStore {
             .bind(sealed)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn revocation_failed(
+        &self,
+        sealed: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("revocation_failed");
+        sqlx::query(
+            "UPDATE provider_revocations SET attempts = attempts + 1, next_attempt_at = $2
+             WHERE refresh_sealed = $1",
+        )
+        .bind(sealed)
+        .bind(next_attempt_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn postpone_revocation(&self, sealed: &str, until: Timestamp) -> Result<(), StoreError> {
+        let _span = crate::spans::store("postpone_revocation");
+        sqlx::query(
+            "UPDATE provider_revocations SET next_attempt_at = $2
+             WHERE refresh_sealed = $1 AND next_attempt_at < $2",
+        )
+        .bind(sealed)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn postpone_provider_revocations(
+        &self,
+        provider: &str,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _span = crate::spans::store("postpone_provider_revocations");
+        sqlx::query(
+            "UPDATE provider_revocations SET next_attempt_at = $2 WHERE provider = $1 AND next_attempt_at < $2",
+        )
+        .bind(provider)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1171,29 +1258,20 @@ impl Store for SqlStore {
         now: Timestamp,
     ) -> Result<Option<ProviderConnection>, StoreError> {
         let _span = crate::spans::store("delete_connection");
-        let mut tx = self.pool.begin().await?;
-        for statement in queue_tokens("subject = $1 AND provider = $2", "$3") {
-            sqlx::query(AssertSqlSafe(statement))
-                .bind(subject)
-                .bind(provider)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM provider_connections WHERE subject = $1 AND provider = $2 RETURNING {CONNECTION_COLUMNS}"
-        )))
-        .bind(subject)
-        .bind(provider)
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2")
-            .bind(subject)
-            .bind(provider)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        row.as_ref().map(connection_from_row).transpose()
+        self.delete_one_connection(subject, provider, None, now)
+            .await
+    }
+
+    async fn delete_connection_holding(
+        &self,
+        subject: &str,
+        provider: &str,
+        access_sealed: &str,
+        now: Timestamp,
+    ) -> Result<Option<ProviderConnection>, StoreError> {
+        let _span = crate::spans::store("delete_connection_holding");
+        self.delete_one_connection(subject, provider, Some(access_sealed), now)
+            .await
     }
 
     async fn link_connection(

@@ -161,12 +161,19 @@ pub async fn counted_token_endpoint(
 }
 
 /// A provider this test plays: its token endpoint (`/token`) answers `answer`, its revocation endpoint
-/// (`/revoke`, RFC 7009) answers `revoke_status` and records each `(token, token_type_hint)` it is told.
+/// (`/revoke`, RFC 7009) answers `revoke_status` with `revoke_body` and records each `(token, token_type_hint)` it
+/// is told.
 pub struct FakeProvider {
     pub base: String,
     pub answer: Arc<Mutex<(u16, String)>>,
     pub revoke_status: Arc<Mutex<u16>>,
+    pub revoke_body: Arc<Mutex<String>>,
     pub revoked: Arc<Mutex<Vec<(String, String)>>>,
+    /// Signalled as each call reaches the token endpoint, before it answers.
+    pub token_called: Arc<tokio::sync::Notify>,
+    /// Held by a test, keeps the token endpoint from answering until released: what the test does meanwhile
+    /// happens while the server waits on the provider, however slow the machine.
+    pub token_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FakeProvider {
@@ -186,16 +193,24 @@ impl FakeProvider {
     ) -> Self {
         use axum::routing::post;
         let revoke_status = Arc::new(Mutex::new(200));
+        let revoke_body: Arc<Mutex<String>> = Arc::default();
         let revoked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let token_called: Arc<tokio::sync::Notify> = Arc::default();
+        let token_gate: Arc<tokio::sync::Mutex<()>> = Arc::default();
         let token_answer = answer.clone();
-        let (status, told) = (revoke_status.clone(), revoked.clone());
+        let (status, body_of_revoke, told) =
+            (revoke_status.clone(), revoke_body.clone(), revoked.clone());
+        let (called, gate) = (token_called.clone(), token_gate.clone());
         let app = axum::Router::new()
             .route(
                 "/token",
                 post(move || {
                     let (answer, calls) = (token_answer.clone(), calls.clone());
+                    let (called, gate) = (called.clone(), gate.clone());
                     async move {
                         calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        called.notify_one();
+                        drop(gate.lock().await);
                         tokio::time::sleep(delay).await;
                         let (status, body) = answer.lock().unwrap().clone();
                         (
@@ -209,7 +224,8 @@ impl FakeProvider {
             .route(
                 "/revoke",
                 post(move |body: String| {
-                    let (status, told) = (status.clone(), told.clone());
+                    let (status, answer, told) =
+                        (status.clone(), body_of_revoke.clone(), told.clone());
                     async move {
                         let form: std::collections::HashMap<String, String> =
                             url::form_urlencoded::parse(body.as_bytes())
@@ -219,7 +235,13 @@ impl FakeProvider {
                             form.get("token").cloned().unwrap_or_default(),
                             form.get("token_type_hint").cloned().unwrap_or_default(),
                         ));
-                        axum::http::StatusCode::from_u16(*status.lock().unwrap()).unwrap()
+                        let status = axum::http::StatusCode::from_u16(*status.lock().unwrap());
+                        let answer = answer.lock().unwrap().clone();
+                        (
+                            status.unwrap(),
+                            [("content-type", "application/json")],
+                            answer,
+                        )
                     }
                 }),
             );
@@ -230,7 +252,10 @@ impl FakeProvider {
             base,
             answer,
             revoke_status,
+            revoke_body,
             revoked,
+            token_called,
+            token_gate,
         }
     }
 
@@ -292,6 +317,28 @@ impl Plane {
             .fetch_one(&pool)
             .await
             .unwrap()
+    }
+
+    /// The queue's rows: (sealed, provider, failed attempts, next attempt at), sorted.
+    pub async fn queue_rows(&self) -> Vec<(String, String, i64, i64)> {
+        let pool = sqlx_pool(&self.s).await;
+        let mut rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT refresh_sealed, provider, attempts, next_attempt_at FROM provider_revocations",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.sort();
+        rows
+    }
+
+    /// Makes every queued revocation due now, as if its backoff had passed.
+    pub async fn all_due(&self) {
+        let pool = sqlx_pool(&self.s).await;
+        sqlx::query("UPDATE provider_revocations SET next_attempt_at = 0")
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 
     /// Runs the revocation queue once, as the maintenance loop does.

@@ -7,71 +7,27 @@
 //! The Jaeger tests need `MCP_AUTHZ_JAEGER` (tests/setup/17-jaeger.sh, which `tests/run-all` sources).
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use mcp_authz_otel::testing::{Jaeger, Trace, parent_of, tag};
 use mcp_authz_sidecar::testing::{TestKey, claims_for, now};
 use serde_json::{Value, json};
+use support::process::SidecarProcess;
 use support::{Harness, JwksServer, Upstream, call, post_request};
-
-/// The sidecar binary, killed on drop.
-struct SidecarProcess {
-    child: Child,
-    proxy: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts the binary sending its spans to `jaeger`, sampling as the client decided.
 fn start_traced(upstream: &Upstream, jwks: &JwksServer, jaeger: &Jaeger) -> SidecarProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.json");
-    let config = support::config(&upstream.url(), &jwks.url());
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mcp-authz-sidecar"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--audit-output", "off"])
-        .env("RUST_LOG", "info")
-        .env("MCP_AUTHZ_LOG_FORMAT", "json")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
-        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
-        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sidecar = SidecarProcess {
-        child,
-        proxy: String::new(),
-        _dir: dir,
-    };
-    let mut stderr = BufReader::new(sidecar.child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the sidecar exited before listening"
-        );
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["fields"]["message"] == "sidecar listening" {
-            let addr = event["fields"]["proxy_addr"].as_str().unwrap();
-            sidecar.proxy = format!("http://{addr}");
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    let (sidecar, _audit) = SidecarProcess::start(
+        upstream,
+        jwks,
+        &["--audit-output", "off"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ],
+    );
     sidecar
 }
 
@@ -336,10 +292,12 @@ async fn a_client_that_does_not_sample_gets_its_decision_passed_on() {
 async fn without_an_endpoint_the_clients_trace_context_reaches_the_upstream_untouched() {
     let h = Harness::start().await;
     let (trace_id, parent) = client_span();
-    for traceparent in [
-        format!("00-{trace_id}-{parent}-01"),
-        // Not even a value the sidecar cannot read is changed: it is the upstream's to ignore.
-        "not-a-traceparent".to_owned(),
+    // A value the sidecar cannot read goes on too, it is the upstream's to ignore; but not the `tracestate`
+    // beside it: W3C Trace Context ties a `tracestate` to the `traceparent` it came with, and one that cannot
+    // be read leaves the state with nothing to belong to.
+    for (traceparent, tracestate) in [
+        (format!("00-{trace_id}-{parent}-01"), Some("client=abc")),
+        ("not-a-traceparent".to_owned(), None),
     ] {
         let mut request = post_request(
             &h.url("/mcp"),
@@ -357,7 +315,11 @@ async fn without_an_endpoint_the_clients_trace_context_reaches_the_upstream_unto
         let seen = h.upstream.seen();
         let last = seen.last().unwrap();
         assert_eq!(last.headers["traceparent"], traceparent.as_str());
-        assert_eq!(last.headers["tracestate"], "client=abc");
+        assert_eq!(
+            last.headers.get("tracestate").map(|v| v.to_str().unwrap()),
+            tracestate,
+            "{traceparent}"
+        );
     }
     assert!(
         h.admin("/metrics")
@@ -420,5 +382,119 @@ async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(failed, 12);
+    sidecar.shutdown().await;
+}
+
+/// Traced, the upstream gets the client's `tracestate` only with the trace it belongs to: beside a valid
+/// `traceparent` header, and bounded as the spans bound it. An unreadable `traceparent` (or two), or a trace
+/// taken from the message's `_meta`, starts or continues a trace the header's state says nothing about.
+#[tokio::test]
+async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belongs_to() {
+    // Spans go nowhere (a port nobody listens on): this is about the headers the upstream receives.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+    })
+    .unwrap()
+    .expect("tracing on");
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
+        support::config(&upstream.url(), &jwks.url()),
+        Some(&settings),
+    )
+    .await
+    .unwrap();
+    let client = support::client();
+    let proxy = format!("http://{}", sidecar.proxy_addr);
+    let read = token(&key, "mcp:read");
+    let (trace_id, parent) = client_span();
+    let valid = format!("00-{trace_id}-{parent}-01");
+    let long = format!(
+        "client={}",
+        "x".repeat(mcp_authz_otel::untrusted::MAX_TRACESTATE_BYTES)
+    );
+    let (meta_trace, meta_parent) = client_span();
+    let meta = format!("00-{meta_trace}-{meta_parent}-01");
+    for (id, traceparents, tracestate, in_meta, expected) in [
+        (
+            "valid",
+            vec![valid.as_str()],
+            "client=abc",
+            false,
+            Some("client=abc"),
+        ),
+        ("too-long", vec![valid.as_str()], long.as_str(), false, None),
+        (
+            "unreadable",
+            vec!["not-a-traceparent"],
+            "client=abc",
+            false,
+            None,
+        ),
+        (
+            "two",
+            vec![valid.as_str(), valid.as_str()],
+            "client=abc",
+            false,
+            None,
+        ),
+        ("meta", vec![], "client=abc", true, None),
+    ] {
+        let params = if in_meta {
+            json!({"name": "get_user", "arguments": {}, "_meta": {"traceparent": meta}})
+        } else {
+            json!({"name": "get_user", "arguments": {}})
+        };
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+        let mut request = post_request(&format!("{proxy}/mcp"), Some(&read), &body.to_string());
+        for value in &traceparents {
+            request
+                .headers_mut()
+                .append("traceparent", value.parse().unwrap());
+        }
+        request
+            .headers_mut()
+            .insert("tracestate", tracestate.parse().unwrap());
+        let (status, _, _) = support::collect(client.request(request).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+        let seen = upstream.seen();
+        let forwarded = seen
+            .iter()
+            .find(|s| String::from_utf8_lossy(&s.body).contains(&format!("\"{id}\"")))
+            .expect("the upstream got the request");
+        assert_eq!(
+            forwarded
+                .headers
+                .get("tracestate")
+                .map(|v| v.to_str().unwrap()),
+            expected,
+            "{id}"
+        );
+        // Whatever came, the upstream's parent is the sidecar's span, in the trace it continued or began.
+        let received = forwarded.headers["traceparent"].to_str().unwrap();
+        let continued = match id {
+            "valid" | "too-long" => Some(&trace_id),
+            "meta" => Some(&meta_trace),
+            _ => None,
+        };
+        match continued {
+            Some(trace) => assert!(
+                received.starts_with(&format!("00-{trace}-")),
+                "{id}: {received}"
+            ),
+            None => assert!(!received.contains(&trace_id), "{id}: {received}"),
+        }
+        assert_eq!(
+            forwarded.headers.get_all("traceparent").iter().count(),
+            1,
+            "{id}"
+        );
+    }
     sidecar.shutdown().await;
 }

@@ -728,7 +728,8 @@ fn the_tracing_values_become_the_operators_otel_environment_and_reach_what_it_re
     }
     // What the operator reads from that environment is what it hands on, each program named on its own.
     let handed =
-        mcp_authz_operator::render::tracing_env::from_env(|name| operator_env(&objs, name));
+        mcp_authz_operator::render::tracing_env::from_env(|name| operator_env(&objs, name))
+            .expect("the chart renders what the programs accept");
     let sidecar = mcp_authz_operator::render::tracing_env::env_vars(&handed, "mcp-authz-sidecar");
     assert_eq!(sidecar.len(), 5, "{sidecar:?}");
     assert!(

@@ -87,7 +87,15 @@ async fn reconcile_inner(
         client_secrets: Some(&client_secrets),
     };
 
-    let objects = authserver::render(&inputs, &ctx.settings)?;
+    let objects = match authserver::render(&inputs, &ctx.settings) {
+        Ok(objects) => objects,
+        Err(error) => {
+            // Nothing is written, so the config in force stays; the status says why, or the only trace of the
+            // refusal would be a log line and a retry.
+            refused(server, ctx, &error).await?;
+            return Err(error.into());
+        }
+    };
     for object in &objects {
         apply(client, object).await?;
     }
@@ -278,6 +286,47 @@ async fn reconcile_inner(
     write_client_statuses(ctx, &inputs, &config).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+/// Writes `ConfigRendered=False` with the reason a render was refused, the rest of the status as it was.
+async fn refused(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    error: &crate::render::RenderError,
+) -> Result<(), ReconcileError> {
+    let previous = server.status.clone().unwrap_or_default();
+    let observed = [Observed::no(
+        "ConfigRendered",
+        "Refused",
+        format!("{error}; the config in force stays"),
+    )];
+    let previous_conditions = ctx.conditions_now(server, previous.conditions.clone());
+    let mut conditions = status::merge(
+        &previous_conditions,
+        &observed,
+        server.meta().generation,
+        &status::now(),
+    );
+    for c in status::flipped(&previous_conditions, &conditions) {
+        ctx.event(server, c.status != "True", &c.reason, c.message.clone())
+            .await;
+    }
+    // The other conditions describe the objects still in force, as they were.
+    conditions.extend(
+        previous_conditions
+            .into_iter()
+            .filter(|c| c.type_ != "ConfigRendered"),
+    );
+    // Every field again: a server-side apply by the same manager removes those it leaves out.
+    let status = json!({
+        "observedGeneration": server.meta().generation,
+        "conditions": conditions,
+        "signingKeyId": previous.signing_key_id,
+        "publishedKeys": previous.published_keys,
+        "services": previous.services,
+    });
+    ctx.write_status(server, status).await?;
+    Ok(())
 }
 
 /// `mode: OperatorTLS`: keeps the server's CA and serving certificate (see [`crate::serving_tls`]).

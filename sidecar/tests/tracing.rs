@@ -498,3 +498,86 @@ async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belo
     }
     sidecar.shutdown().await;
 }
+
+/// No span holds what a request may carry that is not the sidecar's to publish: the URL's query (where a client
+/// may put a token), a tool's arguments, a resource's URI (its target can name a person or hold a key), a
+/// cookie, or the token. Checked on an allowed call, a refused read and a refused token, with a trace each.
+#[tokio::test]
+async fn no_span_holds_the_query_the_arguments_a_resource_uri_a_cookie_or_the_token() {
+    const QUERY: &str = "query-secret-5d1f";
+    const ARGUMENT: &str = "argument-secret-9c3e";
+    const RESOURCE: &str = "resource-secret-7a2b";
+    const COOKIE: &str = "cookie-secret-4e8d";
+    let jaeger = Jaeger::start().await;
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let sidecar = start_traced(&upstream, &jwks, &jaeger);
+    let client = support::client();
+    let read = token(&key, "mcp:read");
+    let forged = format!("{read}x");
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_user", "arguments": {"password": ARGUMENT}}});
+    let resource = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read",
+        "params": {"uri": format!("file:///home/{RESOURCE}")}});
+    let mut traces = Vec::new();
+    for (query, token, body, status, operations) in [
+        (
+            "debug",
+            &read,
+            &call,
+            StatusCode::OK,
+            &["POST", "token_check", "decision", "upstream"][..],
+        ),
+        (
+            "debug",
+            &read,
+            &resource,
+            StatusCode::FORBIDDEN,
+            &["POST", "token_check", "decision"][..],
+        ),
+        (
+            "debug",
+            &forged,
+            &call,
+            StatusCode::UNAUTHORIZED,
+            &["POST", "token_check", "decision"][..],
+        ),
+        // A token in the query is refused as such (RFC 6750 forbids it to MCP clients).
+        (
+            "access_token",
+            &read,
+            &call,
+            StatusCode::BAD_REQUEST,
+            &["POST", "decision"][..],
+        ),
+    ] {
+        let (trace_id, parent) = client_span();
+        let mut request = post_request(
+            &format!("{}/mcp?{query}={QUERY}", sidecar.proxy),
+            Some(token),
+            &body.to_string(),
+        );
+        let headers = request.headers_mut();
+        headers.insert(
+            "traceparent",
+            format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+        );
+        headers.insert("cookie", format!("session={COOKIE}").parse().unwrap());
+        let (answer, _, _) = support::collect(client.request(request).await.unwrap()).await;
+        assert_eq!(answer, status, "{body}");
+        let trace = jaeger
+            .trace(&trace_id, |t| {
+                operations.iter().all(|op| !t.named(op).is_empty())
+            })
+            .await;
+        traces.push(trace);
+    }
+    let signature = forged.rsplit('.').next().unwrap();
+    for trace in &traces {
+        let text = trace.all_text();
+        for secret in [QUERY, ARGUMENT, RESOURCE, COOKIE, &read, &forged, signature] {
+            assert!(!text.contains(secret), "a span holds {secret}: {}", trace.0);
+        }
+    }
+}

@@ -284,15 +284,21 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_stalled_collector_costs_spans_never_a_wait() {
+    /// A stalled collector and `made` spans: one batch is taken by the stalled export, the queue holds the next
+    /// 2,048, the rest are dropped.
+    fn stalled_with(made: usize) -> (SdkTracerProvider, IntCounterVec) {
         let (provider, dropped) = provider(Stalled);
         let tracer = provider.tracer("test");
-        // One batch is taken by the stalled export, the queue holds the next 2,048, the rest are dropped.
-        let made = BATCH_SPANS + QUEUE_SPANS + 1000;
         for _ in 0..made {
             tracer.start("request").end();
         }
+        (provider, dropped)
+    }
+
+    #[test]
+    fn a_stalled_collector_costs_spans_never_a_wait() {
+        let made = BATCH_SPANS + QUEUE_SPANS + 1000;
+        let (_provider, dropped) = stalled_with(made);
         let full = dropped.with_label_values(&["queue_full"]).get() as usize;
         assert!(
             (1000..=made - QUEUE_SPANS).contains(&full),
@@ -303,14 +309,9 @@ mod tests {
 
     #[test]
     fn stopping_with_a_stalled_collector_and_a_full_queue_takes_at_most_the_budget() {
-        let (provider, dropped) = provider(Stalled);
-        let tracer = provider.tracer("test");
-        // A whole batch goes to the stalled export at once; the queue behind it fills, so the stop cannot be
-        // queued as a message either.
+        // The queue behind the stalled batch fills, so the stop cannot be queued as a message either.
         let made = BATCH_SPANS + QUEUE_SPANS + 100;
-        for _ in 0..made {
-            tracer.start("request").end();
-        }
+        let (provider, dropped) = stalled_with(made);
         let started = Instant::now();
         let result = provider.shutdown_with_timeout(Duration::from_secs(30));
         let took = started.elapsed();

@@ -16,19 +16,86 @@ use serde_json::{Value, json};
 use support::process::SidecarProcess;
 use support::{Harness, JwksServer, Upstream, call, post_request};
 
-/// Starts the binary sending its spans to `jaeger`, sampling as the client decided.
-fn start_traced(upstream: &Upstream, jwks: &JwksServer, jaeger: &Jaeger) -> SidecarProcess {
-    let (sidecar, _audit) = SidecarProcess::start(
-        upstream,
-        jwks,
-        &["--audit-output", "off"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp),
-            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
-        ],
-    );
-    sidecar
+/// A real Jaeger, and the sidecar binary sending its spans there (sampling as the client decided) in front of
+/// an upstream, trusting a key's JWKS; with a client.
+struct Traced {
+    jaeger: Jaeger,
+    key: TestKey,
+    upstream: Upstream,
+    _jwks: JwksServer,
+    sidecar: SidecarProcess,
+    client: support::HttpClient,
+}
+
+impl Traced {
+    async fn start() -> Self {
+        let jaeger = Jaeger::start().await;
+        let key = TestKey::es256("k1");
+        let jwks = JwksServer::start(&[&key]).await;
+        let upstream = Upstream::start().await;
+        let (sidecar, _audit) = SidecarProcess::start(
+            &upstream,
+            &jwks,
+            &["--audit-output", "off"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp),
+                ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+            ],
+        );
+        Traced {
+            jaeger,
+            key,
+            upstream,
+            _jwks: jwks,
+            sidecar,
+            client: support::client(),
+        }
+    }
+}
+
+/// A traced sidecar in this process whose collector is a port nobody listens on (every export is refused at
+/// once), its upstream and JWKS, a client, the proxy's URL and a token holding `mcp:read`.
+struct CollectorDown {
+    sidecar: mcp_authz_sidecar::server::Sidecar,
+    upstream: Upstream,
+    _jwks: JwksServer,
+    client: support::HttpClient,
+    proxy: String,
+    read: String,
+}
+
+impl CollectorDown {
+    async fn start() -> Self {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let endpoint = format!("http://{closed}");
+        let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+        })
+        .unwrap()
+        .expect("tracing on");
+        let key = TestKey::es256("k1");
+        let jwks = JwksServer::start(&[&key]).await;
+        let upstream = Upstream::start().await;
+        let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
+            support::config(&upstream.url(), &jwks.url()),
+            Some(&settings),
+        )
+        .await
+        .unwrap();
+        let proxy = format!("http://{}", sidecar.proxy_addr);
+        CollectorDown {
+            sidecar,
+            upstream,
+            _jwks: jwks,
+            client: support::client(),
+            proxy,
+            read: token(&key, "mcp:read"),
+        }
+    }
 }
 
 /// Fresh ids for a client span: a trace id and a span id in lowercase hex.
@@ -117,29 +184,25 @@ fn has(operations: &'static [&'static str]) -> impl Fn(&Trace) -> bool {
 
 #[tokio::test]
 async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
-    let jaeger = Jaeger::start().await;
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = start_traced(&upstream, &jwks, &jaeger);
-    let client = support::client();
-    let read = token(&key, "mcp:read");
+    let traced = Traced::start().await;
+    let read = token(&traced.key, "mcp:read");
 
     // 1. The header: the sidecar's spans continue the client's, the upstream continues the sidecar's.
     let (trace_id, parent) = client_span();
     let traceparent = format!("00-{trace_id}-{parent}-01");
     let body = json!({"jsonrpc":"2.0","id":"header-1","method":"tools/call","params":{"name":"get_user","arguments":{}}});
     let status = send(
-        &client,
-        &sidecar.proxy,
+        &traced.client,
+        &traced.sidecar.proxy,
         &read,
         &body.to_string(),
         Some(&traceparent),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let received = received_traceparent(&upstream, "header-1");
-    let trace = jaeger
+    let received = received_traceparent(&traced.upstream, "header-1");
+    let trace = traced
+        .jaeger
         .trace(
             &trace_id,
             has(&["POST", "token_check", "decision", "upstream"]),
@@ -155,7 +218,7 @@ async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
         "the upstream's parent is the sidecar's upstream span"
     );
     // The client's `tracestate` goes on with it.
-    let seen = upstream.seen();
+    let seen = traced.upstream.seen();
     let forwarded = seen
         .iter()
         .find(|s| String::from_utf8_lossy(&s.body).contains("header-1"))
@@ -177,10 +240,18 @@ async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
     let meta = format!("00-{meta_trace}-{meta_parent}-01");
     let body = json!({"jsonrpc":"2.0","id":"meta-1","method":"tools/call",
         "params":{"name":"get_user","arguments":{},"_meta":{"traceparent": meta}}});
-    let status = send(&client, &sidecar.proxy, &read, &body.to_string(), None).await;
+    let status = send(
+        &traced.client,
+        &traced.sidecar.proxy,
+        &read,
+        &body.to_string(),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let received = received_traceparent(&upstream, "meta-1");
-    let trace = jaeger
+    let received = received_traceparent(&traced.upstream, "meta-1");
+    let trace = traced
+        .jaeger
         .trace(
             &meta_trace,
             has(&["POST", "token_check", "decision", "upstream"]),
@@ -196,15 +267,16 @@ async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
     // 3. A refusal is traced with its decision and reason, and nothing goes upstream.
     let (denied_trace, denied_parent) = client_span();
     let status = send(
-        &client,
-        &sidecar.proxy,
+        &traced.client,
+        &traced.sidecar.proxy,
         &read,
         &call(7, "delete_user"),
         Some(&format!("00-{denied_trace}-{denied_parent}-01")),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let trace = jaeger
+    let trace = traced
+        .jaeger
         .trace(&denied_trace, has(&["POST", "decision"]))
         .await;
     let decision = trace.one("decision");
@@ -226,17 +298,18 @@ async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
 
     // 4. A bad token is refused at the token check; the span says why and never holds it.
     let (bad_trace, bad_parent) = client_span();
-    let forged = format!("{}x", token(&key, "mcp:read"));
+    let forged = format!("{}x", token(&traced.key, "mcp:read"));
     let status = send(
-        &client,
-        &sidecar.proxy,
+        &traced.client,
+        &traced.sidecar.proxy,
         &forged,
         &call(8, "get_user"),
         Some(&format!("00-{bad_trace}-{bad_parent}-01")),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let trace = jaeger
+    let trace = traced
+        .jaeger
         .trace(&bad_trace, has(&["POST", "token_check", "decision"]))
         .await;
     let check = trace.one("token_check");
@@ -255,30 +328,24 @@ async fn a_clients_trace_goes_through_the_sidecar_to_the_upstream() {
         !text.contains(&forged) && !text.contains(signature),
         "a span holds the token"
     );
-    drop(sidecar);
 }
 
 #[tokio::test]
 async fn a_client_that_does_not_sample_gets_its_decision_passed_on() {
-    let jaeger = Jaeger::start().await;
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = start_traced(&upstream, &jwks, &jaeger);
-    let client = support::client();
+    let traced = Traced::start().await;
     let (trace_id, parent) = client_span();
     let body = json!({"jsonrpc":"2.0","id":"unsampled","method":"tools/call","params":{"name":"get_user","arguments":{}}});
     let traceparent = format!("00-{trace_id}-{parent}-00");
     let status = send(
-        &client,
-        &sidecar.proxy,
-        &token(&key, "mcp:read"),
+        &traced.client,
+        &traced.sidecar.proxy,
+        &token(&traced.key, "mcp:read"),
         &body.to_string(),
         Some(&traceparent),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let received = received_traceparent(&upstream, "unsampled");
+    let received = received_traceparent(&traced.upstream, "unsampled");
     // Same trace, a span of the sidecar's as parent, and still not sampled.
     assert!(
         received.starts_with(&format!("00-{trace_id}-")),
@@ -332,35 +399,14 @@ async fn without_an_endpoint_the_clients_trace_context_reaches_the_upstream_unto
 
 #[tokio::test]
 async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
-    // A port nobody listens on: every export is refused at once.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let endpoint = format!("http://{closed}");
-    let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
-        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
-    })
-    .unwrap()
-    .expect("tracing on");
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
-        support::config(&upstream.url(), &jwks.url()),
-        Some(&settings),
-    )
-    .await
-    .unwrap();
-    let client = support::client();
-    let proxy = format!("http://{}", sidecar.proxy_addr);
-    let read = token(&key, "mcp:read");
+    let down = CollectorDown::start().await;
+    let (client, proxy, read) = (&down.client, &down.proxy, &down.read);
     for id in 0..3 {
-        let status = send(&client, &proxy, &read, &call(id, "get_user"), None).await;
+        let status = send(client, proxy, read, &call(id, "get_user"), None).await;
         assert_eq!(status, StatusCode::OK);
     }
     // Four spans per allowed call, each batch refused: all twelve counted once the export thread has tried.
-    let metrics = format!("http://{}/metrics", sidecar.admin_addr);
+    let metrics = format!("http://{}/metrics", down.sidecar.admin_addr);
     let mut failed = 0;
     for _ in 0..100 {
         let request = http::Request::get(&metrics)
@@ -382,7 +428,7 @@ async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(failed, 12);
-    sidecar.shutdown().await;
+    down.sidecar.shutdown().await;
 }
 
 /// Traced, the upstream gets the client's `tracestate` only with the trace it belongs to: beside a valid
@@ -390,29 +436,9 @@ async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
 /// taken from the message's `_meta`, starts or continues a trace the header's state says nothing about.
 #[tokio::test]
 async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belongs_to() {
-    // Spans go nowhere (a port nobody listens on): this is about the headers the upstream receives.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let endpoint = format!("http://{closed}");
-    let settings = mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", |name| {
-        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
-    })
-    .unwrap()
-    .expect("tracing on");
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = mcp_authz_sidecar::server::Sidecar::start_traced(
-        support::config(&upstream.url(), &jwks.url()),
-        Some(&settings),
-    )
-    .await
-    .unwrap();
-    let client = support::client();
-    let proxy = format!("http://{}", sidecar.proxy_addr);
-    let read = token(&key, "mcp:read");
+    // Spans go nowhere: this is about the headers the upstream receives.
+    let down = CollectorDown::start().await;
+    let (client, proxy, read) = (&down.client, &down.proxy, &down.read);
     let (trace_id, parent) = client_span();
     let valid = format!("00-{trace_id}-{parent}-01");
     let long = format!(
@@ -452,7 +478,7 @@ async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belo
             json!({"name": "get_user", "arguments": {}})
         };
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
-        let mut request = post_request(&format!("{proxy}/mcp"), Some(&read), &body.to_string());
+        let mut request = post_request(&format!("{proxy}/mcp"), Some(read), &body.to_string());
         for value in &traceparents {
             request
                 .headers_mut()
@@ -463,7 +489,7 @@ async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belo
             .insert("tracestate", tracestate.parse().unwrap());
         let (status, _, _) = support::collect(client.request(request).await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{id}");
-        let seen = upstream.seen();
+        let seen = down.upstream.seen();
         let forwarded = seen
             .iter()
             .find(|s| String::from_utf8_lossy(&s.body).contains(&format!("\"{id}\"")))
@@ -496,7 +522,7 @@ async fn traced_the_upstream_gets_a_tracestate_only_with_the_traceparent_it_belo
             "{id}"
         );
     }
-    sidecar.shutdown().await;
+    down.sidecar.shutdown().await;
 }
 
 /// No span holds what a request may carry that is not the sidecar's to publish: the URL's query (where a client
@@ -508,13 +534,8 @@ async fn no_span_holds_the_query_the_arguments_a_resource_uri_a_cookie_or_the_to
     const ARGUMENT: &str = "argument-secret-9c3e";
     const RESOURCE: &str = "resource-secret-7a2b";
     const COOKIE: &str = "cookie-secret-4e8d";
-    let jaeger = Jaeger::start().await;
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let sidecar = start_traced(&upstream, &jwks, &jaeger);
-    let client = support::client();
-    let read = token(&key, "mcp:read");
+    let traced = Traced::start().await;
+    let read = token(&traced.key, "mcp:read");
     let forged = format!("{read}x");
     let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_user", "arguments": {"password": ARGUMENT}}});
@@ -554,7 +575,7 @@ async fn no_span_holds_the_query_the_arguments_a_resource_uri_a_cookie_or_the_to
     ] {
         let (trace_id, parent) = client_span();
         let mut request = post_request(
-            &format!("{}/mcp?{query}={QUERY}", sidecar.proxy),
+            &format!("{}/mcp?{query}={QUERY}", traced.sidecar.proxy),
             Some(token),
             &body.to_string(),
         );
@@ -564,9 +585,10 @@ async fn no_span_holds_the_query_the_arguments_a_resource_uri_a_cookie_or_the_to
             format!("00-{trace_id}-{parent}-01").parse().unwrap(),
         );
         headers.insert("cookie", format!("session={COOKIE}").parse().unwrap());
-        let (answer, _, _) = support::collect(client.request(request).await.unwrap()).await;
+        let (answer, _, _) = support::collect(traced.client.request(request).await.unwrap()).await;
         assert_eq!(answer, status, "{body}");
-        let trace = jaeger
+        let trace = traced
+            .jaeger
             .trace(&trace_id, |t| {
                 operations.iter().all(|op| !t.named(op).is_empty())
             })

@@ -4,41 +4,24 @@
 
 mod operator_support;
 
-use kube::api::{Patch, PatchParams};
 use mcp_authz_operator::api::cases;
-use mcp_authz_tests::control_plane::{ControlPlane, eventually};
-use operator_support::{condition, get_json};
+use mcp_authz_tests::control_plane::eventually;
+use operator_support::{authserver_config, condition, get_json};
 use serde_json::json;
 
 const V1: &str = "mcp-authz.io/v1alpha1";
 
-async fn config(admin: &kube::Client, ns: &str) -> Option<String> {
-    let cm = get_json(admin, ns, "v1", "ConfigMap", "auth-authserver").await?;
-    cm["data"]["authserver.yaml"].as_str().map(str::to_owned)
-}
-
 #[tokio::test]
 async fn a_config_the_server_would_refuse_is_not_written_and_the_one_in_force_stays() {
-    let cluster = ControlPlane::shared();
-    let admin = cluster.client();
-    operator_support::install_crds(&admin).await;
-    let ns = cluster.new_namespace("refused").await.expect("namespace");
-    let configuration = format!("mcp-authz-webhook-{ns}");
-    let operator =
-        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&ns, "op-refused", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
+    let (admin, ns, running) =
+        operator_support::operator_in_new_namespace("refused", "op-refused").await;
 
     let mut server = cases::authorization_server();
     server["metadata"]["namespace"] = json!(ns);
     operator_support::create(&admin, &ns, &server)
         .await
         .expect("AuthorizationServer");
-    let in_force = eventually("the server's config", || config(&admin, &ns)).await;
+    let in_force = eventually("the server's config", || authserver_config(&admin, &ns)).await;
     assert!(in_force.contains("https://auth.example.com"), "{in_force}");
     eventually("ConfigRendered=True", || async {
         let object = get_json(&admin, &ns, V1, "AuthorizationServer", "auth").await?;
@@ -47,19 +30,15 @@ async fn a_config_the_server_would_refuse_is_not_written_and_the_one_in_force_st
     .await;
 
     // An issuer the schema admits (https, no query or fragment) and the server refuses (a trailing '/').
-    let servers = kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        admin.clone(),
+    operator_support::merge_patch(
+        &admin,
         &ns,
-        &operator_support::resource("AuthorizationServer"),
-    );
-    servers
-        .patch(
-            "auth",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"issuer": "https://auth.example.com/"}})),
-        )
-        .await
-        .expect("the API server admits the issuer");
+        "AuthorizationServer",
+        "auth",
+        json!({"spec": {"issuer": "https://auth.example.com/"}}),
+    )
+    .await
+    .expect("the API server admits the issuer");
     let refused = eventually("ConfigRendered=False", || async {
         let object = get_json(&admin, &ns, V1, "AuthorizationServer", "auth").await?;
         let generation = object["metadata"]["generation"].clone();
@@ -91,7 +70,7 @@ async fn a_config_the_server_would_refuse_is_not_written_and_the_one_in_force_st
     // Several reconciles later, the config in force is the one written before.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(
-        config(&admin, &ns).await.as_deref(),
+        authserver_config(&admin, &ns).await.as_deref(),
         Some(in_force.as_str())
     );
     // The conditions about the objects still in force are kept beside the refusal.

@@ -96,6 +96,10 @@ async fn main() -> anyhow::Result<()> {
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
     running.stop().await;
+    // The last records before anything that waits on a collector: the grace period may end in a SIGKILL.
+    if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
+        tracing::warn!("the audit stream was not written out in time");
+    }
     if let Some(tracing) = tracing {
         let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
     }

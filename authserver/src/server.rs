@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 use crate::config::{AuthServerConfig, ConfigError};
 use crate::keys::{KeyError, KeySet};
+use crate::metrics::Metrics;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::state::{AppState, ReloadError, Snapshot};
 use crate::store::{SqlStore, Store, StoreError};
@@ -165,7 +166,7 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
         // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn_with_state(
-            (state.clone(), state.in_flight.clone()),
+            (state.metrics.clone(), state.in_flight.clone()),
             finished,
         ))
         .with_state(state)
@@ -182,14 +183,13 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// recorded in the store, with no record on the audit stream), or between two writes. The time limit inside
 /// bounds each such task, [`MAX_IN_FLIGHT`] how many there are, and a stopping server waits for them.
 async fn finished(
-    State((state, in_flight)): State<(Arc<AppState>, Arc<tokio::sync::Semaphore>)>,
+    State((metrics, in_flight)): State<(Metrics, Arc<tokio::sync::Semaphore>)>,
     request: Request,
     next: Next,
 ) -> Response {
     let Ok(permit) = in_flight.try_acquire_owned() else {
         // Counted with the rate limits' refusals, keyed on what ran out.
-        state
-            .metrics
+        metrics
             .rate_limited
             .with_label_values(&["all", "in_progress"])
             .inc();
@@ -199,6 +199,7 @@ async fn finished(
         )
         .into_response();
     };
+    let endpoint = endpoint_of(request.uri().path());
     let handler = tokio::spawn(async move {
         let response = next.run(request).await;
         drop(permit);
@@ -207,8 +208,15 @@ async fn finished(
     match handler.await {
         Ok(response) => response,
         Err(error) => {
-            // A panic is a bug; the client gets an OAuth error, and the log says where.
-            tracing::error!(%error, "a request's handler failed");
+            // A panic is a bug: the client gets an OAuth error, the metric and the log say which endpoint. Not
+            // the panic's message: it may hold what the request carried (the panic hook has it on stderr).
+            let outcome = if error.is_panic() {
+                "handler_panicked"
+            } else {
+                "handler_cancelled"
+            };
+            metrics.outcome(endpoint, outcome);
+            tracing::error!(endpoint, outcome, "a request's handler failed");
             OAuthError::new(ErrorCode::ServerError, "the request could not be handled")
                 .into_response()
         }
@@ -249,7 +257,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(bounded_admin))
         .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn_with_state(
-            (state.clone(), state.admin_in_flight.clone()),
+            (state.metrics.clone(), state.admin_in_flight.clone()),
             finished,
         ))
         .with_state(state)
@@ -891,6 +899,94 @@ pub fn store_error(e: StoreError) -> OAuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler that panics (a bug) is answered with the OAuth `server_error` and counted; the connection
+    /// stays usable. The panicking route exists only here: nothing in a build can make a handler panic on purpose.
+    async fn panics() -> &'static str {
+        panic!("a bug")
+    }
+
+    /// Sends `request` on `stream` and reads one answer whole: its head, and a body of the length it announces.
+    async fn answer(stream: &mut tokio::net::TcpStream, request: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection was closed: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&read).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return (head.to_owned(), body.to_owned());
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_server_error_and_counted() {
+        let metrics = Metrics::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let router = Router::new()
+            .route("/token", post(panics))
+            .route("/jwks", get(|| async { "{}" }))
+            .layer(middleware::from_fn_with_state(
+                (metrics.clone(), in_flight.clone()),
+                finished,
+            ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, None, stop.clone(), in_flight));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (head, body) = answer(
+            &mut stream,
+            "POST /token HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 500 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"error": "server_error", "error_description": "the request could not be handled"})
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["token", "handler_panicked"])
+                .get(),
+            1
+        );
+        // The same connection answers the next request.
+        let (head, body) = answer(&mut stream, "GET /jwks HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body, "{}");
+        stop.cancel();
+        drop(stream);
+        server.await.unwrap();
+    }
 
     #[test]
     fn a_path_names_its_endpoint_from_a_fixed_set() {

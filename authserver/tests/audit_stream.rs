@@ -38,6 +38,40 @@ fn read_records(stdout: BufReader<std::process::ChildStdout>) -> mpsc::Receiver<
     records
 }
 
+/// A client_credentials request of `SERVICE_CLIENT` (asking for `scope`, if any) with this `traceparent`.
+fn token_request(
+    http: &reqwest::Client,
+    base: &str,
+    scope: Option<&str>,
+    traceparent: Option<String>,
+) -> reqwest::RequestBuilder {
+    let (key, header) = service_signer();
+    let now = mcp_authz_authserver::clock::now_secs();
+    let claims = json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": format!("{base}/token"),
+        "exp": now + 300, "jti": mcp_authz_authserver::secrets::random_token()});
+    let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let mut form = vec![
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_assertion_type", JWT_BEARER.to_owned()),
+        ("client_assertion", assertion),
+        ("resource", RESOURCE.to_owned()),
+    ];
+    if let Some(scope) = scope {
+        form.push(("scope", scope.to_owned()));
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let request = http
+        .post(format!("{base}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    match traceparent {
+        Some(value) => request.header("traceparent", value),
+        None => request,
+    }
+}
+
 #[tokio::test]
 async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -47,36 +81,13 @@ async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
     let _server = Server(child);
     let records = read_records(stdout);
     let http = reqwest::Client::new();
-    let (key, header) = service_signer();
     let token = |scope: Option<&'static str>, traced: bool| {
-        let now = mcp_authz_authserver::clock::now_secs();
-        let claims = json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT, "aud": format!("{base}/token"),
-            "exp": now + 300, "jti": mcp_authz_authserver::secrets::random_token()});
-        let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-        let mut form = vec![
-            ("grant_type", "client_credentials".to_owned()),
-            ("client_assertion_type", JWT_BEARER.to_owned()),
-            ("client_assertion", assertion),
-            ("resource", RESOURCE.to_owned()),
-        ];
-        if let Some(scope) = scope {
-            form.push(("scope", scope.to_owned()));
-        }
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let mut request = http
-            .post(format!("{base}/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        if traced {
-            request = request.header("traceparent", format!("00-{TRACE}-{PARENT}-01"));
-        }
-        request.send()
+        let traceparent = traced.then(|| format!("00-{TRACE}-{PARENT}-01"));
+        token_request(&http, &base, scope, traceparent)
     };
-    let issued = token(None, true).await.unwrap();
+    let issued = token(None, true).send().await.unwrap();
     assert_eq!(issued.status(), 200);
-    let refused = token(Some("files:write"), false).await.unwrap();
+    let refused = token(Some("files:write"), false).send().await.unwrap();
     assert_eq!(refused.status(), 400);
     let next = || {
         records
@@ -220,4 +231,55 @@ async fn a_token_issued_after_its_client_hung_up_still_writes_its_record() {
         .await
         .unwrap();
     assert_eq!(rows, 1, "the token was issued");
+}
+
+/// Stopped while its span export waits on a collector that never answers, the server still writes the record
+/// of its last decision and exits within the tracing stop's budget, well inside a pod's grace period.
+#[tokio::test]
+async fn stopped_while_its_collector_hangs_the_server_writes_its_last_record_and_exits_in_time() {
+    let collector = mcp_authz_otel::testing::SilentCollector::start();
+    let (_dir, mut child, base) = start_binary_with_env(
+        Stdio::piped(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    )
+    .await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut server = Server(child);
+    let records = read_records(stdout);
+    // A new connection per request: none is left open for the server's drain to wait on.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let token = |scope| token_request(&http, &base, Some(scope), None).send();
+    assert_eq!(token("files:read").await.unwrap().status(), 200);
+    // Past the export thread's batch wait (one second): its first batch is now stuck on the collector.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(token("files:write").await.unwrap().status(), 400);
+    drop(http);
+    // The kubelet's SIGKILL comes at the end of the grace period; three seconds is far less than its default
+    // thirty, and more than the two the tracing stop may take.
+    let took = mcp_authz_otel::testing::terminate(&mut server.0, Duration::from_secs(3));
+    assert!(
+        took.is_some(),
+        "the server did not exit within 3 s of SIGTERM"
+    );
+    let mut all = Vec::new();
+    while let Ok(record) = records.recv_timeout(Duration::from_secs(1)) {
+        all.push(record);
+    }
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        (&all[1]["event"], &all[1]["outcome"], &all[1]["reason"]),
+        (
+            &json!("token"),
+            &json!("deny"),
+            &json!("invalid_scope: scope \"files:write\" is not allowed for this client")
+        ),
+        "{}",
+        all[1]
+    );
 }

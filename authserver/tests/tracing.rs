@@ -21,6 +21,10 @@ impl Drop for Server {
 
 const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
 const PARENT: &str = "01f067aa0ba902b8";
+/// What a request may carry that no span may hold: its query, a cookie, a resource it names.
+const QUERY: &str = "query-secret-5d1f";
+const COOKIE: &str = "cookie-secret-4e8d";
+const RESOURCE_SECRET: &str = "resource-secret-7a2b";
 
 #[tokio::test]
 async fn a_token_request_is_traced_with_its_endpoint_and_store_calls() {
@@ -45,9 +49,10 @@ async fn a_token_request_is_traced_with_its_endpoint_and_store_calls() {
         ])
         .finish();
     let response = reqwest::Client::new()
-        .post(format!("{base}/token"))
+        .post(format!("{base}/token?client_secret={QUERY}"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("cookie", format!("session={COOKIE}"))
         .body(form)
         .send()
         .await
@@ -99,12 +104,69 @@ async fn a_token_request_is_traced_with_its_endpoint_and_store_calls() {
     );
     let text = trace.all_text();
     let signature = assertion.rsplit('.').next().unwrap();
-    for secret in [assertion.as_str(), signature, access_token.as_str()] {
-        assert!(!text.contains(secret), "a span holds a secret");
+    for secret in [
+        assertion.as_str(),
+        signature,
+        access_token.as_str(),
+        QUERY,
+        COOKIE,
+    ] {
+        assert!(!text.contains(secret), "a span holds {secret}: {}", trace.0);
     }
     let token_signature = access_token.rsplit('.').next().unwrap();
     assert!(
         !text.contains(token_signature),
         "a span holds the token's signature"
     );
+}
+
+/// A browser's sign-in start carries its parameters in the query (a state, a resource URI) and its session in a
+/// cookie: the server span names the endpoint, never them.
+#[tokio::test]
+async fn an_authorize_request_is_traced_without_its_query_or_cookie() {
+    const AUTHORIZE_TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let jaeger = Jaeger::start().await;
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp.as_str())];
+    let (_dir, child, base) = start_binary_with_env(Stdio::null(), &env).await;
+    let _server = Server(child);
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", "https://client.example/metadata.json"),
+            ("redirect_uri", "https://client.example/callback"),
+            (
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            ),
+            ("code_challenge_method", "S256"),
+            ("state", QUERY),
+            (
+                "resource",
+                &format!("https://mcp.example.com/{RESOURCE_SECRET}"),
+            ),
+        ])
+        .finish();
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}/authorize?{query}"))
+        .header("traceparent", format!("00-{AUTHORIZE_TRACE}-{PARENT}-01"))
+        .header("cookie", format!("session={COOKIE}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let trace = jaeger
+        .trace(AUTHORIZE_TRACE, |t| !t.named("GET authorize").is_empty())
+        .await;
+    let server = trace.one("GET authorize");
+    assert_eq!(
+        tag(server, "http.response.status_code"),
+        Some(&json!(status.as_u16()))
+    );
+    let text = trace.all_text();
+    for secret in [QUERY, COOKIE, RESOURCE_SECRET] {
+        assert!(!text.contains(secret), "a span holds {secret}: {}", trace.0);
+    }
 }

@@ -122,7 +122,7 @@ impl OperatorArgs {
         }
         settings.image_pull_policy = self.image_pull_policy.clone();
         settings.authserver_tls_extra_names = self.authserver_tls_extra_names.clone();
-        settings.tracing = crate::render::tracing_env::from_env(|name| std::env::var(name).ok());
+        settings.tracing = crate::render::tracing_env::handed_on(|name| std::env::var(name).ok());
         settings.metrics_scrapers = crate::render::Scrapers::from_labels(
             self.metrics_scraper_namespace_labels.as_ref(),
             self.metrics_scraper_pod_labels.as_ref(),

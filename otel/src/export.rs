@@ -3,6 +3,10 @@
 //! counted, and so is a batch the endpoint refused or did not take in time. The thread runs its own small
 //! runtime, so encoding and sending spans never takes a turn of the program's request runtime (the sidecar's
 //! is one thread).
+//!
+//! Stopping is bounded as a whole, not per request: a pod being terminated has a grace period, and an export
+//! that was waiting on a collector that never answers is cut at the stop's deadline, with what was still queued
+//! dropped and counted, so the program exits long before the kubelet's SIGKILL.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -14,6 +18,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use prometheus::IntCounterVec;
+use tokio::sync::watch;
 
 /// Spans that may wait for the export thread; past that they are dropped (the SDK's own default size).
 pub const QUEUE_SPANS: usize = 2048;
@@ -23,13 +28,18 @@ const BATCH_SPANS: usize = 512;
 const BATCH_WAIT: Duration = Duration::from_secs(1);
 /// How long one OTLP request may take before its spans count as lost.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest stopping the export may take, all batches together. Fixed: the OTEL variables name no stop
+/// timeout (`OTEL_BSP_EXPORT_TIMEOUT` bounds each export, 30 s by default, which is as long as a pod's whole
+/// default grace period), and the audit stream, flushed before, must keep most of that grace.
+pub const STOP_BUDGET: Duration = Duration::from_secs(2);
 /// At most one warning about failing exports per this long, so an endpoint that is down does not flood the log.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 enum Message {
     Span(Box<SpanData>),
     Flush(mpsc::SyncSender<()>),
-    Shutdown(mpsc::SyncSender<()>),
+    /// Send what is batched and stop (the deadline is in the stop signal).
+    Shutdown,
 }
 
 /// The span processor: hands sampled spans to the export thread.
@@ -37,6 +47,11 @@ enum Message {
 pub struct ExportQueue {
     sender: SyncSender<Message>,
     dropped: IntCounterVec,
+    /// When the export thread must have stopped: set once, at shutdown. A signal beside the queue rather than
+    /// a message in it, so that a full queue cannot keep it from the thread.
+    stop: watch::Sender<Option<Instant>>,
+    /// Disconnected when the export thread has ended.
+    exited: Mutex<mpsc::Receiver<()>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -50,25 +65,22 @@ impl ExportQueue {
     ) -> std::io::Result<Self> {
         exporter.set_resource(resource);
         let (sender, receiver) = mpsc::sync_channel(QUEUE_SPANS);
+        let (stop, stopping) = watch::channel(None);
+        let (alive, exited) = mpsc::sync_channel(0);
         let lost = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || export_loop(exporter, receiver, lost))?;
+            .spawn(move || {
+                export_loop(exporter, receiver, stopping, lost);
+                drop(alive);
+            })?;
         Ok(Self {
             sender,
             dropped,
+            stop,
+            exited: Mutex::new(exited),
             thread: Mutex::new(Some(thread)),
         })
-    }
-
-    fn ask(&self, make: impl FnOnce(SyncSender<()>) -> Message, wait: Duration) -> OTelSdkResult {
-        let (done, finished) = mpsc::sync_channel(1);
-        self.sender
-            .send(make(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        finished
-            .recv_timeout(wait)
-            .map_err(|_| OTelSdkError::Timeout(wait))
     }
 }
 
@@ -88,23 +100,59 @@ impl SpanProcessor for ExportQueue {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.ask(Message::Flush, EXPORT_TIMEOUT)
+        let (done, finished) = mpsc::sync_channel(1);
+        // Never waits for room: with the queue full the thread is already sending as fast as it can.
+        self.sender
+            .try_send(Message::Flush(done))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => {
+                    OTelSdkError::InternalFailure("the span queue is full".into())
+                }
+                TrySendError::Disconnected(_) => OTelSdkError::AlreadyShutdown,
+            })?;
+        finished
+            .recv_timeout(EXPORT_TIMEOUT)
+            .map_err(|_| OTelSdkError::Timeout(EXPORT_TIMEOUT))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.ask(Message::Shutdown, timeout);
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take())
-            && result.is_ok()
-        {
-            let _ = thread.join();
+        let budget = timeout.min(STOP_BUDGET);
+        let deadline = Instant::now() + budget;
+        self.stop.send_replace(Some(deadline));
+        // Wakes a thread waiting for spans; with the queue full it sees the deadline between batches instead.
+        let _ = self.sender.try_send(Message::Shutdown);
+        let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exited.recv_timeout(left) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = thread.join();
+                }
+                Ok(())
+            }
+            // Left running: the process is on its way out, and a thread blocked past its deadline would only
+            // be waited for.
+            Err(RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(budget)),
         }
-        result
+    }
+}
+
+/// Resolves at the stop's deadline; never before a stop is asked for.
+async fn stop_deadline(mut stopping: watch::Receiver<Option<Instant>>) {
+    loop {
+        if let Some(at) = *stopping.borrow_and_update() {
+            return tokio::time::sleep_until(at.into()).await;
+        }
+        if stopping.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
 fn export_loop<E: SpanExporter>(
     exporter: E,
     receiver: mpsc::Receiver<Message>,
+    stopping: watch::Receiver<Option<Instant>>,
     dropped: IntCounterVec,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -125,12 +173,17 @@ fn export_loop<E: SpanExporter>(
         }
         let spans = std::mem::take(batch);
         let count = spans.len() as u64;
-        let outcome = runtime
-            .block_on(async { tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await });
+        let stop = stop_deadline(stopping.clone());
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                sent = tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)) => sent.map_err(|_| "timed out"),
+                () = stop => Err("cut at the stop's deadline"),
+            }
+        });
         let failure = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(error)) => error.to_string(),
-            Err(_) => "timed out".to_owned(),
+            Err(why) => why.to_owned(),
         };
         dropped.with_label_values(&["export_failed"]).inc_by(count);
         if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -140,7 +193,24 @@ fn export_loop<E: SpanExporter>(
     };
     let mut oldest: Option<Instant> = None;
     loop {
-        let wait = oldest.map_or(BATCH_WAIT, |at| BATCH_WAIT.saturating_sub(at.elapsed()));
+        let deadline = *stopping.borrow();
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            // Out of time: what is left is lost, and counted as such.
+            let left = batch.len()
+                + receiver
+                    .try_iter()
+                    .filter(|m| matches!(m, Message::Span(_)))
+                    .count();
+            dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(left as u64);
+            let _ = exporter.shutdown();
+            return;
+        }
+        let mut wait = oldest.map_or(BATCH_WAIT, |at| BATCH_WAIT.saturating_sub(at.elapsed()));
+        if let Some(at) = deadline {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         match receiver.recv_timeout(wait) {
             Ok(Message::Span(span)) => {
                 oldest.get_or_insert_with(Instant::now);
@@ -155,10 +225,9 @@ fn export_loop<E: SpanExporter>(
                 oldest = None;
                 let _ = done.send(());
             }
-            Ok(Message::Shutdown(done)) => {
+            Ok(Message::Shutdown) => {
                 send(&mut batch);
                 let _ = exporter.shutdown();
-                let _ = done.send(());
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -215,21 +284,45 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_stalled_collector_costs_spans_never_a_wait() {
+    /// A stalled collector and `made` spans: one batch is taken by the stalled export, the queue holds the next
+    /// 2,048, the rest are dropped.
+    fn stalled_with(made: usize) -> (SdkTracerProvider, IntCounterVec) {
         let (provider, dropped) = provider(Stalled);
         let tracer = provider.tracer("test");
-        // One batch is taken by the stalled export, the queue holds the next 2,048, the rest are dropped.
-        let made = BATCH_SPANS + QUEUE_SPANS + 1000;
         for _ in 0..made {
             tracer.start("request").end();
         }
+        (provider, dropped)
+    }
+
+    #[test]
+    fn a_stalled_collector_costs_spans_never_a_wait() {
+        let made = BATCH_SPANS + QUEUE_SPANS + 1000;
+        let (_provider, dropped) = stalled_with(made);
         let full = dropped.with_label_values(&["queue_full"]).get() as usize;
         assert!(
             (1000..=made - QUEUE_SPANS).contains(&full),
             "{full} of {made} dropped"
         );
         assert_eq!(dropped.with_label_values(&["export_failed"]).get(), 0);
+    }
+
+    #[test]
+    fn stopping_with_a_stalled_collector_and_a_full_queue_takes_at_most_the_budget() {
+        // The queue behind the stalled batch fills, so the stop cannot be queued as a message either.
+        let made = BATCH_SPANS + QUEUE_SPANS + 100;
+        let (provider, dropped) = stalled_with(made);
+        let started = Instant::now();
+        let result = provider.shutdown_with_timeout(Duration::from_secs(30));
+        let took = started.elapsed();
+        assert!(
+            took < STOP_BUDGET + Duration::from_millis(300),
+            "stopping took {took:?}: {result:?}"
+        );
+        // Every span made is either dropped at the full queue or lost at the stop, and counted.
+        let lost = |reason| dropped.with_label_values(&[reason]).get() as usize;
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(lost("queue_full") + lost("export_failed"), made);
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Sends what is queued and stops the export thread (waits up to five seconds).
+    /// Sends what is queued and stops the export thread, taking at most [`export::STOP_BUDGET`] however the
+    /// collector behaves. Call it after the audit stream is flushed: at stop, the records come first.
     pub fn shutdown(&self) {
-        if let Err(error) = self.provider.shutdown() {
+        if let Err(error) = self.provider.shutdown_with_timeout(export::STOP_BUDGET) {
             tracing::warn!(%error, "spans may have been lost at shutdown");
         }
     }

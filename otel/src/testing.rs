@@ -232,3 +232,44 @@ fn collect_strings(value: &Value, out: &mut String) {
         _ => {}
     }
 }
+
+/// A collector that takes connections and never answers, as a hung one does: what a program's stop must not
+/// wait on past its budget. The connections stay open as long as the test process runs.
+pub struct SilentCollector {
+    /// Its base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: String,
+}
+
+impl SilentCollector {
+    /// Listens on a free loopback port.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        SilentCollector { endpoint }
+    }
+}
+
+/// Stops `child` as the kubelet does: SIGTERM, then up to `grace` for it to exit on its own; returns how long it
+/// took, or `None` when the grace ran out (it is then killed, as the kubelet would).
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<Duration> {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    let started = Instant::now();
+    while started.elapsed() < grace {
+        if child.try_wait().expect("the child's status").is_some() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}

@@ -60,10 +60,10 @@ fn main() -> anyhow::Result<()> {
         subscriber.init()
     }
     // Dropping `outputs` on the way out writes what they queued.
-    serve(args)
+    serve(args, &outputs)
 }
 
-fn serve(args: Args) -> anyhow::Result<()> {
+fn serve(args: Args, outputs: &mcp_authz_audit::Outputs) -> anyhow::Result<()> {
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -74,10 +74,10 @@ fn serve(args: Args) -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, outputs))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, outputs: &mcp_authz_audit::Outputs) -> anyhow::Result<()> {
     let config = SidecarConfig::load(&args.config)?;
     let tracing = mcp_authz_otel::Settings::from_process_env("mcp-authz-sidecar")?;
     if let Some(settings) = &tracing {
@@ -97,6 +97,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("signal received; draining");
-    sidecar.shutdown().await;
+    let drained = sidecar.drain().await;
+    // The last decisions' records before anything that waits on a collector: the grace period may end in a
+    // SIGKILL, and a lost record is worse than a lost span.
+    if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
+        tracing::warn!("the audit stream was not written out in time");
+    }
+    drained.stop_tracing().await;
     Ok(())
 }

@@ -447,12 +447,22 @@ impl Proxy {
                 );
             }
         };
-        // Traced, the upstream continues the trace under the sidecar's own span; otherwise the client's
-        // `traceparent` goes on as it came.
+        // Traced, the upstream continues the trace under the sidecar's own span, with the state that trace
+        // carries (the client's, bounded, only when it came beside a valid `traceparent`); otherwise the
+        // client's `traceparent` goes on as it came.
         let upstream_span = spans.as_mut().map(|spans| {
-            let (span, traceparent) = spans.upstream(&rt.upstream_authority);
+            let (span, traceparent, tracestate) = spans.upstream(&rt.upstream_authority);
+            let headers = upstream_request.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&traceparent) {
-                upstream_request.headers_mut().insert("traceparent", value);
+                headers.insert("traceparent", value);
+            }
+            match HeaderValue::from_str(&tracestate) {
+                Ok(value) if !tracestate.is_empty() => {
+                    headers.insert("tracestate", value);
+                }
+                _ => {
+                    headers.remove("tracestate");
+                }
             }
             span
         });
@@ -926,6 +936,11 @@ fn build_upstream_request(
     headers.remove(header::HOST);
     // The whole body is sent at once; the upstream has nothing to wait for.
     headers.remove(header::EXPECT);
+    // W3C Trace Context: a `tracestate` belongs to the `traceparent` it came with; beside none that can be read
+    // it is not passed on (the upstream would take it as the state of whatever trace it joins).
+    if headers.contains_key("tracestate") && trace_header(headers).is_none() {
+        headers.remove("tracestate");
+    }
     // Only this proxy says who is calling and from where: the identity and forwarding fields are removed,
     // and so are their look-alikes with `_` for `-`, which CGI-style servers read as the same field
     // (`X_Forwarded_For` and `X-Forwarded-For` are both `HTTP_X_FORWARDED_FOR`).

@@ -226,14 +226,36 @@ impl Sidecar {
     }
 
     /// Stops accepting, lets in-flight requests and streams finish up to the configured grace period, then
-    /// returns.
+    /// stops tracing.
     pub async fn shutdown(self) {
+        self.drain().await.stop_tracing().await;
+    }
+
+    /// Stops accepting and lets in-flight requests and streams finish up to the configured grace period; the
+    /// spans are still to be sent. A program flushes its audit stream between the two: stopping tracing may
+    /// wait on a collector.
+    pub async fn drain(self) -> Drained {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        tracing::info!("drained");
+        Drained {
+            tracing: self.tracing,
+        }
+    }
+}
+
+/// A sidecar that serves no more, its spans still to be sent.
+pub struct Drained {
+    tracing: Option<mcp_authz_otel::Tracing>,
+}
+
+impl Drained {
+    /// Sends the spans still queued, within `mcp_authz_otel::export::STOP_BUDGET`.
+    pub async fn stop_tracing(self) {
         if let Some(tracing) = self.tracing {
-            // Sends the spans still queued; waits on the export thread, not on the runtime.
+            // Waits on the export thread, not on the runtime.
             let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
     }

@@ -202,8 +202,8 @@ impl<'t> RequestSpans<'t> {
     }
 
     /// Starts the span of the upstream call; returns it (boxed: it is held across the call, in a future whose
-    /// size every request pays for) and the `traceparent` the upstream gets.
-    pub fn upstream(&mut self, authority: &str) -> (Box<Span>, String) {
+    /// size every request pays for), and the `traceparent` and `tracestate` (empty: none) the upstream gets.
+    pub fn upstream(&mut self, authority: &str) -> (Box<Span>, String, String) {
         let header = self.header;
         let cx = self.begin(header).clone();
         let span = self
@@ -216,7 +216,10 @@ impl<'t> RequestSpans<'t> {
             ])
             .start_with_context(self.tracer, &cx);
         let traceparent = context::traceparent(span.span_context());
-        (Box::new(span), traceparent)
+        // The state the parent was given: the client's, only from beside a valid `traceparent` header and
+        // bounded (`start`, `context::remote_parent`).
+        let tracestate = span.span_context().trace_state().header();
+        (Box::new(span), traceparent, tracestate)
     }
 
     /// Ends the server span with the request's answer.

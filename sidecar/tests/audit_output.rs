@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::ChildStdout;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,79 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mcp_authz_sidecar::testing::{TestKey, claims_for, now};
 use serde_json::{Value, json};
+use support::process::SidecarProcess;
 use support::{Body, JwksServer, Upstream, call, collect, post_request};
 
-/// The sidecar binary, killed on drop.
-struct Sidecar {
-    child: Child,
-    proxy: String,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary with its stdout (the audit stream) on a pipe, reads its stderr (the logs) up to its
-/// "listening" line, and hands the stdout pipe back. The rest of stderr is drained, each line checked to be JSON.
+/// Starts the binary with `extra` arguments, its stdout (the audit stream) on a pipe.
 fn start(
     upstream: &Upstream,
     jwks: &JwksServer,
     extra: &[&str],
-) -> (Sidecar, BufReader<ChildStdout>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.json");
-    let config = support::config(&upstream.url(), &jwks.url());
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mcp-authz-sidecar"))
-        .arg("--config")
-        .arg(&path)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("MCP_AUTHZ_LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Owned by the guard at once, so that a failed start below still kills it.
-    let mut sidecar = Sidecar {
-        child,
-        proxy: String::new(),
-        admin: String::new(),
-        _dir: dir,
-    };
-    let stdout = BufReader::new(sidecar.child.stdout.take().unwrap());
-    let mut stderr = BufReader::new(sidecar.child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the sidecar exited before listening"
-        );
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["fields"]["message"] == "sidecar listening" {
-            let addr = |name: &str| event["fields"][name].as_str().unwrap().to_owned();
-            sidecar.proxy = format!("http://{}", addr("proxy_addr"));
-            sidecar.admin = format!("http://{}", addr("admin_addr"));
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        for line in stderr.lines() {
-            let Ok(line) = line else { return };
-            assert!(
-                serde_json::from_str::<Value>(&line).is_ok(),
-                "a log line that is not JSON: {line}"
-            );
-        }
-    });
-    (sidecar, stdout)
+) -> (SidecarProcess, BufReader<ChildStdout>) {
+    SidecarProcess::start(upstream, jwks, extra, &[])
 }
 
 /// Reads the audit stream on a thread; every line must be a whole record of the schema.
@@ -146,7 +83,7 @@ async fn counter(
 /// A sidecar binary started against a fresh key, JWKS and upstream, ready; with a client, a token holding
 /// `mcp:read` and the MCP URL.
 struct Running {
-    sidecar: Sidecar,
+    sidecar: SidecarProcess,
     stdout: Option<BufReader<ChildStdout>>,
     upstream: Upstream,
     _jwks: JwksServer,
@@ -501,4 +438,62 @@ async fn a_large_batch_writes_sixteen_records_the_refusal_first_the_last_naming_
     expected.extend((100..115).map(|i| row("tools/call", format!("get_{i}"), "allow", "ok")));
     expected.push(row("POST", names(115..120), "allow", "more_operations"));
     assert_eq!(got, expected);
+}
+
+/// Stopped while its span export waits on a collector that never answers, the sidecar still writes the record
+/// of its last decision and exits within the tracing stop's budget, well inside a pod's grace period.
+#[tokio::test]
+async fn stopped_while_its_collector_hangs_the_sidecar_writes_its_last_record_and_exits_in_time() {
+    let collector = mcp_authz_otel::testing::SilentCollector::start();
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let (mut sidecar, stdout) = SidecarProcess::start(
+        &upstream,
+        &jwks,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    );
+    let audit = records(stdout);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    wait_ready(&client, &sidecar.admin).await;
+    let url = format!("{}/mcp", sidecar.proxy);
+    let read = token(&key, "mcp:read");
+    let send = |body: String| {
+        let request = post_request(&url, Some(&read), &body);
+        let client = client.clone();
+        async move { collect(client.request(request).await.unwrap()).await.0 }
+    };
+    assert_eq!(send(call(1, "get_user")).await, StatusCode::OK);
+    // Past the export thread's batch wait (one second): its first batch is now stuck on the collector.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(send(call(2, "delete_user")).await, StatusCode::FORBIDDEN);
+    // Closed while this test's runtime still runs: `terminate` below blocks it, and a connection left open
+    // would cost the sidecar's linger on it.
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The kubelet's SIGKILL would come at the end of the grace period; three seconds is far less than its
+    // default thirty, and more than the two the tracing stop may take.
+    let took = sidecar.terminate(Duration::from_secs(3));
+    assert!(
+        took.is_some(),
+        "the sidecar did not exit within 3 s of SIGTERM"
+    );
+    let mut last = None;
+    while let Ok(record) = audit.recv_timeout(Duration::from_secs(1)) {
+        last = Some(record);
+    }
+    let last = last.expect("audit records");
+    assert_eq!(
+        (&last["outcome"], &last["tool"], &last["reason"]),
+        (
+            &json!("deny"),
+            &json!("delete_user"),
+            &json!("insufficient_scope")
+        ),
+        "{last}"
+    );
 }

@@ -25,13 +25,17 @@ fn chart() -> PathBuf {
 
 /// Runs `helm template` with `--set`-style values; returns stdout on success, stderr on failure.
 fn template(sets: &[&str]) -> Result<String, String> {
+    let args: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+    template_args(&args)
+}
+
+/// Runs `helm template` with these arguments (`--set-json` where a value holds `,` that `--set` splits on).
+fn template_args(args: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new(helm());
     cmd.args(["template", "mcp-authz"])
         .arg(chart())
-        .args(["--namespace", "mcp-authz"]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
+        .args(["--namespace", "mcp-authz"])
+        .args(args);
     let out = cmd.output().expect("helm runs");
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
@@ -42,7 +46,11 @@ fn template(sets: &[&str]) -> Result<String, String> {
 
 fn objects(sets: &[&str]) -> Vec<Value> {
     let text = template(sets).unwrap_or_else(|err| panic!("helm template {sets:?} failed: {err}"));
-    serde_saphyr::from_multiple::<Value>(&text)
+    parse(&text)
+}
+
+fn parse(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
         .expect("helm output is YAML")
         .into_iter()
         .filter(|doc| !doc.is_null())
@@ -728,7 +736,8 @@ fn the_tracing_values_become_the_operators_otel_environment_and_reach_what_it_re
     }
     // What the operator reads from that environment is what it hands on, each program named on its own.
     let handed =
-        mcp_authz_operator::render::tracing_env::from_env(|name| operator_env(&objs, name));
+        mcp_authz_operator::render::tracing_env::from_env(|name| operator_env(&objs, name))
+            .expect("the chart renders what the programs accept");
     let sidecar = mcp_authz_operator::render::tracing_env::env_vars(&handed, "mcp-authz-sidecar");
     assert_eq!(sidecar.len(), 5, "{sidecar:?}");
     assert!(
@@ -747,5 +756,46 @@ fn the_tracing_values_become_the_operators_otel_environment_and_reach_what_it_re
             template(&["tracing.otlpEndpoint=http://c:4318", bad]).is_err(),
             "{bad}"
         );
+    }
+}
+
+/// A resource attribute's value is percent-encoded into `OTEL_RESOURCE_ATTRIBUTES` (the OpenTelemetry
+/// specification's W3C Baggage form): a `,` would start another attribute, an `=` or a `%` change the value, a
+/// space end the list for a strict reader. A key cannot be encoded (readers decode values only), so the schema
+/// admits only keys that need none.
+#[test]
+fn hostile_resource_attribute_values_are_percent_encoded_and_keys_are_checked() {
+    let hostile = "a,team=evil b%41=+\u{e9}";
+    let values = format!(
+        r#"tracing={{"otlpEndpoint":"http://c:4318","resourceAttributes":{{"deployment.environment":"prod","note":"{hostile}"}}}}"#
+    );
+    let text = template_args(&["--set-json", &values]).expect("helm template");
+    let objs = parse(&text);
+    let rendered = operator_env(&objs, "OTEL_RESOURCE_ATTRIBUTES");
+    assert_eq!(
+        rendered.as_deref(),
+        Some("deployment.environment=prod,note=a%2Cteam%3Devil%20b%2541%3D%2B%C3%A9")
+    );
+    // Read back as the programs read it: two attributes, the value whole.
+    let settings =
+        mcp_authz_otel::Settings::from_env("mcp-authz-operator", |name| operator_env(&objs, name))
+            .expect("valid")
+            .expect("tracing on");
+    assert_eq!(
+        settings.resource,
+        [
+            ("deployment.environment".to_owned(), "prod".to_owned()),
+            ("note".to_owned(), "a,team=evil b%41=+\u{e9}".to_owned()),
+        ]
+    );
+    for key in ["a,b", "a=b", "a b", "a%2C"] {
+        let values = format!(
+            r#"tracing={{"otlpEndpoint":"http://c:4318","resourceAttributes":{{"{key}":"x"}}}}"#
+        );
+        let error = template_args(&["--set-json", &values]).expect_err(key);
+        let expected = format!(
+            "- at '': invalid propertyName '{key}'\n  - at '': '{key}' does not match pattern '^[A-Za-z0-9][A-Za-z0-9._/-]*$'"
+        );
+        assert!(error.contains(&expected), "{key}: {error}");
     }
 }

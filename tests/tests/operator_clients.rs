@@ -7,8 +7,8 @@ mod operator_support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mcp_authz_operator::api::cases;
-use mcp_authz_tests::control_plane::{ControlPlane, eventually};
-use operator_support::{condition, get_json};
+use mcp_authz_tests::control_plane::eventually;
+use operator_support::{authserver_config, condition, get_json};
 use serde_json::{Value, json};
 
 const V1: &str = "mcp-authz.io/v1alpha1";
@@ -28,26 +28,10 @@ async fn ready(admin: &kube::Client, ns: &str, name: &str, want: &str) -> (Strin
     .await
 }
 
-async fn config(admin: &kube::Client, ns: &str) -> Option<String> {
-    let cm = get_json(admin, ns, "v1", "ConfigMap", "auth-authserver").await?;
-    cm["data"]["authserver.yaml"].as_str().map(str::to_owned)
-}
-
 #[tokio::test]
 async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
-    let cluster = ControlPlane::shared();
-    let admin = cluster.client();
-    operator_support::install_crds(&admin).await;
-    let ns = cluster.new_namespace("clients").await.expect("namespace");
-    let configuration = format!("mcp-authz-webhook-{ns}");
-    let operator =
-        operator_support::operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
-    let running = mcp_authz_operator::runtime::start(
-        operator_support::operator_args(&ns, "op-clients", &configuration),
-        operator,
-    )
-    .await
-    .expect("operator starts");
+    let (admin, ns, running) =
+        operator_support::operator_in_new_namespace("clients", "op-clients").await;
 
     let mut server = cases::authorization_server();
     server["metadata"]["namespace"] = json!(ns);
@@ -88,7 +72,7 @@ async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
         too_short.2,
         format!("the secret in key secret of Secret {ns}/ci-job is shorter than 32 characters")
     );
-    let text = config(&admin, &ns).await.expect("config");
+    let text = authserver_config(&admin, &ns).await.expect("config");
     assert!(
         !text.contains("ci-job"),
         "a refused client is not in the config:\n{text}"
@@ -112,7 +96,7 @@ async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
         )
     );
     let text = eventually("the config lists ci-job", || async {
-        config(&admin, &ns)
+        authserver_config(&admin, &ns)
             .await
             .filter(|t| t.contains("clientId: ci-job"))
     })
@@ -164,7 +148,7 @@ async fn a_declared_client_enters_the_config_once_its_secret_is_usable() {
         )
     );
     eventually("the config names the twin", || async {
-        config(&admin, &ns)
+        authserver_config(&admin, &ns)
             .await
             .filter(|t| t.contains("clientName: Impostor"))
     })

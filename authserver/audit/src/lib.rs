@@ -273,6 +273,7 @@ pub struct Outputs {
     pub logs: pipe::LogPipe,
     /// The audit stream, when it has a pipe of its own (on stdout).
     audit: Option<pipe::LogPipe>,
+    destination: Destination,
 }
 
 impl Outputs {
@@ -298,7 +299,22 @@ impl Outputs {
             (None, Destination::Stderr) => install(logs.clone()),
             (None, _) => false,
         };
-        Ok(Outputs { logs, audit })
+        Ok(Outputs {
+            logs,
+            audit,
+            destination,
+        })
+    }
+
+    /// Waits up to `grace` for the audit records queued so far to be written; returns whether they were. A
+    /// stopping program calls it before it stops tracing, whose flush may wait on a collector: the records are
+    /// what must not be lost when the grace period ends in a SIGKILL.
+    pub fn flush_audit(&self, grace: std::time::Duration) -> bool {
+        match (&self.audit, self.destination) {
+            (Some(audit), _) => audit.flush(grace),
+            (None, Destination::Stderr) => self.logs.flush(grace),
+            (None, _) => true,
+        }
     }
 
     /// Gives each stream up to `grace` to write what it queued, for exit: a stalled reader must not keep a

@@ -197,10 +197,20 @@ impl LogPipe {
     /// Refuses further lines and waits up to `grace` for the queued ones to be written; returns whether they
     /// were. For exit: a stalled stdout must not keep a terminated pod alive.
     pub fn close(&self, grace: Duration) -> bool {
+        self.drain(grace, true)
+    }
+
+    /// Waits up to `grace` for the lines queued so far to be written, still taking new ones; returns whether
+    /// they were. For a stopping program, before anything else that may take its time (tracing's flush).
+    pub fn flush(&self, grace: Duration) -> bool {
+        self.drain(grace, false)
+    }
+
+    fn drain(&self, grace: Duration, close: bool) -> bool {
         let shared = &*self.shared;
         let deadline = Instant::now() + grace;
         let mut queue = shared.lock();
-        queue.closed = true;
+        queue.closed |= close;
         shared.arrived.notify_one();
         while !queue.bytes.is_empty() || queue.writing {
             let left = deadline.saturating_duration_since(Instant::now());

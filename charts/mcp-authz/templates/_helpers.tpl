@@ -58,6 +58,21 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/*
+OTEL_RESOURCE_ATTRIBUTES from a map: `key=value,...` with each value percent-encoded, as the OpenTelemetry
+specification reads the list (W3C Baggage octets): unencoded, a `,` in a value starts another attribute and a `%`
+or a space breaks it. urlquery leaves only A-Z a-z 0-9 - _ . ~ as they are and writes a space as `+`, which a
+percent-decoder keeps as `+`: it becomes %20 (a `+` of the value was already %2B). Keys are not decoded by
+readers; the schema admits only keys that need no encoding.
+*/}}
+{{- define "mcp-authz.resourceAttributes" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (urlquery $value | replace "+" "%20")) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{/* Labels as key=value,... (sorted by key), for the operator's label-list flags. */}}
 {{- define "mcp-authz.labelList" -}}
 {{- $pairs := list }}

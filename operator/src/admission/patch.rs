@@ -387,6 +387,20 @@ mod tests {
         );
     }
 
+    /// A sidecar must never get a value it would refuse at start: in every MCP pod that is an outage.
+    #[test]
+    fn tracing_settings_a_sidecar_would_refuse_leave_its_pod_spec_untraced() {
+        let service = service("files", &[("app", "files")]);
+        let mut on = defaults(true);
+        on.tracing = crate::render::tracing_env::handed_on(|name| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://otel.monitoring.svc:4318".into()),
+            "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".into()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("1%".into()),
+            _ => None,
+        });
+        assert_eq!(sidecar_container(&service, &on).env, None);
+    }
+
     fn apply(pod: &Pod, ops: &[Value]) -> Pod {
         let mut value = serde_json::to_value(pod).expect("json");
         for op in ops {

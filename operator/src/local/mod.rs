@@ -82,6 +82,11 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             () = terminate => {}
         }
     };
+    let flush_audit = || {
+        if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
+            tracing::warn!("the audit stream was not written out in time");
+        }
+    };
     // Dropping `outputs` on the way out writes what they queued.
-    runtime::run(args.into(), stop).await
+    runtime::run(args.into(), stop, flush_audit).await
 }

@@ -370,10 +370,12 @@ fn fingerprint(dirs: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Runs the plane until `shutdown` resolves.
+/// Runs the plane until `shutdown` resolves; at stop, calls `flush_audit` once the servers are drained and
+/// before tracing stops.
 pub async fn run(
     options: LocalOptions,
     shutdown: impl Future<Output = ()>,
+    flush_audit: impl FnOnce(),
 ) -> Result<(), LocalError> {
     prepare_state_dir(&options.state_dir)?;
     let mut plan = load_plan(&options)?;
@@ -439,14 +441,23 @@ pub async fn run(
         }
     }
     println!("mcp-authz local: stopping");
+    let mut drained = Vec::new();
     for (_, (sidecar, watcher)) in sidecars {
         watcher.abort();
-        sidecar.shutdown().await;
+        drained.push(sidecar.drain().await);
     }
     authserver.stop().await;
-    if let Some(tracing) = tracing {
-        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    // The last records before anything that waits on a collector.
+    flush_audit();
+    // Each sidecar has its own export thread: stopped together, the whole stop takes one budget, not one each.
+    let mut stopping = tokio::task::JoinSet::new();
+    for sidecar in drained {
+        stopping.spawn(sidecar.stop_tracing());
     }
+    if let Some(tracing) = tracing {
+        stopping.spawn_blocking(move || tracing.shutdown());
+    }
+    stopping.join_all().await;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -87,7 +88,15 @@ async fn reconcile_inner(
         client_secrets: Some(&client_secrets),
     };
 
-    let objects = authserver::render(&inputs, &ctx.settings)?;
+    let objects = match authserver::render(&inputs, &ctx.settings) {
+        Ok(objects) => objects,
+        Err(error) => {
+            // Nothing is written, so the config in force stays; the status says why, or the only trace of the
+            // refusal would be a log line and a retry.
+            refused(server, ctx, &error).await?;
+            return Err(error.into());
+        }
+    };
     for object in &objects {
         apply(client, object).await?;
     }
@@ -249,24 +258,7 @@ async fn reconcile_inner(
         .iter()
         .filter(|k| k.state_at(now) == Some(KeyState::Active))
         .max_by_key(|k| k.activates_at);
-    let previous_conditions = ctx.conditions_now(
-        server,
-        server
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default(),
-    );
-    let conditions = status::merge(
-        &previous_conditions,
-        &observed,
-        server.meta().generation,
-        &status::now(),
-    );
-    for c in status::flipped(&previous_conditions, &conditions) {
-        ctx.event(server, c.status != "True", &c.reason, c.message.clone())
-            .await;
-    }
+    let (_, conditions) = observe(server, ctx, &observed).await;
     let status = json!({
         "observedGeneration": server.meta().generation,
         "conditions": conditions,
@@ -278,6 +270,65 @@ async fn reconcile_inner(
     write_client_statuses(ctx, &inputs, &config).await?;
     let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
     Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+/// The conditions of `observed` for this generation (each keeps its last transition time while its status
+/// stays), after an event for each that flipped; and the conditions they follow.
+async fn observe(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    observed: &[Observed],
+) -> (Vec<Condition>, Vec<Condition>) {
+    let previous = ctx.conditions_now(
+        server,
+        server
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    );
+    let conditions = status::merge(
+        &previous,
+        observed,
+        server.meta().generation,
+        &status::now(),
+    );
+    for c in status::flipped(&previous, &conditions) {
+        ctx.event(server, c.status != "True", &c.reason, c.message.clone())
+            .await;
+    }
+    (previous, conditions)
+}
+
+/// Writes `ConfigRendered=False` with the reason a render was refused, the rest of the status as it was.
+async fn refused(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    error: &crate::render::RenderError,
+) -> Result<(), ReconcileError> {
+    let previous = server.status.clone().unwrap_or_default();
+    let observed = [Observed::no(
+        "ConfigRendered",
+        "Refused",
+        format!("{error}; the config in force stays"),
+    )];
+    let (previous_conditions, mut conditions) = observe(server, ctx, &observed).await;
+    // The other conditions describe the objects still in force, as they were.
+    conditions.extend(
+        previous_conditions
+            .into_iter()
+            .filter(|c| c.type_ != "ConfigRendered"),
+    );
+    // Every field again: a server-side apply by the same manager removes those it leaves out.
+    let status = json!({
+        "observedGeneration": server.meta().generation,
+        "conditions": conditions,
+        "signingKeyId": previous.signing_key_id,
+        "publishedKeys": previous.published_keys,
+        "services": previous.services,
+    });
+    ctx.write_status(server, status).await?;
+    Ok(())
 }
 
 /// `mode: OperatorTLS`: keeps the server's CA and serving certificate (see [`crate::serving_tls`]).

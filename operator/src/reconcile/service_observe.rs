@@ -209,6 +209,7 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
 
     let mut credentials_issued = false;
     let mut transport_ready = true;
+    let mut config_refused = false;
     if let (Some(server), Attachment::Holds) = (facts.server, &facts.attachment) {
         let trust = facts.trust.clone().unwrap_or(Trust::Waiting);
         observed.push(trust.condition(server));
@@ -221,14 +222,28 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
         };
         transport_ready = bundle.is_some();
         if let Some(bundle) = bundle {
-            apply.extend(sidecar::render(
+            let rendered = sidecar::render(
                 service,
                 server,
                 facts.scopes,
                 facts.peers,
                 bundle,
                 facts.scrapers,
-            )?);
+            );
+            match rendered {
+                Ok(objects) => apply.extend(objects),
+                // Nothing of the sidecar's is applied: the ConfigMap in force stays, running and new pods keep
+                // a config they start with.
+                Err(error @ RenderError::Invalid { .. }) => {
+                    config_refused = true;
+                    observed.push(Observed::no(
+                        "ConfigRendered",
+                        "Refused",
+                        format!("{error}; the sidecar ConfigMap in force stays"),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
         }
         observed.push(match &facts.keys_root {
             None => Observed::no(
@@ -328,6 +343,9 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
+            (Attachment::Holds, _) if config_refused => {
+                Observed::no("Ready", "ConfigRefused", "see ConfigRendered")
+            }
             (Attachment::Holds, true) if !transport_ready => {
                 Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
             }
@@ -437,6 +455,8 @@ mod tests {
         let team = service("team", 200, &[]);
         let older = service("older", 100, &[]);
         let unresolved = service("team", 200, &["files:nowhere"]);
+        let mut well_known = service("team", 200, &[]);
+        well_known.spec.upstream.path = "/.well-known/mcp".into();
         let kinds = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let s = |x: &str| x.to_owned();
         // (case, service, server, claimants, trust, keys, expected)
@@ -561,6 +581,21 @@ mod tests {
                     300,
                 ),
             ),
+            (
+                "holds, a config the sidecar would refuse",
+                &well_known,
+                Some(&mesh),
+                vec![well_known.clone()],
+                Some(Trust::Mesh),
+                true,
+                (
+                    s("ConfigRefused"),
+                    s("KeyIssued"),
+                    kinds(&["Secret"]),
+                    false,
+                    300,
+                ),
+            ),
         ];
         let labels = NamespaceLabels::new();
         for (case, service, server, claimants, trust, keys, want) in table {
@@ -581,6 +616,54 @@ mod tests {
             let observation = observe(service, &facts).expect(case);
             assert_eq!(summary(&observation), want, "{case}");
         }
+    }
+
+    /// The schema admits any path that starts with '/'; the sidecar refuses one under /.well-known/ (its
+    /// metadata lives there). The operator's last line keeps the ConfigMap in force and says why.
+    #[test]
+    fn a_sidecar_config_the_sidecar_would_refuse_is_not_applied_and_says_why() {
+        let mesh = server(json!({
+            "allowedNamespaces": {"from": "All"},
+            "inClusterTransport": {"mode": "Mesh"}
+        }));
+        let mut svc = service("team", 200, &[]);
+        svc.spec.upstream.path = "/.well-known/mcp".into();
+        let labels = NamespaceLabels::new();
+        let claimants = [svc.clone()];
+        let facts = Facts {
+            server_key: "mcp-authz/auth".into(),
+            server: Some(&mesh),
+            attachment: attachment(&svc, Some(&mesh), &claimants, &labels),
+            scopes: &[],
+            policies: &[],
+            trust: Some(Trust::Mesh),
+            keys_root: None,
+            pods: &[],
+            services: &[],
+            peers: Peers::NONE,
+            scrapers: None,
+            version: "1.0.0",
+        };
+        let observation = observe(&svc, &facts).expect("observed");
+        assert!(
+            observation.apply.iter().all(|a| a.kind != "ConfigMap"),
+            "{:?}",
+            observation.apply
+        );
+        let rendered = observation
+            .observed
+            .iter()
+            .find(|c| c.type_ == "ConfigRendered")
+            .expect("ConfigRendered");
+        assert_eq!(
+            (rendered.status, rendered.reason, rendered.message.as_str()),
+            (
+                false,
+                "Refused",
+                "spec: the rendered sidecar config would be refused: invalid config: mcpPath must start with / \
+                 and not be under /.well-known/; the sidecar ConfigMap in force stays"
+            )
+        );
     }
 
     #[test]

@@ -287,6 +287,12 @@ pub fn render(
     let name = service.name_any();
     let namespace = service.namespace().unwrap_or_default();
     let config = sidecar_config(service, server, scopes, peers)?;
+    // The last line, as for the server's: the schema admits what the sidecar may still refuse (an MCP path under
+    // /.well-known/), and a ConfigMap it refuses would keep every new pod of the service from starting.
+    config.validate().map_err(|e| RenderError::Invalid {
+        field: "spec".into(),
+        message: format!("the rendered sidecar config would be refused: {e}"),
+    })?;
     let yaml = serde_saphyr::to_string(&config).map_err(|e| RenderError::Serialize {
         what: "sidecar config".into(),
         message: e.to_string(),

@@ -5,8 +5,15 @@
 //!
 //! `OTEL_EXPORTER_OTLP_HEADERS` is never passed on: it may carry a collector's credentials, and the sidecar's
 //! pod spec lives in every team's namespace, readable by that team.
+//!
+//! What is passed on is read first by the same table the programs read it with (`mcp_authz_otel::Settings`),
+//! whether or not the operator traces itself (`OTEL_SDK_DISABLED` is the operator's alone): a value a program
+//! would refuse makes that program fail to start, and in a sidecar that is every MCP pod of every team. Such a
+//! set is not passed on at all rather than in part: without its bad sampler or ratio a program would fall back
+//! to tracing every request, which is no safer a surprise than an error.
 
 use k8s_openapi::api::core::v1::EnvVar;
+use mcp_authz_otel::EnvError;
 
 /// The variables handed on, when set.
 pub const PASSED_ON: [&str; 7] = [
@@ -19,8 +26,9 @@ pub const PASSED_ON: [&str; 7] = [
     "OTEL_RESOURCE_ATTRIBUTES",
 ];
 
-/// The variables of `get` to hand on: empty unless an OTLP endpoint is among them.
-pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+/// The variables of `get` to hand on: empty unless an OTLP endpoint is among them; an error naming the first
+/// variable a program would refuse.
+pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, EnvError> {
     let found: Vec<(String, String)> = PASSED_ON
         .iter()
         .filter_map(|name| {
@@ -30,7 +38,34 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
         })
         .collect();
     let has_endpoint = found.iter().any(|(name, _)| name.contains("ENDPOINT"));
-    if has_endpoint { found } else { Vec::new() }
+    if !has_endpoint {
+        return Ok(Vec::new());
+    }
+    let passed = |name: &str| {
+        found
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    mcp_authz_otel::Settings::from_env("mcp-authz-sidecar", passed)?;
+    Ok(found)
+}
+
+/// What the operator hands on (`from_env`), or nothing, logged, when the programs would refuse it: they then run
+/// untraced, never fail to start.
+pub fn handed_on(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    match from_env(get) {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!(
+                variable = error.variable,
+                problem = error.problem,
+                "OTEL_* settings the authorization server and the sidecars would refuse: none are passed on, \
+                 and they run untraced until the operator's environment (the chart's tracing values) is fixed"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// The container env of program `service_name` for `tracing` (as `from_env` found it).
@@ -103,13 +138,72 @@ mod tests {
                 )],
             ),
         ] {
-            let got = from_env(lookup(&vars));
+            let got = from_env(lookup(&vars)).expect("valid");
             let expected: Vec<(String, String)> = expected
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
             assert_eq!(got, expected, "{vars:?}");
         }
+    }
+
+    #[test]
+    fn values_a_program_would_refuse_are_not_handed_on_even_when_the_operator_does_not_trace() {
+        const ENDPOINT: (&str, &str) = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        // The operator's own switch: its tracing is off, what it hands on is still read.
+        const OFF: (&str, &str) = ("OTEL_SDK_DISABLED", "true");
+        for (vars, variable, problem) in [
+            (
+                vec![ENDPOINT, OFF, ("OTEL_TRACES_SAMPLER", "jaeger_remote")],
+                "OTEL_TRACES_SAMPLER",
+                "not one of always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off, parentbased_traceidratio",
+            ),
+            (
+                vec![
+                    ENDPOINT,
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
+                "OTEL_TRACES_SAMPLER_ARG",
+                "not a ratio between 0 and 1",
+            ),
+            (
+                vec![OFF, ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "not an http or https URL",
+            ),
+            (
+                vec![(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://u:p@c:4318/v1/traces",
+                )],
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "carries credentials or a query (put them in OTEL_EXPORTER_OTLP_HEADERS)",
+            ),
+            (
+                vec![ENDPOINT, OFF, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "only `http/protobuf` is supported (OTLP over HTTP, port 4318)",
+            ),
+            (
+                vec![ENDPOINT, ("OTEL_RESOURCE_ATTRIBUTES", "team=a,b")],
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "an entry is not key=value",
+            ),
+        ] {
+            assert_eq!(
+                from_env(lookup(&vars)),
+                Err(EnvError { variable, problem }),
+                "{vars:?}"
+            );
+            assert_eq!(handed_on(lookup(&vars)), vec![], "{vars:?}");
+        }
+        // The operator's own switches are not read by the table the programs get: they never reach them.
+        assert_eq!(
+            from_env(lookup(&[ENDPOINT, OFF, ("OTEL_TRACES_EXPORTER", "zipkin")])),
+            Ok(vec![(ENDPOINT.0.to_owned(), ENDPOINT.1.to_owned())])
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Real servers for the integration tests: a JWKS endpoint, an upstream MCP-like server, and a client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -416,3 +416,41 @@ pub async fn namespaced_operator_client(
         .await
         .expect("service account client")
 }
+
+/// A namespace `prefix-…` of the shared cluster with one operator (`identity`) running in it under exactly the
+/// chart's rules, the CRDs installed. Returns an admin client, the namespace and the operator.
+pub async fn operator_in_new_namespace(
+    prefix: &str,
+    identity: &str,
+) -> (kube::Client, String, mcp_authz_operator::runtime::Running) {
+    let cluster = mcp_authz_tests::control_plane::ControlPlane::shared();
+    let admin = cluster.client();
+    install_crds(&admin).await;
+    let ns = cluster.new_namespace(prefix).await.expect("namespace");
+    let configuration = format!("mcp-authz-webhook-{ns}");
+    let operator = operator_client(cluster, &ns, "mcp-authz-operator", &configuration).await;
+    let running =
+        mcp_authz_operator::runtime::start(operator_args(&ns, identity, &configuration), operator)
+            .await
+            .expect("operator starts");
+    (admin, ns, running)
+}
+
+/// The rendered config of AuthorizationServer `auth` in `ns` (its ConfigMap's `authserver.yaml`), if written.
+pub async fn authserver_config(admin: &kube::Client, ns: &str) -> Option<String> {
+    let cm = get_json(admin, ns, "v1", "ConfigMap", "auth-authserver").await?;
+    cm["data"]["authserver.yaml"].as_str().map(str::to_owned)
+}
+
+/// Merge-patches the spec (or any part) of mcp-authz resource `kind`/`name` in `ns`.
+pub async fn merge_patch(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource(kind))
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+}

@@ -152,6 +152,39 @@ async fn connecting_again_revokes_nothing_at_the_provider() {
     );
 }
 
+/// A disconnect the provider has not taken yet, then connecting again: the queued revocations are dropped, since
+/// told after the new connection they would end its grant at a provider that revokes grant-wide.
+#[tokio::test]
+async fn connecting_again_drops_the_revocations_a_disconnect_left_queued() {
+    let fake = FakeProvider::start(NEW_TOKENS).await;
+    let p = plane(At::Endpoints(fake.base.clone()), None).await;
+    let mut alice = Browser::default();
+    alice_connected(&p, &mut alice, "old-access", "old-refresh").await;
+    *fake.revoke_status.lock().unwrap() = 503;
+    let (status, done) = disconnect(&p, &mut alice).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(p.queued_revocations().await, 2);
+    *fake.revoke_status.lock().unwrap() = 200;
+    let state = begin_connect(&p.s, &mut alice, &fake.base).await;
+    let (status, done) = page(
+        alice
+            .get(
+                &p.s,
+                &format!("/connect/acme/callback?code=c&state={state}"),
+            )
+            .await,
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(p.queued_revocations().await, 0);
+    p.all_due().await;
+    p.revoke_queued().await;
+    assert_eq!(
+        fake.revoked(),
+        [told("old-refresh", "refresh_token")],
+        "only what the disconnect told at once, before the provider failed"
+    );
+}
+
 /// A `state` travels in URLs (and so into referrers and logs): whoever learns one, without the browser's
 /// binding, is refused and leaves the person's connect pending; the person then completes it, once.
 #[tokio::test]

@@ -1252,7 +1252,9 @@ async fn postgres_a_refresh_committing_during_a_delete_has_its_tokens_queued() {
     let mut waiting = false;
     for _ in 0..500 {
         let blocked: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+            // This database's waiter only: the test server is shared with other tests' databases.
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.locktype = 'transactionid' AND a.datname = current_database()",
         )
         .fetch_one(store.pool())
         .await

@@ -170,9 +170,12 @@ pub enum RevokeAnswer {
     Refused(&'static str),
 }
 
-/// Reads one answer of the provider's revocation endpoint (`status`, body). Only a 2xx, or a 400 naming the
-/// request itself as the fault, ends the revocation: RFC 6749 §5.2 lets a provider answer `invalid_client` with a
-/// 400 too (our client secret wrong, or being rotated), and then the token is still valid there.
+/// Reads one answer of the provider's revocation endpoint (`status`, body). A 2xx ends the revocation, and so does
+/// a 4xx about this one token: `invalid_token` or `invalid_grant` (already invalid there: Google answers so for a
+/// token whose grant went with the other token of the pair), `unsupported_token_type` (RFC 7009 §2.2.1),
+/// `invalid_request` or any other code. What is about this server or the provider's state is retried, and holds up
+/// that provider's other revocations for the pass: `invalid_client` (RFC 6749 §5.2 allows it with a 400: our client
+/// secret wrong, or being rotated; the token is still valid there), 401, 408, 429, 5xx, no readable answer.
 pub fn read_revocation_answer(status: u16, body: &[u8]) -> Result<RevokeAnswer, ProviderError> {
     if (200..300).contains(&status) {
         return Ok(RevokeAnswer::Revoked);
@@ -181,13 +184,19 @@ pub fn read_revocation_answer(status: u16, body: &[u8]) -> Result<RevokeAnswer, 
     struct Refusal {
         error: String,
     }
-    if status == 400 {
+    let about_this_token = (400..500).contains(&status) && !matches!(status, 401 | 408 | 429);
+    if about_this_token {
         match serde_json::from_slice::<Refusal>(body).map(|r| r.error) {
+            Ok(e) if e == "invalid_client" => {}
+            Ok(e) if e == "invalid_token" || e == "invalid_grant" => {
+                return Ok(RevokeAnswer::Revoked);
+            }
             Ok(e) if e == "unsupported_token_type" => {
                 return Ok(RevokeAnswer::Refused("unsupported_token_type"));
             }
             Ok(e) if e == "invalid_request" => return Ok(RevokeAnswer::Refused("invalid_request")),
-            _ => {}
+            // Another code, or none: a refusal of this token that asking again would not change.
+            _ => return Ok(RevokeAnswer::Refused("refused")),
         }
     }
     Err(match read_token_answer(status, body) {
@@ -600,14 +609,33 @@ mod tests {
                 r#"{"error":"invalid_client"}"#,
                 again("invalid_client"),
             ),
-            (400, r#"{"error":"invalid_grant"}"#, again("invalid_grant")),
-            (400, "", again("HTTP status 400")),
-            (400, "<html>Bad Request</html>", again("HTTP status 400")),
+            // Already invalid there: Google answers so for the second token of a grant it revoked with the first.
+            (
+                400,
+                r#"{"error":"invalid_token"}"#,
+                Ok(RevokeAnswer::Revoked),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant"}"#,
+                Ok(RevokeAnswer::Revoked),
+            ),
+            // About this token, whatever the code: asking again would not change it.
+            (400, "", Ok(RevokeAnswer::Refused("refused"))),
+            (
+                400,
+                "<html>Bad Request</html>",
+                Ok(RevokeAnswer::Refused("refused")),
+            ),
             (
                 403,
                 r#"{"error":"unsupported_token_type"}"#,
-                again("unsupported_token_type"),
+                Ok(RevokeAnswer::Refused("unsupported_token_type")),
             ),
+            (404, "", Ok(RevokeAnswer::Refused("refused"))),
+            // About this server or the provider's state: asked again later.
+            (429, r#"{"error":"invalid_token"}"#, again("invalid_token")),
+            (408, "", again("HTTP status 408")),
             (
                 503,
                 r#"{"error":"unsupported_token_type"}"#,

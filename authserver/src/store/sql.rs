@@ -1050,7 +1050,14 @@ impl Store for SqlStore {
         // Connecting again leaves the replaced connection's tokens to the provider, unrevoked: connecting again to
         // the same account usually continues the same grant there, and a provider revokes a grant's every token
         // when one is revoked (RFC 7009 §2.1; Google does, for any token), so revoking the old tokens would end
-        // the connection just made. Their stored copies are overwritten here.
+        // the connection just made. Their stored copies are overwritten here. For the same reason revocations still
+        // queued for this person at this provider (a disconnect the provider did not take yet) are dropped: told
+        // after this, they would end the new connection's grant.
+        sqlx::query("DELETE FROM provider_revocations WHERE subject = $1 AND provider = $2")
+            .bind(&c.subject)
+            .bind(&c.provider)
+            .execute(&mut *tx)
+            .await?;
         // A new connection starts with no grant tied to it, as after a disconnect.
         sqlx::query("DELETE FROM provider_connection_grants WHERE subject = $1 AND provider = $2")
             .bind(&c.subject)

@@ -844,24 +844,16 @@ fn reload_client_secrets(state: &AppState) {
     {
         return;
     }
-    let secrets = match crate::state::read_client_secrets(&snapshot.config) {
-        Ok(secrets) => secrets,
-        Err(e) => {
-            state
-                .metrics
-                .reloads
-                .with_label_values(&[e.metric_label()])
-                .inc();
-            tracing::error!(error = %e, "secret reload failed; the secrets in force stay");
-            return;
+    let outcome = crate::state::read_client_secrets(&snapshot.config).and_then(|secrets| {
+        let keys = crate::state::read_sealer(&snapshot.config);
+        if !files_moved(&snapshot, &secrets, keys.as_ref().ok()) {
+            return Ok(None);
         }
-    };
-    let keys = crate::state::read_sealer(&snapshot.config);
-    if !files_moved(&snapshot, &secrets, keys.as_ref().ok()) {
-        return;
-    }
-    match Snapshot::build(snapshot.config.clone(), Some(&snapshot)) {
-        Ok(rebuilt) => {
+        Snapshot::build(snapshot.config.clone(), Some(&snapshot)).map(Some)
+    });
+    match outcome {
+        Ok(None) => {}
+        Ok(Some(rebuilt)) => {
             state.replace_snapshot(rebuilt);
             state.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::info!("client secrets or provider-token keys reloaded");

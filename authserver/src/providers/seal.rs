@@ -160,6 +160,14 @@ impl Sealer {
         field: Field,
         plain: &str,
     ) -> (String, String) {
+        (
+            format!("{V2}{}", self.active),
+            self.seal_under_active(&associated(subject, provider, Some(field)), plain),
+        )
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag` of `plain` under the first key with associated data `aad`, in base64url.
+    fn seal_under_active(&self, aad: &[u8], plain: &str) -> String {
         let key = self
             .key(&self.active)
             .expect("the active key is one of the keys");
@@ -168,16 +176,13 @@ impl Sealer {
         let mut out = plain.as_bytes().to_vec();
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated(subject, provider, Some(field))),
+            Aad::from(aad),
             &mut out,
         )
         .expect("AES-GCM seals any length a token has");
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&out);
-        (
-            format!("{V2}{}", self.active),
-            URL_SAFE_NO_PAD.encode(sealed),
-        )
+        URL_SAFE_NO_PAD.encode(sealed)
     }
 
     /// Opens what [`Sealer::seal`] gave for the same subject, provider and field; a v1 value is
@@ -220,21 +225,10 @@ impl Sealer {
         provider: &str,
         plain: &str,
     ) -> (String, String) {
-        let key = self
-            .key(&self.active)
-            .expect("the active key is one of the keys");
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("the system random generator works");
-        let mut out = plain.as_bytes().to_vec();
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated(subject, provider, None)),
-            &mut out,
+        (
+            self.active.clone(),
+            self.seal_under_active(&associated(subject, provider, None), plain),
         )
-        .expect("AES-GCM seals any length a token has");
-        let mut sealed = nonce.to_vec();
-        sealed.extend_from_slice(&out);
-        (self.active.clone(), URL_SAFE_NO_PAD.encode(sealed))
     }
 
     fn open_with(&self, key_id: &str, sealed: &str, aad: &[u8]) -> Result<String, SealError> {

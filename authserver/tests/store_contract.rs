@@ -507,7 +507,29 @@ async fn provider_connections(store: &dyn Store) {
         .link_connection("alice", "norefresh", "pg1")
         .await
         .unwrap();
+    // The same account used through another client, and through a grant that has expired.
+    store
+        .put_grant(&grant("pg3", "alice", "c2", "https://r2", now))
+        .await
+        .unwrap();
+    store
+        .put_grant(&Grant {
+            expires_at: now,
+            ..grant("pg4", "alice", "c3", "https://r", now - 1000)
+        })
+        .await
+        .unwrap();
+    store.link_connection("alice", "acme", "pg3").await.unwrap();
+    store.link_connection("alice", "acme", "pg4").await.unwrap();
+    // One client's grant ending leaves the connection the other client's live grant still uses.
     assert!(store.revoke_grant("pg1", "test", now).await.unwrap());
+    assert_eq!(
+        store.connection("alice", "acme").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.queued_revocations(i64::MAX, 10).await.unwrap(), []);
+    // An expired grant holds nothing: the last live one takes the connection with it.
+    assert!(store.revoke_grant("pg3", "test", now).await.unwrap());
     assert_eq!(store.connection("alice", "acme").await.unwrap(), None);
     // Its refresh token is queued for revocation at the provider (a connection without one is not).
     let queued = store.queued_revocations(i64::MAX, 10).await.unwrap();
@@ -549,6 +571,38 @@ async fn provider_connections(store: &dyn Store) {
     );
     store
         .forget_revocation("sealed-refresh-dave")
+        .await
+        .unwrap();
+    // Bulk revocation at one client leaves a connection another client's live grant uses; at the last, it goes.
+    store
+        .put_connection(&connection("frank", "acme", "f-1"))
+        .await
+        .unwrap();
+    for (id, client) in [("pf1", "c"), ("pf2", "c2")] {
+        store
+            .put_grant(&grant(id, "frank", client, "https://r", now))
+            .await
+            .unwrap();
+        store.link_connection("frank", "acme", id).await.unwrap();
+    }
+    let franks_at = |client: &str| GrantFilter {
+        subject: Some("frank".into()),
+        client_id: Some(client.into()),
+        ..GrantFilter::default()
+    };
+    assert_eq!(
+        store.revoke_grants(&franks_at("c"), "bulk", now).await.unwrap(),
+        1
+    );
+    assert!(store.connection("frank", "acme").await.unwrap().is_some());
+    assert_eq!(store.queued_revocations(i64::MAX, 10).await.unwrap(), []);
+    assert_eq!(
+        store.revoke_grants(&franks_at("c2"), "bulk", now).await.unwrap(),
+        1
+    );
+    assert_eq!(store.connection("frank", "acme").await.unwrap(), None);
+    store
+        .forget_revocation("sealed-refresh-frank")
         .await
         .unwrap();
     // A person's every connection goes when everything of that person is revoked, even one no grant used

@@ -293,6 +293,17 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
     })
 }
 
+/// A condition on `provider_connections`: a grant live at `now` (a placeholder), and not excluded by `besides`, uses
+/// the connection. A connection is the person's, shared by every client and service they use it through, so one
+/// client's grant ending must not end it for the others.
+fn held_by_a_live_grant(now: &str, besides: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM provider_connection_grants o JOIN grants g ON g.id = o.grant_id
+           WHERE o.subject = provider_connections.subject AND o.provider = provider_connections.provider
+             AND g.revoked_at IS NULL AND g.expires_at > {now} {besides})"
+    )
+}
+
 const CONNECTION_COLUMNS: &str = "subject, provider, key_id, refresh_sealed, access_sealed, access_expires_at, scopes, created_at, updated_at";
 
 fn connection_from_row(row: &AnyRow) -> Result<ProviderConnection, StoreError> {
@@ -526,18 +537,25 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // The person's provider accounts this grant used: the stored tokens go with it, queued to be revoked at
-        // their providers.
+        // The person's provider accounts this grant used and no other live grant uses: the stored tokens go with
+        // it, queued to be revoked at their providers. The grant is already marked revoked, so it holds nothing.
         let deleted = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
                  AND l.provider = provider_connections.provider)
-             RETURNING {CONNECTION_COLUMNS}"
+               AND NOT {}
+             RETURNING {CONNECTION_COLUMNS}",
+            held_by_a_live_grant("$2", "")
         )))
         .bind(id)
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         queue_deleted(&mut tx, &deleted, now).await?;
+        sqlx::query("DELETE FROM provider_connection_grants WHERE grant_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         forget_unconnected_links(&mut tx).await?;
         tx.commit().await?;
         Ok(changed > 0)
@@ -576,15 +594,20 @@ impl Store for SqlStore {
         .bind(f.resource.clone())
         .execute(&mut *tx)
         .await?;
-        // A connection goes with the grants that used it; revoking everything of one person (a subject alone) takes
-        // all of that person's connections, used or not: a subject given to someone new later must find none.
-        const CONNECTIONS: &str = "EXISTS (SELECT 1 FROM provider_connection_grants l
+        // A connection goes with the last live grant that used it; revoking everything of one person (a subject
+        // alone) takes all of that person's connections, used or not: a subject given to someone new later must find
+        // none.
+        let connections = format!(
+            "(EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id IN (MATCHING) AND l.subject = provider_connections.subject
                  AND l.provider = provider_connections.provider)
-               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)";
+               AND NOT {})
+               OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)",
+            held_by_a_live_grant("$4", "AND g.id NOT IN (MATCHING)")
+        );
         let deleted = sqlx::query(AssertSqlSafe(
             format!(
-                "DELETE FROM provider_connections WHERE {CONNECTIONS} RETURNING {CONNECTION_COLUMNS}"
+                "DELETE FROM provider_connections WHERE {connections} RETURNING {CONNECTION_COLUMNS}"
             )
             .replace("MATCHING", MATCHING),
         ))
@@ -595,6 +618,15 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?;
         queue_deleted(&mut tx, &deleted, now).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM provider_connection_grants WHERE grant_id IN ({MATCHING})"
+        )))
+        .bind(f.subject.clone())
+        .bind(f.client_id.clone())
+        .bind(f.resource.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         forget_unconnected_links(&mut tx).await?;
         let revoked = sqlx::query(AssertSqlSafe(format!(
             "UPDATE grants SET revoked_at = $4, revoked_reason = $5 WHERE id IN ({MATCHING})"

@@ -76,7 +76,7 @@ mod tests {
     use super::*;
     use crate::jsonrpc::classify;
 
-    fn body(text: &str) -> Classified {
+    fn body(text: &str) -> Classified<'_> {
         classify(text.as_bytes()).unwrap()
     }
 

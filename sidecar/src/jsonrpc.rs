@@ -8,6 +8,7 @@ use mcp_authz_audit::TraceIds;
 use serde_json::{Value, json};
 
 use crate::rules::Operation;
+use crate::strict_json::Json;
 
 /// One message of a POST body.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,15 +38,15 @@ impl Message {
     }
 }
 
-/// A classified body.
+/// A classified body, borrowing from the body it was read from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Classified {
+pub struct Classified<'a> {
     /// Whether the body was a JSON array (batch).
     pub batch: bool,
     /// The messages, in order.
     pub messages: Vec<Message>,
     /// The parsed body, for the checks that read more of it than the rules do (routing headers).
-    pub document: Value,
+    pub document: Json<'a>,
 }
 
 /// Which list a request asks for, so its answer can be filtered.
@@ -82,7 +83,7 @@ impl ListKind {
     }
 }
 
-impl Classified {
+impl Classified<'_> {
     /// The id an error about the whole body answers: the request's own, when the body is one request.
     pub fn reply_id(&self) -> Value {
         match self.messages.as_slice() {
@@ -94,7 +95,7 @@ impl Classified {
     /// The trace context message `index` carries in `params._meta.traceparent` (SEP-414), if valid.
     pub fn trace_of(&self, index: usize) -> Option<TraceIds> {
         let message = if self.batch {
-            self.document.get(index)?
+            self.document.at(index)?
         } else {
             &self.document
         };
@@ -171,11 +172,10 @@ pub fn error_body(id: &Value, code: i64, message: &str) -> Bytes {
 }
 
 /// Classifies a POST body.
-pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
-    let value =
-        crate::strict_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
+pub fn classify(body: &[u8]) -> Result<Classified<'_>, ClassifyError> {
+    let value = crate::strict_json::parse(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
     let (batch, messages) = match &value {
-        Value::Array(items) => {
+        Json::Array(items) => {
             if items.is_empty() {
                 return Err(ClassifyError::InvalidRequest("empty batch"));
             }
@@ -210,24 +210,25 @@ pub fn classify(body: &[u8]) -> Result<Classified, ClassifyError> {
 /// Most operations one body may carry (batch entries and the resources a listen stream subscribes to).
 pub const MAX_OPERATIONS: usize = 256;
 
-fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
-    let obj = value
-        .as_object()
-        .ok_or(ClassifyError::InvalidRequest("message is not an object"))?;
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+fn classify_one(obj: &Json<'_>) -> Result<Message, ClassifyError> {
+    if !obj.is_object() {
+        return Err(ClassifyError::InvalidRequest("message is not an object"));
+    }
+    if obj.get("jsonrpc").and_then(Json::as_str) != Some("2.0") {
         return Err(ClassifyError::InvalidRequest("jsonrpc must be \"2.0\""));
     }
     let id = obj.get("id");
     if let Some(id) = id
-        && !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null())
+        && !(id.is_string() || id.is_integer() || id.is_null())
     {
         return Err(ClassifyError::InvalidRequest(
             "id must be a string or an integer",
         ));
     }
     match obj.get("method") {
-        Some(Value::String(method)) => {
-            if obj.contains_key("result") || obj.contains_key("error") {
+        Some(Json::String(method)) => {
+            let method: &str = method;
+            if obj.get("result").is_some() || obj.get("error").is_some() {
                 return Err(ClassifyError::InvalidRequest(
                     "a request cannot carry result or error",
                 ));
@@ -240,26 +241,26 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
             }
             let target = |field: &'static str| -> Result<Operation, ClassifyError> {
                 match params.and_then(|p| p.get(field)) {
-                    Some(Value::String(name)) => Ok(Operation::named(method, name)),
+                    Some(Json::String(name)) => Ok(Operation::named(method, name)),
                     _ => Err(ClassifyError::InvalidParams {
-                        method: method.clone(),
+                        method: method.to_owned(),
                         field,
                     }),
                 }
             };
-            let op = match method.as_str() {
+            let op = match method {
                 "tools/call" | "prompts/get" => target("name")?,
                 "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                     target("uri")?
                 }
                 _ => Operation::method(method),
             };
-            let mut also = match method.as_str() {
+            let mut also = match method {
                 // MCP 2026-07-28: the listen stream replaces `resources/subscribe`, so each resource it
                 // subscribes to needs what subscribing to it alone would.
                 "subscriptions/listen" => subscribed_resources(params)
                     .ok_or_else(|| ClassifyError::InvalidParams {
-                        method: method.clone(),
+                        method: method.to_owned(),
                         field: "notifications.resourceSubscriptions[]",
                     })?
                     .into_iter()
@@ -270,7 +271,7 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 "completion/complete" => {
                     vec![
                         completed(params).ok_or_else(|| ClassifyError::InvalidParams {
-                            method: method.clone(),
+                            method: method.to_owned(),
                             field: "ref",
                         })?,
                     ]
@@ -289,14 +290,15 @@ fn classify_one(value: &Value) -> Result<Message, ClassifyError> {
                 .collect();
             also.extend(normal_forms);
             Ok(Message::Call {
-                id: id.cloned(),
+                id: id.map(Json::to_value),
                 op,
                 also,
             })
         }
         Some(_) => Err(ClassifyError::InvalidRequest("method must be a string")),
         None => {
-            let is_reply = id.is_some() && (obj.contains_key("result") ^ obj.contains_key("error"));
+            let is_reply =
+                id.is_some() && (obj.get("result").is_some() ^ obj.get("error").is_some());
             if is_reply {
                 Ok(Message::Reply)
             } else {
@@ -324,7 +326,7 @@ fn normal_form(uri: &str) -> Option<String> {
 
 /// What a `completion/complete` completes, as the operation that would use it: `prompts/get` of a
 /// `ref/prompt`'s name, `resources/read` of a `ref/resource`'s URI (template).
-fn completed(params: Option<&Value>) -> Option<Operation> {
+fn completed(params: Option<&Json<'_>>) -> Option<Operation> {
     let reference = params?.get("ref")?;
     match reference.get("type")?.as_str()? {
         "ref/prompt" => Some(Operation::named(
@@ -341,13 +343,13 @@ fn completed(params: Option<&Value>) -> Option<Operation> {
 
 /// The URIs of `params.notifications.resourceSubscriptions` (none when absent), or `None` when it is there but
 /// not a list of strings.
-fn subscribed_resources(params: Option<&Value>) -> Option<Vec<&str>> {
+fn subscribed_resources<'p>(params: Option<&'p Json<'_>>) -> Option<Vec<&'p str>> {
     match params
         .and_then(|p| p.get("notifications"))
         .and_then(|n| n.get("resourceSubscriptions"))
     {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(uris)) => uris.iter().map(Value::as_str).collect(),
+        None | Some(Json::Null) => Some(Vec::new()),
+        Some(Json::Array(uris)) => uris.iter().map(Json::as_str).collect(),
         Some(_) => None,
     }
 }
@@ -675,18 +677,15 @@ mod tests {
             traced(4, json!({"traceparent": 7})),
             {"jsonrpc":"2.0","id":5,"method":"tools/list"},
         ]);
-        let classified = classify(batch.to_string().as_bytes()).unwrap();
+        let batch = batch.to_string();
+        let classified = classify(batch.as_bytes()).unwrap();
         let traces: Vec<Option<String>> = (0..5)
             .map(|i| classified.trace_of(i).map(|t| t.trace_id().to_owned()))
             .collect();
         let expected = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
         assert_eq!(traces, [None, expected.clone(), None, None, None]);
-        let single = classify(
-            traced(1, json!({"traceparent": valid}))
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+        let single = traced(1, json!({"traceparent": valid})).to_string();
+        let single = classify(single.as_bytes()).unwrap();
         assert_eq!(
             single.trace_of(0).map(|t| t.trace_id().to_owned()),
             expected

@@ -22,6 +22,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
 
+use crate::strict_json::Json;
+
 use crate::jsonrpc;
 
 /// JSON-RPC error code of a header that disagrees with the body (2026-07-28 schema, `HeaderMismatchError`).
@@ -93,11 +95,11 @@ struct Mirrored<'a> {
 }
 
 /// Checks `headers` against the parsed body `document` and tells which protocol the request speaks.
-pub fn check(headers: &HeaderMap, document: &Value) -> Result<Era, RoutingError> {
+pub fn check(headers: &HeaderMap, document: &Json<'_>) -> Result<Era, RoutingError> {
     use RoutingError::Mismatch;
     let mirrored = mirrored(headers)?;
-    let messages: &[Value] = match document {
-        Value::Array(items) => items,
+    let messages: &[Json<'_>] = match document {
+        Json::Array(items) => items,
         single => std::slice::from_ref(single),
     };
     let envelope_versions = messages.iter().map(envelope_version);
@@ -118,7 +120,7 @@ pub fn check(headers: &HeaderMap, document: &Value) -> Result<Era, RoutingError>
         return Ok(Era::Legacy);
     }
     let message = document;
-    let method = message.get("method").and_then(Value::as_str);
+    let method = message.get("method").and_then(Json::as_str);
     let is_request = method.is_some() && message.get("id").is_some();
     let params = message.get("params");
     if modern {
@@ -155,7 +157,7 @@ pub fn check(headers: &HeaderMap, document: &Value) -> Result<Era, RoutingError>
     let named = method.and_then(named_param);
     match (named, mirrored.name) {
         (Some(field), header) => {
-            let body = params.and_then(|p| p.get(field)).and_then(Value::as_str);
+            let body = params.and_then(|p| p.get(field)).and_then(Json::as_str);
             match (header, body) {
                 (None, Some(_)) if modern && is_request => {
                     return Err(Mismatch("Mcp-Name header is missing"));
@@ -204,9 +206,9 @@ pub fn check(headers: &HeaderMap, document: &Value) -> Result<Era, RoutingError>
 /// envelope): the protocol version, the method and, where the method names something, the name, Base64-encoded
 /// when it is not plain visible ASCII. Empty for a handshake-era body or a batch, which need none.
 /// `Mcp-Param-*` headers need the tool's schema and are not derived.
-pub fn conforming_headers(document: &Value) -> HeaderMap {
+pub fn conforming_headers(document: &Json<'_>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let Some(version) = envelope_version(document).and_then(Value::as_str) else {
+    let Some(version) = envelope_version(document).and_then(Json::as_str) else {
         return headers;
     };
     let text = |value: &str| {
@@ -221,7 +223,7 @@ pub fn conforming_headers(document: &Value) -> HeaderMap {
         };
         http::HeaderValue::from_str(&encoded).ok()
     };
-    let method = document.get("method").and_then(Value::as_str);
+    let method = document.get("method").and_then(Json::as_str);
     let name = method
         .and_then(named_param)
         .and_then(|field| document.get("params")?.get(field)?.as_str());
@@ -289,7 +291,7 @@ fn named_param(method: &str) -> Option<&'static str> {
 }
 
 /// `params._meta["io.modelcontextprotocol/protocolVersion"]` of one message, if it names one.
-fn envelope_version(message: &Value) -> Option<&Value> {
+fn envelope_version<'d, 'a>(message: &'d Json<'a>) -> Option<&'d Json<'a>> {
     message
         .get("params")?
         .get("_meta")?
@@ -315,14 +317,14 @@ pub fn decode(value: &str) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Whether some primitive value reachable from `arguments` through object members renders as `text`
 /// (strings as themselves, booleans as `true`/`false`, integers in decimal; "Value Encoding").
-fn carries(arguments: &Value, text: &str) -> bool {
+fn carries(arguments: &Json<'_>, text: &str) -> bool {
     match arguments {
-        Value::String(s) => s == text,
-        Value::Bool(b) => text == if *b { "true" } else { "false" },
-        Value::Number(n) => integer_matches(n, text),
-        Value::Object(members) => members.values().any(|v| carries(v, text)),
+        Json::String(s) => s == text,
+        Json::Bool(b) => text == if *b { "true" } else { "false" },
+        Json::Number(n) => integer_matches(n, text),
+        Json::Object(members) => members.iter().any(|(_, v)| carries(v, text)),
         // Annotations never pass through arrays ("Schema Extension").
-        Value::Array(_) | Value::Null => false,
+        Json::Array(_) | Json::Null => false,
     }
 }
 
@@ -436,6 +438,8 @@ mod tests {
             ),
         ];
         for (what, body, expected) in cases {
+            let text = body.to_string();
+            let body = crate::strict_json::parse(text.as_bytes()).unwrap();
             let got = conforming_headers(&body);
             let got: Vec<(&str, &str)> = got
                 .iter()
@@ -929,6 +933,8 @@ mod tests {
             ),
         ];
         for (what, pairs, body, expected) in cases {
+            let text = body.to_string();
+            let body = crate::strict_json::parse(text.as_bytes()).unwrap();
             assert_eq!(check(&headers(&pairs), &body), expected, "{what}");
         }
     }

@@ -23,6 +23,7 @@ use crate::challenge::Refusal;
 use crate::jsonrpc::{Classified, ClassifyError, Message};
 use crate::routing::{self, Era};
 use crate::rules::{Decision, Policy};
+use crate::strict_json::Json;
 use crate::token::TokenError;
 
 /// What the verdict reads from the config.
@@ -41,7 +42,7 @@ pub struct RequestFacts<'a> {
     /// The request's header fields (for the routing headers).
     pub headers: &'a HeaderMap,
     /// The body as classified.
-    pub body: Result<&'a Classified, &'a ClassifyError>,
+    pub body: Result<&'a Classified<'a>, &'a ClassifyError>,
     /// The token's scopes, expanded through the hierarchy.
     pub scopes: &'a std::collections::BTreeSet<String>,
     /// Who stands behind the token.
@@ -392,10 +393,14 @@ pub fn may_need_provider(method: &str) -> bool {
 
 /// Whether the single request in `document` declares the client's URL-mode elicitation capability in its
 /// `_meta` (MCP 2026-07-28 carries capabilities on every request).
-fn declares_url_elicitation(document: &Value) -> bool {
+fn declares_url_elicitation(document: &Json<'_>) -> bool {
     document
-        .pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities/elicitation/url")
-        .is_some_and(Value::is_object)
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+        .and_then(|c| c.get("elicitation"))
+        .and_then(|e| e.get("url"))
+        .is_some_and(Json::is_object)
 }
 
 /// The answer to a request that needs a provider the person has not connected: open `urls` in a browser, then
@@ -405,7 +410,7 @@ fn declares_url_elicitation(document: &Value) -> bool {
 /// it is an MCP answer, not a refusal of the transport.
 pub fn connect_required<'a>(
     id: &Value,
-    document: &Value,
+    document: &Json<'_>,
     modern: bool,
     urls: &[String],
     elicitation_id: &str,
@@ -1350,9 +1355,10 @@ mod tests {
             ),
         ];
         for (document, modern, mrtr) in cases {
+            let text = document.to_string();
             let r = connect_required(
                 &json!(1),
-                &document,
+                &crate::strict_json::parse(text.as_bytes()).unwrap(),
                 modern,
                 std::slice::from_ref(&url),
                 "e1",

@@ -1,10 +1,18 @@
-//! Any body: classification never panics, and whatever it accepts has the shape the rules rely on.
+//! Any body: the strict parser reads JSON exactly as serde_json does, refusing only repeated members more;
+//! classification never panics, and whatever it accepts has the shape the rules rely on.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mcp_authz_sidecar::jsonrpc::{Message, classify};
+use mcp_authz_sidecar::strict_json;
 
 fuzz_target!(|data: &[u8]| {
+    match (strict_json::parse(data), serde_json::from_slice::<serde_json::Value>(data)) {
+        (Ok(ours), Ok(theirs)) => assert_eq!(ours.to_value(), theirs),
+        (Ok(ours), Err(error)) => panic!("accepted what serde_json refuses ({error}): {ours:?}"),
+        (Err(error), Ok(_)) => assert!(error.to_string().starts_with("duplicate member"), "{error}"),
+        (Err(_), Err(_)) => {}
+    }
     if let Ok(classified) = classify(data) {
         assert!(!classified.messages.is_empty());
         for message in &classified.messages {

@@ -19,6 +19,7 @@ pub mod admission;
 pub mod api;
 pub mod certs;
 pub mod cli;
+pub mod config_budget;
 pub mod crdgen;
 pub mod keys;
 pub mod lease;

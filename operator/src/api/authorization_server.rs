@@ -97,6 +97,15 @@ pub struct AuthorizationServerSpec {
     #[schemars(length(max = 256))]
     pub resource_urls: Vec<ResourceUrlGrant>,
 
+    /// Bytes of this server's config each namespace's services may fill (their resource entries and the
+    /// definitions of the scopes they offer that their namespace owns; the platform's own scopes count against
+    /// no one). A namespace past it loses its newest services from the config, each saying why in its status,
+    /// so no team can grow the config past what a ConfigMap holds (1 MiB) and freeze it for everyone. 65536
+    /// (about a hundred typical services) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4096, max = 1000000))]
+    pub config_bytes_per_namespace: Option<u32>,
+
     /// How sidecars reach this server inside the cluster: they fetch its signing keys and post bearer
     /// tokens to its introspection endpoint. TLS with a certificate the operator makes, unless set.
     #[serde(default)]

@@ -246,7 +246,22 @@ async fn reconcile_inner(
         .stores
         .services
         .cloned_where(|s| &s.spec.resource_url == url);
-    let attachment = service_observe::attachment(service, server, &claimants, &labels);
+    let attachment = match (
+        service_observe::attachment(service, server, &claimants, &labels),
+        server,
+    ) {
+        // The budget weighs every service of the namespace at the server, each against its URL's rivals.
+        (Attachment::Holds, Some(server)) => {
+            let services = ctx.stores.services.cloned();
+            match crate::config_budget::left_out(server, &services, &scopes, &labels)
+                .remove(&tenancy::key_of(service))
+            {
+                Some(why) => Attachment::OverBudget(why),
+                None => Attachment::Holds,
+            }
+        }
+        (attachment, _) => attachment,
+    };
     // The services this one's edges call by name (`to`), with their rivals for their URLs: enough to tell
     // whether each holds its URL, without a copy of every service per reconcile.
     let called_urls: Vec<String> = server

@@ -29,6 +29,9 @@ pub enum Attachment {
     UrlNotGranted(String),
     /// An older claim (`namespace/name`) holds the resource URL.
     Taken(String),
+    /// The service would hold its URL, but its namespace's share of the server's config is spent (why, in
+    /// words: [`crate::config_budget`]).
+    OverBudget(String),
     /// The service is the server's for its resource URL.
     Holds,
 }
@@ -284,6 +287,13 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
                 "AuthorizationServer {server_key} does not admit services from namespace {namespace} (allowedNamespaces {allowed}); a platform admin decides which namespaces may use it"
             ),
         )),
+        Attachment::OverBudget(why) => Some(Observed::no(
+            "CredentialsIssued",
+            "ConfigBudgetExceeded",
+            format!(
+                "{why}; remove services or scopes of this namespace, or ask a platform admin for a larger share"
+            ),
+        )),
         Attachment::UrlNotGranted(why) => Some(Observed::no(
             "CredentialsIssued",
             "ResourceURLNotGranted",
@@ -337,6 +347,9 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
             }
             (Attachment::Taken(_), _) => {
                 Observed::no("Ready", "ResourceURLTaken", "see CredentialsIssued")
+            }
+            (Attachment::OverBudget(_), _) => {
+                Observed::no("Ready", "ConfigBudgetExceeded", "see CredentialsIssued")
             }
             (Attachment::Holds, false) => Observed::no(
                 "Ready",
@@ -712,5 +725,36 @@ mod tests {
             credentials.message,
             "AuthorizationServer mcp-authz/auth does not let namespace team protect https://mcp.example.com/files: none of its resourceUrls covers this URL; a platform admin decides which namespaces may use which URLs"
         );
+        // A service its namespace's share leaves out: not ready, no key (one issued before is taken back).
+        let facts = Facts {
+            attachment: Attachment::OverBudget("the share is spent".into()),
+            ..facts
+        };
+        let observation = observe(&team, &facts).expect("observe");
+        let condition = |kind: &str| {
+            let c = observation
+                .observed
+                .iter()
+                .find(|c| c.type_ == kind)
+                .expect(kind);
+            (c.status, c.reason, c.message.clone())
+        };
+        assert_eq!(
+            condition("CredentialsIssued"),
+            (
+                false,
+                "ConfigBudgetExceeded",
+                "the share is spent; remove services or scopes of this namespace, or ask a platform admin for a larger share".into()
+            )
+        );
+        assert_eq!(
+            condition("Ready"),
+            (
+                false,
+                "ConfigBudgetExceeded",
+                "see CredentialsIssued".into()
+            )
+        );
+        assert!(observation.revoke);
     }
 }

@@ -50,6 +50,9 @@ pub const PROVIDERS_DIR: &str = "/etc/mcp-authz/providers";
 /// Environment variable carrying the PostgreSQL URL (from the referenced Secret).
 pub const POSTGRES_URL_ENV: &str = "MCP_AUTHZ_POSTGRES_URL";
 
+/// The most bytes the server's config may have: a ConfigMap holds 1 MiB, its metadata included.
+pub const MAX_CONFIG_BYTES: usize = 1_000_000;
+
 /// The services of the cluster that name `inputs.server` from a namespace it admits, sorted by namespace and
 /// name.
 pub fn services_of<'a>(inputs: &Inputs<'a>) -> Vec<&'a MCPService> {
@@ -229,6 +232,12 @@ fn config_and_exchange_report(
         })
         .map(|p| cimd::policy_key(p))
         .collect();
+    let over_budget = crate::config_budget::left_out(
+        inputs.server,
+        inputs.services,
+        inputs.scopes,
+        inputs.namespaces,
+    );
     let mut resources = Vec::new();
     for service in &services {
         if let Err(e) = mcp_authz_authserver::config::check_resource_url(&service.spec.resource_url)
@@ -243,6 +252,7 @@ fn config_and_exchange_report(
             inputs.namespaces,
         )
         .is_some()
+            || over_budget.contains_key(&crate::tenancy::key_of(*service))
         {
             continue;
         }
@@ -430,6 +440,17 @@ pub fn render(
         })
     };
     let config_yaml = serialize("authserver config", serde_saphyr::to_string(&config))?;
+    // Each namespace's share is bounded, not their number: past what a ConfigMap holds, the apply would fail on
+    // every retry, so the render is refused instead and the server's status says why (the config in force stays).
+    if config_yaml.len() > MAX_CONFIG_BYTES {
+        return Err(RenderError::Invalid {
+            field: "spec.configBytesPerNamespace".into(),
+            message: format!(
+                "the server's config would be {} bytes, past the {MAX_CONFIG_BYTES} a ConfigMap holds; lower configBytesPerNamespace or admit fewer namespaces",
+                config_yaml.len()
+            ),
+        });
+    }
 
     let config_map = ConfigMap {
         metadata: meta(),
@@ -887,6 +908,100 @@ mod tests {
 
     fn kinds(objects: &[RenderedObject]) -> Vec<&str> {
         objects.iter().map(|o| o.kind.as_str()).collect()
+    }
+
+    /// A namespace that fills the schema's every maximum (2,000-character URLs, 64 scopes per service, each its own
+    /// definition with a 512-character description) loses its newest services from the config, which stays
+    /// within what a ConfigMap holds with another team's service in it; many namespaces each given a large share
+    /// get a refused render rather than an apply that fails on every retry.
+    #[test]
+    fn no_namespace_can_grow_the_config_past_what_a_configmap_holds() {
+        let long_url =
+            |ns: &str, i: usize| format!("https://mcp.example.com/{ns}/{i}/{}", "p".repeat(1950));
+        let mut services = vec![cases::mcp_service_in(
+            "team-a",
+            "files",
+            "https://mcp.example.com/files",
+            &[],
+            None,
+        )];
+        let mut scopes = Vec::new();
+        let definitions = |ns: &str, i: usize| -> Vec<MCPScope> {
+            (0..64)
+                .map(|j| {
+                    let mut v = cases::mcp_scope();
+                    let value = format!("{ns}-{i}-{j}-{}", "v".repeat(100));
+                    v["metadata"] = json!({"name": format!("s{i}-{j}"), "namespace": ns});
+                    v["spec"]["value"] = json!(value);
+                    v["spec"]["description"] = json!("d".repeat(512));
+                    serde_json::from_value(v).expect("scope")
+                })
+                .collect()
+        };
+        let namespaces = ["team-b", "team-c", "team-d"];
+        for ns in namespaces {
+            for i in 0..25 {
+                let defined = definitions(ns, i);
+                let values: Vec<&str> = defined.iter().map(|d| d.spec.value.as_str()).collect();
+                let mut service = cases::mcp_service_in(
+                    ns,
+                    &format!("big-{i:02}"),
+                    &long_url(ns, i),
+                    &values,
+                    None,
+                );
+                service.spec.display_name = Some("n".repeat(128));
+                services.push(service);
+                scopes.extend(defined);
+            }
+        }
+        let labels = NamespaceLabels::new();
+        let inputs = |server| Inputs {
+            server,
+            services: &services,
+            scopes: &scopes,
+            policies: &[],
+            namespaces: &labels,
+            clients: &[],
+            client_secrets: None,
+        };
+        let shared = server(json!({"allowedNamespaces": {"from": "All"}}));
+        let objects = render(&inputs(&shared), &RenderSettings::default()).expect("render");
+        let config = objects
+            .iter()
+            .find(|o| o.kind == "ConfigMap")
+            .and_then(|o| o.body["data"][naming::AUTHSERVER_CONFIG_FILE].as_str())
+            .expect("the config");
+        assert!(config.len() <= MAX_CONFIG_BYTES, "{}", config.len());
+        let config = authserver_config(&inputs(&shared)).expect("config");
+        // Each big service needs about 62 KiB: one per namespace fits the default 64 KiB share.
+        let held: Vec<&str> = config
+            .resources
+            .iter()
+            .map(|r| &r.resource[..r.resource.len().min(35)])
+            .collect();
+        assert_eq!(
+            held,
+            [
+                "https://mcp.example.com/files",
+                "https://mcp.example.com/team-b/0/pp",
+                "https://mcp.example.com/team-c/0/pp",
+                "https://mcp.example.com/team-d/0/pp"
+            ]
+        );
+        // Three namespaces with nearly 1 MB each: refused before anything is applied.
+        let generous = server(
+            json!({"allowedNamespaces": {"from": "All"}, "configBytesPerNamespace": 1_000_000}),
+        );
+        let error = render(&inputs(&generous), &RenderSettings::default()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("spec.configBytesPerNamespace: the server's config would be ")
+                && message.ends_with(
+                    " bytes, past the 1000000 a ConfigMap holds; lower configBytesPerNamespace or admit fewer namespaces"
+                ),
+            "{message}"
+        );
     }
 
     /// A token-exchange edge reaches the server's config and the service's sidecar config alike, and each program

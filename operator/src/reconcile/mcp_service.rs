@@ -250,9 +250,20 @@ async fn reconcile_inner(
         service_observe::attachment(service, server, &claimants, &labels),
         server,
     ) {
-        // The budget weighs every service of the namespace at the server, each against its URL's rivals.
+        // The budget weighs every service of the namespace at the server, each against its URL's rivals: only
+        // those are copied, not every service of the cluster on every reconcile.
         (Attachment::Holds, Some(server)) => {
-            let services = ctx.stores.services.cloned();
+            let urls: std::collections::BTreeSet<String> = ctx
+                .stores
+                .services
+                .cloned_where(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+                .into_iter()
+                .map(|s| s.spec.resource_url)
+                .collect();
+            let services = ctx.stores.services.cloned_where(|s| {
+                s.namespace().as_deref() == Some(namespace.as_str())
+                    || urls.contains(&s.spec.resource_url)
+            });
             match crate::config_budget::left_out(server, &services, &scopes, &labels)
                 .remove(&tenancy::key_of(service))
             {

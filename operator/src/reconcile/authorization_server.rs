@@ -345,8 +345,8 @@ impl Outcome<'_> {
     }
 }
 
-/// The conditions and fields of the status after `outcome`, from the `previous` status, its `conditions` as
-/// merged for this generation, and the `keys` in the Secret.
+/// The status after `outcome`: from the `previous` status and its `previous_conditions`, the `conditions` of the
+/// outcome merged for this generation, and the `keys` in the Secret.
 fn status_of(
     server: &AuthorizationServer,
     previous: &crate::api::authorization_server::AuthorizationServerStatus,

@@ -36,6 +36,33 @@ impl Observed {
     }
 }
 
+/// A config the operator would not write, because the program reading it would refuse it: what is in force
+/// stays, and both `ConfigRendered` and `Ready` say so. `Ready` is `False` although the objects in force still
+/// serve: a person or a GitOps tool that waits for `Ready` must not take the new spec for applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    message: String,
+}
+
+impl Refusal {
+    /// The refusal of `error`, where `in_force` names what stays (`the config`, `the sidecar ConfigMap`).
+    pub fn new(error: impl std::fmt::Display, in_force: &str) -> Self {
+        Self {
+            message: format!("{error}; {in_force} in force stays"),
+        }
+    }
+
+    /// `ConfigRendered=False`, reason `Refused`.
+    pub fn config_rendered(&self) -> Observed {
+        Observed::no("ConfigRendered", "Refused", self.message.clone())
+    }
+
+    /// `Ready=False`, reason `ConfigRefused`, with the same message.
+    pub fn ready(&self) -> Observed {
+        Observed::no("Ready", "ConfigRefused", self.message.clone())
+    }
+}
+
 /// Merges freshly observed conditions into the previous ones. A condition whose status did not
 /// change keeps its `lastTransitionTime`; conditions no longer observed are dropped.
 pub fn merge(

@@ -19,7 +19,7 @@ use crate::keys::{self, KeyIndex, KeyState, RotationPolicy};
 use crate::naming::{self, FIELD_MANAGER};
 use crate::render::{Inputs, authserver, clients};
 use crate::serving_tls::{ServingTls, Step};
-use crate::status::{self, Observed};
+use crate::status::{self, Observed, Refusal};
 
 /// The longest lifetime of a token the server may sign: its access token lifetime (a scope's
 /// `maxTokenLifetime` only ever shortens it). A retired key stays published that long.
@@ -88,12 +88,26 @@ async fn reconcile_inner(
         client_secrets: Some(&client_secrets),
     };
 
-    let objects = match authserver::render(&inputs, &ctx.settings) {
+    // Decided before the upkeep below, carried out after it.
+    let rendered = authserver::render(&inputs, &ctx.settings);
+
+    // The upkeep of the server that runs, whatever becomes of the new spec: while a config is refused (a typo in
+    // one MCPService), the server in force must still get its next signing key and its renewed certificate.
+    let keys = keep_signing_keys(server, ctx, &namespace).await?;
+    if server.spec.in_cluster_transport.mode == TransportMode::OperatorTls {
+        serving_tls(server, ctx, &namespace).await?;
+    }
+    write_orphan_statuses(ctx, &namespace).await?;
+
+    let objects = match rendered {
         Ok(objects) => objects,
         Err(error) => {
             // Nothing is written, so the config in force stays; the status says why, or the only trace of the
-            // refusal would be a log line and a retry.
-            refused(server, ctx, &error).await?;
+            // refusal would be a log line and a retry. The declared clients keep their status: it says who
+            // holds each client id in the config in force, and the next config settles claims by it. An error
+            // still, for the metrics: its retries back off to five minutes at most, the longest the key plan waits.
+            let refusal = Refusal::new(&error, "the config");
+            write_status(server, ctx, Outcome::Refused(&refusal), &keys).await?;
             return Err(error.into());
         }
     };
@@ -104,10 +118,64 @@ async fn reconcile_inner(
         super::delete_owned(client, server, &namespace, api_version, kind, &name).await?;
     }
 
-    // Signing keys: the Secret is the state of the rotation.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get_opt(&naming::authserver(&server.name_any()))
+        .await?;
+    let available = deployment
+        .and_then(|d| d.status)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let config = authserver::authserver_config(&inputs)?;
+    let observed = in_force(&inputs, &config, available)?;
+    write_status(
+        server,
+        ctx,
+        Outcome::InForce {
+            observed: &observed,
+            services: config.resources.len(),
+        },
+        &keys,
+    )
+    .await?;
+    write_client_statuses(ctx, &inputs, &config).await?;
+    Ok(Action::requeue(keys.requeue()))
+}
+
+/// The signing keys as a reconcile left them in the keys Secret.
+struct SigningKeys {
+    index: KeyIndex,
+    /// Unix time of the reconcile.
+    now: u64,
+    /// Unix time of the next step of the rotation plan.
+    next_change: u64,
+}
+
+impl SigningKeys {
+    /// The key signing now.
+    fn signer(&self) -> Option<&crate::keys::KeyRecord> {
+        self.index
+            .keys
+            .iter()
+            .filter(|k| k.state_at(self.now) == Some(KeyState::Active))
+            .max_by_key(|k| k.activates_at)
+    }
+
+    /// When to look again: at the plan's next step, and at least every five minutes.
+    fn requeue(&self) -> Duration {
+        Duration::from_secs(self.next_change.saturating_sub(self.now).clamp(1, 300))
+    }
+}
+
+/// Carries out the rotation plan on the keys Secret: the Secret is the state of the rotation.
+async fn keep_signing_keys(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<SigningKeys, ReconcileError> {
+    let client = &ctx.client;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret_name = naming::authserver_keys(&server.name_any());
-    let previous = secret_data(client, &namespace, &secret_name).await?;
+    let previous = secret_data(client, namespace, &secret_name).await?;
     let index = keys::read_secret(&previous)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -139,7 +207,7 @@ async fn reconcile_inner(
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
-                namespace: Some(namespace.clone()),
+                namespace: Some(namespace.to_owned()),
                 // Not owned, like the PVC: signing keys and the resource-server root outlive a deleted
                 // server, so re-creating it keeps tokens and sidecar keys valid.
                 owner_references: None,
@@ -183,20 +251,20 @@ async fn reconcile_inner(
             .await;
         }
     }
+    Ok(SigningKeys {
+        index: next_index,
+        now,
+        next_change: plan.next_change,
+    })
+}
 
-    if server.spec.in_cluster_transport.mode == TransportMode::OperatorTls {
-        serving_tls(server, ctx, &namespace).await?;
-    }
-
-    // Status.
-    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
-        .get_opt(&naming::authserver(&server.name_any()))
-        .await?;
-    let available = deployment
-        .and_then(|d| d.status)
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
-    let config = authserver::authserver_config(&inputs)?;
+/// The conditions of a config the reconcile wrote: `ConfigRendered`, `TokenExchangeResolved` and `Ready` (the
+/// server's `available` replicas).
+fn in_force(
+    inputs: &Inputs<'_>,
+    config: &mcp_authz_authserver::config::AuthServerConfig,
+    available: i32,
+) -> Result<Vec<Observed>, crate::render::RenderError> {
     let mut observed = vec![Observed::yes(
         "ConfigRendered",
         "Rendered",
@@ -206,9 +274,9 @@ async fn reconcile_inner(
             config.scopes.len()
         ),
     )];
-    let left_out = authserver::exchange_left_out(&inputs)?;
-    let claimed = authserver::audiences_claimed(&inputs);
-    let edges = server.spec.token_exchange.len();
+    let left_out = authserver::exchange_left_out(inputs)?;
+    let claimed = authserver::audiences_claimed(inputs);
+    let edges = inputs.server.spec.token_exchange.len();
     observed.push(if !claimed.is_empty() {
         Observed::no(
             "TokenExchangeResolved",
@@ -253,23 +321,85 @@ async fn reconcile_inner(
             "no authorization server replica is available yet",
         )
     });
-    let signer = next_index
-        .keys
-        .iter()
-        .filter(|k| k.state_at(now) == Some(KeyState::Active))
-        .max_by_key(|k| k.activates_at);
-    let (_, conditions) = observe(server, ctx, &observed).await;
-    let status = json!({
+    Ok(observed)
+}
+
+/// What a reconcile made of the server's spec.
+enum Outcome<'a> {
+    /// The config is written: its conditions, and the number of services in it.
+    InForce {
+        observed: &'a [Observed],
+        services: usize,
+    },
+    /// The config is refused; the one in force stays.
+    Refused(&'a Refusal),
+}
+
+impl Outcome<'_> {
+    /// The conditions it decides for this generation.
+    fn observed(&self) -> Vec<Observed> {
+        match self {
+            Self::InForce { observed, .. } => observed.to_vec(),
+            Self::Refused(refusal) => vec![refusal.config_rendered(), refusal.ready()],
+        }
+    }
+}
+
+/// The status after `outcome`: from the `previous` status and its `previous_conditions`, the `conditions` of the
+/// outcome merged for this generation, and the `keys` in the Secret.
+fn status_of(
+    server: &AuthorizationServer,
+    previous: &crate::api::authorization_server::AuthorizationServerStatus,
+    previous_conditions: Vec<Condition>,
+    conditions: Vec<Condition>,
+    outcome: &Outcome<'_>,
+    keys: &SigningKeys,
+) -> serde_json::Value {
+    let (conditions, services) = match outcome {
+        Outcome::InForce { services, .. } => (conditions, json!(services)),
+        Outcome::Refused(_) => {
+            // The other conditions describe the objects still in force, as they were, each with the
+            // generation it was written for.
+            let kept: Vec<Condition> = previous_conditions
+                .into_iter()
+                .filter(|p| !conditions.iter().any(|c| c.type_ == p.type_))
+                .collect();
+            ([conditions, kept].concat(), json!(previous.services))
+        }
+    };
+    // `observedGeneration` is the generation this status judged, written or refused: the refusal is that
+    // generation's outcome, and a tool comparing it with `metadata.generation` must see `Ready=False` as the
+    // answer instead of waiting for a reconcile that already happened. Each condition carries the generation
+    // it describes, so the conditions kept about the config in force keep their older one.
+    // Every field every time: a server-side apply by the same manager removes those it leaves out.
+    json!({
         "observedGeneration": server.meta().generation,
         "conditions": conditions,
-        "signingKeyId": signer.map(|k| k.kid.clone()),
-        "publishedKeys": next_index.keys.len(),
-        "services": config.resources.len(),
-    });
+        "signingKeyId": keys.signer().map(|k| k.kid.clone()),
+        "publishedKeys": keys.index.keys.len(),
+        "services": services,
+    })
+}
+
+/// Writes the status after `outcome`, with an event for each condition that flipped.
+async fn write_status(
+    server: &AuthorizationServer,
+    ctx: &Context,
+    outcome: Outcome<'_>,
+    keys: &SigningKeys,
+) -> Result<(), ReconcileError> {
+    let (previous_conditions, conditions) = observe(server, ctx, &outcome.observed()).await;
+    let previous = server.status.clone().unwrap_or_default();
+    let status = status_of(
+        server,
+        &previous,
+        previous_conditions,
+        conditions,
+        &outcome,
+        keys,
+    );
     ctx.write_status(server, status).await?;
-    write_client_statuses(ctx, &inputs, &config).await?;
-    let wait = plan.next_change.saturating_sub(now).clamp(1, 300);
-    Ok(Action::requeue(Duration::from_secs(wait)))
+    Ok(())
 }
 
 /// The conditions of `observed` for this generation (each keeps its last transition time while its status
@@ -298,37 +428,6 @@ async fn observe(
             .await;
     }
     (previous, conditions)
-}
-
-/// Writes `ConfigRendered=False` with the reason a render was refused, the rest of the status as it was.
-async fn refused(
-    server: &AuthorizationServer,
-    ctx: &Context,
-    error: &crate::render::RenderError,
-) -> Result<(), ReconcileError> {
-    let previous = server.status.clone().unwrap_or_default();
-    let observed = [Observed::no(
-        "ConfigRendered",
-        "Refused",
-        format!("{error}; the config in force stays"),
-    )];
-    let (previous_conditions, mut conditions) = observe(server, ctx, &observed).await;
-    // The other conditions describe the objects still in force, as they were.
-    conditions.extend(
-        previous_conditions
-            .into_iter()
-            .filter(|c| c.type_ != "ConfigRendered"),
-    );
-    // Every field again: a server-side apply by the same manager removes those it leaves out.
-    let status = json!({
-        "observedGeneration": server.meta().generation,
-        "conditions": conditions,
-        "signingKeyId": previous.signing_key_id,
-        "publishedKeys": previous.published_keys,
-        "services": previous.services,
-    });
-    ctx.write_status(server, status).await?;
-    Ok(())
 }
 
 /// `mode: OperatorTLS`: keeps the server's CA and serving certificate (see [`crate::serving_tls`]).
@@ -426,8 +525,7 @@ async fn client_secret_lengths(
     Ok(lengths)
 }
 
-/// The `Ready` condition of every MCPClient of this server: in the config, or why not; and of the MCPClients of
-/// this namespace that name a server the namespace does not have (no reconcile of theirs would ever write one).
+/// The `Ready` condition of every MCPClient of this server: in the config, or why not.
 async fn write_client_statuses(
     ctx: &Context,
     inputs: &Inputs<'_>,
@@ -450,13 +548,18 @@ async fn write_client_statuses(
         };
         write_client_ready(ctx, declared.client, observed).await?;
     }
-    let namespace = inputs.server.namespace().unwrap_or_default();
+    Ok(())
+}
+
+/// The `Ready` condition of the MCPClients of `namespace` that name a server the namespace does not have (no
+/// reconcile of theirs would ever write one). Any server of the namespace writes it, whatever its own config.
+async fn write_orphan_statuses(ctx: &Context, namespace: &str) -> Result<(), ReconcileError> {
     let orphans = ctx.stores.clients.cloned_where(|c| {
-        c.namespace().as_deref() == Some(namespace.as_str())
+        c.namespace().as_deref() == Some(namespace)
             && ctx
                 .stores
                 .servers
-                .get(&namespace, &c.spec.authorization_server)
+                .get(namespace, &c.spec.authorization_server)
                 .is_none()
     });
     for orphan in &orphans {
@@ -508,6 +611,120 @@ async fn write_client_ready(
 mod tests {
     use super::*;
     use crate::api::cases;
+
+    /// A refused generation: `ConfigRendered` and `Ready` are `False` for it (Ready flips from True), the
+    /// condition about the config still in force keeps its own older generation, the status names the refused
+    /// generation and the keys as the Secret holds them now, and the service count of the config in force.
+    #[test]
+    fn a_refused_config_is_not_ready_and_the_conditions_carry_their_generations() {
+        let mut server = cases::authorization_server();
+        server["metadata"]["generation"] = json!(2);
+        let server: AuthorizationServer = serde_json::from_value(server).expect("server");
+        let at = |seconds| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(seconds).expect("time"),
+            )
+        };
+        let before = status::merge(
+            &[],
+            &[
+                Observed::yes(
+                    "ConfigRendered",
+                    "Rendered",
+                    "1 resources and 2 scopes in the config",
+                ),
+                Observed::yes(
+                    "TokenExchangeResolved",
+                    "Resolved",
+                    "0 token-exchange edge(s) in force",
+                ),
+                Observed::yes("Ready", "Available", "1 replica(s) available"),
+            ],
+            Some(1),
+            &at(100),
+        );
+        let previous = crate::api::authorization_server::AuthorizationServerStatus {
+            services: 1,
+            conditions: before.clone(),
+            ..Default::default()
+        };
+        let refusal = Refusal::new("spec: no", "the config");
+        let outcome = Outcome::Refused(&refusal);
+        let merged = status::merge(&before, &outcome.observed(), Some(2), &at(200));
+        let record = |kid: &str, activates_at, retires_at| crate::keys::KeyRecord {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            file: format!("{kid}.pem"),
+            state: KeyState::Active,
+            created_at: 0,
+            activates_at,
+            retires_at,
+            expires_at: retires_at + 600,
+        };
+        let keys = SigningKeys {
+            index: KeyIndex {
+                keys: vec![record("old", 0, 1600), record("next", 1600, 5000)],
+            },
+            now: 1000,
+            next_change: 1600,
+        };
+        let status = status_of(&server, &previous, before, merged, &outcome, &keys);
+        let conditions: Vec<(&str, &str, &str, &str, i64, &str)> = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap_or_default(),
+                    c["status"].as_str().unwrap_or_default(),
+                    c["reason"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default(),
+                    c["observedGeneration"].as_i64().unwrap_or_default(),
+                    c["lastTransitionTime"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let (t100, t200) = ("1970-01-01T00:01:40Z", "1970-01-01T00:03:20Z");
+        assert_eq!(
+            conditions,
+            [
+                (
+                    "ConfigRendered",
+                    "False",
+                    "Refused",
+                    "spec: no; the config in force stays",
+                    2,
+                    t200
+                ),
+                (
+                    "Ready",
+                    "False",
+                    "ConfigRefused",
+                    "spec: no; the config in force stays",
+                    2,
+                    t200
+                ),
+                (
+                    "TokenExchangeResolved",
+                    "True",
+                    "Resolved",
+                    "0 token-exchange edge(s) in force",
+                    1,
+                    t100
+                ),
+            ]
+        );
+        assert_eq!(
+            (
+                &status["observedGeneration"],
+                &status["signingKeyId"],
+                &status["publishedKeys"],
+                &status["services"]
+            ),
+            (&json!(2), &json!("old"), &json!(2), &json!(1))
+        );
+        assert_eq!(keys.requeue(), Duration::from_secs(300));
+    }
 
     #[test]
     fn keys_outlive_the_access_token_lifetime() {

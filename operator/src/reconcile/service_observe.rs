@@ -15,7 +15,7 @@ use crate::render::exchange::Peers;
 use crate::render::{
     RenderError, RenderedObject, Scrapers, missing_scopes, service_policy, sidecar,
 };
-use crate::status::Observed;
+use crate::status::{Observed, Refusal};
 use crate::tenancy::{self, NamespaceLabels};
 
 /// How a service stands with the server it names.
@@ -212,7 +212,7 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
 
     let mut credentials_issued = false;
     let mut transport_ready = true;
-    let mut config_refused = false;
+    let mut refusal_of_config = None;
     if let (Some(server), Attachment::Holds) = (facts.server, &facts.attachment) {
         let trust = facts.trust.clone().unwrap_or(Trust::Waiting);
         observed.push(trust.condition(server));
@@ -238,12 +238,9 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
                 // Nothing of the sidecar's is applied: the ConfigMap in force stays, running and new pods keep
                 // a config they start with.
                 Err(error @ RenderError::Invalid { .. }) => {
-                    config_refused = true;
-                    observed.push(Observed::no(
-                        "ConfigRendered",
-                        "Refused",
-                        format!("{error}; the sidecar ConfigMap in force stays"),
-                    ));
+                    let refusal = Refusal::new(error, "the sidecar ConfigMap");
+                    observed.push(refusal.config_rendered());
+                    refusal_of_config = Some(refusal);
                 }
                 Err(error) => return Err(error),
             }
@@ -356,23 +353,23 @@ pub fn observe(service: &MCPService, facts: &Facts) -> Result<Observation, Rende
                 "ReferencesUnresolved",
                 "see ScopesResolved and PolicyResolved",
             ),
-            (Attachment::Holds, _) if config_refused => {
-                Observed::no("Ready", "ConfigRefused", "see ConfigRendered")
-            }
-            (Attachment::Holds, true) if !transport_ready => {
-                Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
-            }
-            (Attachment::Holds, true) if !credentials_issued => {
-                Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
-            }
-            (Attachment::Holds, true) => Observed::yes(
-                "Ready",
-                "Configured",
-                format!(
-                    "sidecar config {} is current",
-                    naming::sidecar_config_map(&service.name_any())
+            (Attachment::Holds, true) => match &refusal_of_config {
+                Some(refusal) => refusal.ready(),
+                None if !transport_ready => {
+                    Observed::no("Ready", "WaitingForServerCA", "see TransportSecured")
+                }
+                None if !credentials_issued => {
+                    Observed::no("Ready", "CredentialsPending", "see CredentialsIssued")
+                }
+                None => Observed::yes(
+                    "Ready",
+                    "Configured",
+                    format!(
+                        "sidecar config {} is current",
+                        naming::sidecar_config_map(&service.name_any())
+                    ),
                 ),
-            ),
+            },
         },
     );
     // Waiting for the server's keys is short; come back soon rather than at the resync.
@@ -663,20 +660,18 @@ mod tests {
             "{:?}",
             observation.apply
         );
-        let rendered = observation
-            .observed
-            .iter()
-            .find(|c| c.type_ == "ConfigRendered")
-            .expect("ConfigRendered");
-        assert_eq!(
-            (rendered.status, rendered.reason, rendered.message.as_str()),
-            (
-                false,
-                "Refused",
-                "spec: the rendered sidecar config would be refused: invalid config: mcpPath must start with / \
-                 and not be under /.well-known/; the sidecar ConfigMap in force stays"
-            )
-        );
+        let refusal = "spec: the rendered sidecar config would be refused: invalid config: mcpPath must start \
+                       with / and not be under /.well-known/; the sidecar ConfigMap in force stays";
+        let said = |type_: &str| {
+            observation
+                .observed
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status, c.reason, c.message.as_str()))
+        };
+        assert_eq!(said("ConfigRendered"), Some((false, "Refused", refusal)));
+        // Ready says it too, not only where to look: a watcher of Ready alone learns what stays in force.
+        assert_eq!(said("Ready"), Some((false, "ConfigRefused", refusal)));
     }
 
     #[test]

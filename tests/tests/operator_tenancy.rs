@@ -1166,3 +1166,134 @@ async fn no_tenant_holds_the_url_of_an_api_tokens_are_exchanged_for() {
     .await;
     running.stop();
 }
+
+/// A namespace that fills its share of the server's config (`configBytesPerNamespace`) loses its newest service
+/// from the config, which says why and gets no key; its older service and another namespace's keep theirs.
+#[tokio::test]
+async fn a_namespace_past_its_share_of_the_config_loses_its_newest_service_and_no_one_else_does() {
+    let cluster = ControlPlane::shared();
+    let admin = cluster.client();
+    operator_support::install_crds(&admin).await;
+    let platform = cluster.new_namespace("platform").await.expect("namespace");
+    let modest_ns = cluster.new_namespace("modest").await.expect("namespace");
+    let greedy_ns = cluster.new_namespace("greedy").await.expect("namespace");
+    label_tenant(&admin, &modest_ns, Some(&platform)).await;
+    label_tenant(&admin, &greedy_ns, Some(&platform)).await;
+    let running = operator_and_server(cluster, &admin, &platform, "op-budget").await;
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        admin.clone(),
+        &platform,
+        &operator_support::resource("AuthorizationServer"),
+    )
+    .patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"configBytesPerNamespace": 4096}})),
+    )
+    .await
+    .expect("a small share");
+
+    let named = |namespace: &str, name: &str, url: &str, scopes: &[&str]| {
+        let mut s = service(namespace, &platform, url, name, scopes);
+        s["metadata"]["name"] = json!(name);
+        s
+    };
+    operator_support::create(&admin, &modest_ns, &named(&modest_ns, "files", URL, &[]))
+        .await
+        .expect("modest service");
+    // Five definitions of the greedy namespace's own, 512-character descriptions: most of its 4 KiB.
+    let values: Vec<String> = (0..5).map(|i| format!("{greedy_ns}:s{i}")).collect();
+    for (i, value) in values.iter().enumerate() {
+        operator_support::create(
+            &admin,
+            &greedy_ns,
+            &scope(&greedy_ns, &format!("s{i}"), value, &"d".repeat(512), false),
+        )
+        .await
+        .expect("greedy scope");
+    }
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    operator_support::create(
+        &admin,
+        &greedy_ns,
+        &named(
+            &greedy_ns,
+            "first",
+            "https://mcp.example.com/greedy/first",
+            &values,
+        ),
+    )
+    .await
+    .expect("greedy first");
+    condition_becomes(
+        &admin,
+        (&greedy_ns, "MCPService", "first"),
+        "CredentialsIssued",
+        "True",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    operator_support::create(
+        &admin,
+        &greedy_ns,
+        &named(
+            &greedy_ns,
+            "second",
+            "https://mcp.example.com/greedy/second",
+            &[],
+        ),
+    )
+    .await
+    .expect("greedy second");
+
+    let (status, reason, message) = condition_becomes(
+        &admin,
+        (&greedy_ns, "MCPService", "second"),
+        "CredentialsIssued",
+        "False",
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ConfigBudgetExceeded")
+    );
+    let prefix = format!("the services of namespace {greedy_ns} need ");
+    let suffix = format!(
+        " bytes of AuthorizationServer {platform}/auth's config with this one, past the 4096 each namespace may fill (spec.configBytesPerNamespace); the newest are left out; remove services or scopes of this namespace, or ask a platform admin for a larger share"
+    );
+    assert!(
+        message.starts_with(&prefix) && message.ends_with(&suffix),
+        "{message}"
+    );
+    let ready = condition_becomes(
+        &admin,
+        (&greedy_ns, "MCPService", "second"),
+        "Ready",
+        "False",
+    )
+    .await;
+    assert_eq!(ready.1, "ConfigBudgetExceeded");
+    assert!(
+        secret(&admin, &greedy_ns, "second-mcp-authz-sidecar-credentials")
+            .await
+            .is_none()
+    );
+    // The config holds the modest namespace's service and the greedy one's first, not its second.
+    let config = config_after(&admin, &platform, "marker:budget").await;
+    let held: Vec<String> = entries(&config).into_iter().map(|(url, _)| url).collect();
+    assert_eq!(
+        held,
+        [
+            "https://mcp.example.com/greedy/first".to_owned(),
+            URL.to_owned()
+        ]
+    );
+    for (namespace, name) in [(&modest_ns, "files"), (&greedy_ns, "first")] {
+        let (status, ..) =
+            conditions_of(&admin, namespace, "MCPService", name, "CredentialsIssued")
+                .await
+                .expect("CredentialsIssued");
+        assert_eq!(status, "True", "{namespace}/{name}");
+    }
+    running.stop();
+}

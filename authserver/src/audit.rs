@@ -37,6 +37,10 @@ pub struct Who {
     /// budget of their own, so a flood of anonymous refusals cannot crowd them out; it is a budget all the
     /// same, since a holder can repeat a refusal that changes nothing (a wrong resource) as often as it likes.
     pub grant: Option<String>,
+    /// The refusal revoked the live grant presented (a code replayed, a refresh token reused): the security event
+    /// the grant budget exists for. Each grant can cause it once, so its row is stored whatever the budget says;
+    /// a holder repeating refusals that change nothing cannot crowd it out.
+    pub revoked_grant: bool,
 }
 
 /// Refusal rows a replica stores at most in a burst, per endpoint.

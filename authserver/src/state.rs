@@ -383,14 +383,14 @@ impl AppState {
         };
         let grant_key;
         let key = match &who.grant {
+            _ if who.revoked_grant => None,
             Some(_) => {
                 grant_key = format!("{endpoint} (presented grant)");
-                grant_key.as_str()
+                Some(grant_key.as_str())
             }
-            None => endpoint,
+            None => Some(endpoint),
         };
-        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, Some(key)).await
-        {
+        if !crate::audit::record(self.store.as_ref(), &self.audit_budget, decision, key).await {
             self.metrics.audit_rows_suppressed.inc();
         }
     }

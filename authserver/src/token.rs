@@ -385,7 +385,7 @@ async fn authorization_code(
         CodeRedemption::Redeemed(r) => r,
         CodeRedemption::Replayed { grant_id } => {
             // RFC 9700 §4.5: a second use means the code leaked; nothing issued from it may stay valid.
-            state
+            who.revoked_grant = state
                 .store
                 .revoke_grant(&grant_id, "authorization code replayed", now)
                 .await?;
@@ -483,7 +483,7 @@ async fn refresh_token(
         RefreshRotation::Rotated { .. } => {}
         RefreshRotation::Reused { grant_id } => {
             // A spent token again, or a race with another use of it: either way it leaked.
-            state
+            who.revoked_grant = state
                 .store
                 .revoke_grant(&grant_id, "refresh token reused", now)
                 .await?;

@@ -834,6 +834,69 @@ async fn a_grant_holder_repeating_a_refusal_stores_a_bounded_number_of_rows() {
     );
 }
 
+/// A holder spending the grants' row budget with refusals that change nothing cannot hide another grant's
+/// security event: a refresh token reused (which revokes its grant, so each grant causes it once) is stored.
+#[tokio::test]
+async fn a_spent_grant_budget_does_not_hide_a_reused_refresh_token() {
+    let s = TestServer::start().await;
+    let mut noisy = Browser::default();
+    let noisy_tokens = s.tokens_for(&mut noisy, "files:read").await;
+    for _ in 0..30 {
+        let (status, body, _) = s
+            .token(&[
+                ("grant_type", "refresh_token"),
+                (
+                    "refresh_token",
+                    noisy_tokens["refresh_token"].as_str().unwrap(),
+                ),
+                ("client_id", PUBLIC_CLIENT),
+                ("resource", "https://elsewhere.example/mcp"),
+            ])
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let mut victim = Browser::default();
+    let stolen = s.tokens_for(&mut victim, "files:read").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh = |token: String| {
+        let s = &s;
+        async move {
+            s.token(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &token),
+                ("client_id", PUBLIC_CLIENT),
+                ("resource", RESOURCE),
+            ])
+            .await
+        }
+    };
+    assert_eq!(refresh(stolen.clone()).await.0, 200);
+    let (status, body, _) = refresh(stolen).await;
+    assert_eq!(status, 400, "{body}");
+    let audit: Value = s
+        .http
+        .get(format!("{}/admin/audit?limit=1000", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reused: Vec<&Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["reason"]
+                == "invalid_grant: the refresh token was already used; the whole grant has been revoked"
+        })
+        .collect();
+    assert_eq!(reused.len(), 1, "{audit}");
+}
+
 /// Rows made straight in the server's SQLite file, for the cases that need thousands of them.
 async fn sqlite(s: &TestServer) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();

@@ -181,6 +181,7 @@ fn benches(c: &mut Criterion) {
         revoked_reason: None,
         client_fingerprint: String::new(),
         client_auth_method: "private_key_jwt".into(),
+        holder: String::new(),
     };
     rt.block_on(f.state.store.put_grant(&grant)).unwrap();
     let first = mcp_authz_authserver::secrets::random_token();

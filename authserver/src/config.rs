@@ -574,7 +574,9 @@ pub struct ResourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cimd_policy: Option<String>,
     /// Who holds this URL (the operator writes the MCPService's uid): part of its resource server's key, so a
-    /// key issued to an earlier holder is not accepted. Empty in local mode.
+    /// key issued to an earlier holder is not accepted; recorded with every grant and consent, and carried in
+    /// access tokens, so none made under an earlier holder passes to this one (`oauth::holder`). Empty in local
+    /// mode.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub holder: String,
     /// Downstreams this service's resource server may obtain tokens for, as the person whose token it holds

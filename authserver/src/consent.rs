@@ -58,6 +58,11 @@ pub async fn consent(
                                 resource: &request.resource,
                                 scopes: &request.scopes.join(" "),
                                 client_fingerprint: client.fingerprint(),
+                                holder: snapshot
+                                    .config
+                                    .resource(&request.resource)
+                                    .map(|r| r.holder.as_str())
+                                    .unwrap_or_default(),
                             },
                             now_secs(),
                         )

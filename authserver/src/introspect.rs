@@ -13,7 +13,7 @@ use crate::audit::{Decision, Who};
 use crate::client_auth;
 use crate::client_auth::assertion_audiences;
 use crate::clock::now_secs;
-use crate::oauth_error::OAuthError;
+use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
@@ -44,7 +44,18 @@ async fn find(state: &AppState, snapshot: &Snapshot, token: &str) -> Result<Foun
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        if !live {
+        // A token issued while another service held its audience's URL is not this holder's to use.
+        let held = crate::oauth::holder::token_held(
+            claims
+                .get(crate::oauth::holder::HOLDER_CLAIM)
+                .and_then(Value::as_str),
+            claims
+                .get("aud")
+                .and_then(Value::as_str)
+                .and_then(|aud| snapshot.config.resource(aud))
+                .map(|r| r.holder.as_str()),
+        );
+        if !live || !held {
             return Ok(Found::Nothing);
         }
         // One read: the token's grant, and whether it or its grant is revoked.
@@ -183,10 +194,18 @@ pub async fn introspect(
                 body
             }
             Found::Refresh { grant_id } => match state.store.grant(&grant_id).await? {
-                Some(g) if g.revoked_at.is_none() => json!({
-                    "active": true, "token_type": "refresh_token", "sub": g.subject, "client_id": g.client_id,
-                    "aud": g.resource, "scope": g.scopes.join(" "), "exp": g.expires_at, "iss": snapshot.config.issuer,
-                }),
+                Some(g) if g.revoked_at.is_none() => {
+                    match crate::token::check_holder(&state, &snapshot, &g).await {
+                        Ok(()) => json!({
+                            "active": true, "token_type": "refresh_token", "sub": g.subject, "client_id": g.client_id,
+                            "aud": g.resource, "scope": g.scopes.join(" "), "exp": g.expires_at,
+                            "iss": snapshot.config.issuer,
+                        }),
+                        // Revoked just now: its holder changed.
+                        Err(e) if e.code == ErrorCode::InvalidGrant => json!({ "active": false }),
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ => json!({ "active": false }),
             },
             Found::Nothing => json!({ "active": false }),

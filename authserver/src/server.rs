@@ -559,6 +559,23 @@ pub async fn start(
     let snapshot = Snapshot::build(config, None)?;
     let keys = load_keys(&snapshot.config)?;
     let store = open_store(&snapshot.config).await?;
+    // Grants from before holders were recorded take the holders of the config the server starts with: the nearest
+    // to the ones they were made under that can be known (the migration cannot read the config). Left to their
+    // first use, a grant unused until its URL passed to another service would be adopted by the new holder.
+    // Those an older replica writes during a rolling upgrade are adopted at their first use.
+    for resource in snapshot
+        .config
+        .resources
+        .iter()
+        .filter(|r| !r.holder.is_empty())
+    {
+        let adopted = store
+            .adopt_holders(&resource.resource, &resource.holder)
+            .await?;
+        if adopted > 0 {
+            tracing::info!(resource = %resource.resource, adopted, "grants from before holders were recorded took the resource's holder");
+        }
+    }
     let (listen, admin_listen) = (snapshot.config.listen, snapshot.config.admin_listen);
     let state = Arc::new(AppState::new(snapshot, keys, store, config_path));
     let listener = TcpListener::bind(listen)

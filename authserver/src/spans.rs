@@ -155,6 +155,8 @@ store_names!(
     "redeem_code",
     "put_grant",
     "grant",
+    "adopt_holder",
+    "adopt_holders",
     "list_grants",
     "revoke_grant",
     "revoke_grants",

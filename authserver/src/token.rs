@@ -16,7 +16,7 @@ use crate::client_auth::{self, Presented};
 use crate::clients::{ClientView, shorten};
 use crate::clock::now_secs;
 use crate::config::{GrantType, ResourceConfig};
-use crate::oauth::{authorize_request, grant_binding, scopes};
+use crate::oauth::{authorize_request, grant_binding, holder, scopes};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
 use crate::rate_limits::Endpoint;
@@ -94,7 +94,7 @@ fn sign_access_token(
     ))
     .unwrap_or(i64::MAX);
     let jti = secrets::record_id();
-    let claims = json!({
+    let mut claims = json!({
         "iss": snapshot.config.issuer,
         "sub": grant.subject,
         "aud": grant.resource,
@@ -106,6 +106,16 @@ fn sign_access_token(
         "nbf": now,
         "exp": now + lifetime,
     });
+    // Today's holder of the audience: every path here checked that the grant was made under it (or adopted it
+    // just now), or made the grant just now.
+    if let Some(held) = snapshot
+        .config
+        .resource(&grant.resource)
+        .map(|r| r.holder.as_str())
+        .filter(|h| !h.is_empty())
+    {
+        claims[holder::HOLDER_CLAIM] = json!(held);
+    }
     let token = sign_at_jwt(state, &claims)?;
     let record = AccessTokenRecord {
         jti: jti.clone(),
@@ -282,6 +292,7 @@ async fn client_of_grant(
             "the resource of this grant is no longer served by this server",
         ));
     }
+    check_holder(state, snapshot, grant).await?;
     let client = client_auth::authenticate(
         state,
         snapshot,
@@ -312,6 +323,41 @@ async fn client_of_grant(
         return Err(refusal);
     }
     Ok(client)
+}
+
+/// Refuses, and revokes, a grant made while another service held its resource URL; a grant from before holders
+/// were recorded takes today's holder. Every path that lets a grant stand for a client calls this: a URL passed
+/// to another service without a moment unserved would otherwise carry the old holder's grants to the new one.
+pub(crate) async fn check_holder(
+    state: &AppState,
+    snapshot: &Snapshot,
+    grant: &Grant,
+) -> Result<(), OAuthError> {
+    // A resource no longer served is refused by its callers; nothing is held then.
+    let Some(configured) = snapshot
+        .config
+        .resource(&grant.resource)
+        .map(|r| r.holder.as_str())
+    else {
+        return Ok(());
+    };
+    let recorded = match holder::standing(&grant.holder, configured) {
+        holder::Standing::Holds => return Ok(()),
+        holder::Standing::Changed => grant.holder.clone(),
+        holder::Standing::Adopts => {
+            match state.store.adopt_holder(&grant.id, configured).await? {
+                // Another replica may have adopted first, under a config that already moved on.
+                Some(adopted) if adopted != configured => adopted,
+                _ => return Ok(()),
+            }
+        }
+    };
+    let (refusal, reason) = holder::changed(&recorded, configured);
+    state
+        .store
+        .revoke_grant(&grant.id, &reason, now_secs())
+        .await?;
+    Err(refusal)
 }
 
 /// The scopes a grant may still be used for: offered by its resource and within the client's policy limits today
@@ -592,6 +638,11 @@ pub(crate) async fn issue_direct(
         revoked_reason: None,
         client_fingerprint: made.client.fingerprint().to_owned(),
         client_auth_method: made.client.auth_method.as_str().to_owned(),
+        holder: snapshot
+            .config
+            .resource(made.resource)
+            .map(|r| r.holder.clone())
+            .unwrap_or_default(),
     };
     let (issued, record) = sign_access_token(state, snapshot, &grant, &scopes)?;
     let decision = Decision {

@@ -22,6 +22,7 @@ use crate::client_auth::{self, Presented};
 use crate::clients::shorten;
 use crate::clock::now_secs;
 use crate::config::{ExchangeTarget, PROVIDER_AUDIENCE_PREFIX};
+use crate::oauth::holder;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::params::Params;
 use crate::providers;
@@ -323,6 +324,19 @@ pub async fn exchange(
             })?;
         let resource = snapshot.config.resource(caller);
         let subject = subject(state, snapshot, asked.subject_token).await?;
+        // The caller's key is derived for today's holder of its URL: a token issued under an earlier holder was
+        // given to another service, whatever its `aud` says.
+        if !holder::token_held(
+            subject
+                .claims
+                .get(holder::HOLDER_CLAIM)
+                .and_then(Value::as_str),
+            resource.map(|r| r.holder.as_str()),
+        ) {
+            return Err(invalid_grant(
+                "the subject token was issued while another service held this resource",
+            ));
+        }
         who.subject = subject
             .claims
             .get("sub")
@@ -378,6 +392,15 @@ pub async fn exchange(
     claims["iat"] = json!(now);
     claims["nbf"] = json!(now);
     claims["exp"] = json!(now + planned.lifetime);
+    // A downstream that is one of our services checks the holder as for any token of its audience.
+    if let Some(held) = snapshot
+        .config
+        .resource(asked.target)
+        .map(|r| r.holder.as_str())
+        .filter(|h| !h.is_empty())
+    {
+        claims[holder::HOLDER_CLAIM] = json!(held);
+    }
     let token = crate::token::sign_at_jwt(state, &claims)?;
     let subject = claims.get("sub").and_then(Value::as_str);
     let client_id = claims.get("client_id").and_then(Value::as_str);

@@ -46,6 +46,7 @@ async fn token_round(store: &dyn Store, task: usize, round: usize, now: i64) {
             revoked_reason: None,
             client_fingerprint: String::new(),
             client_auth_method: "private_key_jwt".into(),
+            holder: String::new(),
         })
         .await
         .unwrap();

@@ -20,6 +20,7 @@ fn grant(id: &str, subject: &str, client: &str, resource: &str, now: i64) -> Gra
         revoked_reason: None,
         client_fingerprint: "f".into(),
         client_auth_method: "none".into(),
+        holder: String::new(),
     }
 }
 
@@ -138,6 +139,7 @@ async fn contract(store: &dyn Store) {
         resource: "https://r",
         scopes: "a b",
         client_fingerprint: "f",
+        holder: "uid-1",
     };
     store.put_consent(&given, now).await.unwrap();
     assert!(store.revoke_grant("g1", "test", now).await.unwrap());
@@ -236,6 +238,7 @@ async fn contract(store: &dyn Store) {
         resource: "https://r",
         scopes: "a b",
         client_fingerprint: "f1",
+        holder: "uid-1",
     };
     assert!(!store.has_consent(&consent).await.unwrap());
     store.put_consent(&consent, now).await.unwrap();
@@ -259,6 +262,64 @@ async fn contract(store: &dyn Store) {
     store.put_consent(&changed, now + 2).await.unwrap();
     assert!(store.has_consent(&changed).await.unwrap());
     assert!(!store.has_consent(&consent).await.unwrap());
+    // Consent given while one service held the URL is not consent to the next holder, nor is consent from before
+    // holders were recorded consent to any.
+    for other in ["uid-2", ""] {
+        let elsewhere = Consent {
+            holder: other,
+            ..changed
+        };
+        assert!(!store.has_consent(&elsewhere).await.unwrap(), "{other:?}");
+    }
+    // A grant records its resource's holder; one without (made before holders were recorded) adopts the first it
+    // is used under and keeps it: a second replica adopting another learns the first one's.
+    let held = Grant {
+        holder: "uid-1".into(),
+        ..grant("held", "henry", "c", "https://held", now)
+    };
+    store.put_grant(&held).await.unwrap();
+    assert_eq!(store.grant("held").await.unwrap(), Some(held.clone()));
+    store
+        .put_grant(&grant("unheld", "henry", "c", "https://held", now))
+        .await
+        .unwrap();
+    for (id, adopting, after) in [
+        ("held", "uid-2", "uid-1"),
+        ("unheld", "uid-2", "uid-2"),
+        ("unheld", "uid-3", "uid-2"),
+    ] {
+        assert_eq!(
+            store.adopt_holder(id, adopting).await.unwrap().as_deref(),
+            Some(after),
+            "{id} adopting {adopting}"
+        );
+        assert_eq!(store.grant(id).await.unwrap().unwrap().holder, after);
+    }
+    assert_eq!(store.adopt_holder("nowhere", "uid-1").await.unwrap(), None);
+    store
+        .put_grant(&grant("unheld2", "henry", "c", "https://held", now))
+        .await
+        .unwrap();
+    store
+        .put_grant(&grant("elsewhere", "henry", "c", "https://other-held", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.adopt_holders("https://held", "uid-4").await.unwrap(),
+        1
+    );
+    for (id, holder) in [
+        ("held", "uid-1"),
+        ("unheld", "uid-2"),
+        ("unheld2", "uid-4"),
+        ("elsewhere", ""),
+    ] {
+        assert_eq!(
+            store.grant(id).await.unwrap().unwrap().holder,
+            holder,
+            "{id}"
+        );
+    }
     assert!(store.use_assertion_id("c", "j", now + 60).await.unwrap());
     assert!(!store.use_assertion_id("c", "j", now + 60).await.unwrap());
     assert!(store.use_assertion_id("d", "j", now + 60).await.unwrap());
@@ -1338,4 +1399,71 @@ async fn postgres_a_refresh_committing_during_a_delete_has_its_tokens_queued() {
         .collect();
     queued.sort();
     assert_eq!(queued, ["new-access", "new-refresh"]);
+}
+
+/// Rows from before holders were recorded: the migration cannot know who held each URL (the config is not the
+/// database's), so a grant has no holder until its first use adopts today's, and a consent counts only where no
+/// holder is configured (local mode): a person asked once more beats a consent carried to a new holder.
+#[tokio::test]
+async fn migrating_leaves_old_grants_and_consents_without_a_holder() {
+    use mcp_authz_authserver::store::migrations::MIGRATIONS;
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("as.db");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v <= 11) {
+        for statement in *statements {
+            sqlx::query(*statement).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, 0)")
+            .bind(version)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let now = 1_700_000_000;
+    sqlx::query(
+        "INSERT INTO grants (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at)
+         VALUES ('old', 'alice', 'c', 'https://r', 'a', 'authorization_code', $1, $2)",
+    )
+    .bind(now)
+    .bind(now + 1000)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO consents (subject, client_id, resource, scopes, granted_at)
+         VALUES ('alice', 'c', 'https://r', 'a', $1)",
+    )
+    .bind(now)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let store = SqlStore::open_sqlite(&path).await.unwrap();
+    assert_eq!(store.schema_version(), 12);
+    assert_eq!(store.grant("old").await.unwrap().unwrap().holder, "");
+    let consent = |holder| Consent {
+        subject: "alice",
+        client_id: "c",
+        resource: "https://r",
+        scopes: "a",
+        client_fingerprint: "",
+        holder,
+    };
+    assert!(store.has_consent(&consent("")).await.unwrap());
+    assert!(!store.has_consent(&consent("uid-1")).await.unwrap());
+    assert_eq!(
+        store.adopt_holder("old", "uid-1").await.unwrap().as_deref(),
+        Some("uid-1")
+    );
 }

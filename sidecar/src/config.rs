@@ -72,6 +72,11 @@ pub struct SidecarConfig {
     /// The public URL clients use for this MCP service, character for character (RFC 9728 `resource`, and the
     /// value every token's `aud` must contain).
     pub resource: String,
+    /// Who holds `resource` at the authorization server (the MCPService's uid): a token naming another holder
+    /// (claim `mcp_authz_holder`) was issued while another service held the URL, and is refused. Empty: no
+    /// holder is checked (local mode).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder: String,
     /// The path of the MCP endpoint as it reaches the sidecar (`/mcp`). Only this path and the metadata paths
     /// are served; everything else is 404 so that nothing bypasses the JSON-RPC checks.
     #[serde(default = "defaults::mcp_path")]

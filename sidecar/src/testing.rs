@@ -105,6 +105,7 @@ pub fn rules() -> TokenRules {
         token_types: vec!["at+jwt".into(), "application/at+jwt".into()],
         issuer: ISSUER.into(),
         audience: RESOURCE.into(),
+        holder: None,
         leeway: 30,
         max_token_bytes: 8192,
     }

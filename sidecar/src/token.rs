@@ -75,6 +75,9 @@ pub enum TokenError {
     /// `aud` does not contain this resource.
     #[error("the token is for another audience")]
     Audience,
+    /// The token names another holder of this resource URL than the one this sidecar serves.
+    #[error("the token was issued while another service held this resource")]
+    Holder,
     /// Introspection said the token is no longer active.
     #[error("the token is no longer active")]
     Inactive,
@@ -99,6 +102,7 @@ impl TokenError {
             Self::NotYetValid => "token_not_yet_valid",
             Self::Issuer => "token_issuer",
             Self::Audience => "token_audience",
+            Self::Holder => "token_holder",
             Self::Inactive => "token_inactive",
         }
     }
@@ -115,6 +119,8 @@ pub struct TokenRules {
     pub issuer: String,
     /// The value `aud` must contain.
     pub audience: String,
+    /// The holder a token's `mcp_authz_holder` must name when it names one; `None`: not checked.
+    pub holder: Option<String>,
     /// Leeway for `exp` and `nbf`.
     pub leeway: u64,
     /// Largest token accepted.
@@ -133,6 +139,7 @@ impl TokenRules {
                 .collect(),
             issuer: config.issuer.clone(),
             audience: config.resource.clone(),
+            holder: Some(config.holder.clone()).filter(|h| !h.is_empty()),
             leeway: config.leeway_seconds,
             max_token_bytes: config.limits.max_token_bytes,
         }
@@ -266,6 +273,8 @@ struct Claims {
     jti: Option<String>,
     /// [`crate::caller::CALLER_CLAIM`].
     mcp_authz_caller: Option<String>,
+    /// The holder of the audience's URL when the token was issued (the authorization server's `HOLDER_CLAIM`).
+    mcp_authz_holder: Option<String>,
 }
 
 /// Verifies a token: signature with a key of `keys`, then `typ`, `iss`, `aud`, `exp`, `nbf`, `sub`,
@@ -366,6 +375,14 @@ fn check_claims(claims: Claims, rules: &TokenRules, now: u64) -> Result<Identity
     };
     if !audience_ok {
         return Err(TokenError::Audience);
+    }
+    // The URL passed to another service since this token was issued, or this sidecar is the earlier holder's
+    // still running with its last config. A token without the claim comes from a server that predates it, and
+    // lives one token lifetime at most: refusing it would fail every request during the upgrade.
+    if let (Some(wanted), Some(named)) = (&rules.holder, &claims.mcp_authz_holder)
+        && wanted != named
+    {
+        return Err(TokenError::Holder);
     }
     let exp = claims.exp.ok_or(TokenError::Claim("exp"))?;
     if now >= exp.saturating_add(rules.leeway) {
@@ -707,6 +724,43 @@ pub(crate) mod tests {
             json!({"alg":"ES256","typ":"application/AT+JWT","kid":"k1"}),
         );
         assert!(verify(&token, &key.key_set(), &rules(), NOW).is_ok());
+    }
+
+    /// A URL passed from one MCPService to another: each holder's sidecar accepts only the tokens issued under
+    /// it, so neither the old holder's pods (still running with their last config) nor the new holder's take
+    /// the other's tokens.
+    #[test]
+    fn a_token_of_another_holder_of_the_url_is_refused() {
+        let key = TestKey::es256("k1");
+        let keys = key.key_set();
+        let token = |holder: Option<&str>| {
+            let mut claims = claims_for(NOW);
+            if let Some(h) = holder {
+                claims["mcp_authz_holder"] = json!(h);
+            }
+            key.sign(&claims)
+        };
+        let held_by = |holder: Option<&str>| TokenRules {
+            holder: holder.map(str::to_owned),
+            ..rules()
+        };
+        // (sidecar's holder, token's holder, outcome)
+        for (serving, issued_under, expected) in [
+            (Some("uid-1"), Some("uid-1"), Ok(())),
+            (Some("uid-1"), Some("uid-2"), Err(TokenError::Holder)),
+            (Some("uid-2"), Some("uid-1"), Err(TokenError::Holder)),
+            // Issued by a server from before holders were recorded: lives one token lifetime at most.
+            (Some("uid-1"), None, Ok(())),
+            // A sidecar that knows no holder (local mode) checks none.
+            (None, Some("uid-1"), Ok(())),
+        ] {
+            assert_eq!(
+                verify(&token(issued_under), &keys, &held_by(serving), NOW).map(|_| ()),
+                expected,
+                "sidecar {serving:?}, token {issued_under:?}"
+            );
+        }
+        assert_eq!(TokenError::Holder.metric_label(), "token_holder");
     }
 
     #[test]

@@ -84,6 +84,7 @@ mod tests {
             revoked_reason: None,
             client_fingerprint: fingerprint.into(),
             client_auth_method: method.into(),
+            holder: String::new(),
         }
     }
 

@@ -4,4 +4,5 @@
 
 pub mod authorize_request;
 pub mod grant_binding;
+pub mod holder;
 pub mod scopes;

@@ -232,7 +232,7 @@ fn claims_statement(issues: &[&Issue], first: &[bool]) -> Option<Statement> {
 fn row_statements(issues: &[&Issue]) -> Vec<Statement> {
     let mut grants = Insert::new(
         "grants (id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, \
-         client_fingerprint, client_auth_method)",
+         client_fingerprint, client_auth_method, holder)",
         "",
     );
     let mut tokens = Insert::new("access_tokens (jti, grant_id, expires_at)", "");
@@ -253,6 +253,7 @@ fn row_statements(issues: &[&Issue]) -> Vec<Statement> {
                 Value::Int(g.expires_at),
                 Value::Text(g.client_fingerprint.clone()),
                 Value::Text(g.client_auth_method.clone()),
+                Value::Text(g.holder.clone()),
             ]);
         }
         if let Some(t) = &issue.access_token {

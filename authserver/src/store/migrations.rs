@@ -133,6 +133,17 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "DELETE FROM provider_connection_grants WHERE NOT EXISTS (SELECT 1 FROM grants g
            WHERE g.id = provider_connection_grants.grant_id AND g.grant_type = 'authorization_code')",
     ],
+),
+(
+    12,
+    // Grants and consents record who held their resource URL (the MCPService's uid): when the URL passes to another
+    // service, grants made under the old one are refused and its consents asked again. Rows from before have ''.
+    // The migration cannot know the config, so it cannot fill them in: a grant with '' takes the holder of its
+    // first use (`store::Store::adopt_holder`), a consent with '' is asked again where a holder is configured.
+    &[
+        "ALTER TABLE grants ADD COLUMN holder TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE consents ADD COLUMN holder TEXT NOT NULL DEFAULT ''",
+    ],
 )];
 
 /// The newest schema this build knows.

@@ -115,6 +115,11 @@ pub struct Grant {
     /// the grant must authenticate the same way. Empty for grants made before the method was recorded.
     #[serde(default)]
     pub client_auth_method: String,
+    /// Who held the resource URL when the grant was made (`ResourceConfig::holder`, the MCPService's uid): the
+    /// grant is good only while the same holder does. Empty for grants made before holders were recorded, and
+    /// for resources without a holder (local mode).
+    #[serde(default)]
+    pub holder: String,
 }
 
 /// What rotating a refresh token found.
@@ -152,6 +157,9 @@ pub struct Consent<'a> {
     pub scopes: &'a str,
     /// The CIMD document fingerprint (redirect URIs and keys); empty for registered clients.
     pub client_fingerprint: &'a str,
+    /// Who held the resource URL when the person consented: consent given to one service is not consent to
+    /// whoever holds its URL next.
+    pub holder: &'a str,
 }
 
 /// One audit event: an authorization decision.
@@ -307,6 +315,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_grant(&self, grant: &Grant) -> Result<(), StoreError>;
     async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// Records `holder` on a grant that has none yet (made before holders were recorded, or by an older replica
+    /// during a rolling upgrade); a grant that has one keeps it. Returns the grant's holder afterwards (`None`
+    /// when there is no such grant): another replica may have recorded a different one first.
+    async fn adopt_holder(&self, id: &str, holder: &str) -> Result<Option<String>, StoreError>;
+    /// Records `holder` on every grant of `resource` that has none yet; returns how many.
+    async fn adopt_holders(&self, resource: &str, holder: &str) -> Result<u64, StoreError>;
     /// At most `limit` grants matching `filter`, oldest first.
     async fn list_grants(
         &self,
@@ -371,7 +385,7 @@ pub trait Store: Send + Sync + 'static {
     /// recorded after its grant was revoked (a concurrent redemption that lost to a replay) is dead as well.
     async fn access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
-    /// Whether `subject` consented to exactly this client (document version), resource and scope set.
+    /// Whether `subject` consented to exactly this client (document version), resource, holder and scope set.
     async fn has_consent(&self, consent: &Consent<'_>) -> Result<bool, StoreError>;
     async fn put_consent(&self, consent: &Consent<'_>, now: Timestamp) -> Result<(), StoreError>;
 

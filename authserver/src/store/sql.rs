@@ -290,6 +290,7 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         revoked_reason: row.try_get("revoked_reason")?,
         client_fingerprint: row.try_get("client_fingerprint")?,
         client_auth_method: row.try_get("client_auth_method")?,
+        holder: row.try_get("holder")?,
     })
 }
 
@@ -320,7 +321,7 @@ fn connection_from_row(row: &AnyRow) -> Result<ProviderConnection, StoreError> {
     })
 }
 
-const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason, client_fingerprint, client_auth_method";
+const GRANT_COLUMNS: &str = "id, subject, client_id, resource, scopes, grant_type, created_at, expires_at, revoked_at, revoked_reason, client_fingerprint, client_auth_method, holder";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -473,6 +474,33 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(grant_from_row).transpose()
+    }
+
+    async fn adopt_holder(&self, id: &str, holder: &str) -> Result<Option<String>, StoreError> {
+        let _span = crate::spans::store("adopt_holder");
+        // Conditional, and read back: of two replicas adopting at once, both end with the first one's holder.
+        sqlx::query("UPDATE grants SET holder = $2 WHERE id = $1 AND holder = ''")
+            .bind(id)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT holder FROM grants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("holder")).transpose()?)
+    }
+
+    async fn adopt_holders(&self, resource: &str, holder: &str) -> Result<u64, StoreError> {
+        let _span = crate::spans::store("adopt_holders");
+        Ok(
+            sqlx::query("UPDATE grants SET holder = $2 WHERE resource = $1 AND holder = ''")
+                .bind(resource)
+                .bind(holder)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     async fn list_grants(
@@ -805,13 +833,14 @@ impl Store for SqlStore {
         let _span = crate::spans::store("has_consent");
         let row = sqlx::query(
             "SELECT 1 AS one FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3 AND scopes = $4
-               AND client_fingerprint = $5",
+               AND client_fingerprint = $5 AND holder = $6",
         )
         .bind(c.subject)
         .bind(c.client_id)
         .bind(c.resource)
         .bind(c.scopes)
         .bind(c.client_fingerprint)
+        .bind(c.holder)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
@@ -820,10 +849,11 @@ impl Store for SqlStore {
     async fn put_consent(&self, c: &Consent<'_>, now: Timestamp) -> Result<(), StoreError> {
         let _span = crate::spans::store("put_consent");
         sqlx::query(
-            "INSERT INTO consents (subject, client_id, resource, scopes, granted_at, client_fingerprint)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO consents (subject, client_id, resource, scopes, granted_at, client_fingerprint, holder)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (subject, client_id, resource, scopes)
-             DO UPDATE SET granted_at = excluded.granted_at, client_fingerprint = excluded.client_fingerprint",
+             DO UPDATE SET granted_at = excluded.granted_at, client_fingerprint = excluded.client_fingerprint,
+               holder = excluded.holder",
         )
         .bind(c.subject)
         .bind(c.client_id)
@@ -831,6 +861,7 @@ impl Store for SqlStore {
         .bind(c.scopes)
         .bind(now)
         .bind(c.client_fingerprint)
+        .bind(c.holder)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -143,7 +143,7 @@ fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
 
 const CLAIM: &str = "INSERT INTO assertion_ids (client_id, jti, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
 const GRANT: &str = "INSERT INTO grants (id, subject, client_id, resource, scopes, grant_type, created_at, \
-    expires_at, client_fingerprint, client_auth_method) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    expires_at, client_fingerprint, client_auth_method, holder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 const TOKEN: &str = "INSERT INTO access_tokens (jti, grant_id, expires_at) VALUES (?1, ?2, ?3)";
 const AUDIT: &str = "INSERT INTO audit_events (at, event, subject, client_id, resource, scopes, outcome, reason) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -180,6 +180,7 @@ fn write_on(conn: &mut Connection, issues: &[&Issue]) -> Result<Vec<Written>, ru
                     g.expires_at,
                     g.client_fingerprint,
                     g.client_auth_method,
+                    g.holder,
                 ])?;
             }
             if let Some(t) = &issue.access_token {

@@ -305,7 +305,7 @@ fn config_and_exchange_report(
                 .unwrap_or_else(|| service.name_any()),
             scopes: offered,
             cimd_policy: policy,
-            // The holder's key, and no earlier holder's, is accepted for this URL.
+            // The holder's key, grants, consents and tokens, and no earlier holder's, are accepted for this URL.
             holder: service.uid().unwrap_or_default(),
             token_exchange,
             providers: super::exchange::providers_of(inputs.server, service, &kept_edges)

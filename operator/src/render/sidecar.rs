@@ -106,6 +106,8 @@ pub fn sidecar_config(
     config.listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.port)));
     config.admin_listen = SocketAddr::from(([0, 0, 0, 0], port(spec.sidecar.admin_port)));
     config.mcp_path = spec.upstream.path.clone();
+    // As the server's config names the URL's holder: each refuses the tokens of the other holders.
+    config.holder = service.uid().unwrap_or_default();
     config.scopes_supported = basic_scopes(&offered, &visible);
     config.scope_implies = scope_implies;
     config.rules = rules;
@@ -439,6 +441,8 @@ mod tests {
         assert_eq!(c.admin_listen, "0.0.0.0:9464".parse().expect("addr"));
         assert_eq!(c.upstream, "http://127.0.0.1:8080");
         assert_eq!(c.resource, "https://mcp.example.com/files");
+        // The holder the server's config names for the URL: tokens issued under another are refused.
+        assert_eq!(c.holder, "1234");
         assert_eq!(c.mcp_path, "/mcp");
         assert_eq!(c.issuer, "https://auth.example.com");
         assert_eq!(

@@ -591,13 +591,19 @@ async fn provider_connections(store: &dyn Store) {
         ..GrantFilter::default()
     };
     assert_eq!(
-        store.revoke_grants(&franks_at("c"), "bulk", now).await.unwrap(),
+        store
+            .revoke_grants(&franks_at("c"), "bulk", now)
+            .await
+            .unwrap(),
         1
     );
     assert!(store.connection("frank", "acme").await.unwrap().is_some());
     assert_eq!(store.queued_revocations(i64::MAX, 10).await.unwrap(), []);
     assert_eq!(
-        store.revoke_grants(&franks_at("c2"), "bulk", now).await.unwrap(),
+        store
+            .revoke_grants(&franks_at("c2"), "bulk", now)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(store.connection("frank", "acme").await.unwrap(), None);

@@ -74,12 +74,12 @@ pub fn dropped_counter(prefix: &str) -> IntCounterVec {
     let counter = IntCounterVec::new(
         Opts::new(
             format!("{prefix}_trace_spans_dropped_total"),
-            "Finished spans not exported, by reason (queue_full, export_failed)",
+            "Finished spans not exported, by reason (queue_full, export_failed, after_shutdown)",
         ),
         &["reason"],
     )
     .expect("metric");
-    for reason in ["queue_full", "export_failed"] {
+    for reason in ["queue_full", "export_failed", "after_shutdown"] {
         counter.with_label_values(&[reason]);
     }
     counter

@@ -52,10 +52,11 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Sends what is queued and stops the export thread, taking at most [`export::STOP_BUDGET`] however the
-    /// collector behaves. Call it after the audit stream is flushed: at stop, the records come first.
-    pub fn shutdown(&self) {
-        if let Err(error) = self.provider.shutdown_with_timeout(export::STOP_BUDGET) {
+    /// Sends what is queued and stops the export thread by `by` (and within [`export::STOP_BUDGET`]) however
+    /// the collector behaves. Call it after the audit stream is flushed: at stop, the records come first.
+    pub fn shutdown(&self, by: std::time::Instant) {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        if let Err(error) = self.provider.shutdown_with_timeout(left) {
             tracing::warn!(%error, "spans may have been lost at shutdown");
         }
     }

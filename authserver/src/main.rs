@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    mcp_authz_audit::panics::install();
     // Spans go to the OTLP endpoint the standard `OTEL_*` variables name; none named, none made.
     let tracing = match mcp_authz_otel::Settings::from_process_env("mcp-authz-server")? {
         Some(settings) => {

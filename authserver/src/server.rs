@@ -205,6 +205,7 @@ async fn finished(
         .into_response();
     };
     let endpoint = endpoint_of(request.uri().path());
+    let trace = trace_of(request.headers());
     let handler = tokio::spawn(async move {
         let response = next.run(request).await;
         drop(permit);
@@ -213,14 +214,23 @@ async fn finished(
     match handler.await {
         Ok(response) => response,
         Err(error) => {
-            // A panic is a bug: the client gets an OAuth error, the metric and the log say which endpoint. Not
-            // the panic's message: it may hold what the request carried (the panic hook has it on stderr).
+            // A panic is a bug: the client gets an OAuth error, the metric, the log and the audit stream say
+            // which endpoint (a token request that failed has its record like one that was refused). Not the
+            // panic's message: it may hold what the request carried (the panic hook logs where it happened).
             let outcome = if error.is_panic() {
                 "handler_panicked"
             } else {
                 "handler_cancelled"
             };
             metrics.outcome(endpoint, outcome);
+            crate::audit::TRACE.sync_scope(trace, || {
+                crate::audit::log(&crate::audit::Decision {
+                    event: endpoint,
+                    outcome: "failed",
+                    reason: outcome,
+                    ..Default::default()
+                })
+            });
             tracing::error!(endpoint, outcome, "a request's handler failed");
             OAuthError::new(ErrorCode::ServerError, "the request could not be handled")
                 .into_response()
@@ -228,14 +238,19 @@ async fn finished(
     }
 }
 
+/// The ids of a request's `traceparent` header, for its audit records.
+fn trace_of(headers: &axum::http::HeaderMap) -> Option<mcp_authz_audit::TraceIds> {
+    mcp_authz_audit::TraceIds::of_header(
+        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
+    )
+}
+
 /// Runs the request with its `traceparent` header's ids at hand for its audit records and, when tracing is on,
 /// inside its server span (which continues that trace).
 async fn traced(request: Request, next: Next) -> Response {
     use mcp_authz_otel::opentelemetry::context::FutureExt as _;
     let headers = request.headers();
-    let trace = mcp_authz_audit::TraceIds::of_header(
-        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
-    );
+    let trace = trace_of(headers);
     let tracestate = headers.get("tracestate").and_then(|v| v.to_str().ok());
     let endpoint = endpoint_of(request.uri().path());
     match crate::spans::request(request.method(), endpoint, trace.as_ref(), tracestate) {
@@ -987,6 +1002,48 @@ mod tests {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|r| r["trace_id"] == trace_id)
             .collect()
+    }
+
+    /// A token request whose handler panics leaves its audit record, saying it failed, with its trace.
+    #[tokio::test]
+    async fn a_panicked_token_request_writes_a_failed_record() {
+        audit_records();
+        const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+        let metrics = Metrics::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
+        let router = Router::new()
+            .route("/token", post(panics))
+            .layer(middleware::from_fn(traced))
+            .layer(middleware::from_fn_with_state(
+                (metrics.clone(), in_flight),
+                finished,
+            ));
+        let request = axum::http::Request::post("/token")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let records = audit_records_of(TRACE);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        for (field, value) in [
+            ("source", "authserver"),
+            ("event", "token"),
+            ("outcome", "deny"),
+            ("action", "failed"),
+            ("reason", "handler_panicked"),
+            ("parent_id", "00f067aa0ba902b7"),
+        ] {
+            assert_eq!(record[field], value, "{field} in {record}");
+        }
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["token", "handler_panicked"])
+                .get(),
+            1
+        );
     }
 
     /// An admin request may run for minutes (a bulk revocation), but not past a stop: at the end of the stop's

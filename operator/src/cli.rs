@@ -325,6 +325,7 @@ fn init_logging() {
     } else {
         builder.init();
     }
+    mcp_authz_audit::panics::install();
 }
 
 #[cfg(test)]

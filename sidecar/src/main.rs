@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init()
     }
+    mcp_authz_audit::panics::install();
     // Dropping `outputs` on the way out writes what they queued.
     serve(args, &outputs)
 }

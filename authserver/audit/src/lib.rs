@@ -17,6 +17,7 @@
 //! Records are handed to a writer thread through [`pipe::LogPipe`]: a stalled stdout drops and counts them, it
 //! never stalls a request.
 
+pub mod panics;
 pub mod pipe;
 pub mod stop;
 pub mod trace;

@@ -73,6 +73,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .with_env_filter(filter)
         .with_writer(outputs.logs.clone())
         .try_init();
+    mcp_authz_audit::panics::install();
     let stop = async {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -360,7 +360,7 @@ async fn serve_proxy(
         });
     }
     drop(listener);
-    // A task that ends without a stop (its runtime going away) takes the whole budget as the drain's.
+    // A sidecar dropped without a stop (its shutdown sender gone) drains for the drain's share of its budget.
     let budget = Duration::from_millis(runtime.borrow().config.limits.shutdown_grace_ms);
     let by = *drained_by.get_or_init(|| Stop::begin(budget).drained_by());
     tracing::info!(drain = ?Stop::left_until(by), "shutting down: draining connections");

@@ -29,6 +29,12 @@ struct Args {
     /// store's rows remain).
     #[arg(long, env = "MCP_AUTHZ_AUDIT_OUTPUT", default_value = "stdout")]
     audit_output: mcp_authz_audit::Destination,
+    /// On SIGTERM, the budget of the whole stop, in milliseconds: requests in progress get most of it, and
+    /// those still running when their share is over are cut (with their audit record); shares are kept for the
+    /// audit flush, the tracing stop and the exit. The pod's `terminationGracePeriodSeconds` must exceed it
+    /// (the operator renders it so for the default).
+    #[arg(long, env = "MCP_AUTHZ_SHUTDOWN_GRACE_MS", default_value_t = mcp_authz_audit::stop::DEFAULT_BUDGET_MS)]
+    shutdown_grace_ms: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    mcp_authz_audit::panics::install();
     // Spans go to the OTLP endpoint the standard `OTEL_*` variables name; none named, none made.
     let tracing = match mcp_authz_otel::Settings::from_process_env("mcp-authz-server")? {
         Some(settings) => {
@@ -95,14 +102,19 @@ async fn main() -> anyhow::Result<()> {
         () = shutdown_signal() => tracing::info!("shutting down"),
         () = async { let _ = &stop; std::future::pending::<()>().await } => {}
     }
-    running.stop().await;
-    // The last records before anything that waits on a collector: the grace period may end in a SIGKILL.
-    if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
-        tracing::warn!("the audit stream was not written out in time");
-    }
-    if let Some(tracing) = tracing {
-        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
-    }
+    // One deadline for the whole stop, fixed now: each step takes what is left of it, so the steps cannot add
+    // up past the pod's grace period.
+    let stop = mcp_authz_audit::stop::Stop::begin(std::time::Duration::from_millis(
+        args.shutdown_grace_ms,
+    ));
+    running.stop_within(stop).await;
+    outputs
+        .finish_stop(&stop, |by| async move {
+            if let Some(tracing) = tracing {
+                let _ = tokio::task::spawn_blocking(move || tracing.shutdown(by)).await;
+            }
+        })
+        .await;
     Ok(())
 }
 

@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use mcp_authz_audit::stop::Stop;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -162,7 +164,10 @@ pub fn oauth_router(state: Arc<AppState>) -> Router {
     router
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn(bounded))
+        .layer(middleware::from_fn_with_state(
+            state.stopping.subscribe(),
+            bounded,
+        ))
         // Outside the time limit, so that a timed-out request's audit record has its trace too.
         .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn_with_state(
@@ -200,6 +205,7 @@ async fn finished(
         .into_response();
     };
     let endpoint = endpoint_of(request.uri().path());
+    let trace = trace_of(request.headers());
     let handler = tokio::spawn(async move {
         let response = next.run(request).await;
         drop(permit);
@@ -208,14 +214,23 @@ async fn finished(
     match handler.await {
         Ok(response) => response,
         Err(error) => {
-            // A panic is a bug: the client gets an OAuth error, the metric and the log say which endpoint. Not
-            // the panic's message: it may hold what the request carried (the panic hook has it on stderr).
+            // A panic is a bug: the client gets an OAuth error, the metric, the log and the audit stream say
+            // which endpoint (a token request that failed has its record like one that was refused). Not the
+            // panic's message: it may hold what the request carried (the panic hook logs where it happened).
             let outcome = if error.is_panic() {
                 "handler_panicked"
             } else {
                 "handler_cancelled"
             };
             metrics.outcome(endpoint, outcome);
+            crate::audit::TRACE.sync_scope(trace, || {
+                crate::audit::log(&crate::audit::Decision {
+                    event: endpoint,
+                    outcome: "failed",
+                    reason: outcome,
+                    ..Default::default()
+                })
+            });
             tracing::error!(endpoint, outcome, "a request's handler failed");
             OAuthError::new(ErrorCode::ServerError, "the request could not be handled")
                 .into_response()
@@ -223,14 +238,19 @@ async fn finished(
     }
 }
 
+/// The ids of a request's `traceparent` header, for its audit records.
+fn trace_of(headers: &axum::http::HeaderMap) -> Option<mcp_authz_audit::TraceIds> {
+    mcp_authz_audit::TraceIds::of_header(
+        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
+    )
+}
+
 /// Runs the request with its `traceparent` header's ids at hand for its audit records and, when tracing is on,
 /// inside its server span (which continues that trace).
 async fn traced(request: Request, next: Next) -> Response {
     use mcp_authz_otel::opentelemetry::context::FutureExt as _;
     let headers = request.headers();
-    let trace = mcp_authz_audit::TraceIds::of_header(
-        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
-    );
+    let trace = trace_of(headers);
     let tracestate = headers.get("tracestate").and_then(|v| v.to_str().ok());
     let endpoint = endpoint_of(request.uri().path());
     match crate::spans::request(request.method(), endpoint, trace.as_ref(), tracestate) {
@@ -254,7 +274,10 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/grants/revoke", post(admin::revoke_grants))
         .route("/admin/audit", get(admin::recent_audit))
         .fallback(not_found)
-        .layer(middleware::from_fn(bounded_admin))
+        .layer(middleware::from_fn_with_state(
+            state.stopping.subscribe(),
+            bounded_admin,
+        ))
         .layer(middleware::from_fn(traced))
         .layer(middleware::from_fn_with_state(
             (state.metrics.clone(), state.admin_in_flight.clone()),
@@ -344,43 +367,80 @@ async fn limit(State(state): State<Arc<AppState>>, request: Request, next: Next)
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The admin port's bound: a bulk revocation over a large store may take longer than an OAuth request, and must
-/// not be cut off (and rolled back) mid-way; the port is not public.
+/// not be cut off (and rolled back) mid-way while the server runs; a stopping server cuts it at the end of its
+/// drain all the same, since the pod's grace period is far shorter. The port is not public.
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-async fn bounded(request: Request, next: Next) -> Response {
+/// The stop under way, once one began (`AppState::stopping`).
+type Stopping = watch::Receiver<Option<Stop>>;
+
+async fn bounded(State(stopping): State<Stopping>, request: Request, next: Next) -> Response {
     let endpoint = endpoint_of(request.uri().path());
-    within(REQUEST_TIMEOUT, endpoint, request, next).await
+    within(REQUEST_TIMEOUT, stopping, endpoint, request, next).await
 }
 
-async fn bounded_admin(request: Request, next: Next) -> Response {
-    within(ADMIN_REQUEST_TIMEOUT, "admin", request, next).await
+async fn bounded_admin(State(stopping): State<Stopping>, request: Request, next: Next) -> Response {
+    within(ADMIN_REQUEST_TIMEOUT, stopping, "admin", request, next).await
 }
 
-/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in `limit`; the
-/// request was refused, so the audit stream says so (a store row is not written: anyone can time out).
-async fn within(limit: Duration, endpoint: &str, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            crate::audit::log(&crate::audit::Decision {
-                event: endpoint,
-                outcome: "refused",
-                reason: "request_timeout",
-                ..Default::default()
-            });
-            let mut response = OAuthError::invalid_request(format!(
-                "the request was not completed within {} seconds",
-                limit.as_secs()
-            ))
-            .into_response();
-            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            response
+/// Resolves when a stop's drain is over; never while the server runs.
+async fn drain_over(mut stopping: Stopping) {
+    loop {
+        let current = *stopping.borrow_and_update();
+        if let Some(stop) = current {
+            return tokio::time::sleep_until(stop.drained_by().into()).await;
+        }
+        if stopping.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
+}
+
+/// Answers 408 with an OAuth error, and closes the connection, when a request is not done in `limit`, and 503
+/// when it is still running at the end of a stop's drain: the request was refused either way, so the audit
+/// stream says so (a store row is not written: anyone can time out). A request cut mid-way has its store
+/// transaction rolled back with it.
+async fn within(
+    limit: Duration,
+    stopping: Stopping,
+    endpoint: &str,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (status, reason, error) = tokio::select! {
+        done = tokio::time::timeout(limit, next.run(request)) => match done {
+            Ok(response) => return response,
+            Err(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                OAuthError::invalid_request(format!(
+                    "the request was not completed within {} seconds",
+                    limit.as_secs()
+                )),
+            ),
+        },
+        () = drain_over(stopping) => {
+            tracing::warn!(endpoint, "a request still running when the server's drain ended was cut");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_stopping",
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, "the server is stopping; retry"),
+            )
+        }
+    };
+    crate::audit::log(&crate::audit::Decision {
+        event: endpoint,
+        outcome: "refused",
+        reason,
+        ..Default::default()
+    });
+    let mut response = error.into_response();
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The address of the client's end of the connection (set by [`serve`] on every request); `None` when the router
@@ -437,8 +497,16 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and waits.
-    pub async fn stop(mut self) {
+    /// Stops within [`mcp_authz_audit::stop::DEFAULT_BUDGET`], starting now: see [`Running::stop_within`].
+    pub async fn stop(self) {
+        self.stop_within(Stop::begin(mcp_authz_audit::stop::DEFAULT_BUDGET))
+            .await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish until `stop`'s drain is over, cuts those still running
+    /// then (each with its audit record), and waits.
+    pub async fn stop_within(mut self, stop: Stop) {
+        self.state.stopping.send_replace(Some(stop));
         self.shutdown.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -461,18 +529,17 @@ impl Drop for Running {
 
 /// How long a client may take to send a request's headers: a connection that trickles them (slowloris) is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests get to finish when the server stops.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a TLS handshake may take: one that stalls must not hold a task.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `stop` (through TLS when `tls` is given), then lets open ones finish
-/// (bounded by [`DRAIN_TIMEOUT`]).
+/// Accepts connections until `stop` (through TLS when `tls` is given), then lets open ones finish until the
+/// drain of the stop `stopping` holds is over (a stop of the default budget when none was given).
 async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
+    stopping: Stopping,
     in_flight: Arc<tokio::sync::Semaphore>,
 ) {
     // HTTP/1.1 only, as the TLS listener's ALPN says: the automatic builder would also take HTTP/2 without
@@ -534,16 +601,19 @@ async fn serve(
             }
         }
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let stopped =
+        (*stopping.borrow()).unwrap_or_else(|| Stop::begin(mcp_authz_audit::stop::DEFAULT_BUDGET));
+    if tokio::time::timeout_at(stopped.drained_by().into(), graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain timeout were closed");
+        tracing::warn!("connections still open at the end of the drain were closed");
     }
-    // Requests whose clients hung up run on without a connection: they finish too (within their own limit)
-    // before the process may exit and close the audit stream behind them.
+    // Requests whose clients hung up run on without a connection: they finish too, or are cut at the end of the
+    // drain with their record, before the process may exit and close the audit stream behind them. Past the
+    // drain only a handler that never yields is left; it may not take the audit flush's whole share.
     let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
-    if tokio::time::timeout(REQUEST_TIMEOUT, in_flight.acquire_many(all))
+    if tokio::time::timeout_at(stopped.audited_by().into(), in_flight.acquire_many(all))
         .await
         .is_err()
     {
@@ -631,6 +701,7 @@ pub async fn start(
             oauth_router(state.clone()),
             Some(acceptor),
             shutdown.clone(),
+            state.stopping.subscribe(),
             state.in_flight.clone(),
         )));
     }
@@ -651,6 +722,7 @@ pub async fn start(
             router,
             None,
             shutdown.clone(),
+            state.stopping.subscribe(),
             in_flight,
         )));
     }
@@ -909,6 +981,137 @@ pub fn store_error(e: StoreError) -> OAuthError {
 mod tests {
     use super::*;
 
+    /// The audit records this test binary writes, as JSON: captured once for the whole binary (the output is
+    /// the process's), so a test picks its own by trace id.
+    fn audit_records() -> &'static (
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        mcp_authz_audit::pipe::LogPipe,
+    ) {
+        #[derive(Clone)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        static CAPTURED: std::sync::OnceLock<(
+            std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+            mcp_authz_audit::pipe::LogPipe,
+        )> = std::sync::OnceLock::new();
+        CAPTURED.get_or_init(|| {
+            let buffer = std::sync::Arc::default();
+            let pipe = mcp_authz_audit::install_sink(Sink(std::sync::Arc::clone(&buffer)))
+                .expect("nothing else sets this binary's audit output");
+            (buffer, pipe)
+        })
+    }
+
+    fn audit_records_of(trace_id: &str) -> Vec<serde_json::Value> {
+        let (buffer, pipe) = audit_records();
+        assert!(pipe.flush(Duration::from_secs(5)));
+        String::from_utf8(buffer.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["trace_id"] == trace_id)
+            .collect()
+    }
+
+    /// A token request whose handler panics leaves its audit record, saying it failed, with its trace.
+    #[tokio::test]
+    async fn a_panicked_token_request_writes_a_failed_record() {
+        audit_records();
+        const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+        let metrics = Metrics::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
+        let router = Router::new()
+            .route("/token", post(panics))
+            .layer(middleware::from_fn(traced))
+            .layer(middleware::from_fn_with_state(
+                (metrics.clone(), in_flight),
+                finished,
+            ));
+        let request = axum::http::Request::post("/token")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let records = audit_records_of(TRACE);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        for (field, value) in [
+            ("source", "authserver"),
+            ("event", "token"),
+            ("outcome", "deny"),
+            ("action", "failed"),
+            ("reason", "handler_panicked"),
+            ("parent_id", "00f067aa0ba902b7"),
+        ] {
+            assert_eq!(record[field], value, "{field} in {record}");
+        }
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["token", "handler_panicked"])
+                .get(),
+            1
+        );
+    }
+
+    /// An admin request may run for minutes (a bulk revocation), but not past a stop: at the end of the stop's
+    /// drain it is cut, answered 503 and recorded.
+    #[tokio::test]
+    async fn a_long_admin_request_is_cut_at_the_end_of_the_drain_and_recorded() {
+        audit_records();
+        const TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
+        let (stopping, stopped) = watch::channel(None);
+        let router = Router::new()
+            .route(
+                "/admin/grants/revoke",
+                post(|| async { std::future::pending::<&'static str>().await }),
+            )
+            .layer(middleware::from_fn_with_state(stopped, bounded_admin))
+            .layer(middleware::from_fn(traced));
+        let request = axum::http::Request::post("/admin/grants/revoke")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let answer = tokio::spawn(router.oneshot(request));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stop = Stop::begin(Duration::from_millis(1000));
+        stopping.send_replace(Some(stop));
+        let response = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("cut well before the admin timeout")
+            .unwrap()
+            .unwrap();
+        let cut = std::time::Instant::now();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            cut >= stop.drained_by() && cut < stop.audited_by(),
+            "cut off the drain's end"
+        );
+        let records = audit_records_of(TRACE);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(
+            (
+                &records[0]["event"],
+                &records[0]["action"],
+                &records[0]["reason"]
+            ),
+            (
+                &serde_json::json!("admin"),
+                &serde_json::json!("refused"),
+                &serde_json::json!("server_stopping")
+            )
+        );
+    }
+
     /// A handler that panics (a bug) is answered with the OAuth `server_error` and counted; the connection
     /// stays usable. The panicking route exists only here: nothing in a build can make a handler panic on purpose.
     async fn panics() -> &'static str {
@@ -964,7 +1167,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, router, None, stop.clone(), in_flight));
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            None,
+            stop.clone(),
+            watch::channel(None).1,
+            in_flight,
+        ));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (head, body) = answer(
             &mut stream,

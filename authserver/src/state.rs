@@ -317,6 +317,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// The same for the admin port, apart: a flood of OAuth requests must not fail the kubelet's probes.
     pub admin_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The stop under way, once one began: requests still running at the end of its drain are cut.
+    pub stopping: tokio::sync::watch::Sender<Option<mcp_authz_audit::stop::Stop>>,
 }
 
 impl AppState {
@@ -339,6 +341,7 @@ impl AppState {
             provider_flights: crate::providers::Flights::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
             admin_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_IN_FLIGHT)),
+            stopping: tokio::sync::watch::Sender::new(None),
         }
     }
 

@@ -38,6 +38,54 @@ fn read_records(stdout: BufReader<std::process::ChildStdout>) -> mpsc::Receiver<
     records
 }
 
+/// The binary with `env`, every span sent to `collector`: its directory, the process, its URL and its audit
+/// records.
+async fn start_traced(
+    collector: &mcp_authz_otel::testing::SilentCollector,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Server, String, mpsc::Receiver<Value>) {
+    let mut env = env.to_vec();
+    env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ]);
+    let (dir, mut child, base) = start_binary_with_env(Stdio::piped(), &env).await;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (dir, Server(child), base, read_records(stdout))
+}
+
+/// A token request in trace `trace` whose body stops coming after its first bytes: it never finishes.
+async fn unfinished_token_request(base: &str, trace: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /token HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         content-length: 100\r\ntraceparent: 00-{trace}-b7ad6b7169203331-01\r\n\r\ngrant_type="
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The next record is the refusal of such a request, for `reason`, and no other follows.
+fn assert_one_refusal(records: &mpsc::Receiver<Value>, reason: &str, trace: &str) {
+    let record = records
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the refusal's record");
+    for (field, value) in [
+        ("source", "authserver"),
+        ("event", "token"),
+        ("outcome", "deny"),
+        ("action", "refused"),
+        ("reason", reason),
+        ("client_id", ""),
+        ("trace_id", trace),
+    ] {
+        assert_eq!(record[field], value, "{field} in {record}");
+    }
+    assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
 /// A client_credentials request of `SERVICE_CLIENT` (asking for `scope`, if any) with this `traceparent`.
 fn token_request(
     http: &reqwest::Client,
@@ -131,19 +179,13 @@ async fn an_issued_and_a_refused_token_each_write_one_record_with_the_trace() {
 /// no decision was made, but the refusal has its record, with the request's trace.
 #[tokio::test]
 async fn a_timed_out_token_request_writes_one_refusal_record() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     let (_dir, mut child, base) = start_binary(Stdio::piped()).await;
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let _server = Server(child);
     let records = read_records(stdout);
-    let address = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST /token HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-         content-length: 100\r\ntraceparent: 00-{TRACE}-b7ad6b7169203331-01\r\n\r\ngrant_type="
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = unfinished_token_request(&base, TRACE).await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
         mcp_authz_authserver::server::REQUEST_TIMEOUT + Duration::from_secs(10),
@@ -153,21 +195,7 @@ async fn a_timed_out_token_request_writes_one_refusal_record() {
     assert!(read.is_ok(), "no answer after the request timeout");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    let record = records
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the timeout's record");
-    for (field, value) in [
-        ("source", "authserver"),
-        ("event", "token"),
-        ("outcome", "deny"),
-        ("action", "refused"),
-        ("reason", "request_timeout"),
-        ("client_id", ""),
-        ("trace_id", TRACE),
-    ] {
-        assert_eq!(record[field], value, "{field} in {record}");
-    }
-    assert!(records.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_one_refusal(&records, "request_timeout", TRACE);
 }
 
 /// A client that hangs up while its token is being written does not take the record with it: the token was
@@ -238,17 +266,7 @@ async fn a_token_issued_after_its_client_hung_up_still_writes_its_record() {
 #[tokio::test]
 async fn stopped_while_its_collector_hangs_the_server_writes_its_last_record_and_exits_in_time() {
     let collector = mcp_authz_otel::testing::SilentCollector::start();
-    let (_dir, mut child, base) = start_binary_with_env(
-        Stdio::piped(),
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-        ],
-    )
-    .await;
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut server = Server(child);
-    let records = read_records(stdout);
+    let (_dir, mut server, base, records) = start_traced(&collector, &[]).await;
     // A new connection per request: none is left open for the server's drain to wait on.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -282,4 +300,38 @@ async fn stopped_while_its_collector_hangs_the_server_writes_its_last_record_and
         "{}",
         all[1]
     );
+}
+
+/// Stopped while a token request never finishes (its body stops coming) and its span export waits on a
+/// collector that never answers, the server cuts the request at the end of its drain, writes its record, and
+/// exits within its stop budget: the drain, the audit flush and the tracing stop share one deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_with_a_request_that_never_finishes_the_server_cuts_it_records_it_and_exits_within_its_budget()
+ {
+    use tokio::io::AsyncReadExt;
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let budget = Duration::from_millis(3000);
+    let collector = mcp_authz_otel::testing::SilentCollector::start();
+    let (_dir, mut server, base, records) =
+        start_traced(&collector, &[("MCP_AUTHZ_SHUTDOWN_GRACE_MS", "3000")]).await;
+    let mut stream = unfinished_token_request(&base, TRACE).await;
+    // Past the export thread's batch wait (one second), with the startup's spans queued: its export is stuck.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let answer = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        answer
+    });
+    let took = tokio::task::block_in_place(|| {
+        mcp_authz_otel::testing::terminate(&mut server.0, budget + Duration::from_secs(3))
+    })
+    .expect("the server exited");
+    assert!(
+        took < budget + Duration::from_millis(300),
+        "the stop took {took:?}"
+    );
+    let answer = answer.await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert_one_refusal(&records, "server_stopping", TRACE);
 }

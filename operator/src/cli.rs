@@ -126,11 +126,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator(args) => {
             init_logging();
             let tracing = start_tracing()?;
-            let result = crate::runtime::run(*args).await;
+            let stop = crate::runtime::run(*args).await?;
             if let Some(tracing) = tracing {
-                let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+                let by = stop.traced_by();
+                let _ = tokio::task::spawn_blocking(move || tracing.shutdown(by)).await;
             }
-            result
+            Ok(())
         }
         Command::Crds { out_dir } => write_crds(out_dir),
         Command::Local(args) => Ok(crate::local::run(args).await?),
@@ -324,6 +325,7 @@ fn init_logging() {
     } else {
         builder.init();
     }
+    mcp_authz_audit::panics::install();
 }
 
 #[cfg(test)]

@@ -44,6 +44,10 @@ pub struct OperatorArgs {
     /// Address of the admission webhook (TLS).
     #[arg(long, env = "MCP_AUTHZ_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
     pub webhook_listen: SocketAddr,
+    /// On SIGTERM, the budget of the whole stop, in milliseconds (the chart renders the pod's
+    /// `terminationGracePeriodSeconds` from the same value, with a margin).
+    #[arg(long, env = "MCP_AUTHZ_SHUTDOWN_GRACE_MS", default_value_t = mcp_authz_audit::stop::DEFAULT_BUDGET_MS)]
+    pub shutdown_grace_ms: u64,
     /// Service the API server reaches the webhook through (names in the serving certificate).
     #[arg(
         long,
@@ -288,14 +292,17 @@ pub async fn start(args: OperatorArgs, client: kube::Client) -> anyhow::Result<R
     })
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
-pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+/// Runs the operator until SIGTERM or Ctrl-C; returns the stop begun then, whose later steps (tracing) are
+/// the caller's.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<mcp_authz_audit::stop::Stop> {
+    let budget = Duration::from_millis(args.shutdown_grace_ms);
     let client = kube::Client::try_default().await?;
     let running = start(args, client).await?;
     tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "operator started");
     shutdown_signal().await;
+    let stop = mcp_authz_audit::stop::Stop::begin(budget);
     running.stop();
-    Ok(())
+    Ok(stop)
 }
 
 async fn shutdown_signal() {

@@ -2,11 +2,9 @@
 //! `mcp_authz_audit::TraceIds`, the one parser of `traceparent` in the plane (the audit record carries the same
 //! ids); this module only turns them into an OpenTelemetry parent and writes a span's own `traceparent`.
 
-use std::str::FromStr;
-
 use mcp_authz_audit::TraceIds;
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
 
 /// The parent a request's spans continue: the caller's span as `ids` name it, with the `tracestate` it sent
 /// (an unreadable one is dropped, as the recommendation lets a receiver do). No ids: a new trace.
@@ -26,8 +24,7 @@ pub fn remote_parent(ids: Option<&TraceIds>, tracestate: Option<&str>) -> Contex
         TraceFlags::default()
     };
     let state = tracestate
-        .and_then(crate::untrusted::bounded_tracestate)
-        .and_then(|s| TraceState::from_str(s).ok())
+        .and_then(crate::untrusted::carried_tracestate)
         .unwrap_or_default();
     Context::new().with_remote_span_context(SpanContext::new(trace_id, span_id, flags, true, state))
 }
@@ -82,7 +79,7 @@ mod tests {
             // Flags this version does not define are not passed on.
             (TraceFlags::new(0xff), format!("00-{TRACE}-{PARENT}-01")),
         ] {
-            let context = SpanContext::new(trace, span, flags, false, TraceState::default());
+            let context = SpanContext::new(trace, span, flags, false, Default::default());
             let written = traceparent(&context);
             assert_eq!(written, expected);
             let back = TraceIds::parse(&written).unwrap();

@@ -9,6 +9,7 @@
 //! dropped and counted, so the program exits long before the kubelet's SIGKILL.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +48,10 @@ enum Message {
 pub struct ExportQueue {
     sender: SyncSender<Message>,
     dropped: IntCounterVec,
+    /// Sampled spans started and not yet ended. The SDK hands no span that ends after its provider was shut
+    /// down to a processor (a request cut at the stop, a task still running): these are the spans it drops
+    /// silently, so the stop counts them.
+    open: AtomicU64,
     /// When the export thread must have stopped: set once, at shutdown. A signal beside the queue rather than
     /// a message in it, so that a full queue cannot keep it from the thread.
     stop: watch::Sender<Option<Instant>>,
@@ -57,7 +62,7 @@ pub struct ExportQueue {
 
 impl ExportQueue {
     /// Starts the export thread sending through `exporter`; lost spans are counted in `dropped` by reason
-    /// (`queue_full`, `export_failed`).
+    /// (`queue_full`, `export_failed`, `after_shutdown`).
     pub fn start<E: SpanExporter + 'static>(
         mut exporter: E,
         resource: &Resource,
@@ -77,6 +82,7 @@ impl ExportQueue {
         Ok(Self {
             sender,
             dropped,
+            open: AtomicU64::new(0),
             stop,
             exited: Mutex::new(exited),
             thread: Mutex::new(Some(thread)),
@@ -85,16 +91,30 @@ impl ExportQueue {
 }
 
 impl SpanProcessor for ExportQueue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+    fn on_start(&self, span: &mut Span, _cx: &Context) {
+        use opentelemetry::trace::Span as _;
+        if span.span_context().is_sampled() {
+            self.open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
     fn on_end(&self, span: SpanData) {
         if !span.span_context.is_sampled() {
             return;
         }
+        // Saturating: a span that ends while the stop counts the open ones was counted there.
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if self.stop.borrow().is_some() {
+            self.dropped.with_label_values(&["after_shutdown"]).inc();
+            return;
+        }
         match self.sender.try_send(Message::Span(Box::new(span))) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.with_label_values(&["queue_full"]).inc()
+            Err(TrySendError::Full(_)) => self.dropped.with_label_values(&["queue_full"]).inc(),
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped.with_label_values(&["after_shutdown"]).inc()
             }
         }
     }
@@ -119,6 +139,11 @@ impl SpanProcessor for ExportQueue {
         let budget = timeout.min(STOP_BUDGET);
         let deadline = Instant::now() + budget;
         self.stop.send_replace(Some(deadline));
+        // The spans still open will end after the provider is shut down, where the SDK drops them unseen.
+        let open = self.open.swap(0, Ordering::Relaxed);
+        self.dropped
+            .with_label_values(&["after_shutdown"])
+            .inc_by(open);
         // Wakes a thread waiting for spans; with the queue full it sees the deadline between batches instead.
         let _ = self.sender.try_send(Message::Shutdown);
         let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +270,7 @@ fn export_loop<E: SpanExporter>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
 
     /// A collector that takes a batch and never answers.
@@ -323,6 +348,39 @@ mod tests {
         let lost = |reason| dropped.with_label_values(&[reason]).get() as usize;
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(lost("queue_full") + lost("export_failed"), made);
+    }
+
+    #[test]
+    fn spans_ending_after_the_stop_are_counted_as_dropped() {
+        let (provider, dropped) = provider(Refusing);
+        let tracer = provider.tracer("test");
+        let mut open = [tracer.start("request"), tracer.start("request")];
+        let mut unsampled = tracer.start_with_context(
+            "request",
+            &Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                opentelemetry::trace::TraceId::from(1),
+                opentelemetry::trace::SpanId::from(1),
+                opentelemetry::trace::TraceFlags::default(),
+                true,
+                Default::default(),
+            )),
+        );
+        tracer.start("request").end();
+        provider.force_flush().expect("flushed");
+        provider.shutdown().expect("shut down");
+        for span in &mut open {
+            span.end();
+        }
+        unsampled.end();
+        let lost = |reason| dropped.with_label_values(&[reason]).get();
+        assert_eq!(
+            (
+                lost("after_shutdown"),
+                lost("export_failed"),
+                lost("queue_full")
+            ),
+            (2, 1, 0)
+        );
     }
 
     #[test]

@@ -52,10 +52,11 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Sends what is queued and stops the export thread, taking at most [`export::STOP_BUDGET`] however the
-    /// collector behaves. Call it after the audit stream is flushed: at stop, the records come first.
-    pub fn shutdown(&self) {
-        if let Err(error) = self.provider.shutdown_with_timeout(export::STOP_BUDGET) {
+    /// Sends what is queued and stops the export thread by `by` (and within [`export::STOP_BUDGET`]) however
+    /// the collector behaves. Call it after the audit stream is flushed: at stop, the records come first.
+    pub fn shutdown(&self, by: std::time::Instant) {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        if let Err(error) = self.provider.shutdown_with_timeout(left) {
             tracing::warn!(%error, "spans may have been lost at shutdown");
         }
     }
@@ -74,12 +75,12 @@ pub fn dropped_counter(prefix: &str) -> IntCounterVec {
     let counter = IntCounterVec::new(
         Opts::new(
             format!("{prefix}_trace_spans_dropped_total"),
-            "Finished spans not exported, by reason (queue_full, export_failed)",
+            "Finished spans not exported, by reason (queue_full, export_failed, after_shutdown)",
         ),
         &["reason"],
     )
     .expect("metric");
-    for reason in ["queue_full", "export_failed"] {
+    for reason in ["queue_full", "export_failed", "after_shutdown"] {
         counter.with_label_values(&[reason]);
     }
     counter

@@ -32,6 +32,12 @@ pub fn bounded_tracestate(tracestate: &str) -> Option<&str> {
     (tracestate.len() <= MAX_TRACESTATE_BYTES).then_some(tracestate)
 }
 
+/// A client's `tracestate` as it may be carried on, traced or not: bounded, and a list W3C Trace Context
+/// allows (at most its 32 members kept). An unreadable one is dropped, as the recommendation lets a receiver do.
+pub fn carried_tracestate(tracestate: &str) -> Option<opentelemetry::trace::TraceState> {
+    bounded_tracestate(tracestate).and_then(|s| s.parse().ok())
+}
+
 /// The sampler of a choice, with a client's parent decided as this module says.
 #[derive(Debug, Clone)]
 pub struct Untrusted {

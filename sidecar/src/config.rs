@@ -408,7 +408,10 @@ pub struct Limits {
     /// bytes (502 above).
     #[serde(default = "defaults::max_list_response_bytes")]
     pub max_list_response_bytes: usize,
-    /// On SIGTERM, how long in-flight requests and streams may continue, in milliseconds.
+    /// On SIGTERM, the budget of the whole stop, in milliseconds: from the signal to the exit. In-flight requests
+    /// and streams continue for most of it; shares are kept for the audit flush, the tracing stop and the exit
+    /// (`mcp_authz_audit::stop::Split`). The pod's `terminationGracePeriodSeconds` must exceed it, which the
+    /// operator's webhook sees to when it injects the sidecar.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
     /// Most client connections open at once on the proxy port. At the cap the sidecar stops accepting: new
@@ -760,7 +763,7 @@ mod defaults {
         8 * 1024 * 1024
     }
     pub fn shutdown_grace_ms() -> u64 {
-        25_000
+        mcp_authz_audit::stop::DEFAULT_BUDGET_MS
     }
 }
 

@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init()
     }
+    mcp_authz_audit::panics::install();
     // Dropping `outputs` on the way out writes what they queued.
     serve(args, &outputs)
 }
@@ -96,13 +97,13 @@ async fn run(args: Args, outputs: &mcp_authz_audit::Outputs) -> anyhow::Result<(
         _ = sigterm.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("signal received; draining");
-    let drained = sidecar.drain().await;
-    // The last decisions' records before anything that waits on a collector: the grace period may end in a
-    // SIGKILL, and a lost record is worse than a lost span.
-    if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
-        tracing::warn!("the audit stream was not written out in time");
-    }
-    drained.stop_tracing().await;
+    // One deadline for the whole stop, fixed now: each step takes what is left of it, so the steps cannot add
+    // up past the pod's grace period.
+    let stop = mcp_authz_audit::stop::Stop::begin(sidecar.stop_budget());
+    tracing::info!(budget = ?sidecar.stop_budget(), "signal received; draining");
+    let drained = sidecar.drain(&stop).await;
+    outputs
+        .finish_stop(&stop, |by| drained.stop_tracing(by))
+        .await;
     Ok(())
 }

@@ -937,9 +937,20 @@ fn build_upstream_request(
     // The whole body is sent at once; the upstream has nothing to wait for.
     headers.remove(header::EXPECT);
     // W3C Trace Context: a `tracestate` belongs to the `traceparent` it came with; beside none that can be read
-    // it is not passed on (the upstream would take it as the state of whatever trace it joins).
-    if headers.contains_key("tracestate") && trace_header(headers).is_none() {
-        headers.remove("tracestate");
+    // it is not passed on (the upstream would take it as the state of whatever trace it joins). Beside one it
+    // goes on as the traced path carries it, bounded and a valid list, so that turning tracing on or off does
+    // not change what a client can put in front of the upstream.
+    if headers.contains_key("tracestate") {
+        let carried = trace_header(headers)
+            .and_then(|_| crate::spans::tracestate_field(headers))
+            .and_then(mcp_authz_otel::untrusted::carried_tracestate)
+            .map(|state| state.header())
+            .and_then(|list| HeaderValue::from_str(&list).ok())
+            .filter(|value| !value.is_empty());
+        match carried {
+            Some(value) => headers.insert("tracestate", value),
+            None => headers.remove("tracestate"),
+        };
     }
     // Only this proxy says who is calling and from where: the identity and forwarding fields are removed,
     // and so are their look-alikes with `_` for `-`, which CGI-style servers read as the same field

@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mcp_authz_audit::stop::Stop;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -61,6 +63,8 @@ pub struct Sidecar {
     /// Replace the config at runtime (what file reload does).
     pub config: ConfigHandle,
     shutdown: watch::Sender<bool>,
+    /// When the connections still open are closed: set by the stop before `shutdown` is sent.
+    drained_by: Arc<OnceLock<Instant>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     tracing: Option<mcp_authz_otel::Tracing>,
 }
@@ -159,6 +163,7 @@ impl Sidecar {
             tracing.as_ref().map(|t| t.tracer.clone()),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let drained_by = Arc::new(OnceLock::new());
         let tasks = vec![
             tokio::spawn(serve_proxy(
                 proxy_listener,
@@ -166,6 +171,7 @@ impl Sidecar {
                 runtime_rx,
                 metrics.clone(),
                 shutdown_rx.clone(),
+                drained_by.clone(),
             )),
             tokio::spawn(admin::serve(
                 admin_listener,
@@ -186,6 +192,7 @@ impl Sidecar {
             metrics,
             config,
             shutdown,
+            drained_by,
             tasks,
             tracing,
         })
@@ -225,16 +232,24 @@ impl Sidecar {
         })
     }
 
-    /// Stops accepting, lets in-flight requests and streams finish up to the configured grace period, then
-    /// stops tracing.
-    pub async fn shutdown(self) {
-        self.drain().await.stop_tracing().await;
+    /// The stop budget of the config in force (`limits.shutdownGraceMs`): the whole stop, from the signal to
+    /// the exit, of which the drain takes what `mcp_authz_audit::stop::Split` leaves it.
+    pub fn stop_budget(&self) -> Duration {
+        let limits = &self.config.runtime.borrow().config.limits;
+        Duration::from_millis(limits.shutdown_grace_ms)
     }
 
-    /// Stops accepting and lets in-flight requests and streams finish up to the configured grace period; the
-    /// spans are still to be sent. A program flushes its audit stream between the two: stopping tracing may
-    /// wait on a collector.
-    pub async fn drain(self) -> Drained {
+    /// Stops within [`Sidecar::stop_budget`], starting now: drains, then stops tracing.
+    pub async fn shutdown(self) {
+        let stop = Stop::begin(self.stop_budget());
+        self.drain(&stop).await.stop_tracing(stop.traced_by()).await;
+    }
+
+    /// Stops accepting and lets in-flight requests and streams finish until `stop` says the drain is over,
+    /// then closes what is left; the spans are still to be sent. A program flushes its audit stream between
+    /// the two: stopping tracing may wait on a collector.
+    pub async fn drain(self, stop: &Stop) -> Drained {
+        let _ = self.drained_by.set(stop.drained_by());
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -252,11 +267,11 @@ pub struct Drained {
 }
 
 impl Drained {
-    /// Sends the spans still queued, within `mcp_authz_otel::export::STOP_BUDGET`.
-    pub async fn stop_tracing(self) {
+    /// Sends the spans still queued, by `by` and within `mcp_authz_otel::export::STOP_BUDGET`.
+    pub async fn stop_tracing(self, by: Instant) {
         if let Some(tracing) = self.tracing {
             // Waits on the export thread, not on the runtime.
-            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown(by)).await;
         }
     }
 }
@@ -287,6 +302,7 @@ async fn serve_proxy(
     runtime: watch::Receiver<Arc<Runtime>>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
+    drained_by: Arc<OnceLock<Instant>>,
 ) {
     let max_connections = runtime.borrow().config.limits.max_connections.get();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -344,15 +360,17 @@ async fn serve_proxy(
         });
     }
     drop(listener);
-    let grace = Duration::from_millis(runtime.borrow().config.limits.shutdown_grace_ms);
-    tracing::info!(?grace, "shutting down: draining connections");
+    // A sidecar dropped without a stop (its shutdown sender gone) drains for the drain's share of its budget.
+    let budget = Duration::from_millis(runtime.borrow().config.limits.shutdown_grace_ms);
+    let by = *drained_by.get_or_init(|| Stop::begin(budget).drained_by());
+    tracing::info!(drain = ?Stop::left_until(by), "shutting down: draining connections");
     // Every connection holds a slot until it ends: having them all back means every connection is done.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, slots.acquire_many(all))
+    if tokio::time::timeout_at(by.into(), slots.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; closing the remaining connections");
+        tracing::warn!("drain over; closing the remaining connections");
         connections.shutdown().await;
     }
 }

@@ -76,6 +76,16 @@ fn bounded(value: &str) -> String {
     }
 }
 
+/// A request's `tracestate` field as it came. Several fields are one list; kept simple, one is taken only when
+/// there is one. What may go on of it is `mcp_authz_otel::untrusted::carried_tracestate`'s to say.
+pub fn tracestate_field(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all("tracestate").iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
+}
+
 impl<'t> RequestSpans<'t> {
     /// Starts timing a request; `header` is its valid `traceparent` header, if any.
     pub fn start(
@@ -86,14 +96,9 @@ impl<'t> RequestSpans<'t> {
         header: Option<TraceIds>,
     ) -> Self {
         let now = SystemTime::now();
-        let tracestate = header.and_then(|_| {
-            let mut values = headers.get_all("tracestate").iter();
-            // Several `tracestate` fields are one list; keep it simple and take one only when there is one.
-            match (values.next(), values.next()) {
-                (Some(v), None) => v.to_str().ok().map(str::to_owned),
-                _ => None,
-            }
-        });
+        let tracestate = header
+            .and_then(|_| tracestate_field(headers))
+            .map(str::to_owned);
         Self {
             tracer,
             start: now,

@@ -440,17 +440,20 @@ async fn a_large_batch_writes_sixteen_records_the_refusal_first_the_last_naming_
     assert_eq!(got, expected);
 }
 
-/// Stopped while its span export waits on a collector that never answers, the sidecar still writes the record
-/// of its last decision and exits within the tracing stop's budget, well inside a pod's grace period.
-#[tokio::test]
-async fn stopped_while_its_collector_hangs_the_sidecar_writes_its_last_record_and_exits_in_time() {
-    let collector = mcp_authz_otel::testing::SilentCollector::start();
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let upstream = Upstream::start().await;
-    let (mut sidecar, stdout) = SidecarProcess::start(
-        &upstream,
-        &jwks,
+/// The binary in front of `upstream` (a URL), every span sent to `collector`; its audit records, and a client
+/// that found it ready.
+async fn start_traced(
+    upstream: &str,
+    jwks: &JwksServer,
+    collector: &mcp_authz_otel::testing::SilentCollector,
+) -> (
+    SidecarProcess,
+    mpsc::Receiver<Value>,
+    Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+) {
+    let (sidecar, stdout) = SidecarProcess::start_before(
+        upstream,
+        jwks,
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
@@ -460,6 +463,18 @@ async fn stopped_while_its_collector_hangs_the_sidecar_writes_its_last_record_an
     let audit = records(stdout);
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     wait_ready(&client, &sidecar.admin).await;
+    (sidecar, audit, client)
+}
+
+/// Stopped while its span export waits on a collector that never answers, the sidecar still writes the record
+/// of its last decision and exits within the tracing stop's budget, well inside a pod's grace period.
+#[tokio::test]
+async fn stopped_while_its_collector_hangs_the_sidecar_writes_its_last_record_and_exits_in_time() {
+    let collector = mcp_authz_otel::testing::SilentCollector::start();
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let (mut sidecar, audit, client) = start_traced(&upstream.url(), &jwks, &collector).await;
     let url = format!("{}/mcp", sidecar.proxy);
     let read = token(&key, "mcp:read");
     let send = |body: String| {
@@ -496,4 +511,52 @@ async fn stopped_while_its_collector_hangs_the_sidecar_writes_its_last_record_an
         ),
         "{last}"
     );
+}
+
+/// Stopped with a request held by an upstream that never answers and a collector that never answers, the
+/// sidecar still exits within its stop budget (`limits.shutdownGraceMs`, 2 s in the tests' config), the
+/// record of that request written: the drain, the audit flush and the tracing stop share one deadline
+/// instead of each taking its own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_with_a_hung_upstream_and_collector_the_sidecar_exits_within_its_budget_records_written()
+ {
+    let collector = mcp_authz_otel::testing::SilentCollector::start();
+    let key = TestKey::es256("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    // Takes every request and answers none.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let (mut sidecar, audit, client) = start_traced(&upstream, &jwks, &collector).await;
+    let url = format!("{}/mcp", sidecar.proxy);
+    let read = token(&key, "mcp:read");
+    let held = {
+        let request = post_request(&url, Some(&read), &call(1, "get_user"));
+        let client = client.clone();
+        tokio::spawn(async move { client.request(request).await.map(|r| r.status()) })
+    };
+    let allowed = audit
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the held request's record");
+    assert_eq!(
+        (&allowed["outcome"], &allowed["tool"]),
+        (&json!("allow"), &json!("get_user"))
+    );
+    // Past the export thread's batch wait (one second), with spans queued: its export is stuck on the collector.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let budget = Duration::from_millis(2000);
+    let took = tokio::task::block_in_place(|| sidecar.terminate(budget + Duration::from_secs(3)));
+    let took = took.expect("the sidecar exited");
+    assert!(
+        took < budget + Duration::from_millis(300),
+        "the stop took {took:?}"
+    );
+    // The held request was cut at the end of the drain, not answered.
+    assert!(!matches!(held.await.unwrap(), Ok(StatusCode::OK)));
+    assert!(audit.recv_timeout(Duration::from_millis(500)).is_err());
 }

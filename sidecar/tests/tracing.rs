@@ -431,6 +431,89 @@ async fn a_collector_that_is_down_costs_spans_counted_never_a_request() {
     down.sidecar.shutdown().await;
 }
 
+/// A client's `tracestate` beside a valid `traceparent` header, and what the upstream gets of it: the same list
+/// whether the sidecar traces or not (`mcp_authz_otel::untrusted::carried_tracestate`).
+fn tracestates() -> Vec<(String, Option<&'static str>)> {
+    let long = format!(
+        "client={}",
+        "x".repeat(mcp_authz_otel::untrusted::MAX_TRACESTATE_BYTES)
+    );
+    vec![
+        ("client=abc".into(), Some("client=abc")),
+        ("a=1 , b=2".into(), Some("a=1,b=2")),
+        // Keys are lower case, and every member is `key=value`.
+        ("Client=abc".into(), None),
+        ("client".into(), None),
+        ("client=a=b".into(), None),
+        (long, None),
+    ]
+}
+
+/// Sends a call with a valid `traceparent` and each of [`tracestates`] through `proxy`; returns what the
+/// upstream received for each.
+async fn forwarded_tracestates(
+    client: &support::HttpClient,
+    url: &str,
+    token: &str,
+    upstream: &Upstream,
+) -> Vec<Option<String>> {
+    let (trace_id, parent) = client_span();
+    let mut got = Vec::new();
+    for (n, (tracestate, _)) in tracestates().iter().enumerate() {
+        let body = json!({"jsonrpc": "2.0", "id": format!("state-{n}"), "method": "tools/call",
+            "params": {"name": "get_user", "arguments": {}}});
+        let mut request = post_request(url, Some(token), &body.to_string());
+        request.headers_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+        );
+        request
+            .headers_mut()
+            .insert("tracestate", tracestate.parse().unwrap());
+        let (status, _, _) = support::collect(client.request(request).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{tracestate}");
+        let seen = upstream.seen();
+        let forwarded = seen
+            .iter()
+            .find(|s| String::from_utf8_lossy(&s.body).contains(&format!("\"state-{n}\"")))
+            .expect("the upstream got the request");
+        got.push(
+            forwarded
+                .headers
+                .get("tracestate")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_tracestate_is_checked_the_same_traced_or_not() {
+    let expected: Vec<Option<String>> = tracestates()
+        .into_iter()
+        .map(|(_, carried)| carried.map(str::to_owned))
+        .collect();
+    let untraced = Harness::start().await;
+    let token = untraced.token("mcp:read");
+    let got = forwarded_tracestates(
+        &untraced.client,
+        &untraced.url("/mcp"),
+        &token,
+        &untraced.upstream,
+    )
+    .await;
+    assert_eq!(got, expected, "untraced");
+    let traced = CollectorDown::start().await;
+    let got = forwarded_tracestates(
+        &traced.client,
+        &format!("{}/mcp", traced.proxy),
+        &traced.read,
+        &traced.upstream,
+    )
+    .await;
+    assert_eq!(got, expected, "traced");
+}
+
 /// Traced, the upstream gets the client's `tracestate` only with the trace it belongs to: beside a valid
 /// `traceparent` header, and bounded as the spans bound it. An unreadable `traceparent` (or two), or a trace
 /// taken from the message's `_meta`, starts or continues a trace the header's state says nothing about.

@@ -87,6 +87,32 @@ fn chart_lints_clean() {
     );
 }
 
+/// The kubelet kills the operator's pod when its grace period ends: the period exceeds the stop budget the
+/// operator is given, in whole seconds, by the 5 s margin of `mcp_authz_audit::stop::MARGIN`.
+#[test]
+fn the_operator_pod_outlives_its_stop_budget() {
+    for (sets, budget, seconds) in [
+        (&[][..], "25000", 30),
+        (&["operator.shutdownGraceMs=40500"][..], "40500", 46),
+    ] {
+        let objs = objects(sets);
+        let pod = &one(&objs, "Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["terminationGracePeriodSeconds"], seconds, "{sets:?}");
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let set = env
+            .iter()
+            .find(|e| e["name"] == "MCP_AUTHZ_SHUTDOWN_GRACE_MS")
+            .expect("the budget reaches the operator");
+        assert_eq!(set["value"], budget, "{sets:?}");
+        assert_eq!(
+            i64::from(seconds),
+            mcp_authz_audit::stop::grace_period_seconds(std::time::Duration::from_millis(
+                budget.parse().unwrap()
+            ))
+        );
+    }
+}
+
 #[test]
 fn default_install_renders_a_hardened_operator() {
     let objs = objects(&[]);

@@ -17,11 +17,14 @@
 //! Records are handed to a writer thread through [`pipe::LogPipe`]: a stalled stdout drops and counts them, it
 //! never stalls a request.
 
+pub mod panics;
 pub mod pipe;
+pub mod stop;
 pub mod trace;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use trace::TraceIds;
 
@@ -274,6 +277,8 @@ pub struct Outputs {
     /// The audit stream, when it has a pipe of its own (on stdout).
     audit: Option<pipe::LogPipe>,
     destination: Destination,
+    /// Set once the streams were given their time: a stop already spent it, and dropping must not wait again.
+    closed: AtomicBool,
 }
 
 impl Outputs {
@@ -303,6 +308,7 @@ impl Outputs {
             logs,
             audit,
             destination,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -319,16 +325,35 @@ impl Outputs {
 
     /// Gives each stream up to `grace` to write what it queued, for exit: a stalled reader must not keep a
     /// terminated process alive. Dropping the outputs does this with [`EXIT_GRACE`], so an early return or a
-    /// panic in `main` loses no line either.
+    /// panic in `main` loses no line either; only the first call waits.
     pub fn close(&self, grace: std::time::Duration) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if let Some(audit) = &self.audit {
             audit.close(grace);
         }
         self.logs.close(grace);
     }
+
+    /// The steps of a stop after the drain, each until its end point in `stop`: the audit records queued are
+    /// written, then `stop_tracing` is given the instant it must be done by, then both streams are closed by
+    /// the deadline. The records come before anything that waits on a collector.
+    pub async fn finish_stop<F: std::future::Future<Output = ()>>(
+        &self,
+        stop: &stop::Stop,
+        stop_tracing: impl FnOnce(std::time::Instant) -> F,
+    ) {
+        if !self.flush_audit(stop::Stop::left_until(stop.audited_by())) {
+            tracing::warn!("the audit stream was not written out by the stop's deadline");
+        }
+        stop_tracing(stop.traced_by()).await;
+        self.close(stop::Stop::left_until(stop.deadline()));
+    }
 }
 
-/// How long each stream may take to write what it queued when the outputs are dropped.
+/// How long each stream may take to write what it queued when the outputs are dropped without a stop (an early
+/// return or a panic in `main`); a stop closes them by its own deadline first.
 pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Drop for Outputs {
@@ -343,6 +368,18 @@ static OUTPUT: OnceLock<pipe::LogPipe> = OnceLock::new();
 /// Sends every later record to `pipe`. Returns false if an output was already set (it stays).
 fn install(pipe: pipe::LogPipe) -> bool {
     OUTPUT.set(pipe).is_ok()
+}
+
+/// Sends every later record of this process to `sink`, for a test that reads what a library writes (a program
+/// uses [`Outputs::start`]). Returns the pipe (to flush it), or `None` if an output was already set.
+pub fn install_sink(sink: impl std::io::Write + Send + 'static) -> Option<pipe::LogPipe> {
+    let pipe = pipe::LogPipe::spawn(
+        sink,
+        pipe::DEFAULT_CAPACITY_BYTES,
+        pipe::Dropped::new("test"),
+    )
+    .ok()?;
+    install(pipe.clone()).then_some(pipe)
 }
 
 /// Writes `record` to the installed output, or nowhere.

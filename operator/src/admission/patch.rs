@@ -272,6 +272,11 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
         }
     }
+    if let Some(seconds) = raised_grace_period(&spec) {
+        ops.push(
+            json!({"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": seconds}),
+        );
+    }
     let annotations = [
         (
             naming::INJECTED_VERSION_ANNOTATION,
@@ -292,6 +297,24 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
         }
     }
     ops
+}
+
+/// Kubernetes' `terminationGracePeriodSeconds` when a pod sets none.
+const KUBERNETES_DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The grace period the pod needs for the sidecar's whole stop (`limits.shutdownGraceMs`, which the operator
+/// leaves at its default) plus the margin, when the pod's own is shorter. A longer one is the app's and is
+/// kept: raising a short one only moves the kubelet's SIGKILL later, every container still gets SIGTERM at once,
+/// and a pod with nothing left to drain exits as soon as it can.
+fn raised_grace_period(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<i64> {
+    let budget = std::time::Duration::from_millis(
+        mcp_authz_sidecar::config::Limits::default().shutdown_grace_ms,
+    );
+    let needed = mcp_authz_audit::stop::grace_period_seconds(budget);
+    let own = spec
+        .termination_grace_period_seconds
+        .unwrap_or(KUBERNETES_DEFAULT_GRACE_SECONDS);
+    (own < needed || spec.termination_grace_period_seconds.is_none()).then_some(needed.max(own))
 }
 
 #[cfg(test)]
@@ -401,6 +424,19 @@ mod tests {
         assert_eq!(sidecar_container(&service, &on).env, None);
     }
 
+    /// `p` as admitted when the service `files` selects it.
+    fn injected(p: &Pod, native: bool) -> Pod {
+        let Injection::Patch(ops) = decide(
+            p,
+            "apps",
+            &[service("files", &[("app", "files")])],
+            &defaults(native),
+        ) else {
+            panic!("expected a patch");
+        };
+        apply(p, &ops)
+    }
+
     fn apply(pod: &Pod, ops: &[Value]) -> Pod {
         let mut value = serde_json::to_value(pod).expect("json");
         for op in ops {
@@ -443,15 +479,7 @@ mod tests {
             &[("app", "files")],
             json!({"spec": {"initContainers": [{"name": "migrate", "image": "m"}]}}),
         );
-        let Injection::Patch(ops) = decide(
-            &p,
-            "apps",
-            &[service("files", &[("app", "files")])],
-            &defaults(true),
-        ) else {
-            panic!("expected a patch");
-        };
-        let patched = apply(&p, &ops);
+        let patched = injected(&p, true);
         let spec = patched.spec.expect("spec");
         let init = spec.init_containers.expect("init containers");
         assert_eq!(
@@ -506,15 +534,7 @@ mod tests {
             &[("app", "files")],
             json!({"metadata": {"annotations": {"a": "b"}}, "spec": {"volumes": [{"name": "data", "emptyDir": {}}]}}),
         );
-        let Injection::Patch(ops) = decide(
-            &p,
-            "apps",
-            &[service("files", &[("app", "files")])],
-            &defaults(false),
-        ) else {
-            panic!("expected a patch");
-        };
-        let patched = apply(&p, &ops);
+        let patched = injected(&p, false);
         let spec = patched.spec.expect("spec");
         assert_eq!(
             spec.containers
@@ -528,6 +548,25 @@ mod tests {
         assert_eq!(spec.volumes.expect("volumes").len(), 3);
         let annotations = patched.metadata.annotations.expect("annotations");
         assert_eq!(annotations.len(), 3, "existing annotations kept");
+    }
+
+    /// The sidecar's stop (25 s by default) must end before the kubelet's SIGKILL: a pod's shorter grace period
+    /// is raised to the budget and its margin, an unset one is written out, a longer one is the app's and stays.
+    #[test]
+    fn the_pod_grace_period_covers_the_sidecar_stop() {
+        for (own, expected) in [
+            (Value::Null, Some(30)),
+            (json!(10), Some(30)),
+            (json!(30), Some(30)),
+            (json!(120), Some(120)),
+        ] {
+            let p = pod(
+                &[("app", "files")],
+                json!({"spec": {"terminationGracePeriodSeconds": own}}),
+            );
+            let spec = injected(&p, true).spec.expect("spec");
+            assert_eq!(spec.termination_grace_period_seconds, expected, "{own}");
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct LocalArgs {
     /// (beside the logs) or `stdout`.
     #[arg(long, env = "MCP_AUTHZ_AUDIT_OUTPUT", default_value = "off")]
     pub audit_output: mcp_authz_audit::Destination,
+    /// On Ctrl-C or SIGTERM, the budget of the whole stop, in milliseconds: the servers drain together for most
+    /// of it, and shares are kept for the audit flush, the tracing stop and the exit.
+    #[arg(long, env = "MCP_AUTHZ_SHUTDOWN_GRACE_MS", default_value_t = mcp_authz_audit::stop::DEFAULT_BUDGET_MS)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl From<LocalArgs> for LocalOptions {
@@ -47,6 +51,7 @@ impl From<LocalArgs> for LocalOptions {
             state_dir: args.state_dir,
             ready_file: args.ready_file,
             watch_every: Duration::from_millis(args.watch_ms.max(100)),
+            stop_budget: Duration::from_millis(args.shutdown_grace_ms),
         }
     }
 }
@@ -68,6 +73,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .with_env_filter(filter)
         .with_writer(outputs.logs.clone())
         .try_init();
+    mcp_authz_audit::panics::install();
     let stop = async {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -82,11 +88,6 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             () = terminate => {}
         }
     };
-    let flush_audit = || {
-        if !outputs.flush_audit(mcp_authz_audit::EXIT_GRACE) {
-            tracing::warn!("the audit stream was not written out in time");
-        }
-    };
-    // Dropping `outputs` on the way out writes what they queued.
-    runtime::run(args.into(), stop, flush_audit).await
+    // Dropping `outputs` on an early return writes what they queued.
+    runtime::run(args.into(), stop, &outputs).await
 }

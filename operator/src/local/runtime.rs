@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use mcp_authz_audit::stop::Stop;
 use mcp_authz_authserver::resource_servers::Root;
-use mcp_authz_sidecar::server::Sidecar;
+use mcp_authz_sidecar::server::{Drained, Sidecar};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,6 +37,8 @@ pub struct LocalOptions {
     pub ready_file: Option<PathBuf>,
     /// How often the manifest directories are checked for changes.
     pub watch_every: Duration,
+    /// The budget of the whole stop, from the signal to the exit.
+    pub stop_budget: Duration,
 }
 
 /// Why local mode stopped or could not start.
@@ -370,12 +373,12 @@ fn fingerprint(dirs: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Runs the plane until `shutdown` resolves; at stop, calls `flush_audit` once the servers are drained and
-/// before tracing stops.
+/// Runs the plane until `shutdown` resolves, then stops within the options' budget: the sidecars drain together,
+/// then the server, under one deadline; then `outputs` finish the stop (audit flush, tracing, exit).
 pub async fn run(
     options: LocalOptions,
     shutdown: impl Future<Output = ()>,
-    flush_audit: impl FnOnce(),
+    outputs: &mcp_authz_audit::Outputs,
 ) -> Result<(), LocalError> {
     prepare_state_dir(&options.state_dir)?;
     let mut plan = load_plan(&options)?;
@@ -441,24 +444,37 @@ pub async fn run(
         }
     }
     println!("mcp-authz local: stopping");
-    let mut drained = Vec::new();
-    for (_, (sidecar, watcher)) in sidecars {
-        watcher.abort();
-        drained.push(sidecar.drain().await);
-    }
-    authserver.stop().await;
-    // The last records before anything that waits on a collector.
-    flush_audit();
-    // Each sidecar has its own export thread: stopped together, the whole stop takes one budget, not one each.
-    let mut stopping = tokio::task::JoinSet::new();
-    for sidecar in drained {
-        stopping.spawn(sidecar.stop_tracing());
-    }
-    if let Some(tracing) = tracing {
-        stopping.spawn_blocking(move || tracing.shutdown());
-    }
-    stopping.join_all().await;
+    let stop = Stop::begin(options.stop_budget);
+    let sidecars = sidecars
+        .into_values()
+        .map(|(sidecar, watcher)| {
+            watcher.abort();
+            sidecar
+        })
+        .collect();
+    // The sidecars first: their requests in progress may still ask the server (introspection, keys).
+    let drained = drain_together(sidecars, &stop).await;
+    authserver.stop_within(stop).await;
+    outputs
+        .finish_stop(&stop, |by| async move {
+            // Each sidecar has its own export thread: stopped together, they take one share, not one each.
+            let mut stopping = tokio::task::JoinSet::new();
+            for sidecar in drained {
+                stopping.spawn(sidecar.stop_tracing(by));
+            }
+            if let Some(tracing) = tracing {
+                stopping.spawn_blocking(move || tracing.shutdown(by));
+            }
+            stopping.join_all().await;
+        })
+        .await;
     Ok(())
+}
+
+/// Drains every sidecar at once, under the one deadline of `stop`: one after another, N sidecars would stop
+/// accepting one at a time, and the whole stop would take N drains.
+async fn drain_together(sidecars: Vec<Sidecar>, stop: &Stop) -> Vec<Drained> {
+    futures::future::join_all(sidecars.into_iter().map(|sidecar| sidecar.drain(stop))).await
 }
 
 async fn start_sidecar(
@@ -550,6 +566,50 @@ mod tests {
             .into(),
         };
         plan::plan(&set, &ports, state).expect("plan")
+    }
+
+    /// With several sidecars, the stop takes one drain, not one per sidecar: they all stop accepting at once
+    /// and share the stop's deadline. Each holds a connection whose request head never ends, so each drain
+    /// lasts until that deadline.
+    #[tokio::test]
+    async fn sidecars_drain_together_under_one_deadline() {
+        let mut sidecars = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let config = mcp_authz_sidecar::config::SidecarConfig::parse(
+                "listen: 127.0.0.1:0\nadminListen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\n\
+                 resource: https://mcp.example.com/mcp\nissuer: https://auth.example.com\n\
+                 jwksUri: http://127.0.0.1:9/jwks\nlimits: {headerTimeoutMs: 60000}\n",
+            )
+            .expect("config");
+            let sidecar = Sidecar::start(config).await.expect("sidecar");
+            let mut socket = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+            socket
+                .write_all(b"POST /mcp HTTP/1.1\r\nhost: a\r\n")
+                .await
+                .unwrap();
+            held.push(socket);
+            sidecars.push(sidecar);
+        }
+        let addresses: Vec<SocketAddr> = sidecars.iter().map(|s| s.proxy_addr).collect();
+        let budget = Duration::from_millis(1500);
+        let stop = Stop::begin(budget);
+        let draining = tokio::spawn(async move { drain_together(sidecars, &stop).await.len() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for address in addresses {
+            assert!(
+                TcpStream::connect(address).await.is_err(),
+                "{address} still accepts while another sidecar drains"
+            );
+        }
+        assert_eq!(draining.await.unwrap(), 3);
+        let over = Instant::now();
+        assert!(
+            over >= stop.drained_by() && over < stop.drained_by() + Duration::from_millis(300),
+            "the drains ended {:?} after the drain's deadline",
+            over.saturating_duration_since(stop.drained_by())
+        );
+        drop(held);
     }
 
     #[test]

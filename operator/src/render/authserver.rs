@@ -672,6 +672,13 @@ pub fn render(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // The server's stop, at its default budget, with a margin: past it the kubelet's SIGKILL
+                    // would take the last audit records with it.
+                    termination_grace_period_seconds: Some(
+                        mcp_authz_audit::stop::grace_period_seconds(
+                            mcp_authz_audit::stop::DEFAULT_BUDGET,
+                        ),
+                    ),
                     volumes: Some(volumes),
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
@@ -1535,6 +1542,11 @@ mod tests {
         );
         let deployment = &objects[1].body;
         assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+        // The server's default stop budget of 25 s and the 5 s margin.
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            30
+        );
         assert_eq!(
             objects[3].body["spec"]["resources"]["requests"]["storage"],
             "1Gi"

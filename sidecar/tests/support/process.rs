@@ -36,9 +36,19 @@ impl SidecarProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> (Self, BufReader<ChildStdout>) {
+        Self::start_before(&upstream.url(), jwks, args, env)
+    }
+
+    /// [`SidecarProcess::start`] in front of the upstream at `upstream` (a URL).
+    pub fn start_before(
+        upstream: &str,
+        jwks: &JwksServer,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Self, BufReader<ChildStdout>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.json");
-        let config = super::config(&upstream.url(), &jwks.url());
+        let config = super::config(upstream, &jwks.url());
         std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mcp-authz-sidecar"))
             .arg("--config")

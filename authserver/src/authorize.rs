@@ -39,6 +39,8 @@ pub async fn authorize(
         Ok(c) => c.to_owned(),
         Err(e) => return refused_page(&state, &e, None, None).await,
     };
+    // Checked before any work; spent only where a person's sign-in ends in a code
+    // ([`browser_flow::issue_code`]), never by a request that merely names the client.
     if let Some(limiter) = &snapshot.limiter
         && let Err(refusal) = limiter.check_client(Endpoint::Authorize, &client_id, Instant::now())
     {
@@ -120,9 +122,6 @@ pub async fn authorize(
             return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
         }
     };
-    if let Some(limiter) = &snapshot.limiter {
-        limiter.spend_client(Endpoint::Authorize, &client_id, Instant::now());
-    }
     browser_flow::set_cookie(
         &mut response,
         &snapshot,

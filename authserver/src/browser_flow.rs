@@ -5,6 +5,8 @@
 //! Errors before the client and its redirect URI are trusted are shown as a page (redirecting there would make us
 //! an open redirector); later ones go back to the client with `error`, `state` and `iss` (RFC 9207).
 
+use std::time::Instant;
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use url::Url;
@@ -16,6 +18,7 @@ use crate::oauth::scopes;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::pages::{self, ConsentView};
 use crate::params::Params;
+use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
 use crate::store::{AuthRequest, CodeRecord, Consent, Grant};
@@ -321,6 +324,12 @@ pub async fn issue_code(
         })
         .await?;
     state.store.delete_auth_request(&request.id).await?;
+    // The client's sign-in budget is spent here, by a person carrying a sign-in through, not at `/authorize`:
+    // anyone can start a sign-in for a public client (its redirect URIs are published), so a budget spent by
+    // starting one is a budget any stranger can empty for everyone who uses the client.
+    if let Some(limiter) = &snapshot.limiter {
+        limiter.spend_client(Endpoint::Authorize, &request.client_id, Instant::now());
+    }
     state
         .record_decision(Decision {
             event: "authorize",

@@ -77,9 +77,7 @@ impl Probe {
             n == "mcp-protocol-version" || n.starts_with("mcp-")
         });
         let mut derived_headers = false;
-        if !routing_given
-            && let Ok(document) = mcp_authz_sidecar::strict_json::parse(&body)
-        {
+        if !routing_given && let Ok(document) = mcp_authz_sidecar::strict_json::parse(&body) {
             let derived = routing::conforming_headers(&document);
             derived_headers = !derived.is_empty();
             headers.extend(derived);

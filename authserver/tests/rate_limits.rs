@@ -4,6 +4,7 @@
 
 mod support;
 
+use mcp_authz_authserver::browser_flow::MAX_PENDING_PER_NETWORK;
 use mcp_authz_authserver::config::{AuthServerConfig, RateBucket};
 use serde_json::{Value, json};
 use support::*;
@@ -296,6 +297,56 @@ async fn authorize_per_client_is_spent_by_completed_sign_ins_so_starting_one_for
     assert!(s.metrics().await.contains(
         "mcp_authz_authserver_rate_limited_total{endpoint=\"authorize\",key=\"client\"} 2"
     ));
+}
+
+#[tokio::test]
+async fn one_network_filling_its_pending_sign_ins_leaves_other_networks_signing_in() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    let start = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    let login_page = |page: (u16, Option<String>, bool, String)| {
+        let (status, _, redirected, html) = page;
+        assert_eq!((status, redirected), (200, false), "{html}");
+        assert!(html.contains("name=\"password\""), "{html}");
+    };
+    // Sign-ins started and never finished, from addresses all over one IPv6 /64: one network's worth.
+    for i in 0..MAX_PENDING_PER_NETWORK {
+        login_page(get_from(&s, &format!("2001:db8:1:2::{:x}", i + 1), &start).await);
+    }
+    let (status, retry, redirected, html) = get_from(&s, "2001:db8:1:2:ffff::1", &start).await;
+    assert_eq!(
+        (status, retry.as_deref(), redirected),
+        (429, Some("600"), false),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-error=\"temporarily_unavailable\""),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "<p id=\"error_description\">too many sign-ins are in progress from this address; \
+             finish one or try again in a few minutes</p>"
+        ),
+        "{html}"
+    );
+    // Another /64 and an IPv4 address start theirs, and a person there signs in to the end.
+    login_page(get_from(&s, "2001:db8:1:3::1", &start).await);
+    login_page(get_from(&s, "192.0.2.1", &start).await);
+    let mut person = Browser {
+        forwarded_for: Some("198.51.100.7".into()),
+        ..Browser::default()
+    };
+    let code = s
+        .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    assert_eq!(s.exchange(&code, PUBLIC_CLIENT).await.0, 200);
 }
 
 async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Value) {

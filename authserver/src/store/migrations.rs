@@ -133,6 +133,15 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "DELETE FROM provider_connection_grants WHERE NOT EXISTS (SELECT 1 FROM grants g
            WHERE g.id = provider_connection_grants.grant_id AND g.grant_type = 'authorization_code')",
     ],
+),
+(
+    12,
+    // Pending authorization requests are counted per source network as well as in all, so one network cannot
+    // fill the server-wide bound. Rows written by an older replica have no network and count only in all.
+    &[
+        "ALTER TABLE auth_requests ADD COLUMN network TEXT",
+        "CREATE INDEX IF NOT EXISTS auth_requests_network ON auth_requests (network, expires_at)",
+    ],
 )];
 
 /// The newest schema this build knows.

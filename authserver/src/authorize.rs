@@ -11,22 +11,25 @@ use axum::response::Response;
 
 use crate::audit::Who;
 use crate::browser_flow::{
-    self, CSRF_COOKIE, MAX_PENDING_REQUESTS, REQUEST_TTL_SECS, continue_request, error_page,
-    error_redirect,
+    self, CSRF_COOKIE, REQUEST_TTL_SECS, continue_request, error_page, error_redirect,
+    pending_refusal,
 };
+use crate::client_address::network;
 use crate::clients;
 use crate::clock::now_secs;
 use crate::oauth::authorize_request;
-use crate::oauth_error::{ErrorCode, OAuthError};
+use crate::oauth_error::OAuthError;
 use crate::params::Params;
 use crate::rate_limits::Endpoint;
 use crate::secrets;
+use crate::server::ClientAddr;
 use crate::state::AppState;
 use crate::store::AuthRequest;
 
 /// GET `/authorize`.
 pub async fn authorize(
     State(state): State<Arc<AppState>>,
+    ClientAddr(address): ClientAddr,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -39,6 +42,8 @@ pub async fn authorize(
         Ok(c) => c.to_owned(),
         Err(e) => return refused_page(&state, &e, None, None).await,
     };
+    // Checked before any work; spent only where a person's sign-in ends in a code
+    // ([`browser_flow::issue_code`]), never by a request that merely names the client.
     if let Some(limiter) = &snapshot.limiter
         && let Err(refusal) = limiter.check_client(Endpoint::Authorize, &client_id, Instant::now())
     {
@@ -86,14 +91,16 @@ pub async fn authorize(
         }
     };
     let now = now_secs();
-    match state.store.pending_auth_requests(now).await {
-        Ok(n) if n < MAX_PENDING_REQUESTS => {}
-        Ok(_) => {
-            let e = OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
-                "too many sign-ins are in progress; try again in a few minutes",
-            );
-            return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
+    let network = address.map(|a| network(a).to_string());
+    match state
+        .store
+        .pending_auth_requests(network.as_deref(), now)
+        .await
+    {
+        Ok(pending) => {
+            if let Some(e) = pending_refusal(pending) {
+                return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
+            }
         }
         Err(e) => {
             let e = OAuthError::from(e);
@@ -113,6 +120,7 @@ pub async fn authorize(
         csrf: csrf.clone(),
         upstream_verifier: None,
         expires_at: now + REQUEST_TTL_SECS,
+        network,
     };
     let mut response = match continue_request(&state, &snapshot, &client, request, &headers).await {
         Ok(r) => r,
@@ -120,9 +128,6 @@ pub async fn authorize(
             return refused_page(&state, &e, Some(&client_id), Some(&resource.resource)).await;
         }
     };
-    if let Some(limiter) = &snapshot.limiter {
-        limiter.spend_client(Endpoint::Authorize, &client_id, Instant::now());
-    }
     browser_flow::set_cookie(
         &mut response,
         &snapshot,

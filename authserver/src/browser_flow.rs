@@ -5,6 +5,8 @@
 //! Errors before the client and its redirect URI are trusted are shown as a page (redirecting there would make us
 //! an open redirector); later ones go back to the client with `error`, `state` and `iss` (RFC 9207).
 
+use std::time::Instant;
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use url::Url;
@@ -16,9 +18,10 @@ use crate::oauth::scopes;
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::pages::{self, ConsentView};
 use crate::params::Params;
+use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{AuthRequest, CodeRecord, Consent, Grant};
+use crate::store::{AuthRequest, CodeRecord, Consent, Grant, Pending};
 use crate::upstream::{PendingLogin, UpstreamError};
 
 /// Cookie binding the forms to the browser that started the request. On an https issuer it carries the
@@ -31,6 +34,29 @@ pub const REQUEST_TTL_SECS: i64 = 600;
 /// The most authorization requests pending at once (each holds a row until it is completed or expires): past
 /// it, new sign-ins wait rather than an anonymous flood filling the disk.
 pub const MAX_PENDING_REQUESTS: i64 = 50_000;
+/// The most of them from one network (an IPv4 address, an IPv6 /64, as the rate limits count). Starting a
+/// sign-in needs no person, so without it the few networks an attacker holds could fill
+/// [`MAX_PENDING_REQUESTS`] and turn away every sign-in on the server for a request's lifetime; with it that
+/// takes a hundred networks. A person has one or two pending; this leaves room for hundreds of people behind one
+/// NAT or one ingress (without `trustedProxies`) who leave sign-ins unfinished within ten minutes.
+pub const MAX_PENDING_PER_NETWORK: i64 = 500;
+
+/// Whether one more authorization request may be kept, given those pending. The network's cap comes first: a
+/// network at its own cap is told so, and waiting (or finishing a sign-in) is up to it.
+pub fn pending_refusal(pending: Pending) -> Option<OAuthError> {
+    if pending.from_network >= MAX_PENDING_PER_NETWORK {
+        return Some(OAuthError::rate_limited(
+            "too many sign-ins are in progress from this address; finish one or try again in a few minutes",
+            REQUEST_TTL_SECS as u64,
+        ));
+    }
+    (pending.total >= MAX_PENDING_REQUESTS).then(|| {
+        OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "too many sign-ins are in progress; try again in a few minutes",
+        )
+    })
+}
 
 /// A cookie's name as set and read on this issuer: `__Host-` prefixed when cookies are `Secure`.
 pub fn cookie_name(snapshot: &Snapshot, base: &str) -> String {
@@ -331,6 +357,12 @@ pub async fn issue_code(
         })
         .await?;
     state.store.delete_auth_request(&request.id).await?;
+    // The client's sign-in budget is spent here, by a person carrying a sign-in through, not at `/authorize`:
+    // anyone can start a sign-in for a public client (its redirect URIs are published), so a budget spent by
+    // starting one is a budget any stranger can empty for everyone who uses the client.
+    if let Some(limiter) = &snapshot.limiter {
+        limiter.spend_client(Endpoint::Authorize, &request.client_id, Instant::now());
+    }
     state
         .record_decision(Decision {
             event: "authorize",
@@ -402,6 +434,51 @@ mod tests {
         )
         .expect("config");
         Snapshot::build(config, None).expect("snapshot")
+    }
+
+    #[test]
+    fn pending_requests_are_capped_per_network_and_in_all() {
+        let at = |from_network, total| Pending {
+            total,
+            from_network,
+        };
+        // (pending, expected status or none)
+        let cases = [
+            (at(0, 0), None),
+            (
+                at(MAX_PENDING_PER_NETWORK - 1, MAX_PENDING_REQUESTS - 1),
+                None,
+            ),
+            (
+                at(MAX_PENDING_PER_NETWORK, MAX_PENDING_PER_NETWORK),
+                Some(429),
+            ),
+            (at(MAX_PENDING_PER_NETWORK, MAX_PENDING_REQUESTS), Some(429)),
+            (at(0, MAX_PENDING_REQUESTS), Some(503)),
+            (at(3, MAX_PENDING_REQUESTS + 10), Some(503)),
+        ];
+        for (pending, want) in cases {
+            let got = pending_refusal(pending).map(|e| error_page(&e));
+            assert_eq!(
+                got.as_ref().map(|r| r.status().as_u16()),
+                want,
+                "{pending:?}"
+            );
+            if let Some(r) = got.filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS) {
+                // Every request pending now has expired by then.
+                assert_eq!(r.headers()[header::RETRY_AFTER], "600");
+            }
+        }
+        let network = pending_refusal(at(MAX_PENDING_PER_NETWORK, 0)).unwrap();
+        assert_eq!(
+            network.description,
+            "too many sign-ins are in progress from this address; finish one or try again in a few minutes"
+        );
+        let all = pending_refusal(at(0, MAX_PENDING_REQUESTS)).unwrap();
+        assert_eq!(
+            all.description,
+            "too many sign-ins are in progress; try again in a few minutes"
+        );
     }
 
     #[test]

@@ -294,8 +294,9 @@ pub struct RateLimits {
     /// `/token` requests from one source address (an IPv6 address counts as its /64), refused or not.
     #[serde(default = "default_token_per_address")]
     pub token_per_address: RateBucket,
-    /// Sign-ins started for one client: `/authorize` requests that pass its checks and wait for a person.
-    /// As at `/token`, a client's bucket is checked first and spent only by requests that pass.
+    /// Sign-ins people complete for one client: authorization codes issued to it. Checked at `/authorize`
+    /// before a sign-in starts; spent only when a signed-in person's request ends in a code, so nobody can
+    /// spend a client's budget by starting sign-ins they never finish.
     #[serde(default = "default_authorize_per_client")]
     pub authorize_per_client: RateBucket,
     /// Requests from one source address to the browser flow: `/authorize`, `/login`, `/consent`,

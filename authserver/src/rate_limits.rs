@@ -4,12 +4,14 @@
 //! ```text
 //!  request ─▶ server::limit: the address bucket of its endpoint ─ spends 1, or 429
 //!          ─▶ /token, /authorize: the client bucket ─ empty: 429; else the request goes on, and spends 1
-//!             only when it issues a token (/token) or starts a sign-in (/authorize)
+//!             only when it issues a token (/token) or a person's sign-in ends in a code (/authorize's
+//!             bucket, spent by /authorize with a session, /login, /consent or a callback)
 //! ```
 //!
 //! A client id is public, so a bucket that every request naming the client spent could be emptied by anyone,
-//! shutting the client out; spending only on success means the client's own use fills it, and floods of
-//! failing requests are the address buckets' business. Buckets live in each replica's memory: a check is a
+//! shutting the client out; spending only on what a person or a credential carried through means the client's
+//! own use fills it, and floods of failing or abandoned requests are the address buckets' business. A started
+//! sign-in is no such thing: it needs no person, only the redirect URI the client publishes. Buckets live in each replica's memory: a check is a
 //! lock and a hash lookup, never a store round trip, so a limit costs the hot `/token` path next to nothing,
 //! and a limit is per replica. Each table is bounded ([`mcp_authz_ratelimit::Table`]): a flood of made-up
 //! client ids or addresses evicts its own fresh buckets, never a drained one. Client ids are kept as a keyed

@@ -435,6 +435,7 @@ async fn parallel_guesses_get_no_more_than_the_budget() {
     let guesses = (0..24).map(|i| {
         let mut b = Browser {
             cookies: browser.cookies.clone(),
+            ..Browser::default()
         };
         let (s, login) = (&s, login.clone());
         async move { b.login(s, &login, "alice", &format!("guess-{i}")).await }

@@ -703,6 +703,7 @@ async fn a_provider_with_sixteen_calls_in_progress_is_refused_at_once() {
     for _ in 0..MAX_CALLS {
         let mut tab = Browser {
             cookies: alice.cookies.clone(),
+            ..Browser::default()
         };
         let state = begin_connect(&p.s, &mut tab, &fake.base).await;
         tabs.push((tab, state));

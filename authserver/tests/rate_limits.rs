@@ -4,6 +4,7 @@
 
 mod support;
 
+use mcp_authz_authserver::browser_flow::MAX_PENDING_PER_NETWORK;
 use mcp_authz_authserver::config::{AuthServerConfig, RateBucket};
 use serde_json::{Value, json};
 use support::*;
@@ -249,25 +250,103 @@ async fn the_browser_flow_per_address_answers_a_page_and_spares_other_addresses(
 }
 
 #[tokio::test]
-async fn authorize_per_client_counts_started_sign_ins_and_spares_other_clients() {
-    let s = TestServer::start_with(|c| c.rate_limits.authorize_per_client = slow(1)).await;
+async fn authorize_per_client_is_spent_by_completed_sign_ins_so_starting_one_for_a_client_costs_it_nothing()
+ {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.authorize_per_client = slow(1);
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
     // Requests refused by the client's own checks start nothing and spend nothing.
-    let bad = authorize_query(WEB_CLIENT, "https://evil.example/cb", "files:read", "st");
+    let bad = authorize_query(PUBLIC_CLIENT, "https://evil.example/cb", "files:read", "st");
     for _ in 0..3 {
-        assert_eq!(get_from(&s, "-", &bad).await.0, 400);
+        assert_eq!(get_from(&s, "192.0.2.1", &bad).await.0, 400);
     }
-    let good = authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "st");
-    assert_eq!(get_from(&s, "-", &good).await.0, 200);
-    let page = get_from(&s, "-", &good).await;
-    assert_refusal_page(
-        &page,
-        "too many sign-in requests for this client; retry after 100 s",
-    );
-    let other = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
-    assert_eq!(get_from(&s, "-", &other).await.0, 200);
+    // Anyone can start a sign-in for a public client (its redirect URI is no secret) and leave it at the login
+    // page: with nobody signed in, that spends nothing of the client's budget.
+    let good = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    for _ in 0..3 {
+        let (status, _, redirected, html) = get_from(&s, "192.0.2.1", &good).await;
+        assert_eq!((status, redirected), (200, false), "{html}");
+        assert!(html.contains("name=\"password\""), "{html}");
+    }
+    // So a person elsewhere signs in with the client's whole budget, and their code is what spends it.
+    let mut person = Browser {
+        forwarded_for: Some("198.51.100.7".into()),
+        ..Browser::default()
+    };
+    let code = s
+        .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    let (status, body, _) = s.exchange(&code, PUBLIC_CLIENT).await;
+    assert_eq!(status, 200, "{body}");
+    // The budget held one sign-in: the next is refused, from any address.
+    for from in ["198.51.100.7", "192.0.2.1"] {
+        let page = get_from(&s, from, &good).await;
+        assert_refusal_page(
+            &page,
+            "too many sign-in requests for this client; retry after 100 s",
+        );
+    }
+    let other = authorize_query(WEB_CLIENT, WEB_REDIRECT, "files:read", "st");
+    assert_eq!(get_from(&s, "192.0.2.1", &other).await.0, 200);
     assert!(s.metrics().await.contains(
-        "mcp_authz_authserver_rate_limited_total{endpoint=\"authorize\",key=\"client\"} 1"
+        "mcp_authz_authserver_rate_limited_total{endpoint=\"authorize\",key=\"client\"} 2"
     ));
+}
+
+#[tokio::test]
+async fn one_network_filling_its_pending_sign_ins_leaves_other_networks_signing_in() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    let start = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    let login_page = |page: (u16, Option<String>, bool, String)| {
+        let (status, _, redirected, html) = page;
+        assert_eq!((status, redirected), (200, false), "{html}");
+        assert!(html.contains("name=\"password\""), "{html}");
+    };
+    // Sign-ins started and never finished, from addresses all over one IPv6 /64: one network's worth.
+    for i in 0..MAX_PENDING_PER_NETWORK {
+        login_page(get_from(&s, &format!("2001:db8:1:2::{:x}", i + 1), &start).await);
+    }
+    let (status, retry, redirected, html) = get_from(&s, "2001:db8:1:2:ffff::1", &start).await;
+    assert_eq!(
+        (status, retry.as_deref(), redirected),
+        (429, Some("600"), false),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-error=\"temporarily_unavailable\""),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "<p id=\"error_description\">too many sign-ins are in progress from this address; \
+             finish one or try again in a few minutes</p>"
+        ),
+        "{html}"
+    );
+    // Another /64 and an IPv4 address start theirs, and a person there signs in to the end.
+    login_page(get_from(&s, "2001:db8:1:3::1", &start).await);
+    login_page(get_from(&s, "192.0.2.1", &start).await);
+    let mut person = Browser {
+        forwarded_for: Some("198.51.100.7".into()),
+        ..Browser::default()
+    };
+    let code = s
+        .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    assert_eq!(s.exchange(&code, PUBLIC_CLIENT).await.0, 200);
 }
 
 async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Value) {

@@ -40,6 +40,7 @@ async fn contract(store: &dyn Store) {
         csrf: "t".into(),
         upstream_verifier: None,
         expires_at: now + 10,
+        network: Some("192.0.2.1".into()),
     };
     store.put_auth_request(&request).await.unwrap();
     assert_eq!(
@@ -47,11 +48,69 @@ async fn contract(store: &dyn Store) {
         Some(request.clone())
     );
     assert_eq!(store.auth_request("r1", now + 10).await.unwrap(), None);
-    assert_eq!(store.pending_auth_requests(now).await.unwrap(), 1);
-    assert_eq!(store.pending_auth_requests(now + 10).await.unwrap(), 0);
+    let pending = |from_network, total| Pending {
+        total,
+        from_network,
+    };
+    // A request from another network, and one written without a network (by a replica of an older release),
+    // count in all but not as the first network's.
+    let other = AuthRequest {
+        id: "r2".into(),
+        network: Some("2001:db8:1:2::".into()),
+        ..request.clone()
+    };
+    let unknown = AuthRequest {
+        id: "r3".into(),
+        network: None,
+        ..request.clone()
+    };
+    store.put_auth_request(&other).await.unwrap();
+    store.put_auth_request(&unknown).await.unwrap();
+    for (network, want) in [
+        (Some("192.0.2.1"), pending(1, 3)),
+        (Some("2001:db8:1:2::"), pending(1, 3)),
+        (Some("192.0.2.2"), pending(0, 3)),
+        (None, pending(0, 3)),
+    ] {
+        assert_eq!(
+            store.pending_auth_requests(network, now).await.unwrap(),
+            want,
+            "{network:?}"
+        );
+    }
+    // Signing in rewrites the row; it still counts as the network's that started it.
+    let signed_in = AuthRequest {
+        subject: Some("alice".into()),
+        network: None,
+        ..request.clone()
+    };
+    store.put_auth_request(&signed_in).await.unwrap();
+    assert_eq!(
+        store
+            .pending_auth_requests(Some("192.0.2.1"), now)
+            .await
+            .unwrap(),
+        pending(1, 3)
+    );
+    store.put_auth_request(&request).await.unwrap();
+    store.delete_auth_request("r2").await.unwrap();
+    store.delete_auth_request("r3").await.unwrap();
+    assert_eq!(
+        store
+            .pending_auth_requests(Some("192.0.2.1"), now + 10)
+            .await
+            .unwrap(),
+        pending(0, 0)
+    );
     store.delete_auth_request("r1").await.unwrap();
     assert_eq!(store.auth_request("r1", now).await.unwrap(), None);
-    assert_eq!(store.pending_auth_requests(now).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .pending_auth_requests(Some("192.0.2.1"), now)
+            .await
+            .unwrap(),
+        pending(0, 0)
+    );
 
     // Codes are single use; the second use names the grant to revoke.
     store
@@ -1450,7 +1509,7 @@ async fn migrating_leaves_old_grants_and_consents_without_a_holder() {
     .unwrap();
     drop(conn);
     let store = SqlStore::open_sqlite(&path).await.unwrap();
-    assert_eq!(store.schema_version(), 12);
+    assert_eq!(store.schema_version(), 13);
     assert_eq!(store.grant("old").await.unwrap().unwrap().holder, "");
     let consent = |holder| Consent {
         subject: "alice",

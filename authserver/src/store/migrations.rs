@@ -144,6 +144,15 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "ALTER TABLE grants ADD COLUMN holder TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE consents ADD COLUMN holder TEXT NOT NULL DEFAULT ''",
     ],
+),
+(
+    13,
+    // Pending authorization requests are counted per source network as well as in all, so one network cannot
+    // fill the server-wide bound. Rows written by an older replica have no network and count only in all.
+    &[
+        "ALTER TABLE auth_requests ADD COLUMN network TEXT",
+        "CREATE INDEX IF NOT EXISTS auth_requests_network ON auth_requests (network, expires_at)",
+    ],
 )];
 
 /// The newest schema this build knows.

@@ -70,6 +70,17 @@ pub struct AuthRequest {
     /// The PKCE verifier and nonce of the upstream OIDC leg, when login is federated.
     pub upstream_verifier: Option<String>,
     pub expires_at: Timestamp,
+    /// The network the request came from ([`crate::client_address::network`]), for the cap on pending requests
+    /// per network; `None` when there was no connection to tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// Authorization requests pending (not yet expired): in all, and from one network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub total: i64,
+    pub from_network: i64,
 }
 
 /// An issued authorization code (stored by hash).
@@ -299,8 +310,12 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<AuthRequest>, StoreError>;
     async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError>;
-    /// How many authorization requests are pending (not yet expired).
-    async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError>;
+    /// How many authorization requests are pending (not yet expired), in all and from `network`.
+    async fn pending_auth_requests(
+        &self,
+        network: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Pending, StoreError>;
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
     /// The grant a code belongs to, spent or not, expired or not: read before anything is spent, so the client

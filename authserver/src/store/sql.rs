@@ -12,8 +12,8 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
-    ConnectRequest, Consent, Grant, GrantFilter, Issue, ProviderConnection, QueuedRevocation,
-    RefreshRotation, Store, StoreError, Timestamp,
+    ConnectRequest, Consent, Grant, GrantFilter, Issue, Pending, ProviderConnection,
+    QueuedRevocation, RefreshRotation, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
     wal::{self, WalKeeper},
@@ -341,12 +341,13 @@ impl Store for SqlStore {
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO auth_requests (id, body, expires_at) VALUES ($1, $2, $3)
+            "INSERT INTO auth_requests (id, body, expires_at, network) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO UPDATE SET body = excluded.body, expires_at = excluded.expires_at",
         )
         .bind(&request.id)
         .bind(body)
         .bind(request.expires_at)
+        .bind(request.network.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -379,13 +380,32 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn pending_auth_requests(&self, now: Timestamp) -> Result<i64, StoreError> {
+    async fn pending_auth_requests(
+        &self,
+        network: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Pending, StoreError> {
         let _span = crate::spans::store("pending_auth_requests");
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
+        let total = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
             .bind(now)
             .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
+            .await?
+            .try_get("n")?;
+        let from_network = match network {
+            Some(network) => sqlx::query(
+                "SELECT COUNT(*) AS n FROM auth_requests WHERE network = $1 AND expires_at > $2",
+            )
+            .bind(network)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?,
+            None => 0,
+        };
+        Ok(Pending {
+            total,
+            from_network,
+        })
     }
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {

@@ -435,6 +435,8 @@ pub enum Step {
 #[derive(Default)]
 pub struct Browser {
     pub cookies: HashMap<String, String>,
+    /// Sent as `X-Forwarded-For`: the address the browser stands for behind a trusted proxy.
+    pub forwarded_for: Option<String>,
 }
 
 impl Browser {
@@ -444,6 +446,14 @@ impl Browser {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    fn forwarded(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(from) = &self.forwarded_for {
+            headers.insert("x-forwarded-for", from.parse().unwrap());
+        }
+        headers
     }
 
     async fn absorb(&mut self, r: reqwest::Response) -> Step {
@@ -464,6 +474,7 @@ impl Browser {
             .http
             .get(s.url(path))
             .header("cookie", self.cookie_header())
+            .headers(self.forwarded())
             .send()
             .await
             .unwrap();
@@ -478,6 +489,7 @@ impl Browser {
             .http
             .post(s.url(path))
             .header("cookie", self.cookie_header())
+            .headers(self.forwarded())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
-use crate::api::{AuthorizationServer, MCPScope, MCPService};
+use crate::api::{AuthorizationServer, CIMDPolicy, MCPScope, MCPService};
 use crate::tenancy::{self, NamespaceLabels};
 
 /// The share of the server's config each namespace gets when the server names none.
@@ -30,6 +30,7 @@ pub fn left_out(
     server: &AuthorizationServer,
     services: &[MCPService],
     scopes: &[MCPScope],
+    policies: &[CIMDPolicy],
     labels: &NamespaceLabels,
 ) -> BTreeMap<String, String> {
     let budget = server
@@ -46,12 +47,12 @@ pub fn left_out(
         })
         .collect();
     holding.sort_by_key(|s| (s.namespace(), tenancy::service_claim(s)));
-    let mut spent: BTreeMap<String, (usize, BTreeSet<&str>)> = BTreeMap::new();
+    let mut spent: BTreeMap<String, (usize, BTreeSet<String>)> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for service in holding {
         let namespace = service.namespace().unwrap_or_default();
-        let (total, defined) = spent.entry(namespace.clone()).or_default();
-        *total += cost(service, &namespace, &owners, defined);
+        let (total, counted) = spent.entry(namespace.clone()).or_default();
+        *total += cost(service, &namespace, &owners, policies, counted);
         if *total > budget {
             out.insert(
                 tenancy::key_of(service),
@@ -65,40 +66,50 @@ pub fn left_out(
     out
 }
 
-/// What `service` adds to its server's config: its resource entry, and the definitions of the scopes it
-/// offers that its own namespace owns and no earlier service of the namespace brought (`defined`). Scopes the
-/// server's namespace owns are the platform's, counted against no team.
-fn cost<'a>(
+/// What `service` adds to its server's config: its resource entry; the definitions of the scopes it offers that
+/// its own namespace owns, and the CIMDPolicy it names (a policy lives in the service's namespace), each counted
+/// once per namespace (`counted`). Scopes the server's namespace owns are the platform's, counted against no team.
+/// Strings count as JSON writes them, escapes included: no shorter than the YAML rendered.
+fn cost(
     service: &MCPService,
     namespace: &str,
-    owners: &BTreeMap<&'a str, &'a MCPScope>,
-    defined: &mut BTreeSet<&'a str>,
+    owners: &BTreeMap<&str, &MCPScope>,
+    policies: &[CIMDPolicy],
+    counted: &mut BTreeSet<String>,
 ) -> usize {
     let spec = &service.spec;
     let mut bytes = RESOURCE_OVERHEAD
-        + spec.resource_url.len()
-        + spec
-            .display_name
-            .as_ref()
-            .map_or(service.name_any().len(), String::len);
+        + written(&spec.resource_url)
+        + written(spec.display_name.as_deref().unwrap_or(&service.name_any()));
     for value in &spec.scopes {
-        bytes += value.len() + 4;
-        let Some((&owned, scope)) = owners.get_key_value(value.as_str()) else {
+        bytes += written(value);
+        let Some(scope) = owners.get(value.as_str()) else {
             continue;
         };
-        if scope.namespace().as_deref() == Some(namespace) && defined.insert(owned) {
-            bytes += SCOPE_OVERHEAD
-                + scope.spec.value.len()
-                + scope.spec.description.len()
-                + scope
-                    .spec
-                    .implies
-                    .iter()
-                    .map(|v| v.len() + 4)
-                    .sum::<usize>();
+        if scope.namespace().as_deref() == Some(namespace)
+            && counted.insert(format!("scope {value}"))
+        {
+            bytes += SCOPE_OVERHEAD + written_json(&scope.spec);
+        }
+    }
+    if let Some(Ok(policy)) = crate::render::service_policy(service, policies) {
+        let key = crate::render::cimd::policy_key(policy);
+        if counted.insert(format!("policy {key}")) {
+            bytes += SCOPE_OVERHEAD + written_json(&crate::render::cimd::policy(policy));
         }
     }
     bytes
+}
+
+/// The bytes of `text` as a JSON string, quotes and escapes included.
+fn written(text: &str) -> usize {
+    written_json(&text)
+}
+
+/// JSON's length, and an eighth more: YAML folds long text at 80 columns and indents each folded line as deep as
+/// its member sits.
+fn written_json(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |json| json.len() + json.len() / 8)
 }
 
 #[cfg(test)]
@@ -151,7 +162,7 @@ mod tests {
         services: &[MCPService],
         scopes: &[MCPScope],
     ) -> Vec<String> {
-        left_out(server, services, scopes, &NamespaceLabels::new())
+        left_out(server, services, scopes, &[], &NamespaceLabels::new())
             .into_keys()
             .collect()
     }
@@ -169,8 +180,15 @@ mod tests {
             service("team-b", "second", "2026-01-03T00:00:00Z", &[]),
             service("team-b", "third", "2026-01-04T00:00:00Z", &[]),
         ];
-        // The budget fits the first service and its definitions, and one more small entry.
-        let server = server(Some(6_150));
+        // The budget fits the first service with its definitions and the second, with 10 bytes to spare.
+        let owners = tenancy::scope_owners(&scopes, "platform/shared");
+        let mut counted = BTreeSet::new();
+        let fits: usize = services[1..3]
+            .iter()
+            .map(|s| cost(s, "team-b", &owners, &[], &mut counted))
+            .sum();
+        assert!(fits > 5_000, "{fits}");
+        let server = server(Some(u32::try_from(fits).unwrap() + 10));
         assert_eq!(
             out(&server, &services, &scopes),
             ["team-b/third".to_owned()]
@@ -212,12 +230,41 @@ mod tests {
     }
 
     #[test]
+    fn strings_count_no_shorter_than_the_yaml_renders_them() {
+        for text in [
+            "plain text",
+            "quotes \" and \\ backslashes",
+            "\u{1}\u{7}\u{1b}\u{7f}\u{85}\u{9f}",
+            "line\nbreaks\r\tand tabs",
+            "\u{2028}\u{2029}\u{feff}",
+            "é 日本語 🙂",
+            ": - # leading indicators",
+        ] {
+            let long = text.repeat(20);
+            // As deep as a resource's member sits in the server's config.
+            let nested = |text: &str| {
+                serde_saphyr::to_string(&serde_json::json!({"resources": [{"displayName": text}]}))
+                    .unwrap()
+            };
+            let yaml = nested(&long);
+            let grew = yaml.len() - nested("").len();
+            assert!(written(&long) >= grew, "{text:?}: {grew} {yaml}");
+        }
+    }
+
+    #[test]
     fn the_reason_names_the_namespace_the_bytes_and_the_knob() {
         let services = vec![service("team-b", "one", "2026-01-02T00:00:00Z", &[])];
-        let why = left_out(&server(Some(100)), &services, &[], &NamespaceLabels::new());
+        let why = left_out(
+            &server(Some(100)),
+            &services,
+            &[],
+            &[],
+            &NamespaceLabels::new(),
+        );
         assert_eq!(
             why["team-b/one"],
-            "the services of namespace team-b need 357 bytes of AuthorizationServer platform/shared's config with this one, past the 100 each namespace may fill (spec.configBytesPerNamespace); the newest are left out"
+            "the services of namespace team-b need 365 bytes of AuthorizationServer platform/shared's config with this one, past the 100 each namespace may fill (spec.configBytesPerNamespace); the newest are left out"
         );
     }
 }

@@ -1201,7 +1201,8 @@ async fn a_namespace_past_its_share_of_the_config_loses_its_newest_service_and_n
     operator_support::create(&admin, &modest_ns, &named(&modest_ns, "files", URL, &[]))
         .await
         .expect("modest service");
-    // Five definitions of the greedy namespace's own, 512-character descriptions: most of its 4 KiB.
+    // Five definitions of the greedy namespace's own, 512-character descriptions: four of them, offered by its
+    // first service, take most of its 4 KiB; the fifth, offered by its second service, does not fit beside them.
     let values: Vec<String> = (0..5).map(|i| format!("{greedy_ns}:s{i}")).collect();
     for (i, value) in values.iter().enumerate() {
         operator_support::create(
@@ -1220,7 +1221,7 @@ async fn a_namespace_past_its_share_of_the_config_loses_its_newest_service_and_n
             &greedy_ns,
             "first",
             "https://mcp.example.com/greedy/first",
-            &values,
+            &values[..4],
         ),
     )
     .await
@@ -1240,7 +1241,7 @@ async fn a_namespace_past_its_share_of_the_config_loses_its_newest_service_and_n
             &greedy_ns,
             "second",
             "https://mcp.example.com/greedy/second",
-            &[],
+            &values[4..],
         ),
     )
     .await

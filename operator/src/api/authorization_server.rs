@@ -97,9 +97,9 @@ pub struct AuthorizationServerSpec {
     #[schemars(length(max = 256))]
     pub resource_urls: Vec<ResourceUrlGrant>,
 
-    /// Bytes of this server's config each namespace's services may fill (their resource entries and the
-    /// definitions of the scopes they offer that their namespace owns; the platform's own scopes count against
-    /// no one). A namespace past it loses its newest services from the config, each saying why in its status,
+    /// Bytes of this server's config each namespace's services may fill (their resource entries, the
+    /// definitions of the scopes they offer that their namespace owns, and the CIMDPolicies they name; the
+    /// platform's own scopes count against no one). A namespace past it loses its newest services from the config, each saying why in its status,
     /// so no team can grow the config past what a ConfigMap holds (1 MiB) and freeze it for everyone. 65536
     /// (about a hundred typical services) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -264,7 +264,11 @@ async fn reconcile_inner(
                 s.namespace().as_deref() == Some(namespace.as_str())
                     || urls.contains(&s.spec.resource_url)
             });
-            match crate::config_budget::left_out(server, &services, &scopes, &labels)
+            let policies = ctx
+                .stores
+                .policies
+                .cloned_where(|p| p.namespace().as_deref() == Some(namespace.as_str()));
+            match crate::config_budget::left_out(server, &services, &scopes, &policies, &labels)
                 .remove(&tenancy::key_of(service))
             {
                 Some(why) => Attachment::OverBudget(why),

@@ -236,6 +236,7 @@ fn config_and_exchange_report(
         inputs.server,
         inputs.services,
         inputs.scopes,
+        inputs.policies,
         inputs.namespaces,
     );
     let mut resources = Vec::new();
@@ -335,9 +336,16 @@ fn config_and_exchange_report(
     }
     config.scopes = catalogue.into_values().collect();
     config.resources = resources;
+    // Only the policies of services in the config: a service left out (its URL taken, its namespace's share
+    // spent) must not still bring its policy, which no share would count.
+    let used: std::collections::BTreeSet<&str> = config
+        .resources
+        .iter()
+        .filter_map(|r| r.cimd_policy.as_deref())
+        .collect();
     let kept: Vec<_> = named
         .into_iter()
-        .filter(|p| !refused_policies.contains(&cimd::policy_key(p)))
+        .filter(|p| used.contains(cimd::policy_key(p).as_str()))
         .collect();
     config.cimd = cimd::config(default_policy(inputs), &kept);
     config.dynamic_client_registration = inputs
@@ -917,7 +925,7 @@ mod tests {
         objects.iter().map(|o| o.kind.as_str()).collect()
     }
 
-    /// A namespace that fills the schema's every maximum (2,000-character URLs, 64 scopes per service, each its own
+    /// A namespace that fills the schema's maxima (2,000-character URLs, 48 scopes per service, each its own
     /// definition with a 512-character description) loses its newest services from the config, which stays
     /// within what a ConfigMap holds with another team's service in it; many namespaces each given a large share
     /// get a refused render rather than an apply that fails on every retry.
@@ -934,7 +942,7 @@ mod tests {
         )];
         let mut scopes = Vec::new();
         let definitions = |ns: &str, i: usize| -> Vec<MCPScope> {
-            (0..64)
+            (0..48)
                 .map(|j| {
                     let mut v = cases::mcp_scope();
                     let value = format!("{ns}-{i}-{j}-{}", "v".repeat(100));
@@ -981,7 +989,7 @@ mod tests {
             .expect("the config");
         assert!(config.len() <= MAX_CONFIG_BYTES, "{}", config.len());
         let config = authserver_config(&inputs(&shared)).expect("config");
-        // Each big service needs about 62 KiB: one per namespace fits the default 64 KiB share.
+        // Each big service needs about 52 KiB: one per namespace fits the default 64 KiB share.
         let held: Vec<&str> = config
             .resources
             .iter()
@@ -1009,6 +1017,74 @@ mod tests {
                 ),
             "{message}"
         );
+    }
+
+    /// A namespace's CIMDPolicies count against its share: thirty services each naming a policy of 128 hosts of
+    /// 253 characters (about 34 KB rendered each) leave one service and its policy in the config, not a config
+    /// too large to apply. A policy of a service left out is not rendered.
+    #[test]
+    fn a_namespaces_policies_count_against_its_share() {
+        let host = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        let mut services = vec![cases::mcp_service_in(
+            "team-a",
+            "files",
+            "https://mcp.example.com/files",
+            &[],
+            None,
+        )];
+        let mut policies = Vec::new();
+        for i in 0..30 {
+            let mut p = cases::cimd_policy();
+            p["metadata"] = json!({"name": format!("p{i:02}"), "namespace": "team-p"});
+            p["spec"] = json!({"allowedHosts": vec![host.clone(); 128]});
+            policies.push(serde_json::from_value::<CIMDPolicy>(p).expect("policy"));
+            services.push(cases::mcp_service_in(
+                "team-p",
+                &format!("s{i:02}"),
+                &format!("https://mcp.example.com/p/{i}"),
+                &[],
+                Some(&format!("p{i:02}")),
+            ));
+        }
+        let labels = NamespaceLabels::new();
+        let shared = server(json!({"allowedNamespaces": {"from": "All"}}));
+        let inputs = Inputs {
+            server: &shared,
+            services: &services,
+            scopes: &[],
+            policies: &policies,
+            namespaces: &labels,
+            clients: &[],
+            client_secrets: None,
+        };
+        let objects = render(&inputs, &RenderSettings::default()).expect("render");
+        let yaml = objects
+            .iter()
+            .find(|o| o.kind == "ConfigMap")
+            .and_then(|o| o.body["data"][naming::AUTHSERVER_CONFIG_FILE].as_str())
+            .expect("the config");
+        assert!(yaml.len() < 64 * 1024, "{}", yaml.len());
+        let config = authserver_config(&inputs).expect("config");
+        let held: Vec<&str> = config
+            .resources
+            .iter()
+            .map(|r| r.resource.as_str())
+            .collect();
+        assert_eq!(
+            held,
+            [
+                "https://mcp.example.com/files",
+                "https://mcp.example.com/p/0"
+            ]
+        );
+        let rendered: Vec<&String> = config.cimd.policies.keys().collect();
+        assert_eq!(rendered, ["team-p/p00"]);
     }
 
     /// A token-exchange edge reaches the server's config and the service's sidecar config alike, and each program

@@ -272,7 +272,7 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
         }
     }
-    if let Some(seconds) = raised_grace_period(&spec) {
+    if let Some(seconds) = raised_grace_period(&spec, defaults.native_sidecars) {
         ops.push(
             json!({"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": seconds}),
         );
@@ -303,10 +303,13 @@ fn patch_for(pod: &Pod, service: &MCPService, defaults: &SidecarDefaults) -> Vec
 const KUBERNETES_DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// The grace period the pod needs for the sidecar's whole stop (`limits.shutdownGraceMs`, which the operator
-/// leaves at its default) plus the margin, when the pod's own is shorter. A longer one is the app's and is
-/// kept: raising a short one only moves the kubelet's SIGKILL later, every container still gets SIGTERM at once,
-/// and a pod with nothing left to drain exits as soon as it can.
-fn raised_grace_period(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<i64> {
+/// leaves at its default) plus the margin. Raising it only moves the kubelet's SIGKILL later: a pod with nothing
+/// left to drain exits as soon as it can.
+/// - A sidecar container gets SIGTERM with the app's: the pod's own period, raised to the sidecar's need when
+///   shorter (a longer one is the app's and is kept).
+/// - A native sidecar (an init container that keeps running) gets SIGTERM only once the app's containers have
+///   exited, inside the same period: the app may use all of its own, so the sidecar's need comes on top of it.
+fn raised_grace_period(spec: &k8s_openapi::api::core::v1::PodSpec, native: bool) -> Option<i64> {
     let budget = std::time::Duration::from_millis(
         mcp_authz_sidecar::config::Limits::default().shutdown_grace_ms,
     );
@@ -314,6 +317,9 @@ fn raised_grace_period(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<i64
     let own = spec
         .termination_grace_period_seconds
         .unwrap_or(KUBERNETES_DEFAULT_GRACE_SECONDS);
+    if native {
+        return Some(own.saturating_add(needed));
+    }
     (own < needed || spec.termination_grace_period_seconds.is_none()).then_some(needed.max(own))
 }
 
@@ -550,22 +556,31 @@ mod tests {
         assert_eq!(annotations.len(), 3, "existing annotations kept");
     }
 
-    /// The sidecar's stop (25 s by default) must end before the kubelet's SIGKILL: a pod's shorter grace period
-    /// is raised to the budget and its margin, an unset one is written out, a longer one is the app's and stays.
+    /// The sidecar's stop (25 s by default) must end before the kubelet's SIGKILL. Beside the app, a pod's shorter
+    /// grace period is raised to the budget and its margin, an unset one is written out, a longer one is the app's
+    /// and stays. A native sidecar is told to stop only after the app has exited, so its need comes on top of the
+    /// app's period.
     #[test]
     fn the_pod_grace_period_covers_the_sidecar_stop() {
-        for (own, expected) in [
-            (Value::Null, Some(30)),
-            (json!(10), Some(30)),
-            (json!(30), Some(30)),
-            (json!(120), Some(120)),
+        for (own, native, expected) in [
+            (Value::Null, false, Some(30)),
+            (json!(10), false, Some(30)),
+            (json!(30), false, Some(30)),
+            (json!(120), false, Some(120)),
+            (Value::Null, true, Some(60)),
+            (json!(10), true, Some(40)),
+            (json!(30), true, Some(60)),
+            (json!(120), true, Some(150)),
         ] {
             let p = pod(
                 &[("app", "files")],
                 json!({"spec": {"terminationGracePeriodSeconds": own}}),
             );
-            let spec = injected(&p, true).spec.expect("spec");
-            assert_eq!(spec.termination_grace_period_seconds, expected, "{own}");
+            let spec = injected(&p, native).spec.expect("spec");
+            assert_eq!(
+                spec.termination_grace_period_seconds, expected,
+                "{own} {native}"
+            );
         }
     }
 

@@ -27,6 +27,7 @@ pub mod introspect;
 pub mod jsonrpc;
 pub mod jwks;
 pub mod keys;
+pub mod media_type;
 pub mod metadata;
 pub mod metrics;
 pub mod proxy;

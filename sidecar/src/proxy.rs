@@ -840,6 +840,8 @@ async fn read_body(
     headers: &http::HeaderMap,
     body: WireBody,
 ) -> Result<Bytes, (StatusCode, &'static str)> {
+    crate::media_type::check(headers)
+        .map_err(|refusal| (StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal.reason()))?;
     let max = rt.config.limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -936,6 +938,21 @@ fn build_upstream_request(
     headers.remove(header::HOST);
     // The whole body is sent at once; the upstream has nothing to wait for.
     headers.remove(header::EXPECT);
+    // The body is forwarded as what it was decided on: JSON in UTF-8, declared by the sidecar (a client's
+    // charset or content coding would have the upstream read other text from the same bytes, see
+    // `media_type`).
+    if parts.method == http::Method::POST {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.remove(header::CONTENT_ENCODING);
+    }
+    // Answers are filtered and relayed as the bytes they are: a compressed list would pass the filter unread.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     // W3C Trace Context: a `tracestate` belongs to the `traceparent` it came with; beside none that can be read
     // it is not passed on (the upstream would take it as the state of whatever trace it joins). Beside one it
     // goes on as the traced path carries it, bounded and a valid list, so that turning tracing on or off does

@@ -1715,3 +1715,62 @@ async fn a_person_without_the_providers_account_connected_is_asked_to_connect_it
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h.upstream_posts(), before + 2);
 }
+
+/// A body is decided on as UTF-8 JSON, so it reaches the upstream only declared that way: a client's charset
+/// (UTF-7 turns one tool name here into a second `name` member in body-parser) or content coding is refused
+/// with 415 before anything goes up, and what goes up is declared `application/json` by the sidecar, asking for
+/// answers the filter can read.
+#[tokio::test]
+async fn a_body_declared_in_another_charset_or_coding_never_reaches_the_upstream() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let smuggled = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x+ACI-,+ACI-name+ACI-:+ACI-delete+AF8-user"}}"#;
+    for (name, value, reason) in [
+        (
+            "content-type",
+            "application/json; charset=utf-7",
+            "unsupported_charset",
+        ),
+        (
+            "content-type",
+            "application/json; charset=\"UTF-7\"",
+            "unsupported_charset",
+        ),
+        ("content-type", "text/plain", "unsupported_content_type"),
+        ("content-encoding", "gzip", "unsupported_content_encoding"),
+        ("content-encoding", "br", "unsupported_content_encoding"),
+    ] {
+        let mut request = post_request(&h.url("/mcp"), Some(&token), smuggled);
+        request.headers_mut().insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+        let (status, _, body) = h.send(request).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{value}: {body}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            json!(reason),
+            "{value}"
+        );
+    }
+    assert_eq!(h.upstream_posts(), 0);
+    let mut request = post_request(&h.url("/mcp"), Some(&token), &call(2, "get_user"));
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("Application/JSON; charset=UTF-8"),
+    );
+    request.headers_mut().insert(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("gzip, br"),
+    );
+    let (status, _, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    let forwarded = &seen.last().expect("forwarded").headers;
+    assert_eq!(forwarded["content-type"], "application/json");
+    assert_eq!(forwarded["accept-encoding"], "identity");
+}

@@ -861,6 +861,50 @@ async fn drain_after(
     queued
 }
 
+/// A connection whose last live grant expires, rather than being revoked, goes at the next purge with its tokens
+/// queued, as a revocation would take it; one no grant has used yet (connected on a consent page) stays.
+async fn expired_grants_leave_no_connection(store: &dyn Store) {
+    let now = 1_700_000_000;
+    drain(store).await;
+    store
+        .put_connection(&connection("gina", "acme", "g-1"))
+        .await
+        .unwrap();
+    store
+        .put_connection(&connection("gina", "unused", "u-1"))
+        .await
+        .unwrap();
+    store
+        .put_grant(&grant("ex-a", "gina", "c", "https://r", now))
+        .await
+        .unwrap();
+    store
+        .put_grant(&Grant {
+            expires_at: now + 100,
+            ..grant("ex-h", "gina", "c2", "https://r", now)
+        })
+        .await
+        .unwrap();
+    store.link_connection("gina", "acme", "ex-a").await.unwrap();
+    store.link_connection("gina", "acme", "ex-h").await.unwrap();
+    assert!(store.revoke_grant("ex-a", "test", now).await.unwrap());
+    assert!(store.connection("gina", "acme").await.unwrap().is_some());
+    store.purge_expired(now + 99).await.unwrap();
+    assert!(store.connection("gina", "acme").await.unwrap().is_some());
+    assert_eq!(drain(store).await, []);
+    store.purge_expired(now + 100).await.unwrap();
+    assert_eq!(store.connection("gina", "acme").await.unwrap(), None);
+    assert_eq!(
+        drain(store).await,
+        [(
+            "sealed-refresh-gina".into(),
+            "refresh_token".into(),
+            now + 100
+        )]
+    );
+    assert!(store.connection("gina", "unused").await.unwrap().is_some());
+}
+
 async fn bulk_revocation(store: &dyn Store) {
     let now = 1_700_000_000;
     for i in 0..1500 {
@@ -1133,6 +1177,7 @@ async fn sqlite_store_keeps_the_contract() {
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
     provider_connections(&store).await;
+    expired_grants_leave_no_connection(&store).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -1149,6 +1194,7 @@ async fn postgres_store_keeps_the_contract() {
     group_commit(&store).await;
     issues_are_written_whole(&store).await;
     provider_connections(&store).await;
+    expired_grants_leave_no_connection(&store).await;
 }
 
 #[tokio::test]
@@ -1458,6 +1504,110 @@ async fn postgres_a_refresh_committing_during_a_delete_has_its_tokens_queued() {
         .collect();
     queued.sort();
     assert_eq!(queued, ["new-access", "new-refresh"]);
+}
+
+/// Two revocations of grants sharing a connection overlap (PostgreSQL, READ COMMITTED), each deciding whether the
+/// other's grant still holds the connection before the other commits: the connection still goes with the last of
+/// them, its refresh token queued, whether that grant is revoked alone or in bulk.
+#[tokio::test]
+async fn postgres_overlapping_revocations_of_a_shared_connection_delete_it() {
+    use sqlx::Connection;
+    let url = pg_database("revoke_race").await;
+    let store = SqlStore::open_postgres(&url, 4).await.unwrap();
+    // Past the connections' access tokens' expiry: only refresh tokens are queued.
+    let now = 3_000;
+    // Until `done`, or `n` of this database's sessions wait on another's transaction (the test server is shared
+    // with other tests' databases).
+    async fn until(store: &SqlStore, n: i64, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE NOT l.granted AND l.locktype = 'transactionid' AND a.datname = current_database()",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if done() || waiting >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("never {n} waiting");
+    }
+    for (subject, bulk) in [("alice", false), ("bob", true)] {
+        let (a, h) = (format!("{subject}-a"), format!("{subject}-h"));
+        store
+            .put_connection(&connection(subject, "acme", "access"))
+            .await
+            .unwrap();
+        for (id, client) in [(&a, "c"), (&h, "c2")] {
+            store
+                .put_grant(&grant(id, subject, client, "https://r", now))
+                .await
+                .unwrap();
+            store.link_connection(subject, "acme", id).await.unwrap();
+        }
+        store
+            .put_refresh_token(&format!("{h}-refresh"), &h, now + 1000)
+            .await
+            .unwrap();
+        // Two transactions pausing the revocations: H's before it looks at the connection (on its refresh token),
+        // A's after it has (on its link), so each decides while the other has revoked but not committed.
+        let mut hold_h = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let mut hold_h = hold_h.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM refresh_tokens WHERE grant_id = $1 FOR UPDATE")
+            .bind(&h)
+            .fetch_all(&mut *hold_h)
+            .await
+            .unwrap();
+        let mut hold_a = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let mut hold_a = hold_a.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM provider_connection_grants WHERE grant_id = $1 FOR UPDATE")
+            .bind(&a)
+            .fetch_all(&mut *hold_a)
+            .await
+            .unwrap();
+        let revoking_h = {
+            let (store, h) = (store.clone(), h.clone());
+            tokio::spawn(async move { store.revoke_grant(&h, "test", now).await })
+        };
+        until(&store, 1, || false).await;
+        let revoking_a = {
+            let (store, a) = (store.clone(), a.clone());
+            tokio::spawn(async move {
+                if bulk {
+                    let f = GrantFilter {
+                        subject: Some(subject.into()),
+                        client_id: Some("c".into()),
+                        ..GrantFilter::default()
+                    };
+                    store.revoke_grants(&f, "test", now).await.map(|n| n == 1)
+                } else {
+                    store.revoke_grant(&a, "test", now).await
+                }
+            })
+        };
+        until(&store, 2, || false).await;
+        hold_h.commit().await.unwrap();
+        // H goes on: to its end (each kept the connection for the other), or to wait for A to commit.
+        until(&store, 2, || revoking_h.is_finished()).await;
+        hold_a.commit().await.unwrap();
+        assert!(revoking_a.await.unwrap().unwrap());
+        assert!(revoking_h.await.unwrap().unwrap());
+        assert_eq!(
+            store.connection(subject, "acme").await.unwrap(),
+            None,
+            "{subject}: the connection outlived both grants"
+        );
+        assert_eq!(
+            drain(&store).await,
+            [(
+                format!("sealed-refresh-{subject}"),
+                "refresh_token".into(),
+                now
+            )]
+        );
+    }
 }
 
 /// Rows from before holders were recorded: the migration cannot know who held each URL (the config is not the

@@ -553,8 +553,9 @@ pub trait Store: Send + Sync + 'static {
         grant_id: &str,
     ) -> Result<(), StoreError>;
 
-    /// Deletes rows past their expiry, and audit rows older than [`AUDIT_RETENTION_SECS`]; returns how many
-    /// went.
+    /// Deletes rows past their expiry, audit rows older than [`AUDIT_RETENTION_SECS`], and connections whose
+    /// linked grants have all expired or been revoked (their tokens queued for revocation, as
+    /// [`Store::revoke_grant`] queues them; a connection no grant is linked to stays); returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 
     /// The size of SQLite's write-ahead log in bytes (`None` for stores without one), for its gauge.

@@ -305,6 +305,23 @@ fn held_by_a_live_grant(now: &str, besides: &str) -> String {
     )
 }
 
+/// Locks the connections linked to the grants `grants` (an id, or a subquery of ids) selects, before a DELETE
+/// decides with [`held_by_a_live_grant`] whether another live grant still holds them.
+///
+/// On PostgreSQL (READ COMMITTED), two revocations of grants sharing a connection would otherwise each see the
+/// other's grant still live (revoked, but not yet committed): both would keep the connection and drop their links,
+/// leaving it with no link and nothing ever to delete it, its refresh token valid at the provider. The UPDATE takes
+/// the rows' locks, so the second revocation waits here for the first to commit, and its DELETE, a new statement,
+/// then sees that grant revoked. A no-op write both databases accept (SQLite has one writer at a time anyway).
+fn lock_linked_connections(grants: &str) -> String {
+    format!(
+        "UPDATE provider_connections SET updated_at = updated_at
+         WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
+           WHERE l.grant_id IN ({grants}) AND l.subject = provider_connections.subject
+             AND l.provider = provider_connections.provider)"
+    )
+}
+
 const CONNECTION_COLUMNS: &str = "subject, provider, key_id, refresh_sealed, access_sealed, access_expires_at, scopes, created_at, updated_at";
 
 fn connection_from_row(row: &AnyRow) -> Result<ProviderConnection, StoreError> {
@@ -587,6 +604,10 @@ impl Store for SqlStore {
         .await?;
         // The person's provider accounts this grant used and no other live grant uses: the stored tokens go with
         // it, queued to be revoked at their providers. The grant is already marked revoked, so it holds nothing.
+        sqlx::query(AssertSqlSafe(lock_linked_connections("$1")))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
                WHERE l.grant_id = $1 AND l.subject = provider_connections.subject
@@ -653,6 +674,13 @@ impl Store for SqlStore {
                OR ($1 IS NOT NULL AND $2 IS NULL AND $3 IS NULL AND subject = $1)",
             held_by_a_live_grant("$4", "AND g.id NOT IN (MATCHING)")
         );
+        sqlx::query(AssertSqlSafe(lock_linked_connections(MATCHING)))
+            .bind(f.subject.clone())
+            .bind(f.client_id.clone())
+            .bind(f.resource.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query(AssertSqlSafe(
             format!(
                 "DELETE FROM provider_connections WHERE {connections} RETURNING {CONNECTION_COLUMNS}"
@@ -1408,6 +1436,22 @@ impl Store for SqlStore {
             .await?
             .rows_affected();
         }
+        // A connection whose linked grants have all ended without a revocation (they expired) goes as a revoked
+        // grant would take it, its tokens queued; one no grant has used yet (connected on a consent page) stays.
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM provider_connections WHERE EXISTS (SELECT 1 FROM provider_connection_grants l
+               WHERE l.subject = provider_connections.subject AND l.provider = provider_connections.provider)
+               AND NOT {}
+             RETURNING {CONNECTION_COLUMNS}",
+            held_by_a_live_grant("$1", "")
+        )))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        purged += queue_deleted(&mut tx, &deleted, now).await?.len() as u64;
+        forget_unconnected_links(&mut tx).await?;
+        tx.commit().await?;
         purged += sqlx::query("DELETE FROM audit_events WHERE at < $1")
             .bind(now - super::AUDIT_RETENTION_SECS)
             .execute(&self.pool)

@@ -207,6 +207,9 @@ pub fn classify(body: &[u8]) -> Result<Classified<'_>, ClassifyError> {
     Ok(classified)
 }
 
+/// The largest integer id every JSON reader holds exactly (a double's 53-bit significand).
+const MAX_EXACT_ID: u64 = (1 << 53) - 1;
+
 /// Most operations one body may carry (batch entries and the resources a listen stream subscribes to).
 pub const MAX_OPERATIONS: usize = 256;
 
@@ -223,6 +226,15 @@ fn classify_one(obj: &Json<'_>) -> Result<Message, ClassifyError> {
     {
         return Err(ClassifyError::InvalidRequest(
             "id must be a string or an integer",
+        ));
+    }
+    // JavaScript reads numbers as doubles: past 2^53 two ids told apart here (and in the in-flight claims) are
+    // one id to a TypeScript server, which would answer one request on the other's stream.
+    if let Some(Json::Number(n)) = id
+        && !n.as_i64().is_some_and(|v| v.unsigned_abs() <= MAX_EXACT_ID)
+    {
+        return Err(ClassifyError::InvalidRequest(
+            "an integer id must lie within ±(2^53 − 1)",
         ));
     }
     match obj.get("method") {
@@ -411,6 +423,14 @@ mod tests {
     }
 
     #[test]
+    fn ids_up_to_what_javascript_holds_exactly_are_taken() {
+        for id in ["9007199254740991", "-9007199254740991", "0"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            assert!(classify(body.as_bytes()).is_ok(), "{id}");
+        }
+    }
+
+    #[test]
     fn a_listen_stream_subscribes_to_each_resource_it_names() {
         assert_eq!(
             ops(
@@ -491,6 +511,18 @@ mod tests {
             (
                 r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
                 E::InvalidRequest("id must be a string or an integer"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":9007199254740992,"method":"ping"}"#,
+                E::InvalidRequest("an integer id must lie within ±(2^53 − 1)"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":-9007199254740992,"method":"ping"}"#,
+                E::InvalidRequest("an integer id must lie within ±(2^53 − 1)"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":18446744073709551615,"result":{}}"#,
+                E::InvalidRequest("an integer id must lie within ±(2^53 − 1)"),
             ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,

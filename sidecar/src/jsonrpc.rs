@@ -231,7 +231,7 @@ fn classify_one(obj: &Json<'_>) -> Result<Message, ClassifyError> {
     // JavaScript reads numbers as doubles: past 2^53 two ids told apart here (and in the in-flight claims) are
     // one id to a TypeScript server, which would answer one request on the other's stream.
     if let Some(Json::Number(n)) = id
-        && !n.as_i64().is_some_and(|v| v.unsigned_abs() <= MAX_EXACT_ID)
+        && n.as_i64().is_none_or(|v| v.unsigned_abs() > MAX_EXACT_ID)
     {
         return Err(ClassifyError::InvalidRequest(
             "an integer id must lie within ±(2^53 − 1)",

@@ -35,6 +35,7 @@ pub mod rate_limit;
 pub mod routing;
 pub mod rules;
 pub mod server;
+pub mod sessions;
 pub mod spans;
 pub mod strict_json;
 pub mod token;

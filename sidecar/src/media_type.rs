@@ -92,7 +92,8 @@ mod tests {
     #[test]
     fn only_utf8_json_without_a_coding_is_read() {
         use Refusal::*;
-        let cases: &[(&[(&str, &str)], Result<(), Refusal>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<(), Refusal>);
+        let cases: &[Case] = &[
             (&[], Ok(())),
             (&[("content-type", "application/json")], Ok(())),
             (

@@ -160,6 +160,7 @@ pub struct Proxy {
     client: UpstreamClient,
     metrics: Metrics,
     in_flight: InFlight,
+    sessions: Arc<crate::sessions::SessionOwners>,
     /// The children of the hottest labels, looked up once: `with_label_values` hashes the labels and takes
     /// a lock on every call.
     allowed: prometheus::IntCounter,
@@ -188,6 +189,7 @@ impl Proxy {
             jwks,
             client: UpstreamClient::new(),
             in_flight: InFlight::default(),
+            sessions: Arc::default(),
             allowed: metrics.requests.with_label_values(&["allow", "ok"]),
             upstream_ok: metrics.upstream_latency.with_label_values(&["ok"]),
             metrics,
@@ -398,6 +400,15 @@ impl Proxy {
                     .get("mcp-session-id")
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             };
+            if let Some(session) = &session
+                && let Some(refused) = verdict::session_refusal(
+                    "POST",
+                    self.sessions
+                        .claim(session.as_bytes(), &identity.subject, &identity.client_id),
+                )
+            {
+                return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
+            }
             // The verdict forwards only a body it classified.
             let claim = match (session, classified.as_ref().ok()) {
                 (Some(session), Some(classified)) => {
@@ -425,9 +436,24 @@ impl Proxy {
             if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
                 return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
             }
+            if let Some(session) = parts.headers.get("mcp-session-id")
+                && let Some(refused) = verdict::session_refusal(
+                    &http_method,
+                    self.sessions
+                        .claim(session.as_bytes(), &identity.subject, &identity.client_id),
+                )
+            {
+                return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
+            }
             let matcher = (parts.method == Method::GET).then_some(ListMatcher::Stream);
             (Bytes::new(), matcher, None, Vec::new())
         };
+        // A POST without a session may open one (`initialize`); a DELETE ends the one it names.
+        let session_named = parts.headers.get("mcp-session-id").cloned();
+        let opens_session = parts.method == Method::POST && session_named.is_none();
+        let ends_session = (parts.method == Method::DELETE)
+            .then_some(session_named)
+            .flatten();
         let mut upstream_request = match build_upstream_request(
             rt,
             parts,
@@ -499,6 +525,19 @@ impl Proxy {
             }
         };
         self.upstream_ok.observe(started.elapsed().as_secs_f64());
+        if response.status().is_success() {
+            if let Some(opened) = response
+                .headers()
+                .get("mcp-session-id")
+                .filter(|_| opens_session)
+            {
+                self.sessions
+                    .bind(opened.as_bytes(), &identity.subject, &identity.client_id);
+            }
+            if let Some(ended) = &ends_session {
+                self.sessions.forget(ended.as_bytes());
+            }
+        }
         let filter =
             matcher.map(|m| ListFilter::new(rt.policy.clone(), scopes, identity.caller, m));
         let mut response = self.relay_response(rt, response, filter).await;

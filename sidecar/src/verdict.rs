@@ -327,6 +327,29 @@ pub fn read_only<'a>(method: &'a str, has_body: bool) -> Option<Refused<'a>> {
     })
 }
 
+/// The refusal of a request naming a handshake-era session this caller may not use (`None`: its own). 404 is
+/// what the transport answers for a session that is gone, and tells a client to start a new one.
+pub fn session_refusal<'a>(
+    method: &'a str,
+    standing: crate::sessions::Standing,
+) -> Option<Refused<'a>> {
+    use crate::sessions::Standing;
+    if standing == Standing::Own {
+        return None;
+    }
+    Some(Refused::request(
+        method,
+        Answer::Plain {
+            status: StatusCode::NOT_FOUND,
+            error: "session_not_found",
+            description: Some(
+                "no session with this id was opened for this caller here; start a new session",
+            ),
+        },
+        "session_not_owned",
+    ))
+}
+
 /// The refusal of a 2025 request whose id is still being answered in its session (`None`: the ids were
 /// free and are now held). Two answers under one id would let either request take the other's answer.
 pub fn id_claim<'a>(claimed: bool) -> Option<Refused<'a>> {

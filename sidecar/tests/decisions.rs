@@ -168,6 +168,8 @@ async fn id_routing_upstream() -> (String, tokio::task::JoinHandle<()>) {
                         let mut r = Response::new(Full::new(Bytes::from(routed.to_string())));
                         r.headers_mut()
                             .insert("content-type", "application/json".parse().unwrap());
+                        r.headers_mut()
+                            .insert("mcp-session-id", "session-1".parse().unwrap());
                         Ok::<_, Infallible>(r)
                     }
                 });
@@ -206,6 +208,12 @@ async fn a_request_reusing_an_id_in_flight_cannot_take_over_its_answer() {
             .insert("mcp-session-id", "session-1".parse().unwrap());
         request
     };
+    // The session is opened for this caller first: only it may use the session.
+    let ping = json!({"jsonrpc":"2.0","id":0,"method":"ping"}).to_string();
+    let (opened, _, body) = h
+        .send(support::post_request(&h.url("/mcp"), Some(&token), &ping))
+        .await;
+    assert_eq!(opened, StatusCode::OK, "{body}");
     let first = h.send(in_session(&list));
     let second = async {
         tokio::time::sleep(Duration::from_millis(100)).await;

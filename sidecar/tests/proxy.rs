@@ -156,6 +156,7 @@ async fn identity_claims_outside_visible_ascii_arrive_percent_encoded() {
 async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
+    h.open_session(&token).await;
     let mut req = post_request(&h.url("/mcp"), Some(&token), &call(7, "get_user"));
     // A client trying to forge its identity.
     req.headers_mut()
@@ -174,8 +175,8 @@ async fn allowed_calls_reach_upstream_with_identity_and_without_the_token() {
         json!({"jsonrpc":"2.0","id":7,"result":{"echo":"tools/call"}})
     );
     let seen = h.upstream.seen();
-    assert_eq!(seen.len(), 1);
-    let up = &seen[0];
+    assert_eq!(seen.len(), 2, "the session's initialize, then the call");
+    let up = &seen[1];
     assert!(
         up.headers.get("authorization").is_none(),
         "no token passthrough"
@@ -365,6 +366,7 @@ async fn tool_lists_are_filtered_in_json_and_sse_answers() {
 async fn get_streams_flow_event_by_event_and_delete_is_forwarded() {
     let h = Harness::start().await;
     let token = h.token("mcp:read");
+    h.open_session(&token).await;
     let req = Request::get(h.url("/mcp"))
         .header("authorization", format!("Bearer {token}"))
         .header("accept", "text/event-stream")
@@ -411,8 +413,9 @@ async fn get_streams_flow_event_by_event_and_delete_is_forwarded() {
         "{text}"
     );
     let seen = h.upstream.seen();
-    assert_eq!(seen[0].headers["last-event-id"], "ev-3");
-    assert_eq!(seen[0].headers["mcp-session-id"], "session-1");
+    assert_eq!(seen[1].method, http::Method::GET);
+    assert_eq!(seen[1].headers["last-event-id"], "ev-3");
+    assert_eq!(seen[1].headers["mcp-session-id"], "session-1");
     drop(stream);
     for _ in 0..100 {
         if h.sidecar.metrics.active_streams.get() == 0 {
@@ -1773,4 +1776,72 @@ async fn a_body_declared_in_another_charset_or_coding_never_reaches_the_upstream
     let forwarded = &seen.last().expect("forwarded").headers;
     assert_eq!(forwarded["content-type"], "application/json");
     assert_eq!(forwarded["accept-encoding"], "identity");
+}
+
+/// A session id is no authorization: only the caller the upstream opened a session for may post in it, resume its
+/// streams or end it; another token naming it gets 404 (what a client takes as "start a new session") and nothing
+/// reaches the upstream. A session not seen opened here is the first caller's to name it.
+#[tokio::test]
+async fn only_the_caller_a_session_was_opened_for_may_use_it() {
+    let h = Harness::start().await;
+    let alice = h.token("mcp:read");
+    let mallory = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["sub"] = json!("mallory");
+        c["scope"] = json!("mcp:read");
+        c
+    });
+    let in_session = |method: http::Method, token: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(h.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", "session-1")
+            .body(full(body.to_owned()))
+            .unwrap()
+    };
+    let refused = |(status, _, body): (StatusCode, http::HeaderMap, String)| {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            "session_not_found"
+        );
+    };
+    h.open_session(&alice).await;
+    let before = h.upstream.seen().len();
+    refused(
+        h.send(in_session(
+            http::Method::POST,
+            &mallory,
+            &call(2, "get_user"),
+        ))
+        .await,
+    );
+    refused(h.send(in_session(http::Method::GET, &mallory, "")).await);
+    refused(h.send(in_session(http::Method::DELETE, &mallory, "")).await);
+    assert_eq!(
+        h.upstream.seen().len(),
+        before,
+        "nothing of mallory's went up"
+    );
+    let (status, _, body) = h
+        .send(in_session(http::Method::POST, &alice, &call(3, "get_user")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A session opened before this sidecar started is the first caller's to name it here.
+    let other_session = |token: &str| {
+        let mut request = in_session(http::Method::POST, token, &call(4, "get_user"));
+        request
+            .headers_mut()
+            .insert("mcp-session-id", "session-0".parse().unwrap());
+        request
+    };
+    assert_eq!(h.send(other_session(&alice)).await.0, StatusCode::OK);
+    refused(h.send(other_session(&mallory)).await);
+    assert_eq!(
+        h.send(in_session(http::Method::DELETE, &alice, "")).await.0,
+        StatusCode::OK
+    );
 }

@@ -341,6 +341,15 @@ impl Harness {
             .await
     }
 
+    /// Opens the upstream's session (`session-1`) for the bearer of `token`, as a client's `initialize` does:
+    /// the sidecar lets only the caller a session was opened for use it.
+    pub async fn open_session(&self, token: &str) {
+        let initialize = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"test","version":"1"}}}"#;
+        let (status, headers, body) = self.post(Some(token), initialize).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["mcp-session-id"], "session-1");
+    }
+
     pub fn upstream_posts(&self) -> usize {
         self.upstream
             .seen()

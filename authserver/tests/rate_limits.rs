@@ -398,6 +398,36 @@ async fn one_network_filling_its_pending_sign_ins_leaves_other_networks_signing_
     assert_eq!(s.exchange(&code, PUBLIC_CLIENT).await.0, 200);
 }
 
+#[tokio::test]
+async fn behind_an_ingress_without_trusted_proxies_one_peer_filling_a_networks_share_turns_nobody_away()
+ {
+    // No trusted proxies (the chart's default): every request's peer is loopback, as every client behind an
+    // ingress is the ingress pod's private address.
+    let s = TestServer::start_with(|c| {
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    let start = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    // A stranger starts a network's worth of sign-ins and one more: that private peer is everyone's network,
+    // so only the server-wide cap counts them.
+    for i in 0..=MAX_PENDING_PER_NETWORK {
+        let r = s.http.get(s.url(&start)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let html = r.text().await.unwrap();
+        assert_eq!(status, 200, "request {i}: {html}");
+        assert!(html.contains("name=\"password\""), "request {i}: {html}");
+    }
+    // And a person behind the same ingress signs in to the end.
+    let mut person = Browser::default();
+    let code = s
+        .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    assert_eq!(s.exchange(&code, PUBLIC_CLIENT).await.0, 200);
+}
+
 async fn register_from(s: &TestServer, from: &str) -> (u16, Option<String>, Value) {
     let r = s
         .http

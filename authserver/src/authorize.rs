@@ -22,14 +22,14 @@ use crate::oauth_error::OAuthError;
 use crate::params::Params;
 use crate::rate_limits::Endpoint;
 use crate::secrets;
-use crate::server::ClientAddr;
+use crate::server::ClientOrigin;
 use crate::state::AppState;
 use crate::store::AuthRequest;
 
 /// GET `/authorize`.
 pub async fn authorize(
     State(state): State<Arc<AppState>>,
-    ClientAddr(address): ClientAddr,
+    ClientOrigin(origin): ClientOrigin,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -91,7 +91,11 @@ pub async fn authorize(
         }
     };
     let now = now_secs();
-    let network = address.map(|a| network(a).to_string());
+    // Counted per network only when the network is the client's own: behind an ingress or a NAT without
+    // `trustedProxies` every client is one private peer, and its cap would be everyone's.
+    let network = origin
+        .filter(|c| c.is_own_network())
+        .map(|c| network(c.address).to_string());
     match state
         .store
         .pending_auth_requests(network.as_deref(), now)

@@ -34,11 +34,14 @@ pub const REQUEST_TTL_SECS: i64 = 600;
 /// The most authorization requests pending at once (each holds a row until it is completed or expires): past
 /// it, new sign-ins wait rather than an anonymous flood filling the disk.
 pub const MAX_PENDING_REQUESTS: i64 = 50_000;
-/// The most of them from one network (an IPv4 address, an IPv6 /64, as the rate limits count). Starting a
-/// sign-in needs no person, so without it the few networks an attacker holds could fill
-/// [`MAX_PENDING_REQUESTS`] and turn away every sign-in on the server for a request's lifetime; with it that
-/// takes a hundred networks. A person has one or two pending; this leaves room for hundreds of people behind one
-/// NAT or one ingress (without `trustedProxies`) who leave sign-ins unfinished within ten minutes.
+/// The most of them from one network (an IPv4 address, an IPv6 /64, as the rate limits count), when the
+/// network is the client's own ([`crate::client_address::ClientAddress::is_own_network`]: forwarded by a
+/// trusted proxy, or a public peer). Starting a sign-in needs no person, so without it the few networks an
+/// attacker holds could fill [`MAX_PENDING_REQUESTS`] and turn away every sign-in on the server for a request's
+/// lifetime; with it that takes a hundred networks. A person has one or two pending; this leaves room for
+/// hundreds of people behind one NAT who leave sign-ins unfinished within ten minutes. A private peer with no
+/// trusted proxy (an ingress without `trustedProxies`) is everyone's network, so it is not counted: one stranger
+/// filling its cap would turn every person away for ten minutes.
 pub const MAX_PENDING_PER_NETWORK: i64 = 500;
 
 /// Whether one more authorization request may be kept, given those pending. The network's cap comes first: a

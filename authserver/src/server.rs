@@ -485,6 +485,28 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for ClientAddr {
     }
 }
 
+/// The client's address and where it came from (see [`crate::client_address::client_origin`]): for the caps
+/// that count a network only when it is the client's own.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOrigin(pub Option<crate::client_address::ClientAddress>);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for ClientOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerAddr>().and_then(|p| p.0);
+        let trusted = &state.snapshot().trusted_proxies;
+        Ok(ClientOrigin(crate::client_address::client_origin(
+            peer,
+            &parts.headers,
+            trusted,
+        )))
+    }
+}
+
 /// A running server. Dropping it stops it.
 pub struct Running {
     pub addr: SocketAddr,

@@ -300,6 +300,55 @@ async fn authorize_per_client_is_spent_by_completed_sign_ins_so_starting_one_for
 }
 
 #[tokio::test]
+async fn sign_ins_completed_past_an_emptied_client_budget_leave_it_empty_not_in_debt() {
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.rate_limits.authorize_per_client = slow(3);
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    // A person with an account signs in once and consents: the consent is remembered (one token spent).
+    let mut person = Browser {
+        forwarded_for: Some("198.51.100.7".into()),
+        ..Browser::default()
+    };
+    s.code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    // Signed out, they start ten sign-ins while the budget still has tokens (starting one spends none)...
+    let mut person = Browser {
+        forwarded_for: Some("198.51.100.7".into()),
+        ..Browser::default()
+    };
+    let start = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "xyz");
+    let mut login_pages = Vec::new();
+    for _ in 0..10 {
+        match person.get(&s, &start).await {
+            Step::Page(200, html) if html.contains("name=\"password\"") => login_pages.push(html),
+            other => panic!("no login page: {other:?}"),
+        }
+    }
+    // ...and completes them all: each ends in a code, spending past the two tokens left.
+    for html in &login_pages {
+        match person.login(&s, html, "alice", "wonderland").await {
+            Step::Redirect(location) => {
+                assert!(query(&location).contains_key("code"), "{location}")
+            }
+            other => panic!("no code: {other:?}"),
+        }
+    }
+    // Another person's sign-in for the client waits one token's refill (100 s), not the eight spent past
+    // empty as well (900 s).
+    let page = get_from(&s, "192.0.2.1", &start).await;
+    assert_refusal_page(
+        &page,
+        "too many sign-in requests for this client; retry after 100 s",
+    );
+}
+
+#[tokio::test]
 async fn one_network_filling_its_pending_sign_ins_leaves_other_networks_signing_in() {
     let s = TestServer::start_with(|c| {
         behind_loopback_proxy(c);
@@ -343,6 +392,36 @@ async fn one_network_filling_its_pending_sign_ins_leaves_other_networks_signing_
         forwarded_for: Some("198.51.100.7".into()),
         ..Browser::default()
     };
+    let code = s
+        .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
+        .await;
+    assert_eq!(s.exchange(&code, PUBLIC_CLIENT).await.0, 200);
+}
+
+#[tokio::test]
+async fn behind_an_ingress_without_trusted_proxies_one_peer_filling_a_networks_share_turns_nobody_away()
+ {
+    // No trusted proxies (the chart's default): every request's peer is loopback, as every client behind an
+    // ingress is the ingress pod's private address.
+    let s = TestServer::start_with(|c| {
+        c.rate_limits.authorize_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    let start = authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "st");
+    // A stranger starts a network's worth of sign-ins and one more: that private peer is everyone's network,
+    // so only the server-wide cap counts them.
+    for i in 0..=MAX_PENDING_PER_NETWORK {
+        let r = s.http.get(s.url(&start)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let html = r.text().await.unwrap();
+        assert_eq!(status, 200, "request {i}: {html}");
+        assert!(html.contains("name=\"password\""), "request {i}: {html}");
+    }
+    // And a person behind the same ingress signs in to the end.
+    let mut person = Browser::default();
     let code = s
         .code_for(&mut person, PUBLIC_CLIENT, REDIRECT, "files:read")
         .await;

@@ -5,7 +5,7 @@
 //! ```text
 //!  Table<K> { rate: Rate { per_second, burst }, max_keys, K -> Bucket { tokens, at } }
 //!    shortfall(key, n, now) -> how long until the key's bucket holds n (zero: it does now)
-//!    spend(key, n, now)     -> takes n, evicting at max_keys first when the key is new
+//!    spend(key, n, now)     -> takes n (never below empty), evicting at max_keys first when the key is new
 //!    take(key, now)         -> one request: spends 1, or says how long to wait
 //! ```
 //!
@@ -106,8 +106,10 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
-    /// Takes `count` tokens from `key`'s bucket; the caller asked [`Table::shortfall`] first (a bucket may
-    /// go below zero otherwise, and then refills from there). A new key at the bound evicts first.
+    /// Takes `count` tokens from `key`'s bucket, or all it holds when that is fewer: a bucket never goes below
+    /// empty, so a spend the caller checked earlier (with [`Table::shortfall`]) and that lands after others
+    /// emptied the bucket costs the next request one token's wait at most, never a debt of every such spend.
+    /// A new key at the bound evicts first.
     pub fn spend<Q>(&mut self, key: &Q, count: u32, now: Instant)
     where
         K: Borrow<Q>,
@@ -127,7 +129,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 self.by_key.entry(key.to_owned()).or_insert(full)
             }
         };
-        bucket.tokens = bucket.level(rate, now) - f64::from(count);
+        bucket.tokens = (bucket.level(rate, now) - f64::from(count)).max(0.0);
         bucket.at = now;
     }
 
@@ -266,6 +268,25 @@ mod tests {
         assert_eq!(table.take(&7, t0), Err(Duration::from_secs(1)));
         assert_eq!(table.take(&8, t0), Ok(()));
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn spending_past_empty_leaves_the_bucket_empty_not_in_debt() {
+        // 20 a second, a burst of 200: 5,000 spends checked while the bucket was full, landing at once.
+        let mut table: Table<String> = Table::new(rate(20.0, 200), 10);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round() as u64;
+        assert_eq!(table.shortfall("c", 1, t0), Duration::ZERO);
+        for _ in 0..5_000 {
+            table.spend("c", 1, t0);
+        }
+        // Empty: the next request waits one token's refill (50 ms), not 4,801 tokens' (four minutes).
+        assert_eq!(ms(table.shortfall("c", 1, t0)), 50);
+        assert_eq!(table.take("c", at(60)), Ok(()));
+        // Several tokens at once past empty: empty as well.
+        table.spend("c", 7, at(100));
+        assert_eq!(ms(table.shortfall("c", 1, at(100))), 50);
     }
 
     #[test]

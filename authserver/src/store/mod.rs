@@ -71,7 +71,9 @@ pub struct AuthRequest {
     pub upstream_verifier: Option<String>,
     pub expires_at: Timestamp,
     /// The network the request came from ([`crate::client_address::network`]), for the cap on pending requests
-    /// per network; `None` when there was no connection to tell.
+    /// per network; `None` when there was no connection to tell or the network is not the client's own
+    /// ([`crate::client_address::ClientAddress::is_own_network`]): such a request counts towards the server-wide
+    /// cap only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
 }

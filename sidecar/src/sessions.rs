@@ -11,7 +11,8 @@
 //! therefore refused only where its owner got there first, which is everywhere it was opened.
 //!
 //! Ids and owners are kept as keyed hashes, a few dozen bytes a session, at most [`CAPACITY`] of them: the
-//! oldest binding goes first.
+//! oldest binding goes first. One caller holds at most [`PER_CALLER`]: a token opening sessions in a loop
+//! replaces its own, and cannot push everyone else's out to make their ids first-claimant again.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -40,8 +41,61 @@ pub struct SessionOwners {
 #[derive(Debug, Default)]
 struct State {
     owners: HashMap<u64, u64>,
-    order: VecDeque<u64>,
+    /// Sessions in the order they were bound, with their owners.
+    order: VecDeque<(u64, u64)>,
+    /// Sessions per owner.
+    counts: HashMap<u64, usize>,
 }
+
+impl State {
+    fn bind(&mut self, id: u64, owner: u64, capacity: usize) {
+        match self.owners.insert(id, owner) {
+            Some(same) if same == owner => return,
+            Some(_) => self.unlist(id),
+            None => {}
+        }
+        // One caller's sessions beyond its share replace its own oldest, not anyone else's.
+        if self.counts.get(&owner).copied().unwrap_or(0) >= PER_CALLER
+            && let Some(at) = self.order.iter().position(|(_, o)| *o == owner)
+            && let Some((oldest, _)) = self.order.remove(at)
+        {
+            self.owners.remove(&oldest);
+            self.count(owner, false);
+        }
+        self.order.push_back((id, owner));
+        self.count(owner, true);
+        while self.order.len() > capacity {
+            if let Some((oldest, owner)) = self.order.pop_front() {
+                self.owners.remove(&oldest);
+                self.count(owner, false);
+            }
+        }
+    }
+
+    /// Takes `id` out of the order (its entry in `owners` is the caller's to handle).
+    fn unlist(&mut self, id: u64) {
+        if let Some(at) = self.order.iter().position(|(i, _)| *i == id)
+            && let Some((_, owner)) = self.order.remove(at)
+        {
+            self.count(owner, false);
+        }
+    }
+
+    fn count(&mut self, owner: u64, up: bool) {
+        let count = self.counts.entry(owner).or_default();
+        if up {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.counts.remove(&owner);
+            }
+        }
+    }
+}
+
+/// Most sessions one caller (subject and client) holds at once; more replace its own oldest.
+pub const PER_CALLER: usize = 64;
 
 impl Default for SessionOwners {
     fn default() -> Self {
@@ -70,27 +124,18 @@ impl SessionOwners {
     /// Records that the upstream opened `session` for the caller `subject` of `client_id`.
     pub fn bind(&self, session: &[u8], subject: &str, client_id: &str) {
         let (id, owner) = (self.keys.hash_one(session), self.owner(subject, client_id));
-        let mut state = self.lock();
-        if state.owners.insert(id, owner).is_none() {
-            state.order.push_back(id);
-        }
-        while state.order.len() > self.capacity {
-            if let Some(oldest) = state.order.pop_front() {
-                state.owners.remove(&oldest);
-            }
-        }
+        self.lock().bind(id, owner, self.capacity);
     }
 
     /// Whether the caller `subject` of `client_id` may use `session`; an id not known here becomes theirs.
     pub fn claim(&self, session: &[u8], subject: &str, client_id: &str) -> Standing {
         let (id, owner) = (self.keys.hash_one(session), self.owner(subject, client_id));
-        let state = self.lock();
+        let mut state = self.lock();
         match state.owners.get(&id) {
             Some(&known) if known == owner => Standing::Own,
             Some(_) => Standing::Others,
             None => {
-                drop(state);
-                self.bind(session, subject, client_id);
+                state.bind(id, owner, self.capacity);
                 Standing::Own
             }
         }
@@ -101,7 +146,7 @@ impl SessionOwners {
         let id = self.keys.hash_one(session);
         let mut state = self.lock();
         if state.owners.remove(&id).is_some() {
-            state.order.retain(|o| *o != id);
+            state.unlist(id);
         }
     }
 }
@@ -142,5 +187,28 @@ mod tests {
         // The subject and client are kept apart: ("ab", "c") is not ("a", "bc").
         owners.bind(b"s4", "ab", "c");
         assert_eq!(owners.claim(b"s4", "a", "bc"), Standing::Others);
+    }
+
+    #[test]
+    fn a_caller_opening_sessions_in_a_loop_replaces_only_its_own() {
+        let owners = SessionOwners::with_capacity(PER_CALLER + 2);
+        owners.bind(b"alice-1", "alice", "app");
+        for i in 0..PER_CALLER * 3 {
+            owners.bind(format!("m-{i}").as_bytes(), "mallory", "app");
+        }
+        assert_eq!(owners.claim(b"alice-1", "bob", "app"), Standing::Others);
+        assert_eq!(
+            owners.claim(b"m-0", "bob", "app"),
+            Standing::Own,
+            "mallory's oldest went"
+        );
+        let last = format!("m-{}", PER_CALLER * 3 - 1);
+        assert_eq!(
+            owners.claim(last.as_bytes(), "bob", "app"),
+            Standing::Others
+        );
+        let state = owners.lock();
+        assert_eq!(state.order.len(), state.owners.len());
+        assert_eq!(state.counts.values().sum::<usize>(), state.order.len());
     }
 }

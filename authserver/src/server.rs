@@ -475,13 +475,8 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for ClientAddr {
         parts: &mut axum::http::request::Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<PeerAddr>().and_then(|p| p.0);
-        let trusted = &state.snapshot().trusted_proxies;
-        Ok(ClientAddr(crate::client_address::client_address(
-            peer,
-            &parts.headers,
-            trusted,
-        )))
+        let ClientOrigin(origin) = ClientOrigin::from_request_parts(parts, state).await?;
+        Ok(ClientAddr(origin.map(|o| o.address)))
     }
 }
 

@@ -39,6 +39,7 @@ pub mod sessions;
 pub mod spans;
 pub mod strict_json;
 pub mod token;
+pub mod upstream_head;
 pub mod verdict;
 pub mod verified;
 

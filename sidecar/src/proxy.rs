@@ -39,6 +39,7 @@ use crate::routing;
 use crate::rules::Policy;
 use crate::spans::{self, RequestSpans};
 use crate::token::{self, Identity, TokenError, TokenRules};
+use crate::upstream_head::{self, Additions, Forwarding, HOP_BY_HOP};
 use crate::verdict::{self, Answer, RequestFacts, Route};
 use crate::verified::{Verified, VerifiedTokens};
 use mcp_authz_audit::TraceIds;
@@ -73,7 +74,8 @@ pub struct Runtime {
     upstream: Uri,
     /// `host:port` of the upstream.
     upstream_authority: String,
-    identity_headers: [HeaderName; 4],
+    /// What the upstream is told beside the client's fields.
+    forwarding: Forwarding,
 }
 
 impl Runtime {
@@ -133,6 +135,12 @@ impl Runtime {
             header(scopes)?,
             header(caller)?,
         ];
+        let forwarding = Forwarding::new(
+            upstream.authority().map_or("", |a| a.as_str()),
+            config.resource.starts_with("https:"),
+            identity_headers,
+            exchanger.iter().flat_map(Exchanger::headers),
+        );
         let metadata = ResourceMetadata::from_config(&config);
         let challenge = ChallengeContext::from_config(&config);
         Ok(Self {
@@ -146,7 +154,7 @@ impl Runtime {
             challenge,
             upstream,
             upstream_authority,
-            identity_headers,
+            forwarding,
             config,
         })
     }
@@ -454,44 +462,36 @@ impl Proxy {
         let ends_session = (parts.method == Method::DELETE)
             .then_some(session_named)
             .flatten();
-        let mut upstream_request = match build_upstream_request(
-            rt,
-            parts,
-            upstream_body,
-            Some((&verified.header_values, &downstream)),
-            peer,
-        ) {
-            Ok(r) => r,
-            Err(reason) => {
-                let body = json!({"error": "bad_gateway", "error_description": reason});
-                return (
-                    json_response(StatusCode::BAD_GATEWAY, &body),
-                    Outcome {
-                        decision: "error",
-                        reason: "bad_request_uri",
-                    },
-                );
-            }
-        };
         // Traced, the upstream continues the trace under the sidecar's own span, with the state that trace
         // carries (the client's, bounded, only when it came beside a valid `traceparent`); otherwise the
         // client's `traceparent` goes on as it came.
+        let mut trace_fields = None;
         let upstream_span = spans.as_mut().map(|spans| {
             let (span, traceparent, tracestate) = spans.upstream(&rt.upstream_authority);
-            let headers = upstream_request.headers_mut();
-            if let Ok(value) = HeaderValue::from_str(&traceparent) {
-                headers.insert("traceparent", value);
-            }
-            match HeaderValue::from_str(&tracestate) {
-                Ok(value) if !tracestate.is_empty() => {
-                    headers.insert("tracestate", value);
-                }
-                _ => {
-                    headers.remove("tracestate");
-                }
-            }
+            let state = HeaderValue::from_str(&tracestate)
+                .ok()
+                .filter(|_| !tracestate.is_empty());
+            trace_fields = HeaderValue::from_str(&traceparent)
+                .ok()
+                .map(|parent| (parent, state));
             span
         });
+        let additions = Additions {
+            identity: Some((&verified.header_values, &downstream)),
+            tracestate: trace_fields
+                .is_none()
+                .then(|| carried_tracestate(&parts.headers))
+                .flatten(),
+            trace: trace_fields,
+        };
+        let upstream_request = upstream_head::upstream_request(
+            &rt.forwarding,
+            &parts,
+            upstream_body,
+            additions,
+            peer.ip(),
+        );
+        drop(parts);
         let started = Instant::now();
         let sent = self
             .client
@@ -562,17 +562,21 @@ impl Proxy {
         peer: SocketAddr,
     ) -> (Response<ProxyBody>, Outcome) {
         let (parts, _body) = request.into_parts();
-        let empty = Bytes::new();
         let outcome = |reason| Outcome {
             decision: "public",
             reason,
         };
-        let Ok(upstream_request) = build_upstream_request(rt, parts, empty, None, peer) else {
-            return (
-                json_response(StatusCode::BAD_REQUEST, &json!({"error": "bad_request"})),
-                outcome("preflight"),
-            );
+        let additions = Additions {
+            tracestate: carried_tracestate(&parts.headers),
+            ..Additions::default()
         };
+        let upstream_request = upstream_head::upstream_request(
+            &rt.forwarding,
+            &parts,
+            Bytes::new(),
+            additions,
+            peer.ip(),
+        );
         match self
             .client
             .send(
@@ -900,16 +904,6 @@ async fn read_body(
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     // Most messages carry none of these: one pass over the names finds out, where each removal would hash
     // its name and probe the map (about a thousand instructions per message for nothing). Fields the
@@ -917,169 +911,22 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let named = upstream_head::connection_named(headers);
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
 
-/// Fields a client could use to misstate where a request came from.
-const FORWARDING_HEADERS: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
-
-/// Whether field `name` (lowercase, as `http` keeps names) reads as `ours` (lowercase, with `-`) to a CGI-style
-/// server, which reads `_` and `-` alike. Compared in place: this runs for every field of every request.
-fn same_field_for_cgi(name: &str, ours: &str) -> bool {
-    name.len() == ours.len()
-        && name
-            .bytes()
-            .zip(ours.bytes())
-            .all(|(n, o)| n == o || (n == b'_' && o == b'-'))
-}
-
-/// What the upstream is told about the caller: the identity header values, and the tokens for its downstreams.
-type ForwardedIdentity<'a> = (&'a [HeaderValue; 4], &'a [(HeaderName, HeaderValue)]);
-
-fn build_upstream_request(
-    rt: &Runtime,
-    mut parts: http::request::Parts,
-    body: Bytes,
-    identity_values: Option<ForwardedIdentity<'_>>,
-    peer: SocketAddr,
-) -> Result<Request<Bytes>, &'static str> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let mut uri = rt.upstream.clone().into_parts();
-    uri.path_and_query = Some(path_and_query.parse().map_err(|_| "request path")?);
-    let uri = Uri::from_parts(uri).map_err(|_| "request path")?;
-
-    let headers = &mut parts.headers;
-    let original_host = headers.get(header::HOST).cloned();
-    strip_hop_by_hop(headers);
-    // No token passthrough: the upstream gets the verified identity, never the client's credentials.
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::HOST);
-    // The whole body is sent at once; the upstream has nothing to wait for.
-    headers.remove(header::EXPECT);
-    // The body is forwarded as what it was decided on: JSON in UTF-8, declared by the sidecar (a client's
-    // charset or content coding would have the upstream read other text from the same bytes, see
-    // `media_type`).
-    if parts.method == http::Method::POST {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.remove(header::CONTENT_ENCODING);
-    }
-    // Answers are filtered and relayed as the bytes they are: a compressed list would pass the filter unread.
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    // W3C Trace Context: a `tracestate` belongs to the `traceparent` it came with; beside none that can be read
-    // it is not passed on (the upstream would take it as the state of whatever trace it joins). Beside one it
-    // goes on as the traced path carries it, bounded and a valid list, so that turning tracing on or off does
-    // not change what a client can put in front of the upstream.
-    if headers.contains_key("tracestate") {
-        let carried = trace_header(headers)
-            .and_then(|_| crate::spans::tracestate_field(headers))
-            .and_then(mcp_authz_otel::untrusted::carried_tracestate)
-            .map(|state| state.header())
-            .and_then(|list| HeaderValue::from_str(&list).ok())
-            .filter(|value| !value.is_empty());
-        match carried {
-            Some(value) => headers.insert("tracestate", value),
-            None => headers.remove("tracestate"),
-        };
-    }
-    // Only this proxy says who is calling and from where: the identity and forwarding fields are removed,
-    // and so are their look-alikes with `_` for `-`, which CGI-style servers read as the same field
-    // (`X_Forwarded_For` and `X-Forwarded-For` are both `HTTP_X_FORWARDED_FOR`).
-    let ours = |name: &str| {
-        FORWARDING_HEADERS
-            .iter()
-            .any(|f| same_field_for_cgi(name, f))
-            || rt
-                .identity_headers
-                .iter()
-                .chain(rt.exchanger.iter().flat_map(Exchanger::headers))
-                .any(|id| same_field_for_cgi(name, id.as_str()))
-    };
-    let claimed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| ours(name.as_str()))
-        .cloned()
-        .collect();
-    for name in &claimed {
-        headers.remove(name);
-    }
-    if let Some((values, downstream)) = identity_values {
-        for (name, value) in rt.identity_headers.iter().zip(values.iter()) {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in downstream {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-    if let Some(authority) = rt
-        .upstream
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        // The upstream sees its own loopback name, which DNS-rebinding guards in MCP SDKs accept.
-        headers.insert(header::HOST, authority);
-    }
-    if let Some(host) = original_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    let proto = if rt.config.resource.starts_with("https:") {
-        "https"
-    } else {
-        "http"
-    };
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
-    if let Some(v) = forwarded_for(peer.ip()) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
-}
-
-/// The `X-Forwarded-For` value of a client address. The clients of a sidecar are few (an ingress, a mesh
-/// proxy), so the last address's value is kept per thread rather than formatted for every request.
-fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    use std::cell::RefCell;
-    thread_local! {
-        static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((at, value)) if *at == ip => Some(value.clone()),
-        _ => {
-            let value = HeaderValue::from_str(&ip.to_string()).ok()?;
-            *last = Some((ip, value.clone()));
-            Some(value)
-        }
-    })
+/// The client's `tracestate` as it may go on untraced: beside a valid `traceparent` only, bounded and a valid
+/// list, so that turning tracing on or off does not change what a client can put in front of the upstream
+/// (the upstream would otherwise take it as the state of whatever trace it joins).
+fn carried_tracestate(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let field = crate::spans::tracestate_field(headers)?;
+    trace_header(headers)?;
+    mcp_authz_otel::untrusted::carried_tracestate(field)
+        .map(|state| state.header())
+        .and_then(|list| HeaderValue::from_str(&list).ok())
+        .filter(|value| !value.is_empty())
 }
 
 fn metadata_response(rt: &Runtime, method: &Method) -> Response<ProxyBody> {
@@ -1150,7 +997,7 @@ impl Refusal {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bearer, forwarded_for, same_field_for_cgi, strip_hop_by_hop};
+    use super::{Bearer, strip_hop_by_hop};
     use crate::token;
     use http::{HeaderMap, HeaderValue};
 
@@ -1176,16 +1023,6 @@ mod tests {
         // A slice from elsewhere is no token of this value.
         let value = HeaderValue::from_static("Bearer abc");
         assert_eq!(Bearer::at(&value, b"abc").as_str(), "");
-    }
-
-    #[test]
-    fn the_forwarded_for_value_is_the_address_of_each_request() {
-        for ip in [
-            "10.0.0.1", "10.0.0.1", "10.0.0.2", "::1", "10.0.0.1", "fe80::1",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(forwarded_for(ip).unwrap(), ip.to_string().as_str());
-        }
     }
 
     #[test]
@@ -1238,25 +1075,6 @@ mod tests {
             strip_hop_by_hop(&mut map);
             let left: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
             assert_eq!(left, kept, "{fields:?}");
-        }
-    }
-
-    #[test]
-    fn fields_that_cgi_servers_read_alike_are_one_field() {
-        for (name, ours, same) in [
-            ("x-forwarded-for", "x-forwarded-for", true),
-            ("x_forwarded_for", "x-forwarded-for", true),
-            ("x-forwarded_for", "x-forwarded-for", true),
-            ("x-mcp-authz-subject", "x-mcp-authz-subject", true),
-            ("x_mcp_authz_subject", "x-mcp-authz-subject", true),
-            // Only `_` stands for `-`, never the other way round, and lengths must agree.
-            ("x-forwarded-fo", "x-forwarded-for", false),
-            ("x-forwarded-forr", "x-forwarded-for", false),
-            ("x.forwarded.for", "x-forwarded-for", false),
-            ("forwarded", "x-real-ip", false),
-            ("", "forwarded", false),
-        ] {
-            assert_eq!(same_field_for_cgi(name, ours), same, "{name} vs {ours}");
         }
     }
 }

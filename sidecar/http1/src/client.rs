@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, header};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Response};
 use tokio::net::TcpStream;
 
 use crate::body::{Finish, WireBody};
@@ -105,15 +106,17 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         authority: &str,
-        request: Request<Bytes>,
+        request: UpstreamRequest,
         head_timeout: Duration,
     ) -> Result<Response<WireBody>, UpstreamError> {
-        let head = encode_request(&request);
-        let body = request.body();
-        let idempotent = request.method().is_idempotent();
+        let UpstreamRequest {
+            head,
+            body,
+            idempotent,
+        } = request;
         while let Some(stream) = self.pool.take(authority) {
             match self
-                .exchange(authority, stream, &head, body, head_timeout)
+                .exchange(authority, stream, &head, &body, head_timeout)
                 .await
             {
                 Ok(response) => return Ok(response),
@@ -125,7 +128,7 @@ impl UpstreamClient {
         }
         let stream = connect(authority).await?;
         match self
-            .exchange(authority, Arc::new(stream), &head, body, head_timeout)
+            .exchange(authority, Arc::new(stream), &head, &body, head_timeout)
             .await
         {
             Ok(response) => Ok(response),
@@ -235,51 +238,131 @@ async fn connect(authority: &str) -> Result<TcpStream, UpstreamError> {
     Ok(stream)
 }
 
-/// The request line and fields; the body's length is ours to state, never the client's.
-fn encode_request(request: &Request<Bytes>) -> Vec<u8> {
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(request.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+/// A request for the upstream: its head already encoded, and its whole body.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    head: Vec<u8>,
+    body: Bytes,
+    idempotent: bool,
+}
+
+impl UpstreamRequest {
+    /// The head as it is written to the upstream.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+}
+
+/// Writes a request head field by field, straight into the bytes that are sent: a proxy copies the fields it
+/// passes on and adds its own, with no map built and changed in between. Names and values are typed, so no
+/// field can carry a line break into the head; the body's length is the writer's to state, never a field's.
+#[derive(Debug)]
+pub struct RequestHeadWriter {
+    out: Vec<u8>,
+    method: Method,
+}
+
+impl RequestHeadWriter {
+    /// Starts the head of `method` to `target` (origin form, as the client's request line had it).
+    pub fn new(method: &Method, target: &http::uri::PathAndQuery) -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_str().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            out,
+            method: method.clone(),
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
-    if !request.body().is_empty() || request.method() == http::Method::POST {
-        out.extend_from_slice(format!("content-length: {}\r\n", request.body().len()).as_bytes());
+
+    /// Adds a field; framing fields are left out (the length is stated by [`Self::finish`]).
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            return;
+        }
+        self.out.extend_from_slice(name.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
+
+    /// Ends the head with the length of `body` (stated for any body, and for every POST) and pairs them.
+    pub fn finish(mut self, body: Bytes) -> UpstreamRequest {
+        if !body.is_empty() || self.method == Method::POST {
+            let mut digits = [0; 20];
+            self.out.extend_from_slice(b"content-length: ");
+            self.out
+                .extend_from_slice(format_length(&mut digits, body.len()));
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        UpstreamRequest {
+            head: self.out,
+            idempotent: self.method.is_idempotent(),
+            body,
+        }
+    }
+}
+
+/// The decimal digits of `n`, written into the end of `buf`.
+fn format_length(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn text(request: &UpstreamRequest) -> String {
+        String::from_utf8(request.head.clone()).unwrap()
+    }
+
     #[test]
     fn the_request_states_its_own_length_and_nothing_else_frames_it() {
-        let request = Request::post("http://u/mcp?x=1")
-            .header("host", "u")
-            .header("content-length", "999")
-            .header("transfer-encoding", "chunked")
-            .body(Bytes::from_static(b"{}"))
-            .unwrap();
-        let text = String::from_utf8(encode_request(&request)).unwrap();
+        let target = "/mcp?x=1".parse().unwrap();
+        let mut head = RequestHeadWriter::new(&Method::POST, &target);
+        head.field(&header::HOST, &HeaderValue::from_static("u"));
+        head.field(&header::CONTENT_LENGTH, &HeaderValue::from_static("999"));
+        head.field(
+            &header::TRANSFER_ENCODING,
+            &HeaderValue::from_static("chunked"),
+        );
+        let post = head.finish(Bytes::from_static(b"{}"));
         assert_eq!(
-            text,
+            text(&post),
             "POST /mcp?x=1 HTTP/1.1\r\nhost: u\r\ncontent-length: 2\r\n\r\n"
         );
-        let get = Request::get("http://u/mcp").body(Bytes::new()).unwrap();
+        assert!(!post.idempotent);
+        let get =
+            RequestHeadWriter::new(&Method::GET, &"/mcp".parse().unwrap()).finish(Bytes::new());
+        assert_eq!(text(&get), "GET /mcp HTTP/1.1\r\n\r\n");
+        assert!(get.idempotent);
+        // A POST without a body still says so; a DELETE with one states its length.
+        let empty_post =
+            RequestHeadWriter::new(&Method::POST, &"/".parse().unwrap()).finish(Bytes::new());
         assert_eq!(
-            String::from_utf8(encode_request(&get)).unwrap(),
-            "GET /mcp HTTP/1.1\r\n\r\n"
+            text(&empty_post),
+            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
+        let delete = RequestHeadWriter::new(&Method::DELETE, &"/".parse().unwrap())
+            .finish(Bytes::from(vec![b'a'; 1234567]));
+        assert!(text(&delete).ends_with("content-length: 1234567\r\n\r\n"));
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 100, 4_194_304, usize::MAX] {
+            let mut buf = [0; 20];
+            assert_eq!(format_length(&mut buf, n), n.to_string().as_bytes());
+        }
     }
 }

@@ -6,7 +6,7 @@
 //!        ^                                                                          |
 //!        '------------- server::write_response <--Response<B: Body>-----------------'
 //!                                                                                   |
-//!  upstream socket <--client::UpstreamClient::send(Request<Bytes>)------------------'
+//!  upstream socket <--client::UpstreamClient::send(UpstreamRequest)-------------------'
 //!        |            (pool: idle connections; a WireBody hands its connection back once read whole)
 //!        '--head::parse_response--> Response<WireBody> (body: Length | chunked::ChunkedDecoder | UntilClose)
 //! ```

@@ -39,7 +39,7 @@ use crate::routing;
 use crate::rules::Policy;
 use crate::spans::{self, RequestSpans};
 use crate::token::{self, Identity, TokenError, TokenRules};
-use crate::upstream_head::{self, Additions, Forwarding, HOP_BY_HOP};
+use crate::upstream_head::{self, Additions, Forwarding, HOP_BY_HOP, MCP_SESSION_ID, TRACEPARENT};
 use crate::verdict::{self, Answer, RequestFacts, Route};
 use crate::verified::{Verified, VerifiedTokens};
 use mcp_authz_audit::TraceIds;
@@ -405,7 +405,7 @@ impl Proxy {
                 routing::Era::Modern => None,
                 routing::Era::Legacy => parts
                     .headers
-                    .get("mcp-session-id")
+                    .get(&MCP_SESSION_ID)
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             };
             if let Some(session) = &session
@@ -435,7 +435,7 @@ impl Proxy {
             }
             drop(forward);
             if era == routing::Era::Modern {
-                parts.headers.remove("mcp-session-id");
+                parts.headers.remove(&MCP_SESSION_ID);
             }
             let matcher = per_token.then_some(ListMatcher::Requests);
             (bytes, matcher, claim, downstream)
@@ -444,7 +444,7 @@ impl Proxy {
             if let Some(refused) = verdict::read_only(&http_method, !body.is_end_stream()) {
                 return refuse(rt, refused, Some(identity), trace.as_ref(), spans);
             }
-            if let Some(session) = parts.headers.get("mcp-session-id")
+            if let Some(session) = parts.headers.get(&MCP_SESSION_ID)
                 && let Some(refused) = verdict::session_refusal(
                     &http_method,
                     self.sessions
@@ -457,7 +457,7 @@ impl Proxy {
             (Bytes::new(), matcher, None, Vec::new())
         };
         // A POST without a session may open one (`initialize`); a DELETE ends the one it names.
-        let session_named = parts.headers.get("mcp-session-id").cloned();
+        let session_named = parts.headers.get(&MCP_SESSION_ID).cloned();
         let opens_session = parts.method == Method::POST && session_named.is_none();
         let ends_session = (parts.method == Method::DELETE)
             .then_some(session_named)
@@ -528,7 +528,7 @@ impl Proxy {
         if response.status().is_success() {
             if let Some(opened) = response
                 .headers()
-                .get("mcp-session-id")
+                .get(&MCP_SESSION_ID)
                 .filter(|_| opens_session)
             {
                 self.sessions
@@ -770,7 +770,7 @@ fn refuse(
 
 /// The ids of a request's `traceparent` header, if it has exactly one valid value.
 fn trace_header(headers: &http::HeaderMap) -> Option<TraceIds> {
-    TraceIds::of_header(headers.get_all("traceparent").iter().map(|v| v.as_bytes()))
+    TraceIds::of_header(headers.get_all(&TRACEPARENT).iter().map(|v| v.as_bytes()))
 }
 
 /// The most audit records one request writes. A batch may hold 256 operations, each refused with its own record:

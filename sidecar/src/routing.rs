@@ -244,8 +244,8 @@ pub fn conforming_headers(document: &Json<'_>) -> HeaderMap {
 fn mirrored(headers: &HeaderMap) -> Result<Mirrored<'_>, RoutingError> {
     use RoutingError::Mismatch;
     let mut found = Mirrored::default();
-    for name in headers.keys() {
-        let name = name.as_str();
+    for field in headers.keys() {
+        let name = field.as_str();
         let slot = match name {
             PROTOCOL_VERSION => 0,
             METHOD => 1,
@@ -253,7 +253,7 @@ fn mirrored(headers: &HeaderMap) -> Result<Mirrored<'_>, RoutingError> {
             _ if name.starts_with(PARAM_PREFIX) => 3,
             _ => continue,
         };
-        let mut values = headers.get_all(name).iter();
+        let mut values = headers.get_all(field).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err(Mismatch(match slot {
                 0 => "MCP-Protocol-Version header appears more than once",

@@ -79,7 +79,7 @@ fn bounded(value: &str) -> String {
 /// A request's `tracestate` field as it came. Several fields are one list; kept simple, one is taken only when
 /// there is one. What may go on of it is `mcp_authz_otel::untrusted::carried_tracestate`'s to say.
 pub fn tracestate_field(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all("tracestate").iter();
+    let mut values = headers.get_all(&crate::upstream_head::TRACESTATE).iter();
     match (values.next(), values.next()) {
         (Some(v), None) => v.to_str().ok(),
         _ => None,

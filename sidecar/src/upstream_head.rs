@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use mcp_authz_http1::client::{RequestHeadWriter, UpstreamRequest};
 
-/// Fields that belong to one connection (RFC 9110 §7.6.1), never passed on in either direction.
-pub const HOP_BY_HOP: [HeaderName; 7] = [
+/// Fields that belong to one connection (RFC 9110 §7.6.1), never passed on in either direction. (Statics, not
+/// consts: a const array of names would be built and dropped at every use, for every field of every request.)
+pub static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -24,7 +25,7 @@ pub const HOP_BY_HOP: [HeaderName; 7] = [
 /// SDKs accept), `Expect` (the whole body is sent at once), `Accept-Encoding` (answers are filtered as the
 /// bytes they are: a compressed list would pass the filter unread), `tracestate` (below) and the body's
 /// length (the head writer states it).
-const REPLACED: [HeaderName; 7] = [
+static REPLACED: [HeaderName; 7] = [
     header::CONTENT_LENGTH,
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
@@ -44,13 +45,15 @@ const FORWARDING: [&str; 6] = [
     "x-real-ip",
 ];
 
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const IDENTITY: HeaderValue = HeaderValue::from_static("identity");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The 2025 protocol's session field.
+pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 /// What a config fixes about forwarding: derived once per config, not per request.
 #[derive(Debug, Clone)]

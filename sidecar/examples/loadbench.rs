@@ -19,6 +19,10 @@
 //!   the shell command `LOADBENCH_PERF_HOOK` run with `start <pid>`, exactly N requests (oha, 32 connections,
 //!   unlimited rate), the hook again with `stop <pid>`: a fixed amount of work between the two calls, for
 //!   counts that do not depend on the machine's load (`callgrind_control -z` / `-d`, `strace -c -p`);
+//! - `LOADBENCH_AWAKE=1` (with `LOADBENCH_PROXY_CPUS`): during each proxy's fixed-rate run a busy loop at the
+//!   lowest priority runs on the proxy's CPUs, so that the core is never idle and halted: what is left of
+//!   the added latency is the proxy's own and a context switch, not a virtual machine waking a halted core
+//!   (about 45 µs of the added p50 on the 2-core machine of issue 16, for nginx and the sidecar alike);
 //! - `LOADBENCH_PROXY_WRAP="valgrind --tool=callgrind"`: each proxy starts under this command (after
 //!   `taskset`); proxies are stopped with SIGTERM, so such a tool writes its report.
 //!
@@ -280,6 +284,28 @@ fn ok(report: &Value) -> u64 {
     report["statusCodeDistribution"]["200"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// The busy loop of `LOADBENCH_AWAKE`, if asked for: the lowest priority, on the proxies' CPUs.
+fn keep_awake() -> anyhow::Result<Option<Killed>> {
+    let cpus = std::env::var("LOADBENCH_PROXY_CPUS").unwrap_or_default();
+    if std::env::var("LOADBENCH_AWAKE").as_deref() != Ok("1") || cpus.is_empty() {
+        return Ok(None);
+    }
+    let child = Command::new("nice")
+        .args([
+            "-n",
+            "19",
+            "taskset",
+            "-c",
+            &cpus,
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .spawn()
+        .context("the busy loop of LOADBENCH_AWAKE")?;
+    Ok(Some(Killed(child)))
 }
 
 /// A proxy under test: where it listens and which processes' CPU time and memory are its own.
@@ -653,7 +679,9 @@ async fn main() -> anyhow::Result<()> {
             for proxy in &order {
                 let before = cpu_ticks(&proxy.pids)?;
                 let url = format!("http://127.0.0.1:{}/mcp", proxy.port);
+                let awake = keep_awake()?;
                 let report = oha(&oha_bin, &url, Some(&t), amount)?;
+                drop(awake);
                 let ticks = cpu_ticks(&proxy.pids)? - before;
                 runs.push(RateRun {
                     path: proxy.name,

@@ -14,6 +14,10 @@
 #
 #   tests/bench/sidecar-vs-nginx.sh [seconds=10] [rate=1000] [streams=1000] [rounds=5]
 #
+# LOADBENCH_AWAKE=1 keeps the proxy's core busy at the lowest priority during the fixed-rate runs: on a virtual
+# machine an idle core halts, and waking it adds tens of microseconds to every request of any proxy pinned there
+# (compare the two runs to tell the machine's share of the added latency from the proxy's).
+#
 # Needs root for apt-get (nginx and wrk from Debian, installed once); oha 1.16.0 is installed with cargo under
 # $MCP_AUTHZ_CACHE/tools when missing.
 set -euo pipefail

@@ -325,6 +325,38 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(second.body.contains("\"id\":2"), "{second:?}");
 }
 
+/// A kept-alive connection's head time runs anew for each request: a request after a pause longer than the head
+/// time is served (the connection was idle, not late), and a head begun after a request is cut off after the
+/// head time (400 ms here), not the idle time.
+#[tokio::test]
+async fn each_request_on_a_kept_alive_connection_has_its_own_head_time() {
+    let h = Harness::start().await;
+    let token = h.token("mcp:read");
+    let mut socket = connect(&h).await;
+    let mut pending = Vec::new();
+    let request = authorized_post(&token, &call(1, "get_user"));
+    socket.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut socket, &mut pending).await.status, 200);
+    for id in 2..=3 {
+        // Each pause passes the head time from the connection's accept and from the request before.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let request = authorized_post(&token, &call(id, "get_user"));
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut socket, &mut pending).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    socket
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_response(&mut socket, &mut pending).await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.body, "{\"error\":\"head_timeout\"}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(closed(&mut socket).await);
+}
+
 #[tokio::test]
 async fn http_1_0_and_head_requests_get_their_own_framing() {
     let h = Harness::start().await;

@@ -5,6 +5,7 @@
 //! quiet. That is what lets one sidecar hold thousands of open MCP streams in little memory.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{Finish, Handoff, Leftover, WireBody};
 use crate::chunked::{CHUNK_END, LAST_CHUNK, chunk_header};
@@ -70,8 +71,18 @@ pub async fn serve<H, F, B>(
     let stream = Arc::new(stream);
     let mut inbound = BytesMut::new();
     let mut first = true;
+    // One timer for the connection's life, re-armed only when it fires early or must fire sooner: a timer
+    // made and cancelled for every request costs two trips through the runtime's timer wheel.
+    let timer = tokio::time::sleep(settings.header_timeout);
+    tokio::pin!(timer);
     loop {
-        let head = read_head(&stream, &mut inbound, &settings, first, &mut shutdown).await;
+        let waiting = Waiting {
+            stream: &stream,
+            settings: &settings,
+            first,
+            timer: timer.as_mut(),
+        };
+        let head = read_head(waiting, &mut inbound, &mut shutdown).await;
         first = false;
         let head = match head {
             Head::Request(head) => head,
@@ -184,14 +195,28 @@ pub async fn serve<H, F, B>(
     Box::pin(linger(stream)).await;
 }
 
+/// What waiting for a head needs from its connection.
+struct Waiting<'a> {
+    stream: &'a TcpStream,
+    settings: &'a Settings,
+    /// The connection's first request: its head time starts at accept.
+    first: bool,
+    /// The connection's timer; it may be set for any time up to the deadline, never past it.
+    timer: Pin<&'a mut Sleep>,
+}
+
 /// Reads until `inbound` holds a whole head, within the time limits.
 async fn read_head(
-    stream: &TcpStream,
+    waiting: Waiting<'_>,
     inbound: &mut BytesMut,
-    settings: &Settings,
-    first: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Head {
+    let Waiting {
+        stream,
+        settings,
+        first,
+        mut timer,
+    } = waiting;
     let mut deadline =
         (first || !inbound.is_empty()).then(|| Instant::now() + settings.header_timeout);
     let idle_until = Instant::now() + KEEP_ALIVE_IDLE;
@@ -220,9 +245,18 @@ async fn read_head(
             return Head::Refused(HeadError::TooLarge);
         }
         let waiting_for = deadline.unwrap_or(idle_until);
+        // A timer set later than the deadline is brought forward; one set earlier is left, and set again
+        // when it fires (deadlines of a kept-alive connection move later with each request).
+        if timer.deadline() > waiting_for {
+            timer.as_mut().reset(waiting_for);
+        }
         let ready = tokio::select! {
             ready = stream.readable() => ready,
-            _ = tokio::time::sleep_until(waiting_for) => {
+            _ = timer.as_mut() => {
+                if Instant::now() < waiting_for {
+                    timer.as_mut().reset(waiting_for);
+                    continue;
+                }
                 return if inbound.is_empty() { Head::Close } else { Head::TimedOut };
             }
             // Between requests a connection is closed at once on shutdown; a head in progress is finished.

@@ -82,5 +82,29 @@ fn token_check(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, token_check);
+/// A caller at its share of sessions naming an unknown id, with the table full: each such request replaces the
+/// caller's own oldest binding (issue 15: bounded under load; it was a scan of the whole table).
+fn session_claims(c: &mut Criterion) {
+    use mcp_authz_sidecar::sessions::{CAPACITY, PER_CALLER, SessionOwners};
+    let owners = SessionOwners::default();
+    for i in 0..CAPACITY {
+        owners.bind(
+            format!("s-{i}").as_bytes(),
+            &format!("caller-{}", i % 300),
+            "app",
+        );
+    }
+    for i in 0..PER_CALLER {
+        owners.claim(format!("m-{i}").as_bytes(), "mallory", "app");
+    }
+    let mut next = 0u64;
+    c.bench_function("session_claim_unknown_id_past_the_share", |b| {
+        b.iter(|| {
+            next += 1;
+            owners.claim(black_box(next.to_le_bytes().as_slice()), "mallory", "app")
+        })
+    });
+}
+
+criterion_group!(benches, token_check, session_claims);
 criterion_main!(benches);

@@ -14,7 +14,7 @@
 //! oldest binding goes first. One caller holds at most [`PER_CALLER`]: a token opening sessions in a loop
 //! replaces its own, and cannot push everyone else's out to make their ids first-claimant again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
@@ -38,59 +38,74 @@ pub struct SessionOwners {
     state: Mutex<State>,
 }
 
+/// A session's owner, and when it was bound (a number that only grows).
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    owner: u64,
+    age: u64,
+}
+
+/// Every binding is in all three maps. Finding the oldest session, a caller's oldest, or any session's place
+/// takes a lookup, never a walk over the others: a token naming unknown ids in a loop, once it holds its
+/// share, makes each request replace its own oldest, and that must not cost a scan of 16,384 entries under the
+/// lock every request of the pod takes.
 #[derive(Debug, Default)]
 struct State {
-    owners: HashMap<u64, u64>,
-    /// Sessions in the order they were bound, with their owners.
-    order: VecDeque<(u64, u64)>,
-    /// Sessions per owner.
-    counts: HashMap<u64, usize>,
+    next_age: u64,
+    sessions: HashMap<u64, Binding>,
+    /// Sessions by age, oldest first.
+    by_age: BTreeMap<u64, u64>,
+    /// Each owner's sessions by age.
+    by_owner: HashMap<u64, BTreeMap<u64, u64>>,
 }
 
 impl State {
     fn bind(&mut self, id: u64, owner: u64, capacity: usize) {
-        match self.owners.insert(id, owner) {
-            Some(same) if same == owner => return,
-            Some(_) => self.unlist(id),
+        match self.sessions.get(&id) {
+            Some(binding) if binding.owner == owner => return,
+            Some(_) => {
+                self.remove(id);
+            }
             None => {}
         }
         // One caller's sessions beyond its share replace its own oldest, not anyone else's.
-        if self.counts.get(&owner).copied().unwrap_or(0) >= PER_CALLER
-            && let Some(at) = self.order.iter().position(|(_, o)| *o == owner)
-            && let Some((oldest, _)) = self.order.remove(at)
-        {
-            self.owners.remove(&oldest);
-            self.count(owner, false);
+        let own_oldest = self
+            .by_owner
+            .get(&owner)
+            .filter(|own| own.len() >= PER_CALLER)
+            .and_then(|own| own.first_key_value())
+            .map(|(_, &oldest)| oldest);
+        if let Some(oldest) = own_oldest {
+            self.remove(oldest);
         }
-        self.order.push_back((id, owner));
-        self.count(owner, true);
-        while self.order.len() > capacity {
-            if let Some((oldest, owner)) = self.order.pop_front() {
-                self.owners.remove(&oldest);
-                self.count(owner, false);
+        let age = self.next_age;
+        self.next_age += 1;
+        self.sessions.insert(id, Binding { owner, age });
+        self.by_age.insert(age, id);
+        self.by_owner.entry(owner).or_default().insert(age, id);
+        while self.sessions.len() > capacity {
+            match self.by_age.first_key_value() {
+                Some((_, &oldest)) => {
+                    self.remove(oldest);
+                }
+                None => break,
             }
         }
     }
 
-    /// Takes `id` out of the order (its entry in `owners` is the caller's to handle).
-    fn unlist(&mut self, id: u64) {
-        if let Some(at) = self.order.iter().position(|(i, _)| *i == id)
-            && let Some((_, owner)) = self.order.remove(at)
-        {
-            self.count(owner, false);
-        }
-    }
-
-    fn count(&mut self, owner: u64, up: bool) {
-        let count = self.counts.entry(owner).or_default();
-        if up {
-            *count += 1;
-        } else {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.counts.remove(&owner);
+    /// Forgets `id`; whether it was known.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(binding) = self.sessions.remove(&id) else {
+            return false;
+        };
+        self.by_age.remove(&binding.age);
+        if let Some(own) = self.by_owner.get_mut(&binding.owner) {
+            own.remove(&binding.age);
+            if own.is_empty() {
+                self.by_owner.remove(&binding.owner);
             }
         }
+        true
     }
 }
 
@@ -131,8 +146,8 @@ impl SessionOwners {
     pub fn claim(&self, session: &[u8], subject: &str, client_id: &str) -> Standing {
         let (id, owner) = (self.keys.hash_one(session), self.owner(subject, client_id));
         let mut state = self.lock();
-        match state.owners.get(&id) {
-            Some(&known) if known == owner => Standing::Own,
+        match state.sessions.get(&id) {
+            Some(known) if known.owner == owner => Standing::Own,
             Some(_) => Standing::Others,
             None => {
                 state.bind(id, owner, self.capacity);
@@ -144,10 +159,7 @@ impl SessionOwners {
     /// Forgets `session` (its owner ended it).
     pub fn forget(&self, session: &[u8]) {
         let id = self.keys.hash_one(session);
-        let mut state = self.lock();
-        if state.owners.remove(&id).is_some() {
-            state.unlist(id);
-        }
+        self.lock().remove(id);
     }
 }
 
@@ -207,8 +219,63 @@ mod tests {
             owners.claim(last.as_bytes(), "bob", "app"),
             Standing::Others
         );
-        let state = owners.lock();
-        assert_eq!(state.order.len(), state.owners.len());
-        assert_eq!(state.counts.values().sum::<usize>(), state.order.len());
+        owners.lock().assert_consistent();
+    }
+
+    impl State {
+        /// Every binding is in all three maps, and nothing else is.
+        fn assert_consistent(&self) {
+            assert_eq!(self.by_age.len(), self.sessions.len());
+            let owned: usize = self.by_owner.values().map(BTreeMap::len).sum();
+            assert_eq!(owned, self.sessions.len());
+            for (id, binding) in &self.sessions {
+                assert_eq!(self.by_age.get(&binding.age), Some(id));
+                assert_eq!(self.by_owner[&binding.owner].get(&binding.age), Some(id));
+            }
+            assert!(
+                self.by_owner
+                    .values()
+                    .all(|own| !own.is_empty() && own.len() <= PER_CALLER)
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_order_through_every_kind_of_change() {
+        let owners = SessionOwners::with_capacity(CAPACITY);
+        // Many callers fill the table; one caller then names unknown ids far past its share.
+        for i in 0..CAPACITY {
+            owners.bind(
+                format!("s-{i}").as_bytes(),
+                &format!("caller-{}", i % 300),
+                "app",
+            );
+        }
+        for i in 0..PER_CALLER * 40 {
+            let id = format!("m-{i}");
+            assert_eq!(owners.claim(id.as_bytes(), "mallory", "app"), Standing::Own);
+        }
+        owners.lock().assert_consistent();
+        assert_eq!(owners.lock().sessions.len(), CAPACITY);
+        assert_eq!(
+            owners.lock().by_owner[&owners.owner("mallory", "app")].len(),
+            PER_CALLER
+        );
+        // Mallory's share pushed out only the oldest others' sessions as it grew to 64, then only its own.
+        let known = |id: &str| {
+            let id = owners.keys.hash_one(id.as_bytes());
+            owners.lock().sessions.contains_key(&id)
+        };
+        let others_left: Vec<usize> = (0..CAPACITY).filter(|i| known(&format!("s-{i}"))).collect();
+        assert_eq!(others_left, (PER_CALLER..CAPACITY).collect::<Vec<_>>());
+        // A session taken over by another owner, and one ended, leave no trace in the order.
+        owners.bind(b"s-100", "mallory", "app");
+        owners.forget(b"s-200");
+        owners.forget(b"never-seen");
+        owners.lock().assert_consistent();
+        assert_eq!(
+            owners.claim(b"s-100", "caller-100", "app"),
+            Standing::Others
+        );
     }
 }

@@ -10,9 +10,10 @@
 //! sessions, and refusing those would send every such client back to `initialize` at every hop. A leaked id is
 //! therefore refused only where its owner got there first, which is everywhere it was opened.
 //!
-//! Ids and owners are kept as keyed hashes, a few dozen bytes a session, at most [`CAPACITY`] of them: the
-//! oldest binding goes first. One caller holds at most [`PER_CALLER`]: a token opening sessions in a loop
-//! replaces its own, and cannot push everyone else's out to make their ids first-claimant again.
+//! Ids and owners are kept as keyed hashes, at most [`CAPACITY`] of them (about 200 bytes each with their
+//! indexes: 3.2 MB of resident memory when full, measured): the oldest binding goes first. One caller holds at
+//! most [`PER_CALLER`]: a token opening sessions in a loop replaces its own, and cannot push everyone else's
+//! out to make their ids first-claimant again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};

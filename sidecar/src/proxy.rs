@@ -641,14 +641,17 @@ impl Proxy {
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .trim_start()
-            .to_ascii_lowercase();
-        let is_sse = content_type.starts_with("text/event-stream");
+            .map_or(&b""[..], |v| v.as_bytes())
+            .trim_ascii_start();
+        let is_type = |media_type: &str| {
+            content_type
+                .get(..media_type.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(media_type.as_bytes()))
+        };
+        let is_sse = is_type("text/event-stream");
         // A successful answer to list requests is read as JSON whatever it claims to be: passed on unread,
         // a mislabelled list would reach a client that reads it anyway, unfiltered.
-        let is_json = content_type.starts_with("application/json")
+        let is_json = is_type("application/json")
             || (parts.status.is_success()
                 && filter.as_ref().is_some_and(ListFilter::answers_requests));
         let body: ProxyBody = match (filter, is_sse, is_json) {

@@ -1020,6 +1020,11 @@ async fn list_answers_are_filtered_whatever_they_claim_and_withheld_when_unreada
                 "text/event-stream",
                 "id: 9\nevent: message\ndata: {not json\n\n",
             ),
+            // Bytes past ASCII in the field (obs-text) do not hide what it starts with.
+            answer(
+                "Text/Event-Stream; note=\u{e9}",
+                &format!("id: 10\ndata: {LIST}\n\n"),
+            ),
         ],
         4,
     )
@@ -1054,6 +1059,12 @@ async fn list_answers_are_filtered_whatever_they_claim_and_withheld_when_unreada
     let mut socket = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
     let request = authorized_post(&token, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
     socket.write_all(request.as_bytes()).await.unwrap();
-    let stream = read_response(&mut socket, &mut Vec::new()).await;
+    let mut pending = Vec::new();
+    let stream = read_response(&mut socket, &mut pending).await;
     assert_eq!(stream.body, "id: 9\nevent: message\n\n");
+    let request = authorized_post(&token, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let stream = read_response(&mut socket, &mut pending).await;
+    assert!(stream.body.contains("get_user"), "{stream:?}");
+    assert!(!stream.body.contains("delete_user"), "{stream:?}");
 }

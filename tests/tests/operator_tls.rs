@@ -164,9 +164,19 @@ async fn sidecars_reach_the_server_over_tls_with_the_ca_the_operator_made() {
     // The real authorization server with the rendered config, keys and certificate, on loopback.
     let dir = tempfile::tempdir().expect("dir");
     let d = dir.path();
-    let authserver_cm = get_json(&admin, &platform, "v1", "ConfigMap", "auth-authserver")
+    // The service is Ready once its own objects are; the server's config takes the service in (its URL and uid,
+    // from which the server derives the key the sidecar introspects with) on the server's next reconcile, and
+    // the server below is started from that config.
+    let uid = get_json(&admin, &team, V1, "MCPService", "files")
         .await
-        .expect("authserver ConfigMap");
+        .and_then(|s| s["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("the service's uid");
+    let authserver_cm = eventually("the server's config holds the service", || async {
+        let cm = get_json(&admin, &platform, "v1", "ConfigMap", "auth-authserver").await?;
+        let yaml = cm["data"]["authserver.yaml"].as_str()?;
+        yaml.contains(uid.as_str()).then_some(cm)
+    })
+    .await;
     let mut config: AuthServerConfig = serde_saphyr::from_str(
         authserver_cm["data"]["authserver.yaml"]
             .as_str()

@@ -182,7 +182,11 @@ pub fn upstream_request(
             head.field(&TRACEPARENT, traceparent);
             state.as_ref()
         }
-        None => additions.tracestate.as_ref(),
+        // Untraced, the client's state goes on only beside the client's own `traceparent`, which a
+        // `Connection` field may have taken away.
+        None => additions.tracestate.as_ref().filter(|_| {
+            passes(&TRACEPARENT, shape, &named, forwarding) && !named.contains(&TRACESTATE)
+        }),
     };
     if let Some(state) = tracestate {
         head.field(&TRACESTATE, state);
@@ -422,6 +426,43 @@ mod tests {
             text.ends_with("x-forwarded-for: 10.1.2.3\r\n\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_untraced_tracestate_goes_on_only_beside_the_clients_traceparent() {
+        let carried = || Additions {
+            tracestate: Some(HeaderValue::from_static("vendor=1")),
+            ..Additions::default()
+        };
+        for (connection, state_goes_on) in [
+            (None, true),
+            (Some("traceparent"), false),
+            (Some("keep-alive, TraceParent"), false),
+            (Some("tracestate"), false),
+            (Some("x-other"), true),
+        ] {
+            let mut fields = vec![
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+                ("tracestate", "vendor=1"),
+            ];
+            fields.extend(connection.map(|value| ("connection", value)));
+            for method in ["POST", "OPTIONS"] {
+                let text = head_text(&request(method, "/mcp", &fields), b"", carried());
+                assert_eq!(
+                    text.contains("tracestate: vendor=1\r\n"),
+                    state_goes_on,
+                    "{connection:?} {method}: {text}"
+                );
+                assert_eq!(
+                    text.contains("traceparent: "),
+                    state_goes_on || connection == Some("tracestate"),
+                    "{connection:?} {method}: {text}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -29,28 +29,86 @@ use crate::tenancy::NamespaceLabels;
 #[derive(Clone)]
 pub struct Cached<K: Resource<DynamicType = ()> + Clone + 'static> {
     stores: Vec<Store<K>>,
-    /// Counts the changes applied to the caches (see [`Cached::changes`]).
-    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Tells the controllers what the caches have taken in (see [`Cached::touched`]).
+    touched: tokio::sync::broadcast::Sender<Touched<K>>,
 }
 
+/// What a cache has just taken in, for the controllers it triggers.
+#[derive(Debug)]
+pub enum Touched<K> {
+    /// This object was written (the cache now holds it) or deleted (the cache no longer does).
+    One(Arc<K>),
+    /// The cache was re-listed after a lost watch, or its reader fell behind: any object may have changed.
+    Any,
+}
+
+impl<K> Clone for Touched<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::One(o) => Self::One(o.clone()),
+            Self::Any => Self::Any,
+        }
+    }
+}
+
+/// What a watch event tells the controllers, once the cache has applied it. A re-list is told once, when its
+/// contents are swapped in whole: before that the cache still holds the old contents, and a controller
+/// reading it on an earlier item would decide without the change.
+pub fn touch_of<K: Clone>(event: &watcher::Event<K>) -> Option<Touched<K>> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            Some(Touched::One(Arc::new(o.clone())))
+        }
+        watcher::Event::InitDone => Some(Touched::Any),
+        watcher::Event::Init | watcher::Event::InitApply(_) => None,
+    }
+}
+
+/// Changes a controller may fall behind by before it is told [`Touched::Any`] instead.
+const TOUCHED_BUFFER: usize = 1024;
+
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
-    /// Caches read from `stores` (their writers are fed elsewhere).
+    /// Caches read from `stores` (their writers are fed elsewhere, and report to [`Cached::took_in`]).
     pub fn new(stores: Vec<Store<K>>) -> Self {
         Self {
             stores,
-            changed: Arc::new(tokio::sync::watch::channel(0u64).0),
+            touched: tokio::sync::broadcast::channel(TOUCHED_BUFFER).0,
         }
     }
 
-    /// One item after each change the caches have taken in (several at once coalesce into one). A
+    /// Tells the controllers following this cache about `event`, which the cache has applied.
+    pub fn took_in(&self, event: &watcher::Event<K>) {
+        if let Some(touched) = touch_of(event) {
+            // Err: nobody follows this cache yet (the controllers start after the first lists).
+            let _ = self.touched.send(touched);
+        }
+    }
+
+    /// One item for each change the caches take in from now on, sent after the cache holds it. A
     /// controller triggered by these reads the change from the cache, where a trigger from a watch of its
-    /// own could arrive before the cache has it (or while the cache re-lists after a failed watch) and
-    /// reconcile without it.
-    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        futures::stream::unfold(self.changed.subscribe(), |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
+    /// own could arrive before the cache has it (or while the cache re-lists after a lost watch), and its
+    /// reconcile would decide without it and not run again until the periodic check.
+    pub fn touched(&self) -> impl futures::Stream<Item = Touched<K>> + Send + 'static
+    where
+        K: Send + Sync,
+    {
+        futures::stream::unfold(self.touched.subscribe(), |mut rx| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            match rx.recv().await {
+                Ok(touched) => Some((touched, rx)),
+                Err(RecvError::Lagged(_)) => Some((Touched::Any, rx)),
+                Err(RecvError::Closed) => None,
+            }
         })
+    }
+
+    /// One item for each change the caches take in (see [`Cached::touched`]), for controllers that
+    /// re-check every object on any change.
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static
+    where
+        K: Send + Sync,
+    {
+        self.touched().map(|_| ())
     }
 
     /// How many objects are cached.
@@ -127,25 +185,38 @@ where
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         let mut stores = Vec::new();
-        let changed = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let mut writers = Vec::new();
         for api in scope.apis::<K>(client) {
             let (store, writer) = reflector::store();
-            let notify = changed.clone();
-            // The reflector has applied an event to the store by the time it yields it.
-            let stream =
-                reflector(writer, watcher(api, watcher::Config::default())).inspect(move |event| {
-                    if event.is_ok() {
-                        notify.send_modify(|n| *n = n.wrapping_add(1));
-                    }
-                });
+            stores.push(store);
+            writers.push((api, writer));
+        }
+        let cached = Self::new(stores);
+        for (api, writer) in writers {
+            let stream = reflector(writer, watcher(api, watcher::Config::default()));
             tasks.push(tokio::spawn(counted(
-                stream.default_backoff(),
+                cached.telling(stream).default_backoff(),
                 metrics,
                 &K::kind(&()),
             )));
-            stores.push(store);
         }
-        Self { stores, changed }
+        cached
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static> Cached<K> {
+    /// `stream` (a reflector's, which yields each event once it has applied it to its store), telling this
+    /// cache's followers of each event.
+    fn telling<S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + Send + 'static
+    where
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let cached = self.clone();
+        stream.inspect(move |event| {
+            if let Ok(event) = event {
+                cached.took_in(event);
+            }
+        })
     }
 }
 
@@ -201,6 +272,7 @@ impl Stores {
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         let (namespaces, writer) = reflector::store();
+        let namespaces = Cached::new(vec![namespaces]);
         // Labels only: metadata-only requests.
         let stream = reflector(
             writer,
@@ -211,7 +283,7 @@ impl Stores {
         );
         let metrics = metrics.clone();
         tasks.push(tokio::spawn(counted(
-            stream.default_backoff(),
+            namespaces.telling(stream).default_backoff(),
             &metrics,
             "Namespace",
         )));
@@ -221,7 +293,7 @@ impl Stores {
             policies: Cached::watch(client, scope, &metrics, tasks),
             servers: Cached::watch(client, scope, &metrics, tasks),
             clients: Cached::watch(client, scope, &metrics, tasks),
-            namespaces: Cached::new(vec![namespaces]),
+            namespaces,
         };
         tasks.push(tokio::spawn(stores.clone().count_objects(metrics)));
         stores
@@ -424,6 +496,63 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    fn touched_key(t: &Touched<MCPService>) -> String {
+        match t {
+            Touched::One(s) => crate::tenancy::key_of(s.as_ref()),
+            Touched::Any => "any".to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_event_tells_the_controllers_what_the_cache_then_holds() {
+        let files = service("team-a", "files");
+        let table: [(Event<MCPService>, Option<&str>); 5] = [
+            (Event::Apply(files.clone()), Some("team-a/files")),
+            (Event::Delete(files.clone()), Some("team-a/files")),
+            // A re-list: nothing until its contents are swapped in, then anything may have changed.
+            (Event::Init, None),
+            (Event::InitApply(files), None),
+            (Event::InitDone, Some("any")),
+        ];
+        for (event, told) in table {
+            assert_eq!(
+                touch_of(&event).as_ref().map(touched_key).as_deref(),
+                told,
+                "{event:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_hears_each_change_after_the_cache_holds_it() {
+        let (store, mut writer) = reflector::store();
+        let cached = Cached::new(vec![store]);
+        list(&mut writer, vec![]);
+        let mut touched = Box::pin(cached.touched());
+        let seen_then = cached.clone();
+        let event = Event::Apply(service("team-a", "files"));
+        writer.apply_watcher_event(&event);
+        cached.took_in(&event);
+        let told = touched.next().await.expect("an item");
+        assert_eq!(touched_key(&told), "team-a/files");
+        assert!(seen_then.get("team-a", "files").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_is_told_anything_may_have_changed() {
+        let (store, _writer) = reflector::store::<MCPService>();
+        let cached = Cached::new(vec![store]);
+        let mut touched = Box::pin(cached.touched());
+        for i in 0..=TOUCHED_BUFFER {
+            cached.took_in(&Event::Apply(service("team-a", &format!("s{i}"))));
+        }
+        let told = touched.next().await.expect("an item");
+        assert_eq!(touched_key(&told), "any");
+        // Then the newest changes it still has, in order.
+        let next = touched.next().await.expect("an item");
+        assert_eq!(touched_key(&next), "team-a/s1");
     }
 
     #[test]

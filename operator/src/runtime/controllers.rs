@@ -1,18 +1,19 @@
-//! The controllers and their watches. Each watch maps a changed object to the objects it concerns (the pure
-//! mappers are in [`crate::reconcile::triggers`]).
+//! The controllers and their triggers. Each trigger maps a changed object to the objects it concerns (the pure
+//! mappers are in [`crate::reconcile::triggers`]). A change to a kind the reconciles read from the shared caches
+//! (services, scopes, policies, servers, clients, namespaces) comes from that cache, once it holds the change
+//! ([`FollowsCaches`]); only the kinds a reconcile reads from the API server (the objects it owns, Secrets, Pods,
+//! Services) have watches of the controller's own.
 //!
 //! Every namespaced watch goes through the [`WatchScope`]: one watch for the whole cluster, or one per served
 //! namespace in the namespace-scoped install (where the operator may read nothing else). There, each served
 //! namespace gets its own controller of each kind (a controller has one primary watch), fed by the watches of
-//! every served namespace: n namespaces cost about 10·n² watch streams, which is why that mode is for a handful.
+//! every served namespace: n namespaces cost about 12·n² watch streams, which is why that mode is for a handful.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::watch_errors::{WatchBackoff, log_failures};
 use crate::api::{AuthorizationServer, CIMDPolicy, MCPClient, MCPScope, MCPService};
-use crate::reconcile::stores::{Cached, Stores};
+use crate::reconcile::stores::{Cached, Stores, Touched};
 use crate::reconcile::{self, Context, WatchScope, triggers};
 
 /// Requeues for a change that concerns many objects: every object of the controller's store in
@@ -132,6 +133,42 @@ impl<K: Watched> ScopedWatches<K> for Controller<K> {
     }
 }
 
+/// Triggers taken from the shared caches ([`Cached::touched`]): each change a cache takes in reconciles the
+/// objects `mapper` says it concerns, or every object of the controller when the cache cannot say which
+/// changed. The reconciles read these caches, so their triggers must come after the cache holds the change,
+/// never from a watch of the controller's own (which can deliver it first; the reconcile would then decide
+/// without it and nothing would bring it back before the periodic check).
+trait FollowsCaches<K: Watched> {
+    fn follows<C, I>(self, cache: &Cached<C>, mapper: impl Fn(&C) -> I + Send + 'static) -> Self
+    where
+        C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = ObjectRef<K>>;
+}
+
+impl<K: Watched> FollowsCaches<K> for Controller<K> {
+    fn follows<C, I>(self, cache: &Cached<C>, mapper: impl Fn(&C) -> I + Send + 'static) -> Self
+    where
+        C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = ObjectRef<K>>,
+    {
+        let store = self.store();
+        let all = objects_in(self.store());
+        let refs = cache.touched().flat_map(move |touched| {
+            let refs: Vec<ObjectRef<K>> = match touched {
+                // Only this controller's objects: in the namespace-scoped install each served namespace
+                // has its own controller, and a reference to another's object is an error to it.
+                Touched::One(changed) => mapper(&changed)
+                    .into_iter()
+                    .filter(|r| store.get(r).is_some())
+                    .collect(),
+                Touched::Any => all(None),
+            };
+            futures::stream::iter(refs)
+        });
+        self.reconcile_on(refs)
+    }
+}
+
 /// Runs the controllers of every kind until the tasks are aborted.
 pub(super) async fn run(client: kube::Client, ctx: Arc<Context>, stores: Stores) {
     let scope = ctx.scope.clone();
@@ -152,18 +189,10 @@ pub(super) async fn run(client: kube::Client, ctx: Arc<Context>, stores: Stores)
         )));
     }
     for api in scope.apis::<MCPScope>(&client) {
-        all.push(tokio::spawn(scope_controller(
-            api,
-            client.clone(),
-            ctx.clone(),
-        )));
+        all.push(tokio::spawn(scope_controller(api, ctx.clone())));
     }
     for api in scope.apis::<CIMDPolicy>(&client) {
-        all.push(tokio::spawn(policy_controller(
-            api,
-            client.clone(),
-            ctx.clone(),
-        )));
+        all.push(tokio::spawn(policy_controller(api, ctx.clone())));
     }
     // Aborting the task running this aborts none of these by itself: keep them tied to it.
     struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
@@ -190,12 +219,9 @@ async fn server_controller(
         .watch_errors
         .with_label_values(&["AuthorizationServer/controller"]);
     let scope = ctx.scope.clone();
-    let declared = ctx.stores.clients.clone();
-    let controller = Controller::new(servers, watcher::Config::default())
-        .trigger_backoff(WatchBackoff::default());
-    let all = objects_in(controller.store());
-    let (a, b, c, d) = (all.clone(), all.clone(), all.clone(), all);
-    controller
+    let stores = ctx.stores.clone();
+    Controller::new(servers, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default())
         .owns_in::<ConfigMap>(&scope, &client)
         .owns_in::<Deployment>(&scope, &client)
         .owns_in::<Service>(&scope, &client)
@@ -211,34 +237,19 @@ async fn server_controller(
                 .into_iter()
                 .find_map(|suffix| retained_by(&secret, suffix))
         })
-        .watches_in(
+        // What the server's config is rendered from: the shared caches, and a Secret a client names (it
+        // decides whether the client is in the config).
+        .reconcile_all_on(stores.services.changes())
+        .reconcile_all_on(stores.scopes.changes())
+        .reconcile_all_on(stores.policies.changes())
+        .reconcile_all_on(stores.clients.changes())
+        .reconcile_all_on(client_secret_changes(
             &scope,
             &client,
-            watcher::Config::default(),
-            move |_: MCPService| a(None),
-        )
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: MCPScope| b(None),
-        )
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: CIMDPolicy| c(None),
-        )
-        // Declared clients are rendered from the cache, so its own changes trigger (they are few: every server
-        // looks); so does a change to a Secret a client names (it decides whether the client is in the config).
-        .reconcile_all_on(declared.changes())
-        .reconcile_all_on(client_secret_changes(&scope, &client, declared))
+            stores.clients.clone(),
+        ))
         // Namespace labels decide which services a server admits (allowedNamespaces).
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| d(None),
-        )
+        .reconcile_all_on(stores.namespaces.changes())
         .run(
             reconcile::authorization_server::reconcile,
             reconcile::error_policy,
@@ -287,80 +298,60 @@ fn names_secret<K: Resource>(
 
 /// MCPScope status: re-checked when a service, scope, server or namespace changes, for the scopes that
 /// change can concern ([`triggers`]).
-async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<Context>) {
+async fn scope_controller(scopes: Api<MCPScope>, ctx: Arc<Context>) {
     // Labelled apart from the shared caches' watches of the same kind.
     let errors = ctx
         .metrics
         .watch_errors
         .with_label_values(&["MCPScope/controller"]);
-    let scope = ctx.scope.clone();
+    let stores = ctx.stores.clone();
     let controller = Controller::new(scopes, watcher::Config::default())
         .trigger_backoff(WatchBackoff::default());
     let (by_service, by_scope, by_namespace) =
         (controller.store(), controller.store(), controller.store());
-    let all_scopes = objects_in(controller.store());
     let offered = Arc::new(triggers::Previous::<Vec<String>>::default());
     let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
-    let live_services = ctx.stores.services.clone();
+    let live_services = stores.services.clone();
     controller
         // InUse: the scopes defining a value the service offers (or offered before this edit).
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |service: MCPService| {
-                let before = offered.swap(
-                    service.uid().as_deref(),
-                    service.spec.scopes.clone(),
-                    || uids(&live_services.all()),
-                );
-                let values = triggers::values_then_and_now(&service.spec.scopes, before);
-                let scopes = by_service.state();
-                triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
-                    .into_iter()
-                    .map(ObjectRef::from_obj)
-                    .collect::<Vec<_>>()
-            },
-        )
+        .follows(&stores.services, move |service: &MCPService| {
+            let before = offered.swap(
+                service.uid().as_deref(),
+                service.spec.scopes.clone(),
+                || uids(&live_services.all()),
+            );
+            let values = triggers::values_then_and_now(&service.spec.scopes, before);
+            let scopes = by_service.state();
+            triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
+                .into_iter()
+                .map(ObjectRef::from_obj)
+                .collect::<Vec<_>>()
+        })
         // Ownership: the definitions of the same value (before and after an edit of it).
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |changed: MCPScope| {
-                let now = vec![changed.spec.value.clone()];
-                let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
-                    uids(&by_scope.state())
-                });
-                let values = triggers::values_then_and_now(&now, before);
-                let scopes = by_scope.state();
-                triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
-                    .into_iter()
-                    .map(ObjectRef::from_obj)
-                    .collect::<Vec<_>>()
-            },
-        )
+        .follows(&stores.scopes, move |changed: &MCPScope| {
+            let now = vec![changed.spec.value.clone()];
+            let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
+                uids(&by_scope.state())
+            });
+            let values = triggers::values_then_and_now(&now, before);
+            let scopes = by_scope.state();
+            triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
+                .into_iter()
+                .map(ObjectRef::from_obj)
+                .collect::<Vec<_>>()
+        })
         // Which namespaces a server counts (allowedNamespaces, or the server itself coming or going): all of
         // them, servers change seldom.
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: AuthorizationServer| all_scopes(None),
-        )
+        .reconcile_all_on(stores.servers.changes())
         // A namespace let in or shut out by its labels: the definitions sharing a value with its own.
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |namespace| {
-                let scopes = by_namespace.state();
-                let scopes: Vec<&MCPScope> = scopes.iter().map(|s| s.as_ref()).collect();
-                triggers::scopes_sharing_values_with(&namespace.name_any(), &scopes)
-                    .into_iter()
-                    .map(ObjectRef::from_obj)
-                    .collect::<Vec<_>>()
-            },
-        )
+        .follows(&stores.namespaces, move |namespace| {
+            let scopes = by_namespace.state();
+            let scopes: Vec<&MCPScope> = scopes.iter().map(|s| s.as_ref()).collect();
+            triggers::scopes_sharing_values_with(&namespace.name_any(), &scopes)
+                .into_iter()
+                .map(ObjectRef::from_obj)
+                .collect::<Vec<_>>()
+        })
         .run(
             reconcile::usage::reconcile_scope,
             reconcile::error_policy,
@@ -371,30 +362,17 @@ async fn scope_controller(scopes: Api<MCPScope>, client: kube::Client, ctx: Arc<
 }
 
 /// CIMDPolicy status: re-checked when a service or server changes.
-async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx: Arc<Context>) {
+async fn policy_controller(policies: Api<CIMDPolicy>, ctx: Arc<Context>) {
     // Labelled apart from the shared caches' watches of the same kind.
     let errors = ctx
         .metrics
         .watch_errors
         .with_label_values(&["CIMDPolicy/controller"]);
-    let scope = ctx.scope.clone();
-    let controller = Controller::new(policies, watcher::Config::default())
-        .trigger_backoff(WatchBackoff::default());
-    let all_policies = objects_in(controller.store());
-    let (c, d) = (all_policies.clone(), all_policies);
-    controller
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: MCPService| c(None),
-        )
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: AuthorizationServer| d(None),
-        )
+    let stores = ctx.stores.clone();
+    Controller::new(policies, watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default())
+        .reconcile_all_on(stores.services.changes())
+        .reconcile_all_on(stores.servers.changes())
         .run(
             reconcile::usage::reconcile_policy,
             reconcile::error_policy,
@@ -410,19 +388,19 @@ async fn policy_controller(policies: Api<CIMDPolicy>, client: kube::Client, ctx:
 fn sharing_resource_url(
     store: Store<MCPService>,
     servers: Cached<AuthorizationServer>,
-) -> impl Fn(MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
+) -> impl Fn(&MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
     move |changed| {
         let url = &changed.spec.resource_url;
         let services = store.state();
         let servers = servers.all();
         let servers: Vec<&AuthorizationServer> = servers.iter().map(|s| s.as_ref()).collect();
-        let callers = triggers::callers_of(&changed, &servers, services.iter().map(|s| s.as_ref()));
+        let callers = triggers::callers_of(changed, &servers, services.iter().map(|s| s.as_ref()));
         services
             .iter()
             .filter(|s| &s.spec.resource_url == url)
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .chain(callers.into_iter().map(ObjectRef::from_obj))
-            .filter(|r| r != &ObjectRef::from_obj(&changed))
+            .filter(|r| r != &ObjectRef::from_obj(changed))
             .collect()
     }
 }
@@ -446,24 +424,21 @@ async fn service_controller(
     let g = controller.store();
     let readers = controller.store();
     let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
-    let (b, c, d, e, f) = (
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace,
-    );
+    let (d, e) = (in_namespace.clone(), in_namespace.clone());
     let injected = watcher::Config::default().labels(&format!(
         "{}={}",
         crate::api::INJECT_LABEL,
         crate::api::INJECT_ENABLED
     ));
+    let live_scopes = stores.scopes.clone();
+    let servers = stores.servers.clone();
+    let labelled = stores.clone();
     controller
         .owns_in::<ConfigMap>(&scope, &client)
         .owns_in::<NetworkPolicy>(&scope, &client)
         .owns_in::<Secret>(&scope, &client)
         // A server's TLS Secret carries the CA bundle its services' sidecar ConfigMaps copy: a new CA (or
-        // the first one) must reach them.
+        // the first one) must reach them. (Read from the API server by the reconcile: no cache to wait for.)
         .watches_in(&scope, &client, owned(), move |secret: Secret| {
             let services = g.state();
             reconcile::mcp_service::bundle_readers(
@@ -475,46 +450,6 @@ async fn service_controller(
             .map(ObjectRef::from_obj)
             .collect::<Vec<_>>()
         })
-        // Only the services that can see a definition of the scope's value (now or before the edit) at their
-        // server: every edit re-rendered every service of the cluster.
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |changed: MCPScope| {
-                let now = vec![changed.spec.value.clone()];
-                let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
-                    uids(&stores.scopes.all())
-                });
-                let values = triggers::values_then_and_now(&now, before);
-                let services = readers.state();
-                let servers = stores.servers.all();
-                let servers: Vec<&AuthorizationServer> =
-                    servers.iter().map(|s| s.as_ref()).collect();
-                triggers::services_using_scope(
-                    &values,
-                    &changed.namespace().unwrap_or_default(),
-                    services.iter().map(|s| s.as_ref()),
-                    &servers,
-                    &stores.labels(),
-                )
-                .into_iter()
-                .map(ObjectRef::from_obj)
-                .collect::<Vec<_>>()
-            },
-        )
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |p: CIMDPolicy| b(p.namespace()),
-        )
-        .watches_in(
-            &scope,
-            &client,
-            watcher::Config::default(),
-            move |_: AuthorizationServer| c(None),
-        )
         .watches_in(&scope, &client, injected, move |p: Pod| d(p.namespace()))
         .watches_in(
             &scope,
@@ -522,13 +457,35 @@ async fn service_controller(
             watcher::Config::default(),
             move |s: Service| e(s.namespace()),
         )
-        .watches_in(&scope, &client, watcher::Config::default(), same_url)
+        // Only the services that can see a definition of the scope's value (now or before the edit) at their
+        // server: every edit re-rendered every service of the cluster.
+        .follows(&stores.scopes, move |changed: &MCPScope| {
+            let now = vec![changed.spec.value.clone()];
+            let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
+                uids(&live_scopes.all())
+            });
+            let values = triggers::values_then_and_now(&now, before);
+            let services = readers.state();
+            let servers = servers.all();
+            let servers: Vec<&AuthorizationServer> = servers.iter().map(|s| s.as_ref()).collect();
+            triggers::services_using_scope(
+                &values,
+                &changed.namespace().unwrap_or_default(),
+                services.iter().map(|s| s.as_ref()),
+                &servers,
+                &labelled.labels(),
+            )
+            .into_iter()
+            .map(ObjectRef::from_obj)
+            .collect::<Vec<_>>()
+        })
+        .follows(&stores.policies, move |p: &CIMDPolicy| {
+            in_namespace(p.namespace())
+        })
+        .reconcile_all_on(stores.servers.changes())
+        .follows(&stores.services, same_url)
         // A namespace let in or shut out changes its services, and whoever shares a URL with them.
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| f(None),
-        )
+        .reconcile_all_on(stores.namespaces.changes())
         .run(
             reconcile::mcp_service::reconcile,
             reconcile::error_policy,

@@ -176,6 +176,37 @@ pub enum UnmatchedPolicy {
 /// The most downstreams one service may call.
 pub const MAX_DOWNSTREAMS: usize = 8;
 
+/// Whether `header` (lowercase) is a field the sidecar writes to the upstream itself or HTTP and MCP give a
+/// meaning: none of these may carry the identity or a downstream token, or the upstream would get the field
+/// twice, or read the proxy's value as something else.
+pub fn proxy_owns_header(header: &str) -> bool {
+    [
+        "authorization",
+        "proxy-authorization",
+        "host",
+        "cookie",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "accept-encoding",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "expect",
+        "forwarded",
+        "x-real-ip",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "traceparent",
+        "tracestate",
+    ]
+    .contains(&header)
+        || header.starts_with("x-forwarded-")
+        || header.starts_with("mcp-")
+}
+
 /// Whether `header` may carry a downstream token: a lowercase name of letters, digits and `-`, and none the
 /// sidecar sets itself (`identity`, forwarding fields) or HTTP and MCP give a meaning.
 pub fn downstream_header_allowed(header: &str, identity: &IdentityHeaders) -> bool {
@@ -184,27 +215,7 @@ pub fn downstream_header_allowed(header: &str, identity: &IdentityHeaders) -> bo
         .names()
         .iter()
         .any(|name| name.eq_ignore_ascii_case(header))
-        || [
-            "authorization",
-            "proxy-authorization",
-            "host",
-            "cookie",
-            "content-length",
-            "content-type",
-            "transfer-encoding",
-            "connection",
-            "te",
-            "upgrade",
-            "expect",
-            "forwarded",
-            "x-real-ip",
-            "keep-alive",
-            "proxy-connection",
-            "trailer",
-        ]
-        .contains(&header)
-        || header.starts_with("x-forwarded-")
-        || header.starts_with("mcp-");
+        || proxy_owns_header(header);
     let well_formed = !header.is_empty()
         && header
             .bytes()
@@ -565,10 +576,16 @@ impl SidecarConfig {
         if let Some(downstream) = &self.downstream_tokens {
             check_downstream_tokens(downstream, &self.identity_headers)?;
         }
+        let mut identity_names = std::collections::HashSet::new();
         for header in self.identity_headers.names() {
             let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 ConfigError::Invalid(format!("identity header {header:?} is not a header name"))
             })?;
+            if !identity_names.insert(name.clone()) {
+                return invalid(format!(
+                    "identity header {header:?} is named twice (each identity field needs a name of its own)"
+                ));
+            }
             // CGI and WSGI servers read `_` and `-` alike; the proxy strips a client's look-alikes of a name
             // spelled with `-`, so a name with `_` would let a client's `x-user` through as the same field.
             if header.contains('_') {
@@ -576,8 +593,10 @@ impl SidecarConfig {
                     "identity header {header:?} must use '-', not '_' (servers read both as one field)"
                 ));
             }
-            if name == http::header::AUTHORIZATION || name == http::header::HOST {
-                return invalid(format!("identity header {header:?} is reserved"));
+            if proxy_owns_header(name.as_str()) {
+                return invalid(format!(
+                    "identity header {header:?} is reserved: the sidecar writes it or HTTP or MCP gives it a meaning"
+                ));
             }
         }
         if let Some(intro) = &self.introspection {
@@ -880,7 +899,35 @@ limits:
             ("mcpPath: /.well-known/x", "mcpPath"),
             ("algorithms: []", "algorithms must not be empty"),
             ("scopesSupported: ['a b']", "scope \"a b\""),
-            ("identityHeaders: {subject: authorization}", "reserved"),
+            (
+                "identityHeaders: {subject: authorization}",
+                "identity header \"authorization\" is reserved: the sidecar writes it or HTTP or MCP gives it a meaning",
+            ),
+            // Fields the proxy writes itself: the upstream would get them twice.
+            (
+                "identityHeaders: {subject: X-Forwarded-For}",
+                "identity header \"X-Forwarded-For\" is reserved",
+            ),
+            (
+                "identityHeaders: {clientId: content-type}",
+                "identity header \"content-type\" is reserved",
+            ),
+            (
+                "identityHeaders: {scopes: traceparent}",
+                "identity header \"traceparent\" is reserved",
+            ),
+            (
+                "identityHeaders: {caller: mcp-session-id}",
+                "identity header \"mcp-session-id\" is reserved",
+            ),
+            (
+                "identityHeaders: {caller: Connection}",
+                "identity header \"Connection\" is reserved",
+            ),
+            (
+                "identityHeaders: {subject: x-who, clientId: X-Who}",
+                "identity header \"X-Who\" is named twice (each identity field needs a name of its own)",
+            ),
             (
                 "identityHeaders: {subject: 'bad header'}",
                 "not a header name",
@@ -927,6 +974,10 @@ limits:
             "x-forwarded-for",
             "mcp-session-id",
             "cookie",
+            "traceparent",
+            "tracestate",
+            "content-encoding",
+            "accept-encoding",
             "''",
         ] {
             let line = format!(

@@ -271,7 +271,9 @@ impl Proxy {
         }
         let http_method = request.method().as_str().to_owned();
         let trace = trace_header(request.headers());
-        if let Some(refused) = verdict::misrouted(route, &http_method) {
+        if let Some(refused) = verdict::misrouted(route, &http_method)
+            .or_else(|| verdict::hidden_mcp_field(&http_method, request.headers()))
+        {
             return refuse(rt, refused, None, trace.as_ref(), spans);
         }
         let checking = spans.as_ref().map(|_| std::time::SystemTime::now());

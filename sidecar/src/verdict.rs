@@ -273,6 +273,31 @@ pub fn misrouted<'a>(route: Route, method: &'a str) -> Option<Refused<'a>> {
     })
 }
 
+/// The refusal of a request whose `Connection` field lists an MCP field (`Mcp-Session-Id`,
+/// `MCP-Protocol-Version`, `Mcp-Method`, ...). Listed there a field is hop-by-hop and never reaches the
+/// upstream, yet the sidecar would have routed, matched or bound a session on it: the upstream would serve a
+/// request other than the one decided (a `DELETE` ending the sidecar's binding of a session the upstream was
+/// never told of, a 2026-07-28 request read by its server as a 2025 one). No client needs it. `None` for a
+/// request that goes on.
+pub fn hidden_mcp_field<'a>(method: &'a str, headers: &http::HeaderMap) -> Option<Refused<'a>> {
+    let hides = crate::upstream_head::connection_named(headers)
+        .iter()
+        .any(|name| name.as_str().starts_with("mcp-"));
+    hides.then(|| {
+        Refused::request(
+            method,
+            Answer::Plain {
+                status: StatusCode::BAD_REQUEST,
+                error: "invalid_request",
+                description: Some(
+                    "the Connection field lists an MCP field: the upstream would not see what the request was decided on",
+                ),
+            },
+            "connection_hides_mcp_field",
+        )
+    })
+}
+
 /// Whether the refusal of this token would be a 401 challenge on a POST, which names the scopes of the
 /// operation the body tried, so the proxy reads a small body to find them out (SEP-2350).
 pub fn challenge_names_operation(error: &TokenError, method: &http::Method) -> bool {
@@ -911,7 +936,50 @@ mod tests {
         );
         let deny =
             |method: &'static str, reason: &'static str| vec![(method, None, "deny", reason)];
+        let connection = |fields: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for field in fields {
+                headers.append(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static(field),
+                );
+            }
+            headers
+        };
+        let hides = |method: &'static str| {
+            Some((
+                400,
+                "connection_hides_mcp_field",
+                "invalid_request: the Connection field lists an MCP field: the upstream would not see what the request was decided on",
+                deny(method, "connection_hides_mcp_field"),
+            ))
+        };
         let rows: Vec<Row> = vec![
+            (
+                "a DELETE whose Connection hides its session id",
+                hidden_mcp_field("DELETE", &connection(&["mcp-session-id"])),
+                hides("DELETE"),
+            ),
+            (
+                "a POST whose Connection hides its protocol version, in capitals among others",
+                hidden_mcp_field("POST", &connection(&["keep-alive, MCP-Protocol-Version"])),
+                hides("POST"),
+            ),
+            (
+                "the second Connection field hides Mcp-Method",
+                hidden_mcp_field("POST", &connection(&["close", "Mcp-Method"])),
+                hides("POST"),
+            ),
+            (
+                "Connection naming only hop-by-hop fields goes on",
+                hidden_mcp_field("POST", &connection(&["keep-alive, close"])),
+                None,
+            ),
+            (
+                "a field whose name merely contains mcp goes on",
+                hidden_mcp_field("GET", &connection(&["x-mcp-trace, mcp_session_id"])),
+                None,
+            ),
             (
                 "authenticate goes on",
                 misrouted(Route::Authenticate, "POST"),

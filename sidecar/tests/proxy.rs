@@ -1845,3 +1845,86 @@ async fn only_the_caller_a_session_was_opened_for_may_use_it() {
         StatusCode::OK
     );
 }
+
+/// A field the `Connection` field lists is hop-by-hop: dropped before the upstream. An MCP field listed there
+/// would be decided on by the sidecar and never seen by the upstream (a DELETE would end the sidecar's binding
+/// of a session the upstream kept, leaving the id to whoever names it first), so such a request is refused.
+#[tokio::test]
+async fn a_connection_field_cannot_hide_an_mcp_field_from_the_upstream() {
+    let h = Harness::start().await;
+    let alice = h.token("mcp:read");
+    let mallory = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["sub"] = json!("mallory");
+        c["scope"] = json!("mcp:read");
+        c
+    });
+    let hiding = |method: http::Method, token: &str, connection: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(h.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", "session-1")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("connection", connection)
+            .body(full(body.to_owned()))
+            .unwrap()
+    };
+    let refused = |(status, _, body): (StatusCode, http::HeaderMap, String)| {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({
+                "error": "invalid_request",
+                "error_description": "the Connection field lists an MCP field: the upstream would not see what the request was decided on",
+            })
+        );
+    };
+    h.open_session(&alice).await;
+    let before = h.upstream.seen().len();
+    refused(
+        h.send(hiding(http::Method::DELETE, &alice, "Mcp-Session-Id", ""))
+            .await,
+    );
+    refused(
+        h.send(hiding(
+            http::Method::POST,
+            &alice,
+            "keep-alive, mcp-protocol-version",
+            &call(2, "get_user"),
+        ))
+        .await,
+    );
+    // Refused before the token is looked at: no token needed to learn the request is malformed.
+    refused(
+        h.send(hiding(
+            http::Method::GET,
+            "not-a-token",
+            "mcp-session-id",
+            "",
+        ))
+        .await,
+    );
+    assert_eq!(h.upstream.seen().len(), before, "nothing went up");
+    // The refused DELETE ended nothing: the session is still alice's alone.
+    let (status, _, body) = h
+        .send(hiding(
+            http::Method::POST,
+            &mallory,
+            "keep-alive",
+            &call(3, "get_user"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = h
+        .send(hiding(
+            http::Method::POST,
+            &alice,
+            "keep-alive",
+            &call(4, "get_user"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -134,7 +134,33 @@ fn passes(name: &HeaderName, shape: Shape, named: &[HeaderName], forwarding: &Fo
         || REPLACED.contains(name)
         || body_description
         || (shape.traced && name == TRACEPARENT)
-        || forwarding.claims(name.as_str()))
+        || forwarding.claims(name.as_str())
+        || mcp_look_alike(name.as_str()))
+}
+
+/// The MCP fields the sidecar decides on (`Mcp-Param-*` aside), as spelled with `-`.
+const MCP_FIELDS: [&str; 4] = [
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+];
+
+/// Whether a client's field `name` is an MCP field spelled with `_` for a `-`: a CGI-style server reads
+/// `mcp_session_id` as `Mcp-Session-Id`, while the sidecar routes, matches and binds sessions on the fields
+/// as spelled with `-` only, so a look-alike would reach the upstream undecided (a session id whose caller
+/// nobody checked, a version the routing never saw). An `Mcp-Param-*` name is one when its prefix is so
+/// spelled; the parameter's own name may hold `_`.
+fn mcp_look_alike(name: &str) -> bool {
+    // Nearly every field fails the first test: this runs for every field of every request.
+    if !name.starts_with("mcp") || !name.contains('_') {
+        return false;
+    }
+    const PARAM: &str = "mcp-param-";
+    MCP_FIELDS.iter().any(|ours| same_field_for_cgi(name, ours))
+        || name
+            .get(..PARAM.len())
+            .is_some_and(|prefix| prefix != PARAM && same_field_for_cgi(prefix, PARAM))
 }
 
 /// The names a message's `Connection` field lists; none (and no allocation) without one.
@@ -319,6 +345,17 @@ mod tests {
             ("traceparent", plain, none, true),
             ("traceparent", traced, none, false),
             ("mcp-session-id", plain, none, true),
+            // MCP fields spelled with `_`, which CGI-style servers read as the real ones.
+            ("mcp_session_id", plain, none, false),
+            ("mcp-session_id", plain, none, false),
+            ("mcp_protocol_version", plain, none, false),
+            ("mcp_method", plain, none, false),
+            ("mcp_name", plain, none, false),
+            ("mcp_param_region", plain, none, false),
+            ("mcp-param_region", plain, none, false),
+            ("mcp-param-region", plain, none, true),
+            ("mcp-param-user_id", plain, none, true),
+            ("mcp_other", plain, none, true),
             ("forwarded", plain, none, false),
             ("x-forwarded-for", plain, none, false),
             ("x_forwarded_for", plain, none, false),

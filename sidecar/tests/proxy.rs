@@ -1928,3 +1928,31 @@ async fn a_connection_field_cannot_hide_an_mcp_field_from_the_upstream() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// An MCP field spelled with `_` reads as the real one to a CGI-style server, but the sidecar decides on the
+/// fields spelled with `-`: the look-alike never reaches the upstream, so it cannot name a session whose
+/// caller nobody checked.
+#[tokio::test]
+async fn mcp_fields_spelled_with_underscores_do_not_reach_the_upstream() {
+    let h = Harness::start().await;
+    let alice = h.token("mcp:read");
+    h.open_session(&alice).await;
+    let request = Request::builder()
+        .method(http::Method::POST)
+        .uri(h.url("/mcp"))
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp_session_id", "session-1")
+        .header("mcp_protocol_version", "2026-07-28")
+        .header("mcp-param_region", "eu")
+        .body(full(call(2, "get_user")))
+        .unwrap();
+    let (status, _, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = h.upstream.seen();
+    let forwarded = &seen.last().expect("forwarded").headers;
+    for gone in ["mcp_session_id", "mcp_protocol_version", "mcp-param_region"] {
+        assert!(!forwarded.contains_key(gone), "{gone}: {forwarded:?}");
+    }
+}

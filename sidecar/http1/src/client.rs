@@ -268,7 +268,13 @@ impl RequestHeadWriter {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(target.as_str().as_bytes());
+        // Origin form: the path (`/` when an absolute-form target had none, as the proxy routed it), then the
+        // query. `as_str` would give `?x=1` alone for `http://a?x=1`.
+        out.extend_from_slice(target.path().as_bytes());
+        if let Some(query) = target.query() {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
+        }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         Self {
             out,
@@ -352,6 +358,15 @@ mod tests {
         assert_eq!(
             text(&empty_post),
             "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        // An absolute-form target without a path goes up in origin form, as it was routed.
+        let absolute: http::Uri = "http://mcp.example?x=1".parse().unwrap();
+        let target = absolute.path_and_query().unwrap();
+        let from_absolute = RequestHeadWriter::new(&Method::POST, target).finish(Bytes::new());
+        assert!(
+            text(&from_absolute).starts_with("POST /?x=1 HTTP/1.1\r\n"),
+            "{}",
+            text(&from_absolute)
         );
         let delete = RequestHeadWriter::new(&Method::DELETE, &"/".parse().unwrap())
             .finish(Bytes::from(vec![b'a'; 1234567]));

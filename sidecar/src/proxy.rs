@@ -271,8 +271,10 @@ impl Proxy {
         }
         let http_method = request.method().as_str().to_owned();
         let trace = trace_header(request.headers());
+        // Read once: the refusal below and the upstream's head both go by it.
+        let connection_named = upstream_head::connection_named(request.headers());
         if let Some(refused) = verdict::misrouted(route, &http_method)
-            .or_else(|| verdict::hidden_mcp_field(&http_method, request.headers()))
+            .or_else(|| verdict::hidden_mcp_field(&http_method, &connection_named))
         {
             return refuse(rt, refused, None, trace.as_ref(), spans);
         }
@@ -489,6 +491,7 @@ impl Proxy {
         let upstream_request = upstream_head::upstream_request(
             &rt.forwarding,
             &parts,
+            &connection_named,
             upstream_body,
             additions,
             peer.ip(),
@@ -575,6 +578,7 @@ impl Proxy {
         let upstream_request = upstream_head::upstream_request(
             &rt.forwarding,
             &parts,
+            &upstream_head::connection_named(&parts.headers),
             Bytes::new(),
             additions,
             peer.ip(),

@@ -123,19 +123,21 @@ struct Shape {
 
 /// Whether the client's field `name` goes on to the upstream. `named` are the fields the request's
 /// `Connection` field lists (hop-by-hop for this request only).
+#[inline(always)]
 fn passes(name: &HeaderName, shape: Shape, named: &[HeaderName], forwarding: &Forwarding) -> bool {
     // A POST's body goes on as what it was decided on: JSON in UTF-8, declared by the proxy (a client's
     // charset or content coding would have the upstream read other text from the same bytes, see
     // `media_type`).
     let body_description =
         shape.post && (name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING);
+    let text = name.as_str();
     !(HOP_BY_HOP.contains(name)
         || named.contains(name)
         || REPLACED.contains(name)
         || body_description
         || (shape.traced && name == TRACEPARENT)
-        || forwarding.claims(name.as_str())
-        || mcp_look_alike(name.as_str()))
+        || forwarding.claims(text)
+        || mcp_look_alike(text))
 }
 
 /// The MCP fields the sidecar decides on (`Mcp-Param-*` aside), as spelled with `-`.
@@ -153,7 +155,7 @@ const MCP_FIELDS: [&str; 4] = [
 /// spelled; the parameter's own name may hold `_`.
 fn mcp_look_alike(name: &str) -> bool {
     // Nearly every field fails the first test: this runs for every field of every request.
-    if !name.starts_with("mcp") || !name.contains('_') {
+    if !name.as_bytes().starts_with(b"mcp") || !name.as_bytes().contains(&b'_') {
         return false;
     }
     const PARAM: &str = "mcp-param-";
@@ -174,10 +176,12 @@ pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The request the upstream gets for the client's `parts` with `body`, from the client at `peer`.
+/// The request the upstream gets for the client's `parts` with `body`, from the client at `peer`; `named` are
+/// the fields its `Connection` field lists ([`connection_named`], read once per request by the proxy).
 pub fn upstream_request(
     forwarding: &Forwarding,
     parts: &http::request::Parts,
+    named: &[HeaderName],
     body: Bytes,
     additions: Additions<'_>,
     peer: IpAddr,
@@ -189,12 +193,11 @@ pub fn upstream_request(
         post: parts.method == http::Method::POST,
         traced: additions.trace.is_some(),
     };
-    let named = connection_named(&parts.headers);
     if let Some(host) = &forwarding.host {
         head.field(&header::HOST, host);
     }
     for (name, value) in &parts.headers {
-        if passes(name, shape, &named, forwarding) {
+        if passes(name, shape, named, forwarding) {
             head.field(name, value);
         }
     }
@@ -211,7 +214,7 @@ pub fn upstream_request(
         // Untraced, the client's state goes on only beside the client's own `traceparent`, which a
         // `Connection` field may have taken away.
         None => additions.tracestate.as_ref().filter(|_| {
-            passes(&TRACEPARENT, shape, &named, forwarding) && !named.contains(&TRACESTATE)
+            passes(&TRACEPARENT, shape, named, forwarding) && !named.contains(&TRACESTATE)
         }),
     };
     if let Some(state) = tracestate {
@@ -295,6 +298,7 @@ mod tests {
         let sent = upstream_request(
             &forwarding(),
             parts,
+            &connection_named(&parts.headers),
             Bytes::from_static(body),
             additions,
             "10.1.2.3".parse().unwrap(),

@@ -277,12 +277,10 @@ pub fn misrouted<'a>(route: Route, method: &'a str) -> Option<Refused<'a>> {
 /// `MCP-Protocol-Version`, `Mcp-Method`, ...). Listed there a field is hop-by-hop and never reaches the
 /// upstream, yet the sidecar would have routed, matched or bound a session on it: the upstream would serve a
 /// request other than the one decided (a `DELETE` ending the sidecar's binding of a session the upstream was
-/// never told of, a 2026-07-28 request read by its server as a 2025 one). No client needs it. `None` for a
-/// request that goes on.
-pub fn hidden_mcp_field<'a>(method: &'a str, headers: &http::HeaderMap) -> Option<Refused<'a>> {
-    let hides = crate::upstream_head::connection_named(headers)
-        .iter()
-        .any(|name| name.as_str().starts_with("mcp-"));
+/// never told of, a 2026-07-28 request read by its server as a 2025 one). No client needs it. `named` are the
+/// fields the request's `Connection` field lists; `None` for a request that goes on.
+pub fn hidden_mcp_field<'a>(method: &'a str, named: &[http::HeaderName]) -> Option<Refused<'a>> {
+    let hides = named.iter().any(|name| name.as_str().starts_with("mcp-"));
     hides.then(|| {
         Refused::request(
             method,
@@ -944,7 +942,7 @@ mod tests {
                     http::HeaderValue::from_static(field),
                 );
             }
-            headers
+            crate::upstream_head::connection_named(&headers)
         };
         let hides = |method: &'static str| {
             Some((

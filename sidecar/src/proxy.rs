@@ -275,6 +275,7 @@ impl Proxy {
         let connection_named = upstream_head::connection_named(request.headers());
         if let Some(refused) = verdict::misrouted(route, &http_method)
             .or_else(|| verdict::hidden_mcp_field(&http_method, &connection_named))
+            .or_else(|| verdict::repeated_session_id(&http_method, request.headers()))
         {
             return refuse(rt, refused, None, trace.as_ref(), spans);
         }
@@ -643,6 +644,15 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The proxy asks for `Accept-Encoding: identity`; an upstream that compresses anyway sends a list the
+        // filter cannot read (an SSE filter would find no `data:` line and pass every entry on).
+        if filter.is_some() && content_encoded(&parts.headers) {
+            tracing::warn!(
+                "the upstream's answer to a filtered request is content-encoded; refused"
+            );
+            let body = json!({"error": "bad_gateway", "error_description": "the upstream's list answer could not be filtered"});
+            return json_response(StatusCode::BAD_GATEWAY, &body);
+        }
         // Media types are case-insensitive (RFC 9110 §8.3.1): `Application/JSON` is still filtered.
         let content_type = parts
             .headers
@@ -693,6 +703,16 @@ impl Proxy {
         };
         Response::from_parts(parts, body)
     }
+}
+
+/// Whether an answer's body is content-encoded: a `Content-Encoding` naming anything but `identity`.
+fn content_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
 }
 
 /// A request's bearer token, kept past the move of its headers: the `Authorization` value (shared, not
@@ -1006,9 +1026,29 @@ impl Refusal {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bearer, strip_hop_by_hop};
+    use super::{Bearer, content_encoded, strip_hop_by_hop};
     use crate::token;
     use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn which_answers_are_content_encoded() {
+        for (fields, encoded) in [
+            (&[][..], false),
+            (&["identity"][..], false),
+            (&["Identity, identity"][..], false),
+            (&[""][..], false),
+            (&["gzip"][..], true),
+            (&["identity, br"][..], true),
+            (&["identity", "deflate"][..], true),
+            (&["x-custom"][..], true),
+        ] {
+            let mut headers = HeaderMap::new();
+            for field in fields {
+                headers.append("content-encoding", HeaderValue::from_static(field));
+            }
+            assert_eq!(content_encoded(&headers), encoded, "{fields:?}");
+        }
+    }
 
     #[test]
     fn the_token_passed_on_is_the_token_alone() {

@@ -128,8 +128,7 @@ fn passes(name: &HeaderName, shape: Shape, named: &[HeaderName], forwarding: &Fo
     // A POST's body goes on as what it was decided on: JSON in UTF-8, declared by the proxy (a client's
     // charset or content coding would have the upstream read other text from the same bytes, see
     // `media_type`).
-    let body_description =
-        shape.post && (name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING);
+    let body_description = shape.post && BODY_FIELDS.contains(name);
     let text = name.as_str();
     !(HOP_BY_HOP.contains(name)
         || named.contains(name)
@@ -137,7 +136,7 @@ fn passes(name: &HeaderName, shape: Shape, named: &[HeaderName], forwarding: &Fo
         || body_description
         || (shape.traced && name == TRACEPARENT)
         || forwarding.claims(text)
-        || mcp_look_alike(text))
+        || look_alike(text))
 }
 
 /// The MCP fields the sidecar decides on (`Mcp-Param-*` aside), as spelled with `-`.
@@ -148,18 +147,29 @@ const MCP_FIELDS: [&str; 4] = [
     "mcp-name",
 ];
 
-/// Whether a client's field `name` is an MCP field spelled with `_` for a `-`: a CGI-style server reads
-/// `mcp_session_id` as `Mcp-Session-Id`, while the sidecar routes, matches and binds sessions on the fields
-/// as spelled with `-` only, so a look-alike would reach the upstream undecided (a session id whose caller
-/// nobody checked, a version the routing never saw). An `Mcp-Param-*` name is one when its prefix is so
-/// spelled; the parameter's own name may hold `_`.
-fn mcp_look_alike(name: &str) -> bool {
-    // Nearly every field fails the first test: this runs for every field of every request.
-    if !name.as_bytes().starts_with(b"mcp") || !name.as_bytes().contains(&b'_') {
+/// The body's fields, which the proxy writes itself on a POST (the others it removes or writes are
+/// [`HOP_BY_HOP`] and [`REPLACED`]; the forwarding and identity fields are [`Forwarding::claims`]'s).
+static BODY_FIELDS: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_ENCODING];
+
+/// Whether a client's field `name` is spelled with `_` for a `-` of a field the proxy decides on, removes or
+/// writes itself: a CGI-style server reads `mcp_session_id` as `Mcp-Session-Id` and `accept_encoding` as
+/// `Accept-Encoding`, so a look-alike would reach the upstream as the field the sidecar decided without (a
+/// session id whose caller nobody checked, a version the routing never saw, a compression the list filter
+/// cannot read). An `Mcp-Param-*` name is one when its prefix is so spelled; the parameter's own name may
+/// hold `_`.
+fn look_alike(name: &str) -> bool {
+    // Nearly every field has no `_`: this runs for every field of every request.
+    if !name.as_bytes().contains(&b'_') {
         return false;
     }
     const PARAM: &str = "mcp-param-";
-    MCP_FIELDS.iter().any(|ours| same_field_for_cgi(name, ours))
+    HOP_BY_HOP
+        .iter()
+        .chain(&REPLACED)
+        .chain(&BODY_FIELDS)
+        .map(HeaderName::as_str)
+        .chain(MCP_FIELDS)
+        .any(|ours| same_field_for_cgi(name, ours))
         || name
             .get(..PARAM.len())
             .is_some_and(|prefix| prefix != PARAM && same_field_for_cgi(prefix, PARAM))
@@ -360,6 +370,16 @@ mod tests {
             ("mcp-param-region", plain, none, true),
             ("mcp-param-user_id", plain, none, true),
             ("mcp_other", plain, none, true),
+            // The fields the proxy replaces or removes, spelled with `_`.
+            ("accept_encoding", plain, none, false),
+            ("content_encoding", plain, none, false),
+            ("content_type", plain, none, false),
+            ("content_length", plain, none, false),
+            ("transfer_encoding", plain, none, false),
+            ("proxy_authorization", plain, none, false),
+            ("keep_alive", plain, none, false),
+            ("trace_parent", plain, none, true),
+            ("x_custom", plain, none, true),
             ("forwarded", plain, none, false),
             ("x-forwarded-for", plain, none, false),
             ("x_forwarded_for", plain, none, false),

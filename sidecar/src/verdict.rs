@@ -296,6 +296,28 @@ pub fn hidden_mcp_field<'a>(method: &'a str, named: &[http::HeaderName]) -> Opti
     })
 }
 
+/// The refusal of a request naming more than one `Mcp-Session-Id`: the sidecar binds a session to its caller
+/// by one value, and an upstream reading another (the last copy, as CGI does, or the copies joined) would serve
+/// a session whose caller nobody checked. `None` for a request that goes on.
+pub fn repeated_session_id<'a>(method: &'a str, headers: &http::HeaderMap) -> Option<Refused<'a>> {
+    let mut ids = headers
+        .get_all(&crate::upstream_head::MCP_SESSION_ID)
+        .iter();
+    (ids.next().is_some() && ids.next().is_some()).then(|| {
+        Refused::request(
+            method,
+            Answer::Plain {
+                status: StatusCode::BAD_REQUEST,
+                error: "invalid_request",
+                description: Some(
+                    "Mcp-Session-Id appears more than once: the sidecar and the upstream could read different sessions",
+                ),
+            },
+            "session_id_repeated",
+        )
+    })
+}
+
 /// Whether the refusal of this token would be a 401 challenge on a POST, which names the scopes of the
 /// operation the body tried, so the proxy reads a small body to find them out (SEP-2350).
 pub fn challenge_names_operation(error: &TokenError, method: &http::Method) -> bool {
@@ -952,7 +974,34 @@ mod tests {
                 deny(method, "connection_hides_mcp_field"),
             ))
         };
+        let sessions = |ids: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for id in ids {
+                headers.append("mcp-session-id", http::HeaderValue::from_static(id));
+            }
+            headers
+        };
         let rows: Vec<Row> = vec![
+            (
+                "two session ids on a DELETE",
+                repeated_session_id("DELETE", &sessions(&["mine", "theirs"])),
+                Some((
+                    400,
+                    "session_id_repeated",
+                    "invalid_request: Mcp-Session-Id appears more than once: the sidecar and the upstream could read different sessions",
+                    deny("DELETE", "session_id_repeated"),
+                )),
+            ),
+            (
+                "one session id goes on",
+                repeated_session_id("POST", &sessions(&["mine"])),
+                None,
+            ),
+            (
+                "no session id goes on",
+                repeated_session_id("POST", &sessions(&[])),
+                None,
+            ),
             (
                 "a DELETE whose Connection hides its session id",
                 hidden_mcp_field("DELETE", &connection(&["mcp-session-id"])),

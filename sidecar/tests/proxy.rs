@@ -1956,3 +1956,76 @@ async fn mcp_fields_spelled_with_underscores_do_not_reach_the_upstream() {
         assert!(!forwarded.contains_key(gone), "{gone}: {forwarded:?}");
     }
 }
+
+/// The sidecar asks for answers unencoded; an upstream that compresses a list anyway sends bytes the filter
+/// cannot read. Such an answer to a filtered request is refused, SSE as well as JSON (an SSE filter would find
+/// no `data:` line and pass every entry on); an answer no filter reads goes on as it came.
+#[tokio::test]
+async fn an_encoded_answer_to_a_filtered_request_is_refused() {
+    let h = Harness::start().await;
+    let list = r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
+    for url in ["/mcp?encoding=gzip", "/mcp?sse=1&encoding=gzip"] {
+        let (status, _, body) = h
+            .send(post_request(&h.url(url), Some(&h.token("mcp:read")), list))
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{url}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"error": "bad_gateway", "error_description": "the upstream's list answer could not be filtered"}),
+            "{url}"
+        );
+    }
+    let (status, headers, _) = h
+        .send(post_request(
+            &h.url("/mcp?sse=1&encoding=gzip"),
+            Some(&h.token("mcp:read")),
+            &call(3, "get_user"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "gzip");
+}
+
+/// Two `Mcp-Session-Id` fields: the sidecar would bind one and an upstream reading the last copy (CGI) or the
+/// copies joined would serve the other, whose caller nobody checked. Refused before the token is looked at.
+#[tokio::test]
+async fn a_request_naming_two_sessions_is_refused() {
+    let h = Harness::start().await;
+    let alice = h.token("mcp:read");
+    let mallory = h.key.sign(&{
+        let mut c = claims_for(now());
+        c["sub"] = json!("mallory");
+        c["scope"] = json!("mcp:read");
+        c
+    });
+    h.open_session(&alice).await;
+    let before = h.upstream.seen().len();
+    for method in [http::Method::DELETE, http::Method::GET, http::Method::POST] {
+        let body = if method == http::Method::POST {
+            call(2, "get_user")
+        } else {
+            String::new()
+        };
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(h.url("/mcp"))
+            .header("authorization", format!("Bearer {mallory}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", "mallory-own")
+            .header("mcp-session-id", "session-1")
+            .body(full(body))
+            .unwrap();
+        let (status, _, body) = h.send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({
+                "error": "invalid_request",
+                "error_description": "Mcp-Session-Id appears more than once: the sidecar and the upstream could read different sessions",
+            }),
+            "{method}"
+        );
+    }
+    assert_eq!(h.upstream.seen().len(), before, "nothing went up");
+}

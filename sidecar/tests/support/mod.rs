@@ -129,7 +129,8 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// An MCP-shaped upstream: answers JSON-RPC POSTs (JSON, or SSE with `?sse=1`), serves a GET SSE stream the
+/// An MCP-shaped upstream: answers JSON-RPC POSTs (JSON, or SSE with `?sse=1`; labelled gzip-encoded with
+/// `encoding=gzip`), serves a GET SSE stream the
 /// test feeds, and records everything it receives.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -199,6 +200,10 @@ impl Upstream {
                             r
                         };
                         r.headers_mut().insert("mcp-session-id", "session-1".parse().unwrap());
+                        // An upstream that compresses whatever it is asked (the label is what the proxy reads).
+                        if parts.uri.query().is_some_and(|q| q.contains("encoding=gzip")) {
+                            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+                        }
                         r
                     }
                     "GET" => {

@@ -15,7 +15,8 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -36,8 +37,15 @@ pub struct Cached<K: Resource<DynamicType = ()> + Clone + 'static> {
 /// What a cache has just taken in, for the controllers it triggers.
 #[derive(Debug)]
 pub enum Touched<K> {
-    /// This object was written (the cache now holds it) or deleted (the cache no longer does).
-    One(Arc<K>),
+    /// An object was written (the cache now holds `now`) or deleted (`now` is its last state). `before` is
+    /// what the cache held of it until then: an edit concerns what the object was as much as what it is (a
+    /// scope value a service stopped offering).
+    One {
+        /// The object as written, or as it was deleted.
+        now: Arc<K>,
+        /// The object as the cache held it before, if it did.
+        before: Option<Arc<K>>,
+    },
     /// The cache was re-listed after a lost watch, or its reader fell behind: any object may have changed.
     Any,
 }
@@ -45,20 +53,25 @@ pub enum Touched<K> {
 impl<K> Clone for Touched<K> {
     fn clone(&self) -> Self {
         match self {
-            Self::One(o) => Self::One(o.clone()),
+            Self::One { now, before } => Self::One {
+                now: now.clone(),
+                before: before.clone(),
+            },
             Self::Any => Self::Any,
         }
     }
 }
 
-/// What a watch event tells the controllers, once the cache has applied it. A re-list is told once, when its
-/// contents are swapped in whole: before that the cache still holds the old contents, and a controller
-/// reading it on an earlier item would decide without the change.
-pub fn touch_of<K: Clone>(event: &watcher::Event<K>) -> Option<Touched<K>> {
+/// What a watch event tells the controllers, once the cache has applied it; `before` is what the cache held
+/// of its object until then. A re-list is told once, when its contents are swapped in whole: before that the
+/// cache still holds the old contents, and a controller reading it on an earlier item would decide without
+/// the change.
+pub fn touch_of<K: Clone>(event: &watcher::Event<K>, before: Option<Arc<K>>) -> Option<Touched<K>> {
     match event {
-        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-            Some(Touched::One(Arc::new(o.clone())))
-        }
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(Touched::One {
+            now: Arc::new(o.clone()),
+            before,
+        }),
         watcher::Event::InitDone => Some(Touched::Any),
         watcher::Event::Init | watcher::Event::InitApply(_) => None,
     }
@@ -76,9 +89,10 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
         }
     }
 
-    /// Tells the controllers following this cache about `event`, which the cache has applied.
-    pub fn took_in(&self, event: &watcher::Event<K>) {
-        if let Some(touched) = touch_of(event) {
+    /// Tells the controllers following this cache about `event`, which the cache has applied; `before` is
+    /// what it held of the event's object until then.
+    pub fn took_in(&self, event: &watcher::Event<K>, before: Option<Arc<K>>) {
+        if let Some(touched) = touch_of(event, before) {
             // Err: nobody follows this cache yet (the controllers start after the first lists).
             let _ = self.touched.send(touched);
         }
@@ -188,14 +202,14 @@ where
         let mut writers = Vec::new();
         for api in scope.apis::<K>(client) {
             let (store, writer) = reflector::store();
-            stores.push(store);
-            writers.push((api, writer));
+            stores.push(store.clone());
+            writers.push((api, store, writer));
         }
         let cached = Self::new(stores);
-        for (api, writer) in writers {
-            let stream = reflector(writer, watcher(api, watcher::Config::default()));
+        for (api, store, writer) in writers {
+            let events = watcher(api, watcher::Config::default());
             tasks.push(tokio::spawn(counted(
-                cached.telling(stream).default_backoff(),
+                cached.fed(store, writer, events).default_backoff(),
                 metrics,
                 &K::kind(&()),
             )));
@@ -205,16 +219,33 @@ where
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static> Cached<K> {
-    /// `stream` (a reflector's, which yields each event once it has applied it to its store), telling this
-    /// cache's followers of each event.
-    fn telling<S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + Send + 'static
+    /// The watch `events` applied to `store` (one of this cache's, through its `writer`), each told to this
+    /// cache's followers once applied, with what the store held of its object before.
+    fn fed<S>(
+        &self,
+        store: Store<K>,
+        writer: Writer<K>,
+        events: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send + 'static
     where
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
+        // The reflector applies each event as it passes it on, one at a time: read just ahead of it, the
+        // store still holds the object as it was.
+        let slot = Arc::new(std::sync::Mutex::new(None::<Arc<K>>));
+        let ahead = slot.clone();
+        let events = events.inspect(move |event| {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) = event
+                && let Ok(mut before) = ahead.lock()
+            {
+                *before = store.get(&ObjectRef::from_obj(o));
+            }
+        });
         let cached = self.clone();
-        stream.inspect(move |event| {
+        reflector(writer, events).inspect(move |event| {
             if let Ok(event) = event {
-                cached.took_in(event);
+                let before = slot.lock().ok().and_then(|mut b| b.take());
+                cached.took_in(event, before);
             }
         })
     }
@@ -271,19 +302,16 @@ impl Stores {
         metrics: &Metrics,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
-        let (namespaces, writer) = reflector::store();
-        let namespaces = Cached::new(vec![namespaces]);
+        let (store, writer) = reflector::store();
+        let namespaces = Cached::new(vec![store.clone()]);
         // Labels only: metadata-only requests.
-        let stream = reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
-            ),
+        let events = watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
         );
         let metrics = metrics.clone();
         tasks.push(tokio::spawn(counted(
-            namespaces.telling(stream).default_backoff(),
+            namespaces.fed(store, writer, events).default_backoff(),
             &metrics,
             "Namespace",
         )));
@@ -361,8 +389,8 @@ impl Stores {
 mod tests {
     use super::*;
     use crate::api::cases;
-    use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
+    use std::time::Duration;
 
     fn service(ns: &str, name: &str) -> MCPService {
         cases::mcp_service_in(ns, name, "https://mcp.example.com/x", &["files:read"], None)
@@ -500,7 +528,11 @@ mod tests {
 
     fn touched_key(t: &Touched<MCPService>) -> String {
         match t {
-            Touched::One(s) => crate::tenancy::key_of(s.as_ref()),
+            Touched::One { now, before } => format!(
+                "{}{}",
+                crate::tenancy::key_of(now.as_ref()),
+                before.as_ref().map_or("", |_| " (changed)")
+            ),
             Touched::Any => "any".to_owned(),
         }
     }
@@ -518,7 +550,7 @@ mod tests {
         ];
         for (event, told) in table {
             assert_eq!(
-                touch_of(&event).as_ref().map(touched_key).as_deref(),
+                touch_of(&event, None).as_ref().map(touched_key).as_deref(),
                 told,
                 "{event:?}"
             );
@@ -526,18 +558,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_follower_hears_each_change_after_the_cache_holds_it() {
-        let (store, mut writer) = reflector::store();
-        let cached = Cached::new(vec![store]);
-        list(&mut writer, vec![]);
+    async fn a_follower_hears_each_change_once_the_cache_holds_it_with_what_it_held_before() {
+        let (store, writer) = reflector::store::<MCPService>();
+        let cached = Cached::new(vec![store.clone()]);
         let mut touched = Box::pin(cached.touched());
-        let seen_then = cached.clone();
-        let event = Event::Apply(service("team-a", "files"));
-        writer.apply_watcher_event(&event);
-        cached.took_in(&event);
-        let told = touched.next().await.expect("an item");
-        assert_eq!(touched_key(&told), "team-a/files");
-        assert!(seen_then.get("team-a", "files").is_some());
+        let offering = |scopes: &[&str]| {
+            cases::mcp_service_in("team-a", "files", "https://mcp.example.com/x", scopes, None)
+        };
+        let events = futures::stream::iter([
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(offering(&["files:read"]))),
+            Ok(Event::Apply(offering(&["files:write"]))),
+            Ok(Event::Delete(offering(&["files:write"]))),
+        ]);
+        let held = cached.clone();
+        let scopes_held = move || held.get("team-a", "files").map(|s| s.spec.scopes.clone());
+        // Each item is taken before the next event is applied, as the cache's task drives its stream.
+        let mut fed = Box::pin(cached.fed(store, writer, events));
+        let scopes = |s: &Option<Arc<MCPService>>| s.as_ref().map(|s| s.spec.scopes.clone());
+        let mut told = Vec::new();
+        while fed.next().await.is_some() {
+            if let Ok(Some(t)) =
+                tokio::time::timeout(Duration::from_millis(50), touched.next()).await
+            {
+                let now = match &t {
+                    Touched::One { now, before } => Some((now.spec.scopes.clone(), scopes(before))),
+                    Touched::Any => None,
+                };
+                told.push((now, scopes_held()));
+            }
+        }
+        let v = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            told,
+            vec![
+                // The first list: anything may have changed, and the cache holds it.
+                (None, None),
+                (Some((v(&["files:read"]), None)), Some(v(&["files:read"]))),
+                (
+                    Some((v(&["files:write"]), Some(v(&["files:read"])))),
+                    Some(v(&["files:write"]))
+                ),
+                // A delete: its last state, what the cache held, and the cache no longer holds it.
+                (Some((v(&["files:write"]), Some(v(&["files:write"])))), None),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -546,7 +612,7 @@ mod tests {
         let cached = Cached::new(vec![store]);
         let mut touched = Box::pin(cached.touched());
         for i in 0..=TOUCHED_BUFFER {
-            cached.took_in(&Event::Apply(service("team-a", &format!("s{i}"))));
+            cached.took_in(&Event::Apply(service("team-a", &format!("s{i}"))), None);
         }
         let told = touched.next().await.expect("an item");
         assert_eq!(touched_key(&told), "any");

@@ -10,77 +10,22 @@
 //! MCPService edit (n/name)              -> MCPServices whose token-exchange edges call n/name (`to`)
 //! ```
 //!
-//! A watch event carries only the object as it is now: an edit that changes a scope's value (or a service's
-//! scopes) concerns the old values as much as the new ones, so the mappers take both ([`Previous`]).
+//! An edit that changes a scope's value (or a service's scopes) concerns the old values as much as the new
+//! ones, so the mappers take both: the shared caches tell each change with what they held before
+//! ([`crate::reconcile::stores::Touched`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 
 use kube::ResourceExt;
 
 use crate::api::{AuthorizationServer, MCPScope, MCPService};
 use crate::tenancy::{self, NamespaceLabels};
 
-/// What a mapper last saw of each object (by uid), so an edit concerns what it was as well as what it is.
-///
-/// A watch event does not say when an object is gone for good, so entries are pruned instead: whenever the
-/// table has doubled since the last pruning, it keeps only the uids still alive. A tenant creating and
-/// deleting objects in a loop thus costs at most twice the live objects, never memory that only grows. An
-/// entry pruned too early (an object not yet in the live cache) costs one edit its "before" side; the
-/// periodic resync re-checks that.
-#[derive(Debug, Default)]
-pub struct Previous<T> {
-    seen: Mutex<Seen<T>>,
-}
-
-#[derive(Debug)]
-struct Seen<T> {
-    by_uid: HashMap<String, T>,
-    prune_at: usize,
-}
-
-impl<T> Default for Seen<T> {
-    fn default() -> Self {
-        Self {
-            by_uid: HashMap::new(),
-            prune_at: MIN_PRUNE_AT,
-        }
-    }
-}
-
-/// The table size below which it is never pruned.
-const MIN_PRUNE_AT: usize = 1024;
-
-impl<T: Clone> Previous<T> {
-    /// Records `now` for the object of `uid` and returns what was recorded before. `live` lists the uids of
-    /// the objects that exist; it is called only when the table is pruned.
-    pub fn swap<L>(&self, uid: Option<&str>, now: T, live: impl FnOnce() -> L) -> Option<T>
-    where
-        L: IntoIterator<Item = String>,
-    {
-        let uid = uid?;
-        let mut seen = self.seen.lock().ok()?;
-        let before = seen.by_uid.insert(uid.to_owned(), now);
-        if seen.by_uid.len() >= seen.prune_at {
-            let live: HashSet<String> = live().into_iter().collect();
-            seen.by_uid.retain(|k, _| k == uid || live.contains(k));
-            seen.prune_at = (seen.by_uid.len() * 2).max(MIN_PRUNE_AT);
-        }
-        before
-    }
-
-    /// How many objects are remembered.
-    #[cfg(test)]
-    fn remembered(&self) -> usize {
-        self.seen.lock().map_or(0, |s| s.by_uid.len())
-    }
-}
-
 /// The values `now` and, when it differed, `before`.
-pub fn values_then_and_now(now: &[String], before: Option<Vec<String>>) -> BTreeSet<String> {
+pub fn values_then_and_now(now: &[String], before: Option<&[String]>) -> BTreeSet<String> {
     now.iter()
-        .cloned()
         .chain(before.into_iter().flatten())
+        .cloned()
         .collect()
 }
 
@@ -296,37 +241,16 @@ mod tests {
 
     #[test]
     fn an_edit_concerns_the_values_before_and_after() {
-        let previous = Previous::<Vec<String>>::default();
         let read = vec!["files:read".to_owned()];
         let write = vec!["files:write".to_owned()];
-        let alive = || ["u-1".to_owned()];
-        assert_eq!(previous.swap(Some("u-1"), read.clone(), alive), None);
-        let before = previous.swap(Some("u-1"), write.clone(), alive);
         assert_eq!(
-            values_then_and_now(&write, before),
+            values_then_and_now(&write, Some(&read)),
             values(&["files:read", "files:write"])
         );
-        assert_eq!(previous.swap(None, read, alive), None, "no uid, no memory");
-    }
-
-    #[test]
-    fn churned_objects_are_forgotten_and_live_ones_kept() {
-        let previous = Previous::<u32>::default();
-        previous.swap(Some("kept"), 7, Vec::new);
-        // A tenant creates and deletes 100,000 objects; only "kept" (and the newest) stay alive.
-        for i in 0..100_000u32 {
-            let uid = format!("churn-{i}");
-            previous.swap(Some(&uid), i, || ["kept".to_owned(), uid.clone()]);
-            assert!(
-                previous.remembered() < 2 * MIN_PRUNE_AT,
-                "grew to {}",
-                previous.remembered()
-            );
-        }
-        assert_eq!(previous.swap(Some("kept"), 8, Vec::new), Some(7));
+        assert_eq!(values_then_and_now(&write, None), values(&["files:write"]));
         assert_eq!(
-            previous.swap(Some("churn-99999"), 0, Vec::new),
-            Some(99_999)
+            values_then_and_now(&write, Some(&write)),
+            values(&["files:write"])
         );
     }
 

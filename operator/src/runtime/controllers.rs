@@ -60,14 +60,6 @@ fn retained_by<K: Resource<DynamicType = ()>>(
     Some(ObjectRef::new(server).within(object.meta().namespace.as_deref()?))
 }
 
-/// The uids of `objects`.
-fn uids<K: Resource>(objects: &[Arc<K>]) -> Vec<String> {
-    objects
-        .iter()
-        .filter_map(|o| o.meta().uid.clone())
-        .collect()
-}
-
 /// Namespaced kinds the controllers watch.
 trait Watched:
     Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -139,14 +131,23 @@ impl<K: Watched> ScopedWatches<K> for Controller<K> {
 /// never from a watch of the controller's own (which can deliver it first; the reconcile would then decide
 /// without it and nothing would bring it back before the periodic check).
 trait FollowsCaches<K: Watched> {
-    fn follows<C, I>(self, cache: &Cached<C>, mapper: impl Fn(&C) -> I + Send + 'static) -> Self
+    /// `mapper` takes the changed object as it is now and as the cache held it before.
+    fn follows<C, I>(
+        self,
+        cache: &Cached<C>,
+        mapper: impl Fn(&C, Option<&C>) -> I + Send + 'static,
+    ) -> Self
     where
         C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
         I: IntoIterator<Item = ObjectRef<K>>;
 }
 
 impl<K: Watched> FollowsCaches<K> for Controller<K> {
-    fn follows<C, I>(self, cache: &Cached<C>, mapper: impl Fn(&C) -> I + Send + 'static) -> Self
+    fn follows<C, I>(
+        self,
+        cache: &Cached<C>,
+        mapper: impl Fn(&C, Option<&C>) -> I + Send + 'static,
+    ) -> Self
     where
         C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
         I: IntoIterator<Item = ObjectRef<K>>,
@@ -157,7 +158,7 @@ impl<K: Watched> FollowsCaches<K> for Controller<K> {
             let refs: Vec<ObjectRef<K>> = match touched {
                 // Only this controller's objects: in the namespace-scoped install each served namespace
                 // has its own controller, and a reference to another's object is an error to it.
-                Touched::One(changed) => mapper(&changed)
+                Touched::One { now, before } => mapper(&now, before.as_deref())
                     .into_iter()
                     .filter(|r| store.get(r).is_some())
                     .collect(),
@@ -309,18 +310,13 @@ async fn scope_controller(scopes: Api<MCPScope>, ctx: Arc<Context>) {
         .trigger_backoff(WatchBackoff::default());
     let (by_service, by_scope, by_namespace) =
         (controller.store(), controller.store(), controller.store());
-    let offered = Arc::new(triggers::Previous::<Vec<String>>::default());
-    let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
-    let live_services = stores.services.clone();
     controller
         // InUse: the scopes defining a value the service offers (or offered before this edit).
-        .follows(&stores.services, move |service: &MCPService| {
-            let before = offered.swap(
-                service.uid().as_deref(),
-                service.spec.scopes.clone(),
-                || uids(&live_services.all()),
+        .follows(&stores.services, move |service: &MCPService, before| {
+            let values = triggers::values_then_and_now(
+                &service.spec.scopes,
+                before.map(|b| b.spec.scopes.as_slice()),
             );
-            let values = triggers::values_then_and_now(&service.spec.scopes, before);
             let scopes = by_service.state();
             triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
                 .into_iter()
@@ -328,12 +324,11 @@ async fn scope_controller(scopes: Api<MCPScope>, ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         })
         // Ownership: the definitions of the same value (before and after an edit of it).
-        .follows(&stores.scopes, move |changed: &MCPScope| {
-            let now = vec![changed.spec.value.clone()];
-            let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
-                uids(&by_scope.state())
-            });
-            let values = triggers::values_then_and_now(&now, before);
+        .follows(&stores.scopes, move |changed: &MCPScope, before| {
+            let values = triggers::values_then_and_now(
+                std::slice::from_ref(&changed.spec.value),
+                before.map(|b| std::slice::from_ref(&b.spec.value)),
+            );
             let scopes = by_scope.state();
             triggers::scopes_defining(&values, scopes.iter().map(|s| s.as_ref()))
                 .into_iter()
@@ -344,7 +339,7 @@ async fn scope_controller(scopes: Api<MCPScope>, ctx: Arc<Context>) {
         // them, servers change seldom.
         .reconcile_all_on(stores.servers.changes())
         // A namespace let in or shut out by its labels: the definitions sharing a value with its own.
-        .follows(&stores.namespaces, move |namespace| {
+        .follows(&stores.namespaces, move |namespace, _| {
             let scopes = by_namespace.state();
             let scopes: Vec<&MCPScope> = scopes.iter().map(|s| s.as_ref()).collect();
             triggers::scopes_sharing_values_with(&namespace.name_any(), &scopes)
@@ -382,25 +377,28 @@ async fn policy_controller(policies: Api<CIMDPolicy>, ctx: Arc<Context>) {
         .await;
 }
 
-/// Requeues the other services naming the same resource URL as a changed (or deleted) one: when the URL's
-/// holder goes, the next in line gets its key now rather than at the next resync. And the services whose
-/// token-exchange edges call it by name: their sidecars' edges to it follow whether it holds its URL.
+/// Requeues the services naming the resource URL a changed (or deleted) service names or named before the
+/// edit: when the URL's holder goes, the next in line gets its key now rather than at the next resync. And
+/// the services whose token-exchange edges call it by name: their sidecars' edges to it follow whether it
+/// holds its URL. The changed service itself is among them: its own watch can reconcile it before the cache
+/// holds the edit, and its reconcile reads its claim to the URL and its share of the server's config budget
+/// from the cache.
 fn sharing_resource_url(
     store: Store<MCPService>,
     servers: Cached<AuthorizationServer>,
-) -> impl Fn(&MCPService) -> Vec<ObjectRef<MCPService>> + Clone {
-    move |changed| {
-        let url = &changed.spec.resource_url;
+) -> impl Fn(&MCPService, Option<&MCPService>) -> Vec<ObjectRef<MCPService>> + Clone {
+    move |changed, before| {
+        let urls = [Some(changed), before].map(|s| s.map(|s| &s.spec.resource_url));
         let services = store.state();
         let servers = servers.all();
         let servers: Vec<&AuthorizationServer> = servers.iter().map(|s| s.as_ref()).collect();
         let callers = triggers::callers_of(changed, &servers, services.iter().map(|s| s.as_ref()));
         services
             .iter()
-            .filter(|s| &s.spec.resource_url == url)
+            .filter(|s| urls.contains(&Some(&s.spec.resource_url)))
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .chain(callers.into_iter().map(ObjectRef::from_obj))
-            .filter(|r| r != &ObjectRef::from_obj(changed))
+            .chain([ObjectRef::from_obj(changed)])
             .collect()
     }
 }
@@ -423,14 +421,12 @@ async fn service_controller(
     let in_namespace = objects_in(controller.store());
     let g = controller.store();
     let readers = controller.store();
-    let defined = Arc::new(triggers::Previous::<Vec<String>>::default());
     let (d, e) = (in_namespace.clone(), in_namespace.clone());
     let injected = watcher::Config::default().labels(&format!(
         "{}={}",
         crate::api::INJECT_LABEL,
         crate::api::INJECT_ENABLED
     ));
-    let live_scopes = stores.scopes.clone();
     let servers = stores.servers.clone();
     let labelled = stores.clone();
     controller
@@ -459,12 +455,11 @@ async fn service_controller(
         )
         // Only the services that can see a definition of the scope's value (now or before the edit) at their
         // server: every edit re-rendered every service of the cluster.
-        .follows(&stores.scopes, move |changed: &MCPScope| {
-            let now = vec![changed.spec.value.clone()];
-            let before = defined.swap(changed.uid().as_deref(), now.clone(), || {
-                uids(&live_scopes.all())
-            });
-            let values = triggers::values_then_and_now(&now, before);
+        .follows(&stores.scopes, move |changed: &MCPScope, before| {
+            let values = triggers::values_then_and_now(
+                std::slice::from_ref(&changed.spec.value),
+                before.map(|b| std::slice::from_ref(&b.spec.value)),
+            );
             let services = readers.state();
             let servers = servers.all();
             let servers: Vec<&AuthorizationServer> = servers.iter().map(|s| s.as_ref()).collect();
@@ -479,7 +474,7 @@ async fn service_controller(
             .map(ObjectRef::from_obj)
             .collect::<Vec<_>>()
         })
-        .follows(&stores.policies, move |p: &CIMDPolicy| {
+        .follows(&stores.policies, move |p: &CIMDPolicy, _| {
             in_namespace(p.namespace())
         })
         .reconcile_all_on(stores.servers.changes())

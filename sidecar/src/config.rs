@@ -176,35 +176,41 @@ pub enum UnmatchedPolicy {
 /// The most downstreams one service may call.
 pub const MAX_DOWNSTREAMS: usize = 8;
 
-/// Whether `header` (lowercase) is a field the sidecar writes to the upstream itself or HTTP and MCP give a
-/// meaning: none of these may carry the identity or a downstream token, or the upstream would get the field
-/// twice, or read the proxy's value as something else.
+/// Fields the sidecar writes to the upstream itself or HTTP and MCP give a meaning (lowercase): none of these
+/// may carry the identity or a downstream token, or the upstream would get the field twice, or read the
+/// proxy's value as something else. The operator's CRD rule for token headers is built from the same lists.
+pub const PROXY_OWNED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "cookie",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "accept-encoding",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "expect",
+    "forwarded",
+    "x-real-ip",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+    "traceparent",
+    "tracestate",
+];
+
+/// Prefixes of the field families in [`PROXY_OWNED_HEADERS`]'s sense: forwarding fields and MCP's own.
+pub const PROXY_OWNED_PREFIXES: &[&str] = &["x-forwarded-", "mcp-"];
+
+/// Whether `header` (lowercase) is in [`PROXY_OWNED_HEADERS`] or starts with one of [`PROXY_OWNED_PREFIXES`].
 pub fn proxy_owns_header(header: &str) -> bool {
-    [
-        "authorization",
-        "proxy-authorization",
-        "host",
-        "cookie",
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "accept-encoding",
-        "transfer-encoding",
-        "connection",
-        "te",
-        "upgrade",
-        "expect",
-        "forwarded",
-        "x-real-ip",
-        "keep-alive",
-        "proxy-connection",
-        "trailer",
-        "traceparent",
-        "tracestate",
-    ]
-    .contains(&header)
-        || header.starts_with("x-forwarded-")
-        || header.starts_with("mcp-")
+    PROXY_OWNED_HEADERS.contains(&header)
+        || PROXY_OWNED_PREFIXES
+            .iter()
+            .any(|prefix| header.starts_with(prefix))
 }
 
 /// Whether `header` may carry a downstream token: a lowercase name of letters, digits and `-`, and none the

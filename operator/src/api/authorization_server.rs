@@ -221,6 +221,7 @@ pub struct ThirdPartyProvider {
     /// The request header the MCP server reads the provider's token from (lowercase letters,
     /// digits, `-`).
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    #[x_kube(validation = super::token_header_rule())]
     pub header: String,
 }
 
@@ -252,6 +253,7 @@ pub struct TokenExchangeEdge {
     pub scopes: Vec<String>,
     /// The request header the MCP server reads the token from (lowercase letters, digits, `-`).
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    #[x_kube(validation = super::token_header_rule())]
     pub header: String,
 }
 

@@ -323,6 +323,46 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "providers",
         },
         InvalidCase {
+            name: "a provider's token in the trace context header",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "traceparent", "issuer": "https://login.acme.example"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "providers[0].header",
+        },
+        InvalidCase {
+            name: "a token-exchange token in a forwarding header",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "x-forwarded-user"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "tokenExchange[0].header",
+        },
+        InvalidCase {
+            name: "a token-exchange token in the sidecar's identity header",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "x-mcp-authz-subject"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "tokenExchange[0].header",
+        },
+        InvalidCase {
+            name: "a provider's token in an MCP header",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "mcp-session-id", "issuer": "https://login.acme.example"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "providers[0].header",
+        },
+        InvalidCase {
             name: "resource URL with fragment",
             object: with(
                 mcp_service(),

@@ -35,6 +35,32 @@ pub const INJECT_ENABLED: &str = "enabled";
 /// hours, minutes and seconds so both sides parse them the same way.
 pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$";
 
+/// The CEL rule for a header that carries a token to an MCP server (`tokenExchange[].header`,
+/// `providers[].header`): none the sidecar writes itself or HTTP and MCP give a meaning, built from the
+/// sidecar's own lists so the API server refuses what the sidecar would (a render used to drop such an
+/// edge without a word).
+pub fn token_header_rule() -> kube::core::Rule {
+    let quoted = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let identity = mcp_authz_sidecar::config::IdentityHeaders::default();
+    let mut rule = format!(
+        "!(self in [{}]) && !(self in [{}])",
+        quoted(mcp_authz_sidecar::config::PROXY_OWNED_HEADERS),
+        quoted(&identity.names()),
+    );
+    for prefix in mcp_authz_sidecar::config::PROXY_OWNED_PREFIXES {
+        rule.push_str(&format!(" && !self.startsWith('{prefix}')"));
+    }
+    kube::core::Rule::new(rule).message(
+        "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+    )
+}
+
 /// Every CRD of the group, in a stable order (the order `mcp-authz crds` prints them).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![

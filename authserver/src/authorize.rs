@@ -125,6 +125,7 @@ pub async fn authorize(
         upstream_verifier: None,
         expires_at: now + REQUEST_TTL_SECS,
         network,
+        holder: resource.holder.clone(),
     };
     let mut response = match continue_request(&state, &snapshot, &client, request, &headers).await {
         Ok(r) => r,

@@ -14,7 +14,7 @@ use url::Url;
 use crate::audit::Decision;
 use crate::clients::ClientView;
 use crate::clock::now_secs;
-use crate::oauth::scopes;
+use crate::oauth::{holder, scopes};
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::pages::{self, ConsentView};
 use crate::params::Params;
@@ -386,6 +386,28 @@ pub async fn issue_code(
     ))
 }
 
+/// The pending request `id`, while it has not expired and the service it began for still holds its resource:
+/// every step of a sign-in (a form, the upstream login's or a provider's callback) goes on through here.
+pub async fn pending_request(
+    state: &AppState,
+    snapshot: &Snapshot,
+    id: &str,
+) -> Result<AuthRequest, OAuthError> {
+    let request = state
+        .store
+        .auth_request(id, now_secs())
+        .await?
+        .ok_or_else(|| OAuthError::invalid_request("this sign-in has expired or was already completed; start again from the application"))?;
+    holder::sign_in_held(
+        &request.holder,
+        snapshot
+            .config
+            .resource(&request.resource)
+            .map(|r| r.holder.as_str()),
+    )?;
+    Ok(request)
+}
+
 /// Loads the request a form refers to and checks the CSRF binding (hidden field, cookie and stored value agree).
 pub async fn form_request(
     state: &AppState,
@@ -395,11 +417,7 @@ pub async fn form_request(
 ) -> Result<AuthRequest, OAuthError> {
     let id = params.require("request_id")?;
     let csrf = params.require("csrf")?;
-    let request = state
-        .store
-        .auth_request(id, now_secs())
-        .await?
-        .ok_or_else(|| OAuthError::invalid_request("this sign-in has expired or was already completed; start again from the application"))?;
+    let request = pending_request(state, snapshot, id).await?;
     let cookie = csrf_cookie(snapshot, headers).unwrap_or_default();
     if !secrets::constant_time_eq(csrf, &request.csrf)
         || !secrets::constant_time_eq(&cookie, &request.csrf)

@@ -178,22 +178,22 @@ pub async fn upstream_callback(
     let result = async {
         let params = Params::parse(uri.query().unwrap_or_default())?;
         let id = params.require("state")?;
-        let mut request = state
-            .store
-            .auth_request(id, now_secs())
-            .await?
-            .ok_or_else(|| OAuthError::invalid_request("this sign-in has expired or was already completed; start again from the application"))?;
+        let mut request = browser_flow::pending_request(&state, &snapshot, id).await?;
         who.client_id = Some(request.client_id.clone());
         who.resource = Some(request.resource.clone());
         let cookie = browser_flow::csrf_cookie(&snapshot, &headers).unwrap_or_default();
         if !secrets::constant_time_eq(&cookie, &request.csrf) {
-            return Err(OAuthError::invalid_request("the sign-in did not start in this browser"));
+            return Err(OAuthError::invalid_request(
+                "the sign-in did not start in this browser",
+            ));
         }
         let pending = request
             .upstream_verifier
             .as_deref()
             .and_then(PendingLogin::decode)
-            .ok_or_else(|| OAuthError::invalid_request("this sign-in did not go to the upstream provider"))?;
+            .ok_or_else(|| {
+                OAuthError::invalid_request("this sign-in did not go to the upstream provider")
+            })?;
         // The pending login is single use: a replayed callback finds nothing to finish.
         request.upstream_verifier = None;
         state.store.put_auth_request(&request).await?;
@@ -205,8 +205,13 @@ pub async fn upstream_callback(
             );
             // The person has not seen our consent page yet: the same rule as at /authorize decides whether
             // the error may go to the client's redirect URI (a page otherwise, answered at the handler's exit).
-            let client =
-                clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
+            let client = clients::lookup(
+                &snapshot,
+                &state,
+                &request.client_id,
+                Some(&request.resource),
+            )
+            .await?;
             if !client.may_receive_error_redirects(&request.redirect_uri) {
                 return Err(e);
             }
@@ -229,15 +234,34 @@ pub async fn upstream_callback(
             // Counted and audited once, as every refusal, where the handler answers.
             Err(e) => return Err(upstream_error(e)),
         };
-        let client = clients::lookup(&snapshot, &state, &request.client_id, Some(&request.resource)).await?;
+        let client = clients::lookup(
+            &snapshot,
+            &state,
+            &request.client_id,
+            Some(&request.resource),
+        )
+        .await?;
         let session = secrets::random_token();
         let session_secs = snapshot.config.tokens.session_secs;
-        state.store.put_session(&secrets::hash(&session), &subject, now_secs() + session_secs as i64).await?;
+        state
+            .store
+            .put_session(
+                &secrets::hash(&session),
+                &subject,
+                now_secs() + session_secs as i64,
+            )
+            .await?;
         request.subject = Some(subject.clone());
         state.store.put_auth_request(&request).await?;
         state.metrics.outcome("login", "ok");
         let mut response = consent_or_code(&state, &snapshot, &client, &request, &subject).await?;
-        browser_flow::set_cookie(&mut response, &snapshot, SESSION_COOKIE, &session, session_secs);
+        browser_flow::set_cookie(
+            &mut response,
+            &snapshot,
+            SESSION_COOKIE,
+            &session,
+            session_secs,
+        );
         Ok::<_, OAuthError>(response)
     }
     .await;

@@ -184,3 +184,82 @@ async fn grants_from_before_holders_are_bound_to_the_holder_found_first() {
         );
     }
 }
+
+/// A sign-in names the service of the URL's holder on its login and consent pages: when the URL passes to another
+/// service mid-way, the person's next step is refused, and nothing they agreed to under the old name is recorded
+/// for the new holder.
+#[tokio::test]
+async fn a_sign_in_begun_under_one_holder_does_not_finish_under_the_next() {
+    let s = TestServer::start_with(|c| files(c).holder = "uid-1".into()).await;
+    let changed = "the service of this sign-in has passed to another service since it began; start again from the application";
+
+    // The consent page is shown under uid-1 and submitted under uid-2.
+    let mut browser = Browser::default();
+    let login = match browser
+        .get(
+            &s,
+            &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "a"),
+        )
+        .await
+    {
+        Step::Page(200, html) => html,
+        other => panic!("{other:?}"),
+    };
+    let consent = match browser.login(&s, &login, "alice", "wonderland").await {
+        Step::Page(200, html) if html.contains("decision") => html,
+        other => panic!("no consent page: {other:?}"),
+    };
+    reload(&s, |c| files(c).holder = "uid-2".into());
+    match browser.consent(&s, &consent, "approve").await {
+        Step::Page(400, html) => assert!(html.contains(changed), "{html}"),
+        other => panic!("a consent shown under uid-1 was taken for uid-2: {other:?}"),
+    }
+    let state = &s.running.as_ref().unwrap().state;
+    let grants = state
+        .store
+        .list_grants(&GrantFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    assert!(grants.is_empty(), "{grants:?}");
+    // Nothing was remembered either: under uid-2 the person is asked.
+    match browser
+        .get(
+            &s,
+            &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "b"),
+        )
+        .await
+    {
+        Step::Page(200, html) => assert!(html.contains("decision"), "{html}"),
+        other => panic!("a consent given under uid-1 was remembered for uid-2: {other:?}"),
+    }
+
+    // The login page is shown under uid-2 and submitted under uid-3.
+    let mut other = Browser::default();
+    let login = match other
+        .get(
+            &s,
+            &authorize_query(PUBLIC_CLIENT, REDIRECT, "files:read", "c"),
+        )
+        .await
+    {
+        Step::Page(200, html) => html,
+        other => panic!("{other:?}"),
+    };
+    reload(&s, |c| files(c).holder = "uid-3".into());
+    match other.login(&s, &login, "alice", "wonderland").await {
+        Step::Page(400, html) => assert!(html.contains(changed), "{html}"),
+        other => panic!("a sign-in begun under uid-2 went on under uid-3: {other:?}"),
+    }
+
+    // A sign-in under the holder that has the URL now goes through.
+    let code = s
+        .code_for(
+            &mut Browser::default(),
+            PUBLIC_CLIENT,
+            REDIRECT,
+            "files:read",
+        )
+        .await;
+    let (status, body, _) = s.exchange(&code, PUBLIC_CLIENT).await;
+    assert_eq!(status, 200, "{body}");
+}

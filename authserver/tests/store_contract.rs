@@ -41,6 +41,7 @@ async fn contract(store: &dyn Store) {
         upstream_verifier: None,
         expires_at: now + 10,
         network: Some("192.0.2.1".into()),
+        holder: "uid-1".into(),
     };
     store.put_auth_request(&request).await.unwrap();
     assert_eq!(

@@ -62,9 +62,47 @@ pub fn token_held(claim: Option<&str>, configured: Option<&str>) -> bool {
     }
 }
 
+/// Whether a sign-in that began while `recorded` held its resource may go on now that `configured` holds it
+/// (`None`: the resource is no longer served here). The login and consent pages named the service of the holder
+/// at the start; a consent given there must not be recorded, nor a code issued, for the next holder of the URL.
+pub fn sign_in_held(recorded: &str, configured: Option<&str>) -> Result<(), OAuthError> {
+    match configured {
+        Some(configured) if configured == recorded => Ok(()),
+        Some(_) => Err(OAuthError::invalid_request(
+            "the service of this sign-in has passed to another service since it began; start again from the application",
+        )),
+        None => Err(OAuthError::invalid_request(
+            "the service of this sign-in is no longer served here; start again from the application",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_in_goes_on_only_under_the_holder_it_began_under() {
+        let changed = "the service of this sign-in has passed to another service since it began; start again from the application";
+        let gone = "the service of this sign-in is no longer served here; start again from the application";
+        let table: [(&str, Option<&str>, Option<&str>); 6] = [
+            ("uid-1", Some("uid-1"), None),
+            ("", Some(""), None),
+            ("uid-1", Some("uid-2"), Some(changed)),
+            // Begun before requests recorded holders (an upgrade): at most one sign-in's lifetime, asked again.
+            ("", Some("uid-1"), Some(changed)),
+            ("uid-1", Some(""), Some(changed)),
+            ("uid-1", None, Some(gone)),
+        ];
+        for (recorded, configured, refusal) in table {
+            let got = sign_in_held(recorded, configured).map_err(|e| e.description);
+            assert_eq!(
+                got,
+                refusal.map_or(Ok(()), |r| Err(r.to_owned())),
+                "{recorded:?} then {configured:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_grant_holds_only_under_its_own_holder() {

@@ -373,15 +373,16 @@ pub async fn callback(
                 false
             }
         };
-        let request = state
-            .store
-            .auth_request(&request_id, now_secs())
-            .await?
-            .filter(|r| r.subject.as_deref() == Some(pending.subject.as_str()))
-            .ok_or_else(|| {
-                OAuthError::invalid_request(
-                    "this sign-in has expired or was already completed; start again from the application",
-                )
+        let request = crate::browser_flow::pending_request(&state, &snapshot, &request_id)
+            .await
+            .and_then(|r| {
+                if r.subject.as_deref() == Some(pending.subject.as_str()) {
+                    Ok(r)
+                } else {
+                    Err(OAuthError::invalid_request(
+                        "this sign-in has expired or was already completed; start again from the application",
+                    ))
+                }
             })?;
         if connected
             && let Some(next) = missing(&state, &snapshot, &request.resource, &pending.subject)

@@ -76,6 +76,11 @@ pub struct AuthRequest {
     /// cap only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Who held the resource URL when the request began ([`crate::config::ResourceConfig::holder`]): the pages
+    /// the person sees name that service, so the sign-in goes on only while it holds the URL
+    /// ([`crate::oauth::holder::sign_in_held`]). Empty in rows from before it was recorded.
+    #[serde(default)]
+    pub holder: String,
 }
 
 /// Authorization requests pending (not yet expired): in all, and from one network.

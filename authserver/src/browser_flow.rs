@@ -21,7 +21,7 @@ use crate::params::Params;
 use crate::rate_limits::Endpoint;
 use crate::secrets;
 use crate::state::{AppState, Snapshot};
-use crate::store::{AuthRequest, CodeRecord, Consent, Grant, Pending};
+use crate::store::{AuthRequest, CodeRecord, Consent, Counted, Grant};
 use crate::upstream::{PendingLogin, UpstreamError};
 
 /// Cookie binding the forms to the browser that started the request. On an https issuer it carries the
@@ -46,7 +46,7 @@ pub const MAX_PENDING_PER_NETWORK: i64 = 500;
 
 /// Whether one more authorization request may be kept, given those pending. The network's cap comes first: a
 /// network at its own cap is told so, and waiting (or finishing a sign-in) is up to it.
-pub fn pending_refusal(pending: Pending) -> Option<OAuthError> {
+pub fn pending_refusal(pending: Counted) -> Option<OAuthError> {
     if pending.from_network >= MAX_PENDING_PER_NETWORK {
         return Some(OAuthError::rate_limited(
             "too many sign-ins are in progress from this address; finish one or try again in a few minutes",
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn pending_requests_are_capped_per_network_and_in_all() {
-        let at = |from_network, total| Pending {
+        let at = |from_network, total| Counted {
             total,
             from_network,
         };

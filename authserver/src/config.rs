@@ -843,6 +843,12 @@ pub struct DynamicClientRegistration {
     /// answers 429. Unused registrations are never deleted, so this bounds how fast the store can be filled.
     #[serde(default = "default_registrations_per_hour")]
     pub max_per_hour: u32,
+    /// Most registrations accepted in any hour from one network (an IPv4 address or an IPv6 /64), counted
+    /// where the network is the client's own (a public peer, or an address a trusted proxy forwarded): without
+    /// it two addresses could use up `maxPerHour` for everyone. Behind an ingress without `trustedProxies`
+    /// every client is one private peer, so only `maxPerHour` counts.
+    #[serde(default = "default_registrations_per_hour_per_network")]
+    pub max_per_hour_per_network: u32,
     /// Which redirect URIs a registration may ask for.
     #[serde(default)]
     pub redirect_uris: RegistrationRedirects,
@@ -853,6 +859,7 @@ impl Default for DynamicClientRegistration {
         Self {
             enabled: false,
             max_per_hour: default_registrations_per_hour(),
+            max_per_hour_per_network: default_registrations_per_hour_per_network(),
             redirect_uris: RegistrationRedirects::default(),
         }
     }
@@ -873,6 +880,10 @@ pub enum RegistrationRedirects {
 
 fn default_registrations_per_hour() -> u32 {
     100
+}
+
+fn default_registrations_per_hour_per_network() -> u32 {
+    10
 }
 
 /// Admin API.

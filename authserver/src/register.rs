@@ -12,15 +12,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{Decision, Who};
+use crate::client_address::network;
 use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
 use crate::clock::now_secs;
 use crate::config::{
-    ClientAuthMethod, ClientConfig, GrantType, RegistrationRedirects, check_redirect_uri,
-    is_loopback_host,
+    ClientAuthMethod, ClientConfig, DynamicClientRegistration, GrantType, RegistrationRedirects,
+    check_redirect_uri, is_loopback_host,
 };
 use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::secrets;
+use crate::server::ClientOrigin;
 use crate::state::AppState;
+use crate::store::Counted;
 
 /// Largest registration request.
 const MAX_BODY: usize = 16 * 1024;
@@ -44,15 +47,29 @@ const REGISTRATION_WINDOW_SECS: i64 = 3600;
 /// What a client over the budget is told to wait before trying again.
 const REGISTRATION_RETRY_SECS: u64 = 60;
 
-/// 429 in OAuth's own form, with a hint at the way in that needs no registration.
-fn too_many_registrations(limit: u32) -> Response {
-    OAuthError::rate_limited(
-        format!(
-            "this server has registered its limit of {limit} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)"
-        ),
-        REGISTRATION_RETRY_SECS,
-    )
-    .into_response()
+/// Whether one more registration may be accepted, given those of the past hour: the network's share first (a
+/// network at its cap is told so, and waiting is up to it), then the server's budget. 429 in OAuth's own form
+/// either way, with a hint at the way in that needs no registration.
+fn registration_refusal(recent: Counted, limits: &DynamicClientRegistration) -> Option<OAuthError> {
+    let refusal = |description: String| {
+        Some(OAuthError::rate_limited(
+            description,
+            REGISTRATION_RETRY_SECS,
+        ))
+    };
+    if recent.from_network >= i64::from(limits.max_per_hour_per_network) {
+        return refusal(format!(
+            "this address has registered its limit of {} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)",
+            limits.max_per_hour_per_network
+        ));
+    }
+    if recent.total >= i64::from(limits.max_per_hour) {
+        return refusal(format!(
+            "this server has registered its limit of {} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)",
+            limits.max_per_hour
+        ));
+    }
+    None
 }
 
 fn metadata_error(d: impl Into<String>) -> OAuthError {
@@ -228,6 +245,7 @@ fn client_from(
 /// POST `/register`.
 pub async fn register(
     State(state): State<Arc<AppState>>,
+    ClientOrigin(origin): ClientOrigin,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -241,18 +259,24 @@ pub async fn register(
             .into_response();
     }
     // A flood of registrations would fill the store with clients nobody uses: past the hourly budget (counted in
-    // the store, so it holds across replicas) the server refuses before reading the body.
-    let limit = snapshot.config.dynamic_client_registration.max_per_hour;
+    // the store, so it holds across replicas) the server refuses before reading the body. A network's share is
+    // counted only where the network is the client's own, as for pending sign-ins.
+    let network = origin
+        .filter(|c| c.is_own_network())
+        .map(|c| network(c.address).to_string());
     match state
         .store
-        .dynamic_clients_since(now_secs() - REGISTRATION_WINDOW_SECS)
+        .dynamic_clients_since(now_secs() - REGISTRATION_WINDOW_SECS, network.as_deref())
         .await
     {
-        Ok(recent) if recent >= i64::from(limit) => {
-            state.metrics.outcome("register", "rate_limited");
-            return too_many_registrations(limit);
+        Ok(recent) => {
+            if let Some(e) =
+                registration_refusal(recent, &snapshot.config.dynamic_client_registration)
+            {
+                state.metrics.outcome("register", "rate_limited");
+                return e.into_response();
+            }
         }
-        Ok(_) => {}
         Err(e) => {
             let e = OAuthError::from(e);
             state.refuse("register", &Who::default(), &e).await;
@@ -286,7 +310,7 @@ pub async fn register(
         let stored = serde_json::to_string(&client).map_err(|e| metadata_error(e.to_string()))?;
         state
             .store
-            .put_dynamic_client(&client.client_id, &stored, now)
+            .put_dynamic_client(&client.client_id, &stored, network.as_deref(), now)
             .await?;
         state
             .record_decision(Decision {
@@ -326,6 +350,50 @@ pub async fn register(
         Err(e) => {
             state.refuse("register", &Who::default(), &e).await;
             e.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_refused_past_the_networks_share_then_the_servers_budget() {
+        let limits = DynamicClientRegistration {
+            max_per_hour: 100,
+            max_per_hour_per_network: 10,
+            ..DynamicClientRegistration::default()
+        };
+        let network = "this address has registered its limit of 10 clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)";
+        let server = "this server has registered its limit of 100 clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)";
+        // (from the network, in all, refusal)
+        let table: [(i64, i64, Option<&str>); 6] = [
+            (0, 0, None),
+            (9, 99, None),
+            (10, 50, Some(network)),
+            // The network's cap is told first: waiting is up to it, whatever the server's count.
+            (10, 100, Some(network)),
+            (0, 100, Some(server)),
+            (3, 250, Some(server)),
+        ];
+        for (from_network, total, want) in table {
+            let got = registration_refusal(
+                Counted {
+                    total,
+                    from_network,
+                },
+                &limits,
+            );
+            assert_eq!(
+                got.as_ref()
+                    .map(|e| (e.description.as_str(), e.retry_after_secs)),
+                want.map(|d| (d, Some(REGISTRATION_RETRY_SECS))),
+                "{from_network} of {total}"
+            );
+            if let Some(e) = got {
+                assert_eq!(e.code, ErrorCode::TemporarilyUnavailable);
+            }
         }
     }
 }

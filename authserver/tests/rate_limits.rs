@@ -461,6 +461,49 @@ async fn register_per_address_refuses_in_oauth_form_and_spares_other_addresses()
     assert_eq!(register_from(&s, "2001:db8:1:3::1").await.0, 201);
 }
 
+/// The hourly registration budget is counted in the store per network as well as in all: two addresses can no
+/// longer use it up for everyone, and a restart (or another replica) keeps both counts.
+#[tokio::test]
+async fn one_network_uses_up_its_share_of_the_hourly_registrations_not_the_servers() {
+    let mut s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.dynamic_client_registration.enabled = true;
+        c.dynamic_client_registration.max_per_hour = 5;
+        c.dynamic_client_registration.max_per_hour_per_network = 2;
+        c.rate_limits.register_per_address = RateBucket {
+            requests_per_second: 1000.0,
+            burst: 1000,
+        };
+    })
+    .await;
+    let network_full = "this address has registered its limit of 2 clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)";
+    for from in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+        assert_eq!(register_from(&s, from).await.0, 201);
+    }
+    // Another address in the same IPv6 /64 is the same network.
+    let (status, retry, body) = register_from(&s, "2001:db8:1:2::3").await;
+    assert_eq!((status, retry.as_deref()), (429, Some("60")));
+    assert_eq!(body, refused(network_full));
+    // Other networks register; the server's budget ends it for everyone.
+    for from in ["198.51.100.7", "198.51.100.7", "203.0.113.9"] {
+        assert_eq!(register_from(&s, from).await.0, 201, "{from}");
+    }
+    let (status, _, body) = register_from(&s, "192.0.2.44").await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        body,
+        refused(
+            "this server has registered its limit of 5 clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)"
+        )
+    );
+    s.restart().await;
+    let (status, _, body) = register_from(&s, "2001:db8:1:2::4").await;
+    assert_eq!((status, body), (429, refused(network_full)));
+    assert!(s.metrics().await.contains(
+        "mcp_authz_authserver_requests_total{endpoint=\"register\",outcome=\"rate_limited\"}"
+    ));
+}
+
 #[tokio::test]
 async fn limits_turned_off_refuse_nothing() {
     let s = TestServer::start_with(|c| {

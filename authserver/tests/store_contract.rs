@@ -49,7 +49,7 @@ async fn contract(store: &dyn Store) {
         Some(request.clone())
     );
     assert_eq!(store.auth_request("r1", now + 10).await.unwrap(), None);
-    let pending = |from_network, total| Pending {
+    let pending = |from_network, total| Counted {
         total,
         from_network,
     };
@@ -401,22 +401,41 @@ async fn contract(store: &dyn Store) {
     };
     store.put_audit(&event).await.unwrap();
     assert_eq!(store.recent_audit(10).await.unwrap(), vec![event.clone()]);
-    // Registered clients are kept and counted by registration time (the hourly budget).
-    store
-        .put_dynamic_client("dcr-1", "{}", now - 4000)
-        .await
-        .unwrap();
-    store
-        .put_dynamic_client("dcr-2", "{\"a\":1}", now)
-        .await
-        .unwrap();
+    // Registered clients are kept and counted by registration time (the hourly budget), in all and per network;
+    // one registered without a network (not the client's own, or by an older replica) counts in all only.
+    for (id, config, network, at) in [
+        ("dcr-1", "{}", Some("192.0.2.1"), now - 4000),
+        ("dcr-2", "{\"a\":1}", Some("192.0.2.1"), now),
+        ("dcr-3", "{}", Some("2001:db8:1:2::"), now),
+        ("dcr-4", "{}", None, now),
+    ] {
+        store
+            .put_dynamic_client(id, config, network, at)
+            .await
+            .unwrap();
+    }
     assert_eq!(
         store.dynamic_client("dcr-2").await.unwrap().as_deref(),
         Some("{\"a\":1}")
     );
-    assert_eq!(store.dynamic_client("dcr-3").await.unwrap(), None);
-    assert_eq!(store.dynamic_clients_since(now - 3600).await.unwrap(), 1);
-    assert_eq!(store.dynamic_clients_since(now - 5000).await.unwrap(), 2);
+    assert_eq!(store.dynamic_client("dcr-5").await.unwrap(), None);
+    let counted = |from_network, total| Counted {
+        total,
+        from_network,
+    };
+    for (since, network, want) in [
+        (now - 3600, Some("192.0.2.1"), counted(1, 3)),
+        (now - 5000, Some("192.0.2.1"), counted(2, 4)),
+        (now - 3600, Some("2001:db8:1:2::"), counted(1, 3)),
+        (now - 3600, Some("198.51.100.7"), counted(0, 3)),
+        (now - 3600, None, counted(0, 3)),
+    ] {
+        assert_eq!(
+            store.dynamic_clients_since(since, network).await.unwrap(),
+            want,
+            "{network:?} since {since}"
+        );
+    }
     // Failed sign-ins count within a window, start over after it, and clear on success.
     assert_eq!(store.login_failures("u").await.unwrap(), None);
     assert_eq!(store.record_login_failure("u", now, 600).await.unwrap(), 1);
@@ -1660,7 +1679,10 @@ async fn migrating_leaves_old_grants_and_consents_without_a_holder() {
     .unwrap();
     drop(conn);
     let store = SqlStore::open_sqlite(&path).await.unwrap();
-    assert_eq!(store.schema_version(), 13);
+    assert_eq!(
+        store.schema_version(),
+        mcp_authz_authserver::store::migrations::known_version()
+    );
     assert_eq!(store.grant("old").await.unwrap().unwrap().holder, "");
     let consent = |holder| Consent {
         subject: "alice",

@@ -153,6 +153,15 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "ALTER TABLE auth_requests ADD COLUMN network TEXT",
         "CREATE INDEX IF NOT EXISTS auth_requests_network ON auth_requests (network, expires_at)",
     ],
+),
+(
+    14,
+    // Registrations are counted per source network as well as in all, so two addresses cannot use up the
+    // server's hourly budget. Rows from before have no network and count only in all.
+    &[
+        "ALTER TABLE dynamic_clients ADD COLUMN network TEXT",
+        "CREATE INDEX IF NOT EXISTS dynamic_clients_network ON dynamic_clients (network, created_at)",
+    ],
 )];
 
 /// The newest schema this build knows.

@@ -83,9 +83,9 @@ pub struct AuthRequest {
     pub holder: String,
 }
 
-/// Authorization requests pending (not yet expired): in all, and from one network.
+/// Rows counted for a cap in all and per network: pending authorization requests, recent registrations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pending {
+pub struct Counted {
     pub total: i64,
     pub from_network: i64,
 }
@@ -322,7 +322,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         network: Option<&str>,
         now: Timestamp,
-    ) -> Result<Pending, StoreError>;
+    ) -> Result<Counted, StoreError>;
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
     /// The grant a code belongs to, spent or not, expired or not: read before anything is spent, so the client
@@ -438,16 +438,22 @@ pub trait Store: Send + Sync + 'static {
     async fn put_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
 
-    /// Stores a client registered at `/register` (its `ClientConfig` as JSON).
+    /// Stores a client registered at `/register` (its `ClientConfig` as JSON) from `network` (`None`: not the
+    /// client's own, counted in all only).
     async fn put_dynamic_client(
         &self,
         client_id: &str,
         config_json: &str,
+        network: Option<&str>,
         now: Timestamp,
     ) -> Result<(), StoreError>;
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError>;
-    /// How many clients were registered at or after `since`.
-    async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError>;
+    /// How many clients were registered at or after `since`: in all, and from `network`.
+    async fn dynamic_clients_since(
+        &self,
+        since: Timestamp,
+        network: Option<&str>,
+    ) -> Result<Counted, StoreError>;
 
     /// The failed sign-ins of a username (by hash) in its current window: `(failures, window end)`.
     async fn login_failures(

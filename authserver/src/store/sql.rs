@@ -12,7 +12,7 @@ use tokio_util::sync::DropGuard;
 
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
-    ConnectRequest, Consent, Grant, GrantFilter, Issue, Pending, ProviderConnection,
+    ConnectRequest, Consent, Counted, Grant, GrantFilter, Issue, ProviderConnection,
     QueuedRevocation, RefreshRotation, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
@@ -401,7 +401,7 @@ impl Store for SqlStore {
         &self,
         network: Option<&str>,
         now: Timestamp,
-    ) -> Result<Pending, StoreError> {
+    ) -> Result<Counted, StoreError> {
         let _span = crate::spans::store("pending_auth_requests");
         let total = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
             .bind(now)
@@ -419,7 +419,7 @@ impl Store for SqlStore {
             .try_get("n")?,
             None => 0,
         };
-        Ok(Pending {
+        Ok(Counted {
             total,
             from_network,
         })
@@ -1010,15 +1010,17 @@ impl Store for SqlStore {
         &self,
         client_id: &str,
         config_json: &str,
+        network: Option<&str>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let _span = crate::spans::store("put_dynamic_client");
         sqlx::query(
-            "INSERT INTO dynamic_clients (client_id, config, created_at) VALUES ($1, $2, $3)",
+            "INSERT INTO dynamic_clients (client_id, config, created_at, network) VALUES ($1, $2, $3, $4)",
         )
         .bind(client_id)
         .bind(config_json)
         .bind(now)
+        .bind(network)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1033,13 +1035,32 @@ impl Store for SqlStore {
         Ok(row.map(|r| r.try_get("config")).transpose()?)
     }
 
-    async fn dynamic_clients_since(&self, since: Timestamp) -> Result<i64, StoreError> {
+    async fn dynamic_clients_since(
+        &self,
+        since: Timestamp,
+        network: Option<&str>,
+    ) -> Result<Counted, StoreError> {
         let _span = crate::spans::store("dynamic_clients_since");
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
+        let total = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
             .bind(since)
             .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
+            .await?
+            .try_get("n")?;
+        let from_network = match network {
+            Some(network) => sqlx::query(
+                "SELECT COUNT(*) AS n FROM dynamic_clients WHERE network = $1 AND created_at >= $2",
+            )
+            .bind(network)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?,
+            None => 0,
+        };
+        Ok(Counted {
+            total,
+            from_network,
+        })
     }
 
     async fn login_failures(

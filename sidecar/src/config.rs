@@ -177,33 +177,43 @@ pub enum UnmatchedPolicy {
 pub const MAX_DOWNSTREAMS: usize = 8;
 
 /// Fields the sidecar writes to the upstream itself or HTTP and MCP give a meaning (lowercase): none of these
-/// may carry the identity or a downstream token, or the upstream would get the field twice, or read the
-/// proxy's value as something else. The operator's CRD rule for token headers is built from the same lists.
+/// may carry the identity or a downstream token, or the upstream would get the field twice, read the proxy's
+/// value as something else (an MCP server answers 406 to an `Accept` holding a token), or write the token to
+/// its access log (`user-agent`, `referer`). The operator's CRD rule for token headers is built from the same
+/// lists.
 pub const PROXY_OWNED_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "host",
     "cookie",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "accept-encoding",
+    "accept",
     "transfer-encoding",
     "connection",
     "te",
     "upgrade",
     "expect",
     "forwarded",
+    "via",
     "x-real-ip",
     "keep-alive",
     "proxy-connection",
     "trailer",
     "traceparent",
     "tracestate",
+    "baggage",
+    "last-event-id",
+    "range",
+    "cache-control",
+    "pragma",
+    "date",
+    "origin",
+    "referer",
+    "user-agent",
 ];
 
-/// Prefixes of the field families in [`PROXY_OWNED_HEADERS`]'s sense: forwarding fields and MCP's own.
-pub const PROXY_OWNED_PREFIXES: &[&str] = &["x-forwarded-", "mcp-"];
+/// Prefixes of field families in [`PROXY_OWNED_HEADERS`]'s sense: forwarding fields, MCP's own, content
+/// negotiation and description (`accept-encoding`, `content-type`...), and conditional requests.
+pub const PROXY_OWNED_PREFIXES: &[&str] = &["x-forwarded-", "mcp-", "accept-", "content-", "if-"];
 
 /// Whether `header` (lowercase) is in [`PROXY_OWNED_HEADERS`] or starts with one of [`PROXY_OWNED_PREFIXES`].
 pub fn proxy_owns_header(header: &str) -> bool {

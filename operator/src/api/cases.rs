@@ -343,6 +343,26 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "tokenExchange[0].header",
         },
         InvalidCase {
+            name: "a token-exchange token in Accept (an MCP server would answer 406 to every request)",
+            object: with(
+                authorization_server(),
+                "/spec/tokenExchange",
+                json!([{"from": {"name": "files"}, "audience": "https://inventory.example.com", "scopes": ["files:read"], "header": "accept"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "tokenExchange[0].header",
+        },
+        InvalidCase {
+            name: "a provider's token in a content negotiation field",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "content-language", "issuer": "https://login.acme.example"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "providers[0].header",
+        },
+        InvalidCase {
             name: "a token-exchange token in the sidecar's identity header",
             object: with(
                 authorization_server(),

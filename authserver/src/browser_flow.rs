@@ -256,11 +256,7 @@ pub async fn consent_or_code(
                 resource: &request.resource,
                 scopes: &scopes_key,
                 client_fingerprint: client.fingerprint(),
-                holder: snapshot
-                    .config
-                    .resource(&request.resource)
-                    .map(|r| r.holder.as_str())
-                    .unwrap_or_default(),
+                holder: &request.holder,
             })
             .await?
     {
@@ -340,11 +336,8 @@ pub async fn issue_code(
         revoked_reason: None,
         client_fingerprint: client.fingerprint().to_owned(),
         client_auth_method: client.auth_method.as_str().to_owned(),
-        holder: snapshot
-            .config
-            .resource(&request.resource)
-            .map(|r| r.holder.clone())
-            .unwrap_or_default(),
+        // The holder the pages named (checked against today's by `pending_request`, or read at `/authorize`).
+        holder: request.holder.clone(),
     };
     state.store.put_grant(&grant).await?;
     let code = secrets::random_token();

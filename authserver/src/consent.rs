@@ -58,11 +58,7 @@ pub async fn consent(
                                 resource: &request.resource,
                                 scopes: &request.scopes.join(" "),
                                 client_fingerprint: client.fingerprint(),
-                                holder: snapshot
-                                    .config
-                                    .resource(&request.resource)
-                                    .map(|r| r.holder.as_str())
-                                    .unwrap_or_default(),
+                                holder: &request.holder,
                             },
                             now_secs(),
                         )

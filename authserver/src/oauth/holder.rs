@@ -68,6 +68,11 @@ pub fn token_held(claim: Option<&str>, configured: Option<&str>) -> bool {
 pub fn sign_in_held(recorded: &str, configured: Option<&str>) -> Result<(), OAuthError> {
     match configured {
         Some(configured) if configured == recorded => Ok(()),
+        // Written (or saved again, dropping the field) by a replica of an earlier release during a rolling
+        // upgrade: which service its pages named is unknown.
+        Some(_) if recorded.is_empty() => Err(OAuthError::invalid_request(
+            "this sign-in began while the server was being upgraded; start again from the application",
+        )),
         Some(_) => Err(OAuthError::invalid_request(
             "the service of this sign-in has passed to another service since it began; start again from the application",
         )),
@@ -85,12 +90,14 @@ mod tests {
     fn a_sign_in_goes_on_only_under_the_holder_it_began_under() {
         let changed = "the service of this sign-in has passed to another service since it began; start again from the application";
         let gone = "the service of this sign-in is no longer served here; start again from the application";
+        let upgrade = "this sign-in began while the server was being upgraded; start again from the application";
         let table: [(&str, Option<&str>, Option<&str>); 6] = [
             ("uid-1", Some("uid-1"), None),
             ("", Some(""), None),
             ("uid-1", Some("uid-2"), Some(changed)),
-            // Begun before requests recorded holders (an upgrade): at most one sign-in's lifetime, asked again.
-            ("", Some("uid-1"), Some(changed)),
+            // Begun on (or saved again by) a replica that records no holder: during a rolling upgrade, and up to
+            // one request lifetime after it, the person starts again.
+            ("", Some("uid-1"), Some(upgrade)),
             ("uid-1", Some(""), Some(changed)),
             ("uid-1", None, Some(gone)),
         ];

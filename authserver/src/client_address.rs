@@ -116,10 +116,22 @@ pub fn client_origin(
 /// The network an address stands for in a rate limit: the address itself for IPv4, its /64 for IPv6 (one host
 /// commonly holds a whole /64, so counting its addresses one by one would give it endless buckets).
 pub fn network(address: IpAddr) -> IpAddr {
+    network_within(address, 64)
+}
+
+/// The network an address stands for in a budget one party could use up for everyone (Dynamic Client
+/// Registration's hourly count): the address for IPv4, its /48 for IPv6, the site prefix a subscriber or a
+/// tunnel broker commonly hands out whole (a /64 would give one home line 256 to 65,536 shares).
+pub fn site(address: IpAddr) -> IpAddr {
+    network_within(address, 48)
+}
+
+fn network_within(address: IpAddr, v6_prefix_bits: u32) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            let host_bits = 128 - v6_prefix_bits;
+            let prefix = u128::from(v6) & !((1u128 << host_bits) - 1);
             IpAddr::V6(Ipv6Addr::from(prefix))
         }
     }
@@ -287,17 +299,26 @@ mod tests {
     }
 
     #[test]
-    fn networks_are_addresses_and_ipv6_slash_64s() {
-        for (address, network_of) in [
-            ("192.0.2.7", "192.0.2.7"),
-            ("::ffff:192.0.2.7", "192.0.2.7"),
-            ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::"),
-            ("2001:db8:1:2:bbbb:cccc:dddd:eeee", "2001:db8:1:2::"),
-            ("2001:db8:1:3::1", "2001:db8:1:3::"),
+    fn networks_are_addresses_and_ipv6_slash_64s_sites_slash_48s() {
+        for (address, network_of, site_of) in [
+            ("192.0.2.7", "192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::", "2001:db8:1::"),
+            (
+                "2001:db8:1:2:bbbb:cccc:dddd:eeee",
+                "2001:db8:1:2::",
+                "2001:db8:1::",
+            ),
+            ("2001:db8:1:3::1", "2001:db8:1:3::", "2001:db8:1::"),
+            ("2001:db8:2:3::1", "2001:db8:2:3::", "2001:db8:2::"),
         ] {
+            let address: IpAddr = address.parse().unwrap();
             assert_eq!(
-                network(address.parse().unwrap()),
-                network_of.parse::<IpAddr>().unwrap(),
+                (network(address), site(address)),
+                (
+                    network_of.parse::<IpAddr>().unwrap(),
+                    site_of.parse::<IpAddr>().unwrap()
+                ),
                 "{address}"
             );
         }

@@ -848,6 +848,7 @@ pub struct DynamicClientRegistration {
     /// it two addresses could use up `maxPerHour` for everyone. Behind an ingress without `trustedProxies`
     /// every client is one private peer, so only `maxPerHour` counts.
     #[serde(default = "default_registrations_per_hour_per_network")]
+    #[schemars(range(min = 1))]
     pub max_per_hour_per_network: u32,
     /// Which redirect URIs a registration may ask for.
     #[serde(default)]
@@ -955,6 +956,12 @@ impl AuthServerConfig {
         }
         if self.signing.rotation_period_secs < 60 {
             return bad("signing.rotationPeriodSecs must be at least 60".into());
+        }
+        if self.dynamic_client_registration.max_per_hour_per_network == 0 {
+            return bad(
+                "dynamicClientRegistration.maxPerHourPerNetwork must be at least 1 (enabled: false closes registration)"
+                    .into(),
+            );
         }
         if self.tokens.access_token_secs == 0 || self.tokens.authorization_code_secs == 0 {
             return bad("tokens lifetimes must be positive".into());
@@ -1465,6 +1472,16 @@ clients:
             let err = parse(&text).unwrap_err();
             assert!(err.to_string().contains(expected), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn refuses_a_registration_share_of_zero() {
+        let mut c = parse(YAML).unwrap();
+        c.dynamic_client_registration.max_per_hour_per_network = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            ConfigError::Invalid("dynamicClientRegistration.maxPerHourPerNetwork must be at least 1 (enabled: false closes registration)".into()).to_string()
+        );
     }
 
     #[test]

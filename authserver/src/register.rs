@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{Decision, Who};
-use crate::client_address::network;
+use crate::client_address::site;
 use crate::clients::{DYNAMIC_CLIENT_PREFIX, shorten};
 use crate::clock::now_secs;
 use crate::config::{
@@ -23,7 +23,7 @@ use crate::oauth_error::{ErrorCode, OAuthError};
 use crate::secrets;
 use crate::server::ClientOrigin;
 use crate::state::AppState;
-use crate::store::Counted;
+use crate::store::{Counted, RegistrationBudget};
 
 /// Largest registration request.
 const MAX_BODY: usize = 16 * 1024;
@@ -49,27 +49,33 @@ const REGISTRATION_RETRY_SECS: u64 = 60;
 
 /// Whether one more registration may be accepted, given those of the past hour: the network's share first (a
 /// network at its cap is told so, and waiting is up to it), then the server's budget. 429 in OAuth's own form
-/// either way, with a hint at the way in that needs no registration.
-fn registration_refusal(recent: Counted, limits: &DynamicClientRegistration) -> Option<OAuthError> {
-    let refusal = |description: String| {
-        Some(OAuthError::rate_limited(
-            description,
+/// either way, with a hint at the way in that needs no registration. `network_counted`: the registration's
+/// network is the client's own, so its share applies.
+fn registration_refusal(
+    recent: Counted,
+    network_counted: bool,
+    limits: &DynamicClientRegistration,
+) -> Option<OAuthError> {
+    if network_counted && recent.from_network >= i64::from(limits.max_per_hour_per_network) {
+        return Some(OAuthError::rate_limited(
+            format!(
+                "this address has registered its limit of {} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)",
+                limits.max_per_hour_per_network
+            ),
             REGISTRATION_RETRY_SECS,
-        ))
-    };
-    if recent.from_network >= i64::from(limits.max_per_hour_per_network) {
-        return refusal(format!(
-            "this address has registered its limit of {} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)",
-            limits.max_per_hour_per_network
         ));
     }
-    if recent.total >= i64::from(limits.max_per_hour) {
-        return refusal(format!(
+    (recent.total >= i64::from(limits.max_per_hour)).then(|| server_budget_spent(limits))
+}
+
+fn server_budget_spent(limits: &DynamicClientRegistration) -> OAuthError {
+    OAuthError::rate_limited(
+        format!(
             "this server has registered its limit of {} clients in the past hour; try again later, or identify the client by a Client ID Metadata Document (an https client_id)",
             limits.max_per_hour
-        ));
-    }
-    None
+        ),
+        REGISTRATION_RETRY_SECS,
+    )
 }
 
 fn metadata_error(d: impl Into<String>) -> OAuthError {
@@ -259,20 +265,20 @@ pub async fn register(
             .into_response();
     }
     // A flood of registrations would fill the store with clients nobody uses: past the hourly budget (counted in
-    // the store, so it holds across replicas) the server refuses before reading the body. A network's share is
-    // counted only where the network is the client's own, as for pending sign-ins.
+    // the store, so it holds across replicas) the server refuses before reading the body, and the insert itself
+    // holds to the budget (a client may take its time sending the body). A network's share is counted only where
+    // the network is the client's own, as for pending sign-ins, and per IPv6 site (/48).
+    let limits = &snapshot.config.dynamic_client_registration;
     let network = origin
         .filter(|c| c.is_own_network())
-        .map(|c| network(c.address).to_string());
+        .map(|c| site(c.address).to_string());
     match state
         .store
         .dynamic_clients_since(now_secs() - REGISTRATION_WINDOW_SECS, network.as_deref())
         .await
     {
         Ok(recent) => {
-            if let Some(e) =
-                registration_refusal(recent, &snapshot.config.dynamic_client_registration)
-            {
+            if let Some(e) = registration_refusal(recent, network.is_some(), limits) {
                 state.metrics.outcome("register", "rate_limited");
                 return e.into_response();
             }
@@ -308,10 +314,25 @@ pub async fn register(
         )?;
         let now = now_secs();
         let stored = serde_json::to_string(&client).map_err(|e| metadata_error(e.to_string()))?;
-        state
+        let budget = RegistrationBudget {
+            since: now - REGISTRATION_WINDOW_SECS,
+            total: i64::from(limits.max_per_hour),
+            per_network: i64::from(limits.max_per_hour_per_network),
+        };
+        let kept = state
             .store
-            .put_dynamic_client(&client.client_id, &stored, network.as_deref(), now)
+            .put_dynamic_client(&client.client_id, &stored, network.as_deref(), now, budget)
             .await?;
+        if !kept {
+            // Others registered while this body was on its way: the budget is spent now.
+            state.metrics.outcome("register", "rate_limited");
+            let recent = state
+                .store
+                .dynamic_clients_since(budget.since, network.as_deref())
+                .await?;
+            return Err(registration_refusal(recent, network.is_some(), limits)
+                .unwrap_or_else(|| server_budget_spent(limits)));
+        }
         state
             .record_decision(Decision {
                 event: "register",
@@ -383,6 +404,7 @@ mod tests {
                     total,
                     from_network,
                 },
+                true,
                 &limits,
             );
             assert_eq!(

@@ -480,10 +480,12 @@ async fn one_network_uses_up_its_share_of_the_hourly_registrations_not_the_serve
     for from in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
         assert_eq!(register_from(&s, from).await.0, 201);
     }
-    // Another address in the same IPv6 /64 is the same network.
-    let (status, retry, body) = register_from(&s, "2001:db8:1:2::3").await;
-    assert_eq!((status, retry.as_deref()), (429, Some("60")));
-    assert_eq!(body, refused(network_full));
+    // Another address in the same IPv6 site (/48), another /64 too, is the same network.
+    for from in ["2001:db8:1:2::3", "2001:db8:1:ff00::1"] {
+        let (status, retry, body) = register_from(&s, from).await;
+        assert_eq!((status, retry.as_deref()), (429, Some("60")), "{from}");
+        assert_eq!(body, refused(network_full));
+    }
     // Other networks register; the server's budget ends it for everyone.
     for from in ["198.51.100.7", "198.51.100.7", "203.0.113.9"] {
         assert_eq!(register_from(&s, from).await.0, 201, "{from}");
@@ -502,6 +504,53 @@ async fn one_network_uses_up_its_share_of_the_hourly_registrations_not_the_serve
     assert!(s.metrics().await.contains(
         "mcp_authz_authserver_requests_total{endpoint=\"register\",outcome=\"rate_limited\"}"
     ));
+}
+
+/// The budget holds when bodies arrive late: clients that send their headers while the count is low and their
+/// bodies afterwards are refused at the insert, past the server's budget, with its 429.
+#[tokio::test]
+async fn registrations_whose_bodies_arrive_late_still_fit_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| {
+        behind_loopback_proxy(c);
+        c.dynamic_client_registration.enabled = true;
+        c.dynamic_client_registration.max_per_hour = 3;
+    })
+    .await;
+    let body = json!({ "redirect_uris": [REDIRECT], "client_name": "Agent", "application_type": "native" })
+        .to_string();
+    let address = s.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /register HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\nx-forwarded-for: 2001:db8:{i:x}::1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    // Every handler has counted (nothing registered yet) and waits for its body.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut answers = Vec::new();
+    for mut stream in held {
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answers.push(answer);
+    }
+    let created = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 201"))
+        .count();
+    assert_eq!(created, 3, "{answers:?}");
+    for refused in answers.iter().filter(|a| !a.starts_with("HTTP/1.1 201")) {
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+        assert!(
+            refused.contains("this server has registered its limit of 3 clients in the past hour"),
+            "{refused}"
+        );
+    }
 }
 
 #[tokio::test]

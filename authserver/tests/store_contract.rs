@@ -409,11 +409,47 @@ async fn contract(store: &dyn Store) {
         ("dcr-3", "{}", Some("2001:db8:1:2::"), now),
         ("dcr-4", "{}", None, now),
     ] {
-        store
-            .put_dynamic_client(id, config, network, at)
-            .await
-            .unwrap();
+        let roomy = RegistrationBudget {
+            since: at - 3600,
+            total: 100,
+            per_network: 10,
+        };
+        assert!(
+            store
+                .put_dynamic_client(id, config, network, at, roomy)
+                .await
+                .unwrap()
+        );
     }
+    // A registration past the budget is not stored: the server's, or its network's (which a registration
+    // without a network is not held to).
+    for (id, network, total, per_network, kept) in [
+        ("dcr-6", Some("192.0.2.1"), 3, 10, false),
+        ("dcr-7", Some("192.0.2.1"), 10, 1, false),
+        ("dcr-8", None, 10, 0, true),
+        ("dcr-9", Some("198.51.100.7"), 10, 1, true),
+        ("dcr-10", Some("198.51.100.7"), 10, 1, false),
+    ] {
+        let budget = RegistrationBudget {
+            since: now - 3600,
+            total,
+            per_network,
+        };
+        assert_eq!(
+            store
+                .put_dynamic_client(id, "{}", network, now, budget)
+                .await
+                .unwrap(),
+            kept,
+            "{id}"
+        );
+        assert_eq!(
+            store.dynamic_client(id).await.unwrap().is_some(),
+            kept,
+            "{id}"
+        );
+    }
+
     assert_eq!(
         store.dynamic_client("dcr-2").await.unwrap().as_deref(),
         Some("{\"a\":1}")
@@ -424,11 +460,12 @@ async fn contract(store: &dyn Store) {
         from_network,
     };
     for (since, network, want) in [
-        (now - 3600, Some("192.0.2.1"), counted(1, 3)),
-        (now - 5000, Some("192.0.2.1"), counted(2, 4)),
-        (now - 3600, Some("2001:db8:1:2::"), counted(1, 3)),
-        (now - 3600, Some("198.51.100.7"), counted(0, 3)),
-        (now - 3600, None, counted(0, 3)),
+        (now - 3600, Some("192.0.2.1"), counted(1, 5)),
+        (now - 5000, Some("192.0.2.1"), counted(2, 6)),
+        (now - 3600, Some("2001:db8:1:2::"), counted(1, 5)),
+        (now - 3600, Some("198.51.100.7"), counted(1, 5)),
+        (now - 3600, Some("203.0.113.5"), counted(0, 5)),
+        (now - 3600, None, counted(0, 5)),
     ] {
         assert_eq!(
             store.dynamic_clients_since(since, network).await.unwrap(),

@@ -83,6 +83,15 @@ pub struct AuthRequest {
     pub holder: String,
 }
 
+/// The hourly registration budget a new registration must fit in: fewer than `total` registered at or after
+/// `since`, and fewer than `per_network` of them from its network (when it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationBudget {
+    pub since: Timestamp,
+    pub total: i64,
+    pub per_network: i64,
+}
+
 /// Rows counted for a cap in all and per network: pending authorization requests, recent registrations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counted {
@@ -439,14 +448,15 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// Stores a client registered at `/register` (its `ClientConfig` as JSON) from `network` (`None`: not the
-    /// client's own, counted in all only).
+    /// client's own, counted in all only), if it fits in `budget` in the same statement; false when it does not.
     async fn put_dynamic_client(
         &self,
         client_id: &str,
         config_json: &str,
         network: Option<&str>,
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+        budget: RegistrationBudget,
+    ) -> Result<bool, StoreError>;
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError>;
     /// How many clients were registered at or after `since`: in all, and from `network`.
     async fn dynamic_clients_since(

@@ -13,7 +13,7 @@ use tokio_util::sync::DropGuard;
 use super::{
     AccessTokenRecord, AssertionClaim, AuditEvent, AuthRequest, CodeRecord, CodeRedemption,
     ConnectRequest, Consent, Counted, Grant, GrantFilter, Issue, ProviderConnection,
-    QueuedRevocation, RefreshRotation, Store, StoreError, Timestamp,
+    QueuedRevocation, RefreshRotation, RegistrationBudget, Store, StoreError, Timestamp,
     batch::Batcher,
     migrations, sqlite_writer,
     wal::{self, WalKeeper},
@@ -1012,18 +1012,35 @@ impl Store for SqlStore {
         config_json: &str,
         network: Option<&str>,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+        budget: RegistrationBudget,
+    ) -> Result<bool, StoreError> {
         let _span = crate::spans::store("put_dynamic_client");
-        sqlx::query(
-            "INSERT INTO dynamic_clients (client_id, config, created_at, network) VALUES ($1, $2, $3, $4)",
+        // Counted and inserted in one statement: a check made before the body arrived would let every request
+        // held open meanwhile in. SQLite's single writer makes it exact; on PostgreSQL concurrent statements can
+        // each miss the other's row, so the bound is exceeded by at most the statements in flight at once. A row
+        // without a network matches no `network = $4`, so only the total applies to it.
+        let per_network = if network.is_some() {
+            budget.per_network
+        } else {
+            i64::MAX
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO dynamic_clients (client_id, config, created_at, network)
+             SELECT $1, $2, $3, $4
+             WHERE (SELECT COUNT(*) FROM dynamic_clients WHERE created_at >= $5) < $6
+               AND (SELECT COUNT(*) FROM dynamic_clients WHERE network = $4 AND created_at >= $5) < $7",
         )
         .bind(client_id)
         .bind(config_json)
         .bind(now)
         .bind(network)
+        .bind(budget.since)
+        .bind(budget.total)
+        .bind(per_network)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     async fn dynamic_client(&self, client_id: &str) -> Result<Option<String>, StoreError> {

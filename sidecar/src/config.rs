@@ -201,6 +201,12 @@ pub const PROXY_OWNED_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
     "baggage",
+    "b3",
+    "uber-trace-id",
+    "sentry-trace",
+    "x-cloud-trace-context",
+    "x-amzn-trace-id",
+    "x-request-id",
     "last-event-id",
     "range",
     "cache-control",
@@ -212,8 +218,20 @@ pub const PROXY_OWNED_HEADERS: &[&str] = &[
 ];
 
 /// Prefixes of field families in [`PROXY_OWNED_HEADERS`]'s sense: forwarding fields, MCP's own, content
-/// negotiation and description (`accept-encoding`, `content-type`...), and conditional requests.
-pub const PROXY_OWNED_PREFIXES: &[&str] = &["x-forwarded-", "mcp-", "accept-", "content-", "if-"];
+/// negotiation and description (`accept-encoding`, `content-type`...), conditional requests, and the trace
+/// propagation fields an instrumented MCP server copies onto every call it makes (B3, Jaeger, OpenTracing,
+/// Datadog).
+pub const PROXY_OWNED_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "mcp-",
+    "accept-",
+    "content-",
+    "if-",
+    "x-b3-",
+    "uberctx-",
+    "ot-baggage-",
+    "x-datadog-",
+];
 
 /// Whether `header` (lowercase) is in [`PROXY_OWNED_HEADERS`] or starts with one of [`PROXY_OWNED_PREFIXES`].
 pub fn proxy_owns_header(header: &str) -> bool {

@@ -363,6 +363,16 @@ pub fn cel_cases() -> Vec<InvalidCase> {
             field: "providers[0].header",
         },
         InvalidCase {
+            name: "a provider's token in a trace baggage field an instrumented server passes on",
+            object: with(
+                authorization_server(),
+                "/spec/providers",
+                json!([{"id": "acme", "displayName": "Acme", "clientId": "c", "clientSecretRef": {"name": "s", "key": "k"}, "services": [{"name": "files"}], "header": "uberctx-user", "issuer": "https://login.acme.example"}]),
+            ),
+            message: "header is one the sidecar writes (identity, forwarding, tracing) or HTTP or MCP gives a meaning",
+            field: "providers[0].header",
+        },
+        InvalidCase {
             name: "a token-exchange token in the sidecar's identity header",
             object: with(
                 authorization_server(),

@@ -843,10 +843,10 @@ pub struct DynamicClientRegistration {
     /// answers 429. Unused registrations are never deleted, so this bounds how fast the store can be filled.
     #[serde(default = "default_registrations_per_hour")]
     pub max_per_hour: u32,
-    /// Most registrations accepted in any hour from one network (an IPv4 address or an IPv6 /64), counted
-    /// where the network is the client's own (a public peer, or an address a trusted proxy forwarded): without
-    /// it two addresses could use up `maxPerHour` for everyone. Behind an ingress without `trustedProxies`
-    /// every client is one private peer, so only `maxPerHour` counts.
+    /// Most registrations accepted in any hour from one network (an IPv4 address, or an IPv6 /48: the site a
+    /// subscriber is commonly given whole), counted where the network is the client's own (a public peer, or an
+    /// address a trusted proxy forwarded): without it two addresses could use up `maxPerHour` for everyone.
+    /// Behind an ingress without `trustedProxies` every client is one private peer, so only `maxPerHour` counts.
     #[serde(default = "default_registrations_per_hour_per_network")]
     #[schemars(range(min = 1))]
     pub max_per_hour_per_network: u32,

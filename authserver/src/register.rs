@@ -417,5 +417,20 @@ mod tests {
                 assert_eq!(e.code, ErrorCode::TemporarilyUnavailable);
             }
         }
+        // A network that is not the client's own (a private peer without trusted proxies) is everyone's: only
+        // the server's budget applies.
+        let everyone = Counted {
+            total: 50,
+            from_network: 0,
+        };
+        assert!(registration_refusal(everyone, false, &limits).is_none());
+        let spent = Counted {
+            total: 100,
+            from_network: 0,
+        };
+        assert_eq!(
+            registration_refusal(spent, false, &limits).map(|e| e.description),
+            Some(server.to_owned())
+        );
     }
 }

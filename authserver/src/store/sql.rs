@@ -39,6 +39,40 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
+    /// The rows of `table` whose `<time_test> at` holds (`time_test` a column and comparison, one of the
+    /// callers' constants, never input), in all and from `network` (0 without one): the counts behind the
+    /// per-network caps.
+    async fn counted(
+        &self,
+        table: &'static str,
+        time_test: &'static str,
+        at: Timestamp,
+        network: Option<&str>,
+    ) -> Result<Counted, StoreError> {
+        let total = sqlx::query(AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM {table} WHERE {time_test} $1"
+        )))
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        let from_network = match network {
+            Some(network) => sqlx::query(AssertSqlSafe(format!(
+                "SELECT COUNT(*) AS n FROM {table} WHERE network = $1 AND {time_test} $2"
+            )))
+            .bind(network)
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?,
+            None => 0,
+        };
+        Ok(Counted {
+            total,
+            from_network,
+        })
+    }
+
     /// Opens (creating when missing) the SQLite file in WAL mode and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -403,26 +437,8 @@ impl Store for SqlStore {
         now: Timestamp,
     ) -> Result<Counted, StoreError> {
         let _span = crate::spans::store("pending_auth_requests");
-        let total = sqlx::query("SELECT COUNT(*) AS n FROM auth_requests WHERE expires_at > $1")
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-        let from_network = match network {
-            Some(network) => sqlx::query(
-                "SELECT COUNT(*) AS n FROM auth_requests WHERE network = $1 AND expires_at > $2",
-            )
-            .bind(network)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?,
-            None => 0,
-        };
-        Ok(Counted {
-            total,
-            from_network,
-        })
+        self.counted("auth_requests", "expires_at >", now, network)
+            .await
     }
 
     async fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
@@ -1058,26 +1074,8 @@ impl Store for SqlStore {
         network: Option<&str>,
     ) -> Result<Counted, StoreError> {
         let _span = crate::spans::store("dynamic_clients_since");
-        let total = sqlx::query("SELECT COUNT(*) AS n FROM dynamic_clients WHERE created_at >= $1")
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-        let from_network = match network {
-            Some(network) => sqlx::query(
-                "SELECT COUNT(*) AS n FROM dynamic_clients WHERE network = $1 AND created_at >= $2",
-            )
-            .bind(network)
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?,
-            None => 0,
-        };
-        Ok(Counted {
-            total,
-            from_network,
-        })
+        self.counted("dynamic_clients", "created_at >=", since, network)
+            .await
     }
 
     async fn login_failures(
